@@ -1,0 +1,1 @@
+//! One module per subcommand: its clap argument struct and its `run`.
