@@ -1,1 +1,14 @@
-//! smelt-core
+//! smelt-core: tensors, the backend ops (forward and backward), and the autograd tape.
+//!
+//! Layering: `tensor` (data) → `ops` (one folder per fused op, CPU reference kernels) →
+//! `autograd` (records ops on a tape, runs their backwards). Nothing here knows about
+//! transformers; `smelt-model` builds the network out of these ops.
+
+pub mod autograd;
+pub mod float;
+pub mod ops;
+pub mod rng;
+pub mod tensor;
+
+pub use autograd::{Grads, Graph, Var};
+pub use tensor::{DType, Device, Storage, Tensor};

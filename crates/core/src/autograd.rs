@@ -1,0 +1,285 @@
+//! Tape-based reverse-mode autograd.
+//!
+//! A `Graph` runs ops eagerly. When it records (training), each op whose inputs need gradients
+//! pushes a node holding what its backward needs; `backward` walks the tape in reverse, feeding
+//! each node the gradients of its outputs and accumulating the gradients of its inputs. An
+//! inference graph records nothing and pays nothing: the same model code runs under both.
+//!
+//! `checkpoint` runs a sub-computation without keeping its activations and re-runs it during
+//! the backward pass (gradient checkpointing).
+
+use crate::ops::{self, rope::RopeTable};
+use crate::Tensor;
+use anyhow::{bail, Result};
+use std::sync::Arc;
+
+/// A tensor flowing through a graph, with the id its gradient is filed under.
+#[derive(Clone, Debug)]
+pub struct Var {
+    id: usize,
+    requires_grad: bool,
+    t: Tensor,
+}
+
+impl Var {
+    pub fn tensor(&self) -> &Tensor { &self.t }
+    pub fn shape(&self) -> &[usize] { self.t.shape() }
+    pub fn id(&self) -> usize { self.id }
+    pub fn requires_grad(&self) -> bool { self.requires_grad }
+}
+
+type BackwardFn = Box<dyn FnOnce(&[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + Send>;
+
+struct Node {
+    inputs: Vec<(usize, bool)>,
+    outputs: Vec<usize>,
+    backward: BackwardFn,
+}
+
+/// A sub-computation that `checkpoint` can re-run.
+pub type BlockFn = Arc<dyn Fn(&mut Graph, &[Var]) -> Result<Vec<Var>> + Send + Sync>;
+
+pub struct Graph {
+    record: bool,
+    next_id: usize,
+    nodes: Vec<Node>,
+}
+
+/// Gradients by variable id.
+pub struct Grads(Vec<Option<Tensor>>);
+
+impl Grads {
+    pub fn get(&self, v: &Var) -> Option<&Tensor> { self.0.get(v.id).and_then(|g| g.as_ref()) }
+    pub fn take(&mut self, v: &Var) -> Option<Tensor> { self.0.get_mut(v.id).and_then(|g| g.take()) }
+}
+
+impl Graph {
+    /// A graph that records a tape for `backward`.
+    pub fn training() -> Self { Graph { record: true, next_id: 0, nodes: Vec::new() } }
+    /// A graph that records nothing.
+    pub fn inference() -> Self { Graph { record: false, next_id: 0, nodes: Vec::new() } }
+    pub fn is_recording(&self) -> bool { self.record }
+
+    fn var(&mut self, t: Tensor, requires_grad: bool) -> Var {
+        let id = self.next_id;
+        self.next_id += 1;
+        Var { id, requires_grad: requires_grad && self.record, t }
+    }
+
+    /// An input whose gradient is wanted (a parameter) or not.
+    pub fn leaf(&mut self, t: Tensor, requires_grad: bool) -> Var { self.var(t, requires_grad) }
+    pub fn constant(&mut self, t: Tensor) -> Var { self.var(t, false) }
+
+    /// Records `outputs = op(inputs)`; `backward` maps output gradients to input gradients.
+    fn push(&mut self, inputs: &[&Var], outs: Vec<Tensor>, backward: impl FnOnce(&[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + Send + 'static) -> Vec<Var> {
+        let rg = self.record && inputs.iter().any(|v| v.requires_grad);
+        let vars: Vec<Var> = outs.into_iter().map(|t| self.var(t, rg)).collect();
+        if rg {
+            self.nodes.push(Node {
+                inputs: inputs.iter().map(|v| (v.id, v.requires_grad)).collect(),
+                outputs: vars.iter().map(|v| v.id).collect(),
+                backward: Box::new(backward),
+            });
+        }
+        vars
+    }
+
+    fn push1(&mut self, inputs: &[&Var], out: Tensor, backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + 'static) -> Var {
+        self.push(inputs, vec![out], move |g| match &g[0] {
+            Some(g) => backward(g),
+            None => Ok(vec![]),
+        })
+        .pop()
+        .unwrap()
+    }
+
+    /// Same data, new shape.
+    pub fn reshape(&mut self, x: &Var, shape: &[usize]) -> Result<Var> {
+        let y = x.t.reshape(shape)?;
+        let in_shape = x.t.shape().to_vec();
+        Ok(self.push1(&[x], y, move |g| Ok(vec![Some(g.reshape(&in_shape)?)])))
+    }
+
+    pub fn add(&mut self, a: &Var, b: &Var) -> Result<Var> {
+        let y = ops::elementwise::add(&a.t, &b.t)?;
+        Ok(self.push1(&[a, b], y, |g| Ok(vec![Some(g.clone()), Some(g.clone())])))
+    }
+
+    /// y = x·Wᵀ + b
+    pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        let y = ops::matmul::linear(&x.t, &w.t, b.map(|b| &b.t))?;
+        let (xt, wt, need_dx) = (x.t.clone(), w.t.clone(), x.requires_grad);
+        let has_bias = b.is_some();
+        let inputs: Vec<&Var> = match b { Some(b) => vec![x, w, b], None => vec![x, w] };
+        Ok(self.push1(&inputs, y, move |g| {
+            let (dx, dw, db) = ops::matmul::linear_backward(&xt, &wt, g, need_dx, has_bias)?;
+            let mut r = vec![dx, Some(dw)];
+            if has_bias { r.push(db); }
+            Ok(r)
+        }))
+    }
+
+    /// Rows of `table` picked by `ids` (u32).
+    pub fn embedding(&mut self, table: &Var, ids: &Tensor) -> Result<Var> {
+        let y = ops::embedding::embedding(&table.t, ids)?;
+        let (tt, it) = (table.t.clone(), ids.clone());
+        Ok(self.push1(&[table], y, move |g| Ok(vec![Some(ops::embedding::embedding_backward(&tt, &it, g)?)])))
+    }
+
+    pub fn rmsnorm(&mut self, x: &Var, w: &Var, eps: f64) -> Result<Var> {
+        let (y, rstd) = ops::rmsnorm::rmsnorm(&x.t, &w.t, eps)?;
+        let (xt, wt) = (x.t.clone(), w.t.clone());
+        Ok(self.push1(&[x, w], y, move |g| {
+            let (dx, dw) = ops::rmsnorm::rmsnorm_backward(&xt, &wt, &rstd, g)?;
+            Ok(vec![Some(dx), Some(dw)])
+        }))
+    }
+
+    /// Fused residual add + RMSNorm: returns (h = x + r, rmsnorm(h)·w).
+    pub fn add_rmsnorm(&mut self, x: &Var, r: &Var, w: &Var, eps: f64) -> Result<(Var, Var)> {
+        let (h, y, rstd) = ops::rmsnorm::add_rmsnorm(&x.t, &r.t, &w.t, eps)?;
+        let (ht, wt) = (h.clone(), w.t.clone());
+        let mut v = self.push(&[x, r, w], vec![h, y], move |g| {
+            let (mut dh, dw) = match &g[1] {
+                Some(dy) => {
+                    let (dx, dw) = ops::rmsnorm::rmsnorm_backward(&ht, &wt, &rstd, dy)?;
+                    (dx, Some(dw))
+                }
+                None => (Tensor::zeros(ht.shape()), None),
+            };
+            if let Some(gh) = &g[0] {
+                ops::elementwise::add_assign(&mut dh, gh)?;
+            }
+            Ok(vec![Some(dh.clone()), Some(dh), dw])
+        });
+        let y = v.pop().unwrap();
+        Ok((v.pop().unwrap(), y))
+    }
+
+    /// x: (B, T, H, D) at positions pos0..pos0+T.
+    pub fn rope(&mut self, x: &Var, table: &Arc<RopeTable>, pos0: usize) -> Result<Var> {
+        let y = ops::rope::rope(&x.t, table, pos0)?;
+        let table = table.clone();
+        Ok(self.push1(&[x], y, move |g| Ok(vec![Some(ops::rope::rope_backward(g, &table, pos0)?)])))
+    }
+
+    /// Causal GQA attention; k, v hold `tk` valid rows (see `ops::attention`).
+    pub fn attention(&mut self, q: &Var, k: &Var, v: &Var, tk: usize, window: Option<usize>) -> Result<Var> {
+        let (o, lse) = ops::attention::attention(&q.t, &k.t, &v.t, tk, window)?;
+        if self.record && k.t.shape()[1] != tk {
+            bail!("attention: a training graph needs k/v of exactly the valid length");
+        }
+        let (qt, kt, vt, ot) = (q.t.clone(), k.t.clone(), v.t.clone(), o.clone());
+        Ok(self.push1(&[q, k, v], o, move |g| {
+            let (dq, dk, dv) = ops::attention::attention_backward(&qt, &kt, &vt, &ot, &lse, g, window)?;
+            Ok(vec![Some(dq), Some(dk), Some(dv)])
+        }))
+    }
+
+    pub fn swiglu(&mut self, gate: &Var, up: &Var) -> Result<Var> {
+        let y = ops::swiglu::swiglu(&gate.t, &up.t)?;
+        let (gt, ut) = (gate.t.clone(), up.t.clone());
+        Ok(self.push1(&[gate, up], y, move |g| {
+            let (dg, du) = ops::swiglu::swiglu_backward(&gt, &ut, g)?;
+            Ok(vec![Some(dg), Some(du)])
+        }))
+    }
+
+    /// Mean cross-entropy of `logits` (N, V) against u32 `targets` (N); a scalar.
+    pub fn cross_entropy(&mut self, logits: &Var, targets: &Tensor) -> Result<Var> {
+        let (loss, lse, count) = ops::cross_entropy::cross_entropy(&logits.t, targets)?;
+        let (lt, tt) = (logits.t.clone(), targets.clone());
+        Ok(self.push1(&[logits], loss, move |g| {
+            let d = g.as_f32()?[0];
+            Ok(vec![Some(ops::cross_entropy::cross_entropy_backward(&lt, &tt, &lse, d, count)?)])
+        }))
+    }
+
+    /// Runs `f` on `inputs` without keeping its intermediate activations; the backward pass
+    /// re-runs it on a recording graph. Pass every tensor `f` reads, parameters included, in
+    /// `inputs`, so their gradients flow.
+    pub fn checkpoint(&mut self, inputs: &[Var], f: BlockFn) -> Result<Vec<Var>> {
+        let mut sub = Graph::inference();
+        let leaves: Vec<Var> = inputs.iter().map(|v| sub.constant(v.t.clone())).collect();
+        let outs: Vec<Tensor> = f(&mut sub, &leaves)?.into_iter().map(|v| v.t).collect();
+        let saved: Vec<(Tensor, bool)> = inputs.iter().map(|v| (v.t.clone(), v.requires_grad)).collect();
+        let refs: Vec<&Var> = inputs.iter().collect();
+        Ok(self.push(&refs, outs, move |g| {
+            let mut sub = Graph::training();
+            let leaves: Vec<Var> = saved.iter().map(|(t, rg)| sub.leaf(t.clone(), *rg)).collect();
+            let outs = f(&mut sub, &leaves)?;
+            let mut grads = sub.backward_from(&outs, g)?;
+            Ok(leaves.iter().map(|l| grads.take(l)).collect())
+        }))
+    }
+
+    /// Gradients of a scalar `loss` with respect to every recorded variable.
+    pub fn backward(self, loss: &Var) -> Result<Grads> {
+        if loss.t.numel() != 1 {
+            bail!("backward needs a scalar loss, got shape {:?}", loss.t.shape());
+        }
+        self.backward_from(std::slice::from_ref(loss), &[Some(Tensor::full(loss.t.shape(), 1.0))])
+    }
+
+    /// Backward pass seeded with `seeds[i]` as the gradient of `outputs[i]`.
+    pub fn backward_from(self, outputs: &[Var], seeds: &[Option<Tensor>]) -> Result<Grads> {
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.next_id];
+        for (o, s) in outputs.iter().zip(seeds) {
+            if let Some(s) = s {
+                accumulate(&mut grads[o.id], s)?;
+            }
+        }
+        for node in self.nodes.into_iter().rev() {
+            let gouts: Vec<Option<Tensor>> = node.outputs.iter().map(|&i| grads[i].take()).collect();
+            if gouts.iter().all(|g| g.is_none()) {
+                continue;
+            }
+            let gins = (node.backward)(&gouts)?;
+            for ((id, rg), g) in node.inputs.iter().zip(gins) {
+                if let (true, Some(g)) = (*rg, g) {
+                    accumulate(&mut grads[*id], &g)?;
+                }
+            }
+        }
+        Ok(Grads(grads))
+    }
+}
+
+fn accumulate(slot: &mut Option<Tensor>, g: &Tensor) -> Result<()> {
+    match slot {
+        None => *slot = Some(g.clone()),
+        Some(acc) => ops::elementwise::add_assign(acc, g)?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_gives_the_same_gradients() {
+        let w = Tensor::from_f32((0..12).map(|i| (i as f32 * 0.37).sin()).collect(), &[4, 3]).unwrap();
+        let x = Tensor::from_f32((0..6).map(|i| (i as f32 * 0.71).cos()).collect(), &[2, 3]).unwrap();
+        let n = Tensor::from_f32(vec![1.0, 0.5, 2.0, 1.5], &[4]).unwrap();
+        let targets = Tensor::from_u32(vec![1, 3], &[2]).unwrap();
+        let block: BlockFn = Arc::new(|g: &mut Graph, v: &[Var]| {
+            let y = g.linear(&v[0], &v[1], None)?;
+            let s = g.swiglu(&y, &y)?;
+            Ok(vec![g.rmsnorm(&s, &v[2], 1e-5)?])
+        });
+        let run = |ckpt: bool| {
+            let mut g = Graph::training();
+            let (xv, wv, nv) = (g.leaf(x.clone(), true), g.leaf(w.clone(), true), g.leaf(n.clone(), true));
+            let out = if ckpt {
+                g.checkpoint(&[xv.clone(), wv.clone(), nv.clone()], block.clone()).unwrap().pop().unwrap()
+            } else {
+                block(&mut g, &[xv.clone(), wv.clone(), nv.clone()]).unwrap().pop().unwrap()
+            };
+            let loss = g.cross_entropy(&out, &targets).unwrap();
+            let gr = g.backward(&loss).unwrap();
+            [&xv, &wv, &nv].map(|v| gr.get(v).unwrap().to_vec_f32())
+        };
+        assert_eq!(run(false), run(true));
+    }
+}

@@ -1,0 +1,233 @@
+//! Causal scaled-dot-product attention with grouped-query heads, in the memory-lean style of
+//! FlashAttention: the forward keeps only the output and one logsumexp per (batch, head,
+//! query); the backward recomputes each row of probabilities from them. No B·H·T·T buffer
+//! exists at any point; a worker holds one row of scores (O(T)).
+//!
+//! Layout: q (B, Tq, H, D); k, v (B, S, KVH, D) of which the first Tk rows of each batch are
+//! valid (S ≥ Tk lets a KV cache be passed without copying). Query i sits at absolute position
+//! Tk − Tq + i and sees keys 0..=that (minus those outside a sliding window, if any). Query head
+//! h reads KV head h / (H / KVH), as Hugging Face's `repeat_kv` does.
+
+use crate::float::{axpy, dot, Float};
+use crate::Tensor;
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub b: usize,
+    pub tq: usize,
+    pub tk: usize,
+    /// Rows per batch in the k/v buffers (≥ tk).
+    pub s: usize,
+    pub h: usize,
+    pub kvh: usize,
+    pub d: usize,
+    /// Sliding window: a query sees at most this many most recent keys (itself included).
+    pub window: Option<usize>,
+}
+
+impl AttnDims {
+    fn group(&self) -> usize { self.h / self.kvh }
+    fn key_range(&self, i: usize) -> (usize, usize) {
+        let pos = self.tk - self.tq + i;
+        let lo = match self.window { Some(w) => (pos + 1).saturating_sub(w), None => 0 };
+        (lo, pos + 1)
+    }
+    fn q_at(&self, b: usize, i: usize, h: usize) -> usize { ((b * self.tq + i) * self.h + h) * self.d }
+    fn kv_at(&self, b: usize, j: usize, g: usize) -> usize { ((b * self.s + j) * self.kvh + g) * self.d }
+}
+
+/// Returns (out (B, Tq, H, D), lse (B, H, Tq)).
+pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> (Vec<F>, Vec<F>) {
+    let d = dm.d;
+    let per_head: Vec<(Vec<F>, Vec<F>)> = (0..dm.b * dm.h)
+        .into_par_iter()
+        .map(|bh| {
+            let (b, h) = (bh / dm.h, bh % dm.h);
+            let g = h / dm.group();
+            let mut out = vec![F::ZERO; dm.tq * d];
+            let mut lse = vec![F::ZERO; dm.tq];
+            let mut s = vec![F::ZERO; dm.tk];
+            for i in 0..dm.tq {
+                let qi = &q[dm.q_at(b, i, h)..][..d];
+                let (lo, hi) = dm.key_range(i);
+                let mut m = F::NEG_INFINITY;
+                for j in lo..hi {
+                    let sj = dot(qi, &k[dm.kv_at(b, j, g)..][..d]) * scale;
+                    s[j] = sj;
+                    m = m.max(sj);
+                }
+                let mut l = F::ZERO;
+                let o = &mut out[i * d..(i + 1) * d];
+                for j in lo..hi {
+                    let p = (s[j] - m).exp();
+                    l += p;
+                    axpy(p, &v[dm.kv_at(b, j, g)..][..d], o);
+                }
+                let inv = F::ONE / l;
+                o.iter_mut().for_each(|x| *x *= inv);
+                lse[i] = m + l.ln();
+            }
+            (out, lse)
+        })
+        .collect();
+    let mut out = vec![F::ZERO; dm.b * dm.tq * dm.h * d];
+    let mut lse = vec![F::ZERO; dm.b * dm.h * dm.tq];
+    for (bh, (o, l)) in per_head.into_iter().enumerate() {
+        let (b, h) = (bh / dm.h, bh % dm.h);
+        for i in 0..dm.tq {
+            out[dm.q_at(b, i, h)..][..d].copy_from_slice(&o[i * d..(i + 1) * d]);
+        }
+        lse[bh * dm.tq..(bh + 1) * dm.tq].copy_from_slice(&l);
+    }
+    (out, lse)
+}
+
+/// Returns (dq, dk, dv); dk/dv have the k/v buffer layout (B, S, KVH, D).
+#[allow(clippy::too_many_arguments)]
+pub fn attn_bwd<F: Float>(
+    q: &[F], k: &[F], v: &[F], out: &[F], lse: &[F], dout: &[F], dm: AttnDims, scale: F,
+) -> (Vec<F>, Vec<F>, Vec<F>) {
+    let d = dm.d;
+    let grp = dm.group();
+    // One task per (batch, KV head): it owns dk/dv of that head and dq of its query heads.
+    let parts: Vec<(Vec<F>, Vec<F>, Vec<F>)> = (0..dm.b * dm.kvh)
+        .into_par_iter()
+        .map(|bg| {
+            let (b, g) = (bg / dm.kvh, bg % dm.kvh);
+            let mut dq = vec![F::ZERO; grp * dm.tq * d];
+            let mut dk = vec![F::ZERO; dm.tk * d];
+            let mut dv = vec![F::ZERO; dm.tk * d];
+            let mut p = vec![F::ZERO; dm.tk];
+            for hh in 0..grp {
+                let h = g * grp + hh;
+                for i in 0..dm.tq {
+                    let qo = dm.q_at(b, i, h);
+                    let (qi, oi, doi) = (&q[qo..][..d], &out[qo..][..d], &dout[qo..][..d]);
+                    let l = lse[(b * dm.h + h) * dm.tq + i];
+                    let di = dot(doi, oi);
+                    let (lo, hi) = dm.key_range(i);
+                    let dqi = &mut dq[(hh * dm.tq + i) * d..][..d];
+                    for j in lo..hi {
+                        let kj = &k[dm.kv_at(b, j, g)..][..d];
+                        p[j] = (dot(qi, kj) * scale - l).exp();
+                        let dp = dot(doi, &v[dm.kv_at(b, j, g)..][..d]);
+                        let ds = p[j] * (dp - di) * scale;
+                        axpy(ds, kj, dqi);
+                        axpy(ds, qi, &mut dk[j * d..(j + 1) * d]);
+                        axpy(p[j], doi, &mut dv[j * d..(j + 1) * d]);
+                    }
+                }
+            }
+            (dq, dk, dv)
+        })
+        .collect();
+    let mut dq = vec![F::ZERO; q.len()];
+    let mut dk = vec![F::ZERO; k.len()];
+    let mut dv = vec![F::ZERO; v.len()];
+    for (bg, (pq, pk, pv)) in parts.into_iter().enumerate() {
+        let (b, g) = (bg / dm.kvh, bg % dm.kvh);
+        for hh in 0..grp {
+            for i in 0..dm.tq {
+                dq[dm.q_at(b, i, g * grp + hh)..][..d].copy_from_slice(&pq[(hh * dm.tq + i) * d..][..d]);
+            }
+        }
+        for j in 0..dm.tk {
+            dk[dm.kv_at(b, j, g)..][..d].copy_from_slice(&pk[j * d..(j + 1) * d]);
+            dv[dm.kv_at(b, j, g)..][..d].copy_from_slice(&pv[j * d..(j + 1) * d]);
+        }
+    }
+    (dq, dk, dv)
+}
+
+fn dims(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>) -> Result<AttnDims> {
+    let (qs, ks) = (q.shape(), k.shape());
+    if qs.len() != 4 || ks.len() != 4 || k.shape() != v.shape() {
+        bail!("attention: expected q (B,T,H,D) and k, v (B,S,KVH,D), got {qs:?}, {ks:?}, {:?}", v.shape());
+    }
+    let dm = AttnDims { b: qs[0], tq: qs[1], tk, s: ks[1], h: qs[2], kvh: ks[2], d: qs[3], window };
+    if ks[0] != dm.b || ks[3] != dm.d || dm.kvh == 0 || dm.h % dm.kvh != 0 || tk > dm.s || dm.tq > tk {
+        bail!("attention: incompatible q {qs:?} / k {ks:?} with {tk} valid keys");
+    }
+    Ok(dm)
+}
+
+/// q: (B, Tq, H, D), k, v: (B, S, KVH, D) with `tk` valid rows → (out (B, Tq, H, D), lse (B, H, Tq)).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>) -> Result<(Tensor, Tensor)> {
+    let dm = dims(q, k, v, tk, window)?;
+    let scale = 1.0 / (dm.d as f32).sqrt();
+    let (o, l) = attn_fwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, dm, scale);
+    Ok((Tensor::from_f32(o, q.shape())?, Tensor::from_f32(l, &[dm.b, dm.h, dm.tq])?))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, window: Option<usize>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dm = dims(q, k, v, k.shape()[1], window)?;
+    let scale = 1.0 / (dm.d as f32).sqrt();
+    let (dq, dk, dv) = attn_bwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, out.as_f32()?, lse.as_f32()?, dout.as_f32()?, dm, scale);
+    Ok((Tensor::from_f32(dq, q.shape())?, Tensor::from_f32(dk, k.shape())?, Tensor::from_f32(dv, v.shape())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{gradcheck, rand_vec};
+
+    fn naive(q: &[f64], k: &[f64], v: &[f64], dm: AttnDims) -> Vec<f64> {
+        let mut out = vec![0.0; q.len()];
+        let sc = 1.0 / (dm.d as f64).sqrt();
+        for b in 0..dm.b {
+            for h in 0..dm.h {
+                let g = h / (dm.h / dm.kvh);
+                for i in 0..dm.tq {
+                    let (lo, hi) = dm.key_range(i);
+                    let s: Vec<f64> = (lo..hi).map(|j| dot(&q[dm.q_at(b, i, h)..][..dm.d], &k[dm.kv_at(b, j, g)..][..dm.d]) * sc).collect();
+                    let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                    for (jj, j) in (lo..hi).enumerate() {
+                        let p = (s[jj] - m).exp() / z;
+                        for t in 0..dm.d {
+                            out[dm.q_at(b, i, h) + t] += p * v[dm.kv_at(b, j, g) + t];
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_naive_softmax_attention_with_gqa_window_and_cache_offset() {
+        for (tq, tk, s, window) in [(5, 5, 5, None), (2, 6, 8, None), (6, 6, 6, Some(3))] {
+            let dm = AttnDims { b: 2, tq, tk, s, h: 4, kvh: 2, d: 8, window };
+            let q = rand_vec(dm.b * tq * dm.h * dm.d, 1);
+            let k = rand_vec(dm.b * s * dm.kvh * dm.d, 2);
+            let v = rand_vec(dm.b * s * dm.kvh * dm.d, 3);
+            let (o, _) = attn_fwd(&q, &k, &v, dm, 1.0 / (dm.d as f64).sqrt());
+            let want = naive(&q, &k, &v, dm);
+            for (a, b) in o.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn gradcheck_attention() {
+        for window in [None, Some(2)] {
+            let dm = AttnDims { b: 2, tq: 4, tk: 4, s: 4, h: 4, kvh: 2, d: 4, window };
+            let sc = 0.5;
+            gradcheck(
+                &[rand_vec(2 * 4 * 4 * 4, 1), rand_vec(2 * 4 * 2 * 4, 2), rand_vec(2 * 4 * 2 * 4, 3)],
+                |x| attn_fwd(&x[0], &x[1], &x[2], dm, sc).0,
+                |x, dy| {
+                    let (o, l) = attn_fwd(&x[0], &x[1], &x[2], dm, sc);
+                    let (a, b, c) = attn_bwd(&x[0], &x[1], &x[2], &o, &l, dy, dm, sc);
+                    vec![a, b, c]
+                },
+            );
+        }
+    }
+}

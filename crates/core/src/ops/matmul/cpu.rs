@@ -1,0 +1,105 @@
+//! CPU GEMM: matrixmultiply's packed kernels (AVX2/FMA picked at run time), split across
+//! rayon threads by blocks of output rows (or columns). Every output element is computed by one
+//! call with the same k-order whatever the split, so results do not depend on the thread count.
+
+use crate::float::Float;
+use rayon::prelude::*;
+
+/// A matrix operand: data plus (row stride, column stride), so transposes are free.
+#[derive(Clone, Copy)]
+pub struct Mat<'a, F> {
+    pub data: &'a [F],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a, F> Mat<'a, F> {
+    /// Row-major `rows × cols`.
+    pub fn rm(data: &'a [F], cols: usize) -> Self { Mat { data, rs: cols, cs: 1 } }
+    /// The transpose of a row-major `cols × rows` matrix.
+    pub fn tr(data: &'a [F], rows_of_original_cols: usize) -> Self { Mat { data, rs: 1, cs: rows_of_original_cols } }
+}
+
+struct SendPtr<F>(*mut F);
+unsafe impl<F> Send for SendPtr<F> {}
+unsafe impl<F> Sync for SendPtr<F> {}
+
+/// c (m×n, row-major) = a (m×k) · b (k×n) + beta·c.
+pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: F, c: &mut [F]) {
+    assert!(c.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        for v in &mut c[..m * n] { *v = *v * beta; }
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let flops = m * n * k;
+    // Small products are not worth a fork.
+    let parts = if flops < 1 << 17 { 1 } else { threads };
+    let cp = SendPtr(c.as_mut_ptr());
+    let cp = &cp;
+    if parts <= 1 || (m < 2 * parts && n < 2 * parts) {
+        unsafe {
+            F::gemm(m, k, n, F::ONE, a.data.as_ptr(), a.rs as isize, a.cs as isize,
+                b.data.as_ptr(), b.rs as isize, b.cs as isize, beta, c.as_mut_ptr(), n as isize, 1);
+        }
+    } else if m >= n || m >= 2 * parts * 16 {
+        // Split rows of C (and A).
+        let step = m.div_ceil(parts * 2).max(8);
+        (0..m.div_ceil(step)).into_par_iter().for_each(|i| {
+            let r0 = i * step;
+            let rows = step.min(m - r0);
+            // SAFETY: blocks of rows are disjoint regions of c.
+            unsafe {
+                F::gemm(rows, k, n, F::ONE, a.data.as_ptr().add(r0 * a.rs), a.rs as isize, a.cs as isize,
+                    b.data.as_ptr(), b.rs as isize, b.cs as isize, beta, cp.0.add(r0 * n), n as isize, 1);
+            }
+        });
+    } else {
+        // Split columns of C (and B).
+        let step = n.div_ceil(parts * 2).max(16);
+        (0..n.div_ceil(step)).into_par_iter().for_each(|i| {
+            let c0 = i * step;
+            let cols = step.min(n - c0);
+            // SAFETY: blocks of columns are disjoint regions of c.
+            unsafe {
+                F::gemm(m, k, cols, F::ONE, a.data.as_ptr(), a.rs as isize, a.cs as isize,
+                    b.data.as_ptr().add(c0 * b.cs), b.rs as isize, b.cs as isize, beta, cp.0.add(c0), n as isize, 1);
+            }
+        });
+    }
+}
+
+/// y (n×m) = x (n×k) · wᵀ (w is m×k, the Hugging Face `[out, in]` layout) + bias.
+pub fn linear_fwd<F: Float>(x: &[F], w: &[F], bias: Option<&[F]>, n: usize, k: usize, m: usize) -> Vec<F> {
+    let mut y = vec![F::ZERO; n * m];
+    if let Some(b) = bias {
+        for row in y.chunks_mut(m) { row.copy_from_slice(b); }
+    }
+    let beta = if bias.is_some() { F::ONE } else { F::ZERO };
+    gemm(n, k, m, Mat::rm(x, k), Mat::tr(w, k), beta, &mut y);
+    y
+}
+
+/// Gradients of `linear_fwd`: dx = dy·w, dw = dyᵀ·x, db = column sums of dy.
+pub fn linear_bwd<F: Float>(
+    x: &[F], w: &[F], dy: &[F], n: usize, k: usize, m: usize, want_dx: bool, want_bias: bool,
+) -> (Option<Vec<F>>, Vec<F>, Option<Vec<F>>) {
+    let dx = want_dx.then(|| {
+        let mut dx = vec![F::ZERO; n * k];
+        gemm(n, m, k, Mat::rm(dy, m), Mat::rm(w, k), F::ZERO, &mut dx);
+        dx
+    });
+    let mut dw = vec![F::ZERO; m * k];
+    gemm(m, n, k, Mat::tr(dy, m), Mat::rm(x, k), F::ZERO, &mut dw);
+    let db = want_bias.then(|| {
+        let mut db = vec![F::ZERO; m];
+        for row in dy.chunks(m) {
+            for (d, &g) in db.iter_mut().zip(row) { *d += g; }
+        }
+        db
+    });
+    (dx, dw, db)
+}

@@ -1,0 +1,114 @@
+//! RMSNorm, y = x / sqrt(mean(x²) + eps) · w, optionally fused with the residual add that
+//! precedes it in a pre-norm transformer: h = x + r; y = rmsnorm(h). The fused form reads the
+//! residual stream once and returns both h (the new stream) and y (the block input).
+
+use crate::float::Float;
+use crate::Tensor;
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+/// Rows per parallel task; fixed so that reductions over rows (dw) sum in a fixed order.
+const ROWS_PER_TASK: usize = 32;
+
+/// Returns (y, rstd) for x: (n, c).
+pub fn rmsnorm_fwd<F: Float>(x: &[F], w: &[F], eps: f64, c: usize) -> (Vec<F>, Vec<F>) {
+    let n = x.len() / c;
+    let mut y = vec![F::ZERO; n * c];
+    let mut rstd = vec![F::ZERO; n];
+    y.par_chunks_mut(c * ROWS_PER_TASK)
+        .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
+        .zip(x.par_chunks(c * ROWS_PER_TASK))
+        .for_each(|((yb, rb), xb)| {
+            for ((yr, r), xr) in yb.chunks_mut(c).zip(rb.iter_mut()).zip(xb.chunks(c)) {
+                let ms = crate::float::dot(xr, xr) / F::from_f64(c as f64);
+                let s = F::ONE / (ms + F::from_f64(eps)).sqrt();
+                *r = s;
+                for ((o, &xi), &wi) in yr.iter_mut().zip(xr).zip(w) {
+                    *o = xi * s * wi;
+                }
+            }
+        });
+    (y, rstd)
+}
+
+/// Returns (dx, dw). dx = rstd·(w∘dy − x̂·mean(w∘dy∘x̂)), dw = Σ_rows dy∘x̂.
+pub fn rmsnorm_bwd<F: Float>(x: &[F], w: &[F], rstd: &[F], dy: &[F], c: usize) -> (Vec<F>, Vec<F>) {
+    let n = x.len() / c;
+    let mut dx = vec![F::ZERO; n * c];
+    let partial_dw: Vec<Vec<F>> = dx
+        .par_chunks_mut(c * ROWS_PER_TASK)
+        .zip(x.par_chunks(c * ROWS_PER_TASK))
+        .zip(dy.par_chunks(c * ROWS_PER_TASK))
+        .zip(rstd.par_chunks(ROWS_PER_TASK))
+        .map(|(((dxb, xb), dyb), rb)| {
+            let mut dw = vec![F::ZERO; c];
+            for (((dxr, xr), dyr), &s) in dxb.chunks_mut(c).zip(xb.chunks(c)).zip(dyb.chunks(c)).zip(rb) {
+                let mut m = F::ZERO;
+                for i in 0..c {
+                    let xh = xr[i] * s;
+                    dw[i] += dyr[i] * xh;
+                    m += w[i] * dyr[i] * xh;
+                }
+                m = m / F::from_f64(c as f64);
+                for i in 0..c {
+                    dxr[i] = s * (w[i] * dyr[i] - xr[i] * s * m);
+                }
+            }
+            dw
+        })
+        .collect();
+    let mut dw = vec![F::ZERO; c];
+    for p in &partial_dw {
+        for (a, &b) in dw.iter_mut().zip(p) { *a += b; }
+    }
+    (dx, dw)
+}
+
+fn check(x: &Tensor, w: &Tensor) -> Result<usize> {
+    if w.shape() != [x.cols()] {
+        bail!("rmsnorm: weight {:?} does not match input {:?}", w.shape(), x.shape());
+    }
+    Ok(x.cols())
+}
+
+/// x: (…, C), w: (C) → (y, rstd (…))
+pub fn rmsnorm(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let c = check(x, w)?;
+    let (y, r) = rmsnorm_fwd(x.as_f32()?, w.as_f32()?, eps, c);
+    Ok((Tensor::from_f32(y, x.shape())?, Tensor::from_f32(r, &[x.rows()])?))
+}
+
+pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let c = check(x, w)?;
+    let (dx, dw) = rmsnorm_bwd(x.as_f32()?, w.as_f32()?, rstd.as_f32()?, dy.as_f32()?, c);
+    Ok((Tensor::from_f32(dx, x.shape())?, Tensor::from_f32(dw, w.shape())?))
+}
+
+/// Fused residual add + RMSNorm: h = x + r, (y, rstd) = rmsnorm(h). Returns (h, y, rstd).
+pub fn add_rmsnorm(x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let h = crate::ops::elementwise::add(x, r)?;
+    let (y, rstd) = rmsnorm(&h, w, eps)?;
+    Ok((h, y, rstd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{gradcheck, rand_vec};
+
+    #[test]
+    fn gradcheck_rmsnorm() {
+        let c = 6;
+        let x = rand_vec(70 * c, 1); // more rows than one task, so partial dw sums are exercised
+        let w = rand_vec(c, 2);
+        gradcheck(
+            &[x, w],
+            |v| rmsnorm_fwd(&v[0], &v[1], 1e-5, c).0,
+            |v, dy| {
+                let (_, r) = rmsnorm_fwd(&v[0], &v[1], 1e-5, c);
+                let (dx, dw) = rmsnorm_bwd(&v[0], &v[1], &r, dy, c);
+                vec![dx, dw]
+            },
+        );
+    }
+}

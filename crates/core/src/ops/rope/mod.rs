@@ -1,0 +1,141 @@
+//! Rotary position embedding. Rotates pairs of each head's features by position-dependent
+//! angles; the backward is the rotation by the opposite angle.
+//!
+//! Two pair layouts exist in the wild: Hugging Face rotates (i, i + D/2) ("half-split"),
+//! GGUF/llama.cpp rotate (2i, 2i + 1) ("interleaved"); the same weights need their q/k rows
+//! permuted to move between them. Frequencies: plain theta, linear, NTK-aware, YaRN and Llama-3
+//! scaling (see `freqs.rs`).
+
+pub mod freqs;
+
+use crate::float::Float;
+use crate::Tensor;
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeLayout {
+    HalfSplit,
+    Interleaved,
+}
+
+/// The per-pair inverse frequencies and the factor YaRN multiplies cos/sin by.
+#[derive(Clone, Debug)]
+pub struct RopeTable {
+    pub inv_freq: Vec<f64>,
+    pub attention_factor: f64,
+    pub layout: RopeLayout,
+}
+
+impl RopeTable {
+    /// cos and sin for positions pos0..pos0+t: each (t, D/2).
+    pub fn cos_sin<F: Float>(&self, pos0: usize, t: usize) -> (Vec<F>, Vec<F>) {
+        let half = self.inv_freq.len();
+        let mut c = Vec::with_capacity(t * half);
+        let mut s = Vec::with_capacity(t * half);
+        for p in pos0..pos0 + t {
+            for &f in &self.inv_freq {
+                // f32 angle, as Hugging Face computes it, so long positions round the same way.
+                let a = (p as f32 * f as f32) as f64;
+                c.push(F::from_f64(a.cos() * self.attention_factor));
+                s.push(F::from_f64(a.sin() * self.attention_factor));
+            }
+        }
+        (c, s)
+    }
+}
+
+/// x: (b·t, h, d) rows of tokens; token r sits at position pos0 + r % t.
+/// `sign` = 1 rotates forward, −1 rotates back (the backward pass).
+pub fn rope_apply<F: Float>(x: &mut [F], t: usize, heads: usize, d: usize, cos: &[F], sin: &[F], layout: RopeLayout, sign: F) {
+    let half = d / 2;
+    x.par_chunks_mut(heads * d).enumerate().for_each(|(r, row)| {
+        let tp = r % t;
+        let (c, s) = (&cos[tp * half..(tp + 1) * half], &sin[tp * half..(tp + 1) * half]);
+        for head in row.chunks_mut(d) {
+            for i in 0..half {
+                let (ia, ib) = match layout {
+                    RopeLayout::HalfSplit => (i, i + half),
+                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (a, b) = (head[ia], head[ib]);
+                let si = sign * s[i];
+                head[ia] = a * c[i] - b * si;
+                head[ib] = a * si + b * c[i];
+            }
+        }
+    });
+}
+
+fn check(x: &Tensor, table: &RopeTable) -> Result<(usize, usize)> {
+    let s = x.shape();
+    if s.len() != 4 {
+        bail!("rope: expected (B, T, H, D), got {s:?}");
+    }
+    if s[3] != 2 * table.inv_freq.len() {
+        bail!("rope: head dim {} but the table has {} frequencies", s[3], table.inv_freq.len());
+    }
+    Ok((s[1], s[2]))
+}
+
+/// x: (B, T, H, D) at positions pos0..pos0+T.
+pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
+    let (t, h) = check(x, table)?;
+    let d = x.cols();
+    let (c, s) = table.cos_sin::<f32>(pos0, t);
+    let mut y = x.as_f32()?.to_vec();
+    rope_apply(&mut y, t, h, d, &c, &s, table.layout, 1.0);
+    Tensor::from_f32(y, x.shape())
+}
+
+pub fn rope_backward(dy: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
+    let (t, h) = check(dy, table)?;
+    let d = dy.cols();
+    let (c, s) = table.cos_sin::<f32>(pos0, t);
+    let mut dx = dy.as_f32()?.to_vec();
+    rope_apply(&mut dx, t, h, d, &c, &s, table.layout, -1.0);
+    Tensor::from_f32(dx, dy.shape())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{gradcheck, rand_vec};
+
+    #[test]
+    fn gradcheck_rope_both_layouts() {
+        let (b, t, h, d) = (2, 3, 2, 8);
+        for layout in [RopeLayout::HalfSplit, RopeLayout::Interleaved] {
+            let table = RopeTable { inv_freq: freqs::default_inv_freq(10000.0, d), attention_factor: 1.3, layout };
+            let (c, s) = table.cos_sin::<f64>(5, t);
+            gradcheck(
+                &[rand_vec(b * t * h * d, 1)],
+                |v| { let mut y = v[0].clone(); rope_apply(&mut y, t, h, d, &c, &s, layout, 1.0); y },
+                |_, dy| {
+                    // The transpose of a (scaled) rotation is the rotation by the opposite angle.
+                    let mut dx = dy.to_vec();
+                    rope_apply(&mut dx, t, h, d, &c, &s, layout, -1.0);
+                    vec![dx]
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn layouts_agree_after_permutation() {
+        // Interleaved rope on a permuted head equals the permuted half-split result.
+        let d = 8;
+        let x = rand_vec(d, 3);
+        let inv = freqs::default_inv_freq(10000.0, d);
+        let mk = |layout| RopeTable { inv_freq: inv.clone(), attention_factor: 1.0, layout };
+        let (c, s) = mk(RopeLayout::HalfSplit).cos_sin::<f64>(7, 1);
+        let mut hs = x.clone();
+        rope_apply(&mut hs, 1, 1, d, &c, &s, RopeLayout::HalfSplit, 1.0);
+        let perm: Vec<usize> = (0..d / 2).flat_map(|i| [i, i + d / 2]).collect();
+        let mut il: Vec<f64> = perm.iter().map(|&p| x[p]).collect();
+        rope_apply(&mut il, 1, 1, d, &c, &s, RopeLayout::Interleaved, 1.0);
+        for (j, &p) in perm.iter().enumerate() {
+            assert!((il[j] - hs[p]).abs() < 1e-12);
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! SwiGLU's gate: y = silu(g) · u, silu(g) = g·σ(g).
+
+use crate::float::Float;
+use crate::Tensor;
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+const CHUNK: usize = 4096;
+
+#[inline]
+fn sigmoid<F: Float>(x: F) -> F { F::ONE / (F::ONE + (-x).exp()) }
+
+pub fn swiglu_fwd<F: Float>(g: &[F], u: &[F]) -> Vec<F> {
+    let mut y = vec![F::ZERO; g.len()];
+    y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(u.par_chunks(CHUNK)).for_each(|((y, g), u)| {
+        for i in 0..y.len() {
+            y[i] = g[i] * sigmoid(g[i]) * u[i];
+        }
+    });
+    y
+}
+
+/// Returns (dg, du).
+pub fn swiglu_bwd<F: Float>(g: &[F], u: &[F], dy: &[F]) -> (Vec<F>, Vec<F>) {
+    let mut dg = vec![F::ZERO; g.len()];
+    let mut du = vec![F::ZERO; g.len()];
+    dg.par_chunks_mut(CHUNK)
+        .zip(du.par_chunks_mut(CHUNK))
+        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)))
+        .for_each(|((dg, du), ((g, u), dy))| {
+            for i in 0..dg.len() {
+                let s = sigmoid(g[i]);
+                let silu = g[i] * s;
+                du[i] = dy[i] * silu;
+                dg[i] = dy[i] * u[i] * s * (F::ONE + g[i] * (F::ONE - s));
+            }
+        });
+    (dg, du)
+}
+
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    if g.shape() != u.shape() {
+        bail!("swiglu: gate {:?} and up {:?} differ in shape", g.shape(), u.shape());
+    }
+    Tensor::from_f32(swiglu_fwd(g.as_f32()?, u.as_f32()?), g.shape())
+}
+
+pub fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (dg, du) = swiglu_bwd(g.as_f32()?, u.as_f32()?, dy.as_f32()?);
+    Ok((Tensor::from_f32(dg, g.shape())?, Tensor::from_f32(du, u.shape())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::{gradcheck, rand_vec};
+
+    #[test]
+    fn gradcheck_swiglu() {
+        gradcheck(
+            &[rand_vec(40, 1), rand_vec(40, 2)],
+            |v| swiglu_fwd(&v[0], &v[1]),
+            |v, dy| { let (a, b) = swiglu_bwd(&v[0], &v[1], dy); vec![a, b] },
+        );
+    }
+}
