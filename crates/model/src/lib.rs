@@ -1,1 +1,11 @@
-//! smelt-model
+//! smelt-model: the one transformer (config + presets, parameters with Hugging Face names,
+//! forward pass with KV cache) and safetensors I/O.
+
+pub mod config;
+pub mod io;
+pub mod model;
+pub mod params;
+pub mod presets;
+
+pub use config::{Arch, ModelConfig, RopeScaling};
+pub use model::{KvCache, Logits, Model};

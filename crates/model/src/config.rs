@@ -1,0 +1,282 @@
+//! Model configuration: one struct for every supported family (they differ by data, not by
+//! code), read from and written as Hugging Face `config.json`.
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use smelt_core::ops::rope::{freqs, RopeLayout, RopeTable};
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+}
+
+impl Arch {
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Arch::Llama => "LlamaForCausalLM",
+            Arch::Mistral => "MistralForCausalLM",
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RopeScaling {
+    None,
+    Linear { factor: f64 },
+    /// NTK-aware base stretching (static).
+    Ntk { factor: f64 },
+    Yarn { factor: f64, original_max_pos: f64, beta_fast: f64, beta_slow: f64, attention_factor: Option<f64>, truncate: bool },
+    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_pos: f64 },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_hidden: usize,
+    pub max_pos: usize,
+    pub norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub tie_embeddings: bool,
+    /// Bias on the q/k/v projections (Qwen2).
+    pub qkv_bias: bool,
+    /// RMSNorm on each head of q and k before RoPE (Qwen3).
+    pub qk_norm: bool,
+    pub sliding_window: Option<usize>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl ModelConfig {
+    /// A Llama-architecture config from the shape numbers (head_dim = dim / heads).
+    pub fn llama(vocab_size: usize, dim: usize, n_layers: usize, n_heads: usize, n_kv_heads: usize, ffn_hidden: usize) -> Self {
+        ModelConfig {
+            arch: Arch::Llama,
+            vocab_size,
+            dim,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim: dim / n_heads.max(1),
+            ffn_hidden,
+            max_pos: 2048,
+            norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: RopeScaling::None,
+            tie_embeddings: true,
+            qkv_bias: false,
+            qk_norm: false,
+            sliding_window: None,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.dim == 0 || self.n_layers == 0 || self.n_heads == 0 || self.vocab_size == 0 || self.ffn_hidden == 0 {
+            bail!("model config: dim, layers, heads, vocab size and ffn hidden must all be positive");
+        }
+        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+            bail!("model config: {} heads is not a multiple of {} KV heads", self.n_heads, self.n_kv_heads);
+        }
+        if self.head_dim % 2 != 0 {
+            bail!("model config: head dim {} must be even for RoPE", self.head_dim);
+        }
+        Ok(())
+    }
+
+    pub fn rope_table(&self, layout: RopeLayout) -> RopeTable {
+        let (t, d) = (self.rope_theta, self.head_dim);
+        let (inv_freq, attention_factor) = match &self.rope_scaling {
+            RopeScaling::None => (freqs::default_inv_freq(t, d), 1.0),
+            RopeScaling::Linear { factor } => (freqs::linear_inv_freq(t, d, *factor), 1.0),
+            RopeScaling::Ntk { factor } => (freqs::ntk_inv_freq(t, d, *factor), 1.0),
+            RopeScaling::Yarn { factor, original_max_pos, beta_fast, beta_slow, attention_factor, truncate } => {
+                freqs::yarn_inv_freq(t, d, *factor, *original_max_pos, *beta_fast, *beta_slow, *attention_factor, *truncate)
+            }
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_pos } => {
+                (freqs::llama3_inv_freq(t, d, *factor, *low_freq_factor, *high_freq_factor, *original_max_pos), 1.0)
+            }
+        };
+        RopeTable { inv_freq, attention_factor, layout }
+    }
+
+    /// Parses a Hugging Face `config.json` (both the `rope_theta`/`torch_dtype` style and
+    /// transformers 5's `rope_parameters`/`dtype`). Anything it cannot honour is an error.
+    pub fn from_hf_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+        Self::from_hf_json(&v).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn from_hf_json(v: &Value) -> Result<Self> {
+        let arch_name = v["architectures"].get(0).and_then(|a| a.as_str()).unwrap_or("");
+        let arch = match (arch_name, v["model_type"].as_str().unwrap_or("")) {
+            ("LlamaForCausalLM", _) | ("", "llama") => Arch::Llama,
+            ("MistralForCausalLM", _) | ("", "mistral") => Arch::Mistral,
+            ("Qwen2ForCausalLM", _) | ("", "qwen2") => Arch::Qwen2,
+            ("Qwen3ForCausalLM", _) | ("", "qwen3") => Arch::Qwen3,
+            (a, t) => bail!("unsupported architecture {a:?} (model_type {t:?}); smelt runs LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM"),
+        };
+        let u = |k: &str| -> Result<usize> {
+            v[k].as_u64().map(|x| x as usize).with_context(|| format!("config field {k:?} missing or not an integer"))
+        };
+        let dim = u("hidden_size")?;
+        let n_heads = u("num_attention_heads")?;
+        let n_kv_heads = v["num_key_value_heads"].as_u64().map(|x| x as usize).unwrap_or(n_heads);
+        let head_dim = v["head_dim"].as_u64().map(|x| x as usize).unwrap_or(dim / n_heads.max(1));
+        if let Some(act) = v["hidden_act"].as_str() {
+            if act != "silu" {
+                bail!("hidden_act {act:?} is not supported (only silu / SwiGLU)");
+            }
+        }
+        if v["mlp_bias"].as_bool() == Some(true) {
+            bail!("mlp_bias = true is not supported");
+        }
+        // transformers 5 moved rope settings into `rope_parameters`.
+        let rp = if v["rope_parameters"].is_object() { &v["rope_parameters"] } else { &v["rope_scaling"] };
+        let rope_theta = v["rope_theta"].as_f64().or_else(|| v["rope_parameters"]["rope_theta"].as_f64()).unwrap_or(10000.0);
+        let max_pos = v["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
+        let rope_scaling = parse_rope_scaling(rp, max_pos)?;
+        let ids = |x: &Value| -> Vec<u32> {
+            match x {
+                Value::Array(a) => a.iter().filter_map(|i| i.as_u64()).map(|i| i as u32).collect(),
+                Value::Number(n) => n.as_u64().map(|i| vec![i as u32]).unwrap_or_default(),
+                _ => vec![],
+            }
+        };
+        let sliding_window = match arch {
+            Arch::Mistral => v["sliding_window"].as_u64().map(|w| w as usize),
+            Arch::Qwen2 | Arch::Qwen3 if v["use_sliding_window"].as_bool() == Some(true) => {
+                bail!("use_sliding_window = true is not supported for {}", arch.hf_name())
+            }
+            _ => None,
+        };
+        let cfg = ModelConfig {
+            arch,
+            vocab_size: u("vocab_size")?,
+            dim,
+            n_layers: u("num_hidden_layers")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_hidden: u("intermediate_size")?,
+            max_pos,
+            norm_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            tie_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
+            qkv_bias: match arch {
+                Arch::Qwen2 => true,
+                _ => v["attention_bias"].as_bool().unwrap_or(false),
+            },
+            qk_norm: arch == Arch::Qwen3,
+            sliding_window,
+            bos_token_id: v["bos_token_id"].as_u64().map(|x| x as u32),
+            eos_token_ids: ids(&v["eos_token_id"]),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_hf_json(&self) -> Value {
+        let mut v = json!({
+            "architectures": [self.arch.hf_name()],
+            "model_type": self.arch.model_type(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.dim,
+            "intermediate_size": self.ffn_hidden,
+            "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "max_position_embeddings": self.max_pos,
+            "rms_norm_eps": self.norm_eps,
+            "rope_theta": self.rope_theta,
+            "tie_word_embeddings": self.tie_embeddings,
+            "attention_bias": self.qkv_bias,
+            "mlp_bias": false,
+            "torch_dtype": "float32",
+            "initializer_range": 0.02,
+            "use_cache": true,
+        });
+        if let Some(b) = self.bos_token_id {
+            v["bos_token_id"] = json!(b);
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [e] => v["eos_token_id"] = json!(e),
+            many => v["eos_token_id"] = json!(many),
+        }
+        if let Some(w) = self.sliding_window {
+            v["sliding_window"] = json!(w);
+        }
+        v["rope_scaling"] = match &self.rope_scaling {
+            RopeScaling::None => Value::Null,
+            RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
+            RopeScaling::Ntk { factor } => json!({"rope_type": "ntk", "factor": factor}),
+            RopeScaling::Yarn { factor, original_max_pos, beta_fast, beta_slow, attention_factor, truncate } => json!({
+                "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original_max_pos,
+                "beta_fast": beta_fast, "beta_slow": beta_slow, "attention_factor": attention_factor, "truncate": truncate}),
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_pos } => json!({
+                "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_pos}),
+        };
+        v
+    }
+
+    /// Number of parameters.
+    pub fn n_params(&self) -> usize {
+        crate::params::layout(self).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+}
+
+fn parse_rope_scaling(rp: &Value, max_pos: usize) -> Result<RopeScaling> {
+    if !rp.is_object() {
+        return Ok(RopeScaling::None);
+    }
+    let kind = rp["rope_type"].as_str().or_else(|| rp["type"].as_str()).unwrap_or("default");
+    let f = |k: &str, d: f64| rp[k].as_f64().unwrap_or(d);
+    let factor = || rp["factor"].as_f64().with_context(|| format!("rope scaling {kind:?} needs a factor"));
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor: factor()? },
+        "ntk" => RopeScaling::Ntk { factor: factor()? },
+        "yarn" => RopeScaling::Yarn {
+            factor: factor()?,
+            original_max_pos: f("original_max_position_embeddings", max_pos as f64),
+            beta_fast: f("beta_fast", 32.0),
+            beta_slow: f("beta_slow", 1.0),
+            attention_factor: rp["attention_factor"].as_f64(),
+            truncate: rp["truncate"].as_bool().unwrap_or(true),
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: factor()?,
+            low_freq_factor: f("low_freq_factor", 1.0),
+            high_freq_factor: f("high_freq_factor", 4.0),
+            original_max_pos: f("original_max_position_embeddings", 8192.0),
+        },
+        other => bail!("rope scaling type {other:?} is not supported (default, linear, ntk, yarn, llama3 are)"),
+    })
+}

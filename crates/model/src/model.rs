@@ -1,0 +1,276 @@
+//! The transformer: embed → blocks (attention with KV cache, SwiGLU) → norm → logits.
+//! One forward serves training (recording graph, full sequences) and inference (inference
+//! graph, KV cache). Intermediates are named as llama.cpp names them (attn_norm, ffn_out, …).
+//!
+//! The residual add and the next RMSNorm are fused: every block ends with
+//! `(x, h) = add_rmsnorm(x, out, next_norm)`, where `next_norm` is the following layer's
+//! `input_layernorm` (or the final `model.norm`), so the stream is read once per add.
+
+use crate::config::ModelConfig;
+use crate::params::{self, Index};
+use anyhow::{bail, Context, Result};
+use smelt_core::autograd::BlockFn;
+use smelt_core::ops::rope::{RopeLayout, RopeTable};
+use smelt_core::{Graph, Tensor, Var};
+use std::path::Path;
+use std::sync::Arc;
+
+pub struct Model {
+    pub cfg: ModelConfig,
+    pub params: Vec<Tensor>,
+    pub names: Vec<String>,
+    pub idx: Index,
+    pub rope: Arc<RopeTable>,
+}
+
+/// Keys and values of past positions, per layer: (B, capacity, KVH, D).
+pub struct KvCache {
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    len: usize,
+    cap: usize,
+    batch: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &ModelConfig, batch: usize, cap: usize) -> Self {
+        let shape = [batch, cap, cfg.n_kv_heads, cfg.head_dim];
+        KvCache {
+            k: (0..cfg.n_layers).map(|_| Tensor::zeros(&shape)).collect(),
+            v: (0..cfg.n_layers).map(|_| Tensor::zeros(&shape)).collect(),
+            len: 0,
+            cap,
+            batch,
+        }
+    }
+    pub fn len(&self) -> usize { self.len }
+    pub fn is_empty(&self) -> bool { self.len == 0 }
+    pub fn capacity(&self) -> usize { self.cap }
+    /// Forget positions from `n` on (e.g. rejected speculative tokens).
+    pub fn truncate(&mut self, n: usize) { self.len = self.len.min(n); }
+    pub fn bytes(&self) -> usize { self.k.iter().chain(&self.v).map(|t| t.numel() * 4).sum() }
+}
+
+/// Which positions get logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    All,
+    /// Only the last position of each sequence (generation).
+    Last,
+}
+
+/// One layer's parameters, in the order `layer_inputs` lists them.
+struct LayerVars<'a> {
+    wq: &'a Var, wk: &'a Var, wv: &'a Var, wo: &'a Var,
+    ffn_norm: &'a Var, w_gate: &'a Var, w_up: &'a Var, w_down: &'a Var, next_norm: &'a Var,
+    bq: Option<&'a Var>, bk: Option<&'a Var>, bv: Option<&'a Var>,
+    q_norm: Option<&'a Var>, k_norm: Option<&'a Var>,
+}
+
+impl<'a> LayerVars<'a> {
+    fn from_slice(c: &ModelConfig, s: &'a [Var]) -> Self {
+        let mut i = 9;
+        let mut opt = |on: bool| if on { i += 1; Some(&s[i - 1]) } else { None };
+        let (bq, bk, bv) = (opt(c.qkv_bias), opt(c.qkv_bias), opt(c.qkv_bias));
+        let (q_norm, k_norm) = (opt(c.qk_norm), opt(c.qk_norm));
+        LayerVars {
+            wq: &s[0], wk: &s[1], wv: &s[2], wo: &s[3], ffn_norm: &s[4], w_gate: &s[5], w_up: &s[6], w_down: &s[7],
+            next_norm: &s[8], bq, bk, bv, q_norm, k_norm,
+        }
+    }
+}
+
+/// KV cache slot for one layer during a cached forward.
+struct CacheSlot<'a> {
+    k: &'a mut Tensor,
+    v: &'a mut Tensor,
+    pos0: usize,
+}
+
+/// Writes new rows (B, T, KVH, D) into a cache tensor (B, cap, KVH, D) at position `pos0`.
+fn cache_write(cache: &mut Tensor, new: &Tensor, pos0: usize) -> Result<()> {
+    let s = cache.shape().to_vec();
+    let (b, cap, row) = (s[0], s[1], s[2] * s[3]);
+    let t = new.shape()[1];
+    let src = new.as_f32()?;
+    let dst = cache.f32_mut()?;
+    for bi in 0..b {
+        dst[(bi * cap + pos0) * row..(bi * cap + pos0 + t) * row].copy_from_slice(&src[bi * t * row..(bi + 1) * t * row]);
+    }
+    Ok(())
+}
+
+/// One transformer block. x: residual stream (B·T, C); h: rmsnorm(x)·attn_norm.
+/// Returns the new (x, h) with h normalised by `next_norm`.
+fn block(g: &mut Graph, c: &ModelConfig, rope: &Arc<RopeTable>, bt: (usize, usize), x: &Var, h: &Var, w: &LayerVars, cache: Option<CacheSlot>) -> Result<(Var, Var)> {
+    let (b, t) = bt;
+    let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+    let q = g.linear(h, w.wq, w.bq)?;
+    let k = g.linear(h, w.wk, w.bk)?;
+    let v = g.linear(h, w.wv, w.bv)?;
+    let mut q = g.reshape(&q, &[b, t, nh, hd])?;
+    let mut k = g.reshape(&k, &[b, t, nkv, hd])?;
+    let v = g.reshape(&v, &[b, t, nkv, hd])?;
+    if let (Some(qn), Some(kn)) = (w.q_norm, w.k_norm) {
+        q = g.rmsnorm(&q, qn, c.norm_eps)?;
+        k = g.rmsnorm(&k, kn, c.norm_eps)?;
+    }
+    let pos0 = cache.as_ref().map_or(0, |s| s.pos0);
+    let q = g.rope(&q, rope, pos0)?;
+    let k = g.rope(&k, rope, pos0)?;
+    let attn = match cache {
+        None => g.attention(&q, &k, &v, t, c.sliding_window)?,
+        Some(slot) => {
+            if g.is_recording() {
+                bail!("the KV cache is for inference only");
+            }
+            cache_write(slot.k, k.tensor(), pos0)?;
+            cache_write(slot.v, v.tensor(), pos0)?;
+            let (o, _) = smelt_core::ops::attention::attention(q.tensor(), slot.k, slot.v, pos0 + t, c.sliding_window)?;
+            g.constant(o)
+        }
+    };
+    let attn = g.reshape(&attn, &[b * t, nh * hd])?;
+    let attn_out = g.linear(&attn, w.wo, None)?;
+    let (x, h) = g.add_rmsnorm(x, &attn_out, w.ffn_norm, c.norm_eps)?;
+    let gate = g.linear(&h, w.w_gate, None)?;
+    let up = g.linear(&h, w.w_up, None)?;
+    let act = g.swiglu(&gate, &up)?;
+    let ffn_out = g.linear(&act, w.w_down, None)?;
+    g.add_rmsnorm(&x, &ffn_out, w.next_norm, c.norm_eps)
+}
+
+impl Model {
+    pub fn new(cfg: ModelConfig, params: Vec<Tensor>) -> Result<Self> {
+        cfg.validate()?;
+        let layout = params::layout(&cfg);
+        if layout.len() != params.len() {
+            bail!("model has {} parameter tensors, config needs {}", params.len(), layout.len());
+        }
+        for ((name, shape), p) in layout.iter().zip(&params) {
+            if p.shape() != shape.as_slice() {
+                bail!("parameter {name}: shape {:?}, config needs {shape:?}", p.shape());
+            }
+        }
+        let rope = Arc::new(cfg.rope_table(RopeLayout::HalfSplit));
+        let idx = params::index(&cfg);
+        Ok(Model { names: layout.into_iter().map(|(n, _)| n).collect(), params, idx, rope, cfg })
+    }
+
+    /// Fresh random weights.
+    pub fn init(cfg: ModelConfig, seed: u64) -> Result<Self> {
+        let p = params::init(&cfg, seed);
+        Self::new(cfg, p)
+    }
+
+    /// Loads a Hugging Face-layout folder (config.json + safetensors).
+    pub fn load(dir: &Path) -> Result<Self> {
+        let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+        let mut w = crate::io::read_model_weights(dir)?;
+        let mut params = Vec::new();
+        for (name, shape) in params::layout(&cfg) {
+            let t = w.remove(&name).with_context(|| format!("{}: tensor {name} is missing", dir.display()))?;
+            if t.shape() != shape.as_slice() {
+                bail!("{}: tensor {name} has shape {:?}, config.json implies {shape:?}", dir.display(), t.shape());
+            }
+            params.push(t.to_dtype(smelt_core::DType::F32));
+        }
+        // Tied checkpoints sometimes also store the head; rotary tables are derived, not weights.
+        w.retain(|n, _| !(n == "lm_head.weight" && cfg.tie_embeddings) && !n.ends_with("rotary_emb.inv_freq"));
+        if let Some(extra) = w.keys().min() {
+            bail!("{}: unexpected tensor {extra} (and {} more): not part of a {} model as configured", dir.display(), w.len() - 1, cfg.arch.hf_name());
+        }
+        Self::new(cfg, params)
+    }
+
+    /// Writes config.json and model.safetensors (f32) into an existing folder.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let cfg = serde_json::to_string_pretty(&self.cfg.to_hf_json())?;
+        std::fs::write(dir.join("config.json"), cfg).with_context(|| format!("writing {}/config.json", dir.display()))?;
+        let named: Vec<(String, Tensor)> = self.names.iter().cloned().zip(self.params.iter().cloned()).collect();
+        let mut meta = std::collections::HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        crate::io::write_safetensors(&dir.join("model.safetensors"), &named, smelt_core::DType::F32, Some(meta))
+    }
+
+    /// The parameters as graph leaves (ids 0..P in a fresh graph).
+    pub fn param_vars(&self, g: &mut Graph, requires_grad: bool) -> Vec<Var> {
+        self.params.iter().map(|p| g.leaf(p.clone(), requires_grad)).collect()
+    }
+
+    fn layer_inputs(&self, l: usize, p: &[Var]) -> Vec<Var> {
+        let li = &self.idx.layers[l];
+        let next_norm = if l + 1 < self.cfg.n_layers { self.idx.layers[l + 1].attn_norm } else { self.idx.norm };
+        let mut ids = vec![li.wq, li.wk, li.wv, li.wo, li.ffn_norm, li.w_gate, li.w_up, li.w_down, next_norm];
+        ids.extend([li.bq, li.bk, li.bv, li.q_norm, li.k_norm].into_iter().flatten());
+        ids.into_iter().map(|i| p[i].clone()).collect()
+    }
+
+    /// tokens: (B, T) u32 → logits (B·T, V), or (B, V) for `Logits::Last`.
+    /// With `cache`, the tokens continue the cached sequence(s) and are appended to it.
+    /// `checkpoint` recomputes each block's activations in the backward pass.
+    pub fn forward(&self, g: &mut Graph, p: &[Var], tokens: &Tensor, mut cache: Option<&mut KvCache>, logits: Logits, checkpoint: bool) -> Result<Var> {
+        let c = &self.cfg;
+        let (b, t) = match tokens.shape() {
+            [b, t] => (*b, *t),
+            s => bail!("forward: tokens must be (B, T), got {s:?}"),
+        };
+        if let Some(kv) = cache.as_deref() {
+            if kv.batch != b || kv.len + t > kv.cap {
+                bail!("KV cache holds {} of {} positions for batch {}; cannot add {t} for batch {b}", kv.len, kv.cap, kv.batch);
+            }
+        }
+        let flat = tokens.reshape(&[b * t])?;
+        let x = g.embedding(&p[self.idx.embed], &flat)?;
+        let h0 = g.rmsnorm(&x, &p[self.idx.layers[0].attn_norm], c.norm_eps)?;
+        let (mut x, mut h) = (x, h0);
+        let pos0 = cache.as_deref().map_or(0, |kv| kv.len);
+        for l in 0..c.n_layers {
+            let inputs = self.layer_inputs(l, p);
+            if checkpoint && g.is_recording() && cache.is_none() {
+                let (cfg, rope) = (Arc::new(c.clone()), self.rope.clone());
+                let f: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
+                    let w = LayerVars::from_slice(&cfg, &v[2..]);
+                    let (x, h) = block(g, &cfg, &rope, (b, t), &v[0], &v[1], &w, None)?;
+                    Ok(vec![x, h])
+                });
+                let mut all = vec![x.clone(), h.clone()];
+                all.extend(inputs);
+                let mut out = g.checkpoint(&all, f)?;
+                h = out.pop().unwrap();
+                x = out.pop().unwrap();
+            } else {
+                let w = LayerVars::from_slice(c, &inputs);
+                let slot = cache.as_deref_mut().map(|kv| CacheSlot { k: &mut kv.k[l], v: &mut kv.v[l], pos0 });
+                (x, h) = block(g, c, &self.rope, (b, t), &x, &h, &w, slot)?;
+            }
+        }
+        if let Some(kv) = cache {
+            kv.len += t;
+        }
+        let h = match logits {
+            Logits::All => h,
+            Logits::Last => {
+                let hs = h.tensor().as_f32()?;
+                let d = c.dim;
+                let rows: Vec<f32> = (0..b).flat_map(|bi| hs[((bi + 1) * t - 1) * d..(bi + 1) * t * d].iter().copied()).collect();
+                g.constant(Tensor::from_f32(rows, &[b, d])?)
+            }
+        };
+        g.linear(&h, &p[self.idx.head], None)
+    }
+
+    /// Mean next-token loss of (B, T) inputs against (B, T) targets.
+    pub fn loss(&self, g: &mut Graph, p: &[Var], inputs: &Tensor, targets: &Tensor, checkpoint: bool) -> Result<Var> {
+        let logits = self.forward(g, p, inputs, None, Logits::All, checkpoint)?;
+        let n = targets.numel();
+        g.cross_entropy(&logits, &targets.reshape(&[n])?)
+    }
+
+    /// Inference: logits for `tokens` (B, T) continuing `cache`.
+    pub fn logits(&self, tokens: &Tensor, cache: Option<&mut KvCache>, mode: Logits) -> Result<Tensor> {
+        let mut g = Graph::inference();
+        let p = self.param_vars(&mut g, false);
+        Ok(self.forward(&mut g, &p, tokens, cache, mode, false)?.tensor().clone())
+    }
+}

@@ -1,0 +1,281 @@
+//! The pretraining loop: batches → forward/backward (with gradient accumulation) → clip →
+//! AdamW → metrics, validation and checkpoints; exact resume from any checkpoint.
+
+use crate::batches::{eval_batches, train_batch};
+use crate::checkpoint::{self, TrainerState};
+use crate::optim::{lr_at, AdamWState, Schedule};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use smelt_core::ops::adamw::{clip_grad_norm, AdamW};
+use smelt_core::{Graph, Tensor};
+use smelt_data::TokenFile;
+use smelt_model::{presets, Model, ModelConfig};
+use smelt_tokenizer::Tokenizer;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub dataset: PathBuf,
+    pub val_dataset: Option<PathBuf>,
+    /// tokenizer.json (or a model folder holding one); defaults to the one in `init`.
+    pub tokenizer: Option<PathBuf>,
+    /// Start from this model folder instead of fresh weights.
+    pub init: Option<PathBuf>,
+    pub size: String,
+    pub dim: Option<usize>,
+    pub layers: Option<usize>,
+    pub heads: Option<usize>,
+    pub kv_heads: Option<usize>,
+    pub ffn_hidden: Option<usize>,
+    pub untied: bool,
+    pub rope_theta: f64,
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub steps: u64,
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup: u64,
+    pub schedule: Schedule,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub grad_clip: f64,
+    pub seed: u64,
+    pub grad_checkpoint: bool,
+    pub checkpoint_dir: PathBuf,
+    pub checkpoint_interval: u64,
+    pub keep_checkpoints: usize,
+    pub log_interval: u64,
+    pub val_batches: usize,
+}
+
+impl TrainConfig {
+    pub fn model_config(&self, vocab_size: usize) -> Result<ModelConfig> {
+        let mut c = if self.size == "custom" {
+            let need = |v: Option<usize>, f: &str| v.with_context(|| format!("--size custom needs --{f}"));
+            let (dim, layers, heads) = (need(self.dim, "dim")?, need(self.layers, "layers")?, need(self.heads, "heads")?);
+            let ffn = self.ffn_hidden.unwrap_or_else(|| (dim * 8 / 3).div_ceil(64) * 64);
+            ModelConfig::llama(vocab_size, dim, layers, heads, self.kv_heads.unwrap_or(heads), ffn)
+        } else {
+            let mut c = presets::preset(&self.size, vocab_size)?;
+            if let Some(kv) = self.kv_heads {
+                c.n_kv_heads = kv;
+            }
+            c
+        };
+        c.tie_embeddings = !self.untied;
+        c.rope_theta = self.rope_theta;
+        c.max_pos = c.max_pos.max(self.seq_len);
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+/// What a finished run reports.
+pub struct TrainSummary {
+    pub final_loss: f64,
+    pub final_dir: PathBuf,
+    pub steps: u64,
+}
+
+#[derive(Serialize)]
+struct Metrics {
+    step: u64,
+    loss: f64,
+    lr: f64,
+    tokens_per_second: f64,
+    grad_norm: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    val_loss: Option<f64>,
+}
+
+/// One update: forward/backward over `micro` batches (gradients averaged), clip, AdamW.
+/// Returns (mean loss, pre-clip gradient norm). Parameters are untouched if the loss is not finite.
+pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[(Tensor, Tensor)], clip: f64, grad_checkpoint: bool) -> Result<(f64, f64)> {
+    let mut acc: Option<Vec<Tensor>> = None;
+    let mut loss_sum = 0f64;
+    for (x, y) in micro {
+        let mut g = Graph::training();
+        let p = model.param_vars(&mut g, true);
+        let loss = model.loss(&mut g, &p, x, y, grad_checkpoint)?;
+        loss_sum += loss.tensor().as_f32()?[0] as f64;
+        let mut grads = g.backward(&loss)?;
+        let gs: Vec<Tensor> = p.iter().map(|v| grads.take(v).unwrap_or_else(|| Tensor::zeros(v.shape()))).collect();
+        acc = Some(match acc {
+            None => gs,
+            Some(mut a) => {
+                for (ai, gi) in a.iter_mut().zip(&gs) {
+                    smelt_core::ops::elementwise::add_assign(ai, gi)?;
+                }
+                a
+            }
+        });
+    }
+    let mut grads = acc.context("no micro-batches")?;
+    let n = micro.len() as f32;
+    if micro.len() > 1 {
+        for g in &mut grads {
+            g.f32_mut()?.iter_mut().for_each(|v| *v /= n);
+        }
+    }
+    let loss = loss_sum / micro.len() as f64;
+    if !loss.is_finite() {
+        return Ok((loss, f64::NAN));
+    }
+    let norm = clip_grad_norm(&mut grads, clip)?;
+    if !norm.is_finite() {
+        return Ok((loss, norm));
+    }
+    let decay: Vec<bool> = model.params.iter().map(|p| smelt_model::params::decays(p.shape())).collect();
+    opt.step(hp, &mut model.params, &grads, &decay)?;
+    Ok((loss, norm))
+}
+
+/// Mean validation loss over deterministic windows.
+pub fn evaluate(model: &Model, batches: &[(Tensor, Tensor)]) -> Result<f64> {
+    let (mut sum, mut n) = (0f64, 0usize);
+    for (x, y) in batches {
+        let mut g = Graph::inference();
+        let p = model.param_vars(&mut g, false);
+        let loss = model.loss(&mut g, &p, x, y, false)?;
+        sum += loss.tensor().as_f32()?[0] as f64 * y.numel() as f64;
+        n += y.numel();
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
+/// Keeps the metrics lines of steps ≤ `step` (on resume, later lines belong to a run being replaced).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path)?;
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(path, kept)?;
+    Ok(())
+}
+
+/// Trains from `cfg`, or continues the checkpoint `resume` (its saved settings are used except
+/// `steps`, `checkpoint_dir`, `checkpoint_interval`, `keep_checkpoints` and `log_interval`).
+pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
+    let (mut model, tok, mut opt, cfg, start) = match resume {
+        Some(dir) => {
+            let model = Model::load(dir)?;
+            let (opt, state) = checkpoint::load_train_state(dir, &model)?;
+            let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
+            let mut saved = state.config.clone();
+            saved.steps = cfg.steps;
+            saved.checkpoint_dir = cfg.checkpoint_dir.clone();
+            saved.checkpoint_interval = cfg.checkpoint_interval;
+            saved.keep_checkpoints = cfg.keep_checkpoints;
+            saved.log_interval = cfg.log_interval;
+            if saved.steps <= state.step {
+                bail!("{} is at step {}; --steps {} leaves nothing to do", dir.display(), state.step, saved.steps);
+            }
+            eprintln!("resuming {} at step {} of {}", dir.display(), state.step, saved.steps);
+            (model, tok, opt, saved, state.step)
+        }
+        None => {
+            let tok_path = cfg.tokenizer.clone().or_else(|| cfg.init.clone()).context("--tokenizer is required (a tokenizer.json, e.g. from `smelt tokenizer`)")?;
+            let tok = Tokenizer::from_file(&tok_path)?;
+            let model = match &cfg.init {
+                Some(dir) => Model::load(dir)?,
+                None => {
+                    let mut mc = cfg.model_config(tok.vocab_size())?;
+                    mc.bos_token_id = tok.bos_id();
+                    mc.eos_token_ids = tok.eos_id().into_iter().collect();
+                    Model::init(mc, cfg.seed)?
+                }
+            };
+            let opt = AdamWState::new(&model.params);
+            (model, tok, opt, cfg, 0)
+        }
+    };
+    let data = TokenFile::open(&cfg.dataset)?;
+    if data.vocab_size() as usize > model.cfg.vocab_size {
+        bail!("{}: made with a vocabulary of {}, but the model has {}", cfg.dataset.display(), data.vocab_size(), model.cfg.vocab_size);
+    }
+    let val = match &cfg.val_dataset {
+        Some(p) => Some(eval_batches(&TokenFile::open(p)?, cfg.batch_size, cfg.seq_len, cfg.val_batches)?),
+        None => None,
+    };
+    if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.grad_accum == 0 {
+        bail!("--batch-size, --seq-len and --grad-accum must be positive");
+    }
+    if cfg.seq_len > model.cfg.max_pos {
+        eprintln!("note: --seq-len {} exceeds the model's max_position_embeddings {}", cfg.seq_len, model.cfg.max_pos);
+    }
+    std::fs::create_dir_all(&cfg.checkpoint_dir).with_context(|| format!("creating {}", cfg.checkpoint_dir.display()))?;
+    let metrics_path = cfg.checkpoint_dir.join("metrics.jsonl");
+    if start > 0 {
+        truncate_metrics(&metrics_path, start)?;
+    } else if metrics_path.exists() {
+        std::fs::remove_file(&metrics_path)?;
+    }
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
+
+    let n_params = model.cfg.n_params();
+    eprintln!(
+        "model: {} parameters ({} layers, dim {}, {} heads / {} KV), vocab {}; {} tokens per update",
+        n_params, model.cfg.n_layers, model.cfg.dim, model.cfg.n_heads, model.cfg.n_kv_heads, model.cfg.vocab_size,
+        cfg.batch_size * cfg.seq_len * cfg.grad_accum
+    );
+    let bar = crate::progress::Progress::new(cfg.steps, start);
+    let tokens_per_step = (cfg.batch_size * cfg.seq_len * cfg.grad_accum) as u64;
+    let mut tokens_seen = start * tokens_per_step;
+    let mut last_loss = f64::NAN;
+    let mut last_ckpt: Option<PathBuf> = None;
+    let (mut window_tokens, mut window_start) = (0u64, Instant::now());
+    for step in start..cfg.steps {
+        let lr = lr_at(cfg.schedule, step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
+        let hp = AdamW { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
+        let micro: Vec<(Tensor, Tensor)> = (0..cfg.grad_accum as u64)
+            .map(|m| train_batch(&data, cfg.seed, step, m, cfg.batch_size, cfg.seq_len))
+            .collect::<Result<_>>()?;
+        let (loss, norm) = train_step(&mut model, &mut opt, &hp, &micro, cfg.grad_clip, cfg.grad_checkpoint)?;
+        if !loss.is_finite() || !norm.is_finite() {
+            bar.finish();
+            let keep = last_ckpt.map(|p| format!("the last good checkpoint is {}", p.display())).unwrap_or_else(|| "no checkpoint was written yet".into());
+            bail!("training diverged at step {}: loss {loss}, gradient norm {norm}; stopped without applying the update ({keep}). Try a lower --lr or more --warmup", step + 1);
+        }
+        last_loss = loss;
+        tokens_seen += tokens_per_step;
+        window_tokens += tokens_per_step;
+        let done = step + 1;
+        let is_ckpt = cfg.checkpoint_interval > 0 && done % cfg.checkpoint_interval == 0 && done < cfg.steps;
+        let is_last = done == cfg.steps;
+        let val_loss = match (&val, is_ckpt || is_last) {
+            (Some(v), true) => Some(evaluate(&model, v)?),
+            _ => None,
+        };
+        let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+        if done % cfg.log_interval.max(1) == 0 || is_last || val_loss.is_some() {
+            let m = Metrics { step: done, loss, lr, tokens_per_second: tps, grad_norm: norm, val_loss };
+            writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
+            metrics.flush()?;
+            (window_tokens, window_start) = (0, Instant::now());
+        }
+        bar.update(done, loss, tps, lr, val_loss);
+        if is_ckpt || is_last {
+            let state = TrainerState { step: done, tokens_seen, data_position: done, config: cfg.clone(), smelt_version: env!("CARGO_PKG_VERSION").into() };
+            let dir = if is_last { cfg.checkpoint_dir.join("final") } else { cfg.checkpoint_dir.join(checkpoint::step_dir_name(done)) };
+            checkpoint::save(&dir, &model, &tok, Some((&opt, &state)))?;
+            if is_ckpt {
+                checkpoint::rotate(&cfg.checkpoint_dir, cfg.keep_checkpoints.max(1))?;
+            }
+            last_ckpt = Some(dir);
+        }
+    }
+    bar.finish();
+    let final_dir = cfg.checkpoint_dir.join("final");
+    Ok(TrainSummary { final_loss: last_loss, final_dir, steps: cfg.steps })
+}
