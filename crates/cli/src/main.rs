@@ -14,11 +14,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Tokenise text documents into a token file for training.
+    Prepare(cmd::prepare::PrepareArgs),
+    /// Quality-filter and deduplicate text documents into JSONL.
+    Process(cmd::process::ProcessArgs),
+    /// Blend token files by ratio, by whole documents.
+    Mix(cmd::mix::MixArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Prepare(a) => cmd::prepare::run(a),
+        Command::Process(a) => cmd::process::run(a),
+        Command::Mix(a) => cmd::mix::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,1 +1,5 @@
 //! One module per subcommand: its clap argument struct and its `run`.
+pub mod mix;
+pub mod prepare;
+pub mod process;
+pub mod progress;
