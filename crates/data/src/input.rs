@@ -5,6 +5,10 @@
 //! string field (default `text`). Either may be gzip-compressed (`.gz`). Files are read one at a
 //! time and JSONL line by line, so memory holds at most one text file or one batch of lines.
 //! Tokenising and filtering are not here: this module only yields text.
+//!
+//! Invalid UTF-8 is replaced by U+FFFD and counted, not fatal: a long run over a crawled corpus
+//! should not die on one bad byte, and the count and the first file names reach the summary, so
+//! the damage is visible and bounded.
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Read};

@@ -68,7 +68,7 @@ pub fn val_path_for(output: &Path) -> PathBuf {
 /// Whether document `index` (0-based over all inputs, in order) goes to validation. A hash of
 /// (seed, index) rather than a running RNG, so the split does not depend on batching or threads.
 pub fn is_val_doc(index: u64, seed: u64, fraction: f64) -> bool {
-    fraction > 0.0 && unit_f64(hash_u64s(&[seed, index, 0x7661_6c])) < fraction
+    fraction > 0.0 && unit_f64(hash_u64s(&[seed, index, 0x0076_616c])) < fraction
 }
 
 /// Run `prepare`. `progress(bytes_read, total_bytes)` is called after each batch.

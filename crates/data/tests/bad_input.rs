@@ -9,7 +9,7 @@ use smelt_tokenizer::Tokenizer;
 
 fn prep_err(inputs: Vec<String>, out: &std::path::Path) -> String {
     let cfg = PrepareConfig::new(inputs, out.to_path_buf());
-    format!("{:#}", prepare(&cfg, &Tokenizer::byte_level(), &|_, _| {}).err().expect("should fail"))
+    format!("{:#}", prepare(&cfg, &Tokenizer::byte_level(), &|_, _| {}).expect_err("should fail"))
 }
 
 #[test]
