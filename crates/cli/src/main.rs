@@ -14,11 +14,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Pretrain a model (or continue one exactly with --resume).
+    Train(cmd::train::TrainArgs),
+    /// Generate text from a model.
+    Generate(cmd::generate::GenerateArgs),
+    /// Score a text file: mean negative log-likelihood and perplexity.
+    Perplexity(cmd::perplexity::PerplexityArgs),
+    /// Measure forward, decode and training speed and peak memory.
+    Bench(cmd::bench::BenchArgs),
+    /// Parameter counts and memory needs of the model presets.
+    Sizes(cmd::sizes::SizesArgs),
+    /// Tokenise text documents into a token file for training.
+    Prepare(cmd::prepare::PrepareArgs),
+    /// Quality-filter and deduplicate text documents into JSONL.
+    Process(cmd::process::ProcessArgs),
+    /// Blend token files by ratio, by whole documents.
+    Mix(cmd::mix::MixArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(a) => cmd::train::run(a),
+        Command::Generate(a) => cmd::generate::run(a),
+        Command::Perplexity(a) => cmd::perplexity::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Sizes(a) => cmd::sizes::run(a),
+        Command::Prepare(a) => cmd::prepare::run(a),
+        Command::Process(a) => cmd::process::run(a),
+        Command::Mix(a) => cmd::mix::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,3 +1,11 @@
-//! smelt-data: token files and the stages that make them (prepare, process, mix).
+//! smelt-data: token files and the stages that make them (prepare, process, mix), and the batch
+//! loader that feeds them to training.
+pub mod hash;
+pub mod input;
+pub mod loader;
+pub mod mix;
+pub mod prepare;
+pub mod process;
 pub mod tokens;
+pub use loader::Batcher;
 pub use tokens::{TokenFile, TokenWriter};

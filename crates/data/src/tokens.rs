@@ -140,7 +140,8 @@ impl TokenWriter {
     }
 }
 
-fn tmp_path(p: &Path) -> PathBuf {
+/// Where a writer stages `p` before renaming it into place.
+pub fn tmp_path(p: &Path) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
     s.push(".tmp");
     PathBuf::from(s)

@@ -1,6 +1,5 @@
 //! smelt-train: the optimizer, schedules, the pretraining loop and checkpoints.
 
-pub mod batches;
 pub mod checkpoint;
 pub mod optim;
 pub mod progress;

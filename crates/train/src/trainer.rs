@@ -1,14 +1,13 @@
 //! The pretraining loop: batches → forward/backward (with gradient accumulation) → clip →
 //! AdamW → metrics, validation and checkpoints; exact resume from any checkpoint.
 
-use crate::batches::{eval_batches, train_batch};
 use crate::checkpoint::{self, TrainerState};
 use crate::optim::{lr_at, AdamWState, Schedule};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use smelt_core::ops::adamw::{clip_grad_norm, AdamW};
 use smelt_core::{Graph, Tensor};
-use smelt_data::TokenFile;
+use smelt_data::{Batcher, TokenFile};
 use smelt_model::{presets, Model, ModelConfig};
 use smelt_tokenizer::Tokenizer;
 use std::io::Write;
@@ -148,6 +147,18 @@ pub fn evaluate(model: &Model, batches: &[(Tensor, Tensor)]) -> Result<f64> {
     Ok(sum / n.max(1) as f64)
 }
 
+fn to_tensors(x: Vec<u32>, y: Vec<u32>, t: usize) -> Result<(Tensor, Tensor)> {
+    let b = x.len() / t;
+    Ok((Tensor::from_u32(x, &[b, t])?, Tensor::from_u32(y, &[b, t])?))
+}
+
+fn check_vocab(f: &TokenFile, vocab: usize) -> Result<()> {
+    if f.vocab_size() as usize > vocab {
+        bail!("{}: made with a vocabulary of {}, but the model has {}", f.path().display(), f.vocab_size(), vocab);
+    }
+    Ok(())
+}
+
 /// Keeps the metrics lines of steps ≤ `step` (on resume, later lines belong to a run being replaced).
 fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     if !path.exists() {
@@ -199,17 +210,19 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
             (model, tok, opt, cfg, 0)
         }
     };
-    let data = TokenFile::open(&cfg.dataset)?;
-    if data.vocab_size() as usize > model.cfg.vocab_size {
-        bail!("{}: made with a vocabulary of {}, but the model has {}", cfg.dataset.display(), data.vocab_size(), model.cfg.vocab_size);
-    }
-    let val = match &cfg.val_dataset {
-        Some(p) => Some(eval_batches(&TokenFile::open(p)?, cfg.batch_size, cfg.seq_len, cfg.val_batches)?),
-        None => None,
-    };
     if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.grad_accum == 0 {
         bail!("--batch-size, --seq-len and --grad-accum must be positive");
     }
+    let data = Batcher::new(TokenFile::open(&cfg.dataset)?, cfg.batch_size, cfg.seq_len, cfg.seed)?;
+    check_vocab(data.file(), model.cfg.vocab_size)?;
+    let val = match &cfg.val_dataset {
+        Some(p) => {
+            let v = Batcher::new(TokenFile::open(p)?, cfg.batch_size, cfg.seq_len, cfg.seed)?;
+            check_vocab(v.file(), model.cfg.vocab_size)?;
+            Some(v.eval_batches(Some(cfg.val_batches)).map(|(x, y)| to_tensors(x, y, cfg.seq_len)).collect::<Result<Vec<_>>>()?)
+        }
+        None => None,
+    };
     if cfg.seq_len > model.cfg.max_pos {
         eprintln!("note: --seq-len {} exceeds the model's max_position_embeddings {}", cfg.seq_len, model.cfg.max_pos);
     }
@@ -238,8 +251,13 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
     for step in start..cfg.steps {
         let lr = lr_at(cfg.schedule, step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
         let hp = AdamW { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
+        // Micro-batch m of update s is loader step s·accum + m: a pure function, so resume is exact.
         let micro: Vec<(Tensor, Tensor)> = (0..cfg.grad_accum as u64)
-            .map(|m| train_batch(&data, cfg.seed, step, m, cfg.batch_size, cfg.seq_len))
+            .map(|m| {
+                let (mut x, mut y) = (Vec::new(), Vec::new());
+                data.batch(step * cfg.grad_accum as u64 + m, &mut x, &mut y);
+                to_tensors(x, y, cfg.seq_len)
+            })
             .collect::<Result<_>>()?;
         let (loss, norm) = train_step(&mut model, &mut opt, &hp, &micro, cfg.grad_clip, cfg.grad_checkpoint)?;
         if !loss.is_finite() || !norm.is_finite() {

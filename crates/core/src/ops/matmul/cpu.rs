@@ -74,12 +74,43 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
 
 /// y (n×m) = x (n×k) · wᵀ (w is m×k, the Hugging Face `[out, in]` layout) + bias.
 pub fn linear_fwd<F: Float>(x: &[F], w: &[F], bias: Option<&[F]>, n: usize, k: usize, m: usize) -> Vec<F> {
+    if n <= MATVEC_ROWS {
+        return linear_matvec(x, w, bias, n, k, m);
+    }
     let mut y = vec![F::ZERO; n * m];
     if let Some(b) = bias {
         for row in y.chunks_mut(m) { row.copy_from_slice(b); }
     }
     let beta = if bias.is_some() { F::ONE } else { F::ZERO };
     gemm(n, k, m, Mat::rm(x, k), Mat::tr(w, k), beta, &mut y);
+    y
+}
+
+/// Up to this many input rows, `linear_fwd` streams the weights once with dot products
+/// instead of packing them for GEMM (decode is one row; packing would copy every weight).
+const MATVEC_ROWS: usize = 4;
+
+/// y = x·wᵀ for a few rows: each output is a contiguous dot product over a weight row.
+fn linear_matvec<F: Float>(x: &[F], w: &[F], bias: Option<&[F]>, n: usize, k: usize, m: usize) -> Vec<F> {
+    // Output columns in blocks; every block reads its weight rows once for all n inputs.
+    const BLOCK: usize = 64;
+    let mut yt = vec![F::ZERO; m * n]; // (m, n): blocks of output columns are contiguous
+    yt.par_chunks_mut(BLOCK * n).enumerate().for_each(|(bi, yb)| {
+        for (jj, yrow) in yb.chunks_mut(n).enumerate() {
+            let j = bi * BLOCK + jj;
+            let wr = &w[j * k..(j + 1) * k];
+            let b = bias.map_or(F::ZERO, |b| b[j]);
+            for (i, y) in yrow.iter_mut().enumerate() {
+                *y = crate::float::dot(&x[i * k..(i + 1) * k], wr) + b;
+            }
+        }
+    });
+    let mut y = vec![F::ZERO; n * m];
+    for j in 0..m {
+        for i in 0..n {
+            y[i * m + j] = yt[j * n + i];
+        }
+    }
     y
 }
 

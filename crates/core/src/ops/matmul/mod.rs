@@ -68,6 +68,21 @@ mod tests {
     }
 
     #[test]
+    fn matvec_path_matches_gemm_path() {
+        let (k, m) = (33, 70);
+        let x = rand_vec(3 * k, 7);
+        let w = rand_vec(m * k, 8);
+        let b = rand_vec(m, 9);
+        let small = linear_fwd(&x, &w, Some(&b), 3, k, m);
+        let mut x8 = x.clone();
+        x8.extend(rand_vec(5 * k, 10));
+        let big = linear_fwd(&x8, &w, Some(&b), 8, k, m);
+        for (a, b) in small.iter().zip(&big) {
+            assert!((a - b).abs() < 1e-12);
+        }
+    }
+
+    #[test]
     fn parallel_split_equals_single_call() {
         // Big enough to fork: the result must be bit-identical to an unsplit product.
         let (n, k, m) = (300, 64, 200);

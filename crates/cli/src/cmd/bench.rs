@@ -1,0 +1,110 @@
+//! `smelt bench`: forward, batch-1 decode and training throughput, and peak memory, for a
+//! preset or a model folder. Numbers for docs/PERF.md; compare with bench/torch_cpu.py.
+
+use super::generate::Format;
+use anyhow::Result;
+use clap::Args;
+use smelt_core::ops::adamw::AdamW;
+use smelt_core::rng::Rng;
+use smelt_core::Tensor;
+use smelt_model::{presets, KvCache, Logits, Model};
+use smelt_train::optim::AdamWState;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Preset size (ignored with --model).
+    #[arg(long, default_value = "small")]
+    size: String,
+    /// Benchmark this model folder instead of a fresh preset.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value_t = 8192)]
+    vocab_size: usize,
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Timed iterations per measurement (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Tokens decoded one at a time (batch 1, KV cache) after a 16-token prompt.
+    #[arg(long, default_value_t = 128)]
+    decode_tokens: usize,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn median_secs(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up
+    let mut t = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64());
+    }
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Ok(t[t.len() / 2])
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    super::device::resolve(&a.device)?;
+    let mut model = match &a.model {
+        Some(dir) => Model::load(dir)?,
+        None => Model::init(presets::preset(&a.size, a.vocab_size)?, 1)?,
+    };
+    let (b, t, v) = (a.batch_size, a.seq_len, model.cfg.vocab_size as u64);
+    let mut rng = Rng::new(7);
+    let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(v) as u32).collect() };
+    let x = Tensor::from_u32(ids(b * t), &[b, t])?;
+    let y = Tensor::from_u32(ids(b * t), &[b, t])?;
+    let prompt = Tensor::from_u32(ids(16), &[1, 16])?;
+    let decode_ids = ids(a.decode_tokens);
+
+    let fwd = median_secs(a.iters, || model.logits(&x, None, Logits::All).map(|_| ()))?;
+    let dec = median_secs(a.iters.min(3), || {
+        let mut cache = KvCache::new(&model.cfg, 1, 16 + decode_ids.len());
+        model.logits(&prompt, Some(&mut cache), Logits::Last)?;
+        for &id in &decode_ids {
+            model.logits(&Tensor::from_u32(vec![id], &[1, 1])?, Some(&mut cache), Logits::Last)?;
+        }
+        Ok(())
+    })?;
+    let mut opt = AdamWState::new(&model.params);
+    let hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    let batch = [(x.clone(), y.clone())];
+    let train = median_secs(a.iters, || smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, false).map(|_| ()))?;
+
+    let r = serde_json::json!({
+        "device": "cpu",
+        "threads": rayon::current_num_threads(),
+        "params": model.cfg.n_params(),
+        "batch_size": b, "seq_len": t,
+        "forward_tok_s": (b * t) as f64 / fwd,
+        "decode_tok_s": decode_ids.len() as f64 / dec,
+        "train_tok_s": (b * t) as f64 / train,
+        "peak_mem_bytes": peak_rss(),
+    });
+    match a.format {
+        Format::Json => println!("{r}"),
+        Format::Text => {
+            println!("device cpu, {} threads, {} parameters, batch {b} × seq {t}", r["threads"], r["params"]);
+            println!("forward  {:>10.0} tok/s", r["forward_tok_s"].as_f64().unwrap());
+            println!("decode   {:>10.1} tok/s (batch 1, KV cache)", r["decode_tok_s"].as_f64().unwrap());
+            println!("train    {:>10.0} tok/s (forward + backward + AdamW)", r["train_tok_s"].as_f64().unwrap());
+            println!("peak mem {:>10.1} MiB", r["peak_mem_bytes"].as_u64().unwrap() as f64 / (1 << 20) as f64);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! `smelt generate`: sample text from a model folder.
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+use smelt_infer::{generate, GenerateConfig, SamplingConfig};
+use smelt_model::Model;
+use smelt_tokenizer::Tokenizer;
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Model folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value = "")]
+    prompt: String,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 = greedy (deterministic).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    /// Keep the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Keep the smallest set of tokens with this much probability (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than min_p × the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// > 1 discourages repeating tokens already in the context (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print tokens as they are generated.
+    #[arg(long)]
+    stream: bool,
+    /// text: the prompt and its continuation; json: one object with prompt_ids, ids, text, tokens_per_second.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// cpu, cuda[:N] or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+/// Prints the growing decoded text incrementally, holding back an incomplete UTF-8 tail.
+pub struct TextStream<'a> {
+    tok: &'a Tokenizer,
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tok: &'a Tokenizer) -> Self { TextStream { tok, ids: vec![], printed: 0 } }
+    pub fn push(&mut self, id: u32) -> String {
+        self.ids.push(id);
+        let text = self.tok.decode(&self.ids);
+        if text.ends_with('\u{FFFD}') || text.len() < self.printed || !text.is_char_boundary(self.printed) {
+            return String::new();
+        }
+        let new = text[self.printed..].to_string();
+        self.printed = text.len();
+        new
+    }
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    super::device::resolve(&a.device)?;
+    let model = Model::load(&a.model)?;
+    let tok = Tokenizer::from_file(&a.model)?;
+    let prompt_ids = tok.encode(&a.prompt);
+    let mut stop_ids = model.cfg.eos_token_ids.clone();
+    stop_ids.extend(tok.eos_id());
+    let cfg = GenerateConfig {
+        max_tokens: a.max_tokens,
+        sampling: SamplingConfig {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repetition_penalty: a.repetition_penalty,
+            seed: a.seed,
+        },
+        stop_ids,
+    };
+    let streaming = a.stream && matches!(a.format, Format::Text);
+    let mut out = std::io::stdout().lock();
+    if streaming {
+        write!(out, "{}", a.prompt)?;
+        out.flush()?;
+    }
+    let mut stream = TextStream::new(&tok);
+    let g = generate(&model, &prompt_ids, &cfg, |id| {
+        if streaming {
+            let s = stream.push(id);
+            let _ = write!(out, "{s}");
+            let _ = out.flush();
+        }
+    })?;
+    let text = tok.decode(&g.ids);
+    match a.format {
+        Format::Text => {
+            if streaming {
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{}{}", a.prompt, text)?;
+            }
+            eprintln!("[{} tokens, {:.1} tokens/s]", g.ids.len(), g.tokens_per_second);
+        }
+        Format::Json => {
+            let v = serde_json::json!({
+                "prompt_ids": g.prompt_ids, "ids": g.ids, "text": text, "tokens_per_second": g.tokens_per_second,
+            });
+            writeln!(out, "{v}")?;
+        }
+    }
+    Ok(())
+}

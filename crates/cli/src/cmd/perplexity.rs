@@ -1,0 +1,50 @@
+//! `smelt perplexity`: score a text file with a model.
+
+use super::generate::Format;
+use anyhow::{Context, Result};
+use clap::Args;
+use smelt_model::Model;
+use smelt_tokenizer::Tokenizer;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// UTF-8 text file; tokenised whole, as the tokenizer does by default.
+    #[arg(long)]
+    input: PathBuf,
+    /// Window length: the text is split into non-overlapping windows of this many tokens.
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+pub fn run(a: PerplexityArgs) -> Result<()> {
+    super::device::resolve(&a.device)?;
+    let model = Model::load(&a.model)?;
+    let tok = Tokenizer::from_file(&a.model)?;
+    let bytes = std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not valid UTF-8 ({e})", a.input.display()))?;
+    let ids = tok.encode(&text);
+    let quiet = matches!(a.format, Format::Json);
+    let r = smelt_infer::perplexity(&model, &ids, a.seq_len, |i, n| {
+        if !quiet {
+            eprint!("\rwindow {i}/{n}");
+        }
+    })?;
+    match a.format {
+        Format::Text => {
+            eprintln!();
+            println!("tokens {}  predicted {}  mean NLL {:.6}  perplexity {:.4}", r.tokens, r.predicted, r.mean_nll, r.ppl);
+        }
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"tokens": r.tokens, "predicted": r.predicted, "mean_nll": r.mean_nll, "ppl": r.ppl})
+        ),
+    }
+    Ok(())
+}

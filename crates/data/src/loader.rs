@@ -1,0 +1,148 @@
+//! The batch loader: (inputs, targets) windows from a token file for training and evaluation.
+//!
+//! Training batches are stateless in the step: the offset of row `b` at step `s` is a pure
+//! function of (seed, s, b), so resuming at step `s` reproduces the exact batches an uninterrupted
+//! run would have seen, with no loader state in the checkpoint. Rows are uniform random windows of
+//! the whole file (they may cross document boundaries; EOS marks them, as in GPT-2 training).
+//! What a window means to the model (loss masks, packing) is train's business, not this file's.
+
+use crate::hash::{below, hash_u64s};
+use crate::tokens::TokenFile;
+use anyhow::{bail, Result};
+
+pub struct Batcher {
+    file: TokenFile,
+    batch: usize,
+    seq: usize,
+    seed: u64,
+}
+
+impl Batcher {
+    /// `batch` rows of `seq` tokens. Errors if the file cannot hold one window of `seq + 1` tokens
+    /// (inputs plus the one-token shift for targets).
+    pub fn new(file: TokenFile, batch: usize, seq: usize, seed: u64) -> Result<Self> {
+        if batch == 0 || seq == 0 {
+            bail!("batch size ({batch}) and sequence length ({seq}) must be positive");
+        }
+        if file.len() < seq + 1 {
+            bail!(
+                "{}: {} tokens, too short for sequence length {seq} (needs at least {})",
+                file.path().display(), file.len(), seq + 1
+            );
+        }
+        Ok(Batcher { file, batch, seq, seed })
+    }
+
+    pub fn file(&self) -> &TokenFile { &self.file }
+    pub fn batch_size(&self) -> usize { self.batch }
+    pub fn seq_len(&self) -> usize { self.seq }
+
+    /// Start of row `b`'s window at `step`; any start in `0..=len-(seq+1)` is equally likely.
+    pub fn offset(&self, step: u64, b: usize) -> usize {
+        let starts = (self.file.len() - self.seq) as u64;
+        below(hash_u64s(&[self.seed, step, b as u64]), starts) as usize
+    }
+
+    /// Fill `inputs` and `targets` (cleared first) with the B×T ids of `step`, row-major:
+    /// `targets[i] = inputs[i + 1]` within a row.
+    pub fn batch(&self, step: u64, inputs: &mut Vec<u32>, targets: &mut Vec<u32>) {
+        inputs.clear();
+        targets.clear();
+        for b in 0..self.batch {
+            let o = self.offset(step, b);
+            self.file.read_into(o, self.seq, inputs);
+            self.file.read_into(o + 1, self.seq, targets);
+        }
+    }
+
+    /// Number of non-overlapping evaluation windows: window `k` covers ids `k*T ..= k*T + T`.
+    pub fn eval_windows(&self) -> usize {
+        (self.file.len() - 1) / self.seq
+    }
+
+    /// Evaluation batches over consecutive, non-overlapping windows from the start of the file,
+    /// at most `max_batches` of them (`None`: the whole file). Every batch has B rows except
+    /// possibly the last, which holds the remaining windows: rows = `inputs.len() / T`.
+    /// The same file always gives the same batches, so validation losses are comparable across
+    /// runs and resumptions.
+    pub fn eval_batches(&self, max_batches: Option<usize>) -> EvalBatches<'_> {
+        let windows = self.eval_windows();
+        let all = windows.div_ceil(self.batch);
+        EvalBatches { loader: self, next_window: 0, windows, batches_left: max_batches.map_or(all, |m| m.min(all)) }
+    }
+}
+
+pub struct EvalBatches<'a> {
+    loader: &'a Batcher,
+    next_window: usize,
+    windows: usize,
+    batches_left: usize,
+}
+
+impl Iterator for EvalBatches<'_> {
+    type Item = (Vec<u32>, Vec<u32>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.batches_left == 0 || self.next_window >= self.windows {
+            return None;
+        }
+        self.batches_left -= 1;
+        let t = self.loader.seq;
+        let rows = (self.windows - self.next_window).min(self.loader.batch);
+        let (mut x, mut y) = (Vec::with_capacity(rows * t), Vec::with_capacity(rows * t));
+        for r in 0..rows {
+            let o = (self.next_window + r) * t;
+            self.loader.file.read_into(o, t, &mut x);
+            self.loader.file.read_into(o + 1, t, &mut y);
+        }
+        self.next_window += rows;
+        Some((x, y))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::TokenWriter;
+
+    fn file_of(n: u32, name: &str) -> TokenFile {
+        let dir = std::env::temp_dir().join(format!("smelt-loader-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        let mut w = TokenWriter::create(&p, n.max(2), Some(0)).unwrap();
+        w.push(&(0..n).collect::<Vec<_>>()).unwrap();
+        w.finish().unwrap();
+        TokenFile::open(&p).unwrap()
+    }
+
+    #[test]
+    fn targets_shift_and_offsets_cover_the_file() {
+        let l = Batcher::new(file_of(50, "a.bin"), 4, 8, 1).unwrap();
+        let (mut x, mut y) = (vec![], vec![]);
+        let mut seen = vec![false; 50 - 8];
+        for s in 0..200 {
+            l.batch(s, &mut x, &mut y);
+            assert_eq!((x.len(), y.len()), (32, 32));
+            for r in 0..4 {
+                // ids equal positions in this file, so a row is a run of consecutive ids
+                assert!(x[r * 8..r * 8 + 8].windows(2).all(|w| w[1] == w[0] + 1));
+                assert_eq!(&x[r * 8 + 1..r * 8 + 8], &y[r * 8..r * 8 + 7]);
+                seen[x[r * 8] as usize] = true;
+            }
+        }
+        // the first and the last start positions are both reachable
+        assert!(seen.iter().all(|&s| s), "unreached starts: {seen:?}");
+    }
+
+    #[test]
+    fn eval_windows_are_disjoint_and_partial_last() {
+        let l = Batcher::new(file_of(42, "b.bin"), 2, 8, 0).unwrap();
+        let bs: Vec<_> = l.eval_batches(None).collect();
+        // (42-1)/8 = 5 windows → batches of 2, 2, 1
+        assert_eq!(bs.iter().map(|(x, _)| x.len() / 8).collect::<Vec<_>>(), vec![2, 2, 1]);
+        let starts: Vec<u32> = bs.iter().flat_map(|(x, _)| x.chunks(8).map(|c| c[0])).collect();
+        assert_eq!(starts, vec![0, 8, 16, 24, 32]);
+        assert_eq!(bs[2].1.last(), Some(&40));
+        assert_eq!(l.eval_batches(Some(1)).count(), 1);
+    }
+}
