@@ -22,6 +22,8 @@ enum Command {
     Perplexity(cmd::perplexity::PerplexityArgs),
     /// Measure forward, decode and training speed and peak memory.
     Bench(cmd::bench::BenchArgs),
+    /// Normalise a Hugging Face model folder (sharded, bf16, …) into one smelt checkpoint.
+    ImportHf(cmd::import_hf::ImportHfArgs),
     /// Parameter counts and memory needs of the model presets.
     Sizes(cmd::sizes::SizesArgs),
     /// Tokenise text documents into a token file for training.
@@ -40,6 +42,7 @@ fn main() {
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Sizes(a) => cmd::sizes::run(a),
+        Command::ImportHf(a) => cmd::import_hf::run(a),
         Command::Prepare(a) => cmd::prepare::run(a),
         Command::Process(a) => cmd::process::run(a),
         Command::Mix(a) => cmd::mix::run(a),

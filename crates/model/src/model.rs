@@ -185,12 +185,23 @@ impl Model {
 
     /// Writes config.json and model.safetensors (f32) into an existing folder.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let cfg = serde_json::to_string_pretty(&self.cfg.to_hf_json())?;
+        self.save_as(dir, smelt_core::DType::F32)
+    }
+
+    /// Writes config.json and model.safetensors with weights stored as `dtype` (F32, BF16, F16).
+    pub fn save_as(&self, dir: &Path, dtype: smelt_core::DType) -> Result<()> {
+        let mut hf = self.cfg.to_hf_json();
+        hf["torch_dtype"] = serde_json::json!(match dtype {
+            smelt_core::DType::BF16 => "bfloat16",
+            smelt_core::DType::F16 => "float16",
+            _ => "float32",
+        });
+        let cfg = serde_json::to_string_pretty(&hf)?;
         std::fs::write(dir.join("config.json"), cfg).with_context(|| format!("writing {}/config.json", dir.display()))?;
         let named: Vec<(String, Tensor)> = self.names.iter().cloned().zip(self.params.iter().cloned()).collect();
         let mut meta = std::collections::HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
-        crate::io::write_safetensors(&dir.join("model.safetensors"), &named, smelt_core::DType::F32, Some(meta))
+        crate::io::write_safetensors(&dir.join("model.safetensors"), &named, dtype, Some(meta))
     }
 
     /// The parameters as graph leaves (ids 0..P in a fresh graph).

@@ -6,6 +6,7 @@ pub mod progress;
 pub mod bench;
 pub mod device;
 pub mod generate;
+pub mod import_hf;
 pub mod perplexity;
 pub mod sizes;
 pub mod train;

@@ -1,0 +1,63 @@
+//! `smelt import-hf`: normalise a Hugging Face model folder (sharded or not, any supported
+//! dtype) into a single-file smelt checkpoint folder.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use smelt_core::DType;
+use smelt_model::Model;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Dtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportHfArgs {
+    /// Hugging Face model folder: config.json, model.safetensors or model.safetensors.index.json
+    /// with its shards, tokenizer.json.
+    hf_dir: PathBuf,
+    /// Output folder (created; refused if it exists and is not empty).
+    #[arg(long)]
+    output: PathBuf,
+    /// Storage dtype of the written weights.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: Dtype,
+}
+
+/// Tokenizer and generation files copied as they are.
+const SIDE_FILES: &[&str] = &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja"];
+
+pub fn run(a: ImportHfArgs) -> Result<()> {
+    if a.output.exists() && a.output.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{}: exists and is not empty; choose a new --output", a.output.display());
+    }
+    let model = Model::load(&a.hf_dir)?;
+    if !a.hf_dir.join("tokenizer.json").exists() {
+        eprintln!("warning: {} has no tokenizer.json; the imported model will need --tokenizer elsewhere", a.hf_dir.display());
+    }
+    let parent = a.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let tmp = parent.join(format!(".tmp-import-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let dtype = match a.dtype { Dtype::F32 => DType::F32, Dtype::Bf16 => DType::BF16, Dtype::F16 => DType::F16 };
+    model.save_as(&tmp, dtype)?;
+    for f in SIDE_FILES {
+        let src = a.hf_dir.join(f);
+        if src.exists() {
+            std::fs::copy(&src, tmp.join(f)).with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
+    if a.output.exists() {
+        std::fs::remove_dir(&a.output)?;
+    }
+    std::fs::rename(&tmp, &a.output).with_context(|| format!("renaming {} to {}", tmp.display(), a.output.display()))?;
+    eprintln!(
+        "imported {} ({}, {} parameters) to {} as {:?}",
+        a.hf_dir.display(), model.cfg.arch.hf_name(), model.cfg.n_params(), a.output.display(), a.dtype
+    );
+    Ok(())
+}
