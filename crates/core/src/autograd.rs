@@ -9,6 +9,7 @@
 //! the backward pass (gradient checkpointing).
 
 use crate::ops::{self, rope::RopeTable};
+use crate::profile::timed;
 use crate::Tensor;
 use anyhow::{bail, Result};
 use std::sync::Arc;
@@ -101,18 +102,18 @@ impl Graph {
     }
 
     pub fn add(&mut self, a: &Var, b: &Var) -> Result<Var> {
-        let y = ops::elementwise::add(&a.t, &b.t)?;
+        let y = timed("add", || ops::elementwise::add(&a.t, &b.t))?;
         Ok(self.push1(&[a, b], y, |g| Ok(vec![Some(g.clone()), Some(g.clone())])))
     }
 
     /// y = x·Wᵀ + b
     pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
-        let y = ops::matmul::linear(&x.t, &w.t, b.map(|b| &b.t))?;
+        let y = timed("linear", || ops::matmul::linear(&x.t, &w.t, b.map(|b| &b.t)))?;
         let (xt, wt, need_dx) = (x.t.clone(), w.t.clone(), x.requires_grad);
         let has_bias = b.is_some();
         let inputs: Vec<&Var> = match b { Some(b) => vec![x, w, b], None => vec![x, w] };
         Ok(self.push1(&inputs, y, move |g| {
-            let (dx, dw, db) = ops::matmul::linear_backward(&xt, &wt, g, need_dx, has_bias)?;
+            let (dx, dw, db) = timed("linear.bwd", || ops::matmul::linear_backward(&xt, &wt, g, need_dx, has_bias))?;
             let mut r = vec![dx, Some(dw)];
             if has_bias { r.push(db); }
             Ok(r)
@@ -121,28 +122,28 @@ impl Graph {
 
     /// Rows of `table` picked by `ids` (u32).
     pub fn embedding(&mut self, table: &Var, ids: &Tensor) -> Result<Var> {
-        let y = ops::embedding::embedding(&table.t, ids)?;
+        let y = timed("embedding", || ops::embedding::embedding(&table.t, ids))?;
         let (tt, it) = (table.t.clone(), ids.clone());
-        Ok(self.push1(&[table], y, move |g| Ok(vec![Some(ops::embedding::embedding_backward(&tt, &it, g)?)])))
+        Ok(self.push1(&[table], y, move |g| Ok(vec![Some(timed("embedding.bwd", || ops::embedding::embedding_backward(&tt, &it, g))?)])))
     }
 
     pub fn rmsnorm(&mut self, x: &Var, w: &Var, eps: f64) -> Result<Var> {
-        let (y, rstd) = ops::rmsnorm::rmsnorm(&x.t, &w.t, eps)?;
+        let (y, rstd) = timed("rmsnorm", || ops::rmsnorm::rmsnorm(&x.t, &w.t, eps))?;
         let (xt, wt) = (x.t.clone(), w.t.clone());
         Ok(self.push1(&[x, w], y, move |g| {
-            let (dx, dw) = ops::rmsnorm::rmsnorm_backward(&xt, &wt, &rstd, g)?;
+            let (dx, dw) = timed("rmsnorm.bwd", || ops::rmsnorm::rmsnorm_backward(&xt, &wt, &rstd, g))?;
             Ok(vec![Some(dx), Some(dw)])
         }))
     }
 
     /// Fused residual add + RMSNorm: returns (h = x + r, rmsnorm(h)·w).
     pub fn add_rmsnorm(&mut self, x: &Var, r: &Var, w: &Var, eps: f64) -> Result<(Var, Var)> {
-        let (h, y, rstd) = ops::rmsnorm::add_rmsnorm(&x.t, &r.t, &w.t, eps)?;
+        let (h, y, rstd) = timed("add_rmsnorm", || ops::rmsnorm::add_rmsnorm(&x.t, &r.t, &w.t, eps))?;
         let (ht, wt) = (h.clone(), w.t.clone());
         let mut v = self.push(&[x, r, w], vec![h, y], move |g| {
             let (mut dh, dw) = match &g[1] {
                 Some(dy) => {
-                    let (dx, dw) = ops::rmsnorm::rmsnorm_backward(&ht, &wt, &rstd, dy)?;
+                    let (dx, dw) = timed("add_rmsnorm.bwd", || ops::rmsnorm::rmsnorm_backward(&ht, &wt, &rstd, dy))?;
                     (dx, Some(dw))
                 }
                 None => (Tensor::zeros(ht.shape()), None),
@@ -158,40 +159,40 @@ impl Graph {
 
     /// x: (B, T, H, D) at positions pos0..pos0+T.
     pub fn rope(&mut self, x: &Var, table: &Arc<RopeTable>, pos0: usize) -> Result<Var> {
-        let y = ops::rope::rope(&x.t, table, pos0)?;
+        let y = timed("rope", || ops::rope::rope(&x.t, table, pos0))?;
         let table = table.clone();
-        Ok(self.push1(&[x], y, move |g| Ok(vec![Some(ops::rope::rope_backward(g, &table, pos0)?)])))
+        Ok(self.push1(&[x], y, move |g| Ok(vec![Some(timed("rope.bwd", || ops::rope::rope_backward(g, &table, pos0))?)])))
     }
 
     /// Causal GQA attention; k, v hold `tk` valid rows (see `ops::attention`).
     pub fn attention(&mut self, q: &Var, k: &Var, v: &Var, tk: usize, window: Option<usize>) -> Result<Var> {
-        let (o, lse) = ops::attention::attention(&q.t, &k.t, &v.t, tk, window)?;
+        let (o, lse) = timed("attention", || ops::attention::attention(&q.t, &k.t, &v.t, tk, window))?;
         if self.record && k.t.shape()[1] != tk {
             bail!("attention: a training graph needs k/v of exactly the valid length");
         }
         let (qt, kt, vt, ot) = (q.t.clone(), k.t.clone(), v.t.clone(), o.clone());
         Ok(self.push1(&[q, k, v], o, move |g| {
-            let (dq, dk, dv) = ops::attention::attention_backward(&qt, &kt, &vt, &ot, &lse, g, window)?;
+            let (dq, dk, dv) = timed("attention.bwd", || ops::attention::attention_backward(&qt, &kt, &vt, &ot, &lse, g, window))?;
             Ok(vec![Some(dq), Some(dk), Some(dv)])
         }))
     }
 
     pub fn swiglu(&mut self, gate: &Var, up: &Var) -> Result<Var> {
-        let y = ops::swiglu::swiglu(&gate.t, &up.t)?;
+        let y = timed("swiglu", || ops::swiglu::swiglu(&gate.t, &up.t))?;
         let (gt, ut) = (gate.t.clone(), up.t.clone());
         Ok(self.push1(&[gate, up], y, move |g| {
-            let (dg, du) = ops::swiglu::swiglu_backward(&gt, &ut, g)?;
+            let (dg, du) = timed("swiglu.bwd", || ops::swiglu::swiglu_backward(&gt, &ut, g))?;
             Ok(vec![Some(dg), Some(du)])
         }))
     }
 
     /// Mean cross-entropy of `logits` (N, V) against u32 `targets` (N); a scalar.
     pub fn cross_entropy(&mut self, logits: &Var, targets: &Tensor) -> Result<Var> {
-        let (loss, lse, count) = ops::cross_entropy::cross_entropy(&logits.t, targets)?;
+        let (loss, lse, count) = timed("cross_entropy", || ops::cross_entropy::cross_entropy(&logits.t, targets))?;
         let (lt, tt) = (logits.t.clone(), targets.clone());
         Ok(self.push1(&[logits], loss, move |g| {
             let d = g.as_f32()?[0];
-            Ok(vec![Some(ops::cross_entropy::cross_entropy_backward(&lt, &tt, &lse, d, count)?)])
+            Ok(vec![Some(timed("cross_entropy.bwd", || ops::cross_entropy::cross_entropy_backward(&lt, &tt, &lse, d, count))?)])
         }))
     }
 
@@ -248,7 +249,7 @@ impl Graph {
 fn accumulate(slot: &mut Option<Tensor>, g: &Tensor) -> Result<()> {
     match slot {
         None => *slot = Some(g.clone()),
-        Some(acc) => ops::elementwise::add_assign(acc, g)?,
+        Some(acc) => timed("grad_accumulate", || ops::elementwise::add_assign(acc, g))?,
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 pub mod autograd;
 pub mod float;
 pub mod ops;
+pub mod profile;
 pub mod rng;
 pub mod tensor;
 

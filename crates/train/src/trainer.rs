@@ -125,12 +125,12 @@ pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[
     if !loss.is_finite() {
         return Ok((loss, f64::NAN));
     }
-    let norm = clip_grad_norm(&mut grads, clip)?;
+    let norm = smelt_core::profile::timed("clip_grad_norm", || clip_grad_norm(&mut grads, clip))?;
     if !norm.is_finite() {
         return Ok((loss, norm));
     }
     let decay: Vec<bool> = model.params.iter().map(|p| smelt_model::params::decays(p.shape())).collect();
-    opt.step(hp, &mut model.params, &grads, &decay)?;
+    smelt_core::profile::timed("adamw", || opt.step(hp, &mut model.params, &grads, &decay))?;
     Ok((loss, norm))
 }
 

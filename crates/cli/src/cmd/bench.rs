@@ -72,7 +72,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let prompt = Tensor::from_u32(ids(16), &[1, 16])?;
     let decode_ids = ids(a.decode_tokens);
 
+    let report = |what: &str| {
+        let p = smelt_core::profile::take();
+        if !p.is_empty() {
+            let total: f64 = p.iter().map(|x| x.1).sum();
+            eprintln!("SMELT_PROFILE {what} (all timed iterations):");
+            for (n, s, c) in p {
+                eprintln!("  {n:<18} {:>8.1} ms {:>5.1}% {c:>7} calls", s * 1e3, 100.0 * s / total);
+            }
+        }
+    };
     let fwd = median_secs(a.iters, || model.logits(&x, None, Logits::All).map(|_| ()))?;
+    report("forward");
     let dec = median_secs(a.iters.min(3), || {
         let mut cache = KvCache::new(&model.cfg, 1, 16 + decode_ids.len());
         model.logits(&prompt, Some(&mut cache), Logits::Last)?;
@@ -81,11 +92,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         Ok(())
     })?;
+    report("decode");
     let mut opt = AdamWState::new(&model.params);
     let hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
     let batch = [(x.clone(), y.clone())];
     let train = median_secs(a.iters, || smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, false).map(|_| ()))?;
 
+    report("train");
     let r = serde_json::json!({
         "device": "cpu",
         "threads": rayon::current_num_threads(),

@@ -1,14 +1,14 @@
 //! Causal scaled-dot-product attention with grouped-query heads, in the memory-lean style of
 //! FlashAttention: the forward keeps only the output and one logsumexp per (batch, head,
-//! query); the backward recomputes each row of probabilities from them. No B·H·T·T buffer
-//! exists at any point; a worker holds one row of scores (O(T)).
+//! query); the backward recomputes the probabilities from them, a tile of queries at a time.
+//! No B·H·T·T buffer exists at any point; a worker holds one tile of scores (64 × T).
 //!
 //! Layout: q (B, Tq, H, D); k, v (B, S, KVH, D) of which the first Tk rows of each batch are
 //! valid (S ≥ Tk lets a KV cache be passed without copying). Query i sits at absolute position
 //! Tk − Tq + i and sees keys 0..=that (minus those outside a sliding window, if any). Query head
 //! h reads KV head h / (H / KVH), as Hugging Face's `repeat_kv` does.
 
-use crate::float::{axpy, dot, Float};
+use crate::float::{dot, Float};
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -38,9 +38,21 @@ impl AttnDims {
     fn kv_at(&self, b: usize, j: usize, g: usize) -> usize { ((b * self.s + j) * self.kvh + g) * self.d }
 }
 
+/// Queries per tile: each tile's scores are one GEMM (Q_tile·Kᵀ) and its output another (P·V).
+/// A worker holds one tile of scores, TILE × Tk: memory O(T), never T × T per head kept.
+const TILE: usize = 64;
+
+/// C (m×n) = alpha·A·B + beta·C over raw strided pointers (see `Float::gemm`).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn mm<F: Float>(m: usize, k: usize, n: usize, alpha: F, a: *const F, rsa: usize, csa: usize, b: *const F, rsb: usize, csb: usize, beta: F, c: *mut F, rsc: usize) {
+    F::gemm(m, k, n, alpha, a, rsa as isize, csa as isize, b, rsb as isize, csb as isize, beta, c, rsc as isize, 1)
+}
+
 /// Returns (out (B, Tq, H, D), lse (B, H, Tq)).
 pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> (Vec<F>, Vec<F>) {
     let d = dm.d;
+    let (qrs, kvrs) = (dm.h * d, dm.kvh * d);
     let per_head: Vec<(Vec<F>, Vec<F>)> = (0..dm.b * dm.h)
         .into_par_iter()
         .map(|bh| {
@@ -48,26 +60,39 @@ pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> 
             let g = h / dm.group();
             let mut out = vec![F::ZERO; dm.tq * d];
             let mut lse = vec![F::ZERO; dm.tq];
-            let mut s = vec![F::ZERO; dm.tk];
-            for i in 0..dm.tq {
-                let qi = &q[dm.q_at(b, i, h)..][..d];
-                let (lo, hi) = dm.key_range(i);
-                let mut m = F::NEG_INFINITY;
-                for j in lo..hi {
-                    let sj = dot(qi, &k[dm.kv_at(b, j, g)..][..d]) * scale;
-                    s[j] = sj;
-                    m = m.max(sj);
+            let mut s = vec![F::ZERO; TILE.min(dm.tq) * dm.tk];
+            for i0 in (0..dm.tq).step_by(TILE) {
+                let rows = TILE.min(dm.tq - i0);
+                let (k0, _) = dm.key_range(i0);
+                let (_, k1) = dm.key_range(i0 + rows - 1);
+                let nk = k1 - k0;
+                // S = scale · Q_tile · K[k0..k1]ᵀ
+                // SAFETY: every pointer/stride pair stays inside q, k and s.
+                unsafe {
+                    mm(rows, d, nk, scale, q.as_ptr().add(dm.q_at(b, i0, h)), qrs, 1,
+                        k.as_ptr().add(dm.kv_at(b, k0, g)), 1, kvrs, F::ZERO, s.as_mut_ptr(), nk);
                 }
-                let mut l = F::ZERO;
-                let o = &mut out[i * d..(i + 1) * d];
-                for j in lo..hi {
-                    let p = (s[j] - m).exp();
-                    l += p;
-                    axpy(p, &v[dm.kv_at(b, j, g)..][..d], o);
+                for r in 0..rows {
+                    let (lo, hi) = dm.key_range(i0 + r);
+                    let row = &mut s[r * nk..(r + 1) * nk];
+                    let (a, z) = (lo - k0, hi - k0);
+                    let m = row[a..z].iter().fold(F::NEG_INFINITY, |acc, &x| acc.max(x));
+                    row[..a].fill(F::ZERO);
+                    row[z..].fill(F::ZERO);
+                    let mut l = F::ZERO;
+                    for x in &mut row[a..z] {
+                        *x = (*x - m).exp_fast();
+                        l += *x;
+                    }
+                    let inv = F::ONE / l;
+                    row.iter_mut().for_each(|x| *x *= inv);
+                    lse[i0 + r] = m + l.ln();
                 }
-                let inv = F::ONE / l;
-                o.iter_mut().for_each(|x| *x *= inv);
-                lse[i] = m + l.ln();
+                // O_tile = P · V[k0..k1]
+                unsafe {
+                    mm(rows, nk, d, F::ONE, s.as_ptr(), nk, 1, v.as_ptr().add(dm.kv_at(b, k0, g)), kvrs, 1,
+                        F::ZERO, out.as_mut_ptr().add(i0 * d), d);
+                }
             }
             (out, lse)
         })
@@ -91,6 +116,7 @@ pub fn attn_bwd<F: Float>(
 ) -> (Vec<F>, Vec<F>, Vec<F>) {
     let d = dm.d;
     let grp = dm.group();
+    let (qrs, kvrs) = (dm.h * d, dm.kvh * d);
     // One task per (batch, KV head): it owns dk/dv of that head and dq of its query heads.
     let parts: Vec<(Vec<F>, Vec<F>, Vec<F>)> = (0..dm.b * dm.kvh)
         .into_par_iter()
@@ -99,24 +125,48 @@ pub fn attn_bwd<F: Float>(
             let mut dq = vec![F::ZERO; grp * dm.tq * d];
             let mut dk = vec![F::ZERO; dm.tk * d];
             let mut dv = vec![F::ZERO; dm.tk * d];
-            let mut p = vec![F::ZERO; dm.tk];
+            let tile_n = TILE.min(dm.tq) * dm.tk;
+            let (mut p, mut dp) = (vec![F::ZERO; tile_n], vec![F::ZERO; tile_n]);
             for hh in 0..grp {
                 let h = g * grp + hh;
-                for i in 0..dm.tq {
-                    let qo = dm.q_at(b, i, h);
-                    let (qi, oi, doi) = (&q[qo..][..d], &out[qo..][..d], &dout[qo..][..d]);
-                    let l = lse[(b * dm.h + h) * dm.tq + i];
-                    let di = dot(doi, oi);
-                    let (lo, hi) = dm.key_range(i);
-                    let dqi = &mut dq[(hh * dm.tq + i) * d..][..d];
-                    for j in lo..hi {
-                        let kj = &k[dm.kv_at(b, j, g)..][..d];
-                        p[j] = (dot(qi, kj) * scale - l).exp();
-                        let dp = dot(doi, &v[dm.kv_at(b, j, g)..][..d]);
-                        let ds = p[j] * (dp - di) * scale;
-                        axpy(ds, kj, dqi);
-                        axpy(ds, qi, &mut dk[j * d..(j + 1) * d]);
-                        axpy(p[j], doi, &mut dv[j * d..(j + 1) * d]);
+                for i0 in (0..dm.tq).step_by(TILE) {
+                    let rows = TILE.min(dm.tq - i0);
+                    let (k0, _) = dm.key_range(i0);
+                    let (_, k1) = dm.key_range(i0 + rows - 1);
+                    let nk = k1 - k0;
+                    let (qp, dop) = (dm.q_at(b, i0, h), dm.q_at(b, i0, h));
+                    let (kp, vp) = (dm.kv_at(b, k0, g), dm.kv_at(b, k0, g));
+                    // SAFETY (all products below): pointers and strides stay inside their buffers.
+                    unsafe {
+                        // P = exp(scale·Q·Kᵀ − lse), masked to each row's visible keys.
+                        mm(rows, d, nk, scale, q.as_ptr().add(qp), qrs, 1, k.as_ptr().add(kp), 1, kvrs, F::ZERO, p.as_mut_ptr(), nk);
+                        // dP = dO · Vᵀ
+                        mm(rows, d, nk, F::ONE, dout.as_ptr().add(dop), qrs, 1, v.as_ptr().add(vp), 1, kvrs, F::ZERO, dp.as_mut_ptr(), nk);
+                    }
+                    for r in 0..rows {
+                        let i = i0 + r;
+                        let (lo, hi) = dm.key_range(i);
+                        let l = lse[(b * dm.h + h) * dm.tq + i];
+                        let o = dm.q_at(b, i, h);
+                        let di = dot(&dout[o..o + d], &out[o..o + d]);
+                        let (pr, dpr) = (&mut p[r * nk..(r + 1) * nk], &mut dp[r * nk..(r + 1) * nk]);
+                        let (a, z) = (lo - k0, hi - k0);
+                        pr[..a].fill(F::ZERO);
+                        pr[z..].fill(F::ZERO);
+                        dpr[..a].fill(F::ZERO);
+                        dpr[z..].fill(F::ZERO);
+                        for (p, dp) in pr[a..z].iter_mut().zip(&mut dpr[a..z]) {
+                            *p = (*p - l).exp_fast();
+                            *dp = *p * (*dp - di) * scale; // dS, with the softmax scale folded in
+                        }
+                    }
+                    unsafe {
+                        // dV[k0..k1] += Pᵀ · dO
+                        mm(nk, rows, d, F::ONE, p.as_ptr(), 1, nk, dout.as_ptr().add(dop), qrs, 1, F::ONE, dv.as_mut_ptr().add(k0 * d), d);
+                        // dQ_tile = dS · K
+                        mm(rows, nk, d, F::ONE, dp.as_ptr(), nk, 1, k.as_ptr().add(kp), kvrs, 1, F::ZERO, dq.as_mut_ptr().add((hh * dm.tq + i0) * d), d);
+                        // dK[k0..k1] += dSᵀ · Q
+                        mm(nk, rows, d, F::ONE, dp.as_ptr(), 1, nk, q.as_ptr().add(qp), qrs, 1, F::ONE, dk.as_mut_ptr().add(k0 * d), d);
                     }
                 }
             }
@@ -201,7 +251,7 @@ mod tests {
 
     #[test]
     fn matches_naive_softmax_attention_with_gqa_window_and_cache_offset() {
-        for (tq, tk, s, window) in [(5, 5, 5, None), (2, 6, 8, None), (6, 6, 6, Some(3))] {
+        for (tq, tk, s, window) in [(5, 5, 5, None), (2, 6, 8, None), (6, 6, 6, Some(3)), (70, 70, 70, Some(20)), (130, 150, 160, None)] {
             let dm = AttnDims { b: 2, tq, tk, s, h: 4, kvh: 2, d: 8, window };
             let q = rand_vec(dm.b * tq * dm.h * dm.d, 1);
             let k = rand_vec(dm.b * s * dm.kvh * dm.d, 2);
@@ -212,6 +262,20 @@ mod tests {
                 assert!((a - b).abs() < 1e-12);
             }
         }
+    }
+
+    #[test]
+    fn gradcheck_attention_across_query_tiles() {
+        let dm = AttnDims { b: 1, tq: 66, tk: 68, s: 70, h: 2, kvh: 1, d: 2, window: Some(40) };
+        gradcheck(
+            &[rand_vec(66 * 2 * 2, 4), rand_vec(70 * 2, 5), rand_vec(70 * 2, 6)],
+            |x| attn_fwd(&x[0], &x[1], &x[2], dm, 0.7).0,
+            |x, dy| {
+                let (o, l) = attn_fwd(&x[0], &x[1], &x[2], dm, 0.7);
+                let (a, b, c) = attn_bwd(&x[0], &x[1], &x[2], &o, &l, dy, dm, 0.7);
+                vec![a, b, c]
+            },
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub fn ce_fwd<F: Float>(logits: &[F], targets: &[u32], v: usize) -> (Vec<F>, Vec
         .zip(targets.par_iter())
         .map(|(z, &t)| {
             let m = z.iter().fold(F::NEG_INFINITY, |a, &b| a.max(b));
-            let s: F = z.iter().map(|&x| (x - m).exp()).sum();
+            let s: F = z.iter().map(|&x| (x - m).exp_fast()).sum();
             let lse = m + s.ln();
             let nll = if t == IGNORE { F::ZERO } else { lse - z[t as usize] };
             (nll, lse)
@@ -37,7 +37,7 @@ pub fn ce_bwd<F: Float>(logits: &[F], targets: &[u32], lse: &[F], dloss: F, coun
                 return;
             }
             for (di, &zi) in d.iter_mut().zip(z) {
-                *di = (zi - l).exp() * scale;
+                *di = (zi - l).exp_fast() * scale;
             }
             d[t as usize] -= scale;
         },

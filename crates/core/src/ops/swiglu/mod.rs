@@ -8,7 +8,7 @@ use rayon::prelude::*;
 const CHUNK: usize = 4096;
 
 #[inline]
-fn sigmoid<F: Float>(x: F) -> F { F::ONE / (F::ONE + (-x).exp()) }
+fn sigmoid<F: Float>(x: F) -> F { F::ONE / (F::ONE + (-x).exp_fast()) }
 
 pub fn swiglu_fwd<F: Float>(g: &[F], u: &[F]) -> Vec<F> {
     let mut y = vec![F::ZERO; g.len()];
