@@ -136,6 +136,40 @@ mod tests {
     }
 }
 
+/// max of a slice (−∞ if empty), eight lanes at a time so it vectorises.
+#[inline]
+pub fn max_of<F: Float>(x: &[F]) -> F {
+    let mut acc = [F::NEG_INFINITY; 8];
+    let chunks = x.len() / 8;
+    for c in 0..chunks {
+        for i in 0..8 {
+            acc[i] = acc[i].max(x[c * 8 + i]);
+        }
+    }
+    let mut m = acc.iter().fold(F::NEG_INFINITY, |a, &b| a.max(b));
+    for &v in &x[chunks * 8..] {
+        m = m.max(v);
+    }
+    m
+}
+
+/// Σ exp(x − m), eight lanes at a time.
+#[inline]
+pub fn sum_exp<F: Float>(x: &[F], m: F) -> F {
+    let mut acc = [F::ZERO; 8];
+    let chunks = x.len() / 8;
+    for c in 0..chunks {
+        for i in 0..8 {
+            acc[i] += (x[c * 8 + i] - m).exp_fast();
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for &v in &x[chunks * 8..] {
+        s += (v - m).exp_fast();
+    }
+    s
+}
+
 /// y += alpha · x
 #[inline]
 pub fn axpy<F: Float>(alpha: F, x: &[F], y: &mut [F]) {

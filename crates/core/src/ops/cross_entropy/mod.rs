@@ -2,7 +2,7 @@
 //! Forward keeps only the per-row logsumexp; backward recomputes softmax from the logits, so no
 //! full-vocabulary probability tensor is ever kept. Target `IGNORE` rows contribute nothing.
 
-use crate::float::Float;
+use crate::float::{max_of, sum_exp, Float};
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -15,8 +15,8 @@ pub fn ce_fwd<F: Float>(logits: &[F], targets: &[u32], v: usize) -> (Vec<F>, Vec
         .par_chunks(v)
         .zip(targets.par_iter())
         .map(|(z, &t)| {
-            let m = z.iter().fold(F::NEG_INFINITY, |a, &b| a.max(b));
-            let s: F = z.iter().map(|&x| (x - m).exp_fast()).sum();
+            let m = max_of(z);
+            let s = sum_exp(z, m);
             let lse = m + s.ln();
             let nll = if t == IGNORE { F::ZERO } else { lse - z[t as usize] };
             (nll, lse)
