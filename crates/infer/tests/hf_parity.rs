@@ -102,3 +102,56 @@ fn fixture_features_are_not_no_ops() {
     off("llama_yarn", &|c| c.rope_scaling = RopeScaling::None);
     off("llama_yarn", &|c| if let RopeScaling::Yarn { attention_factor, .. } = &mut c.rope_scaling { *attention_factor = Some(1.0) });
 }
+
+/// The real SmolLM2-135M-Instruct, converted by `scripts/fetch_smollm2.sh` into
+/// .cache/inputs/smollm2/hf (not committed; the test prints SKIP without it). Goldens from
+/// `scripts/make_smollm2_goldens.py`: the committed file keeps the logits at every row's top-8
+/// columns plus a random set; the full logits are compared too when the cache holds them.
+#[test]
+fn smollm2_matches_transformers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join(".cache/inputs/smollm2/hf");
+    if !dir.join("model.safetensors").exists() {
+        println!("SKIP: {} not found (run scripts/fetch_smollm2.sh)", dir.display());
+        return;
+    }
+    let m = Model::load(&dir).unwrap();
+    let g = smelt_model::io::read_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/golden.safetensors")).unwrap();
+    let prompt = ids(&g, "input_ids");
+    let t = prompt.len();
+    let logits = m.logits(&Tensor::from_u32(prompt.clone(), &[1, t]).unwrap(), None, Logits::All).unwrap();
+    let ours = logits.as_f32().unwrap();
+    let v = m.cfg.vocab_size;
+    let cols: Vec<usize> = g["logit_cols"].as_i32().unwrap().iter().map(|&c| c as usize).collect();
+    let sub = f32s(&g, "logits_sub");
+    let max_abs = f32s(&g, "logits_absmax")[0] as f64;
+    let mut max_diff = 0f64;
+    for r in 0..t {
+        for (k, &c) in cols.iter().enumerate() {
+            max_diff = max_diff.max((ours[r * v + c] - sub[r * cols.len() + k]).abs() as f64);
+        }
+    }
+    println!("smollm2 logits at {} columns: max|diff| {max_diff:.3e} = {:.2e} x max|logit| ({max_abs:.2})", cols.len(), max_diff / max_abs);
+    assert!(max_diff <= 1e-4 * max_abs, "smollm2: logits differ by {:.2e} of max |logit|", max_diff / max_abs);
+    let full = root.join(".cache/inputs/smollm2/golden_full.safetensors");
+    if full.exists() {
+        let f = smelt_model::io::read_safetensors(&full).unwrap();
+        let theirs = f["logits"].as_f32().unwrap();
+        let d = ours.iter().zip(theirs).fold(0f32, |a, (x, y)| a.max((x - y).abs())) as f64;
+        println!("smollm2 full logits (64 x {v}): max|diff| {d:.3e} = {:.2e} x max|logit|", d / max_abs);
+        assert!(d <= 1e-4 * max_abs, "smollm2: full logits differ by {:.2e} of max |logit|", d / max_abs);
+    }
+
+    let want = ids(&g, "greedy_ids");
+    let cfg = GenerateConfig { max_tokens: want.len(), sampling: SamplingConfig::default(), stop_ids: vec![] };
+    let got = generate(&m, &prompt, &cfg, |_| {}).unwrap().ids;
+    let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+    println!("smollm2 greedy: {same}/{} identical", want.len());
+    assert_eq!(got, want, "smollm2: greedy diverges at token {same}");
+
+    let p = perplexity(&m, &ids(&g, "ppl_ids"), 256, |_, _| {}).unwrap();
+    let want_nll = f32s(&g, "ppl_mean")[0] as f64;
+    let rel = (p.mean_nll - want_nll).abs() / want_nll;
+    println!("smollm2 perplexity: {} scored, mean NLL {:.6} vs {want_nll:.6} (rel {rel:.1e})", p.predicted, p.mean_nll);
+    assert!(rel <= 1e-5, "smollm2: mean NLL off by {rel:.2e} relative");
+}
