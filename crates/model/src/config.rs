@@ -248,16 +248,18 @@ impl ModelConfig {
             Arch::Qwen2 | Arch::Qwen3 => v["use_sliding_window"] = json!(false),
             Arch::Llama => {}
         }
+        // transformers validates these as integers.
+        let int = |x: &f64| if x.fract() == 0.0 && *x >= 0.0 { json!(*x as u64) } else { json!(x) };
         v["rope_scaling"] = match &self.rope_scaling {
             RopeScaling::None => Value::Null,
             RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
             RopeScaling::Ntk { factor } => json!({"rope_type": "ntk", "factor": factor}),
             RopeScaling::Yarn { factor, original_max_pos, beta_fast, beta_slow, attention_factor, truncate } => json!({
-                "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original_max_pos,
+                "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": int(original_max_pos),
                 "beta_fast": beta_fast, "beta_slow": beta_slow, "attention_factor": attention_factor, "truncate": truncate}),
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_pos } => json!({
                 "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
-                "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_pos}),
+                "high_freq_factor": high_freq_factor, "original_max_position_embeddings": int(original_max_pos)}),
         };
         v
     }
