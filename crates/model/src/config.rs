@@ -169,7 +169,13 @@ impl ModelConfig {
         if partial != 1.0 {
             bail!("partial_rotary_factor = {partial} is not supported (RoPE over the whole head only)");
         }
-        let max_pos = v["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
+        // transformers' per-family defaults (they matter: YaRN and llama3 fall back to them).
+        let default_max_pos = match arch {
+            Arch::Llama => 2048,
+            Arch::Mistral => 4096 * 32,
+            Arch::Qwen2 | Arch::Qwen3 => 32768,
+        };
+        let max_pos = v["max_position_embeddings"].as_u64().unwrap_or(default_max_pos) as usize;
         let rope_scaling = parse_rope_scaling(rp, max_pos)?;
         let ids = |x: &Value| -> Vec<u32> {
             match x {
