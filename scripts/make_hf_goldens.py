@@ -150,5 +150,34 @@ def main():
               f"ppl mean nll {gold['ppl_mean'].item():.5f}")
 
 
+
+def rope_tables():
+    """transformers' inverse frequencies and attention factor for rope settings the fixtures do
+    not cover (YaRN variants, llama3 with original_max_position_embeddings taken from max_position_embeddings)."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    base = dict(hidden_size=256, num_attention_heads=4, max_position_embeddings=4096)
+    cases = [
+        {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 8.0, "original_max_position_embeddings": 512, "mscale": 1.0, "mscale_all_dim": 0.5},
+        {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 4.0, "original_max_position_embeddings": 1024, "truncate": False, "beta_fast": 16.0, "beta_slow": 2.0},
+        {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "attention_factor": 1.5},
+        {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0},
+        {"rope_type": "linear", "rope_theta": 1000000.0, "factor": 3.0},
+        {"rope_type": "default", "rope_theta": 1000000.0},
+    ]
+    out = []
+    for rp in cases:
+        cfg = LlamaConfig(**base, rope_parameters=dict(rp))
+        emb = LlamaRotaryEmbedding(cfg)
+        inv, attn = emb.inv_freq, emb.attention_scaling
+        out.append({"config": {**base, "architectures": ["LlamaForCausalLM"], "vocab_size": 8, "num_hidden_layers": 1,
+                               "intermediate_size": 8, "rope_parameters": rp},
+                    "inv_freq": inv.tolist(), "attention_factor": float(attn)})
+    with open(os.path.join(OUT, "rope_tables.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    print(f"rope_tables.json: {len(out)} settings")
+
+
 if __name__ == "__main__":
     main()
+    if not sys.argv[1:]:
+        rope_tables()

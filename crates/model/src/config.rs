@@ -295,10 +295,10 @@ fn parse_rope_scaling(rp: &Value, max_pos: usize) -> Result<RopeScaling> {
         "linear" => RopeScaling::Linear { factor: factor()? },
         "ntk" => RopeScaling::Ntk { factor: factor()? },
         "yarn" => {
-            // As transformers' `_compute_yarn_parameters`: a missing factor is max/original
-            // positions; DeepSeek-style mscale/mscale_all_dim set the attention factor.
+            // As transformers' `_compute_yarn_parameters`: DeepSeek-style mscale/mscale_all_dim
+            // set the attention factor when it is not given.
             let original_max_pos = f("original_max_position_embeddings", max_pos as f64);
-            let factor = rp["factor"].as_f64().unwrap_or(max_pos as f64 / original_max_pos);
+            let factor = factor()?;
             let mscale = |m: f64| if factor <= 1.0 { 1.0 } else { 0.1 * m * factor.ln() + 1.0 };
             let attention_factor = match (rp["attention_factor"].as_f64(), rp["mscale"].as_f64(), rp["mscale_all_dim"].as_f64()) {
                 (Some(a), _, _) => Some(a),

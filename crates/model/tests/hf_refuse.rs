@@ -142,3 +142,25 @@ fn written_config_round_trips_for_every_architecture() {
     assert_eq!(m.to_hf_json()["sliding_window"], Value::Null);
     assert!(m.to_hf_json().as_object().unwrap().contains_key("sliding_window"));
 }
+
+/// RoPE settings beyond the fixtures (YaRN with mscale / untruncated / explicit attention factor,
+/// llama3 taking original_max_position_embeddings from max_position_embeddings): the inverse
+/// frequencies and attention factor must be transformers' (fixtures/hf/rope_tables.json, made by
+/// scripts/make_hf_goldens.py; transformers computes them in f32, hence the 1e-6 tolerance).
+#[test]
+fn rope_tables_match_transformers() {
+    let t: Value = serde_json::from_str(&std::fs::read_to_string(fixture("rope_tables.json")).unwrap()).unwrap();
+    for case in t.as_array().unwrap() {
+        let c = ModelConfig::from_hf_json(&case["config"]).unwrap();
+        let table = c.rope_table(smelt_core::ops::rope::RopeLayout::HalfSplit);
+        let want: Vec<f64> = case["inv_freq"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(table.inv_freq.len(), want.len());
+        for (i, (a, b)) in table.inv_freq.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-6 * b.abs(), "{}: inv_freq[{i}] {a} vs transformers {b}", case["config"]["rope_parameters"]);
+        }
+        let af = case["attention_factor"].as_f64().unwrap();
+        assert!((table.attention_factor - af).abs() < 1e-12, "{}: attention factor {} vs {af}", case["config"]["rope_parameters"], table.attention_factor);
+    }
+    let e = refused("llama_yarn", |v| v["rope_parameters"].as_object_mut().unwrap().remove("factor").map(|_| ()).unwrap());
+    assert_names(&e, &["yarn", "factor"]);
+}
