@@ -153,10 +153,29 @@ impl ModelConfig {
         if v["mlp_bias"].as_bool() == Some(true) {
             bail!("mlp_bias = true is not supported");
         }
+        // Llama, Mistral and Qwen3 put `attention_bias` on o_proj too; only Qwen2's q/k/v-only bias is supported.
+        if arch != Arch::Qwen2 && v["attention_bias"].as_bool() == Some(true) {
+            bail!("attention_bias = true is not supported for {} (it also biases o_proj)", arch.hf_name());
+        }
+        if let Some(types) = v["layer_types"].as_array() {
+            if let Some(t) = types.iter().find(|t| t.as_str() != Some("full_attention")) {
+                bail!("layer_types contains {t}: only full_attention layers are supported (Mistral's sliding_window applies to all layers)");
+            }
+        }
         // transformers 5 moved rope settings into `rope_parameters`.
         let rp = if v["rope_parameters"].is_object() { &v["rope_parameters"] } else { &v["rope_scaling"] };
         let rope_theta = v["rope_theta"].as_f64().or_else(|| v["rope_parameters"]["rope_theta"].as_f64()).unwrap_or(10000.0);
-        let max_pos = v["max_position_embeddings"].as_u64().unwrap_or(2048) as usize;
+        let partial = v["partial_rotary_factor"].as_f64().or_else(|| rp["partial_rotary_factor"].as_f64()).unwrap_or(1.0);
+        if partial != 1.0 {
+            bail!("partial_rotary_factor = {partial} is not supported (RoPE over the whole head only)");
+        }
+        // transformers' per-family defaults (they matter: YaRN and llama3 fall back to them).
+        let default_max_pos = match arch {
+            Arch::Llama => 2048,
+            Arch::Mistral => 4096 * 32,
+            Arch::Qwen2 | Arch::Qwen3 => 32768,
+        };
+        let max_pos = v["max_position_embeddings"].as_u64().unwrap_or(default_max_pos) as usize;
         let rope_scaling = parse_rope_scaling(rp, max_pos)?;
         let ids = |x: &Value| -> Vec<u32> {
             match x {
@@ -229,19 +248,24 @@ impl ModelConfig {
             [e] => v["eos_token_id"] = json!(e),
             many => v["eos_token_id"] = json!(many),
         }
-        if let Some(w) = self.sliding_window {
-            v["sliding_window"] = json!(w);
+        // Written even when absent: transformers' Mistral defaults to a 4096 window, Qwen's to off.
+        match self.arch {
+            Arch::Mistral => v["sliding_window"] = json!(self.sliding_window),
+            Arch::Qwen2 | Arch::Qwen3 => v["use_sliding_window"] = json!(false),
+            Arch::Llama => {}
         }
+        // transformers validates these as integers.
+        let int = |x: &f64| if x.fract() == 0.0 && *x >= 0.0 { json!(*x as u64) } else { json!(x) };
         v["rope_scaling"] = match &self.rope_scaling {
             RopeScaling::None => Value::Null,
             RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
             RopeScaling::Ntk { factor } => json!({"rope_type": "ntk", "factor": factor}),
             RopeScaling::Yarn { factor, original_max_pos, beta_fast, beta_slow, attention_factor, truncate } => json!({
-                "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": original_max_pos,
+                "rope_type": "yarn", "factor": factor, "original_max_position_embeddings": int(original_max_pos),
                 "beta_fast": beta_fast, "beta_slow": beta_slow, "attention_factor": attention_factor, "truncate": truncate}),
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_pos } => json!({
                 "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
-                "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_pos}),
+                "high_freq_factor": high_freq_factor, "original_max_position_embeddings": int(original_max_pos)}),
         };
         v
     }
@@ -256,27 +280,48 @@ fn parse_rope_scaling(rp: &Value, max_pos: usize) -> Result<RopeScaling> {
     if !rp.is_object() {
         return Ok(RopeScaling::None);
     }
-    let kind = rp["rope_type"].as_str().or_else(|| rp["type"].as_str()).unwrap_or("default");
+    let kind = match rp["rope_type"].as_str().or_else(|| rp["type"].as_str()) {
+        Some(k) => k,
+        // transformers 5 nests per-layer-type parameters ({"full_attention": {...}, ...}).
+        None if rp.as_object().is_some_and(|o| o.values().any(|x| x.is_object())) => {
+            bail!("per-layer-type rope parameters are not supported: {rp}")
+        }
+        None => "default",
+    };
     let f = |k: &str, d: f64| rp[k].as_f64().unwrap_or(d);
     let factor = || rp["factor"].as_f64().with_context(|| format!("rope scaling {kind:?} needs a factor"));
     Ok(match kind {
         "default" => RopeScaling::None,
         "linear" => RopeScaling::Linear { factor: factor()? },
         "ntk" => RopeScaling::Ntk { factor: factor()? },
-        "yarn" => RopeScaling::Yarn {
-            factor: factor()?,
-            original_max_pos: f("original_max_position_embeddings", max_pos as f64),
-            beta_fast: f("beta_fast", 32.0),
-            beta_slow: f("beta_slow", 1.0),
-            attention_factor: rp["attention_factor"].as_f64(),
-            truncate: rp["truncate"].as_bool().unwrap_or(true),
-        },
+        "yarn" => {
+            // As transformers' `_compute_yarn_parameters`: DeepSeek-style mscale/mscale_all_dim
+            // set the attention factor when it is not given.
+            let original_max_pos = f("original_max_position_embeddings", max_pos as f64);
+            let factor = factor()?;
+            let mscale = |m: f64| if factor <= 1.0 { 1.0 } else { 0.1 * m * factor.ln() + 1.0 };
+            let attention_factor = match (rp["attention_factor"].as_f64(), rp["mscale"].as_f64(), rp["mscale_all_dim"].as_f64()) {
+                (Some(a), _, _) => Some(a),
+                (None, Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => Some(mscale(m) / mscale(ma)),
+                _ => None,
+            };
+            RopeScaling::Yarn {
+                factor,
+                original_max_pos,
+                // `or 32` / `or 1` in transformers: 0 or null mean the default.
+                beta_fast: rp["beta_fast"].as_f64().filter(|&b| b != 0.0).unwrap_or(32.0),
+                beta_slow: rp["beta_slow"].as_f64().filter(|&b| b != 0.0).unwrap_or(1.0),
+                attention_factor,
+                truncate: rp["truncate"].as_bool().unwrap_or(true),
+            }
+        }
         "llama3" => RopeScaling::Llama3 {
             factor: factor()?,
-            low_freq_factor: f("low_freq_factor", 1.0),
-            high_freq_factor: f("high_freq_factor", 4.0),
-            original_max_pos: f("original_max_position_embeddings", 8192.0),
+            low_freq_factor: rp["low_freq_factor"].as_f64().context("rope scaling \"llama3\" needs low_freq_factor")?,
+            high_freq_factor: rp["high_freq_factor"].as_f64().context("rope scaling \"llama3\" needs high_freq_factor")?,
+            // transformers falls back to max_position_embeddings.
+            original_max_pos: f("original_max_position_embeddings", max_pos as f64),
         },
-        other => bail!("rope scaling type {other:?} is not supported (default, linear, ntk, yarn, llama3 are)"),
+        other => bail!("rope scaling type {other:?} is not supported (default, linear, yarn, llama3 are; dynamic and longrope are not)"),
     })
 }

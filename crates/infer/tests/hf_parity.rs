@@ -1,0 +1,157 @@
+//! Parity with Hugging Face transformers on checkpoints it saved itself.
+//!
+//! Fixtures (crates/model/tests/fixtures/hf/<case>/) are tiny random-init models written by
+//! `scripts/make_hf_goldens.py` with `save_pretrained`, one per supported family and feature
+//! (tied/untied head, llama3/linear/YaRN rope scaling, sliding window, qkv bias, q/k norm with an
+//! explicit head_dim; F32/BF16/F16 weights; a sharded checkpoint; both config.json styles).
+//! `golden.safetensors` holds what transformers computed from the same folder in f32 on CPU.
+//! Checked here: logits over a 64-token prompt (max |diff| ≤ 1e-4 × max |logit|), 64 greedy
+//! tokens (identical), and perplexity mean NLL (within 1e-5 relative).
+
+use smelt_core::Tensor;
+use smelt_infer::{generate, perplexity, GenerateConfig, SamplingConfig};
+use smelt_model::{Logits, Model};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const CASES: [&str; 7] = ["llama_tied", "llama3_untied", "llama_linear", "llama_yarn", "mistral_swa", "qwen2_bias", "qwen3_qknorm"];
+
+fn fixture(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/hf").join(case)
+}
+
+fn ids(g: &HashMap<String, Tensor>, k: &str) -> Vec<u32> {
+    g[k].as_i32().unwrap_or_else(|_| panic!("golden {k}: not i32")).iter().map(|&i| i as u32).collect()
+}
+
+fn f32s<'a>(g: &'a HashMap<String, Tensor>, k: &str) -> &'a [f32] {
+    g[k].as_f32().unwrap_or_else(|_| panic!("golden {k}: not f32"))
+}
+
+pub struct Parity {
+    pub logit_rel: f64,
+    pub greedy_match: usize,
+    pub nll_rel: f64,
+}
+
+/// Runs the three comparisons for one model against its goldens; `window` for perplexity.
+pub fn compare(m: &Model, g: &HashMap<String, Tensor>, window: usize, label: &str) -> Parity {
+    let prompt = ids(g, "input_ids");
+    let logits = m.logits(&Tensor::from_u32(prompt.clone(), &[1, prompt.len()]).unwrap(), None, Logits::All).unwrap();
+    let (ours, theirs) = (logits.as_f32().unwrap(), f32s(g, "logits"));
+    assert_eq!(ours.len(), theirs.len(), "{label}: logits shape");
+    let max_abs = theirs.iter().fold(0f32, |a, &x| a.max(x.abs())) as f64;
+    let max_diff = ours.iter().zip(theirs).fold(0f32, |a, (x, y)| a.max((x - y).abs())) as f64;
+
+    let want = ids(g, "greedy_ids");
+    let cfg = GenerateConfig { max_tokens: want.len(), sampling: SamplingConfig::default(), stop_ids: vec![] };
+    let got = generate(m, &prompt, &cfg, |_| {}).unwrap().ids;
+    let greedy_match = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+
+    let p = perplexity(m, &ids(g, "ppl_ids"), window, |_, _| {}).unwrap();
+    let want_nll = f32s(g, "ppl_mean")[0] as f64;
+    let nll_rel = (p.mean_nll - want_nll).abs() / want_nll.abs();
+    assert_eq!(p.predicted, f32s(g, "ppl_nll").len(), "{label}: number of scored tokens");
+
+    let r = Parity { logit_rel: max_diff / max_abs, greedy_match, nll_rel };
+    println!(
+        "{label:16} max|dlogit| {max_diff:.3e} = {:.2e} x max|logit| ({max_abs:.2}); greedy {greedy_match}/{}; mean NLL {:.6} vs {want_nll:.6} (rel {:.1e})",
+        r.logit_rel, want.len(), p.mean_nll, r.nll_rel
+    );
+    r
+}
+
+#[test]
+fn hf_fixtures_match_transformers() {
+    let mut failures = Vec::new();
+    for case in CASES {
+        let dir = fixture(case);
+        let m = Model::load(&dir).unwrap_or_else(|e| panic!("{case}: {e:#}"));
+        let g = smelt_model::io::read_safetensors(&dir.join("golden.safetensors")).unwrap();
+        let r = compare(&m, &g, 64, case);
+        if r.logit_rel > 1e-4 {
+            failures.push(format!("{case}: logits differ by {:.2e} of max |logit|", r.logit_rel));
+        }
+        if r.greedy_match != ids(&g, "greedy_ids").len() {
+            failures.push(format!("{case}: greedy diverges at token {}", r.greedy_match));
+        }
+        if r.nll_rel > 1e-5 {
+            failures.push(format!("{case}: mean NLL off by {:.2e} relative", r.nll_rel));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// The features the fixtures exercise must matter within the 64-token prompt, or the parity
+/// above would prove nothing about them: switching each off must break the logits.
+#[test]
+fn fixture_features_are_not_no_ops() {
+    let off = |case: &str, f: &dyn Fn(&mut smelt_model::ModelConfig)| {
+        let m = Model::load(&fixture(case)).unwrap();
+        let g = smelt_model::io::read_safetensors(&fixture(case).join("golden.safetensors")).unwrap();
+        let mut cfg = m.cfg.clone();
+        f(&mut cfg);
+        let m = Model::new(cfg, m.params).unwrap();
+        let rel = compare(&m, &g, 64, &format!("{case} (off)")).logit_rel;
+        assert!(rel > 1e-3, "{case}: turning the feature off changed logits by only {rel:.2e}");
+    };
+    use smelt_model::RopeScaling;
+    off("mistral_swa", &|c| c.sliding_window = None);
+    off("llama3_untied", &|c| c.rope_scaling = RopeScaling::None);
+    off("llama_linear", &|c| c.rope_scaling = RopeScaling::None);
+    off("llama_yarn", &|c| c.rope_scaling = RopeScaling::None);
+    off("llama_yarn", &|c| if let RopeScaling::Yarn { attention_factor, .. } = &mut c.rope_scaling { *attention_factor = Some(1.0) });
+}
+
+/// The real SmolLM2-135M-Instruct, converted by `scripts/fetch_smollm2.sh` into
+/// .cache/inputs/smollm2/hf (not committed; the test prints SKIP without it). Goldens from
+/// `scripts/make_smollm2_goldens.py`: the committed file keeps the logits at every row's top-8
+/// columns plus a random set; the full logits are compared too when the cache holds them.
+#[test]
+fn smollm2_matches_transformers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join(".cache/inputs/smollm2/hf");
+    if !dir.join("model.safetensors").exists() {
+        println!("SKIP: {} not found (run scripts/fetch_smollm2.sh)", dir.display());
+        return;
+    }
+    let m = Model::load(&dir).unwrap();
+    let g = smelt_model::io::read_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/golden.safetensors")).unwrap();
+    let prompt = ids(&g, "input_ids");
+    let t = prompt.len();
+    let logits = m.logits(&Tensor::from_u32(prompt.clone(), &[1, t]).unwrap(), None, Logits::All).unwrap();
+    let ours = logits.as_f32().unwrap();
+    let v = m.cfg.vocab_size;
+    let cols: Vec<usize> = g["logit_cols"].as_i32().unwrap().iter().map(|&c| c as usize).collect();
+    let sub = f32s(&g, "logits_sub");
+    let max_abs = f32s(&g, "logits_absmax")[0] as f64;
+    let mut max_diff = 0f64;
+    for r in 0..t {
+        for (k, &c) in cols.iter().enumerate() {
+            max_diff = max_diff.max((ours[r * v + c] - sub[r * cols.len() + k]).abs() as f64);
+        }
+    }
+    println!("smollm2 logits at {} columns: max|diff| {max_diff:.3e} = {:.2e} x max|logit| ({max_abs:.2})", cols.len(), max_diff / max_abs);
+    assert!(max_diff <= 1e-4 * max_abs, "smollm2: logits differ by {:.2e} of max |logit|", max_diff / max_abs);
+    let full = root.join(".cache/inputs/smollm2/golden_full.safetensors");
+    if full.exists() {
+        let f = smelt_model::io::read_safetensors(&full).unwrap();
+        let theirs = f["logits"].as_f32().unwrap();
+        let d = ours.iter().zip(theirs).fold(0f32, |a, (x, y)| a.max((x - y).abs())) as f64;
+        println!("smollm2 full logits (64 x {v}): max|diff| {d:.3e} = {:.2e} x max|logit|", d / max_abs);
+        assert!(d <= 1e-4 * max_abs, "smollm2: full logits differ by {:.2e} of max |logit|", d / max_abs);
+    }
+
+    let want = ids(&g, "greedy_ids");
+    let cfg = GenerateConfig { max_tokens: want.len(), sampling: SamplingConfig::default(), stop_ids: vec![] };
+    let got = generate(&m, &prompt, &cfg, |_| {}).unwrap().ids;
+    let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+    println!("smollm2 greedy: {same}/{} identical", want.len());
+    assert_eq!(got, want, "smollm2: greedy diverges at token {same}");
+
+    let p = perplexity(&m, &ids(&g, "ppl_ids"), 256, |_, _| {}).unwrap();
+    let want_nll = f32s(&g, "ppl_mean")[0] as f64;
+    let rel = (p.mean_nll - want_nll).abs() / want_nll;
+    println!("smollm2 perplexity: {} scored, mean NLL {:.6} vs {want_nll:.6} (rel {rel:.1e})", p.predicted, p.mean_nll);
+    assert!(rel <= 1e-5, "smollm2: mean NLL off by {rel:.2e} relative");
+}
