@@ -276,3 +276,23 @@ pub fn from_json(v: Value, file: &Path, config: Option<&Path>) -> Result<Inner> 
         prefix, suffix, bos, eos, byte_level, json: Some(v), chat_template,
     })
 }
+
+/// GPT-2 style `vocab.json` (token → id) + `merges.txt` ("a b" per line, optional `#version`
+/// header) → a byte-level BPE tokenizer; `<|endoftext|>` becomes a special added token.
+pub fn from_vocab_merges(vocab_path: &Path, merges_path: &Path) -> Result<Inner> {
+    let text = std::fs::read_to_string(vocab_path).with_context(|| format!("reading {}", vocab_path.display()))?;
+    let vocab: Map<String, Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{}: expected a JSON object of token → id", vocab_path.display()))?;
+    let text = std::fs::read_to_string(merges_path).with_context(|| format!("reading {}", merges_path.display()))?;
+    let mut merges = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("#version") || line.trim().is_empty() { continue; }
+        match line.split_once(' ') {
+            Some((a, b)) => merges.push((a.to_string(), b.to_string())),
+            None => bail!("{}:{}: expected \"a b\", got {line:?}", merges_path.display(), i + 1),
+        }
+    }
+    let specials: Vec<(String, u32)> = ["<|endoftext|>"].iter()
+        .filter_map(|s| vocab.get(*s).and_then(Value::as_u64).map(|id| (s.to_string(), id as u32))).collect();
+    from_json(bpe_json(vocab, merges, &specials, byte_level_pre(true)), merges_path, None)
+}

@@ -94,6 +94,11 @@ impl Tokenizer {
         hf_json::from_json(v, &file, config.as_deref()).map(Self::from_inner)
     }
 
+    /// Build a byte-level BPE from GPT-2 style `vocab.json` + `merges.txt` files.
+    pub fn from_vocab_merges(vocab: &Path, merges: &Path) -> Result<Self> {
+        hf_json::from_vocab_merges(vocab, merges).map(Self::from_inner)
+    }
+
     /// Save as a Hugging Face `tokenizer.json` (written to a temporary file, then renamed).
     pub fn save(&self, path: &Path) -> Result<()> {
         let v = self.inner.json.as_ref().with_context(|| format!(
