@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Make the tokenizer parity goldens from Hugging Face `tokenizers` (the real peer).
+
+Writes crates/tokenizer/tests/golden/{qwen3,trained}.json:
+- qwen3: ids of Qwen3's tokenizer.json (fetched by scripts/fetch_inputs.sh) on the bundled corpus
+  (whole text and line by line, as FNV-1a hashes of the id streams) and on tricky strings
+  (explicit ids, with and without special tokens).
+- trained: a tokenizer trained by smelt (`smelt tokenizer`, fixed settings) on the bundled corpus,
+  loaded by `tokenizers`: its ids on the corpus and the tricky strings; plus the merges that
+  `tokenizers`' own BpeTrainer learns with the same settings (as a fingerprint).
+
+Usage: pip install tokenizers; scripts/fetch_inputs.sh; python3 scripts/make_tokenizer_goldens.py
+Re-run it (and commit the goldens) when the trainer's settings below change.
+"""
+import gzip, json, os, subprocess, sys, tempfile
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(ROOT, "crates/tokenizer/tests/golden")
+CORPUS = os.path.join(ROOT, "data/linux-doc-slice.txt.gz")
+TRAIN = dict(vocab_size=4096, min_frequency=2, special_tokens=["<|endoftext|>"])
+
+TRICKY = [
+    "Hello world", " leading space", "trailing spaces   ", "multiple   spaces\t\ttabs\n\n\nnewlines",
+    "numbers 1234567890 3.14159 1,000,000 v6.1.192-2", "unicode: café naïve Ελληνικά русский язык",
+    "emoji 🦀🚀 family 👨‍👩‍👧 flags 🇫🇷", "CJK 你好，世界。日本語のテキスト 한국어 텍스트",
+    "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n", "<|endoftext|>inline<|endoftext|> text",
+    "don't I'LL we've THEY'RE it's", "\u00a0nbsp\u3000ideographic\u2009thin space", "e\u0301 combining accent (NFC)",
+    "", " ", "\n", "   \n  x", "a" * 300, "ＡＢＣ fullwidth ①②③", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 math letters",
+    "zero\u200bwidth joiner\u200d", "\r\nwindows line\r\nends\r\n", "  def f(x):\n\treturn x**2  # comment\n",
+    "<p class=\"x\">HTML &amp; entities</p>", "tabs\t\t\tand\u000bvertical\u000cfeeds",
+]
+
+
+def fnv(ids_iter):
+    h = 0xcbf29ce484222325
+    for ids in ids_iter:
+        for i in ids:
+            for b in int(i).to_bytes(4, "little"):
+                h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+        for b in (0xFFFFFFFF).to_bytes(4, "little"):  # sequence separator
+            h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def merges_fingerprint(path):
+    m = json.load(open(path, encoding="utf-8"))["model"]["merges"]
+    pairs = [x if isinstance(x, list) else x.split(" ", 1) for x in m]
+    h = 0xcbf29ce484222325
+    for a, b in pairs:
+        for byte in f"{a} {b}\n".encode():
+            h = ((h ^ byte) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}", len(pairs)
+
+
+def golden(tok, text):
+    lines = text.split("\n")
+    enc = lambda s, sp: tok.encode(s, add_special_tokens=sp).ids
+    return {
+        "corpus_whole": {"hash": fnv([enc(text, False)]), "len": len(enc(text, False))},
+        "corpus_lines": {"hash": fnv(enc(l, False) for l in lines), "n": len(lines)},
+        "tricky": [{"text": s, "ids": enc(s, False), "ids_special": enc(s, True)} for s in TRICKY],
+    }
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    text = gzip.open(CORPUS, "rt", encoding="utf-8").read()
+    qwen = os.path.join(ROOT, ".cache/inputs/qwen3/tokenizer.json")
+    if os.path.exists(qwen):
+        g = golden(Tokenizer.from_file(qwen), text)
+        json.dump(g, open(os.path.join(OUT, "qwen3.json"), "w", encoding="utf-8"), ensure_ascii=False, indent=0)
+        print("wrote qwen3.json")
+    else:
+        print("SKIP qwen3: run scripts/fetch_inputs.sh", file=sys.stderr)
+
+    with tempfile.TemporaryDirectory() as d:
+        smelt_tok = os.path.join(d, "smelt.json")
+        subprocess.run(["cargo", "run", "-q", "--release", "-p", "smelt", "--", "tokenizer", "--input", CORPUS,
+                        "--vocab-size", str(TRAIN["vocab_size"]), "--min-frequency", str(TRAIN["min_frequency"]),
+                        "--special-tokens", *TRAIN["special_tokens"], "--output", smelt_tok], check=True, cwd=ROOT)
+        g = golden(Tokenizer.from_file(smelt_tok), text)
+        g["train"] = TRAIN
+        g["smelt_merges"] = merges_fingerprint(smelt_tok)
+        # HF's own trainer, same settings, on the same sequences (the corpus's lines).
+        hf = Tokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.decoder = decoders.ByteLevel()
+        tr = trainers.BpeTrainer(initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False, **TRAIN)
+        plain = os.path.join(d, "corpus.txt")
+        open(plain, "w", encoding="utf-8").write(text)
+        hf.train([plain], tr)
+        hf.save(os.path.join(d, "hf.json"))
+        g["hf_trainer_merges"] = merges_fingerprint(os.path.join(d, "hf.json"))
+        json.dump(g, open(os.path.join(OUT, "trained.json"), "w", encoding="utf-8"), ensure_ascii=False, indent=0)
+        print("wrote trained.json; smelt merges", g["smelt_merges"], "HF trainer merges", g["hf_trainer_merges"])
+
+
+if __name__ == "__main__":
+    main()
