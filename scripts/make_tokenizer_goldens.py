@@ -63,8 +63,67 @@ def golden(tok, text):
     }
 
 
+# Chat templates from llama.cpp's models/templates/, rendered the way transformers does.
+CHAT_TEMPLATES = {
+    "HuggingFaceTB-SmolLM3-3B.jinja": ("<|im_start|>", "<|im_end|>"),
+    "meta-llama-Llama-3.1-8B-Instruct.jinja": ("<|begin_of_text|>", "<|eot_id|>"),
+    "meta-llama-Llama-3.2-3B-Instruct.jinja": ("<|begin_of_text|>", "<|eot_id|>"),
+    "Qwen-Qwen2.5-7B-Instruct.jinja": ("", "<|im_end|>"),
+    "Qwen-Qwen3-0.6B.jinja": ("", "<|im_end|>"),
+    "mistralai-Mistral-Nemo-Instruct-2407.jinja": ("<s>", "</s>"),
+    "microsoft-Phi-3.5-mini-instruct.jinja": ("<s>", "<|endoftext|>"),
+    "google-gemma-2-2b-it.jinja": ("<bos>", "<eos>"),
+}
+CONVERSATIONS = [
+    ([{"role": "system", "content": "You are a helpful assistant."},
+      {"role": "user", "content": "What is the capital of France?"}], True),
+    ([{"role": "user", "content": "  Hi!  "}, {"role": "assistant", "content": "Hello! How can I help?"},
+      {"role": "user", "content": "Tell me a joke about 🦀 and ünïcödé."}], True),
+    ([{"role": "user", "content": "One turn, no generation prompt."}], False),
+]
+EXTRA = {"date_string": "26 Jul 2024"}
+
+
+def chat_goldens():
+    import datetime
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(msg):
+        raise jinja2.exceptions.TemplateError(msg)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    tdir = os.path.join(ROOT, ".cache/inputs/llama.cpp/models/templates")
+    out = []
+    for name, (bos, eos) in CHAT_TEMPLATES.items():
+        path = os.path.join(tdir, name)
+        if not os.path.exists(path):
+            print(f"SKIP chat template {name}: run scripts/fetch_inputs.sh", file=sys.stderr)
+            continue
+        t = env.from_string(open(path, encoding="utf-8").read())
+        cases = []
+        for msgs, gen in CONVERSATIONS:
+            try:
+                text = t.render(messages=msgs, add_generation_prompt=gen, bos_token=bos, eos_token=eos, **EXTRA)
+            except Exception as e:  # a template may refuse a conversation shape; record that
+                text = None
+                print(f"{name}: jinja2 refused: {e}", file=sys.stderr)
+            cases.append({"messages": msgs, "add_generation_prompt": gen, "output": text})
+        out.append({"template": name, "bos_token": bos, "eos_token": eos, "extra": EXTRA, "cases": cases})
+    json.dump(out, open(os.path.join(OUT, "chat.json"), "w", encoding="utf-8"), ensure_ascii=False, indent=1)
+    print("wrote chat.json")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    chat_goldens()
     text = gzip.open(CORPUS, "rt", encoding="utf-8").read()
     qwen = os.path.join(ROOT, ".cache/inputs/qwen3/tokenizer.json")
     if os.path.exists(qwen):
