@@ -42,4 +42,17 @@ if [ ! -f "$C/qwen3/tokenizer.json" ]; then
   fi
   rm -rf "$tmp"
 fi
+# 4. (with --bench) linux-doc-6.1's Documentation as one ~20 MB text file, for benchmarks.
+if [ "${1:-}" = "--bench" ] && [ ! -f "$C/linux-doc/linux-doc.txt" ]; then
+  mkdir -p "$C/linux-doc"
+  if (cd "$C/linux-doc" && { ls linux-doc-6.1_*.deb >/dev/null 2>&1 || apt-get download linux-doc-6.1 >/dev/null 2>&1; }); then
+    tmp=$(mktemp -d)
+    dpkg-deb -x "$C"/linux-doc/linux-doc-6.1_*.deb "$tmp"
+    find "$tmp/usr/share/doc/linux-doc-6.1/Documentation" -name '*.rst.gz' -not -path '*/translations/*' -print0 \
+      | LC_ALL=C sort -z | xargs -0 zcat > "$C/linux-doc/linux-doc.txt"
+    rm -rf "$tmp"
+  else
+    warn "apt-get download linux-doc-6.1 failed (try apt-get update); benchmarks use the bundled corpus only"
+  fi
+fi
 exit 0

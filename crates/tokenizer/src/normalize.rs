@@ -1,7 +1,7 @@
 //! Normalizers found in real BPE tokenizer.json files (NFC for Qwen, Prepend + Replace for
 //! Llama-2/Mistral style, ...), applied to each text segment between added tokens.
 
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 
 #[derive(Clone, Debug)]
 pub enum Normalizer {
@@ -17,7 +17,8 @@ pub enum Normalizer {
 impl Normalizer {
     pub fn apply(&self, s: String) -> String {
         match self {
-            Normalizer::Nfc => s.nfc().collect(),
+            // Most text is already NFC; the quick check avoids rebuilding it.
+            Normalizer::Nfc => if is_nfc_quick(s.chars()) == IsNormalized::Yes { s } else { s.nfc().collect() },
             Normalizer::Nfd => s.nfd().collect(),
             Normalizer::Nfkc => s.nfkc().collect(),
             Normalizer::Nfkd => s.nfkd().collect(),

@@ -4,7 +4,8 @@
 mod common;
 use smelt_tokenizer::Tokenizer;
 
-/// (passed, failures as "case: expected vs got") for one vocab.
+/// (cases passed, failures as "case: expected vs got") for one vocab; a case passes when its
+/// ids equal llama.cpp's and they decode back to the text.
 fn run_vocab(name: &str) -> Option<(usize, Vec<String>)> {
     let gguf = common::input(&format!("llama.cpp/models/ggml-vocab-{name}.gguf"))?;
     let inp = std::fs::read_to_string(gguf.with_extension("gguf.inp")).ok()?;
@@ -15,13 +16,16 @@ fn run_vocab(name: &str) -> Option<(usize, Vec<String>)> {
     let expected: Vec<&str> = out.lines().collect();
     assert_eq!(cases.len(), expected.len(), "{name}: .inp and .out disagree on the case count");
     let mut fails = Vec::new();
+    let mut passed = 0;
     for (text, exp) in cases.iter().zip(&expected) {
+        let before = fails.len();
         let exp: Vec<u32> = exp.split_whitespace().map(|x| x.parse().unwrap()).collect();
         let got = tok.encode_with(text, false);
         if got != exp { fails.push(format!("{text:?}: expected {exp:?}, got {got:?}")); }
-        // Decoding gives the text back (modulo the SPM leading space llama.cpp strips).
+        let back = tok.decode(&got);
+        if back != *text { fails.push(format!("{text:?}: decodes back as {back:?}")); }
+        if fails.len() == before { passed += 1; }
     }
-    let passed = cases.len() - fails.len();
     println!("{name}: {passed}/{} cases pass", cases.len());
     for f in &fails { println!("  FAIL {f}"); }
     Some((passed, fails))
@@ -34,6 +38,24 @@ fn require(name: &str) {
 }
 
 #[test] fn gpt2() { require("gpt-2") }
+
+/// BOS comes from `tokenizer.ggml.add_bos_token` when specials are requested; specials written
+/// in the text are recognised.
+#[test]
+fn bos_and_specials() {
+    let Some(p) = common::input("llama.cpp/models/ggml-vocab-llama-spm.gguf") else { return };
+    let spm = Tokenizer::from_file(&p).unwrap();
+    assert_eq!(spm.bos_id(), Some(1));
+    assert_eq!(spm.encode("Hello")[0], 1);
+    assert_eq!(spm.encode_with("Hello", false), vec![15043]);
+    assert!(spm.save(&std::env::temp_dir().join("x.json")).is_err());
+    let Some(p) = common::input("llama.cpp/models/ggml-vocab-llama-bpe.gguf") else { return };
+    let bpe = Tokenizer::from_file(&p).unwrap();
+    let ids = bpe.encode_with("<|begin_of_text|>Hi<|eot_id|>", false);
+    assert_eq!(ids.first(), Some(&128000));
+    assert_eq!(ids.last(), Some(&128009));
+    assert_eq!(bpe.decode(&ids), "Hi");
+}
 #[test] fn llama_spm() { require("llama-spm") }
 #[test] fn llama_bpe() { require("llama-bpe") }
 #[test] fn qwen2() { require("qwen2") }
