@@ -121,9 +121,46 @@ def chat_goldens():
     print("wrote chat.json")
 
 
+def spm_style_goldens(text):
+    """Llama-2 / Mistral style BPE tokenizer.json files (Prepend+Replace normalizer or Metaspace
+    pre-tokenizer, byte_fallback, fuse_unk, <s> template), trained and saved by `tokenizers`
+    itself on the bundled corpus, with their ids on the corpus lines and the tricky strings."""
+    from tokenizers import normalizers, processors
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tr = trainers.BpeTrainer(vocab_size=1500, special_tokens=["<unk>", "<s>", "</s>"] + bytes_, show_progress=False)
+    lines = text.split("\n")
+    tok.train_from_iterator(lines[:4000], tr)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "t.json")
+        tok.save(p)
+        j = json.load(open(p, encoding="utf-8"))
+    # Byte tokens live in the model vocab, not among the added tokens (as in Llama-2's file).
+    j["added_tokens"] = [a for a in j["added_tokens"] if a["content"] not in bytes_]
+    variants = {"llama2_style": j}
+    m = json.loads(json.dumps(j))
+    m["normalizer"] = None
+    m["pre_tokenizer"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": False}
+    m["decoder"] = {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": False}
+    variants["metaspace_style"] = m
+    for name, v in variants.items():
+        path = os.path.join(OUT, f"{name}.tokenizer.json")
+        json.dump(v, open(path, "w", encoding="utf-8"), ensure_ascii=False)
+        t = Tokenizer.from_file(path)
+        enc = lambda s, sp: t.encode(s, add_special_tokens=sp).ids
+        g = {"corpus_lines": {"hash": fnv(enc(l, False) for l in lines), "n": len(lines)},
+             "tricky": [{"text": s, "ids": enc(s, False), "ids_special": enc(s, True), "decoded": t.decode(enc(s, False))} for s in TRICKY]}
+        json.dump(g, open(os.path.join(OUT, f"{name}.json"), "w", encoding="utf-8"), ensure_ascii=False, indent=0)
+        print(f"wrote {name}")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     chat_goldens()
+    spm_style_goldens(gzip.open(CORPUS, "rt", encoding="utf-8").read())
     text = gzip.open(CORPUS, "rt", encoding="utf-8").read()
     qwen = os.path.join(ROOT, ".cache/inputs/qwen3/tokenizer.json")
     if os.path.exists(qwen):

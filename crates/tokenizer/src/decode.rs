@@ -50,9 +50,12 @@ pub fn decode(steps: &[DecStep], tokens: Vec<Vec<u8>>) -> Vec<u8> {
                 chars.into_iter().collect::<String>().into_bytes()
             }).collect(),
             DecStep::Metaspace { replacement, strip_first } => toks.into_iter().enumerate().map(|(i, t)| {
-                let s = String::from_utf8_lossy(&t).replace(*replacement, " ");
-                let s = if i == 0 && *strip_first { s.strip_prefix(' ').map(str::to_string).unwrap_or(s) } else { s };
-                s.into_bytes()
+                // As HF: in the first token every replacement char is dropped, not only the
+                // leading one (a prefix of spaces collapses with the prepended one).
+                let s = String::from_utf8_lossy(&t);
+                let drop = i == 0 && *strip_first;
+                s.chars().filter_map(|c| if c == *replacement { (!drop).then_some(' ') } else { Some(c) })
+                    .collect::<String>().into_bytes()
             }).collect(),
         };
     }

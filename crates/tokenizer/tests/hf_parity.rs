@@ -138,3 +138,29 @@ fn bad_files_are_errors_naming_the_file() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Llama-2 / Mistral style tokenizer.json files made and saved by `tokenizers` itself
+/// (Prepend+Replace normalizer or Metaspace pre-tokenizer, byte_fallback, fuse_unk, `<s>`
+/// template): ids on the corpus lines and tricky strings, and decoding.
+#[test]
+fn spm_style_tokenizer_json_matches_hf() {
+    let text = corpus();
+    let lines: Vec<&str> = text.split('\n').collect();
+    for name in ["llama2_style", "metaspace_style"] {
+        let dir = common::repo_root().join("crates/tokenizer/tests/golden");
+        let tok = Tokenizer::from_file(&dir.join(format!("{name}.tokenizer.json"))).unwrap();
+        let g = golden(&format!("{name}.json"));
+        assert_eq!(tok.bos_id(), Some(1));
+        let mut fails = Vec::new();
+        for case in g["tricky"].as_array().unwrap() {
+            let s = case["text"].as_str().unwrap();
+            let ids = |k: &str| case[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
+            if tok.encode_with(s, false) != ids("ids") { fails.push(format!("{s:?}: HF {:?} smelt {:?}", ids("ids"), tok.encode_with(s, false))); }
+            if tok.encode(s) != ids("ids_special") { fails.push(format!("{s:?} (specials): HF {:?} smelt {:?}", ids("ids_special"), tok.encode(s))); }
+            let dec = tok.decode(&ids("ids"));
+            if dec != case["decoded"].as_str().unwrap() { fails.push(format!("{s:?}: HF decodes {:?}, smelt {dec:?}", case["decoded"])); }
+        }
+        assert!(fails.is_empty(), "{name}: {} differences from HF tokenizers:\n{}", fails.len(), fails.join("\n"));
+        assert_eq!(fnv(&tok.encode_batch(&lines, false)), g["corpus_lines"]["hash"].as_str().unwrap(), "{name}: corpus lines");
+    }
+}
