@@ -64,13 +64,19 @@ fn is_jsonl(path: &Path) -> bool {
     name.ends_with(".jsonl") || name.ends_with(".jsonl.gz") || name.ends_with(".ndjson")
 }
 
-/// Stream a file as chunks of about `chunk_bytes`. `field` selects the text of JSONL records
-/// (required for `.jsonl` files; with it, every input is read as JSONL).
+/// Stream a file as chunks of about `chunk_bytes`. A file is JSONL when its name says so
+/// (`.jsonl`, `.jsonl.gz`, `.ndjson`) or, given a `field`, when it starts with `{`; `field`
+/// selects the text of its records. Other files are plain text, read line by line.
 pub fn read_chunks(path: &Path, field: Option<&str>, chunk_bytes: usize,
                    mut emit: impl FnMut(Chunk) -> Result<()>) -> Result<()> {
-    let jsonl = field.is_some() || is_jsonl(path);
-    if jsonl && field.is_none() { bail!("{}: JSONL input needs a field name (--field)", path.display()); }
     let mut r = open(path)?;
+    let starts_with_brace = {
+        let buf = r.fill_buf().with_context(|| format!("reading {}", path.display()))?;
+        buf.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    };
+    let jsonl = is_jsonl(path) || (field.is_some() && starts_with_brace);
+    if jsonl && field.is_none() { bail!("{}: JSONL input needs a field name (--field)", path.display()); }
+    let field = if jsonl { field } else { None };
     let mut chunk = Chunk::default();
     let mut line = Vec::new();
     let mut lineno = 0usize;

@@ -217,7 +217,7 @@ impl PreTok {
                     let end = i + c.len_utf8();
                     match m.last_mut() { Some(l) if !individual && l.1 == i => l.1 = end, _ => m.push((i, end)) }
                 }
-                split_by(s, &m, if *individual { Behavior::Isolated } else { Behavior::Isolated }, false)
+                split_by(s, &m, Behavior::Isolated, false)
             }),
         }
     }

@@ -38,6 +38,9 @@ impl Default for TrainConfig {
 }
 
 type Counts = FxHashMap<Vec<u8>, u64>;
+type Pair = (u32, u32);
+/// A pair count change: (pair, delta per occurrence, word index).
+type Change = (Pair, i32, u32);
 
 /// Count the pre-tokens of one sequence (raw bytes; invalid UTF-8 runs count as one piece).
 fn count_sequence(re: &pretokenize::SplitRegex, seq: &[u8], counts: &mut Counts, ranges: &mut Vec<(usize, usize)>) {
@@ -130,7 +133,7 @@ fn merge_word(w: &mut Vec<u32>, a: u32, b: u32, new: u32, changes: &mut Vec<((u3
 }
 
 /// Learn merges from pre-token counts; returns (vocab in id order, merges).
-pub fn learn(counts: Counts, cfg: &TrainConfig) -> Result<(Vec<String>, Vec<(u32, u32)>)> {
+pub fn learn(counts: Counts, cfg: &TrainConfig) -> Result<(Vec<String>, Vec<Pair>)> {
     let mut vocab: Vec<String> = cfg.special_tokens.clone();
     let mut alphabet = bytelevel::alphabet();
     alphabet.sort_unstable();
@@ -191,7 +194,7 @@ pub fn learn(counts: Counts, cfg: &TrainConfig) -> Result<(Vec<String>, Vec<(u32
             unsafe impl Sync for Ptr {}
             let base = Ptr(words.as_mut_ptr());
             let base = &base;
-            let per: Vec<Vec<((u32, u32), i32, u32)>> = pos.par_chunks(512).map(|ix| {
+            let per: Vec<Vec<Change>> = pos.par_chunks(512).map(|ix| {
                 let mut local = Vec::new();
                 let mut ch = Vec::new();
                 for &i in ix {

@@ -63,3 +63,26 @@ fn bos_and_specials() {
 #[test] fn refact() { require("refact") }
 #[test] fn mpt() { require("mpt") }
 #[test] fn command_r() { require("command-r") }
+
+/// `import-bpe`'s path: GPT-2's vocab.json + merges.txt (written here from the GGUF) give the
+/// same ids as llama.cpp on its test cases.
+#[test]
+fn vocab_json_and_merges_txt_import() {
+    let Some(p) = common::input("llama.cpp/models/ggml-vocab-gpt-2.gguf") else { return };
+    let g = smelt_gguf::GgufFile::open(&p).unwrap();
+    let strs = |k: &str| g.get(k).unwrap().as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let dir = std::env::temp_dir().join(format!("smelt-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vocab: serde_json::Map<String, serde_json::Value> = strs("tokenizer.ggml.tokens").into_iter().enumerate().map(|(i, t)| (t, i.into())).collect();
+    std::fs::write(dir.join("vocab.json"), serde_json::to_string(&vocab).unwrap()).unwrap();
+    std::fs::write(dir.join("merges.txt"), format!("#version: 0.2\n{}\n", strs("tokenizer.ggml.merges").join("\n"))).unwrap();
+    let tok = Tokenizer::from_vocab_merges(&dir.join("vocab.json"), &dir.join("merges.txt")).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let inp = std::fs::read_to_string(p.with_extension("gguf.inp")).unwrap();
+    let out = std::fs::read_to_string(p.with_extension("gguf.out")).unwrap();
+    for (text, exp) in inp.split("\n__ggml_vocab_test__\n").zip(out.lines()) {
+        let exp: Vec<u32> = exp.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        assert_eq!(tok.encode_with(text, false), exp, "{text:?}");
+    }
+    assert_eq!(tok.eos_id(), Some(50256));
+}

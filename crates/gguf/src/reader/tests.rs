@@ -31,7 +31,7 @@ fn sample() -> Vec<u8> {
         s(&mut b, name); b.extend(2u32.to_le_bytes()); b.extend(4u64.to_le_bytes()); b.extend(2u64.to_le_bytes());
         b.extend(0u32.to_le_bytes()); b.extend(off.to_le_bytes());
     }
-    while b.len() % 64 != 0 { b.push(0); }
+    while !b.len().is_multiple_of(64) { b.push(0); }
     b.extend(vec![0u8; 64 + 32]);
     b
 }
