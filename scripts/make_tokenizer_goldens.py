@@ -82,6 +82,15 @@ CONVERSATIONS = [
     ([{"role": "user", "content": "One turn, no generation prompt."}], False),
 ]
 EXTRA = {"date_string": "26 Jul 2024"}
+# A tool-use conversation: tools and tool calls go through `tojson`, so key order matters.
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Get the weather in a city",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name"}},
+                         "required": ["city"]}}}]
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+    {"role": "tool", "content": "22°C, sunny"},
+]
 
 
 def chat_goldens():
@@ -109,14 +118,26 @@ def chat_goldens():
             continue
         t = env.from_string(open(path, encoding="utf-8").read())
         cases = []
-        for msgs, gen in CONVERSATIONS:
+        for msgs, gen, tools in [(m, g, None) for m, g in CONVERSATIONS] + [(TOOL_CONVERSATION, True, TOOLS)]:
+            extra = dict(EXTRA, **({"tools": tools} if tools else {}))
             try:
-                text = t.render(messages=msgs, add_generation_prompt=gen, bos_token=bos, eos_token=eos, **EXTRA)
+                text = t.render(messages=msgs, add_generation_prompt=gen, bos_token=bos, eos_token=eos, **extra)
             except Exception as e:  # a template may refuse a conversation shape; record that
                 text = None
                 print(f"{name}: jinja2 refused: {e}", file=sys.stderr)
-            cases.append({"messages": msgs, "add_generation_prompt": gen, "output": text})
+            cases.append({"messages": msgs, "add_generation_prompt": gen, "tools": tools, "output": text})
         out.append({"template": name, "bos_token": bos, "eos_token": eos, "extra": EXTRA, "cases": cases})
+    # A template as shipped in a model's tokenizer_config.json (Qwen3's).
+    cfg_path = os.path.join(ROOT, ".cache/inputs/qwen3/tokenizer_config.json")
+    if os.path.exists(cfg_path):
+        cfg = json.load(open(cfg_path, encoding="utf-8"))
+        tok_str = lambda t: (t.get("content") if isinstance(t, dict) else t) or ""
+        bos, eos = tok_str(cfg.get("bos_token")), tok_str(cfg.get("eos_token"))
+        t = env.from_string(cfg["chat_template"])
+        cases = [{"messages": m, "add_generation_prompt": g,
+                  "output": t.render(messages=m, add_generation_prompt=g, bos_token=bos, eos_token=eos, **EXTRA)}
+                 for m, g in CONVERSATIONS]
+        out.append({"template": "qwen3/tokenizer_config.json", "bos_token": bos, "eos_token": eos, "extra": EXTRA, "cases": cases})
     json.dump(out, open(os.path.join(OUT, "chat.json"), "w", encoding="utf-8"), ensure_ascii=False, indent=1)
     print("wrote chat.json")
 
