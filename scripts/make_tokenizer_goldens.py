@@ -29,6 +29,7 @@ TRICKY = [
     "", " ", "\n", "   \n  x", "a" * 300, "ＡＢＣ fullwidth ①②③", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 math letters",
     "zero\u200bwidth joiner\u200d", "\r\nwindows line\r\nends\r\n", "  def f(x):\n\treturn x**2  # comment\n",
     "<p class=\"x\">HTML &amp; entities</p>", "tabs\t\t\tand\u000bvertical\u000cfeeds",
+    "<s>hello</s> world <s> spaced </s>", "<unk>x<unk> <0x41>",
 ]
 
 
