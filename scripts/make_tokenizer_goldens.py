@@ -33,6 +33,18 @@ TRICKY = [
 ]
 
 
+# Random strings over a pool of awkward pieces (specials, combining marks, emoji, controls).
+POOL = [" ", "  ", "\n", "\t", "\r\n", "a", "Z", "é", "e\u0301", "ß", "ſ", "İ", "'s", "'LL", "0", "123", "½", "٣",
+        "你", "好", "の", "한", "🦀", "👨\u200d👩\u200d👧", "\u200d", "\u00a0", "\u3000", "\u007f", "<", "|",
+        "<|endoftext|>", "<|im_start|>", "<s>", "</s>", "<unk>", "▁", "Ġ", "<0x41>", "...", "!!", "\U0010ffff"]
+
+
+def random_strings(n=150, seed=1234):
+    import random
+    r = random.Random(seed)
+    return ["".join(r.choice(POOL) for _ in range(r.randrange(24))) for _ in range(n)]
+
+
 def fnv(ids_iter):
     h = 0xcbf29ce484222325
     for ids in ids_iter:
@@ -61,6 +73,7 @@ def golden(tok, text):
         "corpus_whole": {"hash": fnv([enc(text, False)]), "len": len(enc(text, False))},
         "corpus_lines": {"hash": fnv(enc(l, False) for l in lines), "n": len(lines)},
         "tricky": [{"text": s, "ids": enc(s, False), "ids_special": enc(s, True)} for s in TRICKY],
+        "random": {"texts": random_strings(), "hash": fnv(enc(s, True) for s in random_strings())},
     }
 
 
@@ -174,7 +187,8 @@ def spm_style_goldens(text):
         t = Tokenizer.from_file(path)
         enc = lambda s, sp: t.encode(s, add_special_tokens=sp).ids
         g = {"corpus_lines": {"hash": fnv(enc(l, False) for l in lines), "n": len(lines)},
-             "tricky": [{"text": s, "ids": enc(s, False), "ids_special": enc(s, True), "decoded": t.decode(enc(s, False))} for s in TRICKY]}
+             "tricky": [{"text": s, "ids": enc(s, False), "ids_special": enc(s, True), "decoded": t.decode(enc(s, False))} for s in TRICKY],
+             "random": {"texts": random_strings(), "hash": fnv(enc(s, True) for s in random_strings())}}
         json.dump(g, open(os.path.join(OUT, f"{name}.json"), "w", encoding="utf-8"), ensure_ascii=False, indent=0)
         print(f"wrote {name}")
 

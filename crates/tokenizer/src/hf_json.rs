@@ -213,6 +213,10 @@ pub fn from_json(v: Value, file: &Path, config: Option<&Path>) -> Result<Inner> 
             rstrip: f("rstrip", false), normalized: f("normalized", !f("special", false)), single_word: f("single_word", false) });
     }
     let n = ids.values().map(|&i| i as usize + 1).max().unwrap_or(0);
+    // Ids index a table; refuse wildly sparse ids instead of allocating for them.
+    if n > ids.len().saturating_mul(2).max(1 << 16) {
+        return c.err(format!("token ids are sparse (largest id {} for {} tokens)", n - 1, ids.len()));
+    }
     let mut vocab = vec![String::new(); n];
     for (t, &i) in &ids { vocab[i as usize] = t.clone(); }
 

@@ -41,7 +41,15 @@ fn merges_fingerprint(tok: &Tokenizer) -> (String, usize) {
     (format!("{h:016x}"), merges.len())
 }
 
+/// Random awkward strings (with specials), encoded with specials: the id streams' hash.
+fn check_random(tok: &Tokenizer, g: &Value, what: &str) {
+    let texts: Vec<&str> = g["random"]["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| tok.encode(t)).collect();
+    assert_eq!(fnv(&ids), g["random"]["hash"].as_str().unwrap(), "{what}: ids of random strings differ from HF");
+}
+
 fn check(tok: &Tokenizer, g: &Value, what: &str) {
+    check_random(tok, g, what);
     let text = corpus();
     let mut fails = Vec::new();
     for case in g["tricky"].as_array().unwrap() {
@@ -151,6 +159,7 @@ fn spm_style_tokenizer_json_matches_hf() {
         let tok = Tokenizer::from_file(&dir.join(format!("{name}.tokenizer.json"))).unwrap();
         let g = golden(&format!("{name}.json"));
         assert_eq!(tok.bos_id(), Some(1));
+        check_random(&tok, &g, name);
         let mut fails = Vec::new();
         for case in g["tricky"].as_array().unwrap() {
             let s = case["text"].as_str().unwrap();
