@@ -134,7 +134,7 @@ pub fn load(file: &Path) -> Result<Inner> {
             let suffix = if flag("tokenizer.ggml.add_eos_token", false) { eos.into_iter().collect() } else { vec![] };
             Ok(Inner { vocab: tokens, ids, model: Model::Spm(spm), normalizers: vec![], pre: vec![], decoder,
                 raw_added: Matcher::new(added), norm_added: Matcher::default(), special_ids, prefix, suffix,
-                bos, eos, byte_level: false, json: None, chat_template })
+                bos, eos, byte_level: false, json: None, chat_template, uid: crate::next_uid() })
         }
         m => bail!("{}: unsupported tokenizer.ggml.model {m:?} (supported: gpt2 = BPE, llama = SentencePiece)", file.display()),
     }

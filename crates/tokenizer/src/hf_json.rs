@@ -277,7 +277,7 @@ pub fn from_json(v: Value, file: &Path, config: Option<&Path>) -> Result<Inner> 
     Ok(Inner {
         vocab, ids, model: Model::Bpe(bpe), normalizers, pre, decoder,
         raw_added: Matcher::new(raw), norm_added: Matcher::new(norm), special_ids,
-        prefix, suffix, bos, eos, byte_level, json: Some(v), chat_template,
+        prefix, suffix, bos, eos, byte_level, json: Some(v), chat_template, uid: crate::next_uid(),
     })
 }
 

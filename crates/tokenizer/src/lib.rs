@@ -29,6 +29,17 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::path::Path;
 use std::sync::Arc;
 
+thread_local! {
+    /// (tokenizer uid, pre-token → ids); see `encode_piece_cached`.
+    static CACHE: std::cell::RefCell<(u64, FxHashMap<String, Box<[u32]>>)> = Default::default();
+}
+
+/// A distinct id per built tokenizer, so a thread's cache never serves another's pieces.
+pub(crate) fn next_uid() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A tokenizer. Ids are `u32`. Cloning is cheap (the tables are shared).
 #[derive(Clone, Debug)]
 pub struct Tokenizer { inner: Arc<Inner> }
@@ -60,6 +71,8 @@ pub(crate) struct Inner {
     /// The tokenizer.json this tokenizer was built from; `save` writes it back.
     json: Option<serde_json::Value>,
     chat_template: Option<String>,
+    /// Identifies this tokenizer to the per-thread BPE cache.
+    uid: u64,
 }
 
 impl Tokenizer {
@@ -159,13 +172,34 @@ impl Tokenizer {
                         Segment::Token(id) => out.push(id),
                         Segment::Text(s2, at2) => {
                             for p in pretokenize::pre_tokenize(&t.pre, s2, at2 == 0) {
-                                bpe.encode_piece(&p.text, |x| t.ids.get(x).copied(), out);
+                                self.encode_piece_cached(bpe, &p.text, out);
                             }
                         }
                     }
                 }
             }
         }
+    }
+
+    /// BPE of one pre-token through a per-thread cache: words repeat (Zipf), and a hit skips
+    /// the merge loop and its allocations. The cache belongs to one tokenizer at a time (by
+    /// `uid`, never reused) and is cleared when it grows past a bound.
+    fn encode_piece_cached(&self, bpe: &bpe::Bpe, piece: &str, out: &mut Vec<u32>) {
+        const MAX_PIECE: usize = 48;
+        const MAX_ENTRIES: usize = 1 << 16;
+        let t = &*self.inner;
+        if piece.len() > MAX_PIECE {
+            return bpe.encode_piece(piece, |x| t.ids.get(x).copied(), out);
+        }
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.0 != t.uid { c.0 = t.uid; c.1.clear(); }
+            if let Some(ids) = c.1.get(piece) { out.extend_from_slice(ids); return; }
+            let start = out.len();
+            bpe.encode_piece(piece, |x| t.ids.get(x).copied(), out);
+            if c.1.len() >= MAX_ENTRIES { c.1.clear(); }
+            c.1.insert(piece.to_string(), out[start..].into());
+        })
     }
 
     /// Encode raw bytes, which need not be UTF-8. For byte-level tokenizers every byte sequence
