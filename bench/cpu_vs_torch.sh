@@ -16,8 +16,16 @@ for r in $(seq "$rounds"); do
 done
 python3 - "$rounds" <<'PY'
 import json, sys
-S = [json.loads(l) for l in open('/tmp/smelt_bench.jsonl')]
-T = [json.loads(l) for l in open('/tmp/torch_bench.jsonl')]
+def objs(path):
+    text, out, i, dec = open(path).read(), [], 0, json.JSONDecoder()
+    while True:
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i >= len(text):
+            return out
+        o, i = dec.raw_decode(text, i)
+        out.append(o)
+S, T = objs('/tmp/smelt_bench.jsonl'), objs('/tmp/torch_bench.jsonl')
 print(f"small preset, batch 4 x seq 128, 2 threads, best of {sys.argv[1]} alternating rounds")
 print(f"{'metric':<16}{'smelt':>12}{'pytorch':>12}{'smelt/pytorch':>15}")
 for k in ["forward_tok_s", "train_tok_s", "decode_tok_s"]:
@@ -25,5 +33,5 @@ for k in ["forward_tok_s", "train_tok_s", "decode_tok_s"]:
     print(f"{k:<16}{s:>12.0f}{t:>12.0f}{s/t:>15.2f}")
 s, t = min(x["peak_mem_bytes"] for x in S), min(x["peak_mem_bytes"] for x in T)
 print(f"{'peak_mem_MiB':<16}{s/2**20:>12.0f}{t/2**20:>12.0f}{s/t:>15.2f}")
-print("torch other_processes_cpu_share:", [round(x.get("other_processes_cpu_share", -1), 3) for x in T])
+print("load average before/after each PyTorch run:", [(x.get("loadavg_1m_before"), x.get("loadavg_1m_after")) for x in T])
 PY
