@@ -155,3 +155,27 @@ fn smollm2_matches_transformers() {
     println!("smollm2 perplexity: {} scored, mean NLL {:.6} vs {want_nll:.6} (rel {rel:.1e})", p.predicted, p.mean_nll);
     assert!(rel <= 1e-5, "smollm2: mean NLL off by {rel:.2e} relative");
 }
+
+/// Issue 4's chat check: SmolLM2-135M-Instruct, greedy, through its own chat template and
+/// tokenizer.json, answers "What is the capital of France?" with Paris.
+#[test]
+fn smollm2_chat_answers_paris() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join(".cache/inputs/smollm2/hf");
+    if !dir.join("config.json").exists() {
+        println!("SKIP: {} not found (run scripts/fetch_smollm2.sh)", dir.display());
+        return;
+    }
+    let m = Model::load(&dir).unwrap();
+    let tok = smelt_tokenizer::Tokenizer::from_file(&dir).unwrap();
+    let tmpl = smelt_tokenizer::ChatTemplate::from_tokenizer_config(&dir).unwrap();
+    let text = tmpl.render(&[smelt_tokenizer::Message::new("user", "What is the capital of France?")], true).unwrap();
+    let prompt = tok.encode_with(&text, false);
+    let mut stop = m.cfg.eos_token_ids.clone();
+    stop.extend(tok.eos_id());
+    let cfg = smelt_infer::GenerateConfig { max_tokens: 32, sampling: smelt_infer::SamplingConfig::default(), stop_ids: stop };
+    let g = smelt_infer::generate(&m, &prompt, &cfg, |_| {}).unwrap();
+    let answer = tok.decode(&g.ids);
+    println!("smollm2 chat: {answer:?}");
+    assert!(answer.contains("Paris"), "answer: {answer:?}");
+}

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use smelt_infer::{generate, GenerateConfig, SamplingConfig};
 use smelt_model::Model;
+use smelt_tokenizer::{ChatTemplate, Message};
 use smelt_tokenizer::Tokenizer;
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,8 +20,16 @@ pub struct GenerateArgs {
     /// Model folder (config.json, model.safetensors, tokenizer.json).
     #[arg(long)]
     model: PathBuf,
-    #[arg(long, default_value = "")]
+    /// Raw prompt text (continued as is).
+    #[arg(long, default_value = "", conflicts_with = "chat")]
     prompt: String,
+    /// A user message: rendered through the model's chat template (tokenizer_config.json or
+    /// chat_template.jinja) with the assistant turn opened; prints only the reply.
+    #[arg(long)]
+    chat: Option<String>,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
     /// 0 = greedy (deterministic).
@@ -72,13 +81,39 @@ impl<'a> TextStream<'a> {
     }
 }
 
+/// `eos_token_id` (one or a list) from the model folder's generation_config.json, if any.
+fn generation_config_eos(dir: &std::path::Path) -> Vec<u32> {
+    let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) else { return vec![] };
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    match &v["eos_token_id"] {
+        serde_json::Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        _ => vec![],
+    }
+}
+
 pub fn run(a: GenerateArgs) -> Result<()> {
     super::device::resolve(&a.device)?;
     let model = Model::load(&a.model)?;
     let tok = Tokenizer::from_file(&a.model)?;
-    let prompt_ids = tok.encode(&a.prompt);
+    let (prompt_text, prompt_ids) = match &a.chat {
+        Some(user) => {
+            let tmpl = ChatTemplate::from_tokenizer_config(&a.model)?;
+            let mut msgs = Vec::new();
+            if let Some(sys) = &a.system {
+                msgs.push(Message::new("system", sys));
+            }
+            msgs.push(Message::new("user", user));
+            let text = tmpl.render(&msgs, true)?;
+            // The template writes its own special tokens (as transformers' apply_chat_template).
+            let ids = tok.encode_with(&text, false);
+            (String::new(), ids)
+        }
+        None => (a.prompt.clone(), tok.encode(&a.prompt)),
+    };
     let mut stop_ids = model.cfg.eos_token_ids.clone();
     stop_ids.extend(tok.eos_id());
+    stop_ids.extend(generation_config_eos(&a.model));
     let cfg = GenerateConfig {
         max_tokens: a.max_tokens,
         sampling: SamplingConfig {
@@ -94,7 +129,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let streaming = a.stream && matches!(a.format, Format::Text);
     let mut out = std::io::stdout().lock();
     if streaming {
-        write!(out, "{}", a.prompt)?;
+        write!(out, "{prompt_text}")?;
         out.flush()?;
     }
     let mut stream = TextStream::new(&tok);
@@ -111,7 +146,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             if streaming {
                 writeln!(out)?;
             } else {
-                writeln!(out, "{}{}", a.prompt, text)?;
+                writeln!(out, "{prompt_text}{text}")?;
             }
             eprintln!("[{} tokens, {:.1} tokens/s]", g.ids.len(), g.tokens_per_second);
         }
