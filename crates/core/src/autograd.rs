@@ -145,7 +145,7 @@ impl Graph {
                     let (dx, dw) = ops::rmsnorm::rmsnorm_backward(&ht, &wt, &rstd, dy)?;
                     (dx, Some(dw))
                 }
-                None => (Tensor::zeros(ht.shape()), None),
+                None => (ht.zeros_like()?, None),
             };
             if let Some(gh) = &g[0] {
                 ops::elementwise::add_assign(&mut dh, gh)?;

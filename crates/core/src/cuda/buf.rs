@@ -63,6 +63,13 @@ impl DeviceBuf {
         Ok(DeviceBuf { gpu: gpu.clone(), dtype, len, data })
     }
 
+    /// A device-to-device copy (the fallible form of `clone`).
+    pub fn try_copy(&self) -> Result<Self> {
+        let mut c = Self::alloc(&self.gpu, self.dtype, self.len)?;
+        self.gpu.stream.memcpy_dtod(&self.data, &mut c.data).map_err(|e| anyhow!("copy on {:?}: {e:?}", self.gpu))?;
+        Ok(c)
+    }
+
     /// Copies the buffer back (waits for the stream).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut v = self.gpu.stream.clone_dtoh(&self.data).map_err(|e| anyhow!("copy from {:?}: {e:?}", self.gpu))?;

@@ -134,8 +134,8 @@ pub fn grid_for(n: usize, threads: u32) -> LaunchConfig {
 }
 
 /// Turns a launch error into an error that names the kernel.
-pub fn launched<T, E: std::fmt::Debug>(r: std::result::Result<T, E>, what: &str) -> Result<T> {
-    r.map_err(|e| anyhow!("CUDA launch of {what} failed: {e:?}"))
+pub fn launched<T, E: std::fmt::Debug>(r: std::result::Result<T, E>, what: &str) -> Result<()> {
+    r.map(|_| ()).map_err(|e| anyhow!("CUDA launch of {what} failed: {e:?}"))
 }
 
 static POISON: AtomicBool = AtomicBool::new(false);
@@ -172,4 +172,28 @@ pub fn matmul_precision() -> MatmulPrecision {
             _ => MatmulPrecision::Bf16,
         },
     }
+}
+
+/// The device buffers of `ts`, checked to be f32 and on one GPU.
+pub fn f32_bufs<'a, const N: usize>(ts: [&'a crate::Tensor; N], what: &str) -> Result<[&'a DeviceBuf; N]> {
+    let mut out: Vec<&DeviceBuf> = Vec::with_capacity(N);
+    for t in ts {
+        let b = t.cuda_buf().with_context(|| format!("{what}: all inputs must be on the same CUDA device"))?;
+        b.expect(crate::DType::F32, what)?;
+        if let Some(first) = out.first() {
+            if first.gpu.ordinal != b.gpu.ordinal {
+                bail!("{what}: inputs on cuda:{} and cuda:{}", first.gpu.ordinal, b.gpu.ordinal);
+            }
+        }
+        out.push(b);
+    }
+    out.try_into().map_err(|_| anyhow!("{what}: internal error"))
+}
+
+/// Moves an index tensor (token ids, targets) to `gpu` if it is on the host.
+pub fn ids_on(ids: &crate::Tensor, gpu: &Arc<Gpu>) -> Result<crate::Tensor> {
+    if ids.dtype() != crate::DType::U32 {
+        bail!("expected u32 ids, got {:?}", ids.dtype());
+    }
+    ids.to_device(crate::Device::Cuda(gpu.ordinal))
 }

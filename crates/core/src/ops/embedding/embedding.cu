@@ -1,0 +1,26 @@
+// Embedding gather (forward) and scatter-add (backward). f32 tables.
+
+// out[r, c] = table[ids[r], c]; an out-of-range id writes NaN so the bug shows.
+extern "C" __global__ void embedding_fwd_f32(const float* table, const unsigned int* ids, float* out,
+                                             long long n, int dim, unsigned int vocab) {
+    long long total = n * dim;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+        long long r = i / dim;
+        int c = (int)(i - r * dim);
+        unsigned int id = ids[r];
+        out[i] = id < vocab ? table[(long long)id * dim + c] : __int_as_float(0x7fc00000);
+    }
+}
+
+// dtable[ids[r], c] += dout[r, c]; dtable zeroed first. Atomics: the summation order of rows
+// sharing an id varies between runs (rounding-level differences from the CPU's id order).
+extern "C" __global__ void embedding_bwd_f32(const float* dout, const unsigned int* ids, float* dtable,
+                                             long long n, int dim, unsigned int vocab) {
+    long long total = n * dim;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+        long long r = i / dim;
+        int c = (int)(i - r * dim);
+        unsigned int id = ids[r];
+        if (id < vocab) atomicAdd(&dtable[(long long)id * dim + c], dout[i]);
+    }
+}
