@@ -235,6 +235,15 @@ impl Tensor {
         self.to_vec_f32().iter().map(|&x| x as f64).sum()
     }
 
+    /// Waits until every queued operation on `device` has finished (timing; a no-op on the CPU).
+    pub fn synchronize(device: Device) -> Result<()> {
+        match device {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => crate::cuda::gpu(n)?.synchronize(),
+        }
+    }
+
     /// A zero tensor of `shape` on `device`.
     pub fn zeros_on(shape: &[usize], device: Device) -> Result<Tensor> {
         match device {

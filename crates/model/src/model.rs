@@ -11,7 +11,7 @@ use crate::params::{self, Index};
 use anyhow::{bail, Context, Result};
 use smelt_core::autograd::BlockFn;
 use smelt_core::ops::rope::{RopeLayout, RopeTable};
-use smelt_core::{Graph, Tensor, Var};
+use smelt_core::{Device, Graph, Tensor, Var};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -42,6 +42,12 @@ impl KvCache {
             cap,
             batch,
         }
+    }
+    /// A cache on `device` (keys and values stay there; only new rows are written).
+    pub fn new_on(cfg: &ModelConfig, batch: usize, cap: usize, device: Device) -> Result<Self> {
+        let shape = [batch, cap, cfg.n_kv_heads, cfg.head_dim];
+        let mk = || (0..cfg.n_layers).map(|_| Tensor::zeros_on(&shape, device)).collect::<Result<Vec<_>>>();
+        Ok(KvCache { k: mk()?, v: mk()?, len: 0, cap, batch })
     }
     pub fn len(&self) -> usize { self.len }
     pub fn is_empty(&self) -> bool { self.len == 0 }
@@ -92,6 +98,19 @@ fn cache_write(cache: &mut Tensor, new: &Tensor, pos0: usize) -> Result<()> {
     let s = cache.shape().to_vec();
     let (b, cap, row) = (s[0], s[1], s[2] * s[3]);
     let t = new.shape()[1];
+    if cache.is_cuda() {
+        // One device copy per sequence (batch 1 for generation: one copy).
+        if b == 1 {
+            return cache.write_at(pos0 * row, new);
+        }
+        let src = new.to_device(Device::Cpu)?;
+        let src = src.as_f32()?;
+        for bi in 0..b {
+            let rows = Tensor::from_f32(src[bi * t * row..(bi + 1) * t * row].to_vec(), &[t * row])?.to_device(cache.device())?;
+            cache.write_at((bi * cap + pos0) * row, &rows)?;
+        }
+        return Ok(());
+    }
     let src = new.as_f32()?;
     let dst = cache.f32_mut()?;
     for bi in 0..b {
@@ -155,6 +174,17 @@ impl Model {
         let rope = Arc::new(cfg.rope_table(RopeLayout::HalfSplit));
         let idx = params::index(&cfg);
         Ok(Model { names: layout.into_iter().map(|(n, _)| n).collect(), params, idx, rope, cfg })
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device { self.params.first().map_or(Device::Cpu, |p| p.device()) }
+
+    /// Moves every parameter to `device` (f32 master weights stay f32).
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        for p in &mut self.params {
+            *p = p.to_device(device)?;
+        }
+        Ok(())
     }
 
     /// Fresh random weights.
@@ -251,10 +281,10 @@ impl Model {
         let h = match logits {
             Logits::All => h,
             Logits::Last => {
-                let hs = h.tensor().as_f32()?;
-                let d = c.dim;
-                let rows: Vec<f32> = (0..b).flat_map(|bi| hs[((bi + 1) * t - 1) * d..(bi + 1) * t * d].iter().copied()).collect();
-                g.constant(Tensor::from_f32(rows, &[b, d])?)
+                // Gather row (bi+1)·t − 1 of each sequence: an embedding lookup into h (B·T, C),
+                // which runs wherever h lives.
+                let last = Tensor::from_u32((0..b).map(|bi| ((bi + 1) * t - 1) as u32).collect(), &[b])?;
+                g.constant(smelt_core::ops::embedding::embedding(h.tensor(), &last)?)
             }
         };
         g.linear(&h, &p[self.idx.head], None)

@@ -73,8 +73,9 @@ impl<'a> TextStream<'a> {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    super::device::resolve(&a.device)?;
-    let model = Model::load(&a.model)?;
+    let device = super::device::resolve(&a.device)?;
+    let mut model = Model::load(&a.model)?;
+    model.to_device(device)?;
     let tok = Tokenizer::from_file(&a.model)?;
     let prompt_ids = tok.encode(&a.prompt);
     let mut stop_ids = model.cfg.eos_token_ids.clone();

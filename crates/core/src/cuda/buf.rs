@@ -5,6 +5,7 @@ use super::Gpu;
 use crate::DType;
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 pub struct DeviceBuf {
@@ -21,11 +22,28 @@ impl std::fmt::Debug for DeviceBuf {
     }
 }
 
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn track(bytes: usize) {
+    let now = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+/// (bytes held in tensors now, the most held at once) over all GPUs. The cuBLASLt workspace
+/// and the driver's own memory are not counted.
+pub fn mem_stats() -> (usize, usize) { (LIVE.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed)) }
+
+impl Drop for DeviceBuf {
+    fn drop(&mut self) { LIVE.fetch_sub(self.data.len(), Ordering::Relaxed); }
+}
+
 impl Clone for DeviceBuf {
     /// A device-to-device copy, queued on the stream. `Clone` cannot fail, so a copy that
     /// cannot be allocated panics here; copies only happen through `Arc::make_mut` on a shared
     /// buffer, which the device code paths avoid.
     fn clone(&self) -> Self {
+        track(self.data.len());
         DeviceBuf { gpu: self.gpu.clone(), dtype: self.dtype, len: self.len, data: self.data.clone() }
     }
 }
@@ -35,6 +53,7 @@ impl DeviceBuf {
     pub fn alloc(gpu: &Arc<Gpu>, dtype: DType, len: usize) -> Result<Self> {
         let bytes = (len * dtype.size_in_bytes()).max(1);
         let data = unsafe { gpu.stream.alloc::<u8>(bytes) }.map_err(|e| anyhow!("{gpu:?}: cannot allocate {bytes} bytes: {e:?}"))?;
+        track(data.len());
         let mut b = DeviceBuf { gpu: gpu.clone(), dtype, len, data };
         if super::poison() {
             b.fill_bytes(0xFF)?;
@@ -60,6 +79,7 @@ impl DeviceBuf {
             bail!("{} bytes for {len} elements of {dtype:?}", bytes.len());
         }
         let data = gpu.stream.clone_htod(bytes).map_err(|e| anyhow!("copy to {gpu:?}: {e:?}"))?;
+        track(data.len());
         Ok(DeviceBuf { gpu: gpu.clone(), dtype, len, data })
     }
 

@@ -13,7 +13,7 @@ pub mod blas;
 mod buf;
 pub mod compile;
 
-pub use buf::DeviceBuf;
+pub use buf::{mem_stats, DeviceBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig};
