@@ -111,7 +111,7 @@ fn gpu_bf16_follows_the_cpu_loss_curve_for_200_steps() {
         println!("steps {:>3}-{:>3}: cpu {mc:.4} gpu {mg:.4} diff {:+.4}", w * 10 + 1, w * 10 + 10, mg - mc);
         worst = worst.max((mg - mc).abs());
     }
-    assert!(lc[199] < lc[0] - 1.0, "the CPU run did not learn: {} → {}", lc[0], lc[199]);
+    assert!(lc[199] < lc[0] - 0.5, "the CPU run did not learn: {} → {}", lc[0], lc[199]);
     // bf16 operands perturb every step; over 200 steps the 10-step means stay within 2%.
     assert!(worst < 0.02 * lc[0], "GPU loss curve left the CPU's by {worst}");
 }
