@@ -7,13 +7,28 @@ use anyhow::{anyhow, bail, Result};
 use cudarc::cublaslt::{result, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 pub struct Lt {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
     stream: Arc<CudaStream>,
+    /// Descriptors and the chosen algorithm per problem shape: building them and asking the
+    /// heuristic costs tens of microseconds, more than a small product itself (decode).
+    plans: Mutex<HashMap<(Gemm, Operand), Arc<Plan>>>,
 }
+
+/// Everything `cublasLtMatmul` needs besides the pointers, for one problem shape.
+struct Plan {
+    la: Layout,
+    lb: Layout,
+    lc: Layout,
+    desc: Desc,
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+unsafe impl Send for Plan {}
+unsafe impl Sync for Plan {}
 
 // The handle is used from one stream; cuBLASLt handles are thread-safe to share.
 unsafe impl Send for Lt {}
@@ -28,7 +43,7 @@ impl Drop for Lt {
 }
 
 /// Element type of the A/B operands (C/D are always f32, accumulation always f32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Operand {
     F32,
     Bf16,
@@ -36,6 +51,7 @@ pub enum Operand {
 
 /// One column-major product D(m×n) = alpha·op(A)·op(B) + beta·C, with D = C in place.
 /// A is stored `a_rows × a_cols` (ld = lda), likewise B; op = transpose when `ta`/`tb`.
+/// alpha and beta are passed at launch; they are not part of the plan's key.
 #[derive(Clone, Copy, Debug)]
 pub struct Gemm {
     pub ta: bool,
@@ -48,6 +64,17 @@ pub struct Gemm {
     pub ldc: i64,
     pub alpha: f32,
     pub beta: f32,
+}
+
+impl PartialEq for Gemm {
+    fn eq(&self, o: &Self) -> bool { self.key() == o.key() }
+}
+impl Eq for Gemm {}
+impl std::hash::Hash for Gemm {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) { self.key().hash(h) }
+}
+impl Gemm {
+    fn key(&self) -> (bool, bool, u64, u64, u64, i64, i64, i64) { (self.ta, self.tb, self.m, self.n, self.k, self.lda, self.ldb, self.ldc) }
 }
 
 const WORKSPACE: usize = 32 << 20;
@@ -76,7 +103,7 @@ impl Lt {
         }
         let handle = result::create_handle().map_err(e("create"))?;
         let workspace = unsafe { stream.alloc::<u8>(WORKSPACE) }.map_err(e("workspace"))?;
-        Ok(Lt { handle, workspace, stream })
+        Ok(Lt { handle, workspace, stream, plans: Mutex::new(HashMap::new()) })
     }
 
     /// Runs `g` on raw device pointers (A, B of type `op`; C f32).
@@ -84,6 +111,40 @@ impl Lt {
     /// # Safety
     /// The pointers must address buffers on this handle's device large enough for the layouts.
     pub unsafe fn gemm(&self, g: Gemm, op: Operand, a: u64, b: u64, c: u64) -> Result<()> {
+        let plan = {
+            let mut plans = self.plans.lock().map_err(|_| anyhow!("cuBLASLt plan cache poisoned"))?;
+            match plans.get(&(g, op)) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = Arc::new(self.plan(g, op)?);
+                    plans.insert((g, op), p.clone());
+                    p
+                }
+            }
+        };
+        let (w, _g) = self.workspace.device_ptr(&self.stream);
+        result::matmul(
+            self.handle,
+            plan.desc.0,
+            &g.alpha as *const f32 as *const c_void,
+            &g.beta as *const f32 as *const c_void,
+            a as *const c_void,
+            plan.la.0,
+            b as *const c_void,
+            plan.lb.0,
+            c as *const c_void,
+            plan.lc.0,
+            c as *mut c_void,
+            plan.lc.0,
+            &plan.algo,
+            w as *mut c_void,
+            WORKSPACE,
+            self.stream.cu_stream() as sys::cudaStream_t,
+        )
+        .map_err(e("matmul"))
+    }
+
+    unsafe fn plan(&self, g: Gemm, op: Operand) -> Result<Plan> {
         let (ty, compute) = match op {
             Operand::F32 => (sys::cudaDataType_t::CUDA_R_32F, sys::cublasComputeType_t::CUBLAS_COMPUTE_32F),
             Operand::Bf16 => (sys::cudaDataType_t::CUDA_R_16BF, sys::cublasComputeType_t::CUBLAS_COMPUTE_32F),
@@ -111,25 +172,6 @@ impl Lt {
         )
         .map_err(e("workspace size"))?;
         let heur = result::get_matmul_algo_heuristic(self.handle, desc.0, la.0, lb.0, lc.0, lc.0, pref.0).map_err(e("no algorithm"))?;
-        let (w, _g) = self.workspace.device_ptr(&self.stream);
-        result::matmul(
-            self.handle,
-            desc.0,
-            &g.alpha as *const f32 as *const c_void,
-            &g.beta as *const f32 as *const c_void,
-            a as *const c_void,
-            la.0,
-            b as *const c_void,
-            lb.0,
-            c as *const c_void,
-            lc.0,
-            c as *mut c_void,
-            lc.0,
-            &heur.algo,
-            w as *mut c_void,
-            WORKSPACE,
-            self.stream.cu_stream() as sys::cudaStream_t,
-        )
-        .map_err(e("matmul"))
+        Ok(Plan { la, lb, lc, desc, algo: heur.algo })
     }
 }
