@@ -291,6 +291,25 @@ impl Tensor {
         }
     }
 
+    /// Rows `start..start + n` of a (rows, cols) view of this tensor, as a new (n, cols) tensor
+    /// on the same device (a copy).
+    pub fn narrow_rows(&self, start: usize, n: usize) -> Result<Tensor> {
+        let c = self.cols();
+        if start + n > self.rows() {
+            bail!("narrow_rows: rows {start}..{} of {:?}", start + n, self.shape);
+        }
+        #[cfg(feature = "cuda")]
+        if let Storage::Cuda(b) = &*self.storage {
+            let mut out = crate::cuda::DeviceBuf::alloc(&b.gpu, b.dtype, n * c)?;
+            b.gpu.stream.memcpy_dtod(&b.view(start * c, n * c), &mut out.data).map_err(|e| anyhow::anyhow!("narrow_rows on {:?}: {e:?}", b.gpu))?;
+            return Tensor::from_device_buf(out, &[n, c]);
+        }
+        match &*self.storage {
+            Storage::U32(v) => Tensor::from_u32(v[start * c..(start + n) * c].to_vec(), &[n, c]),
+            _ => Tensor::from_f32(self.as_f32()?[start * c..(start + n) * c].to_vec(), &[n, c]),
+        }
+    }
+
     /// Overwrites elements `offset..offset + src.numel()` with `src` (same device and dtype);
     /// copies first if the storage is shared. (KV cache writes.)
     pub fn write_at(&mut self, offset: usize, src: &Tensor) -> Result<()> {

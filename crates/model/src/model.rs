@@ -57,6 +57,9 @@ impl KvCache {
     pub fn bytes(&self) -> usize { self.k.iter().chain(&self.v).map(|t| t.numel() * 4).sum() }
 }
 
+/// Logits computed at once by `Model::loss` (64 MiB of f32).
+const LOSS_CHUNK_ELEMS: usize = 1 << 24;
+
 /// Which positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -239,7 +242,14 @@ impl Model {
     /// tokens: (B, T) u32 → logits (B·T, V), or (B, V) for `Logits::Last`.
     /// With `cache`, the tokens continue the cached sequence(s) and are appended to it.
     /// `checkpoint` recomputes each block's activations in the backward pass.
-    pub fn forward(&self, g: &mut Graph, p: &[Var], tokens: &Tensor, mut cache: Option<&mut KvCache>, logits: Logits, checkpoint: bool) -> Result<Var> {
+    pub fn forward(&self, g: &mut Graph, p: &[Var], tokens: &Tensor, cache: Option<&mut KvCache>, logits: Logits, checkpoint: bool) -> Result<Var> {
+        let h = self.hidden(g, p, tokens, cache, logits, checkpoint)?;
+        g.linear(&h, &p[self.idx.head], None)
+    }
+
+    /// The final normalised hidden states (B·T, C), or (B, C) for `Logits::Last`: everything
+    /// `forward` does before the head.
+    fn hidden(&self, g: &mut Graph, p: &[Var], tokens: &Tensor, mut cache: Option<&mut KvCache>, logits: Logits, checkpoint: bool) -> Result<Var> {
         let c = &self.cfg;
         let (b, t) = match tokens.shape() {
             [b, t] => (*b, *t),
@@ -278,7 +288,7 @@ impl Model {
         if let Some(kv) = cache {
             kv.len += t;
         }
-        let h = match logits {
+        Ok(match logits {
             Logits::All => h,
             Logits::Last => {
                 // Gather row (bi+1)·t − 1 of each sequence: an embedding lookup into h (B·T, C),
@@ -286,15 +296,16 @@ impl Model {
                 let last = Tensor::from_u32((0..b).map(|bi| ((bi + 1) * t - 1) as u32).collect(), &[b])?;
                 g.constant(smelt_core::ops::embedding::embedding(h.tensor(), &last)?)
             }
-        };
-        g.linear(&h, &p[self.idx.head], None)
+        })
     }
 
     /// Mean next-token loss of (B, T) inputs against (B, T) targets.
     pub fn loss(&self, g: &mut Graph, p: &[Var], inputs: &Tensor, targets: &Tensor, checkpoint: bool) -> Result<Var> {
-        let logits = self.forward(g, p, inputs, None, Logits::All, checkpoint)?;
-        let n = targets.numel();
-        g.cross_entropy(&logits, &targets.reshape(&[n])?)
+        // The head and the loss run together, LOSS_CHUNK_ELEMS logits at a time, so the full
+        // (B·T, V) f32 logits never exist (they dominate memory at large vocabularies).
+        let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint)?;
+        let chunk = (LOSS_CHUNK_ELEMS / self.cfg.vocab_size.max(1)).max(1);
+        g.linear_cross_entropy(&h, &p[self.idx.head], targets, chunk)
     }
 
     /// Inference: logits for `tokens` (B, T) continuing `cache`.

@@ -177,6 +177,28 @@ fn parity_cross_entropy() {
 }
 
 #[test]
+fn parity_chunked_linear_cross_entropy() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let (n, c, v) = (45, 32, 3000);
+    let (h, w) = (randn(&mut r, &[n, c], 1.0), randn(&mut r, &[v, c], 0.2));
+    let t = ids(&mut r, n, v);
+    let run = |h: &Tensor, w: &Tensor| {
+        let mut g = crate::Graph::training();
+        let (hv, wv) = (g.leaf(h.clone(), true), g.leaf(w.clone(), true));
+        let loss = g.linear_cross_entropy(&hv, &wv, &t, 16).unwrap();
+        let l = loss.tensor().clone();
+        let gr = g.backward(&loss).unwrap();
+        (l, gr.get(&hv).unwrap().clone(), gr.get(&wv).unwrap().clone())
+    };
+    let (lc, dhc, dwc) = run(&h, &w);
+    let (lg, dhg, dwg) = run(&up(&h, d), &up(&w, d));
+    close("linear+ce chunked loss", &lg, &lc, F32_NMSE);
+    close("linear+ce chunked dh", &dhg, &dhc, F32_NMSE);
+    close("linear+ce chunked dw", &dwg, &dwc, F32_NMSE);
+}
+
+#[test]
 fn parity_attention() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());

@@ -11,6 +11,12 @@ pub(crate) const SRC: &str = include_str!("cross_entropy.cu");
 /// logits (N, V) on the device, targets (N) u32 (host: validated by the caller) →
 /// (loss (1), lse (N)), both on the device.
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, count: usize) -> Result<(Tensor, Tensor)> {
+    let (nll, lse) = nll_lse(logits, targets)?;
+    Ok((mean(&nll, count)?, lse))
+}
+
+/// Per-row (nll, lse) on the device.
+pub fn nll_lse(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
     let [zb] = cuda::f32_bufs([logits], "cross_entropy")?;
     let gpu = &zb.gpu;
     let tt = cuda::ids_on(targets, gpu)?;
@@ -18,7 +24,6 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, count: usize) -> Result<
     let (n, v) = (logits.rows(), logits.cols());
     let nll = DeviceBuf::alloc(gpu, DType::F32, n)?;
     let lse = DeviceBuf::alloc(gpu, DType::F32, n)?;
-    let loss = DeviceBuf::alloc(gpu, DType::F32, 1)?;
     let v32 = v as i32;
     {
         let f = gpu.function("cross_entropy", SRC, "ce_fwd_f32")?;
@@ -27,15 +32,24 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, count: usize) -> Result<
         let cfg = LaunchConfig { grid_dim: (n.max(1) as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
         cuda::launched(unsafe { b.launch(cfg) }, "ce_fwd_f32")?;
     }
+    Ok((Tensor::from_device_buf(nll, &[n])?, Tensor::from_device_buf(lse, &[n])?))
+}
+
+/// Σ nll / count on the device (one block, fixed order).
+pub fn mean(nll: &Tensor, count: usize) -> Result<Tensor> {
+    let [nb] = cuda::f32_bufs([nll], "cross_entropy mean")?;
+    let gpu = &nb.gpu;
+    let n = nll.numel();
+    let loss = DeviceBuf::alloc(gpu, DType::F32, 1)?;
     let (n64, inv) = (n as i64, 1.0f32 / count.max(1) as f32);
     {
         let f = gpu.function("cross_entropy", SRC, "ce_mean_f32")?;
         let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&nll.data).arg(&loss.data).arg(&n64).arg(&inv);
+        b.arg(&nb.data).arg(&loss.data).arg(&n64).arg(&inv);
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
         cuda::launched(unsafe { b.launch(cfg) }, "ce_mean_f32")?;
     }
-    Ok((Tensor::from_device_buf(loss, &[1])?, Tensor::from_device_buf(lse, &[n])?))
+    Tensor::from_device_buf(loss, &[1])
 }
 
 /// dloss comes from the host (`dloss_host`) or, when it is a device scalar, from there.

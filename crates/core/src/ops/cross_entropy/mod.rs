@@ -73,6 +73,34 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tenso
     Ok((Tensor::scalar(loss as f32), Tensor::from_f32(lse, &[logits.rows()])?, count))
 }
 
+/// Per-row (nll, lse) without the mean: one chunk of a chunked loss. logits (N, V), targets
+/// (N) u32 on the host → two (N) tensors on the logits' device.
+pub fn nll_lse_rows(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let v = check(logits, targets)?;
+    #[cfg(feature = "cuda")]
+    if logits.is_cuda() {
+        return cuda::nll_lse(logits, targets);
+    }
+    let (nll, lse, _) = ce_fwd(logits.as_f32()?, targets.as_u32()?, v);
+    Ok((Tensor::from_f32(nll, &[logits.rows()])?, Tensor::from_f32(lse, &[logits.rows()])?))
+}
+
+/// Σ nll / count as a one-element tensor, summed as `cross_entropy` sums (f64 in row order on
+/// the CPU; a fixed-order block reduction on CUDA).
+pub fn mean_nll(nll: &Tensor, count: usize) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if nll.is_cuda() {
+        return cuda::mean(nll, count);
+    }
+    let loss = nll.as_f32()?.iter().map(|&x| x as f64).sum::<f64>() / count.max(1) as f64;
+    Ok(Tensor::scalar(loss as f32))
+}
+
+/// Number of rows that are scored (targets other than `IGNORE`).
+pub fn count_scored(targets: &Tensor) -> Result<usize> {
+    Ok(targets.as_u32()?.iter().filter(|&&t| t != IGNORE).count())
+}
+
 /// Per-row negative log-likelihoods (perplexity scoring), in f64.
 pub fn nll_rows(logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
     if logits.is_cuda() {
