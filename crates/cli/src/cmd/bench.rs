@@ -62,6 +62,21 @@ fn median_secs(iters: usize, device: Device, mut f: impl FnMut() -> Result<()>) 
     Ok(t[t.len() / 2])
 }
 
+/// Per-kernel time (SMELT_CUDA_PROFILE=1), per measurement.
+fn profile_report(title: &str) {
+    #[cfg(feature = "cuda")]
+    {
+        smelt_core::cuda::profile::report(title);
+        smelt_core::cuda::profile::reset();
+    }
+    let _ = title;
+}
+
+fn profile_reset() {
+    #[cfg(feature = "cuda")]
+    smelt_core::cuda::profile::reset();
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     let device = super::device::resolve(&a.device)?;
     let mut model = match &a.model {
@@ -77,7 +92,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let prompt = Tensor::from_u32(ids(16), &[1, 16])?;
     let decode_ids = ids(a.decode_tokens);
 
+    profile_reset();
     let fwd = median_secs(a.iters, device, || model.logits(&x, None, Logits::All).map(|_| ()))?;
+    profile_report("forward");
     let dec = median_secs(a.iters.min(3), device, || {
         let mut cache = KvCache::new_on(&model.cfg, 1, 16 + decode_ids.len(), device)?;
         model.logits(&prompt, Some(&mut cache), Logits::Last)?;
@@ -86,11 +103,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         Ok(())
     })?;
+    profile_report("decode");
     let mut opt = AdamWState::new(&model.params);
     opt.to_device(device)?;
     let hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
     let batch = [(x.clone(), y.clone())];
     let train = median_secs(a.iters, device, || smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, false).map(|_| ()))?;
+    profile_report("train");
 
     let peak = match device {
         Device::Cpu => peak_rss(),

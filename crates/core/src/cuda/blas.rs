@@ -141,7 +141,9 @@ impl Lt {
             WORKSPACE,
             self.stream.cu_stream() as sys::cudaStream_t,
         )
-        .map_err(e("matmul"))
+        .map_err(e("matmul"))?;
+        super::profile::record(match op { Operand::F32 => "cublasLt f32", Operand::Bf16 => "cublasLt bf16" });
+        Ok(())
     }
 
     unsafe fn plan(&self, g: Gemm, op: Operand) -> Result<Plan> {

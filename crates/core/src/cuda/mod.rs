@@ -133,9 +133,74 @@ pub fn grid_for(n: usize, threads: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// Turns a launch error into an error that names the kernel.
+/// Turns a launch error into an error that names the kernel (and feeds the profiler).
 pub fn launched<T, E: std::fmt::Debug>(r: std::result::Result<T, E>, what: &str) -> Result<()> {
-    r.map(|_| ()).map_err(|e| anyhow!("CUDA launch of {what} failed: {e:?}"))
+    r.map(|_| ()).map_err(|e| anyhow!("CUDA launch of {what} failed: {e:?}"))?;
+    profile::record(what);
+    Ok(())
+}
+
+/// `SMELT_CUDA_PROFILE=1`: wait for every kernel and charge the wall time since the previous
+/// one to its name (kernel time plus launch overhead; serialises the stream, so for finding
+/// where the time goes, not for throughput). `profile::report()` prints the table.
+pub mod profile {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+
+    struct State {
+        last: Instant,
+        by_name: HashMap<String, (f64, u64)>,
+    }
+
+    fn enabled() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| std::env::var("SMELT_CUDA_PROFILE").is_ok_and(|v| v != "0"))
+    }
+
+    static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+    pub fn record(what: &str) {
+        if !enabled() {
+            return;
+        }
+        if let Ok(g) = super::gpu(0) {
+            let _ = g.synchronize();
+        }
+        let now = Instant::now();
+        if let Ok(mut st) = STATE.lock() {
+            let st = st.get_or_insert_with(|| State { last: now, by_name: HashMap::new() });
+            let e = st.by_name.entry(what.to_string()).or_insert((0.0, 0));
+            e.0 += (now - st.last).as_secs_f64();
+            e.1 += 1;
+            st.last = now;
+        }
+    }
+
+    /// Starts a new measurement window (the time before the next kernel is not charged).
+    pub fn reset() {
+        if let Ok(mut st) = STATE.lock() {
+            *st = Some(State { last: Instant::now(), by_name: HashMap::new() });
+        }
+    }
+
+    /// The table, largest first, to stderr.
+    pub fn report(title: &str) {
+        if !enabled() {
+            return;
+        }
+        if let Ok(st) = STATE.lock() {
+            if let Some(st) = &*st {
+                let total: f64 = st.by_name.values().map(|v| v.0).sum();
+                let mut v: Vec<_> = st.by_name.iter().collect();
+                v.sort_by(|a, b| b.1 .0.partial_cmp(&a.1 .0).unwrap_or(std::cmp::Ordering::Equal));
+                eprintln!("profile {title}: {:.2} ms in {} kernel kinds", total * 1e3, v.len());
+                for (name, (t, n)) in v.iter().take(20) {
+                    eprintln!("  {name:<28} {:>9.3} ms {:>5.1}% {n:>7} calls", t * 1e3, 100.0 * t / total.max(1e-12));
+                }
+            }
+        }
+    }
 }
 
 static POISON: AtomicBool = AtomicBool::new(false);
