@@ -346,9 +346,13 @@ impl Tensor {
     }
 
     /// The device buffer for writing in place; copied first if shared with another tensor.
+    /// Drops any cached bf16 copy, which the write would make stale.
     pub fn cuda_buf_mut(&mut self) -> Result<&mut crate::cuda::DeviceBuf> {
         match Arc::make_mut(&mut self.storage) {
-            Storage::Cuda(b) => Ok(b),
+            Storage::Cuda(b) => {
+                b.bf16_shadow = std::sync::OnceLock::new();
+                Ok(b)
+            }
             _ => bail!("expected a tensor on a CUDA device"),
         }
     }

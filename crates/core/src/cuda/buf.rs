@@ -6,7 +6,7 @@ use crate::DType;
 use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub struct DeviceBuf {
     pub gpu: Arc<Gpu>,
@@ -14,6 +14,9 @@ pub struct DeviceBuf {
     /// Elements (not bytes).
     pub len: usize,
     pub data: CudaSlice<u8>,
+    /// A bf16 copy of this f32 buffer, made by the first bf16 matmul that reads it as a weight
+    /// and reused until the buffer is written (`Tensor::cuda_buf_mut` drops it).
+    pub bf16_shadow: OnceLock<crate::Tensor>,
 }
 
 impl std::fmt::Debug for DeviceBuf {
@@ -44,7 +47,7 @@ impl Clone for DeviceBuf {
     /// buffer, which the device code paths avoid.
     fn clone(&self) -> Self {
         track(self.data.len());
-        DeviceBuf { gpu: self.gpu.clone(), dtype: self.dtype, len: self.len, data: self.data.clone() }
+        DeviceBuf { gpu: self.gpu.clone(), dtype: self.dtype, len: self.len, data: self.data.clone(), bf16_shadow: OnceLock::new() }
     }
 }
 
@@ -54,7 +57,7 @@ impl DeviceBuf {
         let bytes = (len * dtype.size_in_bytes()).max(1);
         let data = unsafe { gpu.stream.alloc::<u8>(bytes) }.map_err(|e| anyhow!("{gpu:?}: cannot allocate {bytes} bytes: {e:?}"))?;
         track(data.len());
-        let mut b = DeviceBuf { gpu: gpu.clone(), dtype, len, data };
+        let mut b = DeviceBuf { gpu: gpu.clone(), dtype, len, data, bf16_shadow: OnceLock::new() };
         if super::poison() {
             b.fill_bytes(0xFF)?;
         }
@@ -80,7 +83,7 @@ impl DeviceBuf {
         }
         let data = gpu.stream.clone_htod(bytes).map_err(|e| anyhow!("copy to {gpu:?}: {e:?}"))?;
         track(data.len());
-        Ok(DeviceBuf { gpu: gpu.clone(), dtype, len, data })
+        Ok(DeviceBuf { gpu: gpu.clone(), dtype, len, data, bf16_shadow: OnceLock::new() })
     }
 
     /// A device-to-device copy (the fallible form of `clone`).

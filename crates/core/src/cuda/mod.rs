@@ -72,6 +72,7 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
     // tracking (for multi-stream use) would only add overhead.
     unsafe { ctx.disable_event_tracking() };
     let stream = ctx.new_stream().map_err(|e| anyhow!("cuda:{ordinal}: cannot create a stream: {e:?}"))?;
+    keep_freed_memory(&ctx);
     let arch = ctx.compute_capability().map_err(|e| anyhow!("cuda:{ordinal}: {e:?}"))?;
     let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
     let g = Arc::new(Gpu {
@@ -82,6 +83,20 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
     });
     map.insert(ordinal, g.clone());
     Ok(g)
+}
+
+/// Stream-ordered allocations come from the device's default pool, which by default hands
+/// freed memory back to the driver at every synchronisation, so each training step (one sync)
+/// would map its activations afresh. Keep it instead, as PyTorch's caching allocator does.
+fn keep_freed_memory(ctx: &Arc<CudaContext>) {
+    use cudarc::driver::sys;
+    unsafe {
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS {
+            let mut threshold = u64::MAX;
+            let _ = sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &mut threshold as *mut u64 as *mut std::ffi::c_void);
+        }
+    }
 }
 
 impl Gpu {

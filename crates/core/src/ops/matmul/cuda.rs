@@ -12,12 +12,30 @@ use cudarc::driver::PushKernelArg;
 
 pub(crate) const SRC: &str = include_str!("matmul.cu");
 
-/// The operands in the precision the product runs in (casts to bf16 when mixed precision is on).
-fn operands(ts: &[&Tensor]) -> Result<(Operand, Vec<Tensor>)> {
+/// The operands in the precision the product runs in (cast to bf16 when mixed precision is on).
+/// The weight (`ts[weight]`) keeps its bf16 copy cached on its buffer: it is read by the
+/// forward and both backward products of a step, and by every decode step.
+fn operands(ts: &[&Tensor], weight: usize) -> Result<(Operand, Vec<Tensor>)> {
     match cuda::matmul_precision() {
         MatmulPrecision::F32 => Ok((Operand::F32, ts.iter().map(|t| (*t).clone()).collect())),
-        MatmulPrecision::Bf16 => Ok((Operand::Bf16, ts.iter().map(|t| crate::ops::elementwise::cuda::cast(t, DType::BF16)).collect::<Result<_>>()?)),
+        MatmulPrecision::Bf16 => {
+            let mut out = Vec::with_capacity(ts.len());
+            for (i, t) in ts.iter().enumerate() {
+                out.push(if i == weight { cached_bf16(t)? } else { crate::ops::elementwise::cuda::cast(t, DType::BF16)? });
+            }
+            Ok((Operand::Bf16, out))
+        }
     }
+}
+
+fn cached_bf16(w: &Tensor) -> Result<Tensor> {
+    let b = w.cuda_buf()?;
+    if let Some(t) = b.bf16_shadow.get() {
+        return Ok(t.clone());
+    }
+    let t = crate::ops::elementwise::cuda::cast(w, DType::BF16)?;
+    let _ = b.bf16_shadow.set(t.clone());
+    Ok(t)
 }
 
 fn gemm(a: &Tensor, b: &Tensor, c: &DeviceBuf, g: Gemm, op: Operand) -> Result<()> {
@@ -32,7 +50,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize,
     let gpu = xb.gpu.clone();
     let y = DeviceBuf::alloc(&gpu, DType::F32, n * m)?;
     if n > 0 && m > 0 {
-        let (op, ab) = operands(&[w, x])?;
+        let (op, ab) = operands(&[w, x], 0)?;
         let g = Gemm { ta: true, tb: false, m: m as u64, n: n as u64, k: k as u64, lda: k as i64, ldb: k as i64, ldc: m as i64, alpha: 1.0, beta: 0.0 };
         gemm(&ab[0], &ab[1], &y, g, op)?;
     }
@@ -56,7 +74,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize,
 pub fn linear_backward(x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, want_dx: bool, has_bias: bool) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
     let [xb, _, dyb] = cuda::f32_bufs([x, w, dy], "linear_backward")?;
     let gpu = xb.gpu.clone();
-    let (op, ops) = operands(&[x, w, dy])?;
+    let (op, ops) = operands(&[x, w, dy], 1)?;
     let (xo, wo, dyo) = (&ops[0], &ops[1], &ops[2]);
     let dx = if want_dx {
         let dx = DeviceBuf::alloc(&gpu, DType::F32, n * k)?;
