@@ -112,8 +112,11 @@ fn gpu_bf16_follows_the_cpu_loss_curve_for_200_steps() {
         worst = worst.max((mg - mc).abs());
     }
     assert!(lc[199] < lc[0] - 0.5, "the CPU run did not learn: {} → {}", lc[0], lc[199]);
-    // bf16 operands perturb every step; over 200 steps the 10-step means stay within 2%.
-    assert!(worst < 0.02 * lc[0], "GPU loss curve left the CPU's by {worst}");
+    // bf16 operands slow this run down a little: a CPU run with its matmul operands rounded
+    // to bf16 (an emulation, not kept) lagged the f32 curve by up to 0.07 nats (1%), and GPU
+    // runs, which are not bit-reproducible (scatter-add atomics), by 0.11 to 0.18. Bound: 4%.
+    assert!(worst < 0.04 * lc[0], "GPU loss curve left the CPU's by {worst}");
+    assert!(lg[199] < lg[0] - 0.5, "the GPU run did not learn: {} → {}", lg[0], lg[199]);
 }
 
 fn corpus() -> PathBuf {
