@@ -49,8 +49,9 @@ pub fn peak_rss() -> u64 {
 }
 
 fn median_secs(iters: usize, device: Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?; // warm-up (and, on a GPU, kernel compilation)
+    f()?; // warm-up (and, on a GPU, kernel compilation and loading)
     Tensor::synchronize(device)?;
+    profile_reset(); // the profile shows the steady state, not the one-time loading
     let mut t = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
         let s = Instant::now();

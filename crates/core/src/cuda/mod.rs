@@ -179,8 +179,11 @@ pub mod profile {
         if !enabled() {
             return;
         }
-        if let Ok(g) = super::gpu(0) {
-            let _ = g.synchronize();
+        if let Some(gpus) = super::GPUS.get() {
+            let gpus: Vec<_> = gpus.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
+            for g in gpus {
+                let _ = g.synchronize();
+            }
         }
         let now = Instant::now();
         if let Ok(mut st) = STATE.lock() {
