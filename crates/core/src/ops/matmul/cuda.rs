@@ -13,15 +13,18 @@ use cudarc::driver::PushKernelArg;
 pub(crate) const SRC: &str = include_str!("matmul.cu");
 
 /// The operands in the precision the product runs in (cast to bf16 when mixed precision is on).
-/// The weight (`ts[weight]`) keeps its bf16 copy cached on its buffer: it is read by the
-/// forward and both backward products of a step, and by every decode step.
-fn operands(ts: &[&Tensor], weight: usize) -> Result<(Operand, Vec<Tensor>)> {
+/// The first `cached` operands (the weight and the input) keep their bf16 copy on their buffer:
+/// a weight is read by the forward and both backward products of a step and by every decode
+/// step, and one normalised input feeds q, k and v (or gate and up) and is read again by the
+/// backward. The cost: an input's bf16 copy lives as long as the input (+50% for those
+/// activations) until activations themselves are bf16.
+fn operands(ts: &[&Tensor], cached: usize) -> Result<(Operand, Vec<Tensor>)> {
     match cuda::matmul_precision() {
         MatmulPrecision::F32 => Ok((Operand::F32, ts.iter().map(|t| (*t).clone()).collect())),
         MatmulPrecision::Bf16 => {
             let mut out = Vec::with_capacity(ts.len());
             for (i, t) in ts.iter().enumerate() {
-                out.push(if i == weight { cached_bf16(t)? } else { crate::ops::elementwise::cuda::cast(t, DType::BF16)? });
+                out.push(if i < cached { cached_bf16(t)? } else { crate::ops::elementwise::cuda::cast(t, DType::BF16)? });
             }
             Ok((Operand::Bf16, out))
         }
@@ -50,7 +53,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize,
     let gpu = xb.gpu.clone();
     let y = DeviceBuf::alloc(&gpu, DType::F32, n * m)?;
     if n > 0 && m > 0 {
-        let (op, ab) = operands(&[w, x], 0)?;
+        let (op, ab) = operands(&[w, x], 2)?;
         let g = Gemm { ta: true, tb: false, m: m as u64, n: n as u64, k: k as u64, lda: k as i64, ldb: k as i64, ldc: m as i64, alpha: 1.0, beta: 0.0 };
         gemm(&ab[0], &ab[1], &y, g, op)?;
     }
@@ -74,7 +77,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize,
 pub fn linear_backward(x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, want_dx: bool, has_bias: bool) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
     let [xb, _, dyb] = cuda::f32_bufs([x, w, dy], "linear_backward")?;
     let gpu = xb.gpu.clone();
-    let (op, ops) = operands(&[x, w, dy], 1)?;
+    let (op, ops) = operands(&[x, w, dy], 2)?;
     let (xo, wo, dyo) = (&ops[0], &ops[1], &ops[2]);
     let dx = if want_dx {
         let dx = DeviceBuf::alloc(&gpu, DType::F32, n * k)?;
