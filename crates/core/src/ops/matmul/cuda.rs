@@ -34,7 +34,7 @@ fn operands(ts: &[&Tensor], cached: usize) -> Result<(Operand, Vec<Tensor>)> {
 fn cached_bf16(w: &Tensor) -> Result<Tensor> {
     let b = w.cuda_buf()?;
     if let Some(t) = b.bf16_shadow.get() {
-        return Ok(t.clone());
+        return t.reshape(w.shape()); // the buffer may be shared by views of other shapes
     }
     let t = crate::ops::elementwise::cuda::cast(w, DType::BF16)?;
     let _ = b.bf16_shadow.set(t.clone());
