@@ -2,7 +2,10 @@
 //! prints `SKIP: no CUDA device` and passes where there is no GPU):
 //! - a few steps with f32 matmuls match the CPU step for step (parameters by NMSE);
 //! - 200 steps of the small preset with bf16 matmuls follow the CPU loss curve;
-//! - a checkpoint trained on the GPU resumes on the CPU, and the reverse.
+//! - a checkpoint trained on the GPU resumes on the CPU, and the reverse;
+//! - a GPU run resumed from its checkpoint repeats the straight run bit for bit.
+//!
+//! The tests set the process-wide matmul precision: run them with `--test-threads=1`.
 //!
 //! The corpus is found through `SMELT_REPO` (the GPU suite sets it) or this source tree.
 #![cfg(feature = "cuda")]
@@ -188,4 +191,25 @@ fn checkpoints_move_between_gpu_and_cpu() {
         }
     }
     Model::load(&dir.join("gpu/final")).unwrap();
+}
+
+#[test]
+fn gpu_resume_is_bit_identical_to_a_straight_gpu_run() {
+    let Some(d) = gpu() else { return };
+    cuda::set_matmul_precision(MatmulPrecision::Bf16);
+    let dir = std::env::temp_dir().join(format!("smelt-gpu-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = train_cfg(&dir, d);
+    smelt_train::run(cfg.clone(), None).unwrap();
+    let straight = losses(&dir.join("ckpt/metrics.jsonl"));
+    let mut again = cfg.clone();
+    again.checkpoint_dir = dir.join("resumed");
+    smelt_train::run(again, Some(&dir.join("ckpt/step-000004"))).unwrap();
+    let resumed = losses(&dir.join("resumed/metrics.jsonl"));
+    println!("straight {straight:?}\nresumed  {resumed:?}");
+    assert_eq!(resumed.len(), 4);
+    for (step, l) in &resumed {
+        assert_eq!(l.to_bits(), straight[*step as usize - 1].1.to_bits(), "step {step}: resumed {l} vs straight {}", straight[*step as usize - 1].1);
+    }
 }
