@@ -16,7 +16,7 @@ build() {
     cd "$root" || exit 1
     cargo build --release --features cuda -p smelt || exit 1
     # Test executables: libtest prints their paths in its JSON messages.
-    cargo test --release --features cuda -p smelt-core -p smelt-train -p smelt --no-run --message-format=json 2>/dev/null \
+    cargo test --release --features cuda -p smelt-core -p smelt-train -p smelt-infer -p smelt --no-run --message-format=json 2>/dev/null \
         | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -28,6 +28,7 @@ for line in sys.stdin:
         case "$name:$kind" in
             smelt_core:lib) cp "$exe" "$dir/core_tests" ;;
             gpu_train:test) cp "$exe" "$dir/gpu_train" ;;
+            gpu_infer:test) cp "$exe" "$dir/gpu_infer" ;;
             smelt:bin) cp "$exe" "$dir/cli_tests" ;;
         esac
     done < "$dir/tests.txt"
@@ -68,6 +69,7 @@ run() {
     tests core 300 ./core_tests parity
     tests cli 60 ./cli_tests device
     tests train 600 ./gpu_train
+    tests infer 120 ./gpu_infer
     echo "== benchmarks" >> "$log"
     : > "$out/bench.jsonl"
     for shape in "small 4 128" "small 16 512" "medium 8 512"; do
