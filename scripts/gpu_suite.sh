@@ -34,7 +34,7 @@ for line in sys.stdin:
     done < "$dir/tests.txt"
     cp "${CARGO_TARGET_DIR:-target}/release/smelt" "$dir/smelt"
     mkdir -p "$dir/data" "$dir/bench"
-    cp data/linux-doc-slice.jsonl.gz "$dir/data/"
+    cp data/linux-doc-slice.jsonl.gz data/linux-doc-slice.txt.gz "$dir/data/"
     cp bench/torch_gpu.py "$dir/bench/"
     cp scripts/gpu_suite.sh "$dir/gpu_suite.sh"
     ls -la "$dir"
@@ -70,6 +70,21 @@ run() {
     tests cli 60 ./cli_tests device
     tests train 600 ./gpu_train
     tests infer 120 ./gpu_infer
+    # The CLI end to end on the GPU: train, generate and perplexity with --device cuda, on the
+    # byte-level tokenizer and token files the GPU training test prepared from the corpus.
+    echo "== cli end to end" >> "$log"
+    local q=/tmp/smelt-gpu-cli d; d=$(ls -td /tmp/smelt-gpu-ckpt-*/ 2>/dev/null | head -1)
+    rm -rf "$q"; mkdir -p "$q"
+    cli() { # label, command...
+        local label=$1; shift
+        if timeout 300 "$@" >> "$log" 2>&1; then row "cli $label" PASS; else row "cli $label" FAIL; fi
+    }
+    cli "train --device cuda" ./smelt train --device cuda --dataset "$d/train.bin" --val-dataset "$d/train.val.bin" --tokenizer "$d/tok.json" \
+        --size tiny --batch-size 16 --seq-len 128 --steps 300 --lr 3e-3 --min-lr 3e-4 --warmup 30 --checkpoint-dir $q/model --checkpoint-interval 100 --log-interval 50
+    tail -2 "$q/model/metrics.jsonl" >> "$log" 2>/dev/null
+    cli "generate --device cuda" ./smelt generate --device cuda --model $q/model/final --prompt "The kernel" --max-tokens 60 --temperature 0.7 --seed 1
+    zcat data/linux-doc-slice.txt.gz 2>/dev/null | head -c 20000 > $q/sample.txt
+    cli "perplexity --device cuda" ./smelt perplexity --device cuda --model $q/model/final --input $q/sample.txt --seq-len 128 --format json
     echo "== benchmarks" >> "$log"
     : > "$out/bench.jsonl"
     for shape in "small 4 128" "small 16 512" "medium 8 512"; do
