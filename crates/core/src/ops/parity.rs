@@ -85,6 +85,18 @@ fn kernels_compile() {
             panic!("{e:#}");
         }
     }
+    for d in ops::attention::cuda::VARIANTS {
+        let (name, src) = ops::attention::cuda::module(d);
+        match cuda::compile::compile(name, src, arch) {
+            // SMELT_DUMP_PTX=DIR keeps the PTX, for `ptxas -v` (registers, spills) elsewhere.
+            Ok(ptx) => {
+                if let Some(dir) = std::env::var_os("SMELT_DUMP_PTX") {
+                    std::fs::write(std::path::Path::new(&dir).join(format!("{name}.ptx")), ptx).unwrap();
+                }
+            }
+            Err(e) => panic!("{e:#}"),
+        }
+    }
 }
 
 #[test]
@@ -209,6 +221,7 @@ fn parity_attention() {
         (1, 100, 100, 100, 4, 2, 32, Some(17)),
         (2, 3, 40, 48, 4, 1, 64, None),
         (1, 40, 40, 40, 2, 2, 128, None),
+        (2, 37, 37, 37, 6, 3, 96, Some(20)),
     ] {
         let q = randn(&mut r, &[b, tq, h, hd], 1.0);
         let k = randn(&mut r, &[b, s, kvh, hd], 1.0);
