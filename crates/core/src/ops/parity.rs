@@ -85,18 +85,6 @@ fn kernels_compile() {
             panic!("{e:#}");
         }
     }
-    for d in ops::attention::cuda::VARIANTS {
-        let (name, src) = ops::attention::cuda::module(d);
-        match cuda::compile::compile(name, src, arch) {
-            // SMELT_DUMP_PTX=DIR keeps the PTX, for `ptxas -v` (registers, spills) elsewhere.
-            Ok(ptx) => {
-                if let Some(dir) = std::env::var_os("SMELT_DUMP_PTX") {
-                    std::fs::write(std::path::Path::new(&dir).join(format!("{name}.ptx")), ptx).unwrap();
-                }
-            }
-            Err(e) => panic!("{e:#}"),
-        }
-    }
 }
 
 #[test]

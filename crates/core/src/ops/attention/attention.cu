@@ -13,21 +13,7 @@
 
 #define ROWS 8    // warps per block = rows owned per block
 #define TILE 32   // rows per staged tile (= lanes)
-
-// The launcher compiles one variant per common head size with HEAD_DIM defined (a multiple of
-// 32): loops then unroll and the warp's own row vectors live in registers, so each product of
-// the inner loops reads shared memory once instead of twice. Other head sizes use D at run time.
-#ifdef HEAD_DIM
-#define PER (HEAD_DIM / 32)
-#define DECL_D const int D = HEAD_DIM; (void)Dr;
-#define REG1 1                 // one row vector in registers (forward)
-#if HEAD_DIM <= 64
-#define REG2 1                 // two row vectors in registers (backward kernels)
-#endif
-#else
 #define PER 4     // D ≤ 32·PER
-#define DECL_D const int D = Dr;
-#endif
 
 __device__ __forceinline__ int key_lo(int pos, int window) { return window > 0 ? max(0, pos + 1 - window) : 0; }
 
@@ -43,8 +29,7 @@ __device__ __forceinline__ void load_tile(float* dst, const float* src, int b, i
 
 // grid (ceil(Tq/ROWS), H, B), block 256, shared 2·TILE·(D+1) + ROWS·D floats.
 extern "C" __global__ void attn_fwd_f32(const float* q, const float* k, const float* v, float* out, float* lse,
-                                        int tq, int tk, int s, int H, int KVH, int Dr, int window, float scale) {
-    DECL_D
+                                        int tq, int tk, int s, int H, int KVH, int D, int window, float scale) {
     extern __shared__ float sm[];
     float* Ks = sm;
     float* Vs = Ks + TILE * (D + 1);
@@ -60,14 +45,6 @@ extern "C" __global__ void attn_fwd_f32(const float* q, const float* k, const fl
     float* qw = Qs + warp * D;
     if (active)
         for (int d = lane; d < D; d += 32) qw[d] = q[(((long long)b * tq + i) * H + h) * D + d];
-#ifdef REG1
-    float qv[D];
-    if (active) {
-        const float* qg = q + (((long long)b * tq + i) * H + h) * D;
-#pragma unroll
-        for (int d = 0; d < D; d++) qv[d] = qg[d];
-    }
-#endif
     float m = -SM_INF, l = 0.f, o[PER];
     for (int e = 0; e < PER; e++) o[e] = 0.f;
     for (int j0 = blo; j0 < bhi; j0 += TILE) {
@@ -81,12 +58,7 @@ extern "C" __global__ void attn_fwd_f32(const float* q, const float* k, const fl
         if (j >= lo && j <= pos) {
             const float* kr = Ks + lane * (D + 1);
             float acc = 0.f;
-#ifdef REG1
-#pragma unroll
-            for (int d = 0; d < D; d++) acc += qv[d] * kr[d];
-#else
             for (int d = 0; d < D; d++) acc += qw[d] * kr[d];
-#endif
             sc = acc * scale;
         }
         float mnew = fmaxf(m, warp_max(sc));
@@ -95,7 +67,6 @@ extern "C" __global__ void attn_fwd_f32(const float* q, const float* k, const fl
         float p = sc == -SM_INF ? 0.f : expf(sc - mnew);
         l = l * corr + warp_sum(p);
         for (int e = 0; e < PER; e++) o[e] *= corr;
-#pragma unroll 8
         for (int jj = 0; jj < TILE; jj++) {
             float pj = __shfl_sync(0xffffffffu, p, jj);
             const float* vr = Vs + jj * (D + 1);
@@ -133,8 +104,7 @@ extern "C" __global__ void attn_bwd_delta_f32(const float* out, const float* dou
 // dq = Σ_j ds·k_j. grid (ceil(Tq/ROWS), H, B), shared 2·TILE·(D+1) + 2·ROWS·D floats.
 extern "C" __global__ void attn_bwd_dq_f32(const float* q, const float* k, const float* v, const float* dout,
                                            const float* lse, const float* delta, float* dq, int tq, int tk, int s,
-                                           int H, int KVH, int Dr, int window, float scale) {
-    DECL_D
+                                           int H, int KVH, int D, int window, float scale) {
     extern __shared__ float sm[];
     float* Ks = sm;
     float* Vs = Ks + TILE * (D + 1);
@@ -157,13 +127,6 @@ extern "C" __global__ void attn_bwd_dq_f32(const float* q, const float* k, const
         L = lse[((long long)b * H + h) * tq + i];
         Di = delta[((long long)b * H + h) * tq + i];
     }
-#ifdef REG2
-    float qv[D], ov[D];
-    if (active) {
-#pragma unroll
-        for (int d = 0; d < D; d++) { qv[d] = q[row * D + d]; ov[d] = dout[row * D + d]; }
-    }
-#endif
     float acc[PER];
     for (int e = 0; e < PER; e++) acc[e] = 0.f;
     for (int j0 = blo; j0 < bhi; j0 += TILE) {
@@ -178,12 +141,7 @@ extern "C" __global__ void attn_bwd_dq_f32(const float* q, const float* k, const
             const float* kr = Ks + lane * (D + 1);
             const float* vr = Vs + lane * (D + 1);
             float sc = 0.f, dp = 0.f;
-#ifdef REG2
-#pragma unroll
-            for (int d = 0; d < D; d++) { sc += qv[d] * kr[d]; dp += ov[d] * vr[d]; }
-#else
             for (int d = 0; d < D; d++) { sc += qw[d] * kr[d]; dp += ow[d] * vr[d]; }
-#endif
             float p = expf(sc * scale - L);
             ds = p * (dp - Di) * scale;
         }
@@ -208,8 +166,7 @@ extern "C" __global__ void attn_bwd_dq_f32(const float* q, const float* k, const
 // grid (ceil(S/ROWS), KVH, B), shared 2·TILE·(D+1) + 2·TILE + 2·ROWS·D floats.
 extern "C" __global__ void attn_bwd_dkdv_f32(const float* q, const float* k, const float* v, const float* dout,
                                              const float* lse, const float* delta, float* dk, float* dv, int tq,
-                                             int tk, int s, int H, int KVH, int Dr, int window, float scale) {
-    DECL_D
+                                             int tk, int s, int H, int KVH, int D, int window, float scale) {
     extern __shared__ float sm[];
     float* Qt = sm;
     float* Ot = Qt + TILE * (D + 1);
@@ -227,13 +184,6 @@ extern "C" __global__ void attn_bwd_dkdv_f32(const float* q, const float* k, con
     long long krow = ((long long)b * s + j) * KVH + g;
     if (active)
         for (int d = lane; d < D; d += 32) { kw[d] = k[krow * D + d]; vw[d] = v[krow * D + d]; }
-#ifdef REG2
-    float kv_[D], vv_[D];
-    if (active) {
-#pragma unroll
-        for (int d = 0; d < D; d++) { kv_[d] = k[krow * D + d]; vv_[d] = v[krow * D + d]; }
-    }
-#endif
     float ak[PER], av[PER];
     for (int e = 0; e < PER; e++) { ak[e] = 0.f; av[e] = 0.f; }
     // Queries that see any key of this block: pos(i) ≥ j0 and lo(pos(i)) ≤ jlast.
@@ -259,12 +209,7 @@ extern "C" __global__ void attn_bwd_dkdv_f32(const float* q, const float* k, con
                 const float* qr = Qt + lane * (D + 1);
                 const float* orow = Ot + lane * (D + 1);
                 float sc = 0.f, dp = 0.f;
-#ifdef REG2
-#pragma unroll
-                for (int d = 0; d < D; d++) { sc += kv_[d] * qr[d]; dp += vv_[d] * orow[d]; }
-#else
                 for (int d = 0; d < D; d++) { sc += kw[d] * qr[d]; dp += vw[d] * orow[d]; }
-#endif
                 p = expf(sc * scale - Lt[lane]);
                 ds = p * (dp - Dt[lane]) * scale;
             }

@@ -6,35 +6,11 @@ use crate::cuda::{self, DeviceBuf};
 use crate::{DType, Tensor};
 use anyhow::{bail, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use std::sync::Mutex;
 
 pub(crate) const SRC: &str = include_str!("attention.cu");
 
 const ROWS: usize = 8;
 const TILE: usize = 32;
-
-/// Head sizes with a compiled-in variant (HEAD_DIM defined; see attention.cu).
-pub(crate) const VARIANTS: [usize; 4] = [32, 64, 96, 128];
-
-/// (module name, source) for head size `d`: a specialised variant or the run-time-D one.
-pub(crate) fn module(d: usize) -> (&'static str, &'static str) {
-    static MODS: Mutex<Vec<(usize, &'static str, &'static str)>> = Mutex::new(Vec::new());
-    if !VARIANTS.contains(&d) {
-        return ("attention", SRC);
-    }
-    let mut mods = match MODS.lock() {
-        Ok(m) => m,
-        Err(_) => return ("attention", SRC),
-    };
-    if let Some(&(_, n, s)) = mods.iter().find(|m| m.0 == d) {
-        return (n, s);
-    }
-    // Leaked once per head size (at most four small strings for the life of the process).
-    let name: &'static str = Box::leak(format!("attention_d{d}").into_boxed_str());
-    let src: &'static str = Box::leak(format!("#define HEAD_DIM {d}\n{SRC}").into_boxed_str());
-    mods.push((d, name, src));
-    (name, src)
-}
 
 fn check(dm: &AttnDims) -> Result<()> {
     if dm.d > 128 || dm.d == 0 {
@@ -60,8 +36,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -
     let d = dm.d;
     let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, d as i32, dm.window.unwrap_or(0) as i32];
     {
-        let (mname, msrc) = module(d);
-        let f = gpu.function(mname, msrc, "attn_fwd_f32")?;
+        let f = gpu.function("attention", SRC, "attn_fwd_f32")?;
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&out.data).arg(&lse.data);
         for x in &a { b.arg(x); }
@@ -91,8 +66,7 @@ pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse:
     let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, d as i32, dm.window.unwrap_or(0) as i32];
     let dq = DeviceBuf::alloc(gpu, DType::F32, q.numel())?;
     {
-        let (mname, msrc) = module(d);
-        let f = gpu.function(mname, msrc, "attn_bwd_dq_f32")?;
+        let f = gpu.function("attention", SRC, "attn_bwd_dq_f32")?;
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&db.data).arg(&lb.data).arg(&delta.data).arg(&dq.data);
         for x in &a { b.arg(x); }
@@ -103,8 +77,7 @@ pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse:
     let dk = DeviceBuf::alloc(gpu, DType::F32, k.numel())?;
     let dv = DeviceBuf::alloc(gpu, DType::F32, v.numel())?;
     {
-        let (mname, msrc) = module(d);
-        let f = gpu.function(mname, msrc, "attn_bwd_dkdv_f32")?;
+        let f = gpu.function("attention", SRC, "attn_bwd_dkdv_f32")?;
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&db.data).arg(&lb.data).arg(&delta.data).arg(&dk.data).arg(&dv.data);
         for x in &a { b.arg(x); }
