@@ -146,7 +146,7 @@ impl Graph {
                     let (dx, dw) = timed("add_rmsnorm.bwd", || ops::rmsnorm::rmsnorm_backward(&ht, &wt, &rstd, dy))?;
                     (dx, Some(dw))
                 }
-                None => (Tensor::zeros(ht.shape()), None),
+                None => (ht.zeros_like()?, None),
             };
             if let Some(gh) = &g[0] {
                 ops::elementwise::add_assign(&mut dh, gh)?;
@@ -193,6 +193,55 @@ impl Graph {
         Ok(self.push1(&[logits], loss, move |g| {
             let d = g.as_f32()?[0];
             Ok(vec![Some(timed("cross_entropy.bwd", || ops::cross_entropy::cross_entropy_backward(&lt, &tt, &lse, d, count))?)])
+        }))
+    }
+
+    /// Mean cross-entropy of the logits h·Wᵀ (h: (N, C), w: (V, C)) against u32 `targets` (N),
+    /// `chunk` rows at a time: the full (N, V) logits never exist, forward or backward (the
+    /// backward recomputes each chunk's logits from h and w). With one chunk it computes exactly
+    /// `linear` then `cross_entropy`.
+    pub fn linear_cross_entropy(&mut self, h: &Var, w: &Var, targets: &Tensor, chunk: usize) -> Result<Var> {
+        let n = h.t.rows();
+        if targets.numel() != n {
+            bail!("linear_cross_entropy: {} targets for {n} rows", targets.numel());
+        }
+        let chunk = chunk.clamp(1, n.max(1));
+        let targets = targets.reshape(&[n])?;
+        let count = ops::cross_entropy::count_scored(&targets)?;
+        let rows = move |t: &Tensor, r0: usize, m: usize| if m == n { Ok(t.clone()) } else { t.narrow_rows(r0, m) };
+        let tcol = targets.reshape(&[n, 1])?;
+        let mut nll_all = Tensor::zeros_on(&[n], h.t.device())?;
+        let mut lses = Vec::new();
+        for r0 in (0..n).step_by(chunk) {
+            let m = chunk.min(n - r0);
+            let z = ops::matmul::linear(&rows(&h.t, r0, m)?, &w.t, None)?;
+            let (nll, lse) = ops::cross_entropy::nll_lse_rows(&z, &rows(&tcol, r0, m)?.reshape(&[m])?)?;
+            nll_all.write_at(r0, &nll)?;
+            lses.push(lse);
+        }
+        let loss = ops::cross_entropy::mean_nll(&nll_all, count)?;
+        let (ht, wt, need_dh) = (h.t.clone(), w.t.clone(), h.requires_grad);
+        Ok(self.push1(&[h, w], loss, move |g| {
+            let d = g.try_to_vec_f32()?[0];
+            let c = ht.cols();
+            let mut dh = if need_dh { Some(ht.zeros_like()?) } else { None };
+            let mut dw: Option<Tensor> = None;
+            for (i, r0) in (0..n).step_by(chunk).enumerate() {
+                let m = chunk.min(n - r0);
+                let hc = rows(&ht, r0, m)?;
+                let tc = rows(&tcol, r0, m)?.reshape(&[m])?;
+                let z = ops::matmul::linear(&hc, &wt, None)?;
+                let dz = ops::cross_entropy::cross_entropy_backward(&z, &tc, &lses[i], d, count)?;
+                let (dhc, dwc, _) = ops::matmul::linear_backward(&hc, &wt, &dz, need_dh, false)?;
+                if let (Some(dh), Some(dhc)) = (dh.as_mut(), dhc) {
+                    if m == n { *dh = dhc.reshape(ht.shape())?; } else { dh.write_at(r0 * c, &dhc)?; }
+                }
+                match dw.as_mut() {
+                    None => dw = Some(dwc),
+                    Some(acc) => ops::elementwise::add_assign(acc, &dwc)?,
+                }
+            }
+            Ok(vec![dh, dw])
         }))
     }
 
@@ -257,6 +306,40 @@ fn accumulate(slot: &mut Option<Tensor>, g: &Tensor) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_linear_cross_entropy_matches_linear_then_cross_entropy() {
+        let mut r = crate::rng::Rng::new(3);
+        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| r.normal() as f32).collect() };
+        let (n, c, v) = (23, 8, 11);
+        let h = Tensor::from_f32(rand(n * c), &[n, c]).unwrap();
+        let w = Tensor::from_f32(rand(v * c), &[v, c]).unwrap();
+        let t = Tensor::from_u32((0..n as u32).map(|i| if i == 4 { ops::cross_entropy::IGNORE } else { i * 7 % v as u32 }).collect(), &[n]).unwrap();
+        let run = |chunk: Option<usize>| {
+            let mut g = Graph::training();
+            let (hv, wv) = (g.leaf(h.clone(), true), g.leaf(w.clone(), true));
+            let loss = match chunk {
+                Some(ch) => g.linear_cross_entropy(&hv, &wv, &t, ch).unwrap(),
+                None => {
+                    let z = g.linear(&hv, &wv, None).unwrap();
+                    g.cross_entropy(&z, &t).unwrap()
+                }
+            };
+            let l = loss.tensor().to_vec_f32()[0];
+            let gr = g.backward(&loss).unwrap();
+            (l, gr.get(&hv).unwrap().to_vec_f32(), gr.get(&wv).unwrap().to_vec_f32())
+        };
+        let base = run(None);
+        assert_eq!(run(Some(100)), base, "one chunk is the unchunked computation");
+        for ch in [1, 5, 7] {
+            let (l, dh, dw) = run(Some(ch));
+            assert!((l - base.0).abs() < 1e-6 * base.0.abs(), "loss {l} vs {}", base.0);
+            // Small chunks take the CPU matmul's matrix-vector path: rounding-level differences.
+            for (a, b) in dh.iter().zip(&base.1).chain(dw.iter().zip(&base.2)) {
+                assert!((a - b).abs() < 1e-5, "gradient {a} vs {b}");
+            }
+        }
+    }
 
     #[test]
     fn checkpoint_gives_the_same_gradients() {

@@ -5,6 +5,8 @@
 //! transformers; `smelt-model` builds the network out of these ops.
 
 pub mod autograd;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod float;
 pub mod ops;
 pub mod profile;

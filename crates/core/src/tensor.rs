@@ -4,6 +4,10 @@
 //! allocate their outputs. The optimizer updates parameters in place through `f32_mut`, which
 //! only copies when the storage is still shared (it is not, once the step's graph is dropped).
 //! Compute dtype on CPU is f32; bf16/f16 are storage dtypes for loading and saving.
+//!
+//! With the `cuda` feature a tensor may instead live on a GPU (`Storage::Cuda`); ops dispatch
+//! on `device()`. Host accessors (`as_f32`, `f32_mut`) refuse device tensors with an error
+//! that says so; `to_device` moves data either way.
 
 use anyhow::{bail, Result};
 use half::{bf16, f16};
@@ -27,11 +31,24 @@ impl DType {
     }
 }
 
-/// Where a tensor lives. Only the CPU exists in this build; the CUDA backend adds a variant
-/// and a storage kind, and every op dispatches on it in its own `mod.rs`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Where a tensor lives. Every op dispatches on it in its own `mod.rs`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Device {
+    #[default]
     Cpu,
+    /// The GPU with this ordinal (`--device cuda:N`).
+    #[cfg(feature = "cuda")]
+    Cuda(usize),
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -41,6 +58,8 @@ pub enum Storage {
     F16(Vec<f16>),
     I32(Vec<i32>),
     U32(Vec<u32>),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::DeviceBuf),
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +80,8 @@ impl Tensor {
             Storage::F16(v) => v.len(),
             Storage::I32(v) => v.len(),
             Storage::U32(v) => v.len(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(b) => b.len,
         };
         if n != numel(shape) {
             bail!("tensor data has {n} elements but shape {shape:?} needs {}", numel(shape));
@@ -84,9 +105,18 @@ impl Tensor {
 
     pub fn shape(&self) -> &[usize] { &self.shape }
     pub fn numel(&self) -> usize { numel(&self.shape) }
-    pub fn device(&self) -> Device { Device::Cpu }
+    pub fn device(&self) -> Device {
+        match &*self.storage {
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(b) => Device::Cuda(b.gpu.ordinal),
+            _ => Device::Cpu,
+        }
+    }
+    pub fn is_cuda(&self) -> bool { self.device() != Device::Cpu }
     pub fn dtype(&self) -> DType {
         match &*self.storage {
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(b) => b.dtype,
             Storage::F32(_) => DType::F32,
             Storage::BF16(_) => DType::BF16,
             Storage::F16(_) => DType::F16,
@@ -110,44 +140,70 @@ impl Tensor {
     pub fn as_f32(&self) -> Result<&[f32]> {
         match &*self.storage {
             Storage::F32(v) => Ok(v),
-            _ => bail!("expected an f32 tensor, got {:?} {:?}", self.dtype(), self.shape),
+            _ => bail!("expected an f32 tensor on the CPU, got {:?} {:?} on {}", self.dtype(), self.shape, self.device()),
         }
     }
     pub fn as_u32(&self) -> Result<&[u32]> {
         match &*self.storage {
             Storage::U32(v) => Ok(v),
-            _ => bail!("expected a u32 tensor, got {:?} {:?}", self.dtype(), self.shape),
+            _ => bail!("expected a u32 tensor on the CPU, got {:?} {:?} on {}", self.dtype(), self.shape, self.device()),
         }
     }
     pub fn as_i32(&self) -> Result<&[i32]> {
         match &*self.storage {
             Storage::I32(v) => Ok(v),
-            _ => bail!("expected an i32 tensor, got {:?} {:?}", self.dtype(), self.shape),
+            _ => bail!("expected an i32 tensor on the CPU, got {:?} {:?} on {}", self.dtype(), self.shape, self.device()),
         }
     }
 
     /// Mutable f32 data; copies first if the storage is shared with another tensor.
     pub fn f32_mut(&mut self) -> Result<&mut [f32]> {
+        if self.is_cuda() {
+            bail!("f32_mut: the tensor is on {}; host code cannot write it", self.device());
+        }
         match Arc::make_mut(&mut self.storage) {
             Storage::F32(v) => Ok(v),
             _ => bail!("expected an f32 tensor"),
         }
     }
 
-    /// The values as f32, converting from any dtype.
+    /// The values as f32, converting from any dtype. A device tensor is copied back (waiting
+    /// for its stream); if that copy fails the result is all NaN, which every caller's checks
+    /// treat as bad data. Use `try_to_vec_f32` to see the device error.
     pub fn to_vec_f32(&self) -> Vec<f32> {
-        match &*self.storage {
+        self.try_to_vec_f32().unwrap_or_else(|e| {
+            eprintln!("warning: {e:#}");
+            vec![f32::NAN; self.numel()]
+        })
+    }
+
+    pub fn try_to_vec_f32(&self) -> Result<Vec<f32>> {
+        Ok(match &*self.storage {
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => return self.to_device(Device::Cpu)?.try_to_vec_f32(),
             Storage::F32(v) => v.clone(),
             Storage::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
             Storage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
             Storage::I32(v) => v.iter().map(|&x| x as f32).collect(),
             Storage::U32(v) => v.iter().map(|&x| x as f32).collect(),
-        }
+        })
     }
 
+    /// Converts to `dtype` (on the host; a device tensor makes the round trip through it).
     pub fn to_dtype(&self, dtype: DType) -> Tensor {
         if dtype == self.dtype() {
             return self.clone();
+        }
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            let dev = self.device();
+            return match self.to_device(Device::Cpu).and_then(|t| t.to_dtype(dtype).to_device(dev)) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("warning: {e:#}");
+                    Tensor::full(&self.shape, f32::NAN)
+                }
+            };
         }
         let f = self.to_vec_f32();
         let storage = match dtype {
@@ -160,9 +216,12 @@ impl Tensor {
         Tensor { storage: Arc::new(storage), shape: self.shape.clone() }
     }
 
-    /// Little-endian bytes of the storage (for safetensors).
+    /// Little-endian bytes of the storage (for safetensors). Device tensors: move them to the
+    /// CPU first (`to_device`), which reports copy errors; here they give no bytes.
     pub fn to_le_bytes(&self) -> Vec<u8> {
         match &*self.storage {
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(b) => b.to_bytes().unwrap_or_default(),
             Storage::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::BF16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -174,5 +233,127 @@ impl Tensor {
     /// Sum of all elements, accumulated in f64.
     pub fn sum_f64(&self) -> f64 {
         self.to_vec_f32().iter().map(|&x| x as f64).sum()
+    }
+
+    /// Waits until every queued operation on `device` has finished (timing; a no-op on the CPU).
+    pub fn synchronize(device: Device) -> Result<()> {
+        match device {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => crate::cuda::gpu(n)?.synchronize(),
+        }
+    }
+
+    /// A zero tensor of `shape` on `device`.
+    pub fn zeros_on(shape: &[usize], device: Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(Tensor::zeros(shape)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => {
+                let buf = crate::cuda::DeviceBuf::zeros(&crate::cuda::gpu(n)?, DType::F32, numel(shape))?;
+                Tensor::from_device_buf(buf, shape)
+            }
+        }
+    }
+
+    /// Zeros of this tensor's shape on its device (f32).
+    pub fn zeros_like(&self) -> Result<Tensor> { Tensor::zeros_on(&self.shape, self.device()) }
+
+    /// A copy on `device` (the same tensor, shared, if it is already there). Copies to the host
+    /// wait for the device's queued work.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        match device {
+            Device::Cpu => {
+                #[cfg(feature = "cuda")]
+                if let Storage::Cuda(b) = &*self.storage {
+                    let bytes = b.to_bytes()?;
+                    let storage = match b.dtype {
+                        DType::F32 => Storage::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+                        DType::BF16 => Storage::BF16(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()),
+                        DType::F16 => Storage::F16(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()),
+                        DType::I32 => Storage::I32(bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+                        DType::U32 => Storage::U32(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+                    };
+                    return Tensor::new(storage, &self.shape);
+                }
+                Ok(self.clone())
+            }
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => {
+                let host = self.to_device(Device::Cpu)?;
+                let gpu = crate::cuda::gpu(n)?;
+                let buf = crate::cuda::DeviceBuf::from_bytes(&gpu, host.dtype(), host.numel(), &host.to_le_bytes())?;
+                Tensor::from_device_buf(buf, &self.shape)
+            }
+        }
+    }
+
+    /// Rows `start..start + n` of a (rows, cols) view of this tensor, as a new (n, cols) tensor
+    /// on the same device (a copy).
+    pub fn narrow_rows(&self, start: usize, n: usize) -> Result<Tensor> {
+        let c = self.cols();
+        if start + n > self.rows() {
+            bail!("narrow_rows: rows {start}..{} of {:?}", start + n, self.shape);
+        }
+        #[cfg(feature = "cuda")]
+        if let Storage::Cuda(b) = &*self.storage {
+            let mut out = crate::cuda::DeviceBuf::alloc(&b.gpu, b.dtype, n * c)?;
+            b.gpu.stream.memcpy_dtod(&b.view(start * c, n * c), &mut out.data).map_err(|e| anyhow::anyhow!("narrow_rows on {:?}: {e:?}", b.gpu))?;
+            return Tensor::from_device_buf(out, &[n, c]);
+        }
+        match &*self.storage {
+            Storage::U32(v) => Tensor::from_u32(v[start * c..(start + n) * c].to_vec(), &[n, c]),
+            _ => Tensor::from_f32(self.as_f32()?[start * c..(start + n) * c].to_vec(), &[n, c]),
+        }
+    }
+
+    /// Overwrites elements `offset..offset + src.numel()` with `src` (same device and dtype);
+    /// copies first if the storage is shared. (KV cache writes.)
+    pub fn write_at(&mut self, offset: usize, src: &Tensor) -> Result<()> {
+        let n = src.numel();
+        if offset + n > self.numel() || src.dtype() != self.dtype() || src.device() != self.device() {
+            bail!("write_at: cannot write {:?} {:?} on {} at {offset} into {:?} {:?} on {}", src.dtype(), src.shape, src.device(), self.dtype(), self.shape, self.device());
+        }
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            let sb = src.cuda_buf()?;
+            let gpu = sb.gpu.clone();
+            let d = self.cuda_buf_mut()?;
+            let mut dst = d.view_mut(offset, n);
+            return gpu.stream.memcpy_dtod(&sb.view(0, n), &mut dst).map_err(|e| anyhow::anyhow!("write_at on {gpu:?}: {e:?}"));
+        }
+        let s = src.as_f32()?;
+        self.f32_mut()?[offset..offset + n].copy_from_slice(s);
+        Ok(())
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Tensor {
+    pub fn from_device_buf(buf: crate::cuda::DeviceBuf, shape: &[usize]) -> Result<Tensor> {
+        Self::new(Storage::Cuda(buf), shape)
+    }
+
+    /// The device buffer (an error for host tensors).
+    pub fn cuda_buf(&self) -> Result<&crate::cuda::DeviceBuf> {
+        match &*self.storage {
+            Storage::Cuda(b) => Ok(b),
+            _ => bail!("expected a tensor on a CUDA device, got one on the CPU {:?}", self.shape),
+        }
+    }
+
+    /// The device buffer for writing in place; copied first if shared with another tensor.
+    /// Drops any cached bf16 copy, which the write would make stale.
+    pub fn cuda_buf_mut(&mut self) -> Result<&mut crate::cuda::DeviceBuf> {
+        match Arc::make_mut(&mut self.storage) {
+            Storage::Cuda(b) => {
+                b.bf16_shadow = std::sync::OnceLock::new();
+                Ok(b)
+            }
+            _ => bail!("expected a tensor on a CUDA device"),
+        }
     }
 }

@@ -28,7 +28,7 @@ pub fn generate(model: &Model, prompt: &[u32], cfg: &GenerateConfig, mut on_toke
     if prompt.is_empty() {
         bail!("the prompt is empty after tokenisation; give some text (or a tokenizer that adds BOS)");
     }
-    let mut cache = KvCache::new(&model.cfg, 1, prompt.len() + cfg.max_tokens + 1);
+    let mut cache = KvCache::new_on(&model.cfg, 1, prompt.len() + cfg.max_tokens + 1, model.device())?;
     let mut sampler = Sampler::new(cfg.sampling.clone());
     let mut context = prompt.to_vec();
     let t0 = Instant::now();
@@ -38,7 +38,9 @@ pub fn generate(model: &Model, prompt: &[u32], cfg: &GenerateConfig, mut on_toke
     let mut ids = Vec::new();
     let mut stopped = false;
     while ids.len() < cfg.max_tokens {
-        let next = sampler.sample(logits.as_f32()?, &context);
+        // Sampling runs on the host: one row of logits comes back per token.
+        let logits_host = logits.to_device(smelt_core::Device::Cpu)?;
+        let next = sampler.sample(logits_host.as_f32()?, &context);
         if cfg.stop_ids.contains(&next) {
             stopped = true;
             break;

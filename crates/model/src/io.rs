@@ -73,10 +73,13 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], dtype: DType
     let bufs: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = tensors
         .iter()
         .map(|(n, t)| {
+            // Device tensors (a GPU run's weights) are copied to the host here, so the file is
+            // the same whichever device trained it.
+            let t = t.to_device(smelt_core::Device::Cpu).with_context(|| format!("{n}: copying to the host"))?;
             let t = if matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) { t.to_dtype(dtype) } else { t.clone() };
-            (n.clone(), t.shape().to_vec(), st_dtype(t.dtype()), t.to_le_bytes())
+            Ok((n.clone(), t.shape().to_vec(), st_dtype(t.dtype()), t.to_le_bytes()))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
         .iter()
         .map(|(n, s, d, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(|e| anyhow::anyhow!("{n}: {e:?}"))?)))

@@ -11,7 +11,7 @@ use crate::params::{self, Index};
 use anyhow::{bail, Context, Result};
 use smelt_core::autograd::BlockFn;
 use smelt_core::ops::rope::{RopeLayout, RopeTable};
-use smelt_core::{Graph, Tensor, Var};
+use smelt_core::{Device, Graph, Tensor, Var};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -43,6 +43,12 @@ impl KvCache {
             batch,
         }
     }
+    /// A cache on `device` (keys and values stay there; only new rows are written).
+    pub fn new_on(cfg: &ModelConfig, batch: usize, cap: usize, device: Device) -> Result<Self> {
+        let shape = [batch, cap, cfg.n_kv_heads, cfg.head_dim];
+        let mk = || (0..cfg.n_layers).map(|_| Tensor::zeros_on(&shape, device)).collect::<Result<Vec<_>>>();
+        Ok(KvCache { k: mk()?, v: mk()?, len: 0, cap, batch })
+    }
     pub fn len(&self) -> usize { self.len }
     pub fn is_empty(&self) -> bool { self.len == 0 }
     pub fn capacity(&self) -> usize { self.cap }
@@ -50,6 +56,9 @@ impl KvCache {
     pub fn truncate(&mut self, n: usize) { self.len = self.len.min(n); }
     pub fn bytes(&self) -> usize { self.k.iter().chain(&self.v).map(|t| t.numel() * 4).sum() }
 }
+
+/// Logits computed at once by `Model::loss` (64 MiB of f32).
+const LOSS_CHUNK_ELEMS: usize = 1 << 24;
 
 /// Which positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +101,19 @@ fn cache_write(cache: &mut Tensor, new: &Tensor, pos0: usize) -> Result<()> {
     let s = cache.shape().to_vec();
     let (b, cap, row) = (s[0], s[1], s[2] * s[3]);
     let t = new.shape()[1];
+    if cache.is_cuda() {
+        // One device copy per sequence (batch 1 for generation: one copy).
+        if b == 1 {
+            return cache.write_at(pos0 * row, new);
+        }
+        let src = new.to_device(Device::Cpu)?;
+        let src = src.as_f32()?;
+        for bi in 0..b {
+            let rows = Tensor::from_f32(src[bi * t * row..(bi + 1) * t * row].to_vec(), &[t * row])?.to_device(cache.device())?;
+            cache.write_at((bi * cap + pos0) * row, &rows)?;
+        }
+        return Ok(());
+    }
     let src = new.as_f32()?;
     let dst = cache.f32_mut()?;
     for bi in 0..b {
@@ -157,6 +179,17 @@ impl Model {
         Ok(Model { names: layout.into_iter().map(|(n, _)| n).collect(), params, idx, rope, cfg })
     }
 
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device { self.params.first().map_or(Device::Cpu, |p| p.device()) }
+
+    /// Moves every parameter to `device` (f32 master weights stay f32).
+    pub fn to_device(&mut self, device: Device) -> Result<()> {
+        for p in &mut self.params {
+            *p = p.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// Fresh random weights.
     pub fn init(cfg: ModelConfig, seed: u64) -> Result<Self> {
         let p = params::init(&cfg, seed);
@@ -220,7 +253,14 @@ impl Model {
     /// tokens: (B, T) u32 → logits (B·T, V), or (B, V) for `Logits::Last`.
     /// With `cache`, the tokens continue the cached sequence(s) and are appended to it.
     /// `checkpoint` recomputes each block's activations in the backward pass.
-    pub fn forward(&self, g: &mut Graph, p: &[Var], tokens: &Tensor, mut cache: Option<&mut KvCache>, logits: Logits, checkpoint: bool) -> Result<Var> {
+    pub fn forward(&self, g: &mut Graph, p: &[Var], tokens: &Tensor, cache: Option<&mut KvCache>, logits: Logits, checkpoint: bool) -> Result<Var> {
+        let h = self.hidden(g, p, tokens, cache, logits, checkpoint)?;
+        g.linear(&h, &p[self.idx.head], None)
+    }
+
+    /// The final normalised hidden states (B·T, C), or (B, C) for `Logits::Last`: everything
+    /// `forward` does before the head.
+    fn hidden(&self, g: &mut Graph, p: &[Var], tokens: &Tensor, mut cache: Option<&mut KvCache>, logits: Logits, checkpoint: bool) -> Result<Var> {
         let c = &self.cfg;
         let (b, t) = match tokens.shape() {
             [b, t] => (*b, *t),
@@ -259,23 +299,24 @@ impl Model {
         if let Some(kv) = cache {
             kv.len += t;
         }
-        let h = match logits {
+        Ok(match logits {
             Logits::All => h,
             Logits::Last => {
-                let hs = h.tensor().as_f32()?;
-                let d = c.dim;
-                let rows: Vec<f32> = (0..b).flat_map(|bi| hs[((bi + 1) * t - 1) * d..(bi + 1) * t * d].iter().copied()).collect();
-                g.constant(Tensor::from_f32(rows, &[b, d])?)
+                // Gather row (bi+1)·t − 1 of each sequence: an embedding lookup into h (B·T, C),
+                // which runs wherever h lives.
+                let last = Tensor::from_u32((0..b).map(|bi| ((bi + 1) * t - 1) as u32).collect(), &[b])?;
+                g.constant(smelt_core::ops::embedding::embedding(h.tensor(), &last)?)
             }
-        };
-        g.linear(&h, &p[self.idx.head], None)
+        })
     }
 
     /// Mean next-token loss of (B, T) inputs against (B, T) targets.
     pub fn loss(&self, g: &mut Graph, p: &[Var], inputs: &Tensor, targets: &Tensor, checkpoint: bool) -> Result<Var> {
-        let logits = self.forward(g, p, inputs, None, Logits::All, checkpoint)?;
-        let n = targets.numel();
-        g.cross_entropy(&logits, &targets.reshape(&[n])?)
+        // The head and the loss run together, LOSS_CHUNK_ELEMS logits at a time, so the full
+        // (B·T, V) f32 logits never exist (they dominate memory at large vocabularies).
+        let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint)?;
+        let chunk = (LOSS_CHUNK_ELEMS / self.cfg.vocab_size.max(1)).max(1);
+        g.linear_cross_entropy(&h, &p[self.idx.head], targets, chunk)
     }
 
     /// Inference: logits for `tokens` (B, T) continuing `cache`.

@@ -21,6 +21,14 @@ impl AdamWState {
         }
     }
 
+    /// Moves the moments to `device` (a CPU checkpoint resumed on a GPU, or the reverse).
+    pub fn to_device(&mut self, device: smelt_core::Device) -> Result<()> {
+        for t in self.m.iter_mut().chain(self.v.iter_mut()) {
+            *t = t.to_device(device)?;
+        }
+        Ok(())
+    }
+
     /// One update of every parameter. `decay[i]` says whether weight decay applies to it.
     pub fn step(&mut self, hp: &AdamW, params: &mut [Tensor], grads: &[Tensor], decay: &[bool]) -> Result<()> {
         if params.len() != grads.len() || params.len() != self.m.len() {

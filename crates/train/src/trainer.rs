@@ -50,6 +50,9 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     pub log_interval: u64,
     pub val_batches: usize,
+    /// Where to train (not saved: a checkpoint resumes on whatever device is asked for).
+    #[serde(skip)]
+    pub device: smelt_core::Device,
 }
 
 impl TrainConfig {
@@ -95,6 +98,10 @@ struct Metrics {
 /// One update: forward/backward over `micro` batches (gradients averaged), clip, AdamW.
 /// Returns (mean loss, pre-clip gradient norm). Parameters are untouched if the loss is not finite.
 pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[(Tensor, Tensor)], clip: f64, grad_checkpoint: bool) -> Result<(f64, f64)> {
+    #[cfg(feature = "cuda")]
+    if model.device() != smelt_core::Device::Cpu {
+        return crate::gpu_step::train_step(model, opt, hp, micro, clip, grad_checkpoint);
+    }
     let mut acc: Option<Vec<Tensor>> = None;
     let mut loss_sum = 0f64;
     for (x, y) in micro {
@@ -141,7 +148,7 @@ pub fn evaluate(model: &Model, batches: &[(Tensor, Tensor)]) -> Result<f64> {
         let mut g = Graph::inference();
         let p = model.param_vars(&mut g, false);
         let loss = model.loss(&mut g, &p, x, y, false)?;
-        sum += loss.tensor().as_f32()?[0] as f64 * y.numel() as f64;
+        sum += loss.tensor().try_to_vec_f32()?[0] as f64 * y.numel() as f64;
         n += y.numel();
     }
     Ok(sum / n.max(1) as f64)
@@ -188,6 +195,7 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
             saved.checkpoint_interval = cfg.checkpoint_interval;
             saved.keep_checkpoints = cfg.keep_checkpoints;
             saved.log_interval = cfg.log_interval;
+            saved.device = cfg.device;
             if saved.steps <= state.step {
                 bail!("{} is at step {}; --steps {} leaves nothing to do", dir.display(), state.step, saved.steps);
             }
@@ -210,6 +218,11 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
             (model, tok, opt, cfg, 0)
         }
     };
+    model.to_device(cfg.device)?;
+    opt.to_device(cfg.device)?;
+    if cfg.device != smelt_core::Device::Cpu {
+        eprintln!("training on {}", cfg.device);
+    }
     if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.grad_accum == 0 {
         bail!("--batch-size, --seq-len and --grad-accum must be positive");
     }

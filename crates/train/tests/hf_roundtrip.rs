@@ -53,6 +53,7 @@ fn config(d: &Path, init: &Path) -> TrainConfig {
         keep_checkpoints: 1,
         log_interval: 1,
         val_batches: 1,
+        device: Default::default(),
     }
 }
 

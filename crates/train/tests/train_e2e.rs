@@ -55,6 +55,7 @@ fn setup(d: &Path) -> TrainConfig {
         keep_checkpoints: 3,
         log_interval: 1,
         val_batches: 2,
+        device: Default::default(),
     }
 }
 

@@ -1,12 +1,14 @@
 //! `smelt bench`: forward, batch-1 decode and training throughput, and peak memory, for a
-//! preset or a model folder. Numbers for docs/PERF.md; compare with bench/torch_cpu.py.
+//! preset or a model folder. Numbers for docs/PERF.md; compare with bench/torch_cpu.py (CPU)
+//! and bench/torch_gpu.py (CUDA). On a GPU every timed region ends with a device sync, and
+//! peak_mem_bytes is the most device memory held in tensors at once.
 
 use super::generate::Format;
 use anyhow::Result;
 use clap::Args;
 use smelt_core::ops::adamw::AdamW;
 use smelt_core::rng::Rng;
-use smelt_core::Tensor;
+use smelt_core::{Device, Tensor};
 use smelt_model::{presets, KvCache, Logits, Model};
 use smelt_train::optim::AdamWState;
 use std::path::PathBuf;
@@ -46,24 +48,54 @@ pub fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn median_secs(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?; // warm-up
+fn median_secs(iters: usize, device: Device, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up (and, on a GPU, kernel compilation and loading)
+    Tensor::synchronize(device)?;
+    profile_reset(); // the profile shows the steady state, not the one-time loading
     let mut t = Vec::with_capacity(iters);
     for _ in 0..iters.max(1) {
         let s = Instant::now();
         f()?;
+        Tensor::synchronize(device)?;
         t.push(s.elapsed().as_secs_f64());
     }
     t.sort_by(|a, b| a.partial_cmp(b).unwrap());
     Ok(t[t.len() / 2])
 }
 
+/// Per-kernel time (SMELT_CUDA_PROFILE=1), per measurement.
+/// Prints and clears the per-op totals: CPU ops (`SMELT_PROFILE=1`) and, in CUDA builds,
+/// kernels (`SMELT_CUDA_PROFILE=1`).
+fn profile_report(title: &str) {
+    let p = smelt_core::profile::take();
+    if !p.is_empty() {
+        let total: f64 = p.iter().map(|x| x.1).sum();
+        eprintln!("SMELT_PROFILE {title} (all timed iterations):");
+        for (n, s, c) in p {
+            eprintln!("  {n:<18} {:>8.1} ms {:>5.1}% {c:>7} calls", s * 1e3, 100.0 * s / total);
+        }
+    }
+    #[cfg(feature = "cuda")]
+    {
+        smelt_core::cuda::profile::report(title);
+        smelt_core::cuda::profile::reset();
+    }
+    let _ = title;
+}
+
+fn profile_reset() {
+    smelt_core::profile::take();
+    #[cfg(feature = "cuda")]
+    smelt_core::cuda::profile::reset();
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
-    super::device::resolve(&a.device)?;
+    let device = super::device::resolve(&a.device)?;
     let mut model = match &a.model {
         Some(dir) => Model::load(dir)?,
         None => Model::init(presets::preset(&a.size, a.vocab_size)?, 1)?,
     };
+    model.to_device(device)?;
     let (b, t, v) = (a.batch_size, a.seq_len, model.cfg.vocab_size as u64);
     let mut rng = Rng::new(7);
     let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(v) as u32).collect() };
@@ -72,47 +104,44 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let prompt = Tensor::from_u32(ids(16), &[1, 16])?;
     let decode_ids = ids(a.decode_tokens);
 
-    let report = |what: &str| {
-        let p = smelt_core::profile::take();
-        if !p.is_empty() {
-            let total: f64 = p.iter().map(|x| x.1).sum();
-            eprintln!("SMELT_PROFILE {what} (all timed iterations):");
-            for (n, s, c) in p {
-                eprintln!("  {n:<18} {:>8.1} ms {:>5.1}% {c:>7} calls", s * 1e3, 100.0 * s / total);
-            }
-        }
-    };
-    let fwd = median_secs(a.iters, || model.logits(&x, None, Logits::All).map(|_| ()))?;
-    report("forward");
-    let dec = median_secs(a.iters.min(3), || {
-        let mut cache = KvCache::new(&model.cfg, 1, 16 + decode_ids.len());
+    profile_reset();
+    let fwd = median_secs(a.iters, device, || model.logits(&x, None, Logits::All).map(|_| ()))?;
+    profile_report("forward");
+    let dec = median_secs(a.iters.min(3), device, || {
+        let mut cache = KvCache::new_on(&model.cfg, 1, 16 + decode_ids.len(), device)?;
         model.logits(&prompt, Some(&mut cache), Logits::Last)?;
         for &id in &decode_ids {
             model.logits(&Tensor::from_u32(vec![id], &[1, 1])?, Some(&mut cache), Logits::Last)?;
         }
         Ok(())
     })?;
-    report("decode");
+    profile_report("decode");
     let mut opt = AdamWState::new(&model.params);
+    opt.to_device(device)?;
     let hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
     let batch = [(x.clone(), y.clone())];
-    let train = median_secs(a.iters, || smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, false).map(|_| ()))?;
+    let train = median_secs(a.iters, device, || smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, false).map(|_| ()))?;
+    profile_report("train");
 
-    report("train");
+    let peak = match device {
+        Device::Cpu => peak_rss(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => smelt_core::cuda::mem_stats().1 as u64,
+    };
     let r = serde_json::json!({
-        "device": "cpu",
+        "device": device.to_string(),
         "threads": rayon::current_num_threads(),
         "params": model.cfg.n_params(),
         "batch_size": b, "seq_len": t,
         "forward_tok_s": (b * t) as f64 / fwd,
         "decode_tok_s": decode_ids.len() as f64 / dec,
         "train_tok_s": (b * t) as f64 / train,
-        "peak_mem_bytes": peak_rss(),
+        "peak_mem_bytes": peak,
     });
     match a.format {
         Format::Json => println!("{r}"),
         Format::Text => {
-            println!("device cpu, {} threads, {} parameters, batch {b} × seq {t}", r["threads"], r["params"]);
+            println!("device {device}, {} threads, {} parameters, batch {b} × seq {t}", r["threads"], r["params"]);
             println!("forward  {:>10.0} tok/s", r["forward_tok_s"].as_f64().unwrap());
             println!("decode   {:>10.1} tok/s (batch 1, KV cache)", r["decode_tok_s"].as_f64().unwrap());
             println!("train    {:>10.0} tok/s (forward + backward + AdamW)", r["train_tok_s"].as_f64().unwrap());

@@ -93,8 +93,9 @@ fn generation_config_eos(dir: &std::path::Path) -> Vec<u32> {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    super::device::resolve(&a.device)?;
-    let model = Model::load(&a.model)?;
+    let device = super::device::resolve(&a.device)?;
+    let mut model = Model::load(&a.model)?;
+    model.to_device(device)?;
     let tok = Tokenizer::from_file(&a.model)?;
     let (prompt_text, prompt_ids) = match &a.chat {
         Some(user) => {

@@ -24,8 +24,9 @@ pub struct PerplexityArgs {
 }
 
 pub fn run(a: PerplexityArgs) -> Result<()> {
-    super::device::resolve(&a.device)?;
-    let model = Model::load(&a.model)?;
+    let device = super::device::resolve(&a.device)?;
+    let mut model = Model::load(&a.model)?;
+    model.to_device(device)?;
     let tok = Tokenizer::from_file(&a.model)?;
     let bytes = std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not valid UTF-8 ({e})", a.input.display()))?;

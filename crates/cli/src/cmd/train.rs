@@ -102,7 +102,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    super::device::resolve(&a.device)?;
+    let device = super::device::resolve(&a.device)?;
     let cfg = TrainConfig {
         dataset: a.dataset.unwrap_or_default(),
         val_dataset: a.val_dataset,
@@ -136,6 +136,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         keep_checkpoints: a.keep_checkpoints,
         log_interval: a.log_interval,
         val_batches: a.val_batches,
+        device,
     };
     let s = smelt_train::run(cfg, a.resume.as_deref())?;
     eprintln!("done: {} steps, final loss {:.4}; model saved to {}", s.steps, s.final_loss, s.final_dir.display());

@@ -16,3 +16,5 @@ pub mod swiglu;
 
 #[cfg(test)]
 pub(crate) mod testing;
+#[cfg(all(test, feature = "cuda"))]
+mod parity;

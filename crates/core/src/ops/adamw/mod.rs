@@ -7,6 +7,9 @@ use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 #[derive(Clone, Copy, Debug)]
 pub struct AdamW {
     pub lr: f64,
@@ -42,6 +45,11 @@ pub fn adamw_update<F: Float>(o: &AdamW, step: u64, wd: bool, p: &mut [F], g: &[
 
 /// sqrt(Σ g²) over all tensors, accumulated in f64 in a fixed order.
 pub fn global_norm(grads: &[&Tensor]) -> Result<f64> {
+    #[cfg(feature = "cuda")]
+    if grads.first().is_some_and(|g| g.is_cuda()) {
+        let st = cuda::grad_norm_state(grads, 0.0, None)?.try_to_vec_f32()?;
+        return Ok(st[0] as f64);
+    }
     let mut s = 0f64;
     for g in grads {
         s += g.as_f32()?.par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).collect::<Vec<_>>().iter().sum::<f64>();
@@ -52,6 +60,18 @@ pub fn global_norm(grads: &[&Tensor]) -> Result<f64> {
 /// Scales gradients so their global norm is at most `max_norm` (PyTorch: coef = max/(norm+1e-6),
 /// clamped to 1, always applied). Returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
+    #[cfg(feature = "cuda")]
+    if grads.first().is_some_and(|g| g.is_cuda()) {
+        // Generic callers get the host's answer (one sync); the trainer's GPU step keeps the
+        // coefficient on the device instead (`cuda::grad_norm_state` + `cuda::adamw_multi`).
+        let st = cuda::grad_norm_state(&grads.iter().collect::<Vec<_>>(), max_norm, None)?.try_to_vec_f32()?;
+        if max_norm > 0.0 && st[1] < 1.0 {
+            for g in grads.iter_mut() {
+                *g = crate::ops::elementwise::scale(g, st[1])?;
+            }
+        }
+        return Ok(st[0] as f64);
+    }
     let norm = global_norm(&grads.iter().collect::<Vec<_>>())?;
     if max_norm > 0.0 {
         let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
@@ -68,6 +88,10 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
 pub fn adamw_step(o: &AdamW, step: u64, decay: bool, p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor) -> Result<()> {
     if p.shape() != g.shape() || p.shape() != m.shape() || p.shape() != v.shape() {
         bail!("adamw: parameter {:?}, gradient {:?} and moments {:?} differ in shape", p.shape(), g.shape(), m.shape());
+    }
+    #[cfg(feature = "cuda")]
+    if p.is_cuda() {
+        return cuda::adamw_multi(o, step, &[decay], std::slice::from_mut(p), std::slice::from_ref(g), std::slice::from_mut(m), std::slice::from_mut(v), None);
     }
     adamw_update(o, step, decay, p.f32_mut()?, g.as_f32()?, m.f32_mut()?, v.f32_mut()?);
     Ok(())

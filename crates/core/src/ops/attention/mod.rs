@@ -13,6 +13,9 @@ use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 #[derive(Clone, Copy, Debug)]
 pub struct AttnDims {
     pub b: usize,
@@ -207,6 +210,10 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>) ->
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>) -> Result<(Tensor, Tensor)> {
     let dm = dims(q, k, v, tk, window)?;
     let scale = 1.0 / (dm.d as f32).sqrt();
+    #[cfg(feature = "cuda")]
+    if q.is_cuda() {
+        return cuda::attention(q, k, v, dm, scale);
+    }
     let (o, l) = attn_fwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, dm, scale);
     Ok((Tensor::from_f32(o, q.shape())?, Tensor::from_f32(l, &[dm.b, dm.h, dm.tq])?))
 }
@@ -217,6 +224,10 @@ pub fn attention_backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dm = dims(q, k, v, k.shape()[1], window)?;
     let scale = 1.0 / (dm.d as f32).sqrt();
+    #[cfg(feature = "cuda")]
+    if q.is_cuda() {
+        return cuda::attention_backward(q, k, v, out, lse, dout, dm, scale);
+    }
     let (dq, dk, dv) = attn_bwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, out.as_f32()?, lse.as_f32()?, dout.as_f32()?, dm, scale);
     Ok((Tensor::from_f32(dq, q.shape())?, Tensor::from_f32(dk, k.shape())?, Tensor::from_f32(dv, v.shape())?))
 }

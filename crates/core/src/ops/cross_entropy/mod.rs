@@ -7,6 +7,9 @@ use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 pub const IGNORE: u32 = u32::MAX;
 
 /// Returns (per-row nll (0 for ignored rows), lse, count of scored rows).
@@ -59,13 +62,51 @@ fn check(logits: &Tensor, targets: &Tensor) -> Result<usize> {
 /// logits: (N, V), targets: (N) u32 → (loss (1), lse (N), count of scored rows)
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, usize)> {
     let v = check(logits, targets)?;
+    #[cfg(feature = "cuda")]
+    if logits.is_cuda() {
+        let count = targets.as_u32()?.iter().filter(|&&t| t != IGNORE).count();
+        let (loss, lse) = cuda::cross_entropy(logits, targets, count)?;
+        return Ok((loss, lse, count));
+    }
     let (nll, lse, count) = ce_fwd(logits.as_f32()?, targets.as_u32()?, v);
     let loss = nll.iter().map(|&x| x as f64).sum::<f64>() / count.max(1) as f64;
     Ok((Tensor::scalar(loss as f32), Tensor::from_f32(lse, &[logits.rows()])?, count))
 }
 
+/// Per-row (nll, lse) without the mean: one chunk of a chunked loss. logits (N, V), targets
+/// (N) u32 on the host → two (N) tensors on the logits' device.
+pub fn nll_lse_rows(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let v = check(logits, targets)?;
+    #[cfg(feature = "cuda")]
+    if logits.is_cuda() {
+        return cuda::nll_lse(logits, targets);
+    }
+    let (nll, lse, _) = ce_fwd(logits.as_f32()?, targets.as_u32()?, v);
+    Ok((Tensor::from_f32(nll, &[logits.rows()])?, Tensor::from_f32(lse, &[logits.rows()])?))
+}
+
+/// Σ nll / count as a one-element tensor, summed as `cross_entropy` sums (f64 in row order on
+/// the CPU; a fixed-order block reduction on CUDA).
+pub fn mean_nll(nll: &Tensor, count: usize) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if nll.is_cuda() {
+        return cuda::mean(nll, count);
+    }
+    let loss = nll.as_f32()?.iter().map(|&x| x as f64).sum::<f64>() / count.max(1) as f64;
+    Ok(Tensor::scalar(loss as f32))
+}
+
+/// Number of rows that are scored (targets other than `IGNORE`).
+pub fn count_scored(targets: &Tensor) -> Result<usize> {
+    Ok(targets.as_u32()?.iter().filter(|&&t| t != IGNORE).count())
+}
+
 /// Per-row negative log-likelihoods (perplexity scoring), in f64.
 pub fn nll_rows(logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
+    if logits.is_cuda() {
+        // Perplexity scoring in f64 stays on the host for now: one copy of the logits back.
+        return nll_rows(&logits.to_device(crate::Device::Cpu)?, targets);
+    }
     let v = check(logits, targets)?;
     let z = logits.as_f32()?;
     Ok(z.par_chunks(v)
@@ -80,6 +121,10 @@ pub fn nll_rows(logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
 
 pub fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f32, count: usize) -> Result<Tensor> {
     let v = check(logits, targets)?;
+    #[cfg(feature = "cuda")]
+    if logits.is_cuda() {
+        return cuda::cross_entropy_backward(logits, targets, lse, &Tensor::scalar(dloss), count);
+    }
     let d = ce_bwd(logits.as_f32()?, targets.as_u32()?, lse.as_f32()?, dloss, count, v);
     Tensor::from_f32(d, logits.shape())
 }

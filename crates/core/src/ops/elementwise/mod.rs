@@ -3,9 +3,16 @@
 use crate::Tensor;
 use anyhow::{bail, Result};
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() {
         bail!("add: shapes {:?} and {:?} differ", a.shape(), b.shape());
+    }
+    #[cfg(feature = "cuda")]
+    if a.is_cuda() {
+        return cuda::add(a, b);
     }
     let (x, y) = (a.as_f32()?, b.as_f32()?);
     Tensor::from_f32(x.iter().zip(y).map(|(p, q)| p + q).collect(), a.shape())
@@ -16,12 +23,26 @@ pub fn add_assign(a: &mut Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
         bail!("add_assign: shapes {:?} and {:?} differ", a.shape(), b.shape());
     }
+    #[cfg(feature = "cuda")]
+    if a.is_cuda() {
+        return cuda::add_assign(a, b);
+    }
+    #[cfg(feature = "cuda")]
+    if b.is_cuda() {
+        // A host accumulator meeting a device gradient (e.g. a host seed): move it over.
+        *a = a.to_device(b.device())?;
+        return cuda::add_assign(a, b);
+    }
     let y = b.as_f32()?;
     for (p, q) in a.f32_mut()?.iter_mut().zip(y) { *p += q; }
     Ok(())
 }
 
 pub fn scale(a: &Tensor, s: f32) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if a.is_cuda() {
+        return cuda::scale(a, s);
+    }
     Tensor::from_f32(a.as_f32()?.iter().map(|p| p * s).collect(), a.shape())
 }
 
@@ -29,15 +50,25 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() {
         bail!("mul: shapes {:?} and {:?} differ", a.shape(), b.shape());
     }
+    #[cfg(feature = "cuda")]
+    if a.is_cuda() {
+        return cuda::mul(a, b);
+    }
     let (x, y) = (a.as_f32()?, b.as_f32()?);
     Tensor::from_f32(x.iter().zip(y).map(|(p, q)| p * q).collect(), a.shape())
 }
 
 /// Sum of squares in f64.
 pub fn sum_sq(a: &Tensor) -> Result<f64> {
+    if a.is_cuda() {
+        return sum_sq(&a.to_device(crate::Device::Cpu)?);
+    }
     Ok(a.as_f32()?.iter().map(|&v| (v as f64) * (v as f64)).sum())
 }
 
 pub fn max_abs(a: &Tensor) -> Result<f32> {
+    if a.is_cuda() {
+        return max_abs(&a.to_device(crate::Device::Cpu)?);
+    }
     Ok(a.as_f32()?.iter().fold(0f32, |m, &v| m.max(v.abs())))
 }

@@ -4,6 +4,9 @@ use crate::float::Float;
 use crate::Tensor;
 use anyhow::{bail, Result};
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 /// out[i, :] = table[ids[i], :]
 pub fn embedding_fwd<F: Float>(table: &[F], ids: &[u32], dim: usize) -> Vec<F> {
     let mut out = Vec::with_capacity(ids.len() * dim);
@@ -31,6 +34,9 @@ fn check(table: &Tensor, ids: &Tensor) -> Result<(usize, usize)> {
         bail!("embedding table must be 2-D, got {:?}", table.shape());
     }
     let (v, d) = (table.shape()[0], table.shape()[1]);
+    if ids.is_cuda() {
+        return Ok((v, d)); // device ids: the kernel writes NaN rows for out-of-range ids
+    }
     if let Some(&bad) = ids.as_u32()?.iter().find(|&&i| i as usize >= v) {
         bail!("token id {bad} is out of range for a vocabulary of {v}");
     }
@@ -39,7 +45,11 @@ fn check(table: &Tensor, ids: &Tensor) -> Result<(usize, usize)> {
 
 /// table: (V, C), ids: (…) u32 → (…, C)
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let (_, d) = check(table, ids)?;
+    let (_v, d) = check(table, ids)?;
+    #[cfg(feature = "cuda")]
+    if table.is_cuda() {
+        return cuda::embedding(table, ids, _v, d);
+    }
     let mut shape = ids.shape().to_vec();
     shape.push(d);
     Tensor::from_f32(embedding_fwd(table.as_f32()?, ids.as_u32()?, d), &shape)
@@ -47,6 +57,10 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
 
 pub fn embedding_backward(table: &Tensor, ids: &Tensor, dout: &Tensor) -> Result<Tensor> {
     let (v, d) = check(table, ids)?;
+    #[cfg(feature = "cuda")]
+    if dout.is_cuda() {
+        return cuda::embedding_backward(table, ids, dout, v, d);
+    }
     Tensor::from_f32(embedding_bwd(dout.as_f32()?, ids.as_u32()?, v, d), table.shape())
 }
 

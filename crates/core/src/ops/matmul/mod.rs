@@ -3,6 +3,8 @@
 //! built on (`cpu::gemm`) is public for other CPU kernels.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::Tensor;
 use anyhow::{bail, Result};
@@ -21,6 +23,10 @@ fn dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
 /// x: (…, K), w: (M, K), bias: (M) → (…, M)
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, k, m) = dims(x, w)?;
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return cuda::linear(x, w, bias, n, k, m);
+    }
     let b = match bias { Some(b) => Some(b.as_f32()?), None => None };
     let y = cpu::linear_fwd(x.as_f32()?, w.as_f32()?, b, n, k, m);
     let mut shape = x.shape().to_vec();
@@ -33,6 +39,10 @@ pub fn linear_backward(
     x: &Tensor, w: &Tensor, dy: &Tensor, want_dx: bool, has_bias: bool,
 ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
     let (n, k, m) = dims(x, w)?;
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return cuda::linear_backward(x, w, dy, n, k, m, want_dx, has_bias);
+    }
     let (dx, dw, db) = cpu::linear_bwd(x.as_f32()?, w.as_f32()?, dy.as_f32()?, n, k, m, want_dx, has_bias);
     let dx = match dx { Some(d) => Some(Tensor::from_f32(d, x.shape())?), None => None };
     let db = match db { Some(d) => Some(Tensor::from_f32(d, &[m])?), None => None };

@@ -7,6 +7,9 @@ use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 /// Rows per parallel task; fixed so that reductions over rows (dw) sum in a fixed order.
 const ROWS_PER_TASK: usize = 32;
 
@@ -74,18 +77,34 @@ fn check(x: &Tensor, w: &Tensor) -> Result<usize> {
 /// x: (…, C), w: (C) → (y, rstd (…))
 pub fn rmsnorm(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let c = check(x, w)?;
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return cuda::rmsnorm(x, w, eps);
+    }
     let (y, r) = rmsnorm_fwd(x.as_f32()?, w.as_f32()?, eps, c);
     Ok((Tensor::from_f32(y, x.shape())?, Tensor::from_f32(r, &[x.rows()])?))
 }
 
 pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     let c = check(x, w)?;
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return cuda::rmsnorm_backward(x, w, rstd, dy);
+    }
     let (dx, dw) = rmsnorm_bwd(x.as_f32()?, w.as_f32()?, rstd.as_f32()?, dy.as_f32()?, c);
     Ok((Tensor::from_f32(dx, x.shape())?, Tensor::from_f32(dw, w.shape())?))
 }
 
 /// Fused residual add + RMSNorm: h = x + r, (y, rstd) = rmsnorm(h). Returns (h, y, rstd).
 pub fn add_rmsnorm(x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        check(x, w)?;
+        if x.shape() != r.shape() {
+            bail!("add_rmsnorm: shapes {:?} and {:?} differ", x.shape(), r.shape());
+        }
+        return cuda::add_rmsnorm(x, r, w, eps);
+    }
     let h = crate::ops::elementwise::add(x, r)?;
     let (y, rstd) = rmsnorm(&h, w, eps)?;
     Ok((h, y, rstd))

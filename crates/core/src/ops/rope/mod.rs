@@ -13,6 +13,9 @@ use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RopeLayout {
     HalfSplit,
@@ -81,6 +84,10 @@ fn check(x: &Tensor, table: &RopeTable) -> Result<(usize, usize)> {
 /// x: (B, T, H, D) at positions pos0..pos0+T.
 pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
     let (t, h) = check(x, table)?;
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        return cuda::rope(x, table, pos0, t, h, 1.0);
+    }
     let d = x.cols();
     let (c, s) = table.cos_sin::<f32>(pos0, t);
     let mut y = x.as_f32()?.to_vec();
@@ -90,6 +97,10 @@ pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
 
 pub fn rope_backward(dy: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
     let (t, h) = check(dy, table)?;
+    #[cfg(feature = "cuda")]
+    if dy.is_cuda() {
+        return cuda::rope(dy, table, pos0, t, h, -1.0);
+    }
     let d = dy.cols();
     let (c, s) = table.cos_sin::<f32>(pos0, t);
     let mut dx = dy.as_f32()?.to_vec();

@@ -5,6 +5,9 @@ use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 const CHUNK: usize = 4096;
 
 #[inline]
@@ -42,10 +45,18 @@ pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     if g.shape() != u.shape() {
         bail!("swiglu: gate {:?} and up {:?} differ in shape", g.shape(), u.shape());
     }
+    #[cfg(feature = "cuda")]
+    if g.is_cuda() {
+        return cuda::swiglu(g, u);
+    }
     Tensor::from_f32(swiglu_fwd(g.as_f32()?, u.as_f32()?), g.shape())
 }
 
 pub fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    #[cfg(feature = "cuda")]
+    if g.is_cuda() {
+        return cuda::swiglu_backward(g, u, dy);
+    }
     let (dg, du) = swiglu_bwd(g.as_f32()?, u.as_f32()?, dy.as_f32()?);
     Ok((Tensor::from_f32(dg, g.shape())?, Tensor::from_f32(du, u.shape())?))
 }

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""PyTorch reference for `smelt bench --device cuda`: the same Llama-style model (preset sizes
+as crates/model/src/presets.rs), bf16 autocast with f32 master weights and AdamW(fused), and
+the same three measurements and JSON keys: forward_tok_s, decode_tok_s (batch 1, KV cache, a
+16-token prompt), train_tok_s (forward + backward + AdamW), peak_mem_bytes.
+
+    python3 bench/torch_gpu.py --size small --batch-size 4 --seq-len 128
+"""
+import argparse, json, time
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PRESETS = {"tiny": (128, 4, 4, 4, 512), "small": (256, 6, 4, 4, 768), "medium": (512, 12, 8, 8, 1536),
+           "large": (1024, 16, 16, 16, 2816)}
+
+
+def rope(x, cos, sin):  # x: (B, H, T, D), half-split pairs as Hugging Face
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(s, dim, heads, kv, ffn):
+        super().__init__()
+        s.h, s.kv, s.hd = heads, kv, dim // heads
+        s.attn_norm, s.ffn_norm = nn.RMSNorm(dim, eps=1e-5), nn.RMSNorm(dim, eps=1e-5)
+        s.wq = nn.Linear(dim, heads * s.hd, bias=False)
+        s.wk = nn.Linear(dim, kv * s.hd, bias=False)
+        s.wv = nn.Linear(dim, kv * s.hd, bias=False)
+        s.wo = nn.Linear(heads * s.hd, dim, bias=False)
+        s.gate = nn.Linear(dim, ffn, bias=False)
+        s.up = nn.Linear(dim, ffn, bias=False)
+        s.down = nn.Linear(ffn, dim, bias=False)
+
+    def forward(s, x, cos, sin, cache=None):
+        B, T, _ = x.shape
+        h = s.attn_norm(x)
+        q = s.wq(h).view(B, T, s.h, s.hd).transpose(1, 2)
+        k = s.wk(h).view(B, T, s.kv, s.hd).transpose(1, 2)
+        v = s.wv(h).view(B, T, s.kv, s.hd).transpose(1, 2)
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
+        if cache is not None:
+            kc, vc, pos = cache
+            kc[:, :, pos:pos + T] = k
+            vc[:, :, pos:pos + T] = v
+            k, v = kc[:, :, :pos + T], vc[:, :, :pos + T]
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=(T > 1), enable_gqa=s.kv != s.h)
+        x = x + s.wo(o.transpose(1, 2).reshape(B, T, -1))
+        h = s.ffn_norm(x)
+        return x + s.down(F.silu(s.gate(h)) * s.up(h))
+
+
+class Model(nn.Module):
+    def __init__(s, vocab, dim, layers, heads, kv, ffn):
+        super().__init__()
+        s.embed = nn.Embedding(vocab, dim)
+        s.blocks = nn.ModuleList([Block(dim, heads, kv, ffn) for _ in range(layers)])
+        s.norm = nn.RMSNorm(dim, eps=1e-5)
+        s.hd = dim // heads
+        inv = 1.0 / (10000.0 ** (torch.arange(0, s.hd, 2).float() / s.hd))
+        s.register_buffer("inv", inv, persistent=False)
+
+    def forward(s, ids, caches=None, pos=0, last=False):
+        T = ids.shape[1]
+        ang = torch.outer(torch.arange(pos, pos + T, device=ids.device).float(), s.inv)
+        cos, sin = ang.cos(), ang.sin()
+        x = s.embed(ids)
+        for i, b in enumerate(s.blocks):
+            x = b(x, cos, sin, None if caches is None else (*caches[i], pos))
+        x = s.norm(x)
+        if last:
+            x = x[:, -1:]
+        return x @ s.embed.weight.t()  # tied head
+
+
+def median_time(fn, iters):
+    fn(); torch.cuda.synchronize()
+    ts = []
+    for _ in range(iters):
+        t = time.perf_counter(); fn(); torch.cuda.synchronize(); ts.append(time.perf_counter() - t)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="small")
+    ap.add_argument("--vocab-size", type=int, default=8192)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--decode-tokens", type=int, default=128)
+    a = ap.parse_args()
+    dev = torch.device("cuda")
+    torch.manual_seed(1)
+    dim, layers, heads, kv, ffn = PRESETS[a.size]
+    m = Model(a.vocab_size, dim, layers, heads, kv, ffn).to(dev)
+    B, T = a.batch_size, a.seq_len
+    x = torch.randint(0, a.vocab_size, (B, T), device=dev)
+    y = torch.randint(0, a.vocab_size, (B, T), device=dev)
+    ac = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+
+    @torch.no_grad()
+    def fwd():
+        with ac():
+            m(x)
+
+    prompt = torch.randint(0, a.vocab_size, (1, 16), device=dev)
+    dec_ids = torch.randint(0, a.vocab_size, (a.decode_tokens, 1), device=dev)
+
+    @torch.no_grad()
+    def decode():
+        cap = 16 + a.decode_tokens
+        caches = [(torch.zeros(1, kv, cap, dim // heads, device=dev, dtype=torch.bfloat16),
+                   torch.zeros(1, kv, cap, dim // heads, device=dev, dtype=torch.bfloat16)) for _ in range(layers)]
+        with ac():
+            m(prompt, caches, 0, last=True)
+            for i in range(a.decode_tokens):
+                m(dec_ids[i:i + 1], caches, 16 + i, last=True)
+
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, fused=True)
+
+    def train():
+        with ac():
+            loss = F.cross_entropy(m(x).float().view(-1, a.vocab_size), y.view(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    torch.cuda.reset_peak_memory_stats()
+    f = median_time(fwd, a.iters)
+    d = median_time(decode, min(a.iters, 3))
+    t = median_time(train, a.iters)
+    print(json.dumps({
+        "impl": "pytorch", "torch": torch.__version__, "device": torch.cuda.get_device_name(),
+        "params": sum(p.numel() for p in m.parameters()), "batch_size": B, "seq_len": T,
+        "forward_tok_s": B * T / f, "decode_tok_s": a.decode_tokens / d, "train_tok_s": B * T / t,
+        "peak_mem_bytes": torch.cuda.max_memory_allocated(),
+    }))
+
+
+if __name__ == "__main__":
+    main()

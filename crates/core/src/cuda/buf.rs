@@ -1,0 +1,126 @@
+//! Device storage: an untyped allocation on one GPU plus the dtype it holds. Kernels receive
+//! the raw pointer; the dtype travels beside it so host copies can rebuild typed vectors.
+
+use super::Gpu;
+use crate::DType;
+use anyhow::{anyhow, bail, Result};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+pub struct DeviceBuf {
+    pub gpu: Arc<Gpu>,
+    pub dtype: DType,
+    /// Elements (not bytes).
+    pub len: usize,
+    pub data: CudaSlice<u8>,
+    /// A bf16 copy of this f32 buffer, made by the first bf16 matmul that reads it as a weight
+    /// and reused until the buffer is written (`Tensor::cuda_buf_mut` drops it).
+    pub bf16_shadow: OnceLock<crate::Tensor>,
+}
+
+impl std::fmt::Debug for DeviceBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceBuf({:?}, {:?} × {})", self.gpu, self.dtype, self.len)
+    }
+}
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn track(bytes: usize) {
+    let now = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+/// (bytes held in tensors now, the most held at once) over all GPUs. The cuBLASLt workspace
+/// and the driver's own memory are not counted.
+pub fn mem_stats() -> (usize, usize) { (LIVE.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed)) }
+
+impl Drop for DeviceBuf {
+    fn drop(&mut self) { LIVE.fetch_sub(self.data.len(), Ordering::Relaxed); }
+}
+
+impl Clone for DeviceBuf {
+    /// A device-to-device copy, queued on the stream. `Clone` cannot fail, so a copy that
+    /// cannot be allocated panics here; copies only happen through `Arc::make_mut` on a shared
+    /// buffer, which the device code paths avoid.
+    fn clone(&self) -> Self {
+        track(self.data.len());
+        DeviceBuf { gpu: self.gpu.clone(), dtype: self.dtype, len: self.len, data: self.data.clone(), bf16_shadow: OnceLock::new() }
+    }
+}
+
+impl DeviceBuf {
+    /// An uninitialised buffer of `len` elements (poisoned with NaN bytes when `poison()` is on).
+    pub fn alloc(gpu: &Arc<Gpu>, dtype: DType, len: usize) -> Result<Self> {
+        let bytes = (len * dtype.size_in_bytes()).max(1);
+        let data = unsafe { gpu.stream.alloc::<u8>(bytes) }.map_err(|e| anyhow!("{gpu:?}: cannot allocate {bytes} bytes: {e:?}"))?;
+        track(data.len());
+        let mut b = DeviceBuf { gpu: gpu.clone(), dtype, len, data, bf16_shadow: OnceLock::new() };
+        if super::poison() {
+            b.fill_bytes(0xFF)?;
+        }
+        Ok(b)
+    }
+
+    pub fn zeros(gpu: &Arc<Gpu>, dtype: DType, len: usize) -> Result<Self> {
+        let mut b = Self::alloc(gpu, dtype, len)?;
+        b.fill_bytes(0)?;
+        Ok(b)
+    }
+
+    pub fn fill_bytes(&mut self, v: u8) -> Result<()> {
+        let n = self.data.len();
+        let (ptr, _g) = self.data.device_ptr(&self.gpu.stream);
+        unsafe { cudarc::driver::result::memset_d8_async(ptr, v, n, self.gpu.stream.cu_stream()) }
+            .map_err(|e| anyhow!("memset on {:?}: {e:?}", self.gpu))
+    }
+
+    pub fn from_bytes(gpu: &Arc<Gpu>, dtype: DType, len: usize, bytes: &[u8]) -> Result<Self> {
+        if bytes.len() != len * dtype.size_in_bytes() {
+            bail!("{} bytes for {len} elements of {dtype:?}", bytes.len());
+        }
+        let data = gpu.stream.clone_htod(bytes).map_err(|e| anyhow!("copy to {gpu:?}: {e:?}"))?;
+        track(data.len());
+        Ok(DeviceBuf { gpu: gpu.clone(), dtype, len, data, bf16_shadow: OnceLock::new() })
+    }
+
+    /// A device-to-device copy (the fallible form of `clone`).
+    pub fn try_copy(&self) -> Result<Self> {
+        let mut c = Self::alloc(&self.gpu, self.dtype, self.len)?;
+        self.gpu.stream.memcpy_dtod(&self.data, &mut c.data).map_err(|e| anyhow!("copy on {:?}: {e:?}", self.gpu))?;
+        Ok(c)
+    }
+
+    /// Copies the buffer back (waits for the stream).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut v = self.gpu.stream.clone_dtoh(&self.data).map_err(|e| anyhow!("copy from {:?}: {e:?}", self.gpu))?;
+        v.truncate(self.len * self.dtype.size_in_bytes());
+        Ok(v)
+    }
+
+    /// Elements `start..start+n` as a view (a kernel argument at an offset).
+    pub fn view(&self, start: usize, n: usize) -> CudaView<'_, u8> {
+        let s = self.dtype.size_in_bytes();
+        self.data.slice(start * s..(start + n) * s)
+    }
+
+    pub fn view_mut(&mut self, start: usize, n: usize) -> CudaViewMut<'_, u8> {
+        let s = self.dtype.size_in_bytes();
+        self.data.slice_mut(start * s..(start + n) * s)
+    }
+
+    /// The raw device address (for cuBLASLt and pointer tables).
+    pub fn ptr(&self) -> u64 {
+        let (p, _g) = self.data.device_ptr(&self.gpu.stream);
+        p
+    }
+
+    pub fn expect(&self, dtype: DType, what: &str) -> Result<()> {
+        if self.dtype != dtype {
+            bail!("{what}: expected a {dtype:?} tensor on {:?}, got {:?}", self.gpu, self.dtype);
+        }
+        Ok(())
+    }
+}

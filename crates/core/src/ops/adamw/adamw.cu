@@ -1,0 +1,79 @@
+// The optimizer step over every parameter in one launch, and the global gradient norm, with
+// no host round trip: the norm kernel leaves [norm, clip coefficient, skip flag] on the device
+// and AdamW reads them there.
+//
+// Tensor table `meta`: 6 int64 per tensor: p, g, m, v (device addresses), n, weight-decay flag.
+// Block table `blocks`: 2 int64 per block: tensor index, first element; a block covers CHUNK.
+
+#define CHUNK 4096
+
+extern "C" __global__ void sumsq_multi_f32(const long long* meta, const long long* blocks, double* partial) {
+    long long ti = blocks[2 * blockIdx.x], start = blocks[2 * blockIdx.x + 1];
+    const float* g = (const float*)meta[6 * ti + 1];
+    long long n = meta[6 * ti + 4];
+    long long end = start + CHUNK < n ? start + CHUNK : n;
+    double s = 0.0;
+    for (long long i = start + threadIdx.x; i < end; i += blockDim.x) { double x = g[i]; s += x * x; }
+    __shared__ double red[32];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < (int)(blockDim.x >> 5); w++) t += red[w];
+        partial[blockIdx.x] = t;
+    }
+}
+
+// One block. gstate = [norm, coef, skip]: coef = min(1, max_norm/(norm+1e-6)) as PyTorch's
+// clip_grad_norm_ (1 when max_norm ≤ 0); skip when the norm or the loss is not finite, so a
+// diverged step leaves the parameters untouched, as on the CPU.
+extern "C" __global__ void norm_finalize(const double* partial, int nb, float* gstate, double max_norm, const float* loss) {
+    __shared__ double red[1024];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < nb; i += blockDim.x) s += partial[i];
+    red[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        double norm = sqrt(red[0]);
+        double coef = 1.0;
+        if (max_norm > 0.0) { coef = max_norm / (norm + 1e-6); if (coef > 1.0) coef = 1.0; }
+        bool bad = !isfinite(norm) || (loss && !isfinite(loss[0]));
+        gstate[0] = (float)norm;
+        gstate[1] = (float)coef;
+        gstate[2] = bad ? 1.f : 0.f;
+    }
+}
+
+extern "C" __global__ void adamw_multi_f32(const long long* meta, const long long* blocks, const float* gstate,
+                                           float decay_factor, float b1, float b2, float step_size, float bc2_sqrt,
+                                           float eps) {
+    float gscale = 1.f;
+    if (gstate) {
+        if (gstate[2] != 0.f) return;
+        gscale = gstate[1];
+    }
+    long long ti = blocks[2 * blockIdx.x], start = blocks[2 * blockIdx.x + 1];
+    const long long* mt = meta + 6 * ti;
+    float* p = (float*)mt[0];
+    const float* g = (const float*)mt[1];
+    float* m = (float*)mt[2];
+    float* v = (float*)mt[3];
+    long long n = mt[4];
+    float decay = mt[5] ? decay_factor : 1.f;
+    long long end = start + CHUNK < n ? start + CHUNK : n;
+    for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
+        float gi = gscale == 1.f ? g[i] : g[i] * gscale;
+        float pi = p[i] * decay;
+        float mi = m[i] + (1.f - b1) * (gi - m[i]);
+        float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        p[i] = pi - step_size * mi / denom;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}

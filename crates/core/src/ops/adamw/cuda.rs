@@ -1,0 +1,128 @@
+//! CUDA launchers for the multi-tensor AdamW step and the global gradient norm (adamw.cu).
+//! Two small tables (tensor addresses and sizes; block → tensor) are uploaded per step; the
+//! norm, the clip coefficient and the skip flag stay on the device.
+
+use super::AdamW;
+use crate::cuda::{self, DeviceBuf, Gpu};
+use crate::{DType, Tensor};
+use anyhow::{bail, Result};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+pub(crate) const SRC: &str = include_str!("adamw.cu");
+
+const CHUNK: usize = 4096;
+
+fn upload(gpu: &Arc<Gpu>, v: &[i64]) -> Result<DeviceBuf> {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    DeviceBuf::from_bytes(gpu, DType::I32, v.len() * 2, &bytes)
+}
+
+/// (meta, blocks, number of blocks) for tensors given as [p, g, m, v] addresses, sizes and flags.
+fn tables(gpu: &Arc<Gpu>, rows: &[[u64; 4]], sizes: &[usize], decay: &[bool]) -> Result<(DeviceBuf, DeviceBuf, usize)> {
+    let mut meta = Vec::with_capacity(rows.len() * 6);
+    let mut blocks = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        meta.extend(r.iter().map(|&p| p as i64));
+        meta.push(sizes[i] as i64);
+        meta.push(decay.get(i).copied().unwrap_or(false) as i64);
+        for s in (0..sizes[i]).step_by(CHUNK) {
+            blocks.push(i as i64);
+            blocks.push(s as i64);
+        }
+    }
+    let nb = blocks.len() / 2;
+    if nb == 0 {
+        blocks.extend([0, 0]);
+    }
+    Ok((upload(gpu, &meta)?, upload(gpu, &blocks)?, nb))
+}
+
+/// [global L2 norm, clip coefficient, skip flag] of `grads`, on the device. The flag is set
+/// when the norm or `loss` (if given) is not finite.
+pub fn grad_norm_state(grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<Tensor> {
+    if grads.is_empty() {
+        bail!("grad norm of no tensors");
+    }
+    let gpu = grads[0].cuda_buf()?.gpu.clone();
+    let mut rows = Vec::new();
+    for g in grads {
+        let [b] = cuda::f32_bufs([*g], "grad norm")?;
+        rows.push([0, b.ptr(), 0, 0]);
+    }
+    let sizes: Vec<usize> = grads.iter().map(|g| g.numel()).collect();
+    let (meta, blocks, nb) = tables(&gpu, &rows, &sizes, &[])?;
+    let partial = DeviceBuf::alloc(&gpu, DType::F32, 2 * nb.max(1))?; // f64 partials
+    if nb > 0 {
+        let f = gpu.function("adamw", SRC, "sumsq_multi_f32")?;
+        let mut l = gpu.stream.launch_builder(&f);
+        l.arg(&meta.data).arg(&blocks.data).arg(&partial.data);
+        let cfg = LaunchConfig { grid_dim: (nb as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        cuda::launched(unsafe { l.launch(cfg) }, "sumsq_multi_f32")?;
+    }
+    let state = DeviceBuf::alloc(&gpu, DType::F32, 3)?;
+    let f = gpu.function("adamw", SRC, "norm_finalize")?;
+    let (nb32, null) = (nb as i32, 0u64);
+    {
+        let mut l = gpu.stream.launch_builder(&f);
+        l.arg(&partial.data).arg(&nb32).arg(&state.data).arg(&max_norm);
+        match loss {
+            Some(t) => l.arg(&cuda::f32_bufs([t], "grad norm loss")?[0].data),
+            None => l.arg(&null),
+        };
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        cuda::launched(unsafe { l.launch(cfg) }, "norm_finalize")?;
+    }
+    Tensor::from_device_buf(state, &[3])
+}
+
+/// One AdamW update of every parameter in one launch. `gstate` (from `grad_norm_state`) scales
+/// the gradients by its clip coefficient and skips the update when its flag is set.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_multi(o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], gstate: Option<&Tensor>) -> Result<()> {
+    let n = params.len();
+    if grads.len() != n || m.len() != n || v.len() != n || decay.len() != n {
+        bail!("adamw: {n} parameters, {} gradients, {} / {} moments, {} decay flags", grads.len(), m.len(), v.len(), decay.len());
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let mut rows = Vec::with_capacity(n);
+    let mut sizes = Vec::with_capacity(n);
+    let mut gpu = None;
+    for i in 0..n {
+        if params[i].shape() != grads[i].shape() || params[i].shape() != m[i].shape() || params[i].shape() != v[i].shape() {
+            bail!("adamw: parameter {:?}, gradient {:?} and moments {:?} differ in shape", params[i].shape(), grads[i].shape(), m[i].shape());
+        }
+        let [gb] = cuda::f32_bufs([&grads[i]], "adamw gradient")?;
+        let pb = params[i].cuda_buf_mut()?;
+        pb.expect(DType::F32, "adamw parameter")?;
+        gpu.get_or_insert_with(|| pb.gpu.clone());
+        let pp = pb.ptr();
+        let mp = m[i].cuda_buf_mut()?.ptr();
+        let vp = v[i].cuda_buf_mut()?.ptr();
+        rows.push([pp, gb.ptr(), mp, vp]);
+        sizes.push(params[i].numel());
+    }
+    let gpu = gpu.ok_or_else(|| anyhow::anyhow!("adamw: no parameters"))?;
+    let (meta, blocks, nb) = tables(&gpu, &rows, &sizes, decay)?;
+    if nb == 0 {
+        return Ok(());
+    }
+    let bc1 = 1.0 - o.beta1.powi(step as i32);
+    let bc2_sqrt = ((1.0 - o.beta2.powi(step as i32)).sqrt()) as f32;
+    let step_size = (o.lr / bc1) as f32;
+    let decay_factor = (1.0 - o.lr * o.weight_decay) as f32;
+    let (b1, b2, eps, null) = (o.beta1 as f32, o.beta2 as f32, o.eps as f32, 0u64);
+    let f = gpu.function("adamw", SRC, "adamw_multi_f32")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&meta.data).arg(&blocks.data);
+    match gstate {
+        Some(t) => l.arg(&cuda::f32_bufs([t], "adamw clip state")?[0].data),
+        None => l.arg(&null),
+    };
+    l.arg(&decay_factor).arg(&b1).arg(&b2).arg(&step_size).arg(&bc2_sqrt).arg(&eps);
+    let cfg = LaunchConfig { grid_dim: (nb as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    cuda::launched(unsafe { l.launch(cfg) }, "adamw_multi_f32")?;
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! CUDA launchers for RMSNorm and the fused residual add + RMSNorm (rmsnorm.cu).
+
+use crate::cuda::{self, DeviceBuf, Gpu};
+use crate::{DType, Tensor};
+use anyhow::{Context, Result};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+pub(crate) const SRC: &str = include_str!("rmsnorm.cu");
+
+fn row_threads(c: usize) -> u32 {
+    (c.div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+fn per_row(rows: usize, c: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (row_threads(c), 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Returns (h if fused, y, rstd).
+fn forward(x: &Tensor, r: Option<&Tensor>, w: &Tensor, eps: f64) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+    let [xb, wb] = cuda::f32_bufs([x, w], "rmsnorm")?;
+    let gpu = &xb.gpu;
+    let (n, c) = (x.rows(), x.cols());
+    let rb = match r { Some(r) => Some(cuda::f32_bufs([r], "add_rmsnorm")?[0]), None => None };
+    let h = match r { Some(_) => Some(DeviceBuf::alloc(gpu, DType::F32, n * c)?), None => None };
+    let y = DeviceBuf::alloc(gpu, DType::F32, n * c)?;
+    let rstd = DeviceBuf::alloc(gpu, DType::F32, n)?;
+    let f = gpu.function("rmsnorm", SRC, "rmsnorm_fwd_f32")?;
+    let (c32, eps32, null) = (c as i32, eps as f32, 0u64);
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&xb.data);
+        match rb { Some(rb) => b.arg(&rb.data), None => b.arg(&null) };
+        b.arg(&wb.data);
+        match &h { Some(h) => b.arg(&h.data), None => b.arg(&null) };
+        b.arg(&y.data).arg(&rstd.data).arg(&c32).arg(&eps32);
+        cuda::launched(unsafe { b.launch(per_row(n, c)) }, "rmsnorm_fwd_f32")?;
+    }
+    let h = match h { Some(h) => Some(Tensor::from_device_buf(h, x.shape())?), None => None };
+    Ok((h, Tensor::from_device_buf(y, x.shape())?, Tensor::from_device_buf(rstd, &[n])?))
+}
+
+pub fn rmsnorm(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let (_, y, rstd) = forward(x, None, w, eps)?;
+    Ok((y, rstd))
+}
+
+pub fn add_rmsnorm(x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let (h, y, rstd) = forward(x, Some(r), w, eps)?;
+    Ok((h.context("internal: the fused forward returned no h")?, y, rstd))
+}
+
+/// out[j] = Σ_rows of a column-wise partial kernel, in two deterministic passes.
+pub(crate) fn column_reduce(gpu: &Arc<Gpu>, n: usize, c: usize, launch_part: impl FnOnce(&DeviceBuf, LaunchConfig, i64) -> Result<()>) -> Result<DeviceBuf> {
+    let chunks = n.div_ceil(64).clamp(1, 256);
+    let rows_per_chunk = n.div_ceil(chunks).max(1);
+    let part = DeviceBuf::alloc(gpu, DType::F32, chunks * c)?;
+    let cfg = LaunchConfig { grid_dim: (c.div_ceil(256) as u32, chunks as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    launch_part(&part, cfg, rows_per_chunk as i64)?;
+    let out = DeviceBuf::alloc(gpu, DType::F32, c)?;
+    let f = gpu.function("rmsnorm", SRC, "sum_partials_f32")?;
+    let (ch32, c32) = (chunks as i32, c as i32);
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&part.data).arg(&out.data).arg(&ch32).arg(&c32);
+        let cfg = LaunchConfig { grid_dim: (c.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        cuda::launched(unsafe { b.launch(cfg) }, "sum_partials_f32")?;
+    }
+    Ok(out)
+}
+
+pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let [xb, wb, rb, db] = cuda::f32_bufs([x, w, rstd, dy], "rmsnorm_backward")?;
+    let gpu = &xb.gpu;
+    let (n, c) = (x.rows(), x.cols());
+    let dx = DeviceBuf::alloc(gpu, DType::F32, n * c)?;
+    let c32 = c as i32;
+    {
+        let f = gpu.function("rmsnorm", SRC, "rmsnorm_bwd_dx_f32")?;
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&xb.data).arg(&wb.data).arg(&rb.data).arg(&db.data).arg(&dx.data).arg(&c32);
+        cuda::launched(unsafe { b.launch(per_row(n, c)) }, "rmsnorm_bwd_dx_f32")?;
+    }
+    let n64 = n as i64;
+    let dw = column_reduce(gpu, n, c, |part, cfg, rpc| {
+        let f = gpu.function("rmsnorm", SRC, "rmsnorm_bwd_dw_part_f32")?;
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&xb.data).arg(&rb.data).arg(&db.data).arg(&part.data).arg(&n64).arg(&c32).arg(&rpc);
+        cuda::launched(unsafe { b.launch(cfg) }, "rmsnorm_bwd_dw_part_f32")
+    })?;
+    Ok((Tensor::from_device_buf(dx, x.shape())?, Tensor::from_device_buf(dw, w.shape())?))
+}

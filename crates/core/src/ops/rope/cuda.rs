@@ -1,0 +1,63 @@
+//! CUDA launcher for RoPE (rope.cu). cos/sin for positions 0..P are computed on the host once,
+//! exactly as the CPU path computes them, and kept on the device (grown when a later call needs
+//! more positions), so a call uploads nothing.
+
+use super::{RopeLayout, RopeTable};
+use crate::cuda::{self, DeviceBuf};
+use crate::{DType, Tensor};
+use anyhow::{anyhow, Result};
+use cudarc::driver::PushKernelArg;
+use std::sync::{Arc, Mutex};
+
+pub(crate) const SRC: &str = include_str!("rope.cu");
+
+/// Device cos/sin tables, by (GPU, frequencies); a model has one, so a short list suffices.
+struct Cached {
+    ordinal: usize,
+    key: Vec<u64>,
+    positions: usize,
+    cos: DeviceBuf,
+    sin: DeviceBuf,
+}
+
+static TABLES: Mutex<Vec<Arc<Cached>>> = Mutex::new(Vec::new());
+
+fn key(table: &RopeTable) -> Vec<u64> {
+    let mut k: Vec<u64> = table.inv_freq.iter().map(|f| f.to_bits()).collect();
+    k.push(table.attention_factor.to_bits());
+    k
+}
+
+fn device_table(gpu: &Arc<cuda::Gpu>, table: &RopeTable, need: usize) -> Result<Arc<Cached>> {
+    let k = key(table);
+    let mut list = TABLES.lock().map_err(|_| anyhow!("rope table cache poisoned"))?;
+    if let Some(c) = list.iter().find(|c| c.ordinal == gpu.ordinal && c.key == k && c.positions >= need) {
+        return Ok(c.clone());
+    }
+    let positions = need.max(4096).next_power_of_two();
+    let (c, s) = table.cos_sin::<f32>(0, positions);
+    let up = |v: &[f32]| DeviceBuf::from_bytes(gpu, DType::F32, v.len(), &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+    let entry = Arc::new(Cached { ordinal: gpu.ordinal, key: k.clone(), positions, cos: up(&c)?, sin: up(&s)? });
+    list.retain(|c| !(c.ordinal == gpu.ordinal && c.key == k));
+    list.push(entry.clone());
+    Ok(entry)
+}
+
+/// x: (B, T, H, D) on the device at positions pos0..pos0+T; sign 1 = forward, −1 = backward.
+pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+    let [xb] = cuda::f32_bufs([x], "rope")?;
+    let gpu = &xb.gpu;
+    let d = x.cols();
+    let tab = device_table(gpu, table, pos0 + t)?;
+    let mut y = xb.try_copy()?; // rotated in place on the copy
+    let rows = x.rows() / h;
+    let f = gpu.function("rope", SRC, "rope_f32")?;
+    let (rows64, t32, h32, d32, p32) = (rows as i64, t as i32, h as i32, d as i32, pos0 as i32);
+    let inter = (table.layout == RopeLayout::Interleaved) as i32;
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&mut y.data).arg(&tab.cos.data).arg(&tab.sin.data).arg(&rows64).arg(&t32).arg(&h32).arg(&d32).arg(&inter).arg(&sign).arg(&p32);
+        cuda::launched(unsafe { b.launch(cuda::grid_for(rows * h * d / 2, 256)) }, "rope_f32")?;
+    }
+    Tensor::from_device_buf(y, x.shape())
+}
