@@ -8,6 +8,7 @@ pub mod autograd;
 pub mod float;
 pub mod ops;
 pub mod profile;
+pub mod quant;
 pub mod rng;
 pub mod tensor;
 

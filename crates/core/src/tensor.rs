@@ -7,6 +7,7 @@
 
 use anyhow::{bail, Result};
 use half::{bf16, f16};
+use crate::quant::QuantMatrix;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -16,6 +17,8 @@ pub enum DType {
     F16,
     I32,
     U32,
+    /// A block-quantised weight (see [`crate::quant::QuantMatrix`]); inference only.
+    Quant,
 }
 
 impl DType {
@@ -23,6 +26,8 @@ impl DType {
         match self {
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::BF16 | DType::F16 => 2,
+            // Blocks, not elements: ask the `QuantMatrix` for its byte size.
+            DType::Quant => 0,
         }
     }
 }
@@ -41,6 +46,7 @@ pub enum Storage {
     F16(Vec<f16>),
     I32(Vec<i32>),
     U32(Vec<u32>),
+    Quant(Arc<dyn QuantMatrix>),
 }
 
 #[derive(Clone, Debug)]
@@ -61,6 +67,7 @@ impl Tensor {
             Storage::F16(v) => v.len(),
             Storage::I32(v) => v.len(),
             Storage::U32(v) => v.len(),
+            Storage::Quant(q) => { let (r, c) = q.dims(); r * c }
         };
         if n != numel(shape) {
             bail!("tensor data has {n} elements but shape {shape:?} needs {}", numel(shape));
@@ -73,6 +80,15 @@ impl Tensor {
     pub fn from_i32(data: Vec<i32>, shape: &[usize]) -> Result<Self> { Self::new(Storage::I32(data), shape) }
     pub fn from_bf16(data: Vec<bf16>, shape: &[usize]) -> Result<Self> { Self::new(Storage::BF16(data), shape) }
     pub fn from_f16(data: Vec<f16>, shape: &[usize]) -> Result<Self> { Self::new(Storage::F16(data), shape) }
+    /// A quantised 2-D weight; its shape is the matrix's `[rows, cols]`.
+    pub fn from_quant(q: Arc<dyn QuantMatrix>) -> Self {
+        let (r, c) = q.dims();
+        Tensor { storage: Arc::new(Storage::Quant(q)), shape: vec![r, c] }
+    }
+    /// The quantised matrix, if this tensor holds one.
+    pub fn as_quant(&self) -> Option<&Arc<dyn QuantMatrix>> {
+        match &*self.storage { Storage::Quant(q) => Some(q), _ => None }
+    }
 
     pub fn zeros(shape: &[usize]) -> Self {
         Tensor { storage: Arc::new(Storage::F32(vec![0.0; numel(shape)])), shape: shape.to_vec() }
@@ -92,6 +108,7 @@ impl Tensor {
             Storage::F16(_) => DType::F16,
             Storage::I32(_) => DType::I32,
             Storage::U32(_) => DType::U32,
+            Storage::Quant(_) => DType::Quant,
         }
     }
     /// The last dimension (row length); 1 for a scalar-shaped tensor.
@@ -142,6 +159,12 @@ impl Tensor {
             Storage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
             Storage::I32(v) => v.iter().map(|&x| x as f32).collect(),
             Storage::U32(v) => v.iter().map(|&x| x as f32).collect(),
+            Storage::Quant(q) => {
+                let (r, c) = q.dims();
+                let mut out = vec![0f32; r * c];
+                for (i, row) in out.chunks_mut(c.max(1)).enumerate() { q.dequantize_row(i, row); }
+                out
+            }
         }
     }
 
@@ -156,6 +179,8 @@ impl Tensor {
             DType::F16 => Storage::F16(f.iter().map(|&x| f16::from_f32(x)).collect()),
             DType::I32 => Storage::I32(f.iter().map(|&x| x as i32).collect()),
             DType::U32 => Storage::U32(f.iter().map(|&x| x as u32).collect()),
+            // Quantising needs a block format: that is smelt-gguf's job.
+            DType::Quant => Storage::F32(f),
         };
         Tensor { storage: Arc::new(storage), shape: self.shape.clone() }
     }
@@ -168,6 +193,7 @@ impl Tensor {
             Storage::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Storage::Quant(_) => self.to_vec_f32().iter().flat_map(|x| x.to_le_bytes()).collect(),
         }
     }
 

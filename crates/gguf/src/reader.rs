@@ -254,6 +254,20 @@ impl GgufFile {
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> { self.tensors.iter().find(|t| t.name == name) }
 
+    /// A tensor's block format and its bytes; an error for types smelt cannot compute with, for
+    /// element counts that are not whole blocks, and for data outside the file.
+    pub fn tensor_bytes(&self, t: &TensorInfo) -> Result<(crate::quant::GgmlType, &[u8])> {
+        let ty = crate::quant::GgmlType::from_id(t.ggml_type).with_context(|| format!(
+            "{}: tensor {}: type {} ({}) is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k)",
+            self.path.display(), t.name, crate::quant::ggml_type_name(t.ggml_type), t.ggml_type))?;
+        let n = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|&n| n <= usize::MAX as u64 / 4)
+            .with_context(|| format!("{}: tensor {}: dims {:?} overflow", self.path.display(), t.name, t.dims))?;
+        let row = t.dims.first().copied().unwrap_or(1) as usize;
+        let len = ty.row_bytes(row).with_context(|| format!("{}: tensor {}", self.path.display(), t.name))? as u64
+            * (n / (row.max(1) as u64));
+        Ok((ty, self.tensor_data(t, len)?))
+    }
+
     /// The raw bytes of a tensor, `len` bytes from its offset (the caller knows the byte size
     /// of its ggml type); an error when the range lies outside the file.
     pub fn tensor_data(&self, t: &TensorInfo, len: u64) -> Result<&[u8]> {

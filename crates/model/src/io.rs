@@ -59,7 +59,8 @@ pub fn read_model_weights(dir: &Path) -> Result<HashMap<String, Tensor>> {
 
 fn st_dtype(d: DType) -> Dtype {
     match d {
-        DType::F32 => Dtype::F32,
+        // Quantised weights are dequantised before writing (see write_safetensors).
+        DType::F32 | DType::Quant => Dtype::F32,
         DType::BF16 => Dtype::BF16,
         DType::F16 => Dtype::F16,
         DType::I32 => Dtype::I32,
@@ -73,7 +74,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], dtype: DType
     let bufs: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = tensors
         .iter()
         .map(|(n, t)| {
-            let t = if matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) { t.to_dtype(dtype) } else { t.clone() };
+            let t = if matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16 | DType::Quant) { t.to_dtype(dtype) } else { t.clone() };
             (n.clone(), t.shape().to_vec(), st_dtype(t.dtype()), t.to_le_bytes())
         })
         .collect();

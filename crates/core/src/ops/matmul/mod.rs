@@ -22,6 +22,17 @@ fn dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, k, m) = dims(x, w)?;
     let b = match bias { Some(b) => Some(b.as_f32()?), None => None };
+    if let Some(q) = w.as_quant() {
+        // Inference on quantised weights: the block format's own kernel.
+        let mut y = vec![0f32; n * m];
+        q.matmul(x.as_f32()?, n, &mut y);
+        if let Some(b) = b {
+            for row in y.chunks_mut(m) { for (v, &bb) in row.iter_mut().zip(b) { *v += bb; } }
+        }
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap() = m;
+        return Tensor::from_f32(y, &shape);
+    }
     let y = cpu::linear_fwd(x.as_f32()?, w.as_f32()?, b, n, k, m);
     let mut shape = x.shape().to_vec();
     *shape.last_mut().unwrap() = m;
@@ -33,6 +44,9 @@ pub fn linear_backward(
     x: &Tensor, w: &Tensor, dy: &Tensor, want_dx: bool, has_bias: bool,
 ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
     let (n, k, m) = dims(x, w)?;
+    if let Some(q) = w.as_quant() {
+        bail!("linear: no gradient through a {} quantised weight {:?} (quantised weights are for inference)", q.type_name(), w.shape());
+    }
     let (dx, dw, db) = cpu::linear_bwd(x.as_f32()?, w.as_f32()?, dy.as_f32()?, n, k, m, want_dx, has_bias);
     let dx = match dx { Some(d) => Some(Tensor::from_f32(d, x.shape())?), None => None };
     let db = match db { Some(d) => Some(Tensor::from_f32(d, &[m])?), None => None };
