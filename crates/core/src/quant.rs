@@ -17,4 +17,6 @@ pub trait QuantMatrix: Send + Sync + Debug {
     fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]);
     /// Dequantises row `r` into `out` (len cols).
     fn dequantize_row(&self, r: usize, out: &mut [f32]);
+    /// For the crate that implements it to get its own type back.
+    fn as_any(&self) -> &dyn std::any::Any;
 }

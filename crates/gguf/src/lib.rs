@@ -5,7 +5,10 @@
 //! mapping between a GGUF `llama` model and smelt's one transformer (`load`). The tokenizer
 //! crate reads `tokenizer.ggml.*` itself.
 
+pub mod load;
 pub mod quant;
 mod reader;
+
+pub use load::load_model;
 
 pub use reader::{GgufFile, TensorInfo, Value, ValueType};

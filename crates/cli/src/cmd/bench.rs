@@ -61,7 +61,7 @@ fn median_secs(iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 pub fn run(a: BenchArgs) -> Result<()> {
     super::device::resolve(&a.device)?;
     let mut model = match &a.model {
-        Some(dir) => Model::load(dir)?,
+        Some(dir) => super::load_model(dir)?,
         None => Model::init(presets::preset(&a.size, a.vocab_size)?, 1)?,
     };
     let (b, t, v) = (a.batch_size, a.seq_len, model.cfg.vocab_size as u64);

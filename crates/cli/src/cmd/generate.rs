@@ -3,7 +3,6 @@
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use smelt_infer::{generate, GenerateConfig, SamplingConfig};
-use smelt_model::Model;
 use smelt_tokenizer::Tokenizer;
 use std::io::Write;
 use std::path::PathBuf;
@@ -16,7 +15,7 @@ pub enum Format {
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Model folder (config.json, model.safetensors, tokenizer.json).
+    /// Model folder (config.json, model.safetensors, tokenizer.json) or a .gguf file.
     #[arg(long)]
     model: PathBuf,
     #[arg(long, default_value = "")]
@@ -74,7 +73,7 @@ impl<'a> TextStream<'a> {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     super::device::resolve(&a.device)?;
-    let model = Model::load(&a.model)?;
+    let model = super::load_model(&a.model)?;
     let tok = Tokenizer::from_file(&a.model)?;
     let prompt_ids = tok.encode(&a.prompt);
     let mut stop_ids = model.cfg.eos_token_ids.clone();

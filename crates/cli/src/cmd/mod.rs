@@ -13,3 +13,14 @@ pub mod sizes;
 pub mod tokenize;
 pub mod tokenizer;
 pub mod train;
+
+use std::path::Path;
+
+/// A model from a smelt/Hugging Face folder or a `.gguf` file (weights kept quantised).
+pub fn load_model(path: &Path) -> anyhow::Result<smelt_model::Model> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        smelt_gguf::load_model(path)
+    } else {
+        smelt_model::Model::load(path)
+    }
+}

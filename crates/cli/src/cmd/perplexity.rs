@@ -3,7 +3,6 @@
 use super::generate::Format;
 use anyhow::{Context, Result};
 use clap::Args;
-use smelt_model::Model;
 use smelt_tokenizer::Tokenizer;
 use std::path::PathBuf;
 
@@ -25,7 +24,7 @@ pub struct PerplexityArgs {
 
 pub fn run(a: PerplexityArgs) -> Result<()> {
     super::device::resolve(&a.device)?;
-    let model = Model::load(&a.model)?;
+    let model = super::load_model(&a.model)?;
     let tok = Tokenizer::from_file(&a.model)?;
     let bytes = std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not valid UTF-8 ({e})", a.input.display()))?;

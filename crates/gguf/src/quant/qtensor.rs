@@ -105,6 +105,7 @@ impl QuantMatrix for QTensor {
     fn type_name(&self) -> &'static str { self.ty.name() }
     fn nbytes(&self) -> usize { self.data.len() }
     fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) { self.matmul_with(x, n, y, Level::detect()) }
+    fn as_any(&self) -> &dyn std::any::Any { self }
     fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         dequantize_row(self.ty, &self.data[r * self.row_bytes..(r + 1) * self.row_bytes], out)
     }
