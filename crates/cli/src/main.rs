@@ -38,6 +38,8 @@ enum Command {
     Sizes(cmd::sizes::SizesArgs),
     /// Normalise a Hugging Face model folder (sharded, bf16, …) into one smelt checkpoint.
     ImportHf(cmd::import_hf::ImportHfArgs),
+    /// Show what a .gguf file, .safetensors file or Hugging Face folder holds.
+    Inspect(cmd::inspect::InspectArgs),
 }
 
 fn main() {
@@ -55,6 +57,7 @@ fn main() {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Sizes(a) => cmd::sizes::run(a),
         Command::ImportHf(a) => cmd::import_hf::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

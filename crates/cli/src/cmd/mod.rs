@@ -4,6 +4,7 @@ pub mod device;
 pub mod generate;
 pub mod import_bpe;
 pub mod import_hf;
+pub mod inspect;
 pub mod mix;
 pub mod perplexity;
 pub mod prepare;
