@@ -1,8 +1,9 @@
 //! Activation rows quantised to 8 bits for the integer dot products: Q8_0 (scale), Q8_1
 //! (scale and scale·Σq, for formats with a min) over 32 elements, and Q8_K (f32 scale and
 //! 16-element sums) over 256. These never reach a file, so they are plain structs; their
-//! rounding follows llama.cpp's `quantize_row_q8_0/q8_1/q8_K` (scales rounded to f16 where
-//! llama.cpp stores them as f16).
+//! rounding follows what llama.cpp's x86 build runs (`quantize_row_q8_0/q8_1`: id = 127/max,
+//! round half to even; `quantize_row_q8_K_ref`), with scales rounded to f16 where llama.cpp
+//! stores them as f16.
 
 use super::{nearest_int, round_f16};
 
@@ -26,11 +27,11 @@ pub fn quantize_q8(x: &[f32]) -> Vec<BlockQ8> {
     x.chunks_exact(32).map(|b| {
         let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut qs = [0i8; 32];
         let mut sum = 0i32;
         for (q, &v) in qs.iter_mut().zip(b) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round_ties_even() as i8;
             sum += *q as i32;
         }
         BlockQ8 { d: round_f16(d), s: round_f16(sum as f32 * d), qs }
