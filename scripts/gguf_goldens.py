@@ -27,7 +27,7 @@ def random_blocks(t):
         raw = (rng.normal(size=(nb,)).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(nb, 2)
     elif t == T.F32:
         raw = rng.normal(size=(nb,)).astype(np.float32).view(np.uint8).reshape(nb, 4)
-    elif t in (T.Q8_0, T.Q4_0):
+    elif t in (T.Q8_0, T.Q4_0, T.Q5_0):
         raw[:, 0:2] = f16(nb)
     elif t == T.Q4_1:
         raw[:, 0:4] = f16((nb, 2))
@@ -38,7 +38,7 @@ def random_blocks(t):
     return raw.reshape(ROWS, -1)
 
 w = gguf.GGUFWriter("crates/gguf/tests/data/quant_golden.gguf", "golden")
-for t in (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q4_K, T.Q6_K):
+for t in (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q4_K, T.Q6_K):
     raw = random_blocks(t)
     if t == T.F32:
         w.add_tensor(f"deq.{t.name}", raw.view(np.float32))
@@ -50,7 +50,7 @@ for t in (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q4_K, T.Q6_K):
 src = (rng.normal(size=(ROWS, COLS)) * rng.uniform(0.01, 2.0, size=(ROWS, 1))).astype(np.float32)
 src[0, :32] = 0.0  # an all-zero block
 w.add_tensor("qsrc", src)
-for t in (T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1):
+for t in (T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0):
     q = quantize(src, t)
     if t == T.F16:
         w.add_tensor(f"q.{t.name}", q)

@@ -40,6 +40,10 @@ enum Command {
     ImportHf(cmd::import_hf::ImportHfArgs),
     /// Show what a .gguf file, .safetensors file or Hugging Face folder holds.
     Inspect(cmd::inspect::InspectArgs),
+    /// Write a GGUF file llama.cpp runs (f32, f16, bf16 or a quantised type).
+    ExportGguf(cmd::export_gguf::ExportGgufArgs),
+    /// Quantise a model to a GGUF file and report the perplexity change.
+    Quantize(cmd::quantize::QuantizeArgs),
 }
 
 fn main() {
@@ -58,6 +62,8 @@ fn main() {
         Command::Sizes(a) => cmd::sizes::run(a),
         Command::ImportHf(a) => cmd::import_hf::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::ExportGguf(a) => cmd::export_gguf::run(a),
+        Command::Quantize(a) => cmd::quantize::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

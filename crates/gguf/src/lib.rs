@@ -5,10 +5,13 @@
 //! mapping between a GGUF `llama` model and smelt's one transformer (`load`). The tokenizer
 //! crate reads `tokenizer.ggml.*` itself.
 
+pub mod export;
 pub mod load;
 pub mod quant;
 mod reader;
+mod writer;
 
 pub use load::load_model;
+pub use writer::GgufWriter;
 
 pub use reader::{GgufFile, TensorInfo, Value, ValueType};

@@ -1,6 +1,7 @@
 //! One module per subcommand: its clap argument struct and its `run`.
 pub mod bench;
 pub mod device;
+pub mod export_gguf;
 pub mod generate;
 pub mod import_bpe;
 pub mod import_hf;
@@ -8,6 +9,7 @@ pub mod inspect;
 pub mod mix;
 pub mod perplexity;
 pub mod prepare;
+pub mod quantize;
 pub mod process;
 pub mod progress;
 pub mod sizes;

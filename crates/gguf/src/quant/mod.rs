@@ -10,6 +10,7 @@
 //! | Q8_0 | 32 | 34 | f16 d, 32×i8 | Q8_0 |
 //! | Q4_0 | 32 | 18 | f16 d, 32×u4 (−8) | Q8_0 |
 //! | Q4_1 | 32 | 20 | f16 d, f16 m, 32×u4 | Q8_1 |
+//! | Q5_0 | 32 | 22 | f16 d, 32×u5 (−16) | Q8_0 |
 //! | Q4_K | 256 | 144 | f16 d, f16 dmin, 8×(6-bit scale, 6-bit min), 256×u4 | Q8_K |
 //! | Q6_K | 256 | 210 | 256×(4+2 bits), 16×i8 scale, f16 d | Q8_K |
 
@@ -18,6 +19,7 @@ pub mod float;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
+pub mod q5_0;
 pub mod q6_k;
 pub mod q8_0;
 mod qtensor;
@@ -29,17 +31,17 @@ use anyhow::{bail, Result};
 /// The ggml tensor types smelt can hold and compute with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
-pub enum GgmlType { F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K }
+pub enum GgmlType { F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K }
 
 impl GgmlType {
-    pub const ALL: [GgmlType; 8] = [Self::F32, Self::F16, Self::BF16, Self::Q4_0, Self::Q4_1, Self::Q8_0, Self::Q4_K, Self::Q6_K];
+    pub const ALL: [GgmlType; 9] = [Self::F32, Self::F16, Self::BF16, Self::Q4_0, Self::Q4_1, Self::Q5_0, Self::Q8_0, Self::Q4_K, Self::Q6_K];
 
     pub fn from_id(id: u32) -> Option<Self> { Self::ALL.into_iter().find(|t| t.id() == id) }
 
     /// The id stored in GGUF tensor infos (`enum ggml_type`).
     pub fn id(self) -> u32 {
         match self {
-            Self::F32 => 0, Self::F16 => 1, Self::Q4_0 => 2, Self::Q4_1 => 3, Self::Q8_0 => 8,
+            Self::F32 => 0, Self::F16 => 1, Self::Q4_0 => 2, Self::Q4_1 => 3, Self::Q5_0 => 6, Self::Q8_0 => 8,
             Self::Q4_K => 12, Self::Q6_K => 14, Self::BF16 => 30,
         }
     }
@@ -47,7 +49,7 @@ impl GgmlType {
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32", Self::F16 => "f16", Self::BF16 => "bf16", Self::Q4_0 => "q4_0",
-            Self::Q4_1 => "q4_1", Self::Q8_0 => "q8_0", Self::Q4_K => "q4_k", Self::Q6_K => "q6_k",
+            Self::Q4_1 => "q4_1", Self::Q5_0 => "q5_0", Self::Q8_0 => "q8_0", Self::Q4_K => "q4_k", Self::Q6_K => "q6_k",
         }
     }
 
@@ -55,7 +57,7 @@ impl GgmlType {
         let l = s.to_ascii_lowercase();
         match Self::ALL.into_iter().find(|t| t.name() == l) {
             Some(t) => Ok(t),
-            None => bail!("unknown tensor type {s:?} (known: f32, f16, bf16, q4_0, q4_1, q8_0, q4_k, q6_k)"),
+            None => bail!("unknown tensor type {s:?} (known: f32, f16, bf16, q4_0, q4_1, q5_0, q8_0, q4_k, q6_k)"),
         }
     }
 
@@ -63,7 +65,7 @@ impl GgmlType {
     pub fn block_size(self) -> usize {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q8_0 => 32,
+            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q8_0 => 32,
             Self::Q4_K | Self::Q6_K => 256,
         }
     }
@@ -72,7 +74,7 @@ impl GgmlType {
     pub fn block_bytes(self) -> usize {
         match self {
             Self::F32 => 4, Self::F16 | Self::BF16 => 2,
-            Self::Q4_0 => q4_0::BYTES, Self::Q4_1 => q4_1::BYTES, Self::Q8_0 => q8_0::BYTES,
+            Self::Q4_0 => q4_0::BYTES, Self::Q4_1 => q4_1::BYTES, Self::Q5_0 => q5_0::BYTES, Self::Q8_0 => q8_0::BYTES,
             Self::Q4_K => q4_k::BYTES, Self::Q6_K => q6_k::BYTES,
         }
     }
@@ -108,6 +110,7 @@ pub fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
         GgmlType::Q8_0 => q8_0::dequantize(bytes, out),
         GgmlType::Q4_0 => q4_0::dequantize(bytes, out),
         GgmlType::Q4_1 => q4_1::dequantize(bytes, out),
+        GgmlType::Q5_0 => q5_0::dequantize(bytes, out),
         GgmlType::Q4_K => q4_k::dequantize(bytes, out),
         GgmlType::Q6_K => q6_k::dequantize(bytes, out),
     }
@@ -123,6 +126,7 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) {
         GgmlType::Q8_0 => q8_0::quantize(x, out),
         GgmlType::Q4_0 => q4_0::quantize(x, out),
         GgmlType::Q4_1 => q4_1::quantize(x, out),
+        GgmlType::Q5_0 => q5_0::quantize(x, out),
         GgmlType::Q4_K => q4_k::quantize(x, out),
         GgmlType::Q6_K => q6_k::quantize(x, out),
     }

@@ -9,7 +9,7 @@
 //! build is the reference the tests use. On aarch64 the baseline build already has NEON.
 
 use super::act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
-use super::{dequantize_row, q4_0, q4_1, q4_k, q6_k, q8_0, GgmlType};
+use super::{dequantize_row, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0, GgmlType};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 use smelt_core::quant::QuantMatrix;
@@ -75,7 +75,7 @@ impl QTensor {
     fn act(&self, x: &[f32]) -> Act {
         match self.ty {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Act::F32(x.to_vec()),
-            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 => Act::Q8(quantize_q8(x)),
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 => Act::Q8(quantize_q8(x)),
             GgmlType::Q4_K | GgmlType::Q6_K => Act::Q8K(quantize_q8k(x)),
         }
     }
@@ -169,6 +169,7 @@ fn dot_rows_generic(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [
                 (GgmlType::Q8_0, Act::Q8(a)) => q8_0::dot(wr, a),
                 (GgmlType::Q4_0, Act::Q8(a)) => q4_0::dot(wr, a),
                 (GgmlType::Q4_1, Act::Q8(a)) => q4_1::dot(wr, a),
+                (GgmlType::Q5_0, Act::Q8(a)) => q5_0::dot(wr, a),
                 (GgmlType::Q4_K, Act::Q8K(a)) => q4_k::dot(wr, a),
                 (GgmlType::Q6_K, Act::Q8K(a)) => q6_k::dot(wr, a),
                 (GgmlType::F32, Act::F32(a)) => float_dot(wr, a, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]), 4),

@@ -37,7 +37,7 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
 fn quantize_matches_gguf_py_byte_for_byte() {
     let g = golden();
     let src = f32s(&g, "qsrc");
-    for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+    for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0] {
         let (_, want) = g.tensor_bytes(g.tensor(&format!("q.{}", ty.name().to_uppercase())).unwrap()).unwrap();
         let got = quantize(ty, &src, 512).unwrap();
         let bad = got.iter().zip(want).filter(|(a, b)| a != b).count();
