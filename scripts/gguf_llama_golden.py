@@ -7,7 +7,7 @@ top-20 logits (ids and values). Writes JSON (small enough to commit).
 The KV cache is f32 (type_k = type_v = GGML_TYPE_F32, no flash attention), like smelt's:
 llama.cpp's default f16 cache alone moves the logits of this model by up to ~0.9.
 
-Run: PYTHONPATH=.cache/pyllama python3 scripts/gguf_llama_golden.py MODEL.gguf OUT.json [N_TOKENS]
+Run: PYTHONPATH=.cache/pyllama python3 scripts/gguf_llama_golden.py MODEL.gguf OUT.json [N_TOKENS [TOP_K]]
 """
 import json, sys
 import numpy as np
@@ -24,6 +24,7 @@ PROMPTS = [
 def main():
     path, out = sys.argv[1], sys.argv[2]
     n_tokens = int(sys.argv[3]) if len(sys.argv) > 3 else 64
+    top_k = int(sys.argv[4]) if len(sys.argv) > 4 else 20
     llm = Llama(model_path=path, n_ctx=512, n_batch=512, logits_all=True, n_threads=2, verbose=False, seed=0,
                 type_k=0, type_v=0, flash_attn=False)
     cases = []
@@ -34,7 +35,7 @@ def main():
         ids, top = [], []
         for _ in range(n_tokens):
             logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
-            order = np.argsort(-logits, kind="stable")[:20]
+            order = np.argsort(-logits, kind="stable")[:top_k]
             top.append({"ids": order.tolist(), "logits": [float(logits[i]) for i in order]})
             nxt = int(order[0])
             ids.append(nxt)
