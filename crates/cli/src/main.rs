@@ -44,6 +44,8 @@ enum Command {
     ExportGguf(cmd::export_gguf::ExportGgufArgs),
     /// Quantise a model to a GGUF file and report the perplexity change.
     Quantize(cmd::quantize::QuantizeArgs),
+    /// Run a prompt through the model and show every stage (shapes, times, statistics; --dump .npy).
+    Trace(cmd::trace::TraceArgs),
 }
 
 fn main() {
@@ -64,6 +66,7 @@ fn main() {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::ExportGguf(a) => cmd::export_gguf::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
+        Command::Trace(a) => cmd::trace::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -15,6 +15,7 @@ pub mod progress;
 pub mod sizes;
 pub mod tokenize;
 pub mod tokenizer;
+pub mod trace;
 pub mod train;
 
 use std::path::Path;
