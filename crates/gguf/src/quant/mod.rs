@@ -15,6 +15,8 @@
 //! | Q6_K | 256 | 210 | 256×(4+2 bits), 16×i8 scale, f16 d | Q8_K |
 
 pub mod act;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 pub mod float;
 pub mod q4_0;
 pub mod q4_1;

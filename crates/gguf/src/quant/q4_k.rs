@@ -9,7 +9,7 @@ pub const BYTES: usize = 144;
 
 /// Scale and min of sub-block j (llama.cpp's `get_scale_min_k4`).
 #[inline(always)]
-fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

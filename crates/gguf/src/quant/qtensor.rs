@@ -3,10 +3,10 @@
 //! to the weight type's activation format (Q8_0, Q8_1 or Q8_K, as llama.cpp pairs them), then
 //! every output is an integer dot product of a weight row with it.
 //!
-//! SIMD: the kernels are written as plain loops over fixed-size blocks and compiled three times
-//! (baseline, AVX2+FMA+F16C, AVX-512 BW/VL/VNNI), picked at run time with
-//! `is_x86_feature_detected!`; LLVM vectorises the integer dot products in each. The baseline
-//! build is the reference the tests use. On aarch64 the baseline build already has NEON.
+//! SIMD: on x86-64 with AVX2+FMA+F16C (checked at run time with `is_x86_feature_detected!`),
+//! the Q8_0/Q4_0/Q4_1/Q4_K/Q6_K dots run hand-written AVX2 kernels (`avx2.rs`); everything else,
+//! and every other CPU, runs the scalar kernels, which are the reference the tests compare
+//! against (on aarch64 LLVM vectorises them with NEON). AVX-512 kernels are not written yet.
 
 use super::act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use super::{dequantize_row, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0, GgmlType};
@@ -111,9 +111,9 @@ impl QuantMatrix for QTensor {
     }
 }
 
-/// Which compiled copy of the kernels runs.
+/// Which kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level { Scalar, Avx2, Avx512 }
+pub enum Level { Scalar, Avx2 }
 
 impl Level {
     pub fn detect() -> Level {
@@ -124,9 +124,6 @@ impl Level {
             return *L.get_or_init(|| {
                 if std::env::var_os("SMELT_NO_SIMD").is_some() {
                     Level::Scalar
-                } else if is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")
-                    && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-                    Level::Avx512
                 } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
                     Level::Avx2
                 } else {
@@ -142,11 +139,9 @@ impl Level {
 /// out (rows × n): dot products of each weight row with each activation row.
 fn dot_rows(level: Level, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    match level {
-        // SAFETY: the level was chosen by run-time feature detection.
-        Level::Avx512 => return unsafe { dot_rows_avx512(ty, w, rb, acts, out) },
-        Level::Avx2 => return unsafe { dot_rows_avx2(ty, w, rb, acts, out) },
-        Level::Scalar => {}
+    if level == Level::Avx2 {
+        // SAFETY: Level::Avx2 is only chosen after run-time feature detection.
+        return unsafe { dot_rows_avx2(ty, w, rb, acts, out) };
     }
     let _ = level;
     dot_rows_generic(ty, w, rb, acts, out)
@@ -154,30 +149,44 @@ fn dot_rows(level: Level, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: 
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_avx2(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) { dot_rows_generic(ty, w, rb, acts, out) }
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_rows_avx512(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) { dot_rows_generic(ty, w, rb, acts, out) }
-
-#[inline(always)]
-fn dot_rows_generic(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+unsafe fn dot_rows_avx2(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    use super::avx2;
     let n = acts.len();
     for (j, wr) in w.chunks_exact(rb).enumerate() {
         for (i, a) in acts.iter().enumerate() {
             out[j * n + i] = match (ty, a) {
-                (GgmlType::Q8_0, Act::Q8(a)) => q8_0::dot(wr, a),
-                (GgmlType::Q4_0, Act::Q8(a)) => q4_0::dot(wr, a),
-                (GgmlType::Q4_1, Act::Q8(a)) => q4_1::dot(wr, a),
-                (GgmlType::Q5_0, Act::Q8(a)) => q5_0::dot(wr, a),
-                (GgmlType::Q4_K, Act::Q8K(a)) => q4_k::dot(wr, a),
-                (GgmlType::Q6_K, Act::Q8K(a)) => q6_k::dot(wr, a),
-                (GgmlType::F32, Act::F32(a)) => float_dot(wr, a, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]), 4),
-                (GgmlType::F16, Act::F32(a)) => float_dot(wr, a, |c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32(), 2),
-                (GgmlType::BF16, Act::F32(a)) => float_dot(wr, a, |c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16), 2),
-                _ => unreachable!("activation format is chosen from the weight type"),
+                (GgmlType::Q8_0, Act::Q8(a)) => avx2::dot_q8_0(wr, a),
+                (GgmlType::Q4_0, Act::Q8(a)) => avx2::dot_q4_0(wr, a),
+                (GgmlType::Q4_1, Act::Q8(a)) => avx2::dot_q4_1(wr, a),
+                (GgmlType::Q4_K, Act::Q8K(a)) => avx2::dot_q4_k(wr, a),
+                (GgmlType::Q6_K, Act::Q8K(a)) => avx2::dot_q6_k(wr, a),
+                _ => dot_one(ty, wr, a),
             };
         }
+    }
+}
+
+fn dot_rows_generic(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    let n = acts.len();
+    for (j, wr) in w.chunks_exact(rb).enumerate() {
+        for (i, a) in acts.iter().enumerate() { out[j * n + i] = dot_one(ty, wr, a); }
+    }
+}
+
+/// One weight row · one activation row with the scalar kernels.
+#[inline(always)]
+fn dot_one(ty: GgmlType, wr: &[u8], a: &Act) -> f32 {
+    match (ty, a) {
+        (GgmlType::Q8_0, Act::Q8(a)) => q8_0::dot(wr, a),
+        (GgmlType::Q4_0, Act::Q8(a)) => q4_0::dot(wr, a),
+        (GgmlType::Q4_1, Act::Q8(a)) => q4_1::dot(wr, a),
+        (GgmlType::Q5_0, Act::Q8(a)) => q5_0::dot(wr, a),
+        (GgmlType::Q4_K, Act::Q8K(a)) => q4_k::dot(wr, a),
+        (GgmlType::Q6_K, Act::Q8K(a)) => q6_k::dot(wr, a),
+        (GgmlType::F32, Act::F32(a)) => float_dot(wr, a, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]), 4),
+        (GgmlType::F16, Act::F32(a)) => float_dot(wr, a, |c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32(), 2),
+        (GgmlType::BF16, Act::F32(a)) => float_dot(wr, a, |c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16), 2),
+        _ => unreachable!("activation format is chosen from the weight type"),
     }
 }
 

@@ -98,8 +98,11 @@ fn quantised_matmul_matches_dequantised_f32_and_simd_matches_scalar() {
             let exact: f64 = (0..cols).map(|c| xr[c] as f64 * wd[c] as f64).sum();
             assert!((y[i * rows] as f64 - exact).abs() < 0.6, "{}: {} vs exact {exact}", ty.name(), y[i * rows]);
         }
+        // SIMD kernels: the same integer sums, added in another float order.
         let mut ys = vec![0f32; n * rows];
         q.matmul_with(&x, n, &mut ys, Level::detect());
-        assert_eq!(y, ys, "{}: SIMD level {:?} differs from the scalar build", ty.name(), Level::detect());
+        for (a, b) in y.iter().zip(&ys) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{}: SIMD {:?} gives {b}, scalar {a}", ty.name(), Level::detect());
+        }
     }
 }
