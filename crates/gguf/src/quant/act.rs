@@ -24,6 +24,20 @@ pub struct BlockQ8K {
 
 /// Q8_0 / Q8_1 blocks of a row (len a multiple of 32).
 pub fn quantize_q8(x: &[f32]) -> Vec<BlockQ8> {
+    #[cfg(target_arch = "x86_64")]
+    if super::qtensor::Level::detect() == super::qtensor::Level::Avx2 {
+        // SAFETY: checked by run-time detection. Same code, rounding done by `vroundps`.
+        return unsafe { quantize_q8_avx2(x) };
+    }
+    quantize_q8_generic(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,sse4.1")]
+unsafe fn quantize_q8_avx2(x: &[f32]) -> Vec<BlockQ8> { quantize_q8_generic(x) }
+
+#[inline(always)]
+fn quantize_q8_generic(x: &[f32]) -> Vec<BlockQ8> {
     x.chunks_exact(32).map(|b| {
         let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;

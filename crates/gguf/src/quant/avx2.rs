@@ -158,3 +158,29 @@ pub unsafe fn dot_q6_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     }
     hsum(acc) - corr
 }
+
+/// 32 bits → 32 bytes, 0xFF where the bit is set (llama.cpp's `bytes_from_bits_32`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bytes_from_bits(x: u32) -> __m256i {
+    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q5_0(w: &[u8], a: &[BlockQ8]) -> f32 {
+    assert!(w.len() >= a.len() * super::q5_0::BYTES);
+    let mut acc = _mm256_setzero_ps();
+    for (i, ab) in a.iter().enumerate() {
+        let b = w.as_ptr().add(i * super::q5_0::BYTES);
+        let qh = (b.add(2) as *const u32).read_unaligned();
+        // Nibble | 0xF0 where the fifth bit is clear: q − 16 as a signed byte.
+        let hi = _mm256_andnot_si256(bytes_from_bits(qh), _mm256_set1_epi8(0xF0u8 as i8));
+        let x = _mm256_or_si256(nibbles(b.add(6)), hi);
+        let q = _mm256_cvtepi32_ps(dot_i8(x, load(ab.qs.as_ptr())));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc);
+    }
+    hsum(acc)
+}

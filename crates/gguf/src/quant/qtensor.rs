@@ -4,7 +4,7 @@
 //! every output is an integer dot product of a weight row with it.
 //!
 //! SIMD: on x86-64 with AVX2+FMA+F16C (checked at run time with `is_x86_feature_detected!`),
-//! the Q8_0/Q4_0/Q4_1/Q4_K/Q6_K dots run hand-written AVX2 kernels (`avx2.rs`); everything else,
+//! the Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K dots run hand-written AVX2 kernels (`avx2.rs`); everything else,
 //! and every other CPU, runs the scalar kernels, which are the reference the tests compare
 //! against (on aarch64 LLVM vectorises them with NEON). AVX-512 kernels are not written yet.
 
@@ -158,6 +158,7 @@ unsafe fn dot_rows_avx2(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &m
                 (GgmlType::Q8_0, Act::Q8(a)) => avx2::dot_q8_0(wr, a),
                 (GgmlType::Q4_0, Act::Q8(a)) => avx2::dot_q4_0(wr, a),
                 (GgmlType::Q4_1, Act::Q8(a)) => avx2::dot_q4_1(wr, a),
+                (GgmlType::Q5_0, Act::Q8(a)) => avx2::dot_q5_0(wr, a),
                 (GgmlType::Q4_K, Act::Q8K(a)) => avx2::dot_q4_k(wr, a),
                 (GgmlType::Q6_K, Act::Q8K(a)) => avx2::dot_q6_k(wr, a),
                 _ => dot_one(ty, wr, a),
