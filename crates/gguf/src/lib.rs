@@ -1,9 +1,9 @@
-//! smelt-gguf: reading GGUF files (llama.cpp's model container).
+//! smelt-gguf: GGUF files (llama.cpp's model container) and ggml's quantised formats.
 //!
-//! This crate owns the container format (header, metadata key/values, tensor infos and the
-//! aligned data section), ggml's quantised block formats and their kernels (`quant`), and the
-//! mapping between a GGUF `llama` model and smelt's one transformer (`load`). The tokenizer
-//! crate reads `tokenizer.ggml.*` itself.
+//! This crate owns the container format (`reader`, `writer`: header, metadata key/values,
+//! tensor infos, the aligned data section), ggml's block formats and their kernels (`quant`),
+//! and the mapping between a GGUF `llama` model and smelt's one transformer (`load`, `export`).
+//! The tokenizer crate reads `tokenizer.ggml.*` itself. docs/GGUF.md has the overview.
 
 pub mod export;
 pub mod load;

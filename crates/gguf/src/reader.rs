@@ -74,10 +74,23 @@ pub struct TensorInfo {
     pub offset: u64,
 }
 
+/// The file's bytes: a read-only memory map, or a buffer (`GgufFile::from_bytes`).
+enum Bytes {
+    Mmap(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self { Bytes::Mmap(m) => m, Bytes::Owned(v) => v }
+    }
+}
+
 /// An opened GGUF file: parsed metadata and tensor infos over a read-only memory map.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    mmap: Bytes,
     pub version: u32,
     /// Metadata in file order.
     pub metadata: Vec<(String, Value)>,
@@ -177,10 +190,15 @@ impl GgufFile {
         // as every mmap-based model loader does.
         let mmap = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("memory-mapping {}", path.display()))?;
-        Self::parse(path.to_path_buf(), mmap)
+        Self::parse(path.to_path_buf(), Bytes::Mmap(mmap))
     }
 
-    fn parse(path: PathBuf, mmap: memmap2::Mmap) -> Result<Self> {
+    /// Parses a GGUF image held in memory (`name` stands for the path in errors).
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(PathBuf::from(name), Bytes::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, mmap: Bytes) -> Result<Self> {
         let mut c = Cursor { buf: &mmap[..], pos: 0, path: &path };
         let magic = c.take(4, "magic").map_err(|_| anyhow::anyhow!(
             "{}: not a GGUF file (shorter than the 4-byte magic)", path.display()))?;

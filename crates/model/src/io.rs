@@ -13,7 +13,12 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     // SAFETY: read-only mapping of a file smelt never modifies in place (writes go to a
     // temporary file that is renamed over the old one).
     let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
-    let st = SafeTensors::deserialize(&map)
+    parse_safetensors(&map, path)
+}
+
+/// Every tensor of a safetensors file held in memory (`path` only names it in errors).
+pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<HashMap<String, Tensor>> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file (truncated or corrupt?): {e:?}", path.display()))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
