@@ -1,7 +1,8 @@
 //! A smelt / Hugging Face `llama` model to a GGUF file llama.cpp loads: `llama.*` metadata,
 //! llama.cpp's tensor names, q/k rows permuted for its interleaved RoPE (the inverse of what
 //! `load` undoes), weights quantised to the requested type with llama.cpp's fallbacks for rows
-//! that are not whole super-blocks, and the full tokenizer metadata.
+//! that are not whole super-blocks (and its Q6_K output matrix for 4/5-bit types), and the full
+//! tokenizer metadata.
 //!
 //! Tokenizer metadata comes either from a source GGUF (all `tokenizer.*` keys copied) or from a
 //! Hugging Face folder's tokenizer.json (byte-level BPE only: tokens, merges, token types,
@@ -97,7 +98,12 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, out
             let perm = qk_to_gguf_perm(heads, c.head_dim);
             data = perm.iter().flat_map(|&r| data[r * cols..(r + 1) * cols].to_vec()).collect();
         }
-        let tt = if shape.len() == 1 { GgmlType::F32 } else { type_for(ty, shape[1]) };
+        // The output matrix (lm_head, or the tied embedding that serves as it) keeps Q6_K
+        // when a 4/5-bit type is asked for, as llama.cpp's quantizer does.
+        let is_output = hf == "lm_head.weight" || (c.tie_embeddings && hf == "model.embed_tokens.weight");
+        let low_bit = matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K);
+        let want = if is_output && low_bit { GgmlType::Q6_K } else { ty };
+        let tt = if shape.len() == 1 { GgmlType::F32 } else { type_for(want, shape[1]) };
         let bytes = quantize(tt, &data, *shape.last().unwrap())?;
         w.tensor(&gname, shape, tt, bytes)?;
     }
