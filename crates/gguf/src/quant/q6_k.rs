@@ -49,7 +49,7 @@ fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
         l_out[i] = (l + nmax) as i8;
         let w = v * v;
         sumlx += w * v * l as f32;
-        suml2 += w * (l * l) as f32;
+        suml2 += w * l as f32 * l as f32;
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
@@ -62,7 +62,7 @@ fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
             let l = q(iscale, v);
             let w = v * v;
             sumlx += w * v * l as f32;
-            suml2 += w * (l * l) as f32;
+            suml2 += w * l as f32 * l as f32;
         }
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
             for (i, &v) in x.iter().enumerate() { l_out[i] = (q(iscale, v) + nmax) as i8; }
