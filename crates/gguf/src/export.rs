@@ -39,11 +39,31 @@ pub fn type_for(requested: GgmlType, cols: usize) -> GgmlType {
     if cols % fallback.block_size() == 0 { fallback } else { GgmlType::F16 }
 }
 
+/// The type llama.cpp's quantizer (`llama_tensor_get_type`) gives a tensor when `requested` is
+/// asked for: the output matrix (lm_head, or the tied embedding serving as it) is Q6_K for the
+/// 4/5-bit types; Q4_K means llama.cpp's Q4_K_M mix, which also keeps attn_v and ffn_down at
+/// Q6_K on the first and last eighth of the layers and every third one between.
+pub fn tensor_type(requested: GgmlType, hf: &str, c: &smelt_model::ModelConfig) -> GgmlType {
+    let is_output = hf == "lm_head.weight" || (c.tie_embeddings && hf == "model.embed_tokens.weight");
+    if is_output && matches!(requested, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K) {
+        return GgmlType::Q6_K;
+    }
+    if requested == GgmlType::Q4_K && (hf.ends_with("v_proj.weight") || hf.ends_with("down_proj.weight")) {
+        let layer: Option<usize> = hf.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok());
+        let n = c.n_layers;
+        let more_bits = |i: usize| i < n / 8 || i >= 7 * n / 8 || (i as i64 - (n / 8) as i64).rem_euclid(3) == 2;
+        if layer.is_some_and(more_bits) {
+            return GgmlType::Q6_K;
+        }
+    }
+    requested
+}
+
 /// llama.cpp's `general.file_type` for a model mostly of type `t`.
 fn file_type(t: GgmlType) -> u32 {
     match t {
         GgmlType::F32 => 0, GgmlType::F16 => 1, GgmlType::Q4_0 => 2, GgmlType::Q4_1 => 3, GgmlType::Q8_0 => 7,
-        GgmlType::Q5_0 => 8, GgmlType::Q4_K => 14, GgmlType::Q6_K => 18, GgmlType::BF16 => 32,
+        GgmlType::Q5_0 => 8, GgmlType::Q4_K => 15, GgmlType::Q6_K => 18, GgmlType::BF16 => 32,
     }
 }
 
@@ -98,12 +118,7 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, out
             let perm = qk_to_gguf_perm(heads, c.head_dim);
             data = perm.iter().flat_map(|&r| data[r * cols..(r + 1) * cols].to_vec()).collect();
         }
-        // The output matrix (lm_head, or the tied embedding that serves as it) keeps Q6_K
-        // when a 4/5-bit type is asked for, as llama.cpp's quantizer does.
-        let is_output = hf == "lm_head.weight" || (c.tie_embeddings && hf == "model.embed_tokens.weight");
-        let low_bit = matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K);
-        let want = if is_output && low_bit { GgmlType::Q6_K } else { ty };
-        let tt = if shape.len() == 1 { GgmlType::F32 } else { type_for(want, shape[1]) };
+        let tt = if shape.len() == 1 { GgmlType::F32 } else { type_for(tensor_type(ty, hf, c), shape[1]) };
         let bytes = quantize(tt, &data, *shape.last().unwrap())?;
         w.tensor(&gname, shape, tt, bytes)?;
     }
