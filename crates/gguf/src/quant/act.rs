@@ -38,18 +38,22 @@ unsafe fn quantize_q8_avx2(x: &[f32]) -> Vec<BlockQ8> { quantize_q8_generic(x) }
 
 #[inline(always)]
 fn quantize_q8_generic(x: &[f32]) -> Vec<BlockQ8> {
-    x.chunks_exact(32).map(|b| {
-        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    // Plain loops, no closures: a closure would not inherit the caller's target features.
+    let mut out = Vec::with_capacity(x.len() / 32);
+    for b in x.chunks_exact(32) {
+        let mut amax = 0f32;
+        for &v in b { amax = amax.max(v.abs()); }
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut qs = [0i8; 32];
         let mut sum = 0i32;
-        for (q, &v) in qs.iter_mut().zip(b) {
-            *q = (v * id).round_ties_even() as i8;
-            sum += *q as i32;
+        for j in 0..32 {
+            qs[j] = (b[j] * id).round_ties_even() as i8;
+            sum += qs[j] as i32;
         }
-        BlockQ8 { d: round_f16(d), s: round_f16(sum as f32 * d), qs }
-    }).collect()
+        out.push(BlockQ8 { d: round_f16(d), s: round_f16(sum as f32 * d), qs });
+    }
+    out
 }
 
 /// Q8_K blocks of a row (len a multiple of 256).

@@ -51,40 +51,41 @@ unsafe fn load(p: *const i8) -> __m256i { _mm256_loadu_si256(p as *const __m256i
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0(w: &[u8], a: &[BlockQ8]) -> f32 {
     assert!(w.len() >= a.len() * super::q8_0::BYTES);
-    let mut acc = _mm256_setzero_ps();
+    // Two accumulators (even and odd blocks) so consecutive FMAs do not wait on each other.
+    let mut acc = [_mm256_setzero_ps(); 2];
     for (i, ab) in a.iter().enumerate() {
         let b = w.as_ptr().add(i * super::q8_0::BYTES);
         let q = _mm256_cvtepi32_ps(dot_i8(load(b.add(2) as *const i8), load(ab.qs.as_ptr())));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc);
+        acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc[i & 1]);
     }
-    hsum(acc)
+    hsum(_mm256_add_ps(acc[0], acc[1]))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_0(w: &[u8], a: &[BlockQ8]) -> f32 {
     assert!(w.len() >= a.len() * super::q4_0::BYTES);
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = [_mm256_setzero_ps(); 2];
     for (i, ab) in a.iter().enumerate() {
         let b = w.as_ptr().add(i * super::q4_0::BYTES);
         let x = _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8));
         let q = _mm256_cvtepi32_ps(dot_i8(x, load(ab.qs.as_ptr())));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc);
+        acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc[i & 1]);
     }
-    hsum(acc)
+    hsum(_mm256_add_ps(acc[0], acc[1]))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_1(w: &[u8], a: &[BlockQ8]) -> f32 {
     assert!(w.len() >= a.len() * super::q4_1::BYTES);
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = [_mm256_setzero_ps(); 2];
     let mut mins = 0f32;
     for (i, ab) in a.iter().enumerate() {
         let b = w.as_ptr().add(i * super::q4_1::BYTES);
         let q = _mm256_cvtepi32_ps(dot_u8_i8(nibbles(b.add(4)), load(ab.qs.as_ptr())));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc);
+        acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc[i & 1]);
         mins += f16(b.add(2)) * ab.s;
     }
-    hsum(acc) + mins
+    hsum(_mm256_add_ps(acc[0], acc[1])) + mins
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -172,7 +173,7 @@ unsafe fn bytes_from_bits(x: u32) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q5_0(w: &[u8], a: &[BlockQ8]) -> f32 {
     assert!(w.len() >= a.len() * super::q5_0::BYTES);
-    let mut acc = _mm256_setzero_ps();
+    let mut acc = [_mm256_setzero_ps(); 2];
     for (i, ab) in a.iter().enumerate() {
         let b = w.as_ptr().add(i * super::q5_0::BYTES);
         let qh = (b.add(2) as *const u32).read_unaligned();
@@ -180,7 +181,7 @@ pub unsafe fn dot_q5_0(w: &[u8], a: &[BlockQ8]) -> f32 {
         let hi = _mm256_andnot_si256(bytes_from_bits(qh), _mm256_set1_epi8(0xF0u8 as i8));
         let x = _mm256_or_si256(nibbles(b.add(6)), hi);
         let q = _mm256_cvtepi32_ps(dot_i8(x, load(ab.qs.as_ptr())));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc);
+        acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc[i & 1]);
     }
-    hsum(acc)
+    hsum(_mm256_add_ps(acc[0], acc[1]))
 }
