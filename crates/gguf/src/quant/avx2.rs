@@ -78,14 +78,17 @@ pub unsafe fn dot_q4_0(w: &[u8], a: &[BlockQ8]) -> f32 {
 pub unsafe fn dot_q4_1(w: &[u8], a: &[BlockQ8]) -> f32 {
     assert!(w.len() >= a.len() * super::q4_1::BYTES);
     let mut acc = [_mm256_setzero_ps(); 2];
-    let mut mins = 0f32;
+    let mut mins = [0f32; 2];
     for (i, ab) in a.iter().enumerate() {
         let b = w.as_ptr().add(i * super::q4_1::BYTES);
+        // d and m in one conversion.
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((b as *const i32).read_unaligned()));
+        let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
         let q = _mm256_cvtepi32_ps(dot_u8_i8(nibbles(b.add(4)), load(ab.qs.as_ptr())));
-        acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc[i & 1]);
-        mins += f16(b.add(2)) * ab.s;
+        acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), q, acc[i & 1]);
+        mins[i & 1] += m * ab.s;
     }
-    hsum(_mm256_add_ps(acc[0], acc[1])) + mins
+    hsum(_mm256_add_ps(acc[0], acc[1])) + (mins[0] + mins[1])
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
