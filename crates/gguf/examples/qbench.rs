@@ -1,13 +1,13 @@
-//! Micro-benchmark of the quantised matvec: `cargo run --release -p smelt-gguf --example qbench`.
+//! Micro-benchmark of the activation quantiser and the quantised matvec (decode-sized, one
+//! FFN matrix): `cargo run --release -p smelt-gguf --example qbench`; SMELT_NO_SIMD=1 for scalar.
 use smelt_core::quant::QuantMatrix;
 use smelt_gguf::quant::{act, GgmlType, QTensor};
 use std::time::Instant;
 fn main() {
-    if std::env::var_os("INSTALL").is_some() {
-        return rayon::ThreadPoolBuilder::new().build().unwrap().install(run);
-    }
-    run()
+    // Inside the pool, as the smelt binary runs (waking it from outside costs more than a matvec).
+    rayon::ThreadPoolBuilder::new().build().unwrap().install(run)
 }
+
 fn run() {
     let (rows, cols) = (1536, 576);
     let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
