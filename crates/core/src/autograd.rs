@@ -44,6 +44,20 @@ pub struct Graph {
     record: bool,
     next_id: usize,
     nodes: Vec<Node>,
+    trace: Option<Trace>,
+}
+
+/// Named intermediates of an inference graph, for `smelt trace`: each with the wall time since
+/// the previous named point (the stage that produced it).
+pub struct Trace {
+    pub entries: Vec<TraceEntry>,
+    last: std::time::Instant,
+}
+
+pub struct TraceEntry {
+    pub name: String,
+    pub tensor: Tensor,
+    pub seconds: f64,
 }
 
 /// Gradients by variable id.
@@ -56,9 +70,22 @@ impl Grads {
 
 impl Graph {
     /// A graph that records a tape for `backward`.
-    pub fn training() -> Self { Graph { record: true, next_id: 0, nodes: Vec::new() } }
+    pub fn training() -> Self { Graph { record: true, next_id: 0, nodes: Vec::new(), trace: None } }
     /// A graph that records nothing.
-    pub fn inference() -> Self { Graph { record: false, next_id: 0, nodes: Vec::new() } }
+    pub fn inference() -> Self { Graph { record: false, next_id: 0, nodes: Vec::new(), trace: None } }
+    /// An inference graph that keeps every intermediate the model names (see `name`).
+    pub fn tracing() -> Self {
+        Graph { trace: Some(Trace { entries: vec![], last: std::time::Instant::now() }), ..Self::inference() }
+    }
+    /// Files `v` under a name (llama.cpp's: `attn_norm-3`) when tracing; otherwise nothing.
+    pub fn name(&mut self, v: &Var, name: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            let now = std::time::Instant::now();
+            t.entries.push(TraceEntry { name: name(), tensor: v.t.clone(), seconds: (now - t.last).as_secs_f64() });
+            t.last = now;
+        }
+    }
+    pub fn take_trace(&mut self) -> Vec<TraceEntry> { self.trace.as_mut().map(|t| std::mem::take(&mut t.entries)).unwrap_or_default() }
     pub fn is_recording(&self) -> bool { self.record }
 
     fn var(&mut self, t: Tensor, requires_grad: bool) -> Var {

@@ -10,6 +10,7 @@ pub mod cuda;
 pub mod float;
 pub mod ops;
 pub mod profile;
+pub mod quant;
 pub mod rng;
 pub mod tensor;
 

@@ -11,6 +11,7 @@
 
 use anyhow::{bail, Result};
 use half::{bf16, f16};
+use crate::quant::QuantMatrix;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,6 +21,8 @@ pub enum DType {
     F16,
     I32,
     U32,
+    /// A block-quantised weight (see [`crate::quant::QuantMatrix`]); inference only.
+    Quant,
 }
 
 impl DType {
@@ -27,6 +30,8 @@ impl DType {
         match self {
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::BF16 | DType::F16 => 2,
+            // Blocks, not elements: ask the `QuantMatrix` for its byte size.
+            DType::Quant => 0,
         }
     }
 }
@@ -60,6 +65,7 @@ pub enum Storage {
     U32(Vec<u32>),
     #[cfg(feature = "cuda")]
     Cuda(crate::cuda::DeviceBuf),
+    Quant(Arc<dyn QuantMatrix>),
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +88,7 @@ impl Tensor {
             Storage::U32(v) => v.len(),
             #[cfg(feature = "cuda")]
             Storage::Cuda(b) => b.len,
+            Storage::Quant(q) => { let (r, c) = q.dims(); r * c }
         };
         if n != numel(shape) {
             bail!("tensor data has {n} elements but shape {shape:?} needs {}", numel(shape));
@@ -94,6 +101,15 @@ impl Tensor {
     pub fn from_i32(data: Vec<i32>, shape: &[usize]) -> Result<Self> { Self::new(Storage::I32(data), shape) }
     pub fn from_bf16(data: Vec<bf16>, shape: &[usize]) -> Result<Self> { Self::new(Storage::BF16(data), shape) }
     pub fn from_f16(data: Vec<f16>, shape: &[usize]) -> Result<Self> { Self::new(Storage::F16(data), shape) }
+    /// A quantised 2-D weight; its shape is the matrix's `[rows, cols]`.
+    pub fn from_quant(q: Arc<dyn QuantMatrix>) -> Self {
+        let (r, c) = q.dims();
+        Tensor { storage: Arc::new(Storage::Quant(q)), shape: vec![r, c] }
+    }
+    /// The quantised matrix, if this tensor holds one.
+    pub fn as_quant(&self) -> Option<&Arc<dyn QuantMatrix>> {
+        match &*self.storage { Storage::Quant(q) => Some(q), _ => None }
+    }
 
     pub fn zeros(shape: &[usize]) -> Self {
         Tensor { storage: Arc::new(Storage::F32(vec![0.0; numel(shape)])), shape: shape.to_vec() }
@@ -122,6 +138,7 @@ impl Tensor {
             Storage::F16(_) => DType::F16,
             Storage::I32(_) => DType::I32,
             Storage::U32(_) => DType::U32,
+            Storage::Quant(_) => DType::Quant,
         }
     }
     /// The last dimension (row length); 1 for a scalar-shaped tensor.
@@ -186,6 +203,12 @@ impl Tensor {
             Storage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
             Storage::I32(v) => v.iter().map(|&x| x as f32).collect(),
             Storage::U32(v) => v.iter().map(|&x| x as f32).collect(),
+            Storage::Quant(q) => {
+                let (r, c) = q.dims();
+                let mut out = vec![0f32; r * c];
+                for (i, row) in out.chunks_mut(c.max(1)).enumerate() { q.dequantize_row(i, row); }
+                out
+            }
         })
     }
 
@@ -212,6 +235,8 @@ impl Tensor {
             DType::F16 => Storage::F16(f.iter().map(|&x| f16::from_f32(x)).collect()),
             DType::I32 => Storage::I32(f.iter().map(|&x| x as i32).collect()),
             DType::U32 => Storage::U32(f.iter().map(|&x| x as u32).collect()),
+            // Quantising needs a block format: that is smelt-gguf's job.
+            DType::Quant => Storage::F32(f),
         };
         Tensor { storage: Arc::new(storage), shape: self.shape.clone() }
     }
@@ -227,6 +252,7 @@ impl Tensor {
             Storage::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Storage::Quant(_) => self.to_vec_f32().iter().flat_map(|x| x.to_le_bytes()).collect(),
         }
     }
 
@@ -276,6 +302,7 @@ impl Tensor {
                         DType::F16 => Storage::F16(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()),
                         DType::I32 => Storage::I32(bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
                         DType::U32 => Storage::U32(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+                        DType::Quant => bail!("a device buffer cannot hold quantised blocks"),
                     };
                     return Tensor::new(storage, &self.shape);
                 }
@@ -284,6 +311,9 @@ impl Tensor {
             #[cfg(feature = "cuda")]
             Device::Cuda(n) => {
                 let host = self.to_device(Device::Cpu)?;
+                if host.dtype() == DType::Quant {
+                    bail!("quantised (GGUF) weights {:?} do not run on the GPU yet; use --device cpu", self.shape);
+                }
                 let gpu = crate::cuda::gpu(n)?;
                 let buf = crate::cuda::DeviceBuf::from_bytes(&gpu, host.dtype(), host.numel(), &host.to_le_bytes())?;
                 Tensor::from_device_buf(buf, &self.shape)

@@ -1,10 +1,17 @@
-//! smelt-gguf: reading GGUF files (llama.cpp's model container).
+//! smelt-gguf: GGUF files (llama.cpp's model container) and ggml's quantised formats.
 //!
-//! This crate owns the container format: header, metadata key/values, tensor infos and the
-//! aligned data section. It does not interpret tensors (no dequantisation here: quantised block
-//! formats build on top of [`GgufFile::tensor_data`]) nor metadata meaning (the tokenizer crate
-//! reads `tokenizer.ggml.*`, the model crate reads architecture keys).
+//! This crate owns the container format (`reader`, `writer`: header, metadata key/values,
+//! tensor infos, the aligned data section), ggml's block formats and their kernels (`quant`),
+//! and the mapping between a GGUF `llama` model and smelt's one transformer (`load`, `export`).
+//! The tokenizer crate reads `tokenizer.ggml.*` itself. docs/GGUF.md has the overview.
 
+pub mod export;
+pub mod load;
+pub mod quant;
 mod reader;
+mod writer;
+
+pub use load::load_model;
+pub use writer::GgufWriter;
 
 pub use reader::{GgufFile, TensorInfo, Value, ValueType};

@@ -74,10 +74,23 @@ pub struct TensorInfo {
     pub offset: u64,
 }
 
+/// The file's bytes: a read-only memory map, or a buffer (`GgufFile::from_bytes`).
+enum Bytes {
+    Mmap(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self { Bytes::Mmap(m) => m, Bytes::Owned(v) => v }
+    }
+}
+
 /// An opened GGUF file: parsed metadata and tensor infos over a read-only memory map.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: memmap2::Mmap,
+    mmap: Bytes,
     pub version: u32,
     /// Metadata in file order.
     pub metadata: Vec<(String, Value)>,
@@ -177,10 +190,15 @@ impl GgufFile {
         // as every mmap-based model loader does.
         let mmap = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("memory-mapping {}", path.display()))?;
-        Self::parse(path.to_path_buf(), mmap)
+        Self::parse(path.to_path_buf(), Bytes::Mmap(mmap))
     }
 
-    fn parse(path: PathBuf, mmap: memmap2::Mmap) -> Result<Self> {
+    /// Parses a GGUF image held in memory (`name` stands for the path in errors).
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(PathBuf::from(name), Bytes::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, mmap: Bytes) -> Result<Self> {
         let mut c = Cursor { buf: &mmap[..], pos: 0, path: &path };
         let magic = c.take(4, "magic").map_err(|_| anyhow::anyhow!(
             "{}: not a GGUF file (shorter than the 4-byte magic)", path.display()))?;
@@ -253,6 +271,20 @@ impl GgufFile {
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> { self.tensors.iter().find(|t| t.name == name) }
+
+    /// A tensor's block format and its bytes; an error for types smelt cannot compute with, for
+    /// element counts that are not whole blocks, and for data outside the file.
+    pub fn tensor_bytes(&self, t: &TensorInfo) -> Result<(crate::quant::GgmlType, &[u8])> {
+        let ty = crate::quant::GgmlType::from_id(t.ggml_type).with_context(|| format!(
+            "{}: tensor {}: type {} ({}) is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k)",
+            self.path.display(), t.name, crate::quant::ggml_type_name(t.ggml_type), t.ggml_type))?;
+        let n = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|&n| n <= usize::MAX as u64 / 4)
+            .with_context(|| format!("{}: tensor {}: dims {:?} overflow", self.path.display(), t.name, t.dims))?;
+        let row = t.dims.first().copied().unwrap_or(1) as usize;
+        let len = ty.row_bytes(row).with_context(|| format!("{}: tensor {}", self.path.display(), t.name))? as u64
+            * (n / (row.max(1) as u64));
+        Ok((ty, self.tensor_data(t, len)?))
+    }
 
     /// The raw bytes of a tensor, `len` bytes from its offset (the caller knows the byte size
     /// of its ggml type); an error when the range lies outside the file.

@@ -1,9 +1,11 @@
-//! smelt-infer: sampling, generation with a KV cache, and perplexity.
+//! smelt-infer: sampling, generation with a KV cache, perplexity, and the traced forward.
 
 pub mod generate;
 pub mod perplexity;
 pub mod sample;
+pub mod trace;
 
 pub use generate::{generate, GenerateConfig, Generation};
 pub use perplexity::{perplexity, Perplexity};
 pub use sample::{Sampler, SamplingConfig};
+pub use trace::{trace, Stage, Stats};

@@ -13,7 +13,12 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     // SAFETY: read-only mapping of a file smelt never modifies in place (writes go to a
     // temporary file that is renamed over the old one).
     let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("mapping {}", path.display()))?;
-    let st = SafeTensors::deserialize(&map)
+    parse_safetensors(&map, path)
+}
+
+/// Every tensor of a safetensors file held in memory (`path` only names it in errors).
+pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<HashMap<String, Tensor>> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file (truncated or corrupt?): {e:?}", path.display()))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
@@ -59,7 +64,8 @@ pub fn read_model_weights(dir: &Path) -> Result<HashMap<String, Tensor>> {
 
 fn st_dtype(d: DType) -> Dtype {
     match d {
-        DType::F32 => Dtype::F32,
+        // Quantised weights are dequantised before writing (see write_safetensors).
+        DType::F32 | DType::Quant => Dtype::F32,
         DType::BF16 => Dtype::BF16,
         DType::F16 => Dtype::F16,
         DType::I32 => Dtype::I32,
@@ -76,7 +82,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], dtype: DType
             // Device tensors (a GPU run's weights) are copied to the host here, so the file is
             // the same whichever device trained it.
             let t = t.to_device(smelt_core::Device::Cpu).with_context(|| format!("{n}: copying to the host"))?;
-            let t = if matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16) { t.to_dtype(dtype) } else { t.clone() };
+            let t = if matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16 | DType::Quant) { t.to_dtype(dtype) } else { t.clone() };
             Ok((n.clone(), t.shape().to_vec(), st_dtype(t.dtype()), t.to_le_bytes()))
         })
         .collect::<Result<_>>()?;

@@ -124,12 +124,17 @@ fn cache_write(cache: &mut Tensor, new: &Tensor, pos0: usize) -> Result<()> {
 
 /// One transformer block. x: residual stream (B·T, C); h: rmsnorm(x)·attn_norm.
 /// Returns the new (x, h) with h normalised by `next_norm`.
-fn block(g: &mut Graph, c: &ModelConfig, rope: &Arc<RopeTable>, bt: (usize, usize), x: &Var, h: &Var, w: &LayerVars, cache: Option<CacheSlot>) -> Result<(Var, Var)> {
+#[allow(clippy::too_many_arguments)]
+fn block(g: &mut Graph, c: &ModelConfig, rope: &Arc<RopeTable>, bt: (usize, usize), l: usize, x: &Var, h: &Var, w: &LayerVars, cache: Option<CacheSlot>) -> Result<(Var, Var)> {
     let (b, t) = bt;
     let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+    g.name(h, || format!("attn_norm-{l}"));
     let q = g.linear(h, w.wq, w.bq)?;
+    g.name(&q, || format!("Qcur-{l}"));
     let k = g.linear(h, w.wk, w.bk)?;
+    g.name(&k, || format!("Kcur-{l}"));
     let v = g.linear(h, w.wv, w.bv)?;
+    g.name(&v, || format!("Vcur-{l}"));
     let mut q = g.reshape(&q, &[b, t, nh, hd])?;
     let mut k = g.reshape(&k, &[b, t, nkv, hd])?;
     let v = g.reshape(&v, &[b, t, nkv, hd])?;
@@ -139,7 +144,9 @@ fn block(g: &mut Graph, c: &ModelConfig, rope: &Arc<RopeTable>, bt: (usize, usiz
     }
     let pos0 = cache.as_ref().map_or(0, |s| s.pos0);
     let q = g.rope(&q, rope, pos0)?;
+    g.name(&q, || format!("Qcur_rope-{l}"));
     let k = g.rope(&k, rope, pos0)?;
+    g.name(&k, || format!("Kcur_rope-{l}"));
     let attn = match cache {
         None => g.attention(&q, &k, &v, t, c.sliding_window)?,
         Some(slot) => {
@@ -153,13 +160,23 @@ fn block(g: &mut Graph, c: &ModelConfig, rope: &Arc<RopeTable>, bt: (usize, usiz
         }
     };
     let attn = g.reshape(&attn, &[b * t, nh * hd])?;
+    g.name(&attn, || format!("kqv_out-{l}"));
     let attn_out = g.linear(&attn, w.wo, None)?;
+    g.name(&attn_out, || format!("attn_out-{l}"));
     let (x, h) = g.add_rmsnorm(x, &attn_out, w.ffn_norm, c.norm_eps)?;
+    g.name(&x, || format!("ffn_inp-{l}"));
+    g.name(&h, || format!("ffn_norm-{l}"));
     let gate = g.linear(&h, w.w_gate, None)?;
+    g.name(&gate, || format!("ffn_gate-{l}"));
     let up = g.linear(&h, w.w_up, None)?;
+    g.name(&up, || format!("ffn_up-{l}"));
     let act = g.swiglu(&gate, &up)?;
+    g.name(&act, || format!("ffn_swiglu-{l}"));
     let ffn_out = g.linear(&act, w.w_down, None)?;
-    g.add_rmsnorm(&x, &ffn_out, w.next_norm, c.norm_eps)
+    g.name(&ffn_out, || format!("ffn_out-{l}"));
+    let (x, h) = g.add_rmsnorm(&x, &ffn_out, w.next_norm, c.norm_eps)?;
+    g.name(&x, || format!("l_out-{l}"));
+    Ok((x, h))
 }
 
 impl Model {
@@ -255,7 +272,9 @@ impl Model {
     /// `checkpoint` recomputes each block's activations in the backward pass.
     pub fn forward(&self, g: &mut Graph, p: &[Var], tokens: &Tensor, cache: Option<&mut KvCache>, logits: Logits, checkpoint: bool) -> Result<Var> {
         let h = self.hidden(g, p, tokens, cache, logits, checkpoint)?;
-        g.linear(&h, &p[self.idx.head], None)
+        let out = g.linear(&h, &p[self.idx.head], None)?;
+        g.name(&out, || "result_output".into());
+        Ok(out)
     }
 
     /// The final normalised hidden states (B·T, C), or (B, C) for `Logits::Last`: everything
@@ -273,6 +292,7 @@ impl Model {
         }
         let flat = tokens.reshape(&[b * t])?;
         let x = g.embedding(&p[self.idx.embed], &flat)?;
+        g.name(&x, || "inp_embd".into());
         let h0 = g.rmsnorm(&x, &p[self.idx.layers[0].attn_norm], c.norm_eps)?;
         let (mut x, mut h) = (x, h0);
         let pos0 = cache.as_deref().map_or(0, |kv| kv.len);
@@ -282,7 +302,7 @@ impl Model {
                 let (cfg, rope) = (Arc::new(c.clone()), self.rope.clone());
                 let f: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
                     let w = LayerVars::from_slice(&cfg, &v[2..]);
-                    let (x, h) = block(g, &cfg, &rope, (b, t), &v[0], &v[1], &w, None)?;
+                    let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, None)?;
                     Ok(vec![x, h])
                 });
                 let mut all = vec![x.clone(), h.clone()];
@@ -293,12 +313,13 @@ impl Model {
             } else {
                 let w = LayerVars::from_slice(c, &inputs);
                 let slot = cache.as_deref_mut().map(|kv| CacheSlot { k: &mut kv.k[l], v: &mut kv.v[l], pos0 });
-                (x, h) = block(g, c, &self.rope, (b, t), &x, &h, &w, slot)?;
+                (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot)?;
             }
         }
         if let Some(kv) = cache {
             kv.len += t;
         }
+        g.name(&h, || "result_norm".into());
         Ok(match logits {
             Logits::All => h,
             Logits::Last => {

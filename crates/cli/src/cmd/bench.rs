@@ -63,7 +63,6 @@ fn median_secs(iters: usize, device: Device, mut f: impl FnMut() -> Result<()>) 
     Ok(t[t.len() / 2])
 }
 
-/// Per-kernel time (SMELT_CUDA_PROFILE=1), per measurement.
 /// Prints and clears the per-op totals: CPU ops (`SMELT_PROFILE=1`) and, in CUDA builds,
 /// kernels (`SMELT_CUDA_PROFILE=1`).
 fn profile_report(title: &str) {
@@ -92,7 +91,7 @@ fn profile_reset() {
 pub fn run(a: BenchArgs) -> Result<()> {
     let device = super::device::resolve(&a.device)?;
     let mut model = match &a.model {
-        Some(dir) => Model::load(dir)?,
+        Some(dir) => super::load_model(dir)?,
         None => Model::init(presets::preset(&a.size, a.vocab_size)?, 1)?,
     };
     model.to_device(device)?;
@@ -116,12 +115,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Ok(())
     })?;
     profile_report("decode");
-    let mut opt = AdamWState::new(&model.params);
-    opt.to_device(device)?;
-    let hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
-    let batch = [(x.clone(), y.clone())];
-    let train = median_secs(a.iters, device, || smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, false).map(|_| ()))?;
-    profile_report("train");
+    // Quantised (GGUF) weights are for inference only: no training step to time.
+    let quantised = model.params.iter().any(|p| p.dtype() == smelt_core::DType::Quant);
+    let train = if quantised {
+        f64::NAN
+    } else {
+        let mut opt = AdamWState::new(&model.params);
+        opt.to_device(device)?;
+        let hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let batch = [(x.clone(), y.clone())];
+        let t = median_secs(a.iters, device, || smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, false).map(|_| ()))?;
+        profile_report("train");
+        t
+    };
 
     let peak = match device {
         Device::Cpu => peak_rss(),
@@ -144,7 +150,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             println!("device {device}, {} threads, {} parameters, batch {b} × seq {t}", r["threads"], r["params"]);
             println!("forward  {:>10.0} tok/s", r["forward_tok_s"].as_f64().unwrap());
             println!("decode   {:>10.1} tok/s (batch 1, KV cache)", r["decode_tok_s"].as_f64().unwrap());
-            println!("train    {:>10.0} tok/s (forward + backward + AdamW)", r["train_tok_s"].as_f64().unwrap());
+            match r["train_tok_s"].as_f64() {
+                Some(t) => println!("train    {t:>10.0} tok/s (forward + backward + AdamW)"),
+                None => println!("train         n/a (quantised weights are inference-only)"),
+            }
             println!("peak mem {:>10.1} MiB", r["peak_mem_bytes"].as_u64().unwrap() as f64 / (1 << 20) as f64);
         }
     }

@@ -3,7 +3,6 @@
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use smelt_infer::{generate, GenerateConfig, SamplingConfig};
-use smelt_model::Model;
 use smelt_tokenizer::{ChatTemplate, Message};
 use smelt_tokenizer::Tokenizer;
 use std::io::Write;
@@ -17,7 +16,7 @@ pub enum Format {
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Model folder (config.json, model.safetensors, tokenizer.json).
+    /// Model folder (config.json, model.safetensors, tokenizer.json) or a .gguf file.
     #[arg(long)]
     model: PathBuf,
     /// Raw prompt text (continued as is).
@@ -94,12 +93,16 @@ fn generation_config_eos(dir: &std::path::Path) -> Vec<u32> {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let device = super::device::resolve(&a.device)?;
-    let mut model = Model::load(&a.model)?;
+    let mut model = super::load_model(&a.model)?;
     model.to_device(device)?;
     let tok = Tokenizer::from_file(&a.model)?;
     let (prompt_text, prompt_ids) = match &a.chat {
         Some(user) => {
-            let tmpl = ChatTemplate::from_tokenizer_config(&a.model)?;
+            let tmpl = if a.model.extension().is_some_and(|e| e == "gguf") {
+                ChatTemplate::from_gguf(&a.model)?
+            } else {
+                ChatTemplate::from_tokenizer_config(&a.model)?
+            };
             let mut msgs = Vec::new();
             if let Some(sys) = &a.system {
                 msgs.push(Message::new("system", sys));

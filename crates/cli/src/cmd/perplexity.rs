@@ -3,7 +3,6 @@
 use super::generate::Format;
 use anyhow::{Context, Result};
 use clap::Args;
-use smelt_model::Model;
 use smelt_tokenizer::Tokenizer;
 use std::path::PathBuf;
 
@@ -17,6 +16,9 @@ pub struct PerplexityArgs {
     /// Window length: the text is split into non-overlapping windows of this many tokens.
     #[arg(long, default_value_t = 512)]
     seq_len: usize,
+    /// Score at most this many tokens of the input (0 = all).
+    #[arg(long, default_value_t = 0)]
+    max_tokens: usize,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     #[arg(long, default_value = "auto")]
@@ -25,12 +27,15 @@ pub struct PerplexityArgs {
 
 pub fn run(a: PerplexityArgs) -> Result<()> {
     let device = super::device::resolve(&a.device)?;
-    let mut model = Model::load(&a.model)?;
+    let mut model = super::load_model(&a.model)?;
     model.to_device(device)?;
     let tok = Tokenizer::from_file(&a.model)?;
     let bytes = std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not valid UTF-8 ({e})", a.input.display()))?;
-    let ids = tok.encode(&text);
+    let mut ids = tok.encode(&text);
+    if a.max_tokens > 0 {
+        ids.truncate(a.max_tokens);
+    }
     let quiet = matches!(a.format, Format::Json);
     let r = smelt_infer::perplexity(&model, &ids, a.seq_len, |i, n| {
         if !quiet {

@@ -70,10 +70,18 @@ pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> 
                 let (_, k1) = dm.key_range(i0 + rows - 1);
                 let nk = k1 - k0;
                 // S = scale · Q_tile · K[k0..k1]ᵀ
-                // SAFETY: every pointer/stride pair stays inside q, k and s.
-                unsafe {
-                    mm(rows, d, nk, scale, q.as_ptr().add(dm.q_at(b, i0, h)), qrs, 1,
-                        k.as_ptr().add(dm.kv_at(b, k0, g)), 1, kvrs, F::ZERO, s.as_mut_ptr(), nk);
+                if rows == 1 {
+                    // One query (decoding): dot products, no GEMM packing of K.
+                    let qr = &q[dm.q_at(b, i0, h)..][..d];
+                    for (j, sj) in s[..nk].iter_mut().enumerate() {
+                        *sj = scale * crate::float::dot(qr, &k[dm.kv_at(b, k0 + j, g)..][..d]);
+                    }
+                } else {
+                    // SAFETY: every pointer/stride pair stays inside q, k and s.
+                    unsafe {
+                        mm(rows, d, nk, scale, q.as_ptr().add(dm.q_at(b, i0, h)), qrs, 1,
+                            k.as_ptr().add(dm.kv_at(b, k0, g)), 1, kvrs, F::ZERO, s.as_mut_ptr(), nk);
+                    }
                 }
                 for r in 0..rows {
                     let (lo, hi) = dm.key_range(i0 + r);
@@ -92,9 +100,16 @@ pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> 
                     lse[i0 + r] = m + l.ln();
                 }
                 // O_tile = P · V[k0..k1]
-                unsafe {
-                    mm(rows, nk, d, F::ONE, s.as_ptr(), nk, 1, v.as_ptr().add(dm.kv_at(b, k0, g)), kvrs, 1,
-                        F::ZERO, out.as_mut_ptr().add(i0 * d), d);
+                if rows == 1 {
+                    let o = &mut out[i0 * d..(i0 + 1) * d];
+                    for (j, &p) in s[..nk].iter().enumerate() {
+                        for (x, &vv) in o.iter_mut().zip(&v[dm.kv_at(b, k0 + j, g)..][..d]) { *x += p * vv; }
+                    }
+                } else {
+                    unsafe {
+                        mm(rows, nk, d, F::ONE, s.as_ptr(), nk, 1, v.as_ptr().add(dm.kv_at(b, k0, g)), kvrs, 1,
+                            F::ZERO, out.as_mut_ptr().add(i0 * d), d);
+                    }
                 }
             }
             (out, lse)

@@ -52,6 +52,13 @@ pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     }
     let mut shape = ids.shape().to_vec();
     shape.push(d);
+    if let Some(q) = table.as_quant() {
+        // A quantised table (GGUF token_embd): dequantise just the rows asked for.
+        let ids = ids.as_u32()?;
+        let mut out = vec![0f32; ids.len() * d];
+        for (row, &id) in out.chunks_mut(d).zip(ids) { q.dequantize_row(id as usize, row); }
+        return Tensor::from_f32(out, &shape);
+    }
     Tensor::from_f32(embedding_fwd(table.as_f32()?, ids.as_u32()?, d), &shape)
 }
 
@@ -60,6 +67,9 @@ pub fn embedding_backward(table: &Tensor, ids: &Tensor, dout: &Tensor) -> Result
     #[cfg(feature = "cuda")]
     if dout.is_cuda() {
         return cuda::embedding_backward(table, ids, dout, v, d);
+    }
+    if table.as_quant().is_some() {
+        bail!("embedding: no gradient into a quantised table (quantised weights are for inference)");
     }
     Tensor::from_f32(embedding_bwd(dout.as_f32()?, ids.as_u32()?, v, d), table.shape())
 }

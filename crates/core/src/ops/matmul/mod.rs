@@ -28,6 +28,17 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         return cuda::linear(x, w, bias, n, k, m);
     }
     let b = match bias { Some(b) => Some(b.as_f32()?), None => None };
+    if let Some(q) = w.as_quant() {
+        // Inference on quantised weights: the block format's own kernel.
+        let mut y = vec![0f32; n * m];
+        q.matmul(x.as_f32()?, n, &mut y);
+        if let Some(b) = b {
+            for row in y.chunks_mut(m) { for (v, &bb) in row.iter_mut().zip(b) { *v += bb; } }
+        }
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap() = m;
+        return Tensor::from_f32(y, &shape);
+    }
     let y = cpu::linear_fwd(x.as_f32()?, w.as_f32()?, b, n, k, m);
     let mut shape = x.shape().to_vec();
     *shape.last_mut().unwrap() = m;
@@ -42,6 +53,9 @@ pub fn linear_backward(
     #[cfg(feature = "cuda")]
     if x.is_cuda() {
         return cuda::linear_backward(x, w, dy, n, k, m, want_dx, has_bias);
+    }
+    if let Some(q) = w.as_quant() {
+        bail!("linear: no gradient through a {} quantised weight {:?} (quantised weights are for inference)", q.type_name(), w.shape());
     }
     let (dx, dw, db) = cpu::linear_bwd(x.as_f32()?, w.as_f32()?, dy.as_f32()?, n, k, m, want_dx, has_bias);
     let dx = match dx { Some(d) => Some(Tensor::from_f32(d, x.shape())?), None => None };

@@ -1,0 +1,222 @@
+//! A smelt / Hugging Face `llama` model to a GGUF file llama.cpp loads: `llama.*` metadata,
+//! llama.cpp's tensor names, q/k rows permuted for its interleaved RoPE (the inverse of what
+//! `load` undoes), weights quantised to the requested type with llama.cpp's fallbacks for rows
+//! that are not whole super-blocks (and its Q6_K output matrix for 4/5-bit types), and the full
+//! tokenizer metadata.
+//!
+//! Tokenizer metadata comes either from a source GGUF (all `tokenizer.*` keys copied) or from a
+//! Hugging Face folder's tokenizer.json (byte-level BPE only: tokens, merges, token types,
+//! bos/eos/pad, add_bos from the post-processor, the chat template, and llama.cpp's name for the
+//! pre-tokeniser, recognised from its regex or given with `pre`).
+
+use crate::load::{gguf_name, qk_to_gguf_perm};
+use crate::quant::{quantize, GgmlType};
+use crate::writer::GgufWriter;
+use crate::{GgufFile, Value};
+use anyhow::{bail, Context, Result};
+use serde_json::Value as Json;
+use smelt_model::{Arch, Model, RopeScaling};
+use std::path::Path;
+
+pub enum TokenizerSource<'a> {
+    /// Copy every `tokenizer.*` key of this GGUF file.
+    Gguf(&'a Path),
+    /// A Hugging Face folder: tokenizer.json, tokenizer_config.json, config.json, chat_template.jinja.
+    HfDir { dir: &'a Path, pre: Option<&'a str> },
+}
+
+/// The type a weight matrix gets when the requested one does not fit its row length
+/// (llama.cpp's `llama_tensor_get_type` fallbacks: K-quants need rows of whole 256-blocks).
+pub fn type_for(requested: GgmlType, cols: usize) -> GgmlType {
+    if cols % requested.block_size() == 0 {
+        return requested;
+    }
+    let fallback = match requested {
+        GgmlType::Q4_K => GgmlType::Q5_0,
+        GgmlType::Q6_K => GgmlType::Q8_0,
+        _ => GgmlType::F16,
+    };
+    if cols % fallback.block_size() == 0 { fallback } else { GgmlType::F16 }
+}
+
+/// The type llama.cpp's quantizer (`llama_tensor_get_type`) gives a tensor when `requested` is
+/// asked for: the output matrix (lm_head, or the tied embedding serving as it) is Q6_K for the
+/// 4/5-bit types; Q4_K means llama.cpp's Q4_K_M mix, which also keeps attn_v and ffn_down at
+/// Q6_K on the first and last eighth of the layers and every third one between.
+pub fn tensor_type(requested: GgmlType, hf: &str, c: &smelt_model::ModelConfig) -> GgmlType {
+    let is_output = hf == "lm_head.weight" || (c.tie_embeddings && hf == "model.embed_tokens.weight");
+    if is_output && matches!(requested, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K) {
+        return GgmlType::Q6_K;
+    }
+    if requested == GgmlType::Q4_K && (hf.ends_with("v_proj.weight") || hf.ends_with("down_proj.weight")) {
+        let layer: Option<usize> = hf.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok());
+        let n = c.n_layers;
+        let more_bits = |i: usize| i < n / 8 || i >= 7 * n / 8 || (i as i64 - (n / 8) as i64).rem_euclid(3) == 2;
+        if layer.is_some_and(more_bits) {
+            return GgmlType::Q6_K;
+        }
+    }
+    requested
+}
+
+/// llama.cpp's `general.file_type` for a model mostly of type `t`.
+fn file_type(t: GgmlType) -> u32 {
+    match t {
+        GgmlType::F32 => 0, GgmlType::F16 => 1, GgmlType::Q4_0 => 2, GgmlType::Q4_1 => 3, GgmlType::Q8_0 => 7,
+        GgmlType::Q5_0 => 8, GgmlType::Q4_K => 15, GgmlType::Q6_K => 18, GgmlType::BF16 => 32,
+    }
+}
+
+pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, out: &Path) -> Result<()> {
+    let c = &model.cfg;
+    if !matches!(c.arch, Arch::Llama | Arch::Mistral) || c.qkv_bias || c.qk_norm || c.sliding_window.is_some() {
+        bail!("export-gguf: only Llama-architecture models are exported (got {} with qkv bias {}, q/k norm {}, sliding window {:?})",
+            c.arch.hf_name(), c.qkv_bias, c.qk_norm, c.sliding_window);
+    }
+    let mut w = GgufWriter::new();
+    let s = |v: &str| Value::String(v.to_string());
+    let u = |v: usize| Value::U32(v as u32);
+    w.kv("general.architecture", s("llama"));
+    w.kv("general.name", s(name));
+    w.kv("general.file_type", Value::U32(file_type(ty)));
+    w.kv("general.quantization_version", Value::U32(2));
+    w.kv("llama.vocab_size", u(c.vocab_size));
+    w.kv("llama.context_length", u(c.max_pos));
+    w.kv("llama.embedding_length", u(c.dim));
+    w.kv("llama.block_count", u(c.n_layers));
+    w.kv("llama.feed_forward_length", u(c.ffn_hidden));
+    w.kv("llama.attention.head_count", u(c.n_heads));
+    w.kv("llama.attention.head_count_kv", u(c.n_kv_heads));
+    w.kv("llama.attention.key_length", u(c.head_dim));
+    w.kv("llama.attention.value_length", u(c.head_dim));
+    w.kv("llama.rope.dimension_count", u(c.head_dim));
+    w.kv("llama.rope.freq_base", Value::F32(c.rope_theta as f32));
+    w.kv("llama.attention.layer_norm_rms_epsilon", Value::F32(c.norm_eps as f32));
+    match &c.rope_scaling {
+        RopeScaling::None => {}
+        RopeScaling::Linear { factor } => {
+            w.kv("llama.rope.scaling.type", s("linear"));
+            w.kv("llama.rope.scaling.factor", Value::F32(*factor as f32));
+        }
+        other => bail!("export-gguf: RoPE scaling {other:?} is not exported yet"),
+    }
+    match tok {
+        TokenizerSource::Gguf(p) => {
+            let f = GgufFile::open(p)?;
+            for (k, v) in &f.metadata {
+                if k.starts_with("tokenizer.") { w.kv(k, v.clone()); }
+            }
+        }
+        TokenizerSource::HfDir { dir, pre } => hf_tokenizer(&mut w, dir, pre, c.vocab_size)?,
+    }
+    for ((hf, shape), t) in smelt_model::params::layout(c).iter().zip(&model.params) {
+        let gname = gguf_name(hf).with_context(|| format!("no GGUF name for {hf}"))?;
+        let mut data = t.to_vec_f32();
+        if shape.len() == 2 && (hf.ends_with("q_proj.weight") || hf.ends_with("k_proj.weight")) {
+            let heads = shape[0] / c.head_dim;
+            let cols = shape[1];
+            let perm = qk_to_gguf_perm(heads, c.head_dim);
+            data = perm.iter().flat_map(|&r| data[r * cols..(r + 1) * cols].to_vec()).collect();
+        }
+        let tt = if shape.len() == 1 { GgmlType::F32 } else { type_for(tensor_type(ty, hf, c), shape[1]) };
+        let bytes = quantize(tt, &data, *shape.last().unwrap())?;
+        w.tensor(&gname, shape, tt, bytes)?;
+    }
+    w.write(out)
+}
+
+/// llama.cpp's pre-tokeniser name for a tokenizer.json pre_tokenizer, recognised by its regex.
+fn pre_name(pre: &Json) -> Option<&'static str> {
+    const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    match pre["type"].as_str()? {
+        "ByteLevel" if pre["use_regex"].as_bool() != Some(false) => Some("gpt-2"),
+        "Sequence" => {
+            let items = pre["pretokenizers"].as_array()?;
+            let regex = items.iter().find_map(|p| p["pattern"]["Regex"].as_str());
+            match regex {
+                Some(r) if r == LLAMA3 => Some("llama-bpe"),
+                Some(r) if r == QWEN2 => Some("qwen2"),
+                Some(r) if r == GPT2 => Some("gpt-2"),
+                None if items.iter().any(|p| p["type"] == "ByteLevel" && p["use_regex"].as_bool() != Some(false)) => {
+                    // Digits split one by one before the GPT-2 regex: SmolLM's tokenizer.
+                    let digits = items.iter().any(|p| p["type"] == "Digits" && p["individual_digits"] == true);
+                    Some(if digits { "smollm" } else { "gpt-2" })
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn read_json(p: &Path) -> Result<Json> {
+    let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_str(&t).with_context(|| format!("{}: not valid JSON", p.display()))
+}
+
+fn hf_tokenizer(w: &mut GgufWriter, dir: &Path, pre: Option<&str>, vocab_size: usize) -> Result<()> {
+    let tj = read_json(&dir.join("tokenizer.json"))?;
+    let p = dir.join("tokenizer.json");
+    let model = &tj["model"];
+    if model["type"] != "BPE" || tj["decoder"]["type"] != "ByteLevel" {
+        bail!("{}: only byte-level BPE tokenizers are exported to GGUF (model {}, decoder {})", p.display(), model["type"], tj["decoder"]["type"]);
+    }
+    let pre = match pre {
+        Some(x) => x.to_string(),
+        None => pre_name(&tj["pre_tokenizer"]).map(str::to_string).with_context(|| format!(
+            "{}: pre-tokenizer not recognised as one llama.cpp knows; pass its llama.cpp name with --pre", p.display()))?,
+    };
+    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
+    let mut types = vec![1i32; vocab_size];
+    let vocab = model["vocab"].as_object().with_context(|| format!("{}: model.vocab is not an object", p.display()))?;
+    let mut put = |tok: &str, id: usize| -> Result<()> {
+        if id >= vocab_size { bail!("{}: token {tok:?} has id {id} ≥ the model's vocab size {vocab_size}", p.display()); }
+        tokens[id] = Some(tok.to_string());
+        Ok(())
+    };
+    for (tok, id) in vocab { put(tok, id.as_u64().context("vocab id")? as usize)?; }
+    for a in tj["added_tokens"].as_array().into_iter().flatten() {
+        let id = a["id"].as_u64().context("added token id")? as usize;
+        put(a["content"].as_str().context("added token content")?, id)?;
+        types[id] = if a["special"] == true { 3 } else { 4 };
+    }
+    let tokens: Vec<Value> = tokens.into_iter().enumerate().map(|(i, t)| match t {
+        Some(t) => Value::String(t),
+        None => { types[i] = 5; Value::String(format!("[PAD{i}]")) }
+    }).collect();
+    let merges: Vec<Value> = model["merges"].as_array().into_iter().flatten().map(|m| match m {
+        Json::String(s) => Ok(Value::String(s.clone())),
+        Json::Array(ab) if ab.len() == 2 => Ok(Value::String(format!("{} {}", ab[0].as_str().unwrap_or(""), ab[1].as_str().unwrap_or("")))),
+        other => bail!("merge {other} is neither \"a b\" nor [a, b]"),
+    }).collect::<Result<_>>()?;
+    w.kv("tokenizer.ggml.model", Value::String("gpt2".into()));
+    w.kv("tokenizer.ggml.pre", Value::String(pre));
+    w.kv("tokenizer.ggml.tokens", Value::Array(tokens));
+    w.kv("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect()));
+    w.kv("tokenizer.ggml.merges", Value::Array(merges));
+    let cfg = dir.join("tokenizer_config.json");
+    let tc = if cfg.exists() { read_json(&cfg)? } else { Json::Null };
+    let mc = if dir.join("config.json").exists() { read_json(&dir.join("config.json"))? } else { Json::Null };
+    let id_of = |key: &str| -> Option<u32> {
+        let name = match &tc[key] { Json::String(s) => Some(s.as_str()), Json::Object(o) => o.get("content").and_then(|c| c.as_str()), _ => None };
+        name.and_then(|n| vocab.get(n).and_then(|v| v.as_u64()).or_else(|| {
+            tj["added_tokens"].as_array()?.iter().find(|a| a["content"] == n).and_then(|a| a["id"].as_u64())
+        })).or_else(|| mc[format!("{key}_id")].as_u64()).map(|v| v as u32)
+    };
+    for (key, gkey) in [("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id")] {
+        if let Some(id) = id_of(key) { w.kv(&format!("tokenizer.ggml.{gkey}"), Value::U32(id)); }
+    }
+    // BOS is added when the post-processor's single-sequence template starts with a special token.
+    let adds_bos = tj["post_processor"]["single"].as_array().and_then(|s| s.first()).is_some_and(|f| f.get("SpecialToken").is_some())
+        || tj["post_processor"]["processors"].as_array().into_iter().flatten().any(|p| p["single"].as_array().and_then(|s| s.first()).is_some_and(|f| f.get("SpecialToken").is_some()));
+    w.kv("tokenizer.ggml.add_bos_token", Value::Bool(adds_bos));
+    w.kv("tokenizer.ggml.add_eos_token", Value::Bool(false));
+    let template = match tc["chat_template"].as_str() {
+        Some(t) => Some(t.to_string()),
+        None => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+    };
+    if let Some(t) = template { w.kv("tokenizer.chat_template", Value::String(t)); }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! Activation rows quantised to 8 bits for the integer dot products: Q8_0 (scale), Q8_1
+//! (scale and scale·Σq, for formats with a min) over 32 elements, and Q8_K (f32 scale and
+//! 16-element sums) over 256. These never reach a file, so they are plain structs; their
+//! rounding follows what llama.cpp's x86 build runs (`quantize_row_q8_0/q8_1`: id = 127/max,
+//! round half to even; `quantize_row_q8_K_ref`), with scales rounded to f16 where llama.cpp
+//! stores them as f16.
+
+use super::{nearest_int, round_f16};
+
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ8 {
+    pub d: f32,
+    /// d · Σ qs (Q8_1 only; llama.cpp stores it as f16).
+    pub s: f32,
+    pub qs: [i8; 32],
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; 256],
+    pub bsums: [i16; 16],
+}
+
+/// Q8_0 / Q8_1 blocks of a row (len a multiple of 32).
+pub fn quantize_q8(x: &[f32]) -> Vec<BlockQ8> {
+    #[cfg(target_arch = "x86_64")]
+    if super::qtensor::Level::detect() == super::qtensor::Level::Avx2 {
+        // SAFETY: checked by run-time detection. Same code, rounding done by `vroundps`.
+        return unsafe { quantize_q8_avx2(x) };
+    }
+    quantize_q8_generic(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,sse4.1")]
+unsafe fn quantize_q8_avx2(x: &[f32]) -> Vec<BlockQ8> { quantize_q8_generic(x) }
+
+#[inline(always)]
+fn quantize_q8_generic(x: &[f32]) -> Vec<BlockQ8> {
+    // Plain loops, no closures: a closure would not inherit the caller's target features.
+    let mut out = Vec::with_capacity(x.len() / 32);
+    for b in x.chunks_exact(32) {
+        let mut amax = 0f32;
+        for &v in b { amax = amax.max(v.abs()); }
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut qs = [0i8; 32];
+        let mut sum = 0i32;
+        for j in 0..32 {
+            qs[j] = (b[j] * id).round_ties_even() as i8;
+            sum += qs[j] as i32;
+        }
+        out.push(BlockQ8 { d: round_f16(d), s: round_f16(sum as f32 * d), qs });
+    }
+    out
+}
+
+/// Q8_K blocks of a row (len a multiple of 256).
+pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> {
+    x.chunks_exact(256).map(|b| {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in b { if v.abs() > amax { amax = v.abs(); max = v; } }
+        let mut blk = BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] };
+        if amax == 0.0 { return blk; }
+        let iscale = -127.0 / max;
+        for (q, &v) in blk.qs.iter_mut().zip(b) { *q = nearest_int(iscale * v).min(127) as i8; }
+        for (s, c) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) { *s = c.iter().map(|&q| q as i16).sum(); }
+        blk.d = 1.0 / iscale;
+        blk
+    }).collect()
+}

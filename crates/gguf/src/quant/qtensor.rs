@@ -1,0 +1,204 @@
+//! `QTensor`: a 2-D weight `[rows, cols]` kept in its block format, and the quantised matmul
+//! that `linear` calls for it (through core's `QuantMatrix`). Each input row is quantised once
+//! to the weight type's activation format (Q8_0, Q8_1 or Q8_K, as llama.cpp pairs them), then
+//! every output is an integer dot product of a weight row with it.
+//!
+//! SIMD: on x86-64 with AVX2+FMA+F16C (checked at run time with `is_x86_feature_detected!`),
+//! the Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K dots run hand-written AVX2 kernels (`avx2.rs`); everything else,
+//! and every other CPU, runs the scalar kernels, which are the reference the tests compare
+//! against (on aarch64 LLVM vectorises them with NEON). AVX-512 kernels are not written yet.
+
+use super::act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
+use super::{dequantize_row, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0, GgmlType};
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+use smelt_core::quant::QuantMatrix;
+
+#[derive(Clone)]
+pub struct QTensor {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for QTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QTensor({} [{}, {}])", self.ty.name(), self.rows, self.cols)
+    }
+}
+
+/// One input row in the activation format its weight type pairs with.
+enum Act {
+    F32(Vec<f32>),
+    Q8(Vec<BlockQ8>),
+    Q8K(Vec<BlockQ8K>),
+}
+
+impl QTensor {
+    /// Wraps `data` (rows × row_bytes, llama.cpp's layout) as a `[rows, cols]` matrix.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
+        let row_bytes = ty.row_bytes(cols)?;
+        if data.len() != rows * row_bytes {
+            bail!("{} [{rows}, {cols}] needs {} bytes, got {}", ty.name(), rows * row_bytes, data.len());
+        }
+        Ok(QTensor { ty, rows, cols, row_bytes, data })
+    }
+
+    /// Quantises a row-major f32 matrix.
+    pub fn quantize(ty: GgmlType, x: &[f32], rows: usize, cols: usize) -> Result<Self> {
+        if x.len() != rows * cols {
+            bail!("quantize: {} values for a [{rows}, {cols}] matrix", x.len());
+        }
+        let rb = ty.row_bytes(cols)?;
+        let mut data = vec![0u8; rows * rb];
+        data.par_chunks_mut(rb).zip(x.par_chunks(cols)).for_each(|(d, r)| {
+            let mut v = Vec::with_capacity(rb);
+            super::quantize_row(ty, r, &mut v);
+            d.copy_from_slice(&v);
+        });
+        Self::new(ty, rows, cols, data)
+    }
+
+    pub fn ty(&self) -> GgmlType { self.ty }
+    pub fn bytes(&self) -> &[u8] { &self.data }
+
+    /// A copy with rows reordered: row i of the result is row `perm[i]` of self.
+    pub fn permute_rows(&self, perm: &[usize]) -> Self {
+        let rb = self.row_bytes;
+        let mut data = Vec::with_capacity(self.data.len());
+        for &p in perm { data.extend_from_slice(&self.data[p * rb..(p + 1) * rb]); }
+        QTensor { data, ..self.clone() }
+    }
+
+    fn act(&self, x: &[f32]) -> Act {
+        match self.ty {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Act::F32(x.to_vec()),
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 => Act::Q8(quantize_q8(x)),
+            GgmlType::Q4_K | GgmlType::Q6_K => Act::Q8K(quantize_q8k(x)),
+        }
+    }
+
+    /// y (n × rows) = x (n × cols) · selfᵀ with the given kernel level (tests pin `Level::Scalar`).
+    pub fn matmul_with(&self, x: &[f32], n: usize, y: &mut [f32], level: Level) {
+        let (k, m) = (self.cols, self.rows);
+        assert!(x.len() >= n * k && y.len() >= n * m);
+        let acts: Vec<Act> = x[..n * k].par_chunks(k.max(1)).map(|r| self.act(r)).collect();
+        // Blocks of output rows; each reads its weight rows once for all n inputs.
+        const BLOCK: usize = 32;
+        let mut yt = vec![0f32; m * n];
+        yt.par_chunks_mut(BLOCK * n).enumerate().for_each(|(bi, yb)| {
+            let r0 = bi * BLOCK;
+            let rows = yb.len() / n;
+            let w = &self.data[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
+            dot_rows(level, self.ty, w, self.row_bytes, &acts, yb);
+        });
+        for j in 0..m {
+            for i in 0..n { y[i * m + j] = yt[j * n + i]; }
+        }
+    }
+}
+
+impl QuantMatrix for QTensor {
+    fn dims(&self) -> (usize, usize) { (self.rows, self.cols) }
+    fn type_name(&self) -> &'static str { self.ty.name() }
+    fn nbytes(&self) -> usize { self.data.len() }
+    fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) { self.matmul_with(x, n, y, Level::detect()) }
+    fn as_any(&self) -> &dyn std::any::Any { self }
+    fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        dequantize_row(self.ty, &self.data[r * self.row_bytes..(r + 1) * self.row_bytes], out)
+    }
+}
+
+/// Which kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level { Scalar, Avx2 }
+
+impl Level {
+    pub fn detect() -> Level {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::sync::OnceLock;
+            static L: OnceLock<Level> = OnceLock::new();
+            return *L.get_or_init(|| {
+                if std::env::var_os("SMELT_NO_SIMD").is_some() {
+                    Level::Scalar
+                } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+                    Level::Avx2
+                } else {
+                    Level::Scalar
+                }
+            });
+        }
+        #[allow(unreachable_code)]
+        Level::Scalar
+    }
+}
+
+/// out (rows × n): dot products of each weight row with each activation row.
+fn dot_rows(level: Level, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx2 {
+        // SAFETY: Level::Avx2 is only chosen after run-time feature detection.
+        return unsafe { dot_rows_avx2(ty, w, rb, acts, out) };
+    }
+    let _ = level;
+    dot_rows_generic(ty, w, rb, acts, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_avx2(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    use super::avx2;
+    let n = acts.len();
+    for (j, wr) in w.chunks_exact(rb).enumerate() {
+        for (i, a) in acts.iter().enumerate() {
+            out[j * n + i] = match (ty, a) {
+                (GgmlType::Q8_0, Act::Q8(a)) => avx2::dot_q8_0(wr, a),
+                (GgmlType::Q4_0, Act::Q8(a)) => avx2::dot_q4_0(wr, a),
+                (GgmlType::Q4_1, Act::Q8(a)) => avx2::dot_q4_1(wr, a),
+                (GgmlType::Q5_0, Act::Q8(a)) => avx2::dot_q5_0(wr, a),
+                (GgmlType::Q4_K, Act::Q8K(a)) => avx2::dot_q4_k(wr, a),
+                (GgmlType::Q6_K, Act::Q8K(a)) => avx2::dot_q6_k(wr, a),
+                _ => dot_one(ty, wr, a),
+            };
+        }
+    }
+}
+
+fn dot_rows_generic(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    let n = acts.len();
+    for (j, wr) in w.chunks_exact(rb).enumerate() {
+        for (i, a) in acts.iter().enumerate() { out[j * n + i] = dot_one(ty, wr, a); }
+    }
+}
+
+/// One weight row · one activation row with the scalar kernels.
+#[inline(always)]
+fn dot_one(ty: GgmlType, wr: &[u8], a: &Act) -> f32 {
+    match (ty, a) {
+        (GgmlType::Q8_0, Act::Q8(a)) => q8_0::dot(wr, a),
+        (GgmlType::Q4_0, Act::Q8(a)) => q4_0::dot(wr, a),
+        (GgmlType::Q4_1, Act::Q8(a)) => q4_1::dot(wr, a),
+        (GgmlType::Q5_0, Act::Q8(a)) => q5_0::dot(wr, a),
+        (GgmlType::Q4_K, Act::Q8K(a)) => q4_k::dot(wr, a),
+        (GgmlType::Q6_K, Act::Q8K(a)) => q6_k::dot(wr, a),
+        (GgmlType::F32, Act::F32(a)) => float_dot(wr, a, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]), 4),
+        (GgmlType::F16, Act::F32(a)) => float_dot(wr, a, |c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32(), 2),
+        (GgmlType::BF16, Act::F32(a)) => float_dot(wr, a, |c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16), 2),
+        _ => unreachable!("activation format is chosen from the weight type"),
+    }
+}
+
+#[inline(always)]
+fn float_dot(w: &[u8], a: &[f32], f: impl Fn(&[u8]) -> f32, size: usize) -> f32 {
+    let mut acc = [0f32; 8];
+    for (wc, ac) in w.chunks_exact(8 * size).zip(a.chunks_exact(8)) {
+        for l in 0..8 { acc[l] += f(&wc[l * size..]) * ac[l]; }
+    }
+    let tail = a.len() / 8 * 8;
+    let mut s: f32 = acc.iter().sum();
+    for i in tail..a.len() { s += f(&w[i * size..]) * a[i]; }
+    s
+}
