@@ -55,6 +55,47 @@ pub struct TrainConfig {
     pub device: smelt_core::Device,
 }
 
+/// The `smelt train` defaults (the CLI documents each), for library users and tests.
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            dataset: PathBuf::new(),
+            val_dataset: None,
+            tokenizer: None,
+            init: None,
+            size: "tiny".into(),
+            dim: None,
+            layers: None,
+            heads: None,
+            kv_heads: None,
+            ffn_hidden: None,
+            untied: false,
+            rope_theta: 10000.0,
+            batch_size: 8,
+            seq_len: 256,
+            steps: 1000,
+            grad_accum: 1,
+            lr: 1e-3,
+            min_lr: 1e-4,
+            warmup: 50,
+            schedule: Schedule::Cosine,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            grad_clip: 1.0,
+            seed: 1337,
+            grad_checkpoint: false,
+            checkpoint_dir: PathBuf::from("runs/train"),
+            checkpoint_interval: 100,
+            keep_checkpoints: 3,
+            log_interval: 1,
+            val_batches: 20,
+            device: Default::default(),
+        }
+    }
+}
+
 impl TrainConfig {
     pub fn model_config(&self, vocab_size: usize) -> Result<ModelConfig> {
         let mut c = if self.size == "custom" {

@@ -9,7 +9,6 @@ use smelt_core::Tensor;
 use smelt_data::TokenWriter;
 use smelt_model::{Logits, Model};
 use smelt_tokenizer::Tokenizer;
-use smelt_train::optim::Schedule;
 use smelt_train::TrainConfig;
 use std::path::{Path, PathBuf};
 
@@ -22,38 +21,21 @@ fn fixture(case: &str) -> PathBuf {
 fn config(d: &Path, init: &Path) -> TrainConfig {
     TrainConfig {
         dataset: d.join("train.bin"),
-        val_dataset: None,
         tokenizer: Some(d.join("tok.json")),
         init: Some(init.to_path_buf()),
         size: "custom".into(),
-        dim: None,
-        layers: None,
-        heads: None,
-        kv_heads: None,
-        ffn_hidden: None,
-        untied: false,
-        rope_theta: 10000.0,
         batch_size: 2,
         seq_len: 32,
         steps: 3,
-        grad_accum: 1,
         lr: 3e-3,
         min_lr: 3e-3,
         warmup: 0,
-        schedule: Schedule::Cosine,
-        weight_decay: 0.1,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        grad_clip: 1.0,
         seed: 5,
-        grad_checkpoint: false,
         checkpoint_dir: d.join("ckpt"),
         checkpoint_interval: 0,
         keep_checkpoints: 1,
-        log_interval: 1,
         val_batches: 1,
-        device: Default::default(),
+        ..Default::default()
     }
 }
 
