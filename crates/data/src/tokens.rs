@@ -134,18 +134,12 @@ impl TokenWriter {
         f.write_all(&h)?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&self.tmp, &self.path)
-            .with_context(|| format!("renaming {} to {}", self.tmp.display(), self.path.display()))?;
+        smelt_core::files::rename(&self.tmp, &self.path)?;
         Ok(self.count)
     }
 }
 
-/// Where a writer stages `p` before renaming it into place.
-pub fn tmp_path(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
+pub use smelt_core::files::tmp_path;
 
 #[cfg(test)]
 mod tests {

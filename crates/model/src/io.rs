@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use safetensors::{Dtype, SafeTensors};
 use smelt_core::{DType, Tensor};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Reads every tensor of one safetensors file, converted to f32.
 pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
@@ -90,13 +90,8 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], dtype: DType
         .iter()
         .map(|(n, s, d, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(|e| anyhow::anyhow!("{n}: {e:?}"))?)))
         .collect::<Result<_>>()?;
-    let tmp = tmp_path(path);
+    let tmp = smelt_core::files::tmp_path(path);
     safetensors::serialize_to_file(views, &metadata, &tmp).map_err(|e| anyhow::anyhow!("writing {}: {e:?}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    smelt_core::files::rename(&tmp, path)
 }
 
-pub fn tmp_path(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}

@@ -116,9 +116,7 @@ impl Tokenizer {
     pub fn save(&self, path: &Path) -> Result<()> {
         let v = self.inner.json.as_ref().with_context(|| format!(
             "cannot save {}: a SentencePiece (GGUF `llama`) vocabulary has no tokenizer.json form here", path.display()))?;
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_string(v)?).with_context(|| format!("writing tokenizer {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        smelt_core::files::write_atomic(path, serde_json::to_string(v)?).with_context(|| format!("saving tokenizer {}", path.display()))
     }
 
     /// The tokenizer.json this tokenizer saves as (None for SentencePiece GGUF vocabularies).

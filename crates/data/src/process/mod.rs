@@ -143,18 +143,12 @@ fn run(
     let f = out.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
     drop(f);
-    rename(&tmp, &cfg.output)?;
+    smelt_core::files::rename(&tmp, &cfg.output)?;
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(())
 }
 
-fn rename(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))
-}
-
 /// Write the report as pretty JSON, through a temporary file.
 pub fn write_report(report: &Report, path: &Path) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, serde_json::to_string_pretty(report)?).with_context(|| format!("writing {}", tmp.display()))?;
-    rename(&tmp, path)
+    smelt_core::files::write_atomic(path, serde_json::to_string_pretty(report)?)
 }
