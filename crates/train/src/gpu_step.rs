@@ -8,45 +8,19 @@
 //! operands and f32 accumulation (`smelt_core::cuda::matmul_precision`); everything else f32.
 
 use crate::optim::AdamWState;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use smelt_core::ops::adamw::{cuda as adamw_cuda, AdamW};
 use smelt_core::ops::elementwise;
-use smelt_core::{Graph, Tensor};
+use smelt_core::Tensor;
 use smelt_model::Model;
 
 pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[(Tensor, Tensor)], clip: f64, grad_checkpoint: bool) -> Result<(f64, f64)> {
-    let mut acc: Option<Vec<Tensor>> = None;
-    let mut loss_acc: Option<Tensor> = None;
-    for (x, y) in micro {
-        let mut g = Graph::training();
-        let p = model.param_vars(&mut g, true);
-        let loss = model.loss(&mut g, &p, x, y, grad_checkpoint)?;
-        let lt = loss.tensor().clone(); // stays on the device
-        loss_acc = Some(match loss_acc {
-            None => lt,
-            Some(a) => elementwise::add(&a, &lt)?,
-        });
-        let mut grads = g.backward(&loss)?;
-        let gs: Vec<Tensor> = p
-            .iter()
-            .map(|v| match grads.take(v) {
-                Some(t) => Ok(t),
-                None => v.tensor().zeros_like(),
-            })
-            .collect::<Result<_>>()?;
-        drop(p);
-        acc = Some(match acc {
-            None => gs,
-            Some(mut a) => {
-                for (ai, gi) in a.iter_mut().zip(&gs) {
-                    elementwise::add_assign(ai, gi)?;
-                }
-                a
-            }
-        });
+    let (mut grads, losses) = crate::trainer::backward_sum(model, micro, grad_checkpoint)?;
+    // The losses stay on the device: summed there, read once at the end of the step.
+    let mut loss = losses[0].clone();
+    for l in &losses[1..] {
+        loss = elementwise::add(&loss, l)?;
     }
-    let mut grads = acc.context("no micro-batches")?;
-    let mut loss = loss_acc.context("no micro-batches")?;
     if micro.len() > 1 {
         let inv = 1.0 / micro.len() as f32;
         for g in &mut grads {

@@ -143,26 +143,11 @@ pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[
     if model.device() != smelt_core::Device::Cpu {
         return crate::gpu_step::train_step(model, opt, hp, micro, clip, grad_checkpoint);
     }
-    let mut acc: Option<Vec<Tensor>> = None;
+    let (mut grads, losses) = backward_sum(model, micro, grad_checkpoint)?;
     let mut loss_sum = 0f64;
-    for (x, y) in micro {
-        let mut g = Graph::training();
-        let p = model.param_vars(&mut g, true);
-        let loss = model.loss(&mut g, &p, x, y, grad_checkpoint)?;
-        loss_sum += loss.tensor().as_f32()?[0] as f64;
-        let mut grads = g.backward(&loss)?;
-        let gs: Vec<Tensor> = p.iter().map(|v| grads.take(v).unwrap_or_else(|| Tensor::zeros(v.shape()))).collect();
-        acc = Some(match acc {
-            None => gs,
-            Some(mut a) => {
-                for (ai, gi) in a.iter_mut().zip(&gs) {
-                    smelt_core::ops::elementwise::add_assign(ai, gi)?;
-                }
-                a
-            }
-        });
+    for l in &losses {
+        loss_sum += l.as_f32()?[0] as f64;
     }
-    let mut grads = acc.context("no micro-batches")?;
     let n = micro.len() as f32;
     if micro.len() > 1 {
         for g in &mut grads {
@@ -180,6 +165,40 @@ pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[
     let decay: Vec<bool> = model.params.iter().map(|p| smelt_model::params::decays(p.shape())).collect();
     smelt_core::profile::timed("adamw", || opt.step(hp, &mut model.params, &grads, &decay))?;
     Ok((loss, norm))
+}
+
+/// Forward and backward over each micro-batch on whatever device the model is on. Returns the
+/// parameter gradients summed over the micro-batches (in parameter order) and each micro-batch's
+/// loss (a 1-element tensor, left where it was computed). Both step variants start here.
+pub(crate) fn backward_sum(model: &Model, micro: &[(Tensor, Tensor)], grad_checkpoint: bool) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+    let mut acc: Option<Vec<Tensor>> = None;
+    let mut losses = Vec::with_capacity(micro.len());
+    for (x, y) in micro {
+        let mut g = Graph::training();
+        let p = model.param_vars(&mut g, true);
+        let loss = model.loss(&mut g, &p, x, y, grad_checkpoint)?;
+        losses.push(loss.tensor().clone());
+        let mut grads = g.backward(&loss)?;
+        let gs: Vec<Tensor> = p
+            .iter()
+            .map(|v| match grads.take(v) {
+                Some(t) => Ok(t),
+                None => v.tensor().zeros_like(),
+            })
+            .collect::<Result<_>>()?;
+        // Release the graph's references to the parameters before accumulating in place.
+        drop(p);
+        acc = Some(match acc {
+            None => gs,
+            Some(mut a) => {
+                for (ai, gi) in a.iter_mut().zip(&gs) {
+                    smelt_core::ops::elementwise::add_assign(ai, gi)?;
+                }
+                a
+            }
+        });
+    }
+    Ok((acc.context("no micro-batches")?, losses))
 }
 
 /// Mean validation loss over deterministic windows.
