@@ -118,7 +118,7 @@ impl ModelConfig {
                 (freqs::llama3_inv_freq(t, d, *factor, *low_freq_factor, *high_freq_factor, *original_max_pos), 1.0)
             }
         };
-        RopeTable { inv_freq, attention_factor, layout }
+        RopeTable::new(inv_freq, attention_factor, layout)
     }
 
     /// Parses a Hugging Face `config.json` (both the `rope_theta`/`torch_dtype` style and

@@ -140,7 +140,7 @@ fn parity_rope_and_swiglu() {
     let mut r = Rng::new(seed());
     let (b, t, h, hd) = (2, 9, 3, 16);
     for layout in [ops::rope::RopeLayout::HalfSplit, ops::rope::RopeLayout::Interleaved] {
-        let table = ops::rope::RopeTable { inv_freq: ops::rope::freqs::default_inv_freq(10000.0, hd), attention_factor: 1.0, layout };
+        let table = ops::rope::RopeTable::new(ops::rope::freqs::default_inv_freq(10000.0, hd), 1.0, layout);
         let x = randn(&mut r, &[b, t, h, hd], 1.0);
         close(&format!("rope fwd {layout:?}"), &ops::rope::rope(&up(&x, d), &table, 5).unwrap(), &ops::rope::rope(&x, &table, 5).unwrap(), F32_NMSE);
         close(&format!("rope bwd {layout:?}"), &ops::rope::rope_backward(&up(&x, d), &table, 5).unwrap(), &ops::rope::rope_backward(&x, &table, 5).unwrap(), F32_NMSE);

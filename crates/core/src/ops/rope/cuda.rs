@@ -1,5 +1,5 @@
-//! CUDA launcher for RoPE (rope.cu). cos/sin for positions 0..P are computed on the host once,
-//! exactly as the CPU path computes them, and kept on the device (grown when a later call needs
+//! CUDA launcher for RoPE (rope.cu). cos/sin for positions 0..P come from the table's host cache
+//! (the CPU path's very numbers) and are kept on the device (grown when a later call needs
 //! more positions), so a call uploads nothing.
 
 use super::{RopeLayout, RopeTable};
@@ -34,8 +34,8 @@ fn device_table(gpu: &Arc<cuda::Gpu>, table: &RopeTable, need: usize) -> Result<
     if let Some(c) = list.iter().find(|c| c.ordinal == gpu.ordinal && c.key == k && c.positions >= need) {
         return Ok(c.clone());
     }
-    let positions = need.max(4096).next_power_of_two();
-    let (c, s) = table.cos_sin::<f32>(0, positions);
+    let (c, s) = table.cos_sin_f32(need.max(4096));
+    let positions = c.len() / table.inv_freq.len().max(1);
     let up = |v: &[f32]| DeviceBuf::from_bytes(gpu, DType::F32, v.len(), &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
     let entry = Arc::new(Cached { ordinal: gpu.ordinal, key: k.clone(), positions, cos: up(&c)?, sin: up(&s)? });
     list.retain(|c| !(c.ordinal == gpu.ordinal && c.key == k));

@@ -12,6 +12,7 @@ use crate::float::Float;
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -22,15 +23,43 @@ pub enum RopeLayout {
     Interleaved,
 }
 
-/// The per-pair inverse frequencies and the factor YaRN multiplies cos/sin by.
-#[derive(Clone, Debug)]
+/// The per-pair inverse frequencies and the factor YaRN multiplies cos/sin by, with the f32
+/// cos/sin of positions 0..P computed once and grown on demand (every layer's q and k, forward
+/// and backward, read the same rows).
+#[derive(Debug)]
 pub struct RopeTable {
+    /// Read-only after `new` (the cos/sin cache is derived from them).
     pub inv_freq: Vec<f64>,
     pub attention_factor: f64,
     pub layout: RopeLayout,
+    f32_rows: Mutex<F32Rows>,
+}
+
+/// (positions, cos, sin) with cos/sin of shape (positions, D/2).
+type F32Rows = (usize, Arc<Vec<f32>>, Arc<Vec<f32>>);
+
+impl Clone for RopeTable {
+    fn clone(&self) -> Self {
+        RopeTable::new(self.inv_freq.clone(), self.attention_factor, self.layout)
+    }
 }
 
 impl RopeTable {
+    pub fn new(inv_freq: Vec<f64>, attention_factor: f64, layout: RopeLayout) -> Self {
+        RopeTable { inv_freq, attention_factor, layout, f32_rows: Mutex::new((0, Arc::default(), Arc::default())) }
+    }
+
+    /// f32 cos and sin for positions 0..P with P ≥ `need` (rows of D/2), from the cache.
+    pub fn cos_sin_f32(&self, need: usize) -> (Arc<Vec<f32>>, Arc<Vec<f32>>) {
+        let mut rows = self.f32_rows.lock().unwrap_or_else(|e| e.into_inner());
+        if rows.0 < need {
+            let positions = need.max(256).next_power_of_two();
+            let (c, s) = self.cos_sin::<f32>(0, positions);
+            *rows = (positions, Arc::new(c), Arc::new(s));
+        }
+        (rows.1.clone(), rows.2.clone())
+    }
+
     /// cos and sin for positions pos0..pos0+t: each (t, D/2).
     pub fn cos_sin<F: Float>(&self, pos0: usize, t: usize) -> (Vec<F>, Vec<F>) {
         let half = self.inv_freq.len();
@@ -89,9 +118,10 @@ pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
         return cuda::rope(x, table, pos0, t, h, 1.0);
     }
     let d = x.cols();
-    let (c, s) = table.cos_sin::<f32>(pos0, t);
+    let (c, s) = table.cos_sin_f32(pos0 + t);
+    let rows = pos0 * d / 2..(pos0 + t) * d / 2;
     let mut y = x.as_f32()?.to_vec();
-    rope_apply(&mut y, t, h, d, &c, &s, table.layout, 1.0);
+    rope_apply(&mut y, t, h, d, &c[rows.clone()], &s[rows], table.layout, 1.0);
     Tensor::from_f32(y, x.shape())
 }
 
@@ -102,9 +132,10 @@ pub fn rope_backward(dy: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tens
         return cuda::rope(dy, table, pos0, t, h, -1.0);
     }
     let d = dy.cols();
-    let (c, s) = table.cos_sin::<f32>(pos0, t);
+    let (c, s) = table.cos_sin_f32(pos0 + t);
+    let rows = pos0 * d / 2..(pos0 + t) * d / 2;
     let mut dx = dy.as_f32()?.to_vec();
-    rope_apply(&mut dx, t, h, d, &c, &s, table.layout, -1.0);
+    rope_apply(&mut dx, t, h, d, &c[rows.clone()], &s[rows], table.layout, -1.0);
     Tensor::from_f32(dx, dy.shape())
 }
 
@@ -117,7 +148,7 @@ mod tests {
     fn gradcheck_rope_both_layouts() {
         let (b, t, h, d) = (2, 3, 2, 8);
         for layout in [RopeLayout::HalfSplit, RopeLayout::Interleaved] {
-            let table = RopeTable { inv_freq: freqs::default_inv_freq(10000.0, d), attention_factor: 1.3, layout };
+            let table = RopeTable::new(freqs::default_inv_freq(10000.0, d), 1.3, layout);
             let (c, s) = table.cos_sin::<f64>(5, t);
             gradcheck(
                 &[rand_vec(b * t * h * d, 1)],
@@ -138,7 +169,7 @@ mod tests {
         let d = 8;
         let x = rand_vec(d, 3);
         let inv = freqs::default_inv_freq(10000.0, d);
-        let mk = |layout| RopeTable { inv_freq: inv.clone(), attention_factor: 1.0, layout };
+        let mk = |layout| RopeTable::new(inv.clone(), 1.0, layout);
         let (c, s) = mk(RopeLayout::HalfSplit).cos_sin::<f64>(7, 1);
         let mut hs = x.clone();
         rope_apply(&mut hs, 1, 1, d, &c, &s, RopeLayout::HalfSplit, 1.0);
