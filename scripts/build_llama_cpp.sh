@@ -7,7 +7,7 @@
 # Leaves:
 #   $LLAMA_CPP_DIR/src        the llama.cpp source (vendor/llama.cpp of the sdist; gguf-py inside)
 #   $LLAMA_CPP_DIR/build/bin  llama-quantize, llama-imatrix, llama-perplexity, llama-eval-callback,
-#                             llama-bench, llama-cli, ... and the shared libraries
+#                             llama-bench, llama-completion, llama-simple and the shared libraries
 #   $LLAMA_CPP_DIR/py         the llama_cpp Python package (ctypes bindings) with the libraries in
 #                             llama_cpp/lib: PYTHONPATH=$LLAMA_CPP_DIR/py python3 -c 'import llama_cpp'
 #
@@ -36,7 +36,7 @@ if [ ! -x "$D/build/bin/llama-quantize" ]; then
   cmake -S "$D/src" -B "$D/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF > "$D/cmake.log"
   cmake --build "$D/build" -j "$(nproc)" --target llama-quantize llama-imatrix llama-perplexity \
-    llama-eval-callback llama-bench llama-cli llama-simple > "$D/build.log"
+    llama-eval-callback llama-bench llama-completion llama-simple > "$D/build.log"
 fi
 mkdir -p "$D/py/llama_cpp/lib"
 cp -a "$D"/build/bin/*.so* "$D/py/llama_cpp/lib/" 2>/dev/null || true
