@@ -35,7 +35,9 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize,
     if x.is_cuda() {
         bail!("linear: the input is on {}, the quantised weight {:?} on the CPU", x.device(), w.shape());
     }
-    let _ = k;
+    if q.dims() != (m, k) {
+        bail!("linear: quantised weight {:?} holds a {:?} matrix", w.shape(), q.dims());
+    }
     let b = match bias { Some(b) => Some(b.as_f32()?), None => None };
     let mut y = vec![0f32; n * m];
     q.matmul(x.as_f32()?, n, &mut y);
