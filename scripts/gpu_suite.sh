@@ -6,7 +6,8 @@
 #
 # The GPU machine needs the NVIDIA driver and the CUDA 13 libraries (NVRTC, cuBLASLt) on
 # LD_LIBRARY_PATH (e.g. /usr/local/cuda/lib64), and python3 with PyTorch for the reference
-# benchmark. Logs land in $OUT (or ./out) on that machine.
+# benchmark. Logs land in $OUT (or ./out) on that machine. SMELT_SMOLLM2_GGUF, if set there, names
+# SmolLM2-135M-Instruct.Q4_1.gguf (98 MB, carried separately): the GGUF tests and CLI runs use it.
 set -uo pipefail
 
 build() {
@@ -16,7 +17,7 @@ build() {
     cd "$root" || exit 1
     cargo build --release --features cuda -p smelt || exit 1
     # Test executables: libtest prints their paths in its JSON messages.
-    cargo test --release --features cuda -p smelt-core -p smelt-train -p smelt-infer -p smelt --no-run --message-format=json 2>/dev/null \
+    cargo test --release --features cuda -p smelt-core -p smelt-gguf -p smelt-train -p smelt-infer -p smelt --no-run --message-format=json 2>/dev/null \
         | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -29,6 +30,7 @@ for line in sys.stdin:
             smelt_core:lib) cp "$exe" "$dir/core_tests" ;;
             gpu_train:test) cp "$exe" "$dir/gpu_train" ;;
             gpu_infer:test) cp "$exe" "$dir/gpu_infer" ;;
+            gpu_quant:test) cp "$exe" "$dir/gpu_quant" ;;
             smelt:bin) cp "$exe" "$dir/cli_tests" ;;
         esac
     done < "$dir/tests.txt"
@@ -58,15 +60,18 @@ run() {
         local rc=$?
         cat "$out/tmp.log" >> "$log"
         grep -E '^test .* \.\.\. ' "$out/tmp.log" | sed -E 's/^test ([^ ]+) \.\.\. .*/\1/' > "$out/names.txt"
+        # A test skipped when its own output (libtest's "---- NAME stdout ----" section) says SKIP.
+        skipped() { awk -v h="---- $1 stdout ----" '$0 == h { f = 1; next } /^---- .* stdout ----$/ || /^successes:$/ { f = 0 } f && /^SKIP/ { s = 1 } END { exit !s }' "$out/tmp.log"; }
         while read -r n; do
             if grep -qE "^test $n \.\.\. ok" "$out/tmp.log"; then
-                if grep -q "^SKIP" "$out/tmp.log"; then row "$label $n" SKIP; else row "$label $n" PASS; fi
+                if skipped "$n"; then row "$label $n" SKIP; else row "$label $n" PASS; fi
             else row "$label $n" FAIL; fi
         done < "$out/names.txt"
         [ $rc -eq 0 ] || row "$label (exit $rc)" FAIL
         rm -f "$out/tmp.log" "$out/names.txt"
     }
     tests core 300 ./core_tests parity
+    tests gguf 120 ./gpu_quant
     tests cli 60 ./cli_tests device
     tests train 600 ./gpu_train
     tests infer 120 ./gpu_infer
@@ -85,6 +90,28 @@ run() {
     cli "generate --device cuda" ./smelt generate --device cuda --model $q/model/final --prompt "The kernel" --max-tokens 60 --temperature 0.7 --seed 1
     zcat data/linux-doc-slice.txt.gz 2>/dev/null | head -c 20000 > $q/sample.txt
     cli "perplexity --device cuda" ./smelt perplexity --device cuda --model $q/model/final --input $q/sample.txt --seq-len 128 --format json
+    # GGUF weights kept quantised on the GPU: the trained model exported (Q4_K_M mix: Q5_0 for
+    # its 128-wide rows, Q4_K/Q6_K for ffn_down, Q8_0 for the tied head), then run from the file.
+    cli "export-gguf q4_k (cpu)" ./smelt export-gguf --model $q/model/final --output $q/model.q4_k.gguf --type q4_k --pre gpt-2
+    cli "generate gguf q4_k --device cuda" ./smelt generate --device cuda --model $q/model.q4_k.gguf --prompt "The kernel" --max-tokens 60 --temperature 0
+    cli "perplexity gguf q4_k --device cuda" ./smelt perplexity --device cuda --model $q/model.q4_k.gguf --input $q/sample.txt --seq-len 128 --format json
+    : > "$out/bench_gguf.jsonl"
+    gguf_bench() { # label, file
+        if timeout 300 ./smelt bench --device cuda --model "$2" --batch-size 4 --seq-len 128 --format json > "$out/b.json" 2>> "$log"; then
+            echo "{\"model\":\"$1\",$(tail -1 "$out/b.json" | sed 's/^{//')" >> "$out/bench_gguf.jsonl"
+            row "bench gguf $1 --device cuda" PASS
+        else row "bench gguf $1 --device cuda" FAIL; fi
+    }
+    gguf_bench "tiny q4_k" $q/model.q4_k.gguf
+    if [ -n "${SMELT_SMOLLM2_GGUF:-}" ] && [ -f "$SMELT_SMOLLM2_GGUF" ]; then
+        local ans
+        ans=$(timeout 300 ./smelt generate --device cuda --model "$SMELT_SMOLLM2_GGUF" --chat "What is the capital of France?" --temperature 0 --max-tokens 24 2>> "$log")
+        echo "smollm2 q4_1 --device cuda: $ans" >> "$log"
+        if [ "$ans" = "The capital of France is Paris." ]; then row "cli generate smollm2 q4_1 --device cuda (Paris)" PASS; else row "cli generate smollm2 q4_1 --device cuda (Paris)" FAIL; fi
+        gguf_bench "smollm2 q4_1" "$SMELT_SMOLLM2_GGUF"
+    else
+        row "cli generate smollm2 q4_1 --device cuda (SMELT_SMOLLM2_GGUF unset)" SKIP
+    fi
     echo "== benchmarks" >> "$log"
     : > "$out/bench.jsonl"
     for shape in "small 4 128" "small 16 512" "medium 8 512"; do
@@ -99,7 +126,7 @@ run() {
         else row "bench pytorch cuda $1 b$2 t$3" FAIL; fi
     done
     rm -f "$out/b.json"
-    cat "$out/bench.jsonl" >> "$log"
+    cat "$out/bench.jsonl" "$out/bench_gguf.jsonl" >> "$log"
     echo
     echo "benchmarks (tokens/s; peak MiB):"
     python3 - "$out/bench.jsonl" <<'PY' | tee -a "$log"
@@ -107,6 +134,13 @@ import json, sys
 for l in open(sys.argv[1]):
     r = json.loads(l)
     print(f"{r.get('impl','?'):8} {r['size']:7} b{r['batch_size']:<3} t{r['seq_len']:<4} fwd {r['forward_tok_s']:>11.0f}  decode {r['decode_tok_s']:>8.1f}  train {r['train_tok_s']:>10.0f}  peak {r['peak_mem_bytes']/2**20:>8.1f}")
+PY
+    echo "GGUF, weights quantised on the GPU (tokens/s; peak MiB):"
+    python3 - "$out/bench_gguf.jsonl" <<'PY' | tee -a "$log"
+import json, sys
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    print(f"{r['model']:14} b{r['batch_size']:<3} t{r['seq_len']:<4} fwd {r['forward_tok_s']:>11.0f}  decode {r['decode_tok_s']:>8.1f}  peak {r['peak_mem_bytes']/2**20:>8.1f}")
 PY
     echo
     echo "GPU suite:"

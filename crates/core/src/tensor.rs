@@ -7,7 +7,8 @@
 //!
 //! With the `cuda` feature a tensor may instead live on a GPU (`Storage::Cuda`); ops dispatch
 //! on `device()`. Host accessors (`as_f32`, `f32_mut`) refuse device tensors with an error
-//! that says so; `to_device` moves data either way.
+//! that says so; `to_device` moves data either way. A quantised weight (`Storage::Quant`) goes
+//! to the GPU as its blocks, unchanged (`Storage::CudaQuant`), and does not come back.
 
 use anyhow::{bail, Result};
 use half::{bf16, f16};
@@ -66,6 +67,9 @@ pub enum Storage {
     #[cfg(feature = "cuda")]
     Cuda(crate::cuda::DeviceBuf),
     Quant(Arc<dyn QuantMatrix>),
+    /// A quantised matrix uploaded to a GPU (its blocks unchanged).
+    #[cfg(feature = "cuda")]
+    CudaQuant(crate::quant::DeviceQuant),
 }
 
 #[derive(Clone, Debug)]
@@ -89,6 +93,8 @@ impl Tensor {
             #[cfg(feature = "cuda")]
             Storage::Cuda(b) => b.len,
             Storage::Quant(q) => { let (r, c) = q.dims(); r * c }
+            #[cfg(feature = "cuda")]
+            Storage::CudaQuant(q) => q.rows * q.cols,
         };
         if n != numel(shape) {
             bail!("tensor data has {n} elements but shape {shape:?} needs {}", numel(shape));
@@ -106,9 +112,14 @@ impl Tensor {
         let (r, c) = q.dims();
         Tensor { storage: Arc::new(Storage::Quant(q)), shape: vec![r, c] }
     }
-    /// The quantised matrix, if this tensor holds one.
+    /// The quantised matrix, if this tensor holds one on the host.
     pub fn as_quant(&self) -> Option<&Arc<dyn QuantMatrix>> {
         match &*self.storage { Storage::Quant(q) => Some(q), _ => None }
+    }
+    /// The quantised matrix, if this tensor holds one on a GPU.
+    #[cfg(feature = "cuda")]
+    pub fn as_device_quant(&self) -> Option<&crate::quant::DeviceQuant> {
+        match &*self.storage { Storage::CudaQuant(q) => Some(q), _ => None }
     }
 
     pub fn zeros(shape: &[usize]) -> Self {
@@ -125,6 +136,8 @@ impl Tensor {
         match &*self.storage {
             #[cfg(feature = "cuda")]
             Storage::Cuda(b) => Device::Cuda(b.gpu.ordinal),
+            #[cfg(feature = "cuda")]
+            Storage::CudaQuant(q) => Device::Cuda(q.blocks.gpu.ordinal),
             _ => Device::Cpu,
         }
     }
@@ -139,6 +152,8 @@ impl Tensor {
             Storage::I32(_) => DType::I32,
             Storage::U32(_) => DType::U32,
             Storage::Quant(_) => DType::Quant,
+            #[cfg(feature = "cuda")]
+            Storage::CudaQuant(_) => DType::Quant,
         }
     }
     /// The last dimension (row length); 1 for a scalar-shaped tensor.
@@ -198,6 +213,9 @@ impl Tensor {
         Ok(match &*self.storage {
             #[cfg(feature = "cuda")]
             Storage::Cuda(_) => return self.to_device(Device::Cpu)?.try_to_vec_f32(),
+            // Dequantised on the device by the same kernel the prefill matmul uses.
+            #[cfg(feature = "cuda")]
+            Storage::CudaQuant(q) => return crate::ops::qmatmul::cuda::dequantize(q, crate::DType::F32)?.try_to_vec_f32(),
             Storage::F32(v) => v.clone(),
             Storage::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
             Storage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
@@ -253,6 +271,8 @@ impl Tensor {
             Storage::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::Quant(_) => self.to_vec_f32().iter().flat_map(|x| x.to_le_bytes()).collect(),
+            #[cfg(feature = "cuda")]
+            Storage::CudaQuant(_) => self.to_vec_f32().iter().flat_map(|x| x.to_le_bytes()).collect(),
         }
     }
 
@@ -306,15 +326,26 @@ impl Tensor {
                     };
                     return Tensor::new(storage, &self.shape);
                 }
+                #[cfg(feature = "cuda")]
+                if let Storage::CudaQuant(q) = &*self.storage {
+                    bail!("quantised {} weights {:?} on {} are not copied back to the host (keep the host model, or dequantise with to_vec_f32)", q.format.name(), self.shape, self.device());
+                }
                 Ok(self.clone())
             }
             #[cfg(feature = "cuda")]
             Device::Cuda(n) => {
                 let host = self.to_device(Device::Cpu)?;
-                if host.dtype() == DType::Quant {
-                    bail!("quantised (GGUF) weights {:?} do not run on the GPU yet; use --device cpu", self.shape);
-                }
                 let gpu = crate::cuda::gpu(n)?;
+                if let Some(q) = host.as_quant() {
+                    // Blocks the kernels know go up unchanged; other types (F16, BF16 GGUF
+                    // matrices) as f32, like any other f32 weight.
+                    if let Some(dq) = crate::quant::DeviceQuant::upload(q.as_ref(), &gpu)? {
+                        return Tensor::new(Storage::CudaQuant(dq), &self.shape);
+                    }
+                    let f = host.try_to_vec_f32()?;
+                    let buf = crate::cuda::DeviceBuf::from_bytes(&gpu, DType::F32, f.len(), &f.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
+                    return Tensor::from_device_buf(buf, &self.shape);
+                }
                 let buf = crate::cuda::DeviceBuf::from_bytes(&gpu, host.dtype(), host.numel(), &host.to_le_bytes())?;
                 Tensor::from_device_buf(buf, &self.shape)
             }

@@ -1,6 +1,8 @@
 //! Inference on CUDA against the CPU (built only with `--features cuda`; prints
 //! `SKIP: no CUDA device` and passes without a GPU): KV-cache decode on the device (batch 1 and
-//! 2, GQA) against the CPU's full forward, greedy generation, perplexity.
+//! 2, GQA) against the CPU's full forward, greedy generation, perplexity; GGUF models with their
+//! weights kept quantised on the device (SmolLM2's published Q4_1 file, and tiny exports in
+//! every quantised type) against the CPU.
 //! The tests set the process-wide matmul precision: run them with `--test-threads=1`.
 #![cfg(feature = "cuda")]
 
@@ -9,6 +11,7 @@ use smelt_core::rng::Rng;
 use smelt_core::{Device, Tensor};
 use smelt_infer::{generate, perplexity, GenerateConfig, SamplingConfig};
 use smelt_model::{KvCache, Logits, Model, ModelConfig};
+use std::path::PathBuf;
 
 fn gpu() -> Option<Device> {
     match cuda::gpu(0) {
@@ -89,4 +92,168 @@ fn greedy_generation_and_perplexity_on_gpu_match_the_cpu() {
     let pg = perplexity(&gpu_m, &ids, 32, |_, _| {}).unwrap();
     println!("perplexity cpu {} gpu {}", pc.ppl, pg.ppl);
     assert!((pc.mean_nll - pg.mean_nll).abs() < 1e-5 * pc.mean_nll);
+}
+
+// ---- GGUF models, weights quantised on the device -------------------------------------------
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 { a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) }
+
+fn argmax(l: &[f32]) -> u32 { l.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32 }
+
+/// The same model with every quantised matrix dequantised to plain f32 on the host: the same
+/// weight values, but f32 activations (the CPU's quantised kernels quantise activations to
+/// 8 bits; the GPU's do not), so it is what the GPU path must match to rounding.
+fn dequantised(m: &Model) -> Model {
+    let params = m.params.iter().map(|p| if p.dtype() == smelt_core::DType::Quant { Tensor::from_f32(p.to_vec_f32(), p.shape()).unwrap() } else { p.clone() }).collect();
+    Model::new(m.cfg.clone(), params).unwrap()
+}
+
+/// Host logits after each of `prompt` (prefill, the last position) and then `steps` fed one at
+/// a time through the KV cache on the model's device (teacher forcing).
+fn stepwise(m: &Model, prompt: &[u32], steps: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = KvCache::new_on(&m.cfg, 1, prompt.len() + steps.len() + 1, m.device()).unwrap();
+    let mut out = vec![m.logits(&Tensor::from_u32(prompt.to_vec(), &[1, prompt.len()]).unwrap(), Some(&mut cache), Logits::Last).unwrap().to_vec_f32()];
+    for &id in steps {
+        out.push(m.logits(&Tensor::from_u32(vec![id], &[1, 1]).unwrap(), Some(&mut cache), Logits::Last).unwrap().to_vec_f32());
+    }
+    out
+}
+
+fn greedy(m: &Model, prompt: &[u32], n: usize, stop: &[u32]) -> Vec<u32> {
+    let cfg = GenerateConfig { max_tokens: n, sampling: SamplingConfig::default(), stop_ids: stop.to_vec() };
+    generate(m, prompt, &cfg, |_| {}).unwrap().ids
+}
+
+fn same_prefix(a: &[u32], b: &[u32]) -> usize { a.iter().zip(b).take_while(|(x, y)| x == y).count() }
+
+/// The published SmolLM2 Q4_1 file: `SMELT_SMOLLM2_GGUF`, else the repository's inputs folder
+/// (`SMELT_REPO`, set by the GPU suite, or this source tree).
+fn smollm2_gguf() -> Option<PathBuf> {
+    let repo = std::env::var_os("SMELT_REPO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    let p = std::env::var_os("SMELT_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| repo.join(".cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if p.exists() {
+        Some(p)
+    } else {
+        println!("SKIP: {} absent (set SMELT_SMOLLM2_GGUF to the SmolLM2-135M-Instruct Q4_1 GGUF)", p.display());
+        None
+    }
+}
+
+#[test]
+fn smollm2_q4_1_gguf_runs_quantised_on_gpu() {
+    let Some(d) = gpu() else { return };
+    let Some(path) = smollm2_gguf() else { return };
+    let cpu = smelt_gguf::load_model(&path).unwrap();
+    let reference = dequantised(&cpu);
+    let quant_bytes: usize = cpu.params.iter().filter_map(|p| p.as_quant()).map(|q| q.nbytes()).sum();
+    let before = cuda::mem_stats().0;
+    let mut gm = smelt_gguf::load_model(&path).unwrap();
+    gm.to_device(d).unwrap();
+    let held = cuda::mem_stats().0 - before;
+    let f32_bytes = cpu.cfg.n_params() * 4;
+    println!("weights on {d}: {:.1} MiB (quantised blocks in the file {:.1} MiB; as f32 {:.1} MiB)", held as f64 / 1048576.0, quant_bytes as f64 / 1048576.0, f32_bytes as f64 / 1048576.0);
+    assert!(held < f32_bytes / 3, "the weights did not stay quantised on the device");
+
+    let tok = smelt_tokenizer::Tokenizer::from_file(&path).unwrap();
+    let tmpl = smelt_tokenizer::ChatTemplate::from_gguf(&path).unwrap();
+    let chat = tok.encode_with(&tmpl.render(&[smelt_tokenizer::Message::new("user", "What is the capital of France?")], true).unwrap(), false);
+    let mut stop = cpu.cfg.eos_token_ids.clone();
+    stop.extend(tok.eos_id());
+
+    // Prefill logits at every prompt position (the dequantise + cuBLASLt path, n > 8 rows).
+    let all = |m: &Model| m.logits(&Tensor::from_u32(chat.clone(), &[1, chat.len()]).unwrap(), None, Logits::All).unwrap().to_vec_f32();
+    let want = all(&reference);
+    let c8 = all(&cpu);
+    println!("prompt of {} tokens, logits at every position:", chat.len());
+    println!("  CPU 8-bit activations vs f32 reference: nmse {:.3e}, max |Δ| {:.3}", nmse(&c8, &want), max_abs_diff(&c8, &want));
+    for (precision, tol, max_tol) in [(MatmulPrecision::F32, 1e-6, 0.01), (MatmulPrecision::Bf16, 1e-3, f32::INFINITY)] {
+        cuda::set_matmul_precision(precision);
+        let g = all(&gm);
+        let (e, mx) = (nmse(&g, &want), max_abs_diff(&g, &want));
+        println!("  GPU {precision:?} vs f32 reference: nmse {e:.3e} (tol {tol:.0e}), max |Δ| {mx:.3e} (tol {max_tol:.0e}); vs CPU 8-bit: nmse {:.3e}, max |Δ| {:.3}", nmse(&g, &c8), max_abs_diff(&g, &c8));
+        assert!(e <= tol && mx <= max_tol, "{precision:?}: prefill logits NMSE {e:e}, max |Δ| {mx}");
+    }
+
+    // Greedy 32 tokens of a plain prompt, then the reference's tokens fed to each (teacher
+    // forcing, the decode matvec path) so logits can be compared step by step.
+    let prompt = tok.encode("The capital of France is a city that");
+    let ref_ids = greedy(&reference, &prompt, 32, &[]);
+    let ref_steps = stepwise(&reference, &prompt, &ref_ids[..ref_ids.len() - 1]);
+    let cpu_ids = greedy(&cpu, &prompt, 32, &[]);
+    println!("greedy 32 tokens: f32 reference {ref_ids:?}");
+    println!("  CPU 8-bit: first {} of 32 identical to the reference", same_prefix(&cpu_ids, &ref_ids));
+    // f32 products: rounding only, so every logit within 0.01 (smelt's f32 export agrees with
+    // llama.cpp to 5e-5); bf16 prefill operands: bounded by NMSE only (an argmax may flip
+    // where the reference's top two are closer than the bf16 error).
+    for (precision, tol, max_tol) in [(MatmulPrecision::F32, 1e-6, 0.01), (MatmulPrecision::Bf16, 1e-3, f32::INFINITY)] {
+        cuda::set_matmul_precision(precision);
+        let ids = greedy(&gm, &prompt, 32, &[]);
+        let steps = stepwise(&gm, &prompt, &ref_ids[..ref_ids.len() - 1]);
+        let (mut worst, mut mx, mut agree) = (0f64, 0f32, 0);
+        for (s, (g, r)) in steps.iter().zip(&ref_steps).enumerate() {
+            worst = worst.max(nmse(g, r));
+            mx = mx.max(max_abs_diff(g, r));
+            agree += (argmax(g) == ref_ids[s]) as usize;
+        }
+        println!("  GPU {precision:?}: first {} of 32 identical to the reference, {} to the CPU 8-bit run; teacher-forced argmax {agree}/{}, worst step nmse {worst:.3e} (tol {tol:.0e}), max |Δ| {mx:.3e} (tol {max_tol:.0e})",
+            same_prefix(&ids, &ref_ids), same_prefix(&ids, &cpu_ids), steps.len());
+        assert!(worst <= tol && mx <= max_tol, "{precision:?}: decode logits NMSE {worst:e}, max |Δ| {mx}");
+    }
+
+    // The chat answer, as `smelt generate --device cuda` runs it (bf16 prefill, f32 matvec decode).
+    cuda::set_matmul_precision(MatmulPrecision::Bf16);
+    let answer = tok.decode(&greedy(&gm, &chat, 24, &stop));
+    println!("France on {d}: {answer:?}");
+    assert_eq!(answer.trim(), "The capital of France is Paris.");
+}
+
+#[test]
+fn exported_quantised_ggufs_run_on_gpu_like_on_the_cpu() {
+    use smelt_gguf::export::{export, TokenizerSource};
+    use smelt_gguf::quant::GgmlType;
+    let Some(d) = gpu() else { return };
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+    // dim 256: K-quants fit its rows; the tied output matrix is Q6_K for the 4/5-bit types.
+    let src = Model::init(ModelConfig::llama(320, 256, 2, 4, 2, 512), 3).unwrap();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gpu-gguf-export");
+    std::fs::create_dir_all(&dir).unwrap();
+    smelt_tokenizer::Tokenizer::byte_level().save(&dir.join("tokenizer.json")).unwrap();
+    let (b, t, prefill) = (2, 20, 8);
+    let mut r = Rng::new(11);
+    let ids: Vec<u32> = (0..b * t).map(|_| r.below(320) as u32).collect();
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K] {
+        let out = dir.join(format!("tiny-{}.gguf", ty.name()));
+        export(&src, ty, TokenizerSource::HfDir { dir: &dir, pre: Some("gpt-2") }, "tiny", &out).unwrap();
+        let cpu = smelt_gguf::load_model(&out).unwrap();
+        let mut types: Vec<&str> = cpu.params.iter().filter_map(|p| p.as_quant()).map(|q| q.type_name()).collect();
+        types.sort();
+        types.dedup();
+        let reference = dequantised(&cpu);
+        let mut gm = smelt_gguf::load_model(&out).unwrap();
+        gm.to_device(d).unwrap();
+        let x = Tensor::from_u32(ids.clone(), &[b, t]).unwrap();
+        let want = reference.logits(&x, None, Logits::All).unwrap().to_vec_f32();
+        let c8 = cpu.logits(&x, None, Logits::All).unwrap().to_vec_f32();
+        // Full forward: 40 rows per matmul (dequantise + cuBLASLt).
+        let full = gm.logits(&x, None, Logits::All).unwrap().to_vec_f32();
+        // KV-cache decode, batch 2: 2 rows per matmul (the matvec kernel).
+        let mut cache = KvCache::new_on(&gm.cfg, b, t, d).unwrap();
+        let take = |lo: usize, hi: usize| Tensor::from_u32((0..b).flat_map(|bi| ids[bi * t + lo..bi * t + hi].to_vec()).collect(), &[b, hi - lo]).unwrap();
+        let v = gm.cfg.vocab_size;
+        let mut worst = 0f64;
+        let mut check = |pos: usize, got: Vec<f32>| {
+            for bi in 0..b {
+                worst = worst.max(nmse(&got[bi * v..(bi + 1) * v], &want[(bi * t + pos) * v..(bi * t + pos + 1) * v]));
+            }
+        };
+        check(prefill - 1, gm.logits(&take(0, prefill), Some(&mut cache), Logits::Last).unwrap().to_vec_f32());
+        for pos in prefill..t {
+            check(pos, gm.logits(&take(pos, pos + 1), Some(&mut cache), Logits::Last).unwrap().to_vec_f32());
+        }
+        let e = nmse(&full, &want);
+        println!("{} export ({}): GPU full forward nmse {e:.3e}, decode worst nmse {worst:.3e} (tol 1e-10) vs the f32 reference; CPU 8-bit nmse {:.3e}, GPU vs CPU max |Δ| {:.3e}",
+            ty.name(), types.join(", "), nmse(&c8, &want), max_abs_diff(&full, &c8));
+        assert!(e <= 1e-10 && worst <= 1e-10, "{}: NMSE {e:e} / {worst:e}", ty.name());
+        std::fs::remove_file(&out).ok();
+    }
 }

@@ -1,5 +1,5 @@
 //! `smelt bench`: forward, batch-1 decode and training throughput, and peak memory, for a
-//! preset or a model folder. Numbers for docs/PERF.md; compare with bench/torch_cpu.py (CPU)
+//! preset, a model folder or a GGUF file. Numbers for docs/PERF.md; compare with bench/torch_cpu.py (CPU)
 //! and bench/torch_gpu.py (CUDA). On a GPU every timed region ends with a device sync, and
 //! peak_mem_bytes is the most device memory held in tensors at once.
 
@@ -19,7 +19,8 @@ pub struct BenchArgs {
     /// Preset size (ignored with --model).
     #[arg(long, default_value = "small")]
     size: String,
-    /// Benchmark this model folder instead of a fresh preset.
+    /// Benchmark this model folder or .gguf file instead of a fresh preset (a GGUF's weights stay
+    /// quantised, on the GPU too; training is then not timed).
     #[arg(long)]
     model: Option<PathBuf>,
     #[arg(long, default_value_t = 8192)]

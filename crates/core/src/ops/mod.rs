@@ -9,6 +9,7 @@ pub mod cross_entropy;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
+pub mod qmatmul;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sample;

@@ -77,6 +77,7 @@ fn kernels_compile() {
         ("elementwise", ops::elementwise::cuda::SRC),
         ("embedding", ops::embedding::cuda::SRC),
         ("matmul", ops::matmul::cuda::SRC),
+        ("qmatmul", ops::qmatmul::cuda::SRC),
         ("rmsnorm", ops::rmsnorm::cuda::SRC),
         ("rope", ops::rope::cuda::SRC),
         ("swiglu", ops::swiglu::cuda::SRC),

@@ -103,6 +103,8 @@ impl QTensor {
 impl QuantMatrix for QTensor {
     fn dims(&self) -> (usize, usize) { (self.rows, self.cols) }
     fn type_name(&self) -> &'static str { self.ty.name() }
+    fn ggml_type(&self) -> u32 { self.ty.id() }
+    fn blocks(&self) -> &[u8] { &self.data }
     fn nbytes(&self) -> usize { self.data.len() }
     fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) { self.matmul_with(x, n, y, Level::detect()) }
     fn as_any(&self) -> &dyn std::any::Any { self }

@@ -1,7 +1,7 @@
 //! Embedding lookup (gather rows of a table) and its backward (scatter-add into the table).
 
 use crate::float::Float;
-use crate::Tensor;
+use crate::{DType, Tensor};
 use anyhow::{bail, Result};
 
 #[cfg(feature = "cuda")]
@@ -46,30 +46,27 @@ fn check(table: &Tensor, ids: &Tensor) -> Result<(usize, usize)> {
 /// table: (V, C), ids: (…) u32 → (…, C)
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (_v, d) = check(table, ids)?;
+    if table.dtype() == DType::Quant {
+        // A quantised table (GGUF token_embd): only the rows asked for are dequantised.
+        return crate::ops::qmatmul::embedding(table, ids);
+    }
     #[cfg(feature = "cuda")]
     if table.is_cuda() {
         return cuda::embedding(table, ids, _v, d);
     }
     let mut shape = ids.shape().to_vec();
     shape.push(d);
-    if let Some(q) = table.as_quant() {
-        // A quantised table (GGUF token_embd): dequantise just the rows asked for.
-        let ids = ids.as_u32()?;
-        let mut out = vec![0f32; ids.len() * d];
-        for (row, &id) in out.chunks_mut(d).zip(ids) { q.dequantize_row(id as usize, row); }
-        return Tensor::from_f32(out, &shape);
-    }
     Tensor::from_f32(embedding_fwd(table.as_f32()?, ids.as_u32()?, d), &shape)
 }
 
 pub fn embedding_backward(table: &Tensor, ids: &Tensor, dout: &Tensor) -> Result<Tensor> {
     let (v, d) = check(table, ids)?;
+    if table.dtype() == DType::Quant {
+        bail!("embedding: no gradient into a quantised table (quantised weights are for inference)");
+    }
     #[cfg(feature = "cuda")]
     if dout.is_cuda() {
         return cuda::embedding_backward(table, ids, dout, v, d);
-    }
-    if table.as_quant().is_some() {
-        bail!("embedding: no gradient into a quantised table (quantised weights are for inference)");
     }
     Tensor::from_f32(embedding_bwd(dout.as_f32()?, ids.as_u32()?, v, d), table.shape())
 }

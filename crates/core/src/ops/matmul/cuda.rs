@@ -31,7 +31,7 @@ fn operands(ts: &[&Tensor], cached: usize) -> Result<(Operand, Vec<Tensor>)> {
     }
 }
 
-fn cached_bf16(w: &Tensor) -> Result<Tensor> {
+pub(crate) fn cached_bf16(w: &Tensor) -> Result<Tensor> {
     let b = w.cuda_buf()?;
     if let Some(t) = b.bf16_shadow.get() {
         return t.reshape(w.shape()); // the buffer may be shared by views of other shapes
@@ -54,20 +54,32 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize,
     let y = DeviceBuf::alloc(&gpu, DType::F32, n * m)?;
     if n > 0 && m > 0 {
         let (op, ab) = operands(&[w, x], 2)?;
-        let g = Gemm { ta: true, tb: false, m: m as u64, n: n as u64, k: k as u64, lda: k as i64, ldb: k as i64, ldc: m as i64, alpha: 1.0, beta: 0.0 };
-        gemm(&ab[0], &ab[1], &y, g, op)?;
+        xwt(&ab[1], &ab[0], &y, op, n, k, m)?;
     }
     if let Some(bias) = bias {
-        let [bb] = cuda::f32_bufs([bias], "linear bias")?;
-        let f = gpu.function("matmul", SRC, "add_bias_f32")?;
-        let (n64, m32) = (n as i64, m as i32);
-        let mut l = gpu.stream.launch_builder(&f);
-        l.arg(&y.data).arg(&bb.data).arg(&n64).arg(&m32);
-        cuda::launched(unsafe { l.launch(cuda::grid_for(n * m, 256)) }, "add_bias_f32")?;
+        add_bias(&y, bias, n, m)?;
     }
     let mut shape = x.shape().to_vec();
     if let Some(last) = shape.last_mut() { *last = m; }
     Tensor::from_device_buf(y, &shape)
+}
+
+/// y (n×m) = x (n×k) · wᵀ (w: m×k) with both operands already of type `op` (also the
+/// quantised path's product, on its dequantised scratch weight).
+pub(crate) fn xwt(x: &Tensor, w: &Tensor, y: &DeviceBuf, op: Operand, n: usize, k: usize, m: usize) -> Result<()> {
+    let g = Gemm { ta: true, tb: false, m: m as u64, n: n as u64, k: k as u64, lda: k as i64, ldb: k as i64, ldc: m as i64, alpha: 1.0, beta: 0.0 };
+    gemm(w, x, y, g, op)
+}
+
+/// y (n×m) += bias (m) per row.
+pub(crate) fn add_bias(y: &DeviceBuf, bias: &Tensor, n: usize, m: usize) -> Result<()> {
+    let [bb] = cuda::f32_bufs([bias], "linear bias")?;
+    let gpu = &y.gpu;
+    let f = gpu.function("matmul", SRC, "add_bias_f32")?;
+    let (n64, m32) = (n as i64, m as i32);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&y.data).arg(&bb.data).arg(&n64).arg(&m32);
+    cuda::launched(unsafe { l.launch(cuda::grid_for(n * m, 256)) }, "add_bias_f32")
 }
 
 /// Returns (dx, dw, db).

@@ -6,7 +6,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
-use crate::Tensor;
+use crate::{DType, Tensor};
 use anyhow::{bail, Result};
 
 fn dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
@@ -23,22 +23,15 @@ fn dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
 /// x: (…, K), w: (M, K), bias: (M) → (…, M)
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, k, m) = dims(x, w)?;
+    if w.dtype() == DType::Quant {
+        // Inference on quantised weights: the block format's own kernels.
+        return crate::ops::qmatmul::linear(x, w, bias, n, k, m);
+    }
     #[cfg(feature = "cuda")]
     if x.is_cuda() {
         return cuda::linear(x, w, bias, n, k, m);
     }
     let b = match bias { Some(b) => Some(b.as_f32()?), None => None };
-    if let Some(q) = w.as_quant() {
-        // Inference on quantised weights: the block format's own kernel.
-        let mut y = vec![0f32; n * m];
-        q.matmul(x.as_f32()?, n, &mut y);
-        if let Some(b) = b {
-            for row in y.chunks_mut(m) { for (v, &bb) in row.iter_mut().zip(b) { *v += bb; } }
-        }
-        let mut shape = x.shape().to_vec();
-        *shape.last_mut().unwrap() = m;
-        return Tensor::from_f32(y, &shape);
-    }
     let y = cpu::linear_fwd(x.as_f32()?, w.as_f32()?, b, n, k, m);
     let mut shape = x.shape().to_vec();
     *shape.last_mut().unwrap() = m;
@@ -50,12 +43,12 @@ pub fn linear_backward(
     x: &Tensor, w: &Tensor, dy: &Tensor, want_dx: bool, has_bias: bool,
 ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
     let (n, k, m) = dims(x, w)?;
+    if w.dtype() == DType::Quant {
+        bail!("linear: no gradient through a quantised weight {:?} (quantised weights are for inference)", w.shape());
+    }
     #[cfg(feature = "cuda")]
     if x.is_cuda() {
         return cuda::linear_backward(x, w, dy, n, k, m, want_dx, has_bias);
-    }
-    if let Some(q) = w.as_quant() {
-        bail!("linear: no gradient through a {} quantised weight {:?} (quantised weights are for inference)", q.type_name(), w.shape());
     }
     let (dx, dw, db) = cpu::linear_bwd(x.as_f32()?, w.as_f32()?, dy.as_f32()?, n, k, m, want_dx, has_bias);
     let dx = match dx { Some(d) => Some(Tensor::from_f32(d, x.shape())?), None => None };
