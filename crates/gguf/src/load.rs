@@ -11,6 +11,7 @@
 use crate::quant::{GgmlType, QTensor};
 use crate::GgufFile;
 use anyhow::{bail, Context, Result};
+use smelt_core::ops::rope::RopeTable;
 use smelt_core::Tensor;
 use smelt_model::{params, Model, ModelConfig, RopeScaling};
 use std::path::Path;
@@ -143,14 +144,19 @@ pub fn load_model(path: &Path) -> Result<Model> {
         } else {
             QTensor::new(ty, shape[0], shape[1], bytes.to_vec()).with_context(|| format!("{p}: tensor {gname}"))?.into_tensor()
         };
-        let heads = if gname.ends_with("attn_q.weight") { Some(cfg.n_heads) } else if gname.ends_with("attn_k.weight") { Some(cfg.n_kv_heads) } else { None };
-        let tensor = match heads {
-            Some(h) => permute_rows(&tensor, &qk_from_gguf_perm(h, cfg.head_dim))?,
-            None => tensor,
-        };
         out.push(tensor);
     }
-    Model::new(cfg, out).with_context(|| format!("{p}: building the model"))
+    // Q/K stay in llama.cpp's row order (interleaved RoPE pairs) and RoPE runs as llama.cpp's
+    // does, so q·k sums the same products in the same order and the model computes what
+    // llama.cpp computes, bit for bit (docs/GGUF.md).
+    let freq_scale = match cfg.rope_scaling {
+        RopeScaling::Linear { factor } => 1.0 / factor as f32,
+        _ => 1.0,
+    };
+    let rope = Arc::new(RopeTable::ggml(cfg.rope_theta as f32, cfg.head_dim, freq_scale));
+    let mut model = Model::new(cfg, out).with_context(|| format!("{p}: building the model"))?;
+    model.rope = rope;
+    Ok(model)
 }
 
 /// Row r of the result is row perm[r] of t (2-D, f32 or quantised).
