@@ -362,6 +362,24 @@ mod tests {
         }
     }
 
+    /// The llama.cpp-order inference forward (f32) against the f64 reference, one query
+    /// (decoding, 4×16-lane sums) and many (the prompt, tinyBLAS order), head dim 64 and 40.
+    #[test]
+    fn ggml_order_forward_matches_naive() {
+        for (tq, tk, s, d, window) in [(1, 1, 4, 64, None), (1, 77, 80, 64, None), (7, 7, 9, 64, None), (20, 150, 160, 40, Some(50)), (3, 300, 300, 64, None)] {
+            let dm = AttnDims { b: 2, tq, tk, s, h: 6, kvh: 2, d, window };
+            let q = rand_vec(dm.b * tq * dm.h * d, 1);
+            let k = rand_vec(dm.b * s * dm.kvh * d, 2);
+            let v = rand_vec(dm.b * s * dm.kvh * d, 3);
+            let f = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            let o = attn_fwd_ggml(&f(&q), &f(&k), &f(&v), dm, 1.0 / (d as f32).sqrt());
+            let want = naive(&q, &k, &v, dm);
+            for (a, b) in o.iter().zip(&want) {
+                assert!((*a as f64 - b).abs() < 2e-5, "{tq} {tk}: {a} vs {b}");
+            }
+        }
+    }
+
     #[test]
     fn gradcheck_attention_across_query_tiles() {
         let dm = AttnDims { b: 1, tq: 66, tk: 68, s: 70, h: 2, kvh: 1, d: 2, window: Some(40) };
