@@ -51,7 +51,7 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 
 /// The gather that turns Hugging Face q/k rows (half-split heads) into llama.cpp's
 /// (interleaved pairs): row r of the GGUF tensor is row `perm[r]` of the HF tensor, as
-/// convert_hf_to_gguf.py's `permute` does. `qk_from_gguf_perm` is its inverse.
+/// convert_hf_to_gguf.py's `permute` does.
 pub fn qk_to_gguf_perm(n_heads: usize, head_dim: usize) -> Vec<usize> {
     let half = head_dim / 2;
     let mut p = vec![0; n_heads * head_dim];
@@ -61,13 +61,6 @@ pub fn qk_to_gguf_perm(n_heads: usize, head_dim: usize) -> Vec<usize> {
         }
     }
     p
-}
-
-pub fn qk_from_gguf_perm(n_heads: usize, head_dim: usize) -> Vec<usize> {
-    let to = qk_to_gguf_perm(n_heads, head_dim);
-    let mut inv = vec![0; to.len()];
-    for (r, &src) in to.iter().enumerate() { inv[src] = r; }
-    inv
 }
 
 fn meta_usize(f: &GgufFile, key: &str) -> Result<usize> {
@@ -157,18 +150,6 @@ pub fn load_model(path: &Path) -> Result<Model> {
     let mut model = Model::new(cfg, out).with_context(|| format!("{p}: building the model"))?;
     model.rope = rope;
     Ok(model)
-}
-
-/// Row r of the result is row perm[r] of t (2-D, f32 or quantised).
-pub fn permute_rows(t: &Tensor, perm: &[usize]) -> Result<Tensor> {
-    if let Some(q) = t.as_quant() {
-        let q = q.as_any().downcast_ref::<QTensor>().context("permute_rows: not a smelt QTensor")?;
-        return Ok(q.permute_rows(perm).into_tensor());
-    }
-    let cols = t.cols();
-    let v = t.as_f32()?;
-    let data: Vec<f32> = perm.iter().flat_map(|&r| v[r * cols..(r + 1) * cols].iter().copied()).collect();
-    Tensor::from_f32(data, t.shape())
 }
 
 impl QTensor {
