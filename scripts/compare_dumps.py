@@ -43,8 +43,6 @@ def main():
                         sname = v.format(l=l)
             if "#" in sname or "(" in sname:
                 continue
-            if sname == name and name.startswith(("Qcur-", "Kcur-")) and "#" not in name:
-                pass
             sp = os.path.join(S, sname + ".npy")
             if not os.path.exists(sp):
                 continue

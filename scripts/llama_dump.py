@@ -15,8 +15,6 @@ import numpy as np
 import llama_cpp
 import llama_cpp.llama as llama_mod
 
-sys.path.insert(0, os.path.dirname(__file__))
-
 PROMPTS = [
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
     "<|im_start|>user\nWrite a short poem about the sea.<|im_end|>\n<|im_start|>assistant\n",
