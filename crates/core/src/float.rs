@@ -36,6 +36,11 @@ pub trait Float:
     fn sqrt(self) -> Self;
     fn max(self, o: Self) -> Self;
     fn is_finite(self) -> bool;
+    /// a·b + c with one rounding.
+    fn mul_add(self, b: Self, c: Self) -> Self;
+    /// y = silu(g)·u = g/(1 + e^(−g))·u elementwise: f32 in llama.cpp's arithmetic
+    /// (`crate::ggml::swiglu`), f64 with the exact `exp`.
+    fn swiglu_into(y: &mut [Self], g: &[Self], u: &[Self]);
     /// C(m×n) = alpha·A(m×k)·B(k×n) + beta·C with arbitrary strides (row stride, column stride).
     ///
     /// # Safety
@@ -50,7 +55,7 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $gemm:path, $fast:path) => {
+    ($t:ty, $gemm:path, $fast:path, $swiglu:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -63,6 +68,8 @@ macro_rules! impl_float {
             #[inline(always)] fn sqrt(self) -> Self { <$t>::sqrt(self) }
             #[inline(always)] fn max(self, o: Self) -> Self { <$t>::max(self, o) }
             #[inline(always)] fn is_finite(self) -> bool { <$t>::is_finite(self) }
+            #[inline(always)] fn mul_add(self, b: Self, c: Self) -> Self { <$t>::mul_add(self, b, c) }
+            fn swiglu_into(y: &mut [Self], g: &[Self], u: &[Self]) { $swiglu(y, g, u) }
             unsafe fn gemm(
                 m: usize, k: usize, n: usize, alpha: Self,
                 a: *const Self, rsa: isize, csa: isize,
@@ -74,8 +81,12 @@ macro_rules! impl_float {
         }
     };
 }
-impl_float!(f32, matrixmultiply::sgemm, exp_f32);
-impl_float!(f64, matrixmultiply::dgemm, f64::exp);
+impl_float!(f32, matrixmultiply::sgemm, exp_f32, crate::ggml::swiglu);
+impl_float!(f64, matrixmultiply::dgemm, f64::exp, swiglu_f64);
+
+fn swiglu_f64(y: &mut [f64], g: &[f64], u: &[f64]) {
+    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) { *y = g / (1.0 + (-g).exp()) * u; }
+}
 
 /// e^x for f32 without a libm call (Cephes' expf: x = n·ln2 + r, a degree-6 polynomial for
 /// e^r on |r| ≤ ln2/2, then 2^n by building the exponent bits). Only SSE2 operations, so loops

@@ -9,6 +9,7 @@ pub mod files;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod float;
+pub mod ggml;
 pub mod ops;
 pub mod profile;
 pub mod quant;

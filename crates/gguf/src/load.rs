@@ -11,6 +11,7 @@
 use crate::quant::{GgmlType, QTensor};
 use crate::GgufFile;
 use anyhow::{bail, Context, Result};
+use smelt_core::ops::rope::RopeTable;
 use smelt_core::Tensor;
 use smelt_model::{params, Model, ModelConfig, RopeScaling};
 use std::path::Path;
@@ -50,7 +51,7 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 
 /// The gather that turns Hugging Face q/k rows (half-split heads) into llama.cpp's
 /// (interleaved pairs): row r of the GGUF tensor is row `perm[r]` of the HF tensor, as
-/// convert_hf_to_gguf.py's `permute` does. `qk_from_gguf_perm` is its inverse.
+/// convert_hf_to_gguf.py's `permute` does.
 pub fn qk_to_gguf_perm(n_heads: usize, head_dim: usize) -> Vec<usize> {
     let half = head_dim / 2;
     let mut p = vec![0; n_heads * head_dim];
@@ -60,13 +61,6 @@ pub fn qk_to_gguf_perm(n_heads: usize, head_dim: usize) -> Vec<usize> {
         }
     }
     p
-}
-
-pub fn qk_from_gguf_perm(n_heads: usize, head_dim: usize) -> Vec<usize> {
-    let to = qk_to_gguf_perm(n_heads, head_dim);
-    let mut inv = vec![0; to.len()];
-    for (r, &src) in to.iter().enumerate() { inv[src] = r; }
-    inv
 }
 
 fn meta_usize(f: &GgufFile, key: &str) -> Result<usize> {
@@ -143,26 +137,19 @@ pub fn load_model(path: &Path) -> Result<Model> {
         } else {
             QTensor::new(ty, shape[0], shape[1], bytes.to_vec()).with_context(|| format!("{p}: tensor {gname}"))?.into_tensor()
         };
-        let heads = if gname.ends_with("attn_q.weight") { Some(cfg.n_heads) } else if gname.ends_with("attn_k.weight") { Some(cfg.n_kv_heads) } else { None };
-        let tensor = match heads {
-            Some(h) => permute_rows(&tensor, &qk_from_gguf_perm(h, cfg.head_dim))?,
-            None => tensor,
-        };
         out.push(tensor);
     }
-    Model::new(cfg, out).with_context(|| format!("{p}: building the model"))
-}
-
-/// Row r of the result is row perm[r] of t (2-D, f32 or quantised).
-pub fn permute_rows(t: &Tensor, perm: &[usize]) -> Result<Tensor> {
-    if let Some(q) = t.as_quant() {
-        let q = q.as_any().downcast_ref::<QTensor>().context("permute_rows: not a smelt QTensor")?;
-        return Ok(q.permute_rows(perm).into_tensor());
-    }
-    let cols = t.cols();
-    let v = t.as_f32()?;
-    let data: Vec<f32> = perm.iter().flat_map(|&r| v[r * cols..(r + 1) * cols].iter().copied()).collect();
-    Tensor::from_f32(data, t.shape())
+    // Q/K stay in llama.cpp's row order (interleaved RoPE pairs) and RoPE runs as llama.cpp's
+    // does, so q·k sums the same products in the same order and the model computes what
+    // llama.cpp computes, bit for bit (docs/GGUF.md).
+    let freq_scale = match cfg.rope_scaling {
+        RopeScaling::Linear { factor } => 1.0 / factor as f32,
+        _ => 1.0,
+    };
+    let rope = Arc::new(RopeTable::ggml(cfg.rope_theta as f32, cfg.head_dim, freq_scale));
+    let mut model = Model::new(cfg, out).with_context(|| format!("{p}: building the model"))?;
+    model.rope = rope;
+    Ok(model)
 }
 
 impl QTensor {

@@ -8,4 +8,4 @@ pub mod trace;
 pub use generate::{generate, GenerateConfig, Generation};
 pub use perplexity::{perplexity, Perplexity};
 pub use sample::{Sampler, SamplingConfig};
-pub use trace::{trace, Stage, Stats};
+pub use trace::{trace, trace_decode, Stage, Stats};

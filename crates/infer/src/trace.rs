@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use smelt_core::{Graph, Tensor};
-use smelt_model::{Logits, Model};
+use smelt_model::{KvCache, Logits, Model};
 
 pub struct Stats {
     pub mean: f64,
@@ -49,4 +49,27 @@ pub fn trace(model: &Model, ids: &[u32]) -> Result<Vec<Stage>> {
         let stats = Stats::of(&e.tensor.to_vec_f32());
         Stage { name: e.name, tensor: e.tensor, seconds: e.seconds, stats }
     }).collect())
+}
+
+/// The generation path step by step: the prompt through a KV cache (logits of the last
+/// position only, as `generate` runs it), then `n_decode` greedy single-token steps. Returns
+/// every step's named intermediates (step 0: the prompt) and the greedy tokens.
+pub fn trace_decode(model: &Model, ids: &[u32], n_decode: usize) -> Result<(Vec<Vec<Stage>>, Vec<u32>)> {
+    let mut cache = KvCache::new_on(&model.cfg, 1, ids.len() + n_decode + 1, model.device())?;
+    let (mut steps, mut out) = (vec![], vec![]);
+    let mut input = ids.to_vec();
+    for _ in 0..=n_decode {
+        let mut g = Graph::tracing();
+        let p = model.param_vars(&mut g, false);
+        let tokens = Tensor::from_u32(input.clone(), &[1, input.len()])?;
+        let logits = model.forward(&mut g, &p, &tokens, Some(&mut cache), Logits::Last, false)?.tensor().to_vec_f32();
+        let next = logits.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32;
+        steps.push(g.take_trace().into_iter().map(|e| {
+            let stats = Stats::of(&e.tensor.to_vec_f32());
+            Stage { name: e.name, tensor: e.tensor, seconds: e.seconds, stats }
+        }).collect());
+        out.push(next);
+        input = vec![next];
+    }
+    Ok((steps, out))
 }

@@ -155,7 +155,7 @@ fn block(g: &mut Graph, c: &ModelConfig, rope: &Arc<RopeTable>, bt: (usize, usiz
             }
             cache_write(slot.k, k.tensor(), pos0)?;
             cache_write(slot.v, v.tensor(), pos0)?;
-            let (o, _) = smelt_core::ops::attention::attention(q.tensor(), slot.k, slot.v, pos0 + t, c.sliding_window)?;
+            let o = smelt_core::ops::attention::attention_infer(q.tensor(), slot.k, slot.v, pos0 + t, c.sliding_window)?;
             g.constant(o)
         }
     };
@@ -248,7 +248,25 @@ impl Model {
         });
         let cfg = serde_json::to_string_pretty(&hf)?;
         std::fs::write(dir.join("config.json"), cfg).with_context(|| format!("writing {}/config.json", dir.display()))?;
-        let named: Vec<(String, Tensor)> = self.names.iter().cloned().zip(self.params.iter().cloned()).collect();
+        let mut named: Vec<(String, Tensor)> = self.names.iter().cloned().zip(self.params.iter().cloned()).collect();
+        if self.rope.layout == RopeLayout::Interleaved {
+            // Loaded from GGUF: Hugging Face's q/k rows are half-split (the inverse of
+            // convert_hf_to_gguf.py's permute).
+            let hd = self.cfg.head_dim;
+            for (name, t) in &mut named {
+                if name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") {
+                    let cols = t.cols();
+                    let src = t.to_vec_f32();
+                    let mut dst = vec![0f32; src.len()];
+                    for r in 0..t.rows() {
+                        let (h, e) = (r / hd, r % hd);
+                        let hf = h * hd + (e % 2) * (hd / 2) + e / 2; // GGUF row 2i+s is HF row s·D/2+i
+                        dst[hf * cols..(hf + 1) * cols].copy_from_slice(&src[r * cols..(r + 1) * cols]);
+                    }
+                    *t = Tensor::from_f32(dst, t.shape())?;
+                }
+            }
+        }
         let mut meta = std::collections::HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
         crate::io::write_safetensors(&dir.join("model.safetensors"), &named, dtype, Some(meta))

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use smelt_infer::{trace, Stats};
+use smelt_infer::{trace, trace_decode, Stats};
 use smelt_tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -18,6 +18,10 @@ pub struct TraceArgs {
     /// Write every named tensor as DIR/<name>.npy.
     #[arg(long)]
     dump: Option<PathBuf>,
+    /// Run the generation path instead: the prompt through a KV cache, then N greedy decode
+    /// steps; --dump writes each step into DIR/step<s>/ (step0 = the prompt).
+    #[arg(long)]
+    decode: Option<usize>,
     /// Show only these layers (e.g. 0,29); default all.
     #[arg(long, value_delimiter = ',')]
     layers: Vec<usize>,
@@ -58,6 +62,22 @@ pub fn run(a: TraceArgs) -> Result<()> {
     println!("\n{:<18} {:>16} {:>5} {:>9} {:>11} {:>10} {:>10} {:>10}", "stage", "shape", "dtype", "ms", "mean", "std", "min", "max");
     let idf: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
     row("tokenise", &[ids.len()], "u32", tok_ms, &Stats::of(&idf));
+    if let Some(n) = a.decode {
+        let (steps, next) = trace_decode(&model, &ids, n)?;
+        for (si, stages) in steps.iter().enumerate() {
+            println!("\nstep {si}: {} stages, greedy token {}", stages.len(), next[si]);
+            if let Some(dir) = &a.dump {
+                let d = dir.join(format!("step{si}"));
+                std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+                for s in stages {
+                    let b: Vec<u8> = s.tensor.to_vec_f32().iter().flat_map(|x| x.to_le_bytes()).collect();
+                    write_npy(&d.join(format!("{}.npy", s.name)), "<f4", s.tensor.shape(), &b)?;
+                }
+            }
+        }
+        println!("greedy tokens: {next:?}");
+        return Ok(());
+    }
     let stages = trace(&model, &ids)?;
     if let Some(dir) = &a.dump {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

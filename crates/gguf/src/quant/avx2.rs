@@ -51,14 +51,14 @@ unsafe fn load(p: *const i8) -> __m256i { _mm256_loadu_si256(p as *const __m256i
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0(w: &[u8], a: &[BlockQ8]) -> f32 {
     assert!(w.len() >= a.len() * super::q8_0::BYTES);
-    // Two accumulators (even and odd blocks) so consecutive FMAs do not wait on each other.
-    let mut acc = [_mm256_setzero_ps(); 2];
+    // One accumulator, one FMA per block, then hsum: llama.cpp's order (ggml_vec_dot_q8_0_q8_0).
+    let mut acc = _mm256_setzero_ps();
     for (i, ab) in a.iter().enumerate() {
         let b = w.as_ptr().add(i * super::q8_0::BYTES);
         let q = _mm256_cvtepi32_ps(dot_i8(load(b.add(2) as *const i8), load(ab.qs.as_ptr())));
-        acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc[i & 1]);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc);
     }
-    hsum(_mm256_add_ps(acc[0], acc[1]))
+    hsum(acc)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -77,18 +77,19 @@ pub unsafe fn dot_q4_0(w: &[u8], a: &[BlockQ8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_1(w: &[u8], a: &[BlockQ8]) -> f32 {
     assert!(w.len() >= a.len() * super::q4_1::BYTES);
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut mins = [0f32; 2];
+    // llama.cpp's order (ggml_vec_dot_q4_1_q8_1): one accumulator, the mins summed apart.
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
     for (i, ab) in a.iter().enumerate() {
         let b = w.as_ptr().add(i * super::q4_1::BYTES);
         // d and m in one conversion.
         let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((b as *const i32).read_unaligned()));
         let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+        mins += m * ab.s;
         let q = _mm256_cvtepi32_ps(dot_u8_i8(nibbles(b.add(4)), load(ab.qs.as_ptr())));
-        acc[i & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), q, acc[i & 1]);
-        mins[i & 1] += m * ab.s;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), q, acc);
     }
-    hsum(_mm256_add_ps(acc[0], acc[1])) + (mins[0] + mins[1])
+    hsum(acc) + mins
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

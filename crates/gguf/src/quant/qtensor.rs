@@ -64,14 +64,6 @@ impl QTensor {
     pub fn ty(&self) -> GgmlType { self.ty }
     pub fn bytes(&self) -> &[u8] { &self.data }
 
-    /// A copy with rows reordered: row i of the result is row `perm[i]` of self.
-    pub fn permute_rows(&self, perm: &[usize]) -> Self {
-        let rb = self.row_bytes;
-        let mut data = Vec::with_capacity(self.data.len());
-        for &p in perm { data.extend_from_slice(&self.data[p * rb..(p + 1) * rb]); }
-        QTensor { data, ..self.clone() }
-    }
-
     fn act(&self, x: &[f32]) -> Act {
         match self.ty {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Act::F32(x.to_vec()),

@@ -127,6 +127,66 @@ pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> 
     (out, lse)
 }
 
+/// The inference forward (KV cache, no lse) in llama.cpp's arithmetic, bit for bit: ggml's
+/// non-flash attention on the CPU (AVX-512 build) with an f32 cache. Per query: scores
+/// s_j = `ggml::dot_f32`(k_j, q)·scale, masked to −∞ outside the visible keys over a row padded
+/// to 16 (llama.cpp's cache is padded to 256 and masked); `ggml::soft_max` (f64 sum of 16-lane
+/// chunks), times (f32)(1/sum); then out_t = Σ_j p_j·v_jt as ggml's KQV matmul sums it: one
+/// query (decoding) goes through `ggml_vec_dot_f32` (`ggml::dot_f32`, row padded to 64), a
+/// batch of queries (the prompt) through tinyBLAS (`ggml::dot_f32_tinyblas`, padded to 16).
+/// Padding adds exact zeros (p = 0), so the sums equal llama.cpp's over its whole padded cache.
+pub fn attn_fwd_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) -> Vec<f32> {
+    use crate::ggml;
+    let d = dm.d;
+    let up = |n: usize, m: usize| n.div_ceil(m) * m;
+    let (_, last) = dm.key_range(dm.tq - 1);
+    let n_pad = up(last, if dm.tq == 1 { 64 } else { 16 });
+    let per_head: Vec<Vec<f32>> = (0..dm.b * dm.h)
+        .into_par_iter()
+        .map(|bh| {
+            let (b, h) = (bh / dm.h, bh % dm.h);
+            let g = h / dm.group();
+            // Vᵀ of this KV head: row t holds v[0..last][t], zero-padded.
+            let mut vt = vec![0f32; d * n_pad];
+            for j in 0..last {
+                for (t, &x) in v[dm.kv_at(b, j, g)..][..d].iter().enumerate() { vt[t * n_pad + j] = x; }
+            }
+            let mut out = vec![0f32; dm.tq * d];
+            let mut sc = vec![f32::NEG_INFINITY; up(last, 16)];
+            let mut p = vec![0f32; n_pad];
+            for i in 0..dm.tq {
+                let (lo, hi) = dm.key_range(i);
+                let qr = &q[dm.q_at(b, i, h)..][..d];
+                let n16 = up(hi, 16);
+                sc[..n16].fill(f32::NEG_INFINITY);
+                let mut max = f32::NEG_INFINITY;
+                for j in lo..hi {
+                    sc[j] = ggml::dot_f32(&k[dm.kv_at(b, j, g)..][..d], qr) * scale;
+                    max = max.max(sc[j]);
+                }
+                p.fill(0.0);
+                let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
+                let inv = (1.0 / sum) as f32;
+                for x in &mut p[..n16] { *x *= inv; }
+                let o = &mut out[i * d..(i + 1) * d];
+                for (t, ot) in o.iter_mut().enumerate() {
+                    let col = &vt[t * n_pad..(t + 1) * n_pad];
+                    *ot = if dm.tq == 1 { ggml::dot_f32(col, &p) } else { ggml::dot_f32_tinyblas(&col[..n16], &p[..n16]) };
+                }
+            }
+            out
+        })
+        .collect();
+    let mut out = vec![0f32; dm.b * dm.tq * dm.h * d];
+    for (bh, o) in per_head.into_iter().enumerate() {
+        let (b, h) = (bh / dm.h, bh % dm.h);
+        for i in 0..dm.tq {
+            out[dm.q_at(b, i, h)..][..d].copy_from_slice(&o[i * d..(i + 1) * d]);
+        }
+    }
+    out
+}
+
 /// Returns (dq, dk, dv); dk/dv have the k/v buffer layout (B, S, KVH, D).
 #[allow(clippy::too_many_arguments)]
 pub fn attn_bwd<F: Float>(
@@ -233,6 +293,18 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<u
     Ok((Tensor::from_f32(o, q.shape())?, Tensor::from_f32(l, &[dm.b, dm.h, dm.tq])?))
 }
 
+/// Attention for inference over a KV cache (no lse kept): on the CPU in llama.cpp's
+/// arithmetic (`attn_fwd_ggml`), on CUDA the flash kernel.
+pub fn attention_infer(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>) -> Result<Tensor> {
+    let dm = dims(q, k, v, tk, window)?;
+    let scale = 1.0 / (dm.d as f32).sqrt();
+    #[cfg(feature = "cuda")]
+    if q.is_cuda() {
+        return Ok(cuda::attention(q, k, v, dm, scale)?.0);
+    }
+    Tensor::from_f32(attn_fwd_ggml(q.as_f32()?, k.as_f32()?, v.as_f32()?, dm, scale), q.shape())
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, window: Option<usize>,
@@ -286,6 +358,24 @@ mod tests {
             let want = naive(&q, &k, &v, dm);
             for (a, b) in o.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-12);
+            }
+        }
+    }
+
+    /// The llama.cpp-order inference forward (f32) against the f64 reference, one query
+    /// (decoding, 4×16-lane sums) and many (the prompt, tinyBLAS order), head dim 64 and 40.
+    #[test]
+    fn ggml_order_forward_matches_naive() {
+        for (tq, tk, s, d, window) in [(1, 1, 4, 64, None), (1, 77, 80, 64, None), (7, 7, 9, 64, None), (20, 150, 160, 40, Some(50)), (3, 300, 300, 64, None)] {
+            let dm = AttnDims { b: 2, tq, tk, s, h: 6, kvh: 2, d, window };
+            let q = rand_vec(dm.b * tq * dm.h * d, 1);
+            let k = rand_vec(dm.b * s * dm.kvh * d, 2);
+            let v = rand_vec(dm.b * s * dm.kvh * d, 3);
+            let f = |x: &[f64]| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            let o = attn_fwd_ggml(&f(&q), &f(&k), &f(&v), dm, 1.0 / (d as f32).sqrt());
+            let want = naive(&q, &k, &v, dm);
+            for (a, b) in o.iter().zip(&want) {
+                assert!((*a as f64 - b).abs() < 2e-5, "{tq} {tk}: {a} vs {b}");
             }
         }
     }

@@ -13,6 +13,17 @@ pub mod cuda;
 /// Rows per parallel task; fixed so that reductions over rows (dw) sum in a fixed order.
 const ROWS_PER_TASK: usize = 32;
 
+/// 1/sqrt(mean(x²) + eps) in ggml's order (`ggml_compute_forward_rms_norm_f32`): each square
+/// rounded to F, summed sequentially in f64, the mean rounded to F, then eps added, sqrt and
+/// reciprocal in F. So the normalised rows are bit-identical to llama.cpp's.
+#[inline]
+pub fn rstd_of<F: Float>(x: &[F], eps: f64) -> F {
+    let mut sum = 0f64;
+    for &v in x { sum += (v * v).to_f64(); }
+    let mean = F::from_f64(sum / x.len() as f64);
+    F::ONE / (mean + F::from_f64(eps)).sqrt()
+}
+
 /// Returns (y, rstd) for x: (n, c).
 pub fn rmsnorm_fwd<F: Float>(x: &[F], w: &[F], eps: f64, c: usize) -> (Vec<F>, Vec<F>) {
     let n = x.len() / c;
@@ -23,8 +34,7 @@ pub fn rmsnorm_fwd<F: Float>(x: &[F], w: &[F], eps: f64, c: usize) -> (Vec<F>, V
         .zip(x.par_chunks(c * ROWS_PER_TASK))
         .for_each(|((yb, rb), xb)| {
             for ((yr, r), xr) in yb.chunks_mut(c).zip(rb.iter_mut()).zip(xb.chunks(c)) {
-                let ms = crate::float::dot(xr, xr) / F::from_f64(c as f64);
-                let s = F::ONE / (ms + F::from_f64(eps)).sqrt();
+                let s = rstd_of(xr, eps);
                 *r = s;
                 for ((o, &xi), &wi) in yr.iter_mut().zip(xr).zip(w) {
                     *o = xi * s * wi;

@@ -32,6 +32,8 @@ pub struct RopeTable {
     pub inv_freq: Vec<f64>,
     pub attention_factor: f64,
     pub layout: RopeLayout,
+    /// llama.cpp's angles (`ggml_rope_cache_init`): (theta_scale, freq_scale), see `ggml`.
+    ggml: Option<(f32, f32)>,
     f32_rows: Mutex<F32Rows>,
 }
 
@@ -40,13 +42,24 @@ type F32Rows = (usize, Arc<Vec<f32>>, Arc<Vec<f32>>);
 
 impl Clone for RopeTable {
     fn clone(&self) -> Self {
-        RopeTable::new(self.inv_freq.clone(), self.attention_factor, self.layout)
+        RopeTable { ggml: self.ggml, ..RopeTable::new(self.inv_freq.clone(), self.attention_factor, self.layout) }
     }
 }
 
 impl RopeTable {
     pub fn new(inv_freq: Vec<f64>, attention_factor: f64, layout: RopeLayout) -> Self {
-        RopeTable { inv_freq, attention_factor, layout, f32_rows: Mutex::new((0, Arc::default(), Arc::default())) }
+        RopeTable { inv_freq, attention_factor, layout, ggml: None, f32_rows: Mutex::new((0, Arc::default(), Arc::default())) }
+    }
+
+    /// llama.cpp's RoPE for a GGUF model (interleaved pairs, `GGML_ROPE_TYPE_NORMAL`), with
+    /// its angles bit for bit: theta_scale = powf(base, −2/dims), the angle of pair i at
+    /// position p is ((p·theta_scale)·theta_scale)… in f32 (one rounding per step, as
+    /// `ggml_rope_cache_init` multiplies), times freq_scale (1/linear factor), then f32
+    /// cosf/sinf. The rotation rounds as gcc compiles ggml's `rotate_pairs` (see `rope_apply`).
+    pub fn ggml(base: f32, dims: usize, freq_scale: f32) -> Self {
+        let theta_scale = base.powf(-2.0 / dims as f32);
+        let inv_freq = (0..dims / 2).map(|i| (theta_scale as f64).powi(i as i32) * freq_scale as f64).collect();
+        RopeTable { ggml: Some((theta_scale, freq_scale)), ..RopeTable::new(inv_freq, 1.0, RopeLayout::Interleaved) }
     }
 
     /// f32 cos and sin for positions 0..P with P ≥ `need` (rows of D/2), from the cache.
@@ -65,6 +78,18 @@ impl RopeTable {
         let half = self.inv_freq.len();
         let mut c = Vec::with_capacity(t * half);
         let mut s = Vec::with_capacity(t * half);
+        if let Some((theta_scale, freq_scale)) = self.ggml {
+            for p in pos0..pos0 + t {
+                let mut theta = p as f32;
+                for _ in 0..half {
+                    let a = freq_scale * theta;
+                    c.push(F::from_f64(a.cos() as f64));
+                    s.push(F::from_f64(a.sin() as f64));
+                    theta *= theta_scale;
+                }
+            }
+            return (c, s);
+        }
         for p in pos0..pos0 + t {
             for &f in &self.inv_freq {
                 // f32 angle, as Hugging Face computes it, so long positions round the same way.
@@ -85,15 +110,25 @@ pub fn rope_apply<F: Float>(x: &mut [F], t: usize, heads: usize, d: usize, cos: 
         let tp = r % t;
         let (c, s) = (&cos[tp * half..(tp + 1) * half], &sin[tp * half..(tp + 1) * half]);
         for head in row.chunks_mut(d) {
-            for i in 0..half {
-                let (ia, ib) = match layout {
-                    RopeLayout::HalfSplit => (i, i + half),
-                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-                };
-                let (a, b) = (head[ia], head[ib]);
-                let si = sign * s[i];
-                head[ia] = a * c[i] - b * si;
-                head[ib] = a * si + b * c[i];
+            match layout {
+                RopeLayout::HalfSplit => {
+                    for i in 0..half {
+                        let (a, b) = (head[i], head[i + half]);
+                        let si = sign * s[i];
+                        head[i] = a * c[i] - b * si;
+                        head[i + half] = a * si + b * c[i];
+                    }
+                }
+                RopeLayout::Interleaved => {
+                    // As gcc contracts ggml's rotate_pairs (vfmsub231ss, vfmadd132ss):
+                    // x0·cos fused with the rounded x1·sin, x0·sin fused with the rounded x1·cos.
+                    for i in 0..half {
+                        let (a, b) = (head[2 * i], head[2 * i + 1]);
+                        let si = sign * s[i];
+                        head[2 * i] = c[i].mul_add(a, -(si * b));
+                        head[2 * i + 1] = si.mul_add(a, b * c[i]);
+                    }
+                }
             }
         }
     });

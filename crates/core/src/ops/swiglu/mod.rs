@@ -1,4 +1,5 @@
-//! SwiGLU's gate: y = silu(g) · u, silu(g) = g·σ(g).
+//! SwiGLU's gate: y = silu(g) · u, silu(g) = g·σ(g). The f32 forward is llama.cpp's
+//! arithmetic (`ggml_vec_swiglu_f32`: g / (1 + expf(−g)) · u with ggml's expf), bit for bit.
 
 use crate::float::Float;
 use crate::Tensor;
@@ -16,9 +17,7 @@ fn sigmoid<F: Float>(x: F) -> F { F::ONE / (F::ONE + (-x).exp_fast()) }
 pub fn swiglu_fwd<F: Float>(g: &[F], u: &[F]) -> Vec<F> {
     let mut y = vec![F::ZERO; g.len()];
     y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(u.par_chunks(CHUNK)).for_each(|((y, g), u)| {
-        for i in 0..y.len() {
-            y[i] = g[i] * sigmoid(g[i]) * u[i];
-        }
+        F::swiglu_into(y, g, u);
     });
     y
 }

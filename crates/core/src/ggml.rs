@@ -1,0 +1,191 @@
+//! llama.cpp's CPU float arithmetic, reproduced bit for bit, so that smelt's inference path
+//! gives the same f32 values as llama.cpp on a GGUF model (and therefore the same 8-bit
+//! activations, the same logits and the same greedy tokens).
+//!
+//! The reference is ggml's CPU backend as llama-cpp-python 0.3.36 builds it on x86-64 with
+//! AVX-512 (GGML_NATIVE): 16-lane f32 vectors, `GGML_F32_STEP` 64, gcc's `-ffp-contract=fast`.
+//! Every function names the ggml code it follows; the lane structure is what matters (which
+//! products are summed together, in which order), not the instructions, so these scalar loops
+//! give the same bits on any CPU (`f32::mul_add` is a correctly rounded FMA everywhere).
+
+/// gcc's `_mm512_reduce_add_ps`: halves (8 + 8), then quarters (4 + 4), then lanes (0+2, 1+3),
+/// then the two.
+#[inline(always)]
+pub fn reduce16(v: &[f32; 16]) -> f32 {
+    let mut t3 = [0f32; 8];
+    for i in 0..8 { t3[i] = v[i + 8] + v[i]; }
+    let mut t6 = [0f32; 4];
+    for i in 0..4 { t6[i] = t3[i + 4] + t3[i]; }
+    (t6[0] + t6[2]) + (t6[1] + t6[3])
+}
+
+/// Public slice functions run their `#[inline(always)]` body inside a `target_feature(fma)`
+/// copy when the CPU has FMA, so `mul_add` is one instruction instead of a libm call (same
+/// result either way).
+macro_rules! fma_dispatch {
+    ($(#[$m:meta])* pub fn $name:ident($($a:ident: $t:ty),*) -> $r:ty = $body:ident;) => {
+        $(#[$m])*
+        pub fn $name($($a: $t),*) -> $r {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn fast($($a: $t),*) -> $r { $body($($a),*) }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: FMA checked at run time.
+                    return unsafe { fast($($a),*) };
+                }
+            }
+            $body($($a),*)
+        }
+    };
+}
+
+fma_dispatch! {
+    /// `ggml_vec_dot_f32` (AVX-512): four 16-lane accumulators over 64-element steps (element
+    /// e of a step in accumulator e/16, lane e%16, one FMA each), reduced as (a0+a2)+(a1+a3),
+    /// then `reduce16`; leftover elements added one by one with FMA.
+    pub fn dot_f32(x: &[f32], y: &[f32]) -> f32 = dot_f32_body;
+}
+
+fma_dispatch! {
+    /// tinyBLAS (llamafile sgemm, AVX-512, f32): one 16-lane accumulator over the whole length
+    /// (element e in lane e%16), then `reduce16`. Needs a length that is a multiple of 16
+    /// (tinyBLAS declines otherwise); shorter rows are zero-padded by the caller.
+    pub fn dot_f32_tinyblas(x: &[f32], y: &[f32]) -> f32 = dot_f32_tinyblas_body;
+}
+
+fma_dispatch! {
+    /// `ggml_vec_soft_max_f32` (AVX-512): y = expf(x − max) per element, and the sum,
+    /// accumulated in f64 one 16-element chunk at a time (each chunk `reduce16`ed in f32). The
+    /// caller pads the row with −∞ to a multiple of 16, as llama.cpp's KV cache is padded and
+    /// masked (masked lanes give exactly 0).
+    pub fn soft_max(y: &mut [f32], x: &[f32], max: f32) -> f64 = soft_max_body;
+}
+
+fma_dispatch! {
+    /// `ggml_vec_swiglu_f32` (AVX-512): y = silu(g) · u.
+    pub fn swiglu(y: &mut [f32], g: &[f32], u: &[f32]) -> () = swiglu_body;
+}
+
+#[inline(always)]
+fn swiglu_body(y: &mut [f32], g: &[f32], u: &[f32]) {
+    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) { *y = silu(g) * u; }
+}
+
+#[inline(always)]
+fn dot_f32_body(x: &[f32], y: &[f32]) -> f32 {
+    debug_assert_eq!(x.len(), y.len());
+    let n = x.len();
+    let np = n & !63;
+    let mut acc = [[0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            let (xs, ys) = (&x[i + 16 * j..i + 16 * j + 16], &y[i + 16 * j..i + 16 * j + 16]);
+            for l in 0..16 { a[l] = xs[l].mul_add(ys[l], a[l]); }
+        }
+    }
+    let mut r = [0f32; 16];
+    for l in 0..16 { r[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]); }
+    let mut s = reduce16(&r);
+    for i in np..n { s = x[i].mul_add(y[i], s); }
+    s
+}
+
+#[inline(always)]
+fn dot_f32_tinyblas_body(x: &[f32], y: &[f32]) -> f32 {
+    debug_assert!(x.len() == y.len() && x.len() % 16 == 0);
+    let mut acc = [0f32; 16];
+    for (xs, ys) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
+        for l in 0..16 { acc[l] = xs[l].mul_add(ys[l], acc[l]); }
+    }
+    reduce16(&acc)
+}
+
+const R: u32 = 0x4b400000; // 0x1.8p23
+const LOG2E: u32 = 0x3fb8aa3b;
+const LN2_HI: u32 = 0x3f317200;
+const LN2_LO: u32 = 0x35bfbe8e;
+const C5: u32 = 0x3c072010;
+const C4: u32 = 0x3d2b9f17;
+const C3: u32 = 0x3e2aaf33;
+const C2: u32 = 0x3efffedb;
+const C1: u32 = 0x3f7ffff6;
+
+/// One lane of ggml's AVX-512 `ggml_v_expf` (vec.h; ARM's optimized-routines exp, ~1.5 ulp):
+/// n = round(x·log2 e), b = x − n·ln2 (two FMAs), a degree-5 polynomial in b, scaled by 2ⁿ
+/// with `vscalefps` (one rounding; done here in f64, where the product is exact). |n| > 192
+/// gives 0 or ∞.
+#[inline(always)]
+pub fn expf(x: f32) -> f32 {
+    let f = f32::from_bits;
+    let r = f(R);
+    let z = x.mul_add(f(LOG2E), r);
+    let n = z - r;
+    let b = (-n).mul_add(f(LN2_LO), (-n).mul_add(f(LN2_HI), x));
+    let u = b * b;
+    let j = f(C5).mul_add(b, f(C4)).mul_add(u, f(C3).mul_add(b, f(C2))).mul_add(u, f(C1).mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // 2ⁿ exactly in f64 (n is an integer in [−192, 192]).
+    let p2 = f64::from_bits(((n as i64 + 1023) as u64) << 52);
+    (j as f64 * p2) as f32
+}
+
+/// ggml's AVX-512 `ggml_v_silu`: x / (1 + expf(0 − x)).
+#[inline(always)]
+pub fn silu(x: f32) -> f32 { x / (1.0 + expf(0.0 - x)) }
+
+#[inline(always)]
+fn soft_max_body(y: &mut [f32], x: &[f32], max: f32) -> f64 {
+    debug_assert!(x.len() == y.len() && x.len() % 16 == 0);
+    let mut sum = 0f64;
+    for (yc, xc) in y.chunks_exact_mut(16).zip(x.chunks_exact(16)) {
+        let mut v = [0f32; 16];
+        for l in 0..16 { v[l] = expf(xc[l] - max); }
+        yc.copy_from_slice(&v);
+        sum += reduce16(&v) as f64;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expf_is_accurate() {
+        let mut worst = 0f64;
+        let mut x = -87f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let got = expf(x) as f64;
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.01173;
+        }
+        assert!(worst < 4e-7, "relative error {worst}");
+        assert_eq!(expf(f32::NEG_INFINITY), 0.0);
+        assert_eq!(expf(0.0), 1.0);
+        assert!(expf(f32::NAN).is_nan());
+    }
+
+    /// Bit for bit against ggml's AVX-512 code (scripts/ggml_expf_golden.sh): 8192 inputs from
+    /// −200 to 200, so underflow to denormals and 0, and overflow to ∞, are covered.
+    #[test]
+    fn expf_is_ggmls() {
+        let b = include_bytes!("ggml_data/expf.bin");
+        let v: Vec<f32> = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let bad: Vec<(f32, f32, f32)> = v.chunks_exact(2).filter(|p| expf(p[0]).to_bits() != p[1].to_bits()).map(|p| (p[0], p[1], expf(p[0]))).collect();
+        assert!(bad.is_empty(), "{} of {} differ, e.g. (x, ggml, ours) {:?}", bad.len(), v.len() / 2, &bad[..bad.len().min(3)]);
+        assert!(v.chunks_exact(2).any(|p| p[1] == 0.0) && v.chunks_exact(2).any(|p| p[1].is_infinite()));
+    }
+
+    #[test]
+    fn dots_match_plain_sums() {
+        let x: Vec<f32> = (0..200).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let y: Vec<f32> = (0..200).map(|i| ((i * 53 % 97) as f32 - 48.0) / 5.0).collect();
+        let want: f64 = x.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
+        assert!((dot_f32(&x, &y) as f64 - want).abs() < 1e-3);
+        assert!((dot_f32_tinyblas(&x[..192], &y[..192]) as f64 - x[..192].iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()).abs() < 1e-3);
+    }
+}
