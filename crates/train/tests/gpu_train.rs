@@ -132,9 +132,9 @@ fn gpu_mixed_precision_activations_are_bf16_and_track_the_cpu() {
             worst = (e, g.name.clone());
         }
     }
-    // Measured on a CPU emulation of this policy: about 1e-5 (bf16 roundings through two
-    // layers); a broken kernel gives O(1) or NaN.
-    assert!(worst.0 < 1e-3, "{}: NMSE {:e} against the CPU", worst.1, worst.0);
+    // A CPU emulation of this policy (bf16 rounding at every point the GPU stores bf16) gave
+    // 2.8e-6 (attn_norm-0) to 3.5e-5 (ffn_out-1); a broken kernel gives O(1) or NaN.
+    assert!(worst.0 < 5e-4, "{}: NMSE {:e} against the CPU", worst.1, worst.0);
 }
 
 #[test]
@@ -159,13 +159,15 @@ fn gpu_mixed_precision_gradients_track_the_cpu_and_activations_shrink() {
     let cpu = Model::init(cfg.clone(), 3).unwrap();
     let (lc, gc, _, _) = step(&cpu);
     let mut kept = Vec::new();
-    for (precision, tol) in [(MatmulPrecision::F32, 1e-8), (MatmulPrecision::Bf16, 1e-2)] {
+    // Bf16: the CPU emulation of the policy gave a worst gradient NMSE of 1.8e-4 (k_proj of the
+    // last layer) and a loss within 3e-7 of the f32 one.
+    for (precision, tol) in [(MatmulPrecision::F32, 1e-8), (MatmulPrecision::Bf16, 2e-3)] {
         cuda::set_matmul_precision(precision);
         let mut m = Model::init(cfg.clone(), 3).unwrap();
         m.to_device(d).unwrap();
         let (lg, gg, k, peak) = step(&m);
         println!("{precision:?}: loss cpu {lc:.6} gpu {lg:.6}; tape after the forward {:.1} MiB, forward+backward peak {:.1} MiB", k as f64 / 1048576.0, peak as f64 / 1048576.0);
-        assert!((lg - lc).abs() < 1e-2 * lc, "{precision:?}: loss {lg} vs cpu {lc}");
+        assert!((lg - lc).abs() < 1e-3 * lc, "{precision:?}: loss {lg} vs cpu {lc}");
         let mut worst = (0f64, 0);
         for (i, (a, b)) in gg.iter().zip(&gc).enumerate() {
             let e = nmse(a, b);
@@ -205,9 +207,11 @@ fn gpu_bf16_follows_the_cpu_loss_curve_for_200_steps() {
         worst = worst.max((mg - mc).abs());
     }
     assert!(lc[199] < lc[0] - 0.5, "the CPU run did not learn: {} → {}", lc[0], lc[199]);
-    // bf16 operands slow this run down a little: a CPU run with its matmul operands rounded
-    // to bf16 (an emulation, not kept) lagged the f32 curve by up to 0.07 nats (1%), and GPU
-    // runs, which are not bit-reproducible (scatter-add atomics), by 0.11 to 0.18. Bound: 4%.
+    // Rounding changes this run's trajectory by a few hundredths of a nat either way. CPU
+    // emulations (not kept) against this f32 curve, worst 10-step mean: matmul operands
+    // rounded to bf16 (the old policy) 0.126; the mixed policy (bf16 activations and
+    // activation gradients, f32 residual stream) 0.025; the same with a bf16 stream 0.042.
+    // GPU runs under the old policy lagged by 0.09 to 0.18. Bound: 4% (0.28).
     assert!(worst < 0.04 * lc[0], "GPU loss curve left the CPU's by {worst}");
     assert!(lg[199] < lg[0] - 0.5, "the GPU run did not learn: {} → {}", lg[0], lg[199]);
 }
