@@ -120,6 +120,13 @@ run() {
             echo "{\"impl\":\"smelt\",\"size\":\"$1\",$(tail -1 "$out/b.json" | sed 's/^{//')" >> "$out/bench.jsonl"
             row "bench smelt cuda $1 b$2 t$3" PASS
         else row "bench smelt cuda $1 b$2 t$3" FAIL; fi
+        if [ "$1 $2 $3" = "small 16 512" ]; then
+            # The same shape all in f32: what mixed precision saves in memory and time.
+            if SMELT_CUDA_MATMUL=f32 timeout 300 ./smelt bench --device cuda --size "$1" --batch-size "$2" --seq-len "$3" --format json > "$out/b.json" 2>> "$log"; then
+                echo "{\"impl\":\"smelt-f32\",\"size\":\"$1\",$(tail -1 "$out/b.json" | sed 's/^{//')" >> "$out/bench.jsonl"
+                row "bench smelt cuda f32 $1 b$2 t$3" PASS
+            else row "bench smelt cuda f32 $1 b$2 t$3" FAIL; fi
+        fi
         if timeout 300 python3 bench/torch_gpu.py --size "$1" --batch-size "$2" --seq-len "$3" > "$out/b.json" 2>> "$log"; then
             echo "{\"size\":\"$1\",$(tail -1 "$out/b.json" | sed 's/^{//')" >> "$out/bench.jsonl"
             row "bench pytorch cuda $1 b$2 t$3" PASS
@@ -133,7 +140,7 @@ run() {
 import json, sys
 for l in open(sys.argv[1]):
     r = json.loads(l)
-    print(f"{r.get('impl','?'):8} {r['size']:7} b{r['batch_size']:<3} t{r['seq_len']:<4} fwd {r['forward_tok_s']:>11.0f}  decode {r['decode_tok_s']:>8.1f}  train {r['train_tok_s']:>10.0f}  peak {r['peak_mem_bytes']/2**20:>8.1f}")
+    print(f"{r.get('impl','?'):9} {r['size']:7} b{r['batch_size']:<3} t{r['seq_len']:<4} fwd {r['forward_tok_s']:>11.0f}  decode {r['decode_tok_s']:>8.1f}  train {r['train_tok_s']:>10.0f}  peak {r['peak_mem_bytes']/2**20:>8.1f}")
 PY
     echo "GGUF, weights quantised on the GPU (tokens/s; peak MiB):"
     python3 - "$out/bench_gguf.jsonl" <<'PY' | tee -a "$log"

@@ -163,10 +163,11 @@ impl Graph {
         }))
     }
 
-    /// Fused residual add + RMSNorm: returns (h = x + r, rmsnorm(h)·w).
+    /// Fused residual add + RMSNorm: returns (h = x + r, rmsnorm(h)·w). Under mixed precision
+    /// the stream x, h is f32 and the branch r bf16: r's gradient is dh cast to bf16.
     pub fn add_rmsnorm(&mut self, x: &Var, r: &Var, w: &Var, eps: f64) -> Result<(Var, Var)> {
         let (h, y, rstd) = timed("add_rmsnorm", || ops::rmsnorm::add_rmsnorm(&x.t, &r.t, &w.t, eps))?;
-        let (ht, wt) = (h.clone(), w.t.clone());
+        let (ht, wt, r_dtype) = (h.clone(), w.t.clone(), r.t.dtype());
         let mut v = self.push(&[x, r, w], vec![h, y], move |g| {
             let (mut dh, dw) = match &g[1] {
                 Some(dy) => {
@@ -178,7 +179,8 @@ impl Graph {
             if let Some(gh) = &g[0] {
                 ops::elementwise::add_assign(&mut dh, gh)?;
             }
-            Ok(vec![Some(dh.clone()), Some(dh), dw])
+            let dr = if r_dtype == dh.dtype() { dh.clone() } else { ops::elementwise::cast(&dh, r_dtype)? };
+            Ok(vec![Some(dh), Some(dr), dw])
         });
         let y = v.pop().unwrap();
         Ok((v.pop().unwrap(), y))

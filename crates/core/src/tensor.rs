@@ -3,7 +3,9 @@
 //! Tensors are immutable values (cheap to clone: the storage is reference-counted); ops
 //! allocate their outputs. The optimizer updates parameters in place through `f32_mut`, which
 //! only copies when the storage is still shared (it is not, once the step's graph is dropped).
-//! Compute dtype on CPU is f32; bf16/f16 are storage dtypes for loading and saving.
+//! Compute dtype on CPU is f32; bf16/f16 are storage dtypes for loading and saving. On a GPU
+//! under mixed precision, activations and their gradients are bf16 device tensors (see
+//! `Device::activation_dtype`); host copies keep their dtype and `to_vec_f32` converts.
 //!
 //! With the `cuda` feature a tensor may instead live on a GPU (`Storage::Cuda`); ops dispatch
 //! on `device()`. Host accessors (`as_f32`, `f32_mut`) refuse device tensors with an error
@@ -45,6 +47,19 @@ pub enum Device {
     /// The GPU with this ordinal (`--device cuda:N`).
     #[cfg(feature = "cuda")]
     Cuda(usize),
+}
+
+impl Device {
+    /// The dtype activations are stored in on this device: f32 on the CPU; on CUDA bf16 under
+    /// mixed precision (the default), f32 under `SMELT_CUDA_MATMUL=f32` (see
+    /// `cuda::activation_dtype`). KV caches are made in it.
+    pub fn activation_dtype(self) -> DType {
+        match self {
+            Device::Cpu => DType::F32,
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => crate::cuda::activation_dtype(),
+        }
+    }
 }
 
 impl std::fmt::Display for Device {
@@ -230,7 +245,8 @@ impl Tensor {
         })
     }
 
-    /// Converts to `dtype` (on the host; a device tensor makes the round trip through it).
+    /// Converts to `dtype` on the tensor's device (f32 ↔ bf16 on a GPU by a kernel; other
+    /// device conversions make the round trip through the host).
     pub fn to_dtype(&self, dtype: DType) -> Tensor {
         if dtype == self.dtype() {
             return self.clone();
@@ -238,7 +254,13 @@ impl Tensor {
         #[cfg(feature = "cuda")]
         if self.is_cuda() {
             let dev = self.device();
-            return match self.to_device(Device::Cpu).and_then(|t| t.to_dtype(dtype).to_device(dev)) {
+            let float = |d: DType| matches!(d, DType::F32 | DType::BF16);
+            let r = if float(dtype) && float(self.dtype()) {
+                crate::ops::elementwise::cuda::cast(self, dtype)
+            } else {
+                self.to_device(Device::Cpu).and_then(|t| t.to_dtype(dtype).to_device(dev))
+            };
+            return match r {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("warning: {e:#}");
@@ -290,20 +312,34 @@ impl Tensor {
         }
     }
 
-    /// A zero tensor of `shape` on `device`.
-    pub fn zeros_on(shape: &[usize], device: Device) -> Result<Tensor> {
+    /// An f32 zero tensor of `shape` on `device`.
+    pub fn zeros_on(shape: &[usize], device: Device) -> Result<Tensor> { Tensor::zeros_typed(shape, device, DType::F32) }
+
+    /// A zero tensor of `shape` and `dtype` on `device` (the CPU holds f32, bf16 and f16).
+    pub fn zeros_typed(shape: &[usize], device: Device, dtype: DType) -> Result<Tensor> {
         match device {
-            Device::Cpu => Ok(Tensor::zeros(shape)),
+            Device::Cpu => Ok(match dtype {
+                DType::F32 => Tensor::zeros(shape),
+                DType::BF16 | DType::F16 => Tensor::zeros(shape).to_dtype(dtype),
+                d => bail!("zeros: no {d:?} zeros on the CPU"),
+            }),
             #[cfg(feature = "cuda")]
             Device::Cuda(n) => {
-                let buf = crate::cuda::DeviceBuf::zeros(&crate::cuda::gpu(n)?, DType::F32, numel(shape))?;
+                if dtype == DType::Quant {
+                    bail!("zeros: a device buffer cannot hold quantised blocks");
+                }
+                let buf = crate::cuda::DeviceBuf::zeros(&crate::cuda::gpu(n)?, dtype, numel(shape))?;
                 Tensor::from_device_buf(buf, shape)
             }
         }
     }
 
-    /// Zeros of this tensor's shape on its device (f32).
-    pub fn zeros_like(&self) -> Result<Tensor> { Tensor::zeros_on(&self.shape, self.device()) }
+    /// Zeros of this tensor's shape on its device: of its dtype on a GPU (a bf16 activation's
+    /// gradient is bf16), f32 on the CPU (where compute is f32).
+    pub fn zeros_like(&self) -> Result<Tensor> {
+        let dtype = if self.is_cuda() { self.dtype() } else { DType::F32 };
+        Tensor::zeros_typed(&self.shape, self.device(), dtype)
+    }
 
     /// A copy on `device` (the same tensor, shared, if it is already there). Copies to the host
     /// wait for the device's queued work.

@@ -38,9 +38,9 @@ pub fn generate(model: &Model, prompt: &[u32], cfg: &GenerateConfig, mut on_toke
     let mut ids = Vec::new();
     let mut stopped = false;
     while ids.len() < cfg.max_tokens {
-        // Sampling runs on the host: one row of logits comes back per token.
-        let logits_host = logits.to_device(smelt_core::Device::Cpu)?;
-        let next = sampler.sample(logits_host.as_f32()?, &context);
+        // Sampling runs on the host: one row of logits (f32 or bf16) comes back per token.
+        let logits_host = logits.try_to_vec_f32()?;
+        let next = sampler.sample(&logits_host, &context);
         if cfg.stop_ids.contains(&next) {
             stopped = true;
             break;

@@ -23,7 +23,8 @@ pub struct Model {
     pub rope: Arc<RopeTable>,
 }
 
-/// Keys and values of past positions, per layer: (B, capacity, KVH, D).
+/// Keys and values of past positions, per layer: (B, capacity, KVH, D), stored in the
+/// device's activation dtype (bf16 on a GPU under mixed precision, f32 otherwise).
 pub struct KvCache {
     k: Vec<Tensor>,
     v: Vec<Tensor>,
@@ -43,10 +44,12 @@ impl KvCache {
             batch,
         }
     }
-    /// A cache on `device` (keys and values stay there; only new rows are written).
+    /// A cache on `device` (keys and values stay there; only new rows are written), in the
+    /// dtype the device's activations have now (`Device::activation_dtype`).
     pub fn new_on(cfg: &ModelConfig, batch: usize, cap: usize, device: Device) -> Result<Self> {
         let shape = [batch, cap, cfg.n_kv_heads, cfg.head_dim];
-        let mk = || (0..cfg.n_layers).map(|_| Tensor::zeros_on(&shape, device)).collect::<Result<Vec<_>>>();
+        let dtype = device.activation_dtype();
+        let mk = || (0..cfg.n_layers).map(|_| Tensor::zeros_typed(&shape, device, dtype)).collect::<Result<Vec<_>>>();
         Ok(KvCache { k: mk()?, v: mk()?, len: 0, cap, batch })
     }
     pub fn len(&self) -> usize { self.len }
@@ -54,7 +57,7 @@ impl KvCache {
     pub fn capacity(&self) -> usize { self.cap }
     /// Forget positions from `n` on (e.g. rejected speculative tokens).
     pub fn truncate(&mut self, n: usize) { self.len = self.len.min(n); }
-    pub fn bytes(&self) -> usize { self.k.iter().chain(&self.v).map(|t| t.numel() * 4).sum() }
+    pub fn bytes(&self) -> usize { self.k.iter().chain(&self.v).map(|t| t.numel() * t.dtype().size_in_bytes()).sum() }
 }
 
 /// Logits computed at once by `Model::loss` (64 MiB of f32).
@@ -102,15 +105,14 @@ fn cache_write(cache: &mut Tensor, new: &Tensor, pos0: usize) -> Result<()> {
     let (b, cap, row) = (s[0], s[1], s[2] * s[3]);
     let t = new.shape()[1];
     if cache.is_cuda() {
-        // One device copy per sequence (batch 1 for generation: one copy).
+        // Device copies, one per sequence (batch 1 for generation: one copy). The rows must
+        // already have the cache's dtype (`write_at` says so if not).
         if b == 1 {
             return cache.write_at(pos0 * row, new);
         }
-        let src = new.to_device(Device::Cpu)?;
-        let src = src.as_f32()?;
+        let seqs = new.reshape(&[b, t * row])?;
         for bi in 0..b {
-            let rows = Tensor::from_f32(src[bi * t * row..(bi + 1) * t * row].to_vec(), &[t * row])?.to_device(cache.device())?;
-            cache.write_at((bi * cap + pos0) * row, &rows)?;
+            cache.write_at((bi * cap + pos0) * row, &seqs.narrow_rows(bi, 1)?)?;
         }
         return Ok(());
     }

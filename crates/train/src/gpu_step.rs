@@ -4,8 +4,10 @@
 //! (non-finite loss or norm) on the device, and the one-launch AdamW reads them there.
 //! The host waits once, after the whole step is queued, to read the loss and the norm.
 //!
-//! Precision: f32 master weights, gradients and AdamW moments on the device; matmuls with bf16
-//! operands and f32 accumulation (`smelt_core::cuda::matmul_precision`); everything else f32.
+//! Precision (`smelt_core::cuda::matmul_precision`, docs/CUDA.md): f32 master weights, weight
+//! gradients and AdamW moments on the device; under mixed precision (the default) bf16 matmul
+//! operands with f32 accumulation and bf16 activations and activation gradients, the residual
+//! stream f32; under f32 precision everything f32.
 
 use crate::optim::AdamWState;
 use anyhow::{bail, Result};

@@ -135,8 +135,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         #[cfg(feature = "cuda")]
         Device::Cuda(_) => smelt_core::cuda::mem_stats().1 as u64,
     };
+    // What the CUDA figures were measured under: mixed precision (bf16 activations, the
+    // default) or f32 (SMELT_CUDA_MATMUL=f32).
+    let precision = match device.activation_dtype() {
+        smelt_core::DType::BF16 => "bf16",
+        _ => "f32",
+    };
     let r = serde_json::json!({
         "device": device.to_string(),
+        "precision": precision,
         "threads": rayon::current_num_threads(),
         "params": model.cfg.n_params(),
         "batch_size": b, "seq_len": t,
@@ -148,7 +155,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     match a.format {
         Format::Json => println!("{r}"),
         Format::Text => {
-            println!("device {device}, {} threads, {} parameters, batch {b} × seq {t}", r["threads"], r["params"]);
+            println!("device {device} ({precision} activations), {} threads, {} parameters, batch {b} × seq {t}", r["threads"], r["params"]);
             println!("forward  {:>10.0} tok/s", r["forward_tok_s"].as_f64().unwrap());
             println!("decode   {:>10.1} tok/s (batch 1, KV cache)", r["decode_tok_s"].as_f64().unwrap());
             match r["train_tok_s"].as_f64() {

@@ -1,9 +1,10 @@
 //! cuBLASLt, for the one matmul shape family `linear` needs. cudarc's safe wrapper wants A, B
-//! and C of one type; mixed precision needs bf16 A/B with an f32 C, so this calls the
-//! `result` layer directly. Column-major, as cuBLAS is: `linear`'s `cuda.rs` maps row-major
+//! and C of one type; mixed precision needs bf16 A/B with an f32 C (weight gradients) or a
+//! bf16 C (activations), so this calls the `result` layer directly. Accumulation is f32
+//! always. Column-major, as cuBLAS is: `linear`'s `cuda.rs` maps row-major
 //! products onto it.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublaslt::{result, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use std::ffi::c_void;
@@ -16,7 +17,7 @@ pub struct Lt {
     stream: Arc<CudaStream>,
     /// Descriptors and the chosen algorithm per problem shape: building them and asking the
     /// heuristic costs tens of microseconds, more than a small product itself (decode).
-    plans: Mutex<HashMap<(Gemm, Operand), Arc<Plan>>>,
+    plans: Mutex<HashMap<(Gemm, Operand, Operand), Arc<Plan>>>,
 }
 
 /// Everything `cublasLtMatmul` needs besides the pointers, for one problem shape.
@@ -42,7 +43,7 @@ impl Drop for Lt {
     }
 }
 
-/// Element type of the A/B operands (C/D are always f32, accumulation always f32).
+/// Element type of the A/B operands, or of C/D (accumulation is always f32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Operand {
     F32,
@@ -106,18 +107,22 @@ impl Lt {
         Ok(Lt { handle, workspace, stream, plans: Mutex::new(HashMap::new()) })
     }
 
-    /// Runs `g` on raw device pointers (A, B of type `op`; C f32).
+    /// Runs `g` on raw device pointers: A, B of type `op`, C (= D) of type `out`. bf16 A/B
+    /// with an f32 or a bf16 C, or all f32.
     ///
     /// # Safety
     /// The pointers must address buffers on this handle's device large enough for the layouts.
-    pub unsafe fn gemm(&self, g: Gemm, op: Operand, a: u64, b: u64, c: u64) -> Result<()> {
+    pub unsafe fn gemm(&self, g: Gemm, op: Operand, out: Operand, a: u64, b: u64, c: u64) -> Result<()> {
+        if op == Operand::F32 && out == Operand::Bf16 {
+            bail!("cuBLASLt: f32 operands with a bf16 result are not supported (use bf16 operands)");
+        }
         let plan = {
             let mut plans = self.plans.lock().map_err(|_| anyhow!("cuBLASLt plan cache poisoned"))?;
-            match plans.get(&(g, op)) {
+            match plans.get(&(g, op, out)) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = Arc::new(self.plan(g, op)?);
-                    plans.insert((g, op), p.clone());
+                    let p = Arc::new(self.plan(g, op, out).with_context(|| format!("cuBLASLt plan for {op:?} operands, {out:?} result, {g:?}"))?);
+                    plans.insert((g, op, out), p.clone());
                     p
                 }
             }
@@ -142,20 +147,26 @@ impl Lt {
             self.stream.cu_stream() as sys::cudaStream_t,
         )
         .map_err(e("matmul"))?;
-        super::profile::record(match op { Operand::F32 => "cublasLt f32", Operand::Bf16 => "cublasLt bf16" });
+        super::profile::record(match (op, out) {
+            (Operand::F32, _) => "cublasLt f32",
+            (Operand::Bf16, Operand::F32) => "cublasLt bf16->f32",
+            (Operand::Bf16, Operand::Bf16) => "cublasLt bf16->bf16",
+        });
         Ok(())
     }
 
-    unsafe fn plan(&self, g: Gemm, op: Operand) -> Result<Plan> {
-        let (ty, compute) = match op {
-            Operand::F32 => (sys::cudaDataType_t::CUDA_R_32F, sys::cublasComputeType_t::CUBLAS_COMPUTE_32F),
-            Operand::Bf16 => (sys::cudaDataType_t::CUDA_R_16BF, sys::cublasComputeType_t::CUBLAS_COMPUTE_32F),
+    unsafe fn plan(&self, g: Gemm, op: Operand, out: Operand) -> Result<Plan> {
+        let cty = |o: Operand| match o {
+            Operand::F32 => sys::cudaDataType_t::CUDA_R_32F,
+            Operand::Bf16 => sys::cudaDataType_t::CUDA_R_16BF,
         };
+        // f32 accumulation and f32 alpha/beta for every combination.
+        let (ty, compute) = (cty(op), sys::cublasComputeType_t::CUBLAS_COMPUTE_32F);
         let (ar, ac) = if g.ta { (g.k, g.m) } else { (g.m, g.k) };
         let (br, bc) = if g.tb { (g.n, g.k) } else { (g.k, g.n) };
         let la = Layout(result::create_matrix_layout(ty, ar, ac, g.lda).map_err(e("layout A"))?);
         let lb = Layout(result::create_matrix_layout(ty, br, bc, g.ldb).map_err(e("layout B"))?);
-        let lc = Layout(result::create_matrix_layout(sys::cudaDataType_t::CUDA_R_32F, g.m, g.n, g.ldc).map_err(e("layout C"))?);
+        let lc = Layout(result::create_matrix_layout(cty(out), g.m, g.n, g.ldc).map_err(e("layout C"))?);
         let desc = Desc(result::create_matmul_desc(compute, sys::cudaDataType_t::CUDA_R_32F).map_err(e("descriptor"))?);
         for (attr, t) in [
             (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, g.ta),

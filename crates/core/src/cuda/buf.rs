@@ -15,7 +15,8 @@ pub struct DeviceBuf {
     pub len: usize,
     pub data: CudaSlice<u8>,
     /// A bf16 copy of this f32 buffer, made by the first bf16 matmul that reads it as a weight
-    /// and reused until the buffer is written (`Tensor::cuda_buf_mut` drops it).
+    /// and reused until the buffer is written (`Tensor::cuda_buf_mut` drops it). Never set on
+    /// a bf16 buffer (a copy of itself would keep it alive forever).
     pub bf16_shadow: OnceLock<crate::Tensor>,
 }
 
@@ -36,6 +37,9 @@ fn track(bytes: usize) {
 /// (bytes held in tensors now, the most held at once) over all GPUs. The cuBLASLt workspace
 /// and the driver's own memory are not counted.
 pub fn mem_stats() -> (usize, usize) { (LIVE.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed)) }
+
+/// Starts a new peak: from now `mem_stats().1` is the most held since this call.
+pub fn reset_mem_peak() { PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed) }
 
 impl Drop for DeviceBuf {
     fn drop(&mut self) { LIVE.fetch_sub(self.data.len(), Ordering::Relaxed); }

@@ -14,6 +14,16 @@ __device__ __forceinline__ bf16_t f2bf(float f) {
     return (bf16_t)(u >> 16);
 }
 
+// Storage types. Kernels are templates over the element type they read and write (float or
+// bf16_t), instantiated under names ending in the dtype(s), e.g. `swiglu_fwd_bf16`; every kernel
+// loads into f32 (`to_f`), computes and accumulates in f32 and rounds once when it stores
+// (`from_f<T>`).
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(bf16_t v) { return bf2f(v); }
+template <typename T> __device__ __forceinline__ T from_f(float v);
+template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
+template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float v) { return f2bf(v); }
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

@@ -13,7 +13,7 @@ pub mod blas;
 mod buf;
 pub mod compile;
 
-pub use buf::{mem_stats, DeviceBuf};
+pub use buf::{mem_stats, reset_mem_peak, DeviceBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig};
@@ -29,7 +29,7 @@ pub struct Gpu {
     /// Compute capability (major, minor); NVRTC compiles for exactly this.
     pub arch: (i32, i32),
     pub name: String,
-    functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+    functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     blas: Mutex<Option<Arc<blas::Lt>>>,
 }
@@ -101,10 +101,12 @@ fn keep_freed_memory(ctx: &Arc<CudaContext>) {
 
 impl Gpu {
     /// Kernel `func` of the module `module` whose CUDA source is `src` (compiled with NVRTC on
-    /// first use, then cached on disk and in memory).
-    pub fn function(&self, module: &'static str, src: &'static str, func: &'static str) -> Result<CudaFunction> {
+    /// first use, then cached on disk and in memory). Names of dtype-generic kernels are built
+    /// with `kname`.
+    pub fn function(&self, module: &'static str, src: &'static str, func: &str) -> Result<CudaFunction> {
         let mut fns = self.functions.lock().map_err(|_| anyhow!("kernel table poisoned"))?;
-        if let Some(f) = fns.get(&(module, func)) {
+        let key = (module, func.to_string());
+        if let Some(f) = fns.get(&key) {
             return Ok(f.clone());
         }
         let m = {
@@ -120,7 +122,7 @@ impl Gpu {
             }
         };
         let f = m.load_function(func).map_err(|e| anyhow!("kernel {func} not found in {module}: {e:?}"))?;
-        fns.insert((module, func), f.clone());
+        fns.insert(key, f.clone());
         Ok(f)
     }
 
@@ -229,13 +231,15 @@ static POISON: AtomicBool = AtomicBool::new(false);
 pub fn set_poison(on: bool) { POISON.store(on, Ordering::Relaxed) }
 pub fn poison() -> bool { POISON.load(Ordering::Relaxed) }
 
-/// How `linear` multiplies on CUDA.
+/// The CUDA precision policy (named for the matmul, which it mostly governs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MatmulPrecision {
-    /// f32 inputs, f32 arithmetic (the CPU reference's precision; parity tests).
+    /// Everything f32: the CPU reference's precision (parity tests, exact comparisons).
     F32,
-    /// Inputs rounded to bf16, products accumulated in f32 (mixed-precision training, as
-    /// PyTorch's bf16 autocast does for matmuls); outputs f32.
+    /// Mixed precision: matmul operands bf16 (a weight's bf16 copy cached on its f32 master),
+    /// products accumulated in f32; activations and their gradients stored in bf16 except the
+    /// residual stream, which stays f32 (`activation_dtype`); weight gradients, master weights
+    /// and AdamW moments f32. Kernels compute in f32 whatever they store.
     Bf16,
 }
 
@@ -255,6 +259,63 @@ pub fn matmul_precision() -> MatmulPrecision {
             _ => MatmulPrecision::Bf16,
         },
     }
+}
+
+/// How activations are stored on CUDA: bf16 under mixed precision (the default), f32 when
+/// matmuls are f32 (`SMELT_CUDA_MATMUL=f32`), so that f32 runs stay f32 throughout.
+pub fn activation_dtype() -> crate::DType {
+    match matmul_precision() {
+        MatmulPrecision::F32 => crate::DType::F32,
+        MatmulPrecision::Bf16 => crate::DType::BF16,
+    }
+}
+
+/// The name a storage dtype has in kernel names (`f32`, `bf16`); kernels exist for no other.
+pub fn dtype_name(d: crate::DType, what: &str) -> Result<&'static str> {
+    match d {
+        crate::DType::F32 => Ok("f32"),
+        crate::DType::BF16 => Ok("bf16"),
+        d => bail!("{what}: CUDA kernels store f32 or bf16, not {d:?}"),
+    }
+}
+
+/// The kernel `base` instantiated for `dtypes`: `kname("rmsnorm_fwd", [F32, BF16, BF16])` is
+/// `rmsnorm_fwd_f32_bf16_bf16` (the order is the kernel's template parameters' order).
+pub fn kname(base: &str, dtypes: &[crate::DType], what: &str) -> Result<String> {
+    let mut s = base.to_string();
+    for &d in dtypes {
+        s.push('_');
+        s.push_str(dtype_name(d, what)?);
+    }
+    Ok(s)
+}
+
+/// The device buffers of `ts`, checked to be on one GPU and each f32 or bf16 (the storage
+/// dtypes kernels are instantiated for); the caller checks which combination it takes.
+pub fn float_bufs<'a, const N: usize>(ts: [&'a crate::Tensor; N], what: &str) -> Result<[&'a DeviceBuf; N]> {
+    let mut out: Vec<&DeviceBuf> = Vec::with_capacity(N);
+    for t in ts {
+        let b = t.cuda_buf().with_context(|| format!("{what}: all inputs must be on the same CUDA device"))?;
+        dtype_name(b.dtype, what)?;
+        if let Some(first) = out.first() {
+            if first.gpu.ordinal != b.gpu.ordinal {
+                bail!("{what}: inputs on cuda:{} and cuda:{}", first.gpu.ordinal, b.gpu.ordinal);
+            }
+        }
+        out.push(b);
+    }
+    out.try_into().map_err(|_| anyhow!("{what}: internal error"))
+}
+
+/// The one storage dtype of `bufs` (named `names` in the error when they differ): ops whose
+/// inputs must agree (swiglu's gate and up, attention's q, k and v, a gradient and its tensor).
+pub fn same_dtype(bufs: &[&DeviceBuf], names: &[&str], what: &str) -> Result<crate::DType> {
+    let d = bufs.first().map(|b| b.dtype).ok_or_else(|| anyhow!("{what}: no inputs"))?;
+    if bufs.iter().any(|b| b.dtype != d) {
+        let got: Vec<String> = bufs.iter().zip(names).map(|(b, n)| format!("{n} {:?}", b.dtype)).collect();
+        bail!("{what}: inputs must share one storage dtype, got {}", got.join(", "));
+    }
+    Ok(d)
 }
 
 /// The device buffers of `ts`, checked to be f32 and on one GPU.

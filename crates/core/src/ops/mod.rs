@@ -19,3 +19,5 @@ pub mod swiglu;
 pub(crate) mod testing;
 #[cfg(all(test, feature = "cuda"))]
 mod parity;
+#[cfg(all(test, feature = "cuda"))]
+mod parity_bf16;

@@ -4,7 +4,9 @@
 //! every device output buffer is poisoned with NaN before its kernel runs, so an element a
 //! kernel forgets to write fails the comparison. Comparison: NMSE = ‖gpu − cpu‖² / ‖cpu‖²
 //! against a per-precision threshold. Without a GPU each test prints `SKIP: no CUDA device`
-//! and passes (CI has none). `kernels_compile` needs only NVRTC, not a GPU.
+//! and passes (CI has none). `kernels_compile` needs only NVRTC, not a GPU. The bf16-storage
+//! cases (mixed precision) are in `parity_bf16.rs`, with these helpers. Some tests set the
+//! process-wide precision: run with `--test-threads=1` (the GPU suite does).
 
 use crate::cuda;
 use crate::ops;
@@ -12,11 +14,11 @@ use crate::rng::Rng;
 use crate::{Device, Tensor};
 
 /// f32 kernels against the f32 CPU code: only summation order differs.
-const F32_NMSE: f64 = 1e-10;
-/// bf16 matmul operands (f32 accumulation).
-const BF16_NMSE: f64 = 1e-4;
+pub(super) const F32_NMSE: f64 = 1e-10;
+/// bf16 matmul operands (f32 accumulation) against the unrounded f32 CPU reference.
+pub(super) const BF16_NMSE: f64 = 1e-4;
 
-fn dev() -> Option<Device> {
+pub(super) fn dev() -> Option<Device> {
     match cuda::gpu(0) {
         Ok(_) => {
             cuda::set_poison(true);
@@ -30,7 +32,7 @@ fn dev() -> Option<Device> {
     }
 }
 
-fn seed() -> u64 {
+pub(super) fn seed() -> u64 {
     let s = std::env::var("SMELT_PARITY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
     });
@@ -38,19 +40,19 @@ fn seed() -> u64 {
     s
 }
 
-fn randn(r: &mut Rng, shape: &[usize], scale: f32) -> Tensor {
+pub(super) fn randn(r: &mut Rng, shape: &[usize], scale: f32) -> Tensor {
     let n: usize = shape.iter().product();
     Tensor::from_f32((0..n).map(|_| r.normal() as f32 * scale).collect(), shape).unwrap()
 }
 
-fn ids(r: &mut Rng, n: usize, v: usize) -> Tensor {
+pub(super) fn ids(r: &mut Rng, n: usize, v: usize) -> Tensor {
     Tensor::from_u32((0..n).map(|_| r.below(v as u64) as u32).collect(), &[n]).unwrap()
 }
 
-fn up(t: &Tensor, d: Device) -> Tensor { t.to_device(d).unwrap() }
+pub(super) fn up(t: &Tensor, d: Device) -> Tensor { t.to_device(d).unwrap() }
 
 /// Asserts NMSE(gpu, cpu) ≤ tol; NaN (an unwritten or broken element) always fails.
-fn close(label: &str, gpu: &Tensor, cpu: &Tensor, tol: f64) {
+pub(super) fn close(label: &str, gpu: &Tensor, cpu: &Tensor, tol: f64) {
     assert_eq!(gpu.shape(), cpu.shape(), "{label}: shape");
     let (g, c) = (gpu.try_to_vec_f32().unwrap(), cpu.to_vec_f32());
     let (mut num, mut den) = (0f64, 0f64);
@@ -59,7 +61,7 @@ fn close(label: &str, gpu: &Tensor, cpu: &Tensor, tol: f64) {
         den += (*b as f64).powi(2);
     }
     let nmse = num / den.max(1e-30);
-    println!("{label:<28} nmse {nmse:.3e} (tol {tol:.0e})");
+    println!("{label:<40} {:<5} nmse {nmse:.3e} (tol {tol:.0e})", format!("{:?}", gpu.dtype()).to_lowercase());
     assert!(nmse.is_finite() && nmse <= tol, "{label}: NMSE {nmse:e} > {tol:e} (or NaN: an element was not written)");
 }
 
@@ -70,21 +72,44 @@ fn kernels_compile() {
         return;
     }
     let arch = cuda::gpu(0).map(|g| g.arch).unwrap_or((9, 0));
-    for (name, src) in [
-        ("adamw", ops::adamw::cuda::SRC),
-        ("attention", ops::attention::cuda::SRC),
-        ("cross_entropy", ops::cross_entropy::cuda::SRC),
-        ("elementwise", ops::elementwise::cuda::SRC),
-        ("embedding", ops::embedding::cuda::SRC),
-        ("matmul", ops::matmul::cuda::SRC),
-        ("qmatmul", ops::qmatmul::cuda::SRC),
-        ("rmsnorm", ops::rmsnorm::cuda::SRC),
-        ("rope", ops::rope::cuda::SRC),
-        ("swiglu", ops::swiglu::cuda::SRC),
-    ] {
-        if let Err(e) = cuda::compile::compile(name, src, arch) {
-            panic!("{e:#}");
+    // Every kernel the launchers ask for, by base name and the dtype lists they pass to
+    // `cuda::kname` (f = f32, b = bf16): a name the .cu's instantiation macros do not produce
+    // would only fail at run time, on a GPU.
+    let x = |bases: &[&str], combos: &[&str]| -> Vec<String> {
+        let mut v = Vec::new();
+        for b in bases {
+            for c in combos {
+                let dts: Vec<crate::DType> = c.chars().map(|ch| if ch == 'f' { crate::DType::F32 } else { crate::DType::BF16 }).collect();
+                v.push(cuda::kname(b, &dts, "kernels_compile").unwrap());
+            }
         }
+        v
+    };
+    let one = ["f", "b"];
+    let two = ["ff", "fb", "bf", "bb"];
+    let three = ["fff", "ffb", "fbf", "fbb", "bff", "bfb", "bbf", "bbb"];
+    let plain = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for (name, src, kernels) in [
+        ("adamw", ops::adamw::cuda::SRC, plain(&["sumsq_multi_f32", "norm_finalize", "adamw_multi_f32"])),
+        ("attention", ops::attention::cuda::SRC, x(&["attn_fwd", "attn_bwd_delta", "attn_bwd_dq", "attn_bwd_dkdv"], &one)),
+        ("cross_entropy", ops::cross_entropy::cuda::SRC, [x(&["ce_fwd", "ce_bwd"], &one), plain(&["ce_mean_f32"])].concat()),
+        ("elementwise", ops::elementwise::cuda::SRC, [x(&["add", "mul", "scale"], &one), x(&["add_assign"], &two), plain(&["f32_to_bf16", "bf16_to_f32"])].concat()),
+        ("embedding", ops::embedding::cuda::SRC, x(&["embedding_fwd", "embedding_bwd", "embedding_bwd_sorted"], &one)),
+        ("matmul", ops::matmul::cuda::SRC, x(&["add_bias", "col_sum_part"], &one)),
+        ("qmatmul", ops::qmatmul::cuda::SRC, ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"].iter()
+            .flat_map(|f| ["qmatvec_", "qdequant_f32_", "qdequant_bf16_", "qgather_f32_"].map(|k| format!("{k}{f}"))).collect()),
+        ("rmsnorm", ops::rmsnorm::cuda::SRC, [x(&["rmsnorm_fwd"], &three), x(&["rmsnorm_bwd_dx", "rmsnorm_bwd_dw_part"], &two), plain(&["sum_partials_f32"])].concat()),
+        ("rope", ops::rope::cuda::SRC, x(&["rope"], &one)),
+        ("swiglu", ops::swiglu::cuda::SRC, x(&["swiglu_fwd", "swiglu_bwd"], &one)),
+    ] {
+        let ptx = match cuda::compile::compile(name, src, arch) {
+            Ok(p) => p,
+            Err(e) => panic!("{e:#}"),
+        };
+        for k in &kernels {
+            assert!(ptx.contains(&format!(".entry {k}(")), "{name}.cu has no kernel {k}");
+        }
+        println!("{name}: {} kernels", kernels.len());
     }
 }
 

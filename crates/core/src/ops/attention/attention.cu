@@ -10,6 +10,10 @@
 // floats so that lane j reading row j hits distinct banks. Lane j scores row j of the tile;
 // the weighted sums then broadcast each lane's weight with a shuffle, and every lane
 // accumulates the feature columns d = lane + 32·e (D ≤ 128, so e < 4) in registers.
+//
+// Storage: q, k, v, out, dout, dq, dk, dv share one dtype T, f32 or bf16 (kernel names end in
+// it); tiles are staged in shared memory as f32 and everything is computed in f32; lse and
+// delta are f32.
 
 #define ROWS 8    // warps per block = rows owned per block
 #define TILE 32   // rows per staged tile (= lanes)
@@ -19,17 +23,19 @@ __device__ __forceinline__ int key_lo(int pos, int window) { return window > 0 ?
 
 // Loads rows [r0, r0+TILE) of a (…, rows, heads, D) tensor at (batch b, head hd) into a padded
 // tile; rows at or past `rend` become zero.
-__device__ __forceinline__ void load_tile(float* dst, const float* src, int b, int nrows, int heads, int hd, int D,
+template <typename T>
+__device__ __forceinline__ void load_tile(float* dst, const T* src, int b, int nrows, int heads, int hd, int D,
                                           int r0, int rend) {
     for (int idx = threadIdx.x; idx < TILE * D; idx += blockDim.x) {
         int rr = idx / D, d = idx - rr * D, r = r0 + rr;
-        dst[rr * (D + 1) + d] = r < rend ? src[(((long long)b * nrows + r) * heads + hd) * D + d] : 0.f;
+        dst[rr * (D + 1) + d] = r < rend ? to_f(src[(((long long)b * nrows + r) * heads + hd) * D + d]) : 0.f;
     }
 }
 
 // grid (ceil(Tq/ROWS), H, B), block 256, shared 2·TILE·(D+1) + ROWS·D floats.
-extern "C" __global__ void attn_fwd_f32(const float* q, const float* k, const float* v, float* out, float* lse,
-                                        int tq, int tk, int s, int H, int KVH, int D, int window, float scale) {
+template <typename T>
+__device__ void attn_fwd(const T* q, const T* k, const T* v, T* out, float* lse, int tq, int tk, int s, int H, int KVH,
+                         int D, int window, float scale) {
     extern __shared__ float sm[];
     float* Ks = sm;
     float* Vs = Ks + TILE * (D + 1);
@@ -44,7 +50,7 @@ extern "C" __global__ void attn_fwd_f32(const float* q, const float* k, const fl
     int blo = key_lo(off + i0, window), bhi = off + ilast + 1;
     float* qw = Qs + warp * D;
     if (active)
-        for (int d = lane; d < D; d += 32) qw[d] = q[(((long long)b * tq + i) * H + h) * D + d];
+        for (int d = lane; d < D; d += 32) qw[d] = to_f(q[(((long long)b * tq + i) * H + h) * D + d]);
     float m = -SM_INF, l = 0.f, o[PER];
     for (int e = 0; e < PER; e++) o[e] = 0.f;
     for (int j0 = blo; j0 < bhi; j0 += TILE) {
@@ -81,20 +87,20 @@ extern "C" __global__ void attn_fwd_f32(const float* q, const float* k, const fl
     float inv = 1.f / l;
     for (int e = 0; e < PER; e++) {
         int d = lane + 32 * e;
-        if (d < D) out[(((long long)b * tq + i) * H + h) * D + d] = o[e] * inv;
+        if (d < D) out[(((long long)b * tq + i) * H + h) * D + d] = from_f<T>(o[e] * inv);
     }
     if (lane == 0) lse[((long long)b * H + h) * tq + i] = m + logf(l);
 }
 
 // delta[b, h, i] = Σ_d dout·out (one warp per row).
-extern "C" __global__ void attn_bwd_delta_f32(const float* out, const float* dout, float* delta, int tq, int H, int D,
-                                              long long rows) {
+template <typename T>
+__device__ void attn_bwd_delta(const T* out, const T* dout, float* delta, int tq, int H, int D, long long rows) {
     long long w = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (w >= rows) return;
     // w indexes (b, i, h) in the (B, Tq, H) layout of out.
     float acc = 0.f;
-    for (int d = lane; d < D; d += 32) acc += out[w * D + d] * dout[w * D + d];
+    for (int d = lane; d < D; d += 32) acc += to_f(out[w * D + d]) * to_f(dout[w * D + d]);
     acc = warp_sum(acc);
     long long h = w % H, bi = w / H, i = bi % tq, b = bi / tq;
     if (lane == 0) delta[(b * H + h) * tq + i] = acc;
@@ -102,9 +108,9 @@ extern "C" __global__ void attn_bwd_delta_f32(const float* out, const float* dou
 
 // dq: like the forward, one warp per query; p = exp(s − lse), ds = p·(dO·v − delta)·scale,
 // dq = Σ_j ds·k_j. grid (ceil(Tq/ROWS), H, B), shared 2·TILE·(D+1) + 2·ROWS·D floats.
-extern "C" __global__ void attn_bwd_dq_f32(const float* q, const float* k, const float* v, const float* dout,
-                                           const float* lse, const float* delta, float* dq, int tq, int tk, int s,
-                                           int H, int KVH, int D, int window, float scale) {
+template <typename T>
+__device__ void attn_bwd_dq(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
+                            T* dq, int tq, int tk, int s, int H, int KVH, int D, int window, float scale) {
     extern __shared__ float sm[];
     float* Ks = sm;
     float* Vs = Ks + TILE * (D + 1);
@@ -123,7 +129,7 @@ extern "C" __global__ void attn_bwd_dq_f32(const float* q, const float* k, const
     long long row = ((long long)b * tq + i) * H + h;
     float L = 0.f, Di = 0.f;
     if (active) {
-        for (int d = lane; d < D; d += 32) { qw[d] = q[row * D + d]; ow[d] = dout[row * D + d]; }
+        for (int d = lane; d < D; d += 32) { qw[d] = to_f(q[row * D + d]); ow[d] = to_f(dout[row * D + d]); }
         L = lse[((long long)b * H + h) * tq + i];
         Di = delta[((long long)b * H + h) * tq + i];
     }
@@ -157,16 +163,16 @@ extern "C" __global__ void attn_bwd_dq_f32(const float* q, const float* k, const
     if (!active) return;
     for (int e = 0; e < PER; e++) {
         int d = lane + 32 * e;
-        if (d < D) dq[row * D + d] = acc[e];
+        if (d < D) dq[row * D + d] = from_f<T>(acc[e]);
     }
 }
 
 // dk, dv: one warp per key j of KV head g; it visits every query head of the group and every
 // query that sees j: dv_j = Σ p·dO_i, dk_j = Σ ds·q_i. Rows j ≥ Tk (unused cache rows) get 0.
 // grid (ceil(S/ROWS), KVH, B), shared 2·TILE·(D+1) + 2·TILE + 2·ROWS·D floats.
-extern "C" __global__ void attn_bwd_dkdv_f32(const float* q, const float* k, const float* v, const float* dout,
-                                             const float* lse, const float* delta, float* dk, float* dv, int tq,
-                                             int tk, int s, int H, int KVH, int D, int window, float scale) {
+template <typename T>
+__device__ void attn_bwd_dkdv(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta,
+                              T* dk, T* dv, int tq, int tk, int s, int H, int KVH, int D, int window, float scale) {
     extern __shared__ float sm[];
     float* Qt = sm;
     float* Ot = Qt + TILE * (D + 1);
@@ -183,7 +189,7 @@ extern "C" __global__ void attn_bwd_dkdv_f32(const float* q, const float* k, con
     float* vw = Vw + warp * D;
     long long krow = ((long long)b * s + j) * KVH + g;
     if (active)
-        for (int d = lane; d < D; d += 32) { kw[d] = k[krow * D + d]; vw[d] = v[krow * D + d]; }
+        for (int d = lane; d < D; d += 32) { kw[d] = to_f(k[krow * D + d]); vw[d] = to_f(v[krow * D + d]); }
     float ak[PER], av[PER];
     for (int e = 0; e < PER; e++) { ak[e] = 0.f; av[e] = 0.f; }
     // Queries that see any key of this block: pos(i) ≥ j0 and lo(pos(i)) ≤ jlast.
@@ -229,8 +235,30 @@ extern "C" __global__ void attn_bwd_dkdv_f32(const float* q, const float* k, con
     for (int e = 0; e < PER; e++) {
         int d = lane + 32 * e;
         if (d < D) {
-            dk[krow * D + d] = active ? ak[e] : 0.f;
-            dv[krow * D + d] = active ? av[e] : 0.f;
+            dk[krow * D + d] = from_f<T>(active ? ak[e] : 0.f);
+            dv[krow * D + d] = from_f<T>(active ? av[e] : 0.f);
         }
     }
 }
+
+#define ATTENTION_KERNELS(T, N) \
+    extern "C" __global__ void attn_fwd_##N(const T* q, const T* k, const T* v, T* out, float* lse, int tq, int tk, \
+                                            int s, int H, int KVH, int D, int window, float scale) { \
+        attn_fwd<T>(q, k, v, out, lse, tq, tk, s, H, KVH, D, window, scale); \
+    } \
+    extern "C" __global__ void attn_bwd_delta_##N(const T* out, const T* dout, float* delta, int tq, int H, int D, \
+                                                  long long rows) { \
+        attn_bwd_delta<T>(out, dout, delta, tq, H, D, rows); \
+    } \
+    extern "C" __global__ void attn_bwd_dq_##N(const T* q, const T* k, const T* v, const T* dout, const float* lse, \
+                                               const float* delta, T* dq, int tq, int tk, int s, int H, int KVH, int D, \
+                                               int window, float scale) { \
+        attn_bwd_dq<T>(q, k, v, dout, lse, delta, dq, tq, tk, s, H, KVH, D, window, scale); \
+    } \
+    extern "C" __global__ void attn_bwd_dkdv_##N(const T* q, const T* k, const T* v, const T* dout, const float* lse, \
+                                                 const float* delta, T* dk, T* dv, int tq, int tk, int s, int H, int KVH, \
+                                                 int D, int window, float scale) { \
+        attn_bwd_dkdv<T>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, D, window, scale); \
+    }
+ATTENTION_KERNELS(float, f32)
+ATTENTION_KERNELS(bf16_t, bf16)

@@ -105,7 +105,7 @@ pub fn count_scored(targets: &Tensor) -> Result<usize> {
 pub fn nll_rows(logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
     if logits.is_cuda() {
         // Perplexity scoring in f64 stays on the host for now: one copy of the logits back.
-        return nll_rows(&logits.to_device(crate::Device::Cpu)?, targets);
+        return nll_rows(&logits.to_device(crate::Device::Cpu)?.to_dtype(crate::DType::F32), targets);
     }
     let v = check(logits, targets)?;
     let z = logits.as_f32()?;

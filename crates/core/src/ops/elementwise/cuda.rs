@@ -1,4 +1,5 @@
-//! CUDA launchers for the elementwise basics and the f32 ↔ bf16 casts (elementwise.cu).
+//! CUDA launchers for the elementwise basics and the f32 ↔ bf16 casts (elementwise.cu). Inputs
+//! are f32 or bf16; a binary op's two inputs share one dtype, which its output keeps.
 
 use crate::cuda::{self, DeviceBuf};
 use crate::{DType, Tensor};
@@ -7,55 +8,60 @@ use cudarc::driver::PushKernelArg;
 
 pub(crate) const SRC: &str = include_str!("elementwise.cu");
 
-fn binary(func: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let [ab, bb] = cuda::f32_bufs([a, b], func)?;
+fn binary(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let [ab, bb] = cuda::float_bufs([a, b], op)?;
+    let dt = cuda::same_dtype(&[ab, bb], &["a", "b"], op)?;
     let gpu = &ab.gpu;
     let n = a.numel();
-    let y = DeviceBuf::alloc(gpu, DType::F32, n)?;
-    let f = gpu.function("elementwise", SRC, func)?;
+    let y = DeviceBuf::alloc(gpu, dt, n)?;
+    let name = cuda::kname(op, &[dt], op)?;
+    let f = gpu.function("elementwise", SRC, &name)?;
     let n64 = n as i64;
     {
         let mut l = gpu.stream.launch_builder(&f);
         l.arg(&ab.data).arg(&bb.data).arg(&y.data).arg(&n64);
-        cuda::launched(unsafe { l.launch(cuda::grid_for(n, 256)) }, func)?;
+        cuda::launched(unsafe { l.launch(cuda::grid_for(n, 256)) }, &name)?;
     }
     Tensor::from_device_buf(y, a.shape())
 }
 
-pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> { binary("add_f32", a, b) }
-pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> { binary("mul_f32", a, b) }
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> { binary("add", a, b) }
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> { binary("mul", a, b) }
 
+/// a += b; a keeps its dtype (b may be stored differently: rounded once into a's dtype).
 pub fn add_assign(a: &mut Tensor, b: &Tensor) -> Result<()> {
     let b = if b.is_cuda() { b.clone() } else { b.to_device(a.device())? };
     let n = a.numel();
-    let [bb] = cuda::f32_bufs([&b], "add_assign")?;
+    let [bb] = cuda::float_bufs([&b], "add_assign")?;
     let ab = a.cuda_buf_mut()?;
-    ab.expect(DType::F32, "add_assign")?;
+    let name = cuda::kname("add_assign", &[ab.dtype, bb.dtype], "add_assign")?;
     let gpu = ab.gpu.clone();
-    let f = gpu.function("elementwise", SRC, "add_assign_f32")?;
+    let f = gpu.function("elementwise", SRC, &name)?;
     let n64 = n as i64;
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(&mut ab.data).arg(&bb.data).arg(&n64);
-    cuda::launched(unsafe { l.launch(cuda::grid_for(n, 256)) }, "add_assign_f32")?;
+    cuda::launched(unsafe { l.launch(cuda::grid_for(n, 256)) }, &name)?;
     Ok(())
 }
 
 pub fn scale(a: &Tensor, s: f32) -> Result<Tensor> {
-    let [ab] = cuda::f32_bufs([a], "scale")?;
+    let [ab] = cuda::float_bufs([a], "scale")?;
     let gpu = &ab.gpu;
     let n = a.numel();
-    let y = DeviceBuf::alloc(gpu, DType::F32, n)?;
-    let f = gpu.function("elementwise", SRC, "scale_f32")?;
+    let y = DeviceBuf::alloc(gpu, ab.dtype, n)?;
+    let name = cuda::kname("scale", &[ab.dtype], "scale")?;
+    let f = gpu.function("elementwise", SRC, &name)?;
     let n64 = n as i64;
     {
         let mut l = gpu.stream.launch_builder(&f);
         l.arg(&ab.data).arg(&y.data).arg(&s).arg(&n64);
-        cuda::launched(unsafe { l.launch(cuda::grid_for(n, 256)) }, "scale_f32")?;
+        cuda::launched(unsafe { l.launch(cuda::grid_for(n, 256)) }, &name)?;
     }
     Tensor::from_device_buf(y, a.shape())
 }
 
-/// f32 → bf16 or bf16 → f32 on the device.
+/// f32 → bf16 (round to nearest even) or bf16 → f32 (exact) on the device; the same tensor
+/// when it already has dtype `to`.
 pub fn cast(a: &Tensor, to: DType) -> Result<Tensor> {
     let ab = a.cuda_buf()?;
     let func = match (ab.dtype, to) {

@@ -58,17 +58,27 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Tensor::from_f32(x.iter().zip(y).map(|(p, q)| p * q).collect(), a.shape())
 }
 
-/// Sum of squares in f64.
+/// Sum of squares in f64 (a device tensor, of any float dtype, is read back).
 pub fn sum_sq(a: &Tensor) -> Result<f64> {
     if a.is_cuda() {
-        return sum_sq(&a.to_device(crate::Device::Cpu)?);
+        return Ok(a.try_to_vec_f32()?.iter().map(|&v| (v as f64) * (v as f64)).sum());
     }
     Ok(a.as_f32()?.iter().map(|&v| (v as f64) * (v as f64)).sum())
 }
 
 pub fn max_abs(a: &Tensor) -> Result<f32> {
     if a.is_cuda() {
-        return max_abs(&a.to_device(crate::Device::Cpu)?);
+        return Ok(a.try_to_vec_f32()?.iter().fold(0f32, |m, &v| m.max(v.abs())));
     }
     Ok(a.as_f32()?.iter().fold(0f32, |m, &v| m.max(v.abs())))
+}
+
+/// `a` stored as `dtype` (on its device). On CUDA: f32 ↔ bf16 by a kernel (mixed precision
+/// casts a gradient to its tensor's dtype); on the CPU, where compute is f32, `to_dtype`.
+pub fn cast(a: &Tensor, dtype: crate::DType) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if a.is_cuda() {
+        return cuda::cast(a, dtype);
+    }
+    Ok(a.to_dtype(dtype))
 }

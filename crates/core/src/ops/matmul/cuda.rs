@@ -1,5 +1,9 @@
-//! `linear` and its backward on CUDA: cuBLASLt products (f32, or bf16 operands with f32
-//! accumulation and output, per `cuda::matmul_precision`), plus the bias kernels (matmul.cu).
+//! `linear` and its backward on CUDA: cuBLASLt products plus the bias kernels (matmul.cu).
+//!
+//! Precision (`cuda::matmul_precision`): f32 → every operand and result f32 (inputs must be
+//! f32). Mixed (bf16) → operands bf16 (an f32 weight through the bf16 copy cached on its buffer,
+//! any other f32 operand cast per use), f32 accumulation; the output y is bf16 (an activation),
+//! dx has x's dtype (a gradient has its tensor's dtype), dw and db are f32 (weight gradients).
 //!
 //! cuBLAS is column-major; a row-major (r × c) buffer read column-major is its (c × r)
 //! transpose, so each row-major product below is written as the transposed column-major one.
@@ -7,31 +11,37 @@
 use crate::cuda::blas::{Gemm, Operand};
 use crate::cuda::{self, DeviceBuf, MatmulPrecision};
 use crate::{DType, Tensor};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use cudarc::driver::PushKernelArg;
 
 pub(crate) const SRC: &str = include_str!("matmul.cu");
 
-/// The operands in the precision the product runs in (cast to bf16 when mixed precision is on).
-/// The first `cached` operands (the weight and the input) keep their bf16 copy on their buffer:
-/// a weight is read by the forward and both backward products of a step and by every decode
-/// step, and one normalised input feeds q, k and v (or gate and up) and is read again by the
-/// backward. The cost: an input's bf16 copy lives as long as the input (+50% for those
-/// activations) until activations themselves are bf16.
-fn operands(ts: &[&Tensor], cached: usize) -> Result<(Operand, Vec<Tensor>)> {
-    match cuda::matmul_precision() {
-        MatmulPrecision::F32 => Ok((Operand::F32, ts.iter().map(|t| (*t).clone()).collect())),
-        MatmulPrecision::Bf16 => {
-            let mut out = Vec::with_capacity(ts.len());
-            for (i, t) in ts.iter().enumerate() {
-                out.push(if i < cached { cached_bf16(t)? } else { crate::ops::elementwise::cuda::cast(t, DType::BF16)? });
-            }
-            Ok((Operand::Bf16, out))
-        }
+fn operand_type(d: DType) -> Result<Operand> {
+    match d {
+        DType::F32 => Ok(Operand::F32),
+        DType::BF16 => Ok(Operand::Bf16),
+        d => bail!("linear on CUDA: no {d:?} matmul"),
     }
 }
 
-pub(crate) fn cached_bf16(w: &Tensor) -> Result<Tensor> {
+/// `t` as an operand of type `op`. bf16 tensors are used as they are (never cached on
+/// themselves: a buffer holding a copy of itself would never be freed); an f32 weight's bf16
+/// copy is made once and kept on its buffer until the buffer is written (AdamW), so the
+/// forward, both backward products and every decode step of a step share it.
+pub(crate) fn operand(t: &Tensor, op: Operand, weight: bool, what: &str) -> Result<Tensor> {
+    match (op, t.dtype()) {
+        (Operand::F32, DType::F32) | (Operand::Bf16, DType::BF16) => Ok(t.clone()),
+        (Operand::Bf16, DType::F32) if weight => cached_bf16(t),
+        (Operand::Bf16, DType::F32) => crate::ops::elementwise::cuda::cast(t, DType::BF16),
+        (Operand::F32, d) => bail!(
+            "{what}: a {d:?} operand {:?} under f32 matmul precision (f32 runs keep every tensor f32; this one was made under mixed precision)",
+            t.shape()
+        ),
+        (Operand::Bf16, d) => bail!("{what}: a {d:?} operand {:?}: matmuls take f32 or bf16", t.shape()),
+    }
+}
+
+fn cached_bf16(w: &Tensor) -> Result<Tensor> {
     let b = w.cuda_buf()?;
     if let Some(t) = b.bf16_shadow.get() {
         return t.reshape(w.shape()); // the buffer may be shared by views of other shapes
@@ -43,18 +53,28 @@ pub(crate) fn cached_bf16(w: &Tensor) -> Result<Tensor> {
 
 fn gemm(a: &Tensor, b: &Tensor, c: &DeviceBuf, g: Gemm, op: Operand) -> Result<()> {
     let lt = c.gpu.blas()?;
-    unsafe { lt.gemm(g, op, a.cuda_buf()?.ptr(), b.cuda_buf()?.ptr(), c.ptr()) }
+    let out = operand_type(c.dtype)?;
+    unsafe { lt.gemm(g, op, out, a.cuda_buf()?.ptr(), b.cuda_buf()?.ptr(), c.ptr()) }
+}
+
+/// The operand type and activation dtype of the current precision.
+pub(crate) fn precision() -> (Operand, DType) {
+    match cuda::matmul_precision() {
+        MatmulPrecision::F32 => (Operand::F32, DType::F32),
+        MatmulPrecision::Bf16 => (Operand::Bf16, DType::BF16),
+    }
 }
 
 /// y (n×m) = x (n×k) · wᵀ (w: m×k) + bias.  Column-major: yᵀ (m×n) = w (m×k) · xᵀ (k×n), where
-/// w is the row-major buffer read transposed.
+/// w is the row-major buffer read transposed. y is f32 or bf16 as the precision says.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
-    let [xb, _] = cuda::f32_bufs([x, w], "linear")?;
+    let [xb, _] = cuda::float_bufs([x, w], "linear")?;
     let gpu = xb.gpu.clone();
-    let y = DeviceBuf::alloc(&gpu, DType::F32, n * m)?;
+    let (op, ydt) = precision();
+    let y = DeviceBuf::alloc(&gpu, ydt, n * m)?;
     if n > 0 && m > 0 {
-        let (op, ab) = operands(&[w, x], 2)?;
-        xwt(&ab[1], &ab[0], &y, op, n, k, m)?;
+        let (wo, xo) = (operand(w, op, true, "linear weight")?, operand(x, op, false, "linear input")?);
+        xwt(&xo, &wo, &y, op, n, k, m)?;
     }
     if let Some(bias) = bias {
         add_bias(&y, bias, n, m)?;
@@ -64,38 +84,41 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize,
     Tensor::from_device_buf(y, &shape)
 }
 
-/// y (n×m) = x (n×k) · wᵀ (w: m×k) with both operands already of type `op` (also the
-/// quantised path's product, on its dequantised scratch weight).
+/// y (n×m) = x (n×k) · wᵀ with both operands already of type `op`; y's dtype is the result's
+/// (also the quantised path's product, on its dequantised scratch weight).
 pub(crate) fn xwt(x: &Tensor, w: &Tensor, y: &DeviceBuf, op: Operand, n: usize, k: usize, m: usize) -> Result<()> {
     let g = Gemm { ta: true, tb: false, m: m as u64, n: n as u64, k: k as u64, lda: k as i64, ldb: k as i64, ldc: m as i64, alpha: 1.0, beta: 0.0 };
     gemm(w, x, y, g, op)
 }
 
-/// y (n×m) += bias (m) per row.
+/// y (n×m) += bias (m, f32) per row, y f32 or bf16.
 pub(crate) fn add_bias(y: &DeviceBuf, bias: &Tensor, n: usize, m: usize) -> Result<()> {
     let [bb] = cuda::f32_bufs([bias], "linear bias")?;
     let gpu = &y.gpu;
-    let f = gpu.function("matmul", SRC, "add_bias_f32")?;
+    let name = cuda::kname("add_bias", &[y.dtype], "linear bias")?;
+    let f = gpu.function("matmul", SRC, &name)?;
     let (n64, m32) = (n as i64, m as i32);
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(&y.data).arg(&bb.data).arg(&n64).arg(&m32);
-    cuda::launched(unsafe { l.launch(cuda::grid_for(n * m, 256)) }, "add_bias_f32")
+    cuda::launched(unsafe { l.launch(cuda::grid_for(n * m, 256)) }, &name)
 }
 
-/// Returns (dx, dw, db).
+/// Returns (dx, dw, db); dx has x's dtype, dw and db are f32.
 ///   dx (n×k) = dy (n×m) · w (m×k):   column-major dxᵀ (k×n) = wᵀ (k×m) · dyᵀ (m×n)
 ///   dw (m×k) = dyᵀ (m×n) · x (n×k):  column-major dwᵀ (k×m) = xᵀ (k×n) · dy (n×m)
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, want_dx: bool, has_bias: bool) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
-    let [xb, _, dyb] = cuda::f32_bufs([x, w, dy], "linear_backward")?;
+    let [xb, _, dyb] = cuda::float_bufs([x, w, dy], "linear_backward")?;
     let gpu = xb.gpu.clone();
-    let (op, ops) = operands(&[x, w, dy], 2)?;
-    let (xo, wo, dyo) = (&ops[0], &ops[1], &ops[2]);
+    let (op, _) = precision();
+    let xo = operand(x, op, false, "linear_backward input")?;
+    let wo = operand(w, op, true, "linear_backward weight")?;
+    let dyo = operand(dy, op, false, "linear_backward output gradient")?;
     let dx = if want_dx {
-        let dx = DeviceBuf::alloc(&gpu, DType::F32, n * k)?;
+        let dx = DeviceBuf::alloc(&gpu, xb.dtype, n * k)?;
         if n > 0 && k > 0 {
             let g = Gemm { ta: false, tb: false, m: k as u64, n: n as u64, k: m as u64, lda: k as i64, ldb: m as i64, ldc: k as i64, alpha: 1.0, beta: 0.0 };
-            gemm(wo, dyo, &dx, g, op)?;
+            gemm(&wo, &dyo, &dx, g, op)?;
         }
         Some(Tensor::from_device_buf(dx, x.shape())?)
     } else {
@@ -104,15 +127,16 @@ pub fn linear_backward(x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, 
     let dw = DeviceBuf::alloc(&gpu, DType::F32, m * k)?;
     if m > 0 && k > 0 {
         let g = Gemm { ta: false, tb: true, m: k as u64, n: m as u64, k: n as u64, lda: k as i64, ldb: m as i64, ldc: k as i64, alpha: 1.0, beta: 0.0 };
-        gemm(xo, dyo, &dw, g, op)?;
+        gemm(&xo, &dyo, &dw, g, op)?;
     }
     let db = if has_bias {
         let (n64, m32) = (n as i64, m as i32);
+        let name = cuda::kname("col_sum_part", &[dyb.dtype], "linear bias gradient")?;
         let out = crate::ops::rmsnorm::cuda::column_reduce(&gpu, n, m, |part, cfg, rpc| {
-            let f = gpu.function("matmul", SRC, "col_sum_part_f32")?;
+            let f = gpu.function("matmul", SRC, &name)?;
             let mut l = gpu.stream.launch_builder(&f);
             l.arg(&dyb.data).arg(&part.data).arg(&n64).arg(&m32).arg(&rpc);
-            cuda::launched(unsafe { l.launch(cfg) }, "col_sum_part_f32")
+            cuda::launched(unsafe { l.launch(cfg) }, &name)
         })?;
         Some(Tensor::from_device_buf(out, &[m])?)
     } else {

@@ -2,7 +2,7 @@
 //! scratch weight for cuBLASLt (prefill, perplexity), and the embedding gather.
 
 use crate::cuda::blas::Operand;
-use crate::cuda::{self, DeviceBuf, MatmulPrecision};
+use crate::cuda::{self, DeviceBuf};
 use crate::quant::{DeviceQuant, QuantFormat};
 use crate::{DType, Tensor};
 use anyhow::{bail, Result};
@@ -34,39 +34,46 @@ fn names(f: QuantFormat) -> [&'static str; 4] {
     }
 }
 
-/// y (n × m) = x (n × k) · wᵀ (+ bias), w quantised (m × k) on x's device.
+/// y (n × m) = x (n × k) · wᵀ (+ bias), w quantised (m × k) on x's device. x is f32 or bf16;
+/// y has the activation dtype of the matmul precision (bf16 under mixed precision), as a plain
+/// `linear` would give.
 pub fn linear(x: &Tensor, w: &DeviceQuant, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
-    let [xb] = cuda::f32_bufs([x], "linear (quantised weight)")?;
+    let [xb] = cuda::float_bufs([x], "linear (quantised weight)")?;
     let gpu = xb.gpu.clone();
     if w.blocks.gpu.ordinal != gpu.ordinal {
         bail!("linear: input on cuda:{}, quantised weight on cuda:{}", gpu.ordinal, w.blocks.gpu.ordinal);
     }
-    let y = DeviceBuf::alloc(&gpu, DType::F32, n * m)?;
-    if n > 0 && m > 0 {
-        if n <= MATVEC_MAX_N {
-            let func = names(w.format)[0];
-            let f = gpu.function("qmatmul", SRC, func)?;
-            let (rows, cols, rb, n32) = (m as i32, k as i32, w.row_bytes as i64, n as i32);
-            let cfg = LaunchConfig { grid_dim: ((m as u32).div_ceil(WARPS), 1, 1), block_dim: (32, WARPS, 1), shared_mem_bytes: 0 };
-            let mut l = gpu.stream.launch_builder(&f);
-            l.arg(&w.blocks.data).arg(&xb.data).arg(&y.data).arg(&rows).arg(&cols).arg(&rb).arg(&n32);
-            cuda::launched(unsafe { l.launch(cfg) }, func)?;
-        } else {
+    let (op, ydt) = crate::ops::matmul::cuda::precision();
+    let y = if n > 0 && m > 0 && n <= MATVEC_MAX_N {
+        // The matvec reads f32 activations and writes f32 (n ≤ 8 rows: the casts are tiny).
+        let x32 = if x.dtype() == DType::F32 { x.clone() } else { crate::ops::elementwise::cuda::cast(x, DType::F32)? };
+        let y32 = DeviceBuf::alloc(&gpu, DType::F32, n * m)?;
+        let func = names(w.format)[0];
+        let f = gpu.function("qmatmul", SRC, func)?;
+        let (rows, cols, rb, n32) = (m as i32, k as i32, w.row_bytes as i64, n as i32);
+        let cfg = LaunchConfig { grid_dim: ((m as u32).div_ceil(WARPS), 1, 1), block_dim: (32, WARPS, 1), shared_mem_bytes: 0 };
+        let mut l = gpu.stream.launch_builder(&f);
+        l.arg(&w.blocks.data).arg(&x32.cuda_buf()?.data).arg(&y32.data).arg(&rows).arg(&cols).arg(&rb).arg(&n32);
+        cuda::launched(unsafe { l.launch(cfg) }, func)?;
+        let y = Tensor::from_device_buf(y32, &[n * m])?;
+        if ydt == DType::F32 { y } else { crate::ops::elementwise::cuda::cast(&y, ydt)? }
+    } else {
+        let y = DeviceBuf::alloc(&gpu, ydt, n * m)?;
+        if n > 0 && m > 0 {
             // The weight in the product's precision, for this product only (memory stays at the
             // quantised size between products).
-            let (op, wd, xo) = match cuda::matmul_precision() {
-                MatmulPrecision::F32 => (Operand::F32, dequantize(w, DType::F32)?, x.clone()),
-                MatmulPrecision::Bf16 => (Operand::Bf16, dequantize(w, DType::BF16)?, crate::ops::matmul::cuda::cached_bf16(x)?),
-            };
+            let wd = dequantize(w, if op == Operand::F32 { DType::F32 } else { DType::BF16 })?;
+            let xo = crate::ops::matmul::cuda::operand(x, op, false, "linear input (quantised weight)")?;
             crate::ops::matmul::cuda::xwt(&xo, &wd, &y, op, n, k, m)?;
         }
-    }
+        Tensor::from_device_buf(y, &[n * m])?
+    };
     if let Some(bias) = bias {
-        crate::ops::matmul::cuda::add_bias(&y, bias, n, m)?;
+        crate::ops::matmul::cuda::add_bias(y.cuda_buf()?, bias, n, m)?;
     }
     let mut shape = x.shape().to_vec();
     if let Some(last) = shape.last_mut() { *last = m; }
-    Tensor::from_device_buf(y, &shape)
+    y.reshape(&shape)
 }
 
 /// The whole matrix dequantised on its device, as an f32 or bf16 (rows, cols) tensor.

@@ -1,4 +1,8 @@
 //! CUDA launchers for RMSNorm and the fused residual add + RMSNorm (rmsnorm.cu).
+//!
+//! Dtypes: x and h (the residual stream) f32 or bf16, h keeping x's; the branch r f32 or bf16;
+//! y, the input of the next matmul, in the activation dtype (`cuda::activation_dtype`: bf16
+//! under mixed precision); dx has x's dtype; the weight, rstd and dw are f32.
 
 use crate::cuda::{self, DeviceBuf, Gpu};
 use crate::{DType, Tensor};
@@ -18,14 +22,18 @@ fn per_row(rows: usize, c: usize) -> LaunchConfig {
 
 /// Returns (h if fused, y, rstd).
 fn forward(x: &Tensor, r: Option<&Tensor>, w: &Tensor, eps: f64) -> Result<(Option<Tensor>, Tensor, Tensor)> {
-    let [xb, wb] = cuda::f32_bufs([x, w], "rmsnorm")?;
+    let what = if r.is_some() { "add_rmsnorm" } else { "rmsnorm" };
+    let [xb, wb] = cuda::float_bufs([x, w], what)?;
+    wb.expect(DType::F32, "rmsnorm weight")?;
     let gpu = &xb.gpu;
     let (n, c) = (x.rows(), x.cols());
-    let rb = match r { Some(r) => Some(cuda::f32_bufs([r], "add_rmsnorm")?[0]), None => None };
-    let h = match r { Some(_) => Some(DeviceBuf::alloc(gpu, DType::F32, n * c)?), None => None };
-    let y = DeviceBuf::alloc(gpu, DType::F32, n * c)?;
+    let rb = match r { Some(r) => Some(cuda::float_bufs([x, r], what)?[1]), None => None };
+    let ydt = cuda::activation_dtype();
+    let name = cuda::kname("rmsnorm_fwd", &[xb.dtype, rb.map_or(xb.dtype, |b| b.dtype), ydt], what)?;
+    let h = match r { Some(_) => Some(DeviceBuf::alloc(gpu, xb.dtype, n * c)?), None => None };
+    let y = DeviceBuf::alloc(gpu, ydt, n * c)?;
     let rstd = DeviceBuf::alloc(gpu, DType::F32, n)?;
-    let f = gpu.function("rmsnorm", SRC, "rmsnorm_fwd_f32")?;
+    let f = gpu.function("rmsnorm", SRC, &name)?;
     let (c32, eps32, null) = (c as i32, eps as f32, 0u64);
     {
         let mut b = gpu.stream.launch_builder(&f);
@@ -34,7 +42,7 @@ fn forward(x: &Tensor, r: Option<&Tensor>, w: &Tensor, eps: f64) -> Result<(Opti
         b.arg(&wb.data);
         match &h { Some(h) => b.arg(&h.data), None => b.arg(&null) };
         b.arg(&y.data).arg(&rstd.data).arg(&c32).arg(&eps32);
-        cuda::launched(unsafe { b.launch(per_row(n, c)) }, "rmsnorm_fwd_f32")?;
+        cuda::launched(unsafe { b.launch(per_row(n, c)) }, &name)?;
     }
     let h = match h { Some(h) => Some(Tensor::from_device_buf(h, x.shape())?), None => None };
     Ok((h, Tensor::from_device_buf(y, x.shape())?, Tensor::from_device_buf(rstd, &[n])?))
@@ -70,23 +78,27 @@ pub(crate) fn column_reduce(gpu: &Arc<Gpu>, n: usize, c: usize, launch_part: imp
 }
 
 pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    let [xb, wb, rb, db] = cuda::f32_bufs([x, w, rstd, dy], "rmsnorm_backward")?;
+    let [xb, db] = cuda::float_bufs([x, dy], "rmsnorm_backward")?;
+    let [wb, rb] = cuda::f32_bufs([w, rstd], "rmsnorm_backward (weight, rstd)")?;
     let gpu = &xb.gpu;
     let (n, c) = (x.rows(), x.cols());
-    let dx = DeviceBuf::alloc(gpu, DType::F32, n * c)?;
+    let dx = DeviceBuf::alloc(gpu, xb.dtype, n * c)?;
     let c32 = c as i32;
+    let dts = [xb.dtype, db.dtype];
     {
-        let f = gpu.function("rmsnorm", SRC, "rmsnorm_bwd_dx_f32")?;
+        let name = cuda::kname("rmsnorm_bwd_dx", &dts, "rmsnorm_backward")?;
+        let f = gpu.function("rmsnorm", SRC, &name)?;
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&xb.data).arg(&wb.data).arg(&rb.data).arg(&db.data).arg(&dx.data).arg(&c32);
-        cuda::launched(unsafe { b.launch(per_row(n, c)) }, "rmsnorm_bwd_dx_f32")?;
+        cuda::launched(unsafe { b.launch(per_row(n, c)) }, &name)?;
     }
     let n64 = n as i64;
+    let name = cuda::kname("rmsnorm_bwd_dw_part", &dts, "rmsnorm_backward")?;
     let dw = column_reduce(gpu, n, c, |part, cfg, rpc| {
-        let f = gpu.function("rmsnorm", SRC, "rmsnorm_bwd_dw_part_f32")?;
+        let f = gpu.function("rmsnorm", SRC, &name)?;
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&xb.data).arg(&rb.data).arg(&db.data).arg(&part.data).arg(&n64).arg(&c32).arg(&rpc);
-        cuda::launched(unsafe { b.launch(cfg) }, "rmsnorm_bwd_dw_part_f32")
+        cuda::launched(unsafe { b.launch(cfg) }, &name)
     })?;
     Ok((Tensor::from_device_buf(dx, x.shape())?, Tensor::from_device_buf(dw, w.shape())?))
 }

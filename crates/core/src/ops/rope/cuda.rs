@@ -43,21 +43,24 @@ fn device_table(gpu: &Arc<cuda::Gpu>, table: &RopeTable, need: usize) -> Result<
     Ok(entry)
 }
 
-/// x: (B, T, H, D) on the device at positions pos0..pos0+T; sign 1 = forward, −1 = backward.
+/// x: (B, T, H, D) on the device at positions pos0..pos0+T, f32 or bf16 (the result keeps
+/// x's dtype); sign 1 = forward, −1 = backward.
 pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor> {
-    let [xb] = cuda::f32_bufs([x], "rope")?;
+    let what = if sign > 0.0 { "rope" } else { "rope_backward" };
+    let [xb] = cuda::float_bufs([x], what)?;
     let gpu = &xb.gpu;
     let d = x.cols();
     let tab = device_table(gpu, table, pos0 + t)?;
     let mut y = xb.try_copy()?; // rotated in place on the copy
     let rows = x.rows() / h;
-    let f = gpu.function("rope", SRC, "rope_f32")?;
+    let name = cuda::kname("rope", &[xb.dtype], what)?;
+    let f = gpu.function("rope", SRC, &name)?;
     let (rows64, t32, h32, d32, p32) = (rows as i64, t as i32, h as i32, d as i32, pos0 as i32);
     let inter = (table.layout == RopeLayout::Interleaved) as i32;
     {
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&mut y.data).arg(&tab.cos.data).arg(&tab.sin.data).arg(&rows64).arg(&t32).arg(&h32).arg(&d32).arg(&inter).arg(&sign).arg(&p32);
-        cuda::launched(unsafe { b.launch(cuda::grid_for(rows * h * d / 2, 256)) }, "rope_f32")?;
+        cuda::launched(unsafe { b.launch(cuda::grid_for(rows * h * d / 2, 256)) }, &name)?;
     }
     Tensor::from_device_buf(y, x.shape())
 }
