@@ -74,6 +74,7 @@ fn kernels_compile() {
         ("adamw", ops::adamw::cuda::SRC),
         ("attention", ops::attention::cuda::SRC),
         ("cross_entropy", ops::cross_entropy::cuda::SRC),
+        ("cross_entropy_chunks", ops::cross_entropy::cuda::CHUNKS_SRC),
         ("elementwise", ops::elementwise::cuda::SRC),
         ("embedding", ops::embedding::cuda::SRC),
         ("matmul", ops::matmul::cuda::SRC),
@@ -174,6 +175,11 @@ fn parity_cross_entropy() {
         &ops::cross_entropy::cross_entropy_backward(&z, &t, &sc, 0.7, cc).unwrap(),
         F32_NMSE,
     );
+    // Perplexity scoring: f64 sums on the device, only the per-row values come back.
+    let (nc, ng) = (ops::cross_entropy::nll_rows(&z, &t).unwrap(), ops::cross_entropy::nll_rows(&up(&z, d), &t).unwrap());
+    let worst = nc.iter().zip(&ng).map(|(a, b)| (a - b).abs() / a.abs().max(1e-300)).fold(0f64, f64::max);
+    println!("nll_rows f64 (device)         max rel diff {worst:.3e} (tol 1e-12)");
+    assert!(worst < 1e-12 && ng[3] == 0.0, "nll_rows: {worst:e}");
 }
 
 #[test]
@@ -182,20 +188,29 @@ fn parity_chunked_linear_cross_entropy() {
     let mut r = Rng::new(seed());
     let (n, c, v) = (45, 32, 3000);
     let (h, w) = (randn(&mut r, &[n, c], 1.0), randn(&mut r, &[v, c], 0.2));
-    let t = ids(&mut r, n, v);
-    let run = |h: &Tensor, w: &Tensor| {
+    let mut t = ids(&mut r, n, v).as_u32().unwrap().to_vec();
+    t[7] = ops::cross_entropy::IGNORE;
+    let t = Tensor::from_u32(t, &[n]).unwrap();
+    let run = |h: &Tensor, w: &Tensor, rows: usize, vocab: usize| {
         let mut g = crate::Graph::training();
         let (hv, wv) = (g.leaf(h.clone(), true), g.leaf(w.clone(), true));
-        let loss = g.linear_cross_entropy(&hv, &wv, &t, 16).unwrap();
+        let loss = g.linear_cross_entropy(&hv, &wv, &t, rows, vocab).unwrap();
         let l = loss.tensor().clone();
         let gr = g.backward(&loss).unwrap();
         (l, gr.get(&hv).unwrap().clone(), gr.get(&wv).unwrap().clone())
     };
-    let (lc, dhc, dwc) = run(&h, &w);
-    let (lg, dhg, dwg) = run(&up(&h, d), &up(&w, d));
-    close("linear+ce chunked loss", &lg, &lc, F32_NMSE);
-    close("linear+ce chunked dh", &dhg, &dhc, F32_NMSE);
-    close("linear+ce chunked dw", &dwg, &dwc, F32_NMSE);
+    let whole = run(&h, &w, n, v);
+    // Rows only; vocabulary slices of 700 ids (the last one partial); both; tiny slices.
+    for (rows, vocab) in [(16, v), (n, 700), (16, 700), (9, 64)] {
+        let (lc, dhc, dwc) = run(&h, &w, rows, vocab);
+        let (lg, dhg, dwg) = run(&up(&h, d), &up(&w, d), rows, vocab);
+        let label = format!("linear+ce {rows}x{vocab}");
+        close(&format!("{label} loss"), &lg, &lc, F32_NMSE);
+        close(&format!("{label} dh"), &dhg, &dhc, F32_NMSE);
+        close(&format!("{label} dw"), &dwg, &dwc, F32_NMSE);
+        close(&format!("{label} loss vs whole"), &lg, &whole.0, F32_NMSE);
+        close(&format!("{label} dw vs whole"), &dwg, &whole.2, F32_NMSE);
+    }
 }
 
 /// The whole sampling step on the device against the CPU reference: the definition is exact
