@@ -1,9 +1,12 @@
 //! Inference on CUDA against the CPU (built only with `--features cuda`; prints
 //! `SKIP: no CUDA device` and passes without a GPU): KV-cache decode on the device (batch 1 and
 //! 2, GQA) against the CPU's full forward; generation (greedy and sampled, the sampling step on
-//! the device) token for token; perplexity.
+//! the device) token for token; perplexity scored on the device; the transformers fixtures of
+//! hf_parity.rs with f32 matmuls, at the CPU test's thresholds.
 //! The tests set the process-wide matmul precision: run them with `--test-threads=1`.
 #![cfg(feature = "cuda")]
+
+mod hf_common;
 
 use smelt_core::cuda::{self, MatmulPrecision};
 use smelt_core::rng::Rng;
@@ -110,4 +113,19 @@ fn generation_and_perplexity_on_gpu_match_the_cpu() {
     let rel = (pc.mean_nll - pg.mean_nll).abs() / pc.mean_nll;
     println!("perplexity cpu {} gpu {} (mean NLL rel diff {rel:.2e})", pc.ppl, pg.ppl);
     assert!(rel < 1e-5);
+}
+
+/// hf_parity.rs's cases on the GPU with f32 matmuls: logits, greedy tokens and perplexity
+/// against transformers at the same thresholds.
+#[test]
+fn hf_fixtures_match_transformers_on_gpu() {
+    let Some(d) = gpu() else { return };
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+    let mut failures = Vec::new();
+    for case in hf_common::CASES {
+        let (mut m, g) = hf_common::load(case);
+        m.to_device(d).unwrap();
+        failures.extend(hf_common::compare(&m, &g, 64, &format!("{case} (cuda)")).failures(case));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
