@@ -40,8 +40,14 @@ pub fn sample(logits: &Tensor, seen: Option<&mut Tensor>, p: &SampleParams, unif
     let gpu = zb.gpu.clone();
     let (r, v) = (logits.rows(), logits.cols());
     let words = v.div_ceil(32);
-    let bytes: Vec<u8> = uniforms.iter().flat_map(|u| u.to_le_bytes()).collect();
-    let ub = DeviceBuf::from_bytes(&gpu, DType::U32, 2 * r, &bytes)?;
+    // One row (generation) takes its uniform as an argument; more rows upload theirs.
+    let ub = if r > 1 {
+        let bytes: Vec<u8> = uniforms.iter().flat_map(|u| u.to_le_bytes()).collect();
+        Some(DeviceBuf::from_bytes(&gpu, DType::U32, 2 * r, &bytes)?)
+    } else {
+        None
+    };
+    let u0 = uniforms.first().copied().unwrap_or(0.0);
     let out = DeviceBuf::alloc(&gpu, DType::U32, r)?;
     let sb = match seen {
         Some(t) => {
@@ -65,7 +71,11 @@ pub fn sample(logits: &Tensor, seen: Option<&mut Tensor>, p: &SampleParams, unif
         Some(s) => b.arg(&s.data),
         None => b.arg(&null),
     };
-    b.arg(&ub.data).arg(&out.data).arg(&v32).arg(&w32).arg(&p.repetition_penalty).arg(&p.temperature);
+    match &ub {
+        Some(u) => b.arg(&u.data),
+        None => b.arg(&null),
+    };
+    b.arg(&u0).arg(&out.data).arg(&v32).arg(&w32).arg(&p.repetition_penalty).arg(&p.temperature);
     b.arg(&greedy).arg(&top_k).arg(&use_top_p).arg(&top_p).arg(&use_min_p).arg(&min_p);
     let cfg = LaunchConfig { grid_dim: (r.max(1) as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
     cuda::launched(unsafe { b.launch(cfg) }, "sample_f32")?;

@@ -165,16 +165,30 @@ __device__ unsigned radix_select(int v, F elem, u64 target, Shared& s, u64* need
             if (act && (int)(threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&s.hist[bin], sum);
         }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            u64 acc = 0;
-            int b = 255;
-            for (; b > 0; b--) {
-                if (acc + s.hist[b] >= want) break;
-                acc += s.hist[b];
+        // From the top bin down, the first whose cumulative weight reaches `want` (bin 0 if
+        // none): lane l of warp 0 sums bins 255−8l … 248−8l, a scan over the lanes finds the
+        // lane holding it, and that lane walks its eight bins.
+        if (threadIdx.x < 32) {
+            int lane = threadIdx.x, top = 255 - 8 * lane;
+            u64 sum = 0;
+            for (int k = 0; k < 8; k++) sum += s.hist[top - k];
+            u64 inc = sum;
+            for (int o = 1; o < 32; o <<= 1) {
+                u64 x = __shfl_up_sync(FULL, inc, o);
+                if (lane >= o) inc += x;
             }
-            s.u0 = (unsigned)b;
-            s.w0 = want - acc;
-            s.w1 = s.hist[b];
+            unsigned hit = __ballot_sync(FULL, inc >= want);
+            if (lane == (hit ? __ffs(hit) - 1 : 31)) {
+                u64 acc = inc - sum;
+                int b = top;
+                for (; b > top - 7; b--) {
+                    if (acc + s.hist[b] >= want) break;
+                    acc += s.hist[b];
+                }
+                s.u0 = (unsigned)b;
+                s.w0 = want - acc;
+                s.w1 = s.hist[b];
+            }
         }
         __syncthreads();
         prefix |= s.u0 << shift;
@@ -217,10 +231,11 @@ __device__ int jth_tied(int v, F active_key, unsigned kb, u64 j, Shared& s) {
     return r;
 }
 
-// logits (rows, v); seen (rows, words) bits or null; uniforms one per row; out one id per row.
+// logits (rows, v); seen (rows, words) bits or null; uniforms one per row (null: u0 for the
+// one row); out one id per row.
 // top_k in 1..v-1 or 0 (off); top_p < 1 only when use_top_p; min_p ≤ 1 only when use_min_p.
 extern "C" __global__ void __launch_bounds__(NT) sample_f32(const float* logits, unsigned* seen, const double* uniforms,
-                                                             unsigned* out, int v, int words, float rp, float temp,
+                                                             double u0, unsigned* out, int v, int words, float rp, float temp,
                                                              int greedy, unsigned top_k, int use_top_p, float top_p,
                                                              int use_min_p, float min_p) {
     __shared__ Shared s;
@@ -312,7 +327,7 @@ extern "C" __global__ void __launch_bounds__(NT) sample_f32(const float* logits,
         u64 total;
         u64 ex = block_exclusive_scan_u64(part, s.red, &total);
         if (total > 0) {
-            u64 r = (u64)(uniforms[blockIdx.x] * (double)total);
+            u64 r = (u64)((uniforms ? uniforms[blockIdx.x] : u0) * (double)total);
             if (r > total - 1) r = total - 1;
             if (ex <= r && r < ex + part) {
                 u64 c = ex;
