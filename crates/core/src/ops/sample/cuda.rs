@@ -60,7 +60,7 @@ pub fn sample(logits: &Tensor, seen: Option<&mut Tensor>, p: &SampleParams, unif
         None => None,
     };
     let (v32, w32, null) = (v as i32, words as i32, 0u64);
-    let greedy = !(p.temperature > 0.0) as i32;
+    let greedy = (p.temperature.is_nan() || p.temperature <= 0.0) as i32;
     let top_k = if p.top_k < v { p.top_k as u32 } else { 0 };
     let (use_top_p, top_p) = ((p.top_p < 1.0) as i32, p.top_p.max(0.0));
     let (use_min_p, min_p) = ((p.min_p > 0.0) as i32, p.min_p.min(1.0));

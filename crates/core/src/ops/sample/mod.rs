@@ -17,6 +17,10 @@
 //! - draw: r = ⌊u · mass(kept)⌋ for u in [0, 1); the token is the first kept id, in id order,
 //!   at which the running mass exceeds r (any fixed order samples the same distribution; id
 //!   order needs no sort on the device).
+//!
+//! Comparisons are written as `!(x > 0.0)` where NaN must take the "no" branch, as in the
+//! kernel.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use crate::float::exp_f32;
 use crate::{Device, Tensor};
