@@ -38,6 +38,9 @@ for line in sys.stdin:
     mkdir -p "$dir/data" "$dir/bench"
     cp data/linux-doc-slice.jsonl.gz data/linux-doc-slice.txt.gz "$dir/data/"
     cp bench/torch_gpu.py "$dir/bench/"
+    # The transformers fixtures gpu_infer compares against (found through SMELT_REPO).
+    mkdir -p "$dir/crates/model/tests/fixtures"
+    cp -r crates/model/tests/fixtures/hf "$dir/crates/model/tests/fixtures/"
     cp scripts/gpu_suite.sh "$dir/gpu_suite.sh"
     ls -la "$dir"
 }
@@ -74,7 +77,7 @@ run() {
     tests gguf 120 ./gpu_quant
     tests cli 60 ./cli_tests device
     tests train 600 ./gpu_train
-    tests infer 120 ./gpu_infer
+    tests infer 300 ./gpu_infer
     # The CLI end to end on the GPU: train, generate and perplexity with --device cuda, on the
     # byte-level tokenizer and token files the GPU training test prepared from the corpus.
     echo "== cli end to end" >> "$log"
@@ -88,6 +91,15 @@ run() {
         --size tiny --batch-size 16 --seq-len 128 --steps 300 --lr 3e-3 --min-lr 3e-4 --warmup 30 --checkpoint-dir $q/model --checkpoint-interval 100 --log-interval 50
     tail -2 "$q/model/metrics.jsonl" >> "$log" 2>/dev/null
     cli "generate --device cuda" ./smelt generate --device cuda --model $q/model/final --prompt "The kernel" --max-tokens 60 --temperature 0.7 --seed 1
+    # Sampling runs on the device: with f32 matmuls and one seed it must pick the CPU's tokens.
+    local same=FAIL
+    if SMELT_CUDA_MATMUL=f32 timeout 300 ./smelt generate --device cuda --model $q/model/final --prompt "The kernel" --max-tokens 60 \
+            --temperature 0.8 --repetition-penalty 1.2 --seed 3 --format json > $q/gen_cuda.json 2>> "$log" \
+        && timeout 300 ./smelt generate --device cpu --model $q/model/final --prompt "The kernel" --max-tokens 60 \
+            --temperature 0.8 --repetition-penalty 1.2 --seed 3 --format json > $q/gen_cpu.json 2>> "$log" \
+        && python3 -c 'import json,sys; a,b=(json.load(open(f))["ids"] for f in sys.argv[1:]); n=next((i for i,(x,y) in enumerate(zip(a,b)) if x!=y), min(len(a),len(b))); print("generate cuda vs cpu (f32, sampled): %d/%d ids equal" % (n, len(a))); sys.exit(a!=b)' \
+            $q/gen_cuda.json $q/gen_cpu.json >> "$log" 2>&1; then same=PASS; fi
+    row "cli generate --device cuda = cpu (f32 matmuls, sampled)" $same
     zcat data/linux-doc-slice.txt.gz 2>/dev/null | head -c 20000 > $q/sample.txt
     cli "perplexity --device cuda" ./smelt perplexity --device cuda --model $q/model/final --input $q/sample.txt --seq-len 128 --format json
     # GGUF weights kept quantised on the GPU: the trained model exported (Q4_K_M mix: Q5_0 for

@@ -226,50 +226,80 @@ impl Graph {
     }
 
     /// Mean cross-entropy of the logits h·Wᵀ (h: (N, C), w: (V, C)) against u32 `targets` (N),
-    /// `chunk` rows at a time: the full (N, V) logits never exist, forward or backward (the
-    /// backward recomputes each chunk's logits from h and w). With one chunk it computes exactly
-    /// `linear` then `cross_entropy`.
-    pub fn linear_cross_entropy(&mut self, h: &Var, w: &Var, targets: &Tensor, chunk: usize) -> Result<Var> {
-        let n = h.t.rows();
+    /// computed `rows` × `vocab` logits at a time, so the (N, V) logits never exist, forward
+    /// or backward, whatever V is. Over the vocabulary the logsumexp is online: each slice of
+    /// `vocab` ids updates a running max and Σexp per row and gives up the target's logit if it
+    /// holds it (`ops::cross_entropy::lse_chunk`). The backward recomputes each slice's logits,
+    /// turns them into softmax − onehot with the saved logsumexp, accumulates dh and writes the
+    /// slice's rows of dW. With one chunk each way it computes exactly `linear` then
+    /// `cross_entropy`.
+    pub fn linear_cross_entropy(&mut self, h: &Var, w: &Var, targets: &Tensor, rows: usize, vocab: usize) -> Result<Var> {
+        let (n, v) = (h.t.rows(), w.t.rows());
         if targets.numel() != n {
             bail!("linear_cross_entropy: {} targets for {n} rows", targets.numel());
         }
-        let chunk = chunk.clamp(1, n.max(1));
         let targets = targets.reshape(&[n])?;
-        let count = ops::cross_entropy::count_scored(&targets)?;
-        let rows = move |t: &Tensor, r0: usize, m: usize| if m == n { Ok(t.clone()) } else { t.narrow_rows(r0, m) };
-        let tcol = targets.reshape(&[n, 1])?;
-        let mut nll_all = Tensor::zeros_on(&[n], h.t.device())?;
-        let mut lses = Vec::new();
-        for r0 in (0..n).step_by(chunk) {
-            let m = chunk.min(n - r0);
-            let z = ops::matmul::linear(&rows(&h.t, r0, m)?, &w.t, None)?;
-            let (nll, lse) = ops::cross_entropy::nll_lse_rows(&z, &rows(&tcol, r0, m)?.reshape(&[m])?)?;
-            nll_all.write_at(r0, &nll)?;
-            lses.push(lse);
+        if let Some(&t) = targets.as_u32()?.iter().find(|&&t| t != ops::cross_entropy::IGNORE && t as usize >= v) {
+            bail!("linear_cross_entropy: target {t} out of range for vocabulary {v}");
         }
-        let loss = ops::cross_entropy::mean_nll(&nll_all, count)?;
+        let count = ops::cross_entropy::count_scored(&targets)?;
+        let (rc, vc) = (rows.clamp(1, n.max(1)), vocab.clamp(1, v.max(1)));
+        let device = h.t.device();
+        let targets = targets.to_device(device)?; // uploaded once, read by every chunk
+        let rows = move |t: &Tensor, r0: usize, m: usize| if m == t.rows() { Ok(t.clone()) } else { t.narrow_rows(r0, m) };
+        let chunks = move || (0..v).step_by(vc).map(move |v0| (v0, vc.min(v - v0))).flat_map(move |(v0, vn)| (0..n).step_by(rc).enumerate().map(move |(i, r0)| (v0, vn, i, r0, rc.min(n - r0))));
+        let mut state = ops::cross_entropy::lse_state(n, device)?;
+        let mut wc = w.t.clone();
+        for (v0, vn, _, r0, m) in chunks() {
+            if r0 == 0 {
+                wc = rows(&w.t, v0, vn)?;
+            }
+            let z = ops::matmul::linear(&rows(&h.t, r0, m)?, &wc, None)?;
+            ops::cross_entropy::lse_chunk(&z, &targets, &mut state, r0, v0)?;
+        }
+        let (nll, lse) = ops::cross_entropy::lse_finish(&state, &targets)?;
+        let loss = ops::cross_entropy::mean_nll(&nll, count)?;
         let (ht, wt, need_dh) = (h.t.clone(), w.t.clone(), h.requires_grad);
         Ok(self.push1(&[h, w], loss, move |g| {
             let d = g.try_to_vec_f32()?[0];
             let c = ht.cols();
-            let mut dh = if need_dh { Some(ht.zeros_like()?) } else { None };
-            let mut dw: Option<Tensor> = None;
-            for (i, r0) in (0..n).step_by(chunk).enumerate() {
-                let m = chunk.min(n - r0);
-                let hc = rows(&ht, r0, m)?;
-                let tc = rows(&tcol, r0, m)?.reshape(&[m])?;
-                let z = ops::matmul::linear(&hc, &wt, None)?;
-                let dz = ops::cross_entropy::cross_entropy_backward(&z, &tc, &lses[i], d, count)?;
-                let (dhc, dwc, _) = ops::matmul::linear_backward(&hc, &wt, &dz, need_dh, false)?;
-                if let (Some(dh), Some(dhc)) = (dh.as_mut(), dhc) {
-                    if m == n { *dh = dhc.reshape(ht.shape())?; } else { dh.write_at(r0 * c, &dhc)?; }
+            let mut dh: Vec<Option<Tensor>> = vec![None; n.div_ceil(rc)];
+            let mut dw = if vc < v { Some(wt.zeros_like()?) } else { None };
+            let (mut wc, mut dwc) = (wt.clone(), None::<Tensor>);
+            for (v0, vn, i, r0, m) in chunks() {
+                if r0 == 0 {
+                    wc = rows(&wt, v0, vn)?;
                 }
-                match dw.as_mut() {
-                    None => dw = Some(dwc),
-                    Some(acc) => ops::elementwise::add_assign(acc, &dwc)?,
+                let hc = rows(&ht, r0, m)?;
+                let z = ops::matmul::linear(&hc, &wc, None)?;
+                let dz = ops::cross_entropy::cross_entropy_backward_chunk(&z, &targets, &lse, r0, v0, d, count)?;
+                let (dhc, dwr, _) = ops::matmul::linear_backward(&hc, &wc, &dz, need_dh, false)?;
+                if let Some(dhc) = dhc {
+                    accumulate(&mut dh[i], &dhc)?;
+                }
+                accumulate(&mut dwc, &dwr)?;
+                if r0 + m == n {
+                    // The slice's rows of dW are complete.
+                    let part = dwc.take().ok_or_else(|| anyhow::anyhow!("linear_cross_entropy: no dW"))?;
+                    match dw.as_mut() {
+                        Some(dw) => dw.write_at(v0 * c, &part)?,
+                        None => dw = Some(part),
+                    }
                 }
             }
+            let dh = if !need_dh {
+                None
+            } else if dh.len() == 1 {
+                dh.pop().flatten().map(|d| d.reshape(ht.shape())).transpose()?
+            } else {
+                let mut all = ht.zeros_like()?;
+                for (i, part) in dh.into_iter().enumerate() {
+                    if let Some(part) = part {
+                        all.write_at(i * rc * c, &part)?;
+                    }
+                }
+                Some(all)
+            };
             Ok(vec![dh, dw])
         }))
     }
@@ -344,11 +374,11 @@ mod tests {
         let h = Tensor::from_f32(rand(n * c), &[n, c]).unwrap();
         let w = Tensor::from_f32(rand(v * c), &[v, c]).unwrap();
         let t = Tensor::from_u32((0..n as u32).map(|i| if i == 4 { ops::cross_entropy::IGNORE } else { i * 7 % v as u32 }).collect(), &[n]).unwrap();
-        let run = |chunk: Option<usize>| {
+        let run = |chunks: Option<(usize, usize)>| {
             let mut g = Graph::training();
             let (hv, wv) = (g.leaf(h.clone(), true), g.leaf(w.clone(), true));
-            let loss = match chunk {
-                Some(ch) => g.linear_cross_entropy(&hv, &wv, &t, ch).unwrap(),
+            let loss = match chunks {
+                Some((rows, vocab)) => g.linear_cross_entropy(&hv, &wv, &t, rows, vocab).unwrap(),
                 None => {
                     let z = g.linear(&hv, &wv, None).unwrap();
                     g.cross_entropy(&z, &t).unwrap()
@@ -359,13 +389,15 @@ mod tests {
             (l, gr.get(&hv).unwrap().to_vec_f32(), gr.get(&wv).unwrap().to_vec_f32())
         };
         let base = run(None);
-        assert_eq!(run(Some(100)), base, "one chunk is the unchunked computation");
-        for ch in [1, 5, 7] {
+        assert_eq!(run(Some((100, 100))), base, "one chunk is the unchunked computation");
+        // Rows only, vocabulary only (slices of 1, 3 and 4 ids: the target in the first, a middle
+        // and the last, partial slice), and both.
+        for ch in [(1, 11), (5, 11), (7, 11), (100, 1), (100, 3), (100, 4), (5, 3), (7, 4), (1, 1)] {
             let (l, dh, dw) = run(Some(ch));
-            assert!((l - base.0).abs() < 1e-6 * base.0.abs(), "loss {l} vs {}", base.0);
+            assert!((l - base.0).abs() < 1e-6 * base.0.abs(), "{ch:?}: loss {l} vs {}", base.0);
             // Small chunks take the CPU matmul's matrix-vector path: rounding-level differences.
             for (a, b) in dh.iter().zip(&base.1).chain(dw.iter().zip(&base.2)) {
-                assert!((a - b).abs() < 1e-5, "gradient {a} vs {b}");
+                assert!((a - b).abs() < 1e-5, "{ch:?}: gradient {a} vs {b}");
             }
         }
     }

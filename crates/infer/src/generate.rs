@@ -30,7 +30,7 @@ pub fn generate(model: &Model, prompt: &[u32], cfg: &GenerateConfig, mut on_toke
     }
     let mut cache = KvCache::new_on(&model.cfg, 1, prompt.len() + cfg.max_tokens + 1, model.device())?;
     let mut sampler = Sampler::new(cfg.sampling.clone());
-    let mut context = prompt.to_vec();
+    sampler.observe(prompt);
     let t0 = Instant::now();
     let mut logits = model.logits(&Tensor::from_u32(prompt.to_vec(), &[1, prompt.len()])?, Some(&mut cache), Logits::Last)?;
     let prefill_seconds = t0.elapsed().as_secs_f64();
@@ -38,15 +38,13 @@ pub fn generate(model: &Model, prompt: &[u32], cfg: &GenerateConfig, mut on_toke
     let mut ids = Vec::new();
     let mut stopped = false;
     while ids.len() < cfg.max_tokens {
-        // Sampling runs on the host: one row of logits (f32 or bf16) comes back per token.
-        let logits_host = logits.try_to_vec_f32()?;
-        let next = sampler.sample(&logits_host, &context);
+        // Sampling runs where the logits are: on a GPU only the chosen id comes back.
+        let next = sampler.sample(&logits)?;
         if cfg.stop_ids.contains(&next) {
             stopped = true;
             break;
         }
         ids.push(next);
-        context.push(next);
         on_token(next);
         if ids.len() == cfg.max_tokens {
             break;

@@ -1,8 +1,12 @@
 //! Turning a row of logits into the next token: repetition penalty, temperature, top-k,
-//! top-p, min-p, then a draw (or argmax at temperature 0).
+//! top-p, min-p, then a draw (or argmax at temperature 0). The step itself is
+//! `smelt_core::ops::sample` and runs where the logits are (on a GPU only the id comes back);
+//! this holds the settings, the RNG that supplies the draw's uniform number, and the ids seen.
 
-use smelt_core::ops::sample::{argmax, top_k};
+use anyhow::{bail, Result};
+use smelt_core::ops::sample::{self, SampleParams, Seen};
 use smelt_core::rng::Rng;
+use smelt_core::{Device, Tensor};
 
 #[derive(Clone, Debug)]
 pub struct SamplingConfig {
@@ -25,67 +29,56 @@ impl Default for SamplingConfig {
     }
 }
 
+impl SamplingConfig {
+    pub fn params(&self) -> SampleParams {
+        SampleParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+        }
+    }
+}
+
+/// One sequence's sampler. The same seed gives the same uniform numbers on every device, so
+/// the CPU and a GPU pick the same tokens wherever their logits agree.
 pub struct Sampler {
     cfg: SamplingConfig,
     rng: Rng,
+    /// Ids given to `observe` before the seen set exists (it is made on the logits' device).
+    pending: Vec<u32>,
+    seen: Option<(Device, Seen)>,
 }
 
 impl Sampler {
     pub fn new(cfg: SamplingConfig) -> Self {
         let rng = Rng::new(cfg.seed);
-        Sampler { cfg, rng }
+        Sampler { cfg, rng, pending: Vec::new(), seen: None }
     }
 
-    /// Picks the next token from `logits` given the ids seen so far (for the penalty).
-    pub fn sample(&mut self, logits: &[f32], context: &[u32]) -> u32 {
-        let mut z = logits.to_vec();
-        if self.cfg.repetition_penalty != 1.0 {
-            let mut seen = context.to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            for &t in &seen {
-                if let Some(v) = z.get_mut(t as usize) {
-                    *v = if *v > 0.0 { *v / self.cfg.repetition_penalty } else { *v * self.cfg.repetition_penalty };
-                }
-            }
-        }
-        if self.cfg.temperature <= 0.0 {
-            return argmax(&z) as u32;
-        }
-        let k = if self.cfg.top_k > 0 { self.cfg.top_k.min(z.len()) } else { z.len() };
-        let cand = top_k(&z, k);
-        let m = z[cand[0]];
-        let mut probs: Vec<f64> = cand.iter().map(|&i| (((z[i] - m) / self.cfg.temperature) as f64).exp()).collect();
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
-        // min-p: relative to the most likely token.
-        let mut keep = probs.len();
-        if self.cfg.min_p > 0.0 {
-            let floor = probs[0] * self.cfg.min_p as f64;
-            keep = probs.iter().take_while(|&&p| p >= floor).count().max(1);
-        }
-        // top-p: the smallest prefix whose mass reaches p.
-        if self.cfg.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut n = 0;
-            for &p in &probs[..keep] {
-                acc += p;
-                n += 1;
-                if acc >= self.cfg.top_p as f64 {
-                    break;
-                }
-            }
-            keep = n.max(1);
-        }
-        let mass: f64 = probs[..keep].iter().sum();
-        let mut r = self.rng.uniform() * mass;
-        for (i, &p) in probs[..keep].iter().enumerate() {
-            r -= p;
-            if r <= 0.0 {
-                return cand[i] as u32;
-            }
-        }
-        cand[keep - 1] as u32
+    /// Ids the repetition penalty counts as seen (the prompt); sampled ids join by themselves.
+    pub fn observe(&mut self, ids: &[u32]) { self.pending.extend_from_slice(ids); }
+
+    /// The next token from `logits` (1, V) on the CPU or a GPU.
+    pub fn sample(&mut self, logits: &Tensor) -> Result<u32> {
+        let p = self.cfg.params();
+        let seen = if p.repetition_penalty != 1.0 {
+            let device = logits.device();
+            let entry = match self.seen.take() {
+                Some((d, _)) if d != device => bail!("sampler: the logits moved from {d} to {device} mid-sequence"),
+                Some(e) => e,
+                None => (device, Seen::new(1, logits.cols(), device)?),
+            };
+            let (_, s) = self.seen.insert(entry);
+            s.mark(0, &std::mem::take(&mut self.pending))?;
+            Some(s)
+        } else {
+            None
+        };
+        let u = if p.temperature > 0.0 { self.rng.uniform() } else { 0.0 };
+        let id = sample::sample(logits, seen, &p, &[u])?;
+        Ok(id.to_device(Device::Cpu)?.as_u32()?[0])
     }
 }
 
@@ -94,18 +87,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn greedy_and_filters() {
-        let logits = [1.0, 5.0, 4.9, -3.0];
-        let mut s = Sampler::new(SamplingConfig::default());
-        assert_eq!(s.sample(&logits, &[]), 1);
-        // The penalty pushes token 1 below token 2.
+    fn greedy_penalty_and_seeded_sampling() {
+        let logits = Tensor::from_f32(vec![1.0, 5.0, 4.9, -3.0], &[1, 4]).unwrap();
+        assert_eq!(Sampler::new(SamplingConfig::default()).sample(&logits).unwrap(), 1);
+        // The penalty pushes the observed token 1 below token 2, then 2 (now seen) below 1.
         let mut s = Sampler::new(SamplingConfig { repetition_penalty: 1.5, ..Default::default() });
-        assert_eq!(s.sample(&logits, &[1]), 2);
-        // top-k 1 at any temperature is greedy.
-        let mut s = Sampler::new(SamplingConfig { temperature: 5.0, top_k: 1, seed: 3, ..Default::default() });
-        assert!((0..50).all(|_| s.sample(&logits, &[]) == 1));
-        // min-p 0.5 keeps only tokens 1 and 2.
-        let mut s = Sampler::new(SamplingConfig { temperature: 1.0, min_p: 0.5, seed: 4, ..Default::default() });
-        assert!((0..200).all(|_| matches!(s.sample(&logits, &[]), 1 | 2)));
+        s.observe(&[1]);
+        assert_eq!(s.sample(&logits).unwrap(), 2);
+        assert_eq!(s.sample(&logits).unwrap(), 1);
+        // A seed fixes the draws.
+        let cfg = SamplingConfig { temperature: 1.0, seed: 4, ..Default::default() };
+        let draw = |cfg: &SamplingConfig| {
+            let mut s = Sampler::new(cfg.clone());
+            (0..20).map(|_| s.sample(&logits).unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(&cfg), draw(&cfg));
+        assert!(draw(&cfg).iter().any(|&t| t != 1), "temperature 1 should not always pick the top token");
     }
 }

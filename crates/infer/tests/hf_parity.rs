@@ -1,83 +1,25 @@
-//! Parity with Hugging Face transformers on checkpoints it saved itself.
-//!
-//! Fixtures (crates/model/tests/fixtures/hf/<case>/) are tiny random-init models written by
-//! `scripts/make_hf_goldens.py` with `save_pretrained`, one per supported family and feature
-//! (tied/untied head, llama3/linear/YaRN rope scaling, sliding window, qkv bias, q/k norm with an
-//! explicit head_dim; F32/BF16/F16 weights; a sharded checkpoint; both config.json styles).
-//! `golden.safetensors` holds what transformers computed from the same folder in f32 on CPU.
-//! Checked here: logits over a 64-token prompt (max |diff| ≤ 1e-4 × max |logit|), 64 greedy
-//! tokens (identical), and perplexity mean NLL (within 1e-5 relative).
+//! Parity with Hugging Face transformers on checkpoints it saved itself (the fixtures and
+//! the comparisons are in hf_common; gpu_infer.rs runs the same cases on CUDA).
+//! One fixture per supported family and feature (tied/untied head, llama3/linear/YaRN rope
+//! scaling, sliding window, qkv bias, q/k norm with an explicit head_dim; F32/BF16/F16 weights;
+//! a sharded checkpoint; both config.json styles). Checked here: logits over a 64-token prompt
+//! (max |diff| ≤ 1e-4 × max |logit|), 64 greedy tokens (identical), and perplexity mean NLL
+//! (within 1e-5 relative).
 
+mod hf_common;
+
+use hf_common::{compare, f32s, ids, load, CASES};
 use smelt_core::Tensor;
 use smelt_infer::{generate, perplexity, GenerateConfig, SamplingConfig};
 use smelt_model::{Logits, Model};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-const CASES: [&str; 7] = ["llama_tied", "llama3_untied", "llama_linear", "llama_yarn", "mistral_swa", "qwen2_bias", "qwen3_qknorm"];
-
-fn fixture(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/hf").join(case)
-}
-
-fn ids(g: &HashMap<String, Tensor>, k: &str) -> Vec<u32> {
-    g[k].as_i32().unwrap_or_else(|_| panic!("golden {k}: not i32")).iter().map(|&i| i as u32).collect()
-}
-
-fn f32s<'a>(g: &'a HashMap<String, Tensor>, k: &str) -> &'a [f32] {
-    g[k].as_f32().unwrap_or_else(|_| panic!("golden {k}: not f32"))
-}
-
-pub struct Parity {
-    pub logit_rel: f64,
-    pub greedy_match: usize,
-    pub nll_rel: f64,
-}
-
-/// Runs the three comparisons for one model against its goldens; `window` for perplexity.
-pub fn compare(m: &Model, g: &HashMap<String, Tensor>, window: usize, label: &str) -> Parity {
-    let prompt = ids(g, "input_ids");
-    let logits = m.logits(&Tensor::from_u32(prompt.clone(), &[1, prompt.len()]).unwrap(), None, Logits::All).unwrap();
-    let (ours, theirs) = (logits.as_f32().unwrap(), f32s(g, "logits"));
-    assert_eq!(ours.len(), theirs.len(), "{label}: logits shape");
-    let max_abs = theirs.iter().fold(0f32, |a, &x| a.max(x.abs())) as f64;
-    let max_diff = ours.iter().zip(theirs).fold(0f32, |a, (x, y)| a.max((x - y).abs())) as f64;
-
-    let want = ids(g, "greedy_ids");
-    let cfg = GenerateConfig { max_tokens: want.len(), sampling: SamplingConfig::default(), stop_ids: vec![] };
-    let got = generate(m, &prompt, &cfg, |_| {}).unwrap().ids;
-    let greedy_match = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-
-    let p = perplexity(m, &ids(g, "ppl_ids"), window, |_, _| {}).unwrap();
-    let want_nll = f32s(g, "ppl_mean")[0] as f64;
-    let nll_rel = (p.mean_nll - want_nll).abs() / want_nll.abs();
-    assert_eq!(p.predicted, f32s(g, "ppl_nll").len(), "{label}: number of scored tokens");
-
-    let r = Parity { logit_rel: max_diff / max_abs, greedy_match, nll_rel };
-    println!(
-        "{label:16} max|dlogit| {max_diff:.3e} = {:.2e} x max|logit| ({max_abs:.2}); greedy {greedy_match}/{}; mean NLL {:.6} vs {want_nll:.6} (rel {:.1e})",
-        r.logit_rel, want.len(), p.mean_nll, r.nll_rel
-    );
-    r
-}
+use std::path::Path;
 
 #[test]
 fn hf_fixtures_match_transformers() {
     let mut failures = Vec::new();
     for case in CASES {
-        let dir = fixture(case);
-        let m = Model::load(&dir).unwrap_or_else(|e| panic!("{case}: {e:#}"));
-        let g = smelt_model::io::read_safetensors(&dir.join("golden.safetensors")).unwrap();
-        let r = compare(&m, &g, 64, case);
-        if r.logit_rel > 1e-4 {
-            failures.push(format!("{case}: logits differ by {:.2e} of max |logit|", r.logit_rel));
-        }
-        if r.greedy_match != ids(&g, "greedy_ids").len() {
-            failures.push(format!("{case}: greedy diverges at token {}", r.greedy_match));
-        }
-        if r.nll_rel > 1e-5 {
-            failures.push(format!("{case}: mean NLL off by {:.2e} relative", r.nll_rel));
-        }
+        let (m, g) = load(case);
+        failures.extend(compare(&m, &g, 64, case).failures(case));
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
@@ -87,8 +29,7 @@ fn hf_fixtures_match_transformers() {
 #[test]
 fn fixture_features_are_not_no_ops() {
     let off = |case: &str, f: &dyn Fn(&mut smelt_model::ModelConfig)| {
-        let m = Model::load(&fixture(case)).unwrap();
-        let g = smelt_model::io::read_safetensors(&fixture(case).join("golden.safetensors")).unwrap();
+        let (m, g) = load(case);
         let mut cfg = m.cfg.clone();
         f(&mut cfg);
         let m = Model::new(cfg, m.params).unwrap();

@@ -60,8 +60,10 @@ impl KvCache {
     pub fn bytes(&self) -> usize { self.k.iter().chain(&self.v).map(|t| t.numel() * t.dtype().size_in_bytes()).sum() }
 }
 
-/// Logits computed at once by `Model::loss` (64 MiB of f32).
+/// Logits computed at once by `Model::loss` (64 MiB of f32)...
 const LOSS_CHUNK_ELEMS: usize = 1 << 24;
+/// ...in slices of at most this many vocabulary ids (so rows per chunk stay ≥ 512 for any V).
+const LOSS_VOCAB_CHUNK: usize = 1 << 15;
 
 /// Which positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -353,11 +355,17 @@ impl Model {
 
     /// Mean next-token loss of (B, T) inputs against (B, T) targets.
     pub fn loss(&self, g: &mut Graph, p: &[Var], inputs: &Tensor, targets: &Tensor, checkpoint: bool) -> Result<Var> {
-        // The head and the loss run together, LOSS_CHUNK_ELEMS logits at a time, so the full
-        // (B·T, V) f32 logits never exist (they dominate memory at large vocabularies).
+        self.loss_in_chunks(g, p, inputs, targets, checkpoint, LOSS_CHUNK_ELEMS, LOSS_VOCAB_CHUNK)
+    }
+
+    /// `loss` with the head and the loss computed `elems` logits at a time, in slices of
+    /// `vocab` vocabulary ids, so the full (B·T, V) f32 logits never exist (they dominate memory
+    /// at large vocabularies). Tests force small chunks through it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_in_chunks(&self, g: &mut Graph, p: &[Var], inputs: &Tensor, targets: &Tensor, checkpoint: bool, elems: usize, vocab: usize) -> Result<Var> {
         let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint)?;
-        let chunk = (LOSS_CHUNK_ELEMS / self.cfg.vocab_size.max(1)).max(1);
-        g.linear_cross_entropy(&h, &p[self.idx.head], targets, chunk)
+        let vocab = vocab.clamp(1, self.cfg.vocab_size.max(1));
+        g.linear_cross_entropy(&h, &p[self.idx.head], targets, (elems / vocab).max(1), vocab)
     }
 
     /// Inference: logits for `tokens` (B, T) continuing `cache`.

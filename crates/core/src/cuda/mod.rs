@@ -290,6 +290,17 @@ pub fn kname(base: &str, dtypes: &[crate::DType], what: &str) -> Result<String> 
     Ok(s)
 }
 
+/// `t` as f32: itself if it is f32, else a bf16 → f32 copy. For the kernels that read only f32
+/// (the vocabulary-chunked loss, perplexity scoring, sampling) when they are handed logits in the
+/// activation dtype of mixed precision.
+pub fn as_f32(t: &crate::Tensor) -> Result<crate::Tensor> {
+    match t.dtype() {
+        crate::DType::F32 => Ok(t.clone()),
+        crate::DType::BF16 => crate::ops::elementwise::cuda::cast(t, crate::DType::F32),
+        d => bail!("expected f32 or bf16 values, got {d:?} {:?}", t.shape()),
+    }
+}
+
 /// The device buffers of `ts`, checked to be on one GPU and each f32 or bf16 (the storage
 /// dtypes kernels are instantiated for); the caller checks which combination it takes.
 pub fn float_bufs<'a, const N: usize>(ts: [&'a crate::Tensor; N], what: &str) -> Result<[&'a DeviceBuf; N]> {

@@ -93,6 +93,7 @@ fn kernels_compile() {
         ("adamw", ops::adamw::cuda::SRC, plain(&["sumsq_multi_f32", "norm_finalize", "adamw_multi_f32"])),
         ("attention", ops::attention::cuda::SRC, x(&["attn_fwd", "attn_bwd_delta", "attn_bwd_dq", "attn_bwd_dkdv"], &one)),
         ("cross_entropy", ops::cross_entropy::cuda::SRC, [x(&["ce_fwd", "ce_bwd"], &one), plain(&["ce_mean_f32"])].concat()),
+        ("cross_entropy_chunks", ops::cross_entropy::cuda::CHUNKS_SRC, plain(&["ce_chunk_fwd_f32", "ce_chunk_finish_f32", "ce_chunk_bwd_f32", "ce_nll_f64"])),
         ("elementwise", ops::elementwise::cuda::SRC, [x(&["add", "mul", "scale"], &one), x(&["add_assign"], &two), plain(&["f32_to_bf16", "bf16_to_f32"])].concat()),
         ("embedding", ops::embedding::cuda::SRC, x(&["embedding_fwd", "embedding_bwd", "embedding_bwd_sorted"], &one)),
         ("matmul", ops::matmul::cuda::SRC, x(&["add_bias", "col_sum_part"], &one)),
@@ -100,6 +101,7 @@ fn kernels_compile() {
             .flat_map(|f| ["qmatvec_", "qdequant_f32_", "qdequant_bf16_", "qgather_f32_"].map(|k| format!("{k}{f}"))).collect()),
         ("rmsnorm", ops::rmsnorm::cuda::SRC, [x(&["rmsnorm_fwd"], &three), x(&["rmsnorm_bwd_dx", "rmsnorm_bwd_dw_part"], &two), plain(&["sum_partials_f32"])].concat()),
         ("rope", ops::rope::cuda::SRC, x(&["rope"], &one)),
+        ("sample", ops::sample::cuda::SRC, plain(&["sample_f32", "sample_mark"])),
         ("swiglu", ops::swiglu::cuda::SRC, x(&["swiglu_fwd", "swiglu_bwd"], &one)),
     ] {
         let ptx = match cuda::compile::compile(name, src, arch) {
@@ -199,6 +201,11 @@ fn parity_cross_entropy() {
         &ops::cross_entropy::cross_entropy_backward(&z, &t, &sc, 0.7, cc).unwrap(),
         F32_NMSE,
     );
+    // Perplexity scoring: f64 sums on the device, only the per-row values come back.
+    let (nc, ng) = (ops::cross_entropy::nll_rows(&z, &t).unwrap(), ops::cross_entropy::nll_rows(&up(&z, d), &t).unwrap());
+    let worst = nc.iter().zip(&ng).map(|(a, b)| (a - b).abs() / a.abs().max(1e-300)).fold(0f64, f64::max);
+    println!("nll_rows f64 (device)         max rel diff {worst:.3e} (tol 1e-12)");
+    assert!(worst < 1e-12 && ng[3] == 0.0, "nll_rows: {worst:e}");
 }
 
 #[test]
@@ -207,20 +214,90 @@ fn parity_chunked_linear_cross_entropy() {
     let mut r = Rng::new(seed());
     let (n, c, v) = (45, 32, 3000);
     let (h, w) = (randn(&mut r, &[n, c], 1.0), randn(&mut r, &[v, c], 0.2));
-    let t = ids(&mut r, n, v);
-    let run = |h: &Tensor, w: &Tensor| {
+    let mut t = ids(&mut r, n, v).as_u32().unwrap().to_vec();
+    t[7] = ops::cross_entropy::IGNORE;
+    let t = Tensor::from_u32(t, &[n]).unwrap();
+    let run = |h: &Tensor, w: &Tensor, rows: usize, vocab: usize| {
         let mut g = crate::Graph::training();
         let (hv, wv) = (g.leaf(h.clone(), true), g.leaf(w.clone(), true));
-        let loss = g.linear_cross_entropy(&hv, &wv, &t, 16).unwrap();
+        let loss = g.linear_cross_entropy(&hv, &wv, &t, rows, vocab).unwrap();
         let l = loss.tensor().clone();
         let gr = g.backward(&loss).unwrap();
         (l, gr.get(&hv).unwrap().clone(), gr.get(&wv).unwrap().clone())
     };
-    let (lc, dhc, dwc) = run(&h, &w);
-    let (lg, dhg, dwg) = run(&up(&h, d), &up(&w, d));
-    close("linear+ce chunked loss", &lg, &lc, F32_NMSE);
-    close("linear+ce chunked dh", &dhg, &dhc, F32_NMSE);
-    close("linear+ce chunked dw", &dwg, &dwc, F32_NMSE);
+    let whole = run(&h, &w, n, v);
+    // Rows only; vocabulary slices of 700 ids (the last one partial); both; tiny slices.
+    for (rows, vocab) in [(16, v), (n, 700), (16, 700), (9, 64)] {
+        let (lc, dhc, dwc) = run(&h, &w, rows, vocab);
+        let (lg, dhg, dwg) = run(&up(&h, d), &up(&w, d), rows, vocab);
+        let label = format!("linear+ce {rows}x{vocab}");
+        close(&format!("{label} loss"), &lg, &lc, F32_NMSE);
+        close(&format!("{label} dh"), &dhg, &dhc, F32_NMSE);
+        close(&format!("{label} dw"), &dwg, &dwc, F32_NMSE);
+        close(&format!("{label} loss vs whole"), &lg, &whole.0, F32_NMSE);
+        close(&format!("{label} dw vs whole"), &dwg, &whole.2, F32_NMSE);
+    }
+}
+
+/// The whole sampling step on the device against the CPU reference: the definition is exact
+/// on both (integer masses, the CPU's exp repeated operation for operation), so for the same
+/// logits and uniform numbers every id must agree, at every vocabulary size up to Qwen's.
+#[test]
+fn parity_sample() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    use ops::sample::{sample, SampleParams, Seen};
+    let mut grid = Vec::new();
+    for &temperature in &[0.0f32, 0.7, 1.0, 2.0] {
+        for &top_k in &[0usize, 1, 5, 40, 100_000_000] {
+            for &top_p in &[1.0f32, 0.95, 0.5] {
+                for &min_p in &[0.0f32, 0.05] {
+                    for &repetition_penalty in &[1.0f32, 1.3] {
+                        grid.push(SampleParams { temperature, top_k, top_p, min_p, repetition_penalty });
+                    }
+                }
+            }
+        }
+    }
+    let (mut agree, mut total) = (0usize, 0usize);
+    for (v, rows, every) in [(1usize, 2usize, 1usize), (7, 3, 1), (1000, 4, 1), (32_000, 2, 3), (151_936, 2, 7)] {
+        for coarse in [true, false] {
+            // Coarse logits tie often (ties go to the lower id); fine ones almost never do.
+            let step = if coarse { 0.25 } else { 1e-5 };
+            let z: Vec<f32> = (0..rows * v).map(|_| ((r.normal() * 4.0 / step).round() * step) as f32).collect();
+            let z = Tensor::from_f32(z, &[rows, v]).unwrap();
+            let zg = up(&z, d);
+            let context: Vec<Vec<u32>> = (0..rows).map(|_| (0..50).map(|_| r.below(v as u64) as u32).collect()).collect();
+            for p in grid.iter().step_by(every) {
+                let us: Vec<f64> = (0..rows).map(|_| r.uniform()).collect();
+                let (mut sc, mut sg) = (Seen::new(rows, v, Device::Cpu).unwrap(), Seen::new(rows, v, d).unwrap());
+                for (row, ctx) in context.iter().enumerate() {
+                    sc.mark(row, ctx).unwrap();
+                    sg.mark(row, ctx).unwrap();
+                }
+                let want = sample(&z, Some(&mut sc), p, &us).unwrap();
+                let got = sample(&zg, Some(&mut sg), p, &us).unwrap();
+                let (want, got) = (want.as_u32().unwrap().to_vec(), got.to_device(Device::Cpu).unwrap().as_u32().unwrap().to_vec());
+                total += rows;
+                agree += want.iter().zip(&got).filter(|(a, b)| a == b).count();
+                assert_eq!(got, want, "v {v} coarse {coarse} {p:?} u {us:?}");
+                for (row, &id) in got.iter().enumerate() {
+                    assert!(sg.contains(row, id).unwrap(), "the picked id {id} was not marked seen");
+                }
+            }
+        }
+    }
+    println!("sample: {agree}/{total} ids agree with the CPU reference (vocabularies up to 151936)");
+    // Speed of one step at Qwen's vocabulary (the default CLI filters, and the full vocabulary).
+    let z = up(&randn(&mut r, &[1, 151_936], 3.0), d);
+    for p in [SampleParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repetition_penalty: 1.1 }, SampleParams { temperature: 1.0, top_p: 0.9, ..Default::default() }] {
+        let mut seen = Seen::new(1, 151_936, d).unwrap();
+        let t0 = std::time::Instant::now();
+        for i in 0..50 {
+            sample(&z, Some(&mut seen), &p, &[i as f64 / 50.0]).unwrap().to_device(Device::Cpu).unwrap();
+        }
+        println!("sample step at V=151936 {p:?}: {:.1} us (incl. the 4-byte read back)", t0.elapsed().as_secs_f64() / 50.0 * 1e6);
+    }
 }
 
 #[test]

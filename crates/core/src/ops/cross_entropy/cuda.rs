@@ -4,7 +4,7 @@
 
 use crate::cuda::{self, DeviceBuf};
 use crate::{DType, Tensor};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 pub(crate) const SRC: &str = include_str!("cross_entropy.cu");
@@ -75,4 +75,85 @@ pub fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, lse: &Tensor, d
         cuda::launched(unsafe { b.launch(cuda::grid_for(n * v, 256)) }, &name)?;
     }
     Tensor::from_device_buf(dz, logits.shape())
+}
+
+// The vocabulary-chunked loss and f64 scoring (chunks.cu).
+
+pub(crate) const CHUNKS_SRC: &str = include_str!("chunks.cu");
+
+/// Rows r0..r0+m of `state` (n, 3) updated with `z` (m, vc) of vocabulary ids v0..v0+vc.
+pub fn lse_chunk(z: &Tensor, targets: &Tensor, state: &mut Tensor, r0: usize, v0: usize) -> Result<()> {
+    let z = &cuda::as_f32(z)?;
+    let [zb] = cuda::f32_bufs([z], "lse_chunk")?;
+    let gpu = zb.gpu.clone();
+    let tt = cuda::ids_on(targets, &gpu)?;
+    let tb = tt.cuda_buf()?;
+    let (m, vc) = (z.rows(), z.cols());
+    let sb = state.cuda_buf_mut()?;
+    sb.expect(DType::F32, "lse_chunk state")?;
+    if sb.gpu.ordinal != gpu.ordinal {
+        bail!("lse_chunk: logits on cuda:{}, state on cuda:{}", gpu.ordinal, sb.gpu.ordinal);
+    }
+    let mut st = sb.view_mut(r0 * 3, m * 3);
+    let tv = tb.view(r0, m);
+    let (vc32, v032) = (vc as i32, v0 as i32);
+    let f = gpu.function("cross_entropy_chunks", CHUNKS_SRC, "ce_chunk_fwd_f32")?;
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(&zb.data).arg(&tv).arg(&mut st).arg(&vc32).arg(&v032);
+    let cfg = LaunchConfig { grid_dim: (m.max(1) as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+    cuda::launched(unsafe { b.launch(cfg) }, "ce_chunk_fwd_f32")
+}
+
+/// (nll, lse) of a finished (n, 3) state.
+pub fn lse_finish(state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let [sb] = cuda::f32_bufs([state], "lse_finish")?;
+    let gpu = &sb.gpu;
+    let tt = cuda::ids_on(targets, gpu)?;
+    let tb = tt.cuda_buf()?;
+    let n = state.rows();
+    let nll = DeviceBuf::alloc(gpu, DType::F32, n)?;
+    let lse = DeviceBuf::alloc(gpu, DType::F32, n)?;
+    let n64 = n as i64;
+    let f = gpu.function("cross_entropy_chunks", CHUNKS_SRC, "ce_chunk_finish_f32")?;
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(&sb.data).arg(&tb.data).arg(&nll.data).arg(&lse.data).arg(&n64);
+    cuda::launched(unsafe { b.launch(cuda::grid_for(n, 256)) }, "ce_chunk_finish_f32")?;
+    Ok((Tensor::from_device_buf(nll, &[n])?, Tensor::from_device_buf(lse, &[n])?))
+}
+
+/// dlogits of `z` (m, vc), vocabulary ids v0.., for rows r0.. of `targets` and `lse`.
+pub fn backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: f32, count: usize) -> Result<Tensor> {
+    let z = &cuda::as_f32(z)?;
+    let [zb, lb] = cuda::f32_bufs([z, lse], "cross_entropy_backward_chunk")?;
+    let gpu = &zb.gpu;
+    let tt = cuda::ids_on(targets, gpu)?;
+    let tb = tt.cuda_buf()?;
+    let (m, vc) = (z.rows(), z.cols());
+    let dz = DeviceBuf::alloc(gpu, DType::F32, m * vc)?;
+    let (m64, vc32, v032, inv) = (m as i64, vc as i32, v0 as i32, 1.0f32 / count.max(1) as f32);
+    let (tv, lv) = (tb.view(r0, m), lb.view(r0, m));
+    let f = gpu.function("cross_entropy_chunks", CHUNKS_SRC, "ce_chunk_bwd_f32")?;
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(&zb.data).arg(&tv).arg(&lv).arg(&dz.data).arg(&m64).arg(&vc32).arg(&v032).arg(&dloss).arg(&inv);
+    cuda::launched(unsafe { b.launch(cuda::grid_for(m * vc, 256)) }, "ce_chunk_bwd_f32")?;
+    Tensor::from_device_buf(dz, z.shape())
+}
+
+/// Per-row nll in f64 (perplexity), scored on the device; only the (N) values come back.
+pub fn nll_rows_f64(logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
+    let logits = &cuda::as_f32(logits)?;
+    let [zb] = cuda::f32_bufs([logits], "nll_rows")?;
+    let gpu = &zb.gpu;
+    let tt = cuda::ids_on(targets, gpu)?;
+    let tb = tt.cuda_buf()?;
+    let (n, v) = (logits.rows(), logits.cols());
+    // f64 values in a u32 buffer of twice the length (device buffers carry no f64 dtype).
+    let out = DeviceBuf::alloc(gpu, DType::U32, 2 * n)?;
+    let v32 = v as i32;
+    let f = gpu.function("cross_entropy_chunks", CHUNKS_SRC, "ce_nll_f64")?;
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(&zb.data).arg(&tb.data).arg(&out.data).arg(&v32);
+    let cfg = LaunchConfig { grid_dim: (n.max(1) as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+    cuda::launched(unsafe { b.launch(cfg) }, "ce_nll_f64")?;
+    Ok(out.to_bytes()?.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
 }

@@ -1,6 +1,12 @@
 //! Cross-entropy fused with log-softmax: mean over rows of (logsumexp(z) − z[target]).
 //! Forward keeps only the per-row logsumexp; backward recomputes softmax from the logits, so no
 //! full-vocabulary probability tensor is ever kept. Target `IGNORE` rows contribute nothing.
+//!
+//! The vocabulary-chunked form (`Graph::linear_cross_entropy`) sees one slice of the
+//! vocabulary at a time: `lse_chunk` updates a running [max, Σexp(z − max), target logit] per
+//! row (an online logsumexp), `lse_finish` turns it into (nll, lse), and
+//! `cross_entropy_backward_chunk` gives one slice's dlogits from the saved lse. With a single
+//! slice they compute exactly what `cross_entropy` and its backward compute.
 
 use crate::float::{max_of, sum_exp, Float};
 use crate::Tensor;
@@ -32,9 +38,42 @@ pub fn ce_fwd<F: Float>(logits: &[F], targets: &[u32], v: usize) -> (Vec<F>, Vec
 
 /// dlogits = (softmax(z) − onehot(t)) · dloss / count
 pub fn ce_bwd<F: Float>(logits: &[F], targets: &[u32], lse: &[F], dloss: F, count: usize, v: usize) -> Vec<F> {
-    let mut d = vec![F::ZERO; logits.len()];
+    ce_bwd_chunk(logits, targets, lse, 0, dloss, count, v)
+}
+
+/// One vocabulary slice of the online logsumexp: `z` (m, vc) are the logits of vocabulary ids
+/// v0..v0+vc for m rows, `state` (m, 3) their running [max, Σexp(z − max), target logit]
+/// (start: −∞, 0, 0; see `lse_state`). The target's logit is picked from the slice holding it.
+pub fn lse_chunk_fwd<F: Float>(z: &[F], targets: &[u32], state: &mut [F], vc: usize, v0: usize) {
+    state.par_chunks_mut(3).zip(z.par_chunks(vc)).zip(targets.par_iter()).for_each(|((st, z), &t)| {
+        let nm = st[0].max(max_of(z));
+        let s = sum_exp(z, nm);
+        st[1] = if st[0] == F::NEG_INFINITY { F::ZERO } else { st[1] * (st[0] - nm).exp_fast() } + s;
+        st[0] = nm;
+        if t != IGNORE && (v0..v0 + vc).contains(&(t as usize)) {
+            st[2] = z[t as usize - v0];
+        }
+    });
+}
+
+/// (nll (0 for ignored rows), lse) from finished states.
+pub fn lse_chunk_finish<F: Float>(state: &[F], targets: &[u32]) -> (Vec<F>, Vec<F>) {
+    state
+        .chunks(3)
+        .zip(targets)
+        .map(|(st, &t)| {
+            let lse = st[0] + st[1].ln();
+            (if t == IGNORE { F::ZERO } else { lse - st[2] }, lse)
+        })
+        .unzip()
+}
+
+/// dlogits of the vocabulary slice v0..v0+vc: (softmax(z) − onehot(t)) · dloss / count, the
+/// softmax recomputed from the full rows' `lse`.
+pub fn ce_bwd_chunk<F: Float>(z: &[F], targets: &[u32], lse: &[F], v0: usize, dloss: F, count: usize, vc: usize) -> Vec<F> {
+    let mut d = vec![F::ZERO; z.len()];
     let scale = dloss / F::from_f64(count.max(1) as f64);
-    d.par_chunks_mut(v).zip(logits.par_chunks(v)).zip(targets.par_iter().zip(lse.par_iter())).for_each(
+    d.par_chunks_mut(vc).zip(z.par_chunks(vc)).zip(targets.par_iter().zip(lse.par_iter())).for_each(
         |((d, z), (&t, &l))| {
             if t == IGNORE {
                 return;
@@ -42,7 +81,9 @@ pub fn ce_bwd<F: Float>(logits: &[F], targets: &[u32], lse: &[F], dloss: F, coun
             for (di, &zi) in d.iter_mut().zip(z) {
                 *di = (zi - l).exp_fast() * scale;
             }
-            d[t as usize] -= scale;
+            if (v0..v0 + vc).contains(&(t as usize)) {
+                d[t as usize - v0] -= scale;
+            }
         },
     );
     d
@@ -73,16 +114,55 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tenso
     Ok((Tensor::scalar(loss as f32), Tensor::from_f32(lse, &[logits.rows()])?, count))
 }
 
-/// Per-row (nll, lse) without the mean: one chunk of a chunked loss. logits (N, V), targets
-/// (N) u32 on the host → two (N) tensors on the logits' device.
-pub fn nll_lse_rows(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
-    let v = check(logits, targets)?;
-    #[cfg(feature = "cuda")]
-    if logits.is_cuda() {
-        return cuda::nll_lse(logits, targets);
+/// A fresh online-logsumexp state (n, 3) on `device`: max −∞, Σexp 0, target logit 0.
+pub fn lse_state(n: usize, device: crate::Device) -> Result<Tensor> {
+    let st: Vec<f32> = (0..n).flat_map(|_| [f32::NEG_INFINITY, 0.0, 0.0]).collect();
+    Tensor::from_f32(st, &[n, 3])?.to_device(device)
+}
+
+/// Updates rows r0..r0+m of `state` (n, 3) with `z` (m, vc), the logits of vocabulary ids
+/// v0..v0+vc; `targets` (n) u32 on the state's device (or the host).
+pub fn lse_chunk(z: &Tensor, targets: &Tensor, state: &mut Tensor, r0: usize, v0: usize) -> Result<()> {
+    let (m, vc) = (z.rows(), z.cols());
+    if state.cols() != 3 || r0 + m > state.rows() || targets.numel() != state.rows() {
+        bail!("lse_chunk: rows {r0}..{} of a {:?} state with {} targets", r0 + m, state.shape(), targets.numel());
     }
-    let (nll, lse, _) = ce_fwd(logits.as_f32()?, targets.as_u32()?, v);
-    Ok((Tensor::from_f32(nll, &[logits.rows()])?, Tensor::from_f32(lse, &[logits.rows()])?))
+    #[cfg(feature = "cuda")]
+    if z.is_cuda() {
+        return cuda::lse_chunk(z, targets, state, r0, v0);
+    }
+    let t = &targets.as_u32()?[r0..r0 + m];
+    lse_chunk_fwd(z.as_f32()?, t, &mut state.f32_mut()?[r0 * 3..(r0 + m) * 3], vc, v0);
+    Ok(())
+}
+
+/// (nll (n), lse (n)) of a finished state, on its device.
+pub fn lse_finish(state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+    let n = state.rows();
+    if state.cols() != 3 || targets.numel() != n {
+        bail!("lse_finish: a {:?} state with {} targets", state.shape(), targets.numel());
+    }
+    #[cfg(feature = "cuda")]
+    if state.is_cuda() {
+        return cuda::lse_finish(state, targets);
+    }
+    let (nll, lse) = lse_chunk_finish(state.as_f32()?, targets.as_u32()?);
+    Ok((Tensor::from_f32(nll, &[n])?, Tensor::from_f32(lse, &[n])?))
+}
+
+/// dlogits (m, vc) of the vocabulary slice v0..v0+vc for rows r0..r0+m, whose targets and
+/// saved logsumexp are rows r0.. of `targets` and `lse` (n).
+pub fn cross_entropy_backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: f32, count: usize) -> Result<Tensor> {
+    let (m, vc) = (z.rows(), z.cols());
+    if r0 + m > lse.numel() || targets.numel() != lse.numel() {
+        bail!("cross_entropy_backward_chunk: rows {r0}..{} of {} targets and {} lse", r0 + m, targets.numel(), lse.numel());
+    }
+    #[cfg(feature = "cuda")]
+    if z.is_cuda() {
+        return cuda::backward_chunk(z, targets, lse, r0, v0, dloss, count);
+    }
+    let d = ce_bwd_chunk(z.as_f32()?, &targets.as_u32()?[r0..r0 + m], &lse.as_f32()?[r0..r0 + m], v0, dloss, count, vc);
+    Tensor::from_f32(d, z.shape())
 }
 
 /// Σ nll / count as a one-element tensor, summed as `cross_entropy` sums (f64 in row order on
@@ -102,12 +182,13 @@ pub fn count_scored(targets: &Tensor) -> Result<usize> {
 }
 
 /// Per-row negative log-likelihoods (perplexity scoring), in f64.
+/// On a GPU the rows are scored there (f64 sums) and only the (N) values come back.
 pub fn nll_rows(logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
-    if logits.is_cuda() {
-        // Perplexity scoring in f64 stays on the host for now: one copy of the logits back.
-        return nll_rows(&logits.to_device(crate::Device::Cpu)?.to_dtype(crate::DType::F32), targets);
-    }
     let v = check(logits, targets)?;
+    #[cfg(feature = "cuda")]
+    if logits.is_cuda() {
+        return cuda::nll_rows_f64(logits, targets);
+    }
     let z = logits.as_f32()?;
     Ok(z.par_chunks(v)
         .zip(targets.as_u32()?.par_iter())
@@ -147,6 +228,59 @@ mod tests {
             |x, dy| {
                 let (_, lse, c) = ce_fwd(&x[0], &t, v);
                 vec![ce_bwd(&x[0], &t, &lse, dy[0], c, v)]
+            },
+        );
+    }
+
+    /// The online logsumexp over vocabulary slices: `(nll, lse)` of (n, v) logits taken `vc`
+    /// columns at a time, as `Graph::linear_cross_entropy` feeds it.
+    fn chunked_fwd(z: &[f64], t: &[u32], v: usize, vc: usize) -> (Vec<f64>, Vec<f64>) {
+        let n = t.len();
+        let mut st: Vec<f64> = (0..n).flat_map(|_| [f64::NEG_INFINITY, 0.0, 0.0]).collect();
+        for v0 in (0..v).step_by(vc) {
+            let vn = vc.min(v - v0);
+            let slice: Vec<f64> = (0..n).flat_map(|r| z[r * v + v0..r * v + v0 + vn].to_vec()).collect();
+            lse_chunk_fwd(&slice, t, &mut st, vn, v0);
+        }
+        lse_chunk_finish(&st, t)
+    }
+
+    #[test]
+    fn vocabulary_chunks_match_the_whole_row() {
+        let (v, t) = (7, [2u32, IGNORE, 6, 0, 3]);
+        let z = rand_vec(t.len() * v, 2).iter().map(|x| 3.0 * x).collect::<Vec<f64>>();
+        let (nll, lse, _) = ce_fwd(&z, &t, v);
+        assert_eq!(chunked_fwd(&z, &t, v, v), (nll.clone(), lse.clone()), "one slice is the unchunked computation");
+        for vc in [1, 2, 3, 6] {
+            let (cn, cl) = chunked_fwd(&z, &t, v, vc);
+            for (a, b) in cn.iter().zip(&nll).chain(cl.iter().zip(&lse)) {
+                assert!((a - b).abs() < 1e-12, "slices of {vc}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn gradcheck_vocabulary_chunks() {
+        let (v, vc, t) = (7, 3, [2u32, IGNORE, 6, 0, 3]);
+        let n = t.len();
+        gradcheck(
+            &[rand_vec(n * v, 1)],
+            |x| {
+                let (nll, _) = chunked_fwd(&x[0], &t, v, vc);
+                vec![nll.iter().sum::<f64>() / 4.0]
+            },
+            |x, dy| {
+                let (_, lse) = chunked_fwd(&x[0], &t, v, vc);
+                let mut d = vec![0.0; n * v];
+                for v0 in (0..v).step_by(vc) {
+                    let vn = vc.min(v - v0);
+                    let slice: Vec<f64> = (0..n).flat_map(|r| x[0][r * v + v0..r * v + v0 + vn].to_vec()).collect();
+                    let ds = ce_bwd_chunk(&slice, &t, &lse, v0, dy[0], 4, vn);
+                    for r in 0..n {
+                        d[r * v + v0..r * v + v0 + vn].copy_from_slice(&ds[r * vn..(r + 1) * vn]);
+                    }
+                }
+                vec![d]
             },
         );
     }
