@@ -98,7 +98,7 @@ fn kernels_compile() {
         ("embedding", ops::embedding::cuda::SRC, x(&["embedding_fwd", "embedding_bwd", "embedding_bwd_sorted"], &one)),
         ("matmul", ops::matmul::cuda::SRC, x(&["add_bias", "col_sum_part"], &one)),
         ("qmatmul", ops::qmatmul::cuda::SRC, ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"].iter()
-            .flat_map(|f| ["qmatvec_", "qdequant_f32_", "qdequant_bf16_", "qgather_f32_"].map(|k| format!("{k}{f}"))).collect()),
+            .flat_map(|f| ["qmatvec_", "qdequant_f32_", "qdequant_bf16_", "qgather_f32_", "qmatvec_bf16_"].map(|k| format!("{k}{f}"))).collect()),
         ("rmsnorm", ops::rmsnorm::cuda::SRC, [x(&["rmsnorm_fwd"], &three), x(&["rmsnorm_bwd_dx", "rmsnorm_bwd_dw_part"], &two), plain(&["sum_partials_f32"])].concat()),
         ("rope", ops::rope::cuda::SRC, x(&["rope"], &one)),
         ("sample", ops::sample::cuda::SRC, plain(&["sample_f32", "sample_mark"])),

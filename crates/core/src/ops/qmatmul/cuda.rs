@@ -17,11 +17,11 @@ pub const MATVEC_MAX_N: usize = 8;
 /// Warps (output rows) per matvec block; must match QMV_WARPS in qmatmul.cu.
 const WARPS: u32 = 4;
 
-/// Kernel names of one format: [matvec, dequant f32, dequant bf16, gather f32].
-fn names(f: QuantFormat) -> [&'static str; 4] {
+/// Kernel names of one format: [matvec, dequant f32, dequant bf16, gather f32, matvec bf16].
+fn names(f: QuantFormat) -> [&'static str; 5] {
     macro_rules! n {
         ($f:ident) => {
-            [concat!("qmatvec_", stringify!($f)), concat!("qdequant_f32_", stringify!($f)), concat!("qdequant_bf16_", stringify!($f)), concat!("qgather_f32_", stringify!($f))]
+            [concat!("qmatvec_", stringify!($f)), concat!("qdequant_f32_", stringify!($f)), concat!("qdequant_bf16_", stringify!($f)), concat!("qgather_f32_", stringify!($f)), concat!("qmatvec_bf16_", stringify!($f))]
         };
     }
     match f {
@@ -45,18 +45,21 @@ pub fn linear(x: &Tensor, w: &DeviceQuant, bias: Option<&Tensor>, n: usize, k: u
     }
     let (op, ydt) = crate::ops::matmul::cuda::precision();
     let y = if n > 0 && m > 0 && n <= MATVEC_MAX_N {
-        // The matvec reads f32 activations and writes f32 (n ≤ 8 rows: the casts are tiny).
-        let x32 = if x.dtype() == DType::F32 { x.clone() } else { crate::ops::elementwise::cuda::cast(x, DType::F32)? };
-        let y32 = DeviceBuf::alloc(&gpu, DType::F32, n * m)?;
-        let func = names(w.format)[0];
+        // The matvec computes in f32 and reads/writes f32, or bf16 when both the input and the
+        // activation dtype are bf16 (mixed precision: no cast launches in decode); any other
+        // combination goes through casts (n ≤ 8 rows: tiny).
+        let bf = x.dtype() == DType::BF16 && ydt == DType::BF16;
+        let xk = if bf || x.dtype() == DType::F32 { x.clone() } else { crate::ops::elementwise::cuda::cast(x, DType::F32)? };
+        let yk = DeviceBuf::alloc(&gpu, if bf { DType::BF16 } else { DType::F32 }, n * m)?;
+        let func = names(w.format)[if bf { 4 } else { 0 }];
         let f = gpu.function("qmatmul", SRC, func)?;
         let (rows, cols, rb, n32) = (m as i32, k as i32, w.row_bytes as i64, n as i32);
         let cfg = LaunchConfig { grid_dim: ((m as u32).div_ceil(WARPS), 1, 1), block_dim: (32, WARPS, 1), shared_mem_bytes: 0 };
         let mut l = gpu.stream.launch_builder(&f);
-        l.arg(&w.blocks.data).arg(&x32.cuda_buf()?.data).arg(&y32.data).arg(&rows).arg(&cols).arg(&rb).arg(&n32);
+        l.arg(&w.blocks.data).arg(&xk.cuda_buf()?.data).arg(&yk.data).arg(&rows).arg(&cols).arg(&rb).arg(&n32);
         cuda::launched(unsafe { l.launch(cfg) }, func)?;
-        let y = Tensor::from_device_buf(y32, &[n * m])?;
-        if ydt == DType::F32 { y } else { crate::ops::elementwise::cuda::cast(&y, ydt)? }
+        let y = Tensor::from_device_buf(yk, &[n * m])?;
+        if y.dtype() == ydt { y } else { crate::ops::elementwise::cuda::cast(&y, ydt)? }
     } else {
         let y = DeviceBuf::alloc(&gpu, ydt, n * m)?;
         if n > 0 && m > 0 {

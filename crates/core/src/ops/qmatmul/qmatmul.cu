@@ -134,8 +134,9 @@ struct Q6_K {
 
 // Block (32, QMV_WARPS): warp threadIdx.y computes output row blockIdx.x·QMV_WARPS + threadIdx.y
 // for all n ≤ QMV_MAX_N input rows.
-template <class F>
-__device__ __forceinline__ void qmatvec(const u8* w, const float* x, float* y, int rows, int cols, long long row_bytes, int n) {
+// x and y are f32, or bf16 under mixed precision (loaded into f32, stored rounded once).
+template <class F, typename T>
+__device__ __forceinline__ void qmatvec(const u8* w, const T* x, T* y, int rows, int cols, long long row_bytes, int n) {
     int r = blockIdx.x * QMV_WARPS + threadIdx.y;
     if (r >= rows) return; // the whole warp leaves together
     const u8* wr = w + (long long)r * row_bytes;
@@ -147,14 +148,14 @@ __device__ __forceinline__ void qmatvec(const u8* w, const float* x, float* y, i
     for (int g = threadIdx.x; g < groups; g += 32) {
         float v[8];
         F::deq8(wr + (long long)(g / G) * F::BYTES, g % G, v);
-        const float* xg = x + 8LL * g;
+        const T* xg = x + 8LL * g;
 #pragma unroll
         for (int i = 0; i < QMV_MAX_N; i++) {
             if (i < n) {
-                const float* xi = xg + (long long)i * cols;
+                const T* xi = xg + (long long)i * cols;
                 float s = 0.f;
 #pragma unroll
-                for (int k = 0; k < 8; k++) s = fmaf(v[k], xi[k], s);
+                for (int k = 0; k < 8; k++) s = fmaf(v[k], to_f(xi[k]), s);
                 acc[i] += s;
             }
         }
@@ -163,7 +164,7 @@ __device__ __forceinline__ void qmatvec(const u8* w, const float* x, float* y, i
     for (int i = 0; i < QMV_MAX_N; i++) {
         if (i < n) {
             float s = warp_sum(acc[i]);
-            if (threadIdx.x == 0) y[(long long)i * rows + r] = s;
+            if (threadIdx.x == 0) y[(long long)i * rows + r] = from_f<T>(s);
         }
     }
 }
@@ -198,7 +199,11 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
 #define QKERNELS(F)                                                                                              \
     extern "C" __global__ void qmatvec_##F(const u8* w, const float* x, float* y, int rows, int cols,            \
                                            long long row_bytes, int n) {                                         \
-        qmatvec<F>(w, x, y, rows, cols, row_bytes, n);                                                           \
+        qmatvec<F, float>(w, x, y, rows, cols, row_bytes, n);                                                    \
+    }                                                                                                            \
+    extern "C" __global__ void qmatvec_bf16_##F(const u8* w, const bf16_t* x, bf16_t* y, int rows, int cols,    \
+                                                long long row_bytes, int n) {                                    \
+        qmatvec<F, bf16_t>(w, x, y, rows, cols, row_bytes, n);                                                   \
     }                                                                                                            \
     extern "C" __global__ void qdequant_f32_##F(const u8* w, float* out, long long rows, int cols,               \
                                                 long long row_bytes) {                                           \
