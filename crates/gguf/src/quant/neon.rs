@@ -2,7 +2,8 @@
 //! activation quantiser for Q8_0/Q8_1. The scheme is llama.cpp's ARM one
 //! (`ggml-cpu/arch/arm/quants.c`, the one-row NEON path): nibbles widened to signed bytes,
 //! byte dots summed into four i32 lanes (`ggml_vdotq_s32`), two blocks per step with two float
-//! accumulators, then a scalar loop for an odd last block. The integer sums are the scalar
+//! accumulators, then an odd last block on its own (llama.cpp's scalar tail: the same integer
+//! sum, and its float operations). The integer sums are the scalar
 //! kernels' exactly; the float operations are llama.cpp's, in its order, as its gcc build
 //! compiles them: `vmlaq_n_f32` is a multiply then an add (gcc does not fuse it), scalar
 //! `s += a * b` is fused (gcc's default `-ffp-contract=fast`), so it is `mul_add` here. The
@@ -64,12 +65,14 @@ unsafe fn nibbles(p: *const u8) -> (int8x16_t, int8x16_t) {
     (vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F))), vreinterpretq_s8_u8(vshrq_n_u8(v, 4)))
 }
 
-/// The scalar tail: Σ w·a of one 32-block from its signed weight values.
+// The 32-blocks: each `*_lanes` gives one block's integer dot as four i32 lanes, split as
+// llama.cpp splits them; the dot loops take two blocks per step into two float accumulators,
+// then an odd last block (llama.cpp's scalar tail: only the lanes' total matters there).
+
 #[inline(always)]
-fn isum32(v: impl Fn(usize) -> i32, a: &BlockQ8) -> i32 {
-    let mut s = 0;
-    for j in 0..32 { s += v(j) * a.qs[j] as i32; }
-    s
+unsafe fn q8_0_lanes<const DOT: bool>(x: *const u8, y: &BlockQ8) -> int32x4_t {
+    let (z, y) = (vdupq_n_s32(0), y.qs.as_ptr() as *const u8);
+    vaddq_s32(vdot::<DOT>(z, ld(x.add(2)), ld(y)), vdot::<DOT>(z, ld(x.add(18)), ld(y.add(16))))
 }
 
 /// Mirrors `q8_0::dot` (llama.cpp's `ggml_vec_dot_q8_0_q8_0`).
@@ -77,25 +80,27 @@ fn isum32(v: impl Fn(usize) -> i32, a: &BlockQ8) -> i32 {
 pub unsafe fn dot_q8_0<const DOT: bool>(w: &[u8], a: &[BlockQ8]) -> f32 {
     const B: usize = super::q8_0::BYTES;
     assert!(w.len() >= a.len() * B);
-    let z = vdupq_n_s32(0);
+    let x = |i: usize| w.as_ptr().add(i * B);
     let (mut sum0, mut sum1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
     let mut i = 0;
     while i + 1 < a.len() {
-        let (x0, x1) = (w.as_ptr().add(i * B), w.as_ptr().add((i + 1) * B));
-        let (y0, y1) = (a[i].qs.as_ptr() as *const u8, a[i + 1].qs.as_ptr() as *const u8);
-        let p0 = vaddq_s32(vdot::<DOT>(z, ld(x0.add(2)), ld(y0)), vdot::<DOT>(z, ld(x0.add(18)), ld(y0.add(16))));
-        let p1 = vaddq_s32(vdot::<DOT>(z, ld(x1.add(2)), ld(y1)), vdot::<DOT>(z, ld(x1.add(18)), ld(y1.add(16))));
-        sum0 = mla(sum0, p0, f16(x0) * a[i].d);
-        sum1 = mla(sum1, p1, f16(x1) * a[i + 1].d);
+        sum0 = mla(sum0, q8_0_lanes::<DOT>(x(i), &a[i]), f16(x(i)) * a[i].d);
+        sum1 = mla(sum1, q8_0_lanes::<DOT>(x(i + 1), &a[i + 1]), f16(x(i + 1)) * a[i + 1].d);
         i += 2;
     }
     let mut sum = vaddvq_f32(sum0) + vaddvq_f32(sum1);
-    for (i, ab) in a.iter().enumerate().skip(i) {
-        let x = &w[i * B..(i + 1) * B];
-        let s = isum32(|j| x[2 + j] as i8 as i32, ab);
-        sum = (s as f32).mul_add(f16(x.as_ptr()) * ab.d, sum);
+    if i < a.len() {
+        let s = vaddvq_s32(q8_0_lanes::<DOT>(x(i), &a[i]));
+        sum = (s as f32).mul_add(f16(x(i)) * a[i].d, sum);
     }
     sum
+}
+
+#[inline(always)]
+unsafe fn q4_0_lanes<const DOT: bool>(x: *const u8, y: &BlockQ8) -> int32x4_t {
+    let (z, y, s8) = (vdupq_n_s32(0), y.qs.as_ptr() as *const u8, vdupq_n_s8(8));
+    let (l, h) = nibbles(x.add(2));
+    vdot::<DOT>(vdot::<DOT>(z, vsubq_s8(l, s8), ld(y)), vsubq_s8(h, s8), ld(y.add(16)))
 }
 
 /// Mirrors `q4_0::dot` (llama.cpp's `ggml_vec_dot_q4_0_q8_0`).
@@ -103,29 +108,28 @@ pub unsafe fn dot_q8_0<const DOT: bool>(w: &[u8], a: &[BlockQ8]) -> f32 {
 pub unsafe fn dot_q4_0<const DOT: bool>(w: &[u8], a: &[BlockQ8]) -> f32 {
     const B: usize = super::q4_0::BYTES;
     assert!(w.len() >= a.len() * B);
-    let z = vdupq_n_s32(0);
-    let s8 = vdupq_n_s8(8);
+    let x = |i: usize| w.as_ptr().add(i * B);
     let (mut sum0, mut sum1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
     let mut i = 0;
     while i + 1 < a.len() {
-        let (x0, x1) = (w.as_ptr().add(i * B), w.as_ptr().add((i + 1) * B));
-        let (y0, y1) = (a[i].qs.as_ptr() as *const u8, a[i + 1].qs.as_ptr() as *const u8);
-        let (l0, h0) = nibbles(x0.add(2));
-        let (l1, h1) = nibbles(x1.add(2));
-        let p0 = vdot::<DOT>(vdot::<DOT>(z, vsubq_s8(l0, s8), ld(y0)), vsubq_s8(h0, s8), ld(y0.add(16)));
-        let p1 = vdot::<DOT>(vdot::<DOT>(z, vsubq_s8(l1, s8), ld(y1)), vsubq_s8(h1, s8), ld(y1.add(16)));
-        sum0 = mla(sum0, p0, f16(x0) * a[i].d);
-        sum1 = mla(sum1, p1, f16(x1) * a[i + 1].d);
+        sum0 = mla(sum0, q4_0_lanes::<DOT>(x(i), &a[i]), f16(x(i)) * a[i].d);
+        sum1 = mla(sum1, q4_0_lanes::<DOT>(x(i + 1), &a[i + 1]), f16(x(i + 1)) * a[i + 1].d);
         i += 2;
     }
     let mut sum = vaddvq_f32(sum0) + vaddvq_f32(sum1);
-    for (i, ab) in a.iter().enumerate().skip(i) {
-        let x = &w[i * B..(i + 1) * B];
-        let s = isum32(|j| if j < 16 { (x[2 + j] & 0xF) as i32 - 8 } else { (x[2 + j - 16] >> 4) as i32 - 8 }, ab);
+    if i < a.len() {
+        let s = vaddvq_s32(q4_0_lanes::<DOT>(x(i), &a[i]));
         // llama.cpp: sumi * dx * dy, left to right.
-        sum = (s as f32 * f16(x.as_ptr())).mul_add(ab.d, sum);
+        sum = (s as f32 * f16(x(i))).mul_add(a[i].d, sum);
     }
     sum
+}
+
+#[inline(always)]
+unsafe fn q4_1_lanes<const DOT: bool>(x: *const u8, y: &BlockQ8) -> int32x4_t {
+    let (z, y) = (vdupq_n_s32(0), y.qs.as_ptr() as *const u8);
+    let (l, h) = nibbles(x.add(4));
+    vdot::<DOT>(vdot::<DOT>(z, l, ld(y)), h, ld(y.add(16)))
 }
 
 /// Mirrors `q4_1::dot` (llama.cpp's `ggml_vec_dot_q4_1_q8_1`).
@@ -133,28 +137,21 @@ pub unsafe fn dot_q4_0<const DOT: bool>(w: &[u8], a: &[BlockQ8]) -> f32 {
 pub unsafe fn dot_q4_1<const DOT: bool>(w: &[u8], a: &[BlockQ8]) -> f32 {
     const B: usize = super::q4_1::BYTES;
     assert!(w.len() >= a.len() * B);
-    let z = vdupq_n_s32(0);
+    let x = |i: usize| w.as_ptr().add(i * B);
     let (mut sum0, mut sum1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
     let mut mins = 0f32;
     let mut i = 0;
     while i + 1 < a.len() {
-        let (x0, x1) = (w.as_ptr().add(i * B), w.as_ptr().add((i + 1) * B));
-        let (y0, y1) = (a[i].qs.as_ptr() as *const u8, a[i + 1].qs.as_ptr() as *const u8);
-        // m0·s0 + m1·s1, the first product fused into the sum (as gcc contracts it).
-        mins += f16(x0.add(2)).mul_add(a[i].s, f16(x1.add(2)) * a[i + 1].s);
-        let (l0, h0) = nibbles(x0.add(4));
-        let (l1, h1) = nibbles(x1.add(4));
-        let p0 = vdot::<DOT>(vdot::<DOT>(z, l0, ld(y0)), h0, ld(y0.add(16)));
-        let p1 = vdot::<DOT>(vdot::<DOT>(z, l1, ld(y1)), h1, ld(y1.add(16)));
-        sum0 = mla(sum0, p0, f16(x0) * a[i].d);
-        sum1 = mla(sum1, p1, f16(x1) * a[i + 1].d);
+        // m0·s0 + m1·s1 as gcc contracts it (the products of two f16 values are exact anyway).
+        mins += f16(x(i).add(2)).mul_add(a[i].s, f16(x(i + 1).add(2)) * a[i + 1].s);
+        sum0 = mla(sum0, q4_1_lanes::<DOT>(x(i), &a[i]), f16(x(i)) * a[i].d);
+        sum1 = mla(sum1, q4_1_lanes::<DOT>(x(i + 1), &a[i + 1]), f16(x(i + 1)) * a[i + 1].d);
         i += 2;
     }
     let mut sum = vaddvq_f32(sum0) + vaddvq_f32(sum1) + mins;
-    for (i, ab) in a.iter().enumerate().skip(i) {
-        let x = &w[i * B..(i + 1) * B];
-        let s = isum32(|j| if j < 16 { (x[4 + j] & 0xF) as i32 } else { (x[4 + j - 16] >> 4) as i32 }, ab);
-        sum += (f16(x.as_ptr()) * ab.d).mul_add(s as f32, f16(x.as_ptr().add(2)) * ab.s);
+    if i < a.len() {
+        let s = vaddvq_s32(q4_1_lanes::<DOT>(x(i), &a[i]));
+        sum += (f16(x(i)) * a[i].d).mul_add(s as f32, f16(x(i).add(2)) * a[i].s);
     }
     sum
 }
@@ -167,12 +164,14 @@ unsafe fn clear_bits_x10(bits: u32) -> int8x16_t {
     vreinterpretq_s8_u8(vbicq_u8(vdupq_n_u8(0x10), vtstq_u8(b, vld1q_u8(BIT.as_ptr()))))
 }
 
-/// Q5_0's 32 signed values: (nibble | fifth bit << 4) − 16 = nibble − (0x10 where the bit is clear).
 #[inline(always)]
-unsafe fn q5_values(x: *const u8) -> (int8x16_t, int8x16_t) {
+unsafe fn q5_0_lanes<const DOT: bool>(x: *const u8, y: &BlockQ8) -> int32x4_t {
+    let (z, y) = (vdupq_n_s32(0), y.qs.as_ptr() as *const u8);
+    // (nibble | fifth bit << 4) − 16 = nibble − (0x10 where the fifth bit is clear).
     let qh = (x.add(2) as *const u32).read_unaligned();
     let (l, h) = nibbles(x.add(6));
-    (vsubq_s8(l, clear_bits_x10(qh & 0xFFFF)), vsubq_s8(h, clear_bits_x10(qh >> 16)))
+    let (l, h) = (vsubq_s8(l, clear_bits_x10(qh & 0xFFFF)), vsubq_s8(h, clear_bits_x10(qh >> 16)));
+    vaddq_s32(vdot::<DOT>(z, l, ld(y)), vdot::<DOT>(z, h, ld(y.add(16))))
 }
 
 /// Mirrors `q5_0::dot` (llama.cpp's `ggml_vec_dot_q5_0_q8_0`).
@@ -180,29 +179,18 @@ unsafe fn q5_values(x: *const u8) -> (int8x16_t, int8x16_t) {
 pub unsafe fn dot_q5_0<const DOT: bool>(w: &[u8], a: &[BlockQ8]) -> f32 {
     const B: usize = super::q5_0::BYTES;
     assert!(w.len() >= a.len() * B);
-    let z = vdupq_n_s32(0);
+    let x = |i: usize| w.as_ptr().add(i * B);
     let (mut sum0, mut sum1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
     let mut i = 0;
     while i + 1 < a.len() {
-        let (x0, x1) = (w.as_ptr().add(i * B), w.as_ptr().add((i + 1) * B));
-        let (y0, y1) = (a[i].qs.as_ptr() as *const u8, a[i + 1].qs.as_ptr() as *const u8);
-        let (l0, h0) = q5_values(x0);
-        let (l1, h1) = q5_values(x1);
-        let p0 = vaddq_s32(vdot::<DOT>(z, l0, ld(y0)), vdot::<DOT>(z, h0, ld(y0.add(16))));
-        let p1 = vaddq_s32(vdot::<DOT>(z, l1, ld(y1)), vdot::<DOT>(z, h1, ld(y1.add(16))));
-        sum0 = mla(sum0, p0, f16(x0) * a[i].d);
-        sum1 = mla(sum1, p1, f16(x1) * a[i + 1].d);
+        sum0 = mla(sum0, q5_0_lanes::<DOT>(x(i), &a[i]), f16(x(i)) * a[i].d);
+        sum1 = mla(sum1, q5_0_lanes::<DOT>(x(i + 1), &a[i + 1]), f16(x(i + 1)) * a[i + 1].d);
         i += 2;
     }
     let mut sum = vaddvq_f32(sum0) + vaddvq_f32(sum1);
-    for (i, ab) in a.iter().enumerate().skip(i) {
-        let x = w.as_ptr().add(i * B);
-        let (l, h) = q5_values(x);
-        let mut v = [0i8; 32];
-        vst1q_s8(v.as_mut_ptr(), l);
-        vst1q_s8(v.as_mut_ptr().add(16), h);
-        let s = isum32(|j| v[j] as i32, ab);
-        sum = (f16(x) * ab.d).mul_add(s as f32, sum);
+    if i < a.len() {
+        let s = vaddvq_s32(q5_0_lanes::<DOT>(x(i), &a[i]));
+        sum = (f16(x(i)) * a[i].d).mul_add(s as f32, sum);
     }
     sum
 }
