@@ -3,7 +3,8 @@
 //! 16-element sums) over 256. These never reach a file, so they are plain structs; their
 //! rounding follows what llama.cpp's x86 build runs (`quantize_row_q8_0/q8_1`: id = 127/max,
 //! round half to even; `quantize_row_q8_K_ref`), with scales rounded to f16 where llama.cpp
-//! stores them as f16.
+//! stores them as f16. On aarch64 with NEON, Q8_0/Q8_1 follow llama.cpp's ARM build instead
+//! (`neon::quantize_q8`: id = 1/d); Q8_K is `quantize_row_q8_K_ref` on every CPU, as in llama.cpp.
 
 use super::{nearest_int, round_f16};
 
@@ -28,6 +29,11 @@ pub fn quantize_q8(x: &[f32]) -> Vec<BlockQ8> {
     if super::qtensor::Level::detect() == super::qtensor::Level::Avx2 {
         // SAFETY: checked by run-time detection. Same code, rounding done by `vroundps`.
         return unsafe { quantize_q8_avx2(x) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if super::qtensor::Level::detect() != super::qtensor::Level::Scalar {
+        // llama.cpp's ARM quantiser: multiplies by 1/d rather than 127/max.
+        return super::neon::quantize_q8(x);
     }
     quantize_q8_generic(x)
 }

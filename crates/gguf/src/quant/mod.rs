@@ -18,6 +18,8 @@ pub mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 pub mod float;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;

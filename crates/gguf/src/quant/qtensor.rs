@@ -4,9 +4,12 @@
 //! every output is an integer dot product of a weight row with it.
 //!
 //! SIMD: on x86-64 with AVX2+FMA+F16C (checked at run time with `is_x86_feature_detected!`),
-//! the Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K dots run hand-written AVX2 kernels (`avx2.rs`); everything else,
-//! and every other CPU, runs the scalar kernels, which are the reference the tests compare
-//! against (on aarch64 LLVM vectorises them with NEON). AVX-512 kernels are not written yet.
+//! the Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K dots run hand-written AVX2 kernels (`avx2.rs`); on aarch64
+//! they run NEON kernels (`neon.rs`), with the dotprod extension's `sdot` where
+//! `is_aarch64_feature_detected!("dotprod")` finds it (`SMELT_NO_DOTPROD=1` keeps plain NEON).
+//! Everything else, and every other CPU, runs the scalar kernels, which are the reference the
+//! tests compare against (`SMELT_NO_SIMD=1` forces them everywhere). AVX-512 kernels are not
+//! written yet.
 
 use super::act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use super::{dequantize_row, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0, GgmlType};
@@ -107,7 +110,15 @@ impl QuantMatrix for QTensor {
 
 /// Which kernels run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level { Scalar, Avx2 }
+pub enum Level {
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C.
+    Avx2,
+    /// aarch64, plain NEON (baseline on every aarch64 CPU).
+    Neon,
+    /// aarch64 NEON with the dotprod extension (`sdot`).
+    NeonDotprod,
+}
 
 impl Level {
     pub fn detect() -> Level {
@@ -125,6 +136,20 @@ impl Level {
                 }
             });
         }
+        #[cfg(target_arch = "aarch64")]
+        {
+            use std::sync::OnceLock;
+            static L: OnceLock<Level> = OnceLock::new();
+            return *L.get_or_init(|| {
+                if std::env::var_os("SMELT_NO_SIMD").is_some() {
+                    Level::Scalar
+                } else if std::env::var_os("SMELT_NO_DOTPROD").is_none() && std::arch::is_aarch64_feature_detected!("dotprod") {
+                    Level::NeonDotprod
+                } else {
+                    Level::Neon
+                }
+            });
+        }
         #[allow(unreachable_code)]
         Level::Scalar
     }
@@ -137,8 +162,42 @@ fn dot_rows(level: Level, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: 
         // SAFETY: Level::Avx2 is only chosen after run-time feature detection.
         return unsafe { dot_rows_avx2(ty, w, rb, acts, out) };
     }
+    #[cfg(target_arch = "aarch64")]
+    match level {
+        // SAFETY: NEON is baseline on aarch64; sdot only where the CPU has it (a cached check).
+        Level::NeonDotprod if std::arch::is_aarch64_feature_detected!("dotprod") => return unsafe { dot_rows_neon_dotprod(ty, w, rb, acts, out) },
+        Level::Neon | Level::NeonDotprod => return unsafe { dot_rows_neon::<false>(ty, w, rb, acts, out) },
+        _ => {}
+    }
     let _ = level;
     dot_rows_generic(ty, w, rb, acts, out)
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "dotprod")]
+unsafe fn dot_rows_neon_dotprod(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    dot_rows_neon::<true>(ty, w, rb, acts, out)
+}
+
+/// `DOT`: sum byte dots with `sdot` (only called so from `dot_rows_neon_dotprod`).
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn dot_rows_neon<const DOT: bool>(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    use super::neon;
+    let n = acts.len();
+    for (j, wr) in w.chunks_exact(rb).enumerate() {
+        for (i, a) in acts.iter().enumerate() {
+            out[j * n + i] = match (ty, a) {
+                (GgmlType::Q8_0, Act::Q8(a)) => neon::dot_q8_0::<DOT>(wr, a),
+                (GgmlType::Q4_0, Act::Q8(a)) => neon::dot_q4_0::<DOT>(wr, a),
+                (GgmlType::Q4_1, Act::Q8(a)) => neon::dot_q4_1::<DOT>(wr, a),
+                (GgmlType::Q5_0, Act::Q8(a)) => neon::dot_q5_0::<DOT>(wr, a),
+                (GgmlType::Q4_K, Act::Q8K(a)) => neon::dot_q4_k::<DOT>(wr, a),
+                (GgmlType::Q6_K, Act::Q8K(a)) => neon::dot_q6_k::<DOT>(wr, a),
+                _ => dot_one(ty, wr, a),
+            };
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

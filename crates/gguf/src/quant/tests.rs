@@ -1,7 +1,9 @@
 //! Block formats against gguf-py (tests/data/quant_golden.gguf, made by
 //! scripts/gguf_goldens.py): dequantisation bit for bit, quantisation byte for byte where
 //! gguf-py can quantise; quantised dot products against dequantise-then-f32-dot; every SIMD
-//! level against the scalar build.
+//! level against the scalar build; the NEON kernels against llama.cpp's own ARM kernels
+//! (tests/data/neon_golden*.bin, made by scripts/neon_goldens.sh), bit for bit. The aarch64
+//! tests run under qemu-user on x86-64: `scripts/test_aarch64.sh -p smelt-gguf --lib`.
 
 use super::qtensor::Level;
 use super::*;
@@ -65,6 +67,7 @@ fn k_quants_round_trip_closely() {
 #[test]
 fn quantised_matmul_matches_dequantised_f32_and_simd_matches_scalar() {
     let (rows, cols, n) = (37, 512, 3);
+    eprintln!("Level::detect() = {:?}; SIMD levels checked against scalar: {:?}", Level::detect(), simd_levels());
     let w = rand(rows * cols, 2);
     let x = rand(n * cols, 3);
     for ty in GgmlType::ALL {
@@ -99,10 +102,216 @@ fn quantised_matmul_matches_dequantised_f32_and_simd_matches_scalar() {
             assert!((y[i * rows] as f64 - exact).abs() < 0.6, "{}: {} vs exact {exact}", ty.name(), y[i * rows]);
         }
         // SIMD kernels: the same integer sums, added in another float order.
-        let mut ys = vec![0f32; n * rows];
-        q.matmul_with(&x, n, &mut ys, Level::detect());
-        for (a, b) in y.iter().zip(&ys) {
-            assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{}: SIMD {:?} gives {b}, scalar {a}", ty.name(), Level::detect());
+        for level in simd_levels() {
+            let mut ys = vec![0f32; n * rows];
+            q.matmul_with(&x, n, &mut ys, level);
+            for (a, b) in y.iter().zip(&ys) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{}: SIMD {level:?} gives {b}, scalar {a}", ty.name());
+            }
         }
+    }
+}
+
+/// The SIMD levels this CPU can run (both NEON variants where it has dotprod), and the one
+/// `Level::detect` picks.
+fn simd_levels() -> Vec<Level> {
+    let detected = Level::detect();
+    #[cfg(target_arch = "aarch64")]
+    if detected != Level::Scalar {
+        let mut l = vec![Level::Neon];
+        if std::arch::is_aarch64_feature_detected!("dotprod") { l.push(Level::NeonDotprod); }
+        return l;
+    }
+    vec![detected]
+}
+
+/// One record of tests/data/neon_golden.bin (see scripts/neon_goldens.c): an activation row, a
+/// weight row, llama.cpp's quantisation of the activations and llama.cpp's ARM dot product.
+#[allow(dead_code)]
+struct LlamaArm { ty: GgmlType, x: Vec<f32>, w: Vec<u8>, act: Vec<u8>, dot: f32, dot_dotprod: f32 }
+
+fn llama_arm_goldens() -> Vec<LlamaArm> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
+    let b = std::fs::read(format!("{dir}neon_golden.bin")).unwrap();
+    let dots = std::fs::read(format!("{dir}neon_golden_dotprod.bin")).unwrap();
+    let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let (mut out, mut o) = (Vec::new(), 0);
+    while o < b.len() {
+        let ty = GgmlType::from_id(u32_at(o)).unwrap();
+        let n = u32_at(o + 4) as usize;
+        o += 8;
+        let x: Vec<f32> = b[o..o + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        o += 4 * n;
+        let wn = ty.row_bytes(n).unwrap();
+        let an = n / ty.block_size() * match ty { GgmlType::Q4_K | GgmlType::Q6_K => 292, GgmlType::Q4_1 => 36, _ => 34 };
+        let (w, act) = (b[o..o + wn].to_vec(), b[o + wn..o + wn + an].to_vec());
+        o += wn + an;
+        let dot = f32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+        o += 4;
+        let k = out.len() * 4;
+        out.push(LlamaArm { ty, x, w, act, dot, dot_dotprod: f32::from_le_bytes(dots[k..k + 4].try_into().unwrap()) });
+    }
+    assert_eq!(out.len() * 4, dots.len(), "neon_golden_dotprod.bin has another number of records");
+    out
+}
+
+/// llama.cpp's block_q8_0 / block_q8_1 bytes of our activation blocks.
+#[allow(dead_code)]
+fn q8_bytes(a: &[act::BlockQ8], with_s: bool) -> Vec<u8> {
+    let mut v = Vec::new();
+    for b in a {
+        v.extend_from_slice(&f16_bytes(b.d));
+        if with_s { v.extend_from_slice(&f16_bytes(b.s)); }
+        v.extend(b.qs.iter().map(|&q| q as u8));
+    }
+    v
+}
+
+fn q8k_bytes(a: &[act::BlockQ8K]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for b in a {
+        v.extend_from_slice(&b.d.to_le_bytes());
+        v.extend(b.qs.iter().map(|&q| q as u8));
+        for s in b.bsums { v.extend_from_slice(&s.to_le_bytes()); }
+    }
+    v
+}
+
+#[allow(dead_code)]
+fn parse_q8(b: &[u8], with_s: bool) -> Vec<act::BlockQ8> {
+    b.chunks_exact(if with_s { 36 } else { 34 }).map(|c| {
+        let o = if with_s { 4 } else { 2 };
+        act::BlockQ8 { d: f16_at(c), s: if with_s { f16_at(&c[2..]) } else { 0.0 }, qs: std::array::from_fn(|j| c[o + j] as i8) }
+    }).collect()
+}
+
+#[allow(dead_code)]
+fn parse_q8k(b: &[u8]) -> Vec<act::BlockQ8K> {
+    b.chunks_exact(292).map(|c| act::BlockQ8K {
+        d: f32::from_le_bytes(c[..4].try_into().unwrap()),
+        qs: std::array::from_fn(|j| c[4 + j] as i8),
+        bsums: std::array::from_fn(|j| i16::from_le_bytes([c[260 + 2 * j], c[261 + 2 * j]])),
+    }).collect()
+}
+
+#[test]
+fn q8k_activation_quantiser_matches_llama_cpp_byte_for_byte() {
+    // quantize_row_q8_K_ref, which llama.cpp's ARM and x86 builds both use.
+    let mut n = 0;
+    for g in llama_arm_goldens().iter().filter(|g| matches!(g.ty, GgmlType::Q4_K | GgmlType::Q6_K)) {
+        assert_eq!(q8k_bytes(&act::quantize_q8k(&g.x)), g.act, "{} row of {}", g.ty.name(), g.x.len());
+        n += 1;
+    }
+    assert!(n > 0);
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon_kernels {
+    use super::super::neon;
+    use super::*;
+
+    fn dot(ty: GgmlType, dotprod: bool, w: &[u8], a8: &[act::BlockQ8], ak: &[act::BlockQ8K]) -> f32 {
+        // SAFETY: NEON is baseline; the dotprod variant is only asked for where the CPU has it.
+        unsafe {
+            macro_rules! k {
+                ($f:ident, $a:expr) => { if dotprod { neon::$f::<true>(w, $a) } else { neon::$f::<false>(w, $a) } };
+            }
+            match ty {
+                GgmlType::Q8_0 => k!(dot_q8_0, a8),
+                GgmlType::Q4_0 => k!(dot_q4_0, a8),
+                GgmlType::Q4_1 => k!(dot_q4_1, a8),
+                GgmlType::Q5_0 => k!(dot_q5_0, a8),
+                GgmlType::Q4_K => k!(dot_q4_k, ak),
+                GgmlType::Q6_K => k!(dot_q6_k, ak),
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    fn scalar_dot(ty: GgmlType, w: &[u8], a8: &[act::BlockQ8], ak: &[act::BlockQ8K]) -> f32 {
+        match ty {
+            GgmlType::Q8_0 => q8_0::dot(w, a8),
+            GgmlType::Q4_0 => q4_0::dot(w, a8),
+            GgmlType::Q4_1 => q4_1::dot(w, a8),
+            GgmlType::Q5_0 => q5_0::dot(w, a8),
+            GgmlType::Q4_K => q4_k::dot(w, ak),
+            GgmlType::Q6_K => q6_k::dot(w, ak),
+            _ => unreachable!(),
+        }
+    }
+
+    const TYPES: [GgmlType; 6] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K];
+
+    fn variants() -> Vec<bool> {
+        let dp = std::arch::is_aarch64_feature_detected!("dotprod");
+        eprintln!("dotprod {}", if dp { "present: testing both NEON variants" } else { "absent: plain NEON only" });
+        if dp { vec![false, true] } else { vec![false] }
+    }
+
+    /// Random block bytes (every nibble, bit and scale pattern) with finite f16 scales.
+    fn random_blocks(ty: GgmlType, nb: usize, r: &mut smelt_core::rng::Rng) -> Vec<u8> {
+        let mut w: Vec<u8> = (0..nb * ty.block_bytes()).map(|_| r.next_u64() as u8).collect();
+        for b in w.chunks_exact_mut(ty.block_bytes()) {
+            let mut put = |o: usize, v: f64| b[o..o + 2].copy_from_slice(&f16_bytes(v as f32));
+            match ty {
+                GgmlType::Q4_1 => { put(0, 0.01 * r.uniform()); put(2, -0.1 * r.uniform()); }
+                GgmlType::Q4_K => { put(0, 0.002 * r.uniform()); put(2, 0.002 * r.uniform()); }
+                GgmlType::Q6_K => put(208, 0.001 * r.normal()),
+                _ => put(0, 0.02 * r.normal()),
+            }
+        }
+        w
+    }
+
+    #[test]
+    fn neon_kernels_match_scalar_on_random_blocks() {
+        let mut r = smelt_core::rng::Rng::new(11);
+        for dotprod in variants() {
+            for ty in TYPES {
+                for nb in [1, 2, 3, 8, 17] {
+                    for _ in 0..20 {
+                        let n = nb * ty.block_size();
+                        let w = random_blocks(ty, nb, &mut r);
+                        let x: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
+                        // Activations from the scalar quantisers, full-range random bytes for Q8_K.
+                        let a8 = if ty.block_size() == 32 { act::quantize_q8(&x) } else { vec![] };
+                        let mut ak = act::quantize_q8k(&x);
+                        for b in &mut ak {
+                            for q in &mut b.qs { *q = r.next_u64() as i8; }
+                            for (s, c) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) { *s = c.iter().map(|&q| q as i16).sum(); }
+                        }
+                        let want = scalar_dot(ty, &w, &a8, &ak);
+                        let got = dot(ty, dotprod, &w, &a8, &ak);
+                        assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{} × {nb} blocks, dotprod {dotprod}: NEON {got}, scalar {want}", ty.name());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn neon_matches_llama_cpp_arm_kernels_bit_for_bit() {
+        let goldens = llama_arm_goldens();
+        for dotprod in variants() {
+            let mut n = 0;
+            for g in &goldens {
+                let is_k = matches!(g.ty, GgmlType::Q4_K | GgmlType::Q6_K);
+                let with_s = g.ty == GgmlType::Q4_1;
+                // The activation quantiser: llama.cpp's ARM quantize_row_q8_0 / q8_1.
+                if !is_k {
+                    assert_eq!(q8_bytes(&neon::quantize_q8(&g.x), with_s), g.act, "{}: Q8 activations of {} values", g.ty.name(), g.x.len());
+                }
+                // The dot product, on llama.cpp's own activation blocks.
+                let (a8, ak) = if is_k { (vec![], parse_q8k(&g.act)) } else { (parse_q8(&g.act, with_s), vec![]) };
+                let got = dot(g.ty, dotprod, &g.w, &a8, &ak);
+                let want = if dotprod { g.dot_dotprod } else { g.dot };
+                assert_eq!(got.to_bits(), want.to_bits(), "{} × {} values, dotprod {dotprod}: smelt {got:e}, llama.cpp {want:e}", g.ty.name(), g.x.len());
+                n += 1;
+            }
+            eprintln!("dotprod {dotprod}: {n} dot products bit-identical to llama.cpp's ARM build");
+        }
+        // The two llama.cpp builds do differ (lane split), so the dotprod half tests something.
+        assert!(goldens.iter().any(|g| g.dot.to_bits() != g.dot_dotprod.to_bits()));
     }
 }
