@@ -327,3 +327,182 @@ pub unsafe fn dot_q5_0(w: &[u8], a: &[BlockQ8]) -> f32 {
     }
     hsum(acc)
 }
+
+/// `dot_q5_0` for two rows at once (stride `rb`): two independent FMA chains, each in
+/// `dot_q5_0`'s order, so the single-accumulator latency overlaps.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot2_q5_0(w: &[u8], rb: usize, a: &[BlockQ8]) -> [f32; 2] {
+    assert!(w.len() >= rb + a.len() * super::q5_0::BYTES);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for (i, ab) in a.iter().enumerate() {
+        let y = load(ab.qs.as_ptr());
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let b = w.as_ptr().add(r * rb + i * super::q5_0::BYTES);
+            let qh = (b.add(2) as *const u32).read_unaligned();
+            let hi = _mm256_andnot_si256(bytes_from_bits(qh), _mm256_set1_epi8(0xF0u8 as i8));
+            let x = _mm256_or_si256(nibbles(b.add(6)), hi);
+            let q = _mm256_cvtepi32_ps(dot_i8(x, y));
+            *acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, *acc);
+        }
+    }
+    [hsum(acc[0]), hsum(acc[1])]
+}
+
+// ---- Eight weight rows at a time: the repacked and tiled orders are one scalar FMA chain per
+// output, so one row at a time waits on FMA latency. These run eight independent chains in the
+// lanes of one vector (as llama.cpp's 8-column GEMV does), with the same per-lane operations
+// as the one-row kernels above; `w` holds the 8 rows at stride `rb`.
+
+/// Lane r = the sum of the 8 lanes of v[r] (exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn reduce8(v: &[__m256i; 8]) -> __m256i {
+    let t0 = _mm256_hadd_epi32(v[0], v[1]);
+    let t1 = _mm256_hadd_epi32(v[2], v[3]);
+    let t2 = _mm256_hadd_epi32(v[4], v[5]);
+    let t3 = _mm256_hadd_epi32(v[6], v[7]);
+    let u0 = _mm256_hadd_epi32(t0, t1);
+    let u1 = _mm256_hadd_epi32(t2, t3);
+    _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31))
+}
+
+/// The f16 at byte `off` of each of the 8 rows, as f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16x8(w: *const u8, rb: usize, off: usize) -> __m256 {
+    let h = |r: usize| (w.add(r * rb + off) as *const i16).read_unaligned();
+    _mm256_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn lanes(v: __m256) -> [f32; 8] {
+    let mut o = [0f32; 8];
+    _mm256_storeu_ps(o.as_mut_ptr(), v);
+    o
+}
+
+/// `dot_q4_0_repack` for 8 rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot8_q4_0_repack(w: &[u8], rb: usize, a: &[BlockQ8]) -> [f32; 8] {
+    assert!(w.len() >= 7 * rb + a.len() * super::q4_0::BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut v = [_mm256_setzero_si256(); 8];
+    for (i, ab) in a.iter().enumerate() {
+        let base = w.as_ptr().add(i * super::q4_0::BYTES);
+        let y = load(ab.qs.as_ptr());
+        for (r, vr) in v.iter_mut().enumerate() {
+            // Eight row streams at once: prefetch each a few blocks ahead.
+            _mm_prefetch::<_MM_HINT_T0>(base.add(r * rb + 128) as *const i8);
+            let x = _mm256_sub_epi8(nibbles(base.add(r * rb + 2)), _mm256_set1_epi8(8));
+            *vr = dot_i8(x, y);
+        }
+        let d = _mm256_mul_ps(f16x8(base, rb, 0), _mm256_set1_ps(ab.d));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&v)), d, acc);
+    }
+    lanes(acc)
+}
+
+/// Sub-blocks 2c and 2c+1 of a Q4_K super-block: 8 lanes of Σ sc·q·a, and Σ m·Σa.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_pair(b: *const u8, ab: &BlockQ8K, c: usize) -> (__m256i, i32) {
+    let mask = _mm256_set1_epi8(0x0F);
+    let scales = std::slice::from_raw_parts(b.add(4), 12);
+    let (s1, m1) = scale_min(2 * c, scales);
+    let (s2, m2) = scale_min(2 * c + 1, scales);
+    let m = m1 as i32 * (ab.bsums[4 * c] as i32 + ab.bsums[4 * c + 1] as i32)
+        + m2 as i32 * (ab.bsums[4 * c + 2] as i32 + ab.bsums[4 * c + 3] as i32);
+    let q = _mm256_loadu_si256(b.add(16 + 32 * c) as *const __m256i);
+    let lo = _mm256_and_si256(q, mask);
+    let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
+    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(ab.qs.as_ptr().add(64 * c))), _mm256_set1_epi16(s1 as i16));
+    let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(ab.qs.as_ptr().add(64 * c + 32))), _mm256_set1_epi16(s2 as i16));
+    (_mm256_add_epi32(p1, p2), m)
+}
+
+/// `dot_q4_k_repack` (`GEMM` false) or `dot_q4_k_repack_gemm` (true) for 8 rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot8_q4_k_repack<const GEMM: bool>(w: &[u8], rb: usize, a: &[BlockQ8K]) -> [f32; 8] {
+    assert!(w.len() >= 7 * rb + a.len() * super::q4_k::BYTES);
+    let (mut acc, mut acc_m) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut v = [_mm256_setzero_si256(); 8];
+    let mut m = [0i32; 8];
+    for (i, ab) in a.iter().enumerate() {
+        let base = w.as_ptr().add(i * super::q4_k::BYTES);
+        let da = _mm256_set1_ps(ab.d);
+        let d = _mm256_mul_ps(f16x8(base, rb, 0), da);
+        let dmin = _mm256_mul_ps(f16x8(base, rb, 2), da);
+        if GEMM {
+            for c in 0..4 {
+                for r in 0..8 { (v[r], m[r]) = q4_k_pair(base.add(r * rb), ab, c); }
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&v)), d, acc);
+                acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(m.as_ptr() as *const __m256i)), dmin, acc_m);
+            }
+        } else {
+            for r in 0..8 {
+                let b = base.add(r * rb);
+                let (mut sv, mut sm) = q4_k_pair(b, ab, 0);
+                for c in 1..4 {
+                    let (pv, pm) = q4_k_pair(b, ab, c);
+                    sv = _mm256_add_epi32(sv, pv);
+                    sm += pm;
+                }
+                (v[r], m[r]) = (sv, sm);
+            }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&v)), d, acc);
+            acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(m.as_ptr() as *const __m256i)), dmin, acc_m);
+        }
+    }
+    lanes(_mm256_sub_ps(acc, acc_m))
+}
+
+/// `dot_q4_k_tiled` for 8 rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot8_q4_k_tiled(w: &[u8], rb: usize, a: &[BlockQ8K]) -> [f32; 8] {
+    assert!(w.len() >= 7 * rb + a.len() * super::q4_k::BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut v = [_mm256_setzero_si256(); 8];
+    let mut m = [0i32; 8];
+    for (i, ab) in a.iter().enumerate() {
+        let base = w.as_ptr().add(i * super::q4_k::BYTES);
+        for r in 0..8 {
+            let b = base.add(r * rb);
+            let (mut sv, mut sm) = q4_k_pair(b, ab, 0);
+            for c in 1..4 {
+                let (pv, pm) = q4_k_pair(b, ab, c);
+                sv = _mm256_add_epi32(sv, pv);
+                sm += pm;
+            }
+            (v[r], m[r]) = (sv, sm);
+        }
+        let s = _mm256_mul_ps(_mm256_cvtepi32_ps(reduce8(&v)), f16x8(base, rb, 0));
+        let res = _mm256_fnmadd_ps(f16x8(base, rb, 2), _mm256_cvtepi32_ps(_mm256_loadu_si256(m.as_ptr() as *const __m256i)), s);
+        acc = _mm256_fmadd_ps(res, _mm256_set1_ps(ab.d), acc);
+    }
+    lanes(acc)
+}
+
+/// `dot_q6_k_tiled` for 8 rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot8_q6_k_tiled(w: &[u8], rb: usize, a: &[BlockQ8K]) -> [f32; 8] {
+    assert!(w.len() >= 7 * rb + a.len() * super::q6_k::BYTES);
+    let mut acc = _mm256_setzero_ps();
+    let mut v = [_mm256_setzero_si256(); 8];
+    let mut c = [0i32; 8];
+    for (i, ab) in a.iter().enumerate() {
+        let base = w.as_ptr().add(i * super::q6_k::BYTES);
+        for r in 0..8 {
+            let b = base.add(r * rb);
+            v[r] = q6_k_lanes(b, ab);
+            let sc = b.add(192) as *const i8;
+            let mut cr = 0i32;
+            for j in 0..16 { cr += *sc.add(j) as i32 * ab.bsums[j] as i32; }
+            c[r] = cr;
+        }
+        let s = _mm256_sub_epi32(reduce8(&v), _mm256_slli_epi32(_mm256_loadu_si256(c.as_ptr() as *const __m256i), 5));
+        let res = _mm256_mul_ps(_mm256_cvtepi32_ps(s), f16x8(base, rb, 208));
+        acc = _mm256_fmadd_ps(res, _mm256_set1_ps(ab.d), acc);
+    }
+    lanes(acc)
+}

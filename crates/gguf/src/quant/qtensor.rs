@@ -235,7 +235,36 @@ unsafe fn dot_rows_avx2(path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts: 
     let n = acts.len();
     // The repacked GEMM takes the input rows four at a time, the GEMV the last n mod 4.
     let gemm_rows = n - n % 4;
-    for (j, wr) in w.chunks_exact(rb).enumerate() {
+    let rows = w.len() / rb;
+    // Repacked and tiled orders: eight weight rows at once (the same per-row operations).
+    let mut j0 = 0;
+    if path != X86Path::VecDot {
+        while j0 + 8 <= rows {
+            let w8 = &w[j0 * rb..(j0 + 8) * rb];
+            for (i, a) in acts.iter().enumerate() {
+                let o = match (ty, a) {
+                    (GgmlType::Q4_0, Act::Q8(a)) => avx2::dot8_q4_0_repack(w8, rb, a),
+                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && i < gemm_rows => avx2::dot8_q4_k_repack::<true>(w8, rb, a),
+                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack => avx2::dot8_q4_k_repack::<false>(w8, rb, a),
+                    (GgmlType::Q4_K, Act::Q8K(a)) => avx2::dot8_q4_k_tiled(w8, rb, a),
+                    (GgmlType::Q6_K, Act::Q8K(a)) => avx2::dot8_q6_k_tiled(w8, rb, a),
+                    _ => unreachable!("X86Path::of picks repack/tiled only for these"),
+                };
+                for (r, v) in o.iter().enumerate() { out[(j0 + r) * n + i] = *v; }
+            }
+            j0 += 8;
+        }
+    } else if ty == GgmlType::Q5_0 {
+        while j0 + 2 <= rows {
+            for (i, a) in acts.iter().enumerate() {
+                let Act::Q8(a) = a else { unreachable!("Q5_0 pairs with Q8_0 activations") };
+                let o = avx2::dot2_q5_0(&w[j0 * rb..(j0 + 2) * rb], rb, a);
+                (out[j0 * n + i], out[(j0 + 1) * n + i]) = (o[0], o[1]);
+            }
+            j0 += 2;
+        }
+    }
+    for (j, wr) in w.chunks_exact(rb).enumerate().skip(j0) {
         for (i, a) in acts.iter().enumerate() {
             out[j * n + i] = match (ty, a) {
                 (GgmlType::Q8_0, Act::Q8(a)) => avx2::dot_q8_0(wr, a),
