@@ -4,7 +4,8 @@
 //! every output is an integer dot product of a weight row with it.
 //!
 //! SIMD: on x86-64 with AVX2+FMA+F16C (checked at run time with `is_x86_feature_detected!`),
-//! the Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K dots run hand-written AVX2 kernels (`avx2.rs`); on aarch64
+//! the Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K dots run hand-written AVX2 kernels (`avx2.rs`), each in the
+//! float order of the llama.cpp x86 path that matmul takes (`X86Path`); on aarch64
 //! they run NEON kernels (`neon.rs`), with the dotprod extension's `sdot` where
 //! `is_aarch64_feature_detected!("dotprod")` finds it (`SMELT_NO_DOTPROD=1` keeps plain NEON).
 //! Everything else, and every other CPU, runs the scalar kernels, which are the reference the
