@@ -62,13 +62,23 @@ fn quantize_q8_generic(x: &[f32]) -> Vec<BlockQ8> {
     out
 }
 
-/// Q8_K blocks of a row (len a multiple of 256).
-pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> {
+/// Q8_K blocks of a row (len a multiple of 256): `quantize_row_q8_K_ref`, iscale = −127/max
+/// where max is the first element of largest |x|.
+pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> { quantize_q8k_with(x, false) }
+
+/// Q8_K as llama.cpp's x86 `ggml_quantize_mat_q8_K_4x8` makes it for the rows that its
+/// repacked Q4_K GEMM takes four at a time: the same values as `quantize_q8k` except where +amax
+/// and −amax both occur and −amax comes first: the ref takes the sign of the first, the 4x8
+/// quantiser makes iscale negative whenever some element equals +amax.
+pub fn quantize_q8k_4x8(x: &[f32]) -> Vec<BlockQ8K> { quantize_q8k_with(x, true) }
+
+fn quantize_q8k_with(x: &[f32], positive_wins: bool) -> Vec<BlockQ8K> {
     x.chunks_exact(256).map(|b| {
         let (mut amax, mut max) = (0f32, 0f32);
         for &v in b { if v.abs() > amax { amax = v.abs(); max = v; } }
         let mut blk = BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] };
         if amax == 0.0 { return blk; }
+        if positive_wins && b.contains(&amax) { max = amax; }
         let iscale = -127.0 / max;
         for (q, &v) in blk.qs.iter_mut().zip(b) { *q = nearest_int(iscale * v).min(127) as i8; }
         for (s, c) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) { *s = c.iter().map(|&q| q as i16).sum(); }

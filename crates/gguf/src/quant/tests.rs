@@ -112,6 +112,47 @@ fn quantised_matmul_matches_dequantised_f32_and_simd_matches_scalar() {
     }
 }
 
+/// The SIMD kernels against the scalar ones on the shapes that select llama.cpp's other x86
+/// paths (`X86Path`): 40 output rows (a multiple of 8: repacked Q4_0/Q4_K, GEMM for the first
+/// 8 input rows with the 4x8 Q8_K quantiser, GEMV for the 9th), ≥ 8 input rows (tiled Q6_K, and
+/// Q4_K where the rows are not a multiple of 8), and one input row.
+#[test]
+fn simd_matches_scalar_on_every_llama_cpp_path() {
+    let cols = 512;
+    for (rows, n) in [(40, 9), (37, 9), (40, 1), (40, 4)] {
+        let w = rand(rows * cols, 5);
+        let x = rand(n * cols, 6);
+        for ty in GgmlType::ALL {
+            let q = QTensor::quantize(ty, &w, rows, cols).unwrap();
+            let mut y = vec![0f32; n * rows];
+            q.matmul_with(&x, n, &mut y, Level::Scalar);
+            for level in simd_levels() {
+                let mut ys = vec![0f32; n * rows];
+                q.matmul_with(&x, n, &mut ys, level);
+                for (a, b) in y.iter().zip(&ys) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{} [{rows}x{cols}]·{n}: SIMD {level:?} gives {b}, scalar {a}", ty.name());
+                }
+            }
+        }
+    }
+}
+
+/// llama.cpp's 4x8 Q8_K quantiser differs from `quantize_row_q8_K_ref` only in the sign it picks
+/// when +amax and −amax both occur: the same products d·q either way.
+#[test]
+fn q8k_4x8_quantiser_differs_only_in_the_sign_of_a_tie() {
+    let mut x = rand(512, 7);
+    let (a, b) = (act::quantize_q8k(&x), act::quantize_q8k_4x8(&x));
+    assert!(a.iter().zip(&b).all(|(a, b)| a.d == b.d && a.qs == b.qs && a.bsums == b.bsums));
+    x[0] = -3.0;
+    x[5] = 3.0;
+    let (a, b) = (act::quantize_q8k(&x), act::quantize_q8k_4x8(&x));
+    assert_eq!((a[0].qs[0], a[0].qs[5], b[0].qs[0], b[0].qs[5]), (-127, 127, 127, -127));
+    assert_eq!(a[0].d, -b[0].d);
+    assert!(a[0].qs.iter().zip(&b[0].qs).all(|(p, q)| *p == -*q));
+    assert!(a[1].qs == b[1].qs && a[1].d == b[1].d);
+}
+
 /// The SIMD levels this CPU can run (both NEON variants where it has dotprod), and the one
 /// `Level::detect` picks.
 fn simd_levels() -> Vec<Level> {
