@@ -116,7 +116,7 @@ fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
     let want = src.logits(&prompt, None, Logits::All).unwrap();
     for (ty, bound) in [(GgmlType::F32, 0.01), (GgmlType::Q8_0, QUANT_BOUND), (GgmlType::Q4_K, QUANT_BOUND)] {
         let out = tmp.join(format!("smollm2-{}.gguf", ty.name()));
-        export(&src, ty, TokenizerSource::HfDir { dir: &hf, pre: None }, "hf", &out).unwrap();
+        export(&src, ty, TokenizerSource::HfDir { dir: &hf, pre: None }, "hf", None, &out).unwrap();
         let model = smelt_gguf::load_model(&out).unwrap();
         let tok = smelt_tokenizer::Tokenizer::from_file(&out).unwrap();
         if ty == GgmlType::F32 {
