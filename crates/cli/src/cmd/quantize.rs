@@ -27,6 +27,7 @@ pub struct QuantizeArgs {
     /// q8_0, q4_0, q4_k (and q4_1, q5_0, q6_k, f16, bf16).
     #[arg(long)]
     r#type: String,
+    /// GGUF file to write.
     #[arg(long)]
     output: PathBuf,
     /// Importance matrix file (llama.cpp's GGUF or legacy .dat format).
@@ -41,11 +42,13 @@ pub struct QuantizeArgs {
     /// UTF-8 text to score before and after (held-out text, not training data).
     #[arg(long)]
     eval: Option<PathBuf>,
+    /// Window length of the --eval scoring.
     #[arg(long, default_value_t = 512)]
     seq_len: usize,
     /// Score at most this many tokens of the eval text.
     #[arg(long, default_value_t = 16384)]
     eval_tokens: usize,
+    /// llama.cpp's pre-tokeniser name (gpt-2, llama-bpe, qwen2, smollm, …) when it cannot be recognised.
     #[arg(long)]
     pre: Option<String>,
 }
