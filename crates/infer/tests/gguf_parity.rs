@@ -125,7 +125,7 @@ fn exports_of_the_q4_1_model_match_llama_cpp() {
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::Q6_K] {
         let out = tmp.join(format!("smollm2-from-q4_1-{}.gguf", ty.name()));
-        export(&src, ty, TokenizerSource::Gguf(&gguf), "q4_1", &out).unwrap();
+        export(&src, ty, TokenizerSource::Gguf(&gguf), "q4_1", None, &out).unwrap();
         let model = smelt_gguf::load_model(&out).unwrap();
         let tok = smelt_tokenizer::Tokenizer::from_file(&out).unwrap();
         let s = check(&model, &tok, &format!("smollm2_export_{}_llama_cpp.json", ty.name()), QUANT_BOUND);
@@ -149,7 +149,7 @@ fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
     let want = src.logits(&prompt, None, Logits::All).unwrap();
     for (ty, bound) in [(GgmlType::F32, 0.01), (GgmlType::Q8_0, QUANT_BOUND), (GgmlType::Q4_K, QUANT_BOUND)] {
         let out = tmp.join(format!("smollm2-{}.gguf", ty.name()));
-        export(&src, ty, TokenizerSource::HfDir { dir: &hf, pre: None }, "hf", &out).unwrap();
+        export(&src, ty, TokenizerSource::HfDir { dir: &hf, pre: None }, "hf", None, &out).unwrap();
         let model = smelt_gguf::load_model(&out).unwrap();
         let tok = smelt_tokenizer::Tokenizer::from_file(&out).unwrap();
         if ty == GgmlType::F32 {

@@ -265,7 +265,7 @@ fn exported_quantised_ggufs_run_on_gpu_like_on_the_cpu() {
     let ids: Vec<u32> = (0..b * t).map(|_| r.below(320) as u32).collect();
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K] {
         let out = dir.join(format!("tiny-{}.gguf", ty.name()));
-        export(&src, ty, TokenizerSource::HfDir { dir: &dir, pre: Some("gpt-2") }, "tiny", &out).unwrap();
+        export(&src, ty, TokenizerSource::HfDir { dir: &dir, pre: Some("gpt-2") }, "tiny", None, &out).unwrap();
         let cpu = smelt_gguf::load_model(&out).unwrap();
         let mut types: Vec<&str> = cpu.params.iter().filter_map(|p| p.as_quant()).map(|q| q.type_name()).collect();
         types.sort();

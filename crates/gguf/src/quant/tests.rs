@@ -356,3 +356,50 @@ mod neon_kernels {
         assert!(goldens.iter().any(|g| g.dot.to_bits() != g.dot_dotprod.to_bits()));
     }
 }
+
+#[test]
+fn imatrix_quantize_matches_llama_cpp_byte_for_byte() {
+    // tests/data/imatrix_golden.gguf: llama.cpp's own ggml_quantize_chunk with an imatrix
+    // (scripts/gguf_imatrix_goldens.py), on rows of 512 and 576 columns.
+    let g = GgufFile::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/imatrix_golden.gguf")).unwrap();
+    let mut checked = 0;
+    for cols in [512usize, 576] {
+        let src = f32s(&g, &format!("src.{cols}"));
+        let w = f32s(&g, &format!("imatrix.{cols}"));
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+            let Some(t) = g.tensor(&format!("q.{}.{cols}", ty.name().to_uppercase())) else { continue };
+            let (got_ty, want) = g.tensor_bytes(t).unwrap();
+            assert_eq!(got_ty, ty);
+            let got = quantize_with(ty, &src, cols, Some(&w)).unwrap();
+            assert_eq!(got.len(), want.len());
+            let rb = ty.row_bytes(cols).unwrap();
+            let bad: Vec<usize> = (0..got.len() / rb).filter(|&r| got[r * rb..(r + 1) * rb] != want[r * rb..(r + 1) * rb]).collect();
+            assert!(bad.is_empty(), "{} at {cols} columns: rows {bad:?} differ from llama.cpp", ty.name());
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 10);
+    // The weights change the result (else the test would not test them), except for Q8_0.
+    let src = f32s(&g, "src.512");
+    let w = f32s(&g, "imatrix.512");
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        assert_ne!(quantize_with(ty, &src, 512, Some(&w)).unwrap(), quantize(ty, &src, 512).unwrap(), "{}", ty.name());
+    }
+}
+
+#[test]
+fn imatrix_quantisers_lower_the_weighted_error() {
+    // On Gaussian rows, weighting a few columns heavily must lower the error on those columns.
+    let (rows, cols) = (16, 512);
+    let x = rand(rows * cols, 7);
+    let mut w = vec![1f32; cols];
+    for c in (0..cols).step_by(7) { w[c] = 100.0; }
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        let err = |q: &[u8]| {
+            let y = dequantize(ty, q, x.len()).unwrap();
+            x.iter().zip(&y).enumerate().map(|(i, (a, b))| (w[i % cols] * (a - b) * (a - b)) as f64).sum::<f64>()
+        };
+        let (plain, weighted) = (err(&quantize(ty, &x, cols).unwrap()), err(&quantize_with(ty, &x, cols, Some(&w)).unwrap()));
+        assert!(weighted < plain, "{}: weighted error {weighted} not below the reference quantiser's {plain}", ty.name());
+    }
+}
