@@ -171,8 +171,7 @@ fn collect_matches_llama_imatrix_on_smollm2() {
     // The f32 model llama-imatrix ran on: the Q4_1 file dequantised (what export-gguf --type
     // f32 writes).
     let m = smelt_gguf::load_model(&q41).unwrap();
-    let params = m.params.iter().map(|t| Tensor::from_f32(t.to_vec_f32(), t.shape()).unwrap()).collect();
-    let m = Model::new(m.cfg.clone(), params).unwrap();
+    let m = m.dequantized().unwrap();
     let tok = smelt_tokenizer::Tokenizer::from_file(&q41).unwrap();
     let mut text = String::new();
     let gz = std::fs::File::open(root().join("data/linux-doc-slice.txt.gz")).unwrap();
