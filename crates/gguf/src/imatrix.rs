@@ -75,7 +75,9 @@ impl Imatrix {
         }
         m.chunk_count = count.and_then(Value::as_u64).context("imatrix.chunk_count is not an integer")? as u32;
         m.chunk_size = size.and_then(Value::as_u64).context("imatrix.chunk_size is not an integer")? as u32;
-        let mut pairs: BTreeMap<String, (Option<Vec<f32>>, Option<Vec<f32>>)> = BTreeMap::new();
+        // Per matrix name: (sums, counts), each found under its suffix.
+        type Pair = (Option<Vec<f32>>, Option<Vec<f32>>);
+        let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
         for t in &f.tensors {
             let (ty, b) = f.tensor_bytes(t)?;
             let (base, is_sums) = match (t.name.strip_suffix(SUMS), t.name.strip_suffix(COUNTS)) {

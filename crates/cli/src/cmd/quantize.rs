@@ -55,6 +55,11 @@ pub struct QuantizeArgs {
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let ty = GgmlType::parse(&a.r#type)?;
+    if let (Some(eval), Some(text)) = (&a.eval, &a.imatrix_text) {
+        if eval == text {
+            bail!("--imatrix-text and --eval are the same file ({}): calibrate on other text than you evaluate on", eval.display());
+        }
+    }
     let model = super::load_model(&a.model)?;
     let imatrix = match (&a.imatrix, &a.imatrix_text) {
         (Some(f), _) => Some(Imatrix::load(f)?),
