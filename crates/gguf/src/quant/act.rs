@@ -26,7 +26,7 @@ pub struct BlockQ8K {
 /// Q8_0 / Q8_1 blocks of a row (len a multiple of 32).
 pub fn quantize_q8(x: &[f32]) -> Vec<BlockQ8> {
     #[cfg(target_arch = "x86_64")]
-    if super::qtensor::Level::detect() == super::qtensor::Level::Avx2 {
+    if matches!(super::qtensor::Level::detect(), super::qtensor::Level::Avx2 | super::qtensor::Level::Avx512) {
         // SAFETY: checked by run-time detection. Same code, rounding done by `vroundps`.
         return unsafe { quantize_q8_avx2(x) };
     }
