@@ -89,7 +89,7 @@ fn reduce16_columns(out: &mut [f32], r: &mut [f32]) {
     // dst[t] = dst[t] + src[t] for rows dst < src: `reduce16`'s steps, a vector over t.
     let add = |r: &mut [f32], dst: usize, src: usize| {
         let (lo, hi) = r.split_at_mut(src * d);
-        for (x, &y) in lo[dst * d..][..d].iter_mut().zip(&hi[..d]) { *x = y + *x; }
+        for (x, &y) in lo[dst * d..][..d].iter_mut().zip(&hi[..d]) { *x += y; }
     };
     for i in 0..8 { add(r, i, i + 8); }
     for i in 0..4 { add(r, i, i + 4); }
@@ -100,7 +100,7 @@ fn reduce16_columns(out: &mut [f32], r: &mut [f32]) {
 #[inline(always)]
 fn dot_f32_columns_body(out: &mut [f32], v: &[f32], stride: usize, rows: usize, p: &[f32], acc: &mut Vec<f32>) {
     let d = out.len();
-    assert!(rows <= p.len() && p.len() % 64 == 0, "dot_f32_columns: {rows} rows, p of {}", p.len());
+    assert!(rows <= p.len() && p.len().is_multiple_of(64), "dot_f32_columns: {rows} rows, p of {}", p.len());
     columns_acc(acc, 64, d, v, stride, rows, p);
     // (a0 + a2) + (a1 + a3) per lane l, accumulator k holding elements 16k + l of each step,
     // into rows 0..16.

@@ -10,7 +10,8 @@
 //! Everything else, and every other CPU, runs the scalar kernels, which are the reference the
 //! tests compare against (`SMELT_NO_SIMD=1` forces them everywhere). Where the CPU also has
 //! AVX-512 F/BW/VL and VNNI, the same six dots run `avx512.rs`'s kernels (four weight rows per
-//! pass, `vpdpbusd`), bit-identical to the AVX2 ones; `SMELT_NO_AVX512=1` keeps AVX2.
+//! pass for the 32-element blocks, `vpdpbusd`, 512-bit K-quant unpacking), bit-identical to
+//! the AVX2 ones; `SMELT_NO_AVX512=1` keeps AVX2.
 
 use super::act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use super::{dequantize_row, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0, GgmlType};
