@@ -7,7 +7,8 @@ top-20 logits (ids and values). Writes JSON (small enough to commit).
 The KV cache is f32 (type_k = type_v = GGML_TYPE_F32, no flash attention), like smelt's:
 llama.cpp's default f16 cache alone moves the logits of this model by up to ~0.9.
 
-Run: PYTHONPATH=.cache/pyllama python3 scripts/gguf_llama_golden.py MODEL.gguf OUT.json [N_TOKENS [TOP_K]]
+Run: PYTHONPATH=.cache/llama.cpp-peer/py python3   # (scripts/build_llama_cpp.sh makes it)
+     scripts/gguf_llama_golden.py MODEL.gguf OUT.json [N_TOKENS [TOP_K]]
 """
 import json, sys
 import numpy as np
@@ -47,4 +48,5 @@ def main():
         print(repr(prompt[:40]), len(toks), "prompt tokens ->", repr(cases[-1]["text"][:60]))
     json.dump({"model": path.split("/")[-1], "llama_cpp_python": "0.3.36", "cases": cases}, open(out, "w"))
 
-main()
+if __name__ == "__main__":
+    main()

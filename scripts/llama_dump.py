@@ -15,13 +15,8 @@ import numpy as np
 import llama_cpp
 import llama_cpp.llama as llama_mod
 
-PROMPTS = [
-    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
-    "<|im_start|>user\nWrite a short poem about the sea.<|im_end|>\n<|im_start|>assistant\n",
-    "The quick brown fox",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village,",
-]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gguf_llama_golden import PROMPTS  # the golden prompts, one list for both scripts
 
 # struct ggml_tensor (ggml.h): type @0, ne @16, nb @48, op @80, data @248, name @256.
 class GgmlTensor(ctypes.Structure):

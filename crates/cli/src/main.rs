@@ -42,6 +42,8 @@ enum Command {
     Inspect(cmd::inspect::InspectArgs),
     /// Write a GGUF file llama.cpp runs (f32, f16, bf16 or a quantised type).
     ExportGguf(cmd::export_gguf::ExportGgufArgs),
+    /// Compute an importance matrix (llama.cpp's imatrix format) from calibration text.
+    Imatrix(cmd::imatrix::ImatrixArgs),
     /// Quantise a model to a GGUF file and report the perplexity change.
     Quantize(cmd::quantize::QuantizeArgs),
     /// Run a prompt through the model and show every stage (shapes, times, statistics; --dump .npy).
@@ -79,6 +81,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::ImportHf(a) => cmd::import_hf::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::ExportGguf(a) => cmd::export_gguf::run(a),
+        Command::Imatrix(a) => cmd::imatrix::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Trace(a) => cmd::trace::run(a),
     }

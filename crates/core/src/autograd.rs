@@ -45,7 +45,11 @@ pub struct Graph {
     next_id: usize,
     nodes: Vec<Node>,
     trace: Option<Trace>,
+    linear_hook: Option<LinearHook>,
 }
+
+/// Called with the weight and the input of every `linear` a graph runs (see `on_linear`).
+pub type LinearHook = Box<dyn FnMut(&Var, &Tensor) + Send>;
 
 /// Named intermediates of an inference graph, for `smelt trace`: each with the wall time since
 /// the previous named point (the stage that produced it).
@@ -70,9 +74,9 @@ impl Grads {
 
 impl Graph {
     /// A graph that records a tape for `backward`.
-    pub fn training() -> Self { Graph { record: true, next_id: 0, nodes: Vec::new(), trace: None } }
+    pub fn training() -> Self { Graph { record: true, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None } }
     /// A graph that records nothing.
-    pub fn inference() -> Self { Graph { record: false, next_id: 0, nodes: Vec::new(), trace: None } }
+    pub fn inference() -> Self { Graph { record: false, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None } }
     /// An inference graph that keeps every intermediate the model names (see `name`).
     pub fn tracing() -> Self {
         Graph { trace: Some(Trace { entries: vec![], last: std::time::Instant::now() }), ..Self::inference() }
@@ -85,6 +89,10 @@ impl Graph {
             t.last = now;
         }
     }
+    /// Calls `f(w, x)` before every `linear` with its weight `w` and its input `x` (rows × in
+    /// features): how the importance-matrix collector sees every matmul's activations, as
+    /// llama.cpp's imatrix tool does with its graph-evaluation callback.
+    pub fn on_linear(&mut self, f: impl FnMut(&Var, &Tensor) + Send + 'static) { self.linear_hook = Some(Box::new(f)); }
     pub fn take_trace(&mut self) -> Vec<TraceEntry> { self.trace.as_mut().map(|t| std::mem::take(&mut t.entries)).unwrap_or_default() }
     pub fn is_recording(&self) -> bool { self.record }
 
@@ -135,6 +143,7 @@ impl Graph {
 
     /// y = x·Wᵀ + b
     pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        if let Some(f) = &mut self.linear_hook { f(w, &x.t); }
         let y = timed("linear", || ops::matmul::linear(&x.t, &w.t, b.map(|b| &b.t)))?;
         let (xt, wt, need_dx) = (x.t.clone(), w.t.clone(), x.requires_grad);
         let has_bias = b.is_some();

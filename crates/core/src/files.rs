@@ -1,8 +1,9 @@
 //! Writing files so that an interrupted write never destroys what was there: stage beside the
 //! target, then rename over it (atomic on one filesystem). Every stage that writes an output
-//! (token files, reports, tokenizers, safetensors) goes through here.
+//! (token files, reports, tokenizers, safetensors) goes through here. Reading side:
+//! `expand_inputs`, the one expander of `--input` values (files, directories, globs).
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// Where a write of `p` is staged: `<p>.tmp`.
@@ -22,4 +23,58 @@ pub fn write_atomic(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
     let tmp = tmp_path(path);
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     rename(&tmp, path)
+}
+
+/// Expand `--input` values into an ordered file list. Order is the order given, and within a
+/// directory or glob, sorted by path, so that output never depends on directory listing order.
+/// Hidden entries (names starting with `.`) inside directories are skipped.
+pub fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
+    if inputs.is_empty() {
+        bail!("no --input given");
+    }
+    let mut files = Vec::new();
+    for spec in inputs {
+        let before = files.len();
+        if spec.contains(['*', '?', '[']) && !Path::new(spec).exists() {
+            let paths = glob::glob(spec).with_context(|| format!("input {spec:?}: invalid glob pattern"))?;
+            let mut matched = Vec::new();
+            for p in paths {
+                let p = p.with_context(|| format!("input {spec:?}: reading a glob match"))?;
+                if p.is_dir() { walk(&p, &mut matched)? } else { matched.push(p) }
+            }
+            matched.sort();
+            files.extend(matched);
+            if files.len() == before {
+                bail!("input {spec:?}: the pattern matched no files");
+            }
+        } else {
+            let p = PathBuf::from(spec);
+            let meta = std::fs::metadata(&p).with_context(|| format!("input {}: cannot read it", p.display()))?;
+            if meta.is_dir() {
+                walk(&p, &mut files)?;
+                if files.len() == before {
+                    bail!("input {}: the directory holds no files", p.display());
+                }
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing directory {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("listing directory {}", dir.display()))?;
+    entries.sort();
+    for p in entries {
+        if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+            continue;
+        }
+        if p.is_dir() { walk(&p, out)? } else { out.push(p) }
+    }
+    Ok(())
 }

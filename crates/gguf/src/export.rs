@@ -4,13 +4,19 @@
 //! that are not whole super-blocks (and its Q6_K output matrix for 4/5-bit types), and the full
 //! tokenizer metadata.
 //!
+//! With an importance matrix (`Imatrix`), every matrix it has weights for is quantised by
+//! llama.cpp's imatrix-weighted quantisers and the Q4_0 mix changes as llama.cpp's does
+//! (ffn_down of the first eighth of the layers in Q4_1); the output records the imatrix as
+//! llama-quantize does (`quantize.imatrix.*`).
+//!
 //! Tokenizer metadata comes either from a source GGUF (all `tokenizer.*` keys copied) or from a
 //! Hugging Face folder's tokenizer.json (byte-level BPE only: tokens, merges, token types,
 //! bos/eos/pad, add_bos from the post-processor, the chat template, and llama.cpp's name for the
 //! pre-tokeniser, recognised from its regex or given with `pre`).
 
+use crate::imatrix::Imatrix;
 use crate::load::{gguf_name, qk_to_gguf_perm};
-use crate::quant::{quantize, GgmlType};
+use crate::quant::{quantize_with, GgmlType};
 use crate::writer::GgufWriter;
 use crate::{GgufFile, Value};
 use anyhow::{bail, Context, Result};
@@ -42,21 +48,43 @@ pub fn type_for(requested: GgmlType, cols: usize) -> GgmlType {
 /// The type llama.cpp's quantizer (`llama_tensor_get_type`) gives a tensor when `requested` is
 /// asked for: the output matrix (lm_head, or the tied embedding serving as it) is Q6_K for the
 /// 4/5-bit types; Q4_K means llama.cpp's Q4_K_M mix, which also keeps attn_v and ffn_down at
-/// Q6_K on the first and last eighth of the layers and every third one between.
-pub fn tensor_type(requested: GgmlType, hf: &str, c: &smelt_model::ModelConfig) -> GgmlType {
+/// Q6_K on the first and last eighth of the layers and every third one between. With an
+/// importance matrix (`imatrix`), Q4_0 puts ffn_down of the first eighth of the layers in Q4_1
+/// (llama.cpp's guard against those layers going wrong at Q4_0).
+pub fn tensor_type(requested: GgmlType, hf: &str, c: &smelt_model::ModelConfig, imatrix: bool) -> GgmlType {
     let is_output = hf == "lm_head.weight" || (c.tie_embeddings && hf == "model.embed_tokens.weight");
     if is_output && matches!(requested, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K) {
         return GgmlType::Q6_K;
     }
+    let layer: Option<usize> = hf.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok());
+    let n = c.n_layers;
     if requested == GgmlType::Q4_K && (hf.ends_with("v_proj.weight") || hf.ends_with("down_proj.weight")) {
-        let layer: Option<usize> = hf.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok());
-        let n = c.n_layers;
         let more_bits = |i: usize| i < n / 8 || i >= 7 * n / 8 || (i as i64 - (n / 8) as i64).rem_euclid(3) == 2;
         if layer.is_some_and(more_bits) {
             return GgmlType::Q6_K;
         }
     }
+    if requested == GgmlType::Q4_0 && imatrix && hf.ends_with("down_proj.weight") && layer.is_some_and(|i| i < n / 8) {
+        return GgmlType::Q4_1;
+    }
     requested
+}
+
+/// An importance matrix to quantise with, and the file it came from (recorded in the output
+/// as `quantize.imatrix.file`, as llama-quantize records it).
+pub struct WithImatrix<'a> {
+    pub imatrix: &'a Imatrix,
+    pub file: Option<&'a str>,
+}
+
+/// What an export did with the importance matrix.
+#[derive(Debug, Default)]
+pub struct ExportReport {
+    /// Matrices quantised with importance weights.
+    pub weighted: usize,
+    /// Matrices in a type with a weighted quantiser that the imatrix has no entry for (quantised
+    /// without weights, as llama-quantize does: "did not find weights for …").
+    pub unweighted: Vec<String>,
 }
 
 /// llama.cpp's `general.file_type` for a model mostly of type `t`.
@@ -67,7 +95,7 @@ fn file_type(t: GgmlType) -> u32 {
     }
 }
 
-pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, out: &Path) -> Result<()> {
+pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, imatrix: Option<&WithImatrix>, out: &Path) -> Result<ExportReport> {
     let c = &model.cfg;
     if !matches!(c.arch, Arch::Llama | Arch::Mistral) || c.qkv_bias || c.qk_norm || c.sliding_window.is_some() {
         bail!("export-gguf: only Llama-architecture models are exported (got {} with qkv bias {}, q/k norm {}, sliding window {:?})",
@@ -100,6 +128,13 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, out
         }
         other => bail!("export-gguf: RoPE scaling {other:?} is not exported yet"),
     }
+    if let Some(im) = imatrix {
+        // llama-quantize's kv overrides (integers as u32, strings cut to 127 bytes there).
+        if let Some(f) = im.file { w.kv("quantize.imatrix.file", s(f)); }
+        if let Some(d) = im.imatrix.datasets.first() { w.kv("quantize.imatrix.dataset", s(d)); }
+        w.kv("quantize.imatrix.entries_count", Value::U32(im.imatrix.entries.len() as u32));
+        if im.imatrix.chunk_count > 0 { w.kv("quantize.imatrix.chunks_count", Value::U32(im.imatrix.chunk_count)); }
+    }
     match tok {
         TokenizerSource::Gguf(p) => {
             let f = GgufFile::open(p)?;
@@ -109,6 +144,7 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, out
         }
         TokenizerSource::HfDir { dir, pre } => hf_tokenizer(&mut w, dir, pre, c.vocab_size)?,
     }
+    let mut report = ExportReport::default();
     for ((hf, shape), t) in smelt_model::params::layout(c).iter().zip(&model.params) {
         let gname = gguf_name(hf).with_context(|| format!("no GGUF name for {hf}"))?;
         let mut data = t.to_vec_f32();
@@ -120,11 +156,24 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, out
             let perm = qk_to_gguf_perm(heads, c.head_dim);
             data = perm.iter().flat_map(|&r| data[r * cols..(r + 1) * cols].to_vec()).collect();
         }
-        let tt = if shape.len() == 1 { GgmlType::F32 } else { type_for(tensor_type(ty, hf, c), shape[1]) };
-        let bytes = quantize(tt, &data, *shape.last().unwrap())?;
+        let cols = *shape.last().unwrap();
+        let tt = if shape.len() == 1 { GgmlType::F32 } else { type_for(tensor_type(ty, hf, c, imatrix.is_some()), cols) };
+        let weighted_type = matches!(tt, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K);
+        let weights = match imatrix {
+            Some(im) if shape.len() == 2 && weighted_type => match im.imatrix.weights(&gname) {
+                Some(wv) if wv.len() == cols => { report.weighted += 1; Some(wv) }
+                // llama-quantize ignores a token embedding's mismatched weights, and fails on any other.
+                Some(_) if gname == "token_embd.weight" => { report.unweighted.push(gname.clone()); None }
+                Some(wv) => bail!("imatrix: {} weights for {gname}, which has {cols} columns (an imatrix of another model?)", wv.len()),
+                None => { report.unweighted.push(gname.clone()); None }
+            },
+            _ => None,
+        };
+        let bytes = quantize_with(tt, &data, cols, weights.as_deref())?;
         w.tensor(&gname, shape, tt, bytes)?;
     }
-    w.write(out)
+    w.write(out)?;
+    Ok(report)
 }
 
 /// llama.cpp's pre-tokeniser name for a tokenizer.json pre_tokenizer, recognised by its regex.

@@ -6,6 +6,7 @@
 //! The tokenizer crate reads `tokenizer.ggml.*` itself. docs/GGUF.md has the overview.
 
 pub mod export;
+pub mod imatrix;
 pub mod load;
 pub mod quant;
 mod reader;

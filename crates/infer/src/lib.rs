@@ -6,6 +6,6 @@ pub mod sample;
 pub mod trace;
 
 pub use generate::{generate, GenerateConfig, Generation};
-pub use perplexity::{perplexity, Perplexity};
+pub use perplexity::{perplexity, perplexity_from, Perplexity};
 pub use sample::{Sampler, SamplingConfig};
 pub use trace::{trace, trace_decode, Stage, Stats};

@@ -9,11 +9,12 @@
 //! and our argmax is llama.cpp's except where llama.cpp's own top-2 margin is below that bound.
 //! Free-running greedy agreement (identical prefix length) is printed per prompt.
 //!
-//! The Q4_1 file and the q8_0 export are bit-identical to llama.cpp (AVX-512 build): smelt's
-//! inference path runs ggml's float arithmetic in ggml's order (docs/GGUF.md "Parity"), so
-//! every logit and every token agree. The q4_k export is not yet (llama.cpp repacks Q4_K):
-//! with 8-bit activations this model is chaotic at the 0.3-logit level, so only identical
-//! order reproduces every near-tie, and the looser checks above apply.
+//! The Q4_1 file and the q8_0, q4_k, q4_0 and q6_k exports are bit-identical to llama.cpp
+//! (AVX-512 build): smelt's inference path runs ggml's float arithmetic in ggml's order,
+//! including the order of the matmul path llama.cpp picks per tensor and batch size (docs/GGUF.md
+//! "Parity"), so every logit and every token agree. With 8-bit activations this model is chaotic
+//! at the 0.3-logit level, so only identical order reproduces every near-tie; the f32 export
+//! keeps the looser checks above.
 
 use smelt_core::Tensor;
 use smelt_model::{KvCache, Logits, Model};
@@ -105,9 +106,12 @@ fn smollm2_q4_1_matches_llama_cpp() {
     assert_eq!(s.max_diff, 0.0, "Q4_1: logits must be bit-identical to llama.cpp's");
 }
 
-/// The q8_0 and q4_k files smelt writes from the Q4_1 model (dequantised, as the Hugging Face
-/// checkpoint of scripts/fetch_smollm2.sh is) against the goldens of the same exports made from
-/// that checkpoint: the weights are the same values, so the tensors are the same bytes.
+/// The q8_0, q4_k, q4_0 and q6_k files smelt writes from the Q4_1 model (dequantised, as the
+/// Hugging Face checkpoint of scripts/fetch_smollm2.sh is) against llama.cpp's goldens of the
+/// same files (q8_0, q4_k: made from the checkpoint's exports, whose tensors are the same bytes;
+/// q4_0, q6_k: made from these exports). All four are bit-identical: every matmul follows the
+/// float order of the llama.cpp code path it takes (repacked Q4_0/Q4_K, tiled Q6_K, tinyBLAS and
+/// vec_dot for Q8_0/Q5_0; docs/GGUF.md "Parity").
 #[test]
 fn exports_of_the_q4_1_model_match_llama_cpp() {
     use smelt_gguf::export::{export, TokenizerSource};
@@ -119,15 +123,13 @@ fn exports_of_the_q4_1_model_match_llama_cpp() {
     }
     let src = smelt_gguf::load_model(&gguf).unwrap();
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::Q6_K] {
         let out = tmp.join(format!("smollm2-from-q4_1-{}.gguf", ty.name()));
-        export(&src, ty, TokenizerSource::Gguf(&gguf), "q4_1", &out).unwrap();
+        export(&src, ty, TokenizerSource::Gguf(&gguf), "q4_1", None, &out).unwrap();
         let model = smelt_gguf::load_model(&out).unwrap();
         let tok = smelt_tokenizer::Tokenizer::from_file(&out).unwrap();
         let s = check(&model, &tok, &format!("smollm2_export_{}_llama_cpp.json", ty.name()), QUANT_BOUND);
-        if ty == GgmlType::Q8_0 {
-            assert_eq!((s.identical_prompts, s.max_diff), (s.prompts, 0.0), "q8_0: must be bit-identical to llama.cpp");
-        }
+        assert_eq!((s.identical_prompts, s.max_diff), (s.prompts, 0.0), "{}: must be bit-identical to llama.cpp", ty.name());
         std::fs::remove_file(&out).ok();
     }
 }
@@ -147,7 +149,7 @@ fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
     let want = src.logits(&prompt, None, Logits::All).unwrap();
     for (ty, bound) in [(GgmlType::F32, 0.01), (GgmlType::Q8_0, QUANT_BOUND), (GgmlType::Q4_K, QUANT_BOUND)] {
         let out = tmp.join(format!("smollm2-{}.gguf", ty.name()));
-        export(&src, ty, TokenizerSource::HfDir { dir: &hf, pre: None }, "hf", &out).unwrap();
+        export(&src, ty, TokenizerSource::HfDir { dir: &hf, pre: None }, "hf", None, &out).unwrap();
         let model = smelt_gguf::load_model(&out).unwrap();
         let tok = smelt_tokenizer::Tokenizer::from_file(&out).unwrap();
         if ty == GgmlType::F32 {

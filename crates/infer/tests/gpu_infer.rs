@@ -143,11 +143,7 @@ fn argmax(l: &[f32]) -> u32 { l.iter().enumerate().fold((0, f32::MIN), |b, (i, &
 /// weight values, but f32 activations (the CPU's quantised kernels quantise activations to
 /// 8 bits; the GPU's do not), so it is what the GPU path must match to rounding.
 fn dequantised(m: &Model) -> Model {
-    let params = m.params.iter().map(|p| if p.dtype() == smelt_core::DType::Quant { Tensor::from_f32(p.to_vec_f32(), p.shape()).unwrap() } else { p.clone() }).collect();
-    let mut d = Model::new(m.cfg.clone(), params).unwrap();
-    // A GGUF model keeps llama.cpp's Q/K row order and RoPE table (docs/GGUF.md): keep it too.
-    d.rope = m.rope.clone();
-    d
+    m.dequantized().unwrap()
 }
 
 /// Host logits after each of `prompt` (prefill, the last position) and then `steps` fed one at
@@ -265,7 +261,7 @@ fn exported_quantised_ggufs_run_on_gpu_like_on_the_cpu() {
     let ids: Vec<u32> = (0..b * t).map(|_| r.below(320) as u32).collect();
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K] {
         let out = dir.join(format!("tiny-{}.gguf", ty.name()));
-        export(&src, ty, TokenizerSource::HfDir { dir: &dir, pre: Some("gpt-2") }, "tiny", &out).unwrap();
+        export(&src, ty, TokenizerSource::HfDir { dir: &dir, pre: Some("gpt-2") }, "tiny", None, &out).unwrap();
         let cpu = smelt_gguf::load_model(&out).unwrap();
         let mut types: Vec<&str> = cpu.params.iter().filter_map(|p| p.as_quant()).map(|q| q.type_name()).collect();
         types.sort();

@@ -200,6 +200,23 @@ impl Model {
         Ok(Model { names: layout.into_iter().map(|(n, _)| n).collect(), params, idx, rope, cfg })
     }
 
+    /// The same model with other parameters (same names and shapes), keeping everything else
+    /// it was built with, the RoPE table included (a GGUF model keeps llama.cpp's Q/K order and
+    /// angles: `Model::new` would give it the Hugging Face table).
+    pub fn with_params(&self, params: Vec<Tensor>) -> Result<Self> {
+        let mut m = Model::new(self.cfg.clone(), params)?;
+        m.rope = self.rope.clone();
+        Ok(m)
+    }
+
+    /// The same model with every quantised matrix dequantised to plain f32 (on the host).
+    pub fn dequantized(&self) -> Result<Self> {
+        let params = self.params.iter().map(|p| {
+            if p.dtype() == smelt_core::DType::Quant { Tensor::from_f32(p.to_vec_f32(), p.shape()) } else { Ok(p.clone()) }
+        }).collect::<Result<Vec<_>>>()?;
+        self.with_params(params)
+    }
+
     /// The device the parameters live on.
     pub fn device(&self) -> Device { self.params.first().map_or(Device::Cpu, |p| p.device()) }
 

@@ -7,38 +7,10 @@
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Expand CLI-style inputs to a sorted list of files.
-pub fn expand(inputs: &[String]) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for inp in inputs {
-        if inp.contains(['*', '?', '[']) {
-            let mut n = 0;
-            for p in glob::glob(inp).with_context(|| format!("bad glob pattern {inp:?}"))? {
-                let p = p.with_context(|| format!("reading a match of {inp:?}"))?;
-                if p.is_file() { out.push(p); n += 1; }
-            }
-            if n == 0 { bail!("input pattern {inp:?} matches no files"); }
-        } else {
-            let p = PathBuf::from(inp);
-            if p.is_dir() { walk(&p, &mut out)?; }
-            else if p.is_file() { out.push(p); }
-            else { bail!("input {} does not exist", p.display()); }
-        }
-    }
-    Ok(out)
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?
-        .map(|e| e.map(|e| e.path())).collect::<std::io::Result<_>>().with_context(|| format!("listing {}", dir.display()))?;
-    entries.sort();
-    for p in entries {
-        if p.is_dir() { walk(&p, out)?; } else if p.is_file() { out.push(p); }
-    }
-    Ok(())
-}
+/// Expand CLI-style inputs (files, directories, globs) to an ordered list of files.
+pub use smelt_core::files::expand_inputs as expand;
 
 /// Sequences packed in one buffer: sequence `i` is `data[ends[i-1]..ends[i]]`.
 #[derive(Default)]

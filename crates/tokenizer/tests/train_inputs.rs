@@ -37,7 +37,7 @@ fn text_gz_jsonl_dirs_and_globs_train_alike() {
     assert!(err(&[format!("{d}/c.jsonl")], &cfg(None)).contains("--field"));
     assert!(err(&[format!("{d}/c.jsonl")], &cfg(Some("body"))).contains("c.jsonl:1: no field \"body\""));
     assert!(err(&[format!("{d}/missing.txt")], &cfg(None)).contains("missing.txt"));
-    assert!(err(&[format!("{d}/*.nothing")], &cfg(None)).contains("matches no files"));
+    assert!(err(&[format!("{d}/*.nothing")], &cfg(None)).contains("matched no files"));
     assert!(err(&[format!("{d}/a.txt")], &TrainConfig { vocab_size: 10, ..cfg(None) }).contains("vocab size"));
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use smelt_gguf::export::{export, TokenizerSource};
+use smelt_gguf::export::{export, ExportReport, TokenizerSource, WithImatrix};
 use smelt_gguf::quant::GgmlType;
 use std::path::{Path, PathBuf};
 
@@ -25,20 +25,20 @@ pub struct ExportGgufArgs {
     pub name: Option<String>,
 }
 
-pub fn write(model: &smelt_model::Model, src: &Path, ty: GgmlType, pre: Option<&str>, name: Option<&str>, out: &Path) -> Result<()> {
+pub fn write(model: &smelt_model::Model, src: &Path, ty: GgmlType, pre: Option<&str>, name: Option<&str>, imatrix: Option<&WithImatrix>, out: &Path) -> Result<ExportReport> {
     let tok = if src.extension().is_some_and(|e| e == "gguf") {
         TokenizerSource::Gguf(src)
     } else {
         TokenizerSource::HfDir { dir: src, pre }
     };
     let default_name = src.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    export(model, ty, tok, name.unwrap_or(&default_name), out).with_context(|| format!("exporting {} to {}", src.display(), out.display()))
+    export(model, ty, tok, name.unwrap_or(&default_name), imatrix, out).with_context(|| format!("exporting {} to {}", src.display(), out.display()))
 }
 
 pub fn run(a: ExportGgufArgs) -> Result<()> {
     let ty = GgmlType::parse(&a.r#type)?;
     let model = super::load_model(&a.model)?;
-    write(&model, &a.model, ty, a.pre.as_deref(), a.name.as_deref(), &a.output)?;
+    write(&model, &a.model, ty, a.pre.as_deref(), a.name.as_deref(), None, &a.output)?;
     let bytes = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
     println!("wrote {} ({}, {:.1} MiB)", a.output.display(), ty.name(), bytes as f64 / (1u64 << 20) as f64);
     Ok(())

@@ -3,6 +3,7 @@ pub mod bench;
 pub mod device;
 pub mod export_gguf;
 pub mod generate;
+pub mod imatrix;
 pub mod import_bpe;
 pub mod import_hf;
 pub mod inspect;

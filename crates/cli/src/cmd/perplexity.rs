@@ -19,6 +19,10 @@ pub struct PerplexityArgs {
     /// Score at most this many tokens of the input (0 = all).
     #[arg(long, default_value_t = 0)]
     max_tokens: usize,
+    /// Score only predictions from this window position on (llama-perplexity scores the second
+    /// half: 256 at --seq-len 512, for figures comparable with its).
+    #[arg(long, default_value_t = 0)]
+    score_from: usize,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     #[arg(long, default_value = "auto")]
@@ -37,7 +41,7 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
         ids.truncate(a.max_tokens);
     }
     let quiet = matches!(a.format, Format::Json);
-    let r = smelt_infer::perplexity(&model, &ids, a.seq_len, |i, n| {
+    let r = smelt_infer::perplexity_from(&model, &ids, a.seq_len, a.score_from, |i, n| {
         if !quiet {
             eprint!("\rwindow {i}/{n}");
         }

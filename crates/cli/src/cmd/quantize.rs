@@ -1,14 +1,25 @@
-//! `smelt quantize`: a checkpoint to a quantised GGUF (llama.cpp's block formats and reference
-//! quantisers), and with `--eval` the perplexity change it costs on held-out text: the source
-//! model in f32 against the written file as smelt runs it.
+//! `smelt quantize`: a checkpoint to a quantised GGUF (llama.cpp's block formats and
+//! quantisers, optionally weighted by an importance matrix), and with `--eval` the perplexity
+//! change it costs on held-out text: the source model in f32 against the written file as
+//! smelt runs it.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use smelt_gguf::export::WithImatrix;
+use smelt_gguf::imatrix::Imatrix;
 use smelt_gguf::quant::GgmlType;
 use smelt_tokenizer::Tokenizer;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  smelt quantize --model model-f32.gguf --type q4_k --output m-q4_k.gguf --eval heldout.txt
+  smelt quantize --model model-f32.gguf --type q4_k --imatrix imatrix.gguf --output m-q4_k.gguf
+  smelt quantize --model model-f32.gguf --type q4_k --imatrix-text calib.txt --output m-q4_k.gguf --eval heldout.txt
+
+q4_k is llama.cpp's Q4_K_M mix. With an importance matrix (--imatrix, a file from `smelt imatrix` or
+llama-imatrix; or --imatrix-text, computed here first) Q4_0/Q4_1/Q5_0/Q4_K/Q6_K tensors are quantised
+by llama.cpp's imatrix-weighted quantisers, byte for byte as llama-quantize --imatrix does.")]
 pub struct QuantizeArgs {
     /// Model folder (config.json, safetensors, tokenizer.json) or a .gguf file.
     #[arg(long)]
@@ -16,26 +27,62 @@ pub struct QuantizeArgs {
     /// q8_0, q4_0, q4_k (and q4_1, q5_0, q6_k, f16, bf16).
     #[arg(long)]
     r#type: String,
+    /// GGUF file to write.
     #[arg(long)]
     output: PathBuf,
+    /// Importance matrix file (llama.cpp's GGUF or legacy .dat format).
+    #[arg(long, conflicts_with = "imatrix_text")]
+    imatrix: Option<PathBuf>,
+    /// Compute the importance matrix from this calibration text first (keep it disjoint from --eval).
+    #[arg(long)]
+    imatrix_text: Option<PathBuf>,
+    /// With --imatrix-text: use at most this many chunks of 512 tokens.
+    #[arg(long, requires = "imatrix_text")]
+    imatrix_chunks: Option<usize>,
     /// UTF-8 text to score before and after (held-out text, not training data).
     #[arg(long)]
     eval: Option<PathBuf>,
+    /// Window length of the --eval scoring.
     #[arg(long, default_value_t = 512)]
     seq_len: usize,
     /// Score at most this many tokens of the eval text.
     #[arg(long, default_value_t = 16384)]
     eval_tokens: usize,
+    /// llama.cpp's pre-tokeniser name (gpt-2, llama-bpe, qwen2, smollm, …) when it cannot be recognised.
     #[arg(long)]
     pre: Option<String>,
 }
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let ty = GgmlType::parse(&a.r#type)?;
+    if let (Some(eval), Some(text)) = (&a.eval, &a.imatrix_text) {
+        if eval == text {
+            bail!("--imatrix-text and --eval are the same file ({}): calibrate on other text than you evaluate on", eval.display());
+        }
+    }
     let model = super::load_model(&a.model)?;
-    super::export_gguf::write(&model, &a.model, ty, a.pre.as_deref(), None, &a.output)?;
+    let imatrix = match (&a.imatrix, &a.imatrix_text) {
+        (Some(f), _) => Some(Imatrix::load(f)?),
+        (None, Some(text)) => Some(super::imatrix::compute(&model, &a.model, text, 512, a.imatrix_chunks, false)?),
+        (None, None) => None,
+    };
+    if let (Some(eval), Some(m)) = (&a.eval, &imatrix) {
+        if m.datasets.iter().any(|d| std::path::Path::new(d) == eval.as_path()) {
+            bail!("the importance matrix was computed on {}, the --eval text: use held-out text for one of them", eval.display());
+        }
+    }
+    let file = a.imatrix.as_ref().map(|p| p.display().to_string());
+    let with = imatrix.as_ref().map(|m| WithImatrix { imatrix: m, file: file.as_deref() });
+    let report = super::export_gguf::write(&model, &a.model, ty, a.pre.as_deref(), None, with.as_ref(), &a.output)?;
     let bytes = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
     println!("wrote {} ({}, {:.1} MiB)", a.output.display(), ty.name(), bytes as f64 / (1u64 << 20) as f64);
+    if imatrix.is_some() {
+        println!("importance weights used for {} matrices{}", report.weighted, if report.unweighted.is_empty() {
+            String::new()
+        } else {
+            format!("; none in the imatrix for {} ({})", report.unweighted.len(), report.unweighted.join(", "))
+        });
+    }
     if let Some(eval) = &a.eval {
         let tok = Tokenizer::from_file(&a.model)?;
         let text = std::fs::read_to_string(eval).with_context(|| format!("reading {}", eval.display()))?;

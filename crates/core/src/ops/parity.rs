@@ -300,20 +300,23 @@ fn parity_sample() {
     }
 }
 
+/// Attention shapes (b, tq, tk, s, h, kvh, hd, window): plain, GQA, long (many tiles), a
+/// window, a cache offset with spare rows (inference), head_dim 128 and 96.
+#[allow(clippy::type_complexity)]
+pub(super) const ATTN_SHAPES: [(usize, usize, usize, usize, usize, usize, usize, Option<usize>); 6] = [
+    (2, 5, 5, 5, 4, 4, 16, None),
+    (2, 70, 70, 70, 8, 2, 64, None),
+    (1, 100, 100, 100, 4, 2, 32, Some(17)),
+    (2, 3, 40, 48, 4, 1, 64, None),
+    (1, 40, 40, 40, 2, 2, 128, None),
+    (2, 37, 37, 37, 6, 3, 96, Some(20)),
+];
+
 #[test]
 fn parity_attention() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
-    // (b, tq, tk, s, h, kvh, hd, window): plain, GQA, long (many tiles), a window, a cache
-    // offset with spare rows (inference), head_dim 128.
-    for (b, tq, tk, s, h, kvh, hd, window) in [
-        (2, 5, 5, 5, 4, 4, 16, None),
-        (2, 70, 70, 70, 8, 2, 64, None),
-        (1, 100, 100, 100, 4, 2, 32, Some(17)),
-        (2, 3, 40, 48, 4, 1, 64, None),
-        (1, 40, 40, 40, 2, 2, 128, None),
-        (2, 37, 37, 37, 6, 3, 96, Some(20)),
-    ] {
+    for (b, tq, tk, s, h, kvh, hd, window) in ATTN_SHAPES {
         let q = randn(&mut r, &[b, tq, h, hd], 1.0);
         let k = randn(&mut r, &[b, s, kvh, hd], 1.0);
         let v = randn(&mut r, &[b, s, kvh, hd], 1.0);

@@ -204,16 +204,8 @@ fn parity_bf16_chunked_linear_cross_entropy() {
 fn parity_bf16_attention() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
-    // The shapes of parity_attention: plain, GQA, long, a window, a KV-cache offset with spare
-    // rows (a bf16 cache), head_dim 128 and 96.
-    for (b, tq, tk, s, h, kvh, hd, window) in [
-        (2, 5, 5, 5, 4, 4, 16, None),
-        (2, 70, 70, 70, 8, 2, 64, None),
-        (1, 100, 100, 100, 4, 2, 32, Some(17)),
-        (2, 3, 40, 48, 4, 1, 64, None),
-        (1, 40, 40, 40, 2, 2, 128, None),
-        (2, 37, 37, 37, 6, 3, 96, Some(20)),
-    ] {
+    // The shapes of parity_attention (a KV-cache offset with spare rows: a bf16 cache).
+    for (b, tq, tk, s, h, kvh, hd, window) in super::parity::ATTN_SHAPES {
         let q = randn(&mut r, &[b, tq, h, hd], 1.0);
         let k = randn(&mut r, &[b, s, kvh, hd], 1.0);
         let v = randn(&mut r, &[b, s, kvh, hd], 1.0);

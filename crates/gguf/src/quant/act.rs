@@ -62,23 +62,34 @@ fn quantize_q8_generic(x: &[f32]) -> Vec<BlockQ8> {
     out
 }
 
-/// Q8_K blocks of a row (len a multiple of 256).
-pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> {
+/// Q8_K blocks of a row (len a multiple of 256): `quantize_row_q8_K_ref`, iscale = −127/max
+/// where max is the first element of largest |x|.
+pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> { quantize_q8k_with(x, false) }
+
+/// Q8_K as llama.cpp's x86 `ggml_quantize_mat_q8_K_4x8` makes it for the rows that its
+/// repacked Q4_K GEMM takes four at a time: the same values as `quantize_q8k` except where +amax
+/// and −amax both occur and −amax comes first: the ref takes the sign of the first, the 4x8
+/// quantiser makes iscale negative whenever some element equals +amax.
+pub fn quantize_q8k_4x8(x: &[f32]) -> Vec<BlockQ8K> { quantize_q8k_with(x, true) }
+
+fn quantize_q8k_with(x: &[f32], positive_wins: bool) -> Vec<BlockQ8K> {
     #[cfg(target_arch = "x86_64")]
     if super::qtensor::Level::detect() != super::qtensor::Level::Scalar {
         // SAFETY: checked by run-time detection. Same code, rounding by `vroundss` instead of
         // a libm `rintf` call.
-        return unsafe { quantize_q8k_sse41(x) };
+        return unsafe { quantize_q8k_sse41(x, positive_wins) };
     }
-    quantize_q8k_generic(x)
+    quantize_q8k_generic(x, positive_wins)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,sse4.1")]
-unsafe fn quantize_q8k_sse41(x: &[f32]) -> Vec<BlockQ8K> { quantize_q8k_generic(x) }
+unsafe fn quantize_q8k_sse41(x: &[f32], positive_wins: bool) -> Vec<BlockQ8K> {
+    quantize_q8k_generic(x, positive_wins)
+}
 
 #[inline(always)]
-fn quantize_q8k_generic(x: &[f32]) -> Vec<BlockQ8K> {
+fn quantize_q8k_generic(x: &[f32], positive_wins: bool) -> Vec<BlockQ8K> {
     // Plain loops (a closure would not inherit the caller's target features).
     let mut out = Vec::with_capacity(x.len() / 256);
     for b in x.chunks_exact(256) {
@@ -86,6 +97,7 @@ fn quantize_q8k_generic(x: &[f32]) -> Vec<BlockQ8K> {
         for &v in b { if v.abs() > amax { amax = v.abs(); max = v; } }
         let mut blk = BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] };
         if amax == 0.0 { out.push(blk); continue; }
+        if positive_wins && b.contains(&amax) { max = amax; }
         let iscale = -127.0 / max;
         for j in 0..256 { blk.qs[j] = nearest_int(iscale * b[j]).min(127) as i8; }
         for s in 0..16 {

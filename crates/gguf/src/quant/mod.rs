@@ -29,6 +29,7 @@ pub mod q5_0;
 pub mod q6_k;
 pub mod q8_0;
 mod qtensor;
+mod search;
 
 pub use qtensor::QTensor;
 
@@ -138,6 +139,49 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) {
     }
 }
 
+/// Quantises one row with llama.cpp's importance-weighted quantiser (`quantize_<type>` given
+/// `quant_weights`): `imatrix` holds one weight per element of the row (the mean squared
+/// activation of that input column). Q4_0, Q4_1, Q5_0, Q4_K and Q6_K search their scales with
+/// the error weighted by it; F32, F16, BF16 and Q8_0 have no weighted path and ignore it, as in
+/// llama.cpp. `x` must be exactly one row: the 32-block types weight by the row's mean x².
+pub fn quantize_row_imatrix(ty: GgmlType, x: &[f32], imatrix: &[f32], out: &mut Vec<u8>) {
+    debug_assert!(x.len() % ty.block_size() == 0 && imatrix.len() == x.len());
+    match ty {
+        GgmlType::Q4_0 => q4_0::quantize_imatrix(x, imatrix, out),
+        GgmlType::Q4_1 => q4_1::quantize_imatrix(x, imatrix, out),
+        GgmlType::Q5_0 => q5_0::quantize_imatrix(x, imatrix, out),
+        GgmlType::Q4_K => q4_k::quantize_imatrix(x, imatrix, out),
+        GgmlType::Q6_K => q6_k::quantize_imatrix(x, imatrix, out),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 => quantize_row(ty, x, out),
+    }
+}
+
+/// Quantises a tensor of rows of `cols` elements, with per-column importance weights when
+/// `imatrix` is given (see `quantize_row_imatrix`). Rows are quantised in parallel; each row's
+/// bytes do not depend on the others.
+pub fn quantize_with(ty: GgmlType, x: &[f32], cols: usize, imatrix: Option<&[f32]>) -> Result<Vec<u8>> {
+    use rayon::prelude::*;
+    let rb = ty.row_bytes(cols)?;
+    if let Some(w) = imatrix {
+        if w.len() != cols {
+            bail!("{}: importance weights for {} columns, the rows have {cols}", ty.name(), w.len());
+        }
+    }
+    if cols == 0 || x.len() % cols != 0 {
+        bail!("{}: {} values are not whole rows of {cols}", ty.name(), x.len());
+    }
+    let mut out = vec![0u8; x.len() / cols * rb];
+    out.par_chunks_mut(rb).zip(x.par_chunks(cols)).for_each(|(o, row)| {
+        let mut b = Vec::with_capacity(rb);
+        match imatrix {
+            Some(w) => quantize_row_imatrix(ty, row, w, &mut b),
+            None => quantize_row(ty, row, &mut b),
+        }
+        o.copy_from_slice(&b);
+    });
+    Ok(out)
+}
+
 /// Dequantises a whole tensor of `n` elements.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
     let need = ty.row_bytes(n)?;
@@ -168,9 +212,10 @@ pub(crate) fn f16_bytes(v: f32) -> [u8; 2] { half::f16::from_f32(v).to_bits().to
 #[inline(always)]
 pub(crate) fn round_f16(v: f32) -> f32 { half::f16::from_f32(v).to_f32() }
 
-/// llama.cpp's `nearest_int`: round half to even.
+/// llama.cpp's `nearest_int`, bit for bit: adding 1.5·2²³ leaves round(v) (half to even) in
+/// the low mantissa bits for |v| < 2²², and the same garbage as llama.cpp outside that range.
 #[inline(always)]
-pub(crate) fn nearest_int(v: f32) -> i32 { v.round_ties_even() as i32 }
+pub(crate) fn nearest_int(v: f32) -> i32 { ((v + 12582912.0).to_bits() as i32 & 0x007f_ffff) - 0x0040_0000 }
 
 #[cfg(test)]
 mod tests;

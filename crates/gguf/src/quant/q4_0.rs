@@ -2,6 +2,7 @@
 //! element j+16 the high nibble; x = d·(q − 8).
 
 use super::act::BlockQ8;
+use super::search::{block_weights, make_qx_quants, row_sigma2};
 use super::{f16_at, f16_bytes};
 
 pub const BYTES: usize = 18;
@@ -29,6 +30,19 @@ pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
             let q1 = ((b[j + 16] * id + 8.5) as i8).min(15) as u8;
             out.push(q0 | (q1 << 4));
         }
+    }
+}
+
+/// llama.cpp's `quantize_row_q4_0_impl` for one row with importance weights `qw` (one per
+/// element of the row): each block's scale is searched by `make_qx_quants` with the error
+/// weighted by qw·√(σ² + x²), σ² the row's mean x², instead of d = max/−8.
+pub fn quantize_imatrix(x: &[f32], qw: &[f32], out: &mut Vec<u8>) {
+    let sigma2 = row_sigma2(x);
+    for (b, q) in x.chunks_exact(32).zip(qw.chunks_exact(32)) {
+        let mut l = [0i8; 32];
+        let d = make_qx_quants(b, 8, &mut l, Some(&block_weights(b, q, sigma2)));
+        out.extend_from_slice(&f16_bytes(d));
+        for j in 0..16 { out.push(l[j] as u8 | ((l[j + 16] as u8) << 4)); }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Q4_1: blocks of 32 weights, `{ f16 d; f16 m; u8 qs[16] }` (nibbles as in Q4_0); x = d·q + m.
 
 use super::act::BlockQ8;
+use super::search::{block_weights, make_qkx3_quants, row_sigma2};
 use super::{f16_at, f16_bytes};
 
 pub const BYTES: usize = 20;
@@ -29,6 +30,20 @@ pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
             let q1 = (((b[j + 16] - min) * id + 0.5) as i8).min(15) as u8;
             out.push(q0 | (q1 << 4));
         }
+    }
+}
+
+/// llama.cpp's `quantize_row_q4_1_impl` for one row with importance weights `qw` (one per
+/// element of the row): each block's scale and min are searched by `make_qkx3_quants` with
+/// the error weighted by qw·√(σ² + x²), σ² the row's mean x², instead of (max − min)/15.
+pub fn quantize_imatrix(x: &[f32], qw: &[f32], out: &mut Vec<u8>) {
+    let sigma2 = row_sigma2(x);
+    for (b, q) in x.chunks_exact(32).zip(qw.chunks_exact(32)) {
+        let mut l = [0u8; 32];
+        let (d, min) = make_qkx3_quants(b, &block_weights(b, q, sigma2), 15, &mut l, -0.9, 0.05, 36);
+        out.extend_from_slice(&f16_bytes(d));
+        out.extend_from_slice(&f16_bytes(-min));
+        for j in 0..16 { out.push(l[j] | (l[j + 16] << 4)); }
     }
 }
 

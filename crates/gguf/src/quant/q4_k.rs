@@ -3,6 +3,7 @@
 //! x = d·sc·q − dmin·m. Nibbles: 64-element chunks, low nibbles first, then high.
 
 use super::act::BlockQ8K;
+use super::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants};
 use super::{f16_at, f16_bytes, nearest_int};
 
 pub const BYTES: usize = 144;
@@ -32,71 +33,6 @@ pub fn dequantize(b: &[u8], out: &mut [f32]) {
             }
         }
     }
-}
-
-/// llama.cpp's `make_qkx2_quants`: scale and (negated) min of one sub-block by a small search
-/// that minimises the weighted squared error.
-#[allow(clippy::too_many_arguments)]
-fn make_qkx2_quants(x: &[f32], w: &[f32], nmax: i32, l_out: &mut [u8], rmin: f32, rdelta: f32, nstep: i32) -> (f32, f32) {
-    let n = x.len();
-    let mut min = x[0];
-    let mut max = x[0];
-    let mut sum_w = w[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..n {
-        if x[i] < min { min = x[i]; }
-        if x[i] > max { max = x[i]; }
-        sum_w += w[i];
-        sum_x += w[i] * x[i];
-    }
-    if min > 0.0 { min = 0.0; }
-    if max == min {
-        l_out.iter_mut().for_each(|l| *l = 0);
-        return (0.0, -min);
-    }
-    let mut iscale = nmax as f32 / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best_error = 0f32;
-    for i in 0..n {
-        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-        l_out[i] = l as u8;
-        let diff = scale * l as f32 + min - x[i];
-        best_error += w[i] * diff * diff;
-    }
-    let mut laux = [0u8; 32];
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0f32, 0f32, 0f32);
-        for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            laux[i] = l as u8;
-            let lf = l as f32;
-            sum_l += w[i] * lf;
-            sum_l2 += w[i] * lf * lf;
-            sum_xl += w[i] * lf * x[i];
-        }
-        let dd = sum_w * sum_l2 - sum_l * sum_l;
-        if dd > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / dd;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / dd;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut cur_error = 0f32;
-            for i in 0..n {
-                let diff = this_scale * laux[i] as f32 + this_min - x[i];
-                cur_error += w[i] * diff * diff;
-            }
-            if cur_error < best_error {
-                l_out[..n].copy_from_slice(&laux[..n]);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    (scale, -min)
 }
 
 /// llama.cpp's `quantize_row_q4_K_ref` (no importance matrix).
@@ -132,24 +68,68 @@ pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
                 sc[j] |= (lm >> 4) << 6;
             }
         }
-        let d_b = f16_bytes(max_scale / 63.0);
-        let dmin_b = f16_bytes(max_min / 63.0);
-        let (d16, dmin16) = (f16_at(&d_b), f16_at(&dmin_b));
+        finish_block(xb, &mut l, sc, f16_bytes(max_scale / 63.0), f16_bytes(max_min / 63.0), out);
+    }
+}
+
+/// llama.cpp's `quantize_row_q4_K_impl` for one row with importance weights `qw` (one per
+/// element of the row): each sub-block's element weights are qw·√(σ² + x²) (σ² = twice the
+/// super-block's mean x²), its scale and min come from `make_qkx3_quants`, and the eight
+/// scales and eight mins are quantised to 6 bits by `make_qp_quants` weighted by the
+/// sub-blocks' total weight, instead of by rounding against the largest.
+pub fn quantize_imatrix(x: &[f32], qw: &[f32], out: &mut Vec<u8>) {
+    for (i, xb) in x.chunks_exact(256).enumerate() {
+        let mut l = [0u8; 256];
+        let (mut scales, mut mins, mut sw) = ([0f32; 8], [0f32; 8], [0f32; 8]);
+        let mut sum_x2 = 0f32;
+        for &v in xb { sum_x2 += v * v; }
+        let sigma2 = 2.0 * sum_x2 / 256.0;
         for j in 0..8 {
-            let (s, m) = scale_min(j, &sc);
-            let d = d16 * s as f32;
-            if d == 0.0 { continue; }
-            let dm = dmin16 * m as f32;
-            for ii in 0..32 {
-                l[32 * j + ii] = nearest_int((xb[32 * j + ii] + dm) / d).clamp(0, 15) as u8;
+            let xs = &xb[32 * j..32 * j + 32];
+            let q = &qw[256 * i + 32 * j..256 * i + 32 * j + 32];
+            let mut w = [0f32; 32];
+            for l in 0..32 { w[l] = q[l] * (sigma2 + xs[l] * xs[l]).sqrt(); }
+            let mut sumw = 0f32;
+            for &v in &w { sumw += v; }
+            sw[j] = sumw;
+            (scales[j], mins[j]) = make_qkx3_quants(xs, &w, 15, &mut l[32 * j..32 * j + 32], -0.9, 0.05, 36);
+        }
+        let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
+        let d_block = make_qp_quants(&scales, 63, &mut ls, &sw);
+        let m_block = make_qp_quants(&mins, 63, &mut lm, &sw);
+        let mut sc = [0u8; 12];
+        for j in 0..8 {
+            if j < 4 {
+                sc[j] = ls[j];
+                sc[j + 4] = lm[j];
+            } else {
+                sc[j + 4] = (ls[j] & 0xF) | ((lm[j] & 0xF) << 4);
+                sc[j - 4] |= (ls[j] >> 4) << 6;
+                sc[j] |= (lm[j] >> 4) << 6;
             }
         }
-        out.extend_from_slice(&d_b);
-        out.extend_from_slice(&dmin_b);
-        out.extend_from_slice(&sc);
-        for c in 0..4 {
-            for i in 0..32 { out.push(l[64 * c + i] | (l[64 * c + 32 + i] << 4)); }
+        finish_block(xb, &mut l, sc, f16_bytes(d_block), f16_bytes(m_block), out);
+    }
+}
+
+/// The common tail of both quantisers: the values re-rounded against the stored (f16, 6-bit)
+/// scales and mins, then the block written.
+fn finish_block(xb: &[f32], l: &mut [u8; 256], sc: [u8; 12], d_b: [u8; 2], dmin_b: [u8; 2], out: &mut Vec<u8>) {
+    let (d16, dmin16) = (f16_at(&d_b), f16_at(&dmin_b));
+    for j in 0..8 {
+        let (s, m) = scale_min(j, &sc);
+        let d = d16 * s as f32;
+        if d == 0.0 { continue; }
+        let dm = dmin16 * m as f32;
+        for ii in 0..32 {
+            l[32 * j + ii] = nearest_int((xb[32 * j + ii] + dm) / d).clamp(0, 15) as u8;
         }
+    }
+    out.extend_from_slice(&d_b);
+    out.extend_from_slice(&dmin_b);
+    out.extend_from_slice(&sc);
+    for c in 0..4 {
+        for i in 0..32 { out.push(l[64 * c + i] | (l[64 * c + 32 + i] << 4)); }
     }
 }
 

@@ -3,6 +3,7 @@
 //! an 8-bit scale each; x = d·sc·(q − 32).
 
 use super::act::BlockQ8K;
+use super::search::{make_qx_quants, GROUP_MAX_EPS};
 use super::{f16_at, f16_bytes, nearest_int};
 
 pub const BYTES: usize = 210;
@@ -33,58 +34,26 @@ pub fn dequantize(b: &[u8], out: &mut [f32]) {
     }
 }
 
-/// llama.cpp's `make_qx_quants` with rmse_type 1 (weights x²) and no importance matrix.
-fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8]) -> f32 {
-    let (mut max, mut amax) = (0f32, 0f32);
-    for &v in x { if v.abs() > amax { amax = v.abs(); max = v; } }
-    if amax < 1e-15 {
-        l_out.iter_mut().for_each(|l| *l = 0);
-        return 0.0;
-    }
-    let q = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-    let mut iscale = -(nmax as f32) / max;
-    let (mut sumlx, mut suml2) = (0f32, 0f32);
-    for (i, &v) in x.iter().enumerate() {
-        let l = q(iscale, v);
-        l_out[i] = (l + nmax) as i8;
-        let w = v * v;
-        sumlx += w * v * l as f32;
-        suml2 += w * l as f32 * l as f32;
-    }
-    let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
-    let mut best = scale * sumlx;
-    for is in -9..=9 {
-        if is == 0 { continue; }
-        iscale = -(nmax as f32 + 0.1 * is as f32) / max;
-        sumlx = 0.0;
-        suml2 = 0.0;
-        for &v in x {
-            let l = q(iscale, v);
-            let w = v * v;
-            sumlx += w * v * l as f32;
-            suml2 += w * l as f32 * l as f32;
-        }
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for (i, &v) in x.iter().enumerate() { l_out[i] = (q(iscale, v) + nmax) as i8; }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
-    }
-    scale
-}
-
 /// llama.cpp's `quantize_row_q6_K_ref`.
-pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
-    for xb in x.chunks_exact(256) {
+pub fn quantize(x: &[f32], out: &mut Vec<u8>) { quantize_weighted(x, None, out) }
+
+/// llama.cpp's `quantize_row_q6_K_impl` for one row with importance weights `qw` (one per
+/// element of the row): the sub-block scales are searched with the error weighted by `qw`
+/// instead of by x². Everything else is the reference quantiser.
+pub fn quantize_imatrix(x: &[f32], qw: &[f32], out: &mut Vec<u8>) { quantize_weighted(x, Some(qw), out) }
+
+fn quantize_weighted(x: &[f32], qw: Option<&[f32]>, out: &mut Vec<u8>) {
+    for (i, xb) in x.chunks_exact(256).enumerate() {
         let mut l = [0i8; 256];
         let mut scales = [0f32; 16];
         let (mut max_scale, mut max_abs_scale) = (0f32, 0f32);
         for ib in 0..16 {
-            let s = make_qx_quants(&xb[16 * ib..16 * ib + 16], 32, &mut l[16 * ib..16 * ib + 16]);
+            let w = qw.map(|qw| &qw[256 * i + 16 * ib..256 * i + 16 * ib + 16]);
+            let s = make_qx_quants(&xb[16 * ib..16 * ib + 16], 32, &mut l[16 * ib..16 * ib + 16], w);
             scales[ib] = s;
             if s.abs() > max_abs_scale { max_abs_scale = s.abs(); max_scale = s; }
         }
-        if max_abs_scale < 1e-15 {
+        if max_abs_scale < GROUP_MAX_EPS {
             out.extend_from_slice(&[0u8; BYTES]);
             continue;
         }

@@ -4,16 +4,18 @@
 //! every output is an integer dot product of a weight row with it.
 //!
 //! SIMD: on x86-64 with AVX2+FMA+F16C (checked at run time with `is_x86_feature_detected!`),
-//! the Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K dots run hand-written AVX2 kernels (`avx2.rs`); on aarch64
+//! the Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K dots run hand-written AVX2 kernels (`avx2.rs`), each in the
+//! float order of the llama.cpp x86 path that matmul takes (`X86Path`); on aarch64
 //! they run NEON kernels (`neon.rs`), with the dotprod extension's `sdot` where
 //! `is_aarch64_feature_detected!("dotprod")` finds it (`SMELT_NO_DOTPROD=1` keeps plain NEON).
 //! Everything else, and every other CPU, runs the scalar kernels, which are the reference the
 //! tests compare against (`SMELT_NO_SIMD=1` forces them everywhere). Where the CPU also has
-//! AVX-512 F/BW/VL and VNNI, the same six dots run `avx512.rs`'s kernels (four weight rows per
-//! pass for the 32-element blocks, `vpdpbusd`, 512-bit K-quant unpacking), bit-identical to
-//! the AVX2 ones; `SMELT_NO_AVX512=1` keeps AVX2.
+//! AVX-512 F/BW/VL and VNNI, the vec_dot-path dots of Q8_0/Q4_0/Q4_1/Q5_0/Q4_K run
+//! `avx512.rs`'s kernels (four weight rows per pass for the 32-element blocks, `vpdpbusd`,
+//! 512-bit K-quant unpacking), bit-identical to the AVX2 ones; the repacked and tiled paths and
+//! Q6_K keep the AVX2 kernels (`avx512_same_order`); `SMELT_NO_AVX512=1` keeps AVX2 throughout.
 
-use super::act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
+use super::act::{quantize_q8, quantize_q8k, quantize_q8k_4x8, BlockQ8, BlockQ8K};
 use super::{dequantize_row, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0, GgmlType};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -69,10 +71,13 @@ impl QTensor {
     pub fn ty(&self) -> GgmlType { self.ty }
     pub fn bytes(&self) -> &[u8] { &self.data }
 
-    fn act(&self, x: &[f32]) -> Act {
+    /// Input row `i` of `n` in its activation format. llama.cpp's repacked Q4_K quantises the
+    /// rows it multiplies four at a time (all but the last n mod 4) with its 4x8 quantiser.
+    fn act(&self, x: &[f32], i: usize, n: usize, path: X86Path) -> Act {
         match self.ty {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Act::F32(x.to_vec()),
             GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 => Act::Q8(quantize_q8(x)),
+            GgmlType::Q4_K if path == X86Path::Repack && i < n - n % 4 => Act::Q8K(quantize_q8k_4x8(x)),
             GgmlType::Q4_K | GgmlType::Q6_K => Act::Q8K(quantize_q8k(x)),
         }
     }
@@ -81,17 +86,23 @@ impl QTensor {
     pub fn matmul_with(&self, x: &[f32], n: usize, y: &mut [f32], level: Level) {
         let (k, m) = (self.cols, self.rows);
         assert!(x.len() >= n * k && y.len() >= n * m);
-        let acts: Vec<Act> = if n == 1 { vec![self.act(&x[..k])] } else { x[..n * k].par_chunks(k.max(1)).map(|r| self.act(r)).collect() };
+        let path = if matches!(level, Level::Avx2 | Level::Avx512) { X86Path::of(self.ty, m, n) } else { X86Path::VecDot };
+        let acts: Vec<Act> = if n == 1 {
+            vec![self.act(&x[..k], 0, 1, path)]
+        } else {
+            x[..n * k].par_chunks(k.max(1)).enumerate().map(|(i, r)| self.act(r, i, n, path)).collect()
+        };
         // Blocks of output rows; each reads its weight rows once for all n inputs. For a few
-        // inputs (decode), large blocks: four per thread, so that the AVX-512 kernels' R
-        // streams are long; for more, 32 rows.
-        let block = if n <= 4 { m.div_ceil(rayon::current_num_threads()).max(32) } else { 32 };
+        // inputs (decode), large blocks: one per thread, so that the AVX-512 kernels' R
+        // streams are long; for more, 32 rows. A multiple of 8 either way, so the AVX2
+        // repacked/tiled kernels take their eight rows at once throughout.
+        let block = if n <= 4 { m.div_ceil(rayon::current_num_threads()).max(32).next_multiple_of(8) } else { 32 };
         let run = |yt: &mut [f32]| {
             yt.par_chunks_mut(block * n).enumerate().for_each(|(bi, yb)| {
                 let r0 = bi * block;
                 let rows = yb.len() / n;
                 let w = &self.data[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
-                dot_rows(level, self.ty, w, self.row_bytes, &acts, yb);
+                dot_rows(level, path, self.ty, w, self.row_bytes, &acts, yb);
             })
         };
         if n == 1 {
@@ -170,6 +181,29 @@ impl Level {
     }
 }
 
+/// Which of llama.cpp's x86 CPU code paths a matmul takes, i.e. in which float order the AVX2
+/// kernels sum (docs/GGUF.md "Parity"). `ggml_compute_forward_mul_mat` on this build: weights
+/// in the CPU_REPACK buffer (Q4_0 and Q4_K with a multiple of 8 output rows) run the repacked
+/// GEMV/GEMM; otherwise Q6_K (and the other K-quants) with ≥ 8 input rows run the tiled
+/// K-quant matmul; Q8_0/Q4_0/Q5_0 with ≥ 2 rows run llamafile's tinyBLAS, whose order per output
+/// is `ggml_vec_dot`'s; everything else runs `ggml_vec_dot_*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum X86Path {
+    VecDot,
+    Repack,
+    Tiled,
+}
+
+impl X86Path {
+    fn of(ty: GgmlType, rows: usize, n: usize) -> X86Path {
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_K if rows % 8 == 0 => X86Path::Repack,
+            GgmlType::Q4_K | GgmlType::Q6_K if n >= 8 => X86Path::Tiled,
+            _ => X86Path::VecDot,
+        }
+    }
+}
+
 /// The AVX-512 features `avx512.rs` uses (with AVX2, FMA and F16C).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn avx512_detected() -> bool {
@@ -178,15 +212,20 @@ pub(crate) fn avx512_detected() -> bool {
 }
 
 /// out (rows × n): dot products of each weight row with each activation row.
-fn dot_rows(level: Level, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+fn dot_rows(level: Level, path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     match level {
         // SAFETY: Level::Avx2 is only chosen after run-time feature detection.
-        Level::Avx2 => return unsafe { dot_rows_avx2(ty, w, rb, acts, out) },
+        Level::Avx2 => return unsafe { dot_rows_avx2(path, ty, w, rb, acts, out) },
         // SAFETY: checked again here (cached by std), as tests may pin the level.
-        Level::Avx512 if avx512_detected() => return unsafe { dot_rows_avx512(ty, w, rb, acts, out) },
+        Level::Avx512 if avx512_detected() => {
+            return unsafe {
+                if avx512_same_order(ty, path) { dot_rows_avx512(ty, w, rb, acts, out) } else { dot_rows_avx2(path, ty, w, rb, acts, out) }
+            }
+        }
         _ => {}
     }
+    let _ = path;
     #[cfg(target_arch = "aarch64")]
     match level {
         // SAFETY: NEON is baseline on aarch64; sdot only where the CPU has it (a cached check).
@@ -196,6 +235,18 @@ fn dot_rows(level: Level, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: 
     }
     let _ = level;
     dot_rows_generic(ty, w, rb, acts, out)
+}
+
+/// Whether `avx512.rs`'s kernels sum (ty, path) in the float order that `dot_rows_avx2` uses
+/// for it, i.e. llama.cpp's: the AVX-512 kernels follow the `ggml_vec_dot_*` orders of Q8_0,
+/// Q4_0, Q4_1, Q5_0 and Q4_K only. llama.cpp's repacked (Q4_0, Q4_K) and tiled (Q4_K, Q6_K)
+/// paths sum in other orders, and its Q6_K vec_dot subtracts 32·Σ sc·Σa from the integer lanes
+/// before the FMA where `avx512::dot_q6_k` subtracts it in float: those run the AVX2 kernels
+/// (`X86Path` says which path a matmul takes), so that Level::Avx512 stays bit-identical to
+/// llama.cpp too.
+#[cfg(target_arch = "x86_64")]
+fn avx512_same_order(ty: GgmlType, path: X86Path) -> bool {
+    path == X86Path::VecDot && matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K)
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -227,13 +278,49 @@ unsafe fn dot_rows_neon<const DOT: bool>(ty: GgmlType, w: &[u8], rb: usize, acts
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_avx2(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+unsafe fn dot_rows_avx2(path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
     use super::avx2;
     let n = acts.len();
-    for (j, wr) in w.chunks_exact(rb).enumerate() {
+    // The repacked GEMM takes the input rows four at a time, the GEMV the last n mod 4.
+    let gemm_rows = n - n % 4;
+    let rows = w.len() / rb;
+    // Repacked and tiled orders: eight weight rows at once (the same per-row operations).
+    let mut j0 = 0;
+    if path != X86Path::VecDot {
+        while j0 + 8 <= rows {
+            let w8 = &w[j0 * rb..(j0 + 8) * rb];
+            for (i, a) in acts.iter().enumerate() {
+                let o = match (ty, a) {
+                    (GgmlType::Q4_0, Act::Q8(a)) => avx2::dot8_q4_0_repack(w8, rb, a),
+                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && i < gemm_rows => avx2::dot8_q4_k_repack::<true>(w8, rb, a),
+                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack => avx2::dot8_q4_k_repack::<false>(w8, rb, a),
+                    (GgmlType::Q4_K, Act::Q8K(a)) => avx2::dot8_q4_k_tiled(w8, rb, a),
+                    (GgmlType::Q6_K, Act::Q8K(a)) => avx2::dot8_q6_k_tiled(w8, rb, a),
+                    _ => unreachable!("X86Path::of picks repack/tiled only for these"),
+                };
+                for (r, v) in o.iter().enumerate() { out[(j0 + r) * n + i] = *v; }
+            }
+            j0 += 8;
+        }
+    } else if ty == GgmlType::Q5_0 {
+        while j0 + 2 <= rows {
+            for (i, a) in acts.iter().enumerate() {
+                let Act::Q8(a) = a else { unreachable!("Q5_0 pairs with Q8_0 activations") };
+                let o = avx2::dot2_q5_0(&w[j0 * rb..(j0 + 2) * rb], rb, a);
+                (out[j0 * n + i], out[(j0 + 1) * n + i]) = (o[0], o[1]);
+            }
+            j0 += 2;
+        }
+    }
+    for (j, wr) in w.chunks_exact(rb).enumerate().skip(j0) {
         for (i, a) in acts.iter().enumerate() {
             out[j * n + i] = match (ty, a) {
                 (GgmlType::Q8_0, Act::Q8(a)) => avx2::dot_q8_0(wr, a),
+                (GgmlType::Q4_0, Act::Q8(a)) if path == X86Path::Repack => avx2::dot_q4_0_repack(wr, a),
+                (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && i < gemm_rows => avx2::dot_q4_k_repack_gemm(wr, a),
+                (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack => avx2::dot_q4_k_repack(wr, a),
+                (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Tiled => avx2::dot_q4_k_tiled(wr, a),
+                (GgmlType::Q6_K, Act::Q8K(a)) if path == X86Path::Tiled => avx2::dot_q6_k_tiled(wr, a),
                 (GgmlType::Q4_0, Act::Q8(a)) => avx2::dot_q4_0(wr, a),
                 (GgmlType::Q4_1, Act::Q8(a)) => avx2::dot_q4_1(wr, a),
                 (GgmlType::Q5_0, Act::Q8(a)) => avx2::dot_q5_0(wr, a),

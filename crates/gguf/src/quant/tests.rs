@@ -118,6 +118,54 @@ fn quantised_matmul_matches_dequantised_f32_and_simd_matches_scalar() {
     }
 }
 
+/// The SIMD kernels against the scalar ones on the shapes that select llama.cpp's other x86
+/// paths (`X86Path`): 40 output rows (a multiple of 8: repacked Q4_0/Q4_K, GEMM for the first
+/// 8 input rows with the 4x8 Q8_K quantiser, GEMV for the 9th), ≥ 8 input rows (tiled Q6_K, and
+/// Q4_K where the rows are not a multiple of 8), and one input row.
+#[test]
+fn simd_matches_scalar_on_every_llama_cpp_path() {
+    let cols = 512;
+    for (rows, n) in [(40, 9), (37, 9), (40, 1), (40, 4)] {
+        let w = rand(rows * cols, 5);
+        let x = rand(n * cols, 6);
+        for ty in GgmlType::ALL {
+            let q = QTensor::quantize(ty, &w, rows, cols).unwrap();
+            let mut y = vec![0f32; n * rows];
+            q.matmul_with(&x, n, &mut y, Level::Scalar);
+            let mut per_level = Vec::new();
+            for level in simd_levels() {
+                let mut ys = vec![0f32; n * rows];
+                q.matmul_with(&x, n, &mut ys, level);
+                for (a, b) in y.iter().zip(&ys) {
+                    assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{} [{rows}x{cols}]·{n}: SIMD {level:?} gives {b}, scalar {a}", ty.name());
+                }
+                per_level.push((level, ys));
+            }
+            // Level::Avx512 runs AVX-512 kernels only where their order is AVX2's, AVX2's
+            // kernels elsewhere: bit-identical on every path.
+            if let [(Level::Avx2, a), (Level::Avx512, b)] = &per_level[..] {
+                for (u, v) in a.iter().zip(b) { assert_eq!(u.to_bits(), v.to_bits(), "{} [{rows}x{cols}]·{n}: AVX2 {u:e}, AVX-512 {v:e}", ty.name()); }
+            }
+        }
+    }
+}
+
+/// llama.cpp's 4x8 Q8_K quantiser differs from `quantize_row_q8_K_ref` only in the sign it picks
+/// when +amax and −amax both occur: the same products d·q either way.
+#[test]
+fn q8k_4x8_quantiser_differs_only_in_the_sign_of_a_tie() {
+    let mut x = rand(512, 7);
+    let (a, b) = (act::quantize_q8k(&x), act::quantize_q8k_4x8(&x));
+    assert!(a.iter().zip(&b).all(|(a, b)| a.d == b.d && a.qs == b.qs && a.bsums == b.bsums));
+    x[0] = -3.0;
+    x[5] = 3.0;
+    let (a, b) = (act::quantize_q8k(&x), act::quantize_q8k_4x8(&x));
+    assert_eq!((a[0].qs[0], a[0].qs[5], b[0].qs[0], b[0].qs[5]), (-127, 127, 127, -127));
+    assert_eq!(a[0].d, -b[0].d);
+    assert!(a[0].qs.iter().zip(&b[0].qs).all(|(p, q)| *p == -*q));
+    assert!(a[1].qs == b[1].qs && a[1].d == b[1].d);
+}
+
 /// The SIMD levels this CPU can run (both NEON variants where it has dotprod), and the one
 /// `Level::detect` picks.
 fn simd_levels() -> Vec<Level> {
@@ -368,9 +416,15 @@ mod x86_kernels {
 
     fn have_avx2() -> bool { is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") }
 
-    /// Each AVX-512 kernel, four rows per pass and one, against the AVX2 kernel bit for bit (the
-    /// same float operations in the same order) and against the scalar kernel (relative 1e-5),
-    /// on random block bytes and activations (full-range random Q8_K bytes), 1 to 17 blocks.
+    /// Where the AVX-512 kernel sums in the order of the AVX2 vec_dot kernel (`qtensor`'s
+    /// `avx512_same_order`: all but Q6_K, whose AVX2 vec_dot now subtracts its −32 offset from the
+    /// integer lanes as llama.cpp does; Level::Avx512 runs AVX2's dot_q6_k for it).
+    fn same_order(ty: GgmlType) -> bool { ty != GgmlType::Q6_K }
+
+    /// Each AVX-512 kernel, four rows per pass and one, against the AVX2 vec_dot kernel bit for
+    /// bit where the float orders are the same (`same_order`), and against the scalar kernel
+    /// (relative 1e-5), on random block bytes and activations (full-range random Q8_K bytes),
+    /// 1 to 17 blocks.
     #[test]
     fn avx512_kernels_match_avx2_bit_for_bit_and_scalar() {
         if !have_avx2() || !avx512_detected() {
@@ -378,7 +432,7 @@ mod x86_kernels {
             return;
         }
         let mut r = smelt_core::rng::Rng::new(12);
-        let mut n_dots = 0;
+        let (mut n_dots, mut n_bits) = (0, 0);
         for ty in TYPES {
             for nb in [1, 2, 3, 8, 17] {
                 for _ in 0..20 {
@@ -400,8 +454,13 @@ mod x86_kernels {
                         let [one] = avx512_dots::<1>(ty, row, row.len(), &a8, &ak);
                         let want = avx2_dot(ty, row, &a8, &ak);
                         let scalar = scalar_dot(ty, row, &a8, &ak);
-                        assert_eq!(four[j].to_bits(), want.to_bits(), "{} × {nb} blocks, row {j} of 4: AVX-512 {:e}, AVX2 {want:e}", ty.name(), four[j]);
-                        assert_eq!(one.to_bits(), want.to_bits(), "{} × {nb} blocks, one row: AVX-512 {one:e}, AVX2 {want:e}", ty.name());
+                        if same_order(ty) {
+                            assert_eq!(four[j].to_bits(), want.to_bits(), "{} × {nb} blocks, row {j} of 4: AVX-512 {:e}, AVX2 {want:e}", ty.name(), four[j]);
+                            assert_eq!(one.to_bits(), want.to_bits(), "{} × {nb} blocks, one row: AVX-512 {one:e}, AVX2 {want:e}", ty.name());
+                            n_bits += 1;
+                        } else {
+                            assert_eq!(four[j].to_bits(), one.to_bits(), "{} × {nb} blocks, row {j}: four rows per pass {:e}, one {one:e}", ty.name(), four[j]);
+                        }
                         // Relative to Σ|w·a| as well: the K-quants subtract two large sums
                         // (Q6_K's −32 offset, Q4_K's mins), so the result can be far smaller
                         // than the terms whose rounding it carries.
@@ -416,6 +475,53 @@ mod x86_kernels {
                 }
             }
         }
-        eprintln!("{n_dots} AVX-512 dot products bit-identical to AVX2 and within 1e-5 of scalar");
+        eprintln!("{n_dots} AVX-512 dot products within 1e-5 of scalar, {n_bits} of them bit-identical to AVX2 (the types of the same order)");
+    }
+}
+
+#[test]
+fn imatrix_quantize_matches_llama_cpp_byte_for_byte() {
+    // tests/data/imatrix_golden.gguf: llama.cpp's own ggml_quantize_chunk with an imatrix
+    // (scripts/gguf_imatrix_goldens.py), on rows of 512 and 576 columns.
+    let g = GgufFile::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/imatrix_golden.gguf")).unwrap();
+    let mut checked = 0;
+    for cols in [512usize, 576] {
+        let src = f32s(&g, &format!("src.{cols}"));
+        let w = f32s(&g, &format!("imatrix.{cols}"));
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+            let Some(t) = g.tensor(&format!("q.{}.{cols}", ty.name().to_uppercase())) else { continue };
+            let (got_ty, want) = g.tensor_bytes(t).unwrap();
+            assert_eq!(got_ty, ty);
+            let got = quantize_with(ty, &src, cols, Some(&w)).unwrap();
+            assert_eq!(got.len(), want.len());
+            let rb = ty.row_bytes(cols).unwrap();
+            let bad: Vec<usize> = (0..got.len() / rb).filter(|&r| got[r * rb..(r + 1) * rb] != want[r * rb..(r + 1) * rb]).collect();
+            assert!(bad.is_empty(), "{} at {cols} columns: rows {bad:?} differ from llama.cpp", ty.name());
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 10);
+    // The weights change the result (else the test would not test them), except for Q8_0.
+    let src = f32s(&g, "src.512");
+    let w = f32s(&g, "imatrix.512");
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        assert_ne!(quantize_with(ty, &src, 512, Some(&w)).unwrap(), quantize(ty, &src, 512).unwrap(), "{}", ty.name());
+    }
+}
+
+#[test]
+fn imatrix_quantisers_lower_the_weighted_error() {
+    // On Gaussian rows, weighting a few columns heavily must lower the error on those columns.
+    let (rows, cols) = (16, 512);
+    let x = rand(rows * cols, 7);
+    let mut w = vec![1f32; cols];
+    for c in (0..cols).step_by(7) { w[c] = 100.0; }
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        let err = |q: &[u8]| {
+            let y = dequantize(ty, q, x.len()).unwrap();
+            x.iter().zip(&y).enumerate().map(|(i, (a, b))| (w[i % cols] * (a - b) * (a - b)) as f64).sum::<f64>()
+        };
+        let (plain, weighted) = (err(&quantize(ty, &x, cols).unwrap()), err(&quantize_with(ty, &x, cols, Some(&w)).unwrap()));
+        assert!(weighted < plain, "{}: weighted error {weighted} not below the reference quantiser's {plain}", ty.name());
     }
 }
