@@ -55,6 +55,72 @@ fma_dispatch! {
 }
 
 fma_dispatch! {
+    /// out[t] = `dot_f32`(column t of V, p) for the `rows` rows v_j = v[j·stride..][..out.len()],
+    /// without transposing V: the same lanes (element j in accumulator (j%64)/16, lane j%16, one
+    /// FMA each, in order of j), each lane a vector over t. `p` may be longer (padding: its rows
+    /// are zeros with p = 0, which add exact zeros to accumulators that are never −0, so they are
+    /// skipped). `acc` is scratch (64 · out.len()).
+    pub fn dot_f32_columns(out: &mut [f32], v: &[f32], stride: usize, rows: usize, p: &[f32], acc: &mut Vec<f32>) -> () = dot_f32_columns_body;
+}
+
+fma_dispatch! {
+    /// out[t] = `dot_f32_tinyblas`(column t of V, p[..]) for the `rows` rows as in
+    /// `dot_f32_columns` (one accumulator: element j in lane j%16); `rows` must be the number of
+    /// real rows within the 16-padded length tinyBLAS would see.
+    pub fn dot_f32_tinyblas_columns(out: &mut [f32], v: &[f32], stride: usize, rows: usize, p: &[f32], acc: &mut Vec<f32>) -> () = dot_f32_tinyblas_columns_body;
+}
+
+/// acc[e·d..][..d] += v_j · p_j for j < rows, e = j % lanes.
+#[inline(always)]
+fn columns_acc(acc: &mut Vec<f32>, lanes: usize, d: usize, v: &[f32], stride: usize, rows: usize, p: &[f32]) {
+    acc.clear();
+    acc.resize(lanes * d, 0.0);
+    for j in 0..rows {
+        let e = j % lanes;
+        let (a, vr, pj) = (&mut acc[e * d..(e + 1) * d], &v[j * stride..][..d], p[j]);
+        for t in 0..d { a[t] = vr[t].mul_add(pj, a[t]); }
+    }
+}
+
+/// `reduce16` of (r[l][t], l = 0..16) for every t, r[l] = r[l·d..][..d] (overwritten).
+#[inline(always)]
+fn reduce16_columns(out: &mut [f32], r: &mut [f32]) {
+    let d = out.len();
+    // dst[t] = dst[t] + src[t] for rows dst < src: `reduce16`'s steps, a vector over t.
+    let add = |r: &mut [f32], dst: usize, src: usize| {
+        let (lo, hi) = r.split_at_mut(src * d);
+        for (x, &y) in lo[dst * d..][..d].iter_mut().zip(&hi[..d]) { *x += y; }
+    };
+    for i in 0..8 { add(r, i, i + 8); }
+    for i in 0..4 { add(r, i, i + 4); }
+    let (r0, r1, r2, r3) = (&r[..d], &r[d..2 * d], &r[2 * d..3 * d], &r[3 * d..4 * d]);
+    for t in 0..d { out[t] = (r0[t] + r2[t]) + (r1[t] + r3[t]); }
+}
+
+#[inline(always)]
+fn dot_f32_columns_body(out: &mut [f32], v: &[f32], stride: usize, rows: usize, p: &[f32], acc: &mut Vec<f32>) {
+    let d = out.len();
+    assert!(rows <= p.len() && p.len().is_multiple_of(64), "dot_f32_columns: {rows} rows, p of {}", p.len());
+    columns_acc(acc, 64, d, v, stride, rows, p);
+    // (a0 + a2) + (a1 + a3) per lane l, accumulator k holding elements 16k + l of each step,
+    // into rows 0..16.
+    let (lo, hi) = acc.split_at_mut(16 * d);
+    for l in 0..16 {
+        let (a1, a2, a3) = (&hi[l * d..][..d], &hi[(16 + l) * d..][..d], &hi[(32 + l) * d..][..d]);
+        for (t, a0) in lo[l * d..][..d].iter_mut().enumerate() { *a0 = (*a0 + a2[t]) + (a1[t] + a3[t]); }
+    }
+    reduce16_columns(out, &mut acc[..16 * d]);
+}
+
+#[inline(always)]
+fn dot_f32_tinyblas_columns_body(out: &mut [f32], v: &[f32], stride: usize, rows: usize, p: &[f32], acc: &mut Vec<f32>) {
+    let d = out.len();
+    assert!(rows <= p.len(), "dot_f32_tinyblas_columns: {rows} rows, p of {}", p.len());
+    columns_acc(acc, 16, d, v, stride, rows, p);
+    reduce16_columns(out, acc);
+}
+
+fma_dispatch! {
     /// `ggml_vec_soft_max_f32` (AVX-512): y = expf(x − max) per element, and the sum,
     /// accumulated in f64 one 16-element chunk at a time (each chunk `reduce16`ed in f32). The
     /// caller pads the row with −∞ to a multiple of 16, as llama.cpp's KV cache is padded and
@@ -187,5 +253,30 @@ mod tests {
         let want: f64 = x.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
         assert!((dot_f32(&x, &y) as f64 - want).abs() < 1e-3);
         assert!((dot_f32_tinyblas(&x[..192], &y[..192]) as f64 - x[..192].iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()).abs() < 1e-3);
+    }
+
+    /// The column forms give `dot_f32` / `dot_f32_tinyblas` of the transposed, zero-padded
+    /// columns bit for bit (what attention computed before it stopped transposing V).
+    #[test]
+    fn column_dots_equal_dots_of_transposed_columns() {
+        let mut rng = crate::rng::Rng::new(5);
+        for (rows, d, stride) in [(1usize, 64usize, 64usize), (37, 64, 192), (64, 8, 8), (150, 64, 128), (200, 16, 48)] {
+            let v: Vec<f32> = (0..rows * stride).map(|_| rng.normal() as f32).collect();
+            let mut acc = Vec::new();
+            for pad in [64, 16] {
+                let n = rows.div_ceil(pad) * pad;
+                // Probabilities with zeros (a window) and padding zeros.
+                let p: Vec<f32> = (0..n).map(|j| if j < rows && j % 7 != 3 { rng.uniform() as f32 } else { 0.0 }).collect();
+                let col = |t: usize| -> Vec<f32> { (0..n).map(|j| if j < rows { v[j * stride + t] } else { 0.0 }).collect() };
+                let mut got = vec![0f32; d];
+                if pad == 64 {
+                    dot_f32_columns(&mut got, &v, stride, rows, &p, &mut acc);
+                    for t in 0..d { assert_eq!(got[t].to_bits(), dot_f32(&col(t), &p).to_bits(), "rows {rows} d {d} t {t}"); }
+                } else {
+                    dot_f32_tinyblas_columns(&mut got, &v, stride, rows, &p, &mut acc);
+                    for t in 0..d { assert_eq!(got[t].to_bits(), dot_f32_tinyblas(&col(t), &p).to_bits(), "tinyblas rows {rows} d {d} t {t}"); }
+                }
+            }
+        }
     }
 }

@@ -26,7 +26,7 @@ pub struct BlockQ8K {
 /// Q8_0 / Q8_1 blocks of a row (len a multiple of 32).
 pub fn quantize_q8(x: &[f32]) -> Vec<BlockQ8> {
     #[cfg(target_arch = "x86_64")]
-    if super::qtensor::Level::detect() == super::qtensor::Level::Avx2 {
+    if matches!(super::qtensor::Level::detect(), super::qtensor::Level::Avx2 | super::qtensor::Level::Avx512) {
         // SAFETY: checked by run-time detection. Same code, rounding done by `vroundps`.
         return unsafe { quantize_q8_avx2(x) };
     }
@@ -73,16 +73,40 @@ pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> { quantize_q8k_with(x, false) }
 pub fn quantize_q8k_4x8(x: &[f32]) -> Vec<BlockQ8K> { quantize_q8k_with(x, true) }
 
 fn quantize_q8k_with(x: &[f32], positive_wins: bool) -> Vec<BlockQ8K> {
-    x.chunks_exact(256).map(|b| {
+    #[cfg(target_arch = "x86_64")]
+    if super::qtensor::Level::detect() != super::qtensor::Level::Scalar {
+        // SAFETY: checked by run-time detection. Same code, rounding by `vroundss` instead of
+        // a libm `rintf` call.
+        return unsafe { quantize_q8k_sse41(x, positive_wins) };
+    }
+    quantize_q8k_generic(x, positive_wins)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,sse4.1")]
+unsafe fn quantize_q8k_sse41(x: &[f32], positive_wins: bool) -> Vec<BlockQ8K> {
+    quantize_q8k_generic(x, positive_wins)
+}
+
+#[inline(always)]
+fn quantize_q8k_generic(x: &[f32], positive_wins: bool) -> Vec<BlockQ8K> {
+    // Plain loops (a closure would not inherit the caller's target features).
+    let mut out = Vec::with_capacity(x.len() / 256);
+    for b in x.chunks_exact(256) {
         let (mut amax, mut max) = (0f32, 0f32);
         for &v in b { if v.abs() > amax { amax = v.abs(); max = v; } }
         let mut blk = BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] };
-        if amax == 0.0 { return blk; }
+        if amax == 0.0 { out.push(blk); continue; }
         if positive_wins && b.contains(&amax) { max = amax; }
         let iscale = -127.0 / max;
-        for (q, &v) in blk.qs.iter_mut().zip(b) { *q = nearest_int(iscale * v).min(127) as i8; }
-        for (s, c) in blk.bsums.iter_mut().zip(blk.qs.chunks_exact(16)) { *s = c.iter().map(|&q| q as i16).sum(); }
+        for j in 0..256 { blk.qs[j] = nearest_int(iscale * b[j]).min(127) as i8; }
+        for s in 0..16 {
+            let mut t = 0i16;
+            for j in 0..16 { t += blk.qs[16 * s + j] as i16; }
+            blk.bsums[s] = t;
+        }
         blk.d = 1.0 / iscale;
-        blk
-    }).collect()
+        out.push(blk);
+    }
+    out
 }

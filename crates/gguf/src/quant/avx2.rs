@@ -1,17 +1,35 @@
 //! AVX2 dot products of quantised weight rows against 8-bit activation rows, the same integer
 //! arithmetic as the scalar kernels (llama.cpp's x86 approach: `maddubs` of unsigned weight
-//! values with signed activations, `madd` with the block scales), only summed in a different
-//! float order. Chosen at run time by `Level::detect`; the scalar kernels remain the reference.
+//! values with signed activations, `madd` with the block scales), summed in llama.cpp's float
+//! order (one 8-lane accumulator per row, one FMA per block, then `hsum_float_8`). Chosen at run time by `Level::detect`; the scalar kernels remain the reference.
 
 use super::act::{BlockQ8, BlockQ8K};
 use super::q4_k::scale_min;
 use std::arch::x86_64::*;
 
+/// The f16 at `p`. `vmovd` from a general register, in assembly: from `_mm_cvtsi32_si128`
+/// LLVM emits `vpinsrw` into whatever register is free, often the loop's accumulator, which
+/// puts the scale on the FMA chain (a false dependency that made every 32-block loop about
+/// 3× slower than llama.cpp's, which loads its scales through a table).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16(p: *const u8) -> f32 {
-    let h = (p as *const u16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h as i32)))
+    let h = (p as *const u16).read_unaligned() as u32;
+    let v: __m128;
+    std::arch::asm!("vmovd {v}, {h:e}", "vcvtph2ps {v}, {v}", h = in(reg) h, v = out(xmm_reg) v,
+                    options(pure, nomem, nostack, preserves_flags));
+    _mm_cvtss_f32(v)
+}
+
+/// The two f16 at `p` (Q4_1's d and m) in lanes 0 and 1, as `f16` does it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16x2(p: *const u8) -> __m128 {
+    let h = (p as *const u32).read_unaligned();
+    let v: __m128;
+    std::arch::asm!("vmovd {v}, {h:e}", "vcvtph2ps {v}, {v}", h = in(reg) h, v = out(xmm_reg) v,
+                    options(pure, nomem, nostack, preserves_flags));
+    v
 }
 
 #[inline]
@@ -108,7 +126,7 @@ pub unsafe fn dot_q4_1(w: &[u8], a: &[BlockQ8]) -> f32 {
     for (i, ab) in a.iter().enumerate() {
         let b = w.as_ptr().add(i * super::q4_1::BYTES);
         // d and m in one conversion.
-        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((b as *const i32).read_unaligned()));
+        let dm = f16x2(b);
         let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
         mins += m * ab.s;
         let q = _mm256_cvtepi32_ps(dot_u8_i8(nibbles(b.add(4)), load(ab.qs.as_ptr())));

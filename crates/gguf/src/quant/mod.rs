@@ -17,6 +17,8 @@
 pub mod act;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod float;
 #[cfg(target_arch = "aarch64")]
 mod neon;

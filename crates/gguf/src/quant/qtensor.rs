@@ -9,8 +9,11 @@
 //! they run NEON kernels (`neon.rs`), with the dotprod extension's `sdot` where
 //! `is_aarch64_feature_detected!("dotprod")` finds it (`SMELT_NO_DOTPROD=1` keeps plain NEON).
 //! Everything else, and every other CPU, runs the scalar kernels, which are the reference the
-//! tests compare against (`SMELT_NO_SIMD=1` forces them everywhere). AVX-512 kernels are not
-//! written yet.
+//! tests compare against (`SMELT_NO_SIMD=1` forces them everywhere). Where the CPU also has
+//! AVX-512 F/BW/VL and VNNI, the vec_dot-path dots of Q8_0/Q4_0/Q4_1/Q5_0/Q4_K run
+//! `avx512.rs`'s kernels (four weight rows per pass for the 32-element blocks, `vpdpbusd`,
+//! 512-bit K-quant unpacking), bit-identical to the AVX2 ones; the repacked and tiled paths and
+//! Q6_K keep the AVX2 kernels (`avx512_same_order`); `SMELT_NO_AVX512=1` keeps AVX2 throughout.
 
 use super::act::{quantize_q8, quantize_q8k, quantize_q8k_4x8, BlockQ8, BlockQ8K};
 use super::{dequantize_row, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0, GgmlType};
@@ -83,17 +86,31 @@ impl QTensor {
     pub fn matmul_with(&self, x: &[f32], n: usize, y: &mut [f32], level: Level) {
         let (k, m) = (self.cols, self.rows);
         assert!(x.len() >= n * k && y.len() >= n * m);
-        let path = if level == Level::Avx2 { X86Path::of(self.ty, m, n) } else { X86Path::VecDot };
-        let acts: Vec<Act> = x[..n * k].par_chunks(k.max(1)).enumerate().map(|(i, r)| self.act(r, i, n, path)).collect();
-        // Blocks of output rows; each reads its weight rows once for all n inputs.
-        const BLOCK: usize = 32;
+        let path = if matches!(level, Level::Avx2 | Level::Avx512) { X86Path::of(self.ty, m, n) } else { X86Path::VecDot };
+        let acts: Vec<Act> = if n == 1 {
+            vec![self.act(&x[..k], 0, 1, path)]
+        } else {
+            x[..n * k].par_chunks(k.max(1)).enumerate().map(|(i, r)| self.act(r, i, n, path)).collect()
+        };
+        // Blocks of output rows; each reads its weight rows once for all n inputs. For a few
+        // inputs (decode), large blocks: one per thread, so that the AVX-512 kernels' R
+        // streams are long; for more, 32 rows. A multiple of 8 either way, so the AVX2
+        // repacked/tiled kernels take their eight rows at once throughout.
+        let block = if n <= 4 { m.div_ceil(rayon::current_num_threads()).max(32).next_multiple_of(8) } else { 32 };
+        let run = |yt: &mut [f32]| {
+            yt.par_chunks_mut(block * n).enumerate().for_each(|(bi, yb)| {
+                let r0 = bi * block;
+                let rows = yb.len() / n;
+                let w = &self.data[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
+                dot_rows(level, path, self.ty, w, self.row_bytes, &acts, yb);
+            })
+        };
+        if n == 1 {
+            // One input: rows × 1 is already y's layout.
+            return run(&mut y[..m]);
+        }
         let mut yt = vec![0f32; m * n];
-        yt.par_chunks_mut(BLOCK * n).enumerate().for_each(|(bi, yb)| {
-            let r0 = bi * BLOCK;
-            let rows = yb.len() / n;
-            let w = &self.data[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
-            dot_rows(level, path, self.ty, w, self.row_bytes, &acts, yb);
-        });
+        run(&mut yt);
         for j in 0..m {
             for i in 0..n { y[i * m + j] = yt[j * n + i]; }
         }
@@ -119,6 +136,8 @@ pub enum Level {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C.
     Avx2,
+    /// x86-64 with AVX2/FMA/F16C and AVX-512 F, BW, VL and VNNI (`SMELT_NO_AVX512=1` keeps `Avx2`).
+    Avx512,
     /// aarch64, plain NEON (baseline on every aarch64 CPU).
     Neon,
     /// aarch64 NEON with the dotprod extension (`sdot`).
@@ -134,10 +153,12 @@ impl Level {
             return *L.get_or_init(|| {
                 if std::env::var_os("SMELT_NO_SIMD").is_some() {
                     Level::Scalar
-                } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-                    Level::Avx2
-                } else {
+                } else if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
                     Level::Scalar
+                } else if std::env::var_os("SMELT_NO_AVX512").is_none() && avx512_detected() {
+                    Level::Avx512
+                } else {
+                    Level::Avx2
                 }
             });
         }
@@ -183,12 +204,26 @@ impl X86Path {
     }
 }
 
+/// The AVX-512 features `avx512.rs` uses (with AVX2, FMA and F16C).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx512_detected() -> bool {
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
 /// out (rows × n): dot products of each weight row with each activation row.
 fn dot_rows(level: Level, path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx2 {
+    match level {
         // SAFETY: Level::Avx2 is only chosen after run-time feature detection.
-        return unsafe { dot_rows_avx2(path, ty, w, rb, acts, out) };
+        Level::Avx2 => return unsafe { dot_rows_avx2(path, ty, w, rb, acts, out) },
+        // SAFETY: checked again here (cached by std), as tests may pin the level.
+        Level::Avx512 if avx512_detected() => {
+            return unsafe {
+                if avx512_same_order(ty, path) { dot_rows_avx512(ty, w, rb, acts, out) } else { dot_rows_avx2(path, ty, w, rb, acts, out) }
+            }
+        }
+        _ => {}
     }
     let _ = path;
     #[cfg(target_arch = "aarch64")]
@@ -200,6 +235,18 @@ fn dot_rows(level: Level, path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts
     }
     let _ = level;
     dot_rows_generic(ty, w, rb, acts, out)
+}
+
+/// Whether `avx512.rs`'s kernels sum (ty, path) in the float order that `dot_rows_avx2` uses
+/// for it, i.e. llama.cpp's: the AVX-512 kernels follow the `ggml_vec_dot_*` orders of Q8_0,
+/// Q4_0, Q4_1, Q5_0 and Q4_K only. llama.cpp's repacked (Q4_0, Q4_K) and tiled (Q4_K, Q6_K)
+/// paths sum in other orders, and its Q6_K vec_dot subtracts 32·Σ sc·Σa from the integer lanes
+/// before the FMA where `avx512::dot_q6_k` subtracts it in float: those run the AVX2 kernels
+/// (`X86Path` says which path a matmul takes), so that Level::Avx512 stays bit-identical to
+/// llama.cpp too.
+#[cfg(target_arch = "x86_64")]
+fn avx512_same_order(ty: GgmlType, path: X86Path) -> bool {
+    path == X86Path::VecDot && matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K)
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -283,6 +330,54 @@ unsafe fn dot_rows_avx2(path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts: 
             };
         }
     }
+}
+
+/// Weight rows taken `R` at a time, each against every activation row: the chunk is cut into R
+/// equal runs of rows and pass p takes row p of each run, so the weights are read as R
+/// sequential streams (rows next to each other in one pass would make R streams that jump
+/// ahead after every pass, which the hardware prefetcher does not follow: 4× slower from
+/// memory). Leftover rows go one at a time. Per row the arithmetic does not depend on R.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_rows_avx512(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    const R: usize = 4;
+    let n = acts.len();
+    let rows = w.len() / rb.max(1);
+    // The K-quants have one FMA per 256 elements, so nothing to hide, and read as four streams
+    // Q4_K is slower from memory (9-14 GB/s against 22 in one stream): rows in order.
+    let run = if matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) { 0 } else { rows / R };
+    for p in 0..run {
+        let wr = &w[p * rb..];
+        for (i, a) in acts.iter().enumerate() {
+            match dots_avx512::<R>(ty, wr, run * rb, a) {
+                Some(d) => for (r, v) in d.into_iter().enumerate() { out[(p + r * run) * n + i] = v; },
+                None => for r in 0..R { let j = p + r * run; out[j * n + i] = dot_one(ty, &w[j * rb..(j + 1) * rb], a); },
+            }
+        }
+    }
+    for j in R * run..rows {
+        let wr = &w[j * rb..(j + 1) * rb];
+        for (i, a) in acts.iter().enumerate() {
+            out[j * n + i] = match dots_avx512::<1>(ty, wr, rb, a) { Some([v]) => v, None => dot_one(ty, wr, a) };
+        }
+    }
+}
+
+/// R rows' dots with the AVX-512 kernels; None for the float types (scalar kernels).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dots_avx512<const R: usize>(ty: GgmlType, w: &[u8], rb: usize, a: &Act) -> Option<[f32; R]> {
+    use super::avx512;
+    Some(match (ty, a) {
+        (GgmlType::Q8_0, Act::Q8(a)) => avx512::dot_q8_0::<R>(w, rb, a),
+        (GgmlType::Q4_0, Act::Q8(a)) => avx512::dot_q4_0::<R>(w, rb, a),
+        (GgmlType::Q4_1, Act::Q8(a)) => avx512::dot_q4_1::<R>(w, rb, a),
+        (GgmlType::Q5_0, Act::Q8(a)) => avx512::dot_q5_0::<R>(w, rb, a),
+        (GgmlType::Q4_K, Act::Q8K(a)) => avx512::dot_q4_k::<R>(w, rb, a),
+        (GgmlType::Q6_K, Act::Q8K(a)) => avx512::dot_q6_k::<R>(w, rb, a),
+        _ => return None,
+    })
 }
 
 fn dot_rows_generic(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {

@@ -102,12 +102,18 @@ fn quantised_matmul_matches_dequantised_f32_and_simd_matches_scalar() {
             assert!((y[i * rows] as f64 - exact).abs() < 0.6, "{}: {} vs exact {exact}", ty.name(), y[i * rows]);
         }
         // SIMD kernels: the same integer sums, added in another float order.
+        let mut per_level = Vec::new();
         for level in simd_levels() {
             let mut ys = vec![0f32; n * rows];
             q.matmul_with(&x, n, &mut ys, level);
             for (a, b) in y.iter().zip(&ys) {
                 assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{}: SIMD {level:?} gives {b}, scalar {a}", ty.name());
             }
+            per_level.push((level, ys));
+        }
+        // AVX-512 (four rows per pass, 37 rows: a remainder too) is AVX2's arithmetic exactly.
+        if let [(Level::Avx2, a), (Level::Avx512, b)] = &per_level[..] {
+            for (u, v) in a.iter().zip(b) { assert_eq!(u.to_bits(), v.to_bits(), "{}: AVX2 {u:e}, AVX-512 {v:e}", ty.name()); }
         }
     }
 }
@@ -126,12 +132,19 @@ fn simd_matches_scalar_on_every_llama_cpp_path() {
             let q = QTensor::quantize(ty, &w, rows, cols).unwrap();
             let mut y = vec![0f32; n * rows];
             q.matmul_with(&x, n, &mut y, Level::Scalar);
+            let mut per_level = Vec::new();
             for level in simd_levels() {
                 let mut ys = vec![0f32; n * rows];
                 q.matmul_with(&x, n, &mut ys, level);
                 for (a, b) in y.iter().zip(&ys) {
                     assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{} [{rows}x{cols}]·{n}: SIMD {level:?} gives {b}, scalar {a}", ty.name());
                 }
+                per_level.push((level, ys));
+            }
+            // Level::Avx512 runs AVX-512 kernels only where their order is AVX2's, AVX2's
+            // kernels elsewhere: bit-identical on every path.
+            if let [(Level::Avx2, a), (Level::Avx512, b)] = &per_level[..] {
+                for (u, v) in a.iter().zip(b) { assert_eq!(u.to_bits(), v.to_bits(), "{} [{rows}x{cols}]·{n}: AVX2 {u:e}, AVX-512 {v:e}", ty.name()); }
             }
         }
     }
@@ -162,6 +175,10 @@ fn simd_levels() -> Vec<Level> {
         let mut l = vec![Level::Neon];
         if std::arch::is_aarch64_feature_detected!("dotprod") { l.push(Level::NeonDotprod); }
         return l;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if detected == Level::Avx512 {
+        return vec![Level::Avx2, Level::Avx512];
     }
     vec![detected]
 }
@@ -246,6 +263,38 @@ fn q8k_activation_quantiser_matches_llama_cpp_byte_for_byte() {
     assert!(n > 0);
 }
 
+#[allow(dead_code)]
+fn scalar_dot(ty: GgmlType, w: &[u8], a8: &[act::BlockQ8], ak: &[act::BlockQ8K]) -> f32 {
+    match ty {
+        GgmlType::Q8_0 => q8_0::dot(w, a8),
+        GgmlType::Q4_0 => q4_0::dot(w, a8),
+        GgmlType::Q4_1 => q4_1::dot(w, a8),
+        GgmlType::Q5_0 => q5_0::dot(w, a8),
+        GgmlType::Q4_K => q4_k::dot(w, ak),
+        GgmlType::Q6_K => q6_k::dot(w, ak),
+        _ => unreachable!(),
+    }
+}
+
+#[allow(dead_code)]
+const TYPES: [GgmlType; 6] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K];
+
+/// Random block bytes (every nibble, bit and scale pattern) with finite f16 scales.
+#[allow(dead_code)]
+fn random_blocks(ty: GgmlType, nb: usize, r: &mut smelt_core::rng::Rng) -> Vec<u8> {
+    let mut w: Vec<u8> = (0..nb * ty.block_bytes()).map(|_| r.next_u64() as u8).collect();
+    for b in w.chunks_exact_mut(ty.block_bytes()) {
+        let mut put = |o: usize, v: f64| b[o..o + 2].copy_from_slice(&f16_bytes(v as f32));
+        match ty {
+            GgmlType::Q4_1 => { put(0, 0.01 * r.uniform()); put(2, -0.1 * r.uniform()); }
+            GgmlType::Q4_K => { put(0, 0.002 * r.uniform()); put(2, 0.002 * r.uniform()); }
+            GgmlType::Q6_K => put(208, 0.001 * r.normal()),
+            _ => put(0, 0.02 * r.normal()),
+        }
+    }
+    w
+}
+
 #[cfg(target_arch = "aarch64")]
 mod neon_kernels {
     use super::super::neon;
@@ -269,39 +318,10 @@ mod neon_kernels {
         }
     }
 
-    fn scalar_dot(ty: GgmlType, w: &[u8], a8: &[act::BlockQ8], ak: &[act::BlockQ8K]) -> f32 {
-        match ty {
-            GgmlType::Q8_0 => q8_0::dot(w, a8),
-            GgmlType::Q4_0 => q4_0::dot(w, a8),
-            GgmlType::Q4_1 => q4_1::dot(w, a8),
-            GgmlType::Q5_0 => q5_0::dot(w, a8),
-            GgmlType::Q4_K => q4_k::dot(w, ak),
-            GgmlType::Q6_K => q6_k::dot(w, ak),
-            _ => unreachable!(),
-        }
-    }
-
-    const TYPES: [GgmlType; 6] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K];
-
     fn variants() -> Vec<bool> {
         let dp = std::arch::is_aarch64_feature_detected!("dotprod");
         eprintln!("dotprod {}", if dp { "present: testing both NEON variants" } else { "absent: plain NEON only" });
         if dp { vec![false, true] } else { vec![false] }
-    }
-
-    /// Random block bytes (every nibble, bit and scale pattern) with finite f16 scales.
-    fn random_blocks(ty: GgmlType, nb: usize, r: &mut smelt_core::rng::Rng) -> Vec<u8> {
-        let mut w: Vec<u8> = (0..nb * ty.block_bytes()).map(|_| r.next_u64() as u8).collect();
-        for b in w.chunks_exact_mut(ty.block_bytes()) {
-            let mut put = |o: usize, v: f64| b[o..o + 2].copy_from_slice(&f16_bytes(v as f32));
-            match ty {
-                GgmlType::Q4_1 => { put(0, 0.01 * r.uniform()); put(2, -0.1 * r.uniform()); }
-                GgmlType::Q4_K => { put(0, 0.002 * r.uniform()); put(2, 0.002 * r.uniform()); }
-                GgmlType::Q6_K => put(208, 0.001 * r.normal()),
-                _ => put(0, 0.02 * r.normal()),
-            }
-        }
-        w
     }
 
     #[test]
@@ -354,6 +374,108 @@ mod neon_kernels {
         }
         // The two llama.cpp builds do differ (lane split), so the dotprod half tests something.
         assert!(goldens.iter().any(|g| g.dot.to_bits() != g.dot_dotprod.to_bits()));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86_kernels {
+    use super::super::qtensor::avx512_detected;
+    use super::super::{avx2, avx512};
+    use super::*;
+
+    fn avx2_dot(ty: GgmlType, w: &[u8], a8: &[act::BlockQ8], ak: &[act::BlockQ8K]) -> f32 {
+        // SAFETY: only called after the AVX2 check in `have_avx2`.
+        unsafe {
+            match ty {
+                GgmlType::Q8_0 => avx2::dot_q8_0(w, a8),
+                GgmlType::Q4_0 => avx2::dot_q4_0(w, a8),
+                GgmlType::Q4_1 => avx2::dot_q4_1(w, a8),
+                GgmlType::Q5_0 => avx2::dot_q5_0(w, a8),
+                GgmlType::Q4_K => avx2::dot_q4_k(w, ak),
+                GgmlType::Q6_K => avx2::dot_q6_k(w, ak),
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    fn avx512_dots<const R: usize>(ty: GgmlType, w: &[u8], rb: usize, a8: &[act::BlockQ8], ak: &[act::BlockQ8K]) -> [f32; R] {
+        assert!(avx512_detected());
+        // SAFETY: checked just above.
+        unsafe {
+            match ty {
+                GgmlType::Q8_0 => avx512::dot_q8_0::<R>(w, rb, a8),
+                GgmlType::Q4_0 => avx512::dot_q4_0::<R>(w, rb, a8),
+                GgmlType::Q4_1 => avx512::dot_q4_1::<R>(w, rb, a8),
+                GgmlType::Q5_0 => avx512::dot_q5_0::<R>(w, rb, a8),
+                GgmlType::Q4_K => avx512::dot_q4_k::<R>(w, rb, ak),
+                GgmlType::Q6_K => avx512::dot_q6_k::<R>(w, rb, ak),
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    fn have_avx2() -> bool { is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") }
+
+    /// Where the AVX-512 kernel sums in the order of the AVX2 vec_dot kernel (`qtensor`'s
+    /// `avx512_same_order`: all but Q6_K, whose AVX2 vec_dot now subtracts its −32 offset from the
+    /// integer lanes as llama.cpp does; Level::Avx512 runs AVX2's dot_q6_k for it).
+    fn same_order(ty: GgmlType) -> bool { ty != GgmlType::Q6_K }
+
+    /// Each AVX-512 kernel, four rows per pass and one, against the AVX2 vec_dot kernel bit for
+    /// bit where the float orders are the same (`same_order`), and against the scalar kernel
+    /// (relative 1e-5), on random block bytes and activations (full-range random Q8_K bytes),
+    /// 1 to 17 blocks.
+    #[test]
+    fn avx512_kernels_match_avx2_bit_for_bit_and_scalar() {
+        if !have_avx2() || !avx512_detected() {
+            eprintln!("SKIP: this CPU lacks AVX2 or AVX-512 F/BW/VL/VNNI");
+            return;
+        }
+        let mut r = smelt_core::rng::Rng::new(12);
+        let (mut n_dots, mut n_bits) = (0, 0);
+        for ty in TYPES {
+            for nb in [1, 2, 3, 8, 17] {
+                for _ in 0..20 {
+                    let n = nb * ty.block_size();
+                    // Four rows with a stride longer than a row (as a sub-matrix would have).
+                    let rb = nb * ty.block_bytes() + 8;
+                    let rows: Vec<Vec<u8>> = (0..4).map(|_| random_blocks(ty, nb, &mut r)).collect();
+                    let mut w = vec![0u8; 4 * rb];
+                    for (j, row) in rows.iter().enumerate() { w[j * rb..j * rb + row.len()].copy_from_slice(row); }
+                    let x: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
+                    let a8 = if ty.block_size() == 32 { act::quantize_q8(&x) } else { vec![] };
+                    let mut ak = act::quantize_q8k(&x);
+                    for b in &mut ak {
+                        for q in &mut b.qs { *q = r.next_u64() as i8; }
+                        for (s, c) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) { *s = c.iter().map(|&q| q as i16).sum(); }
+                    }
+                    let four = avx512_dots::<4>(ty, &w, rb, &a8, &ak);
+                    for (j, row) in rows.iter().enumerate() {
+                        let [one] = avx512_dots::<1>(ty, row, row.len(), &a8, &ak);
+                        let want = avx2_dot(ty, row, &a8, &ak);
+                        let scalar = scalar_dot(ty, row, &a8, &ak);
+                        if same_order(ty) {
+                            assert_eq!(four[j].to_bits(), want.to_bits(), "{} × {nb} blocks, row {j} of 4: AVX-512 {:e}, AVX2 {want:e}", ty.name(), four[j]);
+                            assert_eq!(one.to_bits(), want.to_bits(), "{} × {nb} blocks, one row: AVX-512 {one:e}, AVX2 {want:e}", ty.name());
+                            n_bits += 1;
+                        } else {
+                            assert_eq!(four[j].to_bits(), one.to_bits(), "{} × {nb} blocks, row {j}: four rows per pass {:e}, one {one:e}", ty.name(), four[j]);
+                        }
+                        // Relative to Σ|w·a| as well: the K-quants subtract two large sums
+                        // (Q6_K's −32 offset, Q4_K's mins), so the result can be far smaller
+                        // than the terms whose rounding it carries.
+                        let mut wd = vec![0f32; n];
+                        dequantize_row(ty, row, &mut wd);
+                        let ad: Vec<f32> = if ty.block_size() == 32 { a8.iter().flat_map(|b| b.qs.map(|q| b.d * q as f32)).collect() }
+                                           else { ak.iter().flat_map(|b| b.qs.map(|q| b.d * q as f32)).collect() };
+                        let mass: f32 = wd.iter().zip(&ad).map(|(w, a)| (w * a).abs()).sum();
+                        assert!((one - scalar).abs() <= 1e-5 * (1.0 + scalar.abs().max(mass)), "{} × {nb} blocks: AVX-512 {one}, scalar {scalar}, Σ|w·a| {mass}", ty.name());
+                        n_dots += 1;
+                    }
+                }
+            }
+        }
+        eprintln!("{n_dots} AVX-512 dot products within 1e-5 of scalar, {n_bits} of them bit-identical to AVX2 (the types of the same order)");
     }
 }
 

@@ -141,47 +141,54 @@ pub fn attn_fwd_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) 
     let up = |n: usize, m: usize| n.div_ceil(m) * m;
     let (_, last) = dm.key_range(dm.tq - 1);
     let n_pad = up(last, if dm.tq == 1 { 64 } else { 16 });
-    let per_head: Vec<Vec<f32>> = (0..dm.b * dm.h)
+    let grp = dm.group();
+    // One task per (batch, KV head), its query heads in parallel inside.
+    let per_group: Vec<Vec<Vec<f32>>> = (0..dm.b * dm.kvh)
         .into_par_iter()
-        .map(|bh| {
-            let (b, h) = (bh / dm.h, bh % dm.h);
-            let g = h / dm.group();
-            // Vᵀ of this KV head: row t holds v[0..last][t], zero-padded.
-            let mut vt = vec![0f32; d * n_pad];
-            for j in 0..last {
-                for (t, &x) in v[dm.kv_at(b, j, g)..][..d].iter().enumerate() { vt[t * n_pad + j] = x; }
-            }
-            let mut out = vec![0f32; dm.tq * d];
-            let mut sc = vec![f32::NEG_INFINITY; up(last, 16)];
-            let mut p = vec![0f32; n_pad];
-            for i in 0..dm.tq {
-                let (lo, hi) = dm.key_range(i);
-                let qr = &q[dm.q_at(b, i, h)..][..d];
-                let n16 = up(hi, 16);
-                sc[..n16].fill(f32::NEG_INFINITY);
-                let mut max = f32::NEG_INFINITY;
-                for j in lo..hi {
-                    sc[j] = ggml::dot_f32(&k[dm.kv_at(b, j, g)..][..d], qr) * scale;
-                    max = max.max(sc[j]);
+        .map(|bg| {
+            let (b, g) = (bg / dm.kvh, bg % dm.kvh);
+            (0..grp).into_par_iter().map(|hh| {
+                let h = g * grp + hh;
+                let mut out = vec![0f32; dm.tq * d];
+                let mut sc = vec![f32::NEG_INFINITY; up(last, 16)];
+                let mut p = vec![0f32; n_pad];
+                let mut acc = Vec::new();
+                // V rows of this KV head: row j at v[v0 + j·stride..].
+                let (v0, stride) = (dm.kv_at(b, 0, g), dm.kvh * d);
+                for i in 0..dm.tq {
+                    let (lo, hi) = dm.key_range(i);
+                    let qr = &q[dm.q_at(b, i, h)..][..d];
+                    let n16 = up(hi, 16);
+                    sc[..n16].fill(f32::NEG_INFINITY);
+                    let mut max = f32::NEG_INFINITY;
+                    for j in lo..hi {
+                        sc[j] = ggml::dot_f32(&k[dm.kv_at(b, j, g)..][..d], qr) * scale;
+                        max = max.max(sc[j]);
+                    }
+                    p.fill(0.0);
+                    let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
+                    let inv = (1.0 / sum) as f32;
+                    for x in &mut p[..n16] { *x *= inv; }
+                    // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache
+                    // holds Vᵀ); padding rows are zeros with p = 0.
+                    let o = &mut out[i * d..(i + 1) * d];
+                    if dm.tq == 1 {
+                        ggml::dot_f32_columns(o, &v[v0..], stride, last, &p, &mut acc);
+                    } else {
+                        ggml::dot_f32_tinyblas_columns(o, &v[v0..], stride, last.min(n16), &p[..n16], &mut acc);
+                    }
                 }
-                p.fill(0.0);
-                let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
-                let inv = (1.0 / sum) as f32;
-                for x in &mut p[..n16] { *x *= inv; }
-                let o = &mut out[i * d..(i + 1) * d];
-                for (t, ot) in o.iter_mut().enumerate() {
-                    let col = &vt[t * n_pad..(t + 1) * n_pad];
-                    *ot = if dm.tq == 1 { ggml::dot_f32(col, &p) } else { ggml::dot_f32_tinyblas(&col[..n16], &p[..n16]) };
-                }
-            }
-            out
+                out
+            }).collect::<Vec<Vec<f32>>>()
         })
         .collect();
     let mut out = vec![0f32; dm.b * dm.tq * dm.h * d];
-    for (bh, o) in per_head.into_iter().enumerate() {
-        let (b, h) = (bh / dm.h, bh % dm.h);
-        for i in 0..dm.tq {
-            out[dm.q_at(b, i, h)..][..d].copy_from_slice(&o[i * d..(i + 1) * d]);
+    for (bg, o) in per_group.into_iter().enumerate() {
+        let (b, g) = (bg / dm.kvh, bg % dm.kvh);
+        for (hh, oh) in o.iter().enumerate() {
+            for i in 0..dm.tq {
+                out[dm.q_at(b, i, g * grp + hh)..][..d].copy_from_slice(&oh[i * d..(i + 1) * d]);
+            }
         }
     }
     out

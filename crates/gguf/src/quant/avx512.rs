@@ -1,0 +1,326 @@
+//! AVX-512 (F/BW/VL + VNNI) dot products of quantised weight rows against 8-bit activation
+//! rows. The float operations are `avx2.rs`'s, which are llama.cpp's (one 8-lane accumulator per
+//! row, one FMA per block, `hsum_float_8`), so every result is bit-identical to the AVX2 kernel
+//! and to llama.cpp's AVX-512 build, whose `quants.c` runs the same AVX2 code with
+//! `_mm256_dpbusd_epi32` in `mul_sum_us8_pairs_float`. What is faster here:
+//!
+//! - `R` weight rows per pass (`dot_*::<R>` returns R dots): each row keeps its own accumulator
+//!   and its own FMA chain in llama.cpp's order, but the R chains are independent, so the
+//!   4-cycle FMA latency that bounds a one-row loop is hidden, and each activation block is
+//!   loaded once for R rows.
+//! - VNNI `vpdpbusd` (u8 × i8, four products per i32 lane) in place of `maddubs` + `madd`, and
+//!   signed weights made unsigned by an offset whose correction (offset · Σ of the four
+//!   activation bytes of the lane) is computed once per activation block and used as the
+//!   accumulator's start value. Every i32 lane holds exactly the sum it holds in the AVX2 kernel
+//!   (integer sums are exact and the lanes cover the same four bytes), so nothing in the float
+//!   part changes.
+//! - Q5_0's fifth bits by an AVX-512BW mask (`kmov` + masked add) instead of a byte shuffle.
+//! - Q4_K/Q6_K: the integer work of two 32-element groups in one 512-bit register; the two
+//!   halves are added at the end into the lanes the AVX2 kernel sums (again exact).
+
+use super::act::{BlockQ8, BlockQ8K};
+use std::arch::x86_64::*;
+
+/// The f16 at `p`. `vmovd` from a general register, in assembly: from `_mm_cvtsi32_si128`
+/// LLVM emits `vpinsrw` into whatever register is free, often the loop's accumulator, which
+/// puts the scale on the FMA chain (a false dependency that made every 32-block loop about
+/// 3× slower than llama.cpp's, which loads its scales through a table).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn f16(p: *const u8) -> f32 {
+    let h = (p as *const u16).read_unaligned() as u32;
+    let v: __m128;
+    std::arch::asm!("vmovd {v}, {h:e}", "vcvtph2ps {v}, {v}", h = in(reg) h, v = out(xmm_reg) v,
+                    options(pure, nomem, nostack, preserves_flags));
+    _mm_cvtss_f32(v)
+}
+
+/// The two f16 at `p` (Q4_1's d and m) in lanes 0 and 1, as `f16` does it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn f16x2(p: *const u8) -> __m128 {
+    let h = (p as *const u32).read_unaligned();
+    let v: __m128;
+    std::arch::asm!("vmovd {v}, {h:e}", "vcvtph2ps {v}, {v}", h = in(reg) h, v = out(xmm_reg) v,
+                    options(pure, nomem, nostack, preserves_flags));
+    v
+}
+
+/// `avx2::hsum` (llama.cpp's `hsum_float_8`), the same operations.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn load(p: *const i8) -> __m256i { _mm256_loadu_si256(p as *const __m256i) }
+
+/// −c · (sum of the four activation bytes of each i32 lane): the start value that turns
+/// `dpbusd(start, x + c, y)` into Σ x·y per lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn offset_start(c: u8, y: __m256i) -> __m256i {
+    let z = _mm256_setzero_si256();
+    _mm256_sub_epi32(z, _mm256_dpbusd_epi32(z, _mm256_set1_epi8(c as i8), y))
+}
+
+/// 16 packed bytes → 32 values: low nibbles (elements 0..16), then high nibbles (16..32).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn nibbles(p: *const u8) -> __m256i {
+    let t = _mm_loadu_si128(p as *const __m128i);
+    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn finish<const R: usize>(acc: &[__m256; R]) -> [f32; R] {
+    let mut out = [0f32; R];
+    for r in 0..R { out[r] = hsum(acc[r]); }
+    out
+}
+
+/// Checks that `w` holds R rows of `rb` bytes, each at least `need` bytes of blocks.
+#[inline(always)]
+fn check<const R: usize>(w: &[u8], rb: usize, need: usize) {
+    assert!(R >= 1 && rb >= need && w.len() >= (R - 1) * rb + need, "{R} rows of {rb} bytes: {} bytes given, {need} per row needed", w.len());
+}
+
+/// R rows of `avx2::dot_q8_0` (llama.cpp's `ggml_vec_dot_q8_0_q8_0`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_q8_0<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8]) -> [f32; R] {
+    const B: usize = super::q8_0::BYTES;
+    check::<R>(w, rb, a.len() * B);
+    let flip = _mm256_set1_epi8(0x80u8 as i8);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (i, ab) in a.iter().enumerate() {
+        let y = load(ab.qs.as_ptr());
+        let start = offset_start(0x80, y);
+        for r in 0..R {
+            let b = w.as_ptr().add(r * rb + i * B);
+            // x + 128 as unsigned bytes.
+            let x = _mm256_xor_si256(load(b.add(2) as *const i8), flip);
+            let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, x, y));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc[r]);
+        }
+    }
+    finish(&acc)
+}
+
+/// R rows of `avx2::dot_q4_0` (llama.cpp's `ggml_vec_dot_q4_0_q8_0`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_q4_0<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8]) -> [f32; R] {
+    const B: usize = super::q4_0::BYTES;
+    check::<R>(w, rb, a.len() * B);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (i, ab) in a.iter().enumerate() {
+        let y = load(ab.qs.as_ptr());
+        // The nibbles are q + 8.
+        let start = offset_start(8, y);
+        for r in 0..R {
+            let b = w.as_ptr().add(r * rb + i * B);
+            let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, nibbles(b.add(2)), y));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc[r]);
+        }
+    }
+    finish(&acc)
+}
+
+/// R rows of `avx2::dot_q4_1` (llama.cpp's `ggml_vec_dot_q4_1_q8_1`: the mins summed apart).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_q4_1<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8]) -> [f32; R] {
+    const B: usize = super::q4_1::BYTES;
+    check::<R>(w, rb, a.len() * B);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut mins = [0f32; R];
+    for (i, ab) in a.iter().enumerate() {
+        let y = load(ab.qs.as_ptr());
+        for r in 0..R {
+            let b = w.as_ptr().add(r * rb + i * B);
+            let dm = f16x2(b);
+            let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+            mins[r] += m * ab.s;
+            let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), nibbles(b.add(4)), y));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), q, acc[r]);
+        }
+    }
+    let mut out = finish(&acc);
+    for r in 0..R { out[r] += mins[r]; }
+    out
+}
+
+/// R rows of `avx2::dot_q5_0` (llama.cpp's `ggml_vec_dot_q5_0_q8_0`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_q5_0<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8]) -> [f32; R] {
+    const B: usize = super::q5_0::BYTES;
+    check::<R>(w, rb, a.len() * B);
+    let sixteen = _mm256_set1_epi8(16);
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (i, ab) in a.iter().enumerate() {
+        let y = load(ab.qs.as_ptr());
+        // The 5-bit values are q + 16.
+        let start = offset_start(16, y);
+        for r in 0..R {
+            let b = w.as_ptr().add(r * rb + i * B);
+            let qh = (b.add(2) as *const u32).read_unaligned();
+            let nib = nibbles(b.add(6));
+            let u = _mm256_mask_add_epi8(nib, qh, nib, sixteen);
+            let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, u, y));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc[r]);
+        }
+    }
+    finish(&acc)
+}
+
+/// Σ of the four i32 lanes (integers: any order).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn hsum_i32x4(v: __m128i) -> i32 {
+    let v = _mm_add_epi32(v, _mm_unpackhi_epi64(v, v));
+    _mm_cvtsi128_si32(_mm_add_epi32(v, _mm_shuffle_epi32::<1>(v)))
+}
+
+/// 256 activation bytes as four 512-bit vectors. (Plain code: the closure of
+/// `std::array::from_fn` would be a call without this function's target features.)
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn load4(p: *const i8) -> [__m512i; 4] {
+    let l = |o: usize| _mm512_loadu_si512(p.add(64 * o) as *const _);
+    [l(0), l(1), l(2), l(3)]
+}
+
+/// `permutexvar_epi16` indices for four vectors: vector v, element e picks scale
+/// `per_vec · v + e / run` (each scale repeated over `run` i16 lanes).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn spread_idx(run: usize, per_vec: usize) -> [__m512i; 4] {
+    let mut out = [_mm512_setzero_si512(); 4];
+    for (v, o) in out.iter_mut().enumerate() {
+        let mut e = [0i16; 32];
+        for (k, x) in e.iter_mut().enumerate() { *x = (per_vec * v + k / run) as i16; }
+        *o = _mm512_loadu_si512(e.as_ptr() as *const _);
+    }
+    out
+}
+
+/// The four i32 lanes of eight added pairwise (lane l + lane l+4).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn fold256(v: __m256i) -> __m128i { _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)) }
+
+/// The eight i32 lanes of 16 lanes added pairwise (lane l + lane l+8).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn fold(v: __m512i) -> __m256i { _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1)) }
+
+/// R rows of `avx2::dot_q4_k`, one row after another (one FMA per 256 elements: no latency
+/// to hide, and a loop over R would keep the accumulators on the stack). Scales and mins
+/// unpacked as llama.cpp's AVX2 kernel does (the `utmp` shuffle: eight 6-bit scales, then eight
+/// 6-bit mins, as bytes), the mins' dot with the Q8_K block sums by `madd` (exact integers, the
+/// same msum as `scale_min` gives).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_q4_k<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8K]) -> [f32; R] {
+    check::<R>(w, rb, a.len() * super::q4_k::BYTES);
+    // Chunk c's scale vector: scale 2c in the low 256 bits, 2c+1 in the high (as i16).
+    let idx = spread_idx(16, 2);
+    let mut out = [0f32; R];
+    for (r, o) in out.iter_mut().enumerate() { *o = row_q4_k(w.as_ptr().add(r * rb), a, &idx); }
+    out
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row_q4_k(w: *const u8, a: &[BlockQ8K], idx: &[__m512i; 4]) -> f32 {
+    const B: usize = super::q4_k::BYTES;
+    const KMASK1: u32 = 0x3f3f3f3f;
+    const KMASK2: u32 = 0x0f0f0f0f;
+    const KMASK3: u32 = 0x03030303;
+    let mask = _mm256_set1_epi8(0x0F);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (i, ab) in a.iter().enumerate() {
+        let b = w.add(i * B);
+        // Chunk c: elements 64c..64c+64, low nibbles (sub-block 2c) then high (2c+1).
+        let y = load4(ab.qs.as_ptr());
+        // Block sums of the eight 32-element sub-blocks (pairs of the 16-element sums).
+        let bs = _mm_hadd_epi16(_mm_loadu_si128(ab.bsums.as_ptr() as *const __m128i), _mm_loadu_si128(ab.bsums.as_ptr().add(8) as *const __m128i));
+        // In registers: through a stack array, the 16-byte reload of smaller stores is a
+        // failed store-to-load forward.
+        let rd = |o: usize| (b.add(4 + o) as *const u32).read_unaligned();
+        let (u0, u1, u2) = (rd(0), rd(4), rd(8));
+        let su = _mm_set_epi32(
+            (((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4)) as i32,
+            (u1 & KMASK1) as i32,
+            ((u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4)) as i32,
+            (u0 & KMASK1) as i32,
+        );
+        let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(su));
+        let msum = hsum_i32x4(_mm_madd_epi16(_mm_cvtepu8_epi16(_mm_unpackhi_epi64(su, su)), bs));
+        let mut sums = _mm512_setzero_si512();
+        for c in 0..4 {
+            let q = _mm256_loadu_si256(b.add(16 + 32 * c) as *const __m256i);
+            let lo = _mm256_and_si256(q, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
+            let u = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            let s = _mm512_permutexvar_epi16(idx[c], sc16);
+            sums = _mm512_add_epi32(sums, _mm512_madd_epi16(_mm512_maddubs_epi16(u, y[c]), s));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), _mm256_cvtepi32_ps(fold(sums)), acc);
+        mins += f16(b.add(2)) * ab.d * msum as f32;
+    }
+    hsum(acc) - mins
+}
+
+/// R rows of `avx2::dot_q6_k`, one row after another (as `dot_q4_k`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot_q6_k<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8K]) -> [f32; R] {
+    check::<R>(w, rb, a.len() * super::q6_k::BYTES);
+    // Each 128-bit lane L of a pair's scale vector holds scale 4p+L (as eight i16).
+    let idx = spread_idx(8, 4);
+    let mut out = [0f32; R];
+    for (r, o) in out.iter_mut().enumerate() { *o = row_q6_k(w.as_ptr().add(r * rb), a, &idx); }
+    out
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn row_q6_k(w: *const u8, a: &[BlockQ8K], idx: &[__m512i; 4]) -> f32 {
+    const B: usize = super::q6_k::BYTES;
+    let m4 = _mm512_set1_epi8(0x0F);
+    let m2 = _mm512_set1_epi8(0x03);
+    let mut acc = _mm256_setzero_ps();
+    let mut corr = 0f32;
+    for (i, ab) in a.iter().enumerate() {
+        let b = w.add(i * B);
+        // Pair p: groups 2p, 2p+1 (64 elements at 64p).
+        let y = load4(ab.qs.as_ptr());
+        let bsums = _mm256_loadu_si256(ab.bsums.as_ptr() as *const __m256i);
+        let sc = b.add(192) as *const i8;
+        let d = f16(b.add(208)) * ab.d;
+        let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i)));
+        let mut sums = _mm512_setzero_si512();
+        for n in 0..2 {
+            // ql of groups 4n, 4n+1 (low nibbles) and 4n+2, 4n+3 (high nibbles): 64 bytes.
+            let ql = _mm512_loadu_si512(b.add(64 * n) as *const _);
+            let qh = _mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i);
+            // Bits of groups (k, k+1) at shifts (2k, 2k+2).
+            let qh01 = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+            let qh23 = _mm512_srli_epi16(qh01, 4);
+            let u01 = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16(_mm512_and_si512(qh01, m2), 4));
+            let u23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_slli_epi16(_mm512_and_si512(qh23, m2), 4));
+            for (p, u) in [(2 * n, u01), (2 * n + 1, u23)] {
+                let s = _mm512_permutexvar_epi16(idx[p], sc16);
+                sums = _mm512_add_epi32(sums, _mm512_madd_epi16(_mm512_maddubs_epi16(u, y[p]), s));
+            }
+        }
+        // Σ sc·(q+32)·a − 32·Σ sc·Σa, with Σa per sub-block from the Q8_K block sums.
+        let c = hsum_i32x4(fold256(_mm256_madd_epi16(_mm512_castsi512_si256(sc16), bsums)));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(fold(sums)), acc);
+        corr += d * (32 * c) as f32;
+    }
+    hsum(acc) - corr
+}
