@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 /// 3× slower than llama.cpp's, which loads its scales through a table).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16(p: *const u8) -> f32 {
+pub(super) unsafe fn f16(p: *const u8) -> f32 {
     let h = (p as *const u16).read_unaligned() as u32;
     let v: __m128;
     std::arch::asm!("vmovd {v}, {h:e}", "vcvtph2ps {v}, {v}", h = in(reg) h, v = out(xmm_reg) v,
@@ -24,7 +24,7 @@ unsafe fn f16(p: *const u8) -> f32 {
 /// The two f16 at `p` (Q4_1's d and m) in lanes 0 and 1, as `f16` does it.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16x2(p: *const u8) -> __m128 {
+pub(super) unsafe fn f16x2(p: *const u8) -> __m128 {
     let h = (p as *const u32).read_unaligned();
     let v: __m128;
     std::arch::asm!("vmovd {v}, {h:e}", "vcvtph2ps {v}, {v}", h = in(reg) h, v = out(xmm_reg) v,
@@ -34,7 +34,7 @@ unsafe fn f16x2(p: *const u8) -> __m128 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))

@@ -21,39 +21,9 @@
 use super::act::{BlockQ8, BlockQ8K};
 use std::arch::x86_64::*;
 
-/// The f16 at `p`. `vmovd` from a general register, in assembly: from `_mm_cvtsi32_si128`
-/// LLVM emits `vpinsrw` into whatever register is free, often the loop's accumulator, which
-/// puts the scale on the FMA chain (a false dependency that made every 32-block loop about
-/// 3× slower than llama.cpp's, which loads its scales through a table).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn f16(p: *const u8) -> f32 {
-    let h = (p as *const u16).read_unaligned() as u32;
-    let v: __m128;
-    std::arch::asm!("vmovd {v}, {h:e}", "vcvtph2ps {v}, {v}", h = in(reg) h, v = out(xmm_reg) v,
-                    options(pure, nomem, nostack, preserves_flags));
-    _mm_cvtss_f32(v)
-}
-
-/// The two f16 at `p` (Q4_1's d and m) in lanes 0 and 1, as `f16` does it.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn f16x2(p: *const u8) -> __m128 {
-    let h = (p as *const u32).read_unaligned();
-    let v: __m128;
-    std::arch::asm!("vmovd {v}, {h:e}", "vcvtph2ps {v}, {v}", h = in(reg) h, v = out(xmm_reg) v,
-                    options(pure, nomem, nostack, preserves_flags));
-    v
-}
-
-/// `avx2::hsum` (llama.cpp's `hsum_float_8`), the same operations.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
+// The f16 scale loads (off the FMA chain: see `avx2::f16`) and llama.cpp's `hsum_float_8`
+// are the AVX2 kernels' own: the same operations, inlined here under the wider features.
+use super::avx2::{f16, f16x2, hsum};
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
