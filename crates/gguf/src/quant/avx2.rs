@@ -138,26 +138,11 @@ pub unsafe fn dot_q4_1(w: &[u8], a: &[BlockQ8]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q4_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
     assert!(w.len() >= a.len() * super::q4_k::BYTES);
-    let mask = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
     for (i, ab) in a.iter().enumerate() {
         let b = w.as_ptr().add(i * super::q4_k::BYTES);
-        let scales = std::slice::from_raw_parts(b.add(4), 12);
-        let mut sums = _mm256_setzero_si256();
-        let mut msum = 0i32;
-        for c in 0..4 {
-            let (s1, m1) = scale_min(2 * c, scales);
-            let (s2, m2) = scale_min(2 * c + 1, scales);
-            msum += m1 as i32 * (ab.bsums[4 * c] as i32 + ab.bsums[4 * c + 1] as i32)
-                + m2 as i32 * (ab.bsums[4 * c + 2] as i32 + ab.bsums[4 * c + 3] as i32);
-            let q = _mm256_loadu_si256(b.add(16 + 32 * c) as *const __m256i);
-            let lo = _mm256_and_si256(q, mask);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
-            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(ab.qs.as_ptr().add(64 * c))), _mm256_set1_epi16(s1 as i16));
-            let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(ab.qs.as_ptr().add(64 * c + 32))), _mm256_set1_epi16(s2 as i16));
-            sums = _mm256_add_epi32(sums, _mm256_add_epi32(p1, p2));
-        }
+        let (sums, msum) = q4_k_block_lanes(b, ab);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), _mm256_cvtepi32_ps(sums), acc);
         mins += f16(b.add(2)) * ab.d * msum as f32;
     }
@@ -168,6 +153,15 @@ pub unsafe fn dot_q4_k(w: &[u8], a: &[BlockQ8K]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_k_block(b: *const u8, ab: &BlockQ8K) -> (i32, i32) {
+    let (sums, msum) = q4_k_block_lanes(b, ab);
+    (hsum_i32(sums), msum)
+}
+
+/// `q4_k_block` with Σ sc·q·a left in its eight i32 lanes (what `dot_q4_k` converts and adds
+/// lane-wise, as llama.cpp's vec_dot does).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_block_lanes(b: *const u8, ab: &BlockQ8K) -> (__m256i, i32) {
     let mask = _mm256_set1_epi8(0x0F);
     let scales = std::slice::from_raw_parts(b.add(4), 12);
     let mut sums = _mm256_setzero_si256();
@@ -184,7 +178,7 @@ unsafe fn q4_k_block(b: *const u8, ab: &BlockQ8K) -> (i32, i32) {
         let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(ab.qs.as_ptr().add(64 * c + 32))), _mm256_set1_epi16(s2 as i16));
         sums = _mm256_add_epi32(sums, _mm256_add_epi32(p1, p2));
     }
-    (hsum_i32(sums), msum)
+    (sums, msum)
 }
 
 /// The order of llama.cpp's repacked Q4_K (`ggml_gemv/gemm_q4_K_8x8_q8_K`, x86): two scalar FMA

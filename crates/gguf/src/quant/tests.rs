@@ -101,20 +101,26 @@ fn quantised_matmul_matches_dequantised_f32_and_simd_matches_scalar() {
             let exact: f64 = (0..cols).map(|c| xr[c] as f64 * wd[c] as f64).sum();
             assert!((y[i * rows] as f64 - exact).abs() < 0.6, "{}: {} vs exact {exact}", ty.name(), y[i * rows]);
         }
-        // SIMD kernels: the same integer sums, added in another float order.
-        let mut per_level = Vec::new();
-        for level in simd_levels() {
-            let mut ys = vec![0f32; n * rows];
-            q.matmul_with(&x, n, &mut ys, level);
-            for (a, b) in y.iter().zip(&ys) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{}: SIMD {level:?} gives {b}, scalar {a}", ty.name());
-            }
-            per_level.push((level, ys));
+        // SIMD kernels: the same integer sums, added in another float order; AVX-512 (four rows
+        // per pass, 37 rows: a remainder too) is AVX2's arithmetic exactly.
+        simd_matches_scalar(&q, &x, n, &y, ty.name());
+    }
+}
+
+/// Every SIMD level's matmul of `x` (n rows) against the scalar result `y` (relative 1e-5), and
+/// AVX-512 against AVX2 bit for bit when both run here.
+fn simd_matches_scalar(q: &QTensor, x: &[f32], n: usize, y: &[f32], label: &str) {
+    let mut per_level = Vec::new();
+    for level in simd_levels() {
+        let mut ys = vec![0f32; y.len()];
+        q.matmul_with(x, n, &mut ys, level);
+        for (a, b) in y.iter().zip(&ys) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{label}: SIMD {level:?} gives {b}, scalar {a}");
         }
-        // AVX-512 (four rows per pass, 37 rows: a remainder too) is AVX2's arithmetic exactly.
-        if let [(Level::Avx2, a), (Level::Avx512, b)] = &per_level[..] {
-            for (u, v) in a.iter().zip(b) { assert_eq!(u.to_bits(), v.to_bits(), "{}: AVX2 {u:e}, AVX-512 {v:e}", ty.name()); }
-        }
+        per_level.push((level, ys));
+    }
+    if let [(Level::Avx2, a), (Level::Avx512, b)] = &per_level[..] {
+        for (u, v) in a.iter().zip(b) { assert_eq!(u.to_bits(), v.to_bits(), "{label}: AVX2 {u:e}, AVX-512 {v:e}"); }
     }
 }
 
@@ -132,20 +138,9 @@ fn simd_matches_scalar_on_every_llama_cpp_path() {
             let q = QTensor::quantize(ty, &w, rows, cols).unwrap();
             let mut y = vec![0f32; n * rows];
             q.matmul_with(&x, n, &mut y, Level::Scalar);
-            let mut per_level = Vec::new();
-            for level in simd_levels() {
-                let mut ys = vec![0f32; n * rows];
-                q.matmul_with(&x, n, &mut ys, level);
-                for (a, b) in y.iter().zip(&ys) {
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{} [{rows}x{cols}]·{n}: SIMD {level:?} gives {b}, scalar {a}", ty.name());
-                }
-                per_level.push((level, ys));
-            }
             // Level::Avx512 runs AVX-512 kernels only where their order is AVX2's, AVX2's
             // kernels elsewhere: bit-identical on every path.
-            if let [(Level::Avx2, a), (Level::Avx512, b)] = &per_level[..] {
-                for (u, v) in a.iter().zip(b) { assert_eq!(u.to_bits(), v.to_bits(), "{} [{rows}x{cols}]·{n}: AVX2 {u:e}, AVX-512 {v:e}", ty.name()); }
-            }
+            simd_matches_scalar(&q, &x, n, &y, &format!("{} [{rows}x{cols}]·{n}", ty.name()));
         }
     }
 }
