@@ -270,7 +270,6 @@ impl Graph {
         let loss = ops::cross_entropy::mean_nll(&nll, count)?;
         let (ht, wt, need_dh) = (h.t.clone(), w.t.clone(), h.requires_grad);
         Ok(self.push1(&[h, w], loss, move |g| {
-            let d = g.try_to_vec_f32()?[0];
             let c = ht.cols();
             let mut dh: Vec<Option<Tensor>> = vec![None; n.div_ceil(rc)];
             let mut dw = if vc < v { Some(wt.zeros_like()?) } else { None };
@@ -281,7 +280,7 @@ impl Graph {
                 }
                 let hc = rows(&ht, r0, m)?;
                 let z = ops::matmul::linear(&hc, &wc, None)?;
-                let dz = ops::cross_entropy::cross_entropy_backward_chunk(&z, &targets, &lse, r0, v0, d, count)?;
+                let dz = ops::cross_entropy::cross_entropy_backward_chunk(&z, &targets, &lse, r0, v0, g, count)?;
                 let (dhc, dwr, _) = ops::matmul::linear_backward(&hc, &wc, &dz, need_dh, false)?;
                 if let Some(dhc) = dhc {
                     accumulate(&mut dh[i], &dhc)?;

@@ -41,9 +41,11 @@ extern "C" __global__ void ce_chunk_finish_f32(const float* state, const unsigne
 }
 
 // dz (m, vc) for the slice v0..v0+vc of rows whose targets and lse are t, lse.
+// dloss: the loss gradient, read on the device when it is there (dloss_dev, so the backward
+// never waits for the host), else dloss_host.
 extern "C" __global__ void ce_chunk_bwd_f32(const float* z, const unsigned* t, const float* lse, float* dz, long long m,
-                                            int vc, int v0, float dloss, float inv_count) {
-    float scale = dloss * inv_count;
+                                            int vc, int v0, const float* dloss_dev, float dloss_host, float inv_count) {
+    float scale = (dloss_dev ? *dloss_dev : dloss_host) * inv_count;
     long long total = m * vc;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
         long long r = i / vc;

@@ -122,7 +122,8 @@ pub fn lse_finish(state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> 
 }
 
 /// dlogits of `z` (m, vc), vocabulary ids v0.., for rows r0.. of `targets` and `lse`.
-pub fn backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: f32, count: usize) -> Result<Tensor> {
+/// `dloss` (one element) is read where it lives: a device scalar by the kernel, with no sync.
+pub fn backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: &Tensor, count: usize) -> Result<Tensor> {
     let z = &cuda::as_f32(z)?;
     let [zb, lb] = cuda::f32_bufs([z, lse], "cross_entropy_backward_chunk")?;
     let gpu = &zb.gpu;
@@ -134,7 +135,10 @@ pub fn backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0:
     let (tv, lv) = (tb.view(r0, m), lb.view(r0, m));
     let f = gpu.function("cross_entropy_chunks", CHUNKS_SRC, "ce_chunk_bwd_f32")?;
     let mut b = gpu.stream.launch_builder(&f);
-    b.arg(&zb.data).arg(&tv).arg(&lv).arg(&dz.data).arg(&m64).arg(&vc32).arg(&v032).arg(&dloss).arg(&inv);
+    let (host_d, null) = (if dloss.is_cuda() { 0.0f32 } else { dloss.as_f32()?[0] }, 0u64);
+    b.arg(&zb.data).arg(&tv).arg(&lv).arg(&dz.data).arg(&m64).arg(&vc32).arg(&v032);
+    if dloss.is_cuda() { b.arg(&dloss.cuda_buf()?.data) } else { b.arg(&null) };
+    b.arg(&host_d).arg(&inv);
     cuda::launched(unsafe { b.launch(cuda::grid_for(m * vc, 256)) }, "ce_chunk_bwd_f32")?;
     Tensor::from_device_buf(dz, z.shape())
 }

@@ -152,7 +152,9 @@ pub fn lse_finish(state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> 
 
 /// dlogits (m, vc) of the vocabulary slice v0..v0+vc for rows r0..r0+m, whose targets and
 /// saved logsumexp are rows r0.. of `targets` and `lse` (n).
-pub fn cross_entropy_backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: f32, count: usize) -> Result<Tensor> {
+/// `dloss` is the one-element loss gradient, on the device of `z` or the host (a device one is
+/// read by the kernel: no host sync in the backward).
+pub fn cross_entropy_backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: &Tensor, count: usize) -> Result<Tensor> {
     let (m, vc) = (z.rows(), z.cols());
     if r0 + m > lse.numel() || targets.numel() != lse.numel() {
         bail!("cross_entropy_backward_chunk: rows {r0}..{} of {} targets and {} lse", r0 + m, targets.numel(), lse.numel());
@@ -161,6 +163,7 @@ pub fn cross_entropy_backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, 
     if z.is_cuda() {
         return cuda::backward_chunk(z, targets, lse, r0, v0, dloss, count);
     }
+    let dloss = dloss.try_to_vec_f32()?[0];
     let d = ce_bwd_chunk(z.as_f32()?, &targets.as_u32()?[r0..r0 + m], &lse.as_f32()?[r0..r0 + m], v0, dloss, count, vc);
     Tensor::from_f32(d, z.shape())
 }
