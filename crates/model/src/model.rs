@@ -152,7 +152,11 @@ fn block(g: &mut Graph, c: &ModelConfig, rope: &Arc<RopeTable>, bt: (usize, usiz
     let k = g.rope(&k, rope, pos0)?;
     g.name(&k, || format!("Kcur_rope-{l}"));
     let attn = match cache {
-        None => g.attention(&q, &k, &v, t, c.sliding_window)?,
+        None if g.is_recording() => g.attention(&q, &k, &v, t, c.sliding_window)?,
+        // Inference without a cache (perplexity, trace, bench's forward) takes the cached
+        // path's attention, with this window's K/V as the cache: one inference arithmetic,
+        // llama.cpp's on the CPU, so quantised GGUF models score what llama.cpp scores.
+        None => g.constant(smelt_core::ops::attention::attention_infer(q.tensor(), k.tensor(), v.tensor(), t, c.sliding_window)?),
         Some(slot) => {
             if g.is_recording() {
                 bail!("the KV cache is for inference only");
