@@ -167,3 +167,27 @@ fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
         std::fs::remove_file(&out).ok();
     }
 }
+
+/// Perplexity windows (all logits of a 128-token batch, no KV cache) against llama.cpp's
+/// runtime on the published Q4_1 file (golden: scripts/gguf_ppl_golden.py). With the same
+/// arithmetic every logit is llama.cpp's, so each window's mean NLL agrees to the rounding of
+/// the f64 log-sum-exp (numpy's against ours); one differing 8-bit activation anywhere would
+/// move it by ~1e-3.
+#[test]
+fn smollm2_q4_1_perplexity_matches_llama_cpp() {
+    let gguf = root().join(".cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.exists() {
+        eprintln!("SKIP: {} absent (run scripts/fetch_smollm2.sh)", gguf.display());
+        return;
+    }
+    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("crates/infer/tests/data/smollm2_q4_1_ppl_llama_cpp.json")).unwrap()).unwrap();
+    let w = golden["seq_len"].as_u64().unwrap() as usize;
+    let ids = ids(&golden["ids"]);
+    let model = smelt_gguf::load_model(&gguf).unwrap();
+    for (i, want) in golden["window_mean_nll"].as_array().unwrap().iter().enumerate() {
+        let got = smelt_infer::perplexity(&model, &ids[i * w..(i + 1) * w], w, |_, _| {}).unwrap().mean_nll;
+        let want = want.as_f64().unwrap();
+        println!("window {i}: mean NLL {got:.12} (llama.cpp {want:.12})");
+        assert!((got - want).abs() < 1e-9, "window {i}: mean NLL {got} against llama.cpp's {want}");
+    }
+}
