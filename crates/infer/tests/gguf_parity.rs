@@ -9,10 +9,11 @@
 //! and our argmax is llama.cpp's except where llama.cpp's own top-2 margin is below that bound.
 //! Free-running greedy agreement (identical prefix length) is printed per prompt.
 //!
-//! The Q4_1 file and the q8_0, q4_k, q4_0 and q6_k exports are bit-identical to llama.cpp
-//! (AVX-512 build): smelt's inference path runs ggml's float arithmetic in ggml's order,
-//! including the order of the matmul path llama.cpp picks per tensor and batch size (docs/GGUF.md
-//! "Parity"), so every logit and every token agree. With 8-bit activations this model is chaotic
+//! The Q4_1 file and the q8_0, q4_k, q4_0, q6_k, f16 and bf16 exports are bit-identical to
+//! llama.cpp (AVX-512 build): smelt's inference path runs ggml's float arithmetic in ggml's
+//! order, including the order of the matmul path llama.cpp picks per tensor and batch size
+//! (docs/GGUF.md "Parity"), and F16/BF16 matmuls round the activations to f16/bf16 first as
+//! llama.cpp does, so every logit and every token agree. With 8-bit activations this model is chaotic
 //! at the 0.3-logit level, so only identical order reproduces every near-tie; the f32 export
 //! keeps the looser checks above.
 
@@ -55,7 +56,14 @@ fn check(model: &Model, tok: &smelt_tokenizer::Tokenizer, golden: &str, bound: f
         let want = ids(&case["ids"]);
         // Teacher forcing on llama.cpp's tokens.
         let mut cache = KvCache::new(&model.cfg, 1, prompt.len() + want.len() + 1);
-        let mut logits = model.logits(&Tensor::from_u32(prompt.clone(), &[1, prompt.len()]).unwrap(), Some(&mut cache), Logits::Last).unwrap();
+        // The goldens come from llama.cpp with logits_all, i.e. its head multiplies every prompt
+        // row; so does ours here: for an F16/BF16 head the number of rows picks the summation
+        // order (tinyBLAS for ≥ 2, vec_dot for one; docs/GGUF.md "Parity"). The free-running
+        // greedy below keeps `Logits::Last`.
+        let all = model.logits(&Tensor::from_u32(prompt.clone(), &[1, prompt.len()]).unwrap(), Some(&mut cache), Logits::All).unwrap();
+        let vocab = model.cfg.vocab_size;
+        let last = all.as_f32().unwrap()[(prompt.len() - 1) * vocab..].to_vec();
+        let mut logits = Tensor::from_f32(last, &[1, vocab]).unwrap();
         let mut max_diff = 0f32;
         for (step, top) in case["top"].as_array().unwrap().iter().enumerate() {
             let l = logits.as_f32().unwrap();
@@ -131,6 +139,34 @@ fn exports_of_the_q4_1_model_match_llama_cpp() {
         let s = check(&model, &tok, &format!("smollm2_export_{}_llama_cpp.json", ty.name()), QUANT_BOUND);
         assert_eq!((s.identical_prompts, s.max_diff), (s.prompts, 0.0), "{}: must be bit-identical to llama.cpp", ty.name());
         std::fs::remove_file(&out).ok();
+    }
+}
+
+/// The f16 and bf16 files smelt writes from the Q4_1 model against llama.cpp's goldens of the
+/// same files (scripts/gguf_llama_golden.py): bit-identical, as `quant/float.rs` rounds the
+/// activations to the weight type and sums in the order of llama.cpp's tinyBLAS (a prompt) or
+/// `ggml_vec_dot_f16`/`_bf16` (one token), `vdpbf16ps` lanes for BF16 (docs/GGUF.md "Parity").
+/// Before that (f32 activations, 8-lane sums): greedy 5/5 but logits off by up to 5.5e-2.
+#[test]
+fn float_exports_of_the_q4_1_model_match_llama_cpp() {
+    use smelt_gguf::export::{export, TokenizerSource};
+    use smelt_gguf::quant::GgmlType;
+    let gguf = root().join(".cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !gguf.exists() {
+        eprintln!("SKIP: {} absent (run scripts/fetch_smollm2.sh)", gguf.display());
+        return;
+    }
+    let src = smelt_gguf::load_model(&gguf).unwrap();
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    for ty in [GgmlType::F16, GgmlType::BF16] {
+        let out = tmp.join(format!("smollm2-from-q4_1-{}.gguf", ty.name()));
+        export(&src, ty, TokenizerSource::Gguf(&gguf), "q4_1", None, &out).unwrap();
+        let model = smelt_gguf::load_model(&out).unwrap();
+        let tok = smelt_tokenizer::Tokenizer::from_file(&out).unwrap();
+        // The model holds its weights in memory: the 260 MB file can go now.
+        std::fs::remove_file(&out).ok();
+        let s = check(&model, &tok, &format!("smollm2_export_{}_llama_cpp.json", ty.name()), QUANT_BOUND);
+        assert_eq!((s.identical_prompts, s.max_diff), (s.prompts, 0.0), "{}: must be bit-identical to llama.cpp", ty.name());
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! | type | block | bytes | weights | activation |
 //! |---|---|---|---|---|
-//! | F32, F16, BF16 | 1 | 4, 2, 2 | plain floats | f32 |
+//! | F32, F16, BF16 | 1 | 4, 2, 2 | plain floats | f32; F16/BF16: rounded to f16/bf16 (`float::matmul`) |
 //! | Q8_0 | 32 | 34 | f16 d, 32×i8 | Q8_0 |
 //! | Q4_0 | 32 | 18 | f16 d, 32×u4 (−8) | Q8_0 |
 //! | Q4_1 | 32 | 20 | f16 d, f16 m, 32×u4 | Q8_1 |

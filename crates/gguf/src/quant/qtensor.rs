@@ -1,7 +1,8 @@
 //! `QTensor`: a 2-D weight `[rows, cols]` kept in its block format, and the quantised matmul
 //! that `linear` calls for it (through core's `QuantMatrix`). Each input row is quantised once
 //! to the weight type's activation format (Q8_0, Q8_1 or Q8_K, as llama.cpp pairs them), then
-//! every output is an integer dot product of a weight row with it.
+//! every output is an integer dot product of a weight row with it. F16/BF16 matrices go to
+//! `float::matmul` (activations rounded to the weight type, llama.cpp's float order).
 //!
 //! SIMD: on x86-64 with AVX2+FMA+F16C (checked at run time with `is_x86_feature_detected!`),
 //! the Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K dots run hand-written AVX2 kernels (`avx2.rs`), each in the
@@ -75,7 +76,8 @@ impl QTensor {
     /// rows it multiplies four at a time (all but the last n mod 4) with its 4x8 quantiser.
     fn act(&self, x: &[f32], i: usize, n: usize, path: X86Path) -> Act {
         match self.ty {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => Act::F32(x.to_vec()),
+            GgmlType::F32 => Act::F32(x.to_vec()),
+            GgmlType::F16 | GgmlType::BF16 => unreachable!("F16/BF16 matmuls run float::matmul"),
             GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 => Act::Q8(quantize_q8(x)),
             GgmlType::Q4_K if path == X86Path::Repack && i < n - n % 4 => Act::Q8K(quantize_q8k_4x8(x)),
             GgmlType::Q4_K | GgmlType::Q6_K => Act::Q8K(quantize_q8k(x)),
@@ -86,6 +88,10 @@ impl QTensor {
     pub fn matmul_with(&self, x: &[f32], n: usize, y: &mut [f32], level: Level) {
         let (k, m) = (self.cols, self.rows);
         assert!(x.len() >= n * k && y.len() >= n * m);
+        if matches!(self.ty, GgmlType::F16 | GgmlType::BF16) {
+            // Activations rounded to the weight type, llama.cpp's order at every level.
+            return super::float::matmul(self.ty, &self.data, m, k, x, n, y, level);
+        }
         let path = if matches!(level, Level::Avx2 | Level::Avx512) { X86Path::of(self.ty, m, n) } else { X86Path::VecDot };
         let acts: Vec<Act> = if n == 1 {
             vec![self.act(&x[..k], 0, 1, path)]
@@ -398,8 +404,6 @@ fn dot_one(ty: GgmlType, wr: &[u8], a: &Act) -> f32 {
         (GgmlType::Q4_K, Act::Q8K(a)) => q4_k::dot(wr, a),
         (GgmlType::Q6_K, Act::Q8K(a)) => q6_k::dot(wr, a),
         (GgmlType::F32, Act::F32(a)) => float_dot(wr, a, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]), 4),
-        (GgmlType::F16, Act::F32(a)) => float_dot(wr, a, |c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32(), 2),
-        (GgmlType::BF16, Act::F32(a)) => float_dot(wr, a, |c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16), 2),
         _ => unreachable!("activation format is chosen from the weight type"),
     }
 }
