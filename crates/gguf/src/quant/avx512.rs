@@ -266,32 +266,44 @@ unsafe fn q4_k_super_block(b: *const u8, y: &[__m512i; 4], bs: __m128i, idx: &[_
 /// times d_a, one FMA each per super-block into the 8-lane accumulators, acc − acc_m), on the
 /// same exact integers Σ sc·q·a and Σ m·Σa per row and super-block, which the 512-bit unpacking
 /// (`q4_k_super_block`) computes with fewer instructions than the AVX2 kernel's scalar scales.
+///
+/// The integer sums are taken row by row over up to `CHUNK` super-blocks, so the weights are
+/// read in memory order: a super-block across the eight rows would be eight streams of a few
+/// cache lines each (864 bytes for 1536 columns), too short for the hardware prefetcher, 8 GB/s
+/// from memory against 22 in one stream.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub unsafe fn dot8_q4_k_repack(w: &[u8], rb: usize, a: &[BlockQ8K]) -> [f32; 8] {
     const B: usize = super::q4_k::BYTES;
+    const CHUNK: usize = 8;
     check::<8>(w, rb, a.len() * B);
     let idx = spread_idx(16, 2);
     let (mut acc, mut acc_m) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for (i, ab) in a.iter().enumerate() {
-        let base = w.as_ptr().add(i * B);
-        let y = load4(ab.qs.as_ptr());
-        let bs = q8k_sub_sums(ab);
-        // Row r: its four partial Σ sc·q·a (low half) and four chunk Σ m·Σa (high half).
-        let mut v = [_mm256_setzero_si256(); 8];
-        for (r, vr) in v.iter_mut().enumerate() {
-            let (sums, mm) = q4_k_super_block(base.add(r * rb), &y, bs, &idx);
-            *vr = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(fold256(fold(sums))), mm);
+    // v[k][r]: super-block c0 + k of row r, its four partial Σ sc·q·a (low half) and four
+    // chunk Σ m·Σa (high half).
+    let mut v = [[_mm256_setzero_si256(); 8]; CHUNK];
+    for c0 in (0..a.len()).step_by(CHUNK) {
+        let blocks = &a[c0..(c0 + CHUNK).min(a.len())];
+        for r in 0..8 {
+            let row = w.as_ptr().add(r * rb + c0 * B);
+            for (k, ab) in blocks.iter().enumerate() {
+                let (sums, mm) = q4_k_super_block(row.add(k * B), &load4(ab.qs.as_ptr()), q8k_sub_sums(ab), &idx);
+                v[k][r] = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(fold256(fold(sums))), mm);
+            }
         }
-        // hadd within 128-bit halves: u0 = [Σ of rows 0..4 | Σm of rows 0..4], u1 for rows 4..8.
-        let u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
-        let u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
-        let isum = _mm256_permute2x128_si256::<0x20>(u0, u1);
-        let msum = _mm256_permute2x128_si256::<0x31>(u0, u1);
-        let da = _mm256_set1_ps(ab.d);
-        let d = _mm256_mul_ps(f16x8(base, rb, 0), da);
-        let dmin = _mm256_mul_ps(f16x8(base, rb, 2), da);
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc);
-        acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), dmin, acc_m);
+        for (k, ab) in blocks.iter().enumerate() {
+            let v = &v[k];
+            // hadd within 128-bit halves: u0 = [Σ of rows 0..4 | Σm of rows 0..4], u1 for rows 4..8.
+            let u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+            let u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+            let isum = _mm256_permute2x128_si256::<0x20>(u0, u1);
+            let msum = _mm256_permute2x128_si256::<0x31>(u0, u1);
+            let base = w.as_ptr().add((c0 + k) * B);
+            let da = _mm256_set1_ps(ab.d);
+            let d = _mm256_mul_ps(f16x8(base, rb, 0), da);
+            let dmin = _mm256_mul_ps(f16x8(base, rb, 2), da);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc);
+            acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), dmin, acc_m);
+        }
     }
     lanes(_mm256_sub_ps(acc, acc_m))
 }
