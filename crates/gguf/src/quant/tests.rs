@@ -416,6 +416,28 @@ mod x86_kernels {
     /// integer lanes, as llama.cpp does).
     fn same_order(_ty: GgmlType) -> bool { true }
 
+    /// The AVX2 Q8_0/Q8_1 activation quantiser against the plain loop, field for field, on
+    /// normal values, rows with zeros, all-zero blocks and ties (values whose product with id is
+    /// k + ½).
+    #[test]
+    fn avx2_q8_quantiser_matches_the_plain_loop() {
+        if !have_avx2() { return; }
+        let mut r = smelt_core::rng::Rng::new(14);
+        for case in 0..200 {
+            let mut x: Vec<f32> = (0..32 * 9).map(|_| r.normal() as f32 * 10f32.powi(case % 5 - 2)).collect();
+            for v in x[32..64].iter_mut() { *v = 0.0; }
+            for (j, v) in x[64..96].iter_mut().enumerate() { *v = (j as f32 - 15.5) * if case % 2 == 0 { 1.0 } else { -0.25 }; }
+            for v in x[96..128].iter_mut().step_by(3) { *v = 0.0; }
+            // amax 127: id = 1, so the halves are exact ties.
+            for (j, v) in x[128..160].iter_mut().enumerate() { *v = if j == 0 { 127.0 } else { j as f32 - 16.5 }; }
+            // SAFETY: AVX2 checked above.
+            let (a, b) = (act::quantize_q8_generic(&x), unsafe { act::quantize_q8_avx2(&x) });
+            for (p, q) in a.iter().zip(&b) {
+                assert_eq!((p.d.to_bits(), p.s.to_bits(), p.qs), (q.d.to_bits(), q.s.to_bits(), q.qs), "case {case}");
+            }
+        }
+    }
+
     /// The AVX-512 repacked Q4_K GEMV against the AVX2 one bit for bit (and the AVX2 one-row
     /// kernel of that order), on random block bytes (every scale/min pattern), full-range random
     /// Q8_K values, 1 to 17 super-blocks, rows at a stride longer than a row.
