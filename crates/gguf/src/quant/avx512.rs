@@ -152,7 +152,11 @@ pub unsafe fn dot_q5_0<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8]) -> [f
             let b = w.as_ptr().add(r * rb + i * B);
             let qh = (b.add(2) as *const u32).read_unaligned();
             let nib = nibbles(b.add(6));
-            let u = _mm256_mask_add_epi8(nib, qh, nib, sixteen);
+            // nib + 16 where the bit is set: one merge-masked `vpaddb` (LLVM makes the
+            // intrinsic an or and a masked move, two operations).
+            let mut u = nib;
+            std::arch::asm!("vpaddb {u}{{{k}}}, {u}, {s}", u = inout(ymm_reg) u, k = in(kreg) qh, s = in(ymm_reg) sixteen,
+                            options(pure, nomem, nostack, preserves_flags));
             let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, u, y));
             acc[r] = _mm256_fmadd_ps(scale8(b, da), q, acc[r]);
         }
