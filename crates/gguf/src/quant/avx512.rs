@@ -16,7 +16,10 @@
 //!   part changes.
 //! - Q5_0's fifth bits by an AVX-512BW mask (`kmov` + masked add) instead of a byte shuffle.
 //! - Q4_K/Q6_K: the integer work of two 32-element groups in one 512-bit register; the two
-//!   halves are added at the end into the lanes the AVX2 kernel sums (again exact).
+//!   halves are added at the end into the lanes the AVX2 kernel sums (again exact). Q6_K's
+//!   −32 offset leaves the integer lanes before the FMA, as in llama.cpp's vec_dot.
+//! - The repacked Q4_K GEMV (`dot8_q4_k_repack`, eight rows in the eight lanes, llama.cpp's
+//!   `ggml_gemv_q4_K_8x8_q8_K` order) on the same 512-bit unpacking, read in memory order.
 
 use super::act::{BlockQ8, BlockQ8K};
 use std::arch::x86_64::*;

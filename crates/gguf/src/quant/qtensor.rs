@@ -10,10 +10,11 @@
 //! `is_aarch64_feature_detected!("dotprod")` finds it (`SMELT_NO_DOTPROD=1` keeps plain NEON).
 //! Everything else, and every other CPU, runs the scalar kernels, which are the reference the
 //! tests compare against (`SMELT_NO_SIMD=1` forces them everywhere). Where the CPU also has
-//! AVX-512 F/BW/VL and VNNI, the vec_dot-path dots of Q8_0/Q4_0/Q4_1/Q5_0/Q4_K run
-//! `avx512.rs`'s kernels (four weight rows per pass for the 32-element blocks, `vpdpbusd`,
-//! 512-bit K-quant unpacking), bit-identical to the AVX2 ones; the repacked and tiled paths and
-//! Q6_K keep the AVX2 kernels (`avx512_same_order`); `SMELT_NO_AVX512=1` keeps AVX2 throughout.
+//! AVX-512 F/BW/VL and VNNI, the vec_dot-path dots of all six types and the repacked Q4_K GEMV
+//! run `avx512.rs`'s kernels (four weight rows per pass for the 32-element blocks, `vpdpbusd`,
+//! 512-bit K-quant unpacking), bit-identical to the AVX2 ones; the repacked Q4_0 and Q4_K GEMM
+//! and the tiled paths keep the AVX2 kernels (`avx512_same_order`, `dot_rows_avx2`'s `avx512`
+//! flag); `SMELT_NO_AVX512=1` keeps AVX2 throughout.
 
 use super::act::{quantize_q8, quantize_q8k, quantize_q8k_4x8, BlockQ8, BlockQ8K};
 use super::{dequantize_row, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0, GgmlType};
