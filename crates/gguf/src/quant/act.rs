@@ -38,12 +38,52 @@ pub fn quantize_q8(x: &[f32]) -> Vec<BlockQ8> {
     quantize_q8_generic(x)
 }
 
+/// `quantize_q8_generic` in AVX2 (llama.cpp's x86 `quantize_row_q8_0/q8_1`): the same max
+/// (exact in any order), the same product by id, rounded half to even by `vroundps`, and the
+/// exact integer sum; 8 lanes at once instead of the compiler's scalar loop (which cost ten
+/// times llama.cpp's quantiser in decode).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,sse4.1")]
-unsafe fn quantize_q8_avx2(x: &[f32]) -> Vec<BlockQ8> { quantize_q8_generic(x) }
+pub(super) unsafe fn quantize_q8_avx2(x: &[f32]) -> Vec<BlockQ8> {
+    use std::arch::x86_64::*;
+    let mut out = Vec::with_capacity(x.len() / 32);
+    let sign = _mm256_set1_ps(-0.0);
+    // packs within 128-bit lanes leaves the dwords of the four vectors as a0 b0 c0 d0 a1 b1 c1 d1.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for b in x.chunks_exact(32) {
+        let p = b.as_ptr();
+        let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
+        let m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                              _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+        let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let (q0, q1, q2, q3) = (round_q(v[0], id), round_q(v[1], id), round_q(v[2], id), round_q(v[3], id));
+        let s8 = _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3));
+        let s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+        let s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(s4, _mm_shuffle_epi32::<0b10_11_00_01>(s4)));
+        let packed = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+        let mut qs = [0i8; 32];
+        _mm256_storeu_si256(qs.as_mut_ptr() as *mut __m256i, _mm256_permutevar8x32_epi32(packed, order));
+        out.push(BlockQ8 { d: round_f16(d), s: round_f16(sum as f32 * d), qs });
+    }
+    out
+}
+
+/// v·id rounded half to even, as i32 (a function, not a closure, so that it has the features).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,sse4.1")]
+unsafe fn round_q(v: std::arch::x86_64::__m256, id: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_cvtps_epi32(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(v, id)))
+}
 
 #[inline(always)]
-fn quantize_q8_generic(x: &[f32]) -> Vec<BlockQ8> {
+pub(super) fn quantize_q8_generic(x: &[f32]) -> Vec<BlockQ8> {
     // Plain loops, no closures: a closure would not inherit the caller's target features.
     let mut out = Vec::with_capacity(x.len() / 32);
     for b in x.chunks_exact(32) {

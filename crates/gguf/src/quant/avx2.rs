@@ -381,14 +381,14 @@ unsafe fn reduce8(v: &[__m256i; 8]) -> __m256i {
 /// The f16 at byte `off` of each of the 8 rows, as f32 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16x8(w: *const u8, rb: usize, off: usize) -> __m256 {
+pub(super) unsafe fn f16x8(w: *const u8, rb: usize, off: usize) -> __m256 {
     let h = |r: usize| (w.add(r * rb + off) as *const i16).read_unaligned();
     _mm256_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7)))
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn lanes(v: __m256) -> [f32; 8] {
+pub(super) unsafe fn lanes(v: __m256) -> [f32; 8] {
     let mut o = [0f32; 8];
     _mm256_storeu_ps(o.as_mut_ptr(), v);
     o

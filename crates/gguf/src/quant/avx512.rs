@@ -16,14 +16,17 @@
 //!   part changes.
 //! - Q5_0's fifth bits by an AVX-512BW mask (`kmov` + masked add) instead of a byte shuffle.
 //! - Q4_K/Q6_K: the integer work of two 32-element groups in one 512-bit register; the two
-//!   halves are added at the end into the lanes the AVX2 kernel sums (again exact).
+//!   halves are added at the end into the lanes the AVX2 kernel sums (again exact). Q6_K's
+//!   −32 offset leaves the integer lanes before the FMA, as in llama.cpp's vec_dot.
+//! - The repacked Q4_K GEMV (`dot8_q4_k_repack`, eight rows in the eight lanes, llama.cpp's
+//!   `ggml_gemv_q4_K_8x8_q8_K` order) on the same 512-bit unpacking, read in memory order.
 
 use super::act::{BlockQ8, BlockQ8K};
 use std::arch::x86_64::*;
 
 // The f16 scale loads (off the FMA chain: see `avx2::f16`) and llama.cpp's `hsum_float_8`
 // are the AVX2 kernels' own: the same operations, inlined here under the wider features.
-use super::avx2::{f16, f16x2, hsum};
+use super::avx2::{f16, f16x2, f16x8, hsum, lanes};
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -39,11 +42,22 @@ unsafe fn offset_start(c: u8, y: __m256i) -> __m256i {
 }
 
 /// 16 packed bytes → 32 values: low nibbles (elements 0..16), then high nibbles (16..32).
+/// The bytes broadcast to both halves by the load, the high half shifted by `vpsrlvq`: one
+/// operation fewer than shift + insert.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn nibbles(p: *const u8) -> __m256i {
-    let t = _mm_loadu_si128(p as *const __m128i);
-    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F))
+    let t = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
+    _mm256_and_si256(_mm256_srlv_epi64(t, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0F))
+}
+
+/// `_mm256_set1_ps(f16(p) * da)` with `da` = set1(d_a): the same product in every lane, as
+/// `vpbroadcastw` from memory + `vcvtph2ps` + `vmulps` (the scalar route is a load, `vmovd`,
+/// convert, `vmulss` and `vbroadcastss`: two vector operations more per block and row).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn scale8(p: *const u8, da: __m256) -> __m256 {
+    _mm256_mul_ps(_mm256_cvtph_ps(_mm_set1_epi16((p as *const i16).read_unaligned())), da)
 }
 
 #[inline]
@@ -70,12 +84,13 @@ pub unsafe fn dot_q8_0<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8]) -> [f
     for (i, ab) in a.iter().enumerate() {
         let y = load(ab.qs.as_ptr());
         let start = offset_start(0x80, y);
+        let da = _mm256_set1_ps(ab.d);
         for r in 0..R {
             let b = w.as_ptr().add(r * rb + i * B);
             // x + 128 as unsigned bytes.
             let x = _mm256_xor_si256(load(b.add(2) as *const i8), flip);
             let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, x, y));
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc[r]);
+            acc[r] = _mm256_fmadd_ps(scale8(b, da), q, acc[r]);
         }
     }
     finish(&acc)
@@ -91,10 +106,11 @@ pub unsafe fn dot_q4_0<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8]) -> [f
         let y = load(ab.qs.as_ptr());
         // The nibbles are q + 8.
         let start = offset_start(8, y);
+        let da = _mm256_set1_ps(ab.d);
         for r in 0..R {
             let b = w.as_ptr().add(r * rb + i * B);
             let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, nibbles(b.add(2)), y));
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc[r]);
+            acc[r] = _mm256_fmadd_ps(scale8(b, da), q, acc[r]);
         }
     }
     finish(&acc)
@@ -134,13 +150,18 @@ pub unsafe fn dot_q5_0<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8]) -> [f
         let y = load(ab.qs.as_ptr());
         // The 5-bit values are q + 16.
         let start = offset_start(16, y);
+        let da = _mm256_set1_ps(ab.d);
         for r in 0..R {
             let b = w.as_ptr().add(r * rb + i * B);
             let qh = (b.add(2) as *const u32).read_unaligned();
             let nib = nibbles(b.add(6));
-            let u = _mm256_mask_add_epi8(nib, qh, nib, sixteen);
+            // nib + 16 where the bit is set: one merge-masked `vpaddb` (LLVM makes the
+            // intrinsic an or and a masked move, two operations).
+            let mut u = nib;
+            std::arch::asm!("vpaddb {u}{{{k}}}, {u}, {s}", u = inout(ymm_reg) u, k = in(kreg) qh, s = in(ymm_reg) sixteen,
+                            options(pure, nomem, nostack, preserves_flags));
             let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, u, y));
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), q, acc[r]);
+            acc[r] = _mm256_fmadd_ps(scale8(b, da), q, acc[r]);
         }
     }
     finish(&acc)
@@ -205,44 +226,107 @@ pub unsafe fn dot_q4_k<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8K]) -> [
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn row_q4_k(w: *const u8, a: &[BlockQ8K], idx: &[__m512i; 4]) -> f32 {
-    const B: usize = super::q4_k::BYTES;
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (i, ab) in a.iter().enumerate() {
+        let b = w.add(i * super::q4_k::BYTES);
+        let (sums, mm) = q4_k_super_block(b, &load4(ab.qs.as_ptr()), q8k_sub_sums(ab), idx);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), _mm256_cvtepi32_ps(fold(sums)), acc);
+        mins += f16(b.add(2)) * ab.d * hsum_i32x4(mm) as f32;
+    }
+    hsum(acc) - mins
+}
+
+/// Block sums of the eight 32-element sub-blocks of a Q8_K block (pairs of its 16-element
+/// sums; at most 2·16·128, so exact in i16).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q8k_sub_sums(ab: &BlockQ8K) -> __m128i {
+    _mm_hadd_epi16(_mm_loadu_si128(ab.bsums.as_ptr() as *const __m128i), _mm_loadu_si128(ab.bsums.as_ptr().add(8) as *const __m128i))
+}
+
+/// The integer sums of one Q4_K super-block `b` against its Q8_K block (`y` = `load4` of its
+/// values, `bs` = `q8k_sub_sums`): Σ sc·q·a in 16 i32 lanes, whose `fold` is exactly
+/// `avx2::q4_k_block_lanes`'s eight lanes, and Σ m·Σa per 64-element chunk c in lane c.
+/// Scales and mins unpacked as llama.cpp's AVX2 kernel does (the `utmp` shuffle: eight 6-bit
+/// scales, then eight 6-bit mins, as bytes); the mins' dot with the block sums by `madd`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4_k_super_block(b: *const u8, y: &[__m512i; 4], bs: __m128i, idx: &[__m512i; 4]) -> (__m512i, __m128i) {
     const KMASK1: u32 = 0x3f3f3f3f;
     const KMASK2: u32 = 0x0f0f0f0f;
     const KMASK3: u32 = 0x03030303;
     let mask = _mm256_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = 0f32;
-    for (i, ab) in a.iter().enumerate() {
-        let b = w.add(i * B);
-        // Chunk c: elements 64c..64c+64, low nibbles (sub-block 2c) then high (2c+1).
-        let y = load4(ab.qs.as_ptr());
-        // Block sums of the eight 32-element sub-blocks (pairs of the 16-element sums).
-        let bs = _mm_hadd_epi16(_mm_loadu_si128(ab.bsums.as_ptr() as *const __m128i), _mm_loadu_si128(ab.bsums.as_ptr().add(8) as *const __m128i));
-        // In registers: through a stack array, the 16-byte reload of smaller stores is a
-        // failed store-to-load forward.
-        let rd = |o: usize| (b.add(4 + o) as *const u32).read_unaligned();
-        let (u0, u1, u2) = (rd(0), rd(4), rd(8));
-        let su = _mm_set_epi32(
-            (((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4)) as i32,
-            (u1 & KMASK1) as i32,
-            ((u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4)) as i32,
-            (u0 & KMASK1) as i32,
-        );
-        let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(su));
-        let msum = hsum_i32x4(_mm_madd_epi16(_mm_cvtepu8_epi16(_mm_unpackhi_epi64(su, su)), bs));
-        let mut sums = _mm512_setzero_si512();
-        for c in 0..4 {
-            let q = _mm256_loadu_si256(b.add(16 + 32 * c) as *const __m256i);
-            let lo = _mm256_and_si256(q, mask);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
-            let u = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            let s = _mm512_permutexvar_epi16(idx[c], sc16);
-            sums = _mm512_add_epi32(sums, _mm512_madd_epi16(_mm512_maddubs_epi16(u, y[c]), s));
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b) * ab.d), _mm256_cvtepi32_ps(fold(sums)), acc);
-        mins += f16(b.add(2)) * ab.d * msum as f32;
+    // In registers: through a stack array, the 16-byte reload of smaller stores is a
+    // failed store-to-load forward.
+    let rd = |o: usize| (b.add(4 + o) as *const u32).read_unaligned();
+    let (u0, u1, u2) = (rd(0), rd(4), rd(8));
+    let su = _mm_set_epi32(
+        (((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4)) as i32,
+        (u1 & KMASK1) as i32,
+        ((u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4)) as i32,
+        (u0 & KMASK1) as i32,
+    );
+    let sc16 = _mm512_castsi128_si512(_mm_cvtepu8_epi16(su));
+    let mm = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_unpackhi_epi64(su, su)), bs);
+    let mut sums = _mm512_setzero_si512();
+    // Chunk c: elements 64c..64c+64, low nibbles (sub-block 2c) then high (2c+1).
+    for c in 0..4 {
+        let q = _mm256_loadu_si256(b.add(16 + 32 * c) as *const __m256i);
+        let lo = _mm256_and_si256(q, mask);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
+        let u = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        let s = _mm512_permutexvar_epi16(idx[c], sc16);
+        sums = _mm512_add_epi32(sums, _mm512_madd_epi16(_mm512_maddubs_epi16(u, y[c]), s));
     }
-    hsum(acc) - mins
+    (sums, mm)
+}
+
+/// `avx2::dot8_q4_k_repack::<false>` (llama.cpp's repacked Q4_K GEMV, `ggml_gemv_q4_K_8x8_q8_K`)
+/// for the 8 rows of `w` at stride `rb`: the same float operations lane for lane (d and dmin
+/// times d_a, one FMA each per super-block into the 8-lane accumulators, acc − acc_m), on the
+/// same exact integers Σ sc·q·a and Σ m·Σa per row and super-block, which the 512-bit unpacking
+/// (`q4_k_super_block`) computes with fewer instructions than the AVX2 kernel's scalar scales.
+///
+/// The integer sums are taken row by row over up to `CHUNK` super-blocks, so the weights are
+/// read in memory order: a super-block across the eight rows would be eight streams of a few
+/// cache lines each (864 bytes for 1536 columns), too short for the hardware prefetcher, 8 GB/s
+/// from memory against 22 in one stream.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot8_q4_k_repack(w: &[u8], rb: usize, a: &[BlockQ8K]) -> [f32; 8] {
+    const B: usize = super::q4_k::BYTES;
+    const CHUNK: usize = 8;
+    check::<8>(w, rb, a.len() * B);
+    let idx = spread_idx(16, 2);
+    let (mut acc, mut acc_m) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    // v[k][r]: super-block c0 + k of row r, its four partial Σ sc·q·a (low half) and four
+    // chunk Σ m·Σa (high half).
+    let mut v = [[_mm256_setzero_si256(); 8]; CHUNK];
+    for c0 in (0..a.len()).step_by(CHUNK) {
+        let blocks = &a[c0..(c0 + CHUNK).min(a.len())];
+        for r in 0..8 {
+            let row = w.as_ptr().add(r * rb + c0 * B);
+            for (k, ab) in blocks.iter().enumerate() {
+                let (sums, mm) = q4_k_super_block(row.add(k * B), &load4(ab.qs.as_ptr()), q8k_sub_sums(ab), &idx);
+                v[k][r] = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(fold256(fold(sums))), mm);
+            }
+        }
+        for (k, ab) in blocks.iter().enumerate() {
+            let v = &v[k];
+            // hadd within 128-bit halves: u0 = [Σ of rows 0..4 | Σm of rows 0..4], u1 for rows 4..8.
+            let u0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+            let u1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+            let isum = _mm256_permute2x128_si256::<0x20>(u0, u1);
+            let msum = _mm256_permute2x128_si256::<0x31>(u0, u1);
+            let base = w.as_ptr().add((c0 + k) * B);
+            let da = _mm256_set1_ps(ab.d);
+            let d = _mm256_mul_ps(f16x8(base, rb, 0), da);
+            let dmin = _mm256_mul_ps(f16x8(base, rb, 2), da);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc);
+            acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), dmin, acc_m);
+        }
+    }
+    lanes(_mm256_sub_ps(acc, acc_m))
 }
 
 /// R rows of `avx2::dot_q6_k`, one row after another (as `dot_q4_k`).
@@ -263,7 +347,6 @@ unsafe fn row_q6_k(w: *const u8, a: &[BlockQ8K], idx: &[__m512i; 4]) -> f32 {
     let m4 = _mm512_set1_epi8(0x0F);
     let m2 = _mm512_set1_epi8(0x03);
     let mut acc = _mm256_setzero_ps();
-    let mut corr = 0f32;
     for (i, ab) in a.iter().enumerate() {
         let b = w.add(i * B);
         // Pair p: groups 2p, 2p+1 (64 elements at 64p).
@@ -287,10 +370,12 @@ unsafe fn row_q6_k(w: *const u8, a: &[BlockQ8K], idx: &[__m512i; 4]) -> f32 {
                 sums = _mm512_add_epi32(sums, _mm512_madd_epi16(_mm512_maddubs_epi16(u, y[p]), s));
             }
         }
-        // Σ sc·(q+32)·a − 32·Σ sc·Σa, with Σa per sub-block from the Q8_K block sums.
-        let c = hsum_i32x4(fold256(_mm256_madd_epi16(_mm512_castsi512_si256(sc16), bsums)));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(fold(sums)), acc);
-        corr += d * (32 * c) as f32;
+        // Σ sc·(q+32)·a − 32·Σ sc·Σa in the integer lanes, as llama.cpp's AVX2 kernel does:
+        // lane l less 32·(sc·Σa) of sub-blocks 2l, 2l+1 (Σa from the Q8_K block sums). The
+        // lanes are `avx2::q6_k_lanes`'s exactly, so the conversion and FMA see the same values.
+        let corr = _mm256_slli_epi32(_mm256_madd_epi16(bsums, _mm512_castsi512_si256(sc16)), 5);
+        let lanes = _mm256_sub_epi32(fold(sums), corr);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
     }
-    hsum(acc) - corr
+    hsum(acc)
 }

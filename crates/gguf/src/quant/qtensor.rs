@@ -11,10 +11,11 @@
 //! `is_aarch64_feature_detected!("dotprod")` finds it (`SMELT_NO_DOTPROD=1` keeps plain NEON).
 //! Everything else, and every other CPU, runs the scalar kernels, which are the reference the
 //! tests compare against (`SMELT_NO_SIMD=1` forces them everywhere). Where the CPU also has
-//! AVX-512 F/BW/VL and VNNI, the vec_dot-path dots of Q8_0/Q4_0/Q4_1/Q5_0/Q4_K run
-//! `avx512.rs`'s kernels (four weight rows per pass for the 32-element blocks, `vpdpbusd`,
-//! 512-bit K-quant unpacking), bit-identical to the AVX2 ones; the repacked and tiled paths and
-//! Q6_K keep the AVX2 kernels (`avx512_same_order`); `SMELT_NO_AVX512=1` keeps AVX2 throughout.
+//! AVX-512 F/BW/VL and VNNI, the vec_dot-path dots of all six types and the repacked Q4_K GEMV
+//! run `avx512.rs`'s kernels (four weight rows per pass for the 32-element blocks, `vpdpbusd`,
+//! 512-bit K-quant unpacking), bit-identical to the AVX2 ones; the repacked Q4_0 and Q4_K GEMM
+//! and the tiled paths keep the AVX2 kernels (`avx512_same_order`, `dot_rows_avx2`'s `avx512`
+//! flag); `SMELT_NO_AVX512=1` keeps AVX2 throughout.
 
 use super::act::{quantize_q8, quantize_q8k, quantize_q8k_4x8, BlockQ8, BlockQ8K};
 use super::{dequantize_row, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0, GgmlType};
@@ -222,11 +223,11 @@ fn dot_rows(level: Level, path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts
     #[cfg(target_arch = "x86_64")]
     match level {
         // SAFETY: Level::Avx2 is only chosen after run-time feature detection.
-        Level::Avx2 => return unsafe { dot_rows_avx2(path, ty, w, rb, acts, out) },
+        Level::Avx2 => return unsafe { dot_rows_avx2(path, false, ty, w, rb, acts, out) },
         // SAFETY: checked again here (cached by std), as tests may pin the level.
         Level::Avx512 if avx512_detected() => {
             return unsafe {
-                if avx512_same_order(ty, path) { dot_rows_avx512(ty, w, rb, acts, out) } else { dot_rows_avx2(path, ty, w, rb, acts, out) }
+                if avx512_same_order(ty, path) { dot_rows_avx512(ty, w, rb, acts, out) } else { dot_rows_avx2(path, true, ty, w, rb, acts, out) }
             }
         }
         _ => {}
@@ -243,16 +244,16 @@ fn dot_rows(level: Level, path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts
     dot_rows_generic(ty, w, rb, acts, out)
 }
 
-/// Whether `avx512.rs`'s kernels sum (ty, path) in the float order that `dot_rows_avx2` uses
-/// for it, i.e. llama.cpp's: the AVX-512 kernels follow the `ggml_vec_dot_*` orders of Q8_0,
-/// Q4_0, Q4_1, Q5_0 and Q4_K only. llama.cpp's repacked (Q4_0, Q4_K) and tiled (Q4_K, Q6_K)
-/// paths sum in other orders, and its Q6_K vec_dot subtracts 32·Σ sc·Σa from the integer lanes
-/// before the FMA where `avx512::dot_q6_k` subtracts it in float: those run the AVX2 kernels
-/// (`X86Path` says which path a matmul takes), so that Level::Avx512 stays bit-identical to
-/// llama.cpp too.
+/// Whether `dot_rows_avx512` sums (ty, path) in the float order that `dot_rows_avx2` uses for
+/// it, i.e. llama.cpp's: its kernels follow the `ggml_vec_dot_*` orders (Q6_K's included: the
+/// 32·Σ sc·Σa offset subtracted from the integer lanes before the FMA). llama.cpp's repacked
+/// (Q4_0, Q4_K) and tiled (Q4_K, Q6_K) paths sum in other orders and take `dot_rows_avx2`,
+/// which runs them on AVX2 kernels except the repacked Q4_K GEMV (`avx512::dot8_q4_k_repack`,
+/// the AVX2 kernel's float operations lane for lane), so that Level::Avx512 stays
+/// bit-identical to llama.cpp too.
 #[cfg(target_arch = "x86_64")]
-fn avx512_same_order(ty: GgmlType, path: X86Path) -> bool {
-    path == X86Path::VecDot && matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K)
+fn avx512_same_order(_ty: GgmlType, path: X86Path) -> bool {
+    path == X86Path::VecDot
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -284,7 +285,7 @@ unsafe fn dot_rows_neon<const DOT: bool>(ty: GgmlType, w: &[u8], rb: usize, acts
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_avx2(path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+unsafe fn dot_rows_avx2(path: X86Path, avx512: bool, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
     use super::avx2;
     let n = acts.len();
     // The repacked GEMM takes the input rows four at a time, the GEMV the last n mod 4.
@@ -299,6 +300,8 @@ unsafe fn dot_rows_avx2(path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts: 
                 let o = match (ty, a) {
                     (GgmlType::Q4_0, Act::Q8(a)) => avx2::dot8_q4_0_repack(w8, rb, a),
                     (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && i < gemm_rows => avx2::dot8_q4_k_repack::<true>(w8, rb, a),
+                    // SAFETY: `avx512` only where the caller checked the AVX-512 features.
+                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && avx512 => super::avx512::dot8_q4_k_repack(w8, rb, a),
                     (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack => avx2::dot8_q4_k_repack::<false>(w8, rb, a),
                     (GgmlType::Q4_K, Act::Q8K(a)) => avx2::dot8_q4_k_tiled(w8, rb, a),
                     (GgmlType::Q6_K, Act::Q8K(a)) => avx2::dot8_q6_k_tiled(w8, rb, a),

@@ -414,9 +414,66 @@ mod x86_kernels {
     fn have_avx2() -> bool { is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") }
 
     /// Where the AVX-512 kernel sums in the order of the AVX2 vec_dot kernel (`qtensor`'s
-    /// `avx512_same_order`: all but Q6_K, whose AVX2 vec_dot now subtracts its −32 offset from the
-    /// integer lanes as llama.cpp does; Level::Avx512 runs AVX2's dot_q6_k for it).
-    fn same_order(ty: GgmlType) -> bool { ty != GgmlType::Q6_K }
+    /// `avx512_same_order`): every type, Q6_K included (both subtract its −32 offset from the
+    /// integer lanes, as llama.cpp does).
+    fn same_order(_ty: GgmlType) -> bool { true }
+
+    /// The AVX2 Q8_0/Q8_1 activation quantiser against the plain loop, field for field, on
+    /// normal values, rows with zeros, all-zero blocks and ties (values whose product with id is
+    /// k + ½).
+    #[test]
+    fn avx2_q8_quantiser_matches_the_plain_loop() {
+        if !have_avx2() { return; }
+        let mut r = smelt_core::rng::Rng::new(14);
+        for case in 0..200 {
+            let mut x: Vec<f32> = (0..32 * 9).map(|_| r.normal() as f32 * 10f32.powi(case % 5 - 2)).collect();
+            for v in x[32..64].iter_mut() { *v = 0.0; }
+            for (j, v) in x[64..96].iter_mut().enumerate() { *v = (j as f32 - 15.5) * if case % 2 == 0 { 1.0 } else { -0.25 }; }
+            for v in x[96..128].iter_mut().step_by(3) { *v = 0.0; }
+            // amax 127: id = 1, so the halves are exact ties.
+            for (j, v) in x[128..160].iter_mut().enumerate() { *v = if j == 0 { 127.0 } else { j as f32 - 16.5 }; }
+            // SAFETY: AVX2 checked above.
+            let (a, b) = (act::quantize_q8_generic(&x), unsafe { act::quantize_q8_avx2(&x) });
+            for (p, q) in a.iter().zip(&b) {
+                assert_eq!((p.d.to_bits(), p.s.to_bits(), p.qs), (q.d.to_bits(), q.s.to_bits(), q.qs), "case {case}");
+            }
+        }
+    }
+
+    /// The AVX-512 repacked Q4_K GEMV against the AVX2 one bit for bit (and the AVX2 one-row
+    /// kernel of that order), on random block bytes (every scale/min pattern), full-range random
+    /// Q8_K values, 1 to 17 super-blocks, rows at a stride longer than a row.
+    #[test]
+    fn avx512_q4_k_repack_gemv_matches_avx2_bit_for_bit() {
+        if !have_avx2() || !avx512_detected() {
+            eprintln!("SKIP: this CPU lacks AVX2 or AVX-512 F/BW/VL/VNNI");
+            return;
+        }
+        let ty = GgmlType::Q4_K;
+        let mut r = smelt_core::rng::Rng::new(13);
+        for nb in [1, 2, 3, 6, 17] {
+            for _ in 0..20 {
+                let rb = nb * ty.block_bytes() + 16;
+                let rows: Vec<Vec<u8>> = (0..8).map(|_| random_blocks(ty, nb, &mut r)).collect();
+                let mut w = vec![0u8; 8 * rb];
+                for (j, row) in rows.iter().enumerate() { w[j * rb..j * rb + row.len()].copy_from_slice(row); }
+                let x: Vec<f32> = (0..nb * 256).map(|_| r.normal() as f32).collect();
+                let mut ak = act::quantize_q8k(&x);
+                for b in &mut ak {
+                    for q in &mut b.qs { *q = r.next_u64() as i8; }
+                    for (s, c) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) { *s = c.iter().map(|&q| q as i16).sum(); }
+                }
+                // SAFETY: features checked above.
+                let (wide, narrow) = unsafe { (avx512::dot8_q4_k_repack(&w, rb, &ak), avx2::dot8_q4_k_repack::<false>(&w, rb, &ak)) };
+                for (j, row) in rows.iter().enumerate() {
+                    // SAFETY: as above.
+                    let one = unsafe { avx2::dot_q4_k_repack(row, &ak) };
+                    assert_eq!(wide[j].to_bits(), narrow[j].to_bits(), "{nb} blocks, row {j}: AVX-512 {:e}, AVX2 {:e}", wide[j], narrow[j]);
+                    assert_eq!(narrow[j].to_bits(), one.to_bits(), "{nb} blocks, row {j}: 8 rows {:e}, one {one:e}", narrow[j]);
+                }
+            }
+        }
+    }
 
     /// Each AVX-512 kernel, four rows per pass and one, against the AVX2 vec_dot kernel bit for
     /// bit where the float orders are the same (`same_order`), and against the scalar kernel
