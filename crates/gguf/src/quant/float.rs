@@ -54,7 +54,7 @@ enum Order {
 impl Order {
     fn of(ty: GgmlType, rows: usize, cols: usize, n: usize) -> Order {
         let kn = if ty == GgmlType::BF16 { 32 } else { 16 };
-        if n >= 2 && cols % kn == 0 && rows % 4 == 0 { Order::TinyBlas } else { Order::VecDot }
+        if n >= 2 && cols.is_multiple_of(kn) && rows.is_multiple_of(4) { Order::TinyBlas } else { Order::VecDot }
     }
 }
 
