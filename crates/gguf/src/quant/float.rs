@@ -97,14 +97,7 @@ pub(crate) fn matmul(ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32]
             dot_rows(level, ty, order, w, rb, &acts, yb);
         })
     };
-    if n == 1 {
-        return run(&mut y[..m]);
-    }
-    let mut yt = vec![0f32; m * n];
-    run(&mut yt);
-    for j in 0..m {
-        for i in 0..n { y[i * m + j] = yt[j * n + i]; }
-    }
+    super::qtensor::into_rows_of_y(m, n, y, run)
 }
 
 /// out (rows × n): each weight row of `w` against every input row.

@@ -112,15 +112,20 @@ impl QTensor {
                 dot_rows(level, path, self.ty, w, self.row_bytes, &acts, yb);
             })
         };
-        if n == 1 {
-            // One input: rows × 1 is already y's layout.
-            return run(&mut y[..m]);
-        }
-        let mut yt = vec![0f32; m * n];
-        run(&mut yt);
-        for j in 0..m {
-            for i in 0..n { y[i * m + j] = yt[j * n + i]; }
-        }
+        into_rows_of_y(m, n, y, run)
+    }
+}
+
+/// Runs `run` on an (m outputs × n inputs) buffer and writes it into y (n × m): for one input
+/// rows × 1 is already y's layout, otherwise a transpose.
+pub(crate) fn into_rows_of_y(m: usize, n: usize, y: &mut [f32], run: impl FnOnce(&mut [f32])) {
+    if n == 1 {
+        return run(&mut y[..m]);
+    }
+    let mut yt = vec![0f32; m * n];
+    run(&mut yt);
+    for j in 0..m {
+        for i in 0..n { y[i * m + j] = yt[j * n + i]; }
     }
 }
 
