@@ -341,29 +341,39 @@ mod x86 {
     #[inline(always)]
     unsafe fn load_bh(p: *const u8) -> __m512bh { std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const _)) }
 
-    #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
-    pub unsafe fn bf16_vecdot_dpbf16(w: &[u8], a: &[u16]) -> f32 {
-        let n = a.len();
-        let np = n / 64 * 64;
-        let (wp, ap) = (w.as_ptr(), a.as_ptr() as *const u8);
-        let (mut c1, mut c2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        for i in (0..np).step_by(64) {
-            c1 = _mm512_dpbf16_ps(c1, load_bh(wp.add(2 * i)), load_bh(ap.add(2 * i)));
-            c2 = _mm512_dpbf16_ps(c2, load_bh(wp.add(2 * i + 64)), load_bh(ap.add(2 * i + 64)));
-        }
-        bf16_tail(w, a, np, reduce16(&store16(c1)) as f64 + reduce16(&store16(c2)) as f64) as f32
+    /// A BF16 vec_dot (ggml's two 512-bit accumulators over 64 elements) and tinyBLAS 4-row
+    /// kernel (one accumulator per row over 32), for a `dot(c, w, a)` step on 16 f32 lanes of
+    /// 32 bf16 pairs and a `load` of 64 bytes: `vdpbf16ps` itself, or its two-FMA emulation.
+    macro_rules! bf16_kernels_512 {
+        ($features:literal, $vecdot:ident, $tinyblas4:ident, $load:ident, $dot:ident) => {
+            #[target_feature(enable = $features)]
+            pub unsafe fn $vecdot(w: &[u8], a: &[u16]) -> f32 {
+                let n = a.len();
+                let np = n / 64 * 64;
+                let (wp, ap) = (w.as_ptr(), a.as_ptr() as *const u8);
+                let (mut c1, mut c2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+                for i in (0..np).step_by(64) {
+                    c1 = $dot(c1, $load(wp.add(2 * i)), $load(ap.add(2 * i)));
+                    c2 = $dot(c2, $load(wp.add(2 * i + 64)), $load(ap.add(2 * i + 64)));
+                }
+                bf16_tail(w, a, np, reduce16(&store16(c1)) as f64 + reduce16(&store16(c2)) as f64) as f32
+            }
+
+            #[target_feature(enable = $features)]
+            pub unsafe fn $tinyblas4(w: &[u8], a: [&[u16]; 4]) -> [f32; 4] {
+                let wp = w.as_ptr();
+                let mut c = [_mm512_setzero_ps(); 4];
+                for i in (0..a[0].len()).step_by(32) {
+                    let wv = $load(wp.add(2 * i));
+                    for r in 0..4 { c[r] = $dot(c[r], wv, $load((a[r].as_ptr() as *const u8).add(2 * i))); }
+                }
+                c.map(|c| reduce16(&store16(c)))
+            }
+        };
     }
 
-    #[target_feature(enable = "avx512f,avx512bf16,avx2,fma")]
-    pub unsafe fn bf16_tinyblas4_dpbf16(w: &[u8], a: [&[u16]; 4]) -> [f32; 4] {
-        let wp = w.as_ptr();
-        let mut c = [_mm512_setzero_ps(); 4];
-        for i in (0..a[0].len()).step_by(32) {
-            let wv = load_bh(wp.add(2 * i));
-            for r in 0..4 { c[r] = _mm512_dpbf16_ps(c[r], wv, load_bh((a[r].as_ptr() as *const u8).add(2 * i))); }
-        }
-        c.map(|c| reduce16(&store16(c)))
-    }
+    bf16_kernels_512!("avx512f,avx512bf16,avx2,fma", bf16_vecdot_dpbf16, bf16_tinyblas4_dpbf16, load_bh, _mm512_dpbf16_ps);
+    bf16_kernels_512!("avx512f,avx2,fma", bf16_vecdot_avx512, bf16_tinyblas4_avx512, ld512, dp512);
 
     /// `vdpbf16ps` by two FMAs: the odd element of each pair (the high half of the 32-bit
     /// lane), then the even one (the low half shifted up).
@@ -385,30 +395,6 @@ mod x86 {
     unsafe fn ld512(p: *const u8) -> __m512i { _mm512_loadu_si512(p as *const _) }
     #[inline(always)]
     unsafe fn ld256(p: *const u8) -> __m256i { _mm256_loadu_si256(p as *const __m256i) }
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn bf16_vecdot_avx512(w: &[u8], a: &[u16]) -> f32 {
-        let n = a.len();
-        let np = n / 64 * 64;
-        let (wp, ap) = (w.as_ptr(), a.as_ptr() as *const u8);
-        let (mut c1, mut c2) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-        for i in (0..np).step_by(64) {
-            c1 = dp512(c1, ld512(wp.add(2 * i)), ld512(ap.add(2 * i)));
-            c2 = dp512(c2, ld512(wp.add(2 * i + 64)), ld512(ap.add(2 * i + 64)));
-        }
-        bf16_tail(w, a, np, reduce16(&store16(c1)) as f64 + reduce16(&store16(c2)) as f64) as f32
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub unsafe fn bf16_tinyblas4_avx512(w: &[u8], a: [&[u16]; 4]) -> [f32; 4] {
-        let wp = w.as_ptr();
-        let mut c = [_mm512_setzero_ps(); 4];
-        for i in (0..a[0].len()).step_by(32) {
-            let wv = ld512(wp.add(2 * i));
-            for r in 0..4 { c[r] = dp512(c[r], wv, ld512((a[r].as_ptr() as *const u8).add(2 * i))); }
-        }
-        c.map(|c| reduce16(&store16(c)))
-    }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn bf16_vecdot_avx2(w: &[u8], a: &[u16]) -> f32 {
