@@ -7,7 +7,8 @@
 //! With an importance matrix (`Imatrix`), every matrix it has weights for is quantised by
 //! llama.cpp's imatrix-weighted quantisers and the Q4_0 mix changes as llama.cpp's does
 //! (ffn_down of the first eighth of the layers in Q4_1); the output records the imatrix as
-//! llama-quantize does (`quantize.imatrix.*`).
+//! llama-quantize does (`quantize.imatrix.*`), and a smoothing α (`smooth.rs`) as
+//! `quantize.smooth.alpha`.
 //!
 //! Tokenizer metadata comes either from a source GGUF (all `tokenizer.*` keys copied) or from a
 //! Hugging Face folder's tokenizer.json (byte-level BPE only: tokens, merges, token types,
@@ -75,6 +76,9 @@ pub fn tensor_type(requested: GgmlType, hf: &str, c: &smelt_model::ModelConfig, 
 pub struct WithImatrix<'a> {
     pub imatrix: &'a Imatrix,
     pub file: Option<&'a str>,
+    /// The model was smoothed with this α first (`smooth::smooth`); recorded as
+    /// `quantize.smooth.alpha` (llama.cpp ignores the key).
+    pub smooth_alpha: Option<f32>,
 }
 
 /// What an export did with the importance matrix.
@@ -134,6 +138,7 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, ima
         if let Some(d) = im.imatrix.datasets.first() { w.kv("quantize.imatrix.dataset", s(d)); }
         w.kv("quantize.imatrix.entries_count", Value::U32(im.imatrix.entries.len() as u32));
         if im.imatrix.chunk_count > 0 { w.kv("quantize.imatrix.chunks_count", Value::U32(im.imatrix.chunk_count)); }
+        if let Some(a) = im.smooth_alpha { w.kv("quantize.smooth.alpha", Value::F32(a)); }
     }
     match tok {
         TokenizerSource::Gguf(p) => {

@@ -9,6 +9,7 @@ pub mod export;
 pub mod imatrix;
 pub mod load;
 pub mod quant;
+pub mod smooth;
 mod reader;
 mod writer;
 

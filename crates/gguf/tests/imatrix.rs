@@ -139,7 +139,7 @@ fn export_with_an_imatrix_uses_it_and_records_it() {
     let (plain, weighted) = (tmp("imatrix-plain.gguf"), tmp("imatrix-weighted.gguf"));
     let q = smelt_gguf::quant::GgmlType::Q4_0;
     export(&m, q, TokenizerSource::Gguf(&tok), "t", None, &plain).unwrap();
-    let with = WithImatrix { imatrix: &im, file: Some("imx.gguf") };
+    let with = WithImatrix { imatrix: &im, file: Some("imx.gguf"), smooth_alpha: None };
     let r = export(&m, q, TokenizerSource::Gguf(&tok), "t", Some(&with), &weighted).unwrap();
     // Every block matrix weighted; the untied embedding (Q4_0 here) has no entry, as in
     // llama.cpp (it is not a matmul).
@@ -156,7 +156,7 @@ fn export_with_an_imatrix_uses_it_and_records_it() {
     // An imatrix of another model is refused.
     let mut wrong = im.clone();
     wrong.entries.get_mut("blk.0.attn_q.weight").unwrap().sums.push(1.0);
-    let with = WithImatrix { imatrix: &wrong, file: None };
+    let with = WithImatrix { imatrix: &wrong, file: None, smooth_alpha: None };
     let e = export(&m, q, TokenizerSource::Gguf(&tok), "t", Some(&with), &tmp("x.gguf")).unwrap_err();
     assert!(format!("{e:#}").contains("blk.0.attn_q.weight"), "{e:#}");
 }
