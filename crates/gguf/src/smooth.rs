@@ -27,9 +27,15 @@ use smelt_model::Model;
 #[derive(Debug, Default)]
 pub struct SmoothReport {
     pub groups: usize,
+    /// Groups left as they were: no column had both activations and weights.
+    pub skipped: usize,
     /// Smallest and largest scale over all groups.
     pub min_scale: f32,
     pub max_scale: f32,
+}
+
+fn read(model: &Model, params: &[Tensor], i: usize) -> Result<Vec<f32>> {
+    params[i].try_to_vec_f32().with_context(|| format!("smoothing: reading {}", model.names[i]))
 }
 
 fn name_of(model: &Model, i: usize) -> Result<String> {
@@ -56,10 +62,14 @@ pub fn smooth(model: &Model, im: &Imatrix, alpha: f32) -> Result<(Model, Imatrix
             // Every matrix of the group saw the same input; take the first one's statistics.
             let first = name_of(model, mats[0])?;
             let Some(a2) = im.weights(&first) else { bail!("smoothing: the importance matrix has no entry for {first}") };
+            // `weights` stands in 1 for a matrix that saw no tokens: no statistics to smooth by.
+            if im.entries[&first].counts.iter().all(|&c| c == 0) {
+                bail!("smoothing: the importance matrix saw no tokens for {first}");
+            }
             if a2.len() != n {
                 bail!("smoothing: {first} has {} importance weights, the model {n} columns (an imatrix of another model?)", a2.len());
             }
-            let ws: Vec<Vec<f32>> = mats.iter().map(|&i| params[i].to_vec_f32()).collect();
+            let ws: Vec<Vec<f32>> = mats.iter().map(|&i| read(model, &params, i)).collect::<Result<_>>()?;
             let mut wmax = vec![0f32; n];
             for w in &ws {
                 for row in w.chunks_exact(n) {
@@ -71,10 +81,14 @@ pub fn smooth(model: &Model, im: &Imatrix, alpha: f32) -> Result<(Model, Imatrix
                 if a > 0.0 && w > 0.0 { a.powf(alpha) / w.powf(1.0 - alpha) } else { f32::NAN }
             }).collect();
             let finite: Vec<f64> = raw.iter().filter(|v| v.is_finite()).map(|&v| (v as f64).ln()).collect();
-            if finite.is_empty() { continue; }
+            if finite.is_empty() {
+                // No column with both activations and weights: nothing to balance.
+                report.skipped += 1;
+                continue;
+            }
             let gmean = (finite.iter().sum::<f64>() / finite.len() as f64).exp() as f32;
             let s: Vec<f32> = raw.iter().map(|&v| if v.is_finite() { (v / gmean).clamp(1.0 / MAX_SCALE, MAX_SCALE) } else { 1.0 }).collect();
-            let gamma: Vec<f32> = params[norm].to_vec_f32().iter().zip(&s).map(|(g, s)| g / s).collect();
+            let gamma: Vec<f32> = read(model, &params, norm)?.iter().zip(&s).map(|(g, s)| g / s).collect();
             params[norm] = Tensor::from_f32(gamma, &[n])?;
             for (&i, mut w) in mats.iter().zip(ws) {
                 for row in w.chunks_exact_mut(n) {
@@ -94,6 +108,9 @@ pub fn smooth(model: &Model, im: &Imatrix, alpha: f32) -> Result<(Model, Imatrix
                 report.max_scale = report.max_scale.max(v);
             }
         }
+    }
+    if report.groups == 0 {
+        bail!("smoothing: no norm could be smoothed ({} groups without usable statistics)", report.skipped);
     }
     let m = model.with_params(params).context("smoothing")?;
     Ok((m, out, report))

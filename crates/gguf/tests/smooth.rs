@@ -9,8 +9,12 @@ use smelt_model::{Logits, Model, ModelConfig};
 
 /// A tiny model whose norms have uneven weights (0.05 to 6.4), so that its matmul inputs have
 /// outlier channels as trained models' do.
-fn tiny() -> Model {
-    let m = Model::init(ModelConfig::llama(96, 64, 2, 4, 2, 160), 5).unwrap();
+fn tiny() -> Model { tiny_with(|_| {}) }
+
+fn tiny_with(edit: impl Fn(&mut ModelConfig)) -> Model {
+    let mut c = ModelConfig::llama(96, 64, 2, 4, 2, 160);
+    edit(&mut c);
+    let m = Model::init(c, 5).unwrap();
     let mut params = m.params.clone();
     for l in &m.idx.layers {
         for (k, i) in [l.attn_norm, l.ffn_norm].into_iter().enumerate() {
@@ -88,4 +92,33 @@ fn smoothing_refuses_bad_alpha_and_a_foreign_imatrix() {
     wrong.entries.get_mut("blk.0.attn_q.weight").unwrap().sums.push(1.0);
     let Err(e) = smooth(&m, &wrong, 0.5) else { panic!("a wrong-sized entry accepted") };
     assert!(format!("{e:#}").contains("blk.0.attn_q.weight"), "{e:#}");
+}
+
+#[test]
+fn smoothing_is_exact_with_qkv_bias_and_qk_norm() {
+    // A bias is added after the matmul and a q/k norm acts on its output rows: neither sees the
+    // scaled columns, so the function is still the same.
+    for (what, m) in [("qkv bias", tiny_with(|c| c.qkv_bias = true)), ("q/k norm", tiny_with(|c| c.qk_norm = true))] {
+        let (s, _, _) = smooth(&m, &imatrix(&m), 0.5).unwrap();
+        let r = rel(&logits(&s), &logits(&m));
+        assert!(r < 1e-5, "{what}: logits moved by {r:e} of their range");
+    }
+}
+
+#[test]
+fn a_legacy_imatrix_smooths_alike_and_an_empty_one_is_refused() {
+    let m = tiny();
+    let im = imatrix(&m);
+    let p = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smooth-legacy.dat");
+    im.save_legacy(&p).unwrap();
+    let legacy = Imatrix::load(&p).unwrap();
+    let (a, _, _) = smooth(&m, &im, 0.5).unwrap();
+    let (b, _, _) = smooth(&m, &legacy, 0.5).unwrap();
+    for (x, y) in a.params.iter().zip(&b.params) {
+        assert!(rel(&x.to_vec_f32(), &y.to_vec_f32()) < 1e-6);
+    }
+    let mut empty = im.clone();
+    for e in empty.entries.values_mut() { e.counts.iter_mut().for_each(|c| *c = 0); }
+    let Err(e) = smooth(&m, &empty, 0.5) else { panic!("an imatrix without tokens accepted") };
+    assert!(format!("{e:#}").contains("saw no tokens"), "{e:#}");
 }

@@ -23,8 +23,8 @@ by llama.cpp's imatrix-weighted quantisers, byte for byte as llama-quantize --im
 
 --smooth (needs an importance matrix) first moves the activation outliers after each layer's two
 RMSNorms into the weights they feed (SmoothQuant, folded into the norm weights: the same model in
-exact arithmetic, and a plain GGUF llama.cpp runs unchanged). llama.cpp rounds every matmul input to
-8 bits too; flatter inputs lose less there. On SmolLM2-135M it takes q8_0 from +0.45..+0.66% to
+exact arithmetic, and a plain GGUF llama.cpp runs unchanged). llama.cpp rounds the input of every
+quantised matmul to 8 bits too; flatter inputs lose less there (block types only). On SmolLM2-135M it takes q8_0 from +0.45..+0.66% to
 +0.08..+0.18% (docs/GGUF.md). The file then differs from llama-quantize's by design.
 
   smelt quantize --model model-f32.gguf --type q8_0 --imatrix-text calib.txt --smooth --output m-q8_0.gguf --eval heldout.txt")]
@@ -78,6 +78,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     if let Some(alpha) = a.smooth.filter(|&x| !(x > 0.0 && x < 1.0)) {
         bail!("--smooth {alpha}: alpha must lie strictly between 0 and 1");
     }
+    if a.smooth.is_some() && matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+        bail!("--smooth is for block types (q8_0, q4_k, …): {} matmuls do not round their inputs to 8 bits", ty.name());
+    }
     let model = super::load_model(&a.model)?;
     let imatrix = match (&a.imatrix, &a.imatrix_text) {
         (Some(f), _) => Some(Imatrix::load(f)?),
@@ -95,7 +98,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let smoothed = match (a.smooth, &imatrix) {
         (Some(alpha), Some(im)) => {
             let (m, im, r) = smelt_gguf::smooth::smooth(&model, im, alpha)?;
-            println!("smoothed {} norms (alpha {alpha}; scales {:.3} to {:.3})", r.groups, r.min_scale, r.max_scale);
+            let skipped = if r.skipped > 0 { format!("; {} left as they were, without usable statistics", r.skipped) } else { String::new() };
+            println!("smoothed {} norms (alpha {alpha}; scales {:.3} to {:.3}{skipped})", r.groups, r.min_scale, r.max_scale);
             Some((m, im))
         }
         _ => None,
