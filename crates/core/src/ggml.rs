@@ -48,6 +48,13 @@ fma_dispatch! {
 }
 
 fma_dispatch! {
+    /// out[j] = `dot_f32`(row j of x, y) · scale for the rows x_j = x[j·stride..][..y.len()]: the
+    /// attention scores of one query, in one call (each dot in `dot_f32`'s order; a call per key
+    /// cost more than the 64-element dot itself).
+    pub fn dot_f32_rows(out: &mut [f32], x: &[f32], stride: usize, y: &[f32], scale: f32) -> () = dot_f32_rows_body;
+}
+
+fma_dispatch! {
     /// tinyBLAS (llamafile sgemm, AVX-512, f32): one 16-lane accumulator over the whole length
     /// (element e in lane e%16), then `reduce16`. Needs a length that is a multiple of 16
     /// (tinyBLAS declines otherwise); shorter rows are zero-padded by the caller.
@@ -136,6 +143,11 @@ fma_dispatch! {
 #[inline(always)]
 fn swiglu_body(y: &mut [f32], g: &[f32], u: &[f32]) {
     for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) { *y = silu(g) * u; }
+}
+
+#[inline(always)]
+fn dot_f32_rows_body(out: &mut [f32], x: &[f32], stride: usize, y: &[f32], scale: f32) {
+    for (j, o) in out.iter_mut().enumerate() { *o = dot_f32_body(&x[j * stride..][..y.len()], y) * scale; }
 }
 
 #[inline(always)]

@@ -160,11 +160,8 @@ pub fn attn_fwd_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) 
                     let qr = &q[dm.q_at(b, i, h)..][..d];
                     let n16 = up(hi, 16);
                     sc[..n16].fill(f32::NEG_INFINITY);
-                    let mut max = f32::NEG_INFINITY;
-                    for j in lo..hi {
-                        sc[j] = ggml::dot_f32(&k[dm.kv_at(b, j, g)..][..d], qr) * scale;
-                        max = max.max(sc[j]);
-                    }
+                    ggml::dot_f32_rows(&mut sc[lo..hi], &k[dm.kv_at(b, lo, g)..], stride, qr, scale);
+                    let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                     p.fill(0.0);
                     let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
                     let inv = (1.0 / sum) as f32;
