@@ -23,6 +23,14 @@ use std::path::PathBuf;
 
 fn root() -> PathBuf { PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..") }
 
+/// The published SmolLM2 Q4_1 file, or None (with a SKIP line) when it was not fetched.
+fn smollm2_q4_1() -> Option<PathBuf> {
+    let gguf = root().join(".cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if gguf.exists() { return Some(gguf); }
+    eprintln!("SKIP: {} absent (run scripts/fetch_smollm2.sh)", gguf.display());
+    None
+}
+
 fn argmax(l: &[f32]) -> u32 { l.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() }
@@ -101,11 +109,7 @@ const QUANT_BOUND: f32 = 2.0;
 
 #[test]
 fn smollm2_q4_1_matches_llama_cpp() {
-    let gguf = root().join(".cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !gguf.exists() {
-        eprintln!("SKIP: {} absent (run scripts/fetch_smollm2.sh)", gguf.display());
-        return;
-    }
+    let Some(gguf) = smollm2_q4_1() else { return };
     let model = smelt_gguf::load_model(&gguf).unwrap();
     let tok = smelt_tokenizer::Tokenizer::from_file(&gguf).unwrap();
     let s = check(&model, &tok, "smollm2_q4_1_llama_cpp.json", QUANT_BOUND);
@@ -127,11 +131,7 @@ fn smollm2_q4_1_matches_llama_cpp() {
 fn exports_of_the_q4_1_model_match_llama_cpp() {
     use smelt_gguf::export::{export, TokenizerSource};
     use smelt_gguf::quant::GgmlType;
-    let gguf = root().join(".cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !gguf.exists() {
-        eprintln!("SKIP: {} absent (run scripts/fetch_smollm2.sh)", gguf.display());
-        return;
-    }
+    let Some(gguf) = smollm2_q4_1() else { return };
     let src = smelt_gguf::load_model(&gguf).unwrap();
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::Q6_K, GgmlType::F16, GgmlType::BF16] {
@@ -187,11 +187,7 @@ fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
 /// move it by ~1e-3.
 #[test]
 fn smollm2_q4_1_perplexity_matches_llama_cpp() {
-    let gguf = root().join(".cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !gguf.exists() {
-        eprintln!("SKIP: {} absent (run scripts/fetch_smollm2.sh)", gguf.display());
-        return;
-    }
+    let Some(gguf) = smollm2_q4_1() else { return };
     let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("crates/infer/tests/data/smollm2_q4_1_ppl_llama_cpp.json")).unwrap()).unwrap();
     let w = golden["seq_len"].as_u64().unwrap() as usize;
     let ids = ids(&golden["ids"]);
