@@ -14,6 +14,12 @@
 //! - `BF16_MM_F32` = 1e-9 for the f32 weight gradient of a bf16-operand cuBLASLt product:
 //!   products of bf16 values are exact in f32, and tensor-core f32 accumulation in its own
 //!   order (and rounding) stays far below one bf16 rounding.
+//! - `ATTN_TC` = 2e-5 for the tensor-core attention kernels (bf16, head dim 64 and 128): the
+//!   probabilities P and their gradient dS are rounded to bf16 as operands of P·V, Pᵀ·dO, dS·K
+//!   and dSᵀ·Q, one rounding more than the scalar kernels (which keep them f32) before the
+//!   output's own. Each such sum's error is a random walk of relative 2⁻⁹ steps, so about one
+//!   more rounding's NMSE (~2.5e-6): ~5e-6 expected, 2e-5 allowed; a wrong mask, a missed tile
+//!   or a fragment in the wrong place lands at 1e-3 or above.
 //! - `BF16_CHAIN` = 1e-4 for composite paths where several bf16 roundings feed each other (the
 //!   chunked head + loss: bf16 logits → bf16 dlogits → bf16 dh).
 
@@ -25,6 +31,12 @@ use crate::{DType, Device, Tensor};
 
 const BF16_STORE: f64 = 1e-5;
 const BF16_MM_F32: f64 = 1e-9;
+const ATTN_TC: f64 = 2e-5;
+
+/// The tolerance for a bf16 attention result at head dim `hd`: which kernels run decides it.
+fn attn_tol(hd: usize) -> f64 {
+    if ops::attention::cuda::uses_tensor_cores(DType::BF16, hd) { ATTN_TC } else { BF16_STORE }
+}
 
 /// The values of `t` rounded to bf16, as an f32 host tensor: the CPU reference's inputs.
 fn bf(t: &Tensor) -> Tensor { t.to_dtype(DType::BF16).to_dtype(DType::F32) }
@@ -206,27 +218,59 @@ fn parity_bf16_attention() {
     let mut r = Rng::new(seed());
     // The shapes of parity_attention (a KV-cache offset with spare rows: a bf16 cache).
     for (b, tq, tk, s, h, kvh, hd, window) in super::parity::ATTN_SHAPES {
-        let q = randn(&mut r, &[b, tq, h, hd], 1.0);
-        let k = randn(&mut r, &[b, s, kvh, hd], 1.0);
-        let v = randn(&mut r, &[b, s, kvh, hd], 1.0);
-        let (qg, kg, vg) = (upb(&q, d), upb(&k, d), upb(&v, d));
-        let (qc, kc, vc) = (bf(&q), bf(&k), bf(&v));
-        let label = format!("attn bf16 b{b} q{tq} k{tk} s{s} h{h}/{kvh} d{hd} w{window:?}");
-        let (oc, lc) = ops::attention::attention(&qc, &kc, &vc, tk, window).unwrap();
-        let (og, lg) = ops::attention::attention(&qg, &kg, &vg, tk, window).unwrap();
-        check(&format!("{label} out"), &og, DType::BF16, &oc, BF16_STORE);
-        check(&format!("{label} lse"), &lg, DType::F32, &lc, F32_NMSE);
-        if tq != tk || s != tk {
-            continue;
-        }
-        // The backward reads the stored (bf16) output; the CPU gets the same values.
-        let dout = randn(&mut r, &[b, tq, h, hd], 1.0);
-        let o_seen = og.to_device(Device::Cpu).unwrap().to_dtype(DType::F32);
-        let (dqc, dkc, dvc) = ops::attention::attention_backward(&qc, &kc, &vc, &o_seen, &lc, &bf(&dout), window).unwrap();
-        let (dqg, dkg, dvg) = ops::attention::attention_backward(&qg, &kg, &vg, &og, &lg, &upb(&dout, d), window).unwrap();
-        check(&format!("{label} dq"), &dqg, DType::BF16, &dqc, BF16_STORE);
-        check(&format!("{label} dk"), &dkg, DType::BF16, &dkc, BF16_STORE);
-        check(&format!("{label} dv"), &dvg, DType::BF16, &dvc, BF16_STORE);
+        attn_case(&mut r, d, (b, tq, tk, s, h, kvh, hd, window));
+    }
+}
+
+/// One bf16 attention case against the CPU on the same (bf16-rounded) values: out and lse, and,
+/// for a training shape (no cache offset), dq, dk and dv.
+fn attn_case(r: &mut Rng, d: Device, (b, tq, tk, s, h, kvh, hd, window): (usize, usize, usize, usize, usize, usize, usize, Option<usize>)) {
+    let q = randn(r, &[b, tq, h, hd], 1.0);
+    let k = randn(r, &[b, s, kvh, hd], 1.0);
+    let v = randn(r, &[b, s, kvh, hd], 1.0);
+    let (qg, kg, vg) = (upb(&q, d), upb(&k, d), upb(&v, d));
+    let (qc, kc, vc) = (bf(&q), bf(&k), bf(&v));
+    let tol = attn_tol(hd);
+    let path = if tol == ATTN_TC { "tensor cores" } else { "scalar" };
+    let label = format!("attn bf16 b{b} q{tq} k{tk} s{s} h{h}/{kvh} d{hd} w{window:?} ({path})");
+    let (oc, lc) = ops::attention::attention(&qc, &kc, &vc, tk, window).unwrap();
+    let (og, lg) = ops::attention::attention(&qg, &kg, &vg, tk, window).unwrap();
+    check(&format!("{label} out"), &og, DType::BF16, &oc, tol);
+    check(&format!("{label} lse"), &lg, DType::F32, &lc, F32_NMSE);
+    if tq != tk || s != tk {
+        return;
+    }
+    // The backward reads the stored (bf16) output; the CPU gets the same values.
+    let dout = randn(r, &[b, tq, h, hd], 1.0);
+    let o_seen = og.to_device(Device::Cpu).unwrap().to_dtype(DType::F32);
+    let (dqc, dkc, dvc) = ops::attention::attention_backward(&qc, &kc, &vc, &o_seen, &lc, &bf(&dout), window).unwrap();
+    let (dqg, dkg, dvg) = ops::attention::attention_backward(&qg, &kg, &vg, &og, &lg, &upb(&dout, d), window).unwrap();
+    check(&format!("{label} dq"), &dqg, DType::BF16, &dqc, tol);
+    check(&format!("{label} dk"), &dkg, DType::BF16, &dkc, tol);
+    check(&format!("{label} dv"), &dvg, DType::BF16, &dvc, tol);
+}
+
+/// The tensor-core kernels (bf16, head dim 64 and 128) at shapes that cross their tiles:
+/// T not a multiple of the 64-row tile, several key and query tiles (full and masked ones),
+/// causal + GQA, a sliding window (1: each query sees only itself), a KV-cache offset with spare
+/// rows, one-query decoding, and the dk/dv blocks past the last visible query.
+#[test]
+fn parity_bf16_attention_tensor_cores() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    for case in [
+        (2, 130, 130, 130, 4, 2, 64, None),
+        (1, 300, 300, 300, 8, 2, 64, None),
+        (1, 200, 200, 200, 6, 2, 128, Some(50)),
+        (2, 150, 150, 150, 4, 1, 64, Some(70)),
+        (1, 77, 77, 77, 4, 4, 128, Some(1)),
+        (2, 64, 64, 64, 2, 2, 128, None),
+        (2, 37, 150, 160, 4, 2, 64, Some(100)),
+        (1, 100, 230, 256, 8, 2, 128, None),
+        (2, 1, 90, 96, 4, 1, 128, None),
+        (1, 1, 200, 200, 4, 2, 64, Some(64)),
+    ] {
+        attn_case(&mut r, d, case);
     }
 }
 

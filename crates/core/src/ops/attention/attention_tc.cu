@@ -1,0 +1,485 @@
+// Attention on tensor cores (FlashAttention-2 scheme), bf16 q/k/v/out/dout/dq/dk/dv, f32
+// accumulation, f32 lse and delta; head dim 64 or 128. Same layout and semantics as
+// attention.cu (whose delta kernel the backward shares): q (B, Tq, H, D); k, v (B, S, KVH, D),
+// first Tk rows valid; query i at position Tk − Tq + i sees keys [lo(i), pos(i)].
+//
+// Every product is `mma.sync.m16n8k16` (bf16 × bf16 → f32). A block is 4 warps; each warp owns
+// 16 rows of the block's 64 (queries in the forward and dq, keys in dk/dv), so a row's softmax
+// statistics live in the 4 lanes of one quad and never need shared memory. Tiles of the other
+// side stream through shared memory with cp.async, double-buffered: tile t+1 loads while tile t
+// is multiplied. Shared tiles are row-major with rows padded by 16 bytes (LD = D + 8), so the
+// 8 row addresses of an ldmatrix fall in 8 distinct 16-byte bank groups.
+//
+// Fragments (PTX ISA, m16n8k16): lane = 4·gq + tq4; an accumulator holds rows gq and gq+8,
+// columns 2·tq4 and 2·tq4+1 of an 8-wide n tile. Two adjacent accumulator n tiles, rounded to
+// bf16, are exactly the A operand of the next product over those 16 columns (FA2's trick: P and
+// dS never touch shared memory).
+//
+// Rounding: S = Q·Kᵀ and dP = dO·Vᵀ are exact products of the bf16 inputs summed in f32; P and
+// dS are rounded to bf16 as operands of P·V, Pᵀ·dO, dS·K and dSᵀ·Q (the f32 kernels keep them
+// f32): one more rounding than the scalar bf16 kernels, measured in parity_bf16.rs.
+//
+// Determinism: no atomics. dq has its own kernel (one block per query tile, loops over keys);
+// dk/dv another (one block per key tile, loops over the group's query heads and queries).
+
+#define TC_THREADS 128
+#define TC_ROWS 64  // rows a block owns: 4 warps × 16
+#define LOG2E 1.4426950408889634f
+
+__device__ __forceinline__ int tc_key_lo(int pos, int window) { return window > 0 ? max(0, pos + 1 - window) : 0; }
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+// 16 bytes global → shared, asynchronously; zero-filled when !ok (src is then not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const bf16_t* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const bf16_t* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+// c += a · b (16×16 · 16×8), bf16 operands, f32 accumulators.
+__device__ __forceinline__ void mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats → bf16x2 (round to nearest even), lo in the low half.
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// A fragment (16×16, rows r0.., cols k0..) of a row-major shared tile.
+template <int LD>
+__device__ __forceinline__ void load_a(unsigned* a, const bf16_t* t, int r0, int k0, int lane) {
+    ldsm_x4(a, t + (r0 + (lane & 15)) * LD + k0 + (lane >> 4) * 8);
+}
+// B fragments of two n tiles (n0.., n0+8..) × k16 (k0..) from a tile stored [n][k] (key rows
+// for S = Q·Kᵀ): b[0], b[1] for tile n0, b[2], b[3] for tile n0+8.
+template <int LD>
+__device__ __forceinline__ void load_b_nk(unsigned* b, const bf16_t* t, int n0, int k0, int lane) {
+    ldsm_x4(b, t + (n0 + (lane & 7) + ((lane >> 4) << 3)) * LD + k0 + ((lane >> 3) & 1) * 8);
+}
+// The same from a tile stored [k][n] (V rows for P·V): transposed on load.
+template <int LD>
+__device__ __forceinline__ void load_b_kn(unsigned* b, const bf16_t* t, int k0, int n0, int lane) {
+    ldsm_x4_t(b, t + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n0 + (lane >> 4) * 8);
+}
+
+// Rows [r0, r0+R) of a (…, rows, heads, D) tensor, already offset to its head, → shared
+// [R][D+8]; rows at or past rend are zeros. `base` = batch · rows, `stride` = heads · D.
+template <int R, int D>
+__device__ __forceinline__ void load_rows(bf16_t* dst, const bf16_t* src, long long base, int stride, int r0, int rend) {
+    constexpr int CH = D / 8, LD = D + 8;
+    for (int c = threadIdx.x; c < R * CH; c += TC_THREADS) {
+        int rr = c / CH, cc = c - rr * CH, r = r0 + rr;
+        bool ok = r < rend;
+        const bf16_t* g = src + (ok ? (base + r) * (long long)stride : 0) + cc * 8;
+        cp_async16(dst + rr * LD + cc * 8, g, ok);
+    }
+}
+
+// S (16 × BN) += A (16 × D, fragments in registers) · Bᵀ, B a shared [BN][D] tile.
+template <int D, int BN>
+__device__ __forceinline__ void mm_abt(float (*s)[4], const unsigned (*a)[4], const bf16_t* bt, int lane) {
+    constexpr int LD = D + 8;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+#pragma unroll
+        for (int nn = 0; nn < BN / 16; nn++) {
+            unsigned b[4];
+            load_b_nk<LD>(b, bt, nn * 16, ks * 16, lane);
+            mma16816(s[2 * nn], a[ks], b[0], b[1]);
+            mma16816(s[2 * nn + 1], a[ks], b[2], b[3]);
+        }
+    }
+}
+
+// S (16 × BN) += A · Bᵀ with A a shared [16][D] slice too (dk/dv: K and V rows of the warp).
+template <int D, int BN>
+__device__ __forceinline__ void mm_abt_s(float (*s)[4], const bf16_t* at, const bf16_t* bt, int lane) {
+    constexpr int LD = D + 8;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+        unsigned a[4];
+        load_a<LD>(a, at, 0, ks * 16, lane);
+#pragma unroll
+        for (int nn = 0; nn < BN / 16; nn++) {
+            unsigned b[4];
+            load_b_nk<LD>(b, bt, nn * 16, ks * 16, lane);
+            mma16816(s[2 * nn], a, b[0], b[1]);
+            mma16816(s[2 * nn + 1], a, b[2], b[3]);
+        }
+    }
+}
+
+// O (16 × D) += P (16 × BN, accumulator layout, rounded to bf16 here) · M, M a shared [BN][D] tile.
+template <int D, int BN>
+__device__ __forceinline__ void mm_pm(float (*o)[4], const float (*p)[4], const bf16_t* m, int lane) {
+    constexpr int LD = D + 8;
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+        unsigned a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
+                         pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+        for (int dn = 0; dn < D / 16; dn++) {
+            unsigned b[4];
+            load_b_kn<LD>(b, m, kk * 16, dn * 16, lane);
+            mma16816(o[2 * dn], a, b[0], b[1]);
+            mma16816(o[2 * dn + 1], a, b[2], b[3]);
+        }
+    }
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// Stores a 16 × D accumulator (rows r, r+8 of this lane) × mul[row] as bf16 rows of a
+// (…, rows, heads, D) tensor offset to its head; rows at or past rend are skipped.
+template <int D>
+__device__ __forceinline__ void store_rows(bf16_t* dst, const float (*o)[4], long long base, int stride, int r, int rend,
+                                           float mul0, float mul1, int lane) {
+    int tq4 = lane & 3;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        int rr = r + 8 * half;
+        if (rr >= rend) continue;
+        float mul = half ? mul1 : mul0;
+        unsigned* row = (unsigned*)(dst + (base + rr) * (long long)stride);
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++) row[(nt * 8 + 2 * tq4) >> 1] = pack_bf16(o[nt][2 * half] * mul, o[nt][2 * half + 1] * mul);
+    }
+}
+
+// Forward. grid (ceil(Tq/64), H, B), block 128, shared (64 + 4·BN)·(D+8) bf16.
+template <int D, int BN>
+__device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
+                       int H, int KVH, int window, float scale) {
+    constexpr int LD = D + 8, KS = D / 16;
+    extern __shared__ __align__(16) unsigned char tc_sm[];
+    bf16_t* Qs = (bf16_t*)tc_sm;
+    bf16_t* Ks = Qs + TC_ROWS * LD;
+    bf16_t* Vs = Ks + 2 * BN * LD;
+    int b = blockIdx.z, h = blockIdx.y, g = h / (H / KVH);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
+    int off = tk - tq;
+    int i0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS;  // the longest (last) query tiles first
+    int ilast = min(tq - 1, i0 + TC_ROWS - 1);
+    int blo = tc_key_lo(off + i0, window), bhi = off + ilast + 1;
+    int ntiles = (bhi - blo + BN - 1) / BN;
+    const bf16_t* qh = q + (long long)h * D;
+    const bf16_t* kh = k + (long long)g * D;
+    const bf16_t* vh = v + (long long)g * D;
+    long long qbase = (long long)b * tq, kbase = (long long)b * s;
+    load_rows<TC_ROWS, D>(Qs, qh, qbase, H * D, i0, tq);
+    load_rows<BN, D>(Ks, kh, kbase, KVH * D, blo, bhi);
+    load_rows<BN, D>(Vs, vh, kbase, KVH * D, blo, bhi);
+    cp_commit();
+    cp_wait_all();
+    __syncthreads();
+    unsigned qf[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) load_a<LD>(qf[ks], Qs, warp * 16, ks * 16, lane);
+    float o[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
+    float m0 = -SM_INF, m1 = -SM_INF, l0 = 0.f, l1 = 0.f;
+    const float sl2 = scale * LOG2E;
+    int r0 = i0 + warp * 16 + gq;
+    int pos0 = off + r0, pos1 = pos0 + 8;
+    int lo0 = tc_key_lo(pos0, window), lo1 = tc_key_lo(pos1, window);
+    for (int t = 0; t < ntiles; t++) {
+        int j0 = blo + t * BN;
+        if (t > 0) {
+            cp_wait_all();
+            __syncthreads();  // tile t is in; every warp is done with tile t−1 (the buffer refilled next)
+        }
+        if (t + 1 < ntiles) {
+            int nb = (t + 1) & 1;
+            load_rows<BN, D>(Ks + nb * BN * LD, kh, kbase, KVH * D, j0 + BN, bhi);
+            load_rows<BN, D>(Vs + nb * BN * LD, vh, kbase, KVH * D, j0 + BN, bhi);
+        }
+        cp_commit();
+        const bf16_t* Kt = Ks + (t & 1) * BN * LD;
+        const bf16_t* Vt = Vs + (t & 1) * BN * LD;
+        float sc[BN / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+        mm_abt<D, BN>(sc, qf, Kt, lane);
+        // Masks only where the tile crosses the diagonal, the window's edge or the end.
+        bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + TC_ROWS - 1, window));
+        float mx0 = -SM_INF, mx1 = -SM_INF;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = sc[nt][e] * sl2;
+                if (!full) {
+                    int j = j0 + nt * 8 + 2 * tq4 + (e & 1);
+                    bool vis = e < 2 ? (j >= lo0 && j <= pos0) : (j >= lo1 && j <= pos1);
+                    if (!vis) x = -SM_INF;
+                }
+                sc[nt][e] = x;
+            }
+            mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]));
+            mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]));
+        }
+        float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
+        float base0 = mn0 == -SM_INF ? 0.f : mn0, base1 = mn1 == -SM_INF ? 0.f : mn1;
+        float c0 = exp2f(m0 - base0), c1 = exp2f(m1 - base1);
+        m0 = mn0;
+        m1 = mn1;
+        float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+            sc[nt][0] = exp2f(sc[nt][0] - base0);
+            sc[nt][1] = exp2f(sc[nt][1] - base0);
+            sc[nt][2] = exp2f(sc[nt][2] - base1);
+            sc[nt][3] = exp2f(sc[nt][3] - base1);
+            rs0 += sc[nt][0] + sc[nt][1];
+            rs1 += sc[nt][2] + sc[nt][3];
+        }
+        l0 = l0 * c0 + rs0;  // this lane's share of the row sum; the quad adds them at the end
+        l1 = l1 * c1 + rs1;
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++) {
+            o[nt][0] *= c0;
+            o[nt][1] *= c0;
+            o[nt][2] *= c1;
+            o[nt][3] *= c1;
+        }
+        mm_pm<D, BN>(o, sc, Vt, lane);
+    }
+    l0 = quad_sum(l0);
+    l1 = quad_sum(l1);
+    float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    store_rows<D>(out + (long long)h * D, o, qbase, H * D, r0, tq, inv0, inv1, lane);
+    if (tq4 == 0) {
+        const float ln2 = 0.6931471805599453f;
+        float* lh = lse + ((long long)b * H + h) * tq;
+        if (r0 < tq) lh[r0] = (m0 + log2f(l0)) * ln2;
+        if (r0 + 8 < tq) lh[r0 + 8] = (m1 + log2f(l1)) * ln2;
+    }
+}
+
+// dq = scale · Σ_j dS_ij k_j, dS = P ∘ (dO·Vᵀ − delta). grid (ceil(Tq/64), H, B), block 128,
+// shared (128 + 4·BN)·(D+8) bf16.
+template <int D, int BN>
+__device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
+                      const float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale) {
+    constexpr int LD = D + 8, KS = D / 16;
+    extern __shared__ __align__(16) unsigned char tc_sm[];
+    bf16_t* Qs = (bf16_t*)tc_sm;
+    bf16_t* Os = Qs + TC_ROWS * LD;
+    bf16_t* Ks = Os + TC_ROWS * LD;
+    bf16_t* Vs = Ks + 2 * BN * LD;
+    int b = blockIdx.z, h = blockIdx.y, g = h / (H / KVH);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
+    int off = tk - tq;
+    int i0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS;
+    int ilast = min(tq - 1, i0 + TC_ROWS - 1);
+    int blo = tc_key_lo(off + i0, window), bhi = off + ilast + 1;
+    int ntiles = (bhi - blo + BN - 1) / BN;
+    const bf16_t* kh = k + (long long)g * D;
+    const bf16_t* vh = v + (long long)g * D;
+    long long qbase = (long long)b * tq, kbase = (long long)b * s;
+    load_rows<TC_ROWS, D>(Qs, q + (long long)h * D, qbase, H * D, i0, tq);
+    load_rows<TC_ROWS, D>(Os, dout + (long long)h * D, qbase, H * D, i0, tq);
+    load_rows<BN, D>(Ks, kh, kbase, KVH * D, blo, bhi);
+    load_rows<BN, D>(Vs, vh, kbase, KVH * D, blo, bhi);
+    cp_commit();
+    int r0 = i0 + warp * 16 + gq;
+    const float* lh = lse + ((long long)b * H + h) * tq;
+    const float* dh = delta + ((long long)b * H + h) * tq;
+    float L0 = r0 < tq ? lh[r0] * LOG2E : 0.f, L1 = r0 + 8 < tq ? lh[r0 + 8] * LOG2E : 0.f;
+    float D0 = r0 < tq ? dh[r0] : 0.f, D1 = r0 + 8 < tq ? dh[r0 + 8] : 0.f;
+    cp_wait_all();
+    __syncthreads();
+    unsigned qf[KS][4], of[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) {
+        load_a<LD>(qf[ks], Qs, warp * 16, ks * 16, lane);
+        load_a<LD>(of[ks], Os, warp * 16, ks * 16, lane);
+    }
+    float acc[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    const float sl2 = scale * LOG2E;
+    int pos0 = off + r0, pos1 = pos0 + 8;
+    int lo0 = tc_key_lo(pos0, window), lo1 = tc_key_lo(pos1, window);
+    for (int t = 0; t < ntiles; t++) {
+        int j0 = blo + t * BN;
+        if (t > 0) {
+            cp_wait_all();
+            __syncthreads();
+        }
+        if (t + 1 < ntiles) {
+            int nb = (t + 1) & 1;
+            load_rows<BN, D>(Ks + nb * BN * LD, kh, kbase, KVH * D, j0 + BN, bhi);
+            load_rows<BN, D>(Vs + nb * BN * LD, vh, kbase, KVH * D, j0 + BN, bhi);
+        }
+        cp_commit();
+        const bf16_t* Kt = Ks + (t & 1) * BN * LD;
+        const bf16_t* Vt = Vs + (t & 1) * BN * LD;
+        float sc[BN / 8][4], dp[BN / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) sc[nt][e] = dp[nt][e] = 0.f;
+        mm_abt<D, BN>(sc, qf, Kt, lane);
+        mm_abt<D, BN>(dp, of, Vt, lane);
+        bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + TC_ROWS - 1, window));
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                bool vis = true;
+                if (!full) {
+                    int j = j0 + nt * 8 + 2 * tq4 + (e & 1);
+                    vis = e < 2 ? (j >= lo0 && j <= pos0) : (j >= lo1 && j <= pos1);
+                }
+                float p = vis ? exp2f(sc[nt][e] * sl2 - (e < 2 ? L0 : L1)) : 0.f;
+                sc[nt][e] = p * (dp[nt][e] - (e < 2 ? D0 : D1));  // dS / scale
+            }
+        }
+        mm_pm<D, BN>(acc, sc, Kt, lane);
+    }
+    store_rows<D>(dq + (long long)h * D, acc, qbase, H * D, r0, tq, scale, scale, lane);
+}
+
+// dk = scale · Σ_i dS_ij q_i, dv = Σ_i P_ij dO_i over every query head of the group and every
+// query that sees key j; rows Tk ≤ j < S (unused cache rows) get zeros. One block per 64 keys;
+// each warp computes Sᵀ = K_w·Qᵀ and dPᵀ = V_w·dOᵀ for its 16 keys against a tile of BQ
+// queries. grid (ceil(S/64), KVH, B), block 128, shared (128 + 4·BQ)·(D+8) bf16 + 4·BQ f32.
+template <int D, int BQ>
+__device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
+                        const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
+                        float scale) {
+    constexpr int LD = D + 8;
+    extern __shared__ __align__(16) unsigned char tc_sm[];
+    bf16_t* Ks = (bf16_t*)tc_sm;
+    bf16_t* Vs = Ks + TC_ROWS * LD;
+    bf16_t* Qs = Vs + TC_ROWS * LD;   // 2 buffers
+    bf16_t* Os = Qs + 2 * BQ * LD;    // 2 buffers
+    float* Ls = (float*)(Os + 2 * BQ * LD);  // 2 × BQ: lse · log2 e
+    float* Ds = Ls + 2 * BQ;                 // 2 × BQ: delta
+    int b = blockIdx.z, g = blockIdx.y, grp = H / KVH;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
+    int off = tk - tq;
+    int j0 = blockIdx.x * TC_ROWS;
+    long long kbase = (long long)b * s, qbase = (long long)b * tq;
+    float ak[D / 8][4], av[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) ak[nt][e] = av[nt][e] = 0.f;
+    int jr = j0 + warp * 16 + gq;  // this lane's key rows: jr, jr + 8
+    if (j0 < tk) {
+        int jlast = min(tk - 1, j0 + TC_ROWS - 1);
+        int qlo = max(0, j0 - off);
+        int qhi = window > 0 ? min(tq, jlast + window - off) : tq;
+        int nq = qhi > qlo ? (qhi - qlo + BQ - 1) / BQ : 0;
+        int ntiles = grp * nq;
+        load_rows<TC_ROWS, D>(Ks, k + (long long)g * D, kbase, KVH * D, j0, tk);
+        load_rows<TC_ROWS, D>(Vs, v + (long long)g * D, kbase, KVH * D, j0, tk);
+        // Tile t: query head g·grp + t / nq, queries qlo + (t % nq)·BQ …
+        auto issue = [&](int t) {
+            int nb = t & 1, h = g * grp + t / nq, i0 = qlo + (t % nq) * BQ;
+            load_rows<BQ, D>(Qs + nb * BQ * LD, q + (long long)h * D, qbase, H * D, i0, qhi);
+            load_rows<BQ, D>(Os + nb * BQ * LD, dout + (long long)h * D, qbase, H * D, i0, qhi);
+            if (threadIdx.x < BQ) {
+                int i = i0 + threadIdx.x;
+                long long at = ((long long)b * H + h) * tq + i;
+                Ls[nb * BQ + threadIdx.x] = i < qhi ? lse[at] * LOG2E : 0.f;
+                Ds[nb * BQ + threadIdx.x] = i < qhi ? delta[at] : 0.f;
+            }
+        };
+        if (ntiles > 0) issue(0);
+        cp_commit();
+        const float sl2 = scale * LOG2E;
+        for (int t = 0; t < ntiles; t++) {
+            cp_wait_all();
+            __syncthreads();  // tile t (and K, V) in; every warp is done with tile t−1
+            if (t + 1 < ntiles) issue(t + 1);
+            cp_commit();
+            int nb = t & 1, i0 = qlo + (t % nq) * BQ;
+            const bf16_t* Qt = Qs + nb * BQ * LD;
+            const bf16_t* Ot = Os + nb * BQ * LD;
+            const float* Lt = Ls + nb * BQ;
+            const float* Dt = Ds + nb * BQ;
+            float sc[BQ / 8][4], dp[BQ / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) sc[nt][e] = dp[nt][e] = 0.f;
+            mm_abt_s<D, BQ>(sc, Ks + warp * 16 * LD, Qt, lane);
+            mm_abt_s<D, BQ>(dp, Vs + warp * 16 * LD, Ot, lane);
+            bool full = i0 + BQ <= qhi && j0 + TC_ROWS - 1 <= off + i0 && j0 + TC_ROWS <= tk &&
+                        (window == 0 || j0 >= tc_key_lo(off + i0 + BQ - 1, window));
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int c = nt * 8 + 2 * tq4 + (e & 1);  // query column in the tile
+                    bool vis = true;
+                    if (!full) {
+                        int i = i0 + c, pos = off + i, j = jr + (e < 2 ? 0 : 8);
+                        vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window);
+                    }
+                    float p = vis ? exp2f(sc[nt][e] * sl2 - Lt[c]) : 0.f;
+                    sc[nt][e] = p;                     // Pᵀ
+                    dp[nt][e] = p * (dp[nt][e] - Dt[c]);  // dSᵀ / scale
+                }
+            }
+            mm_pm<D, BQ>(av, sc, Ot, lane);
+            mm_pm<D, BQ>(ak, dp, Qt, lane);
+        }
+        cp_wait_all();
+    }
+    int kvs = KVH * D;
+    // Rows past tk (cache rows, or the block entirely past tk) store zeros: the accumulators
+    // are zero there (every Pᵀ entry of such a key is masked), and rows ≥ s are skipped.
+    store_rows<D>(dk + (long long)g * D, ak, kbase, kvs, jr, s, scale, scale, lane);
+    store_rows<D>(dv + (long long)g * D, av, kbase, kvs, jr, s, 1.f, 1.f, lane);
+}
+
+#define TC_KERNELS(D, BN, BNQ, BQ)                                                                                              \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS) attn_tc_fwd_d##D(                                             \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s, int H, int KVH, \
+        int window, float scale) {                                                                                         \
+        tc_fwd<D, BN>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale);                                                \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS) attn_tc_dq_d##D(                                              \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
+        bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale) {                                      \
+        tc_dq<D, BNQ>(q, k, v, dout, lse, delta, dq, tq, tk, s, H, KVH, window, scale);                                     \
+    }                                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS) attn_tc_dkdv_d##D(                                            \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
+        bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale) {                          \
+        tc_dkdv<D, BQ>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale);                               \
+    }
+// Key tile widths (forward, dq) and query tile width (dk/dv): 64 at D = 64; at D = 128 the dq
+// and dk/dv kernels take 32 (their 128-column accumulators leave fewer registers for the score
+// tiles). Must match TC_TILES in cuda.rs (shared memory sizes).
+TC_KERNELS(64, 64, 64, 64)
+TC_KERNELS(128, 64, 32, 32)
