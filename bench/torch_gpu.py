@@ -5,6 +5,12 @@ the same three measurements and JSON keys: forward_tok_s, decode_tok_s (batch 1,
 16-token prompt), train_tok_s (forward + backward + AdamW), peak_mem_bytes.
 
     python3 bench/torch_gpu.py --size small --batch-size 4 --seq-len 128
+    python3 bench/torch_gpu.py --dim 768 --layers 12 --heads 12 --ffn 2048 --vocab-size 32000 \
+        --batch-size 16 --seq-len 1024 --compile      # any shape; torch.compile'd forward and step
+    python3 bench/torch_gpu.py --dim 768 ... --save-hf DIR   # write the random-init model as a
+        # Hugging Face folder (config.json + bf16 model.safetensors) for `smelt bench --model DIR`
+
+--compile times the compiled model (forward and training; decode is not timed then: null).
 """
 import argparse, json, time
 import torch
@@ -84,6 +90,27 @@ def median_time(fn, iters):
     return ts[len(ts) // 2]
 
 
+def save_hf(m, a, dim, layers, heads, kv, ffn):
+    """config.json + model.safetensors (bf16) in Hugging Face Llama naming, tied embeddings."""
+    import os
+    from safetensors.torch import save_file
+    os.makedirs(a.save_hf, exist_ok=True)
+    names = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "wq": "self_attn.q_proj",
+             "wk": "self_attn.k_proj", "wv": "self_attn.v_proj", "wo": "self_attn.o_proj", "gate": "mlp.gate_proj",
+             "up": "mlp.up_proj", "down": "mlp.down_proj"}
+    w = {"model.embed_tokens.weight": m.embed.weight, "model.norm.weight": m.norm.weight}
+    for i, b in enumerate(m.blocks):
+        for k, hf in names.items():
+            w[f"model.layers.{i}.{hf}.weight"] = getattr(b, k).weight
+    save_file({k: v.detach().to(torch.bfloat16).contiguous().cpu() for k, v in w.items()}, os.path.join(a.save_hf, "model.safetensors"))
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": dim, "intermediate_size": ffn,
+           "num_attention_heads": heads, "num_hidden_layers": layers, "num_key_value_heads": kv,
+           "vocab_size": a.vocab_size, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": True,
+           "max_position_embeddings": max(4096, a.seq_len), "hidden_act": "silu", "torch_dtype": "bfloat16"}
+    with open(os.path.join(a.save_hf, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="small")
@@ -92,11 +119,31 @@ def main():
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--decode-tokens", type=int, default=128)
+    # A shape other than the presets' (each overrides the preset's value).
+    ap.add_argument("--dim", type=int)
+    ap.add_argument("--layers", type=int)
+    ap.add_argument("--heads", type=int)
+    ap.add_argument("--kv-heads", type=int)
+    ap.add_argument("--ffn", type=int)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (decode not timed)")
+    ap.add_argument("--no-decode", action="store_true")
+    ap.add_argument("--save-hf", help="write the random-init model as a Hugging Face folder and exit")
     a = ap.parse_args()
     dev = torch.device("cuda")
     torch.manual_seed(1)
     dim, layers, heads, kv, ffn = PRESETS[a.size]
+    dim, layers, heads, ffn = a.dim or dim, a.layers or layers, a.heads or heads, a.ffn or ffn
+    kv = a.kv_heads or (heads if a.heads else kv)
     m = Model(a.vocab_size, dim, layers, heads, kv, ffn).to(dev)
+    # Hugging Face's initialisation (normal, std 0.02): logits of a sane size through the tied head.
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.02)
+    if a.save_hf:
+        save_hf(m, a, dim, layers, heads, kv, ffn)
+        return
+    fm = torch.compile(m) if a.compile else m
     B, T = a.batch_size, a.seq_len
     x = torch.randint(0, a.vocab_size, (B, T), device=dev)
     y = torch.randint(0, a.vocab_size, (B, T), device=dev)
@@ -105,7 +152,7 @@ def main():
     @torch.no_grad()
     def fwd():
         with ac():
-            m(x)
+            fm(x)
 
     prompt = torch.randint(0, a.vocab_size, (1, 16), device=dev)
     dec_ids = torch.randint(0, a.vocab_size, (a.decode_tokens, 1), device=dev)
@@ -124,7 +171,7 @@ def main():
 
     def train():
         with ac():
-            loss = F.cross_entropy(m(x).float().view(-1, a.vocab_size), y.view(-1))
+            loss = F.cross_entropy(fm(x).float().view(-1, a.vocab_size), y.view(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
         opt.step()
@@ -132,12 +179,12 @@ def main():
 
     torch.cuda.reset_peak_memory_stats()
     f = median_time(fwd, a.iters)
-    d = median_time(decode, min(a.iters, 3))
+    d = None if (a.compile or a.no_decode) else median_time(decode, min(a.iters, 3))
     t = median_time(train, a.iters)
     print(json.dumps({
-        "impl": "pytorch", "torch": torch.__version__, "device": torch.cuda.get_device_name(),
+        "impl": "pytorch-compile" if a.compile else "pytorch", "torch": torch.__version__, "device": torch.cuda.get_device_name(),
         "params": sum(p.numel() for p in m.parameters()), "batch_size": B, "seq_len": T,
-        "forward_tok_s": B * T / f, "decode_tok_s": a.decode_tokens / d, "train_tok_s": B * T / t,
+        "forward_tok_s": B * T / f, "decode_tok_s": None if d is None else a.decode_tokens / d, "train_tok_s": B * T / t,
         "peak_mem_bytes": torch.cuda.max_memory_allocated(),
     }))
 
