@@ -94,7 +94,7 @@ fn kernels_compile() {
         ("attention", ops::attention::cuda::SRC, x(&["attn_fwd", "attn_bwd_delta", "attn_bwd_dq", "attn_bwd_dkdv"], &one)),
         ("attention_tc", ops::attention::cuda::TC_SRC, plain(&["attn_tc_fwd_d64", "attn_tc_dq_d64", "attn_tc_dkdv_d64", "attn_tc_fwd_d128", "attn_tc_dq_d128", "attn_tc_dkdv_d128"])),
         ("cross_entropy", ops::cross_entropy::cuda::SRC, [x(&["ce_fwd", "ce_bwd"], &one), plain(&["ce_mean_f32"])].concat()),
-        ("cross_entropy_chunks", ops::cross_entropy::cuda::CHUNKS_SRC, plain(&["ce_chunk_fwd_f32", "ce_chunk_finish_f32", "ce_chunk_bwd_f32", "ce_nll_f64"])),
+        ("cross_entropy_chunks", ops::cross_entropy::cuda::CHUNKS_SRC, [x(&["ce_chunk_fwd", "ce_chunk_bwd"], &one), plain(&["ce_chunk_finish_f32", "ce_nll_f64"])].concat()),
         ("elementwise", ops::elementwise::cuda::SRC, [x(&["add", "mul", "scale"], &one), x(&["add_assign"], &two), plain(&["f32_to_bf16", "bf16_to_f32"])].concat()),
         ("embedding", ops::embedding::cuda::SRC, x(&["embedding_fwd", "embedding_bwd", "embedding_bwd_sorted"], &one)),
         ("matmul", ops::matmul::cuda::SRC, x(&["add_bias", "col_sum_part"], &one)),

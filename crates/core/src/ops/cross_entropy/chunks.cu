@@ -10,25 +10,33 @@
 
 #define IGNORE_ID 0xffffffffu
 
-// z (m, vc): logits of vocabulary ids v0..v0+vc; one block (1024 threads) per row.
-extern "C" __global__ void ce_chunk_fwd_f32(const float* z, const unsigned* t, float* state, int vc, int v0) {
+// z (m, vc): logits of vocabulary ids v0..v0+vc, f32 or bf16 (read as stored: no cast pass);
+// one block (1024 threads) per row.
+template <typename T>
+__device__ void ce_chunk_fwd(const T* z, const unsigned* t, float* state, int vc, int v0) {
     long long row = blockIdx.x;
-    const float* zr = z + row * (long long)vc;
+    const T* zr = z + row * (long long)vc;
     float* st = state + row * 3;
     float m = -SM_INF;
-    for (int i = threadIdx.x; i < vc; i += blockDim.x) m = fmaxf(m, zr[i]);
+    for (int i = threadIdx.x; i < vc; i += blockDim.x) m = fmaxf(m, to_f(zr[i]));
     m = block_max(m);
     float old = st[0];
     float nm = fmaxf(old, m);
     float s = 0.f;
-    for (int i = threadIdx.x; i < vc; i += blockDim.x) s += expf(zr[i] - nm);
+    for (int i = threadIdx.x; i < vc; i += blockDim.x) s += expf(to_f(zr[i]) - nm);
     s = block_sum(s);
     if (threadIdx.x == 0) {
         st[1] = (old == -SM_INF ? 0.f : st[1] * expf(old - nm)) + s;
         st[0] = nm;
         unsigned ti = t[row];
-        if (ti != IGNORE_ID && ti >= (unsigned)v0 && ti < (unsigned)v0 + (unsigned)vc) st[2] = zr[ti - v0];
+        if (ti != IGNORE_ID && ti >= (unsigned)v0 && ti < (unsigned)v0 + (unsigned)vc) st[2] = to_f(zr[ti - v0]);
     }
+}
+extern "C" __global__ void ce_chunk_fwd_f32(const float* z, const unsigned* t, float* state, int vc, int v0) {
+    ce_chunk_fwd<float>(z, t, state, vc, v0);
+}
+extern "C" __global__ void ce_chunk_fwd_bf16(const bf16_t* z, const unsigned* t, float* state, int vc, int v0) {
+    ce_chunk_fwd<bf16_t>(z, t, state, vc, v0);
 }
 
 // state (n, 3) → nll (n) (0 for ignored rows), lse (n).
@@ -40,11 +48,14 @@ extern "C" __global__ void ce_chunk_finish_f32(const float* state, const unsigne
     }
 }
 
-// dz (m, vc) for the slice v0..v0+vc of rows whose targets and lse are t, lse.
+// dz (m, vc) for the slice v0..v0+vc of rows whose targets and lse are t, lse; dz in z's
+// dtype (bf16 under mixed precision: computed in f32 and rounded once, the bytes the f32 result
+// cast to bf16 for the head's backward matmul would have).
 // dloss: the loss gradient, read on the device when it is there (dloss_dev, so the backward
 // never waits for the host), else dloss_host.
-extern "C" __global__ void ce_chunk_bwd_f32(const float* z, const unsigned* t, const float* lse, float* dz, long long m,
-                                            int vc, int v0, const float* dloss_dev, float dloss_host, float inv_count) {
+template <typename T>
+__device__ void ce_chunk_bwd(const T* z, const unsigned* t, const float* lse, T* dz, long long m, int vc, int v0,
+                             const float* dloss_dev, float dloss_host, float inv_count) {
     float scale = (dloss_dev ? *dloss_dev : dloss_host) * inv_count;
     long long total = m * vc;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
@@ -53,11 +64,19 @@ extern "C" __global__ void ce_chunk_bwd_f32(const float* z, const unsigned* t, c
         unsigned ti = t[r];
         float d = 0.f;
         if (ti != IGNORE_ID) {
-            d = expf(z[i] - lse[r]) * scale;
+            d = expf(to_f(z[i]) - lse[r]) * scale;
             if (ti == (unsigned)(v0 + j)) d -= scale;
         }
-        dz[i] = d;
+        dz[i] = from_f<T>(d);
     }
+}
+extern "C" __global__ void ce_chunk_bwd_f32(const float* z, const unsigned* t, const float* lse, float* dz, long long m,
+                                            int vc, int v0, const float* dloss_dev, float dloss_host, float inv_count) {
+    ce_chunk_bwd<float>(z, t, lse, dz, m, vc, v0, dloss_dev, dloss_host, inv_count);
+}
+extern "C" __global__ void ce_chunk_bwd_bf16(const bf16_t* z, const unsigned* t, const float* lse, bf16_t* dz, long long m,
+                                             int vc, int v0, const float* dloss_dev, float dloss_host, float inv_count) {
+    ce_chunk_bwd<bf16_t>(z, t, lse, dz, m, vc, v0, dloss_dev, dloss_host, inv_count);
 }
 
 __device__ __forceinline__ double warp_sum_f64(double v) {

@@ -82,9 +82,10 @@ pub fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, lse: &Tensor, d
 pub(crate) const CHUNKS_SRC: &str = include_str!("chunks.cu");
 
 /// Rows r0..r0+m of `state` (n, 3) updated with `z` (m, vc) of vocabulary ids v0..v0+vc.
+/// `z` f32 or bf16, read as stored.
 pub fn lse_chunk(z: &Tensor, targets: &Tensor, state: &mut Tensor, r0: usize, v0: usize) -> Result<()> {
-    let z = &cuda::as_f32(z)?;
-    let [zb] = cuda::f32_bufs([z], "lse_chunk")?;
+    let [zb] = cuda::float_bufs([z], "lse_chunk")?;
+    let name = cuda::kname("ce_chunk_fwd", &[zb.dtype], "lse_chunk")?;
     let gpu = zb.gpu.clone();
     let tt = cuda::ids_on(targets, &gpu)?;
     let tb = tt.cuda_buf()?;
@@ -97,11 +98,11 @@ pub fn lse_chunk(z: &Tensor, targets: &Tensor, state: &mut Tensor, r0: usize, v0
     let mut st = sb.view_mut(r0 * 3, m * 3);
     let tv = tb.view(r0, m);
     let (vc32, v032) = (vc as i32, v0 as i32);
-    let f = gpu.function("cross_entropy_chunks", CHUNKS_SRC, "ce_chunk_fwd_f32")?;
+    let f = gpu.function("cross_entropy_chunks", CHUNKS_SRC, &name)?;
     let mut b = gpu.stream.launch_builder(&f);
     b.arg(&zb.data).arg(&tv).arg(&mut st).arg(&vc32).arg(&v032);
     let cfg = LaunchConfig { grid_dim: (m.max(1) as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-    cuda::launched(unsafe { b.launch(cfg) }, "ce_chunk_fwd_f32")
+    cuda::launched(unsafe { b.launch(cfg) }, &name)
 }
 
 /// (nll, lse) of a finished (n, 3) state.
@@ -123,23 +124,29 @@ pub fn lse_finish(state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> 
 
 /// dlogits of `z` (m, vc), vocabulary ids v0.., for rows r0.. of `targets` and `lse`.
 /// `dloss` (one element) is read where it lives: a device scalar by the kernel, with no sync.
+/// `z` f32 or bf16, read as stored; the result has z's dtype (bf16 logits give bf16 dlogits,
+/// which the head's backward matmul takes as they are).
 pub fn backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: &Tensor, count: usize) -> Result<Tensor> {
-    let z = &cuda::as_f32(z)?;
-    let [zb, lb] = cuda::f32_bufs([z, lse], "cross_entropy_backward_chunk")?;
+    let [zb] = cuda::float_bufs([z], "cross_entropy_backward_chunk")?;
+    let [lb] = cuda::f32_bufs([lse], "cross_entropy_backward_chunk (lse)")?;
+    if lb.gpu.ordinal != zb.gpu.ordinal {
+        bail!("cross_entropy_backward_chunk: logits on cuda:{}, lse on cuda:{}", zb.gpu.ordinal, lb.gpu.ordinal);
+    }
+    let name = cuda::kname("ce_chunk_bwd", &[zb.dtype], "cross_entropy_backward_chunk")?;
     let gpu = &zb.gpu;
     let tt = cuda::ids_on(targets, gpu)?;
     let tb = tt.cuda_buf()?;
     let (m, vc) = (z.rows(), z.cols());
-    let dz = DeviceBuf::alloc(gpu, DType::F32, m * vc)?;
+    let dz = DeviceBuf::alloc(gpu, zb.dtype, m * vc)?;
     let (m64, vc32, v032, inv) = (m as i64, vc as i32, v0 as i32, 1.0f32 / count.max(1) as f32);
     let (tv, lv) = (tb.view(r0, m), lb.view(r0, m));
-    let f = gpu.function("cross_entropy_chunks", CHUNKS_SRC, "ce_chunk_bwd_f32")?;
+    let f = gpu.function("cross_entropy_chunks", CHUNKS_SRC, &name)?;
     let mut b = gpu.stream.launch_builder(&f);
     let (host_d, null) = (if dloss.is_cuda() { 0.0f32 } else { dloss.as_f32()?[0] }, 0u64);
     b.arg(&zb.data).arg(&tv).arg(&lv).arg(&dz.data).arg(&m64).arg(&vc32).arg(&v032);
     if dloss.is_cuda() { b.arg(&dloss.cuda_buf()?.data) } else { b.arg(&null) };
     b.arg(&host_d).arg(&inv);
-    cuda::launched(unsafe { b.launch(cuda::grid_for(m * vc, 256)) }, "ce_chunk_bwd_f32")?;
+    cuda::launched(unsafe { b.launch(cuda::grid_for(m * vc, 256)) }, &name)?;
     Tensor::from_device_buf(dz, z.shape())
 }
 
