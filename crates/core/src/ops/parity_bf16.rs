@@ -35,7 +35,8 @@ const ATTN_TC: f64 = 2e-5;
 
 /// The tolerance for a bf16 attention result at head dim `hd`: which kernels run decides it.
 fn attn_tol(hd: usize) -> f64 {
-    if ops::attention::cuda::uses_tensor_cores(DType::BF16, hd) { ATTN_TC } else { BF16_STORE }
+    let gpu = cuda::gpu(0).expect("a CUDA device (the caller has one)");
+    if ops::attention::cuda::uses_tensor_cores(&gpu, DType::BF16, hd) { ATTN_TC } else { BF16_STORE }
 }
 
 /// The values of `t` rounded to bf16, as an f32 host tensor: the CPU reference's inputs.

@@ -28,12 +28,13 @@ fn tc_tiles(d: usize) -> (usize, usize, usize) {
     if d == 64 { (64, 64, 64) } else { (64, 32, 32) }
 }
 
-/// Which kernels run: the tensor-core ones for bf16 at head dim 64 or 128 (unless
+/// Which kernels run on `gpu`: the tensor-core ones for bf16 at head dim 64 or 128 on compute
+/// capability 8.0 or later (bf16 `mma.sync` and `cp.async` need it; unless
 /// `SMELT_CUDA_ATTN=scalar`), the scalar ones otherwise.
-pub fn uses_tensor_cores(dt: DType, d: usize) -> bool {
+pub fn uses_tensor_cores(gpu: &cuda::Gpu, dt: DType, d: usize) -> bool {
     static SCALAR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let scalar = *SCALAR.get_or_init(|| std::env::var("SMELT_CUDA_ATTN").is_ok_and(|v| v == "scalar"));
-    dt == DType::BF16 && (d == 64 || d == 128) && !scalar
+    dt == DType::BF16 && (d == 64 || d == 128) && gpu.arch.0 >= 8 && !scalar
 }
 
 /// A tensor-core kernel with its dynamic shared memory allowed past the 48 KiB default.
@@ -71,7 +72,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -
     let out = DeviceBuf::alloc(gpu, dt, q.numel())?;
     let lse = DeviceBuf::alloc(gpu, DType::F32, dm.b * dm.h * dm.tq)?;
     let d = dm.d;
-    if uses_tensor_cores(dt, d) {
+    if uses_tensor_cores(gpu, dt, d) {
         let (bn, _, _) = tc_tiles(d);
         let name = format!("attn_tc_fwd_d{d}");
         let smem = (TC_ROWS + 4 * bn) * (d + 8) * 2;
@@ -118,7 +119,7 @@ pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse:
         let c = LaunchConfig { grid_dim: ((rows * 32).div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         cuda::launched(unsafe { b.launch(c) }, &name)?;
     }
-    if uses_tensor_cores(dt, d) {
+    if uses_tensor_cores(gpu, dt, d) {
         let (_, bnq, bq) = tc_tiles(d);
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
         let dq = DeviceBuf::alloc(gpu, dt, q.numel())?;
