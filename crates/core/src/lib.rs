@@ -5,7 +5,6 @@
 //! transformers; `smelt-model` builds the network out of these ops.
 
 pub mod autograd;
-pub mod files;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod float;

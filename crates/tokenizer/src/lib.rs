@@ -10,10 +10,10 @@ mod added;
 mod bpe;
 pub mod bytelevel;
 mod chat;
+mod corpus;
 mod decode;
 mod gguf_vocab;
 mod hf_json;
-pub mod input;
 mod normalize;
 pub mod pretokenize;
 mod spm;
@@ -116,7 +116,7 @@ impl Tokenizer {
     pub fn save(&self, path: &Path) -> Result<()> {
         let v = self.inner.json.as_ref().with_context(|| format!(
             "cannot save {}: a SentencePiece (GGUF `llama`) vocabulary has no tokenizer.json form here", path.display()))?;
-        smelt_core::files::write_atomic(path, serde_json::to_string(v)?).with_context(|| format!("saving tokenizer {}", path.display()))
+        smelt_files::write_atomic(path, serde_json::to_string(v)?).with_context(|| format!("saving tokenizer {}", path.display()))
     }
 
     /// The tokenizer.json this tokenizer saves as (None for SentencePiece GGUF vocabularies).

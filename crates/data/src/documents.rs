@@ -1,5 +1,5 @@
-//! Input documents for `prepare` and `process`: expanding paths, directories and globs into a
-//! file list, and streaming documents out of those files.
+//! Input documents for `prepare` and `process`: streaming documents out of the files that
+//! `smelt_files::expand_inputs` lists for the `--input` values (paths, directories, globs).
 //!
 //! A plain text file is one document; a `.jsonl`/`.ndjson` file holds one document per line, in a
 //! string field (default `text`). Either may be gzip-compressed (`.gz`). Files are read one at a
@@ -14,8 +14,6 @@ use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-/// The file list of `--input` values (files, directories, globs): one expander for every stage.
-pub use smelt_core::files::expand_inputs as resolve_inputs;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

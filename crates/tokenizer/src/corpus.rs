@@ -1,5 +1,5 @@
-//! Corpus inputs for training (and the CLI): files, directories (recursively), globs, gzip
-//! (`.gz`), and JSONL with a text field. Text is streamed in chunks of whole sequences so that
+//! The corpus `Tokenizer::train` reads (the file list comes from `smelt_files::expand_inputs`):
+//! gzip (`.gz`), and JSONL with a text field. Text is streamed in chunks of whole sequences so that
 //! memory stays bounded by the chunk size, not the corpus.
 //!
 //! A "sequence" is what the trainer pre-tokenises on its own, as Hugging Face's trainer does
@@ -8,9 +8,6 @@
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-
-/// Expand CLI-style inputs (files, directories, globs) to an ordered list of files.
-pub use smelt_core::files::expand_inputs as expand;
 
 /// Sequences packed in one buffer: sequence `i` is `data[ends[i-1]..ends[i]]`.
 #[derive(Default)]
