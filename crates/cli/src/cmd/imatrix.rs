@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use smelt_gguf::imatrix::{collect, CollectOptions, Imatrix};
+use smelt_convert::imatrix::{collect, CollectOptions, Imatrix};
 use smelt_tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 

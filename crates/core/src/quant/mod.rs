@@ -1,12 +1,15 @@
-//! ggml's block formats: byte layouts identical to llama.cpp's (`ggml-common.h`), a scalar
-//! dequantiser (the reference, tested bit-exactly against gguf-py), quantisers that follow
+//! ggml's block formats, one place for each format's knowledge: the type table is smelt-gguf's
+//! [`GgmlType`] (id, name, block size and bytes), the host kernels are here, the CUDA kernels
+//! beside `ops/qmatmul`, and a quantised matrix is a storage kind of `Tensor` ([`QuantMatrix`],
+//! [`QTensor`]; `DeviceQuant` on a GPU). Byte layouts identical to llama.cpp's
+//! (`ggml-common.h`), a scalar dequantiser (the reference, tested bit-exactly against gguf-py), quantisers that follow
 //! llama.cpp's reference quantisers (`quantize_row_*_ref`), and dot products of a quantised
 //! weight row against an activation row quantised to 8 bits, as llama.cpp's CPU backend does
 //! (`vec_dot_q4_1_q8_1` etc.). The matrix type that puts them to work is [`QTensor`].
 //!
 //! | type | block | bytes | weights | activation |
 //! |---|---|---|---|---|
-//! | F32, F16, BF16 | 1 | 4, 2, 2 | plain floats | f32; F16/BF16: rounded to f16/bf16 (`float::matmul`) |
+//! | F32, F16, BF16 | 1 | 4, 2, 2 | plain floats | f32; F16/BF16: rounded to f16/bf16 (`float_formats::matmul`) |
 //! | Q8_0 | 32 | 34 | f16 d, 32×i8 | Q8_0 |
 //! | Q4_0 | 32 | 18 | f16 d, 32×u4 (−8) | Q8_0 |
 //! | Q4_1 | 32 | 20 | f16 d, f16 m, 32×u4 | Q8_1 |
@@ -19,7 +22,8 @@ pub mod act;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-pub mod float;
+pub mod float_formats;
+mod matrix;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub mod q4_0;
@@ -30,90 +34,23 @@ pub mod q6_k;
 pub mod q8_0;
 mod qtensor;
 mod search;
+pub mod simd;
 
+#[cfg(feature = "cuda")]
+pub use matrix::DeviceQuant;
+pub use matrix::QuantMatrix;
 pub use qtensor::QTensor;
+pub use smelt_gguf::GgmlType;
 
 use anyhow::{bail, Result};
-
-/// The ggml tensor types smelt can hold and compute with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(non_camel_case_types)]
-pub enum GgmlType { F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K }
-
-impl GgmlType {
-    pub const ALL: [GgmlType; 9] = [Self::F32, Self::F16, Self::BF16, Self::Q4_0, Self::Q4_1, Self::Q5_0, Self::Q8_0, Self::Q4_K, Self::Q6_K];
-
-    pub fn from_id(id: u32) -> Option<Self> { Self::ALL.into_iter().find(|t| t.id() == id) }
-
-    /// The id stored in GGUF tensor infos (`enum ggml_type`).
-    pub fn id(self) -> u32 {
-        match self {
-            Self::F32 => 0, Self::F16 => 1, Self::Q4_0 => 2, Self::Q4_1 => 3, Self::Q5_0 => 6, Self::Q8_0 => 8,
-            Self::Q4_K => 12, Self::Q6_K => 14, Self::BF16 => 30,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32", Self::F16 => "f16", Self::BF16 => "bf16", Self::Q4_0 => "q4_0",
-            Self::Q4_1 => "q4_1", Self::Q5_0 => "q5_0", Self::Q8_0 => "q8_0", Self::Q4_K => "q4_k", Self::Q6_K => "q6_k",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Self> {
-        let l = s.to_ascii_lowercase();
-        match Self::ALL.into_iter().find(|t| t.name() == l) {
-            Some(t) => Ok(t),
-            None => bail!("unknown tensor type {s:?} (known: f32, f16, bf16, q4_0, q4_1, q5_0, q8_0, q4_k, q6_k)"),
-        }
-    }
-
-    /// Elements per block.
-    pub fn block_size(self) -> usize {
-        match self {
-            Self::F32 | Self::F16 | Self::BF16 => 1,
-            Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q8_0 => 32,
-            Self::Q4_K | Self::Q6_K => 256,
-        }
-    }
-
-    /// Bytes per block.
-    pub fn block_bytes(self) -> usize {
-        match self {
-            Self::F32 => 4, Self::F16 | Self::BF16 => 2,
-            Self::Q4_0 => q4_0::BYTES, Self::Q4_1 => q4_1::BYTES, Self::Q5_0 => q5_0::BYTES, Self::Q8_0 => q8_0::BYTES,
-            Self::Q4_K => q4_k::BYTES, Self::Q6_K => q6_k::BYTES,
-        }
-    }
-
-    /// Bytes of a row of `n` elements; an error unless `n` is a whole number of blocks.
-    pub fn row_bytes(self, n: usize) -> Result<usize> {
-        let b = self.block_size();
-        if n % b != 0 {
-            bail!("{}: a row of {n} elements is not a whole number of {b}-element blocks", self.name());
-        }
-        Ok(n / b * self.block_bytes())
-    }
-}
-
-/// The name of any ggml type id, for display (including types smelt cannot compute with).
-pub fn ggml_type_name(id: u32) -> String {
-    const NAMES: [&str; 42] = [
-        "f32", "f16", "q4_0", "q4_1", "q4_2", "q4_3", "q5_0", "q5_1", "q8_0", "q8_1", "q2_k", "q3_k",
-        "q4_k", "q5_k", "q6_k", "q8_k", "iq2_xxs", "iq2_xs", "iq3_xxs", "iq1_s", "iq4_nl", "iq3_s",
-        "iq2_s", "iq4_xs", "i8", "i16", "i32", "i64", "f64", "iq1_m", "bf16", "q4_0_4_4", "q4_0_4_8",
-        "q4_0_8_8", "tq1_0", "tq2_0", "iq4_nl_4_4", "iq4_nl_4_8", "iq4_nl_8_8", "mxfp4", "nvfp4", "?",
-    ];
-    NAMES.get(id as usize).map_or_else(|| format!("type{id}"), |s| s.to_string())
-}
 
 /// Dequantises a row: `bytes` must hold exactly `out.len()` elements of type `ty`.
 pub fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     debug_assert_eq!(ty.row_bytes(out.len()).ok(), Some(bytes.len()));
     match ty {
-        GgmlType::F32 => float::dequantize_f32(bytes, out),
-        GgmlType::F16 => float::dequantize_f16(bytes, out),
-        GgmlType::BF16 => float::dequantize_bf16(bytes, out),
+        GgmlType::F32 => float_formats::dequantize_f32(bytes, out),
+        GgmlType::F16 => float_formats::dequantize_f16(bytes, out),
+        GgmlType::BF16 => float_formats::dequantize_bf16(bytes, out),
         GgmlType::Q8_0 => q8_0::dequantize(bytes, out),
         GgmlType::Q4_0 => q4_0::dequantize(bytes, out),
         GgmlType::Q4_1 => q4_1::dequantize(bytes, out),
@@ -127,9 +64,9 @@ pub fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
 pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) {
     debug_assert!(x.len() % ty.block_size() == 0);
     match ty {
-        GgmlType::F32 => float::quantize_f32(x, out),
-        GgmlType::F16 => float::quantize_f16(x, out),
-        GgmlType::BF16 => float::quantize_bf16(x, out),
+        GgmlType::F32 => float_formats::quantize_f32(x, out),
+        GgmlType::F16 => float_formats::quantize_f16(x, out),
+        GgmlType::BF16 => float_formats::quantize_bf16(x, out),
         GgmlType::Q8_0 => q8_0::quantize(x, out),
         GgmlType::Q4_0 => q4_0::quantize(x, out),
         GgmlType::Q4_1 => q4_1::quantize(x, out),

@@ -1,10 +1,10 @@
-//! Smoothing (`smelt_gguf::smooth`): the same function, flatter matmul inputs, and an importance
+//! Smoothing (`smelt_convert::smooth`): the same function, flatter matmul inputs, and an importance
 //! matrix that is the one the smoothed model collects. What it buys after quantisation is
 //! measured on SmolLM2 in docs/GGUF.md (and llama.cpp scores the smoothed file identically).
 
 use smelt_core::Tensor;
-use smelt_gguf::imatrix::{collect, CollectOptions, Imatrix};
-use smelt_gguf::smooth::smooth;
+use smelt_convert::imatrix::{collect, CollectOptions, Imatrix};
+use smelt_convert::smooth::smooth;
 use smelt_model::{Logits, Model, ModelConfig};
 
 /// A tiny model whose norms have uneven weights (0.05 to 6.4), so that its matmul inputs have

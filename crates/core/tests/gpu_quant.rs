@@ -1,4 +1,4 @@
-//! Quantised weights on CUDA (ops/qmatmul in smelt-core) against this crate's CPU
+//! Quantised weights on CUDA (ops/qmatmul) against the CPU
 //! dequantisers, for every block format the kernels read: fresh random weights quantised with
 //! smelt's quantisers, random f32 activations. Checked: the device dequantisation is
 //! bit-identical to `quant::dequantize`; `linear` by the device matrix equals the
@@ -15,7 +15,7 @@ use smelt_core::cuda::{self, MatmulPrecision};
 use smelt_core::ops::{embedding::embedding, matmul::linear};
 use smelt_core::rng::Rng;
 use smelt_core::{DType, Device, Tensor};
-use smelt_gguf::quant::{dequantize, GgmlType, QTensor};
+use smelt_core::quant::{dequantize, GgmlType, QTensor};
 
 fn gpu() -> Option<Device> {
     match cuda::gpu(0) {

@@ -12,9 +12,9 @@
 //! smelt's CPU forward, as `llama-imatrix` does on llama.cpp's.
 
 use crate::load::gguf_name;
-use crate::quant::GgmlType;
-use crate::writer::GgufWriter;
-use crate::{GgufFile, Value};
+use smelt_core::quant::GgmlType;
+use smelt_gguf::GgufWriter;
+use smelt_gguf::{GgufFile, Value};
 use anyhow::{bail, Context, Result};
 use smelt_core::{Graph, Tensor};
 use smelt_model::{Logits, Model};
@@ -88,7 +88,7 @@ impl Imatrix {
             if ty != GgmlType::F32 {
                 bail!("{}: sums and counts must be F32, got {}", t.name, ty.name());
             }
-            let v = crate::quant::dequantize(ty, b, b.len() / 4)?;
+            let v = smelt_core::quant::dequantize(ty, b, b.len() / 4)?;
             let p = pairs.entry(base.to_string()).or_default();
             if is_sums { p.0 = Some(v) } else { p.1 = Some(v) }
         }

@@ -1,11 +1,12 @@
 //! Q4_0: blocks of 32 weights, `{ f16 d; u8 qs[16] }`; element j is the low nibble of qs[j],
 //! element j+16 the high nibble; x = d·(q − 8).
 
+use super::GgmlType;
 use super::act::BlockQ8;
 use super::search::{block_weights, make_qx_quants, row_sigma2};
 use super::{f16_at, f16_bytes};
 
-pub const BYTES: usize = 18;
+pub const BYTES: usize = GgmlType::Q4_0.block_bytes();
 
 pub fn dequantize(b: &[u8], out: &mut [f32]) {
     for (blk, o) in b.chunks_exact(BYTES).zip(out.chunks_exact_mut(32)) {

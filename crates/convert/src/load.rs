@@ -4,12 +4,15 @@
 //!
 //! Q/K layout: llama.cpp's converter permutes the rows of `attn_q`/`attn_k` within each head so
 //! that its RoPE can rotate adjacent pairs (interleaved); Hugging Face rotates the two halves of
-//! each head. We undo the permutation at load time (a copy of whole rows, cheap for any block
-//! format), so the model keeps one layout (half-split), its q/k intermediates are comparable
-//! with transformers' tensor for tensor, and `export` re-applies the same permutation.
+//! each head. The permutation is NOT undone here: a loaded model keeps llama.cpp's interleaved
+//! rows and gets an interleaved `RopeTable::ggml` (`model.rope`), so q·k sums the same products
+//! in the same order as llama.cpp, bit for bit (docs/GGUF.md "Q/K layout"). The layout thus
+//! follows the model's provenance: `export` applies `qk_to_gguf_perm` only to half-split
+//! (Hugging Face) models, and `Model::save_as` of a GGUF-loaded model writes the rows back in
+//! Hugging Face's order.
 
-use crate::quant::{GgmlType, QTensor};
-use crate::GgufFile;
+use smelt_core::quant::{GgmlType, QTensor};
+use smelt_gguf::GgufFile;
 use anyhow::{bail, Context, Result};
 use smelt_core::ops::rope::RopeTable;
 use smelt_core::Tensor;
@@ -133,7 +136,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
         let (ty, bytes) = f.tensor_bytes(t)?;
         let tensor = if shape.len() == 1 || ty == GgmlType::F32 {
             let n = shape.iter().product();
-            Tensor::from_f32(crate::quant::dequantize(ty, bytes, n)?, &shape)?
+            Tensor::from_f32(smelt_core::quant::dequantize(ty, bytes, n)?, &shape)?
         } else {
             QTensor::new(ty, shape[0], shape[1], bytes.to_vec()).with_context(|| format!("{p}: tensor {gname}"))?.into_tensor()
         };
@@ -150,8 +153,4 @@ pub fn load_model(path: &Path) -> Result<Model> {
     let mut model = Model::new(cfg, out).with_context(|| format!("{p}: building the model"))?;
     model.rope = rope;
     Ok(model)
-}
-
-impl QTensor {
-    pub fn into_tensor(self) -> Tensor { Tensor::from_quant(Arc::new(self)) }
 }

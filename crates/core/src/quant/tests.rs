@@ -5,10 +5,10 @@
 //! (tests/data/neon_golden*.bin, made by scripts/neon_goldens.sh), bit for bit. The aarch64
 //! tests run under qemu-user on x86-64: `scripts/test_aarch64.sh -p smelt-gguf --lib`.
 
-use super::qtensor::Level;
+use super::simd::Level;
 use super::*;
-use crate::GgufFile;
-use smelt_core::quant::QuantMatrix;
+use smelt_gguf::GgufFile;
+use super::QuantMatrix;
 
 fn golden() -> GgufFile {
     GgufFile::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/quant_golden.gguf")).unwrap()
@@ -48,7 +48,7 @@ fn quantize_matches_gguf_py_byte_for_byte() {
 }
 
 fn rand(n: usize, seed: u64) -> Vec<f32> {
-    let mut r = smelt_core::rng::Rng::new(seed);
+    let mut r = crate::rng::Rng::new(seed);
     (0..n).map(|_| r.normal() as f32).collect()
 }
 
@@ -278,7 +278,7 @@ const TYPES: [GgmlType; 6] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, Gg
 
 /// Random block bytes (every nibble, bit and scale pattern) with finite f16 scales.
 #[allow(dead_code)]
-fn random_blocks(ty: GgmlType, nb: usize, r: &mut smelt_core::rng::Rng) -> Vec<u8> {
+fn random_blocks(ty: GgmlType, nb: usize, r: &mut crate::rng::Rng) -> Vec<u8> {
     let mut w: Vec<u8> = (0..nb * ty.block_bytes()).map(|_| r.next_u64() as u8).collect();
     for b in w.chunks_exact_mut(ty.block_bytes()) {
         let mut put = |o: usize, v: f64| b[o..o + 2].copy_from_slice(&f16_bytes(v as f32));
@@ -323,7 +323,7 @@ mod neon_kernels {
 
     #[test]
     fn neon_kernels_match_scalar_on_random_blocks() {
-        let mut r = smelt_core::rng::Rng::new(11);
+        let mut r = crate::rng::Rng::new(11);
         for dotprod in variants() {
             for ty in TYPES {
                 for nb in [1, 2, 3, 8, 17] {
@@ -376,7 +376,7 @@ mod neon_kernels {
 
 #[cfg(target_arch = "x86_64")]
 mod x86_kernels {
-    use super::super::qtensor::avx512_detected;
+    use super::super::simd::avx512_detected;
     use super::super::{avx2, avx512};
     use super::*;
 
@@ -424,7 +424,7 @@ mod x86_kernels {
     #[test]
     fn avx2_q8_quantiser_matches_the_plain_loop() {
         if !have_avx2() { return; }
-        let mut r = smelt_core::rng::Rng::new(14);
+        let mut r = crate::rng::Rng::new(14);
         for case in 0..200 {
             let mut x: Vec<f32> = (0..32 * 9).map(|_| r.normal() as f32 * 10f32.powi(case % 5 - 2)).collect();
             for v in x[32..64].iter_mut() { *v = 0.0; }
@@ -450,7 +450,7 @@ mod x86_kernels {
             return;
         }
         let ty = GgmlType::Q4_K;
-        let mut r = smelt_core::rng::Rng::new(13);
+        let mut r = crate::rng::Rng::new(13);
         for nb in [1, 2, 3, 6, 17] {
             for _ in 0..20 {
                 let rb = nb * ty.block_bytes() + 16;
@@ -485,7 +485,7 @@ mod x86_kernels {
             eprintln!("SKIP: this CPU lacks AVX2 or AVX-512 F/BW/VL/VNNI");
             return;
         }
-        let mut r = smelt_core::rng::Rng::new(12);
+        let mut r = crate::rng::Rng::new(12);
         let (mut n_dots, mut n_bits) = (0, 0);
         for ty in TYPES {
             for nb in [1, 2, 3, 8, 17] {

@@ -17,9 +17,9 @@
 
 use crate::imatrix::Imatrix;
 use crate::load::{gguf_name, qk_to_gguf_perm};
-use crate::quant::{quantize_with, GgmlType};
-use crate::writer::GgufWriter;
-use crate::{GgufFile, Value};
+use smelt_core::quant::{quantize_with, GgmlType};
+use smelt_gguf::GgufWriter;
+use smelt_gguf::{GgufFile, Value};
 use anyhow::{bail, Context, Result};
 use serde_json::Value as Json;
 use smelt_model::{Arch, Model, RopeScaling};

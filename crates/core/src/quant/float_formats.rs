@@ -14,10 +14,10 @@
 //! AVX-512 (`vdpbf16ps` itself where the CPU has AVX512_BF16; elsewhere two FMAs, which differ
 //! from it only where a bf16 input or a partial sum is subnormal).
 
-use super::qtensor::Level;
+use super::simd::Level;
 use super::GgmlType;
 use rayon::prelude::*;
-use smelt_core::ggml::reduce16;
+use crate::ggml::reduce16;
 
 pub fn dequantize_f32(b: &[u8], out: &mut [f32]) {
     for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) { *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]); }
@@ -431,7 +431,7 @@ mod tests {
     use super::*;
 
     fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = smelt_core::rng::Rng::new(seed);
+        let mut r = crate::rng::Rng::new(seed);
         (0..n).map(|_| r.normal() as f32).collect()
     }
 
@@ -497,7 +497,7 @@ mod tests {
             eprintln!("SKIP: no AVX512_BF16 here");
             return;
         }
-        let mut r = smelt_core::rng::Rng::new(3);
+        let mut r = crate::rng::Rng::new(3);
         let mut bits = || -> u16 {
             // Any sign, exponents from subnormal to large, any mantissa (no inf/NaN).
             let e = (r.uniform() * 140.0) as u16;

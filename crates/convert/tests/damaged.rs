@@ -2,7 +2,7 @@
 //! written, checked to load, then truncated at every 7th byte, given an unknown tensor type,
 //! an out-of-range tensor offset and wrong shapes; each must fail with a message saying why.
 
-use smelt_gguf::quant::{quantize, GgmlType};
+use smelt_core::quant::{quantize, GgmlType};
 use smelt_gguf::{GgufFile, GgufWriter, Value};
 use smelt_model::{params, ModelConfig};
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ fn tiny(dir: &str) -> (PathBuf, Vec<u8>) {
     }
     let p = params::init(&c, 1);
     for ((name, shape), t) in params::layout(&c).iter().zip(&p) {
-        let g = smelt_gguf::load::gguf_name(name).unwrap();
+        let g = smelt_convert::load::gguf_name(name).unwrap();
         let ty = if shape.len() == 1 { GgmlType::F32 } else { GgmlType::Q8_0 };
         w.tensor(&g, shape, ty, quantize(ty, t.as_f32().unwrap(), *shape.last().unwrap()).unwrap()).unwrap();
     }
@@ -31,13 +31,13 @@ fn tiny(dir: &str) -> (PathBuf, Vec<u8>) {
 
 fn load(path: &PathBuf, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::write(path, bytes).unwrap();
-    smelt_gguf::load_model(path).map(|_| ())
+    smelt_convert::load_model(path).map(|_| ())
 }
 
 #[test]
 fn a_valid_file_loads_and_runs() {
     let (path, _) = tiny("valid");
-    let m = smelt_gguf::load_model(&path).unwrap();
+    let m = smelt_convert::load_model(&path).unwrap();
     let t = smelt_core::Tensor::from_u32(vec![1, 2, 3], &[1, 3]).unwrap();
     let l = m.logits(&t, None, smelt_model::Logits::All).unwrap();
     assert!(l.as_f32().unwrap().iter().all(|x| x.is_finite()));

@@ -26,12 +26,12 @@ pub struct BlockQ8K {
 /// Q8_0 / Q8_1 blocks of a row (len a multiple of 32).
 pub fn quantize_q8(x: &[f32]) -> Vec<BlockQ8> {
     #[cfg(target_arch = "x86_64")]
-    if matches!(super::qtensor::Level::detect(), super::qtensor::Level::Avx2 | super::qtensor::Level::Avx512) {
+    if matches!(super::simd::Level::detect(), super::simd::Level::Avx2 | super::simd::Level::Avx512) {
         // SAFETY: checked by run-time detection. Same code, rounding done by `vroundps`.
         return unsafe { quantize_q8_avx2(x) };
     }
     #[cfg(target_arch = "aarch64")]
-    if super::qtensor::Level::detect() != super::qtensor::Level::Scalar {
+    if super::simd::Level::detect() != super::simd::Level::Scalar {
         // llama.cpp's ARM quantiser: multiplies by 1/d rather than 127/max.
         return super::neon::quantize_q8(x);
     }
@@ -114,7 +114,7 @@ pub fn quantize_q8k_4x8(x: &[f32]) -> Vec<BlockQ8K> { quantize_q8k_with(x, true)
 
 fn quantize_q8k_with(x: &[f32], positive_wins: bool) -> Vec<BlockQ8K> {
     #[cfg(target_arch = "x86_64")]
-    if super::qtensor::Level::detect() != super::qtensor::Level::Scalar {
+    if super::simd::Level::detect() != super::simd::Level::Scalar {
         // SAFETY: checked by run-time detection. Same code, rounding by `vroundss` instead of
         // a libm `rintf` call.
         return unsafe { quantize_q8k_sse41(x, positive_wins) };

@@ -2,11 +2,12 @@
 //! 6-bit values (4 low bits in ql, 2 high bits in qh) minus 32, sixteen sub-blocks of 16 with
 //! an 8-bit scale each; x = d·sc·(q − 32).
 
+use super::GgmlType;
 use super::act::BlockQ8K;
 use super::search::{make_qx_quants, GROUP_MAX_EPS};
 use super::{f16_at, f16_bytes, nearest_int};
 
-pub const BYTES: usize = 210;
+pub const BYTES: usize = GgmlType::Q6_K.block_bytes();
 
 /// The 256 signed 6-bit values of a super-block, in element order.
 #[inline(always)]

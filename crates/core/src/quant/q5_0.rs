@@ -2,11 +2,12 @@
 //! fifth bit of element j in bit j of the little-endian u32 qh; x = d·(q − 16). Used where
 //! llama.cpp uses it: the fallback for Q4_K on rows that are not whole 256-blocks.
 
+use super::GgmlType;
 use super::act::BlockQ8;
 use super::search::{block_weights, make_qx_quants, row_sigma2};
 use super::{f16_at, f16_bytes};
 
-pub const BYTES: usize = 22;
+pub const BYTES: usize = GgmlType::Q5_0.block_bytes();
 
 #[inline(always)]
 fn values(blk: &[u8]) -> [i32; 32] {

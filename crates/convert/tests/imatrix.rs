@@ -3,8 +3,8 @@
 //! file formats round trip, damaged files are errors, and an export with an imatrix uses it.
 
 use smelt_core::{Graph, Tensor};
-use smelt_gguf::export::{export, TokenizerSource, WithImatrix};
-use smelt_gguf::imatrix::{collect, CollectOptions, Entry, Imatrix};
+use smelt_convert::export::{export, TokenizerSource, WithImatrix};
+use smelt_convert::imatrix::{collect, CollectOptions, Entry, Imatrix};
 use smelt_model::{Logits, Model, ModelConfig};
 use std::path::{Path, PathBuf};
 
@@ -118,11 +118,11 @@ fn damaged_imatrix_files_are_errors_naming_the_file() {
     let mut w = smelt_gguf::GgufWriter::new();
     for (k, v) in [("imatrix.chunk_count", 1u32), ("imatrix.chunk_size", 512)] { w.kv(k, smelt_gguf::Value::U32(v)); }
     w.kv("imatrix.datasets", smelt_gguf::Value::Array(vec![]));
-    w.tensor("blk.0.attn_q.weight.in_sum2", &[4], smelt_gguf::quant::GgmlType::F32, vec![0; 16]).unwrap();
+    w.tensor("blk.0.attn_q.weight.in_sum2", &[4], smelt_core::quant::GgmlType::F32, vec![0; 16]).unwrap();
     let g = tmp("imatrix-damaged.gguf");
     w.write(&g).unwrap();
     assert!(format!("{:#}", Imatrix::load(&g).unwrap_err()).contains("without counts"));
-    let golden = root().join("crates/gguf/tests/data/quant_golden.gguf");
+    let golden = root().join("crates/core/tests/data/quant_golden.gguf");
     assert!(format!("{:#}", Imatrix::load(&golden).unwrap_err()).contains("missing imatrix metadata"));
 }
 
@@ -137,7 +137,7 @@ fn export_with_an_imatrix_uses_it_and_records_it() {
         return;
     }
     let (plain, weighted) = (tmp("imatrix-plain.gguf"), tmp("imatrix-weighted.gguf"));
-    let q = smelt_gguf::quant::GgmlType::Q4_0;
+    let q = smelt_core::quant::GgmlType::Q4_0;
     export(&m, q, TokenizerSource::Gguf(&tok), "t", None, &plain).unwrap();
     let with = WithImatrix { imatrix: &im, file: Some("imx.gguf"), smooth_alpha: None };
     let r = export(&m, q, TokenizerSource::Gguf(&tok), "t", Some(&with), &weighted).unwrap();
@@ -148,7 +148,7 @@ fn export_with_an_imatrix_uses_it_and_records_it() {
     assert_eq!(b.get_str("quantize.imatrix.file"), Some("imx.gguf"));
     assert_eq!(b.get("quantize.imatrix.entries_count").and_then(|v| v.as_u64()), Some(14));
     assert!(a.get("quantize.imatrix.file").is_none());
-    fn ty<'a>(f: &'a smelt_gguf::GgufFile, n: &str) -> (smelt_gguf::quant::GgmlType, &'a [u8]) { f.tensor_bytes(f.tensor(n).unwrap()).unwrap() }
+    fn ty<'a>(f: &'a smelt_gguf::GgufFile, n: &str) -> (smelt_core::quant::GgmlType, &'a [u8]) { f.tensor_bytes(f.tensor(n).unwrap()).unwrap() }
     // llama.cpp's guard: ffn_down of the first eighth of the layers (here layer 0 of 2: 2/8 = 0
     // layers) stays Q4_0; every weighted tensor differs from the plain one.
     assert_eq!(ty(&b, "blk.0.ffn_down.weight").0, q);
@@ -170,7 +170,7 @@ fn collect_matches_llama_imatrix_on_smollm2() {
     }
     // The f32 model llama-imatrix ran on: the Q4_1 file dequantised (what export-gguf --type
     // f32 writes).
-    let m = smelt_gguf::load_model(&q41).unwrap();
+    let m = smelt_convert::load_model(&q41).unwrap();
     let m = m.dequantized().unwrap();
     let tok = smelt_tokenizer::Tokenizer::from_file(&q41).unwrap();
     let mut text = String::new();
@@ -178,7 +178,7 @@ fn collect_matches_llama_imatrix_on_smollm2() {
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gz), &mut text).unwrap();
     let ids = tok.encode(&text);
     let im = collect(&m, &ids, &opts(512, Some(2)), |_, _| {}).unwrap();
-    let golden = Imatrix::load(&root().join("crates/gguf/tests/data/imatrix_llama_golden.gguf")).unwrap();
+    let golden = Imatrix::load(&root().join("crates/convert/tests/data/imatrix_llama_golden.gguf")).unwrap();
     assert_eq!((golden.chunk_count, golden.chunk_size), (im.chunk_count, im.chunk_size));
     assert_eq!(golden.entries.len(), 21);
     let mut worst = (0f64, String::new());

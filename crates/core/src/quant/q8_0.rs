@@ -1,9 +1,10 @@
 //! Q8_0: blocks of 32 weights, `{ f16 d; i8 qs[32] }`, x = d·q.
 
+use super::GgmlType;
 use super::act::BlockQ8;
 use super::{f16_at, f16_bytes};
 
-pub const BYTES: usize = 34;
+pub const BYTES: usize = GgmlType::Q8_0.block_bytes();
 
 pub fn dequantize(b: &[u8], out: &mut [f32]) {
     for (blk, o) in b.chunks_exact(BYTES).zip(out.chunks_exact_mut(32)) {

@@ -1,7 +1,6 @@
 //! Micro-benchmark of the activation quantiser and the quantised matvec (decode-sized, one
-//! FFN matrix, or QBENCH_ROWS rows of 576), best of many runs: `cargo run --release -p smelt-gguf --example qbench`; SMELT_NO_SIMD=1 for scalar.
-use smelt_core::quant::QuantMatrix;
-use smelt_gguf::quant::{act, GgmlType, QTensor};
+//! FFN matrix, or QBENCH_ROWS rows of 576), best of many runs: `cargo run --release -p smelt-core --example qbench`; SMELT_NO_SIMD=1 for scalar.
+use smelt_core::quant::{act, GgmlType, QTensor, QuantMatrix};
 use std::time::Instant;
 fn main() {
     // Inside the pool, as the smelt binary runs (waking it from outside costs more than a matvec).

@@ -2,11 +2,12 @@
 //! sub-blocks of 32, each with a 6-bit scale and a 6-bit min packed into `scales`;
 //! x = d·sc·q − dmin·m. Nibbles: 64-element chunks, low nibbles first, then high.
 
+use super::GgmlType;
 use super::act::BlockQ8K;
 use super::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants};
 use super::{f16_at, f16_bytes, nearest_int};
 
-pub const BYTES: usize = 144;
+pub const BYTES: usize = GgmlType::Q4_K.block_bytes();
 
 /// Scale and min of sub-block j (llama.cpp's `get_scale_min_k4`).
 #[inline(always)]

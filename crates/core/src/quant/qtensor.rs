@@ -2,7 +2,7 @@
 //! that `linear` calls for it (through core's `QuantMatrix`). Each input row is quantised once
 //! to the weight type's activation format (Q8_0, Q8_1 or Q8_K, as llama.cpp pairs them), then
 //! every output is an integer dot product of a weight row with it. F16/BF16 matrices go to
-//! `float::matmul` (activations rounded to the weight type, llama.cpp's float order).
+//! `float_formats::matmul` (activations rounded to the weight type, llama.cpp's float order).
 //!
 //! SIMD: on x86-64 with AVX2+FMA+F16C (checked at run time with `is_x86_feature_detected!`),
 //! the Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K dots run hand-written AVX2 kernels (`avx2.rs`), each in the
@@ -21,7 +21,10 @@ use super::act::{quantize_q8, quantize_q8k, quantize_q8k_4x8, BlockQ8, BlockQ8K}
 use super::{dequantize_row, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0, GgmlType};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
-use smelt_core::quant::QuantMatrix;
+#[cfg(target_arch = "x86_64")]
+use super::simd::avx512_detected;
+use super::simd::Level;
+use super::QuantMatrix;
 
 #[derive(Clone)]
 pub struct QTensor {
@@ -73,12 +76,15 @@ impl QTensor {
     pub fn ty(&self) -> GgmlType { self.ty }
     pub fn bytes(&self) -> &[u8] { &self.data }
 
+    /// This matrix as a `Tensor` (`Storage::Quant`), as a model parameter.
+    pub fn into_tensor(self) -> crate::Tensor { crate::Tensor::from_quant(std::sync::Arc::new(self)) }
+
     /// Input row `i` of `n` in its activation format. llama.cpp's repacked Q4_K quantises the
     /// rows it multiplies four at a time (all but the last n mod 4) with its 4x8 quantiser.
     fn act(&self, x: &[f32], i: usize, n: usize, path: X86Path) -> Act {
         match self.ty {
             GgmlType::F32 => Act::F32(x.to_vec()),
-            GgmlType::F16 | GgmlType::BF16 => unreachable!("F16/BF16 matmuls run float::matmul"),
+            GgmlType::F16 | GgmlType::BF16 => unreachable!("F16/BF16 matmuls run float_formats::matmul"),
             GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 => Act::Q8(quantize_q8(x)),
             GgmlType::Q4_K if path == X86Path::Repack && i < n - n % 4 => Act::Q8K(quantize_q8k_4x8(x)),
             GgmlType::Q4_K | GgmlType::Q6_K => Act::Q8K(quantize_q8k(x)),
@@ -91,7 +97,7 @@ impl QTensor {
         assert!(x.len() >= n * k && y.len() >= n * m);
         if matches!(self.ty, GgmlType::F16 | GgmlType::BF16) {
             // Activations rounded to the weight type, llama.cpp's order at every level.
-            return super::float::matmul(self.ty, &self.data, m, k, x, n, y, level);
+            return super::float_formats::matmul(self.ty, &self.data, m, k, x, n, y, level);
         }
         let path = if matches!(level, Level::Avx2 | Level::Avx512) { X86Path::of(self.ty, m, n) } else { X86Path::VecDot };
         let acts: Vec<Act> = if n == 1 {
@@ -132,64 +138,13 @@ pub(crate) fn into_rows_of_y(m: usize, n: usize, y: &mut [f32], run: impl FnOnce
 impl QuantMatrix for QTensor {
     fn dims(&self) -> (usize, usize) { (self.rows, self.cols) }
     fn type_name(&self) -> &'static str { self.ty.name() }
-    fn ggml_type(&self) -> u32 { self.ty.id() }
+    fn ggml_type(&self) -> GgmlType { self.ty }
     fn blocks(&self) -> &[u8] { &self.data }
     fn nbytes(&self) -> usize { self.data.len() }
     fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) { self.matmul_with(x, n, y, Level::detect()) }
     fn as_any(&self) -> &dyn std::any::Any { self }
     fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         dequantize_row(self.ty, &self.data[r * self.row_bytes..(r + 1) * self.row_bytes], out)
-    }
-}
-
-/// Which kernels run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    Scalar,
-    /// x86-64 with AVX2, FMA and F16C.
-    Avx2,
-    /// x86-64 with AVX2/FMA/F16C and AVX-512 F, BW, VL and VNNI (`SMELT_NO_AVX512=1` keeps `Avx2`).
-    Avx512,
-    /// aarch64, plain NEON (baseline on every aarch64 CPU).
-    Neon,
-    /// aarch64 NEON with the dotprod extension (`sdot`).
-    NeonDotprod,
-}
-
-impl Level {
-    pub fn detect() -> Level {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::sync::OnceLock;
-            static L: OnceLock<Level> = OnceLock::new();
-            return *L.get_or_init(|| {
-                if std::env::var_os("SMELT_NO_SIMD").is_some() {
-                    Level::Scalar
-                } else if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
-                    Level::Scalar
-                } else if std::env::var_os("SMELT_NO_AVX512").is_none() && avx512_detected() {
-                    Level::Avx512
-                } else {
-                    Level::Avx2
-                }
-            });
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            use std::sync::OnceLock;
-            static L: OnceLock<Level> = OnceLock::new();
-            return *L.get_or_init(|| {
-                if std::env::var_os("SMELT_NO_SIMD").is_some() {
-                    Level::Scalar
-                } else if std::env::var_os("SMELT_NO_DOTPROD").is_none() && std::arch::is_aarch64_feature_detected!("dotprod") {
-                    Level::NeonDotprod
-                } else {
-                    Level::Neon
-                }
-            });
-        }
-        #[allow(unreachable_code)]
-        Level::Scalar
     }
 }
 
@@ -214,13 +169,6 @@ impl X86Path {
             _ => X86Path::VecDot,
         }
     }
-}
-
-/// The AVX-512 features `avx512.rs` uses (with AVX2, FMA and F16C).
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn avx512_detected() -> bool {
-    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")
-        && is_x86_feature_detected!("avx512vnni")
 }
 
 /// out (rows × n): dot products of each weight row with each activation row.

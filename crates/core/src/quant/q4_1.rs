@@ -1,10 +1,11 @@
 //! Q4_1: blocks of 32 weights, `{ f16 d; f16 m; u8 qs[16] }` (nibbles as in Q4_0); x = d·q + m.
 
+use super::GgmlType;
 use super::act::BlockQ8;
 use super::search::{block_weights, make_qkx3_quants, row_sigma2};
 use super::{f16_at, f16_bytes};
 
-pub const BYTES: usize = 20;
+pub const BYTES: usize = GgmlType::Q4_1.block_bytes();
 
 pub fn dequantize(b: &[u8], out: &mut [f32]) {
     for (blk, o) in b.chunks_exact(BYTES).zip(out.chunks_exact_mut(32)) {
