@@ -11,17 +11,15 @@
 //! `quantize.smooth.alpha`.
 //!
 //! Tokenizer metadata comes either from a source GGUF (all `tokenizer.*` keys copied) or from a
-//! Hugging Face folder's tokenizer.json (byte-level BPE only: tokens, merges, token types,
-//! bos/eos/pad, add_bos from the post-processor, the chat template, and llama.cpp's name for the
-//! pre-tokeniser, recognised from its regex or given with `pre`).
+//! Hugging Face folder, through the tokenizer crate (`smelt_tokenizer::hf_gguf_metadata`:
+//! byte-level BPE only; tokens, merges, token types, bos/eos/pad, add_bos, the chat template,
+//! and llama.cpp's name for the pre-tokeniser, recognised from its regex or given with `pre`).
 
 use crate::imatrix::Imatrix;
 use crate::load::{gguf_name, qk_to_gguf_perm};
-use smelt_core::quant::{quantize_with, GgmlType};
-use smelt_gguf::GgufWriter;
-use smelt_gguf::{GgufFile, Value};
 use anyhow::{bail, Context, Result};
-use serde_json::Value as Json;
+use smelt_core::quant::{quantize_with, GgmlType};
+use smelt_gguf::{GgufFile, GgufWriter, Value};
 use smelt_model::{Arch, Model, RopeScaling};
 use std::path::Path;
 
@@ -147,7 +145,9 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, ima
                 if k.starts_with("tokenizer.") { w.kv(k, v.clone()); }
             }
         }
-        TokenizerSource::HfDir { dir, pre } => hf_tokenizer(&mut w, dir, pre, c.vocab_size)?,
+        TokenizerSource::HfDir { dir, pre } => {
+            for (k, v) in smelt_tokenizer::hf_gguf_metadata(dir, pre, c.vocab_size)? { w.kv(&k, v); }
+        }
     }
     let mut report = ExportReport::default();
     for ((hf, shape), t) in smelt_model::params::layout(c).iter().zip(&model.params) {
@@ -179,100 +179,4 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, ima
     }
     w.write(out)?;
     Ok(report)
-}
-
-/// llama.cpp's pre-tokeniser name for a tokenizer.json pre_tokenizer, recognised by its regex.
-fn pre_name(pre: &Json) -> Option<&'static str> {
-    const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-    const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    const QWEN2: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-    match pre["type"].as_str()? {
-        "ByteLevel" if pre["use_regex"].as_bool() != Some(false) => Some("gpt-2"),
-        "Sequence" => {
-            let items = pre["pretokenizers"].as_array()?;
-            let regex = items.iter().find_map(|p| p["pattern"]["Regex"].as_str());
-            match regex {
-                Some(r) if r == LLAMA3 => Some("llama-bpe"),
-                Some(r) if r == QWEN2 => Some("qwen2"),
-                Some(r) if r == GPT2 => Some("gpt-2"),
-                None if items.iter().any(|p| p["type"] == "ByteLevel" && p["use_regex"].as_bool() != Some(false)) => {
-                    // Digits split one by one before the GPT-2 regex: SmolLM's tokenizer.
-                    let digits = items.iter().any(|p| p["type"] == "Digits" && p["individual_digits"] == true);
-                    Some(if digits { "smollm" } else { "gpt-2" })
-                }
-                _ => None,
-            }
-        }
-        _ => None,
-    }
-}
-
-fn read_json(p: &Path) -> Result<Json> {
-    let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-    serde_json::from_str(&t).with_context(|| format!("{}: not valid JSON", p.display()))
-}
-
-fn hf_tokenizer(w: &mut GgufWriter, dir: &Path, pre: Option<&str>, vocab_size: usize) -> Result<()> {
-    let tj = read_json(&dir.join("tokenizer.json"))?;
-    let p = dir.join("tokenizer.json");
-    let model = &tj["model"];
-    if model["type"] != "BPE" || tj["decoder"]["type"] != "ByteLevel" {
-        bail!("{}: only byte-level BPE tokenizers are exported to GGUF (model {}, decoder {})", p.display(), model["type"], tj["decoder"]["type"]);
-    }
-    let pre = match pre {
-        Some(x) => x.to_string(),
-        None => pre_name(&tj["pre_tokenizer"]).map(str::to_string).with_context(|| format!(
-            "{}: pre-tokenizer not recognised as one llama.cpp knows; pass its llama.cpp name with --pre", p.display()))?,
-    };
-    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
-    let mut types = vec![1i32; vocab_size];
-    let vocab = model["vocab"].as_object().with_context(|| format!("{}: model.vocab is not an object", p.display()))?;
-    let mut put = |tok: &str, id: usize| -> Result<()> {
-        if id >= vocab_size { bail!("{}: token {tok:?} has id {id} ≥ the model's vocab size {vocab_size}", p.display()); }
-        tokens[id] = Some(tok.to_string());
-        Ok(())
-    };
-    for (tok, id) in vocab { put(tok, id.as_u64().context("vocab id")? as usize)?; }
-    for a in tj["added_tokens"].as_array().into_iter().flatten() {
-        let id = a["id"].as_u64().context("added token id")? as usize;
-        put(a["content"].as_str().context("added token content")?, id)?;
-        types[id] = if a["special"] == true { 3 } else { 4 };
-    }
-    let tokens: Vec<Value> = tokens.into_iter().enumerate().map(|(i, t)| match t {
-        Some(t) => Value::String(t),
-        None => { types[i] = 5; Value::String(format!("[PAD{i}]")) }
-    }).collect();
-    let merges: Vec<Value> = model["merges"].as_array().into_iter().flatten().map(|m| match m {
-        Json::String(s) => Ok(Value::String(s.clone())),
-        Json::Array(ab) if ab.len() == 2 => Ok(Value::String(format!("{} {}", ab[0].as_str().unwrap_or(""), ab[1].as_str().unwrap_or("")))),
-        other => bail!("merge {other} is neither \"a b\" nor [a, b]"),
-    }).collect::<Result<_>>()?;
-    w.kv("tokenizer.ggml.model", Value::String("gpt2".into()));
-    w.kv("tokenizer.ggml.pre", Value::String(pre));
-    w.kv("tokenizer.ggml.tokens", Value::Array(tokens));
-    w.kv("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I32).collect()));
-    w.kv("tokenizer.ggml.merges", Value::Array(merges));
-    let cfg = dir.join("tokenizer_config.json");
-    let tc = if cfg.exists() { read_json(&cfg)? } else { Json::Null };
-    let mc = if dir.join("config.json").exists() { read_json(&dir.join("config.json"))? } else { Json::Null };
-    let id_of = |key: &str| -> Option<u32> {
-        let name = match &tc[key] { Json::String(s) => Some(s.as_str()), Json::Object(o) => o.get("content").and_then(|c| c.as_str()), _ => None };
-        name.and_then(|n| vocab.get(n).and_then(|v| v.as_u64()).or_else(|| {
-            tj["added_tokens"].as_array()?.iter().find(|a| a["content"] == n).and_then(|a| a["id"].as_u64())
-        })).or_else(|| mc[format!("{key}_id")].as_u64()).map(|v| v as u32)
-    };
-    for (key, gkey) in [("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id")] {
-        if let Some(id) = id_of(key) { w.kv(&format!("tokenizer.ggml.{gkey}"), Value::U32(id)); }
-    }
-    // BOS is added when the post-processor's single-sequence template starts with a special token.
-    let adds_bos = tj["post_processor"]["single"].as_array().and_then(|s| s.first()).is_some_and(|f| f.get("SpecialToken").is_some())
-        || tj["post_processor"]["processors"].as_array().into_iter().flatten().any(|p| p["single"].as_array().and_then(|s| s.first()).is_some_and(|f| f.get("SpecialToken").is_some()));
-    w.kv("tokenizer.ggml.add_bos_token", Value::Bool(adds_bos));
-    w.kv("tokenizer.ggml.add_eos_token", Value::Bool(false));
-    let template = match tc["chat_template"].as_str() {
-        Some(t) => Some(t.to_string()),
-        None => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
-    };
-    if let Some(t) = template { w.kv("tokenizer.chat_template", Value::String(t)); }
-    Ok(())
 }

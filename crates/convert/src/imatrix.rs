@@ -12,11 +12,10 @@
 //! smelt's CPU forward, as `llama-imatrix` does on llama.cpp's.
 
 use crate::load::gguf_name;
-use smelt_core::quant::GgmlType;
-use smelt_gguf::GgufWriter;
-use smelt_gguf::{GgufFile, Value};
 use anyhow::{bail, Context, Result};
+use smelt_core::quant::GgmlType;
 use smelt_core::{Graph, Tensor};
+use smelt_gguf::{GgufFile, GgufWriter, Value};
 use smelt_model::{Logits, Model};
 use std::collections::BTreeMap;
 use std::path::Path;

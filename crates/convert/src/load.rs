@@ -11,11 +11,11 @@
 //! (Hugging Face) models, and `Model::save_as` of a GGUF-loaded model writes the rows back in
 //! Hugging Face's order.
 
-use smelt_core::quant::{GgmlType, QTensor};
-use smelt_gguf::GgufFile;
 use anyhow::{bail, Context, Result};
 use smelt_core::ops::rope::RopeTable;
+use smelt_core::quant::{GgmlType, QTensor};
 use smelt_core::Tensor;
+use smelt_gguf::GgufFile;
 use smelt_model::{params, Model, ModelConfig, RopeScaling};
 use std::path::Path;
 use std::sync::Arc;

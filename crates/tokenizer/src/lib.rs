@@ -20,6 +20,7 @@ mod spm;
 mod train;
 
 pub use chat::{ChatTemplate, Message};
+pub use gguf_vocab::hf_gguf_metadata;
 pub use train::TrainConfig;
 
 use added::{Matcher, Segment};
