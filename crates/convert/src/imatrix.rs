@@ -260,6 +260,18 @@ impl Collector {
     }
 }
 
+/// Computes an importance matrix on the UTF-8 calibration text in the file `input`, tokenised
+/// whole by `tok` (the model's tokenizer), recorded with the file's path as its dataset
+/// (`smelt imatrix`, `smelt quantize --imatrix-text`). See [`collect`].
+pub fn collect_text(model: &Model, tok: &smelt_tokenizer::Tokenizer, input: &Path, chunk_size: usize, max_chunks: Option<usize>,
+                    process_output: bool, progress: impl FnMut(usize, usize)) -> Result<Imatrix> {
+    let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not valid UTF-8 ({e})", input.display()))?;
+    let ids = tok.encode(&text);
+    let opts = CollectOptions { chunk_size, max_chunks, process_output, dataset: input.display().to_string() };
+    collect(model, &ids, &opts, progress).with_context(|| format!("calibration text {}", input.display()))
+}
+
 /// Computes an importance matrix on `ids` (calibration tokens): whole chunks of
 /// `opts.chunk_size` tokens, each run through the model's forward (all positions), with every
 /// matmul's input squared and summed per column. At least two chunks are needed, as in

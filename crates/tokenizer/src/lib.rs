@@ -4,7 +4,8 @@
 //! Face `tokenizers`: added tokens are cut out first, each remaining segment is normalised,
 //! pre-tokenised and handed to the model (BPE, or llama.cpp's SentencePiece for GGUF `llama`
 //! vocabularies), then the post-processor adds BOS/EOS. Loading lives in `hf_json` (tokenizer.json)
-//! and `gguf_vocab` (GGUF `tokenizer.ggml.*`), training in `train`, chat templates in `chat`.
+//! and `gguf_vocab` (GGUF `tokenizer.ggml.*`, read and written), training in `train`, chat templates in
+//! `chat`, incremental decoding of generated ids in `stream`.
 
 mod added;
 mod bpe;
@@ -17,10 +18,12 @@ mod hf_json;
 mod normalize;
 pub mod pretokenize;
 mod spm;
+mod stream;
 mod train;
 
 pub use chat::{ChatTemplate, Message};
 pub use gguf_vocab::hf_gguf_metadata;
+pub use stream::StreamDecoder;
 pub use train::TrainConfig;
 
 use added::{Matcher, Segment};
