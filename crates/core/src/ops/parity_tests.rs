@@ -5,7 +5,7 @@
 //! kernel forgets to write fails the comparison. Comparison: NMSE = ‖gpu − cpu‖² / ‖cpu‖²
 //! against a per-precision threshold. Without a GPU each test prints `SKIP: no CUDA device`
 //! and passes (CI has none). `kernels_compile` needs only NVRTC, not a GPU. The bf16-storage
-//! cases (mixed precision) are in `parity_bf16.rs`, with these helpers. Some tests set the
+//! cases (mixed precision) are in `parity_bf16_tests.rs`, with these helpers. Some tests set the
 //! process-wide precision: run with `--test-threads=1` (the GPU suite does).
 
 use crate::cuda;

@@ -17,7 +17,7 @@
 //! - `BF16_CHAIN` = 1e-4 for composite paths where several bf16 roundings feed each other (the
 //!   chunked head + loss: bf16 logits → bf16 dlogits → bf16 dh).
 
-use super::parity::{close, dev, ids, randn, seed, up, BF16_NMSE as BF16_CHAIN, F32_NMSE};
+use super::parity_tests::{close, dev, ids, randn, seed, up, BF16_NMSE as BF16_CHAIN, F32_NMSE};
 use crate::cuda::{self, MatmulPrecision};
 use crate::ops;
 use crate::rng::Rng;
@@ -205,7 +205,7 @@ fn parity_bf16_attention() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
     // The shapes of parity_attention (a KV-cache offset with spare rows: a bf16 cache).
-    for (b, tq, tk, s, h, kvh, hd, window) in super::parity::ATTN_SHAPES {
+    for (b, tq, tk, s, h, kvh, hd, window) in super::parity_tests::ATTN_SHAPES {
         let q = randn(&mut r, &[b, tq, h, hd], 1.0);
         let k = randn(&mut r, &[b, s, kvh, hd], 1.0);
         let v = randn(&mut r, &[b, s, kvh, hd], 1.0);
