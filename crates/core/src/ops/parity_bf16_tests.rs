@@ -1,7 +1,7 @@
 //! CUDA parity tests for bf16 storage (mixed precision): every op, forward and backward, with
 //! bf16 inputs on the device against the CPU reference run on the same values (the inputs
 //! rounded to bf16 on the host, then computed in f32). Fresh seeds and poisoned outputs as in
-//! `parity.rs`, whose helpers these share; each result's dtype is checked too.
+//! `parity_tests.rs`, whose helpers these share; each result's dtype is checked too.
 //!
 //! Thresholds (NMSE = ‖gpu − cpu‖² / ‖cpu‖²):
 //! - `BF16_STORE` = 1e-5 for an output stored in bf16 and computed in f32 from the same inputs:
