@@ -81,7 +81,7 @@ fn quantised_matmul_matches_dequantised_f32_and_simd_matches_scalar() {
             let xr = &x[i * cols..(i + 1) * cols];
             let xa: Vec<f32> = match ty {
                 GgmlType::F32 => xr.to_vec(),
-                // Rounded to the weight type, as llama.cpp does (`float::matmul`).
+                // Rounded to the weight type, as llama.cpp does (`float_formats::matmul`).
                 GgmlType::F16 | GgmlType::BF16 => dequantize(ty, &quantize(ty, xr, cols).unwrap(), cols).unwrap(),
                 GgmlType::Q4_K | GgmlType::Q6_K => act::quantize_q8k(xr).iter().flat_map(|b| b.qs.map(|q| b.d * q as f32)).collect(),
                 _ => act::quantize_q8(xr).iter().flat_map(|b| b.qs.map(|q| b.d * q as f32)).collect(),
