@@ -1,4 +1,4 @@
-"""Writes crates/gguf/tests/data/quant_golden.gguf: block-format goldens from gguf-py (the
+"""Writes crates/core/tests/data/quant_golden.gguf: block-format goldens from gguf-py (the
 reference GGUF library, `pip install gguf==0.19.0`).
 
 For every type smelt supports: `deq.<type>` holds random blocks of that type (scales kept
@@ -37,7 +37,7 @@ def random_blocks(t):
         raw[:, 208:210] = f16(nb, -0.002, 0.002)
     return raw.reshape(ROWS, -1)
 
-w = gguf.GGUFWriter("crates/gguf/tests/data/quant_golden.gguf", "golden")
+w = gguf.GGUFWriter("crates/core/tests/data/quant_golden.gguf", "golden")
 for t in (T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q4_K, T.Q6_K):
     raw = random_blocks(t)
     if t == T.F32:
@@ -60,4 +60,4 @@ w.write_header_to_file()
 w.write_kv_data_to_file()
 w.write_tensors_to_file()
 w.close()
-print("wrote crates/gguf/tests/data/quant_golden.gguf")
+print("wrote crates/core/tests/data/quant_golden.gguf")

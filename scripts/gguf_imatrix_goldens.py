@@ -1,4 +1,4 @@
-"""Writes crates/gguf/tests/data/imatrix_golden.gguf: goldens for the importance-weighted
+"""Writes crates/core/tests/data/imatrix_golden.gguf: goldens for the importance-weighted
 quantisers, made by llama.cpp itself (ggml's `ggml_quantize_chunk` with an imatrix, called
 through ctypes from the peer build's libggml-base.so), written with gguf-py.
 
@@ -55,7 +55,7 @@ def weights(cols):
     return w.astype(np.float32)
 
 
-out = "crates/gguf/tests/data/imatrix_golden.gguf"
+out = "crates/core/tests/data/imatrix_golden.gguf"
 wr = gguf.GGUFWriter(out, "golden")
 for cols, types in ((512, (T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0, T.Q4_K, T.Q6_K)), (576, (T.Q4_0, T.Q4_1, T.Q5_0, T.Q8_0))):
     x, w = rows(cols), weights(cols)

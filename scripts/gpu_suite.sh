@@ -17,7 +17,7 @@ build() {
     cd "$root" || exit 1
     cargo build --release --features cuda -p smelt || exit 1
     # Test executables: libtest prints their paths in its JSON messages.
-    cargo test --release --features cuda -p smelt-core -p smelt-gguf -p smelt-train -p smelt-infer -p smelt --no-run --message-format=json 2>/dev/null \
+    cargo test --release --features cuda -p smelt-core -p smelt-train -p smelt-infer -p smelt --no-run --message-format=json 2>/dev/null \
         | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -74,7 +74,7 @@ run() {
         rm -f "$out/tmp.log" "$out/names.txt"
     }
     tests core 300 ./core_tests parity
-    tests gguf 120 ./gpu_quant
+    tests quant 120 ./gpu_quant
     tests cli 60 ./cli_tests device
     tests train 600 ./gpu_train
     tests infer 300 ./gpu_infer

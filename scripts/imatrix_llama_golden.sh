@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Writes crates/gguf/tests/data/imatrix_llama_golden.gguf: llama.cpp's llama-imatrix on
+# Writes crates/convert/tests/data/imatrix_llama_golden.gguf: llama.cpp's llama-imatrix on
 # SmolLM2-135M-Instruct (the published Q4_1 file, exported to f32 by smelt) over the first two
 # 512-token chunks of the bundled corpus (data/linux-doc-slice.txt.gz, decompressed), with an
 # f32 KV cache and no flash attention (llama.cpp's CPU flash attention rounds through f16),
-# trimmed to layers 0, 15 and 29 to stay small. crates/gguf/tests/imatrix.rs compares smelt's
+# trimmed to layers 0, 15 and 29 to stay small. crates/convert/tests/imatrix.rs compares smelt's
 # collection against it.
 #
 # Needs: target/release/smelt, the llama.cpp peer build (LLAMA_BIN, default
@@ -18,7 +18,7 @@ trap 'rm -rf "$tmp"' EXIT
 zcat data/linux-doc-slice.txt.gz > "$tmp/linux-doc-slice.txt"
 LD_LIBRARY_PATH="$LLAMA_BIN" "$LLAMA_BIN/llama-imatrix" -m "$tmp/f32.gguf" -f "$tmp/linux-doc-slice.txt" -o "$tmp/imatrix.gguf" \
   --chunks 2 -c 512 --no-ppl -ctk f32 -ctv f32 -fa off > "$tmp/log" 2>&1 || { cat "$tmp/log"; exit 1; }
-PYTHONPATH=.cache/pydeps python3 - "$tmp/imatrix.gguf" crates/gguf/tests/data/imatrix_llama_golden.gguf <<'PY'
+PYTHONPATH=.cache/pydeps python3 - "$tmp/imatrix.gguf" crates/convert/tests/data/imatrix_llama_golden.gguf <<'PY'
 import sys
 import numpy as np
 import gguf

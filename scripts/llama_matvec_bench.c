@@ -1,5 +1,5 @@
 // llama.cpp's own decode matvec kernels from the peer's libggml-cpu.so, timed over ROWS x COLS,
-// best of many passes: the reference for `cargo run --release -p smelt-gguf --example qbench`
+// best of many passes: the reference for `cargo run --release -p smelt-core --example qbench`
 // (QBENCH_ROWS, QBENCH_COLS, same sizes). One row per call for the vec_dot kernels (Q8_0, Q4_1,
 // Q5_0: COLS/32 blocks; Q6_K: COLS/256), as llama.cpp's mul_mat runs them for one token; Q4_K
 // through the repacked 8-row GEMV (ggml_gemv_q4_K_8x8_q8_K). Random bytes with every f16 scale

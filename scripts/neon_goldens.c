@@ -3,7 +3,7 @@
 // aarch64 by scripts/neon_goldens.sh once without and once with the dotprod extension, and run
 // under qemu-user. Writes, for random weight rows of each type smelt's quantised matmul uses,
 // the activation row, llama.cpp's quantisation of it (Q8_0 / Q8_1 / Q8_K) and llama.cpp's dot
-// product, so crates/gguf/src/quant/tests.rs can check smelt's NEON path bit for bit.
+// product, so crates/core/src/quant/tests.rs can check smelt's NEON path bit for bit.
 //
 // `gen OUT` writes records (little endian): u32 ggml type id, u32 n (elements), f32 x[n], weight
 // row bytes, activation row bytes (llama.cpp's block_q8_0 / block_q8_1 / block_q8_K), f32 dot.

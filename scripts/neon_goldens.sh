@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Writes crates/gguf/tests/data/neon_golden.bin (records) and neon_golden_dotprod.bin (the same
+# Writes crates/core/tests/data/neon_golden.bin (records) and neon_golden_dotprod.bin (the same
 # records' dots from the dotprod build): llama.cpp's own ARM NEON kernels
 # (ggml-cpu/arch/arm/quants.c from the llama.cpp peer's source) run on random rows, so smelt's
-# NEON kernels can be checked bit for bit (crates/gguf/src/quant/tests.rs, run under qemu by
+# NEON kernels can be checked bit for bit (crates/core/src/quant/tests.rs, run under qemu by
 # scripts/test_aarch64.sh). Built twice as llama.cpp's CMake builds it for Arm (gcc, -O3,
 # gnu11): -march=armv8-a (plain NEON, llama.cpp's vmull/vpaddl ggml_vdotq_s32) and
 # -march=armv8.2-a+dotprod (sdot). Needs gcc-aarch64-linux-gnu and qemu-user (test_aarch64.sh
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 SRC=${1:-/work/llama/peer/src}
 G=$SRC/ggml
 [ -f "$G/src/ggml-cpu/arch/arm/quants.c" ] || { echo "no llama.cpp source at $SRC (ggml/src/ggml-cpu/arch/arm/quants.c)" >&2; exit 1; }
-OUT=crates/gguf/tests/data
+OUT=crates/core/tests/data
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 CC="aarch64-linux-gnu-gcc -std=gnu11 -O3 -DNDEBUG -D_GNU_SOURCE -I$G/include -I$G/src -I$G/src/ggml-cpu"

@@ -1,11 +1,12 @@
 //! smelt-core: tensors, the backend ops (forward and backward), and the autograd tape.
 //!
 //! Layering: `tensor` (data) → `ops` (one folder per fused op, CPU reference kernels) →
-//! `autograd` (records ops on a tape, runs their backwards). Nothing here knows about
-//! transformers; `smelt-model` builds the network out of these ops.
+//! `autograd` (records ops on a tape, runs their backwards). `quant` holds ggml's block formats
+//! (keyed by smelt-gguf's `GgmlType`) with their host kernels; their CUDA kernels are
+//! `ops/qmatmul`. Nothing here knows about transformers; `smelt-model` builds the network out
+//! of these ops.
 
 pub mod autograd;
-pub mod files;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod float;

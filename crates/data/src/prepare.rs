@@ -6,7 +6,7 @@
 //! The validation split is a pure function of (document index, seed): see [`is_val_doc`].
 
 use crate::hash::{hash_u64s, unit_f64};
-use crate::input::{resolve_inputs, Doc, DocStream};
+use crate::documents::{Doc, DocStream};
 use crate::tokens::{tmp_path, TokenWriter};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
@@ -78,7 +78,7 @@ pub fn prepare(cfg: &PrepareConfig, tok: &Tokenizer, progress: &(dyn Fn(u64, u64
     }
     let eos = tok.eos_id().context("the tokenizer has no EOS token; prepare separates documents with EOS")?;
     let vocab = u32::try_from(tok.vocab_size()).context("vocabulary larger than u32")?;
-    let files = resolve_inputs(&cfg.inputs)?;
+    let files = smelt_files::expand_inputs(&cfg.inputs)?;
     let val_path = (cfg.val_fraction > 0.0).then(|| val_path_for(&cfg.output));
     if val_path.as_deref() == Some(cfg.output.as_path()) {
         bail!("output {} and its validation file would be the same path", cfg.output.display());

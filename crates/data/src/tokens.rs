@@ -134,12 +134,12 @@ impl TokenWriter {
         f.write_all(&h)?;
         f.sync_all()?;
         drop(f);
-        smelt_core::files::rename(&self.tmp, &self.path)?;
+        smelt_files::rename(&self.tmp, &self.path)?;
         Ok(self.count)
     }
 }
 
-pub use smelt_core::files::tmp_path;
+pub use smelt_files::tmp_path;
 
 #[cfg(test)]
 mod tests {

@@ -274,10 +274,10 @@ impl GgufFile {
 
     /// A tensor's block format and its bytes; an error for types smelt cannot compute with, for
     /// element counts that are not whole blocks, and for data outside the file.
-    pub fn tensor_bytes(&self, t: &TensorInfo) -> Result<(crate::quant::GgmlType, &[u8])> {
-        let ty = crate::quant::GgmlType::from_id(t.ggml_type).with_context(|| format!(
+    pub fn tensor_bytes(&self, t: &TensorInfo) -> Result<(crate::GgmlType, &[u8])> {
+        let ty = crate::GgmlType::from_id(t.ggml_type).with_context(|| format!(
             "{}: tensor {}: type {} ({}) is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k)",
-            self.path.display(), t.name, crate::quant::ggml_type_name(t.ggml_type), t.ggml_type))?;
+            self.path.display(), t.name, crate::ggml_type_name(t.ggml_type), t.ggml_type))?;
         let n = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|&n| n <= usize::MAX as u64 / 4)
             .with_context(|| format!("{}: tensor {}: dims {:?} overflow", self.path.display(), t.name, t.dims))?;
         let row = t.dims.first().copied().unwrap_or(1) as usize;

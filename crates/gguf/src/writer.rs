@@ -2,7 +2,7 @@
 //! infos, then the data section with every tensor padded to the alignment. Writes to a
 //! temporary file renamed into place, so a failed export leaves no half file.
 
-use crate::quant::GgmlType;
+use crate::GgmlType;
 use crate::Value;
 use anyhow::{bail, Context, Result};
 use std::io::{BufWriter, Write};

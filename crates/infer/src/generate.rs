@@ -1,9 +1,11 @@
 //! Autoregressive generation with a KV cache: prefill the prompt, then one token at a time.
 
 use crate::sample::{Sampler, SamplingConfig};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use smelt_core::Tensor;
 use smelt_model::{KvCache, Logits, Model};
+use smelt_tokenizer::Tokenizer;
+use std::path::Path;
 use std::time::Instant;
 
 pub struct GenerateConfig {
@@ -21,6 +23,28 @@ pub struct Generation {
     /// Decode speed: generated tokens per second after the prompt was processed.
     pub tokens_per_second: f64,
     pub prefill_seconds: f64,
+}
+
+/// The ids that end generation, as transformers' `generate` gathers them: the model config's
+/// `eos_token_id` (one or a list), the tokenizer's EOS, and `eos_token_id` of the
+/// generation_config.json beside the weights when `model_path` is a folder that has one.
+pub fn stop_ids(model: &Model, tok: &Tokenizer, model_path: &Path) -> Result<Vec<u32>> {
+    let mut ids = model.cfg.eos_token_ids.clone();
+    ids.extend(tok.eos_id());
+    let gen = model_path.join("generation_config.json");
+    if model_path.is_dir() && gen.exists() {
+        let text = std::fs::read_to_string(&gen).with_context(|| format!("reading {}", gen.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", gen.display()))?;
+        match &v["eos_token_id"] {
+            serde_json::Value::Null => {}
+            serde_json::Value::Number(n) => ids.extend(n.as_u64().map(|x| x as u32)),
+            serde_json::Value::Array(a) => ids.extend(a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32)),
+            other => bail!("{}: eos_token_id = {other}, expected an id or a list of ids", gen.display()),
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+    Ok(ids)
 }
 
 /// Generates after `prompt`; `on_token` sees every generated id as it is produced.

@@ -110,7 +110,7 @@ const QUANT_BOUND: f32 = 2.0;
 #[test]
 fn smollm2_q4_1_matches_llama_cpp() {
     let Some(gguf) = smollm2_q4_1() else { return };
-    let model = smelt_gguf::load_model(&gguf).unwrap();
+    let model = smelt_convert::load_model(&gguf).unwrap();
     let tok = smelt_tokenizer::Tokenizer::from_file(&gguf).unwrap();
     let s = check(&model, &tok, "smollm2_q4_1_llama_cpp.json", QUANT_BOUND);
     // Same arithmetic as llama.cpp's CPU backend: identical text and identical logits.
@@ -129,15 +129,15 @@ fn smollm2_q4_1_matches_llama_cpp() {
 /// were greedy 5/5 but their logits off by up to 5.5e-2.
 #[test]
 fn exports_of_the_q4_1_model_match_llama_cpp() {
-    use smelt_gguf::export::{export, TokenizerSource};
-    use smelt_gguf::quant::GgmlType;
+    use smelt_convert::export::{export, TokenizerSource};
+    use smelt_gguf::GgmlType;
     let Some(gguf) = smollm2_q4_1() else { return };
-    let src = smelt_gguf::load_model(&gguf).unwrap();
+    let src = smelt_convert::load_model(&gguf).unwrap();
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     for ty in [GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q4_0, GgmlType::Q6_K, GgmlType::F16, GgmlType::BF16] {
         let out = tmp.join(format!("smollm2-from-q4_1-{}.gguf", ty.name()));
         export(&src, ty, TokenizerSource::Gguf(&gguf), "q4_1", None, &out).unwrap();
-        let model = smelt_gguf::load_model(&out).unwrap();
+        let model = smelt_convert::load_model(&out).unwrap();
         let tok = smelt_tokenizer::Tokenizer::from_file(&out).unwrap();
         // Unlinking is safe while the model maps or holds the file; the F16 one is 260 MB.
         std::fs::remove_file(&out).ok();
@@ -148,8 +148,8 @@ fn exports_of_the_q4_1_model_match_llama_cpp() {
 
 #[test]
 fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
-    use smelt_gguf::export::{export, TokenizerSource};
-    use smelt_gguf::quant::GgmlType;
+    use smelt_convert::export::{export, TokenizerSource};
+    use smelt_gguf::GgmlType;
     let hf = root().join(".cache/inputs/smollm2/hf");
     if !hf.join("model.safetensors").exists() {
         eprintln!("SKIP: {} absent (run scripts/fetch_smollm2.sh)", hf.display());
@@ -162,7 +162,7 @@ fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
     for (ty, bound) in [(GgmlType::F32, 0.01), (GgmlType::Q8_0, QUANT_BOUND), (GgmlType::Q4_K, QUANT_BOUND)] {
         let out = tmp.join(format!("smollm2-{}.gguf", ty.name()));
         export(&src, ty, TokenizerSource::HfDir { dir: &hf, pre: None }, "hf", None, &out).unwrap();
-        let model = smelt_gguf::load_model(&out).unwrap();
+        let model = smelt_convert::load_model(&out).unwrap();
         let tok = smelt_tokenizer::Tokenizer::from_file(&out).unwrap();
         if ty == GgmlType::F32 {
             // The same weights; loaded from GGUF the model runs llama.cpp's arithmetic
@@ -191,7 +191,7 @@ fn smollm2_q4_1_perplexity_matches_llama_cpp() {
     let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("crates/infer/tests/data/smollm2_q4_1_ppl_llama_cpp.json")).unwrap()).unwrap();
     let w = golden["seq_len"].as_u64().unwrap() as usize;
     let ids = ids(&golden["ids"]);
-    let model = smelt_gguf::load_model(&gguf).unwrap();
+    let model = smelt_convert::load_model(&gguf).unwrap();
     for (i, want) in golden["window_mean_nll"].as_array().unwrap().iter().enumerate() {
         let got = smelt_infer::perplexity(&model, &ids[i * w..(i + 1) * w], w, |_, _| {}).unwrap().mean_nll;
         let want = want.as_f64().unwrap();

@@ -181,11 +181,11 @@ fn smollm2_gguf() -> Option<PathBuf> {
 fn smollm2_q4_1_gguf_runs_quantised_on_gpu() {
     let Some(d) = gpu() else { return };
     let Some(path) = smollm2_gguf() else { return };
-    let cpu = smelt_gguf::load_model(&path).unwrap();
+    let cpu = smelt_convert::load_model(&path).unwrap();
     let reference = dequantised(&cpu);
     let quant_bytes: usize = cpu.params.iter().filter_map(|p| p.as_quant()).map(|q| q.nbytes()).sum();
     let before = cuda::mem_stats().0;
-    let mut gm = smelt_gguf::load_model(&path).unwrap();
+    let mut gm = smelt_convert::load_model(&path).unwrap();
     gm.to_device(d).unwrap();
     let held = cuda::mem_stats().0 - before;
     let f32_bytes = cpu.cfg.n_params() * 4;
@@ -247,8 +247,8 @@ fn smollm2_q4_1_gguf_runs_quantised_on_gpu() {
 
 #[test]
 fn exported_quantised_ggufs_run_on_gpu_like_on_the_cpu() {
-    use smelt_gguf::export::{export, TokenizerSource};
-    use smelt_gguf::quant::GgmlType;
+    use smelt_convert::export::{export, TokenizerSource};
+    use smelt_gguf::GgmlType;
     let Some(d) = gpu() else { return };
     cuda::set_matmul_precision(MatmulPrecision::F32);
     // dim 256: K-quants fit its rows; the tied output matrix is Q6_K for the 4/5-bit types.
@@ -262,12 +262,12 @@ fn exported_quantised_ggufs_run_on_gpu_like_on_the_cpu() {
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K] {
         let out = dir.join(format!("tiny-{}.gguf", ty.name()));
         export(&src, ty, TokenizerSource::HfDir { dir: &dir, pre: Some("gpt-2") }, "tiny", None, &out).unwrap();
-        let cpu = smelt_gguf::load_model(&out).unwrap();
+        let cpu = smelt_convert::load_model(&out).unwrap();
         let mut types: Vec<&str> = cpu.params.iter().filter_map(|p| p.as_quant()).map(|q| q.type_name()).collect();
         types.sort();
         types.dedup();
         let reference = dequantised(&cpu);
-        let mut gm = smelt_gguf::load_model(&out).unwrap();
+        let mut gm = smelt_convert::load_model(&out).unwrap();
         gm.to_device(d).unwrap();
         let x = Tensor::from_u32(ids.clone(), &[b, t]).unwrap();
         let want = reference.logits(&x, None, Logits::All).unwrap().to_vec_f32();

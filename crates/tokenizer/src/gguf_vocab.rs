@@ -1,17 +1,20 @@
-//! Tokenizers from GGUF metadata (`tokenizer.ggml.*`), as llama.cpp builds them:
-//! `model = gpt2` is byte-level BPE whose split regex is chosen by `tokenizer.ggml.pre`
-//! (expressed as a tokenizer.json, so it runs and saves like any HF tokenizer);
-//! `model = llama` is SentencePiece, run by [`crate::spm`].
+//! Tokenizers to and from GGUF metadata (`tokenizer.ggml.*`), as llama.cpp builds and
+//! convert_hf_to_gguf.py writes them. Reading (`load`): `model = gpt2` is byte-level BPE whose
+//! split regex is chosen by `tokenizer.ggml.pre` (expressed as a tokenizer.json, so it runs and
+//! saves like any HF tokenizer); `model = llama` is SentencePiece, run by [`crate::spm`].
+//! Writing ([`hf_gguf_metadata`], for smelt-convert's export): a Hugging Face folder's byte-level
+//! BPE as `tokenizer.ggml.*` keys. The table between llama.cpp's pre-tokeniser names and
+//! pre-tokenizers lives here in both directions (`pre_for`, `pre_name`).
 
 use crate::added::{AddedToken, Matcher};
 use crate::decode::DecStep;
 use crate::hf_json;
-use crate::pretokenize::{LLAMA3_PATTERN, QWEN2_PATTERN};
-use crate::{Inner, Model};
+use crate::pretokenize::{GPT2_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN};
+use crate::{Inner, Model, Tokenizer};
 use anyhow::{bail, Context, Result};
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde_json::{json, Value};
-use smelt_gguf::GgufFile;
+use smelt_gguf::{GgufFile, Value as GgufValue};
 use std::path::Path;
 
 // llama.cpp token types.
@@ -138,4 +141,102 @@ pub fn load(file: &Path) -> Result<Inner> {
         }
         m => bail!("{}: unsupported tokenizer.ggml.model {m:?} (supported: gpt2 = BPE, llama = SentencePiece)", file.display()),
     }
+}
+
+/// llama.cpp's pre-tokeniser name for a tokenizer.json `pre_tokenizer`, recognised by its
+/// regex: the inverse of `pre_for` (on the patterns of `crate::pretokenize`).
+fn pre_name(pre: &Value) -> Option<&'static str> {
+    match pre["type"].as_str()? {
+        "ByteLevel" if pre["use_regex"].as_bool() != Some(false) => Some("gpt-2"),
+        "Sequence" => {
+            let items = pre["pretokenizers"].as_array()?;
+            let regex = items.iter().find_map(|p| p["pattern"]["Regex"].as_str());
+            match regex {
+                Some(r) if r == LLAMA3_PATTERN => Some("llama-bpe"),
+                Some(r) if r == QWEN2_PATTERN => Some("qwen2"),
+                Some(r) if r == GPT2_PATTERN => Some("gpt-2"),
+                None if items.iter().any(|p| p["type"] == "ByteLevel" && p["use_regex"].as_bool() != Some(false)) => {
+                    // Digits split one by one before the GPT-2 regex: SmolLM's tokenizer.
+                    let digits = items.iter().any(|p| p["type"] == "Digits" && p["individual_digits"] == true);
+                    Some(if digits { "smollm" } else { "gpt-2" })
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn read_json(p: &Path) -> Result<Value> {
+    let t = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_str(&t).with_context(|| format!("{}: not valid JSON", p.display()))
+}
+
+/// The `tokenizer.*` GGUF metadata of the Hugging Face folder `dir` (tokenizer.json, and
+/// tokenizer_config.json, config.json, chat_template.jinja when present), as
+/// convert_hf_to_gguf.py writes it for a byte-level BPE: tokens padded to the model's
+/// `vocab_size`, token types, merges, bos/eos/pad/unk ids, add_bos from the post-processor, the
+/// chat template, and llama.cpp's name for the pre-tokeniser (recognised, or given as `pre`).
+pub fn hf_gguf_metadata(dir: &Path, pre: Option<&str>, vocab_size: usize) -> Result<Vec<(String, GgufValue)>> {
+    let p = dir.join("tokenizer.json");
+    let tok = Tokenizer::from_file(dir)?;
+    let tj = tok.to_json().with_context(|| format!("{}: not a BPE tokenizer", p.display()))?;
+    if tj["model"]["type"] != "BPE" || tj["decoder"]["type"] != "ByteLevel" {
+        bail!("{}: only byte-level BPE tokenizers are exported to GGUF (model {}, decoder {})", p.display(), tj["model"]["type"], tj["decoder"]["type"]);
+    }
+    let pre = match pre {
+        Some(x) => x.to_string(),
+        None => pre_name(&tj["pre_tokenizer"]).map(str::to_string).with_context(|| format!(
+            "{}: pre-tokenizer not recognised as one llama.cpp knows; pass its llama.cpp name with --pre", p.display()))?,
+    };
+    let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
+    let mut types = vec![1i32; vocab_size];
+    for id in 0..tok.vocab_size() {
+        let Some(t) = tok.id_to_token(id as u32) else { continue };
+        if id >= vocab_size { bail!("{}: token {t:?} has id {id} ≥ the model's vocab size {vocab_size}", p.display()); }
+        tokens[id] = Some(t.to_string());
+    }
+    for a in tj["added_tokens"].as_array().into_iter().flatten() {
+        let id = a["id"].as_u64().context("added token id")? as usize;
+        types[id] = if a["special"] == true { CONTROL as i32 } else { USER_DEFINED as i32 };
+    }
+    let tokens: Vec<GgufValue> = tokens.into_iter().enumerate().map(|(i, t)| match t {
+        Some(t) => GgufValue::String(t),
+        None => { types[i] = 5; GgufValue::String(format!("[PAD{i}]")) }
+    }).collect();
+    let merges: Vec<GgufValue> = tj["model"]["merges"].as_array().into_iter().flatten().map(|m| match m {
+        Value::String(s) => Ok(GgufValue::String(s.clone())),
+        Value::Array(ab) if ab.len() == 2 => Ok(GgufValue::String(format!("{} {}", ab[0].as_str().unwrap_or(""), ab[1].as_str().unwrap_or("")))),
+        other => bail!("merge {other} is neither \"a b\" nor [a, b]"),
+    }).collect::<Result<_>>()?;
+    let mut out = vec![
+        ("tokenizer.ggml.model".to_string(), GgufValue::String("gpt2".into())),
+        ("tokenizer.ggml.pre".to_string(), GgufValue::String(pre)),
+        ("tokenizer.ggml.tokens".to_string(), GgufValue::Array(tokens)),
+        ("tokenizer.ggml.token_type".to_string(), GgufValue::Array(types.into_iter().map(GgufValue::I32).collect())),
+        ("tokenizer.ggml.merges".to_string(), GgufValue::Array(merges)),
+    ];
+    let cfg = dir.join("tokenizer_config.json");
+    let tc = if cfg.exists() { read_json(&cfg)? } else { Value::Null };
+    let mc = if dir.join("config.json").exists() { read_json(&dir.join("config.json"))? } else { Value::Null };
+    // The ids tokenizer_config.json names (a string or an AddedToken object), else config.json's.
+    let id_of = |key: &str| -> Option<u32> {
+        let name = match &tc[key] { Value::String(s) => Some(s.as_str()), Value::Object(o) => o.get("content").and_then(|c| c.as_str()), _ => None };
+        name.and_then(|n| tok.token_to_id(n)).or_else(|| mc[format!("{key}_id")].as_u64().map(|v| v as u32))
+    };
+    for (key, gkey) in [("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id")] {
+        if let Some(id) = id_of(key) { out.push((format!("tokenizer.ggml.{gkey}"), GgufValue::U32(id))); }
+    }
+    // BOS is added when the post-processor's single-sequence template starts with a special token.
+    let starts_special = |p: &Value| p["single"].as_array().and_then(|s| s.first()).is_some_and(|f| f.get("SpecialToken").is_some());
+    let pp = &tj["post_processor"];
+    let adds_bos = starts_special(pp) || pp["processors"].as_array().into_iter().flatten().any(starts_special);
+    out.push(("tokenizer.ggml.add_bos_token".to_string(), GgufValue::Bool(adds_bos)));
+    out.push(("tokenizer.ggml.add_eos_token".to_string(), GgufValue::Bool(false)));
+    let template = match tok.chat_template() {
+        Some(t) => Some(t.to_string()),
+        None => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+    };
+    if let Some(t) = template { out.push(("tokenizer.chat_template".to_string(), GgufValue::String(t))); }
+    Ok(out)
 }

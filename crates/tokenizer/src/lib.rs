@@ -4,22 +4,26 @@
 //! Face `tokenizers`: added tokens are cut out first, each remaining segment is normalised,
 //! pre-tokenised and handed to the model (BPE, or llama.cpp's SentencePiece for GGUF `llama`
 //! vocabularies), then the post-processor adds BOS/EOS. Loading lives in `hf_json` (tokenizer.json)
-//! and `gguf_vocab` (GGUF `tokenizer.ggml.*`), training in `train`, chat templates in `chat`.
+//! and `gguf_vocab` (GGUF `tokenizer.ggml.*`, read and written), training in `train`, chat templates in
+//! `chat`, incremental decoding of generated ids in `stream`.
 
 mod added;
 mod bpe;
 pub mod bytelevel;
 mod chat;
+mod corpus;
 mod decode;
 mod gguf_vocab;
 mod hf_json;
-pub mod input;
 mod normalize;
 pub mod pretokenize;
 mod spm;
+mod stream;
 mod train;
 
 pub use chat::{ChatTemplate, Message};
+pub use gguf_vocab::hf_gguf_metadata;
+pub use stream::StreamDecoder;
 pub use train::TrainConfig;
 
 use added::{Matcher, Segment};
@@ -116,7 +120,7 @@ impl Tokenizer {
     pub fn save(&self, path: &Path) -> Result<()> {
         let v = self.inner.json.as_ref().with_context(|| format!(
             "cannot save {}: a SentencePiece (GGUF `llama`) vocabulary has no tokenizer.json form here", path.display()))?;
-        smelt_core::files::write_atomic(path, serde_json::to_string(v)?).with_context(|| format!("saving tokenizer {}", path.display()))
+        smelt_files::write_atomic(path, serde_json::to_string(v)?).with_context(|| format!("saving tokenizer {}", path.display()))
     }
 
     /// The tokenizer.json this tokenizer saves as (None for SentencePiece GGUF vocabularies).

@@ -8,7 +8,7 @@
 //! byte alphabet is ordered by code point after the special tokens, as HF orders it, so the
 //! output is deterministic. Output: an HF tokenizer.json (ByteLevel BPE).
 
-use crate::{bytelevel, hf_json, input, pretokenize, Tokenizer};
+use crate::{bytelevel, corpus, hf_json, pretokenize, Tokenizer};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -78,7 +78,7 @@ pub fn count_files(files: &[PathBuf], cfg: &TrainConfig) -> Result<Counts> {
     let total: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let pb = bar(cfg.progress, total, "counting", true);
     let re = pretokenize::SplitRegex::new(pretokenize::GPT2_PATTERN)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<input::Chunk>(rayon::current_num_threads() * 2);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<corpus::Chunk>(rayon::current_num_threads() * 2);
     let field = cfg.field.clone();
     let files2 = files.to_vec();
     let pb2 = pb.clone();
@@ -86,7 +86,7 @@ pub fn count_files(files: &[PathBuf], cfg: &TrainConfig) -> Result<Counts> {
     let reader = std::thread::spawn(move || -> Result<()> {
         for f in &files2 {
             let len = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-            input::read_chunks(f, field.as_deref(), 1 << 20, |c| {
+            corpus::read_chunks(f, field.as_deref(), 1 << 20, |c| {
                 tx.send(c).context("counting workers stopped")
             })?;
             pb2.inc(len);
@@ -253,7 +253,7 @@ pub fn build(vocab: Vec<String>, merges: Vec<(u32, u32)>, cfg: &TrainConfig) -> 
 impl Tokenizer {
     /// Train a byte-level BPE on files, directories or globs (`.gz` and JSONL included).
     pub fn train(inputs: &[String], cfg: &TrainConfig) -> Result<Tokenizer> {
-        let files = input::expand(inputs)?;
+        let files = smelt_files::expand_inputs(inputs)?;
         if files.is_empty() { bail!("no input files"); }
         let counts = count_files(&files, cfg)?;
         let (vocab, merges) = learn(counts, cfg)?;

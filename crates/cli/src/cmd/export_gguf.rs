@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use smelt_gguf::export::{export, ExportReport, TokenizerSource, WithImatrix};
-use smelt_gguf::quant::GgmlType;
+use smelt_convert::export::{export, ExportReport, TokenizerSource, WithImatrix};
+use smelt_gguf::GgmlType;
 use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug)]

@@ -2,9 +2,8 @@
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use smelt_infer::{generate, GenerateConfig, SamplingConfig};
-use smelt_tokenizer::{ChatTemplate, Message};
-use smelt_tokenizer::Tokenizer;
+use smelt_infer::{generate, stop_ids, GenerateConfig, SamplingConfig};
+use smelt_tokenizer::{ChatTemplate, Message, StreamDecoder, Tokenizer};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -59,38 +58,6 @@ pub struct GenerateArgs {
     device: String,
 }
 
-/// Prints the growing decoded text incrementally, holding back an incomplete UTF-8 tail.
-pub struct TextStream<'a> {
-    tok: &'a Tokenizer,
-    ids: Vec<u32>,
-    printed: usize,
-}
-
-impl<'a> TextStream<'a> {
-    pub fn new(tok: &'a Tokenizer) -> Self { TextStream { tok, ids: vec![], printed: 0 } }
-    pub fn push(&mut self, id: u32) -> String {
-        self.ids.push(id);
-        let text = self.tok.decode(&self.ids);
-        if text.ends_with('\u{FFFD}') || text.len() < self.printed || !text.is_char_boundary(self.printed) {
-            return String::new();
-        }
-        let new = text[self.printed..].to_string();
-        self.printed = text.len();
-        new
-    }
-}
-
-/// `eos_token_id` (one or a list) from the model folder's generation_config.json, if any.
-fn generation_config_eos(dir: &std::path::Path) -> Vec<u32> {
-    let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) else { return vec![] };
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    match &v["eos_token_id"] {
-        serde_json::Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
-        _ => vec![],
-    }
-}
-
 pub fn run(a: GenerateArgs) -> Result<()> {
     let device = super::device::resolve(&a.device)?;
     let mut model = super::load_model(&a.model)?;
@@ -115,9 +82,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         None => (a.prompt.clone(), tok.encode(&a.prompt)),
     };
-    let mut stop_ids = model.cfg.eos_token_ids.clone();
-    stop_ids.extend(tok.eos_id());
-    stop_ids.extend(generation_config_eos(&a.model));
+    let stop_ids = stop_ids(&model, &tok, &a.model)?;
     let cfg = GenerateConfig {
         max_tokens: a.max_tokens,
         sampling: SamplingConfig {
@@ -136,7 +101,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         write!(out, "{prompt_text}")?;
         out.flush()?;
     }
-    let mut stream = TextStream::new(&tok);
+    let mut stream = StreamDecoder::new(&tok);
     let g = generate(&model, &prompt_ids, &cfg, |id| {
         if streaming {
             let s = stream.push(id);
@@ -148,7 +113,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     match a.format {
         Format::Text => {
             if streaming {
-                writeln!(out)?;
+                writeln!(out, "{}", stream.finish())?;
             } else {
                 writeln!(out, "{prompt_text}{text}")?;
             }

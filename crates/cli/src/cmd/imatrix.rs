@@ -3,9 +3,9 @@
 //! chunks of the text run through the model. The file is llama.cpp's format (GGUF, or the
 //! legacy .dat with `--format dat`), for `smelt quantize --imatrix` or `llama-quantize --imatrix`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
-use smelt_gguf::imatrix::{collect, CollectOptions, Imatrix};
+use smelt_convert::imatrix::{collect_text, Imatrix};
 use smelt_tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
@@ -38,15 +38,11 @@ pub struct ImatrixArgs {
     format: String,
 }
 
-/// Tokenises `input` with the model's tokenizer and collects an importance matrix on it.
+/// `imatrix::collect_text` with the model's tokenizer, reporting progress on stderr.
 pub fn compute(model: &smelt_model::Model, model_path: &Path, input: &Path, chunk_size: usize, chunks: Option<usize>, process_output: bool) -> Result<Imatrix> {
     let tok = Tokenizer::from_file(model_path)?;
-    let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
-    let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not valid UTF-8 ({e})", input.display()))?;
-    let ids = tok.encode(&text);
-    let opts = CollectOptions { chunk_size, max_chunks: chunks, process_output, dataset: input.display().to_string() };
     let t0 = std::time::Instant::now();
-    let m = collect(model, &ids, &opts, |i, n| eprint!("\rimatrix: chunk {i}/{n}")).with_context(|| format!("calibration text {}", input.display()))?;
+    let m = collect_text(model, &tok, input, chunk_size, chunks, process_output, |i, n| eprint!("\rimatrix: chunk {i}/{n}"))?;
     eprintln!();
     eprintln!("imatrix: {} tokens of {} ({} chunks of {chunk_size}), {} matrices, {:.1} s",
         m.chunk_count as usize * chunk_size, input.display(), m.chunk_count, m.entries.len(), t0.elapsed().as_secs_f64());

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use smelt_gguf::quant::{ggml_type_name, GgmlType};
+use smelt_gguf::{ggml_type_name, GgmlType};
 use smelt_gguf::{GgufFile, Value};
 use std::path::{Path, PathBuf};
 

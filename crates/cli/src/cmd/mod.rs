@@ -24,7 +24,7 @@ use std::path::Path;
 /// A model from a smelt/Hugging Face folder or a `.gguf` file (weights kept quantised).
 pub fn load_model(path: &Path) -> anyhow::Result<smelt_model::Model> {
     if path.extension().is_some_and(|e| e == "gguf") {
-        smelt_gguf::load_model(path)
+        smelt_convert::load_model(path)
     } else {
         smelt_model::Model::load(path)
     }

@@ -5,9 +5,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use smelt_gguf::export::WithImatrix;
-use smelt_gguf::imatrix::Imatrix;
-use smelt_gguf::quant::GgmlType;
+use smelt_convert::export::WithImatrix;
+use smelt_convert::imatrix::Imatrix;
+use smelt_gguf::GgmlType;
 use smelt_tokenizer::Tokenizer;
 use std::path::PathBuf;
 
@@ -97,7 +97,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     // (--smooth without an importance matrix was refused above.)
     let smoothed = match (a.smooth, &imatrix) {
         (Some(alpha), Some(im)) => {
-            let (m, im, r) = smelt_gguf::smooth::smooth(&model, im, alpha)?;
+            let (m, im, r) = smelt_convert::smooth::smooth(&model, im, alpha)?;
             let skipped = if r.skipped > 0 { format!("; {} left as they were, without usable statistics", r.skipped) } else { String::new() };
             println!("smoothed {} norms (alpha {alpha}; scales {:.3} to {:.3}{skipped})", r.groups, r.min_scale, r.max_scale);
             Some((m, im))
@@ -128,7 +128,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         ids.truncate(a.eval_tokens);
         let before = smelt_infer::perplexity(&model, &ids, a.seq_len, |_, _| {})?;
         drop(model);
-        let q = smelt_gguf::load_model(&a.output)?;
+        let q = smelt_convert::load_model(&a.output)?;
         let after = smelt_infer::perplexity(&q, &ids, a.seq_len, |_, _| {})?;
         println!("perplexity on {} ({} tokens scored): source {:.4} → {} {:.4} ({:+.2}%)", eval.display(), before.predicted,
             before.ppl, ty.name(), after.ppl, 100.0 * (after.ppl / before.ppl - 1.0));

@@ -18,6 +18,6 @@ pub mod swiglu;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(all(test, feature = "cuda"))]
-mod parity;
+mod parity_tests;
 #[cfg(all(test, feature = "cuda"))]
-mod parity_bf16;
+mod parity_bf16_tests;

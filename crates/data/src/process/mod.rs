@@ -11,7 +11,7 @@ pub mod minhash;
 pub mod report;
 
 use crate::hash::hash_bytes;
-use crate::input::{resolve_inputs, DocStream};
+use crate::documents::{DocStream};
 use crate::tokens::tmp_path;
 use anyhow::{bail, Context, Result};
 use filters::{FilterConfig, Rule};
@@ -87,7 +87,7 @@ pub fn process(cfg: &ProcessConfig, progress: &(dyn Fn(u64, u64) + Sync)) -> Res
         Some(b) if b == 0 || b > cfg.num_perm => bail!("--bands {b} must be in 1..={}", cfg.num_perm),
         Some(b) => (b, cfg.num_perm / b),
     };
-    let files = resolve_inputs(&cfg.inputs)?;
+    let files = smelt_files::expand_inputs(&cfg.inputs)?;
     let settings = DedupSettings { mode: cfg.dedup.name(), threshold: cfg.threshold, num_perm: cfg.num_perm, bands, rows };
     let mut report = Report::new(cfg.filters.clone(), settings);
     let r = run(cfg, files, bands, rows, &mut report, progress);
@@ -143,12 +143,12 @@ fn run(
     let f = out.into_inner().map_err(|e| e.into_error())?;
     f.sync_all()?;
     drop(f);
-    smelt_core::files::rename(&tmp, &cfg.output)?;
+    smelt_files::rename(&tmp, &cfg.output)?;
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(())
 }
 
 /// Write the report as pretty JSON, through a temporary file.
 pub fn write_report(report: &Report, path: &Path) -> Result<()> {
-    smelt_core::files::write_atomic(path, serde_json::to_string_pretty(report)?)
+    smelt_files::write_atomic(path, serde_json::to_string_pretty(report)?)
 }

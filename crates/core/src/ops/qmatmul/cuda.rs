@@ -3,7 +3,7 @@
 
 use crate::cuda::blas::Operand;
 use crate::cuda::{self, DeviceBuf};
-use crate::quant::{DeviceQuant, QuantFormat};
+use crate::quant::{DeviceQuant, GgmlType};
 use crate::{DType, Tensor};
 use anyhow::{bail, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -18,20 +18,21 @@ pub const MATVEC_MAX_N: usize = 8;
 const WARPS: u32 = 4;
 
 /// Kernel names of one format: [matvec, dequant f32, dequant bf16, gather f32, matvec bf16].
-fn names(f: QuantFormat) -> [&'static str; 5] {
+fn names(f: GgmlType) -> Result<[&'static str; 5]> {
     macro_rules! n {
         ($f:ident) => {
             [concat!("qmatvec_", stringify!($f)), concat!("qdequant_f32_", stringify!($f)), concat!("qdequant_bf16_", stringify!($f)), concat!("qgather_f32_", stringify!($f)), concat!("qmatvec_bf16_", stringify!($f))]
         };
     }
-    match f {
-        QuantFormat::Q4_0 => n!(Q4_0),
-        QuantFormat::Q4_1 => n!(Q4_1),
-        QuantFormat::Q5_0 => n!(Q5_0),
-        QuantFormat::Q8_0 => n!(Q8_0),
-        QuantFormat::Q4_K => n!(Q4_K),
-        QuantFormat::Q6_K => n!(Q6_K),
-    }
+    Ok(match f {
+        GgmlType::Q4_0 => n!(Q4_0),
+        GgmlType::Q4_1 => n!(Q4_1),
+        GgmlType::Q5_0 => n!(Q5_0),
+        GgmlType::Q8_0 => n!(Q8_0),
+        GgmlType::Q4_K => n!(Q4_K),
+        GgmlType::Q6_K => n!(Q6_K),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => bail!("{}: not a block format the CUDA kernels read", f.name()),
+    })
 }
 
 /// y (n × m) = x (n × k) · wᵀ (+ bias), w quantised (m × k) on x's device. x is f32 or bf16;
@@ -51,7 +52,7 @@ pub fn linear(x: &Tensor, w: &DeviceQuant, bias: Option<&Tensor>, n: usize, k: u
         let bf = x.dtype() == DType::BF16 && ydt == DType::BF16;
         let xk = if bf || x.dtype() == DType::F32 { x.clone() } else { crate::ops::elementwise::cuda::cast(x, DType::F32)? };
         let yk = DeviceBuf::alloc(&gpu, if bf { DType::BF16 } else { DType::F32 }, n * m)?;
-        let func = names(w.format)[if bf { 4 } else { 0 }];
+        let func = names(w.format)?[if bf { 4 } else { 0 }];
         let f = gpu.function("qmatmul", SRC, func)?;
         let (rows, cols, rb, n32) = (m as i32, k as i32, w.row_bytes as i64, n as i32);
         let cfg = LaunchConfig { grid_dim: ((m as u32).div_ceil(WARPS), 1, 1), block_dim: (32, WARPS, 1), shared_mem_bytes: 0 };
@@ -83,8 +84,8 @@ pub fn linear(x: &Tensor, w: &DeviceQuant, bias: Option<&Tensor>, n: usize, k: u
 pub fn dequantize(w: &DeviceQuant, dtype: DType) -> Result<Tensor> {
     let gpu = &w.blocks.gpu;
     let func = match dtype {
-        DType::F32 => names(w.format)[1],
-        DType::BF16 => names(w.format)[2],
+        DType::F32 => names(w.format)?[1],
+        DType::BF16 => names(w.format)?[2],
         d => bail!("dequantize: {} to {d:?} is not supported (f32 or bf16)", w.format.name()),
     };
     let out = DeviceBuf::alloc(gpu, dtype, w.rows * w.cols)?;
@@ -107,7 +108,7 @@ pub fn embedding(table: &DeviceQuant, ids: &Tensor) -> Result<Tensor> {
     let (n, d) = (ids.numel(), table.cols);
     let out = DeviceBuf::alloc(gpu, DType::F32, n * d)?;
     if n * d > 0 {
-        let func = names(table.format)[3];
+        let func = names(table.format)?[3];
         let f = gpu.function("qmatmul", SRC, func)?;
         let (n64, d32, rb, v32) = (n as i64, d as i32, table.row_bytes as i64, table.rows as u32);
         let mut l = gpu.stream.launch_builder(&f);

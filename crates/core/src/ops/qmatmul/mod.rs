@@ -2,13 +2,13 @@
 //! `embedding` from one. `ops::matmul::linear` and `ops::embedding::embedding` come here when
 //! the weight's dtype is `Quant`; there is no backward (quantised weights are not trained).
 //!
-//! CPU: the format's own kernel behind `QuantMatrix` (smelt-gguf: each input row quantised to
+//! CPU: the format's own kernel behind `QuantMatrix` (`crate::quant`: each input row quantised to
 //! 8 bits, integer dots, as llama.cpp's CPU backend does), which is the reference.
 //! CUDA (`cuda.rs`, `qmatmul.cu`): the blocks stay quantised on the device and are
 //! dequantised in registers; f32 activations. Up to `cuda::MATVEC_MAX_N` input rows (decode)
 //! a matvec kernel reads each weight row once for all rows; above, the weight is dequantised
 //! to a scratch buffer (f32 or bf16, per `cuda::matmul_precision`) and cuBLASLt multiplies.
-//! Tests: smelt-gguf's `tests/gpu_quant.rs` (every format against the CPU dequantisers).
+//! Tests: smelt-core's `tests/gpu_quant.rs` (every format against the CPU dequantisers).
 
 #[cfg(feature = "cuda")]
 pub mod cuda;

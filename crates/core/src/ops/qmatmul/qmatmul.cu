@@ -1,5 +1,5 @@
 // Quantised weights on the GPU: ggml's block formats (llama.cpp's byte layouts, ggml-common.h)
-// read in place and dequantised in registers. The host reference is smelt-gguf's quant/*.rs
+// read in place and dequantised in registers. The host reference is smelt-core's quant/*.rs
 // (dequantize); every decoder below is written against it, element for element, and uses
 // the same float operations in the same order (no FMA contraction: __fmul_rn/__fadd_rn), so
 // dequantisation is bit-identical to the CPU's.

@@ -1,0 +1,34 @@
+//! Micro-benchmark of the activation quantiser and the quantised matvec (decode-sized, one
+//! FFN matrix, or QBENCH_ROWS rows of 576), best of many runs: `cargo run --release -p smelt-core --example qbench`; SMELT_NO_SIMD=1 for scalar.
+use smelt_core::quant::{act, GgmlType, QTensor, QuantMatrix};
+use std::time::Instant;
+fn main() {
+    // Inside the pool, as the smelt binary runs (waking it from outside costs more than a matvec).
+    rayon::ThreadPoolBuilder::new().build().unwrap().install(run)
+}
+
+fn run() {
+    // QBENCH_ROWS=49152 for a matrix that does not stay in cache (SmolLM2's output head).
+    let rows = std::env::var("QBENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1536);
+    let cols = std::env::var("QBENCH_COLS").ok().and_then(|v| v.parse().ok()).unwrap_or(576);
+    let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let x: Vec<f32> = (0..cols).map(|i| ((i * 31) % 100) as f32 / 50.0 - 1.0).collect();
+    let t = Instant::now();
+    for _ in 0..10000 { std::hint::black_box(act::quantize_q8(std::hint::black_box(&x))); }
+    println!("quantize_q8 576: {:.2} µs", t.elapsed().as_secs_f64() / 10000.0 * 1e6);
+    let k_quants = cols % 256 == 0;
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+        if ty.block_size() == 256 && !k_quants { continue; }
+        let q = QTensor::quantize(ty, &w, rows, cols).unwrap();
+        let mut y = vec![0f32; rows];
+        // Best of n (the machine is shared).
+        let n = (2000 * 1536 / rows).max(20);
+        let mut s = f64::INFINITY;
+        for _ in 0..n {
+            let t = Instant::now();
+            q.matmul(&x, 1, &mut y);
+            s = s.min(t.elapsed().as_secs_f64());
+        }
+        println!("{} matvec {rows}x{cols}: {:.1} µs, {:.2} GB/s", ty.name(), s * 1e6, q.nbytes() as f64 / s / 1e9);
+    }
+}

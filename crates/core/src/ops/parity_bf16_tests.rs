@@ -1,0 +1,335 @@
+//! CUDA parity tests for bf16 storage (mixed precision): every op, forward and backward, with
+//! bf16 inputs on the device against the CPU reference run on the same values (the inputs
+//! rounded to bf16 on the host, then computed in f32). Fresh seeds and poisoned outputs as in
+//! `parity_tests.rs`, whose helpers these share; each result's dtype is checked too.
+//!
+//! Thresholds (NMSE = ‖gpu − cpu‖² / ‖cpu‖²):
+//! - `BF16_STORE` = 1e-5 for an output stored in bf16 and computed in f32 from the same inputs:
+//!   the one rounding to bf16 (8 significant bits, round to nearest even) has an NMSE of
+//!   2.2e-6 to 2.8e-6 on normal, uniform and log-normal data (measured), so 1e-5 admits up to
+//!   three roundings (the bias add rounds twice) while a wrong element, a missed conversion or
+//!   an f32 kernel reading bf16 bytes lands at 1e-2 or above.
+//! - `F32_NMSE` = 1e-10 for f32 results (rstd, lse, the loss, the residual stream, rmsnorm's
+//!   dw, the embedding and bias gradients): same input values, only the summation order differs.
+//! - `BF16_MM_F32` = 1e-9 for the f32 weight gradient of a bf16-operand cuBLASLt product:
+//!   products of bf16 values are exact in f32, and tensor-core f32 accumulation in its own
+//!   order (and rounding) stays far below one bf16 rounding.
+//! - `ATTN_TC` = 2e-5 for the tensor-core attention kernels (bf16, head dim 64 and 128): the
+//!   probabilities P and their gradient dS are rounded to bf16 as operands of P·V, Pᵀ·dO, dS·K
+//!   and dSᵀ·Q, one rounding more than the scalar kernels (which keep them f32) before the
+//!   output's own. Each such sum's error is a random walk of relative 2⁻⁹ steps, so about one
+//!   more rounding's NMSE (~2.5e-6): ~5e-6 expected, 2e-5 allowed; a wrong mask, a missed tile
+//!   or a fragment in the wrong place lands at 1e-3 or above.
+//! - `BF16_CHAIN` = 1e-4 for composite paths where several bf16 roundings feed each other (the
+//!   chunked head + loss: bf16 logits → bf16 dlogits → bf16 dh).
+
+use super::parity_tests::{close, dev, ids, randn, seed, up, BF16_NMSE as BF16_CHAIN, F32_NMSE};
+use crate::cuda::{self, MatmulPrecision};
+use crate::ops;
+use crate::rng::Rng;
+use crate::{DType, Device, Tensor};
+
+const BF16_STORE: f64 = 1e-5;
+const BF16_MM_F32: f64 = 1e-9;
+const ATTN_TC: f64 = 2e-5;
+
+/// The tolerance for a bf16 attention result at head dim `hd`: which kernels run decides it.
+fn attn_tol(hd: usize) -> f64 {
+    let gpu = cuda::gpu(0).expect("a CUDA device (the caller has one)");
+    if ops::attention::cuda::uses_tensor_cores(&gpu, DType::BF16, hd) { ATTN_TC } else { BF16_STORE }
+}
+
+/// The values of `t` rounded to bf16, as an f32 host tensor: the CPU reference's inputs.
+fn bf(t: &Tensor) -> Tensor { t.to_dtype(DType::BF16).to_dtype(DType::F32) }
+
+/// `t` rounded to bf16 and stored as bf16 on `d`.
+fn upb(t: &Tensor, d: Device) -> Tensor { t.to_dtype(DType::BF16).to_device(d).unwrap() }
+
+/// The result's dtype, then its NMSE against the CPU.
+fn check(label: &str, gpu: &Tensor, dtype: DType, cpu: &Tensor, tol: f64) {
+    assert_eq!(gpu.dtype(), dtype, "{label}: the result should be stored as {dtype:?}");
+    close(label, gpu, cpu, tol);
+}
+
+/// Mixed precision for the life of the guard (rmsnorm's output and `linear` follow it); back to
+/// f32, the parity tests' default, when dropped, even by a failing assertion.
+struct Mixed;
+impl Mixed {
+    fn on() -> Mixed {
+        cuda::set_matmul_precision(MatmulPrecision::Bf16);
+        Mixed
+    }
+}
+impl Drop for Mixed {
+    fn drop(&mut self) { cuda::set_matmul_precision(MatmulPrecision::F32) }
+}
+
+#[test]
+fn parity_bf16_elementwise_casts_and_embedding() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let (a, b) = (randn(&mut r, &[37, 19], 1.0), randn(&mut r, &[37, 19], 1.0));
+    let (ag, bg) = (upb(&a, d), upb(&b, d));
+    let (ac, bc) = (bf(&a), bf(&b));
+    check("bf16 add", &ops::elementwise::add(&ag, &bg).unwrap(), DType::BF16, &ops::elementwise::add(&ac, &bc).unwrap(), BF16_STORE);
+    check("bf16 mul", &ops::elementwise::mul(&ag, &bg).unwrap(), DType::BF16, &ops::elementwise::mul(&ac, &bc).unwrap(), BF16_STORE);
+    check("bf16 scale", &ops::elementwise::scale(&ag, 0.37).unwrap(), DType::BF16, &ops::elementwise::scale(&ac, 0.37).unwrap(), BF16_STORE);
+    let mut want = a.clone();
+    ops::elementwise::add_assign(&mut want, &bc).unwrap();
+    let mut acc = up(&a, d);
+    ops::elementwise::add_assign(&mut acc, &bg).unwrap();
+    check("add_assign f32 += bf16", &acc, DType::F32, &want, F32_NMSE);
+    let mut want = ac.clone();
+    ops::elementwise::add_assign(&mut want, &bc).unwrap();
+    let mut acc = ag.clone();
+    ops::elementwise::add_assign(&mut acc, &bg).unwrap();
+    check("add_assign bf16 += bf16", &acc, DType::BF16, &want, BF16_STORE);
+    // The device cast rounds exactly as the host does (nearest even), and back is exact.
+    let down = ops::elementwise::cast(&up(&a, d), DType::BF16).unwrap();
+    check("cast f32 -> bf16", &down, DType::BF16, &ac, 0.0);
+    assert_eq!(down.to_device(Device::Cpu).unwrap().to_le_bytes(), a.to_dtype(DType::BF16).to_le_bytes(), "device and host bf16 rounding differ");
+    check("cast bf16 -> f32", &ops::elementwise::cast(&down, DType::F32).unwrap(), DType::F32, &ac, 0.0);
+    check("to_dtype on the device", &up(&a, d).to_dtype(DType::BF16), DType::BF16, &ac, 0.0);
+
+    let (v, c, n) = (50, 24, 300);
+    let table = randn(&mut r, &[v, c], 1.0);
+    let id = ids(&mut r, n, v);
+    let dout = randn(&mut r, &[n, c], 1.0);
+    // A gather from bf16 rows (the last-position gather of bf16 hidden states) copies exactly.
+    check("embedding fwd bf16 table", &ops::embedding::embedding(&upb(&table, d), &id).unwrap(), DType::BF16, &ops::embedding::embedding(&bf(&table), &id).unwrap(), 0.0);
+    check("embedding fwd f32 table", &ops::embedding::embedding(&up(&table, d), &id).unwrap(), DType::F32, &ops::embedding::embedding(&table, &id).unwrap(), 0.0);
+    let want = ops::embedding::embedding_backward(&table, &id, &bf(&dout)).unwrap();
+    check("embedding bwd bf16 dout (host ids)", &ops::embedding::embedding_backward(&up(&table, d), &id, &upb(&dout, d)).unwrap(), DType::F32, &want, 0.0);
+    check("embedding bwd bf16 dout (device ids)", &ops::embedding::embedding_backward(&up(&table, d), &up(&id, d), &upb(&dout, d)).unwrap(), DType::F32, &want, F32_NMSE);
+}
+
+#[test]
+fn parity_bf16_rmsnorm_and_fused_residual() {
+    let Some(d) = dev() else { return };
+    let _mixed = Mixed::on();
+    let mut r = Rng::new(seed());
+    for (n, c) in [(70, 48), (5, 1000), (300, 256)] {
+        let (x, res, w, dy) = (randn(&mut r, &[n, c], 1.0), randn(&mut r, &[n, c], 1.0), randn(&mut r, &[c], 1.0), randn(&mut r, &[n, c], 1.0));
+        let wg = up(&w, d);
+        // The f32 residual stream normalised into a bf16 matmul input (the model's attn_norm).
+        let (yc, rc) = ops::rmsnorm::rmsnorm(&x, &w, 1e-5).unwrap();
+        let (yg, rg) = ops::rmsnorm::rmsnorm(&up(&x, d), &wg, 1e-5).unwrap();
+        check(&format!("rmsnorm f32 -> bf16 {n}x{c}"), &yg, DType::BF16, &yc, BF16_STORE);
+        check("rmsnorm rstd", &rg, DType::F32, &rc, F32_NMSE);
+        // bf16 in, bf16 out (q/k norms of Qwen3-style models).
+        let (ycb, rcb) = ops::rmsnorm::rmsnorm(&bf(&x), &w, 1e-5).unwrap();
+        let (ygb, rgb) = ops::rmsnorm::rmsnorm(&upb(&x, d), &wg, 1e-5).unwrap();
+        check("rmsnorm bf16 -> bf16", &ygb, DType::BF16, &ycb, BF16_STORE);
+        check("rmsnorm bf16 rstd", &rgb, DType::F32, &rcb, F32_NMSE);
+        // Backward: dx keeps x's dtype, dw is f32.
+        let (dxc, dwc) = ops::rmsnorm::rmsnorm_backward(&x, &w, &rc, &bf(&dy)).unwrap();
+        let (dxg, dwg) = ops::rmsnorm::rmsnorm_backward(&up(&x, d), &wg, &rg, &upb(&dy, d)).unwrap();
+        check("rmsnorm dx (x f32, dy bf16)", &dxg, DType::F32, &dxc, F32_NMSE);
+        check("rmsnorm dw (x f32, dy bf16)", &dwg, DType::F32, &dwc, F32_NMSE);
+        let (dxc, dwc) = ops::rmsnorm::rmsnorm_backward(&bf(&x), &w, &rcb, &bf(&dy)).unwrap();
+        let (dxg, dwg) = ops::rmsnorm::rmsnorm_backward(&upb(&x, d), &wg, &rgb, &upb(&dy, d)).unwrap();
+        check("rmsnorm dx (bf16)", &dxg, DType::BF16, &dxc, BF16_STORE);
+        check("rmsnorm dw (bf16)", &dwg, DType::F32, &dwc, F32_NMSE);
+        // Fused: f32 stream + bf16 branch → f32 stream, bf16 normalised output (the policy).
+        let (hc, yc, _) = ops::rmsnorm::add_rmsnorm(&x, &bf(&res), &w, 1e-5).unwrap();
+        let (hg, yg, _) = ops::rmsnorm::add_rmsnorm(&up(&x, d), &upb(&res, d), &wg, 1e-5).unwrap();
+        check("add_rmsnorm h (f32 + bf16)", &hg, DType::F32, &hc, F32_NMSE);
+        check("add_rmsnorm y", &yg, DType::BF16, &yc, BF16_STORE);
+        // A bf16 stream: h is rounded to bf16 and y normalises the rounded h.
+        let hcb = bf(&ops::elementwise::add(&bf(&x), &bf(&res)).unwrap());
+        let (ycb, _) = ops::rmsnorm::rmsnorm(&hcb, &w, 1e-5).unwrap();
+        let (hgb, ygb, _) = ops::rmsnorm::add_rmsnorm(&upb(&x, d), &upb(&res, d), &wg, 1e-5).unwrap();
+        check("add_rmsnorm h (bf16 + bf16)", &hgb, DType::BF16, &hcb, F32_NMSE);
+        check("add_rmsnorm y (bf16 stream)", &ygb, DType::BF16, &ycb, BF16_STORE);
+    }
+}
+
+#[test]
+fn parity_bf16_rope_and_swiglu() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let (b, t, h, hd) = (2, 9, 3, 16);
+    for layout in [ops::rope::RopeLayout::HalfSplit, ops::rope::RopeLayout::Interleaved] {
+        let table = ops::rope::RopeTable::new(ops::rope::freqs::default_inv_freq(10000.0, hd), 1.0, layout);
+        let x = randn(&mut r, &[b, t, h, hd], 1.0);
+        check(&format!("rope fwd bf16 {layout:?}"), &ops::rope::rope(&upb(&x, d), &table, 5).unwrap(), DType::BF16, &ops::rope::rope(&bf(&x), &table, 5).unwrap(), BF16_STORE);
+        check(&format!("rope bwd bf16 {layout:?}"), &ops::rope::rope_backward(&upb(&x, d), &table, 5).unwrap(), DType::BF16, &ops::rope::rope_backward(&bf(&x), &table, 5).unwrap(), BF16_STORE);
+    }
+    let (g, u, dy) = (randn(&mut r, &[33, 70], 2.0), randn(&mut r, &[33, 70], 1.0), randn(&mut r, &[33, 70], 1.0));
+    let (gg, ug) = (upb(&g, d), upb(&u, d));
+    check("swiglu fwd bf16", &ops::swiglu::swiglu(&gg, &ug).unwrap(), DType::BF16, &ops::swiglu::swiglu(&bf(&g), &bf(&u)).unwrap(), BF16_STORE);
+    let (dgc, duc) = ops::swiglu::swiglu_backward(&bf(&g), &bf(&u), &bf(&dy)).unwrap();
+    let (dgg, dug) = ops::swiglu::swiglu_backward(&gg, &ug, &upb(&dy, d)).unwrap();
+    check("swiglu dg bf16", &dgg, DType::BF16, &dgc, BF16_STORE);
+    check("swiglu du bf16", &dug, DType::BF16, &duc, BF16_STORE);
+}
+
+#[test]
+fn parity_bf16_cross_entropy() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let (n, v) = (37, 5000);
+    let z = randn(&mut r, &[n, v], 3.0);
+    let mut t: Vec<u32> = (0..n).map(|_| r.below(v as u64) as u32).collect();
+    t[3] = ops::cross_entropy::IGNORE;
+    let t = Tensor::from_u32(t, &[n]).unwrap();
+    let zg = upb(&z, d);
+    let (lc, sc, cc) = ops::cross_entropy::cross_entropy(&bf(&z), &t).unwrap();
+    let (lg, sg, cg) = ops::cross_entropy::cross_entropy(&zg, &t).unwrap();
+    assert_eq!(cc, cg);
+    check("ce loss (bf16 logits)", &lg, DType::F32, &lc, F32_NMSE);
+    check("ce lse (bf16 logits)", &sg, DType::F32, &sc, F32_NMSE);
+    check(
+        "ce dlogits bf16",
+        &ops::cross_entropy::cross_entropy_backward(&zg, &t, &sg, 0.7, cg).unwrap(),
+        DType::BF16,
+        &ops::cross_entropy::cross_entropy_backward(&bf(&z), &t, &sc, 0.7, cc).unwrap(),
+        BF16_STORE,
+    );
+}
+
+#[test]
+fn parity_bf16_chunked_linear_cross_entropy() {
+    let Some(d) = dev() else { return };
+    let _mixed = Mixed::on();
+    let mut r = Rng::new(seed());
+    let (n, c, v) = (45, 32, 3000);
+    // h as the model hands it over (bf16); w an f32 master whose values are bf16-exact, so the
+    // CPU sees the operands the GPU multiplies.
+    let (h, w) = (bf(&randn(&mut r, &[n, c], 1.0)), bf(&randn(&mut r, &[v, c], 0.2)));
+    let t = ids(&mut r, n, v);
+    let run = |h: &Tensor, w: &Tensor| {
+        let mut g = crate::Graph::training();
+        let (hv, wv) = (g.leaf(h.clone(), true), g.leaf(w.clone(), true));
+        let loss = g.linear_cross_entropy(&hv, &wv, &t, 16, 700).unwrap(); // 5 vocabulary slices
+        let l = loss.tensor().clone();
+        let gr = g.backward(&loss).unwrap();
+        (l, gr.get(&hv).unwrap().clone(), gr.get(&wv).unwrap().clone())
+    };
+    let (lc, dhc, dwc) = run(&h, &w);
+    let (lg, dhg, dwg) = run(&upb(&h, d), &up(&w, d));
+    check("linear+ce chunked loss (bf16 logits)", &lg, DType::F32, &lc, BF16_CHAIN);
+    check("linear+ce chunked dh", &dhg, DType::BF16, &dhc, BF16_CHAIN);
+    check("linear+ce chunked dw", &dwg, DType::F32, &dwc, BF16_CHAIN);
+}
+
+#[test]
+fn parity_bf16_attention() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    // The shapes of parity_attention (a KV-cache offset with spare rows: a bf16 cache).
+    for (b, tq, tk, s, h, kvh, hd, window) in super::parity_tests::ATTN_SHAPES {
+        attn_case(&mut r, d, (b, tq, tk, s, h, kvh, hd, window));
+    }
+}
+
+/// One bf16 attention case against the CPU on the same (bf16-rounded) values: out and lse, and,
+/// for a training shape (no cache offset), dq, dk and dv.
+fn attn_case(r: &mut Rng, d: Device, (b, tq, tk, s, h, kvh, hd, window): (usize, usize, usize, usize, usize, usize, usize, Option<usize>)) {
+    let q = randn(r, &[b, tq, h, hd], 1.0);
+    let k = randn(r, &[b, s, kvh, hd], 1.0);
+    let v = randn(r, &[b, s, kvh, hd], 1.0);
+    let (qg, kg, vg) = (upb(&q, d), upb(&k, d), upb(&v, d));
+    let (qc, kc, vc) = (bf(&q), bf(&k), bf(&v));
+    let tol = attn_tol(hd);
+    let path = if tol == ATTN_TC { "tensor cores" } else { "scalar" };
+    let label = format!("attn bf16 b{b} q{tq} k{tk} s{s} h{h}/{kvh} d{hd} w{window:?} ({path})");
+    let (oc, lc) = ops::attention::attention(&qc, &kc, &vc, tk, window).unwrap();
+    let (og, lg) = ops::attention::attention(&qg, &kg, &vg, tk, window).unwrap();
+    check(&format!("{label} out"), &og, DType::BF16, &oc, tol);
+    check(&format!("{label} lse"), &lg, DType::F32, &lc, F32_NMSE);
+    if tq != tk || s != tk {
+        return;
+    }
+    // The backward reads the stored (bf16) output; the CPU gets the same values.
+    let dout = randn(r, &[b, tq, h, hd], 1.0);
+    let o_seen = og.to_device(Device::Cpu).unwrap().to_dtype(DType::F32);
+    let (dqc, dkc, dvc) = ops::attention::attention_backward(&qc, &kc, &vc, &o_seen, &lc, &bf(&dout), window).unwrap();
+    let (dqg, dkg, dvg) = ops::attention::attention_backward(&qg, &kg, &vg, &og, &lg, &upb(&dout, d), window).unwrap();
+    check(&format!("{label} dq"), &dqg, DType::BF16, &dqc, tol);
+    check(&format!("{label} dk"), &dkg, DType::BF16, &dkc, tol);
+    check(&format!("{label} dv"), &dvg, DType::BF16, &dvc, tol);
+}
+
+/// The tensor-core kernels (bf16, head dim 64 and 128) at shapes that cross their tiles:
+/// T not a multiple of the 64-row tile, several key and query tiles (full and masked ones),
+/// causal + GQA, sliding windows (down to 1: each query sees only itself), a KV-cache offset with spare
+/// rows, one-query decoding, and the dk/dv blocks past the last visible query.
+#[test]
+fn parity_bf16_attention_tensor_cores() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    for case in [
+        (2, 130, 130, 130, 4, 2, 64, None),
+        (1, 300, 300, 300, 8, 2, 64, None),
+        (1, 200, 200, 200, 6, 2, 128, Some(50)),
+        (2, 150, 150, 150, 4, 1, 64, Some(70)),
+        // Window 1: each query sees only itself (forward only: out = v exactly, and dS = 0
+        // analytically, so dq and dk would compare rounding noise with rounding noise).
+        (1, 77, 80, 80, 4, 4, 128, Some(1)),
+        (1, 77, 77, 77, 4, 4, 128, Some(2)),
+        (2, 64, 64, 64, 2, 2, 128, None),
+        (2, 37, 150, 160, 4, 2, 64, Some(100)),
+        (1, 100, 230, 256, 8, 2, 128, None),
+        (2, 1, 90, 96, 4, 1, 128, None),
+        (1, 1, 200, 200, 4, 2, 64, Some(64)),
+    ] {
+        attn_case(&mut r, d, case);
+    }
+}
+
+#[test]
+fn parity_bf16_linear() {
+    let Some(d) = dev() else { return };
+    let _mixed = Mixed::on();
+    let mut r = Rng::new(seed());
+    for (n, k, m) in [(67, 96, 130), (5, 256, 64), (300, 64, 200)] {
+        // x and dy bf16 activations; w an f32 master with bf16-exact values (see the chunked
+        // loss test); bias f32.
+        let (x, w, bias, dy) = (bf(&randn(&mut r, &[n, k], 1.0)), bf(&randn(&mut r, &[m, k], 0.1)), randn(&mut r, &[m], 1.0), bf(&randn(&mut r, &[n, m], 1.0)));
+        let (xg, wg, bg, dyg) = (upb(&x, d), up(&w, d), up(&bias, d), upb(&dy, d));
+        let label = format!("linear bf16 {n}x{k}x{m}");
+        check(&format!("{label} fwd"), &ops::matmul::linear(&xg, &wg, None).unwrap(), DType::BF16, &ops::matmul::linear(&x, &w, None).unwrap(), BF16_STORE);
+        check(&format!("{label} fwd + bias"), &ops::matmul::linear(&xg, &wg, Some(&bg)).unwrap(), DType::BF16, &ops::matmul::linear(&x, &w, Some(&bias)).unwrap(), BF16_STORE);
+        let (dxc, dwc, dbc) = ops::matmul::linear_backward(&x, &w, &dy, true, true).unwrap();
+        let (dxg, dwg, dbg) = ops::matmul::linear_backward(&xg, &wg, &dyg, true, true).unwrap();
+        check(&format!("{label} dx"), &dxg.unwrap(), DType::BF16, dxc.as_ref().unwrap(), BF16_STORE);
+        check(&format!("{label} dw"), &dwg, DType::F32, &dwc, BF16_MM_F32);
+        check(&format!("{label} db"), &dbg.unwrap(), DType::F32, dbc.as_ref().unwrap(), F32_NMSE);
+        // The weight's bf16 copy is made once and kept on its buffer until the weight is
+        // written (AdamW), which drops it.
+        assert!(wg.cuda_buf().unwrap().bf16_shadow.get().is_some(), "{label}: no cached bf16 copy of the weight");
+        let mut w2 = wg.clone();
+        drop(wg);
+        ops::elementwise::add_assign(&mut w2, &up(&Tensor::zeros(&[m, k]), d)).unwrap();
+        assert!(w2.cuda_buf().unwrap().bf16_shadow.get().is_none(), "{label}: a written weight kept its stale bf16 copy");
+    }
+}
+
+/// Mixed storage dtypes where an op needs one are errors that name the op, never a kernel run
+/// on misread bytes.
+#[test]
+fn parity_dtype_mismatches_are_errors() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let a = randn(&mut r, &[4, 8], 1.0);
+    let (af, ab) = (up(&a, d), upb(&a, d));
+    let err = |r: anyhow::Result<Tensor>, op: &str| {
+        let e = format!("{:#}", r.expect_err("expected an error"));
+        println!("{op}: {e}");
+        assert!(e.contains(op), "the error should name {op}: {e}");
+    };
+    err(ops::swiglu::swiglu(&af, &ab), "swiglu");
+    err(ops::elementwise::add(&af, &ab), "add");
+    let q = upb(&randn(&mut r, &[1, 3, 2, 8], 1.0), d);
+    let kv = up(&randn(&mut r, &[1, 3, 2, 8], 1.0), d);
+    err(ops::attention::attention(&q, &kv, &kv, 3, None).map(|x| x.0), "attention");
+    err(ops::rmsnorm::rmsnorm(&af, &upb(&randn(&mut r, &[8], 1.0), d), 1e-5).map(|x| x.0), "rmsnorm weight");
+    err(ops::embedding::embedding_backward(&ab, &Tensor::from_u32(vec![1, 2], &[2]).unwrap(), &up(&randn(&mut r, &[2, 8], 1.0), d)), "embedding_backward");
+    // Under f32 precision a bf16 operand is refused (an f32 run stays f32 throughout).
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+    err(ops::matmul::linear(&ab, &af, None), "linear");
+    let mut cache = up(&Tensor::zeros(&[64]), d);
+    let e = format!("{:#}", cache.write_at(0, &ab).expect_err("write_at of bf16 rows into an f32 cache"));
+    assert!(e.contains("write_at"), "{e}");
+}

@@ -1,0 +1,402 @@
+//! CUDA parity tests: every op's kernels against the CPU reference, forward and backward.
+//!
+//! Inputs are fresh random each run (the seed is printed; `SMELT_PARITY_SEED` replays one);
+//! every device output buffer is poisoned with NaN before its kernel runs, so an element a
+//! kernel forgets to write fails the comparison. Comparison: NMSE = ‖gpu − cpu‖² / ‖cpu‖²
+//! against a per-precision threshold. Without a GPU each test prints `SKIP: no CUDA device`
+//! and passes (CI has none). `kernels_compile` needs only NVRTC, not a GPU. The bf16-storage
+//! cases (mixed precision) are in `parity_bf16_tests.rs`, with these helpers. Some tests set the
+//! process-wide precision: run with `--test-threads=1` (the GPU suite does).
+
+use crate::cuda;
+use crate::ops;
+use crate::rng::Rng;
+use crate::{Device, Tensor};
+
+/// f32 kernels against the f32 CPU code: only summation order differs.
+pub(super) const F32_NMSE: f64 = 1e-10;
+/// bf16 matmul operands (f32 accumulation) against the unrounded f32 CPU reference.
+pub(super) const BF16_NMSE: f64 = 1e-4;
+
+pub(super) fn dev() -> Option<Device> {
+    match cuda::gpu(0) {
+        Ok(_) => {
+            cuda::set_poison(true);
+            cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
+            Some(Device::Cuda(0))
+        }
+        Err(e) => {
+            println!("SKIP: no CUDA device ({e:#})");
+            None
+        }
+    }
+}
+
+pub(super) fn seed() -> u64 {
+    let s = std::env::var("SMELT_PARITY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
+    println!("seed {s} (SMELT_PARITY_SEED={s} replays it)");
+    s
+}
+
+pub(super) fn randn(r: &mut Rng, shape: &[usize], scale: f32) -> Tensor {
+    let n: usize = shape.iter().product();
+    Tensor::from_f32((0..n).map(|_| r.normal() as f32 * scale).collect(), shape).unwrap()
+}
+
+pub(super) fn ids(r: &mut Rng, n: usize, v: usize) -> Tensor {
+    Tensor::from_u32((0..n).map(|_| r.below(v as u64) as u32).collect(), &[n]).unwrap()
+}
+
+pub(super) fn up(t: &Tensor, d: Device) -> Tensor { t.to_device(d).unwrap() }
+
+/// Asserts NMSE(gpu, cpu) ≤ tol; NaN (an unwritten or broken element) always fails.
+pub(super) fn close(label: &str, gpu: &Tensor, cpu: &Tensor, tol: f64) {
+    assert_eq!(gpu.shape(), cpu.shape(), "{label}: shape");
+    let (g, c) = (gpu.try_to_vec_f32().unwrap(), cpu.to_vec_f32());
+    let (mut num, mut den) = (0f64, 0f64);
+    for (a, b) in g.iter().zip(&c) {
+        num += (*a as f64 - *b as f64).powi(2);
+        den += (*b as f64).powi(2);
+    }
+    let nmse = num / den.max(1e-30);
+    println!("{label:<40} {:<5} nmse {nmse:.3e} (tol {tol:.0e})", format!("{:?}", gpu.dtype()).to_lowercase());
+    assert!(nmse.is_finite() && nmse <= tol, "{label}: NMSE {nmse:e} > {tol:e} (or NaN: an element was not written)");
+}
+
+#[test]
+fn kernels_compile() {
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        println!("SKIP: NVRTC not found");
+        return;
+    }
+    let arch = cuda::gpu(0).map(|g| g.arch).unwrap_or((9, 0));
+    // Every kernel the launchers ask for, by base name and the dtype lists they pass to
+    // `cuda::kname` (f = f32, b = bf16): a name the .cu's instantiation macros do not produce
+    // would only fail at run time, on a GPU.
+    let x = |bases: &[&str], combos: &[&str]| -> Vec<String> {
+        let mut v = Vec::new();
+        for b in bases {
+            for c in combos {
+                let dts: Vec<crate::DType> = c.chars().map(|ch| if ch == 'f' { crate::DType::F32 } else { crate::DType::BF16 }).collect();
+                v.push(cuda::kname(b, &dts, "kernels_compile").unwrap());
+            }
+        }
+        v
+    };
+    let one = ["f", "b"];
+    let two = ["ff", "fb", "bf", "bb"];
+    let three = ["fff", "ffb", "fbf", "fbb", "bff", "bfb", "bbf", "bbb"];
+    let plain = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for (name, src, kernels) in [
+        ("adamw", ops::adamw::cuda::SRC, plain(&["sumsq_multi_f32", "norm_finalize", "adamw_multi_f32"])),
+        ("attention", ops::attention::cuda::SRC, x(&["attn_fwd", "attn_bwd_delta", "attn_bwd_dq", "attn_bwd_dkdv"], &one)),
+        ("attention_tc", ops::attention::cuda::TC_SRC, plain(&["attn_tc_fwd_d64", "attn_tc_dq_d64", "attn_tc_dkdv_d64", "attn_tc_fwd_d128", "attn_tc_dq_d128", "attn_tc_dkdv_d128"])),
+        ("cross_entropy", ops::cross_entropy::cuda::SRC, [x(&["ce_fwd", "ce_bwd"], &one), plain(&["ce_mean_f32"])].concat()),
+        ("cross_entropy_chunks", ops::cross_entropy::cuda::CHUNKS_SRC, [x(&["ce_chunk_fwd", "ce_chunk_bwd"], &one), plain(&["ce_chunk_finish_f32", "ce_nll_f64"])].concat()),
+        ("elementwise", ops::elementwise::cuda::SRC, [x(&["add", "mul", "scale"], &one), x(&["add_assign"], &two), plain(&["f32_to_bf16", "bf16_to_f32"])].concat()),
+        ("embedding", ops::embedding::cuda::SRC, x(&["embedding_fwd", "embedding_bwd", "embedding_bwd_sorted"], &one)),
+        ("matmul", ops::matmul::cuda::SRC, x(&["add_bias", "col_sum_part"], &one)),
+        ("qmatmul", ops::qmatmul::cuda::SRC, ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"].iter()
+            .flat_map(|f| ["qmatvec_", "qdequant_f32_", "qdequant_bf16_", "qgather_f32_", "qmatvec_bf16_"].map(|k| format!("{k}{f}"))).collect()),
+        ("rmsnorm", ops::rmsnorm::cuda::SRC, [x(&["rmsnorm_fwd"], &three), x(&["rmsnorm_bwd_dx", "rmsnorm_bwd_dw_part"], &two), plain(&["sum_partials_f32"])].concat()),
+        ("rope", ops::rope::cuda::SRC, x(&["rope"], &one)),
+        ("sample", ops::sample::cuda::SRC, plain(&["sample_f32", "sample_mark"])),
+        ("swiglu", ops::swiglu::cuda::SRC, x(&["swiglu_fwd", "swiglu_bwd"], &one)),
+    ] {
+        if name == "attention_tc" && arch.0 < 8 {
+            println!("{name}: skipped (bf16 mma.sync and cp.async need compute capability 8.0, this GPU is {}.{})", arch.0, arch.1);
+            continue;
+        }
+        let ptx = match cuda::compile::compile(name, src, arch) {
+            Ok(p) => p,
+            Err(e) => panic!("{e:#}"),
+        };
+        for k in &kernels {
+            assert!(ptx.contains(&format!(".entry {k}(")), "{name}.cu has no kernel {k}");
+        }
+        println!("{name}: {} kernels", kernels.len());
+    }
+}
+
+#[test]
+fn parity_elementwise_and_embedding() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let (a, b) = (randn(&mut r, &[37, 19], 1.0), randn(&mut r, &[37, 19], 1.0));
+    close("add", &ops::elementwise::add(&up(&a, d), &up(&b, d)).unwrap(), &ops::elementwise::add(&a, &b).unwrap(), F32_NMSE);
+    close("mul", &ops::elementwise::mul(&up(&a, d), &up(&b, d)).unwrap(), &ops::elementwise::mul(&a, &b).unwrap(), F32_NMSE);
+    close("scale", &ops::elementwise::scale(&up(&a, d), 0.37).unwrap(), &ops::elementwise::scale(&a, 0.37).unwrap(), F32_NMSE);
+    let mut ga = up(&a, d);
+    ops::elementwise::add_assign(&mut ga, &up(&b, d)).unwrap();
+    let mut ca = a.clone();
+    ops::elementwise::add_assign(&mut ca, &b).unwrap();
+    close("add_assign", &ga, &ca, F32_NMSE);
+
+    let (v, c, n) = (50, 24, 300); // n > v: ids repeat, so the backward's scatter-add collides
+    let table = randn(&mut r, &[v, c], 1.0);
+    let id = ids(&mut r, n, v);
+    let dout = randn(&mut r, &[n, c], 1.0);
+    close("embedding fwd", &ops::embedding::embedding(&up(&table, d), &id).unwrap(), &ops::embedding::embedding(&table, &id).unwrap(), F32_NMSE);
+    let want = ops::embedding::embedding_backward(&table, &id, &dout).unwrap();
+    // Host ids: the sorted, segmented kernel adds in the CPU's order, so the result is exact.
+    let got = ops::embedding::embedding_backward(&up(&table, d), &id, &up(&dout, d)).unwrap();
+    close("embedding bwd (host ids)", &got, &want, 0.0);
+    close("embedding bwd (device ids)", &ops::embedding::embedding_backward(&up(&table, d), &up(&id, d), &up(&dout, d)).unwrap(), &want, F32_NMSE);
+}
+
+#[test]
+fn parity_rmsnorm_and_fused_residual() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    for (n, c) in [(70, 48), (5, 1000), (300, 256)] {
+        let (x, res, w, dy) = (randn(&mut r, &[n, c], 1.0), randn(&mut r, &[n, c], 1.0), randn(&mut r, &[c], 1.0), randn(&mut r, &[n, c], 1.0));
+        let (yc, rc) = ops::rmsnorm::rmsnorm(&x, &w, 1e-5).unwrap();
+        let (yg, rg) = ops::rmsnorm::rmsnorm(&up(&x, d), &up(&w, d), 1e-5).unwrap();
+        close(&format!("rmsnorm fwd {n}x{c}"), &yg, &yc, F32_NMSE);
+        close("rmsnorm rstd", &rg, &rc, F32_NMSE);
+        let (dxc, dwc) = ops::rmsnorm::rmsnorm_backward(&x, &w, &rc, &dy).unwrap();
+        let (dxg, dwg) = ops::rmsnorm::rmsnorm_backward(&up(&x, d), &up(&w, d), &rg, &up(&dy, d)).unwrap();
+        close("rmsnorm dx", &dxg, &dxc, F32_NMSE);
+        close("rmsnorm dw", &dwg, &dwc, F32_NMSE);
+        let (hc, yc, _) = ops::rmsnorm::add_rmsnorm(&x, &res, &w, 1e-5).unwrap();
+        let (hg, yg, _) = ops::rmsnorm::add_rmsnorm(&up(&x, d), &up(&res, d), &up(&w, d), 1e-5).unwrap();
+        close("add_rmsnorm h", &hg, &hc, F32_NMSE);
+        close("add_rmsnorm y", &yg, &yc, F32_NMSE);
+    }
+}
+
+#[test]
+fn parity_rope_and_swiglu() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let (b, t, h, hd) = (2, 9, 3, 16);
+    for layout in [ops::rope::RopeLayout::HalfSplit, ops::rope::RopeLayout::Interleaved] {
+        let table = ops::rope::RopeTable::new(ops::rope::freqs::default_inv_freq(10000.0, hd), 1.0, layout);
+        let x = randn(&mut r, &[b, t, h, hd], 1.0);
+        close(&format!("rope fwd {layout:?}"), &ops::rope::rope(&up(&x, d), &table, 5).unwrap(), &ops::rope::rope(&x, &table, 5).unwrap(), F32_NMSE);
+        close(&format!("rope bwd {layout:?}"), &ops::rope::rope_backward(&up(&x, d), &table, 5).unwrap(), &ops::rope::rope_backward(&x, &table, 5).unwrap(), F32_NMSE);
+    }
+    let (g, u, dy) = (randn(&mut r, &[33, 70], 2.0), randn(&mut r, &[33, 70], 1.0), randn(&mut r, &[33, 70], 1.0));
+    close("swiglu fwd", &ops::swiglu::swiglu(&up(&g, d), &up(&u, d)).unwrap(), &ops::swiglu::swiglu(&g, &u).unwrap(), F32_NMSE);
+    let (dgc, duc) = ops::swiglu::swiglu_backward(&g, &u, &dy).unwrap();
+    let (dgg, dug) = ops::swiglu::swiglu_backward(&up(&g, d), &up(&u, d), &up(&dy, d)).unwrap();
+    close("swiglu dg", &dgg, &dgc, F32_NMSE);
+    close("swiglu du", &dug, &duc, F32_NMSE);
+}
+
+#[test]
+fn parity_cross_entropy() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let (n, v) = (37, 5000);
+    let z = randn(&mut r, &[n, v], 3.0);
+    let mut t: Vec<u32> = (0..n).map(|_| r.below(v as u64) as u32).collect();
+    t[3] = ops::cross_entropy::IGNORE;
+    let t = Tensor::from_u32(t, &[n]).unwrap();
+    let (lc, sc, cc) = ops::cross_entropy::cross_entropy(&z, &t).unwrap();
+    let (lg, sg, cg) = ops::cross_entropy::cross_entropy(&up(&z, d), &t).unwrap();
+    assert_eq!(cc, cg);
+    close("ce loss", &lg, &lc, F32_NMSE);
+    close("ce lse", &sg, &sc, F32_NMSE);
+    close(
+        "ce dlogits",
+        &ops::cross_entropy::cross_entropy_backward(&up(&z, d), &t, &sg, 0.7, cg).unwrap(),
+        &ops::cross_entropy::cross_entropy_backward(&z, &t, &sc, 0.7, cc).unwrap(),
+        F32_NMSE,
+    );
+    // Perplexity scoring: f64 sums on the device, only the per-row values come back.
+    let (nc, ng) = (ops::cross_entropy::nll_rows(&z, &t).unwrap(), ops::cross_entropy::nll_rows(&up(&z, d), &t).unwrap());
+    let worst = nc.iter().zip(&ng).map(|(a, b)| (a - b).abs() / a.abs().max(1e-300)).fold(0f64, f64::max);
+    println!("nll_rows f64 (device)         max rel diff {worst:.3e} (tol 1e-12)");
+    assert!(worst < 1e-12 && ng[3] == 0.0, "nll_rows: {worst:e}");
+}
+
+#[test]
+fn parity_chunked_linear_cross_entropy() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let (n, c, v) = (45, 32, 3000);
+    let (h, w) = (randn(&mut r, &[n, c], 1.0), randn(&mut r, &[v, c], 0.2));
+    let mut t = ids(&mut r, n, v).as_u32().unwrap().to_vec();
+    t[7] = ops::cross_entropy::IGNORE;
+    let t = Tensor::from_u32(t, &[n]).unwrap();
+    let run = |h: &Tensor, w: &Tensor, rows: usize, vocab: usize| {
+        let mut g = crate::Graph::training();
+        let (hv, wv) = (g.leaf(h.clone(), true), g.leaf(w.clone(), true));
+        let loss = g.linear_cross_entropy(&hv, &wv, &t, rows, vocab).unwrap();
+        let l = loss.tensor().clone();
+        let gr = g.backward(&loss).unwrap();
+        (l, gr.get(&hv).unwrap().clone(), gr.get(&wv).unwrap().clone())
+    };
+    let whole = run(&h, &w, n, v);
+    // Rows only; vocabulary slices of 700 ids (the last one partial); both; tiny slices.
+    for (rows, vocab) in [(16, v), (n, 700), (16, 700), (9, 64)] {
+        let (lc, dhc, dwc) = run(&h, &w, rows, vocab);
+        let (lg, dhg, dwg) = run(&up(&h, d), &up(&w, d), rows, vocab);
+        let label = format!("linear+ce {rows}x{vocab}");
+        close(&format!("{label} loss"), &lg, &lc, F32_NMSE);
+        close(&format!("{label} dh"), &dhg, &dhc, F32_NMSE);
+        close(&format!("{label} dw"), &dwg, &dwc, F32_NMSE);
+        close(&format!("{label} loss vs whole"), &lg, &whole.0, F32_NMSE);
+        close(&format!("{label} dw vs whole"), &dwg, &whole.2, F32_NMSE);
+    }
+}
+
+/// The whole sampling step on the device against the CPU reference: the definition is exact
+/// on both (integer masses, the CPU's exp repeated operation for operation), so for the same
+/// logits and uniform numbers every id must agree, at every vocabulary size up to Qwen's.
+#[test]
+fn parity_sample() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    use ops::sample::{sample, SampleParams, Seen};
+    let mut grid = Vec::new();
+    for &temperature in &[0.0f32, 0.7, 1.0, 2.0] {
+        for &top_k in &[0usize, 1, 5, 40, 100_000_000] {
+            for &top_p in &[1.0f32, 0.95, 0.5] {
+                for &min_p in &[0.0f32, 0.05] {
+                    for &repetition_penalty in &[1.0f32, 1.3] {
+                        grid.push(SampleParams { temperature, top_k, top_p, min_p, repetition_penalty });
+                    }
+                }
+            }
+        }
+    }
+    let (mut agree, mut total) = (0usize, 0usize);
+    for (v, rows, every) in [(1usize, 2usize, 1usize), (7, 3, 1), (1000, 4, 1), (32_000, 2, 3), (151_936, 2, 7)] {
+        for coarse in [true, false] {
+            // Coarse logits tie often (ties go to the lower id); fine ones almost never do.
+            let step = if coarse { 0.25 } else { 1e-5 };
+            let z: Vec<f32> = (0..rows * v).map(|_| ((r.normal() * 4.0 / step).round() * step) as f32).collect();
+            let z = Tensor::from_f32(z, &[rows, v]).unwrap();
+            let zg = up(&z, d);
+            let context: Vec<Vec<u32>> = (0..rows).map(|_| (0..50).map(|_| r.below(v as u64) as u32).collect()).collect();
+            for p in grid.iter().step_by(every) {
+                let us: Vec<f64> = (0..rows).map(|_| r.uniform()).collect();
+                let (mut sc, mut sg) = (Seen::new(rows, v, Device::Cpu).unwrap(), Seen::new(rows, v, d).unwrap());
+                for (row, ctx) in context.iter().enumerate() {
+                    sc.mark(row, ctx).unwrap();
+                    sg.mark(row, ctx).unwrap();
+                }
+                let want = sample(&z, Some(&mut sc), p, &us).unwrap();
+                let got = sample(&zg, Some(&mut sg), p, &us).unwrap();
+                let (want, got) = (want.as_u32().unwrap().to_vec(), got.to_device(Device::Cpu).unwrap().as_u32().unwrap().to_vec());
+                total += rows;
+                agree += want.iter().zip(&got).filter(|(a, b)| a == b).count();
+                assert_eq!(got, want, "v {v} coarse {coarse} {p:?} u {us:?}");
+                for (row, &id) in got.iter().enumerate() {
+                    assert!(sg.contains(row, id).unwrap(), "the picked id {id} was not marked seen");
+                }
+            }
+        }
+    }
+    println!("sample: {agree}/{total} ids agree with the CPU reference (vocabularies up to 151936)");
+    // Speed of one step at Qwen's vocabulary (the default CLI filters, and the full vocabulary).
+    let z = up(&randn(&mut r, &[1, 151_936], 3.0), d);
+    for p in [SampleParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repetition_penalty: 1.1 }, SampleParams { temperature: 1.0, top_p: 0.9, ..Default::default() }] {
+        let mut seen = Seen::new(1, 151_936, d).unwrap();
+        let t0 = std::time::Instant::now();
+        for i in 0..50 {
+            sample(&z, Some(&mut seen), &p, &[i as f64 / 50.0]).unwrap().to_device(Device::Cpu).unwrap();
+        }
+        println!("sample step at V=151936 {p:?}: {:.1} us (incl. the 4-byte read back)", t0.elapsed().as_secs_f64() / 50.0 * 1e6);
+    }
+}
+
+/// Attention shapes (b, tq, tk, s, h, kvh, hd, window): plain, GQA, long (many tiles), a
+/// window, a cache offset with spare rows (inference), head_dim 128 and 96.
+#[allow(clippy::type_complexity)]
+pub(super) const ATTN_SHAPES: [(usize, usize, usize, usize, usize, usize, usize, Option<usize>); 6] = [
+    (2, 5, 5, 5, 4, 4, 16, None),
+    (2, 70, 70, 70, 8, 2, 64, None),
+    (1, 100, 100, 100, 4, 2, 32, Some(17)),
+    (2, 3, 40, 48, 4, 1, 64, None),
+    (1, 40, 40, 40, 2, 2, 128, None),
+    (2, 37, 37, 37, 6, 3, 96, Some(20)),
+];
+
+#[test]
+fn parity_attention() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    for (b, tq, tk, s, h, kvh, hd, window) in ATTN_SHAPES {
+        let q = randn(&mut r, &[b, tq, h, hd], 1.0);
+        let k = randn(&mut r, &[b, s, kvh, hd], 1.0);
+        let v = randn(&mut r, &[b, s, kvh, hd], 1.0);
+        let label = format!("attn b{b} q{tq} k{tk} s{s} h{h}/{kvh} d{hd} w{window:?}");
+        let (oc, lc) = ops::attention::attention(&q, &k, &v, tk, window).unwrap();
+        let (og, lg) = ops::attention::attention(&up(&q, d), &up(&k, d), &up(&v, d), tk, window).unwrap();
+        close(&format!("{label} out"), &og, &oc, F32_NMSE);
+        close(&format!("{label} lse"), &lg, &lc, F32_NMSE);
+        if tq != tk || s != tk {
+            continue; // the backward is for training shapes
+        }
+        let dout = randn(&mut r, &[b, tq, h, hd], 1.0);
+        let (dqc, dkc, dvc) = ops::attention::attention_backward(&q, &k, &v, &oc, &lc, &dout, window).unwrap();
+        let (dqg, dkg, dvg) = ops::attention::attention_backward(&up(&q, d), &up(&k, d), &up(&v, d), &og, &lg, &up(&dout, d), window).unwrap();
+        close(&format!("{label} dq"), &dqg, &dqc, F32_NMSE);
+        close(&format!("{label} dk"), &dkg, &dkc, F32_NMSE);
+        close(&format!("{label} dv"), &dvg, &dvc, F32_NMSE);
+    }
+}
+
+#[test]
+fn parity_linear_f32_and_bf16() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let (n, k, m) = (67, 96, 130);
+    let (x, w, bias, dy) = (randn(&mut r, &[n, k], 1.0), randn(&mut r, &[m, k], 0.1), randn(&mut r, &[m], 1.0), randn(&mut r, &[n, m], 1.0));
+    let yc = ops::matmul::linear(&x, &w, Some(&bias)).unwrap();
+    let (dxc, dwc, dbc) = ops::matmul::linear_backward(&x, &w, &dy, true, true).unwrap();
+    for (p, tol) in [(cuda::MatmulPrecision::F32, F32_NMSE), (cuda::MatmulPrecision::Bf16, BF16_NMSE)] {
+        cuda::set_matmul_precision(p);
+        let yg = ops::matmul::linear(&up(&x, d), &up(&w, d), Some(&up(&bias, d))).unwrap();
+        close(&format!("linear fwd {p:?}"), &yg, &yc, tol);
+        let (dxg, dwg, dbg) = ops::matmul::linear_backward(&up(&x, d), &up(&w, d), &up(&dy, d), true, true).unwrap();
+        close(&format!("linear dx {p:?}"), &dxg.unwrap(), dxc.as_ref().unwrap(), tol);
+        close(&format!("linear dw {p:?}"), &dwg, &dwc, tol);
+        close(&format!("linear db {p:?}"), &dbg.unwrap(), dbc.as_ref().unwrap(), F32_NMSE);
+    }
+    cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
+}
+
+#[test]
+fn parity_adamw_and_grad_norm() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let shapes: [&[usize]; 3] = [&[300, 70], &[5], &[4097]];
+    let o = ops::adamw::AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    let decay = [true, false, true];
+    let mut pc: Vec<Tensor> = shapes.iter().map(|s| randn(&mut r, s, 1.0)).collect();
+    let gc: Vec<Tensor> = shapes.iter().map(|s| randn(&mut r, s, 1.0)).collect();
+    let mut mc: Vec<Tensor> = shapes.iter().map(|s| randn(&mut r, s, 0.1)).collect();
+    let mut vc: Vec<Tensor> = shapes.iter().map(|s| randn(&mut r, s, 0.1)).map(|t| ops::elementwise::mul(&t, &t).unwrap()).collect();
+    let (mut pg, gg, mut mg, mut vg): (Vec<_>, Vec<_>, Vec<_>, Vec<_>) =
+        (pc.iter().map(|t| up(t, d)).collect(), gc.iter().map(|t| up(t, d)).collect(), mc.iter().map(|t| up(t, d)).collect(), vc.iter().map(|t| up(t, d)).collect());
+    // Clip to half the norm, then step: the CPU scales the gradients on the host.
+    let norm_c = ops::adamw::global_norm(&gc.iter().collect::<Vec<_>>()).unwrap();
+    let mut gcl = gc.clone();
+    ops::adamw::clip_grad_norm(&mut gcl, norm_c / 2.0).unwrap();
+    for i in 0..3 {
+        ops::adamw::adamw_step(&o, 3, decay[i], &mut pc[i], &gcl[i], &mut mc[i], &mut vc[i]).unwrap();
+    }
+    let st = ops::adamw::cuda::grad_norm_state(&gg.iter().collect::<Vec<_>>(), norm_c / 2.0, None).unwrap();
+    let stv = st.try_to_vec_f32().unwrap();
+    println!("grad norm gpu {} cpu {norm_c}", stv[0]);
+    assert!(((stv[0] as f64 - norm_c) / norm_c).abs() < 1e-6 && stv[2] == 0.0);
+    ops::adamw::cuda::adamw_multi(&o, 3, &decay, &mut pg, &gg, &mut mg, &mut vg, Some(&st)).unwrap();
+    for i in 0..3 {
+        close(&format!("adamw p[{i}]"), &pg[i], &pc[i], F32_NMSE);
+        close(&format!("adamw m[{i}]"), &mg[i], &mc[i], F32_NMSE);
+        close(&format!("adamw v[{i}]"), &vg[i], &vc[i], F32_NMSE);
+    }
+    // A non-finite gradient sets the skip flag and leaves the parameters alone.
+    let bad = vec![up(&Tensor::full(&[3], f32::NAN), d)];
+    let st = ops::adamw::cuda::grad_norm_state(&bad.iter().collect::<Vec<_>>(), 1.0, None).unwrap();
+    let mut p1 = vec![up(&Tensor::full(&[3], 1.0), d)];
+    let (mut m1, mut v1) = (vec![up(&Tensor::zeros(&[3]), d)], vec![up(&Tensor::zeros(&[3]), d)]);
+    ops::adamw::cuda::adamw_multi(&o, 1, &[true], &mut p1, &bad, &mut m1, &mut v1, Some(&st)).unwrap();
+    assert_eq!(p1[0].try_to_vec_f32().unwrap(), vec![1.0; 3]);
+}

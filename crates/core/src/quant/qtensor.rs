@@ -1,0 +1,377 @@
+//! `QTensor`: a 2-D weight `[rows, cols]` kept in its block format, and the quantised matmul
+//! that `linear` calls for it (through core's `QuantMatrix`). Each input row is quantised once
+//! to the weight type's activation format (Q8_0, Q8_1 or Q8_K, as llama.cpp pairs them), then
+//! every output is an integer dot product of a weight row with it. F16/BF16 matrices go to
+//! `float_formats::matmul` (activations rounded to the weight type, llama.cpp's float order).
+//!
+//! SIMD: on x86-64 with AVX2+FMA+F16C (checked at run time with `is_x86_feature_detected!`),
+//! the Q8_0/Q4_0/Q4_1/Q5_0/Q4_K/Q6_K dots run hand-written AVX2 kernels (`avx2.rs`), each in the
+//! float order of the llama.cpp x86 path that matmul takes (`X86Path`); on aarch64
+//! they run NEON kernels (`neon.rs`), with the dotprod extension's `sdot` where
+//! `is_aarch64_feature_detected!("dotprod")` finds it (`SMELT_NO_DOTPROD=1` keeps plain NEON).
+//! Everything else, and every other CPU, runs the scalar kernels, which are the reference the
+//! tests compare against (`SMELT_NO_SIMD=1` forces them everywhere). Where the CPU also has
+//! AVX-512 F/BW/VL and VNNI, the vec_dot-path dots of all six types and the repacked Q4_K GEMV
+//! run `avx512.rs`'s kernels (four weight rows per pass for the 32-element blocks, `vpdpbusd`,
+//! 512-bit K-quant unpacking), bit-identical to the AVX2 ones; the repacked Q4_0 and Q4_K GEMM
+//! and the tiled paths keep the AVX2 kernels (`avx512_same_order`, `dot_rows_avx2`'s `avx512`
+//! flag); `SMELT_NO_AVX512=1` keeps AVX2 throughout.
+
+use super::act::{quantize_q8, quantize_q8k, quantize_q8k_4x8, BlockQ8, BlockQ8K};
+use super::{dequantize_row, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0, GgmlType};
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+#[cfg(target_arch = "x86_64")]
+use super::simd::avx512_detected;
+use super::simd::Level;
+use super::QuantMatrix;
+
+#[derive(Clone)]
+pub struct QTensor {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for QTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QTensor({} [{}, {}])", self.ty.name(), self.rows, self.cols)
+    }
+}
+
+/// One input row in the activation format its weight type pairs with.
+enum Act {
+    F32(Vec<f32>),
+    Q8(Vec<BlockQ8>),
+    Q8K(Vec<BlockQ8K>),
+}
+
+impl QTensor {
+    /// Wraps `data` (rows × row_bytes, llama.cpp's layout) as a `[rows, cols]` matrix.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
+        let row_bytes = ty.row_bytes(cols)?;
+        if data.len() != rows * row_bytes {
+            bail!("{} [{rows}, {cols}] needs {} bytes, got {}", ty.name(), rows * row_bytes, data.len());
+        }
+        Ok(QTensor { ty, rows, cols, row_bytes, data })
+    }
+
+    /// Quantises a row-major f32 matrix.
+    pub fn quantize(ty: GgmlType, x: &[f32], rows: usize, cols: usize) -> Result<Self> {
+        if x.len() != rows * cols {
+            bail!("quantize: {} values for a [{rows}, {cols}] matrix", x.len());
+        }
+        let rb = ty.row_bytes(cols)?;
+        let mut data = vec![0u8; rows * rb];
+        data.par_chunks_mut(rb).zip(x.par_chunks(cols)).for_each(|(d, r)| {
+            let mut v = Vec::with_capacity(rb);
+            super::quantize_row(ty, r, &mut v);
+            d.copy_from_slice(&v);
+        });
+        Self::new(ty, rows, cols, data)
+    }
+
+    pub fn ty(&self) -> GgmlType { self.ty }
+    pub fn bytes(&self) -> &[u8] { &self.data }
+
+    /// This matrix as a `Tensor` (`Storage::Quant`), as a model parameter.
+    pub fn into_tensor(self) -> crate::Tensor { crate::Tensor::from_quant(std::sync::Arc::new(self)) }
+
+    /// Input row `i` of `n` in its activation format. llama.cpp's repacked Q4_K quantises the
+    /// rows it multiplies four at a time (all but the last n mod 4) with its 4x8 quantiser.
+    fn act(&self, x: &[f32], i: usize, n: usize, path: X86Path) -> Act {
+        match self.ty {
+            GgmlType::F32 => Act::F32(x.to_vec()),
+            GgmlType::F16 | GgmlType::BF16 => unreachable!("F16/BF16 matmuls run float_formats::matmul"),
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 => Act::Q8(quantize_q8(x)),
+            GgmlType::Q4_K if path == X86Path::Repack && i < n - n % 4 => Act::Q8K(quantize_q8k_4x8(x)),
+            GgmlType::Q4_K | GgmlType::Q6_K => Act::Q8K(quantize_q8k(x)),
+        }
+    }
+
+    /// y (n × rows) = x (n × cols) · selfᵀ with the given kernel level (tests pin `Level::Scalar`).
+    pub fn matmul_with(&self, x: &[f32], n: usize, y: &mut [f32], level: Level) {
+        let (k, m) = (self.cols, self.rows);
+        assert!(x.len() >= n * k && y.len() >= n * m);
+        if matches!(self.ty, GgmlType::F16 | GgmlType::BF16) {
+            // Activations rounded to the weight type, llama.cpp's order at every level.
+            return super::float_formats::matmul(self.ty, &self.data, m, k, x, n, y, level);
+        }
+        let path = if matches!(level, Level::Avx2 | Level::Avx512) { X86Path::of(self.ty, m, n) } else { X86Path::VecDot };
+        let acts: Vec<Act> = if n == 1 {
+            vec![self.act(&x[..k], 0, 1, path)]
+        } else {
+            x[..n * k].par_chunks(k.max(1)).enumerate().map(|(i, r)| self.act(r, i, n, path)).collect()
+        };
+        // Blocks of output rows; each reads its weight rows once for all n inputs. For a few
+        // inputs (decode), large blocks: one per thread, so that the AVX-512 kernels' R
+        // streams are long; for more, 32 rows. A multiple of 8 either way, so the AVX2
+        // repacked/tiled kernels take their eight rows at once throughout.
+        let block = if n <= 4 { m.div_ceil(rayon::current_num_threads()).max(32).next_multiple_of(8) } else { 32 };
+        let run = |yt: &mut [f32]| {
+            yt.par_chunks_mut(block * n).enumerate().for_each(|(bi, yb)| {
+                let r0 = bi * block;
+                let rows = yb.len() / n;
+                let w = &self.data[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
+                dot_rows(level, path, self.ty, w, self.row_bytes, &acts, yb);
+            })
+        };
+        into_rows_of_y(m, n, y, run)
+    }
+}
+
+/// Runs `run` on an (m outputs × n inputs) buffer and writes it into y (n × m): for one input
+/// rows × 1 is already y's layout, otherwise a transpose.
+pub(crate) fn into_rows_of_y(m: usize, n: usize, y: &mut [f32], run: impl FnOnce(&mut [f32])) {
+    if n == 1 {
+        return run(&mut y[..m]);
+    }
+    let mut yt = vec![0f32; m * n];
+    run(&mut yt);
+    for j in 0..m {
+        for i in 0..n { y[i * m + j] = yt[j * n + i]; }
+    }
+}
+
+impl QuantMatrix for QTensor {
+    fn dims(&self) -> (usize, usize) { (self.rows, self.cols) }
+    fn type_name(&self) -> &'static str { self.ty.name() }
+    fn ggml_type(&self) -> GgmlType { self.ty }
+    fn blocks(&self) -> &[u8] { &self.data }
+    fn nbytes(&self) -> usize { self.data.len() }
+    fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) { self.matmul_with(x, n, y, Level::detect()) }
+    fn as_any(&self) -> &dyn std::any::Any { self }
+    fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        dequantize_row(self.ty, &self.data[r * self.row_bytes..(r + 1) * self.row_bytes], out)
+    }
+}
+
+/// Which of llama.cpp's x86 CPU code paths a matmul takes, i.e. in which float order the AVX2
+/// kernels sum (docs/GGUF.md "Parity"). `ggml_compute_forward_mul_mat` on this build: weights
+/// in the CPU_REPACK buffer (Q4_0 and Q4_K with a multiple of 8 output rows) run the repacked
+/// GEMV/GEMM; otherwise Q6_K (and the other K-quants) with ≥ 8 input rows run the tiled
+/// K-quant matmul; Q8_0/Q4_0/Q5_0 with ≥ 2 rows run llamafile's tinyBLAS, whose order per output
+/// is `ggml_vec_dot`'s; everything else runs `ggml_vec_dot_*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum X86Path {
+    VecDot,
+    Repack,
+    Tiled,
+}
+
+impl X86Path {
+    fn of(ty: GgmlType, rows: usize, n: usize) -> X86Path {
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_K if rows % 8 == 0 => X86Path::Repack,
+            GgmlType::Q4_K | GgmlType::Q6_K if n >= 8 => X86Path::Tiled,
+            _ => X86Path::VecDot,
+        }
+    }
+}
+
+/// out (rows × n): dot products of each weight row with each activation row.
+fn dot_rows(level: Level, path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match level {
+        // SAFETY: Level::Avx2 is only chosen after run-time feature detection.
+        Level::Avx2 => return unsafe { dot_rows_avx2(path, false, ty, w, rb, acts, out) },
+        // SAFETY: checked again here (cached by std), as tests may pin the level.
+        Level::Avx512 if avx512_detected() => {
+            return unsafe {
+                if avx512_same_order(ty, path) { dot_rows_avx512(ty, w, rb, acts, out) } else { dot_rows_avx2(path, true, ty, w, rb, acts, out) }
+            }
+        }
+        _ => {}
+    }
+    let _ = path;
+    #[cfg(target_arch = "aarch64")]
+    match level {
+        // SAFETY: NEON is baseline on aarch64; sdot only where the CPU has it (a cached check).
+        Level::NeonDotprod if std::arch::is_aarch64_feature_detected!("dotprod") => return unsafe { dot_rows_neon_dotprod(ty, w, rb, acts, out) },
+        Level::Neon | Level::NeonDotprod => return unsafe { dot_rows_neon::<false>(ty, w, rb, acts, out) },
+        _ => {}
+    }
+    let _ = level;
+    dot_rows_generic(ty, w, rb, acts, out)
+}
+
+/// Whether `dot_rows_avx512` sums (ty, path) in the float order that `dot_rows_avx2` uses for
+/// it, i.e. llama.cpp's: its kernels follow the `ggml_vec_dot_*` orders (Q6_K's included: the
+/// 32·Σ sc·Σa offset subtracted from the integer lanes before the FMA). llama.cpp's repacked
+/// (Q4_0, Q4_K) and tiled (Q4_K, Q6_K) paths sum in other orders and take `dot_rows_avx2`,
+/// which runs them on AVX2 kernels except the repacked Q4_K GEMV (`avx512::dot8_q4_k_repack`,
+/// the AVX2 kernel's float operations lane for lane), so that Level::Avx512 stays
+/// bit-identical to llama.cpp too.
+#[cfg(target_arch = "x86_64")]
+fn avx512_same_order(_ty: GgmlType, path: X86Path) -> bool {
+    path == X86Path::VecDot
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "dotprod")]
+unsafe fn dot_rows_neon_dotprod(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    dot_rows_neon::<true>(ty, w, rb, acts, out)
+}
+
+/// `DOT`: sum byte dots with `sdot` (only called so from `dot_rows_neon_dotprod`).
+#[cfg(target_arch = "aarch64")]
+#[inline(always)]
+unsafe fn dot_rows_neon<const DOT: bool>(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    use super::neon;
+    let n = acts.len();
+    for (j, wr) in w.chunks_exact(rb).enumerate() {
+        for (i, a) in acts.iter().enumerate() {
+            out[j * n + i] = match (ty, a) {
+                (GgmlType::Q8_0, Act::Q8(a)) => neon::dot_q8_0::<DOT>(wr, a),
+                (GgmlType::Q4_0, Act::Q8(a)) => neon::dot_q4_0::<DOT>(wr, a),
+                (GgmlType::Q4_1, Act::Q8(a)) => neon::dot_q4_1::<DOT>(wr, a),
+                (GgmlType::Q5_0, Act::Q8(a)) => neon::dot_q5_0::<DOT>(wr, a),
+                (GgmlType::Q4_K, Act::Q8K(a)) => neon::dot_q4_k::<DOT>(wr, a),
+                (GgmlType::Q6_K, Act::Q8K(a)) => neon::dot_q6_k::<DOT>(wr, a),
+                _ => dot_one(ty, wr, a),
+            };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_avx2(path: X86Path, avx512: bool, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    use super::avx2;
+    let n = acts.len();
+    // The repacked GEMM takes the input rows four at a time, the GEMV the last n mod 4.
+    let gemm_rows = n - n % 4;
+    let rows = w.len() / rb;
+    // Repacked and tiled orders: eight weight rows at once (the same per-row operations).
+    let mut j0 = 0;
+    if path != X86Path::VecDot {
+        while j0 + 8 <= rows {
+            let w8 = &w[j0 * rb..(j0 + 8) * rb];
+            for (i, a) in acts.iter().enumerate() {
+                let o = match (ty, a) {
+                    (GgmlType::Q4_0, Act::Q8(a)) => avx2::dot8_q4_0_repack(w8, rb, a),
+                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && i < gemm_rows => avx2::dot8_q4_k_repack::<true>(w8, rb, a),
+                    // SAFETY: `avx512` only where the caller checked the AVX-512 features.
+                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && avx512 => super::avx512::dot8_q4_k_repack(w8, rb, a),
+                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack => avx2::dot8_q4_k_repack::<false>(w8, rb, a),
+                    (GgmlType::Q4_K, Act::Q8K(a)) => avx2::dot8_q4_k_tiled(w8, rb, a),
+                    (GgmlType::Q6_K, Act::Q8K(a)) => avx2::dot8_q6_k_tiled(w8, rb, a),
+                    _ => unreachable!("X86Path::of picks repack/tiled only for these"),
+                };
+                for (r, v) in o.iter().enumerate() { out[(j0 + r) * n + i] = *v; }
+            }
+            j0 += 8;
+        }
+    } else if ty == GgmlType::Q5_0 {
+        while j0 + 2 <= rows {
+            for (i, a) in acts.iter().enumerate() {
+                let Act::Q8(a) = a else { unreachable!("Q5_0 pairs with Q8_0 activations") };
+                let o = avx2::dot2_q5_0(&w[j0 * rb..(j0 + 2) * rb], rb, a);
+                (out[j0 * n + i], out[(j0 + 1) * n + i]) = (o[0], o[1]);
+            }
+            j0 += 2;
+        }
+    }
+    for (j, wr) in w.chunks_exact(rb).enumerate().skip(j0) {
+        for (i, a) in acts.iter().enumerate() {
+            out[j * n + i] = match (ty, a) {
+                (GgmlType::Q8_0, Act::Q8(a)) => avx2::dot_q8_0(wr, a),
+                (GgmlType::Q4_0, Act::Q8(a)) if path == X86Path::Repack => avx2::dot_q4_0_repack(wr, a),
+                (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && i < gemm_rows => avx2::dot_q4_k_repack_gemm(wr, a),
+                (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack => avx2::dot_q4_k_repack(wr, a),
+                (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Tiled => avx2::dot_q4_k_tiled(wr, a),
+                (GgmlType::Q6_K, Act::Q8K(a)) if path == X86Path::Tiled => avx2::dot_q6_k_tiled(wr, a),
+                (GgmlType::Q4_0, Act::Q8(a)) => avx2::dot_q4_0(wr, a),
+                (GgmlType::Q4_1, Act::Q8(a)) => avx2::dot_q4_1(wr, a),
+                (GgmlType::Q5_0, Act::Q8(a)) => avx2::dot_q5_0(wr, a),
+                (GgmlType::Q4_K, Act::Q8K(a)) => avx2::dot_q4_k(wr, a),
+                (GgmlType::Q6_K, Act::Q8K(a)) => avx2::dot_q6_k(wr, a),
+                _ => dot_one(ty, wr, a),
+            };
+        }
+    }
+}
+
+/// Weight rows taken `R` at a time, each against every activation row: the chunk is cut into R
+/// equal runs of rows and pass p takes row p of each run, so the weights are read as R
+/// sequential streams (rows next to each other in one pass would make R streams that jump
+/// ahead after every pass, which the hardware prefetcher does not follow: 4× slower from
+/// memory). Leftover rows go one at a time. Per row the arithmetic does not depend on R.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot_rows_avx512(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    const R: usize = 4;
+    let n = acts.len();
+    let rows = w.len() / rb.max(1);
+    // The K-quants have one FMA per 256 elements, so nothing to hide, and read as four streams
+    // Q4_K is slower from memory (9-14 GB/s against 22 in one stream): rows in order.
+    let run = if matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) { 0 } else { rows / R };
+    for p in 0..run {
+        let wr = &w[p * rb..];
+        for (i, a) in acts.iter().enumerate() {
+            match dots_avx512::<R>(ty, wr, run * rb, a) {
+                Some(d) => for (r, v) in d.into_iter().enumerate() { out[(p + r * run) * n + i] = v; },
+                None => for r in 0..R { let j = p + r * run; out[j * n + i] = dot_one(ty, &w[j * rb..(j + 1) * rb], a); },
+            }
+        }
+    }
+    for j in R * run..rows {
+        let wr = &w[j * rb..(j + 1) * rb];
+        for (i, a) in acts.iter().enumerate() {
+            out[j * n + i] = match dots_avx512::<1>(ty, wr, rb, a) { Some([v]) => v, None => dot_one(ty, wr, a) };
+        }
+    }
+}
+
+/// R rows' dots with the AVX-512 kernels; None for the float types (scalar kernels).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dots_avx512<const R: usize>(ty: GgmlType, w: &[u8], rb: usize, a: &Act) -> Option<[f32; R]> {
+    use super::avx512;
+    Some(match (ty, a) {
+        (GgmlType::Q8_0, Act::Q8(a)) => avx512::dot_q8_0::<R>(w, rb, a),
+        (GgmlType::Q4_0, Act::Q8(a)) => avx512::dot_q4_0::<R>(w, rb, a),
+        (GgmlType::Q4_1, Act::Q8(a)) => avx512::dot_q4_1::<R>(w, rb, a),
+        (GgmlType::Q5_0, Act::Q8(a)) => avx512::dot_q5_0::<R>(w, rb, a),
+        (GgmlType::Q4_K, Act::Q8K(a)) => avx512::dot_q4_k::<R>(w, rb, a),
+        (GgmlType::Q6_K, Act::Q8K(a)) => avx512::dot_q6_k::<R>(w, rb, a),
+        _ => return None,
+    })
+}
+
+fn dot_rows_generic(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    let n = acts.len();
+    for (j, wr) in w.chunks_exact(rb).enumerate() {
+        for (i, a) in acts.iter().enumerate() { out[j * n + i] = dot_one(ty, wr, a); }
+    }
+}
+
+/// One weight row · one activation row with the scalar kernels.
+#[inline(always)]
+fn dot_one(ty: GgmlType, wr: &[u8], a: &Act) -> f32 {
+    match (ty, a) {
+        (GgmlType::Q8_0, Act::Q8(a)) => q8_0::dot(wr, a),
+        (GgmlType::Q4_0, Act::Q8(a)) => q4_0::dot(wr, a),
+        (GgmlType::Q4_1, Act::Q8(a)) => q4_1::dot(wr, a),
+        (GgmlType::Q5_0, Act::Q8(a)) => q5_0::dot(wr, a),
+        (GgmlType::Q4_K, Act::Q8K(a)) => q4_k::dot(wr, a),
+        (GgmlType::Q6_K, Act::Q8K(a)) => q6_k::dot(wr, a),
+        (GgmlType::F32, Act::F32(a)) => float_dot(wr, a, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]), 4),
+        _ => unreachable!("activation format is chosen from the weight type"),
+    }
+}
+
+#[inline(always)]
+fn float_dot(w: &[u8], a: &[f32], f: impl Fn(&[u8]) -> f32, size: usize) -> f32 {
+    let mut acc = [0f32; 8];
+    for (wc, ac) in w.chunks_exact(8 * size).zip(a.chunks_exact(8)) {
+        for l in 0..8 { acc[l] += f(&wc[l * size..]) * ac[l]; }
+    }
+    let tail = a.len() / 8 * 8;
+    let mut s: f32 = acc.iter().sum();
+    for i in tail..a.len() { s += f(&w[i * size..]) * a[i]; }
+    s
+}
