@@ -212,8 +212,9 @@ fn parity_bf16_attention() {
         let (qg, kg, vg) = (upb(&q, d), upb(&k, d), upb(&v, d));
         let (qc, kc, vc) = (bf(&q), bf(&k), bf(&v));
         let label = format!("attn bf16 b{b} q{tq} k{tk} s{s} h{h}/{kvh} d{hd} w{window:?}");
-        let (oc, lc) = ops::attention::attention(&qc, &kc, &vc, tk, window).unwrap();
-        let (og, lg) = ops::attention::attention(&qg, &kg, &vg, tk, window).unwrap();
+        let sc = 1.0 / (hd as f32).sqrt();
+        let (oc, lc) = ops::attention::attention(&qc, &kc, &vc, tk, window, sc).unwrap();
+        let (og, lg) = ops::attention::attention(&qg, &kg, &vg, tk, window, sc).unwrap();
         check(&format!("{label} out"), &og, DType::BF16, &oc, BF16_STORE);
         check(&format!("{label} lse"), &lg, DType::F32, &lc, F32_NMSE);
         if tq != tk || s != tk {
@@ -222,8 +223,8 @@ fn parity_bf16_attention() {
         // The backward reads the stored (bf16) output; the CPU gets the same values.
         let dout = randn(&mut r, &[b, tq, h, hd], 1.0);
         let o_seen = og.to_device(Device::Cpu).unwrap().to_dtype(DType::F32);
-        let (dqc, dkc, dvc) = ops::attention::attention_backward(&qc, &kc, &vc, &o_seen, &lc, &bf(&dout), window).unwrap();
-        let (dqg, dkg, dvg) = ops::attention::attention_backward(&qg, &kg, &vg, &og, &lg, &upb(&dout, d), window).unwrap();
+        let (dqc, dkc, dvc) = ops::attention::attention_backward(&qc, &kc, &vc, &o_seen, &lc, &bf(&dout), window, sc).unwrap();
+        let (dqg, dkg, dvg) = ops::attention::attention_backward(&qg, &kg, &vg, &og, &lg, &upb(&dout, d), window, sc).unwrap();
         check(&format!("{label} dq"), &dqg, DType::BF16, &dqc, BF16_STORE);
         check(&format!("{label} dk"), &dkg, DType::BF16, &dkc, BF16_STORE);
         check(&format!("{label} dv"), &dvg, DType::BF16, &dvc, BF16_STORE);
@@ -275,7 +276,7 @@ fn parity_dtype_mismatches_are_errors() {
     err(ops::elementwise::add(&af, &ab), "add");
     let q = upb(&randn(&mut r, &[1, 3, 2, 8], 1.0), d);
     let kv = up(&randn(&mut r, &[1, 3, 2, 8], 1.0), d);
-    err(ops::attention::attention(&q, &kv, &kv, 3, None).map(|x| x.0), "attention");
+    err(ops::attention::attention(&q, &kv, &kv, 3, None, 0.5).map(|x| x.0), "attention");
     err(ops::rmsnorm::rmsnorm(&af, &upb(&randn(&mut r, &[8], 1.0), d), 1e-5).map(|x| x.0), "rmsnorm weight");
     err(ops::embedding::embedding_backward(&ab, &Tensor::from_u32(vec![1, 2], &[2]).unwrap(), &up(&randn(&mut r, &[2, 8], 1.0), d)), "embedding_backward");
     // Under f32 precision a bf16 operand is refused (an f32 run stays f32 throughout).
