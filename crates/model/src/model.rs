@@ -302,8 +302,8 @@ impl Model {
             // Loaded from GGUF: Hugging Face's q/k rows are half-split (the inverse of
             // convert_hf_to_gguf.py's permute).
             let hd = self.cfg.head_dim;
-            for (name, t) in &mut named {
-                if name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") {
+            for ((_, t), p) in named.iter_mut().zip(params::list(&self.cfg)) {
+                if matches!(p.def.role, Role::Wq | Role::Wk) {
                     let cols = t.cols();
                     let src = t.to_vec_f32();
                     let mut dst = vec![0f32; src.len()];
