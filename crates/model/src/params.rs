@@ -120,9 +120,26 @@ pub struct TensorDef {
 
 /// A row; the optional per-layer rows (q/k/v biases, q/k norms) are what a GGUF `llama` file
 /// has no place for.
-const fn row(role: Role, hf: &'static str, gguf: &'static str, shape: &'static [Dim], when: When, decays: bool, init: Init) -> TensorDef {
+const fn row(
+    role: Role,
+    hf: &'static str,
+    gguf: &'static str,
+    shape: &'static [Dim],
+    when: When,
+    decays: bool,
+    init: Init,
+) -> TensorDef {
     let llama_gguf = matches!(when, When::Always | When::Untied);
-    TensorDef { role, hf, gguf, shape, when, llama_gguf, decays, init }
+    TensorDef {
+        role,
+        hf,
+        gguf,
+        shape,
+        when,
+        llama_gguf,
+        decays,
+        init,
+    }
 }
 
 use Dim::*;
@@ -130,32 +147,38 @@ use Init::*;
 use When::*;
 
 /// Before the layers.
+#[rustfmt::skip]
 pub const INPUT_TENSORS: &[TensorDef] = &[
-    row(Role::Embed, "model.embed_tokens.weight", "token_embd.weight", &[Vocab, Model], Always, true, Normal),
+    //  role              Hugging Face                       GGUF                  shape              when     decays init
+    row(Role::Embed,      "model.embed_tokens.weight",       "token_embd.weight",  &[Vocab, Model],   Always,  true,  Normal),
 ];
 
 /// Each layer's, in order.
+#[rustfmt::skip]
 pub const LAYER_TENSORS: &[TensorDef] = &[
-    row(Role::AttnNorm, "input_layernorm.weight", "attn_norm.weight", &[Model], Always, false, Ones),
-    row(Role::Wq, "self_attn.q_proj.weight", "attn_q.weight", &[QHeads, Model], Always, true, Normal),
-    row(Role::Wk, "self_attn.k_proj.weight", "attn_k.weight", &[KvHeads, Model], Always, true, Normal),
-    row(Role::Wv, "self_attn.v_proj.weight", "attn_v.weight", &[KvHeads, Model], Always, true, Normal),
-    row(Role::Wo, "self_attn.o_proj.weight", "attn_output.weight", &[Model, QHeads], Always, true, Residual),
-    row(Role::Bq, "self_attn.q_proj.bias", "attn_q.bias", &[QHeads], QkvBias, false, Zeros),
-    row(Role::Bk, "self_attn.k_proj.bias", "attn_k.bias", &[KvHeads], QkvBias, false, Zeros),
-    row(Role::Bv, "self_attn.v_proj.bias", "attn_v.bias", &[KvHeads], QkvBias, false, Zeros),
-    row(Role::QNorm, "self_attn.q_norm.weight", "attn_q_norm.weight", &[HeadDim], QkNorm, false, Ones),
-    row(Role::KNorm, "self_attn.k_norm.weight", "attn_k_norm.weight", &[HeadDim], QkNorm, false, Ones),
-    row(Role::FfnNorm, "post_attention_layernorm.weight", "ffn_norm.weight", &[Model], Always, false, Ones),
-    row(Role::WGate, "mlp.gate_proj.weight", "ffn_gate.weight", &[Ffn, Model], Always, true, Normal),
-    row(Role::WUp, "mlp.up_proj.weight", "ffn_up.weight", &[Ffn, Model], Always, true, Normal),
-    row(Role::WDown, "mlp.down_proj.weight", "ffn_down.weight", &[Model, Ffn], Always, true, Residual),
+    //  role              Hugging Face                       GGUF                  shape              when     decays init
+    row(Role::AttnNorm,   "input_layernorm.weight",          "attn_norm.weight",   &[Model],          Always,  false, Ones),
+    row(Role::Wq,         "self_attn.q_proj.weight",         "attn_q.weight",      &[QHeads, Model],  Always,  true,  Normal),
+    row(Role::Wk,         "self_attn.k_proj.weight",         "attn_k.weight",      &[KvHeads, Model], Always,  true,  Normal),
+    row(Role::Wv,         "self_attn.v_proj.weight",         "attn_v.weight",      &[KvHeads, Model], Always,  true,  Normal),
+    row(Role::Wo,         "self_attn.o_proj.weight",         "attn_output.weight", &[Model, QHeads],  Always,  true,  Residual),
+    row(Role::Bq,         "self_attn.q_proj.bias",           "attn_q.bias",        &[QHeads],         QkvBias, false, Zeros),
+    row(Role::Bk,         "self_attn.k_proj.bias",           "attn_k.bias",        &[KvHeads],        QkvBias, false, Zeros),
+    row(Role::Bv,         "self_attn.v_proj.bias",           "attn_v.bias",        &[KvHeads],        QkvBias, false, Zeros),
+    row(Role::QNorm,      "self_attn.q_norm.weight",         "attn_q_norm.weight", &[HeadDim],        QkNorm,  false, Ones),
+    row(Role::KNorm,      "self_attn.k_norm.weight",         "attn_k_norm.weight", &[HeadDim],        QkNorm,  false, Ones),
+    row(Role::FfnNorm,    "post_attention_layernorm.weight", "ffn_norm.weight",    &[Model],          Always,  false, Ones),
+    row(Role::WGate,      "mlp.gate_proj.weight",            "ffn_gate.weight",    &[Ffn, Model],     Always,  true,  Normal),
+    row(Role::WUp,        "mlp.up_proj.weight",              "ffn_up.weight",      &[Ffn, Model],     Always,  true,  Normal),
+    row(Role::WDown,      "mlp.down_proj.weight",            "ffn_down.weight",    &[Model, Ffn],     Always,  true,  Residual),
 ];
 
 /// After the layers.
+#[rustfmt::skip]
 pub const OUTPUT_TENSORS: &[TensorDef] = &[
-    row(Role::OutputNorm, "model.norm.weight", "output_norm.weight", &[Model], Always, false, Ones),
-    row(Role::Head, "lm_head.weight", "output.weight", &[Vocab, Model], Untied, true, Normal),
+    //  role              Hugging Face                       GGUF                  shape              when     decays init
+    row(Role::OutputNorm, "model.norm.weight",               "output_norm.weight", &[Model],          Always,  false, Ones),
+    row(Role::Head,       "lm_head.weight",                  "output.weight",      &[Vocab, Model],   Untied,  true,  Normal),
 ];
 
 /// One parameter of a model: its row, its layer, and its names and shape for that config.
@@ -171,18 +194,38 @@ pub struct Param {
 /// Every parameter of a model with config `c`, in order.
 pub fn list(c: &ModelConfig) -> Vec<Param> {
     let shape = |d: &TensorDef| d.shape.iter().map(|x| x.of(c)).collect();
-    let global = |d: &'static TensorDef| Param { def: d, layer: None, name: d.hf.into(), gguf: d.gguf.into(), shape: shape(d) };
-    let mut v: Vec<Param> = INPUT_TENSORS.iter().filter(|d| d.when.holds(c, 0)).map(global).collect();
+    let global = |d: &'static TensorDef| Param {
+        def: d,
+        layer: None,
+        name: d.hf.into(),
+        gguf: d.gguf.into(),
+        shape: shape(d),
+    };
+    let mut v: Vec<Param> = INPUT_TENSORS
+        .iter()
+        .filter(|d| d.when.holds(c, 0))
+        .map(global)
+        .collect();
     for l in 0..c.n_layers {
-        v.extend(LAYER_TENSORS.iter().filter(|d| d.when.holds(c, l)).map(|d| Param {
-            def: d,
-            layer: Some(l),
-            name: format!("model.layers.{l}.{}", d.hf),
-            gguf: format!("blk.{l}.{}", d.gguf),
-            shape: shape(d),
-        }));
+        v.extend(
+            LAYER_TENSORS
+                .iter()
+                .filter(|d| d.when.holds(c, l))
+                .map(|d| Param {
+                    def: d,
+                    layer: Some(l),
+                    name: format!("model.layers.{l}.{}", d.hf),
+                    gguf: format!("blk.{l}.{}", d.gguf),
+                    shape: shape(d),
+                }),
+        );
     }
-    v.extend(OUTPUT_TENSORS.iter().filter(|d| d.when.holds(c, 0)).map(global));
+    v.extend(
+        OUTPUT_TENSORS
+            .iter()
+            .filter(|d| d.when.holds(c, 0))
+            .map(global),
+    );
     v
 }
 
@@ -199,10 +242,14 @@ pub struct LayerIdx {
 
 impl LayerIdx {
     /// The position of this layer's `role` tensor, if the layer has one.
-    pub fn get(&self, role: Role) -> Option<usize> { self.at[role as usize] }
+    pub fn get(&self, role: Role) -> Option<usize> {
+        self.at[role as usize]
+    }
     /// The layer's tensors present, as (role, position), in table order.
     pub fn present(&self) -> impl Iterator<Item = (Role, usize)> + '_ {
-        LAYER_TENSORS.iter().filter_map(|d| Some((d.role, self.get(d.role)?)))
+        LAYER_TENSORS
+            .iter()
+            .filter_map(|d| Some((d.role, self.get(d.role)?)))
     }
 }
 
@@ -210,7 +257,9 @@ impl std::ops::Index<Role> for LayerIdx {
     type Output = usize;
     /// Panics when the layer has no such tensor (use `get` for optional ones).
     fn index(&self, role: Role) -> &usize {
-        self.at[role as usize].as_ref().unwrap_or_else(|| panic!("this layer has no {role:?} tensor"))
+        self.at[role as usize]
+            .as_ref()
+            .unwrap_or_else(|| panic!("this layer has no {role:?} tensor"))
     }
 }
 
@@ -233,7 +282,12 @@ pub fn index(c: &ModelConfig) -> Index {
         }
     }
     let embed = global[Role::Embed];
-    Index { embed, layers, norm: global[Role::OutputNorm], head: global.get(Role::Head).unwrap_or(embed) }
+    Index {
+        embed,
+        layers,
+        norm: global[Role::OutputNorm],
+        head: global.get(Role::Head).unwrap_or(embed),
+    }
 }
 
 /// Fresh weights, each tensor as its row's `Init` says (one random stream, in parameter order).
@@ -263,7 +317,11 @@ pub fn decays(c: &ModelConfig) -> Vec<bool> {
 
 /// llama.cpp's name for a Hugging Face parameter name (`None` for names that are no parameter).
 pub fn gguf_name(hf: &str) -> Option<String> {
-    if let Some(d) = INPUT_TENSORS.iter().chain(OUTPUT_TENSORS).find(|d| d.hf == hf) {
+    if let Some(d) = INPUT_TENSORS
+        .iter()
+        .chain(OUTPUT_TENSORS)
+        .find(|d| d.hf == hf)
+    {
         return Some(d.gguf.into());
     }
     let (l, part) = hf.strip_prefix("model.layers.")?.split_once('.')?;
@@ -273,7 +331,11 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 
 /// Hugging Face's name for a llama.cpp tensor name (`None` for names that are no parameter).
 pub fn hf_name(gguf: &str) -> Option<String> {
-    if let Some(d) = INPUT_TENSORS.iter().chain(OUTPUT_TENSORS).find(|d| d.gguf == gguf) {
+    if let Some(d) = INPUT_TENSORS
+        .iter()
+        .chain(OUTPUT_TENSORS)
+        .find(|d| d.gguf == gguf)
+    {
         return Some(d.hf.into());
     }
     let (l, part) = gguf.strip_prefix("blk.")?.split_once('.')?;
@@ -298,7 +360,8 @@ mod tests {
     #[test]
     fn layout_is_the_hand_written_order() {
         let c = full();
-        let mut want: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![10, 8])];
+        let mut want: Vec<(String, Vec<usize>)> =
+            vec![("model.embed_tokens.weight".into(), vec![10, 8])];
         for l in 0..2 {
             let p = |s: &str| format!("model.layers.{l}.{s}");
             want.extend([
@@ -325,7 +388,10 @@ mod tests {
         // Without the optional rows: a tied Llama layer, the same order minus them.
         let mut plain = c.clone();
         (plain.qkv_bias, plain.qk_norm, plain.tie_embeddings) = (false, false, true);
-        let kept: Vec<_> = want.into_iter().filter(|(n, _)| !n.contains("bias") && !n.contains("_norm.") && n != "lm_head.weight").collect();
+        let kept: Vec<_> = want
+            .into_iter()
+            .filter(|(n, _)| !n.contains("bias") && !n.contains("_norm.") && n != "lm_head.weight")
+            .collect();
         assert_eq!(layout(&plain), kept);
     }
 
@@ -334,10 +400,23 @@ mod tests {
         let c = full();
         let names: Vec<String> = layout(&c).into_iter().map(|(n, _)| n).collect();
         let idx = index(&c);
-        assert_eq!((idx.embed, idx.norm, idx.head), (0, names.len() - 2, names.len() - 1));
-        assert_eq!(names[idx.layers[1][Role::Wo]], "model.layers.1.self_attn.o_proj.weight");
-        assert_eq!(names[idx.layers[0].get(Role::KNorm).unwrap()], "model.layers.0.self_attn.k_norm.weight");
-        let every: Vec<usize> = idx.layers.iter().flat_map(|l| l.present().map(|(_, i)| i)).collect();
+        assert_eq!(
+            (idx.embed, idx.norm, idx.head),
+            (0, names.len() - 2, names.len() - 1)
+        );
+        assert_eq!(
+            names[idx.layers[1][Role::Wo]],
+            "model.layers.1.self_attn.o_proj.weight"
+        );
+        assert_eq!(
+            names[idx.layers[0].get(Role::KNorm).unwrap()],
+            "model.layers.0.self_attn.k_norm.weight"
+        );
+        let every: Vec<usize> = idx
+            .layers
+            .iter()
+            .flat_map(|l| l.present().map(|(_, i)| i))
+            .collect();
         assert_eq!(every, (1..names.len() - 2).collect::<Vec<_>>());
         let mut tied = c.clone();
         tied.tie_embeddings = true;
@@ -345,7 +424,10 @@ mod tests {
 
         // Decay: exactly the matrices and embeddings (the shape rule this table replaced).
         let shapes: Vec<Vec<usize>> = layout(&c).into_iter().map(|(_, s)| s).collect();
-        assert_eq!(decays(&c), shapes.iter().map(|s| s.len() >= 2).collect::<Vec<_>>());
+        assert_eq!(
+            decays(&c),
+            shapes.iter().map(|s| s.len() >= 2).collect::<Vec<_>>()
+        );
         let p = init(&c, 1);
         for ((name, t), d) in names.iter().zip(&p).zip(list(&c)) {
             let x = t.as_f32().unwrap();
@@ -361,13 +443,29 @@ mod tests {
     fn gguf_names_round_trip() {
         let c = full();
         let got: Vec<String> = list(&c).into_iter().map(|p| p.gguf).collect();
-        assert_eq!(&got[..6], ["token_embd.weight", "blk.0.attn_norm.weight", "blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight", "blk.0.attn_output.weight"]);
-        assert_eq!(&got[got.len() - 2..], ["output_norm.weight", "output.weight"]);
+        assert_eq!(
+            &got[..6],
+            [
+                "token_embd.weight",
+                "blk.0.attn_norm.weight",
+                "blk.0.attn_q.weight",
+                "blk.0.attn_k.weight",
+                "blk.0.attn_v.weight",
+                "blk.0.attn_output.weight"
+            ]
+        );
+        assert_eq!(
+            &got[got.len() - 2..],
+            ["output_norm.weight", "output.weight"]
+        );
         for p in list(&c) {
             assert_eq!(gguf_name(&p.name).as_deref(), Some(p.gguf.as_str()));
             assert_eq!(hf_name(&p.gguf).as_deref(), Some(p.name.as_str()));
         }
-        assert_eq!(gguf_name("model.layers.12.mlp.down_proj.weight").as_deref(), Some("blk.12.ffn_down.weight"));
+        assert_eq!(
+            gguf_name("model.layers.12.mlp.down_proj.weight").as_deref(),
+            Some("blk.12.ffn_down.weight")
+        );
         assert_eq!(gguf_name("model.layers.0.rotary_emb.inv_freq"), None);
         assert_eq!(hf_name("rope_freqs.weight"), None);
     }
