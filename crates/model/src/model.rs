@@ -6,8 +6,7 @@
 //! `(x, h) = add_rmsnorm(x, out, next_norm)`, where `next_norm` is the following layer's
 //! `input_layernorm` (or the final `model.norm`), so the stream is read once per add.
 
-use crate::config::ModelConfig;
-use crate::config::{Activation, NormKind};
+use crate::config::{Activation, ModelConfig, NormKind};
 use crate::params::{self, Index, Role};
 use anyhow::{bail, Context, Result};
 use smelt_core::autograd::BlockFn;
