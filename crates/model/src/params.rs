@@ -111,25 +111,25 @@ pub struct TensorDef {
     pub gguf: &'static str,
     pub shape: &'static [Dim],
     pub when: When,
-    /// Whether a GGUF `llama` file (what smelt writes and reads) has a place for it.
+    /// Whether the GGUF `llama` files smelt writes and reads hold it (q/k/v biases and q/k
+    /// norms are other llama.cpp architectures' tensors).
     pub llama_gguf: bool,
     /// Whether weight decay applies (matrices and embeddings, not norm gains or biases).
     pub decays: bool,
     pub init: Init,
 }
 
-/// A row; the optional per-layer rows (q/k/v biases, q/k norms) are what a GGUF `llama` file
-/// has no place for.
+/// A row of the tables below, its columns in `TensorDef`'s order.
 const fn row(
     role: Role,
     hf: &'static str,
     gguf: &'static str,
     shape: &'static [Dim],
     when: When,
+    llama_gguf: bool,
     decays: bool,
     init: Init,
 ) -> TensorDef {
-    let llama_gguf = matches!(when, When::Always | When::Untied);
     TensorDef {
         role,
         hf,
@@ -149,36 +149,36 @@ use When::*;
 /// Before the layers.
 #[rustfmt::skip]
 pub const INPUT_TENSORS: &[TensorDef] = &[
-    //  role              Hugging Face                       GGUF                  shape              when     decays init
-    row(Role::Embed,      "model.embed_tokens.weight",       "token_embd.weight",  &[Vocab, Model],   Always,  true,  Normal),
+    //  role              Hugging Face                       GGUF                  shape              when     llama  decays init
+    row(Role::Embed,      "model.embed_tokens.weight",       "token_embd.weight",  &[Vocab, Model],   Always,  true,  true,  Normal),
 ];
 
 /// Each layer's, in order.
 #[rustfmt::skip]
 pub const LAYER_TENSORS: &[TensorDef] = &[
-    //  role              Hugging Face                       GGUF                  shape              when     decays init
-    row(Role::AttnNorm,   "input_layernorm.weight",          "attn_norm.weight",   &[Model],          Always,  false, Ones),
-    row(Role::Wq,         "self_attn.q_proj.weight",         "attn_q.weight",      &[QHeads, Model],  Always,  true,  Normal),
-    row(Role::Wk,         "self_attn.k_proj.weight",         "attn_k.weight",      &[KvHeads, Model], Always,  true,  Normal),
-    row(Role::Wv,         "self_attn.v_proj.weight",         "attn_v.weight",      &[KvHeads, Model], Always,  true,  Normal),
-    row(Role::Wo,         "self_attn.o_proj.weight",         "attn_output.weight", &[Model, QHeads],  Always,  true,  Residual),
-    row(Role::Bq,         "self_attn.q_proj.bias",           "attn_q.bias",        &[QHeads],         QkvBias, false, Zeros),
-    row(Role::Bk,         "self_attn.k_proj.bias",           "attn_k.bias",        &[KvHeads],        QkvBias, false, Zeros),
-    row(Role::Bv,         "self_attn.v_proj.bias",           "attn_v.bias",        &[KvHeads],        QkvBias, false, Zeros),
-    row(Role::QNorm,      "self_attn.q_norm.weight",         "attn_q_norm.weight", &[HeadDim],        QkNorm,  false, Ones),
-    row(Role::KNorm,      "self_attn.k_norm.weight",         "attn_k_norm.weight", &[HeadDim],        QkNorm,  false, Ones),
-    row(Role::FfnNorm,    "post_attention_layernorm.weight", "ffn_norm.weight",    &[Model],          Always,  false, Ones),
-    row(Role::WGate,      "mlp.gate_proj.weight",            "ffn_gate.weight",    &[Ffn, Model],     Always,  true,  Normal),
-    row(Role::WUp,        "mlp.up_proj.weight",              "ffn_up.weight",      &[Ffn, Model],     Always,  true,  Normal),
-    row(Role::WDown,      "mlp.down_proj.weight",            "ffn_down.weight",    &[Model, Ffn],     Always,  true,  Residual),
+    //  role              Hugging Face                       GGUF                  shape              when     llama  decays init
+    row(Role::AttnNorm,   "input_layernorm.weight",          "attn_norm.weight",   &[Model],          Always,  true,  false, Ones),
+    row(Role::Wq,         "self_attn.q_proj.weight",         "attn_q.weight",      &[QHeads, Model],  Always,  true,  true,  Normal),
+    row(Role::Wk,         "self_attn.k_proj.weight",         "attn_k.weight",      &[KvHeads, Model], Always,  true,  true,  Normal),
+    row(Role::Wv,         "self_attn.v_proj.weight",         "attn_v.weight",      &[KvHeads, Model], Always,  true,  true,  Normal),
+    row(Role::Wo,         "self_attn.o_proj.weight",         "attn_output.weight", &[Model, QHeads],  Always,  true,  true,  Residual),
+    row(Role::Bq,         "self_attn.q_proj.bias",           "attn_q.bias",        &[QHeads],         QkvBias, false, false, Zeros),
+    row(Role::Bk,         "self_attn.k_proj.bias",           "attn_k.bias",        &[KvHeads],        QkvBias, false, false, Zeros),
+    row(Role::Bv,         "self_attn.v_proj.bias",           "attn_v.bias",        &[KvHeads],        QkvBias, false, false, Zeros),
+    row(Role::QNorm,      "self_attn.q_norm.weight",         "attn_q_norm.weight", &[HeadDim],        QkNorm,  false, false, Ones),
+    row(Role::KNorm,      "self_attn.k_norm.weight",         "attn_k_norm.weight", &[HeadDim],        QkNorm,  false, false, Ones),
+    row(Role::FfnNorm,    "post_attention_layernorm.weight", "ffn_norm.weight",    &[Model],          Always,  true,  false, Ones),
+    row(Role::WGate,      "mlp.gate_proj.weight",            "ffn_gate.weight",    &[Ffn, Model],     Always,  true,  true,  Normal),
+    row(Role::WUp,        "mlp.up_proj.weight",              "ffn_up.weight",      &[Ffn, Model],     Always,  true,  true,  Normal),
+    row(Role::WDown,      "mlp.down_proj.weight",            "ffn_down.weight",    &[Model, Ffn],     Always,  true,  true,  Residual),
 ];
 
 /// After the layers.
 #[rustfmt::skip]
 pub const OUTPUT_TENSORS: &[TensorDef] = &[
-    //  role              Hugging Face                       GGUF                  shape              when     decays init
-    row(Role::OutputNorm, "model.norm.weight",               "output_norm.weight", &[Model],          Always,  false, Ones),
-    row(Role::Head,       "lm_head.weight",                  "output.weight",      &[Vocab, Model],   Untied,  true,  Normal),
+    //  role              Hugging Face                       GGUF                  shape              when     llama  decays init
+    row(Role::OutputNorm, "model.norm.weight",               "output_norm.weight", &[Model],          Always,  true,  false, Ones),
+    row(Role::Head,       "lm_head.weight",                  "output.weight",      &[Vocab, Model],   Untied,  true,  true,  Normal),
 ];
 
 /// One parameter of a model: its row, its layer, and its names and shape for that config.
