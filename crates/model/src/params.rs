@@ -36,7 +36,7 @@ pub enum Role {
 }
 
 impl Role {
-    /// Number of roles (the size of a role-indexed array).
+    /// Number of roles (the size of a role-indexed array): `Head` stays the last variant.
     pub const COUNT: usize = Role::Head as usize + 1;
 }
 
