@@ -169,7 +169,7 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, ima
         let tt = if shape.len() == 1 { GgmlType::F32 } else { type_for(tensor_type(ty, hf, c, imatrix.is_some()), cols) };
         let weighted_type = matches!(tt, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K);
         let weights = match imatrix {
-            Some(im) if shape.len() == 2 && weighted_type => match im.imatrix.weights(&gname) {
+            Some(im) if shape.len() == 2 && weighted_type => match im.imatrix.weights(gname) {
                 Some(wv) if wv.len() == cols => { report.weighted += 1; Some(wv) }
                 // llama-quantize ignores a token embedding's mismatched weights, and fails on any other.
                 Some(_) if gname == "token_embd.weight" => { report.unweighted.push(gname.clone()); None }
@@ -179,7 +179,7 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, ima
             _ => None,
         };
         let bytes = quantize_with(tt, &data, cols, weights.as_deref())?;
-        w.tensor(&gname, shape, tt, bytes)?;
+        w.tensor(gname, shape, tt, bytes)?;
     }
     w.write(out)?;
     Ok(report)

@@ -120,6 +120,7 @@ pub struct TensorDef {
 }
 
 /// A row of the tables below, its columns in `TensorDef`'s order.
+#[allow(clippy::too_many_arguments)]
 const fn row(
     role: Role,
     hf: &'static str,
