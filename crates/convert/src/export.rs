@@ -16,11 +16,12 @@
 //! and llama.cpp's name for the pre-tokeniser, recognised from its regex or given with `pre`).
 
 use crate::imatrix::Imatrix;
-use crate::load::{gguf_name, qk_to_gguf_perm};
-use anyhow::{bail, Context, Result};
+use crate::load::qk_to_gguf_perm;
+use anyhow::{bail, Result};
 use smelt_core::quant::{quantize_with, GgmlType};
 use smelt_gguf::{GgufFile, GgufWriter, Value};
-use smelt_model::{Arch, Model, RopeScaling};
+use smelt_model::params::{self, Role};
+use smelt_model::{Activation, Model, NormKind, RopeScaling};
 use std::path::Path;
 
 pub enum TokenizerSource<'a> {
@@ -99,9 +100,13 @@ fn file_type(t: GgmlType) -> u32 {
 
 pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, imatrix: Option<&WithImatrix>, out: &Path) -> Result<ExportReport> {
     let c = &model.cfg;
-    if !matches!(c.arch, Arch::Llama | Arch::Mistral) || c.qkv_bias || c.qk_norm || c.sliding_window.is_some() {
-        bail!("export-gguf: only Llama-architecture models are exported (got {} with qkv bias {}, q/k norm {}, sliding window {:?})",
-            c.arch.hf_name(), c.qkv_bias, c.qk_norm, c.sliding_window);
+    let tensors = params::list(c);
+    if let Some(t) = tensors.iter().find(|t| !t.def.llama_gguf) {
+        bail!("export-gguf: a GGUF `llama` file has no place for {} ({} with qkv bias {}, q/k norm {})", t.name, c.arch.hf_name(), c.qkv_bias, c.qk_norm);
+    }
+    if c.sliding_window.is_some() || c.attn_scale.is_some() || c.norm != NormKind::Rms || c.act != Activation::Silu {
+        bail!("export-gguf: a GGUF `llama` file has RMSNorm, SwiGLU, 1/√head_dim attention and no sliding window (got {:?}, {:?}, scale {:?}, window {:?})",
+            c.norm, c.act, c.attn_scale, c.sliding_window);
     }
     let mut w = GgufWriter::new();
     let s = |v: &str| Value::String(v.to_string());
@@ -150,12 +155,11 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, ima
         }
     }
     let mut report = ExportReport::default();
-    for ((hf, shape), t) in smelt_model::params::layout(c).iter().zip(&model.params) {
-        let gname = gguf_name(hf).with_context(|| format!("no GGUF name for {hf}"))?;
+    for (params::Param { def, name: hf, gguf: gname, shape, .. }, t) in tensors.iter().zip(&model.params) {
         let mut data = t.to_vec_f32();
         // A model loaded from GGUF already has llama.cpp's interleaved Q/K rows.
         let half_split = model.rope.layout == smelt_core::ops::rope::RopeLayout::HalfSplit;
-        if half_split && shape.len() == 2 && (hf.ends_with("q_proj.weight") || hf.ends_with("k_proj.weight")) {
+        if half_split && matches!(def.role, Role::Wq | Role::Wk) {
             let heads = shape[0] / c.head_dim;
             let cols = shape[1];
             let perm = qk_to_gguf_perm(heads, c.head_dim);
@@ -165,7 +169,7 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, ima
         let tt = if shape.len() == 1 { GgmlType::F32 } else { type_for(tensor_type(ty, hf, c, imatrix.is_some()), cols) };
         let weighted_type = matches!(tt, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K);
         let weights = match imatrix {
-            Some(im) if shape.len() == 2 && weighted_type => match im.imatrix.weights(&gname) {
+            Some(im) if shape.len() == 2 && weighted_type => match im.imatrix.weights(gname) {
                 Some(wv) if wv.len() == cols => { report.weighted += 1; Some(wv) }
                 // llama-quantize ignores a token embedding's mismatched weights, and fails on any other.
                 Some(_) if gname == "token_embd.weight" => { report.unweighted.push(gname.clone()); None }
@@ -175,7 +179,7 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, ima
             _ => None,
         };
         let bytes = quantize_with(tt, &data, cols, weights.as_deref())?;
-        w.tensor(&gname, shape, tt, bytes)?;
+        w.tensor(gname, shape, tt, bytes)?;
     }
     w.write(out)?;
     Ok(report)

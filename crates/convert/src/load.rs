@@ -20,37 +20,8 @@ use smelt_model::{params, Model, ModelConfig, RopeScaling};
 use std::path::Path;
 use std::sync::Arc;
 
-/// llama.cpp's name for a Hugging Face parameter name (`None` for names it has no tensor for).
-pub fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-    ];
-    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
-        return Some(g.to_string());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (l, part) = rest.split_once('.')?;
-    let g = match part {
-        "input_layernorm.weight" => "attn_norm.weight",
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "self_attn.q_proj.bias" => "attn_q.bias",
-        "self_attn.k_proj.bias" => "attn_k.bias",
-        "self_attn.v_proj.bias" => "attn_v.bias",
-        "self_attn.q_norm.weight" => "attn_q_norm.weight",
-        "self_attn.k_norm.weight" => "attn_k_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{l}.{g}"))
-}
+/// llama.cpp's name for a Hugging Face parameter name (from the model's parameter table).
+pub use smelt_model::params::gguf_name;
 
 /// The gather that turns Hugging Face q/k rows (half-split heads) into llama.cpp's
 /// (interleaved pairs): row r of the GGUF tensor is row `perm[r]` of the HF tensor, as
@@ -126,8 +97,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
     let cfg = config(&f)?;
     let p = path.display();
     let mut out = Vec::new();
-    for (name, shape) in params::layout(&cfg) {
-        let gname = gguf_name(&name).with_context(|| format!("no GGUF name for {name}"))?;
+    for params::Param { gguf: gname, shape, .. } in params::list(&cfg) {
         let t = f.tensor(&gname).with_context(|| format!("{p}: tensor {gname} is missing"))?;
         let dims: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
         if dims != shape {

@@ -21,6 +21,7 @@ use crate::imatrix::Imatrix;
 use crate::load::gguf_name;
 use anyhow::{bail, Context, Result};
 use smelt_core::Tensor;
+use smelt_model::params::Role::{AttnNorm, FfnNorm, WGate, WUp, Wk, Wq, Wv};
 use smelt_model::Model;
 
 /// What `smooth` did: per smoothed group (norm and the matrices it feeds), the range of `s`.
@@ -57,7 +58,7 @@ pub fn smooth(model: &Model, im: &Imatrix, alpha: f32) -> Result<(Model, Imatrix
     let mut out = im.clone();
     let mut report = SmoothReport { min_scale: f32::INFINITY, max_scale: 0.0, ..Default::default() };
     for l in &model.idx.layers {
-        for (norm, mats) in [(l.attn_norm, [l.wq, l.wk, l.wv].as_slice()), (l.ffn_norm, [l.w_gate, l.w_up].as_slice())] {
+        for (norm, mats) in [(l[AttnNorm], vec![l[Wq], l[Wk], l[Wv]]), (l[FfnNorm], vec![l[WGate], l[WUp]])] {
             let n = c.dim;
             // Every matrix of the group saw the same input; take the first one's statistics.
             let first = name_of(model, mats[0])?;

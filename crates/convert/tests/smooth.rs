@@ -5,6 +5,7 @@
 use smelt_core::Tensor;
 use smelt_convert::imatrix::{collect, CollectOptions, Imatrix};
 use smelt_convert::smooth::smooth;
+use smelt_model::params::Role;
 use smelt_model::{Logits, Model, ModelConfig};
 
 /// A tiny model whose norms have uneven weights (0.05 to 6.4), so that its matmul inputs have
@@ -17,7 +18,7 @@ fn tiny_with(edit: impl Fn(&mut ModelConfig)) -> Model {
     let m = Model::init(c, 5).unwrap();
     let mut params = m.params.clone();
     for l in &m.idx.layers {
-        for (k, i) in [l.attn_norm, l.ffn_norm].into_iter().enumerate() {
+        for (k, i) in [l[Role::AttnNorm], l[Role::FfnNorm]].into_iter().enumerate() {
             let g: Vec<f32> = (0..64).map(|j| 0.05 * 2f32.powf(((j * 7 + k * 3) % 15) as f32 / 2.0)).collect();
             params[i] = Tensor::from_f32(g, &[64]).unwrap();
         }

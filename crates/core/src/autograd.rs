@@ -202,15 +202,15 @@ impl Graph {
         Ok(self.push1(&[x], y, move |g| Ok(vec![Some(timed("rope.bwd", || ops::rope::rope_backward(g, &table, pos0))?)])))
     }
 
-    /// Causal GQA attention; k, v hold `tk` valid rows (see `ops::attention`).
-    pub fn attention(&mut self, q: &Var, k: &Var, v: &Var, tk: usize, window: Option<usize>) -> Result<Var> {
-        let (o, lse) = timed("attention", || ops::attention::attention(&q.t, &k.t, &v.t, tk, window))?;
+    /// Causal GQA attention with scores scaled by `scale`; k, v hold `tk` valid rows (see `ops::attention`).
+    pub fn attention(&mut self, q: &Var, k: &Var, v: &Var, tk: usize, window: Option<usize>, scale: f32) -> Result<Var> {
+        let (o, lse) = timed("attention", || ops::attention::attention(&q.t, &k.t, &v.t, tk, window, scale))?;
         if self.record && k.t.shape()[1] != tk {
             bail!("attention: a training graph needs k/v of exactly the valid length");
         }
         let (qt, kt, vt, ot) = (q.t.clone(), k.t.clone(), v.t.clone(), o.clone());
         Ok(self.push1(&[q, k, v], o, move |g| {
-            let (dq, dk, dv) = timed("attention.bwd", || ops::attention::attention_backward(&qt, &kt, &vt, &ot, &lse, g, window))?;
+            let (dq, dk, dv) = timed("attention.bwd", || ops::attention::attention_backward(&qt, &kt, &vt, &ot, &lse, g, window, scale))?;
             Ok(vec![Some(dq), Some(dk), Some(dv)])
         }))
     }

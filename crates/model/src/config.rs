@@ -43,6 +43,35 @@ pub enum RopeScaling {
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_pos: f64 },
 }
 
+/// The normalisation every norm tensor of the table applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// x / rms(x) · w (every supported family).
+    Rms,
+}
+
+/// The feed-forward's gated activation: act(gate) · up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU: silu(gate) · up.
+    Silu,
+}
+
+impl Activation {
+    /// Hugging Face's `hidden_act` value.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Activation::Silu => "silu",
+        }
+    }
+    pub fn from_hf(name: &str) -> Option<Self> {
+        match name {
+            "silu" => Some(Activation::Silu),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     pub arch: Arch,
@@ -63,6 +92,11 @@ pub struct ModelConfig {
     /// RMSNorm on each head of q and k before RoPE (Qwen3).
     pub qk_norm: bool,
     pub sliding_window: Option<usize>,
+    pub norm: NormKind,
+    pub act: Activation,
+    /// Softmax scale of the attention scores; `None` is 1/√head_dim (every supported family:
+    /// none of their config.json files has a field for it, so it is not written there).
+    pub attn_scale: Option<f32>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -87,6 +121,9 @@ impl ModelConfig {
             qkv_bias: false,
             qk_norm: false,
             sliding_window: None,
+            norm: NormKind::Rms,
+            act: Activation::Silu,
+            attn_scale: None,
             bos_token_id: None,
             eos_token_ids: vec![],
         }
@@ -102,7 +139,21 @@ impl ModelConfig {
         if self.head_dim % 2 != 0 {
             bail!("model config: head dim {} must be even for RoPE", self.head_dim);
         }
+        if let Some(s) = self.attn_scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
+            bail!("model config: attention scale {s} must be a positive number");
+        }
         Ok(())
+    }
+
+    /// The softmax scale of the attention scores: `attn_scale`, or 1/√head_dim computed in f32.
+    pub fn attention_scale(&self) -> f32 {
+        self.attn_scale.unwrap_or(1.0 / (self.head_dim as f32).sqrt())
+    }
+
+    /// The sliding window of layer `layer`'s attention (today every layer has the same one;
+    /// per-layer windows, as Qwen2's `max_window_layers` or `layer_types`, would plug in here).
+    pub fn window(&self, _layer: usize) -> Option<usize> {
+        self.sliding_window
     }
 
     pub fn rope_table(&self, layout: RopeLayout) -> RopeTable {
@@ -145,11 +196,10 @@ impl ModelConfig {
         let n_heads = u("num_attention_heads")?;
         let n_kv_heads = v["num_key_value_heads"].as_u64().map(|x| x as usize).unwrap_or(n_heads);
         let head_dim = v["head_dim"].as_u64().map(|x| x as usize).unwrap_or(dim / n_heads.max(1));
-        if let Some(act) = v["hidden_act"].as_str() {
-            if act != "silu" {
-                bail!("hidden_act {act:?} is not supported (only silu / SwiGLU)");
-            }
-        }
+        let act = match v["hidden_act"].as_str() {
+            None => Activation::Silu,
+            Some(a) => Activation::from_hf(a).with_context(|| format!("hidden_act {a:?} is not supported (only silu / SwiGLU)"))?,
+        };
         if v["mlp_bias"].as_bool() == Some(true) {
             bail!("mlp_bias = true is not supported");
         }
@@ -211,6 +261,9 @@ impl ModelConfig {
             },
             qk_norm: arch == Arch::Qwen3,
             sliding_window,
+            norm: NormKind::Rms,
+            act,
+            attn_scale: None,
             bos_token_id: v["bos_token_id"].as_u64().map(|x| x as u32),
             eos_token_ids: ids(&v["eos_token_id"]),
         };
@@ -229,7 +282,7 @@ impl ModelConfig {
             "num_attention_heads": self.n_heads,
             "num_key_value_heads": self.n_kv_heads,
             "head_dim": self.head_dim,
-            "hidden_act": "silu",
+            "hidden_act": self.act.hf_name(),
             "max_position_embeddings": self.max_pos,
             "rms_norm_eps": self.norm_eps,
             "rope_theta": self.rope_theta,

@@ -7,5 +7,5 @@ pub mod model;
 pub mod params;
 pub mod presets;
 
-pub use config::{Arch, ModelConfig, RopeScaling};
+pub use config::{Activation, Arch, ModelConfig, NormKind, RopeScaling};
 pub use model::{KvCache, Logits, Model};

@@ -6,8 +6,8 @@
 //! `(x, h) = add_rmsnorm(x, out, next_norm)`, where `next_norm` is the following layer's
 //! `input_layernorm` (or the final `model.norm`), so the stream is read once per add.
 
-use crate::config::ModelConfig;
-use crate::params::{self, Index};
+use crate::config::{Activation, ModelConfig, NormKind};
+use crate::params::{self, Index, Role};
 use anyhow::{bail, Context, Result};
 use smelt_core::autograd::BlockFn;
 use smelt_core::ops::rope::{RopeLayout, RopeTable};
@@ -73,24 +73,30 @@ pub enum Logits {
     Last,
 }
 
-/// One layer's parameters, in the order `layer_inputs` lists them.
+/// One layer's inputs to `block`: its tensors by role (every one but `AttnNorm`, which the
+/// previous block applies, fused with its residual add), and the norm that ends it.
 struct LayerVars<'a> {
-    wq: &'a Var, wk: &'a Var, wv: &'a Var, wo: &'a Var,
-    ffn_norm: &'a Var, w_gate: &'a Var, w_up: &'a Var, w_down: &'a Var, next_norm: &'a Var,
-    bq: Option<&'a Var>, bk: Option<&'a Var>, bv: Option<&'a Var>,
-    q_norm: Option<&'a Var>, k_norm: Option<&'a Var>,
+    by_role: [Option<&'a Var>; Role::COUNT],
+    next_norm: &'a Var,
 }
 
 impl<'a> LayerVars<'a> {
-    fn from_slice(c: &ModelConfig, s: &'a [Var]) -> Self {
-        let mut i = 9;
-        let mut opt = |on: bool| if on { i += 1; Some(&s[i - 1]) } else { None };
-        let (bq, bk, bv) = (opt(c.qkv_bias), opt(c.qkv_bias), opt(c.qkv_bias));
-        let (q_norm, k_norm) = (opt(c.qk_norm), opt(c.qk_norm));
-        LayerVars {
-            wq: &s[0], wk: &s[1], wv: &s[2], wo: &s[3], ffn_norm: &s[4], w_gate: &s[5], w_up: &s[6], w_down: &s[7],
-            next_norm: &s[8], bq, bk, bv, q_norm, k_norm,
+    /// `vars`: `next_norm`, then one tensor per entry of `roles`, as `Model::layer_inputs` lists them.
+    fn new(roles: &[Role], vars: &'a [Var]) -> Self {
+        let mut by_role = [None; Role::COUNT];
+        for (r, v) in roles.iter().zip(&vars[1..]) {
+            by_role[*r as usize] = Some(v);
         }
+        LayerVars { by_role, next_norm: &vars[0] }
+    }
+    /// The layer's `role` tensor, if it has one.
+    fn get(&self, role: Role) -> Option<&'a Var> { self.by_role[role as usize] }
+}
+
+impl<'a> std::ops::Index<Role> for LayerVars<'a> {
+    type Output = Var;
+    fn index(&self, role: Role) -> &Var {
+        self.by_role[role as usize].unwrap_or_else(|| panic!("block: the layer has no {role:?} tensor"))
     }
 }
 
@@ -126,6 +132,20 @@ fn cache_write(cache: &mut Tensor, new: &Tensor, pos0: usize) -> Result<()> {
     Ok(())
 }
 
+/// The config's norm of x with gain w.
+fn norm(g: &mut Graph, c: &ModelConfig, x: &Var, w: &Var) -> Result<Var> {
+    match c.norm {
+        NormKind::Rms => g.rmsnorm(x, w, c.norm_eps),
+    }
+}
+
+/// The residual add x + y and the config's norm of the sum with gain w: (x + y, norm(x + y)·w).
+fn add_norm(g: &mut Graph, c: &ModelConfig, x: &Var, y: &Var, w: &Var) -> Result<(Var, Var)> {
+    match c.norm {
+        NormKind::Rms => g.add_rmsnorm(x, y, w, c.norm_eps),
+    }
+}
+
 /// One transformer block. x: residual stream (B·T, C); h: rmsnorm(x)·attn_norm.
 /// Returns the new (x, h) with h normalised by `next_norm`.
 #[allow(clippy::too_many_arguments)]
@@ -133,56 +153,59 @@ fn block(g: &mut Graph, c: &ModelConfig, rope: &Arc<RopeTable>, bt: (usize, usiz
     let (b, t) = bt;
     let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
     g.name(h, || format!("attn_norm-{l}"));
-    let q = g.linear(h, w.wq, w.bq)?;
+    let q = g.linear(h, &w[Role::Wq], w.get(Role::Bq))?;
     g.name(&q, || format!("Qcur-{l}"));
-    let k = g.linear(h, w.wk, w.bk)?;
+    let k = g.linear(h, &w[Role::Wk], w.get(Role::Bk))?;
     g.name(&k, || format!("Kcur-{l}"));
-    let v = g.linear(h, w.wv, w.bv)?;
+    let v = g.linear(h, &w[Role::Wv], w.get(Role::Bv))?;
     g.name(&v, || format!("Vcur-{l}"));
     let mut q = g.reshape(&q, &[b, t, nh, hd])?;
     let mut k = g.reshape(&k, &[b, t, nkv, hd])?;
     let v = g.reshape(&v, &[b, t, nkv, hd])?;
-    if let (Some(qn), Some(kn)) = (w.q_norm, w.k_norm) {
-        q = g.rmsnorm(&q, qn, c.norm_eps)?;
-        k = g.rmsnorm(&k, kn, c.norm_eps)?;
+    if let (Some(qn), Some(kn)) = (w.get(Role::QNorm), w.get(Role::KNorm)) {
+        q = norm(g, c, &q, qn)?;
+        k = norm(g, c, &k, kn)?;
     }
     let pos0 = cache.as_ref().map_or(0, |s| s.pos0);
     let q = g.rope(&q, rope, pos0)?;
     g.name(&q, || format!("Qcur_rope-{l}"));
     let k = g.rope(&k, rope, pos0)?;
     g.name(&k, || format!("Kcur_rope-{l}"));
+    let (window, scale) = (c.window(l), c.attention_scale());
     let attn = match cache {
-        None if g.is_recording() => g.attention(&q, &k, &v, t, c.sliding_window)?,
+        None if g.is_recording() => g.attention(&q, &k, &v, t, window, scale)?,
         // Inference without a cache (perplexity, trace, bench's forward) takes the cached
         // path's attention, with this window's K/V as the cache: one inference arithmetic,
         // llama.cpp's on the CPU, so quantised GGUF models score what llama.cpp scores.
-        None => g.constant(smelt_core::ops::attention::attention_infer(q.tensor(), k.tensor(), v.tensor(), t, c.sliding_window)?),
+        None => g.constant(smelt_core::ops::attention::attention_infer(q.tensor(), k.tensor(), v.tensor(), t, window, scale)?),
         Some(slot) => {
             if g.is_recording() {
                 bail!("the KV cache is for inference only");
             }
             cache_write(slot.k, k.tensor(), pos0)?;
             cache_write(slot.v, v.tensor(), pos0)?;
-            let o = smelt_core::ops::attention::attention_infer(q.tensor(), slot.k, slot.v, pos0 + t, c.sliding_window)?;
+            let o = smelt_core::ops::attention::attention_infer(q.tensor(), slot.k, slot.v, pos0 + t, window, scale)?;
             g.constant(o)
         }
     };
     let attn = g.reshape(&attn, &[b * t, nh * hd])?;
     g.name(&attn, || format!("kqv_out-{l}"));
-    let attn_out = g.linear(&attn, w.wo, None)?;
+    let attn_out = g.linear(&attn, &w[Role::Wo], None)?;
     g.name(&attn_out, || format!("attn_out-{l}"));
-    let (x, h) = g.add_rmsnorm(x, &attn_out, w.ffn_norm, c.norm_eps)?;
+    let (x, h) = add_norm(g, c, x, &attn_out, &w[Role::FfnNorm])?;
     g.name(&x, || format!("ffn_inp-{l}"));
     g.name(&h, || format!("ffn_norm-{l}"));
-    let gate = g.linear(&h, w.w_gate, None)?;
+    let gate = g.linear(&h, &w[Role::WGate], None)?;
     g.name(&gate, || format!("ffn_gate-{l}"));
-    let up = g.linear(&h, w.w_up, None)?;
+    let up = g.linear(&h, &w[Role::WUp], None)?;
     g.name(&up, || format!("ffn_up-{l}"));
-    let act = g.swiglu(&gate, &up)?;
+    let act = match c.act {
+        Activation::Silu => g.swiglu(&gate, &up)?,
+    };
     g.name(&act, || format!("ffn_swiglu-{l}"));
-    let ffn_out = g.linear(&act, w.w_down, None)?;
+    let ffn_out = g.linear(&act, &w[Role::WDown], None)?;
     g.name(&ffn_out, || format!("ffn_out-{l}"));
-    let (x, h) = g.add_rmsnorm(&x, &ffn_out, w.next_norm, c.norm_eps)?;
+    let (x, h) = add_norm(g, c, &x, &ffn_out, w.next_norm)?;
     g.name(&x, || format!("l_out-{l}"));
     Ok((x, h))
 }
@@ -278,8 +301,8 @@ impl Model {
             // Loaded from GGUF: Hugging Face's q/k rows are half-split (the inverse of
             // convert_hf_to_gguf.py's permute).
             let hd = self.cfg.head_dim;
-            for (name, t) in &mut named {
-                if name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") {
+            for ((_, t), p) in named.iter_mut().zip(params::list(&self.cfg)) {
+                if matches!(p.def.role, Role::Wq | Role::Wk) {
                     let cols = t.cols();
                     let src = t.to_vec_f32();
                     let mut dst = vec![0f32; src.len()];
@@ -302,12 +325,16 @@ impl Model {
         self.params.iter().map(|p| g.leaf(p.clone(), requires_grad)).collect()
     }
 
-    fn layer_inputs(&self, l: usize, p: &[Var]) -> Vec<Var> {
-        let li = &self.idx.layers[l];
-        let next_norm = if l + 1 < self.cfg.n_layers { self.idx.layers[l + 1].attn_norm } else { self.idx.norm };
-        let mut ids = vec![li.wq, li.wk, li.wv, li.wo, li.ffn_norm, li.w_gate, li.w_up, li.w_down, next_norm];
-        ids.extend([li.bq, li.bk, li.bv, li.q_norm, li.k_norm].into_iter().flatten());
-        ids.into_iter().map(|i| p[i].clone()).collect()
+    /// Block `l`'s inputs as `LayerVars::new` takes them: the roles of the layer's tensors but
+    /// `AttnNorm` (applied before the block), and `next_norm` (the next layer's `AttnNorm`, or the
+    /// output norm after the last layer) followed by those tensors.
+    fn layer_inputs(&self, l: usize, p: &[Var]) -> (Vec<Role>, Vec<Var>) {
+        let next_norm = match self.idx.layers.get(l + 1) {
+            Some(next) => next[Role::AttnNorm],
+            None => self.idx.norm,
+        };
+        let (roles, ids): (Vec<Role>, Vec<usize>) = self.idx.layers[l].present().filter(|(r, _)| *r != Role::AttnNorm).unzip();
+        (roles, std::iter::once(next_norm).chain(ids).map(|i| p[i].clone()).collect())
     }
 
     /// tokens: (B, T) u32 → logits (B·T, V), or (B, V) for `Logits::Last`.
@@ -336,15 +363,15 @@ impl Model {
         let flat = tokens.reshape(&[b * t])?;
         let x = g.embedding(&p[self.idx.embed], &flat)?;
         g.name(&x, || "inp_embd".into());
-        let h0 = g.rmsnorm(&x, &p[self.idx.layers[0].attn_norm], c.norm_eps)?;
+        let h0 = norm(g, c, &x, &p[self.idx.layers[0][Role::AttnNorm]])?;
         let (mut x, mut h) = (x, h0);
         let pos0 = cache.as_deref().map_or(0, |kv| kv.len);
         for l in 0..c.n_layers {
-            let inputs = self.layer_inputs(l, p);
+            let (roles, inputs) = self.layer_inputs(l, p);
             if checkpoint && g.is_recording() && cache.is_none() {
                 let (cfg, rope) = (Arc::new(c.clone()), self.rope.clone());
                 let f: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
-                    let w = LayerVars::from_slice(&cfg, &v[2..]);
+                    let w = LayerVars::new(&roles, &v[2..]);
                     let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, None)?;
                     Ok(vec![x, h])
                 });
@@ -354,7 +381,7 @@ impl Model {
                 h = out.pop().unwrap();
                 x = out.pop().unwrap();
             } else {
-                let w = LayerVars::from_slice(c, &inputs);
+                let w = LayerVars::new(&roles, &inputs);
                 let slot = cache.as_deref_mut().map(|kv| CacheSlot { k: &mut kv.k[l], v: &mut kv.v[l], pos0 });
                 (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot)?;
             }

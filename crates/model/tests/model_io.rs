@@ -75,3 +75,34 @@ fn kv_cache_decode_matches_full_forward() {
         assert!(err < 1e-5, "position {}: max diff {err}", 3 + i);
     }
 }
+
+/// The attention scale is config data reaching every attention path: spelled out as its default
+/// it changes nothing; another value changes the logits, the same way on the cached path, and
+/// the training graph's gradients.
+#[test]
+fn attention_scale_reaches_every_attention_path() {
+    let ids = Tensor::from_u32((0..8).map(|i| (i * 7 % 50) as u32).collect(), &[1, 8]).unwrap();
+    let base = Model::init(small(), 5).unwrap();
+    let with = |scale: Option<f32>| {
+        let mut c = small();
+        c.attn_scale = scale;
+        Model::new(c, base.params.clone()).unwrap()
+    };
+    let logits = |m: &Model| m.logits(&ids, None, Logits::All).unwrap().to_vec_f32();
+    let default = logits(&base);
+    assert_eq!(logits(&with(Some(1.0 / (base.cfg.head_dim as f32).sqrt()))), default);
+    let hot = with(Some(0.9));
+    let full = logits(&hot);
+    assert!(full.iter().zip(&default).any(|(a, b)| a != b), "a scale of 0.9 left the logits unchanged");
+    let mut cache = KvCache::new(&hot.cfg, 1, 8);
+    let last = hot.logits(&ids, Some(&mut cache), Logits::Last).unwrap().to_vec_f32();
+    let err = last.iter().zip(&full[7 * 50..]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-5, "cached path: max diff {err}");
+    let grad = |m: &Model| {
+        let mut g = smelt_core::Graph::training();
+        let p = m.param_vars(&mut g, true);
+        let loss = m.loss(&mut g, &p, &ids, &ids, false).unwrap();
+        g.backward(&loss).unwrap().get(&p[m.idx.layers[0][smelt_model::params::Role::Wq]]).unwrap().to_vec_f32()
+    };
+    assert_ne!(grad(&hot), grad(&base));
+}

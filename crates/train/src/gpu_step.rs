@@ -31,7 +31,7 @@ pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[
         loss = elementwise::scale(&loss, inv)?;
     }
     let state = adamw_cuda::grad_norm_state(&grads.iter().collect::<Vec<_>>(), clip, Some(&loss))?;
-    let decay: Vec<bool> = model.params.iter().map(|p| smelt_model::params::decays(p.shape())).collect();
+    let decay = smelt_model::params::decays(&model.cfg);
     if opt.m.len() != model.params.len() {
         bail!("optimizer: {} parameters, {} moment tensors", model.params.len(), opt.m.len());
     }

@@ -162,7 +162,7 @@ pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[
     if !norm.is_finite() {
         return Ok((loss, norm));
     }
-    let decay: Vec<bool> = model.params.iter().map(|p| smelt_model::params::decays(p.shape())).collect();
+    let decay = smelt_model::params::decays(&model.cfg);
     smelt_core::profile::timed("adamw", || opt.step(hp, &mut model.params, &grads, &decay))?;
     Ok((loss, norm))
 }

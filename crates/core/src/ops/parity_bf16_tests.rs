@@ -234,8 +234,9 @@ fn attn_case(r: &mut Rng, d: Device, (b, tq, tk, s, h, kvh, hd, window): (usize,
     let tol = attn_tol(hd);
     let path = if tol == ATTN_TC { "tensor cores" } else { "scalar" };
     let label = format!("attn bf16 b{b} q{tq} k{tk} s{s} h{h}/{kvh} d{hd} w{window:?} ({path})");
-    let (oc, lc) = ops::attention::attention(&qc, &kc, &vc, tk, window).unwrap();
-    let (og, lg) = ops::attention::attention(&qg, &kg, &vg, tk, window).unwrap();
+    let sc = 1.0 / (hd as f32).sqrt();
+    let (oc, lc) = ops::attention::attention(&qc, &kc, &vc, tk, window, sc).unwrap();
+    let (og, lg) = ops::attention::attention(&qg, &kg, &vg, tk, window, sc).unwrap();
     check(&format!("{label} out"), &og, DType::BF16, &oc, tol);
     check(&format!("{label} lse"), &lg, DType::F32, &lc, F32_NMSE);
     if tq != tk || s != tk {
@@ -244,8 +245,8 @@ fn attn_case(r: &mut Rng, d: Device, (b, tq, tk, s, h, kvh, hd, window): (usize,
     // The backward reads the stored (bf16) output; the CPU gets the same values.
     let dout = randn(r, &[b, tq, h, hd], 1.0);
     let o_seen = og.to_device(Device::Cpu).unwrap().to_dtype(DType::F32);
-    let (dqc, dkc, dvc) = ops::attention::attention_backward(&qc, &kc, &vc, &o_seen, &lc, &bf(&dout), window).unwrap();
-    let (dqg, dkg, dvg) = ops::attention::attention_backward(&qg, &kg, &vg, &og, &lg, &upb(&dout, d), window).unwrap();
+    let (dqc, dkc, dvc) = ops::attention::attention_backward(&qc, &kc, &vc, &o_seen, &lc, &bf(&dout), window, sc).unwrap();
+    let (dqg, dkg, dvg) = ops::attention::attention_backward(&qg, &kg, &vg, &og, &lg, &upb(&dout, d), window, sc).unwrap();
     check(&format!("{label} dq"), &dqg, DType::BF16, &dqc, tol);
     check(&format!("{label} dk"), &dkg, DType::BF16, &dkc, tol);
     check(&format!("{label} dv"), &dvg, DType::BF16, &dvc, tol);
@@ -323,7 +324,7 @@ fn parity_dtype_mismatches_are_errors() {
     err(ops::elementwise::add(&af, &ab), "add");
     let q = upb(&randn(&mut r, &[1, 3, 2, 8], 1.0), d);
     let kv = up(&randn(&mut r, &[1, 3, 2, 8], 1.0), d);
-    err(ops::attention::attention(&q, &kv, &kv, 3, None).map(|x| x.0), "attention");
+    err(ops::attention::attention(&q, &kv, &kv, 3, None, 0.5).map(|x| x.0), "attention");
     err(ops::rmsnorm::rmsnorm(&af, &upb(&randn(&mut r, &[8], 1.0), d), 1e-5).map(|x| x.0), "rmsnorm weight");
     err(ops::embedding::embedding_backward(&ab, &Tensor::from_u32(vec![1, 2], &[2]).unwrap(), &up(&randn(&mut r, &[2, 8], 1.0), d)), "embedding_backward");
     // Under f32 precision a bf16 operand is refused (an f32 run stays f32 throughout).

@@ -326,16 +326,17 @@ fn parity_attention() {
         let k = randn(&mut r, &[b, s, kvh, hd], 1.0);
         let v = randn(&mut r, &[b, s, kvh, hd], 1.0);
         let label = format!("attn b{b} q{tq} k{tk} s{s} h{h}/{kvh} d{hd} w{window:?}");
-        let (oc, lc) = ops::attention::attention(&q, &k, &v, tk, window).unwrap();
-        let (og, lg) = ops::attention::attention(&up(&q, d), &up(&k, d), &up(&v, d), tk, window).unwrap();
+        let sc = 1.0 / (hd as f32).sqrt();
+        let (oc, lc) = ops::attention::attention(&q, &k, &v, tk, window, sc).unwrap();
+        let (og, lg) = ops::attention::attention(&up(&q, d), &up(&k, d), &up(&v, d), tk, window, sc).unwrap();
         close(&format!("{label} out"), &og, &oc, F32_NMSE);
         close(&format!("{label} lse"), &lg, &lc, F32_NMSE);
         if tq != tk || s != tk {
             continue; // the backward is for training shapes
         }
         let dout = randn(&mut r, &[b, tq, h, hd], 1.0);
-        let (dqc, dkc, dvc) = ops::attention::attention_backward(&q, &k, &v, &oc, &lc, &dout, window).unwrap();
-        let (dqg, dkg, dvg) = ops::attention::attention_backward(&up(&q, d), &up(&k, d), &up(&v, d), &og, &lg, &up(&dout, d), window).unwrap();
+        let (dqc, dkc, dvc) = ops::attention::attention_backward(&q, &k, &v, &oc, &lc, &dout, window, sc).unwrap();
+        let (dqg, dkg, dvg) = ops::attention::attention_backward(&up(&q, d), &up(&k, d), &up(&v, d), &og, &lg, &up(&dout, d), window, sc).unwrap();
         close(&format!("{label} dq"), &dqg, &dqc, F32_NMSE);
         close(&format!("{label} dk"), &dkg, &dkc, F32_NMSE);
         close(&format!("{label} dv"), &dvg, &dvc, F32_NMSE);

@@ -286,9 +286,9 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>) ->
 }
 
 /// q: (B, Tq, H, D), k, v: (B, S, KVH, D) with `tk` valid rows → (out (B, Tq, H, D), lse (B, H, Tq)).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>) -> Result<(Tensor, Tensor)> {
+/// `scale` multiplies the scores q·k before the softmax (the model's, usually 1/√D).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>, scale: f32) -> Result<(Tensor, Tensor)> {
     let dm = dims(q, k, v, tk, window)?;
-    let scale = 1.0 / (dm.d as f32).sqrt();
     #[cfg(feature = "cuda")]
     if q.is_cuda() {
         return cuda::attention(q, k, v, dm, scale);
@@ -299,9 +299,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<u
 
 /// Attention for inference over a KV cache (no lse kept): on the CPU in llama.cpp's
 /// arithmetic (`attn_fwd_ggml`), on CUDA the flash kernel.
-pub fn attention_infer(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>) -> Result<Tensor> {
+pub fn attention_infer(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>, scale: f32) -> Result<Tensor> {
     let dm = dims(q, k, v, tk, window)?;
-    let scale = 1.0 / (dm.d as f32).sqrt();
     #[cfg(feature = "cuda")]
     if q.is_cuda() {
         return Ok(cuda::attention(q, k, v, dm, scale)?.0);
@@ -311,10 +310,9 @@ pub fn attention_infer(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Op
 
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
-    q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, window: Option<usize>,
+    q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, window: Option<usize>, scale: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dm = dims(q, k, v, k.shape()[1], window)?;
-    let scale = 1.0 / (dm.d as f32).sqrt();
     #[cfg(feature = "cuda")]
     if q.is_cuda() {
         return cuda::attention_backward(q, k, v, out, lse, dout, dm, scale);
