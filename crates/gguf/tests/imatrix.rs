@@ -132,8 +132,7 @@ fn export_with_an_imatrix_uses_it_and_records_it() {
     let ids: Vec<u32> = (0..2 * 32).map(|i| (i * 13 % 96) as u32).collect();
     let im = collect(&m, &ids, &opts(32, None), |_, _| {}).unwrap();
     let tok = root().join(".cache/inputs/llama.cpp/models/ggml-vocab-gpt-2.gguf");
-    if !tok.exists() {
-        eprintln!("SKIP: {} absent (run scripts/fetch_inputs.sh)", tok.display());
+    if smelt_testing::require_input(&tok, "run scripts/fetch_inputs.sh").is_none() {
         return;
     }
     let (plain, weighted) = (tmp("imatrix-plain.gguf"), tmp("imatrix-weighted.gguf"));
@@ -164,8 +163,7 @@ fn export_with_an_imatrix_uses_it_and_records_it() {
 #[test]
 fn collect_matches_llama_imatrix_on_smollm2() {
     let q41 = root().join(".cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !q41.exists() {
-        eprintln!("SKIP: {} absent (run scripts/fetch_inputs.sh)", q41.display());
+    if smelt_testing::require_input(&q41, "run scripts/fetch_inputs.sh").is_none() {
         return;
     }
     // The f32 model llama-imatrix ran on: the Q4_1 file dequantised (what export-gguf --type

@@ -23,12 +23,9 @@ use std::path::PathBuf;
 
 fn root() -> PathBuf { PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..") }
 
-/// The published SmolLM2 Q4_1 file, or None (with a SKIP line) when it was not fetched.
+/// The published SmolLM2 Q4_1 file, or None (a reported skip) when it was not fetched.
 fn smollm2_q4_1() -> Option<PathBuf> {
-    let gguf = root().join(".cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if gguf.exists() { return Some(gguf); }
-    eprintln!("SKIP: {} absent (run scripts/fetch_smollm2.sh)", gguf.display());
-    None
+    smelt_testing::input("smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 fn argmax(l: &[f32]) -> u32 { l.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32 }
@@ -150,11 +147,8 @@ fn exports_of_the_q4_1_model_match_llama_cpp() {
 fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
     use smelt_gguf::export::{export, TokenizerSource};
     use smelt_gguf::quant::GgmlType;
-    let hf = root().join(".cache/inputs/smollm2/hf");
-    if !hf.join("model.safetensors").exists() {
-        eprintln!("SKIP: {} absent (run scripts/fetch_smollm2.sh)", hf.display());
-        return;
-    }
+    let Some(hf) = smelt_testing::input("smollm2/hf/model.safetensors") else { return };
+    let hf = hf.parent().unwrap().to_path_buf();
     let src = Model::load(&hf).unwrap();
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let prompt = Tensor::from_u32(vec![1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198], &[1, 12]).unwrap();

@@ -8,8 +8,9 @@ use smelt_tokenizer::Tokenizer;
 /// ids equal llama.cpp's and they decode back to the text.
 fn run_vocab(name: &str) -> Option<(usize, Vec<String>)> {
     let gguf = common::input(&format!("llama.cpp/models/ggml-vocab-{name}.gguf"))?;
-    let inp = std::fs::read_to_string(gguf.with_extension("gguf.inp")).ok()?;
-    let out = std::fs::read_to_string(gguf.with_extension("gguf.out")).ok()?;
+    let inp = common::input(&format!("llama.cpp/models/ggml-vocab-{name}.gguf.inp"))?;
+    let out = common::input(&format!("llama.cpp/models/ggml-vocab-{name}.gguf.out"))?;
+    let (inp, out) = (std::fs::read_to_string(inp).unwrap(), std::fs::read_to_string(out).unwrap());
     let tok = Tokenizer::from_file(&gguf).unwrap_or_else(|e| panic!("{e:#}"));
     let mut cases: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
     if cases.last() == Some(&"") { cases.pop(); }

@@ -107,8 +107,7 @@ fn wrong_magic_and_version_are_errors() {
 fn reads_llama_cpp_vocab_files() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/inputs/llama.cpp/models");
     let p = dir.join("ggml-vocab-llama-spm.gguf");
-    if !p.exists() {
-        println!("SKIP: {} missing; run scripts/fetch_inputs.sh", p.display());
+    if smelt_testing::require_input(&p, "run scripts/fetch_inputs.sh").is_none() {
         return;
     }
     let g = GgufFile::open(&p).unwrap();
