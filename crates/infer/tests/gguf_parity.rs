@@ -174,6 +174,39 @@ fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
     }
 }
 
+/// What `smelt import-hf FILE.gguf` writes (and scripts/fetch_smollm2.sh makes the SmolLM2
+/// Hugging Face folder with): the Q4_1 model dequantised, saved as config.json +
+/// model.safetensors (q/k rows back in Hugging Face's half-split order) + tokenizer.json +
+/// tokenizer_config.json. Loaded back as a Hugging Face folder it gives the dequantised GGUF's
+/// logits: the same f32 weights, only RoPE's layout and angle arithmetic differ (the f32
+/// export's bound above); its tokenizer gives the GGUF's ids and chat template.
+#[test]
+fn hf_folder_written_from_the_gguf_gives_its_logits() {
+    let Some(gguf) = smollm2_q4_1() else { return };
+    let src = smelt_gguf::load_model(&gguf).unwrap().dequantized().unwrap();
+    let gtok = smelt_tokenizer::Tokenizer::from_file(&gguf).unwrap();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smollm2-hf-from-q4_1");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    src.save(&dir).unwrap();
+    gtok.save_hf(&dir).unwrap();
+    let hf = Model::load(&dir).unwrap();
+    let tok = smelt_tokenizer::Tokenizer::from_file(&dir).unwrap();
+    let chat = smelt_tokenizer::ChatTemplate::from_tokenizer_config(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(hf.cfg.n_params(), src.cfg.n_params());
+    for text in ["What is the capital of France?", "Prices rose 12345% in 1923 -- and   fell.\n\n\tIt's <|im_start|>x"] {
+        assert_eq!(tok.encode(text), gtok.encode(text), "{text:?}");
+    }
+    assert_eq!(Some(chat.source.as_str()), gtok.chat_template());
+    let prompt = Tensor::from_u32(vec![1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198], &[1, 12]).unwrap();
+    let want = src.logits(&prompt, None, Logits::All).unwrap();
+    let got = hf.logits(&prompt, None, Logits::All).unwrap();
+    let d = got.as_f32().unwrap().iter().zip(want.as_f32().unwrap()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!("HF folder written from the Q4_1 GGUF vs the GGUF dequantised: max |Δlogit| {d:.2e}");
+    assert!(d < 1e-3, "the written folder's logits differ from the GGUF's by {d}");
+}
+
 /// Perplexity windows (all logits of a 128-token batch, no KV cache) against llama.cpp's
 /// runtime on the published Q4_1 file (golden: scripts/gguf_ppl_golden.py). With the same
 /// arithmetic every logit is llama.cpp's, so each window's mean NLL agrees to the rounding of
