@@ -19,7 +19,7 @@ mkdir -p "$(dirname "$SMELT_SKIP_LOG")"
 : > "$SMELT_SKIP_LOG"
 status=0
 cargo test --workspace --release "$@" || status=$?
-# The skips, by test file ("SMELT-SKIP binary::test: reason" lines).
+# The skips, by test file ("SMELT-SKIP package/binary::test: reason" lines).
 echo
 if [ -s "$SMELT_SKIP_LOG" ]; then
   echo "SKIPPED: $(wc -l < "$SMELT_SKIP_LOG") test(s) did not run here (SMELT_REQUIRE_INPUTS=${SMELT_REQUIRE_INPUTS:-0}):"

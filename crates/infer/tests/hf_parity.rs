@@ -57,7 +57,6 @@ fn smollm2_hf() -> Option<std::path::PathBuf> {
 
 #[test]
 fn smollm2_matches_transformers() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let Some(dir) = smollm2_hf() else { return };
     let m = Model::load(&dir).unwrap();
     let g = smelt_model::io::read_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/golden.safetensors")).unwrap();
@@ -77,7 +76,7 @@ fn smollm2_matches_transformers() {
     }
     println!("smollm2 logits at {} columns: max|diff| {max_diff:.3e} = {:.2e} x max|logit| ({max_abs:.2})", cols.len(), max_diff / max_abs);
     assert!(max_diff <= 1e-4 * max_abs, "smollm2: logits differ by {:.2e} of max |logit|", max_diff / max_abs);
-    let full = root.join(".cache/inputs/smollm2/golden_full.safetensors");
+    let full = smelt_testing::inputs_dir().join("smollm2/golden_full.safetensors");
     if full.exists() {
         let f = smelt_model::io::read_safetensors(&full).unwrap();
         let theirs = f["logits"].as_f32().unwrap();

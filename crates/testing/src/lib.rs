@@ -11,7 +11,7 @@
 //!
 //! Where a skip is reported: every skip prints `SKIP: <reason>` into the test's own captured
 //! output (what `--show-output` and a failure show). With `SMELT_SKIP_LOG=FILE` it also appends
-//! `SMELT-SKIP <binary>::<test>: <reason>` to FILE (`scripts/test.sh` prints that list and its
+//! `SMELT-SKIP <package>/<binary>::<test>: <reason>` to FILE (`scripts/test.sh` prints that list and its
 //! count after the run); without it that line goes straight to the process's stderr, which
 //! libtest does not capture, so a plain `cargo test` shows it too.
 //!
@@ -51,8 +51,9 @@ pub fn flag(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
-/// `binary::test` for the running test: libtest names each test's thread after the test, and
-/// the binary is the test file (cargo's `-<hash>` suffix dropped).
+/// `package/binary::test` for the running test: cargo runs tests with `CARGO_PKG_NAME` set
+/// (left out where it is not, as in the GPU suite), the binary is the test file (cargo's
+/// `-<hash>` suffix dropped), and libtest names each test's thread after the test.
 pub fn test_name() -> String {
     let exe = std::env::current_exe().ok();
     let stem = exe.as_deref().and_then(Path::file_stem).and_then(|s| s.to_str()).unwrap_or("?");
@@ -60,8 +61,9 @@ pub fn test_name() -> String {
         Some((b, h)) if h.len() == 16 && h.bytes().all(|c| c.is_ascii_hexdigit()) => b,
         _ => stem,
     };
+    let package = std::env::var("CARGO_PKG_NAME").map(|p| format!("{p}/")).unwrap_or_default();
     let thread = std::thread::current();
-    format!("{binary}::{}", thread.name().unwrap_or("?"))
+    format!("{package}{binary}::{}", thread.name().unwrap_or("?"))
 }
 
 /// Reports that the calling test skips (see the crate doc for where the line goes), or panics
