@@ -17,8 +17,16 @@ fn skips_are_logged_and_fail_when_required() {
     let text = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
-    assert!(lines[0].starts_with("SMELT-SKIP smelt-testing/require::skips_are_logged_and_fail_when_required: "), "{text}");
-    assert!(lines[0].contains("no/such/input missing (run scripts/fetch_inputs.sh)"), "{text}");
+    assert!(
+        lines[0].starts_with(
+            "SMELT-SKIP smelt-testing/require::skips_are_logged_and_fail_when_required: "
+        ),
+        "{text}"
+    );
+    assert!(
+        lines[0].contains("no/such/input missing (run scripts/fetch_inputs.sh)"),
+        "{text}"
+    );
     assert!(lines[1].ends_with(": no AVX-9000"), "{text}");
 
     std::env::set_var("SMELT_REQUIRE_INPUTS", "1");
