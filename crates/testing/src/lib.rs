@@ -172,7 +172,8 @@ mod tests {
     fn nmse_measures_and_refuses_nan() {
         assert_eq!(nmse(&[1f32, 2.0], &[1f32, 2.0]), 0.0);
         assert!((nmse(&[2f32], &[1f64]) - 1.0).abs() < 1e-12);
-        assert!(!(nmse(&[f32::NAN], &[1f32]) <= 1.0));
+        assert!(nmse(&[f32::NAN], &[1f32]).is_nan());
+        assert_eq!(nmse(&[f32::INFINITY], &[1f32]), f64::INFINITY);
     }
 
     #[test]
