@@ -5,7 +5,7 @@
 #
 # Needs a byte-level BPE tokenizer.json that both can load: the real BPE lands with the tokenizer
 # branch; the byte-level stub tokenizer of smelt cannot be read by `tokenizers`, so until then
-# this script cannot be run end to end. Needs `pip install tokenizers`.
+# this script cannot be run end to end. Needs `tokenizers` (scripts/venv.sh tokenizers).
 #
 # Usage: bench/prepare.sh TOKENIZER_JSON [COPIES]
 #   The corpus is data/linux-doc-slice.txt.gz cut into documents of 6 paragraphs, as JSONL,
@@ -23,6 +23,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 
 cargo build -q --release -p smelt --manifest-path "$root/Cargo.toml"
 smelt=$CARGO_TARGET_DIR/release/smelt
+py=$("$root/scripts/venv.sh" tokenizers)
 
 python3 - "$root/data/linux-doc-slice.txt.gz" "$work/docs.jsonl" "$copies" <<'PY'
 import gzip, json, sys
@@ -44,7 +45,7 @@ smelt_tokens=$(awk '/^  tokens/ {print $2}' "$work/smelt.txt")
 smelt_docs=$(awk '/^  documents/ {print $2}' "$work/smelt.txt")
 
 echo "== tokenizers encode_batch"
-python3 - "$work/docs.jsonl" "$tok" "$smelt_tokens" "$smelt_docs" "$start" "$end" <<'PY'
+"$py" - "$work/docs.jsonl" "$tok" "$smelt_tokens" "$smelt_docs" "$start" "$end" <<'PY'
 import json, sys, time
 from tokenizers import Tokenizer
 path, tok_path, smelt_tokens, smelt_docs, s0, s1 = sys.argv[1:]

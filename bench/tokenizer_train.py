@@ -7,7 +7,7 @@ tokenizers' BpeTrainer in-process (train() only). Also checks both learn the sam
 Encoding: every line of the corpus with smelt's encode_batch (examples/encode_bench) and
 tokenizers' encode_batch, best of 3, using the tokenizer smelt trained and Qwen3's.
 
-Usage: pip install tokenizers; scripts/fetch_inputs.sh --bench; python3 bench/tokenizer_train.py
+Usage: scripts/venv.sh tokenizers; scripts/fetch_inputs.sh --bench; .cache/venv/bin/python bench/tokenizer_train.py
 Corpora: the bundled data/linux-doc-slice.txt.gz (1 MB) and, when fetched, linux-doc-6.1's
 Documentation (21 MB).
 """

@@ -2,7 +2,7 @@
 the per-column Σx² within a relative tolerance (float sums of activations from two engines
 cannot be bit-identical). Prints the worst relative difference per tensor kind.
 
-Run: PYTHONPATH=.cache/pydeps python3 scripts/compare_imatrix.py A.gguf B.gguf
+Run: scripts/venv.sh gguf==0.19.0 && .cache/venv/bin/python scripts/compare_imatrix.py A.gguf B.gguf
 """
 import sys
 from collections import defaultdict

@@ -3,7 +3,7 @@
 Also reports tensors whose type differs or that one file lacks, and the quantize.imatrix.*
 metadata of both. Exits 1 unless every tensor has the same type and the same bytes.
 
-Run: PYTHONPATH=.cache/pydeps python3 scripts/compare_quantized_with_llama_cpp.py SMELT.gguf LLAMA.gguf
+Run: scripts/venv.sh gguf==0.19.0 && .cache/venv/bin/python scripts/compare_quantized_with_llama_cpp.py SMELT.gguf LLAMA.gguf
 """
 import sys
 from collections import defaultdict

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Fetch the real third-party inputs that parity tests and benchmarks use (see INPUTS.md) into
-# .cache/inputs/ (git-ignored). Idempotent: anything already present is kept. Offline → a warning
-# line and exit 0, so tests that need the inputs skip instead of failing.
+# .cache/inputs/ (git-ignored). Idempotent: anything already present is kept. Downloads go
+# through the pip of the project's venv (.cache/venv, scripts/venv.sh); nothing is installed
+# outside the checkout. Exit 0 when every input the tests read is there; otherwise a warning
+# per missing input and exit 1 (scripts/test.sh then lets those tests skip instead of failing).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 C=.cache/inputs
 mkdir -p "$C"
 warn() { echo "warning: fetch_inputs: $*" >&2; }
+# Only `pip download` here, which installs nothing; any pip will do if the venv cannot be made.
+PY=$(scripts/venv.sh 2>/dev/null) || PY=python3
 
 # 1. llama.cpp vocab-only GGUFs, their .inp/.out test vectors and chat templates (from the sdist).
 if [ ! -f "$C/llama.cpp/models/ggml-vocab-llama-bpe.gguf" ]; then
   V=0.3.36
   DL="$C/dl"
   mkdir -p "$DL"
-  if [ -f "$DL/llama_cpp_python-$V.tar.gz" ] || pip download -q --no-deps --no-binary llama-cpp-python -d "$DL" "llama-cpp-python==$V"; then
+  if [ -f "$DL/llama_cpp_python-$V.tar.gz" ] || "$PY" -m pip download -q --no-deps --no-binary llama-cpp-python -d "$DL" "llama-cpp-python==$V"; then
     tmp=$(mktemp -d)
     if tar xzf "$DL/llama_cpp_python-$V.tar.gz" -C "$tmp" --wildcards "llama_cpp_python-$V/vendor/llama.cpp/models/*"; then
       mkdir -p "$C/llama.cpp"
@@ -29,11 +33,9 @@ if [ ! -f "$C/llama.cpp/models/ggml-vocab-llama-bpe.gguf" ]; then
   fi
 fi
 
-# 2. SmolLM2-135M-Instruct: the published Q4_1 GGUF (GGUF parity tests) and, where a Python with
-#    torch + transformers is available (PYTHON=...), its Hugging Face conversion (export tests).
-if [ -x scripts/fetch_smollm2.sh ] && [ ! -f "$C/smollm2/hf/model.safetensors" ]; then
-  scripts/fetch_smollm2.sh || warn "fetch_smollm2.sh failed; SmolLM2 tests will skip (the GGUF ones run if its .gguf arrived)"
-fi
+# 2. SmolLM2-135M-Instruct: the published Q4_1 GGUF (GGUF parity tests) and the Hugging Face
+#    folder smelt writes from it (HF parity and export tests).
+scripts/fetch_smollm2.sh || warn "fetch_smollm2.sh failed; SmolLM2 tests will skip (the GGUF ones run if its .gguf arrived)"
 
 # 3. Qwen3's tokenizer.json (HF format) from npm.
 if [ ! -f "$C/qwen3/tokenizer.json" ]; then
@@ -61,4 +63,11 @@ if [ "${1:-}" = "--bench" ] && [ ! -f "$C/linux-doc/linux-doc.txt" ]; then
     warn "apt-get download linux-doc-6.1 failed (try apt-get update); benchmarks use the bundled corpus only"
   fi
 fi
-exit 0
+# What the tests read: any of it missing → exit 1.
+missing=0
+for f in llama.cpp/models/ggml-vocab-llama-bpe.gguf llama.cpp/models/ggml-vocab-gpt-2.gguf.inp llama.cpp/models/templates \
+         smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf smollm2/hf/model.safetensors smollm2/hf/tokenizer_config.json \
+         qwen3/tokenizer.json qwen3/tokenizer_config.json; do
+  [ -e "$C/$f" ] || { warn "$C/$f is missing"; missing=1; }
+done
+exit $missing

@@ -1,11 +1,11 @@
 """Writes crates/core/tests/data/quant_golden.gguf: block-format goldens from gguf-py (the
-reference GGUF library, `pip install gguf==0.19.0`).
+reference GGUF library, gguf==0.19.0 in the project venv).
 
 For every type smelt supports: `deq.<type>` holds random blocks of that type (scales kept
 finite) and `deq.<type>.f32` what gguf-py's numpy dequantiser makes of them; `qsrc` holds random
 f32 rows and `q.<type>` gguf-py's quantisation of them (for the types gguf-py can quantise).
 
-Run: PYTHONPATH=.cache/pydeps python3 scripts/gguf_goldens.py
+Run: scripts/venv.sh gguf==0.19.0 && .cache/venv/bin/python scripts/gguf_goldens.py
 """
 import numpy as np
 import gguf

@@ -8,7 +8,7 @@ one importance weight per column (log-normal over six decades, some zeros), and
 `q.<TYPE>.<cols>` llama.cpp's quantisation of the rows with those weights, for Q4_0, Q4_1,
 Q5_0, Q8_0 (which ignores the weights), Q4_K and Q6_K (the K-quants only at 512 columns).
 
-Run: PYTHONPATH=.cache/pydeps python3 scripts/gguf_imatrix_goldens.py [path/to/libggml-base.so]
+Run: scripts/venv.sh gguf==0.19.0 && .cache/venv/bin/python scripts/gguf_imatrix_goldens.py [path/to/libggml-base.so]
 """
 import ctypes
 import sys

@@ -8,6 +8,8 @@
 # LD_LIBRARY_PATH (e.g. /usr/local/cuda/lib64), and python3 with PyTorch for the reference
 # benchmark. Logs land in $OUT (or ./out) on that machine. SMELT_SMOLLM2_GGUF, if set there, names
 # SmolLM2-135M-Instruct.Q4_1.gguf (98 MB, carried separately): the GGUF tests and CLI runs use it.
+# `run` sets SMELT_REQUIRE_GPU=1: a GPU test that would skip (no device, no NVRTC) fails instead;
+# the skips that remain (inputs not carried) are listed after the table (SMELT_SKIP_LOG).
 set -uo pipefail
 
 build() {
@@ -50,8 +52,9 @@ run() {
     local out=${OUT:-./out}
     mkdir -p "$out"
     export SMELT_REPO=$PWD SMELT_KERNEL_CACHE=${SMELT_KERNEL_CACHE:-/tmp/smelt-kernels}
+    export SMELT_REQUIRE_GPU=1 SMELT_SKIP_LOG=$out/skips.log
     local log=$out/suite.log table=$out/table.txt
-    : > "$log"; : > "$table"
+    : > "$log"; : > "$table"; : > "$SMELT_SKIP_LOG"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$log"
     row() { printf '%-58s %s\n' "$1" "$2" >> "$table"; }
     tests() { # label, timeout, command...
@@ -165,6 +168,7 @@ PY
     echo "GPU suite:"
     cat "$table"
     local fails; fails=$(grep -c 'FAIL$' "$table")
+    if [ -s "$SMELT_SKIP_LOG" ]; then echo "skipped, and why:"; sed 's/^SMELT-SKIP /  /' "$SMELT_SKIP_LOG"; fi
     echo "$(grep -c 'PASS$' "$table") passed, $fails failed, $(grep -c 'SKIP$' "$table") skipped"
     [ "$fails" -eq 0 ]
 }

@@ -7,18 +7,19 @@
 # collection against it.
 #
 # Needs: target/release/smelt, the llama.cpp peer build (LLAMA_BIN, default
-# /work/llama/peer/build/bin), .cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf, gguf-py
-# in .cache/pydeps.
+# /work/llama/peer/build/bin), .cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf; gguf-py goes
+# into the project venv (scripts/venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LLAMA_BIN=${LLAMA_BIN:-/work/llama/peer/build/bin}
+PY=$(scripts/venv.sh gguf==0.19.0 numpy)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 ./target/release/smelt export-gguf --model .cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf --type f32 --output "$tmp/f32.gguf"
 zcat data/linux-doc-slice.txt.gz > "$tmp/linux-doc-slice.txt"
 LD_LIBRARY_PATH="$LLAMA_BIN" "$LLAMA_BIN/llama-imatrix" -m "$tmp/f32.gguf" -f "$tmp/linux-doc-slice.txt" -o "$tmp/imatrix.gguf" \
   --chunks 2 -c 512 --no-ppl -ctk f32 -ctv f32 -fa off > "$tmp/log" 2>&1 || { cat "$tmp/log"; exit 1; }
-PYTHONPATH=.cache/pydeps python3 - "$tmp/imatrix.gguf" crates/convert/tests/data/imatrix_llama_golden.gguf <<'PY'
+"$PY" - "$tmp/imatrix.gguf" crates/convert/tests/data/imatrix_llama_golden.gguf <<'PY'
 import sys
 import numpy as np
 import gguf

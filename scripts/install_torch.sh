@@ -17,12 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=.cache/venv
-PY="$VENV/bin/python"
-
-if [ ! -x "$PY" ]; then
-    mkdir -p .cache
-    python3 -m venv "$VENV"
-fi
+PY=$(scripts/venv.sh)
 
 if "$PY" -c 'import torch, safetensors, numpy' >/dev/null 2>&1; then
     echo "torch already installed: $("$PY" -c 'import torch; print(torch.__version__)')"

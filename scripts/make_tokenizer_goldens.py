@@ -9,7 +9,7 @@ Writes crates/tokenizer/tests/golden/{qwen3,trained}.json:
   loaded by `tokenizers`: its ids on the corpus and the tricky strings; plus the merges that
   `tokenizers`' own BpeTrainer learns with the same settings (as a fingerprint).
 
-Usage: pip install tokenizers; scripts/fetch_inputs.sh; python3 scripts/make_tokenizer_goldens.py
+Usage: scripts/venv.sh tokenizers; scripts/fetch_inputs.sh; .cache/venv/bin/python scripts/make_tokenizer_goldens.py
 Re-run it (and commit the goldens) when the trainer's settings below change.
 """
 import gzip, json, os, subprocess, sys, tempfile

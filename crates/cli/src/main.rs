@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "smelt", version, about = "From raw text to a served language model, in Rust.")]
 struct Cli {
+    /// CPU worker threads (as llama.cpp's -t), before or after the subcommand. Default: the
+    /// RAYON_NUM_THREADS environment variable, else one per logical CPU.
+    #[arg(short = 't', long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -18,7 +22,7 @@ enum Command {
     Tokenizer(cmd::tokenizer::TokenizerArgs),
     /// Convert GPT-2 style vocab.json + merges.txt into a tokenizer.json.
     ImportBpe(cmd::import_bpe::ImportBpeArgs),
-    /// Print token ids of a file (or of JSONL strings) as JSON arrays.
+    /// Print the token ids of a text, a file or JSONL strings (as JSON arrays, or with their pieces).
     Tokenize(cmd::tokenize::TokenizeArgs),
     /// Tokenise text documents into a token file for training.
     Prepare(cmd::prepare::PrepareArgs),
@@ -52,11 +56,17 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    // Run the command on a worker of the thread pool (RAYON_NUM_THREADS threads): each parallel
-    // op then starts from inside the pool instead of waking it from outside, which halves the
-    // cost of the many small matvecs of batch-1 decoding.
-    let result = match rayon::ThreadPoolBuilder::new().build() {
-        Ok(pool) => pool.install(|| dispatch(cli)),
+    // One thread pool for the whole process (every rayon call, from any thread, uses it), sized
+    // once here: --threads, else rayon's default (RAYON_NUM_THREADS, else one per logical CPU).
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    if let Some(n) = cli.threads {
+        pool = pool.num_threads(n as usize);
+    }
+    // The command runs on a worker of that pool (`scope` called from outside the pool runs its
+    // closure there): each parallel op then starts from inside the pool instead of waking it
+    // from outside, which halves the cost of the many small matvecs of batch-1 decoding.
+    let result = match pool.build_global() {
+        Ok(()) => rayon::scope(|_| dispatch(cli)),
         Err(e) => Err(anyhow::anyhow!("starting the thread pool: {e}")),
     };
     if let Err(e) = result {

@@ -131,11 +131,7 @@ fn export_with_an_imatrix_uses_it_and_records_it() {
     let m = tiny();
     let ids: Vec<u32> = (0..2 * 32).map(|i| (i * 13 % 96) as u32).collect();
     let im = collect(&m, &ids, &opts(32, None), |_, _| {}).unwrap();
-    let tok = root().join(".cache/inputs/llama.cpp/models/ggml-vocab-gpt-2.gguf");
-    if !tok.exists() {
-        eprintln!("SKIP: {} absent (run scripts/fetch_inputs.sh)", tok.display());
-        return;
-    }
+    let Some(tok) = smelt_testing::input("llama.cpp/models/ggml-vocab-gpt-2.gguf") else { return };
     let (plain, weighted) = (tmp("imatrix-plain.gguf"), tmp("imatrix-weighted.gguf"));
     let q = smelt_core::quant::GgmlType::Q4_0;
     export(&m, q, TokenizerSource::Gguf(&tok), "t", None, &plain).unwrap();
@@ -163,11 +159,7 @@ fn export_with_an_imatrix_uses_it_and_records_it() {
 
 #[test]
 fn collect_matches_llama_imatrix_on_smollm2() {
-    let q41 = root().join(".cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if !q41.exists() {
-        eprintln!("SKIP: {} absent (run scripts/fetch_inputs.sh)", q41.display());
-        return;
-    }
+    let Some(q41) = smelt_testing::input("smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf") else { return };
     // The f32 model llama-imatrix ran on: the Q4_1 file dequantised (what export-gguf --type
     // f32 writes).
     let m = smelt_convert::load_model(&q41).unwrap();

@@ -7,7 +7,7 @@
 //! matrix gathers exactly the dequantised rows (host and device ids). Every device output is
 //! poisoned with NaN before its kernel runs (`cuda::set_poison`), so an unwritten element fails.
 //!
-//! Built only with `--features cuda`; prints `SKIP: no CUDA device` and passes without a GPU.
+//! Built only with `--features cuda`; skips without a GPU (fails under SMELT_REQUIRE_GPU=1).
 //! The tests set the process-wide matmul precision: run with `--test-threads=1`.
 #![cfg(feature = "cuda")]
 
@@ -18,16 +18,9 @@ use smelt_core::{DType, Device, Tensor};
 use smelt_core::quant::{dequantize, GgmlType, QTensor};
 
 fn gpu() -> Option<Device> {
-    match cuda::gpu(0) {
-        Ok(_) => {
-            cuda::set_poison(true);
-            Some(Device::Cuda(0))
-        }
-        Err(e) => {
-            println!("SKIP: no CUDA device ({e:#})");
-            None
-        }
-    }
+    let d = smelt_testing::gpu()?;
+    cuda::set_poison(true);
+    Some(d)
 }
 
 fn seed() -> u64 {
@@ -40,19 +33,7 @@ fn seed() -> u64 {
 
 fn randn(r: &mut Rng, n: usize, scale: f32) -> Vec<f32> { (0..n).map(|_| r.normal() as f32 * scale).collect() }
 
-/// ‖got − want‖² / ‖want‖², NaN for any non-finite element.
-fn nmse(got: &[f32], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let (mut num, mut den) = (0f64, 0f64);
-    for (&g, &w) in got.iter().zip(want) {
-        if !g.is_finite() {
-            return f64::NAN;
-        }
-        num += (g as f64 - w).powi(2);
-        den += w * w;
-    }
-    num / den.max(1e-30)
-}
+use smelt_testing::nmse;
 
 /// y (n × m) = x (n × k) · wᵀ + b in f64, w the dequantised (m × k) weight.
 fn reference(x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize, k: usize, m: usize) -> Vec<f64> {

@@ -23,12 +23,9 @@ use std::path::PathBuf;
 
 fn root() -> PathBuf { PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..") }
 
-/// The published SmolLM2 Q4_1 file, or None (with a SKIP line) when it was not fetched.
+/// The published SmolLM2 Q4_1 file, or None (a reported skip) when it was not fetched.
 fn smollm2_q4_1() -> Option<PathBuf> {
-    let gguf = root().join(".cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf");
-    if gguf.exists() { return Some(gguf); }
-    eprintln!("SKIP: {} absent (run scripts/fetch_smollm2.sh)", gguf.display());
-    None
+    smelt_testing::input("smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 fn argmax(l: &[f32]) -> u32 { l.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32 }
@@ -150,11 +147,8 @@ fn exports_of_the_q4_1_model_match_llama_cpp() {
 fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
     use smelt_convert::export::{export, TokenizerSource};
     use smelt_gguf::GgmlType;
-    let hf = root().join(".cache/inputs/smollm2/hf");
-    if !hf.join("model.safetensors").exists() {
-        eprintln!("SKIP: {} absent (run scripts/fetch_smollm2.sh)", hf.display());
-        return;
-    }
+    let Some(hf) = smelt_testing::input("smollm2/hf/model.safetensors") else { return };
+    let hf = hf.parent().unwrap().to_path_buf();
     let src = Model::load(&hf).unwrap();
     let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let prompt = Tensor::from_u32(vec![1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198], &[1, 12]).unwrap();
@@ -178,6 +172,39 @@ fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
         }
         std::fs::remove_file(&out).ok();
     }
+}
+
+/// What `smelt import-hf FILE.gguf` writes (and scripts/fetch_smollm2.sh makes the SmolLM2
+/// Hugging Face folder with): the Q4_1 model dequantised, saved as config.json +
+/// model.safetensors (q/k rows back in Hugging Face's half-split order) + tokenizer.json +
+/// tokenizer_config.json. Loaded back as a Hugging Face folder it gives the dequantised GGUF's
+/// logits: the same f32 weights, only RoPE's layout and angle arithmetic differ (the f32
+/// export's bound above); its tokenizer gives the GGUF's ids and chat template.
+#[test]
+fn hf_folder_written_from_the_gguf_gives_its_logits() {
+    let Some(gguf) = smollm2_q4_1() else { return };
+    let src = smelt_convert::load_model(&gguf).unwrap().dequantized().unwrap();
+    let gtok = smelt_tokenizer::Tokenizer::from_file(&gguf).unwrap();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("smollm2-hf-from-q4_1");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    src.save(&dir).unwrap();
+    gtok.save_hf(&dir).unwrap();
+    let hf = Model::load(&dir).unwrap();
+    let tok = smelt_tokenizer::Tokenizer::from_file(&dir).unwrap();
+    let chat = smelt_tokenizer::ChatTemplate::from_tokenizer_config(&dir).unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(hf.cfg.n_params(), src.cfg.n_params());
+    for text in ["What is the capital of France?", "Prices rose 12345% in 1923 -- and   fell.\n\n\tIt's <|im_start|>x"] {
+        assert_eq!(tok.encode(text), gtok.encode(text), "{text:?}");
+    }
+    assert_eq!(Some(chat.source.as_str()), gtok.chat_template());
+    let prompt = Tensor::from_u32(vec![1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198], &[1, 12]).unwrap();
+    let want = src.logits(&prompt, None, Logits::All).unwrap();
+    let got = hf.logits(&prompt, None, Logits::All).unwrap();
+    let d = got.as_f32().unwrap().iter().zip(want.as_f32().unwrap()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!("HF folder written from the Q4_1 GGUF vs the GGUF dequantised: max |Δlogit| {d:.2e}");
+    assert!(d < 1e-3, "the written folder's logits differ from the GGUF's by {d}");
 }
 
 /// Perplexity windows (all logits of a 128-token batch, no KV cache) against llama.cpp's

@@ -1,5 +1,5 @@
-//! Inference on CUDA against the CPU (built only with `--features cuda`; prints
-//! `SKIP: no CUDA device` and passes without a GPU): KV-cache decode on the device (batch 1 and
+//! Inference on CUDA against the CPU (built only with `--features cuda`; skips without a GPU,
+//! fails instead under SMELT_REQUIRE_GPU=1): KV-cache decode on the device (batch 1 and
 //! 2, GQA) against the CPU's full forward; generation (greedy and sampled, the sampling step on
 //! the device) token for token; perplexity scored on the device; the transformers fixtures of
 //! hf_parity.rs with f32 matmuls, at the CPU test's thresholds; GGUF models with their weights
@@ -15,23 +15,8 @@ use smelt_core::rng::Rng;
 use smelt_core::{Device, Tensor};
 use smelt_infer::{generate, perplexity, GenerateConfig, SamplingConfig};
 use smelt_model::{KvCache, Logits, Model, ModelConfig};
+use smelt_testing::{gpu, nmse};
 use std::path::PathBuf;
-
-fn gpu() -> Option<Device> {
-    match cuda::gpu(0) {
-        Ok(_) => Some(Device::Cuda(0)),
-        Err(e) => {
-            println!("SKIP: no CUDA device ({e:#})");
-            None
-        }
-    }
-}
-
-fn nmse(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    num / den.max(1e-30)
-}
 
 fn models() -> (Model, Model) {
     let cfg = ModelConfig::llama(300, 64, 2, 4, 2, 160);
@@ -167,14 +152,9 @@ fn same_prefix(a: &[u32], b: &[u32]) -> usize { a.iter().zip(b).take_while(|(x, 
 /// The published SmolLM2 Q4_1 file: `SMELT_SMOLLM2_GGUF`, else the repository's inputs folder
 /// (`SMELT_REPO`, set by the GPU suite, or this source tree).
 fn smollm2_gguf() -> Option<PathBuf> {
-    let repo = std::env::var_os("SMELT_REPO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.."));
-    let p = std::env::var_os("SMELT_SMOLLM2_GGUF").map(PathBuf::from).unwrap_or_else(|| repo.join(".cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    if p.exists() {
-        Some(p)
-    } else {
-        println!("SKIP: {} absent (set SMELT_SMOLLM2_GGUF to the SmolLM2-135M-Instruct Q4_1 GGUF)", p.display());
-        None
-    }
+    let p = std::env::var_os("SMELT_SMOLLM2_GGUF").map(PathBuf::from)
+        .unwrap_or_else(|| smelt_testing::inputs_dir().join("smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    smelt_testing::require_input(&p, "set SMELT_SMOLLM2_GGUF to the SmolLM2-135M-Instruct Q4_1 GGUF")
 }
 
 #[test]

@@ -45,17 +45,19 @@ fn fixture_features_are_not_no_ops() {
 }
 
 /// The real SmolLM2-135M-Instruct, converted by `scripts/fetch_smollm2.sh` into
-/// .cache/inputs/smollm2/hf (not committed; the test prints SKIP without it). Goldens from
+/// .cache/inputs/smollm2/hf (not committed; the test skips without it). Goldens from
 /// `scripts/make_smollm2_goldens.py`: the committed file keeps the logits at every row's top-8
 /// columns plus a random set; the full logits are compared too when the cache holds them.
+/// The SmolLM2 folder scripts/fetch_smollm2.sh writes, or None after reporting the skip.
+fn smollm2_hf() -> Option<std::path::PathBuf> {
+    let dir = smelt_testing::input("smollm2/hf/model.safetensors")?.parent()?.to_path_buf();
+    smelt_testing::input("smollm2/hf/tokenizer_config.json")?;
+    Some(dir)
+}
+
 #[test]
 fn smollm2_matches_transformers() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join(".cache/inputs/smollm2/hf");
-    if !dir.join("model.safetensors").exists() {
-        println!("SKIP: {} not found (run scripts/fetch_smollm2.sh)", dir.display());
-        return;
-    }
+    let Some(dir) = smollm2_hf() else { return };
     let m = Model::load(&dir).unwrap();
     let g = smelt_model::io::read_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/golden.safetensors")).unwrap();
     let prompt = ids(&g, "input_ids");
@@ -74,7 +76,7 @@ fn smollm2_matches_transformers() {
     }
     println!("smollm2 logits at {} columns: max|diff| {max_diff:.3e} = {:.2e} x max|logit| ({max_abs:.2})", cols.len(), max_diff / max_abs);
     assert!(max_diff <= 1e-4 * max_abs, "smollm2: logits differ by {:.2e} of max |logit|", max_diff / max_abs);
-    let full = root.join(".cache/inputs/smollm2/golden_full.safetensors");
+    let full = smelt_testing::inputs_dir().join("smollm2/golden_full.safetensors");
     if full.exists() {
         let f = smelt_model::io::read_safetensors(&full).unwrap();
         let theirs = f["logits"].as_f32().unwrap();
@@ -101,12 +103,7 @@ fn smollm2_matches_transformers() {
 /// tokenizer.json, answers "What is the capital of France?" with Paris.
 #[test]
 fn smollm2_chat_answers_paris() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join(".cache/inputs/smollm2/hf");
-    if !dir.join("config.json").exists() {
-        println!("SKIP: {} not found (run scripts/fetch_smollm2.sh)", dir.display());
-        return;
-    }
+    let Some(dir) = smollm2_hf() else { return };
     let m = Model::load(&dir).unwrap();
     let tok = smelt_tokenizer::Tokenizer::from_file(&dir).unwrap();
     let tmpl = smelt_tokenizer::ChatTemplate::from_tokenizer_config(&dir).unwrap();

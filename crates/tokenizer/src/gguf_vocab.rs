@@ -37,8 +37,11 @@ fn pre_for(pre: &str, file: &Path) -> Result<(Value, bool)> {
         "gpt-2" | "gpt2" | "mpt" | "olmo" | "jais" => (bl(true), false),
         "llama-bpe" | "llama3" | "llama-v3" => (json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_PATTERN), bl(false)]}), true),
         "qwen2" | "deepseek-r1-qwen" => (json!({"type": "Sequence", "pretokenizers": [split(QWEN2_PATTERN), bl(false)]}), false),
+        // llama.cpp splits off every digit, then applies its GPT-2 regex; written as Hugging
+        // Face writes these tokenizers (Digits, then ByteLevel's own GPT-2 regex: the same
+        // pieces), so that a saved tokenizer.json is theirs and `export-gguf` recognises it.
         "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" =>
-            (json!({"type": "Sequence", "pretokenizers": [split(r"\p{N}"), split(LLAMACPP_GPT2), bl(false)]}), false),
+            (json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, bl(true)]}), false),
         // llama.cpp's fallback when a converter wrote no (or an unknown-to-it) pre type.
         "default" | "" => (json!({"type": "Sequence", "pretokenizers": [
             split(r"[\p{P}\$\+<=>\^~\|]+"), split(LLAMACPP_GPT2), split(r"\p{N}+"), split("[0-9][0-9][0-9]"), bl(false)]}), false),

@@ -123,6 +123,27 @@ impl Tokenizer {
         smelt_files::write_atomic(path, serde_json::to_string(v)?).with_context(|| format!("saving tokenizer {}", path.display()))
     }
 
+    /// Save as the tokenizer files of a Hugging Face model folder: `tokenizer.json`, and a
+    /// `tokenizer_config.json` naming BOS and EOS and carrying the chat template (what
+    /// `smelt import-hf` writes for a GGUF file's vocabulary). `transformers` reads the pair as a
+    /// `PreTrainedTokenizerFast`; smelt reads it back as the same tokenizer.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        self.save(&dir.join("tokenizer.json"))?;
+        let mut cfg = serde_json::Map::new();
+        cfg.insert("tokenizer_class".into(), "PreTrainedTokenizerFast".into());
+        for (key, id) in [("bos_token", self.bos_id()), ("eos_token", self.eos_id())] {
+            if let Some(t) = id.and_then(|i| self.id_to_token(i)) {
+                cfg.insert(key.into(), t.into());
+            }
+        }
+        cfg.insert("clean_up_tokenization_spaces".into(), false.into());
+        if let Some(t) = self.chat_template() {
+            cfg.insert("chat_template".into(), t.into());
+        }
+        let p = dir.join("tokenizer_config.json");
+        smelt_files::write_atomic(&p, serde_json::to_string_pretty(&cfg)?).with_context(|| format!("saving {}", p.display()))
+    }
+
     /// The tokenizer.json this tokenizer saves as (None for SentencePiece GGUF vocabularies).
     pub fn to_json(&self) -> Option<&serde_json::Value> { self.inner.json.as_ref() }
 

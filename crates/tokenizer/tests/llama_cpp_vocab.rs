@@ -5,12 +5,25 @@ mod common;
 use smelt_tokenizer::Tokenizer;
 
 /// (cases passed, failures as "case: expected vs got") for one vocab; a case passes when its
-/// ids equal llama.cpp's and they decode back to the text.
-fn run_vocab(name: &str) -> Option<(usize, Vec<String>)> {
+/// ids equal llama.cpp's and they decode back to the text. `resave`: run the tokenizer saved
+/// as a Hugging Face folder (`save_hf`) and loaded back, instead of the GGUF's.
+fn run_vocab(name: &str, resave: bool) -> Option<(usize, Vec<String>)> {
     let gguf = common::input(&format!("llama.cpp/models/ggml-vocab-{name}.gguf"))?;
-    let inp = std::fs::read_to_string(gguf.with_extension("gguf.inp")).ok()?;
-    let out = std::fs::read_to_string(gguf.with_extension("gguf.out")).ok()?;
-    let tok = Tokenizer::from_file(&gguf).unwrap_or_else(|e| panic!("{e:#}"));
+    let inp = common::input(&format!("llama.cpp/models/ggml-vocab-{name}.gguf.inp"))?;
+    let out = common::input(&format!("llama.cpp/models/ggml-vocab-{name}.gguf.out"))?;
+    let (inp, out) = (std::fs::read_to_string(inp).unwrap(), std::fs::read_to_string(out).unwrap());
+    let mut tok = Tokenizer::from_file(&gguf).unwrap_or_else(|e| panic!("{e:#}"));
+    if resave {
+        let dir = std::env::temp_dir().join(format!("smelt-vocab-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        tok.save_hf(&dir).unwrap();
+        let back = Tokenizer::from_file(&dir).unwrap_or_else(|e| panic!("{name}: saved tokenizer.json: {e:#}"));
+        let template = smelt_tokenizer::ChatTemplate::from_tokenizer_config(&dir).ok().map(|t| t.source);
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!((back.bos_id(), back.eos_id(), back.vocab_size()), (tok.bos_id(), tok.eos_id(), tok.vocab_size()), "{name}");
+        assert_eq!(template.as_deref(), tok.chat_template(), "{name}: chat template");
+        tok = back;
+    }
     let mut cases: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
     if cases.last() == Some(&"") { cases.pop(); }
     let expected: Vec<&str> = out.lines().collect();
@@ -32,7 +45,7 @@ fn run_vocab(name: &str) -> Option<(usize, Vec<String>)> {
 }
 
 fn require(name: &str) {
-    if let Some((_, fails)) = run_vocab(name) {
+    if let Some((_, fails)) = run_vocab(name, false) {
         assert!(fails.is_empty(), "{name}: {} llama.cpp cases differ:\n{}", fails.len(), fails.join("\n"));
     }
 }
@@ -63,6 +76,18 @@ fn bos_and_specials() {
 #[test] fn refact() { require("refact") }
 #[test] fn mpt() { require("mpt") }
 #[test] fn command_r() { require("command-r") }
+
+/// `smelt import-hf FILE.gguf` writes the GGUF's vocabulary as tokenizer.json +
+/// tokenizer_config.json: read back, it still gives llama.cpp's ids, for each pre-tokenizer
+/// family (GPT-2's regex, Llama-3's, Qwen2's, digits split first).
+#[test]
+fn saved_as_tokenizer_json_still_matches_llama_cpp() {
+    for name in ["gpt-2", "llama-bpe", "qwen2", "starcoder"] {
+        if let Some((_, fails)) = run_vocab(name, true) {
+            assert!(fails.is_empty(), "{name} (saved and reloaded): {} llama.cpp cases differ:\n{}", fails.len(), fails.join("\n"));
+        }
+    }
+}
 
 /// `import-bpe`'s path: GPT-2's vocab.json + merges.txt (written here from the GGUF) give the
 /// same ids as llama.cpp on its test cases.

@@ -8,10 +8,10 @@ use smelt_model::io::read_safetensors;
 use smelt_model::Model;
 use smelt_train::optim::AdamWState;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures").join(name)
+    smelt_testing::fixture(name)
 }
 
 /// max |a − b| / max |b|, with a label for the failure message.

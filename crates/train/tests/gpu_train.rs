@@ -1,5 +1,5 @@
 //! Training on CUDA against the CPU reference (built only with `--features cuda`; each test
-//! prints `SKIP: no CUDA device` and passes where there is no GPU):
+//! skips where there is no GPU, and fails instead under SMELT_REQUIRE_GPU=1):
 //! - a few steps with f32 matmuls match the CPU step for step (parameters by NMSE);
 //! - under mixed precision every named activation is stored as the policy says (bf16, the
 //!   residual stream f32) and tracks the CPU's f32 forward; the gradients track the CPU's and
@@ -19,20 +19,11 @@ use smelt_core::rng::Rng;
 use smelt_core::{DType, Device, Graph, Tensor};
 use smelt_data::prepare::{prepare, PrepareConfig};
 use smelt_model::{presets, Logits, Model, ModelConfig};
+use smelt_testing::gpu;
 use smelt_tokenizer::Tokenizer;
 use smelt_train::optim::{AdamWState, Schedule};
 use smelt_train::{train_step, TrainConfig};
 use std::path::{Path, PathBuf};
-
-fn gpu() -> Option<Device> {
-    match cuda::gpu(0) {
-        Ok(_) => Some(Device::Cuda(0)),
-        Err(e) => {
-            println!("SKIP: no CUDA device ({e:#})");
-            None
-        }
-    }
-}
 
 /// Batches from a fixed random Markov chain (each token has 4 likely successors): learnable,
 /// so the loss curve has a shape to follow.
@@ -56,12 +47,7 @@ fn markov_batches(vocab: usize, b: usize, t: usize, n: usize, seed: u64) -> Vec<
         .collect()
 }
 
-fn nmse(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.to_vec_f32(), b.to_vec_f32());
-    let num: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    num / den.max(1e-30)
-}
+fn nmse(a: &Tensor, b: &Tensor) -> f64 { smelt_testing::nmse(&a.to_vec_f32(), &b.to_vec_f32()) }
 
 /// Runs `steps` updates on `device`; returns the losses and the final parameters (on the CPU).
 fn run(cfg: &ModelConfig, data: &[(Tensor, Tensor)], device: Device, steps: usize) -> (Vec<f64>, Vec<Tensor>) {
@@ -217,8 +203,7 @@ fn gpu_bf16_follows_the_cpu_loss_curve_for_200_steps() {
 }
 
 fn corpus() -> PathBuf {
-    let repo = std::env::var_os("SMELT_REPO").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
-    repo.join("data/linux-doc-slice.jsonl.gz")
+    smelt_testing::repo_root().join("data/linux-doc-slice.jsonl.gz")
 }
 
 fn train_cfg(d: &Path, device: Device) -> TrainConfig {

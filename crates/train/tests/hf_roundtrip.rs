@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 const CASES: [&str; 7] = ["llama_tied", "llama3_untied", "llama_linear", "llama_yarn", "mistral_swa", "qwen2_bias", "qwen3_qknorm"];
 
 fn fixture(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../model/tests/fixtures/hf").join(case)
+    smelt_testing::fixture("hf").join(case)
 }
 
 fn config(d: &Path, init: &Path) -> TrainConfig {

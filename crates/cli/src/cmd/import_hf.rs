@@ -1,5 +1,8 @@
 //! `smelt import-hf`: normalise a Hugging Face model folder (sharded or not, any supported
-//! dtype) into a single-file smelt checkpoint folder.
+//! dtype) into a single-file smelt checkpoint folder, or write one from a GGUF file: its
+//! weights dequantised (llama.cpp's Q/K row order undone) and its vocabulary as tokenizer.json
+//! plus tokenizer_config.json (BOS, EOS, chat template). Either way the result is a Hugging
+//! Face folder that smelt and `transformers` load.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
@@ -16,8 +19,9 @@ pub enum Dtype {
 
 #[derive(Args, Debug)]
 pub struct ImportHfArgs {
-    /// Hugging Face model folder: config.json, model.safetensors or model.safetensors.index.json
-    /// with its shards, tokenizer.json.
+    /// Hugging Face model folder (config.json, model.safetensors or model.safetensors.index.json
+    /// with its shards, tokenizer.json), or a .gguf file.
+    #[arg(value_name = "HF_DIR|GGUF")]
     hf_dir: PathBuf,
     /// Output folder (created; refused if it exists and is not empty).
     #[arg(long)]
@@ -34,10 +38,20 @@ pub fn run(a: ImportHfArgs) -> Result<()> {
     if a.output.exists() && a.output.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{}: exists and is not empty; choose a new --output", a.output.display());
     }
-    let model = Model::load(&a.hf_dir)?;
-    if !a.hf_dir.join("tokenizer.json").exists() {
-        eprintln!("warning: {} has no tokenizer.json; the imported model will need --tokenizer elsewhere", a.hf_dir.display());
-    }
+    let gguf = a.hf_dir.is_file() && a.hf_dir.extension().is_some_and(|e| e == "gguf");
+    let (model, tokenizer) = if gguf {
+        let model = smelt_convert::load_model(&a.hf_dir)?.dequantized()?;
+        let tok = smelt_tokenizer::Tokenizer::from_file(&a.hf_dir)?;
+        if tok.to_json().is_none() {
+            eprintln!("warning: {}: a SentencePiece vocabulary has no tokenizer.json form here; the imported model will need --tokenizer {}", a.hf_dir.display(), a.hf_dir.display());
+        }
+        (model, Some(tok).filter(|t| t.to_json().is_some()))
+    } else {
+        if !a.hf_dir.join("tokenizer.json").exists() {
+            eprintln!("warning: {} has no tokenizer.json; the imported model will need --tokenizer elsewhere", a.hf_dir.display());
+        }
+        (Model::load(&a.hf_dir)?, None)
+    };
     let parent = a.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
     let tmp = parent.join(format!(".tmp-import-{}", std::process::id()));
@@ -45,7 +59,10 @@ pub fn run(a: ImportHfArgs) -> Result<()> {
     std::fs::create_dir_all(&tmp)?;
     let dtype = match a.dtype { Dtype::F32 => DType::F32, Dtype::Bf16 => DType::BF16, Dtype::F16 => DType::F16 };
     model.save_as(&tmp, dtype)?;
-    for f in SIDE_FILES {
+    if let Some(tok) = &tokenizer {
+        tok.save_hf(&tmp)?;
+    }
+    for f in SIDE_FILES.iter().filter(|_| !gguf) {
         let src = a.hf_dir.join(f);
         if src.exists() {
             std::fs::copy(&src, tmp.join(f)).with_context(|| format!("copying {}", src.display()))?;

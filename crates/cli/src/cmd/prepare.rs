@@ -18,7 +18,7 @@ pub struct PrepareArgs {
     #[arg(long, short, required = true)]
     pub input: Vec<String>,
     /// Tokenizer: a tokenizer.json or a directory holding one.
-    #[arg(long, short)]
+    #[arg(long)]
     pub tokenizer: PathBuf,
     /// Output token file, e.g. train.bin.
     #[arg(long, short)]

@@ -3,8 +3,8 @@
 //! Inputs are fresh random each run (the seed is printed; `SMELT_PARITY_SEED` replays one);
 //! every device output buffer is poisoned with NaN before its kernel runs, so an element a
 //! kernel forgets to write fails the comparison. Comparison: NMSE = ‖gpu − cpu‖² / ‖cpu‖²
-//! against a per-precision threshold. Without a GPU each test prints `SKIP: no CUDA device`
-//! and passes (CI has none). `kernels_compile` needs only NVRTC, not a GPU. The bf16-storage
+//! against a per-precision threshold. Without a GPU each test reports a skip and passes (CI
+//! has none); under `SMELT_REQUIRE_GPU=1` (the GPU suite) it fails instead. `kernels_compile` needs only NVRTC, not a GPU. The bf16-storage
 //! cases (mixed precision) are in `parity_bf16_tests.rs`, with these helpers. Some tests set the
 //! process-wide precision: run with `--test-threads=1` (the GPU suite does).
 
@@ -26,7 +26,7 @@ pub(super) fn dev() -> Option<Device> {
             Some(Device::Cuda(0))
         }
         Err(e) => {
-            println!("SKIP: no CUDA device ({e:#})");
+            smelt_testing::skip(smelt_testing::Need::Gpu, format!("no CUDA device ({e:#})"));
             None
         }
     }
@@ -54,13 +54,7 @@ pub(super) fn up(t: &Tensor, d: Device) -> Tensor { t.to_device(d).unwrap() }
 /// Asserts NMSE(gpu, cpu) ≤ tol; NaN (an unwritten or broken element) always fails.
 pub(super) fn close(label: &str, gpu: &Tensor, cpu: &Tensor, tol: f64) {
     assert_eq!(gpu.shape(), cpu.shape(), "{label}: shape");
-    let (g, c) = (gpu.try_to_vec_f32().unwrap(), cpu.to_vec_f32());
-    let (mut num, mut den) = (0f64, 0f64);
-    for (a, b) in g.iter().zip(&c) {
-        num += (*a as f64 - *b as f64).powi(2);
-        den += (*b as f64).powi(2);
-    }
-    let nmse = num / den.max(1e-30);
+    let nmse = smelt_testing::nmse(&gpu.try_to_vec_f32().unwrap(), &cpu.to_vec_f32());
     println!("{label:<40} {:<5} nmse {nmse:.3e} (tol {tol:.0e})", format!("{:?}", gpu.dtype()).to_lowercase());
     assert!(nmse.is_finite() && nmse <= tol, "{label}: NMSE {nmse:e} > {tol:e} (or NaN: an element was not written)");
 }
@@ -68,7 +62,7 @@ pub(super) fn close(label: &str, gpu: &Tensor, cpu: &Tensor, tol: f64) {
 #[test]
 fn kernels_compile() {
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        println!("SKIP: NVRTC not found");
+        smelt_testing::skip(smelt_testing::Need::Gpu, "NVRTC not found");
         return;
     }
     let arch = cuda::gpu(0).map(|g| g.arch).unwrap_or((9, 0));

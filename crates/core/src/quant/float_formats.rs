@@ -494,7 +494,7 @@ mod tests {
     #[test]
     fn dpbf16_lane_is_the_instruction() {
         if !std::arch::is_x86_feature_detected!("avx512bf16") {
-            eprintln!("SKIP: no AVX512_BF16 here");
+            smelt_testing::skip(smelt_testing::Need::Cpu, "no AVX512_BF16 here");
             return;
         }
         let mut r = crate::rng::Rng::new(3);

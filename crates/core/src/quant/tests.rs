@@ -446,7 +446,7 @@ mod x86_kernels {
     #[test]
     fn avx512_q4_k_repack_gemv_matches_avx2_bit_for_bit() {
         if !have_avx2() || !avx512_detected() {
-            eprintln!("SKIP: this CPU lacks AVX2 or AVX-512 F/BW/VL/VNNI");
+            smelt_testing::skip(smelt_testing::Need::Cpu, "this CPU lacks AVX2 or AVX-512 F/BW/VL/VNNI");
             return;
         }
         let ty = GgmlType::Q4_K;
@@ -482,7 +482,7 @@ mod x86_kernels {
     #[test]
     fn avx512_kernels_match_avx2_bit_for_bit_and_scalar() {
         if !have_avx2() || !avx512_detected() {
-            eprintln!("SKIP: this CPU lacks AVX2 or AVX-512 F/BW/VL/VNNI");
+            smelt_testing::skip(smelt_testing::Need::Cpu, "this CPU lacks AVX2 or AVX-512 F/BW/VL/VNNI");
             return;
         }
         let mut r = crate::rng::Rng::new(12);

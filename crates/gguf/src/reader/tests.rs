@@ -105,12 +105,7 @@ fn wrong_magic_and_version_are_errors() {
 
 #[test]
 fn reads_llama_cpp_vocab_files() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/inputs/llama.cpp/models");
-    let p = dir.join("ggml-vocab-llama-spm.gguf");
-    if !p.exists() {
-        println!("SKIP: {} missing; run scripts/fetch_inputs.sh", p.display());
-        return;
-    }
+    let Some(p) = smelt_testing::input("llama.cpp/models/ggml-vocab-llama-spm.gguf") else { return };
     let g = GgufFile::open(&p).unwrap();
     assert_eq!(g.get_str("tokenizer.ggml.model"), Some("llama"));
     assert_eq!(g.get("tokenizer.ggml.tokens").unwrap().as_array().unwrap().len(), 32000);

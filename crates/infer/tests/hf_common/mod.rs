@@ -11,7 +11,7 @@ use smelt_core::Tensor;
 use smelt_infer::{generate, perplexity, GenerateConfig, SamplingConfig};
 use smelt_model::{Logits, Model};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub const CASES: [&str; 7] = ["llama_tied", "llama3_untied", "llama_linear", "llama_yarn", "mistral_swa", "qwen2_bias", "qwen3_qknorm"];
 
@@ -20,11 +20,7 @@ pub const LOGIT_REL: f64 = 1e-4;
 /// |mean NLL − transformers'| ≤ this × transformers'.
 pub const NLL_REL: f64 = 1e-5;
 
-pub fn repo() -> PathBuf {
-    std::env::var_os("SMELT_REPO").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-}
-
-pub fn fixture(case: &str) -> PathBuf { repo().join("crates/model/tests/fixtures/hf").join(case) }
+pub fn fixture(case: &str) -> PathBuf { smelt_testing::fixture("hf").join(case) }
 
 /// The case's model (on the CPU) and its goldens.
 pub fn load(case: &str) -> (Model, HashMap<String, Tensor>) {

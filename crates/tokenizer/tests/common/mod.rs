@@ -3,13 +3,8 @@
 
 use std::path::PathBuf;
 
-pub fn repo_root() -> PathBuf { PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..") }
+pub fn repo_root() -> PathBuf { smelt_testing::repo_root() }
 
-/// A fetched input under `.cache/inputs/`, or None after printing a SKIP line.
-pub fn input(rel: &str) -> Option<PathBuf> {
-    let p = repo_root().join(".cache/inputs").join(rel);
-    if p.exists() { Some(p) } else {
-        println!("SKIP: {} missing; run scripts/fetch_inputs.sh", p.display());
-        None
-    }
-}
+/// A fetched input under `.cache/inputs/`, or None after reporting the skip
+/// (a failure under SMELT_REQUIRE_INPUTS=1).
+pub fn input(rel: &str) -> Option<PathBuf> { smelt_testing::input(rel) }
