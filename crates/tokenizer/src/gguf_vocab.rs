@@ -194,8 +194,7 @@ pub fn hf_gguf_metadata(dir: &Path, pre: Option<&str>, vocab_size: usize) -> Res
     };
     let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
     let mut types = vec![1i32; vocab_size];
-    for id in 0..tok.vocab_size() {
-        let Some(t) = tok.id_to_token(id as u32) else { continue };
+    for (id, t) in (0..tok.vocab_size()).filter_map(|id| Some((id, tok.id_to_token(id as u32)?))) {
         if id >= vocab_size { bail!("{}: token {t:?} has id {id} ≥ the model's vocab size {vocab_size}", p.display()); }
         tokens[id] = Some(t.to_string());
     }
