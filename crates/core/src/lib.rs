@@ -5,6 +5,7 @@
 //! transformers; `smelt-model` builds the network out of these ops.
 
 pub mod autograd;
+pub mod backend;
 pub mod files;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -17,4 +18,5 @@ pub mod rng;
 pub mod tensor;
 
 pub use autograd::{Grads, Graph, Var};
+pub use backend::{backend, Backend};
 pub use tensor::{DType, Device, Storage, Tensor};

@@ -39,7 +39,7 @@ impl DType {
     }
 }
 
-/// Where a tensor lives. Every op dispatches on it in its own `mod.rs`.
+/// Where a tensor lives. Ops find their kernels for it through `crate::backend`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Device {
     #[default]
@@ -50,6 +50,9 @@ pub enum Device {
 }
 
 impl Device {
+    /// Whether this is the host (whose memory host code reads and writes directly).
+    pub fn is_cpu(self) -> bool { self == Device::Cpu }
+
     /// The dtype activations are stored in on this device: f32 on the CPU; on CUDA bf16 under
     /// mixed precision (the default), f32 under `SMELT_CUDA_MATMUL=f32` (see
     /// `cuda::activation_dtype`). KV caches are made in it.
@@ -156,7 +159,6 @@ impl Tensor {
             _ => Device::Cpu,
         }
     }
-    pub fn is_cuda(&self) -> bool { self.device() != Device::Cpu }
     pub fn dtype(&self) -> DType {
         match &*self.storage {
             #[cfg(feature = "cuda")]
@@ -205,7 +207,7 @@ impl Tensor {
 
     /// Mutable f32 data; copies first if the storage is shared with another tensor.
     pub fn f32_mut(&mut self) -> Result<&mut [f32]> {
-        if self.is_cuda() {
+        if !self.device().is_cpu() {
             bail!("f32_mut: the tensor is on {}; host code cannot write it", self.device());
         }
         match Arc::make_mut(&mut self.storage) {
@@ -251,12 +253,11 @@ impl Tensor {
         if dtype == self.dtype() {
             return self.clone();
         }
-        #[cfg(feature = "cuda")]
-        if self.is_cuda() {
-            let dev = self.device();
+        let dev = self.device();
+        if !dev.is_cpu() {
             let float = |d: DType| matches!(d, DType::F32 | DType::BF16);
             let r = if float(dtype) && float(self.dtype()) {
-                crate::ops::elementwise::cuda::cast(self, dtype)
+                crate::backend(dev).cast(self, dtype)
             } else {
                 self.to_device(Device::Cpu).and_then(|t| t.to_dtype(dtype).to_device(dev))
             };
@@ -337,7 +338,7 @@ impl Tensor {
     /// Zeros of this tensor's shape on its device: of its dtype on a GPU (a bf16 activation's
     /// gradient is bf16), f32 on the CPU (where compute is f32).
     pub fn zeros_like(&self) -> Result<Tensor> {
-        let dtype = if self.is_cuda() { self.dtype() } else { DType::F32 };
+        let dtype = if self.device().is_cpu() { DType::F32 } else { self.dtype() };
         Tensor::zeros_typed(&self.shape, self.device(), dtype)
     }
 
@@ -415,7 +416,7 @@ impl Tensor {
             bail!("write_at: cannot write {:?} {:?} on {} at {offset} into {:?} {:?} on {}", src.dtype(), src.shape, src.device(), self.dtype(), self.shape, self.device());
         }
         #[cfg(feature = "cuda")]
-        if self.is_cuda() {
+        if let Storage::Cuda(_) = &*self.storage {
             let sb = src.cuda_buf()?;
             let gpu = sb.gpu.clone();
             let d = self.cuda_buf_mut()?;

@@ -106,7 +106,7 @@ fn cache_write(cache: &mut Tensor, new: &Tensor, pos0: usize) -> Result<()> {
     let s = cache.shape().to_vec();
     let (b, cap, row) = (s[0], s[1], s[2] * s[3]);
     let t = new.shape()[1];
-    if cache.is_cuda() {
+    if !cache.device().is_cpu() {
         // Device copies, one per sequence (batch 1 for generation: one copy). The rows must
         // already have the cache's dtype (`write_at` says so if not).
         if b == 1 {

@@ -3,6 +3,7 @@
 //! can be compared step for step.
 
 use crate::float::Float;
+use crate::backend::{self, Cpu};
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -43,58 +44,124 @@ pub fn adamw_update<F: Float>(o: &AdamW, step: u64, wd: bool, p: &mut [F], g: &[
         });
 }
 
-/// sqrt(Σ g²) over all tensors, accumulated in f64 in a fixed order.
+/// A step's global gradient norm, clip coefficient and skip flag, left where the gradients
+/// are so that the update reads them there (on a GPU: no host round trip before AdamW).
+pub struct GradNorm {
+    /// [norm, clip coefficient, skip flag (1: skip the update)], f32 on the gradients' device.
+    pub state: Tensor,
+    /// The norm at full precision when the backend has it on the host (the CPU's f64 sum).
+    host_norm: Option<f64>,
+}
+
+impl GradNorm {
+    /// (norm, clip coefficient, skip), read back to the host (a device waits for its queue).
+    pub fn read(&self) -> Result<(f64, f32, bool)> {
+        let st = self.state.try_to_vec_f32()?;
+        Ok((self.host_norm.unwrap_or(st[0] as f64), st[1], st[2] != 0.0))
+    }
+}
+
+/// The optimizer kernels a backend provides (arguments checked by the entry points below).
+pub trait OptimKernels {
+    /// The global L2 norm of `grads`; the clip coefficient max_norm / (norm + 1e-6) clamped to
+    /// 1 (1 when `max_norm` ≤ 0); the skip flag, set when the norm or `loss` is not finite.
+    fn grad_norm(&self, grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<GradNorm>;
+    /// One AdamW update of every parameter. With `norm`, the gradients are scaled by its clip
+    /// coefficient and nothing is updated when its skip flag is set.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(&self, o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], norm: Option<&GradNorm>) -> Result<()>;
+}
+
+impl OptimKernels for Cpu {
+    /// The norm summed in f64 in a fixed order (chunks, then tensors).
+    fn grad_norm(&self, grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<GradNorm> {
+        let mut s = 0f64;
+        for g in grads {
+            s += g.as_f32()?.par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).collect::<Vec<_>>().iter().sum::<f64>();
+        }
+        let norm = s.sqrt();
+        let coef = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) as f32 } else { 1.0 };
+        let bad_loss = match loss {
+            Some(l) => !l.as_f32()?[0].is_finite(),
+            None => false,
+        };
+        let skip = !norm.is_finite() || bad_loss;
+        let state = Tensor::from_f32(vec![norm as f32, coef, if skip { 1.0 } else { 0.0 }], &[3])?;
+        Ok(GradNorm { state, host_norm: Some(norm) })
+    }
+
+    fn adamw(&self, o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], norm: Option<&GradNorm>) -> Result<()> {
+        let (coef, skip) = match norm {
+            Some(n) => {
+                let st = n.state.as_f32()?;
+                (st[1], st[2] != 0.0)
+            }
+            None => (1.0, false),
+        };
+        if skip {
+            return Ok(());
+        }
+        for i in 0..params.len() {
+            let g = grads[i].as_f32()?;
+            let clipped: Vec<f32>;
+            let g = if coef < 1.0 {
+                clipped = g.iter().map(|&x| x * coef).collect();
+                &clipped[..]
+            } else {
+                g
+            };
+            adamw_update(o, step, decay[i], params[i].f32_mut()?, g, m[i].f32_mut()?, v[i].f32_mut()?);
+        }
+        Ok(())
+    }
+}
+
+/// The global norm, clip coefficient and skip flag of `grads` (and `loss`, if given) for
+/// clipping at `max_norm`, on the gradients' device (see `OptimKernels::grad_norm`).
+pub fn grad_norm(grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<GradNorm> {
+    backend::on("grad_norm", grads.iter().copied().chain(loss))?.grad_norm(grads, max_norm, loss)
+}
+
+/// sqrt(Σ g²) over all tensors, accumulated in f64 in a fixed order (read back to the host).
 pub fn global_norm(grads: &[&Tensor]) -> Result<f64> {
-    #[cfg(feature = "cuda")]
-    if grads.first().is_some_and(|g| g.is_cuda()) {
-        let st = cuda::grad_norm_state(grads, 0.0, None)?.try_to_vec_f32()?;
-        return Ok(st[0] as f64);
-    }
-    let mut s = 0f64;
-    for g in grads {
-        s += g.as_f32()?.par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).collect::<Vec<_>>().iter().sum::<f64>();
-    }
-    Ok(s.sqrt())
+    Ok(grad_norm(grads, 0.0, None)?.read()?.0)
 }
 
 /// Scales gradients so their global norm is at most `max_norm` (PyTorch: coef = max/(norm+1e-6),
-/// clamped to 1, always applied). Returns the norm before clipping.
+/// clamped to 1, always applied). Returns the norm before clipping. Generic callers get the
+/// host's answer (one wait on a GPU); the trainer leaves the coefficient on the device instead
+/// (`grad_norm` + `adamw_multi`).
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    #[cfg(feature = "cuda")]
-    if grads.first().is_some_and(|g| g.is_cuda()) {
-        // Generic callers get the host's answer (one sync); the trainer's GPU step keeps the
-        // coefficient on the device instead (`cuda::grad_norm_state` + `cuda::adamw_multi`).
-        let st = cuda::grad_norm_state(&grads.iter().collect::<Vec<_>>(), max_norm, None)?.try_to_vec_f32()?;
-        if max_norm > 0.0 && st[1] < 1.0 {
-            for g in grads.iter_mut() {
-                *g = crate::ops::elementwise::scale(g, st[1])?;
-            }
-        }
-        return Ok(st[0] as f64);
-    }
-    let norm = global_norm(&grads.iter().collect::<Vec<_>>())?;
-    if max_norm > 0.0 {
-        let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
-        if coef < 1.0 {
-            for g in grads.iter_mut() {
-                g.f32_mut()?.iter_mut().for_each(|x| *x *= coef);
-            }
+    let (norm, coef, _) = grad_norm(&grads.iter().collect::<Vec<_>>(), max_norm, None)?.read()?;
+    if max_norm > 0.0 && coef < 1.0 {
+        for g in grads.iter_mut() {
+            *g = crate::ops::elementwise::scale(g, coef)?;
         }
     }
     Ok(norm)
 }
 
+/// One AdamW update of every parameter (`decay[i]`: weight decay applies to parameter i),
+/// clipped and skipped as `norm` says (see `OptimKernels::adamw`).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_multi(o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], norm: Option<&GradNorm>) -> Result<()> {
+    let n = params.len();
+    if grads.len() != n || m.len() != n || v.len() != n || decay.len() != n {
+        bail!("adamw: {n} parameters, {} gradients, {} / {} moments, {} decay flags", grads.len(), m.len(), v.len(), decay.len());
+    }
+    for i in 0..n {
+        let p = params[i].shape();
+        if p != grads[i].shape() || p != m[i].shape() || p != v[i].shape() {
+            bail!("adamw: parameter {p:?}, gradient {:?} and moments {:?} differ in shape", grads[i].shape(), m[i].shape());
+        }
+    }
+    let all = params.iter().chain(grads).chain(m.iter()).chain(v.iter()).chain(norm.map(|n| &n.state));
+    backend::on("adamw", all)?.adamw(o, step, decay, params, grads, m, v, norm)
+}
+
 /// Tensor-level AdamW step on one parameter.
 pub fn adamw_step(o: &AdamW, step: u64, decay: bool, p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor) -> Result<()> {
-    if p.shape() != g.shape() || p.shape() != m.shape() || p.shape() != v.shape() {
-        bail!("adamw: parameter {:?}, gradient {:?} and moments {:?} differ in shape", p.shape(), g.shape(), m.shape());
-    }
-    #[cfg(feature = "cuda")]
-    if p.is_cuda() {
-        return cuda::adamw_multi(o, step, &[decay], std::slice::from_mut(p), std::slice::from_ref(g), std::slice::from_mut(m), std::slice::from_mut(v), None);
-    }
-    adamw_update(o, step, decay, p.f32_mut()?, g.as_f32()?, m.f32_mut()?, v.f32_mut()?);
-    Ok(())
+    adamw_multi(o, step, &[decay], std::slice::from_mut(p), std::slice::from_ref(g), std::slice::from_mut(m), std::slice::from_mut(v), None)
 }
 
 #[cfg(test)]
