@@ -392,9 +392,9 @@ mod tests {
                     g.cross_entropy(&z, &t).unwrap()
                 }
             };
-            let l = loss.tensor().to_vec_f32()[0];
+            let l = loss.tensor().to_vec_f32().unwrap()[0];
             let gr = g.backward(&loss).unwrap();
-            (l, gr.get(&hv).unwrap().to_vec_f32(), gr.get(&wv).unwrap().to_vec_f32())
+            (l, gr.get(&hv).unwrap().to_vec_f32().unwrap(), gr.get(&wv).unwrap().to_vec_f32().unwrap())
         };
         let base = run(None);
         assert_eq!(run(Some((100, 100))), base, "one chunk is the unchunked computation");
@@ -431,7 +431,7 @@ mod tests {
             };
             let loss = g.cross_entropy(&out, &targets).unwrap();
             let gr = g.backward(&loss).unwrap();
-            [&xv, &wv, &nv].map(|v| gr.get(v).unwrap().to_vec_f32())
+            [&xv, &wv, &nv].map(|v| gr.get(v).unwrap().to_vec_f32().unwrap())
         };
         assert_eq!(run(false), run(true));
     }

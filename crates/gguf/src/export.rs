@@ -152,7 +152,7 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, ima
     let mut report = ExportReport::default();
     for ((hf, shape), t) in smelt_model::params::layout(c).iter().zip(&model.params) {
         let gname = gguf_name(hf).with_context(|| format!("no GGUF name for {hf}"))?;
-        let mut data = t.to_vec_f32();
+        let mut data = t.to_vec_f32()?;
         // A model loaded from GGUF already has llama.cpp's interleaved Q/K rows.
         let half_split = model.rope.layout == smelt_core::ops::rope::RopeLayout::HalfSplit;
         if half_split && shape.len() == 2 && (hf.ends_with("q_proj.weight") || hf.ends_with("k_proj.weight")) {

@@ -216,7 +216,7 @@ impl Model {
     /// The same model with every quantised matrix dequantised to plain f32 (on the host).
     pub fn dequantized(&self) -> Result<Self> {
         let params = self.params.iter().map(|p| {
-            if p.dtype() == smelt_core::DType::Quant { Tensor::from_f32(p.to_vec_f32(), p.shape()) } else { Ok(p.clone()) }
+            if p.dtype() == smelt_core::DType::Quant { Tensor::from_f32(p.to_vec_f32()?, p.shape()) } else { Ok(p.clone()) }
         }).collect::<Result<Vec<_>>>()?;
         self.with_params(params)
     }
@@ -248,7 +248,7 @@ impl Model {
             if t.shape() != shape.as_slice() {
                 bail!("{}: tensor {name} has shape {:?}, config.json implies {shape:?}", dir.display(), t.shape());
             }
-            params.push(t.to_dtype(smelt_core::DType::F32));
+            params.push(t.to_dtype(smelt_core::DType::F32)?);
         }
         // Tied checkpoints sometimes also store the head; rotary tables are derived, not weights.
         w.retain(|n, _| !(n == "lm_head.weight" && cfg.tie_embeddings) && !n.ends_with("rotary_emb.inv_freq"));
@@ -281,7 +281,7 @@ impl Model {
             for (name, t) in &mut named {
                 if name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") {
                     let cols = t.cols();
-                    let src = t.to_vec_f32();
+                    let src = t.to_vec_f32()?;
                     let mut dst = vec![0f32; src.len()];
                     for r in 0..t.rows() {
                         let (h, e) = (r / hd, r % hd);

@@ -38,8 +38,8 @@ pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[
     opt.t += 1;
     adamw_cuda::adamw_multi(hp, opt.t, &decay, &mut model.params, &grads, &mut opt.m, &mut opt.v, Some(&state))?;
     // The one wait of the step: everything above is queued; read the loss and the norm.
-    let l = loss.try_to_vec_f32()?[0] as f64;
-    let st = state.try_to_vec_f32()?;
+    let l = loss.to_vec_f32()?[0] as f64;
+    let st = state.to_vec_f32()?;
     let norm = st[0] as f64;
     if st[2] != 0.0 {
         // The kernels skipped the update (as the CPU step does); keep the step count in step.

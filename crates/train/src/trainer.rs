@@ -208,7 +208,7 @@ pub fn evaluate(model: &Model, batches: &[(Tensor, Tensor)]) -> Result<f64> {
         let mut g = Graph::inference();
         let p = model.param_vars(&mut g, false);
         let loss = model.loss(&mut g, &p, x, y, false)?;
-        sum += loss.tensor().try_to_vec_f32()?[0] as f64 * y.numel() as f64;
+        sum += loss.tensor().to_vec_f32()?[0] as f64 * y.numel() as f64;
         n += y.numel();
     }
     Ok(sum / n.max(1) as f64)

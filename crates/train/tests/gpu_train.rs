@@ -57,7 +57,7 @@ fn markov_batches(vocab: usize, b: usize, t: usize, n: usize, seed: u64) -> Vec<
 }
 
 fn nmse(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (a.to_vec_f32(), b.to_vec_f32());
+    let (a, b) = (a.to_vec_f32().unwrap(), b.to_vec_f32().unwrap());
     let num: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     num / den.max(1e-30)
@@ -154,7 +154,7 @@ fn gpu_mixed_precision_gradients_track_the_cpu_and_activations_shrink() {
         let mut gr = g.backward(&loss).unwrap();
         let grads: Vec<Tensor> = p.iter().map(|v| gr.take(v).expect("a parameter without a gradient").to_device(Device::Cpu).unwrap()).collect();
         let peak = cuda::mem_stats().1.saturating_sub(base);
-        (loss.tensor().try_to_vec_f32().unwrap()[0] as f64, grads, kept, peak)
+        (loss.tensor().to_vec_f32().unwrap()[0] as f64, grads, kept, peak)
     };
     let cpu = Model::init(cfg.clone(), 3).unwrap();
     let (lc, gc, _, _) = step(&cpu);

@@ -56,7 +56,7 @@ pub struct GradNorm {
 impl GradNorm {
     /// (norm, clip coefficient, skip), read back to the host (a device waits for its queue).
     pub fn read(&self) -> Result<(f64, f32, bool)> {
-        let st = self.state.try_to_vec_f32()?;
+        let st = self.state.to_vec_f32()?;
         Ok((self.host_norm.unwrap_or(st[0] as f64), st[1], st[2] != 0.0))
     }
 }

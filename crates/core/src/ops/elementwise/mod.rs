@@ -42,7 +42,7 @@ impl ElementwiseKernels for Cpu {
     }
     fn cast(&self, a: &Tensor, dtype: crate::DType) -> Result<Tensor> {
         // Compute is f32 on the CPU: a cast is a storage conversion.
-        Ok(a.to_dtype(dtype))
+        a.to_dtype(dtype)
     }
 }
 
@@ -88,14 +88,14 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// Sum of squares in f64 (a device tensor, of any float dtype, is read back).
 pub fn sum_sq(a: &Tensor) -> Result<f64> {
     if !a.device().is_cpu() {
-        return Ok(a.try_to_vec_f32()?.iter().map(|&v| (v as f64) * (v as f64)).sum());
+        return Ok(a.to_vec_f32()?.iter().map(|&v| (v as f64) * (v as f64)).sum());
     }
     Ok(a.as_f32()?.iter().map(|&v| (v as f64) * (v as f64)).sum())
 }
 
 pub fn max_abs(a: &Tensor) -> Result<f32> {
     if !a.device().is_cpu() {
-        return Ok(a.try_to_vec_f32()?.iter().fold(0f32, |m, &v| m.max(v.abs())));
+        return Ok(a.to_vec_f32()?.iter().fold(0f32, |m, &v| m.max(v.abs())));
     }
     Ok(a.as_f32()?.iter().fold(0f32, |m, &v| m.max(v.abs())))
 }
