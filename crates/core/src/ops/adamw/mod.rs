@@ -1,6 +1,9 @@
 //! AdamW (decoupled weight decay), global gradient norm and clipping: the optimizer's math,
 //! written as PyTorch's `torch.optim.AdamW` and `clip_grad_norm_` compute it so that runs
-//! can be compared step for step.
+//! can be compared step for step, and its state (`AdamWState`) beside the update that reads it.
+//! Every backend runs the same step: `grad_norm` leaves the norm, the clip coefficient and a
+//! skip flag where the gradients are, and `adamw_multi` reads them there (no host round trip
+//! on a GPU; `cuda.rs` + `adamw.cu` fuse the whole parameter list into one launch).
 
 use crate::float::Float;
 use crate::backend::{self, Cpu};
@@ -157,6 +160,45 @@ pub fn adamw_multi(o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], 
     }
     let all = params.iter().chain(grads).chain(m.iter()).chain(v.iter()).chain(norm.map(|n| &n.state));
     backend::on("adamw", all)?.adamw(o, step, decay, params, grads, m, v, norm)
+}
+
+/// AdamW's state over a whole parameter list: the moments of each parameter and the count.
+pub struct AdamWState {
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    /// Updates taken so far (the next update is number `t + 1`).
+    pub t: u64,
+}
+
+impl AdamWState {
+    /// Zero moments on the host (`to_device` moves them beside the parameters).
+    pub fn new(params: &[Tensor]) -> Self {
+        AdamWState {
+            m: params.iter().map(|p| Tensor::zeros(p.shape())).collect(),
+            v: params.iter().map(|p| Tensor::zeros(p.shape())).collect(),
+            t: 0,
+        }
+    }
+
+    /// Moves the moments to `device` (a CPU checkpoint resumed on a GPU, or the reverse).
+    pub fn to_device(&mut self, device: crate::Device) -> Result<()> {
+        for t in self.m.iter_mut().chain(self.v.iter_mut()) {
+            *t = t.to_device(device)?;
+        }
+        Ok(())
+    }
+
+    /// One update of every parameter (`decay[i]`: weight decay applies to parameter i), as
+    /// number `t + 1`. With `norm` the gradients are clipped by its coefficient and, if its
+    /// skip flag is set, nothing changes on the device: the caller, which reads the flag
+    /// after the step (`GradNorm::read`), then takes the count back (`t -= 1`).
+    pub fn step(&mut self, hp: &AdamW, params: &mut [Tensor], grads: &[Tensor], decay: &[bool], norm: Option<&GradNorm>) -> Result<()> {
+        if params.len() != grads.len() || params.len() != self.m.len() {
+            bail!("optimizer: {} parameters, {} gradients, {} moment tensors", params.len(), grads.len(), self.m.len());
+        }
+        self.t += 1;
+        adamw_multi(hp, self.t, decay, params, grads, &mut self.m, &mut self.v, norm)
+    }
 }
 
 /// Tensor-level AdamW step on one parameter.
