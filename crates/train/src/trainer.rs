@@ -214,11 +214,15 @@ fn backward_sum(model: &Model, micro: &[(Tensor, Tensor)], grad_checkpoint: bool
     Ok((acc.context("no micro-batches")?, losses))
 }
 
-/// Mean validation loss over deterministic windows.
+/// Mean validation loss over deterministic windows, in the training loss's arithmetic: a
+/// training graph whose parameters need no gradient tapes nothing but runs the training
+/// kernels (on the CPU the flash-style `attention::attn_fwd`). An inference graph would run
+/// llama.cpp's order (`attn_fwd_ggml`, kept for GGUF parity in perplexity and generation),
+/// and the validation loss of the training batch would then differ from its training loss.
 pub fn evaluate(model: &Model, batches: &[(Tensor, Tensor)]) -> Result<f64> {
     let (mut sum, mut n) = (0f64, 0usize);
     for (x, y) in batches {
-        let mut g = Graph::inference();
+        let mut g = Graph::training();
         let p = model.param_vars(&mut g, false);
         let loss = model.loss(&mut g, &p, x, y, false)?;
         sum += loss.tensor().to_vec_f32()?[0] as f64 * y.numel() as f64;
