@@ -168,7 +168,11 @@ enum Bits {
 impl Seen {
     pub fn new(rows: usize, vocab: usize, device: Device) -> Result<Self> {
         let words = rows * vocab.div_ceil(32);
-        let bits = if device.is_cpu() { Bits::Host(vec![0; words]) } else { Bits::Device(Tensor::zeros_typed(&[words], device, DType::U32)?) };
+        let bits = if device.is_cpu() {
+            Bits::Host(vec![0; words])
+        } else {
+            Bits::Device(Tensor::zeros_typed(&[words], device, DType::U32)?)
+        };
         Ok(Seen { rows, vocab, bits })
     }
 
