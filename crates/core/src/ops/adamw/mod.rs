@@ -229,4 +229,43 @@ mod tests {
         let v = g[0].as_f32().unwrap();
         assert!((v[0] - 0.6).abs() < 1e-5 && (v[1] - 0.8).abs() < 1e-5);
     }
+
+    fn t(v: &[f32]) -> Tensor { Tensor::from_f32(v.to_vec(), &[v.len()]).unwrap() }
+
+    /// The trainer's path (norm state, then the multi-tensor update reading it) computes bit
+    /// for bit what clipping the gradients on the host and stepping each tensor computes.
+    #[test]
+    fn the_step_reading_the_norm_state_equals_clip_then_step() {
+        let o = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let grads = vec![t(&[0.3, -1.7, 2.2]), t(&[4.1, 0.05])];
+        let start = || (vec![t(&[1.0, -0.5, 0.25]), t(&[0.7, -0.1])], vec![t(&[0.1, 0.0, -0.2]), t(&[0.0, 0.3])], vec![t(&[0.01, 0.0, 0.04]), t(&[0.0, 0.09])]);
+        let decay = [true, false];
+        let (mut p1, mut m1, mut v1) = start();
+        let mut clipped = grads.clone();
+        let n1 = clip_grad_norm(&mut clipped, 1.0).unwrap();
+        for i in 0..2 {
+            adamw_step(&o, 3, decay[i], &mut p1[i], &clipped[i], &mut m1[i], &mut v1[i]).unwrap();
+        }
+        let (mut p2, mut m2, mut v2) = start();
+        let gn = grad_norm(&grads.iter().collect::<Vec<_>>(), 1.0, Some(&Tensor::scalar(2.5))).unwrap();
+        adamw_multi(&o, 3, &decay, &mut p2, &grads, &mut m2, &mut v2, Some(&gn)).unwrap();
+        let (n2, coef, skip) = gn.read().unwrap();
+        assert!(n1 == n2 && coef < 1.0 && !skip);
+        for (a, b) in p1.iter().chain(&m1).chain(&v1).zip(p2.iter().chain(&m2).chain(&v2)) {
+            assert_eq!(a.as_f32().unwrap(), b.as_f32().unwrap());
+        }
+    }
+
+    /// A non-finite loss or gradient sets the skip flag, and the update then changes nothing.
+    #[test]
+    fn a_non_finite_loss_or_norm_skips_the_update() {
+        let o = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        for (g, loss) in [(t(&[1.0, 2.0]), f32::NAN), (t(&[f32::INFINITY, 2.0]), 1.0)] {
+            let gn = grad_norm(&[&g], 1.0, Some(&Tensor::scalar(loss))).unwrap();
+            assert!(gn.read().unwrap().2);
+            let (mut p, mut m, mut v) = (vec![t(&[1.0, 1.0])], vec![t(&[0.0, 0.0])], vec![t(&[0.0, 0.0])]);
+            adamw_multi(&o, 1, &[true], &mut p, std::slice::from_ref(&g), &mut m, &mut v, Some(&gn)).unwrap();
+            assert_eq!(p[0].as_f32().unwrap(), &[1.0, 1.0]);
+        }
+    }
 }
