@@ -27,6 +27,13 @@ const CHUNK: usize = 8192;
 
 /// One update of `p` with gradient `g` and moments `m`, `v`; `step` counts from 1.
 pub fn adamw_update<F: Float>(o: &AdamW, step: u64, wd: bool, p: &mut [F], g: &[F], m: &mut [F], v: &mut [F]) {
+    adamw_update_clipped(o, step, wd, p, g, F::ONE, m, v)
+}
+
+/// `adamw_update` with the gradient scaled by the clip coefficient `coef` first (each g·coef
+/// rounded to F once, as scaling the gradient tensor would; coef = 1 leaves it unchanged).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update_clipped<F: Float>(o: &AdamW, step: u64, wd: bool, p: &mut [F], g: &[F], coef: F, m: &mut [F], v: &mut [F]) {
     let (b1, b2) = (F::from_f64(o.beta1), F::from_f64(o.beta2));
     let bc1 = 1.0 - o.beta1.powi(step as i32);
     let bc2_sqrt = F::from_f64((1.0 - o.beta2.powi(step as i32)).sqrt());
@@ -38,9 +45,10 @@ pub fn adamw_update<F: Float>(o: &AdamW, step: u64, wd: bool, p: &mut [F], g: &[
         .zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
         .for_each(|((p, m), (v, g))| {
             for i in 0..p.len() {
+                let gi = g[i] * coef;
                 p[i] *= decay;
-                m[i] += (F::ONE - b1) * (g[i] - m[i]);
-                v[i] = b2 * v[i] + (F::ONE - b2) * g[i] * g[i];
+                m[i] += (F::ONE - b1) * (gi - m[i]);
+                v[i] = b2 * v[i] + (F::ONE - b2) * gi * gi;
                 let denom = v[i].sqrt() / bc2_sqrt + eps;
                 p[i] -= step_size * m[i] / denom;
             }
@@ -104,16 +112,10 @@ impl OptimKernels for Cpu {
         if skip {
             return Ok(());
         }
+        // Clipping only ever scales down (coef ≤ 1); 1 multiplies exactly.
+        let coef = coef.min(1.0);
         for i in 0..params.len() {
-            let g = grads[i].as_f32()?;
-            let clipped: Vec<f32>;
-            let g = if coef < 1.0 {
-                clipped = g.iter().map(|&x| x * coef).collect();
-                &clipped[..]
-            } else {
-                g
-            };
-            adamw_update(o, step, decay[i], params[i].f32_mut()?, g, m[i].f32_mut()?, v[i].f32_mut()?);
+            adamw_update_clipped(o, step, decay[i], params[i].f32_mut()?, grads[i].as_f32()?, coef, m[i].f32_mut()?, v[i].f32_mut()?);
         }
         Ok(())
     }
