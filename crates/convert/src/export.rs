@@ -156,7 +156,7 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, ima
     }
     let mut report = ExportReport::default();
     for (params::Param { def, name: hf, gguf: gname, shape, .. }, t) in tensors.iter().zip(&model.params) {
-        let mut data = t.to_vec_f32();
+        let mut data = t.to_vec_f32()?;
         // A model loaded from GGUF already has llama.cpp's interleaved Q/K rows.
         let half_split = model.rope.layout == smelt_core::ops::rope::RopeLayout::HalfSplit;
         if half_split && matches!(def.role, Role::Wq | Role::Wk) {

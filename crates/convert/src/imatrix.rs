@@ -244,7 +244,13 @@ impl Collector {
         if rows < 16 || cols == 0 {
             return;
         }
-        let v = x.to_vec_f32();
+        let v = match x.to_vec_f32() {
+            Ok(v) => v,
+            Err(e) => {
+                self.error = Some(format!("{name}: {e:#}"));
+                return;
+            }
+        };
         let e = self.entries.entry(name.clone()).or_insert_with(|| Entry { sums: vec![0.0; cols], counts: vec![0] });
         if e.sums.len() != cols {
             self.error = Some(format!("{name}: inputs of {cols} columns after {}", e.sums.len()));

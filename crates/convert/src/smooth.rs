@@ -36,7 +36,7 @@ pub struct SmoothReport {
 }
 
 fn read(model: &Model, params: &[Tensor], i: usize) -> Result<Vec<f32>> {
-    params[i].try_to_vec_f32().with_context(|| format!("smoothing: reading {}", model.names[i]))
+    params[i].to_vec_f32().with_context(|| format!("smoothing: reading {}", model.names[i]))
 }
 
 fn name_of(model: &Model, i: usize) -> Result<String> {

@@ -22,7 +22,7 @@ fn opts(chunk: usize, chunks: Option<usize>) -> CollectOptions {
 }
 
 fn sum_sq(t: &Tensor, cols: usize, acc: &mut [f32]) {
-    for row in t.to_vec_f32().chunks_exact(cols) {
+    for row in t.to_vec_f32().unwrap().chunks_exact(cols) {
         for (a, &x) in acc.iter_mut().zip(row) { *a += x * x; }
     }
 }

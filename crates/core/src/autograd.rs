@@ -73,7 +73,10 @@ impl Grads {
 }
 
 impl Graph {
-    /// A graph that records a tape for `backward`.
+    /// A graph that records a tape for `backward`. It tapes only ops whose inputs need
+    /// gradients, so with no such input it keeps nothing yet still runs the training
+    /// arithmetic (`is_recording`: the model's flash-style attention, not llama.cpp's):
+    /// validation loss and a checkpointed block's forward run that way.
     pub fn training() -> Self { Graph { record: true, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None } }
     /// A graph that records nothing.
     pub fn inference() -> Self { Graph { record: false, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None } }
@@ -316,7 +319,10 @@ impl Graph {
     /// re-runs it on a recording graph. Pass every tensor `f` reads, parameters included, in
     /// `inputs`, so their gradients flow.
     pub fn checkpoint(&mut self, inputs: &[Var], f: BlockFn) -> Result<Vec<Var>> {
-        let mut sub = Graph::inference();
+        // A training graph over constants: nothing is taped, and the forward runs the same
+        // kernels as the re-run below (an inference graph would pick the inference attention,
+        // and the gradients would belong to slightly different activations).
+        let mut sub = Graph::training();
         let leaves: Vec<Var> = inputs.iter().map(|v| sub.constant(v.t.clone())).collect();
         let outs: Vec<Tensor> = f(&mut sub, &leaves)?.into_iter().map(|v| v.t).collect();
         let saved: Vec<(Tensor, bool)> = inputs.iter().map(|v| (v.t.clone(), v.requires_grad)).collect();
@@ -392,9 +398,9 @@ mod tests {
                     g.cross_entropy(&z, &t).unwrap()
                 }
             };
-            let l = loss.tensor().to_vec_f32()[0];
+            let l = loss.tensor().to_vec_f32().unwrap()[0];
             let gr = g.backward(&loss).unwrap();
-            (l, gr.get(&hv).unwrap().to_vec_f32(), gr.get(&wv).unwrap().to_vec_f32())
+            (l, gr.get(&hv).unwrap().to_vec_f32().unwrap(), gr.get(&wv).unwrap().to_vec_f32().unwrap())
         };
         let base = run(None);
         assert_eq!(run(Some((100, 100))), base, "one chunk is the unchunked computation");
@@ -431,7 +437,7 @@ mod tests {
             };
             let loss = g.cross_entropy(&out, &targets).unwrap();
             let gr = g.backward(&loss).unwrap();
-            [&xv, &wv, &nv].map(|v| gr.get(v).unwrap().to_vec_f32())
+            [&xv, &wv, &nv].map(|v| gr.get(v).unwrap().to_vec_f32().unwrap())
         };
         assert_eq!(run(false), run(true));
     }

@@ -7,6 +7,7 @@
 //! of these ops.
 
 pub mod autograd;
+pub mod backend;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod float;
@@ -18,4 +19,5 @@ pub mod rng;
 pub mod tensor;
 
 pub use autograd::{Grads, Graph, Var};
+pub use backend::{backend, Backend};
 pub use tensor::{DType, Device, Storage, Tensor};

@@ -39,7 +39,7 @@ impl DType {
     }
 }
 
-/// Where a tensor lives. Every op dispatches on it in its own `mod.rs`.
+/// Where a tensor lives. Ops find their kernels for it through `crate::backend`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Device {
     #[default]
@@ -50,6 +50,9 @@ pub enum Device {
 }
 
 impl Device {
+    /// Whether this is the host (whose memory host code reads and writes directly).
+    pub fn is_cpu(self) -> bool { self == Device::Cpu }
+
     /// The dtype activations are stored in on this device: f32 on the CPU; on CUDA bf16 under
     /// mixed precision (the default), f32 under `SMELT_CUDA_MATMUL=f32` (see
     /// `cuda::activation_dtype`). KV caches are made in it.
@@ -156,7 +159,6 @@ impl Tensor {
             _ => Device::Cpu,
         }
     }
-    pub fn is_cuda(&self) -> bool { self.device() != Device::Cpu }
     pub fn dtype(&self) -> DType {
         match &*self.storage {
             #[cfg(feature = "cuda")]
@@ -205,7 +207,7 @@ impl Tensor {
 
     /// Mutable f32 data; copies first if the storage is shared with another tensor.
     pub fn f32_mut(&mut self) -> Result<&mut [f32]> {
-        if self.is_cuda() {
+        if !self.device().is_cpu() {
             bail!("f32_mut: the tensor is on {}; host code cannot write it", self.device());
         }
         match Arc::make_mut(&mut self.storage) {
@@ -215,22 +217,14 @@ impl Tensor {
     }
 
     /// The values as f32, converting from any dtype. A device tensor is copied back (waiting
-    /// for its stream); if that copy fails the result is all NaN, which every caller's checks
-    /// treat as bad data. Use `try_to_vec_f32` to see the device error.
-    pub fn to_vec_f32(&self) -> Vec<f32> {
-        self.try_to_vec_f32().unwrap_or_else(|e| {
-            eprintln!("warning: {e:#}");
-            vec![f32::NAN; self.numel()]
-        })
-    }
-
-    pub fn try_to_vec_f32(&self) -> Result<Vec<f32>> {
+    /// for its stream); a failed copy is an error.
+    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         Ok(match &*self.storage {
             #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => return self.to_device(Device::Cpu)?.try_to_vec_f32(),
+            Storage::Cuda(_) => return self.to_device(Device::Cpu)?.to_vec_f32(),
             // Dequantised on the device by the same kernel the prefill matmul uses.
             #[cfg(feature = "cuda")]
-            Storage::CudaQuant(q) => return crate::ops::qmatmul::cuda::dequantize(q, crate::DType::F32)?.try_to_vec_f32(),
+            Storage::CudaQuant(q) => return crate::ops::qmatmul::cuda::dequantize(q, crate::DType::F32)?.to_vec_f32(),
             Storage::F32(v) => v.clone(),
             Storage::BF16(v) => v.iter().map(|x| x.to_f32()).collect(),
             Storage::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
@@ -246,61 +240,53 @@ impl Tensor {
     }
 
     /// Converts to `dtype` on the tensor's device (f32 ↔ bf16 on a GPU by a kernel; other
-    /// device conversions make the round trip through the host).
-    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+    /// device conversions make the round trip through the host). Quantising needs a block
+    /// format (smelt-gguf's job): asking for `DType::Quant` is an error.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
-            return self.clone();
+            return Ok(self.clone());
         }
-        #[cfg(feature = "cuda")]
-        if self.is_cuda() {
-            let dev = self.device();
+        let dev = self.device();
+        if !dev.is_cpu() {
             let float = |d: DType| matches!(d, DType::F32 | DType::BF16);
-            let r = if float(dtype) && float(self.dtype()) {
-                crate::ops::elementwise::cuda::cast(self, dtype)
+            return if float(dtype) && float(self.dtype()) {
+                crate::backend(dev).cast(self, dtype)
             } else {
-                self.to_device(Device::Cpu).and_then(|t| t.to_dtype(dtype).to_device(dev))
-            };
-            return match r {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("warning: {e:#}");
-                    Tensor::full(&self.shape, f32::NAN)
-                }
+                self.to_device(Device::Cpu)?.to_dtype(dtype)?.to_device(dev)
             };
         }
-        let f = self.to_vec_f32();
+        let f = self.to_vec_f32()?;
         let storage = match dtype {
             DType::F32 => Storage::F32(f),
             DType::BF16 => Storage::BF16(f.iter().map(|&x| bf16::from_f32(x)).collect()),
             DType::F16 => Storage::F16(f.iter().map(|&x| f16::from_f32(x)).collect()),
             DType::I32 => Storage::I32(f.iter().map(|&x| x as i32).collect()),
             DType::U32 => Storage::U32(f.iter().map(|&x| x as u32).collect()),
-            // Quantising needs a block format: that is smelt-gguf's job.
-            DType::Quant => Storage::F32(f),
+            DType::Quant => bail!("to_dtype: {:?} {:?} cannot be quantised without a block format (see smelt-gguf)", self.dtype(), self.shape),
         };
-        Tensor { storage: Arc::new(storage), shape: self.shape.clone() }
+        Ok(Tensor { storage: Arc::new(storage), shape: self.shape.clone() })
     }
 
-    /// Little-endian bytes of the storage (for safetensors). Device tensors: move them to the
-    /// CPU first (`to_device`), which reports copy errors; here they give no bytes.
-    pub fn to_le_bytes(&self) -> Vec<u8> {
-        match &*self.storage {
+    /// Little-endian bytes of the storage (for safetensors); a quantised matrix gives its
+    /// dequantised f32 values. A device tensor's bytes are copied back (a failed copy is an error).
+    pub fn to_le_bytes(&self) -> Result<Vec<u8>> {
+        Ok(match &*self.storage {
             #[cfg(feature = "cuda")]
-            Storage::Cuda(b) => b.to_bytes().unwrap_or_default(),
+            Storage::Cuda(b) => b.to_bytes()?,
             Storage::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::BF16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Storage::U32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Storage::Quant(_) => self.to_vec_f32().iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Storage::Quant(_) => self.to_vec_f32()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
             #[cfg(feature = "cuda")]
-            Storage::CudaQuant(_) => self.to_vec_f32().iter().flat_map(|x| x.to_le_bytes()).collect(),
-        }
+            Storage::CudaQuant(_) => self.to_vec_f32()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        })
     }
 
     /// Sum of all elements, accumulated in f64.
-    pub fn sum_f64(&self) -> f64 {
-        self.to_vec_f32().iter().map(|&x| x as f64).sum()
+    pub fn sum_f64(&self) -> Result<f64> {
+        Ok(self.to_vec_f32()?.iter().map(|&x| x as f64).sum())
     }
 
     /// Waits until every queued operation on `device` has finished (timing; a no-op on the CPU).
@@ -320,7 +306,7 @@ impl Tensor {
         match device {
             Device::Cpu => Ok(match dtype {
                 DType::F32 => Tensor::zeros(shape),
-                DType::BF16 | DType::F16 => Tensor::zeros(shape).to_dtype(dtype),
+                DType::BF16 | DType::F16 => Tensor::zeros(shape).to_dtype(dtype)?,
                 d => bail!("zeros: no {d:?} zeros on the CPU"),
             }),
             #[cfg(feature = "cuda")]
@@ -337,7 +323,7 @@ impl Tensor {
     /// Zeros of this tensor's shape on its device: of its dtype on a GPU (a bf16 activation's
     /// gradient is bf16), f32 on the CPU (where compute is f32).
     pub fn zeros_like(&self) -> Result<Tensor> {
-        let dtype = if self.is_cuda() { self.dtype() } else { DType::F32 };
+        let dtype = if self.device().is_cpu() { DType::F32 } else { self.dtype() };
         Tensor::zeros_typed(&self.shape, self.device(), dtype)
     }
 
@@ -378,11 +364,11 @@ impl Tensor {
                     if let Some(dq) = crate::quant::DeviceQuant::upload(q.as_ref(), &gpu)? {
                         return Tensor::new(Storage::CudaQuant(dq), &self.shape);
                     }
-                    let f = host.try_to_vec_f32()?;
+                    let f = host.to_vec_f32()?;
                     let buf = crate::cuda::DeviceBuf::from_bytes(&gpu, DType::F32, f.len(), &f.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
                     return Tensor::from_device_buf(buf, &self.shape);
                 }
-                let buf = crate::cuda::DeviceBuf::from_bytes(&gpu, host.dtype(), host.numel(), &host.to_le_bytes())?;
+                let buf = crate::cuda::DeviceBuf::from_bytes(&gpu, host.dtype(), host.numel(), &host.to_le_bytes()?)?;
                 Tensor::from_device_buf(buf, &self.shape)
             }
         }
@@ -415,7 +401,7 @@ impl Tensor {
             bail!("write_at: cannot write {:?} {:?} on {} at {offset} into {:?} {:?} on {}", src.dtype(), src.shape, src.device(), self.dtype(), self.shape, self.device());
         }
         #[cfg(feature = "cuda")]
-        if self.is_cuda() {
+        if let Storage::Cuda(_) = &*self.storage {
             let sb = src.cuda_buf()?;
             let gpu = sb.gpu.clone();
             let d = self.cuda_buf_mut()?;

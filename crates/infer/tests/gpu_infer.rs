@@ -37,7 +37,7 @@ fn kv_cache_decode_on_gpu_matches_the_cpu_full_forward() {
         cuda::set_matmul_precision(precision);
         for b in [1usize, 2] {
             let ids: Vec<u32> = (0..b * t).map(|_| r.below(v as u64) as u32).collect();
-            let full = cpu.logits(&Tensor::from_u32(ids.clone(), &[b, t]).unwrap(), None, Logits::All).unwrap().to_vec_f32();
+            let full = cpu.logits(&Tensor::from_u32(ids.clone(), &[b, t]).unwrap(), None, Logits::All).unwrap().to_vec_f32().unwrap();
             let mut cache = KvCache::new_on(&gpu_m.cfg, b, t, d).unwrap();
             let take = |lo: usize, hi: usize| -> Tensor {
                 let rows: Vec<u32> = (0..b).flat_map(|bi| ids[bi * t + lo..bi * t + hi].to_vec()).collect();
@@ -45,7 +45,7 @@ fn kv_cache_decode_on_gpu_matches_the_cpu_full_forward() {
             };
             let mut worst = 0f64;
             let mut check = |pos: usize, got: Tensor| {
-                let got = got.to_vec_f32();
+                let got = got.to_vec_f32().unwrap();
                 for bi in 0..b {
                     let want = &full[(bi * t + pos) * v..(bi * t + pos + 1) * v];
                     worst = worst.max(nmse(&got[bi * v..(bi + 1) * v], want));
@@ -135,9 +135,9 @@ fn dequantised(m: &Model) -> Model {
 /// a time through the KV cache on the model's device (teacher forcing).
 fn stepwise(m: &Model, prompt: &[u32], steps: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = KvCache::new_on(&m.cfg, 1, prompt.len() + steps.len() + 1, m.device()).unwrap();
-    let mut out = vec![m.logits(&Tensor::from_u32(prompt.to_vec(), &[1, prompt.len()]).unwrap(), Some(&mut cache), Logits::Last).unwrap().to_vec_f32()];
+    let mut out = vec![m.logits(&Tensor::from_u32(prompt.to_vec(), &[1, prompt.len()]).unwrap(), Some(&mut cache), Logits::Last).unwrap().to_vec_f32().unwrap()];
     for &id in steps {
-        out.push(m.logits(&Tensor::from_u32(vec![id], &[1, 1]).unwrap(), Some(&mut cache), Logits::Last).unwrap().to_vec_f32());
+        out.push(m.logits(&Tensor::from_u32(vec![id], &[1, 1]).unwrap(), Some(&mut cache), Logits::Last).unwrap().to_vec_f32().unwrap());
     }
     out
 }
@@ -179,7 +179,7 @@ fn smollm2_q4_1_gguf_runs_quantised_on_gpu() {
     stop.extend(tok.eos_id());
 
     // Prefill logits at every prompt position (the dequantise + cuBLASLt path, n > 8 rows).
-    let all = |m: &Model| m.logits(&Tensor::from_u32(chat.clone(), &[1, chat.len()]).unwrap(), None, Logits::All).unwrap().to_vec_f32();
+    let all = |m: &Model| m.logits(&Tensor::from_u32(chat.clone(), &[1, chat.len()]).unwrap(), None, Logits::All).unwrap().to_vec_f32().unwrap();
     let want = all(&reference);
     let c8 = all(&cpu);
     println!("prompt of {} tokens, logits at every position:", chat.len());
@@ -250,10 +250,10 @@ fn exported_quantised_ggufs_run_on_gpu_like_on_the_cpu() {
         let mut gm = smelt_convert::load_model(&out).unwrap();
         gm.to_device(d).unwrap();
         let x = Tensor::from_u32(ids.clone(), &[b, t]).unwrap();
-        let want = reference.logits(&x, None, Logits::All).unwrap().to_vec_f32();
-        let c8 = cpu.logits(&x, None, Logits::All).unwrap().to_vec_f32();
+        let want = reference.logits(&x, None, Logits::All).unwrap().to_vec_f32().unwrap();
+        let c8 = cpu.logits(&x, None, Logits::All).unwrap().to_vec_f32().unwrap();
         // Full forward: 40 rows per matmul (dequantise + cuBLASLt).
-        let full = gm.logits(&x, None, Logits::All).unwrap().to_vec_f32();
+        let full = gm.logits(&x, None, Logits::All).unwrap().to_vec_f32().unwrap();
         // KV-cache decode, batch 2: 2 rows per matmul (the matvec kernel).
         let mut cache = KvCache::new_on(&gm.cfg, b, t, d).unwrap();
         let take = |lo: usize, hi: usize| Tensor::from_u32((0..b).flat_map(|bi| ids[bi * t + lo..bi * t + hi].to_vec()).collect(), &[b, hi - lo]).unwrap();
@@ -264,9 +264,9 @@ fn exported_quantised_ggufs_run_on_gpu_like_on_the_cpu() {
                 worst = worst.max(nmse(&got[bi * v..(bi + 1) * v], &want[(bi * t + pos) * v..(bi * t + pos + 1) * v]));
             }
         };
-        check(prefill - 1, gm.logits(&take(0, prefill), Some(&mut cache), Logits::Last).unwrap().to_vec_f32());
+        check(prefill - 1, gm.logits(&take(0, prefill), Some(&mut cache), Logits::Last).unwrap().to_vec_f32().unwrap());
         for pos in prefill..t {
-            check(pos, gm.logits(&take(pos, pos + 1), Some(&mut cache), Logits::Last).unwrap().to_vec_f32());
+            check(pos, gm.logits(&take(pos, pos + 1), Some(&mut cache), Logits::Last).unwrap().to_vec_f32().unwrap());
         }
         let e = nmse(&full, &want);
         println!("{} export ({}): GPU full forward nmse {e:.3e}, decode worst nmse {worst:.3e} (tol 1e-10) vs the f32 reference; CPU 8-bit nmse {:.3e}, GPU vs CPU max |Δ| {:.3e}",

@@ -26,8 +26,8 @@ pub fn parse_safetensors(bytes: &[u8], path: &Path) -> Result<HashMap<String, Te
         let b = view.data();
         let t = match view.dtype() {
             Dtype::F32 => Tensor::from_f32(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(), &shape)?,
-            Dtype::BF16 => Tensor::from_bf16(b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]])).collect(), &shape)?.to_dtype(DType::F32),
-            Dtype::F16 => Tensor::from_f16(b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect(), &shape)?.to_dtype(DType::F32),
+            Dtype::BF16 => Tensor::from_bf16(b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]])).collect(), &shape)?.to_dtype(DType::F32)?,
+            Dtype::F16 => Tensor::from_f16(b.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]])).collect(), &shape)?.to_dtype(DType::F32)?,
             Dtype::I32 => Tensor::from_i32(b.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect(), &shape)?,
             Dtype::I64 => Tensor::from_i32(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap()) as i32).collect(), &shape)?,
             Dtype::U32 => Tensor::from_u32(b.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect(), &shape)?,
@@ -82,8 +82,8 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], dtype: DType
             // Device tensors (a GPU run's weights) are copied to the host here, so the file is
             // the same whichever device trained it.
             let t = t.to_device(smelt_core::Device::Cpu).with_context(|| format!("{n}: copying to the host"))?;
-            let t = if matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16 | DType::Quant) { t.to_dtype(dtype) } else { t.clone() };
-            Ok((n.clone(), t.shape().to_vec(), st_dtype(t.dtype()), t.to_le_bytes()))
+            let t = if matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16 | DType::Quant) { t.to_dtype(dtype)? } else { t.clone() };
+            Ok((n.clone(), t.shape().to_vec(), st_dtype(t.dtype()), t.to_le_bytes()?))
         })
         .collect::<Result<_>>()?;
     let views: Vec<(String, safetensors::tensor::TensorView)> = bufs

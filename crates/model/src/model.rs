@@ -112,7 +112,7 @@ fn cache_write(cache: &mut Tensor, new: &Tensor, pos0: usize) -> Result<()> {
     let s = cache.shape().to_vec();
     let (b, cap, row) = (s[0], s[1], s[2] * s[3]);
     let t = new.shape()[1];
-    if cache.is_cuda() {
+    if !cache.device().is_cpu() {
         // Device copies, one per sequence (batch 1 for generation: one copy). The rows must
         // already have the cache's dtype (`write_at` says so if not).
         if b == 1 {
@@ -239,7 +239,7 @@ impl Model {
     /// The same model with every quantised matrix dequantised to plain f32 (on the host).
     pub fn dequantized(&self) -> Result<Self> {
         let params = self.params.iter().map(|p| {
-            if p.dtype() == smelt_core::DType::Quant { Tensor::from_f32(p.to_vec_f32(), p.shape()) } else { Ok(p.clone()) }
+            if p.dtype() == smelt_core::DType::Quant { Tensor::from_f32(p.to_vec_f32()?, p.shape()) } else { Ok(p.clone()) }
         }).collect::<Result<Vec<_>>>()?;
         self.with_params(params)
     }
@@ -271,7 +271,7 @@ impl Model {
             if t.shape() != shape.as_slice() {
                 bail!("{}: tensor {name} has shape {:?}, config.json implies {shape:?}", dir.display(), t.shape());
             }
-            params.push(t.to_dtype(smelt_core::DType::F32));
+            params.push(t.to_dtype(smelt_core::DType::F32)?);
         }
         // Tied checkpoints sometimes also store the head; rotary tables are derived, not weights.
         w.retain(|n, _| !(n == "lm_head.weight" && cfg.tie_embeddings) && !n.ends_with("rotary_emb.inv_freq"));
@@ -304,7 +304,7 @@ impl Model {
             for ((_, t), p) in named.iter_mut().zip(params::list(&self.cfg)) {
                 if matches!(p.def.role, Role::Wq | Role::Wk) {
                     let cols = t.cols();
-                    let src = t.to_vec_f32();
+                    let src = t.to_vec_f32()?;
                     let mut dst = vec![0f32; src.len()];
                     for r in 0..t.rows() {
                         let (h, e) = (r / hd, r % hd);

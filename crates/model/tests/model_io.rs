@@ -88,21 +88,21 @@ fn attention_scale_reaches_every_attention_path() {
         c.attn_scale = scale;
         Model::new(c, base.params.clone()).unwrap()
     };
-    let logits = |m: &Model| m.logits(&ids, None, Logits::All).unwrap().to_vec_f32();
+    let logits = |m: &Model| m.logits(&ids, None, Logits::All).unwrap().to_vec_f32().unwrap();
     let default = logits(&base);
     assert_eq!(logits(&with(Some(1.0 / (base.cfg.head_dim as f32).sqrt()))), default);
     let hot = with(Some(0.9));
     let full = logits(&hot);
     assert!(full.iter().zip(&default).any(|(a, b)| a != b), "a scale of 0.9 left the logits unchanged");
     let mut cache = KvCache::new(&hot.cfg, 1, 8);
-    let last = hot.logits(&ids, Some(&mut cache), Logits::Last).unwrap().to_vec_f32();
+    let last = hot.logits(&ids, Some(&mut cache), Logits::Last).unwrap().to_vec_f32().unwrap();
     let err = last.iter().zip(&full[7 * 50..]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(err < 1e-5, "cached path: max diff {err}");
     let grad = |m: &Model| {
         let mut g = smelt_core::Graph::training();
         let p = m.param_vars(&mut g, true);
         let loss = m.loss(&mut g, &p, &ids, &ids, false).unwrap();
-        g.backward(&loss).unwrap().get(&p[m.idx.layers[0][smelt_model::params::Role::Wq]]).unwrap().to_vec_f32()
+        g.backward(&loss).unwrap().get(&p[m.idx.layers[0][smelt_model::params::Role::Wq]]).unwrap().to_vec_f32().unwrap()
     };
     assert_ne!(grad(&hot), grad(&base));
 }

@@ -1,8 +1,6 @@
 //! smelt-train: the optimizer, schedules, the pretraining loop and checkpoints.
 
 pub mod checkpoint;
-#[cfg(feature = "cuda")]
-mod gpu_step;
 pub mod optim;
 pub mod progress;
 pub mod trainer;

@@ -1,46 +1,8 @@
-//! AdamW state over the whole parameter list, and the learning-rate schedules.
+//! The learning-rate schedules. AdamW's state and update live together in
+//! `smelt_core::ops::adamw` (re-exported here).
 
-use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use smelt_core::ops::adamw::{adamw_step, AdamW};
-use smelt_core::Tensor;
-
-pub struct AdamWState {
-    pub m: Vec<Tensor>,
-    pub v: Vec<Tensor>,
-    /// Updates taken so far (the next update is number `t + 1`).
-    pub t: u64,
-}
-
-impl AdamWState {
-    pub fn new(params: &[Tensor]) -> Self {
-        AdamWState {
-            m: params.iter().map(|p| Tensor::zeros(p.shape())).collect(),
-            v: params.iter().map(|p| Tensor::zeros(p.shape())).collect(),
-            t: 0,
-        }
-    }
-
-    /// Moves the moments to `device` (a CPU checkpoint resumed on a GPU, or the reverse).
-    pub fn to_device(&mut self, device: smelt_core::Device) -> Result<()> {
-        for t in self.m.iter_mut().chain(self.v.iter_mut()) {
-            *t = t.to_device(device)?;
-        }
-        Ok(())
-    }
-
-    /// One update of every parameter. `decay[i]` says whether weight decay applies to it.
-    pub fn step(&mut self, hp: &AdamW, params: &mut [Tensor], grads: &[Tensor], decay: &[bool]) -> Result<()> {
-        if params.len() != grads.len() || params.len() != self.m.len() {
-            bail!("optimizer: {} parameters, {} gradients, {} moment tensors", params.len(), grads.len(), self.m.len());
-        }
-        self.t += 1;
-        for i in 0..params.len() {
-            adamw_step(hp, self.t, decay[i], &mut params[i], &grads[i], &mut self.m[i], &mut self.v[i])?;
-        }
-        Ok(())
-    }
-}
+pub use smelt_core::ops::adamw::AdamWState;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -5,7 +5,9 @@ use crate::checkpoint::{self, TrainerState};
 use crate::optim::{lr_at, AdamWState, Schedule};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use smelt_core::ops::adamw::{clip_grad_norm, AdamW};
+use smelt_core::ops::adamw::{self, AdamW};
+use smelt_core::ops::elementwise;
+use smelt_core::profile::timed;
 use smelt_core::{Graph, Tensor};
 use smelt_data::{Batcher, TokenFile};
 use smelt_model::{presets, Model, ModelConfig};
@@ -136,41 +138,52 @@ struct Metrics {
     val_loss: Option<f64>,
 }
 
-/// One update: forward/backward over `micro` batches (gradients averaged), clip, AdamW.
-/// Returns (mean loss, pre-clip gradient norm). Parameters are untouched if the loss is not finite.
+/// One update: forward/backward over `micro` batches (gradients averaged), clip, AdamW, on
+/// whatever device the model is on (the autograd tape runs unchanged over its tensors).
+/// The gradient norm, the clip coefficient and a skip flag (loss or norm not finite) stay
+/// where the gradients are and AdamW reads them there, so a GPU step is queued without a host
+/// round trip; the host waits once, at the end, to read the losses and the norm.
+/// Returns (mean loss, pre-clip gradient norm). Parameters are untouched if the loss or the
+/// norm is not finite.
+///
+/// Precision on CUDA (`smelt_core::cuda::matmul_precision`, docs/CUDA.md): f32 master weights,
+/// weight gradients and AdamW moments; under mixed precision (the default) bf16 matmul operands
+/// with f32 accumulation and bf16 activations and activation gradients, the residual stream f32.
 pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[(Tensor, Tensor)], clip: f64, grad_checkpoint: bool) -> Result<(f64, f64)> {
-    #[cfg(feature = "cuda")]
-    if model.device() != smelt_core::Device::Cpu {
-        return crate::gpu_step::train_step(model, opt, hp, micro, clip, grad_checkpoint);
-    }
     let (mut grads, losses) = backward_sum(model, micro, grad_checkpoint)?;
-    let mut loss_sum = 0f64;
-    for l in &losses {
-        loss_sum += l.as_f32()?[0] as f64;
-    }
-    let n = micro.len() as f32;
     if micro.len() > 1 {
+        let n = micro.len() as f32;
         for g in &mut grads {
-            g.f32_mut()?.iter_mut().for_each(|v| *v /= n);
+            *g = elementwise::div_scalar(g, n)?;
         }
     }
-    let loss = loss_sum / micro.len() as f64;
-    if !loss.is_finite() {
-        return Ok((loss, f64::NAN));
+    // Summed where the losses are, only for the skip flag; the mean is taken on the host below.
+    let mut loss_sum = losses[0].clone();
+    for l in &losses[1..] {
+        loss_sum = elementwise::add(&loss_sum, l)?;
     }
-    let norm = smelt_core::profile::timed("clip_grad_norm", || clip_grad_norm(&mut grads, clip))?;
-    if !norm.is_finite() {
-        return Ok((loss, norm));
-    }
+    let gnorm = timed("clip_grad_norm", || adamw::grad_norm(&grads.iter().collect::<Vec<_>>(), clip, Some(&loss_sum)))?;
     let decay = smelt_model::params::decays(&model.cfg);
-    smelt_core::profile::timed("adamw", || opt.step(hp, &mut model.params, &grads, &decay))?;
+    timed("adamw", || opt.step(hp, &mut model.params, &grads, &decay, Some(&gnorm)))?;
+    // The one wait of the step: everything above is queued; read the losses and the norm.
+    let mut loss_total = 0f64;
+    for l in &losses {
+        loss_total += l.to_vec_f32()?[0] as f64;
+    }
+    let loss = loss_total / micro.len() as f64;
+    let (norm, _, skipped) = gnorm.read()?;
+    if skipped {
+        // The update was skipped on the device; keep the step count in step with it.
+        opt.t -= 1;
+        return Ok((loss, if loss.is_finite() { norm } else { f64::NAN }));
+    }
     Ok((loss, norm))
 }
 
 /// Forward and backward over each micro-batch on whatever device the model is on. Returns the
 /// parameter gradients summed over the micro-batches (in parameter order) and each micro-batch's
-/// loss (a 1-element tensor, left where it was computed). Both step variants start here.
-pub(crate) fn backward_sum(model: &Model, micro: &[(Tensor, Tensor)], grad_checkpoint: bool) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+/// loss (a 1-element tensor, left where it was computed).
+fn backward_sum(model: &Model, micro: &[(Tensor, Tensor)], grad_checkpoint: bool) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
     let mut acc: Option<Vec<Tensor>> = None;
     let mut losses = Vec::with_capacity(micro.len());
     for (x, y) in micro {
@@ -192,7 +205,7 @@ pub(crate) fn backward_sum(model: &Model, micro: &[(Tensor, Tensor)], grad_check
             None => gs,
             Some(mut a) => {
                 for (ai, gi) in a.iter_mut().zip(&gs) {
-                    smelt_core::ops::elementwise::add_assign(ai, gi)?;
+                    elementwise::add_assign(ai, gi)?;
                 }
                 a
             }
@@ -201,14 +214,18 @@ pub(crate) fn backward_sum(model: &Model, micro: &[(Tensor, Tensor)], grad_check
     Ok((acc.context("no micro-batches")?, losses))
 }
 
-/// Mean validation loss over deterministic windows.
+/// Mean validation loss over deterministic windows, in the training loss's arithmetic: a
+/// training graph whose parameters need no gradient tapes nothing but runs the training
+/// kernels (on the CPU the flash-style `attention::attn_fwd`). An inference graph would run
+/// llama.cpp's order (`attn_fwd_ggml`, kept for GGUF parity in perplexity and generation),
+/// and the validation loss of the training batch would then differ from its training loss.
 pub fn evaluate(model: &Model, batches: &[(Tensor, Tensor)]) -> Result<f64> {
     let (mut sum, mut n) = (0f64, 0usize);
     for (x, y) in batches {
-        let mut g = Graph::inference();
+        let mut g = Graph::training();
         let p = model.param_vars(&mut g, false);
         let loss = model.loss(&mut g, &p, x, y, false)?;
-        sum += loss.tensor().try_to_vec_f32()?[0] as f64 * y.numel() as f64;
+        sum += loss.tensor().to_vec_f32()?[0] as f64 * y.numel() as f64;
         n += y.numel();
     }
     Ok(sum / n.max(1) as f64)

@@ -47,7 +47,7 @@ fn markov_batches(vocab: usize, b: usize, t: usize, n: usize, seed: u64) -> Vec<
         .collect()
 }
 
-fn nmse(a: &Tensor, b: &Tensor) -> f64 { smelt_testing::nmse(&a.to_vec_f32(), &b.to_vec_f32()) }
+fn nmse(a: &Tensor, b: &Tensor) -> f64 { smelt_testing::nmse(&a.to_vec_f32().unwrap(), &b.to_vec_f32().unwrap()) }
 
 /// Runs `steps` updates on `device`; returns the losses and the final parameters (on the CPU).
 fn run(cfg: &ModelConfig, data: &[(Tensor, Tensor)], device: Device, steps: usize) -> (Vec<f64>, Vec<Tensor>) {
@@ -140,7 +140,7 @@ fn gpu_mixed_precision_gradients_track_the_cpu_and_activations_shrink() {
         let mut gr = g.backward(&loss).unwrap();
         let grads: Vec<Tensor> = p.iter().map(|v| gr.take(v).expect("a parameter without a gradient").to_device(Device::Cpu).unwrap()).collect();
         let peak = cuda::mem_stats().1.saturating_sub(base);
-        (loss.tensor().try_to_vec_f32().unwrap()[0] as f64, grads, kept, peak)
+        (loss.tensor().to_vec_f32().unwrap()[0] as f64, grads, kept, peak)
     };
     let cpu = Model::init(cfg.clone(), 3).unwrap();
     let (lc, gc, _, _) = step(&cpu);

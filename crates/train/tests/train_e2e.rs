@@ -89,6 +89,11 @@ fn gradient_checkpointing_does_not_change_the_run() {
     cfg.checkpoint_dir = d.join("ckpt-gc");
     smelt_train::run(cfg, None).unwrap();
     assert_eq!(losses(&d.join("ckpt-gc/metrics.jsonl")), plain);
+    // The gradients too: the checkpointed forward runs the kernels its re-run does.
+    let (a, b) = (Model::load(&d.join("ckpt/final")).unwrap(), Model::load(&d.join("ckpt-gc/final")).unwrap());
+    for (x, y) in a.params.iter().zip(&b.params) {
+        assert_eq!(x.as_f32().unwrap(), y.as_f32().unwrap(), "final weights differ with --grad-checkpoint");
+    }
 }
 
 #[test]

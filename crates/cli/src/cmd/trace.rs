@@ -70,7 +70,7 @@ pub fn run(a: TraceArgs) -> Result<()> {
                 let d = dir.join(format!("step{si}"));
                 std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
                 for s in stages {
-                    let b: Vec<u8> = s.tensor.to_vec_f32().iter().flat_map(|x| x.to_le_bytes()).collect();
+                    let b: Vec<u8> = s.tensor.to_vec_f32()?.iter().flat_map(|x| x.to_le_bytes()).collect();
                     write_npy(&d.join(format!("{}.npy", s.name)), "<f4", s.tensor.shape(), &b)?;
                 }
             }
@@ -92,13 +92,13 @@ pub fn run(a: TraceArgs) -> Result<()> {
             row(&s.name, s.tensor.shape(), "f32", s.seconds * 1e3, &s.stats);
         }
         if let Some(dir) = &a.dump {
-            let b: Vec<u8> = s.tensor.to_vec_f32().iter().flat_map(|x| x.to_le_bytes()).collect();
+            let b: Vec<u8> = s.tensor.to_vec_f32()?.iter().flat_map(|x| x.to_le_bytes()).collect();
             write_npy(&dir.join(format!("{}.npy", s.name)), "<f4", s.tensor.shape(), &b)?;
         }
     }
     let logits = stages.last().context("no stages traced")?;
     let v = logits.tensor.cols();
-    let all = logits.tensor.to_vec_f32();
+    let all = logits.tensor.to_vec_f32()?;
     let last = &all[all.len() - v..];
     let t = Instant::now();
     let next = last.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b });

@@ -40,10 +40,10 @@ fn attn_tol(hd: usize) -> f64 {
 }
 
 /// The values of `t` rounded to bf16, as an f32 host tensor: the CPU reference's inputs.
-fn bf(t: &Tensor) -> Tensor { t.to_dtype(DType::BF16).to_dtype(DType::F32) }
+fn bf(t: &Tensor) -> Tensor { t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap() }
 
 /// `t` rounded to bf16 and stored as bf16 on `d`.
-fn upb(t: &Tensor, d: Device) -> Tensor { t.to_dtype(DType::BF16).to_device(d).unwrap() }
+fn upb(t: &Tensor, d: Device) -> Tensor { t.to_dtype(DType::BF16).unwrap().to_device(d).unwrap() }
 
 /// The result's dtype, then its NMSE against the CPU.
 fn check(label: &str, gpu: &Tensor, dtype: DType, cpu: &Tensor, tol: f64) {
@@ -87,9 +87,9 @@ fn parity_bf16_elementwise_casts_and_embedding() {
     // The device cast rounds exactly as the host does (nearest even), and back is exact.
     let down = ops::elementwise::cast(&up(&a, d), DType::BF16).unwrap();
     check("cast f32 -> bf16", &down, DType::BF16, &ac, 0.0);
-    assert_eq!(down.to_device(Device::Cpu).unwrap().to_le_bytes(), a.to_dtype(DType::BF16).to_le_bytes(), "device and host bf16 rounding differ");
+    assert_eq!(down.to_device(Device::Cpu).unwrap().to_le_bytes().unwrap(), a.to_dtype(DType::BF16).unwrap().to_le_bytes().unwrap(), "device and host bf16 rounding differ");
     check("cast bf16 -> f32", &ops::elementwise::cast(&down, DType::F32).unwrap(), DType::F32, &ac, 0.0);
-    check("to_dtype on the device", &up(&a, d).to_dtype(DType::BF16), DType::BF16, &ac, 0.0);
+    check("to_dtype on the device", &up(&a, d).to_dtype(DType::BF16).unwrap(), DType::BF16, &ac, 0.0);
 
     let (v, c, n) = (50, 24, 300);
     let table = randn(&mut r, &[v, c], 1.0);
@@ -244,7 +244,7 @@ fn attn_case(r: &mut Rng, d: Device, (b, tq, tk, s, h, kvh, hd, window): (usize,
     }
     // The backward reads the stored (bf16) output; the CPU gets the same values.
     let dout = randn(r, &[b, tq, h, hd], 1.0);
-    let o_seen = og.to_device(Device::Cpu).unwrap().to_dtype(DType::F32);
+    let o_seen = og.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
     let (dqc, dkc, dvc) = ops::attention::attention_backward(&qc, &kc, &vc, &o_seen, &lc, &bf(&dout), window, sc).unwrap();
     let (dqg, dkg, dvg) = ops::attention::attention_backward(&qg, &kg, &vg, &og, &lg, &upb(&dout, d), window, sc).unwrap();
     check(&format!("{label} dq"), &dqg, DType::BF16, &dqc, tol);

@@ -67,7 +67,7 @@ impl Parity {
 pub fn compare(m: &Model, g: &HashMap<String, Tensor>, window: usize, label: &str) -> Parity {
     let prompt = ids(g, "input_ids");
     let logits = m.logits(&Tensor::from_u32(prompt.clone(), &[1, prompt.len()]).unwrap(), None, Logits::All).unwrap();
-    let (ours, theirs) = (logits.try_to_vec_f32().unwrap(), f32s(g, "logits"));
+    let (ours, theirs) = (logits.to_vec_f32().unwrap(), f32s(g, "logits"));
     assert_eq!(ours.len(), theirs.len(), "{label}: logits shape");
     let max_abs = theirs.iter().fold(0f32, |a, &x| a.max(x.abs())) as f64;
     let max_diff = ours.iter().zip(theirs).fold(0f32, |a, (x, y)| a.max((x - y).abs())) as f64;

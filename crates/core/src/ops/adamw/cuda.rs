@@ -126,3 +126,12 @@ pub fn adamw_multi(o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], 
     cuda::launched(unsafe { l.launch(cfg) }, "adamw_multi_f32")?;
     Ok(())
 }
+
+impl super::OptimKernels for crate::backend::Cuda {
+    fn grad_norm(&self, grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<super::GradNorm> {
+        Ok(super::GradNorm { state: grad_norm_state(grads, max_norm, loss)?, host_norm: None })
+    }
+    fn adamw(&self, o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], norm: Option<&super::GradNorm>) -> Result<()> {
+        adamw_multi(o, step, decay, params, grads, m, v, norm.map(|n| &n.state))
+    }
+}

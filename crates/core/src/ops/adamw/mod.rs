@@ -1,8 +1,12 @@
 //! AdamW (decoupled weight decay), global gradient norm and clipping: the optimizer's math,
 //! written as PyTorch's `torch.optim.AdamW` and `clip_grad_norm_` compute it so that runs
-//! can be compared step for step.
+//! can be compared step for step, and its state (`AdamWState`) beside the update that reads it.
+//! Every backend runs the same step: `grad_norm` leaves the norm, the clip coefficient and a
+//! skip flag where the gradients are, and `adamw_multi` reads them there (no host round trip
+//! on a GPU; `cuda.rs` + `adamw.cu` fuse the whole parameter list into one launch).
 
 use crate::float::Float;
+use crate::backend::{self, Cpu};
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -23,6 +27,13 @@ const CHUNK: usize = 8192;
 
 /// One update of `p` with gradient `g` and moments `m`, `v`; `step` counts from 1.
 pub fn adamw_update<F: Float>(o: &AdamW, step: u64, wd: bool, p: &mut [F], g: &[F], m: &mut [F], v: &mut [F]) {
+    adamw_update_clipped(o, step, wd, p, g, F::ONE, m, v)
+}
+
+/// `adamw_update` with the gradient scaled by the clip coefficient `coef` first (each g·coef
+/// rounded to F once, as scaling the gradient tensor would; coef = 1 leaves it unchanged).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update_clipped<F: Float>(o: &AdamW, step: u64, wd: bool, p: &mut [F], g: &[F], coef: F, m: &mut [F], v: &mut [F]) {
     let (b1, b2) = (F::from_f64(o.beta1), F::from_f64(o.beta2));
     let bc1 = 1.0 - o.beta1.powi(step as i32);
     let bc2_sqrt = F::from_f64((1.0 - o.beta2.powi(step as i32)).sqrt());
@@ -34,67 +45,167 @@ pub fn adamw_update<F: Float>(o: &AdamW, step: u64, wd: bool, p: &mut [F], g: &[
         .zip(v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)))
         .for_each(|((p, m), (v, g))| {
             for i in 0..p.len() {
+                let gi = g[i] * coef;
                 p[i] *= decay;
-                m[i] += (F::ONE - b1) * (g[i] - m[i]);
-                v[i] = b2 * v[i] + (F::ONE - b2) * g[i] * g[i];
+                m[i] += (F::ONE - b1) * (gi - m[i]);
+                v[i] = b2 * v[i] + (F::ONE - b2) * gi * gi;
                 let denom = v[i].sqrt() / bc2_sqrt + eps;
                 p[i] -= step_size * m[i] / denom;
             }
         });
 }
 
-/// sqrt(Σ g²) over all tensors, accumulated in f64 in a fixed order.
+/// A step's global gradient norm, clip coefficient and skip flag, left where the gradients
+/// are so that the update reads them there (on a GPU: no host round trip before AdamW).
+pub struct GradNorm {
+    /// [norm, clip coefficient, skip flag (1: skip the update)], f32 on the gradients' device.
+    pub state: Tensor,
+    /// The norm at full precision when the backend has it on the host (the CPU's f64 sum).
+    host_norm: Option<f64>,
+}
+
+impl GradNorm {
+    /// (norm, clip coefficient, skip), read back to the host (a device waits for its queue).
+    pub fn read(&self) -> Result<(f64, f32, bool)> {
+        let st = self.state.to_vec_f32()?;
+        Ok((self.host_norm.unwrap_or(st[0] as f64), st[1], st[2] != 0.0))
+    }
+}
+
+/// The optimizer kernels a backend provides (arguments checked by the entry points below).
+pub trait OptimKernels {
+    /// The global L2 norm of `grads`; the clip coefficient max_norm / (norm + 1e-6) clamped to
+    /// 1 (1 when `max_norm` ≤ 0); the skip flag, set when the norm or `loss` is not finite.
+    fn grad_norm(&self, grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<GradNorm>;
+    /// One AdamW update of every parameter. With `norm`, the gradients are scaled by its clip
+    /// coefficient and nothing is updated when its skip flag is set.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(&self, o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], norm: Option<&GradNorm>) -> Result<()>;
+}
+
+impl OptimKernels for Cpu {
+    /// The norm summed in f64 in a fixed order (chunks, then tensors).
+    fn grad_norm(&self, grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<GradNorm> {
+        let mut s = 0f64;
+        for g in grads {
+            s += g.as_f32()?.par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).collect::<Vec<_>>().iter().sum::<f64>();
+        }
+        let norm = s.sqrt();
+        let coef = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) as f32 } else { 1.0 };
+        let bad_loss = match loss {
+            Some(l) => !l.as_f32()?[0].is_finite(),
+            None => false,
+        };
+        let skip = !norm.is_finite() || bad_loss;
+        let state = Tensor::from_f32(vec![norm as f32, coef, if skip { 1.0 } else { 0.0 }], &[3])?;
+        Ok(GradNorm { state, host_norm: Some(norm) })
+    }
+
+    fn adamw(&self, o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], norm: Option<&GradNorm>) -> Result<()> {
+        let (coef, skip) = match norm {
+            Some(n) => {
+                let st = n.state.as_f32()?;
+                (st[1], st[2] != 0.0)
+            }
+            None => (1.0, false),
+        };
+        if skip {
+            return Ok(());
+        }
+        // Clipping only ever scales down (coef ≤ 1); 1 multiplies exactly.
+        let coef = coef.min(1.0);
+        for i in 0..params.len() {
+            adamw_update_clipped(o, step, decay[i], params[i].f32_mut()?, grads[i].as_f32()?, coef, m[i].f32_mut()?, v[i].f32_mut()?);
+        }
+        Ok(())
+    }
+}
+
+/// The global norm, clip coefficient and skip flag of `grads` (and `loss`, if given) for
+/// clipping at `max_norm`, on the gradients' device (see `OptimKernels::grad_norm`).
+pub fn grad_norm(grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<GradNorm> {
+    backend::on("grad_norm", grads.iter().copied().chain(loss))?.grad_norm(grads, max_norm, loss)
+}
+
+/// sqrt(Σ g²) over all tensors, accumulated in f64 in a fixed order (read back to the host).
 pub fn global_norm(grads: &[&Tensor]) -> Result<f64> {
-    #[cfg(feature = "cuda")]
-    if grads.first().is_some_and(|g| g.is_cuda()) {
-        let st = cuda::grad_norm_state(grads, 0.0, None)?.try_to_vec_f32()?;
-        return Ok(st[0] as f64);
-    }
-    let mut s = 0f64;
-    for g in grads {
-        s += g.as_f32()?.par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).collect::<Vec<_>>().iter().sum::<f64>();
-    }
-    Ok(s.sqrt())
+    Ok(grad_norm(grads, 0.0, None)?.read()?.0)
 }
 
 /// Scales gradients so their global norm is at most `max_norm` (PyTorch: coef = max/(norm+1e-6),
-/// clamped to 1, always applied). Returns the norm before clipping.
+/// clamped to 1, always applied). Returns the norm before clipping. Generic callers get the
+/// host's answer (one wait on a GPU); the trainer leaves the coefficient on the device instead
+/// (`grad_norm` + `adamw_multi`).
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    #[cfg(feature = "cuda")]
-    if grads.first().is_some_and(|g| g.is_cuda()) {
-        // Generic callers get the host's answer (one sync); the trainer's GPU step keeps the
-        // coefficient on the device instead (`cuda::grad_norm_state` + `cuda::adamw_multi`).
-        let st = cuda::grad_norm_state(&grads.iter().collect::<Vec<_>>(), max_norm, None)?.try_to_vec_f32()?;
-        if max_norm > 0.0 && st[1] < 1.0 {
-            for g in grads.iter_mut() {
-                *g = crate::ops::elementwise::scale(g, st[1])?;
-            }
-        }
-        return Ok(st[0] as f64);
-    }
-    let norm = global_norm(&grads.iter().collect::<Vec<_>>())?;
-    if max_norm > 0.0 {
-        let coef = (max_norm / (norm + 1e-6)).min(1.0) as f32;
-        if coef < 1.0 {
-            for g in grads.iter_mut() {
-                g.f32_mut()?.iter_mut().for_each(|x| *x *= coef);
-            }
+    let (norm, coef, _) = grad_norm(&grads.iter().collect::<Vec<_>>(), max_norm, None)?.read()?;
+    if max_norm > 0.0 && coef < 1.0 {
+        for g in grads.iter_mut() {
+            *g = crate::ops::elementwise::scale(g, coef)?;
         }
     }
     Ok(norm)
 }
 
+/// One AdamW update of every parameter (`decay[i]`: weight decay applies to parameter i),
+/// clipped and skipped as `norm` says (see `OptimKernels::adamw`).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_multi(o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], norm: Option<&GradNorm>) -> Result<()> {
+    let n = params.len();
+    if grads.len() != n || m.len() != n || v.len() != n || decay.len() != n {
+        bail!("adamw: {n} parameters, {} gradients, {} / {} moments, {} decay flags", grads.len(), m.len(), v.len(), decay.len());
+    }
+    for i in 0..n {
+        let p = params[i].shape();
+        if p != grads[i].shape() || p != m[i].shape() || p != v[i].shape() {
+            bail!("adamw: parameter {p:?}, gradient {:?} and moments {:?} differ in shape", grads[i].shape(), m[i].shape());
+        }
+    }
+    let all = params.iter().chain(grads).chain(m.iter()).chain(v.iter()).chain(norm.map(|n| &n.state));
+    backend::on("adamw", all)?.adamw(o, step, decay, params, grads, m, v, norm)
+}
+
+/// AdamW's state over a whole parameter list: the moments of each parameter and the count.
+pub struct AdamWState {
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    /// Updates taken so far (the next update is number `t + 1`).
+    pub t: u64,
+}
+
+impl AdamWState {
+    /// Zero moments on the host (`to_device` moves them beside the parameters).
+    pub fn new(params: &[Tensor]) -> Self {
+        AdamWState {
+            m: params.iter().map(|p| Tensor::zeros(p.shape())).collect(),
+            v: params.iter().map(|p| Tensor::zeros(p.shape())).collect(),
+            t: 0,
+        }
+    }
+
+    /// Moves the moments to `device` (a CPU checkpoint resumed on a GPU, or the reverse).
+    pub fn to_device(&mut self, device: crate::Device) -> Result<()> {
+        for t in self.m.iter_mut().chain(self.v.iter_mut()) {
+            *t = t.to_device(device)?;
+        }
+        Ok(())
+    }
+
+    /// One update of every parameter (`decay[i]`: weight decay applies to parameter i), as
+    /// number `t + 1`. With `norm` the gradients are clipped by its coefficient and, if its
+    /// skip flag is set, nothing changes on the device: the caller, which reads the flag
+    /// after the step (`GradNorm::read`), then takes the count back (`t -= 1`).
+    pub fn step(&mut self, hp: &AdamW, params: &mut [Tensor], grads: &[Tensor], decay: &[bool], norm: Option<&GradNorm>) -> Result<()> {
+        if params.len() != grads.len() || params.len() != self.m.len() {
+            bail!("optimizer: {} parameters, {} gradients, {} moment tensors", params.len(), grads.len(), self.m.len());
+        }
+        self.t += 1;
+        adamw_multi(hp, self.t, decay, params, grads, &mut self.m, &mut self.v, norm)
+    }
+}
+
 /// Tensor-level AdamW step on one parameter.
 pub fn adamw_step(o: &AdamW, step: u64, decay: bool, p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor) -> Result<()> {
-    if p.shape() != g.shape() || p.shape() != m.shape() || p.shape() != v.shape() {
-        bail!("adamw: parameter {:?}, gradient {:?} and moments {:?} differ in shape", p.shape(), g.shape(), m.shape());
-    }
-    #[cfg(feature = "cuda")]
-    if p.is_cuda() {
-        return cuda::adamw_multi(o, step, &[decay], std::slice::from_mut(p), std::slice::from_ref(g), std::slice::from_mut(m), std::slice::from_mut(v), None);
-    }
-    adamw_update(o, step, decay, p.f32_mut()?, g.as_f32()?, m.f32_mut()?, v.f32_mut()?);
-    Ok(())
+    adamw_multi(o, step, &[decay], std::slice::from_mut(p), std::slice::from_ref(g), std::slice::from_mut(m), std::slice::from_mut(v), None)
 }
 
 #[cfg(test)]
@@ -119,5 +230,44 @@ mod tests {
         assert!((n - 5.0).abs() < 1e-9);
         let v = g[0].as_f32().unwrap();
         assert!((v[0] - 0.6).abs() < 1e-5 && (v[1] - 0.8).abs() < 1e-5);
+    }
+
+    fn t(v: &[f32]) -> Tensor { Tensor::from_f32(v.to_vec(), &[v.len()]).unwrap() }
+
+    /// The trainer's path (norm state, then the multi-tensor update reading it) computes bit
+    /// for bit what clipping the gradients on the host and stepping each tensor computes.
+    #[test]
+    fn the_step_reading_the_norm_state_equals_clip_then_step() {
+        let o = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let grads = vec![t(&[0.3, -1.7, 2.2]), t(&[4.1, 0.05])];
+        let start = || (vec![t(&[1.0, -0.5, 0.25]), t(&[0.7, -0.1])], vec![t(&[0.1, 0.0, -0.2]), t(&[0.0, 0.3])], vec![t(&[0.01, 0.0, 0.04]), t(&[0.0, 0.09])]);
+        let decay = [true, false];
+        let (mut p1, mut m1, mut v1) = start();
+        let mut clipped = grads.clone();
+        let n1 = clip_grad_norm(&mut clipped, 1.0).unwrap();
+        for i in 0..2 {
+            adamw_step(&o, 3, decay[i], &mut p1[i], &clipped[i], &mut m1[i], &mut v1[i]).unwrap();
+        }
+        let (mut p2, mut m2, mut v2) = start();
+        let gn = grad_norm(&grads.iter().collect::<Vec<_>>(), 1.0, Some(&Tensor::scalar(2.5))).unwrap();
+        adamw_multi(&o, 3, &decay, &mut p2, &grads, &mut m2, &mut v2, Some(&gn)).unwrap();
+        let (n2, coef, skip) = gn.read().unwrap();
+        assert!(n1 == n2 && coef < 1.0 && !skip);
+        for (a, b) in p1.iter().chain(&m1).chain(&v1).zip(p2.iter().chain(&m2).chain(&v2)) {
+            assert_eq!(a.as_f32().unwrap(), b.as_f32().unwrap());
+        }
+    }
+
+    /// A non-finite loss or gradient sets the skip flag, and the update then changes nothing.
+    #[test]
+    fn a_non_finite_loss_or_norm_skips_the_update() {
+        let o = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        for (g, loss) in [(t(&[1.0, 2.0]), f32::NAN), (t(&[f32::INFINITY, 2.0]), 1.0)] {
+            let gn = grad_norm(&[&g], 1.0, Some(&Tensor::scalar(loss))).unwrap();
+            assert!(gn.read().unwrap().2);
+            let (mut p, mut m, mut v) = (vec![t(&[1.0, 1.0])], vec![t(&[0.0, 0.0])], vec![t(&[0.0, 0.0])]);
+            adamw_multi(&o, 1, &[true], &mut p, std::slice::from_ref(&g), &mut m, &mut v, Some(&gn)).unwrap();
+            assert_eq!(p[0].as_f32().unwrap(), &[1.0, 1.0]);
+        }
     }
 }

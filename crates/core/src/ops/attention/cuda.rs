@@ -173,3 +173,18 @@ pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse:
     }
     Ok((Tensor::from_device_buf(dq, q.shape())?, Tensor::from_device_buf(dk, k.shape())?, Tensor::from_device_buf(dv, v.shape())?))
 }
+
+impl super::AttentionKernels for crate::backend::Cuda {
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor)> {
+        attention(q, k, v, dm, scale)
+    }
+    /// The training kernel's forward; the lse it also writes is dropped.
+    fn attention_infer(&self, q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<Tensor> {
+        Ok(attention(q, k, v, dm, scale)?.0)
+    }
+    fn attention_backward(
+        &self, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, dm: AttnDims, scale: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        attention_backward(q, k, v, out, lse, dout, dm, scale)
+    }
+}

@@ -9,6 +9,7 @@
 //! h reads KV head h / (H / KVH), as Hugging Face's `repeat_kv` does.
 
 use crate::float::{dot, Float};
+use crate::backend::{self, Cpu};
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -285,27 +286,48 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>) ->
     Ok(dm)
 }
 
+/// The attention kernels a backend provides, for inputs checked by `dims`.
+pub trait AttentionKernels {
+    /// The training forward: (out (B, Tq, H, D), lse (B, H, Tq)).
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor)>;
+    /// The inference forward (KV cache or none; no lse kept).
+    fn attention_infer(&self, q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<Tensor>;
+    /// (dq, dk, dv), dk and dv in the k/v buffer layout.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, dm: AttnDims, scale: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)>;
+}
+
+impl AttentionKernels for Cpu {
+    fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor)> {
+        let (o, l) = attn_fwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, dm, scale);
+        Ok((Tensor::from_f32(o, q.shape())?, Tensor::from_f32(l, &[dm.b, dm.h, dm.tq])?))
+    }
+    /// llama.cpp's arithmetic (`attn_fwd_ggml`), not the training kernel's: see `attention_infer`.
+    fn attention_infer(&self, q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<Tensor> {
+        Tensor::from_f32(attn_fwd_ggml(q.as_f32()?, k.as_f32()?, v.as_f32()?, dm, scale), q.shape())
+    }
+    fn attention_backward(
+        &self, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, dm: AttnDims, scale: f32,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (dq, dk, dv) = attn_bwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, out.as_f32()?, lse.as_f32()?, dout.as_f32()?, dm, scale);
+        Ok((Tensor::from_f32(dq, q.shape())?, Tensor::from_f32(dk, k.shape())?, Tensor::from_f32(dv, v.shape())?))
+    }
+}
+
 /// q: (B, Tq, H, D), k, v: (B, S, KVH, D) with `tk` valid rows → (out (B, Tq, H, D), lse (B, H, Tq)).
 /// `scale` multiplies the scores q·k before the softmax (the model's, usually 1/√D).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>, scale: f32) -> Result<(Tensor, Tensor)> {
     let dm = dims(q, k, v, tk, window)?;
-    #[cfg(feature = "cuda")]
-    if q.is_cuda() {
-        return cuda::attention(q, k, v, dm, scale);
-    }
-    let (o, l) = attn_fwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, dm, scale);
-    Ok((Tensor::from_f32(o, q.shape())?, Tensor::from_f32(l, &[dm.b, dm.h, dm.tq])?))
+    backend::on("attention", [q, k, v])?.attention(q, k, v, dm, scale)
 }
 
 /// Attention for inference over a KV cache (no lse kept): on the CPU in llama.cpp's
 /// arithmetic (`attn_fwd_ggml`), on CUDA the flash kernel.
 pub fn attention_infer(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>, scale: f32) -> Result<Tensor> {
     let dm = dims(q, k, v, tk, window)?;
-    #[cfg(feature = "cuda")]
-    if q.is_cuda() {
-        return Ok(cuda::attention(q, k, v, dm, scale)?.0);
-    }
-    Tensor::from_f32(attn_fwd_ggml(q.as_f32()?, k.as_f32()?, v.as_f32()?, dm, scale), q.shape())
+    backend::on("attention", [q, k, v])?.attention_infer(q, k, v, dm, scale)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -313,12 +335,7 @@ pub fn attention_backward(
     q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, window: Option<usize>, scale: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dm = dims(q, k, v, k.shape()[1], window)?;
-    #[cfg(feature = "cuda")]
-    if q.is_cuda() {
-        return cuda::attention_backward(q, k, v, out, lse, dout, dm, scale);
-    }
-    let (dq, dk, dv) = attn_bwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, out.as_f32()?, lse.as_f32()?, dout.as_f32()?, dm, scale);
-    Ok((Tensor::from_f32(dq, q.shape())?, Tensor::from_f32(dk, k.shape())?, Tensor::from_f32(dv, v.shape())?))
+    backend::on("attention_backward", [q, k, v, out, lse, dout])?.attention_backward(q, k, v, out, lse, dout, dm, scale)
 }
 
 #[cfg(test)]

@@ -64,13 +64,13 @@ pub fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, lse: &Tensor, d
     let (n, v) = (logits.rows(), logits.cols());
     let dz = DeviceBuf::alloc(gpu, zb.dtype, n * v)?;
     let (n64, v32, inv, null) = (n as i64, v as i32, 1.0f32 / count.max(1) as f32, 0u64);
-    let host_d = if dloss.is_cuda() { 0.0 } else { dloss.as_f32()?[0] };
+    let host_d = if dloss.device().is_cpu() { dloss.as_f32()?[0] } else { 0.0 };
     let name = cuda::kname("ce_bwd", &[zb.dtype], "cross_entropy_backward")?;
     let f = gpu.function("cross_entropy", SRC, &name)?;
     {
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&zb.data).arg(&tb.data).arg(&lb.data).arg(&dz.data).arg(&n64).arg(&v32);
-        if dloss.is_cuda() { b.arg(&dloss.cuda_buf()?.data) } else { b.arg(&null) };
+        if dloss.device().is_cpu() { b.arg(&null) } else { b.arg(&dloss.cuda_buf()?.data) };
         b.arg(&host_d).arg(&inv);
         cuda::launched(unsafe { b.launch(cuda::grid_for(n * v, 256)) }, &name)?;
     }
@@ -142,9 +142,9 @@ pub fn backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0:
     let (tv, lv) = (tb.view(r0, m), lb.view(r0, m));
     let f = gpu.function("cross_entropy_chunks", CHUNKS_SRC, &name)?;
     let mut b = gpu.stream.launch_builder(&f);
-    let (host_d, null) = (if dloss.is_cuda() { 0.0f32 } else { dloss.as_f32()?[0] }, 0u64);
+    let (host_d, null) = (if dloss.device().is_cpu() { dloss.as_f32()?[0] } else { 0.0f32 }, 0u64);
     b.arg(&zb.data).arg(&tv).arg(&lv).arg(&dz.data).arg(&m64).arg(&vc32).arg(&v032);
-    if dloss.is_cuda() { b.arg(&dloss.cuda_buf()?.data) } else { b.arg(&null) };
+    if dloss.device().is_cpu() { b.arg(&null) } else { b.arg(&dloss.cuda_buf()?.data) };
     b.arg(&host_d).arg(&inv);
     cuda::launched(unsafe { b.launch(cuda::grid_for(m * vc, 256)) }, &name)?;
     Tensor::from_device_buf(dz, z.shape())
@@ -167,4 +167,22 @@ pub fn nll_rows_f64(logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
     let cfg = LaunchConfig { grid_dim: (n.max(1) as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
     cuda::launched(unsafe { b.launch(cfg) }, "ce_nll_f64")?;
     Ok(out.to_bytes()?.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect())
+}
+
+impl super::CrossEntropyKernels for crate::backend::Cuda {
+    fn cross_entropy(&self, logits: &Tensor, targets: &Tensor, count: usize) -> Result<(Tensor, Tensor)> {
+        cross_entropy(logits, targets, count)
+    }
+    fn cross_entropy_backward(&self, logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f32, count: usize) -> Result<Tensor> {
+        cross_entropy_backward(logits, targets, lse, &Tensor::scalar(dloss), count)
+    }
+    fn lse_chunk(&self, z: &Tensor, targets: &Tensor, state: &mut Tensor, r0: usize, v0: usize) -> Result<()> {
+        lse_chunk(z, targets, state, r0, v0)
+    }
+    fn lse_finish(&self, state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> { lse_finish(state, targets) }
+    fn cross_entropy_backward_chunk(&self, z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: &Tensor, count: usize) -> Result<Tensor> {
+        backward_chunk(z, targets, lse, r0, v0, dloss, count)
+    }
+    fn mean_nll(&self, nll: &Tensor, count: usize) -> Result<Tensor> { mean(nll, count) }
+    fn nll_rows(&self, logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> { nll_rows_f64(logits, targets) }
 }

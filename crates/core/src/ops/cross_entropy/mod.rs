@@ -9,6 +9,7 @@
 //! slice they compute exactly what `cross_entropy` and its backward compute.
 
 use crate::float::{max_of, sum_exp, Float};
+use crate::backend::{self, backend, Cpu};
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -100,18 +101,78 @@ fn check(logits: &Tensor, targets: &Tensor) -> Result<usize> {
     Ok(v)
 }
 
+/// The cross-entropy kernels a backend provides. Logits are (rows, V); `targets` are u32,
+/// on the host (checked against V by the entry points) or, where said, on the logits' device.
+pub trait CrossEntropyKernels {
+    /// (loss (1), lse (N)) over host `targets` of which `count` are scored.
+    fn cross_entropy(&self, logits: &Tensor, targets: &Tensor, count: usize) -> Result<(Tensor, Tensor)>;
+    fn cross_entropy_backward(&self, logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f32, count: usize) -> Result<Tensor>;
+    /// Rows r0.. of `state` updated with the vocabulary slice v0..; targets on the host or here.
+    fn lse_chunk(&self, z: &Tensor, targets: &Tensor, state: &mut Tensor, r0: usize, v0: usize) -> Result<()>;
+    fn lse_finish(&self, state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)>;
+    /// `dloss` (one element) on the host or here.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_backward_chunk(&self, z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: &Tensor, count: usize) -> Result<Tensor>;
+    fn mean_nll(&self, nll: &Tensor, count: usize) -> Result<Tensor>;
+    fn nll_rows(&self, logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>>;
+}
+
+impl CrossEntropyKernels for Cpu {
+    fn cross_entropy(&self, logits: &Tensor, targets: &Tensor, _count: usize) -> Result<(Tensor, Tensor)> {
+        let (nll, lse, count) = ce_fwd(logits.as_f32()?, targets.as_u32()?, logits.cols());
+        let loss = nll.iter().map(|&x| x as f64).sum::<f64>() / count.max(1) as f64;
+        Ok((Tensor::scalar(loss as f32), Tensor::from_f32(lse, &[logits.rows()])?))
+    }
+
+    fn cross_entropy_backward(&self, logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f32, count: usize) -> Result<Tensor> {
+        let d = ce_bwd(logits.as_f32()?, targets.as_u32()?, lse.as_f32()?, dloss, count, logits.cols());
+        Tensor::from_f32(d, logits.shape())
+    }
+
+    fn lse_chunk(&self, z: &Tensor, targets: &Tensor, state: &mut Tensor, r0: usize, v0: usize) -> Result<()> {
+        let (m, vc) = (z.rows(), z.cols());
+        let t = &targets.as_u32()?[r0..r0 + m];
+        lse_chunk_fwd(z.as_f32()?, t, &mut state.f32_mut()?[r0 * 3..(r0 + m) * 3], vc, v0);
+        Ok(())
+    }
+
+    fn lse_finish(&self, state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = state.rows();
+        let (nll, lse) = lse_chunk_finish(state.as_f32()?, targets.as_u32()?);
+        Ok((Tensor::from_f32(nll, &[n])?, Tensor::from_f32(lse, &[n])?))
+    }
+
+    fn cross_entropy_backward_chunk(&self, z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: &Tensor, count: usize) -> Result<Tensor> {
+        let (m, vc) = (z.rows(), z.cols());
+        let dloss = dloss.to_vec_f32()?[0];
+        let d = ce_bwd_chunk(z.as_f32()?, &targets.as_u32()?[r0..r0 + m], &lse.as_f32()?[r0..r0 + m], v0, dloss, count, vc);
+        Tensor::from_f32(d, z.shape())
+    }
+
+    fn mean_nll(&self, nll: &Tensor, count: usize) -> Result<Tensor> {
+        let loss = nll.as_f32()?.iter().map(|&x| x as f64).sum::<f64>() / count.max(1) as f64;
+        Ok(Tensor::scalar(loss as f32))
+    }
+
+    fn nll_rows(&self, logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
+        let z = logits.as_f32()?;
+        Ok(z.par_chunks(logits.cols())
+            .zip(targets.as_u32()?.par_iter())
+            .map(|(z, &t)| {
+                let m = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+                let s: f64 = z.iter().map(|&x| (x as f64 - m).exp()).sum();
+                if t == IGNORE { 0.0 } else { m + s.ln() - z[t as usize] as f64 }
+            })
+            .collect())
+    }
+}
+
 /// logits: (N, V), targets: (N) u32 → (loss (1), lse (N), count of scored rows)
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor, usize)> {
-    let v = check(logits, targets)?;
-    #[cfg(feature = "cuda")]
-    if logits.is_cuda() {
-        let count = targets.as_u32()?.iter().filter(|&&t| t != IGNORE).count();
-        let (loss, lse) = cuda::cross_entropy(logits, targets, count)?;
-        return Ok((loss, lse, count));
-    }
-    let (nll, lse, count) = ce_fwd(logits.as_f32()?, targets.as_u32()?, v);
-    let loss = nll.iter().map(|&x| x as f64).sum::<f64>() / count.max(1) as f64;
-    Ok((Tensor::scalar(loss as f32), Tensor::from_f32(lse, &[logits.rows()])?, count))
+    check(logits, targets)?;
+    let count = count_scored(targets)?;
+    let (loss, lse) = backend(logits.device()).cross_entropy(logits, targets, count)?;
+    Ok((loss, lse, count))
 }
 
 /// A fresh online-logsumexp state (n, 3) on `device`: max −∞, Σexp 0, target logit 0.
@@ -123,17 +184,11 @@ pub fn lse_state(n: usize, device: crate::Device) -> Result<Tensor> {
 /// Updates rows r0..r0+m of `state` (n, 3) with `z` (m, vc), the logits of vocabulary ids
 /// v0..v0+vc; `targets` (n) u32 on the state's device (or the host).
 pub fn lse_chunk(z: &Tensor, targets: &Tensor, state: &mut Tensor, r0: usize, v0: usize) -> Result<()> {
-    let (m, vc) = (z.rows(), z.cols());
+    let m = z.rows();
     if state.cols() != 3 || r0 + m > state.rows() || targets.numel() != state.rows() {
         bail!("lse_chunk: rows {r0}..{} of a {:?} state with {} targets", r0 + m, state.shape(), targets.numel());
     }
-    #[cfg(feature = "cuda")]
-    if z.is_cuda() {
-        return cuda::lse_chunk(z, targets, state, r0, v0);
-    }
-    let t = &targets.as_u32()?[r0..r0 + m];
-    lse_chunk_fwd(z.as_f32()?, t, &mut state.f32_mut()?[r0 * 3..(r0 + m) * 3], vc, v0);
-    Ok(())
+    backend::on("lse_chunk", [z, &*state])?.lse_chunk(z, targets, state, r0, v0)
 }
 
 /// (nll (n), lse (n)) of a finished state, on its device.
@@ -142,12 +197,7 @@ pub fn lse_finish(state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> 
     if state.cols() != 3 || targets.numel() != n {
         bail!("lse_finish: a {:?} state with {} targets", state.shape(), targets.numel());
     }
-    #[cfg(feature = "cuda")]
-    if state.is_cuda() {
-        return cuda::lse_finish(state, targets);
-    }
-    let (nll, lse) = lse_chunk_finish(state.as_f32()?, targets.as_u32()?);
-    Ok((Tensor::from_f32(nll, &[n])?, Tensor::from_f32(lse, &[n])?))
+    backend(state.device()).lse_finish(state, targets)
 }
 
 /// dlogits (m, vc) of the vocabulary slice v0..v0+vc for rows r0..r0+m, whose targets and
@@ -155,28 +205,17 @@ pub fn lse_finish(state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> 
 /// `dloss` is the one-element loss gradient, on the device of `z` or the host (a device one is
 /// read by the kernel: no host sync in the backward).
 pub fn cross_entropy_backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: &Tensor, count: usize) -> Result<Tensor> {
-    let (m, vc) = (z.rows(), z.cols());
+    let m = z.rows();
     if r0 + m > lse.numel() || targets.numel() != lse.numel() {
         bail!("cross_entropy_backward_chunk: rows {r0}..{} of {} targets and {} lse", r0 + m, targets.numel(), lse.numel());
     }
-    #[cfg(feature = "cuda")]
-    if z.is_cuda() {
-        return cuda::backward_chunk(z, targets, lse, r0, v0, dloss, count);
-    }
-    let dloss = dloss.try_to_vec_f32()?[0];
-    let d = ce_bwd_chunk(z.as_f32()?, &targets.as_u32()?[r0..r0 + m], &lse.as_f32()?[r0..r0 + m], v0, dloss, count, vc);
-    Tensor::from_f32(d, z.shape())
+    backend::on("cross_entropy_backward_chunk", [z, lse])?.cross_entropy_backward_chunk(z, targets, lse, r0, v0, dloss, count)
 }
 
 /// Σ nll / count as a one-element tensor, summed as `cross_entropy` sums (f64 in row order on
 /// the CPU; a fixed-order block reduction on CUDA).
 pub fn mean_nll(nll: &Tensor, count: usize) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if nll.is_cuda() {
-        return cuda::mean(nll, count);
-    }
-    let loss = nll.as_f32()?.iter().map(|&x| x as f64).sum::<f64>() / count.max(1) as f64;
-    Ok(Tensor::scalar(loss as f32))
+    backend(nll.device()).mean_nll(nll, count)
 }
 
 /// Number of rows that are scored (targets other than `IGNORE`).
@@ -187,30 +226,13 @@ pub fn count_scored(targets: &Tensor) -> Result<usize> {
 /// Per-row negative log-likelihoods (perplexity scoring), in f64.
 /// On a GPU the rows are scored there (f64 sums) and only the (N) values come back.
 pub fn nll_rows(logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
-    let v = check(logits, targets)?;
-    #[cfg(feature = "cuda")]
-    if logits.is_cuda() {
-        return cuda::nll_rows_f64(logits, targets);
-    }
-    let z = logits.as_f32()?;
-    Ok(z.par_chunks(v)
-        .zip(targets.as_u32()?.par_iter())
-        .map(|(z, &t)| {
-            let m = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
-            let s: f64 = z.iter().map(|&x| (x as f64 - m).exp()).sum();
-            if t == IGNORE { 0.0 } else { m + s.ln() - z[t as usize] as f64 }
-        })
-        .collect())
+    check(logits, targets)?;
+    backend(logits.device()).nll_rows(logits, targets)
 }
 
 pub fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f32, count: usize) -> Result<Tensor> {
-    let v = check(logits, targets)?;
-    #[cfg(feature = "cuda")]
-    if logits.is_cuda() {
-        return cuda::cross_entropy_backward(logits, targets, lse, &Tensor::scalar(dloss), count);
-    }
-    let d = ce_bwd(logits.as_f32()?, targets.as_u32()?, lse.as_f32()?, dloss, count, v);
-    Tensor::from_f32(d, logits.shape())
+    check(logits, targets)?;
+    backend::on("cross_entropy_backward", [logits, lse])?.cross_entropy_backward(logits, targets, lse, dloss, count)
 }
 
 #[cfg(test)]

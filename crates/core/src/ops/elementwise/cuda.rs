@@ -30,7 +30,7 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> { binary("mul", a, b) }
 
 /// a += b; a keeps its dtype (b may be stored differently: rounded once into a's dtype).
 pub fn add_assign(a: &mut Tensor, b: &Tensor) -> Result<()> {
-    let b = if b.is_cuda() { b.clone() } else { b.to_device(a.device())? };
+    let b = if b.device().is_cpu() { b.to_device(a.device())? } else { b.clone() };
     let n = a.numel();
     let [bb] = cuda::float_bufs([&b], "add_assign")?;
     let ab = a.cuda_buf_mut()?;
@@ -81,4 +81,14 @@ pub fn cast(a: &Tensor, to: DType) -> Result<Tensor> {
         cuda::launched(unsafe { l.launch(cuda::grid_for(n, 256)) }, func)?;
     }
     Tensor::from_device_buf(y, a.shape())
+}
+
+impl super::ElementwiseKernels for crate::backend::Cuda {
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> { add(a, b) }
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> { mul(a, b) }
+    fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> { add_assign(a, b) }
+    fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor> { scale(a, s) }
+    /// No division kernel: multiplies by the f32 reciprocal.
+    fn div_scalar(&self, a: &Tensor, d: f32) -> Result<Tensor> { scale(a, 1.0 / d) }
+    fn cast(&self, a: &Tensor, dtype: DType) -> Result<Tensor> { cast(a, dtype) }
 }

@@ -1,74 +1,101 @@
 //! Elementwise and reduction basics.
 
+use crate::backend::{self, backend, Cpu};
 use crate::Tensor;
 use anyhow::{bail, Result};
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+/// The elementwise kernels a backend provides (inputs checked by the entry points below and on
+/// one device).
+pub trait ElementwiseKernels {
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
+    fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()>;
+    fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor>;
+    /// a / d elementwise (averaging gradients over micro-batches).
+    fn div_scalar(&self, a: &Tensor, d: f32) -> Result<Tensor>;
+    /// `a` stored as `dtype`.
+    fn cast(&self, a: &Tensor, dtype: crate::DType) -> Result<Tensor>;
+}
+
+impl ElementwiseKernels for Cpu {
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let (x, y) = (a.as_f32()?, b.as_f32()?);
+        Tensor::from_f32(x.iter().zip(y).map(|(p, q)| p + q).collect(), a.shape())
+    }
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let (x, y) = (a.as_f32()?, b.as_f32()?);
+        Tensor::from_f32(x.iter().zip(y).map(|(p, q)| p * q).collect(), a.shape())
+    }
+    fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
+        let y = b.as_f32()?;
+        for (p, q) in a.f32_mut()?.iter_mut().zip(y) { *p += q; }
+        Ok(())
+    }
+    fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor> {
+        Tensor::from_f32(a.as_f32()?.iter().map(|p| p * s).collect(), a.shape())
+    }
+    fn div_scalar(&self, a: &Tensor, d: f32) -> Result<Tensor> {
+        Tensor::from_f32(a.as_f32()?.iter().map(|p| p / d).collect(), a.shape())
+    }
+    fn cast(&self, a: &Tensor, dtype: crate::DType) -> Result<Tensor> {
+        // Compute is f32 on the CPU: a cast is a storage conversion.
+        a.to_dtype(dtype)
+    }
+}
+
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() {
         bail!("add: shapes {:?} and {:?} differ", a.shape(), b.shape());
     }
-    #[cfg(feature = "cuda")]
-    if a.is_cuda() {
-        return cuda::add(a, b);
-    }
-    let (x, y) = (a.as_f32()?, b.as_f32()?);
-    Tensor::from_f32(x.iter().zip(y).map(|(p, q)| p + q).collect(), a.shape())
+    backend::on("add", [a, b])?.add(a, b)
 }
 
-/// a += b in place (gradient accumulation).
+/// a += b in place (gradient accumulation). A host tensor meeting a device one (a host
+/// accumulator and a device gradient, or the reverse) is moved to that device first.
 pub fn add_assign(a: &mut Tensor, b: &Tensor) -> Result<()> {
     if a.shape() != b.shape() {
         bail!("add_assign: shapes {:?} and {:?} differ", a.shape(), b.shape());
     }
-    #[cfg(feature = "cuda")]
-    if a.is_cuda() {
-        return cuda::add_assign(a, b);
-    }
-    #[cfg(feature = "cuda")]
-    if b.is_cuda() {
-        // A host accumulator meeting a device gradient (e.g. a host seed): move it over.
+    if a.device().is_cpu() && !b.device().is_cpu() {
         *a = a.to_device(b.device())?;
-        return cuda::add_assign(a, b);
     }
-    let y = b.as_f32()?;
-    for (p, q) in a.f32_mut()?.iter_mut().zip(y) { *p += q; }
-    Ok(())
+    if b.device().is_cpu() && !a.device().is_cpu() {
+        return backend(a.device()).add_assign(a, &b.to_device(a.device())?);
+    }
+    backend::on("add_assign", [&*a, b])?.add_assign(a, b)
 }
 
 pub fn scale(a: &Tensor, s: f32) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if a.is_cuda() {
-        return cuda::scale(a, s);
-    }
-    Tensor::from_f32(a.as_f32()?.iter().map(|p| p * s).collect(), a.shape())
+    backend(a.device()).scale(a, s)
+}
+
+/// a / d elementwise. The CPU divides; CUDA multiplies by the f32 reciprocal (`scale`, exact
+/// for powers of two).
+pub fn div_scalar(a: &Tensor, d: f32) -> Result<Tensor> {
+    backend(a.device()).div_scalar(a, d)
 }
 
 pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     if a.shape() != b.shape() {
         bail!("mul: shapes {:?} and {:?} differ", a.shape(), b.shape());
     }
-    #[cfg(feature = "cuda")]
-    if a.is_cuda() {
-        return cuda::mul(a, b);
-    }
-    let (x, y) = (a.as_f32()?, b.as_f32()?);
-    Tensor::from_f32(x.iter().zip(y).map(|(p, q)| p * q).collect(), a.shape())
+    backend::on("mul", [a, b])?.mul(a, b)
 }
 
 /// Sum of squares in f64 (a device tensor, of any float dtype, is read back).
 pub fn sum_sq(a: &Tensor) -> Result<f64> {
-    if a.is_cuda() {
-        return Ok(a.try_to_vec_f32()?.iter().map(|&v| (v as f64) * (v as f64)).sum());
+    if !a.device().is_cpu() {
+        return Ok(a.to_vec_f32()?.iter().map(|&v| (v as f64) * (v as f64)).sum());
     }
     Ok(a.as_f32()?.iter().map(|&v| (v as f64) * (v as f64)).sum())
 }
 
 pub fn max_abs(a: &Tensor) -> Result<f32> {
-    if a.is_cuda() {
-        return Ok(a.try_to_vec_f32()?.iter().fold(0f32, |m, &v| m.max(v.abs())));
+    if !a.device().is_cpu() {
+        return Ok(a.to_vec_f32()?.iter().fold(0f32, |m, &v| m.max(v.abs())));
     }
     Ok(a.as_f32()?.iter().fold(0f32, |m, &v| m.max(v.abs())))
 }
@@ -76,9 +103,5 @@ pub fn max_abs(a: &Tensor) -> Result<f32> {
 /// `a` stored as `dtype` (on its device). On CUDA: f32 ↔ bf16 by a kernel (mixed precision
 /// casts a gradient to its tensor's dtype); on the CPU, where compute is f32, `to_dtype`.
 pub fn cast(a: &Tensor, dtype: crate::DType) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if a.is_cuda() {
-        return cuda::cast(a, dtype);
-    }
-    Ok(a.to_dtype(dtype))
+    backend(a.device()).cast(a, dtype)
 }

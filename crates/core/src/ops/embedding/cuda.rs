@@ -36,7 +36,7 @@ pub fn embedding_backward(table: &Tensor, ids: &Tensor, dout: &Tensor, v: usize,
         bail!("embedding_backward: no gradient into a {:?} table {:?} (tables that learn are f32 master weights)", table.dtype(), table.shape());
     }
     let gpu = &db.gpu;
-    if !ids.is_cuda() {
+    if ids.device().is_cpu() {
         return sorted_backward(table, ids.as_u32()?, db, v, d);
     }
     let idt = cuda::ids_on(ids, gpu)?;
@@ -85,4 +85,11 @@ fn sorted_backward(table: &Tensor, ids: &[u32], db: &DeviceBuf, v: usize, d: usi
         cuda::launched(unsafe { b.launch(cfg) }, &name)?;
     }
     Tensor::from_device_buf(dt, table.shape())
+}
+
+impl super::EmbeddingKernels for crate::backend::Cuda {
+    fn embedding(&self, table: &Tensor, ids: &Tensor, v: usize, d: usize) -> Result<Tensor> { embedding(table, ids, v, d) }
+    fn embedding_backward(&self, table: &Tensor, ids: &Tensor, dout: &Tensor, v: usize, d: usize) -> Result<Tensor> {
+        embedding_backward(table, ids, dout, v, d)
+    }
 }

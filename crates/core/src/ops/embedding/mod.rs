@@ -1,6 +1,7 @@
 //! Embedding lookup (gather rows of a table) and its backward (scatter-add into the table).
 
 use crate::float::Float;
+use crate::backend::{self, backend, Cpu};
 use crate::{DType, Tensor};
 use anyhow::{bail, Result};
 
@@ -34,7 +35,7 @@ fn check(table: &Tensor, ids: &Tensor) -> Result<(usize, usize)> {
         bail!("embedding table must be 2-D, got {:?}", table.shape());
     }
     let (v, d) = (table.shape()[0], table.shape()[1]);
-    if ids.is_cuda() {
+    if !ids.device().is_cpu() {
         return Ok((v, d)); // device ids: the kernel writes NaN rows for out-of-range ids
     }
     if let Some(&bad) = ids.as_u32()?.iter().find(|&&i| i as usize >= v) {
@@ -43,20 +44,32 @@ fn check(table: &Tensor, ids: &Tensor) -> Result<(usize, usize)> {
     Ok((v, d))
 }
 
+/// The embedding kernels a backend provides. `ids` are u32, on the host or on the table's
+/// device; `v`, `d` are the table's rows and columns.
+pub trait EmbeddingKernels {
+    fn embedding(&self, table: &Tensor, ids: &Tensor, v: usize, d: usize) -> Result<Tensor>;
+    fn embedding_backward(&self, table: &Tensor, ids: &Tensor, dout: &Tensor, v: usize, d: usize) -> Result<Tensor>;
+}
+
+impl EmbeddingKernels for Cpu {
+    fn embedding(&self, table: &Tensor, ids: &Tensor, _v: usize, d: usize) -> Result<Tensor> {
+        let mut shape = ids.shape().to_vec();
+        shape.push(d);
+        Tensor::from_f32(embedding_fwd(table.as_f32()?, ids.as_u32()?, d), &shape)
+    }
+    fn embedding_backward(&self, table: &Tensor, ids: &Tensor, dout: &Tensor, v: usize, d: usize) -> Result<Tensor> {
+        Tensor::from_f32(embedding_bwd(dout.as_f32()?, ids.as_u32()?, v, d), table.shape())
+    }
+}
+
 /// table: (V, C), ids: (…) u32 → (…, C)
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let (_v, d) = check(table, ids)?;
+    let (v, d) = check(table, ids)?;
     if table.dtype() == DType::Quant {
         // A quantised table (GGUF token_embd): only the rows asked for are dequantised.
         return crate::ops::qmatmul::embedding(table, ids);
     }
-    #[cfg(feature = "cuda")]
-    if table.is_cuda() {
-        return cuda::embedding(table, ids, _v, d);
-    }
-    let mut shape = ids.shape().to_vec();
-    shape.push(d);
-    Tensor::from_f32(embedding_fwd(table.as_f32()?, ids.as_u32()?, d), &shape)
+    backend(table.device()).embedding(table, ids, v, d)
 }
 
 pub fn embedding_backward(table: &Tensor, ids: &Tensor, dout: &Tensor) -> Result<Tensor> {
@@ -64,11 +77,7 @@ pub fn embedding_backward(table: &Tensor, ids: &Tensor, dout: &Tensor) -> Result
     if table.dtype() == DType::Quant {
         bail!("embedding: no gradient into a quantised table (quantised weights are for inference)");
     }
-    #[cfg(feature = "cuda")]
-    if dout.is_cuda() {
-        return cuda::embedding_backward(table, ids, dout, v, d);
-    }
-    Tensor::from_f32(embedding_bwd(dout.as_f32()?, ids.as_u32()?, v, d), table.shape())
+    backend::on("embedding_backward", [table, dout])?.embedding_backward(table, ids, dout, v, d)
 }
 
 #[cfg(test)]

@@ -144,3 +144,14 @@ pub fn linear_backward(x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, 
     };
     Ok((dx, Tensor::from_device_buf(dw, w.shape())?, db))
 }
+
+impl super::LinearKernels for crate::backend::Cuda {
+    fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
+        linear(x, w, bias, n, k, m)
+    }
+    fn linear_backward(
+        &self, x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, want_dx: bool, has_bias: bool,
+    ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+        linear_backward(x, w, dy, n, k, m, want_dx, has_bias)
+    }
+}

@@ -6,6 +6,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+use crate::backend::{self, Cpu};
 use crate::{DType, Tensor};
 use anyhow::{bail, Result};
 
@@ -20,6 +21,35 @@ fn dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
     Ok((x.rows(), k, m))
 }
 
+/// The matmul kernels a backend provides: y = x·Wᵀ + b with x (n, k), w (m, k), and its
+/// backward (dx only when wanted, db only with a bias).
+pub trait LinearKernels {
+    fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor>;
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward(
+        &self, x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, want_dx: bool, has_bias: bool,
+    ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)>;
+}
+
+impl LinearKernels for Cpu {
+    fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
+        let b = match bias { Some(b) => Some(b.as_f32()?), None => None };
+        let y = cpu::linear_fwd(x.as_f32()?, w.as_f32()?, b, n, k, m);
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().unwrap() = m;
+        Tensor::from_f32(y, &shape)
+    }
+
+    fn linear_backward(
+        &self, x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, want_dx: bool, has_bias: bool,
+    ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+        let (dx, dw, db) = cpu::linear_bwd(x.as_f32()?, w.as_f32()?, dy.as_f32()?, n, k, m, want_dx, has_bias);
+        let dx = match dx { Some(d) => Some(Tensor::from_f32(d, x.shape())?), None => None };
+        let db = match db { Some(d) => Some(Tensor::from_f32(d, &[m])?), None => None };
+        Ok((dx, Tensor::from_f32(dw, w.shape())?, db))
+    }
+}
+
 /// x: (…, K), w: (M, K), bias: (M) → (…, M)
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (n, k, m) = dims(x, w)?;
@@ -27,15 +57,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         // Inference on quantised weights: the block format's own kernels.
         return crate::ops::qmatmul::linear(x, w, bias, n, k, m);
     }
-    #[cfg(feature = "cuda")]
-    if x.is_cuda() {
-        return cuda::linear(x, w, bias, n, k, m);
-    }
-    let b = match bias { Some(b) => Some(b.as_f32()?), None => None };
-    let y = cpu::linear_fwd(x.as_f32()?, w.as_f32()?, b, n, k, m);
-    let mut shape = x.shape().to_vec();
-    *shape.last_mut().unwrap() = m;
-    Tensor::from_f32(y, &shape)
+    backend::on("linear", [x, w].into_iter().chain(bias))?.linear(x, w, bias, n, k, m)
 }
 
 /// Returns (dx, dw, db).
@@ -46,14 +68,7 @@ pub fn linear_backward(
     if w.dtype() == DType::Quant {
         bail!("linear: no gradient through a quantised weight {:?} (quantised weights are for inference)", w.shape());
     }
-    #[cfg(feature = "cuda")]
-    if x.is_cuda() {
-        return cuda::linear_backward(x, w, dy, n, k, m, want_dx, has_bias);
-    }
-    let (dx, dw, db) = cpu::linear_bwd(x.as_f32()?, w.as_f32()?, dy.as_f32()?, n, k, m, want_dx, has_bias);
-    let dx = match dx { Some(d) => Some(Tensor::from_f32(d, x.shape())?), None => None };
-    let db = match db { Some(d) => Some(Tensor::from_f32(d, &[m])?), None => None };
-    Ok((dx, Tensor::from_f32(dw, w.shape())?, db))
+    backend::on("linear_backward", [x, w, dy])?.linear_backward(x, w, dy, n, k, m, want_dx, has_bias)
 }
 
 #[cfg(test)]

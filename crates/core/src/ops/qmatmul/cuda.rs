@@ -119,3 +119,14 @@ pub fn embedding(table: &DeviceQuant, ids: &Tensor) -> Result<Tensor> {
     shape.push(d);
     Tensor::from_device_buf(out, &shape)
 }
+
+impl super::QuantKernels for crate::backend::Cuda {
+    fn linear_quant(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
+        let Some(q) = w.as_device_quant() else { bail!("linear: expected a quantised weight on {}, got {:?} {:?}", w.device(), w.dtype(), w.shape()) };
+        linear(x, q, bias, n, k, m)
+    }
+    fn embedding_quant(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        let Some(q) = table.as_device_quant() else { bail!("embedding: expected a quantised table on {}, got {:?} {:?}", table.device(), table.dtype(), table.shape()) };
+        embedding(q, ids)
+    }
+}

@@ -102,3 +102,13 @@ pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> R
     })?;
     Ok((Tensor::from_device_buf(dx, x.shape())?, Tensor::from_device_buf(dw, w.shape())?))
 }
+
+impl super::RmsNormKernels for crate::backend::Cuda {
+    fn rmsnorm(&self, x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> { rmsnorm(x, w, eps) }
+    fn rmsnorm_backward(&self, x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        rmsnorm_backward(x, w, rstd, dy)
+    }
+    fn add_rmsnorm(&self, x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+        add_rmsnorm(x, r, w, eps)
+    }
+}

@@ -3,6 +3,8 @@
 //! residual stream once and returns both h (the new stream) and y (the block input).
 
 use crate::float::Float;
+use crate::backend::{self, Cpu};
+use crate::ops::elementwise::ElementwiseKernels;
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -84,40 +86,49 @@ fn check(x: &Tensor, w: &Tensor) -> Result<usize> {
     Ok(x.cols())
 }
 
+/// The RMSNorm kernels a backend provides (shapes checked by the entry points below).
+pub trait RmsNormKernels {
+    fn rmsnorm(&self, x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)>;
+    fn rmsnorm_backward(&self, x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)>;
+    /// h = x + r, then rmsnorm(h): (h, y, rstd).
+    fn add_rmsnorm(&self, x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)>;
+}
+
+impl RmsNormKernels for Cpu {
+    fn rmsnorm(&self, x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+        let (y, r) = rmsnorm_fwd(x.as_f32()?, w.as_f32()?, eps, x.cols());
+        Ok((Tensor::from_f32(y, x.shape())?, Tensor::from_f32(r, &[x.rows()])?))
+    }
+    fn rmsnorm_backward(&self, x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (dx, dw) = rmsnorm_bwd(x.as_f32()?, w.as_f32()?, rstd.as_f32()?, dy.as_f32()?, x.cols());
+        Ok((Tensor::from_f32(dx, x.shape())?, Tensor::from_f32(dw, w.shape())?))
+    }
+    /// Not fused on the CPU: the add, then the norm.
+    fn add_rmsnorm(&self, x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+        let h = ElementwiseKernels::add(self, x, r)?;
+        let (y, rstd) = self.rmsnorm(&h, w, eps)?;
+        Ok((h, y, rstd))
+    }
+}
+
 /// x: (…, C), w: (C) → (y, rstd (…))
 pub fn rmsnorm(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
-    let c = check(x, w)?;
-    #[cfg(feature = "cuda")]
-    if x.is_cuda() {
-        return cuda::rmsnorm(x, w, eps);
-    }
-    let (y, r) = rmsnorm_fwd(x.as_f32()?, w.as_f32()?, eps, c);
-    Ok((Tensor::from_f32(y, x.shape())?, Tensor::from_f32(r, &[x.rows()])?))
+    check(x, w)?;
+    backend::on("rmsnorm", [x, w])?.rmsnorm(x, w, eps)
 }
 
 pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    let c = check(x, w)?;
-    #[cfg(feature = "cuda")]
-    if x.is_cuda() {
-        return cuda::rmsnorm_backward(x, w, rstd, dy);
-    }
-    let (dx, dw) = rmsnorm_bwd(x.as_f32()?, w.as_f32()?, rstd.as_f32()?, dy.as_f32()?, c);
-    Ok((Tensor::from_f32(dx, x.shape())?, Tensor::from_f32(dw, w.shape())?))
+    check(x, w)?;
+    backend::on("rmsnorm_backward", [x, w, rstd, dy])?.rmsnorm_backward(x, w, rstd, dy)
 }
 
 /// Fused residual add + RMSNorm: h = x + r, (y, rstd) = rmsnorm(h). Returns (h, y, rstd).
 pub fn add_rmsnorm(x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
-    #[cfg(feature = "cuda")]
-    if x.is_cuda() {
-        check(x, w)?;
-        if x.shape() != r.shape() {
-            bail!("add_rmsnorm: shapes {:?} and {:?} differ", x.shape(), r.shape());
-        }
-        return cuda::add_rmsnorm(x, r, w, eps);
+    check(x, w)?;
+    if x.shape() != r.shape() {
+        bail!("add_rmsnorm: shapes {:?} and {:?} differ", x.shape(), r.shape());
     }
-    let h = crate::ops::elementwise::add(x, r)?;
-    let (y, rstd) = rmsnorm(&h, w, eps)?;
-    Ok((h, y, rstd))
+    backend::on("add_rmsnorm", [x, r, w])?.add_rmsnorm(x, r, w, eps)
 }
 
 #[cfg(test)]

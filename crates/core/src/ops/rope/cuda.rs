@@ -64,3 +64,9 @@ pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign
     }
     Tensor::from_device_buf(y, x.shape())
 }
+
+impl super::RopeKernels for crate::backend::Cuda {
+    fn rope(&self, x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+        rope(x, table, pos0, t, h, sign)
+    }
+}

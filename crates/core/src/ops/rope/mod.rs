@@ -9,6 +9,7 @@
 pub mod freqs;
 
 use crate::float::Float;
+use crate::backend::{backend, Cpu};
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -145,33 +146,32 @@ fn check(x: &Tensor, table: &RopeTable) -> Result<(usize, usize)> {
     Ok((s[1], s[2]))
 }
 
+/// The RoPE kernel a backend provides: x (B, T, H, D) at positions pos0..pos0+T (`t` = T,
+/// `h` = H) rotated by `sign` times the table's angles (1 forward, −1 for the backward).
+pub trait RopeKernels {
+    fn rope(&self, x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor>;
+}
+
+impl RopeKernels for Cpu {
+    fn rope(&self, x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+        let d = x.cols();
+        let (c, s) = table.cos_sin_f32(pos0 + t);
+        let rows = pos0 * d / 2..(pos0 + t) * d / 2;
+        let mut y = x.as_f32()?.to_vec();
+        rope_apply(&mut y, t, h, d, &c[rows.clone()], &s[rows], table.layout, sign);
+        Tensor::from_f32(y, x.shape())
+    }
+}
+
 /// x: (B, T, H, D) at positions pos0..pos0+T.
 pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
     let (t, h) = check(x, table)?;
-    #[cfg(feature = "cuda")]
-    if x.is_cuda() {
-        return cuda::rope(x, table, pos0, t, h, 1.0);
-    }
-    let d = x.cols();
-    let (c, s) = table.cos_sin_f32(pos0 + t);
-    let rows = pos0 * d / 2..(pos0 + t) * d / 2;
-    let mut y = x.as_f32()?.to_vec();
-    rope_apply(&mut y, t, h, d, &c[rows.clone()], &s[rows], table.layout, 1.0);
-    Tensor::from_f32(y, x.shape())
+    backend(x.device()).rope(x, table, pos0, t, h, 1.0)
 }
 
 pub fn rope_backward(dy: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
     let (t, h) = check(dy, table)?;
-    #[cfg(feature = "cuda")]
-    if dy.is_cuda() {
-        return cuda::rope(dy, table, pos0, t, h, -1.0);
-    }
-    let d = dy.cols();
-    let (c, s) = table.cos_sin_f32(pos0 + t);
-    let rows = pos0 * d / 2..(pos0 + t) * d / 2;
-    let mut dx = dy.as_f32()?.to_vec();
-    rope_apply(&mut dx, t, h, d, &c[rows.clone()], &s[rows], table.layout, -1.0);
-    Tensor::from_f32(dx, dy.shape())
+    backend(dy.device()).rope(dy, table, pos0, t, h, -1.0)
 }
 
 #[cfg(test)]

@@ -82,3 +82,15 @@ pub fn sample(logits: &Tensor, seen: Option<&mut Tensor>, p: &SampleParams, unif
     cuda::launched(unsafe { b.launch(cfg) }, "sample_f32")?;
     Tensor::from_device_buf(out, &[r])
 }
+
+impl super::SampleKernels for crate::backend::Cuda {
+    fn sample(&self, logits: &Tensor, seen: Option<&mut super::Seen>, p: &SampleParams, uniforms: &[f64]) -> Result<Tensor> {
+        let bits = match seen {
+            Some(super::Seen { bits: super::Bits::Device(t), .. }) => Some(t),
+            Some(_) => bail!("sample: the seen ids are on the CPU, the logits on {}", logits.device()),
+            None => None,
+        };
+        sample(logits, bits, p, uniforms)
+    }
+    fn mark_seen(&self, bits: &mut Tensor, word0: usize, ids: &[u32]) -> Result<()> { mark(bits, word0, ids) }
+}

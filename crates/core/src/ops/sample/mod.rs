@@ -23,7 +23,8 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use crate::float::exp_f32;
-use crate::{Device, Tensor};
+use crate::backend::{backend, Cpu};
+use crate::{DType, Device, Tensor};
 use anyhow::{bail, Result};
 
 #[cfg(feature = "cuda")]
@@ -160,22 +161,30 @@ pub struct Seen {
 
 enum Bits {
     Host(Vec<u32>),
-    #[cfg(feature = "cuda")]
+    /// u32 words on the device that samples (its backend's `mark_seen` sets them).
     Device(Tensor),
 }
 
 impl Seen {
     pub fn new(rows: usize, vocab: usize, device: Device) -> Result<Self> {
         let words = rows * vocab.div_ceil(32);
-        let bits = match device {
-            Device::Cpu => Bits::Host(vec![0; words]),
-            #[cfg(feature = "cuda")]
-            Device::Cuda(n) => Bits::Device(cuda::zeros_u32(n, words)?),
+        let bits = if device.is_cpu() {
+            Bits::Host(vec![0; words])
+        } else {
+            Bits::Device(Tensor::zeros_typed(&[words], device, DType::U32)?)
         };
         Ok(Seen { rows, vocab, bits })
     }
 
     pub fn words_per_row(&self) -> usize { self.vocab.div_ceil(32) }
+
+    /// Where the bits live (sampling needs them on the logits' device).
+    pub fn device(&self) -> Device {
+        match &self.bits {
+            Bits::Host(_) => Device::Cpu,
+            Bits::Device(t) => t.device(),
+        }
+    }
 
     /// Adds `ids` to row `row`'s set.
     pub fn mark(&mut self, row: usize, ids: &[u32]) -> Result<()> {
@@ -188,8 +197,7 @@ impl Seen {
         let w0 = row * self.words_per_row();
         match &mut self.bits {
             Bits::Host(b) => ids.iter().for_each(|&t| b[w0 + t as usize / 32] |= 1 << (t % 32)),
-            #[cfg(feature = "cuda")]
-            Bits::Device(t) => cuda::mark(t, w0, ids)?,
+            Bits::Device(t) => backend(t.device()).mark_seen(t, w0, ids)?,
         }
         Ok(())
     }
@@ -199,7 +207,6 @@ impl Seen {
         let w = row * self.words_per_row() + id as usize / 32;
         let word = match &self.bits {
             Bits::Host(b) => b[w],
-            #[cfg(feature = "cuda")]
             Bits::Device(t) => t.to_device(Device::Cpu)?.as_u32()?[w],
         };
         Ok(word >> (id % 32) & 1 == 1)
@@ -224,33 +231,52 @@ pub fn sample(logits: &Tensor, seen: Option<&mut Seen>, p: &SampleParams, unifor
             bail!("sample: seen ids are for {} rows of {} ids, logits are ({r}, {v})", s.rows, s.vocab);
         }
     }
-    #[cfg(feature = "cuda")]
-    if logits.is_cuda() {
-        let bits = match seen {
-            Some(Seen { bits: Bits::Device(t), .. }) => Some(t),
-            Some(_) => bail!("sample: the seen ids are on the CPU, the logits on {}", logits.device()),
+    if let Some(s) = &seen {
+        if s.device() != logits.device() {
+            bail!("sample: the seen ids are on {}, the logits on {}", s.device(), logits.device());
+        }
+    }
+    backend(logits.device()).sample(logits, seen, p, uniforms)
+}
+
+/// The sampling kernels a backend provides (arguments checked by `sample`).
+pub trait SampleKernels {
+    /// One id per row of `logits`, as a u32 tensor here; `seen` is on this device and gains
+    /// the picked ids.
+    fn sample(&self, logits: &Tensor, seen: Option<&mut Seen>, p: &SampleParams, uniforms: &[f64]) -> Result<Tensor>;
+    /// Sets the bits of `ids` in the u32 words of `bits` from `word0` on.
+    fn mark_seen(&self, bits: &mut Tensor, word0: usize, ids: &[u32]) -> Result<()>;
+}
+
+impl SampleKernels for Cpu {
+    fn sample(&self, logits: &Tensor, seen: Option<&mut Seen>, p: &SampleParams, uniforms: &[f64]) -> Result<Tensor> {
+        let (r, v) = (logits.rows(), logits.cols());
+        let z = logits.as_f32()?;
+        let words = v.div_ceil(32);
+        let mut bits = match seen {
+            Some(Seen { bits: Bits::Host(b), .. }) => Some(b),
+            Some(_) => bail!("sample: the CPU keeps seen ids in host words (Seen::new on Device::Cpu)"),
             None => None,
         };
-        return cuda::sample(logits, bits, p, uniforms);
-    }
-    let z = logits.as_f32()?;
-    let words = v.div_ceil(32);
-    let mut bits = match seen {
-        Some(Seen { bits: Bits::Host(b), .. }) => Some(b),
-        #[cfg(feature = "cuda")]
-        Some(_) => bail!("sample: the seen ids are on a GPU, the logits on the CPU"),
-        None => None,
-    };
-    let mut out = Vec::with_capacity(r);
-    for (row, u) in uniforms.iter().enumerate() {
-        let s = bits.as_deref().map(|b| &b[row * words..(row + 1) * words]);
-        let t = sample_row(&z[row * v..(row + 1) * v], s, p, *u);
-        if let Some(b) = bits.as_deref_mut() {
-            b[row * words + t as usize / 32] |= 1 << (t % 32);
+        let mut out = Vec::with_capacity(r);
+        for (row, u) in uniforms.iter().enumerate() {
+            let s = bits.as_deref().map(|b| &b[row * words..(row + 1) * words]);
+            let t = sample_row(&z[row * v..(row + 1) * v], s, p, *u);
+            if let Some(b) = bits.as_deref_mut() {
+                b[row * words + t as usize / 32] |= 1 << (t % 32);
+            }
+            out.push(t);
         }
-        out.push(t);
+        Tensor::from_u32(out, &[r])
     }
-    Tensor::from_u32(out, &[r])
+
+    /// (`Seen` keeps host words itself; this serves a u32 tensor handed in directly.)
+    fn mark_seen(&self, bits: &mut Tensor, word0: usize, ids: &[u32]) -> Result<()> {
+        let mut w = bits.as_u32()?.to_vec();
+        ids.iter().for_each(|&t| w[word0 + t as usize / 32] |= 1 << (t % 32));
+        *bits = Tensor::from_u32(w, bits.shape())?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

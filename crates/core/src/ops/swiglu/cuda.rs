@@ -42,3 +42,8 @@ pub fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, T
     }
     Ok((Tensor::from_device_buf(dg, g.shape())?, Tensor::from_device_buf(du, u.shape())?))
 }
+
+impl super::SwiGluKernels for crate::backend::Cuda {
+    fn swiglu(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> { swiglu(g, u) }
+    fn swiglu_backward(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> { swiglu_backward(g, u, dy) }
+}

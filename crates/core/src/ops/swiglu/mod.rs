@@ -2,6 +2,7 @@
 //! arithmetic (`ggml_vec_swiglu_f32`: g / (1 + expf(−g)) · u with ggml's expf), bit for bit.
 
 use crate::float::Float;
+use crate::backend::{self, Cpu};
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -40,24 +41,32 @@ pub fn swiglu_bwd<F: Float>(g: &[F], u: &[F], dy: &[F]) -> (Vec<F>, Vec<F>) {
     (dg, du)
 }
 
+/// The SwiGLU kernels a backend provides (gate and up of one shape).
+pub trait SwiGluKernels {
+    fn swiglu(&self, g: &Tensor, u: &Tensor) -> Result<Tensor>;
+    /// (dg, du).
+    fn swiglu_backward(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)>;
+}
+
+impl SwiGluKernels for Cpu {
+    fn swiglu(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        Tensor::from_f32(swiglu_fwd(g.as_f32()?, u.as_f32()?), g.shape())
+    }
+    fn swiglu_backward(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (dg, du) = swiglu_bwd(g.as_f32()?, u.as_f32()?, dy.as_f32()?);
+        Ok((Tensor::from_f32(dg, g.shape())?, Tensor::from_f32(du, u.shape())?))
+    }
+}
+
 pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     if g.shape() != u.shape() {
         bail!("swiglu: gate {:?} and up {:?} differ in shape", g.shape(), u.shape());
     }
-    #[cfg(feature = "cuda")]
-    if g.is_cuda() {
-        return cuda::swiglu(g, u);
-    }
-    Tensor::from_f32(swiglu_fwd(g.as_f32()?, u.as_f32()?), g.shape())
+    backend::on("swiglu", [g, u])?.swiglu(g, u)
 }
 
 pub fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    #[cfg(feature = "cuda")]
-    if g.is_cuda() {
-        return cuda::swiglu_backward(g, u, dy);
-    }
-    let (dg, du) = swiglu_bwd(g.as_f32()?, u.as_f32()?, dy.as_f32()?);
-    Ok((Tensor::from_f32(dg, g.shape())?, Tensor::from_f32(du, u.shape())?))
+    backend::on("swiglu_backward", [g, u, dy])?.swiglu_backward(g, u, dy)
 }
 
 #[cfg(test)]
