@@ -10,10 +10,12 @@ pub mod files;
 pub mod cuda;
 pub mod float;
 pub mod ggml;
+pub mod mem;
 pub mod ops;
 pub mod profile;
 pub mod quant;
 pub mod rng;
+pub mod staging;
 pub mod tensor;
 
 pub use autograd::{Grads, Graph, Var};

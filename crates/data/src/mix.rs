@@ -6,7 +6,7 @@
 //! throughout the file, not only at its end. Everything is a function of the inputs and the seed.
 
 use crate::hash::{hash_u64s, SplitMix64};
-use crate::tokens::{tmp_path, TokenFile, TokenWriter};
+use crate::tokens::{TokenFile, TokenWriter};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -90,13 +90,8 @@ fn shuffled(n: usize, seed: u64, source: usize, pass: u64) -> Vec<u32> {
     v
 }
 
-pub fn mix(cfg: &MixConfig) -> Result<MixSummary> {
-    let r = run(cfg);
-    if r.is_err() {
-        let _ = std::fs::remove_file(tmp_path(&cfg.output));
-    }
-    r
-}
+/// On an error the writer's temporary is removed as it drops.
+pub fn mix(cfg: &MixConfig) -> Result<MixSummary> { run(cfg) }
 
 fn open_source(path: &Path) -> Result<(TokenFile, u32)> {
     let f = TokenFile::open(path)?;

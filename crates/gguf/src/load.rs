@@ -122,6 +122,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
     let f = GgufFile::open(path)?;
     let cfg = config(&f)?;
     let p = path.display();
+    cfg.check_claims(f.tensors.iter().map(|t| t.name.as_str()), "blk.", &format!("{p}: llama.block_count"))?;
     let mut out = Vec::new();
     for (name, shape) in params::layout(&cfg) {
         let gname = gguf_name(&name).with_context(|| format!("no GGUF name for {name}"))?;

@@ -37,10 +37,10 @@ impl GgufWriter {
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("gguf.tmp");
-        let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let tmp = smelt_core::files::Temp::new(path);
+        let file = std::fs::File::create(tmp.path()).with_context(|| format!("creating {}", tmp.path().display()))?;
         let mut w = BufWriter::new(file);
-        let put = |w: &mut BufWriter<std::fs::File>, b: &[u8]| -> Result<()> { w.write_all(b).context("writing GGUF") };
+        let put = |w: &mut BufWriter<std::fs::File>, b: &[u8]| -> Result<()> { w.write_all(b).with_context(|| format!("writing {}", path.display())) };
         put(&mut w, b"GGUF")?;
         put(&mut w, &3u32.to_le_bytes())?;
         put(&mut w, &(self.tensors.len() as u64).to_le_bytes())?;
@@ -68,9 +68,9 @@ impl GgufWriter {
             put(&mut w, data)?;
             put(&mut w, &vec![0u8; pad(data.len())])?;
         }
-        w.flush().context("writing GGUF")?;
+        w.flush().with_context(|| format!("writing {}", path.display()))?;
         drop(w);
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        tmp.commit(path)
     }
 }
 
