@@ -37,7 +37,7 @@ pub fn temp_name(target: &Path) -> PathBuf {
 /// The pid a temporary name was made by: `….tmp-<pid>-<hex>`, or the older
 /// `.tmp-<name>-<pid>` / `.old-<name>-<pid>` of checkpoint folders.
 fn owner_pid(name: &str) -> Option<u32> {
-    if let Some((_, tail)) = name.rsplit_once(".tmp-") {
+    if let Some((_, tail)) = name.rsplit_once(".tmp-").filter(|(head, _)| !head.is_empty()) {
         let (pid, hex) = tail.split_once('-')?;
         return (hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(pid.parse().ok()?);
     }
