@@ -52,6 +52,8 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    // Ctrl-C or a kill removes the temporaries of outputs being written, then ends the process.
+    smelt_core::staging::install_signal_cleanup();
     // Run the command on a worker of the thread pool (RAYON_NUM_THREADS threads): each parallel
     // op then starts from inside the pool instead of waking it from outside, which halves the
     // cost of the many small matvecs of batch-1 decoding.

@@ -27,6 +27,9 @@ fn random_u32() -> u32 {
     h.finish() as u32
 }
 
+/// 16 random hex digits (a run's lineage id, for example).
+pub fn unique_id() -> String { format!("{:08x}{:08x}", random_u32(), random_u32()) }
+
 /// `<dir>/.<name>.tmp-<pid>-<random hex>` for the target `<dir>/<name>`.
 pub fn temp_name(target: &Path) -> PathBuf {
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -165,6 +168,21 @@ fn exchange(a: &Path, b: &Path) -> bool {
 
 #[cfg(not(target_os = "linux"))]
 fn exchange(_: &Path, _: &Path) -> bool { false }
+
+/// Bytes free for an unprivileged writer on the filesystem holding `dir`, when known.
+#[cfg(unix)]
+pub fn disk_free(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    Some(s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+pub fn disk_free(_dir: &Path) -> Option<u64> { None }
 
 /// An advisory lock on a directory: `<dir>/.lock`, held until dropped (or the process ends).
 #[derive(Debug)]

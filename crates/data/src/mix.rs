@@ -135,6 +135,15 @@ fn run(cfg: &MixConfig) -> Result<MixSummary> {
     for (s, r) in srcs.iter_mut().zip(&ratios) {
         s.target = n * r;
     }
+    // A request bounded by the disk, not by patience: refuse what cannot be written.
+    let width = if vocab <= 1 << 16 { 2.0 } else { 4.0 };
+    let dir = cfg.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Some(free) = smelt_core::staging::disk_free(dir) {
+        if n * width > free as f64 {
+            bail!("--tokens {n}: {} would take about {:.1} GiB, but its disk has {:.1} GiB free", cfg.output.display(),
+                  n * width / (1u64 << 30) as f64, free as f64 / (1u64 << 30) as f64);
+        }
+    }
 
     let mut w = TokenWriter::create(&cfg.output, vocab, Some(eos0))?;
     let mut buf = Vec::new();

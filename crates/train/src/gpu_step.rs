@@ -2,7 +2,8 @@
 //! unchanged over device tensors), then gradient norm, clipping and AdamW over every parameter
 //! without a host round trip: the norm kernel leaves the clip coefficient and a skip flag
 //! (non-finite loss or norm) on the device, and the one-launch AdamW reads them there.
-//! The host waits once, after the whole step is queued, to read the loss and the norm.
+//! The host waits once, after the whole step is queued, to read the loss, the norm and the
+//! kernel's flag saying whether every updated parameter is still finite.
 //!
 //! Precision (`smelt_core::cuda::matmul_precision`, docs/CUDA.md): f32 master weights, weight
 //! gradients and AdamW moments on the device; under mixed precision (the default) bf16 matmul
@@ -10,13 +11,14 @@
 //! stream f32; under f32 precision everything f32.
 
 use crate::optim::AdamWState;
+use crate::trainer::StepOutcome;
 use anyhow::{bail, Result};
 use smelt_core::ops::adamw::{cuda as adamw_cuda, AdamW};
 use smelt_core::ops::elementwise;
 use smelt_core::Tensor;
 use smelt_model::Model;
 
-pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[(Tensor, Tensor)], clip: f64, grad_checkpoint: bool) -> Result<(f64, f64)> {
+pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[(Tensor, Tensor)], clip: f64, grad_checkpoint: bool) -> Result<StepOutcome> {
     let (mut grads, losses) = crate::trainer::backward_sum(model, micro, grad_checkpoint)?;
     // The losses stay on the device: summed there, read once at the end of the step.
     let mut loss = losses[0].clone();
@@ -45,7 +47,7 @@ pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[
         // The kernels skipped the update (as the CPU step does); keep the step count in step.
         opt.t -= 1;
         let norm = if l.is_finite() { norm } else { f64::NAN };
-        return Ok((l, norm));
+        return Ok(StepOutcome { loss: l, grad_norm: norm, params_finite: true });
     }
-    Ok((l, norm))
+    Ok(StepOutcome { loss: l, grad_norm: norm, params_finite: st[3] == 0.0 })
 }

@@ -5,6 +5,7 @@ pub mod checkpoint;
 mod gpu_step;
 pub mod optim;
 pub mod progress;
+pub mod run_dir;
 pub mod trainer;
 
-pub use trainer::{run, train_step, TrainConfig, TrainSummary};
+pub use trainer::{run, step, train_step, StepOutcome, TrainConfig, TrainSummary};

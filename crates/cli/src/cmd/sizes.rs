@@ -7,13 +7,13 @@ use smelt_model::memory;
 
 #[derive(Args, Debug)]
 pub struct SizesArgs {
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 8192, value_parser = super::checks::vocab_size)]
     vocab_size: usize,
     /// Batch size for the training-memory estimate.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::checks::count)]
     batch_size: usize,
     /// Sequence length for the training-memory and KV-cache estimates.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::checks::count)]
     seq_len: usize,
 }
 
