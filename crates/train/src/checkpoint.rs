@@ -147,3 +147,32 @@ pub fn rotate(root: &Path, keep: usize, run_id: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(root: &Path, name: &str, run_id: &str, step: u64) {
+        std::fs::create_dir_all(root.join(name)).unwrap();
+        let v = serde_json::json!({ "run_id": run_id, "step": step });
+        std::fs::write(root.join(name).join("trainer_state.json"), v.to_string()).unwrap();
+    }
+
+    #[test]
+    fn rotation_only_deletes_this_lineage() {
+        let root = std::env::temp_dir().join(format!("smelt-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        // Another run's higher steps sort after ours by name; they must survive.
+        for s in [1, 2, 3] {
+            fake(&root, &step_dir_name(s), "ours", s);
+        }
+        fake(&root, &step_dir_name(700), "theirs", 700);
+        fake(&root, &step_dir_name(800), "theirs", 800);
+        std::fs::create_dir_all(root.join("step-notes")).unwrap();
+        rotate(&root, 2, "ours").unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&root).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["step-000002", "step-000003", "step-000700", "step-000800", "step-notes"]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}

@@ -57,10 +57,12 @@ impl RunDir {
         let d = root.display();
         match resumed {
             None => {
-                // Everything visible is an earlier run's (hidden names: the lock, live temporaries).
+                // Everything visible is an earlier run's (hidden names: the lock, live temporaries),
+                // except an empty metrics.jsonl (a run that stopped before its first step).
+                let empty_metrics = |e: &std::fs::DirEntry| e.file_name() == "metrics.jsonl" && e.metadata().is_ok_and(|m| m.len() == 0);
                 let mut there: Vec<PathBuf> = std::fs::read_dir(root)?
                     .flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.') && !empty_metrics(e))
                     .map(|e| e.path())
                     .collect();
                 there.sort();
