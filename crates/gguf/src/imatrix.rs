@@ -194,7 +194,7 @@ impl Imatrix {
         let ds = self.datasets.last().map_or("", String::as_str);
         b.extend_from_slice(&(ds.len() as i32).to_le_bytes());
         b.extend_from_slice(ds.as_bytes());
-        std::fs::write(path, b).with_context(|| format!("writing {}", path.display()))
+        smelt_core::files::write_atomic(path, b)
     }
 
     /// The importance weights of tensor `name` (one per input column, per expert): the mean

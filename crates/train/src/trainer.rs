@@ -303,14 +303,16 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
         .map(|l| format!("{l}\n"))
         .collect();
-    std::fs::write(path, kept)?;
+    smelt_core::files::write_atomic(path, kept)?;
     Ok(())
 }
 
 /// Refuses a run whose weights, optimizer state and activations will not fit on its device.
 fn check_memory(mc: &ModelConfig, cfg: &TrainConfig) -> Result<()> {
     let tokens = cfg.batch_size as f64 * cfg.seq_len as f64;
-    let need = smelt_model::memory::training_bytes(mc, tokens, cfg.grad_checkpoint);
+    // The estimate counts f32 activations; bf16 ones (a GPU's default) take half, as would half the tokens.
+    let act_scale = if cfg.device.activation_dtype() == smelt_core::DType::F32 { 1.0 } else { 0.5 };
+    let need = smelt_model::memory::training_bytes(mc, tokens * act_scale, cfg.grad_checkpoint);
     let what = format!(
         "training a {:.0}-parameter model (--batch-size {} --seq-len {}{})",
         smelt_model::memory::params(mc), cfg.batch_size, cfg.seq_len, if cfg.grad_checkpoint { " --grad-checkpoint" } else { "" }

@@ -233,7 +233,7 @@ fn train_cfg(d: &Path, device: Device) -> TrainConfig {
         rope_theta: 10000.0, batch_size: 4, seq_len: 64, steps: 8, grad_accum: 2, lr: 3e-3, min_lr: 1e-4, warmup: 2,
         schedule: Schedule::Cosine, weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1.0, seed: 5,
         grad_checkpoint: false, checkpoint_dir: d.join("ckpt"), checkpoint_interval: 4, keep_checkpoints: 3, log_interval: 1,
-        val_batches: 2, device,
+        val_batches: 2, device, overwrite: false,
     }
 }
 
