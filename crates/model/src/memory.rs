@@ -7,7 +7,13 @@ use crate::ModelConfig;
 
 /// Parameters, computed in closed form (no layout is built).
 pub fn params(c: &ModelConfig) -> f64 {
-    let (d, q, kv, f, v) = (c.dim as f64, c.n_heads as f64 * c.head_dim as f64, c.n_kv_heads as f64 * c.head_dim as f64, c.ffn_hidden as f64, c.vocab_size as f64);
+    let (d, q, kv, f, v) = (
+        c.dim as f64,
+        c.n_heads as f64 * c.head_dim as f64,
+        c.n_kv_heads as f64 * c.head_dim as f64,
+        c.ffn_hidden as f64,
+        c.vocab_size as f64,
+    );
     let mut layer = 2.0 * d + 2.0 * q * d + 2.0 * kv * d + 3.0 * f * d;
     if c.qkv_bias {
         layer += q + 2.0 * kv;
@@ -22,7 +28,12 @@ pub fn params(c: &ModelConfig) -> f64 {
 /// Activation bytes kept for backward per token (f32): per layer the block inputs and the
 /// outputs of every matmul, norm, rope and the SwiGLU gate; plus logits and their gradient.
 pub fn activation_bytes_per_token(c: &ModelConfig) -> f64 {
-    let (d, q, kv, f) = (c.dim as f64, c.n_heads as f64 * c.head_dim as f64, c.n_kv_heads as f64 * c.head_dim as f64, c.ffn_hidden as f64);
+    let (d, q, kv, f) = (
+        c.dim as f64,
+        c.n_heads as f64 * c.head_dim as f64,
+        c.n_kv_heads as f64 * c.head_dim as f64,
+        c.ffn_hidden as f64,
+    );
     let per_layer = 6.0 * d + 3.0 * q + 4.0 * kv + 3.0 * f;
     4.0 * (c.n_layers as f64 * per_layer + 2.0 * c.vocab_size as f64 + 2.0 * d)
 }
@@ -32,7 +43,10 @@ pub fn activation_bytes_per_token(c: &ModelConfig) -> f64 {
 /// input is kept for all layers and one layer's activations at a time.
 pub fn training_bytes(c: &ModelConfig, tokens: f64, grad_checkpoint: bool) -> f64 {
     let act = if grad_checkpoint {
-        let one_layer = activation_bytes_per_token(&ModelConfig { n_layers: 1, ..c.clone() });
+        let one_layer = activation_bytes_per_token(&ModelConfig {
+            n_layers: 1,
+            ..c.clone()
+        });
         one_layer + 4.0 * c.n_layers as f64 * c.dim as f64
     } else {
         activation_bytes_per_token(c)

@@ -22,7 +22,15 @@ pub struct Resumed<'a> {
 }
 
 fn names(paths: &[PathBuf]) -> String {
-    let mut v: Vec<String> = paths.iter().take(6).map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect();
+    let mut v: Vec<String> = paths
+        .iter()
+        .take(6)
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
     if paths.len() > 6 {
         v.push(format!("and {} more", paths.len() - 6));
     }
@@ -31,7 +39,11 @@ fn names(paths: &[PathBuf]) -> String {
 
 fn remove(paths: &[PathBuf]) -> Result<()> {
     for p in paths {
-        let r = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
         r.map_err(|e| anyhow::anyhow!("removing {}: {e}", p.display()))?;
     }
     Ok(())
@@ -50,7 +62,12 @@ impl RunDir {
         let lock = DirLock::acquire(root, "smelt train run")?;
         let swept = sweep_stale(root, None);
         if !swept.is_empty() {
-            eprintln!("removed {} temporaries of interrupted runs from {} ({})", swept.len(), root.display(), names(&swept));
+            eprintln!(
+                "removed {} temporaries of interrupted runs from {} ({})",
+                swept.len(),
+                root.display(),
+                names(&swept)
+            );
         }
         let found = checkpoint::list(root)?;
         let metrics = root.join("metrics.jsonl");
@@ -59,10 +76,14 @@ impl RunDir {
             None => {
                 // Everything visible is an earlier run's (hidden names: the lock, live temporaries),
                 // except an empty metrics.jsonl (a run that stopped before its first step).
-                let empty_metrics = |e: &std::fs::DirEntry| e.file_name() == "metrics.jsonl" && e.metadata().is_ok_and(|m| m.len() == 0);
+                let empty_metrics = |e: &std::fs::DirEntry| {
+                    e.file_name() == "metrics.jsonl" && e.metadata().is_ok_and(|m| m.len() == 0)
+                };
                 let mut there: Vec<PathBuf> = std::fs::read_dir(root)?
                     .flatten()
-                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.') && !empty_metrics(e))
+                    .filter(|e| {
+                        !e.file_name().to_string_lossy().starts_with('.') && !empty_metrics(e)
+                    })
                     .map(|e| e.path())
                     .collect();
                 there.sort();
@@ -82,8 +103,16 @@ impl RunDir {
             }
             Some(r) => {
                 let ours = |f: &Found| f.state.as_ref().is_some_and(|(id, _)| id == r.run_id);
-                let foreign: Vec<PathBuf> = found.iter().filter(|f| !ours(f) && !same(&f.path, r.from)).map(|f| f.path.clone()).collect();
-                let newer: Vec<PathBuf> = found.iter().filter(|f| ours(f) && f.state.as_ref().is_some_and(|s| s.1 > r.step)).map(|f| f.path.clone()).collect();
+                let foreign: Vec<PathBuf> = found
+                    .iter()
+                    .filter(|f| !ours(f) && !same(&f.path, r.from))
+                    .map(|f| f.path.clone())
+                    .collect();
+                let newer: Vec<PathBuf> = found
+                    .iter()
+                    .filter(|f| ours(f) && f.state.as_ref().is_some_and(|s| s.1 > r.step))
+                    .map(|f| f.path.clone())
+                    .collect();
                 // Metrics with no checkpoint of this lineage beside them are another run's.
                 let foreign_metrics = metrics.exists() && !found.iter().any(ours);
                 if !overwrite {
@@ -101,7 +130,11 @@ impl RunDir {
                                delete them", r.step, names(&newer), r.from.display());
                     }
                 }
-                let mut doomed: Vec<PathBuf> = foreign.into_iter().chain(newer).filter(|p| !same(p, r.from)).collect();
+                let mut doomed: Vec<PathBuf> = foreign
+                    .into_iter()
+                    .chain(newer)
+                    .filter(|p| !same(p, r.from))
+                    .collect();
                 if foreign_metrics {
                     doomed.push(metrics);
                 }

@@ -25,8 +25,13 @@ pub fn new_tokens(model: &Model, prompt: usize, requested: usize, flag: &str) ->
     }
     let n = requested.min(room);
     let positions = (prompt + n + 1) as f64;
-    let need = memory::kv_cache_bytes(&model.cfg, 1.0, positions, value_bytes(model)) + memory::forward_bytes(&model.cfg, prompt as f64, prompt as f64);
-    smelt_core::mem::ensure_fits(model.device(), need, &format!("a KV cache of {positions} positions"))?;
+    let need = memory::kv_cache_bytes(&model.cfg, 1.0, positions, value_bytes(model))
+        + memory::forward_bytes(&model.cfg, prompt as f64, prompt as f64);
+    smelt_core::mem::ensure_fits(
+        model.device(),
+        need,
+        &format!("a KV cache of {positions} positions"),
+    )?;
     Ok(n)
 }
 
