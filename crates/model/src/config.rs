@@ -291,7 +291,7 @@ impl ModelConfig {
             .max()
             .map_or(0, |m| m + 1);
         if self.n_layers > layers {
-            bail!("{what}: the config claims {} layers, but the weights hold tensors for {layers}", self.n_layers);
+            bail!("{what}: the config claims {} layers, but the weights hold tensors for {layers} ({layer_prefix}{layers}.* are missing)", self.n_layers);
         }
         Ok(())
     }

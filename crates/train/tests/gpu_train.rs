@@ -307,3 +307,19 @@ fn gpu_resume_is_bit_identical_to_a_straight_gpu_run() {
         assert_eq!(l.to_bits(), straight[*step as usize - 1].1.to_bits(), "step {step}: resumed {l} vs straight {}", straight[*step as usize - 1].1);
     }
 }
+
+/// An update that overflows f32 (a finite --lr of 1e39: steps of ~1e40) is caught by the AdamW
+/// kernel's non-finite flag, read with the loss: the run stops at step 1 and saves nothing.
+#[test]
+fn gpu_update_that_overflows_is_caught_and_not_saved() {
+    let Some(d) = gpu() else { return };
+    let dir = std::env::temp_dir().join(format!("smelt-gpu-overflow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = train_cfg(&dir, d);
+    (cfg.lr, cfg.warmup, cfg.checkpoint_interval) = (1e39, 0, 1);
+    let e = smelt_train::run(cfg, None).err().expect("the overflowing run must fail").to_string();
+    assert!(e.contains("step 1") && e.contains("NaN or infinite") && e.contains("no checkpoint was written yet"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(dir.join("ckpt")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.iter().all(|n| n == ".lock" || n == "metrics.jsonl"), "{left:?}");
+}
