@@ -76,8 +76,8 @@ fn alive(pid: u32) -> bool {
         return true;
     }
     // Signal 0 checks existence; EPERM means it exists under another user.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
-    || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = unsafe { libc::kill(pid as libc::pid_t, 0) == 0 };
+    exists || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 #[cfg(not(unix))]
