@@ -69,7 +69,7 @@ fn address_space_left() -> Option<u64> {
         .ok()
         .and_then(|t| kib_field(&t, "VmSize:"))
         .unwrap_or(0);
-    Some((r.rlim_cur as u64).saturating_sub(used))
+    Some(r.rlim_cur.saturating_sub(used))
 }
 
 #[cfg(not(unix))]
