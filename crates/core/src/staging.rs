@@ -266,8 +266,14 @@ impl DirLock {
                 };
                 bail!("{} is in use by another {what}{by}, which holds {}; wait for it to finish or choose another directory", dir.display(), path.display());
             }
+            // A filesystem without locks (some network mounts): say so, and go on unguarded
+            // rather than refuse every run there.
             Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", path.display()))
+                eprintln!(
+                    "warning: cannot lock {} ({e}); nothing keeps a second {what} out of {}",
+                    path.display(),
+                    dir.display()
+                );
             }
         }
         file.set_len(0)?;
