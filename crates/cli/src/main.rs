@@ -56,6 +56,8 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    // Ctrl-C or a kill removes the temporaries of outputs being written, then ends the process.
+    smelt_files::staging::install_signal_cleanup();
     // One thread pool for the whole process (every rayon call, from any thread, uses it), sized
     // once here: --threads, else rayon's default (RAYON_NUM_THREADS, else one per logical CPU).
     let mut pool = rayon::ThreadPoolBuilder::new();

@@ -181,6 +181,6 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, ima
         let bytes = quantize_with(tt, &data, cols, weights.as_deref())?;
         w.tensor(gname, shape, tt, bytes)?;
     }
-    w.write(out)?;
+    crate::write_gguf(&w, out)?;
     Ok(report)
 }

@@ -162,7 +162,7 @@ impl Imatrix {
             w.tensor(&format!("{name}{SUMS}"), &sums_shape, GgmlType::F32, f32s(&mut e.sums.iter().copied()))?;
             w.tensor(&format!("{name}{COUNTS}"), &counts_shape, GgmlType::F32, f32s(&mut e.counts.iter().map(|&c| c as f32)))?;
         }
-        w.write(path)
+        crate::write_gguf(&w, path)
     }
 
     /// Writes the legacy .dat format (`llama-imatrix --output-format dat`): per entry the mean
@@ -193,7 +193,7 @@ impl Imatrix {
         let ds = self.datasets.last().map_or("", String::as_str);
         b.extend_from_slice(&(ds.len() as i32).to_le_bytes());
         b.extend_from_slice(ds.as_bytes());
-        std::fs::write(path, b).with_context(|| format!("writing {}", path.display()))
+        smelt_files::write_atomic(path, b)
     }
 
     /// The importance weights of tensor `name` (one per input column, per expert): the mean

@@ -11,3 +11,15 @@ pub mod load;
 pub mod smooth;
 
 pub use load::load_model;
+
+/// Writes a GGUF file: staged beside `path` under a name of its own and renamed into place,
+/// so a failed or interrupted write leaves neither a partial file nor a changed old one.
+pub fn write_gguf(w: &smelt_gguf::GgufWriter, path: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let tmp = smelt_files::Temp::new(path);
+    let file = std::fs::File::create(tmp.path()).with_context(|| format!("creating {}", tmp.path().display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    w.write_to(&mut out).with_context(|| format!("writing {}", path.display()))?;
+    drop(out);
+    tmp.commit(path)
+}

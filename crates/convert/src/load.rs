@@ -96,6 +96,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
     let f = GgufFile::open(path)?;
     let cfg = config(&f)?;
     let p = path.display();
+    cfg.check_claims(f.tensors.iter().map(|t| t.name.as_str()), "blk.", &format!("{p}: llama.block_count"))?;
     let mut out = Vec::new();
     for params::Param { gguf: gname, shape, .. } in params::list(&cfg) {
         let t = f.tensor(&gname).with_context(|| format!("{p}: tensor {gname} is missing"))?;

@@ -24,7 +24,7 @@ fn tiny(dir: &str) -> (PathBuf, Vec<u8>) {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(dir);
     std::fs::create_dir_all(&d).unwrap();
     let path = d.join("tiny.gguf");
-    w.write(&path).unwrap();
+    smelt_convert::write_gguf(&w, &path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     (path, bytes)
 }

@@ -120,7 +120,7 @@ fn damaged_imatrix_files_are_errors_naming_the_file() {
     w.kv("imatrix.datasets", smelt_gguf::Value::Array(vec![]));
     w.tensor("blk.0.attn_q.weight.in_sum2", &[4], smelt_core::quant::GgmlType::F32, vec![0; 16]).unwrap();
     let g = tmp("imatrix-damaged.gguf");
-    w.write(&g).unwrap();
+    smelt_convert::write_gguf(&w, &g).unwrap();
     assert!(format!("{:#}", Imatrix::load(&g).unwrap_err()).contains("without counts"));
     let golden = root().join("crates/core/tests/data/quant_golden.gguf");
     assert!(format!("{:#}", Imatrix::load(&golden).unwrap_err()).contains("missing imatrix metadata"));

@@ -12,6 +12,7 @@ pub mod backend;
 pub mod cuda;
 pub mod float;
 pub mod ggml;
+pub mod mem;
 pub mod ops;
 pub mod profile;
 pub mod quant;

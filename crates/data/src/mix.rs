@@ -6,7 +6,7 @@
 //! throughout the file, not only at its end. Everything is a function of the inputs and the seed.
 
 use crate::hash::{hash_u64s, SplitMix64};
-use crate::tokens::{tmp_path, TokenFile, TokenWriter};
+use crate::tokens::{TokenFile, TokenWriter};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -90,13 +90,8 @@ fn shuffled(n: usize, seed: u64, source: usize, pass: u64) -> Vec<u32> {
     v
 }
 
-pub fn mix(cfg: &MixConfig) -> Result<MixSummary> {
-    let r = run(cfg);
-    if r.is_err() {
-        let _ = std::fs::remove_file(tmp_path(&cfg.output));
-    }
-    r
-}
+/// On an error the writer's temporary is removed as it drops.
+pub fn mix(cfg: &MixConfig) -> Result<MixSummary> { run(cfg) }
 
 fn open_source(path: &Path) -> Result<(TokenFile, u32)> {
     let f = TokenFile::open(path)?;
@@ -139,6 +134,15 @@ fn run(cfg: &MixConfig) -> Result<MixSummary> {
     };
     for (s, r) in srcs.iter_mut().zip(&ratios) {
         s.target = n * r;
+    }
+    // A request bounded by the disk, not by patience: refuse what cannot be written.
+    let width = if vocab <= 1 << 16 { 2.0 } else { 4.0 };
+    let dir = cfg.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Some(free) = smelt_files::staging::disk_free(dir) {
+        if n * width > free as f64 {
+            bail!("--tokens {n}: {} would take about {:.1} GiB, but its disk has {:.1} GiB free", cfg.output.display(),
+                  n * width / (1u64 << 30) as f64, free as f64 / (1u64 << 30) as f64);
+        }
     }
 
     let mut w = TokenWriter::create(&cfg.output, vocab, Some(eos0))?;

@@ -7,7 +7,7 @@
 
 use crate::hash::{hash_u64s, unit_f64};
 use crate::documents::{Doc, DocStream};
-use crate::tokens::{tmp_path, TokenWriter};
+use crate::tokens::TokenWriter;
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use smelt_tokenizer::Tokenizer;
@@ -83,13 +83,9 @@ pub fn prepare(cfg: &PrepareConfig, tok: &Tokenizer, progress: &(dyn Fn(u64, u64
     if val_path.as_deref() == Some(cfg.output.as_path()) {
         bail!("output {} and its validation file would be the same path", cfg.output.display());
     }
-    let result = run(cfg, tok, eos, vocab, files, val_path.clone(), progress);
-    if result.is_err() {
-        // Leave no half-written temporaries behind; the final names were never created.
-        let _ = std::fs::remove_file(tmp_path(&cfg.output));
-        if let Some(v) = &val_path { let _ = std::fs::remove_file(tmp_path(v)); }
-    }
-    result
+    // On an error the writers' temporaries are removed as they drop; the final names were
+    // never created.
+    run(cfg, tok, eos, vocab, files, val_path.clone(), progress)
 }
 
 fn run(

@@ -81,11 +81,12 @@ impl TokenFile {
     }
 }
 
-/// Streams ids into a token file: writes to `<path>.tmp`, renames on `finish`, so an interrupted
-/// write never leaves a half file under the final name.
+/// Streams ids into a token file: writes to a temporary beside it (`smelt_files::Temp`),
+/// renames on `finish`, so an interrupted write never leaves a half file under the final name;
+/// dropped unfinished (an error), it removes the temporary.
 pub struct TokenWriter {
     path: PathBuf,
-    tmp: PathBuf,
+    tmp: smelt_files::Temp,
     out: std::io::BufWriter<std::fs::File>,
     width: usize,
     vocab_size: u32,
@@ -95,10 +96,10 @@ pub struct TokenWriter {
 
 impl TokenWriter {
     pub fn create(path: &Path, vocab_size: u32, eos: Option<u32>) -> Result<Self> {
-        let tmp = tmp_path(path);
-        let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let tmp = smelt_files::Temp::new(path);
+        let f = std::fs::File::create(tmp.path()).with_context(|| format!("creating {}", tmp.path().display()))?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-        out.write_all(&[0u8; HEADER_LEN])?; // patched in finish()
+        out.write_all(&[0u8; HEADER_LEN]).with_context(|| format!("writing {}", path.display()))?; // patched in finish()
         let width = if vocab_size <= 1 << 16 { 2 } else { 4 };
         Ok(TokenWriter { path: path.to_path_buf(), tmp, out, width, vocab_size, eos, count: 0 })
     }
@@ -108,11 +109,8 @@ impl TokenWriter {
             if id >= self.vocab_size {
                 bail!("token id {id} out of vocabulary ({}) while writing {}", self.vocab_size, self.path.display());
             }
-            if self.width == 2 {
-                self.out.write_all(&(id as u16).to_le_bytes())?;
-            } else {
-                self.out.write_all(&id.to_le_bytes())?;
-            }
+            let w = if self.width == 2 { self.out.write_all(&(id as u16).to_le_bytes()) } else { self.out.write_all(&id.to_le_bytes()) };
+            w.with_context(|| format!("writing {}", self.path.display()))?;
         }
         self.count += ids.len() as u64;
         Ok(())
@@ -122,7 +120,8 @@ impl TokenWriter {
 
     pub fn finish(self) -> Result<u64> {
         use std::io::{Seek, SeekFrom};
-        let mut f = self.out.into_inner().map_err(|e| e.into_error())?;
+        let path = self.path.display().to_string();
+        let mut f = self.out.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {path}"))?;
         let mut h = Vec::with_capacity(HEADER_LEN);
         h.extend_from_slice(MAGIC);
         h.extend_from_slice(&VERSION.to_le_bytes());
@@ -130,16 +129,13 @@ impl TokenWriter {
         h.extend_from_slice(&self.vocab_size.to_le_bytes());
         h.extend_from_slice(&self.eos.unwrap_or(u32::MAX).to_le_bytes());
         h.extend_from_slice(&self.count.to_le_bytes());
-        f.seek(SeekFrom::Start(0))?;
-        f.write_all(&h)?;
-        f.sync_all()?;
+        f.seek(SeekFrom::Start(0)).and_then(|_| f.write_all(&h)).and_then(|_| f.sync_all()).with_context(|| format!("writing {path}"))?;
         drop(f);
-        smelt_files::rename(&self.tmp, &self.path)?;
+        self.tmp.commit(&self.path)?;
         Ok(self.count)
     }
 }
 
-pub use smelt_files::tmp_path;
 
 #[cfg(test)]
 mod tests {

@@ -1,28 +1,26 @@
 //! Writing files so that an interrupted write never destroys what was there: stage beside the
-//! target, then rename over it (atomic on one filesystem). Every stage that writes an output
+//! target under a name of its own (`staging::Temp`: pid + random, removed on error and on
+//! Ctrl-C), then rename over it (atomic on one filesystem). Every stage that writes an output
 //! (token files, reports, tokenizers, safetensors) goes through here. Reading side:
 //! `expand_inputs`, the one expander of `--input` values (files, directories, globs).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Where a write of `p` is staged: `<p>.tmp`.
-pub fn tmp_path(p: &Path) -> PathBuf {
-    let mut s = p.as_os_str().to_owned();
-    s.push(".tmp");
-    PathBuf::from(s)
-}
+pub mod staging;
+pub use crate::staging::Temp;
 
 /// Renames with an error that names both paths.
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))
 }
 
-/// Writes `bytes` to `path` through `tmp_path(path)`.
+/// Writes `bytes` to `path` through a temporary beside it (removed if the write fails, e.g.
+/// on a full disk; the error names `path`).
 pub fn write_atomic(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    rename(&tmp, path)
+    let tmp = Temp::new(path);
+    std::fs::write(tmp.path(), bytes).with_context(|| format!("writing {}", path.display()))?;
+    tmp.commit(path)
 }
 
 /// Expand `--input` values into an ordered file list. Order is the order given, and within a

@@ -111,7 +111,23 @@ impl std::fmt::Debug for GgufFile {
 /// Refuse absurd counts before allocating: every item takes at least one byte in the file.
 const MAX_NESTING: u32 = 8;
 
-struct Cursor<'a> { buf: &'a [u8], pos: usize, path: &'a Path }
+/// Metadata array items a file may hold in all: a parsed item takes ~32 bytes of memory however
+/// few it takes in the file (one, for a u8), so the count is bounded by what real files hold
+/// (a 256k vocabulary's tokens, scores, types and merges: ~1M) with room to spare (≤ ~0.5 GiB).
+const MAX_ARRAY_ITEMS: usize = 1 << 24;
+
+/// Bytes an array item takes in the file at least: its count must fit in what is left.
+fn min_item_bytes(ty: ValueType) -> usize {
+    match ty {
+        ValueType::U8 | ValueType::I8 | ValueType::Bool => 1,
+        ValueType::U16 | ValueType::I16 => 2,
+        ValueType::U32 | ValueType::I32 | ValueType::F32 => 4,
+        ValueType::U64 | ValueType::I64 | ValueType::F64 | ValueType::String => 8,
+        ValueType::Array => 12,
+    }
+}
+
+struct Cursor<'a> { buf: &'a [u8], pos: usize, path: &'a Path, items: usize }
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
@@ -172,7 +188,12 @@ impl<'a> Cursor<'a> {
                 let id = self.u32(what)?;
                 let ity = ValueType::from_id(id).with_context(|| format!(
                     "{}: {what}: unknown array item type {id}", self.path.display()))?;
-                let n = self.len(what, 1)?;
+                let n = self.len(what, min_item_bytes(ity))?;
+                self.items = self.items.saturating_add(n);
+                if self.items > MAX_ARRAY_ITEMS {
+                    bail!("{}: {what}: the metadata arrays hold more than {MAX_ARRAY_ITEMS} items in all (real vocabularies hold about 1M); refusing to load them",
+                          self.path.display());
+                }
                 let mut items = Vec::with_capacity(n.min(1 << 20));
                 for _ in 0..n { items.push(self.value(ity, "array item", depth + 1)?); }
                 Value::Array(items)
@@ -199,7 +220,7 @@ impl GgufFile {
     }
 
     fn parse(path: PathBuf, mmap: Bytes) -> Result<Self> {
-        let mut c = Cursor { buf: &mmap[..], pos: 0, path: &path };
+        let mut c = Cursor { buf: &mmap[..], pos: 0, path: &path, items: 0 };
         let magic = c.take(4, "magic").map_err(|_| anyhow::anyhow!(
             "{}: not a GGUF file (shorter than the 4-byte magic)", path.display()))?;
         if magic != b"GGUF" {

@@ -5,8 +5,7 @@
 use crate::GgmlType;
 use crate::Value;
 use anyhow::{bail, Context, Result};
-use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::io::Write;
 
 const ALIGN: usize = 32;
 
@@ -36,15 +35,14 @@ impl GgufWriter {
         Ok(())
     }
 
-    pub fn write(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("gguf.tmp");
-        let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let mut w = BufWriter::new(file);
-        let put = |w: &mut BufWriter<std::fs::File>, b: &[u8]| -> Result<()> { w.write_all(b).context("writing GGUF") };
-        put(&mut w, b"GGUF")?;
-        put(&mut w, &3u32.to_le_bytes())?;
-        put(&mut w, &(self.tensors.len() as u64).to_le_bytes())?;
-        put(&mut w, &(self.metadata.len() as u64).to_le_bytes())?;
+    /// Writes the file to `w` (the caller decides where: `smelt_convert::write_gguf` stages it
+    /// beside its target and renames it into place, so a failed write leaves no partial file).
+    pub fn write_to<W: Write>(&self, w: &mut W) -> Result<()> {
+        let put = |w: &mut W, b: &[u8]| -> Result<()> { w.write_all(b).context("writing GGUF") };
+        put(w, b"GGUF")?;
+        put(w, &3u32.to_le_bytes())?;
+        put(w, &(self.tensors.len() as u64).to_le_bytes())?;
+        put(w, &(self.metadata.len() as u64).to_le_bytes())?;
         let mut buf = Vec::new();
         for (k, v) in &self.metadata {
             write_str(&mut buf, k);
@@ -60,17 +58,15 @@ impl GgufWriter {
             buf.extend_from_slice(&(offset as u64).to_le_bytes());
             offset += data.len().div_ceil(ALIGN) * ALIGN;
         }
-        put(&mut w, &buf)?;
+        put(w, &buf)?;
         let pad = |p: usize| (ALIGN - p % ALIGN) % ALIGN;
         let p = pad(24 + buf.len());
-        put(&mut w, &vec![0u8; p])?;
+        put(w, &vec![0u8; p])?;
         for (_, _, _, data) in &self.tensors {
-            put(&mut w, data)?;
-            put(&mut w, &vec![0u8; pad(data.len())])?;
+            put(w, data)?;
+            put(w, &vec![0u8; pad(data.len())])?;
         }
-        w.flush().context("writing GGUF")?;
-        drop(w);
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        w.flush().context("writing GGUF")
     }
 }
 

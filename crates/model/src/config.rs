@@ -142,6 +142,13 @@ impl ModelConfig {
         if let Some(s) = self.attn_scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
             bail!("model config: attention scale {s} must be a positive number");
         }
+        // Either would run and give NaN everywhere (and a perplexity of NaN with exit code 0).
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            bail!("model config: rope_theta {} must be a finite number > 0", self.rope_theta);
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
+            bail!("model config: rms_norm_eps {} must be a finite number >= 0", self.norm_eps);
+        }
         Ok(())
     }
 
@@ -326,6 +333,20 @@ impl ModelConfig {
     /// Number of parameters.
     pub fn n_params(&self) -> usize {
         crate::params::layout(self).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+
+    /// Refuses a config that claims more than the weights at hand hold, before anything is
+    /// built from it (a `num_hidden_layers` of 10⁹ would otherwise allocate for its layout):
+    /// `names` are the tensor names present, `what` names their file in the error.
+    pub fn check_claims<'a>(&self, names: impl Iterator<Item = &'a str>, layer_prefix: &str, what: &str) -> Result<()> {
+        let layers = names
+            .filter_map(|n| n.strip_prefix(layer_prefix)?.split('.').next()?.parse::<usize>().ok())
+            .max()
+            .map_or(0, |m| m + 1);
+        if self.n_layers > layers {
+            bail!("{what}: the config claims {} layers, but the weights hold tensors for {layers} ({layer_prefix}{layers}.* are missing)", self.n_layers);
+        }
+        Ok(())
     }
 }
 

@@ -90,8 +90,8 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], dtype: DType
         .iter()
         .map(|(n, s, d, b)| Ok((n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).map_err(|e| anyhow::anyhow!("{n}: {e:?}"))?)))
         .collect::<Result<_>>()?;
-    let tmp = smelt_files::tmp_path(path);
-    safetensors::serialize_to_file(views, &metadata, &tmp).map_err(|e| anyhow::anyhow!("writing {}: {e:?}", tmp.display()))?;
-    smelt_files::rename(&tmp, path)
+    let tmp = smelt_files::Temp::new(path);
+    safetensors::serialize_to_file(views, &metadata, tmp.path()).map_err(|e| anyhow::anyhow!("writing {}: {e:?}", path.display()))?;
+    tmp.commit(path)
 }
 

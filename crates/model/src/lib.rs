@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod io;
+pub mod memory;
 pub mod model;
 pub mod params;
 pub mod presets;

@@ -265,6 +265,7 @@ impl Model {
     pub fn load(dir: &Path) -> Result<Self> {
         let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))?;
         let mut w = crate::io::read_model_weights(dir)?;
+        cfg.check_claims(w.keys().map(String::as_str), "model.layers.", &dir.join("config.json").display().to_string())?;
         let mut params = Vec::new();
         for (name, shape) in params::layout(&cfg) {
             let t = w.remove(&name).with_context(|| format!("{}: tensor {name} is missing", dir.display()))?;

@@ -146,6 +146,9 @@ pub fn learn(counts: Counts, cfg: &TrainConfig) -> Result<(Vec<String>, Vec<Pair
     if cfg.vocab_size < vocab.len() {
         bail!("vocab size {} is smaller than the {} special and byte tokens", cfg.vocab_size, vocab.len());
     }
+    if cfg.vocab_size > u32::MAX as usize {
+        bail!("vocab size {} does not fit token ids (u32)", cfg.vocab_size);
+    }
     let mut index: FxHashMap<String, u32> = vocab.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     let (mut words, wcounts): (Vec<Vec<u32>>, Vec<i64>) = counts.into_iter()
         .map(|(k, c)| (k.iter().map(|&b| byte_id[b as usize]).collect(), c as i64)).unzip();
@@ -164,7 +167,8 @@ pub fn learn(counts: Counts, cfg: &TrainConfig) -> Result<(Vec<String>, Vec<Pair
     let mut heap: BinaryHeap<Top> = pair_counts.iter().map(|(&pair, &count)| Top { count, pair }).collect();
     let target = cfg.vocab_size - vocab.len();
     let pb = bar(cfg.progress, target as u64, "merging", false);
-    let mut merges = Vec::with_capacity(target);
+    // Merges stop when the pairs run out, long before an absurd --vocab-size: grow as they come.
+    let mut merges = Vec::with_capacity(target.min(1 << 16));
     let mut changes = Vec::new();
     while vocab.len() < cfg.vocab_size {
         let Some(top) = heap.pop() else { break };

@@ -2,8 +2,11 @@
 //! generation_config.json) plus, for exact resume, `optimizer.safetensors` (AdamW moments) and
 //! `trainer_state.json` (step, settings, data position).
 //!
-//! Every checkpoint is written into a temporary sibling folder and renamed into place, so an
-//! interrupted write never damages the checkpoint that was there before.
+//! Every checkpoint is written into a temporary sibling folder (removed on an error or Ctrl-C)
+//! and swapped into place atomically, so an interrupted write never damages the checkpoint that
+//! was there before and `final/` is never missing. Each run lineage (a fresh run and its
+//! resumes) has an id in `trainer_state.json`; rotation only ever deletes that lineage's
+//! `step-*` folders.
 
 use crate::optim::AdamWState;
 use crate::TrainConfig;
@@ -26,6 +29,9 @@ pub struct TrainerState {
     pub data_position: u64,
     pub config: TrainConfig,
     pub smelt_version: String,
+    /// The run lineage: made by a fresh run, kept by its resumes (empty in older checkpoints).
+    #[serde(default)]
+    pub run_id: String,
 }
 
 pub fn step_dir_name(step: u64) -> String { format!("step-{step:06}") }
@@ -45,13 +51,16 @@ fn generation_config(model: &Model, tok: &Tokenizer) -> serde_json::Value {
 pub fn save(dir: &Path, model: &Model, tok: &Tokenizer, train: Option<(&AdamWState, &TrainerState)>) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = dir.file_name().context("checkpoint path has no folder name")?.to_string_lossy().to_string();
-    let tmp = parent.join(format!(".tmp-{name}-{}", std::process::id()));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
+    dir.file_name().context("checkpoint path has no folder name")?;
+    let staged = smelt_files::Temp::new(dir);
+    let tmp = staged.path().to_path_buf();
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    model.save(&tmp)?;
+    write_into(&tmp, model, tok, train).with_context(|| format!("saving checkpoint {}", dir.display()))?;
+    staged.commit_dir(dir)
+}
+
+fn write_into(tmp: &Path, model: &Model, tok: &Tokenizer, train: Option<(&AdamWState, &TrainerState)>) -> Result<()> {
+    model.save(tmp)?;
     tok.save(&tmp.join("tokenizer.json"))?;
     std::fs::write(tmp.join("generation_config.json"), serde_json::to_string_pretty(&generation_config(model, tok))?)?;
     if let Some((opt, state)) = train {
@@ -65,16 +74,37 @@ pub fn save(dir: &Path, model: &Model, tok: &Tokenizer, train: Option<(&AdamWSta
         smelt_model::io::write_safetensors(&tmp.join("optimizer.safetensors"), &named, smelt_core::DType::F32, Some(meta))?;
         std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(state)?)?;
     }
-    // Swap in: the old folder (if any) is moved aside first and removed only after the rename.
-    let old = parent.join(format!(".old-{name}-{}", std::process::id()));
-    if dir.exists() {
-        std::fs::rename(dir, &old).with_context(|| format!("moving old {} aside", dir.display()))?;
-    }
-    std::fs::rename(&tmp, dir).with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
     Ok(())
+}
+
+/// A checkpoint folder of a run directory (`step-*` or `final`) and what its state says.
+#[derive(Debug)]
+pub struct Found {
+    pub path: PathBuf,
+    /// (run id, step) from its trainer_state.json; `None` when it has none or it is unreadable.
+    pub state: Option<(String, u64)>,
+}
+
+impl Found {
+    pub fn name(&self) -> String { self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default() }
+}
+
+/// The checkpoint folders in `root`, sorted by name.
+pub fn list(root: &Path) -> Result<Vec<Found>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).with_context(|| format!("listing {}", root.display()))?.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(path.is_dir() && (name.starts_with("step-") || name == "final")) {
+            continue;
+        }
+        let state = std::fs::read_to_string(path.join("trainer_state.json")).ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| Some((v["run_id"].as_str().unwrap_or("").to_string(), v["step"].as_u64()?)));
+        out.push(Found { path, state });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
 }
 
 /// Loads the optimizer state and trainer state saved beside a model.
@@ -98,17 +128,51 @@ pub fn load_train_state(dir: &Path, model: &Model) -> Result<(AdamWState, Traine
     Ok((AdamWState { m, v, t: state.step }, state))
 }
 
-/// Removes all but the newest `keep` `step-*` folders in `root`.
-pub fn rotate(root: &Path, keep: usize) -> Result<()> {
-    let mut steps: Vec<PathBuf> = std::fs::read_dir(root)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
+/// Removes all but the newest `keep` `step-*` folders of the lineage `run_id` in `root`;
+/// checkpoints of any other run are never touched.
+pub fn rotate(root: &Path, keep: usize, run_id: &str) -> Result<()> {
+    let mut ours: Vec<(u64, PathBuf)> = list(root)?
+        .into_iter()
+        .filter(|f| f.name().starts_with("step-"))
+        .filter_map(|f| match f.state {
+            Some((id, step)) if id == run_id => Some((step, f.path)),
+            _ => None,
+        })
         .collect();
-    steps.sort();
-    if steps.len() > keep {
-        for p in &steps[..steps.len() - keep] {
+    ours.sort();
+    if ours.len() > keep {
+        for (_, p) in &ours[..ours.len() - keep] {
             std::fs::remove_dir_all(p).with_context(|| format!("removing old checkpoint {}", p.display()))?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake(root: &Path, name: &str, run_id: &str, step: u64) {
+        std::fs::create_dir_all(root.join(name)).unwrap();
+        let v = serde_json::json!({ "run_id": run_id, "step": step });
+        std::fs::write(root.join(name).join("trainer_state.json"), v.to_string()).unwrap();
+    }
+
+    #[test]
+    fn rotation_only_deletes_this_lineage() {
+        let root = std::env::temp_dir().join(format!("smelt-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        // Another run's higher steps sort after ours by name; they must survive.
+        for s in [1, 2, 3] {
+            fake(&root, &step_dir_name(s), "ours", s);
+        }
+        fake(&root, &step_dir_name(700), "theirs", 700);
+        fake(&root, &step_dir_name(800), "theirs", 800);
+        std::fs::create_dir_all(root.join("step-notes")).unwrap();
+        rotate(&root, 2, "ours").unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(&root).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["step-000002", "step-000003", "step-000700", "step-000800", "step-notes"]);
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

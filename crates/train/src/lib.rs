@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod optim;
 pub mod progress;
+pub mod run_dir;
 pub mod trainer;
 
-pub use trainer::{run, train_step, TrainConfig, TrainSummary};
+pub use trainer::{run, step, train_step, StepOutcome, TrainConfig, TrainSummary};

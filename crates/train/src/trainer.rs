@@ -1,7 +1,13 @@
 //! The pretraining loop: batches → forward/backward (with gradient accumulation) → clip →
 //! AdamW → metrics, validation and checkpoints; exact resume from any checkpoint.
+//!
+//! Nothing a run cannot stand behind is saved: settings are range-checked before anything is
+//! built, memory is estimated before it is allocated, every update is checked to leave finite
+//! parameters (a device-side flag on a GPU), and the checkpoint directory is held and kept to
+//! one run lineage (`run_dir`).
 
 use crate::checkpoint::{self, TrainerState};
+use crate::run_dir;
 use crate::optim::{lr_at, AdamWState, Schedule};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -55,6 +61,10 @@ pub struct TrainConfig {
     /// Where to train (not saved: a checkpoint resumes on whatever device is asked for).
     #[serde(skip)]
     pub device: smelt_core::Device,
+    /// Delete what stands in the way in `checkpoint_dir` (an earlier run; on resume, this
+    /// run's checkpoints newer than the one resumed) instead of refusing. Not saved.
+    #[serde(skip)]
+    pub overwrite: bool,
 }
 
 /// The `smelt train` defaults (the CLI documents each), for library users and tests.
@@ -94,11 +104,36 @@ impl Default for TrainConfig {
             log_interval: 1,
             val_batches: 20,
             device: Default::default(),
+            overwrite: false,
         }
     }
 }
 
 impl TrainConfig {
+    /// Range-checks every setting (named as its `smelt train` flag) before anything is built:
+    /// a NaN learning rate or `--beta2 1` would otherwise train, and save, NaN weights.
+    pub fn validate(&self) -> Result<()> {
+        let check = |ok: bool, flag: &str, v: f64, want: &str| if ok { Ok(()) } else { Err(anyhow::anyhow!("--{flag} {v}: must be {want}")) };
+        for (flag, v) in [("lr", self.lr), ("min-lr", self.min_lr), ("weight-decay", self.weight_decay), ("grad-clip", self.grad_clip)] {
+            check(v.is_finite() && v >= 0.0, flag, v, "a finite number >= 0")?;
+        }
+        for (flag, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            check((0.0..1.0).contains(&v), flag, v, "in [0, 1)")?;
+        }
+        check(self.eps.is_finite() && self.eps > 0.0, "eps", self.eps, "a finite number > 0")?;
+        check(self.rope_theta.is_finite() && self.rope_theta > 0.0, "rope-theta", self.rope_theta, "a finite number > 0")?;
+        let counts = [
+            ("batch-size", self.batch_size as u64), ("seq-len", self.seq_len as u64), ("grad-accum", self.grad_accum as u64),
+            ("steps", self.steps), ("val-batches", self.val_batches as u64), ("keep-checkpoints", self.keep_checkpoints as u64),
+        ];
+        for (flag, v) in counts {
+            if v == 0 {
+                bail!("--{flag} 0: must be at least 1");
+            }
+        }
+        Ok(())
+    }
+
     pub fn model_config(&self, vocab_size: usize) -> Result<ModelConfig> {
         let mut c = if self.size == "custom" {
             let need = |v: Option<usize>, f: &str| v.with_context(|| format!("--size custom needs --{f}"));
@@ -138,18 +173,36 @@ struct Metrics {
     val_loss: Option<f64>,
 }
 
+/// What one update did.
+#[derive(Clone, Copy, Debug)]
+pub struct StepOutcome {
+    /// Mean loss over the micro-batches (before the update).
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Whether every parameter is finite after the update (false: the update overflowed; the
+    /// parameters must not be saved).
+    pub params_finite: bool,
+}
+
+/// One update (see `step`). Returns (mean loss, pre-clip gradient norm).
+pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[(Tensor, Tensor)], clip: f64, grad_checkpoint: bool) -> Result<(f64, f64)> {
+    step(model, opt, hp, micro, clip, grad_checkpoint).map(|o| (o.loss, o.grad_norm))
+}
+
 /// One update: forward/backward over `micro` batches (gradients averaged), clip, AdamW, on
 /// whatever device the model is on (the autograd tape runs unchanged over its tensors).
 /// The gradient norm, the clip coefficient and a skip flag (loss or norm not finite) stay
 /// where the gradients are and AdamW reads them there, so a GPU step is queued without a host
 /// round trip; the host waits once, at the end, to read the losses and the norm.
-/// Returns (mean loss, pre-clip gradient norm). Parameters are untouched if the loss or the
-/// norm is not finite.
+/// Parameters are untouched if the loss or the norm is not finite; after an update, whether
+/// every parameter is still finite comes back too (`adamw::params_finite`: a scan on the CPU,
+/// a flag the AdamW kernel raises on a GPU, read with the loss: no extra wait per step).
 ///
 /// Precision on CUDA (`smelt_core::cuda::matmul_precision`, docs/CUDA.md): f32 master weights,
 /// weight gradients and AdamW moments; under mixed precision (the default) bf16 matmul operands
 /// with f32 accumulation and bf16 activations and activation gradients, the residual stream f32.
-pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[(Tensor, Tensor)], clip: f64, grad_checkpoint: bool) -> Result<(f64, f64)> {
+pub fn step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[(Tensor, Tensor)], clip: f64, grad_checkpoint: bool) -> Result<StepOutcome> {
     let (mut grads, losses) = backward_sum(model, micro, grad_checkpoint)?;
     if micro.len() > 1 {
         let n = micro.len() as f32;
@@ -175,9 +228,10 @@ pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[
     if skipped {
         // The update was skipped on the device; keep the step count in step with it.
         opt.t -= 1;
-        return Ok((loss, if loss.is_finite() { norm } else { f64::NAN }));
+        return Ok(StepOutcome { loss, grad_norm: if loss.is_finite() { norm } else { f64::NAN }, params_finite: true });
     }
-    Ok((loss, norm))
+    let params_finite = adamw::params_finite(&model.params, &gnorm)?;
+    Ok(StepOutcome { loss, grad_norm: norm, params_finite })
 }
 
 /// Forward and backward over each micro-batch on whatever device the model is on. Returns the
@@ -254,15 +308,30 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
         .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
         .map(|l| format!("{l}\n"))
         .collect();
-    std::fs::write(path, kept)?;
+    smelt_files::write_atomic(path, kept)?;
     Ok(())
 }
 
+/// Refuses a run whose weights, optimizer state and activations will not fit on its device.
+fn check_memory(mc: &ModelConfig, cfg: &TrainConfig) -> Result<()> {
+    let tokens = cfg.batch_size as f64 * cfg.seq_len as f64;
+    // The estimate counts f32 activations; bf16 ones (a GPU's default) take half, as would half the tokens.
+    let act_scale = if cfg.device.activation_dtype() == smelt_core::DType::F32 { 1.0 } else { 0.5 };
+    let need = smelt_model::memory::training_bytes(mc, tokens * act_scale, cfg.grad_checkpoint);
+    let what = format!(
+        "training a {:.0}-parameter model (--batch-size {} --seq-len {}{})",
+        smelt_model::memory::params(mc), cfg.batch_size, cfg.seq_len, if cfg.grad_checkpoint { " --grad-checkpoint" } else { "" }
+    );
+    smelt_core::mem::ensure_fits(cfg.device, need, &what)
+}
+
 /// Trains from `cfg`, or continues the checkpoint `resume` (its saved settings are used except
-/// `steps`, `checkpoint_dir`, `checkpoint_interval`, `keep_checkpoints` and `log_interval`).
+/// `steps`, `checkpoint_dir`, `checkpoint_interval`, `keep_checkpoints`, `log_interval`,
+/// `device` and `overwrite`).
 pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
-    let (mut model, tok, mut opt, cfg, start) = match resume {
+    let (mut model, tok, mut opt, cfg, start, run_id) = match resume {
         Some(dir) => {
+            cfg.validate()?;
             let model = Model::load(dir)?;
             let (opt, state) = checkpoint::load_train_state(dir, &model)?;
             let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
@@ -273,36 +342,40 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
             saved.keep_checkpoints = cfg.keep_checkpoints;
             saved.log_interval = cfg.log_interval;
             saved.device = cfg.device;
+            saved.overwrite = cfg.overwrite;
+            saved.validate().map_err(|e| anyhow::anyhow!("{}: saved settings: {e}", dir.join("trainer_state.json").display()))?;
             if saved.steps <= state.step {
                 bail!("{} is at step {}; --steps {} leaves nothing to do", dir.display(), state.step, saved.steps);
             }
+            check_memory(&model.cfg, &saved)?;
             eprintln!("resuming {} at step {} of {}", dir.display(), state.step, saved.steps);
-            (model, tok, opt, saved, state.step)
+            (model, tok, opt, saved, state.step, state.run_id)
         }
         None => {
+            cfg.validate()?;
             let tok_path = cfg.tokenizer.clone().or_else(|| cfg.init.clone()).context("--tokenizer is required (a tokenizer.json, e.g. from `smelt tokenizer`)")?;
             let tok = Tokenizer::from_file(&tok_path)?;
             let model = match &cfg.init {
-                Some(dir) => Model::load(dir)?,
+                Some(dir) => {
+                    let model = Model::load(dir)?;
+                    check_memory(&model.cfg, &cfg)?;
+                    if !adamw::all_finite_host(&model.params)? {
+                        bail!("{}: the weights hold NaN or infinite values", dir.display());
+                    }
+                    model
+                }
                 None => {
                     let mut mc = cfg.model_config(tok.vocab_size())?;
                     mc.bos_token_id = tok.bos_id();
                     mc.eos_token_ids = tok.eos_id().into_iter().collect();
+                    check_memory(&mc, &cfg)?;
                     Model::init(mc, cfg.seed)?
                 }
             };
             let opt = AdamWState::new(&model.params);
-            (model, tok, opt, cfg, 0)
+            (model, tok, opt, cfg, 0, smelt_files::staging::unique_id())
         }
     };
-    model.to_device(cfg.device)?;
-    opt.to_device(cfg.device)?;
-    if cfg.device != smelt_core::Device::Cpu {
-        eprintln!("training on {}", cfg.device);
-    }
-    if cfg.batch_size == 0 || cfg.seq_len == 0 || cfg.grad_accum == 0 {
-        bail!("--batch-size, --seq-len and --grad-accum must be positive");
-    }
     let data = Batcher::new(TokenFile::open(&cfg.dataset)?, cfg.batch_size, cfg.seq_len, cfg.seed)?;
     check_vocab(data.file(), model.cfg.vocab_size)?;
     let val = match &cfg.val_dataset {
@@ -313,10 +386,17 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
         }
         None => None,
     };
+    model.to_device(cfg.device)?;
+    opt.to_device(cfg.device)?;
+    if cfg.device != smelt_core::Device::Cpu {
+        eprintln!("training on {}", cfg.device);
+    }
     if cfg.seq_len > model.cfg.max_pos {
         eprintln!("note: --seq-len {} exceeds the model's max_position_embeddings {}", cfg.seq_len, model.cfg.max_pos);
     }
-    std::fs::create_dir_all(&cfg.checkpoint_dir).with_context(|| format!("creating {}", cfg.checkpoint_dir.display()))?;
+    // Everything is checked; now take the checkpoint directory (held until the run ends).
+    let resumed = resume.map(|from| run_dir::Resumed { run_id: &run_id, step: start, from });
+    let _run_dir = run_dir::RunDir::open(&cfg.checkpoint_dir, resumed, cfg.overwrite)?;
     let metrics_path = cfg.checkpoint_dir.join("metrics.jsonl");
     if start > 0 {
         truncate_metrics(&metrics_path, start)?;
@@ -336,29 +416,35 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
     let tokens_per_step = (cfg.batch_size * cfg.seq_len * cfg.grad_accum) as u64;
     let mut tokens_seen = start * tokens_per_step;
     let mut last_loss = f64::NAN;
-    let mut last_ckpt: Option<PathBuf> = None;
+    // The newest checkpoint whose weights are known good: the one resumed, then each one saved.
+    let mut last_good: Option<PathBuf> = resume.map(Path::to_path_buf);
     let (mut window_tokens, mut window_start) = (0u64, Instant::now());
-    for step in start..cfg.steps {
-        let lr = lr_at(cfg.schedule, step, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
+    for step_index in start..cfg.steps {
+        let lr = lr_at(cfg.schedule, step_index, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
         let hp = AdamW { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
         // Micro-batch m of update s is loader step s·accum + m: a pure function, so resume is exact.
         let micro: Vec<(Tensor, Tensor)> = (0..cfg.grad_accum as u64)
             .map(|m| {
                 let (mut x, mut y) = (Vec::new(), Vec::new());
-                data.batch(step * cfg.grad_accum as u64 + m, &mut x, &mut y);
+                data.batch(step_index * cfg.grad_accum as u64 + m, &mut x, &mut y);
                 to_tensors(x, y, cfg.seq_len)
             })
             .collect::<Result<_>>()?;
-        let (loss, norm) = train_step(&mut model, &mut opt, &hp, &micro, cfg.grad_clip, cfg.grad_checkpoint)?;
+        let out = step(&mut model, &mut opt, &hp, &micro, cfg.grad_clip, cfg.grad_checkpoint)?;
+        let (loss, norm) = (out.loss, out.grad_norm);
+        let keep = || last_good.as_ref().map(|p| format!("the last good checkpoint is {}", p.display())).unwrap_or_else(|| "no checkpoint was written yet".into());
         if !loss.is_finite() || !norm.is_finite() {
             bar.finish();
-            let keep = last_ckpt.map(|p| format!("the last good checkpoint is {}", p.display())).unwrap_or_else(|| "no checkpoint was written yet".into());
-            bail!("training diverged at step {}: loss {loss}, gradient norm {norm}; stopped without applying the update ({keep}). Try a lower --lr or more --warmup", step + 1);
+            bail!("training diverged at step {}: loss {loss}, gradient norm {norm}; stopped without applying the update ({}). Try a lower --lr or more --warmup", step_index + 1, keep());
+        }
+        if !out.params_finite {
+            bar.finish();
+            bail!("the update of step {} (learning rate {lr:e}) left NaN or infinite weights; stopped, nothing of it saved ({}). Try a lower --lr", step_index + 1, keep());
         }
         last_loss = loss;
         tokens_seen += tokens_per_step;
         window_tokens += tokens_per_step;
-        let done = step + 1;
+        let done = step_index + 1;
         let is_ckpt = cfg.checkpoint_interval > 0 && done % cfg.checkpoint_interval == 0 && done < cfg.steps;
         let is_last = done == cfg.steps;
         let val_loss = match (&val, is_ckpt || is_last) {
@@ -368,19 +454,20 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
         let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
         if done % cfg.log_interval.max(1) == 0 || is_last || val_loss.is_some() {
             let m = Metrics { step: done, loss, lr, tokens_per_second: tps, grad_norm: norm, val_loss };
-            writeln!(metrics, "{}", serde_json::to_string(&m)?)?;
-            metrics.flush()?;
+            writeln!(metrics, "{}", serde_json::to_string(&m)?).and_then(|_| metrics.flush()).with_context(|| format!("writing {}", metrics_path.display()))?;
             (window_tokens, window_start) = (0, Instant::now());
         }
         bar.update(done, loss, tps, lr, val_loss);
         if is_ckpt || is_last {
-            let state = TrainerState { step: done, tokens_seen, data_position: done, config: cfg.clone(), smelt_version: env!("CARGO_PKG_VERSION").into() };
+            let state = TrainerState {
+                step: done, tokens_seen, data_position: done, config: cfg.clone(), smelt_version: env!("CARGO_PKG_VERSION").into(), run_id: run_id.clone(),
+            };
             let dir = if is_last { cfg.checkpoint_dir.join("final") } else { cfg.checkpoint_dir.join(checkpoint::step_dir_name(done)) };
             checkpoint::save(&dir, &model, &tok, Some((&opt, &state)))?;
             if is_ckpt {
-                checkpoint::rotate(&cfg.checkpoint_dir, cfg.keep_checkpoints.max(1))?;
+                checkpoint::rotate(&cfg.checkpoint_dir, cfg.keep_checkpoints, &run_id)?;
             }
-            last_ckpt = Some(dir);
+            last_good = Some(dir);
         }
     }
     bar.finish();

@@ -218,7 +218,7 @@ fn train_cfg(d: &Path, device: Device) -> TrainConfig {
         rope_theta: 10000.0, batch_size: 4, seq_len: 64, steps: 8, grad_accum: 2, lr: 3e-3, min_lr: 1e-4, warmup: 2,
         schedule: Schedule::Cosine, weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1.0, seed: 5,
         grad_checkpoint: false, checkpoint_dir: d.join("ckpt"), checkpoint_interval: 4, keep_checkpoints: 3, log_interval: 1,
-        val_batches: 2, device,
+        val_batches: 2, device, overwrite: false,
     }
 }
 
@@ -291,4 +291,20 @@ fn gpu_resume_is_bit_identical_to_a_straight_gpu_run() {
     for (step, l) in &resumed {
         assert_eq!(l.to_bits(), straight[*step as usize - 1].1.to_bits(), "step {step}: resumed {l} vs straight {}", straight[*step as usize - 1].1);
     }
+}
+
+/// An update that overflows f32 (a finite --lr of 1e39: steps of ~1e40) is caught by the AdamW
+/// kernel's non-finite flag, read with the loss: the run stops at step 1 and saves nothing.
+#[test]
+fn gpu_update_that_overflows_is_caught_and_not_saved() {
+    let Some(d) = gpu() else { return };
+    let dir = std::env::temp_dir().join(format!("smelt-gpu-overflow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cfg = train_cfg(&dir, d);
+    (cfg.lr, cfg.warmup, cfg.checkpoint_interval) = (1e39, 0, 1);
+    let e = smelt_train::run(cfg, None).err().expect("the overflowing run must fail").to_string();
+    assert!(e.contains("step 1") && e.contains("NaN or infinite") && e.contains("no checkpoint was written yet"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(dir.join("ckpt")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.iter().all(|n| n == ".lock" || n == "metrics.jsonl"), "{left:?}");
 }

@@ -23,14 +23,14 @@ pub struct BenchArgs {
     /// quantised, on the GPU too; training is then not timed).
     #[arg(long)]
     model: Option<PathBuf>,
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 8192, value_parser = super::checks::vocab_size)]
     vocab_size: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = super::checks::count)]
     batch_size: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = super::checks::count)]
     seq_len: usize,
     /// Timed iterations per measurement (after one warm-up); the median is reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::checks::count)]
     iters: usize,
     /// Tokens decoded one at a time (batch 1, KV cache) after a 16-token prompt.
     #[arg(long, default_value_t = 128)]
@@ -89,11 +89,33 @@ fn profile_reset() {
     smelt_core::cuda::profile::reset();
 }
 
+/// Refuses a benchmark whose estimated memory (the training step's, or the weights and the
+/// forward's when larger, plus the decode KV cache; the weights only when `fresh`, as a loaded
+/// model already holds them) exceeds what `device` has: `smelt sizes` for the figures.
+fn fits(c: &smelt_model::ModelConfig, a: &BenchArgs, device: Device, fresh: bool) -> Result<()> {
+    use smelt_model::memory;
+    let (tokens, seq) = (a.batch_size as f64 * a.seq_len as f64, a.seq_len as f64);
+    let weights = 4.0 * memory::params(c);
+    let step = memory::training_bytes(c, tokens, false).max(weights + memory::forward_bytes(c, tokens, seq));
+    let kv = memory::kv_cache_bytes(c, 1.0, 16.0 + a.decode_tokens as f64, 4.0) + 4.0 * a.decode_tokens as f64;
+    let need = step + kv - if fresh { 0.0 } else { weights };
+    let what = format!("bench (--batch-size {} --seq-len {} --decode-tokens {}, {:.0} parameters)", a.batch_size, a.seq_len, a.decode_tokens, memory::params(c));
+    smelt_core::mem::ensure_fits(device, need, &what)
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     let device = super::device::resolve(&a.device)?;
     let mut model = match &a.model {
-        Some(dir) => super::load_model(dir)?,
-        None => Model::init(presets::preset(&a.size, a.vocab_size)?, 1)?,
+        Some(dir) => {
+            let m = super::load_model(dir)?;
+            fits(&m.cfg, &a, device, false)?;
+            m
+        }
+        None => {
+            let cfg = presets::preset(&a.size, a.vocab_size)?;
+            fits(&cfg, &a, device, true)?;
+            Model::init(cfg, 1)?
+        }
     };
     model.to_device(device)?;
     let (b, t, v) = (a.batch_size, a.seq_len, model.cfg.vocab_size as u64);

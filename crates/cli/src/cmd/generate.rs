@@ -28,22 +28,23 @@ pub struct GenerateArgs {
     /// System message for --chat.
     #[arg(long, requires = "chat")]
     system: Option<String>,
+    /// New tokens at most; capped (with a warning) at what the model's context leaves after the prompt.
     #[arg(long, default_value_t = 128)]
     max_tokens: usize,
     /// 0 = greedy (deterministic).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = super::checks::non_negative_f32)]
     temperature: f32,
     /// Keep the k most likely tokens (0 = off).
     #[arg(long, default_value_t = 40)]
     top_k: usize,
     /// Keep the smallest set of tokens with this much probability (1 = off).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, value_parser = super::checks::top_p)]
     top_p: f32,
     /// Drop tokens less likely than min_p × the most likely one (0 = off).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = super::checks::fraction_f32)]
     min_p: f32,
     /// > 1 discourages repeating tokens already in the context (1 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = super::checks::positive_f32)]
     repetition_penalty: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -82,9 +83,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         None => (a.prompt.clone(), tok.encode(&a.prompt)),
     };
+    let max_tokens = super::limits::new_tokens(&model, prompt_ids.len(), a.max_tokens, "--max-tokens")?;
     let stop_ids = stop_ids(&model, &tok, &a.model)?;
     let cfg = GenerateConfig {
-        max_tokens: a.max_tokens,
+        max_tokens,
         sampling: SamplingConfig {
             temperature: a.temperature,
             top_k: a.top_k,

@@ -25,16 +25,16 @@ pub struct ImatrixArgs {
     #[arg(long)]
     output: PathBuf,
     /// Tokens per chunk (llama-imatrix's --ctx-size); each chunk is one forward.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::checks::count)]
     chunk_size: usize,
     /// Use at most this many chunks (default: every whole chunk of the text).
-    #[arg(long)]
+    #[arg(long, value_parser = super::checks::count)]
     chunks: Option<usize>,
     /// Also collect the output matrix (an untied output.weight; llama-imatrix --process-output).
     #[arg(long)]
     process_output: bool,
     /// gguf (llama.cpp's current format) or dat (its legacy format).
-    #[arg(long, default_value = "gguf")]
+    #[arg(long, default_value = "gguf", value_parser = ["gguf", "dat"])]
     format: String,
 }
 

@@ -54,9 +54,10 @@ pub fn run(a: ImportHfArgs) -> Result<()> {
     };
     let parent = a.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)?;
-    let tmp = parent.join(format!(".tmp-import-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
+    // Staged beside the output under a name of its own; removed on an error or Ctrl-C.
+    let staged = smelt_files::Temp::new(&a.output);
+    let tmp = staged.path().to_path_buf();
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let dtype = match a.dtype { Dtype::F32 => DType::F32, Dtype::Bf16 => DType::BF16, Dtype::F16 => DType::F16 };
     model.save_as(&tmp, dtype)?;
     if let Some(tok) = &tokenizer {
@@ -69,9 +70,9 @@ pub fn run(a: ImportHfArgs) -> Result<()> {
         }
     }
     if a.output.exists() {
-        std::fs::remove_dir(&a.output)?;
+        std::fs::remove_dir(&a.output).with_context(|| format!("replacing the empty {}", a.output.display()))?;
     }
-    std::fs::rename(&tmp, &a.output).with_context(|| format!("renaming {} to {}", tmp.display(), a.output.display()))?;
+    staged.commit(&a.output)?;
     eprintln!(
         "imported {} ({}, {} parameters) to {} as {:?}",
         a.hf_dir.display(), model.cfg.arch.hf_name(), model.cfg.n_params(), a.output.display(), a.dtype

@@ -19,8 +19,9 @@ pub struct MixArgs {
     /// Output token file.
     #[arg(long, short)]
     pub output: PathBuf,
-    /// Tokens to write (rounded up to whole documents).
-    #[arg(long)]
+    /// Tokens to write (rounded up to whole documents); refused when the output would not fit
+    /// on its disk.
+    #[arg(long, value_parser = super::checks::count_u64)]
     pub tokens: Option<u64>,
     /// Seed for the document order.
     #[arg(long, default_value_t = 0)]

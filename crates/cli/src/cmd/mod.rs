@@ -1,5 +1,6 @@
 //! One module per subcommand: its clap argument struct and its `run`.
 pub mod bench;
+pub mod checks;
 pub mod device;
 pub mod export_gguf;
 pub mod generate;
@@ -7,6 +8,7 @@ pub mod imatrix;
 pub mod import_bpe;
 pub mod import_hf;
 pub mod inspect;
+pub mod limits;
 pub mod mix;
 pub mod perplexity;
 pub mod prepare;

@@ -14,7 +14,7 @@ pub struct PerplexityArgs {
     #[arg(long)]
     input: PathBuf,
     /// Window length: the text is split into non-overlapping windows of this many tokens.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::checks::count)]
     seq_len: usize,
     /// Score at most this many tokens of the input (0 = all).
     #[arg(long, default_value_t = 0)]
@@ -40,6 +40,7 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
     if a.max_tokens > 0 {
         ids.truncate(a.max_tokens);
     }
+    super::limits::forward_fits(&model, a.seq_len.min(ids.len()), "a --seq-len window")?;
     let quiet = matches!(a.format, Format::Json);
     let r = smelt_infer::perplexity_from(&model, &ids, a.seq_len, a.score_from, |i, n| {
         if !quiet {

@@ -37,32 +37,32 @@ pub struct ProcessArgs {
     pub max_chars: usize,
     /// Maximum share of non-space characters that are symbols (not letters, digits or prose
     /// punctuation). 1 disables.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = super::checks::fraction)]
     pub max_symbol_ratio: f64,
     /// Maximum share of non-space characters that are digits. 1 disables.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = super::checks::fraction)]
     pub max_digit_ratio: f64,
     /// Minimum share of words containing a letter (Gopher). 0 disables.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = super::checks::fraction)]
     pub min_alpha_words: f64,
     /// Minimum share of lines ending in terminal punctuation (FineWeb). 0 disables.
-    #[arg(long, default_value_t = 0.12)]
+    #[arg(long, default_value_t = 0.12, value_parser = super::checks::fraction)]
     pub min_punct_lines: f64,
     /// Maximum share of lines repeating an earlier line; characters in such lines are held to
     /// this minus 0.1 (Gopher: 0.3 / 0.2). 1 disables.
-    #[arg(long, default_value_t = 0.3)]
+    #[arg(long, default_value_t = 0.3, value_parser = super::checks::fraction)]
     pub max_dup_line_frac: f64,
     /// Maximum share of characters in the most frequent 2-gram; 3- and 4-grams get 0.02 and
     /// 0.04 less (Gopher). 1 disables.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = super::checks::fraction)]
     pub max_top_ngram_frac: f64,
     /// Maximum share of characters in repeated 5-grams; 6..10-grams get 0.01 less per word
     /// (Gopher: 0.15 down to 0.10). 1 disables.
-    #[arg(long, default_value_t = 0.15)]
+    #[arg(long, default_value_t = 0.15, value_parser = super::checks::fraction)]
     pub max_dup_ngram_frac: f64,
     /// Maximum share of boilerplate lines (cookie/JavaScript notices, "click here", policy
     /// links). 1 disables.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = super::checks::fraction)]
     pub max_boilerplate_frac: f64,
     /// Keep documents containing "lorem ipsum" (removed by default, as in C4).
     #[arg(long)]
@@ -72,14 +72,14 @@ pub struct ProcessArgs {
     pub dedup: DedupArg,
     /// Estimated Jaccard similarity of word 5-gram sets at or above which two documents are
     /// near duplicates.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, value_parser = super::checks::fraction)]
     pub minhash_threshold: f64,
     /// MinHash permutations (signature length).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = super::checks::num_perm)]
     pub num_perm: usize,
     /// LSH bands (rows per band = num_perm / bands). Default: the split that minimises false
     /// positives plus false negatives at the threshold (9 × 13 for 0.8 and 128).
-    #[arg(long)]
+    #[arg(long, value_parser = super::checks::count)]
     pub bands: Option<usize>,
 }
 

@@ -45,7 +45,7 @@ pub struct QuantizeArgs {
     #[arg(long)]
     imatrix_text: Option<PathBuf>,
     /// With --imatrix-text: use at most this many chunks of 512 tokens.
-    #[arg(long, requires = "imatrix_text")]
+    #[arg(long, requires = "imatrix_text", value_parser = super::checks::count)]
     imatrix_chunks: Option<usize>,
     /// Smooth the activations into the weights first, with this α (0 < α < 1; 0.5 when given
     /// without a value); needs --imatrix or --imatrix-text, whose statistics set the scales.
@@ -55,10 +55,10 @@ pub struct QuantizeArgs {
     #[arg(long)]
     eval: Option<PathBuf>,
     /// Window length of the --eval scoring.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::checks::count)]
     seq_len: usize,
     /// Score at most this many tokens of the eval text.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = 16384, value_parser = super::checks::count)]
     eval_tokens: usize,
     /// llama.cpp's pre-tokeniser name (gpt-2, llama-bpe, qwen2, smollm, …) when it cannot be recognised.
     #[arg(long)]
@@ -81,6 +81,12 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     if a.smooth.is_some() && matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
         bail!("--smooth is for block types (q8_0, q4_k, …): {} matmuls do not round their inputs to 8 bits", ty.name());
     }
+    // The eval text is read (and checked) before the work, not after it.
+    let eval_text = match &a.eval {
+        Some(eval) => Some(std::fs::read(eval).with_context(|| format!("--eval {}: reading it", eval.display()))
+            .and_then(|b| String::from_utf8(b).map_err(|e| anyhow::anyhow!("--eval {}: not valid UTF-8 ({e})", eval.display())))?),
+        None => None,
+    };
     let model = super::load_model(&a.model)?;
     let imatrix = match (&a.imatrix, &a.imatrix_text) {
         (Some(f), _) => Some(Imatrix::load(f)?),
@@ -121,10 +127,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             format!("; none in the imatrix for {} ({})", report.unweighted.len(), report.unweighted.join(", "))
         });
     }
-    if let Some(eval) = &a.eval {
+    if let (Some(eval), Some(text)) = (&a.eval, &eval_text) {
         let tok = Tokenizer::from_file(&a.model)?;
-        let text = std::fs::read_to_string(eval).with_context(|| format!("reading {}", eval.display()))?;
-        let mut ids = tok.encode(&text);
+        let mut ids = tok.encode(text);
         ids.truncate(a.eval_tokens);
         let before = smelt_infer::perplexity(&model, &ids, a.seq_len, |_, _| {})?;
         drop(model);

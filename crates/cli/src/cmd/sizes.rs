@@ -3,30 +3,22 @@
 use anyhow::Result;
 use clap::Args;
 use smelt_model::presets::{preset, PRESETS};
-use smelt_model::ModelConfig;
+use smelt_model::memory;
 
 #[derive(Args, Debug)]
 pub struct SizesArgs {
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 8192, value_parser = super::checks::vocab_size)]
     vocab_size: usize,
     /// Batch size for the training-memory estimate.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = super::checks::count)]
     batch_size: usize,
     /// Sequence length for the training-memory and KV-cache estimates.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::checks::count)]
     seq_len: usize,
 }
 
 fn gib(b: f64) -> String {
     if b >= (1u64 << 30) as f64 { format!("{:.2} GiB", b / (1u64 << 30) as f64) } else { format!("{:.1} MiB", b / (1 << 20) as f64) }
-}
-
-/// Activation bytes kept for backward per token (f32): per layer the block inputs and the
-/// outputs of every matmul, norm, rope and the SwiGLU gate; plus logits and their gradient.
-fn activation_bytes_per_token(c: &ModelConfig) -> f64 {
-    let (d, q, kv, f) = (c.dim as f64, (c.n_heads * c.head_dim) as f64, (c.n_kv_heads * c.head_dim) as f64, c.ffn_hidden as f64);
-    let per_layer = 6.0 * d + 3.0 * q + 4.0 * kv + 3.0 * f;
-    4.0 * (c.n_layers as f64 * per_layer + 2.0 * c.vocab_size as f64 + 2.0 * d)
 }
 
 pub fn run(a: SizesArgs) -> Result<()> {
@@ -37,9 +29,9 @@ pub fn run(a: SizesArgs) -> Result<()> {
     for p in PRESETS {
         let c = preset(p.0, a.vocab_size)?;
         let n = c.n_params() as f64;
-        let kv = 2.0 * (c.n_layers * c.n_kv_heads * c.head_dim) as f64 * a.seq_len as f64 * 4.0;
+        let kv = memory::kv_cache_bytes(&c, 1.0, a.seq_len as f64, 4.0);
         // Training: weights, gradients and two AdamW moments in f32 (16 B/param) + activations.
-        let train = 16.0 * n + activation_bytes_per_token(&c) * (a.batch_size * a.seq_len) as f64;
+        let train = memory::training_bytes(&c, a.batch_size as f64 * a.seq_len as f64, false);
         println!(
             "{:<7} {:>5} {:>6} {:>5} {:>4} {:>6} {:>14}  {:>11} {:>11} {:>12}",
             p.0, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_hidden, c.n_params(),

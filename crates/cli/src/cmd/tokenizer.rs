@@ -14,7 +14,7 @@ pub struct TokenizerArgs {
     #[arg(long, num_args = 1.., required = true)]
     pub input: Vec<String>,
     /// Vocabulary size, including the 256 byte tokens and the special tokens.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 8192, value_parser = super::checks::vocab_size)]
     pub vocab_size: usize,
     /// Where to write the tokenizer.json.
     #[arg(long)]

@@ -63,6 +63,7 @@ pub fn run(a: TraceArgs) -> Result<()> {
     let idf: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
     row("tokenise", &[ids.len()], "u32", tok_ms, &Stats::of(&idf));
     if let Some(n) = a.decode {
+        let n = super::limits::new_tokens(&model, ids.len(), n, "--decode")?;
         let (steps, next) = trace_decode(&model, &ids, n)?;
         for (si, stages) in steps.iter().enumerate() {
             println!("\nstep {si}: {} stages, greedy token {}", stages.len(), next[si]);
@@ -78,6 +79,7 @@ pub fn run(a: TraceArgs) -> Result<()> {
         println!("greedy tokens: {next:?}");
         return Ok(());
     }
+    super::limits::forward_fits(&model, ids.len(), "tracing the prompt")?;
     let stages = trace(&model, &ids)?;
     if let Some(dir) = &a.dump {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -77,13 +77,14 @@ pub struct TrainArgs {
     /// Recompute each block's activations in the backward pass (less memory, ~30% more compute).
     #[arg(long)]
     grad_checkpoint: bool,
-    /// Where checkpoints (step-NNNNNN/, final/) and metrics.jsonl go.
+    /// Where checkpoints (step-NNNNNN/, final/) and metrics.jsonl go. Held by one run at a time
+    /// (a lock); a fresh run needs it empty (see --overwrite).
     #[arg(long, default_value = "runs/train")]
     checkpoint_dir: PathBuf,
     /// Save (and validate) every N updates; 0 = only at the end.
     #[arg(long, default_value_t = 100)]
     checkpoint_interval: u64,
-    /// How many step-* checkpoints to keep.
+    /// How many step-* checkpoints of this run to keep (other runs' are never deleted).
     #[arg(long, default_value_t = 3)]
     keep_checkpoints: usize,
     /// Write a metrics line every N updates (the last always).
@@ -96,6 +97,10 @@ pub struct TrainArgs {
     /// checkpoint/log options given here).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Delete what stands in the way in --checkpoint-dir instead of refusing: an earlier run's
+    /// checkpoints and metrics, or (with --resume) this run's checkpoints newer than the one resumed.
+    #[arg(long)]
+    overwrite: bool,
     /// cpu, cuda[:N] or auto.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -137,6 +142,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         log_interval: a.log_interval,
         val_batches: a.val_batches,
         device,
+        overwrite: a.overwrite,
     };
     let s = smelt_train::run(cfg, a.resume.as_deref())?;
     eprintln!("done: {} steps, final loss {:.4}; model saved to {}", s.steps, s.final_loss, s.final_dir.display());

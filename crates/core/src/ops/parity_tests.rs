@@ -387,6 +387,12 @@ fn parity_adamw_and_grad_norm() {
         close(&format!("adamw m[{i}]"), &mg[i], &mc[i], F32_NMSE);
         close(&format!("adamw v[{i}]"), &vg[i], &vc[i], F32_NMSE);
     }
+    assert_eq!(st.to_vec_f32().unwrap()[3], 0.0, "a finite update raised the non-finite flag");
+    // An update that overflows raises the non-finite flag (the trainer then stops, saving nothing).
+    let huge = ops::adamw::AdamW { lr: 1e39, ..o };
+    let st = ops::adamw::cuda::grad_norm_state(&gg.iter().collect::<Vec<_>>(), 0.0, None).unwrap();
+    ops::adamw::cuda::adamw_multi(&huge, 4, &decay, &mut pg, &gg, &mut mg, &mut vg, Some(&st)).unwrap();
+    assert_eq!(st.to_vec_f32().unwrap()[3], 1.0, "an overflowing update did not raise the non-finite flag");
     // A non-finite gradient sets the skip flag and leaves the parameters alone.
     let bad = vec![up(&Tensor::full(&[3], f32::NAN), d)];
     let st = ops::adamw::cuda::grad_norm_state(&bad.iter().collect::<Vec<_>>(), 1.0, None).unwrap();

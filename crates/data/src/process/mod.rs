@@ -11,8 +11,7 @@ pub mod minhash;
 pub mod report;
 
 use crate::hash::hash_bytes;
-use crate::documents::{DocStream};
-use crate::tokens::tmp_path;
+use crate::documents::DocStream;
 use anyhow::{bail, Context, Result};
 use filters::{FilterConfig, Rule};
 use minhash::{LshIndex, MinHasher};
@@ -90,11 +89,8 @@ pub fn process(cfg: &ProcessConfig, progress: &(dyn Fn(u64, u64) + Sync)) -> Res
     let files = smelt_files::expand_inputs(&cfg.inputs)?;
     let settings = DedupSettings { mode: cfg.dedup.name(), threshold: cfg.threshold, num_perm: cfg.num_perm, bands, rows };
     let mut report = Report::new(cfg.filters.clone(), settings);
-    let r = run(cfg, files, bands, rows, &mut report, progress);
-    if r.is_err() {
-        let _ = std::fs::remove_file(tmp_path(&cfg.output));
-    }
-    r.map(|_| report)
+    // On an error the output's temporary is removed as it drops.
+    run(cfg, files, bands, rows, &mut report, progress).map(|_| report)
 }
 
 fn run(
@@ -107,8 +103,9 @@ fn run(
     let hasher = MinHasher::new(cfg.num_perm);
     let mut seen = HashSet::new();
     let mut lsh = LshIndex::new(cfg.num_perm, bands, rows, cfg.threshold);
-    let tmp = tmp_path(&cfg.output);
-    let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let tmp = smelt_files::Temp::new(&cfg.output);
+    let f = std::fs::File::create(tmp.path()).with_context(|| format!("creating {}", tmp.path().display()))?;
+    let out_name = cfg.output.display();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
     loop {
         let batch = stream.next_batch(cfg.batch_docs.max(1), 64 << 20)?;
@@ -131,8 +128,8 @@ fn run(
             if cfg.dedup.near() && lsh.check_insert(&v.sig).is_some() { report.near_duplicates += 1; continue }
             report.kept_documents += 1;
             report.kept_chars += chars;
-            serde_json::to_writer(&mut out, &serde_json::json!({ "text": d.text }))?;
-            out.write_all(b"\n")?;
+            serde_json::to_writer(&mut out, &serde_json::json!({ "text": d.text })).with_context(|| format!("writing {out_name}"))?;
+            out.write_all(b"\n").with_context(|| format!("writing {out_name}"))?;
         }
         progress(counter.load(Ordering::Relaxed), total);
     }
@@ -140,10 +137,10 @@ fn run(
         bail!("no documents in the inputs");
     }
     report.lossy_utf8_documents = stream.lossy_docs;
-    let f = out.into_inner().map_err(|e| e.into_error())?;
-    f.sync_all()?;
+    let f = out.into_inner().map_err(|e| e.into_error()).with_context(|| format!("writing {out_name}"))?;
+    f.sync_all().with_context(|| format!("writing {out_name}"))?;
     drop(f);
-    smelt_files::rename(&tmp, &cfg.output)?;
+    tmp.commit(&cfg.output)?;
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(())
 }

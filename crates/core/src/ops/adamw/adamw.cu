@@ -25,9 +25,10 @@ extern "C" __global__ void sumsq_multi_f32(const long long* meta, const long lon
     }
 }
 
-// One block. gstate = [norm, coef, skip]: coef = min(1, max_norm/(norm+1e-6)) as PyTorch's
-// clip_grad_norm_ (1 when max_norm ≤ 0); skip when the norm or the loss is not finite, so a
-// diverged step leaves the parameters untouched, as on the CPU.
+// One block. gstate = [norm, coef, skip, non-finite]: coef = min(1, max_norm/(norm+1e-6)) as
+// PyTorch's clip_grad_norm_ (1 when max_norm ≤ 0); skip when the norm or the loss is not finite,
+// so a diverged step leaves the parameters untouched, as on the CPU; non-finite starts at 0 and
+// is raised by adamw_multi_f32 when an updated parameter is NaN or infinite.
 extern "C" __global__ void norm_finalize(const double* partial, int nb, float* gstate, double max_norm, const float* loss) {
     __shared__ double red[1024];
     double s = 0.0;
@@ -46,10 +47,11 @@ extern "C" __global__ void norm_finalize(const double* partial, int nb, float* g
         gstate[0] = (float)norm;
         gstate[1] = (float)coef;
         gstate[2] = bad ? 1.f : 0.f;
+        gstate[3] = 0.f;
     }
 }
 
-extern "C" __global__ void adamw_multi_f32(const long long* meta, const long long* blocks, const float* gstate,
+extern "C" __global__ void adamw_multi_f32(const long long* meta, const long long* blocks, float* gstate,
                                            float decay_factor, float b1, float b2, float step_size, float bc2_sqrt,
                                            float eps) {
     float gscale = 1.f;
@@ -66,14 +68,19 @@ extern "C" __global__ void adamw_multi_f32(const long long* meta, const long lon
     long long n = mt[4];
     float decay = mt[5] ? decay_factor : 1.f;
     long long end = start + CHUNK < n ? start + CHUNK : n;
+    bool finite = true;
     for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
         float gi = gscale == 1.f ? g[i] : g[i] * gscale;
         float pi = p[i] * decay;
         float mi = m[i] + (1.f - b1) * (gi - m[i]);
         float vi = b2 * v[i] + (1.f - b2) * gi * gi;
         float denom = sqrtf(vi) / bc2_sqrt + eps;
-        p[i] = pi - step_size * mi / denom;
+        float np = pi - step_size * mi / denom;
+        p[i] = np;
         m[i] = mi;
         v[i] = vi;
+        finite = finite && isfinite(np);
     }
+    // The non-finite flag: one vote per warp, a plain store of the same value (a benign race).
+    if (gstate && !__all_sync(0xffffffffu, finite) && (threadIdx.x & 31) == 0) gstate[3] = 1.f;
 }

@@ -38,8 +38,10 @@ fn tables(gpu: &Arc<Gpu>, rows: &[[u64; 4]], sizes: &[usize], decay: &[bool]) ->
     Ok((upload(gpu, &meta)?, upload(gpu, &blocks)?, nb))
 }
 
-/// [global L2 norm, clip coefficient, skip flag] of `grads`, on the device. The flag is set
-/// when the norm or `loss` (if given) is not finite.
+/// [global L2 norm, clip coefficient, skip flag, non-finite flag] of `grads`, on the device.
+/// The skip flag is set when the norm or `loss` (if given) is not finite; the non-finite flag
+/// starts at 0 and `adamw_multi` given this state raises it when it leaves a parameter NaN or
+/// infinite, so the trainer learns it with the loss, without another wait.
 pub fn grad_norm_state(grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<Tensor> {
     if grads.is_empty() {
         bail!("grad norm of no tensors");
@@ -60,7 +62,7 @@ pub fn grad_norm_state(grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) 
         let cfg = LaunchConfig { grid_dim: (nb as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         cuda::launched(unsafe { l.launch(cfg) }, "sumsq_multi_f32")?;
     }
-    let state = DeviceBuf::alloc(&gpu, DType::F32, 3)?;
+    let state = DeviceBuf::alloc(&gpu, DType::F32, 4)?;
     let f = gpu.function("adamw", SRC, "norm_finalize")?;
     let (nb32, null) = (nb as i32, 0u64);
     {
@@ -73,11 +75,12 @@ pub fn grad_norm_state(grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) 
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
         cuda::launched(unsafe { l.launch(cfg) }, "norm_finalize")?;
     }
-    Tensor::from_device_buf(state, &[3])
+    Tensor::from_device_buf(state, &[4])
 }
 
 /// One AdamW update of every parameter in one launch. `gstate` (from `grad_norm_state`) scales
-/// the gradients by its clip coefficient and skips the update when its flag is set.
+/// the gradients by its clip coefficient, skips the update when its flag is set, and gets its
+/// non-finite flag raised when an updated parameter is NaN or infinite.
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_multi(o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], gstate: Option<&Tensor>) -> Result<()> {
     let n = params.len();
@@ -133,5 +136,10 @@ impl super::OptimKernels for crate::backend::Cuda {
     }
     fn adamw(&self, o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], norm: Option<&super::GradNorm>) -> Result<()> {
         adamw_multi(o, step, decay, params, grads, m, v, norm.map(|n| &n.state))
+    }
+    /// Slot 3 of the norm state: raised by `adamw_multi_f32` when an updated value is not finite.
+    fn params_finite(&self, _params: &[Tensor], norm: &super::GradNorm) -> Result<bool> {
+        let st = norm.state.to_vec_f32()?;
+        Ok(st.get(3).is_none_or(|&f| f == 0.0))
     }
 }

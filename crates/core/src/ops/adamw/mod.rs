@@ -81,6 +81,9 @@ pub trait OptimKernels {
     /// coefficient and nothing is updated when its skip flag is set.
     #[allow(clippy::too_many_arguments)]
     fn adamw(&self, o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], norm: Option<&GradNorm>) -> Result<()>;
+    /// Whether every parameter is finite after an update that `norm` governed (a non-finite
+    /// parameter must never be saved as a good checkpoint).
+    fn params_finite(&self, params: &[Tensor], norm: &GradNorm) -> Result<bool>;
 }
 
 impl OptimKernels for Cpu {
@@ -119,12 +122,34 @@ impl OptimKernels for Cpu {
         }
         Ok(())
     }
+
+    /// A scan of the parameters (one read of the weights per step).
+    fn params_finite(&self, params: &[Tensor], _norm: &GradNorm) -> Result<bool> {
+        all_finite_host(params)
+    }
 }
 
 /// The global norm, clip coefficient and skip flag of `grads` (and `loss`, if given) for
 /// clipping at `max_norm`, on the gradients' device (see `OptimKernels::grad_norm`).
 pub fn grad_norm(grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<GradNorm> {
     backend::on("grad_norm", grads.iter().copied().chain(loss))?.grad_norm(grads, max_norm, loss)
+}
+
+/// Whether every value of these host f32 tensors is finite (a scan, in parallel).
+pub fn all_finite_host(params: &[Tensor]) -> Result<bool> {
+    for p in params {
+        if !p.as_f32()?.par_chunks(CHUNK).all(|c| c.iter().all(|x| x.is_finite())) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether every parameter is finite after an update governed by `norm` (see
+/// `OptimKernels::params_finite`; on a GPU the AdamW kernel raised a flag beside the norm, so
+/// this reads it with no extra pass).
+pub fn params_finite(params: &[Tensor], norm: &GradNorm) -> Result<bool> {
+    backend::on("params_finite", params.iter().chain([&norm.state]))?.params_finite(params, norm)
 }
 
 /// sqrt(Σ g²) over all tensors, accumulated in f64 in a fixed order (read back to the host).

@@ -1,0 +1,1024 @@
+//! The `smelt` binary against a hostile-but-realistic user (issue 13): each case runs the built
+//! binary and asserts a non-zero exit with a message naming the flag or file, no panic, no
+//! earlier output or checkpoint changed (hashed before and after) and no temporary left.
+//! Cases that used to allocate without bound run under `ulimit -v`, so a regression fails
+//! fast instead of freezing the machine. Tiny models, a few steps: seconds in all.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const SMELT: &str = env!("CARGO_BIN_EXE_smelt");
+/// Address-space limit for the memory-bound cases (KiB): far above what any of them needs
+/// when it refuses early, far below what the old behaviour allocated.
+const MEM_LIMIT_KB: u64 = 3_000_000;
+
+fn dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("robustness-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn smelt(args: &[&str]) -> Output {
+    Command::new(SMELT).args(args).output().unwrap()
+}
+
+/// `smelt args` under `ulimit -v` (and, with `fsize_blocks`, `ulimit -f`, SIGXFSZ ignored so
+/// that a write past it fails like a full disk).
+fn smelt_limited(args: &[&str], fsize_blocks: Option<u64>) -> Output {
+    let mut script = format!("ulimit -v {MEM_LIMIT_KB}; ");
+    if let Some(b) = fsize_blocks {
+        script += &format!("trap '' XFSZ; ulimit -f {b}; ");
+    }
+    script += "exec \"$0\" \"$@\"";
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg(SMELT)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Non-zero exit, no panic, and every `needles` in the message.
+#[track_caller]
+fn refused(o: &Output, needles: &[&str]) {
+    let e = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected a refusal, got success; stderr:\n{e}"
+    );
+    assert_ne!(o.status.code(), Some(101), "panicked:\n{e}");
+    assert!(
+        !e.contains("panicked at") && !e.contains("memory allocation"),
+        "panic or abort:\n{e}"
+    );
+    assert!(
+        o.status.code().is_some(),
+        "killed by a signal ({:?}):\n{e}",
+        o.status
+    );
+    for n in needles {
+        assert!(e.contains(n), "message lacks {n:?}:\n{e}");
+    }
+}
+
+#[track_caller]
+fn ok(o: &Output) -> String {
+    let e = stderr(o);
+    assert!(o.status.success(), "failed ({:?}):\n{e}", o.status);
+    e
+}
+
+/// Every file under `d` (relative path → hash of its bytes) but the lock (it holds its holder's pid).
+fn snapshot(d: &Path) -> BTreeMap<PathBuf, u64> {
+    fn walk(root: &Path, d: &Path, out: &mut BTreeMap<PathBuf, u64>) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if e.file_name() != ".lock" {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                std::fs::read(&p).unwrap().hash(&mut h);
+                out.insert(p.strip_prefix(root).unwrap().to_path_buf(), h.finish());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if d.exists() {
+        walk(d, d, &mut out);
+    }
+    out
+}
+
+/// No temporary (`….tmp-<pid>-<hex>`, `<out>.tmp`, `.tmp-*`, `.old-*`) anywhere under `d`.
+#[track_caller]
+fn no_temps(d: &Path) {
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            !n.contains(".tmp") && !n.starts_with(".old-"),
+            "temporary left: {}",
+            e.path().display()
+        );
+        if e.path().is_dir() {
+            no_temps(&e.path());
+        }
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Shared inputs, made once: a corpus, a 300-token BPE tokenizer, a token file and a trained
+/// 1-layer model (checkpoint dir `run`, steps 1..3 every step).
+struct Base {
+    d: PathBuf,
+}
+
+impl Base {
+    fn p(&self, f: &str) -> PathBuf {
+        self.d.join(f)
+    }
+}
+
+fn base() -> &'static Base {
+    static B: OnceLock<Base> = OnceLock::new();
+    B.get_or_init(|| {
+        let d = dir("base");
+        let corpus =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/linux-doc-slice.txt.gz");
+        let mut text = gunzip(&corpus);
+        text.truncate(text.char_indices().nth(60_000).map_or(text.len(), |c| c.0));
+        std::fs::write(d.join("corpus.txt"), &text).unwrap();
+        ok(&smelt(&[
+            "tokenizer",
+            "--input",
+            s(&d.join("corpus.txt")),
+            "--vocab-size",
+            "300",
+            "--output",
+            s(&d.join("tok.json")),
+        ]));
+        ok(&smelt(&[
+            "prepare",
+            "-i",
+            s(&d.join("corpus.txt")),
+            "-t",
+            s(&d.join("tok.json")),
+            "-o",
+            s(&d.join("train.bin")),
+        ]));
+        ok(&train(&d, &d.join("run"), &["--steps", "3"]));
+        Base { d }
+    })
+}
+
+/// The corpus through `gzip -dc`.
+fn gunzip(p: &Path) -> String {
+    let o = Command::new("gzip")
+        .arg("-dc")
+        .arg(p)
+        .output()
+        .expect("gzip");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// `smelt train` of the tiny model on the base data into `ckpt`, checkpoints every step;
+/// `extra` flags (`--flag value`, or a lone `--flag`) replace the defaults of the same name.
+fn train(d: &Path, ckpt: &Path, extra: &[&str]) -> Output {
+    smelt_train(d, ckpt, extra, false)
+}
+
+fn smelt_train(d: &Path, ckpt: &Path, extra: &[&str], limited: bool) -> Output {
+    let (data, tok) = (d.join("train.bin"), d.join("tok.json"));
+    let mut flags: Vec<(&str, Option<&str>)> = vec![
+        ("--dataset", Some(s(&data))),
+        ("--tokenizer", Some(s(&tok))),
+        ("--size", Some("custom")),
+        ("--dim", Some("16")),
+        ("--layers", Some("1")),
+        ("--heads", Some("2")),
+        ("--ffn-hidden", Some("32")),
+        ("--batch-size", Some("2")),
+        ("--seq-len", Some("16")),
+        ("--checkpoint-interval", Some("1")),
+        ("--keep-checkpoints", Some("5")),
+        ("--device", Some("cpu")),
+        ("--checkpoint-dir", Some(s(ckpt))),
+    ];
+    let mut i = 0;
+    while i < extra.len() {
+        let value = extra.get(i + 1).filter(|v| !v.starts_with("--")).copied();
+        flags.retain(|(f, _)| *f != extra[i]);
+        flags.push((extra[i], value));
+        i += 1 + value.is_some() as usize;
+    }
+    // `--flag=value`, so that negative values are not taken for flags.
+    let args: Vec<String> = std::iter::once("train".to_string())
+        .chain(
+            flags
+                .into_iter()
+                .map(|(f, v)| v.map_or(f.to_string(), |v| format!("{f}={v}"))),
+        )
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if limited {
+        smelt_limited(&args, None)
+    } else {
+        smelt(&args)
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn edit_json(p: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+// ---- 1. a used checkpoint dir is refused; --overwrite replaces it ----
+
+#[test]
+fn item1_training_into_a_used_checkpoint_dir_is_refused() {
+    let b = base();
+    let d = dir("item1");
+    let ck = d.join("ck");
+    ok(&train(&b.d, &ck, &["--steps", "2"]));
+    let before = snapshot(&ck);
+    let o = train(&b.d, &ck, &["--steps", "3", "--seed", "9"]);
+    refused(&o, &[s(&ck), "--overwrite", "--resume", "step-000001"]);
+    assert_eq!(snapshot(&ck), before, "the earlier run changed");
+    no_temps(&ck);
+    // --overwrite is the explicit way to start over: the earlier run's checkpoints are gone.
+    ok(&train(
+        &b.d,
+        &ck,
+        &["--steps", "3", "--seed", "9", "--overwrite"],
+    ));
+    let st: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ck.join("final/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(st["step"], 3);
+    assert_eq!(
+        std::fs::read_to_string(ck.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+    no_temps(&ck);
+}
+
+// ---- 2. non-finite updates: refused up front, or never saved ----
+
+#[test]
+fn item2_nonsense_hyperparameters_are_refused_before_anything() {
+    let b = base();
+    let d = dir("item2a");
+    for (flag, v) in [
+        ("--lr", "NaN"),
+        ("--lr", "inf"),
+        ("--lr", "-1"),
+        ("--beta2", "1"),
+        ("--beta1", "-0.1"),
+        ("--eps", "0"),
+        ("--min-lr", "NaN"),
+    ] {
+        let ck = d.join(format!("ck{}{v}", &flag[2..]));
+        let o = train(&b.d, &ck, &["--steps", "2", flag, v]);
+        refused(&o, &[flag]);
+        assert!(!ck.exists(), "{flag} {v}: the checkpoint dir was created");
+    }
+}
+
+#[test]
+fn item2_an_update_that_overflows_saves_nothing_and_names_the_last_good_checkpoint() {
+    let b = base();
+    let d = dir("item2b");
+    // Fresh: the first update overflows (finite --lr, but f32 steps of 1e39 are not).
+    let ck = d.join("fresh");
+    let o = train(
+        &b.d,
+        &ck,
+        &["--steps", "3", "--lr", "1e39", "--warmup", "0"],
+    );
+    refused(
+        &o,
+        &[
+            "step 1",
+            "NaN or infinite",
+            "no checkpoint was written yet",
+            "--lr",
+        ],
+    );
+    assert!(!ck.join("step-000001").exists() && !ck.join("final").exists());
+    no_temps(&ck);
+    // Resumed: the checkpoint resumed from is the last good one, not "none".
+    let src = d.join("src");
+    copy_dir(&b.p("run/final"), &src);
+    edit_json(&src.join("trainer_state.json"), |v| {
+        v["config"]["lr"] = serde_json::json!(1e39);
+        v["config"]["warmup"] = serde_json::json!(0);
+    });
+    let before = snapshot(&src);
+    let ck = d.join("resumed");
+    let o = smelt(&[
+        "train",
+        "--resume",
+        s(&src),
+        "--steps",
+        "6",
+        "--checkpoint-dir",
+        s(&ck),
+        "--checkpoint-interval",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    refused(
+        &o,
+        &[
+            "step 4",
+            &format!("the last good checkpoint is {}", src.display()),
+        ],
+    );
+    assert!(!ck.join("step-000004").exists() && !ck.join("final").exists());
+    assert_eq!(snapshot(&src), before);
+    no_temps(&ck);
+}
+
+// ---- 3. two writers ----
+
+#[test]
+fn item3_a_checkpoint_dir_in_use_is_refused() {
+    let b = base();
+    let d = dir("item3a");
+    let ck = d.join("ck");
+    ok(&train(&b.d, &ck, &["--steps", "2"]));
+    let before = snapshot(&ck);
+    // Another writer holds the lock (as a running `smelt train` does).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(ck.join(".lock"))
+        .unwrap();
+    f.lock().unwrap();
+    let o = smelt(&[
+        "train",
+        "--resume",
+        s(&ck.join("final")),
+        "--steps",
+        "4",
+        "--checkpoint-dir",
+        s(&ck),
+        "--device",
+        "cpu",
+    ]);
+    refused(&o, &["in use", s(&ck.join(".lock"))]);
+    drop(f);
+    assert_eq!(snapshot(&ck), before);
+    no_temps(&ck);
+}
+
+#[test]
+fn item3_two_writers_of_one_output_never_mix() {
+    let b = base();
+    let d = dir("item3b");
+    let text = std::fs::read_to_string(b.p("corpus.txt")).unwrap();
+    let (half_a, half_b) =
+        text.split_at(text.char_indices().nth(text.chars().count() / 2).unwrap().0);
+    std::fs::write(d.join("a.txt"), half_a.repeat(4)).unwrap();
+    std::fs::write(d.join("b.txt"), half_b).unwrap();
+    let alone = |name: &str| {
+        let out = d.join(format!("{name}.bin"));
+        ok(&smelt(&[
+            "prepare",
+            "-i",
+            s(&d.join(format!("{name}.txt"))),
+            "-t",
+            s(&b.p("tok.json")),
+            "-o",
+            s(&out),
+        ]));
+        std::fs::read(out).unwrap()
+    };
+    let (a, bb) = (alone("a"), alone("b"));
+    let out = d.join("both.bin");
+    for _ in 0..3 {
+        let spawn = |name: &str| {
+            Command::new(SMELT)
+                .args([
+                    "prepare",
+                    "-i",
+                    s(&d.join(format!("{name}.txt"))),
+                    "-t",
+                    s(&b.p("tok.json")),
+                    "-o",
+                    s(&out),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let (mut x, mut y) = (spawn("a"), spawn("b"));
+        assert!(x.wait().unwrap().success() && y.wait().unwrap().success());
+        let got = std::fs::read(&out).unwrap();
+        assert!(
+            got == a || got == bb,
+            "the output mixes the two writers' data"
+        );
+        no_temps(&d);
+    }
+}
+
+// ---- 4. resuming an older checkpoint never mixes two trajectories ----
+
+#[test]
+fn item4_resuming_an_older_step_refuses_to_mix_trajectories() {
+    let b = base();
+    let d = dir("item4");
+    let ck = d.join("ck");
+    copy_dir(&b.p("run"), &ck);
+    let _ = std::fs::remove_file(ck.join(".lock"));
+    let before = snapshot(&ck);
+    let o = smelt(&[
+        "train",
+        "--resume",
+        s(&ck.join("step-000001")),
+        "--steps",
+        "3",
+        "--checkpoint-dir",
+        s(&ck),
+        "--checkpoint-interval",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    refused(
+        &o,
+        &["newer than step 1", "step-000002", "final", "--overwrite"],
+    );
+    assert_eq!(snapshot(&ck), before);
+    // With --overwrite the abandoned newer ones go, and what is left is one trajectory.
+    let o = smelt(&[
+        "train",
+        "--resume",
+        s(&ck.join("step-000001")),
+        "--steps",
+        "3",
+        "--checkpoint-dir",
+        s(&ck),
+        "--checkpoint-interval",
+        "1",
+        "--device",
+        "cpu",
+        "--overwrite",
+        "--keep-checkpoints",
+        "1",
+    ]);
+    ok(&o);
+    let steps: Vec<String> = std::fs::read_dir(&ck)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert_eq!(
+        steps,
+        vec!["step-000002".to_string()],
+        "rotation keeps this run's newest step only"
+    );
+    let metrics = std::fs::read_to_string(ck.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "{metrics}");
+    no_temps(&ck);
+}
+
+// ---- 5. debris: stale temporaries swept, Ctrl-C cleans up ----
+
+#[test]
+fn item5_stale_temporaries_of_dead_runs_are_swept() {
+    let b = base();
+    let d = dir("item5a");
+    let ck = d.join("ck");
+    copy_dir(&b.p("run"), &ck);
+    let _ = std::fs::remove_file(ck.join(".lock"));
+    // What a killed (or disk-full) save leaves: pid 2147483632 is no live process.
+    std::fs::create_dir_all(ck.join(".step-000004.tmp-2147483632-0badcafe")).unwrap();
+    std::fs::write(
+        ck.join(".step-000004.tmp-2147483632-0badcafe/model.safetensors"),
+        vec![0u8; 4096],
+    )
+    .unwrap();
+    std::fs::create_dir_all(ck.join(".tmp-step-000005-2147483632")).unwrap();
+    let e = ok(&smelt(&[
+        "train",
+        "--resume",
+        s(&ck.join("final")),
+        "--steps",
+        "4",
+        "--checkpoint-dir",
+        s(&ck),
+        "--device",
+        "cpu",
+    ]));
+    assert!(e.contains("removed 2 temporaries"), "{e}");
+    no_temps(&ck);
+}
+
+#[test]
+fn item5_ctrl_c_removes_the_output_being_written() {
+    let b = base();
+    let d = dir("item5b");
+    // A FIFO input: prepare creates its output's temporary, then waits for text that never comes.
+    let fifo = d.join("in.txt");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let out = d.join("out.bin");
+    let mut child = Command::new(SMELT)
+        .args([
+            "prepare",
+            "-i",
+            s(&fifo),
+            "-t",
+            s(&b.p("tok.json")),
+            "-o",
+            s(&out),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let temp_exists = || {
+        std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains(".tmp"))
+    };
+    let t0 = std::time::Instant::now();
+    while !temp_exists() {
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "prepare never created its temporary"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(!out.exists());
+    no_temps(&d);
+}
+
+#[test]
+fn item5_final_is_replaced_in_place() {
+    let b = base();
+    let d = dir("item5c");
+    let ck = d.join("ck");
+    copy_dir(&b.p("run"), &ck);
+    let _ = std::fs::remove_file(ck.join(".lock"));
+    ok(&smelt(&[
+        "train",
+        "--resume",
+        s(&ck.join("final")),
+        "--steps",
+        "4",
+        "--checkpoint-dir",
+        s(&ck),
+        "--device",
+        "cpu",
+    ]));
+    let st: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ck.join("final/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(st["step"], 4);
+    no_temps(&ck);
+}
+
+// ---- 6. claimed sizes checked against what is present (under a memory limit) ----
+
+#[test]
+fn item6_a_config_claiming_a_billion_layers_is_refused_at_once() {
+    let b = base();
+    let d = dir("item6a");
+    let m = d.join("m");
+    copy_dir(&b.p("run/final"), &m);
+    edit_json(&m.join("config.json"), |v| {
+        v["num_hidden_layers"] = serde_json::json!(1_000_000_000u64)
+    });
+    let o = smelt_limited(
+        &[
+            "generate",
+            "--model",
+            s(&m),
+            "--prompt",
+            "hi",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    refused(&o, &["config.json", "1000000000 layers", "tensors for 1"]);
+}
+
+#[test]
+fn item6_a_gguf_claiming_a_billion_blocks_is_refused_at_once() {
+    let b = base();
+    let d = dir("item6b");
+    let g = d.join("m.gguf");
+    ok(&smelt(&[
+        "export-gguf",
+        "--model",
+        s(&b.p("run/final")),
+        "--output",
+        s(&g),
+        "--type",
+        "f32",
+        "--pre",
+        "gpt-2",
+    ]));
+    let mut bytes = std::fs::read(&g).unwrap();
+    let key = b"llama.block_count";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    assert_eq!(
+        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()),
+        4,
+        "block_count is a u32"
+    );
+    bytes[at + 4..at + 8].copy_from_slice(&1_000_000_000u32.to_le_bytes());
+    std::fs::write(&g, bytes).unwrap();
+    let o = smelt_limited(
+        &[
+            "generate",
+            "--model",
+            s(&g),
+            "--prompt",
+            "hi",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    refused(&o, &["m.gguf", "block_count", "1000000000 layers"]);
+}
+
+#[test]
+fn item6_gguf_metadata_arrays_are_bounded() {
+    let d = dir("item6c");
+    // One u8 array of 2^25 items: 32 MiB in the file, ~1 GiB as parsed values.
+    let n: u64 = 1 << 25;
+    let mut f = b"GGUF".to_vec();
+    f.extend(3u32.to_le_bytes());
+    f.extend(0u64.to_le_bytes());
+    f.extend(1u64.to_le_bytes());
+    f.extend(1u64.to_le_bytes());
+    f.push(b'x');
+    f.extend(9u32.to_le_bytes());
+    f.extend(0u32.to_le_bytes());
+    f.extend(n.to_le_bytes());
+    f.resize(f.len() + n as usize, 0);
+    let g = d.join("big.gguf");
+    std::fs::write(&g, f).unwrap();
+    let o = smelt_limited(&["inspect", s(&g)], None);
+    refused(&o, &["big.gguf", "metadata x", "16777216 items"]);
+    let _ = std::fs::remove_file(&g);
+}
+
+// ---- 7. flags bounded by memory (under a memory limit) ----
+
+#[test]
+fn item7_generate_and_trace_cap_new_tokens_at_the_context() {
+    let b = base();
+    let m = b.p("run/final");
+    let o = smelt_limited(
+        &[
+            "generate",
+            "--model",
+            s(&m),
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "1000000000000",
+            "--temperature",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    let e = ok(&o);
+    assert!(e.contains("--max-tokens 1000000000000 capped at"), "{e}");
+    let o = smelt_limited(
+        &["trace", s(&m), "hello", "--decode", "1000000000000"],
+        None,
+    );
+    let e = ok(&o);
+    assert!(e.contains("--decode 1000000000000 capped at"), "{e}");
+}
+
+#[test]
+fn item7_memory_hungry_flags_are_refused_with_the_estimate() {
+    let b = base();
+    let d = dir("item7");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "bench",
+                "--size",
+                "tiny",
+                "--decode-tokens",
+                "1000000000000",
+                "--device",
+                "cpu",
+            ],
+            "bench",
+        ),
+        (
+            vec![
+                "bench",
+                "--size",
+                "tiny",
+                "--seq-len",
+                "100000000",
+                "--device",
+                "cpu",
+            ],
+            "--seq-len 100000000",
+        ),
+        (vec!["bench", "--size", "6.5b", "--device", "cpu"], "bench"),
+    ];
+    for (args, needle) in cases {
+        let o = smelt_limited(&args, None);
+        refused(&o, &[needle, "needs about", "available"]);
+    }
+    let ck = d.join("ck");
+    for extra in [["--batch-size", "1000000000"], ["--dim", "1000000000"]] {
+        refused(
+            &smelt_train(&b.d, &ck, &extra, true),
+            &["training a", "needs about", "available"],
+        );
+        assert!(!ck.exists());
+    }
+    // An absurd vocabulary size trains until the merges run out, in bounded memory.
+    let tok = d.join("tok.json");
+    let o = smelt_limited(
+        &[
+            "tokenizer",
+            "--input",
+            s(&b.p("corpus.txt")),
+            "--vocab-size",
+            "4000000000",
+            "--output",
+            s(&tok),
+        ],
+        None,
+    );
+    ok(&o);
+    assert!(tok.exists());
+    no_temps(&d);
+}
+
+// ---- 8. no panics, no hangs ----
+
+#[test]
+fn item8_flags_that_panicked_or_hung_are_refused() {
+    let b = base();
+    let d = dir("item8");
+    let out = d.join("mixed.bin");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["bench".into(), "--batch-size".into(), "0".into()],
+            "--batch-size",
+        ),
+        (
+            vec!["bench".into(), "--seq-len".into(), "0".into()],
+            "--seq-len",
+        ),
+        (
+            vec![
+                "tokenizer".into(),
+                "--input".into(),
+                s(&b.p("corpus.txt")).into(),
+                "--vocab-size".into(),
+                "18446744073709551615".into(),
+                "--output".into(),
+                s(&d.join("t.json")).into(),
+            ],
+            "--vocab-size",
+        ),
+        (
+            vec![
+                "mix".into(),
+                "-i".into(),
+                format!("{}:1", b.p("train.bin").display()),
+                "-o".into(),
+                s(&out).into(),
+                "--tokens".into(),
+                "1000000000000000".into(),
+            ],
+            "--tokens",
+        ),
+        (
+            vec![
+                "process".into(),
+                "-i".into(),
+                s(&b.p("corpus.txt")).into(),
+                "-o".into(),
+                s(&d.join("p.jsonl")).into(),
+                "--num-perm".into(),
+                "10000000000".into(),
+            ],
+            "--num-perm",
+        ),
+    ];
+    for (args, needle) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let t0 = std::time::Instant::now();
+        refused(&smelt_limited(&args, None), &[needle]);
+        assert!(
+            t0.elapsed().as_secs() < 20,
+            "{args:?} took {:?}",
+            t0.elapsed()
+        );
+    }
+    assert!(!out.exists());
+    no_temps(&d);
+}
+
+// ---- 9. nonsense refused, messages that name things ----
+
+#[test]
+fn item9_sampling_values_out_of_range_are_refused() {
+    let b = base();
+    let m = b.p("run/final");
+    for (flag, v) in [
+        ("--temperature", "-1"),
+        ("--temperature", "NaN"),
+        ("--top-p", "0"),
+        ("--top-p", "1.5"),
+        ("--min-p", "2"),
+        ("--repetition-penalty", "0"),
+        ("--repetition-penalty", "-1"),
+    ] {
+        refused(
+            &smelt(&[
+                "generate",
+                "--model",
+                s(&m),
+                "--prompt",
+                "hi",
+                &format!("{flag}={v}"),
+            ]),
+            &[flag],
+        );
+    }
+}
+
+#[test]
+fn item9_training_settings_out_of_range_are_refused() {
+    let b = base();
+    let d = dir("item9a");
+    for (flag, v) in [
+        ("--grad-clip", "-1"),
+        ("--val-batches", "0"),
+        ("--keep-checkpoints", "0"),
+        ("--steps", "0"),
+        ("--batch-size", "0"),
+        ("--rope-theta", "0"),
+    ] {
+        let ck = d.join("ck");
+        refused(&train(&b.d, &ck, &[flag, v]), &[flag]);
+        assert!(!ck.exists(), "{flag} {v}: created the checkpoint dir");
+    }
+}
+
+#[test]
+fn item9_config_rope_theta_and_rms_norm_eps_are_checked() {
+    let b = base();
+    let d = dir("item9b");
+    for (key, v) in [
+        ("rope_theta", serde_json::json!(0.0)),
+        ("rope_theta", serde_json::json!(-10000.0)),
+        ("rms_norm_eps", serde_json::json!(-1e-5)),
+    ] {
+        let m = d.join(format!("m-{key}"));
+        copy_dir(&b.p("run/final"), &m);
+        edit_json(&m.join("config.json"), |c| c[key] = v);
+        refused(
+            &smelt(&[
+                "perplexity",
+                "--model",
+                s(&m),
+                "--input",
+                s(&b.p("corpus.txt")),
+                "--device",
+                "cpu",
+            ]),
+            &["config.json", key],
+        );
+    }
+}
+
+#[test]
+fn item9_a_full_disk_names_the_file_and_leaves_nothing() {
+    let b = base();
+    let d = dir("item9c");
+    let out = d.join("train.bin");
+    // ulimit -f 8: writes past 4 KiB fail as on a full disk.
+    let o = smelt_limited(
+        &[
+            "prepare",
+            "-i",
+            s(&b.p("corpus.txt")),
+            "-t",
+            s(&b.p("tok.json")),
+            "-o",
+            s(&out),
+        ],
+        Some(8),
+    );
+    refused(&o, &["train.bin"]);
+    let out = d.join("kept.jsonl");
+    let o = smelt_limited(
+        &[
+            "process",
+            "-i",
+            s(&b.p("corpus.txt")),
+            "-o",
+            s(&out),
+            "--min-chars",
+            "1",
+            "--min-punct-lines",
+            "0",
+            "--max-symbol-ratio",
+            "1",
+            "--min-alpha-words",
+            "0",
+            "--max-dup-line-frac",
+            "1",
+            "--max-top-ngram-frac",
+            "1",
+            "--max-dup-ngram-frac",
+            "1",
+            "--max-boilerplate-frac",
+            "1",
+            "--max-digit-ratio",
+            "1",
+        ],
+        Some(8),
+    );
+    refused(&o, &["kept.jsonl"]);
+    assert!(
+        std::fs::read_dir(&d).unwrap().next().is_none(),
+        "left files behind"
+    );
+}
+
+#[test]
+fn item9_imatrix_format_and_quantize_eval_are_checked_before_the_work() {
+    let b = base();
+    let d = dir("item9d");
+    let m = b.p("run/final");
+    let out = d.join("im.xml");
+    let o = smelt(&[
+        "imatrix",
+        "--model",
+        s(&m),
+        "--input",
+        s(&b.p("corpus.txt")),
+        "--output",
+        s(&out),
+        "--format",
+        "xml",
+    ]);
+    refused(&o, &["--format", "xml"]);
+    assert!(!out.exists());
+    let out = d.join("q.gguf");
+    let missing = d.join("missing.txt");
+    let o = smelt(&[
+        "quantize",
+        "--model",
+        s(&m),
+        "--type",
+        "q8_0",
+        "--output",
+        s(&out),
+        "--eval",
+        s(&missing),
+        "--pre",
+        "gpt-2",
+    ]);
+    refused(&o, &["--eval", "missing.txt"]);
+    assert!(!out.exists(), "the work was done before --eval was checked");
+    no_temps(&d);
+}
