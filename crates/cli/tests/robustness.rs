@@ -16,8 +16,7 @@ const SMELT: &str = env!("CARGO_BIN_EXE_smelt");
 const MEM_LIMIT_KB: u64 = 3_000_000;
 
 fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("robustness-{}-{name}", std::process::id()));
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("robustness-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -35,13 +34,7 @@ fn smelt_limited(args: &[&str], fsize_blocks: Option<u64>) -> Output {
         script += &format!("trap '' XFSZ; ulimit -f {b}; ");
     }
     script += "exec \"$0\" \"$@\"";
-    Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg(SMELT)
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new("sh").arg("-c").arg(script).arg(SMELT).args(args).output().unwrap()
 }
 
 fn stderr(o: &Output) -> String {
@@ -52,20 +45,10 @@ fn stderr(o: &Output) -> String {
 #[track_caller]
 fn refused(o: &Output, needles: &[&str]) {
     let e = stderr(o);
-    assert!(
-        !o.status.success(),
-        "expected a refusal, got success; stderr:\n{e}"
-    );
+    assert!(!o.status.success(), "expected a refusal, got success; stderr:\n{e}");
     assert_ne!(o.status.code(), Some(101), "panicked:\n{e}");
-    assert!(
-        !e.contains("panicked at") && !e.contains("memory allocation"),
-        "panic or abort:\n{e}"
-    );
-    assert!(
-        o.status.code().is_some(),
-        "killed by a signal ({:?}):\n{e}",
-        o.status
-    );
+    assert!(!e.contains("panicked at") && !e.contains("memory allocation"), "panic or abort:\n{e}");
+    assert!(o.status.code().is_some(), "killed by a signal ({:?}):\n{e}", o.status);
     for n in needles {
         assert!(e.contains(n), "message lacks {n:?}:\n{e}");
     }
@@ -104,11 +87,7 @@ fn snapshot(d: &Path) -> BTreeMap<PathBuf, u64> {
 fn no_temps(d: &Path) {
     for e in std::fs::read_dir(d).unwrap().flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
-        assert!(
-            !n.contains(".tmp") && !n.starts_with(".old-"),
-            "temporary left: {}",
-            e.path().display()
-        );
+        assert!(!n.contains(".tmp") && !n.starts_with(".old-"), "temporary left: {}", e.path().display());
         if e.path().is_dir() {
             no_temps(&e.path());
         }
@@ -135,8 +114,7 @@ fn base() -> &'static Base {
     static B: OnceLock<Base> = OnceLock::new();
     B.get_or_init(|| {
         let d = dir("base");
-        let corpus =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/linux-doc-slice.txt.gz");
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/linux-doc-slice.txt.gz");
         let mut text = gunzip(&corpus);
         text.truncate(text.char_indices().nth(60_000).map_or(text.len(), |c| c.0));
         std::fs::write(d.join("corpus.txt"), &text).unwrap();
@@ -165,11 +143,7 @@ fn base() -> &'static Base {
 
 /// The corpus through `gzip -dc`.
 fn gunzip(p: &Path) -> String {
-    let o = Command::new("gzip")
-        .arg("-dc")
-        .arg(p)
-        .output()
-        .expect("gzip");
+    let o = Command::new("gzip").arg("-dc").arg(p).output().expect("gzip");
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -205,11 +179,7 @@ fn smelt_train(d: &Path, ckpt: &Path, extra: &[&str], limited: bool) -> Output {
     }
     // `--flag=value`, so that negative values are not taken for flags.
     let args: Vec<String> = std::iter::once("train".to_string())
-        .chain(
-            flags
-                .into_iter()
-                .map(|(f, v)| v.map_or(f.to_string(), |v| format!("{f}={v}"))),
-        )
+        .chain(flags.into_iter().map(|(f, v)| v.map_or(f.to_string(), |v| format!("{f}={v}"))))
         .collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     if limited {
@@ -231,8 +201,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn edit_json(p: &Path, f: impl FnOnce(&mut serde_json::Value)) {
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
 }
@@ -251,23 +220,11 @@ fn item1_training_into_a_used_checkpoint_dir_is_refused() {
     assert_eq!(snapshot(&ck), before, "the earlier run changed");
     no_temps(&ck);
     // --overwrite is the explicit way to start over: the earlier run's checkpoints are gone.
-    ok(&train(
-        &b.d,
-        &ck,
-        &["--steps", "3", "--seed", "9", "--overwrite"],
-    ));
-    let st: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(ck.join("final/trainer_state.json")).unwrap(),
-    )
-    .unwrap();
+    ok(&train(&b.d, &ck, &["--steps", "3", "--seed", "9", "--overwrite"]));
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ck.join("final/trainer_state.json")).unwrap()).unwrap();
     assert_eq!(st["step"], 3);
-    assert_eq!(
-        std::fs::read_to_string(ck.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .count(),
-        3
-    );
+    assert_eq!(std::fs::read_to_string(ck.join("metrics.jsonl")).unwrap().lines().count(), 3);
     no_temps(&ck);
 }
 
@@ -299,20 +256,8 @@ fn item2_an_update_that_overflows_saves_nothing_and_names_the_last_good_checkpoi
     let d = dir("item2b");
     // Fresh: the first update overflows (finite --lr, but f32 steps of 1e39 are not).
     let ck = d.join("fresh");
-    let o = train(
-        &b.d,
-        &ck,
-        &["--steps", "3", "--lr", "1e39", "--warmup", "0"],
-    );
-    refused(
-        &o,
-        &[
-            "step 1",
-            "NaN or infinite",
-            "no checkpoint was written yet",
-            "--lr",
-        ],
-    );
+    let o = train(&b.d, &ck, &["--steps", "3", "--lr", "1e39", "--warmup", "0"]);
+    refused(&o, &["step 1", "NaN or infinite", "no checkpoint was written yet", "--lr"]);
     assert!(!ck.join("step-000001").exists() && !ck.join("final").exists());
     no_temps(&ck);
     // Resumed: the checkpoint resumed from is the last good one, not "none".
@@ -337,13 +282,7 @@ fn item2_an_update_that_overflows_saves_nothing_and_names_the_last_good_checkpoi
         "--device",
         "cpu",
     ]);
-    refused(
-        &o,
-        &[
-            "step 4",
-            &format!("the last good checkpoint is {}", src.display()),
-        ],
-    );
+    refused(&o, &["step 4", &format!("the last good checkpoint is {}", src.display())]);
     assert!(!ck.join("step-000004").exists() && !ck.join("final").exists());
     assert_eq!(snapshot(&src), before);
     no_temps(&ck);
@@ -359,12 +298,7 @@ fn item3_a_checkpoint_dir_in_use_is_refused() {
     ok(&train(&b.d, &ck, &["--steps", "2"]));
     let before = snapshot(&ck);
     // Another writer holds the lock (as a running `smelt train` does).
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(ck.join(".lock"))
-        .unwrap();
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(ck.join(".lock")).unwrap();
     f.lock().unwrap();
     let o = smelt(&[
         "train",
@@ -388,8 +322,7 @@ fn item3_two_writers_of_one_output_never_mix() {
     let b = base();
     let d = dir("item3b");
     let text = std::fs::read_to_string(b.p("corpus.txt")).unwrap();
-    let (half_a, half_b) =
-        text.split_at(text.char_indices().nth(text.chars().count() / 2).unwrap().0);
+    let (half_a, half_b) = text.split_at(text.char_indices().nth(text.chars().count() / 2).unwrap().0);
     std::fs::write(d.join("a.txt"), half_a.repeat(4)).unwrap();
     std::fs::write(d.join("b.txt"), half_b).unwrap();
     let alone = |name: &str| {
@@ -427,10 +360,7 @@ fn item3_two_writers_of_one_output_never_mix() {
         let (mut x, mut y) = (spawn("a"), spawn("b"));
         assert!(x.wait().unwrap().success() && y.wait().unwrap().success());
         let got = std::fs::read(&out).unwrap();
-        assert!(
-            got == a || got == bb,
-            "the output mixes the two writers' data"
-        );
+        assert!(got == a || got == bb, "the output mixes the two writers' data");
         no_temps(&d);
     }
 }
@@ -458,10 +388,7 @@ fn item4_resuming_an_older_step_refuses_to_mix_trajectories() {
         "--device",
         "cpu",
     ]);
-    refused(
-        &o,
-        &["newer than step 1", "step-000002", "final", "--overwrite"],
-    );
+    refused(&o, &["newer than step 1", "step-000002", "final", "--overwrite"]);
     assert_eq!(snapshot(&ck), before);
     // With --overwrite the abandoned newer ones go, and what is left is one trajectory.
     let o = smelt(&[
@@ -487,11 +414,7 @@ fn item4_resuming_an_older_step_refuses_to_mix_trajectories() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("step-"))
         .collect();
-    assert_eq!(
-        steps,
-        vec!["step-000002".to_string()],
-        "rotation keeps this run's newest step only"
-    );
+    assert_eq!(steps, vec!["step-000002".to_string()], "rotation keeps this run's newest step only");
     let metrics = std::fs::read_to_string(ck.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 3, "{metrics}");
     no_temps(&ck);
@@ -508,11 +431,7 @@ fn item5_stale_temporaries_of_dead_runs_are_swept() {
     let _ = std::fs::remove_file(ck.join(".lock"));
     // What a killed (or disk-full) save leaves: pid 2147483632 is no live process.
     std::fs::create_dir_all(ck.join(".step-000004.tmp-2147483632-0badcafe")).unwrap();
-    std::fs::write(
-        ck.join(".step-000004.tmp-2147483632-0badcafe/model.safetensors"),
-        vec![0u8; 4096],
-    )
-    .unwrap();
+    std::fs::write(ck.join(".step-000004.tmp-2147483632-0badcafe/model.safetensors"), vec![0u8; 4096]).unwrap();
     std::fs::create_dir_all(ck.join(".tmp-step-000005-2147483632")).unwrap();
     let e = ok(&smelt(&[
         "train",
@@ -535,44 +454,21 @@ fn item5_ctrl_c_removes_the_output_being_written() {
     let d = dir("item5b");
     // A FIFO input: prepare creates its output's temporary, then waits for text that never comes.
     let fifo = d.join("in.txt");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let out = d.join("out.bin");
     let mut child = Command::new(SMELT)
-        .args([
-            "prepare",
-            "-i",
-            s(&fifo),
-            "--tokenizer",
-            s(&b.p("tok.json")),
-            "-o",
-            s(&out),
-        ])
+        .args(["prepare", "-i", s(&fifo), "--tokenizer", s(&b.p("tok.json")), "-o", s(&out)])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let temp_exists = || {
-        std::fs::read_dir(&d)
-            .unwrap()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().contains(".tmp"))
-    };
+    let temp_exists =
+        || std::fs::read_dir(&d).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(".tmp"));
     let t0 = std::time::Instant::now();
     while !temp_exists() {
-        assert!(
-            t0.elapsed().as_secs() < 20,
-            "prepare never created its temporary"
-        );
+        assert!(t0.elapsed().as_secs() < 20, "prepare never created its temporary");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let status = child.wait().unwrap();
     assert!(!status.success());
     assert!(!out.exists());
@@ -597,10 +493,8 @@ fn item5_final_is_replaced_in_place() {
         "--device",
         "cpu",
     ]));
-    let st: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(ck.join("final/trainer_state.json")).unwrap(),
-    )
-    .unwrap();
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ck.join("final/trainer_state.json")).unwrap()).unwrap();
     assert_eq!(st["step"], 4);
     no_temps(&ck);
 }
@@ -613,21 +507,8 @@ fn item6_a_config_claiming_a_billion_layers_is_refused_at_once() {
     let d = dir("item6a");
     let m = d.join("m");
     copy_dir(&b.p("run/final"), &m);
-    edit_json(&m.join("config.json"), |v| {
-        v["num_hidden_layers"] = serde_json::json!(1_000_000_000u64)
-    });
-    let o = smelt_limited(
-        &[
-            "generate",
-            "--model",
-            s(&m),
-            "--prompt",
-            "hi",
-            "--device",
-            "cpu",
-        ],
-        None,
-    );
+    edit_json(&m.join("config.json"), |v| v["num_hidden_layers"] = serde_json::json!(1_000_000_000u64));
+    let o = smelt_limited(&["generate", "--model", s(&m), "--prompt", "hi", "--device", "cpu"], None);
     refused(&o, &["config.json", "1000000000 layers", "tensors for 1"]);
 }
 
@@ -636,39 +517,14 @@ fn item6_a_gguf_claiming_a_billion_blocks_is_refused_at_once() {
     let b = base();
     let d = dir("item6b");
     let g = d.join("m.gguf");
-    ok(&smelt(&[
-        "export-gguf",
-        "--model",
-        s(&b.p("run/final")),
-        "--output",
-        s(&g),
-        "--type",
-        "f32",
-        "--pre",
-        "gpt-2",
-    ]));
+    ok(&smelt(&["export-gguf", "--model", s(&b.p("run/final")), "--output", s(&g), "--type", "f32", "--pre", "gpt-2"]));
     let mut bytes = std::fs::read(&g).unwrap();
     let key = b"llama.block_count";
     let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
-    assert_eq!(
-        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()),
-        4,
-        "block_count is a u32"
-    );
+    assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 4, "block_count is a u32");
     bytes[at + 4..at + 8].copy_from_slice(&1_000_000_000u32.to_le_bytes());
     std::fs::write(&g, bytes).unwrap();
-    let o = smelt_limited(
-        &[
-            "generate",
-            "--model",
-            s(&g),
-            "--prompt",
-            "hi",
-            "--device",
-            "cpu",
-        ],
-        None,
-    );
+    let o = smelt_limited(&["generate", "--model", s(&g), "--prompt", "hi", "--device", "cpu"], None);
     refused(&o, &["m.gguf", "block_count", "1000000000 layers"]);
 }
 
@@ -718,10 +574,7 @@ fn item7_generate_and_trace_cap_new_tokens_at_the_context() {
     );
     let e = ok(&o);
     assert!(e.contains("--max-tokens 1000000000000 capped at"), "{e}");
-    let o = smelt_limited(
-        &["trace", s(&m), "hello", "--decode", "1000000000000"],
-        None,
-    );
+    let o = smelt_limited(&["trace", s(&m), "hello", "--decode", "1000000000000"], None);
     let e = ok(&o);
     assert!(e.contains("--decode 1000000000000 capped at"), "{e}");
 }
@@ -731,30 +584,8 @@ fn item7_memory_hungry_flags_are_refused_with_the_estimate() {
     let b = base();
     let d = dir("item7");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (
-            vec![
-                "bench",
-                "--size",
-                "tiny",
-                "--decode-tokens",
-                "1000000000000",
-                "--device",
-                "cpu",
-            ],
-            "bench",
-        ),
-        (
-            vec![
-                "bench",
-                "--size",
-                "tiny",
-                "--seq-len",
-                "100000000",
-                "--device",
-                "cpu",
-            ],
-            "--seq-len 100000000",
-        ),
+        (vec!["bench", "--size", "tiny", "--decode-tokens", "1000000000000", "--device", "cpu"], "bench"),
+        (vec!["bench", "--size", "tiny", "--seq-len", "100000000", "--device", "cpu"], "--seq-len 100000000"),
         (vec!["bench", "--size", "6.5b", "--device", "cpu"], "bench"),
     ];
     for (args, needle) in cases {
@@ -763,24 +594,13 @@ fn item7_memory_hungry_flags_are_refused_with_the_estimate() {
     }
     let ck = d.join("ck");
     for extra in [["--batch-size", "1000000000"], ["--dim", "1000000000"]] {
-        refused(
-            &smelt_train(&b.d, &ck, &extra, true),
-            &["training a", "needs about", "available"],
-        );
+        refused(&smelt_train(&b.d, &ck, &extra, true), &["training a", "needs about", "available"]);
         assert!(!ck.exists());
     }
     // An absurd vocabulary size trains until the merges run out, in bounded memory.
     let tok = d.join("tok.json");
     let o = smelt_limited(
-        &[
-            "tokenizer",
-            "--input",
-            s(&b.p("corpus.txt")),
-            "--vocab-size",
-            "4000000000",
-            "--output",
-            s(&tok),
-        ],
+        &["tokenizer", "--input", s(&b.p("corpus.txt")), "--vocab-size", "4000000000", "--output", s(&tok)],
         None,
     );
     ok(&o);
@@ -796,14 +616,8 @@ fn item8_flags_that_panicked_or_hung_are_refused() {
     let d = dir("item8");
     let out = d.join("mixed.bin");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (
-            vec!["bench".into(), "--batch-size".into(), "0".into()],
-            "--batch-size",
-        ),
-        (
-            vec!["bench".into(), "--seq-len".into(), "0".into()],
-            "--seq-len",
-        ),
+        (vec!["bench".into(), "--batch-size".into(), "0".into()], "--batch-size"),
+        (vec!["bench".into(), "--seq-len".into(), "0".into()], "--seq-len"),
         (
             vec![
                 "tokenizer".into(),
@@ -845,11 +659,7 @@ fn item8_flags_that_panicked_or_hung_are_refused() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let t0 = std::time::Instant::now();
         refused(&smelt_limited(&args, None), &[needle]);
-        assert!(
-            t0.elapsed().as_secs() < 20,
-            "{args:?} took {:?}",
-            t0.elapsed()
-        );
+        assert!(t0.elapsed().as_secs() < 20, "{args:?} took {:?}", t0.elapsed());
     }
     assert!(!out.exists());
     no_temps(&d);
@@ -870,17 +680,7 @@ fn item9_sampling_values_out_of_range_are_refused() {
         ("--repetition-penalty", "0"),
         ("--repetition-penalty", "-1"),
     ] {
-        refused(
-            &smelt(&[
-                "generate",
-                "--model",
-                s(&m),
-                "--prompt",
-                "hi",
-                &format!("{flag}={v}"),
-            ]),
-            &[flag],
-        );
+        refused(&smelt(&["generate", "--model", s(&m), "--prompt", "hi", &format!("{flag}={v}")]), &[flag]);
     }
 }
 
@@ -915,15 +715,7 @@ fn item9_config_rope_theta_and_rms_norm_eps_are_checked() {
         copy_dir(&b.p("run/final"), &m);
         edit_json(&m.join("config.json"), |c| c[key] = v);
         refused(
-            &smelt(&[
-                "perplexity",
-                "--model",
-                s(&m),
-                "--input",
-                s(&b.p("corpus.txt")),
-                "--device",
-                "cpu",
-            ]),
+            &smelt(&["perplexity", "--model", s(&m), "--input", s(&b.p("corpus.txt")), "--device", "cpu"]),
             &["config.json", key],
         );
     }
@@ -936,15 +728,7 @@ fn item9_a_full_disk_names_the_file_and_leaves_nothing() {
     let out = d.join("train.bin");
     // ulimit -f 8: writes past 4 KiB fail as on a full disk.
     let o = smelt_limited(
-        &[
-            "prepare",
-            "-i",
-            s(&b.p("corpus.txt")),
-            "--tokenizer",
-            s(&b.p("tok.json")),
-            "-o",
-            s(&out),
-        ],
+        &["prepare", "-i", s(&b.p("corpus.txt")), "--tokenizer", s(&b.p("tok.json")), "-o", s(&out)],
         Some(8),
     );
     refused(&o, &["train.bin"]);
@@ -978,10 +762,7 @@ fn item9_a_full_disk_names_the_file_and_leaves_nothing() {
         Some(8),
     );
     refused(&o, &["kept.jsonl"]);
-    assert!(
-        std::fs::read_dir(&d).unwrap().next().is_none(),
-        "left files behind"
-    );
+    assert!(std::fs::read_dir(&d).unwrap().next().is_none(), "left files behind");
 }
 
 #[test]
@@ -990,17 +771,8 @@ fn item9_imatrix_format_and_quantize_eval_are_checked_before_the_work() {
     let d = dir("item9d");
     let m = b.p("run/final");
     let out = d.join("im.xml");
-    let o = smelt(&[
-        "imatrix",
-        "--model",
-        s(&m),
-        "--input",
-        s(&b.p("corpus.txt")),
-        "--output",
-        s(&out),
-        "--format",
-        "xml",
-    ]);
+    let o =
+        smelt(&["imatrix", "--model", s(&m), "--input", s(&b.p("corpus.txt")), "--output", s(&out), "--format", "xml"]);
     refused(&o, &["--format", "xml"]);
     assert!(!out.exists());
     let out = d.join("q.gguf");

@@ -5,19 +5,11 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn smelt(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_smelt"))
-        .args(args)
-        .env_remove("RAYON_NUM_THREADS")
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_smelt")).args(args).env_remove("RAYON_NUM_THREADS").output().unwrap()
 }
 
 fn stdout(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "smelt failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert!(o.status.success(), "smelt failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8(o.stdout.clone()).unwrap()
 }
 
@@ -68,11 +60,7 @@ fn threads_flag_sizes_the_pool_before_or_after_the_subcommand() {
     for bad in ["0", "x"] {
         let o = smelt(&["--threads", bad, "sizes"]);
         assert!(!o.status.success(), "--threads {bad} was accepted");
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains("--threads"),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--threads"), "{}", String::from_utf8_lossy(&o.stderr));
     }
 }
 
@@ -87,54 +75,22 @@ fn tokenize_takes_the_text_and_shows_tokens() {
     std::fs::write(&file, text).unwrap();
     // The text as an argument gives what the same text in a file gives.
     let from_arg = stdout(&smelt(&["tokenize", "--tokenizer", tok, text]));
-    let from_file = stdout(&smelt(&[
-        "tokenize",
-        "--tokenizer",
-        tok,
-        "--input",
-        file.to_str().unwrap(),
-    ]));
+    let from_file = stdout(&smelt(&["tokenize", "--tokenizer", tok, "--input", file.to_str().unwrap()]));
     assert_eq!(from_arg, from_file);
     let ids: Vec<u32> = serde_json::from_str(from_arg.trim()).unwrap();
     assert_eq!(ids.len(), text.len(), "byte-level: one id per byte");
     // One line per token: its id and its piece; "é" is two byte pieces, neither UTF-8 alone.
-    let shown = stdout(&smelt(&[
-        "tokenize",
-        "--tokenizer",
-        tok,
-        "--show-tokens",
-        text,
-    ]));
+    let shown = stdout(&smelt(&["tokenize", "--tokenizer", tok, "--show-tokens", text]));
     let lines: Vec<&str> = shown.lines().collect();
     assert_eq!(lines.len(), ids.len(), "{shown}");
     for (line, id) in lines.iter().zip(&ids) {
-        assert_eq!(
-            line.split_whitespace()
-                .next()
-                .unwrap()
-                .parse::<u32>()
-                .unwrap(),
-            *id,
-            "{shown}"
-        );
+        assert_eq!(line.split_whitespace().next().unwrap().parse::<u32>().unwrap(), *id, "{shown}");
     }
     assert_eq!(lines[0].trim_start(), format!("{} \"H\"", ids[0]));
-    assert!(
-        lines[3].ends_with(r#" b"\xc3""#) && lines[4].ends_with(r#" b"\xa9""#),
-        "{shown}"
-    );
+    assert!(lines[3].ends_with(r#" b"\xc3""#) && lines[4].ends_with(r#" b"\xa9""#), "{shown}");
     assert!(lines[5].ends_with(r#" "\n""#), "{shown}");
     // Text and a file together are refused; no input at all too.
-    assert!(!smelt(&[
-        "tokenize",
-        "--tokenizer",
-        tok,
-        "--input",
-        file.to_str().unwrap(),
-        "x"
-    ])
-    .status
-    .success());
+    assert!(!smelt(&["tokenize", "--tokenizer", tok, "--input", file.to_str().unwrap(), "x"]).status.success());
     let o = smelt(&["tokenize", "--tokenizer", tok]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("give the text"));
 }
@@ -147,13 +103,7 @@ fn show_tokens_pieces_of_a_real_vocabulary_join_into_the_text() {
         return;
     };
     let text = "Hello, world! It's 2024.";
-    let shown = stdout(&smelt(&[
-        "tokenize",
-        "--tokenizer",
-        gguf.to_str().unwrap(),
-        "--show-tokens",
-        text,
-    ]));
+    let shown = stdout(&smelt(&["tokenize", "--tokenizer", gguf.to_str().unwrap(), "--show-tokens", text]));
     let pieces: Vec<String> = shown
         .lines()
         .map(|l| {

@@ -42,7 +42,11 @@ pub fn type_for(requested: GgmlType, cols: usize) -> GgmlType {
         GgmlType::Q6_K => GgmlType::Q8_0,
         _ => GgmlType::F16,
     };
-    if cols % fallback.block_size() == 0 { fallback } else { GgmlType::F16 }
+    if cols % fallback.block_size() == 0 {
+        fallback
+    } else {
+        GgmlType::F16
+    }
 }
 
 /// The type llama.cpp's quantizer (`llama_tensor_get_type`) gives a tensor when `requested` is
@@ -56,7 +60,8 @@ pub fn tensor_type(requested: GgmlType, hf: &str, c: &smelt_model::ModelConfig, 
     if is_output && matches!(requested, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K) {
         return GgmlType::Q6_K;
     }
-    let layer: Option<usize> = hf.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok());
+    let layer: Option<usize> =
+        hf.strip_prefix("model.layers.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok());
     let n = c.n_layers;
     if requested == GgmlType::Q4_K && (hf.ends_with("v_proj.weight") || hf.ends_with("down_proj.weight")) {
         let more_bits = |i: usize| i < n / 8 || i >= 7 * n / 8 || (i as i64 - (n / 8) as i64).rem_euclid(3) == 2;
@@ -93,16 +98,36 @@ pub struct ExportReport {
 /// llama.cpp's `general.file_type` for a model mostly of type `t`.
 fn file_type(t: GgmlType) -> u32 {
     match t {
-        GgmlType::F32 => 0, GgmlType::F16 => 1, GgmlType::Q4_0 => 2, GgmlType::Q4_1 => 3, GgmlType::Q8_0 => 7,
-        GgmlType::Q5_0 => 8, GgmlType::Q4_K => 15, GgmlType::Q6_K => 18, GgmlType::BF16 => 32,
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Q5_0 => 8,
+        GgmlType::Q4_K => 15,
+        GgmlType::Q6_K => 18,
+        GgmlType::BF16 => 32,
     }
 }
 
-pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, imatrix: Option<&WithImatrix>, out: &Path) -> Result<ExportReport> {
+pub fn export(
+    model: &Model,
+    ty: GgmlType,
+    tok: TokenizerSource,
+    name: &str,
+    imatrix: Option<&WithImatrix>,
+    out: &Path,
+) -> Result<ExportReport> {
     let c = &model.cfg;
     let tensors = params::list(c);
     if let Some(t) = tensors.iter().find(|t| !t.def.llama_gguf) {
-        bail!("export-gguf: a GGUF `llama` file has no place for {} ({} with qkv bias {}, q/k norm {})", t.name, c.arch.hf_name(), c.qkv_bias, c.qk_norm);
+        bail!(
+            "export-gguf: a GGUF `llama` file has no place for {} ({} with qkv bias {}, q/k norm {})",
+            t.name,
+            c.arch.hf_name(),
+            c.qkv_bias,
+            c.qk_norm
+        );
     }
     if c.sliding_window.is_some() || c.attn_scale.is_some() || c.norm != NormKind::Rms || c.act != Activation::Silu {
         bail!("export-gguf: a GGUF `llama` file has RMSNorm, SwiGLU, 1/√head_dim attention and no sliding window (got {:?}, {:?}, scale {:?}, window {:?})",
@@ -137,21 +162,33 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, ima
     }
     if let Some(im) = imatrix {
         // llama-quantize's kv overrides (integers as u32, strings cut to 127 bytes there).
-        if let Some(f) = im.file { w.kv("quantize.imatrix.file", s(f)); }
-        if let Some(d) = im.imatrix.datasets.first() { w.kv("quantize.imatrix.dataset", s(d)); }
+        if let Some(f) = im.file {
+            w.kv("quantize.imatrix.file", s(f));
+        }
+        if let Some(d) = im.imatrix.datasets.first() {
+            w.kv("quantize.imatrix.dataset", s(d));
+        }
         w.kv("quantize.imatrix.entries_count", Value::U32(im.imatrix.entries.len() as u32));
-        if im.imatrix.chunk_count > 0 { w.kv("quantize.imatrix.chunks_count", Value::U32(im.imatrix.chunk_count)); }
-        if let Some(a) = im.smooth_alpha { w.kv("quantize.smooth.alpha", Value::F32(a)); }
+        if im.imatrix.chunk_count > 0 {
+            w.kv("quantize.imatrix.chunks_count", Value::U32(im.imatrix.chunk_count));
+        }
+        if let Some(a) = im.smooth_alpha {
+            w.kv("quantize.smooth.alpha", Value::F32(a));
+        }
     }
     match tok {
         TokenizerSource::Gguf(p) => {
             let f = GgufFile::open(p)?;
             for (k, v) in &f.metadata {
-                if k.starts_with("tokenizer.") { w.kv(k, v.clone()); }
+                if k.starts_with("tokenizer.") {
+                    w.kv(k, v.clone());
+                }
             }
         }
         TokenizerSource::HfDir { dir, pre } => {
-            for (k, v) in smelt_tokenizer::hf_gguf_metadata(dir, pre, c.vocab_size)? { w.kv(&k, v); }
+            for (k, v) in smelt_tokenizer::hf_gguf_metadata(dir, pre, c.vocab_size)? {
+                w.kv(&k, v);
+            }
         }
     }
     let mut report = ExportReport::default();
@@ -166,15 +203,29 @@ pub fn export(model: &Model, ty: GgmlType, tok: TokenizerSource, name: &str, ima
             data = perm.iter().flat_map(|&r| data[r * cols..(r + 1) * cols].to_vec()).collect();
         }
         let cols = *shape.last().unwrap();
-        let tt = if shape.len() == 1 { GgmlType::F32 } else { type_for(tensor_type(ty, hf, c, imatrix.is_some()), cols) };
-        let weighted_type = matches!(tt, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K);
+        let tt =
+            if shape.len() == 1 { GgmlType::F32 } else { type_for(tensor_type(ty, hf, c, imatrix.is_some()), cols) };
+        let weighted_type =
+            matches!(tt, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q4_K | GgmlType::Q6_K);
         let weights = match imatrix {
             Some(im) if shape.len() == 2 && weighted_type => match im.imatrix.weights(gname) {
-                Some(wv) if wv.len() == cols => { report.weighted += 1; Some(wv) }
+                Some(wv) if wv.len() == cols => {
+                    report.weighted += 1;
+                    Some(wv)
+                }
                 // llama-quantize ignores a token embedding's mismatched weights, and fails on any other.
-                Some(_) if gname == "token_embd.weight" => { report.unweighted.push(gname.clone()); None }
-                Some(wv) => bail!("imatrix: {} weights for {gname}, which has {cols} columns (an imatrix of another model?)", wv.len()),
-                None => { report.unweighted.push(gname.clone()); None }
+                Some(_) if gname == "token_embd.weight" => {
+                    report.unweighted.push(gname.clone());
+                    None
+                }
+                Some(wv) => bail!(
+                    "imatrix: {} weights for {gname}, which has {cols} columns (an imatrix of another model?)",
+                    wv.len()
+                ),
+                None => {
+                    report.unweighted.push(gname.clone());
+                    None
+                }
             },
             _ => None,
         };

@@ -89,7 +89,11 @@ impl Imatrix {
             }
             let v = smelt_core::quant::dequantize(ty, b, b.len() / 4)?;
             let p = pairs.entry(base.to_string()).or_default();
-            if is_sums { p.0 = Some(v) } else { p.1 = Some(v) }
+            if is_sums {
+                p.0 = Some(v)
+            } else {
+                p.1 = Some(v)
+            }
         }
         for (name, p) in pairs {
             let (Some(sums), Some(counts)) = p else { bail!("{name}: sums without counts or counts without sums") };
@@ -107,7 +111,9 @@ impl Imatrix {
             *pos += n;
             Ok(s)
         };
-        let int = |pos: &mut usize, what: &str| -> Result<i32> { Ok(i32::from_le_bytes(take(pos, 4, what)?.try_into().unwrap())) };
+        let int = |pos: &mut usize, what: &str| -> Result<i32> {
+            Ok(i32::from_le_bytes(take(pos, 4, what)?.try_into().unwrap()))
+        };
         let mut pos = 0usize;
         let n = int(&mut pos, "the entry count")?;
         if n < 1 {
@@ -119,7 +125,8 @@ impl Imatrix {
             if !(0..=4096).contains(&len) {
                 bail!("entry {e}: name length {len}");
             }
-            let name = String::from_utf8(take(&mut pos, len as usize, "a name")?.to_vec()).with_context(|| format!("entry {e}: name is not UTF-8"))?;
+            let name = String::from_utf8(take(&mut pos, len as usize, "a name")?.to_vec())
+                .with_context(|| format!("entry {e}: name is not UTF-8"))?;
             let ncall = int(&mut pos, "ncall")?;
             let nval = int(&mut pos, "the value count")?;
             if nval < 1 {
@@ -146,7 +153,10 @@ impl Imatrix {
     /// Writes llama.cpp's GGUF imatrix format (what `llama-imatrix` writes by default).
     pub fn save(&self, path: &Path) -> Result<()> {
         if self.legacy {
-            bail!("{}: this imatrix came from a legacy .dat file (means, not sums); save it with save_legacy", path.display());
+            bail!(
+                "{}: this imatrix came from a legacy .dat file (means, not sums); save it with save_legacy",
+                path.display()
+            );
         }
         let mut w = GgufWriter::new();
         w.kv("general.type", Value::String("imatrix".into()));
@@ -158,9 +168,18 @@ impl Imatrix {
             // ggml writes [cols, nmat] and [1, nmat] without trailing 1-dimensions: a dense
             // matrix's entry is [cols] and [1].
             let nmat = e.counts.len();
-            let (sums_shape, counts_shape) = if nmat == 1 { (vec![e.sums.len()], vec![1]) } else { (vec![nmat, e.sums.len() / nmat], vec![nmat, 1]) };
+            let (sums_shape, counts_shape) = if nmat == 1 {
+                (vec![e.sums.len()], vec![1])
+            } else {
+                (vec![nmat, e.sums.len() / nmat], vec![nmat, 1])
+            };
             w.tensor(&format!("{name}{SUMS}"), &sums_shape, GgmlType::F32, f32s(&mut e.sums.iter().copied()))?;
-            w.tensor(&format!("{name}{COUNTS}"), &counts_shape, GgmlType::F32, f32s(&mut e.counts.iter().map(|&c| c as f32)))?;
+            w.tensor(
+                &format!("{name}{COUNTS}"),
+                &counts_shape,
+                GgmlType::F32,
+                f32s(&mut e.counts.iter().map(|&c| c as f32)),
+            )?;
         }
         crate::write_gguf(&w, path)
     }
@@ -174,7 +193,11 @@ impl Imatrix {
         for (name, e) in &self.entries {
             b.extend_from_slice(&(name.len() as i32).to_le_bytes());
             b.extend_from_slice(name.as_bytes());
-            let ncall = if self.legacy { e.counts[0] } else { (e.counts.iter().copied().max().unwrap_or(0) + chunk - 1) / chunk };
+            let ncall = if self.legacy {
+                e.counts[0]
+            } else {
+                (e.counts.iter().copied().max().unwrap_or(0) + chunk - 1) / chunk
+            };
             b.extend_from_slice(&(ncall as i32).to_le_bytes());
             b.extend_from_slice(&(e.sums.len() as i32).to_le_bytes());
             let per = e.sums.len() / e.counts.len();
@@ -206,10 +229,16 @@ impl Imatrix {
             return Some(if ncall > 0 { e.sums.iter().map(|v| v / ncall as f32).collect() } else { e.sums.clone() });
         }
         let per = e.sums.len() / e.counts.len();
-        Some(e.sums.chunks(per).zip(&e.counts).flat_map(|(s, &c)| {
-            let c = c as f32;
-            s.iter().map(move |&v| if c > 0.0 { v / c } else { 1.0 })
-        }).collect())
+        Some(
+            e.sums
+                .chunks(per)
+                .zip(&e.counts)
+                .flat_map(|(s, &c)| {
+                    let c = c as f32;
+                    s.iter().map(move |&v| if c > 0.0 { v / c } else { 1.0 })
+                })
+                .collect(),
+        )
     }
 }
 
@@ -257,7 +286,9 @@ impl Collector {
             return;
         }
         for row in v.chunks_exact(cols) {
-            for (a, &x) in e.sums.iter_mut().zip(row) { *a += x * x; }
+            for (a, &x) in e.sums.iter_mut().zip(row) {
+                *a += x * x;
+            }
         }
         e.counts[0] += rows as i64;
         if e.sums.iter().any(|s| !s.is_finite()) {
@@ -269,8 +300,15 @@ impl Collector {
 /// Computes an importance matrix on the UTF-8 calibration text in the file `input`, tokenised
 /// whole by `tok` (the model's tokenizer), recorded with the file's path as its dataset
 /// (`smelt imatrix`, `smelt quantize --imatrix-text`). See [`collect`].
-pub fn collect_text(model: &Model, tok: &smelt_tokenizer::Tokenizer, input: &Path, chunk_size: usize, max_chunks: Option<usize>,
-                    process_output: bool, progress: impl FnMut(usize, usize)) -> Result<Imatrix> {
+pub fn collect_text(
+    model: &Model,
+    tok: &smelt_tokenizer::Tokenizer,
+    input: &Path,
+    chunk_size: usize,
+    max_chunks: Option<usize>,
+    process_output: bool,
+    progress: impl FnMut(usize, usize),
+) -> Result<Imatrix> {
     let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
     let text = String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not valid UTF-8 ({e})", input.display()))?;
     let ids = tok.encode(&text);
@@ -282,23 +320,36 @@ pub fn collect_text(model: &Model, tok: &smelt_tokenizer::Tokenizer, input: &Pat
 /// `opts.chunk_size` tokens, each run through the model's forward (all positions), with every
 /// matmul's input squared and summed per column. At least two chunks are needed, as in
 /// llama-imatrix. `progress(done, total)` is called after each chunk.
-pub fn collect(model: &Model, ids: &[u32], opts: &CollectOptions, mut progress: impl FnMut(usize, usize)) -> Result<Imatrix> {
+pub fn collect(
+    model: &Model,
+    ids: &[u32],
+    opts: &CollectOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Imatrix> {
     let n = opts.chunk_size;
     if n < 16 {
         bail!("imatrix: chunks of {n} tokens are too short (llama.cpp ignores matmuls of fewer than 16 rows)");
     }
     if ids.len() < 2 * n {
-        bail!("imatrix: the calibration text has {} tokens; at least {} (two chunks of {n}) are needed", ids.len(), 2 * n);
+        bail!(
+            "imatrix: the calibration text has {} tokens; at least {} (two chunks of {n}) are needed",
+            ids.len(),
+            2 * n
+        );
     }
     let chunks = (ids.len() / n).min(opts.max_chunks.unwrap_or(usize::MAX));
     if chunks == 0 {
         bail!("imatrix: no chunks to run");
     }
     // Parameter i of the model is graph leaf i; its llama.cpp name decides whether it is kept.
-    let names = model.names.iter().map(|hf| {
-        let g = gguf_name(hf)?;
-        (g.starts_with("blk.") || (opts.process_output && g == "output.weight")).then_some(g)
-    }).collect();
+    let names = model
+        .names
+        .iter()
+        .map(|hf| {
+            let g = gguf_name(hf)?;
+            (g.starts_with("blk.") || (opts.process_output && g == "output.weight")).then_some(g)
+        })
+        .collect();
     let col = Arc::new(Mutex::new(Collector { names, entries: BTreeMap::new(), error: None }));
     for c in 0..chunks {
         let mut g = Graph::inference();
@@ -316,5 +367,11 @@ pub fn collect(model: &Model, ids: &[u32], opts: &CollectOptions, mut progress: 
     if entries.is_empty() {
         bail!("imatrix: the forward ran no matmul with a blk.* weight");
     }
-    Ok(Imatrix { entries, datasets: vec![opts.dataset.clone()], chunk_count: chunks as u32, chunk_size: n as u32, legacy: false })
+    Ok(Imatrix {
+        entries,
+        datasets: vec![opts.dataset.clone()],
+        chunk_count: chunks as u32,
+        chunk_size: n as u32,
+        legacy: false,
+    })
 }

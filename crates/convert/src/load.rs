@@ -31,7 +31,9 @@ pub fn qk_to_gguf_perm(n_heads: usize, head_dim: usize) -> Vec<usize> {
     let mut p = vec![0; n_heads * head_dim];
     for h in 0..n_heads {
         for i in 0..half {
-            for s in 0..2 { p[h * head_dim + 2 * i + s] = h * head_dim + s * half + i; }
+            for s in 0..2 {
+                p[h * head_dim + 2 * i + s] = h * head_dim + s * half + i;
+            }
         }
     }
     p
@@ -39,13 +41,17 @@ pub fn qk_to_gguf_perm(n_heads: usize, head_dim: usize) -> Vec<usize> {
 
 fn meta_usize(f: &GgufFile, key: &str) -> Result<usize> {
     let v = f.require(key)?;
-    v.as_u64().map(|v| v as usize).with_context(|| format!("{}: {key} = {v:?}, expected a non-negative integer", f.path().display()))
+    v.as_u64()
+        .map(|v| v as usize)
+        .with_context(|| format!("{}: {key} = {v:?}, expected a non-negative integer", f.path().display()))
 }
 
 fn meta_f64(f: &GgufFile, key: &str) -> Result<Option<f64>> {
     match f.get(key) {
         None => Ok(None),
-        Some(v) => v.as_f64().map(Some).with_context(|| format!("{}: {key} = {v:?}, expected a number", f.path().display())),
+        Some(v) => {
+            v.as_f64().map(Some).with_context(|| format!("{}: {key} = {v:?}, expected a number", f.path().display()))
+        }
     }
 }
 
@@ -64,14 +70,28 @@ pub fn config(f: &GgufFile) -> Result<ModelConfig> {
     };
     let dim = meta_usize(f, &k("embedding_length"))?;
     let n_heads = meta_usize(f, &k("attention.head_count"))?;
-    let n_kv = if f.get(&k("attention.head_count_kv")).is_some() { meta_usize(f, &k("attention.head_count_kv"))? } else { n_heads };
-    let mut c = ModelConfig::llama(vocab, dim, meta_usize(f, &k("block_count"))?, n_heads, n_kv, meta_usize(f, &k("feed_forward_length"))?);
+    let n_kv = if f.get(&k("attention.head_count_kv")).is_some() {
+        meta_usize(f, &k("attention.head_count_kv"))?
+    } else {
+        n_heads
+    };
+    let mut c = ModelConfig::llama(
+        vocab,
+        dim,
+        meta_usize(f, &k("block_count"))?,
+        n_heads,
+        n_kv,
+        meta_usize(f, &k("feed_forward_length"))?,
+    );
     if f.get(&k("attention.key_length")).is_some() {
         c.head_dim = meta_usize(f, &k("attention.key_length"))?;
     }
     if let Some(rd) = f.get(&k("rope.dimension_count")) {
         if rd.as_u64() != Some(c.head_dim as u64) {
-            bail!("{p}: llama.rope.dimension_count {rd:?} differs from the head dim {} (partial RoPE is not supported)", c.head_dim);
+            bail!(
+                "{p}: llama.rope.dimension_count {rd:?} differs from the head dim {} (partial RoPE is not supported)",
+                c.head_dim
+            );
         }
     }
     c.max_pos = meta_usize(f, &k("context_length"))?;
@@ -80,13 +100,15 @@ pub fn config(f: &GgufFile) -> Result<ModelConfig> {
     c.rope_scaling = match f.get_str(&k("rope.scaling.type")) {
         None | Some("none") => RopeScaling::None,
         Some("linear") => RopeScaling::Linear {
-            factor: meta_f64(f, &k("rope.scaling.factor"))?.with_context(|| format!("{p}: linear RoPE scaling without llama.rope.scaling.factor"))?,
+            factor: meta_f64(f, &k("rope.scaling.factor"))?
+                .with_context(|| format!("{p}: linear RoPE scaling without llama.rope.scaling.factor"))?,
         },
         Some(other) => bail!("{p}: RoPE scaling {other:?} is not supported"),
     };
     c.tie_embeddings = f.tensor("output.weight").is_none();
     c.bos_token_id = f.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64()).map(|v| v as u32);
-    c.eos_token_ids = f.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|v| vec![v as u32]).unwrap_or_default();
+    c.eos_token_ids =
+        f.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|v| vec![v as u32]).unwrap_or_default();
     c.validate().with_context(|| format!("{p}: llama.* metadata"))?;
     Ok(c)
 }
@@ -109,7 +131,9 @@ pub fn load_model(path: &Path) -> Result<Model> {
             let n = shape.iter().product();
             Tensor::from_f32(smelt_core::quant::dequantize(ty, bytes, n)?, &shape)?
         } else {
-            QTensor::new(ty, shape[0], shape[1], bytes.to_vec()).with_context(|| format!("{p}: tensor {gname}"))?.into_tensor()
+            QTensor::new(ty, shape[0], shape[1], bytes.to_vec())
+                .with_context(|| format!("{p}: tensor {gname}"))?
+                .into_tensor()
         };
         out.push(tensor);
     }

@@ -62,7 +62,9 @@ pub fn smooth(model: &Model, im: &Imatrix, alpha: f32) -> Result<(Model, Imatrix
             let n = c.dim;
             // Every matrix of the group saw the same input; take the first one's statistics.
             let first = name_of(model, mats[0])?;
-            let Some(a2) = im.weights(&first) else { bail!("smoothing: the importance matrix has no entry for {first}") };
+            let Some(a2) = im.weights(&first) else {
+                bail!("smoothing: the importance matrix has no entry for {first}")
+            };
             // `weights` stands in 1 for a matrix that saw no tokens: no statistics to smooth by.
             if im.entries[&first].counts.iter().all(|&c| c == 0) {
                 bail!("smoothing: the importance matrix saw no tokens for {first}");
@@ -74,13 +76,21 @@ pub fn smooth(model: &Model, im: &Imatrix, alpha: f32) -> Result<(Model, Imatrix
             let mut wmax = vec![0f32; n];
             for w in &ws {
                 for row in w.chunks_exact(n) {
-                    for (m, x) in wmax.iter_mut().zip(row) { *m = m.max(x.abs()); }
+                    for (m, x) in wmax.iter_mut().zip(row) {
+                        *m = m.max(x.abs());
+                    }
                 }
             }
-            let raw: Vec<f32> = (0..n).map(|j| {
-                let (a, w) = (a2[j].max(0.0).sqrt(), wmax[j]);
-                if a > 0.0 && w > 0.0 { a.powf(alpha) / w.powf(1.0 - alpha) } else { f32::NAN }
-            }).collect();
+            let raw: Vec<f32> = (0..n)
+                .map(|j| {
+                    let (a, w) = (a2[j].max(0.0).sqrt(), wmax[j]);
+                    if a > 0.0 && w > 0.0 {
+                        a.powf(alpha) / w.powf(1.0 - alpha)
+                    } else {
+                        f32::NAN
+                    }
+                })
+                .collect();
             let finite: Vec<f64> = raw.iter().filter(|v| v.is_finite()).map(|&v| (v as f64).ln()).collect();
             if finite.is_empty() {
                 // No column with both activations and weights: nothing to balance.
@@ -88,19 +98,28 @@ pub fn smooth(model: &Model, im: &Imatrix, alpha: f32) -> Result<(Model, Imatrix
                 continue;
             }
             let gmean = (finite.iter().sum::<f64>() / finite.len() as f64).exp() as f32;
-            let s: Vec<f32> = raw.iter().map(|&v| if v.is_finite() { (v / gmean).clamp(1.0 / MAX_SCALE, MAX_SCALE) } else { 1.0 }).collect();
+            let s: Vec<f32> = raw
+                .iter()
+                .map(|&v| if v.is_finite() { (v / gmean).clamp(1.0 / MAX_SCALE, MAX_SCALE) } else { 1.0 })
+                .collect();
             let gamma: Vec<f32> = read(model, &params, norm)?.iter().zip(&s).map(|(g, s)| g / s).collect();
             params[norm] = Tensor::from_f32(gamma, &[n])?;
             for (&i, mut w) in mats.iter().zip(ws) {
                 for row in w.chunks_exact_mut(n) {
-                    for (x, s) in row.iter_mut().zip(&s) { *x *= s; }
+                    for (x, s) in row.iter_mut().zip(&s) {
+                        *x *= s;
+                    }
                 }
                 let shape = params[i].shape().to_vec();
                 params[i] = Tensor::from_f32(w, &shape)?;
                 let name = name_of(model, i)?;
                 if let Some(e) = out.entries.get_mut(&name) {
-                    if e.sums.len() != n { bail!("smoothing: {name} has {} importance sums, the model {n} columns", e.sums.len()); }
-                    for (v, s) in e.sums.iter_mut().zip(&s) { *v /= s * s; }
+                    if e.sums.len() != n {
+                        bail!("smoothing: {name} has {} importance sums, the model {n} columns", e.sums.len());
+                    }
+                    for (v, s) in e.sums.iter_mut().zip(&s) {
+                        *v /= s * s;
+                    }
                 }
             }
             report.groups += 1;

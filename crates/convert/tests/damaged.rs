@@ -11,8 +11,14 @@ fn tiny(dir: &str) -> (PathBuf, Vec<u8>) {
     let c = ModelConfig::llama(64, 32, 2, 4, 2, 64);
     let mut w = GgufWriter::new();
     w.kv("general.architecture", Value::String("llama".into()));
-    for (k, v) in [("block_count", 2u32), ("embedding_length", 32), ("feed_forward_length", 64), ("attention.head_count", 4),
-                   ("attention.head_count_kv", 2), ("context_length", 128)] {
+    for (k, v) in [
+        ("block_count", 2u32),
+        ("embedding_length", 32),
+        ("feed_forward_length", 64),
+        ("attention.head_count", 4),
+        ("attention.head_count_kv", 2),
+        ("context_length", 128),
+    ] {
         w.kv(&format!("llama.{k}"), Value::U32(v));
     }
     let p = params::init(&c, 1);

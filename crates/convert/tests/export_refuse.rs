@@ -11,7 +11,8 @@ fn refused(edit: impl Fn(&mut ModelConfig)) -> String {
     edit(&mut c);
     let m = Model::init(c, 1).unwrap();
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("refused.gguf");
-    let e = export(&m, GgmlType::F32, TokenizerSource::Gguf(Path::new("/nonexistent.gguf")), "x", None, &out).unwrap_err();
+    let e =
+        export(&m, GgmlType::F32, TokenizerSource::Gguf(Path::new("/nonexistent.gguf")), "x", None, &out).unwrap_err();
     assert!(!out.exists(), "a refused export wrote {}", out.display());
     format!("{e:#}")
 }

@@ -2,14 +2,18 @@
 //! llama-imatrix (tests/data/imatrix_llama_golden.gguf, scripts/imatrix_llama_golden.sh), the
 //! file formats round trip, damaged files are errors, and an export with an imatrix uses it.
 
-use smelt_core::{Graph, Tensor};
 use smelt_convert::export::{export, TokenizerSource, WithImatrix};
 use smelt_convert::imatrix::{collect, CollectOptions, Entry, Imatrix};
+use smelt_core::{Graph, Tensor};
 use smelt_model::{Logits, Model, ModelConfig};
 use std::path::{Path, PathBuf};
 
-fn root() -> PathBuf { Path::new(env!("CARGO_MANIFEST_DIR")).join("../..") }
-fn tmp(name: &str) -> PathBuf { PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name) }
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+fn tmp(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name)
+}
 
 fn tiny() -> Model {
     let mut c = ModelConfig::llama(96, 64, 2, 4, 2, 160);
@@ -23,7 +27,9 @@ fn opts(chunk: usize, chunks: Option<usize>) -> CollectOptions {
 
 fn sum_sq(t: &Tensor, cols: usize, acc: &mut [f32]) {
     for row in t.to_vec_f32().unwrap().chunks_exact(cols) {
-        for (a, &x) in acc.iter_mut().zip(row) { *a += x * x; }
+        for (a, &x) in acc.iter_mut().zip(row) {
+            *a += x * x;
+        }
     }
 }
 
@@ -116,7 +122,9 @@ fn damaged_imatrix_files_are_errors_naming_the_file() {
     }
     // GGUF: sums without counts; and a model GGUF (no imatrix metadata).
     let mut w = smelt_gguf::GgufWriter::new();
-    for (k, v) in [("imatrix.chunk_count", 1u32), ("imatrix.chunk_size", 512)] { w.kv(k, smelt_gguf::Value::U32(v)); }
+    for (k, v) in [("imatrix.chunk_count", 1u32), ("imatrix.chunk_size", 512)] {
+        w.kv(k, smelt_gguf::Value::U32(v));
+    }
     w.kv("imatrix.datasets", smelt_gguf::Value::Array(vec![]));
     w.tensor("blk.0.attn_q.weight.in_sum2", &[4], smelt_core::quant::GgmlType::F32, vec![0; 16]).unwrap();
     let g = tmp("imatrix-damaged.gguf");
@@ -144,7 +152,9 @@ fn export_with_an_imatrix_uses_it_and_records_it() {
     assert_eq!(b.get_str("quantize.imatrix.file"), Some("imx.gguf"));
     assert_eq!(b.get("quantize.imatrix.entries_count").and_then(|v| v.as_u64()), Some(14));
     assert!(a.get("quantize.imatrix.file").is_none());
-    fn ty<'a>(f: &'a smelt_gguf::GgufFile, n: &str) -> (smelt_core::quant::GgmlType, &'a [u8]) { f.tensor_bytes(f.tensor(n).unwrap()).unwrap() }
+    fn ty<'a>(f: &'a smelt_gguf::GgufFile, n: &str) -> (smelt_core::quant::GgmlType, &'a [u8]) {
+        f.tensor_bytes(f.tensor(n).unwrap()).unwrap()
+    }
     // llama.cpp's guard: ffn_down of the first eighth of the layers (here layer 0 of 2: 2/8 = 0
     // layers) stays Q4_0; every weighted tensor differs from the plain one.
     assert_eq!(ty(&b, "blk.0.ffn_down.weight").0, q);
@@ -179,7 +189,9 @@ fn collect_matches_llama_imatrix_on_smollm2() {
         assert_eq!(e.counts, g.counts, "{name}");
         for (a, b) in e.sums.iter().zip(&g.sums) {
             let rel = ((a - b).abs() / b.abs().max(1e-30)) as f64;
-            if rel > worst.0 { worst = (rel, name.clone()); }
+            if rel > worst.0 {
+                worst = (rel, name.clone());
+            }
         }
     }
     eprintln!("imatrix vs llama-imatrix: worst relative difference per column {:.2e} ({})", worst.0, worst.1);

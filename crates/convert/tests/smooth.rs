@@ -2,15 +2,17 @@
 //! matrix that is the one the smoothed model collects. What it buys after quantisation is
 //! measured on SmolLM2 in docs/GGUF.md (and llama.cpp scores the smoothed file identically).
 
-use smelt_core::Tensor;
 use smelt_convert::imatrix::{collect, CollectOptions, Imatrix};
 use smelt_convert::smooth::smooth;
+use smelt_core::Tensor;
 use smelt_model::params::Role;
 use smelt_model::{Logits, Model, ModelConfig};
 
 /// A tiny model whose norms have uneven weights (0.05 to 6.4), so that its matmul inputs have
 /// outlier channels as trained models' do.
-fn tiny() -> Model { tiny_with(|_| {}) }
+fn tiny() -> Model {
+    tiny_with(|_| {})
+}
 
 fn tiny_with(edit: impl Fn(&mut ModelConfig)) -> Model {
     let mut c = ModelConfig::llama(96, 64, 2, 4, 2, 160);
@@ -26,14 +28,25 @@ fn tiny_with(edit: impl Fn(&mut ModelConfig)) -> Model {
     m.with_params(params).unwrap()
 }
 
-fn ids() -> Vec<u32> { (0..2 * 32).map(|i| (i * 29 % 96) as u32).collect() }
+fn ids() -> Vec<u32> {
+    (0..2 * 32).map(|i| (i * 29 % 96) as u32).collect()
+}
 
 fn imatrix(m: &Model) -> Imatrix {
-    collect(m, &ids(), &CollectOptions { chunk_size: 32, max_chunks: None, process_output: false, dataset: "c.txt".into() }, |_, _| {}).unwrap()
+    collect(
+        m,
+        &ids(),
+        &CollectOptions { chunk_size: 32, max_chunks: None, process_output: false, dataset: "c.txt".into() },
+        |_, _| {},
+    )
+    .unwrap()
 }
 
 fn logits(m: &Model) -> Vec<f32> {
-    m.logits(&Tensor::from_u32(ids()[..32].to_vec(), &[1, 32]).unwrap(), None, Logits::All).unwrap().to_vec_f32().unwrap()
+    m.logits(&Tensor::from_u32(ids()[..32].to_vec(), &[1, 32]).unwrap(), None, Logits::All)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap()
 }
 
 /// max |a - b| / max |b|
@@ -119,7 +132,9 @@ fn a_legacy_imatrix_smooths_alike_and_an_empty_one_is_refused() {
         assert!(rel(&x.to_vec_f32().unwrap(), &y.to_vec_f32().unwrap()) < 1e-6);
     }
     let mut empty = im.clone();
-    for e in empty.entries.values_mut() { e.counts.iter_mut().for_each(|c| *c = 0); }
+    for e in empty.entries.values_mut() {
+        e.counts.iter_mut().for_each(|c| *c = 0);
+    }
     let Err(e) = smooth(&m, &empty, 0.5) else { panic!("an imatrix without tokens accepted") };
     assert!(format!("{e:#}").contains("saw no tokens"), "{e:#}");
 }

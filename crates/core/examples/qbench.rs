@@ -14,11 +14,15 @@ fn run() {
     let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let x: Vec<f32> = (0..cols).map(|i| ((i * 31) % 100) as f32 / 50.0 - 1.0).collect();
     let t = Instant::now();
-    for _ in 0..10000 { std::hint::black_box(act::quantize_q8(std::hint::black_box(&x))); }
+    for _ in 0..10000 {
+        std::hint::black_box(act::quantize_q8(std::hint::black_box(&x)));
+    }
     println!("quantize_q8 576: {:.2} µs", t.elapsed().as_secs_f64() / 10000.0 * 1e6);
     let k_quants = cols % 256 == 0;
     for ty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
-        if ty.block_size() == 256 && !k_quants { continue; }
+        if ty.block_size() == 256 && !k_quants {
+            continue;
+        }
         let q = QTensor::quantize(ty, &w, rows, cols).unwrap();
         let mut y = vec![0f32; rows];
         // Best of n (the machine is shared).

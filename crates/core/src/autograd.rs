@@ -23,10 +23,18 @@ pub struct Var {
 }
 
 impl Var {
-    pub fn tensor(&self) -> &Tensor { &self.t }
-    pub fn shape(&self) -> &[usize] { self.t.shape() }
-    pub fn id(&self) -> usize { self.id }
-    pub fn requires_grad(&self) -> bool { self.requires_grad }
+    pub fn tensor(&self) -> &Tensor {
+        &self.t
+    }
+    pub fn shape(&self) -> &[usize] {
+        self.t.shape()
+    }
+    pub fn id(&self) -> usize {
+        self.id
+    }
+    pub fn requires_grad(&self) -> bool {
+        self.requires_grad
+    }
 }
 
 type BackwardFn = Box<dyn FnOnce(&[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + Send>;
@@ -68,8 +76,12 @@ pub struct TraceEntry {
 pub struct Grads(Vec<Option<Tensor>>);
 
 impl Grads {
-    pub fn get(&self, v: &Var) -> Option<&Tensor> { self.0.get(v.id).and_then(|g| g.as_ref()) }
-    pub fn take(&mut self, v: &Var) -> Option<Tensor> { self.0.get_mut(v.id).and_then(|g| g.take()) }
+    pub fn get(&self, v: &Var) -> Option<&Tensor> {
+        self.0.get(v.id).and_then(|g| g.as_ref())
+    }
+    pub fn take(&mut self, v: &Var) -> Option<Tensor> {
+        self.0.get_mut(v.id).and_then(|g| g.take())
+    }
 }
 
 impl Graph {
@@ -77,9 +89,13 @@ impl Graph {
     /// gradients, so with no such input it keeps nothing yet still runs the training
     /// arithmetic (`is_recording`: the model's flash-style attention, not llama.cpp's):
     /// validation loss and a checkpointed block's forward run that way.
-    pub fn training() -> Self { Graph { record: true, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None } }
+    pub fn training() -> Self {
+        Graph { record: true, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None }
+    }
     /// A graph that records nothing.
-    pub fn inference() -> Self { Graph { record: false, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None } }
+    pub fn inference() -> Self {
+        Graph { record: false, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None }
+    }
     /// An inference graph that keeps every intermediate the model names (see `name`).
     pub fn tracing() -> Self {
         Graph { trace: Some(Trace { entries: vec![], last: std::time::Instant::now() }), ..Self::inference() }
@@ -95,9 +111,15 @@ impl Graph {
     /// Calls `f(w, x)` before every `linear` with its weight `w` and its input `x` (rows × in
     /// features): how the importance-matrix collector sees every matmul's activations, as
     /// llama.cpp's imatrix tool does with its graph-evaluation callback.
-    pub fn on_linear(&mut self, f: impl FnMut(&Var, &Tensor) + Send + 'static) { self.linear_hook = Some(Box::new(f)); }
-    pub fn take_trace(&mut self) -> Vec<TraceEntry> { self.trace.as_mut().map(|t| std::mem::take(&mut t.entries)).unwrap_or_default() }
-    pub fn is_recording(&self) -> bool { self.record }
+    pub fn on_linear(&mut self, f: impl FnMut(&Var, &Tensor) + Send + 'static) {
+        self.linear_hook = Some(Box::new(f));
+    }
+    pub fn take_trace(&mut self) -> Vec<TraceEntry> {
+        self.trace.as_mut().map(|t| std::mem::take(&mut t.entries)).unwrap_or_default()
+    }
+    pub fn is_recording(&self) -> bool {
+        self.record
+    }
 
     fn var(&mut self, t: Tensor, requires_grad: bool) -> Var {
         let id = self.next_id;
@@ -106,11 +128,20 @@ impl Graph {
     }
 
     /// An input whose gradient is wanted (a parameter) or not.
-    pub fn leaf(&mut self, t: Tensor, requires_grad: bool) -> Var { self.var(t, requires_grad) }
-    pub fn constant(&mut self, t: Tensor) -> Var { self.var(t, false) }
+    pub fn leaf(&mut self, t: Tensor, requires_grad: bool) -> Var {
+        self.var(t, requires_grad)
+    }
+    pub fn constant(&mut self, t: Tensor) -> Var {
+        self.var(t, false)
+    }
 
     /// Records `outputs = op(inputs)`; `backward` maps output gradients to input gradients.
-    fn push(&mut self, inputs: &[&Var], outs: Vec<Tensor>, backward: impl FnOnce(&[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + Send + 'static) -> Vec<Var> {
+    fn push(
+        &mut self,
+        inputs: &[&Var],
+        outs: Vec<Tensor>,
+        backward: impl FnOnce(&[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + Send + 'static,
+    ) -> Vec<Var> {
         let rg = self.record && inputs.iter().any(|v| v.requires_grad);
         let vars: Vec<Var> = outs.into_iter().map(|t| self.var(t, rg)).collect();
         if rg {
@@ -123,7 +154,12 @@ impl Graph {
         vars
     }
 
-    fn push1(&mut self, inputs: &[&Var], out: Tensor, backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + 'static) -> Var {
+    fn push1(
+        &mut self,
+        inputs: &[&Var],
+        out: Tensor,
+        backward: impl FnOnce(&Tensor) -> Result<Vec<Option<Tensor>>> + Send + 'static,
+    ) -> Var {
         self.push(inputs, vec![out], move |g| match &g[0] {
             Some(g) => backward(g),
             None => Ok(vec![]),
@@ -146,15 +182,22 @@ impl Graph {
 
     /// y = x·Wᵀ + b
     pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
-        if let Some(f) = &mut self.linear_hook { f(w, &x.t); }
+        if let Some(f) = &mut self.linear_hook {
+            f(w, &x.t);
+        }
         let y = timed("linear", || ops::matmul::linear(&x.t, &w.t, b.map(|b| &b.t)))?;
         let (xt, wt, need_dx) = (x.t.clone(), w.t.clone(), x.requires_grad);
         let has_bias = b.is_some();
-        let inputs: Vec<&Var> = match b { Some(b) => vec![x, w, b], None => vec![x, w] };
+        let inputs: Vec<&Var> = match b {
+            Some(b) => vec![x, w, b],
+            None => vec![x, w],
+        };
         Ok(self.push1(&inputs, y, move |g| {
             let (dx, dw, db) = timed("linear.bwd", || ops::matmul::linear_backward(&xt, &wt, g, need_dx, has_bias))?;
             let mut r = vec![dx, Some(dw)];
-            if has_bias { r.push(db); }
+            if has_bias {
+                r.push(db);
+            }
             Ok(r)
         }))
     }
@@ -163,7 +206,9 @@ impl Graph {
     pub fn embedding(&mut self, table: &Var, ids: &Tensor) -> Result<Var> {
         let y = timed("embedding", || ops::embedding::embedding(&table.t, ids))?;
         let (tt, it) = (table.t.clone(), ids.clone());
-        Ok(self.push1(&[table], y, move |g| Ok(vec![Some(timed("embedding.bwd", || ops::embedding::embedding_backward(&tt, &it, g))?)])))
+        Ok(self.push1(&[table], y, move |g| {
+            Ok(vec![Some(timed("embedding.bwd", || ops::embedding::embedding_backward(&tt, &it, g))?)])
+        }))
     }
 
     pub fn rmsnorm(&mut self, x: &Var, w: &Var, eps: f64) -> Result<Var> {
@@ -202,18 +247,29 @@ impl Graph {
     pub fn rope(&mut self, x: &Var, table: &Arc<RopeTable>, pos0: usize) -> Result<Var> {
         let y = timed("rope", || ops::rope::rope(&x.t, table, pos0))?;
         let table = table.clone();
-        Ok(self.push1(&[x], y, move |g| Ok(vec![Some(timed("rope.bwd", || ops::rope::rope_backward(g, &table, pos0))?)])))
+        Ok(self
+            .push1(&[x], y, move |g| Ok(vec![Some(timed("rope.bwd", || ops::rope::rope_backward(g, &table, pos0))?)])))
     }
 
     /// Causal GQA attention with scores scaled by `scale`; k, v hold `tk` valid rows (see `ops::attention`).
-    pub fn attention(&mut self, q: &Var, k: &Var, v: &Var, tk: usize, window: Option<usize>, scale: f32) -> Result<Var> {
+    pub fn attention(
+        &mut self,
+        q: &Var,
+        k: &Var,
+        v: &Var,
+        tk: usize,
+        window: Option<usize>,
+        scale: f32,
+    ) -> Result<Var> {
         let (o, lse) = timed("attention", || ops::attention::attention(&q.t, &k.t, &v.t, tk, window, scale))?;
         if self.record && k.t.shape()[1] != tk {
             bail!("attention: a training graph needs k/v of exactly the valid length");
         }
         let (qt, kt, vt, ot) = (q.t.clone(), k.t.clone(), v.t.clone(), o.clone());
         Ok(self.push1(&[q, k, v], o, move |g| {
-            let (dq, dk, dv) = timed("attention.bwd", || ops::attention::attention_backward(&qt, &kt, &vt, &ot, &lse, g, window, scale))?;
+            let (dq, dk, dv) = timed("attention.bwd", || {
+                ops::attention::attention_backward(&qt, &kt, &vt, &ot, &lse, g, window, scale)
+            })?;
             Ok(vec![Some(dq), Some(dk), Some(dv)])
         }))
     }
@@ -233,7 +289,9 @@ impl Graph {
         let (lt, tt) = (logits.t.clone(), targets.clone());
         Ok(self.push1(&[logits], loss, move |g| {
             let d = g.as_f32()?[0];
-            Ok(vec![Some(timed("cross_entropy.bwd", || ops::cross_entropy::cross_entropy_backward(&lt, &tt, &lse, d, count))?)])
+            Ok(vec![Some(timed("cross_entropy.bwd", || {
+                ops::cross_entropy::cross_entropy_backward(&lt, &tt, &lse, d, count)
+            })?)])
         }))
     }
 
@@ -245,7 +303,14 @@ impl Graph {
     /// turns them into softmax − onehot with the saved logsumexp, accumulates dh and writes the
     /// slice's rows of dW. With one chunk each way it computes exactly `linear` then
     /// `cross_entropy`.
-    pub fn linear_cross_entropy(&mut self, h: &Var, w: &Var, targets: &Tensor, rows: usize, vocab: usize) -> Result<Var> {
+    pub fn linear_cross_entropy(
+        &mut self,
+        h: &Var,
+        w: &Var,
+        targets: &Tensor,
+        rows: usize,
+        vocab: usize,
+    ) -> Result<Var> {
         let (n, v) = (h.t.rows(), w.t.rows());
         if targets.numel() != n {
             bail!("linear_cross_entropy: {} targets for {n} rows", targets.numel());
@@ -258,8 +323,13 @@ impl Graph {
         let (rc, vc) = (rows.clamp(1, n.max(1)), vocab.clamp(1, v.max(1)));
         let device = h.t.device();
         let targets = targets.to_device(device)?; // uploaded once, read by every chunk
-        let rows = move |t: &Tensor, r0: usize, m: usize| if m == t.rows() { Ok(t.clone()) } else { t.narrow_rows(r0, m) };
-        let chunks = move || (0..v).step_by(vc).map(move |v0| (v0, vc.min(v - v0))).flat_map(move |(v0, vn)| (0..n).step_by(rc).enumerate().map(move |(i, r0)| (v0, vn, i, r0, rc.min(n - r0))));
+        let rows =
+            move |t: &Tensor, r0: usize, m: usize| if m == t.rows() { Ok(t.clone()) } else { t.narrow_rows(r0, m) };
+        let chunks = move || {
+            (0..v).step_by(vc).map(move |v0| (v0, vc.min(v - v0))).flat_map(move |(v0, vn)| {
+                (0..n).step_by(rc).enumerate().map(move |(i, r0)| (v0, vn, i, r0, rc.min(n - r0)))
+            })
+        };
         let mut state = ops::cross_entropy::lse_state(n, device)?;
         let mut wc = w.t.clone();
         for (v0, vn, _, r0, m) in chunks() {
@@ -387,7 +457,11 @@ mod tests {
         let (n, c, v) = (23, 8, 11);
         let h = Tensor::from_f32(rand(n * c), &[n, c]).unwrap();
         let w = Tensor::from_f32(rand(v * c), &[v, c]).unwrap();
-        let t = Tensor::from_u32((0..n as u32).map(|i| if i == 4 { ops::cross_entropy::IGNORE } else { i * 7 % v as u32 }).collect(), &[n]).unwrap();
+        let t = Tensor::from_u32(
+            (0..n as u32).map(|i| if i == 4 { ops::cross_entropy::IGNORE } else { i * 7 % v as u32 }).collect(),
+            &[n],
+        )
+        .unwrap();
         let run = |chunks: Option<(usize, usize)>| {
             let mut g = Graph::training();
             let (hv, wv) = (g.leaf(h.clone(), true), g.leaf(w.clone(), true));

@@ -83,18 +83,12 @@ pub fn device_of<'a>(what: &str, tensors: impl IntoIterator<Item = &'a Tensor>) 
     };
     let d = first.device();
     if let Some(other) = it.find(|t| t.device() != d) {
-        bail!(
-            "{what}: inputs on {d} and on {} (move them to one device first)",
-            other.device()
-        );
+        bail!("{what}: inputs on {d} and on {} (move them to one device first)", other.device());
     }
     Ok(d)
 }
 
 /// The backend of the one device `tensors` live on (see [`device_of`]).
-pub fn on<'a>(
-    what: &str,
-    tensors: impl IntoIterator<Item = &'a Tensor>,
-) -> Result<&'static dyn Backend> {
+pub fn on<'a>(what: &str, tensors: impl IntoIterator<Item = &'a Tensor>) -> Result<&'static dyn Backend> {
     Ok(backend(device_of(what, tensors)?))
 }

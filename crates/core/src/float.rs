@@ -47,10 +47,20 @@ pub trait Float:
     /// The pointers and strides must describe valid, non-overlapping (for C) memory.
     #[allow(clippy::too_many_arguments)]
     unsafe fn gemm(
-        m: usize, k: usize, n: usize, alpha: Self,
-        a: *const Self, rsa: isize, csa: isize,
-        b: *const Self, rsb: isize, csb: isize,
-        beta: Self, c: *mut Self, rsc: isize, csc: isize,
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: Self,
+        a: *const Self,
+        rsa: isize,
+        csa: isize,
+        b: *const Self,
+        rsb: isize,
+        csb: isize,
+        beta: Self,
+        c: *mut Self,
+        rsc: isize,
+        csc: isize,
     );
 }
 
@@ -60,21 +70,60 @@ macro_rules! impl_float {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
-            #[inline(always)] fn from_f64(v: f64) -> Self { v as $t }
-            #[inline(always)] fn to_f64(self) -> f64 { self as f64 }
-            #[inline(always)] fn exp(self) -> Self { <$t>::exp(self) }
-            #[inline(always)] fn exp_fast(self) -> Self { $fast(self) }
-            #[inline(always)] fn ln(self) -> Self { <$t>::ln(self) }
-            #[inline(always)] fn sqrt(self) -> Self { <$t>::sqrt(self) }
-            #[inline(always)] fn max(self, o: Self) -> Self { <$t>::max(self, o) }
-            #[inline(always)] fn is_finite(self) -> bool { <$t>::is_finite(self) }
-            #[inline(always)] fn mul_add(self, b: Self, c: Self) -> Self { <$t>::mul_add(self, b, c) }
-            fn swiglu_into(y: &mut [Self], g: &[Self], u: &[Self]) { $swiglu(y, g, u) }
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn exp_fast(self) -> Self {
+                $fast(self)
+            }
+            #[inline(always)]
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn max(self, o: Self) -> Self {
+                <$t>::max(self, o)
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
+            }
+            #[inline(always)]
+            fn mul_add(self, b: Self, c: Self) -> Self {
+                <$t>::mul_add(self, b, c)
+            }
+            fn swiglu_into(y: &mut [Self], g: &[Self], u: &[Self]) {
+                $swiglu(y, g, u)
+            }
             unsafe fn gemm(
-                m: usize, k: usize, n: usize, alpha: Self,
-                a: *const Self, rsa: isize, csa: isize,
-                b: *const Self, rsb: isize, csb: isize,
-                beta: Self, c: *mut Self, rsc: isize, csc: isize,
+                m: usize,
+                k: usize,
+                n: usize,
+                alpha: Self,
+                a: *const Self,
+                rsa: isize,
+                csa: isize,
+                b: *const Self,
+                rsb: isize,
+                csb: isize,
+                beta: Self,
+                c: *mut Self,
+                rsc: isize,
+                csc: isize,
             ) {
                 $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
             }
@@ -85,7 +134,9 @@ impl_float!(f32, matrixmultiply::sgemm, exp_f32, crate::ggml::swiglu);
 impl_float!(f64, matrixmultiply::dgemm, f64::exp, swiglu_f64);
 
 fn swiglu_f64(y: &mut [f64], g: &[f64], u: &[f64]) {
-    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) { *y = g / (1.0 + (-g).exp()) * u; }
+    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+        *y = g / (1.0 + (-g).exp()) * u;
+    }
 }
 
 /// e^x for f32 without a libm call (Cephes' expf: x = n·ln2 + r, a degree-6 polynomial for

@@ -13,9 +13,13 @@
 #[inline(always)]
 pub fn reduce16(v: &[f32; 16]) -> f32 {
     let mut t3 = [0f32; 8];
-    for i in 0..8 { t3[i] = v[i + 8] + v[i]; }
+    for i in 0..8 {
+        t3[i] = v[i + 8] + v[i];
+    }
     let mut t6 = [0f32; 4];
-    for i in 0..4 { t6[i] = t3[i + 4] + t3[i]; }
+    for i in 0..4 {
+        t6[i] = t3[i + 4] + t3[i];
+    }
     (t6[0] + t6[2]) + (t6[1] + t6[3])
 }
 
@@ -85,7 +89,9 @@ fn columns_acc(acc: &mut Vec<f32>, lanes: usize, d: usize, v: &[f32], stride: us
     for j in 0..rows {
         let e = j % lanes;
         let (a, vr, pj) = (&mut acc[e * d..(e + 1) * d], &v[j * stride..][..d], p[j]);
-        for t in 0..d { a[t] = vr[t].mul_add(pj, a[t]); }
+        for t in 0..d {
+            a[t] = vr[t].mul_add(pj, a[t]);
+        }
     }
 }
 
@@ -96,12 +102,20 @@ fn reduce16_columns(out: &mut [f32], r: &mut [f32]) {
     // dst[t] = dst[t] + src[t] for rows dst < src: `reduce16`'s steps, a vector over t.
     let add = |r: &mut [f32], dst: usize, src: usize| {
         let (lo, hi) = r.split_at_mut(src * d);
-        for (x, &y) in lo[dst * d..][..d].iter_mut().zip(&hi[..d]) { *x += y; }
+        for (x, &y) in lo[dst * d..][..d].iter_mut().zip(&hi[..d]) {
+            *x += y;
+        }
     };
-    for i in 0..8 { add(r, i, i + 8); }
-    for i in 0..4 { add(r, i, i + 4); }
+    for i in 0..8 {
+        add(r, i, i + 8);
+    }
+    for i in 0..4 {
+        add(r, i, i + 4);
+    }
     let (r0, r1, r2, r3) = (&r[..d], &r[d..2 * d], &r[2 * d..3 * d], &r[3 * d..4 * d]);
-    for t in 0..d { out[t] = (r0[t] + r2[t]) + (r1[t] + r3[t]); }
+    for t in 0..d {
+        out[t] = (r0[t] + r2[t]) + (r1[t] + r3[t]);
+    }
 }
 
 #[inline(always)]
@@ -114,13 +128,22 @@ fn dot_f32_columns_body(out: &mut [f32], v: &[f32], stride: usize, rows: usize, 
     let (lo, hi) = acc.split_at_mut(16 * d);
     for l in 0..16 {
         let (a1, a2, a3) = (&hi[l * d..][..d], &hi[(16 + l) * d..][..d], &hi[(32 + l) * d..][..d]);
-        for (t, a0) in lo[l * d..][..d].iter_mut().enumerate() { *a0 = (*a0 + a2[t]) + (a1[t] + a3[t]); }
+        for (t, a0) in lo[l * d..][..d].iter_mut().enumerate() {
+            *a0 = (*a0 + a2[t]) + (a1[t] + a3[t]);
+        }
     }
     reduce16_columns(out, &mut acc[..16 * d]);
 }
 
 #[inline(always)]
-fn dot_f32_tinyblas_columns_body(out: &mut [f32], v: &[f32], stride: usize, rows: usize, p: &[f32], acc: &mut Vec<f32>) {
+fn dot_f32_tinyblas_columns_body(
+    out: &mut [f32],
+    v: &[f32],
+    stride: usize,
+    rows: usize,
+    p: &[f32],
+    acc: &mut Vec<f32>,
+) {
     let d = out.len();
     assert!(rows <= p.len(), "dot_f32_tinyblas_columns: {rows} rows, p of {}", p.len());
     columns_acc(acc, 16, d, v, stride, rows, p);
@@ -142,12 +165,16 @@ fma_dispatch! {
 
 #[inline(always)]
 fn swiglu_body(y: &mut [f32], g: &[f32], u: &[f32]) {
-    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) { *y = silu(g) * u; }
+    for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
+        *y = silu(g) * u;
+    }
 }
 
 #[inline(always)]
 fn dot_f32_rows_body(out: &mut [f32], x: &[f32], stride: usize, y: &[f32], scale: f32) {
-    for (j, o) in out.iter_mut().enumerate() { *o = dot_f32_body(&x[j * stride..][..y.len()], y) * scale; }
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = dot_f32_body(&x[j * stride..][..y.len()], y) * scale;
+    }
 }
 
 #[inline(always)]
@@ -159,13 +186,19 @@ fn dot_f32_body(x: &[f32], y: &[f32]) -> f32 {
     for i in (0..np).step_by(64) {
         for (j, a) in acc.iter_mut().enumerate() {
             let (xs, ys) = (&x[i + 16 * j..i + 16 * j + 16], &y[i + 16 * j..i + 16 * j + 16]);
-            for l in 0..16 { a[l] = xs[l].mul_add(ys[l], a[l]); }
+            for l in 0..16 {
+                a[l] = xs[l].mul_add(ys[l], a[l]);
+            }
         }
     }
     let mut r = [0f32; 16];
-    for l in 0..16 { r[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]); }
+    for l in 0..16 {
+        r[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
     let mut s = reduce16(&r);
-    for i in np..n { s = x[i].mul_add(y[i], s); }
+    for i in np..n {
+        s = x[i].mul_add(y[i], s);
+    }
     s
 }
 
@@ -174,7 +207,9 @@ fn dot_f32_tinyblas_body(x: &[f32], y: &[f32]) -> f32 {
     debug_assert!(x.len() == y.len() && x.len() % 16 == 0);
     let mut acc = [0f32; 16];
     for (xs, ys) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
-        for l in 0..16 { acc[l] = xs[l].mul_add(ys[l], acc[l]); }
+        for l in 0..16 {
+            acc[l] = xs[l].mul_add(ys[l], acc[l]);
+        }
     }
     reduce16(&acc)
 }
@@ -212,7 +247,9 @@ pub fn expf(x: f32) -> f32 {
 
 /// ggml's AVX-512 `ggml_v_silu`: x / (1 + expf(0 − x)).
 #[inline(always)]
-pub fn silu(x: f32) -> f32 { x / (1.0 + expf(0.0 - x)) }
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + expf(0.0 - x))
+}
 
 #[inline(always)]
 fn soft_max_body(y: &mut [f32], x: &[f32], max: f32) -> f64 {
@@ -220,7 +257,9 @@ fn soft_max_body(y: &mut [f32], x: &[f32], max: f32) -> f64 {
     let mut sum = 0f64;
     for (yc, xc) in y.chunks_exact_mut(16).zip(x.chunks_exact(16)) {
         let mut v = [0f32; 16];
-        for l in 0..16 { v[l] = expf(xc[l] - max); }
+        for l in 0..16 {
+            v[l] = expf(xc[l] - max);
+        }
         yc.copy_from_slice(&v);
         sum += reduce16(&v) as f64;
     }
@@ -253,8 +292,18 @@ mod tests {
     fn expf_is_ggmls() {
         let b = include_bytes!("ggml_data/expf.bin");
         let v: Vec<f32> = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        let bad: Vec<(f32, f32, f32)> = v.chunks_exact(2).filter(|p| expf(p[0]).to_bits() != p[1].to_bits()).map(|p| (p[0], p[1], expf(p[0]))).collect();
-        assert!(bad.is_empty(), "{} of {} differ, e.g. (x, ggml, ours) {:?}", bad.len(), v.len() / 2, &bad[..bad.len().min(3)]);
+        let bad: Vec<(f32, f32, f32)> = v
+            .chunks_exact(2)
+            .filter(|p| expf(p[0]).to_bits() != p[1].to_bits())
+            .map(|p| (p[0], p[1], expf(p[0])))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{} of {} differ, e.g. (x, ggml, ours) {:?}",
+            bad.len(),
+            v.len() / 2,
+            &bad[..bad.len().min(3)]
+        );
         assert!(v.chunks_exact(2).any(|p| p[1] == 0.0) && v.chunks_exact(2).any(|p| p[1].is_infinite()));
     }
 
@@ -264,7 +313,12 @@ mod tests {
         let y: Vec<f32> = (0..200).map(|i| ((i * 53 % 97) as f32 - 48.0) / 5.0).collect();
         let want: f64 = x.iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum();
         assert!((dot_f32(&x, &y) as f64 - want).abs() < 1e-3);
-        assert!((dot_f32_tinyblas(&x[..192], &y[..192]) as f64 - x[..192].iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()).abs() < 1e-3);
+        assert!(
+            (dot_f32_tinyblas(&x[..192], &y[..192]) as f64
+                - x[..192].iter().zip(&y).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>())
+            .abs()
+                < 1e-3
+        );
     }
 
     /// The column forms give `dot_f32` / `dot_f32_tinyblas` of the transposed, zero-padded
@@ -272,21 +326,32 @@ mod tests {
     #[test]
     fn column_dots_equal_dots_of_transposed_columns() {
         let mut rng = crate::rng::Rng::new(5);
-        for (rows, d, stride) in [(1usize, 64usize, 64usize), (37, 64, 192), (64, 8, 8), (150, 64, 128), (200, 16, 48)] {
+        for (rows, d, stride) in [(1usize, 64usize, 64usize), (37, 64, 192), (64, 8, 8), (150, 64, 128), (200, 16, 48)]
+        {
             let v: Vec<f32> = (0..rows * stride).map(|_| rng.normal() as f32).collect();
             let mut acc = Vec::new();
             for pad in [64, 16] {
                 let n = rows.div_ceil(pad) * pad;
                 // Probabilities with zeros (a window) and padding zeros.
-                let p: Vec<f32> = (0..n).map(|j| if j < rows && j % 7 != 3 { rng.uniform() as f32 } else { 0.0 }).collect();
-                let col = |t: usize| -> Vec<f32> { (0..n).map(|j| if j < rows { v[j * stride + t] } else { 0.0 }).collect() };
+                let p: Vec<f32> =
+                    (0..n).map(|j| if j < rows && j % 7 != 3 { rng.uniform() as f32 } else { 0.0 }).collect();
+                let col =
+                    |t: usize| -> Vec<f32> { (0..n).map(|j| if j < rows { v[j * stride + t] } else { 0.0 }).collect() };
                 let mut got = vec![0f32; d];
                 if pad == 64 {
                     dot_f32_columns(&mut got, &v, stride, rows, &p, &mut acc);
-                    for t in 0..d { assert_eq!(got[t].to_bits(), dot_f32(&col(t), &p).to_bits(), "rows {rows} d {d} t {t}"); }
+                    for t in 0..d {
+                        assert_eq!(got[t].to_bits(), dot_f32(&col(t), &p).to_bits(), "rows {rows} d {d} t {t}");
+                    }
                 } else {
                     dot_f32_tinyblas_columns(&mut got, &v, stride, rows, &p, &mut acc);
-                    for t in 0..d { assert_eq!(got[t].to_bits(), dot_f32_tinyblas(&col(t), &p).to_bits(), "tinyblas rows {rows} d {d} t {t}"); }
+                    for t in 0..d {
+                        assert_eq!(
+                            got[t].to_bits(),
+                            dot_f32_tinyblas(&col(t), &p).to_bits(),
+                            "tinyblas rows {rows} d {d} t {t}"
+                        );
+                    }
                 }
             }
         }

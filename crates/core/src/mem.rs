@@ -12,23 +12,12 @@ pub fn available(device: Device) -> Option<u64> {
     match device {
         Device::Cpu => cpu_available(),
         #[cfg(feature = "cuda")]
-        Device::Cuda(n) => crate::cuda::gpu(n)
-            .ok()?
-            .ctx
-            .mem_get_info()
-            .ok()
-            .map(|(free, _)| free as u64),
+        Device::Cuda(n) => crate::cuda::gpu(n).ok()?.ctx.mem_get_info().ok().map(|(free, _)| free as u64),
     }
 }
 
 fn kib_field(text: &str, key: &str) -> Option<u64> {
-    text.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()
-        .map(|k| k * 1024)
+    text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse::<u64>().ok().map(|k| k * 1024)
 }
 
 fn cpu_available() -> Option<u64> {
@@ -38,15 +27,9 @@ fn cpu_available() -> Option<u64> {
             best = Some(best.map_or(v, |b| b.min(v)));
         }
     };
-    take(
-        std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|t| kib_field(&t, "MemAvailable:")),
-    );
+    take(std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| kib_field(&t, "MemAvailable:")));
     let cg = |f: &str| {
-        std::fs::read_to_string(format!("/sys/fs/cgroup/{f}"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).ok().and_then(|s| s.trim().parse::<u64>().ok())
     };
     if let (Some(max), Some(cur)) = (cg("memory.max"), cg("memory.current")) {
         take(Some(max.saturating_sub(cur)));
@@ -57,18 +40,11 @@ fn cpu_available() -> Option<u64> {
 
 #[cfg(unix)]
 fn address_space_left() -> Option<u64> {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) } != 0 || r.rlim_cur == libc::RLIM_INFINITY
-    {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut r) } != 0 || r.rlim_cur == libc::RLIM_INFINITY {
         return None;
     }
-    let used = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|t| kib_field(&t, "VmSize:"))
-        .unwrap_or(0);
+    let used = std::fs::read_to_string("/proc/self/status").ok().and_then(|t| kib_field(&t, "VmSize:")).unwrap_or(0);
     Some(r.rlim_cur.saturating_sub(used))
 }
 
@@ -94,7 +70,11 @@ pub fn ensure_fits(device: Device, need: f64, what: &str) -> Result<()> {
         return Ok(());
     };
     if need > avail as f64 {
-        bail!("{what} needs about {} of memory, but {device} has {} available; refusing before allocating", human(need), human(avail as f64));
+        bail!(
+            "{what} needs about {} of memory, but {device} has {} available; refusing before allocating",
+            human(need),
+            human(avail as f64)
+        );
     }
     Ok(())
 }

@@ -19,8 +19,12 @@ impl Rng {
         let mut x = seed;
         Rng { s: [splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x), splitmix64(&mut x)] }
     }
-    pub fn from_state(s: [u64; 4]) -> Self { Rng { s } }
-    pub fn state(&self) -> [u64; 4] { self.s }
+    pub fn from_state(s: [u64; 4]) -> Self {
+        Rng { s }
+    }
+    pub fn state(&self) -> [u64; 4] {
+        self.s
+    }
 
     pub fn next_u64(&mut self) -> u64 {
         let r = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
@@ -34,9 +38,13 @@ impl Rng {
         r
     }
     /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f64 { (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64) }
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
     /// Uniform integer in [0, n).
-    pub fn below(&mut self, n: u64) -> u64 { ((self.next_u64() as u128 * n as u128) >> 64) as u64 }
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
     /// Standard normal (Box–Muller).
     pub fn normal(&mut self) -> f64 {
         let u1 = self.uniform().max(1e-300);

@@ -12,9 +12,9 @@
 //! that says so; `to_device` moves data either way. A quantised weight (`Storage::Quant`) goes
 //! to the GPU as its blocks, unchanged (`Storage::CudaQuant`), and does not come back.
 
+use crate::quant::QuantMatrix;
 use anyhow::{bail, Result};
 use half::{bf16, f16};
-use crate::quant::QuantMatrix;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,7 +51,9 @@ pub enum Device {
 
 impl Device {
     /// Whether this is the host (whose memory host code reads and writes directly).
-    pub fn is_cpu(self) -> bool { self == Device::Cpu }
+    pub fn is_cpu(self) -> bool {
+        self == Device::Cpu
+    }
 
     /// The dtype activations are stored in on this device: f32 on the CPU; on CUDA bf16 under
     /// mixed precision (the default), f32 under `SMELT_CUDA_MATMUL=f32` (see
@@ -110,7 +112,10 @@ impl Tensor {
             Storage::U32(v) => v.len(),
             #[cfg(feature = "cuda")]
             Storage::Cuda(b) => b.len,
-            Storage::Quant(q) => { let (r, c) = q.dims(); r * c }
+            Storage::Quant(q) => {
+                let (r, c) = q.dims();
+                r * c
+            }
             #[cfg(feature = "cuda")]
             Storage::CudaQuant(q) => q.rows * q.cols,
         };
@@ -120,11 +125,21 @@ impl Tensor {
         Ok(Tensor { storage: Arc::new(storage), shape: shape.to_vec() })
     }
 
-    pub fn from_f32(data: Vec<f32>, shape: &[usize]) -> Result<Self> { Self::new(Storage::F32(data), shape) }
-    pub fn from_u32(data: Vec<u32>, shape: &[usize]) -> Result<Self> { Self::new(Storage::U32(data), shape) }
-    pub fn from_i32(data: Vec<i32>, shape: &[usize]) -> Result<Self> { Self::new(Storage::I32(data), shape) }
-    pub fn from_bf16(data: Vec<bf16>, shape: &[usize]) -> Result<Self> { Self::new(Storage::BF16(data), shape) }
-    pub fn from_f16(data: Vec<f16>, shape: &[usize]) -> Result<Self> { Self::new(Storage::F16(data), shape) }
+    pub fn from_f32(data: Vec<f32>, shape: &[usize]) -> Result<Self> {
+        Self::new(Storage::F32(data), shape)
+    }
+    pub fn from_u32(data: Vec<u32>, shape: &[usize]) -> Result<Self> {
+        Self::new(Storage::U32(data), shape)
+    }
+    pub fn from_i32(data: Vec<i32>, shape: &[usize]) -> Result<Self> {
+        Self::new(Storage::I32(data), shape)
+    }
+    pub fn from_bf16(data: Vec<bf16>, shape: &[usize]) -> Result<Self> {
+        Self::new(Storage::BF16(data), shape)
+    }
+    pub fn from_f16(data: Vec<f16>, shape: &[usize]) -> Result<Self> {
+        Self::new(Storage::F16(data), shape)
+    }
     /// A quantised 2-D weight; its shape is the matrix's `[rows, cols]`.
     pub fn from_quant(q: Arc<dyn QuantMatrix>) -> Self {
         let (r, c) = q.dims();
@@ -132,12 +147,18 @@ impl Tensor {
     }
     /// The quantised matrix, if this tensor holds one on the host.
     pub fn as_quant(&self) -> Option<&Arc<dyn QuantMatrix>> {
-        match &*self.storage { Storage::Quant(q) => Some(q), _ => None }
+        match &*self.storage {
+            Storage::Quant(q) => Some(q),
+            _ => None,
+        }
     }
     /// The quantised matrix, if this tensor holds one on a GPU.
     #[cfg(feature = "cuda")]
     pub fn as_device_quant(&self) -> Option<&crate::quant::DeviceQuant> {
-        match &*self.storage { Storage::CudaQuant(q) => Some(q), _ => None }
+        match &*self.storage {
+            Storage::CudaQuant(q) => Some(q),
+            _ => None,
+        }
     }
 
     pub fn zeros(shape: &[usize]) -> Self {
@@ -146,10 +167,16 @@ impl Tensor {
     pub fn full(shape: &[usize], v: f32) -> Self {
         Tensor { storage: Arc::new(Storage::F32(vec![v; numel(shape)])), shape: shape.to_vec() }
     }
-    pub fn scalar(v: f32) -> Self { Self::full(&[1], v) }
+    pub fn scalar(v: f32) -> Self {
+        Self::full(&[1], v)
+    }
 
-    pub fn shape(&self) -> &[usize] { &self.shape }
-    pub fn numel(&self) -> usize { numel(&self.shape) }
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    pub fn numel(&self) -> usize {
+        numel(&self.shape)
+    }
     pub fn device(&self) -> Device {
         match &*self.storage {
             #[cfg(feature = "cuda")]
@@ -174,9 +201,13 @@ impl Tensor {
         }
     }
     /// The last dimension (row length); 1 for a scalar-shaped tensor.
-    pub fn cols(&self) -> usize { *self.shape.last().unwrap_or(&1) }
+    pub fn cols(&self) -> usize {
+        *self.shape.last().unwrap_or(&1)
+    }
     /// Product of all but the last dimension.
-    pub fn rows(&self) -> usize { self.numel() / self.cols().max(1) }
+    pub fn rows(&self) -> usize {
+        self.numel() / self.cols().max(1)
+    }
 
     /// Same data, new shape (no copy).
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
@@ -189,19 +220,25 @@ impl Tensor {
     pub fn as_f32(&self) -> Result<&[f32]> {
         match &*self.storage {
             Storage::F32(v) => Ok(v),
-            _ => bail!("expected an f32 tensor on the CPU, got {:?} {:?} on {}", self.dtype(), self.shape, self.device()),
+            _ => {
+                bail!("expected an f32 tensor on the CPU, got {:?} {:?} on {}", self.dtype(), self.shape, self.device())
+            }
         }
     }
     pub fn as_u32(&self) -> Result<&[u32]> {
         match &*self.storage {
             Storage::U32(v) => Ok(v),
-            _ => bail!("expected a u32 tensor on the CPU, got {:?} {:?} on {}", self.dtype(), self.shape, self.device()),
+            _ => {
+                bail!("expected a u32 tensor on the CPU, got {:?} {:?} on {}", self.dtype(), self.shape, self.device())
+            }
         }
     }
     pub fn as_i32(&self) -> Result<&[i32]> {
         match &*self.storage {
             Storage::I32(v) => Ok(v),
-            _ => bail!("expected an i32 tensor on the CPU, got {:?} {:?} on {}", self.dtype(), self.shape, self.device()),
+            _ => {
+                bail!("expected an i32 tensor on the CPU, got {:?} {:?} on {}", self.dtype(), self.shape, self.device())
+            }
         }
     }
 
@@ -233,7 +270,9 @@ impl Tensor {
             Storage::Quant(q) => {
                 let (r, c) = q.dims();
                 let mut out = vec![0f32; r * c];
-                for (i, row) in out.chunks_mut(c.max(1)).enumerate() { q.dequantize_row(i, row); }
+                for (i, row) in out.chunks_mut(c.max(1)).enumerate() {
+                    q.dequantize_row(i, row);
+                }
                 out
             }
         })
@@ -262,7 +301,11 @@ impl Tensor {
             DType::F16 => Storage::F16(f.iter().map(|&x| f16::from_f32(x)).collect()),
             DType::I32 => Storage::I32(f.iter().map(|&x| x as i32).collect()),
             DType::U32 => Storage::U32(f.iter().map(|&x| x as u32).collect()),
-            DType::Quant => bail!("to_dtype: {:?} {:?} cannot be quantised without a block format (see smelt-gguf)", self.dtype(), self.shape),
+            DType::Quant => bail!(
+                "to_dtype: {:?} {:?} cannot be quantised without a block format (see smelt-gguf)",
+                self.dtype(),
+                self.shape
+            ),
         };
         Ok(Tensor { storage: Arc::new(storage), shape: self.shape.clone() })
     }
@@ -299,7 +342,9 @@ impl Tensor {
     }
 
     /// An f32 zero tensor of `shape` on `device`.
-    pub fn zeros_on(shape: &[usize], device: Device) -> Result<Tensor> { Tensor::zeros_typed(shape, device, DType::F32) }
+    pub fn zeros_on(shape: &[usize], device: Device) -> Result<Tensor> {
+        Tensor::zeros_typed(shape, device, DType::F32)
+    }
 
     /// A zero tensor of `shape` and `dtype` on `device` (the CPU holds f32, bf16 and f16).
     pub fn zeros_typed(shape: &[usize], device: Device, dtype: DType) -> Result<Tensor> {
@@ -339,11 +384,21 @@ impl Tensor {
                 if let Storage::Cuda(b) = &*self.storage {
                     let bytes = b.to_bytes()?;
                     let storage = match b.dtype {
-                        DType::F32 => Storage::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-                        DType::BF16 => Storage::BF16(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()),
-                        DType::F16 => Storage::F16(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect()),
-                        DType::I32 => Storage::I32(bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-                        DType::U32 => Storage::U32(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+                        DType::F32 => Storage::F32(
+                            bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                        ),
+                        DType::BF16 => {
+                            Storage::BF16(bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect())
+                        }
+                        DType::F16 => {
+                            Storage::F16(bytes.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]])).collect())
+                        }
+                        DType::I32 => Storage::I32(
+                            bytes.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                        ),
+                        DType::U32 => Storage::U32(
+                            bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                        ),
                         DType::Quant => bail!("a device buffer cannot hold quantised blocks"),
                     };
                     return Tensor::new(storage, &self.shape);
@@ -365,7 +420,12 @@ impl Tensor {
                         return Tensor::new(Storage::CudaQuant(dq), &self.shape);
                     }
                     let f = host.to_vec_f32()?;
-                    let buf = crate::cuda::DeviceBuf::from_bytes(&gpu, DType::F32, f.len(), &f.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())?;
+                    let buf = crate::cuda::DeviceBuf::from_bytes(
+                        &gpu,
+                        DType::F32,
+                        f.len(),
+                        &f.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+                    )?;
                     return Tensor::from_device_buf(buf, &self.shape);
                 }
                 let buf = crate::cuda::DeviceBuf::from_bytes(&gpu, host.dtype(), host.numel(), &host.to_le_bytes()?)?;
@@ -384,7 +444,10 @@ impl Tensor {
         #[cfg(feature = "cuda")]
         if let Storage::Cuda(b) = &*self.storage {
             let mut out = crate::cuda::DeviceBuf::alloc(&b.gpu, b.dtype, n * c)?;
-            b.gpu.stream.memcpy_dtod(&b.view(start * c, n * c), &mut out.data).map_err(|e| anyhow::anyhow!("narrow_rows on {:?}: {e:?}", b.gpu))?;
+            b.gpu
+                .stream
+                .memcpy_dtod(&b.view(start * c, n * c), &mut out.data)
+                .map_err(|e| anyhow::anyhow!("narrow_rows on {:?}: {e:?}", b.gpu))?;
             return Tensor::from_device_buf(out, &[n, c]);
         }
         match &*self.storage {
@@ -398,7 +461,15 @@ impl Tensor {
     pub fn write_at(&mut self, offset: usize, src: &Tensor) -> Result<()> {
         let n = src.numel();
         if offset + n > self.numel() || src.dtype() != self.dtype() || src.device() != self.device() {
-            bail!("write_at: cannot write {:?} {:?} on {} at {offset} into {:?} {:?} on {}", src.dtype(), src.shape, src.device(), self.dtype(), self.shape, self.device());
+            bail!(
+                "write_at: cannot write {:?} {:?} on {} at {offset} into {:?} {:?} on {}",
+                src.dtype(),
+                src.shape,
+                src.device(),
+                self.dtype(),
+                self.shape,
+                self.device()
+            );
         }
         #[cfg(feature = "cuda")]
         if let Storage::Cuda(_) = &*self.storage {
@@ -406,7 +477,10 @@ impl Tensor {
             let gpu = sb.gpu.clone();
             let d = self.cuda_buf_mut()?;
             let mut dst = d.view_mut(offset, n);
-            return gpu.stream.memcpy_dtod(&sb.view(0, n), &mut dst).map_err(|e| anyhow::anyhow!("write_at on {gpu:?}: {e:?}"));
+            return gpu
+                .stream
+                .memcpy_dtod(&sb.view(0, n), &mut dst)
+                .map_err(|e| anyhow::anyhow!("write_at on {gpu:?}: {e:?}"));
         }
         let s = src.as_f32()?;
         self.f32_mut()?[offset..offset + n].copy_from_slice(s);

@@ -13,9 +13,9 @@
 
 use smelt_core::cuda::{self, MatmulPrecision};
 use smelt_core::ops::{embedding::embedding, matmul::linear};
+use smelt_core::quant::{dequantize, GgmlType, QTensor};
 use smelt_core::rng::Rng;
 use smelt_core::{DType, Device, Tensor};
-use smelt_core::quant::{dequantize, GgmlType, QTensor};
 
 fn gpu() -> Option<Device> {
     let d = smelt_testing::gpu()?;
@@ -31,7 +31,9 @@ fn seed() -> u64 {
     s
 }
 
-fn randn(r: &mut Rng, n: usize, scale: f32) -> Vec<f32> { (0..n).map(|_| r.normal() as f32 * scale).collect() }
+fn randn(r: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| r.normal() as f32 * scale).collect()
+}
 
 use smelt_testing::nmse;
 
@@ -47,7 +49,8 @@ fn reference(x: &[f32], w: &[f32], b: Option<&[f32]>, n: usize, k: usize, m: usi
     y
 }
 
-const FORMATS: [GgmlType; 6] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
+const FORMATS: [GgmlType; 6] =
+    [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
 
 #[test]
 fn quantised_linear_and_embedding_on_gpu_match_the_cpu_dequantiser() {
@@ -93,8 +96,16 @@ fn quantised_linear_and_embedding_on_gpu_match_the_cpu_dequantiser() {
                     (true, MatmulPrecision::Bf16) => 1e-5,
                     (false, _) => big_tol,
                 };
-                println!("  {} {precision:?} n={n:<2}{} nmse {e:.3e} (tol {tol:.0e})", ty.name(), if with_bias { " +bias" } else { "" });
-                assert!(e.is_finite() && e <= tol, "{} {precision:?} n={n}: NMSE {e:e} > {tol:e} (or NaN: an element was not written)", ty.name());
+                println!(
+                    "  {} {precision:?} n={n:<2}{} nmse {e:.3e} (tol {tol:.0e})",
+                    ty.name(),
+                    if with_bias { " +bias" } else { "" }
+                );
+                assert!(
+                    e.is_finite() && e <= tol,
+                    "{} {precision:?} n={n}: NMSE {e:e} > {tol:e} (or NaN: an element was not written)",
+                    ty.name()
+                );
             }
         }
 
@@ -144,7 +155,11 @@ fn quantised_device_weights_refuse_gradients_and_host_inputs() {
     let Some(d) = gpu() else { return };
     let mut r = Rng::new(seed());
     let (m, k) = (8, 64);
-    let dev = QTensor::quantize(GgmlType::Q8_0, &randn(&mut r, m * k, 1.0), m, k).unwrap().into_tensor().to_device(d).unwrap();
+    let dev = QTensor::quantize(GgmlType::Q8_0, &randn(&mut r, m * k, 1.0), m, k)
+        .unwrap()
+        .into_tensor()
+        .to_device(d)
+        .unwrap();
     let x = Tensor::from_f32(randn(&mut r, 2 * k, 1.0), &[2, k]).unwrap();
     // The backend seam refuses inputs on two devices, naming both.
     let err = linear(&x, &dev, None).unwrap_err().to_string();

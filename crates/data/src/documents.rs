@@ -19,7 +19,10 @@ use std::sync::Arc;
 
 /// How a file's bytes become documents, from its name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format { Text, Jsonl }
+pub enum Format {
+    Text,
+    Jsonl,
+}
 
 pub fn format_of(path: &Path) -> (Format, bool) {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_ascii_lowercase();
@@ -36,7 +39,10 @@ pub struct Doc {
 }
 
 /// Counts raw (on-disk, possibly compressed) bytes read, for progress bars.
-struct Counting<R> { inner: R, n: Arc<AtomicU64> }
+struct Counting<R> {
+    inner: R,
+    n: Arc<AtomicU64>,
+}
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -70,15 +76,22 @@ pub struct DocStream {
 impl DocStream {
     pub fn new(files: Vec<PathBuf>, field: &str) -> Self {
         DocStream {
-            files, next_file: 0, cur: None, field: field.to_string(),
-            bytes_read: Arc::new(AtomicU64::new(0)), lossy_docs: 0, lossy_files: Vec::new(),
+            files,
+            next_file: 0,
+            cur: None,
+            field: field.to_string(),
+            bytes_read: Arc::new(AtomicU64::new(0)),
+            lossy_docs: 0,
+            lossy_files: Vec::new(),
             line_buf: Vec::new(),
         }
     }
 
     /// Raw bytes read so far across all files (compressed size for `.gz`); shared with progress
     /// reporters on other threads.
-    pub fn bytes_counter(&self) -> Arc<AtomicU64> { self.bytes_read.clone() }
+    pub fn bytes_counter(&self) -> Arc<AtomicU64> {
+        self.bytes_read.clone()
+    }
 
     /// Total on-disk size of all inputs, the denominator for progress.
     pub fn total_bytes(&self) -> u64 {
@@ -119,16 +132,22 @@ impl DocStream {
             match cur.fmt {
                 Format::Text => {
                     let mut bytes = Vec::new();
-                    cur.reader.read_to_end(&mut bytes).with_context(|| format!("reading input {}", cur.path.display()))?;
+                    cur.reader
+                        .read_to_end(&mut bytes)
+                        .with_context(|| format!("reading input {}", cur.path.display()))?;
                     let path = cur.path.clone();
                     self.cur = None;
                     let (text, lossy) = to_string_lossy(bytes);
-                    if lossy { self.note_lossy(&path) }
+                    if lossy {
+                        self.note_lossy(&path)
+                    }
                     return Ok(Some(Doc { text, lossy }));
                 }
                 Format::Jsonl => {
                     self.line_buf.clear();
-                    let n = cur.reader.read_until(b'\n', &mut self.line_buf)
+                    let n = cur
+                        .reader
+                        .read_until(b'\n', &mut self.line_buf)
                         .with_context(|| format!("reading input {} after line {}", cur.path.display(), cur.line))?;
                     if n == 0 {
                         self.cur = None;
@@ -140,10 +159,12 @@ impl DocStream {
                     }
                     let (line, lossy) = to_string_lossy(std::mem::take(&mut self.line_buf));
                     let (path, lineno) = (cur.path.clone(), cur.line);
-                    let text = json_field(&line, &self.field)
-                        .with_context(|| format!("{}:{lineno}", path.display()))?;
+                    let text =
+                        json_field(&line, &self.field).with_context(|| format!("{}:{lineno}", path.display()))?;
                     self.line_buf = line.into_bytes();
-                    if lossy { self.note_lossy(&path) }
+                    if lossy {
+                        self.note_lossy(&path)
+                    }
                     return Ok(Some(Doc { text, lossy }));
                 }
             }
@@ -157,7 +178,10 @@ impl DocStream {
         let mut bytes = 0;
         while out.len() < max_docs && bytes < max_bytes {
             match self.next_doc()? {
-                Some(d) => { bytes += d.text.len(); out.push(d) }
+                Some(d) => {
+                    bytes += d.text.len();
+                    out.push(d)
+                }
                 None => break,
             }
         }

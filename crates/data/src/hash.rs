@@ -56,7 +56,9 @@ pub fn unit_f64(h: u64) -> f64 {
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
-    pub fn new(seed: u64) -> Self { SplitMix64(seed) }
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
     #[inline]
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);

@@ -27,15 +27,23 @@ impl Batcher {
         if file.len() < seq + 1 {
             bail!(
                 "{}: {} tokens, too short for sequence length {seq} (needs at least {})",
-                file.path().display(), file.len(), seq + 1
+                file.path().display(),
+                file.len(),
+                seq + 1
             );
         }
         Ok(Batcher { file, batch, seq, seed })
     }
 
-    pub fn file(&self) -> &TokenFile { &self.file }
-    pub fn batch_size(&self) -> usize { self.batch }
-    pub fn seq_len(&self) -> usize { self.seq }
+    pub fn file(&self) -> &TokenFile {
+        &self.file
+    }
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+    pub fn seq_len(&self) -> usize {
+        self.seq
+    }
 
     /// Start of row `b`'s window at `step`; any start in `0..=len-(seq+1)` is equally likely.
     pub fn offset(&self, step: u64, b: usize) -> usize {

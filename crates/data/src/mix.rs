@@ -17,8 +17,8 @@ pub struct MixSource {
 
 /// Parse `path:ratio`; the ratio follows the last `:` so paths with colons still work.
 pub fn parse_source(spec: &str) -> Result<MixSource> {
-    let (path, w) = spec.rsplit_once(':')
-        .with_context(|| format!("--input {spec:?}: expected PATH:RATIO, e.g. web.bin:0.7"))?;
+    let (path, w) =
+        spec.rsplit_once(':').with_context(|| format!("--input {spec:?}: expected PATH:RATIO, e.g. web.bin:0.7"))?;
     let weight: f64 = w.parse().with_context(|| format!("--input {spec:?}: ratio {w:?} is not a number"))?;
     if !(weight > 0.0 && weight.is_finite()) {
         bail!("--input {spec:?}: ratio must be a positive number");
@@ -91,11 +91,15 @@ fn shuffled(n: usize, seed: u64, source: usize, pass: u64) -> Vec<u32> {
 }
 
 /// On an error the writer's temporary is removed as it drops.
-pub fn mix(cfg: &MixConfig) -> Result<MixSummary> { run(cfg) }
+pub fn mix(cfg: &MixConfig) -> Result<MixSummary> {
+    run(cfg)
+}
 
 fn open_source(path: &Path) -> Result<(TokenFile, u32)> {
     let f = TokenFile::open(path)?;
-    let eos = f.eos_id().with_context(|| format!("{}: the token file has no EOS id, so it cannot be split into documents", path.display()))?;
+    let eos = f.eos_id().with_context(|| {
+        format!("{}: the token file has no EOS id, so it cannot be split into documents", path.display())
+    })?;
     if f.is_empty() {
         bail!("{}: the token file is empty", path.display());
     }
@@ -140,8 +144,12 @@ fn run(cfg: &MixConfig) -> Result<MixSummary> {
     let dir = cfg.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if let Some(free) = smelt_files::staging::disk_free(dir) {
         if n * width > free as f64 {
-            bail!("--tokens {n}: {} would take about {:.1} GiB, but its disk has {:.1} GiB free", cfg.output.display(),
-                  n * width / (1u64 << 30) as f64, free as f64 / (1u64 << 30) as f64);
+            bail!(
+                "--tokens {n}: {} would take about {:.1} GiB, but its disk has {:.1} GiB free",
+                cfg.output.display(),
+                n * width / (1u64 << 30) as f64,
+                free as f64 / (1u64 << 30) as f64
+            );
         }
     }
 
@@ -179,15 +187,20 @@ fn run(cfg: &MixConfig) -> Result<MixSummary> {
         s.docs += 1;
     }
     let tokens = w.finish()?;
-    let sources = srcs.iter().zip(&ratios).zip(&cfg.sources).map(|((s, &ratio), src)| SourceReport {
-        path: src.path.clone(),
-        ratio,
-        available_tokens: s.file.len() as u64,
-        available_documents: s.ends.len() as u64,
-        tokens: s.taken,
-        documents: s.docs,
-        realised: s.taken as f64 / tokens as f64,
-        passes: s.taken as f64 / s.file.len() as f64,
-    }).collect();
+    let sources = srcs
+        .iter()
+        .zip(&ratios)
+        .zip(&cfg.sources)
+        .map(|((s, &ratio), src)| SourceReport {
+            path: src.path.clone(),
+            ratio,
+            available_tokens: s.file.len() as u64,
+            available_documents: s.ends.len() as u64,
+            tokens: s.taken,
+            documents: s.docs,
+            realised: s.taken as f64 / tokens as f64,
+            passes: s.taken as f64 / s.file.len() as f64,
+        })
+        .collect();
     Ok(MixSummary { sources, tokens, output: cfg.output.clone() })
 }

@@ -5,8 +5,8 @@
 //! is followed by the tokenizer's EOS. Memory holds a few batches, never the corpus.
 //! The validation split is a pure function of (document index, seed): see [`is_val_doc`].
 
-use crate::hash::{hash_u64s, unit_f64};
 use crate::documents::{Doc, DocStream};
+use crate::hash::{hash_u64s, unit_f64};
 use crate::tokens::TokenWriter;
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
@@ -31,8 +31,13 @@ pub struct PrepareConfig {
 impl PrepareConfig {
     pub fn new(inputs: Vec<String>, output: PathBuf) -> Self {
         PrepareConfig {
-            inputs, field: "text".into(), output, val_fraction: 0.0, seed: 0,
-            batch_docs: 4096, batch_bytes: 32 << 20,
+            inputs,
+            field: "text".into(),
+            output,
+            val_fraction: 0.0,
+            seed: 0,
+            batch_docs: 4096,
+            batch_bytes: 32 << 20,
         }
     }
 }
@@ -89,16 +94,29 @@ pub fn prepare(cfg: &PrepareConfig, tok: &Tokenizer, progress: &(dyn Fn(u64, u64
 }
 
 fn run(
-    cfg: &PrepareConfig, tok: &Tokenizer, eos: u32, vocab: u32, files: Vec<PathBuf>,
-    val_path: Option<PathBuf>, progress: &(dyn Fn(u64, u64) + Sync),
+    cfg: &PrepareConfig,
+    tok: &Tokenizer,
+    eos: u32,
+    vocab: u32,
+    files: Vec<PathBuf>,
+    val_path: Option<PathBuf>,
+    progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<PrepareSummary> {
     let t0 = std::time::Instant::now();
-    let mut s = PrepareSummary { input_files: files.len(), train_path: cfg.output.clone(), val_path: val_path.clone(), ..Default::default() };
+    let mut s = PrepareSummary {
+        input_files: files.len(),
+        train_path: cfg.output.clone(),
+        val_path: val_path.clone(),
+        ..Default::default()
+    };
     let mut stream = DocStream::new(files, &cfg.field);
     let counter = stream.bytes_counter();
     let total = stream.total_bytes();
     let mut train = TokenWriter::create(&cfg.output, vocab, Some(eos))?;
-    let mut val = match &val_path { Some(p) => Some(TokenWriter::create(p, vocab, Some(eos))?), None => None };
+    let mut val = match &val_path {
+        Some(p) => Some(TokenWriter::create(p, vocab, Some(eos))?),
+        None => None,
+    };
 
     // Reading (and gunzip / JSON parsing) overlaps tokenisation: a bounded channel of 2 batches
     // keeps memory at a few batches.
@@ -109,7 +127,9 @@ fn run(
             loop {
                 let b = stream.next_batch(batch_docs, batch_bytes);
                 let done = matches!(&b, Ok(v) if v.is_empty()) || b.is_err();
-                if tx.send(b).is_err() || done { break; }
+                if tx.send(b).is_err() || done {
+                    break;
+                }
             }
             stream
         });
@@ -119,7 +139,9 @@ fn run(
         let mut index = 0u64;
         for batch in rx.iter() {
             let batch = batch?;
-            if batch.is_empty() { break; }
+            if batch.is_empty() {
+                break;
+            }
             let ids: Vec<Vec<u32>> = batch.par_iter().map(|d| tok.encode_with(&d.text, false)).collect();
             for (doc, mut ids) in batch.iter().zip(ids) {
                 if doc.text.is_empty() {
@@ -131,8 +153,16 @@ fn run(
                 let to_val = is_val_doc(index, cfg.seed, cfg.val_fraction);
                 index += 1;
                 match (&mut val, to_val) {
-                    (Some(v), true) => { v.push(&ids)?; s.val_documents += 1; s.val_tokens += ids.len() as u64 }
-                    _ => { train.push(&ids)?; s.documents += 1; s.tokens += ids.len() as u64 }
+                    (Some(v), true) => {
+                        v.push(&ids)?;
+                        s.val_documents += 1;
+                        s.val_tokens += ids.len() as u64
+                    }
+                    _ => {
+                        train.push(&ids)?;
+                        s.documents += 1;
+                        s.tokens += ids.len() as u64
+                    }
                 }
             }
             progress(counter.load(Ordering::Relaxed), total);
@@ -147,7 +177,9 @@ fn run(
         bail!("no documents in the inputs ({} files, all empty)", s.input_files);
     }
     train.finish()?;
-    if let Some(v) = val { v.finish()?; }
+    if let Some(v) = val {
+        v.finish()?;
+    }
     s.input_bytes = counter.load(Ordering::Relaxed);
     s.seconds = t0.elapsed().as_secs_f64();
     Ok(s)

@@ -49,20 +49,36 @@ impl TokenFile {
             bail!("{p}: token width {width} bytes in header, expected 2 or 4");
         }
         let vocab_size = u32_at(16);
-        let eos = match u32_at(20) { u32::MAX => None, e => Some(e) };
+        let eos = match u32_at(20) {
+            u32::MAX => None,
+            e => Some(e),
+        };
         let len = u64::from_le_bytes(map[24..32].try_into().unwrap()) as usize;
         let want = HEADER_LEN as u128 + len as u128 * width as u128;
         if map.len() as u128 != want {
-            bail!("{p}: header says {len} tokens ({want} bytes) but the file has {} bytes (truncated or corrupt)", map.len());
+            bail!(
+                "{p}: header says {len} tokens ({want} bytes) but the file has {} bytes (truncated or corrupt)",
+                map.len()
+            );
         }
         Ok(TokenFile { path: path.to_path_buf(), map, width, vocab_size, eos, len })
     }
 
-    pub fn path(&self) -> &Path { &self.path }
-    pub fn len(&self) -> usize { self.len }
-    pub fn is_empty(&self) -> bool { self.len == 0 }
-    pub fn vocab_size(&self) -> u32 { self.vocab_size }
-    pub fn eos_id(&self) -> Option<u32> { self.eos }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn vocab_size(&self) -> u32 {
+        self.vocab_size
+    }
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
+    }
 
     #[inline]
     pub fn get(&self, i: usize) -> u32 {
@@ -109,14 +125,20 @@ impl TokenWriter {
             if id >= self.vocab_size {
                 bail!("token id {id} out of vocabulary ({}) while writing {}", self.vocab_size, self.path.display());
             }
-            let w = if self.width == 2 { self.out.write_all(&(id as u16).to_le_bytes()) } else { self.out.write_all(&id.to_le_bytes()) };
+            let w = if self.width == 2 {
+                self.out.write_all(&(id as u16).to_le_bytes())
+            } else {
+                self.out.write_all(&id.to_le_bytes())
+            };
             w.with_context(|| format!("writing {}", self.path.display()))?;
         }
         self.count += ids.len() as u64;
         Ok(())
     }
 
-    pub fn count(&self) -> u64 { self.count }
+    pub fn count(&self) -> u64 {
+        self.count
+    }
 
     pub fn finish(self) -> Result<u64> {
         use std::io::{Seek, SeekFrom};
@@ -129,13 +151,15 @@ impl TokenWriter {
         h.extend_from_slice(&self.vocab_size.to_le_bytes());
         h.extend_from_slice(&self.eos.unwrap_or(u32::MAX).to_le_bytes());
         h.extend_from_slice(&self.count.to_le_bytes());
-        f.seek(SeekFrom::Start(0)).and_then(|_| f.write_all(&h)).and_then(|_| f.sync_all()).with_context(|| format!("writing {path}"))?;
+        f.seek(SeekFrom::Start(0))
+            .and_then(|_| f.write_all(&h))
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("writing {path}"))?;
         drop(f);
         self.tmp.commit(&self.path)?;
         Ok(self.count)
     }
 }
-
 
 #[cfg(test)]
 mod tests {

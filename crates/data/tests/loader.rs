@@ -18,7 +18,12 @@ fn resume_at_any_step_is_exact() {
     let a = Batcher::new(TokenFile::open(&d.join("t.bin")).unwrap(), 4, 64, 42).unwrap();
     let b = Batcher::new(TokenFile::open(&d.join("t.bin")).unwrap(), 4, 64, 42).unwrap();
     let (mut x, mut y, mut x2, mut y2) = (vec![], vec![], vec![], vec![]);
-    let forward: Vec<_> = (0..50).map(|s| { a.batch(s, &mut x, &mut y); (x.clone(), y.clone()) }).collect();
+    let forward: Vec<_> = (0..50)
+        .map(|s| {
+            a.batch(s, &mut x, &mut y);
+            (x.clone(), y.clone())
+        })
+        .collect();
     // a "resumed" loader asked for steps in reverse order gives the same batches
     for s in (0..50).rev() {
         b.batch(s, &mut x2, &mut y2);

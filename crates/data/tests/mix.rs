@@ -26,7 +26,9 @@ fn docs_of(p: &Path) -> Vec<Vec<u32>> {
     v.split_inclusive(|&t| t == 0).map(|d| d.to_vec()).collect()
 }
 
-fn src(p: PathBuf, weight: f64) -> MixSource { MixSource { path: p, weight } }
+fn src(p: PathBuf, weight: f64) -> MixSource {
+    MixSource { path: p, weight }
+}
 
 #[test]
 fn ratios_whole_documents_and_determinism() {
@@ -35,7 +37,9 @@ fn ratios_whole_documents_and_determinism() {
     make(&d.join("b.bin"), 2, 500, 300);
     let cfg = |out: &str, seed| MixConfig {
         sources: vec![src(d.join("a.bin"), 0.7), src(d.join("b.bin"), 0.3)],
-        output: d.join(out), tokens: None, seed,
+        output: d.join(out),
+        tokens: None,
+        seed,
     };
     let s = mix(&cfg("m.bin", 1)).unwrap();
     // default size: b is scarcest relative to its ratio, so all of b is used exactly once
@@ -75,8 +79,11 @@ fn explicit_token_count_repeats_and_reports_it() {
     let a_len = TokenFile::open(&d.join("a.bin")).unwrap().len() as u64;
     let s = mix(&MixConfig {
         sources: vec![src(d.join("a.bin"), 1.0), src(d.join("b.bin"), 1.0)],
-        output: d.join("m.bin"), tokens: Some(a_len * 4), seed: 0,
-    }).unwrap();
+        output: d.join("m.bin"),
+        tokens: Some(a_len * 4),
+        seed: 0,
+    })
+    .unwrap();
     assert!(s.tokens >= a_len * 4 && s.tokens < a_len * 4 + 200);
     assert!(s.sources.iter().all(|r| r.passes > 1.5));
 }
@@ -88,8 +95,13 @@ fn mismatched_vocab_and_bad_specs_are_errors() {
     make(&d.join("b.bin"), 2, 10, 400);
     let e = mix(&MixConfig {
         sources: vec![src(d.join("a.bin"), 1.0), src(d.join("b.bin"), 1.0)],
-        output: d.join("m.bin"), tokens: None, seed: 0,
-    }).err().unwrap().to_string();
+        output: d.join("m.bin"),
+        tokens: None,
+        seed: 0,
+    })
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("b.bin") && e.contains("vocabulary"), "{e}");
     assert!(!d.join("m.bin").exists() && !d.join("m.bin.tmp").exists());
     assert!(parse_source("x.bin").is_err());

@@ -35,7 +35,11 @@ fn round_trip_over_text_gz_jsonl_and_directories() {
     gz.finish().unwrap();
     write_jsonl(&d.join("rest.jsonl"), &docs[3..]);
     let mut cfg = PrepareConfig::new(
-        vec![d.join("dir").display().to_string(), d.join("c.txt.gz").display().to_string(), d.join("rest.jsonl").display().to_string()],
+        vec![
+            d.join("dir").display().to_string(),
+            d.join("c.txt.gz").display().to_string(),
+            d.join("rest.jsonl").display().to_string(),
+        ],
         d.join("train.bin"),
     );
     cfg.batch_docs = 7; // many batches, to exercise ordering across them
@@ -63,8 +67,10 @@ fn val_split_is_whole_documents_by_hash_and_deterministic() {
     };
     let s = run("a.bin", 1000);
     assert_eq!(s.val_path.as_deref(), Some(d.join("a.val.bin").as_path()));
-    let want_val: Vec<String> = docs.iter().enumerate().filter(|(i, _)| is_val_doc(*i as u64, 7, 0.1)).map(|(_, t)| t.clone()).collect();
-    let want_train: Vec<String> = docs.iter().enumerate().filter(|(i, _)| !is_val_doc(*i as u64, 7, 0.1)).map(|(_, t)| t.clone()).collect();
+    let want_val: Vec<String> =
+        docs.iter().enumerate().filter(|(i, _)| is_val_doc(*i as u64, 7, 0.1)).map(|(_, t)| t.clone()).collect();
+    let want_train: Vec<String> =
+        docs.iter().enumerate().filter(|(i, _)| !is_val_doc(*i as u64, 7, 0.1)).map(|(_, t)| t.clone()).collect();
     let frac = want_val.len() as f64 / docs.len() as f64;
     assert!((0.06..0.14).contains(&frac), "val fraction {frac}");
     let val = TokenFile::open(&d.join("a.val.bin")).unwrap();

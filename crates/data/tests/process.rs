@@ -11,9 +11,7 @@ use smelt_data::process::{process, Dedup, ProcessConfig};
 /// contain it, so in an n-word text k scattered changes give Jaccard ≈ (n-5k)/(n+5k): 0.8 allows
 /// about n/45 changes.
 fn perturb(text: &str, at: &[usize]) -> String {
-    text.split(' ').enumerate()
-        .map(|(i, w)| if at.contains(&i) { "CHANGED" } else { w })
-        .collect::<Vec<_>>().join(" ")
+    text.split(' ').enumerate().map(|(i, w)| if at.contains(&i) { "CHANGED" } else { w }).collect::<Vec<_>>().join(" ")
 }
 
 #[test]
@@ -28,14 +26,28 @@ fn corpus_prose_passes_and_junk_is_caught_by_its_rule() {
         (p[..100].to_string(), Rule::TooShort),
         (p.repeat(2000), Rule::TooLong),
         (format!("{p}\nLorem ipsum dolor sit amet."), Rule::LoremIpsum),
-        (format!("{p}\nClick here to continue.\nThis website uses cookies.\nPlease enable JavaScript.\nPrivacy policy."), Rule::Boilerplate),
+        (
+            format!(
+                "{p}\nClick here to continue.\nThis website uses cookies.\nPlease enable JavaScript.\nPrivacy policy."
+            ),
+            Rule::Boilerplate,
+        ),
         (format!("{p} {}", "<div>{{$x}}</div> ".repeat(p.len() / 20)), Rule::SymbolRatio),
         (format!("{p} {}", "0x1F 2048 65536 ".repeat(p.len() / 20)), Rule::DigitRatio),
         // a number after every other word: few digits, but a third of the words have no letter
-        (p.split(' ').enumerate().map(|(i, w)| if i % 2 == 0 { format!("{w} {}", i % 10) } else { w.to_string() })
-            .collect::<Vec<_>>().join(" "), Rule::AlphaWords),
+        (
+            p.split(' ')
+                .enumerate()
+                .map(|(i, w)| if i % 2 == 0 { format!("{w} {}", i % 10) } else { w.to_string() })
+                .collect::<Vec<_>>()
+                .join(" "),
+            Rule::AlphaWords,
+        ),
         (format!("{p} {}", "a b c d e ".repeat(p.len() / 8)), Rule::WordLength),
-        (p.split(' ').map(|w| w.trim_end_matches(['.', ',', ':', ')', '?'])).collect::<Vec<_>>().join("\n"), Rule::PunctLines),
+        (
+            p.split(' ').map(|w| w.trim_end_matches(['.', ',', ':', ')', '?'])).collect::<Vec<_>>().join("\n"),
+            Rule::PunctLines,
+        ),
         (format!("{p}\n{}", "Call now for details.\n".repeat(5)), Rule::RepeatedLines),
         (format!("{p} {}.", "kernel memory ".repeat(p.len() / 25)), Rule::TopNgram),
         (format!("{p} {p}"), Rule::DupNgram),
@@ -54,7 +66,9 @@ fn minhash_separates_near_duplicates_from_unrelated_text() {
     let sa = m.signature(a);
     assert!(estimated_jaccard(&sa, &m.signature(&near)) >= 0.8);
     for other in &paragraphs(60)[..200] {
-        if other == a { continue }
+        if other == a {
+            continue;
+        }
         assert!(estimated_jaccard(&sa, &m.signature(other)) < 0.2);
     }
 }

@@ -38,7 +38,11 @@ pub fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
             let mut matched = Vec::new();
             for p in paths {
                 let p = p.with_context(|| format!("input {spec:?}: reading a glob match"))?;
-                if p.is_dir() { walk(&p, &mut matched)? } else { matched.push(p) }
+                if p.is_dir() {
+                    walk(&p, &mut matched)?
+                } else {
+                    matched.push(p)
+                }
             }
             matched.sort();
             files.extend(matched);
@@ -72,7 +76,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
             continue;
         }
-        if p.is_dir() { walk(&p, out)? } else { out.push(p) }
+        if p.is_dir() {
+            walk(&p, out)?
+        } else {
+            out.push(p)
+        }
     }
     Ok(())
 }

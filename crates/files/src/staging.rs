@@ -23,11 +23,7 @@ fn random_u32() -> u32 {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     h.finish() as u32
 }
 
@@ -38,31 +34,17 @@ pub fn unique_id() -> String {
 
 /// `<dir>/.<name>.tmp-<pid>-<random hex>` for the target `<dir>/<name>`.
 pub fn temp_name(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = target
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    dir.join(format!(
-        ".{name}.tmp-{}-{:08x}",
-        std::process::id(),
-        random_u32()
-    ))
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    dir.join(format!(".{name}.tmp-{}-{:08x}", std::process::id(), random_u32()))
 }
 
 /// The pid a temporary name was made by: `….tmp-<pid>-<hex>`, or the older
 /// `.tmp-<name>-<pid>` / `.old-<name>-<pid>` of checkpoint folders.
 fn owner_pid(name: &str) -> Option<u32> {
-    if let Some((_, tail)) = name
-        .rsplit_once(".tmp-")
-        .filter(|(head, _)| !head.is_empty())
-    {
+    if let Some((_, tail)) = name.rsplit_once(".tmp-").filter(|(head, _)| !head.is_empty()) {
         let (pid, hex) = tail.split_once('-')?;
-        return (hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then_some(pid.parse().ok()?);
+        return (hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(pid.parse().ok()?);
     }
     if name.starts_with(".tmp-") || name.starts_with(".old-") {
         return name.rsplit_once('-')?.1.parse().ok();
@@ -128,9 +110,7 @@ impl Temp {
         if let (Some(dir), Some(name)) = (path.parent(), target.file_name()) {
             sweep_stale(dir, Some(&format!(".{}.tmp-", name.to_string_lossy())));
         }
-        LIVE.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(path.clone());
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(path.clone());
         Temp { path, done: false }
     }
 
@@ -181,21 +161,17 @@ pub fn swap_dir(new: &Path, target: &Path) -> Result<()> {
         return Ok(());
     }
     let aside = temp_name(target);
-    std::fs::rename(target, &aside)
-        .with_context(|| format!("moving old {} aside", target.display()))?;
-    std::fs::rename(new, target)
-        .with_context(|| format!("renaming {} to {}", new.display(), target.display()))?;
-    std::fs::rename(&aside, new)
-        .with_context(|| format!("renaming {} to {}", aside.display(), new.display()))
+    std::fs::rename(target, &aside).with_context(|| format!("moving old {} aside", target.display()))?;
+    std::fs::rename(new, target).with_context(|| format!("renaming {} to {}", new.display(), target.display()))?;
+    std::fs::rename(&aside, new).with_context(|| format!("renaming {} to {}", aside.display(), new.display()))
 }
 
 #[cfg(target_os = "linux")]
 fn exchange(a: &Path, b: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let (Ok(a), Ok(b)) = (
-        std::ffi::CString::new(a.as_os_str().as_bytes()),
-        std::ffi::CString::new(b.as_os_str().as_bytes()),
-    ) else {
+    let (Ok(a), Ok(b)) =
+        (std::ffi::CString::new(a.as_os_str().as_bytes()), std::ffi::CString::new(b.as_os_str().as_bytes()))
+    else {
         return false;
     };
     // Through syscall(2): glibc's renameat2 wrapper is newer than some systems smelt runs on.
@@ -259,11 +235,7 @@ impl DirLock {
                 let mut pid = String::new();
                 let _ = file.read_to_string(&mut pid);
                 let pid = pid.trim();
-                let by = if pid.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (pid {pid})")
-                };
+                let by = if pid.is_empty() { String::new() } else { format!(" (pid {pid})") };
                 bail!("{} is in use by another {what}{by}, which holds {}; wait for it to finish or choose another directory", dir.display(), path.display());
             }
             // A filesystem without locks (some network mounts): say so, and go on unguarded
@@ -305,32 +277,28 @@ pub fn install_signal_cleanup() {
     }
     PIPE.store(fds[1], Ordering::Relaxed);
     let reader = fds[0];
-    let spawned = std::thread::Builder::new()
-        .name("smelt-signals".into())
-        .spawn(move || {
-            let mut b = 0u8;
-            loop {
-                let n = unsafe { libc::read(reader, (&mut b as *mut u8).cast(), 1) };
-                if n == 1 {
-                    break;
-                }
-                if n < 0
-                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-                {
-                    continue;
-                }
-                return;
+    let spawned = std::thread::Builder::new().name("smelt-signals".into()).spawn(move || {
+        let mut b = 0u8;
+        loop {
+            let n = unsafe { libc::read(reader, (&mut b as *mut u8).cast(), 1) };
+            if n == 1 {
+                break;
             }
-            let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
-            for p in live {
-                let _ = remove_path(&p);
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
             }
-            let sig = b as libc::c_int;
-            unsafe {
-                libc::signal(sig, libc::SIG_DFL);
-                libc::raise(sig);
-            }
-        });
+            return;
+        }
+        let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
+        for p in live {
+            let _ = remove_path(&p);
+        }
+        let sig = b as libc::c_int;
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    });
     if spawned.is_ok() {
         let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
         unsafe {
@@ -349,10 +317,7 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_parse_back() {
-        let (a, b) = (
-            temp_name(Path::new("d/out.bin")),
-            temp_name(Path::new("d/out.bin")),
-        );
+        let (a, b) = (temp_name(Path::new("d/out.bin")), temp_name(Path::new("d/out.bin")));
         assert_ne!(a, b);
         let n = a.file_name().unwrap().to_string_lossy().into_owned();
         assert!(n.starts_with(".out.bin.tmp-"), "{n}");
@@ -390,11 +355,7 @@ mod tests {
         std::fs::write(t.path().join("v"), b"2").unwrap();
         t.commit_dir(&d.join("final")).unwrap();
         assert_eq!(std::fs::read(d.join("final/v")).unwrap(), b"2");
-        assert_eq!(
-            std::fs::read_dir(&d).unwrap().count(),
-            1,
-            "the old folder is removed"
-        );
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1, "the old folder is removed");
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -403,10 +364,7 @@ mod tests {
         let d = std::env::temp_dir().join(format!("smelt-lock-{}", std::process::id()));
         let a = DirLock::acquire(&d, "test").unwrap();
         let e = DirLock::acquire(&d, "test").unwrap_err().to_string();
-        assert!(
-            e.contains("in use") && e.contains(&std::process::id().to_string()),
-            "{e}"
-        );
+        assert!(e.contains("in use") && e.contains(&std::process::id().to_string()), "{e}");
         drop(a);
         DirLock::acquire(&d, "test").unwrap();
         let _ = std::fs::remove_dir_all(&d);

@@ -13,14 +13,39 @@ use std::path::{Path, PathBuf};
 
 /// GGUF metadata value type ids, as stored in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ValueType { U8, I8, U16, I16, U32, I32, F32, Bool, String, Array, U64, I64, F64 }
+pub enum ValueType {
+    U8,
+    I8,
+    U16,
+    I16,
+    U32,
+    I32,
+    F32,
+    Bool,
+    String,
+    Array,
+    U64,
+    I64,
+    F64,
+}
 
 impl ValueType {
     fn from_id(id: u32) -> Option<Self> {
         use ValueType::*;
         Some(match id {
-            0 => U8, 1 => I8, 2 => U16, 3 => I16, 4 => U32, 5 => I32, 6 => F32, 7 => Bool,
-            8 => String, 9 => Array, 10 => U64, 11 => I64, 12 => F64,
+            0 => U8,
+            1 => I8,
+            2 => U16,
+            3 => I16,
+            4 => U32,
+            5 => I32,
+            6 => F32,
+            7 => Bool,
+            8 => String,
+            9 => Array,
+            10 => U64,
+            11 => I64,
+            12 => F64,
             _ => return None,
         })
     }
@@ -29,8 +54,18 @@ impl ValueType {
 /// One metadata value. Arrays may nest (an array of arrays).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
-    U8(u8), I8(i8), U16(u16), I16(i16), U32(u32), I32(i32), U64(u64), I64(i64),
-    F32(f32), F64(f64), Bool(bool), String(String),
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    String(String),
     Array(Vec<Value>),
 }
 
@@ -38,29 +73,54 @@ impl Value {
     /// Any integer type widened to i128-safe u64 when non-negative.
     pub fn as_u64(&self) -> Option<u64> {
         match *self {
-            Value::U8(v) => Some(v as u64), Value::U16(v) => Some(v as u64),
-            Value::U32(v) => Some(v as u64), Value::U64(v) => Some(v),
-            Value::I8(v) if v >= 0 => Some(v as u64), Value::I16(v) if v >= 0 => Some(v as u64),
-            Value::I32(v) if v >= 0 => Some(v as u64), Value::I64(v) if v >= 0 => Some(v as u64),
+            Value::U8(v) => Some(v as u64),
+            Value::U16(v) => Some(v as u64),
+            Value::U32(v) => Some(v as u64),
+            Value::U64(v) => Some(v),
+            Value::I8(v) if v >= 0 => Some(v as u64),
+            Value::I16(v) if v >= 0 => Some(v as u64),
+            Value::I32(v) if v >= 0 => Some(v as u64),
+            Value::I64(v) if v >= 0 => Some(v as u64),
             _ => None,
         }
     }
     pub fn as_i64(&self) -> Option<i64> {
         match *self {
-            Value::I8(v) => Some(v as i64), Value::I16(v) => Some(v as i64),
-            Value::I32(v) => Some(v as i64), Value::I64(v) => Some(v),
+            Value::I8(v) => Some(v as i64),
+            Value::I16(v) => Some(v as i64),
+            Value::I32(v) => Some(v as i64),
+            Value::I64(v) => Some(v),
             _ => self.as_u64().and_then(|v| i64::try_from(v).ok()),
         }
     }
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
-            Value::F32(v) => Some(v as f64), Value::F64(v) => Some(v),
+            Value::F32(v) => Some(v as f64),
+            Value::F64(v) => Some(v),
             _ => self.as_i64().map(|v| v as f64),
         }
     }
-    pub fn as_bool(&self) -> Option<bool> { if let Value::Bool(b) = *self { Some(b) } else { None } }
-    pub fn as_str(&self) -> Option<&str> { if let Value::String(s) = self { Some(s) } else { None } }
-    pub fn as_array(&self) -> Option<&[Value]> { if let Value::Array(a) = self { Some(a) } else { None } }
+    pub fn as_bool(&self) -> Option<bool> {
+        if let Value::Bool(b) = *self {
+            Some(b)
+        } else {
+            None
+        }
+    }
+    pub fn as_str(&self) -> Option<&str> {
+        if let Value::String(s) = self {
+            Some(s)
+        } else {
+            None
+        }
+    }
+    pub fn as_array(&self) -> Option<&[Value]> {
+        if let Value::Array(a) = self {
+            Some(a)
+        } else {
+            None
+        }
+    }
 }
 
 /// A tensor's description; `offset` is relative to the data section start.
@@ -83,7 +143,10 @@ enum Bytes {
 impl std::ops::Deref for Bytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        match self { Bytes::Mmap(m) => m, Bytes::Owned(v) => v }
+        match self {
+            Bytes::Mmap(m) => m,
+            Bytes::Owned(v) => v,
+        }
     }
 }
 
@@ -103,8 +166,12 @@ pub struct GgufFile {
 
 impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GgufFile").field("path", &self.path).field("version", &self.version)
-            .field("metadata", &self.metadata.len()).field("tensors", &self.tensors.len()).finish()
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("metadata", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
     }
 }
 
@@ -127,28 +194,48 @@ fn min_item_bytes(ty: ValueType) -> usize {
     }
 }
 
-struct Cursor<'a> { buf: &'a [u8], pos: usize, path: &'a Path, items: usize }
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+    items: usize,
+}
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.buf.len());
         match end {
-            Some(end) => { let s = &self.buf[self.pos..end]; self.pos = end; Ok(s) }
-            None => bail!("{}: truncated GGUF: {what} needs {n} bytes at offset {}, file has {}",
-                          self.path.display(), self.pos, self.buf.len()),
+            Some(end) => {
+                let s = &self.buf[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => bail!(
+                "{}: truncated GGUF: {what} needs {n} bytes at offset {}, file has {}",
+                self.path.display(),
+                self.pos,
+                self.buf.len()
+            ),
         }
     }
     fn arr<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
         Ok(self.take(N, what)?.try_into().expect("take returned N bytes"))
     }
-    fn u32(&mut self, what: &str) -> Result<u32> { Ok(u32::from_le_bytes(self.arr(what)?)) }
-    fn u64(&mut self, what: &str) -> Result<u64> { Ok(u64::from_le_bytes(self.arr(what)?)) }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.arr(what)?))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.arr(what)?))
+    }
     fn len(&mut self, what: &str, min_item: usize) -> Result<usize> {
         let n = self.u64(what)?;
         let left = (self.buf.len() - self.pos) as u64;
         if n.saturating_mul(min_item as u64) > left {
-            bail!("{}: corrupt GGUF: {what} count {n} at offset {} exceeds the {left} bytes left",
-                  self.path.display(), self.pos - 8);
+            bail!(
+                "{}: corrupt GGUF: {what} count {n} at offset {} exceeds the {left} bytes left",
+                self.path.display(),
+                self.pos - 8
+            );
         }
         Ok(n as usize)
     }
@@ -176,9 +263,13 @@ impl<'a> Cursor<'a> {
             ValueType::F32 => Value::F32(f32::from_le_bytes(self.arr(what)?)),
             ValueType::F64 => Value::F64(f64::from_le_bytes(self.arr(what)?)),
             ValueType::Bool => match self.arr::<1>(what)?[0] {
-                0 => Value::Bool(false), 1 => Value::Bool(true),
-                b => bail!("{}: {what}: bool byte {b} at offset {} is neither 0 nor 1",
-                           self.path.display(), self.pos - 1),
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => bail!(
+                    "{}: {what}: bool byte {b} at offset {} is neither 0 nor 1",
+                    self.path.display(),
+                    self.pos - 1
+                ),
             },
             ValueType::String => Value::String(self.string(what)?),
             ValueType::Array => {
@@ -186,8 +277,8 @@ impl<'a> Cursor<'a> {
                     bail!("{}: {what}: arrays nested deeper than {MAX_NESTING}", self.path.display());
                 }
                 let id = self.u32(what)?;
-                let ity = ValueType::from_id(id).with_context(|| format!(
-                    "{}: {what}: unknown array item type {id}", self.path.display()))?;
+                let ity = ValueType::from_id(id)
+                    .with_context(|| format!("{}: {what}: unknown array item type {id}", self.path.display()))?;
                 let n = self.len(what, min_item_bytes(ity))?;
                 self.items = self.items.saturating_add(n);
                 if self.items > MAX_ARRAY_ITEMS {
@@ -195,7 +286,9 @@ impl<'a> Cursor<'a> {
                           self.path.display());
                 }
                 let mut items = Vec::with_capacity(n.min(1 << 20));
-                for _ in 0..n { items.push(self.value(ity, "array item", depth + 1)?); }
+                for _ in 0..n {
+                    items.push(self.value(ity, "array item", depth + 1)?);
+                }
                 Value::Array(items)
             }
         })
@@ -209,8 +302,8 @@ impl GgufFile {
         let file = File::open(path).with_context(|| format!("opening GGUF {}", path.display()))?;
         // SAFETY: the map is read-only; we rely on the file not being truncated while open,
         // as every mmap-based model loader does.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }
-            .with_context(|| format!("memory-mapping {}", path.display()))?;
+        let mmap =
+            unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("memory-mapping {}", path.display()))?;
         Self::parse(path.to_path_buf(), Bytes::Mmap(mmap))
     }
 
@@ -221,8 +314,9 @@ impl GgufFile {
 
     fn parse(path: PathBuf, mmap: Bytes) -> Result<Self> {
         let mut c = Cursor { buf: &mmap[..], pos: 0, path: &path, items: 0 };
-        let magic = c.take(4, "magic").map_err(|_| anyhow::anyhow!(
-            "{}: not a GGUF file (shorter than the 4-byte magic)", path.display()))?;
+        let magic = c
+            .take(4, "magic")
+            .map_err(|_| anyhow::anyhow!("{}: not a GGUF file (shorter than the 4-byte magic)", path.display()))?;
         if magic != b"GGUF" {
             bail!("{}: not a GGUF file (magic {:02x?}, expected \"GGUF\")", path.display(), magic);
         }
@@ -238,8 +332,8 @@ impl GgufFile {
         for i in 0..n_kv {
             let key = c.string(&format!("metadata key #{i}"))?;
             let id = c.u32(&format!("type of metadata {key}"))?;
-            let ty = ValueType::from_id(id).with_context(|| format!(
-                "{}: metadata {key}: unknown value type {id}", path.display()))?;
+            let ty = ValueType::from_id(id)
+                .with_context(|| format!("{}: metadata {key}: unknown value type {id}", path.display()))?;
             let v = c.value(ty, &format!("metadata {key}"), 0)?;
             index.insert(key.clone(), metadata.len());
             metadata.push((key, v));
@@ -255,12 +349,17 @@ impl GgufFile {
         for i in 0..n_tensors {
             let name = c.string(&format!("tensor #{i} name"))?;
             let nd = c.u32(&format!("tensor {name} n_dims"))?;
-            if nd > 8 { bail!("{}: tensor {name}: {nd} dimensions (at most 8 allowed)", path.display()); }
+            if nd > 8 {
+                bail!("{}: tensor {name}: {nd} dimensions (at most 8 allowed)", path.display());
+            }
             let dims = (0..nd).map(|_| c.u64(&format!("tensor {name} dims"))).collect::<Result<Vec<_>>>()?;
             let ggml_type = c.u32(&format!("tensor {name} type"))?;
             let offset = c.u64(&format!("tensor {name} offset"))?;
             if offset % alignment != 0 {
-                bail!("{}: tensor {name}: offset {offset} is not a multiple of the alignment {alignment}", path.display());
+                bail!(
+                    "{}: tensor {name}: offset {offset} is not a multiple of the alignment {alignment}",
+                    path.display()
+                );
             }
             tensors.push(TensorInfo { name, dims, ggml_type, offset });
         }
@@ -268,38 +367,59 @@ impl GgufFile {
         let data_offset = pos.div_ceil(alignment) * alignment;
         let file_len = mmap.len() as u64;
         if n_tensors > 0 && data_offset > file_len {
-            bail!("{}: truncated GGUF: data section would start at {data_offset}, file has {file_len} bytes", path.display());
+            bail!(
+                "{}: truncated GGUF: data section would start at {data_offset}, file has {file_len} bytes",
+                path.display()
+            );
         }
         for t in &tensors {
             if data_offset.checked_add(t.offset).is_none_or(|s| s > file_len) {
-                bail!("{}: tensor {}: offset {} lies past the end of the file ({file_len} bytes)",
-                      path.display(), t.name, t.offset);
+                bail!(
+                    "{}: tensor {}: offset {} lies past the end of the file ({file_len} bytes)",
+                    path.display(),
+                    t.name,
+                    t.offset
+                );
             }
         }
         Ok(GgufFile { path, mmap, version, metadata, index, tensors, alignment, data_offset })
     }
 
-    pub fn path(&self) -> &Path { &self.path }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 
     /// A metadata value by key.
-    pub fn get(&self, key: &str) -> Option<&Value> { self.index.get(key).map(|&i| &self.metadata[i].1) }
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.index.get(key).map(|&i| &self.metadata[i].1)
+    }
 
-    pub fn get_str(&self, key: &str) -> Option<&str> { self.get(key).and_then(Value::as_str) }
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.get(key).and_then(Value::as_str)
+    }
 
     /// A metadata value that must be present, with an error naming the file and key otherwise.
     pub fn require(&self, key: &str) -> Result<&Value> {
         self.get(key).with_context(|| format!("{}: missing metadata key {key}", self.path.display()))
     }
 
-    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> { self.tensors.iter().find(|t| t.name == name) }
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
 
     /// A tensor's block format and its bytes; an error for types smelt cannot compute with, for
     /// element counts that are not whole blocks, and for data outside the file.
     pub fn tensor_bytes(&self, t: &TensorInfo) -> Result<(crate::GgmlType, &[u8])> {
-        let ty = crate::GgmlType::from_id(t.ggml_type).with_context(|| format!(
+        let ty = crate::GgmlType::from_id(t.ggml_type).with_context(|| {
+            format!(
             "{}: tensor {}: type {} ({}) is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q6_k)",
-            self.path.display(), t.name, crate::ggml_type_name(t.ggml_type), t.ggml_type))?;
-        let n = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|&n| n <= usize::MAX as u64 / 4)
+            self.path.display(), t.name, crate::ggml_type_name(t.ggml_type), t.ggml_type)
+        })?;
+        let n = t
+            .dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= usize::MAX as u64 / 4)
             .with_context(|| format!("{}: tensor {}: dims {:?} overflow", self.path.display(), t.name, t.dims))?;
         let row = t.dims.first().copied().unwrap_or(1) as usize;
         let len = ty.row_bytes(row).with_context(|| format!("{}: tensor {}", self.path.display(), t.name))? as u64
@@ -314,8 +434,13 @@ impl GgufFile {
         let end = start.and_then(|s| s.checked_add(len));
         match (start, end) {
             (Some(s), Some(e)) if e <= self.mmap.len() as u64 => Ok(&self.mmap[s as usize..e as usize]),
-            _ => bail!("{}: tensor {}: {len} bytes at offset {} run past the end of the file ({} bytes)",
-                       self.path.display(), t.name, t.offset, self.mmap.len()),
+            _ => bail!(
+                "{}: tensor {}: {len} bytes at offset {} run past the end of the file ({} bytes)",
+                self.path.display(),
+                t.name,
+                t.offset,
+                self.mmap.len()
+            ),
         }
     }
 }

@@ -15,13 +15,19 @@ pub struct GgufWriter {
 }
 
 impl Default for GgufWriter {
-    fn default() -> Self { Self::new() }
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl GgufWriter {
-    pub fn new() -> Self { GgufWriter { metadata: vec![], tensors: vec![] } }
+    pub fn new() -> Self {
+        GgufWriter { metadata: vec![], tensors: vec![] }
+    }
 
-    pub fn kv(&mut self, key: &str, v: Value) { self.metadata.push((key.to_string(), v)); }
+    pub fn kv(&mut self, key: &str, v: Value) {
+        self.metadata.push((key.to_string(), v));
+    }
 
     /// A tensor of Hugging Face `shape` (outermost first) already in `ty`'s bytes.
     pub fn tensor(&mut self, name: &str, shape: &[usize], ty: GgmlType, data: Vec<u8>) -> Result<()> {
@@ -53,7 +59,9 @@ impl GgufWriter {
         for (name, shape, ty, data) in &self.tensors {
             write_str(&mut buf, name);
             buf.extend_from_slice(&(shape.len() as u32).to_le_bytes());
-            for &d in shape.iter().rev() { buf.extend_from_slice(&(d as u64).to_le_bytes()); }
+            for &d in shape.iter().rev() {
+                buf.extend_from_slice(&(d as u64).to_le_bytes());
+            }
             buf.extend_from_slice(&ty.id().to_le_bytes());
             buf.extend_from_slice(&(offset as u64).to_le_bytes());
             offset += data.len().div_ceil(ALIGN) * ALIGN;
@@ -77,26 +85,43 @@ fn write_str(b: &mut Vec<u8>, s: &str) {
 
 fn type_id(v: &Value) -> u32 {
     match v {
-        Value::U8(_) => 0, Value::I8(_) => 1, Value::U16(_) => 2, Value::I16(_) => 3, Value::U32(_) => 4,
-        Value::I32(_) => 5, Value::F32(_) => 6, Value::Bool(_) => 7, Value::String(_) => 8, Value::Array(_) => 9,
-        Value::U64(_) => 10, Value::I64(_) => 11, Value::F64(_) => 12,
+        Value::U8(_) => 0,
+        Value::I8(_) => 1,
+        Value::U16(_) => 2,
+        Value::I16(_) => 3,
+        Value::U32(_) => 4,
+        Value::I32(_) => 5,
+        Value::F32(_) => 6,
+        Value::Bool(_) => 7,
+        Value::String(_) => 8,
+        Value::Array(_) => 9,
+        Value::U64(_) => 10,
+        Value::I64(_) => 11,
+        Value::F64(_) => 12,
     }
 }
 
 fn write_value(b: &mut Vec<u8>, v: &Value) {
     match v {
-        Value::U8(x) => b.push(*x), Value::I8(x) => b.push(*x as u8),
-        Value::U16(x) => b.extend_from_slice(&x.to_le_bytes()), Value::I16(x) => b.extend_from_slice(&x.to_le_bytes()),
-        Value::U32(x) => b.extend_from_slice(&x.to_le_bytes()), Value::I32(x) => b.extend_from_slice(&x.to_le_bytes()),
-        Value::U64(x) => b.extend_from_slice(&x.to_le_bytes()), Value::I64(x) => b.extend_from_slice(&x.to_le_bytes()),
-        Value::F32(x) => b.extend_from_slice(&x.to_le_bytes()), Value::F64(x) => b.extend_from_slice(&x.to_le_bytes()),
+        Value::U8(x) => b.push(*x),
+        Value::I8(x) => b.push(*x as u8),
+        Value::U16(x) => b.extend_from_slice(&x.to_le_bytes()),
+        Value::I16(x) => b.extend_from_slice(&x.to_le_bytes()),
+        Value::U32(x) => b.extend_from_slice(&x.to_le_bytes()),
+        Value::I32(x) => b.extend_from_slice(&x.to_le_bytes()),
+        Value::U64(x) => b.extend_from_slice(&x.to_le_bytes()),
+        Value::I64(x) => b.extend_from_slice(&x.to_le_bytes()),
+        Value::F32(x) => b.extend_from_slice(&x.to_le_bytes()),
+        Value::F64(x) => b.extend_from_slice(&x.to_le_bytes()),
         Value::Bool(x) => b.push(*x as u8),
         Value::String(s) => write_str(b, s),
         Value::Array(items) => {
             // An empty array is written as an array of u8.
             b.extend_from_slice(&items.first().map_or(0, type_id).to_le_bytes());
             b.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for it in items { write_value(b, it); }
+            for it in items {
+                write_value(b, it);
+            }
         }
     }
 }

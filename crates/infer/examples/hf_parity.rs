@@ -18,9 +18,14 @@ fn main() -> Result<()> {
     let [dir, req, out] = args.as_slice() else {
         anyhow::bail!("usage: hf_parity MODEL_DIR REQUEST.json OUT.safetensors");
     };
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(req).with_context(|| format!("reading {}", req.display()))?)?;
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(req).with_context(|| format!("reading {}", req.display()))?)?;
     let ids = |k: &str| -> Result<Vec<u32>> {
-        r[k].as_array().with_context(|| format!("{}: {k} missing", req.display()))?.iter().map(|x| x.as_u64().map(|i| i as u32).context("ids must be integers")).collect()
+        r[k].as_array()
+            .with_context(|| format!("{}: {k} missing", req.display()))?
+            .iter()
+            .map(|x| x.as_u64().map(|i| i as u32).context("ids must be integers"))
+            .collect()
     };
     let t0 = Instant::now();
     let m = Model::load(dir)?;
@@ -28,11 +33,23 @@ fn main() -> Result<()> {
     let t1 = Instant::now();
     let prompt = ids("prompt_ids")?;
     let logits = m.logits(&Tensor::from_u32(prompt.clone(), &[1, prompt.len()])?, None, Logits::All)?;
-    let gen = GenerateConfig { max_tokens: r["gen_tokens"].as_u64().unwrap_or(64) as usize, sampling: SamplingConfig::default(), stop_ids: vec![] };
+    let gen = GenerateConfig {
+        max_tokens: r["gen_tokens"].as_u64().unwrap_or(64) as usize,
+        sampling: SamplingConfig::default(),
+        stop_ids: vec![],
+    };
     let g = generate(&m, &prompt, &gen, |_| {})?;
     let p = perplexity(&m, &ids("ppl_ids")?, r["window"].as_u64().unwrap_or(64) as usize, |_, _| {})?;
     let greedy = Tensor::from_i32(g.ids.iter().map(|&i| i as i32).collect(), &[g.ids.len()])?;
-    smelt_model::io::write_safetensors(out, &[("logits".into(), logits), ("greedy_ids".into(), greedy)], smelt_core::DType::F32, None)?;
-    println!("{}", serde_json::json!({"mean_nll": p.mean_nll, "predicted": p.predicted, "load_s": load_s, "run_s": t1.elapsed().as_secs_f64()}));
+    smelt_model::io::write_safetensors(
+        out,
+        &[("logits".into(), logits), ("greedy_ids".into(), greedy)],
+        smelt_core::DType::F32,
+        None,
+    )?;
+    println!(
+        "{}",
+        serde_json::json!({"mean_nll": p.mean_nll, "predicted": p.predicted, "load_s": load_s, "run_s": t1.elapsed().as_secs_f64()})
+    );
     Ok(())
 }

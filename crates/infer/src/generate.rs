@@ -34,7 +34,8 @@ pub fn stop_ids(model: &Model, tok: &Tokenizer, model_path: &Path) -> Result<Vec
     let gen = model_path.join("generation_config.json");
     if model_path.is_dir() && gen.exists() {
         let text = std::fs::read_to_string(&gen).with_context(|| format!("reading {}", gen.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", gen.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", gen.display()))?;
         match &v["eos_token_id"] {
             serde_json::Value::Null => {}
             serde_json::Value::Number(n) => ids.extend(n.as_u64().map(|x| x as u32)),
@@ -48,7 +49,12 @@ pub fn stop_ids(model: &Model, tok: &Tokenizer, model_path: &Path) -> Result<Vec
 }
 
 /// Generates after `prompt`; `on_token` sees every generated id as it is produced.
-pub fn generate(model: &Model, prompt: &[u32], cfg: &GenerateConfig, mut on_token: impl FnMut(u32)) -> Result<Generation> {
+pub fn generate(
+    model: &Model,
+    prompt: &[u32],
+    cfg: &GenerateConfig,
+    mut on_token: impl FnMut(u32),
+) -> Result<Generation> {
     if prompt.is_empty() {
         bail!("the prompt is empty after tokenisation; give some text (or a tokenizer that adds BOS)");
     }
@@ -56,7 +62,8 @@ pub fn generate(model: &Model, prompt: &[u32], cfg: &GenerateConfig, mut on_toke
     let mut sampler = Sampler::new(cfg.sampling.clone());
     sampler.observe(prompt);
     let t0 = Instant::now();
-    let mut logits = model.logits(&Tensor::from_u32(prompt.to_vec(), &[1, prompt.len()])?, Some(&mut cache), Logits::Last)?;
+    let mut logits =
+        model.logits(&Tensor::from_u32(prompt.to_vec(), &[1, prompt.len()])?, Some(&mut cache), Logits::Last)?;
     let prefill_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut ids = Vec::new();
@@ -76,5 +83,11 @@ pub fn generate(model: &Model, prompt: &[u32], cfg: &GenerateConfig, mut on_toke
         logits = model.logits(&Tensor::from_u32(vec![next], &[1, 1])?, Some(&mut cache), Logits::Last)?;
     }
     let secs = t1.elapsed().as_secs_f64().max(1e-9);
-    Ok(Generation { prompt_ids: prompt.to_vec(), tokens_per_second: ids.len() as f64 / secs, ids, stopped_on_eos: stopped, prefill_seconds })
+    Ok(Generation {
+        prompt_ids: prompt.to_vec(),
+        tokens_per_second: ids.len() as f64 / secs,
+        ids,
+        stopped_on_eos: stopped,
+        prefill_seconds,
+    })
 }

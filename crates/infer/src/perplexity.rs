@@ -14,14 +14,25 @@ pub struct Perplexity {
     pub ppl: f64,
 }
 
-pub fn perplexity(model: &Model, ids: &[u32], seq_len: usize, progress: impl FnMut(usize, usize)) -> Result<Perplexity> {
+pub fn perplexity(
+    model: &Model,
+    ids: &[u32],
+    seq_len: usize,
+    progress: impl FnMut(usize, usize),
+) -> Result<Perplexity> {
     perplexity_from(model, ids, seq_len, 0, progress)
 }
 
 /// As `perplexity`, scoring only the predictions made at window positions ≥ `from`:
 /// llama.cpp's llama-perplexity scores the second half of each window (`from` = seq_len / 2),
 /// so its figures compare with `from` = 256 at windows of 512.
-pub fn perplexity_from(model: &Model, ids: &[u32], seq_len: usize, from: usize, mut progress: impl FnMut(usize, usize)) -> Result<Perplexity> {
+pub fn perplexity_from(
+    model: &Model,
+    ids: &[u32],
+    seq_len: usize,
+    from: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Perplexity> {
     if seq_len < 2 {
         bail!("--seq-len must be at least 2");
     }

@@ -58,7 +58,9 @@ impl Sampler {
     }
 
     /// Ids the repetition penalty counts as seen (the prompt); sampled ids join by themselves.
-    pub fn observe(&mut self, ids: &[u32]) { self.pending.extend_from_slice(ids); }
+    pub fn observe(&mut self, ids: &[u32]) {
+        self.pending.extend_from_slice(ids);
+    }
 
     /// The next token from `logits` (1, V) on the CPU or a GPU.
     pub fn sample(&mut self, logits: &Tensor) -> Result<u32> {

@@ -17,9 +17,13 @@ pub struct Stats {
 
 impl Stats {
     pub fn of(v: &[f32]) -> Stats {
-        let (mut s, mut s2, mut min, mut max, mut bad, mut n) = (0f64, 0f64, f32::INFINITY, f32::NEG_INFINITY, 0, 0usize);
+        let (mut s, mut s2, mut min, mut max, mut bad, mut n) =
+            (0f64, 0f64, f32::INFINITY, f32::NEG_INFINITY, 0, 0usize);
         for &x in v {
-            if !x.is_finite() { bad += 1; continue; }
+            if !x.is_finite() {
+                bad += 1;
+                continue;
+            }
             s += x as f64;
             s2 += (x as f64) * (x as f64);
             min = min.min(x);
@@ -45,10 +49,13 @@ pub fn trace(model: &Model, ids: &[u32]) -> Result<Vec<Stage>> {
     let p = model.param_vars(&mut g, false);
     let tokens = Tensor::from_u32(ids.to_vec(), &[1, ids.len()])?;
     model.forward(&mut g, &p, &tokens, None, Logits::All, false)?;
-    g.take_trace().into_iter().map(|e| {
-        let stats = Stats::of(&e.tensor.to_vec_f32()?);
-        Ok(Stage { name: e.name, tensor: e.tensor, seconds: e.seconds, stats })
-    }).collect()
+    g.take_trace()
+        .into_iter()
+        .map(|e| {
+            let stats = Stats::of(&e.tensor.to_vec_f32()?);
+            Ok(Stage { name: e.name, tensor: e.tensor, seconds: e.seconds, stats })
+        })
+        .collect()
 }
 
 /// The generation path step by step: the prompt through a KV cache (logits of the last
@@ -62,12 +69,19 @@ pub fn trace_decode(model: &Model, ids: &[u32], n_decode: usize) -> Result<(Vec<
         let mut g = Graph::tracing();
         let p = model.param_vars(&mut g, false);
         let tokens = Tensor::from_u32(input.clone(), &[1, input.len()])?;
-        let logits = model.forward(&mut g, &p, &tokens, Some(&mut cache), Logits::Last, false)?.tensor().to_vec_f32()?;
-        let next = logits.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32;
-        steps.push(g.take_trace().into_iter().map(|e| {
-            let stats = Stats::of(&e.tensor.to_vec_f32()?);
-            Ok(Stage { name: e.name, tensor: e.tensor, seconds: e.seconds, stats })
-        }).collect::<Result<_>>()?);
+        let logits =
+            model.forward(&mut g, &p, &tokens, Some(&mut cache), Logits::Last, false)?.tensor().to_vec_f32()?;
+        let next =
+            logits.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32;
+        steps.push(
+            g.take_trace()
+                .into_iter()
+                .map(|e| {
+                    let stats = Stats::of(&e.tensor.to_vec_f32()?);
+                    Ok(Stage { name: e.name, tensor: e.tensor, seconds: e.seconds, stats })
+                })
+                .collect::<Result<_>>()?,
+        );
         out.push(next);
         input = vec![next];
     }

@@ -16,6 +16,10 @@ fn greedy_generation_is_deterministic_and_stops_on_eos() {
     assert!(c.stopped_on_eos);
     assert_eq!(c.ids, a.ids[..first].to_vec());
     // Sampling with a seed is reproducible.
-    let s = GenerateConfig { max_tokens: 10, sampling: SamplingConfig { temperature: 1.0, seed: 4, ..Default::default() }, stop_ids: vec![] };
+    let s = GenerateConfig {
+        max_tokens: 10,
+        sampling: SamplingConfig { temperature: 1.0, seed: 4, ..Default::default() },
+        stop_ids: vec![],
+    };
     assert_eq!(generate(&m, &[5], &s, |_| {}).unwrap().ids, generate(&m, &[5], &s, |_| {}).unwrap().ids);
 }

@@ -21,38 +21,55 @@ use smelt_core::Tensor;
 use smelt_model::{KvCache, Logits, Model};
 use std::path::PathBuf;
 
-fn root() -> PathBuf { PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..") }
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
 
 /// The published SmolLM2 Q4_1 file, or None (a reported skip) when it was not fetched.
 fn smollm2_q4_1() -> Option<PathBuf> {
     smelt_testing::input("smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
-fn argmax(l: &[f32]) -> u32 { l.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32 }
+fn argmax(l: &[f32]) -> u32 {
+    l.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32
+}
 
-fn ids(v: &serde_json::Value) -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() }
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
 
 /// Greedy tokens, free running.
 fn greedy(model: &Model, prompt: &[u32], n: usize, eos: u32) -> Vec<u32> {
     let mut cache = KvCache::new(&model.cfg, 1, prompt.len() + n + 1);
-    let mut l = model.logits(&Tensor::from_u32(prompt.to_vec(), &[1, prompt.len()]).unwrap(), Some(&mut cache), Logits::Last).unwrap();
+    let mut l = model
+        .logits(&Tensor::from_u32(prompt.to_vec(), &[1, prompt.len()]).unwrap(), Some(&mut cache), Logits::Last)
+        .unwrap();
     let mut out = vec![];
     while out.len() < n {
         let next = argmax(l.as_f32().unwrap());
         out.push(next);
-        if next == eos || out.len() == n { break; }
+        if next == eos || out.len() == n {
+            break;
+        }
         l = model.logits(&Tensor::from_u32(vec![next], &[1, 1]).unwrap(), Some(&mut cache), Logits::Last).unwrap();
     }
     out
 }
 
-
-struct Summary { identical_prompts: usize, prompts: usize, agree: usize, steps: usize, max_diff: f32 }
+struct Summary {
+    identical_prompts: usize,
+    prompts: usize,
+    agree: usize,
+    steps: usize,
+    max_diff: f32,
+}
 
 /// Compares `model` with a llama.cpp golden; mismatching argmaxes are allowed only where
 /// llama.cpp's own margin is below `bound`, and every logit difference must be below it.
 fn check(model: &Model, tok: &smelt_tokenizer::Tokenizer, golden: &str, bound: f32) -> Summary {
-    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("crates/infer/tests/data").join(golden)).unwrap()).unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("crates/infer/tests/data").join(golden)).unwrap())
+            .unwrap();
     let cases = golden["cases"].as_array().unwrap();
     let mut s = Summary { identical_prompts: 0, prompts: cases.len(), agree: 0, steps: 0, max_diff: 0.0 };
     for case in cases {
@@ -65,7 +82,9 @@ fn check(model: &Model, tok: &smelt_tokenizer::Tokenizer, golden: &str, bound: f
         // row; so does ours here: for an F16/BF16 head the number of rows picks the summation
         // order (tinyBLAS for ≥ 2, vec_dot for one; docs/GGUF.md "Parity"). The free-running
         // greedy below keeps `Logits::Last`.
-        let all = model.logits(&Tensor::from_u32(prompt.clone(), &[1, prompt.len()]).unwrap(), Some(&mut cache), Logits::All).unwrap();
+        let all = model
+            .logits(&Tensor::from_u32(prompt.clone(), &[1, prompt.len()]).unwrap(), Some(&mut cache), Logits::All)
+            .unwrap();
         let vocab = model.cfg.vocab_size;
         let last = all.as_f32().unwrap()[(prompt.len() - 1) * vocab..].to_vec();
         let mut logits = Tensor::from_f32(last, &[1, vocab]).unwrap();
@@ -73,29 +92,48 @@ fn check(model: &Model, tok: &smelt_tokenizer::Tokenizer, golden: &str, bound: f
         for (step, top) in case["top"].as_array().unwrap().iter().enumerate() {
             let l = logits.as_f32().unwrap();
             let top_ids = ids(&top["ids"]);
-            let top_v: Vec<f32> = top["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-            for (id, v) in top_ids.iter().zip(&top_v) { max_diff = max_diff.max((l[*id as usize] - v).abs()); }
+            let top_v: Vec<f32> =
+                top["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            for (id, v) in top_ids.iter().zip(&top_v) {
+                max_diff = max_diff.max((l[*id as usize] - v).abs());
+            }
             s.steps += 1;
             if argmax(l) == want[step] {
                 s.agree += 1;
             } else {
                 let ours = top_ids.iter().position(|&i| i == argmax(l)).map(|p| top_v[p]);
                 let margin = ours.map_or(f32::INFINITY, |o| top_v[0] - o);
-                assert!(margin < bound, "step {step}: we pick {} where llama.cpp's margin for {} is {margin}", argmax(l), want[step]);
+                assert!(
+                    margin < bound,
+                    "step {step}: we pick {} where llama.cpp's margin for {} is {margin}",
+                    argmax(l),
+                    want[step]
+                );
             }
             if step + 1 < want.len() {
-                logits = model.logits(&Tensor::from_u32(vec![want[step]], &[1, 1]).unwrap(), Some(&mut cache), Logits::Last).unwrap();
+                logits = model
+                    .logits(&Tensor::from_u32(vec![want[step]], &[1, 1]).unwrap(), Some(&mut cache), Logits::Last)
+                    .unwrap();
             }
         }
         let free = greedy(model, &prompt, want.len(), tok.eos_id().unwrap_or(u32::MAX));
         let same = free.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        if same == want.len() { s.identical_prompts += 1; }
+        if same == want.len() {
+            s.identical_prompts += 1;
+        }
         println!("  {:?}: {} prompt tokens; free-running greedy: first {same}/{} identical; max |Δlogit| (teacher forced) {max_diff:.2e}",
             case["prompt"].as_str().unwrap().chars().take(30).collect::<String>(), prompt.len(), want.len());
         s.max_diff = s.max_diff.max(max_diff);
     }
-    println!("{golden}: prompts fully identical {}/{}; teacher-forced argmax agreement {}/{}; max |Δlogit| {:.2e}",
-        s.identical_prompts, s.prompts, s.agree, s.steps, s.max_diff, golden = golden["model"]);
+    println!(
+        "{golden}: prompts fully identical {}/{}; teacher-forced argmax agreement {}/{}; max |Δlogit| {:.2e}",
+        s.identical_prompts,
+        s.prompts,
+        s.agree,
+        s.steps,
+        s.max_diff,
+        golden = golden["model"]
+    );
     assert!(s.max_diff < bound, "max logit difference {}", s.max_diff);
     s
 }
@@ -139,7 +177,12 @@ fn exports_of_the_q4_1_model_match_llama_cpp() {
         // Unlinking is safe while the model maps or holds the file; the F16 one is 260 MB.
         std::fs::remove_file(&out).ok();
         let s = check(&model, &tok, &format!("smollm2_export_{}_llama_cpp.json", ty.name()), QUANT_BOUND);
-        assert_eq!((s.identical_prompts, s.max_diff), (s.prompts, 0.0), "{}: must be bit-identical to llama.cpp", ty.name());
+        assert_eq!(
+            (s.identical_prompts, s.max_diff),
+            (s.prompts, 0.0),
+            "{}: must be bit-identical to llama.cpp",
+            ty.name()
+        );
     }
 }
 
@@ -162,7 +205,8 @@ fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
             // The same weights; loaded from GGUF the model runs llama.cpp's arithmetic
             // (interleaved RoPE, ggml's angles), so it agrees with the checkpoint to rounding.
             let got = model.logits(&prompt, None, Logits::All).unwrap();
-            let d = got.as_f32().unwrap().iter().zip(want.as_f32().unwrap()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            let d =
+                got.as_f32().unwrap().iter().zip(want.as_f32().unwrap()).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             println!("f32 export vs checkpoint: max |Δlogit| {d:.2e}");
             assert!(d < 1e-3, "f32 export differs from the checkpoint by {d}");
         }
@@ -195,7 +239,8 @@ fn hf_folder_written_from_the_gguf_gives_its_logits() {
     let chat = smelt_tokenizer::ChatTemplate::from_tokenizer_config(&dir).unwrap();
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(hf.cfg.n_params(), src.cfg.n_params());
-    for text in ["What is the capital of France?", "Prices rose 12345% in 1923 -- and   fell.\n\n\tIt's <|im_start|>x"] {
+    for text in ["What is the capital of France?", "Prices rose 12345% in 1923 -- and   fell.\n\n\tIt's <|im_start|>x"]
+    {
         assert_eq!(tok.encode(text), gtok.encode(text), "{text:?}");
     }
     assert_eq!(Some(chat.source.as_str()), gtok.chat_template());
@@ -215,7 +260,10 @@ fn hf_folder_written_from_the_gguf_gives_its_logits() {
 #[test]
 fn smollm2_q4_1_perplexity_matches_llama_cpp() {
     let Some(gguf) = smollm2_q4_1() else { return };
-    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("crates/infer/tests/data/smollm2_q4_1_ppl_llama_cpp.json")).unwrap()).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("crates/infer/tests/data/smollm2_q4_1_ppl_llama_cpp.json")).unwrap(),
+    )
+    .unwrap();
     let w = golden["seq_len"].as_u64().unwrap() as usize;
     let ids = ids(&golden["ids"]);
     let model = smelt_convert::load_model(&gguf).unwrap();

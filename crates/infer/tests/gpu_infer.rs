@@ -37,7 +37,11 @@ fn kv_cache_decode_on_gpu_matches_the_cpu_full_forward() {
         cuda::set_matmul_precision(precision);
         for b in [1usize, 2] {
             let ids: Vec<u32> = (0..b * t).map(|_| r.below(v as u64) as u32).collect();
-            let full = cpu.logits(&Tensor::from_u32(ids.clone(), &[b, t]).unwrap(), None, Logits::All).unwrap().to_vec_f32().unwrap();
+            let full = cpu
+                .logits(&Tensor::from_u32(ids.clone(), &[b, t]).unwrap(), None, Logits::All)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap();
             let mut cache = KvCache::new_on(&gpu_m.cfg, b, t, d).unwrap();
             let take = |lo: usize, hi: usize| -> Tensor {
                 let rows: Vec<u32> = (0..b).flat_map(|bi| ids[bi * t + lo..bi * t + hi].to_vec()).collect();
@@ -69,7 +73,14 @@ fn generation_and_perplexity_on_gpu_match_the_cpu() {
     // Greedy decoding of a fresh model repeats its input (the tied head maps a token to
     // itself), so also sample, with each filter: the sampling step runs on the device, and with
     // one seed both devices draw the same tokens, since their probabilities differ by rounding.
-    let s = |temperature, top_k, top_p, min_p, repetition_penalty, seed| SamplingConfig { temperature, top_k, top_p, min_p, repetition_penalty, seed };
+    let s = |temperature, top_k, top_p, min_p, repetition_penalty, seed| SamplingConfig {
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        repetition_penalty,
+        seed,
+    };
     for sampling in [
         SamplingConfig::default(),
         SamplingConfig { repetition_penalty: 1.3, ..Default::default() },
@@ -91,7 +102,10 @@ fn generation_and_perplexity_on_gpu_match_the_cpu() {
     let mut big_gpu = Model::init(cfg, 3).unwrap();
     big_gpu.to_device(Device::Cuda(0)).unwrap();
     let gen = GenerateConfig { max_tokens: 16, sampling: s(0.8, 40, 0.95, 0.05, 1.1, 8), stop_ids: vec![] };
-    let (a, b) = (generate(&big_cpu, &[5, 70_000, 151_000], &gen, |_| {}).unwrap(), generate(&big_gpu, &[5, 70_000, 151_000], &gen, |_| {}).unwrap());
+    let (a, b) = (
+        generate(&big_cpu, &[5, 70_000, 151_000], &gen, |_| {}).unwrap(),
+        generate(&big_gpu, &[5, 70_000, 151_000], &gen, |_| {}).unwrap(),
+    );
     println!("V=151936: cpu {:?}\n  gpu {:?} ({:.0} tokens/s on the GPU)", a.ids, b.ids, b.tokens_per_second);
     assert_eq!(a.ids, b.ids);
 
@@ -120,9 +134,13 @@ fn hf_fixtures_match_transformers_on_gpu() {
 
 // ---- GGUF models, weights quantised on the device -------------------------------------------
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 { a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) }
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+}
 
-fn argmax(l: &[f32]) -> u32 { l.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32 }
+fn argmax(l: &[f32]) -> u32 {
+    l.iter().enumerate().fold((0, f32::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32
+}
 
 /// The same model with every quantised matrix dequantised to plain f32 on the host: the same
 /// weight values, but f32 activations (the CPU's quantised kernels quantise activations to
@@ -135,9 +153,18 @@ fn dequantised(m: &Model) -> Model {
 /// a time through the KV cache on the model's device (teacher forcing).
 fn stepwise(m: &Model, prompt: &[u32], steps: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = KvCache::new_on(&m.cfg, 1, prompt.len() + steps.len() + 1, m.device()).unwrap();
-    let mut out = vec![m.logits(&Tensor::from_u32(prompt.to_vec(), &[1, prompt.len()]).unwrap(), Some(&mut cache), Logits::Last).unwrap().to_vec_f32().unwrap()];
+    let mut out = vec![m
+        .logits(&Tensor::from_u32(prompt.to_vec(), &[1, prompt.len()]).unwrap(), Some(&mut cache), Logits::Last)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap()];
     for &id in steps {
-        out.push(m.logits(&Tensor::from_u32(vec![id], &[1, 1]).unwrap(), Some(&mut cache), Logits::Last).unwrap().to_vec_f32().unwrap());
+        out.push(
+            m.logits(&Tensor::from_u32(vec![id], &[1, 1]).unwrap(), Some(&mut cache), Logits::Last)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap(),
+        );
     }
     out
 }
@@ -147,12 +174,15 @@ fn greedy(m: &Model, prompt: &[u32], n: usize, stop: &[u32]) -> Vec<u32> {
     generate(m, prompt, &cfg, |_| {}).unwrap().ids
 }
 
-fn same_prefix(a: &[u32], b: &[u32]) -> usize { a.iter().zip(b).take_while(|(x, y)| x == y).count() }
+fn same_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
 
 /// The published SmolLM2 Q4_1 file: `SMELT_SMOLLM2_GGUF`, else the repository's inputs folder
 /// (`SMELT_REPO`, set by the GPU suite, or this source tree).
 fn smollm2_gguf() -> Option<PathBuf> {
-    let p = std::env::var_os("SMELT_SMOLLM2_GGUF").map(PathBuf::from)
+    let p = std::env::var_os("SMELT_SMOLLM2_GGUF")
+        .map(PathBuf::from)
         .unwrap_or_else(|| smelt_testing::inputs_dir().join("smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf"));
     smelt_testing::require_input(&p, "set SMELT_SMOLLM2_GGUF to the SmolLM2-135M-Instruct Q4_1 GGUF")
 }
@@ -169,22 +199,40 @@ fn smollm2_q4_1_gguf_runs_quantised_on_gpu() {
     gm.to_device(d).unwrap();
     let held = cuda::mem_stats().0 - before;
     let f32_bytes = cpu.cfg.n_params() * 4;
-    println!("weights on {d}: {:.1} MiB (quantised blocks in the file {:.1} MiB; as f32 {:.1} MiB)", held as f64 / 1048576.0, quant_bytes as f64 / 1048576.0, f32_bytes as f64 / 1048576.0);
+    println!(
+        "weights on {d}: {:.1} MiB (quantised blocks in the file {:.1} MiB; as f32 {:.1} MiB)",
+        held as f64 / 1048576.0,
+        quant_bytes as f64 / 1048576.0,
+        f32_bytes as f64 / 1048576.0
+    );
     assert!(held < f32_bytes / 3, "the weights did not stay quantised on the device");
 
     let tok = smelt_tokenizer::Tokenizer::from_file(&path).unwrap();
     let tmpl = smelt_tokenizer::ChatTemplate::from_gguf(&path).unwrap();
-    let chat = tok.encode_with(&tmpl.render(&[smelt_tokenizer::Message::new("user", "What is the capital of France?")], true).unwrap(), false);
+    let chat = tok.encode_with(
+        &tmpl.render(&[smelt_tokenizer::Message::new("user", "What is the capital of France?")], true).unwrap(),
+        false,
+    );
     let mut stop = cpu.cfg.eos_token_ids.clone();
     stop.extend(tok.eos_id());
 
     // Prefill logits at every prompt position (the dequantise + cuBLASLt path, n > 8 rows).
-    let all = |m: &Model| m.logits(&Tensor::from_u32(chat.clone(), &[1, chat.len()]).unwrap(), None, Logits::All).unwrap().to_vec_f32().unwrap();
+    let all = |m: &Model| {
+        m.logits(&Tensor::from_u32(chat.clone(), &[1, chat.len()]).unwrap(), None, Logits::All)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap()
+    };
     let want = all(&reference);
     let c8 = all(&cpu);
     println!("prompt of {} tokens, logits at every position:", chat.len());
-    println!("  CPU 8-bit activations vs f32 reference: nmse {:.3e}, max |Δ| {:.3}", nmse(&c8, &want), max_abs_diff(&c8, &want));
-    for (precision, tol, max_tol) in [(MatmulPrecision::F32, 1e-6, 0.01), (MatmulPrecision::Bf16, 1e-3, f32::INFINITY)] {
+    println!(
+        "  CPU 8-bit activations vs f32 reference: nmse {:.3e}, max |Δ| {:.3}",
+        nmse(&c8, &want),
+        max_abs_diff(&c8, &want)
+    );
+    for (precision, tol, max_tol) in [(MatmulPrecision::F32, 1e-6, 0.01), (MatmulPrecision::Bf16, 1e-3, f32::INFINITY)]
+    {
         cuda::set_matmul_precision(precision);
         let g = all(&gm);
         let (e, mx) = (nmse(&g, &want), max_abs_diff(&g, &want));
@@ -203,7 +251,8 @@ fn smollm2_q4_1_gguf_runs_quantised_on_gpu() {
     // f32 products: rounding only, so every logit within 0.01 (smelt's f32 export agrees with
     // llama.cpp to 5e-5); bf16 prefill operands: bounded by NMSE only (an argmax may flip
     // where the reference's top two are closer than the bf16 error).
-    for (precision, tol, max_tol) in [(MatmulPrecision::F32, 1e-6, 0.01), (MatmulPrecision::Bf16, 1e-3, f32::INFINITY)] {
+    for (precision, tol, max_tol) in [(MatmulPrecision::F32, 1e-6, 0.01), (MatmulPrecision::Bf16, 1e-3, f32::INFINITY)]
+    {
         cuda::set_matmul_precision(precision);
         let ids = greedy(&gm, &prompt, 32, &[]);
         let steps = stepwise(&gm, &prompt, &ref_ids[..ref_ids.len() - 1]);
@@ -256,7 +305,10 @@ fn exported_quantised_ggufs_run_on_gpu_like_on_the_cpu() {
         let full = gm.logits(&x, None, Logits::All).unwrap().to_vec_f32().unwrap();
         // KV-cache decode, batch 2: 2 rows per matmul (the matvec kernel).
         let mut cache = KvCache::new_on(&gm.cfg, b, t, d).unwrap();
-        let take = |lo: usize, hi: usize| Tensor::from_u32((0..b).flat_map(|bi| ids[bi * t + lo..bi * t + hi].to_vec()).collect(), &[b, hi - lo]).unwrap();
+        let take = |lo: usize, hi: usize| {
+            Tensor::from_u32((0..b).flat_map(|bi| ids[bi * t + lo..bi * t + hi].to_vec()).collect(), &[b, hi - lo])
+                .unwrap()
+        };
         let v = gm.cfg.vocab_size;
         let mut worst = 0f64;
         let mut check = |pos: usize, got: Vec<f32>| {

@@ -41,7 +41,11 @@ fn fixture_features_are_not_no_ops() {
     off("llama3_untied", &|c| c.rope_scaling = RopeScaling::None);
     off("llama_linear", &|c| c.rope_scaling = RopeScaling::None);
     off("llama_yarn", &|c| c.rope_scaling = RopeScaling::None);
-    off("llama_yarn", &|c| if let RopeScaling::Yarn { attention_factor, .. } = &mut c.rope_scaling { *attention_factor = Some(1.0) });
+    off("llama_yarn", &|c| {
+        if let RopeScaling::Yarn { attention_factor, .. } = &mut c.rope_scaling {
+            *attention_factor = Some(1.0)
+        }
+    });
 }
 
 /// The real SmolLM2-135M-Instruct, converted by `scripts/fetch_smollm2.sh` into
@@ -59,7 +63,10 @@ fn smollm2_hf() -> Option<std::path::PathBuf> {
 fn smollm2_matches_transformers() {
     let Some(dir) = smollm2_hf() else { return };
     let m = Model::load(&dir).unwrap();
-    let g = smelt_model::io::read_safetensors(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/golden.safetensors")).unwrap();
+    let g = smelt_model::io::read_safetensors(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2/golden.safetensors"),
+    )
+    .unwrap();
     let prompt = ids(&g, "input_ids");
     let t = prompt.len();
     let logits = m.logits(&Tensor::from_u32(prompt.clone(), &[1, t]).unwrap(), None, Logits::All).unwrap();
@@ -74,7 +81,11 @@ fn smollm2_matches_transformers() {
             max_diff = max_diff.max((ours[r * v + c] - sub[r * cols.len() + k]).abs() as f64);
         }
     }
-    println!("smollm2 logits at {} columns: max|diff| {max_diff:.3e} = {:.2e} x max|logit| ({max_abs:.2})", cols.len(), max_diff / max_abs);
+    println!(
+        "smollm2 logits at {} columns: max|diff| {max_diff:.3e} = {:.2e} x max|logit| ({max_abs:.2})",
+        cols.len(),
+        max_diff / max_abs
+    );
     assert!(max_diff <= 1e-4 * max_abs, "smollm2: logits differ by {:.2e} of max |logit|", max_diff / max_abs);
     let full = smelt_testing::inputs_dir().join("smollm2/golden_full.safetensors");
     if full.exists() {
@@ -111,7 +122,11 @@ fn smollm2_chat_answers_paris() {
     let prompt = tok.encode_with(&text, false);
     let mut stop = m.cfg.eos_token_ids.clone();
     stop.extend(tok.eos_id());
-    let cfg = smelt_infer::GenerateConfig { max_tokens: 32, sampling: smelt_infer::SamplingConfig::default(), stop_ids: stop };
+    let cfg = smelt_infer::GenerateConfig {
+        max_tokens: 32,
+        sampling: smelt_infer::SamplingConfig::default(),
+        stop_ids: stop,
+    };
     let g = smelt_infer::generate(&m, &prompt, &cfg, |_| {}).unwrap();
     let answer = tok.decode(&g.ids);
     println!("smollm2 chat: {answer:?}");

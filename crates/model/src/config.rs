@@ -36,11 +36,27 @@ impl Arch {
 #[derive(Clone, Debug, PartialEq)]
 pub enum RopeScaling {
     None,
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// NTK-aware base stretching (static).
-    Ntk { factor: f64 },
-    Yarn { factor: f64, original_max_pos: f64, beta_fast: f64, beta_slow: f64, attention_factor: Option<f64>, truncate: bool },
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_pos: f64 },
+    Ntk {
+        factor: f64,
+    },
+    Yarn {
+        factor: f64,
+        original_max_pos: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: Option<f64>,
+        truncate: bool,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_pos: f64,
+    },
 }
 
 /// The normalisation every norm tensor of the table applies.
@@ -103,7 +119,14 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     /// A Llama-architecture config from the shape numbers (head_dim = dim / heads).
-    pub fn llama(vocab_size: usize, dim: usize, n_layers: usize, n_heads: usize, n_kv_heads: usize, ffn_hidden: usize) -> Self {
+    pub fn llama(
+        vocab_size: usize,
+        dim: usize,
+        n_layers: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        ffn_hidden: usize,
+    ) -> Self {
         ModelConfig {
             arch: Arch::Llama,
             vocab_size,
@@ -170,7 +193,16 @@ impl ModelConfig {
             RopeScaling::Linear { factor } => (freqs::linear_inv_freq(t, d, *factor), 1.0),
             RopeScaling::Ntk { factor } => (freqs::ntk_inv_freq(t, d, *factor), 1.0),
             RopeScaling::Yarn { factor, original_max_pos, beta_fast, beta_slow, attention_factor, truncate } => {
-                freqs::yarn_inv_freq(t, d, *factor, *original_max_pos, *beta_fast, *beta_slow, *attention_factor, *truncate)
+                freqs::yarn_inv_freq(
+                    t,
+                    d,
+                    *factor,
+                    *original_max_pos,
+                    *beta_fast,
+                    *beta_slow,
+                    *attention_factor,
+                    *truncate,
+                )
             }
             RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_pos } => {
                 (freqs::llama3_inv_freq(t, d, *factor, *low_freq_factor, *high_freq_factor, *original_max_pos), 1.0)
@@ -205,7 +237,8 @@ impl ModelConfig {
         let head_dim = v["head_dim"].as_u64().map(|x| x as usize).unwrap_or(dim / n_heads.max(1));
         let act = match v["hidden_act"].as_str() {
             None => Activation::Silu,
-            Some(a) => Activation::from_hf(a).with_context(|| format!("hidden_act {a:?} is not supported (only silu / SwiGLU)"))?,
+            Some(a) => Activation::from_hf(a)
+                .with_context(|| format!("hidden_act {a:?} is not supported (only silu / SwiGLU)"))?,
         };
         if v["mlp_bias"].as_bool() == Some(true) {
             bail!("mlp_bias = true is not supported");
@@ -221,8 +254,10 @@ impl ModelConfig {
         }
         // transformers 5 moved rope settings into `rope_parameters`.
         let rp = if v["rope_parameters"].is_object() { &v["rope_parameters"] } else { &v["rope_scaling"] };
-        let rope_theta = v["rope_theta"].as_f64().or_else(|| v["rope_parameters"]["rope_theta"].as_f64()).unwrap_or(10000.0);
-        let partial = v["partial_rotary_factor"].as_f64().or_else(|| rp["partial_rotary_factor"].as_f64()).unwrap_or(1.0);
+        let rope_theta =
+            v["rope_theta"].as_f64().or_else(|| v["rope_parameters"]["rope_theta"].as_f64()).unwrap_or(10000.0);
+        let partial =
+            v["partial_rotary_factor"].as_f64().or_else(|| rp["partial_rotary_factor"].as_f64()).unwrap_or(1.0);
         if partial != 1.0 {
             bail!("partial_rotary_factor = {partial} is not supported (RoPE over the whole head only)");
         }

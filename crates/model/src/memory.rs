@@ -43,10 +43,7 @@ pub fn activation_bytes_per_token(c: &ModelConfig) -> f64 {
 /// input is kept for all layers and one layer's activations at a time.
 pub fn training_bytes(c: &ModelConfig, tokens: f64, grad_checkpoint: bool) -> f64 {
     let act = if grad_checkpoint {
-        let one_layer = activation_bytes_per_token(&ModelConfig {
-            n_layers: 1,
-            ..c.clone()
-        });
+        let one_layer = activation_bytes_per_token(&ModelConfig { n_layers: 1, ..c.clone() });
         one_layer + 4.0 * c.n_layers as f64 * c.dim as f64
     } else {
         activation_bytes_per_token(c)

@@ -52,12 +52,22 @@ impl KvCache {
         let mk = || (0..cfg.n_layers).map(|_| Tensor::zeros_typed(&shape, device, dtype)).collect::<Result<Vec<_>>>();
         Ok(KvCache { k: mk()?, v: mk()?, len: 0, cap, batch })
     }
-    pub fn len(&self) -> usize { self.len }
-    pub fn is_empty(&self) -> bool { self.len == 0 }
-    pub fn capacity(&self) -> usize { self.cap }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
     /// Forget positions from `n` on (e.g. rejected speculative tokens).
-    pub fn truncate(&mut self, n: usize) { self.len = self.len.min(n); }
-    pub fn bytes(&self) -> usize { self.k.iter().chain(&self.v).map(|t| t.numel() * t.dtype().size_in_bytes()).sum() }
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+    }
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|t| t.numel() * t.dtype().size_in_bytes()).sum()
+    }
 }
 
 /// Logits computed at once by `Model::loss` (64 MiB of f32)...
@@ -90,7 +100,9 @@ impl<'a> LayerVars<'a> {
         LayerVars { by_role, next_norm: &vars[0] }
     }
     /// The layer's `role` tensor, if it has one.
-    fn get(&self, role: Role) -> Option<&'a Var> { self.by_role[role as usize] }
+    fn get(&self, role: Role) -> Option<&'a Var> {
+        self.by_role[role as usize]
+    }
 }
 
 impl<'a> std::ops::Index<Role> for LayerVars<'a> {
@@ -127,7 +139,8 @@ fn cache_write(cache: &mut Tensor, new: &Tensor, pos0: usize) -> Result<()> {
     let src = new.as_f32()?;
     let dst = cache.f32_mut()?;
     for bi in 0..b {
-        dst[(bi * cap + pos0) * row..(bi * cap + pos0 + t) * row].copy_from_slice(&src[bi * t * row..(bi + 1) * t * row]);
+        dst[(bi * cap + pos0) * row..(bi * cap + pos0 + t) * row]
+            .copy_from_slice(&src[bi * t * row..(bi + 1) * t * row]);
     }
     Ok(())
 }
@@ -149,7 +162,17 @@ fn add_norm(g: &mut Graph, c: &ModelConfig, x: &Var, y: &Var, w: &Var) -> Result
 /// One transformer block. x: residual stream (B·T, C); h: rmsnorm(x)·attn_norm.
 /// Returns the new (x, h) with h normalised by `next_norm`.
 #[allow(clippy::too_many_arguments)]
-fn block(g: &mut Graph, c: &ModelConfig, rope: &Arc<RopeTable>, bt: (usize, usize), l: usize, x: &Var, h: &Var, w: &LayerVars, cache: Option<CacheSlot>) -> Result<(Var, Var)> {
+fn block(
+    g: &mut Graph,
+    c: &ModelConfig,
+    rope: &Arc<RopeTable>,
+    bt: (usize, usize),
+    l: usize,
+    x: &Var,
+    h: &Var,
+    w: &LayerVars,
+    cache: Option<CacheSlot>,
+) -> Result<(Var, Var)> {
     let (b, t) = bt;
     let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
     g.name(h, || format!("attn_norm-{l}"));
@@ -177,7 +200,14 @@ fn block(g: &mut Graph, c: &ModelConfig, rope: &Arc<RopeTable>, bt: (usize, usiz
         // Inference without a cache (perplexity, trace, bench's forward) takes the cached
         // path's attention, with this window's K/V as the cache: one inference arithmetic,
         // llama.cpp's on the CPU, so quantised GGUF models score what llama.cpp scores.
-        None => g.constant(smelt_core::ops::attention::attention_infer(q.tensor(), k.tensor(), v.tensor(), t, window, scale)?),
+        None => g.constant(smelt_core::ops::attention::attention_infer(
+            q.tensor(),
+            k.tensor(),
+            v.tensor(),
+            t,
+            window,
+            scale,
+        )?),
         Some(slot) => {
             if g.is_recording() {
                 bail!("the KV cache is for inference only");
@@ -238,14 +268,24 @@ impl Model {
 
     /// The same model with every quantised matrix dequantised to plain f32 (on the host).
     pub fn dequantized(&self) -> Result<Self> {
-        let params = self.params.iter().map(|p| {
-            if p.dtype() == smelt_core::DType::Quant { Tensor::from_f32(p.to_vec_f32()?, p.shape()) } else { Ok(p.clone()) }
-        }).collect::<Result<Vec<_>>>()?;
+        let params = self
+            .params
+            .iter()
+            .map(|p| {
+                if p.dtype() == smelt_core::DType::Quant {
+                    Tensor::from_f32(p.to_vec_f32()?, p.shape())
+                } else {
+                    Ok(p.clone())
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
         self.with_params(params)
     }
 
     /// The device the parameters live on.
-    pub fn device(&self) -> Device { self.params.first().map_or(Device::Cpu, |p| p.device()) }
+    pub fn device(&self) -> Device {
+        self.params.first().map_or(Device::Cpu, |p| p.device())
+    }
 
     /// Moves every parameter to `device` (f32 master weights stay f32).
     pub fn to_device(&mut self, device: Device) -> Result<()> {
@@ -265,7 +305,11 @@ impl Model {
     pub fn load(dir: &Path) -> Result<Self> {
         let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))?;
         let mut w = crate::io::read_model_weights(dir)?;
-        cfg.check_claims(w.keys().map(String::as_str), "model.layers.", &dir.join("config.json").display().to_string())?;
+        cfg.check_claims(
+            w.keys().map(String::as_str),
+            "model.layers.",
+            &dir.join("config.json").display().to_string(),
+        )?;
         let mut params = Vec::new();
         for (name, shape) in params::layout(&cfg) {
             let t = w.remove(&name).with_context(|| format!("{}: tensor {name} is missing", dir.display()))?;
@@ -277,7 +321,12 @@ impl Model {
         // Tied checkpoints sometimes also store the head; rotary tables are derived, not weights.
         w.retain(|n, _| !(n == "lm_head.weight" && cfg.tie_embeddings) && !n.ends_with("rotary_emb.inv_freq"));
         if let Some(extra) = w.keys().min() {
-            bail!("{}: unexpected tensor {extra} (and {} more): not part of a {} model as configured", dir.display(), w.len() - 1, cfg.arch.hf_name());
+            bail!(
+                "{}: unexpected tensor {extra} (and {} more): not part of a {} model as configured",
+                dir.display(),
+                w.len() - 1,
+                cfg.arch.hf_name()
+            );
         }
         Self::new(cfg, params)
     }
@@ -296,7 +345,8 @@ impl Model {
             _ => "float32",
         });
         let cfg = serde_json::to_string_pretty(&hf)?;
-        std::fs::write(dir.join("config.json"), cfg).with_context(|| format!("writing {}/config.json", dir.display()))?;
+        std::fs::write(dir.join("config.json"), cfg)
+            .with_context(|| format!("writing {}/config.json", dir.display()))?;
         let mut named: Vec<(String, Tensor)> = self.names.iter().cloned().zip(self.params.iter().cloned()).collect();
         if self.rope.layout == RopeLayout::Interleaved {
             // Loaded from GGUF: Hugging Face's q/k rows are half-split (the inverse of
@@ -334,14 +384,23 @@ impl Model {
             Some(next) => next[Role::AttnNorm],
             None => self.idx.norm,
         };
-        let (roles, ids): (Vec<Role>, Vec<usize>) = self.idx.layers[l].present().filter(|(r, _)| *r != Role::AttnNorm).unzip();
+        let (roles, ids): (Vec<Role>, Vec<usize>) =
+            self.idx.layers[l].present().filter(|(r, _)| *r != Role::AttnNorm).unzip();
         (roles, std::iter::once(next_norm).chain(ids).map(|i| p[i].clone()).collect())
     }
 
     /// tokens: (B, T) u32 → logits (B·T, V), or (B, V) for `Logits::Last`.
     /// With `cache`, the tokens continue the cached sequence(s) and are appended to it.
     /// `checkpoint` recomputes each block's activations in the backward pass.
-    pub fn forward(&self, g: &mut Graph, p: &[Var], tokens: &Tensor, cache: Option<&mut KvCache>, logits: Logits, checkpoint: bool) -> Result<Var> {
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        p: &[Var],
+        tokens: &Tensor,
+        cache: Option<&mut KvCache>,
+        logits: Logits,
+        checkpoint: bool,
+    ) -> Result<Var> {
         let h = self.hidden(g, p, tokens, cache, logits, checkpoint)?;
         let out = g.linear(&h, &p[self.idx.head], None)?;
         g.name(&out, || "result_output".into());
@@ -350,7 +409,15 @@ impl Model {
 
     /// The final normalised hidden states (B·T, C), or (B, C) for `Logits::Last`: everything
     /// `forward` does before the head.
-    fn hidden(&self, g: &mut Graph, p: &[Var], tokens: &Tensor, mut cache: Option<&mut KvCache>, logits: Logits, checkpoint: bool) -> Result<Var> {
+    fn hidden(
+        &self,
+        g: &mut Graph,
+        p: &[Var],
+        tokens: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        logits: Logits,
+        checkpoint: bool,
+    ) -> Result<Var> {
         let c = &self.cfg;
         let (b, t) = match tokens.shape() {
             [b, t] => (*b, *t),
@@ -358,7 +425,12 @@ impl Model {
         };
         if let Some(kv) = cache.as_deref() {
             if kv.batch != b || kv.len + t > kv.cap {
-                bail!("KV cache holds {} of {} positions for batch {}; cannot add {t} for batch {b}", kv.len, kv.cap, kv.batch);
+                bail!(
+                    "KV cache holds {} of {} positions for batch {}; cannot add {t} for batch {b}",
+                    kv.len,
+                    kv.cap,
+                    kv.batch
+                );
             }
         }
         let flat = tokens.reshape(&[b * t])?;
@@ -411,7 +483,16 @@ impl Model {
     /// `vocab` vocabulary ids, so the full (B·T, V) f32 logits never exist (they dominate memory
     /// at large vocabularies). Tests force small chunks through it.
     #[allow(clippy::too_many_arguments)]
-    pub fn loss_in_chunks(&self, g: &mut Graph, p: &[Var], inputs: &Tensor, targets: &Tensor, checkpoint: bool, elems: usize, vocab: usize) -> Result<Var> {
+    pub fn loss_in_chunks(
+        &self,
+        g: &mut Graph,
+        p: &[Var],
+        inputs: &Tensor,
+        targets: &Tensor,
+        checkpoint: bool,
+        elems: usize,
+        vocab: usize,
+    ) -> Result<Var> {
         let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint)?;
         let vocab = vocab.clamp(1, self.cfg.vocab_size.max(1));
         g.linear_cross_entropy(&h, &p[self.idx.head], targets, (elems / vocab).max(1), vocab)

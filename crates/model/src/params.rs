@@ -131,16 +131,7 @@ const fn row(
     decays: bool,
     init: Init,
 ) -> TensorDef {
-    TensorDef {
-        role,
-        hf,
-        gguf,
-        shape,
-        when,
-        llama_gguf,
-        decays,
-        init,
-    }
+    TensorDef { role, hf, gguf, shape, when, llama_gguf, decays, init }
 }
 
 use Dim::*;
@@ -195,38 +186,19 @@ pub struct Param {
 /// Every parameter of a model with config `c`, in order.
 pub fn list(c: &ModelConfig) -> Vec<Param> {
     let shape = |d: &TensorDef| d.shape.iter().map(|x| x.of(c)).collect();
-    let global = |d: &'static TensorDef| Param {
-        def: d,
-        layer: None,
-        name: d.hf.into(),
-        gguf: d.gguf.into(),
-        shape: shape(d),
-    };
-    let mut v: Vec<Param> = INPUT_TENSORS
-        .iter()
-        .filter(|d| d.when.holds(c, 0))
-        .map(global)
-        .collect();
+    let global =
+        |d: &'static TensorDef| Param { def: d, layer: None, name: d.hf.into(), gguf: d.gguf.into(), shape: shape(d) };
+    let mut v: Vec<Param> = INPUT_TENSORS.iter().filter(|d| d.when.holds(c, 0)).map(global).collect();
     for l in 0..c.n_layers {
-        v.extend(
-            LAYER_TENSORS
-                .iter()
-                .filter(|d| d.when.holds(c, l))
-                .map(|d| Param {
-                    def: d,
-                    layer: Some(l),
-                    name: format!("model.layers.{l}.{}", d.hf),
-                    gguf: format!("blk.{l}.{}", d.gguf),
-                    shape: shape(d),
-                }),
-        );
+        v.extend(LAYER_TENSORS.iter().filter(|d| d.when.holds(c, l)).map(|d| Param {
+            def: d,
+            layer: Some(l),
+            name: format!("model.layers.{l}.{}", d.hf),
+            gguf: format!("blk.{l}.{}", d.gguf),
+            shape: shape(d),
+        }));
     }
-    v.extend(
-        OUTPUT_TENSORS
-            .iter()
-            .filter(|d| d.when.holds(c, 0))
-            .map(global),
-    );
+    v.extend(OUTPUT_TENSORS.iter().filter(|d| d.when.holds(c, 0)).map(global));
     v
 }
 
@@ -248,9 +220,7 @@ impl LayerIdx {
     }
     /// The layer's tensors present, as (role, position), in table order.
     pub fn present(&self) -> impl Iterator<Item = (Role, usize)> + '_ {
-        LAYER_TENSORS
-            .iter()
-            .filter_map(|d| Some((d.role, self.get(d.role)?)))
+        LAYER_TENSORS.iter().filter_map(|d| Some((d.role, self.get(d.role)?)))
     }
 }
 
@@ -258,9 +228,7 @@ impl std::ops::Index<Role> for LayerIdx {
     type Output = usize;
     /// Panics when the layer has no such tensor (use `get` for optional ones).
     fn index(&self, role: Role) -> &usize {
-        self.at[role as usize]
-            .as_ref()
-            .unwrap_or_else(|| panic!("this layer has no {role:?} tensor"))
+        self.at[role as usize].as_ref().unwrap_or_else(|| panic!("this layer has no {role:?} tensor"))
     }
 }
 
@@ -283,12 +251,7 @@ pub fn index(c: &ModelConfig) -> Index {
         }
     }
     let embed = global[Role::Embed];
-    Index {
-        embed,
-        layers,
-        norm: global[Role::OutputNorm],
-        head: global.get(Role::Head).unwrap_or(embed),
-    }
+    Index { embed, layers, norm: global[Role::OutputNorm], head: global.get(Role::Head).unwrap_or(embed) }
 }
 
 /// Fresh weights, each tensor as its row's `Init` says (one random stream, in parameter order).
@@ -318,11 +281,7 @@ pub fn decays(c: &ModelConfig) -> Vec<bool> {
 
 /// llama.cpp's name for a Hugging Face parameter name (`None` for names that are no parameter).
 pub fn gguf_name(hf: &str) -> Option<String> {
-    if let Some(d) = INPUT_TENSORS
-        .iter()
-        .chain(OUTPUT_TENSORS)
-        .find(|d| d.hf == hf)
-    {
+    if let Some(d) = INPUT_TENSORS.iter().chain(OUTPUT_TENSORS).find(|d| d.hf == hf) {
         return Some(d.gguf.into());
     }
     let (l, part) = hf.strip_prefix("model.layers.")?.split_once('.')?;
@@ -332,11 +291,7 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 
 /// Hugging Face's name for a llama.cpp tensor name (`None` for names that are no parameter).
 pub fn hf_name(gguf: &str) -> Option<String> {
-    if let Some(d) = INPUT_TENSORS
-        .iter()
-        .chain(OUTPUT_TENSORS)
-        .find(|d| d.gguf == gguf)
-    {
+    if let Some(d) = INPUT_TENSORS.iter().chain(OUTPUT_TENSORS).find(|d| d.gguf == gguf) {
         return Some(d.hf.into());
     }
     let (l, part) = gguf.strip_prefix("blk.")?.split_once('.')?;
@@ -361,8 +316,7 @@ mod tests {
     #[test]
     fn layout_is_the_hand_written_order() {
         let c = full();
-        let mut want: Vec<(String, Vec<usize>)> =
-            vec![("model.embed_tokens.weight".into(), vec![10, 8])];
+        let mut want: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![10, 8])];
         for l in 0..2 {
             let p = |s: &str| format!("model.layers.{l}.{s}");
             want.extend([
@@ -401,23 +355,10 @@ mod tests {
         let c = full();
         let names: Vec<String> = layout(&c).into_iter().map(|(n, _)| n).collect();
         let idx = index(&c);
-        assert_eq!(
-            (idx.embed, idx.norm, idx.head),
-            (0, names.len() - 2, names.len() - 1)
-        );
-        assert_eq!(
-            names[idx.layers[1][Role::Wo]],
-            "model.layers.1.self_attn.o_proj.weight"
-        );
-        assert_eq!(
-            names[idx.layers[0].get(Role::KNorm).unwrap()],
-            "model.layers.0.self_attn.k_norm.weight"
-        );
-        let every: Vec<usize> = idx
-            .layers
-            .iter()
-            .flat_map(|l| l.present().map(|(_, i)| i))
-            .collect();
+        assert_eq!((idx.embed, idx.norm, idx.head), (0, names.len() - 2, names.len() - 1));
+        assert_eq!(names[idx.layers[1][Role::Wo]], "model.layers.1.self_attn.o_proj.weight");
+        assert_eq!(names[idx.layers[0].get(Role::KNorm).unwrap()], "model.layers.0.self_attn.k_norm.weight");
+        let every: Vec<usize> = idx.layers.iter().flat_map(|l| l.present().map(|(_, i)| i)).collect();
         assert_eq!(every, (1..names.len() - 2).collect::<Vec<_>>());
         let mut tied = c.clone();
         tied.tie_embeddings = true;
@@ -425,10 +366,7 @@ mod tests {
 
         // Decay: exactly the matrices and embeddings (the shape rule this table replaced).
         let shapes: Vec<Vec<usize>> = layout(&c).into_iter().map(|(_, s)| s).collect();
-        assert_eq!(
-            decays(&c),
-            shapes.iter().map(|s| s.len() >= 2).collect::<Vec<_>>()
-        );
+        assert_eq!(decays(&c), shapes.iter().map(|s| s.len() >= 2).collect::<Vec<_>>());
         let p = init(&c, 1);
         for ((name, t), d) in names.iter().zip(&p).zip(list(&c)) {
             let x = t.as_f32().unwrap();
@@ -455,18 +393,12 @@ mod tests {
                 "blk.0.attn_output.weight"
             ]
         );
-        assert_eq!(
-            &got[got.len() - 2..],
-            ["output_norm.weight", "output.weight"]
-        );
+        assert_eq!(&got[got.len() - 2..], ["output_norm.weight", "output.weight"]);
         for p in list(&c) {
             assert_eq!(gguf_name(&p.name).as_deref(), Some(p.gguf.as_str()));
             assert_eq!(hf_name(&p.gguf).as_deref(), Some(p.name.as_str()));
         }
-        assert_eq!(
-            gguf_name("model.layers.12.mlp.down_proj.weight").as_deref(),
-            Some("blk.12.ffn_down.weight")
-        );
+        assert_eq!(gguf_name("model.layers.12.mlp.down_proj.weight").as_deref(), Some("blk.12.ffn_down.weight"));
         assert_eq!(gguf_name("model.layers.0.rotary_emb.inv_freq"), None);
         assert_eq!(hf_name("rope_freqs.weight"), None);
     }

@@ -44,12 +44,16 @@ fn unknown_architecture() {
 fn unknown_or_unsupported_rope_types() {
     for kind in ["dynamic", "longrope", "su", "made_up"] {
         // New style (transformers 5) and old style (rope_scaling with "type").
-        let e = refused("llama_tied", |v| v["rope_parameters"] = json!({"rope_type": kind, "rope_theta": 10000.0, "factor": 2.0}));
+        let e = refused("llama_tied", |v| {
+            v["rope_parameters"] = json!({"rope_type": kind, "rope_theta": 10000.0, "factor": 2.0})
+        });
         assert_names(&e, &[kind, "not supported"]);
         let e = refused("llama3_untied", |v| v["rope_scaling"] = json!({"type": kind, "factor": 2.0}));
         assert_names(&e, &[kind, "not supported"]);
     }
-    let e = refused("llama_tied", |v| v["rope_parameters"] = json!({"full_attention": {"rope_type": "default", "rope_theta": 1e4}}));
+    let e = refused("llama_tied", |v| {
+        v["rope_parameters"] = json!({"full_attention": {"rope_type": "default", "rope_theta": 1e4}})
+    });
     assert_names(&e, &["per-layer-type rope"]);
     let e = refused("llama3_untied", |v| v["rope_scaling"] = json!({"rope_type": "llama3", "factor": 8.0}));
     assert_names(&e, &["llama3", "low_freq_factor"]);
@@ -91,7 +95,8 @@ fn missing_unexpected_and_misshapen_tensors() {
     let st = d.join("model.safetensors");
     let w = smelt_model::io::read_safetensors(&st).unwrap();
     let write = |skip: &str, extra: Option<(&str, smelt_core::Tensor)>| {
-        let mut v: Vec<(String, smelt_core::Tensor)> = w.iter().filter(|(n, _)| n.as_str() != skip).map(|(n, t)| (n.clone(), t.clone())).collect();
+        let mut v: Vec<(String, smelt_core::Tensor)> =
+            w.iter().filter(|(n, _)| n.as_str() != skip).map(|(n, t)| (n.clone(), t.clone())).collect();
         v.extend(extra.map(|(n, t)| (n.to_string(), t)));
         smelt_model::io::write_safetensors(&st, &v, smelt_core::DType::F32, None).unwrap();
     };
@@ -127,12 +132,16 @@ fn both_config_styles_read_the_same() {
         assert_eq!(ModelConfig::from_hf_json(&v).unwrap(), new, "{case}");
     }
     let y = ModelConfig::from_hf_json(&config("llama_yarn")).unwrap();
-    assert!(matches!(y.rope_scaling, RopeScaling::Yarn { factor, original_max_pos, .. } if factor == 4.0 && original_max_pos == 64.0));
+    assert!(
+        matches!(y.rope_scaling, RopeScaling::Yarn { factor, original_max_pos, .. } if factor == 4.0 && original_max_pos == 64.0)
+    );
 }
 
 #[test]
 fn written_config_round_trips_for_every_architecture() {
-    for case in ["llama_tied", "llama3_untied", "llama_linear", "llama_yarn", "mistral_swa", "qwen2_bias", "qwen3_qknorm"] {
+    for case in
+        ["llama_tied", "llama3_untied", "llama_linear", "llama_yarn", "mistral_swa", "qwen2_bias", "qwen3_qknorm"]
+    {
         let c = ModelConfig::from_hf_json(&config(case)).unwrap();
         assert_eq!(ModelConfig::from_hf_json(&c.to_hf_json()).unwrap(), c, "{case}");
     }
@@ -156,11 +165,21 @@ fn rope_tables_match_transformers() {
         let want: Vec<f64> = case["inv_freq"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
         assert_eq!(table.inv_freq.len(), want.len());
         for (i, (a, b)) in table.inv_freq.iter().zip(&want).enumerate() {
-            assert!((a - b).abs() <= 1e-6 * b.abs(), "{}: inv_freq[{i}] {a} vs transformers {b}", case["config"]["rope_parameters"]);
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs(),
+                "{}: inv_freq[{i}] {a} vs transformers {b}",
+                case["config"]["rope_parameters"]
+            );
         }
         let af = case["attention_factor"].as_f64().unwrap();
-        assert!((table.attention_factor - af).abs() < 1e-12, "{}: attention factor {} vs {af}", case["config"]["rope_parameters"], table.attention_factor);
+        assert!(
+            (table.attention_factor - af).abs() < 1e-12,
+            "{}: attention factor {} vs {af}",
+            case["config"]["rope_parameters"],
+            table.attention_factor
+        );
     }
-    let e = refused("llama_yarn", |v| v["rope_parameters"].as_object_mut().unwrap().remove("factor").map(|_| ()).unwrap());
+    let e =
+        refused("llama_yarn", |v| v["rope_parameters"].as_object_mut().unwrap().remove("factor").map(|_| ()).unwrap());
     assert_names(&e, &["yarn", "factor"]);
 }

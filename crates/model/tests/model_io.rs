@@ -64,10 +64,17 @@ fn kv_cache_decode_matches_full_forward() {
     let full = m.logits(&Tensor::from_u32(ids.clone(), &[1, 12]).unwrap(), None, Logits::All).unwrap();
     let full = full.as_f32().unwrap();
     let mut cache = KvCache::new(&m.cfg, 1, 12);
-    let first = m.logits(&Tensor::from_u32(ids[..4].to_vec(), &[1, 4]).unwrap(), Some(&mut cache), Logits::Last).unwrap();
+    let first =
+        m.logits(&Tensor::from_u32(ids[..4].to_vec(), &[1, 4]).unwrap(), Some(&mut cache), Logits::Last).unwrap();
     let mut rows = vec![first.as_f32().unwrap().to_vec()];
     for &id in &ids[4..] {
-        rows.push(m.logits(&Tensor::from_u32(vec![id], &[1, 1]).unwrap(), Some(&mut cache), Logits::Last).unwrap().as_f32().unwrap().to_vec());
+        rows.push(
+            m.logits(&Tensor::from_u32(vec![id], &[1, 1]).unwrap(), Some(&mut cache), Logits::Last)
+                .unwrap()
+                .as_f32()
+                .unwrap()
+                .to_vec(),
+        );
     }
     for (i, row) in rows.iter().enumerate() {
         let want = &full[(3 + i) * 50..(4 + i) * 50];
@@ -102,7 +109,12 @@ fn attention_scale_reaches_every_attention_path() {
         let mut g = smelt_core::Graph::training();
         let p = m.param_vars(&mut g, true);
         let loss = m.loss(&mut g, &p, &ids, &ids, false).unwrap();
-        g.backward(&loss).unwrap().get(&p[m.idx.layers[0][smelt_model::params::Role::Wq]]).unwrap().to_vec_f32().unwrap()
+        g.backward(&loss)
+            .unwrap()
+            .get(&p[m.idx.layers[0][smelt_model::params::Role::Wq]])
+            .unwrap()
+            .to_vec_f32()
+            .unwrap()
     };
     assert_ne!(grad(&hot), grad(&base));
 }

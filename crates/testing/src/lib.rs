@@ -56,18 +56,12 @@ pub fn flag(var: &str) -> bool {
 /// `-<hash>` suffix dropped), and libtest names each test's thread after the test.
 pub fn test_name() -> String {
     let exe = std::env::current_exe().ok();
-    let stem = exe
-        .as_deref()
-        .and_then(Path::file_stem)
-        .and_then(|s| s.to_str())
-        .unwrap_or("?");
+    let stem = exe.as_deref().and_then(Path::file_stem).and_then(|s| s.to_str()).unwrap_or("?");
     let binary = match stem.rsplit_once('-') {
         Some((b, h)) if h.len() == 16 && h.bytes().all(|c| c.is_ascii_hexdigit()) => b,
         _ => stem,
     };
-    let package = std::env::var("CARGO_PKG_NAME")
-        .map(|p| format!("{p}/"))
-        .unwrap_or_default();
+    let package = std::env::var("CARGO_PKG_NAME").map(|p| format!("{p}/")).unwrap_or_default();
     let thread = std::thread::current();
     format!("{package}{binary}::{}", thread.name().unwrap_or("?"))
 }
@@ -136,13 +130,7 @@ pub fn fixture(rel: &str) -> PathBuf {
 /// Normalised mean squared error Σ(got − want)² / Σ want², in f64. A NaN or infinity in `got`
 /// makes it NaN or infinite, which fails any `nmse <= tol`.
 pub fn nmse<A: Copy + Into<f64>, B: Copy + Into<f64>>(got: &[A], want: &[B]) -> f64 {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "nmse: {} values against {}",
-        got.len(),
-        want.len()
-    );
+    assert_eq!(got.len(), want.len(), "nmse: {} values against {}", got.len(), want.len());
     let (mut num, mut den) = (0f64, 0f64);
     for (&g, &w) in got.iter().zip(want) {
         let (g, w): (f64, f64) = (g.into(), w.into());
@@ -178,10 +166,6 @@ mod tests {
 
     #[test]
     fn names_the_test_after_its_thread() {
-        assert!(
-            test_name().ends_with("::tests::names_the_test_after_its_thread"),
-            "{}",
-            test_name()
-        );
+        assert!(test_name().ends_with("::tests::names_the_test_after_its_thread"), "{}", test_name());
     }
 }

@@ -18,21 +18,21 @@ fn skips_are_logged_and_fail_when_required() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
     assert!(
-        lines[0].starts_with(
-            "SMELT-SKIP smelt-testing/require::skips_are_logged_and_fail_when_required: "
-        ),
+        lines[0].starts_with("SMELT-SKIP smelt-testing/require::skips_are_logged_and_fail_when_required: "),
         "{text}"
     );
-    assert!(
-        lines[0].contains("no/such/input missing (run scripts/fetch_inputs.sh)"),
-        "{text}"
-    );
+    assert!(lines[0].contains("no/such/input missing (run scripts/fetch_inputs.sh)"), "{text}");
     assert!(lines[1].ends_with(": no AVX-9000"), "{text}");
 
     std::env::set_var("SMELT_REQUIRE_INPUTS", "1");
     let e = std::panic::catch_unwind(|| input("no/such/input")).unwrap_err();
     let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
-    assert!(msg.starts_with("SMELT_REQUIRE_INPUTS=1, but smelt-testing/require::skips_are_logged_and_fail_when_required would skip: "), "{msg}");
+    assert!(
+        msg.starts_with(
+            "SMELT_REQUIRE_INPUTS=1, but smelt-testing/require::skips_are_logged_and_fail_when_required would skip: "
+        ),
+        "{msg}"
+    );
     // Other kinds stay skips under it; "0" means not required.
     skip(Need::Gpu, "no GPU");
     skip(Need::Cpu, "no AVX-9000");

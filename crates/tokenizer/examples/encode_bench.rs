@@ -19,7 +19,10 @@ fn main() -> anyhow::Result<()> {
         best = best.min(t.elapsed().as_secs_f64());
         ntok = ids.iter().map(Vec::len).sum::<usize>();
     }
-    println!("{{\"seconds\": {best:.4}, \"mb_per_s\": {:.2}, \"tokens\": {ntok}, \"tokens_per_s\": {:.0}}}",
-             text.len() as f64 / best / 1e6, ntok as f64 / best);
+    println!(
+        "{{\"seconds\": {best:.4}, \"mb_per_s\": {:.2}, \"tokens\": {ntok}, \"tokens_per_s\": {:.0}}}",
+        text.len() as f64 / best / 1e6,
+        ntok as f64 / best
+    );
     Ok(())
 }

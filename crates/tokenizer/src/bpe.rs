@@ -20,7 +20,12 @@ pub struct Bpe {
 }
 
 #[derive(Clone, Copy)]
-struct Sym { id: u32, prev: usize, next: usize, alive: bool }
+struct Sym {
+    id: u32,
+    prev: usize,
+    next: usize,
+    alive: bool,
+}
 
 const NONE: usize = usize::MAX;
 
@@ -28,7 +33,10 @@ impl Bpe {
     /// Encode one piece. `lookup` maps a token string to its id.
     pub fn encode_piece(&self, piece: &str, lookup: impl Fn(&str) -> Option<u32>, out: &mut Vec<u32>) {
         if self.ignore_merges {
-            if let Some(id) = lookup(piece) { out.push(id); return; }
+            if let Some(id) = lookup(piece) {
+                out.push(id);
+                return;
+            }
         }
         // Initial symbols: one per char (or per byte with byte fallback, or unk).
         let mut syms: Vec<Sym> = Vec::with_capacity(piece.len());
@@ -40,10 +48,14 @@ impl Bpe {
                 syms.push(Sym { id, prev: NONE, next: NONE, alive: true });
                 last_unk = false;
             } else if let (true, Some(bt)) = (self.byte_fallback, &self.byte_tokens) {
-                for &b in s.as_bytes() { syms.push(Sym { id: bt[b as usize], prev: NONE, next: NONE, alive: true }); }
+                for &b in s.as_bytes() {
+                    syms.push(Sym { id: bt[b as usize], prev: NONE, next: NONE, alive: true });
+                }
                 last_unk = false;
             } else if let Some(unk) = self.unk {
-                if !(self.fuse_unk && last_unk) { syms.push(Sym { id: unk, prev: NONE, next: NONE, alive: true }); }
+                if !(self.fuse_unk && last_unk) {
+                    syms.push(Sym { id: unk, prev: NONE, next: NONE, alive: true });
+                }
                 last_unk = true;
             }
         }
@@ -56,23 +68,37 @@ impl Bpe {
             // Heap of candidate merges (rank, left position); stale entries are skipped on pop.
             let mut heap: BinaryHeap<Reverse<(u32, usize, u32)>> = BinaryHeap::with_capacity(n);
             for i in 0..n - 1 {
-                if let Some(&(rank, new)) = self.merges.get(&(syms[i].id, syms[i + 1].id)) { heap.push(Reverse((rank, i, new))); }
+                if let Some(&(rank, new)) = self.merges.get(&(syms[i].id, syms[i + 1].id)) {
+                    heap.push(Reverse((rank, i, new)));
+                }
             }
             while let Some(Reverse((rank, i, new))) = heap.pop() {
                 let s = syms[i];
-                if !s.alive || s.next == NONE { continue; }
+                if !s.alive || s.next == NONE {
+                    continue;
+                }
                 let j = s.next;
-                match self.merges.get(&(s.id, syms[j].id)) { Some(&(r, nw)) if r == rank && nw == new => {}, _ => continue }
+                match self.merges.get(&(s.id, syms[j].id)) {
+                    Some(&(r, nw)) if r == rank && nw == new => {}
+                    _ => continue,
+                }
                 syms[i].id = new;
                 syms[i].next = syms[j].next;
                 syms[j].alive = false;
-                if syms[j].next != NONE { let k = syms[j].next; syms[k].prev = i; }
+                if syms[j].next != NONE {
+                    let k = syms[j].next;
+                    syms[k].prev = i;
+                }
                 if s.prev != NONE {
-                    if let Some(&(r, nw)) = self.merges.get(&(syms[s.prev].id, new)) { heap.push(Reverse((r, s.prev, nw))); }
+                    if let Some(&(r, nw)) = self.merges.get(&(syms[s.prev].id, new)) {
+                        heap.push(Reverse((r, s.prev, nw)));
+                    }
                 }
                 let k = syms[i].next;
                 if k != NONE {
-                    if let Some(&(r, nw)) = self.merges.get(&(new, syms[k].id)) { heap.push(Reverse((r, i, nw))); }
+                    if let Some(&(r, nw)) = self.merges.get(&(new, syms[k].id)) {
+                        heap.push(Reverse((r, i, nw)));
+                    }
                 }
             }
         }

@@ -10,15 +10,24 @@ use std::path::Path;
 
 /// One chat message (role: system / user / assistant / tool).
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq)]
-pub struct Message { pub role: String, pub content: String }
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
 
 impl Message {
-    pub fn new(role: &str, content: &str) -> Self { Message { role: role.into(), content: content.into() } }
+    pub fn new(role: &str, content: &str) -> Self {
+        Message { role: role.into(), content: content.into() }
+    }
 }
 
 /// A chat template and the BOS/EOS strings it may print.
 #[derive(Clone, Debug)]
-pub struct ChatTemplate { pub source: String, pub bos_token: String, pub eos_token: String }
+pub struct ChatTemplate {
+    pub source: String,
+    pub bos_token: String,
+    pub eos_token: String,
+}
 
 impl ChatTemplate {
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Self {
@@ -32,7 +41,9 @@ impl ChatTemplate {
         let cfg: serde_json::Value = if p.exists() {
             serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
                 .with_context(|| format!("{}: not valid JSON", p.display()))?
-        } else { serde_json::Value::Null };
+        } else {
+            serde_json::Value::Null
+        };
         let tok = |k: &str| -> String {
             let t = &cfg[k];
             t.as_str().or_else(|| t.get("content").and_then(|c| c.as_str())).unwrap_or("").to_string()
@@ -40,11 +51,16 @@ impl ChatTemplate {
         let source = match &cfg["chat_template"] {
             serde_json::Value::String(s) => s.clone(),
             // A list of named templates: take "default".
-            serde_json::Value::Array(a) => a.iter().find(|t| t["name"] == "default").and_then(|t| t["template"].as_str())
-                .map(str::to_string).with_context(|| format!("{}: chat_template list has no \"default\"", p.display()))?,
+            serde_json::Value::Array(a) => a
+                .iter()
+                .find(|t| t["name"] == "default")
+                .and_then(|t| t["template"].as_str())
+                .map(str::to_string)
+                .with_context(|| format!("{}: chat_template list has no \"default\"", p.display()))?,
             _ => {
                 let j = dir.join("chat_template.jinja");
-                std::fs::read_to_string(&j).with_context(|| format!("{}: no chat_template, and no {}", p.display(), j.display()))?
+                std::fs::read_to_string(&j)
+                    .with_context(|| format!("{}: no chat_template, and no {}", p.display(), j.display()))?
             }
         };
         Ok(ChatTemplate { source, bos_token: tok("bos_token"), eos_token: tok("eos_token") })
@@ -53,14 +69,20 @@ impl ChatTemplate {
     /// From a GGUF file's `tokenizer.chat_template` (BOS/EOS strings from its vocabulary).
     pub fn from_gguf(path: &Path) -> Result<Self> {
         let g = smelt_gguf::GgufFile::open(path)?;
-        let source = g.get_str("tokenizer.chat_template")
-            .with_context(|| format!("{}: no tokenizer.chat_template", path.display()))?.to_string();
+        let source = g
+            .get_str("tokenizer.chat_template")
+            .with_context(|| format!("{}: no tokenizer.chat_template", path.display()))?
+            .to_string();
         let tokens = g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array());
         let tok = |k: &str| -> String {
             let id = g.get(k).and_then(|v| v.as_u64());
             id.and_then(|i| tokens?.get(i as usize)?.as_str().map(str::to_string)).unwrap_or_default()
         };
-        Ok(ChatTemplate { source, bos_token: tok("tokenizer.ggml.bos_token_id"), eos_token: tok("tokenizer.ggml.eos_token_id") })
+        Ok(ChatTemplate {
+            source,
+            bos_token: tok("tokenizer.ggml.bos_token_id"),
+            eos_token: tok("tokenizer.ggml.eos_token_id"),
+        })
     }
 
     /// Render a conversation.
@@ -70,7 +92,12 @@ impl ChatTemplate {
 
     /// Render with messages as JSON (tool calls etc. pass through) and extra context variables
     /// (`tools`, `date_string`, ...).
-    pub fn render_with(&self, messages: &serde_json::Value, add_generation_prompt: bool, extra: &serde_json::Value) -> Result<String> {
+    pub fn render_with(
+        &self,
+        messages: &serde_json::Value,
+        add_generation_prompt: bool,
+        extra: &serde_json::Value,
+    ) -> Result<String> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -82,7 +109,9 @@ impl ChatTemplate {
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
         env.add_template("chat_template", &self.source).context("parsing the chat template")?;
         let mut ctx = serde_json::Map::new();
-        if let serde_json::Value::Object(m) = extra { ctx.extend(m.clone()); }
+        if let serde_json::Value::Object(m) = extra {
+            ctx.extend(m.clone());
+        }
         ctx.insert("messages".into(), messages.clone());
         ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
         ctx.insert("bos_token".into(), self.bos_token.clone().into());
@@ -106,26 +135,41 @@ fn tojson(v: Value, kwargs: Kwargs) -> Result<Value, Error> {
 }
 
 fn dump(v: &Value, indent: Option<usize>, level: usize, out: &mut String) -> Result<(), Error> {
-    let nl = |out: &mut String, level: usize| if let Some(n) = indent { out.push('\n'); out.push_str(&" ".repeat(n * level)); };
+    let nl = |out: &mut String, level: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * level));
+        }
+    };
     let sep = if indent.is_some() { "," } else { ", " };
     match v.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
         ValueKind::Number => {
-            if let Ok(i) = i64::try_from(v.clone()) { out.push_str(&i.to_string()) }
-            else {
+            if let Ok(i) = i64::try_from(v.clone()) {
+                out.push_str(&i.to_string())
+            } else {
                 let f = f64::try_from(v.clone()).unwrap_or(f64::NAN);
                 // Python prints 1.0, not 1.
-                if f.fract() == 0.0 && f.abs() < 1e16 { out.push_str(&format!("{f:.1}")) } else { out.push_str(&f.to_string()) }
+                if f.fract() == 0.0 && f.abs() < 1e16 {
+                    out.push_str(&format!("{f:.1}"))
+                } else {
+                    out.push_str(&f.to_string())
+                }
             }
         }
         ValueKind::String => out.push_str(&serde_json::to_string(v.as_str().unwrap_or("")).unwrap_or_default()),
         ValueKind::Seq | ValueKind::Iterable => {
             let items: Vec<Value> = v.try_iter()?.collect();
-            if items.is_empty() { out.push_str("[]"); return Ok(()); }
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
             out.push('[');
             for (i, x) in items.iter().enumerate() {
-                if i > 0 { out.push_str(sep); }
+                if i > 0 {
+                    out.push_str(sep);
+                }
                 nl(out, level + 1);
                 dump(x, indent, level + 1, out)?;
             }
@@ -134,10 +178,15 @@ fn dump(v: &Value, indent: Option<usize>, level: usize, out: &mut String) -> Res
         }
         ValueKind::Map => {
             let keys: Vec<Value> = v.try_iter()?.collect();
-            if keys.is_empty() { out.push_str("{}"); return Ok(()); }
+            if keys.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
             out.push('{');
             for (i, k) in keys.iter().enumerate() {
-                if i > 0 { out.push_str(sep); }
+                if i > 0 {
+                    out.push_str(sep);
+                }
                 nl(out, level + 1);
                 out.push_str(&serde_json::to_string(&k.to_string()).unwrap_or_default());
                 out.push_str(": ");
@@ -153,7 +202,8 @@ fn dump(v: &Value, indent: Option<usize>, level: usize, out: &mut String) -> Res
 
 /// The current UTC time formatted with the common strftime codes (%d %m %Y %y %b %B %H %M %S %%).
 fn strftime_now(fmt: &str) -> Result<String, Error> {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719468;
@@ -165,11 +215,27 @@ fn strftime_now(fmt: &str) -> Result<String, Error> {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
     let mut out = String::new();
     let mut it = fmt.chars();
     while let Some(c) = it.next() {
-        if c != '%' { out.push(c); continue; }
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
         match it.next() {
             Some('d') => out.push_str(&format!("{d:02}")),
             Some('m') => out.push_str(&format!("{m:02}")),
@@ -181,7 +247,12 @@ fn strftime_now(fmt: &str) -> Result<String, Error> {
             Some('M') => out.push_str(&format!("{:02}", rem / 60 % 60)),
             Some('S') => out.push_str(&format!("{:02}", rem % 60)),
             Some('%') => out.push('%'),
-            other => return Err(Error::new(ErrorKind::InvalidOperation, format!("strftime_now: unsupported code %{}", other.unwrap_or(' ')))),
+            other => {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("strftime_now: unsupported code %{}", other.unwrap_or(' ')),
+                ))
+            }
         }
     }
     Ok(out)

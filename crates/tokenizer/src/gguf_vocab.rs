@@ -49,14 +49,21 @@ fn pre_for(pre: &str, file: &Path) -> Result<(Value, bool)> {
     })
 }
 
-
 pub fn load(file: &Path) -> Result<Inner> {
     let g = GgufFile::open(file)?;
-    let model = g.get_str("tokenizer.ggml.model").with_context(|| format!("{}: no tokenizer.ggml.model (not a model with a vocabulary?)", file.display()))?;
+    let model = g
+        .get_str("tokenizer.ggml.model")
+        .with_context(|| format!("{}: no tokenizer.ggml.model (not a model with a vocabulary?)", file.display()))?;
     let strings = |key: &str| -> Result<Vec<String>> {
         let a = g.require(key)?.as_array().with_context(|| format!("{}: {key} is not an array", file.display()))?;
-        a.iter().enumerate().map(|(i, v)| v.as_str().map(str::to_string)
-            .with_context(|| format!("{}: {key}[{i}] is not a string", file.display()))).collect()
+        a.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str()
+                    .map(str::to_string)
+                    .with_context(|| format!("{}: {key}[{i}] is not a string", file.display()))
+            })
+            .collect()
     };
     let tokens = strings("tokenizer.ggml.tokens")?;
     let n = tokens.len();
@@ -86,32 +93,50 @@ pub fn load(file: &Path) -> Result<Inner> {
         "gpt2" => {
             let merges = strings("tokenizer.ggml.merges")?;
             let mut vocab = serde_json::Map::new();
-            for (i, t) in tokens.iter().enumerate() { vocab.insert(t.clone(), json!(i)); }
-            let merges: Vec<(String, String)> = merges.iter().enumerate().map(|(i, m)| match m.split_once(' ') {
-                Some((a, b)) => Ok((a.to_string(), b.to_string())),
-                None => bail!("{}: tokenizer.ggml.merges[{i}] {m:?} is not \"a b\"", file.display()),
-            }).collect::<Result<_>>()?;
+            for (i, t) in tokens.iter().enumerate() {
+                vocab.insert(t.clone(), json!(i));
+            }
+            let merges: Vec<(String, String)> = merges
+                .iter()
+                .enumerate()
+                .map(|(i, m)| match m.split_once(' ') {
+                    Some((a, b)) => Ok((a.to_string(), b.to_string())),
+                    None => bail!("{}: tokenizer.ggml.merges[{i}] {m:?} is not \"a b\"", file.display()),
+                })
+                .collect::<Result<_>>()?;
             let pre = g.get_str("tokenizer.ggml.pre").unwrap_or("default");
             let (pre_tok, ignore_merges) = pre_for(pre, file)?;
             let mut v = hf_json::bpe_json(vocab, merges, &[], pre_tok);
             v["model"]["ignore_merges"] = json!(ignore_merges);
-            v["added_tokens"] = json!(tokens.iter().enumerate().filter(|(i, _)| matches!(types[*i], CONTROL | USER_DEFINED))
+            v["added_tokens"] = json!(tokens
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| matches!(types[*i], CONTROL | USER_DEFINED))
                 .map(|(i, t)| json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-                                     "normalized": false, "special": types[i] == CONTROL})).collect::<Vec<_>>());
-            let (add_bos, add_eos) = (flag("tokenizer.ggml.add_bos_token", false), flag("tokenizer.ggml.add_eos_token", false));
+                                     "normalized": false, "special": types[i] == CONTROL}))
+                .collect::<Vec<_>>());
+            let (add_bos, add_eos) =
+                (flag("tokenizer.ggml.add_bos_token", false), flag("tokenizer.ggml.add_eos_token", false));
             if add_bos || add_eos {
                 let mut single = Vec::new();
                 let mut specials = serde_json::Map::new();
                 let mut item = |id: Option<u32>, what: &str| -> Result<Value> {
-                    let id = id.with_context(|| format!("{}: add_{what}_token is set but there is no {what}_token_id", file.display()))?;
+                    let id = id.with_context(|| {
+                        format!("{}: add_{what}_token is set but there is no {what}_token_id", file.display())
+                    })?;
                     let t = &tokens[id as usize];
                     specials.insert(t.clone(), json!({"id": t, "ids": [id], "tokens": [t]}));
                     Ok(json!({"SpecialToken": {"id": t, "type_id": 0}}))
                 };
-                if add_bos { single.push(item(bos, "bos")?); }
+                if add_bos {
+                    single.push(item(bos, "bos")?);
+                }
                 single.push(json!({"Sequence": {"id": "A", "type_id": 0}}));
-                if add_eos { single.push(item(eos, "eos")?); }
-                v["post_processor"] = json!({"type": "TemplateProcessing", "single": single, "pair": null, "special_tokens": specials});
+                if add_eos {
+                    single.push(item(eos, "eos")?);
+                }
+                v["post_processor"] =
+                    json!({"type": "TemplateProcessing", "single": single, "pair": null, "special_tokens": specials});
             }
             let mut inner = hf_json::from_json(v, file, None)?;
             inner.bos = bos;
@@ -126,23 +151,58 @@ pub fn load(file: &Path) -> Result<Inner> {
                 None => bail!("{}: SentencePiece vocabulary without tokenizer.ggml.scores", file.display()),
             };
             let mut ids = FxHashMap::default();
-            for (i, t) in tokens.iter().enumerate() { ids.entry(t.clone()).or_insert(i as u32); }
-            let added: Vec<AddedToken> = tokens.iter().enumerate()
+            for (i, t) in tokens.iter().enumerate() {
+                ids.entry(t.clone()).or_insert(i as u32);
+            }
+            let added: Vec<AddedToken> = tokens
+                .iter()
+                .enumerate()
                 .filter(|(i, _)| matches!(types[*i], UNKNOWN | CONTROL | USER_DEFINED))
-                .map(|(i, t)| AddedToken { id: i as u32, content: t.clone(), special: types[i] != USER_DEFINED,
-                    lstrip: false, rstrip: false, normalized: false, single_word: false }).collect();
+                .map(|(i, t)| AddedToken {
+                    id: i as u32,
+                    content: t.clone(),
+                    special: types[i] != USER_DEFINED,
+                    lstrip: false,
+                    rstrip: false,
+                    normalized: false,
+                    single_word: false,
+                })
+                .collect();
             let special_ids: FxHashSet<u32> = added.iter().filter(|a| a.special).map(|a| a.id).collect();
             let add_space_prefix = flag("tokenizer.ggml.add_space_prefix", true);
             let spm = crate::spm::Spm { scores, unk, byte_tokens: hf_json::byte_tokens(&ids), add_space_prefix };
-            let decoder = vec![DecStep::Replace("\u{2581}".into(), " ".into()), DecStep::ByteFallback, DecStep::Fuse,
-                               DecStep::Strip { content: ' ', start: usize::from(add_space_prefix), stop: 0 }];
+            let decoder = vec![
+                DecStep::Replace("\u{2581}".into(), " ".into()),
+                DecStep::ByteFallback,
+                DecStep::Fuse,
+                DecStep::Strip { content: ' ', start: usize::from(add_space_prefix), stop: 0 },
+            ];
             let prefix = if flag("tokenizer.ggml.add_bos_token", true) { bos.into_iter().collect() } else { vec![] };
             let suffix = if flag("tokenizer.ggml.add_eos_token", false) { eos.into_iter().collect() } else { vec![] };
-            Ok(Inner { vocab: tokens, ids, model: Model::Spm(spm), normalizers: vec![], pre: vec![], decoder,
-                raw_added: Matcher::new(added), norm_added: Matcher::default(), special_ids, prefix, suffix,
-                bos, eos, byte_level: false, json: None, chat_template, uid: crate::next_uid() })
+            Ok(Inner {
+                vocab: tokens,
+                ids,
+                model: Model::Spm(spm),
+                normalizers: vec![],
+                pre: vec![],
+                decoder,
+                raw_added: Matcher::new(added),
+                norm_added: Matcher::default(),
+                special_ids,
+                prefix,
+                suffix,
+                bos,
+                eos,
+                byte_level: false,
+                json: None,
+                chat_template,
+                uid: crate::next_uid(),
+            })
         }
-        m => bail!("{}: unsupported tokenizer.ggml.model {m:?} (supported: gpt2 = BPE, llama = SentencePiece)", file.display()),
+        m => bail!(
+            "{}: unsupported tokenizer.ggml.model {m:?} (supported: gpt2 = BPE, llama = SentencePiece)",
+            file.display()
+        ),
     }
 }
 
@@ -185,32 +245,57 @@ pub fn hf_gguf_metadata(dir: &Path, pre: Option<&str>, vocab_size: usize) -> Res
     let tok = Tokenizer::from_file(dir)?;
     let tj = tok.to_json().with_context(|| format!("{}: not a BPE tokenizer", p.display()))?;
     if tj["model"]["type"] != "BPE" || tj["decoder"]["type"] != "ByteLevel" {
-        bail!("{}: only byte-level BPE tokenizers are exported to GGUF (model {}, decoder {})", p.display(), tj["model"]["type"], tj["decoder"]["type"]);
+        bail!(
+            "{}: only byte-level BPE tokenizers are exported to GGUF (model {}, decoder {})",
+            p.display(),
+            tj["model"]["type"],
+            tj["decoder"]["type"]
+        );
     }
     let pre = match pre {
         Some(x) => x.to_string(),
-        None => pre_name(&tj["pre_tokenizer"]).map(str::to_string).with_context(|| format!(
-            "{}: pre-tokenizer not recognised as one llama.cpp knows; pass its llama.cpp name with --pre", p.display()))?,
+        None => pre_name(&tj["pre_tokenizer"]).map(str::to_string).with_context(|| {
+            format!(
+                "{}: pre-tokenizer not recognised as one llama.cpp knows; pass its llama.cpp name with --pre",
+                p.display()
+            )
+        })?,
     };
     let mut tokens: Vec<Option<String>> = vec![None; vocab_size];
     let mut types = vec![1i32; vocab_size];
     for (id, t) in (0..tok.vocab_size()).filter_map(|id| Some((id, tok.id_to_token(id as u32)?))) {
-        if id >= vocab_size { bail!("{}: token {t:?} has id {id} ≥ the model's vocab size {vocab_size}", p.display()); }
+        if id >= vocab_size {
+            bail!("{}: token {t:?} has id {id} ≥ the model's vocab size {vocab_size}", p.display());
+        }
         tokens[id] = Some(t.to_string());
     }
     for a in tj["added_tokens"].as_array().into_iter().flatten() {
         let id = a["id"].as_u64().context("added token id")? as usize;
         types[id] = if a["special"] == true { CONTROL as i32 } else { USER_DEFINED as i32 };
     }
-    let tokens: Vec<GgufValue> = tokens.into_iter().enumerate().map(|(i, t)| match t {
-        Some(t) => GgufValue::String(t),
-        None => { types[i] = 5; GgufValue::String(format!("[PAD{i}]")) }
-    }).collect();
-    let merges: Vec<GgufValue> = tj["model"]["merges"].as_array().into_iter().flatten().map(|m| match m {
-        Value::String(s) => Ok(GgufValue::String(s.clone())),
-        Value::Array(ab) if ab.len() == 2 => Ok(GgufValue::String(format!("{} {}", ab[0].as_str().unwrap_or(""), ab[1].as_str().unwrap_or("")))),
-        other => bail!("merge {other} is neither \"a b\" nor [a, b]"),
-    }).collect::<Result<_>>()?;
+    let tokens: Vec<GgufValue> = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| match t {
+            Some(t) => GgufValue::String(t),
+            None => {
+                types[i] = 5;
+                GgufValue::String(format!("[PAD{i}]"))
+            }
+        })
+        .collect();
+    let merges: Vec<GgufValue> = tj["model"]["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            Value::String(s) => Ok(GgufValue::String(s.clone())),
+            Value::Array(ab) if ab.len() == 2 => {
+                Ok(GgufValue::String(format!("{} {}", ab[0].as_str().unwrap_or(""), ab[1].as_str().unwrap_or(""))))
+            }
+            other => bail!("merge {other} is neither \"a b\" nor [a, b]"),
+        })
+        .collect::<Result<_>>()?;
     let mut out = vec![
         ("tokenizer.ggml.model".to_string(), GgufValue::String("gpt2".into())),
         ("tokenizer.ggml.pre".to_string(), GgufValue::String(pre)),
@@ -223,14 +308,26 @@ pub fn hf_gguf_metadata(dir: &Path, pre: Option<&str>, vocab_size: usize) -> Res
     let mc = if dir.join("config.json").exists() { read_json(&dir.join("config.json"))? } else { Value::Null };
     // The ids tokenizer_config.json names (a string or an AddedToken object), else config.json's.
     let id_of = |key: &str| -> Option<u32> {
-        let name = match &tc[key] { Value::String(s) => Some(s.as_str()), Value::Object(o) => o.get("content").and_then(|c| c.as_str()), _ => None };
+        let name = match &tc[key] {
+            Value::String(s) => Some(s.as_str()),
+            Value::Object(o) => o.get("content").and_then(|c| c.as_str()),
+            _ => None,
+        };
         name.and_then(|n| tok.token_to_id(n)).or_else(|| mc[format!("{key}_id")].as_u64().map(|v| v as u32))
     };
-    for (key, gkey) in [("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id")] {
-        if let Some(id) = id_of(key) { out.push((format!("tokenizer.ggml.{gkey}"), GgufValue::U32(id))); }
+    for (key, gkey) in [
+        ("bos_token", "bos_token_id"),
+        ("eos_token", "eos_token_id"),
+        ("pad_token", "padding_token_id"),
+        ("unk_token", "unknown_token_id"),
+    ] {
+        if let Some(id) = id_of(key) {
+            out.push((format!("tokenizer.ggml.{gkey}"), GgufValue::U32(id)));
+        }
     }
     // BOS is added when the post-processor's single-sequence template starts with a special token.
-    let starts_special = |p: &Value| p["single"].as_array().and_then(|s| s.first()).is_some_and(|f| f.get("SpecialToken").is_some());
+    let starts_special =
+        |p: &Value| p["single"].as_array().and_then(|s| s.first()).is_some_and(|f| f.get("SpecialToken").is_some());
     let pp = &tj["post_processor"];
     let adds_bos = starts_special(pp) || pp["processors"].as_array().into_iter().flatten().any(starts_special);
     out.push(("tokenizer.ggml.add_bos_token".to_string(), GgufValue::Bool(adds_bos)));
@@ -239,6 +336,8 @@ pub fn hf_gguf_metadata(dir: &Path, pre: Option<&str>, vocab_size: usize) -> Res
         Some(t) => Some(t.to_string()),
         None => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
     };
-    if let Some(t) = template { out.push(("tokenizer.chat_template".to_string(), GgufValue::String(t))); }
+    if let Some(t) = template {
+        out.push(("tokenizer.chat_template".to_string(), GgufValue::String(t)));
+    }
     Ok(out)
 }

@@ -46,10 +46,15 @@ pub(crate) fn next_uid() -> u64 {
 
 /// A tokenizer. Ids are `u32`. Cloning is cheap (the tables are shared).
 #[derive(Clone, Debug)]
-pub struct Tokenizer { inner: Arc<Inner> }
+pub struct Tokenizer {
+    inner: Arc<Inner>,
+}
 
 #[derive(Debug)]
-pub(crate) enum Model { Bpe(bpe::Bpe), Spm(spm::Spm) }
+pub(crate) enum Model {
+    Bpe(bpe::Bpe),
+    Spm(spm::Spm),
+}
 
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -80,14 +85,17 @@ pub(crate) struct Inner {
 }
 
 impl Tokenizer {
-    pub(crate) fn from_inner(inner: Inner) -> Self { Tokenizer { inner: Arc::new(inner) } }
+    pub(crate) fn from_inner(inner: Inner) -> Self {
+        Tokenizer { inner: Arc::new(inner) }
+    }
 
     /// The byte-level tokenizer: ids 0..256 are bytes, 256 is `<|endoftext|>` (EOS). It is a
     /// byte-level BPE with no merges, so it saves as an ordinary tokenizer.json.
     pub fn byte_level() -> Self {
         let vocab: serde_json::Map<String, serde_json::Value> = (0..=255u8)
             .map(|b| (bytelevel::byte_char(b).to_string(), serde_json::json!(b)))
-            .chain([("<|endoftext|>".to_string(), serde_json::json!(256))]).collect();
+            .chain([("<|endoftext|>".to_string(), serde_json::json!(256))])
+            .collect();
         let v = hf_json::bpe_json(vocab, Vec::new(), &[("<|endoftext|>".into(), 256)], hf_json::byte_level_pre(false));
         let mut t = hf_json::from_json(v, Path::new("<byte-level>"), None).expect("built-in tokenizer is valid");
         t.eos = Some(256);
@@ -100,10 +108,9 @@ impl Tokenizer {
         if file.extension().is_some_and(|e| e == "gguf") {
             return gguf_vocab::load(&file).map(Self::from_inner);
         }
-        let text = std::fs::read_to_string(&file)
-            .with_context(|| format!("reading tokenizer {}", file.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not valid JSON", file.display()))?;
+        let text = std::fs::read_to_string(&file).with_context(|| format!("reading tokenizer {}", file.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", file.display()))?;
         if v.get("model").and_then(|m| m.get("type")).and_then(|t| t.as_str()) == Some("smelt-bytes") {
             return Ok(Self::byte_level());
         }
@@ -118,9 +125,14 @@ impl Tokenizer {
 
     /// Save as a Hugging Face `tokenizer.json` (written to a temporary file, then renamed).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let v = self.inner.json.as_ref().with_context(|| format!(
-            "cannot save {}: a SentencePiece (GGUF `llama`) vocabulary has no tokenizer.json form here", path.display()))?;
-        smelt_files::write_atomic(path, serde_json::to_string(v)?).with_context(|| format!("saving tokenizer {}", path.display()))
+        let v = self.inner.json.as_ref().with_context(|| {
+            format!(
+                "cannot save {}: a SentencePiece (GGUF `llama`) vocabulary has no tokenizer.json form here",
+                path.display()
+            )
+        })?;
+        smelt_files::write_atomic(path, serde_json::to_string(v)?)
+            .with_context(|| format!("saving tokenizer {}", path.display()))
     }
 
     /// Save as the tokenizer files of a Hugging Face model folder: `tokenizer.json`, and a
@@ -141,43 +153,68 @@ impl Tokenizer {
             cfg.insert("chat_template".into(), t.into());
         }
         let p = dir.join("tokenizer_config.json");
-        smelt_files::write_atomic(&p, serde_json::to_string_pretty(&cfg)?).with_context(|| format!("saving {}", p.display()))
+        smelt_files::write_atomic(&p, serde_json::to_string_pretty(&cfg)?)
+            .with_context(|| format!("saving {}", p.display()))
     }
 
     /// The tokenizer.json this tokenizer saves as (None for SentencePiece GGUF vocabularies).
-    pub fn to_json(&self) -> Option<&serde_json::Value> { self.inner.json.as_ref() }
+    pub fn to_json(&self) -> Option<&serde_json::Value> {
+        self.inner.json.as_ref()
+    }
 
-    pub fn vocab_size(&self) -> usize { self.inner.vocab.len() }
-    pub fn eos_id(&self) -> Option<u32> { self.inner.eos }
-    pub fn bos_id(&self) -> Option<u32> { self.inner.bos }
-    pub fn token_to_id(&self, token: &str) -> Option<u32> { self.inner.ids.get(token).copied() }
+    pub fn vocab_size(&self) -> usize {
+        self.inner.vocab.len()
+    }
+    pub fn eos_id(&self) -> Option<u32> {
+        self.inner.eos
+    }
+    pub fn bos_id(&self) -> Option<u32> {
+        self.inner.bos
+    }
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.ids.get(token).copied()
+    }
     pub fn id_to_token(&self, id: u32) -> Option<&str> {
         self.inner.vocab.get(id as usize).map(String::as_str).filter(|s| !s.is_empty())
     }
     /// The chat template embedded in the vocabulary's source (GGUF `tokenizer.chat_template`
     /// or `tokenizer_config.json` next to a tokenizer.json), if any.
-    pub fn chat_template(&self) -> Option<&str> { self.inner.chat_template.as_deref() }
+    pub fn chat_template(&self) -> Option<&str> {
+        self.inner.chat_template.as_deref()
+    }
 
     /// Encode as Hugging Face `tokenizers`' `encode(text)` does by default (post-processor
     /// specials such as BOS included).
-    pub fn encode(&self, text: &str) -> Vec<u32> { self.encode_with(text, true) }
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.encode_with(text, true)
+    }
 
     /// Encode; `add_special` applies the post-processor's special tokens (BOS/EOS templates).
     /// Added tokens written in the text (`<|im_start|>`) are always recognised, as in HF.
     pub fn encode_with(&self, text: &str, add_special: bool) -> Vec<u32> {
         let t = &*self.inner;
         let mut out = Vec::with_capacity(text.len() / 3 + 4);
-        if add_special { out.extend(&t.prefix); }
+        if add_special {
+            out.extend(&t.prefix);
+        }
         let mut segs = Vec::new();
         t.raw_added.split(text, 0, &mut segs);
         let mut after_token = true;
         for seg in segs {
             match seg {
-                Segment::Token(id) => { out.push(id); after_token = true; }
-                Segment::Text(s, at) => { self.encode_segment(s, at, after_token, &mut out); after_token = false; }
+                Segment::Token(id) => {
+                    out.push(id);
+                    after_token = true;
+                }
+                Segment::Text(s, at) => {
+                    self.encode_segment(s, at, after_token, &mut out);
+                    after_token = false;
+                }
             }
         }
-        if add_special { out.extend(&t.suffix); }
+        if add_special {
+            out.extend(&t.suffix);
+        }
         out
     }
 
@@ -186,8 +223,11 @@ impl Tokenizer {
         match &t.model {
             Model::Spm(spm) => spm.encode(s, after_token, &t.ids, out),
             Model::Bpe(bpe) => {
-                let normed = if t.normalizers.is_empty() { std::borrow::Cow::Borrowed(s) }
-                             else { std::borrow::Cow::Owned(normalize::normalize(&t.normalizers, s)) };
+                let normed = if t.normalizers.is_empty() {
+                    std::borrow::Cow::Borrowed(s)
+                } else {
+                    std::borrow::Cow::Owned(normalize::normalize(&t.normalizers, s))
+                };
                 let mut segs = Vec::new();
                 t.norm_added.split(&normed, at, &mut segs);
                 for seg in segs {
@@ -216,11 +256,19 @@ impl Tokenizer {
         }
         CACHE.with(|c| {
             let mut c = c.borrow_mut();
-            if c.0 != t.uid { c.0 = t.uid; c.1.clear(); }
-            if let Some(ids) = c.1.get(piece) { out.extend_from_slice(ids); return; }
+            if c.0 != t.uid {
+                c.0 = t.uid;
+                c.1.clear();
+            }
+            if let Some(ids) = c.1.get(piece) {
+                out.extend_from_slice(ids);
+                return;
+            }
             let start = out.len();
             bpe.encode_piece(piece, |x| t.ids.get(x).copied(), out);
-            if c.1.len() >= MAX_ENTRIES { c.1.clear(); }
+            if c.1.len() >= MAX_ENTRIES {
+                c.1.clear();
+            }
             c.1.insert(piece.to_string(), out[start..].into());
         })
     }
@@ -234,7 +282,9 @@ impl Tokenizer {
             return self.encode_with(&String::from_utf8_lossy(bytes), add_special);
         };
         let mut out = Vec::new();
-        if add_special { out.extend(&t.prefix); }
+        if add_special {
+            out.extend(&t.prefix);
+        }
         for chunk in bytes.utf8_chunks() {
             out.extend(self.encode_with(chunk.valid(), false));
             if !chunk.invalid().is_empty() {
@@ -243,7 +293,9 @@ impl Tokenizer {
                 bpe.encode_piece(&s, |x| t.ids.get(x).copied(), &mut out);
             }
         }
-        if add_special { out.extend(&t.suffix); }
+        if add_special {
+            out.extend(&t.suffix);
+        }
         out
     }
 
@@ -253,7 +305,9 @@ impl Tokenizer {
     }
 
     /// Decode ids to text; specials are skipped, invalid UTF-8 is replaced by U+FFFD.
-    pub fn decode(&self, ids: &[u32]) -> String { self.decode_with(ids, true) }
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.decode_with(ids, true)
+    }
 
     pub fn decode_with(&self, ids: &[u32], skip_special: bool) -> String {
         String::from_utf8_lossy(&self.decode_bytes(ids, skip_special)).into_owned()
@@ -262,11 +316,12 @@ impl Tokenizer {
     /// Decode to raw bytes (the inverse of `encode_bytes`); unknown ids are skipped.
     pub fn decode_bytes(&self, ids: &[u32], skip_special: bool) -> Vec<u8> {
         let t = &*self.inner;
-        let toks: Vec<Vec<u8>> = ids.iter()
+        let toks: Vec<Vec<u8>> = ids
+            .iter()
             .filter(|id| !(skip_special && t.special_ids.contains(id)))
             .filter_map(|&id| t.vocab.get(id as usize))
-            .map(|s| s.as_bytes().to_vec()).collect();
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
         decode::decode(&t.decoder, toks)
     }
 }
-

@@ -29,13 +29,7 @@ impl<'a> StreamDecoder<'a> {
     }
 
     pub fn with_special(tok: &'a Tokenizer, skip_special: bool) -> Self {
-        StreamDecoder {
-            tok,
-            skip_special,
-            ids: Vec::new(),
-            context: 0,
-            prefix: Vec::new(),
-        }
+        StreamDecoder { tok, skip_special, ids: Vec::new(), context: 0, prefix: Vec::new() }
     }
 
     /// Adds `id` and returns the text it completes: empty while the bytes so far end inside a
@@ -99,10 +93,7 @@ mod tests {
         assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
         // The three bytes of 世 give "", "", "世".
         let at = text.find('世').unwrap();
-        assert_eq!(
-            pieces[at..at + 3],
-            [String::new(), String::new(), "世".to_string()]
-        );
+        assert_eq!(pieces[at..at + 3], [String::new(), String::new(), "世".to_string()]);
         assert_eq!(pieces.concat(), text);
         assert_eq!(pieces.concat(), tok.decode(&ids));
         assert_eq!(s.finish(), "");

@@ -17,7 +17,10 @@ fn templates_render_like_jinja2() {
         let ct = if let Some(model) = name.strip_suffix("/tokenizer_config.json") {
             let Some(d) = common::input(model) else { continue };
             let ct = ChatTemplate::from_tokenizer_config(&d).unwrap();
-            assert_eq!((ct.bos_token.as_str(), ct.eos_token.as_str()), (t["bos_token"].as_str().unwrap(), t["eos_token"].as_str().unwrap()));
+            assert_eq!(
+                (ct.bos_token.as_str(), ct.eos_token.as_str()),
+                (t["bos_token"].as_str().unwrap(), t["eos_token"].as_str().unwrap())
+            );
             ct
         } else {
             let src = std::fs::read_to_string(dir.join(name)).unwrap();
@@ -26,7 +29,9 @@ fn templates_render_like_jinja2() {
         for c in t["cases"].as_array().unwrap() {
             n += 1;
             let mut extra = t["extra"].clone();
-            if !c["tools"].is_null() { extra["tools"] = c["tools"].clone(); }
+            if !c["tools"].is_null() {
+                extra["tools"] = c["tools"].clone();
+            }
             let got = ct.render_with(&c["messages"], c["add_generation_prompt"].as_bool().unwrap(), &extra);
             match (c["output"].as_str(), got) {
                 (Some(exp), Ok(got)) if exp == got => {}
@@ -49,6 +54,11 @@ fn simple_template_and_errors() {
     let bad = ChatTemplate::new("{{ raise_exception('nope') }}", "", "");
     assert!(format!("{:#}", bad.render(&[], false).unwrap_err()).contains("nope"));
     let js = ChatTemplate::new("{{ x | tojson }}|{{ x | tojson(indent=2) }}", "", "");
-    let out = js.render_with(&serde_json::json!([]), false, &serde_json::json!({"x": {"a": [1, 2.5, "é"], "b": null}})).unwrap();
-    assert_eq!(out, "{\"a\": [1, 2.5, \"é\"], \"b\": null}|{\n  \"a\": [\n    1,\n    2.5,\n    \"é\"\n  ],\n  \"b\": null\n}");
+    let out = js
+        .render_with(&serde_json::json!([]), false, &serde_json::json!({"x": {"a": [1, 2.5, "é"], "b": null}}))
+        .unwrap();
+    assert_eq!(
+        out,
+        "{\"a\": [1, 2.5, \"é\"], \"b\": null}|{\n  \"a\": [\n    1,\n    2.5,\n    \"é\"\n  ],\n  \"b\": null\n}"
+    );
 }

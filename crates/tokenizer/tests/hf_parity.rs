@@ -5,7 +5,7 @@
 
 mod common;
 use serde_json::Value;
-use smelt_tokenizer::{TrainConfig, Tokenizer};
+use smelt_tokenizer::{Tokenizer, TrainConfig};
 use std::io::Read;
 
 fn corpus() -> String {
@@ -25,8 +25,14 @@ fn fnv<'a>(seqs: impl IntoIterator<Item = &'a Vec<u32>>) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
     let mut eat = |b: u8| h = (h ^ b as u64).wrapping_mul(0x100000001b3);
     for ids in seqs {
-        for i in ids { for b in i.to_le_bytes() { eat(b) } }
-        for b in u32::MAX.to_le_bytes() { eat(b) }
+        for i in ids {
+            for b in i.to_le_bytes() {
+                eat(b)
+            }
+        }
+        for b in u32::MAX.to_le_bytes() {
+            eat(b)
+        }
     }
     format!("{h:016x}")
 }
@@ -36,7 +42,9 @@ fn merges_fingerprint(tok: &Tokenizer) -> (String, usize) {
     let mut h: u64 = 0xcbf29ce484222325;
     for m in &merges {
         let line = format!("{} {}\n", m[0].as_str().unwrap(), m[1].as_str().unwrap());
-        for b in line.bytes() { h = (h ^ b as u64).wrapping_mul(0x100000001b3); }
+        for b in line.bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+        }
     }
     (format!("{h:016x}"), merges.len())
 }
@@ -56,8 +64,12 @@ fn check(tok: &Tokenizer, g: &Value, what: &str) {
         let s = case["text"].as_str().unwrap();
         let ids = |k: &str| case[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
         let (got, got_sp) = (tok.encode_with(s, false), tok.encode(s));
-        if got != ids("ids") { fails.push(format!("{s:?}: HF {:?} smelt {got:?}", ids("ids"))); }
-        if got_sp != ids("ids_special") { fails.push(format!("{s:?} (specials): HF {:?} smelt {got_sp:?}", ids("ids_special"))); }
+        if got != ids("ids") {
+            fails.push(format!("{s:?}: HF {:?} smelt {got:?}", ids("ids")));
+        }
+        if got_sp != ids("ids_special") {
+            fails.push(format!("{s:?} (specials): HF {:?} smelt {got_sp:?}", ids("ids_special")));
+        }
     }
     let whole = tok.encode_with(&text, false);
     assert_eq!(whole.len() as u64, g["corpus_whole"]["len"].as_u64().unwrap(), "{what}: corpus token count");
@@ -65,7 +77,12 @@ fn check(tok: &Tokenizer, g: &Value, what: &str) {
     let lines: Vec<&str> = text.split('\n').collect();
     let per_line = tok.encode_batch(&lines, false);
     assert_eq!(fnv(&per_line), g["corpus_lines"]["hash"].as_str().unwrap(), "{what}: per-line corpus ids differ");
-    assert!(fails.is_empty(), "{what}: {} tricky strings differ from HF tokenizers:\n{}", fails.len(), fails.join("\n"));
+    assert!(
+        fails.is_empty(),
+        "{what}: {} tricky strings differ from HF tokenizers:\n{}",
+        fails.len(),
+        fails.join("\n")
+    );
 }
 
 #[test]
@@ -83,7 +100,12 @@ fn train_like_golden(g: &Value) -> Tokenizer {
     let cfg = TrainConfig {
         vocab_size: t["vocab_size"].as_u64().unwrap() as usize,
         min_frequency: t["min_frequency"].as_u64().unwrap(),
-        special_tokens: t["special_tokens"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect(),
+        special_tokens: t["special_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect(),
         ..Default::default()
     };
     let corpus = common::repo_root().join("data/linux-doc-slice.txt.gz");
@@ -95,8 +117,11 @@ fn trained_tokenizer_matches_hf_trainer_and_hf_encoding() {
     let g = golden("trained.json");
     let tok = train_like_golden(&g);
     let (fp, n) = merges_fingerprint(&tok);
-    assert_eq!((fp.as_str(), n as u64), (g["hf_trainer_merges"][0].as_str().unwrap(), g["hf_trainer_merges"][1].as_u64().unwrap()),
-               "smelt's merges differ from tokenizers' BpeTrainer with the same settings");
+    assert_eq!(
+        (fp.as_str(), n as u64),
+        (g["hf_trainer_merges"][0].as_str().unwrap(), g["hf_trainer_merges"][1].as_u64().unwrap()),
+        "smelt's merges differ from tokenizers' BpeTrainer with the same settings"
+    );
     check(&tok, &g, "smelt-trained");
     // Saved and reloaded, it is the same tokenizer.
     let p = std::env::temp_dir().join(format!("smelt-trained-{}.json", std::process::id()));
@@ -113,7 +138,8 @@ fn trained_tokenizer_matches_hf_trainer_and_hf_encoding() {
 fn byte_level_round_trips_any_bytes() {
     let g = golden("trained.json");
     let tok = train_like_golden(&g);
-    let samples: [&[u8]; 4] = [b"plain text", b"bad \xff\xfe utf8 \xc3", &[0u8, 1, 2, 255, 128, b' ', b'a'], "ok ✓ \u{1F980}".as_bytes()];
+    let samples: [&[u8]; 4] =
+        [b"plain text", b"bad \xff\xfe utf8 \xc3", &[0u8, 1, 2, 255, 128, b' ', b'a'], "ok ✓ \u{1F980}".as_bytes()];
     for s in samples {
         let ids = tok.encode_bytes(s, false);
         assert_eq!(tok.decode_bytes(&ids, true), s, "{s:?}");
@@ -134,7 +160,11 @@ fn bad_files_are_errors_naming_the_file() {
         ("notjson.json", "{", "not valid JSON"),
         ("wordpiece.json", r#"{"model": {"type": "WordPiece", "vocab": {}}}"#, "WordPiece"),
         ("unigram.json", r#"{"model": {"type": "Unigram", "vocab": []}}"#, "Unigram"),
-        ("pretok.json", r#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "BertPreTokenizer"}}"#, "BertPreTokenizer"),
+        (
+            "pretok.json",
+            r#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "BertPreTokenizer"}}"#,
+            "BertPreTokenizer",
+        ),
         ("merge.json", r#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}}"#, "merges[0]"),
         ("bad.gguf", "GGUX", "not a GGUF file"),
     ];
@@ -163,13 +193,24 @@ fn spm_style_tokenizer_json_matches_hf() {
         let mut fails = Vec::new();
         for case in g["tricky"].as_array().unwrap() {
             let s = case["text"].as_str().unwrap();
-            let ids = |k: &str| case[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
-            if tok.encode_with(s, false) != ids("ids") { fails.push(format!("{s:?}: HF {:?} smelt {:?}", ids("ids"), tok.encode_with(s, false))); }
-            if tok.encode(s) != ids("ids_special") { fails.push(format!("{s:?} (specials): HF {:?} smelt {:?}", ids("ids_special"), tok.encode(s))); }
+            let ids =
+                |k: &str| case[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect::<Vec<_>>();
+            if tok.encode_with(s, false) != ids("ids") {
+                fails.push(format!("{s:?}: HF {:?} smelt {:?}", ids("ids"), tok.encode_with(s, false)));
+            }
+            if tok.encode(s) != ids("ids_special") {
+                fails.push(format!("{s:?} (specials): HF {:?} smelt {:?}", ids("ids_special"), tok.encode(s)));
+            }
             let dec = tok.decode(&ids("ids"));
-            if dec != case["decoded"].as_str().unwrap() { fails.push(format!("{s:?}: HF decodes {:?}, smelt {dec:?}", case["decoded"])); }
+            if dec != case["decoded"].as_str().unwrap() {
+                fails.push(format!("{s:?}: HF decodes {:?}, smelt {dec:?}", case["decoded"]));
+            }
         }
         assert!(fails.is_empty(), "{name}: {} differences from HF tokenizers:\n{}", fails.len(), fails.join("\n"));
-        assert_eq!(fnv(&tok.encode_batch(&lines, false)), g["corpus_lines"]["hash"].as_str().unwrap(), "{name}: corpus lines");
+        assert_eq!(
+            fnv(&tok.encode_batch(&lines, false)),
+            g["corpus_lines"]["hash"].as_str().unwrap(),
+            "{name}: corpus lines"
+        );
     }
 }

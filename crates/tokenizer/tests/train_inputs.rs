@@ -1,7 +1,7 @@
 //! Training inputs: directories, globs, gzip and JSONL all feed the same counts; bad inputs are
 //! errors naming the file.
 
-use smelt_tokenizer::{TrainConfig, Tokenizer};
+use smelt_tokenizer::{Tokenizer, TrainConfig};
 use std::io::Write;
 
 fn cfg(field: Option<&str>) -> TrainConfig {
@@ -15,7 +15,10 @@ fn text_gz_jsonl_dirs_and_globs_train_alike() {
     std::fs::create_dir_all(&sub).unwrap();
     let lines = ["the quick brown fox\n", "jumps over the lazy dog\n", "the the the fox fox\n"];
     std::fs::write(dir.join("a.txt"), lines[..2].concat()).unwrap();
-    let mut gz = flate2::write::GzEncoder::new(std::fs::File::create(sub.join("b.txt.gz")).unwrap(), flate2::Compression::fast());
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(sub.join("b.txt.gz")).unwrap(),
+        flate2::Compression::fast(),
+    );
     gz.write_all(lines[2].as_bytes()).unwrap();
     gz.finish().unwrap();
     let jsonl: String = lines.iter().map(|l| format!("{}\n", serde_json::json!({"text": l, "id": 1}))).collect();

@@ -34,7 +34,9 @@ pub struct TrainerState {
     pub run_id: String,
 }
 
-pub fn step_dir_name(step: u64) -> String { format!("step-{step:06}") }
+pub fn step_dir_name(step: u64) -> String {
+    format!("step-{step:06}")
+}
 
 fn generation_config(model: &Model, tok: &Tokenizer) -> serde_json::Value {
     let mut v = json!({"do_sample": false, "transformers_version": "4.46.0"});
@@ -71,7 +73,12 @@ fn write_into(tmp: &Path, model: &Model, tok: &Tokenizer, train: Option<(&AdamWS
         }
         let mut meta = std::collections::HashMap::new();
         meta.insert("adamw_t".to_string(), opt.t.to_string());
-        smelt_model::io::write_safetensors(&tmp.join("optimizer.safetensors"), &named, smelt_core::DType::F32, Some(meta))?;
+        smelt_model::io::write_safetensors(
+            &tmp.join("optimizer.safetensors"),
+            &named,
+            smelt_core::DType::F32,
+            Some(meta),
+        )?;
         std::fs::write(tmp.join("trainer_state.json"), serde_json::to_string_pretty(state)?)?;
     }
     Ok(())
@@ -86,7 +93,9 @@ pub struct Found {
 }
 
 impl Found {
-    pub fn name(&self) -> String { self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default() }
+    pub fn name(&self) -> String {
+        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
 }
 
 /// The checkpoint folders in `root`, sorted by name.
@@ -98,7 +107,8 @@ pub fn list(root: &Path) -> Result<Vec<Found>> {
         if !(path.is_dir() && (name.starts_with("step-") || name == "final")) {
             continue;
         }
-        let state = std::fs::read_to_string(path.join("trainer_state.json")).ok()
+        let state = std::fs::read_to_string(path.join("trainer_state.json"))
+            .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| Some((v["run_id"].as_str().unwrap_or("").to_string(), v["step"].as_u64()?)));
         out.push(Found { path, state });
@@ -110,8 +120,11 @@ pub fn list(root: &Path) -> Result<Vec<Found>> {
 /// Loads the optimizer state and trainer state saved beside a model.
 pub fn load_train_state(dir: &Path, model: &Model) -> Result<(AdamWState, TrainerState)> {
     let sp = dir.join("trainer_state.json");
-    let state: TrainerState = serde_json::from_str(&std::fs::read_to_string(&sp).with_context(|| format!("reading {} (is this a training checkpoint?)", sp.display()))?)
-        .with_context(|| format!("{}: invalid trainer state", sp.display()))?;
+    let state: TrainerState = serde_json::from_str(
+        &std::fs::read_to_string(&sp)
+            .with_context(|| format!("reading {} (is this a training checkpoint?)", sp.display()))?,
+    )
+    .with_context(|| format!("{}: invalid trainer state", sp.display()))?;
     let op = dir.join("optimizer.safetensors");
     let mut t = smelt_model::io::read_safetensors(&op)?;
     let (mut m, mut v) = (Vec::new(), Vec::new());
@@ -170,7 +183,8 @@ mod tests {
         fake(&root, &step_dir_name(800), "theirs", 800);
         std::fs::create_dir_all(root.join("step-notes")).unwrap();
         rotate(&root, 2, "ours").unwrap();
-        let mut left: Vec<String> = std::fs::read_dir(&root).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut left: Vec<String> =
+            std::fs::read_dir(&root).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         left.sort();
         assert_eq!(left, ["step-000002", "step-000003", "step-000700", "step-000800", "step-notes"]);
         let _ = std::fs::remove_dir_all(&root);

@@ -25,11 +25,7 @@ fn names(paths: &[PathBuf]) -> String {
     let mut v: Vec<String> = paths
         .iter()
         .take(6)
-        .map(|p| {
-            p.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        })
+        .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
         .collect();
     if paths.len() > 6 {
         v.push(format!("and {} more", paths.len() - 6));
@@ -39,11 +35,7 @@ fn names(paths: &[PathBuf]) -> String {
 
 fn remove(paths: &[PathBuf]) -> Result<()> {
     for p in paths {
-        let r = if p.is_dir() {
-            std::fs::remove_dir_all(p)
-        } else {
-            std::fs::remove_file(p)
-        };
+        let r = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
         r.map_err(|e| anyhow::anyhow!("removing {}: {e}", p.display()))?;
     }
     Ok(())
@@ -81,9 +73,7 @@ impl RunDir {
                 };
                 let mut there: Vec<PathBuf> = std::fs::read_dir(root)?
                     .flatten()
-                    .filter(|e| {
-                        !e.file_name().to_string_lossy().starts_with('.') && !empty_metrics(e)
-                    })
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.') && !empty_metrics(e))
                     .map(|e| e.path())
                     .collect();
                 there.sort();
@@ -103,11 +93,8 @@ impl RunDir {
             }
             Some(r) => {
                 let ours = |f: &Found| f.state.as_ref().is_some_and(|(id, _)| id == r.run_id);
-                let foreign: Vec<PathBuf> = found
-                    .iter()
-                    .filter(|f| !ours(f) && !same(&f.path, r.from))
-                    .map(|f| f.path.clone())
-                    .collect();
+                let foreign: Vec<PathBuf> =
+                    found.iter().filter(|f| !ours(f) && !same(&f.path, r.from)).map(|f| f.path.clone()).collect();
                 let newer: Vec<PathBuf> = found
                     .iter()
                     .filter(|f| ours(f) && f.state.as_ref().is_some_and(|s| s.1 > r.step))
@@ -121,8 +108,12 @@ impl RunDir {
                         if foreign_metrics {
                             what.push(metrics.clone());
                         }
-                        bail!("--checkpoint-dir {d} holds another run's {}: resuming {} into it would mix the two; \
-                               choose another --checkpoint-dir or pass --overwrite to delete them", names(&what), r.from.display());
+                        bail!(
+                            "--checkpoint-dir {d} holds another run's {}: resuming {} into it would mix the two; \
+                               choose another --checkpoint-dir or pass --overwrite to delete them",
+                            names(&what),
+                            r.from.display()
+                        );
                     }
                     if !newer.is_empty() {
                         bail!("--checkpoint-dir {d} holds checkpoints of this run newer than step {} ({}): continuing from {} would mix \
@@ -130,11 +121,7 @@ impl RunDir {
                                delete them", r.step, names(&newer), r.from.display());
                     }
                 }
-                let mut doomed: Vec<PathBuf> = foreign
-                    .into_iter()
-                    .chain(newer)
-                    .filter(|p| !same(p, r.from))
-                    .collect();
+                let mut doomed: Vec<PathBuf> = foreign.into_iter().chain(newer).filter(|p| !same(p, r.from)).collect();
                 if foreign_metrics {
                     doomed.push(metrics);
                 }

@@ -7,8 +7,8 @@
 //! one run lineage (`run_dir`).
 
 use crate::checkpoint::{self, TrainerState};
-use crate::run_dir;
 use crate::optim::{lr_at, AdamWState, Schedule};
+use crate::run_dir;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use smelt_core::ops::adamw::{self, AdamW};
@@ -113,18 +113,38 @@ impl TrainConfig {
     /// Range-checks every setting (named as its `smelt train` flag) before anything is built:
     /// a NaN learning rate or `--beta2 1` would otherwise train, and save, NaN weights.
     pub fn validate(&self) -> Result<()> {
-        let check = |ok: bool, flag: &str, v: f64, want: &str| if ok { Ok(()) } else { Err(anyhow::anyhow!("--{flag} {v}: must be {want}")) };
-        for (flag, v) in [("lr", self.lr), ("min-lr", self.min_lr), ("weight-decay", self.weight_decay), ("grad-clip", self.grad_clip)] {
+        let check = |ok: bool, flag: &str, v: f64, want: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("--{flag} {v}: must be {want}"))
+            }
+        };
+        for (flag, v) in [
+            ("lr", self.lr),
+            ("min-lr", self.min_lr),
+            ("weight-decay", self.weight_decay),
+            ("grad-clip", self.grad_clip),
+        ] {
             check(v.is_finite() && v >= 0.0, flag, v, "a finite number >= 0")?;
         }
         for (flag, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             check((0.0..1.0).contains(&v), flag, v, "in [0, 1)")?;
         }
         check(self.eps.is_finite() && self.eps > 0.0, "eps", self.eps, "a finite number > 0")?;
-        check(self.rope_theta.is_finite() && self.rope_theta > 0.0, "rope-theta", self.rope_theta, "a finite number > 0")?;
+        check(
+            self.rope_theta.is_finite() && self.rope_theta > 0.0,
+            "rope-theta",
+            self.rope_theta,
+            "a finite number > 0",
+        )?;
         let counts = [
-            ("batch-size", self.batch_size as u64), ("seq-len", self.seq_len as u64), ("grad-accum", self.grad_accum as u64),
-            ("steps", self.steps), ("val-batches", self.val_batches as u64), ("keep-checkpoints", self.keep_checkpoints as u64),
+            ("batch-size", self.batch_size as u64),
+            ("seq-len", self.seq_len as u64),
+            ("grad-accum", self.grad_accum as u64),
+            ("steps", self.steps),
+            ("val-batches", self.val_batches as u64),
+            ("keep-checkpoints", self.keep_checkpoints as u64),
         ];
         for (flag, v) in counts {
             if v == 0 {
@@ -137,7 +157,8 @@ impl TrainConfig {
     pub fn model_config(&self, vocab_size: usize) -> Result<ModelConfig> {
         let mut c = if self.size == "custom" {
             let need = |v: Option<usize>, f: &str| v.with_context(|| format!("--size custom needs --{f}"));
-            let (dim, layers, heads) = (need(self.dim, "dim")?, need(self.layers, "layers")?, need(self.heads, "heads")?);
+            let (dim, layers, heads) =
+                (need(self.dim, "dim")?, need(self.layers, "layers")?, need(self.heads, "heads")?);
             let ffn = self.ffn_hidden.unwrap_or_else(|| (dim * 8 / 3).div_ceil(64) * 64);
             ModelConfig::llama(vocab_size, dim, layers, heads, self.kv_heads.unwrap_or(heads), ffn)
         } else {
@@ -186,7 +207,14 @@ pub struct StepOutcome {
 }
 
 /// One update (see `step`). Returns (mean loss, pre-clip gradient norm).
-pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[(Tensor, Tensor)], clip: f64, grad_checkpoint: bool) -> Result<(f64, f64)> {
+pub fn train_step(
+    model: &mut Model,
+    opt: &mut AdamWState,
+    hp: &AdamW,
+    micro: &[(Tensor, Tensor)],
+    clip: f64,
+    grad_checkpoint: bool,
+) -> Result<(f64, f64)> {
     step(model, opt, hp, micro, clip, grad_checkpoint).map(|o| (o.loss, o.grad_norm))
 }
 
@@ -202,7 +230,14 @@ pub fn train_step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[
 /// Precision on CUDA (`smelt_core::cuda::matmul_precision`, docs/CUDA.md): f32 master weights,
 /// weight gradients and AdamW moments; under mixed precision (the default) bf16 matmul operands
 /// with f32 accumulation and bf16 activations and activation gradients, the residual stream f32.
-pub fn step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[(Tensor, Tensor)], clip: f64, grad_checkpoint: bool) -> Result<StepOutcome> {
+pub fn step(
+    model: &mut Model,
+    opt: &mut AdamWState,
+    hp: &AdamW,
+    micro: &[(Tensor, Tensor)],
+    clip: f64,
+    grad_checkpoint: bool,
+) -> Result<StepOutcome> {
     let (mut grads, losses) = backward_sum(model, micro, grad_checkpoint)?;
     if micro.len() > 1 {
         let n = micro.len() as f32;
@@ -228,7 +263,11 @@ pub fn step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[(Tenso
     if skipped {
         // The update was skipped on the device; keep the step count in step with it.
         opt.t -= 1;
-        return Ok(StepOutcome { loss, grad_norm: if loss.is_finite() { norm } else { f64::NAN }, params_finite: true });
+        return Ok(StepOutcome {
+            loss,
+            grad_norm: if loss.is_finite() { norm } else { f64::NAN },
+            params_finite: true,
+        });
     }
     let params_finite = adamw::params_finite(&model.params, &gnorm)?;
     Ok(StepOutcome { loss, grad_norm: norm, params_finite })
@@ -237,7 +276,11 @@ pub fn step(model: &mut Model, opt: &mut AdamWState, hp: &AdamW, micro: &[(Tenso
 /// Forward and backward over each micro-batch on whatever device the model is on. Returns the
 /// parameter gradients summed over the micro-batches (in parameter order) and each micro-batch's
 /// loss (a 1-element tensor, left where it was computed).
-fn backward_sum(model: &Model, micro: &[(Tensor, Tensor)], grad_checkpoint: bool) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+fn backward_sum(
+    model: &Model,
+    micro: &[(Tensor, Tensor)],
+    grad_checkpoint: bool,
+) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
     let mut acc: Option<Vec<Tensor>> = None;
     let mut losses = Vec::with_capacity(micro.len());
     for (x, y) in micro {
@@ -305,7 +348,12 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     let text = std::fs::read_to_string(path)?;
     let kept: String = text
         .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step))
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
         .map(|l| format!("{l}\n"))
         .collect();
     smelt_files::write_atomic(path, kept)?;
@@ -320,7 +368,10 @@ fn check_memory(mc: &ModelConfig, cfg: &TrainConfig) -> Result<()> {
     let need = smelt_model::memory::training_bytes(mc, tokens * act_scale, cfg.grad_checkpoint);
     let what = format!(
         "training a {:.0}-parameter model (--batch-size {} --seq-len {}{})",
-        smelt_model::memory::params(mc), cfg.batch_size, cfg.seq_len, if cfg.grad_checkpoint { " --grad-checkpoint" } else { "" }
+        smelt_model::memory::params(mc),
+        cfg.batch_size,
+        cfg.seq_len,
+        if cfg.grad_checkpoint { " --grad-checkpoint" } else { "" }
     );
     smelt_core::mem::ensure_fits(cfg.device, need, &what)
 }
@@ -343,7 +394,9 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
             saved.log_interval = cfg.log_interval;
             saved.device = cfg.device;
             saved.overwrite = cfg.overwrite;
-            saved.validate().map_err(|e| anyhow::anyhow!("{}: saved settings: {e}", dir.join("trainer_state.json").display()))?;
+            saved
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{}: saved settings: {e}", dir.join("trainer_state.json").display()))?;
             if saved.steps <= state.step {
                 bail!("{} is at step {}; --steps {} leaves nothing to do", dir.display(), state.step, saved.steps);
             }
@@ -353,7 +406,11 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
         }
         None => {
             cfg.validate()?;
-            let tok_path = cfg.tokenizer.clone().or_else(|| cfg.init.clone()).context("--tokenizer is required (a tokenizer.json, e.g. from `smelt tokenizer`)")?;
+            let tok_path = cfg
+                .tokenizer
+                .clone()
+                .or_else(|| cfg.init.clone())
+                .context("--tokenizer is required (a tokenizer.json, e.g. from `smelt tokenizer`)")?;
             let tok = Tokenizer::from_file(&tok_path)?;
             let model = match &cfg.init {
                 Some(dir) => {
@@ -382,7 +439,11 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
         Some(p) => {
             let v = Batcher::new(TokenFile::open(p)?, cfg.batch_size, cfg.seq_len, cfg.seed)?;
             check_vocab(v.file(), model.cfg.vocab_size)?;
-            Some(v.eval_batches(Some(cfg.val_batches)).map(|(x, y)| to_tensors(x, y, cfg.seq_len)).collect::<Result<Vec<_>>>()?)
+            Some(
+                v.eval_batches(Some(cfg.val_batches))
+                    .map(|(x, y)| to_tensors(x, y, cfg.seq_len))
+                    .collect::<Result<Vec<_>>>()?,
+            )
         }
         None => None,
     };
@@ -403,13 +464,21 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
     } else if metrics_path.exists() {
         std::fs::remove_file(&metrics_path)?;
     }
-    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path)
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
         .with_context(|| format!("opening {}", metrics_path.display()))?;
 
     let n_params = model.cfg.n_params();
     eprintln!(
         "model: {} parameters ({} layers, dim {}, {} heads / {} KV), vocab {}; {} tokens per update",
-        n_params, model.cfg.n_layers, model.cfg.dim, model.cfg.n_heads, model.cfg.n_kv_heads, model.cfg.vocab_size,
+        n_params,
+        model.cfg.n_layers,
+        model.cfg.dim,
+        model.cfg.n_heads,
+        model.cfg.n_kv_heads,
+        model.cfg.vocab_size,
         cfg.batch_size * cfg.seq_len * cfg.grad_accum
     );
     let bar = crate::progress::Progress::new(cfg.steps, start);
@@ -432,7 +501,12 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
             .collect::<Result<_>>()?;
         let out = step(&mut model, &mut opt, &hp, &micro, cfg.grad_clip, cfg.grad_checkpoint)?;
         let (loss, norm) = (out.loss, out.grad_norm);
-        let keep = || last_good.as_ref().map(|p| format!("the last good checkpoint is {}", p.display())).unwrap_or_else(|| "no checkpoint was written yet".into());
+        let keep = || {
+            last_good
+                .as_ref()
+                .map(|p| format!("the last good checkpoint is {}", p.display()))
+                .unwrap_or_else(|| "no checkpoint was written yet".into())
+        };
         if !loss.is_finite() || !norm.is_finite() {
             bar.finish();
             bail!("training diverged at step {}: loss {loss}, gradient norm {norm}; stopped without applying the update ({}). Try a lower --lr or more --warmup", step_index + 1, keep());
@@ -454,15 +528,26 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
         let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
         if done % cfg.log_interval.max(1) == 0 || is_last || val_loss.is_some() {
             let m = Metrics { step: done, loss, lr, tokens_per_second: tps, grad_norm: norm, val_loss };
-            writeln!(metrics, "{}", serde_json::to_string(&m)?).and_then(|_| metrics.flush()).with_context(|| format!("writing {}", metrics_path.display()))?;
+            writeln!(metrics, "{}", serde_json::to_string(&m)?)
+                .and_then(|_| metrics.flush())
+                .with_context(|| format!("writing {}", metrics_path.display()))?;
             (window_tokens, window_start) = (0, Instant::now());
         }
         bar.update(done, loss, tps, lr, val_loss);
         if is_ckpt || is_last {
             let state = TrainerState {
-                step: done, tokens_seen, data_position: done, config: cfg.clone(), smelt_version: env!("CARGO_PKG_VERSION").into(), run_id: run_id.clone(),
+                step: done,
+                tokens_seen,
+                data_position: done,
+                config: cfg.clone(),
+                smelt_version: env!("CARGO_PKG_VERSION").into(),
+                run_id: run_id.clone(),
             };
-            let dir = if is_last { cfg.checkpoint_dir.join("final") } else { cfg.checkpoint_dir.join(checkpoint::step_dir_name(done)) };
+            let dir = if is_last {
+                cfg.checkpoint_dir.join("final")
+            } else {
+                cfg.checkpoint_dir.join(checkpoint::step_dir_name(done))
+            };
             checkpoint::save(&dir, &model, &tok, Some((&opt, &state)))?;
             if is_ckpt {
                 checkpoint::rotate(&cfg.checkpoint_dir, cfg.keep_checkpoints, &run_id)?;

@@ -44,7 +44,8 @@ fn run_case(name: &str) {
     }
     let mut model = Model::load(&dir).unwrap();
     let g: HashMap<String, Tensor> = read_safetensors(&dir.join("golden.safetensors")).unwrap();
-    let hyper: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("hyper.json")).unwrap()).unwrap();
+    let hyper: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("hyper.json")).unwrap()).unwrap();
     let (x, y) = (to_u32(&g["input_ids"]), to_u32(&g["labels"]));
 
     // Forward and backward once.
@@ -73,7 +74,8 @@ fn run_case(name: &str) {
     let mut opt = AdamWState::new(&model.params);
     let (mut losses, mut norms) = (vec![], vec![]);
     for _ in 0..5 {
-        let (l, n) = smelt_train::train_step(&mut model, &mut opt, &hp, &[(x.clone(), y.clone())], clip, false).unwrap();
+        let (l, n) =
+            smelt_train::train_step(&mut model, &mut opt, &hp, &[(x.clone(), y.clone())], clip, false).unwrap();
         losses.push(l as f32);
         norms.push(n as f32);
     }
@@ -89,7 +91,12 @@ fn run_case(name: &str) {
         check(&format!("{name} adamw grad norms"), &norms, want.as_f32().unwrap(), 1e-4);
     }
     for (n, p) in model.names.iter().zip(&model.params) {
-        check_l2(&format!("{name} after 5 steps {n}"), p.as_f32().unwrap(), g[&format!("after.{n}")].as_f32().unwrap(), 1e-4);
+        check_l2(
+            &format!("{name} after 5 steps {n}"),
+            p.as_f32().unwrap(),
+            g[&format!("after.{n}")].as_f32().unwrap(),
+            1e-4,
+        );
     }
 }
 
@@ -108,7 +115,12 @@ fn chunked_loss_case(name: &str) {
     let mut grads = graph.backward(&loss).unwrap();
     for (i, n) in model.names.iter().enumerate() {
         let gr = grads.take(&p[i]).unwrap();
-        check(&format!("{name} grad {n} (7x10 chunks)"), gr.as_f32().unwrap(), g[&format!("grad.{n}")].as_f32().unwrap(), 1e-5);
+        check(
+            &format!("{name} grad {n} (7x10 chunks)"),
+            gr.as_f32().unwrap(),
+            g[&format!("grad.{n}")].as_f32().unwrap(),
+            1e-5,
+        );
     }
 }
 

@@ -37,7 +37,11 @@ fn markov_batches(vocab: usize, b: usize, t: usize, n: usize, seed: u64) -> Vec<
                 let mut tok = r.below(vocab as u64) as u32;
                 for _ in 0..=t {
                     seqs.push(tok);
-                    tok = if r.below(10) == 0 { r.below(vocab as u64) as u32 } else { next[tok as usize][r.below(4) as usize] };
+                    tok = if r.below(10) == 0 {
+                        r.below(vocab as u64) as u32
+                    } else {
+                        next[tok as usize][r.below(4) as usize]
+                    };
                 }
             }
             let x: Vec<u32> = (0..b).flat_map(|i| seqs[i * (t + 1)..i * (t + 1) + t].to_vec()).collect();
@@ -47,7 +51,9 @@ fn markov_batches(vocab: usize, b: usize, t: usize, n: usize, seed: u64) -> Vec<
         .collect()
 }
 
-fn nmse(a: &Tensor, b: &Tensor) -> f64 { smelt_testing::nmse(&a.to_vec_f32().unwrap(), &b.to_vec_f32().unwrap()) }
+fn nmse(a: &Tensor, b: &Tensor) -> f64 {
+    smelt_testing::nmse(&a.to_vec_f32().unwrap(), &b.to_vec_f32().unwrap())
+}
 
 /// Runs `steps` updates on `device`; returns the losses and the final parameters (on the CPU).
 fn run(cfg: &ModelConfig, data: &[(Tensor, Tensor)], device: Device, steps: usize) -> (Vec<f64>, Vec<Tensor>) {
@@ -58,7 +64,8 @@ fn run(cfg: &ModelConfig, data: &[(Tensor, Tensor)], device: Device, steps: usiz
     let hp = AdamW { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
     let mut losses = Vec::new();
     for s in 0..steps {
-        let (loss, norm) = train_step(&mut model, &mut opt, &hp, &data[s % data.len()..s % data.len() + 1], 1.0, false).unwrap();
+        let (loss, norm) =
+            train_step(&mut model, &mut opt, &hp, &data[s % data.len()..s % data.len() + 1], 1.0, false).unwrap();
         assert!(loss.is_finite() && norm.is_finite());
         losses.push(loss);
     }
@@ -85,7 +92,9 @@ fn gpu_steps_match_cpu_steps_in_f32() {
 }
 
 /// The residual stream's names (f32 under mixed precision); every other named activation is bf16.
-fn is_residual(name: &str) -> bool { name == "inp_embd" || name.starts_with("ffn_inp-") || name.starts_with("l_out-") }
+fn is_residual(name: &str) -> bool {
+    name == "inp_embd" || name.starts_with("ffn_inp-") || name.starts_with("l_out-")
+}
 
 #[test]
 fn gpu_mixed_precision_activations_are_bf16_and_track_the_cpu() {
@@ -138,7 +147,10 @@ fn gpu_mixed_precision_gradients_track_the_cpu_and_activations_shrink() {
         let loss = m.loss(&mut g, &p, &x, &y, false).unwrap();
         let kept = cuda::mem_stats().0.saturating_sub(base);
         let mut gr = g.backward(&loss).unwrap();
-        let grads: Vec<Tensor> = p.iter().map(|v| gr.take(v).expect("a parameter without a gradient").to_device(Device::Cpu).unwrap()).collect();
+        let grads: Vec<Tensor> = p
+            .iter()
+            .map(|v| gr.take(v).expect("a parameter without a gradient").to_device(Device::Cpu).unwrap())
+            .collect();
         let peak = cuda::mem_stats().1.saturating_sub(base);
         (loss.tensor().to_vec_f32().unwrap()[0] as f64, grads, kept, peak)
     };
@@ -163,7 +175,12 @@ fn gpu_mixed_precision_gradients_track_the_cpu_and_activations_shrink() {
                 worst = (e, i);
             }
         }
-        assert!(worst.0 < tol, "{precision:?}: gradient of {} has NMSE {:e} against the CPU (tol {tol:e})", m.names[worst.1], worst.0);
+        assert!(
+            worst.0 < tol,
+            "{precision:?}: gradient of {} has NMSE {:e} against the CPU (tol {tol:e})",
+            m.names[worst.1],
+            worst.0
+        );
         kept.push(k);
     }
     // Mixed precision keeps bf16 activations (and the weights' bf16 copies) where f32 keeps f32:
@@ -213,12 +230,40 @@ fn train_cfg(d: &Path, device: Device) -> TrainConfig {
     pc.val_fraction = 0.1;
     prepare(&pc, &tok, &|_, _| {}).unwrap();
     TrainConfig {
-        dataset: d.join("train.bin"), val_dataset: Some(d.join("train.val.bin")), tokenizer: Some(d.join("tok.json")), init: None,
-        size: "custom".into(), dim: Some(64), layers: Some(2), heads: Some(4), kv_heads: Some(2), ffn_hidden: Some(128), untied: false,
-        rope_theta: 10000.0, batch_size: 4, seq_len: 64, steps: 8, grad_accum: 2, lr: 3e-3, min_lr: 1e-4, warmup: 2,
-        schedule: Schedule::Cosine, weight_decay: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, grad_clip: 1.0, seed: 5,
-        grad_checkpoint: false, checkpoint_dir: d.join("ckpt"), checkpoint_interval: 4, keep_checkpoints: 3, log_interval: 1,
-        val_batches: 2, device, overwrite: false,
+        dataset: d.join("train.bin"),
+        val_dataset: Some(d.join("train.val.bin")),
+        tokenizer: Some(d.join("tok.json")),
+        init: None,
+        size: "custom".into(),
+        dim: Some(64),
+        layers: Some(2),
+        heads: Some(4),
+        kv_heads: Some(2),
+        ffn_hidden: Some(128),
+        untied: false,
+        rope_theta: 10000.0,
+        batch_size: 4,
+        seq_len: 64,
+        steps: 8,
+        grad_accum: 2,
+        lr: 3e-3,
+        min_lr: 1e-4,
+        warmup: 2,
+        schedule: Schedule::Cosine,
+        weight_decay: 0.1,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        grad_clip: 1.0,
+        seed: 5,
+        grad_checkpoint: false,
+        checkpoint_dir: d.join("ckpt"),
+        checkpoint_interval: 4,
+        keep_checkpoints: 3,
+        log_interval: 1,
+        val_batches: 2,
+        device,
+        overwrite: false,
     }
 }
 
@@ -289,7 +334,12 @@ fn gpu_resume_is_bit_identical_to_a_straight_gpu_run() {
     println!("straight {straight:?}\nresumed  {resumed:?}");
     assert_eq!(resumed.len(), 4);
     for (step, l) in &resumed {
-        assert_eq!(l.to_bits(), straight[*step as usize - 1].1.to_bits(), "step {step}: resumed {l} vs straight {}", straight[*step as usize - 1].1);
+        assert_eq!(
+            l.to_bits(),
+            straight[*step as usize - 1].1.to_bits(),
+            "step {step}: resumed {l} vs straight {}",
+            straight[*step as usize - 1].1
+        );
     }
 }
 
@@ -304,7 +354,10 @@ fn gpu_update_that_overflows_is_caught_and_not_saved() {
     let mut cfg = train_cfg(&dir, d);
     (cfg.lr, cfg.warmup, cfg.checkpoint_interval) = (1e39, 0, 1);
     let e = smelt_train::run(cfg, None).err().expect("the overflowing run must fail").to_string();
-    assert!(e.contains("step 1") && e.contains("NaN or infinite") && e.contains("no checkpoint was written yet"), "{e}");
+    assert!(
+        e.contains("step 1") && e.contains("NaN or infinite") && e.contains("no checkpoint was written yet"),
+        "{e}"
+    );
     let left: Vec<_> = std::fs::read_dir(dir.join("ckpt")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.iter().all(|n| n == ".lock" || n == "metrics.jsonl"), "{left:?}");
 }

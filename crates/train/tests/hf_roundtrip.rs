@@ -12,7 +12,8 @@ use smelt_tokenizer::Tokenizer;
 use smelt_train::TrainConfig;
 use std::path::{Path, PathBuf};
 
-const CASES: [&str; 7] = ["llama_tied", "llama3_untied", "llama_linear", "llama_yarn", "mistral_swa", "qwen2_bias", "qwen3_qknorm"];
+const CASES: [&str; 7] =
+    ["llama_tied", "llama3_untied", "llama_linear", "llama_yarn", "mistral_swa", "qwen2_bias", "qwen3_qknorm"];
 
 fn fixture(case: &str) -> PathBuf {
     smelt_testing::fixture("hf").join(case)
@@ -62,7 +63,8 @@ fn fine_tuned_hf_checkpoints_save_as_hf_checkpoints() {
         let tuned = Model::load(&out).unwrap_or_else(|e| panic!("{case}: saved folder does not load: {e:#}"));
         // The same architecture, field for field (sliding window, head_dim, bias, q/k norm, rope scaling…).
         assert_eq!(tuned.cfg, init.cfg, "{case}: config.json did not round-trip");
-        let moved = tuned.params.iter().zip(&init.params).filter(|(a, b)| a.as_f32().unwrap() != b.as_f32().unwrap()).count();
+        let moved =
+            tuned.params.iter().zip(&init.params).filter(|(a, b)| a.as_f32().unwrap() != b.as_f32().unwrap()).count();
         assert_eq!(moved, init.params.len(), "{case}: only {moved} of {} tensors were trained", init.params.len());
 
         let prompt: Vec<u32> = ids[..64].to_vec();

@@ -110,8 +110,12 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_last_checkpoint() {
     let e = format!("{:#}", smelt_train::run(cfg, None).err().expect("lr 1e30 must diverge"));
     assert!(e.contains("diverged"), "{e}");
     // The newest checkpoint on disk is whole and loads.
-    let mut steps: Vec<_> = std::fs::read_dir(d.join("ckpt")).unwrap().filter_map(|e| e.ok()).map(|e| e.path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("step-")).collect();
+    let mut steps: Vec<_> = std::fs::read_dir(d.join("ckpt"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("step-"))
+        .collect();
     steps.sort();
     if let Some(last) = steps.last() {
         assert!(e.contains(&last.display().to_string()), "error should name {}: {e}", last.display());

@@ -45,7 +45,9 @@ pub struct BenchArgs {
 pub fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
@@ -99,7 +101,13 @@ fn fits(c: &smelt_model::ModelConfig, a: &BenchArgs, device: Device, fresh: bool
     let step = memory::training_bytes(c, tokens, false).max(weights + memory::forward_bytes(c, tokens, seq));
     let kv = memory::kv_cache_bytes(c, 1.0, 16.0 + a.decode_tokens as f64, 4.0) + 4.0 * a.decode_tokens as f64;
     let need = step + kv - if fresh { 0.0 } else { weights };
-    let what = format!("bench (--batch-size {} --seq-len {} --decode-tokens {}, {:.0} parameters)", a.batch_size, a.seq_len, a.decode_tokens, memory::params(c));
+    let what = format!(
+        "bench (--batch-size {} --seq-len {} --decode-tokens {}, {:.0} parameters)",
+        a.batch_size,
+        a.seq_len,
+        a.decode_tokens,
+        memory::params(c)
+    );
     smelt_core::mem::ensure_fits(device, need, &what)
 }
 
@@ -147,7 +155,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         opt.to_device(device)?;
         let hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
         let batch = [(x.clone(), y.clone())];
-        let t = median_secs(a.iters, device, || smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, false).map(|_| ()))?;
+        let t = median_secs(a.iters, device, || {
+            smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, false).map(|_| ())
+        })?;
         profile_report("train");
         t
     };
@@ -177,7 +187,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     match a.format {
         Format::Json => println!("{r}"),
         Format::Text => {
-            println!("device {device} ({precision} activations), {} threads, {} parameters, batch {b} × seq {t}", r["threads"], r["params"]);
+            println!(
+                "device {device} ({precision} activations), {} threads, {} parameters, batch {b} × seq {t}",
+                r["threads"], r["params"]
+            );
             println!("forward  {:>10.0} tok/s", r["forward_tok_s"].as_f64().unwrap());
             println!("decode   {:>10.1} tok/s (batch 1, KV cache)", r["decode_tok_s"].as_f64().unwrap());
             match r["train_tok_s"].as_f64() {

@@ -6,9 +6,7 @@
 use std::str::FromStr;
 
 fn parse<T: FromStr>(s: &str) -> Result<T, String> {
-    s.trim()
-        .parse::<T>()
-        .map_err(|_| format!("{s:?} is not a number of the expected kind"))
+    s.trim().parse::<T>().map_err(|_| format!("{s:?} is not a number of the expected kind"))
 }
 
 /// An integer ≥ 1 (sizes, counts, lengths).
@@ -33,10 +31,7 @@ pub fn count_u64(s: &str) -> Result<u64, String> {
 pub fn vocab_size(s: &str) -> Result<usize, String> {
     let v = count(s)?;
     if v > u32::MAX as usize {
-        return Err(format!(
-            "must be at most {} (token ids are 32-bit)",
-            u32::MAX
-        ));
+        return Err(format!("must be at most {} (token ids are 32-bit)", u32::MAX));
     }
     Ok(v)
 }
@@ -45,16 +40,15 @@ pub fn vocab_size(s: &str) -> Result<usize, String> {
 pub fn num_perm(s: &str) -> Result<usize, String> {
     let v = count(s)?;
     if v > 8192 {
-        return Err("must be at most 8192 (each kept document's signature holds this many 32-bit values; 128 to 256 is usual)".into());
+        return Err(
+            "must be at most 8192 (each kept document's signature holds this many 32-bit values; 128 to 256 is usual)"
+                .into(),
+        );
     }
     Ok(v)
 }
 
-fn float<T: FromStr + Into<f64> + Copy>(
-    s: &str,
-    ok: impl Fn(f64) -> bool,
-    want: &str,
-) -> Result<T, String> {
+fn float<T: FromStr + Into<f64> + Copy>(s: &str, ok: impl Fn(f64) -> bool, want: &str) -> Result<T, String> {
     let v: T = parse(s)?;
     if !ok(v.into()) {
         return Err(format!("must be {want}"));
@@ -96,16 +90,8 @@ mod tests {
         assert!(count("0").is_err() && count("-1").is_err() && count("3").unwrap() == 3);
         assert!(vocab_size("18446744073709551615").is_err() && vocab_size("4000000000").is_ok());
         assert!(num_perm("10000000000").is_err());
-        assert!(
-            non_negative_f32("NaN").is_err()
-                && non_negative_f32("-0.5").is_err()
-                && non_negative_f32("0").is_ok()
-        );
+        assert!(non_negative_f32("NaN").is_err() && non_negative_f32("-0.5").is_err() && non_negative_f32("0").is_ok());
         assert!(top_p("0").is_err() && top_p("1.5").is_err() && top_p("1").is_ok());
-        assert!(
-            fraction_f32("1.1").is_err()
-                && positive_f32("0").is_err()
-                && positive_f32("inf").is_err()
-        );
+        assert!(fraction_f32("1.1").is_err() && positive_f32("0").is_err() && positive_f32("inf").is_err());
     }
 }

@@ -31,13 +31,17 @@ fn auto() -> Device {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn auto() -> Device { Device::Cpu }
+fn auto() -> Device {
+    Device::Cpu
+}
 
 #[cfg(feature = "cuda")]
 fn cuda(d: &str) -> Result<Device> {
     let n = match d.strip_prefix("cuda:") {
         None => 0,
-        Some(n) => n.parse::<usize>().map_err(|_| anyhow::anyhow!("--device {d}: expected cuda:N with N a GPU number"))?,
+        Some(n) => {
+            n.parse::<usize>().map_err(|_| anyhow::anyhow!("--device {d}: expected cuda:N with N a GPU number"))?
+        }
     };
     match smelt_core::cuda::gpu(n) {
         Ok(_) => Ok(Device::Cuda(n)),

@@ -25,14 +25,23 @@ pub struct ExportGgufArgs {
     pub name: Option<String>,
 }
 
-pub fn write(model: &smelt_model::Model, src: &Path, ty: GgmlType, pre: Option<&str>, name: Option<&str>, imatrix: Option<&WithImatrix>, out: &Path) -> Result<ExportReport> {
+pub fn write(
+    model: &smelt_model::Model,
+    src: &Path,
+    ty: GgmlType,
+    pre: Option<&str>,
+    name: Option<&str>,
+    imatrix: Option<&WithImatrix>,
+    out: &Path,
+) -> Result<ExportReport> {
     let tok = if src.extension().is_some_and(|e| e == "gguf") {
         TokenizerSource::Gguf(src)
     } else {
         TokenizerSource::HfDir { dir: src, pre }
     };
     let default_name = src.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    export(model, ty, tok, name.unwrap_or(&default_name), imatrix, out).with_context(|| format!("exporting {} to {}", src.display(), out.display()))
+    export(model, ty, tok, name.unwrap_or(&default_name), imatrix, out)
+        .with_context(|| format!("exporting {} to {}", src.display(), out.display()))
 }
 
 pub fn run(a: ExportGgufArgs) -> Result<()> {

@@ -39,13 +39,28 @@ pub struct ImatrixArgs {
 }
 
 /// `imatrix::collect_text` with the model's tokenizer, reporting progress on stderr.
-pub fn compute(model: &smelt_model::Model, model_path: &Path, input: &Path, chunk_size: usize, chunks: Option<usize>, process_output: bool) -> Result<Imatrix> {
+pub fn compute(
+    model: &smelt_model::Model,
+    model_path: &Path,
+    input: &Path,
+    chunk_size: usize,
+    chunks: Option<usize>,
+    process_output: bool,
+) -> Result<Imatrix> {
     let tok = Tokenizer::from_file(model_path)?;
     let t0 = std::time::Instant::now();
-    let m = collect_text(model, &tok, input, chunk_size, chunks, process_output, |i, n| eprint!("\rimatrix: chunk {i}/{n}"))?;
+    let m = collect_text(model, &tok, input, chunk_size, chunks, process_output, |i, n| {
+        eprint!("\rimatrix: chunk {i}/{n}")
+    })?;
     eprintln!();
-    eprintln!("imatrix: {} tokens of {} ({} chunks of {chunk_size}), {} matrices, {:.1} s",
-        m.chunk_count as usize * chunk_size, input.display(), m.chunk_count, m.entries.len(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "imatrix: {} tokens of {} ({} chunks of {chunk_size}), {} matrices, {:.1} s",
+        m.chunk_count as usize * chunk_size,
+        input.display(),
+        m.chunk_count,
+        m.entries.len(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(m)
 }
 

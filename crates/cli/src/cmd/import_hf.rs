@@ -32,7 +32,13 @@ pub struct ImportHfArgs {
 }
 
 /// Tokenizer and generation files copied as they are.
-const SIDE_FILES: &[&str] = &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "chat_template.jinja"];
+const SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
 
 pub fn run(a: ImportHfArgs) -> Result<()> {
     if a.output.exists() && a.output.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
@@ -48,7 +54,10 @@ pub fn run(a: ImportHfArgs) -> Result<()> {
         (model, Some(tok).filter(|t| t.to_json().is_some()))
     } else {
         if !a.hf_dir.join("tokenizer.json").exists() {
-            eprintln!("warning: {} has no tokenizer.json; the imported model will need --tokenizer elsewhere", a.hf_dir.display());
+            eprintln!(
+                "warning: {} has no tokenizer.json; the imported model will need --tokenizer elsewhere",
+                a.hf_dir.display()
+            );
         }
         (Model::load(&a.hf_dir)?, None)
     };
@@ -58,7 +67,11 @@ pub fn run(a: ImportHfArgs) -> Result<()> {
     let staged = smelt_files::Temp::new(&a.output);
     let tmp = staged.path().to_path_buf();
     std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let dtype = match a.dtype { Dtype::F32 => DType::F32, Dtype::Bf16 => DType::BF16, Dtype::F16 => DType::F16 };
+    let dtype = match a.dtype {
+        Dtype::F32 => DType::F32,
+        Dtype::Bf16 => DType::BF16,
+        Dtype::F16 => DType::F16,
+    };
     model.save_as(&tmp, dtype)?;
     if let Some(tok) = &tokenizer {
         tok.save_hf(&tmp)?;
@@ -75,7 +88,11 @@ pub fn run(a: ImportHfArgs) -> Result<()> {
     staged.commit(&a.output)?;
     eprintln!(
         "imported {} ({}, {} parameters) to {} as {:?}",
-        a.hf_dir.display(), model.cfg.arch.hf_name(), model.cfg.n_params(), a.output.display(), a.dtype
+        a.hf_dir.display(),
+        model.cfg.arch.hf_name(),
+        model.cfg.n_params(),
+        a.output.display(),
+        a.dtype
     );
     Ok(())
 }

@@ -28,10 +28,23 @@ pub fn run(a: InspectArgs) -> Result<()> {
 /// llama.cpp's `general.file_type` (enum llama_ftype).
 fn file_type_name(v: u64) -> String {
     let s = match v {
-        0 => "ALL_F32", 1 => "MOSTLY_F16", 2 => "MOSTLY_Q4_0", 3 => "MOSTLY_Q4_1", 7 => "MOSTLY_Q8_0",
-        8 => "MOSTLY_Q5_0", 9 => "MOSTLY_Q5_1", 10 => "MOSTLY_Q2_K", 11 => "MOSTLY_Q3_K_S", 12 => "MOSTLY_Q3_K_M",
-        13 => "MOSTLY_Q3_K_L", 14 => "MOSTLY_Q4_K_S", 15 => "MOSTLY_Q4_K_M", 16 => "MOSTLY_Q5_K_S",
-        17 => "MOSTLY_Q5_K_M", 18 => "MOSTLY_Q6_K", 32 => "MOSTLY_BF16",
+        0 => "ALL_F32",
+        1 => "MOSTLY_F16",
+        2 => "MOSTLY_Q4_0",
+        3 => "MOSTLY_Q4_1",
+        7 => "MOSTLY_Q8_0",
+        8 => "MOSTLY_Q5_0",
+        9 => "MOSTLY_Q5_1",
+        10 => "MOSTLY_Q2_K",
+        11 => "MOSTLY_Q3_K_S",
+        12 => "MOSTLY_Q3_K_M",
+        13 => "MOSTLY_Q3_K_L",
+        14 => "MOSTLY_Q4_K_S",
+        15 => "MOSTLY_Q4_K_M",
+        16 => "MOSTLY_Q5_K_S",
+        17 => "MOSTLY_Q5_K_M",
+        18 => "MOSTLY_Q6_K",
+        32 => "MOSTLY_BF16",
         _ => return format!("{v}"),
     };
     format!("{s} ({v})")
@@ -39,10 +52,17 @@ fn file_type_name(v: u64) -> String {
 
 fn show(v: &Value) -> String {
     match v {
-        Value::String(s) if s.len() > 120 => format!("{:?}… ({} chars)", &s[..s.char_indices().nth(100).map_or(s.len(), |c| c.0)], s.chars().count()),
+        Value::String(s) if s.len() > 120 => {
+            format!("{:?}… ({} chars)", &s[..s.char_indices().nth(100).map_or(s.len(), |c| c.0)], s.chars().count())
+        }
         Value::String(s) => format!("{s:?}"),
         Value::Array(items) if items.len() > 8 => {
-            let kind = match items.first() { Some(Value::String(_)) => "strings", Some(Value::F32(_)) => "f32", Some(Value::I32(_)) => "i32", _ => "values" };
+            let kind = match items.first() {
+                Some(Value::String(_)) => "strings",
+                Some(Value::F32(_)) => "f32",
+                Some(Value::I32(_)) => "i32",
+                _ => "values",
+            };
             let head: Vec<String> = items.iter().take(4).map(show).collect();
             format!("[{}, …] ({} {kind})", head.join(", "), items.len())
         }
@@ -55,12 +75,23 @@ fn show(v: &Value) -> String {
 }
 
 fn human(bytes: u64) -> String {
-    if bytes >= 1 << 20 { format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64) } else { format!("{:.1} KiB", bytes as f64 / 1024.0) }
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
 }
 
 fn inspect_gguf(path: &Path, all: bool) -> Result<()> {
     let f = GgufFile::open(path)?;
-    println!("{}: GGUF v{}, {} metadata keys, {} tensors, alignment {}", path.display(), f.version, f.metadata.len(), f.tensors.len(), f.alignment);
+    println!(
+        "{}: GGUF v{}, {} metadata keys, {} tensors, alignment {}",
+        path.display(),
+        f.version,
+        f.metadata.len(),
+        f.tensors.len(),
+        f.alignment
+    );
     println!("architecture: {}", f.get_str("general.architecture").unwrap_or("?"));
     if let Some(ft) = f.get("general.file_type").and_then(|v| v.as_u64()) {
         println!("file type: {}", file_type_name(ft));
@@ -76,7 +107,10 @@ fn inspect_gguf(path: &Path, all: bool) -> Result<()> {
         let n: u64 = t.dims.iter().product();
         let shape: Vec<u64> = t.dims.iter().rev().copied().collect();
         let nb = match GgmlType::from_id(t.ggml_type) {
-            Some(ty) => ty.row_bytes(*t.dims.first().unwrap_or(&1) as usize).map(|rb| rb as u64 * (n / t.dims.first().copied().unwrap_or(1).max(1))).unwrap_or(0),
+            Some(ty) => ty
+                .row_bytes(*t.dims.first().unwrap_or(&1) as usize)
+                .map(|rb| rb as u64 * (n / t.dims.first().copied().unwrap_or(1).max(1)))
+                .unwrap_or(0),
             None => 0,
         };
         params += n;
@@ -90,7 +124,12 @@ fn inspect_gguf(path: &Path, all: bool) -> Result<()> {
         println!("… {} more (--all shows them)", f.tensors.len() - 40);
     }
     let types: Vec<String> = by_type.iter().map(|(k, v)| format!("{k} ×{v}")).collect();
-    println!("\nparameters: {params} ({:.1} M); tensor data {}; types: {}", params as f64 / 1e6, human(bytes), types.join(", "));
+    println!(
+        "\nparameters: {params} ({:.1} M); tensor data {}; types: {}",
+        params as f64 / 1e6,
+        human(bytes),
+        types.join(", ")
+    );
     Ok(())
 }
 
@@ -99,11 +138,26 @@ fn inspect_safetensors(path: &Path, all: bool) -> Result<()> {
         let cfg = path.join("config.json");
         if cfg.exists() {
             let c = smelt_model::ModelConfig::from_hf_file(&cfg)?;
-            println!("{}: {} ({} layers, dim {}, {} heads / {} KV, head dim {}, ffn {}, vocab {}, rope θ {}, tied {})", path.display(),
-                c.arch.hf_name(), c.n_layers, c.dim, c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_hidden, c.vocab_size, c.rope_theta, c.tie_embeddings);
+            println!(
+                "{}: {} ({} layers, dim {}, {} heads / {} KV, head dim {}, ffn {}, vocab {}, rope θ {}, tied {})",
+                path.display(),
+                c.arch.hf_name(),
+                c.n_layers,
+                c.dim,
+                c.n_heads,
+                c.n_kv_heads,
+                c.head_dim,
+                c.ffn_hidden,
+                c.vocab_size,
+                c.rope_theta,
+                c.tie_embeddings
+            );
         }
-        let mut v: Vec<PathBuf> = std::fs::read_dir(path).with_context(|| format!("reading {}", path.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "safetensors")).collect();
+        let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
         v.sort();
         v
     } else {
@@ -116,7 +170,8 @@ fn inspect_safetensors(path: &Path, all: bool) -> Result<()> {
     let (mut params, mut bytes, mut shown) = (0u64, 0u64, 0usize);
     for file in files {
         let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&data).map_err(|e| anyhow::anyhow!("{}: {e:?}", file.display()))?;
+        let (_, meta) =
+            safetensors::SafeTensors::read_metadata(&data).map_err(|e| anyhow::anyhow!("{}: {e:?}", file.display()))?;
         let mut ts: Vec<_> = meta.tensors().into_iter().collect();
         ts.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, info) in ts {
@@ -125,7 +180,13 @@ fn inspect_safetensors(path: &Path, all: bool) -> Result<()> {
             params += n;
             bytes += nb;
             if all || shown < 40 {
-                println!("{:<52} {:>16} {:>6} {:>12}", name, format!("{:?}", info.shape), format!("{:?}", info.dtype).to_lowercase(), nb);
+                println!(
+                    "{:<52} {:>16} {:>6} {:>12}",
+                    name,
+                    format!("{:?}", info.shape),
+                    format!("{:?}", info.dtype).to_lowercase(),
+                    nb
+                );
             }
             shown += 1;
         }

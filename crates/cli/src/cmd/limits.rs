@@ -19,7 +19,9 @@ pub fn new_tokens(model: &Model, prompt: usize, requested: usize, flag: &str) ->
     let context = model.cfg.max_pos;
     let room = context.saturating_sub(prompt);
     if prompt >= context {
-        eprintln!("warning: the prompt ({prompt} tokens) fills the model's context of {context} tokens; nothing is generated");
+        eprintln!(
+            "warning: the prompt ({prompt} tokens) fills the model's context of {context} tokens; nothing is generated"
+        );
     } else if requested > room {
         eprintln!("warning: {flag} {requested} capped at {room}: the model's context is {context} tokens and the prompt takes {prompt}");
     }
@@ -27,11 +29,7 @@ pub fn new_tokens(model: &Model, prompt: usize, requested: usize, flag: &str) ->
     let positions = (prompt + n + 1) as f64;
     let need = memory::kv_cache_bytes(&model.cfg, 1.0, positions, value_bytes(model))
         + memory::forward_bytes(&model.cfg, prompt as f64, prompt as f64);
-    smelt_core::mem::ensure_fits(
-        model.device(),
-        need,
-        &format!("a KV cache of {positions} positions"),
-    )?;
+    smelt_core::mem::ensure_fits(model.device(), need, &format!("a KV cache of {positions} positions"))?;
     Ok(n)
 }
 

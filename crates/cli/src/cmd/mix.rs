@@ -31,12 +31,27 @@ pub struct MixArgs {
 pub fn run(a: MixArgs) -> Result<()> {
     let sources = a.input.iter().map(|s| parse_source(s)).collect::<Result<Vec<_>>>()?;
     let s = mix(&MixConfig { sources, output: a.output, tokens: a.tokens, seed: a.seed })?;
-    println!("  {:<32} {:>8} {:>8} {:>14} {:>10} {:>7}", "source", "ratio", "realised", "tokens", "documents", "passes");
+    println!(
+        "  {:<32} {:>8} {:>8} {:>14} {:>10} {:>7}",
+        "source", "ratio", "realised", "tokens", "documents", "passes"
+    );
     for r in &s.sources {
-        println!("  {:<32} {:>8.4} {:>8.4} {:>14} {:>10} {:>7.2}",
-            r.path.display().to_string(), r.ratio, r.realised, r.tokens, r.documents, r.passes);
+        println!(
+            "  {:<32} {:>8.4} {:>8.4} {:>14} {:>10} {:>7.2}",
+            r.path.display().to_string(),
+            r.ratio,
+            r.realised,
+            r.tokens,
+            r.documents,
+            r.passes
+        );
         if r.passes > 1.0 {
-            println!("  note: {} was repeated ({:.2} passes over its {} tokens)", r.path.display(), r.passes, r.available_tokens);
+            println!(
+                "  note: {} was repeated ({:.2} passes over its {} tokens)",
+                r.path.display(),
+                r.passes,
+                r.available_tokens
+            );
         }
     }
     println!("  wrote {} ({} tokens)", s.output.display(), s.tokens);

@@ -50,7 +50,10 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
     match a.format {
         Format::Text => {
             eprintln!();
-            println!("tokens {}  predicted {}  mean NLL {:.6}  perplexity {:.4}", r.tokens, r.predicted, r.mean_nll, r.ppl);
+            println!(
+                "tokens {}  predicted {}  mean NLL {:.6}  perplexity {:.4}",
+                r.tokens, r.predicted, r.mean_nll, r.ppl
+            );
         }
         Format::Json => println!(
             "{}",

@@ -53,7 +53,12 @@ pub fn run(a: PrepareArgs) -> Result<()> {
     let all = s.tokens + s.val_tokens;
     println!("prepared {} files in {:.1}s", s.input_files, s.seconds);
     println!("  documents  {:>12} train + {} val", s.documents, s.val_documents);
-    println!("  tokens     {:>12} train + {} val ({:.2} bytes/token)", s.tokens, s.val_tokens, s.text_bytes as f64 / all.max(1) as f64);
+    println!(
+        "  tokens     {:>12} train + {} val ({:.2} bytes/token)",
+        s.tokens,
+        s.val_tokens,
+        s.text_bytes as f64 / all.max(1) as f64
+    );
     println!("  text       {:>12.1} MB ({:.1} MB read from disk)", mb, s.input_bytes as f64 / 1e6);
     println!("  throughput {:>12.1} MB/s, {:.0} tokens/s", mb / s.seconds, all as f64 / s.seconds);
     if s.empty_documents > 0 {
@@ -61,13 +66,20 @@ pub fn run(a: PrepareArgs) -> Result<()> {
     }
     if s.lossy_documents > 0 {
         let files: Vec<String> = s.lossy_files.iter().map(|p| p.display().to_string()).collect();
-        println!("  warning: {} documents had invalid UTF-8, replaced by U+FFFD (first in: {})", s.lossy_documents, files.join(", "));
+        println!(
+            "  warning: {} documents had invalid UTF-8, replaced by U+FFFD (first in: {})",
+            s.lossy_documents,
+            files.join(", ")
+        );
     }
     println!("  wrote {}", s.train_path.display());
     if let Some(v) = &s.val_path {
         println!("  wrote {}", v.display());
         if s.val_documents == 0 {
-            println!("  warning: no document fell in the validation split (too few documents for --val-fraction {})", cfg.val_fraction);
+            println!(
+                "  warning: no document fell in the validation split (too few documents for --val-fraction {})",
+                cfg.val_fraction
+            );
         }
     }
     Ok(())

@@ -84,11 +84,20 @@ pub struct ProcessArgs {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-pub enum DedupArg { Exact, Near, Both, None }
+pub enum DedupArg {
+    Exact,
+    Near,
+    Both,
+    None,
+}
 
 /// A ratio limit of 1 (or a minimum of 0) can never trigger: treat it as "off".
-fn max_limit(v: f64) -> Option<f64> { (v < 1.0).then_some(v) }
-fn min_limit(v: f64) -> Option<f64> { (v > 0.0).then_some(v) }
+fn max_limit(v: f64) -> Option<f64> {
+    (v < 1.0).then_some(v)
+}
+fn min_limit(v: f64) -> Option<f64> {
+    (v > 0.0).then_some(v)
+}
 
 pub fn run(a: ProcessArgs) -> Result<()> {
     let filters = FilterConfig {

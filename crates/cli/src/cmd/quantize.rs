@@ -69,7 +69,10 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let ty = GgmlType::parse(&a.r#type)?;
     if let (Some(eval), Some(text)) = (&a.eval, &a.imatrix_text) {
         if eval == text {
-            bail!("--imatrix-text and --eval are the same file ({}): calibrate on other text than you evaluate on", eval.display());
+            bail!(
+                "--imatrix-text and --eval are the same file ({}): calibrate on other text than you evaluate on",
+                eval.display()
+            );
         }
     }
     if a.smooth.is_some() && a.imatrix.is_none() && a.imatrix_text.is_none() {
@@ -83,8 +86,11 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     }
     // The eval text is read (and checked) before the work, not after it.
     let eval_text = match &a.eval {
-        Some(eval) => Some(std::fs::read(eval).with_context(|| format!("--eval {}: reading it", eval.display()))
-            .and_then(|b| String::from_utf8(b).map_err(|e| anyhow::anyhow!("--eval {}: not valid UTF-8 ({e})", eval.display())))?),
+        Some(eval) => Some(
+            std::fs::read(eval).with_context(|| format!("--eval {}: reading it", eval.display())).and_then(|b| {
+                String::from_utf8(b).map_err(|e| anyhow::anyhow!("--eval {}: not valid UTF-8 ({e})", eval.display()))
+            })?,
+        ),
         None => None,
     };
     let model = super::load_model(&a.model)?;
@@ -95,7 +101,10 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     };
     if let (Some(eval), Some(m)) = (&a.eval, &imatrix) {
         if m.datasets.iter().any(|d| std::path::Path::new(d) == eval.as_path()) {
-            bail!("the importance matrix was computed on {}, the --eval text: use held-out text for one of them", eval.display());
+            bail!(
+                "the importance matrix was computed on {}, the --eval text: use held-out text for one of them",
+                eval.display()
+            );
         }
     }
     // Smoothing changes the weights the file is made of, and the importance matrix with them;
@@ -104,8 +113,15 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let smoothed = match (a.smooth, &imatrix) {
         (Some(alpha), Some(im)) => {
             let (m, im, r) = smelt_convert::smooth::smooth(&model, im, alpha)?;
-            let skipped = if r.skipped > 0 { format!("; {} left as they were, without usable statistics", r.skipped) } else { String::new() };
-            println!("smoothed {} norms (alpha {alpha}; scales {:.3} to {:.3}{skipped})", r.groups, r.min_scale, r.max_scale);
+            let skipped = if r.skipped > 0 {
+                format!("; {} left as they were, without usable statistics", r.skipped)
+            } else {
+                String::new()
+            };
+            println!(
+                "smoothed {} norms (alpha {alpha}; scales {:.3} to {:.3}{skipped})",
+                r.groups, r.min_scale, r.max_scale
+            );
             Some((m, im))
         }
         _ => None,
@@ -121,11 +137,15 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let bytes = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
     println!("wrote {} ({}, {:.1} MiB)", a.output.display(), ty.name(), bytes as f64 / (1u64 << 20) as f64);
     if imatrix.is_some() {
-        println!("importance weights used for {} matrices{}", report.weighted, if report.unweighted.is_empty() {
-            String::new()
-        } else {
-            format!("; none in the imatrix for {} ({})", report.unweighted.len(), report.unweighted.join(", "))
-        });
+        println!(
+            "importance weights used for {} matrices{}",
+            report.weighted,
+            if report.unweighted.is_empty() {
+                String::new()
+            } else {
+                format!("; none in the imatrix for {} ({})", report.unweighted.len(), report.unweighted.join(", "))
+            }
+        );
     }
     if let (Some(eval), Some(text)) = (&a.eval, &eval_text) {
         let tok = Tokenizer::from_file(&a.model)?;
@@ -135,8 +155,15 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         drop(model);
         let q = smelt_convert::load_model(&a.output)?;
         let after = smelt_infer::perplexity(&q, &ids, a.seq_len, |_, _| {})?;
-        println!("perplexity on {} ({} tokens scored): source {:.4} → {} {:.4} ({:+.2}%)", eval.display(), before.predicted,
-            before.ppl, ty.name(), after.ppl, 100.0 * (after.ppl / before.ppl - 1.0));
+        println!(
+            "perplexity on {} ({} tokens scored): source {:.4} → {} {:.4} ({:+.2}%)",
+            eval.display(),
+            before.predicted,
+            before.ppl,
+            ty.name(),
+            after.ppl,
+            100.0 * (after.ppl / before.ppl - 1.0)
+        );
     }
     Ok(())
 }

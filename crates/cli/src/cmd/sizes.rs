@@ -2,8 +2,8 @@
 
 use anyhow::Result;
 use clap::Args;
-use smelt_model::presets::{preset, PRESETS};
 use smelt_model::memory;
+use smelt_model::presets::{preset, PRESETS};
 
 #[derive(Args, Debug)]
 pub struct SizesArgs {
@@ -18,7 +18,11 @@ pub struct SizesArgs {
 }
 
 fn gib(b: f64) -> String {
-    if b >= (1u64 << 30) as f64 { format!("{:.2} GiB", b / (1u64 << 30) as f64) } else { format!("{:.1} MiB", b / (1 << 20) as f64) }
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1} MiB", b / (1 << 20) as f64)
+    }
 }
 
 pub fn run(a: SizesArgs) -> Result<()> {
@@ -34,8 +38,16 @@ pub fn run(a: SizesArgs) -> Result<()> {
         let train = memory::training_bytes(&c, a.batch_size as f64 * a.seq_len as f64, false);
         println!(
             "{:<7} {:>5} {:>6} {:>5} {:>4} {:>6} {:>14}  {:>11} {:>11} {:>12}",
-            p.0, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_hidden, c.n_params(),
-            gib(4.0 * n + kv), gib(2.0 * n + kv / 2.0), gib(train)
+            p.0,
+            c.dim,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.ffn_hidden,
+            c.n_params(),
+            gib(4.0 * n + kv),
+            gib(2.0 * n + kv / 2.0),
+            gib(train)
         );
     }
     println!(

@@ -45,10 +45,18 @@ pub fn run(a: TokenizeArgs) -> Result<()> {
         }
         (None, None, Some(p)) => {
             let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
-            let lines: Vec<String> = std::io::BufReader::new(f).lines().collect::<std::io::Result<_>>()
+            let lines: Vec<String> = std::io::BufReader::new(f)
+                .lines()
+                .collect::<std::io::Result<_>>()
                 .with_context(|| format!("reading {}", p.display()))?;
-            let texts: Vec<String> = lines.iter().enumerate().filter(|(_, l)| !l.trim().is_empty())
-                .map(|(i, l)| serde_json::from_str::<String>(l).with_context(|| format!("{}:{}: not a JSON string", p.display(), i + 1)))
+            let texts: Vec<String> = lines
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| {
+                    serde_json::from_str::<String>(l)
+                        .with_context(|| format!("{}:{}: not a JSON string", p.display(), i + 1))
+                })
                 .collect::<Result<_>>()?;
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             tok.encode_batch(&refs, a.add_special)

@@ -2,12 +2,14 @@
 //! tokenizer.json.
 
 use anyhow::Result;
-use smelt_tokenizer::{TrainConfig, Tokenizer};
+use smelt_tokenizer::{Tokenizer, TrainConfig};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
-#[command(after_help = "Example:\n  smelt tokenizer --input data/linux-doc-slice.txt.gz --vocab-size 8192 --output tok.json\n\n\
-The result loads in Hugging Face `tokenizers` (Tokenizer.from_file) and gives the same ids as smelt.")]
+#[command(
+    after_help = "Example:\n  smelt tokenizer --input data/linux-doc-slice.txt.gz --vocab-size 8192 --output tok.json\n\n\
+The result loads in Hugging Face `tokenizers` (Tokenizer.from_file) and gives the same ids as smelt."
+)]
 pub struct TokenizerArgs {
     /// Training text: files, directories (read recursively) or globs; `.gz` is decompressed.
     /// Text files are read line by line; `.jsonl` files need --field.
@@ -31,8 +33,13 @@ pub struct TokenizerArgs {
 }
 
 pub fn run(a: TokenizerArgs) -> Result<()> {
-    let cfg = TrainConfig { vocab_size: a.vocab_size, min_frequency: a.min_frequency,
-                            special_tokens: a.special_tokens, field: a.field, progress: true };
+    let cfg = TrainConfig {
+        vocab_size: a.vocab_size,
+        min_frequency: a.min_frequency,
+        special_tokens: a.special_tokens,
+        field: a.field,
+        progress: true,
+    };
     let t0 = std::time::Instant::now();
     let tok = Tokenizer::train(&a.input, &cfg)?;
     tok.save(&a.output)?;

@@ -44,8 +44,14 @@ pub fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> Resu
 
 fn row(name: &str, shape: &[usize], dtype: &str, ms: f64, s: &Stats) {
     let bad = if s.non_finite > 0 { format!("  {} non-finite!", s.non_finite) } else { String::new() };
-    println!("{name:<18} {:>16} {dtype:>5} {ms:>9.3} {:>11.4} {:>10.4} {:>10.4} {:>10.4}{bad}",
-        format!("{shape:?}"), s.mean, s.std, s.min, s.max);
+    println!(
+        "{name:<18} {:>16} {dtype:>5} {ms:>9.3} {:>11.4} {:>10.4} {:>10.4} {:>10.4}{bad}",
+        format!("{shape:?}"),
+        s.mean,
+        s.std,
+        s.min,
+        s.max
+    );
 }
 
 pub fn run(a: TraceArgs) -> Result<()> {
@@ -59,7 +65,10 @@ pub fn run(a: TraceArgs) -> Result<()> {
     anyhow::ensure!(!ids.is_empty(), "the prompt is empty after tokenisation");
     println!("tokens: {ids:?}");
     println!("pieces: {:?}", ids.iter().map(|&i| tok.id_to_token(i).unwrap_or("?")).collect::<Vec<_>>());
-    println!("\n{:<18} {:>16} {:>5} {:>9} {:>11} {:>10} {:>10} {:>10}", "stage", "shape", "dtype", "ms", "mean", "std", "min", "max");
+    println!(
+        "\n{:<18} {:>16} {:>5} {:>9} {:>11} {:>10} {:>10} {:>10}",
+        "stage", "shape", "dtype", "ms", "mean", "std", "min", "max"
+    );
     let idf: Vec<f32> = ids.iter().map(|&i| i as f32).collect();
     row("tokenise", &[ids.len()], "u32", tok_ms, &Stats::of(&idf));
     if let Some(n) = a.decode {
@@ -86,7 +95,10 @@ pub fn run(a: TraceArgs) -> Result<()> {
         let b: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
         write_npy(&dir.join("tokens.npy"), "<u4", &[ids.len()], &b)?;
     }
-    let wanted = |name: &str| a.layers.is_empty() || name.rsplit_once('-').and_then(|(_, l)| l.parse::<usize>().ok()).is_none_or(|l| a.layers.contains(&l));
+    let wanted = |name: &str| {
+        a.layers.is_empty()
+            || name.rsplit_once('-').and_then(|(_, l)| l.parse::<usize>().ok()).is_none_or(|l| a.layers.contains(&l))
+    };
     let mut total = 0.0;
     for s in &stages {
         total += s.seconds;
@@ -107,8 +119,18 @@ pub fn run(a: TraceArgs) -> Result<()> {
     let mut sorted: Vec<(usize, f32)> = last.iter().copied().enumerate().collect();
     sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
     row("sample (greedy)", &[1], "u32", t.elapsed().as_secs_f64() * 1e3, &Stats::of(&[next.0 as f32]));
-    println!("\nforward {:.1} ms; next token {} {:?} (logit {:.4}); top 5: {}", total * 1e3, next.0, tok.decode(&[next.0 as u32]), next.1,
-        sorted[..5.min(sorted.len())].iter().map(|(i, l)| format!("{i} {:?} {l:.3}", tok.decode(&[*i as u32]))).collect::<Vec<_>>().join(", "));
+    println!(
+        "\nforward {:.1} ms; next token {} {:?} (logit {:.4}); top 5: {}",
+        total * 1e3,
+        next.0,
+        tok.decode(&[next.0 as u32]),
+        next.1,
+        sorted[..5.min(sorted.len())]
+            .iter()
+            .map(|(i, l)| format!("{i} {:?} {l:.3}", tok.decode(&[*i as u32])))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     if let Some(dir) = &a.dump {
         println!("wrote {} tensors to {}", stages.len() + 1, dir.display());
     }

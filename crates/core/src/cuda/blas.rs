@@ -7,8 +7,8 @@
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublaslt::{result, sys};
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
-use std::ffi::c_void;
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 pub struct Lt {
@@ -68,29 +68,47 @@ pub struct Gemm {
 }
 
 impl PartialEq for Gemm {
-    fn eq(&self, o: &Self) -> bool { self.key() == o.key() }
+    fn eq(&self, o: &Self) -> bool {
+        self.key() == o.key()
+    }
 }
 impl Eq for Gemm {}
 impl std::hash::Hash for Gemm {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) { self.key().hash(h) }
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.key().hash(h)
+    }
 }
 impl Gemm {
-    fn key(&self) -> (bool, bool, u64, u64, u64, i64, i64, i64) { (self.ta, self.tb, self.m, self.n, self.k, self.lda, self.ldb, self.ldc) }
+    fn key(&self) -> (bool, bool, u64, u64, u64, i64, i64, i64) {
+        (self.ta, self.tb, self.m, self.n, self.k, self.lda, self.ldb, self.ldc)
+    }
 }
 
 const WORKSPACE: usize = 32 << 20;
 
 struct Layout(sys::cublasLtMatrixLayout_t);
 impl Drop for Layout {
-    fn drop(&mut self) { unsafe { let _ = result::destroy_matrix_layout(self.0); } }
+    fn drop(&mut self) {
+        unsafe {
+            let _ = result::destroy_matrix_layout(self.0);
+        }
+    }
 }
 struct Desc(sys::cublasLtMatmulDesc_t);
 impl Drop for Desc {
-    fn drop(&mut self) { unsafe { let _ = result::destroy_matmul_desc(self.0); } }
+    fn drop(&mut self) {
+        unsafe {
+            let _ = result::destroy_matmul_desc(self.0);
+        }
+    }
 }
 struct Pref(sys::cublasLtMatmulPreference_t);
 impl Drop for Pref {
-    fn drop(&mut self) { unsafe { let _ = result::destroy_matmul_pref(self.0); } }
+    fn drop(&mut self) {
+        unsafe {
+            let _ = result::destroy_matmul_pref(self.0);
+        }
+    }
 }
 
 fn e<E: std::fmt::Debug>(what: &'static str) -> impl Fn(E) -> anyhow::Error {
@@ -121,7 +139,10 @@ impl Lt {
             match plans.get(&(g, op, out)) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = Arc::new(self.plan(g, op, out).with_context(|| format!("cuBLASLt plan for {op:?} operands, {out:?} result, {g:?}"))?);
+                    let p = Arc::new(
+                        self.plan(g, op, out)
+                            .with_context(|| format!("cuBLASLt plan for {op:?} operands, {out:?} result, {g:?}"))?,
+                    );
                     plans.insert((g, op, out), p.clone());
                     p
                 }
@@ -173,7 +194,8 @@ impl Lt {
             (sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, g.tb),
         ] {
             let v = t as i32;
-            result::set_matmul_desc_attribute(desc.0, attr, &v as *const i32 as *const c_void, 4).map_err(e("transpose"))?;
+            result::set_matmul_desc_attribute(desc.0, attr, &v as *const i32 as *const c_void, 4)
+                .map_err(e("transpose"))?;
         }
         let pref = Pref(result::create_matmul_pref().map_err(e("preference"))?);
         let ws = WORKSPACE as u64;
@@ -184,7 +206,8 @@ impl Lt {
             8,
         )
         .map_err(e("workspace size"))?;
-        let heur = result::get_matmul_algo_heuristic(self.handle, desc.0, la.0, lb.0, lc.0, lc.0, pref.0).map_err(e("no algorithm"))?;
+        let heur = result::get_matmul_algo_heuristic(self.handle, desc.0, la.0, lb.0, lc.0, lc.0, pref.0)
+            .map_err(e("no algorithm"))?;
         Ok(Plan { la, lb, lc, desc, algo: heur.algo })
     }
 }

@@ -36,13 +36,19 @@ fn track(bytes: usize) {
 
 /// (bytes held in tensors now, the most held at once) over all GPUs. The cuBLASLt workspace
 /// and the driver's own memory are not counted.
-pub fn mem_stats() -> (usize, usize) { (LIVE.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed)) }
+pub fn mem_stats() -> (usize, usize) {
+    (LIVE.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed))
+}
 
 /// Starts a new peak: from now `mem_stats().1` is the most held since this call.
-pub fn reset_mem_peak() { PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed) }
+pub fn reset_mem_peak() {
+    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed)
+}
 
 impl Drop for DeviceBuf {
-    fn drop(&mut self) { LIVE.fetch_sub(self.data.len(), Ordering::Relaxed); }
+    fn drop(&mut self) {
+        LIVE.fetch_sub(self.data.len(), Ordering::Relaxed);
+    }
 }
 
 impl Clone for DeviceBuf {
@@ -51,7 +57,13 @@ impl Clone for DeviceBuf {
     /// buffer, which the device code paths avoid.
     fn clone(&self) -> Self {
         track(self.data.len());
-        DeviceBuf { gpu: self.gpu.clone(), dtype: self.dtype, len: self.len, data: self.data.clone(), bf16_shadow: OnceLock::new() }
+        DeviceBuf {
+            gpu: self.gpu.clone(),
+            dtype: self.dtype,
+            len: self.len,
+            data: self.data.clone(),
+            bf16_shadow: OnceLock::new(),
+        }
     }
 }
 
@@ -59,7 +71,8 @@ impl DeviceBuf {
     /// An uninitialised buffer of `len` elements (poisoned with NaN bytes when `poison()` is on).
     pub fn alloc(gpu: &Arc<Gpu>, dtype: DType, len: usize) -> Result<Self> {
         let bytes = (len * dtype.size_in_bytes()).max(1);
-        let data = unsafe { gpu.stream.alloc::<u8>(bytes) }.map_err(|e| anyhow!("{gpu:?}: cannot allocate {bytes} bytes: {e:?}"))?;
+        let data = unsafe { gpu.stream.alloc::<u8>(bytes) }
+            .map_err(|e| anyhow!("{gpu:?}: cannot allocate {bytes} bytes: {e:?}"))?;
         track(data.len());
         let mut b = DeviceBuf { gpu: gpu.clone(), dtype, len, data, bf16_shadow: OnceLock::new() };
         if super::poison() {

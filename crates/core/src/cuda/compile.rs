@@ -33,7 +33,9 @@ pub fn cache_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("SMELT_KERNEL_CACHE") {
         return Some(PathBuf::from(d));
     }
-    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("smelt").join("kernels"))
 }
 
@@ -45,7 +47,9 @@ pub fn compile(name: &str, src: &str, arch: (i32, i32)) -> Result<String> {
     let full = format!("{PRELUDE}\n#line 1 \"{name}.cu\"\n{src}");
     let opts = CompileOptions { options: options(arch), name: Some(format!("{name}.cu")), ..Default::default() };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(full, opts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { log, .. } => anyhow!("compiling {name}.cu:\n{}", log.to_string_lossy()),
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+            anyhow!("compiling {name}.cu:\n{}", log.to_string_lossy())
+        }
         e => anyhow!("compiling {name}.cu: {e:?}"),
     })?;
     Ok(ptx.to_src())

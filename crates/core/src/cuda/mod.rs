@@ -49,7 +49,8 @@ pub fn device_count() -> Result<usize> {
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         bail!("no CUDA driver: libcuda.so could not be loaded (is this a machine with an NVIDIA GPU and its driver installed?)");
     }
-    let n = CudaContext::device_count().map_err(|e| anyhow!("the CUDA driver is installed but cannot be used: {e:?}"))?;
+    let n =
+        CudaContext::device_count().map_err(|e| anyhow!("the CUDA driver is installed but cannot be used: {e:?}"))?;
     if n <= 0 {
         bail!("the CUDA driver found no GPU");
     }
@@ -76,7 +77,11 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
     let arch = ctx.compute_capability().map_err(|e| anyhow!("cuda:{ordinal}: {e:?}"))?;
     let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
     let g = Arc::new(Gpu {
-        ordinal, ctx, stream, arch, name,
+        ordinal,
+        ctx,
+        stream,
+        arch,
+        name,
         functions: Mutex::new(HashMap::new()),
         modules: Mutex::new(HashMap::new()),
         blas: Mutex::new(None),
@@ -94,7 +99,11 @@ fn keep_freed_memory(ctx: &Arc<CudaContext>) {
         let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
         if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS {
             let mut threshold = u64::MAX;
-            let _ = sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &mut threshold as *mut u64 as *mut std::ffi::c_void);
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                &mut threshold as *mut u64 as *mut std::ffi::c_void,
+            );
         }
     }
 }
@@ -115,7 +124,10 @@ impl Gpu {
                 Some(m) => m.clone(),
                 None => {
                     let ptx = compile::ptx(module, src, self.arch)?;
-                    let m = self.ctx.load_module(ptx).map_err(|e| anyhow!("loading kernels {module} on {self:?}: {e:?}"))?;
+                    let m = self
+                        .ctx
+                        .load_module(ptx)
+                        .map_err(|e| anyhow!("loading kernels {module} on {self:?}: {e:?}"))?;
                     mods.insert(module, m.clone());
                     m
                 }
@@ -228,8 +240,12 @@ static POISON: AtomicBool = AtomicBool::new(false);
 /// When on, every new output buffer is filled with 0xFF bytes (NaN in f32 and bf16) before the
 /// kernel that should write it runs, so an element a kernel forgets to write shows up as NaN.
 /// Parity tests turn it on; it costs a memset per allocation.
-pub fn set_poison(on: bool) { POISON.store(on, Ordering::Relaxed) }
-pub fn poison() -> bool { POISON.load(Ordering::Relaxed) }
+pub fn set_poison(on: bool) {
+    POISON.store(on, Ordering::Relaxed)
+}
+pub fn poison() -> bool {
+    POISON.load(Ordering::Relaxed)
+}
 
 /// The CUDA precision policy (named for the matmul, which it mostly governs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,7 +262,13 @@ pub enum MatmulPrecision {
 static MATMUL: AtomicU8 = AtomicU8::new(0);
 
 pub fn set_matmul_precision(p: MatmulPrecision) {
-    MATMUL.store(match p { MatmulPrecision::F32 => 1, MatmulPrecision::Bf16 => 2 }, Ordering::Relaxed)
+    MATMUL.store(
+        match p {
+            MatmulPrecision::F32 => 1,
+            MatmulPrecision::Bf16 => 2,
+        },
+        Ordering::Relaxed,
+    )
 }
 
 /// The matmul precision: set explicitly, else `SMELT_CUDA_MATMUL=f32|bf16`, else bf16.

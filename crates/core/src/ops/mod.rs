@@ -15,9 +15,9 @@ pub mod rope;
 pub mod sample;
 pub mod swiglu;
 
-#[cfg(test)]
-pub(crate) mod testing;
-#[cfg(all(test, feature = "cuda"))]
-mod parity_tests;
 #[cfg(all(test, feature = "cuda"))]
 mod parity_bf16_tests;
+#[cfg(all(test, feature = "cuda"))]
+mod parity_tests;
+#[cfg(test)]
+pub(crate) mod testing;

@@ -36,14 +36,22 @@ const ATTN_TC: f64 = 2e-5;
 /// The tolerance for a bf16 attention result at head dim `hd`: which kernels run decides it.
 fn attn_tol(hd: usize) -> f64 {
     let gpu = cuda::gpu(0).expect("a CUDA device (the caller has one)");
-    if ops::attention::cuda::uses_tensor_cores(&gpu, DType::BF16, hd) { ATTN_TC } else { BF16_STORE }
+    if ops::attention::cuda::uses_tensor_cores(&gpu, DType::BF16, hd) {
+        ATTN_TC
+    } else {
+        BF16_STORE
+    }
 }
 
 /// The values of `t` rounded to bf16, as an f32 host tensor: the CPU reference's inputs.
-fn bf(t: &Tensor) -> Tensor { t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap() }
+fn bf(t: &Tensor) -> Tensor {
+    t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap()
+}
 
 /// `t` rounded to bf16 and stored as bf16 on `d`.
-fn upb(t: &Tensor, d: Device) -> Tensor { t.to_dtype(DType::BF16).unwrap().to_device(d).unwrap() }
+fn upb(t: &Tensor, d: Device) -> Tensor {
+    t.to_dtype(DType::BF16).unwrap().to_device(d).unwrap()
+}
 
 /// The result's dtype, then its NMSE against the CPU.
 fn check(label: &str, gpu: &Tensor, dtype: DType, cpu: &Tensor, tol: f64) {
@@ -61,7 +69,9 @@ impl Mixed {
     }
 }
 impl Drop for Mixed {
-    fn drop(&mut self) { cuda::set_matmul_precision(MatmulPrecision::F32) }
+    fn drop(&mut self) {
+        cuda::set_matmul_precision(MatmulPrecision::F32)
+    }
 }
 
 #[test]
@@ -71,9 +81,27 @@ fn parity_bf16_elementwise_casts_and_embedding() {
     let (a, b) = (randn(&mut r, &[37, 19], 1.0), randn(&mut r, &[37, 19], 1.0));
     let (ag, bg) = (upb(&a, d), upb(&b, d));
     let (ac, bc) = (bf(&a), bf(&b));
-    check("bf16 add", &ops::elementwise::add(&ag, &bg).unwrap(), DType::BF16, &ops::elementwise::add(&ac, &bc).unwrap(), BF16_STORE);
-    check("bf16 mul", &ops::elementwise::mul(&ag, &bg).unwrap(), DType::BF16, &ops::elementwise::mul(&ac, &bc).unwrap(), BF16_STORE);
-    check("bf16 scale", &ops::elementwise::scale(&ag, 0.37).unwrap(), DType::BF16, &ops::elementwise::scale(&ac, 0.37).unwrap(), BF16_STORE);
+    check(
+        "bf16 add",
+        &ops::elementwise::add(&ag, &bg).unwrap(),
+        DType::BF16,
+        &ops::elementwise::add(&ac, &bc).unwrap(),
+        BF16_STORE,
+    );
+    check(
+        "bf16 mul",
+        &ops::elementwise::mul(&ag, &bg).unwrap(),
+        DType::BF16,
+        &ops::elementwise::mul(&ac, &bc).unwrap(),
+        BF16_STORE,
+    );
+    check(
+        "bf16 scale",
+        &ops::elementwise::scale(&ag, 0.37).unwrap(),
+        DType::BF16,
+        &ops::elementwise::scale(&ac, 0.37).unwrap(),
+        BF16_STORE,
+    );
     let mut want = a.clone();
     ops::elementwise::add_assign(&mut want, &bc).unwrap();
     let mut acc = up(&a, d);
@@ -87,7 +115,11 @@ fn parity_bf16_elementwise_casts_and_embedding() {
     // The device cast rounds exactly as the host does (nearest even), and back is exact.
     let down = ops::elementwise::cast(&up(&a, d), DType::BF16).unwrap();
     check("cast f32 -> bf16", &down, DType::BF16, &ac, 0.0);
-    assert_eq!(down.to_device(Device::Cpu).unwrap().to_le_bytes().unwrap(), a.to_dtype(DType::BF16).unwrap().to_le_bytes().unwrap(), "device and host bf16 rounding differ");
+    assert_eq!(
+        down.to_device(Device::Cpu).unwrap().to_le_bytes().unwrap(),
+        a.to_dtype(DType::BF16).unwrap().to_le_bytes().unwrap(),
+        "device and host bf16 rounding differ"
+    );
     check("cast bf16 -> f32", &ops::elementwise::cast(&down, DType::F32).unwrap(), DType::F32, &ac, 0.0);
     check("to_dtype on the device", &up(&a, d).to_dtype(DType::BF16).unwrap(), DType::BF16, &ac, 0.0);
 
@@ -96,11 +128,35 @@ fn parity_bf16_elementwise_casts_and_embedding() {
     let id = ids(&mut r, n, v);
     let dout = randn(&mut r, &[n, c], 1.0);
     // A gather from bf16 rows (the last-position gather of bf16 hidden states) copies exactly.
-    check("embedding fwd bf16 table", &ops::embedding::embedding(&upb(&table, d), &id).unwrap(), DType::BF16, &ops::embedding::embedding(&bf(&table), &id).unwrap(), 0.0);
-    check("embedding fwd f32 table", &ops::embedding::embedding(&up(&table, d), &id).unwrap(), DType::F32, &ops::embedding::embedding(&table, &id).unwrap(), 0.0);
+    check(
+        "embedding fwd bf16 table",
+        &ops::embedding::embedding(&upb(&table, d), &id).unwrap(),
+        DType::BF16,
+        &ops::embedding::embedding(&bf(&table), &id).unwrap(),
+        0.0,
+    );
+    check(
+        "embedding fwd f32 table",
+        &ops::embedding::embedding(&up(&table, d), &id).unwrap(),
+        DType::F32,
+        &ops::embedding::embedding(&table, &id).unwrap(),
+        0.0,
+    );
     let want = ops::embedding::embedding_backward(&table, &id, &bf(&dout)).unwrap();
-    check("embedding bwd bf16 dout (host ids)", &ops::embedding::embedding_backward(&up(&table, d), &id, &upb(&dout, d)).unwrap(), DType::F32, &want, 0.0);
-    check("embedding bwd bf16 dout (device ids)", &ops::embedding::embedding_backward(&up(&table, d), &up(&id, d), &upb(&dout, d)).unwrap(), DType::F32, &want, F32_NMSE);
+    check(
+        "embedding bwd bf16 dout (host ids)",
+        &ops::embedding::embedding_backward(&up(&table, d), &id, &upb(&dout, d)).unwrap(),
+        DType::F32,
+        &want,
+        0.0,
+    );
+    check(
+        "embedding bwd bf16 dout (device ids)",
+        &ops::embedding::embedding_backward(&up(&table, d), &up(&id, d), &upb(&dout, d)).unwrap(),
+        DType::F32,
+        &want,
+        F32_NMSE,
+    );
 }
 
 #[test]
@@ -109,7 +165,12 @@ fn parity_bf16_rmsnorm_and_fused_residual() {
     let _mixed = Mixed::on();
     let mut r = Rng::new(seed());
     for (n, c) in [(70, 48), (5, 1000), (300, 256)] {
-        let (x, res, w, dy) = (randn(&mut r, &[n, c], 1.0), randn(&mut r, &[n, c], 1.0), randn(&mut r, &[c], 1.0), randn(&mut r, &[n, c], 1.0));
+        let (x, res, w, dy) = (
+            randn(&mut r, &[n, c], 1.0),
+            randn(&mut r, &[n, c], 1.0),
+            randn(&mut r, &[c], 1.0),
+            randn(&mut r, &[n, c], 1.0),
+        );
         let wg = up(&w, d);
         // The f32 residual stream normalised into a bf16 matmul input (the model's attn_norm).
         let (yc, rc) = ops::rmsnorm::rmsnorm(&x, &w, 1e-5).unwrap();
@@ -152,12 +213,30 @@ fn parity_bf16_rope_and_swiglu() {
     for layout in [ops::rope::RopeLayout::HalfSplit, ops::rope::RopeLayout::Interleaved] {
         let table = ops::rope::RopeTable::new(ops::rope::freqs::default_inv_freq(10000.0, hd), 1.0, layout);
         let x = randn(&mut r, &[b, t, h, hd], 1.0);
-        check(&format!("rope fwd bf16 {layout:?}"), &ops::rope::rope(&upb(&x, d), &table, 5).unwrap(), DType::BF16, &ops::rope::rope(&bf(&x), &table, 5).unwrap(), BF16_STORE);
-        check(&format!("rope bwd bf16 {layout:?}"), &ops::rope::rope_backward(&upb(&x, d), &table, 5).unwrap(), DType::BF16, &ops::rope::rope_backward(&bf(&x), &table, 5).unwrap(), BF16_STORE);
+        check(
+            &format!("rope fwd bf16 {layout:?}"),
+            &ops::rope::rope(&upb(&x, d), &table, 5).unwrap(),
+            DType::BF16,
+            &ops::rope::rope(&bf(&x), &table, 5).unwrap(),
+            BF16_STORE,
+        );
+        check(
+            &format!("rope bwd bf16 {layout:?}"),
+            &ops::rope::rope_backward(&upb(&x, d), &table, 5).unwrap(),
+            DType::BF16,
+            &ops::rope::rope_backward(&bf(&x), &table, 5).unwrap(),
+            BF16_STORE,
+        );
     }
     let (g, u, dy) = (randn(&mut r, &[33, 70], 2.0), randn(&mut r, &[33, 70], 1.0), randn(&mut r, &[33, 70], 1.0));
     let (gg, ug) = (upb(&g, d), upb(&u, d));
-    check("swiglu fwd bf16", &ops::swiglu::swiglu(&gg, &ug).unwrap(), DType::BF16, &ops::swiglu::swiglu(&bf(&g), &bf(&u)).unwrap(), BF16_STORE);
+    check(
+        "swiglu fwd bf16",
+        &ops::swiglu::swiglu(&gg, &ug).unwrap(),
+        DType::BF16,
+        &ops::swiglu::swiglu(&bf(&g), &bf(&u)).unwrap(),
+        BF16_STORE,
+    );
     let (dgc, duc) = ops::swiglu::swiglu_backward(&bf(&g), &bf(&u), &bf(&dy)).unwrap();
     let (dgg, dug) = ops::swiglu::swiglu_backward(&gg, &ug, &upb(&dy, d)).unwrap();
     check("swiglu dg bf16", &dgg, DType::BF16, &dgc, BF16_STORE);
@@ -225,7 +304,11 @@ fn parity_bf16_attention() {
 
 /// One bf16 attention case against the CPU on the same (bf16-rounded) values: out and lse, and,
 /// for a training shape (no cache offset), dq, dk and dv.
-fn attn_case(r: &mut Rng, d: Device, (b, tq, tk, s, h, kvh, hd, window): (usize, usize, usize, usize, usize, usize, usize, Option<usize>)) {
+fn attn_case(
+    r: &mut Rng,
+    d: Device,
+    (b, tq, tk, s, h, kvh, hd, window): (usize, usize, usize, usize, usize, usize, usize, Option<usize>),
+) {
     let q = randn(r, &[b, tq, h, hd], 1.0);
     let k = randn(r, &[b, s, kvh, hd], 1.0);
     let v = randn(r, &[b, s, kvh, hd], 1.0);
@@ -245,8 +328,10 @@ fn attn_case(r: &mut Rng, d: Device, (b, tq, tk, s, h, kvh, hd, window): (usize,
     // The backward reads the stored (bf16) output; the CPU gets the same values.
     let dout = randn(r, &[b, tq, h, hd], 1.0);
     let o_seen = og.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
-    let (dqc, dkc, dvc) = ops::attention::attention_backward(&qc, &kc, &vc, &o_seen, &lc, &bf(&dout), window, sc).unwrap();
-    let (dqg, dkg, dvg) = ops::attention::attention_backward(&qg, &kg, &vg, &og, &lg, &upb(&dout, d), window, sc).unwrap();
+    let (dqc, dkc, dvc) =
+        ops::attention::attention_backward(&qc, &kc, &vc, &o_seen, &lc, &bf(&dout), window, sc).unwrap();
+    let (dqg, dkg, dvg) =
+        ops::attention::attention_backward(&qg, &kg, &vg, &og, &lg, &upb(&dout, d), window, sc).unwrap();
     check(&format!("{label} dq"), &dqg, DType::BF16, &dqc, tol);
     check(&format!("{label} dk"), &dkg, DType::BF16, &dkc, tol);
     check(&format!("{label} dv"), &dvg, DType::BF16, &dvc, tol);
@@ -287,11 +372,28 @@ fn parity_bf16_linear() {
     for (n, k, m) in [(67, 96, 130), (5, 256, 64), (300, 64, 200)] {
         // x and dy bf16 activations; w an f32 master with bf16-exact values (see the chunked
         // loss test); bias f32.
-        let (x, w, bias, dy) = (bf(&randn(&mut r, &[n, k], 1.0)), bf(&randn(&mut r, &[m, k], 0.1)), randn(&mut r, &[m], 1.0), bf(&randn(&mut r, &[n, m], 1.0)));
+        let (x, w, bias, dy) = (
+            bf(&randn(&mut r, &[n, k], 1.0)),
+            bf(&randn(&mut r, &[m, k], 0.1)),
+            randn(&mut r, &[m], 1.0),
+            bf(&randn(&mut r, &[n, m], 1.0)),
+        );
         let (xg, wg, bg, dyg) = (upb(&x, d), up(&w, d), up(&bias, d), upb(&dy, d));
         let label = format!("linear bf16 {n}x{k}x{m}");
-        check(&format!("{label} fwd"), &ops::matmul::linear(&xg, &wg, None).unwrap(), DType::BF16, &ops::matmul::linear(&x, &w, None).unwrap(), BF16_STORE);
-        check(&format!("{label} fwd + bias"), &ops::matmul::linear(&xg, &wg, Some(&bg)).unwrap(), DType::BF16, &ops::matmul::linear(&x, &w, Some(&bias)).unwrap(), BF16_STORE);
+        check(
+            &format!("{label} fwd"),
+            &ops::matmul::linear(&xg, &wg, None).unwrap(),
+            DType::BF16,
+            &ops::matmul::linear(&x, &w, None).unwrap(),
+            BF16_STORE,
+        );
+        check(
+            &format!("{label} fwd + bias"),
+            &ops::matmul::linear(&xg, &wg, Some(&bg)).unwrap(),
+            DType::BF16,
+            &ops::matmul::linear(&x, &w, Some(&bias)).unwrap(),
+            BF16_STORE,
+        );
         let (dxc, dwc, dbc) = ops::matmul::linear_backward(&x, &w, &dy, true, true).unwrap();
         let (dxg, dwg, dbg) = ops::matmul::linear_backward(&xg, &wg, &dyg, true, true).unwrap();
         check(&format!("{label} dx"), &dxg.unwrap(), DType::BF16, dxc.as_ref().unwrap(), BF16_STORE);
@@ -303,7 +405,10 @@ fn parity_bf16_linear() {
         let mut w2 = wg.clone();
         drop(wg);
         ops::elementwise::add_assign(&mut w2, &up(&Tensor::zeros(&[m, k]), d)).unwrap();
-        assert!(w2.cuda_buf().unwrap().bf16_shadow.get().is_none(), "{label}: a written weight kept its stale bf16 copy");
+        assert!(
+            w2.cuda_buf().unwrap().bf16_shadow.get().is_none(),
+            "{label}: a written weight kept its stale bf16 copy"
+        );
     }
 }
 
@@ -326,7 +431,14 @@ fn parity_dtype_mismatches_are_errors() {
     let kv = up(&randn(&mut r, &[1, 3, 2, 8], 1.0), d);
     err(ops::attention::attention(&q, &kv, &kv, 3, None, 0.5).map(|x| x.0), "attention");
     err(ops::rmsnorm::rmsnorm(&af, &upb(&randn(&mut r, &[8], 1.0), d), 1e-5).map(|x| x.0), "rmsnorm weight");
-    err(ops::embedding::embedding_backward(&ab, &Tensor::from_u32(vec![1, 2], &[2]).unwrap(), &up(&randn(&mut r, &[2, 8], 1.0), d)), "embedding_backward");
+    err(
+        ops::embedding::embedding_backward(
+            &ab,
+            &Tensor::from_u32(vec![1, 2], &[2]).unwrap(),
+            &up(&randn(&mut r, &[2, 8], 1.0), d),
+        ),
+        "embedding_backward",
+    );
     // Under f32 precision a bf16 operand is refused (an f32 run stays f32 throughout).
     cuda::set_matmul_precision(MatmulPrecision::F32);
     err(ops::matmul::linear(&ab, &af, None), "linear");

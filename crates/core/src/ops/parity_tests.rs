@@ -49,7 +49,9 @@ pub(super) fn ids(r: &mut Rng, n: usize, v: usize) -> Tensor {
     Tensor::from_u32((0..n).map(|_| r.below(v as u64) as u32).collect(), &[n]).unwrap()
 }
 
-pub(super) fn up(t: &Tensor, d: Device) -> Tensor { t.to_device(d).unwrap() }
+pub(super) fn up(t: &Tensor, d: Device) -> Tensor {
+    t.to_device(d).unwrap()
+}
 
 /// Asserts NMSE(gpu, cpu) ≤ tol; NaN (an unwritten or broken element) always fails.
 pub(super) fn close(label: &str, gpu: &Tensor, cpu: &Tensor, tol: f64) {
@@ -73,7 +75,8 @@ fn kernels_compile() {
         let mut v = Vec::new();
         for b in bases {
             for c in combos {
-                let dts: Vec<crate::DType> = c.chars().map(|ch| if ch == 'f' { crate::DType::F32 } else { crate::DType::BF16 }).collect();
+                let dts: Vec<crate::DType> =
+                    c.chars().map(|ch| if ch == 'f' { crate::DType::F32 } else { crate::DType::BF16 }).collect();
                 v.push(cuda::kname(b, &dts, "kernels_compile").unwrap());
             }
         }
@@ -85,22 +88,71 @@ fn kernels_compile() {
     let plain = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     for (name, src, kernels) in [
         ("adamw", ops::adamw::cuda::SRC, plain(&["sumsq_multi_f32", "norm_finalize", "adamw_multi_f32"])),
-        ("attention", ops::attention::cuda::SRC, x(&["attn_fwd", "attn_bwd_delta", "attn_bwd_dq", "attn_bwd_dkdv"], &one)),
-        ("attention_tc", ops::attention::cuda::TC_SRC, plain(&["attn_tc_fwd_d64", "attn_tc_dq_d64", "attn_tc_dkdv_d64", "attn_tc_fwd_d128", "attn_tc_dq_d128", "attn_tc_dkdv_d128"])),
-        ("cross_entropy", ops::cross_entropy::cuda::SRC, [x(&["ce_fwd", "ce_bwd"], &one), plain(&["ce_mean_f32"])].concat()),
-        ("cross_entropy_chunks", ops::cross_entropy::cuda::CHUNKS_SRC, [x(&["ce_chunk_fwd", "ce_chunk_bwd"], &one), plain(&["ce_chunk_finish_f32", "ce_nll_f64"])].concat()),
-        ("elementwise", ops::elementwise::cuda::SRC, [x(&["add", "mul", "scale"], &one), x(&["add_assign"], &two), plain(&["f32_to_bf16", "bf16_to_f32"])].concat()),
+        (
+            "attention",
+            ops::attention::cuda::SRC,
+            x(&["attn_fwd", "attn_bwd_delta", "attn_bwd_dq", "attn_bwd_dkdv"], &one),
+        ),
+        (
+            "attention_tc",
+            ops::attention::cuda::TC_SRC,
+            plain(&[
+                "attn_tc_fwd_d64",
+                "attn_tc_dq_d64",
+                "attn_tc_dkdv_d64",
+                "attn_tc_fwd_d128",
+                "attn_tc_dq_d128",
+                "attn_tc_dkdv_d128",
+            ]),
+        ),
+        (
+            "cross_entropy",
+            ops::cross_entropy::cuda::SRC,
+            [x(&["ce_fwd", "ce_bwd"], &one), plain(&["ce_mean_f32"])].concat(),
+        ),
+        (
+            "cross_entropy_chunks",
+            ops::cross_entropy::cuda::CHUNKS_SRC,
+            [x(&["ce_chunk_fwd", "ce_chunk_bwd"], &one), plain(&["ce_chunk_finish_f32", "ce_nll_f64"])].concat(),
+        ),
+        (
+            "elementwise",
+            ops::elementwise::cuda::SRC,
+            [x(&["add", "mul", "scale"], &one), x(&["add_assign"], &two), plain(&["f32_to_bf16", "bf16_to_f32"])]
+                .concat(),
+        ),
         ("embedding", ops::embedding::cuda::SRC, x(&["embedding_fwd", "embedding_bwd", "embedding_bwd_sorted"], &one)),
         ("matmul", ops::matmul::cuda::SRC, x(&["add_bias", "col_sum_part"], &one)),
-        ("qmatmul", ops::qmatmul::cuda::SRC, ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"].iter()
-            .flat_map(|f| ["qmatvec_", "qdequant_f32_", "qdequant_bf16_", "qgather_f32_", "qmatvec_bf16_"].map(|k| format!("{k}{f}"))).collect()),
-        ("rmsnorm", ops::rmsnorm::cuda::SRC, [x(&["rmsnorm_fwd"], &three), x(&["rmsnorm_bwd_dx", "rmsnorm_bwd_dw_part"], &two), plain(&["sum_partials_f32"])].concat()),
+        (
+            "qmatmul",
+            ops::qmatmul::cuda::SRC,
+            ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"]
+                .iter()
+                .flat_map(|f| {
+                    ["qmatvec_", "qdequant_f32_", "qdequant_bf16_", "qgather_f32_", "qmatvec_bf16_"]
+                        .map(|k| format!("{k}{f}"))
+                })
+                .collect(),
+        ),
+        (
+            "rmsnorm",
+            ops::rmsnorm::cuda::SRC,
+            [
+                x(&["rmsnorm_fwd"], &three),
+                x(&["rmsnorm_bwd_dx", "rmsnorm_bwd_dw_part"], &two),
+                plain(&["sum_partials_f32"]),
+            ]
+            .concat(),
+        ),
         ("rope", ops::rope::cuda::SRC, x(&["rope"], &one)),
         ("sample", ops::sample::cuda::SRC, plain(&["sample_f32", "sample_mark"])),
         ("swiglu", ops::swiglu::cuda::SRC, x(&["swiglu_fwd", "swiglu_bwd"], &one)),
     ] {
         if name == "attention_tc" && arch.0 < 8 {
-            println!("{name}: skipped (bf16 mma.sync and cp.async need compute capability 8.0, this GPU is {}.{})", arch.0, arch.1);
+            println!(
+                "{name}: skipped (bf16 mma.sync and cp.async need compute capability 8.0, this GPU is {}.{})",
+                arch.0, arch.1
+            );
             continue;
         }
         let ptx = match cuda::compile::compile(name, src, arch) {
@@ -119,9 +171,24 @@ fn parity_elementwise_and_embedding() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
     let (a, b) = (randn(&mut r, &[37, 19], 1.0), randn(&mut r, &[37, 19], 1.0));
-    close("add", &ops::elementwise::add(&up(&a, d), &up(&b, d)).unwrap(), &ops::elementwise::add(&a, &b).unwrap(), F32_NMSE);
-    close("mul", &ops::elementwise::mul(&up(&a, d), &up(&b, d)).unwrap(), &ops::elementwise::mul(&a, &b).unwrap(), F32_NMSE);
-    close("scale", &ops::elementwise::scale(&up(&a, d), 0.37).unwrap(), &ops::elementwise::scale(&a, 0.37).unwrap(), F32_NMSE);
+    close(
+        "add",
+        &ops::elementwise::add(&up(&a, d), &up(&b, d)).unwrap(),
+        &ops::elementwise::add(&a, &b).unwrap(),
+        F32_NMSE,
+    );
+    close(
+        "mul",
+        &ops::elementwise::mul(&up(&a, d), &up(&b, d)).unwrap(),
+        &ops::elementwise::mul(&a, &b).unwrap(),
+        F32_NMSE,
+    );
+    close(
+        "scale",
+        &ops::elementwise::scale(&up(&a, d), 0.37).unwrap(),
+        &ops::elementwise::scale(&a, 0.37).unwrap(),
+        F32_NMSE,
+    );
     let mut ga = up(&a, d);
     ops::elementwise::add_assign(&mut ga, &up(&b, d)).unwrap();
     let mut ca = a.clone();
@@ -132,12 +199,22 @@ fn parity_elementwise_and_embedding() {
     let table = randn(&mut r, &[v, c], 1.0);
     let id = ids(&mut r, n, v);
     let dout = randn(&mut r, &[n, c], 1.0);
-    close("embedding fwd", &ops::embedding::embedding(&up(&table, d), &id).unwrap(), &ops::embedding::embedding(&table, &id).unwrap(), F32_NMSE);
+    close(
+        "embedding fwd",
+        &ops::embedding::embedding(&up(&table, d), &id).unwrap(),
+        &ops::embedding::embedding(&table, &id).unwrap(),
+        F32_NMSE,
+    );
     let want = ops::embedding::embedding_backward(&table, &id, &dout).unwrap();
     // Host ids: the sorted, segmented kernel adds in the CPU's order, so the result is exact.
     let got = ops::embedding::embedding_backward(&up(&table, d), &id, &up(&dout, d)).unwrap();
     close("embedding bwd (host ids)", &got, &want, 0.0);
-    close("embedding bwd (device ids)", &ops::embedding::embedding_backward(&up(&table, d), &up(&id, d), &up(&dout, d)).unwrap(), &want, F32_NMSE);
+    close(
+        "embedding bwd (device ids)",
+        &ops::embedding::embedding_backward(&up(&table, d), &up(&id, d), &up(&dout, d)).unwrap(),
+        &want,
+        F32_NMSE,
+    );
 }
 
 #[test]
@@ -145,7 +222,12 @@ fn parity_rmsnorm_and_fused_residual() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
     for (n, c) in [(70, 48), (5, 1000), (300, 256)] {
-        let (x, res, w, dy) = (randn(&mut r, &[n, c], 1.0), randn(&mut r, &[n, c], 1.0), randn(&mut r, &[c], 1.0), randn(&mut r, &[n, c], 1.0));
+        let (x, res, w, dy) = (
+            randn(&mut r, &[n, c], 1.0),
+            randn(&mut r, &[n, c], 1.0),
+            randn(&mut r, &[c], 1.0),
+            randn(&mut r, &[n, c], 1.0),
+        );
         let (yc, rc) = ops::rmsnorm::rmsnorm(&x, &w, 1e-5).unwrap();
         let (yg, rg) = ops::rmsnorm::rmsnorm(&up(&x, d), &up(&w, d), 1e-5).unwrap();
         close(&format!("rmsnorm fwd {n}x{c}"), &yg, &yc, F32_NMSE);
@@ -169,11 +251,26 @@ fn parity_rope_and_swiglu() {
     for layout in [ops::rope::RopeLayout::HalfSplit, ops::rope::RopeLayout::Interleaved] {
         let table = ops::rope::RopeTable::new(ops::rope::freqs::default_inv_freq(10000.0, hd), 1.0, layout);
         let x = randn(&mut r, &[b, t, h, hd], 1.0);
-        close(&format!("rope fwd {layout:?}"), &ops::rope::rope(&up(&x, d), &table, 5).unwrap(), &ops::rope::rope(&x, &table, 5).unwrap(), F32_NMSE);
-        close(&format!("rope bwd {layout:?}"), &ops::rope::rope_backward(&up(&x, d), &table, 5).unwrap(), &ops::rope::rope_backward(&x, &table, 5).unwrap(), F32_NMSE);
+        close(
+            &format!("rope fwd {layout:?}"),
+            &ops::rope::rope(&up(&x, d), &table, 5).unwrap(),
+            &ops::rope::rope(&x, &table, 5).unwrap(),
+            F32_NMSE,
+        );
+        close(
+            &format!("rope bwd {layout:?}"),
+            &ops::rope::rope_backward(&up(&x, d), &table, 5).unwrap(),
+            &ops::rope::rope_backward(&x, &table, 5).unwrap(),
+            F32_NMSE,
+        );
     }
     let (g, u, dy) = (randn(&mut r, &[33, 70], 2.0), randn(&mut r, &[33, 70], 1.0), randn(&mut r, &[33, 70], 1.0));
-    close("swiglu fwd", &ops::swiglu::swiglu(&up(&g, d), &up(&u, d)).unwrap(), &ops::swiglu::swiglu(&g, &u).unwrap(), F32_NMSE);
+    close(
+        "swiglu fwd",
+        &ops::swiglu::swiglu(&up(&g, d), &up(&u, d)).unwrap(),
+        &ops::swiglu::swiglu(&g, &u).unwrap(),
+        F32_NMSE,
+    );
     let (dgc, duc) = ops::swiglu::swiglu_backward(&g, &u, &dy).unwrap();
     let (dgg, dug) = ops::swiglu::swiglu_backward(&up(&g, d), &up(&u, d), &up(&dy, d)).unwrap();
     close("swiglu dg", &dgg, &dgc, F32_NMSE);
@@ -201,7 +298,8 @@ fn parity_cross_entropy() {
         F32_NMSE,
     );
     // Perplexity scoring: f64 sums on the device, only the per-row values come back.
-    let (nc, ng) = (ops::cross_entropy::nll_rows(&z, &t).unwrap(), ops::cross_entropy::nll_rows(&up(&z, d), &t).unwrap());
+    let (nc, ng) =
+        (ops::cross_entropy::nll_rows(&z, &t).unwrap(), ops::cross_entropy::nll_rows(&up(&z, d), &t).unwrap());
     let worst = nc.iter().zip(&ng).map(|(a, b)| (a - b).abs() / a.abs().max(1e-300)).fold(0f64, f64::max);
     println!("nll_rows f64 (device)         max rel diff {worst:.3e} (tol 1e-12)");
     assert!(worst < 1e-12 && ng[3] == 0.0, "nll_rows: {worst:e}");
@@ -266,7 +364,8 @@ fn parity_sample() {
             let z: Vec<f32> = (0..rows * v).map(|_| ((r.normal() * 4.0 / step).round() * step) as f32).collect();
             let z = Tensor::from_f32(z, &[rows, v]).unwrap();
             let zg = up(&z, d);
-            let context: Vec<Vec<u32>> = (0..rows).map(|_| (0..50).map(|_| r.below(v as u64) as u32).collect()).collect();
+            let context: Vec<Vec<u32>> =
+                (0..rows).map(|_| (0..50).map(|_| r.below(v as u64) as u32).collect()).collect();
             for p in grid.iter().step_by(every) {
                 let us: Vec<f64> = (0..rows).map(|_| r.uniform()).collect();
                 let (mut sc, mut sg) = (Seen::new(rows, v, Device::Cpu).unwrap(), Seen::new(rows, v, d).unwrap());
@@ -276,7 +375,8 @@ fn parity_sample() {
                 }
                 let want = sample(&z, Some(&mut sc), p, &us).unwrap();
                 let got = sample(&zg, Some(&mut sg), p, &us).unwrap();
-                let (want, got) = (want.as_u32().unwrap().to_vec(), got.to_device(Device::Cpu).unwrap().as_u32().unwrap().to_vec());
+                let (want, got) =
+                    (want.as_u32().unwrap().to_vec(), got.to_device(Device::Cpu).unwrap().as_u32().unwrap().to_vec());
                 total += rows;
                 agree += want.iter().zip(&got).filter(|(a, b)| a == b).count();
                 assert_eq!(got, want, "v {v} coarse {coarse} {p:?} u {us:?}");
@@ -289,13 +389,19 @@ fn parity_sample() {
     println!("sample: {agree}/{total} ids agree with the CPU reference (vocabularies up to 151936)");
     // Speed of one step at Qwen's vocabulary (the default CLI filters, and the full vocabulary).
     let z = up(&randn(&mut r, &[1, 151_936], 3.0), d);
-    for p in [SampleParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repetition_penalty: 1.1 }, SampleParams { temperature: 1.0, top_p: 0.9, ..Default::default() }] {
+    for p in [
+        SampleParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repetition_penalty: 1.1 },
+        SampleParams { temperature: 1.0, top_p: 0.9, ..Default::default() },
+    ] {
         let mut seen = Seen::new(1, 151_936, d).unwrap();
         let t0 = std::time::Instant::now();
         for i in 0..50 {
             sample(&z, Some(&mut seen), &p, &[i as f64 / 50.0]).unwrap().to_device(Device::Cpu).unwrap();
         }
-        println!("sample step at V=151936 {p:?}: {:.1} us (incl. the 4-byte read back)", t0.elapsed().as_secs_f64() / 50.0 * 1e6);
+        println!(
+            "sample step at V=151936 {p:?}: {:.1} us (incl. the 4-byte read back)",
+            t0.elapsed().as_secs_f64() / 50.0 * 1e6
+        );
     }
 }
 
@@ -330,7 +436,9 @@ fn parity_attention() {
         }
         let dout = randn(&mut r, &[b, tq, h, hd], 1.0);
         let (dqc, dkc, dvc) = ops::attention::attention_backward(&q, &k, &v, &oc, &lc, &dout, window, sc).unwrap();
-        let (dqg, dkg, dvg) = ops::attention::attention_backward(&up(&q, d), &up(&k, d), &up(&v, d), &og, &lg, &up(&dout, d), window, sc).unwrap();
+        let (dqg, dkg, dvg) =
+            ops::attention::attention_backward(&up(&q, d), &up(&k, d), &up(&v, d), &og, &lg, &up(&dout, d), window, sc)
+                .unwrap();
         close(&format!("{label} dq"), &dqg, &dqc, F32_NMSE);
         close(&format!("{label} dk"), &dkg, &dkc, F32_NMSE);
         close(&format!("{label} dv"), &dvg, &dvc, F32_NMSE);
@@ -342,7 +450,12 @@ fn parity_linear_f32_and_bf16() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
     let (n, k, m) = (67, 96, 130);
-    let (x, w, bias, dy) = (randn(&mut r, &[n, k], 1.0), randn(&mut r, &[m, k], 0.1), randn(&mut r, &[m], 1.0), randn(&mut r, &[n, m], 1.0));
+    let (x, w, bias, dy) = (
+        randn(&mut r, &[n, k], 1.0),
+        randn(&mut r, &[m, k], 0.1),
+        randn(&mut r, &[m], 1.0),
+        randn(&mut r, &[n, m], 1.0),
+    );
     let yc = ops::matmul::linear(&x, &w, Some(&bias)).unwrap();
     let (dxc, dwc, dbc) = ops::matmul::linear_backward(&x, &w, &dy, true, true).unwrap();
     for (p, tol) in [(cuda::MatmulPrecision::F32, F32_NMSE), (cuda::MatmulPrecision::Bf16, BF16_NMSE)] {
@@ -367,9 +480,14 @@ fn parity_adamw_and_grad_norm() {
     let mut pc: Vec<Tensor> = shapes.iter().map(|s| randn(&mut r, s, 1.0)).collect();
     let gc: Vec<Tensor> = shapes.iter().map(|s| randn(&mut r, s, 1.0)).collect();
     let mut mc: Vec<Tensor> = shapes.iter().map(|s| randn(&mut r, s, 0.1)).collect();
-    let mut vc: Vec<Tensor> = shapes.iter().map(|s| randn(&mut r, s, 0.1)).map(|t| ops::elementwise::mul(&t, &t).unwrap()).collect();
-    let (mut pg, gg, mut mg, mut vg): (Vec<_>, Vec<_>, Vec<_>, Vec<_>) =
-        (pc.iter().map(|t| up(t, d)).collect(), gc.iter().map(|t| up(t, d)).collect(), mc.iter().map(|t| up(t, d)).collect(), vc.iter().map(|t| up(t, d)).collect());
+    let mut vc: Vec<Tensor> =
+        shapes.iter().map(|s| randn(&mut r, s, 0.1)).map(|t| ops::elementwise::mul(&t, &t).unwrap()).collect();
+    let (mut pg, gg, mut mg, mut vg): (Vec<_>, Vec<_>, Vec<_>, Vec<_>) = (
+        pc.iter().map(|t| up(t, d)).collect(),
+        gc.iter().map(|t| up(t, d)).collect(),
+        mc.iter().map(|t| up(t, d)).collect(),
+        vc.iter().map(|t| up(t, d)).collect(),
+    );
     // Clip to half the norm, then step: the CPU scales the gradients on the host.
     let norm_c = ops::adamw::global_norm(&gc.iter().collect::<Vec<_>>()).unwrap();
     let mut gcl = gc.clone();

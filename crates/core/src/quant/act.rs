@@ -53,8 +53,10 @@ pub(super) unsafe fn quantize_q8_avx2(x: &[f32]) -> Vec<BlockQ8> {
     for b in x.chunks_exact(32) {
         let p = b.as_ptr();
         let v = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))];
-        let m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
-                              _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+        let m = _mm256_max_ps(
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+            _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+        );
         let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
         let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
@@ -88,7 +90,9 @@ pub(super) fn quantize_q8_generic(x: &[f32]) -> Vec<BlockQ8> {
     let mut out = Vec::with_capacity(x.len() / 32);
     for b in x.chunks_exact(32) {
         let mut amax = 0f32;
-        for &v in b { amax = amax.max(v.abs()); }
+        for &v in b {
+            amax = amax.max(v.abs());
+        }
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut qs = [0i8; 32];
@@ -104,13 +108,17 @@ pub(super) fn quantize_q8_generic(x: &[f32]) -> Vec<BlockQ8> {
 
 /// Q8_K blocks of a row (len a multiple of 256): `quantize_row_q8_K_ref`, iscale = −127/max
 /// where max is the first element of largest |x|.
-pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> { quantize_q8k_with(x, false) }
+pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> {
+    quantize_q8k_with(x, false)
+}
 
 /// Q8_K as llama.cpp's x86 `ggml_quantize_mat_q8_K_4x8` makes it for the rows that its
 /// repacked Q4_K GEMM takes four at a time: the same values as `quantize_q8k` except where +amax
 /// and −amax both occur and −amax comes first: the ref takes the sign of the first, the 4x8
 /// quantiser makes iscale negative whenever some element equals +amax.
-pub fn quantize_q8k_4x8(x: &[f32]) -> Vec<BlockQ8K> { quantize_q8k_with(x, true) }
+pub fn quantize_q8k_4x8(x: &[f32]) -> Vec<BlockQ8K> {
+    quantize_q8k_with(x, true)
+}
 
 fn quantize_q8k_with(x: &[f32], positive_wins: bool) -> Vec<BlockQ8K> {
     #[cfg(target_arch = "x86_64")]
@@ -134,15 +142,29 @@ fn quantize_q8k_generic(x: &[f32], positive_wins: bool) -> Vec<BlockQ8K> {
     let mut out = Vec::with_capacity(x.len() / 256);
     for b in x.chunks_exact(256) {
         let (mut amax, mut max) = (0f32, 0f32);
-        for &v in b { if v.abs() > amax { amax = v.abs(); max = v; } }
+        for &v in b {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
         let mut blk = BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] };
-        if amax == 0.0 { out.push(blk); continue; }
-        if positive_wins && b.contains(&amax) { max = amax; }
+        if amax == 0.0 {
+            out.push(blk);
+            continue;
+        }
+        if positive_wins && b.contains(&amax) {
+            max = amax;
+        }
         let iscale = -127.0 / max;
-        for j in 0..256 { blk.qs[j] = nearest_int(iscale * b[j]).min(127) as i8; }
+        for j in 0..256 {
+            blk.qs[j] = nearest_int(iscale * b[j]).min(127) as i8;
+        }
         for s in 0..16 {
             let mut t = 0i16;
-            for j in 0..16 { t += blk.qs[16 * s + j] as i16; }
+            for j in 0..16 {
+                t += blk.qs[16 * s + j] as i16;
+            }
             blk.bsums[s] = t;
         }
         blk.d = 1.0 / iscale;

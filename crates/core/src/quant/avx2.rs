@@ -73,7 +73,9 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load(p: *const i8) -> __m256i { _mm256_loadu_si256(p as *const __m256i) }
+unsafe fn load(p: *const i8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_q8_0(w: &[u8], a: &[BlockQ8]) -> f32 {
@@ -174,8 +176,12 @@ unsafe fn q4_k_block_lanes(b: *const u8, ab: &BlockQ8K) -> (__m256i, i32) {
         let q = _mm256_loadu_si256(b.add(16 + 32 * c) as *const __m256i);
         let lo = _mm256_and_si256(q, mask);
         let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
-        let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(ab.qs.as_ptr().add(64 * c))), _mm256_set1_epi16(s1 as i16));
-        let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(ab.qs.as_ptr().add(64 * c + 32))), _mm256_set1_epi16(s2 as i16));
+        let p1 =
+            _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(ab.qs.as_ptr().add(64 * c))), _mm256_set1_epi16(s1 as i16));
+        let p2 = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(hi, load(ab.qs.as_ptr().add(64 * c + 32))),
+            _mm256_set1_epi16(s2 as i16),
+        );
         sums = _mm256_add_epi32(sums, _mm256_add_epi32(p1, p2));
     }
     (sums, msum)
@@ -218,8 +224,14 @@ pub unsafe fn dot_q4_k_repack_gemm(w: &[u8], a: &[BlockQ8K]) -> f32 {
             let q = _mm256_loadu_si256(b.add(16 + 32 * c) as *const __m256i);
             let lo = _mm256_and_si256(q, mask);
             let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
-            let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(ab.qs.as_ptr().add(64 * c))), _mm256_set1_epi16(s1 as i16));
-            let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(ab.qs.as_ptr().add(64 * c + 32))), _mm256_set1_epi16(s2 as i16));
+            let p1 = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(lo, load(ab.qs.as_ptr().add(64 * c))),
+                _mm256_set1_epi16(s1 as i16),
+            );
+            let p2 = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(hi, load(ab.qs.as_ptr().add(64 * c + 32))),
+                _mm256_set1_epi16(s2 as i16),
+            );
             acc = (hsum_i32(_mm256_add_epi32(p1, p2)) as f32).mul_add(d, acc);
             acc_m = (m as f32).mul_add(dmin, acc_m);
         }
@@ -257,7 +269,12 @@ unsafe fn q6_k_lanes(b: *const u8, ab: &BlockQ8K) -> __m256i {
         let ql1 = _mm256_loadu_si256(b.add(64 * n + 32) as *const __m256i);
         let qh = _mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i);
         let hb = |s: i32| -> __m256i {
-            let h = match s { 0 => qh, 2 => _mm256_srli_epi16(qh, 2), 4 => _mm256_srli_epi16(qh, 4), _ => _mm256_srli_epi16(qh, 6) };
+            let h = match s {
+                0 => qh,
+                2 => _mm256_srli_epi16(qh, 2),
+                4 => _mm256_srli_epi16(qh, 4),
+                _ => _mm256_srli_epi16(qh, 6),
+            };
             _mm256_slli_epi16(_mm256_and_si256(h, m2), 4)
         };
         // Unsigned 6-bit values (q + 32) of the four 32-element groups of this half.
@@ -306,7 +323,9 @@ pub unsafe fn dot_q6_k_tiled(w: &[u8], a: &[BlockQ8K]) -> f32 {
         let b = w.as_ptr().add(i * super::q6_k::BYTES);
         let sc = b.add(192) as *const i8;
         let mut c = 0i32;
-        for j in 0..16 { c += *sc.add(j) as i32 * ab.bsums[j] as i32; }
+        for j in 0..16 {
+            c += *sc.add(j) as i32 * ab.bsums[j] as i32;
+        }
         let s = hsum_i32(q6_k_lanes(b, ab)) - 32 * c;
         acc = (s as f32 * f16(b.add(208))).mul_add(ab.d, acc);
     }
@@ -428,8 +447,12 @@ unsafe fn q4_k_pair(b: *const u8, ab: &BlockQ8K, c: usize) -> (__m256i, i32) {
     let q = _mm256_loadu_si256(b.add(16 + 32 * c) as *const __m256i);
     let lo = _mm256_and_si256(q, mask);
     let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
-    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(ab.qs.as_ptr().add(64 * c))), _mm256_set1_epi16(s1 as i16));
-    let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(ab.qs.as_ptr().add(64 * c + 32))), _mm256_set1_epi16(s2 as i16));
+    let p1 =
+        _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(ab.qs.as_ptr().add(64 * c))), _mm256_set1_epi16(s1 as i16));
+    let p2 = _mm256_madd_epi16(
+        _mm256_maddubs_epi16(hi, load(ab.qs.as_ptr().add(64 * c + 32))),
+        _mm256_set1_epi16(s2 as i16),
+    );
     (_mm256_add_epi32(p1, p2), m)
 }
 
@@ -447,9 +470,12 @@ pub unsafe fn dot8_q4_k_repack<const GEMM: bool>(w: &[u8], rb: usize, a: &[Block
         let dmin = _mm256_mul_ps(f16x8(base, rb, 2), da);
         if GEMM {
             for c in 0..4 {
-                for r in 0..8 { (v[r], m[r]) = q4_k_pair(base.add(r * rb), ab, c); }
+                for r in 0..8 {
+                    (v[r], m[r]) = q4_k_pair(base.add(r * rb), ab, c);
+                }
                 acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&v)), d, acc);
-                acc_m = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(m.as_ptr() as *const __m256i)), dmin, acc_m);
+                acc_m =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256(m.as_ptr() as *const __m256i)), dmin, acc_m);
             }
         } else {
             for r in 0..8 {
@@ -489,7 +515,11 @@ pub unsafe fn dot8_q4_k_tiled(w: &[u8], rb: usize, a: &[BlockQ8K]) -> [f32; 8] {
             (v[r], m[r]) = (sv, sm);
         }
         let s = _mm256_mul_ps(_mm256_cvtepi32_ps(reduce8(&v)), f16x8(base, rb, 0));
-        let res = _mm256_fnmadd_ps(f16x8(base, rb, 2), _mm256_cvtepi32_ps(_mm256_loadu_si256(m.as_ptr() as *const __m256i)), s);
+        let res = _mm256_fnmadd_ps(
+            f16x8(base, rb, 2),
+            _mm256_cvtepi32_ps(_mm256_loadu_si256(m.as_ptr() as *const __m256i)),
+            s,
+        );
         acc = _mm256_fmadd_ps(res, _mm256_set1_ps(ab.d), acc);
     }
     lanes(acc)
@@ -509,7 +539,9 @@ pub unsafe fn dot8_q6_k_tiled(w: &[u8], rb: usize, a: &[BlockQ8K]) -> [f32; 8] {
             v[r] = q6_k_lanes(b, ab);
             let sc = b.add(192) as *const i8;
             let mut cr = 0i32;
-            for j in 0..16 { cr += *sc.add(j) as i32 * ab.bsums[j] as i32; }
+            for j in 0..16 {
+                cr += *sc.add(j) as i32 * ab.bsums[j] as i32;
+            }
             c[r] = cr;
         }
         let s = _mm256_sub_epi32(reduce8(&v), _mm256_slli_epi32(_mm256_loadu_si256(c.as_ptr() as *const __m256i), 5));

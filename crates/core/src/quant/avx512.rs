@@ -30,7 +30,9 @@ use super::avx2::{f16, f16x2, f16x8, hsum, lanes};
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn load(p: *const i8) -> __m256i { _mm256_loadu_si256(p as *const __m256i) }
+unsafe fn load(p: *const i8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
 
 /// −c · (sum of the four activation bytes of each i32 lane): the start value that turns
 /// `dpbusd(start, x + c, y)` into Σ x·y per lane.
@@ -64,14 +66,20 @@ unsafe fn scale8(p: *const u8, da: __m256) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn finish<const R: usize>(acc: &[__m256; R]) -> [f32; R] {
     let mut out = [0f32; R];
-    for r in 0..R { out[r] = hsum(acc[r]); }
+    for r in 0..R {
+        out[r] = hsum(acc[r]);
+    }
     out
 }
 
 /// Checks that `w` holds R rows of `rb` bytes, each at least `need` bytes of blocks.
 #[inline(always)]
 fn check<const R: usize>(w: &[u8], rb: usize, need: usize) {
-    assert!(R >= 1 && rb >= need && w.len() >= (R - 1) * rb + need, "{R} rows of {rb} bytes: {} bytes given, {need} per row needed", w.len());
+    assert!(
+        R >= 1 && rb >= need && w.len() >= (R - 1) * rb + need,
+        "{R} rows of {rb} bytes: {} bytes given, {need} per row needed",
+        w.len()
+    );
 }
 
 /// R rows of `avx2::dot_q8_0` (llama.cpp's `ggml_vec_dot_q8_0_q8_0`).
@@ -135,7 +143,9 @@ pub unsafe fn dot_q4_1<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8]) -> [f
         }
     }
     let mut out = finish(&acc);
-    for r in 0..R { out[r] += mins[r]; }
+    for r in 0..R {
+        out[r] += mins[r];
+    }
     out
 }
 
@@ -192,7 +202,9 @@ unsafe fn spread_idx(run: usize, per_vec: usize) -> [__m512i; 4] {
     let mut out = [_mm512_setzero_si512(); 4];
     for (v, o) in out.iter_mut().enumerate() {
         let mut e = [0i16; 32];
-        for (k, x) in e.iter_mut().enumerate() { *x = (per_vec * v + k / run) as i16; }
+        for (k, x) in e.iter_mut().enumerate() {
+            *x = (per_vec * v + k / run) as i16;
+        }
         *o = _mm512_loadu_si512(e.as_ptr() as *const _);
     }
     out
@@ -201,12 +213,16 @@ unsafe fn spread_idx(run: usize, per_vec: usize) -> [__m512i; 4] {
 /// The four i32 lanes of eight added pairwise (lane l + lane l+4).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn fold256(v: __m256i) -> __m128i { _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)) }
+unsafe fn fold256(v: __m256i) -> __m128i {
+    _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1))
+}
 
 /// The eight i32 lanes of 16 lanes added pairwise (lane l + lane l+8).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn fold(v: __m512i) -> __m256i { _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1)) }
+unsafe fn fold(v: __m512i) -> __m256i {
+    _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1))
+}
 
 /// R rows of `avx2::dot_q4_k`, one row after another (one FMA per 256 elements: no latency
 /// to hide, and a loop over R would keep the accumulators on the stack). Scales and mins
@@ -219,7 +235,9 @@ pub unsafe fn dot_q4_k<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8K]) -> [
     // Chunk c's scale vector: scale 2c in the low 256 bits, 2c+1 in the high (as i16).
     let idx = spread_idx(16, 2);
     let mut out = [0f32; R];
-    for (r, o) in out.iter_mut().enumerate() { *o = row_q4_k(w.as_ptr().add(r * rb), a, &idx); }
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = row_q4_k(w.as_ptr().add(r * rb), a, &idx);
+    }
     out
 }
 
@@ -242,7 +260,10 @@ unsafe fn row_q4_k(w: *const u8, a: &[BlockQ8K], idx: &[__m512i; 4]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q8k_sub_sums(ab: &BlockQ8K) -> __m128i {
-    _mm_hadd_epi16(_mm_loadu_si128(ab.bsums.as_ptr() as *const __m128i), _mm_loadu_si128(ab.bsums.as_ptr().add(8) as *const __m128i))
+    _mm_hadd_epi16(
+        _mm_loadu_si128(ab.bsums.as_ptr() as *const __m128i),
+        _mm_loadu_si128(ab.bsums.as_ptr().add(8) as *const __m128i),
+    )
 }
 
 /// The integer sums of one Q4_K super-block `b` against its Q8_K block (`y` = `load4` of its
@@ -336,7 +357,9 @@ pub unsafe fn dot_q6_k<const R: usize>(w: &[u8], rb: usize, a: &[BlockQ8K]) -> [
     // Each 128-bit lane L of a pair's scale vector holds scale 4p+L (as eight i16).
     let idx = spread_idx(8, 4);
     let mut out = [0f32; R];
-    for (r, o) in out.iter_mut().enumerate() { *o = row_q6_k(w.as_ptr().add(r * rb), a, &idx); }
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = row_q6_k(w.as_ptr().add(r * rb), a, &idx);
+    }
     out
 }
 
@@ -364,7 +387,10 @@ unsafe fn row_q6_k(w: *const u8, a: &[BlockQ8K], idx: &[__m512i; 4]) -> f32 {
             let qh01 = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
             let qh23 = _mm512_srli_epi16(qh01, 4);
             let u01 = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16(_mm512_and_si512(qh01, m2), 4));
-            let u23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), _mm512_slli_epi16(_mm512_and_si512(qh23, m2), 4));
+            let u23 = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                _mm512_slli_epi16(_mm512_and_si512(qh23, m2), 4),
+            );
             for (p, u) in [(2 * n, u01), (2 * n + 1, u23)] {
                 let s = _mm512_permutexvar_epi16(idx[p], sc16);
                 sums = _mm512_add_epi32(sums, _mm512_madd_epi16(_mm512_maddubs_epi16(u, y[p]), s));

@@ -16,22 +16,40 @@
 
 use super::simd::Level;
 use super::GgmlType;
-use rayon::prelude::*;
 use crate::ggml::reduce16;
+use rayon::prelude::*;
 
 pub fn dequantize_f32(b: &[u8], out: &mut [f32]) {
-    for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) { *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]); }
+    for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
+        *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
 }
 pub fn dequantize_f16(b: &[u8], out: &mut [f32]) {
-    for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) { *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32(); }
+    for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+        *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+    }
 }
 pub fn dequantize_bf16(b: &[u8], out: &mut [f32]) {
-    for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) { *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16); }
+    for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+        *o = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+    }
 }
-pub fn quantize_f32(x: &[f32], out: &mut Vec<u8>) { for v in x { out.extend_from_slice(&v.to_le_bytes()); } }
-pub fn quantize_f16(x: &[f32], out: &mut Vec<u8>) { for &v in x { out.extend_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes()); } }
+pub fn quantize_f32(x: &[f32], out: &mut Vec<u8>) {
+    for v in x {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+pub fn quantize_f16(x: &[f32], out: &mut Vec<u8>) {
+    for &v in x {
+        out.extend_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes());
+    }
+}
 /// Round to nearest even, as ggml's `GGML_FP32_TO_BF16` (NaNs kept quiet).
-pub fn quantize_bf16(x: &[f32], out: &mut Vec<u8>) { for &v in x { out.extend_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes()); } }
+pub fn quantize_bf16(x: &[f32], out: &mut Vec<u8>) {
+    for &v in x {
+        out.extend_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+    }
+}
 
 /// Which of llama.cpp's x86 code paths an F16/BF16 matmul takes, i.e. its summation order.
 /// `ggml_compute_forward_mul_mat`: no repack or tiled kernel takes F16/BF16, so llamafile's
@@ -54,7 +72,11 @@ enum Order {
 impl Order {
     fn of(ty: GgmlType, rows: usize, cols: usize, n: usize) -> Order {
         let kn = if ty == GgmlType::BF16 { 32 } else { 16 };
-        if n >= 2 && cols.is_multiple_of(kn) && rows.is_multiple_of(4) { Order::TinyBlas } else { Order::VecDot }
+        if n >= 2 && cols.is_multiple_of(kn) && rows.is_multiple_of(4) {
+            Order::TinyBlas
+        } else {
+            Order::VecDot
+        }
     }
 }
 
@@ -77,16 +99,31 @@ fn half_row(ty: GgmlType, x: &[f32]) -> HalfRow {
 }
 
 #[inline(always)]
-fn bf16_f32(b: u16) -> f32 { f32::from_bits((b as u32) << 16) }
+fn bf16_f32(b: u16) -> f32 {
+    f32::from_bits((b as u32) << 16)
+}
 
 /// y (n × rows) = x (n × cols) · wᵀ for F16/BF16 weights `w` (rows × cols, little-endian), in
 /// llama.cpp's arithmetic (see the top of the file) at every `level`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(ty: GgmlType, w: &[u8], rows: usize, cols: usize, x: &[f32], n: usize, y: &mut [f32], level: Level) {
+pub(crate) fn matmul(
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    level: Level,
+) {
     debug_assert!(matches!(ty, GgmlType::F16 | GgmlType::BF16));
     let (k, m, rb) = (cols, rows, 2 * cols);
     let order = Order::of(ty, m, k, n);
-    let acts: Vec<HalfRow> = if n == 1 { vec![half_row(ty, &x[..k])] } else { x[..n * k].par_chunks(k.max(1)).map(|r| half_row(ty, r)).collect() };
+    let acts: Vec<HalfRow> = if n == 1 {
+        vec![half_row(ty, &x[..k])]
+    } else {
+        x[..n * k].par_chunks(k.max(1)).map(|r| half_row(ty, r)).collect()
+    };
     // Blocks of output rows, each reading its weight rows once for all n inputs: one block per
     // thread for a few inputs (decode), 32 rows for more.
     let block = if n <= 4 { m.div_ceil(rayon::current_num_threads()).max(32) } else { 32 };
@@ -180,7 +217,9 @@ fn dot(level: Level, ty: GgmlType, order: Order, w: &[u8], a: &HalfRow) -> f32 {
 #[cfg(target_arch = "x86_64")]
 fn bf16_instr() -> bool {
     static B: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *B.get_or_init(|| std::arch::is_x86_feature_detected!("avx512bf16") && std::env::var_os("SMELT_NO_AVX512BF16").is_none())
+    *B.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512bf16") && std::env::var_os("SMELT_NO_AVX512BF16").is_none()
+    })
 }
 
 /// The reference: llama.cpp's lanes and order written out (see `Order`).
@@ -194,18 +233,26 @@ fn dot_scalar(ty: GgmlType, order: Order, w: &[u8], a: &HalfRow) -> f32 {
             let mut acc = [[0f32; 16]; 4];
             for i in (0..np).step_by(64) {
                 for (k, ak) in acc.iter_mut().enumerate() {
-                    for l in 0..16 { ak[l] = wf(i + 16 * k + l).mul_add(a.x[i + 16 * k + l], ak[l]); }
+                    for l in 0..16 {
+                        ak[l] = wf(i + 16 * k + l).mul_add(a.x[i + 16 * k + l], ak[l]);
+                    }
                 }
             }
             let mut r = [0f32; 16];
-            for l in 0..16 { r[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]); }
+            for l in 0..16 {
+                r[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+            }
             let mut s = reduce16(&r) as f64;
-            for i in np..n { s += (wf(i) * a.x[i]) as f64; }
+            for i in np..n {
+                s += (wf(i) * a.x[i]) as f64;
+            }
             s as f32
         }
         (GgmlType::F16, Order::TinyBlas) => {
             let mut acc = [0f32; 16];
-            for i in 0..n { acc[i % 16] = half::f16::from_bits(wv(i)).to_f32().mul_add(a.x[i], acc[i % 16]); }
+            for i in 0..n {
+                acc[i % 16] = half::f16::from_bits(wv(i)).to_f32().mul_add(a.x[i], acc[i % 16]);
+            }
             reduce16(&acc)
         }
         (_, Order::VecDot) => {
@@ -213,18 +260,27 @@ fn dot_scalar(ty: GgmlType, order: Order, w: &[u8], a: &HalfRow) -> f32 {
             let (mut c1, mut c2) = ([0f32; 16], [0f32; 16]);
             for i in (0..np).step_by(64) {
                 for l in 0..16 {
-                    c1[l] = dpbf16_lane(c1[l], [wv(i + 2 * l), wv(i + 2 * l + 1)], [a.h[i + 2 * l], a.h[i + 2 * l + 1]]);
-                    c2[l] = dpbf16_lane(c2[l], [wv(i + 32 + 2 * l), wv(i + 33 + 2 * l)], [a.h[i + 32 + 2 * l], a.h[i + 33 + 2 * l]]);
+                    c1[l] =
+                        dpbf16_lane(c1[l], [wv(i + 2 * l), wv(i + 2 * l + 1)], [a.h[i + 2 * l], a.h[i + 2 * l + 1]]);
+                    c2[l] = dpbf16_lane(
+                        c2[l],
+                        [wv(i + 32 + 2 * l), wv(i + 33 + 2 * l)],
+                        [a.h[i + 32 + 2 * l], a.h[i + 33 + 2 * l]],
+                    );
                 }
             }
             let mut s = reduce16(&c1) as f64 + reduce16(&c2) as f64;
-            for i in np..n { s += (bf16_f32(wv(i)) * a.x[i]) as f64; }
+            for i in np..n {
+                s += (bf16_f32(wv(i)) * a.x[i]) as f64;
+            }
             s as f32
         }
         (_, Order::TinyBlas) => {
             let mut c = [0f32; 16];
             for i in (0..n).step_by(32) {
-                for l in 0..16 { c[l] = dpbf16_lane(c[l], [wv(i + 2 * l), wv(i + 2 * l + 1)], [a.h[i + 2 * l], a.h[i + 2 * l + 1]]); }
+                for l in 0..16 {
+                    c[l] = dpbf16_lane(c[l], [wv(i + 2 * l), wv(i + 2 * l + 1)], [a.h[i + 2 * l], a.h[i + 2 * l + 1]]);
+                }
             }
             reduce16(&c)
         }
@@ -266,13 +322,17 @@ mod x86 {
 
     #[inline(always)]
     fn f16_tail(w: &[u8], a: &[f32], from: usize, mut s: f64) -> f64 {
-        for i in from..a.len() { s += (half::f16::from_bits(u16::from_le_bytes([w[2 * i], w[2 * i + 1]])).to_f32() * a[i]) as f64; }
+        for i in from..a.len() {
+            s += (half::f16::from_bits(u16::from_le_bytes([w[2 * i], w[2 * i + 1]])).to_f32() * a[i]) as f64;
+        }
         s
     }
 
     #[inline(always)]
     fn bf16_tail(w: &[u8], a: &[u16], from: usize, mut s: f64) -> f64 {
-        for i in from..a.len() { s += (super::bf16_f32(u16::from_le_bytes([w[2 * i], w[2 * i + 1]])) * super::bf16_f32(a[i])) as f64; }
+        for i in from..a.len() {
+            s += (super::bf16_f32(u16::from_le_bytes([w[2 * i], w[2 * i + 1]])) * super::bf16_f32(a[i])) as f64;
+        }
         s
     }
 
@@ -316,7 +376,9 @@ mod x86 {
         let mut c = [_mm512_setzero_ps(); 4];
         for i in (0..a[0].len()).step_by(16) {
             let wv = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(2 * i) as *const __m256i));
-            for r in 0..4 { c[r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(a[r].as_ptr().add(i)), c[r]); }
+            for r in 0..4 {
+                c[r] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(a[r].as_ptr().add(i)), c[r]);
+            }
         }
         c.map(|c| reduce16(&store16(c)))
     }
@@ -339,7 +401,9 @@ mod x86 {
 
     /// 32 bf16 as `__m512bh` (the pairs of each 32-bit lane).
     #[inline(always)]
-    unsafe fn load_bh(p: *const u8) -> __m512bh { std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const _)) }
+    unsafe fn load_bh(p: *const u8) -> __m512bh {
+        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const _))
+    }
 
     /// A BF16 vec_dot (ggml's two 512-bit accumulators over 64 elements) and tinyBLAS 4-row
     /// kernel (one accumulator per row over 32), for a `dot(c, w, a)` step on 16 f32 lanes of
@@ -365,14 +429,22 @@ mod x86 {
                 let mut c = [_mm512_setzero_ps(); 4];
                 for i in (0..a[0].len()).step_by(32) {
                     let wv = $load(wp.add(2 * i));
-                    for r in 0..4 { c[r] = $dot(c[r], wv, $load((a[r].as_ptr() as *const u8).add(2 * i))); }
+                    for r in 0..4 {
+                        c[r] = $dot(c[r], wv, $load((a[r].as_ptr() as *const u8).add(2 * i)));
+                    }
                 }
                 c.map(|c| reduce16(&store16(c)))
             }
         };
     }
 
-    bf16_kernels_512!("avx512f,avx512bf16,avx2,fma", bf16_vecdot_dpbf16, bf16_tinyblas4_dpbf16, load_bh, _mm512_dpbf16_ps);
+    bf16_kernels_512!(
+        "avx512f,avx512bf16,avx2,fma",
+        bf16_vecdot_dpbf16,
+        bf16_tinyblas4_dpbf16,
+        load_bh,
+        _mm512_dpbf16_ps
+    );
     bf16_kernels_512!("avx512f,avx2,fma", bf16_vecdot_avx512, bf16_tinyblas4_avx512, ld512, dp512);
 
     /// `vdpbf16ps` by two FMAs: the odd element of each pair (the high half of the 32-bit
@@ -380,21 +452,33 @@ mod x86 {
     #[inline(always)]
     unsafe fn dp512(c: __m512, w: __m512i, a: __m512i) -> __m512 {
         let hi = _mm512_set1_epi32(0xffff_0000u32 as i32);
-        let c = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(w, hi)), _mm512_castsi512_ps(_mm512_and_si512(a, hi)), c);
+        let c = _mm512_fmadd_ps(
+            _mm512_castsi512_ps(_mm512_and_si512(w, hi)),
+            _mm512_castsi512_ps(_mm512_and_si512(a, hi)),
+            c,
+        );
         _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), _mm512_castsi512_ps(_mm512_slli_epi32(a, 16)), c)
     }
 
     #[inline(always)]
     unsafe fn dp256(c: __m256, w: __m256i, a: __m256i) -> __m256 {
         let hi = _mm256_set1_epi32(0xffff_0000u32 as i32);
-        let c = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(w, hi)), _mm256_castsi256_ps(_mm256_and_si256(a, hi)), c);
+        let c = _mm256_fmadd_ps(
+            _mm256_castsi256_ps(_mm256_and_si256(w, hi)),
+            _mm256_castsi256_ps(_mm256_and_si256(a, hi)),
+            c,
+        );
         _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(w, 16)), _mm256_castsi256_ps(_mm256_slli_epi32(a, 16)), c)
     }
 
     #[inline(always)]
-    unsafe fn ld512(p: *const u8) -> __m512i { _mm512_loadu_si512(p as *const _) }
+    unsafe fn ld512(p: *const u8) -> __m512i {
+        _mm512_loadu_si512(p as *const _)
+    }
     #[inline(always)]
-    unsafe fn ld256(p: *const u8) -> __m256i { _mm256_loadu_si256(p as *const __m256i) }
+    unsafe fn ld256(p: *const u8) -> __m256i {
+        _mm256_loadu_si256(p as *const __m256i)
+    }
 
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn bf16_vecdot_avx2(w: &[u8], a: &[u16]) -> f32 {
@@ -404,7 +488,9 @@ mod x86 {
         // c1, c2 of ggml's as 256-bit halves (lanes 0-7: the first 16 elements of its 32).
         let mut c = [_mm256_setzero_ps(); 4];
         for i in (0..np).step_by(64) {
-            for (h, ch) in c.iter_mut().enumerate() { *ch = dp256(*ch, ld256(wp.add(2 * i + 32 * h)), ld256(ap.add(2 * i + 32 * h))); }
+            for (h, ch) in c.iter_mut().enumerate() {
+                *ch = dp256(*ch, ld256(wp.add(2 * i + 32 * h)), ld256(ap.add(2 * i + 32 * h)));
+            }
         }
         bf16_tail(w, a, np, reduce16(&store8x2(c[0], c[1])) as f64 + reduce16(&store8x2(c[2], c[3])) as f64) as f32
     }
@@ -439,8 +525,12 @@ mod tests {
         let mut l = vec![Level::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            if matches!(Level::detect(), Level::Avx2 | Level::Avx512) { l.push(Level::Avx2); }
-            if Level::detect() == Level::Avx512 { l.push(Level::Avx512); }
+            if matches!(Level::detect(), Level::Avx2 | Level::Avx512) {
+                l.push(Level::Avx2);
+            }
+            if Level::detect() == Level::Avx512 {
+                l.push(Level::Avx512);
+            }
         }
         l
     }
@@ -465,14 +555,21 @@ mod tests {
                         super::super::dequantize_row(ty, &wb[j * 2 * cols..(j + 1) * 2 * cols], &mut wr);
                         let exact: f64 = wr.iter().zip(&a.x).map(|(w, a)| *w as f64 * *a as f64).sum();
                         let got = want[i * rows + j] as f64;
-                        assert!((got - exact).abs() < 1e-4 * (1.0 + exact.abs()), "{ty:?} [{rows}, {cols}] n {n}: {got} vs {exact}");
+                        assert!(
+                            (got - exact).abs() < 1e-4 * (1.0 + exact.abs()),
+                            "{ty:?} [{rows}, {cols}] n {n}: {got} vs {exact}"
+                        );
                     }
                 }
                 for level in levels() {
                     let mut y = vec![0f32; n * rows];
                     matmul(ty, &wb, rows, cols, &x, n, &mut y, level);
                     for (k, (a, b)) in want.iter().zip(&y).enumerate() {
-                        assert_eq!(a.to_bits(), b.to_bits(), "{ty:?} {level:?} [{rows}, {cols}] n {n} at {k}: {b:e} vs scalar {a:e}");
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "{ty:?} {level:?} [{rows}, {cols}] n {n} at {k}: {b:e} vs scalar {a:e}"
+                        );
                     }
                 }
             }
@@ -514,7 +611,16 @@ mod tests {
             let got = unsafe { dp_once(&c, &wb, &a) };
             for l in 0..16 {
                 let want = dpbf16_lane(c[l], [w[2 * l], w[2 * l + 1]], [a[2 * l], a[2 * l + 1]]);
-                assert_eq!(got[l].to_bits(), want.to_bits(), "lane {l}: c {:e} w {:04x} {:04x} a {:04x} {:04x}", c[l], w[2 * l], w[2 * l + 1], a[2 * l], a[2 * l + 1]);
+                assert_eq!(
+                    got[l].to_bits(),
+                    want.to_bits(),
+                    "lane {l}: c {:e} w {:04x} {:04x} a {:04x} {:04x}",
+                    c[l],
+                    w[2 * l],
+                    w[2 * l + 1],
+                    a[2 * l],
+                    a[2 * l + 1]
+                );
             }
         }
     }

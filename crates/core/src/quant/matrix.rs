@@ -46,17 +46,25 @@ pub struct DeviceQuant {
 impl DeviceQuant {
     /// The block formats the CUDA kernels (`ops/qmatmul/qmatmul.cu`) read, with llama.cpp's byte
     /// layouts (ggml-common.h). Other ggml types (F16, BF16) are dequantised to f32 on upload.
-    pub const FORMATS: [GgmlType; 6] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
+    pub const FORMATS: [GgmlType; 6] =
+        [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
 
     /// Uploads `q` to `gpu` unchanged; `None` when the kernels do not know its format.
     pub fn upload(q: &dyn QuantMatrix, gpu: &std::sync::Arc<crate::cuda::Gpu>) -> anyhow::Result<Option<Self>> {
         let format = q.ggml_type();
-        if !Self::FORMATS.contains(&format) { return Ok(None) }
+        if !Self::FORMATS.contains(&format) {
+            return Ok(None);
+        }
         let (rows, cols) = q.dims();
         let (be, bb) = (format.block_size(), format.block_bytes());
         let bytes = q.blocks();
         if cols % be != 0 || bytes.len() != rows * (cols / be) * bb {
-            anyhow::bail!("{} [{rows}, {cols}]: {} bytes of blocks, expected {} ({be}-element blocks of {bb} bytes)", format.name(), bytes.len(), rows * (cols / be) * bb);
+            anyhow::bail!(
+                "{} [{rows}, {cols}]: {} bytes of blocks, expected {} ({be}-element blocks of {bb} bytes)",
+                format.name(),
+                bytes.len(),
+                rows * (cols / be) * bb
+            );
         }
         let words = bytes.len().div_ceil(4).max(1);
         let mut padded = Vec::with_capacity(words * 4);

@@ -134,25 +134,35 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Result<Vec<f32>> {
 pub fn quantize(ty: GgmlType, x: &[f32], cols: usize) -> Result<Vec<u8>> {
     let rb = ty.row_bytes(cols)?;
     let mut out = Vec::with_capacity(x.len() / cols.max(1) * rb);
-    for row in x.chunks(cols.max(1)) { quantize_row(ty, row, &mut out); }
+    for row in x.chunks(cols.max(1)) {
+        quantize_row(ty, row, &mut out);
+    }
     Ok(out)
 }
 
 /// f16 stored little-endian at `b[0..2]`.
 #[inline(always)]
-pub(crate) fn f16_at(b: &[u8]) -> f32 { half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32() }
+pub(crate) fn f16_at(b: &[u8]) -> f32 {
+    half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+}
 
 #[inline(always)]
-pub(crate) fn f16_bytes(v: f32) -> [u8; 2] { half::f16::from_f32(v).to_bits().to_le_bytes() }
+pub(crate) fn f16_bytes(v: f32) -> [u8; 2] {
+    half::f16::from_f32(v).to_bits().to_le_bytes()
+}
 
 /// Rounds v to f16 precision (what storing a scale as f16 does to it).
 #[inline(always)]
-pub(crate) fn round_f16(v: f32) -> f32 { half::f16::from_f32(v).to_f32() }
+pub(crate) fn round_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
 
 /// llama.cpp's `nearest_int`, bit for bit: adding 1.5·2²³ leaves round(v) (half to even) in
 /// the low mantissa bits for |v| < 2²², and the same garbage as llama.cpp outside that range.
 #[inline(always)]
-pub(crate) fn nearest_int(v: f32) -> i32 { ((v + 12582912.0).to_bits() as i32 & 0x007f_ffff) - 0x0040_0000 }
+pub(crate) fn nearest_int(v: f32) -> i32 {
+    ((v + 12582912.0).to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
+}
 
 #[cfg(test)]
 mod tests;

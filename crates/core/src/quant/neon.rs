@@ -52,11 +52,15 @@ unsafe fn f16(p: *const u8) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn ld(p: *const u8) -> int8x16_t { vld1q_s8(p as *const i8) }
+unsafe fn ld(p: *const u8) -> int8x16_t {
+    vld1q_s8(p as *const i8)
+}
 
 /// acc + v·s per lane, rounded twice (llama.cpp's `vmlaq_n_f32` as gcc compiles it).
 #[inline(always)]
-unsafe fn mla(acc: float32x4_t, v: int32x4_t, s: f32) -> float32x4_t { vaddq_f32(acc, vmulq_n_f32(vcvtq_f32_s32(v), s)) }
+unsafe fn mla(acc: float32x4_t, v: int32x4_t, s: f32) -> float32x4_t {
+    vaddq_f32(acc, vmulq_n_f32(vcvtq_f32_s32(v), s))
+}
 
 /// 16 packed bytes → (low nibbles, high nibbles) as signed bytes 0..15.
 #[inline(always)]
@@ -265,7 +269,12 @@ pub unsafe fn dot_q6_k<const DOT: bool>(w: &[u8], a: &[BlockQ8K]) -> f32 {
             // High bits: groups 0,1 from bits 0-1 of qh, 2,3 from bits 2-3, then (second four
             // groups, high nibbles of ql) bits 4-5 and 6-7.
             let hb = |h: uint8x16_t, s: i32| -> uint8x16_t {
-                let h = match s { 0 => h, 2 => vshrq_n_u8(h, 2), 4 => vshrq_n_u8(h, 4), _ => vshrq_n_u8(h, 6) };
+                let h = match s {
+                    0 => h,
+                    2 => vshrq_n_u8(h, 2),
+                    4 => vshrq_n_u8(h, 4),
+                    _ => vshrq_n_u8(h, 6),
+                };
                 vshlq_n_u8(vandq_u8(h, m3), 4)
             };
             let q = [
@@ -300,7 +309,9 @@ pub fn quantize_q8(x: &[f32]) -> Vec<BlockQ8> {
             let p = b.as_ptr();
             let v: [float32x4_t; 8] = std::array::from_fn(|j| vld1q_f32(p.add(4 * j)));
             let mut m = [vdupq_n_f32(0.0); 4];
-            for j in 0..4 { m[j] = vmaxq_f32(vabsq_f32(v[2 * j]), vabsq_f32(v[2 * j + 1])); }
+            for j in 0..4 {
+                m[j] = vmaxq_f32(vabsq_f32(v[2 * j]), vabsq_f32(v[2 * j + 1]));
+            }
             let amax = vmaxvq_f32(vmaxq_f32(vmaxq_f32(m[0], m[2]), vmaxq_f32(m[1], m[3])));
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };

@@ -1,9 +1,9 @@
 //! Q4_0: blocks of 32 weights, `{ f16 d; u8 qs[16] }`; element j is the low nibble of qs[j],
 //! element j+16 the high nibble; x = d·(q − 8).
 
-use super::GgmlType;
 use super::act::BlockQ8;
 use super::search::{block_weights, make_qx_quants, row_sigma2};
+use super::GgmlType;
 use super::{f16_at, f16_bytes};
 
 pub const BYTES: usize = GgmlType::Q4_0.block_bytes();
@@ -22,7 +22,12 @@ pub fn dequantize(b: &[u8], out: &mut [f32]) {
 pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
     for b in x.chunks_exact(32) {
         let (mut amax, mut max) = (0f32, 0f32);
-        for &v in b { if amax < v.abs() { amax = v.abs(); max = v; } }
+        for &v in b {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         out.extend_from_slice(&f16_bytes(d));
@@ -43,7 +48,9 @@ pub fn quantize_imatrix(x: &[f32], qw: &[f32], out: &mut Vec<u8>) {
         let mut l = [0i8; 32];
         let d = make_qx_quants(b, 8, &mut l, Some(&block_weights(b, q, sigma2)));
         out.extend_from_slice(&f16_bytes(d));
-        for j in 0..16 { out.push(l[j] as u8 | ((l[j + 16] as u8) << 4)); }
+        for j in 0..16 {
+            out.push(l[j] as u8 | ((l[j + 16] as u8) << 4));
+        }
     }
 }
 

@@ -1,8 +1,8 @@
 //! Q4_1: blocks of 32 weights, `{ f16 d; f16 m; u8 qs[16] }` (nibbles as in Q4_0); x = d·q + m.
 
-use super::GgmlType;
 use super::act::BlockQ8;
 use super::search::{block_weights, make_qkx3_quants, row_sigma2};
+use super::GgmlType;
 use super::{f16_at, f16_bytes};
 
 pub const BYTES: usize = GgmlType::Q4_1.block_bytes();
@@ -44,7 +44,9 @@ pub fn quantize_imatrix(x: &[f32], qw: &[f32], out: &mut Vec<u8>) {
         let (d, min) = make_qkx3_quants(b, &block_weights(b, q, sigma2), 15, &mut l, -0.9, 0.05, 36);
         out.extend_from_slice(&f16_bytes(d));
         out.extend_from_slice(&f16_bytes(-min));
-        for j in 0..16 { out.push(l[j] | (l[j + 16] << 4)); }
+        for j in 0..16 {
+            out.push(l[j] | (l[j + 16] << 4));
+        }
     }
 }
 

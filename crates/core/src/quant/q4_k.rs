@@ -2,9 +2,9 @@
 //! sub-blocks of 32, each with a 6-bit scale and a 6-bit min packed into `scales`;
 //! x = d·sc·q − dmin·m. Nibbles: 64-element chunks, low nibbles first, then high.
 
-use super::GgmlType;
 use super::act::BlockQ8K;
 use super::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants};
+use super::GgmlType;
 use super::{f16_at, f16_bytes, nearest_int};
 
 pub const BYTES: usize = GgmlType::Q4_K.block_bytes();
@@ -47,12 +47,18 @@ pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
             let sum_x2: f32 = xs.iter().map(|v| v * v).sum();
             let av_x = (sum_x2 / 32.0).sqrt();
             let mut w = [0f32; 32];
-            for (wi, &v) in w.iter_mut().zip(xs) { *wi = av_x + v.abs(); }
+            for (wi, &v) in w.iter_mut().zip(xs) {
+                *wi = av_x + v.abs();
+            }
             let (s, m) = make_qkx2_quants(xs, &w, 15, &mut l[32 * j..32 * j + 32], -1.0, 0.1, 20);
             scales[j] = s;
             mins[j] = m;
-            if s > max_scale { max_scale = s; }
-            if m > max_min { max_min = m; }
+            if s > max_scale {
+                max_scale = s;
+            }
+            if m > max_min {
+                max_min = m;
+            }
         }
         let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
         let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
@@ -83,15 +89,21 @@ pub fn quantize_imatrix(x: &[f32], qw: &[f32], out: &mut Vec<u8>) {
         let mut l = [0u8; 256];
         let (mut scales, mut mins, mut sw) = ([0f32; 8], [0f32; 8], [0f32; 8]);
         let mut sum_x2 = 0f32;
-        for &v in xb { sum_x2 += v * v; }
+        for &v in xb {
+            sum_x2 += v * v;
+        }
         let sigma2 = 2.0 * sum_x2 / 256.0;
         for j in 0..8 {
             let xs = &xb[32 * j..32 * j + 32];
             let q = &qw[256 * i + 32 * j..256 * i + 32 * j + 32];
             let mut w = [0f32; 32];
-            for l in 0..32 { w[l] = q[l] * (sigma2 + xs[l] * xs[l]).sqrt(); }
+            for l in 0..32 {
+                w[l] = q[l] * (sigma2 + xs[l] * xs[l]).sqrt();
+            }
             let mut sumw = 0f32;
-            for &v in &w { sumw += v; }
+            for &v in &w {
+                sumw += v;
+            }
             sw[j] = sumw;
             (scales[j], mins[j]) = make_qkx3_quants(xs, &w, 15, &mut l[32 * j..32 * j + 32], -0.9, 0.05, 36);
         }
@@ -120,7 +132,9 @@ fn finish_block(xb: &[f32], l: &mut [u8; 256], sc: [u8; 12], d_b: [u8; 2], dmin_
     for j in 0..8 {
         let (s, m) = scale_min(j, &sc);
         let d = d16 * s as f32;
-        if d == 0.0 { continue; }
+        if d == 0.0 {
+            continue;
+        }
         let dm = dmin16 * m as f32;
         for ii in 0..32 {
             l[32 * j + ii] = nearest_int((xb[32 * j + ii] + dm) / d).clamp(0, 15) as u8;
@@ -130,7 +144,9 @@ fn finish_block(xb: &[f32], l: &mut [u8; 256], sc: [u8; 12], d_b: [u8; 2], dmin_
     out.extend_from_slice(&dmin_b);
     out.extend_from_slice(&sc);
     for c in 0..4 {
-        for i in 0..32 { out.push(l[64 * c + i] | (l[64 * c + 32 + i] << 4)); }
+        for i in 0..32 {
+            out.push(l[64 * c + i] | (l[64 * c + 32 + i] << 4));
+        }
     }
 }
 

@@ -2,9 +2,9 @@
 //! fifth bit of element j in bit j of the little-endian u32 qh; x = d·(q − 16). Used where
 //! llama.cpp uses it: the fallback for Q4_K on rows that are not whole 256-blocks.
 
-use super::GgmlType;
 use super::act::BlockQ8;
 use super::search::{block_weights, make_qx_quants, row_sigma2};
+use super::GgmlType;
 use super::{f16_at, f16_bytes};
 
 pub const BYTES: usize = GgmlType::Q5_0.block_bytes();
@@ -25,7 +25,9 @@ fn values(blk: &[u8]) -> [i32; 32] {
 pub fn dequantize(b: &[u8], out: &mut [f32]) {
     for (blk, o) in b.chunks_exact(BYTES).zip(out.chunks_exact_mut(32)) {
         let d = f16_at(blk);
-        for (y, q) in o.iter_mut().zip(values(blk)) { *y = q as f32 * d; }
+        for (y, q) in o.iter_mut().zip(values(blk)) {
+            *y = q as f32 * d;
+        }
     }
 }
 
@@ -33,11 +35,18 @@ pub fn dequantize(b: &[u8], out: &mut [f32]) {
 pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
     for b in x.chunks_exact(32) {
         let (mut amax, mut max) = (0f32, 0f32);
-        for &v in b { if amax < v.abs() { amax = v.abs(); max = v; } }
+        for &v in b {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
         let d = max / -16.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         let mut l = [0u8; 32];
-        for j in 0..32 { l[j] = ((b[j] * id + 16.5) as i8).min(31) as u8; }
+        for j in 0..32 {
+            l[j] = ((b[j] * id + 16.5) as i8).min(31) as u8;
+        }
         write_block(d, &l, out);
     }
 }
@@ -76,7 +85,9 @@ pub fn dot(w: &[u8], a: &[BlockQ8]) -> f32 {
     for (blk, ab) in w.chunks_exact(BYTES).zip(a) {
         let v = values(blk);
         let mut isum = 0i32;
-        for j in 0..32 { isum += v[j] * ab.qs[j] as i32; }
+        for j in 0..32 {
+            isum += v[j] * ab.qs[j] as i32;
+        }
         sum += isum as f32 * (f16_at(blk) * ab.d);
     }
     sum

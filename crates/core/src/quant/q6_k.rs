@@ -2,9 +2,9 @@
 //! 6-bit values (4 low bits in ql, 2 high bits in qh) minus 32, sixteen sub-blocks of 16 with
 //! an 8-bit scale each; x = d·sc·(q − 32).
 
-use super::GgmlType;
 use super::act::BlockQ8K;
 use super::search::{make_qx_quants, GROUP_MAX_EPS};
+use super::GgmlType;
 use super::{f16_at, f16_bytes, nearest_int};
 
 pub const BYTES: usize = GgmlType::Q6_K.block_bytes();
@@ -36,12 +36,16 @@ pub fn dequantize(b: &[u8], out: &mut [f32]) {
 }
 
 /// llama.cpp's `quantize_row_q6_K_ref`.
-pub fn quantize(x: &[f32], out: &mut Vec<u8>) { quantize_weighted(x, None, out) }
+pub fn quantize(x: &[f32], out: &mut Vec<u8>) {
+    quantize_weighted(x, None, out)
+}
 
 /// llama.cpp's `quantize_row_q6_K_impl` for one row with importance weights `qw` (one per
 /// element of the row): the sub-block scales are searched with the error weighted by `qw`
 /// instead of by x². Everything else is the reference quantiser.
-pub fn quantize_imatrix(x: &[f32], qw: &[f32], out: &mut Vec<u8>) { quantize_weighted(x, Some(qw), out) }
+pub fn quantize_imatrix(x: &[f32], qw: &[f32], out: &mut Vec<u8>) {
+    quantize_weighted(x, Some(qw), out)
+}
 
 fn quantize_weighted(x: &[f32], qw: Option<&[f32]>, out: &mut Vec<u8>) {
     for (i, xb) in x.chunks_exact(256).enumerate() {
@@ -52,7 +56,10 @@ fn quantize_weighted(x: &[f32], qw: Option<&[f32]>, out: &mut Vec<u8>) {
             let w = qw.map(|qw| &qw[256 * i + 16 * ib..256 * i + 16 * ib + 16]);
             let s = make_qx_quants(&xb[16 * ib..16 * ib + 16], 32, &mut l[16 * ib..16 * ib + 16], w);
             scales[ib] = s;
-            if s.abs() > max_abs_scale { max_abs_scale = s.abs(); max_scale = s; }
+            if s.abs() > max_abs_scale {
+                max_abs_scale = s.abs();
+                max_scale = s;
+            }
         }
         if max_abs_scale < GROUP_MAX_EPS {
             out.extend_from_slice(&[0u8; BYTES]);
@@ -62,10 +69,14 @@ fn quantize_weighted(x: &[f32], qw: Option<&[f32]>, out: &mut Vec<u8>) {
         let d_b = f16_bytes(1.0 / iscale);
         let d16 = f16_at(&d_b);
         let mut sc = [0i8; 16];
-        for ib in 0..16 { sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8; }
+        for ib in 0..16 {
+            sc[ib] = nearest_int(iscale * scales[ib]).min(127) as i8;
+        }
         for j in 0..16 {
             let d = d16 * sc[j] as f32;
-            if d == 0.0 { continue; }
+            if d == 0.0 {
+                continue;
+            }
             for ii in 0..16 {
                 l[16 * j + ii] = (nearest_int(xb[16 * j + ii] / d).clamp(-32, 31) + 32) as i8;
             }
@@ -97,7 +108,9 @@ pub fn dot(w: &[u8], a: &[BlockQ8K]) -> f32 {
         let mut acc = 0i32;
         for j in 0..16 {
             let mut s = 0i32;
-            for l in 0..16 { s += q[16 * j + l] as i32 * ab.qs[16 * j + l] as i32; }
+            for l in 0..16 {
+                s += q[16 * j + l] as i32 * ab.qs[16 * j + l] as i32;
+            }
             acc += (blk[192 + j] as i8 as i32) * s;
         }
         sum += f16_at(&blk[208..]) * ab.d * acc as f32;

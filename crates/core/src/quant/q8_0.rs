@@ -1,7 +1,7 @@
 //! Q8_0: blocks of 32 weights, `{ f16 d; i8 qs[32] }`, x = d·q.
 
-use super::GgmlType;
 use super::act::BlockQ8;
+use super::GgmlType;
 use super::{f16_at, f16_bytes};
 
 pub const BYTES: usize = GgmlType::Q8_0.block_bytes();
@@ -9,7 +9,9 @@ pub const BYTES: usize = GgmlType::Q8_0.block_bytes();
 pub fn dequantize(b: &[u8], out: &mut [f32]) {
     for (blk, o) in b.chunks_exact(BYTES).zip(out.chunks_exact_mut(32)) {
         let d = f16_at(blk);
-        for (y, &q) in o.iter_mut().zip(&blk[2..]) { *y = q as i8 as f32 * d; }
+        for (y, &q) in o.iter_mut().zip(&blk[2..]) {
+            *y = q as i8 as f32 * d;
+        }
     }
 }
 
@@ -31,7 +33,9 @@ pub fn dot(w: &[u8], a: &[BlockQ8]) -> f32 {
     for (blk, ab) in w.chunks_exact(BYTES).zip(a) {
         let q: &[u8; 32] = blk[2..].try_into().unwrap();
         let mut isum = 0i32;
-        for j in 0..32 { isum += (q[j] as i8 as i32) * (ab.qs[j] as i32); }
+        for j in 0..32 {
+            isum += (q[j] as i8 as i32) * (ab.qs[j] as i32);
+        }
         sum += isum as f32 * (f16_at(blk) * ab.d);
     }
     sum

@@ -18,13 +18,13 @@
 //! flag); `SMELT_NO_AVX512=1` keeps AVX2 throughout.
 
 use super::act::{quantize_q8, quantize_q8k, quantize_q8k_4x8, BlockQ8, BlockQ8K};
-use super::{dequantize_row, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0, GgmlType};
-use anyhow::{bail, Result};
-use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use super::simd::avx512_detected;
 use super::simd::Level;
 use super::QuantMatrix;
+use super::{dequantize_row, q4_0, q4_1, q4_k, q5_0, q6_k, q8_0, GgmlType};
+use anyhow::{bail, Result};
+use rayon::prelude::*;
 
 #[derive(Clone)]
 pub struct QTensor {
@@ -73,11 +73,17 @@ impl QTensor {
         Self::new(ty, rows, cols, data)
     }
 
-    pub fn ty(&self) -> GgmlType { self.ty }
-    pub fn bytes(&self) -> &[u8] { &self.data }
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
 
     /// This matrix as a `Tensor` (`Storage::Quant`), as a model parameter.
-    pub fn into_tensor(self) -> crate::Tensor { crate::Tensor::from_quant(std::sync::Arc::new(self)) }
+    pub fn into_tensor(self) -> crate::Tensor {
+        crate::Tensor::from_quant(std::sync::Arc::new(self))
+    }
 
     /// Input row `i` of `n` in its activation format. llama.cpp's repacked Q4_K quantises the
     /// rows it multiplies four at a time (all but the last n mod 4) with its 4x8 quantiser.
@@ -99,7 +105,8 @@ impl QTensor {
             // Activations rounded to the weight type, llama.cpp's order at every level.
             return super::float_formats::matmul(self.ty, &self.data, m, k, x, n, y, level);
         }
-        let path = if matches!(level, Level::Avx2 | Level::Avx512) { X86Path::of(self.ty, m, n) } else { X86Path::VecDot };
+        let path =
+            if matches!(level, Level::Avx2 | Level::Avx512) { X86Path::of(self.ty, m, n) } else { X86Path::VecDot };
         let acts: Vec<Act> = if n == 1 {
             vec![self.act(&x[..k], 0, 1, path)]
         } else {
@@ -131,18 +138,34 @@ pub(crate) fn into_rows_of_y(m: usize, n: usize, y: &mut [f32], run: impl FnOnce
     let mut yt = vec![0f32; m * n];
     run(&mut yt);
     for j in 0..m {
-        for i in 0..n { y[i * m + j] = yt[j * n + i]; }
+        for i in 0..n {
+            y[i * m + j] = yt[j * n + i];
+        }
     }
 }
 
 impl QuantMatrix for QTensor {
-    fn dims(&self) -> (usize, usize) { (self.rows, self.cols) }
-    fn type_name(&self) -> &'static str { self.ty.name() }
-    fn ggml_type(&self) -> GgmlType { self.ty }
-    fn blocks(&self) -> &[u8] { &self.data }
-    fn nbytes(&self) -> usize { self.data.len() }
-    fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) { self.matmul_with(x, n, y, Level::detect()) }
-    fn as_any(&self) -> &dyn std::any::Any { self }
+    fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+    fn type_name(&self) -> &'static str {
+        self.ty.name()
+    }
+    fn ggml_type(&self) -> GgmlType {
+        self.ty
+    }
+    fn blocks(&self) -> &[u8] {
+        &self.data
+    }
+    fn nbytes(&self) -> usize {
+        self.data.len()
+    }
+    fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        self.matmul_with(x, n, y, Level::detect())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
     fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         dequantize_row(self.ty, &self.data[r * self.row_bytes..(r + 1) * self.row_bytes], out)
     }
@@ -180,7 +203,11 @@ fn dot_rows(level: Level, path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts
         // SAFETY: checked again here (cached by std), as tests may pin the level.
         Level::Avx512 if avx512_detected() => {
             return unsafe {
-                if avx512_same_order(ty, path) { dot_rows_avx512(ty, w, rb, acts, out) } else { dot_rows_avx2(path, true, ty, w, rb, acts, out) }
+                if avx512_same_order(ty, path) {
+                    dot_rows_avx512(ty, w, rb, acts, out)
+                } else {
+                    dot_rows_avx2(path, true, ty, w, rb, acts, out)
+                }
             }
         }
         _ => {}
@@ -189,7 +216,9 @@ fn dot_rows(level: Level, path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts
     #[cfg(target_arch = "aarch64")]
     match level {
         // SAFETY: NEON is baseline on aarch64; sdot only where the CPU has it (a cached check).
-        Level::NeonDotprod if std::arch::is_aarch64_feature_detected!("dotprod") => return unsafe { dot_rows_neon_dotprod(ty, w, rb, acts, out) },
+        Level::NeonDotprod if std::arch::is_aarch64_feature_detected!("dotprod") => {
+            return unsafe { dot_rows_neon_dotprod(ty, w, rb, acts, out) }
+        }
         Level::Neon | Level::NeonDotprod => return unsafe { dot_rows_neon::<false>(ty, w, rb, acts, out) },
         _ => {}
     }
@@ -252,15 +281,23 @@ unsafe fn dot_rows_avx2(path: X86Path, avx512: bool, ty: GgmlType, w: &[u8], rb:
             for (i, a) in acts.iter().enumerate() {
                 let o = match (ty, a) {
                     (GgmlType::Q4_0, Act::Q8(a)) => avx2::dot8_q4_0_repack(w8, rb, a),
-                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && i < gemm_rows => avx2::dot8_q4_k_repack::<true>(w8, rb, a),
+                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && i < gemm_rows => {
+                        avx2::dot8_q4_k_repack::<true>(w8, rb, a)
+                    }
                     // SAFETY: `avx512` only where the caller checked the AVX-512 features.
-                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && avx512 => super::avx512::dot8_q4_k_repack(w8, rb, a),
-                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack => avx2::dot8_q4_k_repack::<false>(w8, rb, a),
+                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && avx512 => {
+                        super::avx512::dot8_q4_k_repack(w8, rb, a)
+                    }
+                    (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack => {
+                        avx2::dot8_q4_k_repack::<false>(w8, rb, a)
+                    }
                     (GgmlType::Q4_K, Act::Q8K(a)) => avx2::dot8_q4_k_tiled(w8, rb, a),
                     (GgmlType::Q6_K, Act::Q8K(a)) => avx2::dot8_q6_k_tiled(w8, rb, a),
                     _ => unreachable!("X86Path::of picks repack/tiled only for these"),
                 };
-                for (r, v) in o.iter().enumerate() { out[(j0 + r) * n + i] = *v; }
+                for (r, v) in o.iter().enumerate() {
+                    out[(j0 + r) * n + i] = *v;
+                }
             }
             j0 += 8;
         }
@@ -279,7 +316,9 @@ unsafe fn dot_rows_avx2(path: X86Path, avx512: bool, ty: GgmlType, w: &[u8], rb:
             out[j * n + i] = match (ty, a) {
                 (GgmlType::Q8_0, Act::Q8(a)) => avx2::dot_q8_0(wr, a),
                 (GgmlType::Q4_0, Act::Q8(a)) if path == X86Path::Repack => avx2::dot_q4_0_repack(wr, a),
-                (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && i < gemm_rows => avx2::dot_q4_k_repack_gemm(wr, a),
+                (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && i < gemm_rows => {
+                    avx2::dot_q4_k_repack_gemm(wr, a)
+                }
                 (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack => avx2::dot_q4_k_repack(wr, a),
                 (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Tiled => avx2::dot_q4_k_tiled(wr, a),
                 (GgmlType::Q6_K, Act::Q8K(a)) if path == X86Path::Tiled => avx2::dot_q6_k_tiled(wr, a),
@@ -312,15 +351,27 @@ unsafe fn dot_rows_avx512(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: 
         let wr = &w[p * rb..];
         for (i, a) in acts.iter().enumerate() {
             match dots_avx512::<R>(ty, wr, run * rb, a) {
-                Some(d) => for (r, v) in d.into_iter().enumerate() { out[(p + r * run) * n + i] = v; },
-                None => for r in 0..R { let j = p + r * run; out[j * n + i] = dot_one(ty, &w[j * rb..(j + 1) * rb], a); },
+                Some(d) => {
+                    for (r, v) in d.into_iter().enumerate() {
+                        out[(p + r * run) * n + i] = v;
+                    }
+                }
+                None => {
+                    for r in 0..R {
+                        let j = p + r * run;
+                        out[j * n + i] = dot_one(ty, &w[j * rb..(j + 1) * rb], a);
+                    }
+                }
             }
         }
     }
     for j in R * run..rows {
         let wr = &w[j * rb..(j + 1) * rb];
         for (i, a) in acts.iter().enumerate() {
-            out[j * n + i] = match dots_avx512::<1>(ty, wr, rb, a) { Some([v]) => v, None => dot_one(ty, wr, a) };
+            out[j * n + i] = match dots_avx512::<1>(ty, wr, rb, a) {
+                Some([v]) => v,
+                None => dot_one(ty, wr, a),
+            };
         }
     }
 }
@@ -345,7 +396,9 @@ unsafe fn dots_avx512<const R: usize>(ty: GgmlType, w: &[u8], rb: usize, a: &Act
 fn dot_rows_generic(ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
     let n = acts.len();
     for (j, wr) in w.chunks_exact(rb).enumerate() {
-        for (i, a) in acts.iter().enumerate() { out[j * n + i] = dot_one(ty, wr, a); }
+        for (i, a) in acts.iter().enumerate() {
+            out[j * n + i] = dot_one(ty, wr, a);
+        }
     }
 }
 
@@ -368,10 +421,14 @@ fn dot_one(ty: GgmlType, wr: &[u8], a: &Act) -> f32 {
 fn float_dot(w: &[u8], a: &[f32], f: impl Fn(&[u8]) -> f32, size: usize) -> f32 {
     let mut acc = [0f32; 8];
     for (wc, ac) in w.chunks_exact(8 * size).zip(a.chunks_exact(8)) {
-        for l in 0..8 { acc[l] += f(&wc[l * size..]) * ac[l]; }
+        for l in 0..8 {
+            acc[l] += f(&wc[l * size..]) * ac[l];
+        }
     }
     let tail = a.len() / 8 * 8;
     let mut s: f32 = acc.iter().sum();
-    for i in tail..a.len() { s += f(&w[i * size..]) * a[i]; }
+    for i in tail..a.len() {
+        s += f(&w[i * size..]) * a[i];
+    }
     s
 }

@@ -20,14 +20,20 @@ pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
         let ax = v.abs();
-        if ax > amax { amax = ax; max = v; }
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
     }
     if amax < GROUP_MAX_EPS {
         l_out.iter_mut().for_each(|l| *l = 0);
         return 0.0;
     }
     let q = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
-    let w = |i: usize, v: f32| match qw { Some(qw) => qw[i], None => v * v };
+    let w = |i: usize, v: f32| match qw {
+        Some(qw) => qw[i],
+        None => v * v,
+    };
     let mut iscale = -(nmax as f32) / max;
     let (mut sumlx, mut suml2) = (0f32, 0f32);
     for (i, &v) in x.iter().enumerate() {
@@ -40,7 +46,9 @@ pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
     for is in -9..=9 {
-        if is == 0 { continue; }
+        if is == 0 {
+            continue;
+        }
         iscale = -(nmax as f32 + 0.1 * is as f32) / max;
         sumlx = 0.0;
         suml2 = 0.0;
@@ -51,7 +59,9 @@ pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<
             suml2 += w * l as f32 * l as f32;
         }
         if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for (i, &v) in x.iter().enumerate() { l_out[i] = (q(iscale, v) + nmax) as i8; }
+            for (i, &v) in x.iter().enumerate() {
+                l_out[i] = (q(iscale, v) + nmax) as i8;
+            }
             scale = sumlx / suml2;
             best = scale * sumlx;
         }
@@ -63,19 +73,33 @@ pub(crate) fn make_qx_quants(x: &[f32], nmax: i32, l_out: &mut [i8], qw: Option<
 /// 0..=nmax, by a search over nstep+1 candidate scales minimising the `w`-weighted squared
 /// error. The reference Q4_K quantiser's search.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn make_qkx2_quants(x: &[f32], w: &[f32], nmax: i32, l_out: &mut [u8], rmin: f32, rdelta: f32, nstep: i32) -> (f32, f32) {
+pub(crate) fn make_qkx2_quants(
+    x: &[f32],
+    w: &[f32],
+    nmax: i32,
+    l_out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
     let n = x.len();
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = w[0];
     let mut sum_x = sum_w * x[0];
     for i in 1..n {
-        if x[i] < min { min = x[i]; }
-        if x[i] > max { max = x[i]; }
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
         sum_w += w[i];
         sum_x += w[i] * x[i];
     }
-    if min > 0.0 { min = 0.0; }
+    if min > 0.0 {
+        min = 0.0;
+    }
     if max == min {
         l_out.iter_mut().for_each(|l| *l = 0);
         return (0.0, -min);
@@ -129,19 +153,33 @@ pub(crate) fn make_qkx2_quants(x: &[f32], w: &[f32], nmax: i32, l_out: &mut [u8]
 /// `make_qkx2_quants`, with llama.cpp's other search bounds (`max <= min` for the flat block).
 /// The imatrix Q4_K and Q4_1 quantisers' search. Returns (scale, −min).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn make_qkx3_quants(x: &[f32], w: &[f32], nmax: i32, l_out: &mut [u8], rmin: f32, rdelta: f32, nstep: i32) -> (f32, f32) {
+pub(crate) fn make_qkx3_quants(
+    x: &[f32],
+    w: &[f32],
+    nmax: i32,
+    l_out: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
     let n = x.len();
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = w[0];
     let mut sum_x = sum_w * x[0];
     for i in 1..n {
-        if x[i] < min { min = x[i]; }
-        if x[i] > max { max = x[i]; }
+        if x[i] < min {
+            min = x[i];
+        }
+        if x[i] > max {
+            max = x[i];
+        }
         sum_w += w[i];
         sum_x += w[i] * x[i];
     }
-    if min > 0.0 { min = 0.0; }
+    if min > 0.0 {
+        min = 0.0;
+    }
     if max <= min {
         l_out.iter_mut().for_each(|l| *l = 0);
         return (0.0, -min);
@@ -200,13 +238,17 @@ pub(crate) fn make_qkx3_quants(x: &[f32], w: &[f32], nmax: i32, l_out: &mut [u8]
 /// `l_out` is u8 as in llama.cpp (a negative value wraps, as there).
 pub(crate) fn make_qp_quants(x: &[f32], nmax: i32, l_out: &mut [u8], qw: &[f32]) -> f32 {
     let mut max = 0f32;
-    for &v in x { max = if max > v { max } else { v }; }
+    for &v in x {
+        max = if max > v { max } else { v };
+    }
     if max < GROUP_MAX_EPS {
         l_out.iter_mut().for_each(|l| *l = 0);
         return 0.0;
     }
     let mut iscale = nmax as f32 / max;
-    for (l, &v) in l_out.iter_mut().zip(x) { *l = nearest_int(iscale * v) as u8; }
+    for (l, &v) in l_out.iter_mut().zip(x) {
+        *l = nearest_int(iscale * v) as u8;
+    }
     let scale = 1.0 / iscale;
     let mut best_mse = 0f32;
     for i in 0..x.len() {
@@ -214,7 +256,9 @@ pub(crate) fn make_qp_quants(x: &[f32], nmax: i32, l_out: &mut [u8], qw: &[f32])
         best_mse += qw[i] * diff * diff;
     }
     for is in -4..=4 {
-        if is == 0 { continue; }
+        if is == 0 {
+            continue;
+        }
         let iscale_is = (0.1 * is as f32 + nmax as f32) / max;
         let scale_is = 1.0 / iscale_is;
         let mut mse = 0f32;
@@ -256,22 +300,32 @@ pub(crate) fn make_qp_quants(x: &[f32], nmax: i32, l_out: &mut [u8], qw: &[f32])
                 }
             }
         }
-        if n_changed == 0 { break; }
+        if n_changed == 0 {
+            break;
+        }
     }
-    if suml2 > 0.0 { sumlx / suml2 } else { 0.0 }
+    if suml2 > 0.0 {
+        sumlx / suml2
+    } else {
+        0.0
+    }
 }
 
 /// The element weights llama.cpp's 32-block imatrix quantisers (Q4_0, Q4_1, Q5_0) use for a
 /// block `xb` of a row whose mean x² is `sigma2`: qw·√(σ² + x²).
 pub(crate) fn block_weights(xb: &[f32], qw: &[f32], sigma2: f32) -> [f32; 32] {
     let mut w = [0f32; 32];
-    for j in 0..32 { w[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt(); }
+    for j in 0..32 {
+        w[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
+    }
     w
 }
 
 /// The mean x² of a row, summed in order (llama.cpp's `sigma2` of the 32-block quantisers).
 pub(crate) fn row_sigma2(x: &[f32]) -> f32 {
     let mut sum_x2 = 0f32;
-    for &v in x { sum_x2 += v * v; }
+    for &v in x {
+        sum_x2 += v * v;
+    }
     sum_x2 / x.len() as f32
 }

@@ -25,7 +25,10 @@ impl Level {
             return *L.get_or_init(|| {
                 if std::env::var_os("SMELT_NO_SIMD").is_some() {
                     Level::Scalar
-                } else if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")) {
+                } else if !(is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c"))
+                {
                     Level::Scalar
                 } else if std::env::var_os("SMELT_NO_AVX512").is_none() && avx512_detected() {
                     Level::Avx512
@@ -41,7 +44,9 @@ impl Level {
             return *L.get_or_init(|| {
                 if std::env::var_os("SMELT_NO_SIMD").is_some() {
                     Level::Scalar
-                } else if std::env::var_os("SMELT_NO_DOTPROD").is_none() && std::arch::is_aarch64_feature_detected!("dotprod") {
+                } else if std::env::var_os("SMELT_NO_DOTPROD").is_none()
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+                {
                     Level::NeonDotprod
                 } else {
                     Level::Neon
@@ -56,6 +61,8 @@ impl Level {
 /// The AVX-512 features `avx512.rs` uses (with AVX2, FMA and F16C).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn avx512_detected() -> bool {
-    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vl")
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni")
 }

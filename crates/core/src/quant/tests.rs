@@ -6,9 +6,9 @@
 //! tests run under qemu-user on x86-64: `scripts/test_aarch64.sh -p smelt-gguf --lib`.
 
 use super::simd::Level;
+use super::QuantMatrix;
 use super::*;
 use smelt_gguf::GgufFile;
-use super::QuantMatrix;
 
 fn golden() -> GgufFile {
     GgufFile::open(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/quant_golden.gguf")).unwrap()
@@ -30,7 +30,8 @@ fn dequantize_matches_gguf_py_bit_for_bit() {
         assert_eq!(got_ty, ty);
         let want = f32s(&g, &format!("deq.{}.f32", ty.name().to_uppercase()));
         let got = dequantize(ty, b, want.len()).unwrap();
-        let bad = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan())).count();
+        let bad =
+            got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits() && !(a.is_nan() && b.is_nan())).count();
         assert_eq!(bad, 0, "{}: {bad} of {} values differ from gguf-py", ty.name(), want.len());
     }
 }
@@ -73,7 +74,9 @@ fn quantised_matmul_matches_dequantised_f32_and_simd_matches_scalar() {
     for ty in GgmlType::ALL {
         let q = QTensor::quantize(ty, &w, rows, cols).unwrap();
         let mut wd = vec![0f32; rows * cols];
-        for r in 0..rows { q.dequantize_row(r, &mut wd[r * cols..(r + 1) * cols]); }
+        for r in 0..rows {
+            q.dequantize_row(r, &mut wd[r * cols..(r + 1) * cols]);
+        }
         let mut y = vec![0f32; n * rows];
         q.matmul_with(&x, n, &mut y, Level::Scalar);
         for i in 0..n {
@@ -83,7 +86,9 @@ fn quantised_matmul_matches_dequantised_f32_and_simd_matches_scalar() {
                 GgmlType::F32 => xr.to_vec(),
                 // Rounded to the weight type, as llama.cpp does (`float_formats::matmul`).
                 GgmlType::F16 | GgmlType::BF16 => dequantize(ty, &quantize(ty, xr, cols).unwrap(), cols).unwrap(),
-                GgmlType::Q4_K | GgmlType::Q6_K => act::quantize_q8k(xr).iter().flat_map(|b| b.qs.map(|q| b.d * q as f32)).collect(),
+                GgmlType::Q4_K | GgmlType::Q6_K => {
+                    act::quantize_q8k(xr).iter().flat_map(|b| b.qs.map(|q| b.d * q as f32)).collect()
+                }
                 _ => act::quantize_q8(xr).iter().flat_map(|b| b.qs.map(|q| b.d * q as f32)).collect(),
             };
             for j in 0..rows {
@@ -122,7 +127,9 @@ fn simd_matches_scalar(q: &QTensor, x: &[f32], n: usize, y: &[f32], label: &str)
         per_level.push((level, ys));
     }
     if let [(Level::Avx2, a), (Level::Avx512, b)] = &per_level[..] {
-        for (u, v) in a.iter().zip(b) { assert_eq!(u.to_bits(), v.to_bits(), "{label}: AVX2 {u:e}, AVX-512 {v:e}"); }
+        for (u, v) in a.iter().zip(b) {
+            assert_eq!(u.to_bits(), v.to_bits(), "{label}: AVX2 {u:e}, AVX-512 {v:e}");
+        }
     }
 }
 
@@ -170,7 +177,9 @@ fn simd_levels() -> Vec<Level> {
     #[cfg(target_arch = "aarch64")]
     if detected != Level::Scalar {
         let mut l = vec![Level::Neon];
-        if std::arch::is_aarch64_feature_detected!("dotprod") { l.push(Level::NeonDotprod); }
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            l.push(Level::NeonDotprod);
+        }
         return l;
     }
     #[cfg(target_arch = "x86_64")]
@@ -183,7 +192,14 @@ fn simd_levels() -> Vec<Level> {
 /// One record of tests/data/neon_golden.bin (see scripts/neon_goldens.c): an activation row, a
 /// weight row, llama.cpp's quantisation of the activations and llama.cpp's ARM dot product.
 #[allow(dead_code)]
-struct LlamaArm { ty: GgmlType, x: Vec<f32>, w: Vec<u8>, act: Vec<u8>, dot: f32, dot_dotprod: f32 }
+struct LlamaArm {
+    ty: GgmlType,
+    x: Vec<f32>,
+    w: Vec<u8>,
+    act: Vec<u8>,
+    dot: f32,
+    dot_dotprod: f32,
+}
 
 fn llama_arm_goldens() -> Vec<LlamaArm> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
@@ -198,7 +214,12 @@ fn llama_arm_goldens() -> Vec<LlamaArm> {
         let x: Vec<f32> = b[o..o + 4 * n].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         o += 4 * n;
         let wn = ty.row_bytes(n).unwrap();
-        let an = n / ty.block_size() * match ty { GgmlType::Q4_K | GgmlType::Q6_K => 292, GgmlType::Q4_1 => 36, _ => 34 };
+        let an = n / ty.block_size()
+            * match ty {
+                GgmlType::Q4_K | GgmlType::Q6_K => 292,
+                GgmlType::Q4_1 => 36,
+                _ => 34,
+            };
         let (w, act) = (b[o..o + wn].to_vec(), b[o + wn..o + wn + an].to_vec());
         o += wn + an;
         let dot = f32::from_le_bytes(b[o..o + 4].try_into().unwrap());
@@ -216,7 +237,9 @@ fn q8_bytes(a: &[act::BlockQ8], with_s: bool) -> Vec<u8> {
     let mut v = Vec::new();
     for b in a {
         v.extend_from_slice(&f16_bytes(b.d));
-        if with_s { v.extend_from_slice(&f16_bytes(b.s)); }
+        if with_s {
+            v.extend_from_slice(&f16_bytes(b.s));
+        }
         v.extend(b.qs.iter().map(|&q| q as u8));
     }
     v
@@ -227,26 +250,36 @@ fn q8k_bytes(a: &[act::BlockQ8K]) -> Vec<u8> {
     for b in a {
         v.extend_from_slice(&b.d.to_le_bytes());
         v.extend(b.qs.iter().map(|&q| q as u8));
-        for s in b.bsums { v.extend_from_slice(&s.to_le_bytes()); }
+        for s in b.bsums {
+            v.extend_from_slice(&s.to_le_bytes());
+        }
     }
     v
 }
 
 #[allow(dead_code)]
 fn parse_q8(b: &[u8], with_s: bool) -> Vec<act::BlockQ8> {
-    b.chunks_exact(if with_s { 36 } else { 34 }).map(|c| {
-        let o = if with_s { 4 } else { 2 };
-        act::BlockQ8 { d: f16_at(c), s: if with_s { f16_at(&c[2..]) } else { 0.0 }, qs: std::array::from_fn(|j| c[o + j] as i8) }
-    }).collect()
+    b.chunks_exact(if with_s { 36 } else { 34 })
+        .map(|c| {
+            let o = if with_s { 4 } else { 2 };
+            act::BlockQ8 {
+                d: f16_at(c),
+                s: if with_s { f16_at(&c[2..]) } else { 0.0 },
+                qs: std::array::from_fn(|j| c[o + j] as i8),
+            }
+        })
+        .collect()
 }
 
 #[allow(dead_code)]
 fn parse_q8k(b: &[u8]) -> Vec<act::BlockQ8K> {
-    b.chunks_exact(292).map(|c| act::BlockQ8K {
-        d: f32::from_le_bytes(c[..4].try_into().unwrap()),
-        qs: std::array::from_fn(|j| c[4 + j] as i8),
-        bsums: std::array::from_fn(|j| i16::from_le_bytes([c[260 + 2 * j], c[261 + 2 * j]])),
-    }).collect()
+    b.chunks_exact(292)
+        .map(|c| act::BlockQ8K {
+            d: f32::from_le_bytes(c[..4].try_into().unwrap()),
+            qs: std::array::from_fn(|j| c[4 + j] as i8),
+            bsums: std::array::from_fn(|j| i16::from_le_bytes([c[260 + 2 * j], c[261 + 2 * j]])),
+        })
+        .collect()
 }
 
 #[test]
@@ -274,7 +307,8 @@ fn scalar_dot(ty: GgmlType, w: &[u8], a8: &[act::BlockQ8], ak: &[act::BlockQ8K])
 }
 
 #[allow(dead_code)]
-const TYPES: [GgmlType; 6] = [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K];
+const TYPES: [GgmlType; 6] =
+    [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K];
 
 /// Random block bytes (every nibble, bit and scale pattern) with finite f16 scales.
 #[allow(dead_code)]
@@ -283,8 +317,14 @@ fn random_blocks(ty: GgmlType, nb: usize, r: &mut crate::rng::Rng) -> Vec<u8> {
     for b in w.chunks_exact_mut(ty.block_bytes()) {
         let mut put = |o: usize, v: f64| b[o..o + 2].copy_from_slice(&f16_bytes(v as f32));
         match ty {
-            GgmlType::Q4_1 => { put(0, 0.01 * r.uniform()); put(2, -0.1 * r.uniform()); }
-            GgmlType::Q4_K => { put(0, 0.002 * r.uniform()); put(2, 0.002 * r.uniform()); }
+            GgmlType::Q4_1 => {
+                put(0, 0.01 * r.uniform());
+                put(2, -0.1 * r.uniform());
+            }
+            GgmlType::Q4_K => {
+                put(0, 0.002 * r.uniform());
+                put(2, 0.002 * r.uniform());
+            }
             GgmlType::Q6_K => put(208, 0.001 * r.normal()),
             _ => put(0, 0.02 * r.normal()),
         }
@@ -301,7 +341,13 @@ mod neon_kernels {
         // SAFETY: NEON is baseline; the dotprod variant is only asked for where the CPU has it.
         unsafe {
             macro_rules! k {
-                ($f:ident, $a:expr) => { if dotprod { neon::$f::<true>(w, $a) } else { neon::$f::<false>(w, $a) } };
+                ($f:ident, $a:expr) => {
+                    if dotprod {
+                        neon::$f::<true>(w, $a)
+                    } else {
+                        neon::$f::<false>(w, $a)
+                    }
+                };
             }
             match ty {
                 GgmlType::Q8_0 => k!(dot_q8_0, a8),
@@ -318,7 +364,11 @@ mod neon_kernels {
     fn variants() -> Vec<bool> {
         let dp = std::arch::is_aarch64_feature_detected!("dotprod");
         eprintln!("dotprod {}", if dp { "present: testing both NEON variants" } else { "absent: plain NEON only" });
-        if dp { vec![false, true] } else { vec![false] }
+        if dp {
+            vec![false, true]
+        } else {
+            vec![false]
+        }
     }
 
     #[test]
@@ -335,13 +385,20 @@ mod neon_kernels {
                         let a8 = if ty.block_size() == 32 { act::quantize_q8(&x) } else { vec![] };
                         let mut ak = act::quantize_q8k(&x);
                         for b in &mut ak {
-                            for q in &mut b.qs { *q = r.next_u64() as i8; }
-                            for (s, c) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) { *s = c.iter().map(|&q| q as i16).sum(); }
+                            for q in &mut b.qs {
+                                *q = r.next_u64() as i8;
+                            }
+                            for (s, c) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+                                *s = c.iter().map(|&q| q as i16).sum();
+                            }
                         }
                         let want = scalar_dot(ty, &w, &a8, &ak);
                         let got = dot(ty, dotprod, &w, &a8, &ak);
-                        assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                            "{} × {nb} blocks, dotprod {dotprod}: NEON {got}, scalar {want}", ty.name());
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{} × {nb} blocks, dotprod {dotprod}: NEON {got}, scalar {want}",
+                            ty.name()
+                        );
                     }
                 }
             }
@@ -358,13 +415,25 @@ mod neon_kernels {
                 let with_s = g.ty == GgmlType::Q4_1;
                 // The activation quantiser: llama.cpp's ARM quantize_row_q8_0 / q8_1.
                 if !is_k {
-                    assert_eq!(q8_bytes(&neon::quantize_q8(&g.x), with_s), g.act, "{}: Q8 activations of {} values", g.ty.name(), g.x.len());
+                    assert_eq!(
+                        q8_bytes(&neon::quantize_q8(&g.x), with_s),
+                        g.act,
+                        "{}: Q8 activations of {} values",
+                        g.ty.name(),
+                        g.x.len()
+                    );
                 }
                 // The dot product, on llama.cpp's own activation blocks.
                 let (a8, ak) = if is_k { (vec![], parse_q8k(&g.act)) } else { (parse_q8(&g.act, with_s), vec![]) };
                 let got = dot(g.ty, dotprod, &g.w, &a8, &ak);
                 let want = if dotprod { g.dot_dotprod } else { g.dot };
-                assert_eq!(got.to_bits(), want.to_bits(), "{} × {} values, dotprod {dotprod}: smelt {got:e}, llama.cpp {want:e}", g.ty.name(), g.x.len());
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{} × {} values, dotprod {dotprod}: smelt {got:e}, llama.cpp {want:e}",
+                    g.ty.name(),
+                    g.x.len()
+                );
                 n += 1;
             }
             eprintln!("dotprod {dotprod}: {n} dot products bit-identical to llama.cpp's ARM build");
@@ -395,7 +464,13 @@ mod x86_kernels {
         }
     }
 
-    fn avx512_dots<const R: usize>(ty: GgmlType, w: &[u8], rb: usize, a8: &[act::BlockQ8], ak: &[act::BlockQ8K]) -> [f32; R] {
+    fn avx512_dots<const R: usize>(
+        ty: GgmlType,
+        w: &[u8],
+        rb: usize,
+        a8: &[act::BlockQ8],
+        ak: &[act::BlockQ8K],
+    ) -> [f32; R] {
         assert!(avx512_detected());
         // SAFETY: checked just above.
         unsafe {
@@ -411,27 +486,41 @@ mod x86_kernels {
         }
     }
 
-    fn have_avx2() -> bool { is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") }
+    fn have_avx2() -> bool {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    }
 
     /// Where the AVX-512 kernel sums in the order of the AVX2 vec_dot kernel (`qtensor`'s
     /// `avx512_same_order`): every type, Q6_K included (both subtract its −32 offset from the
     /// integer lanes, as llama.cpp does).
-    fn same_order(_ty: GgmlType) -> bool { true }
+    fn same_order(_ty: GgmlType) -> bool {
+        true
+    }
 
     /// The AVX2 Q8_0/Q8_1 activation quantiser against the plain loop, field for field, on
     /// normal values, rows with zeros, all-zero blocks and ties (values whose product with id is
     /// k + ½).
     #[test]
     fn avx2_q8_quantiser_matches_the_plain_loop() {
-        if !have_avx2() { return; }
+        if !have_avx2() {
+            return;
+        }
         let mut r = crate::rng::Rng::new(14);
         for case in 0..200 {
             let mut x: Vec<f32> = (0..32 * 9).map(|_| r.normal() as f32 * 10f32.powi(case % 5 - 2)).collect();
-            for v in x[32..64].iter_mut() { *v = 0.0; }
-            for (j, v) in x[64..96].iter_mut().enumerate() { *v = (j as f32 - 15.5) * if case % 2 == 0 { 1.0 } else { -0.25 }; }
-            for v in x[96..128].iter_mut().step_by(3) { *v = 0.0; }
+            for v in x[32..64].iter_mut() {
+                *v = 0.0;
+            }
+            for (j, v) in x[64..96].iter_mut().enumerate() {
+                *v = (j as f32 - 15.5) * if case % 2 == 0 { 1.0 } else { -0.25 };
+            }
+            for v in x[96..128].iter_mut().step_by(3) {
+                *v = 0.0;
+            }
             // amax 127: id = 1, so the halves are exact ties.
-            for (j, v) in x[128..160].iter_mut().enumerate() { *v = if j == 0 { 127.0 } else { j as f32 - 16.5 }; }
+            for (j, v) in x[128..160].iter_mut().enumerate() {
+                *v = if j == 0 { 127.0 } else { j as f32 - 16.5 };
+            }
             // SAFETY: AVX2 checked above.
             let (a, b) = (act::quantize_q8_generic(&x), unsafe { act::quantize_q8_avx2(&x) });
             for (p, q) in a.iter().zip(&b) {
@@ -456,20 +545,38 @@ mod x86_kernels {
                 let rb = nb * ty.block_bytes() + 16;
                 let rows: Vec<Vec<u8>> = (0..8).map(|_| random_blocks(ty, nb, &mut r)).collect();
                 let mut w = vec![0u8; 8 * rb];
-                for (j, row) in rows.iter().enumerate() { w[j * rb..j * rb + row.len()].copy_from_slice(row); }
+                for (j, row) in rows.iter().enumerate() {
+                    w[j * rb..j * rb + row.len()].copy_from_slice(row);
+                }
                 let x: Vec<f32> = (0..nb * 256).map(|_| r.normal() as f32).collect();
                 let mut ak = act::quantize_q8k(&x);
                 for b in &mut ak {
-                    for q in &mut b.qs { *q = r.next_u64() as i8; }
-                    for (s, c) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) { *s = c.iter().map(|&q| q as i16).sum(); }
+                    for q in &mut b.qs {
+                        *q = r.next_u64() as i8;
+                    }
+                    for (s, c) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+                        *s = c.iter().map(|&q| q as i16).sum();
+                    }
                 }
                 // SAFETY: features checked above.
-                let (wide, narrow) = unsafe { (avx512::dot8_q4_k_repack(&w, rb, &ak), avx2::dot8_q4_k_repack::<false>(&w, rb, &ak)) };
+                let (wide, narrow) =
+                    unsafe { (avx512::dot8_q4_k_repack(&w, rb, &ak), avx2::dot8_q4_k_repack::<false>(&w, rb, &ak)) };
                 for (j, row) in rows.iter().enumerate() {
                     // SAFETY: as above.
                     let one = unsafe { avx2::dot_q4_k_repack(row, &ak) };
-                    assert_eq!(wide[j].to_bits(), narrow[j].to_bits(), "{nb} blocks, row {j}: AVX-512 {:e}, AVX2 {:e}", wide[j], narrow[j]);
-                    assert_eq!(narrow[j].to_bits(), one.to_bits(), "{nb} blocks, row {j}: 8 rows {:e}, one {one:e}", narrow[j]);
+                    assert_eq!(
+                        wide[j].to_bits(),
+                        narrow[j].to_bits(),
+                        "{nb} blocks, row {j}: AVX-512 {:e}, AVX2 {:e}",
+                        wide[j],
+                        narrow[j]
+                    );
+                    assert_eq!(
+                        narrow[j].to_bits(),
+                        one.to_bits(),
+                        "{nb} blocks, row {j}: 8 rows {:e}, one {one:e}",
+                        narrow[j]
+                    );
                 }
             }
         }
@@ -495,13 +602,19 @@ mod x86_kernels {
                     let rb = nb * ty.block_bytes() + 8;
                     let rows: Vec<Vec<u8>> = (0..4).map(|_| random_blocks(ty, nb, &mut r)).collect();
                     let mut w = vec![0u8; 4 * rb];
-                    for (j, row) in rows.iter().enumerate() { w[j * rb..j * rb + row.len()].copy_from_slice(row); }
+                    for (j, row) in rows.iter().enumerate() {
+                        w[j * rb..j * rb + row.len()].copy_from_slice(row);
+                    }
                     let x: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
                     let a8 = if ty.block_size() == 32 { act::quantize_q8(&x) } else { vec![] };
                     let mut ak = act::quantize_q8k(&x);
                     for b in &mut ak {
-                        for q in &mut b.qs { *q = r.next_u64() as i8; }
-                        for (s, c) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) { *s = c.iter().map(|&q| q as i16).sum(); }
+                        for q in &mut b.qs {
+                            *q = r.next_u64() as i8;
+                        }
+                        for (s, c) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+                            *s = c.iter().map(|&q| q as i16).sum();
+                        }
                     }
                     let four = avx512_dots::<4>(ty, &w, rb, &a8, &ak);
                     for (j, row) in rows.iter().enumerate() {
@@ -509,21 +622,45 @@ mod x86_kernels {
                         let want = avx2_dot(ty, row, &a8, &ak);
                         let scalar = scalar_dot(ty, row, &a8, &ak);
                         if same_order(ty) {
-                            assert_eq!(four[j].to_bits(), want.to_bits(), "{} × {nb} blocks, row {j} of 4: AVX-512 {:e}, AVX2 {want:e}", ty.name(), four[j]);
-                            assert_eq!(one.to_bits(), want.to_bits(), "{} × {nb} blocks, one row: AVX-512 {one:e}, AVX2 {want:e}", ty.name());
+                            assert_eq!(
+                                four[j].to_bits(),
+                                want.to_bits(),
+                                "{} × {nb} blocks, row {j} of 4: AVX-512 {:e}, AVX2 {want:e}",
+                                ty.name(),
+                                four[j]
+                            );
+                            assert_eq!(
+                                one.to_bits(),
+                                want.to_bits(),
+                                "{} × {nb} blocks, one row: AVX-512 {one:e}, AVX2 {want:e}",
+                                ty.name()
+                            );
                             n_bits += 1;
                         } else {
-                            assert_eq!(four[j].to_bits(), one.to_bits(), "{} × {nb} blocks, row {j}: four rows per pass {:e}, one {one:e}", ty.name(), four[j]);
+                            assert_eq!(
+                                four[j].to_bits(),
+                                one.to_bits(),
+                                "{} × {nb} blocks, row {j}: four rows per pass {:e}, one {one:e}",
+                                ty.name(),
+                                four[j]
+                            );
                         }
                         // Relative to Σ|w·a| as well: the K-quants subtract two large sums
                         // (Q6_K's −32 offset, Q4_K's mins), so the result can be far smaller
                         // than the terms whose rounding it carries.
                         let mut wd = vec![0f32; n];
                         dequantize_row(ty, row, &mut wd);
-                        let ad: Vec<f32> = if ty.block_size() == 32 { a8.iter().flat_map(|b| b.qs.map(|q| b.d * q as f32)).collect() }
-                                           else { ak.iter().flat_map(|b| b.qs.map(|q| b.d * q as f32)).collect() };
+                        let ad: Vec<f32> = if ty.block_size() == 32 {
+                            a8.iter().flat_map(|b| b.qs.map(|q| b.d * q as f32)).collect()
+                        } else {
+                            ak.iter().flat_map(|b| b.qs.map(|q| b.d * q as f32)).collect()
+                        };
                         let mass: f32 = wd.iter().zip(&ad).map(|(w, a)| (w * a).abs()).sum();
-                        assert!((one - scalar).abs() <= 1e-5 * (1.0 + scalar.abs().max(mass)), "{} × {nb} blocks: AVX-512 {one}, scalar {scalar}, Σ|w·a| {mass}", ty.name());
+                        assert!(
+                            (one - scalar).abs() <= 1e-5 * (1.0 + scalar.abs().max(mass)),
+                            "{} × {nb} blocks: AVX-512 {one}, scalar {scalar}, Σ|w·a| {mass}",
+                            ty.name()
+                        );
                         n_dots += 1;
                     }
                 }
@@ -549,7 +686,8 @@ fn imatrix_quantize_matches_llama_cpp_byte_for_byte() {
             let got = quantize_with(ty, &src, cols, Some(&w)).unwrap();
             assert_eq!(got.len(), want.len());
             let rb = ty.row_bytes(cols).unwrap();
-            let bad: Vec<usize> = (0..got.len() / rb).filter(|&r| got[r * rb..(r + 1) * rb] != want[r * rb..(r + 1) * rb]).collect();
+            let bad: Vec<usize> =
+                (0..got.len() / rb).filter(|&r| got[r * rb..(r + 1) * rb] != want[r * rb..(r + 1) * rb]).collect();
             assert!(bad.is_empty(), "{} at {cols} columns: rows {bad:?} differ from llama.cpp", ty.name());
             checked += 1;
         }
@@ -569,13 +707,20 @@ fn imatrix_quantisers_lower_the_weighted_error() {
     let (rows, cols) = (16, 512);
     let x = rand(rows * cols, 7);
     let mut w = vec![1f32; cols];
-    for c in (0..cols).step_by(7) { w[c] = 100.0; }
+    for c in (0..cols).step_by(7) {
+        w[c] = 100.0;
+    }
     for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
         let err = |q: &[u8]| {
             let y = dequantize(ty, q, x.len()).unwrap();
             x.iter().zip(&y).enumerate().map(|(i, (a, b))| (w[i % cols] * (a - b) * (a - b)) as f64).sum::<f64>()
         };
-        let (plain, weighted) = (err(&quantize(ty, &x, cols).unwrap()), err(&quantize_with(ty, &x, cols, Some(&w)).unwrap()));
-        assert!(weighted < plain, "{}: weighted error {weighted} not below the reference quantiser's {plain}", ty.name());
+        let (plain, weighted) =
+            (err(&quantize(ty, &x, cols).unwrap()), err(&quantize_with(ty, &x, cols, Some(&w)).unwrap()));
+        assert!(
+            weighted < plain,
+            "{}: weighted error {weighted} not below the reference quantiser's {plain}",
+            ty.name()
+        );
     }
 }

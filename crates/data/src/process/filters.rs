@@ -29,9 +29,18 @@ pub enum Rule {
 
 impl Rule {
     pub const ALL: [Rule; 12] = [
-        Rule::TooShort, Rule::TooLong, Rule::LoremIpsum, Rule::Boilerplate, Rule::SymbolRatio,
-        Rule::DigitRatio, Rule::AlphaWords, Rule::WordLength, Rule::PunctLines, Rule::RepeatedLines,
-        Rule::TopNgram, Rule::DupNgram,
+        Rule::TooShort,
+        Rule::TooLong,
+        Rule::LoremIpsum,
+        Rule::Boilerplate,
+        Rule::SymbolRatio,
+        Rule::DigitRatio,
+        Rule::AlphaWords,
+        Rule::WordLength,
+        Rule::PunctLines,
+        Rule::RepeatedLines,
+        Rule::TopNgram,
+        Rule::DupNgram,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -107,14 +116,31 @@ impl Default for FilterConfig {
 /// Lower-cased substrings that mark a line as boilerplate (C4's policy list plus common
 /// navigation and notice phrases).
 const BOILERPLATE: &[&str] = &[
-    "javascript", "uses cookies", "use of cookies", "use cookies", "accept cookies", "cookie policy",
-    "click here", "privacy policy", "terms of use", "terms and conditions", "all rights reserved",
-    "skip to content", "subscribe to our newsletter", "sign up for our newsletter", "share on facebook",
-    "share on twitter", "powered by wordpress", "log in to reply",
+    "javascript",
+    "uses cookies",
+    "use of cookies",
+    "use cookies",
+    "accept cookies",
+    "cookie policy",
+    "click here",
+    "privacy policy",
+    "terms of use",
+    "terms and conditions",
+    "all rights reserved",
+    "skip to content",
+    "subscribe to our newsletter",
+    "sign up for our newsletter",
+    "share on facebook",
+    "share on twitter",
+    "powered by wordpress",
+    "log in to reply",
 ];
 
 fn is_prose_punct(c: char) -> bool {
-    matches!(c, '.' | ',' | ';' | ':' | '!' | '?' | '\'' | '"' | '(' | ')' | '-' | '‘' | '’' | '“' | '”' | '–' | '—' | '…')
+    matches!(
+        c,
+        '.' | ',' | ';' | ':' | '!' | '?' | '\'' | '"' | '(' | ')' | '-' | '‘' | '’' | '“' | '”' | '–' | '—' | '…'
+    )
 }
 
 fn ends_with_terminal_punct(line: &str) -> bool {
@@ -132,37 +158,59 @@ pub fn words(text: &str) -> Vec<String> {
 /// The first rule `text` fails, or `None` if it passes them all.
 pub fn check(cfg: &FilterConfig, text: &str) -> Option<Rule> {
     let chars = text.chars().count();
-    if chars < cfg.min_chars { return Some(Rule::TooShort) }
-    if chars > cfg.max_chars { return Some(Rule::TooLong) }
+    if chars < cfg.min_chars {
+        return Some(Rule::TooShort);
+    }
+    if chars > cfg.max_chars {
+        return Some(Rule::TooLong);
+    }
     let lower = text.to_lowercase();
-    if cfg.lorem_ipsum && lower.contains("lorem ipsum") { return Some(Rule::LoremIpsum) }
+    if cfg.lorem_ipsum && lower.contains("lorem ipsum") {
+        return Some(Rule::LoremIpsum);
+    }
 
     let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
     if let Some(max) = cfg.max_boilerplate_frac {
         let bp = lower.lines().filter(|l| !l.trim().is_empty() && BOILERPLATE.iter().any(|p| l.contains(p))).count();
-        if frac(bp, lines.len()) > max { return Some(Rule::Boilerplate) }
+        if frac(bp, lines.len()) > max {
+            return Some(Rule::Boilerplate);
+        }
     }
 
     let (mut nonspace, mut symbols, mut digits) = (0usize, 0usize, 0usize);
     for c in text.chars().filter(|c| !c.is_whitespace()) {
         nonspace += 1;
-        if c.is_numeric() { digits += 1 } else if !c.is_alphabetic() && !is_prose_punct(c) { symbols += 1 }
+        if c.is_numeric() {
+            digits += 1
+        } else if !c.is_alphabetic() && !is_prose_punct(c) {
+            symbols += 1
+        }
     }
-    if cfg.max_symbol_ratio.is_some_and(|m| frac(symbols, nonspace) > m) { return Some(Rule::SymbolRatio) }
-    if cfg.max_digit_ratio.is_some_and(|m| frac(digits, nonspace) > m) { return Some(Rule::DigitRatio) }
+    if cfg.max_symbol_ratio.is_some_and(|m| frac(symbols, nonspace) > m) {
+        return Some(Rule::SymbolRatio);
+    }
+    if cfg.max_digit_ratio.is_some_and(|m| frac(digits, nonspace) > m) {
+        return Some(Rule::DigitRatio);
+    }
 
     let ws = words(text);
     if let Some(min) = cfg.min_alpha_words {
         let alpha = ws.iter().filter(|w| w.chars().any(char::is_alphabetic)).count();
-        if frac(alpha, ws.len()) < min { return Some(Rule::AlphaWords) }
+        if frac(alpha, ws.len()) < min {
+            return Some(Rule::AlphaWords);
+        }
     }
     if let Some((lo, hi)) = cfg.word_length {
         let mean = ws.iter().map(|w| w.chars().count()).sum::<usize>() as f64 / ws.len().max(1) as f64;
-        if !(lo..=hi).contains(&mean) { return Some(Rule::WordLength) }
+        if !(lo..=hi).contains(&mean) {
+            return Some(Rule::WordLength);
+        }
     }
     if let Some(min) = cfg.min_punct_lines {
         let p = lines.iter().filter(|l| ends_with_terminal_punct(l)).count();
-        if frac(p, lines.len()) < min { return Some(Rule::PunctLines) }
+        if frac(p, lines.len()) < min {
+            return Some(Rule::PunctLines);
+        }
     }
     if let Some(max) = cfg.max_dup_line_frac {
         let (dup_lines, dup_chars) = duplicate_lines(&lines);
@@ -192,7 +240,11 @@ pub fn check(cfg: &FilterConfig, text: &str) -> Option<Rule> {
 }
 
 fn frac(a: usize, b: usize) -> f64 {
-    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
 }
 
 /// Lines equal to an earlier line, and their bytes.
@@ -200,14 +252,19 @@ fn duplicate_lines(lines: &[&str]) -> (usize, usize) {
     let mut seen = HashSet::new();
     let (mut n, mut c) = (0, 0);
     for l in lines {
-        if !seen.insert(*l) { n += 1; c += l.len(); }
+        if !seen.insert(*l) {
+            n += 1;
+            c += l.len();
+        }
     }
     (n, c)
 }
 
 /// Characters in all occurrences of the most frequent n-gram (0 if none repeats).
 pub fn top_ngram_chars(wh: &[u64], wlen: &[usize], n: usize) -> usize {
-    if wh.len() < n { return 0 }
+    if wh.len() < n {
+        return 0;
+    }
     let mut counts: HashMap<u64, (usize, usize)> = HashMap::new();
     for i in 0..=wh.len() - n {
         let e = counts.entry(hash_u64s(&wh[i..i + n])).or_insert((0, i));
@@ -215,13 +272,17 @@ pub fn top_ngram_chars(wh: &[u64], wlen: &[usize], n: usize) -> usize {
     }
     // Ties broken by first position so the result does not depend on HashMap order.
     let (count, first) = counts.values().copied().max_by_key(|&(c, i)| (c, std::cmp::Reverse(i))).unwrap();
-    if count < 2 { return 0 }
+    if count < 2 {
+        return 0;
+    }
     count * wlen[first..first + n].iter().sum::<usize>()
 }
 
 /// Characters of words covered by a repeated occurrence (second or later) of some n-gram.
 pub fn dup_ngram_chars(wh: &[u64], wlen: &[usize], n: usize) -> usize {
-    if wh.len() < n { return 0 }
+    if wh.len() < n {
+        return 0;
+    }
     let mut seen = HashSet::new();
     let mut covered = vec![false; wh.len()];
     for i in 0..=wh.len() - n {
@@ -241,14 +302,18 @@ mod tests {
         of drivers and asks each one whether it wants the device. The first driver that says yes \
         gets to bind to it, and from then on it owns the hardware until it is removed.";
 
-    fn rule(t: &str) -> Option<Rule> { check(&FilterConfig::default(), t) }
+    fn rule(t: &str) -> Option<Rule> {
+        check(&FilterConfig::default(), t)
+    }
 
     #[test]
     fn prose_passes_each_rule_catches_its_case() {
         assert_eq!(rule(PROSE), None);
         assert_eq!(rule("Too short."), Some(Rule::TooShort));
         assert_eq!(rule(&format!("{PROSE} Lorem ipsum dolor sit amet.")), Some(Rule::LoremIpsum));
-        let bp = format!("{PROSE}\nClick here to subscribe.\nThis site uses cookies.\nEnable JavaScript.\nAll rights reserved.");
+        let bp = format!(
+            "{PROSE}\nClick here to subscribe.\nThis site uses cookies.\nEnable JavaScript.\nAll rights reserved."
+        );
         assert_eq!(rule(&bp), Some(Rule::Boilerplate));
         assert_eq!(rule(&format!("{PROSE} {}", "#@$%^&*{}[]<>|~=+_/\\ ".repeat(10))), Some(Rule::SymbolRatio));
         assert_eq!(rule(&format!("{PROSE} {}", "2024 1999 3.14159 42 ".repeat(12))), Some(Rule::DigitRatio));

@@ -22,7 +22,9 @@ impl MinHasher {
         MinHasher { seeds: (0..num_perm as u64).map(|i| hash_u64s(&[0x6d69_6e68, i])).collect() }
     }
 
-    pub fn num_perm(&self) -> usize { self.seeds.len() }
+    pub fn num_perm(&self) -> usize {
+        self.seeds.len()
+    }
 
     /// The signature of `text`: for each permutation the minimum over its shingles (top 32 bits,
     /// which is plenty to estimate similarity and halves the memory the index keeps).
@@ -121,7 +123,9 @@ impl LshIndex {
         self.sigs.extend_from_slice(sig);
         for k in keys {
             let v = self.buckets.entry(k).or_default();
-            if v.last() != Some(&id) { v.push(id) }
+            if v.last() != Some(&id) {
+                v.push(id)
+            }
         }
         None
     }

@@ -10,8 +10,8 @@ pub mod filters;
 pub mod minhash;
 pub mod report;
 
-use crate::hash::hash_bytes;
 use crate::documents::DocStream;
+use crate::hash::hash_bytes;
 use anyhow::{bail, Context, Result};
 use filters::{FilterConfig, Rule};
 use minhash::{LshIndex, MinHasher};
@@ -23,14 +23,28 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dedup { None, Exact, Near, Both }
+pub enum Dedup {
+    None,
+    Exact,
+    Near,
+    Both,
+}
 
 impl Dedup {
     pub fn name(self) -> &'static str {
-        match self { Dedup::None => "none", Dedup::Exact => "exact", Dedup::Near => "near", Dedup::Both => "both" }
+        match self {
+            Dedup::None => "none",
+            Dedup::Exact => "exact",
+            Dedup::Near => "near",
+            Dedup::Both => "both",
+        }
     }
-    fn exact(self) -> bool { matches!(self, Dedup::Exact | Dedup::Both) }
-    fn near(self) -> bool { matches!(self, Dedup::Near | Dedup::Both) }
+    fn exact(self) -> bool {
+        matches!(self, Dedup::Exact | Dedup::Both)
+    }
+    fn near(self) -> bool {
+        matches!(self, Dedup::Near | Dedup::Both)
+    }
 }
 
 pub struct ProcessConfig {
@@ -50,8 +64,15 @@ pub struct ProcessConfig {
 impl ProcessConfig {
     pub fn new(inputs: Vec<String>, output: PathBuf) -> Self {
         ProcessConfig {
-            inputs, field: "text".into(), output, filters: FilterConfig::default(), dedup: Dedup::Both,
-            threshold: 0.8, num_perm: 128, bands: None, batch_docs: 2048,
+            inputs,
+            field: "text".into(),
+            output,
+            filters: FilterConfig::default(),
+            dedup: Dedup::Both,
+            threshold: 0.8,
+            num_perm: 128,
+            bands: None,
+            batch_docs: 2048,
         }
     }
 }
@@ -87,14 +108,19 @@ pub fn process(cfg: &ProcessConfig, progress: &(dyn Fn(u64, u64) + Sync)) -> Res
         Some(b) => (b, cfg.num_perm / b),
     };
     let files = smelt_files::expand_inputs(&cfg.inputs)?;
-    let settings = DedupSettings { mode: cfg.dedup.name(), threshold: cfg.threshold, num_perm: cfg.num_perm, bands, rows };
+    let settings =
+        DedupSettings { mode: cfg.dedup.name(), threshold: cfg.threshold, num_perm: cfg.num_perm, bands, rows };
     let mut report = Report::new(cfg.filters.clone(), settings);
     // On an error the output's temporary is removed as it drops.
     run(cfg, files, bands, rows, &mut report, progress).map(|_| report)
 }
 
 fn run(
-    cfg: &ProcessConfig, files: Vec<PathBuf>, bands: usize, rows: usize, report: &mut Report,
+    cfg: &ProcessConfig,
+    files: Vec<PathBuf>,
+    bands: usize,
+    rows: usize,
+    report: &mut Report,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<()> {
     let t0 = std::time::Instant::now();
@@ -109,26 +135,41 @@ fn run(
     let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
     loop {
         let batch = stream.next_batch(cfg.batch_docs.max(1), 64 << 20)?;
-        if batch.is_empty() { break }
-        let verdicts: Vec<Verdict> = batch.par_iter().map(|d| {
-            let rule = filters::check(&cfg.filters, &d.text);
-            let pass = rule.is_none();
-            Verdict {
-                rule,
-                key: if pass && cfg.dedup.exact() { exact_key(&d.text) } else { 0 },
-                sig: if pass && cfg.dedup.near() { hasher.signature(&d.text) } else { Vec::new() },
-            }
-        }).collect();
+        if batch.is_empty() {
+            break;
+        }
+        let verdicts: Vec<Verdict> = batch
+            .par_iter()
+            .map(|d| {
+                let rule = filters::check(&cfg.filters, &d.text);
+                let pass = rule.is_none();
+                Verdict {
+                    rule,
+                    key: if pass && cfg.dedup.exact() { exact_key(&d.text) } else { 0 },
+                    sig: if pass && cfg.dedup.near() { hasher.signature(&d.text) } else { Vec::new() },
+                }
+            })
+            .collect();
         for (d, v) in batch.iter().zip(verdicts) {
             report.input_documents += 1;
             let chars = d.text.chars().count() as u64;
             report.input_chars += chars;
-            if let Some(r) = v.rule { report.count(r); continue }
-            if cfg.dedup.exact() && !seen.insert(v.key) { report.exact_duplicates += 1; continue }
-            if cfg.dedup.near() && lsh.check_insert(&v.sig).is_some() { report.near_duplicates += 1; continue }
+            if let Some(r) = v.rule {
+                report.count(r);
+                continue;
+            }
+            if cfg.dedup.exact() && !seen.insert(v.key) {
+                report.exact_duplicates += 1;
+                continue;
+            }
+            if cfg.dedup.near() && lsh.check_insert(&v.sig).is_some() {
+                report.near_duplicates += 1;
+                continue;
+            }
             report.kept_documents += 1;
             report.kept_chars += chars;
-            serde_json::to_writer(&mut out, &serde_json::json!({ "text": d.text })).with_context(|| format!("writing {out_name}"))?;
+            serde_json::to_writer(&mut out, &serde_json::json!({ "text": d.text }))
+                .with_context(|| format!("writing {out_name}"))?;
             out.write_all(b"\n").with_context(|| format!("writing {out_name}"))?;
         }
         progress(counter.load(Ordering::Relaxed), total);

@@ -40,9 +40,17 @@ pub struct Report {
 impl Report {
     pub(crate) fn new(filters: FilterConfig, dedup: DedupSettings) -> Self {
         Report {
-            input_documents: 0, kept_documents: 0, input_chars: 0, kept_chars: 0,
+            input_documents: 0,
+            kept_documents: 0,
+            input_chars: 0,
+            kept_chars: 0,
             filtered: Rule::ALL.iter().map(|r| RuleCount { rule: r.name(), removed: 0 }).collect(),
-            exact_duplicates: 0, near_duplicates: 0, lossy_utf8_documents: 0, filters, dedup, seconds: 0.0,
+            exact_duplicates: 0,
+            near_duplicates: 0,
+            lossy_utf8_documents: 0,
+            filters,
+            dedup,
+            seconds: 0.0,
         }
     }
 
@@ -73,8 +81,13 @@ impl fmt::Display for Report {
         if self.lossy_utf8_documents > 0 {
             writeln!(f, "  ({} documents had invalid UTF-8, replaced by U+FFFD)", self.lossy_utf8_documents)?;
         }
-        write!(f, "  chars kept: {} of {} ({:.1}%) in {:.1}s",
-            self.kept_chars, self.input_chars,
-            100.0 * self.kept_chars as f64 / self.input_chars.max(1) as f64, self.seconds)
+        write!(
+            f,
+            "  chars kept: {} of {} ({:.1}%) in {:.1}s",
+            self.kept_chars,
+            self.input_chars,
+            100.0 * self.kept_chars as f64 / self.input_chars.max(1) as f64,
+            self.seconds
+        )
     }
 }

@@ -47,7 +47,9 @@ pub fn write_jsonl(path: &Path, docs: &[String]) {
 }
 
 pub fn read_jsonl(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap().lines()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["text"].as_str().unwrap().to_string())
         .collect()
 }

@@ -3,7 +3,10 @@
 
 use super::*;
 
-fn s(out: &mut Vec<u8>, x: &str) { out.extend((x.len() as u64).to_le_bytes()); out.extend(x.as_bytes()); }
+fn s(out: &mut Vec<u8>, x: &str) {
+    out.extend((x.len() as u64).to_le_bytes());
+    out.extend(x.as_bytes());
+}
 
 /// A small v3 file: one of each metadata type, a nested array, alignment 64, two tensors.
 fn sample() -> Vec<u8> {
@@ -12,26 +15,52 @@ fn sample() -> Vec<u8> {
     b.extend(2u64.to_le_bytes());
     b.extend(14u64.to_le_bytes());
     let kv: Vec<(&str, u32, Vec<u8>)> = vec![
-        ("a.u8", 0, vec![7]), ("a.i8", 1, vec![0xff]), ("a.u16", 2, 500u16.to_le_bytes().to_vec()),
-        ("a.i16", 3, (-5i16).to_le_bytes().to_vec()), ("a.u32", 4, 70000u32.to_le_bytes().to_vec()),
-        ("a.i32", 5, (-7i32).to_le_bytes().to_vec()), ("a.f32", 6, 1.5f32.to_le_bytes().to_vec()),
-        ("a.bool", 7, vec![1]), ("a.u64", 10, 1u64.to_le_bytes().to_vec()),
-        ("a.i64", 11, (-1i64).to_le_bytes().to_vec()), ("a.f64", 12, 2.25f64.to_le_bytes().to_vec()),
+        ("a.u8", 0, vec![7]),
+        ("a.i8", 1, vec![0xff]),
+        ("a.u16", 2, 500u16.to_le_bytes().to_vec()),
+        ("a.i16", 3, (-5i16).to_le_bytes().to_vec()),
+        ("a.u32", 4, 70000u32.to_le_bytes().to_vec()),
+        ("a.i32", 5, (-7i32).to_le_bytes().to_vec()),
+        ("a.f32", 6, 1.5f32.to_le_bytes().to_vec()),
+        ("a.bool", 7, vec![1]),
+        ("a.u64", 10, 1u64.to_le_bytes().to_vec()),
+        ("a.i64", 11, (-1i64).to_le_bytes().to_vec()),
+        ("a.f64", 12, 2.25f64.to_le_bytes().to_vec()),
     ];
-    for (k, t, v) in kv { s(&mut b, k); b.extend(t.to_le_bytes()); b.extend(v); }
-    s(&mut b, "a.str"); b.extend(8u32.to_le_bytes()); s(&mut b, "héllo");
+    for (k, t, v) in kv {
+        s(&mut b, k);
+        b.extend(t.to_le_bytes());
+        b.extend(v);
+    }
+    s(&mut b, "a.str");
+    b.extend(8u32.to_le_bytes());
+    s(&mut b, "héllo");
     // [[1,2],[3]] as array of arrays of u32
-    s(&mut b, "a.nested"); b.extend(9u32.to_le_bytes()); b.extend(9u32.to_le_bytes()); b.extend(2u64.to_le_bytes());
+    s(&mut b, "a.nested");
+    b.extend(9u32.to_le_bytes());
+    b.extend(9u32.to_le_bytes());
+    b.extend(2u64.to_le_bytes());
     for inner in [&[1u32, 2][..], &[3u32][..]] {
-        b.extend(4u32.to_le_bytes()); b.extend((inner.len() as u64).to_le_bytes());
-        for x in inner { b.extend(x.to_le_bytes()); }
+        b.extend(4u32.to_le_bytes());
+        b.extend((inner.len() as u64).to_le_bytes());
+        for x in inner {
+            b.extend(x.to_le_bytes());
+        }
     }
-    s(&mut b, "general.alignment"); b.extend(4u32.to_le_bytes()); b.extend(64u32.to_le_bytes());
+    s(&mut b, "general.alignment");
+    b.extend(4u32.to_le_bytes());
+    b.extend(64u32.to_le_bytes());
     for (name, off) in [("w", 0u64), ("v", 64)] {
-        s(&mut b, name); b.extend(2u32.to_le_bytes()); b.extend(4u64.to_le_bytes()); b.extend(2u64.to_le_bytes());
-        b.extend(0u32.to_le_bytes()); b.extend(off.to_le_bytes());
+        s(&mut b, name);
+        b.extend(2u32.to_le_bytes());
+        b.extend(4u64.to_le_bytes());
+        b.extend(2u64.to_le_bytes());
+        b.extend(0u32.to_le_bytes());
+        b.extend(off.to_le_bytes());
     }
-    while !b.len().is_multiple_of(64) { b.push(0); }
+    while !b.len().is_multiple_of(64) {
+        b.push(0);
+    }
     b.extend(vec![0u8; 64 + 32]);
     b
 }
@@ -96,8 +125,13 @@ fn wrong_magic_and_version_are_errors() {
     assert!(format!("{:#}", GgufFile::open(&p).unwrap_err()).contains("version 1"));
     // A huge array count must be refused before allocating.
     let mut b = b"GGUF".to_vec();
-    b.extend(3u32.to_le_bytes()); b.extend(0u64.to_le_bytes()); b.extend(1u64.to_le_bytes());
-    s(&mut b, "k"); b.extend(9u32.to_le_bytes()); b.extend(0u32.to_le_bytes()); b.extend(u64::MAX.to_le_bytes());
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    s(&mut b, "k");
+    b.extend(9u32.to_le_bytes());
+    b.extend(0u32.to_le_bytes());
+    b.extend(u64::MAX.to_le_bytes());
     std::fs::write(&p, &b).unwrap();
     assert!(format!("{:#}", GgufFile::open(&p).unwrap_err()).contains("exceeds"));
     std::fs::remove_file(p).ok();

@@ -13,20 +13,24 @@ use smelt_model::{Logits, Model};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-pub const CASES: [&str; 7] = ["llama_tied", "llama3_untied", "llama_linear", "llama_yarn", "mistral_swa", "qwen2_bias", "qwen3_qknorm"];
+pub const CASES: [&str; 7] =
+    ["llama_tied", "llama3_untied", "llama_linear", "llama_yarn", "mistral_swa", "qwen2_bias", "qwen3_qknorm"];
 
 /// max |dlogit| ≤ this × max |logit|.
 pub const LOGIT_REL: f64 = 1e-4;
 /// |mean NLL − transformers'| ≤ this × transformers'.
 pub const NLL_REL: f64 = 1e-5;
 
-pub fn fixture(case: &str) -> PathBuf { smelt_testing::fixture("hf").join(case) }
+pub fn fixture(case: &str) -> PathBuf {
+    smelt_testing::fixture("hf").join(case)
+}
 
 /// The case's model (on the CPU) and its goldens.
 pub fn load(case: &str) -> (Model, HashMap<String, Tensor>) {
     let dir = fixture(case);
     let m = Model::load(&dir).unwrap_or_else(|e| panic!("{case}: {e:#}"));
-    let g = smelt_model::io::read_safetensors(&dir.join("golden.safetensors")).unwrap_or_else(|e| panic!("{case}: {e:#}"));
+    let g =
+        smelt_model::io::read_safetensors(&dir.join("golden.safetensors")).unwrap_or_else(|e| panic!("{case}: {e:#}"));
     (m, g)
 }
 

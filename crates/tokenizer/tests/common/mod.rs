@@ -3,8 +3,12 @@
 
 use std::path::PathBuf;
 
-pub fn repo_root() -> PathBuf { smelt_testing::repo_root() }
+pub fn repo_root() -> PathBuf {
+    smelt_testing::repo_root()
+}
 
 /// A fetched input under `.cache/inputs/`, or None after reporting the skip
 /// (a failure under SMELT_REQUIRE_INPUTS=1).
-pub fn input(rel: &str) -> Option<PathBuf> { smelt_testing::input(rel) }
+pub fn input(rel: &str) -> Option<PathBuf> {
+    smelt_testing::input(rel)
+}

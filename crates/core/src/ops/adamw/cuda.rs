@@ -82,10 +82,25 @@ pub fn grad_norm_state(grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) 
 /// the gradients by its clip coefficient, skips the update when its flag is set, and gets its
 /// non-finite flag raised when an updated parameter is NaN or infinite.
 #[allow(clippy::too_many_arguments)]
-pub fn adamw_multi(o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], gstate: Option<&Tensor>) -> Result<()> {
+pub fn adamw_multi(
+    o: &AdamW,
+    step: u64,
+    decay: &[bool],
+    params: &mut [Tensor],
+    grads: &[Tensor],
+    m: &mut [Tensor],
+    v: &mut [Tensor],
+    gstate: Option<&Tensor>,
+) -> Result<()> {
     let n = params.len();
     if grads.len() != n || m.len() != n || v.len() != n || decay.len() != n {
-        bail!("adamw: {n} parameters, {} gradients, {} / {} moments, {} decay flags", grads.len(), m.len(), v.len(), decay.len());
+        bail!(
+            "adamw: {n} parameters, {} gradients, {} / {} moments, {} decay flags",
+            grads.len(),
+            m.len(),
+            v.len(),
+            decay.len()
+        );
     }
     if n == 0 {
         return Ok(());
@@ -94,8 +109,16 @@ pub fn adamw_multi(o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], 
     let mut sizes = Vec::with_capacity(n);
     let mut gpu = None;
     for i in 0..n {
-        if params[i].shape() != grads[i].shape() || params[i].shape() != m[i].shape() || params[i].shape() != v[i].shape() {
-            bail!("adamw: parameter {:?}, gradient {:?} and moments {:?} differ in shape", params[i].shape(), grads[i].shape(), m[i].shape());
+        if params[i].shape() != grads[i].shape()
+            || params[i].shape() != m[i].shape()
+            || params[i].shape() != v[i].shape()
+        {
+            bail!(
+                "adamw: parameter {:?}, gradient {:?} and moments {:?} differ in shape",
+                params[i].shape(),
+                grads[i].shape(),
+                m[i].shape()
+            );
         }
         let [gb] = cuda::f32_bufs([&grads[i]], "adamw gradient")?;
         let pb = params[i].cuda_buf_mut()?;
@@ -134,7 +157,17 @@ impl super::OptimKernels for crate::backend::Cuda {
     fn grad_norm(&self, grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<super::GradNorm> {
         Ok(super::GradNorm { state: grad_norm_state(grads, max_norm, loss)?, host_norm: None })
     }
-    fn adamw(&self, o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], norm: Option<&super::GradNorm>) -> Result<()> {
+    fn adamw(
+        &self,
+        o: &AdamW,
+        step: u64,
+        decay: &[bool],
+        params: &mut [Tensor],
+        grads: &[Tensor],
+        m: &mut [Tensor],
+        v: &mut [Tensor],
+        norm: Option<&super::GradNorm>,
+    ) -> Result<()> {
         adamw_multi(o, step, decay, params, grads, m, v, norm.map(|n| &n.state))
     }
     /// Slot 3 of the norm state: raised by `adamw_multi_f32` when an updated value is not finite.

@@ -5,8 +5,8 @@
 //! skip flag where the gradients are, and `adamw_multi` reads them there (no host round trip
 //! on a GPU; `cuda.rs` + `adamw.cu` fuse the whole parameter list into one launch).
 
-use crate::float::Float;
 use crate::backend::{self, Cpu};
+use crate::float::Float;
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -33,7 +33,16 @@ pub fn adamw_update<F: Float>(o: &AdamW, step: u64, wd: bool, p: &mut [F], g: &[
 /// `adamw_update` with the gradient scaled by the clip coefficient `coef` first (each g·coef
 /// rounded to F once, as scaling the gradient tensor would; coef = 1 leaves it unchanged).
 #[allow(clippy::too_many_arguments)]
-pub fn adamw_update_clipped<F: Float>(o: &AdamW, step: u64, wd: bool, p: &mut [F], g: &[F], coef: F, m: &mut [F], v: &mut [F]) {
+pub fn adamw_update_clipped<F: Float>(
+    o: &AdamW,
+    step: u64,
+    wd: bool,
+    p: &mut [F],
+    g: &[F],
+    coef: F,
+    m: &mut [F],
+    v: &mut [F],
+) {
     let (b1, b2) = (F::from_f64(o.beta1), F::from_f64(o.beta2));
     let bc1 = 1.0 - o.beta1.powi(step as i32);
     let bc2_sqrt = F::from_f64((1.0 - o.beta2.powi(step as i32)).sqrt());
@@ -80,7 +89,17 @@ pub trait OptimKernels {
     /// One AdamW update of every parameter. With `norm`, the gradients are scaled by its clip
     /// coefficient and nothing is updated when its skip flag is set.
     #[allow(clippy::too_many_arguments)]
-    fn adamw(&self, o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], norm: Option<&GradNorm>) -> Result<()>;
+    fn adamw(
+        &self,
+        o: &AdamW,
+        step: u64,
+        decay: &[bool],
+        params: &mut [Tensor],
+        grads: &[Tensor],
+        m: &mut [Tensor],
+        v: &mut [Tensor],
+        norm: Option<&GradNorm>,
+    ) -> Result<()>;
     /// Whether every parameter is finite after an update that `norm` governed (a non-finite
     /// parameter must never be saved as a good checkpoint).
     fn params_finite(&self, params: &[Tensor], norm: &GradNorm) -> Result<bool>;
@@ -91,7 +110,13 @@ impl OptimKernels for Cpu {
     fn grad_norm(&self, grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<GradNorm> {
         let mut s = 0f64;
         for g in grads {
-            s += g.as_f32()?.par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).collect::<Vec<_>>().iter().sum::<f64>();
+            s += g
+                .as_f32()?
+                .par_chunks(CHUNK)
+                .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+                .collect::<Vec<_>>()
+                .iter()
+                .sum::<f64>();
         }
         let norm = s.sqrt();
         let coef = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) as f32 } else { 1.0 };
@@ -104,7 +129,17 @@ impl OptimKernels for Cpu {
         Ok(GradNorm { state, host_norm: Some(norm) })
     }
 
-    fn adamw(&self, o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], norm: Option<&GradNorm>) -> Result<()> {
+    fn adamw(
+        &self,
+        o: &AdamW,
+        step: u64,
+        decay: &[bool],
+        params: &mut [Tensor],
+        grads: &[Tensor],
+        m: &mut [Tensor],
+        v: &mut [Tensor],
+        norm: Option<&GradNorm>,
+    ) -> Result<()> {
         let (coef, skip) = match norm {
             Some(n) => {
                 let st = n.state.as_f32()?;
@@ -118,7 +153,16 @@ impl OptimKernels for Cpu {
         // Clipping only ever scales down (coef ≤ 1); 1 multiplies exactly.
         let coef = coef.min(1.0);
         for i in 0..params.len() {
-            adamw_update_clipped(o, step, decay[i], params[i].f32_mut()?, grads[i].as_f32()?, coef, m[i].f32_mut()?, v[i].f32_mut()?);
+            adamw_update_clipped(
+                o,
+                step,
+                decay[i],
+                params[i].f32_mut()?,
+                grads[i].as_f32()?,
+                coef,
+                m[i].f32_mut()?,
+                v[i].f32_mut()?,
+            );
         }
         Ok(())
     }
@@ -174,15 +218,34 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
 /// One AdamW update of every parameter (`decay[i]`: weight decay applies to parameter i),
 /// clipped and skipped as `norm` says (see `OptimKernels::adamw`).
 #[allow(clippy::too_many_arguments)]
-pub fn adamw_multi(o: &AdamW, step: u64, decay: &[bool], params: &mut [Tensor], grads: &[Tensor], m: &mut [Tensor], v: &mut [Tensor], norm: Option<&GradNorm>) -> Result<()> {
+pub fn adamw_multi(
+    o: &AdamW,
+    step: u64,
+    decay: &[bool],
+    params: &mut [Tensor],
+    grads: &[Tensor],
+    m: &mut [Tensor],
+    v: &mut [Tensor],
+    norm: Option<&GradNorm>,
+) -> Result<()> {
     let n = params.len();
     if grads.len() != n || m.len() != n || v.len() != n || decay.len() != n {
-        bail!("adamw: {n} parameters, {} gradients, {} / {} moments, {} decay flags", grads.len(), m.len(), v.len(), decay.len());
+        bail!(
+            "adamw: {n} parameters, {} gradients, {} / {} moments, {} decay flags",
+            grads.len(),
+            m.len(),
+            v.len(),
+            decay.len()
+        );
     }
     for i in 0..n {
         let p = params[i].shape();
         if p != grads[i].shape() || p != m[i].shape() || p != v[i].shape() {
-            bail!("adamw: parameter {p:?}, gradient {:?} and moments {:?} differ in shape", grads[i].shape(), m[i].shape());
+            bail!(
+                "adamw: parameter {p:?}, gradient {:?} and moments {:?} differ in shape",
+                grads[i].shape(),
+                m[i].shape()
+            );
         }
     }
     let all = params.iter().chain(grads).chain(m.iter()).chain(v.iter()).chain(norm.map(|n| &n.state));
@@ -219,7 +282,14 @@ impl AdamWState {
     /// number `t + 1`. With `norm` the gradients are clipped by its coefficient and, if its
     /// skip flag is set, nothing changes on the device: the caller, which reads the flag
     /// after the step (`GradNorm::read`), then takes the count back (`t -= 1`).
-    pub fn step(&mut self, hp: &AdamW, params: &mut [Tensor], grads: &[Tensor], decay: &[bool], norm: Option<&GradNorm>) -> Result<()> {
+    pub fn step(
+        &mut self,
+        hp: &AdamW,
+        params: &mut [Tensor],
+        grads: &[Tensor],
+        decay: &[bool],
+        norm: Option<&GradNorm>,
+    ) -> Result<()> {
         if params.len() != grads.len() || params.len() != self.m.len() {
             bail!("optimizer: {} parameters, {} gradients, {} moment tensors", params.len(), grads.len(), self.m.len());
         }
@@ -229,8 +299,25 @@ impl AdamWState {
 }
 
 /// Tensor-level AdamW step on one parameter.
-pub fn adamw_step(o: &AdamW, step: u64, decay: bool, p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor) -> Result<()> {
-    adamw_multi(o, step, &[decay], std::slice::from_mut(p), std::slice::from_ref(g), std::slice::from_mut(m), std::slice::from_mut(v), None)
+pub fn adamw_step(
+    o: &AdamW,
+    step: u64,
+    decay: bool,
+    p: &mut Tensor,
+    g: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+) -> Result<()> {
+    adamw_multi(
+        o,
+        step,
+        &[decay],
+        std::slice::from_mut(p),
+        std::slice::from_ref(g),
+        std::slice::from_mut(m),
+        std::slice::from_mut(v),
+        None,
+    )
 }
 
 #[cfg(test)]
@@ -257,7 +344,9 @@ mod tests {
         assert!((v[0] - 0.6).abs() < 1e-5 && (v[1] - 0.8).abs() < 1e-5);
     }
 
-    fn t(v: &[f32]) -> Tensor { Tensor::from_f32(v.to_vec(), &[v.len()]).unwrap() }
+    fn t(v: &[f32]) -> Tensor {
+        Tensor::from_f32(v.to_vec(), &[v.len()]).unwrap()
+    }
 
     /// The trainer's path (norm state, then the multi-tensor update reading it) computes bit
     /// for bit what clipping the gradients on the host and stepping each tensor computes.
@@ -265,7 +354,13 @@ mod tests {
     fn the_step_reading_the_norm_state_equals_clip_then_step() {
         let o = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
         let grads = vec![t(&[0.3, -1.7, 2.2]), t(&[4.1, 0.05])];
-        let start = || (vec![t(&[1.0, -0.5, 0.25]), t(&[0.7, -0.1])], vec![t(&[0.1, 0.0, -0.2]), t(&[0.0, 0.3])], vec![t(&[0.01, 0.0, 0.04]), t(&[0.0, 0.09])]);
+        let start = || {
+            (
+                vec![t(&[1.0, -0.5, 0.25]), t(&[0.7, -0.1])],
+                vec![t(&[0.1, 0.0, -0.2]), t(&[0.0, 0.3])],
+                vec![t(&[0.01, 0.0, 0.04]), t(&[0.0, 0.09])],
+            )
+        };
         let decay = [true, false];
         let (mut p1, mut m1, mut v1) = start();
         let mut clipped = grads.clone();

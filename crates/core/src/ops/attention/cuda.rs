@@ -25,7 +25,11 @@ const TC_ROWS: usize = 64;
 /// Tensor-core tiles per head dim: (forward key tile, dq key tile, dk/dv query tile), as
 /// instantiated at the end of attention_tc.cu.
 fn tc_tiles(d: usize) -> (usize, usize, usize) {
-    if d == 64 { (64, 64, 64) } else { (64, 32, 32) }
+    if d == 64 {
+        (64, 64, 64)
+    } else {
+        (64, 32, 32)
+    }
 }
 
 /// Which kernels run on `gpu`: the tensor-core ones for bf16 at head dim 64 or 128 on compute
@@ -40,13 +44,20 @@ pub fn uses_tensor_cores(gpu: &cuda::Gpu, dt: DType, d: usize) -> bool {
 /// A tensor-core kernel with its dynamic shared memory allowed past the 48 KiB default.
 fn tc_function(gpu: &cuda::Gpu, name: &str, smem: usize) -> Result<cudarc::driver::CudaFunction> {
     let f = gpu.function("attention_tc", TC_SRC, name)?;
-    f.set_attribute(cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
-        .map_err(|e| anyhow::anyhow!("{name}: shared memory of {smem} bytes: {e:?}"))?;
+    f.set_attribute(
+        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        smem as i32,
+    )
+    .map_err(|e| anyhow::anyhow!("{name}: shared memory of {smem} bytes: {e:?}"))?;
     Ok(f)
 }
 
 fn tc_cfg(grid: (usize, usize, usize), smem: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (grid.0.max(1) as u32, grid.1 as u32, grid.2 as u32), block_dim: (128, 1, 1), shared_mem_bytes: smem as u32 }
+    LaunchConfig {
+        grid_dim: (grid.0.max(1) as u32, grid.1 as u32, grid.2 as u32),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: smem as u32,
+    }
 }
 
 fn check(dm: &AttnDims) -> Result<()> {
@@ -80,18 +91,23 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&out.data).arg(&lse.data);
-        for x in &a { b.arg(x); }
+        for x in &a {
+            b.arg(x);
+        }
         b.arg(&scale);
         cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(TC_ROWS), dm.h, dm.b), smem)) }, &name)?;
         return Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?));
     }
-    let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, d as i32, dm.window.unwrap_or(0) as i32];
+    let a =
+        [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, d as i32, dm.window.unwrap_or(0) as i32];
     {
         let name = cuda::kname("attn_fwd", &[dt], "attention")?;
         let f = gpu.function("attention", SRC, &name)?;
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&out.data).arg(&lse.data);
-        for x in &a { b.arg(x); }
+        for x in &a {
+            b.arg(x);
+        }
         b.arg(&scale);
         let c = cfg((dm.tq.div_ceil(ROWS), dm.h, dm.b), 2 * TILE * (d + 1) + ROWS * d);
         cuda::launched(unsafe { b.launch(c) }, &name)?;
@@ -100,7 +116,16 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    dm: AttnDims,
+    scale: f32,
+) -> Result<(Tensor, Tensor, Tensor)> {
     check(&dm)?;
     let [qb, kb, vb, ob, db] = cuda::float_bufs([q, k, v, out, dout], "attention_backward")?;
     let dt = cuda::same_dtype(&[qb, kb, vb, ob, db], &["q", "k", "v", "out", "output gradient"], "attention_backward")?;
@@ -116,7 +141,11 @@ pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse:
         let (tq, h, d32, rows64) = (dm.tq as i32, dm.h as i32, d as i32, rows as i64);
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&ob.data).arg(&db.data).arg(&delta.data).arg(&tq).arg(&h).arg(&d32).arg(&rows64);
-        let c = LaunchConfig { grid_dim: ((rows * 32).div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let c = LaunchConfig {
+            grid_dim: ((rows * 32).div_ceil(256).max(1) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         cuda::launched(unsafe { b.launch(c) }, &name)?;
     }
     if uses_tensor_cores(gpu, dt, d) {
@@ -129,7 +158,9 @@ pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse:
             let f = tc_function(gpu, &name, smem)?;
             let mut b = gpu.stream.launch_builder(&f);
             b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&db.data).arg(&lb.data).arg(&delta.data).arg(&dq.data);
-            for x in &a { b.arg(x); }
+            for x in &a {
+                b.arg(x);
+            }
             b.arg(&scale);
             cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(TC_ROWS), dm.h, dm.b), smem)) }, &name)?;
         }
@@ -140,21 +171,37 @@ pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse:
             let smem = (2 * TC_ROWS + 4 * bq) * (d + 8) * 2 + 4 * bq * 4;
             let f = tc_function(gpu, &name, smem)?;
             let mut b = gpu.stream.launch_builder(&f);
-            b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&db.data).arg(&lb.data).arg(&delta.data).arg(&dk.data).arg(&dv.data);
-            for x in &a { b.arg(x); }
+            b.arg(&qb.data)
+                .arg(&kb.data)
+                .arg(&vb.data)
+                .arg(&db.data)
+                .arg(&lb.data)
+                .arg(&delta.data)
+                .arg(&dk.data)
+                .arg(&dv.data);
+            for x in &a {
+                b.arg(x);
+            }
             b.arg(&scale);
             cuda::launched(unsafe { b.launch(tc_cfg((dm.s.div_ceil(TC_ROWS), dm.kvh, dm.b), smem)) }, &name)?;
         }
-        return Ok((Tensor::from_device_buf(dq, q.shape())?, Tensor::from_device_buf(dk, k.shape())?, Tensor::from_device_buf(dv, v.shape())?));
+        return Ok((
+            Tensor::from_device_buf(dq, q.shape())?,
+            Tensor::from_device_buf(dk, k.shape())?,
+            Tensor::from_device_buf(dv, v.shape())?,
+        ));
     }
-    let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, d as i32, dm.window.unwrap_or(0) as i32];
+    let a =
+        [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, d as i32, dm.window.unwrap_or(0) as i32];
     let dq = DeviceBuf::alloc(gpu, dt, q.numel())?;
     {
         let name = kn("attn_bwd_dq")?;
         let f = gpu.function("attention", SRC, &name)?;
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&db.data).arg(&lb.data).arg(&delta.data).arg(&dq.data);
-        for x in &a { b.arg(x); }
+        for x in &a {
+            b.arg(x);
+        }
         b.arg(&scale);
         let c = cfg((dm.tq.div_ceil(ROWS), dm.h, dm.b), 2 * TILE * (d + 1) + 2 * ROWS * d);
         cuda::launched(unsafe { b.launch(c) }, &name)?;
@@ -165,13 +212,26 @@ pub fn attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse:
         let name = kn("attn_bwd_dkdv")?;
         let f = gpu.function("attention", SRC, &name)?;
         let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&db.data).arg(&lb.data).arg(&delta.data).arg(&dk.data).arg(&dv.data);
-        for x in &a { b.arg(x); }
+        b.arg(&qb.data)
+            .arg(&kb.data)
+            .arg(&vb.data)
+            .arg(&db.data)
+            .arg(&lb.data)
+            .arg(&delta.data)
+            .arg(&dk.data)
+            .arg(&dv.data);
+        for x in &a {
+            b.arg(x);
+        }
         b.arg(&scale);
         let c = cfg((dm.s.div_ceil(ROWS), dm.kvh, dm.b), 2 * TILE * (d + 1) + 2 * TILE + 2 * ROWS * d);
         cuda::launched(unsafe { b.launch(c) }, &name)?;
     }
-    Ok((Tensor::from_device_buf(dq, q.shape())?, Tensor::from_device_buf(dk, k.shape())?, Tensor::from_device_buf(dv, v.shape())?))
+    Ok((
+        Tensor::from_device_buf(dq, q.shape())?,
+        Tensor::from_device_buf(dk, k.shape())?,
+        Tensor::from_device_buf(dv, v.shape())?,
+    ))
 }
 
 impl super::AttentionKernels for crate::backend::Cuda {
@@ -183,7 +243,15 @@ impl super::AttentionKernels for crate::backend::Cuda {
         Ok(attention(q, k, v, dm, scale)?.0)
     }
     fn attention_backward(
-        &self, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, dm: AttnDims, scale: f32,
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        dm: AttnDims,
+        scale: f32,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         attention_backward(q, k, v, out, lse, dout, dm, scale)
     }

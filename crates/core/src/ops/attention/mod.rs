@@ -8,8 +8,8 @@
 //! Tk − Tq + i and sees keys 0..=that (minus those outside a sliding window, if any). Query head
 //! h reads KV head h / (H / KVH), as Hugging Face's `repeat_kv` does.
 
-use crate::float::{dot, Float};
 use crate::backend::{self, Cpu};
+use crate::float::{dot, Float};
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -32,14 +32,23 @@ pub struct AttnDims {
 }
 
 impl AttnDims {
-    fn group(&self) -> usize { self.h / self.kvh }
+    fn group(&self) -> usize {
+        self.h / self.kvh
+    }
     fn key_range(&self, i: usize) -> (usize, usize) {
         let pos = self.tk - self.tq + i;
-        let lo = match self.window { Some(w) => (pos + 1).saturating_sub(w), None => 0 };
+        let lo = match self.window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
         (lo, pos + 1)
     }
-    fn q_at(&self, b: usize, i: usize, h: usize) -> usize { ((b * self.tq + i) * self.h + h) * self.d }
-    fn kv_at(&self, b: usize, j: usize, g: usize) -> usize { ((b * self.s + j) * self.kvh + g) * self.d }
+    fn q_at(&self, b: usize, i: usize, h: usize) -> usize {
+        ((b * self.tq + i) * self.h + h) * self.d
+    }
+    fn kv_at(&self, b: usize, j: usize, g: usize) -> usize {
+        ((b * self.s + j) * self.kvh + g) * self.d
+    }
 }
 
 /// Queries per tile: each tile's scores are one GEMM (Q_tile·Kᵀ) and its output another (P·V).
@@ -49,7 +58,21 @@ const TILE: usize = 64;
 /// C (m×n) = alpha·A·B + beta·C over raw strided pointers (see `Float::gemm`).
 #[allow(clippy::too_many_arguments)]
 #[inline]
-unsafe fn mm<F: Float>(m: usize, k: usize, n: usize, alpha: F, a: *const F, rsa: usize, csa: usize, b: *const F, rsb: usize, csb: usize, beta: F, c: *mut F, rsc: usize) {
+unsafe fn mm<F: Float>(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: F,
+    a: *const F,
+    rsa: usize,
+    csa: usize,
+    b: *const F,
+    rsb: usize,
+    csb: usize,
+    beta: F,
+    c: *mut F,
+    rsc: usize,
+) {
     F::gemm(m, k, n, alpha, a, rsa as isize, csa as isize, b, rsb as isize, csb as isize, beta, c, rsc as isize, 1)
 }
 
@@ -80,8 +103,21 @@ pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> 
                 } else {
                     // SAFETY: every pointer/stride pair stays inside q, k and s.
                     unsafe {
-                        mm(rows, d, nk, scale, q.as_ptr().add(dm.q_at(b, i0, h)), qrs, 1,
-                            k.as_ptr().add(dm.kv_at(b, k0, g)), 1, kvrs, F::ZERO, s.as_mut_ptr(), nk);
+                        mm(
+                            rows,
+                            d,
+                            nk,
+                            scale,
+                            q.as_ptr().add(dm.q_at(b, i0, h)),
+                            qrs,
+                            1,
+                            k.as_ptr().add(dm.kv_at(b, k0, g)),
+                            1,
+                            kvrs,
+                            F::ZERO,
+                            s.as_mut_ptr(),
+                            nk,
+                        );
                     }
                 }
                 for r in 0..rows {
@@ -104,12 +140,27 @@ pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> 
                 if rows == 1 {
                     let o = &mut out[i0 * d..(i0 + 1) * d];
                     for (j, &p) in s[..nk].iter().enumerate() {
-                        for (x, &vv) in o.iter_mut().zip(&v[dm.kv_at(b, k0 + j, g)..][..d]) { *x += p * vv; }
+                        for (x, &vv) in o.iter_mut().zip(&v[dm.kv_at(b, k0 + j, g)..][..d]) {
+                            *x += p * vv;
+                        }
                     }
                 } else {
                     unsafe {
-                        mm(rows, nk, d, F::ONE, s.as_ptr(), nk, 1, v.as_ptr().add(dm.kv_at(b, k0, g)), kvrs, 1,
-                            F::ZERO, out.as_mut_ptr().add(i0 * d), d);
+                        mm(
+                            rows,
+                            nk,
+                            d,
+                            F::ONE,
+                            s.as_ptr(),
+                            nk,
+                            1,
+                            v.as_ptr().add(dm.kv_at(b, k0, g)),
+                            kvrs,
+                            1,
+                            F::ZERO,
+                            out.as_mut_ptr().add(i0 * d),
+                            d,
+                        );
                     }
                 }
             }
@@ -148,36 +199,41 @@ pub fn attn_fwd_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) 
         .into_par_iter()
         .map(|bg| {
             let (b, g) = (bg / dm.kvh, bg % dm.kvh);
-            (0..grp).into_par_iter().map(|hh| {
-                let h = g * grp + hh;
-                let mut out = vec![0f32; dm.tq * d];
-                let mut sc = vec![f32::NEG_INFINITY; up(last, 16)];
-                let mut p = vec![0f32; n_pad];
-                let mut acc = Vec::new();
-                // V rows of this KV head: row j at v[v0 + j·stride..].
-                let (v0, stride) = (dm.kv_at(b, 0, g), dm.kvh * d);
-                for i in 0..dm.tq {
-                    let (lo, hi) = dm.key_range(i);
-                    let qr = &q[dm.q_at(b, i, h)..][..d];
-                    let n16 = up(hi, 16);
-                    sc[..n16].fill(f32::NEG_INFINITY);
-                    ggml::dot_f32_rows(&mut sc[lo..hi], &k[dm.kv_at(b, lo, g)..], stride, qr, scale);
-                    let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                    p.fill(0.0);
-                    let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
-                    let inv = (1.0 / sum) as f32;
-                    for x in &mut p[..n16] { *x *= inv; }
-                    // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache
-                    // holds Vᵀ); padding rows are zeros with p = 0.
-                    let o = &mut out[i * d..(i + 1) * d];
-                    if dm.tq == 1 {
-                        ggml::dot_f32_columns(o, &v[v0..], stride, last, &p, &mut acc);
-                    } else {
-                        ggml::dot_f32_tinyblas_columns(o, &v[v0..], stride, last.min(n16), &p[..n16], &mut acc);
+            (0..grp)
+                .into_par_iter()
+                .map(|hh| {
+                    let h = g * grp + hh;
+                    let mut out = vec![0f32; dm.tq * d];
+                    let mut sc = vec![f32::NEG_INFINITY; up(last, 16)];
+                    let mut p = vec![0f32; n_pad];
+                    let mut acc = Vec::new();
+                    // V rows of this KV head: row j at v[v0 + j·stride..].
+                    let (v0, stride) = (dm.kv_at(b, 0, g), dm.kvh * d);
+                    for i in 0..dm.tq {
+                        let (lo, hi) = dm.key_range(i);
+                        let qr = &q[dm.q_at(b, i, h)..][..d];
+                        let n16 = up(hi, 16);
+                        sc[..n16].fill(f32::NEG_INFINITY);
+                        ggml::dot_f32_rows(&mut sc[lo..hi], &k[dm.kv_at(b, lo, g)..], stride, qr, scale);
+                        let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                        p.fill(0.0);
+                        let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
+                        let inv = (1.0 / sum) as f32;
+                        for x in &mut p[..n16] {
+                            *x *= inv;
+                        }
+                        // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache
+                        // holds Vᵀ); padding rows are zeros with p = 0.
+                        let o = &mut out[i * d..(i + 1) * d];
+                        if dm.tq == 1 {
+                            ggml::dot_f32_columns(o, &v[v0..], stride, last, &p, &mut acc);
+                        } else {
+                            ggml::dot_f32_tinyblas_columns(o, &v[v0..], stride, last.min(n16), &p[..n16], &mut acc);
+                        }
                     }
-                }
-                out
-            }).collect::<Vec<Vec<f32>>>()
+                    out
+                })
+                .collect::<Vec<Vec<f32>>>()
         })
         .collect();
     let mut out = vec![0f32; dm.b * dm.tq * dm.h * d];
@@ -195,7 +251,14 @@ pub fn attn_fwd_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) 
 /// Returns (dq, dk, dv); dk/dv have the k/v buffer layout (B, S, KVH, D).
 #[allow(clippy::too_many_arguments)]
 pub fn attn_bwd<F: Float>(
-    q: &[F], k: &[F], v: &[F], out: &[F], lse: &[F], dout: &[F], dm: AttnDims, scale: F,
+    q: &[F],
+    k: &[F],
+    v: &[F],
+    out: &[F],
+    lse: &[F],
+    dout: &[F],
+    dm: AttnDims,
+    scale: F,
 ) -> (Vec<F>, Vec<F>, Vec<F>) {
     let d = dm.d;
     let grp = dm.group();
@@ -222,9 +285,37 @@ pub fn attn_bwd<F: Float>(
                     // SAFETY (all products below): pointers and strides stay inside their buffers.
                     unsafe {
                         // P = exp(scale·Q·Kᵀ − lse), masked to each row's visible keys.
-                        mm(rows, d, nk, scale, q.as_ptr().add(qp), qrs, 1, k.as_ptr().add(kp), 1, kvrs, F::ZERO, p.as_mut_ptr(), nk);
+                        mm(
+                            rows,
+                            d,
+                            nk,
+                            scale,
+                            q.as_ptr().add(qp),
+                            qrs,
+                            1,
+                            k.as_ptr().add(kp),
+                            1,
+                            kvrs,
+                            F::ZERO,
+                            p.as_mut_ptr(),
+                            nk,
+                        );
                         // dP = dO · Vᵀ
-                        mm(rows, d, nk, F::ONE, dout.as_ptr().add(dop), qrs, 1, v.as_ptr().add(vp), 1, kvrs, F::ZERO, dp.as_mut_ptr(), nk);
+                        mm(
+                            rows,
+                            d,
+                            nk,
+                            F::ONE,
+                            dout.as_ptr().add(dop),
+                            qrs,
+                            1,
+                            v.as_ptr().add(vp),
+                            1,
+                            kvrs,
+                            F::ZERO,
+                            dp.as_mut_ptr(),
+                            nk,
+                        );
                     }
                     for r in 0..rows {
                         let i = i0 + r;
@@ -245,11 +336,53 @@ pub fn attn_bwd<F: Float>(
                     }
                     unsafe {
                         // dV[k0..k1] += Pᵀ · dO
-                        mm(nk, rows, d, F::ONE, p.as_ptr(), 1, nk, dout.as_ptr().add(dop), qrs, 1, F::ONE, dv.as_mut_ptr().add(k0 * d), d);
+                        mm(
+                            nk,
+                            rows,
+                            d,
+                            F::ONE,
+                            p.as_ptr(),
+                            1,
+                            nk,
+                            dout.as_ptr().add(dop),
+                            qrs,
+                            1,
+                            F::ONE,
+                            dv.as_mut_ptr().add(k0 * d),
+                            d,
+                        );
                         // dQ_tile = dS · K
-                        mm(rows, nk, d, F::ONE, dp.as_ptr(), nk, 1, k.as_ptr().add(kp), kvrs, 1, F::ZERO, dq.as_mut_ptr().add((hh * dm.tq + i0) * d), d);
+                        mm(
+                            rows,
+                            nk,
+                            d,
+                            F::ONE,
+                            dp.as_ptr(),
+                            nk,
+                            1,
+                            k.as_ptr().add(kp),
+                            kvrs,
+                            1,
+                            F::ZERO,
+                            dq.as_mut_ptr().add((hh * dm.tq + i0) * d),
+                            d,
+                        );
                         // dK[k0..k1] += dSᵀ · Q
-                        mm(nk, rows, d, F::ONE, dp.as_ptr(), 1, nk, q.as_ptr().add(qp), qrs, 1, F::ONE, dk.as_mut_ptr().add(k0 * d), d);
+                        mm(
+                            nk,
+                            rows,
+                            d,
+                            F::ONE,
+                            dp.as_ptr(),
+                            1,
+                            nk,
+                            q.as_ptr().add(qp),
+                            qrs,
+                            1,
+                            F::ONE,
+                            dk.as_mut_ptr().add(k0 * d),
+                            d,
+                        );
                     }
                 }
             }
@@ -295,7 +428,15 @@ pub trait AttentionKernels {
     /// (dq, dk, dv), dk and dv in the k/v buffer layout.
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
-        &self, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, dm: AttnDims, scale: f32,
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        dm: AttnDims,
+        scale: f32,
     ) -> Result<(Tensor, Tensor, Tensor)>;
 }
 
@@ -309,30 +450,60 @@ impl AttentionKernels for Cpu {
         Tensor::from_f32(attn_fwd_ggml(q.as_f32()?, k.as_f32()?, v.as_f32()?, dm, scale), q.shape())
     }
     fn attention_backward(
-        &self, q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, dm: AttnDims, scale: f32,
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        dm: AttnDims,
+        scale: f32,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let (dq, dk, dv) = attn_bwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, out.as_f32()?, lse.as_f32()?, dout.as_f32()?, dm, scale);
+        let (dq, dk, dv) =
+            attn_bwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, out.as_f32()?, lse.as_f32()?, dout.as_f32()?, dm, scale);
         Ok((Tensor::from_f32(dq, q.shape())?, Tensor::from_f32(dk, k.shape())?, Tensor::from_f32(dv, v.shape())?))
     }
 }
 
 /// q: (B, Tq, H, D), k, v: (B, S, KVH, D) with `tk` valid rows → (out (B, Tq, H, D), lse (B, H, Tq)).
 /// `scale` multiplies the scores q·k before the softmax (the model's, usually 1/√D).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>, scale: f32) -> Result<(Tensor, Tensor)> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    tk: usize,
+    window: Option<usize>,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
     let dm = dims(q, k, v, tk, window)?;
     backend::on("attention", [q, k, v])?.attention(q, k, v, dm, scale)
 }
 
 /// Attention for inference over a KV cache (no lse kept): on the CPU in llama.cpp's
 /// arithmetic (`attn_fwd_ggml`), on CUDA the flash kernel.
-pub fn attention_infer(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>, scale: f32) -> Result<Tensor> {
+pub fn attention_infer(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    tk: usize,
+    window: Option<usize>,
+    scale: f32,
+) -> Result<Tensor> {
     let dm = dims(q, k, v, tk, window)?;
     backend::on("attention", [q, k, v])?.attention_infer(q, k, v, dm, scale)
 }
 
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
-    q: &Tensor, k: &Tensor, v: &Tensor, out: &Tensor, lse: &Tensor, dout: &Tensor, window: Option<usize>, scale: f32,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    window: Option<usize>,
+    scale: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dm = dims(q, k, v, k.shape()[1], window)?;
     backend::on("attention_backward", [q, k, v, out, lse, dout])?.attention_backward(q, k, v, out, lse, dout, dm, scale)
@@ -351,7 +522,9 @@ mod tests {
                 let g = h / (dm.h / dm.kvh);
                 for i in 0..dm.tq {
                     let (lo, hi) = dm.key_range(i);
-                    let s: Vec<f64> = (lo..hi).map(|j| dot(&q[dm.q_at(b, i, h)..][..dm.d], &k[dm.kv_at(b, j, g)..][..dm.d]) * sc).collect();
+                    let s: Vec<f64> = (lo..hi)
+                        .map(|j| dot(&q[dm.q_at(b, i, h)..][..dm.d], &k[dm.kv_at(b, j, g)..][..dm.d]) * sc)
+                        .collect();
                     let m = s.iter().cloned().fold(f64::MIN, f64::max);
                     let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
                     for (jj, j) in (lo..hi).enumerate() {
@@ -368,7 +541,9 @@ mod tests {
 
     #[test]
     fn matches_naive_softmax_attention_with_gqa_window_and_cache_offset() {
-        for (tq, tk, s, window) in [(5, 5, 5, None), (2, 6, 8, None), (6, 6, 6, Some(3)), (70, 70, 70, Some(20)), (130, 150, 160, None)] {
+        for (tq, tk, s, window) in
+            [(5, 5, 5, None), (2, 6, 8, None), (6, 6, 6, Some(3)), (70, 70, 70, Some(20)), (130, 150, 160, None)]
+        {
             let dm = AttnDims { b: 2, tq, tk, s, h: 4, kvh: 2, d: 8, window };
             let q = rand_vec(dm.b * tq * dm.h * dm.d, 1);
             let k = rand_vec(dm.b * s * dm.kvh * dm.d, 2);
@@ -385,7 +560,13 @@ mod tests {
     /// (decoding, 4×16-lane sums) and many (the prompt, tinyBLAS order), head dim 64 and 40.
     #[test]
     fn ggml_order_forward_matches_naive() {
-        for (tq, tk, s, d, window) in [(1, 1, 4, 64, None), (1, 77, 80, 64, None), (7, 7, 9, 64, None), (20, 150, 160, 40, Some(50)), (3, 300, 300, 64, None)] {
+        for (tq, tk, s, d, window) in [
+            (1, 1, 4, 64, None),
+            (1, 77, 80, 64, None),
+            (7, 7, 9, 64, None),
+            (20, 150, 160, 40, Some(50)),
+            (3, 300, 300, 64, None),
+        ] {
             let dm = AttnDims { b: 2, tq, tk, s, h: 6, kvh: 2, d, window };
             let q = rand_vec(dm.b * tq * dm.h * d, 1);
             let k = rand_vec(dm.b * s * dm.kvh * d, 2);

@@ -55,7 +55,13 @@ pub fn mean(nll: &Tensor, count: usize) -> Result<Tensor> {
 }
 
 /// dloss comes from the host (`dloss_host`) or, when it is a device scalar, from there.
-pub fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: &Tensor, count: usize) -> Result<Tensor> {
+pub fn cross_entropy_backward(
+    logits: &Tensor,
+    targets: &Tensor,
+    lse: &Tensor,
+    dloss: &Tensor,
+    count: usize,
+) -> Result<Tensor> {
     let [zb] = cuda::float_bufs([logits], "cross_entropy_backward")?;
     let [lb] = cuda::f32_bufs([lse], "cross_entropy_backward (lse)")?;
     let gpu = &zb.gpu;
@@ -70,7 +76,11 @@ pub fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, lse: &Tensor, d
     {
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&zb.data).arg(&tb.data).arg(&lb.data).arg(&dz.data).arg(&n64).arg(&v32);
-        if dloss.device().is_cpu() { b.arg(&null) } else { b.arg(&dloss.cuda_buf()?.data) };
+        if dloss.device().is_cpu() {
+            b.arg(&null)
+        } else {
+            b.arg(&dloss.cuda_buf()?.data)
+        };
         b.arg(&host_d).arg(&inv);
         cuda::launched(unsafe { b.launch(cuda::grid_for(n * v, 256)) }, &name)?;
     }
@@ -126,7 +136,15 @@ pub fn lse_finish(state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> 
 /// `dloss` (one element) is read where it lives: a device scalar by the kernel, with no sync.
 /// `z` f32 or bf16, read as stored; the result has z's dtype (bf16 logits give bf16 dlogits,
 /// which the head's backward matmul takes as they are).
-pub fn backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: &Tensor, count: usize) -> Result<Tensor> {
+pub fn backward_chunk(
+    z: &Tensor,
+    targets: &Tensor,
+    lse: &Tensor,
+    r0: usize,
+    v0: usize,
+    dloss: &Tensor,
+    count: usize,
+) -> Result<Tensor> {
     let [zb] = cuda::float_bufs([z], "cross_entropy_backward_chunk")?;
     let [lb] = cuda::f32_bufs([lse], "cross_entropy_backward_chunk (lse)")?;
     if lb.gpu.ordinal != zb.gpu.ordinal {
@@ -144,7 +162,11 @@ pub fn backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0:
     let mut b = gpu.stream.launch_builder(&f);
     let (host_d, null) = (if dloss.device().is_cpu() { dloss.as_f32()?[0] } else { 0.0f32 }, 0u64);
     b.arg(&zb.data).arg(&tv).arg(&lv).arg(&dz.data).arg(&m64).arg(&vc32).arg(&v032);
-    if dloss.device().is_cpu() { b.arg(&null) } else { b.arg(&dloss.cuda_buf()?.data) };
+    if dloss.device().is_cpu() {
+        b.arg(&null)
+    } else {
+        b.arg(&dloss.cuda_buf()?.data)
+    };
     b.arg(&host_d).arg(&inv);
     cuda::launched(unsafe { b.launch(cuda::grid_for(m * vc, 256)) }, &name)?;
     Tensor::from_device_buf(dz, z.shape())
@@ -173,16 +195,38 @@ impl super::CrossEntropyKernels for crate::backend::Cuda {
     fn cross_entropy(&self, logits: &Tensor, targets: &Tensor, count: usize) -> Result<(Tensor, Tensor)> {
         cross_entropy(logits, targets, count)
     }
-    fn cross_entropy_backward(&self, logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f32, count: usize) -> Result<Tensor> {
+    fn cross_entropy_backward(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        lse: &Tensor,
+        dloss: f32,
+        count: usize,
+    ) -> Result<Tensor> {
         cross_entropy_backward(logits, targets, lse, &Tensor::scalar(dloss), count)
     }
     fn lse_chunk(&self, z: &Tensor, targets: &Tensor, state: &mut Tensor, r0: usize, v0: usize) -> Result<()> {
         lse_chunk(z, targets, state, r0, v0)
     }
-    fn lse_finish(&self, state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> { lse_finish(state, targets) }
-    fn cross_entropy_backward_chunk(&self, z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: &Tensor, count: usize) -> Result<Tensor> {
+    fn lse_finish(&self, state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
+        lse_finish(state, targets)
+    }
+    fn cross_entropy_backward_chunk(
+        &self,
+        z: &Tensor,
+        targets: &Tensor,
+        lse: &Tensor,
+        r0: usize,
+        v0: usize,
+        dloss: &Tensor,
+        count: usize,
+    ) -> Result<Tensor> {
         backward_chunk(z, targets, lse, r0, v0, dloss, count)
     }
-    fn mean_nll(&self, nll: &Tensor, count: usize) -> Result<Tensor> { mean(nll, count) }
-    fn nll_rows(&self, logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> { nll_rows_f64(logits, targets) }
+    fn mean_nll(&self, nll: &Tensor, count: usize) -> Result<Tensor> {
+        mean(nll, count)
+    }
+    fn nll_rows(&self, logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
+        nll_rows_f64(logits, targets)
+    }
 }

@@ -8,8 +8,8 @@
 //! `cross_entropy_backward_chunk` gives one slice's dlogits from the saved lse. With a single
 //! slice they compute exactly what `cross_entropy` and its backward compute.
 
-use crate::float::{max_of, sum_exp, Float};
 use crate::backend::{self, backend, Cpu};
+use crate::float::{max_of, sum_exp, Float};
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -71,7 +71,15 @@ pub fn lse_chunk_finish<F: Float>(state: &[F], targets: &[u32]) -> (Vec<F>, Vec<
 
 /// dlogits of the vocabulary slice v0..v0+vc: (softmax(z) − onehot(t)) · dloss / count, the
 /// softmax recomputed from the full rows' `lse`.
-pub fn ce_bwd_chunk<F: Float>(z: &[F], targets: &[u32], lse: &[F], v0: usize, dloss: F, count: usize, vc: usize) -> Vec<F> {
+pub fn ce_bwd_chunk<F: Float>(
+    z: &[F],
+    targets: &[u32],
+    lse: &[F],
+    v0: usize,
+    dloss: F,
+    count: usize,
+    vc: usize,
+) -> Vec<F> {
     let mut d = vec![F::ZERO; z.len()];
     let scale = dloss / F::from_f64(count.max(1) as f64);
     d.par_chunks_mut(vc).zip(z.par_chunks(vc)).zip(targets.par_iter().zip(lse.par_iter())).for_each(
@@ -106,13 +114,29 @@ fn check(logits: &Tensor, targets: &Tensor) -> Result<usize> {
 pub trait CrossEntropyKernels {
     /// (loss (1), lse (N)) over host `targets` of which `count` are scored.
     fn cross_entropy(&self, logits: &Tensor, targets: &Tensor, count: usize) -> Result<(Tensor, Tensor)>;
-    fn cross_entropy_backward(&self, logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f32, count: usize) -> Result<Tensor>;
+    fn cross_entropy_backward(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        lse: &Tensor,
+        dloss: f32,
+        count: usize,
+    ) -> Result<Tensor>;
     /// Rows r0.. of `state` updated with the vocabulary slice v0..; targets on the host or here.
     fn lse_chunk(&self, z: &Tensor, targets: &Tensor, state: &mut Tensor, r0: usize, v0: usize) -> Result<()>;
     fn lse_finish(&self, state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)>;
     /// `dloss` (one element) on the host or here.
     #[allow(clippy::too_many_arguments)]
-    fn cross_entropy_backward_chunk(&self, z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: &Tensor, count: usize) -> Result<Tensor>;
+    fn cross_entropy_backward_chunk(
+        &self,
+        z: &Tensor,
+        targets: &Tensor,
+        lse: &Tensor,
+        r0: usize,
+        v0: usize,
+        dloss: &Tensor,
+        count: usize,
+    ) -> Result<Tensor>;
     fn mean_nll(&self, nll: &Tensor, count: usize) -> Result<Tensor>;
     fn nll_rows(&self, logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>>;
 }
@@ -124,7 +148,14 @@ impl CrossEntropyKernels for Cpu {
         Ok((Tensor::scalar(loss as f32), Tensor::from_f32(lse, &[logits.rows()])?))
     }
 
-    fn cross_entropy_backward(&self, logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f32, count: usize) -> Result<Tensor> {
+    fn cross_entropy_backward(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        lse: &Tensor,
+        dloss: f32,
+        count: usize,
+    ) -> Result<Tensor> {
         let d = ce_bwd(logits.as_f32()?, targets.as_u32()?, lse.as_f32()?, dloss, count, logits.cols());
         Tensor::from_f32(d, logits.shape())
     }
@@ -142,10 +173,20 @@ impl CrossEntropyKernels for Cpu {
         Ok((Tensor::from_f32(nll, &[n])?, Tensor::from_f32(lse, &[n])?))
     }
 
-    fn cross_entropy_backward_chunk(&self, z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: &Tensor, count: usize) -> Result<Tensor> {
+    fn cross_entropy_backward_chunk(
+        &self,
+        z: &Tensor,
+        targets: &Tensor,
+        lse: &Tensor,
+        r0: usize,
+        v0: usize,
+        dloss: &Tensor,
+        count: usize,
+    ) -> Result<Tensor> {
         let (m, vc) = (z.rows(), z.cols());
         let dloss = dloss.to_vec_f32()?[0];
-        let d = ce_bwd_chunk(z.as_f32()?, &targets.as_u32()?[r0..r0 + m], &lse.as_f32()?[r0..r0 + m], v0, dloss, count, vc);
+        let d =
+            ce_bwd_chunk(z.as_f32()?, &targets.as_u32()?[r0..r0 + m], &lse.as_f32()?[r0..r0 + m], v0, dloss, count, vc);
         Tensor::from_f32(d, z.shape())
     }
 
@@ -161,7 +202,11 @@ impl CrossEntropyKernels for Cpu {
             .map(|(z, &t)| {
                 let m = z.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
                 let s: f64 = z.iter().map(|&x| (x as f64 - m).exp()).sum();
-                if t == IGNORE { 0.0 } else { m + s.ln() - z[t as usize] as f64 }
+                if t == IGNORE {
+                    0.0
+                } else {
+                    m + s.ln() - z[t as usize] as f64
+                }
             })
             .collect())
     }
@@ -204,12 +249,26 @@ pub fn lse_finish(state: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> 
 /// saved logsumexp are rows r0.. of `targets` and `lse` (n).
 /// `dloss` is the one-element loss gradient, on the device of `z` or the host (a device one is
 /// read by the kernel: no host sync in the backward).
-pub fn cross_entropy_backward_chunk(z: &Tensor, targets: &Tensor, lse: &Tensor, r0: usize, v0: usize, dloss: &Tensor, count: usize) -> Result<Tensor> {
+pub fn cross_entropy_backward_chunk(
+    z: &Tensor,
+    targets: &Tensor,
+    lse: &Tensor,
+    r0: usize,
+    v0: usize,
+    dloss: &Tensor,
+    count: usize,
+) -> Result<Tensor> {
     let m = z.rows();
     if r0 + m > lse.numel() || targets.numel() != lse.numel() {
-        bail!("cross_entropy_backward_chunk: rows {r0}..{} of {} targets and {} lse", r0 + m, targets.numel(), lse.numel());
+        bail!(
+            "cross_entropy_backward_chunk: rows {r0}..{} of {} targets and {} lse",
+            r0 + m,
+            targets.numel(),
+            lse.numel()
+        );
     }
-    backend::on("cross_entropy_backward_chunk", [z, lse])?.cross_entropy_backward_chunk(z, targets, lse, r0, v0, dloss, count)
+    backend::on("cross_entropy_backward_chunk", [z, lse])?
+        .cross_entropy_backward_chunk(z, targets, lse, r0, v0, dloss, count)
 }
 
 /// Σ nll / count as a one-element tensor, summed as `cross_entropy` sums (f64 in row order on
@@ -230,7 +289,13 @@ pub fn nll_rows(logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
     backend(logits.device()).nll_rows(logits, targets)
 }
 
-pub fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, lse: &Tensor, dloss: f32, count: usize) -> Result<Tensor> {
+pub fn cross_entropy_backward(
+    logits: &Tensor,
+    targets: &Tensor,
+    lse: &Tensor,
+    dloss: f32,
+    count: usize,
+) -> Result<Tensor> {
     check(logits, targets)?;
     backend::on("cross_entropy_backward", [logits, lse])?.cross_entropy_backward(logits, targets, lse, dloss, count)
 }

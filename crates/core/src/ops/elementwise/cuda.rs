@@ -25,8 +25,12 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     Tensor::from_device_buf(y, a.shape())
 }
 
-pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> { binary("add", a, b) }
-pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> { binary("mul", a, b) }
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary("add", a, b)
+}
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary("mul", a, b)
+}
 
 /// a += b; a keeps its dtype (b may be stored differently: rounded once into a's dtype).
 pub fn add_assign(a: &mut Tensor, b: &Tensor) -> Result<()> {
@@ -84,11 +88,23 @@ pub fn cast(a: &Tensor, to: DType) -> Result<Tensor> {
 }
 
 impl super::ElementwiseKernels for crate::backend::Cuda {
-    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> { add(a, b) }
-    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> { mul(a, b) }
-    fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> { add_assign(a, b) }
-    fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor> { scale(a, s) }
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        add(a, b)
+    }
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        mul(a, b)
+    }
+    fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
+        add_assign(a, b)
+    }
+    fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor> {
+        scale(a, s)
+    }
     /// No division kernel: multiplies by the f32 reciprocal.
-    fn div_scalar(&self, a: &Tensor, d: f32) -> Result<Tensor> { scale(a, 1.0 / d) }
-    fn cast(&self, a: &Tensor, dtype: DType) -> Result<Tensor> { cast(a, dtype) }
+    fn div_scalar(&self, a: &Tensor, d: f32) -> Result<Tensor> {
+        scale(a, 1.0 / d)
+    }
+    fn cast(&self, a: &Tensor, dtype: DType) -> Result<Tensor> {
+        cast(a, dtype)
+    }
 }

@@ -31,7 +31,9 @@ impl ElementwiseKernels for Cpu {
     }
     fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
         let y = b.as_f32()?;
-        for (p, q) in a.f32_mut()?.iter_mut().zip(y) { *p += q; }
+        for (p, q) in a.f32_mut()?.iter_mut().zip(y) {
+            *p += q;
+        }
         Ok(())
     }
     fn scale(&self, a: &Tensor, s: f32) -> Result<Tensor> {

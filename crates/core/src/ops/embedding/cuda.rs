@@ -33,7 +33,11 @@ pub fn embedding(table: &Tensor, ids: &Tensor, v: usize, d: usize) -> Result<Ten
 pub fn embedding_backward(table: &Tensor, ids: &Tensor, dout: &Tensor, v: usize, d: usize) -> Result<Tensor> {
     let [db] = cuda::float_bufs([dout], "embedding_backward")?;
     if table.dtype() != DType::F32 {
-        bail!("embedding_backward: no gradient into a {:?} table {:?} (tables that learn are f32 master weights)", table.dtype(), table.shape());
+        bail!(
+            "embedding_backward: no gradient into a {:?} table {:?} (tables that learn are f32 master weights)",
+            table.dtype(),
+            table.shape()
+        );
     }
     let gpu = &db.gpu;
     if ids.device().is_cpu() {
@@ -73,7 +77,9 @@ fn sorted_backward(table: &Tensor, ids: &[u32], db: &DeviceBuf, v: usize, d: usi
     if uid.is_empty() {
         return Tensor::from_device_buf(dt, table.shape());
     }
-    let up = |x: &[u32]| DeviceBuf::from_bytes(gpu, DType::U32, x.len(), &x.iter().flat_map(|y| y.to_le_bytes()).collect::<Vec<u8>>());
+    let up = |x: &[u32]| {
+        DeviceBuf::from_bytes(gpu, DType::U32, x.len(), &x.iter().flat_map(|y| y.to_le_bytes()).collect::<Vec<u8>>())
+    };
     let (ob, ub, sb) = (up(&order)?, up(&uid)?, up(&seg)?);
     let name = cuda::kname("embedding_bwd_sorted", &[db.dtype], "embedding_backward")?;
     let f = gpu.function("embedding", SRC, &name)?;
@@ -81,14 +87,20 @@ fn sorted_backward(table: &Tensor, ids: &[u32], db: &DeviceBuf, v: usize, d: usi
     {
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&db.data).arg(&ob.data).arg(&ub.data).arg(&sb.data).arg(&dt.data).arg(&d32);
-        let cfg = cudarc::driver::LaunchConfig { grid_dim: (uid.len() as u32, d.div_ceil(256) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: (uid.len() as u32, d.div_ceil(256) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         cuda::launched(unsafe { b.launch(cfg) }, &name)?;
     }
     Tensor::from_device_buf(dt, table.shape())
 }
 
 impl super::EmbeddingKernels for crate::backend::Cuda {
-    fn embedding(&self, table: &Tensor, ids: &Tensor, v: usize, d: usize) -> Result<Tensor> { embedding(table, ids, v, d) }
+    fn embedding(&self, table: &Tensor, ids: &Tensor, v: usize, d: usize) -> Result<Tensor> {
+        embedding(table, ids, v, d)
+    }
     fn embedding_backward(&self, table: &Tensor, ids: &Tensor, dout: &Tensor, v: usize, d: usize) -> Result<Tensor> {
         embedding_backward(table, ids, dout, v, d)
     }

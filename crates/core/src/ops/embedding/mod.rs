@@ -1,7 +1,7 @@
 //! Embedding lookup (gather rows of a table) and its backward (scatter-add into the table).
 
-use crate::float::Float;
 use crate::backend::{self, backend, Cpu};
+use crate::float::Float;
 use crate::{DType, Tensor};
 use anyhow::{bail, Result};
 
@@ -88,7 +88,11 @@ mod tests {
     #[test]
     fn gradcheck_embedding() {
         let ids = [3u32, 1, 3, 0];
-        gradcheck(&[rand_vec(5 * 4, 1)], |v| embedding_fwd(&v[0], &ids, 4), |_, dy| vec![embedding_bwd(dy, &ids, 5, 4)]);
+        gradcheck(
+            &[rand_vec(5 * 4, 1)],
+            |v| embedding_fwd(&v[0], &ids, 4),
+            |_, dy| vec![embedding_bwd(dy, &ids, 5, 4)],
+        );
     }
 
     #[test]

@@ -15,9 +15,13 @@ pub struct Mat<'a, F> {
 
 impl<'a, F> Mat<'a, F> {
     /// Row-major `rows × cols`.
-    pub fn rm(data: &'a [F], cols: usize) -> Self { Mat { data, rs: cols, cs: 1 } }
+    pub fn rm(data: &'a [F], cols: usize) -> Self {
+        Mat { data, rs: cols, cs: 1 }
+    }
     /// The transpose of a row-major `cols × rows` matrix.
-    pub fn tr(data: &'a [F], rows_of_original_cols: usize) -> Self { Mat { data, rs: 1, cs: rows_of_original_cols } }
+    pub fn tr(data: &'a [F], rows_of_original_cols: usize) -> Self {
+        Mat { data, rs: 1, cs: rows_of_original_cols }
+    }
 }
 
 struct SendPtr<F>(*mut F);
@@ -31,7 +35,9 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
         return;
     }
     if k == 0 {
-        for v in &mut c[..m * n] { *v = *v * beta; }
+        for v in &mut c[..m * n] {
+            *v = *v * beta;
+        }
         return;
     }
     let threads = rayon::current_num_threads();
@@ -42,8 +48,22 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
     let cp = &cp;
     if parts <= 1 || (m < 2 * parts && n < 2 * parts) {
         unsafe {
-            F::gemm(m, k, n, F::ONE, a.data.as_ptr(), a.rs as isize, a.cs as isize,
-                b.data.as_ptr(), b.rs as isize, b.cs as isize, beta, c.as_mut_ptr(), n as isize, 1);
+            F::gemm(
+                m,
+                k,
+                n,
+                F::ONE,
+                a.data.as_ptr(),
+                a.rs as isize,
+                a.cs as isize,
+                b.data.as_ptr(),
+                b.rs as isize,
+                b.cs as isize,
+                beta,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            );
         }
     } else if m >= n || m >= 2 * parts * 16 {
         // Split rows of C (and A).
@@ -53,8 +73,22 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
             let rows = step.min(m - r0);
             // SAFETY: blocks of rows are disjoint regions of c.
             unsafe {
-                F::gemm(rows, k, n, F::ONE, a.data.as_ptr().add(r0 * a.rs), a.rs as isize, a.cs as isize,
-                    b.data.as_ptr(), b.rs as isize, b.cs as isize, beta, cp.0.add(r0 * n), n as isize, 1);
+                F::gemm(
+                    rows,
+                    k,
+                    n,
+                    F::ONE,
+                    a.data.as_ptr().add(r0 * a.rs),
+                    a.rs as isize,
+                    a.cs as isize,
+                    b.data.as_ptr(),
+                    b.rs as isize,
+                    b.cs as isize,
+                    beta,
+                    cp.0.add(r0 * n),
+                    n as isize,
+                    1,
+                );
             }
         });
     } else {
@@ -65,8 +99,22 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
             let cols = step.min(n - c0);
             // SAFETY: blocks of columns are disjoint regions of c.
             unsafe {
-                F::gemm(m, k, cols, F::ONE, a.data.as_ptr(), a.rs as isize, a.cs as isize,
-                    b.data.as_ptr().add(c0 * b.cs), b.rs as isize, b.cs as isize, beta, cp.0.add(c0), n as isize, 1);
+                F::gemm(
+                    m,
+                    k,
+                    cols,
+                    F::ONE,
+                    a.data.as_ptr(),
+                    a.rs as isize,
+                    a.cs as isize,
+                    b.data.as_ptr().add(c0 * b.cs),
+                    b.rs as isize,
+                    b.cs as isize,
+                    beta,
+                    cp.0.add(c0),
+                    n as isize,
+                    1,
+                );
             }
         });
     }
@@ -79,7 +127,9 @@ pub fn linear_fwd<F: Float>(x: &[F], w: &[F], bias: Option<&[F]>, n: usize, k: u
     }
     let mut y = vec![F::ZERO; n * m];
     if let Some(b) = bias {
-        for row in y.chunks_mut(m) { row.copy_from_slice(b); }
+        for row in y.chunks_mut(m) {
+            row.copy_from_slice(b);
+        }
     }
     let beta = if bias.is_some() { F::ONE } else { F::ZERO };
     gemm(n, k, m, Mat::rm(x, k), Mat::tr(w, k), beta, &mut y);
@@ -116,7 +166,14 @@ fn linear_matvec<F: Float>(x: &[F], w: &[F], bias: Option<&[F]>, n: usize, k: us
 
 /// Gradients of `linear_fwd`: dx = dy·w, dw = dyᵀ·x, db = column sums of dy.
 pub fn linear_bwd<F: Float>(
-    x: &[F], w: &[F], dy: &[F], n: usize, k: usize, m: usize, want_dx: bool, want_bias: bool,
+    x: &[F],
+    w: &[F],
+    dy: &[F],
+    n: usize,
+    k: usize,
+    m: usize,
+    want_dx: bool,
+    want_bias: bool,
 ) -> (Option<Vec<F>>, Vec<F>, Option<Vec<F>>) {
     let dx = want_dx.then(|| {
         let mut dx = vec![F::ZERO; n * k];
@@ -128,7 +185,9 @@ pub fn linear_bwd<F: Float>(
     let db = want_bias.then(|| {
         let mut db = vec![F::ZERO; m];
         for row in dy.chunks(m) {
-            for (d, &g) in db.iter_mut().zip(row) { *d += g; }
+            for (d, &g) in db.iter_mut().zip(row) {
+                *d += g;
+            }
         }
         db
     });

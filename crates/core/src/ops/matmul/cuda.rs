@@ -80,14 +80,27 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize,
         add_bias(&y, bias, n, m)?;
     }
     let mut shape = x.shape().to_vec();
-    if let Some(last) = shape.last_mut() { *last = m; }
+    if let Some(last) = shape.last_mut() {
+        *last = m;
+    }
     Tensor::from_device_buf(y, &shape)
 }
 
 /// y (n×m) = x (n×k) · wᵀ with both operands already of type `op`; y's dtype is the result's
 /// (also the quantised path's product, on its dequantised scratch weight).
 pub(crate) fn xwt(x: &Tensor, w: &Tensor, y: &DeviceBuf, op: Operand, n: usize, k: usize, m: usize) -> Result<()> {
-    let g = Gemm { ta: true, tb: false, m: m as u64, n: n as u64, k: k as u64, lda: k as i64, ldb: k as i64, ldc: m as i64, alpha: 1.0, beta: 0.0 };
+    let g = Gemm {
+        ta: true,
+        tb: false,
+        m: m as u64,
+        n: n as u64,
+        k: k as u64,
+        lda: k as i64,
+        ldb: k as i64,
+        ldc: m as i64,
+        alpha: 1.0,
+        beta: 0.0,
+    };
     gemm(w, x, y, g, op)
 }
 
@@ -107,7 +120,16 @@ pub(crate) fn add_bias(y: &DeviceBuf, bias: &Tensor, n: usize, m: usize) -> Resu
 ///   dx (n×k) = dy (n×m) · w (m×k):   column-major dxᵀ (k×n) = wᵀ (k×m) · dyᵀ (m×n)
 ///   dw (m×k) = dyᵀ (m×n) · x (n×k):  column-major dwᵀ (k×m) = xᵀ (k×n) · dy (n×m)
 #[allow(clippy::too_many_arguments)]
-pub fn linear_backward(x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, want_dx: bool, has_bias: bool) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+pub fn linear_backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    n: usize,
+    k: usize,
+    m: usize,
+    want_dx: bool,
+    has_bias: bool,
+) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
     let [xb, _, dyb] = cuda::float_bufs([x, w, dy], "linear_backward")?;
     let gpu = xb.gpu.clone();
     let (op, _) = precision();
@@ -117,7 +139,18 @@ pub fn linear_backward(x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, 
     let dx = if want_dx {
         let dx = DeviceBuf::alloc(&gpu, xb.dtype, n * k)?;
         if n > 0 && k > 0 {
-            let g = Gemm { ta: false, tb: false, m: k as u64, n: n as u64, k: m as u64, lda: k as i64, ldb: m as i64, ldc: k as i64, alpha: 1.0, beta: 0.0 };
+            let g = Gemm {
+                ta: false,
+                tb: false,
+                m: k as u64,
+                n: n as u64,
+                k: m as u64,
+                lda: k as i64,
+                ldb: m as i64,
+                ldc: k as i64,
+                alpha: 1.0,
+                beta: 0.0,
+            };
             gemm(&wo, &dyo, &dx, g, op)?;
         }
         Some(Tensor::from_device_buf(dx, x.shape())?)
@@ -126,7 +159,18 @@ pub fn linear_backward(x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, 
     };
     let dw = DeviceBuf::alloc(&gpu, DType::F32, m * k)?;
     if m > 0 && k > 0 {
-        let g = Gemm { ta: false, tb: true, m: k as u64, n: m as u64, k: n as u64, lda: k as i64, ldb: m as i64, ldc: k as i64, alpha: 1.0, beta: 0.0 };
+        let g = Gemm {
+            ta: false,
+            tb: true,
+            m: k as u64,
+            n: m as u64,
+            k: n as u64,
+            lda: k as i64,
+            ldb: m as i64,
+            ldc: k as i64,
+            alpha: 1.0,
+            beta: 0.0,
+        };
         gemm(&xo, &dyo, &dw, g, op)?;
     }
     let db = if has_bias {
@@ -150,7 +194,15 @@ impl super::LinearKernels for crate::backend::Cuda {
         linear(x, w, bias, n, k, m)
     }
     fn linear_backward(
-        &self, x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, want_dx: bool, has_bias: bool,
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        n: usize,
+        k: usize,
+        m: usize,
+        want_dx: bool,
+        has_bias: bool,
     ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
         linear_backward(x, w, dy, n, k, m, want_dx, has_bias)
     }

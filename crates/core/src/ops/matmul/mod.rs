@@ -27,13 +27,24 @@ pub trait LinearKernels {
     fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor>;
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(
-        &self, x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, want_dx: bool, has_bias: bool,
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        n: usize,
+        k: usize,
+        m: usize,
+        want_dx: bool,
+        has_bias: bool,
     ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)>;
 }
 
 impl LinearKernels for Cpu {
     fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
-        let b = match bias { Some(b) => Some(b.as_f32()?), None => None };
+        let b = match bias {
+            Some(b) => Some(b.as_f32()?),
+            None => None,
+        };
         let y = cpu::linear_fwd(x.as_f32()?, w.as_f32()?, b, n, k, m);
         let mut shape = x.shape().to_vec();
         *shape.last_mut().unwrap() = m;
@@ -41,11 +52,25 @@ impl LinearKernels for Cpu {
     }
 
     fn linear_backward(
-        &self, x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, want_dx: bool, has_bias: bool,
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        n: usize,
+        k: usize,
+        m: usize,
+        want_dx: bool,
+        has_bias: bool,
     ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
         let (dx, dw, db) = cpu::linear_bwd(x.as_f32()?, w.as_f32()?, dy.as_f32()?, n, k, m, want_dx, has_bias);
-        let dx = match dx { Some(d) => Some(Tensor::from_f32(d, x.shape())?), None => None };
-        let db = match db { Some(d) => Some(Tensor::from_f32(d, &[m])?), None => None };
+        let dx = match dx {
+            Some(d) => Some(Tensor::from_f32(d, x.shape())?),
+            None => None,
+        };
+        let db = match db {
+            Some(d) => Some(Tensor::from_f32(d, &[m])?),
+            None => None,
+        };
         Ok((dx, Tensor::from_f32(dw, w.shape())?, db))
     }
 }
@@ -62,7 +87,11 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 
 /// Returns (dx, dw, db).
 pub fn linear_backward(
-    x: &Tensor, w: &Tensor, dy: &Tensor, want_dx: bool, has_bias: bool,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    want_dx: bool,
+    has_bias: bool,
 ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
     let (n, k, m) = dims(x, w)?;
     if w.dtype() == DType::Quant {
@@ -123,7 +152,22 @@ mod tests {
         let y = linear_fwd(&x, &w, None, n, k, m);
         let mut y1 = vec![0f32; n * m];
         unsafe {
-            matrixmultiply::sgemm(n, k, m, 1.0, x.as_ptr(), k as isize, 1, w.as_ptr(), 1, k as isize, 0.0, y1.as_mut_ptr(), m as isize, 1);
+            matrixmultiply::sgemm(
+                n,
+                k,
+                m,
+                1.0,
+                x.as_ptr(),
+                k as isize,
+                1,
+                w.as_ptr(),
+                1,
+                k as isize,
+                0.0,
+                y1.as_mut_ptr(),
+                m as isize,
+                1,
+            );
         }
         assert_eq!(y, y1);
     }

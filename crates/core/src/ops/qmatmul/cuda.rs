@@ -21,7 +21,13 @@ const WARPS: u32 = 4;
 fn names(f: GgmlType) -> Result<[&'static str; 5]> {
     macro_rules! n {
         ($f:ident) => {
-            [concat!("qmatvec_", stringify!($f)), concat!("qdequant_f32_", stringify!($f)), concat!("qdequant_bf16_", stringify!($f)), concat!("qgather_f32_", stringify!($f)), concat!("qmatvec_bf16_", stringify!($f))]
+            [
+                concat!("qmatvec_", stringify!($f)),
+                concat!("qdequant_f32_", stringify!($f)),
+                concat!("qdequant_bf16_", stringify!($f)),
+                concat!("qgather_f32_", stringify!($f)),
+                concat!("qmatvec_bf16_", stringify!($f)),
+            ]
         };
     }
     Ok(match f {
@@ -31,7 +37,9 @@ fn names(f: GgmlType) -> Result<[&'static str; 5]> {
         GgmlType::Q8_0 => n!(Q8_0),
         GgmlType::Q4_K => n!(Q4_K),
         GgmlType::Q6_K => n!(Q6_K),
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => bail!("{}: not a block format the CUDA kernels read", f.name()),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            bail!("{}: not a block format the CUDA kernels read", f.name())
+        }
     })
 }
 
@@ -50,17 +58,26 @@ pub fn linear(x: &Tensor, w: &DeviceQuant, bias: Option<&Tensor>, n: usize, k: u
         // activation dtype are bf16 (mixed precision: no cast launches in decode); any other
         // combination goes through casts (n ≤ 8 rows: tiny).
         let bf = x.dtype() == DType::BF16 && ydt == DType::BF16;
-        let xk = if bf || x.dtype() == DType::F32 { x.clone() } else { crate::ops::elementwise::cuda::cast(x, DType::F32)? };
+        let xk =
+            if bf || x.dtype() == DType::F32 { x.clone() } else { crate::ops::elementwise::cuda::cast(x, DType::F32)? };
         let yk = DeviceBuf::alloc(&gpu, if bf { DType::BF16 } else { DType::F32 }, n * m)?;
         let func = names(w.format)?[if bf { 4 } else { 0 }];
         let f = gpu.function("qmatmul", SRC, func)?;
         let (rows, cols, rb, n32) = (m as i32, k as i32, w.row_bytes as i64, n as i32);
-        let cfg = LaunchConfig { grid_dim: ((m as u32).div_ceil(WARPS), 1, 1), block_dim: (32, WARPS, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: ((m as u32).div_ceil(WARPS), 1, 1),
+            block_dim: (32, WARPS, 1),
+            shared_mem_bytes: 0,
+        };
         let mut l = gpu.stream.launch_builder(&f);
         l.arg(&w.blocks.data).arg(&xk.cuda_buf()?.data).arg(&yk.data).arg(&rows).arg(&cols).arg(&rb).arg(&n32);
         cuda::launched(unsafe { l.launch(cfg) }, func)?;
         let y = Tensor::from_device_buf(yk, &[n * m])?;
-        if y.dtype() == ydt { y } else { crate::ops::elementwise::cuda::cast(&y, ydt)? }
+        if y.dtype() == ydt {
+            y
+        } else {
+            crate::ops::elementwise::cuda::cast(&y, ydt)?
+        }
     } else {
         let y = DeviceBuf::alloc(&gpu, ydt, n * m)?;
         if n > 0 && m > 0 {
@@ -76,7 +93,9 @@ pub fn linear(x: &Tensor, w: &DeviceQuant, bias: Option<&Tensor>, n: usize, k: u
         crate::ops::matmul::cuda::add_bias(y.cuda_buf()?, bias, n, m)?;
     }
     let mut shape = x.shape().to_vec();
-    if let Some(last) = shape.last_mut() { *last = m; }
+    if let Some(last) = shape.last_mut() {
+        *last = m;
+    }
     y.reshape(&shape)
 }
 
@@ -121,12 +140,29 @@ pub fn embedding(table: &DeviceQuant, ids: &Tensor) -> Result<Tensor> {
 }
 
 impl super::QuantKernels for crate::backend::Cuda {
-    fn linear_quant(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
-        let Some(q) = w.as_device_quant() else { bail!("linear: expected a quantised weight on {}, got {:?} {:?}", w.device(), w.dtype(), w.shape()) };
+    fn linear_quant(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<Tensor> {
+        let Some(q) = w.as_device_quant() else {
+            bail!("linear: expected a quantised weight on {}, got {:?} {:?}", w.device(), w.dtype(), w.shape())
+        };
         linear(x, q, bias, n, k, m)
     }
     fn embedding_quant(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-        let Some(q) = table.as_device_quant() else { bail!("embedding: expected a quantised table on {}, got {:?} {:?}", table.device(), table.dtype(), table.shape()) };
+        let Some(q) = table.as_device_quant() else {
+            bail!(
+                "embedding: expected a quantised table on {}, got {:?} {:?}",
+                table.device(),
+                table.dtype(),
+                table.shape()
+            )
+        };
         embedding(q, ids)
     }
 }

@@ -19,35 +19,64 @@ use anyhow::{bail, Result};
 
 fn out_shape(x: &Tensor, m: usize) -> Vec<usize> {
     let mut shape = x.shape().to_vec();
-    if let Some(last) = shape.last_mut() { *last = m; }
+    if let Some(last) = shape.last_mut() {
+        *last = m;
+    }
     shape
 }
 
 /// The quantised-weight kernels a backend provides (inference only): `linear` by a quantised
 /// (M, K) matrix `w` held in this backend's quantised storage, and rows of a quantised table.
 pub trait QuantKernels {
-    fn linear_quant(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor>;
+    fn linear_quant(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<Tensor>;
     /// `ids` on the host or the table's device.
     fn embedding_quant(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor>;
 }
 
 impl QuantKernels for Cpu {
-    fn linear_quant(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
-        let Some(q) = w.as_quant() else { bail!("linear: expected a quantised weight, got {:?} {:?}", w.dtype(), w.shape()) };
+    fn linear_quant(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<Tensor> {
+        let Some(q) = w.as_quant() else {
+            bail!("linear: expected a quantised weight, got {:?} {:?}", w.dtype(), w.shape())
+        };
         if q.dims() != (m, k) {
             bail!("linear: quantised weight {:?} holds a {:?} matrix", w.shape(), q.dims());
         }
-        let b = match bias { Some(b) => Some(b.as_f32()?), None => None };
+        let b = match bias {
+            Some(b) => Some(b.as_f32()?),
+            None => None,
+        };
         let mut y = vec![0f32; n * m];
         q.matmul(x.as_f32()?, n, &mut y);
         if let Some(b) = b {
-            for row in y.chunks_mut(m) { for (v, &bb) in row.iter_mut().zip(b) { *v += bb; } }
+            for row in y.chunks_mut(m) {
+                for (v, &bb) in row.iter_mut().zip(b) {
+                    *v += bb;
+                }
+            }
         }
         Tensor::from_f32(y, &out_shape(x, m))
     }
 
     fn embedding_quant(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-        let Some(q) = table.as_quant() else { bail!("embedding: expected a quantised table, got {:?} {:?}", table.dtype(), table.shape()) };
+        let Some(q) = table.as_quant() else {
+            bail!("embedding: expected a quantised table, got {:?} {:?}", table.dtype(), table.shape())
+        };
         let d = q.dims().1;
         let mut shape = ids.shape().to_vec();
         shape.push(d);
@@ -59,7 +88,9 @@ impl QuantKernels for Cpu {
             bail!("token id {bad} is out of range for a vocabulary of {v}");
         }
         let mut out = vec![0f32; ids.len() * d];
-        for (row, &id) in out.chunks_mut(d.max(1)).zip(ids) { q.dequantize_row(id as usize, row); }
+        for (row, &id) in out.chunks_mut(d.max(1)).zip(ids) {
+            q.dequantize_row(id as usize, row);
+        }
         Tensor::from_f32(out, &shape)
     }
 }

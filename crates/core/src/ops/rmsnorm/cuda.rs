@@ -27,10 +27,16 @@ fn forward(x: &Tensor, r: Option<&Tensor>, w: &Tensor, eps: f64) -> Result<(Opti
     wb.expect(DType::F32, "rmsnorm weight")?;
     let gpu = &xb.gpu;
     let (n, c) = (x.rows(), x.cols());
-    let rb = match r { Some(r) => Some(cuda::float_bufs([x, r], what)?[1]), None => None };
+    let rb = match r {
+        Some(r) => Some(cuda::float_bufs([x, r], what)?[1]),
+        None => None,
+    };
     let ydt = cuda::activation_dtype();
     let name = cuda::kname("rmsnorm_fwd", &[xb.dtype, rb.map_or(xb.dtype, |b| b.dtype), ydt], what)?;
-    let h = match r { Some(_) => Some(DeviceBuf::alloc(gpu, xb.dtype, n * c)?), None => None };
+    let h = match r {
+        Some(_) => Some(DeviceBuf::alloc(gpu, xb.dtype, n * c)?),
+        None => None,
+    };
     let y = DeviceBuf::alloc(gpu, ydt, n * c)?;
     let rstd = DeviceBuf::alloc(gpu, DType::F32, n)?;
     let f = gpu.function("rmsnorm", SRC, &name)?;
@@ -38,13 +44,22 @@ fn forward(x: &Tensor, r: Option<&Tensor>, w: &Tensor, eps: f64) -> Result<(Opti
     {
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&xb.data);
-        match rb { Some(rb) => b.arg(&rb.data), None => b.arg(&null) };
+        match rb {
+            Some(rb) => b.arg(&rb.data),
+            None => b.arg(&null),
+        };
         b.arg(&wb.data);
-        match &h { Some(h) => b.arg(&h.data), None => b.arg(&null) };
+        match &h {
+            Some(h) => b.arg(&h.data),
+            None => b.arg(&null),
+        };
         b.arg(&y.data).arg(&rstd.data).arg(&c32).arg(&eps32);
         cuda::launched(unsafe { b.launch(per_row(n, c)) }, &name)?;
     }
-    let h = match h { Some(h) => Some(Tensor::from_device_buf(h, x.shape())?), None => None };
+    let h = match h {
+        Some(h) => Some(Tensor::from_device_buf(h, x.shape())?),
+        None => None,
+    };
     Ok((h, Tensor::from_device_buf(y, x.shape())?, Tensor::from_device_buf(rstd, &[n])?))
 }
 
@@ -59,11 +74,20 @@ pub fn add_rmsnorm(x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tens
 }
 
 /// out[j] = Σ_rows of a column-wise partial kernel, in two deterministic passes.
-pub(crate) fn column_reduce(gpu: &Arc<Gpu>, n: usize, c: usize, launch_part: impl FnOnce(&DeviceBuf, LaunchConfig, i64) -> Result<()>) -> Result<DeviceBuf> {
+pub(crate) fn column_reduce(
+    gpu: &Arc<Gpu>,
+    n: usize,
+    c: usize,
+    launch_part: impl FnOnce(&DeviceBuf, LaunchConfig, i64) -> Result<()>,
+) -> Result<DeviceBuf> {
     let chunks = n.div_ceil(64).clamp(1, 256);
     let rows_per_chunk = n.div_ceil(chunks).max(1);
     let part = DeviceBuf::alloc(gpu, DType::F32, chunks * c)?;
-    let cfg = LaunchConfig { grid_dim: (c.div_ceil(256) as u32, chunks as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig {
+        grid_dim: (c.div_ceil(256) as u32, chunks as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
     launch_part(&part, cfg, rows_per_chunk as i64)?;
     let out = DeviceBuf::alloc(gpu, DType::F32, c)?;
     let f = gpu.function("rmsnorm", SRC, "sum_partials_f32")?;
@@ -71,7 +95,8 @@ pub(crate) fn column_reduce(gpu: &Arc<Gpu>, n: usize, c: usize, launch_part: imp
     {
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&part.data).arg(&out.data).arg(&ch32).arg(&c32);
-        let cfg = LaunchConfig { grid_dim: (c.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg =
+            LaunchConfig { grid_dim: (c.div_ceil(256) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         cuda::launched(unsafe { b.launch(cfg) }, "sum_partials_f32")?;
     }
     Ok(out)
@@ -104,7 +129,9 @@ pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> R
 }
 
 impl super::RmsNormKernels for crate::backend::Cuda {
-    fn rmsnorm(&self, x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> { rmsnorm(x, w, eps) }
+    fn rmsnorm(&self, x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+        rmsnorm(x, w, eps)
+    }
     fn rmsnorm_backward(&self, x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
         rmsnorm_backward(x, w, rstd, dy)
     }

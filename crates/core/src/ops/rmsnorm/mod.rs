@@ -2,8 +2,8 @@
 //! precedes it in a pre-norm transformer: h = x + r; y = rmsnorm(h). The fused form reads the
 //! residual stream once and returns both h (the new stream) and y (the block input).
 
-use crate::float::Float;
 use crate::backend::{self, Cpu};
+use crate::float::Float;
 use crate::ops::elementwise::ElementwiseKernels;
 use crate::Tensor;
 use anyhow::{bail, Result};
@@ -21,7 +21,9 @@ const ROWS_PER_TASK: usize = 32;
 #[inline]
 pub fn rstd_of<F: Float>(x: &[F], eps: f64) -> F {
     let mut sum = 0f64;
-    for &v in x { sum += (v * v).to_f64(); }
+    for &v in x {
+        sum += (v * v).to_f64();
+    }
     let mean = F::from_f64(sum / x.len() as f64);
     F::ONE / (mean + F::from_f64(eps)).sqrt()
 }
@@ -74,7 +76,9 @@ pub fn rmsnorm_bwd<F: Float>(x: &[F], w: &[F], rstd: &[F], dy: &[F], c: usize) -
         .collect();
     let mut dw = vec![F::ZERO; c];
     for p in &partial_dw {
-        for (a, &b) in dw.iter_mut().zip(p) { *a += b; }
+        for (a, &b) in dw.iter_mut().zip(p) {
+            *a += b;
+        }
     }
     (dx, dw)
 }

@@ -36,7 +36,9 @@ fn device_table(gpu: &Arc<cuda::Gpu>, table: &RopeTable, need: usize) -> Result<
     }
     let (c, s) = table.cos_sin_f32(need.max(4096));
     let positions = c.len() / table.inv_freq.len().max(1);
-    let up = |v: &[f32]| DeviceBuf::from_bytes(gpu, DType::F32, v.len(), &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+    let up = |v: &[f32]| {
+        DeviceBuf::from_bytes(gpu, DType::F32, v.len(), &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+    };
     let entry = Arc::new(Cached { ordinal: gpu.ordinal, key: k.clone(), positions, cos: up(&c)?, sin: up(&s)? });
     list.retain(|c| !(c.ordinal == gpu.ordinal && c.key == k));
     list.push(entry.clone());
@@ -59,7 +61,16 @@ pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign
     let inter = (table.layout == RopeLayout::Interleaved) as i32;
     {
         let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&mut y.data).arg(&tab.cos.data).arg(&tab.sin.data).arg(&rows64).arg(&t32).arg(&h32).arg(&d32).arg(&inter).arg(&sign).arg(&p32);
+        b.arg(&mut y.data)
+            .arg(&tab.cos.data)
+            .arg(&tab.sin.data)
+            .arg(&rows64)
+            .arg(&t32)
+            .arg(&h32)
+            .arg(&d32)
+            .arg(&inter)
+            .arg(&sign)
+            .arg(&p32);
         cuda::launched(unsafe { b.launch(cuda::grid_for(rows * h * d / 2, 256)) }, &name)?;
     }
     Tensor::from_device_buf(y, x.shape())

@@ -23,8 +23,14 @@ pub fn ntk_inv_freq(theta: f64, d: usize, factor: f64) -> Vec<f64> {
 /// correction dimensions, and scale attention by `attention_factor` (default 0.1·ln(factor) + 1).
 /// Returns (inv_freq, attention_factor).
 pub fn yarn_inv_freq(
-    theta: f64, d: usize, factor: f64, original_max_pos: f64, beta_fast: f64, beta_slow: f64,
-    attention_factor: Option<f64>, truncate: bool,
+    theta: f64,
+    d: usize,
+    factor: f64,
+    original_max_pos: f64,
+    beta_fast: f64,
+    beta_slow: f64,
+    attention_factor: Option<f64>,
+    truncate: bool,
 ) -> (Vec<f64>, f64) {
     let mscale = if factor <= 1.0 { 1.0 } else { 0.1 * factor.ln() + 1.0 };
     let attn = attention_factor.unwrap_or(mscale);
@@ -51,7 +57,14 @@ pub fn yarn_inv_freq(
 }
 
 /// Llama-3.1 scaling: long wavelengths divided by `factor`, short ones kept, a smooth blend between.
-pub fn llama3_inv_freq(theta: f64, d: usize, factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_pos: f64) -> Vec<f64> {
+pub fn llama3_inv_freq(
+    theta: f64,
+    d: usize,
+    factor: f64,
+    low_freq_factor: f64,
+    high_freq_factor: f64,
+    original_max_pos: f64,
+) -> Vec<f64> {
     let low_wavelen = original_max_pos / low_freq_factor;
     let high_wavelen = original_max_pos / high_freq_factor;
     default_inv_freq(theta, d)

@@ -8,8 +8,8 @@
 
 pub mod freqs;
 
-use crate::float::Float;
 use crate::backend::{backend, Cpu};
+use crate::float::Float;
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -49,7 +49,13 @@ impl Clone for RopeTable {
 
 impl RopeTable {
     pub fn new(inv_freq: Vec<f64>, attention_factor: f64, layout: RopeLayout) -> Self {
-        RopeTable { inv_freq, attention_factor, layout, ggml: None, f32_rows: Mutex::new((0, Arc::default(), Arc::default())) }
+        RopeTable {
+            inv_freq,
+            attention_factor,
+            layout,
+            ggml: None,
+            f32_rows: Mutex::new((0, Arc::default(), Arc::default())),
+        }
     }
 
     /// llama.cpp's RoPE for a GGUF model (interleaved pairs, `GGML_ROPE_TYPE_NORMAL`), with
@@ -105,7 +111,16 @@ impl RopeTable {
 
 /// x: (b·t, h, d) rows of tokens; token r sits at position pos0 + r % t.
 /// `sign` = 1 rotates forward, −1 rotates back (the backward pass).
-pub fn rope_apply<F: Float>(x: &mut [F], t: usize, heads: usize, d: usize, cos: &[F], sin: &[F], layout: RopeLayout, sign: F) {
+pub fn rope_apply<F: Float>(
+    x: &mut [F],
+    t: usize,
+    heads: usize,
+    d: usize,
+    cos: &[F],
+    sin: &[F],
+    layout: RopeLayout,
+    sign: F,
+) {
     let half = d / 2;
     x.par_chunks_mut(heads * d).enumerate().for_each(|(r, row)| {
         let tp = r % t;
@@ -187,7 +202,11 @@ mod tests {
             let (c, s) = table.cos_sin::<f64>(5, t);
             gradcheck(
                 &[rand_vec(b * t * h * d, 1)],
-                |v| { let mut y = v[0].clone(); rope_apply(&mut y, t, h, d, &c, &s, layout, 1.0); y },
+                |v| {
+                    let mut y = v[0].clone();
+                    rope_apply(&mut y, t, h, d, &c, &s, layout, 1.0);
+                    y
+                },
                 |_, dy| {
                     // The transpose of a (scaled) rotation is the rotation by the opposite angle.
                     let mut dx = dy.to_vec();

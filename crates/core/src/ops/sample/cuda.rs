@@ -54,7 +54,12 @@ pub fn sample(logits: &Tensor, seen: Option<&mut Tensor>, p: &SampleParams, unif
         Some(t) => {
             let b = t.cuda_buf_mut()?;
             if b.gpu.ordinal != gpu.ordinal || b.len != r * words {
-                bail!("sample: seen ids ({} words on cuda:{}) do not fit logits ({r}, {v}) on cuda:{}", b.len, b.gpu.ordinal, gpu.ordinal);
+                bail!(
+                    "sample: seen ids ({} words on cuda:{}) do not fit logits ({r}, {v}) on cuda:{}",
+                    b.len,
+                    b.gpu.ordinal,
+                    gpu.ordinal
+                );
             }
             Some(b)
         }
@@ -84,7 +89,13 @@ pub fn sample(logits: &Tensor, seen: Option<&mut Tensor>, p: &SampleParams, unif
 }
 
 impl super::SampleKernels for crate::backend::Cuda {
-    fn sample(&self, logits: &Tensor, seen: Option<&mut super::Seen>, p: &SampleParams, uniforms: &[f64]) -> Result<Tensor> {
+    fn sample(
+        &self,
+        logits: &Tensor,
+        seen: Option<&mut super::Seen>,
+        p: &SampleParams,
+        uniforms: &[f64],
+    ) -> Result<Tensor> {
         let bits = match seen {
             Some(super::Seen { bits: super::Bits::Device(t), .. }) => Some(t),
             Some(_) => bail!("sample: the seen ids are on the CPU, the logits on {}", logits.device()),
@@ -92,5 +103,7 @@ impl super::SampleKernels for crate::backend::Cuda {
         };
         sample(logits, bits, p, uniforms)
     }
-    fn mark_seen(&self, bits: &mut Tensor, word0: usize, ids: &[u32]) -> Result<()> { mark(bits, word0, ids) }
+    fn mark_seen(&self, bits: &mut Tensor, word0: usize, ids: &[u32]) -> Result<()> {
+        mark(bits, word0, ids)
+    }
 }

@@ -22,8 +22,8 @@
 //! kernel.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-use crate::float::exp_f32;
 use crate::backend::{backend, Cpu};
+use crate::float::exp_f32;
 use crate::{DType, Device, Tensor};
 use anyhow::{bail, Result};
 
@@ -51,13 +51,19 @@ pub struct SampleParams {
 }
 
 impl Default for SampleParams {
-    fn default() -> Self { SampleParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 } }
+    fn default() -> Self {
+        SampleParams { temperature: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repetition_penalty: 1.0 }
+    }
 }
 
 /// Sort key of the IEEE total order (what `f32::total_cmp` compares) as a u32.
 pub fn order_key(x: f32) -> u32 {
     let b = x.to_bits();
-    if b >> 31 == 1 { !b } else { b | 0x8000_0000 }
+    if b >> 31 == 1 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
 }
 
 /// The penalised logit.
@@ -88,7 +94,9 @@ pub fn top_p_target(top_p: f32, total: u64) -> u64 {
 }
 
 /// The draw's point r = ⌊u · mass⌋ in [0, mass).
-pub fn draw_point(u: f64, mass: u64) -> u64 { ((u * mass as f64) as u64).min(mass.saturating_sub(1)) }
+pub fn draw_point(u: f64, mass: u64) -> u64 {
+    ((u * mass as f64) as u64).min(mass.saturating_sub(1))
+}
 
 /// Index of the largest value, first on ties, in the IEEE total order (NaN above +∞).
 pub fn argmax(x: &[f32]) -> usize {
@@ -176,7 +184,9 @@ impl Seen {
         Ok(Seen { rows, vocab, bits })
     }
 
-    pub fn words_per_row(&self) -> usize { self.vocab.div_ceil(32) }
+    pub fn words_per_row(&self) -> usize {
+        self.vocab.div_ceil(32)
+    }
 
     /// Where the bits live (sampling needs them on the logits' device).
     pub fn device(&self) -> Device {
@@ -283,7 +293,9 @@ impl SampleKernels for Cpu {
 mod tests {
     use super::*;
 
-    fn p(temperature: f32) -> SampleParams { SampleParams { temperature, ..Default::default() } }
+    fn p(temperature: f32) -> SampleParams {
+        SampleParams { temperature, ..Default::default() }
+    }
 
     #[test]
     fn argmax_takes_the_first_of_ties() {
@@ -315,7 +327,8 @@ mod tests {
     #[test]
     fn draw_follows_the_masses_in_id_order() {
         let z = [0.0f32, 2f32.ln(), 0.0]; // weights 0.5, 1, 0.5 → masses 1/4, 1/2, 1/4
-        let got: Vec<u32> = [0.0, 0.2, 0.3, 0.7, 0.8, 0.9999].iter().map(|&u| sample_row(&z, None, &p(1.0), u)).collect();
+        let got: Vec<u32> =
+            [0.0, 0.2, 0.3, 0.7, 0.8, 0.9999].iter().map(|&u| sample_row(&z, None, &p(1.0), u)).collect();
         assert_eq!(got, vec![0, 0, 1, 1, 2, 2]);
         // The same ids counted by frequency over a fine sweep: 1/4, 1/2, 1/4.
         let mut n = [0usize; 3];
@@ -378,7 +391,9 @@ mod tests {
     /// the definition is tested where there is no GPU.
     fn by_thresholds(logits: &[f32], seen: Option<&[u32]>, p: &SampleParams, u: f64) -> u32 {
         let v = logits.len();
-        let z: Vec<f32> = (0..v).map(|i| penalised(logits[i], seen.is_some_and(|s| s[i / 32] >> (i % 32) & 1 == 1), p.repetition_penalty)).collect();
+        let z: Vec<f32> = (0..v)
+            .map(|i| penalised(logits[i], seen.is_some_and(|s| s[i / 32] >> (i % 32) & 1 == 1), p.repetition_penalty))
+            .collect();
         let key = |i: usize| order_key(z[i]);
         let first = (0..v).max_by_key(|&i| (key(i), std::cmp::Reverse(i))).unwrap();
         if !(p.temperature > 0.0) || v <= 1 {
@@ -409,8 +424,11 @@ mod tests {
             }
             (prefix, want, tied)
         };
-        let jth = |active: &dyn Fn(usize) -> bool, kb: u32, j: u64| (0..v).filter(|&i| active(i) && key(i) == kb).nth(j as usize - 1).unwrap();
-        let inside = |b: Option<(u32, usize)>, i: usize| b.is_none_or(|(kb, bi)| key(i) > kb || (key(i) == kb && i <= bi));
+        let jth = |active: &dyn Fn(usize) -> bool, kb: u32, j: u64| {
+            (0..v).filter(|&i| active(i) && key(i) == kb).nth(j as usize - 1).unwrap()
+        };
+        let inside =
+            |b: Option<(u32, usize)>, i: usize| b.is_none_or(|(kb, bi)| key(i) > kb || (key(i) == kb && i <= bi));
         let k1 = (p.top_k > 0 && p.top_k < v).then(|| {
             let (kb, need, tie) = select(&|_| Some(1), p.top_k as u64);
             (kb, if need == tie { v - 1 } else { jth(&|_| true, kb, need) })
@@ -435,10 +453,12 @@ mod tests {
         }
         let r = draw_point(u, total);
         let mut c = 0;
-        kept.into_iter().find(|&i| {
-            c += mass(w(i));
-            c > r
-        }).unwrap_or(first) as u32
+        kept.into_iter()
+            .find(|&i| {
+                c += mass(w(i));
+                c > r
+            })
+            .unwrap_or(first) as u32
     }
 
     #[test]
@@ -450,7 +470,8 @@ mod tests {
                 // Coarse logits (many ties) in half the trials, fine ones in the other half.
                 let step = if trial % 2 == 0 { 0.5 } else { 1e-4 };
                 let z: Vec<f32> = (0..v).map(|_| ((rng.normal() * 3.0 / step).round() * step) as f32).collect();
-                let seen: Vec<u32> = (0..v.div_ceil(32)).map(|_| rng.next_u64() as u32 & rng.next_u64() as u32).collect();
+                let seen: Vec<u32> =
+                    (0..v.div_ceil(32)).map(|_| rng.next_u64() as u32 & rng.next_u64() as u32).collect();
                 for &temperature in &[0.0f32, 0.5, 1.0, 3.0] {
                     for &top_k in &[0usize, 1, 3, 40, v] {
                         for &top_p in &[1.0f32, 0.9, 0.5, 0.0] {
@@ -459,7 +480,11 @@ mod tests {
                                     let p = SampleParams { temperature, top_k, top_p, min_p, repetition_penalty };
                                     let u = rng.uniform();
                                     let want = sample_row(&z, Some(&seen), &p, u);
-                                    assert_eq!(by_thresholds(&z, Some(&seen), &p, u), want, "v {v} trial {trial} {p:?} u {u}");
+                                    assert_eq!(
+                                        by_thresholds(&z, Some(&seen), &p, u),
+                                        want,
+                                        "v {v} trial {trial} {p:?} u {u}"
+                                    );
                                     cases += 1;
                                 }
                             }

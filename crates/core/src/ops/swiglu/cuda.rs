@@ -44,6 +44,10 @@ pub fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, T
 }
 
 impl super::SwiGluKernels for crate::backend::Cuda {
-    fn swiglu(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> { swiglu(g, u) }
-    fn swiglu_backward(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> { swiglu_backward(g, u, dy) }
+    fn swiglu(&self, g: &Tensor, u: &Tensor) -> Result<Tensor> {
+        swiglu(g, u)
+    }
+    fn swiglu_backward(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        swiglu_backward(g, u, dy)
+    }
 }

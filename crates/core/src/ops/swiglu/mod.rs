@@ -1,8 +1,8 @@
 //! SwiGLU's gate: y = silu(g) · u, silu(g) = g·σ(g). The f32 forward is llama.cpp's
 //! arithmetic (`ggml_vec_swiglu_f32`: g / (1 + expf(−g)) · u with ggml's expf), bit for bit.
 
-use crate::float::Float;
 use crate::backend::{self, Cpu};
+use crate::float::Float;
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -13,7 +13,9 @@ pub mod cuda;
 const CHUNK: usize = 4096;
 
 #[inline]
-fn sigmoid<F: Float>(x: F) -> F { F::ONE / (F::ONE + (-x).exp_fast()) }
+fn sigmoid<F: Float>(x: F) -> F {
+    F::ONE / (F::ONE + (-x).exp_fast())
+}
 
 pub fn swiglu_fwd<F: Float>(g: &[F], u: &[F]) -> Vec<F> {
     let mut y = vec![F::ZERO; g.len()];
@@ -79,7 +81,10 @@ mod tests {
         gradcheck(
             &[rand_vec(40, 1), rand_vec(40, 2)],
             |v| swiglu_fwd(&v[0], &v[1]),
-            |v, dy| { let (a, b) = swiglu_bwd(&v[0], &v[1], dy); vec![a, b] },
+            |v, dy| {
+                let (a, b) = swiglu_bwd(&v[0], &v[1], dy);
+                vec![a, b]
+            },
         );
     }
 }
