@@ -34,7 +34,7 @@ pub enum TokenizerSource<'a> {
 /// The type a weight matrix gets when the requested one does not fit its row length
 /// (llama.cpp's `llama_tensor_get_type` fallbacks: K-quants need rows of whole 256-blocks).
 pub fn type_for(requested: GgmlType, cols: usize) -> GgmlType {
-    if cols % requested.block_size() == 0 {
+    if cols.is_multiple_of(requested.block_size()) {
         return requested;
     }
     let fallback = match requested {
@@ -42,7 +42,7 @@ pub fn type_for(requested: GgmlType, cols: usize) -> GgmlType {
         GgmlType::Q6_K => GgmlType::Q8_0,
         _ => GgmlType::F16,
     };
-    if cols % fallback.block_size() == 0 {
+    if cols.is_multiple_of(fallback.block_size()) {
         fallback
     } else {
         GgmlType::F16

@@ -10,7 +10,7 @@ fn main() {
 fn run() {
     // QBENCH_ROWS=49152 for a matrix that does not stay in cache (SmolLM2's output head).
     let rows = std::env::var("QBENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1536);
-    let cols = std::env::var("QBENCH_COLS").ok().and_then(|v| v.parse().ok()).unwrap_or(576);
+    let cols = std::env::var("QBENCH_COLS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(576);
     let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
     let x: Vec<f32> = (0..cols).map(|i| ((i * 31) % 100) as f32 / 50.0 - 1.0).collect();
     let t = Instant::now();
@@ -18,7 +18,7 @@ fn run() {
         std::hint::black_box(act::quantize_q8(std::hint::black_box(&x)));
     }
     println!("quantize_q8 576: {:.2} µs", t.elapsed().as_secs_f64() / 10000.0 * 1e6);
-    let k_quants = cols % 256 == 0;
+    let k_quants = cols.is_multiple_of(256);
     for ty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
         if ty.block_size() == 256 && !k_quants {
             continue;

@@ -204,7 +204,7 @@ fn dot_f32_body(x: &[f32], y: &[f32]) -> f32 {
 
 #[inline(always)]
 fn dot_f32_tinyblas_body(x: &[f32], y: &[f32]) -> f32 {
-    debug_assert!(x.len() == y.len() && x.len() % 16 == 0);
+    debug_assert!(x.len() == y.len() && x.len().is_multiple_of(16));
     let mut acc = [0f32; 16];
     for (xs, ys) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
         for l in 0..16 {
@@ -253,7 +253,7 @@ pub fn silu(x: f32) -> f32 {
 
 #[inline(always)]
 fn soft_max_body(y: &mut [f32], x: &[f32], max: f32) -> f64 {
-    debug_assert!(x.len() == y.len() && x.len() % 16 == 0);
+    debug_assert!(x.len() == y.len() && x.len().is_multiple_of(16));
     let mut sum = 0f64;
     for (yc, xc) in y.chunks_exact_mut(16).zip(x.chunks_exact(16)) {
         let mut v = [0f32; 16];

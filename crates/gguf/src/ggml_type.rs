@@ -91,7 +91,7 @@ impl GgmlType {
     /// Bytes of a row of `n` elements; an error unless `n` is a whole number of blocks.
     pub fn row_bytes(self, n: usize) -> Result<usize> {
         let b = self.block_size();
-        if n % b != 0 {
+        if !n.is_multiple_of(b) {
             bail!("{}: a row of {n} elements is not a whole number of {b}-element blocks", self.name());
         }
         Ok(n / b * self.block_bytes())

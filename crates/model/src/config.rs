@@ -156,10 +156,10 @@ impl ModelConfig {
         if self.dim == 0 || self.n_layers == 0 || self.n_heads == 0 || self.vocab_size == 0 || self.ffn_hidden == 0 {
             bail!("model config: dim, layers, heads, vocab size and ffn hidden must all be positive");
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             bail!("model config: {} heads is not a multiple of {} KV heads", self.n_heads, self.n_kv_heads);
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             bail!("model config: head dim {} must be even for RoPE", self.head_dim);
         }
         if let Some(s) = self.attn_scale.filter(|s| !(s.is_finite() && *s > 0.0)) {

@@ -319,7 +319,7 @@ impl Model {
             params.push(t.to_dtype(smelt_core::DType::F32)?);
         }
         // Tied checkpoints sometimes also store the head; rotary tables are derived, not weights.
-        w.retain(|n, _| !(n == "lm_head.weight" && cfg.tie_embeddings) && !n.ends_with("rotary_emb.inv_freq"));
+        w.retain(|n, _| (n != "lm_head.weight" || !cfg.tie_embeddings) && !n.ends_with("rotary_emb.inv_freq"));
         if let Some(extra) = w.keys().min() {
             bail!(
                 "{}: unexpected tensor {extra} (and {} more): not part of a {} model as configured",

@@ -33,9 +33,12 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::path::Path;
 use std::sync::Arc;
 
+/// (tokenizer uid, pre-token → ids): one thread's cache of encoded pieces.
+type PieceCache = (u64, FxHashMap<String, Box<[u32]>>);
+
 thread_local! {
-    /// (tokenizer uid, pre-token → ids); see `encode_piece_cached`.
-    static CACHE: std::cell::RefCell<(u64, FxHashMap<String, Box<[u32]>>)> = Default::default();
+    /// See `encode_piece_cached`.
+    static CACHE: std::cell::RefCell<PieceCache> = Default::default();
 }
 
 /// A distinct id per built tokenizer, so a thread's cache never serves another's pieces.

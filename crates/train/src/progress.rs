@@ -35,7 +35,7 @@ impl Progress {
             }
             None => {
                 let every = (self.total / 20).max(1);
-                if done % every == 0 || done == self.total || !val.is_empty() {
+                if done.is_multiple_of(every) || done == self.total || !val.is_empty() {
                     let el = self.start.elapsed().as_secs_f64();
                     let eta = el / (done - self.first).max(1) as f64 * (self.total - done) as f64;
                     eprintln!("step {done}/{} {msg} | eta {eta:.0}s", self.total);

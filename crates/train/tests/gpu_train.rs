@@ -11,6 +11,7 @@
 //! The tests set the process-wide matmul precision: run them with `--test-threads=1`.
 //!
 //! The corpus is found through `SMELT_REPO` (the GPU suite sets it) or this source tree.
+#![allow(clippy::neg_cmp_op_on_partial_ord)] // `!(e <= worst)`: a NaN error must count as the worst
 #![cfg(feature = "cuda")]
 
 use smelt_core::cuda::{self, MatmulPrecision};

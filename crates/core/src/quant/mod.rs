@@ -62,7 +62,7 @@ pub fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
 
 /// Quantises a row (a whole number of blocks), appending the blocks to `out`.
 pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) {
-    debug_assert!(x.len() % ty.block_size() == 0);
+    debug_assert!(x.len().is_multiple_of(ty.block_size()));
     match ty {
         GgmlType::F32 => float_formats::quantize_f32(x, out),
         GgmlType::F16 => float_formats::quantize_f16(x, out),
@@ -82,7 +82,7 @@ pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) {
 /// the error weighted by it; F32, F16, BF16 and Q8_0 have no weighted path and ignore it, as in
 /// llama.cpp. `x` must be exactly one row: the 32-block types weight by the row's mean x².
 pub fn quantize_row_imatrix(ty: GgmlType, x: &[f32], imatrix: &[f32], out: &mut Vec<u8>) {
-    debug_assert!(x.len() % ty.block_size() == 0 && imatrix.len() == x.len());
+    debug_assert!(x.len().is_multiple_of(ty.block_size()) && imatrix.len() == x.len());
     match ty {
         GgmlType::Q4_0 => q4_0::quantize_imatrix(x, imatrix, out),
         GgmlType::Q4_1 => q4_1::quantize_imatrix(x, imatrix, out),
@@ -104,7 +104,7 @@ pub fn quantize_with(ty: GgmlType, x: &[f32], cols: usize, imatrix: Option<&[f32
             bail!("{}: importance weights for {} columns, the rows have {cols}", ty.name(), w.len());
         }
     }
-    if cols == 0 || x.len() % cols != 0 {
+    if cols == 0 || !x.len().is_multiple_of(cols) {
         bail!("{}: {} values are not whole rows of {cols}", ty.name(), x.len());
     }
     let mut out = vec![0u8; x.len() / cols * rb];

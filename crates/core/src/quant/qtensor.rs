@@ -187,7 +187,7 @@ enum X86Path {
 impl X86Path {
     fn of(ty: GgmlType, rows: usize, n: usize) -> X86Path {
         match ty {
-            GgmlType::Q4_0 | GgmlType::Q4_K if rows % 8 == 0 => X86Path::Repack,
+            GgmlType::Q4_0 | GgmlType::Q4_K if rows.is_multiple_of(8) => X86Path::Repack,
             GgmlType::Q4_K | GgmlType::Q6_K if n >= 8 => X86Path::Tiled,
             _ => X86Path::VecDot,
         }

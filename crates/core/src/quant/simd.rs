@@ -23,12 +23,11 @@ impl Level {
             use std::sync::OnceLock;
             static L: OnceLock<Level> = OnceLock::new();
             return *L.get_or_init(|| {
-                if std::env::var_os("SMELT_NO_SIMD").is_some() {
-                    Level::Scalar
-                } else if !(is_x86_feature_detected!("avx2")
+                let simd = std::env::var_os("SMELT_NO_SIMD").is_none()
+                    && is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c"))
-                {
+                    && is_x86_feature_detected!("f16c");
+                if !simd {
                     Level::Scalar
                 } else if std::env::var_os("SMELT_NO_AVX512").is_none() && avx512_detected() {
                     Level::Avx512

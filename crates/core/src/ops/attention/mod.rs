@@ -413,7 +413,7 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor, tk: usize, window: Option<usize>) ->
         bail!("attention: expected q (B,T,H,D) and k, v (B,S,KVH,D), got {qs:?}, {ks:?}, {:?}", v.shape());
     }
     let dm = AttnDims { b: qs[0], tq: qs[1], tk, s: ks[1], h: qs[2], kvh: ks[2], d: qs[3], window };
-    if ks[0] != dm.b || ks[3] != dm.d || dm.kvh == 0 || dm.h % dm.kvh != 0 || tk > dm.s || dm.tq > tk {
+    if ks[0] != dm.b || ks[3] != dm.d || dm.kvh == 0 || !dm.h.is_multiple_of(dm.kvh) || tk > dm.s || dm.tq > tk {
         bail!("attention: incompatible q {qs:?} / k {ks:?} with {tk} valid keys");
     }
     Ok(dm)

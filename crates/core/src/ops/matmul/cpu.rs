@@ -36,7 +36,7 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
     }
     if k == 0 {
         for v in &mut c[..m * n] {
-            *v = *v * beta;
+            *v *= beta;
         }
         return;
     }
