@@ -129,7 +129,12 @@ pub fn export(
             c.qk_norm
         );
     }
-    if c.sliding_window.is_some() || c.attn_scale.is_some() || c.norm != NormKind::Rms || c.act != Activation::Silu {
+    if c.sliding_window.is_some()
+        || c.sliding_layers.is_some()
+        || c.attn_scale.is_some()
+        || c.norm != NormKind::Rms
+        || c.act != Activation::Silu
+    {
         bail!("export-gguf: a GGUF `llama` file has RMSNorm, SwiGLU, 1/√head_dim attention and no sliding window (got {:?}, {:?}, scale {:?}, window {:?})",
             c.norm, c.act, c.attn_scale, c.sliding_window);
     }

@@ -108,6 +108,10 @@ pub struct ModelConfig {
     /// RMSNorm on each head of q and k before RoPE (Qwen3).
     pub qk_norm: bool,
     pub sliding_window: Option<usize>,
+    /// Which layers the sliding window applies to (`None`: every layer). Per-layer variation as
+    /// data, as Qwen2's `max_window_layers` / transformers' `layer_types` describe it; not read
+    /// from or written to config.json yet (no transformers parity fixture for it here).
+    pub sliding_layers: Option<Vec<bool>>,
     pub norm: NormKind,
     pub act: Activation,
     /// Softmax scale of the attention scores; `None` is 1/√head_dim (every supported family:
@@ -144,6 +148,7 @@ impl ModelConfig {
             qkv_bias: false,
             qk_norm: false,
             sliding_window: None,
+            sliding_layers: None,
             norm: NormKind::Rms,
             act: Activation::Silu,
             attn_scale: None,
@@ -172,6 +177,14 @@ impl ModelConfig {
         if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
             bail!("model config: rms_norm_eps {} must be a finite number >= 0", self.norm_eps);
         }
+        if let Some(v) = &self.sliding_layers {
+            if v.len() != self.n_layers {
+                bail!("model config: sliding_layers has {} entries for {} layers", v.len(), self.n_layers);
+            }
+            if self.sliding_window.is_none() && v.iter().any(|&s| s) {
+                bail!("model config: sliding_layers marks layers but there is no sliding_window");
+            }
+        }
         Ok(())
     }
 
@@ -180,10 +193,11 @@ impl ModelConfig {
         self.attn_scale.unwrap_or(1.0 / (self.head_dim as f32).sqrt())
     }
 
-    /// The sliding window of layer `layer`'s attention (today every layer has the same one;
-    /// per-layer windows, as Qwen2's `max_window_layers` or `layer_types`, would plug in here).
-    pub fn window(&self, _layer: usize) -> Option<usize> {
-        self.sliding_window
+    /// The sliding window of layer `layer`'s attention: `sliding_window` on the layers
+    /// `sliding_layers` marks (all of them when it is `None`), full attention elsewhere.
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        let slides = self.sliding_layers.as_ref().is_none_or(|v| v.get(layer).copied().unwrap_or(false));
+        self.sliding_window.filter(|_| slides)
     }
 
     pub fn rope_table(&self, layout: RopeLayout) -> RopeTable {
@@ -303,6 +317,7 @@ impl ModelConfig {
             },
             qk_norm: arch == Arch::Qwen3,
             sliding_window,
+            sliding_layers: None,
             norm: NormKind::Rms,
             act,
             attn_scale: None,

@@ -338,6 +338,12 @@ impl Model {
 
     /// Writes config.json and model.safetensors with weights stored as `dtype` (F32, BF16, F16).
     pub fn save_as(&self, dir: &Path, dtype: smelt_core::DType) -> Result<()> {
+        if self.cfg.sliding_layers.is_some() {
+            bail!(
+                "{}: per-layer sliding windows cannot be written to config.json yet (transformers' layer_types is not parity-tested here)",
+                dir.display()
+            );
+        }
         let mut hf = self.cfg.to_hf_json();
         hf["torch_dtype"] = serde_json::json!(match dtype {
             smelt_core::DType::BF16 => "bfloat16",

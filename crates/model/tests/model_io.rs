@@ -118,3 +118,34 @@ fn attention_scale_reaches_every_attention_path() {
     };
     assert_ne!(grad(&hot), grad(&base));
 }
+
+/// Per-layer variation is config data: a window on layer 1 only gives logits that differ from a
+/// window on every layer and from none, the cached path agrees with the full forward, and a
+/// malformed or unsaveable per-layer table is refused by name.
+#[test]
+fn sliding_window_on_some_layers_only() {
+    let ids: Vec<u32> = (0..12).map(|i| (i * 7 % 50) as u32).collect();
+    let x = Tensor::from_u32(ids.clone(), &[1, 12]).unwrap();
+    let base = Model::init(small(), 11).unwrap();
+    let with = |window: Option<usize>, layers: Option<Vec<bool>>| {
+        let mut c = small();
+        (c.sliding_window, c.sliding_layers) = (window, layers);
+        Model::new(c, base.params.clone()).unwrap()
+    };
+    let logits = |m: &Model| m.logits(&x, None, Logits::All).unwrap().to_vec_f32().unwrap();
+    let (none, all, second) =
+        (logits(&base), logits(&with(Some(3), None)), logits(&with(Some(3), Some(vec![false, true]))));
+    assert!(second != none && second != all, "a window on layer 1 alone must change the logits, differently");
+    assert_eq!(logits(&with(Some(3), Some(vec![true, true]))), all);
+    let m = with(Some(3), Some(vec![false, true]));
+    let mut cache = KvCache::new(&m.cfg, 1, 12);
+    let last = m.logits(&x, Some(&mut cache), Logits::Last).unwrap().to_vec_f32().unwrap();
+    let v = m.cfg.vocab_size;
+    let err = last.iter().zip(&second[11 * v..]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-5, "cached path: max diff {err}");
+    let mut c = small();
+    (c.sliding_window, c.sliding_layers) = (Some(3), Some(vec![true]));
+    assert!(format!("{:#}", c.validate().unwrap_err()).contains("sliding_layers"));
+    let e = format!("{:#}", m.save(&tmp("per-layer")).unwrap_err());
+    assert!(e.contains("per-layer sliding windows"), "{e}");
+}
