@@ -15,14 +15,12 @@ pub mod http;
 use anyhow::{Context, Result};
 use smelt_model::Model;
 use smelt_tokenizer::{ChatTemplate, Tokenizer};
+use std::net::TcpListener;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 
-/// How the server listens and what it accepts.
+/// What the server accepts.
 pub struct Options {
-    pub host: String,
-    /// 0: any free port (the line printed at start names it).
-    pub port: u16,
     pub api_key: Option<String>,
     /// Positions a request may use (prompt + answer); None: the model's context.
     pub ctx_size: Option<usize>,
@@ -46,11 +44,10 @@ pub struct Loaded {
     pub stop_ids: Vec<u32>,
 }
 
-/// Binds, starts the HTTP thread, loads the model with `load` (on this thread, which then runs
-/// the engine) and serves until the HTTP side ends.
-pub fn run(opts: Options, load: impl FnOnce() -> Result<Loaded>) -> Result<()> {
-    let listener = std::net::TcpListener::bind((opts.host.as_str(), opts.port))
-        .with_context(|| format!("binding {}:{}", opts.host, opts.port))?;
+/// Starts the HTTP thread on `listener` (bound by the caller, so the port is known and taken
+/// before anything loads), loads the model with `load` (on this thread, which then runs the
+/// engine) and serves until the HTTP side ends.
+pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<Loaded>) -> Result<()> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let (jobs, queue) = std::sync::mpsc::channel();

@@ -1,6 +1,6 @@
 //! `smelt serve`: an OpenAI-compatible HTTP server over one model (smelt-serve; docs/SERVE.md).
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use smelt_serve::{Loaded, Options};
 use smelt_tokenizer::{ChatTemplate, Tokenizer};
@@ -41,9 +41,9 @@ pub struct ServeArgs {
 pub fn run(a: ServeArgs) -> Result<()> {
     let device = super::device::resolve(&a.device)?;
     let name = a.model.file_name().map(|n| n.to_string_lossy().into_owned());
+    let listener = std::net::TcpListener::bind((a.host.as_str(), a.port))
+        .with_context(|| format!("--host {} --port {}: cannot listen there", a.host, a.port))?;
     let opts = Options {
-        host: a.host,
-        port: a.port,
         api_key: a.api_key.filter(|k| !k.is_empty()),
         ctx_size: a.ctx_size.map(|n| n as usize),
         model_id: a.alias.or(name).unwrap_or_else(|| a.model.display().to_string()),
@@ -52,7 +52,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_queue: a.queue_size,
     };
     let path = a.model;
-    smelt_serve::run(opts, move || {
+    smelt_serve::run(listener, opts, move || {
         let mut model = super::load_model(&path)?;
         model.to_device(device)?;
         let tokenizer = Tokenizer::from_file(&path)?;
