@@ -12,6 +12,7 @@ use smelt_infer::{generate_until, GenerateConfig, SamplingConfig};
 use smelt_model::Model;
 use smelt_tokenizer::{StreamDecoder, Tokenizer};
 use std::ops::ControlFlow;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::Receiver;
 use tokio::sync::mpsc::UnboundedSender;
@@ -66,7 +67,13 @@ pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>
         if job.events.is_closed() {
             continue; // its client left while it waited
         }
-        run_one(model, tok, stop_ids, job);
+        // A panic in the model code fails that request, not the server.
+        let events = job.events.clone();
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| run_one(model, tok, stop_ids, job)));
+        if let Err(p) = run {
+            let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+            let _ = events.send(Event::Failed(format!("the engine panicked: {}", why.unwrap_or_default())));
+        }
     }
 }
 

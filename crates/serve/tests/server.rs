@@ -237,3 +237,47 @@ fn errors_are_openai_bodies_with_the_right_status() {
     let m = json_of(&get("/v1/models"));
     assert_eq!(m["data"][0]["id"], "tiny");
 }
+
+#[test]
+fn health_is_503_while_the_model_loads_and_requests_wait_for_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opts = Options {
+        api_key: None,
+        ctx_size: None,
+        model_id: "tiny".into(),
+        model_path: "tiny".into(),
+        body_limit: 1 << 16,
+        max_queue: 8,
+    };
+    let (loaded, gate) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        smelt_serve::run(listener, opts, move || {
+            gate.recv().unwrap();
+            Ok(Loaded {
+                model: model(),
+                tokenizer: Tokenizer::byte_level(),
+                template: Err("none in this test".into()),
+                stop_ids: vec![256],
+            })
+        })
+        .unwrap()
+    });
+    let health = || request(addr, "GET", "/health", &[], b"");
+    let r = health();
+    assert_eq!((r.status, r.body.as_str()), (503, r#"{"status":"loading"}"#));
+    let body = json!({"model": "tiny", "prompt": "x", "max_tokens": 1}).to_string();
+    error(&request(addr, "POST", "/v1/completions", &[], body.as_bytes()), 503);
+    loaded.send(()).unwrap();
+    let t0 = std::time::Instant::now();
+    while health().status != 200 {
+        assert!(t0.elapsed().as_secs() < 30, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // No key configured: none needed. No chat template: chat is a 400 that says so.
+    assert_eq!(request(addr, "POST", "/v1/completions", &[], body.as_bytes()).status, 200);
+    let chat = json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}]}).to_string();
+    let r = request(addr, "POST", "/v1/chat/completions", &[], chat.as_bytes());
+    assert_eq!(error(&r, 400), "messages");
+    assert!(r.body.contains("no chat template"), "{}", r.body);
+}

@@ -52,9 +52,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         max_queue: a.queue_size,
     };
     let path = a.model;
+    let ctx_size = opts.ctx_size;
     smelt_serve::run(listener, opts, move || {
         let mut model = super::load_model(&path)?;
         model.to_device(device)?;
+        // One request's KV cache can span the whole context: refuse a --ctx-size that cannot fit.
+        super::limits::new_tokens(&model, 0, ctx_size.unwrap_or(model.cfg.max_pos), "--ctx-size")?;
         let tokenizer = Tokenizer::from_file(&path)?;
         let template = if path.extension().is_some_and(|e| e == "gguf") {
             ChatTemplate::from_gguf(&path)
