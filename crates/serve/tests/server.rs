@@ -281,3 +281,39 @@ fn health_is_503_while_the_model_loads_and_requests_wait_for_it() {
     assert_eq!(error(&r, 400), "messages");
     assert!(r.body.contains("no chat template"), "{}", r.body);
 }
+
+#[test]
+fn concurrent_clients_queue_and_each_gets_its_own_answer() {
+    let prompts: Vec<String> = (0..6).map(|i| format!("client {i} says")).collect();
+    let answers: Vec<(String, bool)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                sc.spawn(move || {
+                    let stream = i % 2 == 0;
+                    let body = json!({"model": "tiny", "prompt": p, "max_tokens": 10, "temperature": 0.8, "seed": i, "stream": stream});
+                    let r = post("/v1/completions", &body);
+                    assert_eq!(r.status, 200, "{r:?}");
+                    let text = if stream {
+                        let data = r.sse_data();
+                        assert_eq!(data.last().unwrap(), "[DONE]");
+                        data[..data.len() - 1]
+                            .iter()
+                            .map(|d| serde_json::from_str::<Value>(d).unwrap()["choices"][0]["text"].as_str().unwrap().to_string())
+                            .collect()
+                    } else {
+                        json_of(&r)["choices"][0]["text"].as_str().unwrap().to_string()
+                    };
+                    (text, stream)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (p, (got, _))) in prompts.iter().zip(&answers).enumerate() {
+        let sampling = SamplingConfig { temperature: 0.8, seed: i as u64, ..Default::default() };
+        let (want, _, _) = direct_sampled(&Tokenizer::byte_level().encode(p), 10, sampling);
+        assert_eq!(got, &want, "client {i}");
+    }
+}
