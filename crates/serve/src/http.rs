@@ -7,7 +7,7 @@ use crate::api::{self, ApiError, Prompt};
 use crate::engine::{Event, Job};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -74,6 +74,7 @@ pub fn router(shared: Arc<Shared>, body_limit: usize) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .fallback(|| async {
@@ -104,12 +105,31 @@ fn authorize(s: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
     Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", msg).code("invalid_api_key"))
 }
 
+fn model_object(s: &Shared) -> Value {
+    json!({"id": s.model_id, "object": "model", "created": s.created, "owned_by": "smelt"})
+}
+
+fn unknown_model(s: &Shared, name: &str) -> ApiError {
+    let msg = format!("the model `{name}` does not exist; this server has `{}`", s.model_id);
+    ApiError { param: Some("model".into()), ..ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", msg) }
+        .code("model_not_found")
+}
+
 async fn models(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&s, &headers) {
         return e.into_response();
     }
-    let m = json!({"id": s.model_id, "object": "model", "created": s.created, "owned_by": "smelt"});
-    api::json_response(StatusCode::OK, &json!({"object": "list", "data": [m]}))
+    api::json_response(StatusCode::OK, &json!({"object": "list", "data": [model_object(&s)]}))
+}
+
+async fn model(State(s): State<Arc<Shared>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(e) = authorize(&s, &headers) {
+        return e.into_response();
+    }
+    if id != s.model_id {
+        return unknown_model(&s, &id).into_response();
+    }
+    api::json_response(StatusCode::OK, &model_object(&s))
 }
 
 async fn completions(
@@ -154,12 +174,7 @@ async fn complete(
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the model is still loading"))?;
     let req = api::parse(&body, chat)?;
     if req.model != s.model_id && req.model != s.model_path {
-        let msg = format!("the model `{}` does not exist; this server has `{}`", req.model, s.model_id);
-        return Err(ApiError {
-            param: Some("model".into()),
-            ..ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", msg)
-        }
-        .code("model_not_found"));
+        return Err(unknown_model(&s, &req.model));
     }
     let side = text.clone();
     let prompt = tokio::task::spawn_blocking(move || side.tokenize(req.prompt))

@@ -236,6 +236,8 @@ fn errors_are_openai_bodies_with_the_right_status() {
     assert_eq!(v["usage"]["prompt_tokens"], 1);
     let m = json_of(&get("/v1/models"));
     assert_eq!(m["data"][0]["id"], "tiny");
+    assert_eq!(json_of(&get("/v1/models/tiny"))["object"], "model");
+    assert_eq!(error(&get("/v1/models/other"), 404), "model");
 }
 
 #[test]
