@@ -77,6 +77,8 @@ pub fn router(shared: Arc<Shared>, body_limit: usize) -> Router {
         .route("/v1/models/{id}", get(model))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown route").code("not_found")
         })
@@ -146,6 +148,68 @@ async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     complete(s, headers, body, true).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The loaded tokenizer side and the body as a JSON object, for the routes that need no model.
+fn text_request(
+    s: &Shared,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Arc<TextSide>, serde_json::Map<String, Value>), ApiError> {
+    authorize(s, headers)?;
+    let body = body.map_err(|e| {
+        ApiError::new(e.status(), "invalid_request_error", format!("reading the body: {}", e.body_text()))
+    })?;
+    let text = s
+        .text
+        .get()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the model is still loading"))?;
+    match serde_json::from_slice(&body) {
+        Ok(Value::Object(o)) => Ok((text.clone(), o)),
+        Ok(_) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "the body must be a JSON object")),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            format!("the body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// llama-server's `POST /tokenize`: `{"content": text, "add_special": false}` → `{"tokens": [ids]}`.
+async fn tokenize(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let run = async {
+        let (text, o) = text_request(&s, &headers, body)?;
+        let content = o.get("content").and_then(Value::as_str).map(str::to_string);
+        let content = content.ok_or_else(|| ApiError::field("content", "`content` must be a string"))?;
+        let add_special = match o.get("add_special") {
+            None | Some(Value::Null) => false,
+            Some(v) => {
+                v.as_bool().ok_or_else(|| ApiError::field("add_special", "`add_special` must be true or false"))?
+            }
+        };
+        let ids =
+            tokio::task::spawn_blocking(move || text.tok.encode_with(&content, add_special)).await.map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("tokenising: {e}"))
+            })?;
+        Ok::<_, ApiError>(api::json_response(StatusCode::OK, &json!({"tokens": ids})))
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// llama-server's `POST /detokenize`: `{"tokens": [ids]}` → `{"content": text}` (special tokens kept).
+async fn detokenize(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let run = || {
+        let (text, o) = text_request(&s, &headers, body)?;
+        let ids = o.get("tokens").and_then(Value::as_array).and_then(|a| {
+            a.iter().map(|x| x.as_u64().and_then(|x| u32::try_from(x).ok())).collect::<Option<Vec<u32>>>()
+        });
+        let ids = ids.ok_or_else(|| ApiError::field("tokens", "`tokens` must be a list of token ids"))?;
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= text.vocab) {
+            return Err(ApiError::field("tokens", format!("token id {id} is outside the vocabulary ({})", text.vocab)));
+        }
+        Ok(api::json_response(StatusCode::OK, &json!({"content": text.tok.decode_with(&ids, false)})))
+    };
+    run().unwrap_or_else(IntoResponse::into_response)
 }
 
 /// What every chunk or response of one request repeats.

@@ -319,3 +319,16 @@ fn concurrent_clients_queue_and_each_gets_its_own_answer() {
         assert_eq!(got, &want, "client {i}");
     }
 }
+
+#[test]
+fn tokenize_and_detokenize_as_llama_server() {
+    let r = json_of(&post("/tokenize", &json!({"content": "héllo"})));
+    let ids = Tokenizer::byte_level().encode_with("héllo", false);
+    assert_eq!(r, json!({"tokens": ids}));
+    let with = json_of(&post("/tokenize", &json!({"content": "a", "add_special": true})));
+    assert_eq!(with["tokens"], json!(Tokenizer::byte_level().encode_with("a", true)));
+    assert_eq!(json_of(&post("/detokenize", &json!({"tokens": ids}))), json!({"content": "héllo"}));
+    assert_eq!(error(&post("/detokenize", &json!({"tokens": [9999]})), 400), "tokens");
+    assert_eq!(error(&post("/tokenize", &json!({"text": "x"})), 400), "content");
+    error(&post_raw("/tokenize", br#"{"content": "x"}"#, None), 401);
+}
