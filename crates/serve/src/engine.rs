@@ -13,7 +13,7 @@ use smelt_model::Model;
 use smelt_tokenizer::{StreamDecoder, Tokenizer};
 use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -59,25 +59,48 @@ pub enum Event {
     Failed(String),
 }
 
-/// Runs jobs until every sender of `jobs` is gone (the HTTP side has ended). `waiting` counts
-/// the jobs sent and not yet started (the queue depth the handlers check).
-pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>, waiting: &AtomicUsize) {
+/// Counters the engine and the handlers keep, read by `/metrics` and the queue check.
+#[derive(Default)]
+pub struct Stats {
+    /// Jobs sent and not yet started (the queue depth).
+    pub waiting: AtomicU64,
+    /// Jobs generating now (0 or 1 in this slice).
+    pub running: AtomicU64,
+    /// Jobs finished (whatever the reason: done, failed, client gone).
+    pub finished: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs jobs until every sender of `jobs` is gone (the HTTP side has ended).
+pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>, stats: &Stats) {
     while let Ok(job) = jobs.recv() {
-        waiting.fetch_sub(1, Ordering::Relaxed);
+        stats.waiting.fetch_sub(1, Ordering::Relaxed);
         if job.events.is_closed() {
+            stats.finished.fetch_add(1, Ordering::Relaxed);
             continue; // its client left while it waited
         }
+        stats.running.fetch_add(1, Ordering::Relaxed);
         // A panic in the model code fails that request, not the server.
         let events = job.events.clone();
-        let run = std::panic::catch_unwind(AssertUnwindSafe(|| run_one(model, tok, stop_ids, job)));
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| run_one(model, tok, stop_ids, job, stats)));
         if let Err(p) = run {
             let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
             let _ = events.send(Event::Failed(format!("the engine panicked: {}", why.unwrap_or_default())));
         }
+        stats.running.fetch_sub(1, Ordering::Relaxed);
+        stats.finished.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-fn run_one(model: &Model, tok: &Tokenizer, stop_ids: &[u32], job: Job) {
+fn run_one(model: &Model, tok: &Tokenizer, stop_ids: &[u32], job: Job, stats: &Stats) {
+    stats.prompt_tokens.fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
     let cfg = GenerateConfig { max_tokens: job.max_tokens, sampling: job.sampling, stop_ids: stop_ids.to_vec() };
     let mut decoder = StreamDecoder::new(tok);
     let mut stops = StopMatcher::new(job.stop);
@@ -86,6 +109,7 @@ fn run_one(model: &Model, tok: &Tokenizer, stop_ids: &[u32], job: Job) {
     let events = &job.events;
     let send = |text: String| -> bool { text.is_empty() || events.send(Event::Text(text)).is_ok() };
     let result = generate_until(model, &job.prompt, &cfg, |id| {
+        stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
         let (text, stopped) = stops.push(&decoder.push(id));
         hit = stopped;
         gone = !send(text);

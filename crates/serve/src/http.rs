@@ -4,7 +4,7 @@
 //! Server-Sent Events (`data: {chunk}\n\n` …, `data: [DONE]`).
 
 use crate::api::{self, ApiError, Prompt};
-use crate::engine::{Event, Job};
+use crate::engine::{Event, Job, Stats};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use smelt_tokenizer::{ChatTemplate, Tokenizer};
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -33,8 +33,8 @@ pub struct Shared {
     /// Set once the model is loaded: until then `/health` is 503 and requests are refused.
     pub text: OnceLock<Arc<TextSide>>,
     pub jobs: std::sync::mpsc::Sender<Job>,
-    /// Jobs queued and not yet started, and how many may be.
-    pub waiting: Arc<AtomicUsize>,
+    /// Counters shared with the engine (queue depth, tokens), and how many jobs may wait.
+    pub stats: Arc<Stats>,
     pub max_queue: usize,
 }
 
@@ -77,6 +77,7 @@ pub fn router(shared: Arc<Shared>, body_limit: usize) -> Router {
         .route("/v1/models/{id}", get(model))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/metrics", get(metrics))
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
         .fallback(|| async {
@@ -148,6 +149,28 @@ async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     complete(s, headers, body, true).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Prometheus text: request and token counters, queue depth, running requests. (TTFT and
+/// inter-token-latency histograms come with the batching engine; docs/SERVE.md.)
+async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&s, &headers) {
+        return e.into_response();
+    }
+    let st = &s.stats;
+    let rows = [
+        ("smelt_requests_finished_total", "counter", "Requests the engine has finished (any outcome).", &st.finished),
+        ("smelt_prompt_tokens_total", "counter", "Prompt tokens processed.", &st.prompt_tokens),
+        ("smelt_generated_tokens_total", "counter", "Tokens generated.", &st.generated_tokens),
+        ("smelt_requests_waiting", "gauge", "Requests queued for the engine.", &st.waiting),
+        ("smelt_requests_running", "gauge", "Requests generating now.", &st.running),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, v) in rows {
+        out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n", Stats::get(v));
+    }
+    let headers = [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")];
+    (StatusCode::OK, headers, out).into_response()
 }
 
 /// The loaded tokenizer side and the body as a JSON object, for the routes that need no model.
@@ -258,7 +281,7 @@ async fn complete(
     }
     let room = text.ctx - prompt.len();
     let max_tokens = req.max_tokens.unwrap_or(if chat { room } else { 16 }).min(room);
-    if s.waiting.load(Ordering::Relaxed) >= s.max_queue {
+    if Stats::get(&s.stats.waiting) >= s.max_queue as u64 {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the queue is full; retry later"));
     }
     let meta = Meta {
@@ -269,10 +292,10 @@ async fn complete(
         include_usage: req.include_usage,
     };
     let (events, rx) = unbounded_channel();
-    s.waiting.fetch_add(1, Ordering::Relaxed);
+    s.stats.waiting.fetch_add(1, Ordering::Relaxed);
     let job = Job { prompt, max_tokens, sampling: req.sampling, stop: req.stop, events };
     if s.jobs.send(job).is_err() {
-        s.waiting.fetch_sub(1, Ordering::Relaxed);
+        s.stats.waiting.fetch_sub(1, Ordering::Relaxed);
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the engine has stopped"));
     }
     if req.stream {

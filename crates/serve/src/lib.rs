@@ -16,7 +16,6 @@ use anyhow::{Context, Result};
 use smelt_model::Model;
 use smelt_tokenizer::{ChatTemplate, Tokenizer};
 use std::net::TcpListener;
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 
 /// What the server accepts.
@@ -51,7 +50,7 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let (jobs, queue) = std::sync::mpsc::channel();
-    let waiting = Arc::new(AtomicUsize::new(0));
+    let stats = Arc::new(engine::Stats::default());
     let shared = Arc::new(http::Shared {
         model_id: opts.model_id,
         model_path: opts.model_path,
@@ -59,7 +58,7 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
         created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
         text: OnceLock::new(),
         jobs,
-        waiting: waiting.clone(),
+        stats: stats.clone(),
         max_queue: opts.max_queue,
     });
     let app = http::router(shared.clone(), opts.body_limit);
@@ -84,7 +83,7 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
     let _ = shared.text.set(Arc::new(side));
     drop(shared);
     eprintln!("smelt serve: ready on http://{addr} (context {ctx} tokens, one request at a time)");
-    engine::run(&loaded.model, &loaded.tokenizer, &loaded.stop_ids, queue, &waiting);
+    engine::run(&loaded.model, &loaded.tokenizer, &loaded.stop_ids, queue, &stats);
     match server.join() {
         Ok(r) => r,
         Err(_) => anyhow::bail!("the HTTP thread panicked"),

@@ -332,3 +332,68 @@ fn tokenize_and_detokenize_as_llama_server() {
     assert_eq!(error(&post("/tokenize", &json!({"text": "x"})), 400), "content");
     error(&post_raw("/tokenize", br#"{"content": "x"}"#, None), 401);
 }
+
+/// A value of `/metrics`.
+fn metric(addr: SocketAddr, name: &str) -> u64 {
+    let r = request(addr, "GET", "/metrics", &[], b"");
+    assert_eq!(r.status, 200, "{r:?}");
+    let line = r.body.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{}", r.body));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_client_that_leaves_mid_stream_ends_its_generation() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let opts = Options {
+        api_key: None,
+        ctx_size: None,
+        model_id: "tiny".into(),
+        model_path: "tiny".into(),
+        body_limit: 1 << 16,
+        max_queue: 8,
+    };
+    std::thread::spawn(move || {
+        smelt_serve::run(listener, opts, || {
+            let mut cfg = ModelConfig::llama(257, 32, 2, 4, 2, 64);
+            cfg.max_pos = 8192;
+            // No stop ids: only max_tokens or the client leaving ends a request.
+            let model = Model::init(cfg, 7)?;
+            Ok(Loaded { model, tokenizer: Tokenizer::byte_level(), template: Err("none".into()), stop_ids: vec![] })
+        })
+        .unwrap()
+    });
+    let t0 = std::time::Instant::now();
+    while request(addr, "GET", "/health", &[], b"").status != 200 {
+        assert!(t0.elapsed().as_secs() < 30, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let max = 8000;
+    let body = json!({"model": "tiny", "prompt": "x", "max_tokens": max, "temperature": 1, "seed": 1, "stream": true})
+        .to_string();
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    s.write_all(head.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("data: ") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the first chunk");
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    let t0 = std::time::Instant::now();
+    while metric(addr, "smelt_requests_finished_total") < 1 {
+        assert!(t0.elapsed().as_secs() < 120, "the request never ended");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let generated = metric(addr, "smelt_generated_tokens_total");
+    assert!(generated < max as u64, "the engine generated all {generated} tokens for a client that had left");
+    assert_eq!(metric(addr, "smelt_requests_running"), 0);
+    // The server goes on serving.
+    let ok = json!({"model": "tiny", "prompt": "x", "max_tokens": 2}).to_string();
+    assert_eq!(request(addr, "POST", "/v1/completions", &[], ok.as_bytes()).status, 200);
+    assert_eq!(metric(addr, "smelt_generated_tokens_total"), generated + 2);
+    println!("the engine stopped after {generated} of {max} tokens");
+}
