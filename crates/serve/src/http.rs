@@ -173,12 +173,13 @@ async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     (StatusCode::OK, headers, out).into_response()
 }
 
-/// The loaded tokenizer side and the body as a JSON object, for the routes that need no model.
-fn text_request(
+/// The key, the body (413 over the limit, 400 unreadable) and the loaded tokenizer side (503
+/// while loading): what every model route checks first.
+fn checked(
     s: &Shared,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(Arc<TextSide>, serde_json::Map<String, Value>), ApiError> {
+) -> Result<(Arc<TextSide>, Bytes), ApiError> {
     authorize(s, headers)?;
     let body = body.map_err(|e| {
         ApiError::new(e.status(), "invalid_request_error", format!("reading the body: {}", e.body_text()))
@@ -187,8 +188,18 @@ fn text_request(
         .text
         .get()
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the model is still loading"))?;
+    Ok((text.clone(), body))
+}
+
+/// [`checked`], with the body as a JSON object.
+fn text_request(
+    s: &Shared,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Arc<TextSide>, serde_json::Map<String, Value>), ApiError> {
+    let (text, body) = checked(s, headers, body)?;
     match serde_json::from_slice(&body) {
-        Ok(Value::Object(o)) => Ok((text.clone(), o)),
+        Ok(Value::Object(o)) => Ok((text, o)),
         Ok(_) => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "the body must be a JSON object")),
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -250,15 +261,7 @@ async fn complete(
     body: Result<Bytes, BytesRejection>,
     chat: bool,
 ) -> Result<Response, ApiError> {
-    authorize(&s, &headers)?;
-    // 413 when the body is over the limit, 400 when it cannot be read.
-    let body = body.map_err(|e| {
-        ApiError::new(e.status(), "invalid_request_error", format!("reading the body: {}", e.body_text()))
-    })?;
-    let text = s
-        .text
-        .get()
-        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the model is still loading"))?;
+    let (text, body) = checked(&s, &headers, body)?;
     let req = api::parse(&body, chat)?;
     if req.model != s.model_id && req.model != s.model_path {
         return Err(unknown_model(&s, &req.model));
