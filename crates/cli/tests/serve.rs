@@ -174,3 +174,38 @@ fn serve_matches_generate_and_the_openai_client_accepts_it() {
     assert!(out.contains("ok: api key"), "{out}");
     println!("{out}");
 }
+
+/// A real model (SmolLM2-135M-Instruct, Q4_1 GGUF: its own tokenizer and chat template):
+/// greedy chat through the server equals `smelt generate --chat`, streamed or not.
+#[test]
+fn a_real_gguf_serves_what_generate_answers() {
+    let Some(gguf) = smelt_testing::input("smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let server = serve(&gguf);
+    let user = "What is the capital of France?";
+    let want = generate(&gguf, &["--chat", user, "--max-tokens", "16"]);
+    let name = gguf.file_name().unwrap().to_str().unwrap();
+    let body =
+        json!({"model": name, "messages": [{"role": "user", "content": user}], "max_tokens": 16, "temperature": 0});
+    let v = post(server.addr, "/v1/chat/completions", &body);
+    assert_eq!(v["choices"][0]["message"]["content"], want, "{v}");
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let auth = format!("Bearer {KEY}");
+    let r = request(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Authorization", &auth)],
+        streamed.to_string().as_bytes(),
+    );
+    let data = r.sse_data();
+    let text: String = data[..data.len() - 1]
+        .iter()
+        .filter_map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"].as_str().map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, want);
+}
