@@ -53,6 +53,8 @@ enum Command {
     Quantize(cmd::quantize::QuantizeArgs),
     /// Run a prompt through the model and show every stage (shapes, times, statistics; --dump .npy).
     Trace(cmd::trace::TraceArgs),
+    /// Serve a model over HTTP with OpenAI's API (/v1/chat/completions, /v1/completions, ...).
+    Serve(cmd::serve::ServeArgs),
 }
 
 fn main() {
@@ -97,5 +99,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Imatrix(a) => cmd::imatrix::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),
         Command::Trace(a) => cmd::trace::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
     }
 }

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use smelt_core::Tensor;
 use smelt_model::{KvCache, Logits, Model};
 use smelt_tokenizer::Tokenizer;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
@@ -55,6 +56,21 @@ pub fn generate(
     cfg: &GenerateConfig,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generation> {
+    generate_until(model, prompt, cfg, |id| {
+        on_token(id);
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`generate`] whose `on_token` may end generation after the id it is shown (a stop string
+/// completed, the reader went away): that id stays in `ids`, and `stopped_on_eos` is false.
+/// The server's engine runs this, so its greedy output is `smelt generate`'s by construction.
+pub fn generate_until(
+    model: &Model,
+    prompt: &[u32],
+    cfg: &GenerateConfig,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<Generation> {
     if prompt.is_empty() {
         bail!("the prompt is empty after tokenisation; give some text (or a tokenizer that adds BOS)");
     }
@@ -76,8 +92,7 @@ pub fn generate(
             break;
         }
         ids.push(next);
-        on_token(next);
-        if ids.len() == cfg.max_tokens {
+        if on_token(next).is_break() || ids.len() == cfg.max_tokens {
             break;
         }
         logits = model.logits(&Tensor::from_u32(vec![next], &[1, 1])?, Some(&mut cache), Logits::Last)?;

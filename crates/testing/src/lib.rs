@@ -7,7 +7,8 @@
 //! - where things are: [`repo_root`], [`input`] (fetched inputs under `.cache/inputs/`),
 //!   [`fixture`] (the goldens under `crates/model/tests/fixtures/`, read by several crates);
 //! - [`nmse`], the error measure of the device-against-CPU tests;
-//! - with the `cuda` feature, [`gpu`]: device 0, or a skip.
+//! - with the `cuda` feature, [`gpu`]: device 0, or a skip;
+//! - [`http`]: a minimal HTTP/1.1 client for the server tests.
 //!
 //! Where a skip is reported: every skip prints `SKIP: <reason>` into the test's own captured
 //! output (what `--show-output` and a failure show). With `SMELT_SKIP_LOG=FILE` it also appends
@@ -17,6 +18,8 @@
 //!
 //! A dev-dependency only. Without `cuda` it depends on nothing, so smelt-core's own tests use it
 //! without a dependency cycle.
+
+pub mod http;
 
 use std::fmt::Display;
 use std::io::Write;

@@ -15,6 +15,7 @@ pub mod prepare;
 pub mod process;
 pub mod progress;
 pub mod quantize;
+pub mod serve;
 pub mod sizes;
 pub mod tokenize;
 pub mod tokenizer;

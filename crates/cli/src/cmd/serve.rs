@@ -1,0 +1,70 @@
+//! `smelt serve`: an OpenAI-compatible HTTP server over one model (smelt-serve; docs/SERVE.md).
+
+use anyhow::{Context, Result};
+use clap::Args;
+use smelt_serve::{Loaded, Options};
+use smelt_tokenizer::{ChatTemplate, Tokenizer};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Model folder (config.json, model.safetensors, tokenizer.json) or a .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// The model's name in requests and /v1/models (default: the file or folder name).
+    #[arg(long)]
+    alias: Option<String>,
+    /// Address to listen on (loopback by default: give 0.0.0.0 to be reachable from others).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the start line names it).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Require `Authorization: Bearer KEY` on every /v1 request (default: the SMELT_API_KEY
+    /// environment variable, else no key).
+    #[arg(long, env = "SMELT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Positions one request may use, prompt and answer together (default: the model's context).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    ctx_size: Option<u64>,
+    /// Requests that may wait while one runs; more get a 503.
+    #[arg(long, default_value_t = 64)]
+    queue_size: usize,
+    /// Largest request body in bytes; larger ones get a 413.
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body: usize,
+    /// cpu, cuda[:N] or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let device = super::device::resolve(&a.device)?;
+    let name = a.model.file_name().map(|n| n.to_string_lossy().into_owned());
+    let listener = std::net::TcpListener::bind((a.host.as_str(), a.port))
+        .with_context(|| format!("--host {} --port {}: cannot listen there", a.host, a.port))?;
+    let opts = Options {
+        api_key: a.api_key.filter(|k| !k.is_empty()),
+        ctx_size: a.ctx_size.map(|n| n as usize),
+        model_id: a.alias.or(name).unwrap_or_else(|| a.model.display().to_string()),
+        model_path: a.model.display().to_string(),
+        body_limit: a.max_body,
+        max_queue: a.queue_size,
+    };
+    let path = a.model;
+    let ctx_size = opts.ctx_size;
+    smelt_serve::run(listener, opts, move || {
+        let mut model = super::load_model(&path)?;
+        model.to_device(device)?;
+        // One request's KV cache can span the whole context: refuse a --ctx-size that cannot fit.
+        super::limits::new_tokens(&model, 0, ctx_size.unwrap_or(model.cfg.max_pos), "--ctx-size")?;
+        let tokenizer = Tokenizer::from_file(&path)?;
+        let template = if path.extension().is_some_and(|e| e == "gguf") {
+            ChatTemplate::from_gguf(&path)
+        } else {
+            ChatTemplate::from_tokenizer_config(&path)
+        };
+        let stop_ids = smelt_infer::stop_ids(&model, &tokenizer, &path)?;
+        Ok(Loaded { model, tokenizer, template: template.map_err(|e| format!("{e:#}")), stop_ids })
+    })
+}

@@ -1,0 +1,211 @@
+//! `smelt serve` as a user runs it: the real binary on a free port, a tiny model trained here
+//! (tokenizer, prepare, train), a chat template beside it. Greedy output over HTTP equals
+//! `smelt generate`'s for the same prompt, plain and through the chat template; then the
+//! official `openai` Python client drives it (scripts/serve_openai_check.py), a loud skip
+//! when the client cannot be installed.
+
+use serde_json::{json, Value};
+use smelt_testing::http::request;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// The client version the check was written against (`scripts/venv.sh` installs it).
+const OPENAI: &str = "openai==3.57.0";
+const KEY: &str = "sk-serve-test";
+const TEMPLATE: &str = "{% for m in messages %}<{{ m.role }}> {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant> {% endif %}";
+
+fn smelt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_smelt")).args(args).output().unwrap()
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "smelt failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A 1-layer model trained for a few steps on the bundled corpus, with a chat template.
+fn tiny_model() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/linux-doc-slice.txt.gz");
+    let o = Command::new("gzip").arg("-dc").arg(&corpus).output().expect("gzip");
+    let text = String::from_utf8_lossy(&o.stdout[..o.stdout.len().min(60_000)]).into_owned();
+    std::fs::write(d.join("corpus.txt"), text).unwrap();
+    let (corpus, tok, bin, run) = (d.join("corpus.txt"), d.join("tok.json"), d.join("train.bin"), d.join("run"));
+    ok(smelt(&["tokenizer", "--input", s(&corpus), "--vocab-size", "300", "--output", s(&tok)]));
+    ok(smelt(&["prepare", "-i", s(&corpus), "--tokenizer", s(&tok), "-o", s(&bin)]));
+    ok(smelt(&[
+        "train",
+        "--dataset",
+        s(&bin),
+        "--tokenizer",
+        s(&tok),
+        "--size",
+        "custom",
+        "--dim",
+        "32",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--ffn-hidden",
+        "64",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--steps",
+        "30",
+        "--device",
+        "cpu",
+        "--checkpoint-dir",
+        s(&run),
+    ]));
+    let model = run.join("final");
+    let cfg = json!({"chat_template": TEMPLATE, "bos_token": "", "eos_token": ""});
+    std::fs::write(model.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    model
+}
+
+/// A running `smelt serve`, ended when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `smelt serve` on port 0 and waits for its "ready on http://ADDR" line.
+fn serve(model: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(["-t", "2", "serve", "--model", s(model), "--port", "0", "--api-key", KEY, "--device", "cpu"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let addr = loop {
+        let Some(Ok(line)) = lines.next() else { panic!("smelt serve ended before it was ready:\n{seen}") };
+        seen += &line;
+        seen += "\n";
+        if let Some(rest) = line.split("ready on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Server { child, addr }
+}
+
+fn post(addr: SocketAddr, path: &str, body: &Value) -> Value {
+    let auth = format!("Bearer {KEY}");
+    let r = request(addr, "POST", path, &[("Authorization", &auth)], body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+    serde_json::from_str(&r.body).unwrap()
+}
+
+/// `smelt generate --format json`'s text for these arguments, greedy.
+fn generate(model: &Path, args: &[&str]) -> String {
+    let mut all = vec!["generate", "--model", s(model), "--temperature", "0", "--format", "json", "--device", "cpu"];
+    all.extend(args);
+    let v: Value = serde_json::from_str(ok(smelt(&all)).trim()).unwrap();
+    v["text"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn serve_matches_generate_and_the_openai_client_accepts_it() {
+    let model = tiny_model();
+    let server = serve(&model);
+    let name = "final";
+    assert_eq!(request(server.addr, "GET", "/health", &[], b"").status, 200);
+
+    let prompt = "The kernel";
+    let want = generate(&model, &["--prompt", prompt, "--max-tokens", "24"]);
+    assert!(want.chars().count() >= 4, "the check needs some text to cut with a stop string: {want:?}");
+    let v = post(
+        server.addr,
+        "/v1/completions",
+        &json!({"model": name, "prompt": prompt, "max_tokens": 24, "temperature": 0}),
+    );
+    assert_eq!(v["choices"][0]["text"], want, "{v}");
+
+    let user = "What is a module?";
+    let want_chat = generate(&model, &["--chat", user, "--max-tokens", "24"]);
+    let v = post(
+        server.addr,
+        "/v1/chat/completions",
+        &json!({"model": name, "messages": [{"role": "user", "content": user}], "max_tokens": 24, "temperature": 0}),
+    );
+    assert_eq!(v["choices"][0]["message"]["content"], want_chat, "{v}");
+
+    // The official client.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = Command::new(root.join("scripts/venv.sh")).arg(OPENAI).output().unwrap();
+    if !venv.status.success() {
+        let why = String::from_utf8_lossy(&venv.stderr);
+        smelt_testing::skip(
+            smelt_testing::Need::Input,
+            format!("the openai client could not be installed (scripts/venv.sh {OPENAI}): {}", why.trim()),
+        );
+        return;
+    }
+    let python = String::from_utf8(venv.stdout).unwrap().trim().to_string();
+    let expect = json!({"prompt": prompt, "max_tokens": 24, "text": want, "chat_user": user, "chat_text": want_chat});
+    let o = Command::new(python)
+        .arg(root.join("scripts/serve_openai_check.py"))
+        .args([&format!("http://{}/v1", server.addr), KEY, name, &expect.to_string()])
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "the openai client check failed:\n{out}\n{err}");
+    assert!(out.contains("ok: api key"), "{out}");
+    println!("{out}");
+}
+
+/// A real model (SmolLM2-135M-Instruct, Q4_1 GGUF: its own tokenizer and chat template):
+/// greedy chat through the server equals `smelt generate --chat`, streamed or not.
+#[test]
+fn a_real_gguf_serves_what_generate_answers() {
+    let Some(gguf) = smelt_testing::input("smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let server = serve(&gguf);
+    let user = "What is the capital of France?";
+    let want = generate(&gguf, &["--chat", user, "--max-tokens", "16"]);
+    let name = gguf.file_name().unwrap().to_str().unwrap();
+    let body =
+        json!({"model": name, "messages": [{"role": "user", "content": user}], "max_tokens": 16, "temperature": 0});
+    let v = post(server.addr, "/v1/chat/completions", &body);
+    assert_eq!(v["choices"][0]["message"]["content"], want, "{v}");
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let auth = format!("Bearer {KEY}");
+    let r = request(
+        server.addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("Authorization", &auth)],
+        streamed.to_string().as_bytes(),
+    );
+    let data = r.sse_data();
+    let text: String = data[..data.len() - 1]
+        .iter()
+        .filter_map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"].as_str().map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, want);
+}

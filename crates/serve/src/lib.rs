@@ -1,0 +1,91 @@
+//! smelt-serve: `smelt serve`, an OpenAI-compatible HTTP server over one model.
+//!
+//! Two sides, one channel between them (docs/SERVE.md):
+//! - `http`: axum on a tokio runtime on its own thread: routes, the API key, request checks
+//!   (`api`), prompt rendering and tokenisation, OpenAI's responses and Server-Sent Events;
+//! - `engine`: the thread that owns the model (the caller's: the CLI's rayon worker) and runs
+//!   queued jobs, one at a time in this slice.
+//!
+//! The model loads after the port is bound, so `/health` answers 503 while it loads.
+
+pub mod api;
+pub mod engine;
+pub mod http;
+
+use anyhow::{Context, Result};
+use smelt_model::Model;
+use smelt_tokenizer::{ChatTemplate, Tokenizer};
+use std::net::TcpListener;
+use std::sync::{Arc, OnceLock};
+
+/// What the server accepts.
+pub struct Options {
+    pub api_key: Option<String>,
+    /// Positions a request may use (prompt + answer); None: the model's context.
+    pub ctx_size: Option<usize>,
+    /// The model's name in requests and `/v1/models`.
+    pub model_id: String,
+    /// `--model` as given; requests may name the model by it too.
+    pub model_path: String,
+    /// Largest request body, in bytes (413 past it).
+    pub body_limit: usize,
+    /// Requests that may wait for the engine (503 past it).
+    pub max_queue: usize,
+}
+
+/// A loaded model and what goes with it.
+pub struct Loaded {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    /// The chat template, or why there is none (then `/v1/chat/completions` is a 400).
+    pub template: Result<ChatTemplate, String>,
+    /// Ids that end generation (`smelt_infer::stop_ids`).
+    pub stop_ids: Vec<u32>,
+}
+
+/// Starts the HTTP thread on `listener` (bound by the caller, so the port is known and taken
+/// before anything loads), loads the model with `load` (on this thread, which then runs the
+/// engine) and serves until the HTTP side ends.
+pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<Loaded>) -> Result<()> {
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let (jobs, queue) = std::sync::mpsc::channel();
+    let stats = Arc::new(engine::Stats::default());
+    let shared = Arc::new(http::Shared {
+        model_id: opts.model_id,
+        model_path: opts.model_path,
+        api_key: opts.api_key,
+        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        text: OnceLock::new(),
+        jobs,
+        stats: stats.clone(),
+        max_queue: opts.max_queue,
+    });
+    let app = http::router(shared.clone(), opts.body_limit);
+    let server = std::thread::Builder::new().name("smelt-http".into()).spawn(move || -> Result<()> {
+        // One thread for all I/O: the work is the model's, on the engine thread.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            axum::serve(listener, app).await
+        })
+        .context("serving HTTP")
+    })?;
+    eprintln!("smelt serve: listening on http://{addr} (loading the model)");
+    let loaded = load()?;
+    let ctx = opts.ctx_size.unwrap_or(loaded.model.cfg.max_pos).min(loaded.model.cfg.max_pos);
+    let side = http::TextSide {
+        tok: loaded.tokenizer.clone(),
+        template: loaded.template,
+        ctx,
+        vocab: loaded.model.cfg.vocab_size,
+    };
+    let _ = shared.text.set(Arc::new(side));
+    drop(shared);
+    eprintln!("smelt serve: ready on http://{addr} (context {ctx} tokens, one request at a time)");
+    engine::run(&loaded.model, &loaded.tokenizer, &loaded.stop_ids, queue, &stats);
+    match server.join() {
+        Ok(r) => r,
+        Err(_) => anyhow::bail!("the HTTP thread panicked"),
+    }
+}
