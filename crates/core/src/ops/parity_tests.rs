@@ -259,18 +259,21 @@ fn parity_rmsnorm_and_fused_residual() {
 fn parity_rope_and_swiglu() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
-    let (b, t, h, hd) = (2, 9, 3, 16);
-    for layout in [ops::rope::RopeLayout::HalfSplit, ops::rope::RopeLayout::Interleaved] {
+    let (b, t, h) = (2, 9, 3);
+    // Head dim 16: 16-byte vectors of pairs; 12: one pair a thread (12 is not a multiple of 8).
+    for (hd, layout) in [16, 12].into_iter().flat_map(|hd| {
+        [ops::rope::RopeLayout::HalfSplit, ops::rope::RopeLayout::Interleaved].into_iter().map(move |l| (hd, l))
+    }) {
         let table = ops::rope::RopeTable::new(ops::rope::freqs::default_inv_freq(10000.0, hd), 1.0, layout);
         let x = randn(&mut r, &[b, t, h, hd], 1.0);
         close(
-            &format!("rope fwd {layout:?}"),
+            &format!("rope fwd {layout:?} d{hd}"),
             &ops::rope::rope(&up(&x, d), &table, 5).unwrap(),
             &ops::rope::rope(&x, &table, 5).unwrap(),
             F32_NMSE,
         );
         close(
-            &format!("rope bwd {layout:?}"),
+            &format!("rope bwd {layout:?} d{hd}"),
             &ops::rope::rope_backward(&up(&x, d), &table, 5).unwrap(),
             &ops::rope::rope_backward(&x, &table, 5).unwrap(),
             F32_NMSE,
