@@ -226,6 +226,12 @@ impl Graph {
         let (h, y, rstd) = timed("add_rmsnorm", || ops::rmsnorm::add_rmsnorm(&x.t, &r.t, &w.t, eps))?;
         let (ht, wt, r_dtype) = (h.clone(), w.t.clone(), r.t.dtype());
         let mut v = self.push(&[x, r, w], vec![h, y], move |g| {
+            if let (Some(dy), Some(gh)) = (&g[1], &g[0]) {
+                // The add and the cast in the backward's own pass where the backend fuses them.
+                let (dh, dr, dw) =
+                    timed("add_rmsnorm.bwd", || ops::rmsnorm::add_rmsnorm_backward(&ht, &wt, &rstd, dy, gh, r_dtype))?;
+                return Ok(vec![Some(dh), Some(dr), Some(dw)]);
+            }
             let (mut dh, dw) = match &g[1] {
                 Some(dy) => {
                     let (dx, dw) = timed("add_rmsnorm.bwd", || ops::rmsnorm::rmsnorm_backward(&ht, &wt, &rstd, dy))?;
@@ -354,11 +360,12 @@ impl Graph {
                 let hc = rows(&ht, r0, m)?;
                 let z = ops::matmul::linear(&hc, &wc, None)?;
                 let dz = ops::cross_entropy::cross_entropy_backward_chunk(&z, &targets, &lse, r0, v0, g, count)?;
-                let (dhc, dwr, _) = ops::matmul::linear_backward(&hc, &wc, &dz, need_dh, false)?;
+                // The slice's dW is summed over the row chunks by the product itself (cuBLASLt
+                // accumulates into it: beta = 1), not by a separate pass per chunk.
+                let dhc = ops::matmul::linear_backward_acc(&hc, &wc, &dz, need_dh, &mut dwc)?;
                 if let Some(dhc) = dhc {
                     accumulate(&mut dh[i], &dhc)?;
                 }
-                accumulate(&mut dwc, &dwr)?;
                 if r0 + m == n {
                     // The slice's rows of dW are complete.
                     let part = dwc.take().ok_or_else(|| anyhow::anyhow!("linear_cross_entropy: no dW"))?;

@@ -24,6 +24,15 @@ template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float v) { return f2bf(v); }
 
+// 16 bytes of storage elements (8 bf16 or 4 f32) moved by one access: memory-bound kernels
+// need that many bytes in flight per thread to approach the bandwidth (2-byte accesses reach
+// about a quarter of it). Device allocations are 256-byte aligned; kernels still check.
+template <typename T> union V16 {
+    uint4 u;
+    T e[16 / sizeof(T)];
+};
+__device__ __forceinline__ bool aligned16(const void* p) { return (((unsigned long long)p) & 15ull) == 0; }
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

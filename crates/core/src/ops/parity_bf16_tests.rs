@@ -202,6 +202,23 @@ fn parity_bf16_rmsnorm_and_fused_residual() {
         let (hgb, ygb, _) = ops::rmsnorm::add_rmsnorm(&upb(&x, d), &upb(&res, d), &wg, 1e-5).unwrap();
         check("add_rmsnorm h (bf16 + bf16)", &hgb, DType::BF16, &hcb, F32_NMSE);
         check("add_rmsnorm y (bf16 stream)", &ygb, DType::BF16, &ycb, BF16_STORE);
+        // The fused backward (dh = dx + gh, dr = dh as bf16) is bit for bit the unfused one on
+        // the GPU (rmsnorm_backward, add_assign, cast), for an f32 and a bf16 stream.
+        let gh = randn(&mut r, &[n, c], 1.0);
+        for (h, ghd, rdt) in [(hg.clone(), up(&gh, d), DType::BF16), (hgb.clone(), upb(&gh, d), DType::BF16)] {
+            let (_, rs) = ops::rmsnorm::rmsnorm(&h, &wg, 1e-5).unwrap();
+            let dyb = upb(&dy, d);
+            let (dh, dr, dw) = ops::rmsnorm::add_rmsnorm_backward(&h, &wg, &rs, &dyb, &ghd, rdt).unwrap();
+            let (mut dh0, dw0) = ops::rmsnorm::rmsnorm_backward(&h, &wg, &rs, &dyb).unwrap();
+            ops::elementwise::add_assign(&mut dh0, &ghd).unwrap();
+            let dr0 = ops::elementwise::cast(&dh0, rdt).unwrap();
+            let label = format!("add_rmsnorm bwd fused ({:?} stream)", h.dtype());
+            assert_eq!((dh.dtype(), dr.dtype()), (h.dtype(), rdt), "{label}: dtypes");
+            assert_eq!(dh.to_vec_f32().unwrap(), dh0.to_vec_f32().unwrap(), "{label}: dh");
+            assert_eq!(dr.to_vec_f32().unwrap(), dr0.to_vec_f32().unwrap(), "{label}: dr");
+            assert_eq!(dw.to_vec_f32().unwrap(), dw0.to_vec_f32().unwrap(), "{label}: dw");
+            println!("{label:<40} bit for bit the unfused kernels");
+        }
     }
 }
 

@@ -140,6 +140,7 @@ fn kernels_compile() {
             [
                 x(&["rmsnorm_fwd"], &three),
                 x(&["rmsnorm_bwd_dx", "rmsnorm_bwd_dw_part"], &two),
+                x(&["rmsnorm_bwd_dx_add"], &three),
                 plain(&["sum_partials_f32"]),
             ]
             .concat(),
@@ -240,6 +241,17 @@ fn parity_rmsnorm_and_fused_residual() {
         let (hg, yg, _) = ops::rmsnorm::add_rmsnorm(&up(&x, d), &up(&res, d), &up(&w, d), 1e-5).unwrap();
         close("add_rmsnorm h", &hg, &hc, F32_NMSE);
         close("add_rmsnorm y", &yg, &yc, F32_NMSE);
+        // Its backward with the stream's own gradient added in the dx kernel (CUDA fuses it).
+        let gh = randn(&mut r, &[n, c], 1.0);
+        let (_, rc) = ops::rmsnorm::rmsnorm(&hc, &w, 1e-5).unwrap();
+        let (_, rg) = ops::rmsnorm::rmsnorm(&hg, &up(&w, d), 1e-5).unwrap();
+        let (dhc, drc, dwc) = ops::rmsnorm::add_rmsnorm_backward(&hc, &w, &rc, &dy, &gh, crate::DType::F32).unwrap();
+        let (dhg, drg, dwg) =
+            ops::rmsnorm::add_rmsnorm_backward(&hg, &up(&w, d), &rg, &up(&dy, d), &up(&gh, d), crate::DType::F32)
+                .unwrap();
+        close("add_rmsnorm bwd dh", &dhg, &dhc, F32_NMSE);
+        close("add_rmsnorm bwd dr", &drg, &drc, F32_NMSE);
+        close("add_rmsnorm bwd dw", &dwg, &dwc, F32_NMSE);
     }
 }
 
@@ -247,18 +259,21 @@ fn parity_rmsnorm_and_fused_residual() {
 fn parity_rope_and_swiglu() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
-    let (b, t, h, hd) = (2, 9, 3, 16);
-    for layout in [ops::rope::RopeLayout::HalfSplit, ops::rope::RopeLayout::Interleaved] {
+    let (b, t, h) = (2, 9, 3);
+    // Head dim 16: 16-byte vectors of pairs; 12: one pair a thread (12 is not a multiple of 8).
+    for (hd, layout) in [16, 12].into_iter().flat_map(|hd| {
+        [ops::rope::RopeLayout::HalfSplit, ops::rope::RopeLayout::Interleaved].into_iter().map(move |l| (hd, l))
+    }) {
         let table = ops::rope::RopeTable::new(ops::rope::freqs::default_inv_freq(10000.0, hd), 1.0, layout);
         let x = randn(&mut r, &[b, t, h, hd], 1.0);
         close(
-            &format!("rope fwd {layout:?}"),
+            &format!("rope fwd {layout:?} d{hd}"),
             &ops::rope::rope(&up(&x, d), &table, 5).unwrap(),
             &ops::rope::rope(&x, &table, 5).unwrap(),
             F32_NMSE,
         );
         close(
-            &format!("rope bwd {layout:?}"),
+            &format!("rope bwd {layout:?} d{hd}"),
             &ops::rope::rope_backward(&up(&x, d), &table, 5).unwrap(),
             &ops::rope::rope_backward(&x, &table, 5).unwrap(),
             F32_NMSE,
@@ -474,9 +489,11 @@ fn parity_linear_f32_and_bf16() {
 fn parity_adamw_and_grad_norm() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
-    let shapes: [&[usize]; 3] = [&[300, 70], &[5], &[4097]];
+    // Blocks of 4096 elements find their tensor by a binary search: several tensors, partial
+    // and exact final blocks, single-block ones between many-block ones.
+    let shapes: [&[usize]; 6] = [&[300, 70], &[5], &[4097], &[8192], &[1], &[3, 4096]];
     let o = ops::adamw::AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
-    let decay = [true, false, true];
+    let decay = [true, false, true, true, false, true];
     let mut pc: Vec<Tensor> = shapes.iter().map(|s| randn(&mut r, s, 1.0)).collect();
     let gc: Vec<Tensor> = shapes.iter().map(|s| randn(&mut r, s, 1.0)).collect();
     let mut mc: Vec<Tensor> = shapes.iter().map(|s| randn(&mut r, s, 0.1)).collect();
@@ -492,7 +509,7 @@ fn parity_adamw_and_grad_norm() {
     let norm_c = ops::adamw::global_norm(&gc.iter().collect::<Vec<_>>()).unwrap();
     let mut gcl = gc.clone();
     ops::adamw::clip_grad_norm(&mut gcl, norm_c / 2.0).unwrap();
-    for i in 0..3 {
+    for i in 0..shapes.len() {
         ops::adamw::adamw_step(&o, 3, decay[i], &mut pc[i], &gcl[i], &mut mc[i], &mut vc[i]).unwrap();
     }
     let st = ops::adamw::cuda::grad_norm_state(&gg.iter().collect::<Vec<_>>(), norm_c / 2.0, None).unwrap();
@@ -500,7 +517,7 @@ fn parity_adamw_and_grad_norm() {
     println!("grad norm gpu {} cpu {norm_c}", stv[0]);
     assert!(((stv[0] as f64 - norm_c) / norm_c).abs() < 1e-6 && stv[2] == 0.0);
     ops::adamw::cuda::adamw_multi(&o, 3, &decay, &mut pg, &gg, &mut mg, &mut vg, Some(&st)).unwrap();
-    for i in 0..3 {
+    for i in 0..shapes.len() {
         close(&format!("adamw p[{i}]"), &pg[i], &pc[i], F32_NMSE);
         close(&format!("adamw m[{i}]"), &mg[i], &mc[i], F32_NMSE);
         close(&format!("adamw v[{i}]"), &vg[i], &vc[i], F32_NMSE);

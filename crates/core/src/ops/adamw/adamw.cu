@@ -2,15 +2,30 @@
 // no host round trip: the norm kernel leaves [norm, clip coefficient, skip flag] on the device
 // and AdamW reads them there.
 //
-// Tensor table `meta`: 6 int64 per tensor: p, g, m, v (device addresses), n, weight-decay flag.
-// Block table `blocks`: 2 int64 per block: tensor index, first element; a block covers CHUNK.
+// Tensor table `meta`: 7 int64 per tensor: p, g, m, v (device addresses), n, weight-decay flag,
+// the tensor's first block. A block covers CHUNK elements of one tensor; it finds its tensor by
+// a binary search over the first-block column (a few hundred tensors: ~8 cached reads), so the
+// only table is the small per-tensor one (no per-block table to build and upload each step).
 
 #define CHUNK 4096
+#define META 7
 
-extern "C" __global__ void sumsq_multi_f32(const long long* meta, const long long* blocks, double* partial) {
-    long long ti = blocks[2 * blockIdx.x], start = blocks[2 * blockIdx.x + 1];
-    const float* g = (const float*)meta[6 * ti + 1];
-    long long n = meta[6 * ti + 4];
+// The tensor of block `b` and the block's first element.
+__device__ __forceinline__ void block_of(const long long* meta, int nt, long long b, long long* ti, long long* start) {
+    int lo = 0, hi = nt - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (meta[META * mid + 6] <= b) lo = mid; else hi = mid - 1;
+    }
+    *ti = lo;
+    *start = (b - meta[META * lo + 6]) * CHUNK;
+}
+
+extern "C" __global__ void sumsq_multi_f32(const long long* meta, int nt, double* partial) {
+    long long ti, start;
+    block_of(meta, nt, blockIdx.x, &ti, &start);
+    const float* g = (const float*)meta[META * ti + 1];
+    long long n = meta[META * ti + 4];
     long long end = start + CHUNK < n ? start + CHUNK : n;
     double s = 0.0;
     for (long long i = start + threadIdx.x; i < end; i += blockDim.x) { double x = g[i]; s += x * x; }
@@ -51,7 +66,7 @@ extern "C" __global__ void norm_finalize(const double* partial, int nb, float* g
     }
 }
 
-extern "C" __global__ void adamw_multi_f32(const long long* meta, const long long* blocks, float* gstate,
+extern "C" __global__ void adamw_multi_f32(const long long* meta, int nt, float* gstate,
                                            float decay_factor, float b1, float b2, float step_size, float bc2_sqrt,
                                            float eps) {
     float gscale = 1.f;
@@ -59,8 +74,9 @@ extern "C" __global__ void adamw_multi_f32(const long long* meta, const long lon
         if (gstate[2] != 0.f) return;
         gscale = gstate[1];
     }
-    long long ti = blocks[2 * blockIdx.x], start = blocks[2 * blockIdx.x + 1];
-    const long long* mt = meta + 6 * ti;
+    long long ti, start;
+    block_of(meta, nt, blockIdx.x, &ti, &start);
+    const long long* mt = meta + META * ti;
     float* p = (float*)mt[0];
     const float* g = (const float*)mt[1];
     float* m = (float*)mt[2];

@@ -1,6 +1,8 @@
 //! CUDA launchers for the multi-tensor AdamW step and the global gradient norm (adamw.cu).
-//! Two small tables (tensor addresses and sizes; block → tensor) are uploaded per step; the
-//! norm, the clip coefficient and the skip flag stay on the device.
+//! One small table per launch (per tensor: addresses, size, decay flag, first block: 56 bytes
+//! a tensor, a few KiB for a whole model) is uploaded; each block finds its tensor by a binary
+//! search in it. (A table per block was 16 bytes × 270k blocks at 1B, built on the host and
+//! uploaded twice a step.) The norm, the clip coefficient and the skip flag stay on the device.
 
 use super::AdamW;
 use crate::cuda::{self, DeviceBuf, Gpu};
@@ -18,24 +20,20 @@ fn upload(gpu: &Arc<Gpu>, v: &[i64]) -> Result<DeviceBuf> {
     DeviceBuf::from_bytes(gpu, DType::I32, v.len() * 2, &bytes)
 }
 
-/// (meta, blocks, number of blocks) for tensors given as [p, g, m, v] addresses, sizes and flags.
-fn tables(gpu: &Arc<Gpu>, rows: &[[u64; 4]], sizes: &[usize], decay: &[bool]) -> Result<(DeviceBuf, DeviceBuf, usize)> {
-    let mut meta = Vec::with_capacity(rows.len() * 6);
-    let mut blocks = Vec::new();
+/// (meta, number of tensors, number of blocks) for tensors given as [p, g, m, v] addresses,
+/// sizes and flags. Tensors of no elements get no blocks (and are never found by the search:
+/// a block's tensor is the last one whose first block is ≤ it, which has ≥ 1 block).
+fn tables(gpu: &Arc<Gpu>, rows: &[[u64; 4]], sizes: &[usize], decay: &[bool]) -> Result<(DeviceBuf, i32, usize)> {
+    let mut meta = Vec::with_capacity(rows.len() * 7);
+    let mut nb = 0usize;
     for (i, r) in rows.iter().enumerate() {
         meta.extend(r.iter().map(|&p| p as i64));
         meta.push(sizes[i] as i64);
         meta.push(decay.get(i).copied().unwrap_or(false) as i64);
-        for s in (0..sizes[i]).step_by(CHUNK) {
-            blocks.push(i as i64);
-            blocks.push(s as i64);
-        }
+        meta.push(nb as i64);
+        nb += sizes[i].div_ceil(CHUNK);
     }
-    let nb = blocks.len() / 2;
-    if nb == 0 {
-        blocks.extend([0, 0]);
-    }
-    Ok((upload(gpu, &meta)?, upload(gpu, &blocks)?, nb))
+    Ok((upload(gpu, &meta)?, rows.len() as i32, nb))
 }
 
 /// [global L2 norm, clip coefficient, skip flag, non-finite flag] of `grads`, on the device.
@@ -53,12 +51,12 @@ pub fn grad_norm_state(grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) 
         rows.push([0, b.ptr(), 0, 0]);
     }
     let sizes: Vec<usize> = grads.iter().map(|g| g.numel()).collect();
-    let (meta, blocks, nb) = tables(&gpu, &rows, &sizes, &[])?;
+    let (meta, nt, nb) = tables(&gpu, &rows, &sizes, &[])?;
     let partial = DeviceBuf::alloc(&gpu, DType::F32, 2 * nb.max(1))?; // f64 partials
     if nb > 0 {
         let f = gpu.function("adamw", SRC, "sumsq_multi_f32")?;
         let mut l = gpu.stream.launch_builder(&f);
-        l.arg(&meta.data).arg(&blocks.data).arg(&partial.data);
+        l.arg(&meta.data).arg(&nt).arg(&partial.data);
         let cfg = LaunchConfig { grid_dim: (nb as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         cuda::launched(unsafe { l.launch(cfg) }, "sumsq_multi_f32")?;
     }
@@ -131,7 +129,7 @@ pub fn adamw_multi(
         sizes.push(params[i].numel());
     }
     let gpu = gpu.ok_or_else(|| anyhow::anyhow!("adamw: no parameters"))?;
-    let (meta, blocks, nb) = tables(&gpu, &rows, &sizes, decay)?;
+    let (meta, nt, nb) = tables(&gpu, &rows, &sizes, decay)?;
     if nb == 0 {
         return Ok(());
     }
@@ -142,7 +140,7 @@ pub fn adamw_multi(
     let (b1, b2, eps, null) = (o.beta1 as f32, o.beta2 as f32, o.eps as f32, 0u64);
     let f = gpu.function("adamw", SRC, "adamw_multi_f32")?;
     let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&meta.data).arg(&blocks.data);
+    l.arg(&meta.data).arg(&nt);
     match gstate {
         Some(t) => l.arg(&cuda::f32_bufs([t], "adamw clip state")?[0].data),
         None => l.arg(&null),

@@ -130,6 +130,25 @@ pub fn linear_backward(
     want_dx: bool,
     has_bias: bool,
 ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+    let (dx, dw, db) = linear_backward_into(x, w, dy, n, k, m, want_dx, has_bias, None)?;
+    Ok((dx, dw.ok_or_else(|| anyhow::anyhow!("linear_backward: no dW"))?, db))
+}
+
+/// `linear_backward`, with dW either a new f32 tensor (`acc` None) or added into `acc` (an f32
+/// tensor of w's shape) by the product itself (cuBLASLt's beta = 1): no separate pass over dW,
+/// which the chunked loss would otherwise make once per row chunk. Returns dW only when new.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_into(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    n: usize,
+    k: usize,
+    m: usize,
+    want_dx: bool,
+    has_bias: bool,
+    acc: Option<&mut Tensor>,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let [xb, _, dyb] = cuda::float_bufs([x, w, dy], "linear_backward")?;
     let gpu = xb.gpu.clone();
     let (op, _) = precision();
@@ -157,22 +176,38 @@ pub fn linear_backward(
     } else {
         None
     };
-    let dw = DeviceBuf::alloc(&gpu, DType::F32, m * k)?;
-    if m > 0 && k > 0 {
-        let g = Gemm {
-            ta: false,
-            tb: true,
-            m: k as u64,
-            n: m as u64,
-            k: n as u64,
-            lda: k as i64,
-            ldb: m as i64,
-            ldc: k as i64,
-            alpha: 1.0,
-            beta: 0.0,
-        };
-        gemm(&xo, &dyo, &dw, g, op)?;
-    }
+    let g = Gemm {
+        ta: false,
+        tb: true,
+        m: k as u64,
+        n: m as u64,
+        k: n as u64,
+        lda: k as i64,
+        ldb: m as i64,
+        ldc: k as i64,
+        alpha: 1.0,
+        beta: 0.0,
+    };
+    let dw = match acc {
+        Some(acc) => {
+            if acc.shape() != w.shape() {
+                bail!("linear_backward: dW accumulator {:?} for weight {:?}", acc.shape(), w.shape());
+            }
+            let ab = acc.cuda_buf_mut()?;
+            ab.expect(DType::F32, "linear_backward dW accumulator")?;
+            if m > 0 && k > 0 && n > 0 {
+                gemm(&xo, &dyo, ab, Gemm { beta: 1.0, ..g }, op)?;
+            }
+            None
+        }
+        None => {
+            let dw = DeviceBuf::alloc(&gpu, DType::F32, m * k)?;
+            if m > 0 && k > 0 {
+                gemm(&xo, &dyo, &dw, g, op)?;
+            }
+            Some(Tensor::from_device_buf(dw, w.shape())?)
+        }
+    };
     let db = if has_bias {
         let (n64, m32) = (n as i64, m as i32);
         let name = cuda::kname("col_sum_part", &[dyb.dtype], "linear bias gradient")?;
@@ -186,7 +221,7 @@ pub fn linear_backward(
     } else {
         None
     };
-    Ok((dx, Tensor::from_device_buf(dw, w.shape())?, db))
+    Ok((dx, dw, db))
 }
 
 impl super::LinearKernels for crate::backend::Cuda {
@@ -205,5 +240,23 @@ impl super::LinearKernels for crate::backend::Cuda {
         has_bias: bool,
     ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
         linear_backward(x, w, dy, n, k, m, want_dx, has_bias)
+    }
+    fn linear_backward_acc(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        n: usize,
+        k: usize,
+        m: usize,
+        want_dx: bool,
+        dw: &mut Option<Tensor>,
+    ) -> Result<Option<Tensor>> {
+        match dw {
+            Some(acc) if acc.dtype() == DType::F32 && !acc.device().is_cpu() => {
+                Ok(linear_backward_into(x, w, dy, n, k, m, want_dx, false, Some(acc))?.0)
+            }
+            _ => super::accumulate_dw(self, x, w, dy, n, k, m, want_dx, dw),
+        }
     }
 }

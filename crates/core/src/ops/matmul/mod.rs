@@ -37,6 +37,44 @@ pub trait LinearKernels {
         want_dx: bool,
         has_bias: bool,
     ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)>;
+    /// The backward without a bias, with dW added into `dw` (set to dW when None); returns dx
+    /// when wanted. A backend whose product can accumulate (cuBLASLt's beta = 1) overrides it;
+    /// the default computes dW and adds it.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_acc(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        n: usize,
+        k: usize,
+        m: usize,
+        want_dx: bool,
+        dw: &mut Option<Tensor>,
+    ) -> Result<Option<Tensor>> {
+        accumulate_dw(self, x, w, dy, n, k, m, want_dx, dw)
+    }
+}
+
+/// `linear_backward_acc` as a product then an add (`add_assign`).
+#[allow(clippy::too_many_arguments)]
+fn accumulate_dw<K: LinearKernels + ?Sized>(
+    kern: &K,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    n: usize,
+    k: usize,
+    m: usize,
+    want_dx: bool,
+    dw: &mut Option<Tensor>,
+) -> Result<Option<Tensor>> {
+    let (dx, part, _) = kern.linear_backward(x, w, dy, n, k, m, want_dx, false)?;
+    match dw {
+        None => *dw = Some(part),
+        Some(acc) => crate::ops::elementwise::add_assign(acc, &part)?,
+    }
+    Ok(dx)
 }
 
 impl LinearKernels for Cpu {
@@ -98,6 +136,25 @@ pub fn linear_backward(
         bail!("linear: no gradient through a quantised weight {:?} (quantised weights are for inference)", w.shape());
     }
     backend::on("linear_backward", [x, w, dy])?.linear_backward(x, w, dy, n, k, m, want_dx, has_bias)
+}
+
+/// The backward of `linear` without a bias, accumulating dW: `dw` += dyᵀ·x (set when None;
+/// f32, w's shape), in the product itself where the backend can (CUDA). Returns dx when wanted.
+/// The chunked loss sums the head's dW over its row chunks this way.
+pub fn linear_backward_acc(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    want_dx: bool,
+    dw: &mut Option<Tensor>,
+) -> Result<Option<Tensor>> {
+    let (n, k, m) = dims(x, w)?;
+    if w.dtype() == DType::Quant {
+        bail!("linear: no gradient through a quantised weight {:?} (quantised weights are for inference)", w.shape());
+    }
+    let acc: Vec<&Tensor> = dw.iter().collect();
+    let kern = backend::on("linear_backward", [x, w, dy].into_iter().chain(acc))?;
+    kern.linear_backward_acc(x, w, dy, n, k, m, want_dx, dw)
 }
 
 #[cfg(test)]

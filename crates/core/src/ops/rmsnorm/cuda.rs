@@ -6,7 +6,7 @@
 
 use crate::cuda::{self, DeviceBuf, Gpu};
 use crate::{DType, Tensor};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
@@ -103,6 +103,34 @@ pub(crate) fn column_reduce(
 }
 
 pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (dx, _, dw) = backward(x, w, rstd, dy, None)?;
+    Ok((dx, dw))
+}
+
+/// add_rmsnorm's backward: (dh, dr, dw) with dh = dx + gh and dr = dh in `r_dtype`, the add
+/// and the cast done by the dx kernel as it stores (one pass instead of three).
+pub fn add_rmsnorm_backward(
+    h: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+    gh: &Tensor,
+    r_dtype: DType,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (dh, dr, dw) = backward(h, w, rstd, dy, Some((gh, r_dtype)))?;
+    Ok((dh.clone(), dr.unwrap_or(dh), dw))
+}
+
+/// (dx, dr if its dtype differs from dx's, dw); with `add`, dx has the gradient added and dr is
+/// dx cast to the dtype given.
+#[allow(clippy::type_complexity)]
+fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+    add: Option<(&Tensor, DType)>,
+) -> Result<(Tensor, Option<Tensor>, Tensor)> {
     let [xb, db] = cuda::float_bufs([x, dy], "rmsnorm_backward")?;
     let [wb, rb] = cuda::f32_bufs([w, rstd], "rmsnorm_backward (weight, rstd)")?;
     let gpu = &xb.gpu;
@@ -110,12 +138,37 @@ pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> R
     let dx = DeviceBuf::alloc(gpu, xb.dtype, n * c)?;
     let c32 = c as i32;
     let dts = [xb.dtype, db.dtype];
-    {
-        let name = cuda::kname("rmsnorm_bwd_dx", &dts, "rmsnorm_backward")?;
-        let f = gpu.function("rmsnorm", SRC, &name)?;
-        let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&xb.data).arg(&wb.data).arg(&rb.data).arg(&db.data).arg(&dx.data).arg(&c32);
-        cuda::launched(unsafe { b.launch(per_row(n, c)) }, &name)?;
+    let mut dr = None;
+    match add {
+        None => {
+            let name = cuda::kname("rmsnorm_bwd_dx", &dts, "rmsnorm_backward")?;
+            let f = gpu.function("rmsnorm", SRC, &name)?;
+            let mut b = gpu.stream.launch_builder(&f);
+            b.arg(&xb.data).arg(&wb.data).arg(&rb.data).arg(&db.data).arg(&dx.data).arg(&c32);
+            cuda::launched(unsafe { b.launch(per_row(n, c)) }, &name)?;
+        }
+        Some((gh, r_dtype)) => {
+            let [gb] = cuda::float_bufs([gh], "add_rmsnorm_backward stream gradient")?;
+            gb.expect(xb.dtype, "add_rmsnorm_backward stream gradient")?;
+            if gh.shape() != x.shape() {
+                bail!("add_rmsnorm_backward: stream gradient {:?} for h {:?}", gh.shape(), x.shape());
+            }
+            let drb = if r_dtype == xb.dtype { None } else { Some(DeviceBuf::alloc(gpu, r_dtype, n * c)?) };
+            let name = cuda::kname("rmsnorm_bwd_dx_add", &[xb.dtype, db.dtype, r_dtype], "add_rmsnorm_backward")?;
+            let f = gpu.function("rmsnorm", SRC, &name)?;
+            let null = 0u64;
+            {
+                let mut b = gpu.stream.launch_builder(&f);
+                b.arg(&xb.data).arg(&wb.data).arg(&rb.data).arg(&db.data).arg(&gb.data).arg(&dx.data);
+                match &drb {
+                    Some(d) => b.arg(&d.data),
+                    None => b.arg(&null),
+                };
+                b.arg(&c32);
+                cuda::launched(unsafe { b.launch(per_row(n, c)) }, &name)?;
+            }
+            dr = drb.map(|d| Tensor::from_device_buf(d, x.shape())).transpose()?;
+        }
     }
     let n64 = n as i64;
     let name = cuda::kname("rmsnorm_bwd_dw_part", &dts, "rmsnorm_backward")?;
@@ -125,7 +178,7 @@ pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> R
         b.arg(&xb.data).arg(&rb.data).arg(&db.data).arg(&part.data).arg(&n64).arg(&c32).arg(&rpc);
         cuda::launched(unsafe { b.launch(cfg) }, &name)
     })?;
-    Ok((Tensor::from_device_buf(dx, x.shape())?, Tensor::from_device_buf(dw, w.shape())?))
+    Ok((Tensor::from_device_buf(dx, x.shape())?, dr, Tensor::from_device_buf(dw, w.shape())?))
 }
 
 impl super::RmsNormKernels for crate::backend::Cuda {
@@ -137,5 +190,19 @@ impl super::RmsNormKernels for crate::backend::Cuda {
     }
     fn add_rmsnorm(&self, x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
         add_rmsnorm(x, r, w, eps)
+    }
+    fn add_rmsnorm_backward(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        rstd: &Tensor,
+        dy: &Tensor,
+        gh: &Tensor,
+        r_dtype: DType,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        if gh.dtype() != h.dtype() || gh.device() != h.device() {
+            return super::unfused_add_backward(self, h, w, rstd, dy, gh, r_dtype);
+        }
+        add_rmsnorm_backward(h, w, rstd, dy, gh, r_dtype)
     }
 }

@@ -5,7 +5,7 @@
 use crate::backend::{self, Cpu};
 use crate::float::Float;
 use crate::ops::elementwise::ElementwiseKernels;
-use crate::Tensor;
+use crate::{DType, Tensor};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
@@ -96,6 +96,35 @@ pub trait RmsNormKernels {
     fn rmsnorm_backward(&self, x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)>;
     /// h = x + r, then rmsnorm(h): (h, y, rstd).
     fn add_rmsnorm(&self, x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)>;
+    /// add_rmsnorm's backward given y's gradient `dy` and h's own gradient `gh`: (dh, dr, dw)
+    /// with dh = rmsnorm_backward's dx + gh, dr = dh in `r_dtype`. CUDA does it in one kernel.
+    fn add_rmsnorm_backward(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        rstd: &Tensor,
+        dy: &Tensor,
+        gh: &Tensor,
+        r_dtype: DType,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        unfused_add_backward(self, h, w, rstd, dy, gh, r_dtype)
+    }
+}
+
+/// add_rmsnorm's backward as rmsnorm_backward, add_assign and a cast.
+fn unfused_add_backward<K: RmsNormKernels + ?Sized>(
+    kern: &K,
+    h: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+    gh: &Tensor,
+    r_dtype: DType,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (mut dh, dw) = kern.rmsnorm_backward(h, w, rstd, dy)?;
+    crate::ops::elementwise::add_assign(&mut dh, gh)?;
+    let dr = if r_dtype == dh.dtype() { dh.clone() } else { crate::ops::elementwise::cast(&dh, r_dtype)? };
+    Ok((dh, dr, dw))
 }
 
 impl RmsNormKernels for Cpu {
@@ -124,6 +153,23 @@ pub fn rmsnorm(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
 pub fn rmsnorm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     check(x, w)?;
     backend::on("rmsnorm_backward", [x, w, rstd, dy])?.rmsnorm_backward(x, w, rstd, dy)
+}
+
+/// add_rmsnorm's backward: (dh, dr, dw), dh = dx + gh (gh: h's own gradient), dr = dh as
+/// `r_dtype` (the branch's dtype).
+pub fn add_rmsnorm_backward(
+    h: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+    gh: &Tensor,
+    r_dtype: DType,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    check(h, w)?;
+    if gh.shape() != h.shape() {
+        bail!("add_rmsnorm_backward: gradient {:?} for h {:?}", gh.shape(), h.shape());
+    }
+    backend::on("add_rmsnorm_backward", [h, w, rstd, dy])?.add_rmsnorm_backward(h, w, rstd, dy, gh, r_dtype)
 }
 
 /// Fused residual add + RMSNorm: h = x + r, (y, rstd) = rmsnorm(h). Returns (h, y, rstd).

@@ -43,6 +43,30 @@ __device__ void rmsnorm_bwd_dx(const TX* x, const float* w, const float* rstd, c
     for (int i = threadIdx.x; i < c; i += blockDim.x) dxr[i] = from_f<TX>(s * (w[i] * to_f(dyr[i]) - to_f(xr[i]) * s * m));
 }
 
+// add_rmsnorm's backward in one pass: dh = round_TX(dx) + gh (the stream's own gradient, in h's
+// dtype) and dr = dh in the branch's dtype (null: the branch shares dh's dtype, nothing to write).
+// The same roundings as rmsnorm_bwd_dx, add_assign and the cast in turn, so bit for bit theirs.
+template <typename TX, typename TY, typename TR>
+__device__ void rmsnorm_bwd_dx_add(const TX* x, const float* w, const float* rstd, const TY* dy, const TX* gh, TX* dh,
+                                   TR* dr, int c) {
+    long long row = blockIdx.x;
+    const TX* xr = x + row * c;
+    const TY* dyr = dy + row * c;
+    float s = rstd[row];
+    float m = 0.f;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) m += w[i] * to_f(dyr[i]) * to_f(xr[i]) * s;
+    m = block_sum(m) / (float)c;
+    const TX* ghr = gh + row * c;
+    TX* dhr = dh + row * c;
+    TR* drr = dr ? dr + row * c : nullptr;
+    for (int i = threadIdx.x; i < c; i += blockDim.x) {
+        float d = to_f(from_f<TX>(s * (w[i] * to_f(dyr[i]) - to_f(xr[i]) * s * m)));
+        TX v = from_f<TX>(d + to_f(ghr[i]));
+        dhr[i] = v;
+        if (drr) drr[i] = from_f<TR>(to_f(v));
+    }
+}
+
 // part[chunk, j] = Σ_{rows in chunk} dy[row, j]·x[row, j]·rstd[row]; grid (ceil(c/256), chunks).
 template <typename TX, typename TY>
 __device__ void rmsnorm_bwd_dw_part(const TX* x, const float* rstd, const TY* dy, float* part, long long n, int c,
@@ -78,6 +102,19 @@ RMSNORM_FWD_X(bf16_t, bf16)
                                                                long long n, int c, long long rows_per_chunk) { \
         rmsnorm_bwd_dw_part<TX, TY>(x, rstd, dy, part, n, c, rows_per_chunk); \
     }
+#define RMSNORM_BWD_ADD(TX, NX, TY, NY, TR, NR) \
+    extern "C" __global__ void rmsnorm_bwd_dx_add_##NX##_##NY##_##NR(const TX* x, const float* w, const float* rstd, \
+                                                                    const TY* dy, const TX* gh, TX* dh, TR* dr, int c) { \
+        rmsnorm_bwd_dx_add<TX, TY, TR>(x, w, rstd, dy, gh, dh, dr, c); \
+    }
+#define RMSNORM_BWD_ADD_R(TX, NX, TY, NY) \
+    RMSNORM_BWD_ADD(TX, NX, TY, NY, float, f32) \
+    RMSNORM_BWD_ADD(TX, NX, TY, NY, bf16_t, bf16)
+RMSNORM_BWD_ADD_R(float, f32, float, f32)
+RMSNORM_BWD_ADD_R(float, f32, bf16_t, bf16)
+RMSNORM_BWD_ADD_R(bf16_t, bf16, float, f32)
+RMSNORM_BWD_ADD_R(bf16_t, bf16, bf16_t, bf16)
+
 RMSNORM_BWD(float, f32, float, f32)
 RMSNORM_BWD(float, f32, bf16_t, bf16)
 RMSNORM_BWD(bf16_t, bf16, float, f32)

@@ -53,7 +53,7 @@ pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign
     let gpu = &xb.gpu;
     let d = x.cols();
     let tab = device_table(gpu, table, pos0 + t)?;
-    let mut y = xb.try_copy()?; // rotated in place on the copy
+    let y = DeviceBuf::alloc(gpu, xb.dtype, x.numel())?; // x rotated into it (every element written)
     let rows = x.rows() / h;
     let name = cuda::kname("rope", &[xb.dtype], what)?;
     let f = gpu.function("rope", SRC, &name)?;
@@ -61,7 +61,8 @@ pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign
     let inter = (table.layout == RopeLayout::Interleaved) as i32;
     {
         let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&mut y.data)
+        b.arg(&xb.data)
+            .arg(&y.data)
             .arg(&tab.cos.data)
             .arg(&tab.sin.data)
             .arg(&rows64)
@@ -71,7 +72,7 @@ pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign
             .arg(&inter)
             .arg(&sign)
             .arg(&p32);
-        cuda::launched(unsafe { b.launch(cuda::grid_for(rows * h * d / 2, 256)) }, &name)?;
+        cuda::launched(unsafe { b.launch(cuda::grid_for((rows * h * d / 2).div_ceil(4), 256)) }, &name)?;
     }
     Tensor::from_device_buf(y, x.shape())
 }

@@ -1,32 +1,77 @@
 // Rotary embedding: rotate feature pairs of each head by position angles; sign = -1 rotates
-// back (the backward). x: (rows = B·T, H, D), f32 or bf16 (rotated in f32, stored back in
-// x's dtype), in place on a copy; token r sits at position pos0 + r % t; cos/sin: (positions,
+// back (the backward). x: (rows = B·T, H, D), f32 or bf16 (rotated in f32, stored in x's
+// dtype) into a new y; token r sits at position pos0 + r % t; cos/sin: (positions,
 // D/2), an f32 table kept on the device.
 
+// x → y (out of place: no copy of x first). Where x and y are 16-byte aligned and d is a multiple
+// of two vectors, a thread rotates one 16-byte vector's worth of pairs (half-split: W pairs, from
+// the vectors at p and p + D/2; interleaved: W/2 pairs, one vector); else one pair a thread.
+// Every pair's arithmetic is the same either way, so are the results.
 template <typename T>
-__device__ void rope(T* x, const float* cosv, const float* sinv, long long rows, int t, int heads, int d, int interleaved,
-                     float sign, int pos0) {
+__device__ __forceinline__ void rot(float a, float b, float c, float s, T* ya, T* yb) {
+    *ya = from_f<T>(a * c - b * s);
+    *yb = from_f<T>(a * s + b * c);
+}
+
+template <typename T>
+__device__ void rope(const T* x, T* y, const float* cosv, const float* sinv, long long rows, int t, int heads, int d,
+                     int interleaved, float sign, int pos0) {
+    const int W = 16 / sizeof(T);
     int half = d / 2;
+    long long tid = blockIdx.x * (long long)blockDim.x + threadIdx.x, stride = (long long)gridDim.x * blockDim.x;
+    if (aligned16(x) && aligned16(y) && d % (2 * W) == 0) {
+        int upr = d / (2 * W) * (interleaved ? 2 : 1);  // units (vectors, or vector pairs) per head
+        long long total = rows * heads * upr;
+        for (long long i = tid; i < total; i += stride) {
+            int q = (int)(i % upr);
+            long long rh = i / upr;
+            int tp = pos0 + (int)((rh / heads) % t);
+            const T* xh = x + rh * d;
+            T* yh = y + rh * d;
+            const float* cr = cosv + (long long)tp * half;
+            const float* sr = sinv + (long long)tp * half;
+            if (interleaved) {
+                V16<T> a, o;
+                a.u = ((const uint4*)xh)[q];
+#pragma unroll
+                for (int j = 0; j < W / 2; j++) {
+                    int p = q * (W / 2) + j;
+                    rot<T>(to_f(a.e[2 * j]), to_f(a.e[2 * j + 1]), cr[p], sign * sr[p], &o.e[2 * j], &o.e[2 * j + 1]);
+                }
+                ((uint4*)yh)[q] = o.u;
+            } else {
+                V16<T> a, b, oa, ob;
+                a.u = ((const uint4*)xh)[q];
+                b.u = ((const uint4*)(xh + half))[q];
+#pragma unroll
+                for (int j = 0; j < W; j++) {
+                    int p = q * W + j;
+                    rot<T>(to_f(a.e[j]), to_f(b.e[j]), cr[p], sign * sr[p], &oa.e[j], &ob.e[j]);
+                }
+                ((uint4*)yh)[q] = oa.u;
+                ((uint4*)(yh + half))[q] = ob.u;
+            }
+        }
+        return;
+    }
     long long total = rows * heads * half;
-    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+    for (long long i = tid; i < total; i += stride) {
         int p = (int)(i % half);
         long long rh = i / half;          // row * heads + head
         long long r = rh / heads;
         int tp = pos0 + (int)(r % t);
-        T* head = x + rh * d;
+        const T* xh = x + rh * d;
+        T* yh = y + rh * d;
         int ia = interleaved ? 2 * p : p;
         int ib = interleaved ? 2 * p + 1 : p + half;
-        float a = to_f(head[ia]), b = to_f(head[ib]);
-        float c = cosv[tp * half + p], s = sign * sinv[tp * half + p];
-        head[ia] = from_f<T>(a * c - b * s);
-        head[ib] = from_f<T>(a * s + b * c);
+        rot<T>(to_f(xh[ia]), to_f(xh[ib]), cosv[tp * half + p], sign * sinv[tp * half + p], &yh[ia], &yh[ib]);
     }
 }
 
 #define ROPE(T, N) \
-    extern "C" __global__ void rope_##N(T* x, const float* cosv, const float* sinv, long long rows, int t, int heads, \
-                                        int d, int interleaved, float sign, int pos0) { \
-        rope<T>(x, cosv, sinv, rows, t, heads, d, interleaved, sign, pos0); \
+    extern "C" __global__ void rope_##N(const T* x, T* y, const float* cosv, const float* sinv, long long rows, int t, \
+                                        int heads, int d, int interleaved, float sign, int pos0) { \
+        rope<T>(x, y, cosv, sinv, rows, t, heads, d, interleaved, sign, pos0); \
     }
 ROPE(float, f32)
 ROPE(bf16_t, bf16)

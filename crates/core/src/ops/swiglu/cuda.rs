@@ -20,7 +20,7 @@ pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     {
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&gb.data).arg(&ub.data).arg(&y.data).arg(&n64);
-        cuda::launched(unsafe { b.launch(cuda::grid_for(n, 256)) }, &name)?;
+        cuda::launched(unsafe { b.launch(cuda::grid_for(n.div_ceil(8), 256)) }, &name)?;
     }
     Tensor::from_device_buf(y, g.shape())
 }
@@ -38,7 +38,7 @@ pub fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, T
     {
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&gb.data).arg(&ub.data).arg(&db.data).arg(&dg.data).arg(&du.data).arg(&n64);
-        cuda::launched(unsafe { b.launch(cuda::grid_for(n, 256)) }, &name)?;
+        cuda::launched(unsafe { b.launch(cuda::grid_for(n.div_ceil(8), 256)) }, &name)?;
     }
     Ok((Tensor::from_device_buf(dg, g.shape())?, Tensor::from_device_buf(du, u.shape())?))
 }
