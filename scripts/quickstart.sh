@@ -17,7 +17,9 @@ echo "== 2/4 prepare: text -> token files (5% of documents held out for validati
 $smelt prepare --input "$corpus" --field text --tokenizer "$out/tokenizer.json" --output "$out/train.bin" --val-fraction 0.05
 
 echo "== 3/4 train: tiny model (~1.6M parameters), 800 steps"
-$smelt train --dataset "$out/train.bin" --val-dataset "$out/train.val.bin" --tokenizer "$out/tokenizer.json" \
+# --overwrite: this folder is the quickstart's own, so a rerun replaces its earlier model (smelt
+# otherwise refuses to train into a checkpoint directory that holds another run).
+$smelt train --overwrite --dataset "$out/train.bin" --val-dataset "$out/train.val.bin" --tokenizer "$out/tokenizer.json" \
   --size tiny --batch-size 16 --seq-len 128 --steps 800 --lr 3e-3 --min-lr 3e-4 --warmup 50 \
   --checkpoint-dir "$out/model" --checkpoint-interval 200 --log-interval 10
 
