@@ -153,7 +153,7 @@ pub fn adamw_multi(
 
 impl super::OptimKernels for crate::backend::Cuda {
     fn grad_norm(&self, grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<super::GradNorm> {
-        Ok(super::GradNorm { state: grad_norm_state(grads, max_norm, loss)?, host_norm: None })
+        Ok(super::GradNorm::new(grad_norm_state(grads, max_norm, loss)?, None))
     }
     fn adamw(
         &self,
@@ -168,9 +168,10 @@ impl super::OptimKernels for crate::backend::Cuda {
     ) -> Result<()> {
         adamw_multi(o, step, decay, params, grads, m, v, norm.map(|n| &n.state))
     }
-    /// Slot 3 of the norm state: raised by `adamw_multi_f32` when an updated value is not finite.
+    /// Slot 3 of the norm state: raised by `adamw_multi_f32` when an updated value is not finite
+    /// (the step's one host copy of the state, shared with `GradNorm::read`).
     fn params_finite(&self, _params: &[Tensor], norm: &super::GradNorm) -> Result<bool> {
-        let st = norm.state.to_vec_f32()?;
+        let st = norm.host_state()?;
         Ok(st.get(3).is_none_or(|&f| f == 0.0))
     }
 }

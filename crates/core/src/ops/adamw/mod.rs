@@ -71,12 +71,27 @@ pub struct GradNorm {
     pub state: Tensor,
     /// The norm at full precision when the backend has it on the host (the CPU's f64 sum).
     host_norm: Option<f64>,
+    /// `state` as read back by the first `read` (one copy per step: `params_finite` reuses it).
+    host_state: std::sync::OnceLock<Vec<f32>>,
 }
 
 impl GradNorm {
-    /// (norm, clip coefficient, skip), read back to the host (a device waits for its queue).
+    fn new(state: Tensor, host_norm: Option<f64>) -> GradNorm {
+        GradNorm { state, host_norm, host_state: std::sync::OnceLock::new() }
+    }
+
+    /// `state` on the host, copied once (a device waits for its queue). Read it after the
+    /// update: AdamW may still write it (the GPU kernel's non-finite flag).
+    fn host_state(&self) -> Result<&[f32]> {
+        if self.host_state.get().is_none() {
+            let _ = self.host_state.set(self.state.to_vec_f32()?);
+        }
+        Ok(self.host_state.get().map(Vec::as_slice).unwrap_or_default())
+    }
+
+    /// (norm, clip coefficient, skip), read back to the host (see `host_state`).
     pub fn read(&self) -> Result<(f64, f32, bool)> {
-        let st = self.state.to_vec_f32()?;
+        let st = self.host_state()?;
         Ok((self.host_norm.unwrap_or(st[0] as f64), st[1], st[2] != 0.0))
     }
 }
@@ -126,7 +141,7 @@ impl OptimKernels for Cpu {
         };
         let skip = !norm.is_finite() || bad_loss;
         let state = Tensor::from_f32(vec![norm as f32, coef, if skip { 1.0 } else { 0.0 }], &[3])?;
-        Ok(GradNorm { state, host_norm: Some(norm) })
+        Ok(GradNorm::new(state, Some(norm)))
     }
 
     fn adamw(
