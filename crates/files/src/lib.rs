@@ -10,11 +10,6 @@ use std::path::{Path, PathBuf};
 pub mod staging;
 pub use crate::staging::Temp;
 
-/// Renames with an error that names both paths.
-pub fn rename(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).with_context(|| format!("renaming {} to {}", from.display(), to.display()))
-}
-
 /// Writes `bytes` to `path` through a temporary beside it (removed if the write fails, e.g.
 /// on a full disk; the error names `path`).
 pub fn write_atomic(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
