@@ -22,12 +22,12 @@ PY=$(scripts/venv.sh)
 if "$PY" -c 'import torch, safetensors, numpy' >/dev/null 2>&1; then
     echo "torch already installed: $("$PY" -c 'import torch; print(torch.__version__)')"
 else
-    "$VENV/bin/pip" install --disable-pip-version-check torch safetensors numpy
+    "$PY" -m pip install --disable-pip-version-check torch safetensors numpy
 fi
 
 if [ "${INSTALL_TRANSFORMERS:-1}" = "1" ]; then
     if ! "$PY" -c 'import transformers' >/dev/null 2>&1; then
-        "$VENV/bin/pip" install --disable-pip-version-check transformers \
+        "$PY" -m pip install --disable-pip-version-check transformers \
             || echo "warning: transformers did not install; make_golden.py will skip its cross-check"
     fi
 fi

@@ -180,6 +180,22 @@ impl Graph {
         Ok(self.push1(&[a, b], y, |g| Ok(vec![Some(g.clone()), Some(g.clone())])))
     }
 
+    /// y = s·x.
+    pub fn scale(&mut self, x: &Var, s: f32) -> Result<Var> {
+        let y = timed("scale", || ops::elementwise::scale(&x.t, s))?;
+        Ok(self.push1(&[x], y, move |g| Ok(vec![Some(ops::elementwise::scale(g, s)?)])))
+    }
+
+    /// Inverted dropout of x with probability `p`, its mask drawn from `seed` (`ops::dropout`);
+    /// the identity for p = 0.
+    pub fn dropout(&mut self, x: &Var, p: f32, seed: u64) -> Result<Var> {
+        if p == 0.0 {
+            return Ok(x.clone());
+        }
+        let (y, mask) = timed("dropout", || ops::dropout::dropout(&x.t, p, seed))?;
+        Ok(self.push1(&[x], y, move |g| Ok(vec![Some(ops::elementwise::mul(g, &mask)?)])))
+    }
+
     /// y = x·Wᵀ + b
     pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
         if let Some(f) = &mut self.linear_hook {

@@ -3,10 +3,12 @@
 
 pub mod config;
 pub mod io;
+pub mod lora;
 pub mod memory;
 pub mod model;
 pub mod params;
 pub mod presets;
 
 pub use config::{Activation, Arch, ModelConfig, NormKind, RopeScaling};
+pub use lora::{Adapter, LoraConfig};
 pub use model::{KvCache, Logits, Model};

@@ -7,6 +7,7 @@
 //! `input_layernorm` (or the final `model.norm`), so the stream is read once per add.
 
 use crate::config::{Activation, ModelConfig, NormKind};
+use crate::lora::Adapter;
 use crate::params::{self, Index, Role};
 use anyhow::{bail, Context, Result};
 use smelt_core::autograd::BlockFn;
@@ -21,6 +22,9 @@ pub struct Model {
     pub names: Vec<String>,
     pub idx: Index,
     pub rope: Arc<RopeTable>,
+    /// A LoRA adapter on the projections (`attach`): applied by every forward, and, when
+    /// present, the only thing training updates (the base frozen: `trainable`).
+    pub adapter: Option<Adapter>,
 }
 
 /// Keys and values of past positions, per layer: (B, capacity, KVH, D), stored in the
@@ -83,26 +87,72 @@ pub enum Logits {
     Last,
 }
 
+/// How a forward applies the adapter: its factor s, and the dropout of this forward (p 0 when
+/// not training) with the seed its masks derive from.
+#[derive(Clone, Copy, Debug)]
+struct LoraRun {
+    scaling: f32,
+    dropout: f32,
+    seed: u64,
+}
+
+/// Which tensors a layer's block gets (`Model::layer_inputs`): the roles of its base tensors
+/// and of its adapted projections.
+#[derive(Clone)]
+struct LayerPlan {
+    roles: Vec<Role>,
+    lora: Vec<Role>,
+    run: Option<LoraRun>,
+}
+
 /// One layer's inputs to `block`: its tensors by role (every one but `AttnNorm`, which the
-/// previous block applies, fused with its residual add), and the norm that ends it.
+/// previous block applies, fused with its residual add), the (A, B) of each adapted
+/// projection, and the norm that ends it.
 struct LayerVars<'a> {
     by_role: [Option<&'a Var>; Role::COUNT],
+    lora: [Option<(&'a Var, &'a Var)>; Role::COUNT],
+    run: Option<LoraRun>,
     next_norm: &'a Var,
 }
 
 impl<'a> LayerVars<'a> {
-    /// `vars`: `next_norm`, then one tensor per entry of `roles`, as `Model::layer_inputs` lists them.
-    fn new(roles: &[Role], vars: &'a [Var]) -> Self {
+    /// `vars`: `next_norm`, one tensor per entry of `plan.roles`, then A and B per entry of
+    /// `plan.lora`, as `Model::layer_inputs` lists them.
+    fn new(plan: &LayerPlan, vars: &'a [Var]) -> Self {
         let mut by_role = [None; Role::COUNT];
-        for (r, v) in roles.iter().zip(&vars[1..]) {
+        for (r, v) in plan.roles.iter().zip(&vars[1..]) {
             by_role[*r as usize] = Some(v);
         }
-        LayerVars { by_role, next_norm: &vars[0] }
+        let mut lora = [None; Role::COUNT];
+        for (r, ab) in plan.lora.iter().zip(vars[1 + plan.roles.len()..].chunks_exact(2)) {
+            lora[*r as usize] = Some((&ab[0], &ab[1]));
+        }
+        LayerVars { by_role, lora, run: plan.run, next_norm: &vars[0] }
     }
     /// The layer's `role` tensor, if it has one.
     fn get(&self, role: Role) -> Option<&'a Var> {
         self.by_role[role as usize]
     }
+}
+
+/// Layer `l`'s `role` projection of x, with its bias if any, plus the adapter's
+/// s·B·(A·dropout(x)) where it adapts that projection (PEFT's `lora.Linear.forward`).
+fn proj(g: &mut Graph, l: usize, w: &LayerVars, role: Role, x: &Var, bias: Option<&Var>) -> Result<Var> {
+    let y = g.linear(x, &w[role], bias)?;
+    let (Some((a, b)), Some(run)) = (w.lora[role as usize], w.run) else {
+        return Ok(y);
+    };
+    let xd = if run.dropout > 0.0 {
+        // One mask per (forward, layer, projection), as PEFT's one nn.Dropout per module.
+        let mut s = run.seed ^ ((l as u64) << 8 | role as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+        g.dropout(x, run.dropout, smelt_core::rng::splitmix64(&mut s))?
+    } else {
+        x.clone()
+    };
+    let down = g.linear(&xd, a, None)?; // (N, r)
+    let up = g.linear(&down, b, None)?; // (N, out)
+    let up = g.scale(&up, run.scaling)?;
+    g.add(&y, &up)
 }
 
 impl<'a> std::ops::Index<Role> for LayerVars<'a> {
@@ -176,11 +226,11 @@ fn block(
     let (b, t) = bt;
     let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
     g.name(h, || format!("attn_norm-{l}"));
-    let q = g.linear(h, &w[Role::Wq], w.get(Role::Bq))?;
+    let q = proj(g, l, w, Role::Wq, h, w.get(Role::Bq))?;
     g.name(&q, || format!("Qcur-{l}"));
-    let k = g.linear(h, &w[Role::Wk], w.get(Role::Bk))?;
+    let k = proj(g, l, w, Role::Wk, h, w.get(Role::Bk))?;
     g.name(&k, || format!("Kcur-{l}"));
-    let v = g.linear(h, &w[Role::Wv], w.get(Role::Bv))?;
+    let v = proj(g, l, w, Role::Wv, h, w.get(Role::Bv))?;
     g.name(&v, || format!("Vcur-{l}"));
     let mut q = g.reshape(&q, &[b, t, nh, hd])?;
     let mut k = g.reshape(&k, &[b, t, nkv, hd])?;
@@ -220,20 +270,20 @@ fn block(
     };
     let attn = g.reshape(&attn, &[b * t, nh * hd])?;
     g.name(&attn, || format!("kqv_out-{l}"));
-    let attn_out = g.linear(&attn, &w[Role::Wo], None)?;
+    let attn_out = proj(g, l, w, Role::Wo, &attn, None)?;
     g.name(&attn_out, || format!("attn_out-{l}"));
     let (x, h) = add_norm(g, c, x, &attn_out, &w[Role::FfnNorm])?;
     g.name(&x, || format!("ffn_inp-{l}"));
     g.name(&h, || format!("ffn_norm-{l}"));
-    let gate = g.linear(&h, &w[Role::WGate], None)?;
+    let gate = proj(g, l, w, Role::WGate, &h, None)?;
     g.name(&gate, || format!("ffn_gate-{l}"));
-    let up = g.linear(&h, &w[Role::WUp], None)?;
+    let up = proj(g, l, w, Role::WUp, &h, None)?;
     g.name(&up, || format!("ffn_up-{l}"));
     let act = match c.act {
         Activation::Silu => g.swiglu(&gate, &up)?,
     };
     g.name(&act, || format!("ffn_swiglu-{l}"));
-    let ffn_out = g.linear(&act, &w[Role::WDown], None)?;
+    let ffn_out = proj(g, l, w, Role::WDown, &act, None)?;
     g.name(&ffn_out, || format!("ffn_out-{l}"));
     let (x, h) = add_norm(g, c, &x, &ffn_out, w.next_norm)?;
     g.name(&x, || format!("l_out-{l}"));
@@ -254,7 +304,7 @@ impl Model {
         }
         let rope = Arc::new(cfg.rope_table(RopeLayout::HalfSplit));
         let idx = params::index(&cfg);
-        Ok(Model { names: layout.into_iter().map(|(n, _)| n).collect(), params, idx, rope, cfg })
+        Ok(Model { names: layout.into_iter().map(|(n, _)| n).collect(), params, idx, rope, cfg, adapter: None })
     }
 
     /// The same model with other parameters (same names and shapes), keeping everything else
@@ -263,7 +313,82 @@ impl Model {
     pub fn with_params(&self, params: Vec<Tensor>) -> Result<Self> {
         let mut m = Model::new(self.cfg.clone(), params)?;
         m.rope = self.rope.clone();
+        m.adapter = self.adapter.clone();
         Ok(m)
+    }
+
+    /// Puts a LoRA adapter on the model (replacing any): checked against the base's shapes,
+    /// moved to the base's device, and on a base loaded from GGUF its q/k rows put in that
+    /// base's order. From then on every forward applies it and training updates only it.
+    pub fn attach(&mut self, mut adapter: Adapter) -> Result<()> {
+        adapter.check(&self.cfg)?;
+        if self.rope.layout == RopeLayout::Interleaved {
+            adapter.interleave(self.cfg.head_dim)?;
+        }
+        let device = self.device();
+        for p in &mut adapter.params {
+            *p = p.to_device(device)?;
+        }
+        self.adapter = Some(adapter);
+        Ok(())
+    }
+
+    /// Loads the PEFT adapter folder `dir` (`lora::Adapter::load`) and attaches it.
+    pub fn attach_dir(&mut self, dir: &Path) -> Result<()> {
+        let a = Adapter::load(dir, &self.cfg)?;
+        self.attach(a).with_context(|| format!("attaching {}", dir.display()))
+    }
+
+    /// The model with its adapter folded into the weights (W + s·B·A), and no adapter: an
+    /// ordinary checkpoint (PEFT's `merge_and_unload`). Without an adapter, a copy.
+    pub fn merged(&self) -> Result<Self> {
+        let Some(a) = &self.adapter else {
+            return self.with_params(self.params.clone());
+        };
+        let mut m = self.with_params(a.merged(&self.params, &self.idx)?)?;
+        m.adapter = None;
+        Ok(m)
+    }
+
+    /// The tensors training updates: the adapter's when one is attached (the base frozen:
+    /// no gradient, no optimizer state), else every parameter.
+    pub fn trainable(&self) -> &[Tensor] {
+        match &self.adapter {
+            Some(a) => &a.params,
+            None => &self.params,
+        }
+    }
+
+    pub fn trainable_mut(&mut self) -> &mut Vec<Tensor> {
+        match &mut self.adapter {
+            Some(a) => &mut a.params,
+            None => &mut self.params,
+        }
+    }
+
+    /// The names of `trainable` (PEFT's for an adapter).
+    pub fn trainable_names(&self) -> Vec<String> {
+        match &self.adapter {
+            Some(a) => a.names(),
+            None => self.names.clone(),
+        }
+    }
+
+    /// Whether weight decay applies to each of `trainable` (to every LoRA factor, as
+    /// transformers' Trainer decays every non-bias, non-norm parameter).
+    pub fn trainable_decays(&self) -> Vec<bool> {
+        match &self.adapter {
+            Some(a) => vec![true; a.params.len()],
+            None => params::decays(&self.cfg),
+        }
+    }
+
+    /// The graph variables of `trainable` among `param_vars`' output.
+    pub fn trainable_vars<'a>(&self, p: &'a [Var]) -> &'a [Var] {
+        match &self.adapter {
+            Some(_) => &p[self.params.len()..],
+            None => &p[..self.params.len()],
+        }
     }
 
     /// The same model with every quantised matrix dequantised to plain f32 (on the host).
@@ -291,6 +416,11 @@ impl Model {
     pub fn to_device(&mut self, device: Device) -> Result<()> {
         for p in &mut self.params {
             *p = p.to_device(device)?;
+        }
+        if let Some(a) = &mut self.adapter {
+            for p in &mut a.params {
+                *p = p.to_device(device)?;
+            }
         }
         Ok(())
     }
@@ -377,22 +507,63 @@ impl Model {
         crate::io::write_safetensors(&dir.join("model.safetensors"), &named, dtype, Some(meta))
     }
 
-    /// The parameters as graph leaves (ids 0..P in a fresh graph).
+    /// The parameters as graph leaves (ids 0..P in a fresh graph), then the adapter's tensors
+    /// if one is attached; `requires_grad` asks for the gradients of `trainable` (with an
+    /// adapter the base's leaves never need one).
     pub fn param_vars(&self, g: &mut Graph, requires_grad: bool) -> Vec<Var> {
-        self.params.iter().map(|p| g.leaf(p.clone(), requires_grad)).collect()
+        let base = requires_grad && self.adapter.is_none();
+        let mut v: Vec<Var> = self.params.iter().map(|p| g.leaf(p.clone(), base)).collect();
+        if let Some(a) = &self.adapter {
+            v.extend(a.params.iter().map(|p| g.leaf(p.clone(), requires_grad)));
+        }
+        v
     }
 
     /// Block `l`'s inputs as `LayerVars::new` takes them: the roles of the layer's tensors but
-    /// `AttnNorm` (applied before the block), and `next_norm` (the next layer's `AttnNorm`, or the
-    /// output norm after the last layer) followed by those tensors.
-    fn layer_inputs(&self, l: usize, p: &[Var]) -> (Vec<Role>, Vec<Var>) {
+    /// `AttnNorm` (applied before the block) and of its adapted projections, and `next_norm`
+    /// (the next layer's `AttnNorm`, or the output norm after the last layer) followed by those
+    /// tensors, then each adapted projection's A and B.
+    fn layer_inputs(&self, l: usize, p: &[Var], run: Option<LoraRun>) -> (LayerPlan, Vec<Var>) {
         let next_norm = match self.idx.layers.get(l + 1) {
             Some(next) => next[Role::AttnNorm],
             None => self.idx.norm,
         };
-        let (roles, ids): (Vec<Role>, Vec<usize>) =
+        let (roles, mut ids): (Vec<Role>, Vec<usize>) =
             self.idx.layers[l].present().filter(|(r, _)| *r != Role::AttnNorm).unzip();
-        (roles, std::iter::once(next_norm).chain(ids).map(|i| p[i].clone()).collect())
+        let mut lora = Vec::new();
+        if let Some(a) = &self.adapter {
+            for &role in &a.cfg.targets {
+                if let Some((ai, bi)) = a.slot(l, role) {
+                    lora.push(role);
+                    ids.extend([self.params.len() + ai, self.params.len() + bi]);
+                }
+            }
+        }
+        let vars = std::iter::once(next_norm).chain(ids).map(|i| p[i].clone()).collect();
+        (LayerPlan { roles, lora, run }, vars)
+    }
+
+    /// How this forward applies the adapter (`None` without one): dropout only when its
+    /// tensors want gradients (a training step, not validation or inference), with a fresh
+    /// seed from the adapter (`Adapter::begin_step`).
+    fn lora_run(&self, p: &[Var]) -> Result<Option<LoraRun>> {
+        let Some(a) = &self.adapter else {
+            return Ok(None);
+        };
+        if p.len() != self.params.len() + a.params.len() {
+            bail!(
+                "forward: {} inputs; the model has {} parameters and {} adapter tensors (use param_vars)",
+                p.len(),
+                self.params.len(),
+                a.params.len()
+            );
+        }
+        let training = a.cfg.dropout > 0.0 && p[self.params.len()..].iter().any(|v| v.requires_grad());
+        Ok(Some(LoraRun {
+            scaling: a.scaling(),
+            dropout: if training { a.cfg.dropout as f32 } else { 0.0 },
+            seed: if training { a.dropout_seed() } else { 0 },
+        }))
     }
 
     /// tokens: (B, T) u32 → logits (B·T, V), or (B, V) for `Logits::Last`.
@@ -445,12 +616,13 @@ impl Model {
         let h0 = norm(g, c, &x, &p[self.idx.layers[0][Role::AttnNorm]])?;
         let (mut x, mut h) = (x, h0);
         let pos0 = cache.as_deref().map_or(0, |kv| kv.len);
+        let run = self.lora_run(p)?;
         for l in 0..c.n_layers {
-            let (roles, inputs) = self.layer_inputs(l, p);
+            let (plan, inputs) = self.layer_inputs(l, p, run);
             if checkpoint && g.is_recording() && cache.is_none() {
                 let (cfg, rope) = (Arc::new(c.clone()), self.rope.clone());
                 let f: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
-                    let w = LayerVars::new(&roles, &v[2..]);
+                    let w = LayerVars::new(&plan, &v[2..]);
                     let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, None)?;
                     Ok(vec![x, h])
                 });
@@ -460,7 +632,7 @@ impl Model {
                 h = out.pop().unwrap();
                 x = out.pop().unwrap();
             } else {
-                let w = LayerVars::new(&roles, &inputs);
+                let w = LayerVars::new(&plan, &inputs);
                 let slot = cache.as_deref_mut().map(|kv| CacheSlot { k: &mut kv.k[l], v: &mut kv.v[l], pos0 });
                 (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot)?;
             }
