@@ -47,8 +47,10 @@ pub struct LoraConfig {
     pub r: usize,
     pub alpha: f64,
     pub dropout: f64,
-    /// The adapted projections, in table order.
-    pub targets: Vec<Role>,
+    /// PEFT's `target_modules`: module names (`q_proj`, …: that projection in every layer) or
+    /// full module paths (`model.layers.3.self_attn.q_proj`: in that layer only), as PEFT
+    /// matches them (`adapts`). smelt writes module names, in table order.
+    pub targets: Vec<String>,
     /// Scale by alpha/√r instead of alpha/r.
     pub use_rslora: bool,
     /// `base_model_name_or_path` (where the base came from; informational in PEFT too).
@@ -57,7 +59,8 @@ pub struct LoraConfig {
 
 impl LoraConfig {
     /// Checks the settings (named as `smelt`'s flags name them).
-    pub fn new(r: usize, alpha: f64, dropout: f64, targets: Vec<Role>, use_rslora: bool) -> Result<Self> {
+    pub fn new(r: usize, alpha: f64, dropout: f64, targets: &[Role], use_rslora: bool) -> Result<Self> {
+        let targets = targets.iter().map(|&r| module_name(def_of(r)).to_string()).collect();
         let c = LoraConfig { r, alpha, dropout, targets, use_rslora, base_model: None };
         c.validate("--lora-r", "--lora-alpha", "--lora-dropout", "--lora-targets")?;
         Ok(c)
@@ -93,15 +96,16 @@ impl LoraConfig {
                 want.extend(targetable().map(|d| d.role));
                 continue;
             }
-            let d = targetable()
-                .find(|d| module_name(d) == n || module_name(d).strip_suffix("_proj") == Some(n))
-                .with_context(|| {
-                    let known: Vec<&str> = targetable().map(module_name).collect();
-                    format!("{what}: unknown module {n:?} (smelt adapts all-linear or any of {})", known.join(", "))
-                })?;
-            want.push(d.role);
+            want.push(role_of(n, what)?);
         }
         Ok(targetable().map(|d| d.role).filter(|r| want.contains(r)).collect())
+    }
+
+    /// Whether layer `l`'s `role` projection is adapted, by PEFT's rule: a target equal to the
+    /// module's path or ending it after a dot (`q_proj`, `self_attn.q_proj`,
+    /// `model.layers.0.self_attn.q_proj`), or `all-linear`.
+    pub fn adapts(&self, l: usize, role: Role) -> bool {
+        self.targets.iter().any(|t| target_matches(t, l, role))
     }
 
     /// The factor of B·A: alpha/r, or alpha/√r under rsLoRA (PEFT's `scaling`).
@@ -115,7 +119,7 @@ impl LoraConfig {
 
     /// `adapter_config.json` as PEFT writes it for these settings.
     pub fn to_peft_json(&self) -> Value {
-        let targets: Vec<&str> = self.targets.iter().map(|&r| module_name(def_of(r))).collect();
+        let targets = &self.targets;
         json!({
             "alpha_pattern": {},
             "auto_mapping": null,
@@ -139,7 +143,9 @@ impl LoraConfig {
             "rank_pattern": {},
             "revision": null,
             "target_modules": targets,
+            "target_parameters": null,
             "task_type": "CAUSAL_LM",
+            "trainable_token_indices": null,
             "use_dora": false,
             "use_rslora": self.use_rslora,
         })
@@ -175,7 +181,7 @@ impl LoraConfig {
             }
         };
         let use_rslora = flag("use_rslora")?;
-        for k in ["fan_in_fan_out", "use_dora", "lora_bias"] {
+        for k in ["fan_in_fan_out", "use_dora", "lora_bias", "use_qalora"] {
             if flag(k)? {
                 bail!("{p}: {k} is true; smelt supports plain LoRA only ({k} false)");
             }
@@ -188,7 +194,15 @@ impl LoraConfig {
                 bail!("{p}: {k} is set (per-module ranks or alphas); smelt supports one r and lora_alpha");
             }
         }
-        for k in ["modules_to_save", "layers_to_transform", "layer_replication", "exclude_modules"] {
+        for k in [
+            "modules_to_save",
+            "layers_to_transform",
+            "layer_replication",
+            "exclude_modules",
+            "target_parameters",
+            "trainable_token_indices",
+            "alora_invocation_tokens",
+        ] {
             let set = match field(k) {
                 None => false,
                 Some(Value::Array(a)) => !a.is_empty(),
@@ -198,20 +212,28 @@ impl LoraConfig {
                 bail!("{p}: {k} is set; smelt does not support it (only target_modules on every layer)");
             }
         }
-        let names: Vec<&str> = match field("target_modules") {
+        let targets: Vec<String> = match field("target_modules") {
             Some(Value::String(one)) if one == "all-linear" || targetable().any(|d| module_name(d) == one) => {
-                vec![one.as_str()]
+                vec![one.clone()]
             }
             Some(Value::String(re)) => {
                 bail!("{p}: target_modules {re:?} is a regular expression; smelt reads a list of module names")
             }
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|x| x.as_str().with_context(|| format!("{p}: target_modules holds {x}, not a module name")))
+                .map(|x| {
+                    x.as_str()
+                        .map(String::from)
+                        .with_context(|| format!("{p}: target_modules holds {x}, not a module name"))
+                })
                 .collect::<Result<_>>()?,
             _ => bail!("{p}: field target_modules is missing"),
         };
-        let targets = Self::targets_from(&names, &format!("{p}: target_modules"))?;
+        // Each name must end in a projection smelt adapts (full paths are checked against the
+        // base's layers when the weights load).
+        for t in targets.iter().filter(|t| *t != "all-linear") {
+            role_of(t.rsplit('.').next().unwrap_or(t), &format!("{p}: target_modules"))?;
+        }
         let c = LoraConfig {
             r: r as usize,
             alpha,
@@ -224,6 +246,24 @@ impl LoraConfig {
         c.validate(&at("r"), &at("lora_alpha"), &at("lora_dropout"), &at("target_modules"))?;
         Ok(c)
     }
+}
+
+/// PEFT's match of one `target_modules` entry against layer `l`'s `role` projection.
+fn target_matches(t: &str, l: usize, role: Role) -> bool {
+    let d = def_of(role);
+    let path = format!("model.layers.{l}.{}", d.hf.strip_suffix(".weight").unwrap_or(d.hf));
+    t == "all-linear" || t == path || (path.ends_with(t) && path[..path.len() - t.len()].ends_with('.'))
+}
+
+/// The projection a module name (`q_proj`) or short name (`q`) stands for.
+fn role_of(n: &str, what: &str) -> Result<Role> {
+    let d = targetable()
+        .find(|d| module_name(d) == n || module_name(d).strip_suffix("_proj") == Some(n))
+        .with_context(|| {
+            let known: Vec<&str> = targetable().map(module_name).collect();
+            format!("{what}: unknown module {n:?} (smelt adapts all-linear or any of {})", known.join(", "))
+        })?;
+    Ok(d.role)
 }
 
 /// Which of the two factors.
@@ -278,8 +318,10 @@ fn out_in(c: &ModelConfig, role: Role) -> (usize, usize) {
 
 impl Adapter {
     fn with(c: &ModelConfig, cfg: LoraConfig, params: Vec<Tensor>) -> Self {
-        let slots: Vec<(usize, Role)> =
-            (0..c.n_layers).flat_map(|l| cfg.targets.iter().map(move |&r| (l, r))).collect();
+        let slots: Vec<(usize, Role)> = (0..c.n_layers)
+            .flat_map(|l| targetable().map(move |d| (l, d.role)))
+            .filter(|&(l, r)| cfg.adapts(l, r))
+            .collect();
         let mut by_layer = vec![[None; Role::COUNT]; c.n_layers];
         for (i, &(l, r)) in slots.iter().enumerate() {
             by_layer[l][r as usize] = Some(i);
@@ -301,8 +343,8 @@ impl Adapter {
     pub fn init(c: &ModelConfig, cfg: LoraConfig, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
         let mut params = Vec::new();
-        for _ in 0..c.n_layers {
-            for &role in &cfg.targets {
+        for l in 0..c.n_layers {
+            for role in targetable().map(|d| d.role).filter(|&r| cfg.adapts(l, r)) {
                 let (out, inp) = out_in(c, role);
                 let bound = 1.0 / (inp as f64).sqrt();
                 let a = (0..cfg.r * inp).map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32).collect();
@@ -376,8 +418,12 @@ impl Adapter {
         }
         let mut w = crate::io::read_safetensors(&wp)?;
         let mut params = Vec::new();
+        let mut matched = vec![false; cfg.targets.len()];
         for l in 0..c.n_layers {
-            for &role in &cfg.targets {
+            for role in targetable().map(|d| d.role).filter(|&r| cfg.adapts(l, r)) {
+                for (i, t) in cfg.targets.iter().enumerate() {
+                    matched[i] |= target_matches(t, l, role);
+                }
                 let (out, inp) = out_in(c, role);
                 for (f, shape) in [(Factor::A, [cfg.r, inp]), (Factor::B, [out, cfg.r])] {
                     let name = Self::tensor_name(l, role, f);
@@ -398,13 +444,21 @@ impl Adapter {
                 }
             }
         }
+        if let Some(i) = matched.iter().position(|m| !m) {
+            bail!(
+                "{}: target_modules names {:?}, which is no module of this {}-layer base",
+                cp.display(),
+                cfg.targets[i],
+                c.n_layers
+            );
+        }
         if let Some(extra) = w.keys().min() {
             bail!(
                 "{}: unexpected tensor {extra} (and {} more): not a LoRA factor of this {}-layer base with target_modules {:?}",
                 wp.display(),
                 w.len() - 1,
                 c.n_layers,
-                cfg.targets.iter().map(|&r| module_name(def_of(r))).collect::<Vec<_>>()
+                cfg.targets
             );
         }
         Ok(Self::with(c, cfg, params))
@@ -529,7 +583,13 @@ mod tests {
 
     #[test]
     fn config_round_trips_and_refuses_what_it_cannot_do() {
-        let mut c = LoraConfig::new(8, 16.0, 0.05, vec![Role::Wq, Role::Wv], true).unwrap();
+        let mut c = LoraConfig::new(8, 16.0, 0.05, &[Role::Wq, Role::Wv], true).unwrap();
+        assert_eq!(c.targets, ["q_proj", "v_proj"]);
+        assert!(c.adapts(5, Role::Wq) && !c.adapts(5, Role::Wk));
+        let one =
+            LoraConfig { targets: vec!["model.layers.1.mlp.up_proj".into(), "self_attn.k_proj".into()], ..c.clone() };
+        assert!(one.adapts(1, Role::WUp) && !one.adapts(0, Role::WUp) && !one.adapts(11, Role::WUp));
+        assert!(one.adapts(0, Role::Wk) && one.adapts(7, Role::Wk));
         c.base_model = Some("HuggingFaceTB/SmolLM2-135M".into());
         let p = Path::new("x/adapter_config.json");
         assert_eq!(LoraConfig::from_peft_json(&c.to_peft_json(), p).unwrap(), c);
@@ -551,14 +611,14 @@ mod tests {
             let e = format!("{:#}", LoraConfig::from_peft_json(&j, p).unwrap_err());
             assert!(e.contains(want) && e.contains("adapter_config.json"), "{k}: {e}");
         }
-        assert!(LoraConfig::new(4, 8.0, 1.0, vec![Role::Wq], false).is_err());
-        assert!(LoraConfig::new(0, 8.0, 0.0, vec![Role::Wq], false).is_err());
+        assert!(LoraConfig::new(4, 8.0, 1.0, &[Role::Wq], false).is_err());
+        assert!(LoraConfig::new(0, 8.0, 0.0, &[Role::Wq], false).is_err());
     }
 
     #[test]
     fn init_is_peft_s_and_merge_adds_s_b_a() {
         let c = ModelConfig::llama(16, 8, 2, 2, 1, 12);
-        let cfg = LoraConfig::new(2, 4.0, 0.0, LoraConfig::parse_targets("all-linear").unwrap(), false).unwrap();
+        let cfg = LoraConfig::new(2, 4.0, 0.0, &LoraConfig::parse_targets("all-linear").unwrap(), false).unwrap();
         let mut a = Adapter::init(&c, cfg, 1);
         assert_eq!(a.params.len(), 2 * 2 * 7);
         a.check(&c).unwrap();

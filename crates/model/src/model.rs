@@ -532,7 +532,7 @@ impl Model {
             self.idx.layers[l].present().filter(|(r, _)| *r != Role::AttnNorm).unzip();
         let mut lora = Vec::new();
         if let Some(a) = &self.adapter {
-            for &role in &a.cfg.targets {
+            for role in crate::lora::targetable().map(|d| d.role) {
                 if let Some((ai, bi)) = a.slot(l, role) {
                     lora.push(role);
                     ids.extend([self.params.len() + ai, self.params.len() + bi]);
