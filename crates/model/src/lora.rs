@@ -42,7 +42,7 @@ fn def_of(role: Role) -> &'static TensorDef {
 }
 
 /// The settings of an adapter (PEFT's `LoraConfig`, the fields smelt supports).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoraConfig {
     pub r: usize,
     pub alpha: f64,

@@ -62,12 +62,17 @@ pub fn save(dir: &Path, model: &Model, tok: &Tokenizer, train: Option<(&AdamWSta
 }
 
 fn write_into(tmp: &Path, model: &Model, tok: &Tokenizer, train: Option<(&AdamWState, &TrainerState)>) -> Result<()> {
-    model.save(tmp)?;
+    match &model.adapter {
+        // A LoRA run's checkpoint is its adapter in PEFT's format; the base stays where
+        // `init` names it (trainer_state.json).
+        Some(a) => a.save(tmp, model.cfg.head_dim)?,
+        None => model.save(tmp)?,
+    }
     tok.save(&tmp.join("tokenizer.json"))?;
     std::fs::write(tmp.join("generation_config.json"), serde_json::to_string_pretty(&generation_config(model, tok))?)?;
     if let Some((opt, state)) = train {
         let mut named: Vec<(String, Tensor)> = Vec::new();
-        for (i, n) in model.names.iter().enumerate() {
+        for (i, n) in model.trainable_names().iter().enumerate() {
             named.push((format!("{n}.exp_avg"), opt.m[i].clone()));
             named.push((format!("{n}.exp_avg_sq"), opt.v[i].clone()));
         }
@@ -117,7 +122,28 @@ pub fn list(root: &Path) -> Result<Vec<Found>> {
     Ok(out)
 }
 
-/// Loads the optimizer state and trainer state saved beside a model.
+/// The model of a checkpoint: its weights, or for a LoRA run's checkpoint (an adapter folder)
+/// the base its `trainer_state.json` names (`init`) with the adapter attached.
+pub fn load_model(dir: &Path) -> Result<Model> {
+    if !dir.join(smelt_model::lora::CONFIG_FILE).exists() {
+        return Model::load(dir);
+    }
+    let sp = dir.join("trainer_state.json");
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&sp)
+            .with_context(|| format!("reading {} (is this a training checkpoint?)", sp.display()))?,
+    )
+    .with_context(|| format!("{}: invalid JSON", sp.display()))?;
+    let base = v["config"]["init"]
+        .as_str()
+        .with_context(|| format!("{}: a LoRA checkpoint's state names no base model (config.init)", sp.display()))?;
+    let mut model =
+        Model::load(Path::new(base)).with_context(|| format!("loading the base model of {}", dir.display()))?;
+    model.attach_dir(dir)?;
+    Ok(model)
+}
+
+/// Loads the optimizer state and trainer state saved beside a model (its `trainable` tensors').
 pub fn load_train_state(dir: &Path, model: &Model) -> Result<(AdamWState, TrainerState)> {
     let sp = dir.join("trainer_state.json");
     let state: TrainerState = serde_json::from_str(
@@ -128,7 +154,7 @@ pub fn load_train_state(dir: &Path, model: &Model) -> Result<(AdamWState, Traine
     let op = dir.join("optimizer.safetensors");
     let mut t = smelt_model::io::read_safetensors(&op)?;
     let (mut m, mut v) = (Vec::new(), Vec::new());
-    for (n, p) in model.names.iter().zip(&model.params) {
+    for (n, p) in model.trainable_names().iter().zip(model.trainable()) {
         for (suffix, out) in [("exp_avg", &mut m), ("exp_avg_sq", &mut v)] {
             let key = format!("{n}.{suffix}");
             let x = t.remove(&key).with_context(|| format!("{}: missing {key}", op.display()))?;

@@ -65,6 +65,10 @@ pub struct TrainConfig {
     /// run's checkpoints newer than the one resumed) instead of refusing. Not saved.
     #[serde(skip)]
     pub overwrite: bool,
+    /// Train a LoRA adapter on the frozen `init` model instead of every weight (checkpoints
+    /// then hold the adapter in PEFT's format, see `checkpoint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<smelt_model::LoraConfig>,
 }
 
 /// The `smelt train` defaults (the CLI documents each), for library users and tests.
@@ -105,6 +109,7 @@ impl Default for TrainConfig {
             val_batches: 20,
             device: Default::default(),
             overwrite: false,
+            lora: None,
         }
     }
 }
@@ -251,8 +256,8 @@ pub fn step(
         loss_sum = elementwise::add(&loss_sum, l)?;
     }
     let gnorm = timed("clip_grad_norm", || adamw::grad_norm(&grads.iter().collect::<Vec<_>>(), clip, Some(&loss_sum)))?;
-    let decay = smelt_model::params::decays(&model.cfg);
-    timed("adamw", || opt.step(hp, &mut model.params, &grads, &decay, Some(&gnorm)))?;
+    let decay = model.trainable_decays();
+    timed("adamw", || opt.step(hp, model.trainable_mut(), &grads, &decay, Some(&gnorm)))?;
     // The one wait of the step: everything above is queued; read the losses and the norm.
     let mut loss_total = 0f64;
     for l in &losses {
@@ -269,12 +274,12 @@ pub fn step(
             params_finite: true,
         });
     }
-    let params_finite = adamw::params_finite(&model.params, &gnorm)?;
+    let params_finite = adamw::params_finite(model.trainable(), &gnorm)?;
     Ok(StepOutcome { loss, grad_norm: norm, params_finite })
 }
 
 /// Forward and backward over each micro-batch on whatever device the model is on. Returns the
-/// parameter gradients summed over the micro-batches (in parameter order) and each micro-batch's
+/// gradients of `Model::trainable` summed over the micro-batches (in order) and each micro-batch's
 /// loss (a 1-element tensor, left where it was computed).
 fn backward_sum(
     model: &Model,
@@ -289,7 +294,8 @@ fn backward_sum(
         let loss = model.loss(&mut g, &p, x, y, grad_checkpoint)?;
         losses.push(loss.tensor().clone());
         let mut grads = g.backward(&loss)?;
-        let gs: Vec<Tensor> = p
+        let gs: Vec<Tensor> = model
+            .trainable_vars(&p)
             .iter()
             .map(|v| match grads.take(v) {
                 Some(t) => Ok(t),
@@ -376,6 +382,24 @@ fn check_memory(mc: &ModelConfig, cfg: &TrainConfig) -> Result<()> {
     smelt_core::mem::ensure_fits(cfg.device, need, &what)
 }
 
+/// `model` with a fresh LoRA adapter when `cfg.lora` asks for one (PEFT's init from the run's
+/// seed), its base recorded as `init`; otherwise `model` as it is.
+fn with_lora(mut model: Model, cfg: &TrainConfig) -> Result<Model> {
+    let Some(lc) = &cfg.lora else {
+        return Ok(model);
+    };
+    let Some(init) = &cfg.init else {
+        bail!("--lora-r trains an adapter on a base model: give the base with --init");
+    };
+    let mut lc = lc.clone();
+    lc.base_model = Some(init.display().to_string());
+    let a = smelt_model::Adapter::init(&model.cfg, lc, cfg.seed);
+    let n: usize = a.params.iter().map(Tensor::numel).sum();
+    eprintln!("LoRA: r {} on {} projections ({} trainable parameters); the base is frozen", a.cfg.r, a.slots.len(), n);
+    model.attach(a)?;
+    Ok(model)
+}
+
 /// Trains from `cfg`, or continues the checkpoint `resume` (its saved settings are used except
 /// `steps`, `checkpoint_dir`, `checkpoint_interval`, `keep_checkpoints`, `log_interval`,
 /// `device` and `overwrite`).
@@ -383,7 +407,7 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
     let (mut model, tok, mut opt, cfg, start, run_id) = match resume {
         Some(dir) => {
             cfg.validate()?;
-            let model = Model::load(dir)?;
+            let model = checkpoint::load_model(dir)?;
             let (opt, state) = checkpoint::load_train_state(dir, &model)?;
             let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
             let mut saved = state.config.clone();
@@ -429,7 +453,8 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
                     Model::init(mc, cfg.seed)?
                 }
             };
-            let opt = AdamWState::new(&model.params);
+            let model = with_lora(model, &cfg)?;
+            let opt = AdamWState::new(model.trainable());
             (model, tok, opt, cfg, 0, smelt_files::staging::unique_id())
         }
     };
@@ -499,6 +524,9 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
                 to_tensors(x, y, cfg.seq_len)
             })
             .collect::<Result<_>>()?;
+        if let Some(a) = &model.adapter {
+            a.begin_step(cfg.seed, step_index); // its dropout masks: a function of (seed, step)
+        }
         let out = step(&mut model, &mut opt, &hp, &micro, cfg.grad_clip, cfg.grad_checkpoint)?;
         let (loss, norm) = (out.loss, out.grad_norm);
         let keep = || {
