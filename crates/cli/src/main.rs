@@ -45,6 +45,8 @@ enum Command {
     ImportHf(cmd::import_hf::ImportHfArgs),
     /// Show what a .gguf file, .safetensors file or Hugging Face folder holds.
     Inspect(cmd::inspect::InspectArgs),
+    /// Fold a LoRA adapter (PEFT's format) into its base: an ordinary checkpoint folder.
+    Merge(cmd::merge::MergeArgs),
     /// Write a GGUF file llama.cpp runs (f32, f16, bf16 or a quantised type).
     ExportGguf(cmd::export_gguf::ExportGgufArgs),
     /// Compute an importance matrix (llama.cpp's imatrix format) from calibration text.
@@ -95,6 +97,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Sizes(a) => cmd::sizes::run(a),
         Command::ImportHf(a) => cmd::import_hf::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Merge(a) => cmd::merge::run(a),
         Command::ExportGguf(a) => cmd::export_gguf::run(a),
         Command::Imatrix(a) => cmd::imatrix::run(a),
         Command::Quantize(a) => cmd::quantize::run(a),

@@ -23,6 +23,10 @@ pub struct BenchArgs {
     /// quantised, on the GPU too; training is then not timed).
     #[arg(long)]
     model: Option<PathBuf>,
+    /// A LoRA adapter folder (PEFT's format) on --model: forward and decode run through it, and
+    /// the timed training step trains only it.
+    #[arg(long, value_name = "DIR", requires = "model")]
+    adapter: Option<PathBuf>,
     #[arg(long, default_value_t = 8192, value_parser = super::checks::vocab_size)]
     vocab_size: usize,
     #[arg(long, default_value_t = 4, value_parser = super::checks::count)]
@@ -115,7 +119,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let device = super::device::resolve(&a.device)?;
     let mut model = match &a.model {
         Some(dir) => {
-            let m = super::load_model(dir)?;
+            let m = super::lora::load_model_adapted(dir, a.adapter.as_deref())?;
             fits(&m.cfg, &a, device, false)?;
             m
         }
@@ -151,7 +155,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let train = if quantised {
         f64::NAN
     } else {
-        let mut opt = AdamWState::new(&model.params);
+        let mut opt = AdamWState::new(model.trainable());
         opt.to_device(device)?;
         let hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
         let batch = [(x.clone(), y.clone())];

@@ -23,6 +23,10 @@ pub struct ExportGgufArgs {
     /// general.name (default: the model folder's name).
     #[arg(long)]
     pub name: Option<String>,
+    /// A LoRA adapter folder (PEFT's format) to merge into the model before writing (as
+    /// `smelt merge` would; a merged folder can also be given as --model).
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
 }
 
 pub fn write(
@@ -46,7 +50,11 @@ pub fn write(
 
 pub fn run(a: ExportGgufArgs) -> Result<()> {
     let ty = GgmlType::parse(&a.r#type)?;
-    let model = super::load_model(&a.model)?;
+    let mut model = super::lora::load_model_adapted(&a.model, a.adapter.as_deref())?;
+    if model.adapter.is_some() {
+        // Folded into the weights before quantising, as llama.cpp's export of a merged model.
+        model = model.dequantized()?.merged()?;
+    }
     write(&model, &a.model, ty, a.pre.as_deref(), a.name.as_deref(), None, &a.output)?;
     let bytes = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
     println!("wrote {} ({}, {:.1} MiB)", a.output.display(), ty.name(), bytes as f64 / (1u64 << 20) as f64);

@@ -18,6 +18,10 @@ pub struct GenerateArgs {
     /// Model folder (config.json, model.safetensors, tokenizer.json) or a .gguf file.
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter folder in PEFT's format (adapter_config.json, adapter_model.safetensors)
+    /// to apply on top of the model (from `smelt train --lora-r`, `smelt sft` or PEFT).
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// Raw prompt text (continued as is).
     #[arg(long, default_value = "", conflicts_with = "chat")]
     prompt: String,
@@ -61,7 +65,7 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     let device = super::device::resolve(&a.device)?;
-    let mut model = super::load_model(&a.model)?;
+    let mut model = super::lora::load_model_adapted(&a.model, a.adapter.as_deref())?;
     model.to_device(device)?;
     let tok = Tokenizer::from_file(&a.model)?;
     let (prompt_text, prompt_ids) = match &a.chat {

@@ -41,51 +41,7 @@ const SIDE_FILES: &[&str] = &[
 ];
 
 pub fn run(a: ImportHfArgs) -> Result<()> {
-    if a.output.exists() && a.output.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
-        bail!("{}: exists and is not empty; choose a new --output", a.output.display());
-    }
-    let gguf = a.hf_dir.is_file() && a.hf_dir.extension().is_some_and(|e| e == "gguf");
-    let (model, tokenizer) = if gguf {
-        let model = smelt_convert::load_model(&a.hf_dir)?.dequantized()?;
-        let tok = smelt_tokenizer::Tokenizer::from_file(&a.hf_dir)?;
-        if tok.to_json().is_none() {
-            eprintln!("warning: {}: a SentencePiece vocabulary has no tokenizer.json form here; the imported model will need --tokenizer {}", a.hf_dir.display(), a.hf_dir.display());
-        }
-        (model, Some(tok).filter(|t| t.to_json().is_some()))
-    } else {
-        if !a.hf_dir.join("tokenizer.json").exists() {
-            eprintln!(
-                "warning: {} has no tokenizer.json; the imported model will need --tokenizer elsewhere",
-                a.hf_dir.display()
-            );
-        }
-        (Model::load(&a.hf_dir)?, None)
-    };
-    let parent = a.output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)?;
-    // Staged beside the output under a name of its own; removed on an error or Ctrl-C.
-    let staged = smelt_files::Temp::new(&a.output);
-    let tmp = staged.path().to_path_buf();
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let dtype = match a.dtype {
-        Dtype::F32 => DType::F32,
-        Dtype::Bf16 => DType::BF16,
-        Dtype::F16 => DType::F16,
-    };
-    model.save_as(&tmp, dtype)?;
-    if let Some(tok) = &tokenizer {
-        tok.save_hf(&tmp)?;
-    }
-    for f in SIDE_FILES.iter().filter(|_| !gguf) {
-        let src = a.hf_dir.join(f);
-        if src.exists() {
-            std::fs::copy(&src, tmp.join(f)).with_context(|| format!("copying {}", src.display()))?;
-        }
-    }
-    if a.output.exists() {
-        std::fs::remove_dir(&a.output).with_context(|| format!("replacing the empty {}", a.output.display()))?;
-    }
-    staged.commit(&a.output)?;
+    let model = write_checkpoint(&a.hf_dir, None, &a.output, a.dtype)?;
     eprintln!(
         "imported {} ({}, {} parameters) to {} as {:?}",
         a.hf_dir.display(),
@@ -95,4 +51,62 @@ pub fn run(a: ImportHfArgs) -> Result<()> {
         a.dtype
     );
     Ok(())
+}
+
+/// Writes the model at `src` (a Hugging Face folder or a GGUF file), with the PEFT adapter
+/// `adapter` merged into it if given, as a checkpoint folder `output` (staged, then renamed
+/// into place; refused if it exists and is not empty), with `src`'s tokenizer files. Returns
+/// the model written.
+pub fn write_checkpoint(src: &Path, adapter: Option<&Path>, output: &Path, dtype: Dtype) -> Result<Model> {
+    if output.exists() && output.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+        bail!("{}: exists and is not empty; choose a new --output", output.display());
+    }
+    let gguf = src.is_file() && src.extension().is_some_and(|e| e == "gguf");
+    let hf_dir = src;
+    let (mut model, tokenizer) = if gguf {
+        let model = smelt_convert::load_model(hf_dir)?.dequantized()?;
+        let tok = smelt_tokenizer::Tokenizer::from_file(hf_dir)?;
+        if tok.to_json().is_none() {
+            eprintln!("warning: {}: a SentencePiece vocabulary has no tokenizer.json form here; the imported model will need --tokenizer {}", hf_dir.display(), hf_dir.display());
+        }
+        (model, Some(tok).filter(|t| t.to_json().is_some()))
+    } else {
+        if !hf_dir.join("tokenizer.json").exists() {
+            eprintln!(
+                "warning: {} has no tokenizer.json; the imported model will need --tokenizer elsewhere",
+                hf_dir.display()
+            );
+        }
+        (Model::load(hf_dir)?, None)
+    };
+    if let Some(dir) = adapter {
+        model.attach_dir(dir)?;
+        model = model.merged()?;
+    }
+    let parent = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    // Staged beside the output under a name of its own; removed on an error or Ctrl-C.
+    let staged = smelt_files::Temp::new(output);
+    let tmp = staged.path().to_path_buf();
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let dtype = match dtype {
+        Dtype::F32 => DType::F32,
+        Dtype::Bf16 => DType::BF16,
+        Dtype::F16 => DType::F16,
+    };
+    model.save_as(&tmp, dtype)?;
+    if let Some(tok) = &tokenizer {
+        tok.save_hf(&tmp)?;
+    }
+    for f in SIDE_FILES.iter().filter(|_| !gguf) {
+        let src = hf_dir.join(f);
+        if src.exists() {
+            std::fs::copy(&src, tmp.join(f)).with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
+    if output.exists() {
+        std::fs::remove_dir(output).with_context(|| format!("replacing the empty {}", output.display()))?;
+    }
+    staged.commit(output)?;
+    Ok(model)
 }

@@ -9,6 +9,8 @@ pub mod import_bpe;
 pub mod import_hf;
 pub mod inspect;
 pub mod limits;
+pub mod lora;
+pub mod merge;
 pub mod mix;
 pub mod perplexity;
 pub mod prepare;

@@ -10,6 +10,10 @@ use std::path::PathBuf;
 pub struct PerplexityArgs {
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter folder in PEFT's format (adapter_config.json, adapter_model.safetensors)
+    /// to apply on top of the model (from `smelt train --lora-r`, `smelt sft` or PEFT).
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// UTF-8 text file; tokenised whole, as the tokenizer does by default.
     #[arg(long)]
     input: PathBuf,
@@ -31,7 +35,7 @@ pub struct PerplexityArgs {
 
 pub fn run(a: PerplexityArgs) -> Result<()> {
     let device = super::device::resolve(&a.device)?;
-    let mut model = super::load_model(&a.model)?;
+    let mut model = super::lora::load_model_adapted(&a.model, a.adapter.as_deref())?;
     model.to_device(device)?;
     let tok = Tokenizer::from_file(&a.model)?;
     let bytes = std::fs::read(&a.input).with_context(|| format!("reading {}", a.input.display()))?;

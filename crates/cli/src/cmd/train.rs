@@ -104,6 +104,8 @@ pub struct TrainArgs {
     /// cpu, cuda[:N] or auto.
     #[arg(long, default_value = "auto")]
     device: String,
+    #[command(flatten)]
+    lora: super::lora::LoraArgs,
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -143,6 +145,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         val_batches: a.val_batches,
         device,
         overwrite: a.overwrite,
+        lora: a.lora.config()?,
     };
     let s = smelt_train::run(cfg, a.resume.as_deref())?;
     eprintln!("done: {} steps, final loss {:.4}; model saved to {}", s.steps, s.final_loss, s.final_dir.display());

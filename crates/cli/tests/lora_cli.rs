@@ -1,0 +1,151 @@
+//! LoRA through the `smelt` binary: `train --lora-r` writes a PEFT adapter; `--adapter` on
+//! perplexity, generate and bench, `merge` and `export-gguf --adapter` all compute the same
+//! model (the merged folder scores what base + adapter scores, a GGUF base takes the adapter
+//! too); bad flags and folders are refused with the flag or file named.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SMELT: &str = env!("CARGO_BIN_EXE_smelt");
+
+fn dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("lora-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn smelt(args: &[&str]) -> Output {
+    Command::new(SMELT).args(args).output().unwrap()
+}
+
+#[track_caller]
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "failed ({:?}):\n{}", o.status, String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[track_caller]
+fn refused(o: &Output, needles: &[&str]) {
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && o.status.code() != Some(101), "expected a refusal:\n{e}");
+    for n in needles {
+        assert!(e.contains(n), "message lacks {n:?}:\n{e}");
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn nll(model: &Path, adapter: Option<&Path>, text: &Path) -> f64 {
+    let mut args = vec!["perplexity", "--model", s(model), "--input", s(text), "--seq-len", "32", "--format", "json"];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", s(a)]);
+    }
+    let v: serde_json::Value = serde_json::from_str(ok(&smelt(&args)).trim()).unwrap();
+    v["mean_nll"].as_f64().unwrap()
+}
+
+#[test]
+fn train_an_adapter_then_use_merge_and_export_it() {
+    let d = dir("e2e");
+    let gz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/linux-doc-slice.txt.gz");
+    let text = Command::new("gzip").arg("-dc").arg(&gz).output().expect("gzip").stdout;
+    let corpus = d.join("corpus.txt");
+    std::fs::write(&corpus, &text[..text.len().min(60_000)]).unwrap();
+    ok(&smelt(&["tokenizer", "--input", s(&corpus), "--vocab-size", "300", "--output", s(&d.join("tok.json"))]));
+    ok(&smelt(&["prepare", "-i", s(&corpus), "--tokenizer", s(&d.join("tok.json")), "-o", s(&d.join("train.bin"))]));
+    let (tok, bin, base_dir, lora_dir) = (d.join("tok.json"), d.join("train.bin"), d.join("base"), d.join("lora"));
+    let common = ["--dataset", s(&bin), "--batch-size", "2", "--seq-len", "32", "--device", "cpu"];
+    // A small base, then an adapter on it.
+    let mut base_args = vec!["train", "--tokenizer", s(&tok), "--size", "custom", "--dim", "32"];
+    base_args.extend(["--layers", "2", "--heads", "4", "--kv-heads", "2", "--steps", "3", "--checkpoint-dir"]);
+    base_args.push(s(&base_dir));
+    base_args.extend(common);
+    ok(&smelt(&base_args));
+    let base = d.join("base/final");
+    let mut lora_args = vec!["train", "--init", s(&base), "--steps", "4", "--lr", "1e-2", "--lora-r", "4"];
+    lora_args.extend(["--lora-alpha", "8", "--lora-dropout", "0.1", "--lora-targets", "q,v,o,down", "--use-rslora"]);
+    lora_args.extend(["--checkpoint-dir", s(&lora_dir)]);
+    lora_args.extend(common);
+    ok(&smelt(&lora_args));
+    let adapter = d.join("lora/final");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["use_rslora"], true);
+    assert_eq!(cfg["lora_dropout"], 0.1);
+    assert_eq!(cfg["target_modules"], serde_json::json!(["q_proj", "v_proj", "o_proj", "down_proj"]));
+
+    // Scores: base + adapter = merged folder ≠ base alone.
+    let text = d.join("eval.txt");
+    std::fs::write(&text, "The kernel's memory management code keeps a list of free pages per zone. ".repeat(8))
+        .unwrap();
+    let with = nll(&base, Some(&adapter), &text);
+    let plain = nll(&base, None, &text);
+    ok(&smelt(&["merge", "--model", s(&base), "--adapter", s(&adapter), "--output", s(&d.join("merged"))]));
+    assert!(d.join("merged/tokenizer.json").exists());
+    let merged = nll(&d.join("merged"), None, &text);
+    assert!(((with - merged) / merged).abs() < 1e-5, "adapter {with} vs merged {merged}");
+    assert!((with - plain).abs() > 1e-4, "the adapter changed nothing ({with} vs {plain})");
+
+    // Generation: greedy through the adapter = greedy from the merged folder.
+    let gen = |m: &Path, a: Option<&Path>| {
+        let mut args = vec!["generate", "--model", s(m), "--prompt", "The kernel", "--temperature", "0"];
+        args.extend(["--max-tokens", "12", "--format", "json"]);
+        if let Some(a) = a {
+            args.extend(["--adapter", s(a)]);
+        }
+        let v: serde_json::Value = serde_json::from_str(ok(&smelt(&args)).trim()).unwrap();
+        v["ids"].clone()
+    };
+    assert_eq!(gen(&base, Some(&adapter)), gen(&d.join("merged"), None));
+
+    // GGUF: the export of base + adapter scores as the merged folder; a GGUF base takes the
+    // adapter (its q/k rows in llama.cpp's order) and scores the same.
+    let gguf = d.join("merged.gguf");
+    ok(&smelt(&["export-gguf", "--model", s(&base), "--adapter", s(&adapter), "--type", "f32", "--output", s(&gguf)]));
+    let g = nll(&gguf, None, &text);
+    assert!(((g - merged) / merged).abs() < 1e-4, "gguf {g} vs merged {merged}");
+    let base_gguf = d.join("base.gguf");
+    ok(&smelt(&["export-gguf", "--model", s(&base), "--type", "f32", "--output", s(&base_gguf)]));
+    let ga = nll(&base_gguf, Some(&adapter), &text);
+    assert!(((ga - merged) / merged).abs() < 1e-4, "gguf base + adapter {ga} vs merged {merged}");
+
+    // bench runs through the adapter and times a training step of it.
+    let b = ok(&smelt(&[
+        "bench",
+        "--model",
+        s(&base),
+        "--adapter",
+        s(&adapter),
+        "--iters",
+        "1",
+        "--batch-size",
+        "1",
+        "--seq-len",
+        "16",
+        "--decode-tokens",
+        "4",
+        "--device",
+        "cpu",
+    ]));
+    assert!(b.contains("train"), "{b}");
+
+    // Refusals name the flag or the file.
+    refused(&smelt(&["train", "--dataset", "x.bin", "--lora-alpha", "4"]), &["--lora-r"]);
+    refused(
+        &smelt(&["train", "--init", s(&base), "--lora-r", "4", "--lora-targets", "q,lm_head", "--dataset", "x"]),
+        &["lm_head"],
+    );
+    refused(
+        &smelt(&["perplexity", "--model", s(&base), "--adapter", s(&base), "--input", s(&text)]),
+        &["adapter_config.json"],
+    );
+    refused(
+        &smelt(&["merge", "--model", s(&base), "--adapter", s(&adapter), "--output", s(&d.join("merged"))]),
+        &["not empty"],
+    );
+}
