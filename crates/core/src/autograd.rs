@@ -208,6 +208,16 @@ impl Graph {
             Some(b) => vec![x, w, b],
             None => vec![x, w],
         };
+        if wt.dtype() == crate::DType::Quant {
+            // A frozen quantised weight (QLoRA's base): gradients flow to x only.
+            if w.requires_grad || b.is_some_and(|b| b.requires_grad) {
+                bail!("linear: a quantised weight {:?} cannot be trained; freeze it (a LoRA adapter trains on top) or dequantise it", wt.shape());
+            }
+            return Ok(self.push1(&inputs, y, move |g| {
+                let dx = if need_dx { Some(timed("linear.bwd", || ops::qmatmul::linear_dx(g, &wt))?) } else { None };
+                Ok(vec![dx, None, None])
+            }));
+        }
         Ok(self.push1(&inputs, y, move |g| {
             let (dx, dw, db) = timed("linear.bwd", || ops::matmul::linear_backward(&xt, &wt, g, need_dx, has_bias))?;
             let mut r = vec![dx, Some(dw)];

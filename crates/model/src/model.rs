@@ -673,7 +673,14 @@ impl Model {
     ) -> Result<Var> {
         let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint)?;
         let vocab = vocab.clamp(1, self.cfg.vocab_size.max(1));
-        g.linear_cross_entropy(&h, &p[self.idx.head], targets, (elems / vocab).max(1), vocab)
+        let head = &p[self.idx.head];
+        if head.tensor().dtype() == smelt_core::DType::Quant && !head.requires_grad() {
+            // A frozen quantised head (QLoRA on a GGUF base): the chunked loss slices rows of
+            // plain matrices, so it gets a dequantised copy for this forward only.
+            let w = g.constant(Tensor::from_f32(head.tensor().to_vec_f32()?, head.shape())?);
+            return g.linear_cross_entropy(&h, &w, targets, (elems / vocab).max(1), vocab);
+        }
+        g.linear_cross_entropy(&h, head, targets, (elems / vocab).max(1), vocab)
     }
 
     /// Inference: logits for `tokens` (B, T) continuing `cache`.

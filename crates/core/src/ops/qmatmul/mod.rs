@@ -100,7 +100,67 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize,
     backend::on("linear (quantised weight)", [x, w])?.linear_quant(x, w, bias, n, k, m)
 }
 
+/// The input gradient of `linear` by a frozen quantised weight: dx = dy·W, dy: (…, M),
+/// w: quantised (M, K) → (…, K). What QLoRA needs (the base frozen, only the adapter trained):
+/// no dW. The weight is dequantised to f32 (transposed, K × M) for the product, one matrix at a
+/// time, so the model stays quantised in memory. CPU only for now.
+pub fn linear_dx(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    if !w.device().is_cpu() {
+        bail!("a gradient through a quantised weight runs on the CPU only for now ({} asked)", w.device());
+    }
+    let (m, k) = match w.shape() {
+        [m, k] => (*m, *k),
+        s => bail!("linear_dx: weight shape {s:?} is not a matrix"),
+    };
+    if dy.shape().last() != Some(&m) {
+        bail!("linear_dx: output gradient {:?} for a weight of {m} rows", dy.shape());
+    }
+    let wf = w.to_vec_f32()?;
+    let mut wt = vec![0f32; k * m];
+    for (r, row) in wf.chunks_exact(k).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            wt[c * m + r] = v;
+        }
+    }
+    // y = dy·(Wᵀ)ᵀ: linear by the (K, M) transpose.
+    crate::ops::matmul::linear(dy, &Tensor::from_f32(wt, &[k, m])?, None)
+}
+
 /// table: quantised (V, C), ids: (…) u32 → (…, C).
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     backend(table.device()).embedding_quant(table, ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::QTensor;
+    use crate::Graph;
+    use smelt_gguf::GgmlType;
+
+    /// Through a frozen quantised weight the input gradient is dy·W with W dequantised: the
+    /// input gradient of the same linear by the dequantised f32 matrix; training W is refused.
+    #[test]
+    fn gradient_flows_to_the_input_of_a_frozen_quantised_weight() {
+        let (n, k, m) = (3, 64, 5);
+        let wv: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let q = QTensor::quantize(GgmlType::Q8_0, &wv, m, k).unwrap().into_tensor();
+        let deq = Tensor::from_f32(q.to_vec_f32().unwrap(), &[m, k]).unwrap();
+        let x = Tensor::from_f32((0..n * k).map(|i| (i as f32 * 0.13).sin()).collect(), &[n, k]).unwrap();
+        let dy = Tensor::from_f32((0..n * m).map(|i| (i as f32 * 0.7).cos()).collect(), &[n, m]).unwrap();
+        let grad_x = |w: &Tensor| {
+            let mut g = Graph::training();
+            let (xv, wv) = (g.leaf(x.clone(), true), g.leaf(w.clone(), false));
+            let y = g.linear(&xv, &wv, None).unwrap();
+            g.backward_from(&[y], &[Some(dy.clone())]).unwrap().get(&xv).unwrap().to_vec_f32().unwrap()
+        };
+        let (got, want) = (grad_x(&q), grad_x(&deq));
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
+        }
+        let mut g = Graph::training();
+        let (xv, wv) = (g.leaf(x.clone(), true), g.leaf(q.clone(), true));
+        let e = g.linear(&xv, &wv, None).unwrap_err().to_string();
+        assert!(e.contains("cannot be trained"), "{e}");
+    }
 }
