@@ -58,6 +58,7 @@ fn peft_adapters_give_peft_logits_merge_and_gradients() {
         let got = logits(&m, &ids);
         let e = rel_err(&got, want);
         assert!(e <= TOL, "{case}: logits relative error {e:e}");
+        println!("{case}: logits against PeftModel: max |Δ| / max |logit| = {e:.2e}");
         // The adapter matters (B is not zero): without it the logits are far off.
         assert!(rel_err(&plain, want) > 100.0 * TOL, "{case}: the adapter changes nothing");
 
@@ -87,12 +88,15 @@ fn peft_adapters_give_peft_logits_merge_and_gradients() {
             assert!(((l - want_l) / want_l).abs() < 1e-5, "{case}: loss {l} vs PEFT {want_l}");
             let mut grads = gr.backward(&loss).unwrap();
             let a = m.adapter.as_ref().unwrap();
+            let mut worst = 0f64;
             for (name, v) in a.names().iter().zip(m.trainable_vars(&p)) {
                 let got = grads.take(v).unwrap().to_vec_f32().unwrap();
                 let want = g.get(&format!("grad.{name}")).unwrap_or_else(|| panic!("{case}: no golden for {name}"));
                 let e = rel_err(&got, want.as_f32().unwrap());
                 assert!(e <= 1e-3, "{case}: gradient of {name}: relative error {e:e}");
+                worst = worst.max(e);
             }
+            println!("{case}: loss {l} vs PyTorch {want_l}; worst LoRA gradient relative error {worst:.2e}");
             // The base is frozen: no gradient reaches it.
             for v in &p[..m.params.len()] {
                 assert!(grads.take(v).is_none(), "{case}: the base got a gradient");
@@ -236,6 +240,7 @@ fn smelt_adapter_in_peft(py: &Path, base: &Path, targets: &str, rslora: bool, id
     let want = smelt_model::io::read_safetensors(&out).unwrap();
     let e = rel_err(&logits(&m, ids), want["logits"].as_f32().unwrap());
     assert!(e <= TOL, "{name}: logits relative error {e:e} against PeftModel");
+    println!("{name}: smelt's adapter in PeftModel: logits relative error {e:.2e}");
     let e = rel_err(&logits(&m.merged().unwrap(), ids), want["merged"].as_f32().unwrap());
     assert!(e <= TOL, "{name}: merged logits relative error {e:e} against merge_and_unload");
     println!(
@@ -268,6 +273,7 @@ fn smollm2_adapters_both_ways() {
     m.attach_dir(&d).unwrap();
     let e = rel_err(&logits(&m, &ids), g["logits"].as_f32().unwrap());
     assert!(e <= TOL, "SmolLM2: logits relative error {e:e} against PeftModel");
+    println!("SmolLM2: PEFT's adapter in smelt: logits relative error {e:.2e}");
     let e = rel_err(&logits(&m.merged().unwrap(), &ids), g["merged"].as_f32().unwrap());
     assert!(e <= TOL, "SmolLM2: merged logits relative error {e:e}");
     // smelt → PEFT.
