@@ -12,10 +12,11 @@
   make BASE OUT IDS    A PEFT adapter with random non-zero B on the model folder BASE (all
                        linear layers, r 8), written to OUT, with OUT/golden.safetensors as above
                        for the comma-separated token ids IDS (no gradients).
-  check BASE ADAPTER IDS OUT
-                       Loads ADAPTER with PeftModel.from_pretrained, prints a JSON report
+  check BASE ADAPTER IDS OUT [BASE ADAPTER IDS OUT ...]
+                       Loads ADAPTER with PeftModel.from_pretrained, prints a JSON report line
                        (missing and unexpected adapter keys, PEFT's own state-dict names
-                       against the file's) and writes OUT (safetensors: logits, merged).
+                       against the file's) and writes OUT (safetensors: logits, merged); for
+                       each group of four arguments, in one process.
 
 Run: .cache/venv/bin/python scripts/peft_lora.py goldens   (torch, transformers, peft:
 scripts/install_torch.sh, then scripts/venv.sh peft)
@@ -135,7 +136,10 @@ if __name__ == "__main__":
     elif mode == "make":
         ids = torch.tensor([int(t) for t in sys.argv[4].split(",")])
         make(sys.argv[2], sys.argv[3], ids, dict(r=8, lora_alpha=16, target_modules="all-linear"), seed=7, grads=False)
-    elif mode == "check":
-        check(sys.argv[2], sys.argv[3], [int(t) for t in sys.argv[4].split(",")], sys.argv[5])
+    elif mode == "check" and len(sys.argv) > 2 and (len(sys.argv) - 2) % 4 == 0:
+        # Several checks in one process: torch and transformers load once.
+        for i in range(2, len(sys.argv), 4):
+            base, adapter, ids, out = sys.argv[i:i + 4]
+            check(base, adapter, [int(t) for t in ids.split(",")], out)
     else:
         sys.exit(__doc__)

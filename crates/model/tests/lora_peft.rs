@@ -215,9 +215,17 @@ fn script(py: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
-/// smelt writes a random adapter for `base`; PEFT loads it with no missing or unexpected keys,
-/// names exactly the file's tensors, and computes smelt's logits and merge.
-fn smelt_adapter_in_peft(py: &Path, base: &Path, targets: &str, rslora: bool, ids: &[u32], name: &str) {
+/// A random adapter smelt writes for `base`, attached to it, and the `check` arguments that
+/// have PEFT load it.
+struct Written {
+    name: &'static str,
+    model: Model,
+    ids: Vec<u32>,
+    out: PathBuf,
+    args: [String; 4],
+}
+
+fn smelt_adapter(base: &Path, targets: &str, rslora: bool, ids: &[u32], name: &'static str) -> Written {
     let mut m = Model::load(base).unwrap();
     let cfg = LoraConfig::new(8, 16.0, 0.05, &LoraConfig::parse_targets(targets).unwrap(), rslora).unwrap();
     let mut a = Adapter::init(&m.cfg, cfg, 11);
@@ -231,32 +239,48 @@ fn smelt_adapter_in_peft(py: &Path, base: &Path, targets: &str, rslora: bool, id
     m.attach(a).unwrap();
     let ids_s: Vec<String> = ids.iter().map(u32::to_string).collect();
     let out = d.join("peft.safetensors");
-    let report =
-        script(py, &["check", base.to_str().unwrap(), d.to_str().unwrap(), &ids_s.join(","), out.to_str().unwrap()]);
-    let r: serde_json::Value = serde_json::from_str(report.lines().last().unwrap()).unwrap();
-    assert_eq!(r["missing"], serde_json::json!([]), "{name}: {report}");
-    assert_eq!(r["unexpected"], serde_json::json!([]), "{name}: {report}");
-    assert_eq!(r["file_keys"], r["peft_keys"], "{name}: {report}");
-    let want = smelt_model::io::read_safetensors(&out).unwrap();
-    let e = rel_err(&logits(&m, ids), want["logits"].as_f32().unwrap());
-    assert!(e <= TOL, "{name}: logits relative error {e:e} against PeftModel");
-    println!("{name}: smelt's adapter in PeftModel: logits relative error {e:.2e}");
-    let e = rel_err(&logits(&m.merged().unwrap(), ids), want["merged"].as_f32().unwrap());
-    assert!(e <= TOL, "{name}: merged logits relative error {e:e} against merge_and_unload");
-    println!(
-        "{name}: PEFT loads smelt's adapter ({} keys), logits within {TOL:e}",
-        r["file_keys"].as_array().unwrap().len()
-    );
+    let args = [base.display().to_string(), d.display().to_string(), ids_s.join(","), out.display().to_string()];
+    Written { name, model: m, ids: ids.to_vec(), out, args }
+}
+
+/// PEFT loads each written adapter (one Python process for all) with no missing or unexpected
+/// keys, names exactly the file's tensors, and computes smelt's logits and merge.
+fn peft_loads(py: &Path, written: &[Written]) {
+    let mut args = vec!["check".to_string()];
+    args.extend(written.iter().flat_map(|w| w.args.clone()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = script(py, &args);
+    let lines: Vec<&str> = report.lines().filter(|l| l.starts_with('{')).collect();
+    assert_eq!(lines.len(), written.len(), "one report per adapter:\n{report}");
+    for (w, line) in written.iter().zip(lines) {
+        let (name, m, ids) = (w.name, &w.model, &w.ids);
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(r["missing"], serde_json::json!([]), "{name}: {line}");
+        assert_eq!(r["unexpected"], serde_json::json!([]), "{name}: {line}");
+        assert_eq!(r["file_keys"], r["peft_keys"], "{name}: {line}");
+        let want = smelt_model::io::read_safetensors(&w.out).unwrap();
+        let e = rel_err(&logits(m, ids), want["logits"].as_f32().unwrap());
+        assert!(e <= TOL, "{name}: logits relative error {e:e} against PeftModel");
+        let em = rel_err(&logits(&m.merged().unwrap(), ids), want["merged"].as_f32().unwrap());
+        assert!(em <= TOL, "{name}: merged logits relative error {em:e} against merge_and_unload");
+        let n = r["file_keys"].as_array().unwrap().len();
+        println!("{name}: PEFT loads smelt's adapter ({n} keys, none missing or unexpected); logits relative error {e:.2e}, merged {em:.2e}");
+    }
 }
 
 #[test]
 fn peft_loads_smelt_adapters_on_the_test_checkpoints() {
     let Some(py) = peft_python() else { return };
     let ids: Vec<u32> = (0..24).map(|i| (i * 53 % 120 + 3) as u32).collect();
-    smelt_adapter_in_peft(&py, &fixture("hf/qwen2_bias"), "all-linear", true, &ids, "qwen2");
-    smelt_adapter_in_peft(&py, &fixture("hf/llama_tied"), "q,k,v,o", false, &ids, "llama");
-    smelt_adapter_in_peft(&py, &fixture("hf/qwen3_qknorm"), "gate,up,down,k", false, &ids, "qwen3");
-    smelt_adapter_in_peft(&py, &fixture("hf/mistral_swa"), "all-linear", false, &ids, "mistral");
+    peft_loads(
+        &py,
+        &[
+            smelt_adapter(&fixture("hf/qwen2_bias"), "all-linear", true, &ids, "qwen2"),
+            smelt_adapter(&fixture("hf/llama_tied"), "q,k,v,o", false, &ids, "llama"),
+            smelt_adapter(&fixture("hf/qwen3_qknorm"), "gate,up,down,k", false, &ids, "qwen3"),
+            smelt_adapter(&fixture("hf/mistral_swa"), "all-linear", false, &ids, "mistral"),
+        ],
+    );
 }
 
 #[test]
@@ -277,5 +301,5 @@ fn smollm2_adapters_both_ways() {
     let e = rel_err(&logits(&m.merged().unwrap(), &ids), g["merged"].as_f32().unwrap());
     assert!(e <= TOL, "SmolLM2: merged logits relative error {e:e}");
     // smelt → PEFT.
-    smelt_adapter_in_peft(&py, &base, "all-linear", false, &ids, "smol-smelt");
+    peft_loads(&py, &[smelt_adapter(&base, "all-linear", false, &ids, "smol-smelt")]);
 }
