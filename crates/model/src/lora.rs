@@ -108,6 +108,18 @@ impl LoraConfig {
         self.targets.iter().any(|t| target_matches(t, l, role))
     }
 
+    /// How many numbers the adapter holds on a base of config `c`: r·(in + out) per adapted
+    /// projection.
+    pub fn n_params(&self, c: &ModelConfig) -> usize {
+        (0..c.n_layers)
+            .flat_map(|l| targetable().filter(move |d| self.adapts(l, d.role)))
+            .map(|d| {
+                let (out, inp) = out_in(c, d.role);
+                self.r * (out + inp)
+            })
+            .sum()
+    }
+
     /// The factor of B·A: alpha/r, or alpha/√r under rsLoRA (PEFT's `scaling`).
     pub fn scaling(&self) -> f64 {
         if self.use_rslora {
@@ -621,6 +633,7 @@ mod tests {
         let cfg = LoraConfig::new(2, 4.0, 0.0, &LoraConfig::parse_targets("all-linear").unwrap(), false).unwrap();
         let mut a = Adapter::init(&c, cfg, 1);
         assert_eq!(a.params.len(), 2 * 2 * 7);
+        assert_eq!(a.cfg.n_params(&c), a.params.iter().map(Tensor::numel).sum::<usize>());
         a.check(&c).unwrap();
         for (i, t) in a.params.iter().enumerate() {
             let v = t.as_f32().unwrap();

@@ -371,7 +371,11 @@ fn check_memory(mc: &ModelConfig, cfg: &TrainConfig) -> Result<()> {
     let tokens = cfg.batch_size as f64 * cfg.seq_len as f64;
     // The estimate counts f32 activations; bf16 ones (a GPU's default) take half, as would half the tokens.
     let act_scale = if cfg.device.activation_dtype() == smelt_core::DType::F32 { 1.0 } else { 0.5 };
-    let need = smelt_model::memory::training_bytes(mc, tokens * act_scale, cfg.grad_checkpoint);
+    let mut need = smelt_model::memory::training_bytes(mc, tokens * act_scale, cfg.grad_checkpoint);
+    if let Some(l) = &cfg.lora {
+        // The base keeps only its weights (no gradients, no moments); the adapter has all four.
+        need += 16.0 * l.n_params(mc) as f64 - 12.0 * smelt_model::memory::params(mc);
+    }
     let what = format!(
         "training a {:.0}-parameter model (--batch-size {} --seq-len {}{})",
         smelt_model::memory::params(mc),
