@@ -265,7 +265,42 @@ fn peft_loads(py: &Path, written: &[Written]) {
         assert!(em <= TOL, "{name}: merged logits relative error {em:e} against merge_and_unload");
         let n = r["file_keys"].as_array().unwrap().len();
         println!("{name}: PEFT loads smelt's adapter ({n} keys, none missing or unexpected); logits relative error {e:.2e}, merged {em:.2e}");
+        if name == "qwen2" && std::env::var_os("SMELT_WRITE_LORA_GOLDENS").is_some() {
+            // What CI checks without Python (`smelt_writes_the_adapter_peft_checked`).
+            let dst = fixture("lora/smelt_qwen2");
+            std::fs::create_dir_all(&dst).unwrap();
+            let src = w.out.parent().unwrap();
+            for f in ["adapter_config.json", "adapter_model.safetensors"] {
+                std::fs::copy(src.join(f), dst.join(f)).unwrap();
+            }
+            std::fs::copy(&w.out, dst.join("peft.safetensors")).unwrap();
+            std::fs::write(dst.join("peft_report.json"), line).unwrap();
+        }
     }
+}
+
+/// The committed `lora/smelt_qwen2` is an adapter smelt wrote that PEFT loaded with no missing
+/// or unexpected keys (`peft_report.json`) and ran (`peft.safetensors`), recorded by the live
+/// test above under `SMELT_WRITE_LORA_GOLDENS=1`. smelt must still write exactly those bytes
+/// and compute PeftModel's logits from them: the smelt → PEFT direction, checked without Python.
+#[test]
+fn smelt_writes_the_adapter_peft_checked() {
+    let ids: Vec<u32> = (0..24).map(|i| (i * 53 % 120 + 3) as u32).collect();
+    let w = smelt_adapter(&fixture("hf/qwen2_bias"), "all-linear", true, &ids, "qwen2-golden");
+    let (got, want) = (w.out.parent().unwrap(), fixture("lora/smelt_qwen2"));
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        let (a, b) = (std::fs::read(got.join(f)).unwrap(), std::fs::read(want.join(f)).unwrap());
+        assert!(a == b, "{f}: smelt no longer writes the bytes PEFT was checked on (re-run the live test with SMELT_WRITE_LORA_GOLDENS=1)");
+    }
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(want.join("peft_report.json")).unwrap()).unwrap();
+    assert_eq!((&r["missing"], &r["unexpected"]), (&serde_json::json!([]), &serde_json::json!([])));
+    assert_eq!(r["file_keys"], r["peft_keys"]);
+    let peft = smelt_model::io::read_safetensors(&want.join("peft.safetensors")).unwrap();
+    let e = rel_err(&logits(&w.model, &ids), peft["logits"].as_f32().unwrap());
+    assert!(e <= TOL, "logits relative error {e:e} against PeftModel");
+    let e = rel_err(&logits(&w.model.merged().unwrap(), &ids), peft["merged"].as_f32().unwrap());
+    assert!(e <= TOL, "merged logits relative error {e:e} against merge_and_unload");
 }
 
 #[test]
