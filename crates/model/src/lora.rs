@@ -144,7 +144,8 @@ impl LoraConfig {
             "layers_pattern": null,
             "layers_to_transform": null,
             "loftq_config": {},
-            "lora_alpha": self.alpha,
+            // An integer where it is one, as PEFT's files have it (`lora_alpha: 16`).
+            "lora_alpha": if self.alpha.fract() == 0.0 && self.alpha.abs() < 1e15 { json!(self.alpha as i64) } else { json!(self.alpha) },
             "lora_bias": false,
             "lora_dropout": self.dropout,
             "megatron_config": null,
