@@ -137,6 +137,9 @@ pub fn load_model(dir: &Path) -> Result<Model> {
     let base = v["config"]["init"]
         .as_str()
         .with_context(|| format!("{}: a LoRA checkpoint's state names no base model (config.init)", sp.display()))?;
+    if base.ends_with(".gguf") {
+        bail!("{}: resuming a LoRA run on a GGUF base ({base}) is not supported yet", dir.display());
+    }
     let mut model =
         Model::load(Path::new(base)).with_context(|| format!("loading the base model of {}", dir.display()))?;
     model.attach_dir(dir)?;
