@@ -10,6 +10,7 @@ pub mod freqs;
 
 use crate::backend::{backend, Cpu};
 use crate::float::Float;
+use crate::ops::Pos;
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -164,11 +165,12 @@ fn check(x: &Tensor, table: &RopeTable) -> Result<(usize, usize)> {
 /// The RoPE kernel a backend provides: x (B, T, H, D) at positions pos0..pos0+T (`t` = T,
 /// `h` = H) rotated by `sign` times the table's angles (1 forward, −1 for the backward).
 pub trait RopeKernels {
-    fn rope(&self, x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor>;
+    fn rope(&self, x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f32) -> Result<Tensor>;
 }
 
 impl RopeKernels for Cpu {
-    fn rope(&self, x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+    fn rope(&self, x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+        let pos0 = pos.value()?;
         let d = x.cols();
         let (c, s) = table.cos_sin_f32(pos0 + t);
         let rows = pos0 * d / 2..(pos0 + t) * d / 2;
@@ -181,12 +183,19 @@ impl RopeKernels for Cpu {
 /// x: (B, T, H, D) at positions pos0..pos0+T.
 pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
     let (t, h) = check(x, table)?;
-    backend(x.device()).rope(x, table, pos0, t, h, 1.0)
+    backend(x.device()).rope(x, table, Pos::Host(pos0), t, h, 1.0)
+}
+
+/// `rope` at a decode position that may be held on the device (`Pos::Device`: what a captured
+/// decode step uses, so the graph does not depend on the position).
+pub fn rope_at(x: &Tensor, table: &RopeTable, pos: Pos) -> Result<Tensor> {
+    let (t, h) = check(x, table)?;
+    backend(x.device()).rope(x, table, pos, t, h, 1.0)
 }
 
 pub fn rope_backward(dy: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
     let (t, h) = check(dy, table)?;
-    backend(dy.device()).rope(dy, table, pos0, t, h, -1.0)
+    backend(dy.device()).rope(dy, table, Pos::Host(pos0), t, h, -1.0)
 }
 
 #[cfg(test)]
