@@ -121,6 +121,13 @@ impl Graph {
         self.record
     }
 
+    /// Plain inference: no tape, no trace, no linear hook. Nobody sees the intermediates, so a
+    /// model may run fused ops that skip some of them (q, k and v in one launch; the gate and up
+    /// products inside the SwiGLU) without changing what it computes.
+    pub fn may_fuse(&self) -> bool {
+        !self.record && self.trace.is_none() && self.linear_hook.is_none()
+    }
+
     fn var(&mut self, t: Tensor, requires_grad: bool) -> Var {
         let id = self.next_id;
         self.next_id += 1;

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use smelt_core::autograd::BlockFn;
 use smelt_core::ops::rope::{RopeLayout, RopeTable};
 use smelt_core::ops::Pos;
+use smelt_core::profile::timed;
 use smelt_core::{Device, Graph, Tensor, Var};
 use std::path::Path;
 use std::sync::Arc;
@@ -186,12 +187,30 @@ fn block(
     let (b, t) = bt;
     let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
     g.name(h, || format!("attn_norm-{l}"));
-    let q = g.linear(h, &w[Role::Wq], w.get(Role::Bq))?;
-    g.name(&q, || format!("Qcur-{l}"));
-    let k = g.linear(h, &w[Role::Wk], w.get(Role::Bk))?;
-    g.name(&k, || format!("Kcur-{l}"));
-    let v = g.linear(h, &w[Role::Wv], w.get(Role::Bv))?;
-    g.name(&v, || format!("Vcur-{l}"));
+    let (q, k, v) = if g.may_fuse() {
+        // One launch for the three products on a GPU at decode sizes (`linear_many`).
+        let bias = |r: Role| w.get(r).map(|b| b.tensor());
+        let ws = [
+            (w[Role::Wq].tensor(), bias(Role::Bq)),
+            (w[Role::Wk].tensor(), bias(Role::Bk)),
+            (w[Role::Wv].tensor(), bias(Role::Bv)),
+        ];
+        let mut qkv = timed("linear_many", || smelt_core::ops::matmul::linear_many(h.tensor(), &ws))?
+            .into_iter()
+            .map(|t| g.constant(t));
+        match (qkv.next(), qkv.next(), qkv.next()) {
+            (Some(q), Some(k), Some(v)) => (q, k, v),
+            _ => bail!("linear_many returned fewer than three products"),
+        }
+    } else {
+        let q = g.linear(h, &w[Role::Wq], w.get(Role::Bq))?;
+        g.name(&q, || format!("Qcur-{l}"));
+        let k = g.linear(h, &w[Role::Wk], w.get(Role::Bk))?;
+        g.name(&k, || format!("Kcur-{l}"));
+        let v = g.linear(h, &w[Role::Wv], w.get(Role::Bv))?;
+        g.name(&v, || format!("Vcur-{l}"));
+        (q, k, v)
+    };
     let mut q = g.reshape(&q, &[b, t, nh, hd])?;
     let mut k = g.reshape(&k, &[b, t, nkv, hd])?;
     let v = g.reshape(&v, &[b, t, nkv, hd])?;
@@ -199,48 +218,53 @@ fn block(
         q = norm(g, c, &q, qn)?;
         k = norm(g, c, &k, kn)?;
     }
-    let (q, k) = match cache.as_ref().map(|s| s.pos) {
-        // A position on the device: inference only, so no tape to record on.
-        Some(pos @ Pos::Device { .. }) => (
-            g.constant(smelt_core::ops::rope::rope_at(q.tensor(), rope, pos)?),
-            g.constant(smelt_core::ops::rope::rope_at(k.tensor(), rope, pos)?),
-        ),
-        pos => {
-            let pos0 = match pos {
-                Some(p) => p.value()?,
-                None => 0,
-            };
-            (g.rope(&q, rope, pos0)?, g.rope(&k, rope, pos0)?)
-        }
-    };
-    g.name(&q, || format!("Qcur_rope-{l}"));
-    g.name(&k, || format!("Kcur_rope-{l}"));
     let (window, scale) = (c.window(l), c.attention_scale());
     let attn = match cache {
-        None if g.is_recording() => g.attention(&q, &k, &v, t, window, scale)?,
-        // Inference without a cache (perplexity, trace, bench's forward) takes the cached
-        // path's attention, with this window's K/V as the cache: one inference arithmetic,
-        // llama.cpp's on the CPU, so quantised GGUF models score what llama.cpp scores.
-        None => g.constant(smelt_core::ops::attention::attention_infer(
-            q.tensor(),
-            k.tensor(),
-            v.tensor(),
-            t,
-            window,
-            scale,
-        )?),
         Some(slot) => {
             if g.is_recording() {
                 bail!("the KV cache is for inference only");
             }
             use smelt_core::ops::attention::{attention_decode, attention_infer, kv_write};
-            kv_write(slot.k, k.tensor(), slot.pos)?;
-            kv_write(slot.v, v.tensor(), slot.pos)?;
+            use smelt_core::ops::rope::{rope_at, rope_into_cache};
+            let q = if g.may_fuse() {
+                // q rotated, k rotated into the key cache, v into the value cache: one launch
+                // on a GPU.
+                rope_into_cache(q.tensor(), k.tensor(), v.tensor(), rope, slot.k, slot.v, slot.pos)?
+            } else {
+                let q = g.constant(rope_at(q.tensor(), rope, slot.pos)?);
+                g.name(&q, || format!("Qcur_rope-{l}"));
+                let k = g.constant(rope_at(k.tensor(), rope, slot.pos)?);
+                g.name(&k, || format!("Kcur_rope-{l}"));
+                kv_write(slot.k, k.tensor(), slot.pos)?;
+                kv_write(slot.v, v.tensor(), slot.pos)?;
+                q.tensor().clone()
+            };
             let o = match slot.pos {
-                Pos::Device { .. } => attention_decode(q.tensor(), slot.k, slot.v, slot.pos, window, scale)?,
-                Pos::Host(p) => attention_infer(q.tensor(), slot.k, slot.v, p + t, window, scale)?,
+                Pos::Device { .. } => attention_decode(&q, slot.k, slot.v, slot.pos, window, scale)?,
+                Pos::Host(p) => attention_infer(&q, slot.k, slot.v, p + t, window, scale)?,
             };
             g.constant(o)
+        }
+        None => {
+            let q = g.rope(&q, rope, 0)?;
+            g.name(&q, || format!("Qcur_rope-{l}"));
+            let k = g.rope(&k, rope, 0)?;
+            g.name(&k, || format!("Kcur_rope-{l}"));
+            if g.is_recording() {
+                g.attention(&q, &k, &v, t, window, scale)?
+            } else {
+                // Inference without a cache (perplexity, trace, bench's forward) takes the cached
+                // path's attention, with this window's K/V as the cache: one inference arithmetic,
+                // llama.cpp's on the CPU, so quantised GGUF models score what llama.cpp scores.
+                g.constant(smelt_core::ops::attention::attention_infer(
+                    q.tensor(),
+                    k.tensor(),
+                    v.tensor(),
+                    t,
+                    window,
+                    scale,
+                )?)
+            }
         }
     };
     let attn = g.reshape(&attn, &[b * t, nh * hd])?;
@@ -250,12 +274,18 @@ fn block(
     let (x, h) = add_norm(g, c, x, &attn_out, &w[Role::FfnNorm])?;
     g.name(&x, || format!("ffn_inp-{l}"));
     g.name(&h, || format!("ffn_norm-{l}"));
-    let gate = g.linear(&h, &w[Role::WGate], None)?;
-    g.name(&gate, || format!("ffn_gate-{l}"));
-    let up = g.linear(&h, &w[Role::WUp], None)?;
-    g.name(&up, || format!("ffn_up-{l}"));
     let act = match c.act {
-        Activation::Silu => g.swiglu(&gate, &up)?,
+        // One launch for both products and the gate on a GPU at decode sizes.
+        Activation::Silu if g.may_fuse() => g.constant(timed("linear_swiglu", || {
+            smelt_core::ops::matmul::linear_swiglu(h.tensor(), w[Role::WGate].tensor(), w[Role::WUp].tensor())
+        })?),
+        Activation::Silu => {
+            let gate = g.linear(&h, &w[Role::WGate], None)?;
+            g.name(&gate, || format!("ffn_gate-{l}"));
+            let up = g.linear(&h, &w[Role::WUp], None)?;
+            g.name(&up, || format!("ffn_up-{l}"));
+            g.swiglu(&gate, &up)?
+        }
     };
     g.name(&act, || format!("ffn_swiglu-{l}"));
     let ffn_out = g.linear(&act, &w[Role::WDown], None)?;

@@ -8,7 +8,7 @@
 
 pub mod freqs;
 
-use crate::backend::{backend, Cpu};
+use crate::backend::{self, backend, Cpu};
 use crate::float::Float;
 use crate::ops::Pos;
 use crate::Tensor;
@@ -166,6 +166,25 @@ fn check(x: &Tensor, table: &RopeTable) -> Result<(usize, usize)> {
 /// `h` = H) rotated by `sign` times the table's angles (1 forward, −1 for the backward).
 pub trait RopeKernels {
     fn rope(&self, x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f32) -> Result<Tensor>;
+    /// `rope_into_cache` for inputs it checked; the default is two `rope`s and two `kv_write`s.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_into_cache(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        table: &RopeTable,
+        kc: &mut Tensor,
+        vc: &mut Tensor,
+        pos: Pos,
+        t: usize,
+    ) -> Result<Tensor> {
+        let qr = self.rope(q, table, pos, t, q.shape()[2], 1.0)?;
+        let kr = self.rope(k, table, pos, t, k.shape()[2], 1.0)?;
+        crate::ops::attention::kv_write(kc, &kr, pos)?;
+        crate::ops::attention::kv_write(vc, v, pos)?;
+        Ok(qr)
+    }
 }
 
 impl RopeKernels for Cpu {
@@ -184,6 +203,36 @@ impl RopeKernels for Cpu {
 pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
     let (t, h) = check(x, table)?;
     backend(x.device()).rope(x, table, Pos::Host(pos0), t, h, 1.0)
+}
+
+/// Inference with a KV cache: q (B, T, H, D) rotated and returned, k (B, T, KVH, D) rotated into
+/// the key cache and v written into the value cache (both (B, cap, KVH, D)) at `pos`: what
+/// `rope`, `rope` and two `attention::kv_write`s do, in one launch on a GPU.
+pub fn rope_into_cache(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    table: &RopeTable,
+    kc: &mut Tensor,
+    vc: &mut Tensor,
+    pos: Pos,
+) -> Result<Tensor> {
+    let (t, _) = check(q, table)?;
+    let (tk, _) = check(k, table)?;
+    let (qs, ks, cs) = (q.shape(), k.shape(), kc.shape());
+    if tk != t
+        || k.shape() != v.shape()
+        || kc.shape() != vc.shape()
+        || cs.len() != 4
+        || cs[0] != qs[0]
+        || cs[2..] != ks[2..]
+    {
+        bail!("rope_into_cache: q {qs:?}, k {ks:?}, v {:?} do not fit caches {cs:?} / {:?}", v.shape(), vc.shape());
+    }
+    if pos.bound(t)? > cs[1] {
+        bail!("rope_into_cache: positions up to {} do not fit a cache of {}", pos.bound(t)?, cs[1]);
+    }
+    backend::on("rope_into_cache", [q, k, v, &*kc, &*vc])?.rope_into_cache(q, k, v, table, kc, vc, pos, t)
 }
 
 /// `rope` at a decode position that may be held on the device (`Pos::Device`: what a captured
