@@ -10,6 +10,7 @@ use crate::config::{Activation, ModelConfig, NormKind};
 use crate::params::{self, Index, Role};
 use anyhow::{bail, Context, Result};
 use smelt_core::autograd::BlockFn;
+use smelt_core::ops::attention::Segments;
 use smelt_core::ops::rope::{RopeLayout, RopeTable};
 use smelt_core::{Device, Graph, Tensor, Var};
 use std::path::Path;
@@ -172,6 +173,7 @@ fn block(
     h: &Var,
     w: &LayerVars,
     cache: Option<CacheSlot>,
+    seg: Option<&Arc<Segments>>,
 ) -> Result<(Var, Var)> {
     let (b, t) = bt;
     let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
@@ -190,12 +192,21 @@ fn block(
         k = norm(g, c, &k, kn)?;
     }
     let pos0 = cache.as_ref().map_or(0, |s| s.pos0);
-    let q = g.rope(&q, rope, pos0)?;
+    let (q, k) = match seg {
+        // Packed rows: positions restart at each example, attention stays inside it.
+        Some(seg) => (g.rope_packed(&q, rope, seg)?, g.rope_packed(&k, rope, seg)?),
+        None => (g.rope(&q, rope, pos0)?, g.rope(&k, rope, pos0)?),
+    };
     g.name(&q, || format!("Qcur_rope-{l}"));
-    let k = g.rope(&k, rope, pos0)?;
     g.name(&k, || format!("Kcur_rope-{l}"));
     let (window, scale) = (c.window(l), c.attention_scale());
     let attn = match cache {
+        None if seg.is_some() => {
+            if !g.is_recording() {
+                bail!("packed rows are for the training graph only");
+            }
+            g.attention_packed(&q, &k, &v, window, scale, seg.expect("checked"))?
+        }
         None if g.is_recording() => g.attention(&q, &k, &v, t, window, scale)?,
         // Inference without a cache (perplexity, trace, bench's forward) takes the cached
         // path's attention, with this window's K/V as the cache: one inference arithmetic,
@@ -407,14 +418,15 @@ impl Model {
         logits: Logits,
         checkpoint: bool,
     ) -> Result<Var> {
-        let h = self.hidden(g, p, tokens, cache, logits, checkpoint)?;
+        let h = self.hidden(g, p, tokens, cache, logits, checkpoint, None)?;
         let out = g.linear(&h, &p[self.idx.head], None)?;
         g.name(&out, || "result_output".into());
         Ok(out)
     }
 
     /// The final normalised hidden states (B·T, C), or (B, C) for `Logits::Last`: everything
-    /// `forward` does before the head.
+    /// `forward` does before the head. `seg`: the tokens are packed examples (see `Segments`).
+    #[allow(clippy::too_many_arguments)]
     fn hidden(
         &self,
         g: &mut Graph,
@@ -423,12 +435,23 @@ impl Model {
         mut cache: Option<&mut KvCache>,
         logits: Logits,
         checkpoint: bool,
+        seg: Option<&Arc<Segments>>,
     ) -> Result<Var> {
         let c = &self.cfg;
         let (b, t) = match tokens.shape() {
             [b, t] => (*b, *t),
             s => bail!("forward: tokens must be (B, T), got {s:?}"),
         };
+        if let Some(sg) = seg {
+            if (sg.b, sg.t) != (b, t) || cache.is_some() {
+                bail!(
+                    "forward: packed segments of {}×{} for tokens {b}×{t}{}",
+                    sg.b,
+                    sg.t,
+                    if cache.is_some() { " with a KV cache" } else { "" }
+                );
+            }
+        }
         if let Some(kv) = cache.as_deref() {
             if kv.batch != b || kv.len + t > kv.cap {
                 bail!(
@@ -448,10 +471,10 @@ impl Model {
         for l in 0..c.n_layers {
             let (roles, inputs) = self.layer_inputs(l, p);
             if checkpoint && g.is_recording() && cache.is_none() {
-                let (cfg, rope) = (Arc::new(c.clone()), self.rope.clone());
+                let (cfg, rope, seg) = (Arc::new(c.clone()), self.rope.clone(), seg.cloned());
                 let f: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
                     let w = LayerVars::new(&roles, &v[2..]);
-                    let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, None)?;
+                    let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, None, seg.as_ref())?;
                     Ok(vec![x, h])
                 });
                 let mut all = vec![x.clone(), h.clone()];
@@ -462,7 +485,7 @@ impl Model {
             } else {
                 let w = LayerVars::new(&roles, &inputs);
                 let slot = cache.as_deref_mut().map(|kv| CacheSlot { k: &mut kv.k[l], v: &mut kv.v[l], pos0 });
-                (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot)?;
+                (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot, seg)?;
             }
         }
         if let Some(kv) = cache {
@@ -485,6 +508,22 @@ impl Model {
         self.loss_in_chunks(g, p, inputs, targets, checkpoint, LOSS_CHUNK_ELEMS, LOSS_VOCAB_CHUNK)
     }
 
+    /// `loss` over rows of packed examples when `seg` is given (SFT `--packing`): each example
+    /// sees only itself, at positions from 0. Targets `IGNORE` are left out of the mean.
+    pub fn loss_packed(
+        &self,
+        g: &mut Graph,
+        p: &[Var],
+        inputs: &Tensor,
+        targets: &Tensor,
+        seg: Option<&Arc<Segments>>,
+        checkpoint: bool,
+    ) -> Result<Var> {
+        let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint, seg)?;
+        let vocab = LOSS_VOCAB_CHUNK.clamp(1, self.cfg.vocab_size.max(1));
+        g.linear_cross_entropy(&h, &p[self.idx.head], targets, (LOSS_CHUNK_ELEMS / vocab).max(1), vocab)
+    }
+
     /// `loss` with the head and the loss computed `elems` logits at a time, in slices of
     /// `vocab` vocabulary ids, so the full (B·T, V) f32 logits never exist (they dominate memory
     /// at large vocabularies). Tests force small chunks through it.
@@ -499,7 +538,7 @@ impl Model {
         elems: usize,
         vocab: usize,
     ) -> Result<Var> {
-        let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint)?;
+        let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint, None)?;
         let vocab = vocab.clamp(1, self.cfg.vocab_size.max(1));
         g.linear_cross_entropy(&h, &p[self.idx.head], targets, (elems / vocab).max(1), vocab)
     }

@@ -28,6 +28,8 @@ pub struct SftBatch {
     pub starts: Option<Vec<u32>>,
     /// Targets that are not `IGNORE`.
     pub loss_tokens: usize,
+    /// Positions holding example tokens (not padding).
+    pub tokens: usize,
 }
 
 /// (inputs, targets) of one example, each n − 1 long.
@@ -124,6 +126,7 @@ impl SftPlan {
         let n = rows.len() * t;
         let (mut inputs, mut targets) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let mut starts = self.packing.then(|| Vec::with_capacity(n));
+        let mut tokens = 0;
         for row in rows {
             let mut at = 0;
             for (x, y) in row {
@@ -134,6 +137,7 @@ impl SftPlan {
                 }
                 at += x.len();
             }
+            tokens += at;
             // Padding: its own segment when packed, so it attends only to itself.
             inputs.extend(std::iter::repeat_n(self.pad_id, t - at));
             targets.extend(std::iter::repeat_n(IGNORE, t - at));
@@ -142,7 +146,7 @@ impl SftPlan {
             }
         }
         let loss_tokens = targets.iter().filter(|&&t| t != IGNORE).count();
-        SftBatch { rows: chosen.len(), t, inputs, targets, starts, loss_tokens }
+        SftBatch { rows: chosen.len(), t, inputs, targets, starts, loss_tokens, tokens }
     }
 }
 
