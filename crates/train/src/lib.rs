@@ -8,4 +8,6 @@ pub mod sft;
 pub mod trainer;
 
 pub use sft::SftConfig;
-pub use trainer::{run, run_with, step, step_with, train_step, Layout, StepOutcome, TrainConfig, TrainSummary};
+pub use trainer::{
+    gradients, run, run_with, step, step_with, train_step, Layout, StepOutcome, TrainConfig, TrainSummary,
+};

@@ -286,12 +286,7 @@ pub fn step_with(
     grad_checkpoint: bool,
 ) -> Result<StepOutcome> {
     let (mut grads, losses) = backward_sum(model, micro, layout, grad_checkpoint)?;
-    if micro.len() > 1 && layout.weights.is_none() {
-        let n = micro.len() as f32;
-        for g in &mut grads {
-            *g = elementwise::div_scalar(g, n)?;
-        }
-    }
+    mean_of_unweighted(&mut grads, micro.len(), layout)?;
     // Summed where the losses are, only for the skip flag; the mean is taken on the host below.
     let mut loss_sum = losses[0].clone();
     for l in &losses[1..] {
@@ -301,11 +296,7 @@ pub fn step_with(
     let decay = smelt_model::params::decays(&model.cfg);
     timed("adamw", || opt.step(hp, &mut model.params, &grads, &decay, Some(&gnorm)))?;
     // The one wait of the step: everything above is queued; read the losses and the norm.
-    let mut loss = 0f64;
-    for (m, l) in losses.iter().enumerate() {
-        let w = layout.weights.as_ref().map_or(1.0 / micro.len() as f64, |w| w[m]);
-        loss += w * l.to_vec_f32()?[0] as f64;
-    }
+    let loss = update_loss(&losses, layout)?;
     let (norm, _, skipped) = gnorm.read()?;
     if skipped {
         // The update was skipped on the device; keep the step count in step with it.
@@ -318,6 +309,35 @@ pub fn step_with(
     }
     let params_finite = adamw::params_finite(&model.params, &gnorm)?;
     Ok(StepOutcome { loss, grad_norm: norm, params_finite })
+}
+
+/// The loss and parameter gradients (in parameter order) one update of `step_with` would use,
+/// without updating: what the SFT peer test compares with PyTorch.
+pub fn gradients(model: &Model, micro: &[(Tensor, Tensor)], layout: &Layout) -> Result<(f64, Vec<Tensor>)> {
+    let (mut grads, losses) = backward_sum(model, micro, layout, false)?;
+    mean_of_unweighted(&mut grads, micro.len(), layout)?;
+    Ok((update_loss(&losses, layout)?, grads))
+}
+
+/// Without weights, the gradient sum over n micro-batches becomes their mean (weighted
+/// micro-batches were scaled in the backward already).
+fn mean_of_unweighted(grads: &mut [Tensor], n: usize, layout: &Layout) -> Result<()> {
+    if n > 1 && layout.weights.is_none() {
+        for g in grads {
+            *g = elementwise::div_scalar(g, n as f32)?;
+        }
+    }
+    Ok(())
+}
+
+/// The update's loss from its micro-batches' (read from the device): their weighted sum.
+fn update_loss(losses: &[Tensor], layout: &Layout) -> Result<f64> {
+    let mut loss = 0f64;
+    for (m, l) in losses.iter().enumerate() {
+        let w = layout.weights.as_ref().map_or(1.0 / losses.len() as f64, |w| w[m]);
+        loss += w * l.to_vec_f32()?[0] as f64;
+    }
+    Ok(loss)
 }
 
 /// Forward and backward over each micro-batch on whatever device the model is on. Returns the
