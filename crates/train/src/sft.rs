@@ -7,7 +7,7 @@
 //! TRL/transformers fixed late (a mean of per-micro-batch means weighs a short batch's tokens
 //! more than a long one's).
 
-use crate::trainer::{evaluate_packed, to_tensors, Layout, TrainConfig};
+use crate::trainer::{evaluate_packed, to_tensors, Layout, TrainConfig, Update};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use smelt_core::ops::attention::Segments;
@@ -37,10 +37,22 @@ pub struct SftConfig {
     pub chat_template: Option<String>,
 }
 
+/// A batch's rows as tensors, and their examples' segments when packed.
+struct Rows {
+    xy: (Tensor, Tensor),
+    segments: Option<Arc<Segments>>,
+}
+
+/// The validation batches, all made once.
+struct Val {
+    batches: Vec<(Tensor, Tensor)>,
+    segments: Vec<Option<Arc<Segments>>>,
+}
+
 pub(crate) struct SftData {
     train: SftPlan,
     epochs: Option<u64>,
-    val: Option<(Vec<(Tensor, Tensor)>, Vec<Option<Arc<Segments>>>)>,
+    val: Option<Val>,
 }
 
 impl SftData {
@@ -94,13 +106,13 @@ impl SftData {
             Some(p) => {
                 let plan = read(p, false)?;
                 let n = plan.batches_per_epoch().min(cfg.val_batches as u64);
-                let (mut batches, mut segs) = (Vec::new(), Vec::new());
+                let mut val = Val { batches: Vec::new(), segments: Vec::new() };
                 for k in 0..n {
-                    let (b, seg) = tensors(plan.batch(k))?;
-                    batches.push(b);
-                    segs.push(seg);
+                    let rows = tensors(plan.batch(k))?;
+                    val.batches.push(rows.xy);
+                    val.segments.push(rows.segments);
                 }
-                Some((batches, segs))
+                Some(val)
             }
             None => None,
         };
@@ -114,17 +126,17 @@ impl SftData {
     }
 
     /// Micro-batch m of update s is batch s·accum + m of the plan: a pure function of the step.
-    pub(crate) fn update(&self, step: u64, accum: usize) -> Result<(Vec<(Tensor, Tensor)>, Layout, u64)> {
+    pub(crate) fn update(&self, step: u64, accum: usize) -> Result<Update> {
         let (mut micro, mut segs, mut tokens) = (Vec::new(), Vec::new(), 0u64);
         for m in 0..accum as u64 {
             let b = self.train.batch(step * accum as u64 + m);
             tokens += b.tokens as u64;
-            let (xy, seg) = tensors(b)?;
-            micro.push(xy);
-            segs.push(seg);
+            let rows = tensors(b)?;
+            micro.push(rows.xy);
+            segs.push(rows.segments);
         }
         let layout = Layout::token_weighted(&micro, segs)?;
-        Ok((micro, layout, tokens))
+        Ok(Update { micro, layout, tokens })
     }
 
     pub(crate) fn has_val(&self) -> bool {
@@ -132,15 +144,15 @@ impl SftData {
     }
 
     pub(crate) fn evaluate(&self, model: &Model) -> Result<f64> {
-        let (b, s) = self.val.as_ref().context("no validation data")?;
-        evaluate_packed(model, b, s)
+        let v = self.val.as_ref().context("no validation data")?;
+        evaluate_packed(model, &v.batches, &v.segments)
     }
 }
 
-fn tensors(b: SftBatch) -> Result<((Tensor, Tensor), Option<Arc<Segments>>)> {
-    let seg = match b.starts {
+fn tensors(b: SftBatch) -> Result<Rows> {
+    let segments = match b.starts {
         Some(st) => Some(Arc::new(Segments::new(b.rows, b.t, st)?)),
         None => None,
     };
-    Ok((to_tensors(b.inputs, b.targets, b.t)?, seg))
+    Ok(Rows { xy: to_tensors(b.inputs, b.targets, b.t)?, segments })
 }

@@ -460,6 +460,14 @@ fn check_memory(mc: &ModelConfig, cfg: &TrainConfig) -> Result<()> {
     smelt_core::mem::ensure_fits(cfg.device, need, &what)
 }
 
+/// One update's micro-batches ((inputs, targets), each (B, T)), how they enter the loss, and
+/// the tokens they hold (not padding).
+pub(crate) struct Update {
+    pub micro: Vec<(Tensor, Tensor)>,
+    pub layout: Layout,
+    pub tokens: u64,
+}
+
 /// Where the batches of a run come from: random windows of a token file (pretraining) or
 /// JSONL examples (SFT, `crate::sft`).
 enum Data {
@@ -490,7 +498,7 @@ impl Data {
     }
 
     /// The micro-batches of update `step`, their layout, and the tokens they hold (not padding).
-    fn update(&self, step: u64, cfg: &TrainConfig) -> Result<(Vec<(Tensor, Tensor)>, Layout, u64)> {
+    fn update(&self, step: u64, cfg: &TrainConfig) -> Result<Update> {
         match self {
             // Micro-batch m of update s is loader step s·accum + m: a pure function, so resume is exact.
             Data::Windows { train, .. } => {
@@ -501,7 +509,8 @@ impl Data {
                         to_tensors(x, y, cfg.seq_len)
                     })
                     .collect::<Result<_>>()?;
-                Ok((micro, Layout::default(), (cfg.batch_size * cfg.seq_len * cfg.grad_accum) as u64))
+                let tokens = (cfg.batch_size * cfg.seq_len * cfg.grad_accum) as u64;
+                Ok(Update { micro, layout: Layout::default(), tokens })
             }
             Data::Sft(d) => d.update(step, cfg.grad_accum),
         }
@@ -633,13 +642,14 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
 
     let n_params = model.cfg.n_params();
     eprintln!(
-        "model: {} parameters ({} layers, dim {}, {} heads / {} KV), vocab {}; {} tokens per update",
+        "model: {} parameters ({} layers, dim {}, {} heads / {} KV), vocab {}; {}{} tokens per update",
         n_params,
         model.cfg.n_layers,
         model.cfg.dim,
         model.cfg.n_heads,
         model.cfg.n_kv_heads,
         model.cfg.vocab_size,
+        if cfg.sft.is_some() { "up to " } else { "" },
         cfg.batch_size * cfg.seq_len * cfg.grad_accum
     );
     let bar = crate::progress::Progress::new(cfg.steps, start);
@@ -650,7 +660,7 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
     for step_index in start..cfg.steps {
         let lr = lr_at(cfg.schedule, step_index, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
         let hp = AdamW { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
-        let (micro, layout, tokens_per_step) = data.update(step_index, &cfg)?;
+        let Update { micro, layout, tokens: tokens_per_step } = data.update(step_index, &cfg)?;
         let out = step_with(&mut model, &mut opt, &hp, &micro, &layout, cfg.grad_clip, cfg.grad_checkpoint)?;
         let (loss, norm) = (out.loss, out.grad_norm);
         let keep = || {

@@ -53,8 +53,10 @@ pub struct TrainArgs {
 /// (see its `--help`).
 #[derive(Args, Debug)]
 pub struct RunFlags {
+    /// Rows per micro-batch.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Tokens per row (sft: the longest row; longer examples are cut to this + 1 tokens).
     #[arg(long, default_value_t = 256)]
     pub seq_len: usize,
     /// Total optimizer updates (on --resume: the new total).
@@ -63,8 +65,10 @@ pub struct RunFlags {
     /// Micro-batches per update (gradients averaged; `sft`: weighted by their loss tokens).
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
+    /// Peak learning rate (reached after --warmup).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// Learning rate at the end of the schedule.
     #[arg(long, default_value_t = 1e-4)]
     pub min_lr: f64,
     /// Linear warmup updates.
@@ -106,7 +110,7 @@ pub struct RunFlags {
     /// checkpoint/log options given here).
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Delete what stands in the way in --checkpoint-dir instead of refusing: an earlier run's
+    /// Delete what stands in the way in the checkpoint folder (train: --checkpoint-dir, sft: --output) instead of refusing: an earlier run's
     /// checkpoints and metrics, or (with --resume) this run's checkpoints newer than the one resumed.
     #[arg(long)]
     pub overwrite: bool,

@@ -9,6 +9,7 @@
 //!   at most `seq_len` positions (a new row when the next example does not fit: no example is
 //!   split); each epoch permutes the rows. Every position knows where its example starts
 //!   (`starts`), so attention stays inside the example and positions restart at 0.
+//!
 //! An example longer than `seq_len + 1` tokens is cut to that (inputs are tokens 0..n−1,
 //! targets 1..n); examples left with no target in the loss are dropped (`SftPlan::dropped`).
 
