@@ -43,10 +43,11 @@ python3 scripts/sft_eval_task.py "$smelt" "$BASE" "$OUT/data/test.jsonl" > "$OUT
 after_loss=$(tail -1 "$OUT/run/metrics.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["val_loss"])')
 python3 scripts/sft_eval_task.py "$smelt" "$OUT/run/final" "$OUT/data/test.jsonl" > "$OUT/after_replies.jsonl"
 
-acc() { tail -1 "$1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["accuracy"])'; }
+acc() { tail -1 "$1" | python3 -c "import json,sys; print(json.load(sys.stdin)['$2'])"; }
 cat > "$OUT/results.json" <<JSON
 {"steps": $STEPS, "batch": $BATCH, "grad_accum": $ACCUM, "lr": $LR, "seq_len": $SEQ, "n_train": $N_TRAIN,
  "n_val": $N_VAL, "n_test": $N_TEST, "val_loss_before": $before_loss, "val_loss_after": $after_loss,
- "accuracy_before": $(acc "$OUT/before_replies.jsonl"), "accuracy_after": $(acc "$OUT/after_replies.jsonl")}
+ "accuracy_before": $(acc "$OUT/before_replies.jsonl" accuracy), "accuracy_after": $(acc "$OUT/after_replies.jsonl" accuracy),
+ "contains_before": $(acc "$OUT/before_replies.jsonl" contains), "contains_after": $(acc "$OUT/after_replies.jsonl" contains)}
 JSON
 cat "$OUT/results.json"

@@ -260,10 +260,10 @@ impl Graph {
     /// x: (B, T, H, D), token (b, i) at the position `seg` gives it (restarting per packed example).
     pub fn rope_packed(&mut self, x: &Var, table: &Arc<RopeTable>, seg: &Arc<ops::attention::Segments>) -> Result<Var> {
         let positions = Arc::new(seg.positions());
-        let y = timed("rope", || ops::rope::rope_at(&x.t, table, &positions))?;
+        let y = timed("rope", || ops::rope::rope_positions(&x.t, table, &positions))?;
         let table = table.clone();
         Ok(self.push1(&[x], y, move |g| {
-            Ok(vec![Some(timed("rope.bwd", || ops::rope::rope_at_backward(g, &table, &positions))?)])
+            Ok(vec![Some(timed("rope.bwd", || ops::rope::rope_positions_backward(g, &table, &positions))?)])
         }))
     }
 

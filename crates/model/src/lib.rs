@@ -2,6 +2,7 @@
 //! forward pass with KV cache) and safetensors I/O.
 
 pub mod config;
+pub mod decode;
 pub mod io;
 pub mod memory;
 pub mod model;
@@ -9,4 +10,5 @@ pub mod params;
 pub mod presets;
 
 pub use config::{Activation, Arch, ModelConfig, NormKind, RopeScaling};
+pub use decode::Decoder;
 pub use model::{KvCache, Logits, Model};

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use smelt_core::autograd::BlockFn;
 use smelt_core::ops::attention::Segments;
 use smelt_core::ops::rope::{RopeLayout, RopeTable};
+use smelt_core::ops::Pos;
 use smelt_core::{Device, Graph, Tensor, Var};
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +33,10 @@ pub struct KvCache {
     len: usize,
     cap: usize,
     batch: usize,
+    /// The position held on the cache's device too (u32 [1], = `len`), once
+    /// `hold_position_on_device` asked for it: steps then read it there and move it on
+    /// themselves, so a captured decode step replays at every position.
+    dpos: Option<Tensor>,
 }
 
 impl KvCache {
@@ -43,6 +48,7 @@ impl KvCache {
             len: 0,
             cap,
             batch,
+            dpos: None,
         }
     }
     /// A cache on `device` (keys and values stay there; only new rows are written), in the
@@ -51,7 +57,7 @@ impl KvCache {
         let shape = [batch, cap, cfg.n_kv_heads, cfg.head_dim];
         let dtype = device.activation_dtype();
         let mk = || (0..cfg.n_layers).map(|_| Tensor::zeros_typed(&shape, device, dtype)).collect::<Result<Vec<_>>>();
-        Ok(KvCache { k: mk()?, v: mk()?, len: 0, cap, batch })
+        Ok(KvCache { k: mk()?, v: mk()?, len: 0, cap, batch, dpos: None })
     }
     pub fn len(&self) -> usize {
         self.len
@@ -62,9 +68,38 @@ impl KvCache {
     pub fn capacity(&self) -> usize {
         self.cap
     }
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    pub fn has_device_position(&self) -> bool {
+        self.dpos.is_some()
+    }
+    /// Back to a host-only position (a step of several tokens needs one).
+    pub fn release_device_position(&mut self) {
+        self.dpos = None;
+    }
+    /// A replayed step moved the device's position on by `n`: the host's count follows.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+    /// A captured step counted positions that it did not write: back to `len`.
+    pub(crate) fn rewind_host_count(&mut self, len: usize) {
+        self.len = len;
+    }
     /// Forget positions from `n` on (e.g. rejected speculative tokens).
-    pub fn truncate(&mut self, n: usize) {
+    pub fn truncate(&mut self, n: usize) -> Result<()> {
         self.len = self.len.min(n);
+        if self.dpos.is_some() {
+            self.hold_position_on_device()?;
+        }
+        Ok(())
+    }
+    /// From now on keep the position on the cache's device as well (see `dpos`): what a
+    /// captured decode step needs. Calling it again re-uploads the host's count.
+    pub fn hold_position_on_device(&mut self) -> Result<()> {
+        let device = self.k.first().map_or(Device::Cpu, |t| t.device());
+        self.dpos = Some(Tensor::from_u32(vec![self.len as u32], &[1])?.to_device(device)?);
+        Ok(())
     }
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|t| t.numel() * t.dtype().size_in_bytes()).sum()
@@ -113,37 +148,12 @@ impl<'a> std::ops::Index<Role> for LayerVars<'a> {
     }
 }
 
-/// KV cache slot for one layer during a cached forward.
+/// KV cache slot for one layer during a cached forward: where its keys and values go, and
+/// the position (on the host, or the cache's device copy of it).
 struct CacheSlot<'a> {
     k: &'a mut Tensor,
     v: &'a mut Tensor,
-    pos0: usize,
-}
-
-/// Writes new rows (B, T, KVH, D) into a cache tensor (B, cap, KVH, D) at position `pos0`.
-fn cache_write(cache: &mut Tensor, new: &Tensor, pos0: usize) -> Result<()> {
-    let s = cache.shape().to_vec();
-    let (b, cap, row) = (s[0], s[1], s[2] * s[3]);
-    let t = new.shape()[1];
-    if !cache.device().is_cpu() {
-        // Device copies, one per sequence (batch 1 for generation: one copy). The rows must
-        // already have the cache's dtype (`write_at` says so if not).
-        if b == 1 {
-            return cache.write_at(pos0 * row, new);
-        }
-        let seqs = new.reshape(&[b, t * row])?;
-        for bi in 0..b {
-            cache.write_at((bi * cap + pos0) * row, &seqs.narrow_rows(bi, 1)?)?;
-        }
-        return Ok(());
-    }
-    let src = new.as_f32()?;
-    let dst = cache.f32_mut()?;
-    for bi in 0..b {
-        dst[(bi * cap + pos0) * row..(bi * cap + pos0 + t) * row]
-            .copy_from_slice(&src[bi * t * row..(bi + 1) * t * row]);
-    }
-    Ok(())
+    pos: Pos<'a>,
 }
 
 /// The config's norm of x with gain w.
@@ -191,11 +201,24 @@ fn block(
         q = norm(g, c, &q, qn)?;
         k = norm(g, c, &k, kn)?;
     }
-    let pos0 = cache.as_ref().map_or(0, |s| s.pos0);
-    let (q, k) = match seg {
+    let (q, k) = match cache.as_ref().map(|s| s.pos) {
         // Packed rows: positions restart at each example, attention stays inside it.
-        Some(seg) => (g.rope_packed(&q, rope, seg)?, g.rope_packed(&k, rope, seg)?),
-        None => (g.rope(&q, rope, pos0)?, g.rope(&k, rope, pos0)?),
+        None if seg.is_some() => {
+            let seg = seg.expect("checked");
+            (g.rope_packed(&q, rope, seg)?, g.rope_packed(&k, rope, seg)?)
+        }
+        // A position on the device: inference only, so no tape to record on.
+        Some(pos @ Pos::Device { .. }) => (
+            g.constant(smelt_core::ops::rope::rope_at(q.tensor(), rope, pos)?),
+            g.constant(smelt_core::ops::rope::rope_at(k.tensor(), rope, pos)?),
+        ),
+        pos => {
+            let pos0 = match pos {
+                Some(p) => p.value()?,
+                None => 0,
+            };
+            (g.rope(&q, rope, pos0)?, g.rope(&k, rope, pos0)?)
+        }
     };
     g.name(&q, || format!("Qcur_rope-{l}"));
     g.name(&k, || format!("Kcur_rope-{l}"));
@@ -223,9 +246,13 @@ fn block(
             if g.is_recording() {
                 bail!("the KV cache is for inference only");
             }
-            cache_write(slot.k, k.tensor(), pos0)?;
-            cache_write(slot.v, v.tensor(), pos0)?;
-            let o = smelt_core::ops::attention::attention_infer(q.tensor(), slot.k, slot.v, pos0 + t, window, scale)?;
+            use smelt_core::ops::attention::{attention_decode, attention_infer, kv_write};
+            kv_write(slot.k, k.tensor(), slot.pos)?;
+            kv_write(slot.v, v.tensor(), slot.pos)?;
+            let o = match slot.pos {
+                Pos::Device { .. } => attention_decode(q.tensor(), slot.k, slot.v, slot.pos, window, scale)?,
+                Pos::Host(p) => attention_infer(q.tensor(), slot.k, slot.v, p + t, window, scale)?,
+            };
             g.constant(o)
         }
     };
@@ -467,7 +494,9 @@ impl Model {
         g.name(&x, || "inp_embd".into());
         let h0 = norm(g, c, &x, &p[self.idx.layers[0][Role::AttnNorm]])?;
         let (mut x, mut h) = (x, h0);
-        let pos0 = cache.as_deref().map_or(0, |kv| kv.len);
+        if cache.as_deref().is_some_and(|kv| kv.dpos.is_some()) && t != 1 {
+            bail!("a KV cache whose position is held on the device takes one token per sequence per step, got {t}");
+        }
         for l in 0..c.n_layers {
             let (roles, inputs) = self.layer_inputs(l, p);
             if checkpoint && g.is_recording() && cache.is_none() {
@@ -484,16 +513,28 @@ impl Model {
                 x = out.pop().unwrap();
             } else {
                 let w = LayerVars::new(&roles, &inputs);
-                let slot = cache.as_deref_mut().map(|kv| CacheSlot { k: &mut kv.k[l], v: &mut kv.v[l], pos0 });
+                let slot = cache.as_deref_mut().map(|kv| {
+                    let pos = match &kv.dpos {
+                        Some(at) => Pos::Device { at, cap: kv.cap },
+                        None => Pos::Host(kv.len),
+                    };
+                    CacheSlot { k: &mut kv.k[l], v: &mut kv.v[l], pos }
+                });
                 (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot, seg)?;
             }
         }
         if let Some(kv) = cache {
             kv.len += t;
+            if let Some(at) = kv.dpos.as_mut() {
+                smelt_core::ops::attention::pos_add(at, t)?;
+            }
         }
         g.name(&h, || "result_norm".into());
         Ok(match logits {
+            // One token per sequence: every row is a last one (and a captured decode step
+            // must not upload the gather's indices).
             Logits::All => h,
+            Logits::Last if t == 1 => h,
             Logits::Last => {
                 // Gather row (bi+1)·t − 1 of each sequence: an embedding lookup into h (B·T, C),
                 // which runs wherever h lives.

@@ -94,6 +94,11 @@ fn kernels_compile() {
             x(&["attn_fwd", "attn_bwd_delta", "attn_bwd_dq", "attn_bwd_dkdv"], &one),
         ),
         (
+            "attention_decode",
+            ops::attention::cuda::DEC_SRC,
+            [x(&["attn_decode", "attn_decode_combine", "kv_write"], &one), plain(&["decode_pos_add"])].concat(),
+        ),
+        (
             "attention_tc",
             ops::attention::cuda::TC_SRC,
             plain(&[
@@ -458,6 +463,52 @@ fn parity_attention() {
         close(&format!("{label} dk"), &dkg, &dkc, F32_NMSE);
         close(&format!("{label} dv"), &dvg, &dvc, F32_NMSE);
     }
+}
+
+/// Decode attention (one query per sequence, split over the keys) against the CPU's exact
+/// training forward, with the position on the host and on the device (the two must agree bit
+/// for bit: a captured decode step replays the uncaptured one), and the cache write and
+/// position step a captured step uses.
+#[test]
+fn parity_attention_decode() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    // (b, valid keys, capacity, h, kvh, hd, window): one split, several, several with a window.
+    for (b, tk, cap, h, kvh, hd, window) in [
+        (1, 7, 16, 4, 2, 64, None),
+        (2, 300, 700, 8, 2, 64, None),
+        (1, 600, 1100, 6, 3, 128, Some(300)),
+        (2, 257, 257, 4, 4, 96, None),
+    ] {
+        let label = format!("decode b{b} k{tk}/{cap} h{h}/{kvh} d{hd} w{window:?}");
+        let q = randn(&mut r, &[b, 1, h, hd], 1.0);
+        let k = randn(&mut r, &[b, cap, kvh, hd], 1.0);
+        let v = randn(&mut r, &[b, cap, kvh, hd], 1.0);
+        let sc = 1.0 / (hd as f32).sqrt();
+        let (oc, _) = ops::attention::attention(&q, &k, &v, tk, window, sc).unwrap();
+        let (qg, kg, vg) = (up(&q, d), up(&k, d), up(&v, d));
+        let host = ops::attention::attention_decode(&qg, &kg, &vg, ops::Pos::Host(tk - 1), window, sc).unwrap();
+        close(&format!("{label} host position"), &host, &oc, F32_NMSE);
+        let at = up(&Tensor::from_u32(vec![(tk - 1) as u32], &[1]).unwrap(), d);
+        let dev_pos = ops::Pos::Device { at: &at, cap };
+        let on_dev = ops::attention::attention_decode(&qg, &kg, &vg, dev_pos, window, sc).unwrap();
+        assert_eq!(
+            host.to_device(Device::Cpu).unwrap().as_f32().unwrap(),
+            on_dev.to_device(Device::Cpu).unwrap().as_f32().unwrap(),
+            "{label}: device position differs from host position"
+        );
+    }
+    // kv_write at a device position, then the position moves on.
+    let (b, cap, kvh, hd, t) = (2, 9, 2, 8, 3);
+    let new = randn(&mut r, &[b, t, kvh, hd], 1.0);
+    let mut cc = Tensor::zeros(&[b, cap, kvh, hd]);
+    ops::attention::kv_write(&mut cc, &new, ops::Pos::Host(4)).unwrap();
+    let mut cg = up(&Tensor::zeros(&[b, cap, kvh, hd]), d);
+    let mut at = up(&Tensor::from_u32(vec![2], &[1]).unwrap(), d);
+    ops::attention::pos_add(&mut at, 2).unwrap();
+    ops::attention::kv_write(&mut cg, &up(&new, d), ops::Pos::Device { at: &at, cap }).unwrap();
+    assert_eq!(cg.to_device(Device::Cpu).unwrap().as_f32().unwrap(), cc.as_f32().unwrap(), "kv_write");
+    assert_eq!(at.to_device(Device::Cpu).unwrap().as_u32().unwrap(), &[4], "pos_add");
 }
 
 #[test]

@@ -10,6 +10,7 @@
 
 use crate::backend::{self, Cpu};
 use crate::float::{dot, Float};
+use crate::ops::Pos;
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -476,6 +477,21 @@ pub trait AttentionKernels {
         dm: AttnDims,
         scale: f32,
     ) -> Result<(Tensor, Tensor, Tensor)>;
+    /// Writes `new` (B, T, KVH, D) into `cache` (B, S, KVH, D) at rows pos..pos+T of each sequence.
+    fn kv_write(&self, cache: &mut Tensor, new: &Tensor, pos: Pos) -> Result<()>;
+    /// One query per sequence (q: (B, 1, H, D)) against keys 0..=pos of the cache; `dm.tk` is
+    /// the most keys the step may see (pos + 1 for a host position, the capacity otherwise).
+    fn attention_decode(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        dm: AttnDims,
+        pos: Pos,
+        scale: f32,
+    ) -> Result<Tensor>;
+    /// Moves a device-held position (u32 [1]) on by `n`.
+    fn pos_add(&self, pos: &mut Tensor, n: usize) -> Result<()>;
     /// The training forward over packed rows (`Segments`): no attention across examples.
     fn attention_packed(
         &self,
@@ -558,6 +574,35 @@ impl AttentionKernels for Cpu {
             attn_bwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, out.as_f32()?, lse.as_f32()?, dout.as_f32()?, dm, scale);
         Ok((Tensor::from_f32(dq, q.shape())?, Tensor::from_f32(dk, k.shape())?, Tensor::from_f32(dv, v.shape())?))
     }
+    fn kv_write(&self, cache: &mut Tensor, new: &Tensor, pos: Pos) -> Result<()> {
+        let pos0 = pos.value()?;
+        let (s, t) = (cache.shape().to_vec(), new.shape()[1]);
+        let (b, cap, row) = (s[0], s[1], s[2] * s[3]);
+        let src = new.as_f32()?;
+        let dst = cache.f32_mut()?;
+        for bi in 0..b {
+            dst[(bi * cap + pos0) * row..(bi * cap + pos0 + t) * row]
+                .copy_from_slice(&src[bi * t * row..(bi + 1) * t * row]);
+        }
+        Ok(())
+    }
+    fn attention_decode(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        dm: AttnDims,
+        pos: Pos,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let dm = AttnDims { tk: pos.value()? + 1, ..dm };
+        self.attention_infer(q, k, v, dm, scale)
+    }
+    fn pos_add(&self, pos: &mut Tensor, n: usize) -> Result<()> {
+        let p = pos.as_u32()?[0] as usize + n;
+        *pos = Tensor::from_u32(vec![p as u32], &[1])?;
+        Ok(())
+    }
 }
 
 /// q: (B, Tq, H, D), k, v: (B, S, KVH, D) with `tk` valid rows → (out (B, Tq, H, D), lse (B, H, Tq)).
@@ -586,6 +631,45 @@ pub fn attention_infer(
 ) -> Result<Tensor> {
     let dm = dims(q, k, v, tk, window)?;
     backend::on("attention", [q, k, v])?.attention_infer(q, k, v, dm, scale)
+}
+
+/// Writes new keys or values (B, T, KVH, D) into a KV cache tensor (B, S, KVH, D) at `pos`
+/// (the rows must have the cache's dtype).
+pub fn kv_write(cache: &mut Tensor, new: &Tensor, pos: Pos) -> Result<()> {
+    let (cs, ns) = (cache.shape(), new.shape());
+    if cs.len() != 4 || ns.len() != 4 || cs[0] != ns[0] || cs[2..] != ns[2..] || cache.dtype() != new.dtype() {
+        bail!("kv_write: rows {:?} {ns:?} do not fit the cache {:?} {cs:?}", new.dtype(), cache.dtype());
+    }
+    if pos.bound(ns[1])? > cs[1] {
+        bail!("kv_write: positions up to {} do not fit a cache of {}", pos.bound(ns[1])?, cs[1]);
+    }
+    backend::on("kv_write", [&*cache, new])?.kv_write(cache, new, pos)
+}
+
+/// Decode attention: q (B, 1, H, D), the new keys already written at `pos`, so the query sees
+/// keys 0..=pos (less with a window). The same kernels whether `pos` is on the host or the
+/// device, so a captured decode step computes what an uncaptured one does.
+pub fn attention_decode(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pos: Pos,
+    window: Option<usize>,
+    scale: f32,
+) -> Result<Tensor> {
+    let dm = dims(q, k, v, pos.bound(1)?, window)?;
+    if dm.tq != 1 {
+        bail!("attention_decode: one query per sequence, got {}", dm.tq);
+    }
+    backend::on("attention", [q, k, v])?.attention_decode(q, k, v, dm, pos, scale)
+}
+
+/// Moves a device-held decode position on by `n` (the end of a decode step).
+pub fn pos_add(pos: &mut Tensor, n: usize) -> Result<()> {
+    if pos.dtype() != crate::DType::U32 || pos.numel() != 1 {
+        bail!("pos_add: a position is a u32 [1] tensor, got {:?} {:?}", pos.dtype(), pos.shape());
+    }
+    backend::backend(pos.device()).pos_add(pos, n)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -690,6 +774,35 @@ pub fn attention_packed_backward(
 mod tests {
     use super::*;
     use crate::ops::testing::{gradcheck, rand_vec};
+
+    fn rand_t(shape: &[usize], seed: u64) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_f32(rand_vec(n, seed).iter().map(|&x| x as f32).collect(), shape).unwrap()
+    }
+
+    /// The decode entry points on the CPU: a device-style position (a u32 tensor) reads back
+    /// to the host and gives what the host position gives; kv_write writes the rows there.
+    #[test]
+    fn decode_position_on_cpu() {
+        let (b, cap, h, kvh, d) = (2, 6, 4, 2, 8);
+        let mut k = Tensor::zeros(&[b, cap, kvh, d]);
+        let mut v = Tensor::zeros(&[b, cap, kvh, d]);
+        let (nk, nv) = (rand_t(&[b, 4, kvh, d], 1), rand_t(&[b, 4, kvh, d], 2));
+        kv_write(&mut k, &nk, Pos::Host(0)).unwrap();
+        kv_write(&mut v, &nv, Pos::Host(0)).unwrap();
+        let mut at = Tensor::from_u32(vec![3], &[1]).unwrap();
+        pos_add(&mut at, 1).unwrap();
+        assert_eq!(at.as_u32().unwrap(), &[4]);
+        let (k1, v1) = (rand_t(&[b, 1, kvh, d], 3), rand_t(&[b, 1, kvh, d], 4));
+        kv_write(&mut k, &k1, Pos::Device { at: &at, cap }).unwrap();
+        kv_write(&mut v, &v1, Pos::Device { at: &at, cap }).unwrap();
+        assert_eq!(&k.as_f32().unwrap()[4 * kvh * d..5 * kvh * d], k1.as_f32().unwrap()[..kvh * d].as_ref());
+        let q = rand_t(&[b, 1, h, d], 5);
+        let a = attention_decode(&q, &k, &v, Pos::Device { at: &at, cap }, None, 0.3).unwrap();
+        let e = attention_infer(&q, &k, &v, 5, None, 0.3).unwrap();
+        assert_eq!(a.as_f32().unwrap(), e.as_f32().unwrap());
+        assert!(kv_write(&mut k, &nk, Pos::Host(3)).is_err(), "rows past the capacity are refused");
+    }
 
     fn naive(q: &[f64], k: &[f64], v: &[f64], dm: AttnDims) -> Vec<f64> {
         let mut out = vec![0.0; q.len()];

@@ -4,6 +4,7 @@
 
 use super::{RopeLayout, RopeTable};
 use crate::cuda::{self, DeviceBuf};
+use crate::ops::Pos;
 use crate::{DType, Tensor};
 use anyhow::{anyhow, Result};
 use cudarc::driver::PushKernelArg;
@@ -47,12 +48,20 @@ fn device_table(gpu: &Arc<cuda::Gpu>, table: &RopeTable, need: usize) -> Result<
 
 /// x: (B, T, H, D) on the device at positions pos0..pos0+T, f32 or bf16 (the result keeps
 /// x's dtype); sign 1 = forward, −1 = backward.
-pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+pub fn rope(x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f32) -> Result<Tensor> {
     let what = if sign > 0.0 { "rope" } else { "rope_backward" };
     let [xb] = cuda::float_bufs([x], what)?;
     let gpu = &xb.gpu;
     let d = x.cols();
-    let tab = device_table(gpu, table, pos0 + t)?;
+    let tab = device_table(gpu, table, pos.bound(t)?)?;
+    let (pos0, dpos) = match pos {
+        Pos::Host(p) => (p, 0u64),
+        Pos::Device { at, .. } => {
+            let b = at.cuda_buf()?;
+            b.expect(DType::U32, "rope position")?;
+            (0, b.ptr())
+        }
+    };
     let y = DeviceBuf::alloc(gpu, xb.dtype, x.numel())?; // x rotated into it (every element written)
     let rows = x.rows() / h;
     let name = cuda::kname("rope", &[xb.dtype], what)?;
@@ -71,14 +80,15 @@ pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign
             .arg(&d32)
             .arg(&inter)
             .arg(&sign)
-            .arg(&p32);
+            .arg(&p32)
+            .arg(&dpos);
         cuda::launched(unsafe { b.launch(cuda::grid_for((rows * h * d / 2).div_ceil(4), 256)) }, &name)?;
     }
     Tensor::from_device_buf(y, x.shape())
 }
 
 impl super::RopeKernels for crate::backend::Cuda {
-    fn rope(&self, x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor> {
-        rope(x, table, pos0, t, h, sign)
+    fn rope(&self, x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+        rope(x, table, pos, t, h, sign)
     }
 }

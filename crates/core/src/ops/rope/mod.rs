@@ -10,6 +10,7 @@ pub mod freqs;
 
 use crate::backend::{backend, Cpu};
 use crate::float::Float;
+use crate::ops::Pos;
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -192,15 +193,23 @@ fn check(x: &Tensor, table: &RopeTable) -> Result<(usize, usize)> {
 /// The RoPE kernel a backend provides: x (B, T, H, D) at positions pos0..pos0+T (`t` = T,
 /// `h` = H) rotated by `sign` times the table's angles (1 forward, −1 for the backward).
 pub trait RopeKernels {
-    fn rope(&self, x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor>;
+    fn rope(&self, x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f32) -> Result<Tensor>;
     /// Token r of x (B·T rows) at `positions[r]` (packed rows).
-    fn rope_at(&self, _x: &Tensor, _table: &RopeTable, _positions: &[u32], _h: usize, _sign: f32) -> Result<Tensor> {
+    fn rope_positions(
+        &self,
+        _x: &Tensor,
+        _table: &RopeTable,
+        _positions: &[u32],
+        _h: usize,
+        _sign: f32,
+    ) -> Result<Tensor> {
         bail!("RoPE at per-token positions (--packing) is implemented on the CPU only")
     }
 }
 
 impl RopeKernels for Cpu {
-    fn rope(&self, x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+    fn rope(&self, x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+        let pos0 = pos.value()?;
         let d = x.cols();
         let (c, s) = table.cos_sin_f32(pos0 + t);
         let rows = pos0 * d / 2..(pos0 + t) * d / 2;
@@ -208,7 +217,7 @@ impl RopeKernels for Cpu {
         rope_apply(&mut y, t, h, d, &c[rows.clone()], &s[rows], table.layout, sign);
         Tensor::from_f32(y, x.shape())
     }
-    fn rope_at(&self, x: &Tensor, table: &RopeTable, positions: &[u32], h: usize, sign: f32) -> Result<Tensor> {
+    fn rope_positions(&self, x: &Tensor, table: &RopeTable, positions: &[u32], h: usize, sign: f32) -> Result<Tensor> {
         let d = x.cols();
         let (c, s) = table.cos_sin_f32(positions.iter().max().map_or(0, |&p| p as usize + 1));
         let mut y = x.as_f32()?.to_vec();
@@ -220,30 +229,37 @@ impl RopeKernels for Cpu {
 /// x: (B, T, H, D) at positions pos0..pos0+T.
 pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
     let (t, h) = check(x, table)?;
-    backend(x.device()).rope(x, table, pos0, t, h, 1.0)
+    backend(x.device()).rope(x, table, Pos::Host(pos0), t, h, 1.0)
+}
+
+/// `rope` at a decode position that may be held on the device (`Pos::Device`: what a captured
+/// decode step uses, so the graph does not depend on the position).
+pub fn rope_at(x: &Tensor, table: &RopeTable, pos: Pos) -> Result<Tensor> {
+    let (t, h) = check(x, table)?;
+    backend(x.device()).rope(x, table, pos, t, h, 1.0)
 }
 
 pub fn rope_backward(dy: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
     let (t, h) = check(dy, table)?;
-    backend(dy.device()).rope(dy, table, pos0, t, h, -1.0)
+    backend(dy.device()).rope(dy, table, Pos::Host(pos0), t, h, -1.0)
 }
 
 /// x: (B, T, H, D), token (b, i) at `positions[b·T + i]` (packed rows: positions restart per example).
-pub fn rope_at(x: &Tensor, table: &RopeTable, positions: &[u32]) -> Result<Tensor> {
-    rope_at_signed(x, table, positions, 1.0)
+pub fn rope_positions(x: &Tensor, table: &RopeTable, positions: &[u32]) -> Result<Tensor> {
+    rope_positions_signed(x, table, positions, 1.0)
 }
 
-pub fn rope_at_backward(dy: &Tensor, table: &RopeTable, positions: &[u32]) -> Result<Tensor> {
-    rope_at_signed(dy, table, positions, -1.0)
+pub fn rope_positions_backward(dy: &Tensor, table: &RopeTable, positions: &[u32]) -> Result<Tensor> {
+    rope_positions_signed(dy, table, positions, -1.0)
 }
 
-fn rope_at_signed(x: &Tensor, table: &RopeTable, positions: &[u32], sign: f32) -> Result<Tensor> {
+fn rope_positions_signed(x: &Tensor, table: &RopeTable, positions: &[u32], sign: f32) -> Result<Tensor> {
     let (_, h) = check(x, table)?;
     let s = x.shape();
     if positions.len() != s[0] * s[1] {
         bail!("rope: {} positions for {} tokens", positions.len(), s[0] * s[1]);
     }
-    backend(x.device()).rope_at(x, table, positions, h, sign)
+    backend(x.device()).rope_positions(x, table, positions, h, sign)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 // Rotary embedding: rotate feature pairs of each head by position angles; sign = -1 rotates
 // back (the backward). x: (rows = B·T, H, D), f32 or bf16 (rotated in f32, stored in x's
-// dtype) into a new y; token r sits at position pos0 + r % t; cos/sin: (positions,
+// dtype) into a new y; token r sits at position pos0 + r % t (pos0 = *pos when pos is non-null:
+// a decode position kept on the device); cos/sin: (positions,
 // D/2), an f32 table kept on the device.
 
 // x → y (out of place: no copy of x first). Where x and y are 16-byte aligned and d is a multiple
@@ -15,8 +16,9 @@ __device__ __forceinline__ void rot(float a, float b, float c, float s, T* ya, T
 
 template <typename T>
 __device__ void rope(const T* x, T* y, const float* cosv, const float* sinv, long long rows, int t, int heads, int d,
-                     int interleaved, float sign, int pos0) {
+                     int interleaved, float sign, int pos0, const int* pos) {
     const int W = 16 / sizeof(T);
+    if (pos) pos0 = *pos;  // the decode position held on the device (a captured step)
     int half = d / 2;
     long long tid = blockIdx.x * (long long)blockDim.x + threadIdx.x, stride = (long long)gridDim.x * blockDim.x;
     if (aligned16(x) && aligned16(y) && d % (2 * W) == 0) {
@@ -70,8 +72,9 @@ __device__ void rope(const T* x, T* y, const float* cosv, const float* sinv, lon
 
 #define ROPE(T, N) \
     extern "C" __global__ void rope_##N(const T* x, T* y, const float* cosv, const float* sinv, long long rows, int t, \
-                                        int heads, int d, int interleaved, float sign, int pos0) { \
-        rope<T>(x, y, cosv, sinv, rows, t, heads, d, interleaved, sign, pos0); \
+                                        int heads, int d, int interleaved, float sign, int pos0, \
+                                        const int* pos) { \
+        rope<T>(x, y, cosv, sinv, rows, t, heads, d, interleaved, sign, pos0, pos); \
     }
 ROPE(float, f32)
 ROPE(bf16_t, bf16)
