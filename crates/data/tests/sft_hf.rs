@@ -10,19 +10,25 @@ use smelt_tokenizer::{ChatTemplate, Tokenizer};
 use std::path::Path;
 use std::process::Command;
 
+/// The version the peer's ids were checked with.
+const TRANSFORMERS: &str = "transformers==5.24.0";
+
 #[test]
 fn sft_token_ids_match_transformers_on_smollm2() {
     let Some(model) = smelt_testing::input("smollm2/hf") else { return };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let venv = Command::new(root.join("scripts/venv.sh")).output().unwrap();
-    let py = String::from_utf8_lossy(&venv.stdout).trim().to_string();
-    if !Command::new(&py).args(["-c", "import transformers"]).output().is_ok_and(|o| o.status.success()) {
+    // The tokenizer side of transformers needs no torch: installed on demand, as serve.rs does
+    // with the openai client (nothing happens when the venv has it already).
+    let venv = Command::new(root.join("scripts/venv.sh")).arg(TRANSFORMERS).output().unwrap();
+    if !venv.status.success() {
+        let why = String::from_utf8_lossy(&venv.stderr);
         smelt_testing::skip(
             smelt_testing::Need::Input,
-            "the project's venv has no transformers (run scripts/install_torch.sh)",
+            format!("transformers could not be installed (scripts/venv.sh {TRANSFORMERS}): {}", why.trim()),
         );
         return;
     }
+    let py = String::from_utf8_lossy(&venv.stdout).trim().to_string();
     let lines = [
         r#"{"messages": [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}]}"#,
         r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": " Hello there!\n"}, {"role": "user", "content": "Ça va ? 日本"}, {"role": "assistant", "content": "Oui, très bien."}]}"#,

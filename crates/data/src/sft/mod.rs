@@ -24,6 +24,7 @@
 pub mod batch;
 
 use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
 use serde_json::Value;
 use smelt_tokenizer::{ChatTemplate, Tokenizer};
 use std::path::Path;
@@ -72,21 +73,23 @@ struct Piece {
 impl Format<'_> {
     /// Reads every line of a JSONL file (blank lines skipped); an error names `file:line` and
     /// the field at fault.
+    /// Lines are tokenised in parallel; the first bad line (in file order) is the error.
     pub fn read_jsonl(&self, path: &Path) -> Result<Vec<Example>> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut out = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let at = || format!("{}:{}", path.display(), i + 1);
-            let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", at()))?;
-            out.push(self.example(&v).with_context(at)?);
-        }
-        if out.is_empty() {
+        let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
+        if lines.is_empty() {
             bail!("{}: no examples", path.display());
         }
-        Ok(out)
+        lines
+            .par_iter()
+            .map(|&(i, line)| {
+                let at = || format!("{}:{}", path.display(), i + 1);
+                let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", at()))?;
+                self.example(&v).with_context(at)
+            })
+            .collect::<Vec<Result<Example>>>()
+            .into_iter()
+            .collect()
     }
 
     /// One example from its JSON object.

@@ -73,6 +73,12 @@ fn errors_name_the_line_and_field() {
         assert!(e.contains(&format!("{}:3", p.display())), "{e}");
         assert!(e.contains(want), "{e}");
     }
+    // Several bad lines: the first in file order is reported.
+    std::fs::write(&p, "{\"text\": \"ok\"}\n{\"text\": 1}\n{\"text\": 2}\n{\"text\": 3}\n").unwrap();
+    for _ in 0..5 {
+        let e = format!("{:#}", f.read_jsonl(&p).unwrap_err());
+        assert!(e.contains(&format!("{}:2:", p.display())), "{e}");
+    }
     let no_tmpl = Format { template: None, ..fmt(&tok, &tmpl, false) };
     let e =
         format!("{:#}", no_tmpl.example(&json!({"messages": [{"role": "assistant", "content": "x"}]})).unwrap_err());
