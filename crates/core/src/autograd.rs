@@ -264,6 +264,36 @@ impl Graph {
             .push1(&[x], y, move |g| Ok(vec![Some(timed("rope.bwd", || ops::rope::rope_backward(g, &table, pos0))?)])))
     }
 
+    /// x: (B, T, H, D), token (b, i) at the position `seg` gives it (restarting per packed example).
+    pub fn rope_packed(&mut self, x: &Var, table: &Arc<RopeTable>, seg: &Arc<ops::attention::Segments>) -> Result<Var> {
+        let positions = Arc::new(seg.positions());
+        let y = timed("rope", || ops::rope::rope_positions(&x.t, table, &positions))?;
+        let table = table.clone();
+        Ok(self.push1(&[x], y, move |g| {
+            Ok(vec![Some(timed("rope.bwd", || ops::rope::rope_positions_backward(g, &table, &positions))?)])
+        }))
+    }
+
+    /// `attention` over packed rows: q, k, v (B, T, ·, D), no attention across `seg`'s examples.
+    pub fn attention_packed(
+        &mut self,
+        q: &Var,
+        k: &Var,
+        v: &Var,
+        window: Option<usize>,
+        scale: f32,
+        seg: &Arc<ops::attention::Segments>,
+    ) -> Result<Var> {
+        let (o, lse) = timed("attention", || ops::attention::attention_packed(&q.t, &k.t, &v.t, window, scale, seg))?;
+        let (qt, kt, vt, ot, seg) = (q.t.clone(), k.t.clone(), v.t.clone(), o.clone(), seg.clone());
+        Ok(self.push1(&[q, k, v], o, move |g| {
+            let (dq, dk, dv) = timed("attention.bwd", || {
+                ops::attention::attention_packed_backward(&qt, &kt, &vt, &ot, &lse, g, window, scale, &seg)
+            })?;
+            Ok(vec![Some(dq), Some(dk), Some(dv)])
+        }))
+    }
+
     /// Causal GQA attention with scores scaled by `scale`; k, v hold `tk` valid rows (see `ops::attention`).
     pub fn attention(
         &mut self,

@@ -10,6 +10,7 @@ use crate::config::{Activation, ModelConfig, NormKind};
 use crate::params::{self, Index, Role};
 use anyhow::{bail, Context, Result};
 use smelt_core::autograd::BlockFn;
+use smelt_core::ops::attention::Segments;
 use smelt_core::ops::rope::{RopeLayout, RopeTable};
 use smelt_core::ops::Pos;
 use smelt_core::profile::timed;
@@ -183,6 +184,7 @@ fn block(
     h: &Var,
     w: &LayerVars,
     cache: Option<CacheSlot>,
+    seg: Option<&Arc<Segments>>,
 ) -> Result<(Var, Var)> {
     let (b, t) = bt;
     let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
@@ -220,6 +222,18 @@ fn block(
     }
     let (window, scale) = (c.window(l), c.attention_scale());
     let attn = match cache {
+        // Packed rows: positions restart at each example, attention stays inside it.
+        None if seg.is_some() => {
+            if !g.is_recording() {
+                bail!("packed rows are for the training graph only");
+            }
+            let seg = seg.expect("checked");
+            let q = g.rope_packed(&q, rope, seg)?;
+            g.name(&q, || format!("Qcur_rope-{l}"));
+            let k = g.rope_packed(&k, rope, seg)?;
+            g.name(&k, || format!("Kcur_rope-{l}"));
+            g.attention_packed(&q, &k, &v, window, scale, seg)?
+        }
         Some(slot) => {
             if g.is_recording() {
                 bail!("the KV cache is for inference only");
@@ -462,14 +476,15 @@ impl Model {
         logits: Logits,
         checkpoint: bool,
     ) -> Result<Var> {
-        let h = self.hidden(g, p, tokens, cache, logits, checkpoint)?;
+        let h = self.hidden(g, p, tokens, cache, logits, checkpoint, None)?;
         let out = g.linear(&h, &p[self.idx.head], None)?;
         g.name(&out, || "result_output".into());
         Ok(out)
     }
 
     /// The final normalised hidden states (B·T, C), or (B, C) for `Logits::Last`: everything
-    /// `forward` does before the head.
+    /// `forward` does before the head. `seg`: the tokens are packed examples (see `Segments`).
+    #[allow(clippy::too_many_arguments)]
     fn hidden(
         &self,
         g: &mut Graph,
@@ -478,12 +493,23 @@ impl Model {
         mut cache: Option<&mut KvCache>,
         logits: Logits,
         checkpoint: bool,
+        seg: Option<&Arc<Segments>>,
     ) -> Result<Var> {
         let c = &self.cfg;
         let (b, t) = match tokens.shape() {
             [b, t] => (*b, *t),
             s => bail!("forward: tokens must be (B, T), got {s:?}"),
         };
+        if let Some(sg) = seg {
+            if (sg.b, sg.t) != (b, t) || cache.is_some() {
+                bail!(
+                    "forward: packed segments of {}×{} for tokens {b}×{t}{}",
+                    sg.b,
+                    sg.t,
+                    if cache.is_some() { " with a KV cache" } else { "" }
+                );
+            }
+        }
         if let Some(kv) = cache.as_deref() {
             if kv.batch != b || kv.len + t > kv.cap {
                 bail!(
@@ -505,10 +531,10 @@ impl Model {
         for l in 0..c.n_layers {
             let (roles, inputs) = self.layer_inputs(l, p);
             if checkpoint && g.is_recording() && cache.is_none() {
-                let (cfg, rope) = (Arc::new(c.clone()), self.rope.clone());
+                let (cfg, rope, seg) = (Arc::new(c.clone()), self.rope.clone(), seg.cloned());
                 let f: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
                     let w = LayerVars::new(&roles, &v[2..]);
-                    let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, None)?;
+                    let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, None, seg.as_ref())?;
                     Ok(vec![x, h])
                 });
                 let mut all = vec![x.clone(), h.clone()];
@@ -525,7 +551,7 @@ impl Model {
                     };
                     CacheSlot { k: &mut kv.k[l], v: &mut kv.v[l], pos }
                 });
-                (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot)?;
+                (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot, seg)?;
             }
         }
         if let Some(kv) = cache {
@@ -554,6 +580,22 @@ impl Model {
         self.loss_in_chunks(g, p, inputs, targets, checkpoint, LOSS_CHUNK_ELEMS, LOSS_VOCAB_CHUNK)
     }
 
+    /// `loss` over rows of packed examples when `seg` is given (SFT `--packing`): each example
+    /// sees only itself, at positions from 0. Targets `IGNORE` are left out of the mean.
+    pub fn loss_packed(
+        &self,
+        g: &mut Graph,
+        p: &[Var],
+        inputs: &Tensor,
+        targets: &Tensor,
+        seg: Option<&Arc<Segments>>,
+        checkpoint: bool,
+    ) -> Result<Var> {
+        let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint, seg)?;
+        let vocab = LOSS_VOCAB_CHUNK.clamp(1, self.cfg.vocab_size.max(1));
+        g.linear_cross_entropy(&h, &p[self.idx.head], targets, (LOSS_CHUNK_ELEMS / vocab).max(1), vocab)
+    }
+
     /// `loss` with the head and the loss computed `elems` logits at a time, in slices of
     /// `vocab` vocabulary ids, so the full (B·T, V) f32 logits never exist (they dominate memory
     /// at large vocabularies). Tests force small chunks through it.
@@ -568,7 +610,7 @@ impl Model {
         elems: usize,
         vocab: usize,
     ) -> Result<Var> {
-        let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint)?;
+        let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint, None)?;
         let vocab = vocab.clamp(1, self.cfg.vocab_size.max(1));
         g.linear_cross_entropy(&h, &p[self.idx.head], targets, (elems / vocab).max(1), vocab)
     }

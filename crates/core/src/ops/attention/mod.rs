@@ -44,6 +44,15 @@ impl AttnDims {
         };
         (lo, pos + 1)
     }
+    /// `key_range` of query i of batch row b, kept inside its packed example when `starts`
+    /// (one per query position: the row index where the query's example starts) is given.
+    fn key_range_in(&self, b: usize, i: usize, starts: Option<&[u32]>) -> (usize, usize) {
+        let (lo, hi) = self.key_range(i);
+        match starts {
+            Some(st) => (lo.max(st[b * self.tq + i] as usize), hi),
+            None => (lo, hi),
+        }
+    }
     fn q_at(&self, b: usize, i: usize, h: usize) -> usize {
         ((b * self.tq + i) * self.h + h) * self.d
     }
@@ -79,6 +88,19 @@ unsafe fn mm<F: Float>(
 
 /// Returns (out (B, Tq, H, D), lse (B, H, Tq)).
 pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> (Vec<F>, Vec<F>) {
+    attn_fwd_packed(q, k, v, dm, scale, None)
+}
+
+/// `attn_fwd` over packed rows: with `starts` (B·Tq, see `Segments`), a query sees only the keys
+/// of its own example (Tq = Tk).
+pub fn attn_fwd_packed<F: Float>(
+    q: &[F],
+    k: &[F],
+    v: &[F],
+    dm: AttnDims,
+    scale: F,
+    starts: Option<&[u32]>,
+) -> (Vec<F>, Vec<F>) {
     let d = dm.d;
     let (qrs, kvrs) = (dm.h * d, dm.kvh * d);
     let per_head: Vec<(Vec<F>, Vec<F>)> = (0..dm.b * dm.h)
@@ -91,8 +113,8 @@ pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> 
             let mut s = vec![F::ZERO; TILE.min(dm.tq) * dm.tk];
             for i0 in (0..dm.tq).step_by(TILE) {
                 let rows = TILE.min(dm.tq - i0);
-                let (k0, _) = dm.key_range(i0);
-                let (_, k1) = dm.key_range(i0 + rows - 1);
+                let (k0, _) = dm.key_range_in(b, i0, starts);
+                let (_, k1) = dm.key_range_in(b, i0 + rows - 1, starts);
                 let nk = k1 - k0;
                 // S = scale · Q_tile · K[k0..k1]ᵀ
                 if rows == 1 {
@@ -122,7 +144,7 @@ pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> 
                     }
                 }
                 for r in 0..rows {
-                    let (lo, hi) = dm.key_range(i0 + r);
+                    let (lo, hi) = dm.key_range_in(b, i0 + r, starts);
                     let row = &mut s[r * nk..(r + 1) * nk];
                     let (a, z) = (lo - k0, hi - k0);
                     let m = row[a..z].iter().fold(F::NEG_INFINITY, |acc, &x| acc.max(x));
@@ -261,6 +283,22 @@ pub fn attn_bwd<F: Float>(
     dm: AttnDims,
     scale: F,
 ) -> (Vec<F>, Vec<F>, Vec<F>) {
+    attn_bwd_packed(q, k, v, out, lse, dout, dm, scale, None)
+}
+
+/// `attn_bwd` over packed rows (see `attn_fwd_packed`).
+#[allow(clippy::too_many_arguments)]
+pub fn attn_bwd_packed<F: Float>(
+    q: &[F],
+    k: &[F],
+    v: &[F],
+    out: &[F],
+    lse: &[F],
+    dout: &[F],
+    dm: AttnDims,
+    scale: F,
+    starts: Option<&[u32]>,
+) -> (Vec<F>, Vec<F>, Vec<F>) {
     let d = dm.d;
     let grp = dm.group();
     let (qrs, kvrs) = (dm.h * d, dm.kvh * d);
@@ -278,8 +316,8 @@ pub fn attn_bwd<F: Float>(
                 let h = g * grp + hh;
                 for i0 in (0..dm.tq).step_by(TILE) {
                     let rows = TILE.min(dm.tq - i0);
-                    let (k0, _) = dm.key_range(i0);
-                    let (_, k1) = dm.key_range(i0 + rows - 1);
+                    let (k0, _) = dm.key_range_in(b, i0, starts);
+                    let (_, k1) = dm.key_range_in(b, i0 + rows - 1, starts);
                     let nk = k1 - k0;
                     let (qp, dop) = (dm.q_at(b, i0, h), dm.q_at(b, i0, h));
                     let (kp, vp) = (dm.kv_at(b, k0, g), dm.kv_at(b, k0, g));
@@ -320,7 +358,7 @@ pub fn attn_bwd<F: Float>(
                     }
                     for r in 0..rows {
                         let i = i0 + r;
-                        let (lo, hi) = dm.key_range(i);
+                        let (lo, hi) = dm.key_range_in(b, i, starts);
                         let l = lse[(b * dm.h + h) * dm.tq + i];
                         let o = dm.q_at(b, i, h);
                         let di = dot(&dout[o..o + d], &out[o..o + d]);
@@ -454,9 +492,65 @@ pub trait AttentionKernels {
     ) -> Result<Tensor>;
     /// Moves a device-held position (u32 [1]) on by `n`.
     fn pos_add(&self, pos: &mut Tensor, n: usize) -> Result<()>;
+    /// The training forward over packed rows (`Segments`): no attention across examples.
+    fn attention_packed(
+        &self,
+        _q: &Tensor,
+        _k: &Tensor,
+        _v: &Tensor,
+        _dm: AttnDims,
+        _scale: f32,
+        _seg: &Segments,
+    ) -> Result<(Tensor, Tensor)> {
+        bail!("attention over packed rows (--packing) is implemented on the CPU only")
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn attention_packed_backward(
+        &self,
+        _q: &Tensor,
+        _k: &Tensor,
+        _v: &Tensor,
+        _out: &Tensor,
+        _lse: &Tensor,
+        _dout: &Tensor,
+        _dm: AttnDims,
+        _scale: f32,
+        _seg: &Segments,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        bail!("attention over packed rows (--packing) is implemented on the CPU only")
+    }
 }
 
 impl AttentionKernels for Cpu {
+    fn attention_packed(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        dm: AttnDims,
+        scale: f32,
+        seg: &Segments,
+    ) -> Result<(Tensor, Tensor)> {
+        let (o, l) = attn_fwd_packed(q.as_f32()?, k.as_f32()?, v.as_f32()?, dm, scale, Some(&seg.starts));
+        Ok((Tensor::from_f32(o, q.shape())?, Tensor::from_f32(l, &[dm.b, dm.h, dm.tq])?))
+    }
+    fn attention_packed_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        dm: AttnDims,
+        scale: f32,
+        seg: &Segments,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (q_, k_, v_) = (q.as_f32()?, k.as_f32()?, v.as_f32()?);
+        let (dq, dk, dv) =
+            attn_bwd_packed(q_, k_, v_, out.as_f32()?, lse.as_f32()?, dout.as_f32()?, dm, scale, Some(&seg.starts));
+        Ok((Tensor::from_f32(dq, q.shape())?, Tensor::from_f32(dk, k.shape())?, Tensor::from_f32(dv, v.shape())?))
+    }
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor)> {
         let (o, l) = attn_fwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, dm, scale);
         Ok((Tensor::from_f32(o, q.shape())?, Tensor::from_f32(l, &[dm.b, dm.h, dm.tq])?))
@@ -593,6 +687,89 @@ pub fn attention_backward(
     backend::on("attention_backward", [q, k, v, out, lse, dout])?.attention_backward(q, k, v, out, lse, dout, dm, scale)
 }
 
+/// Packed rows (SFT `--packing`): several examples laid end to end in each of B rows of T
+/// positions. `starts[b·T + i]` is the index in row b where position i's example starts; a
+/// query attends only to keys of its own example, and its RoPE position is i − start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segments {
+    pub b: usize,
+    pub t: usize,
+    pub starts: Vec<u32>,
+}
+
+impl Segments {
+    /// Checks that `starts` describes consecutive examples: each position's start is at or
+    /// before it, is the start of its own example, and starts never go back within a row.
+    pub fn new(b: usize, t: usize, starts: Vec<u32>) -> Result<Self> {
+        if starts.len() != b * t {
+            bail!("segments: {} starts for {b} rows of {t}", starts.len());
+        }
+        for r in 0..b {
+            let row = &starts[r * t..(r + 1) * t];
+            for (i, &s) in row.iter().enumerate() {
+                let s = s as usize;
+                if s > i || row[s] as usize != s || (i > 0 && (row[i - 1] as usize) > s) {
+                    bail!("segments: row {r} position {i} has start {s}, not the start of a run of positions up to it");
+                }
+            }
+        }
+        Ok(Segments { b, t, starts })
+    }
+
+    /// Each position's place in its example: i − start (the RoPE position).
+    pub fn positions(&self) -> Vec<u32> {
+        self.starts.iter().enumerate().map(|(i, &s)| (i % self.t) as u32 - s).collect()
+    }
+}
+
+fn check_packed(dm: &AttnDims, seg: &Segments) -> Result<()> {
+    if seg.b != dm.b || seg.t != dm.tq || dm.tq != dm.tk || dm.s != dm.tk {
+        bail!(
+            "attention: packed segments of {}×{} for q/k of {}×{} (keys {} of {})",
+            seg.b,
+            seg.t,
+            dm.b,
+            dm.tq,
+            dm.tk,
+            dm.s
+        );
+    }
+    Ok(())
+}
+
+/// `attention` over packed rows: q (B, T, H, D), k, v (B, T, KVH, D); no attention across the
+/// examples of `seg`.
+pub fn attention_packed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: Option<usize>,
+    scale: f32,
+    seg: &Segments,
+) -> Result<(Tensor, Tensor)> {
+    let dm = dims(q, k, v, k.shape().get(1).copied().unwrap_or(0), window)?;
+    check_packed(&dm, seg)?;
+    backend::on("attention", [q, k, v])?.attention_packed(q, k, v, dm, scale, seg)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attention_packed_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    window: Option<usize>,
+    scale: f32,
+    seg: &Segments,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dm = dims(q, k, v, k.shape()[1], window)?;
+    check_packed(&dm, seg)?;
+    backend::on("attention_backward", [q, k, v, out, lse, dout])?
+        .attention_packed_backward(q, k, v, out, lse, dout, dm, scale, seg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,6 +898,76 @@ mod tests {
                     vec![a, b, c]
                 },
             );
+        }
+    }
+
+    fn starts_of(t: usize, rows: &[&[usize]]) -> Vec<u32> {
+        let mut st = Vec::new();
+        for lens in rows {
+            let mut at = 0;
+            for &n in *lens {
+                st.extend(std::iter::repeat_n(at as u32, n));
+                at += n;
+            }
+            assert_eq!(at, t);
+        }
+        st
+    }
+
+    /// Each packed example gives what it gives run alone in a row of its own (out and lse),
+    /// across query tiles, with GQA and a window.
+    #[test]
+    fn packed_rows_equal_their_examples_run_alone() {
+        let (t, h, kvh, d) = (100, 4, 2, 8);
+        let rows: [&[usize]; 2] = [&[5, 70, 25], &[100]];
+        for window in [None, Some(9)] {
+            let dm = AttnDims { b: 2, tq: t, tk: t, s: t, h, kvh, d, window };
+            let (q, k, v) = (rand_vec(2 * t * h * d, 1), rand_vec(2 * t * kvh * d, 2), rand_vec(2 * t * kvh * d, 3));
+            let starts = starts_of(t, &rows);
+            let (o, l) = attn_fwd_packed(&q, &k, &v, dm, 0.3, Some(&starts));
+            for (b, lens) in rows.iter().enumerate() {
+                let mut s0 = 0;
+                for &n in *lens {
+                    let cut =
+                        |x: &[f64], heads: usize| x[(b * t + s0) * heads * d..(b * t + s0 + n) * heads * d].to_vec();
+                    let one = AttnDims { b: 1, tq: n, tk: n, s: n, ..dm };
+                    let (o1, l1) = attn_fwd(&cut(&q, h), &cut(&k, kvh), &cut(&v, kvh), one, 0.3);
+                    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+                    assert!(close(&cut(&o, h), &o1), "row {b} example at {s0}");
+                    for hh in 0..h {
+                        assert!(close(&l[(b * h + hh) * t + s0..][..n], &l1[hh * n..(hh + 1) * n]));
+                    }
+                    s0 += n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gradcheck_packed_attention_across_tiles() {
+        let t = 70;
+        let starts = starts_of(t, &[&[3, 60, 7], &[70]]);
+        for window in [None, Some(20)] {
+            let dm = AttnDims { b: 2, tq: t, tk: t, s: t, h: 2, kvh: 1, d: 2, window };
+            let st = starts.clone();
+            gradcheck(
+                &[rand_vec(2 * t * 2 * 2, 4), rand_vec(2 * t * 2, 5), rand_vec(2 * t * 2, 6)],
+                |x| attn_fwd_packed(&x[0], &x[1], &x[2], dm, 0.7, Some(&st)).0,
+                |x, dy| {
+                    let (o, l) = attn_fwd_packed(&x[0], &x[1], &x[2], dm, 0.7, Some(&starts));
+                    let (a, b, c) = attn_bwd_packed(&x[0], &x[1], &x[2], &o, &l, dy, dm, 0.7, Some(&starts));
+                    vec![a, b, c]
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn segments_are_checked() {
+        assert!(Segments::new(1, 4, vec![0, 0, 2, 2]).is_ok());
+        assert_eq!(Segments::new(1, 4, vec![0, 0, 2, 2]).unwrap().positions(), vec![0, 1, 0, 1]);
+        for bad in [vec![0, 0, 1, 1], vec![0, 2, 2, 2], vec![0, 0, 2, 0], vec![0, 0, 0]] {
+            assert!(Segments::new(1, 4, bad).is_err());
         }
     }
 }
