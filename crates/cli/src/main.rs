@@ -33,6 +33,16 @@ enum Command {
     Mix(cmd::mix::MixArgs),
     /// Pretrain a model (or continue one exactly with --resume).
     Train(cmd::train::TrainArgs),
+    /// Fine-tune a model on JSONL examples (text, chat messages, prompt/completion), the loss on
+    /// the responses. Takes `train`'s flags, with fine-tuning defaults for these five.
+    #[command(
+        mut_arg("lr", |a| a.default_value("2e-5")),
+        mut_arg("min_lr", |a| a.default_value("0")),
+        mut_arg("warmup", |a| a.default_value("10")),
+        mut_arg("weight_decay", |a| a.default_value("0")),
+        mut_arg("seq_len", |a| a.default_value("1024"))
+    )]
+    Sft(cmd::sft::SftArgs),
     /// Generate text from a model.
     Generate(cmd::generate::GenerateArgs),
     /// Score a text file: mean negative log-likelihood and perplexity.
@@ -91,6 +101,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Process(a) => cmd::process::run(a),
         Command::Mix(a) => cmd::mix::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Sft(a) => cmd::sft::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Bench(a) => cmd::bench::run(a),

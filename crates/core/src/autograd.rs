@@ -121,6 +121,13 @@ impl Graph {
         self.record
     }
 
+    /// Plain inference: no tape, no trace, no linear hook. Nobody sees the intermediates, so a
+    /// model may run fused ops that skip some of them (q, k and v in one launch; the gate and up
+    /// products inside the SwiGLU) without changing what it computes.
+    pub fn may_fuse(&self) -> bool {
+        !self.record && self.trace.is_none() && self.linear_hook.is_none()
+    }
+
     fn var(&mut self, t: Tensor, requires_grad: bool) -> Var {
         let id = self.next_id;
         self.next_id += 1;
@@ -281,6 +288,36 @@ impl Graph {
         let table = table.clone();
         Ok(self
             .push1(&[x], y, move |g| Ok(vec![Some(timed("rope.bwd", || ops::rope::rope_backward(g, &table, pos0))?)])))
+    }
+
+    /// x: (B, T, H, D), token (b, i) at the position `seg` gives it (restarting per packed example).
+    pub fn rope_packed(&mut self, x: &Var, table: &Arc<RopeTable>, seg: &Arc<ops::attention::Segments>) -> Result<Var> {
+        let positions = Arc::new(seg.positions());
+        let y = timed("rope", || ops::rope::rope_positions(&x.t, table, &positions))?;
+        let table = table.clone();
+        Ok(self.push1(&[x], y, move |g| {
+            Ok(vec![Some(timed("rope.bwd", || ops::rope::rope_positions_backward(g, &table, &positions))?)])
+        }))
+    }
+
+    /// `attention` over packed rows: q, k, v (B, T, ·, D), no attention across `seg`'s examples.
+    pub fn attention_packed(
+        &mut self,
+        q: &Var,
+        k: &Var,
+        v: &Var,
+        window: Option<usize>,
+        scale: f32,
+        seg: &Arc<ops::attention::Segments>,
+    ) -> Result<Var> {
+        let (o, lse) = timed("attention", || ops::attention::attention_packed(&q.t, &k.t, &v.t, window, scale, seg))?;
+        let (qt, kt, vt, ot, seg) = (q.t.clone(), k.t.clone(), v.t.clone(), o.clone(), seg.clone());
+        Ok(self.push1(&[q, k, v], o, move |g| {
+            let (dq, dk, dv) = timed("attention.bwd", || {
+                ops::attention::attention_packed_backward(&qt, &kt, &vt, &ot, &lse, g, window, scale, &seg)
+            })?;
+            Ok(vec![Some(dq), Some(dk), Some(dv)])
+        }))
     }
 
     /// Causal GQA attention with scores scaled by `scale`; k, v hold `tk` valid rows (see `ops::attention`).

@@ -16,6 +16,7 @@ pub mod mem;
 pub mod ops;
 pub mod profile;
 pub mod quant;
+pub mod replay;
 pub mod rng;
 pub mod tensor;
 

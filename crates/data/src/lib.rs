@@ -6,6 +6,7 @@ pub mod loader;
 pub mod mix;
 pub mod prepare;
 pub mod process;
+pub mod sft;
 pub mod tokens;
 pub use loader::Batcher;
 pub use tokens::{TokenFile, TokenWriter};

@@ -3,7 +3,7 @@
 use crate::sample::{Sampler, SamplingConfig};
 use anyhow::{bail, Context, Result};
 use smelt_core::Tensor;
-use smelt_model::{KvCache, Logits, Model};
+use smelt_model::{Decoder, KvCache, Model};
 use smelt_tokenizer::Tokenizer;
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -74,12 +74,12 @@ pub fn generate_until(
     if prompt.is_empty() {
         bail!("the prompt is empty after tokenisation; give some text (or a tokenizer that adds BOS)");
     }
-    let mut cache = KvCache::new_on(&model.cfg, 1, prompt.len() + cfg.max_tokens + 1, model.device())?;
+    let cache = KvCache::new_on(&model.cfg, 1, prompt.len() + cfg.max_tokens + 1, model.device())?;
+    let mut dec = Decoder::new(model, cache);
     let mut sampler = Sampler::new(cfg.sampling.clone());
     sampler.observe(prompt);
     let t0 = Instant::now();
-    let mut logits =
-        model.logits(&Tensor::from_u32(prompt.to_vec(), &[1, prompt.len()])?, Some(&mut cache), Logits::Last)?;
+    let mut logits = dec.prefill(&Tensor::from_u32(prompt.to_vec(), &[1, prompt.len()])?)?;
     let prefill_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut ids = Vec::new();
@@ -95,7 +95,8 @@ pub fn generate_until(
         if on_token(next).is_break() || ids.len() == cfg.max_tokens {
             break;
         }
-        logits = model.logits(&Tensor::from_u32(vec![next], &[1, 1])?, Some(&mut cache), Logits::Last)?;
+        // On a GPU a captured step after the first (`Decoder`): one graph launch a token.
+        logits = dec.step(&Tensor::from_u32(vec![next], &[1, 1])?)?;
     }
     let secs = t1.elapsed().as_secs_f64().max(1e-9);
     Ok(Generation {

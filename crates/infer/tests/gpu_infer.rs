@@ -14,7 +14,7 @@ use smelt_core::cuda::{self, MatmulPrecision};
 use smelt_core::rng::Rng;
 use smelt_core::{Device, Tensor};
 use smelt_infer::{generate, perplexity, GenerateConfig, SamplingConfig};
-use smelt_model::{KvCache, Logits, Model, ModelConfig};
+use smelt_model::{Decoder, KvCache, Logits, Model, ModelConfig};
 use smelt_testing::{gpu, nmse};
 use std::path::PathBuf;
 
@@ -63,6 +63,43 @@ fn kv_cache_decode_on_gpu_matches_the_cpu_full_forward() {
             assert!(worst <= tol, "{precision:?} batch {b}: NMSE {worst:e}");
         }
     }
+}
+
+/// A captured decode step (a CUDA graph replayed each token, the position on the device)
+/// computes what the uncaptured step computes, bit for bit, over enough positions to cross the
+/// decode attention's key splits (256 keys each).
+#[test]
+fn captured_decode_steps_equal_uncaptured_ones() {
+    let Some(d) = gpu() else { return };
+    let (_, gpu_m) = models();
+    let v = gpu_m.cfg.vocab_size as u64;
+    let (prefill, steps) = (5, 300);
+    let mut r = Rng::new(9);
+    for precision in [MatmulPrecision::F32, MatmulPrecision::Bf16] {
+        cuda::set_matmul_precision(precision);
+        for b in [1usize, 2] {
+            let ids: Vec<u32> = (0..b * (prefill + steps)).map(|_| r.below(v) as u32).collect();
+            let run = |capture: bool| -> Vec<Vec<f32>> {
+                let cache = KvCache::new_on(&gpu_m.cfg, b, prefill + steps, d).unwrap();
+                let mut dec = Decoder::with_capture(&gpu_m, cache, capture);
+                let first: Vec<u32> = (0..b).flat_map(|bi| ids[bi * (prefill + steps)..][..prefill].to_vec()).collect();
+                let mut out =
+                    vec![dec.prefill(&Tensor::from_u32(first, &[b, prefill]).unwrap()).unwrap().to_vec_f32().unwrap()];
+                for s in 0..steps {
+                    let next: Vec<u32> = (0..b).map(|bi| ids[bi * (prefill + steps) + prefill + s]).collect();
+                    out.push(dec.step(&Tensor::from_u32(next, &[b, 1]).unwrap()).unwrap().to_vec_f32().unwrap());
+                }
+                assert_eq!(dec.is_captured(), capture, "capture {capture}: steps were (not) replayed");
+                out
+            };
+            let (plain, captured) = (run(false), run(true));
+            for (s, (p, c)) in plain.iter().zip(&captured).enumerate() {
+                assert!(p == c, "{precision:?} batch {b}: step {s} differs when captured");
+            }
+            println!("{precision:?} batch {b}: {} captured steps equal the uncaptured ones", steps - 1);
+        }
+    }
+    cuda::set_matmul_precision(MatmulPrecision::F32);
 }
 
 #[test]

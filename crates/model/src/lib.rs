@@ -2,6 +2,7 @@
 //! forward pass with KV cache) and safetensors I/O.
 
 pub mod config;
+pub mod decode;
 pub mod io;
 pub mod lora;
 pub mod memory;
@@ -10,5 +11,6 @@ pub mod params;
 pub mod presets;
 
 pub use config::{Activation, Arch, ModelConfig, NormKind, RopeScaling};
+pub use decode::Decoder;
 pub use lora::{Adapter, LoraConfig};
 pub use model::{KvCache, Logits, Model};

@@ -11,7 +11,10 @@ use crate::lora::Adapter;
 use crate::params::{self, Index, Role};
 use anyhow::{bail, Context, Result};
 use smelt_core::autograd::BlockFn;
+use smelt_core::ops::attention::Segments;
 use smelt_core::ops::rope::{RopeLayout, RopeTable};
+use smelt_core::ops::Pos;
+use smelt_core::profile::timed;
 use smelt_core::{Device, Graph, Tensor, Var};
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +38,10 @@ pub struct KvCache {
     len: usize,
     cap: usize,
     batch: usize,
+    /// The position held on the cache's device too (u32 [1], = `len`), once
+    /// `hold_position_on_device` asked for it: steps then read it there and move it on
+    /// themselves, so a captured decode step replays at every position.
+    dpos: Option<Tensor>,
 }
 
 impl KvCache {
@@ -46,6 +53,7 @@ impl KvCache {
             len: 0,
             cap,
             batch,
+            dpos: None,
         }
     }
     /// A cache on `device` (keys and values stay there; only new rows are written), in the
@@ -54,7 +62,7 @@ impl KvCache {
         let shape = [batch, cap, cfg.n_kv_heads, cfg.head_dim];
         let dtype = device.activation_dtype();
         let mk = || (0..cfg.n_layers).map(|_| Tensor::zeros_typed(&shape, device, dtype)).collect::<Result<Vec<_>>>();
-        Ok(KvCache { k: mk()?, v: mk()?, len: 0, cap, batch })
+        Ok(KvCache { k: mk()?, v: mk()?, len: 0, cap, batch, dpos: None })
     }
     pub fn len(&self) -> usize {
         self.len
@@ -65,9 +73,38 @@ impl KvCache {
     pub fn capacity(&self) -> usize {
         self.cap
     }
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    pub fn has_device_position(&self) -> bool {
+        self.dpos.is_some()
+    }
+    /// Back to a host-only position (a step of several tokens needs one).
+    pub fn release_device_position(&mut self) {
+        self.dpos = None;
+    }
+    /// A replayed step moved the device's position on by `n`: the host's count follows.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+    /// A captured step counted positions that it did not write: back to `len`.
+    pub(crate) fn rewind_host_count(&mut self, len: usize) {
+        self.len = len;
+    }
     /// Forget positions from `n` on (e.g. rejected speculative tokens).
-    pub fn truncate(&mut self, n: usize) {
+    pub fn truncate(&mut self, n: usize) -> Result<()> {
         self.len = self.len.min(n);
+        if self.dpos.is_some() {
+            self.hold_position_on_device()?;
+        }
+        Ok(())
+    }
+    /// From now on keep the position on the cache's device as well (see `dpos`): what a
+    /// captured decode step needs. Calling it again re-uploads the host's count.
+    pub fn hold_position_on_device(&mut self) -> Result<()> {
+        let device = self.k.first().map_or(Device::Cpu, |t| t.device());
+        self.dpos = Some(Tensor::from_u32(vec![self.len as u32], &[1])?.to_device(device)?);
+        Ok(())
     }
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|t| t.numel() * t.dtype().size_in_bytes()).sum()
@@ -133,6 +170,10 @@ impl<'a> LayerVars<'a> {
     fn get(&self, role: Role) -> Option<&'a Var> {
         self.by_role[role as usize]
     }
+    /// Whether the adapter has a pair on any of `roles` (fused inference paths skip `proj`).
+    fn adapted(&self, roles: &[Role]) -> bool {
+        self.run.is_some() && roles.iter().any(|r| self.lora[*r as usize].is_some())
+    }
 }
 
 /// Layer `l`'s `role` projection of x, with its bias if any, plus the adapter's
@@ -162,37 +203,12 @@ impl<'a> std::ops::Index<Role> for LayerVars<'a> {
     }
 }
 
-/// KV cache slot for one layer during a cached forward.
+/// KV cache slot for one layer during a cached forward: where its keys and values go, and
+/// the position (on the host, or the cache's device copy of it).
 struct CacheSlot<'a> {
     k: &'a mut Tensor,
     v: &'a mut Tensor,
-    pos0: usize,
-}
-
-/// Writes new rows (B, T, KVH, D) into a cache tensor (B, cap, KVH, D) at position `pos0`.
-fn cache_write(cache: &mut Tensor, new: &Tensor, pos0: usize) -> Result<()> {
-    let s = cache.shape().to_vec();
-    let (b, cap, row) = (s[0], s[1], s[2] * s[3]);
-    let t = new.shape()[1];
-    if !cache.device().is_cpu() {
-        // Device copies, one per sequence (batch 1 for generation: one copy). The rows must
-        // already have the cache's dtype (`write_at` says so if not).
-        if b == 1 {
-            return cache.write_at(pos0 * row, new);
-        }
-        let seqs = new.reshape(&[b, t * row])?;
-        for bi in 0..b {
-            cache.write_at((bi * cap + pos0) * row, &seqs.narrow_rows(bi, 1)?)?;
-        }
-        return Ok(());
-    }
-    let src = new.as_f32()?;
-    let dst = cache.f32_mut()?;
-    for bi in 0..b {
-        dst[(bi * cap + pos0) * row..(bi * cap + pos0 + t) * row]
-            .copy_from_slice(&src[bi * t * row..(bi + 1) * t * row]);
-    }
-    Ok(())
+    pos: Pos<'a>,
 }
 
 /// The config's norm of x with gain w.
@@ -222,16 +238,35 @@ fn block(
     h: &Var,
     w: &LayerVars,
     cache: Option<CacheSlot>,
+    seg: Option<&Arc<Segments>>,
 ) -> Result<(Var, Var)> {
     let (b, t) = bt;
     let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
     g.name(h, || format!("attn_norm-{l}"));
-    let q = proj(g, l, w, Role::Wq, h, w.get(Role::Bq))?;
-    g.name(&q, || format!("Qcur-{l}"));
-    let k = proj(g, l, w, Role::Wk, h, w.get(Role::Bk))?;
-    g.name(&k, || format!("Kcur-{l}"));
-    let v = proj(g, l, w, Role::Wv, h, w.get(Role::Bv))?;
-    g.name(&v, || format!("Vcur-{l}"));
+    let (q, k, v) = if g.may_fuse() && !w.adapted(&[Role::Wq, Role::Wk, Role::Wv]) {
+        // One launch for the three products on a GPU at decode sizes (`linear_many`).
+        let bias = |r: Role| w.get(r).map(|b| b.tensor());
+        let ws = [
+            (w[Role::Wq].tensor(), bias(Role::Bq)),
+            (w[Role::Wk].tensor(), bias(Role::Bk)),
+            (w[Role::Wv].tensor(), bias(Role::Bv)),
+        ];
+        let mut qkv = timed("linear_many", || smelt_core::ops::matmul::linear_many(h.tensor(), &ws))?
+            .into_iter()
+            .map(|t| g.constant(t));
+        match (qkv.next(), qkv.next(), qkv.next()) {
+            (Some(q), Some(k), Some(v)) => (q, k, v),
+            _ => bail!("linear_many returned fewer than three products"),
+        }
+    } else {
+        let q = proj(g, l, w, Role::Wq, h, w.get(Role::Bq))?;
+        g.name(&q, || format!("Qcur-{l}"));
+        let k = proj(g, l, w, Role::Wk, h, w.get(Role::Bk))?;
+        g.name(&k, || format!("Kcur-{l}"));
+        let v = proj(g, l, w, Role::Wv, h, w.get(Role::Bv))?;
+        g.name(&v, || format!("Vcur-{l}"));
+        (q, k, v)
+    };
     let mut q = g.reshape(&q, &[b, t, nh, hd])?;
     let mut k = g.reshape(&k, &[b, t, nkv, hd])?;
     let v = g.reshape(&v, &[b, t, nkv, hd])?;
@@ -239,33 +274,65 @@ fn block(
         q = norm(g, c, &q, qn)?;
         k = norm(g, c, &k, kn)?;
     }
-    let pos0 = cache.as_ref().map_or(0, |s| s.pos0);
-    let q = g.rope(&q, rope, pos0)?;
-    g.name(&q, || format!("Qcur_rope-{l}"));
-    let k = g.rope(&k, rope, pos0)?;
-    g.name(&k, || format!("Kcur_rope-{l}"));
     let (window, scale) = (c.window(l), c.attention_scale());
     let attn = match cache {
-        None if g.is_recording() => g.attention(&q, &k, &v, t, window, scale)?,
-        // Inference without a cache (perplexity, trace, bench's forward) takes the cached
-        // path's attention, with this window's K/V as the cache: one inference arithmetic,
-        // llama.cpp's on the CPU, so quantised GGUF models score what llama.cpp scores.
-        None => g.constant(smelt_core::ops::attention::attention_infer(
-            q.tensor(),
-            k.tensor(),
-            v.tensor(),
-            t,
-            window,
-            scale,
-        )?),
+        // Packed rows: positions restart at each example, attention stays inside it.
+        None if seg.is_some() => {
+            if !g.is_recording() {
+                bail!("packed rows are for the training graph only");
+            }
+            let seg = seg.expect("checked");
+            let q = g.rope_packed(&q, rope, seg)?;
+            g.name(&q, || format!("Qcur_rope-{l}"));
+            let k = g.rope_packed(&k, rope, seg)?;
+            g.name(&k, || format!("Kcur_rope-{l}"));
+            g.attention_packed(&q, &k, &v, window, scale, seg)?
+        }
         Some(slot) => {
             if g.is_recording() {
                 bail!("the KV cache is for inference only");
             }
-            cache_write(slot.k, k.tensor(), pos0)?;
-            cache_write(slot.v, v.tensor(), pos0)?;
-            let o = smelt_core::ops::attention::attention_infer(q.tensor(), slot.k, slot.v, pos0 + t, window, scale)?;
+            use smelt_core::ops::attention::{attention_decode, attention_infer, kv_write};
+            use smelt_core::ops::rope::{rope_at, rope_into_cache};
+            let q = if g.may_fuse() {
+                // q rotated, k rotated into the key cache, v into the value cache: one launch
+                // on a GPU.
+                rope_into_cache(q.tensor(), k.tensor(), v.tensor(), rope, slot.k, slot.v, slot.pos)?
+            } else {
+                let q = g.constant(rope_at(q.tensor(), rope, slot.pos)?);
+                g.name(&q, || format!("Qcur_rope-{l}"));
+                let k = g.constant(rope_at(k.tensor(), rope, slot.pos)?);
+                g.name(&k, || format!("Kcur_rope-{l}"));
+                kv_write(slot.k, k.tensor(), slot.pos)?;
+                kv_write(slot.v, v.tensor(), slot.pos)?;
+                q.tensor().clone()
+            };
+            let o = match slot.pos {
+                Pos::Device { .. } => attention_decode(&q, slot.k, slot.v, slot.pos, window, scale)?,
+                Pos::Host(p) => attention_infer(&q, slot.k, slot.v, p + t, window, scale)?,
+            };
             g.constant(o)
+        }
+        None => {
+            let q = g.rope(&q, rope, 0)?;
+            g.name(&q, || format!("Qcur_rope-{l}"));
+            let k = g.rope(&k, rope, 0)?;
+            g.name(&k, || format!("Kcur_rope-{l}"));
+            if g.is_recording() {
+                g.attention(&q, &k, &v, t, window, scale)?
+            } else {
+                // Inference without a cache (perplexity, trace, bench's forward) takes the cached
+                // path's attention, with this window's K/V as the cache: one inference arithmetic,
+                // llama.cpp's on the CPU, so quantised GGUF models score what llama.cpp scores.
+                g.constant(smelt_core::ops::attention::attention_infer(
+                    q.tensor(),
+                    k.tensor(),
+                    v.tensor(),
+                    t,
+                    window,
+                    scale,
+                )?)
+            }
         }
     };
     let attn = g.reshape(&attn, &[b * t, nh * hd])?;
@@ -275,12 +342,19 @@ fn block(
     let (x, h) = add_norm(g, c, x, &attn_out, &w[Role::FfnNorm])?;
     g.name(&x, || format!("ffn_inp-{l}"));
     g.name(&h, || format!("ffn_norm-{l}"));
-    let gate = proj(g, l, w, Role::WGate, &h, None)?;
-    g.name(&gate, || format!("ffn_gate-{l}"));
-    let up = proj(g, l, w, Role::WUp, &h, None)?;
-    g.name(&up, || format!("ffn_up-{l}"));
     let act = match c.act {
-        Activation::Silu => g.swiglu(&gate, &up)?,
+        // One launch for both products and the gate on a GPU at decode sizes.
+        Activation::Silu if g.may_fuse() && !w.adapted(&[Role::WGate, Role::WUp]) => g
+            .constant(timed("linear_swiglu", || {
+                smelt_core::ops::matmul::linear_swiglu(h.tensor(), w[Role::WGate].tensor(), w[Role::WUp].tensor())
+            })?),
+        Activation::Silu => {
+            let gate = proj(g, l, w, Role::WGate, &h, None)?;
+            g.name(&gate, || format!("ffn_gate-{l}"));
+            let up = proj(g, l, w, Role::WUp, &h, None)?;
+            g.name(&up, || format!("ffn_up-{l}"));
+            g.swiglu(&gate, &up)?
+        }
     };
     g.name(&act, || format!("ffn_swiglu-{l}"));
     let ffn_out = proj(g, l, w, Role::WDown, &act, None)?;
@@ -578,14 +652,15 @@ impl Model {
         logits: Logits,
         checkpoint: bool,
     ) -> Result<Var> {
-        let h = self.hidden(g, p, tokens, cache, logits, checkpoint)?;
+        let h = self.hidden(g, p, tokens, cache, logits, checkpoint, None)?;
         let out = g.linear(&h, &p[self.idx.head], None)?;
         g.name(&out, || "result_output".into());
         Ok(out)
     }
 
     /// The final normalised hidden states (B·T, C), or (B, C) for `Logits::Last`: everything
-    /// `forward` does before the head.
+    /// `forward` does before the head. `seg`: the tokens are packed examples (see `Segments`).
+    #[allow(clippy::too_many_arguments)]
     fn hidden(
         &self,
         g: &mut Graph,
@@ -594,12 +669,23 @@ impl Model {
         mut cache: Option<&mut KvCache>,
         logits: Logits,
         checkpoint: bool,
+        seg: Option<&Arc<Segments>>,
     ) -> Result<Var> {
         let c = &self.cfg;
         let (b, t) = match tokens.shape() {
             [b, t] => (*b, *t),
             s => bail!("forward: tokens must be (B, T), got {s:?}"),
         };
+        if let Some(sg) = seg {
+            if (sg.b, sg.t) != (b, t) || cache.is_some() {
+                bail!(
+                    "forward: packed segments of {}×{} for tokens {b}×{t}{}",
+                    sg.b,
+                    sg.t,
+                    if cache.is_some() { " with a KV cache" } else { "" }
+                );
+            }
+        }
         if let Some(kv) = cache.as_deref() {
             if kv.batch != b || kv.len + t > kv.cap {
                 bail!(
@@ -615,15 +701,17 @@ impl Model {
         g.name(&x, || "inp_embd".into());
         let h0 = norm(g, c, &x, &p[self.idx.layers[0][Role::AttnNorm]])?;
         let (mut x, mut h) = (x, h0);
-        let pos0 = cache.as_deref().map_or(0, |kv| kv.len);
+        if cache.as_deref().is_some_and(|kv| kv.dpos.is_some()) && t != 1 {
+            bail!("a KV cache whose position is held on the device takes one token per sequence per step, got {t}");
+        }
         let run = self.lora_run(p)?;
         for l in 0..c.n_layers {
             let (plan, inputs) = self.layer_inputs(l, p, run);
             if checkpoint && g.is_recording() && cache.is_none() {
-                let (cfg, rope) = (Arc::new(c.clone()), self.rope.clone());
+                let (cfg, rope, seg) = (Arc::new(c.clone()), self.rope.clone(), seg.cloned());
                 let f: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
                     let w = LayerVars::new(&plan, &v[2..]);
-                    let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, None)?;
+                    let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, None, seg.as_ref())?;
                     Ok(vec![x, h])
                 });
                 let mut all = vec![x.clone(), h.clone()];
@@ -633,16 +721,28 @@ impl Model {
                 x = out.pop().unwrap();
             } else {
                 let w = LayerVars::new(&plan, &inputs);
-                let slot = cache.as_deref_mut().map(|kv| CacheSlot { k: &mut kv.k[l], v: &mut kv.v[l], pos0 });
-                (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot)?;
+                let slot = cache.as_deref_mut().map(|kv| {
+                    let pos = match &kv.dpos {
+                        Some(at) => Pos::Device { at, cap: kv.cap },
+                        None => Pos::Host(kv.len),
+                    };
+                    CacheSlot { k: &mut kv.k[l], v: &mut kv.v[l], pos }
+                });
+                (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot, seg)?;
             }
         }
         if let Some(kv) = cache {
             kv.len += t;
+            if let Some(at) = kv.dpos.as_mut() {
+                smelt_core::ops::attention::pos_add(at, t)?;
+            }
         }
         g.name(&h, || "result_norm".into());
         Ok(match logits {
+            // One token per sequence: every row is a last one (and a captured decode step
+            // must not upload the gather's indices).
             Logits::All => h,
+            Logits::Last if t == 1 => h,
             Logits::Last => {
                 // Gather row (bi+1)·t − 1 of each sequence: an embedding lookup into h (B·T, C),
                 // which runs wherever h lives.
@@ -655,6 +755,22 @@ impl Model {
     /// Mean next-token loss of (B, T) inputs against (B, T) targets.
     pub fn loss(&self, g: &mut Graph, p: &[Var], inputs: &Tensor, targets: &Tensor, checkpoint: bool) -> Result<Var> {
         self.loss_in_chunks(g, p, inputs, targets, checkpoint, LOSS_CHUNK_ELEMS, LOSS_VOCAB_CHUNK)
+    }
+
+    /// `loss` over rows of packed examples when `seg` is given (SFT `--packing`): each example
+    /// sees only itself, at positions from 0. Targets `IGNORE` are left out of the mean.
+    pub fn loss_packed(
+        &self,
+        g: &mut Graph,
+        p: &[Var],
+        inputs: &Tensor,
+        targets: &Tensor,
+        seg: Option<&Arc<Segments>>,
+        checkpoint: bool,
+    ) -> Result<Var> {
+        let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint, seg)?;
+        let vocab = LOSS_VOCAB_CHUNK.clamp(1, self.cfg.vocab_size.max(1));
+        g.linear_cross_entropy(&h, &p[self.idx.head], targets, (LOSS_CHUNK_ELEMS / vocab).max(1), vocab)
     }
 
     /// `loss` with the head and the loss computed `elems` logits at a time, in slices of
@@ -671,7 +787,7 @@ impl Model {
         elems: usize,
         vocab: usize,
     ) -> Result<Var> {
-        let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint)?;
+        let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint, None)?;
         let vocab = vocab.clamp(1, self.cfg.vocab_size.max(1));
         let head = &p[self.idx.head];
         if head.tensor().dtype() == smelt_core::DType::Quant && !head.requires_grad() {

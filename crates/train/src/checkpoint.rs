@@ -68,7 +68,9 @@ fn write_into(tmp: &Path, model: &Model, tok: &Tokenizer, train: Option<(&AdamWS
         Some(a) => a.save(tmp, model.cfg.head_dim)?,
         None => model.save(tmp)?,
     }
-    tok.save(&tmp.join("tokenizer.json"))?;
+    // tokenizer.json and tokenizer_config.json (BOS/EOS names, the chat template): the folder
+    // is then a model `generate --chat` and transformers' apply_chat_template can use.
+    tok.save_hf(tmp)?;
     std::fs::write(tmp.join("generation_config.json"), serde_json::to_string_pretty(&generation_config(model, tok))?)?;
     if let Some((opt, state)) = train {
         let mut named: Vec<(String, Tensor)> = Vec::new();

@@ -1,9 +1,13 @@
-//! smelt-train: the optimizer, schedules, the pretraining loop and checkpoints.
+//! smelt-train: the optimizer, schedules, the training loop (pretraining and SFT) and checkpoints.
 
 pub mod checkpoint;
 pub mod optim;
 pub mod progress;
 pub mod run_dir;
+pub mod sft;
 pub mod trainer;
 
-pub use trainer::{run, step, train_step, StepOutcome, TrainConfig, TrainSummary};
+pub use sft::SftConfig;
+pub use trainer::{
+    gradients, run, run_with, step, step_with, train_step, Layout, StepOutcome, TrainConfig, TrainSummary,
+};

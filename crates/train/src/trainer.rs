@@ -9,9 +9,12 @@
 use crate::checkpoint::{self, TrainerState};
 use crate::optim::{lr_at, AdamWState, Schedule};
 use crate::run_dir;
+use crate::sft::{SftConfig, SftData};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use smelt_core::ops::adamw::{self, AdamW};
+use smelt_core::ops::attention::Segments;
+use smelt_core::ops::cross_entropy::IGNORE;
 use smelt_core::ops::elementwise;
 use smelt_core::profile::timed;
 use smelt_core::{Graph, Tensor};
@@ -20,6 +23,7 @@ use smelt_model::{presets, Model, ModelConfig};
 use smelt_tokenizer::Tokenizer;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,6 +69,9 @@ pub struct TrainConfig {
     /// run's checkpoints newer than the one resumed) instead of refusing. Not saved.
     #[serde(skip)]
     pub overwrite: bool,
+    /// Supervised fine-tuning (`smelt sft`): examples from JSONL instead of `dataset` windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sft: Option<SftConfig>,
     /// Train a LoRA adapter on the frozen `init` model instead of every weight (checkpoints
     /// then hold the adapter in PEFT's format, see `checkpoint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +116,7 @@ impl Default for TrainConfig {
             val_batches: 20,
             device: Default::default(),
             overwrite: false,
+            sft: None,
             lora: None,
         }
     }
@@ -211,6 +219,32 @@ pub struct StepOutcome {
     pub params_finite: bool,
 }
 
+/// How an update's micro-batches enter the loss beyond `step`'s plain mean: packed rows'
+/// segments (per micro-batch), and each micro-batch's weight. SFT weighs micro-batch m by
+/// c_m / Σc (its share of the update's loss tokens), so the update's loss is the mean over
+/// every loss token of the update, not a mean of per-micro-batch means.
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    pub segments: Vec<Option<Arc<Segments>>>,
+    /// One per micro-batch, summing to 1; `None`: the plain mean (1/n each).
+    pub weights: Option<Vec<f64>>,
+}
+
+impl Layout {
+    /// Weights from each micro-batch's count of loss tokens (targets not `IGNORE`).
+    pub fn token_weighted(micro: &[(Tensor, Tensor)], segments: Vec<Option<Arc<Segments>>>) -> Result<Self> {
+        let counts: Vec<usize> = micro
+            .iter()
+            .map(|(_, y)| Ok(y.as_u32()?.iter().filter(|&&t| t != IGNORE).count()))
+            .collect::<Result<_>>()?;
+        let total: usize = counts.iter().sum();
+        if total == 0 {
+            bail!("no target in the loss in this update's {} micro-batch(es)", micro.len());
+        }
+        Ok(Layout { segments, weights: Some(counts.iter().map(|&c| c as f64 / total as f64).collect()) })
+    }
+}
+
 /// One update (see `step`). Returns (mean loss, pre-clip gradient norm).
 pub fn train_step(
     model: &mut Model,
@@ -243,13 +277,21 @@ pub fn step(
     clip: f64,
     grad_checkpoint: bool,
 ) -> Result<StepOutcome> {
-    let (mut grads, losses) = backward_sum(model, micro, grad_checkpoint)?;
-    if micro.len() > 1 {
-        let n = micro.len() as f32;
-        for g in &mut grads {
-            *g = elementwise::div_scalar(g, n)?;
-        }
-    }
+    step_with(model, opt, hp, micro, &Layout::default(), clip, grad_checkpoint)
+}
+
+/// `step` with the micro-batches laid out and weighted as `layout` says (SFT).
+pub fn step_with(
+    model: &mut Model,
+    opt: &mut AdamWState,
+    hp: &AdamW,
+    micro: &[(Tensor, Tensor)],
+    layout: &Layout,
+    clip: f64,
+    grad_checkpoint: bool,
+) -> Result<StepOutcome> {
+    let (mut grads, losses) = backward_sum(model, micro, layout, grad_checkpoint)?;
+    mean_of_unweighted(&mut grads, micro.len(), layout)?;
     // Summed where the losses are, only for the skip flag; the mean is taken on the host below.
     let mut loss_sum = losses[0].clone();
     for l in &losses[1..] {
@@ -259,11 +301,7 @@ pub fn step(
     let decay = model.trainable_decays();
     timed("adamw", || opt.step(hp, model.trainable_mut(), &grads, &decay, Some(&gnorm)))?;
     // The one wait of the step: everything above is queued; read the losses and the norm.
-    let mut loss_total = 0f64;
-    for l in &losses {
-        loss_total += l.to_vec_f32()?[0] as f64;
-    }
-    let loss = loss_total / micro.len() as f64;
+    let loss = update_loss(&losses, layout)?;
     let (norm, _, skipped) = gnorm.read()?;
     if skipped {
         // The update was skipped on the device; keep the step count in step with it.
@@ -278,22 +316,60 @@ pub fn step(
     Ok(StepOutcome { loss, grad_norm: norm, params_finite })
 }
 
+/// The loss and parameter gradients (in parameter order) one update of `step_with` would use,
+/// without updating: what the SFT peer test compares with PyTorch.
+pub fn gradients(model: &Model, micro: &[(Tensor, Tensor)], layout: &Layout) -> Result<(f64, Vec<Tensor>)> {
+    let (mut grads, losses) = backward_sum(model, micro, layout, false)?;
+    mean_of_unweighted(&mut grads, micro.len(), layout)?;
+    Ok((update_loss(&losses, layout)?, grads))
+}
+
+/// Without weights, the gradient sum over n micro-batches becomes their mean (weighted
+/// micro-batches were scaled in the backward already).
+fn mean_of_unweighted(grads: &mut [Tensor], n: usize, layout: &Layout) -> Result<()> {
+    if n > 1 && layout.weights.is_none() {
+        for g in grads {
+            *g = elementwise::div_scalar(g, n as f32)?;
+        }
+    }
+    Ok(())
+}
+
+/// The update's loss from its micro-batches' (read from the device): their weighted sum.
+fn update_loss(losses: &[Tensor], layout: &Layout) -> Result<f64> {
+    let mut loss = 0f64;
+    for (m, l) in losses.iter().enumerate() {
+        let w = layout.weights.as_ref().map_or(1.0 / losses.len() as f64, |w| w[m]);
+        loss += w * l.to_vec_f32()?[0] as f64;
+    }
+    Ok(loss)
+}
+
 /// Forward and backward over each micro-batch on whatever device the model is on. Returns the
-/// gradients of `Model::trainable` summed over the micro-batches (in order) and each micro-batch's
-/// loss (a 1-element tensor, left where it was computed).
+/// gradients of `Model::trainable` summed over the micro-batches (in order; each scaled by its
+/// `layout` weight, if any, through the backward's seed) and each micro-batch's loss (a
+/// 1-element tensor, left where it was computed).
 fn backward_sum(
     model: &Model,
     micro: &[(Tensor, Tensor)],
+    layout: &Layout,
     grad_checkpoint: bool,
 ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
     let mut acc: Option<Vec<Tensor>> = None;
     let mut losses = Vec::with_capacity(micro.len());
-    for (x, y) in micro {
+    for (m, (x, y)) in micro.iter().enumerate() {
         let mut g = Graph::training();
         let p = model.param_vars(&mut g, true);
-        let loss = model.loss(&mut g, &p, x, y, grad_checkpoint)?;
+        let seg = layout.segments.get(m).and_then(Option::as_ref);
+        let loss = model.loss_packed(&mut g, &p, x, y, seg, grad_checkpoint)?;
         losses.push(loss.tensor().clone());
-        let mut grads = g.backward(&loss)?;
+        let mut grads = match &layout.weights {
+            Some(w) => {
+                let seed = Tensor::full(loss.tensor().shape(), w[m] as f32);
+                g.backward_from(std::slice::from_ref(&loss), &[Some(seed)])?
+            }
+            None => g.backward(&loss)?,
+        };
         let gs: Vec<Tensor> = model
             .trainable_vars(&p)
             .iter()
@@ -322,19 +398,27 @@ fn backward_sum(
 /// kernels (on the CPU the flash-style `attention::attn_fwd`). An inference graph would run
 /// llama.cpp's order (`attn_fwd_ggml`, kept for GGUF parity in perplexity and generation),
 /// and the validation loss of the training batch would then differ from its training loss.
+/// Each batch's mean is weighted by its count of loss targets (not `IGNORE`), so the result is
+/// the mean over every target of every batch.
 pub fn evaluate(model: &Model, batches: &[(Tensor, Tensor)]) -> Result<f64> {
+    evaluate_packed(model, batches, &[])
+}
+
+/// `evaluate` with packed rows (`segments[i]` for batch i; missing: not packed).
+pub fn evaluate_packed(model: &Model, batches: &[(Tensor, Tensor)], segments: &[Option<Arc<Segments>>]) -> Result<f64> {
     let (mut sum, mut n) = (0f64, 0usize);
-    for (x, y) in batches {
+    for (i, (x, y)) in batches.iter().enumerate() {
         let mut g = Graph::training();
         let p = model.param_vars(&mut g, false);
-        let loss = model.loss(&mut g, &p, x, y, false)?;
-        sum += loss.tensor().to_vec_f32()?[0] as f64 * y.numel() as f64;
-        n += y.numel();
+        let loss = model.loss_packed(&mut g, &p, x, y, segments.get(i).and_then(Option::as_ref), false)?;
+        let count = y.as_u32()?.iter().filter(|&&t| t != IGNORE).count();
+        sum += loss.tensor().to_vec_f32()?[0] as f64 * count as f64;
+        n += count;
     }
     Ok(sum / n.max(1) as f64)
 }
 
-fn to_tensors(x: Vec<u32>, y: Vec<u32>, t: usize) -> Result<(Tensor, Tensor)> {
+pub(crate) fn to_tensors(x: Vec<u32>, y: Vec<u32>, t: usize) -> Result<(Tensor, Tensor)> {
     let b = x.len() / t;
     Ok((Tensor::from_u32(x, &[b, t])?, Tensor::from_u32(y, &[b, t])?))
 }
@@ -411,11 +495,88 @@ fn with_lora(mut model: Model, cfg: &TrainConfig) -> Result<Model> {
     Ok(model)
 }
 
+/// One update's micro-batches ((inputs, targets), each (B, T)), how they enter the loss, and
+/// the tokens they hold (not padding).
+pub(crate) struct Update {
+    pub micro: Vec<(Tensor, Tensor)>,
+    pub layout: Layout,
+    pub tokens: u64,
+}
+
+/// Where the batches of a run come from: random windows of a token file (pretraining) or
+/// JSONL examples (SFT, `crate::sft`).
+enum Data {
+    Windows { train: Batcher, val: Option<Vec<(Tensor, Tensor)>> },
+    Sft(SftData),
+}
+
+impl Data {
+    fn open(cfg: &TrainConfig, tok: &Tokenizer, model: &Model) -> Result<Self> {
+        if let Some(s) = &cfg.sft {
+            return Ok(Data::Sft(SftData::open(cfg, s, tok, model)?));
+        }
+        let train = Batcher::new(TokenFile::open(&cfg.dataset)?, cfg.batch_size, cfg.seq_len, cfg.seed)?;
+        check_vocab(train.file(), model.cfg.vocab_size)?;
+        let val = match &cfg.val_dataset {
+            Some(p) => {
+                let v = Batcher::new(TokenFile::open(p)?, cfg.batch_size, cfg.seq_len, cfg.seed)?;
+                check_vocab(v.file(), model.cfg.vocab_size)?;
+                Some(
+                    v.eval_batches(Some(cfg.val_batches))
+                        .map(|(x, y)| to_tensors(x, y, cfg.seq_len))
+                        .collect::<Result<Vec<_>>>()?,
+                )
+            }
+            None => None,
+        };
+        Ok(Data::Windows { train, val })
+    }
+
+    /// The micro-batches of update `step`, their layout, and the tokens they hold (not padding).
+    fn update(&self, step: u64, cfg: &TrainConfig) -> Result<Update> {
+        match self {
+            // Micro-batch m of update s is loader step s·accum + m: a pure function, so resume is exact.
+            Data::Windows { train, .. } => {
+                let micro = (0..cfg.grad_accum as u64)
+                    .map(|m| {
+                        let (mut x, mut y) = (Vec::new(), Vec::new());
+                        train.batch(step * cfg.grad_accum as u64 + m, &mut x, &mut y);
+                        to_tensors(x, y, cfg.seq_len)
+                    })
+                    .collect::<Result<_>>()?;
+                let tokens = (cfg.batch_size * cfg.seq_len * cfg.grad_accum) as u64;
+                Ok(Update { micro, layout: Layout::default(), tokens })
+            }
+            Data::Sft(d) => d.update(step, cfg.grad_accum),
+        }
+    }
+
+    fn has_val(&self) -> bool {
+        match self {
+            Data::Windows { val, .. } => val.is_some(),
+            Data::Sft(d) => d.has_val(),
+        }
+    }
+
+    fn evaluate(&self, model: &Model) -> Result<f64> {
+        match self {
+            Data::Windows { val, .. } => evaluate(model, val.as_deref().unwrap_or_default()),
+            Data::Sft(d) => d.evaluate(model),
+        }
+    }
+}
+
 /// Trains from `cfg`, or continues the checkpoint `resume` (its saved settings are used except
 /// `steps`, `checkpoint_dir`, `checkpoint_interval`, `keep_checkpoints`, `log_interval`,
-/// `device` and `overwrite`).
+/// `device` and `overwrite`, and SFT's `epochs`).
 pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
-    let (mut model, tok, mut opt, cfg, start, run_id) = match resume {
+    run_with(cfg, resume, None)
+}
+
+/// `run` starting from a model and tokenizer already loaded (`smelt sft` from a GGUF file,
+/// dequantised) instead of `cfg.init`; ignored on resume.
+pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, Tokenizer)>) -> Result<TrainSummary> {
+    let (mut model, tok, mut opt, mut cfg, start, run_id, mut tokens_seen) = match resume {
         Some(dir) => {
             cfg.validate()?;
             let model = checkpoint::load_model(dir)?;
@@ -429,26 +590,40 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
             saved.log_interval = cfg.log_interval;
             saved.device = cfg.device;
             saved.overwrite = cfg.overwrite;
+            if let (Some(s), Some(c)) = (saved.sft.as_mut(), cfg.sft.as_ref()) {
+                s.epochs = c.epochs;
+            }
             saved
                 .validate()
                 .map_err(|e| anyhow::anyhow!("{}: saved settings: {e}", dir.join("trainer_state.json").display()))?;
-            if saved.steps <= state.step {
+            if saved.steps <= state.step && saved.sft.as_ref().is_none_or(|s| s.epochs.is_none()) {
                 bail!("{} is at step {}; --steps {} leaves nothing to do", dir.display(), state.step, saved.steps);
             }
             check_memory(&model.cfg, &saved)?;
             eprintln!("resuming {} at step {} of {}", dir.display(), state.step, saved.steps);
-            (model, tok, opt, saved, state.step, state.run_id)
+            (model, tok, opt, saved, state.step, state.run_id, state.tokens_seen)
         }
         None => {
             cfg.validate()?;
-            let tok_path = cfg
-                .tokenizer
-                .clone()
-                .or_else(|| cfg.init.clone())
-                .context("--tokenizer is required (a tokenizer.json, e.g. from `smelt tokenizer`)")?;
-            let tok = Tokenizer::from_file(&tok_path)?;
-            let model = match &cfg.init {
-                Some(dir) => {
+            let (base_model, base_tok) = base.unzip();
+            let tok = match base_tok {
+                Some(t) => t,
+                None => Tokenizer::from_file(
+                    &cfg.tokenizer
+                        .clone()
+                        .or_else(|| cfg.init.clone())
+                        .context("--tokenizer is required (a tokenizer.json, e.g. from `smelt tokenizer`)")?,
+                )?,
+            };
+            let model = match (base_model, &cfg.init) {
+                (Some(model), _) => {
+                    check_memory(&model.cfg, &cfg)?;
+                    if !adamw::all_finite_host(&model.params)? {
+                        bail!("the base model's weights hold NaN or infinite values");
+                    }
+                    model
+                }
+                (None, Some(dir)) => {
                     let model = Model::load(dir)?;
                     check_memory(&model.cfg, &cfg)?;
                     if !adamw::all_finite_host(&model.params)? {
@@ -456,7 +631,7 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
                     }
                     model
                 }
-                None => {
+                (None, None) => {
                     let mut mc = cfg.model_config(tok.vocab_size())?;
                     mc.bos_token_id = tok.bos_id();
                     mc.eos_token_ids = tok.eos_id().into_iter().collect();
@@ -466,23 +641,18 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
             };
             let model = with_lora(model, &cfg)?;
             let opt = AdamWState::new(model.trainable());
-            (model, tok, opt, cfg, 0, smelt_files::staging::unique_id())
+            (model, tok, opt, cfg, 0, smelt_files::staging::unique_id(), 0)
         }
     };
-    let data = Batcher::new(TokenFile::open(&cfg.dataset)?, cfg.batch_size, cfg.seq_len, cfg.seed)?;
-    check_vocab(data.file(), model.cfg.vocab_size)?;
-    let val = match &cfg.val_dataset {
-        Some(p) => {
-            let v = Batcher::new(TokenFile::open(p)?, cfg.batch_size, cfg.seq_len, cfg.seed)?;
-            check_vocab(v.file(), model.cfg.vocab_size)?;
-            Some(
-                v.eval_batches(Some(cfg.val_batches))
-                    .map(|(x, y)| to_tensors(x, y, cfg.seq_len))
-                    .collect::<Result<Vec<_>>>()?,
-            )
+    let data = Data::open(&cfg, &tok, &model)?;
+    if let Data::Sft(d) = &data {
+        if let Some(steps) = d.steps_for_epochs(cfg.grad_accum) {
+            cfg.steps = steps;
+            if let Some(dir) = resume.filter(|_| steps <= start) {
+                bail!("{} is at step {start}; --epochs gives {steps} steps, leaving nothing to do", dir.display());
+            }
         }
-        None => None,
-    };
+    }
     model.to_device(cfg.device)?;
     opt.to_device(cfg.device)?;
     if cfg.device != smelt_core::Device::Cpu {
@@ -508,18 +678,17 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
 
     let n_params = model.cfg.n_params();
     eprintln!(
-        "model: {} parameters ({} layers, dim {}, {} heads / {} KV), vocab {}; {} tokens per update",
+        "model: {} parameters ({} layers, dim {}, {} heads / {} KV), vocab {}; {}{} tokens per update",
         n_params,
         model.cfg.n_layers,
         model.cfg.dim,
         model.cfg.n_heads,
         model.cfg.n_kv_heads,
         model.cfg.vocab_size,
+        if cfg.sft.is_some() { "up to " } else { "" },
         cfg.batch_size * cfg.seq_len * cfg.grad_accum
     );
     let bar = crate::progress::Progress::new(cfg.steps, start);
-    let tokens_per_step = (cfg.batch_size * cfg.seq_len * cfg.grad_accum) as u64;
-    let mut tokens_seen = start * tokens_per_step;
     let mut last_loss = f64::NAN;
     // The newest checkpoint whose weights are known good: the one resumed, then each one saved.
     let mut last_good: Option<PathBuf> = resume.map(Path::to_path_buf);
@@ -527,18 +696,11 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
     for step_index in start..cfg.steps {
         let lr = lr_at(cfg.schedule, step_index, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
         let hp = AdamW { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
-        // Micro-batch m of update s is loader step s·accum + m: a pure function, so resume is exact.
-        let micro: Vec<(Tensor, Tensor)> = (0..cfg.grad_accum as u64)
-            .map(|m| {
-                let (mut x, mut y) = (Vec::new(), Vec::new());
-                data.batch(step_index * cfg.grad_accum as u64 + m, &mut x, &mut y);
-                to_tensors(x, y, cfg.seq_len)
-            })
-            .collect::<Result<_>>()?;
+        let Update { micro, layout, tokens: tokens_per_step } = data.update(step_index, &cfg)?;
         if let Some(a) = &model.adapter {
             a.begin_step(cfg.seed, step_index); // its dropout masks: a function of (seed, step)
         }
-        let out = step(&mut model, &mut opt, &hp, &micro, cfg.grad_clip, cfg.grad_checkpoint)?;
+        let out = step_with(&mut model, &mut opt, &hp, &micro, &layout, cfg.grad_clip, cfg.grad_checkpoint)?;
         let (loss, norm) = (out.loss, out.grad_norm);
         let keep = || {
             last_good
@@ -560,9 +722,9 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
         let done = step_index + 1;
         let is_ckpt = cfg.checkpoint_interval > 0 && done % cfg.checkpoint_interval == 0 && done < cfg.steps;
         let is_last = done == cfg.steps;
-        let val_loss = match (&val, is_ckpt || is_last) {
-            (Some(v), true) => Some(evaluate(&model, v)?),
-            _ => None,
+        let val_loss = match data.has_val() && (is_ckpt || is_last) {
+            true => Some(data.evaluate(&model)?),
+            false => None,
         };
         let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
         if done % cfg.log_interval.max(1) == 0 || is_last || val_loss.is_some() {

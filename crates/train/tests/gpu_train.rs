@@ -265,6 +265,8 @@ fn train_cfg(d: &Path, device: Device) -> TrainConfig {
         val_batches: 2,
         device,
         overwrite: false,
+        sft: None,
+        lora: None,
     }
 }
 

@@ -9,7 +9,7 @@ use clap::Args;
 use smelt_core::ops::adamw::AdamW;
 use smelt_core::rng::Rng;
 use smelt_core::{Device, Tensor};
-use smelt_model::{presets, KvCache, Logits, Model};
+use smelt_model::{presets, Decoder, KvCache, Logits, Model};
 use smelt_train::optim::AdamWState;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -142,10 +142,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let fwd = median_secs(a.iters, device, || model.logits(&x, None, Logits::All).map(|_| ()))?;
     profile_report("forward");
     let dec = median_secs(a.iters.min(3), device, || {
-        let mut cache = KvCache::new_on(&model.cfg, 1, 16 + decode_ids.len(), device)?;
-        model.logits(&prompt, Some(&mut cache), Logits::Last)?;
+        // As `generate` decodes: on a GPU the step is captured once (each run captures afresh,
+        // and that time is counted) and replayed.
+        let cache = KvCache::new_on(&model.cfg, 1, 16 + decode_ids.len(), device)?;
+        let mut dec = Decoder::new(&model, cache);
+        dec.prefill(&prompt)?;
         for &id in &decode_ids {
-            model.logits(&Tensor::from_u32(vec![id], &[1, 1])?, Some(&mut cache), Logits::Last)?;
+            dec.step(&Tensor::from_u32(vec![id], &[1, 1])?)?;
         }
         Ok(())
     })?;

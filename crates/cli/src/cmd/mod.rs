@@ -18,6 +18,7 @@ pub mod process;
 pub mod progress;
 pub mod quantize;
 pub mod serve;
+pub mod sft;
 pub mod sizes;
 pub mod tokenize;
 pub mod tokenizer;

@@ -40,77 +40,117 @@ pub struct TrainArgs {
     untied: bool,
     #[arg(long, default_value_t = 10000.0)]
     rope_theta: f64,
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 256)]
-    seq_len: usize,
-    /// Total optimizer updates (on --resume: the new total).
-    #[arg(long, default_value_t = 1000)]
-    steps: u64,
-    /// Micro-batches per update (gradients averaged).
-    #[arg(long, default_value_t = 1)]
-    grad_accum: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    #[arg(long, default_value_t = 1e-4)]
-    min_lr: f64,
-    /// Linear warmup updates.
-    #[arg(long, default_value_t = 50)]
-    warmup: u64,
-    /// Learning-rate schedule after warmup: cosine, wsd (warmup-stable-decay) or constant.
-    #[arg(long, default_value = "cosine")]
-    schedule: Schedule,
-    /// Decoupled weight decay, applied to matrices and embeddings (not norms or biases).
-    #[arg(long, default_value_t = 0.1)]
-    weight_decay: f64,
-    #[arg(long, default_value_t = 0.9)]
-    beta1: f64,
-    #[arg(long, default_value_t = 0.95)]
-    beta2: f64,
-    #[arg(long, default_value_t = 1e-8)]
-    eps: f64,
-    /// Clip the global gradient norm to this (0 = off).
-    #[arg(long, default_value_t = 1.0)]
-    grad_clip: f64,
-    #[arg(long, default_value_t = 1337)]
-    seed: u64,
-    /// Recompute each block's activations in the backward pass (less memory, ~30% more compute).
-    #[arg(long)]
-    grad_checkpoint: bool,
     /// Where checkpoints (step-NNNNNN/, final/) and metrics.jsonl go. Held by one run at a time
     /// (a lock); a fresh run needs it empty (see --overwrite).
     #[arg(long, default_value = "runs/train")]
     checkpoint_dir: PathBuf,
-    /// Save (and validate) every N updates; 0 = only at the end.
-    #[arg(long, default_value_t = 100)]
-    checkpoint_interval: u64,
-    /// How many step-* checkpoints of this run to keep (other runs' are never deleted).
-    #[arg(long, default_value_t = 3)]
-    keep_checkpoints: usize,
-    /// Write a metrics line every N updates (the last always).
-    #[arg(long, default_value_t = 1)]
-    log_interval: u64,
-    /// Validation batches per evaluation.
-    #[arg(long, default_value_t = 20)]
-    val_batches: usize,
-    /// Continue this checkpoint exactly (its saved settings are used, except --steps and the
-    /// checkpoint/log options given here).
-    #[arg(long)]
-    resume: Option<PathBuf>,
-    /// Delete what stands in the way in --checkpoint-dir instead of refusing: an earlier run's
-    /// checkpoints and metrics, or (with --resume) this run's checkpoints newer than the one resumed.
-    #[arg(long)]
-    overwrite: bool,
-    /// cpu, cuda[:N] or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
+    #[command(flatten)]
+    run: RunFlags,
     #[command(flatten)]
     lora: super::lora::LoraArgs,
 }
 
+/// The flags `smelt train` and `smelt sft` share: batch shape, steps, the optimizer and its
+/// schedule, checkpoints, logging, resume and the device. `smelt sft` changes some defaults
+/// (see its `--help`).
+#[derive(Args, Debug)]
+pub struct RunFlags {
+    /// Rows per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Tokens per row (sft: the longest row; longer examples are cut to this + 1 tokens).
+    #[arg(long, default_value_t = 256)]
+    pub seq_len: usize,
+    /// Total optimizer updates (on --resume: the new total).
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    /// Micro-batches per update (gradients averaged; `sft`: weighted by their loss tokens).
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate (reached after --warmup).
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Learning rate at the end of the schedule.
+    #[arg(long, default_value_t = 1e-4)]
+    pub min_lr: f64,
+    /// Linear warmup updates.
+    #[arg(long, default_value_t = 50)]
+    pub warmup: u64,
+    /// Learning-rate schedule after warmup: cosine, wsd (warmup-stable-decay) or constant.
+    #[arg(long, default_value = "cosine")]
+    pub schedule: Schedule,
+    /// Decoupled weight decay, applied to matrices and embeddings (not norms or biases).
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    #[arg(long, default_value_t = 0.95)]
+    pub beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    pub eps: f64,
+    /// Clip the global gradient norm to this (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Recompute each block's activations in the backward pass (less memory, ~30% more compute).
+    #[arg(long)]
+    pub grad_checkpoint: bool,
+    /// Save (and validate) every N updates; 0 = only at the end.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_interval: u64,
+    /// How many step-* checkpoints of this run to keep (other runs' are never deleted).
+    #[arg(long, default_value_t = 3)]
+    pub keep_checkpoints: usize,
+    /// Write a metrics line every N updates (the last always).
+    #[arg(long, default_value_t = 1)]
+    pub log_interval: u64,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 20)]
+    pub val_batches: usize,
+    /// Continue this checkpoint exactly (its saved settings are used, except --steps and the
+    /// checkpoint/log options given here).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Delete what stands in the way in the checkpoint folder (train: --checkpoint-dir, sft: --output) instead of refusing: an earlier run's
+    /// checkpoints and metrics, or (with --resume) this run's checkpoints newer than the one resumed.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// cpu, cuda[:N] or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+impl RunFlags {
+    /// Copies the flags into `cfg`; returns the checkpoint to resume, if any.
+    pub fn apply(self, cfg: &mut TrainConfig) -> Result<Option<PathBuf>> {
+        cfg.batch_size = self.batch_size;
+        cfg.seq_len = self.seq_len;
+        cfg.steps = self.steps;
+        cfg.grad_accum = self.grad_accum;
+        cfg.lr = self.lr;
+        cfg.min_lr = self.min_lr;
+        cfg.warmup = self.warmup;
+        cfg.schedule = self.schedule;
+        cfg.weight_decay = self.weight_decay;
+        cfg.beta1 = self.beta1;
+        cfg.beta2 = self.beta2;
+        cfg.eps = self.eps;
+        cfg.grad_clip = self.grad_clip;
+        cfg.seed = self.seed;
+        cfg.grad_checkpoint = self.grad_checkpoint;
+        cfg.checkpoint_interval = self.checkpoint_interval;
+        cfg.keep_checkpoints = self.keep_checkpoints;
+        cfg.log_interval = self.log_interval;
+        cfg.val_batches = self.val_batches;
+        cfg.device = super::device::resolve(&self.device)?;
+        cfg.overwrite = self.overwrite;
+        Ok(self.resume)
+    }
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
-    let device = super::device::resolve(&a.device)?;
-    let cfg = TrainConfig {
+    let mut cfg = TrainConfig {
         dataset: a.dataset.unwrap_or_default(),
         val_dataset: a.val_dataset,
         tokenizer: a.tokenizer,
@@ -123,31 +163,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         ffn_hidden: a.ffn_hidden,
         untied: a.untied,
         rope_theta: a.rope_theta,
-        batch_size: a.batch_size,
-        seq_len: a.seq_len,
-        steps: a.steps,
-        grad_accum: a.grad_accum,
-        lr: a.lr,
-        min_lr: a.min_lr,
-        warmup: a.warmup,
-        schedule: a.schedule,
-        weight_decay: a.weight_decay,
-        beta1: a.beta1,
-        beta2: a.beta2,
-        eps: a.eps,
-        grad_clip: a.grad_clip,
-        seed: a.seed,
-        grad_checkpoint: a.grad_checkpoint,
         checkpoint_dir: a.checkpoint_dir,
-        checkpoint_interval: a.checkpoint_interval,
-        keep_checkpoints: a.keep_checkpoints,
-        log_interval: a.log_interval,
-        val_batches: a.val_batches,
-        device,
-        overwrite: a.overwrite,
         lora: a.lora.config()?,
+        ..TrainConfig::default()
     };
-    let s = smelt_train::run(cfg, a.resume.as_deref())?;
+    let resume = a.run.apply(&mut cfg)?;
+    let s = smelt_train::run(cfg, resume.as_deref())?;
     eprintln!("done: {} steps, final loss {:.4}; model saved to {}", s.steps, s.final_loss, s.final_dir.display());
     Ok(())
 }

@@ -16,6 +16,41 @@ pub mod rope;
 pub mod sample;
 pub mod swiglu;
 
+use crate::{DType, Tensor};
+use anyhow::{bail, Result};
+
+/// A decode position: where a step's new keys and values go and the rotary angle of its
+/// tokens. Known on the host, or held on the device as a u32 `[1]` tensor (`Device`, with the
+/// cache capacity that bounds it) so that one captured CUDA graph replays every step (the
+/// kernels read it there; the CPU reads it back).
+#[derive(Clone, Copy, Debug)]
+pub enum Pos<'a> {
+    Host(usize),
+    Device { at: &'a Tensor, cap: usize },
+}
+
+impl Pos<'_> {
+    /// The position as a number (for a `Device` position: copied back from the device).
+    pub fn value(&self) -> Result<usize> {
+        match self {
+            Pos::Host(p) => Ok(*p),
+            Pos::Device { at, .. } => {
+                if at.dtype() != DType::U32 || at.numel() != 1 {
+                    bail!("a device position is a u32 [1] tensor, got {:?} {:?}", at.dtype(), at.shape());
+                }
+                Ok(at.to_device(crate::Device::Cpu)?.as_u32()?[0] as usize)
+            }
+        }
+    }
+    /// The largest position + 1 this step may reach (for tables sized once, before a capture).
+    pub fn bound(&self, t: usize) -> Result<usize> {
+        Ok(match self {
+            Pos::Host(p) => p + t,
+            Pos::Device { cap, .. } => *cap,
+        })
+    }
+}
+
 #[cfg(all(test, feature = "cuda"))]
 mod parity_bf16_tests;
 #[cfg(all(test, feature = "cuda"))]

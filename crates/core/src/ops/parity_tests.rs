@@ -94,6 +94,11 @@ fn kernels_compile() {
             x(&["attn_fwd", "attn_bwd_delta", "attn_bwd_dq", "attn_bwd_dkdv"], &one),
         ),
         (
+            "attention_decode",
+            ops::attention::cuda::DEC_SRC,
+            [x(&["attn_decode", "attn_decode_combine", "kv_write"], &one), plain(&["decode_pos_add"])].concat(),
+        ),
+        (
             "attention_tc",
             ops::attention::cuda::TC_SRC,
             plain(&[
@@ -123,6 +128,7 @@ fn kernels_compile() {
         ),
         ("embedding", ops::embedding::cuda::SRC, x(&["embedding_fwd", "embedding_bwd", "embedding_bwd_sorted"], &one)),
         ("matmul", ops::matmul::cuda::SRC, x(&["add_bias", "col_sum_part"], &one)),
+        ("gemv", ops::matmul::cuda::GEMV_SRC, x(&["gemv3", "gemv_swiglu"], &one)),
         (
             "qmatmul",
             ops::qmatmul::cuda::SRC,
@@ -145,7 +151,7 @@ fn kernels_compile() {
             ]
             .concat(),
         ),
-        ("rope", ops::rope::cuda::SRC, x(&["rope"], &one)),
+        ("rope", ops::rope::cuda::SRC, x(&["rope", "rope_kv"], &one)),
         ("sample", ops::sample::cuda::SRC, plain(&["sample_f32", "sample_mark"])),
         ("swiglu", ops::swiglu::cuda::SRC, x(&["swiglu_fwd", "swiglu_bwd"], &one)),
     ] {
@@ -278,6 +284,41 @@ fn parity_rope_and_swiglu() {
             &ops::rope::rope_backward(&x, &table, 5).unwrap(),
             F32_NMSE,
         );
+    }
+    // rope_into_cache: one launch on the GPU = rope, rope and two kv_writes there (bit for bit),
+    // and the CPU's within f32 rounding; host and device positions; prefill (t > 1) and decode.
+    for (hd, layout, t, pos) in [
+        (16, ops::rope::RopeLayout::HalfSplit, 3, 2usize),
+        (12, ops::rope::RopeLayout::Interleaved, 1, 6),
+        (16, ops::rope::RopeLayout::Interleaved, 1, 0),
+    ] {
+        let (b, h, kvh, cap) = (2, 4, 2, 9);
+        let table = ops::rope::RopeTable::new(ops::rope::freqs::default_inv_freq(10000.0, hd), 1.0, layout);
+        let (q, k, v) = (
+            randn(&mut r, &[b, t, h, hd], 1.0),
+            randn(&mut r, &[b, t, kvh, hd], 1.0),
+            randn(&mut r, &[b, t, kvh, hd], 1.0),
+        );
+        let cache = randn(&mut r, &[b, cap, kvh, hd], 1.0);
+        let (mut kc, mut vc) = (cache.clone(), cache.clone());
+        let qc = ops::rope::rope_into_cache(&q, &k, &v, &table, &mut kc, &mut vc, ops::Pos::Host(pos)).unwrap();
+        let at = up(&Tensor::from_u32(vec![pos as u32], &[1]).unwrap(), d);
+        for (label, p) in [("host", ops::Pos::Host(pos)), ("device", ops::Pos::Device { at: &at, cap })] {
+            let (mut kg, mut vg) = (up(&cache, d), up(&cache, d));
+            let qg =
+                ops::rope::rope_into_cache(&up(&q, d), &up(&k, d), &up(&v, d), &table, &mut kg, &mut vg, p).unwrap();
+            let l = format!("rope_into_cache {layout:?} d{hd} t{t} {label}");
+            close(&format!("{l} q"), &qg, &qc, F32_NMSE);
+            close(&format!("{l} k cache"), &kg, &kc, F32_NMSE);
+            assert_eq!(vg.to_vec_f32().unwrap(), vc.to_vec_f32().unwrap(), "{l}: v cache");
+            let (mut ku, mut vu) = (up(&cache, d), up(&cache, d));
+            let qu = ops::rope::rope(&up(&q, d), &table, pos).unwrap();
+            ops::attention::kv_write(&mut ku, &ops::rope::rope(&up(&k, d), &table, pos).unwrap(), p).unwrap();
+            ops::attention::kv_write(&mut vu, &up(&v, d), p).unwrap();
+            assert_eq!(qg.to_vec_f32().unwrap(), qu.to_vec_f32().unwrap(), "{l}: q differs from rope's");
+            assert_eq!(kg.to_vec_f32().unwrap(), ku.to_vec_f32().unwrap(), "{l}: k cache differs from rope + kv_write");
+            assert_eq!(vg.to_vec_f32().unwrap(), vu.to_vec_f32().unwrap(), "{l}: v cache differs from kv_write");
+        }
     }
     let (g, u, dy) = (randn(&mut r, &[33, 70], 2.0), randn(&mut r, &[33, 70], 1.0), randn(&mut r, &[33, 70], 1.0));
     close(
@@ -460,6 +501,52 @@ fn parity_attention() {
     }
 }
 
+/// Decode attention (one query per sequence, split over the keys) against the CPU's exact
+/// training forward, with the position on the host and on the device (the two must agree bit
+/// for bit: a captured decode step replays the uncaptured one), and the cache write and
+/// position step a captured step uses.
+#[test]
+fn parity_attention_decode() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    // (b, valid keys, capacity, h, kvh, hd, window): one split, several, several with a window.
+    for (b, tk, cap, h, kvh, hd, window) in [
+        (1, 7, 16, 4, 2, 64, None),
+        (2, 300, 700, 8, 2, 64, None),
+        (1, 600, 1100, 6, 3, 128, Some(300)),
+        (2, 257, 257, 4, 4, 96, None),
+    ] {
+        let label = format!("decode b{b} k{tk}/{cap} h{h}/{kvh} d{hd} w{window:?}");
+        let q = randn(&mut r, &[b, 1, h, hd], 1.0);
+        let k = randn(&mut r, &[b, cap, kvh, hd], 1.0);
+        let v = randn(&mut r, &[b, cap, kvh, hd], 1.0);
+        let sc = 1.0 / (hd as f32).sqrt();
+        let (oc, _) = ops::attention::attention(&q, &k, &v, tk, window, sc).unwrap();
+        let (qg, kg, vg) = (up(&q, d), up(&k, d), up(&v, d));
+        let host = ops::attention::attention_decode(&qg, &kg, &vg, ops::Pos::Host(tk - 1), window, sc).unwrap();
+        close(&format!("{label} host position"), &host, &oc, F32_NMSE);
+        let at = up(&Tensor::from_u32(vec![(tk - 1) as u32], &[1]).unwrap(), d);
+        let dev_pos = ops::Pos::Device { at: &at, cap };
+        let on_dev = ops::attention::attention_decode(&qg, &kg, &vg, dev_pos, window, sc).unwrap();
+        assert_eq!(
+            host.to_device(Device::Cpu).unwrap().as_f32().unwrap(),
+            on_dev.to_device(Device::Cpu).unwrap().as_f32().unwrap(),
+            "{label}: device position differs from host position"
+        );
+    }
+    // kv_write at a device position, then the position moves on.
+    let (b, cap, kvh, hd, t) = (2, 9, 2, 8, 3);
+    let new = randn(&mut r, &[b, t, kvh, hd], 1.0);
+    let mut cc = Tensor::zeros(&[b, cap, kvh, hd]);
+    ops::attention::kv_write(&mut cc, &new, ops::Pos::Host(4)).unwrap();
+    let mut cg = up(&Tensor::zeros(&[b, cap, kvh, hd]), d);
+    let mut at = up(&Tensor::from_u32(vec![2], &[1]).unwrap(), d);
+    ops::attention::pos_add(&mut at, 2).unwrap();
+    ops::attention::kv_write(&mut cg, &up(&new, d), ops::Pos::Device { at: &at, cap }).unwrap();
+    assert_eq!(cg.to_device(Device::Cpu).unwrap().as_f32().unwrap(), cc.as_f32().unwrap(), "kv_write");
+    assert_eq!(at.to_device(Device::Cpu).unwrap().as_u32().unwrap(), &[4], "pos_add");
+}
+
 #[test]
 fn parity_linear_f32_and_bf16() {
     let Some(d) = dev() else { return };
@@ -481,6 +568,42 @@ fn parity_linear_f32_and_bf16() {
         close(&format!("linear dx {p:?}"), &dxg.unwrap(), dxc.as_ref().unwrap(), tol);
         close(&format!("linear dw {p:?}"), &dwg, &dwc, tol);
         close(&format!("linear db {p:?}"), &dbg.unwrap(), dbc.as_ref().unwrap(), F32_NMSE);
+    }
+    cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
+}
+
+/// The decode-size products (≤ 4 rows: the GEMV kernels, several weights or the SwiGLU in one
+/// launch) against the CPU, in both precisions, with a bias, and with a row length that is not a
+/// whole number of 16-byte vectors (the scalar loop).
+#[test]
+fn parity_gemv_linear_many_and_swiglu() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    for (n, k) in [(1, 96), (2, 200), (4, 64), (3, 37)] {
+        let x = randn(&mut r, &[n, k], 1.0);
+        let (wq, wk, wv) = (randn(&mut r, &[48, k], 0.1), randn(&mut r, &[16, k], 0.1), randn(&mut r, &[16, k], 0.1));
+        let bq = randn(&mut r, &[48], 1.0);
+        let (wg, wu) = (randn(&mut r, &[40, k], 0.1), randn(&mut r, &[40, k], 0.1));
+        let want = ops::matmul::linear_many(&x, &[(&wq, Some(&bq)), (&wk, None), (&wv, None)]).unwrap();
+        let want_ff = ops::matmul::linear_swiglu(&x, &wg, &wu).unwrap();
+        for (p, tol) in [(cuda::MatmulPrecision::F32, F32_NMSE), (cuda::MatmulPrecision::Bf16, BF16_NMSE)] {
+            cuda::set_matmul_precision(p);
+            let dt = if p == cuda::MatmulPrecision::F32 { crate::DType::F32 } else { crate::DType::BF16 };
+            let xg = up(&x, d).to_dtype(dt).unwrap();
+            let (wqg, wkg, wvg, bqg) = (up(&wq, d), up(&wk, d), up(&wv, d), up(&bq, d));
+            let got = ops::matmul::linear_many(&xg, &[(&wqg, Some(&bqg)), (&wkg, None), (&wvg, None)]).unwrap();
+            for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                close(&format!("linear_many n{n} k{k} {p:?} #{j}"), g, w, tol);
+                let one = ops::matmul::linear(&xg, [&wqg, &wkg, &wvg][j], [Some(&bqg), None, None][j]).unwrap();
+                assert_eq!(
+                    one.to_device(Device::Cpu).unwrap().to_vec_f32().unwrap(),
+                    g.to_device(Device::Cpu).unwrap().to_vec_f32().unwrap(),
+                    "linear_many n{n} k{k} {p:?} #{j}: not what linear gives"
+                );
+            }
+            let ff = ops::matmul::linear_swiglu(&xg, &up(&wg, d), &up(&wu, d)).unwrap();
+            close(&format!("linear_swiglu n{n} k{k} {p:?}"), &ff, &want_ff, tol);
+        }
     }
     cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
 }

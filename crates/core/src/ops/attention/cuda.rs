@@ -9,12 +9,14 @@
 
 use super::AttnDims;
 use crate::cuda::{self, DeviceBuf};
+use crate::ops::Pos;
 use crate::{DType, Tensor};
 use anyhow::{bail, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 pub(crate) const SRC: &str = include_str!("attention.cu");
 pub(crate) const TC_SRC: &str = include_str!("attention_tc.cu");
+pub(crate) const DEC_SRC: &str = include_str!("decode.cu");
 
 const ROWS: usize = 8;
 const TILE: usize = 32;
@@ -234,13 +236,121 @@ pub fn attention_backward(
     ))
 }
 
+/// Keys per split of the decode kernel. Fixed (not derived from the position) so that a step
+/// whose position is on the device splits exactly as one whose position is on the host: the
+/// splits past the position are empty and add exact zeros.
+const DEC_CHUNK: usize = 256;
+/// Warps per decode block (DEC_WARPS in decode.cu).
+const DEC_WARPS: u32 = 4;
+
+/// The device address of a position, or 0 with the host value.
+fn pos_arg(pos: Pos, what: &str) -> Result<(u64, i32)> {
+    Ok(match pos {
+        Pos::Host(p) => (0, p as i32),
+        Pos::Device { at, .. } => {
+            let b = at.cuda_buf()?;
+            b.expect(DType::U32, what)?;
+            (b.ptr(), 0)
+        }
+    })
+}
+
+/// Decode attention (decode.cu): grid (H, splits, B); splits > 1 write partials that a second
+/// launch merges. `dm.tk` is the bound on the keys (the capacity for a device position).
+pub fn attention_decode(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, pos: Pos, scale: f32) -> Result<Tensor> {
+    check(&dm)?;
+    let [qb, kb, vb] = cuda::float_bufs([q, k, v], "attention_decode")?;
+    let dt = cuda::same_dtype(&[qb, kb, vb], &["q", "k", "v"], "attention_decode")?;
+    let gpu = &qb.gpu;
+    let out = DeviceBuf::alloc(gpu, dt, q.numel())?;
+    let splits = dm.tk.div_ceil(DEC_CHUNK).max(1);
+    let part = DeviceBuf::alloc(gpu, DType::F32, if splits > 1 { dm.b * dm.h * splits * (dm.d + 2) } else { 1 })?;
+    let (pptr, phost) = pos_arg(pos, "attention_decode position")?;
+    let tk = phost + 1;
+    let a = [tk, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.d as i32, dm.window.unwrap_or(0) as i32];
+    let name = cuda::kname("attn_decode", &[dt], "attention_decode")?;
+    let f = gpu.function("attention_decode", DEC_SRC, &name)?;
+    let chunk = DEC_CHUNK as i32;
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&out.data).arg(&part.data).arg(&pptr);
+        for x in &a {
+            b.arg(x);
+        }
+        b.arg(&scale).arg(&chunk);
+        let c = LaunchConfig {
+            grid_dim: (dm.h as u32, splits as u32, dm.b as u32),
+            block_dim: (32 * DEC_WARPS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        cuda::launched(unsafe { b.launch(c) }, &name)?;
+    }
+    if splits > 1 {
+        let name = cuda::kname("attn_decode_combine", &[dt], "attention_decode")?;
+        let f = gpu.function("attention_decode", DEC_SRC, &name)?;
+        let (h32, d32, s32) = (dm.h as i32, dm.d as i32, splits as i32);
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&part.data).arg(&out.data).arg(&h32).arg(&d32).arg(&s32);
+        let c = LaunchConfig { grid_dim: (dm.h as u32, dm.b as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        cuda::launched(unsafe { b.launch(c) }, &name)?;
+    }
+    Tensor::from_device_buf(out, q.shape())
+}
+
+/// New rows (B, T, KVH, D) into the cache (B, S, KVH, D) at `pos`, one launch for every sequence.
+pub fn kv_write(cache: &mut Tensor, new: &Tensor, pos: Pos) -> Result<()> {
+    let (pptr, phost) = pos_arg(pos, "kv_write position")?;
+    let (s, t) = (cache.shape().to_vec(), new.shape()[1]);
+    let (nb, cap, row) = (s[0], s[1], s[2] * s[3]);
+    let nbuf = new.cuda_buf()?;
+    let dt = nbuf.dtype;
+    let gpu = nbuf.gpu.clone();
+    let cb = cache.cuda_buf_mut()?;
+    if cb.dtype != dt {
+        bail!("kv_write: {dt:?} rows into a {:?} cache", cb.dtype);
+    }
+    let name = cuda::kname("kv_write", &[dt], "kv_write")?;
+    let f = gpu.function("attention_decode", DEC_SRC, &name)?;
+    let (row64, t32, cap32, nb32) = (row as i64, t as i32, cap as i32, nb as i32);
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(&cb.data).arg(&nbuf.data).arg(&row64).arg(&t32).arg(&cap32).arg(&nb32).arg(&pptr).arg(&phost);
+    cuda::launched(unsafe { b.launch(cuda::grid_for(nb * t * row, 256)) }, &name)
+}
+
 impl super::AttentionKernels for crate::backend::Cuda {
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor)> {
         attention(q, k, v, dm, scale)
     }
-    /// The training kernel's forward; the lse it also writes is dropped.
+    /// The training kernel's forward (its lse dropped); one query per sequence (decode) takes
+    /// the split-key decode kernel, as a captured step does.
     fn attention_infer(&self, q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<Tensor> {
+        if dm.tq == 1 {
+            return attention_decode(q, k, v, dm, Pos::Host(dm.tk - 1), scale);
+        }
         Ok(attention(q, k, v, dm, scale)?.0)
+    }
+    fn kv_write(&self, cache: &mut Tensor, new: &Tensor, pos: Pos) -> Result<()> {
+        kv_write(cache, new, pos)
+    }
+    fn attention_decode(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        dm: AttnDims,
+        pos: Pos,
+        scale: f32,
+    ) -> Result<Tensor> {
+        attention_decode(q, k, v, dm, pos, scale)
+    }
+    fn pos_add(&self, pos: &mut Tensor, n: usize) -> Result<()> {
+        let b = pos.cuda_buf_mut()?;
+        let gpu = b.gpu.clone();
+        let f = gpu.function("attention_decode", DEC_SRC, "decode_pos_add")?;
+        let n32 = n as i32;
+        let mut l = gpu.stream.launch_builder(&f);
+        l.arg(&b.data).arg(&n32);
+        cuda::launched(unsafe { l.launch(LaunchConfig::for_num_elems(1)) }, "decode_pos_add")
     }
     fn attention_backward(
         &self,

@@ -10,6 +10,7 @@
 
 use crate::backend::{self, Cpu};
 use crate::float::{dot, Float};
+use crate::ops::Pos;
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -42,6 +43,15 @@ impl AttnDims {
             None => 0,
         };
         (lo, pos + 1)
+    }
+    /// `key_range` of query i of batch row b, kept inside its packed example when `starts`
+    /// (one per query position: the row index where the query's example starts) is given.
+    fn key_range_in(&self, b: usize, i: usize, starts: Option<&[u32]>) -> (usize, usize) {
+        let (lo, hi) = self.key_range(i);
+        match starts {
+            Some(st) => (lo.max(st[b * self.tq + i] as usize), hi),
+            None => (lo, hi),
+        }
     }
     fn q_at(&self, b: usize, i: usize, h: usize) -> usize {
         ((b * self.tq + i) * self.h + h) * self.d
@@ -78,6 +88,19 @@ unsafe fn mm<F: Float>(
 
 /// Returns (out (B, Tq, H, D), lse (B, H, Tq)).
 pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> (Vec<F>, Vec<F>) {
+    attn_fwd_packed(q, k, v, dm, scale, None)
+}
+
+/// `attn_fwd` over packed rows: with `starts` (B·Tq, see `Segments`), a query sees only the keys
+/// of its own example (Tq = Tk).
+pub fn attn_fwd_packed<F: Float>(
+    q: &[F],
+    k: &[F],
+    v: &[F],
+    dm: AttnDims,
+    scale: F,
+    starts: Option<&[u32]>,
+) -> (Vec<F>, Vec<F>) {
     let d = dm.d;
     let (qrs, kvrs) = (dm.h * d, dm.kvh * d);
     let per_head: Vec<(Vec<F>, Vec<F>)> = (0..dm.b * dm.h)
@@ -90,8 +113,8 @@ pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> 
             let mut s = vec![F::ZERO; TILE.min(dm.tq) * dm.tk];
             for i0 in (0..dm.tq).step_by(TILE) {
                 let rows = TILE.min(dm.tq - i0);
-                let (k0, _) = dm.key_range(i0);
-                let (_, k1) = dm.key_range(i0 + rows - 1);
+                let (k0, _) = dm.key_range_in(b, i0, starts);
+                let (_, k1) = dm.key_range_in(b, i0 + rows - 1, starts);
                 let nk = k1 - k0;
                 // S = scale · Q_tile · K[k0..k1]ᵀ
                 if rows == 1 {
@@ -121,7 +144,7 @@ pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> 
                     }
                 }
                 for r in 0..rows {
-                    let (lo, hi) = dm.key_range(i0 + r);
+                    let (lo, hi) = dm.key_range_in(b, i0 + r, starts);
                     let row = &mut s[r * nk..(r + 1) * nk];
                     let (a, z) = (lo - k0, hi - k0);
                     let m = row[a..z].iter().fold(F::NEG_INFINITY, |acc, &x| acc.max(x));
@@ -260,6 +283,22 @@ pub fn attn_bwd<F: Float>(
     dm: AttnDims,
     scale: F,
 ) -> (Vec<F>, Vec<F>, Vec<F>) {
+    attn_bwd_packed(q, k, v, out, lse, dout, dm, scale, None)
+}
+
+/// `attn_bwd` over packed rows (see `attn_fwd_packed`).
+#[allow(clippy::too_many_arguments)]
+pub fn attn_bwd_packed<F: Float>(
+    q: &[F],
+    k: &[F],
+    v: &[F],
+    out: &[F],
+    lse: &[F],
+    dout: &[F],
+    dm: AttnDims,
+    scale: F,
+    starts: Option<&[u32]>,
+) -> (Vec<F>, Vec<F>, Vec<F>) {
     let d = dm.d;
     let grp = dm.group();
     let (qrs, kvrs) = (dm.h * d, dm.kvh * d);
@@ -277,8 +316,8 @@ pub fn attn_bwd<F: Float>(
                 let h = g * grp + hh;
                 for i0 in (0..dm.tq).step_by(TILE) {
                     let rows = TILE.min(dm.tq - i0);
-                    let (k0, _) = dm.key_range(i0);
-                    let (_, k1) = dm.key_range(i0 + rows - 1);
+                    let (k0, _) = dm.key_range_in(b, i0, starts);
+                    let (_, k1) = dm.key_range_in(b, i0 + rows - 1, starts);
                     let nk = k1 - k0;
                     let (qp, dop) = (dm.q_at(b, i0, h), dm.q_at(b, i0, h));
                     let (kp, vp) = (dm.kv_at(b, k0, g), dm.kv_at(b, k0, g));
@@ -319,7 +358,7 @@ pub fn attn_bwd<F: Float>(
                     }
                     for r in 0..rows {
                         let i = i0 + r;
-                        let (lo, hi) = dm.key_range(i);
+                        let (lo, hi) = dm.key_range_in(b, i, starts);
                         let l = lse[(b * dm.h + h) * dm.tq + i];
                         let o = dm.q_at(b, i, h);
                         let di = dot(&dout[o..o + d], &out[o..o + d]);
@@ -438,9 +477,80 @@ pub trait AttentionKernels {
         dm: AttnDims,
         scale: f32,
     ) -> Result<(Tensor, Tensor, Tensor)>;
+    /// Writes `new` (B, T, KVH, D) into `cache` (B, S, KVH, D) at rows pos..pos+T of each sequence.
+    fn kv_write(&self, cache: &mut Tensor, new: &Tensor, pos: Pos) -> Result<()>;
+    /// One query per sequence (q: (B, 1, H, D)) against keys 0..=pos of the cache; `dm.tk` is
+    /// the most keys the step may see (pos + 1 for a host position, the capacity otherwise).
+    fn attention_decode(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        dm: AttnDims,
+        pos: Pos,
+        scale: f32,
+    ) -> Result<Tensor>;
+    /// Moves a device-held position (u32 [1]) on by `n`.
+    fn pos_add(&self, pos: &mut Tensor, n: usize) -> Result<()>;
+    /// The training forward over packed rows (`Segments`): no attention across examples.
+    fn attention_packed(
+        &self,
+        _q: &Tensor,
+        _k: &Tensor,
+        _v: &Tensor,
+        _dm: AttnDims,
+        _scale: f32,
+        _seg: &Segments,
+    ) -> Result<(Tensor, Tensor)> {
+        bail!("attention over packed rows (--packing) is implemented on the CPU only")
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn attention_packed_backward(
+        &self,
+        _q: &Tensor,
+        _k: &Tensor,
+        _v: &Tensor,
+        _out: &Tensor,
+        _lse: &Tensor,
+        _dout: &Tensor,
+        _dm: AttnDims,
+        _scale: f32,
+        _seg: &Segments,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        bail!("attention over packed rows (--packing) is implemented on the CPU only")
+    }
 }
 
 impl AttentionKernels for Cpu {
+    fn attention_packed(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        dm: AttnDims,
+        scale: f32,
+        seg: &Segments,
+    ) -> Result<(Tensor, Tensor)> {
+        let (o, l) = attn_fwd_packed(q.as_f32()?, k.as_f32()?, v.as_f32()?, dm, scale, Some(&seg.starts));
+        Ok((Tensor::from_f32(o, q.shape())?, Tensor::from_f32(l, &[dm.b, dm.h, dm.tq])?))
+    }
+    fn attention_packed_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        dm: AttnDims,
+        scale: f32,
+        seg: &Segments,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let (q_, k_, v_) = (q.as_f32()?, k.as_f32()?, v.as_f32()?);
+        let (dq, dk, dv) =
+            attn_bwd_packed(q_, k_, v_, out.as_f32()?, lse.as_f32()?, dout.as_f32()?, dm, scale, Some(&seg.starts));
+        Ok((Tensor::from_f32(dq, q.shape())?, Tensor::from_f32(dk, k.shape())?, Tensor::from_f32(dv, v.shape())?))
+    }
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor)> {
         let (o, l) = attn_fwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, dm, scale);
         Ok((Tensor::from_f32(o, q.shape())?, Tensor::from_f32(l, &[dm.b, dm.h, dm.tq])?))
@@ -463,6 +573,35 @@ impl AttentionKernels for Cpu {
         let (dq, dk, dv) =
             attn_bwd(q.as_f32()?, k.as_f32()?, v.as_f32()?, out.as_f32()?, lse.as_f32()?, dout.as_f32()?, dm, scale);
         Ok((Tensor::from_f32(dq, q.shape())?, Tensor::from_f32(dk, k.shape())?, Tensor::from_f32(dv, v.shape())?))
+    }
+    fn kv_write(&self, cache: &mut Tensor, new: &Tensor, pos: Pos) -> Result<()> {
+        let pos0 = pos.value()?;
+        let (s, t) = (cache.shape().to_vec(), new.shape()[1]);
+        let (b, cap, row) = (s[0], s[1], s[2] * s[3]);
+        let src = new.as_f32()?;
+        let dst = cache.f32_mut()?;
+        for bi in 0..b {
+            dst[(bi * cap + pos0) * row..(bi * cap + pos0 + t) * row]
+                .copy_from_slice(&src[bi * t * row..(bi + 1) * t * row]);
+        }
+        Ok(())
+    }
+    fn attention_decode(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        dm: AttnDims,
+        pos: Pos,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let dm = AttnDims { tk: pos.value()? + 1, ..dm };
+        self.attention_infer(q, k, v, dm, scale)
+    }
+    fn pos_add(&self, pos: &mut Tensor, n: usize) -> Result<()> {
+        let p = pos.as_u32()?[0] as usize + n;
+        *pos = Tensor::from_u32(vec![p as u32], &[1])?;
+        Ok(())
     }
 }
 
@@ -494,6 +633,45 @@ pub fn attention_infer(
     backend::on("attention", [q, k, v])?.attention_infer(q, k, v, dm, scale)
 }
 
+/// Writes new keys or values (B, T, KVH, D) into a KV cache tensor (B, S, KVH, D) at `pos`
+/// (the rows must have the cache's dtype).
+pub fn kv_write(cache: &mut Tensor, new: &Tensor, pos: Pos) -> Result<()> {
+    let (cs, ns) = (cache.shape(), new.shape());
+    if cs.len() != 4 || ns.len() != 4 || cs[0] != ns[0] || cs[2..] != ns[2..] || cache.dtype() != new.dtype() {
+        bail!("kv_write: rows {:?} {ns:?} do not fit the cache {:?} {cs:?}", new.dtype(), cache.dtype());
+    }
+    if pos.bound(ns[1])? > cs[1] {
+        bail!("kv_write: positions up to {} do not fit a cache of {}", pos.bound(ns[1])?, cs[1]);
+    }
+    backend::on("kv_write", [&*cache, new])?.kv_write(cache, new, pos)
+}
+
+/// Decode attention: q (B, 1, H, D), the new keys already written at `pos`, so the query sees
+/// keys 0..=pos (less with a window). The same kernels whether `pos` is on the host or the
+/// device, so a captured decode step computes what an uncaptured one does.
+pub fn attention_decode(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    pos: Pos,
+    window: Option<usize>,
+    scale: f32,
+) -> Result<Tensor> {
+    let dm = dims(q, k, v, pos.bound(1)?, window)?;
+    if dm.tq != 1 {
+        bail!("attention_decode: one query per sequence, got {}", dm.tq);
+    }
+    backend::on("attention", [q, k, v])?.attention_decode(q, k, v, dm, pos, scale)
+}
+
+/// Moves a device-held decode position on by `n` (the end of a decode step).
+pub fn pos_add(pos: &mut Tensor, n: usize) -> Result<()> {
+    if pos.dtype() != crate::DType::U32 || pos.numel() != 1 {
+        bail!("pos_add: a position is a u32 [1] tensor, got {:?} {:?}", pos.dtype(), pos.shape());
+    }
+    backend::backend(pos.device()).pos_add(pos, n)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     q: &Tensor,
@@ -509,10 +687,122 @@ pub fn attention_backward(
     backend::on("attention_backward", [q, k, v, out, lse, dout])?.attention_backward(q, k, v, out, lse, dout, dm, scale)
 }
 
+/// Packed rows (SFT `--packing`): several examples laid end to end in each of B rows of T
+/// positions. `starts[b·T + i]` is the index in row b where position i's example starts; a
+/// query attends only to keys of its own example, and its RoPE position is i − start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segments {
+    pub b: usize,
+    pub t: usize,
+    pub starts: Vec<u32>,
+}
+
+impl Segments {
+    /// Checks that `starts` describes consecutive examples: each position's start is at or
+    /// before it, is the start of its own example, and starts never go back within a row.
+    pub fn new(b: usize, t: usize, starts: Vec<u32>) -> Result<Self> {
+        if starts.len() != b * t {
+            bail!("segments: {} starts for {b} rows of {t}", starts.len());
+        }
+        for r in 0..b {
+            let row = &starts[r * t..(r + 1) * t];
+            for (i, &s) in row.iter().enumerate() {
+                let s = s as usize;
+                if s > i || row[s] as usize != s || (i > 0 && (row[i - 1] as usize) > s) {
+                    bail!("segments: row {r} position {i} has start {s}, not the start of a run of positions up to it");
+                }
+            }
+        }
+        Ok(Segments { b, t, starts })
+    }
+
+    /// Each position's place in its example: i − start (the RoPE position).
+    pub fn positions(&self) -> Vec<u32> {
+        self.starts.iter().enumerate().map(|(i, &s)| (i % self.t) as u32 - s).collect()
+    }
+}
+
+fn check_packed(dm: &AttnDims, seg: &Segments) -> Result<()> {
+    if seg.b != dm.b || seg.t != dm.tq || dm.tq != dm.tk || dm.s != dm.tk {
+        bail!(
+            "attention: packed segments of {}×{} for q/k of {}×{} (keys {} of {})",
+            seg.b,
+            seg.t,
+            dm.b,
+            dm.tq,
+            dm.tk,
+            dm.s
+        );
+    }
+    Ok(())
+}
+
+/// `attention` over packed rows: q (B, T, H, D), k, v (B, T, KVH, D); no attention across the
+/// examples of `seg`.
+pub fn attention_packed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    window: Option<usize>,
+    scale: f32,
+    seg: &Segments,
+) -> Result<(Tensor, Tensor)> {
+    let dm = dims(q, k, v, k.shape().get(1).copied().unwrap_or(0), window)?;
+    check_packed(&dm, seg)?;
+    backend::on("attention", [q, k, v])?.attention_packed(q, k, v, dm, scale, seg)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attention_packed_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    window: Option<usize>,
+    scale: f32,
+    seg: &Segments,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dm = dims(q, k, v, k.shape()[1], window)?;
+    check_packed(&dm, seg)?;
+    backend::on("attention_backward", [q, k, v, out, lse, dout])?
+        .attention_packed_backward(q, k, v, out, lse, dout, dm, scale, seg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::testing::{gradcheck, rand_vec};
+
+    fn rand_t(shape: &[usize], seed: u64) -> Tensor {
+        let n = shape.iter().product();
+        Tensor::from_f32(rand_vec(n, seed).iter().map(|&x| x as f32).collect(), shape).unwrap()
+    }
+
+    /// The decode entry points on the CPU: a device-style position (a u32 tensor) reads back
+    /// to the host and gives what the host position gives; kv_write writes the rows there.
+    #[test]
+    fn decode_position_on_cpu() {
+        let (b, cap, h, kvh, d) = (2, 6, 4, 2, 8);
+        let mut k = Tensor::zeros(&[b, cap, kvh, d]);
+        let mut v = Tensor::zeros(&[b, cap, kvh, d]);
+        let (nk, nv) = (rand_t(&[b, 4, kvh, d], 1), rand_t(&[b, 4, kvh, d], 2));
+        kv_write(&mut k, &nk, Pos::Host(0)).unwrap();
+        kv_write(&mut v, &nv, Pos::Host(0)).unwrap();
+        let mut at = Tensor::from_u32(vec![3], &[1]).unwrap();
+        pos_add(&mut at, 1).unwrap();
+        assert_eq!(at.as_u32().unwrap(), &[4]);
+        let (k1, v1) = (rand_t(&[b, 1, kvh, d], 3), rand_t(&[b, 1, kvh, d], 4));
+        kv_write(&mut k, &k1, Pos::Device { at: &at, cap }).unwrap();
+        kv_write(&mut v, &v1, Pos::Device { at: &at, cap }).unwrap();
+        assert_eq!(&k.as_f32().unwrap()[4 * kvh * d..5 * kvh * d], k1.as_f32().unwrap()[..kvh * d].as_ref());
+        let q = rand_t(&[b, 1, h, d], 5);
+        let a = attention_decode(&q, &k, &v, Pos::Device { at: &at, cap }, None, 0.3).unwrap();
+        let e = attention_infer(&q, &k, &v, 5, None, 0.3).unwrap();
+        assert_eq!(a.as_f32().unwrap(), e.as_f32().unwrap());
+        assert!(kv_write(&mut k, &nk, Pos::Host(3)).is_err(), "rows past the capacity are refused");
+    }
 
     fn naive(q: &[f64], k: &[f64], v: &[f64], dm: AttnDims) -> Vec<f64> {
         let mut out = vec![0.0; q.len()];
@@ -608,6 +898,76 @@ mod tests {
                     vec![a, b, c]
                 },
             );
+        }
+    }
+
+    fn starts_of(t: usize, rows: &[&[usize]]) -> Vec<u32> {
+        let mut st = Vec::new();
+        for lens in rows {
+            let mut at = 0;
+            for &n in *lens {
+                st.extend(std::iter::repeat_n(at as u32, n));
+                at += n;
+            }
+            assert_eq!(at, t);
+        }
+        st
+    }
+
+    /// Each packed example gives what it gives run alone in a row of its own (out and lse),
+    /// across query tiles, with GQA and a window.
+    #[test]
+    fn packed_rows_equal_their_examples_run_alone() {
+        let (t, h, kvh, d) = (100, 4, 2, 8);
+        let rows: [&[usize]; 2] = [&[5, 70, 25], &[100]];
+        for window in [None, Some(9)] {
+            let dm = AttnDims { b: 2, tq: t, tk: t, s: t, h, kvh, d, window };
+            let (q, k, v) = (rand_vec(2 * t * h * d, 1), rand_vec(2 * t * kvh * d, 2), rand_vec(2 * t * kvh * d, 3));
+            let starts = starts_of(t, &rows);
+            let (o, l) = attn_fwd_packed(&q, &k, &v, dm, 0.3, Some(&starts));
+            for (b, lens) in rows.iter().enumerate() {
+                let mut s0 = 0;
+                for &n in *lens {
+                    let cut =
+                        |x: &[f64], heads: usize| x[(b * t + s0) * heads * d..(b * t + s0 + n) * heads * d].to_vec();
+                    let one = AttnDims { b: 1, tq: n, tk: n, s: n, ..dm };
+                    let (o1, l1) = attn_fwd(&cut(&q, h), &cut(&k, kvh), &cut(&v, kvh), one, 0.3);
+                    let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+                    assert!(close(&cut(&o, h), &o1), "row {b} example at {s0}");
+                    for hh in 0..h {
+                        assert!(close(&l[(b * h + hh) * t + s0..][..n], &l1[hh * n..(hh + 1) * n]));
+                    }
+                    s0 += n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gradcheck_packed_attention_across_tiles() {
+        let t = 70;
+        let starts = starts_of(t, &[&[3, 60, 7], &[70]]);
+        for window in [None, Some(20)] {
+            let dm = AttnDims { b: 2, tq: t, tk: t, s: t, h: 2, kvh: 1, d: 2, window };
+            let st = starts.clone();
+            gradcheck(
+                &[rand_vec(2 * t * 2 * 2, 4), rand_vec(2 * t * 2, 5), rand_vec(2 * t * 2, 6)],
+                |x| attn_fwd_packed(&x[0], &x[1], &x[2], dm, 0.7, Some(&st)).0,
+                |x, dy| {
+                    let (o, l) = attn_fwd_packed(&x[0], &x[1], &x[2], dm, 0.7, Some(&starts));
+                    let (a, b, c) = attn_bwd_packed(&x[0], &x[1], &x[2], &o, &l, dy, dm, 0.7, Some(&starts));
+                    vec![a, b, c]
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn segments_are_checked() {
+        assert!(Segments::new(1, 4, vec![0, 0, 2, 2]).is_ok());
+        assert_eq!(Segments::new(1, 4, vec![0, 0, 2, 2]).unwrap().positions(), vec![0, 1, 0, 1]);
+        for bad in [vec![0, 0, 1, 1], vec![0, 2, 2, 2], vec![0, 0, 2, 0], vec![0, 0, 0]] {
+            assert!(Segments::new(1, 4, bad).is_err());
         }
     }
 }

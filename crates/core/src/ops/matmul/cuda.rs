@@ -15,6 +15,92 @@ use anyhow::{bail, Result};
 use cudarc::driver::PushKernelArg;
 
 pub(crate) const SRC: &str = include_str!("matmul.cu");
+pub(crate) const GEMV_SRC: &str = include_str!("gemv.cu");
+
+/// Input rows up to this many (a decode step's) take the GEMV kernels (gemv.cu), not cuBLASLt.
+pub const GEMV_MAX_ROWS: usize = 4;
+/// Output rows per GEMV block (GEMV_WARPS in gemv.cu).
+const GEMV_ROWS: usize = 8;
+
+/// The weights as GEMV operands, or None where the general path must run: more rows than a
+/// decode step's, or an input whose dtype is not the precision's operand type.
+fn gemv_weights(x: &Tensor, ws: &[&Tensor], n: usize) -> Result<Option<Vec<Tensor>>> {
+    let (op, dt) = precision();
+    if n == 0 || n > GEMV_MAX_ROWS || x.dtype() != dt {
+        return Ok(None);
+    }
+    ws.iter().map(|w| operand(w, op, true, "linear weight")).collect::<Result<Vec<_>>>().map(Some)
+}
+
+fn out_shape(x: &Tensor, m: usize) -> Vec<usize> {
+    let mut shape = x.shape().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = m;
+    }
+    shape
+}
+
+/// [x·w_jᵀ + b_j] for up to three weights in one launch (gemv3): x (n ≤ 4, k), weights already
+/// of x's dtype.
+fn gemv3(x: &Tensor, ws: &[Tensor], biases: &[Option<&Tensor>], n: usize, k: usize) -> Result<Vec<Tensor>> {
+    if ws.is_empty() || ws.len() > 3 || biases.len() != ws.len() {
+        bail!("gemv3: one to three weights, each with its bias slot; got {} and {}", ws.len(), biases.len());
+    }
+    let xb = x.cuda_buf()?;
+    let gpu = xb.gpu.clone();
+    let dt = xb.dtype;
+    let ms: Vec<usize> = ws.iter().map(|w| w.shape()[0]).collect();
+    let ys = ms.iter().map(|&m| DeviceBuf::alloc(&gpu, dt, n * m)).collect::<Result<Vec<_>>>()?;
+    // (weight, bias, output, rows) per slot as raw addresses; unused slots are null with 0 rows.
+    let mut slots = [(0u64, 0u64, 0u64, 0i32); 3];
+    for (j, w) in ws.iter().enumerate() {
+        let bias = match biases[j] {
+            Some(b) => cuda::f32_bufs([b], "linear bias")?[0].ptr(),
+            None => 0,
+        };
+        slots[j] = (w.cuda_buf()?.ptr(), bias, ys[j].ptr(), ms[j] as i32);
+    }
+    let name = cuda::kname("gemv3", &[dt], "linear")?;
+    let f = gpu.function("gemv", GEMV_SRC, &name)?;
+    let (n32, k32) = (n as i32, k as i32);
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&xb.data).arg(&n32).arg(&k32);
+        for s in &slots {
+            b.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
+        }
+        let rows: usize = ms.iter().sum();
+        let c = cudarc::driver::LaunchConfig {
+            grid_dim: (rows.div_ceil(GEMV_ROWS).max(1) as u32, 1, 1),
+            block_dim: (32 * GEMV_ROWS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        cuda::launched(unsafe { b.launch(c) }, &name)?;
+    }
+    ys.into_iter().zip(&ms).map(|(y, &m)| Tensor::from_device_buf(y, &out_shape(x, m))).collect()
+}
+
+/// silu(x·w_gᵀ)·(x·w_uᵀ) in one launch (gemv_swiglu), weights already of x's dtype.
+fn gemv_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -> Result<Tensor> {
+    let xb = x.cuda_buf()?;
+    let gpu = xb.gpu.clone();
+    let m = wg.shape()[0];
+    let y = DeviceBuf::alloc(&gpu, xb.dtype, n * m)?;
+    let name = cuda::kname("gemv_swiglu", &[xb.dtype], "linear_swiglu")?;
+    let f = gpu.function("gemv", GEMV_SRC, &name)?;
+    let (n32, k32, m32) = (n as i32, k as i32, m as i32);
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&xb.data).arg(&n32).arg(&k32).arg(&wg.cuda_buf()?.data).arg(&wu.cuda_buf()?.data).arg(&y.data).arg(&m32);
+        let c = cudarc::driver::LaunchConfig {
+            grid_dim: (m.div_ceil(GEMV_ROWS).max(1) as u32, 1, 1),
+            block_dim: (32 * GEMV_ROWS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        cuda::launched(unsafe { b.launch(c) }, &name)?;
+    }
+    Tensor::from_device_buf(y, &out_shape(x, m))
+}
 
 fn operand_type(d: DType) -> Result<Operand> {
     match d {
@@ -69,6 +155,9 @@ pub(crate) fn precision() -> (Operand, DType) {
 /// w is the row-major buffer read transposed. y is f32 or bf16 as the precision says.
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
     let [xb, _] = cuda::float_bufs([x, w], "linear")?;
+    if let Some(ws) = gemv_weights(x, &[w], n)? {
+        return gemv3(x, &ws, &[bias], n, k)?.pop().ok_or_else(|| anyhow::anyhow!("gemv3 returned nothing"));
+    }
     let gpu = xb.gpu.clone();
     let (op, ydt) = precision();
     let y = DeviceBuf::alloc(&gpu, ydt, n * m)?;
@@ -227,6 +316,22 @@ pub fn linear_backward_into(
 impl super::LinearKernels for crate::backend::Cuda {
     fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
         linear(x, w, bias, n, k, m)
+    }
+    fn linear_many(&self, x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)], n: usize, k: usize) -> Result<Vec<Tensor>> {
+        let plain: Vec<&Tensor> = ws.iter().map(|(w, _)| *w).collect();
+        match gemv_weights(x, &plain, n)? {
+            Some(wb) if ws.len() <= 3 => gemv3(x, &wb, &ws.iter().map(|(_, b)| *b).collect::<Vec<_>>(), n, k),
+            _ => ws.iter().map(|(w, b)| linear(x, w, *b, n, k, w.shape()[0])).collect(),
+        }
+    }
+    fn linear_swiglu(&self, x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -> Result<Tensor> {
+        match gemv_weights(x, &[wg, wu], n)? {
+            Some(wb) => gemv_swiglu(x, &wb[0], &wb[1], n, k),
+            None => {
+                let m = wg.shape()[0];
+                crate::ops::swiglu::swiglu(&linear(x, wg, None, n, k, m)?, &linear(x, wu, None, n, k, m)?)
+            }
+        }
     }
     fn linear_backward(
         &self,

@@ -54,6 +54,17 @@ pub trait LinearKernels {
     ) -> Result<Option<Tensor>> {
         accumulate_dw(self, x, w, dy, n, k, m, want_dx, dw)
     }
+    /// Several products of one input, [x·w_jᵀ + b_j] (q, k and v), every weight (m_j, k). A
+    /// backend that can do them in one launch (CUDA, for the few rows of a decode step)
+    /// overrides it; the default is one `linear` each.
+    fn linear_many(&self, x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)], n: usize, k: usize) -> Result<Vec<Tensor>> {
+        ws.iter().map(|(w, b)| self.linear(x, w, *b, n, k, w.shape()[0])).collect()
+    }
+    /// silu(x·w_gᵀ)·(x·w_uᵀ); the default is two `linear`s and `swiglu`.
+    fn linear_swiglu(&self, x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -> Result<Tensor> {
+        let m = wg.shape()[0];
+        crate::ops::swiglu::swiglu(&self.linear(x, wg, None, n, k, m)?, &self.linear(x, wu, None, n, k, m)?)
+    }
 }
 
 /// `linear_backward_acc` as a product then an add (`add_assign`).
@@ -121,6 +132,34 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         return crate::ops::qmatmul::linear(x, w, bias, n, k, m);
     }
     backend::on("linear", [x, w].into_iter().chain(bias))?.linear(x, w, bias, n, k, m)
+}
+
+/// Several products of one input (an attention block's q, k and v): `[linear(x, w_j, b_j)]`,
+/// the same numbers, in one launch on a GPU for the few rows of a decode step.
+pub fn linear_many(x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)]) -> Result<Vec<Tensor>> {
+    let mut n_k = None;
+    for (w, _) in ws {
+        n_k = Some(dims(x, w)?);
+    }
+    let Some((n, k, _)) = n_k else { return Ok(Vec::new()) };
+    if ws.iter().any(|(w, _)| w.dtype() == DType::Quant) {
+        return ws.iter().map(|(w, b)| linear(x, w, *b)).collect();
+    }
+    let all = std::iter::once(x).chain(ws.iter().flat_map(|(w, b)| std::iter::once(*w).chain(*b)));
+    backend::on("linear", all)?.linear_many(x, ws, n, k)
+}
+
+/// A feed-forward block's gate: `swiglu(linear(x, wg), linear(x, wu))`, in one launch on a GPU
+/// for the few rows of a decode step.
+pub fn linear_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor) -> Result<Tensor> {
+    let ((n, k, m), (_, _, mu)) = (dims(x, wg)?, dims(x, wu)?);
+    if m != mu {
+        bail!("linear_swiglu: gate {:?} and up {:?} differ in shape", wg.shape(), wu.shape());
+    }
+    if wg.dtype() == DType::Quant || wu.dtype() == DType::Quant {
+        return crate::ops::swiglu::swiglu(&linear(x, wg, None)?, &linear(x, wu, None)?);
+    }
+    backend::on("linear", [x, wg, wu])?.linear_swiglu(x, wg, wu, n, k)
 }
 
 /// Returns (dx, dw, db).

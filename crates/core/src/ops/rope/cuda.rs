@@ -4,6 +4,7 @@
 
 use super::{RopeLayout, RopeTable};
 use crate::cuda::{self, DeviceBuf};
+use crate::ops::Pos;
 use crate::{DType, Tensor};
 use anyhow::{anyhow, Result};
 use cudarc::driver::PushKernelArg;
@@ -47,12 +48,20 @@ fn device_table(gpu: &Arc<cuda::Gpu>, table: &RopeTable, need: usize) -> Result<
 
 /// x: (B, T, H, D) on the device at positions pos0..pos0+T, f32 or bf16 (the result keeps
 /// x's dtype); sign 1 = forward, −1 = backward.
-pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+pub fn rope(x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f32) -> Result<Tensor> {
     let what = if sign > 0.0 { "rope" } else { "rope_backward" };
     let [xb] = cuda::float_bufs([x], what)?;
     let gpu = &xb.gpu;
     let d = x.cols();
-    let tab = device_table(gpu, table, pos0 + t)?;
+    let tab = device_table(gpu, table, pos.bound(t)?)?;
+    let (pos0, dpos) = match pos {
+        Pos::Host(p) => (p, 0u64),
+        Pos::Device { at, .. } => {
+            let b = at.cuda_buf()?;
+            b.expect(DType::U32, "rope position")?;
+            (0, b.ptr())
+        }
+    };
     let y = DeviceBuf::alloc(gpu, xb.dtype, x.numel())?; // x rotated into it (every element written)
     let rows = x.rows() / h;
     let name = cuda::kname("rope", &[xb.dtype], what)?;
@@ -71,14 +80,92 @@ pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign
             .arg(&d32)
             .arg(&inter)
             .arg(&sign)
-            .arg(&p32);
+            .arg(&p32)
+            .arg(&dpos);
         cuda::launched(unsafe { b.launch(cuda::grid_for((rows * h * d / 2).div_ceil(4), 256)) }, &name)?;
     }
     Tensor::from_device_buf(y, x.shape())
 }
 
+/// `rope_into_cache` in one launch (rope_kv in rope.cu).
+#[allow(clippy::too_many_arguments)]
+fn rope_into_cache(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    table: &RopeTable,
+    kc: &mut Tensor,
+    vc: &mut Tensor,
+    pos: Pos,
+    t: usize,
+) -> Result<Tensor> {
+    let [qb, kb, vb] = cuda::float_bufs([q, k, v], "rope_into_cache")?;
+    let dt = cuda::same_dtype(&[qb, kb, vb], &["q", "k", "v"], "rope_into_cache")?;
+    let gpu = qb.gpu.clone();
+    let (qs, ks) = (q.shape().to_vec(), k.shape().to_vec());
+    let (nb, h, kvh, d, cap) = (qs[0], qs[2], ks[2], qs[3], kc.shape()[1]);
+    let tab = device_table(&gpu, table, pos.bound(t)?)?;
+    let (pos0, dpos) = match pos {
+        Pos::Host(p) => (p as i32, 0u64),
+        Pos::Device { at, .. } => {
+            let b = at.cuda_buf()?;
+            b.expect(DType::U32, "rope position")?;
+            (0, b.ptr())
+        }
+    };
+    let qo = DeviceBuf::alloc(&gpu, dt, q.numel())?;
+    let (kcp, vcp) = (kc.cuda_buf_mut()?, vc.cuda_buf_mut()?.ptr());
+    if kcp.dtype != dt {
+        anyhow::bail!("rope_into_cache: {dt:?} rows into a {:?} cache", kcp.dtype);
+    }
+    let kcp = kcp.ptr();
+    let name = cuda::kname("rope_kv", &[dt], "rope_into_cache")?;
+    let f = gpu.function("rope", SRC, &name)?;
+    let ints = [
+        nb as i32,
+        t as i32,
+        h as i32,
+        kvh as i32,
+        d as i32,
+        cap as i32,
+        (table.layout == RopeLayout::Interleaved) as i32,
+        pos0,
+    ];
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&qb.data)
+            .arg(&kb.data)
+            .arg(&vb.data)
+            .arg(&qo.data)
+            .arg(&kcp)
+            .arg(&vcp)
+            .arg(&tab.cos.data)
+            .arg(&tab.sin.data);
+        for x in &ints {
+            b.arg(x);
+        }
+        b.arg(&dpos);
+        let n = nb * t * (h * d / 2 + kvh * d / 2 + kvh * d);
+        cuda::launched(unsafe { b.launch(cuda::grid_for(n, 256)) }, &name)?;
+    }
+    Tensor::from_device_buf(qo, q.shape())
+}
+
 impl super::RopeKernels for crate::backend::Cuda {
-    fn rope(&self, x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor> {
-        rope(x, table, pos0, t, h, sign)
+    fn rope(&self, x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+        rope(x, table, pos, t, h, sign)
+    }
+    fn rope_into_cache(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        table: &RopeTable,
+        kc: &mut Tensor,
+        vc: &mut Tensor,
+        pos: Pos,
+        t: usize,
+    ) -> Result<Tensor> {
+        rope_into_cache(q, k, v, table, kc, vc, pos, t)
     }
 }

@@ -8,8 +8,9 @@
 
 pub mod freqs;
 
-use crate::backend::{backend, Cpu};
+use crate::backend::{self, backend, Cpu};
 use crate::float::Float;
+use crate::ops::Pos;
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -109,8 +110,8 @@ impl RopeTable {
     }
 }
 
-/// x: (b·t, h, d) rows of tokens; token r sits at position pos0 + r % t.
-/// `sign` = 1 rotates forward, −1 rotates back (the backward pass).
+/// x: (b·t, h, d) rows of tokens; token r sits at position pos0 + r % t (`cos`/`sin` start at
+/// pos0). `sign` = 1 rotates forward, −1 rotates back (the backward pass).
 pub fn rope_apply<F: Float>(
     x: &mut [F],
     t: usize,
@@ -121,9 +122,37 @@ pub fn rope_apply<F: Float>(
     layout: RopeLayout,
     sign: F,
 ) {
+    rope_apply_by(x, heads, d, cos, sin, layout, sign, |r| r % t)
+}
+
+/// `rope_apply` with token r at `positions[r]` (`cos`/`sin` start at position 0): packed rows,
+/// whose positions restart at each example.
+pub fn rope_apply_at<F: Float>(
+    x: &mut [F],
+    heads: usize,
+    d: usize,
+    cos: &[F],
+    sin: &[F],
+    layout: RopeLayout,
+    sign: F,
+    positions: &[u32],
+) {
+    rope_apply_by(x, heads, d, cos, sin, layout, sign, |r| positions[r] as usize)
+}
+
+fn rope_apply_by<F: Float>(
+    x: &mut [F],
+    heads: usize,
+    d: usize,
+    cos: &[F],
+    sin: &[F],
+    layout: RopeLayout,
+    sign: F,
+    pos: impl Fn(usize) -> usize + Sync,
+) {
     let half = d / 2;
     x.par_chunks_mut(heads * d).enumerate().for_each(|(r, row)| {
-        let tp = r % t;
+        let tp = pos(r);
         let (c, s) = (&cos[tp * half..(tp + 1) * half], &sin[tp * half..(tp + 1) * half]);
         for head in row.chunks_mut(d) {
             match layout {
@@ -164,11 +193,42 @@ fn check(x: &Tensor, table: &RopeTable) -> Result<(usize, usize)> {
 /// The RoPE kernel a backend provides: x (B, T, H, D) at positions pos0..pos0+T (`t` = T,
 /// `h` = H) rotated by `sign` times the table's angles (1 forward, −1 for the backward).
 pub trait RopeKernels {
-    fn rope(&self, x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor>;
+    fn rope(&self, x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f32) -> Result<Tensor>;
+    /// `rope_into_cache` for inputs it checked; the default is two `rope`s and two `kv_write`s.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_into_cache(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        table: &RopeTable,
+        kc: &mut Tensor,
+        vc: &mut Tensor,
+        pos: Pos,
+        t: usize,
+    ) -> Result<Tensor> {
+        let qr = self.rope(q, table, pos, t, q.shape()[2], 1.0)?;
+        let kr = self.rope(k, table, pos, t, k.shape()[2], 1.0)?;
+        crate::ops::attention::kv_write(kc, &kr, pos)?;
+        crate::ops::attention::kv_write(vc, v, pos)?;
+        Ok(qr)
+    }
+    /// Token r of x (B·T rows) at `positions[r]` (packed rows).
+    fn rope_positions(
+        &self,
+        _x: &Tensor,
+        _table: &RopeTable,
+        _positions: &[u32],
+        _h: usize,
+        _sign: f32,
+    ) -> Result<Tensor> {
+        bail!("RoPE at per-token positions (--packing) is implemented on the CPU only")
+    }
 }
 
 impl RopeKernels for Cpu {
-    fn rope(&self, x: &Tensor, table: &RopeTable, pos0: usize, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+    fn rope(&self, x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+        let pos0 = pos.value()?;
         let d = x.cols();
         let (c, s) = table.cos_sin_f32(pos0 + t);
         let rows = pos0 * d / 2..(pos0 + t) * d / 2;
@@ -176,17 +236,79 @@ impl RopeKernels for Cpu {
         rope_apply(&mut y, t, h, d, &c[rows.clone()], &s[rows], table.layout, sign);
         Tensor::from_f32(y, x.shape())
     }
+    fn rope_positions(&self, x: &Tensor, table: &RopeTable, positions: &[u32], h: usize, sign: f32) -> Result<Tensor> {
+        let d = x.cols();
+        let (c, s) = table.cos_sin_f32(positions.iter().max().map_or(0, |&p| p as usize + 1));
+        let mut y = x.as_f32()?.to_vec();
+        rope_apply_at(&mut y, h, d, &c, &s, table.layout, sign, positions);
+        Tensor::from_f32(y, x.shape())
+    }
 }
 
 /// x: (B, T, H, D) at positions pos0..pos0+T.
 pub fn rope(x: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
     let (t, h) = check(x, table)?;
-    backend(x.device()).rope(x, table, pos0, t, h, 1.0)
+    backend(x.device()).rope(x, table, Pos::Host(pos0), t, h, 1.0)
+}
+
+/// Inference with a KV cache: q (B, T, H, D) rotated and returned, k (B, T, KVH, D) rotated into
+/// the key cache and v written into the value cache (both (B, cap, KVH, D)) at `pos`: what
+/// `rope`, `rope` and two `attention::kv_write`s do, in one launch on a GPU.
+pub fn rope_into_cache(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    table: &RopeTable,
+    kc: &mut Tensor,
+    vc: &mut Tensor,
+    pos: Pos,
+) -> Result<Tensor> {
+    let (t, _) = check(q, table)?;
+    let (tk, _) = check(k, table)?;
+    let (qs, ks, cs) = (q.shape(), k.shape(), kc.shape());
+    if tk != t
+        || k.shape() != v.shape()
+        || kc.shape() != vc.shape()
+        || cs.len() != 4
+        || cs[0] != qs[0]
+        || cs[2..] != ks[2..]
+    {
+        bail!("rope_into_cache: q {qs:?}, k {ks:?}, v {:?} do not fit caches {cs:?} / {:?}", v.shape(), vc.shape());
+    }
+    if pos.bound(t)? > cs[1] {
+        bail!("rope_into_cache: positions up to {} do not fit a cache of {}", pos.bound(t)?, cs[1]);
+    }
+    backend::on("rope_into_cache", [q, k, v, &*kc, &*vc])?.rope_into_cache(q, k, v, table, kc, vc, pos, t)
+}
+
+/// `rope` at a decode position that may be held on the device (`Pos::Device`: what a captured
+/// decode step uses, so the graph does not depend on the position).
+pub fn rope_at(x: &Tensor, table: &RopeTable, pos: Pos) -> Result<Tensor> {
+    let (t, h) = check(x, table)?;
+    backend(x.device()).rope(x, table, pos, t, h, 1.0)
 }
 
 pub fn rope_backward(dy: &Tensor, table: &RopeTable, pos0: usize) -> Result<Tensor> {
     let (t, h) = check(dy, table)?;
-    backend(dy.device()).rope(dy, table, pos0, t, h, -1.0)
+    backend(dy.device()).rope(dy, table, Pos::Host(pos0), t, h, -1.0)
+}
+
+/// x: (B, T, H, D), token (b, i) at `positions[b·T + i]` (packed rows: positions restart per example).
+pub fn rope_positions(x: &Tensor, table: &RopeTable, positions: &[u32]) -> Result<Tensor> {
+    rope_positions_signed(x, table, positions, 1.0)
+}
+
+pub fn rope_positions_backward(dy: &Tensor, table: &RopeTable, positions: &[u32]) -> Result<Tensor> {
+    rope_positions_signed(dy, table, positions, -1.0)
+}
+
+fn rope_positions_signed(x: &Tensor, table: &RopeTable, positions: &[u32], sign: f32) -> Result<Tensor> {
+    let (_, h) = check(x, table)?;
+    let s = x.shape();
+    if positions.len() != s[0] * s[1] {
+        bail!("rope: {} positions for {} tokens", positions.len(), s[0] * s[1]);
+    }
+    backend(x.device()).rope_positions(x, table, positions, h, sign)
 }
 
 #[cfg(test)]
@@ -232,6 +354,29 @@ mod tests {
         rope_apply(&mut il, 1, 1, d, &c, &s, RopeLayout::Interleaved, 1.0);
         for (j, &p) in perm.iter().enumerate() {
             assert!((il[j] - hs[p]).abs() < 1e-12);
+        }
+    }
+
+    /// Per-token positions rotate each token as `rope_apply` does at that position (both layouts),
+    /// and the −1 rotation undoes it.
+    #[test]
+    fn per_token_positions_match_offsets() {
+        let (h, d) = (2, 8);
+        let positions = [0u32, 1, 2, 0, 1, 5];
+        for layout in [RopeLayout::HalfSplit, RopeLayout::Interleaved] {
+            let table = RopeTable::new(freqs::default_inv_freq(10000.0, d), 1.0, layout);
+            let (c, s) = table.cos_sin::<f64>(0, 6);
+            let x = rand_vec(positions.len() * h * d, 2);
+            let mut y = x.clone();
+            rope_apply_at(&mut y, h, d, &c, &s, layout, 1.0, &positions);
+            for (r, &p) in positions.iter().enumerate() {
+                let (c1, s1) = table.cos_sin::<f64>(p as usize, 1);
+                let mut one = x[r * h * d..(r + 1) * h * d].to_vec();
+                rope_apply(&mut one, 1, h, d, &c1, &s1, layout, 1.0);
+                assert_eq!(one, y[r * h * d..(r + 1) * h * d]);
+            }
+            rope_apply_at(&mut y, h, d, &c, &s, layout, -1.0, &positions);
+            assert!(y.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-12));
         }
     }
 }

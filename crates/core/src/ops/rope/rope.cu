@@ -1,6 +1,7 @@
 // Rotary embedding: rotate feature pairs of each head by position angles; sign = -1 rotates
 // back (the backward). x: (rows = B·T, H, D), f32 or bf16 (rotated in f32, stored in x's
-// dtype) into a new y; token r sits at position pos0 + r % t; cos/sin: (positions,
+// dtype) into a new y; token r sits at position pos0 + r % t (pos0 = *pos when pos is non-null:
+// a decode position kept on the device); cos/sin: (positions,
 // D/2), an f32 table kept on the device.
 
 // x → y (out of place: no copy of x first). Where x and y are 16-byte aligned and d is a multiple
@@ -15,8 +16,9 @@ __device__ __forceinline__ void rot(float a, float b, float c, float s, T* ya, T
 
 template <typename T>
 __device__ void rope(const T* x, T* y, const float* cosv, const float* sinv, long long rows, int t, int heads, int d,
-                     int interleaved, float sign, int pos0) {
+                     int interleaved, float sign, int pos0, const int* pos) {
     const int W = 16 / sizeof(T);
+    if (pos) pos0 = *pos;  // the decode position held on the device (a captured step)
     int half = d / 2;
     long long tid = blockIdx.x * (long long)blockDim.x + threadIdx.x, stride = (long long)gridDim.x * blockDim.x;
     if (aligned16(x) && aligned16(y) && d % (2 * W) == 0) {
@@ -68,10 +70,48 @@ __device__ void rope(const T* x, T* y, const float* cosv, const float* sinv, lon
     }
 }
 
+// Inference with a KV cache, in one launch: q (B·T, H, D) rotated into qo; k (B·T, KVH, D)
+// rotated straight into the key cache kc (B, cap, KVH, D) at rows pos0 + t_i, and v copied into
+// the value cache vc likewise. The pair arithmetic is `rope`'s (so are the results).
+template <typename T>
+__device__ void rope_kv(const T* q, const T* k, const T* v, T* qo, T* kc, T* vc, const float* cosv, const float* sinv,
+                        int nb, int t, int H, int KVH, int d, int cap, int interleaved, int pos0, const int* pos) {
+    if (pos) pos0 = *pos;
+    int half = d / 2;
+    long long nq = (long long)nb * t * H * half, nk = (long long)nb * t * KVH * half, nv = (long long)nb * t * KVH * d;
+    long long tid = blockIdx.x * (long long)blockDim.x + threadIdx.x, stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = tid; i < nq + nk + nv; i += stride) {
+        if (i < nq + nk) {
+            bool isq = i < nq;
+            long long j = isq ? i : i - nq;
+            int heads = isq ? H : KVH;
+            int p = (int)(j % half);
+            long long rh = j / half;  // (b·t + ti)·heads + head
+            long long r = rh / heads;
+            int tp = pos0 + (int)(r % t);
+            const T* xh = (isq ? q : k) + rh * d;
+            T* yh = isq ? qo + rh * d : kc + (((r / t) * cap + tp) * KVH + rh % KVH) * d;
+            int ia = interleaved ? 2 * p : p;
+            int ib = interleaved ? 2 * p + 1 : p + half;
+            rot<T>(to_f(xh[ia]), to_f(xh[ib]), cosv[tp * half + p], sinv[tp * half + p], &yh[ia], &yh[ib]);
+        } else {
+            long long j = i - nq - nk;
+            long long rh = j / d, r = rh / KVH;
+            vc[(((r / t) * cap + pos0 + (int)(r % t)) * KVH + rh % KVH) * d + j % d] = v[j];
+        }
+    }
+}
+
 #define ROPE(T, N) \
     extern "C" __global__ void rope_##N(const T* x, T* y, const float* cosv, const float* sinv, long long rows, int t, \
-                                        int heads, int d, int interleaved, float sign, int pos0) { \
-        rope<T>(x, y, cosv, sinv, rows, t, heads, d, interleaved, sign, pos0); \
+                                        int heads, int d, int interleaved, float sign, int pos0, \
+                                        const int* pos) { \
+        rope<T>(x, y, cosv, sinv, rows, t, heads, d, interleaved, sign, pos0, pos); \
+    } \
+    extern "C" __global__ void rope_kv_##N(const T* q, const T* k, const T* v, T* qo, T* kc, T* vc, const float* cosv, \
+                                           const float* sinv, int nb, int t, int H, int KVH, int d, int cap, \
+                                           int interleaved, int pos0, const int* pos) { \
+        rope_kv<T>(q, k, v, qo, kc, vc, cosv, sinv, nb, t, H, KVH, d, cap, interleaved, pos0, pos); \
     }
 ROPE(float, f32)
 ROPE(bf16_t, bf16)
