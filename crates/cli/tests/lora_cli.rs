@@ -149,3 +149,65 @@ fn train_an_adapter_then_use_merge_and_export_it() {
         &["not empty"],
     );
 }
+
+const CHATML: &str = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+fn first_loss(out: &Path) -> f64 {
+    let m = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(m.lines().next().unwrap()).unwrap();
+    v["loss"].as_f64().unwrap()
+}
+
+/// `smelt sft --lora-r` from a folder (step 0 is the base: B = 0, so the first loss is the full
+/// fine-tune's) and from a Q8_0 GGUF kept quantised (QLoRA): the same first loss up to the
+/// quantisation, an adapter that `--adapter` then runs on that GGUF.
+#[test]
+fn sft_trains_an_adapter_on_a_folder_and_on_a_quantised_gguf() {
+    let d = dir("sft");
+    let base = d.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    let tok = smelt_tokenizer::Tokenizer::byte_level();
+    let mut cfg = smelt_model::ModelConfig::llama(tok.vocab_size(), 32, 2, 4, 2, 64);
+    cfg.eos_token_ids = tok.eos_id().into_iter().collect();
+    smelt_model::Model::init(cfg, 2).unwrap().save(&base).unwrap();
+    tok.save_hf(&base).unwrap();
+    let tc = base.join("tokenizer_config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tc).unwrap()).unwrap();
+    v["chat_template"] = CHATML.into();
+    std::fs::write(&tc, v.to_string()).unwrap();
+    let lines = [
+        r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}"#,
+        r#"{"prompt": "1+1=", "completion": "2"}"#,
+        r#"{"text": "plain text is all in the loss"}"#,
+    ];
+    let data = d.join("train.jsonl");
+    std::fs::write(&data, lines.join("\n") + "\n").unwrap();
+    let run = |model: &Path, out: &str, lora: bool| {
+        let out = d.join(out);
+        let mut args = vec!["sft", "--model", s(model), "--data", s(&data), "--output", s(&out)];
+        args.extend(["--steps", "3", "--batch-size", "2", "--seq-len", "96", "--lr", "1e-2", "--device", "cpu"]);
+        if lora {
+            args.extend(["--lora-r", "4", "--lora-alpha", "8"]);
+        }
+        ok(&smelt(&args));
+        out
+    };
+    let full = run(&base, "full", false);
+    let lora = run(&base, "lora", true);
+    assert!(lora.join("final/adapter_model.safetensors").exists());
+    let (f, l) = (first_loss(&full), first_loss(&lora));
+    assert!((f - l).abs() / f < 1e-6, "step 0 of LoRA is the base: {l} vs {f}");
+
+    let q8 = d.join("base-q8.gguf");
+    ok(&smelt(&["export-gguf", "--model", s(&base), "--output", s(&q8), "--type", "q8_0", "--pre", "gpt-2"]));
+    let q = run(&q8, "qlora", true);
+    let ql = first_loss(&q);
+    assert!((ql - l).abs() / l < 1e-2, "QLoRA's first loss {ql} vs {l} on the f32 base");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(q.join("final/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["base_model_name_or_path"], s(&q8));
+    let text = d.join("eval.txt");
+    std::fs::write(&text, "plain text is all in the loss. ".repeat(4)).unwrap();
+    let (with, plain) = (nll(&q8, Some(&q.join("final")), &text), nll(&q8, None, &text));
+    assert!(with < plain, "the QLoRA adapter learned the text: {with} vs {plain} without it");
+}

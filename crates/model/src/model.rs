@@ -770,7 +770,8 @@ impl Model {
     ) -> Result<Var> {
         let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint, seg)?;
         let vocab = LOSS_VOCAB_CHUNK.clamp(1, self.cfg.vocab_size.max(1));
-        g.linear_cross_entropy(&h, &p[self.idx.head], targets, (LOSS_CHUNK_ELEMS / vocab).max(1), vocab)
+        let head = self.loss_head(g, p)?;
+        g.linear_cross_entropy(&h, &head, targets, (LOSS_CHUNK_ELEMS / vocab).max(1), vocab)
     }
 
     /// `loss` with the head and the loss computed `elems` logits at a time, in slices of
@@ -789,14 +790,19 @@ impl Model {
     ) -> Result<Var> {
         let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint, None)?;
         let vocab = vocab.clamp(1, self.cfg.vocab_size.max(1));
+        let head = self.loss_head(g, p)?;
+        g.linear_cross_entropy(&h, &head, targets, (elems / vocab).max(1), vocab)
+    }
+
+    /// The head the chunked loss multiplies by: the parameter, or for a frozen quantised head
+    /// (QLoRA on a GGUF base) a dequantised copy for this forward only (the loss slices rows
+    /// of plain matrices).
+    fn loss_head(&self, g: &mut Graph, p: &[Var]) -> Result<Var> {
         let head = &p[self.idx.head];
         if head.tensor().dtype() == smelt_core::DType::Quant && !head.requires_grad() {
-            // A frozen quantised head (QLoRA on a GGUF base): the chunked loss slices rows of
-            // plain matrices, so it gets a dequantised copy for this forward only.
-            let w = g.constant(Tensor::from_f32(head.tensor().to_vec_f32()?, head.shape())?);
-            return g.linear_cross_entropy(&h, &w, targets, (elems / vocab).max(1), vocab);
+            return Ok(g.constant(Tensor::from_f32(head.tensor().to_vec_f32()?, head.shape())?));
         }
-        g.linear_cross_entropy(&h, head, targets, (elems / vocab).max(1), vocab)
+        Ok(head.clone())
     }
 
     /// Inference: logits for `tokens` (B, T) continuing `cache`.

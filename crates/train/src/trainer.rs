@@ -618,7 +618,11 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
             let model = match (base_model, &cfg.init) {
                 (Some(model), _) => {
                     check_memory(&model.cfg, &cfg)?;
-                    if !adamw::all_finite_host(&model.params)? {
+                    // Quantised matrices (a QLoRA base) are blocks, not floats: the scan reads
+                    // the rest.
+                    let floats: Vec<Tensor> =
+                        model.params.iter().filter(|p| p.dtype() != smelt_core::DType::Quant).cloned().collect();
+                    if !adamw::all_finite_host(&floats)? {
                         bail!("the base model's weights hold NaN or infinite values");
                     }
                     model

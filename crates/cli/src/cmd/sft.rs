@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 #[derive(Args, Debug)]
 pub struct SftArgs {
     /// The model to fine-tune: a smelt or Hugging Face model folder, or a .gguf file (dequantised
-    /// to f32: a full fine-tune trains every weight).
+    /// to f32: a full fine-tune trains every weight; with --lora-r it stays quantised: QLoRA).
     #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
     model: Option<PathBuf>,
     /// Training examples, JSONL, one per line: {"text"}, {"messages": [{"role", "content"}, …]},
@@ -38,6 +38,8 @@ pub struct SftArgs {
     epochs: Option<u64>,
     #[command(flatten)]
     run: RunFlags,
+    #[command(flatten)]
+    lora: super::lora::LoraArgs,
 }
 
 /// The chat template beside a model: its tokenizer's (tokenizer_config.json, the GGUF's), or a
@@ -54,7 +56,7 @@ fn chat_template(model: &Path, tok: &smelt_tokenizer::Tokenizer) -> Result<Optio
 }
 
 pub fn run(a: SftArgs) -> Result<()> {
-    let mut cfg = TrainConfig { checkpoint_dir: a.output, ..TrainConfig::default() };
+    let mut cfg = TrainConfig { checkpoint_dir: a.output, lora: a.lora.config()?, ..TrainConfig::default() };
     let resume = a.run.apply(&mut cfg)?;
     let mut base = None;
     let sft = SftConfig {
@@ -72,7 +74,14 @@ pub fn run(a: SftArgs) -> Result<()> {
         let tok = smelt_tokenizer::Tokenizer::from_file(&model)?;
         let chat_template = chat_template(&model, &tok)?;
         if model.extension().is_some_and(|e| e == "gguf") {
-            base = Some((smelt_convert::load_model(&model)?.dequantized()?, tok));
+            // Under LoRA the frozen base stays quantised (QLoRA, on the CPU); a full fine-tune
+            // trains every weight, so it is dequantised.
+            let m = smelt_convert::load_model(&model)?;
+            let m = if cfg.lora.is_some() { m } else { m.dequantized()? };
+            base = Some((m, tok));
+            if cfg.lora.is_some() {
+                cfg.init = Some(model); // the adapter's base_model_name_or_path
+            }
         } else if model.is_dir() {
             cfg.init = Some(model);
         } else {
