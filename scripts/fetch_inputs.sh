@@ -64,10 +64,19 @@ if [ "${1:-}" = "--bench" ] && [ ! -f "$C/linux-doc/linux-doc.txt" ]; then
   fi
 fi
 # What the tests read: any of it missing → exit 1.
+# The Python peers the fine-tuning tests (sft, LoRA/PEFT) compare against, into the project's
+# venv (~3 GB from PyPI, once; PyPI's torch wheel brings its CUDA libraries even for CPU use):
+# torch, transformers, peft. SMELT_NO_PEERS=1 skips it (those tests then skip, and fail under
+# SMELT_REQUIRE_INPUTS=1).
+if [ "${SMELT_NO_PEERS:-0}" != "1" ]; then
+  scripts/venv.sh torch==2.15.0 transformers==5.24.0 peft==0.21.2 safetensors numpy >/dev/null \
+    || { warn "pip install torch/transformers/peft into .cache/venv failed (offline?); the fine-tuning peer tests will skip"; peers_missing=1; }
+fi
 missing=0
 for f in llama.cpp/models/ggml-vocab-llama-bpe.gguf llama.cpp/models/ggml-vocab-gpt-2.gguf.inp llama.cpp/models/templates \
          smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf smollm2/hf/model.safetensors smollm2/hf/tokenizer_config.json \
          qwen3/tokenizer.json qwen3/tokenizer_config.json; do
   [ -e "$C/$f" ] || { warn "$C/$f is missing"; missing=1; }
 done
+[ "${peers_missing:-0}" = 1 ] && missing=1
 exit $missing
