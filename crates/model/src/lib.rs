@@ -5,8 +5,10 @@ pub mod config;
 pub mod io;
 pub mod memory;
 pub mod model;
+pub mod paged;
 pub mod params;
 pub mod presets;
 
 pub use config::{Activation, Arch, ModelConfig, NormKind, RopeScaling};
 pub use model::{KvCache, Logits, Model};
+pub use paged::{KvPool, SeqStep};

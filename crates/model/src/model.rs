@@ -112,8 +112,18 @@ impl<'a> std::ops::Index<Role> for LayerVars<'a> {
     }
 }
 
+/// Where one layer's attention finds past keys and values.
+pub(crate) enum Kv<'a> {
+    /// None: the tokens are the whole sequence.
+    None,
+    /// A contiguous cache (B, capacity, KVH, D).
+    Cache(CacheSlot<'a>),
+    /// The paged pool, several sequences at their own positions (`paged.rs`).
+    Paged(crate::paged::PagedSlot<'a>),
+}
+
 /// KV cache slot for one layer during a cached forward.
-struct CacheSlot<'a> {
+pub(crate) struct CacheSlot<'a> {
     k: &'a mut Tensor,
     v: &'a mut Tensor,
     pos0: usize,
@@ -145,6 +155,58 @@ fn cache_write(cache: &mut Tensor, new: &Tensor, pos0: usize) -> Result<()> {
     Ok(())
 }
 
+/// x (N, K) · wᵀ + bias. With `seqs` (the batched forward: rows of sequences of these
+/// lengths, one after another), every row comes out as it does for its sequence alone: a
+/// sequence's prompt rows in a call of their own (as `smelt generate`'s prefill), the decode
+/// rows of all sequences together through `linear_rows_alone` (each as a one-row matvec).
+fn linear(g: &mut Graph, x: &Var, w: &Var, bias: Option<&Var>, seqs: Option<&[usize]>) -> Result<Var> {
+    use smelt_core::ops::matmul::{linear as lin, linear_rows_alone};
+    let Some(seqs) = seqs else { return g.linear(x, w, bias) };
+    let (xt, wt, bt) = (x.tensor(), w.tensor(), bias.map(|b| b.tensor()));
+    if seqs.len() == 1 {
+        return Ok(g.constant(if seqs[0] == 1 { linear_rows_alone(xt, wt, bt)? } else { lin(xt, wt, bt)? }));
+    }
+    if seqs.iter().all(|&t| t == 1) {
+        return Ok(g.constant(linear_rows_alone(xt, wt, bt)?));
+    }
+    let (n, k) = (xt.rows(), xt.cols());
+    let xs = xt.as_f32()?;
+    let mut parts = Vec::with_capacity(seqs.len());
+    let mut decode = Vec::new();
+    let mut at = 0;
+    for &t in seqs {
+        if t == 1 {
+            decode.extend_from_slice(&xs[at * k..(at + 1) * k]);
+        } else {
+            parts.push(lin(&xt.narrow_rows(at, t)?, wt, bt)?);
+        }
+        at += t;
+    }
+    let decoded = if decode.is_empty() {
+        None
+    } else {
+        let rows = decode.len() / k;
+        Some(linear_rows_alone(&Tensor::from_f32(decode, &[rows, k])?, wt, bt)?)
+    };
+    let m = parts.first().or(decoded.as_ref()).map_or(0, |y| y.cols());
+    let mut out = Vec::with_capacity(n * m);
+    let (mut pi, mut di) = (0, 0);
+    let dy = match &decoded {
+        Some(d) => d.as_f32()?,
+        None => &[],
+    };
+    for &t in seqs {
+        if t == 1 {
+            out.extend_from_slice(&dy[di * m..(di + 1) * m]);
+            di += 1;
+        } else {
+            out.extend_from_slice(parts[pi].as_f32()?);
+            pi += 1;
+        }
+    }
+    Ok(g.constant(Tensor::from_f32(out, &[n, m])?))
+}
+
 /// The config's norm of x with gain w.
 fn norm(g: &mut Graph, c: &ModelConfig, x: &Var, w: &Var) -> Result<Var> {
     match c.norm {
@@ -171,16 +233,22 @@ fn block(
     x: &Var,
     h: &Var,
     w: &LayerVars,
-    cache: Option<CacheSlot>,
+    cache: Kv,
 ) -> Result<(Var, Var)> {
     let (b, t) = bt;
     let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+    // The batched forward's matmuls keep each sequence's rows as they are alone.
+    let per_seq: Option<Vec<usize>> = match &cache {
+        Kv::Paged(s) => Some(s.seqs.iter().map(|&(_, t, _)| t).collect()),
+        _ => None,
+    };
+    let seqs = per_seq.as_deref();
     g.name(h, || format!("attn_norm-{l}"));
-    let q = g.linear(h, &w[Role::Wq], w.get(Role::Bq))?;
+    let q = linear(g, h, &w[Role::Wq], w.get(Role::Bq), seqs)?;
     g.name(&q, || format!("Qcur-{l}"));
-    let k = g.linear(h, &w[Role::Wk], w.get(Role::Bk))?;
+    let k = linear(g, h, &w[Role::Wk], w.get(Role::Bk), seqs)?;
     g.name(&k, || format!("Kcur-{l}"));
-    let v = g.linear(h, &w[Role::Wv], w.get(Role::Bv))?;
+    let v = linear(g, h, &w[Role::Wv], w.get(Role::Bv), seqs)?;
     g.name(&v, || format!("Vcur-{l}"));
     let mut q = g.reshape(&q, &[b, t, nh, hd])?;
     let mut k = g.reshape(&k, &[b, t, nkv, hd])?;
@@ -189,18 +257,30 @@ fn block(
         q = norm(g, c, &q, qn)?;
         k = norm(g, c, &k, kn)?;
     }
-    let pos0 = cache.as_ref().map_or(0, |s| s.pos0);
-    let q = g.rope(&q, rope, pos0)?;
-    g.name(&q, || format!("Qcur_rope-{l}"));
-    let k = g.rope(&k, rope, pos0)?;
-    g.name(&k, || format!("Kcur_rope-{l}"));
     let (window, scale) = (c.window(l), c.attention_scale());
+    let (q, k, cache) = match cache {
+        Kv::Paged(slot) => {
+            // Each sequence's rows at its own positions.
+            let q = g.constant(slot.rope(q.tensor(), rope)?);
+            let k = g.constant(slot.rope(k.tensor(), rope)?);
+            (q, k, Kv::Paged(slot))
+        }
+        other => {
+            let pos0 = match &other {
+                Kv::Cache(s) => s.pos0,
+                _ => 0,
+            };
+            (g.rope(&q, rope, pos0)?, g.rope(&k, rope, pos0)?, other)
+        }
+    };
+    g.name(&q, || format!("Qcur_rope-{l}"));
+    g.name(&k, || format!("Kcur_rope-{l}"));
     let attn = match cache {
-        None if g.is_recording() => g.attention(&q, &k, &v, t, window, scale)?,
+        Kv::None if g.is_recording() => g.attention(&q, &k, &v, t, window, scale)?,
         // Inference without a cache (perplexity, trace, bench's forward) takes the cached
         // path's attention, with this window's K/V as the cache: one inference arithmetic,
         // llama.cpp's on the CPU, so quantised GGUF models score what llama.cpp scores.
-        None => g.constant(smelt_core::ops::attention::attention_infer(
+        Kv::None => g.constant(smelt_core::ops::attention::attention_infer(
             q.tensor(),
             k.tensor(),
             v.tensor(),
@@ -208,32 +288,40 @@ fn block(
             window,
             scale,
         )?),
-        Some(slot) => {
+        Kv::Cache(slot) => {
             if g.is_recording() {
                 bail!("the KV cache is for inference only");
             }
+            let pos0 = slot.pos0;
             cache_write(slot.k, k.tensor(), pos0)?;
             cache_write(slot.v, v.tensor(), pos0)?;
             let o = smelt_core::ops::attention::attention_infer(q.tensor(), slot.k, slot.v, pos0 + t, window, scale)?;
             g.constant(o)
         }
+        Kv::Paged(mut slot) => {
+            if g.is_recording() {
+                bail!("the paged KV cache is for inference only");
+            }
+            let heads = smelt_core::ops::attention::Heads { h: nh, kvh: nkv, d: hd, window };
+            g.constant(slot.attend(q.tensor(), k.tensor(), v.tensor(), heads, scale)?)
+        }
     };
     let attn = g.reshape(&attn, &[b * t, nh * hd])?;
     g.name(&attn, || format!("kqv_out-{l}"));
-    let attn_out = g.linear(&attn, &w[Role::Wo], None)?;
+    let attn_out = linear(g, &attn, &w[Role::Wo], None, seqs)?;
     g.name(&attn_out, || format!("attn_out-{l}"));
     let (x, h) = add_norm(g, c, x, &attn_out, &w[Role::FfnNorm])?;
     g.name(&x, || format!("ffn_inp-{l}"));
     g.name(&h, || format!("ffn_norm-{l}"));
-    let gate = g.linear(&h, &w[Role::WGate], None)?;
+    let gate = linear(g, &h, &w[Role::WGate], None, seqs)?;
     g.name(&gate, || format!("ffn_gate-{l}"));
-    let up = g.linear(&h, &w[Role::WUp], None)?;
+    let up = linear(g, &h, &w[Role::WUp], None, seqs)?;
     g.name(&up, || format!("ffn_up-{l}"));
     let act = match c.act {
         Activation::Silu => g.swiglu(&gate, &up)?,
     };
     g.name(&act, || format!("ffn_swiglu-{l}"));
-    let ffn_out = g.linear(&act, &w[Role::WDown], None)?;
+    let ffn_out = linear(g, &act, &w[Role::WDown], None, seqs)?;
     g.name(&ffn_out, || format!("ffn_out-{l}"));
     let (x, h) = add_norm(g, c, &x, &ffn_out, w.next_norm)?;
     g.name(&x, || format!("l_out-{l}"));
@@ -424,7 +512,6 @@ impl Model {
         logits: Logits,
         checkpoint: bool,
     ) -> Result<Var> {
-        let c = &self.cfg;
         let (b, t) = match tokens.shape() {
             [b, t] => (*b, *t),
             s => bail!("forward: tokens must be (B, T), got {s:?}"),
@@ -439,32 +526,15 @@ impl Model {
                 );
             }
         }
-        let flat = tokens.reshape(&[b * t])?;
-        let x = g.embedding(&p[self.idx.embed], &flat)?;
-        g.name(&x, || "inp_embd".into());
-        let h0 = norm(g, c, &x, &p[self.idx.layers[0][Role::AttnNorm]])?;
-        let (mut x, mut h) = (x, h0);
         let pos0 = cache.as_deref().map_or(0, |kv| kv.len);
-        for l in 0..c.n_layers {
-            let (roles, inputs) = self.layer_inputs(l, p);
-            if checkpoint && g.is_recording() && cache.is_none() {
-                let (cfg, rope) = (Arc::new(c.clone()), self.rope.clone());
-                let f: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
-                    let w = LayerVars::new(&roles, &v[2..]);
-                    let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, None)?;
-                    Ok(vec![x, h])
-                });
-                let mut all = vec![x.clone(), h.clone()];
-                all.extend(inputs);
-                let mut out = g.checkpoint(&all, f)?;
-                h = out.pop().unwrap();
-                x = out.pop().unwrap();
-            } else {
-                let w = LayerVars::new(&roles, &inputs);
-                let slot = cache.as_deref_mut().map(|kv| CacheSlot { k: &mut kv.k[l], v: &mut kv.v[l], pos0 });
-                (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot)?;
+        let ckpt = checkpoint && g.is_recording() && cache.is_none();
+        let h = match cache.as_deref_mut() {
+            Some(kv) => {
+                let slots = kv.k.iter_mut().zip(kv.v.iter_mut()).map(|(k, v)| Kv::Cache(CacheSlot { k, v, pos0 }));
+                self.hidden_with(g, p, tokens, ckpt, slots)?
             }
-        }
+            None => self.hidden_with(g, p, tokens, ckpt, std::iter::repeat_with(|| Kv::None))?,
+        };
         if let Some(kv) = cache {
             kv.len += t;
         }
@@ -478,6 +548,50 @@ impl Model {
                 g.constant(smelt_core::ops::embedding::embedding(h.tensor(), &last)?)
             }
         })
+    }
+
+    /// embed → blocks, layer l's attention over `kv`'s l-th slot → the final normalised
+    /// hidden states (B·T, C). `checkpoint` (training, no cache) recomputes each block's
+    /// activations in the backward pass.
+    pub(crate) fn hidden_with<'s>(
+        &self,
+        g: &mut Graph,
+        p: &[Var],
+        tokens: &Tensor,
+        checkpoint: bool,
+        mut kv: impl Iterator<Item = Kv<'s>>,
+    ) -> Result<Var> {
+        let c = &self.cfg;
+        let (b, t) = match tokens.shape() {
+            [b, t] => (*b, *t),
+            s => bail!("forward: tokens must be (B, T), got {s:?}"),
+        };
+        let flat = tokens.reshape(&[b * t])?;
+        let x = g.embedding(&p[self.idx.embed], &flat)?;
+        g.name(&x, || "inp_embd".into());
+        let h0 = norm(g, c, &x, &p[self.idx.layers[0][Role::AttnNorm]])?;
+        let (mut x, mut h) = (x, h0);
+        for l in 0..c.n_layers {
+            let (roles, inputs) = self.layer_inputs(l, p);
+            let slot = kv.next().context("forward: a KV slot per layer")?;
+            if checkpoint {
+                let (cfg, rope) = (Arc::new(c.clone()), self.rope.clone());
+                let f: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
+                    let w = LayerVars::new(&roles, &v[2..]);
+                    let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, Kv::None)?;
+                    Ok(vec![x, h])
+                });
+                let mut all = vec![x.clone(), h.clone()];
+                all.extend(inputs);
+                let mut out = g.checkpoint(&all, f)?;
+                h = out.pop().unwrap();
+                x = out.pop().unwrap();
+            } else {
+                let w = LayerVars::new(&roles, &inputs);
+                (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot)?;
+            }
+        }
+        Ok(h)
     }
 
     /// Mean next-token loss of (B, T) inputs against (B, T) targets.
