@@ -47,6 +47,12 @@ impl KvPool {
         let mk = || (0..c.n_layers).map(|_| vec![0f32; blocks * block_size * row]).collect();
         Ok(KvPool { k: mk(), v: mk(), block_size, blocks, row })
     }
+    /// A pool of no blocks, on any device (for a caller that keeps its own contiguous caches
+    /// where the paged forward does not run yet).
+    pub fn new_empty(model: &Model, block_size: usize) -> Result<Self> {
+        let c = &model.cfg;
+        Ok(KvPool { k: Vec::new(), v: Vec::new(), block_size: block_size.max(1), blocks: 0, row: c.n_kv_heads * c.head_dim })
+    }
     pub fn block_size(&self) -> usize {
         self.block_size
     }
