@@ -185,9 +185,6 @@ impl<'t> Seq<'t> {
         let wants_host = self.job.logprobs.is_some() || self.job.presence_penalty != 0.0 || self.job.frequency_penalty != 0.0;
         let logits = if wants_host { self.penalised(&host(logits)?)? } else { logits.clone() };
         let next = self.sampler.sample(&logits)?;
-        if self.job.logprobs.is_some() {
-            self.pending_logprobs.push(logprob_of(&logits, next, self.job.logprobs.unwrap_or(0))?);
-        }
         let now = Instant::now();
         match self.last_token {
             None => stats.ttft.observe((now - self.job.queued).as_secs_f64()),
@@ -198,6 +195,10 @@ impl<'t> Seq<'t> {
             return Ok(self.end(Finish::Stop));
         }
         stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        // One entry per completion token (the EOS that ends generation is not one).
+        if let Some(k) = self.job.logprobs {
+            self.pending_logprobs.push(logprob_of(&logits, next, k)?);
+        }
         self.generated.push(next);
         self.tokens.push(next);
         let (text, hit) = self.stops.push(&self.decoder.push(next));
