@@ -11,4 +11,4 @@ pub mod presets;
 
 pub use config::{Activation, Arch, ModelConfig, NormKind, RopeScaling};
 pub use model::{KvCache, Logits, Model};
-pub use paged::{KvPool, SeqStep};
+pub use paged::{KvPool, KvType, SeqStep};

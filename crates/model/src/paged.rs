@@ -10,28 +10,101 @@
 //! the contiguous [`crate::KvCache`] path gives it alone, where the matmul kernels are
 //! row-independent (tests/paged.rs checks it).
 //!
+//! Keys and values are stored as f32 (read in place through the block table) or, to hold more
+//! positions in the same memory, as f16, bf16 or q8_0 (llama.cpp's `--cache-type-k/v`): those
+//! rows are rounded when written and widened to f32 for each step's attention.
+//!
 //! CPU only for now: on another device `logits_paged` is an error that says so.
 
 use crate::model::{Kv, Model};
 use anyhow::{bail, Result};
 use smelt_core::ops::attention::{attn_ggml_seqs, Heads, SeqAttn};
+use smelt_core::quant::{dequantize_row, quantize_row, GgmlType};
 use smelt_core::{Graph, Tensor};
+
+/// How the pool stores keys and values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvType {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+}
+
+impl KvType {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "f32" => KvType::F32,
+            "f16" => KvType::F16,
+            "bf16" => KvType::BF16,
+            "q8_0" => KvType::Q8_0,
+            _ => bail!("KV cache type `{s}`: expected f32, f16, bf16 or q8_0"),
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::BF16 => "bf16",
+            KvType::Q8_0 => "q8_0",
+        }
+    }
+    fn ggml(self) -> GgmlType {
+        match self {
+            KvType::F32 => GgmlType::F32,
+            KvType::F16 => GgmlType::F16,
+            KvType::BF16 => GgmlType::BF16,
+            KvType::Q8_0 => GgmlType::Q8_0,
+        }
+    }
+}
+
+/// One layer's keys or values: f32 rows, or rows of another type's bytes.
+pub(crate) enum Store {
+    F32(Vec<f32>),
+    Packed { ty: GgmlType, bytes: Vec<u8>, row_bytes: usize },
+}
+
+impl Store {
+    fn new(kind: KvType, positions: usize, row: usize) -> Result<Self> {
+        if kind == KvType::F32 {
+            return Ok(Store::F32(vec![0f32; positions * row]));
+        }
+        let ty = kind.ggml();
+        let row_bytes = ty.row_bytes(row).map_err(|e| {
+            anyhow::anyhow!("--kv-cache-type {}: a row of {row} values (KV heads × head dim) does not fit: {e}", kind.name())
+        })?;
+        Ok(Store::Packed { ty, bytes: vec![0u8; positions * row_bytes], row_bytes })
+    }
+    fn bytes(&self) -> usize {
+        match self {
+            Store::F32(v) => v.len() * 4,
+            Store::Packed { bytes, .. } => bytes.len(),
+        }
+    }
+}
 
 /// Keys and values of every layer in `blocks` blocks of `block_size` positions, f32 on the
 /// CPU: layer l's K is (blocks · block_size, KVH, D), and position p of a sequence lives in
 /// row `table[p / block_size] · block_size + p % block_size`.
 pub struct KvPool {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Store>,
+    v: Vec<Store>,
     block_size: usize,
     blocks: usize,
-    /// KVH · D: floats per position per layer.
+    /// KVH · D: values per position per layer.
     row: usize,
+    kind: KvType,
 }
 
 impl KvPool {
-    /// A pool of at least `positions` positions for `model`, in blocks of `block_size`.
+    /// A pool of at least `positions` positions for `model`, in blocks of `block_size`, f32.
     pub fn new(model: &Model, positions: usize, block_size: usize) -> Result<Self> {
+        Self::with_type(model, positions, block_size, KvType::F32)
+    }
+
+    /// [`KvPool::new`] storing keys and values as `kind`.
+    pub fn with_type(model: &Model, positions: usize, block_size: usize, kind: KvType) -> Result<Self> {
         if block_size == 0 {
             bail!("KV pool: the block size must be at least 1");
         }
@@ -44,14 +117,15 @@ impl KvPool {
         let c = &model.cfg;
         let blocks = positions.div_ceil(block_size);
         let row = c.n_kv_heads * c.head_dim;
-        let mk = || (0..c.n_layers).map(|_| vec![0f32; blocks * block_size * row]).collect();
-        Ok(KvPool { k: mk(), v: mk(), block_size, blocks, row })
+        let mk = || (0..c.n_layers).map(|_| Store::new(kind, blocks * block_size, row)).collect::<Result<Vec<_>>>();
+        Ok(KvPool { k: mk()?, v: mk()?, block_size, blocks, row, kind })
     }
     /// A pool of no blocks, on any device (for a caller that keeps its own contiguous caches
     /// where the paged forward does not run yet).
     pub fn new_empty(model: &Model, block_size: usize) -> Result<Self> {
         let c = &model.cfg;
-        Ok(KvPool { k: Vec::new(), v: Vec::new(), block_size: block_size.max(1), blocks: 0, row: c.n_kv_heads * c.head_dim })
+        let row = c.n_kv_heads * c.head_dim;
+        Ok(KvPool { k: Vec::new(), v: Vec::new(), block_size: block_size.max(1), blocks: 0, row, kind: KvType::F32 })
     }
     pub fn block_size(&self) -> usize {
         self.block_size
@@ -60,9 +134,12 @@ impl KvPool {
         self.blocks
     }
     pub fn bytes(&self) -> usize {
-        2 * self.k.len() * self.blocks * self.block_size * self.row * 4
+        self.k.iter().chain(&self.v).map(Store::bytes).sum()
     }
-    /// Float offsets of positions 0..n of a sequence with block table `table`.
+    pub fn kind(&self) -> KvType {
+        self.kind
+    }
+    /// Row offsets (in values) of positions 0..n of a sequence with block table `table`.
     fn rows(&self, table: &[u32], n: usize) -> Result<Vec<usize>> {
         if n > table.len() * self.block_size {
             bail!("KV pool: {n} positions need {} blocks, the table has {}", n.div_ceil(self.block_size), table.len());
@@ -87,8 +164,8 @@ pub struct SeqStep<'a> {
 
 /// One layer's view of the pool during a batched forward.
 pub(crate) struct PagedSlot<'a> {
-    pub k: &'a mut [f32],
-    pub v: &'a mut [f32],
+    pub k: &'a mut Store,
+    pub v: &'a mut Store,
     /// Per sequence: (pos0, new tokens, offsets of positions 0..pos0 + new).
     pub seqs: &'a [(usize, usize, Vec<usize>)],
 }
@@ -117,25 +194,77 @@ impl PagedSlot<'_> {
         for (pos0, t, rows) in self.seqs {
             for i in 0..*t {
                 let dst = rows[pos0 + i];
-                self.k[dst..dst + row].copy_from_slice(&kn[(at + i) * row..][..row]);
-                self.v[dst..dst + row].copy_from_slice(&vn[(at + i) * row..][..row]);
+                write_row(self.k, dst, row, &kn[(at + i) * row..][..row]);
+                write_row(self.v, dst, row, &vn[(at + i) * row..][..row]);
             }
             at += t;
         }
         let qd = q.as_f32()?;
         let qrow = heads.h * heads.d;
+        // Packed rows are widened into one f32 scratch per call, each sequence's positions in
+        // order; f32 rows are read where they are.
+        let (gathered, contiguous): (Option<(Vec<f32>, Vec<f32>)>, Vec<Vec<usize>>) = match (&*self.k, &*self.v) {
+            (Store::F32(_), Store::F32(_)) => (None, Vec::new()),
+            (ks, vs) => {
+                let total: usize = self.seqs.iter().map(|(p, t, _)| p + t).sum();
+                let (mut kf, mut vf) = (vec![0f32; total * row], vec![0f32; total * row]);
+                let mut offs = Vec::with_capacity(self.seqs.len());
+                let mut n = 0;
+                for (pos0, t, rows) in self.seqs {
+                    let mut o = Vec::with_capacity(pos0 + t);
+                    for &r in &rows[..pos0 + t] {
+                        read_row(ks, r, row, &mut kf[n * row..(n + 1) * row]);
+                        read_row(vs, r, row, &mut vf[n * row..(n + 1) * row]);
+                        o.push(n * row);
+                        n += 1;
+                    }
+                    offs.push(o);
+                }
+                (Some((kf, vf)), offs)
+            }
+        };
         let mut at = 0;
         let seqs: Vec<SeqAttn> = self
             .seqs
             .iter()
-            .map(|(pos0, t, rows)| {
-                let s = SeqAttn { q: &qd[at * qrow..(at + t) * qrow], tq: *t, rows: &rows[..pos0 + t] };
+            .enumerate()
+            .map(|(si, (pos0, t, rows))| {
+                let rows = if gathered.is_some() { &contiguous[si][..] } else { &rows[..pos0 + t] };
+                let s = SeqAttn { q: &qd[at * qrow..(at + t) * qrow], tq: *t, rows };
                 at += t;
                 s
             })
             .collect();
-        let out = attn_ggml_seqs(&seqs, self.k, self.v, heads, scale).concat();
-        Tensor::from_f32(out, q.shape())
+        let out = match (&gathered, &*self.k, &*self.v) {
+            (Some((kf, vf)), ..) => attn_ggml_seqs(&seqs, kf, vf, heads, scale),
+            (None, Store::F32(k), Store::F32(v)) => attn_ggml_seqs(&seqs, k, v, heads, scale),
+            _ => bail!("KV pool: keys and values stored differently"),
+        };
+        Tensor::from_f32(out.concat(), q.shape())
+    }
+}
+
+/// Writes one position's row (`row` values, starting at value offset `at`) into `store`.
+fn write_row(store: &mut Store, at: usize, row: usize, x: &[f32]) {
+    match store {
+        Store::F32(v) => v[at..at + row].copy_from_slice(x),
+        Store::Packed { ty, bytes, row_bytes } => {
+            let mut b = Vec::with_capacity(*row_bytes);
+            quantize_row(*ty, x, &mut b);
+            let r = at / row;
+            bytes[r * *row_bytes..(r + 1) * *row_bytes].copy_from_slice(&b);
+        }
+    }
+}
+
+/// Reads one position's row (value offset `at`) from `store` as f32.
+fn read_row(store: &Store, at: usize, row: usize, out: &mut [f32]) {
+    match store {
+        Store::F32(v) => out.copy_from_slice(&v[at..at + row]),
+        Store::Packed { ty, bytes, row_bytes } => {
+            let r = at / row;
+            dequantize_row(*ty, &bytes[r * *row_bytes..(r + 1) * *row_bytes], out)
+        }
     }
 }
 

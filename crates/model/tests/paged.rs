@@ -78,3 +78,35 @@ fn a_short_block_table_is_an_error() {
     let e = m.logits_paged(&[SeqStep { tokens: &[1], pos0: 0, table: &[9] }], &mut pool).unwrap_err();
     assert!(format!("{e:#}").contains("outside the pool"), "{e:#}");
 }
+
+#[test]
+fn packed_kv_types_stay_close_to_f32_in_less_memory() {
+    use smelt_model::KvType;
+    let m = model();
+    let prompt: Vec<u32> = (0..40).map(|i| (i * 13 % 64) as u32).collect();
+    let table: Vec<u32> = vec![3, 0, 2, 1];
+    let run = |kind: KvType| {
+        let mut pool = KvPool::with_type(&m, 64, 16, kind).unwrap();
+        let mut out = m.logits_paged(&[SeqStep { tokens: &prompt, pos0: 0, table: &table }], &mut pool).unwrap().to_vec_f32().unwrap();
+        for (i, id) in [5u32, 9, 60].into_iter().enumerate() {
+            let l = m.logits_paged(&[SeqStep { tokens: &[id], pos0: 40 + i, table: &table }], &mut pool).unwrap();
+            out.extend(l.to_vec_f32().unwrap());
+        }
+        (out, pool.bytes())
+    };
+    let (want, f32_bytes) = run(KvType::F32);
+    for (kind, tol, shrink) in [(KvType::F16, 2e-3, 2.0), (KvType::BF16, 2e-2, 2.0), (KvType::Q8_0, 3e-2, 3.7)] {
+        let (got, bytes) = run(kind);
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let scale = want.iter().map(|x| x.abs()).fold(0f32, f32::max);
+        assert!(err <= tol * scale, "{kind:?}: max |Δlogit| {err} vs scale {scale}");
+        assert!(err > 0.0, "{kind:?}: no rounding at all?");
+        assert!(f32_bytes as f64 / bytes as f64 >= shrink, "{kind:?}: {bytes} bytes vs {f32_bytes}");
+    }
+    // A row that is not whole q8_0 blocks is refused by name.
+    let mut c = ModelConfig::llama(64, 48, 1, 4, 2, 96);
+    c.tie_embeddings = false;
+    let odd = Model::init(c, 1).unwrap();
+    let e = KvPool::with_type(&odd, 32, 16, KvType::Q8_0).err().unwrap();
+    assert!(format!("{e:#}").contains("kv-cache-type q8_0"), "{e:#}");
+}

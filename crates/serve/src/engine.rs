@@ -17,7 +17,7 @@ use crate::blocks::{Blocks, BLOCK_SIZE};
 use crate::metrics::Stats;
 use smelt_core::Tensor;
 use smelt_infer::{Sampler, SamplingConfig};
-use smelt_model::{KvCache, KvPool, Logits, Model, SeqStep};
+use smelt_model::{KvCache, KvPool, KvType, Logits, Model, SeqStep};
 use smelt_tokenizer::{StreamDecoder, Tokenizer};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -99,8 +99,21 @@ pub enum Event {
 pub struct EngineConfig {
     /// Sequences in the running batch at most (`--parallel`).
     pub parallel: usize,
-    /// Positions in the KV pool (`--ctx-size`).
-    pub pool_tokens: usize,
+    /// The KV pool (`--ctx-size` positions of `--kv-cache-type`), made before the server
+    /// says it is ready so that a pool that cannot be made stops it at start; off the CPU an
+    /// empty one (each sequence keeps its own contiguous cache there).
+    pub pool: std::sync::Mutex<KvPool>,
+}
+
+impl EngineConfig {
+    pub fn new(model: &Model, parallel: usize, pool_tokens: usize, kv_type: KvType) -> anyhow::Result<Self> {
+        let pool = if model.device().is_cpu() {
+            KvPool::with_type(model, pool_tokens, BLOCK_SIZE, kv_type)?
+        } else {
+            KvPool::new_empty(model, BLOCK_SIZE)?
+        };
+        Ok(EngineConfig { parallel, pool: std::sync::Mutex::new(pool) })
+    }
 }
 
 /// One sequence in the engine, waiting or running.
@@ -287,20 +300,8 @@ fn logprob_of(logits: &Tensor, id: u32, k: usize) -> anyhow::Result<TokenLogprob
 pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>, stats: &Stats, cfg: &EngineConfig) {
     let paged = model.device().is_cpu();
     let parallel = if paged { cfg.parallel.max(1) } else { 1 };
-    // Off the CPU: a pool of nothing (every block check passes with an empty table).
-    let pool = if paged { KvPool::new(model, cfg.pool_tokens, BLOCK_SIZE) } else { KvPool::new_empty(model, BLOCK_SIZE) };
-    let mut pool = match pool {
-        Ok(p) => p,
-        Err(e) => {
-            // Nothing can run: fail every job that comes.
-            while let Ok(job) = jobs.recv() {
-                stats.waiting.fetch_sub(1, Ordering::Relaxed);
-                stats.finished.fetch_add(1, Ordering::Relaxed);
-                let _ = job.events.send((job.index, Event::Failed(format!("{e:#}"))));
-            }
-            return;
-        }
-    };
+    let mut pool = cfg.pool.lock().unwrap_or_else(|e| e.into_inner());
+    let pool = &mut *pool;
     let mut blocks = Blocks::new(pool.blocks(), BLOCK_SIZE);
     stats.kv_blocks_total.store(blocks.total() as u64, Ordering::Relaxed);
     let mut waiting: VecDeque<Seq> = VecDeque::new();
@@ -432,7 +433,7 @@ pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>
                 .iter()
                 .map(|s| SeqStep { tokens: &s.tokens[s.computed..], pos0: s.computed, table: &s.table })
                 .collect();
-            model.logits_paged(&steps, &mut pool)
+            model.logits_paged(&steps, pool)
         }));
         let logits = match step {
             Ok(Ok(l)) => l,

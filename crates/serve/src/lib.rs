@@ -30,6 +30,8 @@ pub struct Options {
     pub ctx_size: Option<usize>,
     /// Requests in the running batch at most.
     pub parallel: usize,
+    /// How the KV pool stores keys and values.
+    pub kv_type: smelt_model::KvType,
     /// The model's name in requests and `/v1/models`.
     pub model_id: String,
     /// `--model` as given; requests may name the model by it too.
@@ -82,6 +84,14 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
     let loaded = load()?;
     let pool_tokens = opts.ctx_size.unwrap_or(loaded.model.cfg.max_pos);
     let ctx = pool_tokens.min(loaded.model.cfg.max_pos);
+    let device = loaded.model.device();
+    if !device.is_cpu() && opts.kv_type != smelt_model::KvType::F32 {
+        anyhow::bail!(
+            "--kv-cache-type {}: the KV cache types apply to the CPU's paged pool; on {device} the cache holds the activation dtype",
+            opts.kv_type.name()
+        );
+    }
+    let cfg = engine::EngineConfig::new(&loaded.model, opts.parallel, pool_tokens, opts.kv_type)?;
     let side = http::TextSide {
         tok: loaded.tokenizer.clone(),
         template: loaded.template,
@@ -90,10 +100,10 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
     };
     let _ = shared.text.set(Arc::new(side));
     drop(shared);
-    let device = loaded.model.device();
     if device.is_cpu() {
         eprintln!(
-            "smelt serve: ready on http://{addr} (KV pool {pool_tokens} tokens in blocks of {}, up to {} requests batched, {ctx} tokens per request)",
+            "smelt serve: ready on http://{addr} (KV pool {pool_tokens} tokens of {} in blocks of {}, up to {} requests batched, {ctx} tokens per request)",
+            opts.kv_type.name(),
             blocks::BLOCK_SIZE,
             opts.parallel
         );
@@ -102,7 +112,6 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
             "smelt serve: ready on http://{addr} on {device}: ONE REQUEST AT A TIME (continuous batching and the paged KV cache are CPU-only for now; --parallel and prefix caching do not apply here), context {ctx} tokens"
         );
     }
-    let cfg = engine::EngineConfig { parallel: opts.parallel, pool_tokens };
     engine::run(&loaded.model, &loaded.tokenizer, &loaded.stop_ids, queue, &stats, &cfg);
     match server.join() {
         Ok(r) => r,

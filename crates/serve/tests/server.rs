@@ -59,6 +59,7 @@ fn options(pool: usize, parallel: usize) -> Options {
         body_limit: 1 << 16,
         max_queue: 8,
         parallel,
+        kv_type: smelt_model::KvType::F32,
     }
 }
 
@@ -82,6 +83,7 @@ fn server() -> SocketAddr {
             body_limit: 1 << 16,
             max_queue: 8,
             parallel: 4,
+            kv_type: smelt_model::KvType::F32,
         };
         std::thread::spawn(move || {
             smelt_serve::run(listener, opts, || {
@@ -305,6 +307,7 @@ fn health_is_503_while_the_model_loads_and_requests_wait_for_it() {
         body_limit: 1 << 16,
         max_queue: 8,
         parallel: 4,
+        kv_type: smelt_model::KvType::F32,
     };
     let (loaded, gate) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
@@ -408,6 +411,7 @@ fn a_client_that_leaves_mid_stream_ends_its_generation() {
         body_limit: 1 << 16,
         max_queue: 8,
         parallel: 4,
+        kv_type: smelt_model::KvType::F32,
     };
     std::thread::spawn(move || {
         smelt_serve::run(listener, opts, || {
@@ -595,4 +599,23 @@ fn n_choices_logprobs_and_penalties() {
 fn a_full_queue_is_a_429() {
     let r = post("/v1/completions", &json!({"model": "tiny", "prompt": "x", "max_tokens": 1, "n": 9}));
     error(&r, 429);
+}
+
+#[test]
+fn a_packed_kv_cache_serves_and_one_that_cannot_hold_the_rows_stops_the_start() {
+    for kind in [smelt_model::KvType::F16, smelt_model::KvType::BF16] {
+        let addr = start(Options { kv_type: kind, ..options(512, 4) });
+        let v = post_to(addr, "/v1/completions", &json!({"model": "tiny", "prompt": "packed", "max_tokens": 5, "temperature": 0}));
+        assert_eq!(v["usage"]["prompt_tokens"], Tokenizer::byte_level().encode("packed").len());
+        assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 1, "{v}");
+        assert_eq!(metric(addr, "smelt_kv_blocks_used"), 0);
+    }
+    // q8_0 needs rows of whole 32-value blocks; this model's are 16 values: an error at start.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let opts = Options { kv_type: smelt_model::KvType::Q8_0, ..options(512, 4) };
+    let e = smelt_serve::run(listener, opts, || {
+        Ok(Loaded { model: model(), tokenizer: Tokenizer::byte_level(), template: Err("none".into()), stop_ids: vec![] })
+    })
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("kv-cache-type q8_0"), "{e:#}");
 }

@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// over all of them; CPU only for now, one at a time on CUDA).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     parallel: u64,
+    /// How the KV pool stores keys and values: f32 (exact: greedy output equals `smelt
+    /// generate`), or f16, bf16, q8_0 to hold 2× / 2× / 3.8× the positions in the same memory
+    /// (rounded when written; llama.cpp's default is f16). CPU only.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16", "q8_0"])]
+    kv_cache_type: String,
     /// Requests (choices) that may wait for a place in the batch; more get a 429.
     #[arg(long, default_value_t = 64)]
     queue_size: usize,
@@ -57,6 +62,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         body_limit: a.max_body,
         max_queue: a.queue_size,
         parallel: a.parallel as usize,
+        kv_type: smelt_model::KvType::parse(&a.kv_cache_type)?,
     };
     let path = a.model;
     let ctx_size = opts.ctx_size;
