@@ -99,7 +99,15 @@ fma_dispatch! {
 
 /// acc[e·d..][..d] += v_j · p_j for j < rows, e = j % lanes, row j at v[off(j)..][..d].
 #[inline(always)]
-fn columns_acc(acc: &mut Vec<f32>, lanes: usize, d: usize, v: &[f32], off: impl Fn(usize) -> usize, rows: usize, p: &[f32]) {
+fn columns_acc(
+    acc: &mut Vec<f32>,
+    lanes: usize,
+    d: usize,
+    v: &[f32],
+    off: impl Fn(usize) -> usize,
+    rows: usize,
+    p: &[f32],
+) {
     acc.clear();
     acc.resize(lanes * d, 0.0);
     for j in 0..rows {

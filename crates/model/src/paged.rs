@@ -72,7 +72,10 @@ impl Store {
         }
         let ty = kind.ggml();
         let row_bytes = ty.row_bytes(row).map_err(|e| {
-            anyhow::anyhow!("--kv-cache-type {}: a row of {row} values (KV heads × head dim) does not fit: {e}", kind.name())
+            anyhow::anyhow!(
+                "--kv-cache-type {}: a row of {row} values (KV heads × head dim) does not fit: {e}",
+                kind.name()
+            )
         })?;
         Ok(Store::Packed { ty, bytes: vec![0u8; positions * row_bytes], row_bytes })
     }
@@ -109,10 +112,7 @@ impl KvPool {
             bail!("KV pool: the block size must be at least 1");
         }
         if !model.device().is_cpu() {
-            bail!(
-                "the paged KV cache (batched serving) is CPU-only for now; the model is on {}",
-                model.device()
-            );
+            bail!("the paged KV cache (batched serving) is CPU-only for now; the model is on {}", model.device());
         }
         let c = &model.cfg;
         let blocks = positions.div_ceil(block_size);
@@ -203,7 +203,7 @@ impl PagedSlot<'_> {
         let qrow = heads.h * heads.d;
         // Packed rows are widened into one f32 scratch per call, each sequence's positions in
         // order; f32 rows are read where they are.
-        let (gathered, contiguous): (Option<(Vec<f32>, Vec<f32>)>, Vec<Vec<usize>>) = match (&*self.k, &*self.v) {
+        let (gathered, contiguous): (Option<Widened>, Vec<Vec<usize>>) = match (&*self.k, &*self.v) {
             (Store::F32(_), Store::F32(_)) => (None, Vec::new()),
             (ks, vs) => {
                 let total: usize = self.seqs.iter().map(|(p, t, _)| p + t).sum();
@@ -243,6 +243,9 @@ impl PagedSlot<'_> {
         Tensor::from_f32(out.concat(), q.shape())
     }
 }
+
+/// Packed keys and values widened to f32 for one step (K, V).
+type Widened = (Vec<f32>, Vec<f32>);
 
 /// Writes one position's row (`row` values, starting at value offset `at`) into `store`.
 fn write_row(store: &mut Store, at: usize, row: usize, x: &[f32]) {

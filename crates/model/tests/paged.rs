@@ -19,7 +19,9 @@ fn alone(m: &Model, prompt: &[u32], decode: &[u32]) -> Vec<Vec<u32>> {
             .unwrap(),
     )];
     for &id in decode {
-        out.push(bits(m.logits(&Tensor::from_u32(vec![id], &[1, 1]).unwrap(), Some(&mut cache), Logits::Last).unwrap()));
+        out.push(bits(
+            m.logits(&Tensor::from_u32(vec![id], &[1, 1]).unwrap(), Some(&mut cache), Logits::Last).unwrap(),
+        ));
     }
     out
 }
@@ -87,7 +89,11 @@ fn packed_kv_types_stay_close_to_f32_in_less_memory() {
     let table: Vec<u32> = vec![3, 0, 2, 1];
     let run = |kind: KvType| {
         let mut pool = KvPool::with_type(&m, 64, 16, kind).unwrap();
-        let mut out = m.logits_paged(&[SeqStep { tokens: &prompt, pos0: 0, table: &table }], &mut pool).unwrap().to_vec_f32().unwrap();
+        let mut out = m
+            .logits_paged(&[SeqStep { tokens: &prompt, pos0: 0, table: &table }], &mut pool)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
         for (i, id) in [5u32, 9, 60].into_iter().enumerate() {
             let l = m.logits_paged(&[SeqStep { tokens: &[id], pos0: 40 + i, table: &table }], &mut pool).unwrap();
             out.extend(l.to_vec_f32().unwrap());

@@ -195,7 +195,8 @@ impl<'t> Seq<'t> {
         // Penalties and log-probabilities read the row on the host (a GPU's logits come back
         // only when a request asks for them).
         let host = |t: &Tensor| t.to_device(smelt_core::Device::Cpu);
-        let wants_host = self.job.logprobs.is_some() || self.job.presence_penalty != 0.0 || self.job.frequency_penalty != 0.0;
+        let wants_host =
+            self.job.logprobs.is_some() || self.job.presence_penalty != 0.0 || self.job.frequency_penalty != 0.0;
         let logits = if wants_host { self.penalised(&host(logits)?)? } else { logits.clone() };
         let next = self.sampler.sample(&logits)?;
         let now = Instant::now();
@@ -442,8 +443,14 @@ pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>
                 continue;
             }
             Err(p) => {
-                let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
-                fail_all(&mut running, &mut blocks, stats, &format!("the engine panicked: {}", why.unwrap_or_default()));
+                let why =
+                    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+                fail_all(
+                    &mut running,
+                    &mut blocks,
+                    stats,
+                    &format!("the engine panicked: {}", why.unwrap_or_default()),
+                );
                 continue;
             }
         };

@@ -413,11 +413,7 @@ async fn collect(meta: Meta, mut rx: UnboundedReceiver<(usize, Event)>) -> Resul
             (prompt_tokens, cached) = (p, k);
         }
         completion_tokens += n;
-        let lp = if !c.logprobs.is_empty() {
-            logprobs_json(&meta, &c.logprobs, 0)
-        } else {
-            Value::Null
-        };
+        let lp = if !c.logprobs.is_empty() { logprobs_json(&meta, &c.logprobs, 0) } else { Value::Null };
         out.push(if meta.chat {
             json!({"index": i, "message": {"role": "assistant", "content": c.text, "refusal": null}, "logprobs": lp, "finish_reason": finish.as_str()})
         } else {

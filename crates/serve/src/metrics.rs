@@ -80,11 +80,26 @@ impl Stats {
     /// Prometheus' text format.
     pub fn render(&self) -> String {
         let rows = [
-            ("smelt_requests_finished_total", "counter", "Requests the engine has finished (any outcome).", &self.finished),
+            (
+                "smelt_requests_finished_total",
+                "counter",
+                "Requests the engine has finished (any outcome).",
+                &self.finished,
+            ),
             ("smelt_prompt_tokens_total", "counter", "Prompt tokens processed.", &self.prompt_tokens),
-            ("smelt_prompt_tokens_cached_total", "counter", "Prompt tokens served from the prefix cache.", &self.cached_prompt_tokens),
+            (
+                "smelt_prompt_tokens_cached_total",
+                "counter",
+                "Prompt tokens served from the prefix cache.",
+                &self.cached_prompt_tokens,
+            ),
             ("smelt_generated_tokens_total", "counter", "Tokens generated.", &self.generated_tokens),
-            ("smelt_preemptions_total", "counter", "Sequences sent back to wait for want of KV blocks.", &self.preempted),
+            (
+                "smelt_preemptions_total",
+                "counter",
+                "Sequences sent back to wait for want of KV blocks.",
+                &self.preempted,
+            ),
             ("smelt_requests_waiting", "gauge", "Requests queued for the engine (the queue depth).", &self.waiting),
             ("smelt_requests_running", "gauge", "Requests in the running batch.", &self.running),
             ("smelt_kv_blocks_total", "gauge", "Blocks in the KV pool.", &self.kv_blocks_total),
@@ -97,7 +112,11 @@ impl Stats {
             out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n", Self::get(v));
         }
         self.ttft.render("smelt_time_to_first_token_seconds", "Seconds from queueing to the first token.", &mut out);
-        self.itl.render("smelt_inter_token_latency_seconds", "Seconds between consecutive tokens of a request.", &mut out);
+        self.itl.render(
+            "smelt_inter_token_latency_seconds",
+            "Seconds between consecutive tokens of a request.",
+            &mut out,
+        );
         out
     }
 }

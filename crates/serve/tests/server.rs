@@ -206,7 +206,10 @@ fn chat_goes_through_the_template_and_streams_as_openai() {
     let (usage, rest) = chunks.split_last().unwrap();
     assert_eq!(usage["choices"], json!([]));
     let u = &usage["usage"];
-    assert_eq!((&u["prompt_tokens"], &u["completion_tokens"], &u["total_tokens"]), (&json!(ids.len()), &json!(n), &json!(ids.len() + n)));
+    assert_eq!(
+        (&u["prompt_tokens"], &u["completion_tokens"], &u["total_tokens"]),
+        (&json!(ids.len()), &json!(n), &json!(ids.len() + n))
+    );
     let (last, _) = rest.split_last().unwrap();
     assert_eq!(last["choices"][0]["finish_reason"], v["choices"][0]["finish_reason"]);
     assert!(rest[..rest.len() - 1].iter().all(|c| c["choices"][0]["finish_reason"].is_null()));
@@ -467,7 +470,8 @@ fn texts(v: &Value) -> Vec<String> {
 #[test]
 fn a_seeded_request_gives_the_same_text_whatever_else_is_in_the_batch() {
     let addr = start(options(2048, 8));
-    let body = json!({"model": "tiny", "prompt": "determinism, please", "max_tokens": 24, "temperature": 0.9, "seed": 42});
+    let body =
+        json!({"model": "tiny", "prompt": "determinism, please", "max_tokens": 24, "temperature": 0.9, "seed": 42});
     let alone = texts(&post_to(addr, "/v1/completions", &body));
     let sampling = SamplingConfig { temperature: 0.9, seed: 42, ..Default::default() };
     let want = direct_sampled(&Tokenizer::byte_level().encode("determinism, please"), 24, sampling).0;
@@ -479,7 +483,8 @@ fn a_seeded_request_gives_the_same_text_whatever_else_is_in_the_batch() {
                 .map(|i| {
                     sc.spawn(move || {
                         let p = "other ".repeat(1 + i * (round + 1));
-                        let b = json!({"model": "tiny", "prompt": p, "max_tokens": 3 + 5 * i, "temperature": 1, "seed": i});
+                        let b =
+                            json!({"model": "tiny", "prompt": p, "max_tokens": 3 + 5 * i, "temperature": 1, "seed": i});
                         post_to(addr, "/v1/completions", &b)
                     })
                 })
@@ -583,7 +588,11 @@ fn n_choices_logprobs_and_penalties() {
     assert_eq!(c[0]["top_logprobs"].as_array().unwrap().len(), 3);
     assert!(c[0]["bytes"].is_array() && c[0]["token"].is_string(), "{c}");
     // A frequency penalty changes greedy output away from repeating itself.
-    let plain = post_to(addr, "/v1/completions", &json!({"model": "tiny", "prompt": "aaaa", "max_tokens": 12, "temperature": 0}));
+    let plain = post_to(
+        addr,
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": "aaaa", "max_tokens": 12, "temperature": 0}),
+    );
     let pen = post_to(
         addr,
         "/v1/completions",
@@ -605,7 +614,11 @@ fn a_full_queue_is_a_429() {
 fn a_packed_kv_cache_serves_and_one_that_cannot_hold_the_rows_stops_the_start() {
     for kind in [smelt_model::KvType::F16, smelt_model::KvType::BF16] {
         let addr = start(Options { kv_type: kind, ..options(512, 4) });
-        let v = post_to(addr, "/v1/completions", &json!({"model": "tiny", "prompt": "packed", "max_tokens": 5, "temperature": 0}));
+        let v = post_to(
+            addr,
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": "packed", "max_tokens": 5, "temperature": 0}),
+        );
         assert_eq!(v["usage"]["prompt_tokens"], Tokenizer::byte_level().encode("packed").len());
         assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 1, "{v}");
         assert_eq!(metric(addr, "smelt_kv_blocks_used"), 0);
@@ -614,7 +627,12 @@ fn a_packed_kv_cache_serves_and_one_that_cannot_hold_the_rows_stops_the_start() 
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let opts = Options { kv_type: smelt_model::KvType::Q8_0, ..options(512, 4) };
     let e = smelt_serve::run(listener, opts, || {
-        Ok(Loaded { model: model(), tokenizer: Tokenizer::byte_level(), template: Err("none".into()), stop_ids: vec![] })
+        Ok(Loaded {
+            model: model(),
+            tokenizer: Tokenizer::byte_level(),
+            template: Err("none".into()),
+            stop_ids: vec![],
+        })
     })
     .unwrap_err();
     assert!(format!("{e:#}").contains("kv-cache-type q8_0"), "{e:#}");

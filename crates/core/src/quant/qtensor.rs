@@ -177,7 +177,12 @@ impl QuantMatrix for QTensor {
         // all rows in one pass give each row's n = 1 result. Others go row by row.
         if n <= 1 || path != X86Path::VecDot || matches!(self.ty, GgmlType::F16 | GgmlType::BF16) {
             for i in 0..n {
-                self.matmul_with(&x[i * self.cols..(i + 1) * self.cols], 1, &mut y[i * self.rows..(i + 1) * self.rows], level);
+                self.matmul_with(
+                    &x[i * self.cols..(i + 1) * self.cols],
+                    1,
+                    &mut y[i * self.rows..(i + 1) * self.rows],
+                    level,
+                );
             }
             return;
         }

@@ -190,8 +190,11 @@ pub fn attn_fwd<F: Float>(q: &[F], k: &[F], v: &[F], dm: AttnDims, scale: F) -> 
 pub fn attn_fwd_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) -> Vec<f32> {
     let rows: Vec<Vec<usize>> = (0..dm.b).map(|b| (0..dm.tk).map(|j| dm.kv_at(b, j, 0)).collect()).collect();
     let per_b = dm.tq * dm.h * dm.d;
-    let seqs: Vec<SeqAttn> =
-        rows.iter().enumerate().map(|(b, r)| SeqAttn { q: &q[b * per_b..(b + 1) * per_b], tq: dm.tq, rows: r }).collect();
+    let seqs: Vec<SeqAttn> = rows
+        .iter()
+        .enumerate()
+        .map(|(b, r)| SeqAttn { q: &q[b * per_b..(b + 1) * per_b], tq: dm.tq, rows: r })
+        .collect();
     let heads = Heads { h: dm.h, kvh: dm.kvh, d: dm.d, window: dm.window };
     attn_ggml_seqs(&seqs, k, v, heads, scale).concat()
 }
@@ -630,7 +633,8 @@ mod tests {
             [(1, 77, vec![9, 3, 30, 1, 22]), (20, 20, vec![5, 0]), (3, 150, (10..20).rev().collect())];
         let rows: Vec<Vec<usize>> =
             cases.iter().map(|(_, tk, bl)| (0..*tk).map(|j| (bl[j / bs] * bs + j % bs) * row).collect()).collect();
-        let qs: Vec<Vec<f32>> = cases.iter().enumerate().map(|(i, (tq, ..))| f(rand_vec(tq * h * d, 20 + i as u64))).collect();
+        let qs: Vec<Vec<f32>> =
+            cases.iter().enumerate().map(|(i, (tq, ..))| f(rand_vec(tq * h * d, 20 + i as u64))).collect();
         let seqs: Vec<SeqAttn> =
             cases.iter().zip(&rows).zip(&qs).map(|(((tq, ..), r), q)| SeqAttn { q, tq: *tq, rows: r }).collect();
         for window in [None, Some(50)] {
@@ -638,7 +642,8 @@ mod tests {
             let got = attn_ggml_seqs(&seqs, &kp, &vp, hd, 0.125);
             for (s, o) in seqs.iter().zip(&got) {
                 let tk = s.rows.len();
-                let gather = |pool: &[f32]| s.rows.iter().flat_map(|&at| pool[at..at + row].to_vec()).collect::<Vec<f32>>();
+                let gather =
+                    |pool: &[f32]| s.rows.iter().flat_map(|&at| pool[at..at + row].to_vec()).collect::<Vec<f32>>();
                 let dm = AttnDims { b: 1, tq: s.tq, tk, s: tk, h, kvh, d, window };
                 let want = attn_fwd_ggml(s.q, &gather(&kp), &gather(&vp), dm, 0.125);
                 assert!(o.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "tq {} tk {tk}", s.tq);
