@@ -204,7 +204,7 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-/// Known fields with values this slice cannot honour.
+/// Known fields with values smelt cannot honour.
 fn unsupported(f: &Fields, chat: bool) -> Result<(), ApiError> {
     let no = |key: &str, what: &str| Err(ApiError::field(key, format!("{what} is not supported yet by smelt serve")));
     if let Some(best_of) = f.uint("best_of")? {

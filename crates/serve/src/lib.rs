@@ -38,7 +38,7 @@ pub struct Options {
     pub model_path: String,
     /// Largest request body, in bytes (413 past it).
     pub body_limit: usize,
-    /// Requests that may wait for the engine (503 past it).
+    /// Choices that may wait for a place in the batch (429 past it).
     pub max_queue: usize,
 }
 
