@@ -102,7 +102,7 @@ pub struct EngineConfig {
     /// The KV pool (`--ctx-size` positions of `--kv-cache-type`), made before the server
     /// says it is ready so that a pool that cannot be made stops it at start; off the CPU an
     /// empty one (each sequence keeps its own contiguous cache there).
-    pub pool: std::sync::Mutex<KvPool>,
+    pub pool: KvPool,
 }
 
 impl EngineConfig {
@@ -112,7 +112,7 @@ impl EngineConfig {
         } else {
             KvPool::new_empty(model, BLOCK_SIZE)?
         };
-        Ok(EngineConfig { parallel, pool: std::sync::Mutex::new(pool) })
+        Ok(EngineConfig { parallel, pool })
     }
 }
 
@@ -298,11 +298,10 @@ fn logprob_of(logits: &Tensor, id: u32, k: usize) -> anyhow::Result<TokenLogprob
 ///
 /// Off the CPU the paged pool does not exist yet: jobs run one at a time, each with its own
 /// contiguous cache, through the same loop (`lib.rs` says so at start).
-pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>, stats: &Stats, cfg: &EngineConfig) {
+pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>, stats: &Stats, cfg: EngineConfig) {
     let paged = model.device().is_cpu();
     let parallel = if paged { cfg.parallel.max(1) } else { 1 };
-    let mut pool = cfg.pool.lock().unwrap_or_else(|e| e.into_inner());
-    let pool = &mut *pool;
+    let mut pool = cfg.pool;
     let mut blocks = Blocks::new(pool.blocks(), BLOCK_SIZE);
     stats.kv_blocks_total.store(blocks.total() as u64, Ordering::Relaxed);
     let mut waiting: VecDeque<Seq> = VecDeque::new();
@@ -434,7 +433,7 @@ pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>
                 .iter()
                 .map(|s| SeqStep { tokens: &s.tokens[s.computed..], pos0: s.computed, table: &s.table })
                 .collect();
-            model.logits_paged(&steps, pool)
+            model.logits_paged(&steps, &mut pool)
         }));
         let logits = match step {
             Ok(Ok(l)) => l,

@@ -112,7 +112,7 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
             "smelt serve: ready on http://{addr} on {device}: ONE REQUEST AT A TIME (continuous batching and the paged KV cache are CPU-only for now; --parallel and prefix caching do not apply here), context {ctx} tokens"
         );
     }
-    engine::run(&loaded.model, &loaded.tokenizer, &loaded.stop_ids, queue, &stats, &cfg);
+    engine::run(&loaded.model, &loaded.tokenizer, &loaded.stop_ids, queue, &stats, cfg);
     match server.join() {
         Ok(r) => r,
         Err(_) => anyhow::bail!("the HTTP thread panicked"),
