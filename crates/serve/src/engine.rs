@@ -103,16 +103,23 @@ pub struct EngineConfig {
     /// says it is ready so that a pool that cannot be made stops it at start; off the CPU an
     /// empty one (each sequence keeps its own contiguous cache there).
     pub pool: KvPool,
+    /// Batch over the paged pool (the CPU), or run one request at a time, each with its own
+    /// contiguous cache (other devices, where the paged forward does not exist yet).
+    pub paged: bool,
 }
 
 impl EngineConfig {
     pub fn new(model: &Model, parallel: usize, pool_tokens: usize, kv_type: KvType) -> anyhow::Result<Self> {
-        let pool = if model.device().is_cpu() {
-            KvPool::with_type(model, pool_tokens, BLOCK_SIZE, kv_type)?
-        } else {
-            KvPool::new_empty(model, BLOCK_SIZE)?
-        };
-        Ok(EngineConfig { parallel, pool })
+        if !model.device().is_cpu() {
+            return Self::one_at_a_time(model);
+        }
+        Ok(EngineConfig { parallel, pool: KvPool::with_type(model, pool_tokens, BLOCK_SIZE, kv_type)?, paged: true })
+    }
+
+    /// One request at a time with contiguous caches (what runs off the CPU; tests run it on
+    /// the CPU too).
+    pub fn one_at_a_time(model: &Model) -> anyhow::Result<Self> {
+        Ok(EngineConfig { parallel: 1, pool: KvPool::new_empty(model, BLOCK_SIZE)?, paged: false })
     }
 }
 
@@ -299,7 +306,7 @@ fn logprob_of(logits: &Tensor, id: u32, k: usize) -> anyhow::Result<TokenLogprob
 /// Off the CPU the paged pool does not exist yet: jobs run one at a time, each with its own
 /// contiguous cache, through the same loop (`lib.rs` says so at start).
 pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>, stats: &Stats, cfg: EngineConfig) {
-    let paged = model.device().is_cpu();
+    let paged = cfg.paged;
     let parallel = if paged { cfg.parallel.max(1) } else { 1 };
     let mut pool = cfg.pool;
     let mut blocks = Blocks::new(pool.blocks(), BLOCK_SIZE);
@@ -557,6 +564,53 @@ mod tests {
         assert_eq!(run(&["é!"], &["café", "!"]), ("caf".into(), true));
         assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
         assert_eq!(run(&[""], &["a"]), ("a".into(), false));
+    }
+
+    /// The loop off the CPU (one request at a time, contiguous caches), run here on the CPU:
+    /// the same ids as `smelt_infer::generate`, one request after another.
+    #[test]
+    fn one_at_a_time_mode_gives_generate_s_answers() {
+        use smelt_infer::{generate, GenerateConfig};
+        use smelt_model::ModelConfig;
+        let mut c = ModelConfig::llama(257, 32, 2, 4, 2, 64);
+        c.max_pos = 128;
+        let model = Model::init(c, 3).unwrap();
+        let tok = Tokenizer::byte_level();
+        let (jobs, queue) = std::sync::mpsc::channel();
+        let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stats = Stats::default();
+        let prompts: Vec<Vec<u32>> = ["first", "second prompt"].iter().map(|p| tok.encode(p)).collect();
+        for (i, p) in prompts.iter().enumerate() {
+            let sampling = SamplingConfig { temperature: 0.7, seed: i as u64, ..Default::default() };
+            stats.waiting.fetch_add(1, Ordering::Relaxed);
+            let job = Job {
+                prompt: p.clone(),
+                max_tokens: 12,
+                sampling,
+                presence_penalty: 0.0,
+                frequency_penalty: 0.0,
+                logprobs: Some(0),
+                stop: vec![],
+                index: i,
+                events: events.clone(),
+                queued: Instant::now(),
+            };
+            jobs.send(job).unwrap();
+        }
+        drop((jobs, events));
+        super::run(&model, &tok, &[256], queue, &stats, EngineConfig::one_at_a_time(&model).unwrap());
+        let mut ids = vec![Vec::new(); 2];
+        while let Ok((i, ev)) = rx.try_recv() {
+            if let Event::Text(_, lp) = ev {
+                ids[i].extend(lp.iter().map(|l| l.id));
+            }
+        }
+        for (i, p) in prompts.iter().enumerate() {
+            let sampling = SamplingConfig { temperature: 0.7, seed: i as u64, ..Default::default() };
+            let cfg = GenerateConfig { max_tokens: 12, sampling, stop_ids: vec![256] };
+            assert_eq!(ids[i], generate(&model, p, &cfg, |_| {}).unwrap().ids, "request {i}");
+        }
+        assert_eq!((Stats::get(&stats.finished), Stats::get(&stats.batch_max)), (2, 1));
     }
 
     #[test]
