@@ -7,7 +7,8 @@
 # Leaves:
 #   $LLAMA_CPP_DIR/src        the llama.cpp source (vendor/llama.cpp of the sdist; gguf-py inside)
 #   $LLAMA_CPP_DIR/build/bin  llama-quantize, llama-imatrix, llama-perplexity, llama-eval-callback,
-#                             llama-bench, llama-completion, llama-simple and the shared libraries
+#                             llama-bench, llama-completion, llama-simple, llama-server (the serving
+#                             benchmark's peer, bench/serve_bench.py) and the shared libraries
 #   $LLAMA_CPP_DIR/py         the llama_cpp Python package (ctypes bindings) with the libraries in
 #                             llama_cpp/lib: PYTHONPATH=$LLAMA_CPP_DIR/py .cache/venv/bin/python -c 'import llama_cpp'
 #
@@ -37,11 +38,11 @@ if [ ! -f "$D/src/CMakeLists.txt" ]; then
   mv "$tmp/llama_cpp_python-$V/llama_cpp" "$D/py/llama_cpp"
   rm -rf "$tmp"
 fi
-if [ ! -x "$D/build/bin/llama-quantize" ]; then
+if [ ! -x "$D/build/bin/llama-quantize" ] || [ ! -x "$D/build/bin/llama-server" ]; then
   "$CMAKE" -S "$D/src" -B "$D/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON \
-    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF > "$D/cmake.log"
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=ON > "$D/cmake.log"
   "$CMAKE" --build "$D/build" -j "$(nproc)" --target llama-quantize llama-imatrix llama-perplexity \
-    llama-eval-callback llama-bench llama-completion llama-simple > "$D/build.log"
+    llama-eval-callback llama-bench llama-completion llama-simple llama-server > "$D/build.log"
 fi
 mkdir -p "$D/py/llama_cpp/lib"
 cp -a "$D"/build/bin/*.so* "$D/py/llama_cpp/lib/" 2>/dev/null || true

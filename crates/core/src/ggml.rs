@@ -59,6 +59,11 @@ fma_dispatch! {
 }
 
 fma_dispatch! {
+    /// `dot_f32_rows` with row j at x[offs[j]..] (rows read through a KV cache's block table).
+    pub fn dot_f32_rows_at(out: &mut [f32], x: &[f32], offs: &[usize], y: &[f32], scale: f32) -> () = dot_f32_rows_at_body;
+}
+
+fma_dispatch! {
     /// tinyBLAS (llamafile sgemm, AVX-512, f32): one 16-lane accumulator over the whole length
     /// (element e in lane e%16), then `reduce16`. Needs a length that is a multiple of 16
     /// (tinyBLAS declines otherwise); shorter rows are zero-padded by the caller.
@@ -81,14 +86,33 @@ fma_dispatch! {
     pub fn dot_f32_tinyblas_columns(out: &mut [f32], v: &[f32], stride: usize, rows: usize, p: &[f32], acc: &mut Vec<f32>) -> () = dot_f32_tinyblas_columns_body;
 }
 
-/// acc[e·d..][..d] += v_j · p_j for j < rows, e = j % lanes.
+fma_dispatch! {
+    /// `dot_f32_columns` over the rows v[offs[j]..], j < offs.len(): the same sums in the same
+    /// order, whatever blocks the rows sit in.
+    pub fn dot_f32_columns_at(out: &mut [f32], v: &[f32], offs: &[usize], p: &[f32], acc: &mut Vec<f32>) -> () = dot_f32_columns_at_body;
+}
+
+fma_dispatch! {
+    /// `dot_f32_tinyblas_columns` over the rows v[offs[j]..], j < offs.len().
+    pub fn dot_f32_tinyblas_columns_at(out: &mut [f32], v: &[f32], offs: &[usize], p: &[f32], acc: &mut Vec<f32>) -> () = dot_f32_tinyblas_columns_at_body;
+}
+
+/// acc[e·d..][..d] += v_j · p_j for j < rows, e = j % lanes, row j at v[off(j)..][..d].
 #[inline(always)]
-fn columns_acc(acc: &mut Vec<f32>, lanes: usize, d: usize, v: &[f32], stride: usize, rows: usize, p: &[f32]) {
+fn columns_acc(
+    acc: &mut Vec<f32>,
+    lanes: usize,
+    d: usize,
+    v: &[f32],
+    off: impl Fn(usize) -> usize,
+    rows: usize,
+    p: &[f32],
+) {
     acc.clear();
     acc.resize(lanes * d, 0.0);
     for j in 0..rows {
         let e = j % lanes;
-        let (a, vr, pj) = (&mut acc[e * d..(e + 1) * d], &v[j * stride..][..d], p[j]);
+        let (a, vr, pj) = (&mut acc[e * d..(e + 1) * d], &v[off(j)..][..d], p[j]);
         for t in 0..d {
             a[t] = vr[t].mul_add(pj, a[t]);
         }
@@ -120,9 +144,19 @@ fn reduce16_columns(out: &mut [f32], r: &mut [f32]) {
 
 #[inline(always)]
 fn dot_f32_columns_body(out: &mut [f32], v: &[f32], stride: usize, rows: usize, p: &[f32], acc: &mut Vec<f32>) {
+    columns_64(out, v, |j| j * stride, rows, p, acc)
+}
+
+#[inline(always)]
+fn dot_f32_columns_at_body(out: &mut [f32], v: &[f32], offs: &[usize], p: &[f32], acc: &mut Vec<f32>) {
+    columns_64(out, v, |j| offs[j], offs.len(), p, acc)
+}
+
+#[inline(always)]
+fn columns_64(out: &mut [f32], v: &[f32], off: impl Fn(usize) -> usize, rows: usize, p: &[f32], acc: &mut Vec<f32>) {
     let d = out.len();
     assert!(rows <= p.len() && p.len().is_multiple_of(64), "dot_f32_columns: {rows} rows, p of {}", p.len());
-    columns_acc(acc, 64, d, v, stride, rows, p);
+    columns_acc(acc, 64, d, v, off, rows, p);
     // (a0 + a2) + (a1 + a3) per lane l, accumulator k holding elements 16k + l of each step,
     // into rows 0..16.
     let (lo, hi) = acc.split_at_mut(16 * d);
@@ -146,7 +180,15 @@ fn dot_f32_tinyblas_columns_body(
 ) {
     let d = out.len();
     assert!(rows <= p.len(), "dot_f32_tinyblas_columns: {rows} rows, p of {}", p.len());
-    columns_acc(acc, 16, d, v, stride, rows, p);
+    columns_acc(acc, 16, d, v, |j| j * stride, rows, p);
+    reduce16_columns(out, acc);
+}
+
+#[inline(always)]
+fn dot_f32_tinyblas_columns_at_body(out: &mut [f32], v: &[f32], offs: &[usize], p: &[f32], acc: &mut Vec<f32>) {
+    let d = out.len();
+    assert!(offs.len() <= p.len(), "dot_f32_tinyblas_columns: {} rows, p of {}", offs.len(), p.len());
+    columns_acc(acc, 16, d, v, |j| offs[j], offs.len(), p);
     reduce16_columns(out, acc);
 }
 
@@ -174,6 +216,13 @@ fn swiglu_body(y: &mut [f32], g: &[f32], u: &[f32]) {
 fn dot_f32_rows_body(out: &mut [f32], x: &[f32], stride: usize, y: &[f32], scale: f32) {
     for (j, o) in out.iter_mut().enumerate() {
         *o = dot_f32_body(&x[j * stride..][..y.len()], y) * scale;
+    }
+}
+
+#[inline(always)]
+fn dot_f32_rows_at_body(out: &mut [f32], x: &[f32], offs: &[usize], y: &[f32], scale: f32) {
+    for (o, &at) in out.iter_mut().zip(offs) {
+        *o = dot_f32_body(&x[at..][..y.len()], y) * scale;
     }
 }
 

@@ -7,6 +7,7 @@ pub mod io;
 pub mod lora;
 pub mod memory;
 pub mod model;
+pub mod paged;
 pub mod params;
 pub mod presets;
 
@@ -14,3 +15,4 @@ pub use config::{Activation, Arch, ModelConfig, NormKind, RopeScaling};
 pub use decode::Decoder;
 pub use lora::{Adapter, LoraConfig};
 pub use model::{KvCache, Logits, Model};
+pub use paged::{KvPool, KvType, SeqStep};

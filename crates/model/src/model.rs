@@ -203,12 +203,74 @@ impl<'a> std::ops::Index<Role> for LayerVars<'a> {
     }
 }
 
+/// Where one layer's attention finds past keys and values.
+pub(crate) enum Kv<'a> {
+    /// None: the tokens are the whole sequence.
+    None,
+    /// A contiguous cache (B, capacity, KVH, D).
+    Cache(CacheSlot<'a>),
+    /// The paged pool, several sequences at their own positions (`paged.rs`).
+    Paged(crate::paged::PagedSlot<'a>),
+}
+
 /// KV cache slot for one layer during a cached forward: where its keys and values go, and
 /// the position (on the host, or the cache's device copy of it).
-struct CacheSlot<'a> {
+pub(crate) struct CacheSlot<'a> {
     k: &'a mut Tensor,
     v: &'a mut Tensor,
     pos: Pos<'a>,
+}
+
+/// x (N, K) · wᵀ + bias. With `seqs` (the batched forward: rows of sequences of these
+/// lengths, one after another), every row comes out as it does for its sequence alone: a
+/// sequence's prompt rows in a call of their own (as `smelt generate`'s prefill), the decode
+/// rows of all sequences together through `linear_rows_alone` (each as a one-row matvec).
+fn linear(g: &mut Graph, x: &Var, w: &Var, bias: Option<&Var>, seqs: Option<&[usize]>) -> Result<Var> {
+    use smelt_core::ops::matmul::{linear as lin, linear_rows_alone};
+    let Some(seqs) = seqs else { return g.linear(x, w, bias) };
+    let (xt, wt, bt) = (x.tensor(), w.tensor(), bias.map(|b| b.tensor()));
+    if seqs.len() == 1 {
+        return Ok(g.constant(if seqs[0] == 1 { linear_rows_alone(xt, wt, bt)? } else { lin(xt, wt, bt)? }));
+    }
+    if seqs.iter().all(|&t| t == 1) {
+        return Ok(g.constant(linear_rows_alone(xt, wt, bt)?));
+    }
+    let (n, k) = (xt.rows(), xt.cols());
+    let xs = xt.as_f32()?;
+    let mut parts = Vec::with_capacity(seqs.len());
+    let mut decode = Vec::new();
+    let mut at = 0;
+    for &t in seqs {
+        if t == 1 {
+            decode.extend_from_slice(&xs[at * k..(at + 1) * k]);
+        } else {
+            parts.push(lin(&xt.narrow_rows(at, t)?, wt, bt)?);
+        }
+        at += t;
+    }
+    let decoded = if decode.is_empty() {
+        None
+    } else {
+        let rows = decode.len() / k;
+        Some(linear_rows_alone(&Tensor::from_f32(decode, &[rows, k])?, wt, bt)?)
+    };
+    let m = parts.first().or(decoded.as_ref()).map_or(0, |y| y.cols());
+    let mut out = Vec::with_capacity(n * m);
+    let (mut pi, mut di) = (0, 0);
+    let dy = match &decoded {
+        Some(d) => d.as_f32()?,
+        None => &[],
+    };
+    for &t in seqs {
+        if t == 1 {
+            out.extend_from_slice(&dy[di * m..(di + 1) * m]);
+            di += 1;
+        } else {
+            out.extend_from_slice(parts[pi].as_f32()?);
+            pi += 1;
+        }
+    }
+    Ok(g.constant(Tensor::from_f32(out, &[n, m])?))
 }
 
 /// The config's norm of x with gain w.
@@ -237,13 +299,25 @@ fn block(
     x: &Var,
     h: &Var,
     w: &LayerVars,
-    cache: Option<CacheSlot>,
+    cache: Kv,
     seg: Option<&Arc<Segments>>,
 ) -> Result<(Var, Var)> {
     let (b, t) = bt;
     let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+    // The batched forward's matmuls keep each sequence's rows as they are alone.
+    let per_seq: Option<Vec<usize>> = match &cache {
+        Kv::Paged(s) => Some(s.seqs.iter().map(|&(_, t, _)| t).collect()),
+        _ => None,
+    };
+    let seqs = per_seq.as_deref();
     g.name(h, || format!("attn_norm-{l}"));
-    let (q, k, v) = if g.may_fuse() && !w.adapted(&[Role::Wq, Role::Wk, Role::Wv]) {
+    let (q, k, v) = if let Some(seqs) = seqs {
+        // The batched forward (the server): each sequence's rows as they are alone.
+        let q = linear(g, h, &w[Role::Wq], w.get(Role::Bq), Some(seqs))?;
+        let k = linear(g, h, &w[Role::Wk], w.get(Role::Bk), Some(seqs))?;
+        let v = linear(g, h, &w[Role::Wv], w.get(Role::Bv), Some(seqs))?;
+        (q, k, v)
+    } else if g.may_fuse() && !w.adapted(&[Role::Wq, Role::Wk, Role::Wv]) {
         // One launch for the three products on a GPU at decode sizes (`linear_many`).
         let bias = |r: Role| w.get(r).map(|b| b.tensor());
         let ws = [
@@ -277,7 +351,7 @@ fn block(
     let (window, scale) = (c.window(l), c.attention_scale());
     let attn = match cache {
         // Packed rows: positions restart at each example, attention stays inside it.
-        None if seg.is_some() => {
+        Kv::None if seg.is_some() => {
             if !g.is_recording() {
                 bail!("packed rows are for the training graph only");
             }
@@ -288,7 +362,7 @@ fn block(
             g.name(&k, || format!("Kcur_rope-{l}"));
             g.attention_packed(&q, &k, &v, window, scale, seg)?
         }
-        Some(slot) => {
+        Kv::Cache(slot) => {
             if g.is_recording() {
                 bail!("the KV cache is for inference only");
             }
@@ -313,7 +387,19 @@ fn block(
             };
             g.constant(o)
         }
-        None => {
+        Kv::Paged(mut slot) => {
+            if g.is_recording() {
+                bail!("the paged KV cache is for inference only");
+            }
+            // Each sequence's rows at its own positions.
+            let q = g.constant(slot.rope(q.tensor(), rope)?);
+            g.name(&q, || format!("Qcur_rope-{l}"));
+            let k = g.constant(slot.rope(k.tensor(), rope)?);
+            g.name(&k, || format!("Kcur_rope-{l}"));
+            let heads = smelt_core::ops::attention::Heads { h: nh, kvh: nkv, d: hd, window };
+            g.constant(slot.attend(q.tensor(), k.tensor(), v.tensor(), heads, scale)?)
+        }
+        Kv::None => {
             let q = g.rope(&q, rope, 0)?;
             g.name(&q, || format!("Qcur_rope-{l}"));
             let k = g.rope(&k, rope, 0)?;
@@ -337,12 +423,23 @@ fn block(
     };
     let attn = g.reshape(&attn, &[b * t, nh * hd])?;
     g.name(&attn, || format!("kqv_out-{l}"));
-    let attn_out = proj(g, l, w, Role::Wo, &attn, None)?;
+    let attn_out = match seqs {
+        Some(seqs) => linear(g, &attn, &w[Role::Wo], None, Some(seqs))?,
+        None => proj(g, l, w, Role::Wo, &attn, None)?,
+    };
     g.name(&attn_out, || format!("attn_out-{l}"));
     let (x, h) = add_norm(g, c, x, &attn_out, &w[Role::FfnNorm])?;
     g.name(&x, || format!("ffn_inp-{l}"));
     g.name(&h, || format!("ffn_norm-{l}"));
     let act = match c.act {
+        // The batched forward (the server): each sequence's rows as they are alone.
+        Activation::Silu if seqs.is_some() => {
+            let gate = linear(g, &h, &w[Role::WGate], None, seqs)?;
+            g.name(&gate, || format!("ffn_gate-{l}"));
+            let up = linear(g, &h, &w[Role::WUp], None, seqs)?;
+            g.name(&up, || format!("ffn_up-{l}"));
+            g.swiglu(&gate, &up)?
+        }
         // One launch for both products and the gate on a GPU at decode sizes.
         Activation::Silu if g.may_fuse() && !w.adapted(&[Role::WGate, Role::WUp]) => g
             .constant(timed("linear_swiglu", || {
@@ -357,7 +454,10 @@ fn block(
         }
     };
     g.name(&act, || format!("ffn_swiglu-{l}"));
-    let ffn_out = proj(g, l, w, Role::WDown, &act, None)?;
+    let ffn_out = match seqs {
+        Some(seqs) => linear(g, &act, &w[Role::WDown], None, Some(seqs))?,
+        None => proj(g, l, w, Role::WDown, &act, None)?,
+    };
     g.name(&ffn_out, || format!("ffn_out-{l}"));
     let (x, h) = add_norm(g, c, &x, &ffn_out, w.next_norm)?;
     g.name(&x, || format!("l_out-{l}"));
@@ -671,7 +771,6 @@ impl Model {
         checkpoint: bool,
         seg: Option<&Arc<Segments>>,
     ) -> Result<Var> {
-        let c = &self.cfg;
         let (b, t) = match tokens.shape() {
             [b, t] => (*b, *t),
             s => bail!("forward: tokens must be (B, T), got {s:?}"),
@@ -696,41 +795,26 @@ impl Model {
                 );
             }
         }
-        let flat = tokens.reshape(&[b * t])?;
-        let x = g.embedding(&p[self.idx.embed], &flat)?;
-        g.name(&x, || "inp_embd".into());
-        let h0 = norm(g, c, &x, &p[self.idx.layers[0][Role::AttnNorm]])?;
-        let (mut x, mut h) = (x, h0);
         if cache.as_deref().is_some_and(|kv| kv.dpos.is_some()) && t != 1 {
             bail!("a KV cache whose position is held on the device takes one token per sequence per step, got {t}");
         }
-        let run = self.lora_run(p)?;
-        for l in 0..c.n_layers {
-            let (plan, inputs) = self.layer_inputs(l, p, run);
-            if checkpoint && g.is_recording() && cache.is_none() {
-                let (cfg, rope, seg) = (Arc::new(c.clone()), self.rope.clone(), seg.cloned());
-                let f: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
-                    let w = LayerVars::new(&plan, &v[2..]);
-                    let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, None, seg.as_ref())?;
-                    Ok(vec![x, h])
-                });
-                let mut all = vec![x.clone(), h.clone()];
-                all.extend(inputs);
-                let mut out = g.checkpoint(&all, f)?;
-                h = out.pop().unwrap();
-                x = out.pop().unwrap();
-            } else {
-                let w = LayerVars::new(&plan, &inputs);
-                let slot = cache.as_deref_mut().map(|kv| {
-                    let pos = match &kv.dpos {
-                        Some(at) => Pos::Device { at, cap: kv.cap },
-                        None => Pos::Host(kv.len),
+        let ckpt = checkpoint && g.is_recording() && cache.is_none();
+        let h = match cache.as_deref_mut() {
+            Some(kv) => {
+                let (cap, len) = (kv.cap, kv.len);
+                let KvCache { k, v, dpos, .. } = kv;
+                let dpos = dpos.as_ref();
+                let slots = k.iter_mut().zip(v.iter_mut()).map(move |(k, v)| {
+                    let pos = match dpos {
+                        Some(at) => Pos::Device { at, cap },
+                        None => Pos::Host(len),
                     };
-                    CacheSlot { k: &mut kv.k[l], v: &mut kv.v[l], pos }
+                    Kv::Cache(CacheSlot { k, v, pos })
                 });
-                (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot, seg)?;
+                self.hidden_with(g, p, tokens, ckpt, slots, seg)?
             }
-        }
+            None => self.hidden_with(g, p, tokens, ckpt, std::iter::repeat_with(|| Kv::None), seg)?,
+        };
         if let Some(kv) = cache {
             kv.len += t;
             if let Some(at) = kv.dpos.as_mut() {
@@ -750,6 +834,52 @@ impl Model {
                 g.constant(smelt_core::ops::embedding::embedding(h.tensor(), &last)?)
             }
         })
+    }
+
+    /// embed → blocks, layer l's attention over `kv`'s l-th slot → the final normalised
+    /// hidden states (B·T, C). `checkpoint` (training, no cache) recomputes each block's
+    /// activations in the backward pass.
+    pub(crate) fn hidden_with<'s>(
+        &self,
+        g: &mut Graph,
+        p: &[Var],
+        tokens: &Tensor,
+        checkpoint: bool,
+        mut kv: impl Iterator<Item = Kv<'s>>,
+        seg: Option<&Arc<Segments>>,
+    ) -> Result<Var> {
+        let c = &self.cfg;
+        let (b, t) = match tokens.shape() {
+            [b, t] => (*b, *t),
+            s => bail!("forward: tokens must be (B, T), got {s:?}"),
+        };
+        let flat = tokens.reshape(&[b * t])?;
+        let x = g.embedding(&p[self.idx.embed], &flat)?;
+        g.name(&x, || "inp_embd".into());
+        let h0 = norm(g, c, &x, &p[self.idx.layers[0][Role::AttnNorm]])?;
+        let (mut x, mut h) = (x, h0);
+        let run = self.lora_run(p)?;
+        for l in 0..c.n_layers {
+            let (plan, inputs) = self.layer_inputs(l, p, run);
+            let slot = kv.next().context("forward: a KV slot per layer")?;
+            if checkpoint {
+                let (cfg, rope, seg) = (Arc::new(c.clone()), self.rope.clone(), seg.cloned());
+                let f: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
+                    let w = LayerVars::new(&plan, &v[2..]);
+                    let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, Kv::None, seg.as_ref())?;
+                    Ok(vec![x, h])
+                });
+                let mut all = vec![x.clone(), h.clone()];
+                all.extend(inputs);
+                let mut out = g.checkpoint(&all, f)?;
+                h = out.pop().unwrap();
+                x = out.pop().unwrap();
+            } else {
+                let w = LayerVars::new(&plan, &inputs);
+                (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot, seg)?;
+            }
+        }
+        Ok(h)
     }
 
     /// Mean next-token loss of (B, T) inputs against (B, T) targets.

@@ -2,10 +2,10 @@
 //! `/v1/chat/completions` read into a [`Request`], every field checked with an error that names
 //! it; and [`ApiError`], OpenAI's error body with its status.
 //!
-//! Unknown fields are ignored (clients send many). Known fields this slice does not implement
-//! (`n` > 1, logprobs, penalties other than `repetition_penalty`, `response_format` other than
-//! text, tools, `echo`, `suffix`, `best_of`) are refused with a 400 naming them, never ignored:
-//! a client that asks for them would otherwise get something it did not ask for.
+//! Unknown fields are ignored (clients send many). Known fields smelt does not implement
+//! (`response_format` other than text, tools, `echo`, `suffix`, `best_of`) are refused with a
+//! 400 naming them, never ignored: a client that asks for them would otherwise get something
+//! it did not ask for.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -77,7 +77,17 @@ pub struct Request {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Choices to generate (`n`).
+    pub n: usize,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// None, or Some(k): each token's log-probability and its top k alternatives (chat:
+    /// `logprobs: true` with `top_logprobs: k`; completions: `logprobs: k`).
+    pub logprobs: Option<usize>,
 }
+
+/// Most choices a request may ask for (OpenAI allows 128).
+pub const MAX_N: usize = 128;
 
 /// Most stop strings a request may give (OpenAI allows 4; a few more cost nothing).
 const MAX_STOPS: usize = 16;
@@ -146,8 +156,44 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, ApiError> {
         Some(Value::Object(so)) => Fields(so).bool("include_usage")?.unwrap_or(false),
         Some(_) => return Err(ApiError::field("stream_options", "`stream_options` must be an object")),
     };
+    let n = f.uint("n")?.unwrap_or(1);
+    if !(1..=MAX_N).contains(&n) {
+        return Err(ApiError::field("n", format!("`n` must be between 1 and {MAX_N}")));
+    }
+    let presence_penalty = f.num("presence_penalty", -2.0, 2.0, true)?.unwrap_or(0.0);
+    let frequency_penalty = f.num("frequency_penalty", -2.0, 2.0, true)?.unwrap_or(0.0);
+    let logprobs = if chat {
+        let top = f.uint("top_logprobs")?;
+        if top.is_some_and(|k| k > 20) {
+            return Err(ApiError::field("top_logprobs", "`top_logprobs` must be between 0 and 20"));
+        }
+        match f.bool("logprobs")? {
+            Some(true) => Some(top.unwrap_or(0)),
+            _ if top.is_some() => {
+                return Err(ApiError::field("top_logprobs", "`top_logprobs` needs `logprobs`: true"));
+            }
+            _ => None,
+        }
+    } else {
+        match f.uint("logprobs")? {
+            Some(k) if k > 5 => return Err(ApiError::field("logprobs", "`logprobs` must be between 0 and 5")),
+            k => k,
+        }
+    };
     unsupported(&f, chat)?;
-    Ok(Request { model, prompt, max_tokens, sampling, stop, stream, include_usage })
+    Ok(Request {
+        model,
+        prompt,
+        max_tokens,
+        sampling,
+        stop,
+        stream,
+        include_usage,
+        n,
+        presence_penalty,
+        frequency_penalty,
+        logprobs,
+    })
 }
 
 /// A seed for a request that gave none: OpenAI's sampling is not reproducible without one.
@@ -158,30 +204,13 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-/// Known fields with values this slice cannot honour.
+/// Known fields with values smelt cannot honour.
 fn unsupported(f: &Fields, chat: bool) -> Result<(), ApiError> {
     let no = |key: &str, what: &str| Err(ApiError::field(key, format!("{what} is not supported yet by smelt serve")));
-    if let Some(n) = f.uint("n")? {
-        if n != 1 {
-            return no("n", "`n` other than 1");
-        }
-    }
     if let Some(best_of) = f.uint("best_of")? {
         if best_of != 1 {
             return no("best_of", "`best_of` other than 1");
         }
-    }
-    for key in ["presence_penalty", "frequency_penalty"] {
-        if f.num(key, -2.0, 2.0, true)?.is_some_and(|p| p != 0.0) {
-            return no(key, &format!("`{key}` other than 0"));
-        }
-    }
-    match f.get("logprobs") {
-        None | Some(Value::Bool(false)) => {}
-        Some(_) => return no("logprobs", "`logprobs`"),
-    }
-    if f.get("top_logprobs").is_some() {
-        return no("top_logprobs", "`top_logprobs`");
     }
     match f.get("response_format") {
         None => {}
@@ -334,7 +363,10 @@ mod tests {
             (r#"{"model":"m","prompt":"x","max_tokens":-1}"#, false, "max_tokens"),
             (r#"{"model":"m","prompt":"x","max_tokens":0}"#, false, "max_tokens"),
             (r#"{"model":"m","prompt":"x","stop":[1]}"#, false, "stop"),
-            (r#"{"model":"m","prompt":"x","n":2}"#, false, "n"),
+            (r#"{"model":"m","prompt":"x","n":0}"#, false, "n"),
+            (r#"{"model":"m","prompt":"x","logprobs":6}"#, false, "logprobs"),
+            (r#"{"model":"m","prompt":"x","presence_penalty":2.5}"#, false, "presence_penalty"),
+            (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_logprobs":2}"#, true, "top_logprobs"),
             (r#"{"model":"m","prompt":["a","b"]}"#, false, "prompt"),
             (r#"{"model":"m","messages":[]}"#, true, "messages"),
             (r#"{"model":"m","messages":[{"content":"x"}]}"#, true, "messages[0].role"),
@@ -347,6 +379,10 @@ mod tests {
             let e = err(body, chat);
             assert_eq!((e.status, e.param.as_deref()), (StatusCode::BAD_REQUEST, Some(param)), "{body}: {e:?}");
         }
+        let r = parse(br#"{"model":"m","prompt":"x","n":3,"logprobs":2,"frequency_penalty":0.5}"#, false).unwrap();
+        assert_eq!((r.n, r.logprobs, r.frequency_penalty), (3, Some(2), 0.5));
+        let chat = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":3}"#;
+        assert_eq!(parse(chat, true).unwrap().logprobs, Some(3));
         let e = err("{nope", false);
         assert!(e.message.contains("not valid JSON"), "{e:?}");
     }

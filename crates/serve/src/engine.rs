@@ -2,31 +2,54 @@
 //! and settings) over a channel and read [`Event`]s back over the job's own channel; the I/O
 //! loop never touches the model.
 //!
-//! This slice runs one job at a time, in arrival order (the channel is the queue), through
-//! `smelt_infer::generate_until`: the very loop `smelt generate` runs, so greedy output is the
-//! same by construction. The seam for continuous batching is [`run`]: it owns the queue and
-//! the model, and a scheduler that admits jobs into a running batch replaces its body without
-//! the handlers changing (docs/SERVE.md).
+//! Continuous batching over a paged KV cache: every step the scheduler takes the jobs that
+//! arrived, admits waiting ones into the running batch while there is room (`--parallel`
+//! sequences, free blocks in the pool), runs one forward over every running sequence (the
+//! new ones' prompts, reusing cached prefix blocks, and one decode token for each of the
+//! others: `Model::logits_paged`), samples each row with the sequence's own sampler, and
+//! retires finished sequences at once, their blocks back in the pool. A sequence that needs a
+//! block when none is free preempts the most recently admitted other one, which waits again
+//! and recomputes its tokens when readmitted. Each sequence's logits are what it gets alone
+//! (`logits_paged`'s guarantee), so greedy output is `smelt generate`'s and a seeded request
+//! gives the same text whatever else runs.
 
-use smelt_infer::{generate_until, GenerateConfig, SamplingConfig};
-use smelt_model::Model;
+use crate::blocks::{Blocks, BLOCK_SIZE};
+use crate::metrics::Stats;
+use smelt_core::Tensor;
+use smelt_infer::{Sampler, SamplingConfig};
+use smelt_model::{KvCache, KvPool, KvType, Logits, Model, SeqStep};
 use smelt_tokenizer::{StreamDecoder, Tokenizer};
-use std::ops::ControlFlow;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
-/// One request, validated and tokenised by its handler.
+/// A prompt's last tokens that are always computed, never taken from the prefix cache: the
+/// last one gives the logits, and more than the matmuls' few-row threshold keeps the prompt's
+/// rows on the path `smelt generate`'s prefill takes (so a cache hit changes no bits).
+const MIN_RECOMPUTE: usize = 5;
+
+/// One request's choice, validated and tokenised by its handler.
 pub struct Job {
     pub prompt: Vec<u32>,
     /// New tokens at most (already capped at what the context leaves after the prompt).
     pub max_tokens: usize,
     pub sampling: SamplingConfig,
+    /// OpenAI's presence and frequency penalties (0 = off), over the generated tokens.
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// Log-probabilities to report: None, or Some(k) for the chosen token and its top k.
+    pub logprobs: Option<usize>,
     /// Strings that end generation; never part of the output.
     pub stop: Vec<String>,
+    /// Which choice of its request this is (`n`): events carry it.
+    pub index: usize,
     /// Where the events go; a closed channel (the client went away) ends the job.
-    pub events: UnboundedSender<Event>,
+    pub events: UnboundedSender<(usize, Event)>,
+    /// When the handler queued it (time to first token counts from here).
+    pub queued: Instant,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,100 +69,429 @@ impl Finish {
     }
 }
 
+/// A generated token's log-probability and the most likely alternatives.
+#[derive(Clone, Debug)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+    /// (id, logprob), most likely first.
+    pub top: Vec<(u32, f32)>,
+}
+
 #[derive(Debug)]
 pub enum Event {
-    /// The next piece of text (never empty, never part of a stop string).
-    Text(String),
+    /// The next piece of text (never part of a stop string; may be empty when only
+    /// log-probabilities come), and the log-probabilities of the tokens generated since the
+    /// last event when asked for.
+    Text(String, Vec<TokenLogprob>),
     Done {
         finish: Finish,
         prompt_tokens: usize,
         completion_tokens: usize,
+        /// Prompt tokens whose keys and values came from the prefix cache.
+        cached_tokens: usize,
     },
     /// The model failed mid-request (a server error, not the request's fault).
     Failed(String),
 }
 
-/// Counters the engine and the handlers keep, read by `/metrics` and the queue check.
-#[derive(Default)]
-pub struct Stats {
-    /// Jobs sent and not yet started (the queue depth).
-    pub waiting: AtomicU64,
-    /// Jobs generating now (0 or 1 in this slice).
-    pub running: AtomicU64,
-    /// Jobs finished (whatever the reason: done, failed, client gone).
-    pub finished: AtomicU64,
-    pub prompt_tokens: AtomicU64,
-    pub generated_tokens: AtomicU64,
+/// How the engine runs.
+pub struct EngineConfig {
+    /// Sequences in the running batch at most (`--parallel`).
+    pub parallel: usize,
+    /// The KV pool (`--ctx-size` positions of `--kv-cache-type`), made before the server
+    /// says it is ready so that a pool that cannot be made stops it at start; off the CPU an
+    /// empty one (each sequence keeps its own contiguous cache there).
+    pub pool: KvPool,
+    /// Batch over the paged pool (the CPU), or run one request at a time, each with its own
+    /// contiguous cache (other devices, where the paged forward does not exist yet).
+    pub paged: bool,
 }
 
-impl Stats {
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
+impl EngineConfig {
+    pub fn new(model: &Model, parallel: usize, pool_tokens: usize, kv_type: KvType) -> anyhow::Result<Self> {
+        if !model.device().is_cpu() {
+            return Self::one_at_a_time(model);
+        }
+        Ok(EngineConfig { parallel, pool: KvPool::with_type(model, pool_tokens, BLOCK_SIZE, kv_type)?, paged: true })
     }
+
+    /// One request at a time with contiguous caches (what runs off the CPU; tests run it on
+    /// the CPU too).
+    pub fn one_at_a_time(model: &Model) -> anyhow::Result<Self> {
+        Ok(EngineConfig { parallel: 1, pool: KvPool::new_empty(model, BLOCK_SIZE)?, paged: false })
+    }
+}
+
+/// One sequence in the engine, waiting or running.
+struct Seq<'t> {
+    job: Job,
+    /// Prompt then generated ids.
+    tokens: Vec<u32>,
+    table: Vec<u32>,
+    /// Positions whose keys and values are in the pool.
+    computed: usize,
+    /// Full blocks of `table` named in the prefix cache, and the last one's hash.
+    named: usize,
+    last_hash: u64,
+    cached_tokens: usize,
+    generated: Vec<u32>,
+    sampler: Sampler,
+    decoder: StreamDecoder<'t>,
+    stops: StopMatcher,
+    pending_logprobs: Vec<TokenLogprob>,
+    last_token: Option<Instant>,
+    /// Off the CPU (no paged pool yet): the sequence's own contiguous cache.
+    cache: Option<KvCache>,
+}
+
+enum Outcome {
+    Going,
+    Finished,
+    /// The client left, or the model failed (already told).
+    Gone,
+}
+
+impl<'t> Seq<'t> {
+    fn new(job: Job, tok: &'t Tokenizer) -> Self {
+        let mut sampler = Sampler::new(job.sampling.clone());
+        sampler.observe(&job.prompt);
+        Seq {
+            tokens: job.prompt.clone(),
+            stops: StopMatcher::new(job.stop.clone()),
+            job,
+            table: Vec::new(),
+            computed: 0,
+            named: 0,
+            last_hash: 0,
+            cached_tokens: 0,
+            generated: Vec::new(),
+            sampler,
+            decoder: StreamDecoder::new(tok),
+            pending_logprobs: Vec::new(),
+            last_token: None,
+            cache: None,
+        }
+    }
+
+    fn send(&self, ev: Event) -> bool {
+        self.job.events.send((self.job.index, ev)).is_ok()
+    }
+
+    /// Names the blocks this sequence has filled, so later prompts can share them.
+    fn name_full_blocks(&mut self, blocks: &mut Blocks) {
+        while (self.named + 1) * BLOCK_SIZE <= self.computed {
+            let toks = &self.tokens[self.named * BLOCK_SIZE..(self.named + 1) * BLOCK_SIZE];
+            self.last_hash = blocks.name(self.table[self.named], self.last_hash, toks);
+            self.named += 1;
+        }
+    }
+
+    /// Gives back the blocks (on retirement or preemption).
+    fn release(&mut self, blocks: &mut Blocks) {
+        self.cache = None;
+        blocks.release(&self.table);
+        self.table.clear();
+        self.computed = 0;
+        self.named = 0;
+        self.last_hash = 0;
+    }
+
+    /// Takes the next token from this sequence's logits row (1, V).
+    fn advance(&mut self, logits: &Tensor, stop_ids: &[u32], stats: &Stats) -> anyhow::Result<Outcome> {
+        // Penalties and log-probabilities read the row on the host (a GPU's logits come back
+        // only when a request asks for them).
+        let host = |t: &Tensor| t.to_device(smelt_core::Device::Cpu);
+        let wants_host =
+            self.job.logprobs.is_some() || self.job.presence_penalty != 0.0 || self.job.frequency_penalty != 0.0;
+        let logits = if wants_host { self.penalised(&host(logits)?)? } else { logits.clone() };
+        let next = self.sampler.sample(&logits)?;
+        let now = Instant::now();
+        match self.last_token {
+            None => stats.ttft.observe((now - self.job.queued).as_secs_f64()),
+            Some(t) => stats.itl.observe((now - t).as_secs_f64()),
+        }
+        self.last_token = Some(now);
+        if stop_ids.contains(&next) {
+            return Ok(self.end(Finish::Stop));
+        }
+        stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+        // One entry per completion token (the EOS that ends generation is not one).
+        if let Some(k) = self.job.logprobs {
+            self.pending_logprobs.push(logprob_of(&logits, next, k)?);
+        }
+        self.generated.push(next);
+        self.tokens.push(next);
+        let (text, hit) = self.stops.push(&self.decoder.push(next));
+        if hit {
+            return Ok(self.end_with(text, Finish::Stop));
+        }
+        if !text.is_empty() || !self.pending_logprobs.is_empty() {
+            let lp = std::mem::take(&mut self.pending_logprobs);
+            if !self.send(Event::Text(text, lp)) {
+                return Ok(Outcome::Gone);
+            }
+        }
+        if self.generated.len() >= self.job.max_tokens {
+            return Ok(self.end(Finish::Length));
+        }
+        Ok(Outcome::Going)
+    }
+
+    /// OpenAI's presence and frequency penalties on the generated tokens: logit −=
+    /// presence·[count > 0] + frequency·count (vLLM's definition).
+    fn penalised(&self, logits: &Tensor) -> anyhow::Result<Tensor> {
+        let (pp, fp) = (self.job.presence_penalty, self.job.frequency_penalty);
+        if (pp == 0.0 && fp == 0.0) || self.generated.is_empty() {
+            return Ok(logits.clone());
+        }
+        let mut row = logits.as_f32()?.to_vec();
+        let mut counts = std::collections::HashMap::<u32, u32>::new();
+        for &id in &self.generated {
+            *counts.entry(id).or_default() += 1;
+        }
+        for (id, c) in counts {
+            if let Some(x) = row.get_mut(id as usize) {
+                *x -= pp + fp * c as f32;
+            }
+        }
+        Tensor::from_f32(row, logits.shape())
+    }
+
+    /// The end: the bytes the decoder held back, then whatever the stop matcher held back
+    /// (a stop string they complete ends it as "stop"), then Done.
+    fn end(&mut self, finish: Finish) -> Outcome {
+        let (text, hit) = self.stops.push(&self.decoder.finish());
+        let rest = if hit { String::new() } else { self.stops.flush() };
+        self.end_with(text + &rest, if hit { Finish::Stop } else { finish })
+    }
+
+    fn end_with(&mut self, text: String, finish: Finish) -> Outcome {
+        let lp = std::mem::take(&mut self.pending_logprobs);
+        if (!text.is_empty() || !lp.is_empty()) && !self.send(Event::Text(text, lp)) {
+            return Outcome::Gone;
+        }
+        let done = Event::Done {
+            finish,
+            prompt_tokens: self.job.prompt.len(),
+            completion_tokens: self.generated.len(),
+            cached_tokens: self.cached_tokens,
+        };
+        if !self.send(done) {
+            return Outcome::Gone;
+        }
+        Outcome::Finished
+    }
+}
+
+/// The chosen token's log-probability under `logits` (1, V) and the top `k`.
+fn logprob_of(logits: &Tensor, id: u32, k: usize) -> anyhow::Result<TokenLogprob> {
+    let row = logits.as_f32()?;
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let lse = max + row.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln() as f32;
+    let mut top: Vec<(u32, f32)> = Vec::new();
+    if k > 0 {
+        let mut idx: Vec<u32> = (0..row.len() as u32).collect();
+        let k = k.min(idx.len());
+        idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+        idx.truncate(k);
+        idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+        top = idx.into_iter().map(|i| (i, row[i as usize] - lse)).collect();
+    }
+    Ok(TokenLogprob { id, logprob: row[id as usize] - lse, top })
 }
 
 /// Runs jobs until every sender of `jobs` is gone (the HTTP side has ended).
-pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>, stats: &Stats) {
-    while let Ok(job) = jobs.recv() {
-        stats.waiting.fetch_sub(1, Ordering::Relaxed);
-        if job.events.is_closed() {
-            stats.finished.fetch_add(1, Ordering::Relaxed);
-            continue; // its client left while it waited
+///
+/// Off the CPU the paged pool does not exist yet: jobs run one at a time, each with its own
+/// contiguous cache, through the same loop (`lib.rs` says so at start).
+pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>, stats: &Stats, cfg: EngineConfig) {
+    let paged = cfg.paged;
+    let parallel = if paged { cfg.parallel.max(1) } else { 1 };
+    let mut pool = cfg.pool;
+    let mut blocks = Blocks::new(pool.blocks(), BLOCK_SIZE);
+    stats.kv_blocks_total.store(blocks.total() as u64, Ordering::Relaxed);
+    let mut waiting: VecDeque<Seq> = VecDeque::new();
+    let mut running: Vec<Seq> = Vec::new();
+    let mut open = true;
+    loop {
+        // Take what arrived; sleep on the channel only when there is nothing to do.
+        loop {
+            let job = if running.is_empty() && waiting.is_empty() && open {
+                jobs.recv().map_err(|_| TryRecvError::Disconnected)
+            } else {
+                jobs.try_recv()
+            };
+            match job {
+                Ok(job) => waiting.push_back(Seq::new(job, tok)),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
         }
-        stats.running.fetch_add(1, Ordering::Relaxed);
-        // A panic in the model code fails that request, not the server.
-        let events = job.events.clone();
-        let run = std::panic::catch_unwind(AssertUnwindSafe(|| run_one(model, tok, stop_ids, job, stats)));
-        if let Err(p) = run {
-            let why = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
-            let _ = events.send(Event::Failed(format!("the engine panicked: {}", why.unwrap_or_default())));
+        if !open && running.is_empty() && waiting.is_empty() {
+            return;
         }
-        stats.running.fetch_sub(1, Ordering::Relaxed);
-        stats.finished.fetch_add(1, Ordering::Relaxed);
+        // Jobs whose clients left while they waited.
+        waiting.retain(|s| {
+            let gone = s.job.events.is_closed();
+            if gone {
+                stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                stats.finished.fetch_add(1, Ordering::Relaxed);
+            }
+            !gone
+        });
+        // Sequences whose clients left: their blocks go back now.
+        let (gone, going): (Vec<Seq>, Vec<Seq>) = running.into_iter().partition(|s| s.job.events.is_closed());
+        running = going;
+        for s in gone {
+            retire(s, &mut blocks, stats);
+        }
+        // Room for every running sequence's next token; preempt the newest if there is none.
+        let mut i = 0;
+        while paged && i < running.len() {
+            let need = (running[i].tokens.len()).div_ceil(BLOCK_SIZE);
+            if running[i].table.len() >= need {
+                i += 1;
+                continue;
+            }
+            match blocks.allocate() {
+                Some(b) => running[i].table.push(b),
+                None => {
+                    let victim = running.len() - 1;
+                    let mut s = running.remove(victim);
+                    s.release(&mut blocks);
+                    stats.preempted.fetch_add(1, Ordering::Relaxed);
+                    stats.running.fetch_sub(1, Ordering::Relaxed);
+                    stats.waiting.fetch_add(1, Ordering::Relaxed);
+                    waiting.push_front(s);
+                    if victim == i {
+                        break;
+                    }
+                }
+            }
+        }
+        // Admit waiting sequences while there is room.
+        while running.len() < parallel {
+            let Some(s) = waiting.front_mut() else { break };
+            let n = s.tokens.len();
+            if !paged {
+                let mut s = waiting.pop_front().expect("front exists");
+                match KvCache::new_on(&model.cfg, 1, s.job.prompt.len() + s.job.max_tokens + 1, model.device()) {
+                    Ok(c) => s.cache = Some(c),
+                    Err(e) => {
+                        stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                        stats.finished.fetch_add(1, Ordering::Relaxed);
+                        s.send(Event::Failed(format!("{e:#}")));
+                        continue;
+                    }
+                }
+                stats.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+                stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                stats.running.fetch_add(1, Ordering::Relaxed);
+                running.push(s);
+                continue;
+            }
+            let need = (n + 1).div_ceil(BLOCK_SIZE);
+            let reuse = n.saturating_sub(MIN_RECOMPUTE) / BLOCK_SIZE;
+            let (hit, last_hash) = blocks.match_prefix(&s.tokens, reuse);
+            if blocks.unused() < need - hit.len() {
+                blocks.release(&hit);
+                break;
+            }
+            let fresh = need - hit.len();
+            let mut s = waiting.pop_front().expect("front exists");
+            if s.generated.is_empty() {
+                s.cached_tokens = hit.len() * BLOCK_SIZE;
+                stats.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+                stats.cached_prompt_tokens.fetch_add(s.cached_tokens as u64, Ordering::Relaxed);
+            }
+            s.computed = hit.len() * BLOCK_SIZE;
+            s.named = hit.len();
+            s.last_hash = last_hash;
+            s.table = hit;
+            for _ in 0..fresh {
+                s.table.push(blocks.allocate().expect("counted as unused"));
+            }
+            stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            stats.running.fetch_add(1, Ordering::Relaxed);
+            running.push(s);
+        }
+        stats.kv_blocks_used.store(blocks.used() as u64, Ordering::Relaxed);
+        if running.is_empty() {
+            // Nothing fits yet (cannot happen with a pool of at least one context): wait.
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            continue;
+        }
+        stats.steps.fetch_add(1, Ordering::Relaxed);
+        stats.batch_max.fetch_max(running.len() as u64, Ordering::Relaxed);
+        // One forward over every running sequence; a panic fails the batch, not the server.
+        let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if let [s] = &mut running[..] {
+                if let Some(cache) = s.cache.as_mut() {
+                    let new = &s.tokens[s.computed..];
+                    let ids = Tensor::from_u32(new.to_vec(), &[1, new.len()])?;
+                    return model.logits(&ids, Some(cache), Logits::Last);
+                }
+            }
+            let steps: Vec<SeqStep> = running
+                .iter()
+                .map(|s| SeqStep { tokens: &s.tokens[s.computed..], pos0: s.computed, table: &s.table })
+                .collect();
+            model.logits_paged(&steps, &mut pool)
+        }));
+        let logits = match step {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                fail_all(&mut running, &mut blocks, stats, &format!("{e:#}"));
+                continue;
+            }
+            Err(p) => {
+                let why =
+                    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned());
+                fail_all(
+                    &mut running,
+                    &mut blocks,
+                    stats,
+                    &format!("the engine panicked: {}", why.unwrap_or_default()),
+                );
+                continue;
+            }
+        };
+        let mut keep = Vec::with_capacity(running.len());
+        for (i, mut s) in running.drain(..).enumerate() {
+            s.computed = s.tokens.len();
+            if paged {
+                s.name_full_blocks(&mut blocks);
+            }
+            let outcome = logits.narrow_rows(i, 1).and_then(|row| s.advance(&row, stop_ids, stats));
+            match outcome {
+                Ok(Outcome::Going) => keep.push(s),
+                Ok(Outcome::Finished | Outcome::Gone) => retire(s, &mut blocks, stats),
+                Err(e) => {
+                    s.send(Event::Failed(format!("{e:#}")));
+                    retire(s, &mut blocks, stats);
+                }
+            }
+        }
+        running = keep;
+        stats.kv_blocks_used.store(blocks.used() as u64, Ordering::Relaxed);
     }
 }
 
-fn run_one(model: &Model, tok: &Tokenizer, stop_ids: &[u32], job: Job, stats: &Stats) {
-    stats.prompt_tokens.fetch_add(job.prompt.len() as u64, Ordering::Relaxed);
-    let cfg = GenerateConfig { max_tokens: job.max_tokens, sampling: job.sampling, stop_ids: stop_ids.to_vec() };
-    let mut decoder = StreamDecoder::new(tok);
-    let mut stops = StopMatcher::new(job.stop);
-    let mut hit = false;
-    let mut gone = false;
-    let events = &job.events;
-    let send = |text: String| -> bool { text.is_empty() || events.send(Event::Text(text)).is_ok() };
-    let result = generate_until(model, &job.prompt, &cfg, |id| {
-        stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
-        let (text, stopped) = stops.push(&decoder.push(id));
-        hit = stopped;
-        gone = !send(text);
-        if hit || gone {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    });
-    let g = match result {
-        Ok(g) => g,
-        Err(e) => {
-            let _ = events.send(Event::Failed(format!("{e:#}")));
-            return;
-        }
-    };
-    if gone {
-        return;
+fn retire(mut s: Seq, blocks: &mut Blocks, stats: &Stats) {
+    s.release(blocks);
+    stats.running.fetch_sub(1, Ordering::Relaxed);
+    stats.finished.fetch_add(1, Ordering::Relaxed);
+}
+
+fn fail_all(running: &mut Vec<Seq>, blocks: &mut Blocks, stats: &Stats, why: &str) {
+    for s in running.drain(..) {
+        s.send(Event::Failed(why.to_string()));
+        retire(s, blocks, stats);
     }
-    if !hit {
-        // The bytes the decoder held back, then whatever the stop matcher held back.
-        let (text, stopped) = stops.push(&decoder.finish());
-        hit = stopped;
-        let rest = if hit { String::new() } else { stops.flush() };
-        if !send(text + &rest) {
-            return;
-        }
-    }
-    let finish = if hit || g.stopped_on_eos { Finish::Stop } else { Finish::Length };
-    let _ = events.send(Event::Done { finish, prompt_tokens: g.prompt_ids.len(), completion_tokens: g.ids.len() });
 }
 
 /// Stop strings over a stream of text pieces: a stop string may span pieces (tokens), so text
@@ -212,5 +564,62 @@ mod tests {
         assert_eq!(run(&["é!"], &["café", "!"]), ("caf".into(), true));
         assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
         assert_eq!(run(&[""], &["a"]), ("a".into(), false));
+    }
+
+    /// The loop off the CPU (one request at a time, contiguous caches), run here on the CPU:
+    /// the same ids as `smelt_infer::generate`, one request after another.
+    #[test]
+    fn one_at_a_time_mode_gives_generate_s_answers() {
+        use smelt_infer::{generate, GenerateConfig};
+        use smelt_model::ModelConfig;
+        let mut c = ModelConfig::llama(257, 32, 2, 4, 2, 64);
+        c.max_pos = 128;
+        let model = Model::init(c, 3).unwrap();
+        let tok = Tokenizer::byte_level();
+        let (jobs, queue) = std::sync::mpsc::channel();
+        let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stats = Stats::default();
+        let prompts: Vec<Vec<u32>> = ["first", "second prompt"].iter().map(|p| tok.encode(p)).collect();
+        for (i, p) in prompts.iter().enumerate() {
+            let sampling = SamplingConfig { temperature: 0.7, seed: i as u64, ..Default::default() };
+            stats.waiting.fetch_add(1, Ordering::Relaxed);
+            let job = Job {
+                prompt: p.clone(),
+                max_tokens: 12,
+                sampling,
+                presence_penalty: 0.0,
+                frequency_penalty: 0.0,
+                logprobs: Some(0),
+                stop: vec![],
+                index: i,
+                events: events.clone(),
+                queued: Instant::now(),
+            };
+            jobs.send(job).unwrap();
+        }
+        drop((jobs, events));
+        super::run(&model, &tok, &[256], queue, &stats, EngineConfig::one_at_a_time(&model).unwrap());
+        let mut ids = vec![Vec::new(); 2];
+        while let Ok((i, ev)) = rx.try_recv() {
+            if let Event::Text(_, lp) = ev {
+                ids[i].extend(lp.iter().map(|l| l.id));
+            }
+        }
+        for (i, p) in prompts.iter().enumerate() {
+            let sampling = SamplingConfig { temperature: 0.7, seed: i as u64, ..Default::default() };
+            let cfg = GenerateConfig { max_tokens: 12, sampling, stop_ids: vec![256] };
+            assert_eq!(ids[i], generate(&model, p, &cfg, |_| {}).unwrap().ids, "request {i}");
+        }
+        assert_eq!((Stats::get(&stats.finished), Stats::get(&stats.batch_max)), (2, 1));
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax_with_the_top_alternatives_in_order() {
+        let logits = Tensor::from_f32(vec![1.0, 3.0, 2.0, 0.0], &[1, 4]).unwrap();
+        let lp = logprob_of(&logits, 2, 2).unwrap();
+        let z: f64 = [1.0f64, 3.0, 2.0, 0.0].iter().map(|x| x.exp()).sum();
+        assert!((lp.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!((lp.top[0].1 as f64 - (3.0 - z.ln())).abs() < 1e-6);
     }
 }

@@ -4,7 +4,8 @@
 //! Server-Sent Events (`data: {chunk}\n\n` …, `data: [DONE]`).
 
 use crate::api::{self, ApiError, Prompt};
-use crate::engine::{Event, Job, Stats};
+use crate::engine::{Event, Finish, Job, TokenLogprob};
+use crate::metrics::Stats;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -151,26 +152,14 @@ async fn chat_completions(
     complete(s, headers, body, true).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-/// Prometheus text: request and token counters, queue depth, running requests. (TTFT and
-/// inter-token-latency histograms come with the batching engine; docs/SERVE.md.)
+/// Prometheus text: request and token counters, queue depth, KV blocks, and the time to
+/// first token and inter-token latency histograms (`metrics::Stats::render`).
 async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&s, &headers) {
         return e.into_response();
     }
-    let st = &s.stats;
-    let rows = [
-        ("smelt_requests_finished_total", "counter", "Requests the engine has finished (any outcome).", &st.finished),
-        ("smelt_prompt_tokens_total", "counter", "Prompt tokens processed.", &st.prompt_tokens),
-        ("smelt_generated_tokens_total", "counter", "Tokens generated.", &st.generated_tokens),
-        ("smelt_requests_waiting", "gauge", "Requests queued for the engine.", &st.waiting),
-        ("smelt_requests_running", "gauge", "Requests generating now.", &st.running),
-    ];
-    let mut out = String::new();
-    for (name, kind, help, v) in rows {
-        out += &format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}\n", Stats::get(v));
-    }
     let headers = [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")];
-    (StatusCode::OK, headers, out).into_response()
+    (StatusCode::OK, headers, s.stats.render()).into_response()
 }
 
 /// The key, the body (413 over the limit, 400 unreadable) and the loaded tokenizer side (503
@@ -253,6 +242,9 @@ struct Meta {
     model: String,
     chat: bool,
     include_usage: bool,
+    n: usize,
+    /// For the log-probabilities' token strings.
+    text: Arc<TextSide>,
 }
 
 async fn complete(
@@ -284,8 +276,9 @@ async fn complete(
     }
     let room = text.ctx - prompt.len();
     let max_tokens = req.max_tokens.unwrap_or(if chat { room } else { 16 }).min(room);
-    if Stats::get(&s.stats.waiting) >= s.max_queue as u64 {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the queue is full; retry later"));
+    if Stats::get(&s.stats.waiting) + req.n as u64 > s.max_queue as u64 {
+        let msg = format!("the queue is full ({} requests wait); retry later", s.max_queue);
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", msg).code("queue_full"));
     }
     let meta = Meta {
         id: format!("{}-{:016x}", if chat { "chatcmpl" } else { "cmpl" }, req.sampling.seed ^ nanos()),
@@ -293,14 +286,34 @@ async fn complete(
         model: s.model_id.clone(),
         chat,
         include_usage: req.include_usage,
+        n: req.n,
+        text: text.clone(),
     };
     let (events, rx) = unbounded_channel();
-    s.stats.waiting.fetch_add(1, Ordering::Relaxed);
-    let job = Job { prompt, max_tokens, sampling: req.sampling, stop: req.stop, events };
-    if s.jobs.send(job).is_err() {
-        s.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the engine has stopped"));
+    let queued = std::time::Instant::now();
+    for index in 0..req.n {
+        // Choice i draws with seed + i: n different answers, each reproducible.
+        let mut sampling = req.sampling.clone();
+        sampling.seed = sampling.seed.wrapping_add(index as u64);
+        let job = Job {
+            prompt: prompt.clone(),
+            max_tokens,
+            sampling,
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            logprobs: req.logprobs,
+            stop: req.stop.clone(),
+            index,
+            events: events.clone(),
+            queued,
+        };
+        s.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        if s.jobs.send(job).is_err() {
+            s.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the engine has stopped"));
+        }
     }
+    drop(events);
     if req.stream {
         Ok(stream(meta, rx))
     } else {
@@ -308,55 +321,136 @@ async fn complete(
     }
 }
 
-fn usage(prompt_tokens: usize, completion_tokens: usize) -> Value {
-    json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens})
+/// OpenAI's `usage`; `cached_tokens` is the prompt tokens the prefix cache supplied.
+fn usage(prompt_tokens: usize, completion_tokens: usize, cached_tokens: usize) -> Value {
+    json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+           "total_tokens": prompt_tokens + completion_tokens,
+           "prompt_tokens_details": {"cached_tokens": cached_tokens}})
 }
 
 fn engine_gone() -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the engine dropped the request")
 }
 
-async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    loop {
-        match rx.recv().await.ok_or_else(engine_gone)? {
-            Event::Text(t) => text += &t,
+/// A token as a string and its UTF-8 bytes (a token may hold part of a character).
+fn token_text(text: &TextSide, id: u32) -> (String, Vec<u8>) {
+    let bytes = text.tok.decode_bytes(&[id], false);
+    (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+}
+
+/// Log-probabilities in OpenAI's shape: chat `{"content": [{token, logprob, bytes,
+/// top_logprobs}], "refusal": null}`; completions `{tokens, token_logprobs, top_logprobs,
+/// text_offset}` (`offset`: the choice's text length before these tokens).
+fn logprobs_json(meta: &Meta, lps: &[TokenLogprob], offset: usize) -> Value {
+    let t = &meta.text;
+    if meta.chat {
+        let entry = |id: u32, lp: f32| {
+            let (token, bytes) = token_text(t, id);
+            json!({"token": token, "logprob": lp, "bytes": bytes})
+        };
+        let content: Vec<Value> = lps
+            .iter()
+            .map(|l| {
+                let mut e = entry(l.id, l.logprob);
+                e["top_logprobs"] = l.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+                e
+            })
+            .collect();
+        json!({"content": content, "refusal": null})
+    } else {
+        let mut at = offset;
+        let mut offsets = Vec::new();
+        let mut tokens = Vec::new();
+        for l in lps {
+            let (tok, _) = token_text(t, l.id);
+            offsets.push(at);
+            at += tok.len();
+            tokens.push(tok);
+        }
+        let tops: Vec<Value> = lps
+            .iter()
+            .map(|l| {
+                let m: serde_json::Map<String, Value> =
+                    l.top.iter().map(|&(id, lp)| (token_text(t, id).0, json!(lp))).collect();
+                Value::Object(m)
+            })
+            .collect();
+        json!({"tokens": tokens, "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+               "top_logprobs": tops, "text_offset": offsets})
+    }
+}
+
+/// One choice as it is collected.
+#[derive(Default)]
+struct Choice {
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+    done: Option<(Finish, usize, usize, usize)>,
+}
+
+async fn collect(meta: Meta, mut rx: UnboundedReceiver<(usize, Event)>) -> Result<Response, ApiError> {
+    let mut choices: Vec<Choice> = (0..meta.n).map(|_| Choice::default()).collect();
+    while choices.iter().any(|c| c.done.is_none()) {
+        let (i, ev) = rx.recv().await.ok_or_else(engine_gone)?;
+        let c = &mut choices[i];
+        match ev {
+            Event::Text(t, lp) => {
+                c.text += &t;
+                c.logprobs.extend(lp);
+            }
             Event::Failed(e) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e)),
-            Event::Done { finish, prompt_tokens, completion_tokens } => {
-                let choice = if meta.chat {
-                    json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish.as_str()})
-                } else {
-                    json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish.as_str()})
-                };
-                let object = if meta.chat { "chat.completion" } else { "text_completion" };
-                let body = json!({
-                    "id": meta.id, "object": object, "created": meta.created, "model": meta.model,
-                    "choices": [choice], "usage": usage(prompt_tokens, completion_tokens),
-                });
-                return Ok(api::json_response(StatusCode::OK, &body));
+            Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens } => {
+                c.done = Some((finish, prompt_tokens, completion_tokens, cached_tokens))
             }
         }
     }
+    let (mut prompt_tokens, mut completion_tokens, mut cached) = (0, 0, 0);
+    let mut out = Vec::new();
+    for (i, c) in choices.into_iter().enumerate() {
+        let (finish, p, n, k) = c.done.expect("every choice is done");
+        // The prompt counts once; its cached tokens are the first choice's.
+        if i == 0 {
+            (prompt_tokens, cached) = (p, k);
+        }
+        completion_tokens += n;
+        let lp = if !c.logprobs.is_empty() { logprobs_json(&meta, &c.logprobs, 0) } else { Value::Null };
+        out.push(if meta.chat {
+            json!({"index": i, "message": {"role": "assistant", "content": c.text, "refusal": null}, "logprobs": lp, "finish_reason": finish.as_str()})
+        } else {
+            json!({"index": i, "text": c.text, "logprobs": lp, "finish_reason": finish.as_str()})
+        });
+    }
+    let object = if meta.chat { "chat.completion" } else { "text_completion" };
+    let body = json!({
+        "id": meta.id, "object": object, "created": meta.created, "model": meta.model,
+        "choices": out, "usage": usage(prompt_tokens, completion_tokens, cached),
+    });
+    Ok(api::json_response(StatusCode::OK, &body))
 }
 
 /// The stream's state: the engine's events, and SSE events made from them not yet sent.
 struct Streaming {
     meta: Meta,
-    rx: UnboundedReceiver<Event>,
+    rx: UnboundedReceiver<(usize, Event)>,
     pending: VecDeque<sse::Event>,
+    /// Per choice: text length so far (completions' `text_offset`) and whether it is done.
+    sent: Vec<usize>,
+    left: usize,
+    /// Usage summed over the choices (the prompt once).
+    usage: (usize, usize, usize),
     done: bool,
 }
 
 impl Streaming {
-    /// One chunk: a chat delta or a completion's text, with `finish_reason` on the last.
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+    /// One chunk of choice `i`: a chat delta or a completion's text, with `finish_reason` on the last.
+    fn chunk(&self, i: usize, delta: Value, logprobs: Value, finish: Option<&str>) -> Value {
         let m = &self.meta;
         let mut c = if m.chat {
             json!({"id": m.id, "object": "chat.completion.chunk", "created": m.created, "model": m.model,
-                   "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+                   "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
         } else {
             json!({"id": m.id, "object": "text_completion", "created": m.created, "model": m.model,
-                   "choices": [{"index": 0, "text": delta, "logprobs": null, "finish_reason": finish}]})
+                   "choices": [{"index": i, "text": delta, "logprobs": logprobs, "finish_reason": finish}]})
         };
         if m.include_usage {
             c["usage"] = Value::Null;
@@ -368,29 +462,37 @@ impl Streaming {
         self.pending.push_back(sse::Event::default().data(v.to_string()));
     }
 
-    fn text(&mut self, t: String) {
-        let delta = if self.meta.chat { json!({"content": t}) } else { json!(t) };
-        let c = self.chunk(delta, None);
-        self.send(c);
-    }
-
-    fn on(&mut self, ev: Option<Event>) {
+    fn on(&mut self, ev: Option<(usize, Event)>) {
         match ev {
-            Some(Event::Text(t)) => self.text(t),
-            Some(Event::Done { finish, prompt_tokens, completion_tokens }) => {
-                let empty = if self.meta.chat { json!({}) } else { json!("") };
-                let c = self.chunk(empty, Some(finish.as_str()));
+            Some((i, Event::Text(t, lp))) => {
+                let lpv = if lp.is_empty() { Value::Null } else { logprobs_json(&self.meta, &lp, self.sent[i]) };
+                self.sent[i] += t.len();
+                let delta = if self.meta.chat { json!({"content": t}) } else { json!(t) };
+                let c = self.chunk(i, delta, lpv, None);
                 self.send(c);
+            }
+            Some((i, Event::Done { finish, prompt_tokens, completion_tokens, cached_tokens })) => {
+                let empty = if self.meta.chat { json!({}) } else { json!("") };
+                let c = self.chunk(i, empty, Value::Null, Some(finish.as_str()));
+                self.send(c);
+                if i == 0 {
+                    (self.usage.0, self.usage.2) = (prompt_tokens, cached_tokens);
+                }
+                self.usage.1 += completion_tokens;
+                self.left -= 1;
+                if self.left > 0 {
+                    return;
+                }
                 if self.meta.include_usage {
                     let m = &self.meta;
                     let u = json!({"id": m.id, "object": if m.chat { "chat.completion.chunk" } else { "text_completion" },
                                    "created": m.created, "model": m.model, "choices": [],
-                                   "usage": usage(prompt_tokens, completion_tokens)});
+                                   "usage": usage(self.usage.0, self.usage.1, self.usage.2)});
                     self.send(u);
                 }
                 self.finish();
             }
-            Some(Event::Failed(e)) => {
+            Some((_, Event::Failed(e))) => {
                 self.send(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e).body());
                 self.finish();
             }
@@ -407,12 +509,16 @@ impl Streaming {
     }
 }
 
-fn stream(meta: Meta, rx: UnboundedReceiver<Event>) -> Response {
-    let mut st = Streaming { meta, rx, pending: VecDeque::new(), done: false };
+fn stream(meta: Meta, rx: UnboundedReceiver<(usize, Event)>) -> Response {
+    let n = meta.n;
+    let mut st =
+        Streaming { meta, rx, pending: VecDeque::new(), sent: vec![0; n], left: n, usage: (0, 0, 0), done: false };
     if st.meta.chat {
-        // The first delta carries the role.
-        let c = st.chunk(json!({"role": "assistant", "content": ""}), None);
-        st.send(c);
+        // The first delta of each choice carries the role.
+        for i in 0..n {
+            let c = st.chunk(i, json!({"role": "assistant", "content": ""}), Value::Null, None);
+            st.send(c);
+        }
     }
     let events = futures_util::stream::unfold(st, |mut st| async move {
         loop {

@@ -3,14 +3,18 @@
 //! Two sides, one channel between them (docs/SERVE.md):
 //! - `http`: axum on a tokio runtime on its own thread: routes, the API key, request checks
 //!   (`api`), prompt rendering and tokenisation, OpenAI's responses and Server-Sent Events;
-//! - `engine`: the thread that owns the model (the caller's: the CLI's rayon worker) and runs
-//!   queued jobs, one at a time in this slice.
+//! - `engine`: the thread that owns the model (the caller's: the CLI's rayon worker): a
+//!   scheduler that batches every running request into one forward per step (continuous
+//!   batching) over a paged KV pool (`blocks`: allocation and the prefix cache);
+//! - `metrics`: the counters and histograms `/metrics` reports.
 //!
 //! The model loads after the port is bound, so `/health` answers 503 while it loads.
 
 pub mod api;
+pub mod blocks;
 pub mod engine;
 pub mod http;
+pub mod metrics;
 
 use anyhow::{Context, Result};
 use smelt_model::Model;
@@ -21,15 +25,20 @@ use std::sync::{Arc, OnceLock};
 /// What the server accepts.
 pub struct Options {
     pub api_key: Option<String>,
-    /// Positions a request may use (prompt + answer); None: the model's context.
+    /// Positions in the KV pool, shared by all requests (one request may use them all, up to
+    /// the model's context); None: the model's context.
     pub ctx_size: Option<usize>,
+    /// Requests in the running batch at most.
+    pub parallel: usize,
+    /// How the KV pool stores keys and values.
+    pub kv_type: smelt_model::KvType,
     /// The model's name in requests and `/v1/models`.
     pub model_id: String,
     /// `--model` as given; requests may name the model by it too.
     pub model_path: String,
     /// Largest request body, in bytes (413 past it).
     pub body_limit: usize,
-    /// Requests that may wait for the engine (503 past it).
+    /// Choices that may wait for a place in the batch (429 past it).
     pub max_queue: usize,
 }
 
@@ -50,7 +59,7 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let (jobs, queue) = std::sync::mpsc::channel();
-    let stats = Arc::new(engine::Stats::default());
+    let stats = Arc::new(metrics::Stats::default());
     let shared = Arc::new(http::Shared {
         model_id: opts.model_id,
         model_path: opts.model_path,
@@ -73,7 +82,16 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
     })?;
     eprintln!("smelt serve: listening on http://{addr} (loading the model)");
     let loaded = load()?;
-    let ctx = opts.ctx_size.unwrap_or(loaded.model.cfg.max_pos).min(loaded.model.cfg.max_pos);
+    let pool_tokens = opts.ctx_size.unwrap_or(loaded.model.cfg.max_pos);
+    let ctx = pool_tokens.min(loaded.model.cfg.max_pos);
+    let device = loaded.model.device();
+    if !device.is_cpu() && opts.kv_type != smelt_model::KvType::F32 {
+        anyhow::bail!(
+            "--kv-cache-type {}: the KV cache types apply to the CPU's paged pool; on {device} the cache holds the activation dtype",
+            opts.kv_type.name()
+        );
+    }
+    let cfg = engine::EngineConfig::new(&loaded.model, opts.parallel, pool_tokens, opts.kv_type)?;
     let side = http::TextSide {
         tok: loaded.tokenizer.clone(),
         template: loaded.template,
@@ -82,8 +100,19 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
     };
     let _ = shared.text.set(Arc::new(side));
     drop(shared);
-    eprintln!("smelt serve: ready on http://{addr} (context {ctx} tokens, one request at a time)");
-    engine::run(&loaded.model, &loaded.tokenizer, &loaded.stop_ids, queue, &stats);
+    if device.is_cpu() {
+        eprintln!(
+            "smelt serve: ready on http://{addr} (KV pool {pool_tokens} tokens of {} in blocks of {}, up to {} requests batched, {ctx} tokens per request)",
+            opts.kv_type.name(),
+            blocks::BLOCK_SIZE,
+            opts.parallel
+        );
+    } else {
+        eprintln!(
+            "smelt serve: ready on http://{addr} on {device}: ONE REQUEST AT A TIME (continuous batching and the paged KV cache are CPU-only for now; --parallel and prefix caching do not apply here), context {ctx} tokens"
+        );
+    }
+    engine::run(&loaded.model, &loaded.tokenizer, &loaded.stop_ids, queue, &stats, cfg);
     match server.join() {
         Ok(r) => r,
         Err(_) => anyhow::bail!("the HTTP thread panicked"),

@@ -15,12 +15,58 @@ use std::sync::OnceLock;
 
 const KEY: &str = "sk-test";
 const TEMPLATE: &str = "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}<assistant>";
-const CTX: usize = 64;
+/// The model's context: what one request may use.
+const CTX: usize = 256;
+/// The shared server's KV pool (`--ctx-size`), room for several requests at once.
+const POOL: usize = 1024;
 
 fn model() -> Model {
     let mut cfg = ModelConfig::llama(257, 32, 2, 4, 2, 64);
-    cfg.max_pos = 256;
+    cfg.max_pos = CTX;
     Model::init(cfg, 7).unwrap()
+}
+
+/// A server of its own with `opts` over the test model (for tests that read its counters or
+/// need its cache to themselves); waits until it is ready.
+fn start(opts: Options) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        smelt_serve::run(listener, opts, || {
+            Ok(Loaded {
+                model: model(),
+                tokenizer: Tokenizer::byte_level(),
+                template: Ok(ChatTemplate::new(TEMPLATE, "", "")),
+                stop_ids: vec![256],
+            })
+        })
+        .unwrap()
+    });
+    let t0 = std::time::Instant::now();
+    while request(addr, "GET", "/health", &[], b"").status != 200 {
+        assert!(t0.elapsed().as_secs() < 30, "never ready");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    addr
+}
+
+fn options(pool: usize, parallel: usize) -> Options {
+    Options {
+        api_key: None,
+        ctx_size: Some(pool),
+        model_id: "tiny".into(),
+        model_path: "tiny".into(),
+        body_limit: 1 << 16,
+        max_queue: 8,
+        parallel,
+        kv_type: smelt_model::KvType::F32,
+    }
+}
+
+fn post_to(addr: SocketAddr, path: &str, body: &Value) -> Value {
+    let r = request(addr, "POST", path, &[], body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{r:?}");
+    serde_json::from_str(&r.body).unwrap()
 }
 
 /// One server for the whole file (started on first use, never stopped).
@@ -31,11 +77,13 @@ fn server() -> SocketAddr {
         let addr = listener.local_addr().unwrap();
         let opts = Options {
             api_key: Some(KEY.into()),
-            ctx_size: Some(CTX),
+            ctx_size: Some(POOL),
             model_id: "tiny".into(),
             model_path: "/models/tiny".into(),
             body_limit: 1 << 16,
             max_queue: 8,
+            parallel: 4,
+            kv_type: smelt_model::KvType::F32,
         };
         std::thread::spawn(move || {
             smelt_serve::run(listener, opts, || {
@@ -85,7 +133,13 @@ fn direct(prompt: &[u32], max_tokens: usize) -> (String, usize, bool) {
 fn direct_sampled(prompt: &[u32], max_tokens: usize, sampling: SamplingConfig) -> (String, usize, bool) {
     let cfg = GenerateConfig { max_tokens, sampling, stop_ids: vec![256] };
     let g = generate(&model(), prompt, &cfg, |_| {}).unwrap();
-    (Tokenizer::byte_level().decode(&g.ids), g.ids.len(), g.stopped_on_eos)
+    // Decoded piece by piece as the server streams it (random bytes are not always UTF-8, and
+    // invalid ones come out as U+FFFD per piece).
+    let tok = Tokenizer::byte_level();
+    let mut d = smelt_tokenizer::StreamDecoder::new(&tok);
+    let mut text: String = g.ids.iter().map(|&id| d.push(id)).collect();
+    text += &d.finish();
+    (text, g.ids.len(), g.stopped_on_eos)
 }
 
 /// An OpenAI error body with this status, and its `param`.
@@ -111,7 +165,10 @@ fn completions_greedy_equals_generate_with_exact_usage() {
     assert_eq!(v["model"], "tiny");
     assert_eq!(v["choices"][0]["text"], want);
     assert_eq!(v["choices"][0]["finish_reason"], if eos { "stop" } else { "length" });
-    assert_eq!(v["usage"], json!({"prompt_tokens": ids.len(), "completion_tokens": n, "total_tokens": ids.len() + n}));
+    assert_eq!(v["usage"]["prompt_tokens"], ids.len());
+    assert_eq!(v["usage"]["completion_tokens"], n);
+    assert_eq!(v["usage"]["total_tokens"], ids.len() + n);
+    assert!(v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().is_some(), "{v}");
     // A token-array prompt is the same request; the model may be named by its path too.
     let r =
         post("/v1/completions", &json!({"model": "/models/tiny", "prompt": ids, "max_tokens": 12, "temperature": 0}));
@@ -131,7 +188,7 @@ fn chat_goes_through_the_template_and_streams_as_openai() {
     let body = json!({"model": "tiny", "messages": msgs, "max_completion_tokens": 10, "temperature": 0});
     let v = json_of(&post("/v1/chat/completions", &body));
     assert_eq!(v["object"], "chat.completion");
-    assert_eq!(v["choices"][0]["message"], json!({"role": "assistant", "content": want}));
+    assert_eq!(v["choices"][0]["message"], json!({"role": "assistant", "content": want, "refusal": null}));
     assert_eq!(v["usage"]["prompt_tokens"], ids.len());
     // Streaming: one id, the role first, text deltas, finish_reason last, the usage chunk, [DONE].
     let mut body = body.clone();
@@ -148,9 +205,10 @@ fn chat_goes_through_the_template_and_streams_as_openai() {
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let (usage, rest) = chunks.split_last().unwrap();
     assert_eq!(usage["choices"], json!([]));
+    let u = &usage["usage"];
     assert_eq!(
-        usage["usage"],
-        json!({"prompt_tokens": ids.len(), "completion_tokens": n, "total_tokens": ids.len() + n})
+        (&u["prompt_tokens"], &u["completion_tokens"], &u["total_tokens"]),
+        (&json!(ids.len()), &json!(n), &json!(ids.len() + n))
     );
     let (last, _) = rest.split_last().unwrap();
     assert_eq!(last["choices"][0]["finish_reason"], v["choices"][0]["finish_reason"]);
@@ -251,6 +309,8 @@ fn health_is_503_while_the_model_loads_and_requests_wait_for_it() {
         model_path: "tiny".into(),
         body_limit: 1 << 16,
         max_queue: 8,
+        parallel: 4,
+        kv_type: smelt_model::KvType::F32,
     };
     let (loaded, gate) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
@@ -353,6 +413,8 @@ fn a_client_that_leaves_mid_stream_ends_its_generation() {
         model_path: "tiny".into(),
         body_limit: 1 << 16,
         max_queue: 8,
+        parallel: 4,
+        kv_type: smelt_model::KvType::F32,
     };
     std::thread::spawn(move || {
         smelt_serve::run(listener, opts, || {
@@ -391,9 +453,187 @@ fn a_client_that_leaves_mid_stream_ends_its_generation() {
     let generated = metric(addr, "smelt_generated_tokens_total");
     assert!(generated < max as u64, "the engine generated all {generated} tokens for a client that had left");
     assert_eq!(metric(addr, "smelt_requests_running"), 0);
+    // Its KV blocks went back to the pool.
+    assert_eq!(metric(addr, "smelt_kv_blocks_used"), 0);
     // The server goes on serving.
     let ok = json!({"model": "tiny", "prompt": "x", "max_tokens": 2}).to_string();
     assert_eq!(request(addr, "POST", "/v1/completions", &[], ok.as_bytes()).status, 200);
     assert_eq!(metric(addr, "smelt_generated_tokens_total"), generated + 2);
     println!("the engine stopped after {generated} of {max} tokens");
+}
+
+/// `n`-th choice text of a completions body.
+fn texts(v: &Value) -> Vec<String> {
+    v["choices"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_seeded_request_gives_the_same_text_whatever_else_is_in_the_batch() {
+    let addr = start(options(2048, 8));
+    let body =
+        json!({"model": "tiny", "prompt": "determinism, please", "max_tokens": 24, "temperature": 0.9, "seed": 42});
+    let alone = texts(&post_to(addr, "/v1/completions", &body));
+    let sampling = SamplingConfig { temperature: 0.9, seed: 42, ..Default::default() };
+    let want = direct_sampled(&Tokenizer::byte_level().encode("determinism, please"), 24, sampling).0;
+    assert_eq!(alone, vec![want.clone()]);
+    // Again, with seven others of other lengths joining and leaving around it, several times.
+    for round in 0..3 {
+        let got = std::thread::scope(|sc| {
+            let others: Vec<_> = (0..7)
+                .map(|i| {
+                    sc.spawn(move || {
+                        let p = "other ".repeat(1 + i * (round + 1));
+                        let b =
+                            json!({"model": "tiny", "prompt": p, "max_tokens": 3 + 5 * i, "temperature": 1, "seed": i});
+                        post_to(addr, "/v1/completions", &b)
+                    })
+                })
+                .collect();
+            std::thread::sleep(std::time::Duration::from_millis(2 * round as u64));
+            let mine = texts(&post_to(addr, "/v1/completions", &body));
+            for o in others {
+                o.join().unwrap();
+            }
+            mine
+        });
+        assert_eq!(got, vec![want.clone()], "round {round}");
+    }
+    assert_eq!(metric(addr, "smelt_preemptions_total"), 0);
+    let batch = metric(addr, "smelt_batch_size_max");
+    assert!(batch >= 4, "the requests never shared a step (largest batch {batch})");
+    println!("largest batch {batch}, {} steps", metric(addr, "smelt_engine_steps_total"));
+}
+
+#[test]
+fn a_shared_prompt_prefix_is_served_from_the_cache_with_exact_cached_tokens() {
+    // One server to this test: its cache holds only what the test puts there.
+    let addr = start(options(1024, 4));
+    let prompt: String = (0..40).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let ids = Tokenizer::byte_level().encode(&prompt);
+    let (want, _, _) = direct(&ids, 8);
+    let body = |p: &str| json!({"model": "tiny", "prompt": p, "max_tokens": 8, "temperature": 0});
+    let first = post_to(addr, "/v1/completions", &body(&prompt));
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(texts(&first), vec![want.clone()]);
+    // The same prompt: every full block but the one holding its last 5 tokens comes from the
+    // cache (blocks of 16; at least 5 tokens are always computed), and the answer is the same.
+    let again = post_to(addr, "/v1/completions", &body(&prompt));
+    let cached = (ids.len() - 5) / 16 * 16;
+    assert!(cached > 0);
+    assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"], cached);
+    assert_eq!(texts(&again), vec![want]);
+    // A prompt that shares only the first block reuses just that one.
+    let other = format!("{}{}", &prompt[..20], "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzz");
+    let v = post_to(addr, "/v1/completions", &body(&other));
+    let shared = ids.iter().zip(Tokenizer::byte_level().encode(&other)).take_while(|(a, b)| **a == *b).count();
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], shared / 16 * 16);
+    assert_eq!(texts(&v), vec![direct(&Tokenizer::byte_level().encode(&other), 8).0]);
+    assert_eq!(metric(addr, "smelt_prompt_tokens_cached_total"), (cached + shared / 16 * 16) as u64);
+    assert_eq!(metric(addr, "smelt_kv_blocks_used"), 0);
+}
+
+#[test]
+fn n_choices_logprobs_and_penalties() {
+    let addr = start(options(2048, 8));
+    let prompt = "choices";
+    let ids = Tokenizer::byte_level().encode(prompt);
+    // n = 3, seeded: choice i draws with seed + i.
+    let v = post_to(
+        addr,
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": prompt, "max_tokens": 6, "temperature": 1, "seed": 9, "n": 3}),
+    );
+    let want: Vec<String> = (0..3)
+        .map(|i| direct_sampled(&ids, 6, SamplingConfig { temperature: 1.0, seed: 9 + i, ..Default::default() }).0)
+        .collect();
+    assert_eq!(texts(&v), want);
+    let idx: Vec<u64> = v["choices"].as_array().unwrap().iter().map(|c| c["index"].as_u64().unwrap()).collect();
+    assert_eq!(idx, vec![0, 1, 2]);
+    let completion: usize = (0..3)
+        .map(|i| direct_sampled(&ids, 6, SamplingConfig { temperature: 1.0, seed: 9 + i, ..Default::default() }).1)
+        .sum();
+    assert_eq!(v["usage"]["completion_tokens"], completion);
+    assert_eq!(v["usage"]["prompt_tokens"], ids.len());
+    // Log-probabilities: the chosen token's is log_softmax of the model's logits, greedy picks
+    // the top one, and the alternatives come most likely first.
+    let v = post_to(
+        addr,
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": prompt, "max_tokens": 3, "temperature": 0, "logprobs": 2}),
+    );
+    let lp = &v["choices"][0]["logprobs"];
+    let m = model();
+    let logits = m
+        .logits(&smelt_core::Tensor::from_u32(ids.clone(), &[1, ids.len()]).unwrap(), None, smelt_model::Logits::Last)
+        .unwrap();
+    let row = logits.as_f32().unwrap();
+    let lse = row.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln();
+    let first = (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+    let got = lp["token_logprobs"][0].as_f64().unwrap();
+    assert!((got - (row[first] as f64 - lse)).abs() < 1e-4, "{got} vs {}", row[first] as f64 - lse);
+    let tops = lp["top_logprobs"][0].as_object().unwrap();
+    assert_eq!(tops.len(), 2);
+    assert!(tops.values().all(|x| x.as_f64().unwrap() <= got + 1e-6));
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 3);
+    assert_eq!(lp["text_offset"], json!([0, 1, 2]));
+    // Chat's shape: content entries with token, logprob, bytes, top_logprobs.
+    let chat = post_to(
+        addr,
+        "/v1/chat/completions",
+        &json!({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2, "temperature": 0,
+                "logprobs": true, "top_logprobs": 3}),
+    );
+    let c = &chat["choices"][0]["logprobs"]["content"];
+    assert_eq!(c.as_array().unwrap().len(), chat["usage"]["completion_tokens"].as_u64().unwrap() as usize);
+    assert_eq!(c[0]["top_logprobs"].as_array().unwrap().len(), 3);
+    assert!(c[0]["bytes"].is_array() && c[0]["token"].is_string(), "{c}");
+    // A frequency penalty changes greedy output away from repeating itself.
+    let plain = post_to(
+        addr,
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": "aaaa", "max_tokens": 12, "temperature": 0}),
+    );
+    let pen = post_to(
+        addr,
+        "/v1/completions",
+        &json!({"model": "tiny", "prompt": "aaaa", "max_tokens": 12, "temperature": 0, "frequency_penalty": 2.0, "presence_penalty": 2.0}),
+    );
+    let distinct = |t: &str| t.chars().collect::<std::collections::HashSet<_>>().len();
+    let (a, b) = (texts(&plain)[0].clone(), texts(&pen)[0].clone());
+    assert!(distinct(&b) >= distinct(&a), "penalised {b:?} repeats more than {a:?}");
+    assert_ne!(a, b);
+}
+
+#[test]
+fn a_full_queue_is_a_429() {
+    let r = post("/v1/completions", &json!({"model": "tiny", "prompt": "x", "max_tokens": 1, "n": 9}));
+    error(&r, 429);
+}
+
+#[test]
+fn a_packed_kv_cache_serves_and_one_that_cannot_hold_the_rows_stops_the_start() {
+    for kind in [smelt_model::KvType::F16, smelt_model::KvType::BF16] {
+        let addr = start(Options { kv_type: kind, ..options(512, 4) });
+        let v = post_to(
+            addr,
+            "/v1/completions",
+            &json!({"model": "tiny", "prompt": "packed", "max_tokens": 5, "temperature": 0}),
+        );
+        assert_eq!(v["usage"]["prompt_tokens"], Tokenizer::byte_level().encode("packed").len());
+        assert!(v["usage"]["completion_tokens"].as_u64().unwrap() >= 1, "{v}");
+        assert_eq!(metric(addr, "smelt_kv_blocks_used"), 0);
+    }
+    // q8_0 needs rows of whole 32-value blocks; this model's are 16 values: an error at start.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let opts = Options { kv_type: smelt_model::KvType::Q8_0, ..options(512, 4) };
+    let e = smelt_serve::run(listener, opts, || {
+        Ok(Loaded {
+            model: model(),
+            tokenizer: Tokenizer::byte_level(),
+            template: Err("none".into()),
+            stop_ids: vec![],
+        })
+    })
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("kv-cache-type q8_0"), "{e:#}");
 }

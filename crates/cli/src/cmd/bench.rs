@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// Tokens decoded one at a time (batch 1, KV cache) after a 16-token prompt.
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
+    /// Also time batched decode steps through the server's paged KV cache (CPU): one step of
+    /// N sequences, each one token, after a 16-token prompt each, for every N listed (e.g. 1,8,32,64).
+    #[arg(long, value_delimiter = ',')]
+    paged_batch: Vec<usize>,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     #[arg(long, default_value = "auto")]
@@ -153,6 +157,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         Ok(())
     })?;
     profile_report("decode");
+    let mut paged = Vec::new();
+    for &n in &a.paged_batch {
+        let secs = paged_decode(&model, n.max(1), &decode_ids, &mut ids)?;
+        profile_report(&format!("paged decode x{n}"));
+        paged.push(serde_json::json!({"batch": n, "step_ms": secs * 1e3, "tok_s": n as f64 / secs}));
+    }
     // Quantised (GGUF) weights are not trained; an adapter on them is (QLoRA, on the CPU).
     let quantised = model.params.iter().any(|p| p.dtype() == smelt_core::DType::Quant)
         && !(model.adapter.is_some() && device.is_cpu());
@@ -191,6 +201,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "decode_tok_s": decode_ids.len() as f64 / dec,
         "train_tok_s": (b * t) as f64 / train,
         "peak_mem_bytes": peak,
+        "paged_decode": paged,
     });
     match a.format {
         Format::Json => println!("{r}"),
@@ -206,7 +217,38 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 None => println!("train         n/a (quantised weights train only under an adapter, on the CPU)"),
             }
             println!("peak mem {:>10.1} MiB", r["peak_mem_bytes"].as_u64().unwrap() as f64 / (1 << 20) as f64);
+            for p in r["paged_decode"].as_array().into_iter().flatten() {
+                println!(
+                    "paged decode, {:>3} sequences: {:>8.1} ms a step, {:>8.1} tok/s",
+                    p["batch"],
+                    p["step_ms"].as_f64().unwrap(),
+                    p["tok_s"].as_f64().unwrap()
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// Median seconds of one batched decode step of `n` sequences through the paged KV pool
+/// (`Model::logits_paged`, what `smelt serve` runs), each sequence after a 16-token prompt.
+fn paged_decode(model: &Model, n: usize, decode_ids: &[u32], ids: &mut impl FnMut(usize) -> Vec<u32>) -> Result<f64> {
+    use smelt_model::{KvPool, SeqStep};
+    let steps = decode_ids.len().clamp(1, 32);
+    let per_seq = (16 + steps + 1).div_ceil(16);
+    let mut pool = KvPool::new(model, n * per_seq * 16, 16)?;
+    let tables: Vec<Vec<u32>> = (0..n).map(|i| ((i * per_seq) as u32..((i + 1) * per_seq) as u32).collect()).collect();
+    let prompts: Vec<Vec<u32>> = (0..n).map(|_| ids(16)).collect();
+    let prefill: Vec<SeqStep> = (0..n).map(|i| SeqStep { tokens: &prompts[i], pos0: 0, table: &tables[i] }).collect();
+    model.logits_paged(&prefill, &mut pool)?;
+    let mut times = Vec::with_capacity(steps);
+    for (s, &id) in decode_ids.iter().take(steps).enumerate() {
+        let tok = [id];
+        let batch: Vec<SeqStep> = (0..n).map(|i| SeqStep { tokens: &tok, pos0: 16 + s, table: &tables[i] }).collect();
+        let t = Instant::now();
+        model.logits_paged(&batch, &mut pool)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }

@@ -24,10 +24,21 @@ pub struct ServeArgs {
     /// environment variable, else no key).
     #[arg(long, env = "SMELT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// Positions one request may use, prompt and answer together (default: the model's context).
+    /// Positions in the KV cache pool, shared by all requests as they grow (blocks of 16 from
+    /// one pool, not a per-request split); one request may use up to the model's context
+    /// (default: the model's context).
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
     ctx_size: Option<u64>,
-    /// Requests that may wait while one runs; more get a 503.
+    /// Requests generating together at most (continuous batching: each step is one forward
+    /// over all of them; CPU only for now, one at a time on CUDA).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    parallel: u64,
+    /// How the KV pool stores keys and values: f32 (exact: greedy output equals `smelt
+    /// generate`), or f16, bf16, q8_0 to hold 2× / 2× / 3.8× the positions in the same memory
+    /// (rounded when written; llama.cpp's default is f16). CPU only.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16", "q8_0"])]
+    kv_cache_type: String,
+    /// Requests (choices) that may wait for a place in the batch; more get a 429.
     #[arg(long, default_value_t = 64)]
     queue_size: usize,
     /// Largest request body in bytes; larger ones get a 413.
@@ -50,13 +61,15 @@ pub fn run(a: ServeArgs) -> Result<()> {
         model_path: a.model.display().to_string(),
         body_limit: a.max_body,
         max_queue: a.queue_size,
+        parallel: a.parallel as usize,
+        kv_type: smelt_model::KvType::parse(&a.kv_cache_type)?,
     };
     let path = a.model;
     let ctx_size = opts.ctx_size;
     smelt_serve::run(listener, opts, move || {
         let mut model = super::load_model(&path)?;
         model.to_device(device)?;
-        // One request's KV cache can span the whole context: refuse a --ctx-size that cannot fit.
+        // The KV pool is --ctx-size positions: refuse one that cannot fit.
         super::limits::new_tokens(&model, 0, ctx_size.unwrap_or(model.cfg.max_pos), "--ctx-size")?;
         let tokenizer = Tokenizer::from_file(&path)?;
         let template = if path.extension().is_some_and(|e| e == "gguf") {

@@ -24,6 +24,16 @@ pub trait QuantMatrix: Send + Sync + Debug {
     fn nbytes(&self) -> usize;
     /// y (n × rows) = x (n × cols) · selfᵀ.
     fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]);
+    /// `matmul` whose row i is exactly `matmul` of row i alone (n = 1), whatever n is: the
+    /// batched server's decode rows, so that a sequence's tokens do not depend on what else is
+    /// in the batch. By default one call per row; an implementation whose one-row kernel is
+    /// row-independent runs all rows in one pass.
+    fn matmul_rows_alone(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let (m, k) = self.dims();
+        for i in 0..n {
+            self.matmul(&x[i * k..(i + 1) * k], 1, &mut y[i * m..(i + 1) * m]);
+        }
+    }
     /// Dequantises row `r` into `out` (len cols).
     fn dequantize_row(&self, r: usize, out: &mut [f32]);
     /// For the crate that implements it to get its own type back.

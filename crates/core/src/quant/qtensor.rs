@@ -112,6 +112,12 @@ impl QTensor {
         } else {
             x[..n * k].par_chunks(k.max(1)).enumerate().map(|(i, r)| self.act(r, i, n, path)).collect()
         };
+        self.dot_blocks(level, path, &acts, y)
+    }
+
+    /// y (n × rows) from the activations of n input rows, on the given path.
+    fn dot_blocks(&self, level: Level, path: X86Path, acts: &[Act], y: &mut [f32]) {
+        let (n, m) = (acts.len(), self.rows);
         // Blocks of output rows; each reads its weight rows once for all n inputs. For a few
         // inputs (decode), large blocks: one per thread, so that the AVX-512 kernels' R
         // streams are long; for more, 32 rows. A multiple of 8 either way, so the AVX2
@@ -122,7 +128,7 @@ impl QTensor {
                 let r0 = bi * block;
                 let rows = yb.len() / n;
                 let w = &self.data[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
-                dot_rows(level, path, self.ty, w, self.row_bytes, &acts, yb);
+                dot_rows(level, path, self.ty, w, self.row_bytes, acts, yb);
             })
         };
         into_rows_of_y(m, n, y, run)
@@ -162,6 +168,26 @@ impl QuantMatrix for QTensor {
     }
     fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
         self.matmul_with(x, n, y, Level::detect())
+    }
+    fn matmul_rows_alone(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        let level = Level::detect();
+        let x86 = matches!(level, Level::Avx2 | Level::Avx512);
+        let path = if x86 { X86Path::of(self.ty, self.rows, 1) } else { X86Path::VecDot };
+        // The one-row path is a dot per (weight row, input row), each input quantised alone:
+        // all rows in one pass give each row's n = 1 result. Others go row by row.
+        if n <= 1 || path != X86Path::VecDot || matches!(self.ty, GgmlType::F16 | GgmlType::BF16) {
+            for i in 0..n {
+                self.matmul_with(
+                    &x[i * self.cols..(i + 1) * self.cols],
+                    1,
+                    &mut y[i * self.rows..(i + 1) * self.rows],
+                    level,
+                );
+            }
+            return;
+        }
+        let acts: Vec<Act> = x[..n * self.cols].par_chunks(self.cols.max(1)).map(|r| self.act(r, 0, 1, path)).collect();
+        self.dot_blocks(level, path, &acts, y)
     }
     fn as_any(&self) -> &dyn std::any::Any {
         self

@@ -211,64 +211,102 @@ pub fn attn_fwd_packed<F: Float>(
 /// batch of queries (the prompt) through tinyBLAS (`ggml::dot_f32_tinyblas`, padded to 16).
 /// Padding adds exact zeros (p = 0), so the sums equal llama.cpp's over its whole padded cache.
 pub fn attn_fwd_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) -> Vec<f32> {
+    let rows: Vec<Vec<usize>> = (0..dm.b).map(|b| (0..dm.tk).map(|j| dm.kv_at(b, j, 0)).collect()).collect();
+    let per_b = dm.tq * dm.h * dm.d;
+    let seqs: Vec<SeqAttn> = rows
+        .iter()
+        .enumerate()
+        .map(|(b, r)| SeqAttn { q: &q[b * per_b..(b + 1) * per_b], tq: dm.tq, rows: r })
+        .collect();
+    let heads = Heads { h: dm.h, kvh: dm.kvh, d: dm.d, window: dm.window };
+    attn_ggml_seqs(&seqs, k, v, heads, scale).concat()
+}
+
+/// One sequence of an [`attn_ggml_seqs`] call.
+pub struct SeqAttn<'a> {
+    /// Queries (tq, H, D), at absolute positions tk − tq .. tk, tk = `rows.len()`.
+    pub q: &'a [f32],
+    pub tq: usize,
+    /// Where key/value row j (j < tk) starts in the K and V buffers (its KV head 0; row j's
+    /// head g is g·D further on): a KV cache's block table, or j·stride for a contiguous one.
+    pub rows: &'a [usize],
+}
+
+/// The head layout shared by every sequence of a call.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub h: usize,
+    pub kvh: usize,
+    pub d: usize,
+    pub window: Option<usize>,
+}
+
+/// [`attn_fwd_ggml`] for several sequences of their own lengths whose keys and values sit
+/// anywhere in shared K/V buffers (a paged KV cache): each sequence's output (tq, H, D) is what
+/// `attn_fwd_ggml` gives for that sequence alone with a contiguous cache, bit for bit (the rows
+/// are read in the same order into the same lanes), whatever else is in the call.
+pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: f32) -> Vec<Vec<f32>> {
     use crate::ggml;
-    let d = dm.d;
+    let d = hd.d;
+    let grp = hd.h / hd.kvh;
     let up = |n: usize, m: usize| n.div_ceil(m) * m;
-    let (_, last) = dm.key_range(dm.tq - 1);
-    let n_pad = up(last, if dm.tq == 1 { 64 } else { 16 });
-    let grp = dm.group();
-    // One task per (batch, KV head), its query heads in parallel inside.
-    let per_group: Vec<Vec<Vec<f32>>> = (0..dm.b * dm.kvh)
+    // One task per (sequence, KV head, query head): out (tq, D) of that head.
+    let per_head: Vec<Vec<f32>> = (0..seqs.len() * hd.h)
         .into_par_iter()
-        .map(|bg| {
-            let (b, g) = (bg / dm.kvh, bg % dm.kvh);
-            (0..grp)
-                .into_par_iter()
-                .map(|hh| {
-                    let h = g * grp + hh;
-                    let mut out = vec![0f32; dm.tq * d];
-                    let mut sc = vec![f32::NEG_INFINITY; up(last, 16)];
-                    let mut p = vec![0f32; n_pad];
-                    let mut acc = Vec::new();
-                    // V rows of this KV head: row j at v[v0 + j·stride..].
-                    let (v0, stride) = (dm.kv_at(b, 0, g), dm.kvh * d);
-                    for i in 0..dm.tq {
-                        let (lo, hi) = dm.key_range(i);
-                        let qr = &q[dm.q_at(b, i, h)..][..d];
-                        let n16 = up(hi, 16);
-                        sc[..n16].fill(f32::NEG_INFINITY);
-                        ggml::dot_f32_rows(&mut sc[lo..hi], &k[dm.kv_at(b, lo, g)..], stride, qr, scale);
-                        let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                        p.fill(0.0);
-                        let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
-                        let inv = (1.0 / sum) as f32;
-                        for x in &mut p[..n16] {
-                            *x *= inv;
-                        }
-                        // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache
-                        // holds Vᵀ); padding rows are zeros with p = 0.
-                        let o = &mut out[i * d..(i + 1) * d];
-                        if dm.tq == 1 {
-                            ggml::dot_f32_columns(o, &v[v0..], stride, last, &p, &mut acc);
-                        } else {
-                            ggml::dot_f32_tinyblas_columns(o, &v[v0..], stride, last.min(n16), &p[..n16], &mut acc);
-                        }
-                    }
-                    out
-                })
-                .collect::<Vec<Vec<f32>>>()
+        .map(|sh| {
+            let (s, h) = (&seqs[sh / hd.h], sh % hd.h);
+            let g = h / grp;
+            let (tq, tk) = (s.tq, s.rows.len());
+            let key_range = |i: usize| {
+                let pos = tk - tq + i;
+                let lo = hd.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                (lo, pos + 1)
+            };
+            let last = tk;
+            let n_pad = up(last, if tq == 1 { 64 } else { 16 });
+            let mut out = vec![0f32; tq * d];
+            let mut sc = vec![f32::NEG_INFINITY; up(last, 16)];
+            let mut p = vec![0f32; n_pad];
+            let mut acc = Vec::new();
+            let (kh, vh) = (&k[g * d..], &v[g * d..]);
+            for i in 0..tq {
+                let (lo, hi) = key_range(i);
+                let qr = &s.q[(i * hd.h + h) * d..][..d];
+                let n16 = up(hi, 16);
+                sc[..n16].fill(f32::NEG_INFINITY);
+                ggml::dot_f32_rows_at(&mut sc[lo..hi], kh, &s.rows[lo..hi], qr, scale);
+                let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                p.fill(0.0);
+                let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
+                let inv = (1.0 / sum) as f32;
+                for x in &mut p[..n16] {
+                    *x *= inv;
+                }
+                // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache holds
+                // Vᵀ); padding rows are zeros with p = 0.
+                let o = &mut out[i * d..(i + 1) * d];
+                if tq == 1 {
+                    ggml::dot_f32_columns_at(o, vh, &s.rows[..last], &p, &mut acc);
+                } else {
+                    ggml::dot_f32_tinyblas_columns_at(o, vh, &s.rows[..last.min(n16)], &p[..n16], &mut acc);
+                }
+            }
+            out
         })
         .collect();
-    let mut out = vec![0f32; dm.b * dm.tq * dm.h * d];
-    for (bg, o) in per_group.into_iter().enumerate() {
-        let (b, g) = (bg / dm.kvh, bg % dm.kvh);
-        for (hh, oh) in o.iter().enumerate() {
-            for i in 0..dm.tq {
-                out[dm.q_at(b, i, g * grp + hh)..][..d].copy_from_slice(&oh[i * d..(i + 1) * d]);
+    seqs.iter()
+        .enumerate()
+        .map(|(si, s)| {
+            let mut out = vec![0f32; s.tq * hd.h * d];
+            for h in 0..hd.h {
+                let oh = &per_head[si * hd.h + h];
+                for i in 0..s.tq {
+                    out[(i * hd.h + h) * d..][..d].copy_from_slice(&oh[i * d..(i + 1) * d]);
+                }
             }
-        }
-    }
-    out
+            out
+        })
+        .collect()
 }
 
 /// Returns (dq, dk, dv); dk/dv have the k/v buffer layout (B, S, KVH, D).
@@ -866,6 +904,39 @@ mod tests {
             let want = naive(&q, &k, &v, dm);
             for (a, b) in o.iter().zip(&want) {
                 assert!((*a as f64 - b).abs() < 2e-5, "{tq} {tk}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// Sequences read through scattered block tables, several in one call, give exactly what
+    /// each gives alone with a contiguous cache (decode and prompt shapes, a window).
+    #[test]
+    fn paged_sequences_equal_contiguous_bit_for_bit() {
+        let (h, kvh, d, bs) = (6, 2, 64, 16);
+        let hd = Heads { h, kvh, d, window: None };
+        let row = kvh * d;
+        let pool_rows = 40 * bs;
+        let f = |x: Vec<f64>| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+        let (kp, vp) = (f(rand_vec(pool_rows * row, 7)), f(rand_vec(pool_rows * row, 8)));
+        // (tq, tk, blocks): block tables out of order and interleaved between sequences.
+        let cases: [(usize, usize, Vec<usize>); 3] =
+            [(1, 77, vec![9, 3, 30, 1, 22]), (20, 20, vec![5, 0]), (3, 150, (10..20).rev().collect())];
+        let rows: Vec<Vec<usize>> =
+            cases.iter().map(|(_, tk, bl)| (0..*tk).map(|j| (bl[j / bs] * bs + j % bs) * row).collect()).collect();
+        let qs: Vec<Vec<f32>> =
+            cases.iter().enumerate().map(|(i, (tq, ..))| f(rand_vec(tq * h * d, 20 + i as u64))).collect();
+        let seqs: Vec<SeqAttn> =
+            cases.iter().zip(&rows).zip(&qs).map(|(((tq, ..), r), q)| SeqAttn { q, tq: *tq, rows: r }).collect();
+        for window in [None, Some(50)] {
+            let hd = Heads { window, ..hd };
+            let got = attn_ggml_seqs(&seqs, &kp, &vp, hd, 0.125);
+            for (s, o) in seqs.iter().zip(&got) {
+                let tk = s.rows.len();
+                let gather =
+                    |pool: &[f32]| s.rows.iter().flat_map(|&at| pool[at..at + row].to_vec()).collect::<Vec<f32>>();
+                let dm = AttnDims { b: 1, tq: s.tq, tk, s: tk, h, kvh, d, window };
+                let want = attn_fwd_ggml(s.q, &gather(&kp), &gather(&vp), dm, 0.125);
+                assert!(o.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "tq {} tk {tk}", s.tq);
             }
         }
     }

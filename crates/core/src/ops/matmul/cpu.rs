@@ -140,8 +140,9 @@ pub fn linear_fwd<F: Float>(x: &[F], w: &[F], bias: Option<&[F]>, n: usize, k: u
 /// instead of packing them for GEMM (decode is one row; packing would copy every weight).
 const MATVEC_ROWS: usize = 4;
 
-/// y = x·wᵀ for a few rows: each output is a contiguous dot product over a weight row.
-fn linear_matvec<F: Float>(x: &[F], w: &[F], bias: Option<&[F]>, n: usize, k: usize, m: usize) -> Vec<F> {
+/// y = x·wᵀ for a few rows: each output is a contiguous dot product over a weight row, so
+/// row i is the same whatever the other rows are (the server's batched decode relies on it).
+pub fn linear_matvec<F: Float>(x: &[F], w: &[F], bias: Option<&[F]>, n: usize, k: usize, m: usize) -> Vec<F> {
     // Output columns in blocks; every block reads its weight rows once for all n inputs.
     const BLOCK: usize = 64;
     let mut yt = vec![F::ZERO; m * n]; // (m, n): blocks of output columns are contiguous

@@ -162,6 +162,36 @@ pub fn linear_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor) -> Result<Tensor> {
     backend::on("linear", [x, wg, wu])?.linear_swiglu(x, wg, wu, n, k)
 }
 
+/// `linear` whose output row i is exactly `linear` of input row i alone, whatever the other
+/// rows are (for f32 weights the one-row matvec, for quantised ones their one-row kernel): the
+/// decode rows of several sequences batched into one pass, each getting what `smelt generate`
+/// gets for it. CPU only for now.
+pub fn linear_rows_alone(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (n, k, m) = dims(x, w)?;
+    if !x.device().is_cpu() || !w.device().is_cpu() {
+        bail!("linear_rows_alone: CPU only for now (x on {}, w on {})", x.device(), w.device());
+    }
+    let b = match bias {
+        Some(b) => Some(b.as_f32()?),
+        None => None,
+    };
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().unwrap() = m;
+    if let Some(q) = w.as_quant() {
+        let mut y = vec![0f32; n * m];
+        q.matmul_rows_alone(x.as_f32()?, n, &mut y);
+        if let Some(b) = b {
+            for row in y.chunks_mut(m) {
+                for (v, &bb) in row.iter_mut().zip(b) {
+                    *v += bb;
+                }
+            }
+        }
+        return Tensor::from_f32(y, &shape);
+    }
+    Tensor::from_f32(cpu::linear_matvec(x.as_f32()?, w.as_f32()?, b, n, k, m), &shape)
+}
+
 /// Returns (dx, dw, db).
 pub fn linear_backward(
     x: &Tensor,

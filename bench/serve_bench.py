@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Serving benchmark: `smelt serve` against llama.cpp's `llama-server`, same GGUF, same machine,
+vLLM's metrics (benchmarks/benchmark_serving.py):
+
+- TTFT: time from sending a request to its first streamed token;
+- TPOT: (latency - TTFT) / (output tokens - 1), per request;
+- ITL: the gaps between consecutive streamed chunks;
+- output tok/s: all output tokens / wall time of the level.
+
+At each concurrency level C, C clients each send requests back to back (streamed
+/v1/completions, greedy, a fixed max_tokens) until the level's requests are done. Standard
+library only (no client library between the socket and the clock). A program, not a test:
+
+    bench/serve_bench.py --model .cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf \\
+        --smelt target/release/smelt --llama-server .cache/llama.cpp-peer/build/bin/llama-server
+
+Prints a table per server and, with --json FILE, writes every figure.
+"""
+import argparse
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+PROMPTS = [
+    "Write a short story about a robot who learns to paint.",
+    "Explain how a hash table works, step by step.",
+    "What are the main causes of the French Revolution?",
+    "List some tips for writing clean and readable code.",
+    "Describe the water cycle to a ten-year-old.",
+    "Why is the sky blue? Give a physical explanation.",
+    "Summarise the plot of a detective novel you invent.",
+    "How do vaccines train the immune system?",
+]
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port, proc, what, timeout=600):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before it was ready")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/health")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} was not ready after {timeout} s")
+
+
+def one_request(port, model, prompt, max_tokens):
+    """Streams one completion; returns (ttft, latency, chunk times, output tokens)."""
+    body = json.dumps(
+        {
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    t0 = time.perf_counter()
+    c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+    r = c.getresponse()
+    if r.status != 200:
+        raise RuntimeError(f"HTTP {r.status}: {r.read()[:300]!r}")
+    times, chunks, usage = [], 0, None
+    for raw in r:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data: "):
+            continue
+        data = line[6:]
+        if data == "[DONE]":
+            break
+        v = json.loads(data)
+        if v.get("usage"):
+            usage = v["usage"]
+        for ch in v.get("choices") or []:
+            if ch.get("text"):
+                times.append(time.perf_counter())
+                chunks += 1
+    end = time.perf_counter()
+    c.close()
+    out = usage["completion_tokens"] if usage else chunks
+    ttft = (times[0] if times else end) - t0
+    return ttft, end - t0, times, out
+
+
+def run_level(port, model, clients, requests, max_tokens):
+    results, lock = [], threading.Lock()
+    todo = list(range(requests))
+
+    def worker():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i = todo.pop()
+            res = one_request(port, model, PROMPTS[i % len(PROMPTS)], max_tokens)
+            with lock:
+                results.append(res)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ttft = [r[0] for r in results]
+    tpot = [(r[1] - r[0]) / (r[3] - 1) for r in results if r[3] > 1]
+    itl = [b - a for r in results for a, b in zip(r[2], r[2][1:])]
+    out = sum(r[3] for r in results)
+
+    def stats(xs):
+        if not xs:
+            return {"mean": None, "median": None, "p99": None}
+        xs = sorted(xs)
+        return {
+            "mean": statistics.fmean(xs) * 1000,
+            "median": statistics.median(xs) * 1000,
+            "p99": xs[min(len(xs) - 1, int(0.99 * len(xs)))] * 1000,
+        }
+
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "wall_s": wall,
+        "output_tokens": out,
+        "output_tok_s": out / wall,
+        "ttft_ms": stats(ttft),
+        "tpot_ms": stats(tpot),
+        "itl_ms": stats(itl),
+    }
+
+
+def bench_server(name, cmd, port, model, levels, per_client, min_requests, max_tokens):
+    print(f"== {name}: {' '.join(cmd)}", flush=True)
+    log = open(f"/tmp/serve_bench_{name}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(port, proc, name)
+        one_request(port, model, "warm up", 4)
+        rows = []
+        for c in levels:
+            row = run_level(port, model, c, max(min_requests, per_client * c), max_tokens)
+            rows.append(row)
+            f = lambda d: "-" if d is None else f"{d:8.1f}"
+            print(
+                f"{name:>12} C={c:<3} req={row['requests']:<4} out tok/s={row['output_tok_s']:8.1f}  "
+                f"TTFT ms mean/med/p99={f(row['ttft_ms']['mean'])}/{f(row['ttft_ms']['median'])}/{f(row['ttft_ms']['p99'])}  "
+                f"TPOT ms mean/med={f(row['tpot_ms']['mean'])}/{f(row['tpot_ms']['median'])}  "
+                f"ITL ms mean/med/p99={f(row['itl_ms']['mean'])}/{f(row['itl_ms']['median'])}/{f(row['itl_ms']['p99'])}",
+                flush=True,
+            )
+        return rows
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="the GGUF both servers load")
+    ap.add_argument("--smelt", help="the smelt binary (skip smelt if absent)")
+    ap.add_argument("--llama-server", help="llama.cpp's llama-server binary (skip it if absent)")
+    ap.add_argument("--levels", default="1,8,32,64", help="concurrent clients per level")
+    ap.add_argument("--per-client", type=int, default=2, help="requests per client at each level")
+    ap.add_argument("--min-requests", type=int, default=8, help="requests at least per level")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--ctx", type=int, default=16384, help="KV positions for all slots together")
+    ap.add_argument("--json", help="write every figure here")
+    a = ap.parse_args()
+    levels = [int(x) for x in a.levels.split(",")]
+    par = max(levels)
+    out = {"model": a.model, "threads": a.threads, "max_tokens": a.max_tokens, "servers": {}}
+    if a.smelt:
+        port = free_port()
+        cmd = [a.smelt, "-t", str(a.threads), "serve", "--model", a.model, "--port", str(port), "--device", "cpu"]
+        cmd += ["--parallel", str(par), "--ctx-size", str(a.ctx), "--queue-size", str(4 * par)]
+        out["servers"]["smelt"] = bench_server(
+            "smelt", cmd, port, os.path.basename(a.model), levels, a.per_client, a.min_requests, a.max_tokens
+        )
+    if a.llama_server:
+        port = free_port()
+        # -np slots share -c positions (a unified KV cache so one slot may use more than c/np).
+        cmd = [a.llama_server, "-m", a.model, "--port", str(port), "-t", str(a.threads), "-np", str(par)]
+        cmd += ["-c", str(a.ctx), "--kv-unified", "--no-webui"]
+        out["servers"]["llama-server"] = bench_server(
+            "llama-server", cmd, port, os.path.basename(a.model), levels, a.per_client, a.min_requests, a.max_tokens
+        )
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+//! The paged KV cache and the batched forward over it (the server's engine, docs/SERVE.md).
+//!
+//! [`KvPool`] holds every layer's keys and values in fixed-size blocks of positions; which
+//! blocks a sequence owns (its block table) is the caller's business (smelt-serve's block
+//! manager allocates, shares and frees them). [`Model::logits_paged`] runs one forward over
+//! several sequences at once, each bringing its new tokens (a whole prompt, or one decode
+//! token) at its own position with its own block table: the rows of every sequence share the
+//! matmuls, and attention reads each sequence's K/V through its table
+//! (`smelt_core::ops::attention::attn_ggml_seqs`). Each sequence's logits are bit for bit what
+//! the contiguous [`crate::KvCache`] path gives it alone, where the matmul kernels are
+//! row-independent (tests/paged.rs checks it).
+//!
+//! Keys and values are stored as f32 (read in place through the block table) or, to hold more
+//! positions in the same memory, as f16, bf16 or q8_0 (llama.cpp's `--cache-type-k/v`): those
+//! rows are rounded when written and widened to f32 for each step's attention.
+//!
+//! CPU only for now: on another device `logits_paged` is an error that says so.
+
+use crate::model::{Kv, Model};
+use anyhow::{bail, Result};
+use smelt_core::ops::attention::{attn_ggml_seqs, Heads, SeqAttn};
+use smelt_core::quant::{dequantize_row, quantize_row, GgmlType};
+use smelt_core::{Graph, Tensor};
+
+/// How the pool stores keys and values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvType {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+}
+
+impl KvType {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "f32" => KvType::F32,
+            "f16" => KvType::F16,
+            "bf16" => KvType::BF16,
+            "q8_0" => KvType::Q8_0,
+            _ => bail!("KV cache type `{s}`: expected f32, f16, bf16 or q8_0"),
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::BF16 => "bf16",
+            KvType::Q8_0 => "q8_0",
+        }
+    }
+    fn ggml(self) -> GgmlType {
+        match self {
+            KvType::F32 => GgmlType::F32,
+            KvType::F16 => GgmlType::F16,
+            KvType::BF16 => GgmlType::BF16,
+            KvType::Q8_0 => GgmlType::Q8_0,
+        }
+    }
+}
+
+/// One layer's keys or values: f32 rows, or rows of another type's bytes.
+pub(crate) enum Store {
+    F32(Vec<f32>),
+    Packed { ty: GgmlType, bytes: Vec<u8>, row_bytes: usize },
+}
+
+impl Store {
+    fn new(kind: KvType, positions: usize, row: usize) -> Result<Self> {
+        if kind == KvType::F32 {
+            return Ok(Store::F32(vec![0f32; positions * row]));
+        }
+        let ty = kind.ggml();
+        let row_bytes = ty.row_bytes(row).map_err(|e| {
+            anyhow::anyhow!(
+                "--kv-cache-type {}: a row of {row} values (KV heads × head dim) does not fit: {e}",
+                kind.name()
+            )
+        })?;
+        Ok(Store::Packed { ty, bytes: vec![0u8; positions * row_bytes], row_bytes })
+    }
+    fn bytes(&self) -> usize {
+        match self {
+            Store::F32(v) => v.len() * 4,
+            Store::Packed { bytes, .. } => bytes.len(),
+        }
+    }
+}
+
+/// Keys and values of every layer in `blocks` blocks of `block_size` positions, f32 on the
+/// CPU: layer l's K is (blocks · block_size, KVH, D), and position p of a sequence lives in
+/// row `table[p / block_size] · block_size + p % block_size`.
+pub struct KvPool {
+    k: Vec<Store>,
+    v: Vec<Store>,
+    block_size: usize,
+    blocks: usize,
+    /// KVH · D: values per position per layer.
+    row: usize,
+    kind: KvType,
+}
+
+impl KvPool {
+    /// A pool of at least `positions` positions for `model`, in blocks of `block_size`, f32.
+    pub fn new(model: &Model, positions: usize, block_size: usize) -> Result<Self> {
+        Self::with_type(model, positions, block_size, KvType::F32)
+    }
+
+    /// [`KvPool::new`] storing keys and values as `kind`.
+    pub fn with_type(model: &Model, positions: usize, block_size: usize, kind: KvType) -> Result<Self> {
+        if block_size == 0 {
+            bail!("KV pool: the block size must be at least 1");
+        }
+        if !model.device().is_cpu() {
+            bail!("the paged KV cache (batched serving) is CPU-only for now; the model is on {}", model.device());
+        }
+        let c = &model.cfg;
+        let blocks = positions.div_ceil(block_size);
+        let row = c.n_kv_heads * c.head_dim;
+        let mk = || (0..c.n_layers).map(|_| Store::new(kind, blocks * block_size, row)).collect::<Result<Vec<_>>>();
+        Ok(KvPool { k: mk()?, v: mk()?, block_size, blocks, row, kind })
+    }
+    /// A pool of no blocks, on any device (for a caller that keeps its own contiguous caches
+    /// where the paged forward does not run yet).
+    pub fn new_empty(model: &Model, block_size: usize) -> Result<Self> {
+        let c = &model.cfg;
+        let row = c.n_kv_heads * c.head_dim;
+        Ok(KvPool { k: Vec::new(), v: Vec::new(), block_size: block_size.max(1), blocks: 0, row, kind: KvType::F32 })
+    }
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(Store::bytes).sum()
+    }
+    pub fn kind(&self) -> KvType {
+        self.kind
+    }
+    /// Row offsets (in values) of positions 0..n of a sequence with block table `table`.
+    fn rows(&self, table: &[u32], n: usize) -> Result<Vec<usize>> {
+        if n > table.len() * self.block_size {
+            bail!("KV pool: {n} positions need {} blocks, the table has {}", n.div_ceil(self.block_size), table.len());
+        }
+        if let Some(b) = table.iter().find(|&&b| b as usize >= self.blocks) {
+            bail!("KV pool: block {b} is outside the pool of {} blocks", self.blocks);
+        }
+        let bs = self.block_size;
+        Ok((0..n).map(|p| (table[p / bs] as usize * bs + p % bs) * self.row).collect())
+    }
+}
+
+/// One sequence's part of a batched step.
+pub struct SeqStep<'a> {
+    /// The new tokens (a prompt, or its uncached rest, or one decode token).
+    pub tokens: &'a [u32],
+    /// Positions already in the cache; the tokens go to pos0, pos0 + 1, …
+    pub pos0: usize,
+    /// The sequence's blocks, covering at least pos0 + tokens.len() positions.
+    pub table: &'a [u32],
+}
+
+/// One layer's view of the pool during a batched forward.
+pub(crate) struct PagedSlot<'a> {
+    pub k: &'a mut Store,
+    pub v: &'a mut Store,
+    /// Per sequence: (pos0, new tokens, offsets of positions 0..pos0 + new).
+    pub seqs: &'a [(usize, usize, Vec<usize>)],
+}
+
+impl PagedSlot<'_> {
+    /// Rotates q or k (1, N, heads, D), each sequence's rows at its own positions.
+    pub fn rope(&self, x: &Tensor, table: &smelt_core::ops::rope::RopeTable) -> Result<Tensor> {
+        let s = x.shape().to_vec();
+        let flat = x.reshape(&[s[1], s[2] * s[3]])?;
+        let mut out = Vec::with_capacity(x.numel());
+        let mut at = 0;
+        for &(pos0, t, _) in self.seqs {
+            let part = flat.narrow_rows(at, t)?.reshape(&[1, t, s[2], s[3]])?;
+            out.extend_from_slice(smelt_core::ops::rope::rope(&part, table, pos0)?.as_f32()?);
+            at += t;
+        }
+        Tensor::from_f32(out, &s)
+    }
+
+    /// Writes k, v (1, N, KVH, D) into the pool and attends q (1, N, H, D) over each
+    /// sequence's cached and new positions → (1, N, H, D).
+    pub fn attend(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, heads: Heads, scale: f32) -> Result<Tensor> {
+        let row = heads.kvh * heads.d;
+        let (kn, vn) = (k.as_f32()?, v.as_f32()?);
+        let mut at = 0;
+        for (pos0, t, rows) in self.seqs {
+            for i in 0..*t {
+                let dst = rows[pos0 + i];
+                write_row(self.k, dst, row, &kn[(at + i) * row..][..row]);
+                write_row(self.v, dst, row, &vn[(at + i) * row..][..row]);
+            }
+            at += t;
+        }
+        let qd = q.as_f32()?;
+        let qrow = heads.h * heads.d;
+        // Packed rows are widened into one f32 scratch per call, each sequence's positions in
+        // order; f32 rows are read where they are.
+        let (gathered, contiguous): (Option<Widened>, Vec<Vec<usize>>) = match (&*self.k, &*self.v) {
+            (Store::F32(_), Store::F32(_)) => (None, Vec::new()),
+            (ks, vs) => {
+                let total: usize = self.seqs.iter().map(|(p, t, _)| p + t).sum();
+                let (mut kf, mut vf) = (vec![0f32; total * row], vec![0f32; total * row]);
+                let mut offs = Vec::with_capacity(self.seqs.len());
+                let mut n = 0;
+                for (pos0, t, rows) in self.seqs {
+                    let mut o = Vec::with_capacity(pos0 + t);
+                    for &r in &rows[..pos0 + t] {
+                        read_row(ks, r, row, &mut kf[n * row..(n + 1) * row]);
+                        read_row(vs, r, row, &mut vf[n * row..(n + 1) * row]);
+                        o.push(n * row);
+                        n += 1;
+                    }
+                    offs.push(o);
+                }
+                (Some((kf, vf)), offs)
+            }
+        };
+        let mut at = 0;
+        let seqs: Vec<SeqAttn> = self
+            .seqs
+            .iter()
+            .enumerate()
+            .map(|(si, (pos0, t, rows))| {
+                let rows = if gathered.is_some() { &contiguous[si][..] } else { &rows[..pos0 + t] };
+                let s = SeqAttn { q: &qd[at * qrow..(at + t) * qrow], tq: *t, rows };
+                at += t;
+                s
+            })
+            .collect();
+        let out = match (&gathered, &*self.k, &*self.v) {
+            (Some((kf, vf)), ..) => attn_ggml_seqs(&seqs, kf, vf, heads, scale),
+            (None, Store::F32(k), Store::F32(v)) => attn_ggml_seqs(&seqs, k, v, heads, scale),
+            _ => bail!("KV pool: keys and values stored differently"),
+        };
+        Tensor::from_f32(out.concat(), q.shape())
+    }
+}
+
+/// Packed keys and values widened to f32 for one step (K, V).
+type Widened = (Vec<f32>, Vec<f32>);
+
+/// Writes one position's row (`row` values, starting at value offset `at`) into `store`.
+fn write_row(store: &mut Store, at: usize, row: usize, x: &[f32]) {
+    match store {
+        Store::F32(v) => v[at..at + row].copy_from_slice(x),
+        Store::Packed { ty, bytes, row_bytes } => {
+            let mut b = Vec::with_capacity(*row_bytes);
+            quantize_row(*ty, x, &mut b);
+            let r = at / row;
+            bytes[r * *row_bytes..(r + 1) * *row_bytes].copy_from_slice(&b);
+        }
+    }
+}
+
+/// Reads one position's row (value offset `at`) from `store` as f32.
+fn read_row(store: &Store, at: usize, row: usize, out: &mut [f32]) {
+    match store {
+        Store::F32(v) => out.copy_from_slice(&v[at..at + row]),
+        Store::Packed { ty, bytes, row_bytes } => {
+            let r = at / row;
+            dequantize_row(*ty, &bytes[r * *row_bytes..(r + 1) * *row_bytes], out)
+        }
+    }
+}
+
+impl Model {
+    /// One forward over several sequences (each its new tokens at its own positions, its K/V
+    /// in `pool` through its block table) → the logits of each sequence's last new token,
+    /// (sequences, V). The new tokens' K/V are written into the pool.
+    pub fn logits_paged(&self, steps: &[SeqStep], pool: &mut KvPool) -> Result<Tensor> {
+        if !self.device().is_cpu() {
+            bail!("the batched forward over a paged KV cache is CPU-only for now; the model is on {}", self.device());
+        }
+        if steps.is_empty() || steps.iter().any(|s| s.tokens.is_empty()) {
+            bail!("logits_paged: every sequence needs at least one new token");
+        }
+        let mut seqs = Vec::with_capacity(steps.len());
+        for s in steps {
+            let n = s.pos0 + s.tokens.len();
+            if n > self.cfg.max_pos {
+                bail!("logits_paged: {n} positions exceed the model's context of {}", self.cfg.max_pos);
+            }
+            seqs.push((s.pos0, s.tokens.len(), pool.rows(s.table, n)?));
+        }
+        let tokens: Vec<u32> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let n = tokens.len();
+        let mut g = Graph::inference();
+        let p = self.param_vars(&mut g, false);
+        let KvPool { k, v, .. } = pool;
+        let slots = k.iter_mut().zip(v.iter_mut()).map(|(k, v)| Kv::Paged(PagedSlot { k, v, seqs: &seqs }));
+        let h = self.hidden_with(&mut g, &p, &Tensor::from_u32(tokens, &[1, n])?, false, slots, None)?;
+        // The last new row of each sequence: an embedding lookup into h (N, C).
+        let mut end = 0;
+        let last: Vec<u32> = steps
+            .iter()
+            .map(|s| {
+                end += s.tokens.len();
+                (end - 1) as u32
+            })
+            .collect();
+        let last = Tensor::from_u32(last, &[steps.len()])?;
+        let h = g.constant(smelt_core::ops::embedding::embedding(h.tensor(), &last)?);
+        g.name(&h, || "result_norm".into());
+        // Each row as `Logits::Last` of its sequence alone: a one-row product.
+        let w = p[self.idx.head].tensor();
+        smelt_core::ops::matmul::linear_rows_alone(h.tensor(), w, None)
+    }
+}
