@@ -129,7 +129,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let (b, t, v) = (a.batch_size, a.seq_len, model.cfg.vocab_size as u64);
     let mut rng = Rng::new(7);
     let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(v) as u32).collect() };
-    let x = Tensor::from_u32(ids(b * t), &[b, t])?;
+    let xs = ids(b * t);
+    let x = Tensor::from_u32(xs.clone(), &[b, t])?;
     let y = Tensor::from_u32(ids(b * t), &[b, t])?;
     let prompt = Tensor::from_u32(ids(16), &[1, 16])?;
     let decode_ids = ids(a.decode_tokens);
@@ -137,6 +138,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     profile_reset();
     let fwd = median_secs(a.iters, device, || model.logits(&x, None, Logits::All).map(|_| ()))?;
     profile_report("forward");
+    // Prefill as llama.cpp's `eval` does it: the first sequence's t tokens into an empty KV
+    // cache, logits of the last position only (the forward above computes every position's).
+    let first = Tensor::from_u32(xs[..t].to_vec(), &[1, t])?;
+    let pre = median_secs(a.iters, device, || {
+        let mut cache = KvCache::new_on(&model.cfg, 1, t, device)?;
+        model.logits(&first, Some(&mut cache), Logits::Last).map(|_| ())
+    })?;
+    profile_report("prefill");
     let dec = median_secs(a.iters.min(3), device, || {
         let mut cache = KvCache::new_on(&model.cfg, 1, 16 + decode_ids.len(), device)?;
         model.logits(&prompt, Some(&mut cache), Logits::Last)?;
@@ -180,6 +189,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "params": model.cfg.n_params(),
         "batch_size": b, "seq_len": t,
         "forward_tok_s": (b * t) as f64 / fwd,
+        "prefill_tok_s": t as f64 / pre,
         "decode_tok_s": decode_ids.len() as f64 / dec,
         "train_tok_s": (b * t) as f64 / train,
         "peak_mem_bytes": peak,
@@ -191,7 +201,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "device {device} ({precision} activations), {} threads, {} parameters, batch {b} × seq {t}",
                 r["threads"], r["params"]
             );
-            println!("forward  {:>10.0} tok/s", r["forward_tok_s"].as_f64().unwrap());
+            println!("forward  {:>10.0} tok/s (every position's logits)", r["forward_tok_s"].as_f64().unwrap());
+            println!("prefill  {:>10.0} tok/s (batch 1, {t} tokens into a KV cache, last logits)", r["prefill_tok_s"].as_f64().unwrap());
             println!("decode   {:>10.1} tok/s (batch 1, KV cache)", r["decode_tok_s"].as_f64().unwrap());
             match r["train_tok_s"].as_f64() {
                 Some(t) => println!("train    {t:>10.0} tok/s (forward + backward + AdamW)"),

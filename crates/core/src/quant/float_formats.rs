@@ -124,6 +124,20 @@ pub(crate) fn matmul(
     } else {
         x[..n * k].par_chunks(k.max(1)).map(|r| half_row(ty, r)).collect()
     };
+    #[cfg(target_arch = "x86_64")]
+    if n > 4
+        && ty == GgmlType::F16
+        && order == Order::TinyBlas
+        && level == Level::Avx512
+        && std::arch::is_x86_feature_detected!("avx512f")
+    {
+        // Register tiles, written straight into y (many inputs: prefill).
+        let a: Vec<&[f32]> = acts.iter().map(|h| &h.x[..]).collect();
+        return super::qtensor::gemm_tasks(m, n, y, |(r0, r1), (i0, i1), o| {
+            // SAFETY: AVX-512 F detected above; `o` as `gemm_tasks` says.
+            unsafe { x86::f16_tinyblas_tiles_avx512(&w[r0 * rb..r1 * rb], rb, &a[i0..i1], o, m) }
+        });
+    }
     // Blocks of output rows, each reading its weight rows once for all n inputs: one block per
     // thread for a few inputs (decode), 32 rows for more.
     let block = if n <= 4 { m.div_ceil(rayon::current_num_threads()).max(32) } else { 32 };
@@ -383,6 +397,74 @@ mod x86 {
         c.map(|c| reduce16(&store16(c)))
     }
 
+    /// `f16_tinyblas4_avx512` for R weight rows (`rb` bytes apart) × C inputs at once: each
+    /// output's accumulator and order as there; a weight vector converted once for C inputs,
+    /// an input vector loaded once for R rows.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn f16_tinyblas_tile_avx512<const R: usize, const C: usize>(
+        w: &[u8],
+        rb: usize,
+        a: [&[f32]; C],
+    ) -> [[f32; C]; R] {
+        let k = a[0].len();
+        assert!(
+            k.is_multiple_of(16) && rb >= 2 * k && w.len() >= (R - 1) * rb + 2 * k && a.iter().all(|x| x.len() == k),
+            "f16 tile: {R} rows of {rb} bytes in {} bytes, inputs of {k}",
+            w.len()
+        );
+        let wp = w.as_ptr();
+        let mut c = [[_mm512_setzero_ps(); C]; R];
+        for i in (0..k).step_by(16) {
+            let mut wv = [_mm512_setzero_ps(); R];
+            for (r, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(r * rb + 2 * i) as *const __m256i));
+            }
+            for j in 0..C {
+                let av = _mm512_loadu_ps(a[j].as_ptr().add(i));
+                for r in 0..R {
+                    c[r][j] = _mm512_fmadd_ps(wv[r], av, c[r][j]);
+                }
+            }
+        }
+        let mut out = [[0f32; C]; R];
+        for r in 0..R {
+            for j in 0..C {
+                out[r][j] = reduce16(&store16(c[r][j]));
+            }
+        }
+        out
+    }
+
+    /// Every row of `w` against every input of `a` in tinyBLAS's F16 order, 4 × 4 tiles (4 × 1
+    /// for the last inputs; the rows are a multiple of 4, as `Order::of` requires):
+    /// out[i·ldo + j] = row j · input i.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn f16_tinyblas_tiles_avx512(w: &[u8], rb: usize, a: &[&[f32]], out: *mut f32, ldo: usize) {
+        let (rows, n) = (w.len() / rb, a.len());
+        assert!(rows.is_multiple_of(4), "f16 tiles: {rows} rows");
+        let mut i = 0;
+        while i < n {
+            let c = if i + 4 <= n { 4 } else { 1 };
+            for j in (0..rows).step_by(4) {
+                let wj = &w[j * rb..];
+                if c == 4 {
+                    let o = f16_tinyblas_tile_avx512::<4, 4>(wj, rb, [a[i], a[i + 1], a[i + 2], a[i + 3]]);
+                    for (r, or) in o.iter().enumerate() {
+                        for (cc, v) in or.iter().enumerate() {
+                            *out.add((i + cc) * ldo + j + r) = *v;
+                        }
+                    }
+                } else {
+                    let o = f16_tinyblas_tile_avx512::<4, 1>(wj, rb, [a[i]]);
+                    for (r, or) in o.iter().enumerate() {
+                        *out.add(i * ldo + j + r) = or[0];
+                    }
+                }
+            }
+            i += c;
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn f16_tinyblas4_avx2(w: &[u8], a: [&[f32]; 4]) -> [f32; 4] {
         let wp = w.as_ptr();
@@ -542,7 +624,7 @@ mod tests {
     #[test]
     fn every_level_matches_the_scalar_reference_bit_for_bit() {
         for ty in [GgmlType::F16, GgmlType::BF16] {
-            for (rows, cols, n) in [(40, 576, 7), (37, 576, 3), (40, 576, 1), (8, 96, 5), (12, 80, 2)] {
+            for (rows, cols, n) in [(40, 576, 7), (37, 576, 3), (40, 576, 1), (8, 96, 5), (12, 80, 2), (72, 96, 70)] {
                 let mut wb = Vec::new();
                 super::super::quantize_row(ty, &rand(rows * cols, 1), &mut wb);
                 let x = rand(n * cols, 2);

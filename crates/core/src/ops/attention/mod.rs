@@ -194,55 +194,56 @@ pub fn attn_fwd_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) 
     let (_, last) = dm.key_range(dm.tq - 1);
     let n_pad = up(last, if dm.tq == 1 { 64 } else { 16 });
     let grp = dm.group();
-    // One task per (batch, KV head), its query heads in parallel inside.
-    let per_group: Vec<Vec<Vec<f32>>> = (0..dm.b * dm.kvh)
+    // One task per (batch, head, run of queries): a prompt's heads alone would leave threads
+    // idle (9 heads on 16 threads; on 2, one thread gets 5 of 9), and runs of 32 queries give
+    // the work-stealing pool enough pieces to even out the causal triangle's unequal rows.
+    const RUN: usize = 32;
+    let runs = dm.tq.div_ceil(RUN);
+    let mut out = vec![0f32; dm.b * dm.tq * dm.h * d];
+    let pieces: Vec<(usize, Vec<f32>)> = (0..dm.b * dm.h * runs)
         .into_par_iter()
-        .map(|bg| {
-            let (b, g) = (bg / dm.kvh, bg % dm.kvh);
-            (0..grp)
-                .into_par_iter()
-                .map(|hh| {
-                    let h = g * grp + hh;
-                    let mut out = vec![0f32; dm.tq * d];
-                    let mut sc = vec![f32::NEG_INFINITY; up(last, 16)];
-                    let mut p = vec![0f32; n_pad];
-                    let mut acc = Vec::new();
-                    // V rows of this KV head: row j at v[v0 + j·stride..].
-                    let (v0, stride) = (dm.kv_at(b, 0, g), dm.kvh * d);
-                    for i in 0..dm.tq {
-                        let (lo, hi) = dm.key_range(i);
-                        let qr = &q[dm.q_at(b, i, h)..][..d];
-                        let n16 = up(hi, 16);
-                        sc[..n16].fill(f32::NEG_INFINITY);
-                        ggml::dot_f32_rows(&mut sc[lo..hi], &k[dm.kv_at(b, lo, g)..], stride, qr, scale);
-                        let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                        p.fill(0.0);
-                        let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
-                        let inv = (1.0 / sum) as f32;
-                        for x in &mut p[..n16] {
-                            *x *= inv;
-                        }
-                        // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache
-                        // holds Vᵀ); padding rows are zeros with p = 0.
-                        let o = &mut out[i * d..(i + 1) * d];
-                        if dm.tq == 1 {
-                            ggml::dot_f32_columns(o, &v[v0..], stride, last, &p, &mut acc);
-                        } else {
-                            ggml::dot_f32_tinyblas_columns(o, &v[v0..], stride, last.min(n16), &p[..n16], &mut acc);
-                        }
-                    }
-                    out
-                })
-                .collect::<Vec<Vec<f32>>>()
+        .map(|t| {
+            let (bh, r) = (t / runs, t % runs);
+            let (b, h) = (bh / dm.h, bh % dm.h);
+            let g = h / grp;
+            let (i0, i1) = (r * RUN, ((r + 1) * RUN).min(dm.tq));
+            let mut out = vec![0f32; (i1 - i0) * d];
+            let mut sc = vec![f32::NEG_INFINITY; up(last, 16)];
+            let mut p = vec![0f32; n_pad];
+            let mut acc = Vec::new();
+            // V rows of this KV head: row j at v[v0 + j·stride..].
+            let (v0, stride) = (dm.kv_at(b, 0, g), dm.kvh * d);
+            for i in i0..i1 {
+                let (lo, hi) = dm.key_range(i);
+                let qr = &q[dm.q_at(b, i, h)..][..d];
+                let n16 = up(hi, 16);
+                sc[..n16].fill(f32::NEG_INFINITY);
+                ggml::dot_f32_rows(&mut sc[lo..hi], &k[dm.kv_at(b, lo, g)..], stride, qr, scale);
+                let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                // Only the first n16 entries are read below (the rest stay zero).
+                p[..n16].fill(0.0);
+                let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
+                let inv = (1.0 / sum) as f32;
+                for x in &mut p[..n16] {
+                    *x *= inv;
+                }
+                // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache
+                // holds Vᵀ); padding rows are zeros with p = 0.
+                let o = &mut out[(i - i0) * d..(i - i0 + 1) * d];
+                if dm.tq == 1 {
+                    ggml::dot_f32_columns(o, &v[v0..], stride, last, &p, &mut acc);
+                } else {
+                    ggml::dot_f32_tinyblas_columns(o, &v[v0..], stride, last.min(n16), &p[..n16], &mut acc);
+                }
+            }
+            (t, out)
         })
         .collect();
-    let mut out = vec![0f32; dm.b * dm.tq * dm.h * d];
-    for (bg, o) in per_group.into_iter().enumerate() {
-        let (b, g) = (bg / dm.kvh, bg % dm.kvh);
-        for (hh, oh) in o.iter().enumerate() {
-            for i in 0..dm.tq {
-                out[dm.q_at(b, i, g * grp + hh)..][..d].copy_from_slice(&oh[i * d..(i + 1) * d]);
-            }
+    for (t, o) in pieces {
+        let (bh, r) = (t / runs, t % runs);
+        let (b, h) = (bh / dm.h, bh % dm.h);
+        for (ii, oi) in o.chunks_exact(d).enumerate() {
+            out[dm.q_at(b, r * RUN + ii, h)..][..d].copy_from_slice(oi);
         }
     }
     out
