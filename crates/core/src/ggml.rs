@@ -59,6 +59,64 @@ fma_dispatch! {
 }
 
 fma_dispatch! {
+    /// out[j] = `dot_f32`(key j, y) · scale for 16 keys at once, the keys transposed:
+    /// kt[e·16 + j] = element e of key j (kt holds y.len() · 16 values). The same lanes and the
+    /// same additions as `dot_f32`, each now a vector over the 16 keys, so each score is
+    /// bit-identical to `dot_f32_rows`'s; what goes is the horizontal reduction per score (the
+    /// larger part of a 64-element dot).
+    pub fn dot_f32_keys16(out: &mut [f32; 16], kt: &[f32], y: &[f32], scale: f32) -> () = dot_f32_keys16_body;
+}
+
+#[inline(always)]
+fn dot_f32_keys16_body(out: &mut [f32; 16], kt: &[f32], y: &[f32], scale: f32) {
+    let n = y.len();
+    assert!(kt.len() >= 16 * n, "dot_f32_keys16: {} transposed values for {n} × 16", kt.len());
+    let np = n & !63;
+    // acc[a][l]: accumulator a, lane l of `dot_f32`, as a vector over the keys.
+    let mut acc = [[[0f32; 16]; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (a, acc_a) in acc.iter_mut().enumerate() {
+            for (l, v) in acc_a.iter_mut().enumerate() {
+                let e = i + 16 * a + l;
+                let (c, ye) = (&kt[16 * e..16 * e + 16], y[e]);
+                for j in 0..16 {
+                    v[j] = c[j].mul_add(ye, v[j]);
+                }
+            }
+        }
+    }
+    let mut r = [[0f32; 16]; 16];
+    for l in 0..16 {
+        for j in 0..16 {
+            r[l][j] = (acc[0][l][j] + acc[2][l][j]) + (acc[1][l][j] + acc[3][l][j]);
+        }
+    }
+    // `reduce16` over the lanes l.
+    for i in 0..8 {
+        for j in 0..16 {
+            r[i][j] += r[i + 8][j];
+        }
+    }
+    for i in 0..4 {
+        for j in 0..16 {
+            r[i][j] += r[i + 4][j];
+        }
+    }
+    let mut s = [0f32; 16];
+    for j in 0..16 {
+        s[j] = (r[0][j] + r[2][j]) + (r[1][j] + r[3][j]);
+    }
+    for e in np..n {
+        for j in 0..16 {
+            s[j] = kt[16 * e + j].mul_add(y[e], s[j]);
+        }
+    }
+    for j in 0..16 {
+        out[j] = s[j] * scale;
+    }
+}
+
+fma_dispatch! {
     /// tinyBLAS (llamafile sgemm, AVX-512, f32): one 16-lane accumulator over the whole length
     /// (element e in lane e%16), then `reduce16`. Needs a length that is a multiple of 16
     /// (tinyBLAS declines otherwise); shorter rows are zero-padded by the caller.
@@ -269,6 +327,30 @@ fn soft_max_body(y: &mut [f32], x: &[f32], max: f32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// 16 transposed keys at once give `dot_f32_rows`'s scores bit for bit, for head sizes
+    /// with and without leftovers past the 64-element steps.
+    #[test]
+    fn keys16_scores_are_dot_f32_rows_bit_for_bit() {
+        let mut r = crate::rng::Rng::new(5);
+        for d in [64, 128, 80, 40] {
+            let k: Vec<f32> = (0..16 * d).map(|_| r.normal() as f32).collect();
+            let q: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
+            let mut want = [0f32; 16];
+            dot_f32_rows(&mut want, &k, d, &q, 0.125);
+            let mut kt = vec![0f32; 16 * d];
+            for j in 0..16 {
+                for e in 0..d {
+                    kt[e * 16 + j] = k[j * d + e];
+                }
+            }
+            let mut got = [0f32; 16];
+            dot_f32_keys16(&mut got, &kt, &q, 0.125);
+            for j in 0..16 {
+                assert_eq!(got[j].to_bits(), want[j].to_bits(), "d {d}, key {j}: {} vs {}", got[j], want[j]);
+            }
+        }
+    }
 
     #[test]
     fn expf_is_accurate() {

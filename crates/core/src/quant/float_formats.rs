@@ -399,7 +399,9 @@ mod x86 {
 
     /// `f16_tinyblas4_avx512` for R weight rows (`rb` bytes apart) × C inputs at once: each
     /// output's accumulator and order as there; a weight vector converted once for C inputs,
-    /// an input vector loaded once for R rows.
+    /// an input vector loaded once for R rows. Not inlined: inlined into the loop over tiles,
+    /// LLVM spilled five of the sixteen accumulators to the stack inside the inner loop.
+    #[inline(never)]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn f16_tinyblas_tile_avx512<const R: usize, const C: usize>(
         w: &[u8],

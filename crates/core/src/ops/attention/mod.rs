@@ -199,6 +199,25 @@ pub fn attn_fwd_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) 
     // the work-stealing pool enough pieces to even out the causal triangle's unequal rows.
     const RUN: usize = 32;
     let runs = dm.tq.div_ceil(RUN);
+    // K of each (batch, KV head) transposed in blocks of 16 keys (kt[blk][e·16 + j] = element e
+    // of key 16·blk + j; zeros past the last key), once for all the queries that read it, so
+    // that 16 scores are one `ggml::dot_f32_keys16` (each in `dot_f32`'s order).
+    let kblocks = last.div_ceil(16);
+    let kts: Vec<Vec<f32>> = (0..dm.b * dm.kvh)
+        .into_par_iter()
+        .map(|bg| {
+            let (b, g) = (bg / dm.kvh, bg % dm.kvh);
+            let mut kt = vec![0f32; kblocks * 16 * d];
+            for j in 0..last {
+                let kr = &k[dm.kv_at(b, j, g)..][..d];
+                let blk = &mut kt[j / 16 * 16 * d..][..16 * d];
+                for (e, &x) in kr.iter().enumerate() {
+                    blk[e * 16 + j % 16] = x;
+                }
+            }
+            kt
+        })
+        .collect();
     let mut out = vec![0f32; dm.b * dm.tq * dm.h * d];
     let pieces: Vec<(usize, Vec<f32>)> = (0..dm.b * dm.h * runs)
         .into_par_iter()
@@ -218,7 +237,13 @@ pub fn attn_fwd_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) 
                 let qr = &q[dm.q_at(b, i, h)..][..d];
                 let n16 = up(hi, 16);
                 sc[..n16].fill(f32::NEG_INFINITY);
-                ggml::dot_f32_rows(&mut sc[lo..hi], &k[dm.kv_at(b, lo, g)..], stride, qr, scale);
+                let kt = &kts[b * dm.kvh + g];
+                let mut s16 = [0f32; 16];
+                for blk in lo / 16..hi.div_ceil(16) {
+                    ggml::dot_f32_keys16(&mut s16, &kt[blk * 16 * d..][..16 * d], qr, scale);
+                    let (j0, j1) = ((blk * 16).max(lo), (blk * 16 + 16).min(hi));
+                    sc[j0..j1].copy_from_slice(&s16[j0 - blk * 16..j1 - blk * 16]);
+                }
                 let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 // Only the first n16 entries are read below (the rest stay zero).
                 p[..n16].fill(0.0);
@@ -492,7 +517,7 @@ pub fn attention_infer(
     scale: f32,
 ) -> Result<Tensor> {
     let dm = dims(q, k, v, tk, window)?;
-    backend::on("attention", [q, k, v])?.attention_infer(q, k, v, dm, scale)
+    crate::profile::timed("attention_infer", || backend::on("attention", [q, k, v])?.attention_infer(q, k, v, dm, scale))
 }
 
 #[allow(clippy::too_many_arguments)]
