@@ -10,7 +10,11 @@
 
 For each file and thread count the sides run in turn, `--repeats` times (smelt, llama.cpp,
 smelt, ...), so both see the same load on a shared machine; the table gives each side's best
-run and the range of the per-round ratios (the noise). The thread count is a list, so the same
+run and the range of the per-round ratios (the noise). Prefill is also given per CPU-second
+(tokens / CPU time of the process's threads: smelt's `prefill_cpu_s`, llama.cpp's
+`time.process_time()`): on a machine whose cores other work shares, a one-thread run's CPU
+time does not count the time others held the core, so that ratio is the steadier one at one
+thread. (At more threads it is not comparable: llama.cpp's idle threads spin.) The thread count is a list, so the same
 program runs at 16 threads on a larger CPU (carry the smelt binary and the built peer):
 
     PYTHONPATH=.cache/llama.cpp-peer/py .cache/venv/bin/python bench/prefill_vs_llama.py \\
@@ -44,12 +48,13 @@ def median(xs):
 
 
 def llama_run(llm):
-    pre = []
+    pre, cpu = [], []
     for _ in range(a.iters + 1):  # the first is a warm-up, as smelt's bench does
         llm.reset()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         llm.eval(IDS)
         pre.append(len(IDS) / (time.perf_counter() - t))
+        cpu.append(len(IDS) / (time.process_time() - c))
     dec = float("nan")
     if not a.no_decode:
         ds = []
@@ -61,7 +66,7 @@ def llama_run(llm):
                 llm.eval([tok])
             ds.append(len(DECODE) / (time.perf_counter() - t))
         dec = median(ds)
-    return median(pre[1:]), dec
+    return median(pre[1:]), dec, median(cpu[1:])
 
 
 def smelt_run(path, threads):
@@ -70,7 +75,7 @@ def smelt_run(path, threads):
            "--iters", str(a.iters), "--decode-tokens", str(0 if a.no_decode else len(DECODE)), "--format", "json"]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    return r["prefill_tok_s"], (float("nan") if a.no_decode else r["decode_tok_s"])
+    return r["prefill_tok_s"], (float("nan") if a.no_decode else r["decode_tok_s"]), a.seq_len / r["prefill_cpu_s"]
 
 
 def fmt_range(rs):
@@ -86,23 +91,25 @@ for m in a.models:
     for t in threads:
         llm = Llama(model_path=m, n_ctx=max(a.seq_len, 16 + len(DECODE)) + 16, n_batch=a.seq_len, n_ubatch=a.seq_len,
                     n_threads=t, n_threads_batch=t, verbose=False)
-        sp, sd, lp, ld, rp, rd = [], [], [], [], [], []
+        sp, sd, lp, ld, rp, rd, sc, lc, rc = [], [], [], [], [], [], [], [], []
         for _ in range(a.repeats):
-            p, d = smelt_run(m, t)
-            q, e = llama_run(llm)
-            sp.append(p); sd.append(d); lp.append(q); ld.append(e)
-            rp.append(p / q); rd.append(d / e)
+            p, d, pc = smelt_run(m, t)
+            q, e, qc = llama_run(llm)
+            sp.append(p); sd.append(d); lp.append(q); ld.append(e); sc.append(pc); lc.append(qc)
+            rp.append(p / q); rd.append(d / e); rc.append(pc / qc)
         del llm
-        rows.append((os.path.basename(m), t, max(sp), max(lp), rp, max(sd), max(ld), rd))
+        rows.append((os.path.basename(m), t, max(sp), max(lp), rp, max(sd), max(ld), rd, max(sc), max(lc), rc))
         r = rows[-1]
-        print(f"  {r[0]} t={t}: prefill {r[2]:.1f} vs {r[3]:.1f} tok/s (rounds {fmt_range(rp)}), "
-              f"decode {r[5]:.1f} vs {r[6]:.1f} (rounds {fmt_range(rd)}); load {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
+        print(f"  {r[0]} t={t}: prefill {r[2]:.1f} vs {r[3]:.1f} tok/s (rounds {fmt_range(rp)}), per CPU-s {r[8]:.1f} vs {r[9]:.1f} "
+              f"(rounds {fmt_range(rc)}), decode {r[5]:.1f} vs {r[6]:.1f} (rounds {fmt_range(rd)}); load {os.getloadavg()[0]:.2f}",
+              file=sys.stderr, flush=True)
 
 print()
-print("| file | threads | prefill smelt | prefill llama.cpp | ratio (best) | ratio per round | decode smelt | decode llama.cpp | ratio (best) | ratio per round |")
-print("|---|---:|---:|---:|---:|---|---:|---:|---:|---|")
-for (f, t, sp, lp, rp, sd, ld, rd) in rows:
-    print(f"| {f} | {t} | {sp:.1f} | {lp:.1f} | **{sp / lp:.2f}** | {fmt_range(rp)} | {sd:.1f} | {ld:.1f} | **{sd / ld:.2f}** | {fmt_range(rd)} |")
+print("| file | threads | prefill smelt | prefill llama.cpp | ratio (best) | ratio per round | per CPU-s smelt | per CPU-s llama.cpp | ratio | per round | decode smelt | decode llama.cpp | ratio (best) | ratio per round |")
+print("|---|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---|")
+for (f, t, sp, lp, rp, sd, ld, rd, sc, lc, rc) in rows:
+    print(f"| {f} | {t} | {sp:.1f} | {lp:.1f} | **{sp / lp:.2f}** | {fmt_range(rp)} | {sc:.1f} | {lc:.1f} | {sc / lc:.2f} | {fmt_range(rc)} "
+          f"| {sd:.1f} | {ld:.1f} | **{sd / ld:.2f}** | {fmt_range(rd)} |")
 # Thread scaling: best prefill at t threads over best at the smallest count, each side.
 if len(threads) > 1:
     print()

@@ -208,6 +208,61 @@ fn dot_f32_tinyblas_columns_body(
     reduce16_columns(out, acc);
 }
 
+/// `dot_f32_tinyblas_columns`, with the 16 lane accumulators of every 16 columns held in
+/// AVX-512 registers where the CPU has AVX-512 F and the row length is a multiple of 16 (the
+/// portable body keeps them in `acc` in memory: a load, an FMA and a store per 16 columns and
+/// row). The same FMAs per (lane, column) in the same order of rows, and the same `reduce16`:
+/// bit-identical.
+pub fn dot_f32_tinyblas_columns_fast(out: &mut [f32], v: &[f32], stride: usize, rows: usize, p: &[f32], acc: &mut Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if out.len().is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
+        let d = out.len();
+        assert!(
+            rows <= p.len() && (rows == 0 || v.len() >= (rows - 1) * stride + d),
+            "dot_f32_tinyblas_columns: {rows} rows of {d} at stride {stride} in {} values, p of {}",
+            v.len(),
+            p.len()
+        );
+        // SAFETY: AVX-512 F detected; every read is inside v and p (asserted).
+        return unsafe { tinyblas_columns_avx512(out, v, stride, rows, p) };
+    }
+    dot_f32_tinyblas_columns(out, v, stride, rows, p, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn tinyblas_columns_avx512(out: &mut [f32], v: &[f32], stride: usize, rows: usize, p: &[f32]) {
+    use std::arch::x86_64::*;
+    let (vp, pp) = (v.as_ptr(), p.as_ptr());
+    for c in (0..out.len()).step_by(16) {
+        // a[e]: lane e's accumulator (rows j with j % 16 = e), 16 columns c..c+16.
+        let mut a = [_mm512_setzero_ps(); 16];
+        let mut j = 0;
+        while j + 16 <= rows {
+            for (e, ae) in a.iter_mut().enumerate() {
+                let x = _mm512_loadu_ps(vp.add((j + e) * stride + c));
+                *ae = _mm512_fmadd_ps(x, _mm512_set1_ps(*pp.add(j + e)), *ae);
+            }
+            j += 16;
+        }
+        for (e, ae) in a.iter_mut().enumerate() {
+            if j + e < rows {
+                let x = _mm512_loadu_ps(vp.add((j + e) * stride + c));
+                *ae = _mm512_fmadd_ps(x, _mm512_set1_ps(*pp.add(j + e)), *ae);
+            }
+        }
+        // `reduce16` per column: (a[i] + a[i+8]), then (+ a[i+4]), then (r0 + r2) + (r1 + r3).
+        for i in 0..8 {
+            a[i] = _mm512_add_ps(a[i], a[i + 8]);
+        }
+        for i in 0..4 {
+            a[i] = _mm512_add_ps(a[i], a[i + 4]);
+        }
+        let r = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+        _mm512_storeu_ps(out.as_mut_ptr().add(c), r);
+    }
+}
+
 fma_dispatch! {
     /// `ggml_vec_soft_max_f32` (AVX-512): y = expf(x − max) per element, and the sum,
     /// accumulated in f64 one 16-element chunk at a time (each chunk `reduce16`ed in f32). The
@@ -327,6 +382,24 @@ fn soft_max_body(y: &mut [f32], x: &[f32], max: f32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The register-accumulator P·V gives the portable one's bits, for row counts with and
+    /// without a partial last group of 16.
+    #[test]
+    fn tinyblas_columns_fast_is_the_portable_kernel_bit_for_bit() {
+        let mut r = crate::rng::Rng::new(9);
+        let (d, stride) = (64, 192);
+        for rows in [1usize, 15, 16, 37, 80] {
+            let v: Vec<f32> = (0..rows * stride).map(|_| r.normal() as f32).collect();
+            let p: Vec<f32> = (0..rows.next_multiple_of(16)).map(|j| if j < rows { r.uniform() as f32 } else { 0.0 }).collect();
+            let (mut want, mut got, mut acc) = (vec![0f32; d], vec![0f32; d], Vec::new());
+            dot_f32_tinyblas_columns(&mut want, &v, stride, rows, &p, &mut acc);
+            dot_f32_tinyblas_columns_fast(&mut got, &v, stride, rows, &p, &mut acc);
+            for t in 0..d {
+                assert_eq!(got[t].to_bits(), want[t].to_bits(), "{rows} rows, column {t}: {} vs {}", got[t], want[t]);
+            }
+        }
+    }
 
     /// 16 transposed keys at once give `dot_f32_rows`'s scores bit for bit, for head sizes
     /// with and without leftovers past the 64-element steps.

@@ -41,6 +41,19 @@ pub struct BenchArgs {
     device: String,
 }
 
+/// CPU time this process's threads have run, in seconds (the sum of /proc/self/task/*/schedstat;
+/// NaN where that is not readable). On a machine shared with other work, a one-thread run's CPU
+/// time is steadier than its wall time, which counts the time other processes held the core.
+pub fn cpu_secs() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return f64::NAN };
+    let mut ns = 0u64;
+    for t in tasks.flatten() {
+        let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        ns += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    ns as f64 * 1e-9
+}
+
 /// Peak resident memory of this process (VmHWM), in bytes.
 pub fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -141,10 +154,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // Prefill as llama.cpp's `eval` does it: the first sequence's t tokens into an empty KV
     // cache, logits of the last position only (the forward above computes every position's).
     let first = Tensor::from_u32(xs[..t].to_vec(), &[1, t])?;
+    let mut pre_cpu = Vec::new();
     let pre = median_secs(a.iters, device, || {
+        let c0 = cpu_secs();
         let mut cache = KvCache::new_on(&model.cfg, 1, t, device)?;
-        model.logits(&first, Some(&mut cache), Logits::Last).map(|_| ())
+        model.logits(&first, Some(&mut cache), Logits::Last)?;
+        pre_cpu.push(cpu_secs() - c0);
+        Ok(())
     })?;
+    // The warm-up's CPU time is the first; the median of the timed ones.
+    let mut pre_cpu = pre_cpu.split_off(1.min(pre_cpu.len()));
+    pre_cpu.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let pre_cpu = pre_cpu.get(pre_cpu.len() / 2).copied().unwrap_or(f64::NAN);
     profile_report("prefill");
     let dec = median_secs(a.iters.min(3), device, || {
         let mut cache = KvCache::new_on(&model.cfg, 1, 16 + decode_ids.len(), device)?;
@@ -190,6 +211,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "batch_size": b, "seq_len": t,
         "forward_tok_s": (b * t) as f64 / fwd,
         "prefill_tok_s": t as f64 / pre,
+        "prefill_cpu_s": pre_cpu,
         "decode_tok_s": decode_ids.len() as f64 / dec,
         "train_tok_s": (b * t) as f64 / train,
         "peak_mem_bytes": peak,

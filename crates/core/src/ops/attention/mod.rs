@@ -258,7 +258,7 @@ pub fn attn_fwd_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) 
                 if dm.tq == 1 {
                     ggml::dot_f32_columns(o, &v[v0..], stride, last, &p, &mut acc);
                 } else {
-                    ggml::dot_f32_tinyblas_columns(o, &v[v0..], stride, last.min(n16), &p[..n16], &mut acc);
+                    ggml::dot_f32_tinyblas_columns_fast(o, &v[v0..], stride, last.min(n16), &p[..n16], &mut acc);
                 }
             }
             (t, out)
