@@ -240,7 +240,7 @@ pub fn attn_fwd_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) 
                 let kt = &kts[b * dm.kvh + g];
                 let mut s16 = [0f32; 16];
                 for blk in lo / 16..hi.div_ceil(16) {
-                    ggml::dot_f32_keys16(&mut s16, &kt[blk * 16 * d..][..16 * d], qr, scale);
+                    ggml::dot_f32_keys16_fast(&mut s16, &kt[blk * 16 * d..][..16 * d], qr, scale);
                     let (j0, j1) = ((blk * 16).max(lo), (blk * 16 + 16).min(hi));
                     sc[j0..j1].copy_from_slice(&s16[j0 - blk * 16..j1 - blk * 16]);
                 }
