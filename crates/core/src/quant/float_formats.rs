@@ -437,20 +437,21 @@ mod x86 {
         out
     }
 
-    /// Every row of `w` against every input of `a` in tinyBLAS's F16 order, 4 × 4 tiles (4 × 1
-    /// for the last inputs; the rows are a multiple of 4, as `Order::of` requires):
-    /// out[i·ldo + j] = row j · input i.
+    /// Every row of `w` against every input of `a` in tinyBLAS's F16 order, 4 × 6 tiles (its
+    /// own `gemm<4, 6>` shape on 32 registers: 24 accumulators), 4 × 1 for the last inputs; the
+    /// rows are a multiple of 4, as `Order::of` requires: out[i·ldo + j] = row j · input i.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn f16_tinyblas_tiles_avx512(w: &[u8], rb: usize, a: &[&[f32]], out: *mut f32, ldo: usize) {
+        const C: usize = 6;
         let (rows, n) = (w.len() / rb, a.len());
         assert!(rows.is_multiple_of(4), "f16 tiles: {rows} rows");
         let mut i = 0;
         while i < n {
-            let c = if i + 4 <= n { 4 } else { 1 };
+            let c = if i + C <= n { C } else { 1 };
             for j in (0..rows).step_by(4) {
                 let wj = &w[j * rb..];
-                if c == 4 {
-                    let o = f16_tinyblas_tile_avx512::<4, 4>(wj, rb, [a[i], a[i + 1], a[i + 2], a[i + 3]]);
+                if c == C {
+                    let o = f16_tinyblas_tile_avx512::<4, C>(wj, rb, std::array::from_fn(|cc| a[i + cc]));
                     for (r, or) in o.iter().enumerate() {
                         for (cc, v) in or.iter().enumerate() {
                             *out.add((i + cc) * ldo + j + r) = *v;
