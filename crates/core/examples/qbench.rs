@@ -52,7 +52,9 @@ fn gemm(w: &[f32], rows: usize, cols: usize, n: usize) {
         levels.insert(0, Level::Avx2);
     }
     let threads = rayon::current_num_threads();
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16] {
+    for ty in
+        [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16]
+    {
         if ty.block_size() > 1 && !cols.is_multiple_of(ty.block_size()) {
             continue;
         }
@@ -66,7 +68,11 @@ fn gemm(w: &[f32], rows: usize, cols: usize, n: usize) {
                 s = s.min(t.elapsed().as_secs_f64());
             }
             let gflops = 2.0 * (n * rows * cols) as f64 / s / 1e9;
-            println!("{} {rows}x{cols} · {n} rows, {threads} threads, {level:?}: {:.2} ms, {gflops:.1} GFLOP/s", ty.name(), s * 1e3);
+            println!(
+                "{} {rows}x{cols} · {n} rows, {threads} threads, {level:?}: {:.2} ms, {gflops:.1} GFLOP/s",
+                ty.name(),
+                s * 1e3
+            );
         }
     }
 }

@@ -259,7 +259,14 @@ unsafe fn keys16_avx512(out: &mut [f32; 16], kt: &[f32], y: &[f32], scale: f32) 
 /// portable body keeps them in `acc` in memory: a load, an FMA and a store per 16 columns and
 /// row). The same FMAs per (lane, column) in the same order of rows, and the same `reduce16`:
 /// bit-identical.
-pub fn dot_f32_tinyblas_columns_fast(out: &mut [f32], v: &[f32], stride: usize, rows: usize, p: &[f32], acc: &mut Vec<f32>) {
+pub fn dot_f32_tinyblas_columns_fast(
+    out: &mut [f32],
+    v: &[f32],
+    stride: usize,
+    rows: usize,
+    p: &[f32],
+    acc: &mut Vec<f32>,
+) {
     #[cfg(target_arch = "x86_64")]
     if out.len().is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
         let d = out.len();
@@ -437,7 +444,8 @@ mod tests {
         let (d, stride) = (64, 192);
         for rows in [1usize, 15, 16, 37, 80] {
             let v: Vec<f32> = (0..rows * stride).map(|_| r.normal() as f32).collect();
-            let p: Vec<f32> = (0..rows.next_multiple_of(16)).map(|j| if j < rows { r.uniform() as f32 } else { 0.0 }).collect();
+            let p: Vec<f32> =
+                (0..rows.next_multiple_of(16)).map(|j| if j < rows { r.uniform() as f32 } else { 0.0 }).collect();
             let (mut want, mut got, mut acc) = (vec![0f32; d], vec![0f32; d], Vec::new());
             dot_f32_tinyblas_columns(&mut want, &v, stride, rows, &p, &mut acc);
             dot_f32_tinyblas_columns_fast(&mut got, &v, stride, rows, &p, &mut acc);

@@ -224,7 +224,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 r["threads"], r["params"]
             );
             println!("forward  {:>10.0} tok/s (every position's logits)", r["forward_tok_s"].as_f64().unwrap());
-            println!("prefill  {:>10.0} tok/s (batch 1, {t} tokens into a KV cache, last logits)", r["prefill_tok_s"].as_f64().unwrap());
+            println!(
+                "prefill  {:>10.0} tok/s (batch 1, {t} tokens into a KV cache, last logits)",
+                r["prefill_tok_s"].as_f64().unwrap()
+            );
             println!("decode   {:>10.1} tok/s (batch 1, KV cache)", r["decode_tok_s"].as_f64().unwrap());
             match r["train_tok_s"].as_f64() {
                 Some(t) => println!("train    {t:>10.0} tok/s (forward + backward + AdamW)"),

@@ -33,7 +33,11 @@ pub const fn block_bytes(k: u8) -> usize {
 /// out[r][c] = row r of `w` (rows `rb` bytes apart) · activation row `a[c]`, for the format `K`.
 /// Every `a[c]` has the same number of blocks, which the rows must hold.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub unsafe fn tile<const K: u8, const R: usize, const C: usize>(w: &[u8], rb: usize, a: [&[BlockQ8]; C]) -> [[f32; C]; R] {
+pub unsafe fn tile<const K: u8, const R: usize, const C: usize>(
+    w: &[u8],
+    rb: usize,
+    a: [&[BlockQ8]; C],
+) -> [[f32; C]; R] {
     let bytes = block_bytes(K);
     let nb = a[0].len();
     assert!(

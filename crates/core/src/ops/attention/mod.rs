@@ -517,7 +517,9 @@ pub fn attention_infer(
     scale: f32,
 ) -> Result<Tensor> {
     let dm = dims(q, k, v, tk, window)?;
-    crate::profile::timed("attention_infer", || backend::on("attention", [q, k, v])?.attention_infer(q, k, v, dm, scale))
+    crate::profile::timed("attention_infer", || {
+        backend::on("attention", [q, k, v])?.attention_infer(q, k, v, dm, scale)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
