@@ -155,6 +155,14 @@ struct OutPtr(*mut f32);
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer (a method, so that a closure captures the whole `OutPtr`, which is Sync,
+    /// rather than its raw-pointer field, which is not).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 impl QTensor {
     /// y (n × rows) for many inputs with `tile512`'s register tiles, written in place
@@ -203,10 +211,9 @@ pub(crate) fn gemm_tasks(
     let (tr, tn) = (m.div_ceil(ROWS), n.div_ceil(INPUTS));
     let out = OutPtr(y.as_mut_ptr());
     (0..tr * tn).into_par_iter().for_each(|t| {
-        let out = out;
         let (r0, i0) = (t / tn * ROWS, t % tn * INPUTS);
         // SAFETY: inside y (asserted above); the tasks' (i, j) ranges are disjoint.
-        task((r0, (r0 + ROWS).min(m)), (i0, (i0 + INPUTS).min(n)), unsafe { out.0.add(i0 * m + r0) })
+        task((r0, (r0 + ROWS).min(m)), (i0, (i0 + INPUTS).min(n)), unsafe { out.get().add(i0 * m + r0) })
     });
 }
 
