@@ -16,6 +16,11 @@
 //! 512-bit K-quant unpacking), bit-identical to the AVX2 ones; the repacked Q4_0 and Q4_K GEMM
 //! and the tiled paths keep the AVX2 kernels (`avx512_same_order`, `dot_rows_avx2`'s `avx512`
 //! flag); `SMELT_NO_AVX512=1` keeps AVX2 throughout.
+//!
+//! Many input rows (prefill): the 32-element formats on AVX-512 run `tile512`'s 4 × 4 register
+//! tiles, the repacked Q4_K GEMM and tiled Q6_K take four inputs per kernel call, and
+//! `gemm_tasks` splits the work over output rows and inputs; every output keeps the order of
+//! the one-output kernel (docs/GGUF.md, "Many input rows").
 
 use super::act::{quantize_q8, quantize_q8k, quantize_q8k_4x8, BlockQ8, BlockQ8K};
 #[cfg(target_arch = "x86_64")]
