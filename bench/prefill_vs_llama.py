@@ -84,8 +84,8 @@ def fmt_range(rs):
 
 threads = [int(t) for t in a.threads.split(",")]
 print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs")
-print(f"prefill {a.seq_len} tokens (n_batch {a.seq_len}); decode {len(DECODE)} tokens after 16; "
-      f"best of {a.repeats} alternating rounds, {a.iters} timed iterations each", flush=True)
+print(f"prefill {a.seq_len} tokens (n_batch {a.seq_len}); " + ("no decode; " if a.no_decode else f"decode {len(DECODE)} tokens after 16; ")
+      + f"best of {a.repeats} alternating rounds, {a.iters} timed iterations each", flush=True)
 rows = []
 for m in a.models:
     for t in threads:
