@@ -1,5 +1,8 @@
 //! Micro-benchmark of the activation quantiser and the quantised matvec (decode-sized, one
 //! FFN matrix, or QBENCH_ROWS rows of 576), best of many runs: `cargo run --release -p smelt-core --example qbench`; SMELT_NO_SIMD=1 for scalar.
+//! QBENCH_N=512 times a prefill-sized matmul instead (512 input rows; F16 too), at every SIMD
+//! level this CPU has (Avx2 is the one-output-at-a-time path, Avx512 the register tiles).
+use smelt_core::quant::simd::Level;
 use smelt_core::quant::{act, GgmlType, QTensor, QuantMatrix};
 use std::time::Instant;
 fn main() {
@@ -12,6 +15,10 @@ fn run() {
     let rows = std::env::var("QBENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1536);
     let cols = std::env::var("QBENCH_COLS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(576);
     let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+    let n: usize = std::env::var("QBENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    if n > 1 {
+        return gemm(&w, rows, cols, n);
+    }
     let x: Vec<f32> = (0..cols).map(|i| ((i * 31) % 100) as f32 / 50.0 - 1.0).collect();
     let t = Instant::now();
     for _ in 0..10000 {
@@ -34,5 +41,38 @@ fn run() {
             s = s.min(t.elapsed().as_secs_f64());
         }
         println!("{} matvec {rows}x{cols}: {:.1} µs, {:.2} GB/s", ty.name(), s * 1e6, q.nbytes() as f64 / s / 1e9);
+    }
+}
+
+/// y (n × rows) = x (n × cols) · wᵀ for every format and SIMD level, best of a few runs.
+fn gemm(w: &[f32], rows: usize, cols: usize, n: usize) {
+    let x: Vec<f32> = (0..n * cols).map(|i| ((i * 31) % 100) as f32 / 50.0 - 1.0).collect();
+    let mut levels = vec![Level::detect()];
+    if Level::detect() == Level::Avx512 {
+        levels.insert(0, Level::Avx2);
+    }
+    let threads = rayon::current_num_threads();
+    for ty in
+        [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16]
+    {
+        if ty.block_size() > 1 && !cols.is_multiple_of(ty.block_size()) {
+            continue;
+        }
+        let q = QTensor::quantize(ty, w, rows, cols).unwrap();
+        let mut y = vec![0f32; n * rows];
+        for &level in &levels {
+            let mut s = f64::INFINITY;
+            for _ in 0..7 {
+                let t = Instant::now();
+                q.matmul_with(&x, n, &mut y, level);
+                s = s.min(t.elapsed().as_secs_f64());
+            }
+            let gflops = 2.0 * (n * rows * cols) as f64 / s / 1e9;
+            println!(
+                "{} {rows}x{cols} · {n} rows, {threads} threads, {level:?}: {:.2} ms, {gflops:.1} GFLOP/s",
+                ty.name(),
+                s * 1e3
+            );
+        }
     }
 }

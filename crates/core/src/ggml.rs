@@ -64,6 +64,64 @@ fma_dispatch! {
 }
 
 fma_dispatch! {
+    /// out[j] = `dot_f32`(key j, y) · scale for 16 keys at once, the keys transposed:
+    /// kt[e·16 + j] = element e of key j (kt holds y.len() · 16 values). The same lanes and the
+    /// same additions as `dot_f32`, each now a vector over the 16 keys, so each score is
+    /// bit-identical to `dot_f32_rows`'s; what goes is the horizontal reduction per score (the
+    /// larger part of a 64-element dot).
+    pub fn dot_f32_keys16(out: &mut [f32; 16], kt: &[f32], y: &[f32], scale: f32) -> () = dot_f32_keys16_body;
+}
+
+#[inline(always)]
+fn dot_f32_keys16_body(out: &mut [f32; 16], kt: &[f32], y: &[f32], scale: f32) {
+    let n = y.len();
+    assert!(kt.len() >= 16 * n, "dot_f32_keys16: {} transposed values for {n} × 16", kt.len());
+    let np = n & !63;
+    // acc[a][l]: accumulator a, lane l of `dot_f32`, as a vector over the keys.
+    let mut acc = [[[0f32; 16]; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (a, acc_a) in acc.iter_mut().enumerate() {
+            for (l, v) in acc_a.iter_mut().enumerate() {
+                let e = i + 16 * a + l;
+                let (c, ye) = (&kt[16 * e..16 * e + 16], y[e]);
+                for j in 0..16 {
+                    v[j] = c[j].mul_add(ye, v[j]);
+                }
+            }
+        }
+    }
+    let mut r = [[0f32; 16]; 16];
+    for l in 0..16 {
+        for j in 0..16 {
+            r[l][j] = (acc[0][l][j] + acc[2][l][j]) + (acc[1][l][j] + acc[3][l][j]);
+        }
+    }
+    // `reduce16` over the lanes l.
+    for i in 0..8 {
+        for j in 0..16 {
+            r[i][j] += r[i + 8][j];
+        }
+    }
+    for i in 0..4 {
+        for j in 0..16 {
+            r[i][j] += r[i + 4][j];
+        }
+    }
+    let mut s = [0f32; 16];
+    for j in 0..16 {
+        s[j] = (r[0][j] + r[2][j]) + (r[1][j] + r[3][j]);
+    }
+    for e in np..n {
+        for j in 0..16 {
+            s[j] = kt[16 * e + j].mul_add(y[e], s[j]);
+        }
+    }
+    for j in 0..16 {
+        out[j] = s[j] * scale;
+    }
+}
+
+fma_dispatch! {
     /// tinyBLAS (llamafile sgemm, AVX-512, f32): one 16-lane accumulator over the whole length
     /// (element e in lane e%16), then `reduce16`. Needs a length that is a multiple of 16
     /// (tinyBLAS declines otherwise); shorter rows are zero-padded by the caller.
@@ -192,6 +250,114 @@ fn dot_f32_tinyblas_columns_at_body(out: &mut [f32], v: &[f32], offs: &[usize], 
     reduce16_columns(out, acc);
 }
 
+/// `dot_f32_keys16` with AVX-512 registers where the CPU has AVX-512 F: per lane l of
+/// `dot_f32` its four accumulators over the 64-element steps (four vectors over the keys), then
+/// (a0+a2)+(a1+a3), `reduce16` across the lanes, the leftovers, the scale: the same operations
+/// on the same values, bit for bit (tested). The portable body, compiled for AVX2, kept its
+/// 4 × 16 × 16 accumulators in memory.
+pub fn dot_f32_keys16_fast(out: &mut [f32; 16], kt: &[f32], y: &[f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        assert!(kt.len() >= 16 * y.len(), "dot_f32_keys16: {} transposed values for {} × 16", kt.len(), y.len());
+        // SAFETY: AVX-512 F detected; reads inside kt (asserted) and y.
+        return unsafe { keys16_avx512(out, kt, y, scale) };
+    }
+    dot_f32_keys16(out, kt, y, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn keys16_avx512(out: &mut [f32; 16], kt: &[f32], y: &[f32], scale: f32) {
+    use std::arch::x86_64::*;
+    let n = y.len();
+    let np = n & !63;
+    let (kp, yp) = (kt.as_ptr(), y.as_ptr());
+    let mut r = [_mm512_setzero_ps(); 16];
+    for (l, rl) in r.iter_mut().enumerate() {
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for i in (0..np).step_by(64) {
+            for (a, acc_a) in acc.iter_mut().enumerate() {
+                let e = i + 16 * a + l;
+                *acc_a = _mm512_fmadd_ps(_mm512_loadu_ps(kp.add(16 * e)), _mm512_set1_ps(*yp.add(e)), *acc_a);
+            }
+        }
+        *rl = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+    }
+    for i in 0..8 {
+        r[i] = _mm512_add_ps(r[i], r[i + 8]);
+    }
+    for i in 0..4 {
+        r[i] = _mm512_add_ps(r[i], r[i + 4]);
+    }
+    let mut s = _mm512_add_ps(_mm512_add_ps(r[0], r[2]), _mm512_add_ps(r[1], r[3]));
+    for e in np..n {
+        s = _mm512_fmadd_ps(_mm512_loadu_ps(kp.add(16 * e)), _mm512_set1_ps(*yp.add(e)), s);
+    }
+    _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(s, _mm512_set1_ps(scale)));
+}
+
+/// `dot_f32_tinyblas_columns`, with the 16 lane accumulators of every 16 columns held in
+/// AVX-512 registers where the CPU has AVX-512 F and the row length is a multiple of 16 (the
+/// portable body keeps them in `acc` in memory: a load, an FMA and a store per 16 columns and
+/// row). The same FMAs per (lane, column) in the same order of rows, and the same `reduce16`:
+/// bit-identical.
+pub fn dot_f32_tinyblas_columns_fast(
+    out: &mut [f32],
+    v: &[f32],
+    stride: usize,
+    rows: usize,
+    p: &[f32],
+    acc: &mut Vec<f32>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if out.len().is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
+        let d = out.len();
+        assert!(
+            rows <= p.len() && (rows == 0 || v.len() >= (rows - 1) * stride + d),
+            "dot_f32_tinyblas_columns: {rows} rows of {d} at stride {stride} in {} values, p of {}",
+            v.len(),
+            p.len()
+        );
+        // SAFETY: AVX-512 F detected; every read is inside v and p (asserted).
+        return unsafe { tinyblas_columns_avx512(out, v, stride, rows, p) };
+    }
+    dot_f32_tinyblas_columns(out, v, stride, rows, p, acc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn tinyblas_columns_avx512(out: &mut [f32], v: &[f32], stride: usize, rows: usize, p: &[f32]) {
+    use std::arch::x86_64::*;
+    let (vp, pp) = (v.as_ptr(), p.as_ptr());
+    for c in (0..out.len()).step_by(16) {
+        // a[e]: lane e's accumulator (rows j with j % 16 = e), 16 columns c..c+16.
+        let mut a = [_mm512_setzero_ps(); 16];
+        let mut j = 0;
+        while j + 16 <= rows {
+            for (e, ae) in a.iter_mut().enumerate() {
+                let x = _mm512_loadu_ps(vp.add((j + e) * stride + c));
+                *ae = _mm512_fmadd_ps(x, _mm512_set1_ps(*pp.add(j + e)), *ae);
+            }
+            j += 16;
+        }
+        for (e, ae) in a.iter_mut().enumerate() {
+            if j + e < rows {
+                let x = _mm512_loadu_ps(vp.add((j + e) * stride + c));
+                *ae = _mm512_fmadd_ps(x, _mm512_set1_ps(*pp.add(j + e)), *ae);
+            }
+        }
+        // `reduce16` per column: (a[i] + a[i+8]), then (+ a[i+4]), then (r0 + r2) + (r1 + r3).
+        for i in 0..8 {
+            a[i] = _mm512_add_ps(a[i], a[i + 8]);
+        }
+        for i in 0..4 {
+            a[i] = _mm512_add_ps(a[i], a[i + 4]);
+        }
+        let r = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+        _mm512_storeu_ps(out.as_mut_ptr().add(c), r);
+    }
+}
+
 fma_dispatch! {
     /// `ggml_vec_soft_max_f32` (AVX-512): y = expf(x − max) per element, and the sum,
     /// accumulated in f64 one 16-element chunk at a time (each chunk `reduce16`ed in f32). The
@@ -318,6 +484,51 @@ fn soft_max_body(y: &mut [f32], x: &[f32], max: f32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The register-accumulator P·V gives the portable one's bits, for row counts with and
+    /// without a partial last group of 16.
+    #[test]
+    fn tinyblas_columns_fast_is_the_portable_kernel_bit_for_bit() {
+        let mut r = crate::rng::Rng::new(9);
+        let (d, stride) = (64, 192);
+        for rows in [1usize, 15, 16, 37, 80] {
+            let v: Vec<f32> = (0..rows * stride).map(|_| r.normal() as f32).collect();
+            let p: Vec<f32> =
+                (0..rows.next_multiple_of(16)).map(|j| if j < rows { r.uniform() as f32 } else { 0.0 }).collect();
+            let (mut want, mut got, mut acc) = (vec![0f32; d], vec![0f32; d], Vec::new());
+            dot_f32_tinyblas_columns(&mut want, &v, stride, rows, &p, &mut acc);
+            dot_f32_tinyblas_columns_fast(&mut got, &v, stride, rows, &p, &mut acc);
+            for t in 0..d {
+                assert_eq!(got[t].to_bits(), want[t].to_bits(), "{rows} rows, column {t}: {} vs {}", got[t], want[t]);
+            }
+        }
+    }
+
+    /// 16 transposed keys at once give `dot_f32_rows`'s scores bit for bit, for head sizes
+    /// with and without leftovers past the 64-element steps.
+    #[test]
+    fn keys16_scores_are_dot_f32_rows_bit_for_bit() {
+        let mut r = crate::rng::Rng::new(5);
+        for d in [64, 128, 80, 40] {
+            let k: Vec<f32> = (0..16 * d).map(|_| r.normal() as f32).collect();
+            let q: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
+            let mut want = [0f32; 16];
+            dot_f32_rows(&mut want, &k, d, &q, 0.125);
+            let mut kt = vec![0f32; 16 * d];
+            for j in 0..16 {
+                for e in 0..d {
+                    kt[e * 16 + j] = k[j * d + e];
+                }
+            }
+            let (mut got, mut fast) = ([0f32; 16], [0f32; 16]);
+            dot_f32_keys16(&mut got, &kt, &q, 0.125);
+            dot_f32_keys16_fast(&mut fast, &kt, &q, 0.125);
+            for j in 0..16 {
+                assert_eq!(got[j].to_bits(), want[j].to_bits(), "d {d}, key {j}: {} vs {}", got[j], want[j]);
+                assert_eq!(fast[j].to_bits(), want[j].to_bits(), "d {d}, key {j}: fast {} vs {}", fast[j], want[j]);
+            }
+        }
+    }
 
     #[test]
     fn expf_is_accurate() {

@@ -49,6 +49,19 @@ pub struct BenchArgs {
     device: String,
 }
 
+/// CPU time this process's threads have run, in seconds (the sum of /proc/self/task/*/schedstat;
+/// NaN where that is not readable). On a machine shared with other work, a one-thread run's CPU
+/// time is steadier than its wall time, which counts the time other processes held the core.
+pub fn cpu_secs() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return f64::NAN };
+    let mut ns = 0u64;
+    for t in tasks.flatten() {
+        let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        ns += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    ns as f64 * 1e-9
+}
+
 /// Peak resident memory of this process (VmHWM), in bytes.
 pub fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -137,7 +150,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let (b, t, v) = (a.batch_size, a.seq_len, model.cfg.vocab_size as u64);
     let mut rng = Rng::new(7);
     let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.below(v) as u32).collect() };
-    let x = Tensor::from_u32(ids(b * t), &[b, t])?;
+    let xs = ids(b * t);
+    let x = Tensor::from_u32(xs.clone(), &[b, t])?;
     let y = Tensor::from_u32(ids(b * t), &[b, t])?;
     let prompt = Tensor::from_u32(ids(16), &[1, 16])?;
     let decode_ids = ids(a.decode_tokens);
@@ -145,6 +159,22 @@ pub fn run(a: BenchArgs) -> Result<()> {
     profile_reset();
     let fwd = median_secs(a.iters, device, || model.logits(&x, None, Logits::All).map(|_| ()))?;
     profile_report("forward");
+    // Prefill as llama.cpp's `eval` does it: the first sequence's t tokens into an empty KV
+    // cache, logits of the last position only (the forward above computes every position's).
+    let first = Tensor::from_u32(xs[..t].to_vec(), &[1, t])?;
+    let mut pre_cpu = Vec::new();
+    let pre = median_secs(a.iters, device, || {
+        let c0 = cpu_secs();
+        let mut cache = KvCache::new_on(&model.cfg, 1, t, device)?;
+        model.logits(&first, Some(&mut cache), Logits::Last)?;
+        pre_cpu.push(cpu_secs() - c0);
+        Ok(())
+    })?;
+    // The warm-up's CPU time is the first; the median of the timed ones.
+    let mut pre_cpu = pre_cpu.split_off(1.min(pre_cpu.len()));
+    pre_cpu.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let pre_cpu = pre_cpu.get(pre_cpu.len() / 2).copied().unwrap_or(f64::NAN);
+    profile_report("prefill");
     let dec = median_secs(a.iters.min(3), device, || {
         // As `generate` decodes: on a GPU the step is captured once (each run captures afresh,
         // and that time is counted) and replayed.
@@ -198,6 +228,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "params": model.cfg.n_params(),
         "batch_size": b, "seq_len": t,
         "forward_tok_s": (b * t) as f64 / fwd,
+        "prefill_tok_s": t as f64 / pre,
+        "prefill_cpu_s": pre_cpu,
         "decode_tok_s": decode_ids.len() as f64 / dec,
         "train_tok_s": (b * t) as f64 / train,
         "peak_mem_bytes": peak,
@@ -210,7 +242,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "device {device} ({precision} activations), {} threads, {} parameters, batch {b} × seq {t}",
                 r["threads"], r["params"]
             );
-            println!("forward  {:>10.0} tok/s", r["forward_tok_s"].as_f64().unwrap());
+            println!("forward  {:>10.0} tok/s (every position's logits)", r["forward_tok_s"].as_f64().unwrap());
+            println!(
+                "prefill  {:>10.0} tok/s (batch 1, {t} tokens into a KV cache, last logits)",
+                r["prefill_tok_s"].as_f64().unwrap()
+            );
             println!("decode   {:>10.1} tok/s (batch 1, KV cache)", r["decode_tok_s"].as_f64().unwrap());
             match r["train_tok_s"].as_f64() {
                 Some(t) => println!("train    {t:>10.0} tok/s (forward + backward + AdamW)"),

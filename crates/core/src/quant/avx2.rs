@@ -550,3 +550,118 @@ pub unsafe fn dot8_q6_k_tiled(w: &[u8], rb: usize, a: &[BlockQ8K]) -> [f32; 8] {
     }
     lanes(acc)
 }
+
+/// `dot8_q4_k_repack::<true>` (llama.cpp's `ggml_gemm_q4_K_8x8_q8_K` order) for four activation
+/// rows at once: out[j] = the 8 rows · a[j], each bit-identical to the one-row kernel. The
+/// weights' nibbles and 6-bit scales are unpacked once for the four rows (they were the larger
+/// part of the one-row kernel's integer work); the float operations per output are the same.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot8x4_q4_k_repack_gemm(w: &[u8], rb: usize, a: [&[BlockQ8K]; 4]) -> [[f32; 8]; 4] {
+    const B: usize = super::q4_k::BYTES;
+    let nb = a[0].len();
+    assert!(w.len() >= 7 * rb + nb * B && a.iter().all(|x| x.len() == nb), "q4_k 8x4: {} bytes", w.len());
+    let mask = _mm256_set1_epi8(0x0F);
+    let (mut acc, mut acc_m) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+    let mut v = [[_mm256_setzero_si256(); 8]; 4];
+    let mut m = [[0i32; 8]; 4];
+    for i in 0..nb {
+        let base = w.as_ptr().add(i * B);
+        let (dw, dminw) = (f16x8(base, rb, 0), f16x8(base, rb, 2));
+        for c in 0..4 {
+            for r in 0..8 {
+                let b = base.add(r * rb);
+                let scales = std::slice::from_raw_parts(b.add(4), 12);
+                let (s1, m1) = scale_min(2 * c, scales);
+                let (s2, m2) = scale_min(2 * c + 1, scales);
+                let q = _mm256_loadu_si256(b.add(16 + 32 * c) as *const __m256i);
+                let lo = _mm256_and_si256(q, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
+                let (s1v, s2v) = (_mm256_set1_epi16(s1 as i16), _mm256_set1_epi16(s2 as i16));
+                for j in 0..4 {
+                    let ab = a[j].get_unchecked(i);
+                    let p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, load(ab.qs.as_ptr().add(64 * c))), s1v);
+                    let p2 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, load(ab.qs.as_ptr().add(64 * c + 32))), s2v);
+                    v[j][r] = _mm256_add_epi32(p1, p2);
+                    m[j][r] = m1 as i32 * (ab.bsums[4 * c] as i32 + ab.bsums[4 * c + 1] as i32)
+                        + m2 as i32 * (ab.bsums[4 * c + 2] as i32 + ab.bsums[4 * c + 3] as i32);
+                }
+            }
+            for j in 0..4 {
+                let da = _mm256_set1_ps(a[j].get_unchecked(i).d);
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&v[j])), _mm256_mul_ps(dw, da), acc[j]);
+                let mj = _mm256_cvtepi32_ps(_mm256_loadu_si256(m[j].as_ptr() as *const __m256i));
+                acc_m[j] = _mm256_fmadd_ps(mj, _mm256_mul_ps(dminw, da), acc_m[j]);
+            }
+        }
+    }
+    let mut out = [[0f32; 8]; 4];
+    for j in 0..4 {
+        out[j] = lanes(_mm256_sub_ps(acc[j], acc_m[j]));
+    }
+    out
+}
+
+/// `dot8_q6_k_tiled` for four activation rows at once: out[j] = the 8 rows · a[j], each
+/// bit-identical to the one-row kernel (the same integer lanes, computed with each weight
+/// group's 6-bit values and scales unpacked once for the four rows; the same float operations).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot8x4_q6_k_tiled(w: &[u8], rb: usize, a: [&[BlockQ8K]; 4]) -> [[f32; 8]; 4] {
+    const B: usize = super::q6_k::BYTES;
+    let nb = a[0].len();
+    assert!(w.len() >= 7 * rb + nb * B && a.iter().all(|x| x.len() == nb), "q6_k 8x4: {} bytes", w.len());
+    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x03));
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut v = [[_mm256_setzero_si256(); 8]; 4];
+    let mut corr = [[0i32; 8]; 4];
+    for i in 0..nb {
+        let base = w.as_ptr().add(i * B);
+        for r in 0..8 {
+            let b = base.add(r * rb);
+            let sc = b.add(192) as *const i8;
+            let mut sums = [_mm256_setzero_si256(); 4];
+            for n in 0..2 {
+                let ql0 = _mm256_loadu_si256(b.add(64 * n) as *const __m256i);
+                let ql1 = _mm256_loadu_si256(b.add(64 * n + 32) as *const __m256i);
+                let qh = _mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i);
+                let hb0 = _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4);
+                let hb2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4);
+                let hb4 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4);
+                let hb6 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4);
+                // Unsigned 6-bit values (q + 32) of the four 32-element groups of this half.
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(ql0, m4), hb0),
+                    _mm256_or_si256(_mm256_and_si256(ql1, m4), hb2),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hb4),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hb6),
+                ];
+                for (k, qk) in q.iter().enumerate() {
+                    let s = 8 * n + 2 * k;
+                    let sv = _mm256_set_m128i(_mm_set1_epi16(*sc.add(s + 1) as i16), _mm_set1_epi16(*sc.add(s) as i16));
+                    for j in 0..4 {
+                        let y = load(a[j].get_unchecked(i).qs.as_ptr().add(128 * n + 32 * k));
+                        sums[j] = _mm256_add_epi32(sums[j], _mm256_madd_epi16(_mm256_maddubs_epi16(*qk, y), sv));
+                    }
+                }
+            }
+            // Σ sc·bsums over the 16 sub-blocks (exact integers, any order).
+            let scv = _mm256_cvtepi8_epi16(_mm_loadu_si128(sc as *const __m128i));
+            for j in 0..4 {
+                v[j][r] = sums[j];
+                let bs = _mm256_loadu_si256(a[j].get_unchecked(i).bsums.as_ptr() as *const __m256i);
+                corr[j][r] = hsum_i32(_mm256_madd_epi16(scv, bs));
+            }
+        }
+        let dw = f16x8(base, rb, 208);
+        for j in 0..4 {
+            let c = _mm256_slli_epi32(_mm256_loadu_si256(corr[j].as_ptr() as *const __m256i), 5);
+            let s = _mm256_sub_epi32(reduce8(&v[j]), c);
+            let res = _mm256_mul_ps(_mm256_cvtepi32_ps(s), dw);
+            acc[j] = _mm256_fmadd_ps(res, _mm256_set1_ps(a[j].get_unchecked(i).d), acc[j]);
+        }
+    }
+    let mut out = [[0f32; 8]; 4];
+    for j in 0..4 {
+        out[j] = lanes(acc[j]);
+    }
+    out
+}

@@ -87,14 +87,19 @@ struct HalfRow {
 }
 
 fn half_row(ty: GgmlType, x: &[f32]) -> HalfRow {
-    let h: Vec<u16> = match ty {
-        GgmlType::F16 => x.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect(),
-        _ => x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect(),
-    };
-    let x = match ty {
-        GgmlType::F16 => h.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect(),
-        _ => h.iter().map(|&b| bf16_f32(b)).collect(),
-    };
+    if ty == GgmlType::F16 {
+        // The slice conversions (F16C eight at a time where the CPU has it, the same rounding:
+        // nearest, ties to even): one value at a time, `f16::from_f32` with its per-call
+        // feature check cost a tenth of a prompt's F16 matmuls.
+        use half::slice::HalfFloatSliceExt;
+        let mut hf = vec![half::f16::ZERO; x.len()];
+        hf.convert_from_f32_slice(x);
+        let mut xf = vec![0f32; x.len()];
+        hf.convert_to_f32_slice(&mut xf);
+        return HalfRow { x: xf, h: hf.iter().map(|v| v.to_bits()).collect() };
+    }
+    let h: Vec<u16> = x.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+    let x = h.iter().map(|&b| bf16_f32(b)).collect();
     HalfRow { x, h }
 }
 
@@ -124,6 +129,20 @@ pub(crate) fn matmul(
     } else {
         x[..n * k].par_chunks(k.max(1)).map(|r| half_row(ty, r)).collect()
     };
+    #[cfg(target_arch = "x86_64")]
+    if n > 4
+        && ty == GgmlType::F16
+        && order == Order::TinyBlas
+        && level == Level::Avx512
+        && std::arch::is_x86_feature_detected!("avx512f")
+    {
+        // Register tiles, written straight into y (many inputs: prefill).
+        let a: Vec<&[f32]> = acts.iter().map(|h| &h.x[..]).collect();
+        return super::qtensor::gemm_tasks(m, n, y, |(r0, r1), (i0, i1), o| {
+            // SAFETY: AVX-512 F detected above; `o` as `gemm_tasks` says.
+            unsafe { x86::f16_tinyblas_tiles_avx512(&w[r0 * rb..r1 * rb], rb, &a[i0..i1], o, m) }
+        });
+    }
     // Blocks of output rows, each reading its weight rows once for all n inputs: one block per
     // thread for a few inputs (decode), 32 rows for more.
     let block = if n <= 4 { m.div_ceil(rayon::current_num_threads()).max(32) } else { 32 };
@@ -383,6 +402,77 @@ mod x86 {
         c.map(|c| reduce16(&store16(c)))
     }
 
+    /// `f16_tinyblas4_avx512` for R weight rows (`rb` bytes apart) × C inputs at once: each
+    /// output's accumulator and order as there; a weight vector converted once for C inputs,
+    /// an input vector loaded once for R rows. Not inlined: inlined into the loop over tiles,
+    /// LLVM spilled five of the sixteen accumulators to the stack inside the inner loop.
+    #[inline(never)]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn f16_tinyblas_tile_avx512<const R: usize, const C: usize>(
+        w: &[u8],
+        rb: usize,
+        a: [&[f32]; C],
+    ) -> [[f32; C]; R] {
+        let k = a[0].len();
+        assert!(
+            k.is_multiple_of(16) && rb >= 2 * k && w.len() >= (R - 1) * rb + 2 * k && a.iter().all(|x| x.len() == k),
+            "f16 tile: {R} rows of {rb} bytes in {} bytes, inputs of {k}",
+            w.len()
+        );
+        let wp = w.as_ptr();
+        let mut c = [[_mm512_setzero_ps(); C]; R];
+        for i in (0..k).step_by(16) {
+            let mut wv = [_mm512_setzero_ps(); R];
+            for (r, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(r * rb + 2 * i) as *const __m256i));
+            }
+            for j in 0..C {
+                let av = _mm512_loadu_ps(a[j].as_ptr().add(i));
+                for r in 0..R {
+                    c[r][j] = _mm512_fmadd_ps(wv[r], av, c[r][j]);
+                }
+            }
+        }
+        let mut out = [[0f32; C]; R];
+        for r in 0..R {
+            for j in 0..C {
+                out[r][j] = reduce16(&store16(c[r][j]));
+            }
+        }
+        out
+    }
+
+    /// Every row of `w` against every input of `a` in tinyBLAS's F16 order, 4 × 6 tiles (its
+    /// own `gemm<4, 6>` shape on 32 registers: 24 accumulators), 4 × 1 for the last inputs; the
+    /// rows are a multiple of 4, as `Order::of` requires: out[i·ldo + j] = row j · input i.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn f16_tinyblas_tiles_avx512(w: &[u8], rb: usize, a: &[&[f32]], out: *mut f32, ldo: usize) {
+        const C: usize = 6;
+        let (rows, n) = (w.len() / rb, a.len());
+        assert!(rows.is_multiple_of(4), "f16 tiles: {rows} rows");
+        let mut i = 0;
+        while i < n {
+            let c = if i + C <= n { C } else { 1 };
+            for j in (0..rows).step_by(4) {
+                let wj = &w[j * rb..];
+                if c == C {
+                    let o = f16_tinyblas_tile_avx512::<4, C>(wj, rb, std::array::from_fn(|cc| a[i + cc]));
+                    for (r, or) in o.iter().enumerate() {
+                        for (cc, v) in or.iter().enumerate() {
+                            *out.add((i + cc) * ldo + j + r) = *v;
+                        }
+                    }
+                } else {
+                    let o = f16_tinyblas_tile_avx512::<4, 1>(wj, rb, [a[i]]);
+                    for (r, or) in o.iter().enumerate() {
+                        *out.add(i * ldo + j + r) = or[0];
+                    }
+                }
+            }
+            i += c;
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn f16_tinyblas4_avx2(w: &[u8], a: [&[f32]; 4]) -> [f32; 4] {
         let wp = w.as_ptr();
@@ -542,7 +632,7 @@ mod tests {
     #[test]
     fn every_level_matches_the_scalar_reference_bit_for_bit() {
         for ty in [GgmlType::F16, GgmlType::BF16] {
-            for (rows, cols, n) in [(40, 576, 7), (37, 576, 3), (40, 576, 1), (8, 96, 5), (12, 80, 2)] {
+            for (rows, cols, n) in [(40, 576, 7), (37, 576, 3), (40, 576, 1), (8, 96, 5), (12, 80, 2), (72, 96, 70)] {
                 let mut wb = Vec::new();
                 super::super::quantize_row(ty, &rand(rows * cols, 1), &mut wb);
                 let x = rand(n * cols, 2);
@@ -573,6 +663,21 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The input rows' f16 rounding is `f16::from_f32`'s, value for value (the slice
+    /// conversion takes F16C where the CPU has it): normals, subnormals, halfway cases, overflow.
+    #[test]
+    fn half_row_rounds_as_from_f32() {
+        let mut x = rand(4096, 7);
+        x.extend([0.0, -0.0, 65504.0, 65520.0, 1e6, -1e6, 6e-8, 3e-8, 1e-5, f32::INFINITY, 1.0 + 1.0 / 2048.0]);
+        x.extend((0..64).map(|i| (i as f32 + 0.5) * 2f32.powi(-24)));
+        let r = half_row(GgmlType::F16, &x);
+        for (i, &v) in x.iter().enumerate() {
+            let want = half::f16::from_f32(v);
+            assert_eq!(r.h[i], want.to_bits(), "{v:e}");
+            assert_eq!(r.x[i].to_bits(), want.to_f32().to_bits(), "{v:e}");
         }
     }
 

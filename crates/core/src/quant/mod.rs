@@ -35,6 +35,8 @@ pub mod q8_0;
 mod qtensor;
 mod search;
 pub mod simd;
+#[cfg(target_arch = "x86_64")]
+mod tile512;
 
 #[cfg(feature = "cuda")]
 pub use matrix::DeviceQuant;

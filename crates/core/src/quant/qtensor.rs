@@ -16,6 +16,11 @@
 //! 512-bit K-quant unpacking), bit-identical to the AVX2 ones; the repacked Q4_0 and Q4_K GEMM
 //! and the tiled paths keep the AVX2 kernels (`avx512_same_order`, `dot_rows_avx2`'s `avx512`
 //! flag); `SMELT_NO_AVX512=1` keeps AVX2 throughout.
+//!
+//! Many input rows (prefill): the 32-element formats on AVX-512 run `tile512`'s 4 × 4 register
+//! tiles, the repacked Q4_K GEMM and tiled Q6_K take four inputs per kernel call, and
+//! `gemm_tasks` splits the work over output rows and inputs; every output keeps the order of
+//! the one-output kernel (docs/GGUF.md, "Many input rows").
 
 use super::act::{quantize_q8, quantize_q8k, quantize_q8k_4x8, BlockQ8, BlockQ8K};
 #[cfg(target_arch = "x86_64")]
@@ -112,6 +117,12 @@ impl QTensor {
         } else {
             x[..n * k].par_chunks(k.max(1)).enumerate().map(|(i, r)| self.act(r, i, n, path)).collect()
         };
+        #[cfg(target_arch = "x86_64")]
+        if n > 4 && level == Level::Avx512 && path == X86Path::VecDot && avx512_detected() {
+            if let Some(kind) = tile_kind(self.ty) {
+                return self.matmul_tiles(kind, &acts, n, y);
+            }
+        }
         self.dot_blocks(level, path, &acts, y)
     }
 
@@ -135,6 +146,131 @@ impl QTensor {
     }
 }
 
+/// The 32-element block formats that `tile512` multiplies in register tiles.
+#[cfg(target_arch = "x86_64")]
+fn tile_kind(ty: GgmlType) -> Option<u8> {
+    use super::tile512 as t;
+    match ty {
+        GgmlType::Q8_0 => Some(t::Q8_0),
+        GgmlType::Q4_0 => Some(t::Q4_0),
+        GgmlType::Q4_1 => Some(t::Q4_1),
+        GgmlType::Q5_0 => Some(t::Q5_0),
+        _ => None,
+    }
+}
+
+/// y's base pointer, shared by the tasks of one matmul, each writing its own elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks that share it write disjoint elements (see `gemm_tasks`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so that a closure captures the whole `OutPtr`, which is Sync,
+    /// rather than its raw-pointer field, which is not).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl QTensor {
+    /// y (n × rows) for many inputs with `tile512`'s register tiles, written in place
+    /// (`gemm_tasks` splits the work).
+    fn matmul_tiles(&self, kind: u8, acts: &[Act], n: usize, y: &mut [f32]) {
+        let m = self.rows;
+        let a: Vec<&[BlockQ8]> = acts
+            .iter()
+            .map(|a| match a {
+                Act::Q8(b) => &b[..],
+                _ => unreachable!("the 32-element formats pair with Q8_0/Q8_1 activations"),
+            })
+            .collect();
+        let rb = self.row_bytes;
+        gemm_tasks(m, n, y, |(r0, r1), (i0, i1), o| {
+            let w = &self.data[r0 * rb..r1 * rb];
+            // SAFETY: AVX-512 was detected (`matmul_with`); `o` is as `gemm_tasks` says.
+            unsafe {
+                use super::tile512 as k;
+                match kind {
+                    k::Q8_0 => tiles_avx512::<{ k::Q8_0 }>(w, rb, &a[i0..i1], o, m),
+                    k::Q4_0 => tiles_avx512::<{ k::Q4_0 }>(w, rb, &a[i0..i1], o, m),
+                    k::Q4_1 => tiles_avx512::<{ k::Q4_1 }>(w, rb, &a[i0..i1], o, m),
+                    _ => tiles_avx512::<{ k::Q5_0 }>(w, rb, &a[i0..i1], o, m),
+                }
+            }
+        });
+    }
+}
+
+/// Cuts y (n inputs × m outputs) into tasks of 32 weight rows × 64 inputs (two axes, so that
+/// narrow matrices still give every thread tasks) and runs them on the rayon pool:
+/// `task((r0, r1), (i0, i1), o)` must write y[i·m + j] for i in i0..i1 and j in r0..r1, through
+/// `o` = &y[i0·m + r0] (so element (i, j) at o + (i − i0)·m + (j − r0)), and nothing else.
+/// A task's weight rows stay in L1 while its inputs pass them a few at a time; tasks write
+/// disjoint 128-byte pieces of y's rows (no false sharing beyond the block edges).
+pub(crate) fn gemm_tasks(
+    m: usize,
+    n: usize,
+    y: &mut [f32],
+    task: impl Fn((usize, usize), (usize, usize), *mut f32) + Sync,
+) {
+    const ROWS: usize = 32;
+    const INPUTS: usize = 64;
+    assert!(y.len() >= n * m, "gemm: {} outputs for {n} × {m}", y.len());
+    let (tr, tn) = (m.div_ceil(ROWS), n.div_ceil(INPUTS));
+    let out = OutPtr(y.as_mut_ptr());
+    (0..tr * tn).into_par_iter().for_each(|t| {
+        let (r0, i0) = (t / tn * ROWS, t % tn * INPUTS);
+        // SAFETY: inside y (asserted above); the tasks' (i, j) ranges are disjoint.
+        task((r0, (r0 + ROWS).min(m)), (i0, (i0 + INPUTS).min(n)), unsafe { out.get().add(i0 * m + r0) })
+    });
+}
+
+/// Every row of `w` against every activation row of `a`, in 4 × 4 tiles (then 1 × 4 and 4 × 1
+/// and 1 × 1 for the edges): out[i·ldo + j] = row j · input i.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tiles_avx512<const K: u8>(w: &[u8], rb: usize, a: &[&[BlockQ8]], out: *mut f32, ldo: usize) {
+    use super::tile512::tile;
+    let (rows, n) = (w.len() / rb, a.len());
+    let mut i = 0;
+    while i + 4 <= n {
+        let ac = [a[i], a[i + 1], a[i + 2], a[i + 3]];
+        let mut j = 0;
+        while j + 4 <= rows {
+            let o = tile::<K, 4, 4>(&w[j * rb..], rb, ac);
+            for (r, or) in o.iter().enumerate() {
+                for (c, v) in or.iter().enumerate() {
+                    *out.add((i + c) * ldo + j + r) = *v;
+                }
+            }
+            j += 4;
+        }
+        for j in j..rows {
+            let o = tile::<K, 1, 4>(&w[j * rb..], rb, ac);
+            for (c, v) in o[0].iter().enumerate() {
+                *out.add((i + c) * ldo + j) = *v;
+            }
+        }
+        i += 4;
+    }
+    for i in i..n {
+        let mut j = 0;
+        while j + 4 <= rows {
+            let o = tile::<K, 4, 1>(&w[j * rb..], rb, [a[i]]);
+            for (r, or) in o.iter().enumerate() {
+                *out.add(i * ldo + j + r) = or[0];
+            }
+            j += 4;
+        }
+        for j in j..rows {
+            *out.add(i * ldo + j) = tile::<K, 1, 1>(&w[j * rb..], rb, [a[i]])[0][0];
+        }
+    }
+}
+
 /// Runs `run` on an (m outputs × n inputs) buffer and writes it into y (n × m): for one input
 /// rows × 1 is already y's layout, otherwise a transpose.
 pub(crate) fn into_rows_of_y(m: usize, n: usize, y: &mut [f32], run: impl FnOnce(&mut [f32])) {
@@ -143,11 +279,17 @@ pub(crate) fn into_rows_of_y(m: usize, n: usize, y: &mut [f32], run: impl FnOnce
     }
     let mut yt = vec![0f32; m * n];
     run(&mut yt);
-    for j in 0..m {
-        for i in 0..n {
-            y[i * m + j] = yt[j * n + i];
+    // In parallel (serial, it is a few percent of a prefill, more with more threads), 16 rows
+    // of y per task: each output's 16 values are one cache line of yt.
+    const ROWS: usize = 16;
+    y[..n * m].par_chunks_mut(ROWS * m).enumerate().for_each(|(bi, yc)| {
+        let (i0, rows) = (bi * ROWS, yc.len() / m);
+        for j in 0..m {
+            for (ii, v) in yt[j * n + i0..j * n + i0 + rows].iter().enumerate() {
+                yc[ii * m + j] = *v;
+            }
         }
-    }
+    });
 }
 
 impl QuantMatrix for QTensor {
@@ -304,7 +446,25 @@ unsafe fn dot_rows_avx2(path: X86Path, avx512: bool, ty: GgmlType, w: &[u8], rb:
     if path != X86Path::VecDot {
         while j0 + 8 <= rows {
             let w8 = &w[j0 * rb..(j0 + 8) * rb];
-            for (i, a) in acts.iter().enumerate() {
+            // Four inputs at once where a four-input kernel exists (each output as the
+            // one-input kernel computes it), then one at a time.
+            let mut i0 = 0;
+            while i0 + 4 <= n {
+                let o = match (ty, path) {
+                    (GgmlType::Q4_K, X86Path::Repack) if i0 + 4 <= gemm_rows => {
+                        avx2::dot8x4_q4_k_repack_gemm(w8, rb, q8k_four(&acts[i0..i0 + 4]))
+                    }
+                    (GgmlType::Q6_K, X86Path::Tiled) => avx2::dot8x4_q6_k_tiled(w8, rb, q8k_four(&acts[i0..i0 + 4])),
+                    _ => break,
+                };
+                for (jj, oj) in o.iter().enumerate() {
+                    for (r, v) in oj.iter().enumerate() {
+                        out[(j0 + r) * n + i0 + jj] = *v;
+                    }
+                }
+                i0 += 4;
+            }
+            for (i, a) in acts.iter().enumerate().skip(i0) {
                 let o = match (ty, a) {
                     (GgmlType::Q4_0, Act::Q8(a)) => avx2::dot8_q4_0_repack(w8, rb, a),
                     (GgmlType::Q4_K, Act::Q8K(a)) if path == X86Path::Repack && i < gemm_rows => {
@@ -357,6 +517,15 @@ unsafe fn dot_rows_avx2(path: X86Path, avx512: bool, ty: GgmlType, w: &[u8], rb:
             };
         }
     }
+}
+
+/// Four Q8_K activation rows as the four-input kernels take them.
+#[cfg(target_arch = "x86_64")]
+fn q8k_four(acts: &[Act]) -> [&[BlockQ8K]; 4] {
+    std::array::from_fn(|i| match &acts[i] {
+        Act::Q8K(b) => &b[..],
+        _ => unreachable!("the K-quants pair with Q8_K activations"),
+    })
 }
 
 /// Weight rows taken `R` at a time, each against every activation row: the chunk is cut into R

@@ -668,7 +668,9 @@ pub fn attention_infer(
     scale: f32,
 ) -> Result<Tensor> {
     let dm = dims(q, k, v, tk, window)?;
-    backend::on("attention", [q, k, v])?.attention_infer(q, k, v, dm, scale)
+    crate::profile::timed("attention_infer", || {
+        backend::on("attention", [q, k, v])?.attention_infer(q, k, v, dm, scale)
+    })
 }
 
 /// Writes new keys or values (B, T, KVH, D) into a KV cache tensor (B, S, KVH, D) at `pos`

@@ -1,0 +1,139 @@
+//! Register tiles for many input rows (prefill, perplexity, batched decode): R weight rows × C
+//! activation rows of a 32-element block format (Q8_0, Q4_0, Q4_1, Q5_0) at once, on AVX-512
+//! VL + VNNI. Each of the R·C outputs keeps its own 8-lane accumulator, summed block by block in
+//! `ggml_vec_dot_*`'s order (one FMA of d_w·d_a with the block's integer lanes, then
+//! `hsum_float_8`; tinyBLAS's `gemm4xN` sums each output in that order too), so every output is
+//! bit-identical to `avx512::dot_*` and `avx2::dot_*`, i.e. to llama.cpp. What the tile saves
+//! is the work shared along each axis: a weight block is unpacked (nibbles, fifth bits, scale)
+//! once for C activation rows, and an activation block with its offset correction is loaded
+//! once for R weight rows. Per block and output that leaves `vpdpbusd`, a convert, a multiply of
+//! the two scales and the FMA; 4 × 4 outputs keep 16 accumulators in the 32 vector registers.
+
+use super::act::BlockQ8;
+use std::arch::x86_64::*;
+
+use super::avx2::hsum;
+
+/// Which block format a tile reads (a const parameter, so each format compiles to its own loop).
+pub const Q8_0: u8 = 0;
+pub const Q4_0: u8 = 1;
+pub const Q4_1: u8 = 2;
+pub const Q5_0: u8 = 3;
+
+/// Bytes of one block of format `K`.
+pub const fn block_bytes(k: u8) -> usize {
+    match k {
+        Q8_0 => super::q8_0::BYTES,
+        Q4_0 => super::q4_0::BYTES,
+        Q4_1 => super::q4_1::BYTES,
+        _ => super::q5_0::BYTES,
+    }
+}
+
+/// out[r][c] = row r of `w` (rows `rb` bytes apart) · activation row `a[c]`, for the format `K`.
+/// Every `a[c]` has the same number of blocks, which the rows must hold.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tile<const K: u8, const R: usize, const C: usize>(
+    w: &[u8],
+    rb: usize,
+    a: [&[BlockQ8]; C],
+) -> [[f32; C]; R] {
+    let bytes = block_bytes(K);
+    let nb = a[0].len();
+    assert!(
+        R >= 1 && C >= 1 && C <= 4 && rb >= nb * bytes && w.len() >= (R - 1) * rb + nb * bytes,
+        "tile: {R} rows of {rb} bytes in {} bytes, {nb} blocks of {bytes}",
+        w.len()
+    );
+    for ac in &a {
+        assert_eq!(ac.len(), nb, "tile: activation rows of different lengths");
+    }
+    let mask = _mm256_set1_epi8(0x0F);
+    let flip = _mm256_set1_epi8(0x80u8 as i8);
+    let sixteen = _mm256_set1_epi8(16);
+    let shifts = _mm256_setr_epi64x(0, 0, 4, 4);
+    let mut acc = [[_mm256_setzero_ps(); C]; R];
+    // Q4_1's min terms, Σ m·s per output in block order: lane c of mins[r] for activation c.
+    let mut mins = [_mm_setzero_ps(); R];
+    for i in 0..nb {
+        // The weight side: unsigned bytes (value + offset) and the f16 scale as f32 lanes.
+        let mut u = [_mm256_setzero_si256(); R];
+        let mut dw = [_mm256_setzero_ps(); R];
+        let mut mw = [0f32; R];
+        for r in 0..R {
+            let b = w.as_ptr().add(r * rb + i * bytes);
+            let d16 = _mm_set1_epi16((b as *const i16).read_unaligned());
+            dw[r] = _mm256_cvtph_ps(d16);
+            u[r] = match K {
+                // x + 128 as unsigned bytes.
+                Q8_0 => _mm256_xor_si256(_mm256_loadu_si256(b.add(2) as *const __m256i), flip),
+                // The nibbles are q + 8.
+                Q4_0 => nibbles(b.add(2), shifts, mask),
+                Q4_1 => {
+                    mw[r] = super::avx2::f16(b.add(2));
+                    nibbles(b.add(4), shifts, mask)
+                }
+                // The 5-bit values are q + 16: nibbles + 16 where the fifth bit is set.
+                _ => {
+                    let qh = (b.add(2) as *const u32).read_unaligned();
+                    let mut v = nibbles(b.add(6), shifts, mask);
+                    std::arch::asm!("vpaddb {u}{{{k}}}, {u}, {s}", u = inout(ymm_reg) v, k = in(kreg) qh, s = in(ymm_reg) sixteen,
+                                    options(pure, nomem, nostack, preserves_flags));
+                    v
+                }
+            };
+        }
+        let mut s = [0f32; 4];
+        for c in 0..C {
+            let ab = a[c].get_unchecked(i);
+            let y = _mm256_loadu_si256(ab.qs.as_ptr() as *const __m256i);
+            // −offset · Σ of each lane's four activation bytes: dpbusd(start, x + offset, y) = Σ x·y.
+            let start = match K {
+                Q4_1 => _mm256_setzero_si256(),
+                _ => {
+                    let off = match K {
+                        Q8_0 => 0x80u8,
+                        Q4_0 => 8,
+                        _ => 16,
+                    };
+                    let z = _mm256_setzero_si256();
+                    _mm256_sub_epi32(z, _mm256_dpbusd_epi32(z, _mm256_set1_epi8(off as i8), y))
+                }
+            };
+            let da = _mm256_set1_ps(ab.d);
+            s[c] = ab.s;
+            for r in 0..R {
+                let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, u[r], y));
+                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], da), q, acc[r][c]);
+            }
+        }
+        if K == Q4_1 {
+            // mins += m · s, a product then a sum per output (the kernels' scalar order).
+            let sv = _mm_loadu_ps(s.as_ptr());
+            for r in 0..R {
+                mins[r] = _mm_add_ps(mins[r], _mm_mul_ps(_mm_set1_ps(mw[r]), sv));
+            }
+        }
+    }
+    let mut out = [[0f32; C]; R];
+    for r in 0..R {
+        let mut m = [0f32; 4];
+        _mm_storeu_ps(m.as_mut_ptr(), mins[r]);
+        for c in 0..C {
+            out[r][c] = hsum(acc[r][c]);
+            if K == Q4_1 {
+                out[r][c] += m[c];
+            }
+        }
+    }
+    out
+}
+
+/// 16 packed bytes → 32 values: low nibbles (elements 0..16), then high nibbles (16..32), as
+/// `avx512::nibbles` (a function, not a closure, so that it has the target features).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn nibbles(p: *const u8, shifts: __m256i, mask: __m256i) -> __m256i {
+    let t = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
+    _mm256_and_si256(_mm256_srlv_epi64(t, shifts), mask)
+}
