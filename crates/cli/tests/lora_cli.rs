@@ -102,6 +102,29 @@ fn train_an_adapter_then_use_merge_and_export_it() {
         v["ids"].clone()
     };
     assert_eq!(gen(&base, Some(&adapter)), gen(&d.join("merged"), None));
+    // And through the server: `serve --adapter` answers what `generate --adapter` does.
+    let want: serde_json::Value = serde_json::from_str(
+        ok(&smelt(&[
+            "generate",
+            "--model",
+            s(&base),
+            "--adapter",
+            s(&adapter),
+            "--prompt",
+            "The kernel",
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "12",
+            "--format",
+            "json",
+            "--device",
+            "cpu",
+        ]))
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(serve_completion(&base, &adapter, "The kernel", 12), want["text"], "serve --adapter");
 
     // GGUF: the export of base + adapter scores as the merged folder; a GGUF base takes the
     // adapter (its q/k rows in llama.cpp's order) and scores the same.
@@ -210,4 +233,36 @@ fn sft_trains_an_adapter_on_a_folder_and_on_a_quantised_gguf() {
     std::fs::write(&text, "plain text is all in the loss. ".repeat(4)).unwrap();
     let (with, plain) = (nll(&q8, Some(&q.join("final")), &text), nll(&q8, None, &text));
     assert!(with < plain, "the QLoRA adapter learned the text: {with} vs {plain} without it");
+}
+
+/// Greedy `/v1/completions` text from `smelt serve --model base --adapter adapter`.
+fn serve_completion(base: &Path, adapter: &Path, prompt: &str, max_tokens: u32) -> serde_json::Value {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smelt"))
+        .args(["-t", "2", "serve", "--model", s(base), "--adapter", s(adapter), "--port", "0", "--device", "cpu"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let addr: std::net::SocketAddr = loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            panic!("smelt serve --adapter ended before it was ready:\n{seen}")
+        };
+        seen += &line;
+        seen += "\n";
+        if let Some(rest) = line.split("ready on http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let body = serde_json::json!({"model": "final", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0});
+    let r = smelt_testing::http::request(addr, "POST", "/v1/completions", &[], body.to_string().as_bytes());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(r.status, 200, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    v["choices"][0]["text"].clone()
 }

@@ -11,6 +11,12 @@ pub struct ServeArgs {
     /// Model folder (config.json, model.safetensors, tokenizer.json) or a .gguf file.
     #[arg(long)]
     model: PathBuf,
+    /// A LoRA adapter in PEFT's format (adapter_config.json + adapter_model.safetensors) to
+    /// serve on top of --model: folded into the weights at load (W + s·B·A, PEFT's
+    /// merge_and_unload; quantised projections it adapts become f32), so every request,
+    /// batched or not, runs base + adapter.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
     /// The model's name in requests and /v1/models (default: the file or folder name).
     #[arg(long)]
     alias: Option<String>,
@@ -64,10 +70,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
         parallel: a.parallel as usize,
         kv_type: smelt_model::KvType::parse(&a.kv_cache_type)?,
     };
-    let path = a.model;
+    let (path, adapter) = (a.model, a.adapter);
     let ctx_size = opts.ctx_size;
     smelt_serve::run(listener, opts, move || {
-        let mut model = super::load_model(&path)?;
+        let mut model = super::lora::load_model_adapted(&path, adapter.as_deref())?;
+        if model.adapter.is_some() {
+            model = model.merged()?;
+        }
         model.to_device(device)?;
         // The KV pool is --ctx-size positions: refuse one that cannot fit.
         super::limits::new_tokens(&model, 0, ctx_size.unwrap_or(model.cfg.max_pos), "--ctx-size")?;
