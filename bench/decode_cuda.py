@@ -3,6 +3,7 @@
 GGUF files, in one run on one GPU, at issue 14's decode shapes; and the bandwidth bound.
 
     python3 bench/decode_cuda.py --smelt ./smelt --llama-bench DIR/llama-bench --tokenizer T.json
+    (llama-bench: scripts/gpu_llama_cpp.sh build, on the GPU machine; T.json: SmolLM2's tokenizer)
         [--shapes 135m,1b] [--types bf16,q8_0,q4_k] [--tokens 128] [--out DIR]
 
 For each shape it writes a random-init Hugging Face folder (bench/torch_gpu.py --save-hf, the
