@@ -17,7 +17,7 @@ use crate::blocks::{Blocks, BLOCK_SIZE};
 use crate::metrics::Stats;
 use smelt_core::Tensor;
 use smelt_infer::{Sampler, SamplingConfig};
-use smelt_model::{KvCache, KvPool, KvType, Logits, Model, SeqStep};
+use smelt_model::{Decoder, KvCache, KvPool, KvType, Model, SeqStep};
 use smelt_tokenizer::{StreamDecoder, Tokenizer};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -141,8 +141,9 @@ struct Seq<'t> {
     stops: StopMatcher,
     pending_logprobs: Vec<TokenLogprob>,
     last_token: Option<Instant>,
-    /// Off the CPU (no paged pool yet): the sequence's own contiguous cache.
-    cache: Option<KvCache>,
+    /// Off the CPU (no paged pool yet): the sequence's own contiguous cache, behind the
+    /// decoder `smelt generate` uses (on a GPU each step after the first is a replayed graph).
+    dec: Option<Decoder<'t>>,
 }
 
 enum Outcome {
@@ -170,7 +171,7 @@ impl<'t> Seq<'t> {
             decoder: StreamDecoder::new(tok),
             pending_logprobs: Vec::new(),
             last_token: None,
-            cache: None,
+            dec: None,
         }
     }
 
@@ -189,7 +190,7 @@ impl<'t> Seq<'t> {
 
     /// Gives back the blocks (on retirement or preemption).
     fn release(&mut self, blocks: &mut Blocks) {
-        self.cache = None;
+        self.dec = None;
         blocks.release(&self.table);
         self.table.clear();
         self.computed = 0;
@@ -305,7 +306,14 @@ fn logprob_of(logits: &Tensor, id: u32, k: usize) -> anyhow::Result<TokenLogprob
 ///
 /// Off the CPU the paged pool does not exist yet: jobs run one at a time, each with its own
 /// contiguous cache, through the same loop (`lib.rs` says so at start).
-pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>, stats: &Stats, cfg: EngineConfig) {
+pub fn run<'a>(
+    model: &'a Model,
+    tok: &'a Tokenizer,
+    stop_ids: &[u32],
+    jobs: Receiver<Job>,
+    stats: &Stats,
+    cfg: EngineConfig,
+) {
     let paged = cfg.paged;
     let parallel = if paged { cfg.parallel.max(1) } else { 1 };
     let mut pool = cfg.pool;
@@ -380,7 +388,7 @@ pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>
             if !paged {
                 let mut s = waiting.pop_front().expect("front exists");
                 match KvCache::new_on(&model.cfg, 1, s.job.prompt.len() + s.job.max_tokens + 1, model.device()) {
-                    Ok(c) => s.cache = Some(c),
+                    Ok(c) => s.dec = Some(Decoder::new(model, c)),
                     Err(e) => {
                         stats.waiting.fetch_sub(1, Ordering::Relaxed);
                         stats.finished.fetch_add(1, Ordering::Relaxed);
@@ -430,10 +438,12 @@ pub fn run(model: &Model, tok: &Tokenizer, stop_ids: &[u32], jobs: Receiver<Job>
         // One forward over every running sequence; a panic fails the batch, not the server.
         let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
             if let [s] = &mut running[..] {
-                if let Some(cache) = s.cache.as_mut() {
+                if let Some(dec) = s.dec.as_mut() {
                     let new = &s.tokens[s.computed..];
                     let ids = Tensor::from_u32(new.to_vec(), &[1, new.len()])?;
-                    return model.logits(&ids, Some(cache), Logits::Last);
+                    // The prompt, then one token a step (the step's logits are read before
+                    // the next one overwrites them).
+                    return if s.computed == 0 { dec.prefill(&ids) } else { dec.step(&ids) };
                 }
             }
             let steps: Vec<SeqStep> = running
