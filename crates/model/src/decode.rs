@@ -60,9 +60,8 @@ impl<'m> Decoder<'m> {
     /// Tokens (B, T) continuing the cache → the logits of each sequence's last one (B, V).
     /// Ends any captured step (the next `step` captures afresh).
     pub fn prefill(&mut self, tokens: &Tensor) -> Result<Tensor> {
-        if self.step.take().is_some() || self.cache.has_device_position() {
-            self.cache.release_device_position();
-        }
+        self.step = None;
+        self.cache.release_device_position();
         self.model.logits(tokens, Some(&mut self.cache), Logits::Last)
     }
 
@@ -95,7 +94,7 @@ impl<'m> Decoder<'m> {
         self.cache.hold_position_on_device()?;
         let logits = self.model.logits(&next, Some(&mut self.cache), Logits::Last)?;
         if self.cache.len() < self.cache.capacity() {
-            let mut tok = Tensor::zeros_typed(&[b, 1], device, DType::U32)?;
+            let tok = Tensor::zeros_typed(&[b, 1], device, DType::U32)?;
             let mut out = Tensor::zeros_typed(logits.shape(), device, logits.dtype())?;
             let len = self.cache.len();
             let (model, cache) = (self.model, &mut self.cache);
@@ -106,7 +105,6 @@ impl<'m> Decoder<'m> {
             // The capture ran nothing: the host's count goes back to what the device holds.
             self.cache.rewind_host_count(len);
             if let Some(replay) = replay? {
-                tok.write_at(0, &next)?; // any value: the next step overwrites it
                 self.step = Some(Captured { replay, tok, out });
             }
         }

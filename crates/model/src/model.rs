@@ -76,9 +76,6 @@ impl KvCache {
     pub fn batch(&self) -> usize {
         self.batch
     }
-    pub fn has_device_position(&self) -> bool {
-        self.dpos.is_some()
-    }
     /// Back to a host-only position (a step of several tokens needs one).
     pub fn release_device_position(&mut self) {
         self.dpos = None;

@@ -42,6 +42,19 @@ impl Pos<'_> {
             }
         }
     }
+    /// The kernel arguments of a position: (device address of the u32, 0) for a `Device`
+    /// position, (0 = null, the value) for a `Host` one; kernels read `*pos` when non-null.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn kernel_args(&self, what: &str) -> Result<(u64, i32)> {
+        Ok(match self {
+            Pos::Host(p) => (0, *p as i32),
+            Pos::Device { at, .. } => {
+                let b = at.cuda_buf()?;
+                b.expect(DType::U32, what)?;
+                (b.ptr(), 0)
+            }
+        })
+    }
     /// The largest position + 1 this step may reach (for tables sized once, before a capture).
     pub fn bound(&self, t: usize) -> Result<usize> {
         Ok(match self {

@@ -243,18 +243,6 @@ const DEC_CHUNK: usize = 256;
 /// Warps per decode block (DEC_WARPS in decode.cu).
 const DEC_WARPS: u32 = 4;
 
-/// The device address of a position, or 0 with the host value.
-fn pos_arg(pos: Pos, what: &str) -> Result<(u64, i32)> {
-    Ok(match pos {
-        Pos::Host(p) => (0, p as i32),
-        Pos::Device { at, .. } => {
-            let b = at.cuda_buf()?;
-            b.expect(DType::U32, what)?;
-            (b.ptr(), 0)
-        }
-    })
-}
-
 /// Decode attention (decode.cu): grid (H, splits, B); splits > 1 write partials that a second
 /// launch merges. `dm.tk` is the bound on the keys (the capacity for a device position).
 pub fn attention_decode(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, pos: Pos, scale: f32) -> Result<Tensor> {
@@ -265,7 +253,7 @@ pub fn attention_decode(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, pos: P
     let out = DeviceBuf::alloc(gpu, dt, q.numel())?;
     let splits = dm.tk.div_ceil(DEC_CHUNK).max(1);
     let part = DeviceBuf::alloc(gpu, DType::F32, if splits > 1 { dm.b * dm.h * splits * (dm.d + 2) } else { 1 })?;
-    let (pptr, phost) = pos_arg(pos, "attention_decode position")?;
+    let (pptr, phost) = pos.kernel_args("attention_decode position")?;
     let tk = phost + 1;
     let a = [tk, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.d as i32, dm.window.unwrap_or(0) as i32];
     let name = cuda::kname("attn_decode", &[dt], "attention_decode")?;
@@ -299,7 +287,7 @@ pub fn attention_decode(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, pos: P
 
 /// New rows (B, T, KVH, D) into the cache (B, S, KVH, D) at `pos`, one launch for every sequence.
 pub fn kv_write(cache: &mut Tensor, new: &Tensor, pos: Pos) -> Result<()> {
-    let (pptr, phost) = pos_arg(pos, "kv_write position")?;
+    let (pptr, phost) = pos.kernel_args("kv_write position")?;
     let (s, t) = (cache.shape().to_vec(), new.shape()[1]);
     let (nb, cap, row) = (s[0], s[1], s[2] * s[3]);
     let nbuf = new.cuda_buf()?;

@@ -54,19 +54,12 @@ pub fn rope(x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f
     let gpu = &xb.gpu;
     let d = x.cols();
     let tab = device_table(gpu, table, pos.bound(t)?)?;
-    let (pos0, dpos) = match pos {
-        Pos::Host(p) => (p, 0u64),
-        Pos::Device { at, .. } => {
-            let b = at.cuda_buf()?;
-            b.expect(DType::U32, "rope position")?;
-            (0, b.ptr())
-        }
-    };
+    let (dpos, pos0) = pos.kernel_args("rope position")?;
     let y = DeviceBuf::alloc(gpu, xb.dtype, x.numel())?; // x rotated into it (every element written)
     let rows = x.rows() / h;
     let name = cuda::kname("rope", &[xb.dtype], what)?;
     let f = gpu.function("rope", SRC, &name)?;
-    let (rows64, t32, h32, d32, p32) = (rows as i64, t as i32, h as i32, d as i32, pos0 as i32);
+    let (rows64, t32, h32, d32, p32) = (rows as i64, t as i32, h as i32, d as i32, pos0);
     let inter = (table.layout == RopeLayout::Interleaved) as i32;
     {
         let mut b = gpu.stream.launch_builder(&f);
@@ -105,14 +98,7 @@ fn rope_into_cache(
     let (qs, ks) = (q.shape().to_vec(), k.shape().to_vec());
     let (nb, h, kvh, d, cap) = (qs[0], qs[2], ks[2], qs[3], kc.shape()[1]);
     let tab = device_table(&gpu, table, pos.bound(t)?)?;
-    let (pos0, dpos) = match pos {
-        Pos::Host(p) => (p as i32, 0u64),
-        Pos::Device { at, .. } => {
-            let b = at.cuda_buf()?;
-            b.expect(DType::U32, "rope position")?;
-            (0, b.ptr())
-        }
-    };
+    let (dpos, pos0) = pos.kernel_args("rope position")?;
     let qo = DeviceBuf::alloc(&gpu, dt, q.numel())?;
     let (kcp, vcp) = (kc.cuda_buf_mut()?, vc.cuda_buf_mut()?.ptr());
     if kcp.dtype != dt {
