@@ -126,6 +126,31 @@ pub fn linear_dx(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
     crate::ops::matmul::linear(dy, &Tensor::from_f32(wt, &[k, m])?, None)
 }
 
+/// `[linear(x, w_j, b_j)]` for quantised weights sharing x, in fewer launches where the backend
+/// has a fused path (CUDA's integer matvecs quantise x once); None: run each `linear`.
+pub fn linear_many(x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)], n: usize, k: usize) -> Result<Option<Vec<Tensor>>> {
+    #[cfg(feature = "cuda")]
+    if !x.device().is_cpu() {
+        let qs: Option<Vec<_>> = ws.iter().map(|(w, b)| w.as_device_quant().map(|q| (q, *b))).collect();
+        if let Some(qs) = qs {
+            return cuda::linear_many(x, &qs, n, k);
+        }
+    }
+    let _ = (x, ws, n, k);
+    Ok(None)
+}
+
+/// `swiglu(linear(x, wg), linear(x, wu))` for quantised gate and up weights in fewer launches
+/// where the backend has a fused path; None: run the three ops.
+pub fn linear_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if let (false, Some(g), Some(u)) = (x.device().is_cpu(), wg.as_device_quant(), wu.as_device_quant()) {
+        return cuda::linear_swiglu(x, g, u, n, k);
+    }
+    let _ = (x, wg, wu, n, k);
+    Ok(None)
+}
+
 /// table: quantised (V, C), ids: (…) u32 → (…, C).
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     backend(table.device()).embedding_quant(table, ids)
