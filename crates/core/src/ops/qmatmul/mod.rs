@@ -4,9 +4,11 @@
 //!
 //! CPU: the format's own kernel behind `QuantMatrix` (`crate::quant`: each input row quantised to
 //! 8 bits, integer dots, as llama.cpp's CPU backend does), which is the reference.
-//! CUDA (`cuda.rs`, `qmatmul.cu`): the blocks stay quantised on the device and are
-//! dequantised in registers; f32 activations. Up to `cuda::MATVEC_MAX_N` input rows (decode)
-//! a matvec kernel reads each weight row once for all rows; above, the weight is dequantised
+//! CUDA (`cuda.rs`, `qmatmul.cu`): the blocks stay quantised on the device. Up to
+//! `cuda::MATVEC_MAX_N` input rows (decode) a matvec kernel reads each weight row once for all
+//! rows: under mixed precision in integer arithmetic (x quantised to 8 bits once, dp4a — the
+//! CPU kernel's kind of numbers; `SMELT_CUDA_MMVQ=0` turns it off), else dequantised in
+//! registers with f32 activations (f32 precision: exact against the CPU dequantiser); above, the weight is dequantised
 //! to a scratch buffer (f32 or bf16, per `cuda::matmul_precision`) and cuBLASLt multiplies.
 //! Tests: smelt-core's `tests/gpu_quant.rs` (every format against the CPU dequantisers).
 
