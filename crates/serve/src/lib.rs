@@ -15,6 +15,7 @@ pub mod blocks;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod structured;
 
 use anyhow::{Context, Result};
 use smelt_model::Model;
