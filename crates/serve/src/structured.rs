@@ -27,6 +27,9 @@ pub enum Format {
     JsonSchema(Value),
 }
 
+/// Whitespace allowed between a JSON value's tokens (llama.cpp's `SPACE_RULE`).
+const WHITESPACE: &str = r"(?: |\n{1,2}[ \t]{0,20})";
+
 /// The vocabulary as llguidance sees it, and the grammar compiler over it. Built once per model.
 pub struct Grammars {
     factory: ParserFactory,
@@ -83,10 +86,17 @@ impl Grammars {
 
     /// A fresh constraint for `format`; Err: why the schema cannot be used (the request's fault).
     pub fn compile(&self, format: &Format) -> Result<Constraint, String> {
-        let schema = match format {
+        let mut schema = match format {
             Format::JsonObject => json!({"type": "object"}),
             Format::JsonSchema(s) => s.clone(),
         };
+        // Whitespace between tokens bounded as llama.cpp's JSON grammars bound it (a space, or
+        // one or two newlines and up to 20 spaces or tabs of indent): llguidance's default
+        // allows any run, and a small model can fill its whole answer with it. A client's own
+        // `x-guidance` options (llguidance's extension) win.
+        if let Some(o) = schema.as_object_mut() {
+            o.entry("x-guidance").or_insert_with(|| json!({"whitespace_pattern": WHITESPACE}));
+        }
         let parser = self.factory.create_parser(TopLevelGrammar::from_json_schema(schema));
         let matcher = Matcher::new(parser.map_err(|e| e.context("llguidance")));
         if let Some(e) = matcher.get_error() {
