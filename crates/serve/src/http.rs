@@ -48,8 +48,12 @@ pub struct TextSide {
     /// Positions a request may use (prompt + new tokens): `--ctx-size`, at most the model's.
     pub ctx: usize,
     pub vocab: usize,
-    /// The grammar compiler for `response_format`, or why this model cannot have one.
-    pub grammars: Result<Grammars, String>,
+    /// Ids that end generation (the grammar allows them once complete).
+    pub stop_ids: Vec<u32>,
+    /// The grammar compiler for `response_format`, or why this model cannot have one: built
+    /// by the first request that asks (the token trie of a 50k vocabulary takes a second or
+    /// two, which a server that never sees `response_format` should not pay at start).
+    pub grammars: OnceLock<Result<Grammars, String>>,
 }
 
 impl TextSide {
@@ -79,7 +83,20 @@ impl TextSide {
     /// llguidance cannot use is a 400 naming `response_format`.
     fn constrain(&self, format: Option<Format>) -> Result<Option<Constraint>, ApiError> {
         let Some(format) = format else { return Ok(None) };
-        let grammars = self.grammars.as_ref().map_err(|e| {
+        let grammars = self.grammars.get_or_init(|| {
+            let t = std::time::Instant::now();
+            let g = Grammars::new(&self.tok, self.vocab, &self.stop_ids).map_err(|e| format!("{e:#}"));
+            match &g {
+                Ok(_) => eprintln!(
+                    "smelt serve: structured output ready (llguidance's token trie of {} ids in {:.0} ms)",
+                    self.vocab,
+                    t.elapsed().as_secs_f64() * 1e3
+                ),
+                Err(e) => eprintln!("smelt serve: no structured output for this model: {e}"),
+            }
+            g
+        });
+        let grammars = grammars.as_ref().map_err(|e| {
             ApiError::field("response_format", format!("structured output is not available for this model: {e}"))
         })?;
         let c = grammars

@@ -93,17 +93,14 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
         );
     }
     let cfg = engine::EngineConfig::new(&loaded.model, opts.parallel, pool_tokens, opts.kv_type)?;
-    let vocab = loaded.model.cfg.vocab_size;
-    let t = std::time::Instant::now();
-    let grammars = structured::Grammars::new(&loaded.tokenizer, vocab, &loaded.stop_ids).map_err(|e| format!("{e:#}"));
-    match &grammars {
-        Ok(_) => eprintln!(
-            "smelt serve: structured output (response_format) ready: the token trie of {vocab} ids in {:.0} ms",
-            t.elapsed().as_secs_f64() * 1e3
-        ),
-        Err(e) => eprintln!("smelt serve: no structured output (response_format is a 400): {e}"),
-    }
-    let side = http::TextSide { tok: loaded.tokenizer.clone(), template: loaded.template, ctx, vocab, grammars };
+    let side = http::TextSide {
+        tok: loaded.tokenizer.clone(),
+        template: loaded.template,
+        ctx,
+        vocab: loaded.model.cfg.vocab_size,
+        stop_ids: loaded.stop_ids.clone(),
+        grammars: OnceLock::new(),
+    };
     let _ = shared.text.set(Arc::new(side));
     drop(shared);
     if device.is_cpu() {
