@@ -15,7 +15,7 @@
 
 use crate::blocks::{Blocks, BLOCK_SIZE};
 use crate::metrics::Stats;
-use crate::structured::Constraint;
+use crate::structured::{Constraint, Mask};
 use smelt_core::Tensor;
 use smelt_infer::{Sampler, SamplingConfig};
 use smelt_model::{Decoder, KvCache, KvPool, KvType, Model, SeqStep};
@@ -202,8 +202,15 @@ impl<'t> Seq<'t> {
         self.last_hash = 0;
     }
 
-    /// Takes the next token from this sequence's logits row (1, V).
-    fn advance(&mut self, logits: &Tensor, stop_ids: &[u32], stats: &Stats) -> anyhow::Result<Outcome> {
+    /// Takes the next token from this sequence's logits row (1, V); `mask`: what its
+    /// constraint allows at this step (Some exactly when it has one).
+    fn advance(
+        &mut self,
+        logits: &Tensor,
+        mask: Option<anyhow::Result<Mask>>,
+        stop_ids: &[u32],
+        stats: &Stats,
+    ) -> anyhow::Result<Outcome> {
         // Penalties and log-probabilities read the row on the host (a GPU's logits come back
         // only when a request asks for them).
         let host = |t: &Tensor| t.to_device(smelt_core::Device::Cpu);
@@ -214,13 +221,10 @@ impl<'t> Seq<'t> {
         let logits = if wants_host { self.penalised(&host(logits)?)? } else { logits.clone() };
         // Structured output: what the grammar forbids is −∞ before the sampler sees it (greedy
         // or not). Log-probabilities stay those of the unmasked row.
-        let masked = match self.job.constraint.as_mut() {
-            Some(c) => {
-                let (n, t) = (c.masks, c.mask_time);
+        let masked = match mask {
+            Some(m) => {
                 let mut row = logits.as_f32()?.to_vec();
-                c.mask(&mut row)?;
-                stats.masks.fetch_add(c.masks - n, Ordering::Relaxed);
-                stats.mask_micros.fetch_add((c.mask_time - t).as_micros() as u64, Ordering::Relaxed);
+                m?.apply(&mut row);
                 Some(Tensor::from_f32(row, logits.shape())?)
             }
             None => None,
@@ -461,23 +465,42 @@ pub fn run<'a>(
         }
         stats.steps.fetch_add(1, Ordering::Relaxed);
         stats.batch_max.fetch_max(running.len() as u64, Ordering::Relaxed);
-        // One forward over every running sequence; a panic fails the batch, not the server.
-        let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            if let [s] = &mut running[..] {
-                if let Some(dec) = s.dec.as_mut() {
-                    let new = &s.tokens[s.computed..];
-                    let ids = Tensor::from_u32(new.to_vec(), &[1, new.len()])?;
-                    // The prompt, then one token a step (the step's logits are read before
-                    // the next one overwrites them).
-                    return if s.computed == 0 { dec.prefill(&ids) } else { dec.step(&ids) };
-                }
-            }
-            let steps: Vec<SeqStep> = running
+        // Structured output: a constrained sequence's mask for this step depends only on its
+        // tokens so far, so the masks are computed on a thread of their own while the forward
+        // runs (the constraints are lent to it and come back after).
+        let mut constraints: Vec<Option<Constraint>> = running.iter_mut().map(|s| s.job.constraint.take()).collect();
+        let (step, masks) = std::thread::scope(|sc| {
+            let masker = constraints.iter().any(Option::is_some).then(|| {
+                sc.spawn(|| {
+                    let timed = |c: &mut Constraint| {
+                        let t = Instant::now();
+                        (c.next_mask(), t.elapsed())
+                    };
+                    constraints.iter_mut().map(|c| c.as_mut().map(timed)).collect::<Vec<_>>()
+                })
+            });
+            (forward(model, &mut running, &mut pool), masker.map(|h| h.join()))
+        });
+        let mut masks: Vec<Option<anyhow::Result<Mask>>> = match masks {
+            None => running.iter().map(|_| None).collect(),
+            Some(Ok(masks)) => masks
+                .into_iter()
+                .map(|m| {
+                    m.map(|(m, took)| {
+                        stats.masks.fetch_add(1, Ordering::Relaxed);
+                        stats.mask_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                        m
+                    })
+                })
+                .collect(),
+            Some(Err(_)) => constraints
                 .iter()
-                .map(|s| SeqStep { tokens: &s.tokens[s.computed..], pos0: s.computed, table: &s.table })
-                .collect();
-            model.logits_paged(&steps, &mut pool)
-        }));
+                .map(|c| c.as_ref().map(|_| Err(anyhow::anyhow!("structured output: the mask thread panicked"))))
+                .collect(),
+        };
+        for (s, c) in running.iter_mut().zip(constraints) {
+            s.job.constraint = c;
+        }
         let logits = match step {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
@@ -502,7 +525,8 @@ pub fn run<'a>(
             if paged {
                 s.name_full_blocks(&mut blocks);
             }
-            let outcome = logits.narrow_rows(i, 1).and_then(|row| s.advance(&row, stop_ids, stats));
+            let mask = masks[i].take();
+            let outcome = logits.narrow_rows(i, 1).and_then(|row| s.advance(&row, mask, stop_ids, stats));
             match outcome {
                 Ok(Outcome::Going) => keep.push(s),
                 Ok(Outcome::Finished | Outcome::Gone) => retire(s, &mut blocks, stats),
@@ -515,6 +539,27 @@ pub fn run<'a>(
         running = keep;
         stats.kv_blocks_used.store(blocks.used() as u64, Ordering::Relaxed);
     }
+}
+
+/// One forward over every running sequence (the logits of each one's last position, (B, V));
+/// a panic fails the batch, not the server.
+fn forward(model: &Model, running: &mut [Seq], pool: &mut KvPool) -> std::thread::Result<anyhow::Result<Tensor>> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        if let [s] = running {
+            if let Some(dec) = s.dec.as_mut() {
+                let new = &s.tokens[s.computed..];
+                let ids = Tensor::from_u32(new.to_vec(), &[1, new.len()])?;
+                // The prompt, then one token a step (the step's logits are read before
+                // the next one overwrites them).
+                return if s.computed == 0 { dec.prefill(&ids) } else { dec.step(&ids) };
+            }
+        }
+        let steps: Vec<SeqStep> = running
+            .iter()
+            .map(|s| SeqStep { tokens: &s.tokens[s.computed..], pos0: s.computed, table: &s.table })
+            .collect();
+        model.logits_paged(&steps, pool)
+    }))
 }
 
 fn retire(mut s: Seq, blocks: &mut Blocks, stats: &Stats) {

@@ -11,12 +11,11 @@
 
 use anyhow::{anyhow, Result};
 use llguidance::api::TopLevelGrammar;
-use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
+use llguidance::toktrie::{SimpleVob, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::{json, Value};
 use smelt_tokenizer::Tokenizer;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// What a request asks its output to be.
 #[derive(Clone, Debug, PartialEq)]
@@ -102,7 +101,7 @@ impl Grammars {
         if let Some(e) = matcher.get_error() {
             return Err(e);
         }
-        Ok(Constraint { matcher, mask_time: Duration::ZERO, masks: 0 })
+        Ok(Constraint { matcher })
     }
 }
 
@@ -110,28 +109,31 @@ impl Grammars {
 #[derive(Clone)]
 pub struct Constraint {
     matcher: Matcher,
-    /// Time spent computing masks, and how many (for `/metrics`).
-    pub mask_time: Duration,
-    pub masks: u64,
 }
 
-impl Constraint {
-    /// Sets the logit of every token the grammar does not allow next to −∞; `row` is one
-    /// sequence's logits (V,). The stop ids stay allowed exactly when the grammar is complete.
-    pub fn mask(&mut self, row: &mut [f32]) -> Result<()> {
-        let t = Instant::now();
-        let allowed = self.matcher.compute_mask().map_err(|e| anyhow!("structured output: {e}"))?;
-        if allowed.is_zero() {
-            return Err(anyhow!("structured output: the grammar allows no token here"));
-        }
-        allowed.iter_unset_entries(|i| {
+/// The tokens the grammar allows at one step (computed from the state alone, so the engine
+/// computes it while the forward that gives the step's logits runs).
+pub struct Mask(SimpleVob);
+
+impl Mask {
+    /// Sets the logit of every token not allowed to −∞; `row` is one sequence's logits (V,).
+    pub fn apply(&self, row: &mut [f32]) {
+        self.0.iter_unset_entries(|i| {
             if let Some(x) = row.get_mut(i) {
                 *x = f32::NEG_INFINITY;
             }
         });
-        self.mask_time += t.elapsed();
-        self.masks += 1;
-        Ok(())
+    }
+}
+
+impl Constraint {
+    /// The tokens allowed next (the stop ids exactly when the grammar is complete).
+    pub fn next_mask(&mut self) -> Result<Mask> {
+        let allowed = self.matcher.compute_mask().map_err(|e| anyhow!("structured output: {e}"))?;
+        if allowed.is_zero() {
+            return Err(anyhow!("structured output: the grammar allows no token here"));
+        }
+        Ok(Mask(allowed))
     }
 
     /// Feeds the sampled token (one the last mask allowed) to the grammar.
@@ -159,7 +161,7 @@ mod tests {
         let mut c = g.compile(&Format::JsonSchema(schema)).unwrap();
         let allowed = |c: &mut Constraint| {
             let mut row = vec![0.0f32; 260];
-            c.mask(&mut row).unwrap();
+            c.next_mask().unwrap().apply(&mut row);
             (0..260u32).filter(|&i| row[i as usize] == 0.0).collect::<Vec<u32>>()
         };
         // A JSON string starts with a quote (the default JSON grammar allows leading whitespace
@@ -173,7 +175,6 @@ mod tests {
         }
         // Complete with nothing that could follow: done (the engine ends the sequence).
         assert!(c.is_done());
-        assert_eq!(c.masks, 2);
         // An integer may go on or end: digits and EOS (the ids past the tokenizer's vocabulary
         // are never allowed); a token the mask forbade is an error, not a silent pass.
         let mut c = g.compile(&Format::JsonSchema(json!({"type": "integer"}))).unwrap();
@@ -192,7 +193,15 @@ mod tests {
     #[test]
     fn bad_schemas_are_errors() {
         let g = Grammars::new(&Tokenizer::byte_level(), 257, &[256]).unwrap();
-        for bad in [json!({"type": "no-such-type"}), json!({"$ref": "#/definitions/missing"}), json!(7)] {
+        // An unknown type, a reference to nothing, not a schema, a keyword llguidance does not
+        // implement (refused, not ignored), contradictory bounds.
+        for bad in [
+            json!({"type": "no-such-type"}),
+            json!({"$ref": "#/definitions/missing"}),
+            json!(7),
+            json!({"type": "array", "uniqueItems": true}),
+            json!({"type": "string", "minLength": 5, "maxLength": 2}),
+        ] {
             let e = g.compile(&Format::JsonSchema(bad.clone())).err();
             assert!(e.is_some(), "{bad} compiled");
         }
