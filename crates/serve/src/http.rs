@@ -76,9 +76,7 @@ impl TextSide {
             }
         }
     }
-}
 
-impl TextSide {
     /// The request's `response_format` compiled for this model (None for text); a schema
     /// llguidance cannot use is a 400 naming `response_format`.
     fn constrain(&self, format: Option<Format>) -> Result<Option<Constraint>, ApiError> {

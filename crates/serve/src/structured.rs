@@ -75,7 +75,10 @@ impl Grammars {
             return Err(anyhow!("the model has no end-of-sequence token, which structured output needs to end"));
         };
         let info = TokRxInfo::new(vocab as u32, first);
-        let trie = TokTrie::from(&info, &words).with_eos_tokens(&eos);
+        // The trie asserts what it needs (a token's length, the ids); a vocabulary it cannot
+        // hold is an error here, not a panic of the request that asked first.
+        let trie = std::panic::catch_unwind(|| TokTrie::from(&info, &words).with_eos_tokens(&eos))
+            .map_err(|_| anyhow!("llguidance could not build the token trie of this vocabulary"))?;
         let env: TokEnv = Arc::new(Vocab { trie, tok: tok.clone() });
         let mut factory = ParserFactory::new_simple(&env)?;
         // Errors reach the client as 400s; nothing goes to the server's stderr.
