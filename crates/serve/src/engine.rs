@@ -12,6 +12,10 @@
 //! and recomputes its tokens when readmitted. Each sequence's logits are what it gets alone
 //! (`logits_paged`'s guarantee), so greedy output is `smelt generate`'s and a seeded request
 //! gives the same text whatever else runs.
+//!
+//! A sequence with a `response_format` has its row masked to what its grammar allows before
+//! sampling (the step's masks are computed on a thread of their own while the forward runs,
+//! `structured`) and ends when the grammar is complete.
 
 use crate::blocks::{Blocks, BLOCK_SIZE};
 use crate::metrics::Stats;

@@ -6,7 +6,9 @@
 //! - `engine`: the thread that owns the model (the caller's: the CLI's rayon worker): a
 //!   scheduler that batches every running request into one forward per step (continuous
 //!   batching) over a paged KV pool (`blocks`: allocation and the prefix cache);
-//! - `metrics`: the counters and histograms `/metrics` reports.
+//! - `metrics`: the counters and histograms `/metrics` reports;
+//! - `structured`: `response_format` through llguidance (the token trie, a request's
+//!   constraint, each step's mask).
 //!
 //! The model loads after the port is bound, so `/health` answers 503 while it loads.
 
