@@ -138,7 +138,7 @@ fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
 }
 
 /// Every logit of `teacher` for (B, T) `x` (packed examples when `seg` is given): (B·T, V).
-fn teacher_logits(teacher: &Model, x: &Tensor, seg: Option<&std::sync::Arc<smelt_core::ops::attention::Segments>>) -> Result<Tensor> {
+pub fn teacher_logits(teacher: &Model, x: &Tensor, seg: Option<&std::sync::Arc<smelt_core::ops::attention::Segments>>) -> Result<Tensor> {
     // A training graph whose parameters need no gradient: nothing is taped, and the attention
     // is the training kernels', as the student's.
     let mut g = Graph::training();
@@ -216,7 +216,7 @@ pub fn dump_teacher_logits(cfg: &TrainConfig, teacher: &Model, tok: &Tokenizer, 
 }
 
 /// Each row's `k` largest logits, descending (equal ones by id), and their ids.
-fn top_k(z: &[f32], v: usize, k: usize) -> (Vec<u32>, Vec<f32>) {
+pub fn top_k(z: &[f32], v: usize, k: usize) -> (Vec<u32>, Vec<f32>) {
     let (mut ids, mut vals) = (Vec::with_capacity(z.len() / v * k), Vec::with_capacity(z.len() / v * k));
     let mut order: Vec<u32> = Vec::with_capacity(v);
     for row in z.chunks(v) {
