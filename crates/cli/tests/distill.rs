@@ -62,7 +62,8 @@ fn distill_a_student_from_a_teacher() {
     ];
     let data = d.join("train.jsonl");
     std::fs::write(&data, lines.join("\n") + "\n").unwrap();
-    let common = ["--steps", "2", "--batch-size", "2", "--seq-len", "48", "--warmup", "1", "--checkpoint-interval", "0"];
+    let common =
+        ["--steps", "2", "--batch-size", "2", "--seq-len", "48", "--warmup", "1", "--checkpoint-interval", "0"];
     let run = |extra: &[&str], out: &str| {
         let (t, data, out) = (s(&teacher), s(&data), s(&d.join(out)));
         let mut args = vec!["distill", "--teacher", &t, "--data", &data, "--val-data", &data, "--output", &out];
@@ -103,13 +104,26 @@ fn errors_name_the_problem() {
     std::fs::write(d.join("t.jsonl"), "{\"text\": \"hello there\"}\n").unwrap();
     let (t, st, data, out) = (s(&teacher), s(&student), s(&d.join("t.jsonl")), s(&d.join("out")));
     let v = Tokenizer::byte_level().vocab_size();
-    let e = err(smelt(&["distill", "--teacher", &t, "--model", &st, "--data", &data, "--output", &out, "--steps", "1"]));
+    let e =
+        err(smelt(&["distill", "--teacher", &t, "--model", &st, "--data", &data, "--output", &out, "--steps", "1"]));
     assert!(e.contains(&format!("vocabulary of {}", v + 5)) && e.contains(&format!("student {v}")), "{e}");
     let e = err(smelt(&["distill", "--teacher", &t, "--model", &st, "--output", &out]));
     assert!(e.contains("--data") && e.contains("--dataset"), "{e}");
     let e = err(smelt(&["distill", "--teacher", &t, "--data", &data, "--output", &out]));
     assert!(e.contains("--model") && e.contains("--size"), "{e}");
-    let e = err(smelt(&["distill", "--teacher", &t, "--model", &st, "--data", &data, "--output", &out, "--temperature", "0"]));
+    let e = err(smelt(&[
+        "distill",
+        "--teacher",
+        &t,
+        "--model",
+        &st,
+        "--data",
+        &data,
+        "--output",
+        &out,
+        "--temperature",
+        "0",
+    ]));
     assert!(e.contains("--temperature 0"), "{e}");
     let e = err(smelt(&["sft", "--model", &st, "--data", &data, "--output", &out, "--optimizer", "sgd"]));
     assert!(e.contains("adamw, muon"), "{e}");

@@ -41,7 +41,7 @@ impl DistillConfig {
 /// Where an update's teacher logits come from.
 pub enum Teacher {
     /// Run on the fly over each micro-batch.
-    Model(Model),
+    Model(Box<Model>),
     /// Read from a top-k file, by (step, micro-batch).
     Logits(LogitsFile),
 }
@@ -88,11 +88,18 @@ impl LogitsFile {
         }
         let fv: usize = get("vocab_size")?.parse().with_context(|| format!("{}: vocab_size", path.display()))?;
         if fv != vocab {
-            bail!("{}: the teacher had a vocabulary of {fv}, the student has {vocab}; they must be the same", path.display());
+            bail!(
+                "{}: the teacher had a vocabulary of {fv}, the student has {vocab}; they must be the same",
+                path.display()
+            );
         }
         let steps: u64 = get("steps")?.parse().with_context(|| format!("{}: steps", path.display()))?;
         if steps < cfg.steps {
-            bail!("{}: holds {steps} updates' teacher logits; the run asks for {} (--steps)", path.display(), cfg.steps);
+            bail!(
+                "{}: holds {steps} updates' teacher logits; the run asks for {} (--steps)",
+                path.display(),
+                cfg.steps
+            );
         }
         let tensors = smelt_model::io::read_safetensors(path)?;
         Ok(LogitsFile { path: path.to_path_buf(), tensors, steps })
@@ -138,7 +145,11 @@ fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
 }
 
 /// Every logit of `teacher` for (B, T) `x` (packed examples when `seg` is given): (B·T, V).
-pub fn teacher_logits(teacher: &Model, x: &Tensor, seg: Option<&std::sync::Arc<smelt_core::ops::attention::Segments>>) -> Result<Tensor> {
+pub fn teacher_logits(
+    teacher: &Model,
+    x: &Tensor,
+    seg: Option<&std::sync::Arc<smelt_core::ops::attention::Segments>>,
+) -> Result<Tensor> {
     // A training graph whose parameters need no gradient: nothing is taped, and the attention
     // is the training kernels', as the student's.
     let mut g = Graph::training();

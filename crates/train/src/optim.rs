@@ -115,7 +115,12 @@ impl Optimizer {
                 params[i] = t;
             }
         };
-        let pick = |idx: &[usize]| (idx.iter().map(|&i| grads[i].clone()).collect::<Vec<_>>(), idx.iter().map(|&i| decay[i]).collect::<Vec<_>>());
+        let pick = |idx: &[usize]| {
+            (
+                idx.iter().map(|&i| grads[i].clone()).collect::<Vec<_>>(),
+                idx.iter().map(|&i| decay[i]).collect::<Vec<_>>(),
+            )
+        };
         let (ga, da) = pick(&self.adamw_idx);
         let mut pa = take(&self.adamw_idx, params);
         let ra = self.adamw.step(&hp.adamw, &mut pa, &ga, &da, norm);

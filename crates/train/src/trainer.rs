@@ -17,8 +17,8 @@ use smelt_core::ops::adamw::{self, AdamW};
 use smelt_core::ops::attention::Segments;
 use smelt_core::ops::cross_entropy::IGNORE;
 use smelt_core::ops::distill::{DistillLoss, TeacherLogits};
-use smelt_core::ops::muon::Muon;
 use smelt_core::ops::elementwise;
+use smelt_core::ops::muon::Muon;
 use smelt_core::profile::timed;
 use smelt_core::{Graph, Tensor};
 use smelt_data::{Batcher, TokenFile};
@@ -180,13 +180,21 @@ impl TrainConfig {
             "a finite number > 0",
         )?;
         if let Some(d) = &self.distill {
-            check(d.temperature.is_finite() && d.temperature > 0.0, "temperature", d.temperature, "a finite number > 0")?;
+            check(
+                d.temperature.is_finite() && d.temperature > 0.0,
+                "temperature",
+                d.temperature,
+                "a finite number > 0",
+            )?;
             check(d.alpha.is_finite() && d.alpha >= 0.0, "alpha", d.alpha, "a finite number >= 0")?;
         }
         // Neither has a GPU path yet; say so before anything is loaded (no silent host fallback).
         if !self.device.is_cpu() {
             if self.optimizer == OptimizerKind::Muon {
-                bail!("--optimizer muon runs on the CPU only for now ({} asked): use --device cpu, or --optimizer adamw", self.device);
+                bail!(
+                    "--optimizer muon runs on the CPU only for now ({} asked): use --device cpu, or --optimizer adamw",
+                    self.device
+                );
             }
             if self.distill.is_some() {
                 bail!("smelt distill runs on the CPU only for now ({} asked): use --device cpu", self.device);
@@ -327,7 +335,8 @@ pub fn step(
 ) -> Result<StepOutcome> {
     let state = AdamWState { m: std::mem::take(&mut opt.m), v: std::mem::take(&mut opt.v), t: opt.t };
     let mut o = Optimizer::from_adamw(state);
-    let out = step_with(model, &mut o, &Hyper { adamw: *hp, muon: None }, micro, &Layout::default(), clip, grad_checkpoint);
+    let out =
+        step_with(model, &mut o, &Hyper { adamw: *hp, muon: None }, micro, &Layout::default(), clip, grad_checkpoint);
     *opt = o.adamw;
     out
 }
@@ -768,10 +777,11 @@ fn run_full(
         (Some(t), Some(d)) => {
             let t = match (&d.teacher_logits, t) {
                 (Some(f), _) => Teacher::Logits(LogitsFile::open(f, &cfg, model.cfg.vocab_size)?),
-                (None, Some(m)) => Teacher::Model(m),
+                (None, Some(m)) => Teacher::Model(Box::new(m)),
                 (None, None) => bail!("distillation needs a teacher model or a teacher logits file"),
             };
-            let name = d.teacher.as_ref().or(d.teacher_logits.as_ref()).map(|p| p.display().to_string()).unwrap_or_default();
+            let name =
+                d.teacher.as_ref().or(d.teacher_logits.as_ref()).map(|p| p.display().to_string()).unwrap_or_default();
             t.check(&model, &name)?;
             if let (Teacher::Model(tm), true) = (&t, data.has_val()) {
                 eprintln!("teacher {name}: validation loss {:.4}", data.evaluate(tm)?);

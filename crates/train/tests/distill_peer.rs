@@ -101,7 +101,8 @@ fn distill_loss_and_gradients_match_pytorch() {
         ],
     });
     std::fs::write(dir.join("cases.json"), spec.to_string()).unwrap();
-    let out = Command::new(&py).arg(smelt_testing::repo_root().join("scripts/distill_peer.py")).arg(&dir).output().unwrap();
+    let out =
+        Command::new(&py).arg(smelt_testing::repo_root().join("scripts/distill_peer.py")).arg(&dir).output().unwrap();
     let (so, se) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "scripts/distill_peer.py failed:\n{so}\n{se}");
     println!("{so}");
@@ -122,7 +123,10 @@ fn distill_loss_and_gradients_match_pytorch() {
                 worst = (r, n.clone());
             }
         }
-        println!("{name}: loss {loss:.10} vs PyTorch {want:.10} (rel {lrel:.2e}); worst gradient {} at {:.2e}", worst.1, worst.0);
+        println!(
+            "{name}: loss {loss:.10} vs PyTorch {want:.10} (rel {lrel:.2e}); worst gradient {} at {:.2e}",
+            worst.1, worst.0
+        );
         assert!(lrel <= 1e-5, "{name}: loss {loss} vs {want}");
         assert!(worst.0 <= 1e-5, "{name}: gradient {} off by {:.2e}", worst.1, worst.0);
         // The check can fail: the plain next-token loss of the same batch is another number.

@@ -45,7 +45,8 @@ fn muon_steps_match_pytorch() {
     std::fs::write(dir.join("case.json"), case.to_string()).unwrap();
     let o = Command::new(&py).arg(smelt_testing::repo_root().join("scripts/muon_peer.py")).arg(&dir).output().unwrap();
     assert!(o.status.success(), "scripts/muon_peer.py failed:\n{}", String::from_utf8_lossy(&o.stderr));
-    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("ref.json")).unwrap()).unwrap();
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ref.json")).unwrap()).unwrap();
 
     let matrices: Vec<bool> = specs.iter().map(|s| s.2).collect();
     let mut opt = Optimizer::new(OptimizerKind::Muon, &params, &matrices);
@@ -62,7 +63,12 @@ fn muon_steps_match_pytorch() {
     got.extend(opt.named(&names).into_iter().filter(|(n, _)| n.ends_with(".momentum_buffer")));
     assert_eq!(got.len(), 8, "5 parameters and 3 momentum buffers");
     for (name, t) in &got {
-        let w: Vec<f64> = want[name].as_array().unwrap_or_else(|| panic!("{name} missing")).iter().map(|x| x.as_f64().unwrap()).collect();
+        let w: Vec<f64> = want[name]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
         let g = t.as_f32().unwrap();
         let (mut num, mut den) = (0f64, 0f64);
         for (&a, &b) in g.iter().zip(&w) {

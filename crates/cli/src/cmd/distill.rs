@@ -89,7 +89,11 @@ struct StudentArgs {
 
 /// The student as `run_distill` takes it: (model, tokenizer) when built here (a GGUF file, a
 /// fresh preset), or a folder named in `cfg.init`; and the path its tokenizer comes from.
-fn student(a: &StudentArgs, cfg: &mut TrainConfig, teacher: Option<&Model>) -> Result<(Option<(Model, Tokenizer)>, PathBuf)> {
+fn student(
+    a: &StudentArgs,
+    cfg: &mut TrainConfig,
+    teacher: Option<&Model>,
+) -> Result<(Option<(Model, Tokenizer)>, PathBuf)> {
     if let Some(path) = &a.model {
         if path.extension().is_some_and(|e| e == "gguf") {
             let tok = Tokenizer::from_file(path)?;
@@ -110,14 +114,18 @@ fn student(a: &StudentArgs, cfg: &mut TrainConfig, teacher: Option<&Model>) -> R
     if cfg.lora.is_some() {
         bail!("--lora-r trains an adapter on an existing student: give it with --model, not --size");
     }
-    let tok_path = a.tokenizer.clone().or_else(|| a.teacher.clone()).context("--size with --teacher-logits needs --tokenizer")?;
+    let tok_path =
+        a.tokenizer.clone().or_else(|| a.teacher.clone()).context("--size with --teacher-logits needs --tokenizer")?;
     let tok = Tokenizer::from_file(&tok_path)?;
     cfg.size = size;
     // The teacher's vocabulary (its embedding may be padded past the tokenizer's).
     let vocab = teacher.map_or(tok.vocab_size(), |t| t.cfg.vocab_size);
     let mut mc = cfg.model_config(vocab)?;
     mc.bos_token_id = teacher.and_then(|t| t.cfg.bos_token_id).or(tok.bos_id());
-    mc.eos_token_ids = teacher.map(|t| t.cfg.eos_token_ids.clone()).filter(|e| !e.is_empty()).unwrap_or_else(|| tok.eos_id().into_iter().collect());
+    mc.eos_token_ids = teacher
+        .map(|t| t.cfg.eos_token_ids.clone())
+        .filter(|e| !e.is_empty())
+        .unwrap_or_else(|| tok.eos_id().into_iter().collect());
     let m = Model::init(mc, cfg.seed)?;
     eprintln!("student: a fresh {} model ({} parameters)", cfg.size, m.cfg.n_params());
     Ok((Some((m, tok)), tok_path))
@@ -133,7 +141,12 @@ pub fn run(a: DistillArgs) -> Result<()> {
         let d = saved.distill.with_context(|| format!("{}: not a distillation run's checkpoint", dir.display()))?;
         let teacher = d.teacher.as_deref().map(load_teacher).transpose()?;
         let s = smelt_train::run_distill(cfg, Some(dir), None, teacher)?;
-        eprintln!("done: {} steps, final loss {:.4}; student saved to {}", s.steps, s.final_loss, s.final_dir.display());
+        eprintln!(
+            "done: {} steps, final loss {:.4}; student saved to {}",
+            s.steps,
+            s.final_loss,
+            s.final_dir.display()
+        );
         return Ok(());
     }
     let teacher = a.teacher.as_deref().map(load_teacher).transpose()?;
@@ -170,7 +183,9 @@ pub fn run(a: DistillArgs) -> Result<()> {
             cfg.dataset = ds.clone();
             cfg.val_dataset = a.val_dataset.clone();
         }
-        (None, None) => bail!("give the training data: --data FILE.jsonl (sft shapes) or --dataset TOKENS (a `smelt prepare` token file)"),
+        (None, None) => bail!(
+            "give the training data: --data FILE.jsonl (sft shapes) or --dataset TOKENS (a `smelt prepare` token file)"
+        ),
     }
     if let Some(out) = &a.dump_teacher_logits {
         cfg.validate()?;

@@ -109,7 +109,8 @@ pub fn distill_fwd<F: Float>(
     let (kl, ce) = rows.iter().fold((0f64, 0f64), |(a, b), r| (a + r.2, b + r.3));
     let (kl, ce) = (kl / n, ce / n);
     let loss = o.temperature * o.temperature * kl + o.alpha * ce;
-    let saved = Saved { lse_tau: rows.iter().map(|r| r.0).collect(), lse_one: rows.iter().map(|r| r.1).collect(), count };
+    let saved =
+        Saved { lse_tau: rows.iter().map(|r| r.0).collect(), lse_one: rows.iter().map(|r| r.1).collect(), count };
     (loss, kl, ce, saved)
 }
 
@@ -154,7 +155,10 @@ pub fn distill_bwd<F: Float>(
 fn check(z: &Tensor, t: &TeacherLogits, targets: &Tensor, o: &DistillLoss) -> Result<(usize, usize, usize)> {
     for x in [Some(z), Some(&t.logits), t.ids.as_ref(), Some(targets)].into_iter().flatten() {
         if !x.device().is_cpu() {
-            bail!("the distillation loss runs on the CPU only for now (a tensor is on {}); use --device cpu", x.device());
+            bail!(
+                "the distillation loss runs on the CPU only for now (a tensor is on {}); use --device cpu",
+                x.device()
+            );
         }
     }
     if !(o.temperature.is_finite() && o.temperature > 0.0) {
@@ -174,7 +178,9 @@ fn check(z: &Tensor, t: &TeacherLogits, targets: &Tensor, o: &DistillLoss) -> Re
     }
     let k = t.logits.cols();
     match &t.ids {
-        None if k != v => bail!("distill: the teacher has {k} logits a row and the student {v} (the vocabularies must match)"),
+        None if k != v => {
+            bail!("distill: the teacher has {k} logits a row and the student {v} (the vocabularies must match)")
+        }
         None => {}
         Some(ids) => {
             if ids.shape() != t.logits.shape() {
@@ -193,7 +199,12 @@ fn check(z: &Tensor, t: &TeacherLogits, targets: &Tensor, o: &DistillLoss) -> Re
 
 /// The loss of student logits `z` (N, V) against `teacher` and `targets` (N): (loss (1),
 /// [KL mean, CE mean], what the backward needs).
-pub fn distill(z: &Tensor, teacher: &TeacherLogits, targets: &Tensor, o: &DistillLoss) -> Result<(Tensor, [f64; 2], Saved<f32>)> {
+pub fn distill(
+    z: &Tensor,
+    teacher: &TeacherLogits,
+    targets: &Tensor,
+    o: &DistillLoss,
+) -> Result<(Tensor, [f64; 2], Saved<f32>)> {
     let (_, v, k) = check(z, teacher, targets, o)?;
     let ids = teacher.ids.as_ref().map(Tensor::as_u32).transpose()?;
     let (loss, kl, ce, saved) = distill_fwd(z.as_f32()?, v, ids, teacher.logits.as_f32()?, k, targets.as_u32()?, o);

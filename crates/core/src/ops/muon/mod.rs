@@ -165,7 +165,16 @@ impl MuonKernels for Cpu {
         }
         for i in 0..params.len() {
             let (rows, cols) = (params[i].shape()[0], params[i].shape()[1]);
-            muon_update(o, decay[i], rows, cols, params[i].f32_mut()?, grads[i].as_f32()?, coef, momentum[i].f32_mut()?);
+            muon_update(
+                o,
+                decay[i],
+                rows,
+                cols,
+                params[i].f32_mut()?,
+                grads[i].as_f32()?,
+                coef,
+                momentum[i].f32_mut()?,
+            );
         }
         Ok(())
     }
@@ -183,7 +192,12 @@ pub fn muon_multi(
 ) -> Result<()> {
     let n = params.len();
     if grads.len() != n || momentum.len() != n || decay.len() != n {
-        bail!("muon: {n} parameters, {} gradients, {} momentum buffers, {} decay flags", grads.len(), momentum.len(), decay.len());
+        bail!(
+            "muon: {n} parameters, {} gradients, {} momentum buffers, {} decay flags",
+            grads.len(),
+            momentum.len(),
+            decay.len()
+        );
     }
     for i in 0..n {
         let p = params[i].shape();
@@ -247,7 +261,14 @@ mod tests {
         let mut m = vec![Tensor::zeros(&[2, 2])];
         muon_multi(&o, &[true], &mut p, std::slice::from_ref(&g), &mut m, Some(&gn)).unwrap();
         assert_eq!(p[0].as_f32().unwrap(), &[1.0; 4]);
-        assert!(muon_multi(&o, &[true], &mut [Tensor::zeros(&[4])], &[Tensor::zeros(&[4])], &mut [Tensor::zeros(&[4])], None)
-            .is_err());
+        assert!(muon_multi(
+            &o,
+            &[true],
+            &mut [Tensor::zeros(&[4])],
+            &[Tensor::zeros(&[4])],
+            &mut [Tensor::zeros(&[4])],
+            None
+        )
+        .is_err());
     }
 }
