@@ -203,7 +203,7 @@ pub fn dump_teacher_logits(cfg: &TrainConfig, teacher: &Model, tok: &Tokenizer, 
     let data = Data::open(cfg, tok, teacher)?;
     let steps = data.steps_for_epochs(cfg.grad_accum).unwrap_or(cfg.steps);
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    let bar = crate::progress::Progress::new(steps, 0);
+    let every = (steps / 20).max(1);
     for s in 0..steps {
         let u = data.update(s, cfg)?;
         for (m, (x, _)) in u.micro.iter().enumerate() {
@@ -214,9 +214,10 @@ pub fn dump_teacher_logits(cfg: &TrainConfig, teacher: &Model, tok: &Tokenizer, 
             tensors.push((format!("ids.{s}.{m}"), Tensor::from_u32(ids, &[n, k])?));
             tensors.push((format!("logits.{s}.{m}"), Tensor::from_f32(top, &[n, k])?));
         }
-        bar.update(s + 1, f64::NAN, 0.0, 0.0, None);
+        if (s + 1) % every == 0 || s + 1 == steps {
+            eprintln!("teacher logits: update {}/{steps}", s + 1);
+        }
     }
-    bar.finish();
     let mut meta: HashMap<String, String> = batch_keys(cfg).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     meta.insert("format".into(), FORMAT.into());
     meta.insert("top_k".into(), k.to_string());
