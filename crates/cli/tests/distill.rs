@@ -1,5 +1,5 @@
 //! `smelt distill` through the binary: a fine-tuned student from a teacher folder on JSONL
-//! examples, a fresh --size student on the teacher's vocabulary, top-k logits dumped and trained
+//! examples (and from the same teacher as a GGUF file: the same first loss), a fresh --size student on the teacher's vocabulary, top-k logits dumped and trained
 //! from, `--optimizer muon` on the shared flags, and the errors a user meets first.
 
 use smelt_model::{Model, ModelConfig};
@@ -78,6 +78,15 @@ fn distill_a_student_from_a_teacher() {
     let m = metrics(&d.join("folder"));
     assert_eq!(m.len(), 2);
     assert!(m[1]["val_loss"].as_f64().unwrap().is_finite());
+    // The teacher as a GGUF file gives the same first loss as its folder.
+    let gguf = d.join("teacher.gguf");
+    ok(smelt(&["export-gguf", "--model", &s(&teacher), "--output", &s(&gguf), "--type", "f32", "--pre", "gpt-2"]));
+    let (g, st, data_s, out) = (s(&gguf), s(&student), s(&data), s(&d.join("gguf")));
+    let mut args = vec!["distill", "--teacher", &g, "--model", &st, "--data", &data_s, "--output", &out];
+    args.extend(common);
+    ok(smelt(&args));
+    let (a, b) = (metrics(&d.join("gguf"))[0]["loss"].as_f64().unwrap(), m[0]["loss"].as_f64().unwrap());
+    assert!((a - b).abs() <= 1e-5 * b, "GGUF teacher {a}, folder teacher {b}");
     // A fresh preset student on the teacher's vocabulary.
     run(&["--size", "tiny"], "fresh");
     assert_eq!(Model::load(&d.join("fresh/final")).unwrap().cfg.vocab_size, Tokenizer::byte_level().vocab_size());
