@@ -1,6 +1,7 @@
 //! `smelt distill` through the binary: a fine-tuned student from a teacher folder on JSONL
-//! examples (and from the same teacher as a GGUF file: the same first loss), a fresh --size student on the teacher's vocabulary, top-k logits dumped and trained
-//! from, `--optimizer muon` on the shared flags, and the errors a user meets first.
+//! examples (and from the same teacher as a GGUF file: the same first loss), a fresh --size
+//! student on the teacher's vocabulary, top-k logits dumped and trained from, `--optimizer muon`
+//! on the shared flags, and the errors a user meets first.
 
 use smelt_model::{Model, ModelConfig};
 use smelt_tokenizer::Tokenizer;
