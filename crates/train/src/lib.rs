@@ -1,13 +1,15 @@
-//! smelt-train: the optimizer, schedules, the training loop (pretraining and SFT) and checkpoints.
+//! smelt-train: the optimizer, schedules, the training loop (pretraining, SFT and DPO) and checkpoints.
 
 pub mod checkpoint;
+pub mod dpo;
 pub mod optim;
 pub mod progress;
 pub mod run_dir;
 pub mod sft;
 pub mod trainer;
 
+pub use dpo::{DpoConfig, DpoStats};
 pub use sft::SftConfig;
 pub use trainer::{
-    gradients, run, run_with, step, step_with, train_step, Layout, StepOutcome, TrainConfig, TrainSummary,
+    gradients, gradients_and_stats, run, run_with, step, step_with, train_step, Layout, StepOutcome, TrainConfig, TrainSummary,
 };
