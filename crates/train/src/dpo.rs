@@ -195,10 +195,11 @@ pub(crate) fn backward(
     Ok((gs, stats))
 }
 
-/// The summed completion log-probabilities (chosen, rejected) of each pair of `batch` under
-/// `model`, without gradients, in the training loss's arithmetic (a training graph, as
-/// `trainer::evaluate`): the reference's numbers then equal the policy's at step 0 exactly.
-fn logps(model: &Model, x: &Tensor, y: &Tensor) -> Result<Vec<f64>> {
+/// The summed completion log-probability of each row of (B, T) inputs and targets under
+/// `model` (targets `IGNORE` left out), without gradients, in the training loss's arithmetic
+/// (a training graph, as `trainer::evaluate`): the reference's numbers then equal the policy's
+/// at step 0 exactly.
+pub fn logps(model: &Model, x: &Tensor, y: &Tensor) -> Result<Vec<f64>> {
     let mut g = Graph::training();
     let p = model.param_vars(&mut g, false);
     let losses = model.row_losses(&mut g, &p, x, y, false)?;
