@@ -199,7 +199,8 @@ mod tests {
 
     #[test]
     fn batches_hold_chosen_then_rejected_rows() {
-        let ex = |n: usize, from: usize| Example { ids: (0..n as u32).collect(), loss: (0..n).map(|i| i >= from).collect() };
+        let ex =
+            |n: usize, from: usize| Example { ids: (0..n as u32).collect(), loss: (0..n).map(|i| i >= from).collect() };
         let pairs: Vec<Pair> = (0..5).map(|i| Pair { chosen: ex(4 + i, 2), rejected: ex(3, 1) }).collect();
         let mut all = pairs.clone();
         all.push(Pair { chosen: ex(9, 8), rejected: ex(3, 1) }); // its chosen target is cut off

@@ -129,11 +129,7 @@ fn target_counts(y: &Tensor) -> Result<Vec<usize>> {
 
 /// The summed completion log-probability of each row: −count · (the row's mean loss).
 fn row_logps(losses: &[Var], counts: &[usize]) -> Result<Vec<f64>> {
-    losses
-        .iter()
-        .zip(counts)
-        .map(|(l, &c)| Ok(-(c as f64) * l.tensor().to_vec_f32()?[0] as f64))
-        .collect()
+    losses.iter().zip(counts).map(|(l, &c)| Ok(-(c as f64) * l.tensor().to_vec_f32()?[0] as f64)).collect()
 }
 
 /// The loss, stats and d loss / d π (per row) of one micro-batch: rows 0..n chosen, n..2n
@@ -227,7 +223,13 @@ impl DpoData {
     /// Reads the pairs and computes their reference log-probabilities (see the file's
     /// comment for which model that is). `model` is the policy as the run starts (`start` > 0:
     /// resumed); under LoRA its adapter is detached for the reference pass and put back.
-    pub(crate) fn open(cfg: &TrainConfig, d: &DpoConfig, tok: &Tokenizer, model: &mut Model, start: u64) -> Result<Self> {
+    pub(crate) fn open(
+        cfg: &TrainConfig,
+        d: &DpoConfig,
+        tok: &Tokenizer,
+        model: &mut Model,
+        start: u64,
+    ) -> Result<Self> {
         if !(d.beta.is_finite() && d.beta > 0.0) {
             bail!("--beta {}: must be a finite number > 0", d.beta);
         }
@@ -332,6 +334,18 @@ impl DpoData {
         }
         let (reference, val) = (scored?, val_scored?);
         eprintln!("reference done in {:.1}s", t0.elapsed().as_secs_f64());
+        if let Some(v) = &val {
+            // The starting point on the held-out pairs, for comparison with the val_ metrics.
+            let n = v.reference.len().max(1) as f64;
+            let (c, r): (f64, f64) = v.reference.iter().fold((0.0, 0.0), |(a, b), &(c, r)| (a + c, b + r));
+            let above = v.reference.iter().filter(|(c, r)| c > r).count();
+            eprintln!(
+                "reference on the validation pairs: logps/chosen {:.3}, logps/rejected {:.3}; chosen more likely than rejected in {above} of {}",
+                c / n,
+                r / n,
+                v.reference.len()
+            );
+        }
         Ok(DpoData { train: Scored { plan: train, reference }, val, beta: d.beta, epochs: d.epochs })
     }
 

@@ -11,5 +11,6 @@ pub mod trainer;
 pub use dpo::{DpoConfig, DpoStats};
 pub use sft::SftConfig;
 pub use trainer::{
-    gradients, gradients_and_stats, run, run_with, step, step_with, train_step, Layout, StepOutcome, TrainConfig, TrainSummary,
+    gradients, gradients_and_stats, run, run_with, step, step_with, train_step, Layout, StepOutcome, TrainConfig,
+    TrainSummary,
 };

@@ -84,7 +84,9 @@ fn dpo_logs_trl_metrics_learns_and_resumes_exactly() {
         let cfg = |out: &str, steps| {
             let mut c = config(&d, &base, out, steps);
             if lora {
-                c.lora = Some(LoraConfig::new(4, 8.0, 0.0, &LoraConfig::parse_targets("all-linear").unwrap(), false).unwrap());
+                c.lora = Some(
+                    LoraConfig::new(4, 8.0, 0.0, &LoraConfig::parse_targets("all-linear").unwrap(), false).unwrap(),
+                );
                 c.lr = 2e-2;
             }
             c
@@ -128,12 +130,19 @@ fn dpo_errors_name_the_line_and_field_before_training() {
     let bad = [
         (r#"{"prompt": "q", "chosen": "a"}"#, "field \"rejected\" is missing"),
         (r#"{"prompt": "q", "chosen": "a", "rejected": null}"#, "field \"rejected\" is missing"),
-        (r#"{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": 1}], "rejected": [{"role": "assistant", "content": "b"}]}"#, "field \"chosen\"[0].content: expected a string, got a number"),
+        (
+            r#"{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": 1}], "rejected": [{"role": "assistant", "content": "b"}]}"#,
+            "field \"chosen\"[0].content: expected a string, got a number",
+        ),
         (r#"{"prompt": "q", "chosen": ["a"], "rejected": "b"}"#, "expected two strings or two message lists"),
         ("not json", "not valid JSON"),
     ];
     for (i, (line, want)) in bad.iter().enumerate() {
-        std::fs::write(d.join("bad.jsonl"), format!("{{\"prompt\": \"1\", \"chosen\": \"2\", \"rejected\": \"3\"}}\n\n{line}\n")).unwrap();
+        std::fs::write(
+            d.join("bad.jsonl"),
+            format!("{{\"prompt\": \"1\", \"chosen\": \"2\", \"rejected\": \"3\"}}\n\n{line}\n"),
+        )
+        .unwrap();
         let mut cfg = config(&d, &base, &format!("bad{i}"), 2);
         cfg.dpo.as_mut().unwrap().data = d.join("bad.jsonl");
         let e = format!("{:#}", smelt_train::run(cfg, None).err().expect("must fail"));

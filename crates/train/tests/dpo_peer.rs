@@ -116,7 +116,10 @@ fn dpo_loss_rewards_and_gradients_match_pytorch() {
             .map(|k| {
                 let b = plan.batch(k);
                 let rows = 2 * b.pairs.len();
-                let xy = (Tensor::from_u32(b.inputs, &[rows, b.t]).unwrap(), Tensor::from_u32(b.targets, &[rows, b.t]).unwrap());
+                let xy = (
+                    Tensor::from_u32(b.inputs, &[rows, b.t]).unwrap(),
+                    Tensor::from_u32(b.targets, &[rows, b.t]).unwrap(),
+                );
                 (xy, b.pairs)
             })
             .unzip()
@@ -134,7 +137,8 @@ fn dpo_loss_rewards_and_gradients_match_pytorch() {
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "scripts/dpo_peer.py failed:\n{out}\n{err}");
     println!("{out}");
-    let want: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("ref.json")).unwrap()).unwrap();
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ref.json")).unwrap()).unwrap();
 
     for (name, (micro, idx)) in &cases {
         let w = &want[*name];
@@ -210,7 +214,10 @@ fn dpo_loss_rewards_and_gradients_match_pytorch() {
         let selfref = Layout { dpo: Some(Arc::new(DpoLayout { beta: BETA, reference: own })), ..layout.clone() };
         let (l0, _) = smelt_train::gradients(&policy, micro, &selfref).unwrap();
         println!("{name}: against the policy itself the loss would be {l0:.10} (ln 2)");
-        assert!((l0 - std::f64::consts::LN_2).abs() < 1e-6 && rel(l0, wl) > 1e-3, "{name}: the reference made no difference");
+        assert!(
+            (l0 - std::f64::consts::LN_2).abs() < 1e-6 && rel(l0, wl) > 1e-3,
+            "{name}: the reference made no difference"
+        );
         if micro.len() > 1 {
             let plain = Layout { weights: None, ..layout.clone() };
             let (lp, _) = smelt_train::gradients(&policy, micro, &plain).unwrap();
