@@ -5,7 +5,9 @@
 //! For a pair with policy log-probabilities π_c, π_r and reference ones ρ_c, ρ_r (each the sum
 //! of log p over the completion's tokens, end-of-turn included, as SFT masks them):
 //!
-//!     loss = −log σ(β · ((π_c − ρ_c) − (π_r − ρ_r)))
+//! ```text
+//! loss = −log σ(β · ((π_c − ρ_c) − (π_r − ρ_r)))
+//! ```
 //!
 //! averaged over the pairs of the update (micro-batch m weighted by its share of the update's
 //! pairs, `Layout::weights`). The reference log-probabilities are computed once, before step 0
