@@ -319,12 +319,21 @@ impl DpoData {
         let score = |plan: &PairPlan, n: usize| -> Result<Vec<(f64, f64)>> {
             let mut out = vec![(0.0, 0.0); n];
             let idx: Vec<usize> = (0..n).collect();
-            for chunk in idx.chunks(cfg.batch_size) {
+            let batches = n.div_ceil(cfg.batch_size);
+            for (i, chunk) in idx.chunks(cfg.batch_size).enumerate() {
                 let b = plan.rows(chunk.to_vec());
                 let (x, y) = batch_tensors(&b)?;
                 let lp = logps(from_model, &x, &y)?;
                 for (k, &p) in b.pairs.iter().enumerate() {
                     out[p] = (lp[k], lp[chunk.len() + k]);
+                }
+                // A long pass says how far it is (about ten lines).
+                if batches >= 10 && (i + 1) % batches.div_ceil(10) == 0 && i + 1 < batches {
+                    eprintln!(
+                        "  {} of {n} pairs scored ({:.0}s)",
+                        (i + 1) * cfg.batch_size,
+                        t0.elapsed().as_secs_f64()
+                    );
                 }
             }
             Ok(out)
