@@ -48,6 +48,16 @@ enum Command {
     /// CPU only for now (--device defaults to cpu).
     #[command(mut_arg("device", |a| a.default_value("cpu")))]
     Distill(cmd::distill::DistillArgs),
+    /// Align a model on preference pairs ({"prompt", "chosen", "rejected"}) with the DPO loss
+    /// against a frozen reference. Takes `train`'s flags, with these defaults (TRL's lr).
+    #[command(
+        mut_arg("lr", |a| a.default_value("1e-6")),
+        mut_arg("min_lr", |a| a.default_value("0")),
+        mut_arg("warmup", |a| a.default_value("10")),
+        mut_arg("weight_decay", |a| a.default_value("0")),
+        mut_arg("seq_len", |a| a.default_value("1024"))
+    )]
+    Dpo(cmd::dpo::DpoArgs),
     /// Generate text from a model.
     Generate(cmd::generate::GenerateArgs),
     /// Score a text file: mean negative log-likelihood and perplexity.
@@ -108,6 +118,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => cmd::train::run(a),
         Command::Sft(a) => cmd::sft::run(a),
         Command::Distill(a) => cmd::distill::run(a),
+        Command::Dpo(a) => cmd::dpo::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Bench(a) => cmd::bench::run(a),

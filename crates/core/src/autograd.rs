@@ -193,6 +193,34 @@ impl Graph {
         Ok(self.push1(&[x], y, move |g| Ok(vec![Some(ops::elementwise::scale(g, s)?)])))
     }
 
+    /// Splits x (N, C) into consecutive row blocks of `sizes` rows (summing to N), each its own
+    /// variable (copies). The backward writes each block's gradient back at its rows (zeros
+    /// where a block got none), in one (N, C) tensor: what a loss per sequence of a batch needs.
+    pub fn split_rows(&mut self, x: &Var, sizes: &[usize]) -> Result<Vec<Var>> {
+        let (n, c) = (x.t.rows(), x.t.cols());
+        if sizes.iter().sum::<usize>() != n {
+            bail!("split_rows: blocks of {sizes:?} rows for a tensor of {n} rows");
+        }
+        let mut outs = Vec::with_capacity(sizes.len());
+        let mut r0 = 0;
+        for &m in sizes {
+            outs.push(x.t.narrow_rows(r0, m)?);
+            r0 += m;
+        }
+        let (xt, sizes) = (x.t.clone(), sizes.to_vec());
+        Ok(self.push(&[x], outs, move |g| {
+            let mut dx = xt.zeros_like()?;
+            let mut r0 = 0;
+            for (gi, m) in g.iter().zip(&sizes) {
+                if let Some(gi) = gi {
+                    dx.write_at(r0 * c, gi)?;
+                }
+                r0 += m;
+            }
+            Ok(vec![Some(dx)])
+        }))
+    }
+
     /// Inverted dropout of x with probability `p`, its mask drawn from `seed` (`ops::dropout`);
     /// the identity for p = 0.
     pub fn dropout(&mut self, x: &Var, p: f32, seed: u64) -> Result<Var> {
@@ -577,6 +605,24 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "{ch:?}: gradient {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn split_rows_passes_each_blocks_gradient_back_to_its_rows() {
+        let x = Tensor::from_f32((0..12).map(|i| i as f32).collect(), &[6, 2]).unwrap();
+        let mut g = Graph::training();
+        let xv = g.leaf(x, true);
+        let parts = g.split_rows(&xv, &[1, 3, 2]).unwrap();
+        assert_eq!(parts[1].tensor().to_vec_f32().unwrap(), [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+        assert_eq!(parts[2].shape(), [2, 2]);
+        // Seed the first and last blocks only: the middle rows get zeros.
+        let seeds = [Some(Tensor::full(&[1, 2], 2.0)), None, Some(Tensor::full(&[2, 2], -1.0))];
+        let gr = g.backward_from(&parts, &seeds).unwrap();
+        let want = [2.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -1.0, -1.0, -1.0];
+        assert_eq!(gr.get(&xv).unwrap().to_vec_f32().unwrap(), want);
+        let mut g = Graph::training();
+        let y = g.leaf(Tensor::zeros(&[3, 2]), true);
+        assert!(g.split_rows(&y, &[1, 1]).is_err(), "blocks must cover the rows");
     }
 
     #[test]

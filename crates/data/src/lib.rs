@@ -1,6 +1,7 @@
 //! smelt-data: token files and the stages that make them (prepare, process, mix), and the batch
 //! loader that feeds them to training.
 pub mod documents;
+pub mod dpo;
 pub mod hash;
 pub mod loader;
 pub mod mix;

@@ -927,6 +927,38 @@ impl Model {
         Ok(out)
     }
 
+    /// Each row's mean next-token loss over its own targets (`IGNORE` left out): (B, T) inputs
+    /// and targets → B one-element variables. One forward for the batch, then the head and the
+    /// loss per row (`Graph::split_rows`), so the backward can weigh each row on its own: DPO's
+    /// summed completion log-probability of a row is −(its target count) · its loss.
+    pub fn row_losses(
+        &self,
+        g: &mut Graph,
+        p: &[Var],
+        inputs: &Tensor,
+        targets: &Tensor,
+        checkpoint: bool,
+    ) -> Result<Vec<Var>> {
+        let (b, t) = match inputs.shape() {
+            [b, t] => (*b, *t),
+            s => bail!("row_losses: inputs must be (B, T), got {s:?}"),
+        };
+        if targets.shape() != [b, t] {
+            bail!("row_losses: targets {:?} for inputs {:?}", targets.shape(), inputs.shape());
+        }
+        let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint, None)?;
+        let rows = g.split_rows(&h, &vec![t; b])?;
+        let vocab = LOSS_VOCAB_CHUNK.clamp(1, self.cfg.vocab_size.max(1));
+        let head = self.loss_head(g, p)?;
+        rows.iter()
+            .enumerate()
+            .map(|(r, h)| {
+                let y = targets.narrow_rows(r, 1)?;
+                g.linear_cross_entropy(h, &head, &y, (LOSS_CHUNK_ELEMS / vocab).max(1), vocab)
+            })
+            .collect()
+    }
+
     /// `loss` with the head and the loss computed `elems` logits at a time, in slices of
     /// `vocab` vocabulary ids, so the full (B·T, V) f32 logits never exist (they dominate memory
     /// at large vocabularies). Tests force small chunks through it.

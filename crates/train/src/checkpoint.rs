@@ -124,7 +124,8 @@ pub fn list(root: &Path) -> Result<Vec<Found>> {
 }
 
 /// The model of a checkpoint: its weights, or for a LoRA run's checkpoint (an adapter folder)
-/// the base its `trainer_state.json` names (`init`) with the adapter attached.
+/// the base its `trainer_state.json` names (`init`; for DPO on an SFT adapter, with that
+/// adapter merged in) with the adapter attached.
 pub fn load_model(dir: &Path) -> Result<Model> {
     if !dir.join(smelt_model::lora::CONFIG_FILE).exists() {
         return Model::load(dir);
@@ -143,6 +144,11 @@ pub fn load_model(dir: &Path) -> Result<Model> {
     }
     let mut model =
         Model::load(Path::new(base)).with_context(|| format!("loading the base model of {}", dir.display()))?;
+    if let Some(sft) = v["config"]["dpo"]["adapter"].as_str() {
+        // A DPO run on an SFT adapter trains its own adapter on base + SFT merged.
+        model.attach_dir(Path::new(sft)).with_context(|| format!("the SFT adapter {sft} of {}", dir.display()))?;
+        model = model.merged()?;
+    }
     model.attach_dir(dir)?;
     Ok(model)
 }

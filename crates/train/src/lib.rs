@@ -1,7 +1,9 @@
-//! smelt-train: the optimizers, schedules, the training loop (pretraining, SFT, distillation) and checkpoints.
+//! smelt-train: the optimizers, schedules, the training loop (pretraining, SFT, distillation and
+//! DPO) and checkpoints.
 
 pub mod checkpoint;
 pub mod distill;
+pub mod dpo;
 pub mod optim;
 pub mod progress;
 pub mod run_dir;
@@ -9,7 +11,9 @@ pub mod sft;
 pub mod trainer;
 
 pub use distill::{DistillConfig, Teacher};
+pub use dpo::{DpoConfig, DpoStats};
 pub use sft::SftConfig;
 pub use trainer::{
-    gradients, run, run_distill, run_with, step, step_with, train_step, Layout, StepOutcome, TrainConfig, TrainSummary,
+    gradients, gradients_and_stats, run, run_distill, run_with, step, step_with, train_step, Layout, StepOutcome,
+    TrainConfig, TrainSummary,
 };

@@ -25,9 +25,10 @@ impl Progress {
         Progress { bar, total, start: Instant::now(), first: done }
     }
 
-    pub fn update(&self, done: u64, loss: f64, tps: f64, lr: f64, val: Option<f64>) {
+    /// `note`: more of the step to show after the loss (DPO's accuracies and margins).
+    pub fn update(&self, done: u64, loss: f64, tps: f64, lr: f64, val: Option<f64>, note: &str) {
         let val = val.map(|v| format!(" val {v:.4}")).unwrap_or_default();
-        let msg = format!("loss {loss:.4}{val} | {tps:.0} tok/s | lr {lr:.2e}");
+        let msg = format!("loss {loss:.4}{val}{note} | {tps:.0} tok/s | lr {lr:.2e}");
         match &self.bar {
             Some(b) => {
                 b.set_position(done);

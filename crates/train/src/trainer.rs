@@ -8,6 +8,7 @@
 
 use crate::checkpoint::{self, TrainerState};
 use crate::distill::{DistillConfig, LogitsFile, Teacher};
+use crate::dpo::{DpoConfig, DpoData, DpoLayout, DpoStats};
 use crate::optim::{lr_at, AdamWState, Hyper, Optimizer, OptimizerKind, Schedule};
 use crate::run_dir;
 use crate::sft::{SftConfig, SftData};
@@ -75,6 +76,9 @@ pub struct TrainConfig {
     /// Supervised fine-tuning (`smelt sft`): examples from JSONL instead of `dataset` windows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sft: Option<SftConfig>,
+    /// Preference optimisation (`smelt dpo`): pairs from JSONL and the DPO loss.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpo: Option<DpoConfig>,
     /// Train a LoRA adapter on the frozen `init` model instead of every weight (checkpoints
     /// then hold the adapter in PEFT's format, see `checkpoint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,6 +144,7 @@ impl Default for TrainConfig {
             device: Default::default(),
             overwrite: false,
             sft: None,
+            dpo: None,
             lora: None,
             optimizer: OptimizerKind::AdamW,
             muon_lr: default_muon_lr(),
@@ -267,6 +272,9 @@ struct Metrics {
     grad_norm: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     val_loss: Option<f64>,
+    /// DPO's metrics (`rewards/chosen`, …, and `val_rewards/chosen`, … with `val_loss`).
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What one update did.
@@ -279,6 +287,8 @@ pub struct StepOutcome {
     /// Whether every parameter is finite after the update (false: the update overflowed; the
     /// parameters must not be saved).
     pub params_finite: bool,
+    /// A DPO update's rewards and log-probabilities, summed over its pairs.
+    pub dpo: Option<DpoStats>,
 }
 
 /// How an update's micro-batches enter the loss beyond `step`'s plain mean: packed rows'
@@ -294,6 +304,9 @@ pub struct Layout {
     /// plain next-token loss).
     pub distill: Option<DistillLoss>,
     pub teacher: Vec<TeacherLogits>,
+    /// The micro-batches are DPO pairs (chosen rows, then rejected rows), scored against these
+    /// reference log-probabilities (`crate::dpo`) instead of by their mean token loss.
+    pub dpo: Option<Arc<DpoLayout>>,
 }
 
 impl Layout {
@@ -363,7 +376,7 @@ pub fn step_with(
     clip: f64,
     grad_checkpoint: bool,
 ) -> Result<StepOutcome> {
-    let (mut grads, losses) = backward_sum(model, micro, layout, grad_checkpoint)?;
+    let (mut grads, losses, dpo) = backward_sum(model, micro, layout, grad_checkpoint)?;
     mean_of_unweighted(&mut grads, micro.len(), layout)?;
     // Summed where the losses are, only for the skip flag; the mean is taken on the host below.
     let mut loss_sum = losses[0].clone();
@@ -383,18 +396,29 @@ pub fn step_with(
             loss,
             grad_norm: if loss.is_finite() { norm } else { f64::NAN },
             params_finite: true,
+            dpo,
         });
     }
     let params_finite = adamw::params_finite(model.trainable(), &gnorm)?;
-    Ok(StepOutcome { loss, grad_norm: norm, params_finite })
+    Ok(StepOutcome { loss, grad_norm: norm, params_finite, dpo })
 }
 
 /// The loss and parameter gradients (in parameter order) one update of `step_with` would use,
 /// without updating: what the SFT peer test compares with PyTorch.
 pub fn gradients(model: &Model, micro: &[(Tensor, Tensor)], layout: &Layout) -> Result<(f64, Vec<Tensor>)> {
-    let (mut grads, losses) = backward_sum(model, micro, layout, false)?;
+    gradients_and_stats(model, micro, layout).map(|(l, g, _)| (l, g))
+}
+
+/// `gradients`, and for DPO micro-batches the update's rewards and log-probabilities (what the
+/// DPO peer test compares with PyTorch).
+pub fn gradients_and_stats(
+    model: &Model,
+    micro: &[(Tensor, Tensor)],
+    layout: &Layout,
+) -> Result<(f64, Vec<Tensor>, Option<DpoStats>)> {
+    let (mut grads, losses, dpo) = backward_sum(model, micro, layout, false)?;
     mean_of_unweighted(&mut grads, micro.len(), layout)?;
-    Ok((update_loss(&losses, layout)?, grads))
+    Ok((update_loss(&losses, layout)?, grads, dpo))
 }
 
 /// Without weights, the gradient sum over n micro-batches becomes their mean (weighted
@@ -421,16 +445,35 @@ fn update_loss(losses: &[Tensor], layout: &Layout) -> Result<f64> {
 /// Forward and backward over each micro-batch on whatever device the model is on. Returns the
 /// gradients of `Model::trainable` summed over the micro-batches (in order; each scaled by its
 /// `layout` weight, if any, through the backward's seed) and each micro-batch's loss (a
-/// 1-element tensor, left where it was computed).
-fn backward_sum(
-    model: &Model,
-    micro: &[(Tensor, Tensor)],
-    layout: &Layout,
-    grad_checkpoint: bool,
-) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+/// 1-element tensor, left where it was computed; a DPO micro-batch's is computed on the host,
+/// and its stats summed over the micro-batches).
+type Summed = (Vec<Tensor>, Vec<Tensor>, Option<DpoStats>);
+
+fn backward_sum(model: &Model, micro: &[(Tensor, Tensor)], layout: &Layout, grad_checkpoint: bool) -> Result<Summed> {
     let mut acc: Option<Vec<Tensor>> = None;
     let mut losses = Vec::with_capacity(micro.len());
+    let mut stats: Option<DpoStats> = None;
+    let accumulate = |acc: Option<Vec<Tensor>>, gs: Vec<Tensor>| -> Result<Vec<Tensor>> {
+        Ok(match acc {
+            None => gs,
+            Some(mut a) => {
+                for (ai, gi) in a.iter_mut().zip(&gs) {
+                    elementwise::add_assign(ai, gi)?;
+                }
+                a
+            }
+        })
+    };
     for (m, (x, y)) in micro.iter().enumerate() {
+        if let Some(d) = &layout.dpo {
+            let w = layout.weights.as_ref().map_or(1.0 / micro.len() as f64, |w| w[m]);
+            let reference = d.reference.get(m).context("DPO: no reference log-probabilities for a micro-batch")?;
+            let (gs, s) = crate::dpo::backward(model, x, y, reference, d.beta, w, grad_checkpoint)?;
+            losses.push(Tensor::from_f32(vec![s.mean_loss() as f32], &[1])?.to_device(model.device())?);
+            stats.get_or_insert_with(DpoStats::default).add(&s);
+            acc = Some(accumulate(acc, gs)?);
+            continue;
+        }
         let mut g = Graph::training();
         let p = model.param_vars(&mut g, true);
         let seg = layout.segments.get(m).and_then(Option::as_ref);
@@ -459,17 +502,9 @@ fn backward_sum(
             .collect::<Result<_>>()?;
         // Release the graph's references to the parameters before accumulating in place.
         drop(p);
-        acc = Some(match acc {
-            None => gs,
-            Some(mut a) => {
-                for (ai, gi) in a.iter_mut().zip(&gs) {
-                    elementwise::add_assign(ai, gi)?;
-                }
-                a
-            }
-        });
+        acc = Some(accumulate(acc, gs)?);
     }
-    Ok((acc.context("no micro-batches")?, losses))
+    Ok((acc.context("no micro-batches")?, losses, stats))
 }
 
 /// Mean validation loss over deterministic windows, in the training loss's arithmetic: a
@@ -587,10 +622,30 @@ pub(crate) struct Update {
 pub(crate) enum Data {
     Windows { train: Batcher, val: Option<Vec<(Tensor, Tensor)>> },
     Sft(SftData),
+    Dpo(DpoData),
+}
+
+/// A validation pass: the loss, and DPO's metrics.
+struct Eval {
+    loss: f64,
+    dpo: Option<DpoStats>,
 }
 
 impl Data {
+    /// A run's data: `open`, and DPO's pairs, whose reference log-probabilities are scored here,
+    /// before step 0, with `model`, the policy as the run starts (`start` > 0: resumed).
+    fn open_run(cfg: &TrainConfig, tok: &Tokenizer, model: &mut Model, start: u64) -> Result<Self> {
+        if let Some(d) = &cfg.dpo {
+            return Ok(Data::Dpo(DpoData::open(cfg, d, tok, model, start)?));
+        }
+        Self::open(cfg, tok, model)
+    }
+
+    /// Pretraining windows or SFT examples (DPO's pairs need the policy: `open_run`).
     pub(crate) fn open(cfg: &TrainConfig, tok: &Tokenizer, model: &Model) -> Result<Self> {
+        if cfg.dpo.is_some() {
+            bail!("DPO pairs are opened with the policy model (Data::open_run)");
+        }
         if let Some(s) = &cfg.sft {
             return Ok(Data::Sft(SftData::open(cfg, s, tok, model)?));
         }
@@ -627,14 +682,16 @@ impl Data {
                 Ok(Update { micro, layout: Layout::default(), tokens })
             }
             Data::Sft(d) => d.update(step, cfg.grad_accum),
+            Data::Dpo(d) => d.update(step, cfg.grad_accum),
         }
     }
 
-    /// The steps `--epochs` sets (SFT data), if any.
+    /// The steps `--epochs` gives (sft, dpo), if it was given.
     pub(crate) fn steps_for_epochs(&self, accum: usize) -> Option<u64> {
         match self {
             Data::Windows { .. } => None,
             Data::Sft(d) => d.steps_for_epochs(accum),
+            Data::Dpo(d) => d.steps_for_epochs(accum),
         }
     }
 
@@ -642,13 +699,16 @@ impl Data {
         match self {
             Data::Windows { val, .. } => val.is_some(),
             Data::Sft(d) => d.has_val(),
+            Data::Dpo(d) => d.has_val(),
         }
     }
 
-    fn evaluate(&self, model: &Model) -> Result<f64> {
+    fn evaluate(&self, model: &Model, cfg: &TrainConfig) -> Result<Eval> {
+        let loss = |loss| Eval { loss, dpo: None };
         match self {
-            Data::Windows { val, .. } => evaluate(model, val.as_deref().unwrap_or_default()),
-            Data::Sft(d) => d.evaluate(model),
+            Data::Windows { val, .. } => evaluate(model, val.as_deref().unwrap_or_default()).map(loss),
+            Data::Sft(d) => d.evaluate(model).map(loss),
+            Data::Dpo(d) => d.evaluate(model, cfg.batch_size).map(|s| Eval { loss: s.mean_loss(), dpo: Some(s) }),
         }
     }
 }
@@ -711,10 +771,14 @@ fn run_full(
             if let (Some(s), Some(c)) = (saved.sft.as_mut(), cfg.sft.as_ref()) {
                 s.epochs = c.epochs;
             }
+            if let (Some(s), Some(c)) = (saved.dpo.as_mut(), cfg.dpo.as_ref()) {
+                s.epochs = c.epochs;
+            }
             saved
                 .validate()
                 .map_err(|e| anyhow::anyhow!("{}: saved settings: {e}", dir.join("trainer_state.json").display()))?;
-            if saved.steps <= state.step && saved.sft.as_ref().is_none_or(|s| s.epochs.is_none()) {
+            let epochs = saved.sft.as_ref().and_then(|s| s.epochs).or(saved.dpo.as_ref().and_then(|d| d.epochs));
+            if saved.steps <= state.step && epochs.is_none() {
                 bail!("{} is at step {}; --steps {} leaves nothing to do", dir.display(), state.step, saved.steps);
             }
             check_memory(&model.cfg, &saved)?;
@@ -766,7 +830,8 @@ fn run_full(
             (model, tok, opt, cfg, 0, smelt_files::staging::unique_id(), 0)
         }
     };
-    let data = Data::open(&cfg, &tok, &model)?;
+    model.to_device(cfg.device)?;
+    let data = Data::open_run(&cfg, &tok, &mut model, start)?;
     if let Some(steps) = data.steps_for_epochs(cfg.grad_accum) {
         cfg.steps = steps;
         if let Some(dir) = resume.filter(|_| steps <= start) {
@@ -784,7 +849,7 @@ fn run_full(
                 d.teacher.as_ref().or(d.teacher_logits.as_ref()).map(|p| p.display().to_string()).unwrap_or_default();
             t.check(&model, &name)?;
             if let (Teacher::Model(tm), true) = (&t, data.has_val()) {
-                eprintln!("teacher {name}: validation loss {:.4}", data.evaluate(tm)?);
+                eprintln!("teacher {name}: validation loss {:.4}", data.evaluate(tm, &cfg)?.loss);
             }
             Some((t, d.loss()))
         }
@@ -792,7 +857,6 @@ fn run_full(
         (Some(_), None) => bail!("distillation needs its settings (TrainConfig::distill)"),
         (None, Some(_)) => bail!("these settings distill from a teacher: run them with smelt distill"),
     };
-    model.to_device(cfg.device)?;
     opt.to_device(cfg.device)?;
     if cfg.device != smelt_core::Device::Cpu {
         eprintln!("training on {}", cfg.device);
@@ -824,7 +888,7 @@ fn run_full(
         model.cfg.n_heads,
         model.cfg.n_kv_heads,
         model.cfg.vocab_size,
-        if cfg.sft.is_some() { "up to " } else { "" },
+        if cfg.sft.is_some() || cfg.dpo.is_some() { "up to " } else { "" },
         cfg.batch_size * cfg.seq_len * cfg.grad_accum
     );
     let bar = crate::progress::Progress::new(cfg.steps, start);
@@ -865,19 +929,30 @@ fn run_full(
         let done = step_index + 1;
         let is_ckpt = cfg.checkpoint_interval > 0 && done % cfg.checkpoint_interval == 0 && done < cfg.steps;
         let is_last = done == cfg.steps;
-        let val_loss = match data.has_val() && (is_ckpt || is_last) {
-            true => Some(data.evaluate(&model)?),
+        let val = match data.has_val() && (is_ckpt || is_last) {
+            true => Some(data.evaluate(&model, &cfg)?),
             false => None,
         };
+        let val_loss = val.as_ref().map(|v| v.loss);
+        // DPO: TRL's names, the update's then the validation pairs' (val_…).
+        let mut extra = serde_json::Map::new();
+        let named = out.dpo.map(|s| s.means("")).into_iter().chain(val.and_then(|v| v.dpo).map(|s| s.means("val_")));
+        for (k, v) in named.flatten() {
+            extra.insert(k, serde_json::json!(v));
+        }
         let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
+        let note = ["rewards/accuracies", "rewards/margins", "val_rewards/accuracies"]
+            .iter()
+            .filter_map(|k| Some(format!(" | {} {:.3}", k.replace("rewards/", ""), extra.get(*k)?.as_f64()?)))
+            .collect::<String>();
         if done % cfg.log_interval.max(1) == 0 || is_last || val_loss.is_some() {
-            let m = Metrics { step: done, loss, lr, tokens_per_second: tps, grad_norm: norm, val_loss };
+            let m = Metrics { step: done, loss, lr, tokens_per_second: tps, grad_norm: norm, val_loss, extra };
             writeln!(metrics, "{}", serde_json::to_string(&m)?)
                 .and_then(|_| metrics.flush())
                 .with_context(|| format!("writing {}", metrics_path.display()))?;
             (window_tokens, window_start) = (0, Instant::now());
         }
-        bar.update(done, loss, tps, lr, val_loss);
+        bar.update(done, loss, tps, lr, val_loss, &note);
         if is_ckpt || is_last {
             let state = TrainerState {
                 step: done,

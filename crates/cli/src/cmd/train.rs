@@ -50,12 +50,12 @@ pub struct TrainArgs {
     lora: super::lora::LoraArgs,
 }
 
-/// The flags `smelt train`, `smelt sft` and `smelt distill` share: batch shape, steps, the optimizer and its
+/// The flags `smelt train`, `smelt sft`, `smelt distill` and `smelt dpo` share: batch shape, steps, the optimizer and its
 /// schedule, checkpoints, logging, resume and the device. `smelt sft` changes some defaults
 /// (see its `--help`).
 #[derive(Args, Debug)]
 pub struct RunFlags {
-    /// Rows per micro-batch.
+    /// Rows per micro-batch (dpo: pairs, each a chosen and a rejected row).
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Tokens per row (sft: the longest row; longer examples are cut to this + 1 tokens).
@@ -64,7 +64,8 @@ pub struct RunFlags {
     /// Total optimizer updates (on --resume: the new total).
     #[arg(long, default_value_t = 1000)]
     pub steps: u64,
-    /// Micro-batches per update (gradients averaged; `sft`: weighted by their loss tokens).
+    /// Micro-batches per update (gradients averaged; `sft`: weighted by their loss tokens; `dpo`:
+    /// by their pairs).
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
     /// Peak learning rate (reached after --warmup).

@@ -34,7 +34,7 @@ pub struct SftBatch {
 }
 
 /// (inputs, targets) of one example, each n − 1 long.
-type Seq = (Vec<u32>, Vec<u32>);
+pub(crate) type Seq = (Vec<u32>, Vec<u32>);
 
 pub struct SftPlan {
     /// Padded: one unit per example. Packed: one unit per row, a list of examples.
@@ -68,15 +68,12 @@ impl SftPlan {
         let (mut dropped, mut truncated) = (0, 0);
         let mut seqs: Vec<Seq> = Vec::with_capacity(examples.len());
         for e in examples {
-            let n = e.ids.len().min(seq_len + 1);
-            truncated += usize::from(n < e.ids.len());
-            let x = e.ids[..n - 1].to_vec();
-            let y: Vec<u32> = (1..n).map(|i| if e.loss[i] { e.ids[i] } else { IGNORE }).collect();
-            if y.iter().all(|&t| t == IGNORE) {
-                dropped += 1;
-                continue;
+            let (s, cut) = to_seq(e, seq_len);
+            truncated += usize::from(cut);
+            match s {
+                Some(s) => seqs.push(s),
+                None => dropped += 1,
             }
-            seqs.push((x, y));
         }
         if seqs.is_empty() {
             bail!("no example has a token in the loss within --seq-len {seq_len}");
@@ -151,8 +148,18 @@ impl SftPlan {
     }
 }
 
+/// An example as (inputs, targets), cut to `seq_len + 1` tokens (and whether it was cut);
+/// `None` when no target in the loss is left.
+pub(crate) fn to_seq(e: &Example, seq_len: usize) -> (Option<Seq>, bool) {
+    let n = e.ids.len().min(seq_len + 1);
+    let x = e.ids[..n - 1].to_vec();
+    let y: Vec<u32> = (1..n).map(|i| if e.loss[i] { e.ids[i] } else { IGNORE }).collect();
+    let keep = y.iter().any(|&t| t != IGNORE);
+    (keep.then_some((x, y)), n < e.ids.len())
+}
+
 /// 0..n, shuffled by a seeded Fisher–Yates (or in order).
-fn permutation(n: usize, seed: u64, shuffle: bool) -> Vec<usize> {
+pub(crate) fn permutation(n: usize, seed: u64, shuffle: bool) -> Vec<usize> {
     let mut p: Vec<usize> = (0..n).collect();
     if shuffle {
         for i in (1..n).rev() {

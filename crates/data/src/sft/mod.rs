@@ -73,23 +73,8 @@ struct Piece {
 impl Format<'_> {
     /// Reads every line of a JSONL file (blank lines skipped); an error names `file:line` and
     /// the field at fault.
-    /// Lines are tokenised in parallel; the first bad line (in file order) is the error.
     pub fn read_jsonl(&self, path: &Path) -> Result<Vec<Example>> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
-        if lines.is_empty() {
-            bail!("{}: no examples", path.display());
-        }
-        lines
-            .par_iter()
-            .map(|&(i, line)| {
-                let at = || format!("{}:{}", path.display(), i + 1);
-                let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", at()))?;
-                self.example(&v).with_context(at)
-            })
-            .collect::<Vec<Result<Example>>>()
-            .into_iter()
-            .collect()
+        read_lines(path, |v| self.example(v))
     }
 
     /// One example from its JSON object.
@@ -113,33 +98,42 @@ impl Format<'_> {
             }
             self.render_turns(&msgs, &trained)?
         } else if has("prompt") || has("completion") {
-            let (p, c) = (&v["prompt"], &v["completion"]);
-            match (p, c) {
-                (Value::String(p), Value::String(c)) => vec![
-                    Piece { text: p.clone(), trained: false, specials: true },
-                    Piece { text: c.clone(), trained: true, specials: false },
-                ],
-                (Value::Array(_), Value::Array(_)) => {
-                    let (p, c) = (messages(v, "prompt")?, messages(v, "completion")?);
-                    if c.is_empty() {
-                        bail!("field \"completion\": an empty message list");
-                    }
-                    let trained: Vec<bool> = p.iter().map(|_| false).chain(c.iter().map(|_| true)).collect();
-                    self.render_turns(&[p, c].concat(), &trained)?
-                }
-                (Value::Null, _) => bail!("field \"prompt\" is missing (a \"completion\" needs one)"),
-                (_, Value::Null) => bail!("field \"completion\" is missing (a \"prompt\" needs one)"),
-                _ => bail!(
-                    "fields \"prompt\" and \"completion\": expected two strings or two message lists, got {} and {}",
-                    kind(p),
-                    kind(c)
-                ),
-            }
+            return self.prompt_completion(v, "prompt", "completion");
         } else {
             let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
             bail!(
                 "no \"text\", \"messages\" or \"prompt\"/\"completion\" field (has {keys:?}); see docs/FINETUNE.md for the shapes"
             );
+        };
+        let chat = !pieces.first().is_some_and(|p| p.specials);
+        self.tokenize(&pieces, chat)
+    }
+
+    /// The example of a prompt and a completion under the keys `pk` and `ck` of `v` (two strings,
+    /// or two message lists): the completion is in the loss. DPO reads its `chosen` and
+    /// `rejected` completions through this too, so errors name the key as the file has it.
+    pub fn prompt_completion(&self, v: &Value, pk: &str, ck: &str) -> Result<Example> {
+        let (p, c) = (&v[pk], &v[ck]);
+        let pieces = match (p, c) {
+            (Value::String(p), Value::String(c)) => vec![
+                Piece { text: p.clone(), trained: false, specials: true },
+                Piece { text: c.clone(), trained: true, specials: false },
+            ],
+            (Value::Array(_), Value::Array(_)) => {
+                let (p, c) = (messages(v, pk)?, messages(v, ck)?);
+                if c.is_empty() {
+                    bail!("field \"{ck}\": an empty message list");
+                }
+                let trained: Vec<bool> = p.iter().map(|_| false).chain(c.iter().map(|_| true)).collect();
+                self.render_turns(&[p, c].concat(), &trained)?
+            }
+            (Value::Null, _) => bail!("field \"{pk}\" is missing (a \"{ck}\" needs one)"),
+            (_, Value::Null) => bail!("field \"{ck}\" is missing (a \"{pk}\" needs one)"),
+            _ => bail!(
+                "fields \"{pk}\" and \"{ck}\": expected two strings or two message lists, got {} and {}",
+                kind(p),
+                kind(c)
+            ),
         };
         let chat = !pieces.first().is_some_and(|p| p.specials);
         self.tokenize(&pieces, chat)
@@ -205,13 +199,33 @@ impl Format<'_> {
     }
 }
 
+/// Every non-blank line of a JSONL file parsed and turned into a `T` by `f`, in parallel; the
+/// first bad line (in file order) is the error, naming `file:line`.
+pub fn read_lines<T: Send>(path: &Path, f: impl Fn(&Value) -> Result<T> + Sync) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        bail!("{}: no examples", path.display());
+    }
+    lines
+        .par_iter()
+        .map(|&(i, line)| {
+            let at = || format!("{}:{}", path.display(), i + 1);
+            let v: Value = serde_json::from_str(line).with_context(|| format!("{}: not valid JSON", at()))?;
+            f(&v).with_context(at)
+        })
+        .collect::<Vec<Result<T>>>()
+        .into_iter()
+        .collect()
+}
+
 fn not_prefix(i: usize, what: &str) -> String {
     format!(
         "messages[{i}] ({what}): the chat template's render of the conversation up to it is not a prefix of the longer render, so its tokens cannot be told apart"
     )
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
