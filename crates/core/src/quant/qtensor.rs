@@ -450,9 +450,17 @@ unsafe fn dot_rows_avx2(path: X86Path, avx512: bool, ty: GgmlType, w: &[u8], rb:
             // one-input kernel computes it), then one at a time.
             let mut i0 = 0;
             while i0 + 4 <= n {
+                // SAFETY (the AVX-512 kernels): `avx512` only where the caller checked the
+                // AVX-512 features. Their float operations are the AVX2 kernels' (tested).
                 let o = match (ty, path) {
+                    (GgmlType::Q4_K, X86Path::Repack) if i0 + 4 <= gemm_rows && avx512 => {
+                        super::avx512::dot8x4_q4_k_repack_gemm(w8, rb, q8k_four(&acts[i0..i0 + 4]))
+                    }
                     (GgmlType::Q4_K, X86Path::Repack) if i0 + 4 <= gemm_rows => {
                         avx2::dot8x4_q4_k_repack_gemm(w8, rb, q8k_four(&acts[i0..i0 + 4]))
+                    }
+                    (GgmlType::Q6_K, X86Path::Tiled) if avx512 => {
+                        super::avx512::dot8x4_q6_k_tiled(w8, rb, q8k_four(&acts[i0..i0 + 4]))
                     }
                     (GgmlType::Q6_K, X86Path::Tiled) => avx2::dot8x4_q6_k_tiled(w8, rb, q8k_four(&acts[i0..i0 + 4])),
                     _ => break,
