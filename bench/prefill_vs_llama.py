@@ -122,7 +122,7 @@ def make_random_smollm2(d):
 def smelt_run(path, threads):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     cmd = [a.smelt, "bench", "--model", path, "--device", "cpu", "--batch-size", "1", "--seq-len", str(a.seq_len),
-           "--iters", str(a.iters), "--decode-tokens", str(0 if a.no_decode else len(DECODE)), "--format", "json"]
+           "--iters", str(a.iters), "--decode-tokens", str(0 if a.no_decode else len(DECODE)), "--no-forward", "--format", "json"]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     return r["prefill_tok_s"], (float("nan") if a.no_decode else r["decode_tok_s"]), a.seq_len / r["prefill_cpu_s"]
