@@ -107,14 +107,17 @@ def make_random_smollm2(d):
     if not os.path.exists(os.path.join(hf, "model.safetensors")):
         subprocess.run([sys.executable, os.path.join(here, "torch_gpu.py"), "--dim", "576", "--layers", "30", "--heads", "9",
                         "--kv-heads", "3", "--ffn", "1536", "--vocab-size", "49152", "--save-hf", hf], check=True)
+    if not os.path.exists(os.path.join(hf, "tokenizer.json")):
         import shutil
         shutil.copy(a.tokenizer, os.path.join(hf, "tokenizer.json"))
     paths = []
     for ty in a.types.split(","):
         f = os.path.join(d, f"smollm2-random-{ty}.gguf")
         if not os.path.exists(f):
-            subprocess.run([a.smelt, "export-gguf", "--model", hf, "--type", ty, "--pre", "smollm", "--output", f], check=True,
-                           capture_output=True)
+            r = subprocess.run([a.smelt, "export-gguf", "--model", hf, "--type", ty, "--pre", "smollm", "--output", f],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                sys.exit(f"smelt export-gguf --type {ty} failed:\n{r.stderr[-3000:]}")
         paths.append(f)
     return paths
 
