@@ -20,14 +20,25 @@ program runs at 16 threads on a larger CPU (carry the smelt binary and the built
     PYTHONPATH=.cache/llama.cpp-peer/py .cache/venv/bin/python bench/prefill_vs_llama.py \\
         --threads 1,2 --repeats 3 A.gguf [B.gguf ...]
 
+On a machine without the SmolLM2 files and llama-cpp-python (the GPU machine, whose 16-core CPU
+issue 18 also measures), the same program makes its models and uses `llama-bench` as the peer:
+
+    --random-smollm2 DIR --tokenizer T.json [--types q4_1,q8_0,q4_k,q6_k,f16]
+        random-init models at SmolLM2-135M's shape and vocabulary (bench/torch_gpu.py --save-hf,
+        then smelt's `export-gguf` at each type; the published Q4_1 file is over the device
+        tool's carry limit, so Q4_1 is smelt's export there); prefill speed does not depend on
+        the weights' values
+    --llama-bench PATH
+        llama.cpp's `llama-bench` (CPU build: scripts/gpu_llama_cpp.sh build-cpu) instead of
+        llama-cpp-python: `-p N -n 0 -b N -ub N -t T -ngl 0` (pp N), decode `-p 0 -n D` (tg D,
+        from an empty cache); no per-CPU-second figure for that side
+
 Nothing here is a test: it prints numbers (docs/PERF.md records them).
 """
 import argparse, json, os, subprocess, sys, time
 
-from llama_cpp import Llama
-
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-ap.add_argument("models", nargs="+", help="GGUF files")
+ap.add_argument("models", nargs="*", help="GGUF files")
 ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (RAYON_NUM_THREADS for smelt, n_threads and n_threads_batch for llama.cpp)")
 ap.add_argument("--repeats", type=int, default=3, help="rounds of alternating runs per file and thread count")
 ap.add_argument("--iters", type=int, default=3, help="timed iterations within one run (smelt's median; llama.cpp's median)")
@@ -35,7 +46,13 @@ ap.add_argument("--seq-len", type=int, default=512, help="prompt tokens")
 ap.add_argument("--decode-tokens", type=int, default=64, help="single-token evals after a 16-token prompt")
 ap.add_argument("--smelt", default="target/release/smelt", help="the smelt binary")
 ap.add_argument("--no-decode", action="store_true", help="time prefill only")
+ap.add_argument("--llama-bench", help="llama.cpp's llama-bench binary (CPU build) as the peer instead of llama-cpp-python")
+ap.add_argument("--random-smollm2", metavar="DIR", help="make random-init SmolLM2-135M-shape GGUFs in DIR (needs torch and --tokenizer) and time them")
+ap.add_argument("--tokenizer", help="SmolLM2's tokenizer.json, for --random-smollm2")
+ap.add_argument("--types", default="q4_1,q8_0,q4_k,q6_k,f16", help="export types for --random-smollm2")
 a = ap.parse_args()
+if not a.models and not a.random_smollm2:
+    ap.error("give GGUF files or --random-smollm2 DIR")
 
 PROMPT16 = list(range(1000, 1016))
 DECODE = [(7 * i + 300) % 40000 + 100 for i in range(a.decode_tokens)]
@@ -69,10 +86,46 @@ def llama_run(llm):
     return median(pre[1:]), dec, median(cpu[1:])
 
 
+def llama_bench_run(path, threads):
+    """llama-bench's pp N (and tg D): mean tokens/s of --iters repetitions after its warm-up."""
+    def ts(p, n):
+        cmd = [a.llama_bench, "-m", path, "-p", str(p), "-n", str(n), "-b", str(a.seq_len), "-ub", str(a.seq_len),
+               "-t", str(threads), "-ngl", "0", "-r", str(a.iters), "-o", "json"]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)[0]["avg_ts"]
+    dec = float("nan") if a.no_decode else ts(0, len(DECODE))
+    return ts(a.seq_len, 0), dec, float("nan")
+
+
+def make_random_smollm2(d):
+    """Random-init HF folder at SmolLM2-135M's shape (bench/torch_gpu.py --save-hf), exported by
+    smelt at each of --types; returns the GGUF paths."""
+    if not a.tokenizer:
+        ap.error("--random-smollm2 needs --tokenizer (SmolLM2's tokenizer.json)")
+    here = os.path.dirname(os.path.abspath(__file__))
+    hf = os.path.join(d, "hf")
+    if not os.path.exists(os.path.join(hf, "model.safetensors")):
+        subprocess.run([sys.executable, os.path.join(here, "torch_gpu.py"), "--dim", "576", "--layers", "30", "--heads", "9",
+                        "--kv-heads", "3", "--ffn", "1536", "--vocab-size", "49152", "--save-hf", hf], check=True)
+    if not os.path.exists(os.path.join(hf, "tokenizer.json")):
+        import shutil
+        shutil.copy(a.tokenizer, os.path.join(hf, "tokenizer.json"))
+    paths = []
+    for ty in a.types.split(","):
+        f = os.path.join(d, f"smollm2-random-{ty}.gguf")
+        if not os.path.exists(f):
+            r = subprocess.run([a.smelt, "export-gguf", "--model", hf, "--type", ty, "--pre", "smollm", "--output", f],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                sys.exit(f"smelt export-gguf --type {ty} failed:\n{r.stderr[-3000:]}")
+        paths.append(f)
+    return paths
+
+
 def smelt_run(path, threads):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     cmd = [a.smelt, "bench", "--model", path, "--device", "cpu", "--batch-size", "1", "--seq-len", str(a.seq_len),
-           "--iters", str(a.iters), "--decode-tokens", str(0 if a.no_decode else len(DECODE)), "--format", "json"]
+           "--iters", str(a.iters), "--decode-tokens", str(0 if a.no_decode else len(DECODE)), "--no-forward", "--format", "json"]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     return r["prefill_tok_s"], (float("nan") if a.no_decode else r["decode_tok_s"]), a.seq_len / r["prefill_cpu_s"]
@@ -83,21 +136,29 @@ def fmt_range(rs):
 
 
 threads = [int(t) for t in a.threads.split(",")]
+if a.random_smollm2:
+    a.models += make_random_smollm2(a.random_smollm2)
+if not a.llama_bench:
+    from llama_cpp import Llama
 print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} CPUs")
 print(f"prefill {a.seq_len} tokens (n_batch {a.seq_len}); " + ("no decode; " if a.no_decode else f"decode {len(DECODE)} tokens after 16; ")
       + f"best of {a.repeats} alternating rounds, {a.iters} timed iterations each", flush=True)
 rows = []
 for m in a.models:
     for t in threads:
-        llm = Llama(model_path=m, n_ctx=max(a.seq_len, 16 + len(DECODE)) + 16, n_batch=a.seq_len, n_ubatch=a.seq_len,
-                    n_threads=t, n_threads_batch=t, verbose=False)
+        if a.llama_bench:
+            peer = lambda: llama_bench_run(m, t)
+        else:
+            llm = Llama(model_path=m, n_ctx=max(a.seq_len, 16 + len(DECODE)) + 16, n_batch=a.seq_len, n_ubatch=a.seq_len,
+                        n_threads=t, n_threads_batch=t, verbose=False)
+            peer = lambda: llama_run(llm)
         sp, sd, lp, ld, rp, rd, sc, lc, rc = [], [], [], [], [], [], [], [], []
         for _ in range(a.repeats):
             p, d, pc = smelt_run(m, t)
-            q, e, qc = llama_run(llm)
+            q, e, qc = peer()
             sp.append(p); sd.append(d); lp.append(q); ld.append(e); sc.append(pc); lc.append(qc)
             rp.append(p / q); rd.append(d / e); rc.append(pc / qc)
-        del llm
+        llm = peer = None
         rows.append((os.path.basename(m), t, max(sp), max(lp), rp, max(sd), max(ld), rd, max(sc), max(lc), rc))
         r = rows[-1]
         print(f"  {r[0]} t={t}: prefill {r[2]:.1f} vs {r[3]:.1f} tok/s (rounds {fmt_range(rp)}), per CPU-s {r[8]:.1f} vs {r[9]:.1f} "

@@ -6,6 +6,10 @@
 #                                         # vendor/llama.cpp without its vocab GGUFs and docs)
 #   DIR/gpu_llama_cpp.sh build [BUILD]    # there: build llama-bench and llama-server into
 #                                         # BUILD (default /tmp/llama-cuda); prints their paths
+#   DIR/gpu_llama_cpp.sh build-cpu [BUILD] # there: a CPU-only llama-bench (GGML_NATIVE, no CUDA,
+#                                         # so no matmul is offloaded to the GPU) into BUILD
+#                                         # (default /tmp/llama-cpu), the peer of the prefill
+#                                         # benchmark on that machine's CPU (bench/prefill_vs_llama.py)
 #
 # The sdist itself (77 MB) is over the device tool's carry limit, hence `pack`. The build takes
 # about 5 minutes of device time with 16 jobs (sm_90 only, Release, static, no curl); run it in
@@ -43,8 +47,22 @@ build() {
     echo "$b/src/build/bin/llama-server"
 }
 
+build_cpu() {
+    local here; here=$(cd "$(dirname "$0")" && pwd)
+    local b=${1:-/tmp/llama-cpu}
+    if [ ! -x "$b/src/build/bin/llama-bench" ]; then
+        mkdir -p "$b"
+        [ -f "$b/src/CMakeLists.txt" ] || tar xzf "$here/llama-src.tgz" -C "$b"
+        (cd "$b/src" && cmake -B build -G Ninja -DGGML_CUDA=OFF -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
+            -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release >&2 \
+            && cmake --build build -j "$(nproc)" --target llama-bench >&2)
+    fi
+    echo "$b/src/build/bin/llama-bench"
+}
+
 case "${1:-}" in
     pack) shift; pack "$@" ;;
     build) shift; build "$@" ;;
-    *) echo "usage: $0 pack DIR | build [BUILD]" >&2; exit 2 ;;
+    build-cpu) shift; build_cpu "$@" ;;
+    *) echo "usage: $0 pack DIR | build [BUILD] | build-cpu [BUILD]" >&2; exit 2 ;;
 esac

@@ -296,53 +296,48 @@ unsafe fn keys16_avx512(out: &mut [f32; 16], kt: &[f32], y: &[f32], scale: f32) 
     _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(s, _mm512_set1_ps(scale)));
 }
 
-/// `dot_f32_tinyblas_columns`, with the 16 lane accumulators of every 16 columns held in
+/// `dot_f32_tinyblas_columns_at`, with the 16 lane accumulators of every 16 columns held in
 /// AVX-512 registers where the CPU has AVX-512 F and the row length is a multiple of 16 (the
 /// portable body keeps them in `acc` in memory: a load, an FMA and a store per 16 columns and
-/// row). The same FMAs per (lane, column) in the same order of rows, and the same `reduce16`:
+/// row). Row j of V at v[offs[j]..]: a contiguous cache's j·stride or a paged cache's block
+/// table. The same FMAs per (lane, column) in the same order of rows, and the same `reduce16`:
 /// bit-identical.
-pub fn dot_f32_tinyblas_columns_fast(
-    out: &mut [f32],
-    v: &[f32],
-    stride: usize,
-    rows: usize,
-    p: &[f32],
-    acc: &mut Vec<f32>,
-) {
+pub fn dot_f32_tinyblas_columns_at_fast(out: &mut [f32], v: &[f32], offs: &[usize], p: &[f32], acc: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
     if out.len().is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
         let d = out.len();
         assert!(
-            rows <= p.len() && (rows == 0 || v.len() >= (rows - 1) * stride + d),
-            "dot_f32_tinyblas_columns: {rows} rows of {d} at stride {stride} in {} values, p of {}",
+            offs.len() <= p.len() && offs.iter().all(|&o| o + d <= v.len()),
+            "dot_f32_tinyblas_columns: {} rows of {d} in {} values, p of {}",
+            offs.len(),
             v.len(),
             p.len()
         );
         // SAFETY: AVX-512 F detected; every read is inside v and p (asserted).
-        return unsafe { tinyblas_columns_avx512(out, v, stride, rows, p) };
+        return unsafe { tinyblas_columns_avx512(out, v, offs, p) };
     }
-    dot_f32_tinyblas_columns(out, v, stride, rows, p, acc)
+    dot_f32_tinyblas_columns_at(out, v, offs, p, acc)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn tinyblas_columns_avx512(out: &mut [f32], v: &[f32], stride: usize, rows: usize, p: &[f32]) {
+unsafe fn tinyblas_columns_avx512(out: &mut [f32], v: &[f32], offs: &[usize], p: &[f32]) {
     use std::arch::x86_64::*;
-    let (vp, pp) = (v.as_ptr(), p.as_ptr());
+    let (vp, pp, rows) = (v.as_ptr(), p.as_ptr(), offs.len());
     for c in (0..out.len()).step_by(16) {
         // a[e]: lane e's accumulator (rows j with j % 16 = e), 16 columns c..c+16.
         let mut a = [_mm512_setzero_ps(); 16];
         let mut j = 0;
         while j + 16 <= rows {
             for (e, ae) in a.iter_mut().enumerate() {
-                let x = _mm512_loadu_ps(vp.add((j + e) * stride + c));
+                let x = _mm512_loadu_ps(vp.add(offs[j + e] + c));
                 *ae = _mm512_fmadd_ps(x, _mm512_set1_ps(*pp.add(j + e)), *ae);
             }
             j += 16;
         }
         for (e, ae) in a.iter_mut().enumerate() {
             if j + e < rows {
-                let x = _mm512_loadu_ps(vp.add((j + e) * stride + c));
+                let x = _mm512_loadu_ps(vp.add(offs[j + e] + c));
                 *ae = _mm512_fmadd_ps(x, _mm512_set1_ps(*pp.add(j + e)), *ae);
             }
         }
@@ -497,7 +492,8 @@ mod tests {
                 (0..rows.next_multiple_of(16)).map(|j| if j < rows { r.uniform() as f32 } else { 0.0 }).collect();
             let (mut want, mut got, mut acc) = (vec![0f32; d], vec![0f32; d], Vec::new());
             dot_f32_tinyblas_columns(&mut want, &v, stride, rows, &p, &mut acc);
-            dot_f32_tinyblas_columns_fast(&mut got, &v, stride, rows, &p, &mut acc);
+            let offs: Vec<usize> = (0..rows).map(|j| j * stride).collect();
+            dot_f32_tinyblas_columns_at_fast(&mut got, &v, &offs, &p, &mut acc);
             for t in 0..d {
                 assert_eq!(got[t].to_bits(), want[t].to_bits(), "{rows} rows, column {t}: {} vs {}", got[t], want[t]);
             }

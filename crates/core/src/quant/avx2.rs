@@ -387,7 +387,7 @@ pub unsafe fn dot2_q5_0(w: &[u8], rb: usize, a: &[BlockQ8]) -> [f32; 2] {
 /// Lane r = the sum of the 8 lanes of v[r] (exact).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn reduce8(v: &[__m256i; 8]) -> __m256i {
+pub(super) unsafe fn reduce8(v: &[__m256i; 8]) -> __m256i {
     let t0 = _mm256_hadd_epi32(v[0], v[1]);
     let t1 = _mm256_hadd_epi32(v[2], v[3]);
     let t2 = _mm256_hadd_epi32(v[4], v[5]);

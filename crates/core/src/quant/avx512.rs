@@ -26,7 +26,7 @@ use std::arch::x86_64::*;
 
 // The f16 scale loads (off the FMA chain: see `avx2::f16`) and llama.cpp's `hsum_float_8`
 // are the AVX2 kernels' own: the same operations, inlined here under the wider features.
-use super::avx2::{f16, f16x2, f16x8, hsum, lanes};
+use super::avx2::{f16, f16x2, f16x8, hsum, lanes, reduce8};
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -404,4 +404,163 @@ unsafe fn row_q6_k(w: *const u8, a: &[BlockQ8K], idx: &[__m512i; 4]) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
     }
     hsum(acc)
+}
+
+// ---- Prefill: eight weight rows × four activation rows. The repacked Q4_K GEMM and the tiled
+// Q6_K sum in llama.cpp's orders (`avx2::dot8x4_q4_k_repack_gemm`, `avx2::dot8x4_q6_k_tiled`):
+// their float operations per output are kept lane for lane; only the exact integer sums under
+// them are computed on 512-bit vectors (a row's 64-element chunk, or two 32-element groups, per
+// register, scales spread by `vpermw`, the Σ m·Σa and −32 corrections as vectors over the rows).
+
+/// The eight 6-bit scales (i16 lanes 0..8 of the result) and the eight 6-bit mins (as u8 in
+/// the high 64 bits of the second value) of Q4_K super-block `b`: llama.cpp's `utmp` shuffle.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q4_k_scales_mins(b: *const u8) -> (__m512i, __m128i) {
+    const KMASK1: u32 = 0x3f3f3f3f;
+    const KMASK2: u32 = 0x0f0f0f0f;
+    const KMASK3: u32 = 0x03030303;
+    let rd = |o: usize| (b.add(4 + o) as *const u32).read_unaligned();
+    let (u0, u1, u2) = (rd(0), rd(4), rd(8));
+    let su = _mm_set_epi32(
+        (((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4)) as i32,
+        (u1 & KMASK1) as i32,
+        ((u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4)) as i32,
+        (u0 & KMASK1) as i32,
+    );
+    (_mm512_castsi128_si512(_mm_cvtepu8_epi16(su)), su)
+}
+
+/// `avx2::dot8x4_q4_k_repack_gemm` (llama.cpp's `ggml_gemm_q4_K_8x8_q8_K` order: per 64-element
+/// chunk c, `acc = fma(Σ sc·q·a, d·d_a, acc)` and `acc_m = fma(Σ m·Σa, dmin·d_a, acc_m)`, then
+/// acc − acc_m) with the integer sums on 512-bit vectors: bit-identical (tested).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot8x4_q4_k_repack_gemm(w: &[u8], rb: usize, a: [&[BlockQ8K]; 4]) -> [[f32; 8]; 4] {
+    const B: usize = super::q4_k::BYTES;
+    let nb = a[0].len();
+    assert!(w.len() >= 7 * rb + nb * B && a.iter().all(|x| x.len() == nb), "q4_k 8x4: {} bytes", w.len());
+    let mask = _mm256_set1_epi8(0x0F);
+    let idx = spread_idx(16, 2);
+    // Σ m·Σa of rows 0..8 for chunks (0, 1) and (2, 3): lanes 4r + c of [rows 0..4 | rows 4..8]
+    // regathered as [chunk c: rows 0..8 | chunk c+1: rows 0..8].
+    let g01 = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+    let g23 = _mm512_add_epi32(g01, _mm512_set1_epi32(2));
+    let (mut acc, mut acc_m) = ([_mm256_setzero_ps(); 4], [_mm256_setzero_ps(); 4]);
+    let mut sc = [_mm512_setzero_si512(); 8];
+    let mut v = [[_mm256_setzero_si256(); 8]; 4];
+    for i in 0..nb {
+        let base = w.as_ptr().add(i * B);
+        let (dw, dminw) = (f16x8(base, rb, 0), f16x8(base, rb, 2));
+        let ab = [a[0].get_unchecked(i), a[1].get_unchecked(i), a[2].get_unchecked(i), a[3].get_unchecked(i)];
+        let bs = [q8k_sub_sums(ab[0]), q8k_sub_sums(ab[1]), q8k_sub_sums(ab[2]), q8k_sub_sums(ab[3])];
+        // mm[j]: Σ m·Σa per (row, chunk), lanes 4r + c over two vectors (rows 0..4, 4..8).
+        let mut mm = [[_mm512_setzero_si512(); 2]; 4];
+        for r in 0..8 {
+            let (s16, su) = q4_k_scales_mins(base.add(r * rb));
+            sc[r] = s16;
+            let mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(su, su));
+            for j in 0..4 {
+                // Into lanes 4(r mod 4).. of vector r / 4.
+                let placed = _mm512_maskz_broadcast_i32x4(0xFu16 << (4 * (r % 4)), _mm_madd_epi16(mins, bs[j]));
+                mm[j][r / 4] = _mm512_or_si512(mm[j][r / 4], placed);
+            }
+        }
+        let mut msum = [[_mm512_setzero_si512(); 2]; 4];
+        for j in 0..4 {
+            msum[j] = [
+                _mm512_permutex2var_epi32(mm[j][0], g01, mm[j][1]),
+                _mm512_permutex2var_epi32(mm[j][0], g23, mm[j][1]),
+            ];
+        }
+        for c in 0..4 {
+            let mut y = [_mm512_setzero_si512(); 4];
+            for j in 0..4 {
+                y[j] = _mm512_loadu_si512(ab[j].qs.as_ptr().add(64 * c) as *const _);
+            }
+            for r in 0..8 {
+                let q = _mm256_loadu_si256(base.add(r * rb + 16 + 32 * c) as *const __m256i);
+                let lo = _mm256_and_si256(q, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
+                let u = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                let s = _mm512_permutexvar_epi16(idx[c], sc[r]);
+                for j in 0..4 {
+                    v[j][r] = fold(_mm512_madd_epi16(_mm512_maddubs_epi16(u, y[j]), s));
+                }
+            }
+            for j in 0..4 {
+                let da = _mm256_set1_ps(ab[j].d);
+                acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(reduce8(&v[j])), _mm256_mul_ps(dw, da), acc[j]);
+                let m = msum[j][c / 2];
+                let mc = if c % 2 == 0 { _mm512_castsi512_si256(m) } else { _mm512_extracti64x4_epi64(m, 1) };
+                acc_m[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mc), _mm256_mul_ps(dminw, da), acc_m[j]);
+            }
+        }
+    }
+    let mut out = [[0f32; 8]; 4];
+    for j in 0..4 {
+        out[j] = lanes(_mm256_sub_ps(acc[j], acc_m[j]));
+    }
+    out
+}
+
+/// `avx2::dot8x4_q6_k_tiled` (llama.cpp's tiled K-quant order: per super-block the exact
+/// Σ sc·q·a, times d, then `acc = fma(s·d, d_a, acc)`) with the integer sums on 512-bit vectors
+/// (`row_q6_k`'s unpacking, once for the four inputs): bit-identical (tested).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn dot8x4_q6_k_tiled(w: &[u8], rb: usize, a: [&[BlockQ8K]; 4]) -> [[f32; 8]; 4] {
+    const B: usize = super::q6_k::BYTES;
+    let nb = a[0].len();
+    assert!(w.len() >= 7 * rb + nb * B && a.iter().all(|x| x.len() == nb), "q6_k 8x4: {} bytes", w.len());
+    let m4 = _mm512_set1_epi8(0x0F);
+    let m2 = _mm512_set1_epi8(0x03);
+    let idx = spread_idx(8, 4);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut v = [[_mm256_setzero_si256(); 8]; 4];
+    for i in 0..nb {
+        let base = w.as_ptr().add(i * B);
+        let ab = [a[0].get_unchecked(i), a[1].get_unchecked(i), a[2].get_unchecked(i), a[3].get_unchecked(i)];
+        let y =
+            [load4(ab[0].qs.as_ptr()), load4(ab[1].qs.as_ptr()), load4(ab[2].qs.as_ptr()), load4(ab[3].qs.as_ptr())];
+        let mut bsums = [_mm256_setzero_si256(); 4];
+        for j in 0..4 {
+            bsums[j] = _mm256_loadu_si256(ab[j].bsums.as_ptr() as *const __m256i);
+        }
+        for r in 0..8 {
+            let b = base.add(r * rb);
+            let sc16 = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192) as *const __m128i)));
+            let mut sums = [_mm512_setzero_si512(); 4];
+            for n in 0..2 {
+                let ql = _mm512_loadu_si512(b.add(64 * n) as *const _);
+                let qh = _mm256_loadu_si256(b.add(128 + 32 * n) as *const __m256i);
+                let qh01 = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+                let qh23 = _mm512_srli_epi16(qh01, 4);
+                let u01 = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_slli_epi16(_mm512_and_si512(qh01, m2), 4));
+                let u23 = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                    _mm512_slli_epi16(_mm512_and_si512(qh23, m2), 4),
+                );
+                for (p, u) in [(2 * n, u01), (2 * n + 1, u23)] {
+                    let s = _mm512_permutexvar_epi16(idx[p], sc16);
+                    for j in 0..4 {
+                        sums[j] = _mm512_add_epi32(sums[j], _mm512_madd_epi16(_mm512_maddubs_epi16(u, y[j][p]), s));
+                    }
+                }
+            }
+            // Less 32·Σ sc·Σa (exact integers: where it is subtracted does not matter).
+            for j in 0..4 {
+                let corr = _mm256_slli_epi32(_mm256_madd_epi16(bsums[j], _mm512_castsi512_si256(sc16)), 5);
+                v[j][r] = _mm256_sub_epi32(fold(sums[j]), corr);
+            }
+        }
+        let dw = f16x8(base, rb, 208);
+        for j in 0..4 {
+            let res = _mm256_mul_ps(_mm256_cvtepi32_ps(reduce8(&v[j])), dw);
+            acc[j] = _mm256_fmadd_ps(res, _mm256_set1_ps(ab[j].d), acc[j]);
+        }
+    }
+    let mut out = [[0f32; 8]; 4];
+    for j in 0..4 {
+        out[j] = lanes(acc[j]);
+    }
+    out
 }

@@ -129,17 +129,36 @@ impl QTensor {
     /// y (n × rows) from the activations of n input rows, on the given path.
     fn dot_blocks(&self, level: Level, path: X86Path, acts: &[Act], y: &mut [f32]) {
         let (n, m) = (acts.len(), self.rows);
-        // Blocks of output rows; each reads its weight rows once for all n inputs. For a few
-        // inputs (decode), large blocks: one per thread, so that the AVX-512 kernels' R
-        // streams are long; for more, 32 rows. A multiple of 8 either way, so the AVX2
-        // repacked/tiled kernels take their eight rows at once throughout.
-        let block = if n <= 4 { m.div_ceil(rayon::current_num_threads()).max(32).next_multiple_of(8) } else { 32 };
+        let rb = self.row_bytes;
+        if n > 4 {
+            // Many inputs (prefill): `gemm_tasks`' tasks of 32 rows × 64 inputs, so that a
+            // narrow matrix still gives every thread work (576 rows in 32-row blocks alone are
+            // 18 tasks: 16 threads would take two rounds for 1.1 tasks' work). Row and input
+            // bounds stay multiples of 8 and 4, so the repacked/tiled kernels keep their eight
+            // rows and the repacked GEMM its four inputs (the last n mod 4 take the GEMV, as
+            // llama.cpp does).
+            return gemm_tasks(m, n, y, |(r0, r1), (i0, i1), o| {
+                let (rows, ni) = (r1 - r0, i1 - i0);
+                let mut out = vec![0f32; rows * ni];
+                dot_rows(level, path, self.ty, &self.data[r0 * rb..r1 * rb], rb, &acts[i0..i1], &mut out);
+                for (j, oj) in out.chunks_exact(ni).enumerate() {
+                    for (i, v) in oj.iter().enumerate() {
+                        // SAFETY: `o` is y[i0·m + r0] and (i, j) lies in this task's block.
+                        unsafe { *o.add(i * m + j) = *v };
+                    }
+                }
+            });
+        }
+        // A few inputs (decode): one block of output rows per thread, so that the AVX-512
+        // kernels' R streams are long; a multiple of 8, so the AVX2 repacked kernels take their
+        // eight rows at once throughout.
+        let block = m.div_ceil(rayon::current_num_threads()).max(32).next_multiple_of(8);
         let run = |yt: &mut [f32]| {
             yt.par_chunks_mut(block * n).enumerate().for_each(|(bi, yb)| {
                 let r0 = bi * block;
                 let rows = yb.len() / n;
-                let w = &self.data[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
-                dot_rows(level, path, self.ty, w, self.row_bytes, acts, yb);
+                let w = &self.data[r0 * rb..(r0 + rows) * rb];
+                dot_rows(level, path, self.ty, w, rb, acts, yb);
             })
         };
         into_rows_of_y(m, n, y, run)
@@ -450,9 +469,17 @@ unsafe fn dot_rows_avx2(path: X86Path, avx512: bool, ty: GgmlType, w: &[u8], rb:
             // one-input kernel computes it), then one at a time.
             let mut i0 = 0;
             while i0 + 4 <= n {
+                // SAFETY (the AVX-512 kernels): `avx512` only where the caller checked the
+                // AVX-512 features. Their float operations are the AVX2 kernels' (tested).
                 let o = match (ty, path) {
+                    (GgmlType::Q4_K, X86Path::Repack) if i0 + 4 <= gemm_rows && avx512 => {
+                        super::avx512::dot8x4_q4_k_repack_gemm(w8, rb, q8k_four(&acts[i0..i0 + 4]))
+                    }
                     (GgmlType::Q4_K, X86Path::Repack) if i0 + 4 <= gemm_rows => {
                         avx2::dot8x4_q4_k_repack_gemm(w8, rb, q8k_four(&acts[i0..i0 + 4]))
+                    }
+                    (GgmlType::Q6_K, X86Path::Tiled) if avx512 => {
+                        super::avx512::dot8x4_q6_k_tiled(w8, rb, q8k_four(&acts[i0..i0 + 4]))
                     }
                     (GgmlType::Q6_K, X86Path::Tiled) => avx2::dot8x4_q6_k_tiled(w8, rb, q8k_four(&acts[i0..i0 + 4])),
                     _ => break,

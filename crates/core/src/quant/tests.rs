@@ -593,7 +593,8 @@ mod x86_kernels {
     }
 
     /// The four-input K-quant kernels for prefill (`dot8x4_q4_k_repack_gemm`,
-    /// `dot8x4_q6_k_tiled`) against their one-input kernels bit for bit, on random block bytes
+    /// `dot8x4_q6_k_tiled`, AVX2 and, where the CPU has it, AVX-512 VNNI) against their
+    /// one-input kernels bit for bit, on random block bytes
     /// (every scale pattern) and full-range random Q8_K values, 1 to 17 super-blocks.
     #[test]
     fn four_input_k_quant_kernels_match_one_input_bit_for_bit() {
@@ -634,6 +635,28 @@ mod x86_kernels {
                             avx2::dot8x4_q6_k_tiled(&w, rb, four)
                         }
                     };
+                    if avx512_detected() {
+                        // SAFETY: AVX-512 F/BW/VL/VNNI detected.
+                        let wide = unsafe {
+                            if ty == GgmlType::Q4_K {
+                                avx512::dot8x4_q4_k_repack_gemm(&w, rb, four)
+                            } else {
+                                avx512::dot8x4_q6_k_tiled(&w, rb, four)
+                            }
+                        };
+                        for (j, (g, v)) in got.iter().zip(&wide).enumerate() {
+                            for r8 in 0..8 {
+                                assert_eq!(
+                                    g[r8].to_bits(),
+                                    v[r8].to_bits(),
+                                    "{} {nb} blocks, input {j}, row {r8}: AVX2 {:e}, AVX-512 {:e}",
+                                    ty.name(),
+                                    g[r8],
+                                    v[r8]
+                                );
+                            }
+                        }
+                    }
                     for (j, a) in acts.iter().enumerate() {
                         // SAFETY: as above.
                         let one = unsafe {

@@ -245,38 +245,83 @@ pub struct Heads {
 /// anywhere in shared K/V buffers (a paged KV cache): each sequence's output (tq, H, D) is what
 /// `attn_fwd_ggml` gives for that sequence alone with a contiguous cache, bit for bit (the rows
 /// are read in the same order into the same lanes), whatever else is in the call.
+///
+/// A prompt (tq > 1) is tiled: its keys are transposed once per KV head in blocks of 16, so
+/// that 16 scores are one `ggml::dot_f32_keys16_fast` (each score `dot_f32`'s lanes and
+/// additions, no horizontal sum per score), and P·V keeps its 16 lane accumulators in
+/// registers (`ggml::dot_f32_tinyblas_columns_at_fast`). A decoding row (tq = 1) reads its keys
+/// in place: transposing them would cost as much as its one pass over them. Tasks are
+/// (sequence, head, run of 32 queries): heads alone leave threads idle (9 heads on 16 threads),
+/// and runs even out the causal triangle's unequal rows on the work-stealing pool.
 pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: f32) -> Vec<Vec<f32>> {
     use crate::ggml;
+    const RUN: usize = 32;
     let d = hd.d;
     let grp = hd.h / hd.kvh;
     let up = |n: usize, m: usize| n.div_ceil(m) * m;
-    // One task per (sequence, KV head, query head): out (tq, D) of that head.
-    let per_head: Vec<Vec<f32>> = (0..seqs.len() * hd.h)
+    // kts[s·KVH + g][blk·16·D + e·16 + j] = element e of key 16·blk + j of KV head g (zeros past
+    // the last key); empty for decoding rows.
+    let kts: Vec<Vec<f32>> = (0..seqs.len() * hd.kvh)
         .into_par_iter()
-        .map(|sh| {
-            let (s, h) = (&seqs[sh / hd.h], sh % hd.h);
+        .map(|sg| {
+            let (s, g) = (&seqs[sg / hd.kvh], sg % hd.kvh);
+            if s.tq == 1 {
+                return Vec::new();
+            }
+            let mut kt = vec![0f32; up(s.rows.len(), 16) * d];
+            for (j, &at) in s.rows.iter().enumerate() {
+                let blk = &mut kt[j / 16 * 16 * d..][..16 * d];
+                for (e, &x) in k[at + g * d..][..d].iter().enumerate() {
+                    blk[e * 16 + j % 16] = x;
+                }
+            }
+            kt
+        })
+        .collect();
+    let tasks: Vec<(usize, usize, usize)> = seqs
+        .iter()
+        .enumerate()
+        .flat_map(|(si, s)| (0..hd.h).flat_map(move |h| (0..s.tq.div_ceil(RUN)).map(move |r| (si, h, r))))
+        .collect();
+    // Each task's out (queries of its run, D) of its head.
+    let pieces: Vec<Vec<f32>> = tasks
+        .par_iter()
+        .map(|&(si, h, r)| {
+            let s = &seqs[si];
             let g = h / grp;
             let (tq, tk) = (s.tq, s.rows.len());
+            let (i0, i1) = (r * RUN, ((r + 1) * RUN).min(tq));
             let key_range = |i: usize| {
                 let pos = tk - tq + i;
                 let lo = hd.window.map_or(0, |w| (pos + 1).saturating_sub(w));
                 (lo, pos + 1)
             };
-            let last = tk;
-            let n_pad = up(last, if tq == 1 { 64 } else { 16 });
-            let mut out = vec![0f32; tq * d];
-            let mut sc = vec![f32::NEG_INFINITY; up(last, 16)];
-            let mut p = vec![0f32; n_pad];
+            let mut out = vec![0f32; (i1 - i0) * d];
+            let mut sc = vec![f32::NEG_INFINITY; up(tk, 16)];
+            let mut p = vec![0f32; up(tk, if tq == 1 { 64 } else { 16 })];
             let mut acc = Vec::new();
-            let (kh, vh) = (&k[g * d..], &v[g * d..]);
-            for i in 0..tq {
+            // Row j's head g at k[rows[j] + g·D..] (likewise v).
+            let offs: Vec<usize> = s.rows.iter().map(|&at| at + g * d).collect();
+            let kt = &kts[si * hd.kvh + g];
+            for i in i0..i1 {
                 let (lo, hi) = key_range(i);
                 let qr = &s.q[(i * hd.h + h) * d..][..d];
                 let n16 = up(hi, 16);
                 sc[..n16].fill(f32::NEG_INFINITY);
-                ggml::dot_f32_rows_at(&mut sc[lo..hi], kh, &s.rows[lo..hi], qr, scale);
+                if tq == 1 {
+                    ggml::dot_f32_rows_at(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
+                } else {
+                    let mut s16 = [0f32; 16];
+                    for blk in lo / 16..hi.div_ceil(16) {
+                        ggml::dot_f32_keys16_fast(&mut s16, &kt[blk * 16 * d..][..16 * d], qr, scale);
+                        let (j0, j1) = ((blk * 16).max(lo), (blk * 16 + 16).min(hi));
+                        sc[j0..j1].copy_from_slice(&s16[j0 - blk * 16..j1 - blk * 16]);
+                    }
+                }
                 let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                p.fill(0.0);
+                // A decoding row reads all of p below; a prompt's row its first n16 entries.
+                let n_p = if tq == 1 { p.len() } else { n16 };
+                p[..n_p].fill(0.0);
                 let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
                 let inv = (1.0 / sum) as f32;
                 for x in &mut p[..n16] {
@@ -284,29 +329,23 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
                 }
                 // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache holds
                 // Vᵀ); padding rows are zeros with p = 0.
-                let o = &mut out[i * d..(i + 1) * d];
+                let o = &mut out[(i - i0) * d..(i - i0 + 1) * d];
                 if tq == 1 {
-                    ggml::dot_f32_columns_at(o, vh, &s.rows[..last], &p, &mut acc);
+                    ggml::dot_f32_columns_at(o, v, &offs, &p, &mut acc);
                 } else {
-                    ggml::dot_f32_tinyblas_columns_at(o, vh, &s.rows[..last.min(n16)], &p[..n16], &mut acc);
+                    ggml::dot_f32_tinyblas_columns_at_fast(o, v, &offs[..tk.min(n16)], &p[..n16], &mut acc);
                 }
             }
             out
         })
         .collect();
-    seqs.iter()
-        .enumerate()
-        .map(|(si, s)| {
-            let mut out = vec![0f32; s.tq * hd.h * d];
-            for h in 0..hd.h {
-                let oh = &per_head[si * hd.h + h];
-                for i in 0..s.tq {
-                    out[(i * hd.h + h) * d..][..d].copy_from_slice(&oh[i * d..(i + 1) * d]);
-                }
-            }
-            out
-        })
-        .collect()
+    let mut outs: Vec<Vec<f32>> = seqs.iter().map(|s| vec![0f32; s.tq * hd.h * d]).collect();
+    for (&(si, h, r), piece) in tasks.iter().zip(&pieces) {
+        for (ii, row) in piece.chunks_exact(d).enumerate() {
+            outs[si][((r * RUN + ii) * hd.h + h) * d..][..d].copy_from_slice(row);
+        }
+    }
+    outs
 }
 
 /// Returns (dq, dk, dv); dk/dv have the k/v buffer layout (B, S, KVH, D).
@@ -940,6 +979,47 @@ mod tests {
                 let want = attn_fwd_ggml(s.q, &gather(&kp), &gather(&vp), dm, 0.125);
                 assert!(o.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "tq {} tk {tk}", s.tq);
             }
+        }
+    }
+
+    /// One query at a time, keys read in place (`dot_f32_rows`) and P·V through the portable
+    /// tinyBLAS columns: the order the tiled prompt path must reproduce.
+    fn per_query_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) -> Vec<f32> {
+        use crate::ggml;
+        let (d, up) = (dm.d, |n: usize, m: usize| n.div_ceil(m) * m);
+        let mut out = vec![0f32; q.len()];
+        for h in 0..dm.h {
+            let g = h / dm.group();
+            let offs: Vec<usize> = (0..dm.tk).map(|j| dm.kv_at(0, j, g)).collect();
+            for i in 0..dm.tq {
+                let (lo, hi) = dm.key_range(i);
+                let n16 = up(hi, 16);
+                let mut sc = vec![f32::NEG_INFINITY; n16];
+                ggml::dot_f32_rows_at(&mut sc[lo..hi], k, &offs[lo..hi], &q[dm.q_at(0, i, h)..][..d], scale);
+                let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let mut p = vec![0f32; n16];
+                let inv = (1.0 / ggml::soft_max(&mut p, &sc, max)) as f32;
+                p.iter_mut().for_each(|x| *x *= inv);
+                let o = &mut out[dm.q_at(0, i, h)..][..d];
+                ggml::dot_f32_tinyblas_columns_at(o, v, &offs[..dm.tk.min(n16)], &p, &mut Vec::new());
+            }
+        }
+        out
+    }
+
+    /// The prompt path's transposed-key scores, query runs and register P·V give the per-query
+    /// order's bits: runs shorter and longer than 32, a window, a cache offset, D of 64 and 80.
+    #[test]
+    fn tiled_prompt_attention_is_the_per_query_order_bit_for_bit() {
+        for (tq, tk, d, window) in [(2, 2, 64, None), (33, 40, 64, None), (70, 70, 80, Some(20)), (100, 131, 64, None)]
+        {
+            let dm = AttnDims { b: 1, tq, tk, s: tk, h: 6, kvh: 2, d, window };
+            let f = |x: Vec<f64>| x.iter().map(|&v| v as f32).collect::<Vec<f32>>();
+            let q = f(rand_vec(tq * dm.h * d, 11));
+            let (k, v) = (f(rand_vec(tk * dm.kvh * d, 12)), f(rand_vec(tk * dm.kvh * d, 13)));
+            let got = attn_fwd_ggml(&q, &k, &v, dm, 0.125);
+            let want = per_query_ggml(&q, &k, &v, dm, 0.125);
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "tq {tq} tk {tk} d {d}");
         }
     }
 
