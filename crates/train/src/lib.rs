@@ -1,13 +1,15 @@
 //! smelt-train: the optimizer, schedules, the training loop (pretraining and SFT) and checkpoints.
 
 pub mod checkpoint;
+pub mod dist;
 pub mod optim;
 pub mod progress;
 pub mod run_dir;
 pub mod sft;
 pub mod trainer;
 
+pub use dist::DataParallel;
 pub use sft::SftConfig;
 pub use trainer::{
-    gradients, run, run_with, step, step_with, train_step, Layout, StepOutcome, TrainConfig, TrainSummary,
+    gradients, run, run_with, step, step_parallel, step_with, train_step, Layout, StepOutcome, TrainConfig, TrainSummary,
 };

@@ -7,6 +7,7 @@
 //! one run lineage (`run_dir`).
 
 use crate::checkpoint::{self, TrainerState};
+use crate::dist::DataParallel;
 use crate::optim::{lr_at, AdamWState, Schedule};
 use crate::run_dir;
 use crate::sft::{SftConfig, SftData};
@@ -18,7 +19,7 @@ use smelt_core::ops::cross_entropy::IGNORE;
 use smelt_core::ops::elementwise;
 use smelt_core::profile::timed;
 use smelt_core::{Graph, Tensor};
-use smelt_data::{Batcher, TokenFile};
+use smelt_data::{Batcher, Share, TokenFile};
 use smelt_model::{presets, Model, ModelConfig};
 use smelt_tokenizer::Tokenizer;
 use std::io::Write;
@@ -76,6 +77,11 @@ pub struct TrainConfig {
     /// then hold the adapter in PEFT's format, see `checkpoint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<smelt_model::LoraConfig>,
+    /// Data parallel over several GPUs (`crate::dist`): this process's rank and communicator.
+    /// `batch_size` stays the global batch, split among the ranks. Not saved: a checkpoint
+    /// resumes on any number of GPUs.
+    #[serde(skip)]
+    pub parallel: Option<DataParallel>,
 }
 
 /// The `smelt train` defaults (the CLI documents each), for library users and tests.
@@ -118,6 +124,7 @@ impl Default for TrainConfig {
             overwrite: false,
             sft: None,
             lora: None,
+            parallel: None,
         }
     }
 }
@@ -280,6 +287,29 @@ pub fn step(
     step_with(model, opt, hp, micro, &Layout::default(), clip, grad_checkpoint)
 }
 
+/// `step_with` on one rank of a data-parallel job (`dp`; None: one process). After the last
+/// micro-batch's backward the gradients and losses are averaged over the ranks, so every rank
+/// clips and updates alike; with one rank this is bit for bit the one-process step.
+#[allow(clippy::too_many_arguments)]
+pub fn step_parallel(
+    model: &mut Model,
+    opt: &mut AdamWState,
+    hp: &AdamW,
+    micro: &[(Tensor, Tensor)],
+    layout: &Layout,
+    clip: f64,
+    grad_checkpoint: bool,
+    dp: Option<&DataParallel>,
+) -> Result<StepOutcome> {
+    let (mut grads, mut losses) = backward_sum(model, micro, layout, grad_checkpoint)?;
+    mean_of_unweighted(&mut grads, micro.len(), layout)?;
+    if let Some(dp) = dp {
+        timed("all_reduce", || dp.average_gradients(&mut grads))?;
+        dp.average_losses(&mut losses)?;
+    }
+    update(model, opt, hp, grads, &losses, layout, clip)
+}
+
 /// `step` with the micro-batches laid out and weighted as `layout` says (SFT).
 pub fn step_with(
     model: &mut Model,
@@ -290,8 +320,19 @@ pub fn step_with(
     clip: f64,
     grad_checkpoint: bool,
 ) -> Result<StepOutcome> {
-    let (mut grads, losses) = backward_sum(model, micro, layout, grad_checkpoint)?;
-    mean_of_unweighted(&mut grads, micro.len(), layout)?;
+    step_parallel(model, opt, hp, micro, layout, clip, grad_checkpoint, None)
+}
+
+/// The update from the step's gradients and losses: norm, clip, AdamW, and the one wait.
+fn update(
+    model: &mut Model,
+    opt: &mut AdamWState,
+    hp: &AdamW,
+    grads: Vec<Tensor>,
+    losses: &[Tensor],
+    layout: &Layout,
+    clip: f64,
+) -> Result<StepOutcome> {
     // Summed where the losses are, only for the skip flag; the mean is taken on the host below.
     let mut loss_sum = losses[0].clone();
     for l in &losses[1..] {
@@ -301,7 +342,7 @@ pub fn step_with(
     let decay = model.trainable_decays();
     timed("adamw", || opt.step(hp, model.trainable_mut(), &grads, &decay, Some(&gnorm)))?;
     // The one wait of the step: everything above is queued; read the losses and the norm.
-    let loss = update_loss(&losses, layout)?;
+    let loss = update_loss(losses, layout)?;
     let (norm, _, skipped) = gnorm.read()?;
     if skipped {
         // The update was skipped on the device; keep the step count in step with it.
@@ -430,6 +471,22 @@ fn check_vocab(f: &TokenFile, vocab: usize) -> Result<()> {
     Ok(())
 }
 
+/// `metrics.jsonl` in `dir`, opened for appending: emptied for a fresh run, cut after `start`
+/// on a resume.
+fn open_metrics(dir: &Path, start: u64) -> Result<std::fs::File> {
+    let path = dir.join("metrics.jsonl");
+    if start > 0 {
+        truncate_metrics(&path, start)?;
+    } else if path.exists() {
+        std::fs::remove_file(&path)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
 /// Keeps the metrics lines of steps ≤ `step` (on resume, later lines belong to a run being replaced).
 fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     if !path.exists() {
@@ -452,7 +509,9 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 
 /// Refuses a run whose weights, optimizer state and activations will not fit on its device.
 fn check_memory(mc: &ModelConfig, cfg: &TrainConfig) -> Result<()> {
-    let tokens = cfg.batch_size as f64 * cfg.seq_len as f64;
+    // Each rank holds its share of the rows.
+    let ranks = cfg.parallel.as_ref().map_or(1, DataParallel::world_size);
+    let tokens = (cfg.batch_size / ranks).max(1) as f64 * cfg.seq_len as f64;
     // The estimate counts f32 activations; bf16 ones (a GPU's default) take half, as would half the tokens.
     let act_scale = if cfg.device.activation_dtype() == smelt_core::DType::F32 { 1.0 } else { 0.5 };
     let mut need = smelt_model::memory::training_bytes(mc, tokens * act_scale, cfg.grad_checkpoint);
@@ -506,7 +565,8 @@ pub(crate) struct Update {
 /// Where the batches of a run come from: random windows of a token file (pretraining) or
 /// JSONL examples (SFT, `crate::sft`).
 enum Data {
-    Windows { train: Batcher, val: Option<Vec<(Tensor, Tensor)>> },
+    /// `share`: this rank's rows of each batch (all of them in one process).
+    Windows { train: Batcher, share: Share, val: Option<Vec<(Tensor, Tensor)>> },
     Sft(SftData),
 }
 
@@ -517,6 +577,8 @@ impl Data {
         }
         let train = Batcher::new(TokenFile::open(&cfg.dataset)?, cfg.batch_size, cfg.seq_len, cfg.seed)?;
         check_vocab(train.file(), model.cfg.vocab_size)?;
+        let share = cfg.parallel.as_ref().map_or(Share::ALL, DataParallel::share);
+        share.rows(cfg.batch_size)?;
         let val = match &cfg.val_dataset {
             Some(p) => {
                 let v = Batcher::new(TokenFile::open(p)?, cfg.batch_size, cfg.seq_len, cfg.seed)?;
@@ -529,18 +591,19 @@ impl Data {
             }
             None => None,
         };
-        Ok(Data::Windows { train, val })
+        Ok(Data::Windows { train, share, val })
     }
 
     /// The micro-batches of update `step`, their layout, and the tokens they hold (not padding).
     fn update(&self, step: u64, cfg: &TrainConfig) -> Result<Update> {
         match self {
             // Micro-batch m of update s is loader step s·accum + m: a pure function, so resume is exact.
-            Data::Windows { train, .. } => {
+            // On several ranks each reads its rows of that batch; the tokens are the update's, all ranks'.
+            Data::Windows { train, share, .. } => {
                 let micro = (0..cfg.grad_accum as u64)
                     .map(|m| {
                         let (mut x, mut y) = (Vec::new(), Vec::new());
-                        train.batch(step * cfg.grad_accum as u64 + m, &mut x, &mut y);
+                        train.batch_share(step * cfg.grad_accum as u64 + m, *share, &mut x, &mut y)?;
                         to_tensors(x, y, cfg.seq_len)
                     })
                     .collect::<Result<_>>()?;
@@ -590,6 +653,7 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
             saved.log_interval = cfg.log_interval;
             saved.device = cfg.device;
             saved.overwrite = cfg.overwrite;
+            saved.parallel = cfg.parallel.clone();
             if let (Some(s), Some(c)) = (saved.sft.as_mut(), cfg.sft.as_ref()) {
                 s.epochs = c.epochs;
             }
@@ -648,6 +712,11 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
             (model, tok, opt, cfg, 0, smelt_files::staging::unique_id(), 0)
         }
     };
+    if cfg.sft.is_some() && cfg.parallel.as_ref().is_some_and(|p| p.world_size() > 1) {
+        bail!("smelt sft trains on one GPU for now: its token-weighted micro-batches are not split among ranks yet (drop --nproc / run one process)");
+    }
+    // Rank 0 of several writes checkpoints and metrics, evaluates and reports; the others train.
+    let lead = cfg.parallel.as_ref().is_none_or(DataParallel::is_lead);
     let data = Data::open(&cfg, &tok, &model)?;
     if let Data::Sft(d) = &data {
         if let Some(steps) = d.steps_for_epochs(cfg.grad_accum) {
@@ -659,29 +728,35 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
     }
     model.to_device(cfg.device)?;
     opt.to_device(cfg.device)?;
-    if cfg.device != smelt_core::Device::Cpu {
-        eprintln!("training on {}", cfg.device);
+    match &cfg.parallel {
+        Some(p) if lead => eprintln!(
+            "training on {} ranks (this is rank 0, on {}); --batch-size {} split {} rows per rank, gradients averaged in {:?}",
+            p.world_size(),
+            cfg.device,
+            cfg.batch_size,
+            cfg.batch_size / p.world_size(),
+            p.wire
+        ),
+        None if cfg.device != smelt_core::Device::Cpu => eprintln!("training on {}", cfg.device),
+        _ => {}
     }
-    if cfg.seq_len > model.cfg.max_pos {
+    if lead && cfg.seq_len > model.cfg.max_pos {
         eprintln!("note: --seq-len {} exceeds the model's max_position_embeddings {}", cfg.seq_len, model.cfg.max_pos);
     }
     // Everything is checked; now take the checkpoint directory (held until the run ends).
     let resumed = resume.map(|from| run_dir::Resumed { run_id: &run_id, step: start, from });
-    let _run_dir = run_dir::RunDir::open(&cfg.checkpoint_dir, resumed, cfg.overwrite)?;
+    let (_run_dir, mut metrics) = match lead {
+        true => {
+            let d = run_dir::RunDir::open(&cfg.checkpoint_dir, resumed, cfg.overwrite)?;
+            (Some(d), Some(open_metrics(&cfg.checkpoint_dir, start)?))
+        }
+        false => (None, None),
+    };
     let metrics_path = cfg.checkpoint_dir.join("metrics.jsonl");
-    if start > 0 {
-        truncate_metrics(&metrics_path, start)?;
-    } else if metrics_path.exists() {
-        std::fs::remove_file(&metrics_path)?;
-    }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
 
     let n_params = model.cfg.n_params();
-    eprintln!(
+    let say = |s: String| if lead { eprintln!("{s}") };
+    say(format!(
         "model: {} parameters ({} layers, dim {}, {} heads / {} KV), vocab {}; {}{} tokens per update",
         n_params,
         model.cfg.n_layers,
@@ -691,8 +766,13 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
         model.cfg.vocab_size,
         if cfg.sft.is_some() { "up to " } else { "" },
         cfg.batch_size * cfg.seq_len * cfg.grad_accum
-    );
-    let bar = crate::progress::Progress::new(cfg.steps, start);
+    ));
+    let bar = lead.then(|| crate::progress::Progress::new(cfg.steps, start));
+    let bar_finish = || {
+        if let Some(b) = &bar {
+            b.finish()
+        }
+    };
     let mut last_loss = f64::NAN;
     // The newest checkpoint whose weights are known good: the one resumed, then each one saved.
     let mut last_good: Option<PathBuf> = resume.map(Path::to_path_buf);
@@ -704,7 +784,8 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
         if let Some(a) = &model.adapter {
             a.begin_step(cfg.seed, step_index); // its dropout masks: a function of (seed, step)
         }
-        let out = step_with(&mut model, &mut opt, &hp, &micro, &layout, cfg.grad_clip, cfg.grad_checkpoint)?;
+        let dp = cfg.parallel.as_ref();
+        let out = step_parallel(&mut model, &mut opt, &hp, &micro, &layout, cfg.grad_clip, cfg.grad_checkpoint, dp)?;
         let (loss, norm) = (out.loss, out.grad_norm);
         let keep = || {
             last_good
@@ -713,11 +794,11 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
                 .unwrap_or_else(|| "no checkpoint was written yet".into())
         };
         if !loss.is_finite() || !norm.is_finite() {
-            bar.finish();
+            bar_finish();
             bail!("training diverged at step {}: loss {loss}, gradient norm {norm}; stopped without applying the update ({}). Try a lower --lr or more --warmup", step_index + 1, keep());
         }
         if !out.params_finite {
-            bar.finish();
+            bar_finish();
             bail!("the update of step {} (learning rate {lr:e}) left NaN or infinite weights; stopped, nothing of it saved ({}). Try a lower --lr", step_index + 1, keep());
         }
         last_loss = loss;
@@ -726,20 +807,24 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
         let done = step_index + 1;
         let is_ckpt = cfg.checkpoint_interval > 0 && done % cfg.checkpoint_interval == 0 && done < cfg.steps;
         let is_last = done == cfg.steps;
-        let val_loss = match data.has_val() && (is_ckpt || is_last) {
+        let val_loss = match lead && data.has_val() && (is_ckpt || is_last) {
             true => Some(data.evaluate(&model)?),
             false => None,
         };
         let tps = window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9);
         if done % cfg.log_interval.max(1) == 0 || is_last || val_loss.is_some() {
-            let m = Metrics { step: done, loss, lr, tokens_per_second: tps, grad_norm: norm, val_loss };
-            writeln!(metrics, "{}", serde_json::to_string(&m)?)
-                .and_then(|_| metrics.flush())
-                .with_context(|| format!("writing {}", metrics_path.display()))?;
+            if let Some(metrics) = metrics.as_mut() {
+                let m = Metrics { step: done, loss, lr, tokens_per_second: tps, grad_norm: norm, val_loss };
+                writeln!(metrics, "{}", serde_json::to_string(&m)?)
+                    .and_then(|_| metrics.flush())
+                    .with_context(|| format!("writing {}", metrics_path.display()))?;
+            }
             (window_tokens, window_start) = (0, Instant::now());
         }
-        bar.update(done, loss, tps, lr, val_loss);
-        if is_ckpt || is_last {
+        if let Some(b) = &bar {
+            b.update(done, loss, tps, lr, val_loss);
+        }
+        if lead && (is_ckpt || is_last) {
             let state = TrainerState {
                 step: done,
                 tokens_seen,
@@ -760,7 +845,7 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
             last_good = Some(dir);
         }
     }
-    bar.finish();
+    bar_finish();
     let final_dir = cfg.checkpoint_dir.join("final");
     Ok(TrainSummary { final_loss: last_loss, final_dir, steps: cfg.steps })
 }
