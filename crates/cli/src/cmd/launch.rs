@@ -91,6 +91,10 @@ impl ParallelFlags {
                 "--device cpu under WORLD_SIZE={}: several processes train on GPUs (NCCL), not on the CPU",
                 env.world_size
             ),
+            _ if !cfg!(feature = "cuda") => bail!(
+                "WORLD_SIZE={}: several processes train on GPUs over NCCL, and this smelt was built without the CUDA backend (build with --features cuda)",
+                env.world_size
+            ),
             "auto" | "cuda" => super::device::resolve(&format!("cuda:{}", env.local_rank))?,
             d if env.world_size > 1 => {
                 bail!("--device {d} under WORLD_SIZE={}: each rank drives cuda:LOCAL_RANK; leave --device out", env.world_size)
