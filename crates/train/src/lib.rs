@@ -11,5 +11,6 @@ pub mod trainer;
 pub use dist::DataParallel;
 pub use sft::SftConfig;
 pub use trainer::{
-    gradients, run, run_with, step, step_parallel, step_with, train_step, Layout, StepOutcome, TrainConfig, TrainSummary,
+    gradients, run, run_with, step, step_parallel, step_with, train_step, Layout, StepOutcome, TrainConfig,
+    TrainSummary,
 };

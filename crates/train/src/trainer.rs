@@ -566,7 +566,11 @@ pub(crate) struct Update {
 /// JSONL examples (SFT, `crate::sft`).
 enum Data {
     /// `share`: this rank's rows of each batch (all of them in one process).
-    Windows { train: Batcher, share: Share, val: Option<Vec<(Tensor, Tensor)>> },
+    Windows {
+        train: Batcher,
+        share: Share,
+        val: Option<Vec<(Tensor, Tensor)>>,
+    },
     Sft(SftData),
 }
 
@@ -755,7 +759,11 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
     let metrics_path = cfg.checkpoint_dir.join("metrics.jsonl");
 
     let n_params = model.cfg.n_params();
-    let say = |s: String| if lead { eprintln!("{s}") };
+    let say = |s: String| {
+        if lead {
+            eprintln!("{s}")
+        }
+    };
     say(format!(
         "model: {} parameters ({} layers, dim {}, {} heads / {} KV), vocab {}; {}{} tokens per update",
         n_params,

@@ -101,7 +101,10 @@ fn one_rank_is_the_plain_run_bit_for_bit() {
     one.checkpoint_dir = d.join("one");
     run_ranks(&one, 1, None);
     let (a, b) = (losses(&d.join("ckpt/metrics.jsonl")), losses(&d.join("one/metrics.jsonl")));
-    assert_eq!(a.iter().map(|x| x.1.to_bits()).collect::<Vec<_>>(), b.iter().map(|x| x.1.to_bits()).collect::<Vec<_>>());
+    assert_eq!(
+        a.iter().map(|x| x.1.to_bits()).collect::<Vec<_>>(),
+        b.iter().map(|x| x.1.to_bits()).collect::<Vec<_>>()
+    );
     let (ma, mb) = (Model::load(&d.join("ckpt/final")).unwrap(), Model::load(&d.join("one/final")).unwrap());
     for (x, y) in ma.params.iter().zip(&mb.params) {
         assert_eq!(x.as_f32().unwrap(), y.as_f32().unwrap());

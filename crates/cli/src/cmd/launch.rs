@@ -38,7 +38,9 @@ impl ParallelFlags {
             return Ok(false);
         };
         if std::env::var_os("WORLD_SIZE").is_some() {
-            bail!("--nproc {n} with WORLD_SIZE set: a launcher (torchrun, srun) already started the ranks; drop --nproc");
+            bail!(
+                "--nproc {n} with WORLD_SIZE set: a launcher (torchrun, srun) already started the ranks; drop --nproc"
+            );
         }
         if device == "cpu" {
             bail!("--nproc {n} --device cpu: several processes train on GPUs (NCCL), not on the CPU; drop --nproc to train on the CPU");

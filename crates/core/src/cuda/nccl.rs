@@ -1,7 +1,11 @@
 //! NCCL, the GPUs' [`Collective`]: one communicator per process over its one GPU, made from a
 //! unique id that rank 0 creates and the rendezvous (`dist::rendezvous`) hands to the others.
-//! libnccl is loaded at run time (cudarc's dynamic loading), so a machine without it gets an
-//! error from `Nccl::connect`, never a failure to start.
+//!
+//! libnccl is loaded at run time, so a machine without it gets an error from `Nccl::connect`,
+//! never a failure to start. The types and constants are cudarc's (`cudarc::nccl::sys`), but
+//! the library is opened here: cudarc looks only for `libnccl.so`, and what pip's
+//! `nvidia-nccl-cu13` and the distributions' runtime packages install is `libnccl.so.2`.
+//! `SMELT_NCCL_LIB=/path/to/libnccl.so.2` names the file outright.
 //!
 //! Collectives run on the GPU's one stream (`cuda::Gpu::stream`), in order after the backward
 //! kernels that wrote the gradients: nothing else orders them.
@@ -10,9 +14,99 @@ use super::Gpu;
 use crate::dist::{rendezvous, Collective, DistEnv};
 use crate::{DType, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::nccl::{result, sys};
-use std::sync::Arc;
+use cudarc::nccl::sys;
+use std::ffi::{c_char, c_int, c_void};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+type NcclResult = c_int;
+
+/// The entry points smelt calls, from one loaded libnccl.
+struct Lib {
+    _lib: libloading::Library,
+    get_unique_id: unsafe extern "C" fn(*mut sys::ncclUniqueId) -> NcclResult,
+    comm_init_rank: unsafe extern "C" fn(*mut sys::ncclComm_t, c_int, sys::ncclUniqueId, c_int) -> NcclResult,
+    comm_destroy: unsafe extern "C" fn(sys::ncclComm_t) -> NcclResult,
+    all_reduce: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        sys::ncclComm_t,
+        *mut c_void,
+    ) -> NcclResult,
+    group_start: unsafe extern "C" fn() -> NcclResult,
+    group_end: unsafe extern "C" fn() -> NcclResult,
+    get_error_string: unsafe extern "C" fn(NcclResult) -> *const c_char,
+    get_version: unsafe extern "C" fn(*mut c_int) -> NcclResult,
+}
+
+fn load() -> Result<Lib> {
+    let names: Vec<String> = match std::env::var("SMELT_NCCL_LIB") {
+        Ok(p) if !p.is_empty() => vec![p],
+        _ => vec!["libnccl.so.2".into(), "libnccl.so".into()],
+    };
+    let mut tried = Vec::new();
+    for n in &names {
+        match unsafe { libloading::Library::new(n) } {
+            Ok(lib) => unsafe {
+                let sym = |name: &str| -> Result<*const ()> {
+                    let s: libloading::Symbol<*const ()> =
+                        lib.get(name.as_bytes()).map_err(|e| anyhow!("{n}: no {name}: {e}"))?;
+                    Ok(*s)
+                };
+                return Ok(Lib {
+                    get_unique_id: std::mem::transmute::<*const (), _>(sym("ncclGetUniqueId")?),
+                    comm_init_rank: std::mem::transmute::<*const (), _>(sym("ncclCommInitRank")?),
+                    comm_destroy: std::mem::transmute::<*const (), _>(sym("ncclCommDestroy")?),
+                    all_reduce: std::mem::transmute::<*const (), _>(sym("ncclAllReduce")?),
+                    group_start: std::mem::transmute::<*const (), _>(sym("ncclGroupStart")?),
+                    group_end: std::mem::transmute::<*const (), _>(sym("ncclGroupEnd")?),
+                    get_error_string: std::mem::transmute::<*const (), _>(sym("ncclGetErrorString")?),
+                    get_version: std::mem::transmute::<*const (), _>(sym("ncclGetVersion")?),
+                    _lib: lib,
+                });
+            },
+            Err(e) => tried.push(format!("{n}: {e}")),
+        }
+    }
+    bail!(
+        "NCCL could not be loaded ({}). Install it (a distribution's libnccl2, or `pip install nvidia-nccl-cu13` with its nvidia/nccl/lib folder on LD_LIBRARY_PATH) or name the file with SMELT_NCCL_LIB",
+        tried.join("; ")
+    )
+}
+
+fn lib() -> Result<&'static Lib> {
+    static LIB: OnceLock<std::result::Result<Lib, String>> = OnceLock::new();
+    LIB.get_or_init(|| load().map_err(|e| format!("{e:#}"))).as_ref().map_err(|e| anyhow!("{e}"))
+}
+
+/// `r` as a Result, with NCCL's own words for a failure.
+fn check(r: NcclResult, what: &str) -> Result<()> {
+    if r == 0 {
+        return Ok(());
+    }
+    let msg = lib()
+        .ok()
+        .map(|l| unsafe { (l.get_error_string)(r) })
+        .filter(|p| !p.is_null())
+        .map(|p| unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    bail!("NCCL {what} failed: error {r} ({msg})")
+}
+
+/// Whether libnccl can be loaded, or why not.
+pub fn available() -> Result<()> {
+    lib().map(|_| ())
+}
+
+/// The loaded NCCL's version, e.g. 23007 for 2.30.7.
+pub fn version() -> Result<i32> {
+    let mut v: c_int = 0;
+    check(unsafe { (lib()?.get_version)(&mut v) }, "ncclGetVersion")?;
+    Ok(v)
+}
 
 pub struct Nccl {
     raw: sys::ncclComm_t,
@@ -31,46 +125,34 @@ impl std::fmt::Debug for Nccl {
     }
 }
 
-fn nccl_err(what: &str, e: result::NcclError) -> anyhow::Error {
-    anyhow!("NCCL {what}: {e:?}")
-}
-
-/// Whether libnccl can be loaded, or why not.
-pub fn available() -> Result<()> {
-    if unsafe { sys::is_culib_present() } {
-        Ok(())
-    } else {
-        bail!("libnccl.so.2 could not be loaded: install NCCL (e.g. `pip install nvidia-nccl-cu13` and put its lib folder on LD_LIBRARY_PATH) to train on several GPUs")
-    }
-}
-
 impl Nccl {
     /// Joins the job `env` on `gpu`: rank 0 makes the id, the rendezvous hands it out
     /// (waiting at most `timeout`), then every rank initialises its communicator (which waits
     /// for all of them).
     pub fn connect(env: &DistEnv, gpu: Arc<Gpu>, timeout: Duration) -> Result<Self> {
-        available()?;
+        let l = lib()?;
         let id = if env.rank == 0 {
-            let id = result::get_uniqueid().map_err(|e| nccl_err("ncclGetUniqueId", e))?;
+            let mut id = sys::ncclUniqueId { internal: [0; 128] };
+            check(unsafe { (l.get_unique_id)(&mut id) }, "ncclGetUniqueId")?;
             let bytes: Vec<u8> = id.internal.iter().map(|&c| c as u8).collect();
             rendezvous::exchange(env, Some(&bytes), timeout)?;
             id
         } else {
             let bytes = rendezvous::exchange(env, None, timeout)?;
-            let internal: [std::ffi::c_char; 128] = bytes
-                .iter()
-                .map(|&b| b as std::ffi::c_char)
-                .collect::<Vec<_>>()
-                .try_into()
-                .map_err(|_| anyhow!("rendezvous at {}: a {}-byte NCCL id (expected 128)", env.master(), bytes.len()))?;
+            let internal: [std::ffi::c_char; 128] =
+                bytes.iter().map(|&b| b as std::ffi::c_char).collect::<Vec<_>>().try_into().map_err(|_| {
+                    anyhow!("rendezvous at {}: a {}-byte NCCL id (expected 128)", env.master(), bytes.len())
+                })?;
             sys::ncclUniqueId { internal }
         };
         // NCCL finds its device through the runtime's current device: this thread's context.
         gpu.ctx.bind_to_thread().map_err(|e| anyhow!("{gpu:?}: {e:?}"))?;
         let mut raw: sys::ncclComm_t = std::ptr::null_mut();
-        unsafe { result::comm_init_rank(&mut raw, env.world_size as i32, id, env.rank as i32) }
-            .map_err(|e| nccl_err("ncclCommInitRank", e))
-            .with_context(|| format!("rank {} of {} on {gpu:?}", env.rank, env.world_size))?;
+        check(
+            unsafe { (l.comm_init_rank)(&mut raw, env.world_size as c_int, id, env.rank as c_int) },
+            "ncclCommInitRank",
+        )
+        .with_context(|| format!("rank {} of {} on {gpu:?}", env.rank, env.world_size))?;
         Ok(Nccl { raw, gpu, rank: env.rank, world: env.world_size })
     }
 
@@ -84,20 +166,10 @@ impl Nccl {
             DType::BF16 => sys::ncclDataType_t::ncclBfloat16,
             d => bail!("all_reduce: f32 or bf16 tensors, not {d:?}"),
         };
-        let ptr = buf.ptr() as *mut std::ffi::c_void;
-        unsafe {
-            result::all_reduce(
-                ptr,
-                ptr,
-                buf.len,
-                dt,
-                sys::ncclRedOp_t::ncclAvg,
-                self.raw,
-                self.gpu.stream.cu_stream() as sys::cudaStream_t,
-            )
-        }
-        .map_err(|e| nccl_err("ncclAllReduce", e))?;
-        Ok(())
+        let ptr = buf.ptr() as *mut c_void;
+        let stream = self.gpu.stream.cu_stream() as *mut c_void;
+        let avg = sys::ncclRedOp_t::ncclAvg as c_int;
+        check(unsafe { (lib()?.all_reduce)(ptr, ptr, buf.len, dt as c_int, avg, self.raw, stream) }, "ncclAllReduce")
     }
 }
 
@@ -121,7 +193,8 @@ impl Collective for Nccl {
             }
         }
         // One group: NCCL fuses the bucket's tensors into one round of messages.
-        result::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
+        let l = lib()?;
+        check(unsafe { (l.group_start)() }, "ncclGroupStart")?;
         let mut issued: Result<()> = Ok(());
         for &i in &direct {
             issued = issued.and_then(|_| self.all_reduce_avg_in_place(&mut bucket[i]));
@@ -130,7 +203,7 @@ impl Collective for Nccl {
             issued = issued.and_then(|_| self.all_reduce_avg_in_place(s));
         }
         // The group must close whatever happened inside it.
-        result::group_end().map_err(|e| nccl_err("ncclGroupEnd", e))?;
+        check(unsafe { (l.group_end)() }, "ncclGroupEnd")?;
         issued?;
         let mut sent = sent.into_iter();
         for t in bucket.iter_mut() {
@@ -147,8 +220,25 @@ impl Drop for Nccl {
     fn drop(&mut self) {
         // Queued collectives finish first; a failed destroy at exit has no one to tell.
         let _ = self.gpu.synchronize();
-        unsafe {
-            let _ = result::comm_destroy(self.raw);
+        if let Ok(l) = lib() {
+            unsafe { (l.comm_destroy)(self.raw) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// libnccl loads by its runtime name and is new enough for `ncclAvg` (2.10).
+    #[test]
+    fn nccl_loads_and_is_new_enough() {
+        if let Err(e) = available() {
+            smelt_testing::skip(smelt_testing::Need::Gpu, format!("{e:#}"));
+            return;
+        }
+        let v = version().unwrap();
+        println!("NCCL version code {v}");
+        assert!(v >= 21000, "NCCL {v}: ncclAvg needs 2.10 or later");
     }
 }

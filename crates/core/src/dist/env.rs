@@ -47,7 +47,9 @@ impl DistEnv {
         let rank = match get("RANK") {
             Some(v) => num("RANK", &v)?,
             None if world_size == 1 => 0,
-            None => bail!("WORLD_SIZE={world_size} is set but RANK is not (launch with torchrun, srun or smelt train --nproc)"),
+            None => bail!(
+                "WORLD_SIZE={world_size} is set but RANK is not (launch with torchrun, srun or smelt train --nproc)"
+            ),
         };
         if rank >= world_size {
             bail!("RANK={rank}: must be below WORLD_SIZE={world_size}");
@@ -143,7 +145,13 @@ mod tests {
         assert!(err(&[("WORLD_SIZE", "2"), ("RANK", "1")]).contains("MASTER_ADDR"));
         let e = err(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_ADDR", "h"), ("MASTER_PORT", "99999")]);
         assert!(e.contains("MASTER_PORT=\"99999\""), "{e}");
-        let e = err(&[("WORLD_SIZE", "4"), ("RANK", "1"), ("MASTER_ADDR", "h"), ("LOCAL_WORLD_SIZE", "2"), ("LOCAL_RANK", "2")]);
+        let e = err(&[
+            ("WORLD_SIZE", "4"),
+            ("RANK", "1"),
+            ("MASTER_ADDR", "h"),
+            ("LOCAL_WORLD_SIZE", "2"),
+            ("LOCAL_RANK", "2"),
+        ]);
         assert!(e.contains("LOCAL_RANK=2"), "{e}");
     }
 }

@@ -45,7 +45,11 @@ pub fn connect(env: &DistEnv, device: Device) -> Result<Arc<dyn Collective>> {
             "rank {} of {}: data-parallel training runs on GPUs over NCCL, not on the CPU{}",
             env.rank,
             env.world_size,
-            if cfg!(feature = "cuda") { "" } else { " (this smelt was built without CUDA: build with --features cuda)" }
+            if cfg!(feature = "cuda") {
+                ""
+            } else {
+                " (this smelt was built without CUDA: build with --features cuda)"
+            }
         ),
     }
 }

@@ -73,7 +73,8 @@ fn serve(env: &DistEnv, blob: &[u8], timeout: Duration) -> Result<()> {
                         bail!("rendezvous at {}: {why} (from {peer})", env.master());
                     }
                     None => {
-                        reply(&mut s, 0, blob).with_context(|| format!("rendezvous: answering rank {rank} at {peer}"))?;
+                        reply(&mut s, 0, blob)
+                            .with_context(|| format!("rendezvous: answering rank {rank} at {peer}"))?;
                         seen[rank] = true;
                     }
                 }

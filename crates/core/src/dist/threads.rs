@@ -49,7 +49,8 @@ impl Collective for ThreadGroup {
         self.shared.barrier.wait();
         let mean: Vec<Vec<f32>> = {
             let slots = self.shared.slots.lock().map_err(|_| poisoned())?;
-            let all: Vec<&Vec<Vec<f32>>> = slots.iter().map(|s| s.as_ref().ok_or_else(poisoned)).collect::<Result<_>>()?;
+            let all: Vec<&Vec<Vec<f32>>> =
+                slots.iter().map(|s| s.as_ref().ok_or_else(poisoned)).collect::<Result<_>>()?;
             (0..bucket.len())
                 .map(|i| {
                     let n = all[0][i].len();
