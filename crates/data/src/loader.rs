@@ -32,7 +32,7 @@ impl Share {
         if self.world == 0 || self.rank >= self.world {
             bail!("rank {} of {}: not a rank of the job", self.rank, self.world);
         }
-        if batch % self.world != 0 {
+        if !batch.is_multiple_of(self.world) {
             bail!(
                 "--batch-size {batch} is the global batch (rows per micro-step over all GPUs): it must divide evenly among {} ranks",
                 self.world

@@ -267,6 +267,7 @@ fn train_cfg(d: &Path, device: Device) -> TrainConfig {
         overwrite: false,
         sft: None,
         lora: None,
+        parallel: None,
     }
 }
 

@@ -50,24 +50,19 @@ fn load() -> Result<Lib> {
     let mut tried = Vec::new();
     for n in &names {
         match unsafe { libloading::Library::new(n) } {
-            Ok(lib) => unsafe {
-                let sym = |name: &str| -> Result<*const ()> {
-                    let s: libloading::Symbol<*const ()> =
-                        lib.get(name.as_bytes()).map_err(|e| anyhow!("{n}: no {name}: {e}"))?;
-                    Ok(*s)
-                };
+            Ok(lib) => {
                 return Ok(Lib {
-                    get_unique_id: std::mem::transmute::<*const (), _>(sym("ncclGetUniqueId")?),
-                    comm_init_rank: std::mem::transmute::<*const (), _>(sym("ncclCommInitRank")?),
-                    comm_destroy: std::mem::transmute::<*const (), _>(sym("ncclCommDestroy")?),
-                    all_reduce: std::mem::transmute::<*const (), _>(sym("ncclAllReduce")?),
-                    group_start: std::mem::transmute::<*const (), _>(sym("ncclGroupStart")?),
-                    group_end: std::mem::transmute::<*const (), _>(sym("ncclGroupEnd")?),
-                    get_error_string: std::mem::transmute::<*const (), _>(sym("ncclGetErrorString")?),
-                    get_version: std::mem::transmute::<*const (), _>(sym("ncclGetVersion")?),
+                    get_unique_id: sym(&lib, n, "ncclGetUniqueId")?,
+                    comm_init_rank: sym(&lib, n, "ncclCommInitRank")?,
+                    comm_destroy: sym(&lib, n, "ncclCommDestroy")?,
+                    all_reduce: sym(&lib, n, "ncclAllReduce")?,
+                    group_start: sym(&lib, n, "ncclGroupStart")?,
+                    group_end: sym(&lib, n, "ncclGroupEnd")?,
+                    get_error_string: sym(&lib, n, "ncclGetErrorString")?,
+                    get_version: sym(&lib, n, "ncclGetVersion")?,
                     _lib: lib,
                 });
-            },
+            }
             Err(e) => tried.push(format!("{n}: {e}")),
         }
     }
@@ -75,6 +70,13 @@ fn load() -> Result<Lib> {
         "NCCL could not be loaded ({}). Install it (a distribution's libnccl2, or `pip install nvidia-nccl-cu13` with its nvidia/nccl/lib folder on LD_LIBRARY_PATH) or name the file with SMELT_NCCL_LIB",
         tried.join("; ")
     )
+}
+
+/// The function `name` of `lib` (opened as `file`), typed as the field it fills.
+fn sym<T: Copy>(lib: &libloading::Library, file: &str, name: &str) -> Result<T> {
+    let s: libloading::Symbol<T> =
+        unsafe { lib.get(name.as_bytes()) }.map_err(|e| anyhow!("{file}: no {name}: {e}"))?;
+    Ok(*s)
 }
 
 fn lib() -> Result<&'static Lib> {
