@@ -643,6 +643,8 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
 /// `run` starting from a model and tokenizer already loaded (`smelt sft` from a GGUF file,
 /// dequantised) instead of `cfg.init`; ignored on resume.
 pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, Tokenizer)>) -> Result<TrainSummary> {
+    // Rank 0 of several writes checkpoints and metrics, evaluates and reports; the others train.
+    let lead = cfg.parallel.as_ref().is_none_or(DataParallel::is_lead);
     let (mut model, tok, mut opt, mut cfg, start, run_id, mut tokens_seen) = match resume {
         Some(dir) => {
             cfg.validate()?;
@@ -668,7 +670,9 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
                 bail!("{} is at step {}; --steps {} leaves nothing to do", dir.display(), state.step, saved.steps);
             }
             check_memory(&model.cfg, &saved)?;
-            eprintln!("resuming {} at step {} of {}", dir.display(), state.step, saved.steps);
+            if lead {
+                eprintln!("resuming {} at step {} of {}", dir.display(), state.step, saved.steps);
+            }
             (model, tok, opt, saved, state.step, state.run_id, state.tokens_seen)
         }
         None => {
@@ -719,8 +723,6 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
     if cfg.sft.is_some() && cfg.parallel.as_ref().is_some_and(|p| p.world_size() > 1) {
         bail!("smelt sft trains on one GPU for now: its token-weighted micro-batches are not split among ranks yet (drop --nproc / run one process)");
     }
-    // Rank 0 of several writes checkpoints and metrics, evaluates and reports; the others train.
-    let lead = cfg.parallel.as_ref().is_none_or(DataParallel::is_lead);
     let data = Data::open(&cfg, &tok, &model)?;
     if let Data::Sft(d) = &data {
         if let Some(steps) = d.steps_for_epochs(cfg.grad_accum) {
