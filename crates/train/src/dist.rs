@@ -9,11 +9,10 @@
 //! each bucket is one NCCL group, a few large messages instead of hundreds of small ones.
 //! The communication itself is `smelt_core::dist::Collective` (NCCL on GPUs).
 
-use anyhow::Result;
-use smelt_core::dist::Collective;
+use anyhow::{Context, Result};
+use smelt_core::dist::{Collective, Pending};
 use smelt_core::{DType, Tensor};
 use smelt_data::Share;
-use std::ops::Range;
 use std::sync::Arc;
 
 /// The first bucket's size: small, so the first all-reduce can start early.
@@ -49,16 +48,6 @@ impl DataParallel {
         Share { rank: self.rank(), world: self.world_size() }
     }
 
-    /// Replaces the gradients (in parameter order) by their mean over the ranks, bucket by
-    /// bucket from the last parameter to the first.
-    pub fn average_gradients(&self, grads: &mut [Tensor]) -> Result<()> {
-        let bytes: Vec<usize> = grads.iter().map(|g| g.numel() * self.wire.size_in_bytes()).collect();
-        for r in buckets(&bytes, FIRST_BUCKET_BYTES.min(self.bucket_bytes), self.bucket_bytes) {
-            self.comm.all_reduce_mean(&mut grads[r], self.wire)?;
-        }
-        Ok(())
-    }
-
     /// Replaces each micro-batch's loss by its mean over the ranks (in f32: what is logged and
     /// what decides a skipped update must agree on every rank).
     pub fn average_losses(&self, losses: &mut [Tensor]) -> Result<()> {
@@ -66,45 +55,88 @@ impl DataParallel {
     }
 }
 
-/// Buckets over tensors of `bytes` sizes, from the last tensor to the first (the order the
-/// backward pass produces gradients in): the first at most `first` bytes, the others at most
-/// `rest`, except that a tensor larger than its bucket makes a bucket of its own. Each is a
-/// range of tensor indices; together they cover every tensor once.
-pub fn buckets(bytes: &[usize], first: usize, rest: usize) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let mut end = bytes.len();
-    let mut limit = first;
-    while end > 0 {
-        let mut start = end - 1;
-        let mut size = bytes[start];
-        while start > 0 && size + bytes[start - 1] <= limit {
-            start -= 1;
-            size += bytes[start];
-        }
-        out.push(start..end);
-        end = start;
-        limit = rest;
+/// Averages gradients over the ranks bucket by bucket, as the backward hands them over
+/// (`Graph::backward_watching`, from the last layer to the first): a bucket is started
+/// (`Collective::start_mean`, on a GPU on its own stream) as soon as it is full, while the
+/// backward of the layers below goes on. The first bucket holds at most 1 MB, the others
+/// `bucket_bytes`; a gradient larger than that travels alone.
+pub(crate) struct Averager<'a> {
+    dp: &'a DataParallel,
+    bucket: Vec<(usize, Tensor)>,
+    bytes: usize,
+    limit: usize,
+    started: Vec<(Vec<usize>, Pending)>,
+}
+
+impl<'a> Averager<'a> {
+    pub(crate) fn new(dp: &'a DataParallel) -> Self {
+        let limit = FIRST_BUCKET_BYTES.min(dp.bucket_bytes);
+        Averager { dp, bucket: Vec::new(), bytes: 0, limit, started: Vec::new() }
     }
-    out
+
+    /// Gradient `i` (in parameter order) is final.
+    pub(crate) fn push(&mut self, i: usize, g: Tensor) -> Result<()> {
+        let b = g.numel() * self.dp.wire.size_in_bytes();
+        if !self.bucket.is_empty() && self.bytes + b > self.limit {
+            self.start()?;
+        }
+        self.bucket.push((i, g));
+        self.bytes += b;
+        Ok(())
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let (idx, ts): (Vec<usize>, Vec<Tensor>) = std::mem::take(&mut self.bucket).into_iter().unzip();
+        if !idx.is_empty() {
+            self.started.push((idx, self.dp.comm.start_mean(ts, self.dp.wire)?));
+        }
+        (self.bytes, self.limit) = (0, self.dp.bucket_bytes);
+        Ok(())
+    }
+
+    /// The `n` averaged gradients in parameter order (each must have been pushed once), and
+    /// the index lists of the buckets they travelled in.
+    pub(crate) fn finish(mut self, n: usize) -> Result<(Vec<Tensor>, Vec<Vec<usize>>)> {
+        self.start()?;
+        let mut out: Vec<Option<Tensor>> = vec![None; n];
+        let mut buckets = Vec::with_capacity(self.started.len());
+        for (idx, p) in self.started {
+            for (&i, t) in idx.iter().zip(p.finish()?) {
+                out[i] = Some(t);
+            }
+            buckets.push(idx);
+        }
+        let grads = out
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| t.with_context(|| format!("gradient {i} was never averaged")))
+            .collect::<Result<_>>()?;
+        Ok((grads, buckets))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smelt_core::dist::ThreadGroup;
 
     #[test]
-    fn buckets_cover_every_tensor_once_last_first() {
-        let sizes = [40, 10, 10, 30, 5, 5, 100, 1, 2];
-        let b = buckets(&sizes, 4, 50);
-        // The first up to 4 bytes, then up to 50; the 100-byte tensor alone.
-        assert_eq!(b, vec![7..9, 6..7, 2..6, 0..2]);
-        let mut seen: Vec<usize> = b.iter().flat_map(|r| r.clone()).collect();
-        seen.sort();
-        assert_eq!(seen, (0..sizes.len()).collect::<Vec<_>>());
-        for r in &b[1..] {
-            let s: usize = sizes[r.clone()].iter().sum();
-            assert!(s <= 50 || r.len() == 1, "{r:?}: {s}");
+    fn buckets_fill_in_the_order_gradients_arrive() {
+        let g = ThreadGroup::new(1).pop().unwrap();
+        // f32: 4 bytes an element. The first bucket takes ≤ 1 MB, the others ≤ 2 MB.
+        let dp = DataParallel::new(Arc::new(g), DType::F32, 2 << 20);
+        let mut avg = Averager::new(&dp);
+        let mb = 1 << 18; // elements in 1 MB
+        let sizes = [mb / 2, mb / 2, mb / 4, 3 * mb, mb, mb, 1];
+        // Arrival order: the last parameters first, as the backward hands them over.
+        for i in (0..sizes.len()).rev() {
+            avg.push(i, Tensor::full(&[sizes[i]], i as f32)).unwrap();
         }
-        assert!(buckets(&[], 1, 1).is_empty());
+        let (grads, buckets) = avg.finish(sizes.len()).unwrap();
+        assert_eq!(buckets, vec![vec![6], vec![5, 4], vec![3], vec![2, 1, 0]]);
+        for (i, t) in grads.iter().enumerate() {
+            assert_eq!(t.numel(), sizes[i]);
+            assert_eq!(t.to_vec_f32().unwrap()[0], i as f32);
+        }
     }
 }

@@ -301,10 +301,8 @@ pub fn step_parallel(
     grad_checkpoint: bool,
     dp: Option<&DataParallel>,
 ) -> Result<StepOutcome> {
-    let (mut grads, mut losses) = backward_sum(model, micro, layout, grad_checkpoint)?;
-    mean_of_unweighted(&mut grads, micro.len(), layout)?;
+    let (grads, mut losses) = backward_mean(model, micro, layout, grad_checkpoint, dp)?;
     if let Some(dp) = dp {
-        timed("all_reduce", || dp.average_gradients(&mut grads))?;
         dp.average_losses(&mut losses)?;
     }
     update(model, opt, hp, grads, &losses, layout, clip)
@@ -360,20 +358,8 @@ fn update(
 /// The loss and parameter gradients (in parameter order) one update of `step_with` would use,
 /// without updating: what the SFT peer test compares with PyTorch.
 pub fn gradients(model: &Model, micro: &[(Tensor, Tensor)], layout: &Layout) -> Result<(f64, Vec<Tensor>)> {
-    let (mut grads, losses) = backward_sum(model, micro, layout, false)?;
-    mean_of_unweighted(&mut grads, micro.len(), layout)?;
+    let (grads, losses) = backward_mean(model, micro, layout, false, None)?;
     Ok((update_loss(&losses, layout)?, grads))
-}
-
-/// Without weights, the gradient sum over n micro-batches becomes their mean (weighted
-/// micro-batches were scaled in the backward already).
-fn mean_of_unweighted(grads: &mut [Tensor], n: usize, layout: &Layout) -> Result<()> {
-    if n > 1 && layout.weights.is_none() {
-        for g in grads {
-            *g = elementwise::div_scalar(g, n as f32)?;
-        }
-    }
-    Ok(())
 }
 
 /// The update's loss from its micro-batches' (read from the device): their weighted sum.
@@ -387,32 +373,62 @@ fn update_loss(losses: &[Tensor], layout: &Layout) -> Result<f64> {
 }
 
 /// Forward and backward over each micro-batch on whatever device the model is on. Returns the
-/// gradients of `Model::trainable` summed over the micro-batches (in order; each scaled by its
-/// `layout` weight, if any, through the backward's seed) and each micro-batch's loss (a
-/// 1-element tensor, left where it was computed).
-fn backward_sum(
+/// gradients of `Model::trainable` over the update (summed over the micro-batches in order,
+/// each scaled by its `layout` weight through the backward's seed, or their plain mean without
+/// weights) and each micro-batch's loss (a 1-element tensor, left where it was computed).
+///
+/// With `dp` the gradients come back averaged over the ranks too: during the last
+/// micro-batch's backward, each parameter's gradient, as soon as it is final, gets the earlier
+/// micro-batches' sum added, becomes the mean, and joins a bucket that starts its all-reduce
+/// when full (`dist::Averager`), while the backward of the layers below goes on. The
+/// arithmetic is the one-process path's, in the same order, so one rank is bit for bit the
+/// plain step.
+fn backward_mean(
     model: &Model,
     micro: &[(Tensor, Tensor)],
     layout: &Layout,
     grad_checkpoint: bool,
+    dp: Option<&DataParallel>,
 ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+    let n = micro.len();
+    let mean = |g: Tensor| match n > 1 && layout.weights.is_none() {
+        true => elementwise::div_scalar(&g, n as f32),
+        false => Ok(g),
+    };
     let mut acc: Option<Vec<Tensor>> = None;
-    let mut losses = Vec::with_capacity(micro.len());
+    let mut losses = Vec::with_capacity(n);
     for (m, (x, y)) in micro.iter().enumerate() {
         let mut g = Graph::training();
         let p = model.param_vars(&mut g, true);
         let seg = layout.segments.get(m).and_then(Option::as_ref);
         let loss = model.loss_packed(&mut g, &p, x, y, seg, grad_checkpoint)?;
         losses.push(loss.tensor().clone());
-        let mut grads = match &layout.weights {
-            Some(w) => {
-                let seed = Tensor::full(loss.tensor().shape(), w[m] as f32);
-                g.backward_from(std::slice::from_ref(&loss), &[Some(seed)])?
-            }
-            None => g.backward(&loss)?,
-        };
-        let gs: Vec<Tensor> = model
-            .trainable_vars(&p)
+        let seed = Tensor::full(loss.tensor().shape(), layout.weights.as_ref().map_or(1.0, |w| w[m] as f32));
+        let vars = model.trainable_vars(&p);
+        if let (Some(dp), true) = (dp, m + 1 == n) {
+            let mut earlier: Vec<Option<Tensor>> = match acc.take() {
+                Some(a) => a.into_iter().map(Some).collect(),
+                None => vec![None; vars.len()],
+            };
+            let mut avg = crate::dist::Averager::new(dp);
+            g.backward_watching(std::slice::from_ref(&loss), &[Some(seed)], vars, &mut |i, t| {
+                let t = match t {
+                    Some(t) => t,
+                    None => vars[i].tensor().zeros_like()?,
+                };
+                let sum = match earlier[i].take() {
+                    Some(mut a) => {
+                        elementwise::add_assign(&mut a, &t)?;
+                        a
+                    }
+                    None => t,
+                };
+                avg.push(i, mean(sum)?)
+            })?;
+            return Ok((avg.finish(vars.len())?.0, losses));
+        }
+        let mut grads = g.backward_from(std::slice::from_ref(&loss), &[Some(seed)])?;
+        let gs: Vec<Tensor> = vars
             .iter()
             .map(|v| match grads.take(v) {
                 Some(t) => Ok(t),
@@ -431,7 +447,8 @@ fn backward_sum(
             }
         });
     }
-    Ok((acc.context("no micro-batches")?, losses))
+    let grads = acc.context("no micro-batches")?;
+    Ok((grads.into_iter().map(mean).collect::<Result<_>>()?, losses))
 }
 
 /// Mean validation loss over deterministic windows, in the training loss's arithmetic: a

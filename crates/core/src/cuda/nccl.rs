@@ -7,13 +7,18 @@
 //! `nvidia-nccl-cu13` and the distributions' runtime packages install is `libnccl.so.2`.
 //! `SMELT_NCCL_LIB=/path/to/libnccl.so.2` names the file outright.
 //!
-//! Collectives run on the GPU's one stream (`cuda::Gpu::stream`), in order after the backward
-//! kernels that wrote the gradients: nothing else orders them.
+//! `all_reduce_mean` runs on the GPU's one stream (`cuda::Gpu::stream`), in order after the
+//! kernels that wrote its tensors. `start_mean` runs on the communicator's own stream instead,
+//! so the backward of the layers below goes on meanwhile: that stream first waits for what
+//! the compute stream has queued (an event), and `Pending::finish` makes the compute stream
+//! wait for it in turn. The tensors stay held until then, so their memory (freed in order on
+//! the compute stream) cannot be reused under a running all-reduce.
 
 use super::Gpu;
-use crate::dist::{rendezvous, Collective, DistEnv};
+use crate::dist::{rendezvous, Collective, DistEnv, Pending};
 use crate::{DType, Tensor};
 use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::CudaStream;
 use cudarc::nccl::sys;
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::{Arc, OnceLock};
@@ -113,6 +118,8 @@ pub fn version() -> Result<i32> {
 pub struct Nccl {
     raw: sys::ncclComm_t,
     gpu: Arc<Gpu>,
+    /// Where `start_mean`'s messages go.
+    comm_stream: Arc<CudaStream>,
     rank: usize,
     world: usize,
 }
@@ -155,10 +162,53 @@ impl Nccl {
             "ncclCommInitRank",
         )
         .with_context(|| format!("rank {} of {} on {gpu:?}", env.rank, env.world_size))?;
-        Ok(Nccl { raw, gpu, rank: env.rank, world: env.world_size })
+        let comm_stream = gpu.ctx.new_stream().map_err(|e| anyhow!("{gpu:?}: cannot create a stream: {e:?}"))?;
+        Ok(Nccl { raw, gpu, comm_stream, rank: env.rank, world: env.world_size })
     }
 
-    fn all_reduce_avg_in_place(&self, t: &mut Tensor) -> Result<()> {
+    /// The copies of `bucket` in the `wire` dtype that must travel instead of the tensors
+    /// themselves (queued on the compute stream), and which tensors travel as they are.
+    fn wire_copies(bucket: &[Tensor], wire: DType) -> Result<(Vec<Tensor>, Vec<usize>)> {
+        let (mut sent, mut direct) = (Vec::new(), Vec::new());
+        for (i, t) in bucket.iter().enumerate() {
+            if t.dtype() == wire {
+                direct.push(i);
+            } else {
+                sent.push(t.to_dtype(wire)?);
+            }
+        }
+        Ok((sent, direct))
+    }
+
+    /// One NCCL group averaging `bucket[direct]` and `sent` in place, on `stream`.
+    fn group(&self, bucket: &mut [Tensor], direct: &[usize], sent: &mut [Tensor], stream: &CudaStream) -> Result<()> {
+        let l = lib()?;
+        check(unsafe { (l.group_start)() }, "ncclGroupStart")?;
+        let mut issued: Result<()> = Ok(());
+        for &i in direct {
+            issued = issued.and_then(|_| self.all_reduce_avg_in_place(&mut bucket[i], stream));
+        }
+        for t in sent.iter_mut() {
+            issued = issued.and_then(|_| self.all_reduce_avg_in_place(t, stream));
+        }
+        // The group must close whatever happened inside it.
+        check(unsafe { (l.group_end)() }, "ncclGroupEnd")?;
+        issued
+    }
+
+    /// The averaged wire copies back in each tensor's own dtype (on the compute stream).
+    fn widen(bucket: &mut [Tensor], sent: Vec<Tensor>, wire: DType) -> Result<()> {
+        let mut sent = sent.into_iter();
+        for t in bucket.iter_mut() {
+            if t.dtype() != wire {
+                let back = sent.next().context("all_reduce: internal error")?;
+                *t = back.to_dtype(t.dtype())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn all_reduce_avg_in_place(&self, t: &mut Tensor, stream: &CudaStream) -> Result<()> {
         let buf = t.cuda_buf_mut()?;
         if buf.gpu.ordinal != self.gpu.ordinal {
             bail!("all_reduce: a tensor on cuda:{}, the communicator on cuda:{}", buf.gpu.ordinal, self.gpu.ordinal);
@@ -169,7 +219,7 @@ impl Nccl {
             d => bail!("all_reduce: f32 or bf16 tensors, not {d:?}"),
         };
         let ptr = buf.ptr() as *mut c_void;
-        let stream = self.gpu.stream.cu_stream() as *mut c_void;
+        let stream = stream.cu_stream() as *mut c_void;
         let avg = sys::ncclRedOp_t::ncclAvg as c_int;
         check(unsafe { (lib()?.all_reduce)(ptr, ptr, buf.len, dt as c_int, avg, self.raw, stream) }, "ncclAllReduce")
     }
@@ -184,43 +234,30 @@ impl Collective for Nccl {
     }
 
     fn all_reduce_mean(&self, bucket: &mut [Tensor], wire: DType) -> Result<()> {
-        // Tensors not already in the wire dtype travel as a copy in it (bf16 for f32 gradients).
-        let mut sent: Vec<Tensor> = Vec::new();
-        let mut direct = Vec::new();
-        for (i, t) in bucket.iter().enumerate() {
-            if t.dtype() == wire {
-                direct.push(i);
-            } else {
-                sent.push(t.to_dtype(wire)?);
-            }
-        }
-        // One group: NCCL fuses the bucket's tensors into one round of messages.
-        let l = lib()?;
-        check(unsafe { (l.group_start)() }, "ncclGroupStart")?;
-        let mut issued: Result<()> = Ok(());
-        for &i in &direct {
-            issued = issued.and_then(|_| self.all_reduce_avg_in_place(&mut bucket[i]));
-        }
-        for s in sent.iter_mut() {
-            issued = issued.and_then(|_| self.all_reduce_avg_in_place(s));
-        }
-        // The group must close whatever happened inside it.
-        check(unsafe { (l.group_end)() }, "ncclGroupEnd")?;
-        issued?;
-        let mut sent = sent.into_iter();
-        for t in bucket.iter_mut() {
-            if t.dtype() != wire {
-                let back = sent.next().context("all_reduce: internal error")?;
-                *t = back.to_dtype(t.dtype())?;
-            }
-        }
-        Ok(())
+        let (mut sent, direct) = Self::wire_copies(bucket, wire)?;
+        self.group(bucket, &direct, &mut sent, &self.gpu.stream)?;
+        Self::widen(bucket, sent, wire)
+    }
+
+    fn start_mean(&self, mut bucket: Vec<Tensor>, wire: DType) -> Result<Pending> {
+        let (mut sent, direct) = Self::wire_copies(&bucket, wire)?;
+        let stream_err = |e| anyhow!("{:?}: ordering the streams: {e:?}", self.gpu);
+        // After everything queued so far (the kernels that wrote the bucket, the casts).
+        self.comm_stream.join(&self.gpu.stream).map_err(stream_err)?;
+        self.group(&mut bucket, &direct, &mut sent, &self.comm_stream)?;
+        let (compute, comm, gpu) = (self.gpu.stream.clone(), self.comm_stream.clone(), self.gpu.clone());
+        Ok(Pending::new(move || {
+            compute.join(&comm).map_err(|e| anyhow!("{gpu:?}: ordering the streams: {e:?}"))?;
+            Self::widen(&mut bucket, sent, wire)?;
+            Ok(bucket)
+        }))
     }
 }
 
 impl Drop for Nccl {
     fn drop(&mut self) {
         // Queued collectives finish first; a failed destroy at exit has no one to tell.
+        let _ = self.comm_stream.synchronize();
         let _ = self.gpu.synchronize();
         if let Ok(l) = lib() {
             unsafe { (l.comm_destroy)(self.raw) };

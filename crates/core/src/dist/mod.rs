@@ -29,6 +29,33 @@ pub trait Collective: Send + Sync + std::fmt::Debug {
     /// BF16 for half the traffic: the values are rounded to bf16 before the sum and the mean
     /// comes back in the tensor's own dtype). One call is one bucket: one round of messages.
     fn all_reduce_mean(&self, bucket: &mut [Tensor], wire: DType) -> Result<()>;
+
+    /// Starts `all_reduce_mean` of `bucket` and returns at once where the device allows: on a
+    /// GPU the messages go on a stream of their own, after the work queued so far (the
+    /// backward kernels that wrote the bucket), while the caller queues more; [`Pending::finish`]
+    /// makes later work wait for them and hands the averaged tensors back. By default (the
+    /// CPU) it averages before returning.
+    fn start_mean(&self, mut bucket: Vec<Tensor>, wire: DType) -> Result<Pending> {
+        self.all_reduce_mean(&mut bucket, wire)?;
+        Ok(Pending::done(bucket))
+    }
+}
+
+/// An average begun by [`Collective::start_mean`]; it holds the tensors until `finish`.
+pub struct Pending(Box<dyn FnOnce() -> Result<Vec<Tensor>> + Send>);
+
+impl Pending {
+    pub fn new(finish: impl FnOnce() -> Result<Vec<Tensor>> + Send + 'static) -> Self {
+        Pending(Box::new(finish))
+    }
+    /// Already averaged.
+    pub fn done(bucket: Vec<Tensor>) -> Self {
+        Pending::new(move || Ok(bucket))
+    }
+    /// The averaged tensors, in the order given; work queued after this sees them averaged.
+    pub fn finish(self) -> Result<Vec<Tensor>> {
+        (self.0)()
+    }
 }
 
 /// This process's communicator for the job `env`, on `device`: NCCL over the GPU
