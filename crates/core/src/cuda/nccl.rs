@@ -241,6 +241,11 @@ impl Collective for Nccl {
 
     fn start_mean(&self, mut bucket: Vec<Tensor>, wire: DType) -> Result<Pending> {
         let (mut sent, direct) = Self::wire_copies(&bucket, wire)?;
+        // A tensor sharing its buffer is copied before it is written in place: on the compute
+        // stream, so before the join below.
+        for &i in &direct {
+            bucket[i].cuda_buf_mut()?;
+        }
         let stream_err = |e| anyhow!("{:?}: ordering the streams: {e:?}", self.gpu);
         // After everything queued so far (the kernels that wrote the bucket, the casts).
         self.comm_stream.join(&self.gpu.stream).map_err(stream_err)?;
