@@ -11,7 +11,9 @@ model the training benchmark times) with the given tokenizer.json (SmolLM2's: V 
 it with smelt's own `export-gguf` at each type, then times on each file:
   smelt     `smelt bench --device cuda --model F.gguf --decode-tokens N` (decode steps captured
             as one CUDA graph and replayed; the capture is inside the timed run)
-  smelt-nog the same with SMELT_CUDA_GRAPH=0 (every kernel launched from the host)
+  variants  the same with environment settings (--variants; default `nog:SMELT_CUDA_GRAPH=0`,
+            every kernel launched from the host; e.g. `int0:SMELT_CUDA_MMVQ=0` times the
+            dequantising f32 matvec instead of the integer one)
   llama.cpp `llama-bench -m F.gguf -ngl 99 -p 0 -n N -r 3` (tg N; its CUDA graphs on, default)
 and prints one table with the ratios and each file's bandwidth bound (weight bytes read per token
 ÷ the copy bandwidth torch measures on this GPU). JSON lines go to OUT/decode_cuda.jsonl.
@@ -74,7 +76,14 @@ def main():
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))
     ap.add_argument("--models", default="/tmp/smelt-decode-models")
+    ap.add_argument("--variants", default="nog:SMELT_CUDA_GRAPH=0",
+                    help="extra smelt runs, NAME:VAR=VALUE[;VAR=VALUE] comma-separated (each a column; '' for none)")
+    ap.add_argument("--no-smelt", action="store_true", help="time llama.cpp only (the files made by an earlier run)")
     a = ap.parse_args()
+    variants = []
+    for v in filter(None, a.variants.split(",")):
+        name, _, env = v.partition(":")
+        variants.append((name, dict(kv.split("=", 1) for kv in env.split(";") if kv)))
     os.makedirs(a.out, exist_ok=True)
     log = open(os.path.join(a.out, "decode_cuda.jsonl"), "w")
     bw = copy_bandwidth()
@@ -95,10 +104,12 @@ def main():
             r = {"shape": name, "type": ty, "file_bytes": size, "bound_tok_s": bw / size}
             common = ["bench", "--device", "cuda", "--model", f, "--batch-size", "1", "--seq-len", "16", "--iters", "3",
                       "--decode-tokens", str(a.tokens), "--format", "json"]
-            s = last_json(run([a.smelt, *common]))
-            r["smelt"] = s and s["decode_tok_s"]
-            s = last_json(run([a.smelt, *common], env={"SMELT_CUDA_GRAPH": "0"}))
-            r["smelt_no_graph"] = s and s["decode_tok_s"]
+            if not a.no_smelt:
+                s = last_json(run([a.smelt, *common]))
+                r["smelt"] = s and s["decode_tok_s"]
+                for vname, env in variants:
+                    s = last_json(run([a.smelt, *common], env=env))
+                    r[f"smelt_{vname}"] = s and s["decode_tok_s"]
             if a.llama_bench:
                 out = run([a.llama_bench, "-m", f, "-ngl", "99", "-p", "0", "-n", str(a.tokens), "-r", "3", "-o", "jsonl"])
                 tg = [json.loads(l) for l in (out or "").splitlines() if l.startswith("{")]
@@ -108,12 +119,15 @@ def main():
             log.flush()
     fmt = lambda x: "–" if x is None else f"{x:,.0f}"
     ratio = lambda x, y: "–" if not x or not y else f"{x / y:.2f}×"
-    lines = ["| shape | type | file MB | bound tok/s | smelt tok/s | no graph | llama.cpp tok/s | smelt ÷ llama.cpp | smelt ÷ bound |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    names = [n for n, _ in variants]
+    lines = ["| shape | type | file MB | bound tok/s | smelt tok/s | " + "".join(f"{n} | " for n in names)
+             + "llama.cpp tok/s | smelt ÷ llama.cpp | smelt ÷ bound |",
+             "|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['shape']} | {r['type']} | {r['file_bytes'] / 1e6:.0f} | {fmt(r['bound_tok_s'])} | {fmt(r['smelt'])} | "
-                     f"{fmt(r['smelt_no_graph'])} | {fmt(r.get('llama_cpp'))} | {ratio(r['smelt'], r.get('llama_cpp'))} | "
-                     f"{ratio(r['smelt'], r['bound_tok_s'])} |")
+        lines.append(f"| {r['shape']} | {r['type']} | {r['file_bytes'] / 1e6:.0f} | {fmt(r['bound_tok_s'])} | {fmt(r.get('smelt'))} | "
+                     + "".join(f"{fmt(r.get('smelt_' + n))} | " for n in names)
+                     + f"{fmt(r.get('llama_cpp'))} | {ratio(r.get('smelt'), r.get('llama_cpp'))} | "
+                     f"{ratio(r.get('smelt'), r['bound_tok_s'])} |")
     print("\n".join(lines))
     open(os.path.join(a.out, "decode_cuda.md"), "w").write("\n".join(lines) + "\n")
 

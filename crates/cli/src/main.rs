@@ -43,6 +43,11 @@ enum Command {
         mut_arg("seq_len", |a| a.default_value("1024"))
     )]
     Sft(cmd::sft::SftArgs),
+    /// Distil a teacher into a student: τ²·KL(teacher ‖ student) at temperature τ plus α·CE, on
+    /// JSONL examples or token files; the teacher run on the fly or from precomputed top-k logits.
+    /// CPU only for now (--device defaults to cpu).
+    #[command(mut_arg("device", |a| a.default_value("cpu")))]
+    Distill(cmd::distill::DistillArgs),
     /// Generate text from a model.
     Generate(cmd::generate::GenerateArgs),
     /// Score a text file: mean negative log-likelihood and perplexity.
@@ -102,6 +107,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Mix(a) => cmd::mix::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Sft(a) => cmd::sft::run(a),
+        Command::Distill(a) => cmd::distill::run(a),
         Command::Generate(a) => cmd::generate::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Bench(a) => cmd::bench::run(a),

@@ -152,17 +152,8 @@ fn serve_matches_generate_and_the_openai_client_accepts_it() {
     assert_eq!(v["choices"][0]["message"]["content"], want_chat, "{v}");
 
     // The official client.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let venv = Command::new(root.join("scripts/venv.sh")).arg(OPENAI).output().unwrap();
-    if !venv.status.success() {
-        let why = String::from_utf8_lossy(&venv.stderr);
-        smelt_testing::skip(
-            smelt_testing::Need::Input,
-            format!("the openai client could not be installed (scripts/venv.sh {OPENAI}): {}", why.trim()),
-        );
-        return;
-    }
-    let python = String::from_utf8(venv.stdout).unwrap().trim().to_string();
+    let Some(python) = openai_python() else { return };
+    let root = repo_root();
     let expect = json!({"prompt": prompt, "max_tokens": 24, "text": want, "chat_user": user, "chat_text": want_chat});
     let o = Command::new(python)
         .arg(root.join("scripts/serve_openai_check.py"))
@@ -172,6 +163,49 @@ fn serve_matches_generate_and_the_openai_client_accepts_it() {
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "the openai client check failed:\n{out}\n{err}");
     assert!(out.contains("ok: api key"), "{out}");
+    println!("{out}");
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The venv's python with the official client (`scripts/venv.sh` installs it), or None after a
+/// loud skip when it cannot be installed.
+fn openai_python() -> Option<String> {
+    let venv = Command::new(repo_root().join("scripts/venv.sh")).arg(OPENAI).output().unwrap();
+    if !venv.status.success() {
+        let why = String::from_utf8_lossy(&venv.stderr);
+        smelt_testing::skip(
+            smelt_testing::Need::Input,
+            format!("the openai client could not be installed (scripts/venv.sh {OPENAI}): {}", why.trim()),
+        );
+        return None;
+    }
+    Some(String::from_utf8(venv.stdout).unwrap().trim().to_string())
+}
+
+/// `response_format` on a real model (SmolLM2-135M-Instruct Q4_1) through the official client
+/// (scripts/serve_structured_check.py): json_schema answers, greedy and sampled, plain and
+/// streamed, parse and validate against the schema and end as "stop"; the client's
+/// `chat.completions.parse` with a pydantic model; json_object; bad schemas are 400s naming
+/// `response_format`; the mask's cost.
+#[test]
+fn a_real_gguf_answers_in_the_requested_json_schema_through_the_openai_client() {
+    let Some(gguf) = smelt_testing::input("smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf") else {
+        return;
+    };
+    let Some(python) = openai_python() else { return };
+    let server = serve(&gguf);
+    let name = gguf.file_name().unwrap().to_str().unwrap();
+    let o = Command::new(python)
+        .arg(repo_root().join("scripts/serve_structured_check.py"))
+        .args([&format!("http://{}/v1", server.addr), KEY, name])
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "the structured-output check failed:\n{out}\n{err}");
+    assert!(out.contains("ok: unusable response_format"), "{out}");
     println!("{out}");
 }
 

@@ -364,6 +364,25 @@ impl Graph {
         }))
     }
 
+    /// The distillation loss of student `logits` (N, V) against `teacher` and u32 `targets`
+    /// (N): τ²·KL(teacher ‖ student) + α·CE, each a mean over the rows in the loss
+    /// (`ops::distill`). Returns the scalar loss and its two means [KL, CE] (for logging).
+    pub fn distill_loss(
+        &mut self,
+        logits: &Var,
+        teacher: &ops::distill::TeacherLogits,
+        targets: &Tensor,
+        o: &ops::distill::DistillLoss,
+    ) -> Result<(Var, [f64; 2])> {
+        let (loss, parts, saved) = timed("distill", || ops::distill::distill(&logits.t, teacher, targets, o))?;
+        let (lt, tt, teacher, o) = (logits.t.clone(), targets.clone(), teacher.clone(), *o);
+        let loss = self.push1(&[logits], loss, move |g| {
+            let d = g.to_vec_f32()?[0];
+            Ok(vec![Some(timed("distill.bwd", || ops::distill::distill_backward(&lt, &teacher, &tt, &o, &saved, d))?)])
+        });
+        Ok((loss, parts))
+    }
+
     /// Mean cross-entropy of the logits h·Wᵀ (h: (N, C), w: (V, C)) against u32 `targets` (N),
     /// computed `rows` × `vocab` logits at a time, so the (N, V) logits never exist, forward
     /// or backward, whatever V is. Over the vocabulary the logsumexp is online: each slice of

@@ -17,6 +17,7 @@ use crate::ops::cross_entropy::CrossEntropyKernels;
 use crate::ops::elementwise::ElementwiseKernels;
 use crate::ops::embedding::EmbeddingKernels;
 use crate::ops::matmul::LinearKernels;
+use crate::ops::muon::MuonKernels;
 use crate::ops::qmatmul::QuantKernels;
 use crate::ops::rmsnorm::RmsNormKernels;
 use crate::ops::rope::RopeKernels;
@@ -38,6 +39,7 @@ pub trait Backend:
     + SwiGluKernels
     + SampleKernels
     + OptimKernels
+    + MuonKernels
     + Sync
 {
 }
@@ -54,6 +56,7 @@ impl<B> Backend for B where
         + SwiGluKernels
         + SampleKernels
         + OptimKernels
+        + MuonKernels
         + Sync
 {
 }

@@ -172,3 +172,82 @@ fn quantised_device_weights_refuse_gradients_and_host_inputs() {
     assert!(err.contains("not copied back"), "{err}");
     println!("errors as expected");
 }
+
+/// Mixed-precision decode rows (bf16 x, n ≤ 8) take the integer matvecs (`mmvq*`: x quantised
+/// to 8 bits once, dp4a dots), as smelt's CPU kernels and llama.cpp do: every format against
+/// the f64 product of the dequantised weight and the bf16 input (8-bit activations cost NMSE
+/// ~1e-5, as the CPU kernel's, printed beside it); `linear_many` (q, k, v sharing one quantised
+/// x, two formats) and `linear_swiglu` equal the separate `linear`s (and `swiglu`) bit for bit.
+#[test]
+fn integer_matvecs_of_bf16_rows_match_the_reference_and_the_unfused_ops() {
+    use smelt_core::ops::matmul::{linear_many, linear_swiglu};
+    use smelt_core::ops::swiglu::swiglu;
+    let Some(d) = gpu() else { return };
+    if std::env::var("SMELT_CUDA_MMVQ").is_ok_and(|v| v == "0") {
+        smelt_testing::skip(smelt_testing::Need::Gpu, "SMELT_CUDA_MMVQ=0 turns the integer matvecs off");
+        return;
+    }
+    cuda::set_matmul_precision(MatmulPrecision::Bf16);
+    let mut r = Rng::new(seed());
+    // Rows of 512, 2304 and 8192 values (a 1B model's k: 2 to 32 units a lane).
+    for (ty, k) in FORMATS.into_iter().flat_map(|ty| [512, 2304, 8192].map(|k| (ty, k))) {
+        let m = 70;
+        let ws: Vec<(Vec<f32>, Tensor, Tensor)> = (0..2)
+            .map(|_| {
+                let w = randn(&mut r, m * k, 0.5);
+                let q = QTensor::quantize(ty, &w, m, k).unwrap();
+                let wd = dequantize(ty, q.bytes(), m * k).unwrap();
+                let host = q.into_tensor();
+                let dev = host.to_device(d).unwrap();
+                (wd, host, dev)
+            })
+            .collect();
+        // A third weight of another format beside them (a Q4_K_M file's Q6_K v).
+        let other = if ty == GgmlType::Q6_K { GgmlType::Q8_0 } else { GgmlType::Q6_K };
+        let w3 =
+            QTensor::quantize(other, &randn(&mut r, 32 * k, 0.5), 32, k).unwrap().into_tensor().to_device(d).unwrap();
+        let bias = Tensor::from_f32(randn(&mut r, m, 1.0), &[m]).unwrap().to_device(d).unwrap();
+        for n in [1usize, 3, 8] {
+            let xb = Tensor::from_f32(randn(&mut r, n * k, 1.0), &[n, k])
+                .unwrap()
+                .to_device(d)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let x = xb.to_vec_f32().unwrap(); // the bf16 values, as f32
+            let y = linear(&xb, &ws[0].2, None).unwrap();
+            assert_eq!(y.dtype(), DType::BF16);
+            let want = reference(&x, &ws[0].0, None, n, k, m);
+            let e = nmse(&y.to_vec_f32().unwrap(), &want);
+            let cpu = linear(&Tensor::from_f32(x.clone(), &[n, k]).unwrap(), &ws[0].1, None).unwrap();
+            let ec = nmse(cpu.as_f32().unwrap(), &want);
+            println!("  {} k={k} n={n}: integer matvec nmse {e:.3e} (CPU kernel {ec:.3e})", ty.name());
+            assert!(e.is_finite() && e <= 1e-4, "{} k={k} n={n}: NMSE {e:e} > 1e-4", ty.name());
+
+            let many = linear_many(&xb, &[(&ws[0].2, Some(&bias)), (&ws[1].2, None), (&w3, None)]).unwrap();
+            let alone = [
+                linear(&xb, &ws[0].2, Some(&bias)).unwrap(),
+                linear(&xb, &ws[1].2, None).unwrap(),
+                linear(&xb, &w3, None).unwrap(),
+            ];
+            for (i, (a, b)) in many.iter().zip(&alone).enumerate() {
+                assert_eq!(a.shape(), b.shape());
+                assert_eq!(
+                    a.to_vec_f32().unwrap(),
+                    b.to_vec_f32().unwrap(),
+                    "{} n={n}: linear_many output {i}",
+                    ty.name()
+                );
+            }
+            let fused = linear_swiglu(&xb, &ws[0].2, &ws[1].2).unwrap();
+            let unfused = swiglu(&linear(&xb, &ws[0].2, None).unwrap(), &alone[1]).unwrap();
+            assert_eq!(
+                fused.to_vec_f32().unwrap(),
+                unfused.to_vec_f32().unwrap(),
+                "{} n={n}: linear_swiglu",
+                ty.name()
+            );
+        }
+    }
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+}

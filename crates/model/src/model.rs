@@ -554,6 +554,15 @@ impl Model {
         }
     }
 
+    /// Whether each of `trainable` is a hidden weight matrix (a layer's 2-D projection, or a
+    /// LoRA factor): what Muon updates. The embedding, the head, norm gains and biases are not.
+    pub fn trainable_matrices(&self) -> Vec<bool> {
+        match &self.adapter {
+            Some(a) => vec![true; a.params.len()],
+            None => params::list(&self.cfg).iter().map(|p| p.layer.is_some() && p.shape.len() == 2).collect(),
+        }
+    }
+
     /// The graph variables of `trainable` among `param_vars`' output.
     pub fn trainable_vars<'a>(&self, p: &'a [Var]) -> &'a [Var] {
         match &self.adapter {
@@ -899,6 +908,23 @@ impl Model {
         let vocab = LOSS_VOCAB_CHUNK.clamp(1, self.cfg.vocab_size.max(1));
         let head = self.loss_head(g, p)?;
         g.linear_cross_entropy(&h, &head, targets, (LOSS_CHUNK_ELEMS / vocab).max(1), vocab)
+    }
+
+    /// All logits (B·T, V) of (B, T) `inputs`, over packed examples when `seg` is given: what
+    /// distillation compares (the student's on a training graph, the teacher's on one whose
+    /// parameters need no gradient).
+    pub fn logits_packed(
+        &self,
+        g: &mut Graph,
+        p: &[Var],
+        inputs: &Tensor,
+        seg: Option<&Arc<Segments>>,
+        checkpoint: bool,
+    ) -> Result<Var> {
+        let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint, seg)?;
+        let out = g.linear(&h, &p[self.idx.head], None)?;
+        g.name(&out, || "result_output".into());
+        Ok(out)
     }
 
     /// `loss` with the head and the loss computed `elems` logits at a time, in slices of

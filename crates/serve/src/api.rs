@@ -3,10 +3,12 @@
 //! it; and [`ApiError`], OpenAI's error body with its status.
 //!
 //! Unknown fields are ignored (clients send many). Known fields smelt does not implement
-//! (`response_format` other than text, tools, `echo`, `suffix`, `best_of`) are refused with a
-//! 400 naming them, never ignored: a client that asks for them would otherwise get something
-//! it did not ask for.
+//! (tools, `echo`, `suffix`, `best_of`) are refused with a 400 naming them, never ignored: a
+//! client that asks for them would otherwise get something it did not ask for.
+//! `response_format` is read here into a [`Format`]; whether its schema can be used is the
+//! grammar compiler's answer (`structured`, called by `http`).
 
+use crate::structured::Format;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
@@ -84,6 +86,8 @@ pub struct Request {
     /// None, or Some(k): each token's log-probability and its top k alternatives (chat:
     /// `logprobs: true` with `top_logprobs: k`; completions: `logprobs: k`).
     pub logprobs: Option<usize>,
+    /// `response_format`: None for text.
+    pub format: Option<Format>,
 }
 
 /// Most choices a request may ask for (OpenAI allows 128).
@@ -181,6 +185,7 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, ApiError> {
         }
     };
     unsupported(&f, chat)?;
+    let format = f.get("response_format").map(response_format).transpose()?.flatten();
     Ok(Request {
         model,
         prompt,
@@ -193,7 +198,41 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, ApiError> {
         presence_penalty,
         frequency_penalty,
         logprobs,
+        format,
     })
+}
+
+/// OpenAI's `response_format`: `{"type": "text"}` (None), `{"type": "json_object"}`, or
+/// `{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}`.
+/// Every error names `response_format`, the param OpenAI reports.
+fn response_format(v: &Value) -> Result<Option<Format>, ApiError> {
+    let bad = |msg: &str| ApiError::field("response_format", msg);
+    let kind = v.get("type").and_then(Value::as_str);
+    match kind {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Format::JsonObject)),
+        Some("json_schema") => {
+            let js = v
+                .get("json_schema")
+                .and_then(Value::as_object)
+                .ok_or_else(|| bad("`response_format.json_schema` must be an object with `name` and `schema`"))?;
+            if js.get("name").is_some_and(|n| !n.is_string()) {
+                return Err(bad("`response_format.json_schema.name` must be a string"));
+            }
+            if js.get("strict").is_some_and(|s| !s.is_boolean() && !s.is_null()) {
+                return Err(bad("`response_format.json_schema.strict` must be true or false"));
+            }
+            match js.get("schema") {
+                Some(s @ Value::Object(_)) => Ok(Some(Format::JsonSchema(s.clone()))),
+                Some(Value::Bool(true)) | None | Some(Value::Null) => Ok(Some(Format::JsonSchema(json!({})))),
+                Some(_) => Err(bad("`response_format.json_schema.schema` must be a JSON Schema object")),
+            }
+        }
+        Some(other) => Err(bad(&format!(
+            "`response_format.type` \"{other}\" is not one of \"text\", \"json_object\", \"json_schema\""
+        ))),
+        None => Err(bad("`response_format` must be an object with a string `type`")),
+    }
 }
 
 /// A seed for a request that gave none: OpenAI's sampling is not reproducible without one.
@@ -211,11 +250,6 @@ fn unsupported(f: &Fields, chat: bool) -> Result<(), ApiError> {
         if best_of != 1 {
             return no("best_of", "`best_of` other than 1");
         }
-    }
-    match f.get("response_format") {
-        None => {}
-        Some(r) if r.get("type").and_then(Value::as_str) == Some("text") => {}
-        Some(_) => return no("response_format", "a `response_format` other than {\"type\": \"text\"}"),
     }
     if f.get("tools").is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty())) {
         return no("tools", "`tools`");
@@ -370,9 +404,12 @@ mod tests {
             (r#"{"model":"m","prompt":["a","b"]}"#, false, "prompt"),
             (r#"{"model":"m","messages":[]}"#, true, "messages"),
             (r#"{"model":"m","messages":[{"content":"x"}]}"#, true, "messages[0].role"),
+            (r#"{"model":"m","prompt":"x","response_format":"json"}"#, false, "response_format"),
+            (r#"{"model":"m","prompt":"x","response_format":{"type":"xml"}}"#, false, "response_format"),
+            (r#"{"model":"m","prompt":"x","response_format":{"type":"json_schema"}}"#, false, "response_format"),
             (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
-                true,
+                r#"{"model":"m","prompt":"x","response_format":{"type":"json_schema","json_schema":{"name":"a","schema":[1]}}}"#,
+                false,
                 "response_format",
             ),
         ] {
@@ -383,6 +420,15 @@ mod tests {
         assert_eq!((r.n, r.logprobs, r.frequency_penalty), (3, Some(2), 0.5));
         let chat = br#"{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":3}"#;
         assert_eq!(parse(chat, true).unwrap().logprobs, Some(3));
+        let fmt = |rf: &str| {
+            let body =
+                format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"response_format":{rf}}}"#);
+            parse(body.as_bytes(), true).unwrap().format
+        };
+        assert_eq!(fmt(r#"{"type":"text"}"#), None);
+        assert_eq!(fmt(r#"{"type":"json_object"}"#), Some(Format::JsonObject));
+        let schema = r#"{"type":"json_schema","json_schema":{"name":"p","strict":true,"schema":{"type":"integer"}}}"#;
+        assert_eq!(fmt(schema), Some(Format::JsonSchema(json!({"type": "integer"}))));
         let e = err("{nope", false);
         assert!(e.message.contains("not valid JSON"), "{e:?}");
     }

@@ -12,9 +12,14 @@
 //! and recomputes its tokens when readmitted. Each sequence's logits are what it gets alone
 //! (`logits_paged`'s guarantee), so greedy output is `smelt generate`'s and a seeded request
 //! gives the same text whatever else runs.
+//!
+//! A sequence with a `response_format` has its row masked to what its grammar allows before
+//! sampling (the step's masks are computed on a thread of their own while the forward runs,
+//! `structured`) and ends when the grammar is complete.
 
 use crate::blocks::{Blocks, BLOCK_SIZE};
 use crate::metrics::Stats;
+use crate::structured::{Constraint, Mask};
 use smelt_core::Tensor;
 use smelt_infer::{Sampler, SamplingConfig};
 use smelt_model::{Decoder, KvCache, KvPool, KvType, Model, SeqStep};
@@ -44,6 +49,9 @@ pub struct Job {
     pub logprobs: Option<usize>,
     /// Strings that end generation; never part of the output.
     pub stop: Vec<String>,
+    /// `response_format`'s grammar state: each step's logits are masked to what it allows,
+    /// and the sequence ends ("stop") when it is complete.
+    pub constraint: Option<Constraint>,
     /// Which choice of its request this is (`n`): events carry it.
     pub index: usize,
     /// Where the events go; a closed channel (the client went away) ends the job.
@@ -198,15 +206,34 @@ impl<'t> Seq<'t> {
         self.last_hash = 0;
     }
 
-    /// Takes the next token from this sequence's logits row (1, V).
-    fn advance(&mut self, logits: &Tensor, stop_ids: &[u32], stats: &Stats) -> anyhow::Result<Outcome> {
+    /// Takes the next token from this sequence's logits row (1, V); `mask`: what its
+    /// constraint allows at this step (Some exactly when it has one).
+    fn advance(
+        &mut self,
+        logits: &Tensor,
+        mask: Option<anyhow::Result<Mask>>,
+        stop_ids: &[u32],
+        stats: &Stats,
+    ) -> anyhow::Result<Outcome> {
         // Penalties and log-probabilities read the row on the host (a GPU's logits come back
         // only when a request asks for them).
         let host = |t: &Tensor| t.to_device(smelt_core::Device::Cpu);
-        let wants_host =
-            self.job.logprobs.is_some() || self.job.presence_penalty != 0.0 || self.job.frequency_penalty != 0.0;
+        let wants_host = self.job.logprobs.is_some()
+            || self.job.presence_penalty != 0.0
+            || self.job.frequency_penalty != 0.0
+            || self.job.constraint.is_some();
         let logits = if wants_host { self.penalised(&host(logits)?)? } else { logits.clone() };
-        let next = self.sampler.sample(&logits)?;
+        // Structured output: what the grammar forbids is −∞ before the sampler sees it (greedy
+        // or not). Log-probabilities stay those of the unmasked row.
+        let masked = match mask {
+            Some(m) => {
+                let mut row = logits.as_f32()?.to_vec();
+                m?.apply(&mut row);
+                Some(Tensor::from_f32(row, logits.shape())?)
+            }
+            None => None,
+        };
+        let next = self.sampler.sample(masked.as_ref().unwrap_or(&logits))?;
         let now = Instant::now();
         match self.last_token {
             None => stats.ttft.observe((now - self.job.queued).as_secs_f64()),
@@ -221,6 +248,9 @@ impl<'t> Seq<'t> {
         if let Some(k) = self.job.logprobs {
             self.pending_logprobs.push(logprob_of(&logits, next, k)?);
         }
+        if let Some(c) = self.job.constraint.as_mut() {
+            c.consume(next)?;
+        }
         self.generated.push(next);
         self.tokens.push(next);
         let (text, hit) = self.stops.push(&self.decoder.push(next));
@@ -232,6 +262,10 @@ impl<'t> Seq<'t> {
             if !self.send(Event::Text(text, lp)) {
                 return Ok(Outcome::Gone);
             }
+        }
+        // The grammar is complete and allows nothing more: the answer is whole.
+        if self.job.constraint.as_ref().is_some_and(Constraint::is_done) {
+            return Ok(self.end(Finish::Stop));
         }
         if self.generated.len() >= self.job.max_tokens {
             return Ok(self.end(Finish::Length));
@@ -435,23 +469,42 @@ pub fn run<'a>(
         }
         stats.steps.fetch_add(1, Ordering::Relaxed);
         stats.batch_max.fetch_max(running.len() as u64, Ordering::Relaxed);
-        // One forward over every running sequence; a panic fails the batch, not the server.
-        let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            if let [s] = &mut running[..] {
-                if let Some(dec) = s.dec.as_mut() {
-                    let new = &s.tokens[s.computed..];
-                    let ids = Tensor::from_u32(new.to_vec(), &[1, new.len()])?;
-                    // The prompt, then one token a step (the step's logits are read before
-                    // the next one overwrites them).
-                    return if s.computed == 0 { dec.prefill(&ids) } else { dec.step(&ids) };
-                }
-            }
-            let steps: Vec<SeqStep> = running
+        // Structured output: a constrained sequence's mask for this step depends only on its
+        // tokens so far, so the masks are computed on a thread of their own while the forward
+        // runs (the constraints are lent to it and come back after).
+        let mut constraints: Vec<Option<Constraint>> = running.iter_mut().map(|s| s.job.constraint.take()).collect();
+        let (step, masks) = std::thread::scope(|sc| {
+            let masker = constraints.iter().any(Option::is_some).then(|| {
+                sc.spawn(|| {
+                    let timed = |c: &mut Constraint| {
+                        let t = Instant::now();
+                        (c.next_mask(), t.elapsed())
+                    };
+                    constraints.iter_mut().map(|c| c.as_mut().map(timed)).collect::<Vec<_>>()
+                })
+            });
+            (forward(model, &mut running, &mut pool), masker.map(|h| h.join()))
+        });
+        let mut masks: Vec<Option<anyhow::Result<Mask>>> = match masks {
+            None => running.iter().map(|_| None).collect(),
+            Some(Ok(masks)) => masks
+                .into_iter()
+                .map(|m| {
+                    m.map(|(m, took)| {
+                        stats.masks.fetch_add(1, Ordering::Relaxed);
+                        stats.mask_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                        m
+                    })
+                })
+                .collect(),
+            Some(Err(_)) => constraints
                 .iter()
-                .map(|s| SeqStep { tokens: &s.tokens[s.computed..], pos0: s.computed, table: &s.table })
-                .collect();
-            model.logits_paged(&steps, &mut pool)
-        }));
+                .map(|c| c.as_ref().map(|_| Err(anyhow::anyhow!("structured output: the mask thread panicked"))))
+                .collect(),
+        };
+        for (s, c) in running.iter_mut().zip(constraints) {
+            s.job.constraint = c;
+        }
         let logits = match step {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => {
@@ -476,7 +529,8 @@ pub fn run<'a>(
             if paged {
                 s.name_full_blocks(&mut blocks);
             }
-            let outcome = logits.narrow_rows(i, 1).and_then(|row| s.advance(&row, stop_ids, stats));
+            let mask = masks[i].take();
+            let outcome = logits.narrow_rows(i, 1).and_then(|row| s.advance(&row, mask, stop_ids, stats));
             match outcome {
                 Ok(Outcome::Going) => keep.push(s),
                 Ok(Outcome::Finished | Outcome::Gone) => retire(s, &mut blocks, stats),
@@ -489,6 +543,27 @@ pub fn run<'a>(
         running = keep;
         stats.kv_blocks_used.store(blocks.used() as u64, Ordering::Relaxed);
     }
+}
+
+/// One forward over every running sequence (the logits of each one's last position, (B, V));
+/// a panic fails the batch, not the server.
+fn forward(model: &Model, running: &mut [Seq], pool: &mut KvPool) -> std::thread::Result<anyhow::Result<Tensor>> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
+        if let [s] = running {
+            if let Some(dec) = s.dec.as_mut() {
+                let new = &s.tokens[s.computed..];
+                let ids = Tensor::from_u32(new.to_vec(), &[1, new.len()])?;
+                // The prompt, then one token a step (the step's logits are read before
+                // the next one overwrites them).
+                return if s.computed == 0 { dec.prefill(&ids) } else { dec.step(&ids) };
+            }
+        }
+        let steps: Vec<SeqStep> = running
+            .iter()
+            .map(|s| SeqStep { tokens: &s.tokens[s.computed..], pos0: s.computed, table: &s.table })
+            .collect();
+        model.logits_paged(&steps, pool)
+    }))
 }
 
 fn retire(mut s: Seq, blocks: &mut Blocks, stats: &Stats) {
@@ -601,6 +676,7 @@ mod tests {
                 frequency_penalty: 0.0,
                 logprobs: Some(0),
                 stop: vec![],
+                constraint: None,
                 index: i,
                 events: events.clone(),
                 queued: Instant::now(),
@@ -621,6 +697,67 @@ mod tests {
             assert_eq!(ids[i], generate(&model, p, &cfg, |_| {}).unwrap().ids, "request {i}");
         }
         assert_eq!((Stats::get(&stats.finished), Stats::get(&stats.batch_max)), (2, 1));
+    }
+
+    /// A constrained job runs the same in both loops (batched over the paged pool, and one
+    /// at a time as off the CPU): the same greedy and seeded answers, each a whole JSON value
+    /// of the schema, ended as "stop" by the grammar.
+    #[test]
+    fn constrained_jobs_give_the_same_valid_answers_in_both_modes() {
+        use crate::structured::{Format, Grammars};
+        use smelt_model::ModelConfig;
+        let mut c = ModelConfig::llama(257, 32, 2, 4, 2, 64);
+        c.max_pos = 256;
+        let model = Model::init(c, 3).unwrap();
+        let tok = Tokenizer::byte_level();
+        let grammars = Grammars::new(&tok, 257, &[256]).unwrap();
+        let schema = serde_json::json!({"type": "object", "properties": {"ok": {"type": "boolean"},
+            "n": {"type": "integer", "minimum": 0, "maximum": 999}}, "required": ["ok", "n"],
+            "additionalProperties": false});
+        let constraint = grammars.compile(&Format::JsonSchema(schema)).unwrap();
+        let answers = |cfg: EngineConfig| {
+            let (jobs, queue) = std::sync::mpsc::channel();
+            let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let stats = Stats::default();
+            for (i, temperature) in [0.0, 1.0, 1.0].into_iter().enumerate() {
+                stats.waiting.fetch_add(1, Ordering::Relaxed);
+                jobs.send(Job {
+                    prompt: tok.encode(&format!("prompt {i}")),
+                    max_tokens: 200,
+                    sampling: SamplingConfig { temperature, seed: i as u64, ..Default::default() },
+                    presence_penalty: 0.0,
+                    frequency_penalty: 0.0,
+                    logprobs: None,
+                    stop: vec![],
+                    constraint: Some(constraint.clone()),
+                    index: i,
+                    events: events.clone(),
+                    queued: Instant::now(),
+                })
+                .unwrap();
+            }
+            drop((jobs, events));
+            super::run(&model, &tok, &[256], queue, &stats, cfg);
+            let mut out = vec![(String::new(), None); 3];
+            while let Ok((i, ev)) = rx.try_recv() {
+                match ev {
+                    Event::Text(t, _) => out[i].0 += &t,
+                    Event::Done { finish, .. } => out[i].1 = Some(finish),
+                    Event::Failed(e) => panic!("{e}"),
+                }
+            }
+            assert!(Stats::get(&stats.masks) > 0);
+            out
+        };
+        let batched = answers(EngineConfig::new(&model, 4, 1024, KvType::F32).unwrap());
+        let single = answers(EngineConfig::one_at_a_time(&model).unwrap());
+        assert_eq!(batched, single);
+        for (text, finish) in &batched {
+            assert_eq!(*finish, Some(Finish::Stop), "{text}");
+            let v: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+            assert!(v["ok"].is_boolean() && v["n"].as_u64().is_some_and(|n| n <= 999), "{text}");
+            assert_eq!(v.as_object().unwrap().len(), 2, "{text}");
+        }
     }
 
     #[test]

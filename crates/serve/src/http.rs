@@ -6,6 +6,7 @@
 use crate::api::{self, ApiError, Prompt};
 use crate::engine::{Event, Finish, Job, TokenLogprob};
 use crate::metrics::Stats;
+use crate::structured::{Constraint, Format, Grammars};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -47,6 +48,12 @@ pub struct TextSide {
     /// Positions a request may use (prompt + new tokens): `--ctx-size`, at most the model's.
     pub ctx: usize,
     pub vocab: usize,
+    /// Ids that end generation (the grammar allows them once complete).
+    pub stop_ids: Vec<u32>,
+    /// The grammar compiler for `response_format`, or why this model cannot have one: built
+    /// by the first request that asks (the token trie of a 50k vocabulary takes a second or
+    /// two, which a server that never sees `response_format` should not pay at start).
+    pub grammars: OnceLock<Result<Grammars, String>>,
 }
 
 impl TextSide {
@@ -68,6 +75,32 @@ impl TextSide {
                 Ok(self.tok.encode_with(&text, false))
             }
         }
+    }
+
+    /// The request's `response_format` compiled for this model (None for text); a schema
+    /// llguidance cannot use is a 400 naming `response_format`.
+    fn constrain(&self, format: Option<Format>) -> Result<Option<Constraint>, ApiError> {
+        let Some(format) = format else { return Ok(None) };
+        let grammars = self.grammars.get_or_init(|| {
+            let t = std::time::Instant::now();
+            let g = Grammars::new(&self.tok, self.vocab, &self.stop_ids).map_err(|e| format!("{e:#}"));
+            match &g {
+                Ok(_) => eprintln!(
+                    "smelt serve: structured output ready (llguidance's token trie of {} ids in {:.0} ms)",
+                    self.vocab,
+                    t.elapsed().as_secs_f64() * 1e3
+                ),
+                Err(e) => eprintln!("smelt serve: no structured output for this model: {e}"),
+            }
+            g
+        });
+        let grammars = grammars.as_ref().map_err(|e| {
+            ApiError::field("response_format", format!("structured output is not available for this model: {e}"))
+        })?;
+        let c = grammars
+            .compile(&format)
+            .map_err(|e| ApiError::field("response_format", format!("the JSON schema cannot be used: {e}")))?;
+        Ok(Some(c))
     }
 }
 
@@ -259,9 +292,14 @@ async fn complete(
         return Err(unknown_model(&s, &req.model));
     }
     let side = text.clone();
-    let prompt = tokio::task::spawn_blocking(move || side.tokenize(req.prompt))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("tokenising: {e}")))??;
+    let format = req.format.clone();
+    // Tokenising and compiling a schema (which can take milliseconds) run off the I/O loop.
+    let (prompt, constraint) =
+        tokio::task::spawn_blocking(move || Ok::<_, ApiError>((side.tokenize(req.prompt)?, side.constrain(format)?)))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("tokenising: {e}"))
+            })??;
     let param = if chat { "messages" } else { "prompt" };
     if prompt.is_empty() {
         return Err(ApiError::field(param, "the prompt is empty after tokenisation"));
@@ -303,6 +341,7 @@ async fn complete(
             frequency_penalty: req.frequency_penalty,
             logprobs: req.logprobs,
             stop: req.stop.clone(),
+            constraint: constraint.clone(),
             index,
             events: events.clone(),
             queued,

@@ -6,7 +6,9 @@
 //! - `engine`: the thread that owns the model (the caller's: the CLI's rayon worker): a
 //!   scheduler that batches every running request into one forward per step (continuous
 //!   batching) over a paged KV pool (`blocks`: allocation and the prefix cache);
-//! - `metrics`: the counters and histograms `/metrics` reports.
+//! - `metrics`: the counters and histograms `/metrics` reports;
+//! - `structured`: `response_format` through llguidance (the token trie, a request's
+//!   constraint, each step's mask).
 //!
 //! The model loads after the port is bound, so `/health` answers 503 while it loads.
 
@@ -15,6 +17,7 @@ pub mod blocks;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod structured;
 
 use anyhow::{Context, Result};
 use smelt_model::Model;
@@ -97,6 +100,8 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
         template: loaded.template,
         ctx,
         vocab: loaded.model.cfg.vocab_size,
+        stop_ids: loaded.stop_ids.clone(),
+        grammars: OnceLock::new(),
     };
     let _ = shared.text.set(Arc::new(side));
     drop(shared);

@@ -66,6 +66,9 @@ pub struct Stats {
     /// Forward passes the engine has run, and the most sequences one of them held.
     pub steps: AtomicU64,
     pub batch_max: AtomicU64,
+    /// Structured output: token masks computed, and the time they took (microseconds).
+    pub masks: AtomicU64,
+    pub mask_micros: AtomicU64,
     /// Seconds from queueing to the first token.
     pub ttft: Histogram,
     /// Seconds between a sequence's consecutive tokens.
@@ -106,6 +109,18 @@ impl Stats {
             ("smelt_kv_blocks_used", "gauge", "KV blocks held by running requests.", &self.kv_blocks_used),
             ("smelt_engine_steps_total", "counter", "Batched forward passes run.", &self.steps),
             ("smelt_batch_size_max", "gauge", "Most sequences one forward pass has held.", &self.batch_max),
+            (
+                "smelt_structured_masks_total",
+                "counter",
+                "Token masks computed for response_format (one per constrained token).",
+                &self.masks,
+            ),
+            (
+                "smelt_structured_mask_microseconds_total",
+                "counter",
+                "Microseconds spent computing those masks.",
+                &self.mask_micros,
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, v) in rows {

@@ -7,6 +7,7 @@
 //!   by the suite where it sees two or more GPUs) for [`Need::MultiGpu`];
 //! - where things are: [`repo_root`], [`input`] (fetched inputs under `.cache/inputs/`),
 //!   [`fixture`] (the goldens under `crates/model/tests/fixtures/`, read by several crates);
+//! - [`peer_python`]: the venv's python for the PyTorch/transformers peer tests, or a skip;
 //! - [`nmse`], the error measure of the device-against-CPU tests;
 //! - with the `cuda` feature, [`gpu`]: device 0, or a skip;
 //! - [`http`]: a minimal HTTP/1.1 client for the server tests.
@@ -128,6 +129,24 @@ pub fn require_input(path: &Path, how: &str) -> Option<PathBuf> {
         skip(Need::Input, format!("{} missing ({how})", path.display()));
         None
     }
+}
+
+/// The project venv's python (`scripts/venv.sh`) when it imports every module of `modules`
+/// (e.g. "torch, transformers, safetensors"): the peer the PyTorch comparisons run. Otherwise a
+/// [`Need::Input`] skip naming what is missing, and None.
+pub fn peer_python(modules: &str) -> Option<String> {
+    let venv = std::process::Command::new(repo_root().join("scripts/venv.sh")).output().ok();
+    let py = venv.as_ref().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let ok = venv.is_some_and(|o| o.status.success())
+        && std::process::Command::new(&py)
+            .args(["-c", &format!("import {modules}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip(Need::Input, format!("the project's venv cannot import {modules} (run scripts/install_torch.sh)"));
+        return None;
+    }
+    Some(py)
 }
 
 /// `crates/model/tests/fixtures/<rel>`: the committed goldens several crates test against.

@@ -180,6 +180,37 @@ impl Tokenizer {
     pub fn id_to_token(&self, id: u32) -> Option<&str> {
         self.inner.vocab.get(id as usize).map(String::as_str).filter(|s| !s.is_empty())
     }
+    /// Whether `id` is a special token (one `decode` skips: an added token marked special, a
+    /// GGUF control token).
+    pub fn is_special(&self, id: u32) -> bool {
+        self.inner.special_ids.contains(&id)
+    }
+
+    /// Every id's bytes as it decodes after other text: what generation appends when it
+    /// samples the id (a SentencePiece `▁` is a space here, though `decode` drops it at the
+    /// start of a text), special tokens spelled out. What a constraint engine that matches
+    /// tokens as byte strings needs (`smelt-serve`'s structured output).
+    pub fn token_bytes_all(&self) -> Vec<Vec<u8>> {
+        // An ordinary token to decode each id after, so that decoders that treat the first
+        // token differently (Metaspace's leading space, a Strip) see it mid-text.
+        let plain = |id: u32| !self.is_special(id) && !self.decode_bytes(&[id], false).is_empty();
+        let anchor = match self.encode_with("a", false)[..] {
+            [id] if plain(id) => Some(id),
+            _ => (0..self.vocab_size() as u32).find(|&id| plain(id)),
+        };
+        let prefix = anchor.map(|a| self.decode_bytes(&[a], false)).unwrap_or_default();
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                let alone = || self.decode_bytes(&[id], false);
+                let Some(a) = anchor else { return alone() };
+                match self.decode_bytes(&[a, id], false).strip_prefix(&prefix[..]) {
+                    Some(rest) => rest.to_vec(),
+                    None => alone(),
+                }
+            })
+            .collect()
+    }
+
     /// The chat template embedded in the vocabulary's source (GGUF `tokenizer.chat_template`
     /// or `tokenizer_config.json` next to a tokenizer.json), if any.
     pub fn chat_template(&self) -> Option<&str> {

@@ -214,3 +214,40 @@ fn spm_style_tokenizer_json_matches_hf() {
         );
     }
 }
+
+/// `token_bytes_all`: each id's bytes mid-text, so the bytes of a sequence's ids joined are
+/// what those ids add to the decoded text after some earlier text (here "Hello"), for byte-level
+/// BPE (Qwen3 and the byte tokenizer) and both SentencePiece styles, whose decoders treat the
+/// start of a text differently; specials are spelled out.
+#[test]
+fn token_bytes_join_to_the_decoded_text() {
+    let text = corpus();
+    let lines: Vec<&str> = text.split('\n').filter(|l| !l.is_empty()).take(300).collect();
+    let dir = common::repo_root().join("crates/tokenizer/tests/golden");
+    let mut toks = vec![("byte_level".to_string(), Tokenizer::byte_level())];
+    for name in ["llama2_style", "metaspace_style"] {
+        toks.push((name.into(), Tokenizer::from_file(&dir.join(format!("{name}.tokenizer.json"))).unwrap()));
+    }
+    let qwen = common::repo_root().join(".cache/inputs/qwen3/tokenizer.json");
+    if qwen.exists() {
+        toks.push(("qwen3".into(), Tokenizer::from_file(&qwen).unwrap()));
+    }
+    for (name, tok) in &toks {
+        let bytes = tok.token_bytes_all();
+        assert_eq!(bytes.len(), tok.vocab_size(), "{name}");
+        let before = tok.encode_with("Hello", false);
+        let start = tok.decode_bytes(&before, false);
+        for line in &lines {
+            let ids = tok.encode_with(line, false);
+            let mut joined = start.clone();
+            joined.extend(ids.iter().flat_map(|&id| bytes[id as usize].clone()));
+            let decoded = tok.decode_bytes(&[&before[..], &ids[..]].concat(), false);
+            let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            assert!(joined == decoded, "{name}: {line:?}: {:?} vs {:?}", show(&joined), show(&decoded));
+        }
+    }
+    let b = Tokenizer::byte_level();
+    let eos = b.eos_id().unwrap();
+    assert!(b.is_special(eos) && !b.is_special(u32::from(b'a')));
+    assert_eq!(b.token_bytes_all()[eos as usize], b"<|endoftext|>");
+}

@@ -1,5 +1,6 @@
 //! Checkpoints: a Hugging Face model folder (config.json, model.safetensors, tokenizer.json,
-//! generation_config.json) plus, for exact resume, `optimizer.safetensors` (AdamW moments) and
+//! generation_config.json) plus, for exact resume, `optimizer.safetensors` (AdamW moments, Muon
+//! momentum buffers) and
 //! `trainer_state.json` (step, settings, data position).
 //!
 //! Every checkpoint is written into a temporary sibling folder (removed on an error or Ctrl-C)
@@ -8,7 +9,7 @@
 //! resumes) has an id in `trainer_state.json`; rotation only ever deletes that lineage's
 //! `step-*` folders.
 
-use crate::optim::AdamWState;
+use crate::optim::Optimizer;
 use crate::TrainConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -50,7 +51,7 @@ fn generation_config(model: &Model, tok: &Tokenizer) -> serde_json::Value {
 }
 
 /// Writes a complete checkpoint folder at `dir` atomically.
-pub fn save(dir: &Path, model: &Model, tok: &Tokenizer, train: Option<(&AdamWState, &TrainerState)>) -> Result<()> {
+pub fn save(dir: &Path, model: &Model, tok: &Tokenizer, train: Option<(&Optimizer, &TrainerState)>) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     dir.file_name().context("checkpoint path has no folder name")?;
@@ -61,7 +62,7 @@ pub fn save(dir: &Path, model: &Model, tok: &Tokenizer, train: Option<(&AdamWSta
     staged.commit_dir(dir)
 }
 
-fn write_into(tmp: &Path, model: &Model, tok: &Tokenizer, train: Option<(&AdamWState, &TrainerState)>) -> Result<()> {
+fn write_into(tmp: &Path, model: &Model, tok: &Tokenizer, train: Option<(&Optimizer, &TrainerState)>) -> Result<()> {
     match &model.adapter {
         // A LoRA run's checkpoint is its adapter in PEFT's format; the base stays where
         // `init` names it (trainer_state.json).
@@ -73,13 +74,11 @@ fn write_into(tmp: &Path, model: &Model, tok: &Tokenizer, train: Option<(&AdamWS
     tok.save_hf(tmp)?;
     std::fs::write(tmp.join("generation_config.json"), serde_json::to_string_pretty(&generation_config(model, tok))?)?;
     if let Some((opt, state)) = train {
-        let mut named: Vec<(String, Tensor)> = Vec::new();
-        for (i, n) in model.trainable_names().iter().enumerate() {
-            named.push((format!("{n}.exp_avg"), opt.m[i].clone()));
-            named.push((format!("{n}.exp_avg_sq"), opt.v[i].clone()));
-        }
+        let named: Vec<(String, Tensor)> = opt.named(&model.trainable_names());
         let mut meta = std::collections::HashMap::new();
-        meta.insert("adamw_t".to_string(), opt.t.to_string());
+        meta.insert("adamw_t".to_string(), opt.t().to_string());
+        let kind = serde_json::to_value(state.config.optimizer)?;
+        meta.insert("optimizer".to_string(), kind.as_str().unwrap_or_default().to_string());
         smelt_model::io::write_safetensors(
             &tmp.join("optimizer.safetensors"),
             &named,
@@ -148,28 +147,31 @@ pub fn load_model(dir: &Path) -> Result<Model> {
     Ok(model)
 }
 
-/// Loads the optimizer state and trainer state saved beside a model (its `trainable` tensors').
-pub fn load_train_state(dir: &Path, model: &Model) -> Result<(AdamWState, TrainerState)> {
+/// A checkpoint's `trainer_state.json` (what `--resume` continues: its settings, its step).
+pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let sp = dir.join("trainer_state.json");
-    let state: TrainerState = serde_json::from_str(
+    serde_json::from_str(
         &std::fs::read_to_string(&sp)
             .with_context(|| format!("reading {} (is this a training checkpoint?)", sp.display()))?,
     )
-    .with_context(|| format!("{}: invalid trainer state", sp.display()))?;
+    .with_context(|| format!("{}: invalid trainer state", sp.display()))
+}
+
+/// Loads the optimizer state and trainer state saved beside a model (its `trainable` tensors').
+pub fn load_train_state(dir: &Path, model: &Model) -> Result<(Optimizer, TrainerState)> {
+    let state = read_state(dir)?;
     let op = dir.join("optimizer.safetensors");
-    let mut t = smelt_model::io::read_safetensors(&op)?;
-    let (mut m, mut v) = (Vec::new(), Vec::new());
-    for (n, p) in model.trainable_names().iter().zip(model.trainable()) {
-        for (suffix, out) in [("exp_avg", &mut m), ("exp_avg_sq", &mut v)] {
-            let key = format!("{n}.{suffix}");
-            let x = t.remove(&key).with_context(|| format!("{}: missing {key}", op.display()))?;
-            if x.shape() != p.shape() {
-                bail!("{}: {key} has shape {:?}, parameter has {:?}", op.display(), x.shape(), p.shape());
-            }
-            out.push(x);
-        }
-    }
-    Ok((AdamWState { m, v, t: state.step }, state))
+    let t = smelt_model::io::read_safetensors(&op)?;
+    let opt = Optimizer::from_named(
+        state.config.optimizer,
+        &model.trainable_names(),
+        model.trainable(),
+        &model.trainable_matrices(),
+        t,
+        state.step,
+        &op.display().to_string(),
+    )?;
+    Ok((opt, state))
 }
 
 /// Removes all but the newest `keep` `step-*` folders of the lineage `run_id` in `root`;

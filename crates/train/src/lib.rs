@@ -1,7 +1,8 @@
-//! smelt-train: the optimizer, schedules, the training loop (pretraining and SFT) and checkpoints.
+//! smelt-train: the optimizers, schedules, the training loop (pretraining, SFT, distillation) and checkpoints.
 
 pub mod checkpoint;
 pub mod dist;
+pub mod distill;
 pub mod optim;
 pub mod progress;
 pub mod run_dir;
@@ -9,8 +10,9 @@ pub mod sft;
 pub mod trainer;
 
 pub use dist::DataParallel;
+pub use distill::{DistillConfig, Teacher};
 pub use sft::SftConfig;
 pub use trainer::{
-    gradients, run, run_with, step, step_parallel, step_with, train_step, Layout, StepOutcome, TrainConfig,
-    TrainSummary,
+    gradients, run, run_distill, run_with, step, step_parallel, step_with, train_step, Layout, StepOutcome,
+    TrainConfig, TrainSummary,
 };

@@ -8,7 +8,8 @@
 
 use crate::checkpoint::{self, TrainerState};
 use crate::dist::DataParallel;
-use crate::optim::{lr_at, AdamWState, Schedule};
+use crate::distill::{DistillConfig, LogitsFile, Teacher};
+use crate::optim::{lr_at, AdamWState, Hyper, Optimizer, OptimizerKind, Schedule};
 use crate::run_dir;
 use crate::sft::{SftConfig, SftData};
 use anyhow::{bail, Context, Result};
@@ -16,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use smelt_core::ops::adamw::{self, AdamW};
 use smelt_core::ops::attention::Segments;
 use smelt_core::ops::cross_entropy::IGNORE;
+use smelt_core::ops::distill::{DistillLoss, TeacherLogits};
 use smelt_core::ops::elementwise;
+use smelt_core::ops::muon::Muon;
 use smelt_core::profile::timed;
 use smelt_core::{Graph, Tensor};
 use smelt_data::{Batcher, Share, TokenFile};
@@ -77,11 +80,31 @@ pub struct TrainConfig {
     /// then hold the adapter in PEFT's format, see `checkpoint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<smelt_model::LoraConfig>,
+    /// AdamW for every parameter, or Muon for the hidden weight matrices (AdamW for the rest).
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    /// Muon's peak learning rate (it follows the same schedule as `lr`, scaled by muon_lr / lr).
+    #[serde(default = "default_muon_lr")]
+    pub muon_lr: f64,
+    /// Muon's (Nesterov) momentum.
+    #[serde(default = "default_muon_momentum")]
+    pub muon_momentum: f64,
+    /// Knowledge distillation (`smelt distill`): the loss is against a teacher's logits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
     /// Data parallel over several GPUs (`crate::dist`): this process's rank and communicator.
     /// `batch_size` stays the global batch, split among the ranks. Not saved: a checkpoint
     /// resumes on any number of GPUs.
     #[serde(skip)]
     pub parallel: Option<DataParallel>,
+}
+
+fn default_muon_lr() -> f64 {
+    0.02
+}
+
+fn default_muon_momentum() -> f64 {
+    0.95
 }
 
 /// The `smelt train` defaults (the CLI documents each), for library users and tests.
@@ -124,6 +147,10 @@ impl Default for TrainConfig {
             overwrite: false,
             sft: None,
             lora: None,
+            optimizer: OptimizerKind::AdamW,
+            muon_lr: default_muon_lr(),
+            muon_momentum: default_muon_momentum(),
+            distill: None,
             parallel: None,
         }
     }
@@ -145,10 +172,11 @@ impl TrainConfig {
             ("min-lr", self.min_lr),
             ("weight-decay", self.weight_decay),
             ("grad-clip", self.grad_clip),
+            ("muon-lr", self.muon_lr),
         ] {
             check(v.is_finite() && v >= 0.0, flag, v, "a finite number >= 0")?;
         }
-        for (flag, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+        for (flag, v) in [("beta1", self.beta1), ("beta2", self.beta2), ("muon-momentum", self.muon_momentum)] {
             check((0.0..1.0).contains(&v), flag, v, "in [0, 1)")?;
         }
         check(self.eps.is_finite() && self.eps > 0.0, "eps", self.eps, "a finite number > 0")?;
@@ -158,6 +186,27 @@ impl TrainConfig {
             self.rope_theta,
             "a finite number > 0",
         )?;
+        if let Some(d) = &self.distill {
+            check(
+                d.temperature.is_finite() && d.temperature > 0.0,
+                "temperature",
+                d.temperature,
+                "a finite number > 0",
+            )?;
+            check(d.alpha.is_finite() && d.alpha >= 0.0, "alpha", d.alpha, "a finite number >= 0")?;
+        }
+        // Neither has a GPU path yet; say so before anything is loaded (no silent host fallback).
+        if !self.device.is_cpu() {
+            if self.optimizer == OptimizerKind::Muon {
+                bail!(
+                    "--optimizer muon runs on the CPU only for now ({} asked): use --device cpu, or --optimizer adamw",
+                    self.device
+                );
+            }
+            if self.distill.is_some() {
+                bail!("smelt distill runs on the CPU only for now ({} asked): use --device cpu", self.device);
+            }
+        }
         let counts = [
             ("batch-size", self.batch_size as u64),
             ("seq-len", self.seq_len as u64),
@@ -172,6 +221,19 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+
+    /// The optimizer settings of update `step` (0-based): the schedule's learning rate for
+    /// AdamW and, with Muon, the same schedule scaled to `muon_lr`.
+    pub fn hyper(&self, step: u64) -> Hyper {
+        let lr = lr_at(self.schedule, step, self.steps, self.warmup, self.lr, self.min_lr);
+        let adamw = AdamW { lr, beta1: self.beta1, beta2: self.beta2, eps: self.eps, weight_decay: self.weight_decay };
+        let muon = (self.optimizer == OptimizerKind::Muon).then(|| {
+            let floor = if self.lr > 0.0 { self.min_lr / self.lr } else { 1.0 };
+            let f = lr_at(self.schedule, step, self.steps, self.warmup, 1.0, floor);
+            Muon { lr: self.muon_lr * f, momentum: self.muon_momentum, weight_decay: self.weight_decay }
+        });
+        Hyper { adamw, muon }
     }
 
     pub fn model_config(&self, vocab_size: usize) -> Result<ModelConfig> {
@@ -235,6 +297,10 @@ pub struct Layout {
     pub segments: Vec<Option<Arc<Segments>>>,
     /// One per micro-batch, summing to 1; `None`: the plain mean (1/n each).
     pub weights: Option<Vec<f64>>,
+    /// Distillation: the loss settings and each micro-batch's teacher logits (empty: the
+    /// plain next-token loss).
+    pub distill: Option<DistillLoss>,
+    pub teacher: Vec<TeacherLogits>,
 }
 
 impl Layout {
@@ -248,7 +314,8 @@ impl Layout {
         if total == 0 {
             bail!("no target in the loss in this update's {} micro-batch(es)", micro.len());
         }
-        Ok(Layout { segments, weights: Some(counts.iter().map(|&c| c as f64 / total as f64).collect()) })
+        let weights = Some(counts.iter().map(|&c| c as f64 / total as f64).collect());
+        Ok(Layout { segments, weights, ..Layout::default() })
     }
 }
 
@@ -264,18 +331,7 @@ pub fn train_step(
     step(model, opt, hp, micro, clip, grad_checkpoint).map(|o| (o.loss, o.grad_norm))
 }
 
-/// One update: forward/backward over `micro` batches (gradients averaged), clip, AdamW, on
-/// whatever device the model is on (the autograd tape runs unchanged over its tensors).
-/// The gradient norm, the clip coefficient and a skip flag (loss or norm not finite) stay
-/// where the gradients are and AdamW reads them there, so a GPU step is queued without a host
-/// round trip; the host waits once, at the end, to read the losses and the norm.
-/// Parameters are untouched if the loss or the norm is not finite; after an update, whether
-/// every parameter is still finite comes back too (`adamw::params_finite`: a scan on the CPU,
-/// a flag the AdamW kernel raises on a GPU, read with the loss: no extra wait per step).
-///
-/// Precision on CUDA (`smelt_core::cuda::matmul_precision`, docs/CUDA.md): f32 master weights,
-/// weight gradients and AdamW moments; under mixed precision (the default) bf16 matmul operands
-/// with f32 accumulation and bf16 activations and activation gradients, the residual stream f32.
+/// `step_with` on AdamW alone (every trainable parameter), with plain mean micro-batches.
 pub fn step(
     model: &mut Model,
     opt: &mut AdamWState,
@@ -284,7 +340,12 @@ pub fn step(
     clip: f64,
     grad_checkpoint: bool,
 ) -> Result<StepOutcome> {
-    step_with(model, opt, hp, micro, &Layout::default(), clip, grad_checkpoint)
+    let state = AdamWState { m: std::mem::take(&mut opt.m), v: std::mem::take(&mut opt.v), t: opt.t };
+    let mut o = Optimizer::from_adamw(state);
+    let out =
+        step_with(model, &mut o, &Hyper { adamw: *hp, muon: None }, micro, &Layout::default(), clip, grad_checkpoint);
+    *opt = o.adamw;
+    out
 }
 
 /// `step_with` on one rank of a data-parallel job (`dp`; None: one process). After the last
@@ -293,8 +354,8 @@ pub fn step(
 #[allow(clippy::too_many_arguments)]
 pub fn step_parallel(
     model: &mut Model,
-    opt: &mut AdamWState,
-    hp: &AdamW,
+    opt: &mut Optimizer,
+    hp: &Hyper,
     micro: &[(Tensor, Tensor)],
     layout: &Layout,
     clip: f64,
@@ -308,11 +369,23 @@ pub fn step_parallel(
     update(model, opt, hp, grads, &losses, layout, clip)
 }
 
-/// `step` with the micro-batches laid out and weighted as `layout` says (SFT).
+/// One update: forward/backward over `micro` batches (gradients averaged), clip, the optimizer
+/// (AdamW, or Muon + AdamW), on whatever device the model is on (the autograd tape runs unchanged over its tensors).
+/// The gradient norm, the clip coefficient and a skip flag (loss or norm not finite) stay
+/// where the gradients are and AdamW reads them there, so a GPU step is queued without a host
+/// round trip; the host waits once, at the end, to read the losses and the norm.
+/// Parameters are untouched if the loss or the norm is not finite; after an update, whether
+/// every parameter is still finite comes back too (`adamw::params_finite`: a scan on the CPU,
+/// a flag the AdamW kernel raises on a GPU, read with the loss: no extra wait per step).
+///
+/// Precision on CUDA (`smelt_core::cuda::matmul_precision`, docs/CUDA.md): f32 master weights,
+/// weight gradients and AdamW moments; under mixed precision (the default) bf16 matmul operands
+/// with f32 accumulation and bf16 activations and activation gradients, the residual stream f32.
+/// The micro-batches are laid out and weighted as `layout` says (SFT, distillation).
 pub fn step_with(
     model: &mut Model,
-    opt: &mut AdamWState,
-    hp: &AdamW,
+    opt: &mut Optimizer,
+    hp: &Hyper,
     micro: &[(Tensor, Tensor)],
     layout: &Layout,
     clip: f64,
@@ -321,11 +394,11 @@ pub fn step_with(
     step_parallel(model, opt, hp, micro, layout, clip, grad_checkpoint, None)
 }
 
-/// The update from the step's gradients and losses: norm, clip, AdamW, and the one wait.
+/// The update from the step's gradients and losses: norm, clip, the optimizer, and the one wait.
 fn update(
     model: &mut Model,
-    opt: &mut AdamWState,
-    hp: &AdamW,
+    opt: &mut Optimizer,
+    hp: &Hyper,
     grads: Vec<Tensor>,
     losses: &[Tensor],
     layout: &Layout,
@@ -338,13 +411,13 @@ fn update(
     }
     let gnorm = timed("clip_grad_norm", || adamw::grad_norm(&grads.iter().collect::<Vec<_>>(), clip, Some(&loss_sum)))?;
     let decay = model.trainable_decays();
-    timed("adamw", || opt.step(hp, model.trainable_mut(), &grads, &decay, Some(&gnorm)))?;
+    timed("optimizer", || opt.step(hp, model.trainable_mut(), &grads, &decay, Some(&gnorm)))?;
     // The one wait of the step: everything above is queued; read the losses and the norm.
     let loss = update_loss(losses, layout)?;
     let (norm, _, skipped) = gnorm.read()?;
     if skipped {
         // The update was skipped on the device; keep the step count in step with it.
-        opt.t -= 1;
+        opt.undo_count();
         return Ok(StepOutcome {
             loss,
             grad_norm: if loss.is_finite() { norm } else { f64::NAN },
@@ -401,7 +474,13 @@ fn backward_mean(
         let mut g = Graph::training();
         let p = model.param_vars(&mut g, true);
         let seg = layout.segments.get(m).and_then(Option::as_ref);
-        let loss = model.loss_packed(&mut g, &p, x, y, seg, grad_checkpoint)?;
+        let loss = match (&layout.distill, layout.teacher.get(m)) {
+            (Some(o), Some(teacher)) => {
+                let z = model.logits_packed(&mut g, &p, x, seg, grad_checkpoint)?;
+                g.distill_loss(&z, teacher, y, o)?.0
+            }
+            _ => model.loss_packed(&mut g, &p, x, y, seg, grad_checkpoint)?,
+        };
         losses.push(loss.tensor().clone());
         let seed = Tensor::full(loss.tensor().shape(), layout.weights.as_ref().map_or(1.0, |w| w[m] as f32));
         let vars = model.trainable_vars(&p);
@@ -581,7 +660,7 @@ pub(crate) struct Update {
 
 /// Where the batches of a run come from: random windows of a token file (pretraining) or
 /// JSONL examples (SFT, `crate::sft`).
-enum Data {
+pub(crate) enum Data {
     /// `share`: this rank's rows of each batch (all of them in one process).
     Windows {
         train: Batcher,
@@ -592,7 +671,7 @@ enum Data {
 }
 
 impl Data {
-    fn open(cfg: &TrainConfig, tok: &Tokenizer, model: &Model) -> Result<Self> {
+    pub(crate) fn open(cfg: &TrainConfig, tok: &Tokenizer, model: &Model) -> Result<Self> {
         if let Some(s) = &cfg.sft {
             return Ok(Data::Sft(SftData::open(cfg, s, tok, model)?));
         }
@@ -616,7 +695,7 @@ impl Data {
     }
 
     /// The micro-batches of update `step`, their layout, and the tokens they hold (not padding).
-    fn update(&self, step: u64, cfg: &TrainConfig) -> Result<Update> {
+    pub(crate) fn update(&self, step: u64, cfg: &TrainConfig) -> Result<Update> {
         match self {
             // Micro-batch m of update s is loader step s·accum + m: a pure function, so resume is exact.
             // On several ranks each reads its rows of that batch; the tokens are the update's, all ranks'.
@@ -632,6 +711,14 @@ impl Data {
                 Ok(Update { micro, layout: Layout::default(), tokens })
             }
             Data::Sft(d) => d.update(step, cfg.grad_accum),
+        }
+    }
+
+    /// The steps `--epochs` sets (SFT data), if any.
+    pub(crate) fn steps_for_epochs(&self, accum: usize) -> Option<u64> {
+        match self {
+            Data::Windows { .. } => None,
+            Data::Sft(d) => d.steps_for_epochs(accum),
         }
     }
 
@@ -660,6 +747,29 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
 /// `run` starting from a model and tokenizer already loaded (`smelt sft` from a GGUF file,
 /// dequantised) instead of `cfg.init`; ignored on resume.
 pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, Tokenizer)>) -> Result<TrainSummary> {
+    run_full(cfg, resume, base, None)
+}
+
+/// `run_with` distilling (`smelt distill`; `cfg.distill`, or on resume the checkpoint's saved
+/// settings, say how): from `teacher` run on the fly, or without one from the settings'
+/// `teacher_logits` file.
+pub fn run_distill(
+    cfg: TrainConfig,
+    resume: Option<&Path>,
+    base: Option<(Model, Tokenizer)>,
+    teacher: Option<Model>,
+) -> Result<TrainSummary> {
+    run_full(cfg, resume, base, Some(teacher))
+}
+
+/// `teacher`: `None` for a plain run, `Some` for a distillation (holding the teacher model when
+/// it runs on the fly).
+fn run_full(
+    cfg: TrainConfig,
+    resume: Option<&Path>,
+    base: Option<(Model, Tokenizer)>,
+    teacher: Option<Option<Model>>,
+) -> Result<TrainSummary> {
     // Rank 0 of several writes checkpoints and metrics, evaluates and reports; the others train.
     let lead = cfg.parallel.as_ref().is_none_or(DataParallel::is_lead);
     let (mut model, tok, mut opt, mut cfg, start, run_id, mut tokens_seen) = match resume {
@@ -667,6 +777,14 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
             cfg.validate()?;
             let model = checkpoint::load_model(dir)?;
             let (opt, state) = checkpoint::load_train_state(dir, &model)?;
+            if state.config.distill.is_some() != teacher.is_some() {
+                bail!(
+                    "{}: {} (resume it with {})",
+                    dir.display(),
+                    if teacher.is_some() { "not a distillation run" } else { "a distillation run" },
+                    if teacher.is_some() { "smelt train / sft" } else { "smelt distill" }
+                );
+            }
             let tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
             let mut saved = state.config.clone();
             saved.steps = cfg.steps;
@@ -733,22 +851,44 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
                 }
             };
             let model = with_lora(model, &cfg)?;
-            let opt = AdamWState::new(model.trainable());
+            let opt = Optimizer::new(cfg.optimizer, model.trainable(), &model.trainable_matrices());
             (model, tok, opt, cfg, 0, smelt_files::staging::unique_id(), 0)
         }
     };
-    if cfg.sft.is_some() && cfg.parallel.as_ref().is_some_and(|p| p.world_size() > 1) {
-        bail!("smelt sft trains on one GPU for now: its token-weighted micro-batches are not split among ranks yet (drop --nproc / run one process)");
-    }
-    let data = Data::open(&cfg, &tok, &model)?;
-    if let Data::Sft(d) = &data {
-        if let Some(steps) = d.steps_for_epochs(cfg.grad_accum) {
-            cfg.steps = steps;
-            if let Some(dir) = resume.filter(|_| steps <= start) {
-                bail!("{} is at step {start}; --epochs gives {steps} steps, leaving nothing to do", dir.display());
-            }
+    if cfg.parallel.as_ref().is_some_and(|p| p.world_size() > 1) {
+        if cfg.sft.is_some() {
+            bail!("smelt sft trains on one GPU for now: its token-weighted micro-batches are not split among ranks yet (drop --nproc / run one process)");
+        }
+        if cfg.distill.is_some() {
+            bail!("smelt distill trains in one process for now: its teacher's logits are not split among ranks yet (drop --nproc / run one process)");
         }
     }
+    let data = Data::open(&cfg, &tok, &model)?;
+    if let Some(steps) = data.steps_for_epochs(cfg.grad_accum) {
+        cfg.steps = steps;
+        if let Some(dir) = resume.filter(|_| steps <= start) {
+            bail!("{} is at step {start}; --epochs gives {steps} steps, leaving nothing to do", dir.display());
+        }
+    }
+    let distill = match (teacher, &cfg.distill) {
+        (Some(t), Some(d)) => {
+            let t = match (&d.teacher_logits, t) {
+                (Some(f), _) => Teacher::Logits(LogitsFile::open(f, &cfg, model.cfg.vocab_size)?),
+                (None, Some(m)) => Teacher::Model(Box::new(m)),
+                (None, None) => bail!("distillation needs a teacher model or a teacher logits file"),
+            };
+            let name =
+                d.teacher.as_ref().or(d.teacher_logits.as_ref()).map(|p| p.display().to_string()).unwrap_or_default();
+            t.check(&model, &name)?;
+            if let (Teacher::Model(tm), true) = (&t, data.has_val()) {
+                eprintln!("teacher {name}: validation loss {:.4}", data.evaluate(tm)?);
+            }
+            Some((t, d.loss()))
+        }
+        (None, None) => None,
+        (Some(_), None) => bail!("distillation needs its settings (TrainConfig::distill)"),
+        (None, Some(_)) => bail!("these settings distill from a teacher: run them with smelt distill"),
+    };
     model.to_device(cfg.device)?;
     opt.to_device(cfg.device)?;
     match &cfg.parallel {
@@ -805,9 +945,13 @@ pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, To
     let mut last_good: Option<PathBuf> = resume.map(Path::to_path_buf);
     let (mut window_tokens, mut window_start) = (0u64, Instant::now());
     for step_index in start..cfg.steps {
-        let lr = lr_at(cfg.schedule, step_index, cfg.steps, cfg.warmup, cfg.lr, cfg.min_lr);
-        let hp = AdamW { lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay };
-        let Update { micro, layout, tokens: tokens_per_step } = data.update(step_index, &cfg)?;
+        let hp = cfg.hyper(step_index);
+        let lr = hp.adamw.lr;
+        let mut update = data.update(step_index, &cfg)?;
+        if let Some((t, o)) = &distill {
+            t.attach(&mut update, step_index, *o)?;
+        }
+        let Update { micro, layout, tokens: tokens_per_step } = update;
         if let Some(a) = &model.adapter {
             a.begin_step(cfg.seed, step_index); // its dropout masks: a function of (seed, step)
         }

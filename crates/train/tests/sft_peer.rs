@@ -198,7 +198,7 @@ fn sft_loss_and_gradients_match_pytorch() {
         if c.micro.len() > 1 {
             // The check can fail: a mean of per-micro-batch means is a different number here.
             let (plain, _) =
-                smelt_train::gradients(&model, &c.micro, &Layout { segments: c.segments.clone(), weights: None })
+                smelt_train::gradients(&model, &c.micro, &Layout { segments: c.segments.clone(), ..Layout::default() })
                     .unwrap();
             let off = (plain - want).abs() / want;
             println!("{}: a mean of per-micro-batch means would be {plain:.10} (rel {off:.2e})", c.name);

@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Timed iterations per measurement (after one warm-up); the median is reported.
     #[arg(long, default_value_t = 5, value_parser = super::checks::count)]
     iters: usize,
+    /// Time the training step with activation checkpointing (each layer's activations
+    /// recomputed in backward, as `train --grad-checkpoint`): less memory at long sequences.
+    #[arg(long)]
+    grad_checkpoint: bool,
     /// Tokens decoded one at a time (batch 1, KV cache) after a 16-token prompt.
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
@@ -204,7 +208,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
         let batch = [(x.clone(), y.clone())];
         let t = median_secs(a.iters, device, || {
-            smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, false).map(|_| ())
+            smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, a.grad_checkpoint).map(|_| ())
         })?;
         profile_report("train");
         t
@@ -233,6 +237,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "decode_tok_s": decode_ids.len() as f64 / dec,
         "train_tok_s": (b * t) as f64 / train,
         "peak_mem_bytes": peak,
+        "grad_checkpoint": a.grad_checkpoint,
         "paged_decode": paged,
     });
     match a.format {

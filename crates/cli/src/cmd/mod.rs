@@ -2,6 +2,7 @@
 pub mod bench;
 pub mod checks;
 pub mod device;
+pub mod distill;
 pub mod export_gguf;
 pub mod generate;
 pub mod imatrix;

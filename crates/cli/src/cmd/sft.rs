@@ -44,7 +44,7 @@ pub struct SftArgs {
 
 /// The chat template beside a model: its tokenizer's (tokenizer_config.json, the GGUF's), or a
 /// folder's chat_template.jinja.
-fn chat_template(model: &Path, tok: &smelt_tokenizer::Tokenizer) -> Result<Option<String>> {
+pub(crate) fn chat_template(model: &Path, tok: &smelt_tokenizer::Tokenizer) -> Result<Option<String>> {
     if let Some(t) = tok.chat_template() {
         return Ok(Some(t.to_string()));
     }

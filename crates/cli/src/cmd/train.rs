@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use smelt_train::optim::Schedule;
+use smelt_train::optim::{OptimizerKind, Schedule};
 use smelt_train::TrainConfig;
 use std::path::PathBuf;
 
@@ -50,7 +50,7 @@ pub struct TrainArgs {
     lora: super::lora::LoraArgs,
 }
 
-/// The flags `smelt train` and `smelt sft` share: batch shape, steps, the optimizer and its
+/// The flags `smelt train`, `smelt sft` and `smelt distill` share: batch shape, steps, the optimizer and its
 /// schedule, checkpoints, logging, resume and the device. `smelt sft` changes some defaults
 /// (see its `--help`).
 #[derive(Args, Debug)]
@@ -79,7 +79,21 @@ pub struct RunFlags {
     /// Learning-rate schedule after warmup: cosine, wsd (warmup-stable-decay) or constant.
     #[arg(long, default_value = "cosine")]
     pub schedule: Schedule,
-    /// Decoupled weight decay, applied to matrices and embeddings (not norms or biases).
+    /// adamw: AdamW for every parameter. muon: Muon (Nesterov momentum orthogonalised by 5
+    /// quintic Newton–Schulz steps, scaled by √max(1, rows/cols) as Keller Jordan's reference)
+    /// for the layers' 2-D weight matrices, AdamW (--lr, --beta1, …) for the embedding, head,
+    /// norms and biases. Muon runs on the CPU only for now.
+    #[arg(long, default_value = "adamw")]
+    pub optimizer: OptimizerKind,
+    /// Muon's peak learning rate (the reference's default); it follows --schedule, scaled by
+    /// --muon-lr / --lr.
+    #[arg(long, default_value_t = 0.02)]
+    pub muon_lr: f64,
+    /// Muon's Nesterov momentum.
+    #[arg(long, default_value_t = 0.95)]
+    pub muon_momentum: f64,
+    /// Decoupled weight decay, applied to matrices and embeddings (not norms or biases); with
+    /// Muon, its matrices decay by --muon-lr × this.
     #[arg(long, default_value_t = 0.1)]
     pub weight_decay: f64,
     #[arg(long, default_value_t = 0.9)]
@@ -144,6 +158,9 @@ impl RunFlags {
         cfg.beta2 = self.beta2;
         cfg.eps = self.eps;
         cfg.grad_clip = self.grad_clip;
+        cfg.optimizer = self.optimizer;
+        cfg.muon_lr = self.muon_lr;
+        cfg.muon_momentum = self.muon_momentum;
         cfg.seed = self.seed;
         cfg.grad_checkpoint = self.grad_checkpoint;
         cfg.checkpoint_interval = self.checkpoint_interval;

@@ -6,10 +6,12 @@
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
+pub mod distill;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod matmul;
+pub mod muon;
 pub mod qmatmul;
 pub mod rmsnorm;
 pub mod rope;

@@ -579,7 +579,9 @@ fn parity_linear_f32_and_bf16() {
 fn parity_gemv_linear_many_and_swiglu() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
-    for (n, k) in [(1, 96), (2, 200), (4, 64), (3, 37)] {
+    // Decode's long rows too (k 2048, 8200: several rounds of 8 loads a lane; 4100 bf16 is not a
+    // whole number of 16-byte vectors, so it takes the scalar loop).
+    for (n, k) in [(1, 96), (2, 200), (4, 64), (3, 37), (1, 2048), (2, 8200), (1, 4100)] {
         let x = randn(&mut r, &[n, k], 1.0);
         let (wq, wk, wv) = (randn(&mut r, &[48, k], 0.1), randn(&mut r, &[16, k], 0.1), randn(&mut r, &[16, k], 0.1));
         let bq = randn(&mut r, &[48], 1.0);

@@ -5,46 +5,88 @@
 // launch does what three (or three plus the gate) did.
 //
 // One warp per output row, for all n inputs: lanes stride the row in 16-byte vectors (8 bf16 or
-// 4 f32) of W and of each x row, accumulate in f32, sum by shuffles; lane 0 stores. Rounding as
+// 4 f32) of W and of each x row, accumulate in f32, sum by shuffles; lane 0 stores (rows_dot). Rounding as
 // the unfused path: each product is rounded to T, then the bias is added (f32) and rounded again;
 // the gate and up products are rounded to T before silu(g)·u (swiglu.cu's arithmetic).
 // W, x, y share the storage type T (f32 or bf16); biases are f32.
 #define GEMV_WARPS 8
 #define GEMV_MAXN 4
 
-template <typename T>
-__device__ __forceinline__ void row_dot(const T* w, const T* x, int k, int n, float acc[GEMV_MAXN]) {
+// A 16-byte weight vector that is read once per token: not kept in L1 (x is, for every row).
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+// acc[r][j] = row r of the R weight rows w[r] (k elements each) · input row j of x, summed over
+// the warp. Each lane owns the 16-byte vectors lane, lane + 32, … of a row; it issues the loads
+// of GEMV_LOADS of them (over the R rows) before the first product, so a warp keeps up to
+// 32 × 16 × GEMV_LOADS bytes in flight (the bandwidth needs ~20 KB in flight per SM; one load
+// then one product at a time reached a third of it). Sums per lane in vector order, whatever R
+// is, so one row gives the same bits alone (gemv3) as beside its pair (gemv_swiglu).
+#define GEMV_LOADS 8
+template <typename T, int R>
+__device__ __forceinline__ void rows_dot(const T* const (&w)[R], const T* x, int k, int n, float (&acc)[R][GEMV_MAXN]) {
     const int W = 16 / sizeof(T);
+    constexpr int U = GEMV_LOADS / R;
     int lane = threadIdx.x & 31;
 #pragma unroll
-    for (int j = 0; j < GEMV_MAXN; j++) acc[j] = 0.f;
-    if (k % W == 0 && aligned16(w) && aligned16(x)) {
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int j = 0; j < GEMV_MAXN; j++) acc[r][j] = 0.f;
+    bool vec = k % W == 0 && aligned16(x);
+#pragma unroll
+    for (int r = 0; r < R; r++) vec = vec && aligned16(w[r]);
+    if (vec) {
         int nv = k / W;
-        const uint4* wv = (const uint4*)w;
-#pragma unroll 4
-        for (int v = lane; v < nv; v += 32) {
-            V16<T> a;
-            a.u = wv[v];
+        for (int base = 0; base < nv; base += 32 * U) {
+            uint4 wv[R][U];
 #pragma unroll
-            for (int j = 0; j < GEMV_MAXN; j++) {
-                if (j < n) {
-                    V16<T> b;
-                    b.u = ((const uint4*)(x + (long long)j * k))[v];
+            for (int u = 0; u < U; u++) {
+                int v = base + 32 * u + lane;
 #pragma unroll
-                    for (int e = 0; e < W; e++) acc[j] += to_f(a.e[e]) * to_f(b.e[e]);
+                for (int r = 0; r < R; r++) wv[r][u] = v < nv ? ld_stream((const uint4*)w[r] + v) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int v = base + 32 * u + lane;
+                if (v < nv) {
+#pragma unroll
+                    for (int j = 0; j < GEMV_MAXN; j++) {
+                        if (j < n) {
+                            V16<T> b;
+                            b.u = ((const uint4*)(x + (long long)j * k))[v];
+#pragma unroll
+                            for (int r = 0; r < R; r++) {
+                                V16<T> a;
+                                a.u = wv[r][u];
+#pragma unroll
+                                for (int e = 0; e < W; e++) acc[r][j] += to_f(a.e[e]) * to_f(b.e[e]);
+                            }
+                        }
+                    }
                 }
             }
         }
     } else {
         for (int i = lane; i < k; i += 32) {
-            float a = to_f(w[i]);
 #pragma unroll
-            for (int j = 0; j < GEMV_MAXN; j++)
-                if (j < n) acc[j] += a * to_f(x[(long long)j * k + i]);
+            for (int j = 0; j < GEMV_MAXN; j++) {
+                if (j < n) {
+                    float b = to_f(x[(long long)j * k + i]);
+#pragma unroll
+                    for (int r = 0; r < R; r++) acc[r][j] += to_f(w[r][i]) * b;
+                }
+            }
         }
     }
 #pragma unroll
-    for (int j = 0; j < GEMV_MAXN; j++) acc[j] = warp_sum(acc[j]);
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int j = 0; j < GEMV_MAXN; j++) acc[r][j] = warp_sum(acc[r][j]);
 }
 
 // grid ceil((m0 + m1 + m2) / GEMV_WARPS), block 32·GEMV_WARPS. Unused weights have m = 0; a
@@ -66,13 +108,14 @@ __device__ void gemv3(const T* x, int n, int k, const T* w0, const float* b0, T*
     } else {
         return;  // the whole warp: r is per warp
     }
-    float acc[GEMV_MAXN];
-    row_dot(w + (long long)r * k, x, k, n, acc);
+    float acc[1][GEMV_MAXN];
+    const T* const rows[1] = {w + (long long)r * k};
+    rows_dot<T, 1>(rows, x, k, n, acc);
     if ((threadIdx.x & 31) == 0) {
 #pragma unroll
         for (int j = 0; j < GEMV_MAXN; j++) {
             if (j < n) {
-                T p = from_f<T>(acc[j]);
+                T p = from_f<T>(acc[0][j]);
                 y[(long long)j * m + r] = b ? from_f<T>(to_f(p) + b[r]) : p;
             }
         }
@@ -84,14 +127,14 @@ template <typename T>
 __device__ void gemv_swiglu(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m) {
     int r = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (r >= m) return;
-    float g[GEMV_MAXN], u[GEMV_MAXN];
-    row_dot(wg + (long long)r * k, x, k, n, g);
-    row_dot(wu + (long long)r * k, x, k, n, u);
+    float acc[2][GEMV_MAXN];
+    const T* const rows[2] = {wg + (long long)r * k, wu + (long long)r * k};
+    rows_dot<T, 2>(rows, x, k, n, acc);
     if ((threadIdx.x & 31) == 0) {
 #pragma unroll
         for (int j = 0; j < GEMV_MAXN; j++) {
             if (j < n) {
-                float gi = to_f(from_f<T>(g[j])), ui = to_f(from_f<T>(u[j]));
+                float gi = to_f(from_f<T>(acc[0][j])), ui = to_f(from_f<T>(acc[1][j]));
                 y[(long long)j * m + r] = from_f<T>(gi * (1.f / (1.f + expf(-gi))) * ui);
             }
         }

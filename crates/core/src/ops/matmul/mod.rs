@@ -143,6 +143,9 @@ pub fn linear_many(x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)]) -> Result<Vec<
     }
     let Some((n, k, _)) = n_k else { return Ok(Vec::new()) };
     if ws.iter().any(|(w, _)| w.dtype() == DType::Quant) {
+        if let Some(ys) = crate::ops::qmatmul::linear_many(x, ws, n, k)? {
+            return Ok(ys);
+        }
         return ws.iter().map(|(w, b)| linear(x, w, *b)).collect();
     }
     let all = std::iter::once(x).chain(ws.iter().flat_map(|(w, b)| std::iter::once(*w).chain(*b)));
@@ -157,6 +160,9 @@ pub fn linear_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor) -> Result<Tensor> {
         bail!("linear_swiglu: gate {:?} and up {:?} differ in shape", wg.shape(), wu.shape());
     }
     if wg.dtype() == DType::Quant || wu.dtype() == DType::Quant {
+        if let Some(y) = crate::ops::qmatmul::linear_swiglu(x, wg, wu, n, k)? {
+            return Ok(y);
+        }
         return crate::ops::swiglu::swiglu(&linear(x, wg, None)?, &linear(x, wu, None)?);
     }
     backend::on("linear", [x, wg, wu])?.linear_swiglu(x, wg, wu, n, k)

@@ -17,8 +17,9 @@ pub const MATVEC_MAX_N: usize = 8;
 /// Warps (output rows) per matvec block; must match QMV_WARPS in qmatmul.cu.
 const WARPS: u32 = 4;
 
-/// Kernel names of one format: [matvec, dequant f32, dequant bf16, gather f32, matvec bf16].
-fn names(f: GgmlType) -> Result<[&'static str; 5]> {
+/// Kernel names of one format: [matvec, dequant f32, dequant bf16, gather f32, matvec bf16,
+/// integer matvec (up to three weights), integer gate/up + SwiGLU].
+fn names(f: GgmlType) -> Result<[&'static str; 7]> {
     macro_rules! n {
         ($f:ident) => {
             [
@@ -27,6 +28,8 @@ fn names(f: GgmlType) -> Result<[&'static str; 5]> {
                 concat!("qdequant_bf16_", stringify!($f)),
                 concat!("qgather_f32_", stringify!($f)),
                 concat!("qmatvec_bf16_", stringify!($f)),
+                concat!("mmvq3_bf16_", stringify!($f)),
+                concat!("mmvq_swiglu_bf16_", stringify!($f)),
             ]
         };
     }
@@ -43,6 +46,138 @@ fn names(f: GgmlType) -> Result<[&'static str; 5]> {
     })
 }
 
+/// Warps (output rows) per integer-matvec block; must match MMVQ_WARPS in qmatmul.cu.
+const MMVQ_WARPS: u32 = 4;
+
+/// Whether mixed-precision decode multiplies quantised weights in integer arithmetic (x quantised
+/// to 8 bits once, dp4a; the `mmvq*` kernels): on unless `SMELT_CUDA_MMVQ=0`, which keeps the
+/// f32 dequantising matvec (as f32 precision always does).
+fn mmvq_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SMELT_CUDA_MMVQ").map(|v| v != "0").unwrap_or(true))
+}
+
+/// x (n × k) quantised to 8 bits for the integer matvecs: `Some((xq, xd))` (n·k bytes; one f32
+/// scale per 32 values) when the integer path applies (mixed precision, bf16 x, n ≤
+/// MATVEC_MAX_N, k a multiple of 32), else None.
+fn quantize_q8(x: &Tensor, n: usize, k: usize) -> Result<Option<(DeviceBuf, DeviceBuf)>> {
+    let (_, ydt) = crate::ops::matmul::cuda::precision();
+    if !mmvq_on() || x.dtype() != DType::BF16 || ydt != DType::BF16 || n == 0 || n > MATVEC_MAX_N || k % 32 != 0 {
+        return Ok(None);
+    }
+    let xb = x.cuda_buf()?;
+    let gpu = &xb.gpu;
+    let xq = DeviceBuf::alloc(gpu, DType::I32, n * k / 4)?;
+    let xd = DeviceBuf::alloc(gpu, DType::F32, n * k / 32)?;
+    let f = gpu.function("qmatmul", SRC, "quantize_q8_bf16")?;
+    let blocks = (n * k / 32) as i64;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&xb.data).arg(&xq.data).arg(&xd.data).arg(&blocks);
+    cuda::launched(unsafe { l.launch(cuda::grid_for(n * k, 256)) }, "quantize_q8_bf16")?;
+    Ok(Some((xq, xd)))
+}
+
+/// [x·w_jᵀ] (bf16) for up to three weights of one format, from x quantised by `quantize_q8`,
+/// in one launch.
+fn mmvq3(q: &(DeviceBuf, DeviceBuf), ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBuf>> {
+    let Some(first) = ws.first() else { bail!("mmvq3: no weight") };
+    if ws.len() > 3 || ws.iter().any(|w| w.format != first.format || w.cols != k) {
+        bail!("mmvq3: one to three weights of one format with {k} columns");
+    }
+    let gpu = q.0.gpu.clone();
+    let ys = ws.iter().map(|w| DeviceBuf::alloc(&gpu, DType::BF16, n * w.rows)).collect::<Result<Vec<_>>>()?;
+    let mut slots = [(0u64, 0u64, 0i32, 0i64); 3];
+    for (j, w) in ws.iter().enumerate() {
+        slots[j] = (w.blocks.ptr(), ys[j].ptr(), w.rows as i32, w.row_bytes as i64);
+    }
+    let func = names(first.format)?[5];
+    let f = gpu.function("qmatmul", SRC, func)?;
+    let (n32, k32) = (n as i32, k as i32);
+    let rows: usize = ws.iter().map(|w| w.rows).sum();
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&q.0.data).arg(&q.1.data).arg(&n32).arg(&k32);
+    for s in &slots {
+        l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: ((rows as u32).div_ceil(MMVQ_WARPS).max(1), 1, 1),
+        block_dim: (32, MMVQ_WARPS, 1),
+        shared_mem_bytes: 0,
+    };
+    cuda::launched(unsafe { l.launch(cfg) }, func)?;
+    Ok(ys)
+}
+
+fn shaped(x: &Tensor, y: DeviceBuf, m: usize) -> Result<Tensor> {
+    let mut shape = x.shape().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = m;
+    }
+    Tensor::from_device_buf(y, &shape)
+}
+
+/// `[linear(x, w_j, b_j)]` by quantised weights sharing one input, x quantised to 8 bits once
+/// (the integer path; weights of one format in one launch). None where that path does not
+/// apply (the caller runs each `linear`).
+pub fn linear_many(
+    x: &Tensor,
+    ws: &[(&DeviceQuant, Option<&Tensor>)],
+    n: usize,
+    k: usize,
+) -> Result<Option<Vec<Tensor>>> {
+    let Some(q) = quantize_q8(x, n, k)? else { return Ok(None) };
+    let mut out = Vec::with_capacity(ws.len());
+    let mut i = 0;
+    while i < ws.len() {
+        // The run of weights from i that share i's format (at most three): one launch.
+        let mut j = i + 1;
+        while j < ws.len() && j < i + 3 && ws[j].0.format == ws[i].0.format {
+            j += 1;
+        }
+        let group: Vec<&DeviceQuant> = ws[i..j].iter().map(|(w, _)| *w).collect();
+        for (y, (w, bias)) in mmvq3(&q, &group, n, k)?.into_iter().zip(&ws[i..j]) {
+            if let Some(b) = bias {
+                crate::ops::matmul::cuda::add_bias(&y, b, n, w.rows)?;
+            }
+            out.push(shaped(x, y, w.rows)?);
+        }
+        i = j;
+    }
+    Ok(Some(out))
+}
+
+/// silu(x·w_gᵀ)·(x·w_uᵀ) by quantised gate and up weights of one format, in the integer path
+/// (two launches: x's quantisation and the product). None where it does not apply.
+pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k: usize) -> Result<Option<Tensor>> {
+    if wg.format != wu.format || wg.rows != wu.rows || wg.cols != k || wu.cols != k {
+        return Ok(None);
+    }
+    let Some(q) = quantize_q8(x, n, k)? else { return Ok(None) };
+    let gpu = q.0.gpu.clone();
+    let m = wg.rows;
+    let y = DeviceBuf::alloc(&gpu, DType::BF16, n * m)?;
+    let func = names(wg.format)?[6];
+    let f = gpu.function("qmatmul", SRC, func)?;
+    let (n32, k32, m32, rb) = (n as i32, k as i32, m as i32, wg.row_bytes as i64);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&q.0.data)
+        .arg(&q.1.data)
+        .arg(&n32)
+        .arg(&k32)
+        .arg(&wg.blocks.data)
+        .arg(&wu.blocks.data)
+        .arg(&y.data)
+        .arg(&m32)
+        .arg(&rb);
+    let cfg = LaunchConfig {
+        grid_dim: ((m as u32).div_ceil(MMVQ_WARPS).max(1), 1, 1),
+        block_dim: (32, MMVQ_WARPS, 1),
+        shared_mem_bytes: 0,
+    };
+    cuda::launched(unsafe { l.launch(cfg) }, func)?;
+    Ok(Some(shaped(x, y, m)?))
+}
+
 /// y (n × m) = x (n × k) · wᵀ (+ bias), w quantised (m × k) on x's device. x is f32 or bf16;
 /// y has the activation dtype of the matmul precision (bf16 under mixed precision), as a plain
 /// `linear` would give.
@@ -51,6 +186,9 @@ pub fn linear(x: &Tensor, w: &DeviceQuant, bias: Option<&Tensor>, n: usize, k: u
     let gpu = xb.gpu.clone();
     if w.blocks.gpu.ordinal != gpu.ordinal {
         bail!("linear: input on cuda:{}, quantised weight on cuda:{}", gpu.ordinal, w.blocks.gpu.ordinal);
+    }
+    if let Some(ys) = linear_many(x, &[(w, bias)], n, k)? {
+        return ys.into_iter().next().ok_or_else(|| anyhow::anyhow!("linear (quantised weight): no output"));
     }
     let (op, ydt) = crate::ops::matmul::cuda::precision();
     let y = if n > 0 && m > 0 && n <= MATVEC_MAX_N {

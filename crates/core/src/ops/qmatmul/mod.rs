@@ -4,9 +4,11 @@
 //!
 //! CPU: the format's own kernel behind `QuantMatrix` (`crate::quant`: each input row quantised to
 //! 8 bits, integer dots, as llama.cpp's CPU backend does), which is the reference.
-//! CUDA (`cuda.rs`, `qmatmul.cu`): the blocks stay quantised on the device and are
-//! dequantised in registers; f32 activations. Up to `cuda::MATVEC_MAX_N` input rows (decode)
-//! a matvec kernel reads each weight row once for all rows; above, the weight is dequantised
+//! CUDA (`cuda.rs`, `qmatmul.cu`): the blocks stay quantised on the device. Up to
+//! `cuda::MATVEC_MAX_N` input rows (decode) a matvec kernel reads each weight row once for all
+//! rows: under mixed precision in integer arithmetic (x quantised to 8 bits once, dp4a — the
+//! CPU kernel's kind of numbers; `SMELT_CUDA_MMVQ=0` turns it off), else dequantised in
+//! registers with f32 activations (f32 precision: exact against the CPU dequantiser); above, the weight is dequantised
 //! to a scratch buffer (f32 or bf16, per `cuda::matmul_precision`) and cuBLASLt multiplies.
 //! Tests: smelt-core's `tests/gpu_quant.rs` (every format against the CPU dequantisers).
 
@@ -124,6 +126,31 @@ pub fn linear_dx(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
     }
     // y = dy·(Wᵀ)ᵀ: linear by the (K, M) transpose.
     crate::ops::matmul::linear(dy, &Tensor::from_f32(wt, &[k, m])?, None)
+}
+
+/// `[linear(x, w_j, b_j)]` for quantised weights sharing x, in fewer launches where the backend
+/// has a fused path (CUDA's integer matvecs quantise x once); None: run each `linear`.
+pub fn linear_many(x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)], n: usize, k: usize) -> Result<Option<Vec<Tensor>>> {
+    #[cfg(feature = "cuda")]
+    if !x.device().is_cpu() {
+        let qs: Option<Vec<_>> = ws.iter().map(|(w, b)| w.as_device_quant().map(|q| (q, *b))).collect();
+        if let Some(qs) = qs {
+            return cuda::linear_many(x, &qs, n, k);
+        }
+    }
+    let _ = (x, ws, n, k);
+    Ok(None)
+}
+
+/// `swiglu(linear(x, wg), linear(x, wu))` for quantised gate and up weights in fewer launches
+/// where the backend has a fused path; None: run the three ops.
+pub fn linear_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if let (false, Some(g), Some(u)) = (x.device().is_cpu(), wg.as_device_quant(), wu.as_device_quant()) {
+        return cuda::linear_swiglu(x, g, u, n, k);
+    }
+    let _ = (x, wg, wu, n, k);
+    Ok(None)
 }
 
 /// table: quantised (V, C), ids: (…) u32 → (…, C).

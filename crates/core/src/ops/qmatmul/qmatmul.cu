@@ -7,11 +7,21 @@
 //   qmatvec_*       y (n × rows) = x (n × cols) · Wᵀ for n ≤ 8 (decode): one warp per output row,
 //                   lanes striding over the row's 8-element groups (a warp reads consecutive
 //                   blocks), f32 activations, f32 sums.
+//   mmvq_*          the same product in integer arithmetic (llama.cpp's MMVQ idea), for mixed
+//                   precision: x quantised to 8 bits once (quantize_q8_*: blocks of 32, an f32
+//                   scale each), each weight block's integers dotted with x's by dp4a, the
+//                   scales applied per 8 elements. What smelt's CPU kernels (and llama.cpp's)
+//                   do, so decode in bf16 mode reads the same kind of numbers on both.
 //   qdequant_*      W → f32 or bf16 (the prefill path's scratch for cuBLASLt; to_vec_f32).
 //   qgather_f32_*   rows ids[r] of W → f32 (embedding from a quantised token table).
 //
-// Each format is a struct with QK (elements per block), BYTES (bytes per block) and
-// deq8(block, g, v): elements 8g..8g+8 of the block, g < QK/8, in element order.
+// Each format is a struct with QK (elements per block), BYTES (bytes per block),
+// deq8(block, g, v): elements 8g..8g+8 of the block, g < QK/8, in element order, and for the
+// integer path unit(block, u, …), u < QK/8: eight of the block's values as two words of four
+// signed 8-bit integers q (w0 holds elements e0..e0+3, w1 e1..e1+3; e0, e1 multiples of 4 in
+// one 32-element sub-block), with the scale d and offset m that make them x = d·q + m
+// (HAS_MIN says whether m can be non-zero). Blocks are only 2-byte aligned in general
+// (34, 18, 22, 210 bytes), so the words are read as 16-bit halves there.
 
 typedef unsigned char u8;
 
@@ -24,6 +34,17 @@ __device__ __forceinline__ float h2f(unsigned short h) {
 // An f16 stored little-endian at p (blocks are byte-aligned only).
 __device__ __forceinline__ float f16_at(const u8* p) { return h2f((unsigned short)(p[0] | (p[1] << 8))); }
 
+// The 4 bytes at p as one little-endian word, p 2-byte aligned.
+__device__ __forceinline__ unsigned int u32_at2(const u8* p) {
+    const unsigned short* h = (const unsigned short*)p;
+    return (unsigned int)h[0] | ((unsigned int)h[1] << 16);
+}
+
+// Bit b (b < 4) of `bits` moved to bit 4 of byte b: the fifth bits of four 5-bit values.
+__device__ __forceinline__ unsigned int fifth_bits(unsigned int bits) {
+    return ((bits & 1u) << 4) | ((bits & 2u) << 11) | ((bits & 4u) << 18) | ((bits & 8u) << 25);
+}
+
 // Q8_0: { f16 d; i8 qs[32] }, x = d·q.
 struct Q8_0 {
     static constexpr int QK = 32, BYTES = 34;
@@ -32,6 +53,14 @@ struct Q8_0 {
         const u8* q = b + 2 + 8 * g;
 #pragma unroll
         for (int i = 0; i < 8; i++) v[i] = __fmul_rn((float)(signed char)q[i], d);
+    }
+    static constexpr bool HAS_MIN = false;
+    __device__ static void unit(const u8* b, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+        d = f16_at(b);
+        m = 0.f;
+        w0 = (int)u32_at2(b + 2 + 8 * u);
+        w1 = (int)u32_at2(b + 6 + 8 * u);
+        e0 = 8 * u, e1 = 8 * u + 4;
     }
 };
 
@@ -46,6 +75,16 @@ struct Q4_0 {
 #pragma unroll
         for (int i = 0; i < 8; i++) v[i] = __fmul_rn((float)((int)((q[i] >> sh) & 0xF) - 8), d);
     }
+    // Unit u: bytes qs[4u..4u+4], low nibbles elements 4u.., high nibbles 16 + 4u...
+    static constexpr bool HAS_MIN = false;
+    __device__ static void unit(const u8* b, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+        d = f16_at(b);
+        m = 0.f;
+        unsigned int v = u32_at2(b + 2 + 4 * u);
+        w0 = (int)__vsub4(v & 0x0F0F0F0Fu, 0x08080808u);
+        w1 = (int)__vsub4((v >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+        e0 = 4 * u, e1 = 16 + 4 * u;
+    }
 };
 
 // Q4_1: { f16 d; f16 m; u8 qs[16] } (nibbles as Q4_0); x = d·q + m.
@@ -57,6 +96,15 @@ struct Q4_1 {
         int sh = 4 * (g >> 1);
 #pragma unroll
         for (int i = 0; i < 8; i++) v[i] = __fadd_rn(__fmul_rn((float)((q[i] >> sh) & 0xF), d), m);
+    }
+    static constexpr bool HAS_MIN = true;
+    __device__ static void unit(const u8* b, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+        d = f16_at(b);
+        m = f16_at(b + 2);
+        unsigned int v = u32_at2(b + 4 + 4 * u);
+        w0 = (int)(v & 0x0F0F0F0Fu);
+        w1 = (int)((v >> 4) & 0x0F0F0F0Fu);
+        e0 = 4 * u, e1 = 16 + 4 * u;
     }
 };
 
@@ -76,6 +124,15 @@ struct Q5_0 {
             int hi = (int)((qh >> e) & 1u) << 4;
             v[i] = __fmul_rn((float)((lo | hi) - 16), d);
         }
+    }
+    static constexpr bool HAS_MIN = false;
+    __device__ static void unit(const u8* b, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+        d = f16_at(b);
+        m = 0.f;
+        unsigned int qh = u32_at2(b + 2), v = u32_at2(b + 6 + 4 * u);
+        w0 = (int)__vsub4((v & 0x0F0F0F0Fu) | fifth_bits(qh >> (4 * u)), 0x10101010u);
+        w1 = (int)__vsub4(((v >> 4) & 0x0F0F0F0Fu) | fifth_bits(qh >> (16 + 4 * u)), 0x10101010u);
+        e0 = 4 * u, e1 = 16 + 4 * u;
     }
 };
 
@@ -107,6 +164,20 @@ struct Q4_K {
 #pragma unroll
         for (int i = 0; i < 8; i++) v[i] = __fsub_rn(__fmul_rn(d1, (float)((q[i] >> sh) & 0xF)), m1);
     }
+    // Unit u = group g (elements 8u..8u+8 of sub-block u/4): 8 bytes, 8-byte aligned (blocks
+    // are 144 = 9·16 bytes, rows start 16-byte aligned).
+    static constexpr bool HAS_MIN = true;
+    __device__ static void unit(const u8* b, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+        int j = u >> 2, sc, mn;
+        scale_min_k4(j, b + 4, sc, mn);
+        d = f16_at(b) * (float)sc;
+        m = -(f16_at(b + 2) * (float)mn);
+        uint2 v = *(const uint2*)(b + 16 + 32 * (j >> 1) + 8 * (u & 3));
+        int sh = 4 * (j & 1);
+        w0 = (int)((v.x >> sh) & 0x0F0F0F0Fu);
+        w1 = (int)((v.y >> sh) & 0x0F0F0F0Fu);
+        e0 = 8 * u, e1 = 8 * u + 4;
+    }
 };
 
 // Q6_K: { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d }: 6-bit values minus 32, 16 sub-blocks
@@ -126,6 +197,19 @@ struct Q6_K {
             int q = (int)(((ql[i] >> qls) & 0xF) | (((qh[i] >> qhs) & 3) << 4)) - 32;
             v[i] = __fmul_rn(ds, (float)q);
         }
+    }
+    static constexpr bool HAS_MIN = false;
+    __device__ static void unit(const u8* b, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+        int n = u >> 4, t = (u >> 2) & 3, l0 = 8 * (u & 3);
+        const u8* ql = b + 64 * n + 32 * (t & 1) + l0;
+        const u8* qh = b + 128 + 32 * n + l0;
+        int qls = 4 * (t >> 1), qhs = 2 * t;
+        unsigned int l_0 = u32_at2(ql), l_1 = u32_at2(ql + 4), h_0 = u32_at2(qh), h_1 = u32_at2(qh + 4);
+        w0 = (int)__vsub4(((l_0 >> qls) & 0x0F0F0F0Fu) | (((h_0 >> qhs) & 0x03030303u) << 4), 0x20202020u);
+        w1 = (int)__vsub4(((l_1 >> qls) & 0x0F0F0F0Fu) | (((h_1 >> qhs) & 0x03030303u) << 4), 0x20202020u);
+        d = f16_at(b + 208) * (float)(signed char)b[192 + (u >> 1)];
+        m = 0.f;
+        e0 = 8 * u, e1 = 8 * u + 4;
     }
 };
 
@@ -167,6 +251,114 @@ __device__ __forceinline__ void qmatvec(const u8* w, const T* x, T* y, int rows,
             if (threadIdx.x == 0) y[(long long)i * rows + r] = from_f<T>(s);
         }
     }
+}
+
+// x (n × cols, f32 or bf16) → 8-bit integers in blocks of 32: xq (n × cols bytes), xd (one f32
+// scale a block), x ≈ xd·xq, xd = max|x| / 127, xq = round(x / xd) (llama.cpp's quantize_q8_1,
+// without the stored sum: the offset terms take Σxq from dp4a). One warp a block, lane = element.
+template <typename T>
+__device__ __forceinline__ void quantize_q8(const T* x, signed char* xq, float* xd, long long blocks) {
+    long long blk = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (blk >= blocks) return; // the whole warp
+    float v = to_f(x[blk * 32 + lane]);
+    float amax = warp_max(fabsf(v));
+    float d = amax / 127.f;
+    xq[blk * 32 + lane] = (signed char)(amax == 0.f ? 0 : __float2int_rn(v / d));
+    if (lane == 0) xd[blk] = d;
+}
+
+#define MMVQ_WARPS 4
+// acc_j = row wr of W · input row j (xq, xd as quantize_q8 wrote them), summed over the warp.
+// Lane t takes units t, t + 32, … of the row (a warp reads 32 consecutive units: whole blocks)
+// and for each input row j adds xd_j · (d·Σ q·xq_j + m·Σ xq_j), each Σ over the unit's 8
+// values by two dp4a.
+template <class F>
+__device__ __forceinline__ void mmvq_row(const u8* wr, const signed char* xq, const float* xd, int cols, int n,
+                                         float (&acc)[QMV_MAX_N]) {
+    constexpr int UPB = F::QK / 8;
+    int units = cols / 8;
+#pragma unroll
+    for (int i = 0; i < QMV_MAX_N; i++) acc[i] = 0.f;
+#pragma unroll 4
+    for (int t = threadIdx.x; t < units; t += 32) {
+        int blk = t / UPB, u = t % UPB;
+        int w0, w1, e0, e1;
+        float d, m;
+        F::unit(wr + (long long)blk * F::BYTES, u, w0, w1, e0, e1, d, m);
+        long long e = (long long)blk * F::QK + e0, f = (long long)blk * F::QK + e1;
+#pragma unroll
+        for (int i = 0; i < QMV_MAX_N; i++) {
+            if (i < n) {
+                long long row = (long long)i * cols;
+                int x0 = *(const int*)(xq + row + e), x1 = *(const int*)(xq + row + f);
+                float dx = xd[(row + e) >> 5];
+                float a = d * (float)__dp4a(w0, x0, __dp4a(w1, x1, 0));
+                if (F::HAS_MIN) a += m * (float)__dp4a(0x01010101, x0, __dp4a(0x01010101, x1, 0));
+                acc[i] += dx * a;
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < QMV_MAX_N; i++) acc[i] = warp_sum(acc[i]);
+}
+
+// Block (32, MMVQ_WARPS), grid ceil((m0 + m1 + m2) / MMVQ_WARPS): warp threadIdx.y computes
+// one output row of one of up to three weights of format F that share the input (q, k, v),
+// for all n ≤ QMV_MAX_N input rows, rounded once to T. Unused slots have m = 0.
+template <class F, typename T>
+__device__ __forceinline__ void mmvq3(const signed char* xq, const float* xd, int n, int cols, const u8* w0, T* y0,
+                                      int m0, long long rb0, const u8* w1, T* y1, int m1, long long rb1, const u8* w2,
+                                      T* y2, int m2, long long rb2) {
+    int r = blockIdx.x * MMVQ_WARPS + threadIdx.y;
+    const u8* w;
+    T* y;
+    int m;
+    long long rb;
+    if (r < m0) {
+        w = w0, y = y0, m = m0, rb = rb0;
+    } else if ((r -= m0) < m1) {
+        w = w1, y = y1, m = m1, rb = rb1;
+    } else if ((r -= m1) < m2) {
+        w = w2, y = y2, m = m2, rb = rb2;
+    } else {
+        return; // the whole warp: r is per warp
+    }
+    float acc[QMV_MAX_N];
+    mmvq_row<F>(w + (long long)r * rb, xq, xd, cols, n, acc);
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int i = 0; i < QMV_MAX_N; i++)
+            if (i < n) y[(long long)i * m + r] = from_f<T>(acc[i]);
+    }
+}
+
+// y (n × m) = silu(x·W_gᵀ)·(x·W_uᵀ), both of format F: each product rounded to T first, as
+// gemv_swiglu and swiglu.cu do. Grid ceil(m / MMVQ_WARPS).
+template <class F, typename T>
+__device__ __forceinline__ void mmvq_swiglu(const signed char* xq, const float* xd, int n, int cols, const u8* wg,
+                                            const u8* wu, T* y, int m, long long rb) {
+    int r = blockIdx.x * MMVQ_WARPS + threadIdx.y;
+    if (r >= m) return;
+    float g[QMV_MAX_N], u[QMV_MAX_N];
+    mmvq_row<F>(wg + (long long)r * rb, xq, xd, cols, n, g);
+    mmvq_row<F>(wu + (long long)r * rb, xq, xd, cols, n, u);
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int i = 0; i < QMV_MAX_N; i++) {
+            if (i < n) {
+                float gi = to_f(from_f<T>(g[i])), ui = to_f(from_f<T>(u[i]));
+                y[(long long)i * m + r] = from_f<T>(gi * (1.f / (1.f + expf(-gi))) * ui);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void quantize_q8_f32(const float* x, signed char* xq, float* xd, long long blocks) {
+    quantize_q8<float>(x, xq, xd, blocks);
+}
+extern "C" __global__ void quantize_q8_bf16(const bf16_t* x, signed char* xq, float* xd, long long blocks) {
+    quantize_q8<bf16_t>(x, xq, xd, blocks);
 }
 
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
@@ -212,6 +404,17 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
     extern "C" __global__ void qdequant_bf16_##F(const u8* w, bf16_t* out, long long rows, int cols,             \
                                                  long long row_bytes) {                                          \
         qdequant<F, bf16_t>(w, nullptr, out, rows, cols, row_bytes, (unsigned int)rows);                         \
+    }                                                                                                            \
+    extern "C" __global__ void mmvq3_bf16_##F(const signed char* xq, const float* xd, int n, int cols,            \
+                                              const u8* w0, bf16_t* y0, int m0, long long rb0, const u8* w1,     \
+                                              bf16_t* y1, int m1, long long rb1, const u8* w2, bf16_t* y2,       \
+                                              int m2, long long rb2) {                                           \
+        mmvq3<F, bf16_t>(xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2);                    \
+    }                                                                                                            \
+    extern "C" __global__ void mmvq_swiglu_bf16_##F(const signed char* xq, const float* xd, int n, int cols,      \
+                                                    const u8* wg, const u8* wu, bf16_t* y, int m,                \
+                                                    long long rb) {                                              \
+        mmvq_swiglu<F, bf16_t>(xq, xd, n, cols, wg, wu, y, m, rb);                                               \
     }                                                                                                            \
     extern "C" __global__ void qgather_f32_##F(const u8* w, const unsigned int* ids, float* out, long long n,    \
                                                int cols, long long row_bytes, unsigned int vocab) {              \

@@ -1,0 +1,155 @@
+//! `--optimizer muon` and distillation through the training loop on the bundled corpus: exact
+//! resume of each (the Muon momentum buffers and the distillation settings are in the
+//! checkpoint), a top-k logits file holding every id trains as the teacher on the fly does, and
+//! the errors for a teacher of another vocabulary and a logits file made for other batches.
+
+use smelt_data::prepare::{prepare, PrepareConfig};
+use smelt_model::{Model, ModelConfig};
+use smelt_tokenizer::Tokenizer;
+use smelt_train::optim::OptimizerKind;
+use smelt_train::{DistillConfig, TrainConfig};
+use std::path::{Path, PathBuf};
+
+fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("smelt-distill-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A byte-level tokenizer and the bundled corpus as a token file; a small custom student.
+fn setup(d: &Path) -> TrainConfig {
+    let tok = Tokenizer::byte_level();
+    tok.save(&d.join("tok.json")).unwrap();
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/linux-doc-slice.jsonl.gz");
+    let mut pc = PrepareConfig::new(vec![corpus.to_string_lossy().into()], d.join("train.bin"));
+    pc.val_fraction = 0.1;
+    prepare(&pc, &tok, &|_, _| {}).unwrap();
+    TrainConfig {
+        dataset: d.join("train.bin"),
+        val_dataset: Some(d.join("train.val.bin")),
+        tokenizer: Some(d.join("tok.json")),
+        size: "custom".into(),
+        dim: Some(32),
+        layers: Some(2),
+        heads: Some(4),
+        kv_heads: Some(2),
+        ffn_hidden: Some(64),
+        batch_size: 2,
+        seq_len: 32,
+        steps: 6,
+        grad_accum: 2,
+        lr: 3e-3,
+        warmup: 2,
+        seed: 5,
+        checkpoint_dir: d.join("ckpt"),
+        checkpoint_interval: 3,
+        val_batches: 2,
+        device: smelt_core::Device::Cpu,
+        ..Default::default()
+    }
+}
+
+/// A teacher of `vocab` ids (random weights: what matters is that its distribution is fixed).
+fn teacher(vocab: usize) -> Model {
+    let mut c = ModelConfig::llama(vocab, 48, 2, 4, 2, 96);
+    c.max_pos = 64;
+    Model::init(c, 11).unwrap()
+}
+
+fn with_distill(mut cfg: TrainConfig, logits: Option<PathBuf>) -> TrainConfig {
+    cfg.distill = Some(DistillConfig { teacher: None, teacher_logits: logits, temperature: 2.0, alpha: 0.5 });
+    cfg
+}
+
+fn losses(metrics: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].to_string())
+        })
+        .collect()
+}
+
+fn same_weights(a: &Path, b: &Path) {
+    let (a, b) = (Model::load(a).unwrap(), Model::load(b).unwrap());
+    for (x, y) in a.params.iter().zip(&b.params) {
+        assert_eq!(x.as_f32().unwrap(), y.as_f32().unwrap(), "final weights differ");
+    }
+}
+
+#[test]
+fn muon_resume_is_bit_identical_to_a_straight_run() {
+    let d = workdir("muon");
+    let mut cfg = setup(&d);
+    cfg.checkpoint_dir = d.join("adamw");
+    smelt_train::run(cfg.clone(), None).unwrap();
+    cfg.optimizer = OptimizerKind::Muon;
+    cfg.checkpoint_dir = d.join("ckpt");
+    smelt_train::run(cfg.clone(), None).unwrap();
+    let straight = losses(&d.join("ckpt/metrics.jsonl"));
+    assert_ne!(straight[2..], losses(&d.join("adamw/metrics.jsonl"))[2..], "Muon trained as AdamW does");
+    let st = smelt_model::io::read_safetensors(&d.join("ckpt/step-000003/optimizer.safetensors")).unwrap();
+    assert!(st.contains_key("model.layers.0.mlp.up_proj.weight.momentum_buffer"));
+    assert!(st.contains_key("model.embed_tokens.weight.exp_avg"));
+    assert!(!st.contains_key("model.layers.0.mlp.up_proj.weight.exp_avg"));
+
+    let mut cfg2 = cfg.clone();
+    cfg2.checkpoint_dir = d.join("ckpt2");
+    smelt_train::run(cfg2, Some(&d.join("ckpt/step-000003"))).unwrap();
+    assert_eq!(losses(&d.join("ckpt2/metrics.jsonl")), straight[3..].to_vec(), "losses after resume differ");
+    same_weights(&d.join("ckpt/final"), &d.join("ckpt2/final"));
+}
+
+#[test]
+fn distill_resume_is_bit_identical_to_a_straight_run() {
+    let d = workdir("resume");
+    let cfg = with_distill(setup(&d), None);
+    let v = Tokenizer::byte_level().vocab_size();
+    smelt_train::run_distill(cfg.clone(), None, None, Some(teacher(v))).unwrap();
+    let straight = losses(&d.join("ckpt/metrics.jsonl"));
+    let mut cfg2 = cfg.clone();
+    cfg2.checkpoint_dir = d.join("ckpt2");
+    smelt_train::run_distill(cfg2, Some(&d.join("ckpt/step-000003")), None, Some(teacher(v))).unwrap();
+    assert_eq!(losses(&d.join("ckpt2/metrics.jsonl")), straight[3..].to_vec(), "losses after resume differ");
+    same_weights(&d.join("ckpt/final"), &d.join("ckpt2/final"));
+    // A distillation checkpoint is not continued as plain training.
+    let mut cfg3 = cfg.clone();
+    cfg3.checkpoint_dir = d.join("ckpt3");
+    let e = smelt_train::run(cfg3, Some(&d.join("ckpt/step-000003"))).err().unwrap().to_string();
+    assert!(e.contains("a distillation run"), "{e}");
+}
+
+#[test]
+fn a_logits_file_of_every_id_trains_as_the_teacher_does() {
+    let d = workdir("file");
+    let mut cfg = with_distill(setup(&d), None);
+    cfg.steps = 2;
+    let (tok, v) = (Tokenizer::byte_level(), Tokenizer::byte_level().vocab_size());
+    let t = teacher(v);
+    let file = d.join("teacher.safetensors");
+    assert_eq!(smelt_train::distill::dump_teacher_logits(&cfg, &t, &tok, v, &file).unwrap(), 2);
+    smelt_train::run_distill(cfg.clone(), None, None, Some(t)).unwrap();
+    let on_the_fly = losses(&d.join("ckpt/metrics.jsonl"));
+    let mut from_file = with_distill(cfg.clone(), Some(file.clone()));
+    from_file.checkpoint_dir = d.join("ckpt-file");
+    smelt_train::run_distill(from_file.clone(), None, None, None).unwrap();
+    let got = losses(&d.join("ckpt-file/metrics.jsonl"));
+    for ((_, a), (_, b)) in got.iter().zip(&on_the_fly) {
+        let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
+        assert!((a - b).abs() <= 1e-5 * b.abs(), "from the file {a}, on the fly {b}");
+    }
+    // Other batches than the file's are refused, naming the setting.
+    let mut other = from_file.clone();
+    other.seed = 6;
+    other.checkpoint_dir = d.join("ckpt-other");
+    let e = smelt_train::run_distill(other, None, None, None).err().unwrap().to_string();
+    assert!(e.contains("seed 5") && e.contains("6"), "{e}");
+    // A teacher of another vocabulary is refused, naming both sizes.
+    let mut wide = cfg.clone();
+    wide.checkpoint_dir = d.join("ckpt-wide");
+    let e = smelt_train::run_distill(wide, None, None, Some(teacher(v + 3))).err().unwrap().to_string();
+    assert!(e.contains(&format!("{}", v + 3)) && e.contains(&format!("student {v}")), "{e}");
+}
