@@ -62,7 +62,13 @@ fn mmvq_on() -> bool {
 /// MATVEC_MAX_N, k a multiple of 32), else None.
 fn quantize_q8(x: &Tensor, n: usize, k: usize) -> Result<Option<(DeviceBuf, DeviceBuf)>> {
     let (_, ydt) = crate::ops::matmul::cuda::precision();
-    if !mmvq_on() || x.dtype() != DType::BF16 || ydt != DType::BF16 || n == 0 || n > MATVEC_MAX_N || k % 32 != 0 {
+    if !mmvq_on()
+        || x.dtype() != DType::BF16
+        || ydt != DType::BF16
+        || n == 0
+        || n > MATVEC_MAX_N
+        || !k.is_multiple_of(32)
+    {
         return Ok(None);
     }
     let xb = x.cuda_buf()?;
