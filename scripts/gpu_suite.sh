@@ -10,6 +10,9 @@
 # SmolLM2-135M-Instruct.Q4_1.gguf (98 MB, carried separately): the GGUF tests and CLI runs use it.
 # `run` sets SMELT_REQUIRE_GPU=1: a GPU test that would skip (no device, no NVRTC) fails instead;
 # the skips that remain (inputs not carried) are listed after the table (SMELT_SKIP_LOG).
+# Several-GPU training needs libnccl.so.2: found on the loader's path, else in python3's
+# nvidia-nccl wheel (torch's), else named by SMELT_NCCL_LIB. With two or more GPUs visible,
+# `run` sets SMELT_REQUIRE_MULTI_GPU=1 too, so the two-GPU tests cannot skip there.
 set -uo pipefail
 
 build() {
@@ -31,6 +34,7 @@ for line in sys.stdin:
         case "$name:$kind" in
             smelt_core:lib) cp "$exe" "$dir/core_tests" ;;
             gpu_train:test) cp "$exe" "$dir/gpu_train" ;;
+            gpu_nccl:test) cp "$exe" "$dir/gpu_nccl" ;;
             gpu_infer:test) cp "$exe" "$dir/gpu_infer" ;;
             gpu_quant:test) cp "$exe" "$dir/gpu_quant" ;;
             smelt:bin) cp "$exe" "$dir/cli_tests" ;;
@@ -56,6 +60,14 @@ run() {
     local log=$out/suite.log table=$out/table.txt
     : > "$log"; : > "$table"; : > "$SMELT_SKIP_LOG"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$log"
+    local ngpu; ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+    [ "$ngpu" -ge 2 ] && export SMELT_REQUIRE_MULTI_GPU=1
+    if [ -z "${SMELT_NCCL_LIB:-}" ] && ! ldconfig -p 2>/dev/null | grep -q 'libnccl\.so\.2'; then
+        local nccl_dir
+        nccl_dir=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
+        [ -f "$nccl_dir/libnccl.so.2" ] && export SMELT_NCCL_LIB=$nccl_dir/libnccl.so.2
+    fi
+    echo "GPUs: $ngpu; NCCL: ${SMELT_NCCL_LIB:-on the library path}" | tee -a "$log"
     row() { printf '%-58s %s\n' "$1" "$2" >> "$table"; }
     tests() { # label, timeout, command...
         local label=$1 t=$2; shift 2
@@ -80,6 +92,8 @@ run() {
     tests quant 120 ./gpu_quant
     tests cli 60 ./cli_tests device
     tests train 600 ./gpu_train
+    tests nccl-lib 60 ./core_tests nccl
+    tests nccl 600 ./gpu_nccl
     tests infer 300 ./gpu_infer
     # The CLI end to end on the GPU: train, generate and perplexity with --device cuda, on the
     # byte-level tokenizer and token files the GPU training test prepared from the corpus.
@@ -93,6 +107,26 @@ run() {
     cli "train --device cuda" ./smelt train --device cuda --dataset "$d/train.bin" --val-dataset "$d/train.val.bin" --tokenizer "$d/tok.json" \
         --size tiny --batch-size 16 --seq-len 128 --steps 300 --lr 3e-3 --min-lr 3e-4 --warmup 30 --checkpoint-dir $q/model --checkpoint-interval 100 --log-interval 50
     tail -2 "$q/model/metrics.jsonl" >> "$log" 2>/dev/null
+    # Data parallel through the CLI: --nproc 1 (one rank, the NCCL path) must repeat the plain
+    # run bit for bit; --nproc 2 (two GPUs, same global batch) must follow it.
+    local dp="--dataset $d/train.bin --val-dataset $d/train.val.bin --tokenizer $d/tok.json --size tiny --batch-size 16 --seq-len 128 --steps 60 --lr 3e-3 --min-lr 3e-4 --warmup 10 --checkpoint-interval 30 --log-interval 1"
+    same_losses() { # label, tolerance, metrics a, metrics b
+        if python3 -c 'import json,sys
+tol=float(sys.argv[1]); a,b=([json.loads(l)["loss"] for l in open(f)] for f in sys.argv[2:])
+rel=max(abs(x-y)/abs(y) for x,y in zip(a,b)) if len(a)==len(b) else float("inf")
+print("%s: %d steps, largest relative loss difference %.3g" % (sys.argv[2], len(a), rel)); sys.exit(not rel<=tol)' "$2" "$3" "$4" >> "$log" 2>&1
+        then row "$1" PASS; else row "$1" FAIL; fi
+    }
+    cli "train --device cuda (the one-GPU reference)" ./smelt train --device cuda $dp --checkpoint-dir $q/dp-plain
+    cli "train --nproc 1" ./smelt train --nproc 1 $dp --checkpoint-dir $q/dp-nproc1
+    same_losses "cli train --nproc 1 = --device cuda (bit for bit)" 0 $q/dp-nproc1/metrics.jsonl $q/dp-plain/metrics.jsonl
+    if [ "$ngpu" -ge 2 ]; then
+        cli "train --nproc 2" ./smelt train --nproc 2 $dp --checkpoint-dir $q/dp-nproc2
+        same_losses "cli train --nproc 2 follows one GPU (bf16 tolerance)" 0.02 $q/dp-nproc2/metrics.jsonl $q/dp-plain/metrics.jsonl
+        cli "train --nproc 2 checkpoint resumes on one GPU" ./smelt train --device cuda --resume $q/dp-nproc2/step-000030 --steps 60 --checkpoint-dir $q/dp-resumed
+    else
+        row "cli train --nproc 2 ($ngpu GPU visible)" SKIP
+    fi
     cli "generate --device cuda" ./smelt generate --device cuda --model $q/model/final --prompt "The kernel" --max-tokens 60 --temperature 0.7 --seed 1
     # Sampling runs on the device: with f32 matmuls and one seed it must pick the CPU's tokens.
     local same=FAIL

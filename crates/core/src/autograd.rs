@@ -533,22 +533,66 @@ impl Graph {
 
     /// Backward pass seeded with `seeds[i]` as the gradient of `outputs[i]`.
     pub fn backward_from(self, outputs: &[Var], seeds: &[Option<Tensor>]) -> Result<Grads> {
+        self.backward_watching(outputs, seeds, &[], &mut |_, _| Ok(()))
+    }
+
+    /// `backward_from`, handing each variable of `watch` its gradient as soon as it is final
+    /// (the last node of the pass that adds to it has run): `ready(i, grad)` for `watch[i]`,
+    /// None for one that gets no gradient (after the pass). The gradients handed over are
+    /// not in the returned `Grads`. Data parallel starts averaging a layer's gradients while
+    /// the backward of the layers below still runs.
+    pub fn backward_watching(
+        self,
+        outputs: &[Var],
+        seeds: &[Option<Tensor>],
+        watch: &[Var],
+        ready: &mut dyn FnMut(usize, Option<Tensor>) -> Result<()>,
+    ) -> Result<Grads> {
         let mut grads: Vec<Option<Tensor>> = vec![None; self.next_id];
         for (o, s) in outputs.iter().zip(seeds) {
             if let Some(s) = s {
                 accumulate(&mut grads[o.id], s)?;
             }
         }
-        for node in self.nodes.into_iter().rev() {
-            let gouts: Vec<Option<Tensor>> = node.outputs.iter().map(|&i| grads[i].take()).collect();
-            if gouts.iter().all(|g| g.is_none()) {
-                continue;
-            }
-            let gins = (node.backward)(&gouts)?;
-            for ((id, rg), g) in node.inputs.iter().zip(gins) {
-                if let (true, Some(g)) = (*rg, g) {
-                    accumulate(&mut grads[*id], &g)?;
+        // watched[id]: its place in `watch`; last[id]: the node whose backward adds to it last
+        // (the earliest in recording order).
+        let mut watched: Vec<Option<usize>> = vec![None; self.next_id];
+        for (i, v) in watch.iter().enumerate() {
+            watched[v.id] = Some(i);
+        }
+        let mut last: Vec<Option<usize>> = vec![None; self.next_id];
+        if !watch.is_empty() {
+            for (k, node) in self.nodes.iter().enumerate().rev() {
+                for &(id, rg) in &node.inputs {
+                    if rg {
+                        last[id] = Some(k);
+                    }
                 }
+            }
+        }
+        let mut handed = vec![false; watch.len()];
+        for (k, node) in self.nodes.into_iter().enumerate().rev() {
+            let gouts: Vec<Option<Tensor>> = node.outputs.iter().map(|&i| grads[i].take()).collect();
+            if gouts.iter().any(|g| g.is_some()) {
+                let gins = (node.backward)(&gouts)?;
+                for ((id, rg), g) in node.inputs.iter().zip(gins) {
+                    if let (true, Some(g)) = (*rg, g) {
+                        accumulate(&mut grads[*id], &g)?;
+                    }
+                }
+            }
+            for &(id, _) in &node.inputs {
+                if let (Some(i), Some(k_last)) = (watched[id], last[id]) {
+                    if k_last == k && !handed[i] {
+                        handed[i] = true;
+                        ready(i, grads[id].take())?;
+                    }
+                }
+            }
+        }
+        for (i, done) in handed.iter().enumerate() {
+            if !done {
+                ready(i, grads[watch[i].id].take())?;
             }
         }
         Ok(Grads(grads))
@@ -566,6 +610,52 @@ fn accumulate(slot: &mut Option<Tensor>, g: &Tensor) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watched_gradients_arrive_final_and_once() {
+        let mut r = crate::rng::Rng::new(5);
+        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| r.normal() as f32).collect() };
+        let x = Tensor::from_f32(rand(6 * 4), &[6, 4]).unwrap();
+        let (w1, w2) =
+            (Tensor::from_f32(rand(4 * 4), &[4, 4]).unwrap(), Tensor::from_f32(rand(3 * 4), &[3, 4]).unwrap());
+        let t = Tensor::from_u32(vec![0, 1, 2, 0, 1, 2], &[6]).unwrap();
+        // w1 is used twice (a shared weight, as a tied embedding is), w2 once, `unused` never.
+        let run = |watch: bool| {
+            let mut g = Graph::training();
+            let (xv, a, b, unused) = (
+                g.leaf(x.clone(), false),
+                g.leaf(w1.clone(), true),
+                g.leaf(w2.clone(), true),
+                g.leaf(w2.clone(), true),
+            );
+            let h = g.linear(&xv, &a, None).unwrap();
+            let h = g.linear(&h, &a, None).unwrap();
+            let logits = g.linear(&h, &b, None).unwrap();
+            let loss = g.cross_entropy(&logits, &t).unwrap();
+            let seed = Some(Tensor::full(&[1], 1.0));
+            if !watch {
+                let mut gr = g.backward_from(std::slice::from_ref(&loss), &[seed]).unwrap();
+                return vec![gr.take(&a), gr.take(&b), gr.take(&unused)];
+            }
+            let mut got: Vec<Option<Option<Tensor>>> = vec![None; 3];
+            let mut order = vec![];
+            let watch = [a.clone(), b.clone(), unused.clone()];
+            g.backward_watching(std::slice::from_ref(&loss), &[seed], &watch, &mut |i, t| {
+                assert!(got[i].is_none(), "watched {i} handed twice");
+                got[i] = Some(t);
+                order.push(i);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(order, vec![1, 0, 2], "the head's weight is final first, the unused one last");
+            got.into_iter().map(|g| g.unwrap()).collect()
+        };
+        let (plain, watched) = (run(false), run(true));
+        for (p, w) in plain.iter().zip(&watched) {
+            assert_eq!(p.as_ref().map(|t| t.to_vec_f32().unwrap()), w.as_ref().map(|t| t.to_vec_f32().unwrap()));
+        }
+        assert!(watched[2].is_none());
+    }
 
     #[test]
     fn chunked_linear_cross_entropy_matches_linear_then_cross_entropy() {

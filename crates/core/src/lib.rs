@@ -10,6 +10,7 @@ pub mod autograd;
 pub mod backend;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dist;
 pub mod float;
 pub mod ggml;
 pub mod mem;

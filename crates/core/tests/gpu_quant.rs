@@ -204,10 +204,16 @@ fn integer_matvecs_of_bf16_rows_match_the_reference_and_the_unfused_ops() {
             .collect();
         // A third weight of another format beside them (a Q4_K_M file's Q6_K v).
         let other = if ty == GgmlType::Q6_K { GgmlType::Q8_0 } else { GgmlType::Q6_K };
-        let w3 = QTensor::quantize(other, &randn(&mut r, 32 * k, 0.5), 32, k).unwrap().into_tensor().to_device(d).unwrap();
+        let w3 =
+            QTensor::quantize(other, &randn(&mut r, 32 * k, 0.5), 32, k).unwrap().into_tensor().to_device(d).unwrap();
         let bias = Tensor::from_f32(randn(&mut r, m, 1.0), &[m]).unwrap().to_device(d).unwrap();
         for n in [1usize, 3, 8] {
-            let xb = Tensor::from_f32(randn(&mut r, n * k, 1.0), &[n, k]).unwrap().to_device(d).unwrap().to_dtype(DType::BF16).unwrap();
+            let xb = Tensor::from_f32(randn(&mut r, n * k, 1.0), &[n, k])
+                .unwrap()
+                .to_device(d)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
             let x = xb.to_vec_f32().unwrap(); // the bf16 values, as f32
             let y = linear(&xb, &ws[0].2, None).unwrap();
             assert_eq!(y.dtype(), DType::BF16);
@@ -219,15 +225,28 @@ fn integer_matvecs_of_bf16_rows_match_the_reference_and_the_unfused_ops() {
             assert!(e.is_finite() && e <= 1e-4, "{} k={k} n={n}: NMSE {e:e} > 1e-4", ty.name());
 
             let many = linear_many(&xb, &[(&ws[0].2, Some(&bias)), (&ws[1].2, None), (&w3, None)]).unwrap();
-            let alone =
-                [linear(&xb, &ws[0].2, Some(&bias)).unwrap(), linear(&xb, &ws[1].2, None).unwrap(), linear(&xb, &w3, None).unwrap()];
+            let alone = [
+                linear(&xb, &ws[0].2, Some(&bias)).unwrap(),
+                linear(&xb, &ws[1].2, None).unwrap(),
+                linear(&xb, &w3, None).unwrap(),
+            ];
             for (i, (a, b)) in many.iter().zip(&alone).enumerate() {
                 assert_eq!(a.shape(), b.shape());
-                assert_eq!(a.to_vec_f32().unwrap(), b.to_vec_f32().unwrap(), "{} n={n}: linear_many output {i}", ty.name());
+                assert_eq!(
+                    a.to_vec_f32().unwrap(),
+                    b.to_vec_f32().unwrap(),
+                    "{} n={n}: linear_many output {i}",
+                    ty.name()
+                );
             }
             let fused = linear_swiglu(&xb, &ws[0].2, &ws[1].2).unwrap();
             let unfused = swiglu(&linear(&xb, &ws[0].2, None).unwrap(), &alone[1]).unwrap();
-            assert_eq!(fused.to_vec_f32().unwrap(), unfused.to_vec_f32().unwrap(), "{} n={n}: linear_swiglu", ty.name());
+            assert_eq!(
+                fused.to_vec_f32().unwrap(),
+                unfused.to_vec_f32().unwrap(),
+                "{} n={n}: linear_swiglu",
+                ty.name()
+            );
         }
     }
     cuda::set_matmul_precision(MatmulPrecision::F32);

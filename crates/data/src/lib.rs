@@ -9,5 +9,5 @@ pub mod prepare;
 pub mod process;
 pub mod sft;
 pub mod tokens;
-pub use loader::Batcher;
+pub use loader::{Batcher, Share};
 pub use tokens::{TokenFile, TokenWriter};

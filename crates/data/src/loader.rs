@@ -5,10 +5,43 @@
 //! run would have seen, with no loader state in the checkpoint. Rows are uniform random windows of
 //! the whole file (they may cross document boundaries; EOS marks them, as in GPT-2 training).
 //! What a window means to the model (loss masks, packing) is train's business, not this file's.
+//!
+//! Several ranks (data-parallel training) split each batch by rows, not by steps: rank r of N
+//! reads rows r·B/N .. (r+1)·B/N of the global batch (`batch_share`). The batch sequence is
+//! the same for every N, so a run resumes exactly on any number of GPUs.
 
 use crate::hash::{below, hash_u64s};
 use crate::tokens::TokenFile;
 use anyhow::{bail, Result};
+use std::ops::Range;
+
+/// Which part of every batch this process reads: rank `rank` of `world` ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub rank: usize,
+    pub world: usize,
+}
+
+impl Share {
+    /// The whole batch (one process).
+    pub const ALL: Share = Share { rank: 0, world: 1 };
+
+    /// This rank's rows of a `batch`-row batch: a contiguous block of `batch / world`. Errors
+    /// when the rows do not divide evenly (every rank must do the same work).
+    pub fn rows(&self, batch: usize) -> Result<Range<usize>> {
+        if self.world == 0 || self.rank >= self.world {
+            bail!("rank {} of {}: not a rank of the job", self.rank, self.world);
+        }
+        if !batch.is_multiple_of(self.world) {
+            bail!(
+                "--batch-size {batch} is the global batch (rows per micro-step over all GPUs): it must divide evenly among {} ranks",
+                self.world
+            );
+        }
+        let n = batch / self.world;
+        Ok(self.rank * n..(self.rank + 1) * n)
+    }
+}
 
 pub struct Batcher {
     file: TokenFile,
@@ -54,9 +87,20 @@ impl Batcher {
     /// Fill `inputs` and `targets` (cleared first) with the B×T ids of `step`, row-major:
     /// `targets[i] = inputs[i + 1]` within a row.
     pub fn batch(&self, step: u64, inputs: &mut Vec<u32>, targets: &mut Vec<u32>) {
+        self.rows(step, 0..self.batch, inputs, targets)
+    }
+
+    /// `batch` restricted to `share`'s rows ((B/N)×T ids): the ranks' shares, in rank order,
+    /// are the whole batch.
+    pub fn batch_share(&self, step: u64, share: Share, inputs: &mut Vec<u32>, targets: &mut Vec<u32>) -> Result<()> {
+        self.rows(step, share.rows(self.batch)?, inputs, targets);
+        Ok(())
+    }
+
+    fn rows(&self, step: u64, rows: Range<usize>, inputs: &mut Vec<u32>, targets: &mut Vec<u32>) {
         inputs.clear();
         targets.clear();
-        for b in 0..self.batch {
+        for b in rows {
             let o = self.offset(step, b);
             self.file.read_into(o, self.seq, inputs);
             self.file.read_into(o + 1, self.seq, targets);
@@ -140,6 +184,27 @@ mod tests {
         }
         // the first and the last start positions are both reachable
         assert!(seen.iter().all(|&s| s), "unreached starts: {seen:?}");
+    }
+
+    #[test]
+    fn ranks_shares_make_up_the_one_process_batches() {
+        let l = Batcher::new(file_of(500, "c.bin"), 8, 8, 7).unwrap();
+        let (mut x, mut y, mut sx, mut sy) = (vec![], vec![], vec![], vec![]);
+        for world in [1, 2, 4, 8] {
+            for s in 0..50 {
+                l.batch(s, &mut x, &mut y);
+                let (mut ux, mut uy) = (vec![], vec![]);
+                for rank in 0..world {
+                    l.batch_share(s, Share { rank, world }, &mut sx, &mut sy).unwrap();
+                    assert_eq!(sx.len(), 8 * 8 / world);
+                    ux.extend_from_slice(&sx);
+                    uy.extend_from_slice(&sy);
+                }
+                assert_eq!((&ux, &uy), (&x, &y), "world {world}, step {s}");
+            }
+        }
+        let e = l.batch_share(0, Share { rank: 0, world: 3 }, &mut sx, &mut sy).unwrap_err().to_string();
+        assert!(e.contains("--batch-size 8") && e.contains("3 ranks"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! - [`skip`]: a test that cannot run here (an input not fetched, no GPU) says so where a log
 //!   shows it, and fails instead when the run demands it: `SMELT_REQUIRE_INPUTS=1` (set by
 //!   `scripts/test.sh` once the inputs are fetched) for [`Need::Input`], `SMELT_REQUIRE_GPU=1`
-//!   (set by `scripts/gpu_suite.sh run`) for [`Need::Gpu`];
+//!   (set by `scripts/gpu_suite.sh run`) for [`Need::Gpu`], `SMELT_REQUIRE_MULTI_GPU=1` (set
+//!   by the suite where it sees two or more GPUs) for [`Need::MultiGpu`];
 //! - where things are: [`repo_root`], [`input`] (fetched inputs under `.cache/inputs/`),
 //!   [`fixture`] (the goldens under `crates/model/tests/fixtures/`, read by several crates);
 //! - [`peer_python`]: the venv's python for the PyTorch/transformers peer tests, or a skip;
@@ -34,6 +35,9 @@ pub enum Need {
     Input,
     /// A CUDA device or its libraries; fatal under `SMELT_REQUIRE_GPU=1`.
     Gpu,
+    /// More GPUs than this machine has (the several-GPU tests); fatal under
+    /// `SMELT_REQUIRE_MULTI_GPU=1`, so a one-GPU suite run reports it without failing.
+    MultiGpu,
     /// An instruction-set extension this CPU lacks (AVX2, AVX-512, …): reported, never fatal,
     /// since no setting gives a machine the instructions.
     Cpu,
@@ -45,6 +49,7 @@ impl Need {
         match self {
             Need::Input => Some("SMELT_REQUIRE_INPUTS"),
             Need::Gpu => Some("SMELT_REQUIRE_GPU"),
+            Need::MultiGpu => Some("SMELT_REQUIRE_MULTI_GPU"),
             Need::Cpu => None,
         }
     }

@@ -2,6 +2,7 @@
 //! DPO) and checkpoints.
 
 pub mod checkpoint;
+pub mod dist;
 pub mod distill;
 pub mod dpo;
 pub mod optim;
@@ -10,10 +11,11 @@ pub mod run_dir;
 pub mod sft;
 pub mod trainer;
 
+pub use dist::DataParallel;
 pub use distill::{DistillConfig, Teacher};
 pub use dpo::{DpoConfig, DpoStats};
 pub use sft::SftConfig;
 pub use trainer::{
-    gradients, gradients_and_stats, run, run_distill, run_with, step, step_with, train_step, Layout, StepOutcome,
-    TrainConfig, TrainSummary,
+    gradients, gradients_and_stats, run, run_distill, run_with, step, step_parallel, step_with, train_step, Layout,
+    StepOutcome, TrainConfig, TrainSummary,
 };

@@ -7,6 +7,7 @@
 //! one run lineage (`run_dir`).
 
 use crate::checkpoint::{self, TrainerState};
+use crate::dist::DataParallel;
 use crate::distill::{DistillConfig, LogitsFile, Teacher};
 use crate::dpo::{DpoConfig, DpoData, DpoLayout, DpoStats};
 use crate::optim::{lr_at, AdamWState, Hyper, Optimizer, OptimizerKind, Schedule};
@@ -22,7 +23,7 @@ use smelt_core::ops::elementwise;
 use smelt_core::ops::muon::Muon;
 use smelt_core::profile::timed;
 use smelt_core::{Graph, Tensor};
-use smelt_data::{Batcher, TokenFile};
+use smelt_data::{Batcher, Share, TokenFile};
 use smelt_model::{presets, Model, ModelConfig};
 use smelt_tokenizer::Tokenizer;
 use std::io::Write;
@@ -95,6 +96,11 @@ pub struct TrainConfig {
     /// Knowledge distillation (`smelt distill`): the loss is against a teacher's logits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distill: Option<DistillConfig>,
+    /// Data parallel over several GPUs (`crate::dist`): this process's rank and communicator.
+    /// `batch_size` stays the global batch, split among the ranks. Not saved: a checkpoint
+    /// resumes on any number of GPUs.
+    #[serde(skip)]
+    pub parallel: Option<DataParallel>,
 }
 
 fn default_muon_lr() -> f64 {
@@ -150,6 +156,7 @@ impl Default for TrainConfig {
             muon_lr: default_muon_lr(),
             muon_momentum: default_muon_momentum(),
             distill: None,
+            parallel: None,
         }
     }
 }
@@ -354,6 +361,27 @@ pub fn step(
     out
 }
 
+/// `step_with` on one rank of a data-parallel job (`dp`; None: one process). After the last
+/// micro-batch's backward the gradients and losses are averaged over the ranks, so every rank
+/// clips and updates alike; with one rank this is bit for bit the one-process step.
+#[allow(clippy::too_many_arguments)]
+pub fn step_parallel(
+    model: &mut Model,
+    opt: &mut Optimizer,
+    hp: &Hyper,
+    micro: &[(Tensor, Tensor)],
+    layout: &Layout,
+    clip: f64,
+    grad_checkpoint: bool,
+    dp: Option<&DataParallel>,
+) -> Result<StepOutcome> {
+    let (grads, mut losses, dpo) = backward_mean(model, micro, layout, grad_checkpoint, dp)?;
+    if let Some(dp) = dp {
+        dp.average_losses(&mut losses)?;
+    }
+    update(model, opt, hp, grads, &losses, layout, clip).map(|o| StepOutcome { dpo, ..o })
+}
+
 /// One update: forward/backward over `micro` batches (gradients averaged), clip, the optimizer
 /// (AdamW, or Muon + AdamW), on whatever device the model is on (the autograd tape runs unchanged over its tensors).
 /// The gradient norm, the clip coefficient and a skip flag (loss or norm not finite) stay
@@ -376,8 +404,19 @@ pub fn step_with(
     clip: f64,
     grad_checkpoint: bool,
 ) -> Result<StepOutcome> {
-    let (mut grads, losses, dpo) = backward_sum(model, micro, layout, grad_checkpoint)?;
-    mean_of_unweighted(&mut grads, micro.len(), layout)?;
+    step_parallel(model, opt, hp, micro, layout, clip, grad_checkpoint, None)
+}
+
+/// The update from the step's gradients and losses: norm, clip, the optimizer, and the one wait.
+fn update(
+    model: &mut Model,
+    opt: &mut Optimizer,
+    hp: &Hyper,
+    grads: Vec<Tensor>,
+    losses: &[Tensor],
+    layout: &Layout,
+    clip: f64,
+) -> Result<StepOutcome> {
     // Summed where the losses are, only for the skip flag; the mean is taken on the host below.
     let mut loss_sum = losses[0].clone();
     for l in &losses[1..] {
@@ -387,7 +426,7 @@ pub fn step_with(
     let decay = model.trainable_decays();
     timed("optimizer", || opt.step(hp, model.trainable_mut(), &grads, &decay, Some(&gnorm)))?;
     // The one wait of the step: everything above is queued; read the losses and the norm.
-    let loss = update_loss(&losses, layout)?;
+    let loss = update_loss(losses, layout)?;
     let (norm, _, skipped) = gnorm.read()?;
     if skipped {
         // The update was skipped on the device; keep the step count in step with it.
@@ -396,11 +435,11 @@ pub fn step_with(
             loss,
             grad_norm: if loss.is_finite() { norm } else { f64::NAN },
             params_finite: true,
-            dpo,
+            dpo: None,
         });
     }
     let params_finite = adamw::params_finite(model.trainable(), &gnorm)?;
-    Ok(StepOutcome { loss, grad_norm: norm, params_finite, dpo })
+    Ok(StepOutcome { loss, grad_norm: norm, params_finite, dpo: None })
 }
 
 /// The loss and parameter gradients (in parameter order) one update of `step_with` would use,
@@ -416,20 +455,8 @@ pub fn gradients_and_stats(
     micro: &[(Tensor, Tensor)],
     layout: &Layout,
 ) -> Result<(f64, Vec<Tensor>, Option<DpoStats>)> {
-    let (mut grads, losses, dpo) = backward_sum(model, micro, layout, false)?;
-    mean_of_unweighted(&mut grads, micro.len(), layout)?;
+    let (grads, losses, dpo) = backward_mean(model, micro, layout, false, None)?;
     Ok((update_loss(&losses, layout)?, grads, dpo))
-}
-
-/// Without weights, the gradient sum over n micro-batches becomes their mean (weighted
-/// micro-batches were scaled in the backward already).
-fn mean_of_unweighted(grads: &mut [Tensor], n: usize, layout: &Layout) -> Result<()> {
-    if n > 1 && layout.weights.is_none() {
-        for g in grads {
-            *g = elementwise::div_scalar(g, n as f32)?;
-        }
-    }
-    Ok(())
 }
 
 /// The update's loss from its micro-batches' (read from the device): their weighted sum.
@@ -443,27 +470,47 @@ fn update_loss(losses: &[Tensor], layout: &Layout) -> Result<f64> {
 }
 
 /// Forward and backward over each micro-batch on whatever device the model is on. Returns the
-/// gradients of `Model::trainable` summed over the micro-batches (in order; each scaled by its
-/// `layout` weight, if any, through the backward's seed) and each micro-batch's loss (a
-/// 1-element tensor, left where it was computed; a DPO micro-batch's is computed on the host,
-/// and its stats summed over the micro-batches).
+/// gradients of `Model::trainable` over the update (summed over the micro-batches in order,
+/// each scaled by its `layout` weight through the backward's seed, or their plain mean without
+/// weights) and each micro-batch's loss (a 1-element tensor, left where it was computed; a DPO
+/// micro-batch's is computed on the host, and its stats summed over the micro-batches).
+///
+/// With `dp` the gradients come back averaged over the ranks too: during the last
+/// micro-batch's backward, each parameter's gradient, as soon as it is final, gets the earlier
+/// micro-batches' sum added, becomes the mean, and joins a bucket that starts its all-reduce
+/// when full (`dist::Averager`), while the backward of the layers below goes on. The
+/// arithmetic is the one-process path's, in the same order, so one rank is bit for bit the
+/// plain step.
 type Summed = (Vec<Tensor>, Vec<Tensor>, Option<DpoStats>);
 
-fn backward_sum(model: &Model, micro: &[(Tensor, Tensor)], layout: &Layout, grad_checkpoint: bool) -> Result<Summed> {
-    let mut acc: Option<Vec<Tensor>> = None;
-    let mut losses = Vec::with_capacity(micro.len());
-    let mut stats: Option<DpoStats> = None;
-    let accumulate = |acc: Option<Vec<Tensor>>, gs: Vec<Tensor>| -> Result<Vec<Tensor>> {
-        Ok(match acc {
-            None => gs,
-            Some(mut a) => {
-                for (ai, gi) in a.iter_mut().zip(&gs) {
-                    elementwise::add_assign(ai, gi)?;
-                }
-                a
+/// `acc` + `gs` element by element (in place), or `gs` for the first micro-batch.
+fn accumulate(acc: Option<Vec<Tensor>>, gs: Vec<Tensor>) -> Result<Vec<Tensor>> {
+    Ok(match acc {
+        None => gs,
+        Some(mut a) => {
+            for (ai, gi) in a.iter_mut().zip(&gs) {
+                elementwise::add_assign(ai, gi)?;
             }
-        })
+            a
+        }
+    })
+}
+
+fn backward_mean(
+    model: &Model,
+    micro: &[(Tensor, Tensor)],
+    layout: &Layout,
+    grad_checkpoint: bool,
+    dp: Option<&DataParallel>,
+) -> Result<Summed> {
+    let n = micro.len();
+    let mean = |g: Tensor| match n > 1 && layout.weights.is_none() {
+        true => elementwise::div_scalar(&g, n as f32),
+        false => Ok(g),
     };
+    let mut acc: Option<Vec<Tensor>> = None;
+    let mut losses = Vec::with_capacity(n);
+    let mut stats: Option<DpoStats> = None;
     for (m, (x, y)) in micro.iter().enumerate() {
         if let Some(d) = &layout.dpo {
             let w = layout.weights.as_ref().map_or(1.0 / micro.len() as f64, |w| w[m]);
@@ -485,15 +532,32 @@ fn backward_sum(model: &Model, micro: &[(Tensor, Tensor)], layout: &Layout, grad
             _ => model.loss_packed(&mut g, &p, x, y, seg, grad_checkpoint)?,
         };
         losses.push(loss.tensor().clone());
-        let mut grads = match &layout.weights {
-            Some(w) => {
-                let seed = Tensor::full(loss.tensor().shape(), w[m] as f32);
-                g.backward_from(std::slice::from_ref(&loss), &[Some(seed)])?
-            }
-            None => g.backward(&loss)?,
-        };
-        let gs: Vec<Tensor> = model
-            .trainable_vars(&p)
+        let seed = Tensor::full(loss.tensor().shape(), layout.weights.as_ref().map_or(1.0, |w| w[m] as f32));
+        let vars = model.trainable_vars(&p);
+        if let (Some(dp), true) = (dp, m + 1 == n) {
+            let mut earlier: Vec<Option<Tensor>> = match acc.take() {
+                Some(a) => a.into_iter().map(Some).collect(),
+                None => vec![None; vars.len()],
+            };
+            let mut avg = crate::dist::Averager::new(dp);
+            g.backward_watching(std::slice::from_ref(&loss), &[Some(seed)], vars, &mut |i, t| {
+                let t = match t {
+                    Some(t) => t,
+                    None => vars[i].tensor().zeros_like()?,
+                };
+                let sum = match earlier[i].take() {
+                    Some(mut a) => {
+                        elementwise::add_assign(&mut a, &t)?;
+                        a
+                    }
+                    None => t,
+                };
+                avg.push(i, mean(sum)?)
+            })?;
+            return Ok((avg.finish(vars.len())?.0, losses, stats));
+        }
+        let mut grads = g.backward_from(std::slice::from_ref(&loss), &[Some(seed)])?;
+        let gs: Vec<Tensor> = vars
             .iter()
             .map(|v| match grads.take(v) {
                 Some(t) => Ok(t),
@@ -504,7 +568,8 @@ fn backward_sum(model: &Model, micro: &[(Tensor, Tensor)], layout: &Layout, grad
         drop(p);
         acc = Some(accumulate(acc, gs)?);
     }
-    Ok((acc.context("no micro-batches")?, losses, stats))
+    let grads = acc.context("no micro-batches")?;
+    Ok((grads.into_iter().map(mean).collect::<Result<_>>()?, losses, stats))
 }
 
 /// Mean validation loss over deterministic windows, in the training loss's arithmetic: a
@@ -544,6 +609,22 @@ fn check_vocab(f: &TokenFile, vocab: usize) -> Result<()> {
     Ok(())
 }
 
+/// `metrics.jsonl` in `dir`, opened for appending: emptied for a fresh run, cut after `start`
+/// on a resume.
+fn open_metrics(dir: &Path, start: u64) -> Result<std::fs::File> {
+    let path = dir.join("metrics.jsonl");
+    if start > 0 {
+        truncate_metrics(&path, start)?;
+    } else if path.exists() {
+        std::fs::remove_file(&path)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
 /// Keeps the metrics lines of steps ≤ `step` (on resume, later lines belong to a run being replaced).
 fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     if !path.exists() {
@@ -566,7 +647,9 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 
 /// Refuses a run whose weights, optimizer state and activations will not fit on its device.
 fn check_memory(mc: &ModelConfig, cfg: &TrainConfig) -> Result<()> {
-    let tokens = cfg.batch_size as f64 * cfg.seq_len as f64;
+    // Each rank holds its share of the rows.
+    let ranks = cfg.parallel.as_ref().map_or(1, DataParallel::world_size);
+    let tokens = (cfg.batch_size / ranks).max(1) as f64 * cfg.seq_len as f64;
     // The estimate counts f32 activations; bf16 ones (a GPU's default) take half, as would half the tokens.
     let act_scale = if cfg.device.activation_dtype() == smelt_core::DType::F32 { 1.0 } else { 0.5 };
     let mut need = smelt_model::memory::training_bytes(mc, tokens * act_scale, cfg.grad_checkpoint);
@@ -620,7 +703,12 @@ pub(crate) struct Update {
 /// Where the batches of a run come from: random windows of a token file (pretraining) or
 /// JSONL examples (SFT, `crate::sft`).
 pub(crate) enum Data {
-    Windows { train: Batcher, val: Option<Vec<(Tensor, Tensor)>> },
+    /// `share`: this rank's rows of each batch (all of them in one process).
+    Windows {
+        train: Batcher,
+        share: Share,
+        val: Option<Vec<(Tensor, Tensor)>>,
+    },
     Sft(SftData),
     Dpo(DpoData),
 }
@@ -651,6 +739,8 @@ impl Data {
         }
         let train = Batcher::new(TokenFile::open(&cfg.dataset)?, cfg.batch_size, cfg.seq_len, cfg.seed)?;
         check_vocab(train.file(), model.cfg.vocab_size)?;
+        let share = cfg.parallel.as_ref().map_or(Share::ALL, DataParallel::share);
+        share.rows(cfg.batch_size)?;
         let val = match &cfg.val_dataset {
             Some(p) => {
                 let v = Batcher::new(TokenFile::open(p)?, cfg.batch_size, cfg.seq_len, cfg.seed)?;
@@ -663,18 +753,19 @@ impl Data {
             }
             None => None,
         };
-        Ok(Data::Windows { train, val })
+        Ok(Data::Windows { train, share, val })
     }
 
     /// The micro-batches of update `step`, their layout, and the tokens they hold (not padding).
     pub(crate) fn update(&self, step: u64, cfg: &TrainConfig) -> Result<Update> {
         match self {
             // Micro-batch m of update s is loader step s·accum + m: a pure function, so resume is exact.
-            Data::Windows { train, .. } => {
+            // On several ranks each reads its rows of that batch; the tokens are the update's, all ranks'.
+            Data::Windows { train, share, .. } => {
                 let micro = (0..cfg.grad_accum as u64)
                     .map(|m| {
                         let (mut x, mut y) = (Vec::new(), Vec::new());
-                        train.batch(step * cfg.grad_accum as u64 + m, &mut x, &mut y);
+                        train.batch_share(step * cfg.grad_accum as u64 + m, *share, &mut x, &mut y)?;
                         to_tensors(x, y, cfg.seq_len)
                     })
                     .collect::<Result<_>>()?;
@@ -746,6 +837,8 @@ fn run_full(
     base: Option<(Model, Tokenizer)>,
     teacher: Option<Option<Model>>,
 ) -> Result<TrainSummary> {
+    // Rank 0 of several writes checkpoints and metrics, evaluates and reports; the others train.
+    let lead = cfg.parallel.as_ref().is_none_or(DataParallel::is_lead);
     let (mut model, tok, mut opt, mut cfg, start, run_id, mut tokens_seen) = match resume {
         Some(dir) => {
             cfg.validate()?;
@@ -768,6 +861,7 @@ fn run_full(
             saved.log_interval = cfg.log_interval;
             saved.device = cfg.device;
             saved.overwrite = cfg.overwrite;
+            saved.parallel = cfg.parallel.clone();
             if let (Some(s), Some(c)) = (saved.sft.as_mut(), cfg.sft.as_ref()) {
                 s.epochs = c.epochs;
             }
@@ -782,7 +876,9 @@ fn run_full(
                 bail!("{} is at step {}; --steps {} leaves nothing to do", dir.display(), state.step, saved.steps);
             }
             check_memory(&model.cfg, &saved)?;
-            eprintln!("resuming {} at step {} of {}", dir.display(), state.step, saved.steps);
+            if lead {
+                eprintln!("resuming {} at step {} of {}", dir.display(), state.step, saved.steps);
+            }
             (model, tok, opt, saved, state.step, state.run_id, state.tokens_seen)
         }
         None => {
@@ -830,6 +926,17 @@ fn run_full(
             (model, tok, opt, cfg, 0, smelt_files::staging::unique_id(), 0)
         }
     };
+    if cfg.parallel.as_ref().is_some_and(|p| p.world_size() > 1) {
+        if cfg.sft.is_some() {
+            bail!("smelt sft trains on one GPU for now: its token-weighted micro-batches are not split among ranks yet (drop --nproc / run one process)");
+        }
+        if cfg.distill.is_some() {
+            bail!("smelt distill trains in one process for now: its teacher's logits are not split among ranks yet (drop --nproc / run one process)");
+        }
+        if cfg.dpo.is_some() {
+            bail!("smelt dpo trains in one process for now: its pairs and reference log-probabilities are not split among ranks yet (drop --nproc / run one process)");
+        }
+    }
     model.to_device(cfg.device)?;
     let data = Data::open_run(&cfg, &tok, &mut model, start)?;
     if let Some(steps) = data.steps_for_epochs(cfg.grad_accum) {
@@ -858,29 +965,39 @@ fn run_full(
         (None, Some(_)) => bail!("these settings distill from a teacher: run them with smelt distill"),
     };
     opt.to_device(cfg.device)?;
-    if cfg.device != smelt_core::Device::Cpu {
-        eprintln!("training on {}", cfg.device);
+    match &cfg.parallel {
+        Some(p) if lead => eprintln!(
+            "training on {} ranks (this is rank 0, on {}); --batch-size {} split {} rows per rank, gradients averaged in {:?}",
+            p.world_size(),
+            cfg.device,
+            cfg.batch_size,
+            cfg.batch_size / p.world_size(),
+            p.wire
+        ),
+        None if cfg.device != smelt_core::Device::Cpu => eprintln!("training on {}", cfg.device),
+        _ => {}
     }
-    if cfg.seq_len > model.cfg.max_pos {
+    if lead && cfg.seq_len > model.cfg.max_pos {
         eprintln!("note: --seq-len {} exceeds the model's max_position_embeddings {}", cfg.seq_len, model.cfg.max_pos);
     }
     // Everything is checked; now take the checkpoint directory (held until the run ends).
     let resumed = resume.map(|from| run_dir::Resumed { run_id: &run_id, step: start, from });
-    let _run_dir = run_dir::RunDir::open(&cfg.checkpoint_dir, resumed, cfg.overwrite)?;
+    let (_run_dir, mut metrics) = match lead {
+        true => {
+            let d = run_dir::RunDir::open(&cfg.checkpoint_dir, resumed, cfg.overwrite)?;
+            (Some(d), Some(open_metrics(&cfg.checkpoint_dir, start)?))
+        }
+        false => (None, None),
+    };
     let metrics_path = cfg.checkpoint_dir.join("metrics.jsonl");
-    if start > 0 {
-        truncate_metrics(&metrics_path, start)?;
-    } else if metrics_path.exists() {
-        std::fs::remove_file(&metrics_path)?;
-    }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
 
     let n_params = model.cfg.n_params();
-    eprintln!(
+    let say = |s: String| {
+        if lead {
+            eprintln!("{s}")
+        }
+    };
+    say(format!(
         "model: {} parameters ({} layers, dim {}, {} heads / {} KV), vocab {}; {}{} tokens per update",
         n_params,
         model.cfg.n_layers,
@@ -890,8 +1007,13 @@ fn run_full(
         model.cfg.vocab_size,
         if cfg.sft.is_some() || cfg.dpo.is_some() { "up to " } else { "" },
         cfg.batch_size * cfg.seq_len * cfg.grad_accum
-    );
-    let bar = crate::progress::Progress::new(cfg.steps, start);
+    ));
+    let bar = lead.then(|| crate::progress::Progress::new(cfg.steps, start));
+    let bar_finish = || {
+        if let Some(b) = &bar {
+            b.finish()
+        }
+    };
     let mut last_loss = f64::NAN;
     // The newest checkpoint whose weights are known good: the one resumed, then each one saved.
     let mut last_good: Option<PathBuf> = resume.map(Path::to_path_buf);
@@ -907,7 +1029,8 @@ fn run_full(
         if let Some(a) = &model.adapter {
             a.begin_step(cfg.seed, step_index); // its dropout masks: a function of (seed, step)
         }
-        let out = step_with(&mut model, &mut opt, &hp, &micro, &layout, cfg.grad_clip, cfg.grad_checkpoint)?;
+        let dp = cfg.parallel.as_ref();
+        let out = step_parallel(&mut model, &mut opt, &hp, &micro, &layout, cfg.grad_clip, cfg.grad_checkpoint, dp)?;
         let (loss, norm) = (out.loss, out.grad_norm);
         let keep = || {
             last_good
@@ -916,11 +1039,11 @@ fn run_full(
                 .unwrap_or_else(|| "no checkpoint was written yet".into())
         };
         if !loss.is_finite() || !norm.is_finite() {
-            bar.finish();
+            bar_finish();
             bail!("training diverged at step {}: loss {loss}, gradient norm {norm}; stopped without applying the update ({}). Try a lower --lr or more --warmup", step_index + 1, keep());
         }
         if !out.params_finite {
-            bar.finish();
+            bar_finish();
             bail!("the update of step {} (learning rate {lr:e}) left NaN or infinite weights; stopped, nothing of it saved ({}). Try a lower --lr", step_index + 1, keep());
         }
         last_loss = loss;
@@ -929,7 +1052,7 @@ fn run_full(
         let done = step_index + 1;
         let is_ckpt = cfg.checkpoint_interval > 0 && done % cfg.checkpoint_interval == 0 && done < cfg.steps;
         let is_last = done == cfg.steps;
-        let val = match data.has_val() && (is_ckpt || is_last) {
+        let val = match lead && data.has_val() && (is_ckpt || is_last) {
             true => Some(data.evaluate(&model, &cfg)?),
             false => None,
         };
@@ -946,14 +1069,18 @@ fn run_full(
             .filter_map(|k| Some(format!(" | {} {:.3}", k.replace("rewards/", ""), extra.get(*k)?.as_f64()?)))
             .collect::<String>();
         if done % cfg.log_interval.max(1) == 0 || is_last || val_loss.is_some() {
-            let m = Metrics { step: done, loss, lr, tokens_per_second: tps, grad_norm: norm, val_loss, extra };
-            writeln!(metrics, "{}", serde_json::to_string(&m)?)
-                .and_then(|_| metrics.flush())
-                .with_context(|| format!("writing {}", metrics_path.display()))?;
+            if let Some(metrics) = metrics.as_mut() {
+                let m = Metrics { step: done, loss, lr, tokens_per_second: tps, grad_norm: norm, val_loss, extra };
+                writeln!(metrics, "{}", serde_json::to_string(&m)?)
+                    .and_then(|_| metrics.flush())
+                    .with_context(|| format!("writing {}", metrics_path.display()))?;
+            }
             (window_tokens, window_start) = (0, Instant::now());
         }
-        bar.update(done, loss, tps, lr, val_loss, &note);
-        if is_ckpt || is_last {
+        if let Some(b) = &bar {
+            b.update(done, loss, tps, lr, val_loss, &note);
+        }
+        if lead && (is_ckpt || is_last) {
             let state = TrainerState {
                 step: done,
                 tokens_seen,
@@ -974,7 +1101,7 @@ fn run_full(
             last_good = Some(dir);
         }
     }
-    bar.finish();
+    bar_finish();
     let final_dir = cfg.checkpoint_dir.join("final");
     Ok(TrainSummary { final_loss: last_loss, final_dir, steps: cfg.steps })
 }

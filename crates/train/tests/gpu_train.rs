@@ -265,8 +265,7 @@ fn train_cfg(d: &Path, device: Device) -> TrainConfig {
         val_batches: 2,
         device,
         overwrite: false,
-        sft: None,
-        lora: None,
+        ..Default::default()
     }
 }
 

@@ -132,6 +132,9 @@ fn student(
 }
 
 pub fn run(a: DistillArgs) -> Result<()> {
+    if a.run.spawn_ranks()? {
+        return Ok(());
+    }
     let mut cfg = TrainConfig { checkpoint_dir: a.output.clone(), lora: a.lora.config()?, ..TrainConfig::default() };
     let resume = a.run.apply(&mut cfg)?;
     let who = StudentArgs { model: a.model, size: a.size, tokenizer: a.tokenizer, teacher: a.teacher.clone() };

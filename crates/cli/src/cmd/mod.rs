@@ -10,6 +10,7 @@ pub mod imatrix;
 pub mod import_bpe;
 pub mod import_hf;
 pub mod inspect;
+pub mod launch;
 pub mod limits;
 pub mod lora;
 pub mod merge;

@@ -56,6 +56,9 @@ pub(crate) fn chat_template(model: &Path, tok: &smelt_tokenizer::Tokenizer) -> R
 }
 
 pub fn run(a: SftArgs) -> Result<()> {
+    if a.run.spawn_ranks()? {
+        return Ok(());
+    }
     let mut cfg = TrainConfig { checkpoint_dir: a.output, lora: a.lora.config()?, ..TrainConfig::default() };
     let resume = a.run.apply(&mut cfg)?;
     let mut base = None;

@@ -134,9 +134,16 @@ pub struct RunFlags {
     /// cpu, cuda[:N] or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    #[command(flatten)]
+    pub parallel: super::launch::ParallelFlags,
 }
 
 impl RunFlags {
+    /// `--nproc N`: starts the N ranks and waits for them (true: nothing left to do here).
+    pub fn spawn_ranks(&self) -> Result<bool> {
+        self.parallel.spawn_ranks(&self.device)
+    }
+
     /// Copies the flags into `cfg`; returns the checkpoint to resume, if any.
     pub fn apply(self, cfg: &mut TrainConfig) -> Result<Option<PathBuf>> {
         cfg.batch_size = self.batch_size;
@@ -161,13 +168,19 @@ impl RunFlags {
         cfg.keep_checkpoints = self.keep_checkpoints;
         cfg.log_interval = self.log_interval;
         cfg.val_batches = self.val_batches;
-        cfg.device = super::device::resolve(&self.device)?;
+        match self.parallel.join(&self.device)? {
+            Some((device, dp)) => (cfg.device, cfg.parallel) = (device, Some(dp)),
+            None => cfg.device = super::device::resolve(&self.device)?,
+        }
         cfg.overwrite = self.overwrite;
         Ok(self.resume)
     }
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    if a.run.spawn_ranks()? {
+        return Ok(());
+    }
     let mut cfg = TrainConfig {
         dataset: a.dataset.unwrap_or_default(),
         val_dataset: a.val_dataset,

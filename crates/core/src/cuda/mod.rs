@@ -12,6 +12,7 @@
 pub mod blas;
 mod buf;
 pub mod compile;
+pub mod nccl;
 
 pub use buf::{mem_stats, reset_mem_peak, DeviceBuf};
 

@@ -62,7 +62,13 @@ fn mmvq_on() -> bool {
 /// MATVEC_MAX_N, k a multiple of 32), else None.
 fn quantize_q8(x: &Tensor, n: usize, k: usize) -> Result<Option<(DeviceBuf, DeviceBuf)>> {
     let (_, ydt) = crate::ops::matmul::cuda::precision();
-    if !mmvq_on() || x.dtype() != DType::BF16 || ydt != DType::BF16 || n == 0 || n > MATVEC_MAX_N || k % 32 != 0 {
+    if !mmvq_on()
+        || x.dtype() != DType::BF16
+        || ydt != DType::BF16
+        || n == 0
+        || n > MATVEC_MAX_N
+        || !k.is_multiple_of(32)
+    {
         return Ok(None);
     }
     let xb = x.cuda_buf()?;
@@ -119,7 +125,12 @@ fn shaped(x: &Tensor, y: DeviceBuf, m: usize) -> Result<Tensor> {
 /// `[linear(x, w_j, b_j)]` by quantised weights sharing one input, x quantised to 8 bits once
 /// (the integer path; weights of one format in one launch). None where that path does not
 /// apply (the caller runs each `linear`).
-pub fn linear_many(x: &Tensor, ws: &[(&DeviceQuant, Option<&Tensor>)], n: usize, k: usize) -> Result<Option<Vec<Tensor>>> {
+pub fn linear_many(
+    x: &Tensor,
+    ws: &[(&DeviceQuant, Option<&Tensor>)],
+    n: usize,
+    k: usize,
+) -> Result<Option<Vec<Tensor>>> {
     let Some(q) = quantize_q8(x, n, k)? else { return Ok(None) };
     let mut out = Vec::with_capacity(ws.len());
     let mut i = 0;
@@ -155,7 +166,15 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     let f = gpu.function("qmatmul", SRC, func)?;
     let (n32, k32, m32, rb) = (n as i32, k as i32, m as i32, wg.row_bytes as i64);
     let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&q.0.data).arg(&q.1.data).arg(&n32).arg(&k32).arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb);
+    l.arg(&q.0.data)
+        .arg(&q.1.data)
+        .arg(&n32)
+        .arg(&k32)
+        .arg(&wg.blocks.data)
+        .arg(&wu.blocks.data)
+        .arg(&y.data)
+        .arg(&m32)
+        .arg(&rb);
     let cfg = LaunchConfig {
         grid_dim: ((m as u32).div_ceil(MMVQ_WARPS).max(1), 1, 1),
         block_dim: (32, MMVQ_WARPS, 1),

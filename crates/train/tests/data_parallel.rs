@@ -1,0 +1,186 @@
+//! Data-parallel training on the CPU, ranks as threads (`smelt_core::dist::ThreadGroup`, the
+//! reference `Collective`), against the one-process run at the same global batch:
+//! - one rank is the plain run bit for bit (the GPU's NCCL form is in gpu_nccl.rs);
+//! - two and four ranks follow the one-process loss curve to f32 rounding, and the ranks end
+//!   with identical weights;
+//! - a checkpoint written by two ranks resumes on one process, and the reverse, continuing the
+//!   curve.
+
+use smelt_core::dist::ThreadGroup;
+use smelt_core::DType;
+use smelt_data::prepare::{prepare, PrepareConfig};
+use smelt_model::Model;
+use smelt_tokenizer::Tokenizer;
+use smelt_train::{DataParallel, TrainConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("smelt-dp-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn setup(d: &Path) -> TrainConfig {
+    let tok = Tokenizer::byte_level();
+    tok.save(&d.join("tok.json")).unwrap();
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/linux-doc-slice.jsonl.gz");
+    let mut pc = PrepareConfig::new(vec![corpus.to_string_lossy().into()], d.join("train.bin"));
+    pc.val_fraction = 0.1;
+    prepare(&pc, &tok, &|_, _| {}).unwrap();
+    TrainConfig {
+        dataset: d.join("train.bin"),
+        val_dataset: Some(d.join("train.val.bin")),
+        tokenizer: Some(d.join("tok.json")),
+        size: "custom".into(),
+        dim: Some(32),
+        layers: Some(2),
+        heads: Some(4),
+        kv_heads: Some(2),
+        ffn_hidden: Some(64),
+        batch_size: 4,
+        seq_len: 32,
+        steps: 8,
+        grad_accum: 2,
+        lr: 3e-3,
+        warmup: 2,
+        seed: 5,
+        checkpoint_dir: d.join("ckpt"),
+        checkpoint_interval: 4,
+        val_batches: 2,
+        ..Default::default()
+    }
+}
+
+/// Runs `cfg` as `world` ranks (threads); rank 0 writes `cfg.checkpoint_dir`. Small buckets, so
+/// several are sent per update.
+fn run_ranks(cfg: &TrainConfig, world: usize, resume: Option<&Path>) {
+    let handles: Vec<_> = ThreadGroup::new(world)
+        .into_iter()
+        .map(|g| {
+            let mut c = cfg.clone();
+            c.parallel = Some(DataParallel::new(Arc::new(g), DType::F32, 16 << 10));
+            let resume = resume.map(Path::to_path_buf);
+            std::thread::spawn(move || smelt_train::run(c, resume.as_deref()).map(|_| ()))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+}
+
+fn losses(metrics: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+fn max_rel(a: &[(u64, f64)], b: &[(u64, f64)]) -> f64 {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    a.iter()
+        .zip(b)
+        .map(|((sa, la), (sb, lb))| {
+            assert_eq!(sa, sb);
+            ((la - lb) / lb).abs()
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn one_rank_is_the_plain_run_bit_for_bit() {
+    let d = workdir("one");
+    let cfg = setup(&d);
+    smelt_train::run(cfg.clone(), None).unwrap();
+    let mut one = cfg.clone();
+    one.checkpoint_dir = d.join("one");
+    run_ranks(&one, 1, None);
+    let (a, b) = (losses(&d.join("ckpt/metrics.jsonl")), losses(&d.join("one/metrics.jsonl")));
+    assert_eq!(
+        a.iter().map(|x| x.1.to_bits()).collect::<Vec<_>>(),
+        b.iter().map(|x| x.1.to_bits()).collect::<Vec<_>>()
+    );
+    let (ma, mb) = (Model::load(&d.join("ckpt/final")).unwrap(), Model::load(&d.join("one/final")).unwrap());
+    for (x, y) in ma.params.iter().zip(&mb.params) {
+        assert_eq!(x.as_f32().unwrap(), y.as_f32().unwrap());
+    }
+}
+
+#[test]
+fn ranks_follow_the_one_process_run_at_the_same_global_batch() {
+    let d = workdir("many");
+    let cfg = setup(&d);
+    smelt_train::run(cfg.clone(), None).unwrap();
+    let single = losses(&d.join("ckpt/metrics.jsonl"));
+    let want = Model::load(&d.join("ckpt/final")).unwrap();
+    for world in [2, 4] {
+        let mut c = cfg.clone();
+        c.checkpoint_dir = d.join(format!("world{world}"));
+        run_ranks(&c, world, None);
+        let got = losses(&c.checkpoint_dir.join("metrics.jsonl"));
+        let rel = max_rel(&got, &single);
+        println!("{world} ranks: largest relative loss difference over {} steps {rel:.2e}", got.len());
+        // Only the order of the sums differs (per-rank means, then their mean).
+        assert!(rel < 1e-5, "{world} ranks: {got:?}\n1 process: {single:?}");
+        let m = Model::load(&c.checkpoint_dir.join("final")).unwrap();
+        for (x, y) in m.params.iter().zip(&want.params) {
+            let e = smelt_testing::nmse(&x.to_vec_f32().unwrap(), &y.to_vec_f32().unwrap());
+            assert!(e < 1e-9, "{world} ranks: final weights NMSE {e:e}");
+        }
+        // Only rank 0 wrote: one metrics line per step, one final checkpoint.
+        assert_eq!(got.len() as u64, cfg.steps);
+    }
+    // A global batch that does not split evenly is refused, naming the flag.
+    let mut c = cfg.clone();
+    c.checkpoint_dir = d.join("world3");
+    let g = ThreadGroup::new(1).pop().unwrap();
+    c.parallel = Some(DataParallel::new(Arc::new(RankOf3(g)), DType::F32, 1 << 20));
+    let e = smelt_train::run(c, None).err().expect("4 rows over 3 ranks").to_string();
+    assert!(e.contains("--batch-size 4") && e.contains("3 ranks"), "{e}");
+}
+
+/// A one-thread group that claims to be rank 0 of 3 (only to reach the batch check).
+#[derive(Debug)]
+struct RankOf3(ThreadGroup);
+impl smelt_core::dist::Collective for RankOf3 {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        3
+    }
+    fn all_reduce_mean(&self, b: &mut [smelt_core::Tensor], w: DType) -> anyhow::Result<()> {
+        self.0.all_reduce_mean(b, w)
+    }
+}
+
+#[test]
+fn checkpoints_move_between_two_ranks_and_one_process() {
+    let d = workdir("resume");
+    let cfg = setup(&d);
+    smelt_train::run(cfg.clone(), None).unwrap();
+    let single = losses(&d.join("ckpt/metrics.jsonl"));
+    let mut two = cfg.clone();
+    two.checkpoint_dir = d.join("two");
+    run_ranks(&two, 2, None);
+    let straight2 = losses(&d.join("two/metrics.jsonl"));
+
+    // Two ranks' step 4 resumed on one process continues the curve.
+    let mut c = cfg.clone();
+    c.checkpoint_dir = d.join("two-then-one");
+    smelt_train::run(c.clone(), Some(&d.join("two/step-000004"))).unwrap();
+    let got = losses(&c.checkpoint_dir.join("metrics.jsonl"));
+    assert!(max_rel(&got, &straight2[4..]) < 1e-5, "{got:?} vs {:?}", &straight2[4..]);
+
+    // One process's step 4 resumed on two ranks, too.
+    let mut c = cfg.clone();
+    c.checkpoint_dir = d.join("one-then-two");
+    run_ranks(&c, 2, Some(&d.join("ckpt/step-000004")));
+    let got = losses(&c.checkpoint_dir.join("metrics.jsonl"));
+    assert!(max_rel(&got, &single[4..]) < 1e-5, "{got:?} vs {:?}", &single[4..]);
+}

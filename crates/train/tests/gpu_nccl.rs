@@ -1,0 +1,208 @@
+//! Data-parallel training over NCCL on GPUs (built only with `--features cuda`):
+//! - one rank (WORLD_SIZE=1, what `--nproc 1` runs) takes the NCCL path and equals the plain
+//!   GPU run bit for bit, under mixed precision and in f32;
+//! - two GPUs (ranks as threads of this process, one communicator each) follow the one-GPU run
+//!   at the same global batch: within f32 rounding with f32 matmuls and f32 reduction, within
+//!   bf16 tolerance with bf16 reduction; the checkpoint they write resumes on one GPU and on
+//!   the CPU.
+//!
+//! A test skips without a GPU or libnccl (fails instead under SMELT_REQUIRE_GPU=1), and the
+//! two-GPU test skips loudly with fewer than two GPUs (fails under SMELT_REQUIRE_MULTI_GPU=1).
+//! The tests set the process-wide matmul precision: run them with `--test-threads=1`.
+#![cfg(feature = "cuda")]
+
+use smelt_core::cuda::{self, MatmulPrecision};
+use smelt_core::dist::{self, rendezvous, DistEnv};
+use smelt_core::{DType, Device};
+use smelt_data::prepare::{prepare, PrepareConfig};
+use smelt_model::Model;
+use smelt_testing::{gpu, skip, Need};
+use smelt_tokenizer::Tokenizer;
+use smelt_train::{DataParallel, TrainConfig};
+use std::path::{Path, PathBuf};
+
+fn nccl() -> bool {
+    match cuda::nccl::available() {
+        Ok(()) => true,
+        Err(e) => {
+            skip(Need::Gpu, format!("{e:#}"));
+            false
+        }
+    }
+}
+
+fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("smelt-gpu-nccl-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A small model on the bundled corpus (byte-level tokens), 2 micro-batches per update.
+fn setup(d: &Path, device: Device) -> TrainConfig {
+    let tok = Tokenizer::byte_level();
+    tok.save(&d.join("tok.json")).unwrap();
+    let corpus = smelt_testing::repo_root().join("data/linux-doc-slice.jsonl.gz");
+    let mut pc = PrepareConfig::new(vec![corpus.to_string_lossy().into()], d.join("train.bin"));
+    pc.val_fraction = 0.05;
+    prepare(&pc, &tok, &|_, _| {}).unwrap();
+    TrainConfig {
+        dataset: d.join("train.bin"),
+        val_dataset: Some(d.join("train.val.bin")),
+        tokenizer: Some(d.join("tok.json")),
+        size: "custom".into(),
+        dim: Some(128),
+        layers: Some(4),
+        heads: Some(4),
+        kv_heads: Some(2),
+        ffn_hidden: Some(384),
+        batch_size: 16,
+        seq_len: 128,
+        steps: 40,
+        grad_accum: 2,
+        lr: 3e-3,
+        min_lr: 3e-4,
+        warmup: 5,
+        seed: 11,
+        checkpoint_dir: d.join("ckpt"),
+        checkpoint_interval: 20,
+        val_batches: 4,
+        device,
+        ..Default::default()
+    }
+}
+
+fn losses(metrics: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+fn max_rel(a: &[(u64, f64)], b: &[(u64, f64)]) -> f64 {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    a.iter().zip(b).map(|((_, x), (_, y))| ((x - y) / y).abs()).fold(0.0, f64::max)
+}
+
+fn env(rank: usize, world: usize, port: u16) -> DistEnv {
+    DistEnv {
+        rank,
+        local_rank: rank,
+        world_size: world,
+        local_world_size: world,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+    }
+}
+
+/// `cfg` on `world` GPUs, rank r on cuda:r in its own thread with its own communicator.
+fn run_on_gpus(cfg: &TrainConfig, world: usize, wire: DType, resume: Option<&Path>) {
+    let port = rendezvous::free_port().unwrap();
+    let handles: Vec<_> = (0..world)
+        .map(|r| {
+            let mut c = cfg.clone();
+            let resume = resume.map(Path::to_path_buf);
+            std::thread::spawn(move || {
+                c.device = Device::Cuda(r);
+                let comm = dist::connect(&env(r, world, port), c.device)?;
+                c.parallel = Some(DataParallel::new(comm, wire, smelt_train::dist::BUCKET_BYTES));
+                smelt_train::run(c, resume.as_deref()).map(|_| ())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn nccl_one_rank_is_the_plain_gpu_run_bit_for_bit() {
+    let Some(d) = gpu() else { return };
+    if !nccl() {
+        return;
+    }
+    let dir = workdir("one");
+    let mut cfg = setup(&dir, d);
+    cfg.steps = 12;
+    cfg.checkpoint_interval = 6;
+    for (p, name) in [(MatmulPrecision::Bf16, "bf16"), (MatmulPrecision::F32, "f32")] {
+        cuda::set_matmul_precision(p);
+        let mut plain = cfg.clone();
+        plain.checkpoint_dir = dir.join(format!("plain-{name}"));
+        smelt_train::run(plain.clone(), None).unwrap();
+        let mut one = cfg.clone();
+        one.checkpoint_dir = dir.join(format!("nccl-{name}"));
+        run_on_gpus(&one, 1, DType::F32, None);
+        let (a, b) =
+            (losses(&plain.checkpoint_dir.join("metrics.jsonl")), losses(&one.checkpoint_dir.join("metrics.jsonl")));
+        println!("{name}: plain {a:?}\n{name}: nccl  {b:?}");
+        assert_eq!(
+            a.iter().map(|x| x.1.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|x| x.1.to_bits()).collect::<Vec<_>>(),
+            "{name}: the one-rank NCCL run's losses differ from the plain run's"
+        );
+        let ma = Model::load(&plain.checkpoint_dir.join("final")).unwrap();
+        let mb = Model::load(&one.checkpoint_dir.join("final")).unwrap();
+        for (x, y) in ma.params.iter().zip(&mb.params) {
+            assert_eq!(x.as_f32().unwrap(), y.as_f32().unwrap(), "{name}: final weights differ");
+        }
+    }
+    cuda::set_matmul_precision(MatmulPrecision::Bf16);
+}
+
+#[test]
+fn nccl_two_gpus_follow_one_gpu_and_their_checkpoint_resumes_anywhere() {
+    let Some(d) = gpu() else { return };
+    if !nccl() {
+        return;
+    }
+    let n = cuda::device_count().unwrap_or(0);
+    if n < 2 {
+        skip(Need::MultiGpu, format!("{n} GPU visible: the two-GPU data-parallel test needs 2"));
+        return;
+    }
+    let dir = workdir("two");
+    let cfg = setup(&dir, d);
+    for (p, wire, tol, name) in [
+        (MatmulPrecision::F32, DType::F32, 1e-4, "f32"),
+        (MatmulPrecision::Bf16, DType::F32, 2e-2, "bf16 matmuls"),
+        (MatmulPrecision::Bf16, DType::BF16, 2e-2, "bf16 matmuls, bf16 reduction"),
+    ] {
+        cuda::set_matmul_precision(p);
+        let tag = name.replace([' ', ','], "-");
+        let mut one = cfg.clone();
+        one.checkpoint_dir = dir.join(format!("one-{tag}"));
+        smelt_train::run(one.clone(), None).unwrap();
+        let mut two = cfg.clone();
+        two.checkpoint_dir = dir.join(format!("two-{tag}"));
+        run_on_gpus(&two, 2, wire, None);
+        let (a, b) =
+            (losses(&one.checkpoint_dir.join("metrics.jsonl")), losses(&two.checkpoint_dir.join("metrics.jsonl")));
+        let rel = max_rel(&b, &a);
+        println!(
+            "{name}: 2 GPUs vs 1 GPU at global batch {}: largest relative loss difference {rel:.2e} over {} steps",
+            cfg.batch_size,
+            a.len()
+        );
+        println!("  1 GPU  {:?}\n  2 GPUs {:?}", &a[a.len() - 3..], &b[b.len() - 3..]);
+        assert!(rel < tol, "{name}: {rel:e} >= {tol:e}");
+    }
+    // The f32 run's mid checkpoint, written by two GPUs, resumes on one GPU and on the CPU.
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+    let two = losses(&dir.join("two-f32/metrics.jsonl"));
+    for (device, tol) in [(d, 1e-4), (Device::Cpu, 1e-3)] {
+        let mut c = cfg.clone();
+        c.device = device;
+        c.checkpoint_dir = dir.join(format!("resumed-{device}"));
+        smelt_train::run(c.clone(), Some(&dir.join("two-f32/step-000020"))).unwrap();
+        let got = losses(&c.checkpoint_dir.join("metrics.jsonl"));
+        let rel = max_rel(&got, &two[20..]);
+        println!("2 GPUs' step 20 resumed on {device}: largest relative loss difference {rel:.2e}");
+        assert!(rel < tol, "{device}: {rel:e}");
+    }
+    cuda::set_matmul_precision(MatmulPrecision::Bf16);
+}
