@@ -6,51 +6,21 @@
 //! - a checkpoint written by two ranks resumes on one process, and the reverse, continuing the
 //!   curve.
 
+mod common;
+
 use smelt_core::dist::ThreadGroup;
 use smelt_core::DType;
-use smelt_data::prepare::{prepare, PrepareConfig};
 use smelt_model::Model;
-use smelt_tokenizer::Tokenizer;
 use smelt_train::{DataParallel, TrainConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("smelt-dp-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::workdir("dp", name)
 }
 
 fn setup(d: &Path) -> TrainConfig {
-    let tok = Tokenizer::byte_level();
-    tok.save(&d.join("tok.json")).unwrap();
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/linux-doc-slice.jsonl.gz");
-    let mut pc = PrepareConfig::new(vec![corpus.to_string_lossy().into()], d.join("train.bin"));
-    pc.val_fraction = 0.1;
-    prepare(&pc, &tok, &|_, _| {}).unwrap();
-    TrainConfig {
-        dataset: d.join("train.bin"),
-        val_dataset: Some(d.join("train.val.bin")),
-        tokenizer: Some(d.join("tok.json")),
-        size: "custom".into(),
-        dim: Some(32),
-        layers: Some(2),
-        heads: Some(4),
-        kv_heads: Some(2),
-        ffn_hidden: Some(64),
-        batch_size: 4,
-        seq_len: 32,
-        steps: 8,
-        grad_accum: 2,
-        lr: 3e-3,
-        warmup: 2,
-        seed: 5,
-        checkpoint_dir: d.join("ckpt"),
-        checkpoint_interval: 4,
-        val_batches: 2,
-        ..Default::default()
-    }
+    TrainConfig { batch_size: 4, steps: 8, checkpoint_interval: 4, ..common::tiny_run(d) }
 }
 
 /// Runs `cfg` as `world` ranks (threads); rank 0 writes `cfg.checkpoint_dir`. Small buckets, so

@@ -3,7 +3,8 @@
 //! checkpoint), a top-k logits file holding every id trains as the teacher on the fly does, and
 //! the errors for a teacher of another vocabulary and a logits file made for other batches.
 
-use smelt_data::prepare::{prepare, PrepareConfig};
+mod common;
+
 use smelt_model::{Model, ModelConfig};
 use smelt_tokenizer::Tokenizer;
 use smelt_train::optim::OptimizerKind;
@@ -11,43 +12,12 @@ use smelt_train::{DistillConfig, TrainConfig};
 use std::path::{Path, PathBuf};
 
 fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("smelt-distill-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::workdir("distill", name)
 }
 
 /// A byte-level tokenizer and the bundled corpus as a token file; a small custom student.
 fn setup(d: &Path) -> TrainConfig {
-    let tok = Tokenizer::byte_level();
-    tok.save(&d.join("tok.json")).unwrap();
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/linux-doc-slice.jsonl.gz");
-    let mut pc = PrepareConfig::new(vec![corpus.to_string_lossy().into()], d.join("train.bin"));
-    pc.val_fraction = 0.1;
-    prepare(&pc, &tok, &|_, _| {}).unwrap();
-    TrainConfig {
-        dataset: d.join("train.bin"),
-        val_dataset: Some(d.join("train.val.bin")),
-        tokenizer: Some(d.join("tok.json")),
-        size: "custom".into(),
-        dim: Some(32),
-        layers: Some(2),
-        heads: Some(4),
-        kv_heads: Some(2),
-        ffn_hidden: Some(64),
-        batch_size: 2,
-        seq_len: 32,
-        steps: 6,
-        grad_accum: 2,
-        lr: 3e-3,
-        warmup: 2,
-        seed: 5,
-        checkpoint_dir: d.join("ckpt"),
-        checkpoint_interval: 3,
-        val_batches: 2,
-        device: smelt_core::Device::Cpu,
-        ..Default::default()
-    }
+    TrainConfig { device: smelt_core::Device::Cpu, ..common::tiny_run(d) }
 }
 
 /// A teacher of `vocab` ids (random weights: what matters is that its distribution is fixed).

@@ -2,27 +2,19 @@
 //! optimizer state for it), checkpoints are PEFT adapter folders, resume is bit-exact with
 //! dropout on, and a checkpoint loads back onto its base.
 
-use smelt_data::prepare::{prepare, PrepareConfig};
+mod common;
+
 use smelt_model::{LoraConfig, Model, ModelConfig};
-use smelt_tokenizer::Tokenizer;
 use smelt_train::TrainConfig;
 use std::path::{Path, PathBuf};
 
 fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("smelt-lora-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::workdir("lora-train", name)
 }
 
 /// A small base model saved as `d/base`, a byte-level tokenizer and the corpus as tokens.
 fn setup(d: &Path) -> TrainConfig {
-    let tok = Tokenizer::byte_level();
-    tok.save(&d.join("tok.json")).unwrap();
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/linux-doc-slice.jsonl.gz");
-    let mut pc = PrepareConfig::new(vec![corpus.to_string_lossy().into()], d.join("train.bin"));
-    pc.val_fraction = 0.1;
-    prepare(&pc, &tok, &|_, _| {}).unwrap();
+    let tok = common::corpus_tokens(d);
     let base = d.join("base");
     std::fs::create_dir_all(&base).unwrap();
     Model::init(ModelConfig::llama(tok.vocab_size(), 32, 2, 4, 2, 64), 9).unwrap().save(&base).unwrap();

@@ -1,49 +1,19 @@
 //! End-to-end training on the bundled corpus: exact resume, divergence handling.
 
-use smelt_data::prepare::{prepare, PrepareConfig};
+mod common;
+
 use smelt_model::Model;
-use smelt_tokenizer::Tokenizer;
 use smelt_train::optim::Schedule;
 use smelt_train::TrainConfig;
 use std::path::{Path, PathBuf};
 
 fn workdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("smelt-train-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::workdir("train", name)
 }
 
 /// A byte-level tokenizer and the bundled corpus as a token file.
 fn setup(d: &Path) -> TrainConfig {
-    let tok = Tokenizer::byte_level();
-    tok.save(&d.join("tok.json")).unwrap();
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/linux-doc-slice.jsonl.gz");
-    let mut pc = PrepareConfig::new(vec![corpus.to_string_lossy().into()], d.join("train.bin"));
-    pc.val_fraction = 0.1;
-    prepare(&pc, &tok, &|_, _| {}).unwrap();
-    TrainConfig {
-        dataset: d.join("train.bin"),
-        val_dataset: Some(d.join("train.val.bin")),
-        tokenizer: Some(d.join("tok.json")),
-        size: "custom".into(),
-        dim: Some(32),
-        layers: Some(2),
-        heads: Some(4),
-        kv_heads: Some(2),
-        ffn_hidden: Some(64),
-        batch_size: 2,
-        seq_len: 32,
-        steps: 6,
-        grad_accum: 2,
-        lr: 3e-3,
-        warmup: 2,
-        seed: 5,
-        checkpoint_dir: d.join("ckpt"),
-        checkpoint_interval: 3,
-        val_batches: 2,
-        ..Default::default()
-    }
+    common::tiny_run(d)
 }
 
 fn losses(metrics: &Path) -> Vec<(u64, String)> {
