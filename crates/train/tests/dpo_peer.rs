@@ -20,25 +20,6 @@ use std::sync::Arc;
 
 const BETA: f64 = 0.3;
 
-/// The venv's python when it imports torch, transformers and safetensors; a skip otherwise.
-fn python(root: &Path) -> Option<String> {
-    let venv = Command::new(root.join("scripts/venv.sh")).output().ok()?;
-    let py = String::from_utf8_lossy(&venv.stdout).trim().to_string();
-    let ok = venv.status.success()
-        && Command::new(&py)
-            .args(["-c", "import torch, transformers, safetensors"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        smelt_testing::skip(
-            smelt_testing::Need::Input,
-            "the project's venv has no torch/transformers (run scripts/install_torch.sh)",
-        );
-        return None;
-    }
-    Some(py)
-}
-
 /// A 2-layer GQA Llama with random weights of scale `w` around `center` (seeded).
 fn random_model(seed: u64, around: Option<&Model>) -> Model {
     let mut cfg = ModelConfig::llama(96, 64, 2, 4, 2, 160);
@@ -96,7 +77,7 @@ fn rel(a: f64, b: f64) -> f64 {
 #[test]
 fn dpo_loss_rewards_and_gradients_match_pytorch() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let Some(py) = python(&root) else { return };
+    let Some(py) = smelt_testing::peer_python("torch, transformers, safetensors") else { return };
     let dir: PathBuf = std::env::temp_dir().join(format!("smelt-dpo-peer-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let policy = random_model(17, None);
