@@ -5,6 +5,8 @@
 //! (every logit) and from its top-k logits. Rows hold positions outside the loss (a prompt,
 //! padding), which both terms must leave out. Skips loudly when the venv lacks torch/transformers.
 
+mod common;
+
 use smelt_core::ops::cross_entropy::IGNORE;
 use smelt_core::ops::distill::{DistillLoss, TeacherLogits};
 use smelt_core::rng::Rng;
@@ -20,26 +22,7 @@ const V: usize = 96;
 fn model(dim: usize, layers: usize, seed: u64) -> Model {
     let mut cfg = ModelConfig::llama(V, dim, layers, 4, 2, dim * 5 / 2);
     cfg.max_pos = 64;
-    let base = Model::init(cfg, seed).unwrap();
-    let mut rng = Rng::new(seed + 100);
-    let params = base
-        .params
-        .iter()
-        .map(|p| {
-            let v: Vec<f32> = (0..p.numel())
-                .map(|_| {
-                    let z = rng.normal() as f32;
-                    if p.shape().len() == 1 {
-                        1.0 + 0.1 * z
-                    } else {
-                        0.12 * z
-                    }
-                })
-                .collect();
-            Tensor::from_f32(v, p.shape()).unwrap()
-        })
-        .collect();
-    base.with_params(params).unwrap()
+    common::visible_weights(Model::init(cfg, seed).unwrap(), seed + 100)
 }
 
 fn rel(got: &[f32], want: &[f32]) -> f64 {

@@ -7,6 +7,8 @@
 //! accumulation must add up to. Skips loudly (`Need::Input`) when the project's venv lacks
 //! torch/transformers (scripts/install_torch.sh installs them).
 
+mod common;
+
 use smelt_core::ops::attention::Segments;
 use smelt_core::rng::Rng;
 use smelt_core::Tensor;
@@ -23,26 +25,7 @@ const SEQ: usize = 48;
 fn model() -> Model {
     let mut cfg = ModelConfig::llama(96, 64, 2, 4, 2, 160);
     cfg.max_pos = 256;
-    let base = Model::init(cfg, 3).unwrap();
-    let mut rng = Rng::new(17);
-    let params = base
-        .params
-        .iter()
-        .map(|p| {
-            let v: Vec<f32> = (0..p.numel())
-                .map(|_| {
-                    let z = rng.normal() as f32;
-                    if p.shape().len() == 1 {
-                        1.0 + 0.1 * z
-                    } else {
-                        0.12 * z
-                    }
-                })
-                .collect();
-            Tensor::from_f32(v, p.shape()).unwrap()
-        })
-        .collect();
-    base.with_params(params).unwrap()
+    common::visible_weights(Model::init(cfg, 3).unwrap(), 17)
 }
 
 /// Examples of 4..=27 tokens (so packed rows of SEQ hold two or three): a prompt outside the loss, then a completion in it (the last

@@ -55,3 +55,27 @@ pub fn tiny_run(d: &Path) -> TrainConfig {
         ..Default::default()
     }
 }
+
+/// `base` with weights drawn afresh from `Rng::new(seed)`, large enough that tokens' losses
+/// differ visibly: norms (1-D) 1 + 0.1·z, matrices 0.12·z, in parameter order.
+pub fn visible_weights(base: smelt_model::Model, seed: u64) -> smelt_model::Model {
+    let mut rng = smelt_core::rng::Rng::new(seed);
+    let params = base
+        .params
+        .iter()
+        .map(|p| {
+            let v: Vec<f32> = (0..p.numel())
+                .map(|_| {
+                    let z = rng.normal() as f32;
+                    if p.shape().len() == 1 {
+                        1.0 + 0.1 * z
+                    } else {
+                        0.12 * z
+                    }
+                })
+                .collect();
+            smelt_core::Tensor::from_f32(v, p.shape()).unwrap()
+        })
+        .collect();
+    base.with_params(params).unwrap()
+}
