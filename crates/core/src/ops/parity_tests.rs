@@ -103,6 +103,7 @@ fn kernels_compile() {
             ops::attention::cuda::TC_SRC,
             plain(&[
                 "attn_tc_fwd_d64",
+                "attn_tc_fwd1_d64",
                 "attn_tc_dq_d64",
                 "attn_tc_dkdv_d64",
                 "attn_tc_fwd_d128",
