@@ -27,6 +27,9 @@ pack() {
     tar czf "$dir/llama-src.tgz" -C .cache/llama.cpp-peer --anchored \
         --exclude=src/models --exclude=src/docs --exclude=src/media --exclude=src/benches \
         --exclude=src/gguf-py --exclude='src/build*' src
+    # GNU tar's exclude also drops the model code under src/src/models (the build then fails for
+    # a missing source folder): it travels in a second archive, extracted over the first.
+    tar czf "$dir/models.tgz" -C .cache/llama.cpp-peer src/src/models
     cp scripts/gpu_llama_cpp.sh "$dir/"
     ls -la "$dir"
 }
@@ -38,6 +41,7 @@ build() {
     if [ ! -x "$b/src/build/bin/llama-bench" ]; then
         mkdir -p "$b"
         [ -f "$b/src/CMakeLists.txt" ] || tar xzf "$here/llama-src.tgz" -C "$b"
+        [ -f "$here/models.tgz" ] && tar xzf "$here/models.tgz" -C "$b"
         (cd "$b/src" && cmake -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF \
             -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON \
             -DCMAKE_BUILD_TYPE=Release >&2 \
@@ -53,6 +57,7 @@ build_cpu() {
     if [ ! -x "$b/src/build/bin/llama-bench" ]; then
         mkdir -p "$b"
         [ -f "$b/src/CMakeLists.txt" ] || tar xzf "$here/llama-src.tgz" -C "$b"
+        [ -f "$here/models.tgz" ] && tar xzf "$here/models.tgz" -C "$b"
         (cd "$b/src" && cmake -B build -G Ninja -DGGML_CUDA=OFF -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
             -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release >&2 \
             && cmake --build build -j "$(nproc)" --target llama-bench >&2)
