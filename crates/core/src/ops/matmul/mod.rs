@@ -37,6 +37,15 @@ pub trait LinearKernels {
         want_dx: bool,
         has_bias: bool,
     ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)>;
+    /// dx = dy·w alone, for a frozen weight (a LoRA base, a tied head that is not trained):
+    /// the dW product, a third of a linear's work, is skipped. The default runs the whole
+    /// backward (that is what needs x) and drops dW; a backend with a dx-only product
+    /// overrides it.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_dx(&self, x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize) -> Result<Tensor> {
+        let (dx, _, _) = self.linear_backward(x, w, dy, n, k, m, true, false)?;
+        dx.ok_or_else(|| anyhow::anyhow!("linear_backward returned no dx"))
+    }
     /// The backward without a bias, with dW added into `dw` (set to dW when None); returns dx
     /// when wanted. A backend whose product can accumulate (cuBLASLt's beta = 1) overrides it;
     /// the default computes dW and adds it.
@@ -121,6 +130,10 @@ impl LinearKernels for Cpu {
             None => None,
         };
         Ok((dx, Tensor::from_f32(dw, w.shape())?, db))
+    }
+
+    fn linear_dx(&self, x: &Tensor, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize) -> Result<Tensor> {
+        Tensor::from_f32(cpu::linear_dx(w.as_f32()?, dy.as_f32()?, n, k, m), x.shape())
     }
 }
 
@@ -211,6 +224,16 @@ pub fn linear_backward(
         bail!("linear: no gradient through a quantised weight {:?} (quantised weights are for inference)", w.shape());
     }
     backend::on("linear_backward", [x, w, dy])?.linear_backward(x, w, dy, n, k, m, want_dx, has_bias)
+}
+
+/// The input's gradient of `linear` alone (x's shape), for a weight that is not trained: a
+/// quantised one's through its own kernel, a float one's without the dW product.
+pub fn linear_dx(x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let (n, k, m) = dims(x, w)?;
+    if w.dtype() == DType::Quant {
+        return crate::ops::qmatmul::linear_dx(dy, w)?.reshape(x.shape());
+    }
+    backend::on("linear_backward", [x, w, dy])?.linear_dx(x, w, dy, n, k, m)
 }
 
 /// The backward of `linear` without a bias, accumulating dW: `dw` += dyᵀ·x (set when None;
