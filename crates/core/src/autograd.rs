@@ -248,10 +248,12 @@ impl Graph {
             bail!("linear: a quantised weight {:?} cannot be trained; freeze it (a LoRA adapter trains on top) or dequantise it", wt.shape());
         }
         if frozen {
-            // A frozen weight (a LoRA or QLoRA base): gradients flow to x only, and no dW
-            // product is computed for them to be dropped.
+            // A frozen weight (a LoRA or QLoRA base): gradients flow to x only, no dW product
+            // is computed to be dropped, and x is not kept.
+            let x_shape = xt.shape().to_vec();
+            drop(xt);
             return Ok(self.push1(&inputs, y, move |g| {
-                let dx = if need_dx { Some(timed("linear.bwd", || ops::matmul::linear_dx(&xt, &wt, g))?) } else { None };
+                let dx = if need_dx { Some(timed("linear.bwd", || ops::matmul::linear_dx(g, &wt, &x_shape))?) } else { None };
                 Ok(vec![dx, None, None])
             }));
         }
@@ -490,7 +492,7 @@ impl Graph {
                 if !need_dw {
                     // A frozen head (a LoRA run's tied embedding): dh only.
                     if need_dh {
-                        let dhc = timed("head.bwd", || ops::matmul::linear_dx(&hc, &wc, &dz))?;
+                        let dhc = timed("head.bwd", || ops::matmul::linear_dx(&dz, &wc, hc.shape()))?;
                         accumulate(&mut dh[i], &dhc)?;
                     }
                     continue;
@@ -719,6 +721,35 @@ mod tests {
             for (a, b) in dh.iter().zip(&base.1).chain(dw.iter().zip(&base.2)) {
                 assert!((a - b).abs() < 1e-5, "{ch:?}: gradient {a} vs {b}");
             }
+        }
+    }
+
+    #[test]
+    fn frozen_weights_give_the_same_input_gradient_and_no_weight_gradient() {
+        // A LoRA base: `linear` and the chunked loss skip the dW product for a weight that is
+        // not trained; dx must be what the full backward gives, bit for bit.
+        let mut r = crate::rng::Rng::new(8);
+        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| r.normal() as f32).collect() };
+        let (n, c, f, v) = (37, 24, 40, 19);
+        let x = Tensor::from_f32(rand(n * c), &[n, c]).unwrap();
+        let w1 = Tensor::from_f32(rand(f * c), &[f, c]).unwrap();
+        let head = Tensor::from_f32(rand(v * f), &[v, f]).unwrap();
+        let t = Tensor::from_u32((0..n as u32).map(|i| i * 5 % v as u32).collect(), &[n]).unwrap();
+        let run = |train_w: bool, chunks: (usize, usize)| {
+            let mut g = Graph::training();
+            let (xv, wv, hv) = (g.leaf(x.clone(), true), g.leaf(w1.clone(), train_w), g.leaf(head.clone(), train_w));
+            let h = g.linear(&xv, &wv, None).unwrap();
+            let loss = g.linear_cross_entropy(&h, &hv, &t, chunks.0, chunks.1).unwrap();
+            let gr = g.backward(&loss).unwrap();
+            let w_grads = [gr.get(&wv).is_some(), gr.get(&hv).is_some()];
+            (loss.tensor().to_vec_f32().unwrap(), gr.get(&xv).unwrap().to_vec_f32().unwrap(), w_grads)
+        };
+        // One row chunk (the logits kept from the forward) and several (computed again).
+        for chunks in [(100, 100), (100, 7), (10, 7)] {
+            let (l, dx, trained) = run(true, chunks);
+            let (lf, dxf, frozen) = run(false, chunks);
+            assert_eq!((l, dx), (lf, dxf), "{chunks:?}");
+            assert_eq!((trained, frozen), ([true, true], [false, false]), "{chunks:?}");
         }
     }
 
