@@ -253,7 +253,11 @@ impl Graph {
             let x_shape = xt.shape().to_vec();
             drop(xt);
             return Ok(self.push1(&inputs, y, move |g| {
-                let dx = if need_dx { Some(timed("linear.bwd", || ops::matmul::linear_dx(g, &wt, &x_shape))?) } else { None };
+                let dx = if need_dx {
+                    Some(timed("linear.bwd", || ops::matmul::linear_dx(g, &wt, &x_shape))?)
+                } else {
+                    None
+                };
                 Ok(vec![dx, None, None])
             }));
         }
