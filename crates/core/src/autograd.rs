@@ -243,13 +243,21 @@ impl Graph {
             Some(b) => vec![x, w, b],
             None => vec![x, w],
         };
-        if wt.dtype() == crate::DType::Quant {
-            // A frozen quantised weight (QLoRA's base): gradients flow to x only.
-            if w.requires_grad || b.is_some_and(|b| b.requires_grad) {
-                bail!("linear: a quantised weight {:?} cannot be trained; freeze it (a LoRA adapter trains on top) or dequantise it", wt.shape());
-            }
+        let frozen = !w.requires_grad && !b.is_some_and(|b| b.requires_grad);
+        if wt.dtype() == crate::DType::Quant && !frozen {
+            bail!("linear: a quantised weight {:?} cannot be trained; freeze it (a LoRA adapter trains on top) or dequantise it", wt.shape());
+        }
+        if frozen {
+            // A frozen weight (a LoRA or QLoRA base): gradients flow to x only, no dW product
+            // is computed to be dropped, and x is not kept.
+            let x_shape = xt.shape().to_vec();
+            drop(xt);
             return Ok(self.push1(&inputs, y, move |g| {
-                let dx = if need_dx { Some(timed("linear.bwd", || ops::qmatmul::linear_dx(g, &wt))?) } else { None };
+                let dx = if need_dx {
+                    Some(timed("linear.bwd", || ops::matmul::linear_dx(g, &wt, &x_shape))?)
+                } else {
+                    None
+                };
                 Ok(vec![dx, None, None])
             }));
         }
@@ -446,33 +454,56 @@ impl Graph {
                 (0..n).step_by(rc).enumerate().map(move |(i, r0)| (v0, vn, i, r0, rc.min(n - r0)))
             })
         };
+        // With every row in one row chunk the logits are at most `rows` × V: kept from the
+        // forward for the backward instead of computed again (the same products, so the same
+        // numbers). With several row chunks (long batches, large vocabularies) they are not.
+        let keep = self.record && (h.requires_grad || w.requires_grad) && rc >= n;
+        let mut kept = Vec::new();
         let mut state = ops::cross_entropy::lse_state(n, device)?;
         let mut wc = w.t.clone();
         for (v0, vn, _, r0, m) in chunks() {
             if r0 == 0 {
                 wc = rows(&w.t, v0, vn)?;
             }
-            let z = ops::matmul::linear(&rows(&h.t, r0, m)?, &wc, None)?;
-            ops::cross_entropy::lse_chunk(&z, &targets, &mut state, r0, v0)?;
+            let z = timed("head", || ops::matmul::linear(&rows(&h.t, r0, m)?, &wc, None))?;
+            timed("cross_entropy", || ops::cross_entropy::lse_chunk(&z, &targets, &mut state, r0, v0))?;
+            if keep {
+                kept.push(z);
+            }
         }
         let (nll, lse) = ops::cross_entropy::lse_finish(&state, &targets)?;
         let loss = ops::cross_entropy::mean_nll(&nll, count)?;
-        let (ht, wt, need_dh) = (h.t.clone(), w.t.clone(), h.requires_grad);
+        let (ht, wt, need_dh, need_dw) = (h.t.clone(), w.t.clone(), h.requires_grad, w.requires_grad);
         Ok(self.push1(&[h, w], loss, move |g| {
             let c = ht.cols();
             let mut dh: Vec<Option<Tensor>> = vec![None; n.div_ceil(rc)];
-            let mut dw = if vc < v { Some(wt.zeros_like()?) } else { None };
+            let mut dw = if need_dw && vc < v { Some(wt.zeros_like()?) } else { None };
             let (mut wc, mut dwc) = (wt.clone(), None::<Tensor>);
+            let mut kept = kept.into_iter();
             for (v0, vn, i, r0, m) in chunks() {
                 if r0 == 0 {
                     wc = rows(&wt, v0, vn)?;
                 }
                 let hc = rows(&ht, r0, m)?;
-                let z = ops::matmul::linear(&hc, &wc, None)?;
-                let dz = ops::cross_entropy::cross_entropy_backward_chunk(&z, &targets, &lse, r0, v0, g, count)?;
+                let z = match kept.next() {
+                    Some(z) => z,
+                    None => timed("head", || ops::matmul::linear(&hc, &wc, None))?,
+                };
+                let dz = timed("cross_entropy.bwd", || {
+                    ops::cross_entropy::cross_entropy_backward_chunk(&z, &targets, &lse, r0, v0, g, count)
+                })?;
+                drop(z);
+                if !need_dw {
+                    // A frozen head (a LoRA run's tied embedding): dh only.
+                    if need_dh {
+                        let dhc = timed("head.bwd", || ops::matmul::linear_dx(&dz, &wc, hc.shape()))?;
+                        accumulate(&mut dh[i], &dhc)?;
+                    }
+                    continue;
+                }
                 // The slice's dW is summed over the row chunks by the product itself (cuBLASLt
                 // accumulates into it: beta = 1), not by a separate pass per chunk.
-                let dhc = ops::matmul::linear_backward_acc(&hc, &wc, &dz, need_dh, &mut dwc)?;
+                let dhc = timed("head.bwd", || ops::matmul::linear_backward_acc(&hc, &wc, &dz, need_dh, &mut dwc))?;
                 if let Some(dhc) = dhc {
                     accumulate(&mut dh[i], &dhc)?;
                 }
@@ -694,6 +725,35 @@ mod tests {
             for (a, b) in dh.iter().zip(&base.1).chain(dw.iter().zip(&base.2)) {
                 assert!((a - b).abs() < 1e-5, "{ch:?}: gradient {a} vs {b}");
             }
+        }
+    }
+
+    #[test]
+    fn frozen_weights_give_the_same_input_gradient_and_no_weight_gradient() {
+        // A LoRA base: `linear` and the chunked loss skip the dW product for a weight that is
+        // not trained; dx must be what the full backward gives, bit for bit.
+        let mut r = crate::rng::Rng::new(8);
+        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| r.normal() as f32).collect() };
+        let (n, c, f, v) = (37, 24, 40, 19);
+        let x = Tensor::from_f32(rand(n * c), &[n, c]).unwrap();
+        let w1 = Tensor::from_f32(rand(f * c), &[f, c]).unwrap();
+        let head = Tensor::from_f32(rand(v * f), &[v, f]).unwrap();
+        let t = Tensor::from_u32((0..n as u32).map(|i| i * 5 % v as u32).collect(), &[n]).unwrap();
+        let run = |train_w: bool, chunks: (usize, usize)| {
+            let mut g = Graph::training();
+            let (xv, wv, hv) = (g.leaf(x.clone(), true), g.leaf(w1.clone(), train_w), g.leaf(head.clone(), train_w));
+            let h = g.linear(&xv, &wv, None).unwrap();
+            let loss = g.linear_cross_entropy(&h, &hv, &t, chunks.0, chunks.1).unwrap();
+            let gr = g.backward(&loss).unwrap();
+            let w_grads = [gr.get(&wv).is_some(), gr.get(&hv).is_some()];
+            (loss.tensor().to_vec_f32().unwrap(), gr.get(&xv).unwrap().to_vec_f32().unwrap(), w_grads)
+        };
+        // One row chunk (the logits kept from the forward) and several (computed again).
+        for chunks in [(100, 100), (100, 7), (10, 7)] {
+            let (l, dx, trained) = run(true, chunks);
+            let (lf, dxf, frozen) = run(false, chunks);
+            assert_eq!((l, dx), (lf, dxf), "{chunks:?}");
+            assert_eq!((trained, frozen), ([true, true], [false, false]), "{chunks:?}");
         }
     }
 

@@ -394,6 +394,34 @@ fn parity_chunked_linear_cross_entropy() {
     }
 }
 
+/// Frozen weights (a LoRA base, a tied head not trained): `linear`'s backward is the dx-only
+/// product (`linear_dx`), the chunked loss gives no dW (and, with one row chunk, reuses the
+/// forward's logits); dh on the device against the CPU.
+#[test]
+fn parity_frozen_linear_and_head() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let (n, c, f, v) = (45, 32, 48, 3000);
+    let (x, w, head) = (randn(&mut r, &[n, c], 1.0), randn(&mut r, &[f, c], 0.2), randn(&mut r, &[v, f], 0.2));
+    let t = ids(&mut r, n, v);
+    let run = |x: &Tensor, w: &Tensor, head: &Tensor, rows: usize| {
+        let mut g = crate::Graph::training();
+        let (xv, wv, hv) = (g.leaf(x.clone(), true), g.leaf(w.clone(), false), g.leaf(head.clone(), false));
+        let h = g.linear(&xv, &wv, None).unwrap();
+        let loss = g.linear_cross_entropy(&h, &hv, &t, rows, 700).unwrap();
+        let l = loss.tensor().clone();
+        let gr = g.backward(&loss).unwrap();
+        assert!(gr.get(&wv).is_none() && gr.get(&hv).is_none(), "frozen weights get no gradient");
+        (l, gr.get(&xv).unwrap().clone())
+    };
+    for rows in [n, 16] {
+        let (lc, dxc) = run(&x, &w, &head, rows);
+        let (lg, dxg) = run(&up(&x, d), &up(&w, d), &up(&head, d), rows);
+        close(&format!("frozen linear+ce rows {rows} loss"), &lg, &lc, F32_NMSE);
+        close(&format!("frozen linear+ce rows {rows} dx"), &dxg, &dxc, F32_NMSE);
+    }
+}
+
 /// The whole sampling step on the device against the CPU reference: the definition is exact
 /// on both (integer masses, the CPU's exp repeated operation for operation), so for the same
 /// logits and uniform numbers every id must agree, at every vocabulary size up to Qwen's.

@@ -37,6 +37,10 @@ pub trait LinearKernels {
         want_dx: bool,
         has_bias: bool,
     ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)>;
+    /// dx = dy·w alone, of x's shape, for a frozen weight (a LoRA base, a tied head that is
+    /// not trained): the dW product, a third of a linear's work, is not computed, and x need
+    /// not be kept for the backward.
+    fn linear_dx(&self, dy: &Tensor, w: &Tensor, x_shape: &[usize], n: usize, k: usize, m: usize) -> Result<Tensor>;
     /// The backward without a bias, with dW added into `dw` (set to dW when None); returns dx
     /// when wanted. A backend whose product can accumulate (cuBLASLt's beta = 1) overrides it;
     /// the default computes dW and adds it.
@@ -121,6 +125,10 @@ impl LinearKernels for Cpu {
             None => None,
         };
         Ok((dx, Tensor::from_f32(dw, w.shape())?, db))
+    }
+
+    fn linear_dx(&self, dy: &Tensor, w: &Tensor, x_shape: &[usize], n: usize, k: usize, m: usize) -> Result<Tensor> {
+        Tensor::from_f32(cpu::linear_dx(w.as_f32()?, dy.as_f32()?, n, k, m), x_shape)
     }
 }
 
@@ -211,6 +219,22 @@ pub fn linear_backward(
         bail!("linear: no gradient through a quantised weight {:?} (quantised weights are for inference)", w.shape());
     }
     backend::on("linear_backward", [x, w, dy])?.linear_backward(x, w, dy, n, k, m, want_dx, has_bias)
+}
+
+/// The input's gradient of `linear` alone, of shape `x_shape` (x's), for a weight that is not
+/// trained: a quantised one's through its own kernel, a float one's without the dW product.
+pub fn linear_dx(dy: &Tensor, w: &Tensor, x_shape: &[usize]) -> Result<Tensor> {
+    let (m, k) = match w.shape() {
+        [m, k] => (*m, *k),
+        s => bail!("linear: weight must be 2-D [out, in], got {s:?}"),
+    };
+    if x_shape.last() != Some(&k) || dy.cols() != m || dy.numel() / m.max(1) * k != x_shape.iter().product::<usize>() {
+        bail!("linear_dx: output gradient {:?} and input {x_shape:?} for weight {:?}", dy.shape(), w.shape());
+    }
+    if w.dtype() == DType::Quant {
+        return crate::ops::qmatmul::linear_dx(dy, w)?.reshape(x_shape);
+    }
+    backend::on("linear_backward", [w, dy])?.linear_dx(dy, w, x_shape, dy.rows(), k, m)
 }
 
 /// The backward of `linear` without a bias, accumulating dW: `dw` += dyᵀ·x (set when None;
