@@ -592,10 +592,23 @@ impl Model {
         self.params.first().map_or(Device::Cpu, |p| p.device())
     }
 
-    /// Moves every parameter to `device` (f32 master weights stay f32).
+    /// Moves every parameter to `device`. Master weights stay f32, but for a frozen base: with
+    /// an adapter attached, on a device whose activations are bf16 (a GPU under mixed
+    /// precision), the base's layer matrices are kept as bf16 only (rounded on the host, as
+    /// the bf16 copy every matmul reads would be: the same products, half the bytes, and no f32
+    /// copy of weights that are never updated). Moved back to the host they are f32 again (with
+    /// bf16's precision). The embedding, norms and biases stay f32 (the residual stream starts
+    /// in f32 from the embedding).
     pub fn to_device(&mut self, device: Device) -> Result<()> {
-        for p in &mut self.params {
-            *p = p.to_device(device)?;
+        use smelt_core::DType;
+        let bf16_base = self.adapter.is_some() && device.activation_dtype() == DType::BF16;
+        for (p, def) in self.params.iter_mut().zip(params::list(&self.cfg)) {
+            let matrix = def.layer.is_some() && def.shape.len() == 2;
+            *p = match p.dtype() {
+                DType::F32 if bf16_base && matrix => p.to_dtype(DType::BF16)?.to_device(device)?,
+                DType::BF16 if device.is_cpu() => p.to_device(device)?.to_dtype(DType::F32)?,
+                _ => p.to_device(device)?,
+            };
         }
         if let Some(a) = &mut self.adapter {
             for p in &mut a.params {

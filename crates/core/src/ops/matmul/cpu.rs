@@ -165,6 +165,13 @@ pub fn linear_matvec<F: Float>(x: &[F], w: &[F], bias: Option<&[F]>, n: usize, k
     y
 }
 
+/// The input gradient of `linear_fwd` alone: dx (n, k) = dy (n, m) · w (m, k).
+pub fn linear_dx<F: Float>(w: &[F], dy: &[F], n: usize, k: usize, m: usize) -> Vec<F> {
+    let mut dx = vec![F::ZERO; n * k];
+    gemm(n, m, k, Mat::rm(dy, m), Mat::rm(w, k), F::ZERO, &mut dx);
+    dx
+}
+
 /// Gradients of `linear_fwd`: dx = dy·w, dw = dyᵀ·x, db = column sums of dy.
 pub fn linear_bwd<F: Float>(
     x: &[F],
@@ -176,11 +183,7 @@ pub fn linear_bwd<F: Float>(
     want_dx: bool,
     want_bias: bool,
 ) -> (Option<Vec<F>>, Vec<F>, Option<Vec<F>>) {
-    let dx = want_dx.then(|| {
-        let mut dx = vec![F::ZERO; n * k];
-        gemm(n, m, k, Mat::rm(dy, m), Mat::rm(w, k), F::ZERO, &mut dx);
-        dx
-    });
+    let dx = want_dx.then(|| linear_dx(w, dy, n, k, m));
     let mut dw = vec![F::ZERO; m * k];
     gemm(m, n, k, Mat::tr(dy, m), Mat::rm(x, k), F::ZERO, &mut dw);
     let db = want_bias.then(|| {

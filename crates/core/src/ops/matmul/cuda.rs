@@ -245,23 +245,7 @@ pub fn linear_backward_into(
     let wo = operand(w, op, true, "linear_backward weight")?;
     let dyo = operand(dy, op, false, "linear_backward output gradient")?;
     let dx = if want_dx {
-        let dx = DeviceBuf::alloc(&gpu, xb.dtype, n * k)?;
-        if n > 0 && k > 0 {
-            let g = Gemm {
-                ta: false,
-                tb: false,
-                m: k as u64,
-                n: n as u64,
-                k: m as u64,
-                lda: k as i64,
-                ldb: m as i64,
-                ldc: k as i64,
-                alpha: 1.0,
-                beta: 0.0,
-            };
-            gemm(&wo, &dyo, &dx, g, op)?;
-        }
-        Some(Tensor::from_device_buf(dx, x.shape())?)
+        Some(Tensor::from_device_buf(dx_of(&wo, &dyo, op, xb.dtype, n, k, m)?, x.shape())?)
     } else {
         None
     };
@@ -313,7 +297,42 @@ pub fn linear_backward_into(
     Ok((dx, dw, db))
 }
 
+/// dx (n×k) = dy (n×m) · w (m×k), both operands already of type `op`, stored as `dt`.
+/// Column-major: dxᵀ (k×n) = wᵀ (k×m) · dyᵀ (m×n).
+fn dx_of(w: &Tensor, dy: &Tensor, op: Operand, dt: DType, n: usize, k: usize, m: usize) -> Result<DeviceBuf> {
+    let dx = DeviceBuf::alloc(&w.cuda_buf()?.gpu, dt, n * k)?;
+    if n > 0 && k > 0 {
+        let g = Gemm {
+            ta: false,
+            tb: false,
+            m: k as u64,
+            n: n as u64,
+            k: m as u64,
+            lda: k as i64,
+            ldb: m as i64,
+            ldc: k as i64,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        gemm(w, dy, &dx, g, op)?;
+    }
+    Ok(dx)
+}
+
+/// The input gradient alone (a frozen weight): dx = dy·w as `dt`, no dW product.
+pub fn linear_dx(w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, dt: DType) -> Result<Tensor> {
+    cuda::float_bufs([w, dy], "linear_dx")?;
+    cuda::dtype_name(dt, "linear_dx")?;
+    let (op, _) = precision();
+    let wo = operand(w, op, true, "linear_dx weight")?;
+    let dyo = operand(dy, op, false, "linear_dx output gradient")?;
+    Tensor::from_device_buf(dx_of(&wo, &dyo, op, dt, n, k, m)?, &[n, k])
+}
+
 impl super::LinearKernels for crate::backend::Cuda {
+    fn linear_dx(&self, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, dt: DType) -> Result<Tensor> {
+        linear_dx(w, dy, n, k, m, dt)
+    }
     fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
         linear(x, w, bias, n, k, m)
     }
