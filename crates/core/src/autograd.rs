@@ -227,8 +227,9 @@ impl Graph {
         if p == 0.0 {
             return Ok(x.clone());
         }
-        let (y, mask) = timed("dropout", || ops::dropout::dropout(&x.t, p, seed))?;
-        Ok(self.push1(&[x], y, move |g| Ok(vec![Some(ops::elementwise::mul(g, &mask)?)])))
+        let y = timed("dropout", || ops::dropout::dropout(&x.t, p, seed))?;
+        // dx = dy·mask: the same op on dy, the mask drawn again from the seed (none is kept).
+        Ok(self.push1(&[x], y, move |g| Ok(vec![Some(ops::dropout::dropout(g, p, seed)?)])))
     }
 
     /// y = x·Wᵀ + b
