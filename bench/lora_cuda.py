@@ -80,7 +80,7 @@ def make(a):
     m.to(torch.bfloat16).save_pretrained(os.path.join(a.out, "model"), safe_serialization=True)
     m = m.float()
     adapter = os.path.join(a.out, "adapter")
-    mk, get_peft_model, name = lora_impl()
+    mk, get_peft_model, name = lora_impl(a)
     if get_peft_model is not None:
         get_peft_model(m, mk(a)).save_pretrained(adapter)
     else:
@@ -88,8 +88,10 @@ def make(a):
     print(json.dumps({"made": a.out, "params": n, "peft": name}))
 
 
-def lora_impl():
+def lora_impl(a):
     """(LoraConfig maker, get_peft_model, name): PEFT's, or (None, None, what is used instead)."""
+    if a.plain_lora:
+        return None, None, "plain PyTorch LoRA layer (--plain-lora)"
     try:
         import peft
         from peft import LoraConfig, get_peft_model
@@ -150,7 +152,7 @@ def peer(a):
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(os.path.join(a.out, "model"), dtype=torch.float32,
                                                 attn_implementation="sdpa").to(dev)
-    _, get_peft_model, peft_name = lora_impl()
+    _, get_peft_model, peft_name = lora_impl(a)
     if get_peft_model is not None:
         from peft import PeftModel
         model = PeftModel.from_pretrained(base, os.path.join(a.out, "adapter"), is_trainable=True)
@@ -256,6 +258,8 @@ def main():
     ap.add_argument("--skip", default="", help="comma list of rows to leave out: smelt,smelt-ckpt,e2e,eager,compile")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a smoke test of this script")
     ap.add_argument("--tiny", action="store_true", help="a tiny Qwen2 shape (smoke test)")
+    ap.add_argument("--plain-lora", action="store_true",
+                    help="the peer's LoRA layer in plain PyTorch even where PEFT is installed")
     ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     a.alpha = int(a.alpha) if float(a.alpha).is_integer() else a.alpha
@@ -268,7 +272,8 @@ def main():
     me = os.path.abspath(__file__)
     skip = set(filter(None, a.skip.split(",")))
     common = ["--out", a.out, "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len), "--r", str(a.r),
-              "--alpha", str(a.alpha), "--iters", str(a.iters), "--device", a.device] + (["--tiny"] if a.tiny else [])
+              "--alpha", str(a.alpha), "--iters", str(a.iters), "--device", a.device] + (["--tiny"] if a.tiny else []) \
+        + (["--plain-lora"] if a.plain_lora else [])
     print(f"lora_cuda: {'tiny' if a.tiny else 'Qwen2.5-0.5B'} shape, B {a.batch_size} x T {a.seq_len}, r {a.r}, alpha {a.alpha}, {a.device}", flush=True)
     made, err = run([sys.executable, me, "--role", "make"] + common, 600)
     if made is None:
