@@ -1032,7 +1032,10 @@ impl Model {
     fn loss_head(&self, g: &mut Graph, p: &[Var]) -> Result<Var> {
         let head = &p[self.idx.head];
         if head.tensor().dtype() == smelt_core::DType::Quant && !head.requires_grad() {
-            return Ok(g.constant(Tensor::from_f32(head.tensor().to_vec_f32()?, head.shape())?));
+            // Dequantised on its device, in the matmuls' operand type (bf16 on a GPU under
+            // mixed precision).
+            let t = head.tensor();
+            return Ok(g.constant(smelt_core::ops::qmatmul::dequantize(t, t.device().activation_dtype())?));
         }
         Ok(head.clone())
     }

@@ -10,7 +10,8 @@
 //! - LoRA SFT (a Qwen2-shaped base: q/k/v biases, tied embeddings, GQA, head dim 64): two
 //!   updates with f32 matmuls and dropout on end with the CPU's adapter; under mixed
 //!   precision the frozen base is bf16 on the device and the adapter's gradients and loss
-//!   track the CPU's.
+//!   track the CPU's;
+//! - QLoRA: an adapter on a base kept Q8_0 on the device gets the dequantised base's gradients.
 //!
 //! The tests set the process-wide matmul precision: run them with `--test-threads=1`.
 //!
@@ -554,4 +555,63 @@ fn gpu_lora_bf16_tracks_the_cpu() {
     for ((_, a), (_, b)) in lc.iter().zip(&lg) {
         assert!((a - b).abs() < 1e-2 * a.abs(), "loss cpu {a} gpu {b}");
     }
+}
+
+/// QLoRA on the GPU: a base whose matrices (the tied embedding and every projection) stay Q8_0
+/// on the device trains an adapter (B non-zero). Its gradients are those of the dequantised
+/// base on the CPU: with f32 matmuls the GPU dequantises each matrix for its products (the
+/// forward's scratch path and `qmatmul::linear_dx`), so NMSE < 1e-6; under mixed precision
+/// < 2e-3 (the tolerance above). A few steps lower the loss and leave the base quantised.
+#[test]
+fn gpu_qlora_gets_the_dequantised_bases_gradients() {
+    use smelt_core::quant::{GgmlType, QTensor};
+    let Some(d) = gpu() else { return };
+    let mut c = ModelConfig::llama(96, 64, 2, 4, 2, 128);
+    c.tie_embeddings = true;
+    let plain = Model::init(c.clone(), 4).unwrap();
+    let q: Vec<Tensor> = plain
+        .params
+        .iter()
+        .map(|p| match p.shape() {
+            [r, k] => QTensor::quantize(GgmlType::Q8_0, p.as_f32().unwrap(), *r, *k).unwrap().into_tensor(),
+            _ => p.clone(),
+        })
+        .collect();
+    let qm = plain.with_params(q).unwrap();
+    let mut deq = qm.dequantized().unwrap();
+    let targets = LoraConfig::parse_targets("all-linear").unwrap();
+    let mut a = Adapter::init(&c, LoraConfig::new(4, 8.0, 0.0, &targets, false).unwrap(), 2);
+    let mut r = Rng::new(6);
+    for b in a.params.iter_mut().skip(1).step_by(2) {
+        *b = Tensor::from_f32((0..b.numel()).map(|_| 0.05 * r.normal() as f32).collect(), b.shape()).unwrap();
+    }
+    deq.attach(a.clone()).unwrap();
+    let micro = markov_batches(96, 2, 32, 1, 5);
+    let layout = Layout::default();
+    let (lc, gc) = smelt_train::gradients(&deq, &micro, &layout).unwrap();
+    for (precision, tol) in [(MatmulPrecision::F32, 1e-6), (MatmulPrecision::Bf16, 2e-3)] {
+        cuda::set_matmul_precision(precision);
+        let mut gm = qm.with_params(qm.params.clone()).unwrap();
+        gm.attach(a.clone()).unwrap();
+        gm.to_device(d).unwrap();
+        let (lg, gg) = smelt_train::gradients(&gm, &micro, &layout).unwrap();
+        let worst = gg.iter().zip(&gc).map(|(g, c)| nmse(&g.to_device(Device::Cpu).unwrap(), c)).fold(0f64, f64::max);
+        println!(
+            "{precision:?}: loss cpu (dequantised) {lc:.6} gpu (Q8_0) {lg:.6}; worst adapter gradient NMSE {worst:.3e}"
+        );
+        assert!((lg - lc).abs() < 1e-3 * lc, "{precision:?}: loss {lg} vs {lc}");
+        assert!(worst < tol, "{precision:?}: adapter gradient NMSE {worst:e} (tol {tol:e})");
+        let mut opt = AdamWState::new(gm.trainable());
+        opt.to_device(d).unwrap();
+        let hp = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let first = train_step(&mut gm, &mut opt, &hp, &micro, 1.0, false).unwrap().0;
+        let mut last = first;
+        for _ in 0..8 {
+            last = train_step(&mut gm, &mut opt, &hp, &micro, 1.0, false).unwrap().0;
+        }
+        println!("{precision:?}: QLoRA loss {first:.4} → {last:.4}");
+        assert!(last < first - 0.05, "{precision:?}: QLoRA training lowers the loss: {first} → {last}");
+        assert!(gm.params.iter().filter(|p| p.shape().len() == 2).all(|p| p.dtype() == DType::Quant));
+    }
+    cuda::set_matmul_precision(MatmulPrecision::Bf16);
 }

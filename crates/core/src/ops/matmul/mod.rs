@@ -229,7 +229,7 @@ pub fn linear_backward(
 /// (`qmatmul::linear_dx`).
 pub fn linear_dx(dy: &Tensor, w: &Tensor, x_shape: &[usize], dt: DType) -> Result<Tensor> {
     if w.dtype() == DType::Quant {
-        return crate::ops::qmatmul::linear_dx(dy, w);
+        return crate::ops::qmatmul::linear_dx(dy, w, x_shape, dt);
     }
     if w.shape().len() != 2 {
         bail!("linear_dx: weight must be 2-D [out, in], got {:?}", w.shape());
