@@ -375,6 +375,7 @@ const CHATML: &str = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n'
 /// tensor-core attention under mixed precision) with a byte-level tokenizer.
 fn qwen2_like(vocab: usize) -> ModelConfig {
     let mut cfg = ModelConfig::llama(vocab, 256, 2, 4, 2, 512);
+    cfg.arch = Arch::Qwen2;
     cfg.qkv_bias = true;
     cfg.tie_embeddings = true;
     cfg
