@@ -24,7 +24,7 @@ use smelt_core::ops::adamw::AdamW;
 use smelt_core::rng::Rng;
 use smelt_core::{DType, Device, Graph, Tensor};
 use smelt_data::prepare::{prepare, PrepareConfig};
-use smelt_model::{presets, Adapter, Logits, LoraConfig, Model, ModelConfig};
+use smelt_model::{presets, Adapter, Arch, Logits, LoraConfig, Model, ModelConfig};
 use smelt_testing::gpu;
 use smelt_tokenizer::Tokenizer;
 use smelt_train::optim::{AdamWState, Schedule};
