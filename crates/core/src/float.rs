@@ -162,6 +162,34 @@ pub fn exp_f32(x: f32) -> f32 {
     y * scale
 }
 
+/// Runs `f` compiled for AVX-512 (else AVX2) where the CPU has it: loops of plain arithmetic
+/// (`exp_f32`, `sum_exp`, `max_of`: no `mul_add`, which Rust never forms by itself) vectorise
+/// 16 (8) lanes wide instead of SSE2's 4, with the same operations in the same order, so the
+/// same results.
+#[inline(always)]
+pub fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F checked at run time.
+            return unsafe { avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 checked at run time.
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
 /// Dot product with eight independent accumulators so the compiler can vectorise it
 /// (a single running sum is a serial dependency chain).
 #[inline]

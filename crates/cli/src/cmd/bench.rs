@@ -96,6 +96,13 @@ fn median_secs(iters: usize, device: Device, mut f: impl FnMut() -> Result<()>) 
     Ok(t[t.len() / 2])
 }
 
+/// The median of CPU times taken in `median_secs`' runs, the warm-up's (the first) left out.
+fn median_after_warmup(mut secs: Vec<f64>) -> f64 {
+    let mut timed = secs.split_off(1.min(secs.len()));
+    timed.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    timed.get(timed.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Prints and clears the per-op totals: CPU ops (`SMELT_PROFILE=1`) and, in CUDA builds,
 /// kernels (`SMELT_CUDA_PROFILE=1`).
 fn profile_report(title: &str) {
@@ -183,10 +190,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         pre_cpu.push(cpu_secs() - c0);
         Ok(())
     })?;
-    // The warm-up's CPU time is the first; the median of the timed ones.
-    let mut pre_cpu = pre_cpu.split_off(1.min(pre_cpu.len()));
-    pre_cpu.sort_by(|x, y| x.partial_cmp(y).unwrap());
-    let pre_cpu = pre_cpu.get(pre_cpu.len() / 2).copied().unwrap_or(f64::NAN);
+    let pre_cpu = median_after_warmup(pre_cpu);
     profile_report("prefill");
     let dec = median_secs(a.iters.min(3), device, || {
         // As `generate` decodes: on a GPU the step is captured once (each run captures afresh,
@@ -208,6 +212,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     // Quantised (GGUF) weights are not trained; an adapter on them is (QLoRA).
     let quantised = model.params.iter().any(|p| p.dtype() == smelt_core::DType::Quant) && model.adapter.is_none();
+    let mut train_cpu = Vec::new();
     let train = if quantised {
         f64::NAN
     } else {
@@ -216,7 +221,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
         let batch = [(x.clone(), y.clone())];
         let t = median_secs(a.iters, device, || {
-            smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, a.grad_checkpoint).map(|_| ())
+            let c0 = cpu_secs();
+            smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, a.grad_checkpoint)?;
+            train_cpu.push(cpu_secs() - c0);
+            Ok(())
         })?;
         profile_report("train");
         t
@@ -244,6 +252,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "prefill_cpu_s": pre_cpu,
         "decode_tok_s": decode_ids.len() as f64 / dec,
         "train_tok_s": (b * t) as f64 / train,
+        // CPU seconds of all threads per step (a loaded machine's wall clock says little).
+        "train_cpu_s": median_after_warmup(train_cpu),
         "peak_mem_bytes": peak,
         "grad_checkpoint": a.grad_checkpoint,
         "paged_decode": paged,

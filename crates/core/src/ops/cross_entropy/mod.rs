@@ -9,7 +9,7 @@
 //! slice they compute exactly what `cross_entropy` and its backward compute.
 
 use crate::backend::{self, backend, Cpu};
-use crate::float::{max_of, sum_exp, Float};
+use crate::float::{max_of, sum_exp, wide, Float};
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -25,8 +25,10 @@ pub fn ce_fwd<F: Float>(logits: &[F], targets: &[u32], v: usize) -> (Vec<F>, Vec
         .par_chunks(v)
         .zip(targets.par_iter())
         .map(|(z, &t)| {
-            let m = max_of(z);
-            let s = sum_exp(z, m);
+            let (m, s) = wide(|| {
+                let m = max_of(z);
+                (m, sum_exp(z, m))
+            });
             let lse = m + s.ln();
             let nll = if t == IGNORE { F::ZERO } else { lse - z[t as usize] };
             (nll, lse)
@@ -47,8 +49,10 @@ pub fn ce_bwd<F: Float>(logits: &[F], targets: &[u32], lse: &[F], dloss: F, coun
 /// (start: −∞, 0, 0; see `lse_state`). The target's logit is picked from the slice holding it.
 pub fn lse_chunk_fwd<F: Float>(z: &[F], targets: &[u32], state: &mut [F], vc: usize, v0: usize) {
     state.par_chunks_mut(3).zip(z.par_chunks(vc)).zip(targets.par_iter()).for_each(|((st, z), &t)| {
-        let nm = st[0].max(max_of(z));
-        let s = sum_exp(z, nm);
+        let (nm, s) = wide(|| {
+            let nm = st[0].max(max_of(z));
+            (nm, sum_exp(z, nm))
+        });
         st[1] = if st[0] == F::NEG_INFINITY { F::ZERO } else { st[1] * (st[0] - nm).exp_fast() } + s;
         st[0] = nm;
         if t != IGNORE && (v0..v0 + vc).contains(&(t as usize)) {
@@ -87,9 +91,11 @@ pub fn ce_bwd_chunk<F: Float>(
             if t == IGNORE {
                 return;
             }
-            for (di, &zi) in d.iter_mut().zip(z) {
-                *di = (zi - l).exp_fast() * scale;
-            }
+            wide(|| {
+                for (di, &zi) in d.iter_mut().zip(z) {
+                    *di = (zi - l).exp_fast() * scale;
+                }
+            });
             if (v0..v0 + vc).contains(&(t as usize)) {
                 d[t as usize - v0] -= scale;
             }

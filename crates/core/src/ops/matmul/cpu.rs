@@ -65,8 +65,9 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
                 1,
             );
         }
-    } else if m >= n || m >= 2 * parts * 16 {
-        // Split rows of C (and A).
+    } else if m >= n {
+        // Split rows of C (and A). Every block packs all of B again, every column block all
+        // of A: the split that repeats the smaller operand (B here: k × n ≤ m × k).
         let step = m.div_ceil(parts * 2).max(8);
         (0..m.div_ceil(step)).into_par_iter().for_each(|i| {
             let r0 = i * step;
@@ -92,7 +93,7 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
             }
         });
     } else {
-        // Split columns of C (and B).
+        // Split columns of C (and B): A, the smaller, is the one packed again per block.
         let step = n.div_ceil(parts * 2).max(16);
         (0..n.div_ceil(step)).into_par_iter().for_each(|i| {
             let c0 = i * step;
@@ -165,7 +166,7 @@ pub fn linear_matvec<F: Float>(x: &[F], w: &[F], bias: Option<&[F]>, n: usize, k
     y
 }
 
-/// The input gradient of `linear_fwd` alone: dx (n, k) = dy (n, m) · w (m, k).
+/// dx = dy·w (n×k), the input's gradient of `linear_fwd` alone: what a frozen weight needs.
 pub fn linear_dx<F: Float>(w: &[F], dy: &[F], n: usize, k: usize, m: usize) -> Vec<F> {
     let mut dx = vec![F::ZERO; n * k];
     gemm(n, m, k, Mat::rm(dy, m), Mat::rm(w, k), F::ZERO, &mut dx);

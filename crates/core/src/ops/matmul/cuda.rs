@@ -223,6 +223,47 @@ pub fn linear_backward(
     Ok((dx, dw.ok_or_else(|| anyhow::anyhow!("linear_backward: no dW"))?, db))
 }
 
+/// dx = dy·w (operands as `operand` made them), `dtype` and `shape` the input's.
+#[allow(clippy::too_many_arguments)]
+fn dx_product(
+    wo: &Tensor,
+    dyo: &Tensor,
+    dtype: DType,
+    shape: &[usize],
+    n: usize,
+    k: usize,
+    m: usize,
+    op: Operand,
+) -> Result<Tensor> {
+    let dx = DeviceBuf::alloc(&dyo.cuda_buf()?.gpu, dtype, n * k)?;
+    if n > 0 && k > 0 {
+        let g = Gemm {
+            ta: false,
+            tb: false,
+            m: k as u64,
+            n: n as u64,
+            k: m as u64,
+            lda: k as i64,
+            ldb: m as i64,
+            ldc: k as i64,
+            alpha: 1.0,
+            beta: 0.0,
+        };
+        gemm(wo, dyo, &dx, g, op)?;
+    }
+    Tensor::from_device_buf(dx, shape)
+}
+
+/// The input's gradient alone (a frozen weight): `linear_backward`'s dx, in dy's dtype (the
+/// activations').
+pub fn linear_dx(dy: &Tensor, w: &Tensor, x_shape: &[usize], n: usize, k: usize, m: usize) -> Result<Tensor> {
+    let [_, dyb] = cuda::float_bufs([w, dy], "linear_dx")?;
+    let (op, _) = precision();
+    let wo = operand(w, op, true, "linear_dx weight")?;
+    let dyo = operand(dy, op, false, "linear_dx output gradient")?;
+    dx_product(&wo, &dyo, dyb.dtype, x_shape, n, k, m, op)
+}
+
 /// `linear_backward`, with dW either a new f32 tensor (`acc` None) or added into `acc` (an f32
 /// tensor of w's shape) by the product itself (cuBLASLt's beta = 1): no separate pass over dW,
 /// which the chunked loss would otherwise make once per row chunk. Returns dW only when new.
@@ -244,11 +285,7 @@ pub fn linear_backward_into(
     let xo = operand(x, op, false, "linear_backward input")?;
     let wo = operand(w, op, true, "linear_backward weight")?;
     let dyo = operand(dy, op, false, "linear_backward output gradient")?;
-    let dx = if want_dx {
-        Some(Tensor::from_device_buf(dx_of(&wo, &dyo, op, xb.dtype, n, k, m)?, x.shape())?)
-    } else {
-        None
-    };
+    let dx = if want_dx { Some(dx_product(&wo, &dyo, xb.dtype, x.shape(), n, k, m, op)?) } else { None };
     let g = Gemm {
         ta: false,
         tb: true,
@@ -297,42 +334,7 @@ pub fn linear_backward_into(
     Ok((dx, dw, db))
 }
 
-/// dx (n×k) = dy (n×m) · w (m×k), both operands already of type `op`, stored as `dt`.
-/// Column-major: dxᵀ (k×n) = wᵀ (k×m) · dyᵀ (m×n).
-fn dx_of(w: &Tensor, dy: &Tensor, op: Operand, dt: DType, n: usize, k: usize, m: usize) -> Result<DeviceBuf> {
-    let dx = DeviceBuf::alloc(&w.cuda_buf()?.gpu, dt, n * k)?;
-    if n > 0 && k > 0 {
-        let g = Gemm {
-            ta: false,
-            tb: false,
-            m: k as u64,
-            n: n as u64,
-            k: m as u64,
-            lda: k as i64,
-            ldb: m as i64,
-            ldc: k as i64,
-            alpha: 1.0,
-            beta: 0.0,
-        };
-        gemm(w, dy, &dx, g, op)?;
-    }
-    Ok(dx)
-}
-
-/// The input gradient alone (a frozen weight): dx = dy·w as `dt`, no dW product.
-pub fn linear_dx(w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, dt: DType) -> Result<Tensor> {
-    cuda::float_bufs([w, dy], "linear_dx")?;
-    cuda::dtype_name(dt, "linear_dx")?;
-    let (op, _) = precision();
-    let wo = operand(w, op, true, "linear_dx weight")?;
-    let dyo = operand(dy, op, false, "linear_dx output gradient")?;
-    Tensor::from_device_buf(dx_of(&wo, &dyo, op, dt, n, k, m)?, &[n, k])
-}
-
 impl super::LinearKernels for crate::backend::Cuda {
-    fn linear_dx(&self, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, dt: DType) -> Result<Tensor> {
-        linear_dx(w, dy, n, k, m, dt)
-    }
     fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
         linear(x, w, bias, n, k, m)
     }
@@ -364,6 +366,9 @@ impl super::LinearKernels for crate::backend::Cuda {
         has_bias: bool,
     ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
         linear_backward(x, w, dy, n, k, m, want_dx, has_bias)
+    }
+    fn linear_dx(&self, dy: &Tensor, w: &Tensor, x_shape: &[usize], n: usize, k: usize, m: usize) -> Result<Tensor> {
+        linear_dx(dy, w, x_shape, n, k, m)
     }
     fn linear_backward_acc(
         &self,

@@ -37,9 +37,10 @@ pub trait LinearKernels {
         want_dx: bool,
         has_bias: bool,
     ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)>;
-    /// The input gradient alone, dx (n, k) = dy (n, m) · w (m, k), stored as `dt` (the input's
-    /// dtype): the backward through a frozen weight, with no dW product.
-    fn linear_dx(&self, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, dt: DType) -> Result<Tensor>;
+    /// dx = dy·w alone, of x's shape, for a frozen weight (a LoRA base, a tied head that is
+    /// not trained): the dW product, a third of a linear's work, is not computed, and x need
+    /// not be kept for the backward.
+    fn linear_dx(&self, dy: &Tensor, w: &Tensor, x_shape: &[usize], n: usize, k: usize, m: usize) -> Result<Tensor>;
     /// The backward without a bias, with dW added into `dw` (set to dW when None); returns dx
     /// when wanted. A backend whose product can accumulate (cuBLASLt's beta = 1) overrides it;
     /// the default computes dW and adds it.
@@ -126,11 +127,8 @@ impl LinearKernels for Cpu {
         Ok((dx, Tensor::from_f32(dw, w.shape())?, db))
     }
 
-    fn linear_dx(&self, w: &Tensor, dy: &Tensor, n: usize, k: usize, m: usize, dt: DType) -> Result<Tensor> {
-        if dt != DType::F32 {
-            bail!("linear_dx on the CPU: a {dt:?} input gradient (the CPU computes f32)");
-        }
-        Tensor::from_f32(cpu::linear_dx(w.as_f32()?, dy.as_f32()?, n, k, m), &[n, k])
+    fn linear_dx(&self, dy: &Tensor, w: &Tensor, x_shape: &[usize], n: usize, k: usize, m: usize) -> Result<Tensor> {
+        Tensor::from_f32(cpu::linear_dx(w.as_f32()?, dy.as_f32()?, n, k, m), x_shape)
     }
 }
 
@@ -223,23 +221,20 @@ pub fn linear_backward(
     backend::on("linear_backward", [x, w, dy])?.linear_backward(x, w, dy, n, k, m, want_dx, has_bias)
 }
 
-/// The input gradient of `linear` alone: dx = dy·W, of shape `x_shape` and dtype `dt` (x's).
-/// The backward through a frozen weight (a LoRA run's base, its head): no dW product, and x
-/// itself is not needed. A quantised weight's goes through its own kernel
-/// (`qmatmul::linear_dx`).
-pub fn linear_dx(dy: &Tensor, w: &Tensor, x_shape: &[usize], dt: DType) -> Result<Tensor> {
+/// The input's gradient of `linear` alone, of shape `x_shape` (x's), for a weight that is not
+/// trained: a quantised one's through its own kernel, a float one's without the dW product.
+pub fn linear_dx(dy: &Tensor, w: &Tensor, x_shape: &[usize]) -> Result<Tensor> {
+    let (m, k) = match w.shape() {
+        [m, k] => (*m, *k),
+        s => bail!("linear: weight must be 2-D [out, in], got {s:?}"),
+    };
+    if x_shape.last() != Some(&k) || dy.cols() != m || dy.numel() / m.max(1) * k != x_shape.iter().product::<usize>() {
+        bail!("linear_dx: output gradient {:?} and input {x_shape:?} for weight {:?}", dy.shape(), w.shape());
+    }
     if w.dtype() == DType::Quant {
-        return crate::ops::qmatmul::linear_dx(dy, w, x_shape, dt);
+        return crate::ops::qmatmul::linear_dx(dy, w, x_shape);
     }
-    if w.shape().len() != 2 {
-        bail!("linear_dx: weight must be 2-D [out, in], got {:?}", w.shape());
-    }
-    let (m, k) = (w.shape()[0], w.shape()[1]);
-    let n = dy.rows();
-    if dy.cols() != m || x_shape.last() != Some(&k) || x_shape.iter().product::<usize>() != n * k {
-        bail!("linear_dx: output gradient {:?} and input {x_shape:?} for a weight {:?}", dy.shape(), w.shape());
-    }
-    backend::on("linear_backward", [dy, w])?.linear_dx(w, dy, n, k, m, dt)?.reshape(x_shape)
+    backend::on("linear_backward", [w, dy])?.linear_dx(dy, w, x_shape, dy.rows(), k, m)
 }
 
 /// The backward of `linear` without a bias, accumulating dW: `dw` += dyᵀ·x (set when None;

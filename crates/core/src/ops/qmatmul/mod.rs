@@ -122,11 +122,11 @@ pub fn dequantize(w: &Tensor, dtype: DType) -> Result<Tensor> {
 }
 
 /// The input gradient of `linear` by a frozen quantised weight: dx = dy·W, dy: (…, M), w:
-/// quantised (M, K) → `x_shape` (…, K) stored as `dt`. What QLoRA needs (the base frozen, only
+/// quantised (M, K) → `x_shape` (…, K), in dy's dtype. What QLoRA needs (the base frozen, only
 /// the adapter trained): no dW. The weight is dequantised (in the product's operand type: f32,
 /// or bf16 on a GPU under mixed precision) one matrix at a time, so the model stays quantised
 /// in memory, and multiplied as a dense weight (`matmul::linear_dx`).
-pub fn linear_dx(dy: &Tensor, w: &Tensor, x_shape: &[usize], dt: DType) -> Result<Tensor> {
+pub fn linear_dx(dy: &Tensor, w: &Tensor, x_shape: &[usize]) -> Result<Tensor> {
     let (m, _) = match w.shape() {
         [m, k] => (*m, *k),
         s => bail!("linear_dx: weight shape {s:?} is not a matrix"),
@@ -135,7 +135,7 @@ pub fn linear_dx(dy: &Tensor, w: &Tensor, x_shape: &[usize], dt: DType) -> Resul
         bail!("linear_dx: output gradient {:?} for a weight of {m} rows", dy.shape());
     }
     let wd = dequantize(w, dy.device().activation_dtype())?;
-    crate::ops::matmul::linear_dx(dy, &wd, x_shape, dt)
+    crate::ops::matmul::linear_dx(dy, &wd, x_shape)
 }
 
 /// `[linear(x, w_j, b_j)]` for quantised weights sharing x, in fewer launches where the backend
