@@ -43,7 +43,7 @@ for line in sys.stdin:
     cp "${CARGO_TARGET_DIR:-target}/release/smelt" "$dir/smelt"
     mkdir -p "$dir/data" "$dir/bench"
     cp data/linux-doc-slice.jsonl.gz data/linux-doc-slice.txt.gz "$dir/data/"
-    cp bench/torch_gpu.py bench/cuda_vs_torch.py bench/decode_cuda.py "$dir/bench/"
+    cp bench/torch_gpu.py bench/cuda_vs_torch.py bench/decode_cuda.py bench/lora_cuda.py "$dir/bench/"
     # The transformers fixtures gpu_infer compares against (found through SMELT_REPO).
     mkdir -p "$dir/crates/model/tests/fixtures"
     cp -r crates/model/tests/fixtures/hf "$dir/crates/model/tests/fixtures/"

@@ -14,6 +14,7 @@
 use crate::ops::adamw::OptimKernels;
 use crate::ops::attention::AttentionKernels;
 use crate::ops::cross_entropy::CrossEntropyKernels;
+use crate::ops::dropout::DropoutKernels;
 use crate::ops::elementwise::ElementwiseKernels;
 use crate::ops::embedding::EmbeddingKernels;
 use crate::ops::matmul::LinearKernels;
@@ -36,6 +37,7 @@ pub trait Backend:
     + RopeKernels
     + AttentionKernels
     + CrossEntropyKernels
+    + DropoutKernels
     + SwiGluKernels
     + SampleKernels
     + OptimKernels
@@ -53,6 +55,7 @@ impl<B> Backend for B where
         + RopeKernels
         + AttentionKernels
         + CrossEntropyKernels
+        + DropoutKernels
         + SwiGluKernels
         + SampleKernels
         + OptimKernels

@@ -180,16 +180,43 @@ fn proj(g: &mut Graph, l: usize, w: &LayerVars, role: Role, x: &Var, bias: Optio
     let (Some((a, b)), Some(run)) = (w.lora[role as usize], w.run) else {
         return Ok(y);
     };
-    let xd = if run.dropout > 0.0 {
-        // One mask per (forward, layer, projection), as PEFT's one nn.Dropout per module.
-        let mut s = run.seed ^ ((l as u64) << 8 | role as u64).wrapping_mul(0xA24B_AED4_963E_E407);
-        g.dropout(x, run.dropout, smelt_core::rng::splitmix64(&mut s))?
-    } else {
-        x.clone()
-    };
-    let down = g.linear(&xd, a, None)?; // (N, r)
+    let down = lora_down(g, x, a, run, dropout_seed(run, l, role))?;
     let up = g.linear(&down, b, None)?; // (N, out)
-    let up = g.scale(&up, run.scaling)?;
+    g.add(&y, &up)
+}
+
+/// The seed of one projection's dropout mask in a forward: one mask per (forward, layer,
+/// projection), as PEFT's one nn.Dropout per module.
+fn dropout_seed(run: LoraRun, l: usize, role: Role) -> u64 {
+    let mut s = run.seed ^ ((l as u64) << 8 | role as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+    smelt_core::rng::splitmix64(&mut s)
+}
+
+/// The adapter's down side s·(A·dropout(x)), (N, r). s is applied on the r-wide side:
+/// s·B·(A·x) = B·(s·A·x), without a pass over (N, out) in the forward and another in the backward.
+fn lora_down(g: &mut Graph, x: &Var, a: &Var, run: LoraRun, seed: u64) -> Result<Var> {
+    let xd = g.dropout(x, run.dropout, seed)?;
+    let down = g.linear(&xd, a, None)?;
+    g.scale(&down, run.scaling)
+}
+
+/// The FFN's down projection of act = swiglu(gate, up), with its adapter, on a training graph.
+/// The frozen product keeps no input, and the adapter's branch is a checkpoint over (gate, up,
+/// A) that recomputes act in the backward: the (N, ffn) act, the widest activation of a layer,
+/// is not kept for A's gradient (gate and up are, for SwiGLU's own backward). The same numbers
+/// as `proj`.
+fn down_proj_lora(g: &mut Graph, l: usize, w: &LayerVars, gate: &Var, up: &Var, act: &Var) -> Result<Var> {
+    let y = g.linear(act, &w[Role::WDown], None)?;
+    let (Some((a, b)), Some(run)) = (w.lora[Role::WDown as usize], w.run) else {
+        return Ok(y);
+    };
+    let seed = dropout_seed(run, l, Role::WDown);
+    let branch: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
+        let act = g.swiglu(&v[0], &v[1])?;
+        Ok(vec![lora_down(g, &act, &v[2], run, seed)?])
+    });
+    let down = g.checkpoint(&[gate.clone(), up.clone(), a.clone()], branch)?.remove(0);
+    let up = g.linear(&down, b, None)?;
     g.add(&y, &up)
 }
 
@@ -428,6 +455,9 @@ fn block(
     let (x, h) = add_norm(g, c, x, &attn_out, &w[Role::FfnNorm])?;
     g.name(&x, || format!("ffn_inp-{l}"));
     g.name(&h, || format!("ffn_norm-{l}"));
+    // (gate, up) of the training path: the adapter of the down projection recomputes its input
+    // from them (`down_proj_lora`).
+    let mut gate_up = None;
     let act = match c.act {
         // The batched forward (the server): each sequence's rows as they are alone.
         Activation::Silu if seqs.is_some() => {
@@ -447,13 +477,17 @@ fn block(
             g.name(&gate, || format!("ffn_gate-{l}"));
             let up = proj(g, l, w, Role::WUp, &h, None)?;
             g.name(&up, || format!("ffn_up-{l}"));
+            gate_up = Some((gate.clone(), up.clone()));
             g.swiglu(&gate, &up)?
         }
     };
     g.name(&act, || format!("ffn_swiglu-{l}"));
-    let ffn_out = match seqs {
-        Some(seqs) => linear(g, &act, &w[Role::WDown], None, Some(seqs))?,
-        None => proj(g, l, w, Role::WDown, &act, None)?,
+    let ffn_out = match (seqs, &gate_up) {
+        (Some(seqs), _) => linear(g, &act, &w[Role::WDown], None, Some(seqs))?,
+        (None, Some((gate, up))) if g.is_recording() && w.adapted(&[Role::WDown]) => {
+            down_proj_lora(g, l, w, gate, up, &act)?
+        }
+        (None, _) => proj(g, l, w, Role::WDown, &act, None)?,
     };
     g.name(&ffn_out, || format!("ffn_out-{l}"));
     let (x, h) = add_norm(g, c, &x, &ffn_out, w.next_norm)?;
@@ -592,10 +626,23 @@ impl Model {
         self.params.first().map_or(Device::Cpu, |p| p.device())
     }
 
-    /// Moves every parameter to `device` (f32 master weights stay f32).
+    /// Moves every parameter to `device`. Master weights stay f32, but for a frozen base: with
+    /// an adapter attached, on a device whose activations are bf16 (a GPU under mixed
+    /// precision), the base's layer matrices are kept as bf16 only (rounded on the host, as
+    /// the bf16 copy every matmul reads would be: the same products, half the bytes, and no f32
+    /// copy of weights that are never updated). Moved back to the host they are f32 again (with
+    /// bf16's precision). The embedding, norms and biases stay f32 (the residual stream starts
+    /// in f32 from the embedding).
     pub fn to_device(&mut self, device: Device) -> Result<()> {
-        for p in &mut self.params {
-            *p = p.to_device(device)?;
+        use smelt_core::DType;
+        let bf16_base = self.adapter.is_some() && device.activation_dtype() == DType::BF16;
+        for (p, def) in self.params.iter_mut().zip(params::list(&self.cfg)) {
+            let matrix = def.layer.is_some() && def.shape.len() == 2;
+            *p = match p.dtype() {
+                DType::F32 if bf16_base && matrix => p.to_dtype(DType::BF16)?.to_device(device)?,
+                DType::BF16 if device.is_cpu() => p.to_device(device)?.to_dtype(DType::F32)?,
+                _ => p.to_device(device)?,
+            };
         }
         if let Some(a) = &mut self.adapter {
             for p in &mut a.params {
@@ -985,7 +1032,10 @@ impl Model {
     fn loss_head(&self, g: &mut Graph, p: &[Var]) -> Result<Var> {
         let head = &p[self.idx.head];
         if head.tensor().dtype() == smelt_core::DType::Quant && !head.requires_grad() {
-            return Ok(g.constant(Tensor::from_f32(head.tensor().to_vec_f32()?, head.shape())?));
+            // Dequantised on its device, in the matmuls' operand type (bf16 on a GPU under
+            // mixed precision).
+            let t = head.tensor();
+            return Ok(g.constant(smelt_core::ops::qmatmul::dequantize(t, t.device().activation_dtype())?));
         }
         Ok(head.clone())
     }

@@ -676,13 +676,6 @@ fn with_lora(mut model: Model, cfg: &TrainConfig) -> Result<Model> {
     let Some(init) = &cfg.init else {
         bail!("--lora-r trains an adapter on a base model: give the base with --init");
     };
-    if lc.dropout > 0.0 && !cfg.device.is_cpu() {
-        bail!(
-            "--lora-dropout {}: dropout runs on the CPU only for now ({} asked); use --lora-dropout 0",
-            lc.dropout,
-            cfg.device
-        );
-    }
     let mut lc = lc.clone();
     lc.base_model = Some(init.display().to_string());
     let a = smelt_model::Adapter::init(&model.cfg, lc, cfg.seed);

@@ -6,7 +6,12 @@
 //!   the activations the tape keeps take less device memory than in an f32 run;
 //! - 200 steps of the small preset under mixed precision follow the CPU loss curve;
 //! - a checkpoint trained on the GPU resumes on the CPU, and the reverse;
-//! - a GPU run resumed from its checkpoint repeats the straight run bit for bit.
+//! - a GPU run resumed from its checkpoint repeats the straight run bit for bit;
+//! - LoRA SFT (a Qwen2-shaped base: q/k/v biases, tied embeddings, GQA, head dim 64): two
+//!   updates with f32 matmuls and dropout on end with the CPU's adapter; under mixed
+//!   precision the frozen base is bf16 on the device and the adapter's gradients and loss
+//!   track the CPU's;
+//! - QLoRA: an adapter on a base kept Q8_0 on the device gets the dequantised base's gradients.
 //!
 //! The tests set the process-wide matmul precision: run them with `--test-threads=1`.
 //!
@@ -19,11 +24,11 @@ use smelt_core::ops::adamw::AdamW;
 use smelt_core::rng::Rng;
 use smelt_core::{DType, Device, Graph, Tensor};
 use smelt_data::prepare::{prepare, PrepareConfig};
-use smelt_model::{presets, Logits, Model, ModelConfig};
+use smelt_model::{presets, Adapter, Arch, Logits, LoraConfig, Model, ModelConfig};
 use smelt_testing::gpu;
 use smelt_tokenizer::Tokenizer;
 use smelt_train::optim::{AdamWState, Schedule};
-use smelt_train::{train_step, TrainConfig};
+use smelt_train::{train_step, Layout, SftConfig, TrainConfig};
 use std::path::{Path, PathBuf};
 
 /// Batches from a fixed random Markov chain (each token has 4 likely successors): learnable,
@@ -362,4 +367,252 @@ fn gpu_update_that_overflows_is_caught_and_not_saved() {
     );
     let left: Vec<_> = std::fs::read_dir(dir.join("ckpt")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.iter().all(|n| n == ".lock" || n == "metrics.jsonl"), "{left:?}");
+}
+
+const CHATML: &str = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// A Qwen2-shaped base (q/k/v biases, tied embeddings, 4 heads of 64 over 2 kv heads: the
+/// tensor-core attention under mixed precision) with a byte-level tokenizer.
+fn qwen2_like(vocab: usize) -> ModelConfig {
+    let mut cfg = ModelConfig::llama(vocab, 256, 2, 4, 2, 512);
+    cfg.arch = Arch::Qwen2;
+    cfg.qkv_bias = true;
+    cfg.tie_embeddings = true;
+    cfg
+}
+
+/// The base saved in `d/base` (with visible weights and biases: every projection matters) and
+/// SFT examples in `d/train.jsonl`; returns the run: LoRA r 8, alpha 16 on all seven
+/// projections, 2 updates of 2 micro-batches of 3 examples.
+fn lora_sft_run(d: &Path, device: Device, dropout: f64, out: &str) -> TrainConfig {
+    let base = d.join("base");
+    if !base.join("model.safetensors").exists() {
+        std::fs::create_dir_all(&base).unwrap();
+        let tok = Tokenizer::byte_level();
+        let mut cfg = qwen2_like(tok.vocab_size());
+        cfg.eos_token_ids = tok.eos_id().into_iter().collect();
+        let m = Model::init(cfg, 1).unwrap();
+        let mut r = Rng::new(17);
+        // Norm gains 1 + 0.1·z, biases 0.1·z, matrices 0.05·z.
+        let params: Vec<Tensor> = m
+            .params
+            .iter()
+            .zip(&m.names)
+            .map(|(p, name)| {
+                let (at, s) = match (name.ends_with("norm.weight"), p.shape().len()) {
+                    (true, _) => (1.0, 0.1),
+                    (false, 1) => (0.0, 0.1),
+                    _ => (0.0, 0.05),
+                };
+                Tensor::from_f32((0..p.numel()).map(|_| at + s * r.normal() as f32).collect(), p.shape()).unwrap()
+            })
+            .collect();
+        m.with_params(params).unwrap().save(&base).unwrap();
+        tok.save_hf(&base).unwrap();
+        let lines: String = (0..12)
+            .map(|i| {
+                let (q, a) = (format!("what is {i} times {}?", i + 3), format!("{}", i * (i + 3)));
+                let v = if i % 2 == 0 {
+                    serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+                } else {
+                    serde_json::json!({"prompt": q, "completion": a})
+                };
+                format!("{v}\n")
+            })
+            .collect();
+        std::fs::write(d.join("train.jsonl"), lines).unwrap();
+    }
+    let targets = LoraConfig::parse_targets("all-linear").unwrap();
+    TrainConfig {
+        init: Some(base),
+        batch_size: 3,
+        seq_len: 64,
+        steps: 2,
+        grad_accum: 2,
+        lr: 2e-3,
+        warmup: 0,
+        seed: 3,
+        checkpoint_dir: d.join(out),
+        checkpoint_interval: 2,
+        val_batches: 1,
+        log_interval: 1,
+        device,
+        lora: Some(LoraConfig::new(8, 16.0, dropout, &targets, false).unwrap()),
+        sft: Some(SftConfig {
+            data: d.join("train.jsonl"),
+            val_data: None,
+            train_on_prompt: false,
+            packing: false,
+            epochs: None,
+            chat_template: Some(CHATML.into()),
+        }),
+        ..Default::default()
+    }
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_vec_f32().unwrap(), b.to_vec_f32().unwrap());
+    let d: f64 = a.iter().zip(&b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (d / n).sqrt()
+}
+
+/// Two LoRA SFT updates (token-weighted micro-batches, dropout 0.1 on A's input) with f32
+/// matmuls on the GPU end with the CPU's adapter: every lora_A/lora_B within 1e-5 relative,
+/// the same losses. The dropout masks are drawn on the device by the CPU's hash, so they
+/// are the same masks.
+#[test]
+fn gpu_lora_sft_matches_the_cpu_in_f32() {
+    let Some(d) = gpu() else { return };
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+    let dir = std::env::temp_dir().join(format!("smelt-gpu-lora-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    smelt_train::run(lora_sft_run(&dir, Device::Cpu, 0.1, "cpu"), None).unwrap();
+    smelt_train::run(lora_sft_run(&dir, d, 0.1, "gpu"), None).unwrap();
+    let (lc, lg) = (losses(&dir.join("cpu/metrics.jsonl")), losses(&dir.join("gpu/metrics.jsonl")));
+    println!("losses cpu {lc:?}\n       gpu {lg:?}");
+    assert_eq!(lc.len(), 2);
+    for ((_, a), (_, b)) in lc.iter().zip(&lg) {
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "loss cpu {a} gpu {b}");
+    }
+    let read =
+        |run: &str| smelt_model::io::read_safetensors(&dir.join(run).join("final/adapter_model.safetensors")).unwrap();
+    let (ac, ag) = (read("cpu"), read("gpu"));
+    assert_eq!(ac.len(), 2 * 7 * 2, "A and B of seven projections in two layers");
+    let mut worst = (0f64, String::new());
+    for (name, c) in &ac {
+        let e = rel(&ag[name], c);
+        if !(e <= worst.0) {
+            worst = (e, name.clone());
+        }
+    }
+    println!("adapter after 2 updates: worst relative difference {:.3e} ({})", worst.0, worst.1);
+    assert!(worst.0 <= 1e-5, "{}: {:e} relative to the CPU's", worst.1, worst.0);
+}
+
+/// Under mixed precision the frozen base's matrices are bf16 on the device (no f32 copy); the
+/// adapter's gradients (a non-zero B, so A's get one too) and the loss of an SFT update (two
+/// token-weighted micro-batches with prompt positions outside the loss) track the CPU's f32
+/// ones within the mixed-precision tolerances above (loss 1e-3 relative, gradient NMSE 2e-3);
+/// and two updates through the run follow the CPU's losses.
+#[test]
+fn gpu_lora_bf16_tracks_the_cpu() {
+    let Some(d) = gpu() else { return };
+    cuda::set_matmul_precision(MatmulPrecision::Bf16);
+    let cfg = qwen2_like(320);
+    let targets = LoraConfig::parse_targets("all-linear").unwrap();
+    let mut cpu = Model::init(cfg.clone(), 5).unwrap();
+    let mut a = Adapter::init(&cfg, LoraConfig::new(16, 32.0, 0.0, &targets, false).unwrap(), 9);
+    let mut r = Rng::new(4);
+    for b in a.params.iter_mut().skip(1).step_by(2) {
+        *b = Tensor::from_f32((0..b.numel()).map(|_| 0.02 * r.normal() as f32).collect(), b.shape()).unwrap();
+    }
+    cpu.attach(a).unwrap();
+    let mut micro = markov_batches(320, 2, 96, 2, 8);
+    for (_, y) in &mut micro {
+        // The first 30 positions of each row are "prompt": outside the loss.
+        let mut t = y.as_u32().unwrap().to_vec();
+        for (i, v) in t.iter_mut().enumerate() {
+            if i % 96 < 30 {
+                *v = smelt_core::ops::cross_entropy::IGNORE;
+            }
+        }
+        *y = Tensor::from_u32(t, y.shape()).unwrap();
+    }
+    let layout = Layout::token_weighted(&micro, vec![None; micro.len()]).unwrap();
+    let (lc, gc) = smelt_train::gradients(&cpu, &micro, &layout).unwrap();
+    let mut gm = cpu.with_params(cpu.params.clone()).unwrap();
+    gm.to_device(d).unwrap();
+    for (p, def) in gm.params.iter().zip(smelt_model::params::list(&cfg)) {
+        let want = if def.layer.is_some() && def.shape.len() == 2 { DType::BF16 } else { DType::F32 };
+        assert_eq!(p.dtype(), want, "{} on the device", def.name);
+    }
+    let (lg, gg) = smelt_train::gradients(&gm, &micro, &layout).unwrap();
+    println!("loss cpu {lc:.6} gpu {lg:.6}");
+    assert!((lg - lc).abs() < 1e-3 * lc, "loss {lg} vs cpu {lc}");
+    let names = gm.trainable_names();
+    let mut worst = (0f64, 0);
+    for (i, (g, c)) in gg.iter().zip(&gc).enumerate() {
+        let e = nmse(&g.to_device(Device::Cpu).unwrap(), c);
+        if !(e <= worst.0) {
+            worst = (e, i);
+        }
+    }
+    println!("worst adapter gradient NMSE {:.3e} ({})", worst.0, names[worst.1]);
+    assert!(worst.0 < 2e-3, "{}: gradient NMSE {:e} against the CPU", names[worst.1], worst.0);
+    // Back on the host the base is f32 again, at bf16's precision.
+    gm.to_device(Device::Cpu).unwrap();
+    assert!(gm.params.iter().all(|p| p.dtype() == DType::F32));
+
+    let dir = std::env::temp_dir().join(format!("smelt-gpu-lora-bf16-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    smelt_train::run(lora_sft_run(&dir, Device::Cpu, 0.0, "cpu"), None).unwrap();
+    smelt_train::run(lora_sft_run(&dir, d, 0.0, "gpu"), None).unwrap();
+    let (lc, lg) = (losses(&dir.join("cpu/metrics.jsonl")), losses(&dir.join("gpu/metrics.jsonl")));
+    println!("losses cpu {lc:?}\n  gpu bf16 {lg:?}");
+    for ((_, a), (_, b)) in lc.iter().zip(&lg) {
+        assert!((a - b).abs() < 1e-2 * a.abs(), "loss cpu {a} gpu {b}");
+    }
+}
+
+/// QLoRA on the GPU: a base whose matrices (the tied embedding and every projection) stay Q8_0
+/// on the device trains an adapter (B non-zero). Its gradients are those of the dequantised
+/// base on the CPU: with f32 matmuls the GPU dequantises each matrix for its products (the
+/// forward's scratch path and `qmatmul::linear_dx`), so NMSE < 1e-6; under mixed precision
+/// < 2e-3 (the tolerance above). A few steps lower the loss and leave the base quantised.
+#[test]
+fn gpu_qlora_gets_the_dequantised_bases_gradients() {
+    use smelt_core::quant::{GgmlType, QTensor};
+    let Some(d) = gpu() else { return };
+    let mut c = ModelConfig::llama(96, 64, 2, 4, 2, 128);
+    c.tie_embeddings = true;
+    let plain = Model::init(c.clone(), 4).unwrap();
+    let q: Vec<Tensor> = plain
+        .params
+        .iter()
+        .map(|p| match p.shape() {
+            [r, k] => QTensor::quantize(GgmlType::Q8_0, p.as_f32().unwrap(), *r, *k).unwrap().into_tensor(),
+            _ => p.clone(),
+        })
+        .collect();
+    let qm = plain.with_params(q).unwrap();
+    let mut deq = qm.dequantized().unwrap();
+    let targets = LoraConfig::parse_targets("all-linear").unwrap();
+    let mut a = Adapter::init(&c, LoraConfig::new(4, 8.0, 0.0, &targets, false).unwrap(), 2);
+    let mut r = Rng::new(6);
+    for b in a.params.iter_mut().skip(1).step_by(2) {
+        *b = Tensor::from_f32((0..b.numel()).map(|_| 0.05 * r.normal() as f32).collect(), b.shape()).unwrap();
+    }
+    deq.attach(a.clone()).unwrap();
+    let micro = markov_batches(96, 2, 32, 1, 5);
+    let layout = Layout::default();
+    let (lc, gc) = smelt_train::gradients(&deq, &micro, &layout).unwrap();
+    for (precision, tol) in [(MatmulPrecision::F32, 1e-6), (MatmulPrecision::Bf16, 2e-3)] {
+        cuda::set_matmul_precision(precision);
+        let mut gm = qm.with_params(qm.params.clone()).unwrap();
+        gm.attach(a.clone()).unwrap();
+        gm.to_device(d).unwrap();
+        let (lg, gg) = smelt_train::gradients(&gm, &micro, &layout).unwrap();
+        let worst = gg.iter().zip(&gc).map(|(g, c)| nmse(&g.to_device(Device::Cpu).unwrap(), c)).fold(0f64, f64::max);
+        println!(
+            "{precision:?}: loss cpu (dequantised) {lc:.6} gpu (Q8_0) {lg:.6}; worst adapter gradient NMSE {worst:.3e}"
+        );
+        assert!((lg - lc).abs() < 1e-3 * lc, "{precision:?}: loss {lg} vs {lc}");
+        assert!(worst < tol, "{precision:?}: adapter gradient NMSE {worst:e} (tol {tol:e})");
+        let mut opt = AdamWState::new(gm.trainable());
+        opt.to_device(d).unwrap();
+        let hp = AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let first = train_step(&mut gm, &mut opt, &hp, &micro, 1.0, false).unwrap().0;
+        let mut last = first;
+        for _ in 0..8 {
+            last = train_step(&mut gm, &mut opt, &hp, &micro, 1.0, false).unwrap().0;
+        }
+        println!("{precision:?}: QLoRA loss {first:.4} → {last:.4}");
+        assert!(last < first - 0.05, "{precision:?}: QLoRA training lowers the loss: {first} → {last}");
+        assert!(gm.params.iter().filter(|p| p.shape().len() == 2).all(|p| p.dtype() == DType::Quant));
+    }
+    cuda::set_matmul_precision(MatmulPrecision::Bf16);
 }

@@ -20,7 +20,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "small")]
     size: String,
     /// Benchmark this model folder or .gguf file instead of a fresh preset (a GGUF's weights stay
-    /// quantised, on the GPU too; training is then not timed).
+    /// quantised, on the GPU too; training is then timed only with --adapter: QLoRA).
     #[arg(long)]
     model: Option<PathBuf>,
     /// A LoRA adapter folder (PEFT's format) on --model: forward and decode run through it, and
@@ -210,9 +210,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         profile_report(&format!("paged decode x{n}"));
         paged.push(serde_json::json!({"batch": n, "step_ms": secs * 1e3, "tok_s": n as f64 / secs}));
     }
-    // Quantised (GGUF) weights are not trained; an adapter on them is (QLoRA, on the CPU).
-    let quantised = model.params.iter().any(|p| p.dtype() == smelt_core::DType::Quant)
-        && !(model.adapter.is_some() && device.is_cpu());
+    // Quantised (GGUF) weights are not trained; an adapter on them is (QLoRA).
+    let quantised = model.params.iter().any(|p| p.dtype() == smelt_core::DType::Quant) && model.adapter.is_none();
     let mut train_cpu = Vec::new();
     let train = if quantised {
         f64::NAN
@@ -276,7 +275,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             println!("decode   {:>10.1} tok/s (batch 1, KV cache)", r["decode_tok_s"].as_f64().unwrap());
             match r["train_tok_s"].as_f64() {
                 Some(t) => println!("train    {t:>10.0} tok/s (forward + backward + AdamW)"),
-                None => println!("train         n/a (quantised weights train only under an adapter, on the CPU)"),
+                None => println!("train         n/a (quantised weights train only under an adapter: --adapter)"),
             }
             println!("peak mem {:>10.1} MiB", r["peak_mem_bytes"].as_u64().unwrap() as f64 / (1 << 20) as f64);
             for p in r["paged_decode"].as_array().into_iter().flatten() {

@@ -18,7 +18,7 @@ pub struct LoraArgs {
     /// PEFT's default.
     #[arg(long, value_name = "A", default_value_t = 8.0, requires = "lora_r")]
     pub lora_alpha: f64,
-    /// Dropout on each adapted projection's input to A, in training only (CPU only for now).
+    /// Dropout on each adapted projection's input to A, in training only (on CPU and CUDA, the same masks).
     #[arg(long, value_name = "P", default_value_t = 0.0, requires = "lora_r", value_parser = super::checks::fraction)]
     pub lora_dropout: f64,
     /// The projections to adapt: all-linear (q, k, v, o, gate, up, down: every linear layer

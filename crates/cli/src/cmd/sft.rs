@@ -77,7 +77,7 @@ pub fn run(a: SftArgs) -> Result<()> {
         let tok = smelt_tokenizer::Tokenizer::from_file(&model)?;
         let chat_template = chat_template(&model, &tok)?;
         if model.extension().is_some_and(|e| e == "gguf") {
-            // Under LoRA the frozen base stays quantised (QLoRA, on the CPU); a full fine-tune
+            // Under LoRA the frozen base stays quantised (QLoRA, on the CPU or a GPU); a full fine-tune
             // trains every weight, so it is dequantised.
             let m = smelt_convert::load_model(&model)?;
             let m = if cfg.lora.is_some() { m } else { m.dequantized()? };

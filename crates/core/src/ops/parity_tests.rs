@@ -127,6 +127,7 @@ fn kernels_compile() {
             [x(&["add", "mul", "scale"], &one), x(&["add_assign"], &two), plain(&["f32_to_bf16", "bf16_to_f32"])]
                 .concat(),
         ),
+        ("dropout", ops::dropout::cuda::SRC, x(&["dropout"], &one)),
         ("embedding", ops::embedding::cuda::SRC, x(&["embedding_fwd", "embedding_bwd", "embedding_bwd_sorted"], &one)),
         ("matmul", ops::matmul::cuda::SRC, x(&["add_bias", "col_sum_part"], &one)),
         ("gemv", ops::matmul::cuda::GEMV_SRC, x(&["gemv3", "gemv_swiglu"], &one)),
@@ -171,6 +172,24 @@ fn kernels_compile() {
             assert!(ptx.contains(&format!(".entry {k}(")), "{name}.cu has no kernel {k}");
         }
         println!("{name}: {} kernels", kernels.len());
+    }
+}
+
+/// Dropout draws the CPU's mask on the device: f32 bit for bit, bf16 as the CPU op on the same
+/// (bf16-rounded) values within one rounding.
+#[test]
+fn parity_dropout() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let x = randn(&mut r, &[301, 77], 1.0);
+    for (p, s) in [(0.1f32, 7u64), (0.5, 123_456_789_012), (0.0, 3)] {
+        let (g, c) = (ops::dropout::dropout(&up(&x, d), p, s).unwrap(), ops::dropout::dropout(&x, p, s).unwrap());
+        assert_eq!(g.to_vec_f32().unwrap(), c.to_vec_f32().unwrap(), "dropout f32 p {p}: not the CPU's mask");
+        let xb = up(&x, d).to_dtype(crate::DType::BF16).unwrap();
+        let cb = ops::dropout::dropout(&Tensor::from_f32(xb.to_vec_f32().unwrap(), x.shape()).unwrap(), p, s).unwrap();
+        let gb = ops::dropout::dropout(&xb, p, s).unwrap();
+        assert_eq!(gb.dtype(), crate::DType::BF16);
+        close(&format!("dropout bf16 p {p}"), &gb, &cb, 1e-5);
     }
 }
 

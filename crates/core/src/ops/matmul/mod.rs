@@ -232,7 +232,7 @@ pub fn linear_dx(dy: &Tensor, w: &Tensor, x_shape: &[usize]) -> Result<Tensor> {
         bail!("linear_dx: output gradient {:?} and input {x_shape:?} for weight {:?}", dy.shape(), w.shape());
     }
     if w.dtype() == DType::Quant {
-        return crate::ops::qmatmul::linear_dx(dy, w)?.reshape(x_shape);
+        return crate::ops::qmatmul::linear_dx(dy, w, x_shape);
     }
     backend::on("linear_backward", [w, dy])?.linear_dx(dy, w, x_shape, dy.rows(), k, m)
 }

@@ -309,4 +309,10 @@ impl super::QuantKernels for crate::backend::Cuda {
         };
         embedding(q, ids)
     }
+    fn dequantize_quant(&self, w: &Tensor, dtype: DType) -> Result<Tensor> {
+        let Some(q) = w.as_device_quant() else {
+            bail!("dequantize: expected a quantised matrix on {}, got {:?} {:?}", w.device(), w.dtype(), w.shape())
+        };
+        dequantize(q, dtype)?.reshape(w.shape())
+    }
 }

@@ -1,6 +1,7 @@
-//! Quantised weights at work (inference only): `linear` by a block-quantised matrix and
-//! `embedding` from one. `ops::matmul::linear` and `ops::embedding::embedding` come here when
-//! the weight's dtype is `Quant`; there is no backward (quantised weights are not trained).
+//! Quantised weights at work: `linear` by a block-quantised matrix and `embedding` from one.
+//! `ops::matmul::linear` and `ops::embedding::embedding` come here when the weight's dtype is
+//! `Quant`. Quantised weights are not trained; the one backward is the input gradient through a
+//! frozen one (`linear_dx`, QLoRA: the matrix dequantised, on its device, for the product).
 //!
 //! CPU: the format's own kernel behind `QuantMatrix` (`crate::quant`: each input row quantised to
 //! 8 bits, integer dots, as llama.cpp's CPU backend does), which is the reference.
@@ -16,7 +17,7 @@
 pub mod cuda;
 
 use crate::backend::{self, backend, Cpu};
-use crate::Tensor;
+use crate::{DType, Tensor};
 use anyhow::{bail, Result};
 
 fn out_shape(x: &Tensor, m: usize) -> Vec<usize> {
@@ -41,6 +42,8 @@ pub trait QuantKernels {
     ) -> Result<Tensor>;
     /// `ids` on the host or the table's device.
     fn embedding_quant(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor>;
+    /// The whole matrix dequantised on its device, stored as `dtype` (f32; on a GPU f32 or bf16).
+    fn dequantize_quant(&self, w: &Tensor, dtype: DType) -> Result<Tensor>;
 }
 
 impl QuantKernels for Cpu {
@@ -95,6 +98,13 @@ impl QuantKernels for Cpu {
         }
         Tensor::from_f32(out, &shape)
     }
+
+    fn dequantize_quant(&self, w: &Tensor, dtype: DType) -> Result<Tensor> {
+        if dtype != DType::F32 {
+            bail!("dequantize on the CPU: {dtype:?} asked (the CPU computes in f32)");
+        }
+        Tensor::from_f32(w.to_vec_f32()?, w.shape())
+    }
 }
 
 /// x: (…, K) (n rows), w: quantised (M, K), bias: (M) → (…, M). Shapes checked by the caller.
@@ -102,30 +112,30 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize,
     backend::on("linear (quantised weight)", [x, w])?.linear_quant(x, w, bias, n, k, m)
 }
 
-/// The input gradient of `linear` by a frozen quantised weight: dx = dy·W, dy: (…, M),
-/// w: quantised (M, K) → (…, K). What QLoRA needs (the base frozen, only the adapter trained):
-/// no dW. The weight is dequantised to f32 (transposed, K × M) for the product, one matrix at a
-/// time, so the model stays quantised in memory. CPU only for now.
-pub fn linear_dx(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if !w.device().is_cpu() {
-        bail!("a gradient through a quantised weight runs on the CPU only for now ({} asked)", w.device());
+/// A quantised matrix dequantised on its device, stored as `dtype` (f32 on the CPU; f32 or
+/// bf16 on a GPU, where a kernel reads the blocks in place).
+pub fn dequantize(w: &Tensor, dtype: DType) -> Result<Tensor> {
+    if w.dtype() != DType::Quant {
+        bail!("dequantize: a {:?} tensor {:?} is not quantised", w.dtype(), w.shape());
     }
-    let (m, k) = match w.shape() {
+    backend::on("dequantize", [w])?.dequantize_quant(w, dtype)
+}
+
+/// The input gradient of `linear` by a frozen quantised weight: dx = dy·W, dy: (…, M), w:
+/// quantised (M, K) → `x_shape` (…, K), in dy's dtype. What QLoRA needs (the base frozen, only
+/// the adapter trained): no dW. The weight is dequantised (in the product's operand type: f32,
+/// or bf16 on a GPU under mixed precision) one matrix at a time, so the model stays quantised
+/// in memory, and multiplied as a dense weight (`matmul::linear_dx`).
+pub fn linear_dx(dy: &Tensor, w: &Tensor, x_shape: &[usize]) -> Result<Tensor> {
+    let (m, _) = match w.shape() {
         [m, k] => (*m, *k),
         s => bail!("linear_dx: weight shape {s:?} is not a matrix"),
     };
     if dy.shape().last() != Some(&m) {
         bail!("linear_dx: output gradient {:?} for a weight of {m} rows", dy.shape());
     }
-    let wf = w.to_vec_f32()?;
-    let mut wt = vec![0f32; k * m];
-    for (r, row) in wf.chunks_exact(k).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            wt[c * m + r] = v;
-        }
-    }
-    // y = dy·(Wᵀ)ᵀ: linear by the (K, M) transpose.
-    crate::ops::matmul::linear(dy, &Tensor::from_f32(wt, &[k, m])?, None)
+    let wd = dequantize(w, dy.device().activation_dtype())?;
+    crate::ops::matmul::linear_dx(dy, &wd, x_shape)
 }
 
 /// `[linear(x, w_j, b_j)]` for quantised weights sharing x, in fewer launches where the backend
