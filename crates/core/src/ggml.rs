@@ -417,11 +417,7 @@ mod x86 {
             return res;
         }
         let zero = _mm512_setzero_ps();
-        let alt = _mm512_mask_blend_ps(
-            _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, zero),
-            _mm512_set1_ps(f32::INFINITY),
-            zero,
-        );
+        let alt = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, zero), _mm512_set1_ps(f32::INFINITY), zero);
         _mm512_mask_blend_ps(d, res, alt)
     }
 
@@ -688,7 +684,8 @@ mod tests {
                 assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "soft_max, n {n}");
             }
             for n in [1usize, 15, 16, 37, 1536] {
-                let g: Vec<f32> = (0..n).map(|i| if i % 97 == 5 { -150.0 } else { (r.normal() * 6.0) as f32 }).collect();
+                let g: Vec<f32> =
+                    (0..n).map(|i| if i % 97 == 5 { -150.0 } else { (r.normal() * 6.0) as f32 }).collect();
                 let u: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
                 let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
                 swiglu_portable(&mut a, &g, &u);

@@ -640,8 +640,16 @@ mod tests {
     #[test]
     fn every_level_matches_the_scalar_reference_bit_for_bit() {
         for ty in [GgmlType::F16, GgmlType::BF16] {
-            for (rows, cols, n) in
-                [(40, 576, 7), (37, 576, 3), (40, 576, 1), (8, 96, 5), (12, 80, 2), (72, 96, 70), (16, 96, 9), (16, 96, 8)] {
+            for (rows, cols, n) in [
+                (40, 576, 7),
+                (37, 576, 3),
+                (40, 576, 1),
+                (8, 96, 5),
+                (12, 80, 2),
+                (72, 96, 70),
+                (16, 96, 9),
+                (16, 96, 8),
+            ] {
                 let mut wb = Vec::new();
                 super::super::quantize_row(ty, &rand(rows * cols, 1), &mut wb);
                 let x = rand(n * cols, 2);
