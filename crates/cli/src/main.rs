@@ -85,6 +85,8 @@ enum Command {
 }
 
 fn main() {
+    // Freed activations stay in the heap for the next op (no page faults per op).
+    smelt_core::mem::keep_freed_memory();
     let cli = Cli::parse();
     // Ctrl-C or a kill removes the temporaries of outputs being written, then ends the process.
     smelt_files::staging::install_signal_cleanup();

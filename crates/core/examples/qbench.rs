@@ -52,27 +52,44 @@ fn gemm(w: &[f32], rows: usize, cols: usize, n: usize) {
         levels.insert(0, Level::Avx2);
     }
     let threads = rayon::current_num_threads();
+    // QBENCH_TYPES=q8_0,f16 times only those.
+    let only = std::env::var("QBENCH_TYPES").ok();
     for ty in
         [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16]
     {
+        if only.as_deref().is_some_and(|o| !o.split(',').any(|t| t == ty.name())) {
+            continue;
+        }
         if ty.block_size() > 1 && !cols.is_multiple_of(ty.block_size()) {
             continue;
         }
         let q = QTensor::quantize(ty, w, rows, cols).unwrap();
         let mut y = vec![0f32; n * rows];
         for &level in &levels {
-            let mut s = f64::INFINITY;
+            // Best wall time and best process CPU time (steadier on a shared machine, where
+            // other processes take slices of the cores).
+            let (mut s, mut cpu) = (f64::INFINITY, f64::INFINITY);
             for _ in 0..7 {
-                let t = Instant::now();
+                let (t, c) = (Instant::now(), cpu_secs());
                 q.matmul_with(&x, n, &mut y, level);
                 s = s.min(t.elapsed().as_secs_f64());
+                cpu = cpu.min(cpu_secs() - c);
             }
             let gflops = 2.0 * (n * rows * cols) as f64 / s / 1e9;
             println!(
-                "{} {rows}x{cols} · {n} rows, {threads} threads, {level:?}: {:.2} ms, {gflops:.1} GFLOP/s",
+                "{} {rows}x{cols} · {n} rows, {threads} threads, {level:?}: {:.2} ms, {gflops:.1} GFLOP/s, CPU {:.2} ms",
                 ty.name(),
-                s * 1e3
+                s * 1e3,
+                cpu * 1e3
             );
         }
     }
+}
+
+/// CPU seconds of the whole process (all threads).
+fn cpu_secs() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
 }

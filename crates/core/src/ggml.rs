@@ -354,16 +354,109 @@ unsafe fn tinyblas_columns_avx512(out: &mut [f32], v: &[f32], offs: &[usize], p:
 }
 
 fma_dispatch! {
-    /// `ggml_vec_soft_max_f32` (AVX-512): y = expf(x − max) per element, and the sum,
-    /// accumulated in f64 one 16-element chunk at a time (each chunk `reduce16`ed in f32). The
-    /// caller pads the row with −∞ to a multiple of 16, as llama.cpp's KV cache is padded and
-    /// masked (masked lanes give exactly 0).
-    pub fn soft_max(y: &mut [f32], x: &[f32], max: f32) -> f64 = soft_max_body;
+    /// `soft_max` one lane at a time (the reference for the AVX-512 form, and every other CPU's).
+    pub fn soft_max_portable(y: &mut [f32], x: &[f32], max: f32) -> f64 = soft_max_body;
 }
 
 fma_dispatch! {
-    /// `ggml_vec_swiglu_f32` (AVX-512): y = silu(g) · u.
-    pub fn swiglu(y: &mut [f32], g: &[f32], u: &[f32]) -> () = swiglu_body;
+    /// `swiglu` one lane at a time (the reference for the AVX-512 form, and every other CPU's).
+    pub fn swiglu_portable(y: &mut [f32], g: &[f32], u: &[f32]) -> () = swiglu_body;
+}
+
+/// `ggml_vec_soft_max_f32` (AVX-512): y = expf(x − max) per element, and the sum,
+/// accumulated in f64 one 16-element chunk at a time (each chunk `reduce16`ed in f32). The
+/// caller pads the row with −∞ to a multiple of 16, as llama.cpp's KV cache is padded and
+/// masked (masked lanes give exactly 0). With AVX-512 F/DQ, sixteen lanes per instruction,
+/// ggml's own `ggml_v_expf` (bit-identical to the portable form, tested).
+pub fn soft_max(y: &mut [f32], x: &[f32], max: f32) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
+        assert!(x.len() == y.len() && x.len().is_multiple_of(16), "soft_max: {} into {}", x.len(), y.len());
+        // SAFETY: AVX-512 F/DQ detected; whole 16-element chunks of x and y (asserted).
+        return unsafe { x86::soft_max_avx512(y, x, max) };
+    }
+    soft_max_portable(y, x, max)
+}
+
+/// `ggml_vec_swiglu_f32` (AVX-512): y = silu(g) · u, sixteen lanes per instruction where the
+/// CPU has AVX-512 F/DQ (ggml's `ggml_v_silu`), the leftover lanes one at a time.
+pub fn swiglu(y: &mut [f32], g: &[f32], u: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
+        assert!(g.len() >= y.len() && u.len() >= y.len(), "swiglu: {} from {} and {}", y.len(), g.len(), u.len());
+        // SAFETY: AVX-512 F/DQ detected; every access inside y, g and u (asserted).
+        return unsafe { x86::swiglu_avx512(y, g, u) };
+    }
+    swiglu_portable(y, g, u)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// ggml's AVX-512 `ggml_v_expf`, sixteen lanes: `expf`'s operations as vectors (the
+    /// scaling by 2ⁿ one `vscalefps`, which `expf` emulates in f64).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+    pub unsafe fn expf16(x: __m512) -> __m512 {
+        let c = |b: u32| _mm512_set1_ps(f32::from_bits(b));
+        let r = c(R);
+        let z = _mm512_fmadd_ps(x, c(LOG2E), r);
+        let n = _mm512_sub_ps(z, r);
+        let b = _mm512_fnmadd_ps(n, c(LN2_LO), _mm512_fnmadd_ps(n, c(LN2_HI), x));
+        let d = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), _mm512_set1_ps(192.0));
+        let u = _mm512_mul_ps(b, b);
+        let j = _mm512_fmadd_ps(
+            _mm512_fmadd_ps(_mm512_fmadd_ps(c(C5), b, c(C4)), u, _mm512_fmadd_ps(c(C3), b, c(C2))),
+            u,
+            _mm512_fmadd_ps(c(C1), b, _mm512_set1_ps(1.0)),
+        );
+        let res = _mm512_scalef_ps(j, n);
+        if d == 0 {
+            return res;
+        }
+        let zero = _mm512_setzero_ps();
+        let alt = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, zero), _mm512_set1_ps(f32::INFINITY), zero);
+        _mm512_mask_blend_ps(d, res, alt)
+    }
+
+    /// gcc's `_mm512_reduce_add_ps` in registers (`reduce16`'s additions).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+    unsafe fn reduce16_512(v: __m512) -> f32 {
+        let t3 = _mm256_add_ps(_mm512_extractf32x8_ps::<1>(v), _mm512_castps512_ps256(v));
+        let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+        let mut l = [0f32; 4];
+        _mm_storeu_ps(l.as_mut_ptr(), t6);
+        (l[0] + l[2]) + (l[1] + l[3])
+    }
+
+    #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+    pub unsafe fn soft_max_avx512(y: &mut [f32], x: &[f32], max: f32) -> f64 {
+        let m = _mm512_set1_ps(max);
+        let mut sum = 0f64;
+        for i in (0..x.len()).step_by(16) {
+            let v = expf16(_mm512_sub_ps(_mm512_loadu_ps(x.as_ptr().add(i)), m));
+            _mm512_storeu_ps(y.as_mut_ptr().add(i), v);
+            sum += reduce16_512(v) as f64;
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx512f,avx512dq,avx2,fma")]
+    pub unsafe fn swiglu_avx512(y: &mut [f32], g: &[f32], u: &[f32]) {
+        let n = y.len();
+        let (one, zero) = (_mm512_set1_ps(1.0), _mm512_setzero_ps());
+        let mut i = 0;
+        while i + 16 <= n {
+            let gv = _mm512_loadu_ps(g.as_ptr().add(i));
+            let silu = _mm512_div_ps(gv, _mm512_add_ps(one, expf16(_mm512_sub_ps(zero, gv))));
+            _mm512_storeu_ps(y.as_mut_ptr().add(i), _mm512_mul_ps(silu, _mm512_loadu_ps(u.as_ptr().add(i))));
+            i += 16;
+        }
+        swiglu_body(&mut y[i..], &g[i..n], &u[i..n]);
+    }
 }
 
 #[inline(always)]
@@ -561,6 +654,45 @@ mod tests {
             &bad[..bad.len().min(3)]
         );
         assert!(v.chunks_exact(2).any(|p| p[1] == 0.0) && v.chunks_exact(2).any(|p| p[1].is_infinite()));
+    }
+
+    /// The AVX-512 soft_max and swiglu (ggml's `ggml_v_expf` as vectors) give the portable
+    /// lane-at-a-time bits, and the vector expf gives ggml's on the golden inputs.
+    #[test]
+    fn avx512_soft_max_and_swiglu_are_the_portable_bits() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
+            let b = include_bytes!("ggml_data/expf.bin");
+            let v: Vec<f32> = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let (xs, want): (Vec<f32>, Vec<f32>) = v.chunks_exact(2).map(|p| (p[0], p[1])).unzip();
+            let n16 = xs.len() / 16 * 16;
+            let mut y = vec![0f32; n16];
+            // max 0: y = expf(x − 0) = expf(x).
+            // SAFETY: features detected; whole 16-element chunks.
+            unsafe { x86::soft_max_avx512(&mut y, &xs[..n16], 0.0) };
+            for i in 0..n16 {
+                assert_eq!(y[i].to_bits(), want[i].to_bits(), "expf({}) = {} vs ggml {}", xs[i], y[i], want[i]);
+            }
+            let mut r = crate::rng::Rng::new(3);
+            for n in [16usize, 160, 512] {
+                let mut x: Vec<f32> = (0..n).map(|_| (r.normal() * 8.0) as f32).collect();
+                x[n - 3..].fill(f32::NEG_INFINITY);
+                let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+                let (sa, sb) = (soft_max_portable(&mut a, &x, max), soft_max(&mut b, &x, max));
+                assert_eq!(sa.to_bits(), sb.to_bits(), "soft_max sum, n {n}");
+                assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "soft_max, n {n}");
+            }
+            for n in [1usize, 15, 16, 37, 1536] {
+                let g: Vec<f32> =
+                    (0..n).map(|i| if i % 97 == 5 { -150.0 } else { (r.normal() * 6.0) as f32 }).collect();
+                let u: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
+                let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+                swiglu_portable(&mut a, &g, &u);
+                swiglu(&mut b, &g, &u);
+                assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "swiglu, n {n}");
+            }
+        }
     }
 
     #[test]

@@ -443,33 +443,41 @@ mod x86 {
     }
 
     /// Every row of `w` against every input of `a` in tinyBLAS's F16 order, 4 × 6 tiles (its
-    /// own `gemm<4, 6>` shape on 32 registers: 24 accumulators), 4 × 1 for the last inputs; the
-    /// rows are a multiple of 4, as `Order::of` requires: out[i·ldo + j] = row j · input i.
+    /// own `gemm<4, 6>` shape on 32 registers: 24 accumulators), then one 4 × (n mod 6) tile
+    /// for the last inputs (4 × 1 tiles there read each weight vector once per input, twice
+    /// the cost per output); the rows are a multiple of 4, as `Order::of` requires:
+    /// out[i·ldo + j] = row j · input i.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn f16_tinyblas_tiles_avx512(w: &[u8], rb: usize, a: &[&[f32]], out: *mut f32, ldo: usize) {
-        const C: usize = 6;
         let (rows, n) = (w.len() / rb, a.len());
         assert!(rows.is_multiple_of(4), "f16 tiles: {rows} rows");
         let mut i = 0;
         while i < n {
-            let c = if i + C <= n { C } else { 1 };
-            for j in (0..rows).step_by(4) {
-                let wj = &w[j * rb..];
-                if c == C {
-                    let o = f16_tinyblas_tile_avx512::<4, C>(wj, rb, std::array::from_fn(|cc| a[i + cc]));
-                    for (r, or) in o.iter().enumerate() {
-                        for (cc, v) in or.iter().enumerate() {
-                            *out.add((i + cc) * ldo + j + r) = *v;
-                        }
-                    }
-                } else {
-                    let o = f16_tinyblas_tile_avx512::<4, 1>(wj, rb, [a[i]]);
-                    for (r, or) in o.iter().enumerate() {
-                        *out.add(i * ldo + j + r) = or[0];
-                    }
-                }
+            let c = (n - i).min(6);
+            match c {
+                6 => f16_tile_columns::<6>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                5 => f16_tile_columns::<5>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                4 => f16_tile_columns::<4>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                3 => f16_tile_columns::<3>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                2 => f16_tile_columns::<2>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                _ => f16_tile_columns::<1>(w, rb, &a[i..], out.add(i * ldo), ldo),
             }
             i += c;
+        }
+    }
+
+    /// Inputs a[..C] against every row of `w` in 4 × C tiles: out[c·ldo + j] = row j · a[c].
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn f16_tile_columns<const C: usize>(w: &[u8], rb: usize, a: &[&[f32]], out: *mut f32, ldo: usize) {
+        let rows = w.len() / rb;
+        let ac: [&[f32]; C] = std::array::from_fn(|cc| a[cc]);
+        for j in (0..rows).step_by(4) {
+            let o = f16_tinyblas_tile_avx512::<4, C>(&w[j * rb..], rb, ac);
+            for (r, or) in o.iter().enumerate() {
+                for (cc, v) in or.iter().enumerate() {
+                    *out.add(cc * ldo + j + r) = *v;
+                }
+            }
         }
     }
 
@@ -632,7 +640,16 @@ mod tests {
     #[test]
     fn every_level_matches_the_scalar_reference_bit_for_bit() {
         for ty in [GgmlType::F16, GgmlType::BF16] {
-            for (rows, cols, n) in [(40, 576, 7), (37, 576, 3), (40, 576, 1), (8, 96, 5), (12, 80, 2), (72, 96, 70)] {
+            for (rows, cols, n) in [
+                (40, 576, 7),
+                (37, 576, 3),
+                (40, 576, 1),
+                (8, 96, 5),
+                (12, 80, 2),
+                (72, 96, 70),
+                (16, 96, 9),
+                (16, 96, 8),
+            ] {
                 let mut wb = Vec::new();
                 super::super::quantize_row(ty, &rand(rows * cols, 1), &mut wb);
                 let x = rand(n * cols, 2);

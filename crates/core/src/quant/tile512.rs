@@ -6,8 +6,10 @@
 //! bit-identical to `avx512::dot_*` and `avx2::dot_*`, i.e. to llama.cpp. What the tile saves
 //! is the work shared along each axis: a weight block is unpacked (nibbles, fifth bits, scale)
 //! once for C activation rows, and an activation block with its offset correction is loaded
-//! once for R weight rows. Per block and output that leaves `vpdpbusd`, a convert, a multiply of
-//! the two scales and the FMA; 4 × 4 outputs keep 16 accumulators in the 32 vector registers.
+//! once for R weight rows. Per block and output that leaves `vpdpbusd`, a convert and the FMA,
+//! whose scale d_w·d_a is a broadcast load: the block's R·C scale products are one 4-lane
+//! multiply per weight row (the same f32 products), stored once. 4 × 4 outputs keep 16
+//! accumulators in the 32 vector registers.
 
 use super::act::BlockQ8;
 use std::arch::x86_64::*;
@@ -41,7 +43,7 @@ pub unsafe fn tile<const K: u8, const R: usize, const C: usize>(
     let bytes = block_bytes(K);
     let nb = a[0].len();
     assert!(
-        R >= 1 && C >= 1 && C <= 4 && rb >= nb * bytes && w.len() >= (R - 1) * rb + nb * bytes,
+        R >= 1 && R <= 4 && C >= 1 && C <= 4 && rb >= nb * bytes && w.len() >= (R - 1) * rb + nb * bytes,
         "tile: {R} rows of {rb} bytes in {} bytes, {nb} blocks of {bytes}",
         w.len()
     );
@@ -83,6 +85,17 @@ pub unsafe fn tile<const K: u8, const R: usize, const C: usize>(
                 }
             };
         }
+        // The R·C scale products d_w·d_a of this block, one 4-lane multiply per weight row
+        // (the same f32 products as one per output), read back by broadcast loads.
+        let mut da = [0f32; 4];
+        for c in 0..C {
+            da[c] = a[c].get_unchecked(i).d;
+        }
+        let da = _mm_loadu_ps(da.as_ptr());
+        let mut prod = [0f32; 16];
+        for r in 0..R {
+            _mm_storeu_ps(prod.as_mut_ptr().add(4 * r), _mm_mul_ps(_mm256_castps256_ps128(dw[r]), da));
+        }
         let mut s = [0f32; 4];
         for c in 0..C {
             let ab = a[c].get_unchecked(i);
@@ -100,11 +113,12 @@ pub unsafe fn tile<const K: u8, const R: usize, const C: usize>(
                     _mm256_sub_epi32(z, _mm256_dpbusd_epi32(z, _mm256_set1_epi8(off as i8), y))
                 }
             };
-            let da = _mm256_set1_ps(ab.d);
             s[c] = ab.s;
             for r in 0..R {
                 let q = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, u[r], y));
-                acc[r][c] = _mm256_fmadd_ps(_mm256_mul_ps(dw[r], da), q, acc[r][c]);
+                // d_w·d_a from `prod`, one broadcast load (a load port, not a multiply).
+                let d = _mm256_set1_ps(std::ptr::read_volatile(prod.as_ptr().add(r * 4 + c)));
+                acc[r][c] = _mm256_fmadd_ps(d, q, acc[r][c]);
             }
         }
         if K == Q4_1 {
