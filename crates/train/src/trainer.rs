@@ -379,7 +379,7 @@ pub fn step_parallel(
     if let Some(dp) = dp {
         dp.average_losses(&mut losses)?;
     }
-    update(model, opt, hp, grads, &losses, layout, clip).map(|o| StepOutcome { dpo, ..o })
+    update(model, opt, hp, grads, &losses, layout, clip, dp).map(|o| StepOutcome { dpo, ..o })
 }
 
 /// One update: forward/backward over `micro` batches (gradients averaged), clip, the optimizer
@@ -408,6 +408,9 @@ pub fn step_with(
 }
 
 /// The update from the step's gradients and losses: norm, clip, the optimizer, and the one wait.
+/// Under ZeRO-1 (`dp` sharding the optimizer) `grads` are this rank's pieces of the gradients:
+/// the norm is summed over the ranks and the update is `DataParallel::zero_step`.
+#[allow(clippy::too_many_arguments)]
 fn update(
     model: &mut Model,
     opt: &mut Optimizer,
@@ -416,15 +419,24 @@ fn update(
     losses: &[Tensor],
     layout: &Layout,
     clip: f64,
+    dp: Option<&DataParallel>,
 ) -> Result<StepOutcome> {
     // Summed where the losses are, only for the skip flag; the mean is taken on the host below.
     let mut loss_sum = losses[0].clone();
     for l in &losses[1..] {
         loss_sum = elementwise::add(&loss_sum, l)?;
     }
-    let gnorm = timed("clip_grad_norm", || adamw::grad_norm(&grads.iter().collect::<Vec<_>>(), clip, Some(&loss_sum)))?;
+    let zero = dp.filter(|d| d.zero());
+    let refs: Vec<&Tensor> = grads.iter().collect();
+    let mut gnorm = timed("clip_grad_norm", || match zero {
+        Some(dp) => adamw::grad_norm_across(&refs, clip, Some(&loss_sum), |s| dp.sum_over_ranks(s)),
+        None => adamw::grad_norm(&refs, clip, Some(&loss_sum)),
+    })?;
     let decay = model.trainable_decays();
-    timed("optimizer", || opt.step(hp, model.trainable_mut(), &grads, &decay, Some(&gnorm)))?;
+    timed("optimizer", || match zero {
+        Some(dp) => dp.zero_step(opt, hp, model.trainable_mut(), &grads, &decay, &mut gnorm),
+        None => opt.step(hp, model.trainable_mut(), &grads, &decay, Some(&gnorm)),
+    })?;
     // The one wait of the step: everything above is queued; read the losses and the norm.
     let loss = update_loss(losses, layout)?;
     let (norm, _, skipped) = gnorm.read()?;
@@ -568,8 +580,18 @@ fn backward_mean(
         drop(p);
         acc = Some(accumulate(acc, gs)?);
     }
-    let grads = acc.context("no micro-batches")?;
-    Ok((grads.into_iter().map(mean).collect::<Result<_>>()?, losses, stats))
+    let grads: Vec<Tensor> = acc.context("no micro-batches")?.into_iter().map(mean).collect::<Result<_>>()?;
+    let Some(dp) = dp else {
+        return Ok((grads, losses, stats));
+    };
+    // DPO's micro-batches (no watched backward): averaged after the last one, in the order a
+    // backward would hand them over.
+    let n = grads.len();
+    let mut avg = crate::dist::Averager::new(dp);
+    for (i, g) in grads.into_iter().enumerate().rev() {
+        avg.push(i, g)?;
+    }
+    Ok((avg.finish(n)?.0, losses, stats))
 }
 
 /// Mean validation loss over deterministic windows, in the training loss's arithmetic: a
@@ -653,9 +675,15 @@ fn check_memory(mc: &ModelConfig, cfg: &TrainConfig) -> Result<()> {
     // The estimate counts f32 activations; bf16 ones (a GPU's default) take half, as would half the tokens.
     let act_scale = if cfg.device.activation_dtype() == smelt_core::DType::F32 { 1.0 } else { 0.5 };
     let mut need = smelt_model::memory::training_bytes(mc, tokens * act_scale, cfg.grad_checkpoint);
+    let mut trained = smelt_model::memory::params(mc);
     if let Some(l) = &cfg.lora {
         // The base keeps only its weights (no gradients, no moments); the adapter has all four.
         need += 16.0 * l.n_params(mc) as f64 - 12.0 * smelt_model::memory::params(mc);
+        trained = l.n_params(mc) as f64;
+    }
+    if cfg.parallel.as_ref().is_some_and(|p| p.zero()) && cfg.optimizer == OptimizerKind::AdamW {
+        // ZeRO-1: each rank keeps 1/N of AdamW's two f32 moments.
+        need -= 8.0 * trained * (1.0 - 1.0 / ranks as f64);
     }
     let what = format!(
         "training a {:.0}-parameter model (--batch-size {} --seq-len {}{})",
@@ -926,6 +954,18 @@ fn run_full(
             (model, tok, opt, cfg, 0, smelt_files::staging::unique_id(), 0)
         }
     };
+    if let Some(p) = cfg.parallel.as_mut() {
+        match (p.zero, cfg.optimizer) {
+            (Some(true), OptimizerKind::Muon) => bail!(
+                "--zero 1 shards AdamW's state, and --optimizer muon updates whole matrices: use --zero 0 with Muon"
+            ),
+            (None, OptimizerKind::Muon) => p.zero = Some(false),
+            _ => {}
+        }
+        if p.zero() {
+            opt = p.shard_optimizer(opt)?;
+        }
+    }
     if cfg.parallel.as_ref().is_some_and(|p| p.world_size() > 1) {
         if cfg.sft.is_some() {
             bail!("smelt sft trains on one GPU for now: its token-weighted micro-batches are not split among ranks yet (drop --nproc / run one process)");
@@ -967,12 +1007,13 @@ fn run_full(
     opt.to_device(cfg.device)?;
     match &cfg.parallel {
         Some(p) if lead => eprintln!(
-            "training on {} ranks (this is rank 0, on {}); --batch-size {} split {} rows per rank, gradients averaged in {:?}",
+            "training on {} ranks (this is rank 0, on {}); --batch-size {} split {} rows per rank, gradients averaged in {:?}{}",
             p.world_size(),
             cfg.device,
             cfg.batch_size,
             cfg.batch_size / p.world_size(),
-            p.wire
+            p.wire,
+            if p.zero() { "; AdamW's state sharded among them (ZeRO-1)" } else { "" }
         ),
         None if cfg.device != smelt_core::Device::Cpu => eprintln!("training on {}", cfg.device),
         _ => {}
@@ -1080,6 +1121,11 @@ fn run_full(
         if let Some(b) = &bar {
             b.update(done, loss, tps, lr, val_loss, &note);
         }
+        // Under ZeRO-1 every rank takes part in gathering the optimizer state; rank 0 writes it.
+        let gathered = match cfg.parallel.as_ref().filter(|p| p.zero() && (is_ckpt || is_last)) {
+            Some(p) => Some(p.gather_optimizer(&opt, model.trainable())?),
+            None => None,
+        };
         if lead && (is_ckpt || is_last) {
             let state = TrainerState {
                 step: done,
@@ -1094,7 +1140,7 @@ fn run_full(
             } else {
                 cfg.checkpoint_dir.join(checkpoint::step_dir_name(done))
             };
-            checkpoint::save(&dir, &model, &tok, Some((&opt, &state)))?;
+            checkpoint::save(&dir, &model, &tok, Some((gathered.as_ref().unwrap_or(&opt), &state)))?;
             if is_ckpt {
                 checkpoint::rotate(&cfg.checkpoint_dir, cfg.keep_checkpoints, &run_id)?;
             }
