@@ -247,7 +247,7 @@ impl Nccl {
             bail!("reduce_scatter: {} elements do not split among {} ranks", buf.len, self.world);
         }
         let c = buf.len / self.world;
-        let mut out = crate::cuda::DeviceBuf::alloc(&self.gpu, buf.dtype, c)?;
+        let out = crate::cuda::DeviceBuf::alloc(&self.gpu, buf.dtype, c)?;
         let (src, dst) = (buf.ptr() as *const c_void, out.ptr() as *mut c_void);
         let avg = sys::ncclRedOp_t::ncclAvg as c_int;
         let s = stream.cu_stream() as *mut c_void;
