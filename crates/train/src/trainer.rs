@@ -314,6 +314,13 @@ pub struct Layout {
     /// The micro-batches are DPO pairs (chosen rows, then rejected rows), scored against these
     /// reference log-probabilities (`crate::dpo`) instead of by their mean token loss.
     pub dpo: Option<Arc<DpoLayout>>,
+    /// One rank's share of micro-batches drawn whole (`Update::share`: SFT examples, DPO pairs),
+    /// one per micro-batch: N × this rank's part of the micro-batch's loss tokens (DPO: pairs).
+    /// The rank's loss, a mean over its own part, is scaled by it (its backward seed too), so
+    /// the mean over the ranks is the micro-batch's loss over all its tokens; `weights` stay the
+    /// whole micro-batches'. 0: this rank's part is empty (it computes a stand-in row that
+    /// counts for nothing). `None`: 1 each.
+    pub scale: Option<Vec<f64>>,
 }
 
 impl Layout {
@@ -375,9 +382,12 @@ pub fn step_parallel(
     grad_checkpoint: bool,
     dp: Option<&DataParallel>,
 ) -> Result<StepOutcome> {
-    let (grads, mut losses, dpo) = backward_mean(model, micro, layout, grad_checkpoint, dp)?;
+    let (grads, mut losses, mut dpo) = backward_mean(model, micro, layout, grad_checkpoint, dp)?;
     if let Some(dp) = dp {
         dp.average_losses(&mut losses)?;
+        if let Some(s) = dpo.as_mut() {
+            s.sum_over_ranks(dp, model.device())?;
+        }
     }
     update(model, opt, hp, grads, &losses, layout, clip, dp).map(|o| StepOutcome { dpo, ..o })
 }
@@ -524,12 +534,15 @@ fn backward_mean(
     let mut losses = Vec::with_capacity(n);
     let mut stats: Option<DpoStats> = None;
     for (m, (x, y)) in micro.iter().enumerate() {
+        let scale = layout.scale.as_ref().map_or(1.0, |s| s[m]);
         if let Some(d) = &layout.dpo {
             let w = layout.weights.as_ref().map_or(1.0 / micro.len() as f64, |w| w[m]);
             let reference = d.reference.get(m).context("DPO: no reference log-probabilities for a micro-batch")?;
-            let (gs, s) = crate::dpo::backward(model, x, y, reference, d.beta, w, grad_checkpoint)?;
-            losses.push(Tensor::from_f32(vec![s.mean_loss() as f32], &[1])?.to_device(model.device())?);
-            stats.get_or_insert_with(DpoStats::default).add(&s);
+            let (gs, s) = crate::dpo::backward(model, x, y, reference, d.beta, w * scale, grad_checkpoint)?;
+            losses.push(Tensor::from_f32(vec![(s.mean_loss() * scale) as f32], &[1])?.to_device(model.device())?);
+            // A rank's stand-in pair (scale 0: its share is empty) is not counted.
+            let counted = if scale == 0.0 { DpoStats::default() } else { s };
+            stats.get_or_insert_with(DpoStats::default).add(&counted);
             acc = Some(accumulate(acc, gs)?);
             continue;
         }
@@ -543,8 +556,12 @@ fn backward_mean(
             }
             _ => model.loss_packed(&mut g, &p, x, y, seg, grad_checkpoint)?,
         };
-        losses.push(loss.tensor().clone());
-        let seed = Tensor::full(loss.tensor().shape(), layout.weights.as_ref().map_or(1.0, |w| w[m] as f32));
+        losses.push(match scale == 1.0 {
+            true => loss.tensor().clone(),
+            false => elementwise::scale(loss.tensor(), scale as f32)?,
+        });
+        let w = layout.weights.as_ref().map_or(1.0, |w| w[m]);
+        let seed = Tensor::full(loss.tensor().shape(), (w * scale) as f32);
         let vars = model.trainable_vars(&p);
         if let (Some(dp), true) = (dp, m + 1 == n) {
             let mut earlier: Vec<Option<Tensor>> = match acc.take() {
@@ -728,6 +745,87 @@ pub(crate) struct Update {
     pub tokens: u64,
 }
 
+impl Update {
+    /// This rank's share of an update drawn whole (SFT examples, DPO pairs) under `cfg.parallel`
+    /// (itself with one rank): its block of rows of each micro-batch (`Share::part`; DPO: its
+    /// block of pairs, their chosen and rejected rows), their segments and reference
+    /// log-probabilities, and `Layout::scale`. A rank whose block is empty (a short last batch
+    /// of an epoch) takes the first row (pair) as a stand-in that counts for nothing. The
+    /// tokens stay the whole update's (what the job trains on).
+    fn share(self, cfg: &TrainConfig) -> Result<Update> {
+        let Some(share) = cfg.parallel.as_ref().filter(|p| p.world_size() > 1).map(DataParallel::share) else {
+            return Ok(self);
+        };
+        let Update { micro, mut layout, tokens } = self;
+        if !layout.teacher.is_empty() {
+            bail!("internal error: an update is shared among ranks before its teacher logits are attached");
+        }
+        let world = share.world as f64;
+        let (mut out, mut scale, mut segments) = (Vec::new(), Vec::new(), Vec::new());
+        let mut reference = Vec::new();
+        for (m, (x, y)) in micro.iter().enumerate() {
+            let (rows, t) = (x.rows(), x.cols());
+            let (units, part) = match &layout.dpo {
+                Some(d) => {
+                    let pairs = d.reference.get(m).context("DPO: no reference log-probabilities for a micro-batch")?;
+                    (pairs.len(), share.part(pairs.len()))
+                }
+                None => (rows, share.part(rows)),
+            };
+            let stand_in = part.is_empty();
+            let block = if stand_in { 0..1 } else { part.clone() };
+            let picked: Vec<usize> = match &layout.dpo {
+                Some(_) => block.clone().chain(block.clone().map(|j| units + j)).collect(),
+                None => block.clone().collect(),
+            };
+            let xs = take_rows(x, &picked, t)?;
+            let mut ys = take_rows(y, &picked, t)?;
+            let counted = |y: &Tensor| -> Result<usize> { Ok(y.as_u32()?.iter().filter(|&&v| v != IGNORE).count()) };
+            let s = match &layout.dpo {
+                Some(d) => {
+                    reference.push(d.reference[m][block.clone()].to_vec());
+                    if stand_in {
+                        0.0
+                    } else {
+                        world * part.len() as f64 / units as f64
+                    }
+                }
+                None if stand_in => {
+                    ys = Tensor::from_u32(vec![IGNORE; t], &[1, t])?;
+                    0.0
+                }
+                None => match counted(y)? {
+                    0 => 0.0,
+                    all => world * counted(&ys)? as f64 / all as f64,
+                },
+            };
+            if let Some(seg) = layout.segments.get(m).and_then(Option::as_ref) {
+                let starts = match stand_in {
+                    true => vec![0; t],
+                    false => seg.starts[block.start * t..block.end * t].to_vec(),
+                };
+                segments.push(Some(Arc::new(Segments::new(picked.len(), t, starts)?)));
+            } else {
+                segments.push(None);
+            }
+            out.push((xs, ys));
+            scale.push(s);
+        }
+        if let Some(d) = &layout.dpo {
+            layout.dpo = Some(Arc::new(DpoLayout { beta: d.beta, reference }));
+        }
+        layout.segments = segments;
+        layout.scale = Some(scale);
+        Ok(Update { micro: out, layout, tokens })
+    }
+}
+
+/// Rows `rows` of a (B, t) u32 tensor of token ids, as a (rows.len(), t) tensor.
+fn take_rows(x: &Tensor, rows: &[usize], t: usize) -> Result<Tensor> {
+    let v = x.as_u32()?;
+    Tensor::from_u32(rows.iter().flat_map(|&r| v[r * t..(r + 1) * t].iter().copied()).collect(), &[rows.len(), t])
+}
+
 /// Where the batches of a run come from: random windows of a token file (pretraining) or
 /// JSONL examples (SFT, `crate::sft`).
 pub(crate) enum Data {
@@ -800,8 +898,9 @@ impl Data {
                 let tokens = (cfg.batch_size * cfg.seq_len * cfg.grad_accum) as u64;
                 Ok(Update { micro, layout: Layout::default(), tokens })
             }
-            Data::Sft(d) => d.update(step, cfg.grad_accum),
-            Data::Dpo(d) => d.update(step, cfg.grad_accum),
+            // Drawn whole on every rank (cheap: token ids), then cut to this rank's share.
+            Data::Sft(d) => d.update(step, cfg.grad_accum)?.share(cfg),
+            Data::Dpo(d) => d.update(step, cfg.grad_accum)?.share(cfg),
         }
     }
 
@@ -967,14 +1066,8 @@ fn run_full(
         }
     }
     if cfg.parallel.as_ref().is_some_and(|p| p.world_size() > 1) {
-        if cfg.sft.is_some() {
-            bail!("smelt sft trains on one GPU for now: its token-weighted micro-batches are not split among ranks yet (drop --nproc / run one process)");
-        }
         if cfg.distill.is_some() {
             bail!("smelt distill trains in one process for now: its teacher's logits are not split among ranks yet (drop --nproc / run one process)");
-        }
-        if cfg.dpo.is_some() {
-            bail!("smelt dpo trains in one process for now: its pairs and reference log-probabilities are not split among ranks yet (drop --nproc / run one process)");
         }
     }
     model.to_device(cfg.device)?;

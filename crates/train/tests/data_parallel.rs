@@ -9,6 +9,7 @@
 //!   reverse, continuing the curve.
 
 mod common;
+use common::{max_rel, run_ranks};
 
 use smelt_core::dist::ThreadGroup;
 use smelt_core::DType;
@@ -25,23 +26,6 @@ fn setup(d: &Path) -> TrainConfig {
     TrainConfig { batch_size: 4, steps: 8, checkpoint_interval: 4, ..common::tiny_run(d) }
 }
 
-/// Runs `cfg` as `world` ranks (threads), ZeRO-1 as `zero` says (None: the default); rank 0
-/// writes `cfg.checkpoint_dir`. Small buckets, so several are sent per update.
-fn run_ranks(cfg: &TrainConfig, world: usize, zero: Option<bool>, resume: Option<&Path>) {
-    let handles: Vec<_> = ThreadGroup::new(world)
-        .into_iter()
-        .map(|g| {
-            let mut c = cfg.clone();
-            c.parallel = Some(DataParallel::new(Arc::new(g), DType::F32, 16 << 10).with_zero(zero));
-            let resume = resume.map(Path::to_path_buf);
-            std::thread::spawn(move || smelt_train::run(c, resume.as_deref()).map(|_| ()))
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap().unwrap();
-    }
-}
-
 fn losses(metrics: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(metrics)
         .unwrap()
@@ -51,17 +35,6 @@ fn losses(metrics: &Path) -> Vec<(u64, f64)> {
             (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
         })
         .collect()
-}
-
-fn max_rel(a: &[(u64, f64)], b: &[(u64, f64)]) -> f64 {
-    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
-    a.iter()
-        .zip(b)
-        .map(|((sa, la), (sb, lb))| {
-            assert_eq!(sa, sb);
-            ((la - lb) / lb).abs()
-        })
-        .fold(0.0, f64::max)
 }
 
 #[test]
