@@ -409,7 +409,7 @@ impl DpoData {
             dpo: Some(Arc::new(DpoLayout { beta: self.beta, reference })),
             ..Layout::default()
         };
-        Ok(Update { micro, layout, tokens })
+        Ok(Update { micro, layout, tokens, rows: None })
     }
 
     pub(crate) fn has_val(&self) -> bool {

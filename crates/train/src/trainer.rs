@@ -27,6 +27,7 @@ use smelt_data::{Batcher, Share, TokenFile};
 use smelt_model::{presets, Model, ModelConfig};
 use smelt_tokenizer::Tokenizer;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -743,6 +744,9 @@ pub(crate) struct Update {
     pub micro: Vec<(Tensor, Tensor)>,
     pub layout: Layout,
     pub tokens: u64,
+    /// On one rank of several: for each micro-batch, the rows of the whole micro-batch this
+    /// rank holds, and the whole's count of rows (what a teacher logits file holds). None: all.
+    pub rows: Option<Vec<(Range<usize>, usize)>>,
 }
 
 impl Update {
@@ -756,12 +760,12 @@ impl Update {
         let Some(share) = cfg.parallel.as_ref().filter(|p| p.world_size() > 1).map(DataParallel::share) else {
             return Ok(self);
         };
-        let Update { micro, mut layout, tokens } = self;
+        let Update { micro, mut layout, tokens, .. } = self;
         if !layout.teacher.is_empty() {
             bail!("internal error: an update is shared among ranks before its teacher logits are attached");
         }
         let world = share.world as f64;
-        let (mut out, mut scale, mut segments) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut out, mut scale, mut segments, mut held) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut reference = Vec::new();
         for (m, (x, y)) in micro.iter().enumerate() {
             let (rows, t) = (x.rows(), x.cols());
@@ -810,13 +814,14 @@ impl Update {
             }
             out.push((xs, ys));
             scale.push(s);
+            held.push((block, rows));
         }
         if let Some(d) = &layout.dpo {
             layout.dpo = Some(Arc::new(DpoLayout { beta: d.beta, reference }));
         }
         layout.segments = segments;
         layout.scale = Some(scale);
-        Ok(Update { micro: out, layout, tokens })
+        Ok(Update { micro: out, layout, tokens, rows: Some(held) })
     }
 }
 
@@ -896,7 +901,11 @@ impl Data {
                     })
                     .collect::<Result<_>>()?;
                 let tokens = (cfg.batch_size * cfg.seq_len * cfg.grad_accum) as u64;
-                Ok(Update { micro, layout: Layout::default(), tokens })
+                let rows = match share.world > 1 {
+                    true => Some(vec![(share.rows(cfg.batch_size)?, cfg.batch_size); cfg.grad_accum]),
+                    false => None,
+                };
+                Ok(Update { micro, layout: Layout::default(), tokens, rows })
             }
             // Drawn whole on every rank (cheap: token ids), then cut to this rank's share.
             Data::Sft(d) => d.update(step, cfg.grad_accum)?.share(cfg),
@@ -1065,11 +1074,6 @@ fn run_full(
             opt = p.shard_optimizer(opt)?;
         }
     }
-    if cfg.parallel.as_ref().is_some_and(|p| p.world_size() > 1) {
-        if cfg.distill.is_some() {
-            bail!("smelt distill trains in one process for now: its teacher's logits are not split among ranks yet (drop --nproc / run one process)");
-        }
-    }
     model.to_device(cfg.device)?;
     let data = Data::open_run(&cfg, &tok, &mut model, start)?;
     if let Some(steps) = data.steps_for_epochs(cfg.grad_accum) {
@@ -1159,7 +1163,7 @@ fn run_full(
         if let Some((t, o)) = &distill {
             t.attach(&mut update, step_index, *o)?;
         }
-        let Update { micro, layout, tokens: tokens_per_step } = update;
+        let Update { micro, layout, tokens: tokens_per_step, .. } = update;
         if let Some(a) = &model.adapter {
             a.begin_step(cfg.seed, step_index); // its dropout masks: a function of (seed, step)
         }

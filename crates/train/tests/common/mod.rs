@@ -85,6 +85,17 @@ pub fn visible_weights(base: smelt_model::Model, seed: u64) -> smelt_model::Mode
 /// (`smelt_core::dist::ThreadGroup`), ZeRO-1 as `zero` says (None: the default, on with two or
 /// more); rank 0 writes `cfg.checkpoint_dir`. Small buckets, so several are sent per update.
 pub fn run_ranks(cfg: &TrainConfig, world: usize, zero: Option<bool>, resume: Option<&Path>) {
+    let resume = resume.map(Path::to_path_buf);
+    run_ranks_with(cfg, world, zero, move |c| smelt_train::run(c, resume.as_deref()).map(|_| ()));
+}
+
+/// `run_ranks` with each rank's run given: `run(its settings)`.
+pub fn run_ranks_with(
+    cfg: &TrainConfig,
+    world: usize,
+    zero: Option<bool>,
+    run: impl Fn(TrainConfig) -> anyhow::Result<()> + Clone + Send + 'static,
+) {
     use std::sync::Arc;
     let handles: Vec<_> = smelt_core::dist::ThreadGroup::new(world)
         .into_iter()
@@ -92,8 +103,8 @@ pub fn run_ranks(cfg: &TrainConfig, world: usize, zero: Option<bool>, resume: Op
             let mut c = cfg.clone();
             let dp = smelt_train::DataParallel::new(Arc::new(g), smelt_core::DType::F32, 16 << 10);
             c.parallel = Some(dp.with_zero(zero));
-            let resume = resume.map(Path::to_path_buf);
-            std::thread::spawn(move || smelt_train::run(c, resume.as_deref()).map(|_| ()))
+            let run = run.clone();
+            std::thread::spawn(move || run(c))
         })
         .collect();
     for h in handles {
