@@ -239,20 +239,30 @@ impl Nccl {
         })
     }
 
-    /// This rank's piece of the mean of `t` (flat, `world` pieces), in a new buffer, on `stream`.
-    fn reduce_scatter_avg(&self, t: &Tensor, stream: &CudaStream) -> Result<Tensor> {
+    /// An uninitialised buffer for this rank's piece of `t` (flat, `world` pieces). Allocated
+    /// on the compute stream, before the communication stream waits for it: memory the
+    /// compute stream is still to release must not reach the other stream.
+    fn piece_buffer(&self, t: &Tensor) -> Result<Tensor> {
         let buf = t.cuda_buf()?;
-        let dt = self.nccl_dtype(buf, "reduce_scatter")?;
         if buf.len % self.world != 0 {
             bail!("reduce_scatter: {} elements do not split among {} ranks", buf.len, self.world);
         }
         let c = buf.len / self.world;
-        let out = crate::cuda::DeviceBuf::alloc(&self.gpu, buf.dtype, c)?;
-        let (src, dst) = (buf.ptr() as *const c_void, out.ptr() as *mut c_void);
+        Tensor::from_device_buf(crate::cuda::DeviceBuf::alloc(&self.gpu, buf.dtype, c)?, &[c])
+    }
+
+    /// `piece` := this rank's piece of the mean of `t` over the ranks, on `stream`.
+    fn reduce_scatter_avg(&self, t: &Tensor, piece: &mut Tensor, stream: &CudaStream) -> Result<()> {
+        let buf = t.cuda_buf()?;
+        let dt = self.nccl_dtype(buf, "reduce_scatter")?;
+        let out = piece.cuda_buf_mut()?;
+        if out.len * self.world != buf.len || out.dtype != buf.dtype {
+            bail!("reduce_scatter: a piece of {} for {} elements over {} ranks", out.len, buf.len, self.world);
+        }
+        let (src, dst, c) = (buf.ptr() as *const c_void, out.ptr() as *mut c_void, out.len);
         let avg = sys::ncclRedOp_t::ncclAvg as c_int;
         let s = stream.cu_stream() as *mut c_void;
-        check(unsafe { (lib()?.reduce_scatter)(src, dst, c, dt as c_int, avg, self.raw, s) }, "ncclReduceScatter")?;
-        Tensor::from_device_buf(out, &[c])
+        check(unsafe { (lib()?.reduce_scatter)(src, dst, c, dt as c_int, avg, self.raw, s) }, "ncclReduceScatter")
     }
 }
 
@@ -298,17 +308,17 @@ impl Collective for Nccl {
         }))
     }
 
-    /// As `start_mean`, on the communicator's stream: the wire copies are made on the compute
-    /// stream, the pieces come back widened there after `Pending::finish`. The full tensors
-    /// are held until then.
+    /// As `start_mean`, on the communicator's stream: the wire copies and the pieces' buffers
+    /// are made on the compute stream first, the pieces come back widened there after
+    /// `Pending::finish`. The full tensors are held until then.
     fn start_scatter_mean(&self, bucket: Vec<Tensor>, wire: DType) -> Result<Pending> {
         let sent: Vec<Tensor> = bucket.iter().map(|t| t.to_dtype(wire)).collect::<Result<_>>()?;
+        let mut pieces: Vec<Tensor> = sent.iter().map(|t| self.piece_buffer(t)).collect::<Result<_>>()?;
         let stream_err = |e| anyhow!("{:?}: ordering the streams: {e:?}", self.gpu);
         self.comm_stream.join(&self.gpu.stream).map_err(stream_err)?;
-        let mut pieces = Vec::with_capacity(sent.len());
         in_group(|| {
-            for t in &sent {
-                pieces.push(self.reduce_scatter_avg(t, &self.comm_stream)?);
+            for (t, p) in sent.iter().zip(pieces.iter_mut()) {
+                self.reduce_scatter_avg(t, p, &self.comm_stream)?;
             }
             Ok(())
         })?;
