@@ -201,6 +201,38 @@ impl Collective for ThreadGroup {
 mod tests {
     use super::*;
 
+    /// Reduce-scatter gives each rank its piece of `all_reduce_mean`'s mean; all-gather puts the
+    /// pieces back in rank order; the f64 sum is exact in f64.
+    #[test]
+    fn threads_scatter_gather_and_sum_f64() {
+        let handles: Vec<_> = ThreadGroup::new(2)
+            .into_iter()
+            .map(|g| {
+                std::thread::spawn(move || {
+                    let r = g.rank() as f32;
+                    let t = Tensor::from_f32(vec![r, 1.0 + r, 2.0 * r, 3.0], &[4]).unwrap();
+                    let piece = g.start_scatter_mean(vec![t], DType::F32).unwrap().finish().unwrap().remove(0);
+                    let mut whole = [Tensor::zeros(&[4])];
+                    g.all_gather_into(std::slice::from_ref(&piece), &mut whole).unwrap();
+                    let mut s = super::super::f64_words(&[0.1 + g.rank() as f64, 1e300], Device::Cpu).unwrap();
+                    g.all_reduce_sum_f64(&mut s).unwrap();
+                    (
+                        g.rank(),
+                        piece.to_vec_f32().unwrap(),
+                        whole[0].to_vec_f32().unwrap(),
+                        super::super::f64_values(&s).unwrap(),
+                    )
+                })
+            })
+            .collect();
+        for h in handles {
+            let (rank, piece, whole, sum) = h.join().unwrap();
+            assert_eq!(whole, [0.5, 1.5, 1.0, 3.0]);
+            assert_eq!(piece, whole[2 * rank..2 * rank + 2]);
+            assert_eq!(sum, [0.1 + 1.1, 2e300]);
+        }
+    }
+
     #[test]
     fn threads_average_in_f32_and_bf16() {
         let handles: Vec<_> = ThreadGroup::new(3)
