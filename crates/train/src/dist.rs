@@ -171,10 +171,10 @@ impl DataParallel {
         Ok(Optimizer::from_adamw(AdamWState { m: cut(a.m)?, v: cut(a.v)?, t: a.t }))
     }
 
-    /// The whole AdamW state for `params`, gathered on the host from every rank's pieces
-    /// (every rank calls it; rank 0 writes it to a checkpoint). One tensor at a time, so a GPU
-    /// holds one whole moment tensor more at most.
-    pub(crate) fn gather_optimizer(&self, opt: &Optimizer, params: &[Tensor]) -> Result<Optimizer> {
+    /// The whole AdamW state for `params`, gathered from every rank's pieces: every rank takes
+    /// part, rank 0 gets it (on the host, for a checkpoint), the others `None`. One tensor at a
+    /// time, so a GPU holds one whole moment tensor more at most.
+    pub(crate) fn gather_optimizer(&self, opt: &Optimizer, params: &[Tensor]) -> Result<Option<Optimizer>> {
         let a = &opt.adamw;
         if a.m.len() != params.len() {
             bail!("ZeRO-1: optimizer state for {} tensors, {} parameters", a.m.len(), params.len());
@@ -189,11 +189,17 @@ impl DataParallel {
                         [Tensor::zeros_typed(&[piece.numel() * self.world_size()], piece.device(), piece.dtype())?];
                     self.comm.all_gather_into(std::slice::from_ref(piece), &mut out)?;
                     let [o] = out;
-                    o.reshape(&[o.numel(), 1])?.narrow_rows(0, n)?.reshape(p.shape())?.to_device(Device::Cpu)
+                    match self.is_lead() {
+                        true => {
+                            o.reshape(&[o.numel(), 1])?.narrow_rows(0, n)?.reshape(p.shape())?.to_device(Device::Cpu)
+                        }
+                        false => Ok(Tensor::zeros(&[0])),
+                    }
                 })
                 .collect()
         };
-        Ok(Optimizer::from_adamw(AdamWState { m: whole(&a.m)?, v: whole(&a.v)?, t: a.t }))
+        let (m, v) = (whole(&a.m)?, whole(&a.v)?);
+        Ok(self.is_lead().then(|| Optimizer::from_adamw(AdamWState { m, v, t: a.t })))
     }
 
     /// Adds the f64 values of `t` (`smelt_core::dist::f64_words`) over the ranks.
@@ -298,9 +304,12 @@ mod tests {
                         (3 * dp.rank()..3 * dp.rank() + 3).map(|k| if k < 7 { k as f32 } else { 0.0 }).collect();
                     assert_eq!(opt.adamw.m[0].as_f32().unwrap(), want);
                     let back = dp.gather_optimizer(&opt, &params).unwrap();
-                    assert_eq!(back.adamw.t, 5);
-                    for (a, b) in back.adamw.m.iter().chain(&back.adamw.v).zip(params.iter().chain(&params)) {
-                        assert_eq!((a.shape(), a.as_f32().unwrap()), (b.shape(), b.as_f32().unwrap()));
+                    assert_eq!(back.is_some(), dp.is_lead(), "rank 0 alone gets the whole state");
+                    if let Some(back) = back {
+                        assert_eq!(back.adamw.t, 5);
+                        for (a, b) in back.adamw.m.iter().chain(&back.adamw.v).zip(params.iter().chain(&params)) {
+                            assert_eq!((a.shape(), a.as_f32().unwrap()), (b.shape(), b.as_f32().unwrap()));
+                        }
                     }
                     let pieces: Vec<Tensor> = params.iter().map(|p| dp.piece(p).unwrap()).collect();
                     let mut wholes: Vec<Tensor> = sizes.iter().map(|&n| Tensor::zeros(&[n])).collect();

@@ -1104,11 +1104,10 @@ fn run_full(
     opt.to_device(cfg.device)?;
     match &cfg.parallel {
         Some(p) if lead => eprintln!(
-            "training on {} ranks (this is rank 0, on {}); --batch-size {} split {} rows per rank, gradients averaged in {:?}{}",
+            "training on {} ranks (this is rank 0, on {}); each reads its block of every batch's rows (--batch-size {} is the global batch), gradients averaged in {:?}{}",
             p.world_size(),
             cfg.device,
             cfg.batch_size,
-            cfg.batch_size / p.world_size(),
             p.wire,
             if p.zero() { "; AdamW's state sharded among them (ZeRO-1)" } else { "" }
         ),
@@ -1220,7 +1219,7 @@ fn run_full(
         }
         // Under ZeRO-1 every rank takes part in gathering the optimizer state; rank 0 writes it.
         let gathered = match cfg.parallel.as_ref().filter(|p| p.zero() && (is_ckpt || is_last)) {
-            Some(p) => Some(p.gather_optimizer(&opt, model.trainable())?),
+            Some(p) => p.gather_optimizer(&opt, model.trainable())?,
             None => None,
         };
         if lead && (is_ckpt || is_last) {
