@@ -32,8 +32,8 @@ pub struct ParallelFlags {
     /// are reduce-scattered, each GPU updates its piece of the weights, and the pieces are
     /// all-gathered), 0 keeps the whole state on every GPU. Default: 1 with more than one
     /// process (not with --optimizer muon, which updates whole matrices). Checkpoints are the
-    /// same either way.
-    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=1))]
+    /// same either way. Ignored by a plain run (no --nproc, no launcher's WORLD_SIZE).
+    #[arg(long, value_name = "0|1", value_parser = clap::value_parser!(u8).range(0..=1))]
     pub zero: Option<u8>,
 }
 
