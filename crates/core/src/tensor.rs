@@ -502,6 +502,12 @@ impl Tensor {
         }
     }
 
+    /// How many tensors share this one's storage (itself included): a kernel may write a
+    /// buffer in place only when no other tensor can observe it.
+    pub(crate) fn storage_refs(&self) -> usize {
+        Arc::strong_count(&self.storage)
+    }
+
     /// The device buffer for writing in place; copied first if shared with another tensor.
     /// Drops any cached bf16 copy, which the write would make stale.
     pub fn cuda_buf_mut(&mut self) -> Result<&mut crate::cuda::DeviceBuf> {

@@ -31,8 +31,13 @@ pub struct Decoder<'m> {
     step: Option<Captured>,
 }
 
-/// Whether decode steps on a GPU are captured (`SMELT_CUDA_GRAPH=0` says no).
+/// Whether decode steps on a GPU are captured (`SMELT_CUDA_GRAPH=0` says no; so does the
+/// kernel-by-kernel profile, `SMELT_CUDA_PROFILE=1`, whose waits a capture forbids).
 fn capture_enabled() -> bool {
+    #[cfg(feature = "cuda")]
+    if smelt_core::cuda::profile::enabled() {
+        return false;
+    }
     std::env::var("SMELT_CUDA_GRAPH").map_or(true, |v| v != "0")
 }
 

@@ -33,6 +33,29 @@ template <typename T> union V16 {
 };
 __device__ __forceinline__ bool aligned16(const void* p) { return (((unsigned long long)p) & 15ull) == 0; }
 
+// 8 consecutive elements as f32, and back (rounded once): one 16-byte access for bf16, two for
+// f32. p must be 16-byte aligned.
+__device__ __forceinline__ void load8(const float* p, float* o) {
+    float4 a = ((const float4*)p)[0], b = ((const float4*)p)[1];
+    o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+}
+__device__ __forceinline__ void load8(const bf16_t* p, float* o) {
+    V16<bf16_t> v;
+    v.u = *(const uint4*)p;
+#pragma unroll
+    for (int k = 0; k < 8; k++) o[k] = bf2f(v.e[k]);
+}
+__device__ __forceinline__ void store8(float* p, const float* v) {
+    ((float4*)p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    ((float4*)p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+__device__ __forceinline__ void store8(bf16_t* p, const float* v) {
+    V16<bf16_t> o;
+#pragma unroll
+    for (int k = 0; k < 8; k++) o.e[k] = f2bf(v[k]);
+    *(uint4*)p = o.u;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

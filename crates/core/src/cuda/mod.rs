@@ -183,7 +183,9 @@ pub mod profile {
         by_name: HashMap<String, (f64, u64)>,
     }
 
-    fn enabled() -> bool {
+    /// Whether kernels are being timed one by one (a stream being waited on after every
+    /// launch cannot be captured into a graph: decode runs uncaptured then).
+    pub fn enabled() -> bool {
         static ON: OnceLock<bool> = OnceLock::new();
         *ON.get_or_init(|| std::env::var("SMELT_CUDA_PROFILE").is_ok_and(|v| v != "0"))
     }

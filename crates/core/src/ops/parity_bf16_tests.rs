@@ -164,7 +164,8 @@ fn parity_bf16_rmsnorm_and_fused_residual() {
     let Some(d) = dev() else { return };
     let _mixed = Mixed::on();
     let mut r = Rng::new(seed());
-    for (n, c) in [(70, 48), (5, 1000), (300, 256)] {
+    // Few rows (several warps a row) and many (one warp a row), vectorised (c % 8 == 0) or not.
+    for (n, c) in [(70, 48), (5, 1000), (300, 256), (1, 2048), (3, 4100), (1100, 768), (1030, 100)] {
         let (x, res, w, dy) = (
             randn(&mut r, &[n, c], 1.0),
             randn(&mut r, &[n, c], 1.0),
@@ -297,19 +298,22 @@ fn parity_bf16_chunked_linear_cross_entropy() {
     // CPU sees the operands the GPU multiplies.
     let (h, w) = (bf(&randn(&mut r, &[n, c], 1.0)), bf(&randn(&mut r, &[v, c], 0.2)));
     let t = ids(&mut r, n, v);
-    let run = |h: &Tensor, w: &Tensor| {
-        let mut g = crate::Graph::training();
-        let (hv, wv) = (g.leaf(h.clone(), true), g.leaf(w.clone(), true));
-        let loss = g.linear_cross_entropy(&hv, &wv, &t, 16, 700).unwrap(); // 5 vocabulary slices
-        let l = loss.tensor().clone();
-        let gr = g.backward(&loss).unwrap();
-        (l, gr.get(&hv).unwrap().clone(), gr.get(&wv).unwrap().clone())
-    };
-    let (lc, dhc, dwc) = run(&h, &w);
-    let (lg, dhg, dwg) = run(&upb(&h, d), &up(&w, d));
-    check("linear+ce chunked loss (bf16 logits)", &lg, DType::F32, &lc, BF16_CHAIN);
-    check("linear+ce chunked dh", &dhg, DType::BF16, &dhc, BF16_CHAIN);
-    check("linear+ce chunked dw", &dwg, DType::F32, &dwc, BF16_CHAIN);
+    // Slices of 700 ids (scalar accesses: 700 % 8 != 0) and of 1000 (16-byte accesses).
+    for vocab in [700, 1000] {
+        let run = |h: &Tensor, w: &Tensor| {
+            let mut g = crate::Graph::training();
+            let (hv, wv) = (g.leaf(h.clone(), true), g.leaf(w.clone(), true));
+            let loss = g.linear_cross_entropy(&hv, &wv, &t, 16, vocab).unwrap();
+            let l = loss.tensor().clone();
+            let gr = g.backward(&loss).unwrap();
+            (l, gr.get(&hv).unwrap().clone(), gr.get(&wv).unwrap().clone())
+        };
+        let (lc, dhc, dwc) = run(&h, &w);
+        let (lg, dhg, dwg) = run(&upb(&h, d), &up(&w, d));
+        check(&format!("linear+ce chunked loss (bf16 logits, slices of {vocab})"), &lg, DType::F32, &lc, BF16_CHAIN);
+        check(&format!("linear+ce chunked dh (slices of {vocab})"), &dhg, DType::BF16, &dhc, BF16_CHAIN);
+        check(&format!("linear+ce chunked dw (slices of {vocab})"), &dwg, DType::F32, &dwc, BF16_CHAIN);
+    }
 }
 
 #[test]
@@ -420,7 +424,7 @@ fn parity_bf16_linear() {
         check(&format!("{label} dw"), &dwg, DType::F32, &dwc, BF16_MM_F32);
         check(&format!("{label} db"), &dbg.unwrap(), DType::F32, dbc.as_ref().unwrap(), F32_NMSE);
         // The weight's bf16 copy is made once and kept on its buffer until the weight is
-        // written (AdamW), which drops it.
+        // written, which drops it (AdamW rewrites it instead: parity_bf16_adamw_keeps_copy).
         assert!(wg.cuda_buf().unwrap().bf16_shadow.get().is_some(), "{label}: no cached bf16 copy of the weight");
         let mut w2 = wg.clone();
         drop(wg);
@@ -465,4 +469,63 @@ fn parity_dtype_mismatches_are_errors() {
     let mut cache = up(&Tensor::zeros(&[64]), d);
     let e = format!("{:#}", cache.write_at(0, &ab).expect_err("write_at of bf16 rows into an f32 cache"));
     assert!(e.contains("write_at"), "{e}");
+}
+
+/// AdamW writes the bf16 copy of each weight that has one from the updated f32 value (so no
+/// cast pass follows the step): the copy after a step is the new master rounded to bf16, at the
+/// same address; a weight without a copy gets none.
+#[test]
+fn parity_bf16_adamw_keeps_copy() {
+    let Some(d) = dev() else { return };
+    let _mixed = Mixed::on();
+    let mut r = Rng::new(seed());
+    let o = ops::adamw::AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    let (m, k) = (40, 24);
+    let x = upb(&bf(&randn(&mut r, &[3, k], 1.0)), d);
+    let mut p = vec![up(&randn(&mut r, &[m, k], 0.1), d), up(&randn(&mut r, &[m], 0.1), d)];
+    ops::matmul::linear(&x, &p[0], None).unwrap(); // makes the weight's copy
+    let before = p[0].cuda_buf().unwrap().bf16_shadow.get().unwrap().cuda_buf().unwrap().ptr();
+    let g: Vec<Tensor> = p.iter().map(|t| up(&randn(&mut r, t.shape(), 1.0), d)).collect();
+    let mut mm: Vec<Tensor> = p.iter().map(|t| up(&Tensor::zeros(t.shape()), d)).collect();
+    let mut vv = mm.clone();
+    ops::adamw::cuda::adamw_multi(&o, 1, &[true, false], &mut p, &g, &mut mm, &mut vv, None).unwrap();
+    let copy = p[0].cuda_buf().unwrap().bf16_shadow.get().expect("AdamW dropped the weight's bf16 copy").clone();
+    assert_eq!(copy.cuda_buf().unwrap().ptr(), before, "the copy moved");
+    let want = p[0].to_dtype(DType::BF16).unwrap().to_device(Device::Cpu).unwrap();
+    assert_eq!(
+        copy.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().as_f32().unwrap(),
+        want.to_dtype(DType::F32).unwrap().as_f32().unwrap(),
+        "the bf16 copy is not the updated weight rounded"
+    );
+    assert!(p[1].cuda_buf().unwrap().bf16_shadow.get().is_none(), "a bias with no copy got one");
+}
+
+/// The forward with two 16-row tiles a warp (the default at head dim 64) gives the bits of the
+/// one-tile kernel: each row's operations run in the same order in both (causal, a window, a
+/// cache offset with spare rows, T not a multiple of either block's rows).
+#[test]
+fn parity_bf16_attention_two_tiles_a_warp() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    for (b, tq, tk, s, h, kvh, window) in
+        [(2, 130, 130, 130, 4, 2, None), (1, 300, 300, 300, 8, 2, Some(70)), (1, 70, 200, 210, 4, 1, None)]
+    {
+        let dm = ops::attention::AttnDims { b, tq, tk, s, h, kvh, d: 64, window };
+        let q = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
+        let k = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
+        let v = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
+        let run = |name: &str, rows: usize| {
+            let (o, l) = ops::attention::cuda::attention_with(&q, &k, &v, dm, 0.125, (name.into(), rows)).unwrap();
+            (o.to_device(Device::Cpu).unwrap(), l.to_device(Device::Cpu).unwrap())
+        };
+        let (o1, l1) = run("attn_tc_fwd1_d64", 64);
+        let (o2, l2) = run("attn_tc_fwd_d64", 128);
+        let label = format!("b{b} q{tq} k{tk} s{s} h{h}/{kvh} w{window:?}");
+        assert_eq!(
+            o1.to_dtype(DType::F32).unwrap().as_f32().unwrap(),
+            o2.to_dtype(DType::F32).unwrap().as_f32().unwrap(),
+            "{label}: out differs"
+        );
+        assert_eq!(l1.as_f32().unwrap(), l2.as_f32().unwrap(), "{label}: lse differs");
+    }
 }

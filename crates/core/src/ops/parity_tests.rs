@@ -103,6 +103,7 @@ fn kernels_compile() {
             ops::attention::cuda::TC_SRC,
             plain(&[
                 "attn_tc_fwd_d64",
+                "attn_tc_fwd1_d64",
                 "attn_tc_dq_d64",
                 "attn_tc_dkdv_d64",
                 "attn_tc_fwd_d128",
@@ -228,7 +229,8 @@ fn parity_elementwise_and_embedding() {
 fn parity_rmsnorm_and_fused_residual() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
-    for (n, c) in [(70, 48), (5, 1000), (300, 256)] {
+    // Few rows (several warps a row) and many (one warp a row), vectorised (c % 8 == 0) or not.
+    for (n, c) in [(70, 48), (5, 1000), (300, 256), (1, 2048), (3, 4100), (1100, 768), (1030, 100)] {
         let (x, res, w, dy) = (
             randn(&mut r, &[n, c], 1.0),
             randn(&mut r, &[n, c], 1.0),

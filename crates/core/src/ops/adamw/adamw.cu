@@ -2,13 +2,15 @@
 // no host round trip: the norm kernel leaves [norm, clip coefficient, skip flag] on the device
 // and AdamW reads them there.
 //
-// Tensor table `meta`: 7 int64 per tensor: p, g, m, v (device addresses), n, weight-decay flag,
-// the tensor's first block. A block covers CHUNK elements of one tensor; it finds its tensor by
+// Tensor table `meta`: 8 int64 per tensor: p, g, m, v (device addresses), n, weight-decay flag,
+// the tensor's first block, and the address of the parameter's bf16 copy (0: none) — the copy
+// mixed-precision matmuls read, written here from the updated value so that no cast pass over
+// every weight follows the step. A block covers CHUNK elements of one tensor; it finds its tensor by
 // a binary search over the first-block column (a few hundred tensors: ~8 cached reads), so the
 // only table is the small per-tensor one (no per-block table to build and upload each step).
 
 #define CHUNK 4096
-#define META 7
+#define META 8
 
 // The tensor of block `b` and the block's first element.
 __device__ __forceinline__ void block_of(const long long* meta, int nt, long long b, long long* ti, long long* start) {
@@ -105,6 +107,7 @@ extern "C" __global__ void adamw_multi_f32(const long long* meta, int nt, float*
     float* v = (float*)mt[3];
     long long n = mt[4];
     float decay = mt[5] ? decay_factor : 1.f;
+    bf16_t* pb = (bf16_t*)mt[7];
     long long end = start + CHUNK < n ? start + CHUNK : n;
     bool finite = true;
     for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
@@ -115,6 +118,7 @@ extern "C" __global__ void adamw_multi_f32(const long long* meta, int nt, float*
         float denom = sqrtf(vi) / bc2_sqrt + eps;
         float np = pi - step_size * mi / denom;
         p[i] = np;
+        if (pb) pb[i] = f2bf(np);
         m[i] = mi;
         v[i] = vi;
         finite = finite && isfinite(np);

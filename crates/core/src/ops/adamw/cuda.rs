@@ -20,17 +20,18 @@ fn upload(gpu: &Arc<Gpu>, v: &[i64]) -> Result<DeviceBuf> {
     DeviceBuf::from_bytes(gpu, DType::I32, v.len() * 2, &bytes)
 }
 
-/// (meta, number of tensors, number of blocks) for tensors given as [p, g, m, v] addresses,
-/// sizes and flags. Tensors of no elements get no blocks (and are never found by the search:
+/// (meta, number of tensors, number of blocks) for tensors given as [p, g, m, v, bf16 copy of p]
+/// addresses, sizes and flags. Tensors of no elements get no blocks (and are never found by the search:
 /// a block's tensor is the last one whose first block is ≤ it, which has ≥ 1 block).
-fn tables(gpu: &Arc<Gpu>, rows: &[[u64; 4]], sizes: &[usize], decay: &[bool]) -> Result<(DeviceBuf, i32, usize)> {
-    let mut meta = Vec::with_capacity(rows.len() * 7);
+fn tables(gpu: &Arc<Gpu>, rows: &[[u64; 5]], sizes: &[usize], decay: &[bool]) -> Result<(DeviceBuf, i32, usize)> {
+    let mut meta = Vec::with_capacity(rows.len() * 8);
     let mut nb = 0usize;
     for (i, r) in rows.iter().enumerate() {
-        meta.extend(r.iter().map(|&p| p as i64));
+        meta.extend(r[..4].iter().map(|&p| p as i64));
         meta.push(sizes[i] as i64);
         meta.push(decay.get(i).copied().unwrap_or(false) as i64);
         meta.push(nb as i64);
+        meta.push(r[4] as i64);
         nb += sizes[i].div_ceil(CHUNK);
     }
     Ok((upload(gpu, &meta)?, rows.len() as i32, nb))
@@ -45,7 +46,7 @@ fn sumsq_partials(grads: &[&Tensor]) -> Result<(Arc<Gpu>, DeviceBuf, i32)> {
     let mut rows = Vec::new();
     for g in grads {
         let [b] = cuda::f32_bufs([*g], "grad norm")?;
-        rows.push([0, b.ptr(), 0, 0]);
+        rows.push([0, b.ptr(), 0, 0, 0]);
     }
     let sizes: Vec<usize> = grads.iter().map(|g| g.numel()).collect();
     let (meta, nt, nb) = tables(&gpu, &rows, &sizes, &[])?;
@@ -143,6 +144,7 @@ pub fn adamw_multi(
     }
     let mut rows = Vec::with_capacity(n);
     let mut sizes = Vec::with_capacity(n);
+    let mut shadows = Vec::with_capacity(n);
     let mut gpu = None;
     for i in 0..n {
         if params[i].shape() != grads[i].shape()
@@ -157,13 +159,22 @@ pub fn adamw_multi(
             );
         }
         let [gb] = cuda::f32_bufs([&grads[i]], "adamw gradient")?;
+        // The parameter's bf16 copy (made by the first mixed-precision matmul that read it):
+        // rewritten by the step itself when nothing else holds it, then put back on the buffer
+        // (which the write below would otherwise drop, leaving a cast pass to the next use).
+        let copy = params[i].cuda_buf()?.bf16_shadow.get().cloned().filter(|t| t.storage_refs() == 2); // the lock's and this clone
+        let cp = match &copy {
+            Some(t) => t.cuda_buf()?.ptr(),
+            None => 0,
+        };
+        shadows.push(copy);
         let pb = params[i].cuda_buf_mut()?;
         pb.expect(DType::F32, "adamw parameter")?;
         gpu.get_or_insert_with(|| pb.gpu.clone());
         let pp = pb.ptr();
         let mp = m[i].cuda_buf_mut()?.ptr();
         let vp = v[i].cuda_buf_mut()?.ptr();
-        rows.push([pp, gb.ptr(), mp, vp]);
+        rows.push([pp, gb.ptr(), mp, vp, cp]);
         sizes.push(params[i].numel());
     }
     let gpu = gpu.ok_or_else(|| anyhow::anyhow!("adamw: no parameters"))?;
@@ -186,6 +197,12 @@ pub fn adamw_multi(
     l.arg(&decay_factor).arg(&b1).arg(&b2).arg(&step_size).arg(&bc2_sqrt).arg(&eps);
     let cfg = LaunchConfig { grid_dim: (nb as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     cuda::launched(unsafe { l.launch(cfg) }, "adamw_multi_f32")?;
+    // The copies now hold the updated values (or, for a skipped step, the unchanged ones).
+    for (p, copy) in params.iter().zip(shadows) {
+        if let Some(t) = copy {
+            let _ = p.cuda_buf()?.bf16_shadow.set(t);
+        }
+    }
     Ok(())
 }
 

@@ -144,6 +144,52 @@ __device__ __forceinline__ void mm_pm(float (*o)[4], const float (*p)[4], const 
     }
 }
 
+// The same two products for MT 16-row tiles of one warp: each B fragment read from shared
+// memory feeds MT products (with MT = 2 a warp's ldmatrix traffic per product halves, which is
+// what bounds the MT = 1 kernels: 4 warps each reading whole K and V tiles for 16 rows).
+template <int D, int BN, int MT>
+__device__ __forceinline__ void mm_abt_m(float (*s)[BN / 8][4], const unsigned (*a)[D / 16][4], const bf16_t* bt, int lane) {
+    constexpr int LD = D + 8;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+#pragma unroll
+        for (int nn = 0; nn < BN / 16; nn++) {
+            unsigned b[4];
+            load_b_nk<LD>(b, bt, nn * 16, ks * 16, lane);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                mma16816(s[mt][2 * nn], a[mt][ks], b[0], b[1]);
+                mma16816(s[mt][2 * nn + 1], a[mt][ks], b[2], b[3]);
+            }
+        }
+    }
+}
+template <int D, int BN, int MT>
+__device__ __forceinline__ void mm_pm_m(float (*o)[D / 8][4], const float (*p)[BN / 8][4], const bf16_t* m, int lane) {
+    constexpr int LD = D + 8;
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+        unsigned a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+            a[mt][0] = pack_bf16(p[mt][2 * kk][0], p[mt][2 * kk][1]);
+            a[mt][1] = pack_bf16(p[mt][2 * kk][2], p[mt][2 * kk][3]);
+            a[mt][2] = pack_bf16(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
+            a[mt][3] = pack_bf16(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int dn = 0; dn < D / 16; dn++) {
+            unsigned b[4];
+            load_b_kn<LD>(b, m, kk * 16, dn * 16, lane);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                mma16816(o[mt][2 * dn], a[mt], b[0], b[1]);
+                mma16816(o[mt][2 * dn + 1], a[mt], b[2], b[3]);
+            }
+        }
+    }
+}
+
 __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -170,43 +216,56 @@ __device__ __forceinline__ void store_rows(bf16_t* dst, const float (*o)[4], lon
     }
 }
 
-// Forward. grid (ceil(Tq/64), H, B), block 128, shared (64 + 4·BN)·(D+8) bf16.
-template <int D, int BN>
+// Forward. grid (ceil(Tq/(64·MT)), H, B), block 128, shared (64·MT + 4·BN)·(D+8) bf16. Each
+// warp owns MT tiles of 16 query rows (rows warp·16·MT + 16·mt + gq, +8); per row the order of
+// every operation is the same whatever MT, so MT = 1 and 2 give identical bits.
+template <int D, int BN, int MT>
 __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
                        int H, int KVH, int window, float scale) {
-    constexpr int LD = D + 8, KS = D / 16;
+    constexpr int LD = D + 8, KS = D / 16, ROWS = TC_ROWS * MT;
     extern __shared__ __align__(16) unsigned char tc_sm[];
     bf16_t* Qs = (bf16_t*)tc_sm;
-    bf16_t* Ks = Qs + TC_ROWS * LD;
+    bf16_t* Ks = Qs + ROWS * LD;
     bf16_t* Vs = Ks + 2 * BN * LD;
     int b = blockIdx.z, h = blockIdx.y, g = h / (H / KVH);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
     int off = tk - tq;
-    int i0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS;  // the longest (last) query tiles first
-    int ilast = min(tq - 1, i0 + TC_ROWS - 1);
+    int i0 = (gridDim.x - 1 - blockIdx.x) * ROWS;  // the longest (last) query tiles first
+    int ilast = min(tq - 1, i0 + ROWS - 1);
     int blo = tc_key_lo(off + i0, window), bhi = off + ilast + 1;
     int ntiles = (bhi - blo + BN - 1) / BN;
     const bf16_t* qh = q + (long long)h * D;
     const bf16_t* kh = k + (long long)g * D;
     const bf16_t* vh = v + (long long)g * D;
     long long qbase = (long long)b * tq, kbase = (long long)b * s;
-    load_rows<TC_ROWS, D>(Qs, qh, qbase, H * D, i0, tq);
+    load_rows<ROWS, D>(Qs, qh, qbase, H * D, i0, tq);
     load_rows<BN, D>(Ks, kh, kbase, KVH * D, blo, bhi);
     load_rows<BN, D>(Vs, vh, kbase, KVH * D, blo, bhi);
     cp_commit();
     cp_wait_all();
     __syncthreads();
-    unsigned qf[KS][4];
+    unsigned qf[MT][KS][4];
 #pragma unroll
-    for (int ks = 0; ks < KS; ks++) load_a<LD>(qf[ks], Qs, warp * 16, ks * 16, lane);
-    float o[D / 8][4];
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-    for (int nt = 0; nt < D / 8; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
-    float m0 = -SM_INF, m1 = -SM_INF, l0 = 0.f, l1 = 0.f;
+        for (int ks = 0; ks < KS; ks++) load_a<LD>(qf[mt][ks], Qs, warp * 16 * MT + mt * 16, ks * 16, lane);
+    float o[MT][D / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++) o[mt][nt][0] = o[mt][nt][1] = o[mt][nt][2] = o[mt][nt][3] = 0.f;
+    float m[MT][2], l[MT][2];
+    int pos[MT][2], lo[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            m[mt][hf] = -SM_INF;
+            l[mt][hf] = 0.f;
+            pos[mt][hf] = off + i0 + warp * 16 * MT + mt * 16 + gq + 8 * hf;
+            lo[mt][hf] = tc_key_lo(pos[mt][hf], window);
+        }
     const float sl2 = scale * LOG2E;
-    int r0 = i0 + warp * 16 + gq;
-    int pos0 = off + r0, pos1 = pos0 + 8;
-    int lo0 = tc_key_lo(pos0, window), lo1 = tc_key_lo(pos1, window);
     for (int t = 0; t < ntiles; t++) {
         int j0 = blo + t * BN;
         if (t > 0) {
@@ -221,63 +280,70 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
         cp_commit();
         const bf16_t* Kt = Ks + (t & 1) * BN * LD;
         const bf16_t* Vt = Vs + (t & 1) * BN * LD;
-        float sc[BN / 8][4];
+        float sc[MT][BN / 8][4];
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
-        mm_abt<D, BN>(sc, qf, Kt, lane);
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) sc[mt][nt][0] = sc[mt][nt][1] = sc[mt][nt][2] = sc[mt][nt][3] = 0.f;
+        mm_abt_m<D, BN, MT>(sc, qf, Kt, lane);
         // Masks only where the tile crosses the diagonal, the window's edge or the end.
-        bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + TC_ROWS - 1, window));
-        float mx0 = -SM_INF, mx1 = -SM_INF;
+        bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + ROWS - 1, window));
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) {
+        for (int mt = 0; mt < MT; mt++) {
+            float mx0 = -SM_INF, mx1 = -SM_INF;
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float x = sc[nt][e] * sl2;
-                if (!full) {
-                    int j = j0 + nt * 8 + 2 * tq4 + (e & 1);
-                    bool vis = e < 2 ? (j >= lo0 && j <= pos0) : (j >= lo1 && j <= pos1);
-                    if (!vis) x = -SM_INF;
+            for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float x = sc[mt][nt][e] * sl2;
+                    if (!full) {
+                        int j = j0 + nt * 8 + 2 * tq4 + (e & 1), hf = e >> 1;
+                        if (!(j >= lo[mt][hf] && j <= pos[mt][hf])) x = -SM_INF;
+                    }
+                    sc[mt][nt][e] = x;
                 }
-                sc[nt][e] = x;
+                mx0 = fmaxf(mx0, fmaxf(sc[mt][nt][0], sc[mt][nt][1]));
+                mx1 = fmaxf(mx1, fmaxf(sc[mt][nt][2], sc[mt][nt][3]));
             }
-            mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]));
-            mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]));
-        }
-        float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
-        float base0 = mn0 == -SM_INF ? 0.f : mn0, base1 = mn1 == -SM_INF ? 0.f : mn1;
-        float c0 = exp2f(m0 - base0), c1 = exp2f(m1 - base1);
-        m0 = mn0;
-        m1 = mn1;
-        float rs0 = 0.f, rs1 = 0.f;
+            float mn0 = fmaxf(m[mt][0], quad_max(mx0)), mn1 = fmaxf(m[mt][1], quad_max(mx1));
+            float base0 = mn0 == -SM_INF ? 0.f : mn0, base1 = mn1 == -SM_INF ? 0.f : mn1;
+            float c0 = exp2f(m[mt][0] - base0), c1 = exp2f(m[mt][1] - base1);
+            m[mt][0] = mn0;
+            m[mt][1] = mn1;
+            float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) {
-            sc[nt][0] = exp2f(sc[nt][0] - base0);
-            sc[nt][1] = exp2f(sc[nt][1] - base0);
-            sc[nt][2] = exp2f(sc[nt][2] - base1);
-            sc[nt][3] = exp2f(sc[nt][3] - base1);
-            rs0 += sc[nt][0] + sc[nt][1];
-            rs1 += sc[nt][2] + sc[nt][3];
-        }
-        l0 = l0 * c0 + rs0;  // this lane's share of the row sum; the quad adds them at the end
-        l1 = l1 * c1 + rs1;
+            for (int nt = 0; nt < BN / 8; nt++) {
+                sc[mt][nt][0] = exp2f(sc[mt][nt][0] - base0);
+                sc[mt][nt][1] = exp2f(sc[mt][nt][1] - base0);
+                sc[mt][nt][2] = exp2f(sc[mt][nt][2] - base1);
+                sc[mt][nt][3] = exp2f(sc[mt][nt][3] - base1);
+                rs0 += sc[mt][nt][0] + sc[mt][nt][1];
+                rs1 += sc[mt][nt][2] + sc[mt][nt][3];
+            }
+            l[mt][0] = l[mt][0] * c0 + rs0;  // this lane's share of the row sum; the quad adds them at the end
+            l[mt][1] = l[mt][1] * c1 + rs1;
 #pragma unroll
-        for (int nt = 0; nt < D / 8; nt++) {
-            o[nt][0] *= c0;
-            o[nt][1] *= c0;
-            o[nt][2] *= c1;
-            o[nt][3] *= c1;
+            for (int nt = 0; nt < D / 8; nt++) {
+                o[mt][nt][0] *= c0;
+                o[mt][nt][1] *= c0;
+                o[mt][nt][2] *= c1;
+                o[mt][nt][3] *= c1;
+            }
         }
-        mm_pm<D, BN>(o, sc, Vt, lane);
+        mm_pm_m<D, BN, MT>(o, sc, Vt, lane);
     }
-    l0 = quad_sum(l0);
-    l1 = quad_sum(l1);
-    float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-    store_rows<D>(out + (long long)h * D, o, qbase, H * D, r0, tq, inv0, inv1, lane);
-    if (tq4 == 0) {
-        const float ln2 = 0.6931471805599453f;
-        float* lh = lse + ((long long)b * H + h) * tq;
-        if (r0 < tq) lh[r0] = (m0 + log2f(l0)) * ln2;
-        if (r0 + 8 < tq) lh[r0 + 8] = (m1 + log2f(l1)) * ln2;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        float l0 = quad_sum(l[mt][0]), l1 = quad_sum(l[mt][1]);
+        float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+        int r0 = i0 + warp * 16 * MT + mt * 16 + gq;
+        store_rows<D>(out + (long long)h * D, o[mt], qbase, H * D, r0, tq, inv0, inv1, lane);
+        if (tq4 == 0) {
+            const float ln2 = 0.6931471805599453f;
+            float* lh = lse + ((long long)b * H + h) * tq;
+            if (r0 < tq) lh[r0] = (m[mt][0] + log2f(l0)) * ln2;
+            if (r0 + 8 < tq) lh[r0 + 8] = (m[mt][1] + log2f(l1)) * ln2;
+        }
     }
 }
 
@@ -462,12 +528,14 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
     store_rows<D>(dv + (long long)g * D, av, kbase, kvs, jr, s, 1.f, 1.f, lane);
 }
 
-#define TC_KERNELS(D, BN, BNQ, BQ)                                                                                              \
-    extern "C" __global__ void __launch_bounds__(TC_THREADS) attn_tc_fwd_d##D(                                             \
-        const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s, int H, int KVH, \
-        int window, float scale) {                                                                                         \
-        tc_fwd<D, BN>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale);                                                \
-    }                                                                                                                      \
+#define TC_FWD(NAME, D, BN, MT)                                                                                            \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v,       \
+                                                                  bf16_t* out, float* lse, int tq, int tk, int s, int H,   \
+                                                                  int KVH, int window, float scale) {                      \
+        tc_fwd<D, BN, MT>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale);                                            \
+    }
+#define TC_KERNELS(D, BN, BNQ, BQ, MT)                                                                                          \
+    TC_FWD(attn_tc_fwd_d##D, D, BN, MT)                                                                                    \
     extern "C" __global__ void __launch_bounds__(TC_THREADS) attn_tc_dq_d##D(                                              \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
         bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale) {                                      \
@@ -478,8 +546,11 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
         bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale) {                          \
         tc_dkdv<D, BQ>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale);                               \
     }
-// Key tile widths (forward, dq) and query tile width (dk/dv): 64 at D = 64; at D = 128 the dq
-// and dk/dv kernels take 32 (their 128-column accumulators leave fewer registers for the score
-// tiles). Must match TC_TILES in cuda.rs (shared memory sizes).
-TC_KERNELS(64, 64, 64, 64)
-TC_KERNELS(128, 64, 32, 32)
+// Key tile widths (forward, dq), query tile width (dk/dv) and the forward's 16-row tiles a warp:
+// 64, 64, 64, 2 at D = 64; at D = 128 the dq and dk/dv kernels take 32 (their 128-column
+// accumulators leave fewer registers for the score tiles) and the forward one tile a warp.
+// Must match tc_tiles in cuda.rs (shared memory sizes). attn_tc_fwd1_d64: the one-tile forward
+// at D = 64, kept for SMELT_CUDA_ATTN_MT=1 (the same bits, to time the two in one run).
+TC_KERNELS(64, 64, 64, 64, 2)
+TC_KERNELS(128, 64, 32, 32, 1)
+TC_FWD(attn_tc_fwd1_d64, 64, 64, 1)

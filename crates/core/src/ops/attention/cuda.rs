@@ -24,6 +24,19 @@ const TILE: usize = 32;
 /// Rows per block of the tensor-core kernels (4 warps × 16).
 const TC_ROWS: usize = 64;
 
+/// The forward kernel's name and query rows a block (64 · its 16-row tiles a warp): two tiles a
+/// warp at head dim 64 (`SMELT_CUDA_ATTN_MT=1`: the one-tile kernel, same bits, for timing),
+/// one at 128 (two would not fit the registers). As TC_KERNELS in attention_tc.cu.
+fn tc_fwd_kernel(d: usize) -> (String, usize) {
+    static ONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let one = *ONE.get_or_init(|| std::env::var("SMELT_CUDA_ATTN_MT").is_ok_and(|v| v == "1"));
+    match (d, one) {
+        (64, false) => ("attn_tc_fwd_d64".into(), 2 * TC_ROWS),
+        (64, true) => ("attn_tc_fwd1_d64".into(), TC_ROWS),
+        _ => (format!("attn_tc_fwd_d{d}"), TC_ROWS),
+    }
+}
+
 /// Tensor-core tiles per head dim: (forward key tile, dq key tile, dk/dv query tile), as
 /// instantiated at the end of attention_tc.cu.
 fn tc_tiles(d: usize) -> (usize, usize, usize) {
@@ -78,6 +91,18 @@ fn cfg(grid: (usize, usize, usize), smem_floats: usize) -> LaunchConfig {
 }
 
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor)> {
+    attention_with(q, k, v, dm, scale, tc_fwd_kernel(dm.d))
+}
+
+/// `attention` with the tensor-core forward kernel named (its name and query rows a block).
+pub(crate) fn attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dm: AttnDims,
+    scale: f32,
+    fwd: (String, usize),
+) -> Result<(Tensor, Tensor)> {
     check(&dm)?;
     let [qb, kb, vb] = cuda::float_bufs([q, k, v], "attention")?;
     let dt = cuda::same_dtype(&[qb, kb, vb], &["q", "k", "v"], "attention")?;
@@ -87,8 +112,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -
     let d = dm.d;
     if uses_tensor_cores(gpu, dt, d) {
         let (bn, _, _) = tc_tiles(d);
-        let name = format!("attn_tc_fwd_d{d}");
-        let smem = (TC_ROWS + 4 * bn) * (d + 8) * 2;
+        let (name, rows) = fwd;
+        let smem = (rows + 4 * bn) * (d + 8) * 2;
         let f = tc_function(gpu, &name, smem)?;
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
         let mut b = gpu.stream.launch_builder(&f);
@@ -97,7 +122,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -
             b.arg(x);
         }
         b.arg(&scale);
-        cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(TC_ROWS), dm.h, dm.b), smem)) }, &name)?;
+        cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(rows), dm.h, dm.b), smem)) }, &name)?;
         return Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?));
     }
     let a =

@@ -111,7 +111,7 @@ pub fn lse_chunk(z: &Tensor, targets: &Tensor, state: &mut Tensor, r0: usize, v0
     let f = gpu.function("cross_entropy_chunks", CHUNKS_SRC, &name)?;
     let mut b = gpu.stream.launch_builder(&f);
     b.arg(&zb.data).arg(&tv).arg(&mut st).arg(&vc32).arg(&v032);
-    let cfg = LaunchConfig { grid_dim: (m.max(1) as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig { grid_dim: (m.max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     cuda::launched(unsafe { b.launch(cfg) }, &name)
 }
 
@@ -167,8 +167,17 @@ pub fn backward_chunk(
     } else {
         b.arg(&dloss.cuda_buf()?.data)
     };
-    b.arg(&host_d).arg(&inv);
-    cuda::launched(unsafe { b.launch(cuda::grid_for(m * vc, 256)) }, &name)?;
+    // One row a grid row; a thread takes 8 columns with 16-byte accesses when it can.
+    let vec = vc % 8 == 0 && zb.ptr() % 16 == 0 && dz.ptr() % 16 == 0;
+    let per_thread = if vec { 8 } else { 1 };
+    let vec32 = vec as i32;
+    b.arg(&host_d).arg(&inv).arg(&vec32);
+    let cfg = LaunchConfig {
+        grid_dim: (m.max(1) as u32, vc.div_ceil(256 * per_thread).max(1) as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    cuda::launched(unsafe { b.launch(cfg) }, &name)?;
     Tensor::from_device_buf(dz, z.shape())
 }
 

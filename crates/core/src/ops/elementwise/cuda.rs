@@ -44,7 +44,7 @@ pub fn add_assign(a: &mut Tensor, b: &Tensor) -> Result<()> {
     let n64 = n as i64;
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(&mut ab.data).arg(&bb.data).arg(&n64);
-    cuda::launched(unsafe { l.launch(cuda::grid_for(n, 256)) }, &name)?;
+    cuda::launched(unsafe { l.launch(cuda::grid_for(n.div_ceil(8), 256)) }, &name)?;
     Ok(())
 }
 
@@ -82,7 +82,8 @@ pub fn cast(a: &Tensor, to: DType) -> Result<Tensor> {
     {
         let mut l = gpu.stream.launch_builder(&f);
         l.arg(&ab.data).arg(&y.data).arg(&n64);
-        cuda::launched(unsafe { l.launch(cuda::grid_for(n, 256)) }, func)?;
+        cuda::launched(unsafe { l.launch(cuda::grid_for(n.div_ceil(8), 256)) }, func)?;
+        // 8 a thread
     }
     Tensor::from_device_buf(y, a.shape())
 }

@@ -2,6 +2,17 @@
 
 #define GRID_LOOP(i, n) for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
 
+// A grid-stride loop over 8 elements at a time (`f8(i)`: elements i..i+7, 16-byte accesses) when
+// `vec` (every pointer 16-byte aligned), and element by element (`f1`) over the rest. The
+// launcher sizes the grid for n/8 threads: memory-bound passes need 16 bytes a thread in flight.
+template <typename F8, typename F1>
+__device__ __forceinline__ void grid_each(long long n, bool vec, F8 f8, F1 f1) {
+    long long tid = blockIdx.x * (long long)blockDim.x + threadIdx.x, stride = (long long)gridDim.x * blockDim.x;
+    long long nv = vec ? n / 8 : 0;
+    for (long long v = tid; v < nv; v += stride) f8(v * 8);
+    for (long long i = nv * 8 + tid; i < n; i += stride) f1(i);
+}
+
 #define BINARY(NAME, OP, T, N) \
     extern "C" __global__ void NAME##_##N(const T* a, const T* b, T* y, long long n) { \
         GRID_LOOP(i, n) y[i] = from_f<T>(to_f(a[i]) OP to_f(b[i])); \
@@ -14,14 +25,35 @@ SAME_TYPE(float, f32)
 SAME_TYPE(bf16_t, bf16)
 
 // a += b; the accumulator and the addend may differ in storage (an f32 sum of bf16 terms).
+template <typename TA, typename TB> __device__ __forceinline__ void add_assign(TA* a, const TB* b, long long n) {
+    grid_each(
+        n, aligned16(a) && aligned16(b),
+        [&](long long i) {
+            float x[8], y[8];
+            load8(a + i, x);
+            load8(b + i, y);
+#pragma unroll
+            for (int k = 0; k < 8; k++) x[k] += y[k];
+            store8(a + i, x);
+        },
+        [&](long long i) { a[i] = from_f<TA>(to_f(a[i]) + to_f(b[i])); });
+}
 #define ADD_ASSIGN(TA, NA, TB, NB) \
-    extern "C" __global__ void add_assign_##NA##_##NB(TA* a, const TB* b, long long n) { \
-        GRID_LOOP(i, n) a[i] = from_f<TA>(to_f(a[i]) + to_f(b[i])); \
-    }
+    extern "C" __global__ void add_assign_##NA##_##NB(TA* a, const TB* b, long long n) { add_assign<TA, TB>(a, b, n); }
 ADD_ASSIGN(float, f32, float, f32)
 ADD_ASSIGN(float, f32, bf16_t, bf16)
 ADD_ASSIGN(bf16_t, bf16, float, f32)
 ADD_ASSIGN(bf16_t, bf16, bf16_t, bf16)
 
-extern "C" __global__ void f32_to_bf16(const float* a, bf16_t* y, long long n) { GRID_LOOP(i, n) y[i] = f2bf(a[i]); }
-extern "C" __global__ void bf16_to_f32(const bf16_t* a, float* y, long long n) { GRID_LOOP(i, n) y[i] = bf2f(a[i]); }
+template <typename TA, typename TY> __device__ __forceinline__ void convert(const TA* a, TY* y, long long n) {
+    grid_each(
+        n, aligned16(a) && aligned16(y),
+        [&](long long i) {
+            float x[8];
+            load8(a + i, x);
+            store8(y + i, x);
+        },
+        [&](long long i) { y[i] = from_f<TY>(to_f(a[i])); });
+}
+extern "C" __global__ void f32_to_bf16(const float* a, bf16_t* y, long long n) { convert(a, y, n); }
+extern "C" __global__ void bf16_to_f32(const bf16_t* a, float* y, long long n) { convert(a, y, n); }

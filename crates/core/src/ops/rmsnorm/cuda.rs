@@ -12,12 +12,19 @@ use std::sync::Arc;
 
 pub(crate) const SRC: &str = include_str!("rmsnorm.cu");
 
-fn row_threads(c: usize) -> u32 {
-    (c.div_ceil(32) * 32).clamp(32, 1024) as u32
-}
-
-fn per_row(rows: usize, c: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (row_threads(c), 1, 1), shared_mem_bytes: 0 }
+/// The row-wise kernels' launch: (config, warps a row). Many rows: one warp a row, four rows a
+/// block (no barrier; a 768-wide row is 3 vector accesses a lane). Few rows (decode): enough
+/// warps a row for ~2 accesses of 8 elements a thread, so one long row is not one warp's
+/// serial loads.
+fn per_row(rows: usize, c: usize) -> (LaunchConfig, i32) {
+    let rows = rows.max(1);
+    let (wpr, rpb) = if rows >= 1024 { (1, 4) } else { (c.div_ceil(8 * 32 * 2).clamp(1, 8), 1) };
+    let cfg = LaunchConfig {
+        grid_dim: (rows.div_ceil(rpb) as u32, 1, 1),
+        block_dim: ((32 * wpr * rpb) as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    (cfg, wpr as i32)
 }
 
 /// Returns (h if fused, y, rstd).
@@ -40,7 +47,8 @@ fn forward(x: &Tensor, r: Option<&Tensor>, w: &Tensor, eps: f64) -> Result<(Opti
     let y = DeviceBuf::alloc(gpu, ydt, n * c)?;
     let rstd = DeviceBuf::alloc(gpu, DType::F32, n)?;
     let f = gpu.function("rmsnorm", SRC, &name)?;
-    let (c32, eps32, null) = (c as i32, eps as f32, 0u64);
+    let (c32, eps32, null, n64) = (c as i32, eps as f32, 0u64, n as i64);
+    let (cfg, wpr) = per_row(n, c);
     {
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&xb.data);
@@ -53,8 +61,8 @@ fn forward(x: &Tensor, r: Option<&Tensor>, w: &Tensor, eps: f64) -> Result<(Opti
             Some(h) => b.arg(&h.data),
             None => b.arg(&null),
         };
-        b.arg(&y.data).arg(&rstd.data).arg(&c32).arg(&eps32);
-        cuda::launched(unsafe { b.launch(per_row(n, c)) }, &name)?;
+        b.arg(&y.data).arg(&rstd.data).arg(&n64).arg(&c32).arg(&eps32).arg(&wpr);
+        cuda::launched(unsafe { b.launch(cfg) }, &name)?;
     }
     let h = match h {
         Some(h) => Some(Tensor::from_device_buf(h, x.shape())?),
@@ -136,7 +144,8 @@ fn backward(
     let gpu = &xb.gpu;
     let (n, c) = (x.rows(), x.cols());
     let dx = DeviceBuf::alloc(gpu, xb.dtype, n * c)?;
-    let c32 = c as i32;
+    let (c32, n64) = (c as i32, n as i64);
+    let (cfg, wpr) = per_row(n, c);
     let dts = [xb.dtype, db.dtype];
     let mut dr = None;
     match add {
@@ -144,8 +153,8 @@ fn backward(
             let name = cuda::kname("rmsnorm_bwd_dx", &dts, "rmsnorm_backward")?;
             let f = gpu.function("rmsnorm", SRC, &name)?;
             let mut b = gpu.stream.launch_builder(&f);
-            b.arg(&xb.data).arg(&wb.data).arg(&rb.data).arg(&db.data).arg(&dx.data).arg(&c32);
-            cuda::launched(unsafe { b.launch(per_row(n, c)) }, &name)?;
+            b.arg(&xb.data).arg(&wb.data).arg(&rb.data).arg(&db.data).arg(&dx.data).arg(&n64).arg(&c32).arg(&wpr);
+            cuda::launched(unsafe { b.launch(cfg) }, &name)?;
         }
         Some((gh, r_dtype)) => {
             let [gb] = cuda::float_bufs([gh], "add_rmsnorm_backward stream gradient")?;
@@ -164,13 +173,12 @@ fn backward(
                     Some(d) => b.arg(&d.data),
                     None => b.arg(&null),
                 };
-                b.arg(&c32);
-                cuda::launched(unsafe { b.launch(per_row(n, c)) }, &name)?;
+                b.arg(&n64).arg(&c32).arg(&wpr);
+                cuda::launched(unsafe { b.launch(cfg) }, &name)?;
             }
             dr = drb.map(|d| Tensor::from_device_buf(d, x.shape())).transpose()?;
         }
     }
-    let n64 = n as i64;
     let name = cuda::kname("rmsnorm_bwd_dw_part", &dts, "rmsnorm_backward")?;
     let dw = column_reduce(gpu, n, c, |part, cfg, rpc| {
         let f = gpu.function("rmsnorm", SRC, &name)?;

@@ -1,70 +1,158 @@
-// RMSNorm forward (optionally fused with the residual add) and backward. One block per row
-// for the row-wise parts; dw is reduced over rows in two deterministic passes (column
+// RMSNorm forward (optionally fused with the residual add) and backward. Row-wise parts in
+// row groups (below); dw is reduced over rows in two deterministic passes (column
 // partials per row chunk, then a fixed-order sum of the partials).
 //
 // Storage: x (and h, which has x's dtype: the residual stream), r, y and dy are each f32 or
 // bf16 (kernel names end in their dtypes: rmsnorm_fwd_<x>_<r>_<y>, _bwd_dx_<x>_<dy>); the
 // weight, rstd and dw are f32. Sums of squares and all arithmetic are f32.
 
+// Rows are handled in groups of `wpr` warps (uniform in a launch; blockDim.x a multiple of
+// 32·wpr): one warp a row when there are many rows (training: no barrier), several when there
+// are few (decode: one row of 2048 would otherwise be one warp's 64 serial loads). A thread
+// takes 8 consecutive elements at a time, with 16-byte accesses when the row length is a
+// multiple of 8 and every pointer is 16-byte aligned (scalar accesses otherwise).
+struct RowGroup {
+    long long row;
+    int t, nt;  // this thread's index in its row's group, the group's size
+    bool live;  // row < n (dead threads still reach the barriers)
+};
+__device__ __forceinline__ RowGroup row_group(long long n, int wpr) {
+    RowGroup g;
+    g.nt = wpr * 32;
+    g.t = threadIdx.x % g.nt;
+    g.row = (long long)blockIdx.x * (blockDim.x / g.nt) + threadIdx.x / g.nt;
+    g.live = g.row < n;
+    return g;
+}
+
+// Sum over a row's group (every thread of the block calls it).
+__device__ __forceinline__ float group_sum(float v, int wpr) {
+    v = warp_sum(v);
+    if (wpr == 1) return v;
+    __shared__ float red[32];
+    int w = threadIdx.x >> 5;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[w] = v;
+    __syncthreads();
+    int g0 = (w / wpr) * wpr;
+    float s = 0.f;
+    for (int k = 0; k < wpr; k++) s += red[g0 + k];
+    return s;
+}
+
+// Elements i..i+7 of a row (vectorised) or element i alone; `ld`/`st` hide which.
+template <bool VEC, typename T> __device__ __forceinline__ void ld(const T* p, float* o) {
+    if (VEC) load8(p, o); else o[0] = to_f(*p);
+}
+template <bool VEC, typename T> __device__ __forceinline__ void st(T* p, const float* v) {
+    if (VEC) store8(p, v); else *p = from_f<T>(v[0]);
+}
+
 // y = x·rstd·w, rstd = 1/sqrt(mean(x²)+eps). With r != 0: x is replaced by h = x + r, which is
 // also written out (rounded to x's dtype, and y is computed from that rounded h, so y is the
 // norm of the stream as stored).
-template <typename TX, typename TR, typename TY>
-__device__ void rmsnorm_fwd(const TX* x, const TR* r, const float* w, TX* h, TY* y, float* rstd, int c, float eps) {
-    long long row = blockIdx.x;
-    const TX* xr = x + row * c;
-    const TR* rr = r ? r + row * c : 0;
-    TX* hr = h ? h + row * c : 0;
+template <bool VEC, typename TX, typename TR>
+__device__ __forceinline__ float fwd_sumsq(const TX* x, const TR* r, TX* h, RowGroup g, int c) {
+    constexpr int M = VEC ? 8 : 1;
+    long long off = g.row * c;
     float ss = 0.f;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) {
-        float v = to_f(xr[i]);
-        if (rr) { TX hv = from_f<TX>(v + to_f(rr[i])); hr[i] = hv; v = to_f(hv); }
-        ss += v * v;
+    for (int i = g.t * M; i < c; i += g.nt * M) {
+        float v[8];
+        ld<VEC>(x + off + i, v);
+        if (r) {
+            float rv[8];
+            ld<VEC>(r + off + i, rv);
+#pragma unroll
+            for (int k = 0; k < M; k++) v[k] = to_f(from_f<TX>(v[k] + rv[k]));
+            st<VEC>(h + off + i, v);
+        }
+#pragma unroll
+        for (int k = 0; k < M; k++) ss += v[k] * v[k];
     }
-    ss = block_sum(ss);
+    return ss;
+}
+template <bool VEC, typename TX, typename TY>
+__device__ __forceinline__ void fwd_scale(const TX* src, const float* w, TY* y, RowGroup g, int c, float s) {
+    constexpr int M = VEC ? 8 : 1;
+    long long off = g.row * c;
+    for (int i = g.t * M; i < c; i += g.nt * M) {
+        float v[8], wv[8];
+        ld<VEC>(src + off + i, v);
+        ld<VEC>(w + i, wv);
+#pragma unroll
+        for (int k = 0; k < M; k++) v[k] = v[k] * s * wv[k];
+        st<VEC>(y + off + i, v);
+    }
+}
+template <typename TX, typename TR, typename TY>
+__device__ void rmsnorm_fwd(const TX* x, const TR* r, const float* w, TX* h, TY* y, float* rstd, long long n, int c,
+                            float eps, int wpr) {
+    RowGroup g = row_group(n, wpr);
+    bool vec = (c & 7) == 0 && aligned16(x) && aligned16(w) && aligned16(y) && (!r || (aligned16(r) && aligned16(h)));
+    float ss = 0.f;
+    if (g.live) ss = vec ? fwd_sumsq<true>(x, r, h, g, c) : fwd_sumsq<false>(x, r, h, g, c);
+    ss = group_sum(ss, wpr);
+    if (!g.live) return;
     float s = 1.f / sqrtf(ss / (float)c + eps);
-    if (threadIdx.x == 0) rstd[row] = s;
-    const TX* src = rr ? hr : xr;   // each thread re-reads only elements it wrote itself
-    TY* yr = y + row * c;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) yr[i] = from_f<TY>(to_f(src[i]) * s * w[i]);
+    if (g.t == 0) rstd[g.row] = s;
+    const TX* src = r ? h : x;  // each thread re-reads only elements it wrote itself
+    if (vec) fwd_scale<true>(src, w, y, g, c, s); else fwd_scale<false>(src, w, y, g, c, s);
 }
 
-// dx = rstd·(w∘dy − x̂·mean(w∘dy∘x̂)), x̂ = x·rstd.
-template <typename TX, typename TY>
-__device__ void rmsnorm_bwd_dx(const TX* x, const float* w, const float* rstd, const TY* dy, TX* dx, int c) {
-    long long row = blockIdx.x;
-    const TX* xr = x + row * c;
-    const TY* dyr = dy + row * c;
-    float s = rstd[row];
-    float m = 0.f;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) m += w[i] * to_f(dyr[i]) * to_f(xr[i]) * s;
-    m = block_sum(m) / (float)c;
-    TX* dxr = dx + row * c;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) dxr[i] = from_f<TX>(s * (w[i] * to_f(dyr[i]) - to_f(xr[i]) * s * m));
-}
-
-// add_rmsnorm's backward in one pass: dh = round_TX(dx) + gh (the stream's own gradient, in h's
-// dtype) and dr = dh in the branch's dtype (null: the branch shares dh's dtype, nothing to write).
-// The same roundings as rmsnorm_bwd_dx, add_assign and the cast in turn, so bit for bit theirs.
-template <typename TX, typename TY, typename TR>
-__device__ void rmsnorm_bwd_dx_add(const TX* x, const float* w, const float* rstd, const TY* dy, const TX* gh, TX* dh,
-                                   TR* dr, int c) {
-    long long row = blockIdx.x;
-    const TX* xr = x + row * c;
-    const TY* dyr = dy + row * c;
-    float s = rstd[row];
-    float m = 0.f;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) m += w[i] * to_f(dyr[i]) * to_f(xr[i]) * s;
-    m = block_sum(m) / (float)c;
-    const TX* ghr = gh + row * c;
-    TX* dhr = dh + row * c;
-    TR* drr = dr ? dr + row * c : nullptr;
-    for (int i = threadIdx.x; i < c; i += blockDim.x) {
-        float d = to_f(from_f<TX>(s * (w[i] * to_f(dyr[i]) - to_f(xr[i]) * s * m)));
-        TX v = from_f<TX>(d + to_f(ghr[i]));
-        dhr[i] = v;
-        if (drr) drr[i] = from_f<TR>(to_f(v));
+// dx = rstd·(w∘dy − x̂·mean(w∘dy∘x̂)), x̂ = x·rstd. With gh (add_rmsnorm's backward, in one
+// pass): dh = round_TX(dx) + gh (the stream's own gradient, in h's dtype) is what is stored in
+// dx, and dr = dh in the branch's dtype (null: the branch shares dh's dtype, nothing to
+// write): the same roundings as rmsnorm_bwd_dx, add_assign and the cast in turn.
+template <bool VEC, typename TX, typename TY>
+__device__ __forceinline__ float bwd_dot(const TX* x, const float* w, const TY* dy, RowGroup g, int c, float s) {
+    constexpr int M = VEC ? 8 : 1;
+    long long off = g.row * c;
+    float acc = 0.f;
+    for (int i = g.t * M; i < c; i += g.nt * M) {
+        float xv[8], dv[8], wv[8];
+        ld<VEC>(x + off + i, xv);
+        ld<VEC>(dy + off + i, dv);
+        ld<VEC>(w + i, wv);
+#pragma unroll
+        for (int k = 0; k < M; k++) acc += wv[k] * dv[k] * xv[k] * s;
     }
+    return acc;
+}
+template <bool VEC, typename TX, typename TY, typename TR>
+__device__ __forceinline__ void bwd_store(const TX* x, const float* w, const TY* dy, const TX* gh, TX* dx, TR* dr,
+                                          RowGroup g, int c, float s, float mean) {
+    constexpr int M = VEC ? 8 : 1;
+    long long off = g.row * c;
+    for (int i = g.t * M; i < c; i += g.nt * M) {
+        float xv[8], dv[8], wv[8], o[8];
+        ld<VEC>(x + off + i, xv);
+        ld<VEC>(dy + off + i, dv);
+        ld<VEC>(w + i, wv);
+#pragma unroll
+        for (int k = 0; k < M; k++) o[k] = s * (wv[k] * dv[k] - xv[k] * s * mean);
+        if (gh) {
+            float gv[8];
+            ld<VEC>(gh + off + i, gv);
+#pragma unroll
+            for (int k = 0; k < M; k++) o[k] = to_f(from_f<TX>(to_f(from_f<TX>(o[k])) + gv[k]));
+        }
+        st<VEC>(dx + off + i, o);
+        if (dr) st<VEC>(dr + off + i, o);
+    }
+}
+template <typename TX, typename TY, typename TR>
+__device__ void rmsnorm_bwd(const TX* x, const float* w, const float* rstd, const TY* dy, const TX* gh, TX* dx,
+                            TR* dr, long long n, int c, int wpr) {
+    RowGroup g = row_group(n, wpr);
+    bool vec = (c & 7) == 0 && aligned16(x) && aligned16(w) && aligned16(dy) && aligned16(dx) &&
+               (!gh || aligned16(gh)) && (!dr || aligned16(dr));
+    float s = g.live ? rstd[g.row] : 0.f;
+    float acc = 0.f;
+    if (g.live) acc = vec ? bwd_dot<true>(x, w, dy, g, c, s) : bwd_dot<false>(x, w, dy, g, c, s);
+    float mean = group_sum(acc, wpr) / (float)c;
+    if (!g.live) return;
+    if (vec) bwd_store<true>(x, w, dy, gh, dx, dr, g, c, s, mean);
+    else bwd_store<false>(x, w, dy, gh, dx, dr, g, c, s, mean);
 }
 
 // part[chunk, j] = Σ_{rows in chunk} dy[row, j]·x[row, j]·rstd[row]; grid (ceil(c/256), chunks).
@@ -82,8 +170,8 @@ __device__ void rmsnorm_bwd_dw_part(const TX* x, const float* rstd, const TY* dy
 
 #define RMSNORM_FWD(TX, NX, TR, NR, TY, NY) \
     extern "C" __global__ void rmsnorm_fwd_##NX##_##NR##_##NY(const TX* x, const TR* r, const float* w, TX* h, TY* y, \
-                                                              float* rstd, int c, float eps) { \
-        rmsnorm_fwd<TX, TR, TY>(x, r, w, h, y, rstd, c, eps); \
+                                                              float* rstd, long long n, int c, float eps, int wpr) { \
+        rmsnorm_fwd<TX, TR, TY>(x, r, w, h, y, rstd, n, c, eps, wpr); \
     }
 #define RMSNORM_FWD_X(TX, NX) \
     RMSNORM_FWD(TX, NX, float, f32, float, f32) \
@@ -95,8 +183,8 @@ RMSNORM_FWD_X(bf16_t, bf16)
 
 #define RMSNORM_BWD(TX, NX, TY, NY) \
     extern "C" __global__ void rmsnorm_bwd_dx_##NX##_##NY(const TX* x, const float* w, const float* rstd, const TY* dy, \
-                                                          TX* dx, int c) { \
-        rmsnorm_bwd_dx<TX, TY>(x, w, rstd, dy, dx, c); \
+                                                          TX* dx, long long n, int c, int wpr) { \
+        rmsnorm_bwd<TX, TY, TX>(x, w, rstd, dy, nullptr, dx, nullptr, n, c, wpr); \
     } \
     extern "C" __global__ void rmsnorm_bwd_dw_part_##NX##_##NY(const TX* x, const float* rstd, const TY* dy, float* part, \
                                                                long long n, int c, long long rows_per_chunk) { \
@@ -104,8 +192,9 @@ RMSNORM_FWD_X(bf16_t, bf16)
     }
 #define RMSNORM_BWD_ADD(TX, NX, TY, NY, TR, NR) \
     extern "C" __global__ void rmsnorm_bwd_dx_add_##NX##_##NY##_##NR(const TX* x, const float* w, const float* rstd, \
-                                                                    const TY* dy, const TX* gh, TX* dh, TR* dr, int c) { \
-        rmsnorm_bwd_dx_add<TX, TY, TR>(x, w, rstd, dy, gh, dh, dr, c); \
+                                                                    const TY* dy, const TX* gh, TX* dh, TR* dr, \
+                                                                    long long n, int c, int wpr) { \
+        rmsnorm_bwd<TX, TY, TR>(x, w, rstd, dy, gh, dh, dr, n, c, wpr); \
     }
 #define RMSNORM_BWD_ADD_R(TX, NX, TY, NY) \
     RMSNORM_BWD_ADD(TX, NX, TY, NY, float, f32) \
