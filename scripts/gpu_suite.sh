@@ -48,6 +48,7 @@ for line in sys.stdin:
     mkdir -p "$dir/crates/model/tests/fixtures"
     cp -r crates/model/tests/fixtures/hf "$dir/crates/model/tests/fixtures/"
     cp scripts/gpu_suite.sh "$dir/gpu_suite.sh"
+    cp scripts/multi_gpu_verify.sh "$dir/multi_gpu_verify.sh"
     ls -la "$dir"
 }
 
@@ -120,10 +121,14 @@ print("%s: %d steps, largest relative loss difference %.3g" % (sys.argv[2], len(
     cli "train --device cuda (the one-GPU reference)" ./smelt train --device cuda $dp --checkpoint-dir $q/dp-plain
     cli "train --nproc 1" ./smelt train --nproc 1 $dp --checkpoint-dir $q/dp-nproc1
     same_losses "cli train --nproc 1 = --device cuda (bit for bit)" 0 $q/dp-nproc1/metrics.jsonl $q/dp-plain/metrics.jsonl
+    cli "train --nproc 1 --zero 1" ./smelt train --nproc 1 --zero 1 $dp --checkpoint-dir $q/dp-nproc1-zero1
+    same_losses "cli train --nproc 1 --zero 1 = --device cuda (bit for bit)" 0 $q/dp-nproc1-zero1/metrics.jsonl $q/dp-plain/metrics.jsonl
     if [ "$ngpu" -ge 2 ]; then
         cli "train --nproc 2" ./smelt train --nproc 2 $dp --checkpoint-dir $q/dp-nproc2
         same_losses "cli train --nproc 2 follows one GPU (bf16 tolerance)" 0.02 $q/dp-nproc2/metrics.jsonl $q/dp-plain/metrics.jsonl
         cli "train --nproc 2 checkpoint resumes on one GPU" ./smelt train --device cuda --resume $q/dp-nproc2/step-000030 --steps 60 --checkpoint-dir $q/dp-resumed
+        cli "train --nproc 2 --zero 0" ./smelt train --nproc 2 --zero 0 $dp --checkpoint-dir $q/dp-nproc2-zero0
+        same_losses "cli train --nproc 2 --zero 0 follows one GPU (bf16 tolerance)" 0.02 $q/dp-nproc2-zero0/metrics.jsonl $q/dp-plain/metrics.jsonl
     else
         row "cli train --nproc 2 ($ngpu GPU visible)" SKIP
     fi

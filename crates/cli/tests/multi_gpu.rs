@@ -34,6 +34,14 @@ fn nproc_on_the_cpu_is_refused() {
         &["WORLD_SIZE set", "drop --nproc"],
     );
     refused(&smelt(&["train", "--dataset", "x.bin", "--nproc", "0"], &[]), &["--nproc"]);
+    // sft, dpo and distill start their ranks the same way, with the same checks.
+    let m = ["--model", "m", "--data", "x.jsonl", "--output", "o"];
+    let distill = ["distill", "--teacher", "t", "--dataset", "x.bin", "--output", "o"];
+    for cmd in [&["sft"][..], &["dpo"][..]].map(|c| [c, &m[..]].concat()).into_iter().chain([distill.to_vec()]) {
+        let args: Vec<&str> = cmd.iter().copied().chain(["--nproc", "2", "--device", "cpu"]).collect();
+        refused(&smelt(&args, &[]), &["--nproc 2", "CPU"]);
+    }
+    refused(&smelt(&["train", "--dataset", "x.bin", "--zero", "2"], &[]), &["--zero"]);
 }
 
 #[test]

@@ -41,6 +41,14 @@ impl Share {
         let n = batch / self.world;
         Ok(self.rank * n..(self.rank + 1) * n)
     }
+
+    /// This rank's block of `n` items split as evenly as the count allows (blocks differ by one
+    /// item at most; with fewer items than ranks some blocks are empty). The blocks of the ranks
+    /// in order make up `0..n`.
+    pub fn part(&self, n: usize) -> Range<usize> {
+        let world = self.world.max(1);
+        self.rank * n / world..(self.rank + 1) * n / world
+    }
 }
 
 pub struct Batcher {

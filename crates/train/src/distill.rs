@@ -182,7 +182,16 @@ impl Teacher {
                     let seg = u.layout.segments.get(m).and_then(Option::as_ref);
                     TeacherLogits { ids: None, logits: teacher_logits(t, x, seg)? }
                 }
-                Teacher::Logits(f) => f.get(step, m, x.numel())?,
+                // On one rank of several: the file holds the whole micro-batch; this rank's rows.
+                Teacher::Logits(f) => match u.rows.as_ref().map(|r| &r[m]) {
+                    None => f.get(step, m, x.numel())?,
+                    Some((held, whole)) => {
+                        let t = x.cols();
+                        let all = f.get(step, m, whole * t)?;
+                        let rows = |a: &Tensor| a.narrow_rows(held.start * t, held.len() * t);
+                        TeacherLogits { ids: all.ids.as_ref().map(rows).transpose()?, logits: rows(&all.logits)? }
+                    }
+                },
             });
         }
         u.layout.teacher = out;
@@ -196,6 +205,9 @@ impl Teacher {
 /// training) to `out`, a safetensors file `--teacher-logits` reads. Ids of equal logits are
 /// ordered by id. Returns the number of updates written.
 pub fn dump_teacher_logits(cfg: &TrainConfig, teacher: &Model, tok: &Tokenizer, k: usize, out: &Path) -> Result<u64> {
+    if cfg.parallel.as_ref().is_some_and(|p| p.world_size() > 1) {
+        bail!("--dump-teacher-logits writes every whole batch from one process: run it without --nproc (the file then serves any number of ranks)");
+    }
     let v = teacher.cfg.vocab_size;
     if k == 0 || k > v {
         bail!("--top-k {k}: must be between 1 and the vocabulary size {v}");

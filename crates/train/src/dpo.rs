@@ -74,6 +74,33 @@ pub struct DpoStats {
 }
 
 impl DpoStats {
+    /// The sums over every rank's pairs of a data-parallel job (in f64), on every rank.
+    pub(crate) fn sum_over_ranks(&mut self, dp: &crate::DataParallel, device: smelt_core::Device) -> Result<()> {
+        let s = self;
+        let mine = [
+            s.pairs as f64,
+            s.loss,
+            s.chosen_rewards,
+            s.rejected_rewards,
+            s.accuracies,
+            s.chosen_logps,
+            s.rejected_logps,
+        ];
+        let mut t = smelt_core::dist::f64_words(&mine, device)?;
+        dp.sum_over_ranks(&mut t)?;
+        let v = smelt_core::dist::f64_values(&t)?;
+        *s = DpoStats {
+            pairs: v[0] as usize,
+            loss: v[1],
+            chosen_rewards: v[2],
+            rejected_rewards: v[3],
+            accuracies: v[4],
+            chosen_logps: v[5],
+            rejected_logps: v[6],
+        };
+        Ok(())
+    }
+
     pub fn add(&mut self, o: &DpoStats) {
         self.pairs += o.pairs;
         self.loss += o.loss;
@@ -382,7 +409,7 @@ impl DpoData {
             dpo: Some(Arc::new(DpoLayout { beta: self.beta, reference })),
             ..Layout::default()
         };
-        Ok(Update { micro, layout, tokens })
+        Ok(Update { micro, layout, tokens, rows: None })
     }
 
     pub(crate) fn has_val(&self) -> bool {

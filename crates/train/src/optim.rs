@@ -70,6 +70,11 @@ impl Optimizer {
         Optimizer { adamw, momentum: Vec::new(), adamw_idx: (0..n).collect(), muon_idx: Vec::new() }
     }
 
+    /// Whether AdamW updates every parameter (no Muon part).
+    pub fn is_adamw_only(&self) -> bool {
+        self.muon_idx.is_empty()
+    }
+
     /// Updates taken so far.
     pub fn t(&self) -> u64 {
         self.adamw.t

@@ -136,7 +136,7 @@ impl SftData {
             segs.push(rows.segments);
         }
         let layout = Layout::token_weighted(&micro, segs)?;
-        Ok(Update { micro, layout, tokens })
+        Ok(Update { micro, layout, tokens, rows: None })
     }
 
     pub(crate) fn has_val(&self) -> bool {

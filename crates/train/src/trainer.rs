@@ -27,6 +27,7 @@ use smelt_data::{Batcher, Share, TokenFile};
 use smelt_model::{presets, Model, ModelConfig};
 use smelt_tokenizer::Tokenizer;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -314,6 +315,13 @@ pub struct Layout {
     /// The micro-batches are DPO pairs (chosen rows, then rejected rows), scored against these
     /// reference log-probabilities (`crate::dpo`) instead of by their mean token loss.
     pub dpo: Option<Arc<DpoLayout>>,
+    /// One rank's share of micro-batches drawn whole (`Update::share`: SFT examples, DPO pairs),
+    /// one per micro-batch: N × this rank's part of the micro-batch's loss tokens (DPO: pairs).
+    /// The rank's loss, a mean over its own part, is scaled by it (its backward seed too), so
+    /// the mean over the ranks is the micro-batch's loss over all its tokens; `weights` stay the
+    /// whole micro-batches'. 0: this rank's part is empty (it computes a stand-in row that
+    /// counts for nothing). `None`: 1 each.
+    pub scale: Option<Vec<f64>>,
 }
 
 impl Layout {
@@ -375,11 +383,14 @@ pub fn step_parallel(
     grad_checkpoint: bool,
     dp: Option<&DataParallel>,
 ) -> Result<StepOutcome> {
-    let (grads, mut losses, dpo) = backward_mean(model, micro, layout, grad_checkpoint, dp)?;
+    let (grads, mut losses, mut dpo) = backward_mean(model, micro, layout, grad_checkpoint, dp)?;
     if let Some(dp) = dp {
         dp.average_losses(&mut losses)?;
+        if let Some(s) = dpo.as_mut() {
+            s.sum_over_ranks(dp, model.device())?;
+        }
     }
-    update(model, opt, hp, grads, &losses, layout, clip).map(|o| StepOutcome { dpo, ..o })
+    update(model, opt, hp, grads, &losses, layout, clip, dp).map(|o| StepOutcome { dpo, ..o })
 }
 
 /// One update: forward/backward over `micro` batches (gradients averaged), clip, the optimizer
@@ -408,6 +419,9 @@ pub fn step_with(
 }
 
 /// The update from the step's gradients and losses: norm, clip, the optimizer, and the one wait.
+/// Under ZeRO-1 (`dp` sharding the optimizer) `grads` are this rank's pieces of the gradients:
+/// the norm is summed over the ranks and the update is `DataParallel::zero_step`.
+#[allow(clippy::too_many_arguments)]
 fn update(
     model: &mut Model,
     opt: &mut Optimizer,
@@ -416,15 +430,24 @@ fn update(
     losses: &[Tensor],
     layout: &Layout,
     clip: f64,
+    dp: Option<&DataParallel>,
 ) -> Result<StepOutcome> {
     // Summed where the losses are, only for the skip flag; the mean is taken on the host below.
     let mut loss_sum = losses[0].clone();
     for l in &losses[1..] {
         loss_sum = elementwise::add(&loss_sum, l)?;
     }
-    let gnorm = timed("clip_grad_norm", || adamw::grad_norm(&grads.iter().collect::<Vec<_>>(), clip, Some(&loss_sum)))?;
+    let zero = dp.filter(|d| d.zero());
+    let refs: Vec<&Tensor> = grads.iter().collect();
+    let mut gnorm = timed("clip_grad_norm", || match zero {
+        Some(dp) => adamw::grad_norm_across(&refs, clip, Some(&loss_sum), |s| dp.sum_over_ranks(s)),
+        None => adamw::grad_norm(&refs, clip, Some(&loss_sum)),
+    })?;
     let decay = model.trainable_decays();
-    timed("optimizer", || opt.step(hp, model.trainable_mut(), &grads, &decay, Some(&gnorm)))?;
+    timed("optimizer", || match zero {
+        Some(dp) => dp.zero_step(opt, hp, model.trainable_mut(), &grads, &decay, &mut gnorm),
+        None => opt.step(hp, model.trainable_mut(), &grads, &decay, Some(&gnorm)),
+    })?;
     // The one wait of the step: everything above is queued; read the losses and the norm.
     let loss = update_loss(losses, layout)?;
     let (norm, _, skipped) = gnorm.read()?;
@@ -512,12 +535,15 @@ fn backward_mean(
     let mut losses = Vec::with_capacity(n);
     let mut stats: Option<DpoStats> = None;
     for (m, (x, y)) in micro.iter().enumerate() {
+        let scale = layout.scale.as_ref().map_or(1.0, |s| s[m]);
         if let Some(d) = &layout.dpo {
             let w = layout.weights.as_ref().map_or(1.0 / micro.len() as f64, |w| w[m]);
             let reference = d.reference.get(m).context("DPO: no reference log-probabilities for a micro-batch")?;
-            let (gs, s) = crate::dpo::backward(model, x, y, reference, d.beta, w, grad_checkpoint)?;
-            losses.push(Tensor::from_f32(vec![s.mean_loss() as f32], &[1])?.to_device(model.device())?);
-            stats.get_or_insert_with(DpoStats::default).add(&s);
+            let (gs, s) = crate::dpo::backward(model, x, y, reference, d.beta, w * scale, grad_checkpoint)?;
+            losses.push(Tensor::from_f32(vec![(s.mean_loss() * scale) as f32], &[1])?.to_device(model.device())?);
+            // A rank's stand-in pair (scale 0: its share is empty) is not counted.
+            let counted = if scale == 0.0 { DpoStats::default() } else { s };
+            stats.get_or_insert_with(DpoStats::default).add(&counted);
             acc = Some(accumulate(acc, gs)?);
             continue;
         }
@@ -531,8 +557,12 @@ fn backward_mean(
             }
             _ => model.loss_packed(&mut g, &p, x, y, seg, grad_checkpoint)?,
         };
-        losses.push(loss.tensor().clone());
-        let seed = Tensor::full(loss.tensor().shape(), layout.weights.as_ref().map_or(1.0, |w| w[m] as f32));
+        losses.push(match scale == 1.0 {
+            true => loss.tensor().clone(),
+            false => elementwise::scale(loss.tensor(), scale as f32)?,
+        });
+        let w = layout.weights.as_ref().map_or(1.0, |w| w[m]);
+        let seed = Tensor::full(loss.tensor().shape(), (w * scale) as f32);
         let vars = model.trainable_vars(&p);
         if let (Some(dp), true) = (dp, m + 1 == n) {
             let mut earlier: Vec<Option<Tensor>> = match acc.take() {
@@ -568,8 +598,18 @@ fn backward_mean(
         drop(p);
         acc = Some(accumulate(acc, gs)?);
     }
-    let grads = acc.context("no micro-batches")?;
-    Ok((grads.into_iter().map(mean).collect::<Result<_>>()?, losses, stats))
+    let grads: Vec<Tensor> = acc.context("no micro-batches")?.into_iter().map(mean).collect::<Result<_>>()?;
+    let Some(dp) = dp else {
+        return Ok((grads, losses, stats));
+    };
+    // DPO's micro-batches (no watched backward): averaged after the last one, in the order a
+    // backward would hand them over.
+    let n = grads.len();
+    let mut avg = crate::dist::Averager::new(dp);
+    for (i, g) in grads.into_iter().enumerate().rev() {
+        avg.push(i, g)?;
+    }
+    Ok((avg.finish(n)?.0, losses, stats))
 }
 
 /// Mean validation loss over deterministic windows, in the training loss's arithmetic: a
@@ -653,9 +693,15 @@ fn check_memory(mc: &ModelConfig, cfg: &TrainConfig) -> Result<()> {
     // The estimate counts f32 activations; bf16 ones (a GPU's default) take half, as would half the tokens.
     let act_scale = if cfg.device.activation_dtype() == smelt_core::DType::F32 { 1.0 } else { 0.5 };
     let mut need = smelt_model::memory::training_bytes(mc, tokens * act_scale, cfg.grad_checkpoint);
+    let mut trained = smelt_model::memory::params(mc);
     if let Some(l) = &cfg.lora {
         // The base keeps only its weights (no gradients, no moments); the adapter has all four.
         need += 16.0 * l.n_params(mc) as f64 - 12.0 * smelt_model::memory::params(mc);
+        trained = l.n_params(mc) as f64;
+    }
+    if cfg.parallel.as_ref().is_some_and(|p| p.zero()) && cfg.optimizer == OptimizerKind::AdamW {
+        // ZeRO-1: each rank keeps 1/N of AdamW's two f32 moments.
+        need -= 8.0 * trained * (1.0 - 1.0 / ranks as f64);
     }
     let what = format!(
         "training a {:.0}-parameter model (--batch-size {} --seq-len {}{})",
@@ -691,6 +737,91 @@ pub(crate) struct Update {
     pub micro: Vec<(Tensor, Tensor)>,
     pub layout: Layout,
     pub tokens: u64,
+    /// On one rank of several: for each micro-batch, the rows of the whole micro-batch this
+    /// rank holds, and the whole's count of rows (what a teacher logits file holds). None: all.
+    pub rows: Option<Vec<(Range<usize>, usize)>>,
+}
+
+impl Update {
+    /// This rank's share of an update drawn whole (SFT examples, DPO pairs) under `cfg.parallel`
+    /// (itself with one rank): its block of rows of each micro-batch (`Share::part`; DPO: its
+    /// block of pairs, their chosen and rejected rows), their segments and reference
+    /// log-probabilities, and `Layout::scale`. A rank whose block is empty (a short last batch
+    /// of an epoch) takes the first row (pair) as a stand-in that counts for nothing. The
+    /// tokens stay the whole update's (what the job trains on).
+    fn share(self, cfg: &TrainConfig) -> Result<Update> {
+        let Some(share) = cfg.parallel.as_ref().filter(|p| p.world_size() > 1).map(DataParallel::share) else {
+            return Ok(self);
+        };
+        let Update { micro, mut layout, tokens, .. } = self;
+        if !layout.teacher.is_empty() {
+            bail!("internal error: an update is shared among ranks before its teacher logits are attached");
+        }
+        let world = share.world as f64;
+        let (mut out, mut scale, mut segments, mut held) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut reference = Vec::new();
+        for (m, (x, y)) in micro.iter().enumerate() {
+            let (rows, t) = (x.rows(), x.cols());
+            let (units, part) = match &layout.dpo {
+                Some(d) => {
+                    let pairs = d.reference.get(m).context("DPO: no reference log-probabilities for a micro-batch")?;
+                    (pairs.len(), share.part(pairs.len()))
+                }
+                None => (rows, share.part(rows)),
+            };
+            let stand_in = part.is_empty();
+            let block = if stand_in { 0..1 } else { part.clone() };
+            let picked: Vec<usize> = match &layout.dpo {
+                Some(_) => block.clone().chain(block.clone().map(|j| units + j)).collect(),
+                None => block.clone().collect(),
+            };
+            let xs = take_rows(x, &picked, t)?;
+            let mut ys = take_rows(y, &picked, t)?;
+            let counted = |y: &Tensor| -> Result<usize> { Ok(y.as_u32()?.iter().filter(|&&v| v != IGNORE).count()) };
+            let s = match &layout.dpo {
+                Some(d) => {
+                    reference.push(d.reference[m][block.clone()].to_vec());
+                    if stand_in {
+                        0.0
+                    } else {
+                        world * part.len() as f64 / units as f64
+                    }
+                }
+                None if stand_in => {
+                    ys = Tensor::from_u32(vec![IGNORE; t], &[1, t])?;
+                    0.0
+                }
+                None => match counted(y)? {
+                    0 => 0.0,
+                    all => world * counted(&ys)? as f64 / all as f64,
+                },
+            };
+            if let Some(seg) = layout.segments.get(m).and_then(Option::as_ref) {
+                let starts = match stand_in {
+                    true => vec![0; t],
+                    false => seg.starts[block.start * t..block.end * t].to_vec(),
+                };
+                segments.push(Some(Arc::new(Segments::new(picked.len(), t, starts)?)));
+            } else {
+                segments.push(None);
+            }
+            out.push((xs, ys));
+            scale.push(s);
+            held.push((block, rows));
+        }
+        if let Some(d) = &layout.dpo {
+            layout.dpo = Some(Arc::new(DpoLayout { beta: d.beta, reference }));
+        }
+        layout.segments = segments;
+        layout.scale = Some(scale);
+        Ok(Update { micro: out, layout, tokens, rows: Some(held) })
+    }
+}
+
+/// Rows `rows` of a (B, t) u32 tensor of token ids, as a (rows.len(), t) tensor.
+fn take_rows(x: &Tensor, rows: &[usize], t: usize) -> Result<Tensor> {
+    let v = x.as_u32()?;
+    Tensor::from_u32(rows.iter().flat_map(|&r| v[r * t..(r + 1) * t].iter().copied()).collect(), &[rows.len(), t])
 }
 
 /// Where the batches of a run come from: random windows of a token file (pretraining) or
@@ -763,10 +894,15 @@ impl Data {
                     })
                     .collect::<Result<_>>()?;
                 let tokens = (cfg.batch_size * cfg.seq_len * cfg.grad_accum) as u64;
-                Ok(Update { micro, layout: Layout::default(), tokens })
+                let rows = match share.world > 1 {
+                    true => Some(vec![(share.rows(cfg.batch_size)?, cfg.batch_size); cfg.grad_accum]),
+                    false => None,
+                };
+                Ok(Update { micro, layout: Layout::default(), tokens, rows })
             }
-            Data::Sft(d) => d.update(step, cfg.grad_accum),
-            Data::Dpo(d) => d.update(step, cfg.grad_accum),
+            // Drawn whole on every rank (cheap: token ids), then cut to this rank's share.
+            Data::Sft(d) => d.update(step, cfg.grad_accum)?.share(cfg),
+            Data::Dpo(d) => d.update(step, cfg.grad_accum)?.share(cfg),
         }
     }
 
@@ -919,15 +1055,16 @@ fn run_full(
             (model, tok, opt, cfg, 0, smelt_files::staging::unique_id(), 0)
         }
     };
-    if cfg.parallel.as_ref().is_some_and(|p| p.world_size() > 1) {
-        if cfg.sft.is_some() {
-            bail!("smelt sft trains on one GPU for now: its token-weighted micro-batches are not split among ranks yet (drop --nproc / run one process)");
+    if let Some(p) = cfg.parallel.as_mut() {
+        match (p.zero, cfg.optimizer) {
+            (Some(true), OptimizerKind::Muon) => bail!(
+                "--zero 1 shards AdamW's state, and --optimizer muon updates whole matrices: use --zero 0 with Muon"
+            ),
+            (None, OptimizerKind::Muon) => p.zero = Some(false),
+            _ => {}
         }
-        if cfg.distill.is_some() {
-            bail!("smelt distill trains in one process for now: its teacher's logits are not split among ranks yet (drop --nproc / run one process)");
-        }
-        if cfg.dpo.is_some() {
-            bail!("smelt dpo trains in one process for now: its pairs and reference log-probabilities are not split among ranks yet (drop --nproc / run one process)");
+        if p.zero() {
+            opt = p.shard_optimizer(opt)?;
         }
     }
     model.to_device(cfg.device)?;
@@ -960,12 +1097,12 @@ fn run_full(
     opt.to_device(cfg.device)?;
     match &cfg.parallel {
         Some(p) if lead => eprintln!(
-            "training on {} ranks (this is rank 0, on {}); --batch-size {} split {} rows per rank, gradients averaged in {:?}",
+            "training on {} ranks (this is rank 0, on {}); each reads its block of every batch's rows (--batch-size {} is the global batch), gradients averaged in {:?}{}",
             p.world_size(),
             cfg.device,
             cfg.batch_size,
-            cfg.batch_size / p.world_size(),
-            p.wire
+            p.wire,
+            if p.zero() { "; AdamW's state sharded among them (ZeRO-1)" } else { "" }
         ),
         None if cfg.device != smelt_core::Device::Cpu => eprintln!("training on {}", cfg.device),
         _ => {}
@@ -1018,7 +1155,7 @@ fn run_full(
         if let Some((t, o)) = &distill {
             t.attach(&mut update, step_index, *o)?;
         }
-        let Update { micro, layout, tokens: tokens_per_step } = update;
+        let Update { micro, layout, tokens: tokens_per_step, .. } = update;
         if let Some(a) = &model.adapter {
             a.begin_step(cfg.seed, step_index); // its dropout masks: a function of (seed, step)
         }
@@ -1073,6 +1210,11 @@ fn run_full(
         if let Some(b) = &bar {
             b.update(done, loss, tps, lr, val_loss, &note);
         }
+        // Under ZeRO-1 every rank takes part in gathering the optimizer state; rank 0 writes it.
+        let gathered = match cfg.parallel.as_ref().filter(|p| p.zero() && (is_ckpt || is_last)) {
+            Some(p) => p.gather_optimizer(&opt, model.trainable())?,
+            None => None,
+        };
         if lead && (is_ckpt || is_last) {
             let state = TrainerState {
                 step: done,
@@ -1087,7 +1229,7 @@ fn run_full(
             } else {
                 cfg.checkpoint_dir.join(checkpoint::step_dir_name(done))
             };
-            checkpoint::save(&dir, &model, &tok, Some((&opt, &state)))?;
+            checkpoint::save(&dir, &model, &tok, Some((gathered.as_ref().unwrap_or(&opt), &state)))?;
             if is_ckpt {
                 checkpoint::rotate(&cfg.checkpoint_dir, cfg.keep_checkpoints, &run_id)?;
             }

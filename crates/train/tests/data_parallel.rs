@@ -1,12 +1,15 @@
 //! Data-parallel training on the CPU, ranks as threads (`smelt_core::dist::ThreadGroup`, the
 //! reference `Collective`), against the one-process run at the same global batch:
-//! - one rank is the plain run bit for bit (the GPU's NCCL form is in gpu_nccl.rs);
-//! - two and four ranks follow the one-process loss curve to f32 rounding, and the ranks end
-//!   with identical weights;
-//! - a checkpoint written by two ranks resumes on one process, and the reverse, continuing the
-//!   curve.
+//! - one rank is the plain run bit for bit, with and without ZeRO-1 (the GPU's NCCL form is in
+//!   gpu_nccl.rs);
+//! - two and four ranks follow the one-process loss curve to f32 rounding, with the optimizer
+//!   state whole on every rank and sharded among them (ZeRO-1), and the ranks end with
+//!   identical weights;
+//! - a checkpoint written by two ranks (ZeRO-1, the default) resumes on one process, and the
+//!   reverse, continuing the curve.
 
 mod common;
+use common::{max_rel, run_ranks};
 
 use smelt_core::dist::ThreadGroup;
 use smelt_core::DType;
@@ -23,23 +26,6 @@ fn setup(d: &Path) -> TrainConfig {
     TrainConfig { batch_size: 4, steps: 8, checkpoint_interval: 4, ..common::tiny_run(d) }
 }
 
-/// Runs `cfg` as `world` ranks (threads); rank 0 writes `cfg.checkpoint_dir`. Small buckets, so
-/// several are sent per update.
-fn run_ranks(cfg: &TrainConfig, world: usize, resume: Option<&Path>) {
-    let handles: Vec<_> = ThreadGroup::new(world)
-        .into_iter()
-        .map(|g| {
-            let mut c = cfg.clone();
-            c.parallel = Some(DataParallel::new(Arc::new(g), DType::F32, 16 << 10));
-            let resume = resume.map(Path::to_path_buf);
-            std::thread::spawn(move || smelt_train::run(c, resume.as_deref()).map(|_| ()))
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap().unwrap();
-    }
-}
-
 fn losses(metrics: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(metrics)
         .unwrap()
@@ -51,33 +37,34 @@ fn losses(metrics: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
-fn max_rel(a: &[(u64, f64)], b: &[(u64, f64)]) -> f64 {
-    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
-    a.iter()
-        .zip(b)
-        .map(|((sa, la), (sb, lb))| {
-            assert_eq!(sa, sb);
-            ((la - lb) / lb).abs()
-        })
-        .fold(0.0, f64::max)
-}
-
 #[test]
 fn one_rank_is_the_plain_run_bit_for_bit() {
     let d = workdir("one");
     let cfg = setup(&d);
     smelt_train::run(cfg.clone(), None).unwrap();
-    let mut one = cfg.clone();
-    one.checkpoint_dir = d.join("one");
-    run_ranks(&one, 1, None);
-    let (a, b) = (losses(&d.join("ckpt/metrics.jsonl")), losses(&d.join("one/metrics.jsonl")));
-    assert_eq!(
-        a.iter().map(|x| x.1.to_bits()).collect::<Vec<_>>(),
-        b.iter().map(|x| x.1.to_bits()).collect::<Vec<_>>()
-    );
-    let (ma, mb) = (Model::load(&d.join("ckpt/final")).unwrap(), Model::load(&d.join("one/final")).unwrap());
-    for (x, y) in ma.params.iter().zip(&mb.params) {
-        assert_eq!(x.as_f32().unwrap(), y.as_f32().unwrap());
+    for (zero, name) in [(None, "one"), (Some(true), "one-zero1")] {
+        let mut one = cfg.clone();
+        one.checkpoint_dir = d.join(name);
+        run_ranks(&one, 1, zero, None);
+        let (a, b) = (losses(&d.join("ckpt/metrics.jsonl")), losses(&one.checkpoint_dir.join("metrics.jsonl")));
+        assert_eq!(
+            a.iter().map(|x| x.1.to_bits()).collect::<Vec<_>>(),
+            b.iter().map(|x| x.1.to_bits()).collect::<Vec<_>>(),
+            "{name}"
+        );
+        let (ma, mb) =
+            (Model::load(&d.join("ckpt/final")).unwrap(), Model::load(&one.checkpoint_dir.join("final")).unwrap());
+        for (x, y) in ma.params.iter().zip(&mb.params) {
+            assert_eq!(x.as_f32().unwrap(), y.as_f32().unwrap(), "{name}");
+        }
+        // The optimizer state written is the plain run's, bit for bit.
+        let opt = |dir: &Path| smelt_model::io::read_safetensors(&dir.join("final/optimizer.safetensors")).unwrap();
+        let (oa, ob) = (opt(&d.join("ckpt")), opt(&one.checkpoint_dir));
+        assert_eq!(oa.len(), ob.len());
+        for (k, x) in &oa {
+            assert_eq!(x.shape(), ob[k].shape(), "{name}: {k}");
+            assert_eq!(x.as_f32().unwrap(), ob[k].as_f32().unwrap(), "{name}: {k}");
+        }
     }
 }
 
@@ -88,13 +75,14 @@ fn ranks_follow_the_one_process_run_at_the_same_global_batch() {
     smelt_train::run(cfg.clone(), None).unwrap();
     let single = losses(&d.join("ckpt/metrics.jsonl"));
     let want = Model::load(&d.join("ckpt/final")).unwrap();
-    for world in [2, 4] {
+    for (world, zero) in [(2, Some(false)), (4, Some(false)), (2, None), (4, None)] {
         let mut c = cfg.clone();
-        c.checkpoint_dir = d.join(format!("world{world}"));
-        run_ranks(&c, world, None);
+        let tag = if zero.is_none() { "-zero1" } else { "" };
+        c.checkpoint_dir = d.join(format!("world{world}{tag}"));
+        run_ranks(&c, world, zero, None);
         let got = losses(&c.checkpoint_dir.join("metrics.jsonl"));
         let rel = max_rel(&got, &single);
-        println!("{world} ranks: largest relative loss difference over {} steps {rel:.2e}", got.len());
+        println!("{world} ranks{tag}: largest relative loss difference over {} steps {rel:.2e}", got.len());
         // Only the order of the sums differs (per-rank means, then their mean).
         assert!(rel < 1e-5, "{world} ranks: {got:?}\n1 process: {single:?}");
         let m = Model::load(&c.checkpoint_dir.join("final")).unwrap();
@@ -127,6 +115,15 @@ impl smelt_core::dist::Collective for RankOf3 {
     fn all_reduce_mean(&self, b: &mut [smelt_core::Tensor], w: DType) -> anyhow::Result<()> {
         self.0.all_reduce_mean(b, w)
     }
+    fn start_scatter_mean(&self, b: Vec<smelt_core::Tensor>, w: DType) -> anyhow::Result<smelt_core::dist::Pending> {
+        self.0.start_scatter_mean(b, w)
+    }
+    fn all_gather_into(&self, p: &[smelt_core::Tensor], o: &mut [smelt_core::Tensor]) -> anyhow::Result<()> {
+        self.0.all_gather_into(p, o)
+    }
+    fn all_reduce_sum_f64(&self, t: &mut smelt_core::Tensor) -> anyhow::Result<()> {
+        self.0.all_reduce_sum_f64(t)
+    }
 }
 
 #[test]
@@ -137,7 +134,7 @@ fn checkpoints_move_between_two_ranks_and_one_process() {
     let single = losses(&d.join("ckpt/metrics.jsonl"));
     let mut two = cfg.clone();
     two.checkpoint_dir = d.join("two");
-    run_ranks(&two, 2, None);
+    run_ranks(&two, 2, None, None);
     let straight2 = losses(&d.join("two/metrics.jsonl"));
 
     // Two ranks' step 4 resumed on one process continues the curve.
@@ -150,7 +147,7 @@ fn checkpoints_move_between_two_ranks_and_one_process() {
     // One process's step 4 resumed on two ranks, too.
     let mut c = cfg.clone();
     c.checkpoint_dir = d.join("one-then-two");
-    run_ranks(&c, 2, Some(&d.join("ckpt/step-000004")));
+    run_ranks(&c, 2, None, Some(&d.join("ckpt/step-000004")));
     let got = losses(&c.checkpoint_dir.join("metrics.jsonl"));
     assert!(max_rel(&got, &single[4..]) < 1e-5, "{got:?} vs {:?}", &single[4..]);
 }

@@ -1,7 +1,9 @@
 //! `--optimizer muon` and distillation through the training loop on the bundled corpus: exact
 //! resume of each (the Muon momentum buffers and the distillation settings are in the
 //! checkpoint), a top-k logits file holding every id trains as the teacher on the fly does, and
-//! the errors for a teacher of another vocabulary and a logits file made for other batches.
+//! the errors for a teacher of another vocabulary and a logits file made for other batches;
+//! distillation on 2 ranks (threads, ZeRO-1), from the teacher and from its logits file, follows
+//! the one-process run.
 
 mod common;
 
@@ -122,4 +124,32 @@ fn a_logits_file_of_every_id_trains_as_the_teacher_does() {
     wide.checkpoint_dir = d.join("ckpt-wide");
     let e = smelt_train::run_distill(wide, None, None, Some(teacher(v + 3))).err().unwrap().to_string();
     assert!(e.contains(&format!("{}", v + 3)) && e.contains(&format!("student {v}")), "{e}");
+}
+
+/// Distillation on two ranks: each takes its rows of every batch and their teacher logits (the
+/// teacher run on its rows, or its rows of the file's whole batches): the one-process curve.
+#[test]
+fn distill_on_ranks_follows_one_process() {
+    let d = workdir("ranks");
+    let mut cfg = with_distill(setup(&d), None);
+    cfg.steps = 4;
+    let (tok, v) = (Tokenizer::byte_level(), Tokenizer::byte_level().vocab_size());
+    let file = d.join("teacher.safetensors");
+    smelt_train::distill::dump_teacher_logits(&cfg, &teacher(v), &tok, 16, &file).unwrap();
+    for (name, logits) in [("teacher", None), ("file", Some(file.clone()))] {
+        let mut one = with_distill(cfg.clone(), logits.clone());
+        one.checkpoint_dir = d.join(format!("one-{name}"));
+        let t = logits.is_none().then(|| teacher(v));
+        smelt_train::run_distill(one.clone(), None, None, t).unwrap();
+        let mut two = one.clone();
+        two.checkpoint_dir = d.join(format!("two-{name}"));
+        let on_file = logits.is_some();
+        common::run_ranks_with(&two, 2, None, move |c| {
+            smelt_train::run_distill(c, None, None, (!on_file).then(|| teacher(v))).map(|_| ())
+        });
+        let (a, b) = (common::metric(&one.checkpoint_dir, "loss"), common::metric(&two.checkpoint_dir, "loss"));
+        let rel = common::max_rel(&b, &a);
+        println!("distill from the {name} on 2 ranks: largest relative loss difference {rel:.2e}");
+        assert!(rel < 1e-5, "{name}: {b:?}\nvs one process {a:?}");
+    }
 }

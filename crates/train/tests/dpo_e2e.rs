@@ -2,7 +2,10 @@
 //! first update scores the policy against itself (rewards 0, loss ln 2), TRL's metrics are
 //! logged for the update and the validation pairs, training raises the validation accuracy,
 //! a run resumed from a checkpoint ends bit-identical to an uninterrupted one (full fine-tune
-//! and LoRA), and a bad line is an error naming `file:line` and the field before training.
+//! and LoRA), a bad line is an error naming `file:line` and the field before training, and
+//! one on 2 and 4 ranks (threads, ZeRO-1) follows the one-process run, metrics included.
+
+mod common;
 
 use smelt_model::{LoraConfig, Model, ModelConfig};
 use smelt_tokenizer::Tokenizer;
@@ -219,4 +222,40 @@ fn dpo_on_an_sft_adapter_resumes_exactly() {
     let plain = smelt_train::run(p, None).unwrap();
     assert_ne!(plain.final_loss, straight.final_loss);
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// DPO on ranks: each takes its block of every batch's pairs (with 2 pairs a batch on 4 ranks,
+/// two ranks hold a stand-in pair that counts for nothing) and their reference
+/// log-probabilities; the losses and TRL's metrics (summed over the ranks' pairs) are the
+/// one-process run's.
+#[test]
+fn dpo_on_ranks_follows_one_process() {
+    let d = std::env::temp_dir().join(format!("smelt-dpo-ranks-{}", std::process::id()));
+    let base = setup(&d);
+    let one = config(&d, &base, "one", 6);
+    smelt_train::run(one.clone(), None).unwrap();
+    for world in [2, 4] {
+        let c = config(&d, &base, &format!("ranks{world}"), 6);
+        common::run_ranks(&c, world, None, None);
+        // Rewards start at 0 (the policy is the reference): differences relative to 1 there.
+        // Accuracies count rewards' signs, even at 0, so they are compared after step 1.
+        for key in ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "logps/chosen", "val_loss"] {
+            let (got, want) = (common::metric(&c.checkpoint_dir, key), common::metric(&one.checkpoint_dir, key));
+            assert!(!want.is_empty() && got.len() == want.len(), "{key}: {got:?} vs {want:?}");
+            let from = if key == "rewards/accuracies" { 1 } else { 0 };
+            let diff = got[from..]
+                .iter()
+                .zip(&want[from..])
+                .map(|((_, x), (_, y))| (x - y).abs() / y.abs().max(1.0))
+                .fold(0.0, f64::max);
+            println!("dpo on {world} ranks: {key}: largest difference {diff:.2e}");
+            assert!(diff < 1e-4, "{key} on {world} ranks: {got:?}\nvs one process {want:?}");
+        }
+        let (a, b) = (tensors(&c.checkpoint_dir.join("final")), tensors(&one.checkpoint_dir.join("final")));
+        for (x, y) in a.iter().zip(&b) {
+            let e = smelt_testing::nmse(x, y);
+            assert!(e < 1e-8, "{world} ranks: final weights NMSE {e:e}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
 }

@@ -1,7 +1,10 @@
 //! `smelt sft`'s run end to end on a tiny model (byte-level tokenizer, a ChatML template):
 //! every data shape trains, validation is logged, `epochs` sets the steps, and a run resumed
 //! from a checkpoint ends bit-identical to an uninterrupted one (padded and packed, with
-//! gradient accumulation).
+//! gradient accumulation), and one on 2 and 4 ranks (threads, ZeRO-1) follows the one-process
+//! run at the same global batch, short last batches and ranks left without rows included.
+
+mod common;
 
 use smelt_model::{Model, ModelConfig};
 use smelt_tokenizer::Tokenizer;
@@ -129,4 +132,34 @@ fn sft_errors_name_the_line_and_packing_refuses_a_gpu() {
         assert!(e.contains("--packing runs on the CPU only"), "{e}");
     }
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// SFT on ranks: each takes its block of every batch's rows (a short batch leaves some ranks a
+/// stand-in row that counts for nothing) and scales its loss by its share of the batch's loss
+/// tokens, so the token-weighted loss is the one-process run's: 3 rows a batch, 14 examples
+/// (the last batch of an epoch 2 rows), on 2 and 4 ranks, padded and packed.
+#[test]
+fn sft_on_ranks_follows_one_process() {
+    let d = std::env::temp_dir().join(format!("smelt-sft-ranks-{}", std::process::id()));
+    let base = setup(&d);
+    for packing in [false, true] {
+        let tag = if packing { "packed" } else { "padded" };
+        let one = config(&d, &base, &format!("one-{tag}"), packing, 8);
+        smelt_train::run(one.clone(), None).unwrap();
+        let want = common::metric(&one.checkpoint_dir, "loss");
+        let want_w = weights(&one.checkpoint_dir.join("final"));
+        for world in [2, 4] {
+            let c = config(&d, &base, &format!("{world}-{tag}"), packing, 8);
+            common::run_ranks(&c, world, None, None);
+            let got = common::metric(&c.checkpoint_dir, "loss");
+            let rel = common::max_rel(&got, &want);
+            println!("sft {tag} on {world} ranks: largest relative loss difference {rel:.2e} over {} steps", got.len());
+            assert!(rel < 1e-5, "{got:?}\nvs one process {want:?}");
+            for (x, y) in weights(&c.checkpoint_dir.join("final")).iter().zip(&want_w) {
+                let e = smelt_testing::nmse(x, y);
+                assert!(e < 1e-8, "{tag}, {world} ranks: final weights NMSE {e:e}");
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
 }

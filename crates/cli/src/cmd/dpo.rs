@@ -50,6 +50,9 @@ pub struct DpoArgs {
 }
 
 pub fn run(a: DpoArgs) -> Result<()> {
+    if a.run.spawn_ranks()? {
+        return Ok(());
+    }
     let mut cfg = TrainConfig { checkpoint_dir: a.output, lora: a.lora.config()?, ..TrainConfig::default() };
     let resume = a.run.apply(&mut cfg)?;
     let dpo = DpoConfig {

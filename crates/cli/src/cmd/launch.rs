@@ -1,4 +1,4 @@
-//! Several GPUs for `smelt train` (and `sft`): `--nproc N` starts N copies of this very command,
+//! Several GPUs for `smelt train` (and `sft`, `dpo`, `distill`): `--nproc N` starts N copies of this very command,
 //! one per GPU, with the environment torchrun would give them (`RANK`, `LOCAL_RANK`,
 //! `WORLD_SIZE`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), and waits for them; a copy
 //! (or a process torchrun or srun started) reads that environment and joins the job over NCCL.
@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-/// The flags of a data-parallel run, shared by `train` and `sft` through `RunFlags`.
+/// The flags of a data-parallel run, shared by `train`, `sft`, `dpo` and `distill` through `RunFlags`.
 #[derive(clap::Args, Debug)]
 pub struct ParallelFlags {
     /// Train on N GPUs of this machine: smelt starts N processes of itself (cuda:0 … cuda:N-1)
@@ -28,6 +28,13 @@ pub struct ParallelFlags {
     /// Size of the gradient buckets averaged together, in MB (the first is 1 MB).
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..))]
     pub bucket_mb: u64,
+    /// ZeRO-1: 1 shards AdamW's moments among the GPUs (each keeps 1/N of them: the gradients
+    /// are reduce-scattered, each GPU updates its piece of the weights, and the pieces are
+    /// all-gathered), 0 keeps the whole state on every GPU. Default: 1 with more than one
+    /// process (not with --optimizer muon, which updates whole matrices). Checkpoints are the
+    /// same either way. Ignored by a plain run (no --nproc, no launcher's WORLD_SIZE).
+    #[arg(long, value_name = "0|1", value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: Option<u8>,
 }
 
 impl ParallelFlags {
@@ -105,7 +112,8 @@ impl ParallelFlags {
         };
         let comm = dist::connect(&env, d)?;
         let wire = if self.reduce_dtype == "bf16" { DType::BF16 } else { DType::F32 };
-        Ok(Some((d, DataParallel::new(comm, wire, (self.bucket_mb as usize) << 20))))
+        let dp = DataParallel::new(comm, wire, (self.bucket_mb as usize) << 20).with_zero(self.zero.map(|z| z == 1));
+        Ok(Some((d, dp)))
     }
 }
 

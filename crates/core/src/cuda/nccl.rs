@@ -41,6 +41,17 @@ struct Lib {
         sys::ncclComm_t,
         *mut c_void,
     ) -> NcclResult,
+    reduce_scatter: unsafe extern "C" fn(
+        *const c_void,
+        *mut c_void,
+        usize,
+        c_int,
+        c_int,
+        sys::ncclComm_t,
+        *mut c_void,
+    ) -> NcclResult,
+    all_gather:
+        unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, sys::ncclComm_t, *mut c_void) -> NcclResult,
     group_start: unsafe extern "C" fn() -> NcclResult,
     group_end: unsafe extern "C" fn() -> NcclResult,
     get_error_string: unsafe extern "C" fn(NcclResult) -> *const c_char,
@@ -61,6 +72,8 @@ fn load() -> Result<Lib> {
                     comm_init_rank: sym(&lib, n, "ncclCommInitRank")?,
                     comm_destroy: sym(&lib, n, "ncclCommDestroy")?,
                     all_reduce: sym(&lib, n, "ncclAllReduce")?,
+                    reduce_scatter: sym(&lib, n, "ncclReduceScatter")?,
+                    all_gather: sym(&lib, n, "ncclAllGather")?,
                     group_start: sym(&lib, n, "ncclGroupStart")?,
                     group_end: sym(&lib, n, "ncclGroupEnd")?,
                     get_error_string: sym(&lib, n, "ncclGetErrorString")?,
@@ -182,18 +195,15 @@ impl Nccl {
 
     /// One NCCL group averaging `bucket[direct]` and `sent` in place, on `stream`.
     fn group(&self, bucket: &mut [Tensor], direct: &[usize], sent: &mut [Tensor], stream: &CudaStream) -> Result<()> {
-        let l = lib()?;
-        check(unsafe { (l.group_start)() }, "ncclGroupStart")?;
-        let mut issued: Result<()> = Ok(());
-        for &i in direct {
-            issued = issued.and_then(|_| self.all_reduce_avg_in_place(&mut bucket[i], stream));
-        }
-        for t in sent.iter_mut() {
-            issued = issued.and_then(|_| self.all_reduce_avg_in_place(t, stream));
-        }
-        // The group must close whatever happened inside it.
-        check(unsafe { (l.group_end)() }, "ncclGroupEnd")?;
-        issued
+        in_group(|| {
+            for &i in direct {
+                self.all_reduce_avg_in_place(&mut bucket[i], stream)?;
+            }
+            for t in sent.iter_mut() {
+                self.all_reduce_avg_in_place(t, stream)?;
+            }
+            Ok(())
+        })
     }
 
     /// The averaged wire copies back in each tensor's own dtype (on the compute stream).
@@ -210,19 +220,59 @@ impl Nccl {
 
     fn all_reduce_avg_in_place(&self, t: &mut Tensor, stream: &CudaStream) -> Result<()> {
         let buf = t.cuda_buf_mut()?;
-        if buf.gpu.ordinal != self.gpu.ordinal {
-            bail!("all_reduce: a tensor on cuda:{}, the communicator on cuda:{}", buf.gpu.ordinal, self.gpu.ordinal);
-        }
-        let dt = match buf.dtype {
-            DType::F32 => sys::ncclDataType_t::ncclFloat32,
-            DType::BF16 => sys::ncclDataType_t::ncclBfloat16,
-            d => bail!("all_reduce: f32 or bf16 tensors, not {d:?}"),
-        };
+        let dt = self.nccl_dtype(buf, "all_reduce")?;
         let ptr = buf.ptr() as *mut c_void;
         let stream = stream.cu_stream() as *mut c_void;
         let avg = sys::ncclRedOp_t::ncclAvg as c_int;
         check(unsafe { (lib()?.all_reduce)(ptr, ptr, buf.len, dt as c_int, avg, self.raw, stream) }, "ncclAllReduce")
     }
+
+    /// NCCL's name for the dtype of `buf`, which must be on this communicator's GPU.
+    fn nccl_dtype(&self, buf: &crate::cuda::DeviceBuf, what: &str) -> Result<sys::ncclDataType_t> {
+        if buf.gpu.ordinal != self.gpu.ordinal {
+            bail!("{what}: a tensor on cuda:{}, the communicator on cuda:{}", buf.gpu.ordinal, self.gpu.ordinal);
+        }
+        Ok(match buf.dtype {
+            DType::F32 => sys::ncclDataType_t::ncclFloat32,
+            DType::BF16 => sys::ncclDataType_t::ncclBfloat16,
+            d => bail!("{what}: f32 or bf16 tensors, not {d:?}"),
+        })
+    }
+
+    /// An uninitialised buffer for this rank's piece of `t` (flat, `world` pieces). Allocated
+    /// on the compute stream, before the communication stream waits for it: memory the
+    /// compute stream is still to release must not reach the other stream.
+    fn piece_buffer(&self, t: &Tensor) -> Result<Tensor> {
+        let buf = t.cuda_buf()?;
+        if buf.len % self.world != 0 {
+            bail!("reduce_scatter: {} elements do not split among {} ranks", buf.len, self.world);
+        }
+        let c = buf.len / self.world;
+        Tensor::from_device_buf(crate::cuda::DeviceBuf::alloc(&self.gpu, buf.dtype, c)?, &[c])
+    }
+
+    /// `piece` := this rank's piece of the mean of `t` over the ranks, on `stream`.
+    fn reduce_scatter_avg(&self, t: &Tensor, piece: &mut Tensor, stream: &CudaStream) -> Result<()> {
+        let buf = t.cuda_buf()?;
+        let dt = self.nccl_dtype(buf, "reduce_scatter")?;
+        let out = piece.cuda_buf_mut()?;
+        if out.len * self.world != buf.len || out.dtype != buf.dtype {
+            bail!("reduce_scatter: a piece of {} for {} elements over {} ranks", out.len, buf.len, self.world);
+        }
+        let (src, dst, c) = (buf.ptr() as *const c_void, out.ptr() as *mut c_void, out.len);
+        let avg = sys::ncclRedOp_t::ncclAvg as c_int;
+        let s = stream.cu_stream() as *mut c_void;
+        check(unsafe { (lib()?.reduce_scatter)(src, dst, c, dt as c_int, avg, self.raw, s) }, "ncclReduceScatter")
+    }
+}
+
+/// Runs `issue` (NCCL calls) inside one NCCL group, which closes whatever happened inside it.
+fn in_group(issue: impl FnOnce() -> Result<()>) -> Result<()> {
+    let l = lib()?;
+    check(unsafe { (l.group_start)() }, "ncclGroupStart")?;
+    let issued = issue();
+    check(unsafe { (l.group_end)() }, "ncclGroupEnd")?;
+    issued
 }
 
 impl Collective for Nccl {
@@ -256,6 +306,68 @@ impl Collective for Nccl {
             Self::widen(&mut bucket, sent, wire)?;
             Ok(bucket)
         }))
+    }
+
+    /// As `start_mean`, on the communicator's stream: the wire copies and the pieces' buffers
+    /// are made on the compute stream first, the pieces come back widened there after
+    /// `Pending::finish`. The full tensors are held until then.
+    fn start_scatter_mean(&self, bucket: Vec<Tensor>, wire: DType) -> Result<Pending> {
+        let sent: Vec<Tensor> = bucket.iter().map(|t| t.to_dtype(wire)).collect::<Result<_>>()?;
+        let mut pieces: Vec<Tensor> = sent.iter().map(|t| self.piece_buffer(t)).collect::<Result<_>>()?;
+        let stream_err = |e| anyhow!("{:?}: ordering the streams: {e:?}", self.gpu);
+        self.comm_stream.join(&self.gpu.stream).map_err(stream_err)?;
+        in_group(|| {
+            for (t, p) in sent.iter().zip(pieces.iter_mut()) {
+                self.reduce_scatter_avg(t, p, &self.comm_stream)?;
+            }
+            Ok(())
+        })?;
+        let (compute, comm, gpu) = (self.gpu.stream.clone(), self.comm_stream.clone(), self.gpu.clone());
+        Ok(Pending::new(move || {
+            compute.join(&comm).map_err(|e| anyhow!("{gpu:?}: ordering the streams: {e:?}"))?;
+            let out: Result<Vec<Tensor>> = bucket.iter().zip(pieces).map(|(t, p)| p.to_dtype(t.dtype())).collect();
+            drop((bucket, sent));
+            out
+        }))
+    }
+
+    /// On the compute stream, in order with the optimizer step that wrote the pieces.
+    fn all_gather_into(&self, pieces: &[Tensor], outs: &mut [Tensor]) -> Result<()> {
+        if pieces.len() != outs.len() {
+            bail!("all_gather: {} pieces, {} outputs", pieces.len(), outs.len());
+        }
+        let stream = self.gpu.stream.cu_stream() as *mut c_void;
+        in_group(|| {
+            for (p, o) in pieces.iter().zip(outs.iter_mut()) {
+                let pb = p.cuda_buf()?;
+                let dt = self.nccl_dtype(pb, "all_gather")?;
+                let (src, n) = (pb.ptr() as *const c_void, pb.len);
+                let ob = o.cuda_buf_mut()?;
+                if ob.len != n * self.world || ob.dtype != pb.dtype {
+                    bail!(
+                        "all_gather: a {:?} piece of {n} into a {:?} output of {} ({} ranks)",
+                        pb.dtype,
+                        ob.dtype,
+                        ob.len,
+                        self.world
+                    );
+                }
+                let dst = ob.ptr() as *mut c_void;
+                check(unsafe { (lib()?.all_gather)(src, dst, n, dt as c_int, self.raw, stream) }, "ncclAllGather")?;
+            }
+            Ok(())
+        })
+    }
+
+    fn all_reduce_sum_f64(&self, t: &mut Tensor) -> Result<()> {
+        let buf = t.cuda_buf_mut()?;
+        if buf.dtype != DType::U32 || buf.len % 2 != 0 || buf.gpu.ordinal != self.gpu.ordinal {
+            bail!("all_reduce_sum_f64: expected f64 words (f64_words) on cuda:{}", self.gpu.ordinal);
+        }
+        let ptr = buf.ptr() as *mut c_void;
+        let stream = self.gpu.stream.cu_stream() as *mut c_void;
+        let (f64t, sum) = (sys::ncclDataType_t::ncclFloat64 as c_int, sys::ncclRedOp_t::ncclSum as c_int);
+        check(unsafe { (lib()?.all_reduce)(ptr, ptr, buf.len / 2, f64t, sum, self.raw, stream) }, "ncclAllReduce")
     }
 }
 

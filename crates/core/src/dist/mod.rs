@@ -39,8 +39,39 @@ pub trait Collective: Send + Sync + std::fmt::Debug {
         self.all_reduce_mean(&mut bucket, wire)?;
         Ok(Pending::done(bucket))
     }
+
+    /// ZeRO-1's reduce-scatter, begun as `start_mean` is: each tensor of `bucket` (flat, its
+    /// length a multiple of the world size) is averaged over the ranks, and this rank gets back
+    /// only its piece of the mean: elements `rank·n/world .. (rank + 1)·n/world`, in the
+    /// tensor's own dtype (sent as `wire`, as `all_reduce_mean`).
+    fn start_scatter_mean(&self, bucket: Vec<Tensor>, wire: DType) -> Result<Pending>;
+
+    /// ZeRO-1's all-gather: `outs[i]` (flat, `world` times as long as `pieces[i]`, same dtype)
+    /// is overwritten with every rank's `pieces[i]`, in rank order. One call is one round of
+    /// messages, after the work queued so far.
+    fn all_gather_into(&self, pieces: &[Tensor], outs: &mut [Tensor]) -> Result<()>;
+
+    /// Replaces the f64 values held in `t` (as [`f64_words`] writes them) by their sums over the ranks, in f64. One rank leaves them as they are.
+    fn all_reduce_sum_f64(&self, t: &mut Tensor) -> Result<()>;
 }
 
+/// f64 values as the tensor [`Collective::all_reduce_sum_f64`] sums (tensors have no f64
+/// dtype): each value's eight bytes as two u32 words, low word first (the device's
+/// little-endian layout of an f64), on `device`.
+pub fn f64_words(values: &[f64], device: Device) -> Result<Tensor> {
+    let words: Vec<u32> = values.iter().flat_map(|v| [v.to_bits() as u32, (v.to_bits() >> 32) as u32]).collect();
+    Tensor::from_u32(words, &[2 * values.len()])?.to_device(device)
+}
+
+/// The f64 values of a tensor `f64_words` made (read back to the host).
+pub fn f64_values(t: &Tensor) -> Result<Vec<f64>> {
+    let host = t.to_device(Device::Cpu)?;
+    let w = host.as_u32()?;
+    if w.len() % 2 != 0 {
+        anyhow::bail!("f64 words: an odd count of words ({})", w.len());
+    }
+    Ok(w.chunks_exact(2).map(|c| f64::from_bits(c[0] as u64 | ((c[1] as u64) << 32))).collect())
+}
 /// An average begun by [`Collective::start_mean`]; it holds the tensors until `finish`.
 pub struct Pending(Box<dyn FnOnce() -> Result<Vec<Tensor>> + Send>);
 

@@ -659,6 +659,50 @@ fn parity_gemv_linear_many_and_swiglu() {
     cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
 }
 
+/// ZeRO-1's norm on the GPU: the f64 sum of squares (`grad_sumsq`) and the state from it
+/// (`norm_from_sumsq`) give `grad_norm_state` bit for bit when the "ranks" are one; two halves'
+/// sums added on the host give the whole norm; a rank's non-finite flag shared by a mean over
+/// the ranks reaches every rank.
+#[test]
+fn parity_grad_norm_across_ranks() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let shapes: [&[usize]; 4] = [&[300, 70], &[5], &[4097], &[3, 4096]];
+    let gg: Vec<Tensor> = shapes.iter().map(|s| up(&randn(&mut r, s, 1.0), d)).collect();
+    let refs: Vec<&Tensor> = gg.iter().collect();
+    let loss = up(&Tensor::scalar(2.5), d);
+    let whole = ops::adamw::cuda::grad_norm_state(&refs, 3.0, Some(&loss)).unwrap().to_vec_f32().unwrap();
+    let one = ops::adamw::grad_norm_across(&refs, 3.0, Some(&loss), |_| Ok(())).unwrap();
+    assert_eq!(one.state.to_vec_f32().unwrap(), whole, "one rank's state is grad_norm's");
+    // Two "ranks", one holding the first two tensors, the other the rest.
+    let half = |ts: &[&Tensor]| crate::dist::f64_values(&ops::adamw::cuda::grad_sumsq(ts).unwrap()).unwrap()[0];
+    let other = half(&refs[2..]);
+    let two = ops::adamw::grad_norm_across(&refs[..2], 3.0, Some(&loss), |s| {
+        let mine = crate::dist::f64_values(s)?[0];
+        *s = crate::dist::f64_words(&[mine + other], d)?;
+        Ok(())
+    })
+    .unwrap();
+    let (n2, n1) = (two.read().unwrap().0, one.read().unwrap().0);
+    println!("norm over two halves {n2}, whole {n1}");
+    assert!(((n2 - n1) / n1).abs() < 1e-6);
+    // An overflowing update on one rank: the mean of the flags (1 here, 0 there) is non-zero.
+    let o = ops::adamw::AdamW { lr: 1e39, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 };
+    let mut st = ops::adamw::grad_norm_across(&refs, 0.0, None, |_| Ok(())).unwrap();
+    let mut p: Vec<Tensor> = gg.clone();
+    let (mut m, mut v): (Vec<Tensor>, Vec<Tensor>) =
+        (gg.iter().map(|g| g.zeros_like().unwrap()).collect(), gg.iter().map(|g| g.zeros_like().unwrap()).collect());
+    let decay = vec![false; gg.len()];
+    ops::adamw::adamw_multi(&o, 1, &decay, &mut p, &gg, &mut m, &mut v, Some(&st)).unwrap();
+    st.share_nonfinite_flag(|f| {
+        f[0] = ops::elementwise::scale(&f[0], 0.5)?;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(st.state.to_vec_f32().unwrap()[3], 0.5);
+    assert!(!ops::adamw::params_finite(&p, &st).unwrap());
+}
+
 #[test]
 fn parity_adamw_and_grad_norm() {
     let Some(d) = dev() else { return };

@@ -1,5 +1,6 @@
-//! What the CPU training tests share (`mod common;` in each): a fresh work folder, and the
-//! bundled corpus as byte-level token files with a tiny custom model's run settings.
+//! What the CPU training tests share (`mod common;` in each): a fresh work folder, the
+//! bundled corpus as byte-level token files with a tiny custom model's run settings, and a run
+//! on several ranks as threads.
 #![allow(dead_code)] // each test file uses its part
 
 use smelt_data::prepare::{prepare, PrepareConfig};
@@ -78,4 +79,59 @@ pub fn visible_weights(base: smelt_model::Model, seed: u64) -> smelt_model::Mode
         })
         .collect();
     base.with_params(params).unwrap()
+}
+
+/// Runs `cfg` as `world` data-parallel ranks, threads of this process
+/// (`smelt_core::dist::ThreadGroup`), ZeRO-1 as `zero` says (None: the default, on with two or
+/// more); rank 0 writes `cfg.checkpoint_dir`. Small buckets, so several are sent per update.
+pub fn run_ranks(cfg: &TrainConfig, world: usize, zero: Option<bool>, resume: Option<&Path>) {
+    let resume = resume.map(Path::to_path_buf);
+    run_ranks_with(cfg, world, zero, move |c| smelt_train::run(c, resume.as_deref()).map(|_| ()));
+}
+
+/// `run_ranks` with each rank's run given: `run(its settings)`.
+pub fn run_ranks_with(
+    cfg: &TrainConfig,
+    world: usize,
+    zero: Option<bool>,
+    run: impl Fn(TrainConfig) -> anyhow::Result<()> + Clone + Send + 'static,
+) {
+    use std::sync::Arc;
+    let handles: Vec<_> = smelt_core::dist::ThreadGroup::new(world)
+        .into_iter()
+        .map(|g| {
+            let mut c = cfg.clone();
+            let dp = smelt_train::DataParallel::new(Arc::new(g), smelt_core::DType::F32, 16 << 10);
+            c.parallel = Some(dp.with_zero(zero));
+            let run = run.clone();
+            std::thread::spawn(move || run(c))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+}
+
+/// Each metrics line's step and value of `key`, from `metrics.jsonl` in `dir`.
+pub fn metric(dir: &Path, key: &str) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            Some((v["step"].as_u64()?, v[key].as_f64()?))
+        })
+        .collect()
+}
+
+/// The largest relative difference between two curves of the same steps.
+pub fn max_rel(a: &[(u64, f64)], b: &[(u64, f64)]) -> f64 {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    a.iter()
+        .zip(b)
+        .map(|((sa, x), (sb, y))| {
+            assert_eq!(sa, sb);
+            ((x - y) / y.abs().max(1e-12)).abs()
+        })
+        .fold(0.0, f64::max)
 }

@@ -42,11 +42,9 @@ extern "C" __global__ void sumsq_multi_f32(const long long* meta, int nt, double
     }
 }
 
-// One block. gstate = [norm, coef, skip, non-finite]: coef = min(1, max_norm/(norm+1e-6)) as
-// PyTorch's clip_grad_norm_ (1 when max_norm ≤ 0); skip when the norm or the loss is not finite,
-// so a diverged step leaves the parameters untouched, as on the CPU; non-finite starts at 0 and
-// is raised by adamw_multi_f32 when an updated parameter is NaN or infinite.
-extern "C" __global__ void norm_finalize(const double* partial, int nb, float* gstate, double max_norm, const float* loss) {
+// The sum of the nb partials, by one block of 1024 threads, in a fixed tree order; thread 0
+// gets it.
+__device__ __forceinline__ double partials_total(const double* partial, int nb) {
     __shared__ double red[1024];
     double s = 0.0;
     for (int i = threadIdx.x; i < nb; i += blockDim.x) s += partial[i];
@@ -56,16 +54,40 @@ extern "C" __global__ void norm_finalize(const double* partial, int nb, float* g
         if ((int)threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
         __syncthreads();
     }
-    if (threadIdx.x == 0) {
-        double norm = sqrt(red[0]);
-        double coef = 1.0;
-        if (max_norm > 0.0) { coef = max_norm / (norm + 1e-6); if (coef > 1.0) coef = 1.0; }
-        bool bad = !isfinite(norm) || (loss && !isfinite(loss[0]));
-        gstate[0] = (float)norm;
-        gstate[1] = (float)coef;
-        gstate[2] = bad ? 1.f : 0.f;
-        gstate[3] = 0.f;
-    }
+    return red[0];
+}
+
+// gstate = [norm, coef, skip, non-finite] from the sum of squares: coef = min(1, max_norm/(norm+1e-6))
+// as PyTorch's clip_grad_norm_ (1 when max_norm ≤ 0); skip when the norm or the loss is not
+// finite, so a diverged step leaves the parameters untouched, as on the CPU; non-finite starts
+// at 0 and is raised by adamw_multi_f32 when an updated parameter is NaN or infinite.
+__device__ __forceinline__ void write_norm_state(double sumsq, float* gstate, double max_norm, const float* loss) {
+    double norm = sqrt(sumsq);
+    double coef = 1.0;
+    if (max_norm > 0.0) { coef = max_norm / (norm + 1e-6); if (coef > 1.0) coef = 1.0; }
+    bool bad = !isfinite(norm) || (loss && !isfinite(loss[0]));
+    gstate[0] = (float)norm;
+    gstate[1] = (float)coef;
+    gstate[2] = bad ? 1.f : 0.f;
+    gstate[3] = 0.f;
+}
+
+// One block of 1024: the norm state of one process's gradients.
+extern "C" __global__ void norm_finalize(const double* partial, int nb, float* gstate, double max_norm, const float* loss) {
+    double s = partials_total(partial, nb);
+    if (threadIdx.x == 0) write_norm_state(s, gstate, max_norm, loss);
+}
+
+// One block of 1024: the sum of squares alone (ZeRO-1: each rank's pieces, summed over the
+// ranks before norm_from_sumsq).
+extern "C" __global__ void sumsq_total(const double* partial, int nb, double* out) {
+    double s = partials_total(partial, nb);
+    if (threadIdx.x == 0) out[0] = s;
+}
+
+// One thread: the norm state from a sum of squares.
+extern "C" __global__ void norm_from_sumsq(const double* sumsq, float* gstate, double max_norm, const float* loss) {
+    write_norm_state(sumsq[0], gstate, max_norm, loss);
 }
 
 extern "C" __global__ void adamw_multi_f32(const long long* meta, int nt, float* gstate,

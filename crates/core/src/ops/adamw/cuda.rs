@@ -37,11 +37,8 @@ fn tables(gpu: &Arc<Gpu>, rows: &[[u64; 5]], sizes: &[usize], decay: &[bool]) ->
     Ok((upload(gpu, &meta)?, rows.len() as i32, nb))
 }
 
-/// [global L2 norm, clip coefficient, skip flag, non-finite flag] of `grads`, on the device.
-/// The skip flag is set when the norm or `loss` (if given) is not finite; the non-finite flag
-/// starts at 0 and `adamw_multi` given this state raises it when it leaves a parameter NaN or
-/// infinite, so the trainer learns it with the loss, without another wait.
-pub fn grad_norm_state(grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<Tensor> {
+/// The sums of squares of `grads` by blocks of CHUNK elements (f64 partials), and their count.
+fn sumsq_partials(grads: &[&Tensor]) -> Result<(Arc<Gpu>, DeviceBuf, i32)> {
     if grads.is_empty() {
         bail!("grad norm of no tensors");
     }
@@ -61,19 +58,60 @@ pub fn grad_norm_state(grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) 
         let cfg = LaunchConfig { grid_dim: (nb as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         cuda::launched(unsafe { l.launch(cfg) }, "sumsq_multi_f32")?;
     }
+    Ok((gpu, partial, nb as i32))
+}
+
+const ONE_BLOCK: LaunchConfig = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+
+/// [global L2 norm, clip coefficient, skip flag, non-finite flag] of `grads`, on the device.
+/// The skip flag is set when the norm or `loss` (if given) is not finite; the non-finite flag
+/// starts at 0 and `adamw_multi` given this state raises it when it leaves a parameter NaN or
+/// infinite, so the trainer learns it with the loss, without another wait.
+pub fn grad_norm_state(grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<Tensor> {
+    let (gpu, partial, nb) = sumsq_partials(grads)?;
     let state = DeviceBuf::alloc(&gpu, DType::F32, 4)?;
     let f = gpu.function("adamw", SRC, "norm_finalize")?;
-    let (nb32, null) = (nb as i32, 0u64);
+    let null = 0u64;
     {
         let mut l = gpu.stream.launch_builder(&f);
-        l.arg(&partial.data).arg(&nb32).arg(&state.data).arg(&max_norm);
+        l.arg(&partial.data).arg(&nb).arg(&state.data).arg(&max_norm);
         match loss {
             Some(t) => l.arg(&cuda::f32_bufs([t], "grad norm loss")?[0].data),
             None => l.arg(&null),
         };
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-        cuda::launched(unsafe { l.launch(cfg) }, "norm_finalize")?;
+        cuda::launched(unsafe { l.launch(ONE_BLOCK) }, "norm_finalize")?;
     }
+    Tensor::from_device_buf(state, &[4])
+}
+
+/// The sum of squares of `grads` as one f64 (`dist::f64_words`: a U32 tensor of two words), in
+/// `grad_norm_state`'s order: `norm_state_from_sumsq` of it is `grad_norm_state` bit for bit.
+pub fn grad_sumsq(grads: &[&Tensor]) -> Result<Tensor> {
+    let (gpu, partial, nb) = sumsq_partials(grads)?;
+    let out = DeviceBuf::alloc(&gpu, DType::U32, 2)?;
+    let f = gpu.function("adamw", SRC, "sumsq_total")?;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&partial.data).arg(&nb).arg(&out.data);
+    cuda::launched(unsafe { l.launch(ONE_BLOCK) }, "sumsq_total")?;
+    Tensor::from_device_buf(out, &[2])
+}
+
+/// `grad_norm_state` from a sum of squares made by `grad_sumsq` (and summed over ranks).
+pub fn norm_state_from_sumsq(sumsq: &Tensor, max_norm: f64, loss: Option<&Tensor>) -> Result<Tensor> {
+    let sb = sumsq.cuda_buf()?;
+    sb.expect(DType::U32, "norm from a sum of squares")?;
+    let gpu = sb.gpu.clone();
+    let state = DeviceBuf::alloc(&gpu, DType::F32, 4)?;
+    let f = gpu.function("adamw", SRC, "norm_from_sumsq")?;
+    let null = 0u64;
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&sb.data).arg(&state.data).arg(&max_norm);
+    match loss {
+        Some(t) => l.arg(&cuda::f32_bufs([t], "grad norm loss")?[0].data),
+        None => l.arg(&null),
+    };
+    let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
+    cuda::launched(unsafe { l.launch(one) }, "norm_from_sumsq")?;
     Tensor::from_device_buf(state, &[4])
 }
 
@@ -171,6 +209,12 @@ pub fn adamw_multi(
 impl super::OptimKernels for crate::backend::Cuda {
     fn grad_norm(&self, grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<super::GradNorm> {
         Ok(super::GradNorm::new(grad_norm_state(grads, max_norm, loss)?, None))
+    }
+    fn grad_sumsq(&self, grads: &[&Tensor]) -> Result<Tensor> {
+        grad_sumsq(grads)
+    }
+    fn norm_from_sumsq(&self, sumsq: &Tensor, max_norm: f64, loss: Option<&Tensor>) -> Result<super::GradNorm> {
+        Ok(super::GradNorm::new(norm_state_from_sumsq(sumsq, max_norm, loss)?, None))
     }
     fn adamw(
         &self,

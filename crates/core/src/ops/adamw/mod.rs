@@ -89,6 +89,22 @@ impl GradNorm {
         Ok(self.host_state.get().map(Vec::as_slice).unwrap_or_default())
     }
 
+    /// Under ZeRO-1 each rank's update wrote only its pieces of the parameters: where the
+    /// backend keeps a non-finite flag beside the norm (a GPU), `mean_over_ranks`
+    /// (`Collective::all_reduce_mean`) makes it the ranks' mean, non-zero when any rank raised
+    /// it, so `params_finite` answers alike everywhere. (The CPU scans the whole parameters,
+    /// gathered, instead.) Call it after the update, before `read`.
+    pub fn share_nonfinite_flag(&mut self, mean_over_ranks: impl FnOnce(&mut [Tensor]) -> Result<()>) -> Result<()> {
+        if self.state.numel() < 4 {
+            return Ok(());
+        }
+        let mut flag = [self.state.reshape(&[4, 1])?.narrow_rows(3, 1)?.reshape(&[1])?];
+        mean_over_ranks(&mut flag)?;
+        self.state.write_at(3, &flag[0])?;
+        self.host_state = std::sync::OnceLock::new();
+        Ok(())
+    }
+
     /// (norm, clip coefficient, skip), read back to the host (see `host_state`).
     pub fn read(&self) -> Result<(f64, f32, bool)> {
         let st = self.host_state()?;
@@ -101,6 +117,11 @@ pub trait OptimKernels {
     /// The global L2 norm of `grads`; the clip coefficient max_norm / (norm + 1e-6) clamped to
     /// 1 (1 when `max_norm` ≤ 0); the skip flag, set when the norm or `loss` is not finite.
     fn grad_norm(&self, grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<GradNorm>;
+    /// The sum of squares `grad_norm` takes the root of, as one f64 (`dist::f64_words`), in
+    /// `grad_norm`'s order: `norm_from_sumsq` of it is `grad_norm` bit for bit.
+    fn grad_sumsq(&self, grads: &[&Tensor]) -> Result<Tensor>;
+    /// `grad_norm` from a sum of squares (`grad_sumsq`, summed over ranks under ZeRO-1).
+    fn norm_from_sumsq(&self, sumsq: &Tensor, max_norm: f64, loss: Option<&Tensor>) -> Result<GradNorm>;
     /// One AdamW update of every parameter. With `norm`, the gradients are scaled by its clip
     /// coefficient and nothing is updated when its skip flag is set.
     #[allow(clippy::too_many_arguments)]
@@ -123,6 +144,10 @@ pub trait OptimKernels {
 impl OptimKernels for Cpu {
     /// The norm summed in f64 in a fixed order (chunks, then tensors).
     fn grad_norm(&self, grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<GradNorm> {
+        self.norm_from_sumsq(&self.grad_sumsq(grads)?, max_norm, loss)
+    }
+
+    fn grad_sumsq(&self, grads: &[&Tensor]) -> Result<Tensor> {
         let mut s = 0f64;
         for g in grads {
             s += g
@@ -133,7 +158,11 @@ impl OptimKernels for Cpu {
                 .iter()
                 .sum::<f64>();
         }
-        let norm = s.sqrt();
+        crate::dist::f64_words(&[s], crate::Device::Cpu)
+    }
+
+    fn norm_from_sumsq(&self, sumsq: &Tensor, max_norm: f64, loss: Option<&Tensor>) -> Result<GradNorm> {
+        let norm = crate::dist::f64_values(sumsq)?.first().copied().unwrap_or(f64::NAN).sqrt();
         let coef = if max_norm > 0.0 { (max_norm / (norm + 1e-6)).min(1.0) as f32 } else { 1.0 };
         let bad_loss = match loss {
             Some(l) => !l.as_f32()?[0].is_finite(),
@@ -192,6 +221,23 @@ impl OptimKernels for Cpu {
 /// clipping at `max_norm`, on the gradients' device (see `OptimKernels::grad_norm`).
 pub fn grad_norm(grads: &[&Tensor], max_norm: f64, loss: Option<&Tensor>) -> Result<GradNorm> {
     backend::on("grad_norm", grads.iter().copied().chain(loss))?.grad_norm(grads, max_norm, loss)
+}
+
+/// `grad_norm` of gradients spread over the ranks of a job (ZeRO-1: each holds a piece of
+/// every gradient): this rank's sum of squares (f64, in `grad_norm`'s order), summed over the
+/// ranks by `sum_over_ranks` (`Collective::all_reduce_sum_f64`, on the device), then the norm,
+/// clip coefficient and skip flag as `grad_norm`. Every rank gets the same state; with one rank
+/// it is `grad_norm`'s bit for bit.
+pub fn grad_norm_across(
+    grads: &[&Tensor],
+    max_norm: f64,
+    loss: Option<&Tensor>,
+    sum_over_ranks: impl FnOnce(&mut Tensor) -> Result<()>,
+) -> Result<GradNorm> {
+    let k = backend::on("grad_norm", grads.iter().copied().chain(loss))?;
+    let mut s = k.grad_sumsq(grads)?;
+    sum_over_ranks(&mut s)?;
+    k.norm_from_sumsq(&s, max_norm, loss)
 }
 
 /// Whether every value of these host f32 tensors is finite (a scan, in parallel).
