@@ -107,25 +107,23 @@ pub enum Event {
 pub struct EngineConfig {
     /// Sequences in the running batch at most (`--parallel`).
     pub parallel: usize,
-    /// The KV pool (`--ctx-size` positions of `--kv-cache-type`), made before the server
-    /// says it is ready so that a pool that cannot be made stops it at start; off the CPU an
-    /// empty one (each sequence keeps its own contiguous cache there).
+    /// The KV pool (`--ctx-size` positions of `--kv-cache-type`, on the model's device), made
+    /// before the server says it is ready so that a pool that cannot be made stops it at
+    /// start; for `one_at_a_time` an empty one.
     pub pool: KvPool,
-    /// Batch over the paged pool (the CPU), or run one request at a time, each with its own
-    /// contiguous cache (other devices, where the paged forward does not exist yet).
+    /// Batch over the paged pool, or run one request at a time, each with its own contiguous
+    /// cache behind `smelt generate`'s decoder.
     pub paged: bool,
 }
 
 impl EngineConfig {
+    /// Continuous batching over a paged pool on the model's device (the CPU or a GPU).
     pub fn new(model: &Model, parallel: usize, pool_tokens: usize, kv_type: KvType) -> anyhow::Result<Self> {
-        if !model.device().is_cpu() {
-            return Self::one_at_a_time(model);
-        }
         Ok(EngineConfig { parallel, pool: KvPool::with_type(model, pool_tokens, BLOCK_SIZE, kv_type)?, paged: true })
     }
 
-    /// One request at a time with contiguous caches (what runs off the CPU; tests run it on
-    /// the CPU too).
+    /// One request at a time with contiguous caches behind `Decoder` (on a GPU each step
+    /// after the first a replayed graph): what the paged engine is compared against.
     pub fn one_at_a_time(model: &Model) -> anyhow::Result<Self> {
         Ok(EngineConfig { parallel: 1, pool: KvPool::new_empty(model, BLOCK_SIZE)?, paged: false })
     }
@@ -149,7 +147,7 @@ struct Seq<'t> {
     stops: StopMatcher,
     pending_logprobs: Vec<TokenLogprob>,
     last_token: Option<Instant>,
-    /// Off the CPU (no paged pool yet): the sequence's own contiguous cache, behind the
+    /// `EngineConfig::one_at_a_time`: the sequence's own contiguous cache, behind the
     /// decoder `smelt generate` uses (on a GPU each step after the first is a replayed graph).
     dec: Option<Decoder<'t>>,
 }
@@ -217,7 +215,7 @@ impl<'t> Seq<'t> {
     ) -> anyhow::Result<Outcome> {
         // Penalties and log-probabilities read the row on the host (a GPU's logits come back
         // only when a request asks for them).
-        let host = |t: &Tensor| t.to_device(smelt_core::Device::Cpu);
+        let host = |t: &Tensor| t.to_device(smelt_core::Device::Cpu)?.to_dtype(smelt_core::DType::F32);
         let wants_host = self.job.logprobs.is_some()
             || self.job.presence_penalty != 0.0
             || self.job.frequency_penalty != 0.0
@@ -338,8 +336,8 @@ fn logprob_of(logits: &Tensor, id: u32, k: usize) -> anyhow::Result<TokenLogprob
 
 /// Runs jobs until every sender of `jobs` is gone (the HTTP side has ended).
 ///
-/// Off the CPU the paged pool does not exist yet: jobs run one at a time, each with its own
-/// contiguous cache, through the same loop (`lib.rs` says so at start).
+/// With `EngineConfig::one_at_a_time`, jobs run one at a time, each with its own contiguous
+/// cache, through the same loop.
 pub fn run<'a>(
     model: &'a Model,
     tok: &'a Tokenizer,
@@ -651,7 +649,7 @@ mod tests {
         assert_eq!(run(&[""], &["a"]), ("a".into(), false));
     }
 
-    /// The loop off the CPU (one request at a time, contiguous caches), run here on the CPU:
+    /// The one-request-at-a-time loop (contiguous caches behind `Decoder`):
     /// the same ids as `smelt_infer::generate`, one request after another.
     #[test]
     fn one_at_a_time_mode_gives_generate_s_answers() {
@@ -700,7 +698,7 @@ mod tests {
     }
 
     /// A constrained job runs the same in both loops (batched over the paged pool, and one
-    /// at a time as off the CPU): the same greedy and seeded answers, each a whole JSON value
+    /// at a time): the same greedy and seeded answers, each a whole JSON value
     /// of the schema, ended as "stop" by the grammar.
     #[test]
     fn constrained_jobs_give_the_same_valid_answers_in_both_modes() {

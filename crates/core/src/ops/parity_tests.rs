@@ -99,6 +99,16 @@ fn kernels_compile() {
             [x(&["attn_decode", "attn_decode_combine", "kv_write"], &one), plain(&["decode_pos_add"])].concat(),
         ),
         (
+            "attention_paged",
+            ops::attention::cuda::PAGED_SRC,
+            ["paged_rope_kv", "paged_attn"]
+                .iter()
+                .flat_map(|k| {
+                    ["f32_f32", "f32_bf16", "f32_f16", "bf16_f32", "bf16_bf16", "bf16_f16"].map(|c| format!("{k}_{c}"))
+                })
+                .collect(),
+        ),
+        (
             "attention_tc",
             ops::attention::cuda::TC_SRC,
             plain(&[

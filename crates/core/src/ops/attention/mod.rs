@@ -581,6 +581,33 @@ pub trait AttentionKernels {
     ) -> Result<(Tensor, Tensor)> {
         bail!("attention over packed rows (--packing) is implemented on the CPU only")
     }
+    /// [`paged_rope_kv`]: a device kernel (the CPU's paged forward rotates and writes its
+    /// rows in smelt-model's `PagedSlot`).
+    #[allow(clippy::too_many_arguments)]
+    fn paged_rope_kv(
+        &self,
+        _q: &Tensor,
+        _k: &Tensor,
+        _v: &Tensor,
+        _table: &crate::ops::rope::RopeTable,
+        _kp: &mut Tensor,
+        _vp: &mut Tensor,
+        _rows: &PagedRows,
+    ) -> Result<Tensor> {
+        bail!("paged_rope_kv runs on CUDA; the CPU's paged forward writes its rows itself (smelt-model's PagedSlot)")
+    }
+    /// [`paged_attention`]: a device kernel (the CPU runs [`attn_ggml_seqs`]).
+    fn paged_attention(
+        &self,
+        _q: &Tensor,
+        _kp: &Tensor,
+        _vp: &Tensor,
+        _rows: &PagedRows,
+        _heads: Heads,
+        _scale: f32,
+    ) -> Result<Tensor> {
+        bail!("paged_attention runs on CUDA; the CPU's paged forward runs attn_ggml_seqs")
+    }
     #[allow(clippy::too_many_arguments)]
     fn attention_packed_backward(
         &self,
@@ -749,6 +776,137 @@ pub fn pos_add(pos: &mut Tensor, n: usize) -> Result<()> {
         bail!("pos_add: a position is a u32 [1] tensor, got {:?} {:?}", pos.dtype(), pos.shape());
     }
     backend::backend(pos.device()).pos_add(pos, n)
+}
+
+/// Where a batched step's new rows sit in a paged KV pool (P, KVH, D), as u32 tensors on the
+/// pool's device: made once per forward (one upload) and read by every layer's
+/// [`paged_rope_kv`] and [`paged_attention`]. Row r (of N, in the order of q's rows) is at
+/// position `pos[r]` of its sequence and is written to pool row `dst[r]`; its sequence's block
+/// table starts at `toff[r]` in `tables`, so position j of it lives in pool row
+/// `tables[toff[r] + j / block_size] · block_size + j % block_size`.
+pub struct PagedRows {
+    pub pos: Tensor,
+    pub dst: Tensor,
+    pub toff: Tensor,
+    pub tables: Tensor,
+    pub block_size: usize,
+    /// The largest `pos[r]` + 1 (how many keys the longest row sees).
+    pub max_keys: usize,
+}
+
+impl PagedRows {
+    /// From host lists (checked: one `pos`, `dst` and `toff` per row, every table entry a
+    /// block of a pool of `blocks`, every position covered by its table), uploaded to `device`.
+    pub fn new(
+        pos: Vec<u32>,
+        dst: Vec<u32>,
+        toff: Vec<u32>,
+        tables: Vec<u32>,
+        block_size: usize,
+        blocks: usize,
+        device: crate::Device,
+    ) -> Result<Self> {
+        let n = pos.len();
+        if n == 0 || dst.len() != n || toff.len() != n || block_size == 0 {
+            bail!(
+                "paged rows: {n} positions, {} pool rows, {} table offsets, block size {block_size}",
+                dst.len(),
+                toff.len()
+            );
+        }
+        if let Some(b) = tables.iter().find(|&&b| b as usize >= blocks) {
+            bail!("paged rows: block {b} is outside the pool of {blocks} blocks");
+        }
+        for r in 0..n {
+            let need = toff[r] as usize + pos[r] as usize / block_size;
+            if need >= tables.len() || dst[r] as usize >= blocks * block_size {
+                bail!(
+                    "paged rows: row {r} (position {}, pool row {}) is outside its block table or the pool",
+                    pos[r],
+                    dst[r]
+                );
+            }
+        }
+        let max_keys = pos.iter().max().map_or(0, |&p| p as usize + 1);
+        let up = |v: Vec<u32>| {
+            let len = v.len();
+            Tensor::from_u32(v, &[len])?.to_device(device)
+        };
+        Ok(PagedRows { pos: up(pos)?, dst: up(dst)?, toff: up(toff)?, tables: up(tables)?, block_size, max_keys })
+    }
+    pub fn rows(&self) -> usize {
+        self.pos.numel()
+    }
+}
+
+/// A batched step's new rows into a paged pool, in one launch: q (N, H, D) rotated to each
+/// row's position and returned; k (N, KVH, D) rotated into the key pool and v written into the
+/// value pool (both (P, KVH, D)) at each row's pool row. What `rope`, `rope` and two row
+/// writes do (`rope_into_cache` with a block table); a key is rounded to q's dtype, then to
+/// the pool's.
+pub fn paged_rope_kv(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    table: &crate::ops::rope::RopeTable,
+    kp: &mut Tensor,
+    vp: &mut Tensor,
+    rows: &PagedRows,
+) -> Result<Tensor> {
+    let (qs, ks, ps) = (q.shape(), k.shape(), kp.shape());
+    let n = rows.rows();
+    if qs.len() != 3
+        || ks.len() != 3
+        || k.shape() != v.shape()
+        || kp.shape() != vp.shape()
+        || ps.len() != 3
+        || qs[0] != n
+        || ks[0] != n
+        || ps[1..] != ks[1..]
+        || qs[2] != ks[2]
+        || qs[2] != 2 * table.inv_freq.len()
+        || kp.dtype() != vp.dtype()
+    {
+        bail!(
+            "paged_rope_kv: q {qs:?}, k {ks:?}, v {:?} ({n} rows) do not fit the pools {ps:?} / {:?} ({:?} / {:?})",
+            v.shape(),
+            vp.shape(),
+            kp.dtype(),
+            vp.dtype()
+        );
+    }
+    backend::on("paged_rope_kv", [q, k, v, &*kp, &*vp])?.paged_rope_kv(q, k, v, table, kp, vp, rows)
+}
+
+/// Attention of a batched step's rows q (N, H, D), each over keys 0..=pos[r] of its own
+/// sequence (less with a window) read from the pools (P, KVH, D) through its block table
+/// (written first by [`paged_rope_kv`]) → (N, H, D) in q's dtype. f32 arithmetic whatever the
+/// pool stores. On the CPU the paged forward runs [`attn_ggml_seqs`] instead.
+pub fn paged_attention(
+    q: &Tensor,
+    kp: &Tensor,
+    vp: &Tensor,
+    rows: &PagedRows,
+    heads: Heads,
+    scale: f32,
+) -> Result<Tensor> {
+    let (qs, ps) = (q.shape(), kp.shape());
+    if qs != [rows.rows(), heads.h, heads.d]
+        || ps.len() != 3
+        || ps[1..] != [heads.kvh, heads.d]
+        || kp.shape() != vp.shape()
+        || heads.kvh == 0
+        || heads.h % heads.kvh != 0
+    {
+        bail!(
+            "paged_attention: q {qs:?} and pools {ps:?} / {:?} do not fit {heads:?} over {} rows",
+            vp.shape(),
+            rows.rows()
+        );
+    }
+    crate::profile::timed("paged_attention", || {
+        backend::on("paged_attention", [q, kp, vp])?.paged_attention(q, kp, vp, rows, heads, scale)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
