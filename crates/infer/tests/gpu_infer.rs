@@ -384,7 +384,8 @@ fn contiguous(m: &Model, prompt: &[u32], decode: &[u32]) -> Vec<Vec<f32>> {
 }
 
 /// `Model::logits_paged` on the GPU: three sequences of different lengths (one past the decode
-/// attention's 256-key split), their blocks scattered through the pool out of order, the second
+/// attention's 256-key splits; the first step, 557 rows × 4 heads, takes the kernel's unsplit
+/// path, the later ones its split path), their blocks scattered through the pool out of order, the second
 /// sharing the first's two leading blocks (the prefix cache) and joining a step late with only
 /// its uncached rest, so steps mix prompt chunks and decode rows. Every sequence's logits at
 /// every step against the same sequence alone with the contiguous cache: f32 matmuls with an
@@ -405,7 +406,7 @@ fn paged_batched_forward_on_gpu_equals_each_sequence_alone() {
         let a = ids(37);
         // b shares a's first 32 tokens (two whole blocks), then goes its own way.
         let b: Vec<u32> = a[..32].iter().copied().chain(ids(13)).collect();
-        let c = ids(300);
+        let c = ids(520);
         let decode = ids(8);
         // Block tables through a shuffled pool of 64 blocks; b's first two are a's.
         let mut free: Vec<u32> = (0..64).collect();

@@ -359,8 +359,13 @@ pub fn paged_rope_kv(
     Tensor::from_device_buf(qo, q.shape())
 }
 
+/// Rows × heads from which a paged step is parallel enough without splitting its keys.
+const PAGED_NO_SPLIT: usize = 2048;
+
 /// `paged_attn` (paged.cu), split over the keys in `DEC_CHUNK`s as the decode kernel is, and
-/// decode.cu's combine when a row's keys span several.
+/// decode.cu's combine when a row's keys span several. A step of many rows (a long prompt, a
+/// large batch) is not split: its rows × heads already fill the GPU, and the partials would
+/// take rows × heads × splits × (D + 2) floats.
 pub fn paged_attention(
     q: &Tensor,
     kp: &Tensor,
@@ -381,7 +386,11 @@ pub fn paged_attention(
     let gpu = &qb.gpu;
     let n = rows.rows();
     let out = DeviceBuf::alloc(gpu, dt, q.numel())?;
-    let splits = rows.max_keys.div_ceil(DEC_CHUNK).max(1);
+    let (splits, chunk) = if n * heads.h >= PAGED_NO_SPLIT {
+        (1, rows.max_keys.max(1))
+    } else {
+        (rows.max_keys.div_ceil(DEC_CHUNK).max(1), DEC_CHUNK)
+    };
     let part = DeviceBuf::alloc(gpu, DType::F32, if splits > 1 { n * heads.h * splits * (heads.d + 2) } else { 1 })?;
     let name = format!(
         "paged_attn_{}_{}",
@@ -392,7 +401,7 @@ pub fn paged_attention(
     let [pb, ob, tb] = [rows.pos.cuda_buf()?, rows.toff.cuda_buf()?, rows.tables.cuda_buf()?];
     let ints =
         [rows.block_size as i32, heads.h as i32, heads.kvh as i32, heads.d as i32, heads.window.unwrap_or(0) as i32];
-    let chunk = DEC_CHUNK as i32;
+    let chunk = chunk as i32;
     {
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&qb.data)
