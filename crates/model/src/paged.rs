@@ -331,7 +331,7 @@ impl Model {
         }
         let device = self.device();
         let pool_on_device = pool.k.iter().chain(&pool.v).any(|s| matches!(s, Store::Device(_)));
-        if pool_on_device != !device.is_cpu() || pool.k.len() != self.cfg.n_layers {
+        if pool_on_device == device.is_cpu() || pool.k.len() != self.cfg.n_layers {
             bail!(
                 "logits_paged: the KV pool ({} layers, {}) does not belong to this model ({} layers on {device})",
                 pool.k.len(),

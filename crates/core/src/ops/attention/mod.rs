@@ -896,7 +896,7 @@ pub fn paged_attention(
         || ps[1..] != [heads.kvh, heads.d]
         || kp.shape() != vp.shape()
         || heads.kvh == 0
-        || heads.h % heads.kvh != 0
+        || !heads.h.is_multiple_of(heads.kvh)
     {
         bail!(
             "paged_attention: q {qs:?} and pools {ps:?} / {:?} do not fit {heads:?} over {} rows",
