@@ -581,33 +581,28 @@ pub trait AttentionKernels {
     ) -> Result<(Tensor, Tensor)> {
         bail!("attention over packed rows (--packing) is implemented on the CPU only")
     }
-    /// [`paged_rope_kv`]: a device kernel (the CPU's paged forward rotates and writes its
-    /// rows in smelt-model's `PagedSlot`).
+    /// [`paged_rope_kv`] (arguments checked).
     #[allow(clippy::too_many_arguments)]
     fn paged_rope_kv(
         &self,
-        _q: &Tensor,
-        _k: &Tensor,
-        _v: &Tensor,
-        _table: &crate::ops::rope::RopeTable,
-        _kp: &mut Tensor,
-        _vp: &mut Tensor,
-        _rows: &PagedRows,
-    ) -> Result<Tensor> {
-        bail!("paged_rope_kv runs on CUDA; the CPU's paged forward writes its rows itself (smelt-model's PagedSlot)")
-    }
-    /// [`paged_attention`]: a device kernel (the CPU runs [`attn_ggml_seqs`]).
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        table: &crate::ops::rope::RopeTable,
+        kp: &mut Tensor,
+        vp: &mut Tensor,
+        rows: &PagedRows,
+    ) -> Result<Tensor>;
+    /// [`paged_attention`] (arguments checked).
     fn paged_attention(
         &self,
-        _q: &Tensor,
-        _kp: &Tensor,
-        _vp: &Tensor,
-        _rows: &PagedRows,
-        _heads: Heads,
-        _scale: f32,
-    ) -> Result<Tensor> {
-        bail!("paged_attention runs on CUDA; the CPU's paged forward runs attn_ggml_seqs")
-    }
+        q: &Tensor,
+        kp: &Tensor,
+        vp: &Tensor,
+        rows: &PagedRows,
+        heads: Heads,
+        scale: f32,
+    ) -> Result<Tensor>;
     #[allow(clippy::too_many_arguments)]
     fn attention_packed_backward(
         &self,
@@ -626,6 +621,74 @@ pub trait AttentionKernels {
 }
 
 impl AttentionKernels for Cpu {
+    /// The reference of the device kernel (f32 pools): `rope_positions` of q and k, then each
+    /// row's k and v copied to its pool row.
+    fn paged_rope_kv(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        table: &crate::ops::rope::RopeTable,
+        kp: &mut Tensor,
+        vp: &mut Tensor,
+        rows: &PagedRows,
+    ) -> Result<Tensor> {
+        let (qs, ks) = (q.shape().to_vec(), k.shape().to_vec());
+        let (n, d) = (qs[0], qs[2]);
+        let pos = rows.pos.as_u32()?;
+        let rot =
+            |x: &Tensor, heads: usize| crate::ops::rope::rope_positions(&x.reshape(&[1, n, heads, d])?, table, pos);
+        let qr = rot(q, qs[1])?.reshape(&qs)?;
+        let kr = rot(k, ks[1])?;
+        let row = ks[1] * d;
+        let dst = rows.dst.as_u32()?;
+        for (pool, src) in [(kp, kr.as_f32()?), (vp, v.as_f32()?)] {
+            let p = pool.f32_mut()?;
+            for (r, &at) in dst.iter().enumerate() {
+                p[at as usize * row..][..row].copy_from_slice(&src[r * row..][..row]);
+            }
+        }
+        Ok(qr)
+    }
+    /// The reference of the device kernel (f32 pools): each row's softmax over its keys in
+    /// one pass, read through its block table.
+    fn paged_attention(
+        &self,
+        q: &Tensor,
+        kp: &Tensor,
+        vp: &Tensor,
+        rows: &PagedRows,
+        heads: Heads,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let (qd, kd, vd) = (q.as_f32()?, kp.as_f32()?, vp.as_f32()?);
+        let (pos, toff, tables) = (rows.pos.as_u32()?, rows.toff.as_u32()?, rows.tables.as_u32()?);
+        let Heads { h, kvh, d, window } = heads;
+        let bs = rows.block_size;
+        let mut out = vec![0f32; qd.len()];
+        out.par_chunks_mut(h * d).enumerate().for_each(|(r, o)| {
+            let tk = pos[r] as usize + 1;
+            let lo = window.map_or(0, |w| tk.saturating_sub(w));
+            let table = &tables[toff[r] as usize..];
+            for hh in 0..h {
+                let g = hh / (h / kvh);
+                let qh = &qd[(r * h + hh) * d..][..d];
+                let at = |j: usize| ((table[j / bs] as usize * bs + j % bs) * kvh + g) * d;
+                let sc: Vec<f32> = (lo..tk).map(|j| dot(qh, &kd[at(j)..][..d]) * scale).collect();
+                let m = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let w: Vec<f32> = sc.iter().map(|&x| (x - m).exp()).collect();
+                let sum: f32 = w.iter().sum();
+                let oh = &mut o[hh * d..][..d];
+                for (j, &wj) in (lo..tk).zip(&w) {
+                    for (y, &x) in oh.iter_mut().zip(&vd[at(j)..][..d]) {
+                        *y += wj * x;
+                    }
+                }
+                oh.iter_mut().for_each(|y| *y /= sum);
+            }
+        });
+        Tensor::from_f32(out, q.shape())
+    }
     fn attention_packed(
         &self,
         q: &Tensor,
@@ -881,7 +944,8 @@ pub fn paged_rope_kv(
 /// Attention of a batched step's rows q (N, H, D), each over keys 0..=pos[r] of its own
 /// sequence (less with a window) read from the pools (P, KVH, D) through its block table
 /// (written first by [`paged_rope_kv`]) → (N, H, D) in q's dtype. f32 arithmetic whatever the
-/// pool stores. On the CPU the paged forward runs [`attn_ggml_seqs`] instead.
+/// pool stores. The CPU's implementation (f32 pools) is the reference the CUDA kernel is
+/// tested against; the CPU's paged forward itself runs [`attn_ggml_seqs`], llama.cpp's order.
 pub fn paged_attention(
     q: &Tensor,
     kp: &Tensor,
@@ -1011,6 +1075,43 @@ pub fn attention_packed_backward(
 mod tests {
     use super::*;
     use crate::ops::testing::{gradcheck, rand_vec};
+
+    /// The paged reference (what the CUDA kernel is tested against) equals `attn_ggml_seqs`
+    /// over the same scattered rows, with and without a window: a prompt chunk of three rows
+    /// after cached positions and a decode row of another sequence.
+    #[test]
+    fn paged_attention_reference_equals_attn_ggml_seqs() {
+        let (h, kvh, d, bs, blocks) = (4, 2, 8, 4, 16);
+        let row = kvh * d;
+        let f32s = |n: usize, seed: u64| -> Vec<f32> { rand_vec(n, seed).iter().map(|&x| x as f32).collect() };
+        let (k, v, q) = (f32s(blocks * bs * row, 3), f32s(blocks * bs * row, 4), f32s(4 * h * d, 5));
+        let (ta, tb) = ([5u32, 2, 9], [0u32, 11]);
+        let rows = PagedRows::new(
+            vec![7, 8, 9, 5],
+            vec![0; 4],
+            vec![0, 0, 0, 3],
+            ta.iter().chain(&tb).copied().collect(),
+            bs,
+            blocks,
+            crate::Device::Cpu,
+        )
+        .unwrap();
+        let offs =
+            |t: &[u32], n: usize| -> Vec<usize> { (0..n).map(|p| (t[p / bs] as usize * bs + p % bs) * row).collect() };
+        let (oa, ob) = (offs(&ta, 10), offs(&tb, 6));
+        let kp = Tensor::from_f32(k.clone(), &[blocks * bs, kvh, d]).unwrap();
+        let vp = Tensor::from_f32(v.clone(), &[blocks * bs, kvh, d]).unwrap();
+        let qt = Tensor::from_f32(q.clone(), &[4, h, d]).unwrap();
+        for window in [None, Some(5)] {
+            let hd = Heads { h, kvh, d, window };
+            let got = paged_attention(&qt, &kp, &vp, &rows, hd, 0.3).unwrap();
+            let seqs =
+                [SeqAttn { q: &q[..3 * h * d], tq: 3, rows: &oa }, SeqAttn { q: &q[3 * h * d..], tq: 1, rows: &ob }];
+            let want = attn_ggml_seqs(&seqs, &k, &v, hd, 0.3).concat();
+            let worst = got.as_f32().unwrap().iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst < 1e-5, "window {window:?}: {worst}");
+        }
+    }
 
     fn rand_t(shape: &[usize], seed: u64) -> Tensor {
         let n = shape.iter().product();
