@@ -14,7 +14,14 @@ library only (no client library between the socket and the clock). A program, no
     bench/serve_bench.py --model .cache/inputs/smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf \\
         --smelt target/release/smelt --llama-server .cache/llama.cpp-peer/build/bin/llama-server
 
-Prints a table per server and, with --json FILE, writes every figure.
+On the GPU machine (`--device cuda`: smelt serves with `--device cuda`, llama-server offloads
+every layer with `-ngl 99`), on random-init models of SmolLM2-135M's and a 1B Llama shape made
+as bench/decode_cuda.py makes them (bench/torch_gpu.py --save-hf, then smelt's export-gguf):
+
+    bench/serve_bench.py --device cuda --smelt ./smelt --llama-server /tmp/llama-cuda/.../llama-server \
+        --random 135m,1b --type bf16 --tokenizer smollm2-tokenizer.json --json $OUT/serve_cuda.json
+
+Prints a table per server and model and, with --json FILE, writes every figure.
 """
 import argparse
 import http.client
@@ -180,7 +187,12 @@ def bench_server(name, cmd, port, model, levels, per_client, min_requests, max_t
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="the GGUF both servers load")
+    ap.add_argument("--model", help="the GGUF both servers load (or --random)")
+    ap.add_argument("--random", help="instead of --model: random-init models of these shapes (decode_cuda.py's: 135m, 1b)")
+    ap.add_argument("--type", default="bf16", help="with --random: the GGUF type smelt exports them as")
+    ap.add_argument("--tokenizer", help="with --random: the tokenizer.json the models get (SmolLM2's)")
+    ap.add_argument("--models", default="/tmp/smelt-decode-models", help="with --random: where the models go")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both servers run")
     ap.add_argument("--smelt", help="the smelt binary (skip smelt if absent)")
     ap.add_argument("--llama-server", help="llama.cpp's llama-server binary (skip it if absent)")
     ap.add_argument("--levels", default="1,8,32,64", help="concurrent clients per level")
@@ -191,28 +203,64 @@ def main():
     ap.add_argument("--ctx", type=int, default=16384, help="KV positions for all slots together")
     ap.add_argument("--json", help="write every figure here")
     a = ap.parse_args()
+    if bool(a.model) == bool(a.random):
+        ap.error("give --model or --random")
+    models = [a.model] if a.model else random_models(a)
     levels = [int(x) for x in a.levels.split(",")]
     par = max(levels)
-    out = {"model": a.model, "threads": a.threads, "max_tokens": a.max_tokens, "servers": {}}
-    if a.smelt:
-        port = free_port()
-        cmd = [a.smelt, "-t", str(a.threads), "serve", "--model", a.model, "--port", str(port), "--device", "cpu"]
-        cmd += ["--parallel", str(par), "--ctx-size", str(a.ctx), "--queue-size", str(4 * par)]
-        out["servers"]["smelt"] = bench_server(
-            "smelt", cmd, port, os.path.basename(a.model), levels, a.per_client, a.min_requests, a.max_tokens
-        )
-    if a.llama_server:
-        port = free_port()
-        # -np slots share -c positions (a unified KV cache so one slot may use more than c/np).
-        cmd = [a.llama_server, "-m", a.model, "--port", str(port), "-t", str(a.threads), "-np", str(par)]
-        cmd += ["-c", str(a.ctx), "--kv-unified", "--no-webui"]
-        out["servers"]["llama-server"] = bench_server(
-            "llama-server", cmd, port, os.path.basename(a.model), levels, a.per_client, a.min_requests, a.max_tokens
-        )
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+    out = {"device": a.device, "threads": a.threads, "max_tokens": a.max_tokens, "models": {}}
+    for model in models:
+        name = os.path.basename(model)
+        servers = out["models"][name] = {}
+        if a.smelt:
+            port = free_port()
+            cmd = [a.smelt, "-t", str(a.threads), "serve", "--model", model, "--port", str(port), "--device", a.device]
+            cmd += ["--parallel", str(par), "--ctx-size", str(a.ctx), "--queue-size", str(4 * par)]
+            servers["smelt"] = bench_server("smelt", cmd, port, name, levels, a.per_client, a.min_requests, a.max_tokens)
+        if a.llama_server:
+            port = free_port()
+            # -np slots share -c positions (a unified KV cache so one slot may use more than c/np).
+            cmd = [a.llama_server, "-m", model, "--port", str(port), "-t", str(a.threads), "-np", str(par)]
+            cmd += ["-c", str(a.ctx), "--kv-unified", "--no-webui"]
+            if a.device == "cuda":
+                cmd += ["-ngl", "99"]
+            servers["llama-server"] = bench_server(
+                "llama-server", cmd, port, name, levels, a.per_client, a.min_requests, a.max_tokens
+            )
+        if "smelt" in servers and "llama-server" in servers:
+            for s, l in zip(servers["smelt"], servers["llama-server"]):
+                print(f"{name} C={s['clients']:<3} smelt / llama-server output tok/s: {s['output_tok_s'] / l['output_tok_s']:.2f}x")
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(out, f, indent=1)
     return 0
+
+
+def random_models(a):
+    """decode_cuda.py's random-init folders (bench/torch_gpu.py --save-hf, SmolLM2's vocabulary),
+    exported by smelt as --type: the GGUF paths."""
+    import shutil
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import decode_cuda
+
+    if not a.smelt or not a.tokenizer:
+        sys.exit("--random needs --smelt (to export) and --tokenizer")
+    out = []
+    for shape in a.random.split(","):
+        d = os.path.join(a.models, shape)
+        if not os.path.exists(os.path.join(d, "model.safetensors")):
+            flags = [x for k, v in decode_cuda.SHAPES[shape].items() for x in (f"--{k}", str(v))]
+            if decode_cuda.run([sys.executable, decode_cuda.TORCH, *flags, "--vocab-size", "49152", "--save-hf", d]) is None:
+                sys.exit(f"could not make the {shape} model")
+            shutil.copy(a.tokenizer, os.path.join(d, "tokenizer.json"))
+        f = os.path.join(a.models, f"{shape}-{a.type}.gguf")
+        if not os.path.exists(f):
+            cmd = [a.smelt, "export-gguf", "--model", d, "--output", f, "--type", a.type, "--pre", "smollm"]
+            if decode_cuda.run(cmd) is None:
+                sys.exit(f"could not export {f}")
+        out.append(f)
+    return out
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ build() {
     cd "$root" || exit 1
     cargo build --release --features cuda -p smelt || exit 1
     # Test executables: libtest prints their paths in its JSON messages.
-    cargo test --release --features cuda -p smelt-core -p smelt-train -p smelt-infer -p smelt --no-run --message-format=json 2>/dev/null \
+    cargo test --release --features cuda -p smelt-core -p smelt-train -p smelt-infer -p smelt-serve -p smelt --no-run --message-format=json 2>/dev/null \
         | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -36,6 +36,7 @@ for line in sys.stdin:
             gpu_train:test) cp "$exe" "$dir/gpu_train" ;;
             gpu_nccl:test) cp "$exe" "$dir/gpu_nccl" ;;
             gpu_infer:test) cp "$exe" "$dir/gpu_infer" ;;
+            gpu_serve:test) cp "$exe" "$dir/gpu_serve" ;;
             gpu_quant:test) cp "$exe" "$dir/gpu_quant" ;;
             smelt:bin) cp "$exe" "$dir/cli_tests" ;;
         esac
@@ -43,7 +44,7 @@ for line in sys.stdin:
     cp "${CARGO_TARGET_DIR:-target}/release/smelt" "$dir/smelt"
     mkdir -p "$dir/data" "$dir/bench"
     cp data/linux-doc-slice.jsonl.gz data/linux-doc-slice.txt.gz "$dir/data/"
-    cp bench/torch_gpu.py bench/cuda_vs_torch.py bench/decode_cuda.py bench/lora_cuda.py "$dir/bench/"
+    cp bench/torch_gpu.py bench/cuda_vs_torch.py bench/decode_cuda.py bench/lora_cuda.py bench/serve_bench.py "$dir/bench/"
     # The transformers fixtures gpu_infer compares against (found through SMELT_REPO).
     mkdir -p "$dir/crates/model/tests/fixtures"
     cp -r crates/model/tests/fixtures/hf "$dir/crates/model/tests/fixtures/"
@@ -96,6 +97,7 @@ run() {
     tests nccl-lib 60 ./core_tests nccl
     tests nccl 600 ./gpu_nccl
     tests infer 300 ./gpu_infer
+    tests serve 300 ./gpu_serve
     # The CLI end to end on the GPU: train, generate and perplexity with --device cuda, on the
     # byte-level tokenizer and token files the GPU training test prepared from the corpus.
     echo "== cli end to end" >> "$log"

@@ -4,7 +4,8 @@
 //! the device) token for token; perplexity scored on the device; the transformers fixtures of
 //! hf_parity.rs with f32 matmuls, at the CPU test's thresholds; GGUF models with their weights
 //! kept quantised on the device (SmolLM2's published Q4_1 file, and tiny exports in every
-//! quantised type) against the CPU.
+//! quantised type) against the CPU; the server's batched forward over the paged KV pool on the
+//! device against each sequence run alone with the contiguous cache.
 //! The tests set the process-wide matmul precision: run them with `--test-threads=1`.
 #![cfg(feature = "cuda")]
 
@@ -14,7 +15,7 @@ use smelt_core::cuda::{self, MatmulPrecision};
 use smelt_core::rng::Rng;
 use smelt_core::{Device, Tensor};
 use smelt_infer::{generate, perplexity, GenerateConfig, SamplingConfig};
-use smelt_model::{Decoder, KvCache, Logits, Model, ModelConfig};
+use smelt_model::{Decoder, KvCache, KvPool, KvType, Logits, Model, ModelConfig, SeqStep};
 use smelt_testing::{gpu, nmse};
 use std::path::PathBuf;
 
@@ -363,4 +364,120 @@ fn exported_quantised_ggufs_run_on_gpu_like_on_the_cpu() {
         assert!(e <= 1e-10 && worst <= 1e-10, "{}: NMSE {e:e} / {worst:e}", ty.name());
         std::fs::remove_file(&out).ok();
     }
+}
+
+// ---- The server's batched forward over the paged KV pool ---------------------------------------
+
+/// Logits (each row (V) as f32) of `prompt`, then of each of `decode`, through the contiguous
+/// cache on the device, this sequence alone (what `smelt generate --device cuda` computes).
+fn contiguous(m: &Model, prompt: &[u32], decode: &[u32]) -> Vec<Vec<f32>> {
+    let d = m.device();
+    let mut cache = KvCache::new_on(&m.cfg, 1, prompt.len() + decode.len(), d).unwrap();
+    let row = |t: Tensor| t.to_vec_f32().unwrap();
+    let mut out = vec![row(m
+        .logits(&Tensor::from_u32(prompt.to_vec(), &[1, prompt.len()]).unwrap(), Some(&mut cache), Logits::Last)
+        .unwrap())];
+    for &id in decode {
+        out.push(row(m.logits(&Tensor::from_u32(vec![id], &[1, 1]).unwrap(), Some(&mut cache), Logits::Last).unwrap()));
+    }
+    out
+}
+
+/// `Model::logits_paged` on the GPU: three sequences of different lengths (one past the decode
+/// attention's 256-key splits; the first step, 557 rows × 4 heads, takes the kernel's unsplit
+/// path, the later ones its split path), their blocks scattered through the pool out of order, the second
+/// sharing the first's two leading blocks (the prefix cache) and joining a step late with only
+/// its uncached rest, so steps mix prompt chunks and decode rows. Every sequence's logits at
+/// every step against the same sequence alone with the contiguous cache: f32 matmuls with an
+/// f32 pool to ~1e-5, bf16 (mixed precision) with bf16, f16 and f32 pools at the bf16 decode
+/// tolerance; an f32 model with a rounded (bf16) pool looser. Head dims 16 (the scalar kernels)
+/// and 64 (the tensor-core prompt kernel as the reference).
+#[test]
+fn paged_batched_forward_on_gpu_equals_each_sequence_alone() {
+    let Some(d) = gpu() else { return };
+    for (dim, heads) in [(64usize, 4usize), (256, 4)] {
+        let cfg = ModelConfig::llama(300, dim, 2, heads, 2, 160);
+        let mut m = Model::init(cfg, 21).unwrap();
+        m.to_device(d).unwrap();
+        let v = m.cfg.vocab_size;
+        let bs = 16;
+        let mut r = Rng::new(17);
+        let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| r.below(v as u64) as u32).collect() };
+        let a = ids(37);
+        // b shares a's first 32 tokens (two whole blocks), then goes its own way.
+        let b: Vec<u32> = a[..32].iter().copied().chain(ids(13)).collect();
+        let c = ids(520);
+        let decode = ids(8);
+        // Block tables through a shuffled pool of 64 blocks; b's first two are a's.
+        let mut free: Vec<u32> = (0..64).collect();
+        for i in (1..free.len()).rev() {
+            free.swap(i, r.below(i as u64 + 1) as usize);
+        }
+        let mut take = |n: usize| -> Vec<u32> { free.drain(..n).collect() };
+        let ta = take((a.len() + decode.len()).div_ceil(bs));
+        let tb: Vec<u32> = ta[..2].iter().copied().chain(take((b.len() + decode.len()).div_ceil(bs) - 2)).collect();
+        let tc = take((c.len() + decode.len()).div_ceil(bs));
+        for (precision, kind, tol) in [
+            (MatmulPrecision::F32, KvType::F32, 1e-10),
+            (MatmulPrecision::Bf16, KvType::BF16, 1e-3),
+            (MatmulPrecision::Bf16, KvType::F16, 1e-3),
+            (MatmulPrecision::Bf16, KvType::F32, 1e-3),
+            (MatmulPrecision::F32, KvType::BF16, 1e-3),
+        ] {
+            cuda::set_matmul_precision(precision);
+            let want = [contiguous(&m, &a, &decode), contiguous(&m, &b, &decode), contiguous(&m, &c, &decode)];
+            let mut pool = KvPool::with_type(&m, 64 * bs, bs, kind).unwrap();
+            let mut got: [Vec<Vec<f32>>; 3] = Default::default();
+            // Step 0: a and c's prompts. Step 1: b's uncached rest (positions 32..45) beside a's
+            // and c's first decode rows. Then decode rows for all three.
+            for step in 0..=decode.len() + 1 {
+                let mut steps = Vec::new();
+                let mut who = Vec::new();
+                for (s, (prompt, table)) in [(&a, &ta), (&b, &tb), (&c, &tc)].into_iter().enumerate() {
+                    let start = usize::from(s == 1);
+                    if step < start || step - start > decode.len() {
+                        continue;
+                    }
+                    let k = step - start;
+                    let (tokens, pos0): (&[u32], usize) = match (k, s) {
+                        (0, 1) => (&prompt[32..], 32),
+                        (0, _) => (&prompt[..], 0),
+                        _ => (&decode[k - 1..k], prompt.len() + k - 1),
+                    };
+                    steps.push(SeqStep { tokens, pos0, table });
+                    who.push(s);
+                }
+                let l = m.logits_paged(&steps, &mut pool).unwrap().to_vec_f32().unwrap();
+                assert_eq!(l.len(), who.len() * v);
+                for (i, &s) in who.iter().enumerate() {
+                    got[s].push(l[i * v..(i + 1) * v].to_vec());
+                }
+            }
+            let mut worst = 0f64;
+            let mut worst_abs = 0f32;
+            for s in 0..3 {
+                assert_eq!(got[s].len(), want[s].len());
+                for (g, w) in got[s].iter().zip(&want[s]) {
+                    worst = worst.max(nmse(g, w));
+                    worst_abs = worst_abs.max(max_abs_diff(g, w));
+                }
+            }
+            let scale = want.iter().flatten().flatten().fold(0f32, |m, x| m.max(x.abs()));
+            println!(
+                "head dim {}, {precision:?} matmuls, {} pool: worst NMSE {worst:.3e} (tol {tol:.0e}), largest difference {worst_abs:.3e} (logits up to {scale:.3})",
+                dim / heads,
+                kind.name()
+            );
+            assert!(worst <= tol, "head dim {}, {precision:?}, {} pool: NMSE {worst:e}", dim / heads, kind.name());
+            if precision == MatmulPrecision::F32 && kind == KvType::F32 {
+                assert!(worst_abs <= 1e-5 * scale.max(1.0), "f32: largest difference {worst_abs:e}");
+            }
+        }
+    }
+    // q8_0 rows stay on the CPU: the pool says so instead of running.
+    let mut m = Model::init(ModelConfig::llama(300, 64, 2, 4, 2, 160), 21).unwrap();
+    m.to_device(d).unwrap();
+    let e = KvPool::with_type(&m, 256, 16, KvType::Q8_0).err().expect("q8_0 on a GPU is refused");
+    assert!(format!("{e:#}").contains("CPU-only"), "{e:#}");
+    cuda::set_matmul_precision(MatmulPrecision::F32);
 }

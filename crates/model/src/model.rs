@@ -329,8 +329,9 @@ fn block(
     let (b, t) = bt;
     let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
     // The batched forward's matmuls keep each sequence's rows as they are alone.
+    // (On a GPU they run once over the stacked rows of every sequence.)
     let per_seq: Option<Vec<usize>> = match &cache {
-        Kv::Paged(s) => Some(s.seqs.iter().map(|&(_, t, _)| t).collect()),
+        Kv::Paged(s) if s.dev.is_none() => Some(s.seqs.iter().map(|&(_, t, _)| t).collect()),
         _ => None,
     };
     let seqs = per_seq.as_deref();
@@ -415,13 +416,19 @@ fn block(
             if g.is_recording() {
                 bail!("the paged KV cache is for inference only");
             }
-            // Each sequence's rows at its own positions.
-            let q = g.constant(slot.rope(q.tensor(), rope)?);
-            g.name(&q, || format!("Qcur_rope-{l}"));
-            let k = g.constant(slot.rope(k.tensor(), rope)?);
-            g.name(&k, || format!("Kcur_rope-{l}"));
             let heads = smelt_core::ops::attention::Heads { h: nh, kvh: nkv, d: hd, window };
-            g.constant(slot.attend(q.tensor(), k.tensor(), v.tensor(), heads, scale)?)
+            if slot.dev.is_some() {
+                // On a GPU: rotation, the pool write and attention through the block tables,
+                // two launches.
+                g.constant(slot.attend_device(q.tensor(), k.tensor(), v.tensor(), rope, heads, scale)?)
+            } else {
+                // Each sequence's rows at its own positions.
+                let q = g.constant(slot.rope(q.tensor(), rope)?);
+                g.name(&q, || format!("Qcur_rope-{l}"));
+                let k = g.constant(slot.rope(k.tensor(), rope)?);
+                g.name(&k, || format!("Kcur_rope-{l}"));
+                g.constant(slot.attend(q.tensor(), k.tensor(), v.tensor(), heads, scale)?)
+            }
         }
         Kv::None => {
             let q = g.rope(&q, rope, 0)?;

@@ -14,13 +14,18 @@
 //! positions in the same memory, as f16, bf16 or q8_0 (llama.cpp's `--cache-type-k/v`): those
 //! rows are rounded when written and widened to f32 for each step's attention.
 //!
-//! CPU only for now: on another device `logits_paged` is an error that says so.
+//! On a GPU the pool is one device tensor per layer for keys and one for values, (P, KVH, D) in
+//! f32, bf16 or f16 (q8_0 stays CPU-only); each forward uploads where its rows go once
+//! (`PagedRows`), the linear layers run once over the stacked rows of every sequence, and per
+//! layer one launch rotates q and k and writes k and v into their blocks
+//! (`attention::paged_rope_kv`) and one attends each row over its own sequence's keys through
+//! its block table (`attention::paged_attention`). No host round trip per layer.
 
 use crate::model::{Kv, Model};
 use anyhow::{bail, Result};
-use smelt_core::ops::attention::{attn_ggml_seqs, Heads, SeqAttn};
+use smelt_core::ops::attention::{attn_ggml_seqs, paged_attention, paged_rope_kv, Heads, PagedRows, SeqAttn};
 use smelt_core::quant::{dequantize_row, quantize_row, GgmlType};
-use smelt_core::{Graph, Tensor};
+use smelt_core::{DType, Device, Graph, Tensor};
 
 /// How the pool stores keys and values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,10 +64,12 @@ impl KvType {
     }
 }
 
-/// One layer's keys or values: f32 rows, or rows of another type's bytes.
+/// One layer's keys or values: f32 rows, or rows of another type's bytes, on the CPU; or a
+/// (positions, KVH, D) tensor on a GPU.
 pub(crate) enum Store {
     F32(Vec<f32>),
     Packed { ty: GgmlType, bytes: Vec<u8>, row_bytes: usize },
+    Device(Tensor),
 }
 
 impl Store {
@@ -83,6 +90,7 @@ impl Store {
         match self {
             Store::F32(v) => v.len() * 4,
             Store::Packed { bytes, .. } => bytes.len(),
+            Store::Device(t) => t.numel() * t.dtype().size_in_bytes(),
         }
     }
 }
@@ -111,12 +119,27 @@ impl KvPool {
         if block_size == 0 {
             bail!("KV pool: the block size must be at least 1");
         }
-        if !model.device().is_cpu() {
-            bail!("the paged KV cache (batched serving) is CPU-only for now; the model is on {}", model.device());
-        }
         let c = &model.cfg;
         let blocks = positions.div_ceil(block_size);
         let row = c.n_kv_heads * c.head_dim;
+        let device = model.device();
+        if !device.is_cpu() {
+            let dtype = match kind {
+                KvType::F32 => DType::F32,
+                KvType::BF16 => DType::BF16,
+                KvType::F16 => DType::F16,
+                KvType::Q8_0 => bail!(
+                    "--kv-cache-type q8_0 is CPU-only for now; on {device} the paged KV cache holds f32, bf16 or f16"
+                ),
+            };
+            let shape = [blocks * block_size, c.n_kv_heads, c.head_dim];
+            let mk = || {
+                (0..c.n_layers)
+                    .map(|_| Tensor::zeros_typed(&shape, device, dtype).map(Store::Device))
+                    .collect::<Result<Vec<_>>>()
+            };
+            return Ok(KvPool { k: mk()?, v: mk()?, block_size, blocks, row, kind });
+        }
         let mk = || (0..c.n_layers).map(|_| Store::new(kind, blocks * block_size, row)).collect::<Result<Vec<_>>>();
         Ok(KvPool { k: mk()?, v: mk()?, block_size, blocks, row, kind })
     }
@@ -166,8 +189,10 @@ pub struct SeqStep<'a> {
 pub(crate) struct PagedSlot<'a> {
     pub k: &'a mut Store,
     pub v: &'a mut Store,
-    /// Per sequence: (pos0, new tokens, offsets of positions 0..pos0 + new).
+    /// Per sequence: (pos0, new tokens, offsets of positions 0..pos0 + new; on a GPU empty).
     pub seqs: &'a [(usize, usize, Vec<usize>)],
+    /// On a GPU: where the step's rows go and which keys each reads, on the device.
+    pub dev: Option<&'a PagedRows>,
 }
 
 impl PagedSlot<'_> {
@@ -185,6 +210,27 @@ impl PagedSlot<'_> {
         Tensor::from_f32(out, &s)
     }
 
+    /// On a GPU: q and k (1, N, heads, D) rotated and k, v written into the pool in one launch,
+    /// then q attended over each sequence's positions through its block table → (1, N, H, D).
+    pub fn attend_device(
+        &mut self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rope: &smelt_core::ops::rope::RopeTable,
+        heads: Heads,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let (Some(rows), Store::Device(kp), Store::Device(vp)) = (self.dev, &mut *self.k, &mut *self.v) else {
+            bail!("KV pool: the device path needs a device pool and its rows");
+        };
+        let n = rows.rows();
+        let q3 = q.reshape(&[n, heads.h, heads.d])?;
+        let (k3, v3) = (k.reshape(&[n, heads.kvh, heads.d])?, v.reshape(&[n, heads.kvh, heads.d])?);
+        let qr = paged_rope_kv(&q3, &k3, &v3, rope, kp, vp, rows)?;
+        paged_attention(&qr, kp, vp, rows, heads, scale)?.reshape(q.shape())
+    }
+
     /// Writes k, v (1, N, KVH, D) into the pool and attends q (1, N, H, D) over each
     /// sequence's cached and new positions → (1, N, H, D).
     pub fn attend(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, heads: Heads, scale: f32) -> Result<Tensor> {
@@ -194,8 +240,8 @@ impl PagedSlot<'_> {
         for (pos0, t, rows) in self.seqs {
             for i in 0..*t {
                 let dst = rows[pos0 + i];
-                write_row(self.k, dst, row, &kn[(at + i) * row..][..row]);
-                write_row(self.v, dst, row, &vn[(at + i) * row..][..row]);
+                write_row(self.k, dst, row, &kn[(at + i) * row..][..row])?;
+                write_row(self.v, dst, row, &vn[(at + i) * row..][..row])?;
             }
             at += t;
         }
@@ -213,8 +259,8 @@ impl PagedSlot<'_> {
                 for (pos0, t, rows) in self.seqs {
                     let mut o = Vec::with_capacity(pos0 + t);
                     for &r in &rows[..pos0 + t] {
-                        read_row(ks, r, row, &mut kf[n * row..(n + 1) * row]);
-                        read_row(vs, r, row, &mut vf[n * row..(n + 1) * row]);
+                        read_row(ks, r, row, &mut kf[n * row..(n + 1) * row])?;
+                        read_row(vs, r, row, &mut vf[n * row..(n + 1) * row])?;
                         o.push(n * row);
                         n += 1;
                     }
@@ -248,9 +294,10 @@ impl PagedSlot<'_> {
 type Widened = (Vec<f32>, Vec<f32>);
 
 /// Writes one position's row (`row` values, starting at value offset `at`) into `store`.
-fn write_row(store: &mut Store, at: usize, row: usize, x: &[f32]) {
+fn write_row(store: &mut Store, at: usize, row: usize, x: &[f32]) -> Result<()> {
     match store {
         Store::F32(v) => v[at..at + row].copy_from_slice(x),
+        Store::Device(_) => bail!("KV pool: a device pool's rows are written by paged_rope_kv"),
         Store::Packed { ty, bytes, row_bytes } => {
             let mut b = Vec::with_capacity(*row_bytes);
             quantize_row(*ty, x, &mut b);
@@ -258,17 +305,20 @@ fn write_row(store: &mut Store, at: usize, row: usize, x: &[f32]) {
             bytes[r * *row_bytes..(r + 1) * *row_bytes].copy_from_slice(&b);
         }
     }
+    Ok(())
 }
 
 /// Reads one position's row (value offset `at`) from `store` as f32.
-fn read_row(store: &Store, at: usize, row: usize, out: &mut [f32]) {
+fn read_row(store: &Store, at: usize, row: usize, out: &mut [f32]) -> Result<()> {
     match store {
         Store::F32(v) => out.copy_from_slice(&v[at..at + row]),
         Store::Packed { ty, bytes, row_bytes } => {
             let r = at / row;
             dequantize_row(*ty, &bytes[r * *row_bytes..(r + 1) * *row_bytes], out)
         }
+        Store::Device(_) => bail!("KV pool: a device pool is read by paged_attention"),
     }
+    Ok(())
 }
 
 impl Model {
@@ -276,11 +326,21 @@ impl Model {
     /// in `pool` through its block table) → the logits of each sequence's last new token,
     /// (sequences, V). The new tokens' K/V are written into the pool.
     pub fn logits_paged(&self, steps: &[SeqStep], pool: &mut KvPool) -> Result<Tensor> {
-        if !self.device().is_cpu() {
-            bail!("the batched forward over a paged KV cache is CPU-only for now; the model is on {}", self.device());
-        }
         if steps.is_empty() || steps.iter().any(|s| s.tokens.is_empty()) {
             bail!("logits_paged: every sequence needs at least one new token");
+        }
+        let device = self.device();
+        let pool_on_device = pool.k.iter().chain(&pool.v).any(|s| matches!(s, Store::Device(_)));
+        if pool_on_device == device.is_cpu() || pool.k.len() != self.cfg.n_layers {
+            bail!(
+                "logits_paged: the KV pool ({} layers, {}) does not belong to this model ({} layers on {device})",
+                pool.k.len(),
+                if pool_on_device { "on a GPU" } else { "on the CPU" },
+                self.cfg.n_layers
+            );
+        }
+        if !device.is_cpu() {
+            return self.logits_paged_device(steps, pool, device);
         }
         let mut seqs = Vec::with_capacity(steps.len());
         for s in steps {
@@ -295,7 +355,7 @@ impl Model {
         let mut g = Graph::inference();
         let p = self.param_vars(&mut g, false);
         let KvPool { k, v, .. } = pool;
-        let slots = k.iter_mut().zip(v.iter_mut()).map(|(k, v)| Kv::Paged(PagedSlot { k, v, seqs: &seqs }));
+        let slots = k.iter_mut().zip(v.iter_mut()).map(|(k, v)| Kv::Paged(PagedSlot { k, v, seqs: &seqs, dev: None }));
         let h = self.hidden_with(&mut g, &p, &Tensor::from_u32(tokens, &[1, n])?, false, slots, None)?;
         // The last new row of each sequence: an embedding lookup into h (N, C).
         let mut end = 0;
@@ -312,5 +372,56 @@ impl Model {
         // Each row as `Logits::Last` of its sequence alone: a one-row product.
         let w = p[self.idx.head].tensor();
         smelt_core::ops::matmul::linear_rows_alone(h.tensor(), w, None)
+    }
+
+    /// `logits_paged` on a GPU: where the rows go (positions, pool rows, block tables) is
+    /// uploaded once; every layer's matmuls run once over the stacked rows of all sequences,
+    /// and attention reads each row's keys through its table (`PagedSlot::attend_device`).
+    fn logits_paged_device(&self, steps: &[SeqStep], pool: &mut KvPool, device: Device) -> Result<Tensor> {
+        let bs = pool.block_size;
+        let (mut pos, mut dst, mut toff, mut tables) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut seqs = Vec::with_capacity(steps.len());
+        for s in steps {
+            let n = s.pos0 + s.tokens.len();
+            if n > self.cfg.max_pos {
+                bail!("logits_paged: {n} positions exceed the model's context of {}", self.cfg.max_pos);
+            }
+            let blocks = n.div_ceil(bs);
+            if blocks > s.table.len() {
+                bail!("KV pool: {n} positions need {blocks} blocks, the table has {}", s.table.len());
+            }
+            let at = tables.len() as u32;
+            tables.extend_from_slice(&s.table[..blocks]);
+            for p in s.pos0..n {
+                pos.push(p as u32);
+                dst.push(s.table[p / bs] * bs as u32 + (p % bs) as u32);
+                toff.push(at);
+            }
+            seqs.push((s.pos0, s.tokens.len(), Vec::new()));
+        }
+        let rows = PagedRows::new(pos, dst, toff, tables, bs, pool.blocks, device)?;
+        let tokens: Vec<u32> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let n = tokens.len();
+        let mut g = Graph::inference();
+        let p = self.param_vars(&mut g, false);
+        let KvPool { k, v, .. } = pool;
+        let slots =
+            k.iter_mut().zip(v.iter_mut()).map(|(k, v)| Kv::Paged(PagedSlot { k, v, seqs: &seqs, dev: Some(&rows) }));
+        let h = self.hidden_with(&mut g, &p, &Tensor::from_u32(tokens, &[1, n])?, false, slots, None)?;
+        // The last new row of each sequence (a gather on the device), then the head over them.
+        let mut end = 0;
+        let last: Vec<u32> = steps
+            .iter()
+            .map(|s| {
+                end += s.tokens.len();
+                (end - 1) as u32
+            })
+            .collect();
+        let last = Tensor::from_u32(last, &[steps.len()])?;
+        let h = g.constant(smelt_core::ops::embedding::embedding(h.tensor(), &last)?);
+        g.name(&h, || "result_norm".into());
+        let out = g.linear(&h, &p[self.idx.head], None)?;
+        g.name(&out, || "result_output".into());
+        Ok(out.tensor().clone())
     }
 }

@@ -107,25 +107,23 @@ pub enum Event {
 pub struct EngineConfig {
     /// Sequences in the running batch at most (`--parallel`).
     pub parallel: usize,
-    /// The KV pool (`--ctx-size` positions of `--kv-cache-type`), made before the server
-    /// says it is ready so that a pool that cannot be made stops it at start; off the CPU an
-    /// empty one (each sequence keeps its own contiguous cache there).
+    /// The KV pool (`--ctx-size` positions of `--kv-cache-type`, on the model's device), made
+    /// before the server says it is ready so that a pool that cannot be made stops it at
+    /// start; for `one_at_a_time` an empty one.
     pub pool: KvPool,
-    /// Batch over the paged pool (the CPU), or run one request at a time, each with its own
-    /// contiguous cache (other devices, where the paged forward does not exist yet).
+    /// Batch over the paged pool, or run one request at a time, each with its own contiguous
+    /// cache behind `smelt generate`'s decoder.
     pub paged: bool,
 }
 
 impl EngineConfig {
+    /// Continuous batching over a paged pool on the model's device (the CPU or a GPU).
     pub fn new(model: &Model, parallel: usize, pool_tokens: usize, kv_type: KvType) -> anyhow::Result<Self> {
-        if !model.device().is_cpu() {
-            return Self::one_at_a_time(model);
-        }
         Ok(EngineConfig { parallel, pool: KvPool::with_type(model, pool_tokens, BLOCK_SIZE, kv_type)?, paged: true })
     }
 
-    /// One request at a time with contiguous caches (what runs off the CPU; tests run it on
-    /// the CPU too).
+    /// One request at a time with contiguous caches behind `Decoder` (on a GPU each step
+    /// after the first a replayed graph): what the paged engine is compared against.
     pub fn one_at_a_time(model: &Model) -> anyhow::Result<Self> {
         Ok(EngineConfig { parallel: 1, pool: KvPool::new_empty(model, BLOCK_SIZE)?, paged: false })
     }
@@ -149,7 +147,7 @@ struct Seq<'t> {
     stops: StopMatcher,
     pending_logprobs: Vec<TokenLogprob>,
     last_token: Option<Instant>,
-    /// Off the CPU (no paged pool yet): the sequence's own contiguous cache, behind the
+    /// `EngineConfig::one_at_a_time`: the sequence's own contiguous cache, behind the
     /// decoder `smelt generate` uses (on a GPU each step after the first is a replayed graph).
     dec: Option<Decoder<'t>>,
 }
@@ -206,34 +204,52 @@ impl<'t> Seq<'t> {
         self.last_hash = 0;
     }
 
-    /// Takes the next token from this sequence's logits row (1, V); `mask`: what its
-    /// constraint allows at this step (Some exactly when it has one).
+    /// Whether this sequence's rows are read on the host (penalties, log-probabilities, a
+    /// grammar's mask).
+    fn wants_host(&self) -> bool {
+        self.job.logprobs.is_some()
+            || self.job.presence_penalty != 0.0
+            || self.job.frequency_penalty != 0.0
+            || self.job.constraint.is_some()
+    }
+
+    /// Greedy with no state: its token is its row's argmax, whatever the sampler holds (so a
+    /// step's such rows can be picked together, `pick_greedy`).
+    fn plain_greedy(&self) -> bool {
+        let c = &self.job.sampling;
+        c.temperature == 0.0 && c.repetition_penalty == 1.0 && !self.wants_host()
+    }
+
+    /// Takes the next token: from this sequence's logits row (1, V), or already picked from it
+    /// (`Row::Picked`, a plain greedy row); `mask`: what its constraint allows at this step
+    /// (Some exactly when it has one).
     fn advance(
         &mut self,
-        logits: &Tensor,
+        row: Row,
         mask: Option<anyhow::Result<Mask>>,
         stop_ids: &[u32],
         stats: &Stats,
     ) -> anyhow::Result<Outcome> {
-        // Penalties and log-probabilities read the row on the host (a GPU's logits come back
-        // only when a request asks for them).
-        let host = |t: &Tensor| t.to_device(smelt_core::Device::Cpu);
-        let wants_host = self.job.logprobs.is_some()
-            || self.job.presence_penalty != 0.0
-            || self.job.frequency_penalty != 0.0
-            || self.job.constraint.is_some();
-        let logits = if wants_host { self.penalised(&host(logits)?)? } else { logits.clone() };
-        // Structured output: what the grammar forbids is −∞ before the sampler sees it (greedy
-        // or not). Log-probabilities stay those of the unmasked row.
-        let masked = match mask {
-            Some(m) => {
-                let mut row = logits.as_f32()?.to_vec();
-                m?.apply(&mut row);
-                Some(Tensor::from_f32(row, logits.shape())?)
+        let (next, logits) = match row {
+            Row::Picked(id) => (id, None),
+            Row::Logits(logits) => {
+                // Penalties and log-probabilities read the row on the host (a GPU's logits
+                // come back only when a request asks for them).
+                let host = |t: &Tensor| t.to_device(smelt_core::Device::Cpu)?.to_dtype(smelt_core::DType::F32);
+                let logits = if self.wants_host() { self.penalised(&host(&logits)?)? } else { logits };
+                // Structured output: what the grammar forbids is −∞ before the sampler sees it
+                // (greedy or not). Log-probabilities stay those of the unmasked row.
+                let masked = match mask {
+                    Some(m) => {
+                        let mut row = logits.as_f32()?.to_vec();
+                        m?.apply(&mut row);
+                        Some(Tensor::from_f32(row, logits.shape())?)
+                    }
+                    None => None,
+                };
+                (self.sampler.sample(masked.as_ref().unwrap_or(&logits))?, Some(logits))
             }
-            None => None,
         };
-        let next = self.sampler.sample(masked.as_ref().unwrap_or(&logits))?;
         let now = Instant::now();
         match self.last_token {
             None => stats.ttft.observe((now - self.job.queued).as_secs_f64()),
@@ -245,8 +261,8 @@ impl<'t> Seq<'t> {
         }
         stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
         // One entry per completion token (the EOS that ends generation is not one).
-        if let Some(k) = self.job.logprobs {
-            self.pending_logprobs.push(logprob_of(&logits, next, k)?);
+        if let (Some(k), Some(logits)) = (self.job.logprobs, &logits) {
+            self.pending_logprobs.push(logprob_of(logits, next, k)?);
         }
         if let Some(c) = self.job.constraint.as_mut() {
             c.consume(next)?;
@@ -319,6 +335,34 @@ impl<'t> Seq<'t> {
     }
 }
 
+/// What a sequence takes its next token from.
+enum Row {
+    Logits(Tensor),
+    Picked(u32),
+}
+
+/// Off the CPU, the tokens of a step's plain greedy rows (`Seq::plain_greedy`) in one sampling
+/// launch and one copy back, rather than a launch and a wait per row; None for the other rows
+/// (and for every row on the CPU, where a row costs no wait).
+fn pick_greedy(logits: &Tensor, running: &[Seq]) -> anyhow::Result<Vec<Option<u32>>> {
+    let mut picked = vec![None; running.len()];
+    let rows: Vec<u32> = (0..running.len() as u32).filter(|&i| running[i as usize].plain_greedy()).collect();
+    if logits.device().is_cpu() || rows.len() < 2 {
+        return Ok(picked);
+    }
+    let p = running[rows[0] as usize].job.sampling.params();
+    let sub = if rows.len() == running.len() {
+        logits.clone()
+    } else {
+        smelt_core::ops::embedding::embedding(logits, &Tensor::from_u32(rows.clone(), &[rows.len()])?)?
+    };
+    let ids = smelt_core::ops::sample::sample(&sub, None, &p, &vec![0.0; rows.len()])?;
+    for (&r, &id) in rows.iter().zip(ids.to_device(smelt_core::Device::Cpu)?.as_u32()?) {
+        picked[r as usize] = Some(id);
+    }
+    Ok(picked)
+}
+
 /// The chosen token's log-probability under `logits` (1, V) and the top `k`.
 fn logprob_of(logits: &Tensor, id: u32, k: usize) -> anyhow::Result<TokenLogprob> {
     let row = logits.as_f32()?;
@@ -338,8 +382,8 @@ fn logprob_of(logits: &Tensor, id: u32, k: usize) -> anyhow::Result<TokenLogprob
 
 /// Runs jobs until every sender of `jobs` is gone (the HTTP side has ended).
 ///
-/// Off the CPU the paged pool does not exist yet: jobs run one at a time, each with its own
-/// contiguous cache, through the same loop (`lib.rs` says so at start).
+/// With `EngineConfig::one_at_a_time`, jobs run one at a time, each with its own contiguous
+/// cache, through the same loop.
 pub fn run<'a>(
     model: &'a Model,
     tok: &'a Tokenizer,
@@ -523,6 +567,13 @@ pub fn run<'a>(
                 continue;
             }
         };
+        let picked = match pick_greedy(&logits, &running) {
+            Ok(p) => p,
+            Err(e) => {
+                fail_all(&mut running, &mut blocks, stats, &format!("{e:#}"));
+                continue;
+            }
+        };
         let mut keep = Vec::with_capacity(running.len());
         for (i, mut s) in running.drain(..).enumerate() {
             s.computed = s.tokens.len();
@@ -530,7 +581,10 @@ pub fn run<'a>(
                 s.name_full_blocks(&mut blocks);
             }
             let mask = masks[i].take();
-            let outcome = logits.narrow_rows(i, 1).and_then(|row| s.advance(&row, mask, stop_ids, stats));
+            let outcome = match picked[i] {
+                Some(id) => s.advance(Row::Picked(id), mask, stop_ids, stats),
+                None => logits.narrow_rows(i, 1).and_then(|row| s.advance(Row::Logits(row), mask, stop_ids, stats)),
+            };
             match outcome {
                 Ok(Outcome::Going) => keep.push(s),
                 Ok(Outcome::Finished | Outcome::Gone) => retire(s, &mut blocks, stats),
@@ -651,7 +705,7 @@ mod tests {
         assert_eq!(run(&[""], &["a"]), ("a".into(), false));
     }
 
-    /// The loop off the CPU (one request at a time, contiguous caches), run here on the CPU:
+    /// The one-request-at-a-time loop (contiguous caches behind `Decoder`):
     /// the same ids as `smelt_infer::generate`, one request after another.
     #[test]
     fn one_at_a_time_mode_gives_generate_s_answers() {
@@ -700,7 +754,7 @@ mod tests {
     }
 
     /// A constrained job runs the same in both loops (batched over the paged pool, and one
-    /// at a time as off the CPU): the same greedy and seeded answers, each a whole JSON value
+    /// at a time): the same greedy and seeded answers, each a whole JSON value
     /// of the schema, ended as "stop" by the grammar.
     #[test]
     fn constrained_jobs_give_the_same_valid_answers_in_both_modes() {

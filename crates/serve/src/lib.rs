@@ -88,12 +88,6 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
     let pool_tokens = opts.ctx_size.unwrap_or(loaded.model.cfg.max_pos);
     let ctx = pool_tokens.min(loaded.model.cfg.max_pos);
     let device = loaded.model.device();
-    if !device.is_cpu() && opts.kv_type != smelt_model::KvType::F32 {
-        anyhow::bail!(
-            "--kv-cache-type {}: the KV cache types apply to the CPU's paged pool; on {device} the cache holds the activation dtype",
-            opts.kv_type.name()
-        );
-    }
     let cfg = engine::EngineConfig::new(&loaded.model, opts.parallel, pool_tokens, opts.kv_type)?;
     let side = http::TextSide {
         tok: loaded.tokenizer.clone(),
@@ -105,18 +99,12 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
     };
     let _ = shared.text.set(Arc::new(side));
     drop(shared);
-    if device.is_cpu() {
-        eprintln!(
-            "smelt serve: ready on http://{addr} (KV pool {pool_tokens} tokens of {} in blocks of {}, up to {} requests batched, {ctx} tokens per request)",
-            opts.kv_type.name(),
-            blocks::BLOCK_SIZE,
-            opts.parallel
-        );
-    } else {
-        eprintln!(
-            "smelt serve: ready on http://{addr} on {device}: ONE REQUEST AT A TIME (continuous batching and the paged KV cache are CPU-only for now; --parallel and prefix caching do not apply here), context {ctx} tokens"
-        );
-    }
+    eprintln!(
+        "smelt serve: ready on http://{addr} on {device} (KV pool {pool_tokens} tokens of {} in blocks of {}, up to {} requests batched, {ctx} tokens per request)",
+        opts.kv_type.name(),
+        blocks::BLOCK_SIZE,
+        opts.parallel
+    );
     engine::run(&loaded.model, &loaded.tokenizer, &loaded.stop_ids, queue, &stats, cfg);
     match server.join() {
         Ok(r) => r,

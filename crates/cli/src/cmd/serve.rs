@@ -36,13 +36,15 @@ pub struct ServeArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
     ctx_size: Option<u64>,
     /// Requests generating together at most (continuous batching: each step is one forward
-    /// over all of them; CPU only for now, one at a time on CUDA).
+    /// over all of them, on the CPU and on CUDA).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=1024))]
     parallel: u64,
     /// How the KV pool stores keys and values: f32 (exact: greedy output equals `smelt
     /// generate`), or f16, bf16, q8_0 to hold 2× / 2× / 3.8× the positions in the same memory
-    /// (rounded when written; llama.cpp's default is f16). CPU only.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16", "q8_0"])]
+    /// (rounded when written; llama.cpp's default is f16; q8_0 on the CPU only). auto: f32 on
+    /// the CPU, the activation dtype on CUDA (bf16, or f32 under SMELT_CUDA_MATMUL=f32: what
+    /// `smelt generate --device cuda`'s cache holds).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "q8_0"])]
     kv_cache_type: String,
     /// Requests (choices) that may wait for a place in the batch; more get a 429.
     #[arg(long, default_value_t = 64)]
@@ -68,7 +70,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         body_limit: a.max_body,
         max_queue: a.queue_size,
         parallel: a.parallel as usize,
-        kv_type: smelt_model::KvType::parse(&a.kv_cache_type)?,
+        kv_type: match a.kv_cache_type.as_str() {
+            "auto" if device.activation_dtype() == smelt_core::DType::BF16 => smelt_model::KvType::BF16,
+            "auto" => smelt_model::KvType::F32,
+            t => smelt_model::KvType::parse(t)?,
+        },
     };
     let (path, adapter) = (a.model, a.adapter);
     let ctx_size = opts.ctx_size;

@@ -99,6 +99,16 @@ fn kernels_compile() {
             [x(&["attn_decode", "attn_decode_combine", "kv_write"], &one), plain(&["decode_pos_add"])].concat(),
         ),
         (
+            "attention_paged",
+            ops::attention::cuda::PAGED_SRC,
+            ["paged_rope_kv", "paged_attn"]
+                .iter()
+                .flat_map(|k| {
+                    ["f32_f32", "f32_bf16", "f32_f16", "bf16_f32", "bf16_bf16", "bf16_f16"].map(|c| format!("{k}_{c}"))
+                })
+                .collect(),
+        ),
+        (
             "attention_tc",
             ops::attention::cuda::TC_SRC,
             plain(&[
@@ -521,6 +531,88 @@ pub(super) const ATTN_SHAPES: [(usize, usize, usize, usize, usize, usize, usize,
     (1, 40, 40, 40, 2, 2, 128, None),
     (2, 37, 37, 37, 6, 3, 96, Some(20)),
 ];
+
+/// The server's paged pool: `paged_rope_kv` (rotation and the pool write through row indices)
+/// and `paged_attention` (each row over its own sequence's keys through a shuffled block table)
+/// against the CPU reference, in two steps (the cached positions: 320 rows, the kernel's
+/// unsplit path; then new rows: a decode row past the 256-key split, a prompt, a chunk after
+/// cached positions: its split path), with and without a window, for each activation dtype and
+/// pool storage, both pair layouts.
+#[test]
+fn parity_paged_attention() {
+    use crate::ops::attention::{paged_attention, paged_rope_kv, Heads, PagedRows};
+    use crate::ops::rope::{freqs, RopeLayout, RopeTable};
+    use crate::DType;
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let (h, kvh, hd, bs, blocks) = (8, 2, 64, 16, 48);
+    let mut order: Vec<u32> = (0..blocks as u32).collect();
+    for i in (1..order.len()).rev() {
+        order.swap(i, r.below(i as u64 + 1) as usize);
+    }
+    // (cached positions, new rows) per sequence; tables cut from the shuffled order.
+    let seqs = [(300usize, 1usize), (0, 40), (20, 5)];
+    let mut tables = Vec::new();
+    let mut at = 0;
+    for &(c, n) in &seqs {
+        let b = (c + n).div_ceil(bs);
+        tables.push(order[at..at + b].to_vec());
+        at += b;
+    }
+    let rows_of = |step: usize, dev: Device| -> PagedRows {
+        let (mut pos, mut dst, mut toff, mut flat) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (s, &(c, n)) in seqs.iter().enumerate() {
+            let range = if step == 0 { 0..c } else { c..c + n };
+            for p in range {
+                pos.push(p as u32);
+                dst.push(tables[s][p / bs] * bs as u32 + (p % bs) as u32);
+                toff.push(flat.len() as u32);
+            }
+            flat.extend_from_slice(&tables[s]);
+        }
+        PagedRows::new(pos, dst, toff, flat, bs, blocks, dev).unwrap()
+    };
+    for layout in [RopeLayout::HalfSplit, RopeLayout::Interleaved] {
+        let table = RopeTable::new(freqs::default_inv_freq(10000.0, hd), 1.0, layout);
+        for (dt, ct, tol) in [
+            (DType::F32, DType::F32, F32_NMSE),
+            (DType::F32, DType::F16, 1e-5),
+            (DType::F32, DType::BF16, BF16_NMSE),
+            (DType::BF16, DType::BF16, BF16_NMSE),
+            (DType::BF16, DType::F16, BF16_NMSE),
+            (DType::BF16, DType::F32, BF16_NMSE),
+        ] {
+            let l = format!("paged {layout:?} {dt:?} rows, {ct:?} pool");
+            let shape = [blocks * bs, kvh, hd];
+            let (mut kc, mut vc) = (Tensor::zeros(&shape), Tensor::zeros(&shape));
+            let (mut kg, mut vg) =
+                (Tensor::zeros_typed(&shape, d, ct).unwrap(), Tensor::zeros_typed(&shape, d, ct).unwrap());
+            for step in 0..2 {
+                let (rc, rg) = (rows_of(step, Device::Cpu), rows_of(step, d));
+                let n = rc.rows();
+                // Inputs as the activation dtype holds them; the CPU reads those values as f32.
+                let input = |r: &mut Rng, heads: usize| {
+                    let t = randn(r, &[n, heads, hd], 1.0).to_dtype(dt).unwrap();
+                    (t.to_dtype(DType::F32).unwrap(), t.to_device(d).unwrap())
+                };
+                let ((qc, qg), (kcn, kgn), (vcn, vgn)) = (input(&mut r, h), input(&mut r, kvh), input(&mut r, kvh));
+                let qrc = paged_rope_kv(&qc, &kcn, &vcn, &table, &mut kc, &mut vc, &rc).unwrap();
+                let qrg = paged_rope_kv(&qg, &kgn, &vgn, &table, &mut kg, &mut vg, &rg).unwrap();
+                let l = format!("{l}, step {step} ({n} rows)");
+                close(&format!("{l}: rotated q"), &qrg, &qrc, tol);
+                close(&format!("{l}: key pool"), &kg, &kc, tol);
+                close(&format!("{l}: value pool"), &vg, &vc, tol);
+                for window in [None, Some(64)] {
+                    let heads = Heads { h, kvh, d: hd, window };
+                    let oc = paged_attention(&qrc, &kc, &vc, &rc, heads, 0.125).unwrap();
+                    let og = paged_attention(&qrg, &kg, &vg, &rg, heads, 0.125).unwrap();
+                    assert_eq!(og.dtype(), dt, "{l}: the output keeps q's dtype");
+                    close(&format!("{l}: attention, window {window:?}"), &og, &oc, tol);
+                }
+            }
+        }
+    }
+}
 
 #[test]
 fn parity_attention() {

@@ -7,7 +7,7 @@
 //! 96, …) run the scalar kernels of attention.cu. `SMELT_CUDA_ATTN=scalar` forces the scalar
 //! kernels for bf16 too (to measure one against the other).
 
-use super::AttnDims;
+use super::{AttnDims, Heads, PagedRows};
 use crate::cuda::{self, DeviceBuf};
 use crate::ops::Pos;
 use crate::{DType, Tensor};
@@ -17,6 +17,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 pub(crate) const SRC: &str = include_str!("attention.cu");
 pub(crate) const TC_SRC: &str = include_str!("attention_tc.cu");
 pub(crate) const DEC_SRC: &str = include_str!("decode.cu");
+pub(crate) const PAGED_SRC: &str = include_str!("paged.cu");
 
 const ROWS: usize = 8;
 const TILE: usize = 32;
@@ -330,6 +331,135 @@ pub fn kv_write(cache: &mut Tensor, new: &Tensor, pos: Pos) -> Result<()> {
     cuda::launched(unsafe { b.launch(cuda::grid_for(nb * t * row, 256)) }, &name)
 }
 
+/// A paged pool's storage type in kernel names: the activation dtypes, and f16 (the pool only).
+fn pool_dtype_name(d: DType, what: &str) -> Result<&'static str> {
+    match d {
+        DType::F16 => Ok("f16"),
+        d => cuda::dtype_name(d, what),
+    }
+}
+
+/// `paged_rope_kv` (paged.cu): one launch for q, the key pool and the value pool.
+pub fn paged_rope_kv(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    table: &crate::ops::rope::RopeTable,
+    kp: &mut Tensor,
+    vp: &mut Tensor,
+    rows: &PagedRows,
+) -> Result<Tensor> {
+    let [qb, kb, vb] = cuda::float_bufs([q, k, v], "paged_rope_kv")?;
+    let dt = cuda::same_dtype(&[qb, kb, vb], &["q", "k", "v"], "paged_rope_kv")?;
+    let gpu = qb.gpu.clone();
+    let (n, h, d, kvh) = (q.shape()[0], q.shape()[1], q.shape()[2], k.shape()[1]);
+    let tab = crate::ops::rope::cuda::device_table(&gpu, table, rows.max_keys)?;
+    let [pb, db] = [rows.pos.cuda_buf()?, rows.dst.cuda_buf()?];
+    let qo = DeviceBuf::alloc(&gpu, dt, q.numel())?;
+    let ct = kp.dtype();
+    let name =
+        format!("paged_rope_kv_{}_{}", cuda::dtype_name(dt, "paged_rope_kv")?, pool_dtype_name(ct, "paged_rope_kv")?);
+    let (kpp, vpp) = (kp.cuda_buf_mut()?.ptr(), vp.cuda_buf_mut()?.ptr());
+    let f = gpu.function("attention_paged", PAGED_SRC, &name)?;
+    let inter = (table.layout == crate::ops::rope::RopeLayout::Interleaved) as i32;
+    let ints = [n as i32, h as i32, kvh as i32, d as i32, inter];
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&qb.data)
+            .arg(&kb.data)
+            .arg(&vb.data)
+            .arg(&qo.data)
+            .arg(&kpp)
+            .arg(&vpp)
+            .arg(&tab.cos.data)
+            .arg(&tab.sin.data)
+            .arg(&pb.data)
+            .arg(&db.data);
+        for x in &ints {
+            b.arg(x);
+        }
+        let total = n * (h * d / 2 + kvh * d / 2 + kvh * d);
+        cuda::launched(unsafe { b.launch(cuda::grid_for(total, 256)) }, &name)?;
+    }
+    Tensor::from_device_buf(qo, q.shape())
+}
+
+/// Rows × heads from which a paged step is parallel enough without splitting its keys.
+const PAGED_NO_SPLIT: usize = 2048;
+
+/// `paged_attn` (paged.cu), split over the keys in `DEC_CHUNK`s as the decode kernel is, and
+/// decode.cu's combine when a row's keys span several. A step of many rows (a long prompt, a
+/// large batch) is not split: its rows × heads already fill the GPU, and the partials would
+/// take rows × heads × splits × (D + 2) floats.
+pub fn paged_attention(
+    q: &Tensor,
+    kp: &Tensor,
+    vp: &Tensor,
+    rows: &PagedRows,
+    heads: Heads,
+    scale: f32,
+) -> Result<Tensor> {
+    if heads.d > 128 || heads.d == 0 {
+        bail!("paged attention on CUDA supports head_dim up to 128, got {}", heads.d);
+    }
+    let [qb] = cuda::float_bufs([q], "paged_attention")?;
+    let (kb, vb) = (kp.cuda_buf()?, vp.cuda_buf()?);
+    if kb.dtype != vb.dtype || kb.gpu.ordinal != qb.gpu.ordinal {
+        bail!("paged_attention: key pool {:?} and value pool {:?} must share a dtype and q's GPU", kb.dtype, vb.dtype);
+    }
+    let dt = qb.dtype;
+    let gpu = &qb.gpu;
+    let n = rows.rows();
+    let out = DeviceBuf::alloc(gpu, dt, q.numel())?;
+    let (splits, chunk) = if n * heads.h >= PAGED_NO_SPLIT {
+        (1, rows.max_keys.max(1))
+    } else {
+        (rows.max_keys.div_ceil(DEC_CHUNK).max(1), DEC_CHUNK)
+    };
+    let part = DeviceBuf::alloc(gpu, DType::F32, if splits > 1 { n * heads.h * splits * (heads.d + 2) } else { 1 })?;
+    let name = format!(
+        "paged_attn_{}_{}",
+        cuda::dtype_name(dt, "paged_attention")?,
+        pool_dtype_name(kb.dtype, "paged_attention")?
+    );
+    let f = gpu.function("attention_paged", PAGED_SRC, &name)?;
+    let [pb, ob, tb] = [rows.pos.cuda_buf()?, rows.toff.cuda_buf()?, rows.tables.cuda_buf()?];
+    let ints =
+        [rows.block_size as i32, heads.h as i32, heads.kvh as i32, heads.d as i32, heads.window.unwrap_or(0) as i32];
+    let chunk = chunk as i32;
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&qb.data)
+            .arg(&kb.data)
+            .arg(&vb.data)
+            .arg(&out.data)
+            .arg(&part.data)
+            .arg(&pb.data)
+            .arg(&ob.data)
+            .arg(&tb.data);
+        for x in &ints {
+            b.arg(x);
+        }
+        b.arg(&scale).arg(&chunk);
+        let c = LaunchConfig {
+            grid_dim: (heads.h as u32, splits as u32, n as u32),
+            block_dim: (32 * DEC_WARPS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        cuda::launched(unsafe { b.launch(c) }, &name)?;
+    }
+    if splits > 1 {
+        let name = cuda::kname("attn_decode_combine", &[dt], "paged_attention")?;
+        let f = gpu.function("attention_decode", DEC_SRC, &name)?;
+        let (h32, d32, s32) = (heads.h as i32, heads.d as i32, splits as i32);
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&part.data).arg(&out.data).arg(&h32).arg(&d32).arg(&s32);
+        let c = LaunchConfig { grid_dim: (heads.h as u32, n as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        cuda::launched(unsafe { b.launch(c) }, &name)?;
+    }
+    Tensor::from_device_buf(out, q.shape())
+}
+
 impl super::AttentionKernels for crate::backend::Cuda {
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor)> {
         attention(q, k, v, dm, scale)
@@ -344,6 +474,29 @@ impl super::AttentionKernels for crate::backend::Cuda {
     }
     fn kv_write(&self, cache: &mut Tensor, new: &Tensor, pos: Pos) -> Result<()> {
         kv_write(cache, new, pos)
+    }
+    fn paged_rope_kv(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        table: &crate::ops::rope::RopeTable,
+        kp: &mut Tensor,
+        vp: &mut Tensor,
+        rows: &PagedRows,
+    ) -> Result<Tensor> {
+        paged_rope_kv(q, k, v, table, kp, vp, rows)
+    }
+    fn paged_attention(
+        &self,
+        q: &Tensor,
+        kp: &Tensor,
+        vp: &Tensor,
+        rows: &PagedRows,
+        heads: Heads,
+        scale: f32,
+    ) -> Result<Tensor> {
+        paged_attention(q, kp, vp, rows, heads, scale)
     }
     fn attention_decode(
         &self,

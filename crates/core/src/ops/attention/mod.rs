@@ -581,6 +581,28 @@ pub trait AttentionKernels {
     ) -> Result<(Tensor, Tensor)> {
         bail!("attention over packed rows (--packing) is implemented on the CPU only")
     }
+    /// [`paged_rope_kv`] (arguments checked).
+    #[allow(clippy::too_many_arguments)]
+    fn paged_rope_kv(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        table: &crate::ops::rope::RopeTable,
+        kp: &mut Tensor,
+        vp: &mut Tensor,
+        rows: &PagedRows,
+    ) -> Result<Tensor>;
+    /// [`paged_attention`] (arguments checked).
+    fn paged_attention(
+        &self,
+        q: &Tensor,
+        kp: &Tensor,
+        vp: &Tensor,
+        rows: &PagedRows,
+        heads: Heads,
+        scale: f32,
+    ) -> Result<Tensor>;
     #[allow(clippy::too_many_arguments)]
     fn attention_packed_backward(
         &self,
@@ -599,6 +621,74 @@ pub trait AttentionKernels {
 }
 
 impl AttentionKernels for Cpu {
+    /// The reference of the device kernel (f32 pools): `rope_positions` of q and k, then each
+    /// row's k and v copied to its pool row.
+    fn paged_rope_kv(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        table: &crate::ops::rope::RopeTable,
+        kp: &mut Tensor,
+        vp: &mut Tensor,
+        rows: &PagedRows,
+    ) -> Result<Tensor> {
+        let (qs, ks) = (q.shape().to_vec(), k.shape().to_vec());
+        let (n, d) = (qs[0], qs[2]);
+        let pos = rows.pos.as_u32()?;
+        let rot =
+            |x: &Tensor, heads: usize| crate::ops::rope::rope_positions(&x.reshape(&[1, n, heads, d])?, table, pos);
+        let qr = rot(q, qs[1])?.reshape(&qs)?;
+        let kr = rot(k, ks[1])?;
+        let row = ks[1] * d;
+        let dst = rows.dst.as_u32()?;
+        for (pool, src) in [(kp, kr.as_f32()?), (vp, v.as_f32()?)] {
+            let p = pool.f32_mut()?;
+            for (r, &at) in dst.iter().enumerate() {
+                p[at as usize * row..][..row].copy_from_slice(&src[r * row..][..row]);
+            }
+        }
+        Ok(qr)
+    }
+    /// The reference of the device kernel (f32 pools): each row's softmax over its keys in
+    /// one pass, read through its block table.
+    fn paged_attention(
+        &self,
+        q: &Tensor,
+        kp: &Tensor,
+        vp: &Tensor,
+        rows: &PagedRows,
+        heads: Heads,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let (qd, kd, vd) = (q.as_f32()?, kp.as_f32()?, vp.as_f32()?);
+        let (pos, toff, tables) = (rows.pos.as_u32()?, rows.toff.as_u32()?, rows.tables.as_u32()?);
+        let Heads { h, kvh, d, window } = heads;
+        let bs = rows.block_size;
+        let mut out = vec![0f32; qd.len()];
+        out.par_chunks_mut(h * d).enumerate().for_each(|(r, o)| {
+            let tk = pos[r] as usize + 1;
+            let lo = window.map_or(0, |w| tk.saturating_sub(w));
+            let table = &tables[toff[r] as usize..];
+            for hh in 0..h {
+                let g = hh / (h / kvh);
+                let qh = &qd[(r * h + hh) * d..][..d];
+                let at = |j: usize| ((table[j / bs] as usize * bs + j % bs) * kvh + g) * d;
+                let sc: Vec<f32> = (lo..tk).map(|j| dot(qh, &kd[at(j)..][..d]) * scale).collect();
+                let m = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                let w: Vec<f32> = sc.iter().map(|&x| (x - m).exp()).collect();
+                let sum: f32 = w.iter().sum();
+                let oh = &mut o[hh * d..][..d];
+                for (j, &wj) in (lo..tk).zip(&w) {
+                    for (y, &x) in oh.iter_mut().zip(&vd[at(j)..][..d]) {
+                        *y += wj * x;
+                    }
+                }
+                oh.iter_mut().for_each(|y| *y /= sum);
+            }
+        });
+        Tensor::from_f32(out, q.shape())
+    }
     fn attention_packed(
         &self,
         q: &Tensor,
@@ -751,6 +841,138 @@ pub fn pos_add(pos: &mut Tensor, n: usize) -> Result<()> {
     backend::backend(pos.device()).pos_add(pos, n)
 }
 
+/// Where a batched step's new rows sit in a paged KV pool (P, KVH, D), as u32 tensors on the
+/// pool's device: made once per forward (one upload) and read by every layer's
+/// [`paged_rope_kv`] and [`paged_attention`]. Row r (of N, in the order of q's rows) is at
+/// position `pos[r]` of its sequence and is written to pool row `dst[r]`; its sequence's block
+/// table starts at `toff[r]` in `tables`, so position j of it lives in pool row
+/// `tables[toff[r] + j / block_size] · block_size + j % block_size`.
+pub struct PagedRows {
+    pub pos: Tensor,
+    pub dst: Tensor,
+    pub toff: Tensor,
+    pub tables: Tensor,
+    pub block_size: usize,
+    /// The largest `pos[r]` + 1 (how many keys the longest row sees).
+    pub max_keys: usize,
+}
+
+impl PagedRows {
+    /// From host lists (checked: one `pos`, `dst` and `toff` per row, every table entry a
+    /// block of a pool of `blocks`, every position covered by its table), uploaded to `device`.
+    pub fn new(
+        pos: Vec<u32>,
+        dst: Vec<u32>,
+        toff: Vec<u32>,
+        tables: Vec<u32>,
+        block_size: usize,
+        blocks: usize,
+        device: crate::Device,
+    ) -> Result<Self> {
+        let n = pos.len();
+        if n == 0 || dst.len() != n || toff.len() != n || block_size == 0 {
+            bail!(
+                "paged rows: {n} positions, {} pool rows, {} table offsets, block size {block_size}",
+                dst.len(),
+                toff.len()
+            );
+        }
+        if let Some(b) = tables.iter().find(|&&b| b as usize >= blocks) {
+            bail!("paged rows: block {b} is outside the pool of {blocks} blocks");
+        }
+        for r in 0..n {
+            let need = toff[r] as usize + pos[r] as usize / block_size;
+            if need >= tables.len() || dst[r] as usize >= blocks * block_size {
+                bail!(
+                    "paged rows: row {r} (position {}, pool row {}) is outside its block table or the pool",
+                    pos[r],
+                    dst[r]
+                );
+            }
+        }
+        let max_keys = pos.iter().max().map_or(0, |&p| p as usize + 1);
+        let up = |v: Vec<u32>| {
+            let len = v.len();
+            Tensor::from_u32(v, &[len])?.to_device(device)
+        };
+        Ok(PagedRows { pos: up(pos)?, dst: up(dst)?, toff: up(toff)?, tables: up(tables)?, block_size, max_keys })
+    }
+    pub fn rows(&self) -> usize {
+        self.pos.numel()
+    }
+}
+
+/// A batched step's new rows into a paged pool, in one launch: q (N, H, D) rotated to each
+/// row's position and returned; k (N, KVH, D) rotated into the key pool and v written into the
+/// value pool (both (P, KVH, D)) at each row's pool row. What `rope`, `rope` and two row
+/// writes do (`rope_into_cache` with a block table); a key is rounded to q's dtype, then to
+/// the pool's.
+pub fn paged_rope_kv(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    table: &crate::ops::rope::RopeTable,
+    kp: &mut Tensor,
+    vp: &mut Tensor,
+    rows: &PagedRows,
+) -> Result<Tensor> {
+    let (qs, ks, ps) = (q.shape(), k.shape(), kp.shape());
+    let n = rows.rows();
+    if qs.len() != 3
+        || ks.len() != 3
+        || k.shape() != v.shape()
+        || kp.shape() != vp.shape()
+        || ps.len() != 3
+        || qs[0] != n
+        || ks[0] != n
+        || ps[1..] != ks[1..]
+        || qs[2] != ks[2]
+        || qs[2] != 2 * table.inv_freq.len()
+        || kp.dtype() != vp.dtype()
+    {
+        bail!(
+            "paged_rope_kv: q {qs:?}, k {ks:?}, v {:?} ({n} rows) do not fit the pools {ps:?} / {:?} ({:?} / {:?})",
+            v.shape(),
+            vp.shape(),
+            kp.dtype(),
+            vp.dtype()
+        );
+    }
+    backend::on("paged_rope_kv", [q, k, v, &*kp, &*vp])?.paged_rope_kv(q, k, v, table, kp, vp, rows)
+}
+
+/// Attention of a batched step's rows q (N, H, D), each over keys 0..=pos[r] of its own
+/// sequence (less with a window) read from the pools (P, KVH, D) through its block table
+/// (written first by [`paged_rope_kv`]) → (N, H, D) in q's dtype. f32 arithmetic whatever the
+/// pool stores. The CPU's implementation (f32 pools) is the reference the CUDA kernel is
+/// tested against; the CPU's paged forward itself runs [`attn_ggml_seqs`], llama.cpp's order.
+pub fn paged_attention(
+    q: &Tensor,
+    kp: &Tensor,
+    vp: &Tensor,
+    rows: &PagedRows,
+    heads: Heads,
+    scale: f32,
+) -> Result<Tensor> {
+    let (qs, ps) = (q.shape(), kp.shape());
+    if qs != [rows.rows(), heads.h, heads.d]
+        || ps.len() != 3
+        || ps[1..] != [heads.kvh, heads.d]
+        || kp.shape() != vp.shape()
+        || heads.kvh == 0
+        || !heads.h.is_multiple_of(heads.kvh)
+    {
+        bail!(
+            "paged_attention: q {qs:?} and pools {ps:?} / {:?} do not fit {heads:?} over {} rows",
+            vp.shape(),
+            rows.rows()
+        );
+    }
+    crate::profile::timed("paged_attention", || {
+        backend::on("paged_attention", [q, kp, vp])?.paged_attention(q, kp, vp, rows, heads, scale)
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     q: &Tensor,
@@ -853,6 +1075,43 @@ pub fn attention_packed_backward(
 mod tests {
     use super::*;
     use crate::ops::testing::{gradcheck, rand_vec};
+
+    /// The paged reference (what the CUDA kernel is tested against) equals `attn_ggml_seqs`
+    /// over the same scattered rows, with and without a window: a prompt chunk of three rows
+    /// after cached positions and a decode row of another sequence.
+    #[test]
+    fn paged_attention_reference_equals_attn_ggml_seqs() {
+        let (h, kvh, d, bs, blocks) = (4, 2, 8, 4, 16);
+        let row = kvh * d;
+        let f32s = |n: usize, seed: u64| -> Vec<f32> { rand_vec(n, seed).iter().map(|&x| x as f32).collect() };
+        let (k, v, q) = (f32s(blocks * bs * row, 3), f32s(blocks * bs * row, 4), f32s(4 * h * d, 5));
+        let (ta, tb) = ([5u32, 2, 9], [0u32, 11]);
+        let rows = PagedRows::new(
+            vec![7, 8, 9, 5],
+            vec![0; 4],
+            vec![0, 0, 0, 3],
+            ta.iter().chain(&tb).copied().collect(),
+            bs,
+            blocks,
+            crate::Device::Cpu,
+        )
+        .unwrap();
+        let offs =
+            |t: &[u32], n: usize| -> Vec<usize> { (0..n).map(|p| (t[p / bs] as usize * bs + p % bs) * row).collect() };
+        let (oa, ob) = (offs(&ta, 10), offs(&tb, 6));
+        let kp = Tensor::from_f32(k.clone(), &[blocks * bs, kvh, d]).unwrap();
+        let vp = Tensor::from_f32(v.clone(), &[blocks * bs, kvh, d]).unwrap();
+        let qt = Tensor::from_f32(q.clone(), &[4, h, d]).unwrap();
+        for window in [None, Some(5)] {
+            let hd = Heads { h, kvh, d, window };
+            let got = paged_attention(&qt, &kp, &vp, &rows, hd, 0.3).unwrap();
+            let seqs =
+                [SeqAttn { q: &q[..3 * h * d], tq: 3, rows: &oa }, SeqAttn { q: &q[3 * h * d..], tq: 1, rows: &ob }];
+            let want = attn_ggml_seqs(&seqs, &k, &v, hd, 0.3).concat();
+            let worst = got.as_f32().unwrap().iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(worst < 1e-5, "window {window:?}: {worst}");
+        }
+    }
 
     fn rand_t(shape: &[usize], seed: u64) -> Tensor {
         let n = shape.iter().product();

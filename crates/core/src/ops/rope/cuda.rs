@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 pub(crate) const SRC: &str = include_str!("rope.cu");
 
 /// Device cos/sin tables, by (GPU, frequencies); a model has one, so a short list suffices.
-struct Cached {
+pub(crate) struct Cached {
     ordinal: usize,
     key: Vec<u64>,
     positions: usize,
-    cos: DeviceBuf,
-    sin: DeviceBuf,
+    pub(crate) cos: DeviceBuf,
+    pub(crate) sin: DeviceBuf,
 }
 
 static TABLES: Mutex<Vec<Arc<Cached>>> = Mutex::new(Vec::new());
@@ -29,7 +29,9 @@ fn key(table: &RopeTable) -> Vec<u64> {
     k
 }
 
-fn device_table(gpu: &Arc<cuda::Gpu>, table: &RopeTable, need: usize) -> Result<Arc<Cached>> {
+/// The device cos/sin rows of `table` for positions 0..P, P ≥ `need` (also read by the paged
+/// pool's rotary kernel, `attention::cuda::paged_rope_kv`).
+pub(crate) fn device_table(gpu: &Arc<cuda::Gpu>, table: &RopeTable, need: usize) -> Result<Arc<Cached>> {
     let k = key(table);
     let mut list = TABLES.lock().map_err(|_| anyhow!("rope table cache poisoned"))?;
     if let Some(c) = list.iter().find(|c| c.ordinal == gpu.ordinal && c.key == k && c.positions >= need) {
