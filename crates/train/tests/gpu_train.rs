@@ -459,8 +459,11 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 /// Two LoRA SFT updates (token-weighted micro-batches, dropout 0.1 on A's input) with f32
-/// matmuls on the GPU end with the CPU's adapter: every lora_A/lora_B within 1e-5 relative,
-/// the same losses. The dropout masks are drawn on the device by the CPU's hash, so they
+/// matmuls on the GPU end with the CPU's adapter: every lora_A/lora_B within 1e-4 relative
+/// (norm of the difference over the norm), the losses within 1e-5. Not tighter: B starts at
+/// zero, so its first AdamW steps are ≈ lr · sign(g) per element, and an element whose gradient
+/// is near zero takes f32 summation-order noise (sums in another order on the device) to a
+/// whole lr of difference; the H200 measured 3.3e-5 on one lora_B after two updates. The dropout masks are drawn on the device by the CPU's hash, so they
 /// are the same masks.
 #[test]
 fn gpu_lora_sft_matches_the_cpu_in_f32() {
@@ -489,7 +492,7 @@ fn gpu_lora_sft_matches_the_cpu_in_f32() {
         }
     }
     println!("adapter after 2 updates: worst relative difference {:.3e} ({})", worst.0, worst.1);
-    assert!(worst.0 <= 1e-5, "{}: {:e} relative to the CPU's", worst.1, worst.0);
+    assert!(worst.0 <= 1e-4, "{}: {:e} relative to the CPU's", worst.1, worst.0);
 }
 
 /// Under mixed precision the frozen base's matrices are bf16 on the device (no f32 copy); the
