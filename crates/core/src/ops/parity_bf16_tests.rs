@@ -500,13 +500,16 @@ fn parity_bf16_adamw_keeps_copy() {
     assert!(p[1].cuda_buf().unwrap().bf16_shadow.get().is_none(), "a bias with no copy got one");
 }
 
-/// The forward with two 16-row tiles a warp (the default at head dim 64) gives the bits of the
-/// one-tile kernel: each row's operations run in the same order in both (causal, a window, a
-/// cache offset with spare rows, T not a multiple of either block's rows).
+/// The kernels `SMELT_CUDA_ATTN_MT=1` picks (the one-tile forward at head dim 64) give the
+/// bits of the default ones (two 16-row tiles a warp), forward and backward: each row's
+/// operations run in the same order in both (causal, a window, a cache offset with spare rows,
+/// T not a multiple of any block's rows, GQA).
 #[test]
 fn parity_bf16_attention_two_tiles_a_warp() {
+    use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels};
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
+    let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().as_f32().unwrap().to_vec();
     for (b, tq, tk, s, h, kvh, window) in
         [(2, 130, 130, 130, 4, 2, None), (1, 300, 300, 300, 8, 2, Some(70)), (1, 70, 200, 210, 4, 1, None)]
     {
@@ -514,18 +517,18 @@ fn parity_bf16_attention_two_tiles_a_warp() {
         let q = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
         let k = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
         let v = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
-        let run = |name: &str, rows: usize| {
-            let (o, l) = ops::attention::cuda::attention_with(&q, &k, &v, dm, 0.125, (name.into(), rows)).unwrap();
-            (o.to_device(Device::Cpu).unwrap(), l.to_device(Device::Cpu).unwrap())
+        let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
+        let run = |one: bool| {
+            let [fwd, dq, dkdv] = tc_kernels(64, one);
+            let (o, l) = attention_with(&q, &k, &v, dm, 0.125, &fwd).unwrap();
+            let (gq, gk, gv) = attention_backward_with(&q, &k, &v, &o, &l, &dout, dm, 0.125, (&dq, &dkdv)).unwrap();
+            [host(&o), host(&l), host(&gq), host(&gk), host(&gv)]
         };
-        let (o1, l1) = run("attn_tc_fwd1_d64", 64);
-        let (o2, l2) = run("attn_tc_fwd_d64", 128);
+        let (one, two) = (run(true), run(false));
         let label = format!("b{b} q{tq} k{tk} s{s} h{h}/{kvh} w{window:?}");
-        assert_eq!(
-            o1.to_dtype(DType::F32).unwrap().as_f32().unwrap(),
-            o2.to_dtype(DType::F32).unwrap().as_f32().unwrap(),
-            "{label}: out differs"
-        );
-        assert_eq!(l1.as_f32().unwrap(), l2.as_f32().unwrap(), "{label}: lse differs");
+        for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+            let n = one[i].iter().zip(&two[i]).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            assert_eq!(n, 0, "{label}: {what} differs in {n} of {} values", one[i].len());
+        }
     }
 }

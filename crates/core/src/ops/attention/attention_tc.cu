@@ -92,58 +92,6 @@ __device__ __forceinline__ void load_rows(bf16_t* dst, const bf16_t* src, long l
     }
 }
 
-// S (16 × BN) += A (16 × D, fragments in registers) · Bᵀ, B a shared [BN][D] tile.
-template <int D, int BN>
-__device__ __forceinline__ void mm_abt(float (*s)[4], const unsigned (*a)[4], const bf16_t* bt, int lane) {
-    constexpr int LD = D + 8;
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ks++) {
-#pragma unroll
-        for (int nn = 0; nn < BN / 16; nn++) {
-            unsigned b[4];
-            load_b_nk<LD>(b, bt, nn * 16, ks * 16, lane);
-            mma16816(s[2 * nn], a[ks], b[0], b[1]);
-            mma16816(s[2 * nn + 1], a[ks], b[2], b[3]);
-        }
-    }
-}
-
-// S (16 × BN) += A · Bᵀ with A a shared [16][D] slice too (dk/dv: K and V rows of the warp).
-template <int D, int BN>
-__device__ __forceinline__ void mm_abt_s(float (*s)[4], const bf16_t* at, const bf16_t* bt, int lane) {
-    constexpr int LD = D + 8;
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ks++) {
-        unsigned a[4];
-        load_a<LD>(a, at, 0, ks * 16, lane);
-#pragma unroll
-        for (int nn = 0; nn < BN / 16; nn++) {
-            unsigned b[4];
-            load_b_nk<LD>(b, bt, nn * 16, ks * 16, lane);
-            mma16816(s[2 * nn], a, b[0], b[1]);
-            mma16816(s[2 * nn + 1], a, b[2], b[3]);
-        }
-    }
-}
-
-// O (16 × D) += P (16 × BN, accumulator layout, rounded to bf16 here) · M, M a shared [BN][D] tile.
-template <int D, int BN>
-__device__ __forceinline__ void mm_pm(float (*o)[4], const float (*p)[4], const bf16_t* m, int lane) {
-    constexpr int LD = D + 8;
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) {
-        unsigned a[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]), pack_bf16(p[2 * kk][2], p[2 * kk][3]),
-                         pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]), pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
-#pragma unroll
-        for (int dn = 0; dn < D / 16; dn++) {
-            unsigned b[4];
-            load_b_kn<LD>(b, m, kk * 16, dn * 16, lane);
-            mma16816(o[2 * dn], a, b[0], b[1]);
-            mma16816(o[2 * dn + 1], a, b[2], b[3]);
-        }
-    }
-}
-
 // The same two products for MT 16-row tiles of one warp: each B fragment read from shared
 // memory feeds MT products (with MT = 2 a warp's ldmatrix traffic per product halves, which is
 // what bounds the MT = 1 kernels: 4 warps each reading whole K and V tiles for 16 rows).
@@ -160,6 +108,28 @@ __device__ __forceinline__ void mm_abt_m(float (*s)[BN / 8][4], const unsigned (
             for (int mt = 0; mt < MT; mt++) {
                 mma16816(s[mt][2 * nn], a[mt][ks], b[0], b[1]);
                 mma16816(s[mt][2 * nn + 1], a[mt][ks], b[2], b[3]);
+            }
+        }
+    }
+}
+// mm_abt_m with A read from shared memory: MT 16-row slices of a [rows][D] tile starting at `at`
+// (dk/dv: the warp's K and V rows; dq: its dO rows, which do not fit the registers at MT = 2).
+template <int D, int BN, int MT>
+__device__ __forceinline__ void mm_abt_sm(float (*s)[BN / 8][4], const bf16_t* at, const bf16_t* bt, int lane) {
+    constexpr int LD = D + 8;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+        unsigned a[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) load_a<LD>(a[mt], at, mt * 16, ks * 16, lane);
+#pragma unroll
+        for (int nn = 0; nn < BN / 16; nn++) {
+            unsigned b[4];
+            load_b_nk<LD>(b, bt, nn * 16, ks * 16, lane);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                mma16816(s[mt][2 * nn], a[mt], b[0], b[1]);
+                mma16816(s[mt][2 * nn + 1], a[mt], b[2], b[3]);
             }
         }
     }
@@ -347,51 +317,68 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
     }
 }
 
-// dq = scale · Σ_j dS_ij k_j, dS = P ∘ (dO·Vᵀ − delta). grid (ceil(Tq/64), H, B), block 128,
-// shared (128 + 4·BN)·(D+8) bf16.
-template <int D, int BN>
+// dq = scale · Σ_j dS_ij k_j, dS = P ∘ (dO·Vᵀ − delta). grid (ceil(Tq/(64·MT)), H, B), block
+// 128, shared (2·64·MT + 4·BN)·(D+8) bf16. Each warp owns MT tiles of 16 query rows; Q's
+// fragments stay in registers, dO's too at MT = 1 (at MT = 2 they are read from shared memory
+// each key tile: the registers hold the two tiles' dq instead). Per row the operations and
+// their order are the same for every MT and BN (a key tile is summed 16 keys at a time, in key
+// order), so all instantiations give identical bits.
+template <int D, int BN, int MT>
 __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                       const float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale) {
-    constexpr int LD = D + 8, KS = D / 16;
+    constexpr int LD = D + 8, KS = D / 16, ROWS = TC_ROWS * MT;
     extern __shared__ __align__(16) unsigned char tc_sm[];
     bf16_t* Qs = (bf16_t*)tc_sm;
-    bf16_t* Os = Qs + TC_ROWS * LD;
-    bf16_t* Ks = Os + TC_ROWS * LD;
+    bf16_t* Os = Qs + ROWS * LD;
+    bf16_t* Ks = Os + ROWS * LD;
     bf16_t* Vs = Ks + 2 * BN * LD;
     int b = blockIdx.z, h = blockIdx.y, g = h / (H / KVH);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
     int off = tk - tq;
-    int i0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS;
-    int ilast = min(tq - 1, i0 + TC_ROWS - 1);
+    int i0 = (gridDim.x - 1 - blockIdx.x) * ROWS;
+    int ilast = min(tq - 1, i0 + ROWS - 1);
     int blo = tc_key_lo(off + i0, window), bhi = off + ilast + 1;
     int ntiles = (bhi - blo + BN - 1) / BN;
     const bf16_t* kh = k + (long long)g * D;
     const bf16_t* vh = v + (long long)g * D;
     long long qbase = (long long)b * tq, kbase = (long long)b * s;
-    load_rows<TC_ROWS, D>(Qs, q + (long long)h * D, qbase, H * D, i0, tq);
-    load_rows<TC_ROWS, D>(Os, dout + (long long)h * D, qbase, H * D, i0, tq);
+    load_rows<ROWS, D>(Qs, q + (long long)h * D, qbase, H * D, i0, tq);
+    load_rows<ROWS, D>(Os, dout + (long long)h * D, qbase, H * D, i0, tq);
     load_rows<BN, D>(Ks, kh, kbase, KVH * D, blo, bhi);
     load_rows<BN, D>(Vs, vh, kbase, KVH * D, blo, bhi);
     cp_commit();
-    int r0 = i0 + warp * 16 + gq;
     const float* lh = lse + ((long long)b * H + h) * tq;
     const float* dh = delta + ((long long)b * H + h) * tq;
-    float L0 = r0 < tq ? lh[r0] * LOG2E : 0.f, L1 = r0 + 8 < tq ? lh[r0 + 8] * LOG2E : 0.f;
-    float D0 = r0 < tq ? dh[r0] : 0.f, D1 = r0 + 8 < tq ? dh[r0 + 8] : 0.f;
+    float L[MT][2], Dl[MT][2];
+    int pos[MT][2], lo[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            int r = i0 + warp * 16 * MT + mt * 16 + gq + 8 * hf;
+            L[mt][hf] = r < tq ? lh[r] * LOG2E : 0.f;
+            Dl[mt][hf] = r < tq ? dh[r] : 0.f;
+            pos[mt][hf] = off + r;
+            lo[mt][hf] = tc_key_lo(off + r, window);
+        }
     cp_wait_all();
     __syncthreads();
-    unsigned qf[KS][4], of[KS][4];
+    const bf16_t* Ow = Os + warp * 16 * MT * LD;
+    unsigned qf[MT][KS][4], of[MT == 1 ? KS : 1][4];
 #pragma unroll
-    for (int ks = 0; ks < KS; ks++) {
-        load_a<LD>(qf[ks], Qs, warp * 16, ks * 16, lane);
-        load_a<LD>(of[ks], Os, warp * 16, ks * 16, lane);
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) load_a<LD>(qf[mt][ks], Qs, warp * 16 * MT + mt * 16, ks * 16, lane);
+    if constexpr (MT == 1) {
+#pragma unroll
+        for (int ks = 0; ks < KS; ks++) load_a<LD>(of[ks], Ow, 0, ks * 16, lane);
     }
-    float acc[D / 8][4];
+    float acc[MT][D / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < D / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
     const float sl2 = scale * LOG2E;
-    int pos0 = off + r0, pos1 = pos0 + 8;
-    int lo0 = tc_key_lo(pos0, window), lo1 = tc_key_lo(pos1, window);
     for (int t = 0; t < ntiles; t++) {
         int j0 = blo + t * BN;
         if (t > 0) {
@@ -406,67 +393,81 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
         cp_commit();
         const bf16_t* Kt = Ks + (t & 1) * BN * LD;
         const bf16_t* Vt = Vs + (t & 1) * BN * LD;
-        float sc[BN / 8][4], dp[BN / 8][4];
+        float sc[MT][BN / 8][4], dp[MT][BN / 8][4];
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++)
+        for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) sc[nt][e] = dp[nt][e] = 0.f;
-        mm_abt<D, BN>(sc, qf, Kt, lane);
-        mm_abt<D, BN>(dp, of, Vt, lane);
-        bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + TC_ROWS - 1, window));
+            for (int nt = 0; nt < BN / 8; nt++)
 #pragma unroll
-        for (int nt = 0; nt < BN / 8; nt++) {
+                for (int e = 0; e < 4; e++) sc[mt][nt][e] = dp[mt][nt][e] = 0.f;
+        mm_abt_m<D, BN, MT>(sc, qf, Kt, lane);
+        if constexpr (MT == 1)
+            mm_abt_m<D, BN, 1>(dp, (const unsigned (*)[KS][4])of, Vt, lane);
+        else
+            mm_abt_sm<D, BN, MT>(dp, Ow, Vt, lane);
+        bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + ROWS - 1, window));
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                bool vis = true;
-                if (!full) {
-                    int j = j0 + nt * 8 + 2 * tq4 + (e & 1);
-                    vis = e < 2 ? (j >= lo0 && j <= pos0) : (j >= lo1 && j <= pos1);
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int hf = e >> 1;
+                    bool vis = true;
+                    if (!full) {
+                        int j = j0 + nt * 8 + 2 * tq4 + (e & 1);
+                        vis = j >= lo[mt][hf] && j <= pos[mt][hf];
+                    }
+                    float p = vis ? exp2f(sc[mt][nt][e] * sl2 - L[mt][hf]) : 0.f;
+                    sc[mt][nt][e] = p * (dp[mt][nt][e] - Dl[mt][hf]);  // dS / scale
                 }
-                float p = vis ? exp2f(sc[nt][e] * sl2 - (e < 2 ? L0 : L1)) : 0.f;
-                sc[nt][e] = p * (dp[nt][e] - (e < 2 ? D0 : D1));  // dS / scale
             }
-        }
-        mm_pm<D, BN>(acc, sc, Kt, lane);
+        mm_pm_m<D, BN, MT>(acc, sc, Kt, lane);
     }
-    store_rows<D>(dq + (long long)h * D, acc, qbase, H * D, r0, tq, scale, scale, lane);
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+        store_rows<D>(dq + (long long)h * D, acc[mt], qbase, H * D, i0 + warp * 16 * MT + mt * 16 + gq, tq, scale, scale, lane);
 }
 
 // dk = scale · Σ_i dS_ij q_i, dv = Σ_i P_ij dO_i over every query head of the group and every
-// query that sees key j; rows Tk ≤ j < S (unused cache rows) get zeros. One block per 64 keys;
-// each warp computes Sᵀ = K_w·Qᵀ and dPᵀ = V_w·dOᵀ for its 16 keys against a tile of BQ
-// queries. grid (ceil(S/64), KVH, B), block 128, shared (128 + 4·BQ)·(D+8) bf16 + 4·BQ f32.
-template <int D, int BQ>
+// query that sees key j; rows Tk ≤ j < S (unused cache rows) get zeros. One block per 64·MT
+// keys; each warp computes Sᵀ = K_w·Qᵀ and dPᵀ = V_w·dOᵀ for its MT tiles of 16 keys against a
+// tile of BQ queries (each Q and dO fragment read from shared memory feeds MT products). grid
+// (ceil(S/(64·MT)), KVH, B), block 128, shared (2·64·MT + 4·BQ)·(D+8) bf16 + 4·BQ f32. As in dq,
+// every (MT, BQ) gives identical bits (queries summed 16 at a time, in order).
+template <int D, int BQ, int MT>
 __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                         const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
                         float scale) {
-    constexpr int LD = D + 8;
+    constexpr int LD = D + 8, ROWS = TC_ROWS * MT;
     extern __shared__ __align__(16) unsigned char tc_sm[];
     bf16_t* Ks = (bf16_t*)tc_sm;
-    bf16_t* Vs = Ks + TC_ROWS * LD;
-    bf16_t* Qs = Vs + TC_ROWS * LD;   // 2 buffers
+    bf16_t* Vs = Ks + ROWS * LD;
+    bf16_t* Qs = Vs + ROWS * LD;      // 2 buffers
     bf16_t* Os = Qs + 2 * BQ * LD;    // 2 buffers
     float* Ls = (float*)(Os + 2 * BQ * LD);  // 2 × BQ: lse · log2 e
     float* Ds = Ls + 2 * BQ;                 // 2 × BQ: delta
     int b = blockIdx.z, g = blockIdx.y, grp = H / KVH;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
     int off = tk - tq;
-    int j0 = blockIdx.x * TC_ROWS;
+    int j0 = blockIdx.x * ROWS;
     long long kbase = (long long)b * s, qbase = (long long)b * tq;
-    float ak[D / 8][4], av[D / 8][4];
+    float ak[MT][D / 8][4], av[MT][D / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < D / 8; nt++)
+    for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) ak[nt][e] = av[nt][e] = 0.f;
-    int jr = j0 + warp * 16 + gq;  // this lane's key rows: jr, jr + 8
+        for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) ak[mt][nt][e] = av[mt][nt][e] = 0.f;
+    int jr = j0 + warp * 16 * MT + gq;  // this lane's key rows: jr + 16·mt, + 8
     if (j0 < tk) {
-        int jlast = min(tk - 1, j0 + TC_ROWS - 1);
+        int jlast = min(tk - 1, j0 + ROWS - 1);
         int qlo = max(0, j0 - off);
         int qhi = window > 0 ? min(tq, jlast + window - off) : tq;
         int nq = qhi > qlo ? (qhi - qlo + BQ - 1) / BQ : 0;
         int ntiles = grp * nq;
-        load_rows<TC_ROWS, D>(Ks, k + (long long)g * D, kbase, KVH * D, j0, tk);
-        load_rows<TC_ROWS, D>(Vs, v + (long long)g * D, kbase, KVH * D, j0, tk);
+        load_rows<ROWS, D>(Ks, k + (long long)g * D, kbase, KVH * D, j0, tk);
+        load_rows<ROWS, D>(Vs, v + (long long)g * D, kbase, KVH * D, j0, tk);
         // Tile t: query head g·grp + t / nq, queries qlo + (t % nq)·BQ …
         auto issue = [&](int t) {
             int nb = t & 1, h = g * grp + t / nq, i0 = qlo + (t % nq) * BQ;
@@ -482,6 +483,8 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
         if (ntiles > 0) issue(0);
         cp_commit();
         const float sl2 = scale * LOG2E;
+        const bf16_t* Kw = Ks + warp * 16 * MT * LD;
+        const bf16_t* Vw = Vs + warp * 16 * MT * LD;
         for (int t = 0; t < ntiles; t++) {
             cp_wait_all();
             __syncthreads();  // tile t (and K, V) in; every warp is done with tile t−1
@@ -492,40 +495,47 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
             const bf16_t* Ot = Os + nb * BQ * LD;
             const float* Lt = Ls + nb * BQ;
             const float* Dt = Ds + nb * BQ;
-            float sc[BQ / 8][4], dp[BQ / 8][4];
+            float sc[MT][BQ / 8][4], dp[MT][BQ / 8][4];
 #pragma unroll
-            for (int nt = 0; nt < BQ / 8; nt++)
+            for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) sc[nt][e] = dp[nt][e] = 0.f;
-            mm_abt_s<D, BQ>(sc, Ks + warp * 16 * LD, Qt, lane);
-            mm_abt_s<D, BQ>(dp, Vs + warp * 16 * LD, Ot, lane);
-            bool full = i0 + BQ <= qhi && j0 + TC_ROWS - 1 <= off + i0 && j0 + TC_ROWS <= tk &&
+                for (int nt = 0; nt < BQ / 8; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) sc[mt][nt][e] = dp[mt][nt][e] = 0.f;
+            mm_abt_sm<D, BQ, MT>(sc, Kw, Qt, lane);
+            mm_abt_sm<D, BQ, MT>(dp, Vw, Ot, lane);
+            bool full = i0 + BQ <= qhi && j0 + ROWS - 1 <= off + i0 && j0 + ROWS <= tk &&
                         (window == 0 || j0 >= tc_key_lo(off + i0 + BQ - 1, window));
 #pragma unroll
-            for (int nt = 0; nt < BQ / 8; nt++) {
+            for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int c = nt * 8 + 2 * tq4 + (e & 1);  // query column in the tile
-                    bool vis = true;
-                    if (!full) {
-                        int i = i0 + c, pos = off + i, j = jr + (e < 2 ? 0 : 8);
-                        vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window);
+                for (int nt = 0; nt < BQ / 8; nt++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int c = nt * 8 + 2 * tq4 + (e & 1);  // query column in the tile
+                        bool vis = true;
+                        if (!full) {
+                            int i = i0 + c, pos = off + i, j = jr + 16 * mt + (e < 2 ? 0 : 8);
+                            vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window);
+                        }
+                        float p = vis ? exp2f(sc[mt][nt][e] * sl2 - Lt[c]) : 0.f;
+                        sc[mt][nt][e] = p;                         // Pᵀ
+                        dp[mt][nt][e] = p * (dp[mt][nt][e] - Dt[c]);  // dSᵀ / scale
                     }
-                    float p = vis ? exp2f(sc[nt][e] * sl2 - Lt[c]) : 0.f;
-                    sc[nt][e] = p;                     // Pᵀ
-                    dp[nt][e] = p * (dp[nt][e] - Dt[c]);  // dSᵀ / scale
                 }
-            }
-            mm_pm<D, BQ>(av, sc, Ot, lane);
-            mm_pm<D, BQ>(ak, dp, Qt, lane);
+            mm_pm_m<D, BQ, MT>(av, sc, Ot, lane);
+            mm_pm_m<D, BQ, MT>(ak, dp, Qt, lane);
         }
         cp_wait_all();
     }
     int kvs = KVH * D;
     // Rows past tk (cache rows, or the block entirely past tk) store zeros: the accumulators
     // are zero there (every Pᵀ entry of such a key is masked), and rows ≥ s are skipped.
-    store_rows<D>(dk + (long long)g * D, ak, kbase, kvs, jr, s, scale, scale, lane);
-    store_rows<D>(dv + (long long)g * D, av, kbase, kvs, jr, s, 1.f, 1.f, lane);
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        store_rows<D>(dk + (long long)g * D, ak[mt], kbase, kvs, jr + 16 * mt, s, scale, scale, lane);
+        store_rows<D>(dv + (long long)g * D, av[mt], kbase, kvs, jr + 16 * mt, s, 1.f, 1.f, lane);
+    }
 }
 
 #define TC_FWD(NAME, D, BN, MT)                                                                                            \
@@ -534,23 +544,29 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
                                                                   int KVH, int window, float scale) {                      \
         tc_fwd<D, BN, MT>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale);                                            \
     }
-#define TC_KERNELS(D, BN, BNQ, BQ, MT)                                                                                          \
-    TC_FWD(attn_tc_fwd_d##D, D, BN, MT)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(TC_THREADS) attn_tc_dq_d##D(                                              \
+#define TC_DQ(NAME, D, BN, MT)                                                                                             \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS) NAME(                                                         \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
         bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale) {                                      \
-        tc_dq<D, BNQ>(q, k, v, dout, lse, delta, dq, tq, tk, s, H, KVH, window, scale);                                     \
-    }                                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(TC_THREADS) attn_tc_dkdv_d##D(                                            \
+        tc_dq<D, BN, MT>(q, k, v, dout, lse, delta, dq, tq, tk, s, H, KVH, window, scale);                                 \
+    }
+#define TC_DKDV(NAME, D, BQ, MT)                                                                                           \
+    extern "C" __global__ void __launch_bounds__(TC_THREADS) NAME(                                                         \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
         bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale) {                          \
-        tc_dkdv<D, BQ>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale);                               \
+        tc_dkdv<D, BQ, MT>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale);                           \
     }
-// Key tile widths (forward, dq), query tile width (dk/dv) and the forward's 16-row tiles a warp:
-// 64, 64, 64, 2 at D = 64; at D = 128 the dq and dk/dv kernels take 32 (their 128-column
-// accumulators leave fewer registers for the score tiles) and the forward one tile a warp.
-// Must match tc_tiles in cuda.rs (shared memory sizes). attn_tc_fwd1_d64: the one-tile forward
-// at D = 64, kept for SMELT_CUDA_ATTN_MT=1 (the same bits, to time the two in one run).
-TC_KERNELS(64, 64, 64, 64, 2)
-TC_KERNELS(128, 64, 32, 32, 1)
+// (key tile, 16-row tiles a warp) of the forward and dq, (query tile, 16-row tiles a warp) of
+// dk/dv; must match tc_kernels in cuda.rs (names, rows a block, shared memory). The forward
+// takes two tiles a warp at D = 64 (attn_tc_fwd1_d64: one, for SMELT_CUDA_ATTN_MT=1 and the
+// parity test: the same bits). The backward keeps one at both head dims: two tiles a warp
+// (dq with 32-key tiles, dk/dv with 32-query tiles, 242 and 255 registers) measured 16.5 and
+// 29.2 ms against 15.3 and 27.5 ms for one (1B shape, 8 × 2048, H200, 2026-12-03). At D = 128
+// the backward's tiles are 32 wide (its 128-column accumulators leave fewer registers).
+TC_FWD(attn_tc_fwd_d64, 64, 64, 2)
 TC_FWD(attn_tc_fwd1_d64, 64, 64, 1)
+TC_DQ(attn_tc_dq_d64, 64, 64, 1)
+TC_DKDV(attn_tc_dkdv_d64, 64, 64, 1)
+TC_FWD(attn_tc_fwd_d128, 128, 64, 1)
+TC_DQ(attn_tc_dq_d128, 128, 32, 1)
+TC_DKDV(attn_tc_dkdv_d128, 128, 32, 1)

@@ -25,27 +25,35 @@ const TILE: usize = 32;
 /// Rows per block of the tensor-core kernels (4 warps × 16).
 const TC_ROWS: usize = 64;
 
-/// The forward kernel's name and query rows a block (64 · its 16-row tiles a warp): two tiles a
-/// warp at head dim 64 (`SMELT_CUDA_ATTN_MT=1`: the one-tile kernel, same bits, for timing),
-/// one at 128 (two would not fit the registers). As TC_KERNELS in attention_tc.cu.
-fn tc_fwd_kernel(d: usize) -> (String, usize) {
-    static ONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let one = *ONE.get_or_init(|| std::env::var("SMELT_CUDA_ATTN_MT").is_ok_and(|v| v == "1"));
-    match (d, one) {
-        (64, false) => ("attn_tc_fwd_d64".into(), 2 * TC_ROWS),
-        (64, true) => ("attn_tc_fwd1_d64".into(), TC_ROWS),
-        _ => (format!("attn_tc_fwd_d{d}"), TC_ROWS),
-    }
+/// One tensor-core kernel: its name in attention_tc.cu, the rows a block owns (64 · its 16-row
+/// tiles a warp) and the width of the tile of the other side it streams (keys for the forward
+/// and dq, queries for dk/dv).
+#[derive(Clone, Debug)]
+pub(crate) struct TcKernel {
+    pub name: String,
+    pub rows: usize,
+    pub tile: usize,
 }
 
-/// Tensor-core tiles per head dim: (forward key tile, dq key tile, dk/dv query tile), as
-/// instantiated at the end of attention_tc.cu.
-fn tc_tiles(d: usize) -> (usize, usize, usize) {
-    if d == 64 {
-        (64, 64, 64)
-    } else {
-        (64, 32, 32)
-    }
+/// The forward, dq and dk/dv kernels for head dim `d`, as instantiated at the end of
+/// attention_tc.cu: the forward with two 16-row tiles a warp at head dim 64, one at 128 (two
+/// would not fit the registers); the backward with one (two measured slower). `one`: the
+/// one-tile forward at 64 (`SMELT_CUDA_ATTN_MT=1`; the same bits, to time the two in one run).
+pub(crate) fn tc_kernels(d: usize, one: bool) -> [TcKernel; 3] {
+    let k = |name: String, rows: usize, tile: usize| TcKernel { name, rows, tile };
+    let fwd = match (d, one) {
+        (64, false) => k("attn_tc_fwd_d64".into(), 2 * TC_ROWS, 64),
+        (64, true) => k("attn_tc_fwd1_d64".into(), TC_ROWS, 64),
+        _ => k(format!("attn_tc_fwd_d{d}"), TC_ROWS, 64),
+    };
+    let tile = if d == 64 { 64 } else { 32 };
+    [fwd, k(format!("attn_tc_dq_d{d}"), TC_ROWS, tile), k(format!("attn_tc_dkdv_d{d}"), TC_ROWS, tile)]
+}
+
+/// `tc_kernels` as the environment picks them.
+fn default_tc_kernels(d: usize) -> [TcKernel; 3] {
+    static ONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    tc_kernels(d, *ONE.get_or_init(|| std::env::var("SMELT_CUDA_ATTN_MT").is_ok_and(|v| v == "1")))
 }
 
 /// Which kernels run on `gpu`: the tensor-core ones for bf16 at head dim 64 or 128 on compute
@@ -92,17 +100,17 @@ fn cfg(grid: (usize, usize, usize), smem_floats: usize) -> LaunchConfig {
 }
 
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor)> {
-    attention_with(q, k, v, dm, scale, tc_fwd_kernel(dm.d))
+    attention_with(q, k, v, dm, scale, &default_tc_kernels(dm.d)[0])
 }
 
-/// `attention` with the tensor-core forward kernel named (its name and query rows a block).
+/// `attention` with the tensor-core forward kernel given.
 pub(crate) fn attention_with(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     dm: AttnDims,
     scale: f32,
-    fwd: (String, usize),
+    fwd: &TcKernel,
 ) -> Result<(Tensor, Tensor)> {
     check(&dm)?;
     let [qb, kb, vb] = cuda::float_bufs([q, k, v], "attention")?;
@@ -112,10 +120,9 @@ pub(crate) fn attention_with(
     let lse = DeviceBuf::alloc(gpu, DType::F32, dm.b * dm.h * dm.tq)?;
     let d = dm.d;
     if uses_tensor_cores(gpu, dt, d) {
-        let (bn, _, _) = tc_tiles(d);
-        let (name, rows) = fwd;
+        let TcKernel { name, rows, tile: bn } = fwd;
         let smem = (rows + 4 * bn) * (d + 8) * 2;
-        let f = tc_function(gpu, &name, smem)?;
+        let f = tc_function(gpu, name, smem)?;
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&out.data).arg(&lse.data);
@@ -123,7 +130,7 @@ pub(crate) fn attention_with(
             b.arg(x);
         }
         b.arg(&scale);
-        cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(rows), dm.h, dm.b), smem)) }, &name)?;
+        cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem)) }, name)?;
         return Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?));
     }
     let a =
@@ -154,6 +161,23 @@ pub fn attention_backward(
     dm: AttnDims,
     scale: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let [_, dq, dkdv] = default_tc_kernels(dm.d);
+    attention_backward_with(q, k, v, out, lse, dout, dm, scale, (&dq, &dkdv))
+}
+
+/// `attention_backward` with the tensor-core dq and dk/dv kernels given.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_backward_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    dout: &Tensor,
+    dm: AttnDims,
+    scale: f32,
+    (kdq, kdkdv): (&TcKernel, &TcKernel),
+) -> Result<(Tensor, Tensor, Tensor)> {
     check(&dm)?;
     let [qb, kb, vb, ob, db] = cuda::float_bufs([q, k, v, out, dout], "attention_backward")?;
     let dt = cuda::same_dtype(&[qb, kb, vb, ob, db], &["q", "k", "v", "out", "output gradient"], "attention_backward")?;
@@ -177,27 +201,26 @@ pub fn attention_backward(
         cuda::launched(unsafe { b.launch(c) }, &name)?;
     }
     if uses_tensor_cores(gpu, dt, d) {
-        let (_, bnq, bq) = tc_tiles(d);
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
         let dq = DeviceBuf::alloc(gpu, dt, q.numel())?;
         {
-            let name = format!("attn_tc_dq_d{d}");
-            let smem = (2 * TC_ROWS + 4 * bnq) * (d + 8) * 2;
-            let f = tc_function(gpu, &name, smem)?;
+            let TcKernel { name, rows, tile } = kdq;
+            let smem = (2 * rows + 4 * tile) * (d + 8) * 2;
+            let f = tc_function(gpu, name, smem)?;
             let mut b = gpu.stream.launch_builder(&f);
             b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&db.data).arg(&lb.data).arg(&delta.data).arg(&dq.data);
             for x in &a {
                 b.arg(x);
             }
             b.arg(&scale);
-            cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(TC_ROWS), dm.h, dm.b), smem)) }, &name)?;
+            cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem)) }, name)?;
         }
         let dk = DeviceBuf::alloc(gpu, dt, k.numel())?;
         let dv = DeviceBuf::alloc(gpu, dt, v.numel())?;
         {
-            let name = format!("attn_tc_dkdv_d{d}");
-            let smem = (2 * TC_ROWS + 4 * bq) * (d + 8) * 2 + 4 * bq * 4;
-            let f = tc_function(gpu, &name, smem)?;
+            let TcKernel { name, rows, tile } = kdkdv;
+            let smem = (2 * rows + 4 * tile) * (d + 8) * 2 + 4 * tile * 4;
+            let f = tc_function(gpu, name, smem)?;
             let mut b = gpu.stream.launch_builder(&f);
             b.arg(&qb.data)
                 .arg(&kb.data)
@@ -211,7 +234,7 @@ pub fn attention_backward(
                 b.arg(x);
             }
             b.arg(&scale);
-            cuda::launched(unsafe { b.launch(tc_cfg((dm.s.div_ceil(TC_ROWS), dm.kvh, dm.b), smem)) }, &name)?;
+            cuda::launched(unsafe { b.launch(tc_cfg((dm.s.div_ceil(*rows), dm.kvh, dm.b), smem)) }, name)?;
         }
         return Ok((
             Tensor::from_device_buf(dq, q.shape())?,
