@@ -5,6 +5,8 @@ so both sides time the same weights), runs `smelt bench --device cuda --model DI
 and bench/torch_gpu.py at each shape, and prints one table of ratios.
 
     python3 bench/cuda_vs_torch.py --smelt ./smelt [--shapes 124m,large] [--out DIR]
+        (shapes: medium, large, 124m, 1b, and 1b-4k / 1b-8k: the 1B shape at T 4096 / 8192,
+        smelt with and without --grad-checkpoint)
         [--scalar]     # also time smelt with SMELT_CUDA_ATTN=scalar (the pre-tensor-core
                        # attention kernels): before/after in the same run
         [--profile 124m]  # also SMELT_CUDA_PROFILE=1 runs at that shape (stderr kept in --out)
@@ -24,7 +26,12 @@ SHAPES = {
     "large": ("large", {}, 8192, 16, 1024, ("eager", "compile"), 5),
     "124m": (None, {"dim": 768, "layers": 12, "heads": 12, "kv-heads": 12, "ffn": 2048}, 32000, 16, 1024, ("eager", "compile"), 5),
     "1b": (None, {"dim": 2048, "layers": 16, "heads": 32, "kv-heads": 8, "ffn": 8192}, 32000, 8, 2048, ("compile",), 3),
+    # Long context (issue 14): the 1B shape at T 4096 and 8192, the same tokens a step; smelt
+    # also with --grad-checkpoint (a "smelt-ckpt" row).
+    "1b-4k": (None, {"dim": 2048, "layers": 16, "heads": 32, "kv-heads": 8, "ffn": 8192}, 32000, 4, 4096, ("compile",), 3),
+    "1b-8k": (None, {"dim": 2048, "layers": 16, "heads": 32, "kv-heads": 8, "ffn": 8192}, 32000, 2, 8192, ("compile",), 3),
 }
+CKPT = ("1b-4k", "1b-8k")
 
 
 def run(cmd, env=None, timeout=300, stderr_to=None):
@@ -90,6 +97,8 @@ def main():
             tflags = shape_flags(flags)
         sm = [a.smelt, "bench", "--device", "cuda", *sm_model, *common, "--format", "json"]
         keep(name, "smelt", run(sm, timeout=400))
+        if name in CKPT:
+            keep(name, "smelt-ckpt", run(sm + ["--grad-checkpoint"], timeout=400))
         if a.scalar:
             keep(name, "smelt-scalar-attn", run(sm, env={"SMELT_CUDA_ATTN": "scalar"}, timeout=400))
         if name in a.profile.split(","):

@@ -234,20 +234,40 @@ impl Graph {
 
     /// y = x·Wᵀ + b
     pub fn linear(&mut self, x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+        self.linear_then_add(x, w, b, None)
+    }
+
+    /// c + x·wᵀ + b (`ops::matmul::linear_add`: on CUDA the product reads c, no pass for the
+    /// sum); c's gradient is the output's.
+    pub fn linear_add(&mut self, x: &Var, w: &Var, b: Option<&Var>, c: &Var) -> Result<Var> {
+        self.linear_then_add(x, w, b, Some(c))
+    }
+
+    fn linear_then_add(&mut self, x: &Var, w: &Var, b: Option<&Var>, c: Option<&Var>) -> Result<Var> {
         if let Some(f) = &mut self.linear_hook {
             f(w, &x.t);
         }
-        let y = timed("linear", || ops::matmul::linear(&x.t, &w.t, b.map(|b| &b.t)))?;
-        let (xt, wt, need_dx) = (x.t.clone(), w.t.clone(), x.requires_grad);
-        let has_bias = b.is_some();
-        let inputs: Vec<&Var> = match b {
-            Some(b) => vec![x, w, b],
-            None => vec![x, w],
+        let y = match c {
+            None => timed("linear", || ops::matmul::linear(&x.t, &w.t, b.map(|b| &b.t)))?,
+            Some(c) => timed("linear", || ops::matmul::linear_add(&x.t, &w.t, b.map(|b| &b.t), &c.t))?,
         };
+        let (xt, wt, need_dx) = (x.t.clone(), w.t.clone(), x.requires_grad);
+        let (has_bias, has_c) = (b.is_some(), c.is_some());
+        // The inputs, and the backward's gradients in the same order: x, w, [b], [c].
+        let inputs: Vec<&Var> = [Some(x), Some(w), b, c].into_iter().flatten().collect();
         let frozen = !w.requires_grad && !b.is_some_and(|b| b.requires_grad);
         if wt.dtype() == crate::DType::Quant && !frozen {
             bail!("linear: a quantised weight {:?} cannot be trained; freeze it (a LoRA adapter trains on top) or dequantise it", wt.shape());
         }
+        let finish = move |mut r: Vec<Option<Tensor>>, db: Option<Tensor>, g: &Tensor| {
+            if has_bias {
+                r.push(db);
+            }
+            if has_c {
+                r.push(Some(g.clone()));
+            }
+            r
+        };
         if frozen {
             // A frozen weight (a LoRA or QLoRA base): gradients flow to x only, no dW product
             // is computed to be dropped, and x is not kept.
@@ -259,16 +279,12 @@ impl Graph {
                 } else {
                     None
                 };
-                Ok(vec![dx, None, None])
+                Ok(finish(vec![dx, None], None, g))
             }));
         }
         Ok(self.push1(&inputs, y, move |g| {
             let (dx, dw, db) = timed("linear.bwd", || ops::matmul::linear_backward(&xt, &wt, g, need_dx, has_bias))?;
-            let mut r = vec![dx, Some(dw)];
-            if has_bias {
-                r.push(db);
-            }
-            Ok(r)
+            Ok(finish(vec![dx, Some(dw)], db, g))
         }))
     }
 

@@ -175,14 +175,15 @@ impl<'a> LayerVars<'a> {
 
 /// Layer `l`'s `role` projection of x, with its bias if any, plus the adapter's
 /// s·B·(A·dropout(x)) where it adapts that projection (PEFT's `lora.Linear.forward`).
+/// The adapter's side first, then the base product reading it (`linear_add`: on CUDA one
+/// product, no pass for the sum).
 fn proj(g: &mut Graph, l: usize, w: &LayerVars, role: Role, x: &Var, bias: Option<&Var>) -> Result<Var> {
-    let y = g.linear(x, &w[role], bias)?;
     let (Some((a, b)), Some(run)) = (w.lora[role as usize], w.run) else {
-        return Ok(y);
+        return g.linear(x, &w[role], bias);
     };
     let down = lora_down(g, x, a, run, dropout_seed(run, l, role))?;
     let up = g.linear(&down, b, None)?; // (N, out)
-    g.add(&y, &up)
+    g.linear_add(x, &w[role], bias, &up)
 }
 
 /// The seed of one projection's dropout mask in a forward: one mask per (forward, layer,
@@ -206,9 +207,8 @@ fn lora_down(g: &mut Graph, x: &Var, a: &Var, run: LoraRun, seed: u64) -> Result
 /// is not kept for A's gradient (gate and up are, for SwiGLU's own backward). The same numbers
 /// as `proj`.
 fn down_proj_lora(g: &mut Graph, l: usize, w: &LayerVars, gate: &Var, up: &Var, act: &Var) -> Result<Var> {
-    let y = g.linear(act, &w[Role::WDown], None)?;
     let (Some((a, b)), Some(run)) = (w.lora[Role::WDown as usize], w.run) else {
-        return Ok(y);
+        return g.linear(act, &w[Role::WDown], None);
     };
     let seed = dropout_seed(run, l, Role::WDown);
     let branch: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
@@ -217,7 +217,7 @@ fn down_proj_lora(g: &mut Graph, l: usize, w: &LayerVars, gate: &Var, up: &Var, 
     });
     let down = g.checkpoint(&[gate.clone(), up.clone(), a.clone()], branch)?.remove(0);
     let up = g.linear(&down, b, None)?;
-    g.add(&y, &up)
+    g.linear_add(act, &w[Role::WDown], None, &up)
 }
 
 impl<'a> std::ops::Index<Role> for LayerVars<'a> {

@@ -125,12 +125,23 @@ impl Lt {
         Ok(Lt { handle, workspace, stream, plans: Mutex::new(HashMap::new()) })
     }
 
-    /// Runs `g` on raw device pointers: A, B of type `op`, C (= D) of type `out`. bf16 A/B
-    /// with an f32 or a bf16 C, or all f32.
+    /// Runs `g` on raw device pointers: D = alpha·op(A)·op(B) + beta·C with A, B of type `op`,
+    /// C and D of type `out` and one layout; C is `c_in` when given (read once, left as it
+    /// is), else D itself. bf16 A/B with an f32 or a bf16 C, or all f32.
     ///
     /// # Safety
     /// The pointers must address buffers on this handle's device large enough for the layouts.
-    pub unsafe fn gemm(&self, g: Gemm, op: Operand, out: Operand, a: u64, b: u64, c: u64) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        &self,
+        g: Gemm,
+        op: Operand,
+        out: Operand,
+        a: u64,
+        b: u64,
+        c: u64,
+        c_in: Option<u64>,
+    ) -> Result<()> {
         if op == Operand::F32 && out == Operand::Bf16 {
             bail!("cuBLASLt: f32 operands with a bf16 result are not supported (use bf16 operands)");
         }
@@ -158,7 +169,7 @@ impl Lt {
             plan.la.0,
             b as *const c_void,
             plan.lb.0,
-            c as *const c_void,
+            c_in.unwrap_or(c) as *const c_void,
             plan.lc.0,
             c as *mut c_void,
             plan.lc.0,

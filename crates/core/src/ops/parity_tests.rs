@@ -713,6 +713,44 @@ fn parity_linear_f32_and_bf16() {
     cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
 }
 
+/// `linear_add` (c + x·wᵀ + bias, the product reading c on the device) against the CPU's
+/// linear then add, in both precisions, through a training graph: the addend's gradient is the
+/// output's, x's and w's those of the plain linear; and at decode size (the matvec path).
+#[test]
+fn parity_linear_add() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    for (n, k, m) in [(67, 96, 130), (3, 64, 40)] {
+        let (x, w, bias, c) = (
+            randn(&mut r, &[n, k], 1.0),
+            randn(&mut r, &[m, k], 0.1),
+            randn(&mut r, &[m], 1.0),
+            randn(&mut r, &[n, m], 1.0),
+        );
+        let dy = randn(&mut r, &[n, m], 1.0);
+        let run = |x: &Tensor, w: &Tensor, bias: &Tensor, c: &Tensor, dy: &Tensor| {
+            let mut g = crate::Graph::training();
+            let (xv, wv, bv, cv) =
+                (g.leaf(x.clone(), true), g.leaf(w.clone(), true), g.leaf(bias.clone(), true), g.leaf(c.clone(), true));
+            let y = g.linear_add(&xv, &wv, Some(&bv), &cv).unwrap();
+            let yt = y.tensor().to_device(Device::Cpu).unwrap().to_dtype(crate::DType::F32).unwrap();
+            let dy = dy.to_dtype(y.tensor().dtype()).unwrap();
+            let gr = g.backward_from(&[y], &[Some(dy)]).unwrap();
+            let get = |v| gr.get(v).unwrap().to_device(Device::Cpu).unwrap().to_dtype(crate::DType::F32).unwrap();
+            [yt, get(&xv), get(&wv), get(&bv), get(&cv)]
+        };
+        let want = run(&x, &w, &bias, &c, &dy);
+        for (p, tol) in [(cuda::MatmulPrecision::F32, F32_NMSE), (cuda::MatmulPrecision::Bf16, BF16_NMSE)] {
+            cuda::set_matmul_precision(p);
+            let got = run(&up(&x, d), &up(&w, d), &up(&bias, d), &up(&c, d), &up(&dy, d));
+            for (i, what) in ["y", "dx", "dw", "db", "dc"].iter().enumerate() {
+                close(&format!("linear_add n {n} {what} {p:?}"), &got[i], &want[i], tol);
+            }
+        }
+        cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
+    }
+}
+
 /// The decode-size products (≤ 4 rows: the GEMV kernels, several weights or the SwiGLU in one
 /// launch) against the CPU, in both precisions, with a bias, and with a row length that is not a
 /// whole number of 16-byte vectors (the scalar loop).

@@ -140,7 +140,52 @@ fn cached_bf16(w: &Tensor) -> Result<Tensor> {
 fn gemm(a: &Tensor, b: &Tensor, c: &DeviceBuf, g: Gemm, op: Operand) -> Result<()> {
     let lt = c.gpu.blas()?;
     let out = operand_type(c.dtype)?;
-    unsafe { lt.gemm(g, op, out, a.cuda_buf()?.ptr(), b.cuda_buf()?.ptr(), c.ptr()) }
+    unsafe { lt.gemm(g, op, out, a.cuda_buf()?.ptr(), b.cuda_buf()?.ptr(), c.ptr(), None) }
+}
+
+/// y (n×m) = c + x (n×k) · wᵀ + bias, c (n×m) of the result's dtype read by the product
+/// itself (cuBLASLt's beta = 1 with C ≠ D): no pass for the sum. A LoRA projection's
+/// W·x + B·(A·x) with c = the adapter's side.
+pub fn linear_add(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    c: &Tensor,
+    n: usize,
+    k: usize,
+    m: usize,
+) -> Result<Tensor> {
+    let [xb, _, cb] = cuda::float_bufs([x, w, c], "linear_add")?;
+    let gpu = xb.gpu.clone();
+    let (op, ydt) = precision();
+    let c = if cb.dtype == ydt { c.clone() } else { crate::ops::elementwise::cuda::cast(c, ydt)? };
+    let y = DeviceBuf::alloc(&gpu, ydt, n * m)?;
+    if n > 0 && m > 0 {
+        let (wo, xo) = (operand(w, op, true, "linear_add weight")?, operand(x, op, false, "linear_add input")?);
+        let g = Gemm {
+            ta: true,
+            tb: false,
+            m: m as u64,
+            n: n as u64,
+            k: k as u64,
+            lda: k as i64,
+            ldb: k as i64,
+            ldc: m as i64,
+            alpha: 1.0,
+            beta: 1.0,
+        };
+        let lt = gpu.blas()?;
+        let out = operand_type(ydt)?;
+        unsafe { lt.gemm(g, op, out, wo.cuda_buf()?.ptr(), xo.cuda_buf()?.ptr(), y.ptr(), Some(c.cuda_buf()?.ptr()))? };
+    }
+    if let Some(bias) = bias {
+        add_bias(&y, bias, n, m)?;
+    }
+    let mut shape = x.shape().to_vec();
+    if let Some(last) = shape.last_mut() {
+        *last = m;
+    }
+    Tensor::from_device_buf(y, &shape)
 }
 
 /// The operand type and activation dtype of the current precision.
@@ -337,6 +382,23 @@ pub fn linear_backward_into(
 impl super::LinearKernels for crate::backend::Cuda {
     fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
         linear(x, w, bias, n, k, m)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn linear_add(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        c: &Tensor,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<Tensor> {
+        if gemv_weights(x, &[w], n)?.is_some() {
+            // A decode step's few rows: the matvec kernel, then the sum.
+            return crate::ops::elementwise::add(&linear(x, w, bias, n, k, m)?, c);
+        }
+        linear_add(x, w, bias, c, n, k, m)
     }
     fn linear_many(&self, x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)], n: usize, k: usize) -> Result<Vec<Tensor>> {
         let plain: Vec<&Tensor> = ws.iter().map(|(w, _)| *w).collect();

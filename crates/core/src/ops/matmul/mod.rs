@@ -25,6 +25,21 @@ fn dims(x: &Tensor, w: &Tensor) -> Result<(usize, usize, usize)> {
 /// backward (dx only when wanted, db only with a bias).
 pub trait LinearKernels {
     fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor>;
+    /// c + x·wᵀ + bias, c (n, m). A backend whose product can read c itself (cuBLASLt's beta
+    /// with C ≠ D) overrides it; the default is `linear` then `add`, the same numbers in f32.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_add(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        c: &Tensor,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Result<Tensor> {
+        crate::ops::elementwise::add(&self.linear(x, w, bias, n, k, m)?, c)
+    }
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(
         &self,
@@ -140,6 +155,19 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         return crate::ops::qmatmul::linear(x, w, bias, n, k, m);
     }
     backend::on("linear", [x, w].into_iter().chain(bias))?.linear(x, w, bias, n, k, m)
+}
+
+/// c + x·wᵀ + bias with c of the product's shape: a LoRA projection's base product and adapter
+/// side in one (on CUDA the product reads c, with no pass for the sum). Dense weights only.
+pub fn linear_add(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, c: &Tensor) -> Result<Tensor> {
+    let (n, k, m) = dims(x, w)?;
+    if c.rows() != n || c.cols() != m {
+        bail!("linear_add: the addend {:?} is not the product's ({n}, {m})", c.shape());
+    }
+    if w.dtype() == DType::Quant {
+        return crate::ops::elementwise::add(&crate::ops::qmatmul::linear(x, w, bias, n, k, m)?, c);
+    }
+    backend::on("linear_add", [x, w, c].into_iter().chain(bias))?.linear_add(x, w, bias, c, n, k, m)
 }
 
 /// Several products of one input (an attention block's q, k and v): `[linear(x, w_j, b_j)]`,
