@@ -83,7 +83,7 @@ pub struct RunFlags {
     /// adamw: AdamW for every parameter. muon: Muon (Nesterov momentum orthogonalised by 5
     /// quintic Newton–Schulz steps, scaled by √max(1, rows/cols) as Keller Jordan's reference)
     /// for the layers' 2-D weight matrices, AdamW (--lr, --beta1, …) for the embedding, head,
-    /// norms and biases. Muon runs on the CPU only for now.
+    /// norms and biases. On CUDA the Newton–Schulz products run in f32 through cuBLASLt.
     #[arg(long, default_value = "adamw")]
     pub optimizer: OptimizerKind,
     /// Muon's peak learning rate (the reference's default); it follows --schedule, scaled by

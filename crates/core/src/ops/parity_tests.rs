@@ -713,6 +713,38 @@ fn parity_linear_f32_and_bf16() {
     cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
 }
 
+/// Muon on the device against the CPU reference: a wide and a tall matrix (transposed for
+/// Newton–Schulz), with and without weight decay, two updates with a clip coefficient below 1,
+/// then a skipped one (a non-finite gradient) that must change nothing.
+#[test]
+fn parity_muon() {
+    use ops::muon::{muon_multi, Muon};
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let o = Muon { lr: 0.02, momentum: 0.95, weight_decay: 0.1 };
+    let shapes = [[48, 80], [96, 40]];
+    let mut pc: Vec<Tensor> = shapes.iter().map(|s| randn(&mut r, s, 0.1)).collect();
+    let mut pg: Vec<Tensor> = pc.iter().map(|t| up(t, d)).collect();
+    let mut mc: Vec<Tensor> = shapes.iter().map(|s| Tensor::zeros(s)).collect();
+    let mut mg: Vec<Tensor> = mc.iter().map(|t| up(t, d)).collect();
+    let decay = [true, false];
+    for step in 0..3 {
+        let mut gc: Vec<Tensor> = shapes.iter().map(|s| randn(&mut r, s, 1.0)).collect();
+        if step == 2 {
+            gc[1] = Tensor::from_f32(vec![f32::NAN; 96 * 40], &[96, 40]).unwrap();
+        }
+        let gg: Vec<Tensor> = gc.iter().map(|t| up(t, d)).collect();
+        let nc = ops::adamw::grad_norm(&gc.iter().collect::<Vec<_>>(), 5.0, None).unwrap();
+        let ng = ops::adamw::grad_norm(&gg.iter().collect::<Vec<_>>(), 5.0, None).unwrap();
+        muon_multi(&o, &decay, &mut pc, &gc, &mut mc, Some(&nc)).unwrap();
+        muon_multi(&o, &decay, &mut pg, &gg, &mut mg, Some(&ng)).unwrap();
+        for i in 0..2 {
+            close(&format!("muon step {step} param {:?}", shapes[i]), &pg[i], &pc[i], 1e-9);
+            close(&format!("muon step {step} momentum {:?}", shapes[i]), &mg[i], &mc[i], 1e-12);
+        }
+    }
+}
+
 /// `linear_add` (c + x·wᵀ + bias, the product reading c on the device) against the CPU's
 /// linear then add, in both precisions, through a training graph: the addend's gradient is the
 /// output's, x's and w's those of the plain linear; and at decode size (the matvec path).

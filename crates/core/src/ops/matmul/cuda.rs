@@ -143,6 +143,16 @@ fn gemm(a: &Tensor, b: &Tensor, c: &DeviceBuf, g: Gemm, op: Operand) -> Result<(
     unsafe { lt.gemm(g, op, out, a.cuda_buf()?.ptr(), b.cuda_buf()?.ptr(), c.ptr(), None) }
 }
 
+/// D = alpha·op(A)·op(B) + beta·C on f32 device buffers, column-major as `Gemm` says, C being
+/// `c_in` (else D): the products of ops that are not a layer's `linear` (Muon's Newton–Schulz).
+pub(crate) fn gemm_f32(a: &DeviceBuf, b: &DeviceBuf, d: &DeviceBuf, g: Gemm, c_in: Option<&DeviceBuf>) -> Result<()> {
+    for (x, what) in [(a, "A"), (b, "B"), (d, "D")].into_iter().chain(c_in.map(|c| (c, "C"))) {
+        x.expect(DType::F32, &format!("gemm_f32 {what}"))?;
+    }
+    let lt = d.gpu.blas()?;
+    unsafe { lt.gemm(g, Operand::F32, Operand::F32, a.ptr(), b.ptr(), d.ptr(), c_in.map(|c| c.ptr())) }
+}
+
 /// y (n×m) = c + x (n×k) · wᵀ + bias, c (n×m) of the result's dtype read by the product
 /// itself (cuBLASLt's beta = 1 with C ≠ D): no pass for the sum. A LoRA projection's
 /// W·x + B·(A·x) with c = the adapter's side.

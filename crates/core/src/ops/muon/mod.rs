@@ -16,8 +16,8 @@
 //! f32 (the reference casts to bf16; f32 is what a peer test can hold to 1e-5). Embeddings,
 //! the head, norm gains and biases are not Muon's: the trainer gives those to AdamW.
 //!
-//! Devices: the CPU reference below. The CUDA backend refuses with an error (`cuda.rs`); it
-//! does not fall back to the host.
+//! Devices: the CPU reference below; CUDA in `cuda.rs` (the same steps on the device, f32
+//! Newton–Schulz products through cuBLASLt; `parity_muon` holds it to the CPU).
 
 use crate::backend::{self, Cpu};
 use crate::float::Float;
