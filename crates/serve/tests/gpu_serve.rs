@@ -48,6 +48,7 @@ fn start(device: Device, kv_type: KvType) -> SocketAddr {
         model_path: "tiny".into(),
         body_limit: 1 << 16,
         max_queue: 64,
+        prefill_chunk: smelt_serve::engine::DEFAULT_PREFILL_CHUNK,
         parallel: 8,
         kv_type,
     };
