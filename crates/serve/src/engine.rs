@@ -686,7 +686,9 @@ pub fn run<'a>(
             let mask = masks[i].take();
             let outcome = match picked[i] {
                 Some(id) => s.advance(Row::Picked(id), mask, stop_ids, stats),
-                None => logits.narrow_rows(row, 1).and_then(|row| s.advance(Row::Logits(row), mask, stop_ids, stats)),
+                // A one-row step's logits are the row (no copy: the one-client case).
+                None => (if logits.rows() == 1 { Ok(logits.clone()) } else { logits.narrow_rows(row, 1) })
+                    .and_then(|row| s.advance(Row::Logits(row), mask, stop_ids, stats)),
             };
             match outcome {
                 Ok(Outcome::Going) => keep.push(s),
