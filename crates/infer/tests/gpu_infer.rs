@@ -537,8 +537,10 @@ fn paged_decode_steps_replayed_from_graphs_equal_the_launched_steps() {
         [(MatmulPrecision::F32, KvType::F32, 1e-10), (MatmulPrecision::Bf16, KvType::BF16, 1e-3)]
     {
         cuda::set_matmul_precision(precision);
-        // Per step, per decoding sequence: (sequence, position, logits row).
-        let run = |how: How| -> (Vec<Vec<(usize, usize, Vec<f32>)>>, Vec<usize>, u64) {
+        // Per step, per decoding sequence: (sequence, position, logits row); the buckets
+        // captured; the steps replayed.
+        type Rows = Vec<Vec<(usize, usize, Vec<f32>)>>;
+        let run = |how: How| -> (Rows, Vec<usize>, u64) {
             let mut pool = KvPool::with_type(&m, 96 * bs, bs, kind).unwrap();
             assert_eq!(pool.scratch_block(), Some(96), "a GPU pool has its scratch block past the others");
             let mut dec = match how {
