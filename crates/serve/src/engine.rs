@@ -45,8 +45,13 @@ const MIN_RECOMPUTE: usize = 5;
 /// Prompt tokens a step computes at most, by default (`--prefill-chunk`).
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 
+/// Rows a prompt chunk takes, and leaves for later, at least: from 8 rows every CPU matmul takes
+/// the kernel it takes for a whole prompt (f32 weights: GEMM above 4 rows; K-quants: tiled from
+/// 8), so a prompt computed in chunks gives the whole prompt's bits.
+const MIN_CHUNK_ROWS: usize = 8;
+
 /// The smallest `--prefill-chunk`: a block (a chunk must leave and take at least
-/// `MIN_RECOMPUTE` rows, see `chunk_len`).
+/// `MIN_CHUNK_ROWS` rows, see `chunk_len`).
 pub const MIN_PREFILL_CHUNK: usize = BLOCK_SIZE;
 
 /// One request's choice, validated and tokenised by its handler.
@@ -160,15 +165,15 @@ impl EngineConfig {
 }
 
 /// How many of a prompt's `remaining` tokens a step with `budget` prompt tokens left computes:
-/// all when they fit; else a chunk that takes at least `MIN_RECOMPUTE` rows and leaves at least
+/// all when they fit; else a chunk that takes at least `MIN_CHUNK_ROWS` rows and leaves at least
 /// as many for later (on the CPU fewer rows would pick another matmul kernel and change the
 /// bits: this keeps a chunked prompt's logits those of the whole prompt); else none (it waits).
 fn chunk_len(remaining: usize, budget: usize) -> usize {
     if remaining <= budget {
         return remaining;
     }
-    let t = budget.min(remaining.saturating_sub(MIN_RECOMPUTE));
-    if t >= MIN_RECOMPUTE {
+    let t = budget.min(remaining.saturating_sub(MIN_CHUNK_ROWS));
+    if t >= MIN_CHUNK_ROWS {
         t
     } else {
         0
@@ -932,20 +937,23 @@ mod tests {
     }
 
     #[test]
-    fn a_step_s_prompt_tokens_stay_within_the_chunk_and_every_chunk_keeps_five_rows() {
+    fn a_step_s_prompt_tokens_stay_within_the_chunk_and_every_chunk_keeps_eight_rows() {
         // Decode rows always go; prompts share the budget in order of admission.
         assert_eq!(plan_step([1, 600, 1, 300].into_iter(), 512), vec![1, 512, 1, 0]);
         assert_eq!(plan_step([1, 600, 1, 300].into_iter(), 0), vec![1, 600, 1, 300]);
         assert_eq!(plan_step([100, 300].into_iter(), 512), vec![100, 300]);
         assert_eq!(plan_step([100, 300, 200].into_iter(), 512), vec![100, 300, 112]);
-        // A chunk never leaves fewer than 5 rows for later, nor takes fewer than 5.
-        assert_eq!(chunk_len(514, 512), 509);
-        assert_eq!(chunk_len(516, 512), 511);
-        assert_eq!(chunk_len(517, 512), 512);
-        assert_eq!(chunk_len(600, 4), 0);
-        assert_eq!(chunk_len(7, 4), 0);
+        // A chunk never leaves fewer than 8 rows for later, nor takes fewer than 8.
+        assert_eq!(chunk_len(514, 512), 506);
+        assert_eq!(chunk_len(519, 512), 511);
+        assert_eq!(chunk_len(520, 512), 512);
+        assert_eq!(chunk_len(600, 7), 0);
+        assert_eq!(chunk_len(15, 10), 0);
+        assert_eq!(chunk_len(16, 10), 8);
         assert_eq!(chunk_len(3, 512), 3);
-        assert_eq!(plan_step([600, 600].into_iter(), 516), vec![516, 0]);
+        assert_eq!(plan_step([600, 600].into_iter(), 519), vec![519, 0]);
+        assert_eq!(plan_step([100, 600].into_iter(), 120), vec![100, 20]);
+        assert_eq!(plan_step([100, 600].into_iter(), 107), vec![100, 0]);
         // Every prompt finishes: chunk after chunk, whatever the lengths.
         for n in 2..200 {
             for budget in [16, 17, 31, 64] {
@@ -954,7 +962,7 @@ mod tests {
                     let t = plan_step([left].into_iter(), budget)[0];
                     assert!(t > 0 && t <= budget.max(left.min(budget)), "{n} in chunks of {budget}: {chunks:?}");
                     assert!(
-                        t == left || (t >= MIN_RECOMPUTE && left - t >= MIN_RECOMPUTE),
+                        t == left || (t >= MIN_CHUNK_ROWS && left - t >= MIN_CHUNK_ROWS),
                         "{n}/{budget}: {t} of {left}"
                     );
                     chunks.push(t);
