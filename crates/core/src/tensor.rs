@@ -555,3 +555,25 @@ impl Tensor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_range_copies_a_slice_of_the_source_into_place() {
+        let mut t = Tensor::from_u32(vec![0; 6], &[6]).unwrap();
+        let src = Tensor::from_u32(vec![10, 11, 12, 13], &[4]).unwrap();
+        t.write_range(1, &src, 2, 2).unwrap();
+        assert_eq!(t.as_u32().unwrap(), &[0, 12, 13, 0, 0, 0]);
+        t.write_at(4, &Tensor::from_u32(vec![7, 8], &[2]).unwrap()).unwrap();
+        assert_eq!(t.as_u32().unwrap(), &[0, 12, 13, 0, 7, 8]);
+        let mut f = Tensor::from_f32(vec![0.0; 3], &[3]).unwrap();
+        f.write_range(0, &Tensor::from_f32(vec![1.0, 2.0, 3.0], &[3]).unwrap(), 1, 2).unwrap();
+        assert_eq!(f.as_f32().unwrap(), &[2.0, 3.0, 0.0]);
+        // Out of range, or another dtype: errors that say so.
+        assert!(format!("{:#}", t.write_range(5, &src, 0, 2).unwrap_err()).contains("write_at"));
+        assert!(t.write_range(0, &src, 3, 2).is_err());
+        assert!(t.write_at(0, &f).is_err());
+    }
+}
