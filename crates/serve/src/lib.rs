@@ -103,8 +103,19 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
     };
     let _ = shared.text.set(Arc::new(side));
     drop(shared);
+    let chunk = match opts.prefill_chunk {
+        0 => "prompts in one step".to_string(),
+        n => format!("prompts in chunks of up to {n} tokens"),
+    };
+    let graphs = if !device.is_cpu() && smelt_model::decode::capture_enabled() {
+        ", decode steps replayed from CUDA graphs"
+    } else if !device.is_cpu() {
+        ", decode steps launched (SMELT_CUDA_GRAPH=0)"
+    } else {
+        ""
+    };
     eprintln!(
-        "smelt serve: ready on http://{addr} on {device} (KV pool {pool_tokens} tokens of {} in blocks of {}, up to {} requests batched, {ctx} tokens per request)",
+        "smelt serve: ready on http://{addr} on {device} (KV pool {pool_tokens} tokens of {} in blocks of {}, up to {} requests batched, {ctx} tokens per request, {chunk}{graphs})",
         opts.kv_type.name(),
         blocks::BLOCK_SIZE,
         opts.parallel
