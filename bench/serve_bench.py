@@ -202,6 +202,12 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--ctx", type=int, default=16384, help="KV positions for all slots together")
     ap.add_argument("--json", help="write every figure here")
+    ap.add_argument(
+        "--raw-step",
+        action="store_true",
+        help="also time smelt's raw one-sequence paged decode step (`smelt bench --paged-batch 1`, "
+        "on a GPU the replayed graph) and print the 1-client TPOT against it (issue 15: <= 1.1x)",
+    )
     a = ap.parse_args()
     if bool(a.model) == bool(a.random):
         ap.error("give --model or --random")
@@ -217,6 +223,13 @@ def main():
             cmd = [a.smelt, "-t", str(a.threads), "serve", "--model", model, "--port", str(port), "--device", a.device]
             cmd += ["--parallel", str(par), "--ctx-size", str(a.ctx), "--queue-size", str(4 * par)]
             servers["smelt"] = bench_server("smelt", cmd, port, name, levels, a.per_client, a.min_requests, a.max_tokens)
+            if a.raw_step:
+                raw = raw_step_ms(a, model)
+                servers["smelt_raw_step_ms"] = raw
+                one = [r for r in servers["smelt"] if r["clients"] == 1]
+                if raw and one:
+                    tpot = one[0]["tpot_ms"]["mean"]
+                    print(f"{name}: raw paged decode step {raw:.3f} ms; 1-client TPOT {tpot:.3f} ms = {tpot / raw:.2f}x (target <= 1.1x)")
         if a.llama_server:
             port = free_port()
             # -np slots share -c positions (a unified KV cache so one slot may use more than c/np).
@@ -234,6 +247,19 @@ def main():
             with open(a.json, "w") as f:
                 json.dump(out, f, indent=1)
     return 0
+
+
+def raw_step_ms(a, model):
+    """smelt's one-sequence paged decode step in ms (`smelt bench --paged-batch 1`: the step
+    `smelt serve` runs at one client, replayed from a CUDA graph on a GPU), or None."""
+    cmd = [a.smelt, "-t", str(a.threads), "bench", "--model", model, "--device", a.device, "--paged-batch", "1"]
+    cmd += ["--decode-tokens", "64", "--iters", "1", "--no-forward", "--format", "json"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        return json.loads(r.stdout)["paged_decode"][0]["step_ms"]
+    except Exception as e:  # a figure missing is reported, not fatal
+        print(f"raw step: {' '.join(cmd)} failed: {e}", file=sys.stderr)
+        return None
 
 
 def random_models(a):

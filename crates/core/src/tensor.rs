@@ -456,13 +456,26 @@ impl Tensor {
         }
     }
 
-    /// Overwrites elements `offset..offset + src.numel()` with `src` (same device and dtype);
-    /// copies first if the storage is shared. (KV cache writes.)
+    /// Overwrites elements `offset..offset + src.numel()` with `src` (same dtype; on the same
+    /// device, or on the host for a device tensor: one upload into place); copies first if the
+    /// storage is shared. (KV cache writes; a captured step's inputs.)
     pub fn write_at(&mut self, offset: usize, src: &Tensor) -> Result<()> {
-        let n = src.numel();
-        if offset + n > self.numel() || src.dtype() != self.dtype() || src.device() != self.device() {
+        self.write_range(offset, src, 0, src.numel())
+    }
+
+    /// Overwrites elements `offset..offset + n` with elements `start..start + n` of `src` (as
+    /// `write_at`). On a GPU one copy queued on the stream: device to device (which a captured
+    /// step may hold) or, from a host tensor, host to device.
+    pub fn write_range(&mut self, offset: usize, src: &Tensor, start: usize, n: usize) -> Result<()> {
+        let host_to_device = src.device().is_cpu() && !self.device().is_cpu();
+        if offset + n > self.numel()
+            || start + n > src.numel()
+            || src.dtype() != self.dtype()
+            || (src.device() != self.device() && !host_to_device)
+        {
             bail!(
-                "write_at: cannot write {:?} {:?} on {} at {offset} into {:?} {:?} on {}",
+                "write_at: cannot write elements {start}..{} of {:?} {:?} on {} at {offset} into {:?} {:?} on {}",
+                start + n,
                 src.dtype(),
                 src.shape,
                 src.device(),
@@ -473,17 +486,39 @@ impl Tensor {
         }
         #[cfg(feature = "cuda")]
         if let Storage::Cuda(_) = &*self.storage {
+            if host_to_device {
+                let size = self.dtype().size_in_bytes();
+                let bytes = src.to_le_bytes()?;
+                let d = self.cuda_buf_mut()?;
+                let gpu = d.gpu.clone();
+                let mut dst = d.view_mut(offset, n);
+                return gpu
+                    .stream
+                    .memcpy_htod(&bytes[start * size..(start + n) * size], &mut dst)
+                    .map_err(|e| anyhow::anyhow!("write_at (upload) on {gpu:?}: {e:?}"));
+            }
             let sb = src.cuda_buf()?;
             let gpu = sb.gpu.clone();
             let d = self.cuda_buf_mut()?;
             let mut dst = d.view_mut(offset, n);
             return gpu
                 .stream
-                .memcpy_dtod(&sb.view(0, n), &mut dst)
+                .memcpy_dtod(&sb.view(start, n), &mut dst)
                 .map_err(|e| anyhow::anyhow!("write_at on {gpu:?}: {e:?}"));
         }
-        let s = src.as_f32()?;
-        self.f32_mut()?[offset..offset + n].copy_from_slice(s);
+        match &*src.storage {
+            Storage::U32(s) => {
+                let s = s[start..start + n].to_vec();
+                match Arc::make_mut(&mut self.storage) {
+                    Storage::U32(d) => d[offset..offset + n].copy_from_slice(&s),
+                    _ => bail!("write_at: a u32 source into a tensor that holds another type"),
+                }
+            }
+            _ => {
+                let s = src.as_f32()?[start..start + n].to_vec();
+                self.f32_mut()?[offset..offset + n].copy_from_slice(&s);
+            }
+        }
         Ok(())
     }
 }
@@ -518,5 +553,27 @@ impl Tensor {
             }
             _ => bail!("expected a tensor on a CUDA device"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_range_copies_a_slice_of_the_source_into_place() {
+        let mut t = Tensor::from_u32(vec![0; 6], &[6]).unwrap();
+        let src = Tensor::from_u32(vec![10, 11, 12, 13], &[4]).unwrap();
+        t.write_range(1, &src, 2, 2).unwrap();
+        assert_eq!(t.as_u32().unwrap(), &[0, 12, 13, 0, 0, 0]);
+        t.write_at(4, &Tensor::from_u32(vec![7, 8], &[2]).unwrap()).unwrap();
+        assert_eq!(t.as_u32().unwrap(), &[0, 12, 13, 0, 7, 8]);
+        let mut f = Tensor::from_f32(vec![0.0; 3], &[3]).unwrap();
+        f.write_range(0, &Tensor::from_f32(vec![1.0, 2.0, 3.0], &[3]).unwrap(), 1, 2).unwrap();
+        assert_eq!(f.as_f32().unwrap(), &[2.0, 3.0, 0.0]);
+        // Out of range, or another dtype: errors that say so.
+        assert!(format!("{:#}", t.write_range(5, &src, 0, 2).unwrap_err()).contains("write_at"));
+        assert!(t.write_range(0, &src, 3, 2).is_err());
+        assert!(t.write_at(0, &f).is_err());
     }
 }

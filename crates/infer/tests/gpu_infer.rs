@@ -5,7 +5,8 @@
 //! hf_parity.rs with f32 matmuls, at the CPU test's thresholds; GGUF models with their weights
 //! kept quantised on the device (SmolLM2's published Q4_1 file, and tiny exports in every
 //! quantised type) against the CPU; the server's batched forward over the paged KV pool on the
-//! device against each sequence run alone with the contiguous cache.
+//! device against each sequence run alone with the contiguous cache; its decode steps replayed
+//! from captured CUDA graphs (`PagedDecoder`) against the same steps launched, bit for bit.
 //! The tests set the process-wide matmul precision: run them with `--test-threads=1`.
 #![cfg(feature = "cuda")]
 
@@ -15,7 +16,7 @@ use smelt_core::cuda::{self, MatmulPrecision};
 use smelt_core::rng::Rng;
 use smelt_core::{Device, Tensor};
 use smelt_infer::{generate, perplexity, GenerateConfig, SamplingConfig};
-use smelt_model::{Decoder, KvCache, KvPool, KvType, Logits, Model, ModelConfig, SeqStep};
+use smelt_model::{Decoder, KvCache, KvPool, KvType, Logits, Model, ModelConfig, PagedDecoder, SeqStep};
 use smelt_testing::{gpu, nmse};
 use std::path::PathBuf;
 
@@ -479,5 +480,158 @@ fn paged_batched_forward_on_gpu_equals_each_sequence_alone() {
     m.to_device(d).unwrap();
     let e = KvPool::with_type(&m, 256, 16, KvType::Q8_0).err().expect("q8_0 on a GPU is refused");
     assert!(format!("{e:#}").contains("CPU-only"), "{e:#}");
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+}
+
+/// The server's decode steps replayed from captured CUDA graphs (`PagedDecoder`, a graph per
+/// bucket of 1, 2, 4, 8 sequences) give bit for bit the logits of the same padded steps
+/// launched kernel by kernel, and the unpadded batched forward (`logits_paged`) to rounding.
+/// Seven sequences of different lengths (3 to 300 positions: one past the attention's 256-key
+/// splits) are prefilled, then decode in steps whose membership and order change every step:
+/// sequences join and leave between replays, so a bucket's graph replays over other rows, other
+/// positions and other block tables each time; a late sequence is prefilled between replays
+/// (a launched mixed step). f32 matmuls with an f32 pool, then mixed precision with a bf16 pool.
+#[test]
+fn paged_decode_steps_replayed_from_graphs_equal_the_launched_steps() {
+    let Some(d) = gpu() else { return };
+    let mut cfg = ModelConfig::llama(300, 128, 2, 4, 2, 192);
+    cfg.max_pos = 1024;
+    let mut m = Model::init(cfg, 23).unwrap();
+    m.to_device(d).unwrap();
+    let v = m.cfg.vocab_size;
+    let bs = 16;
+    let mut r = Rng::new(29);
+    let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| r.below(v as u64) as u32).collect() };
+    let lens = [5usize, 17, 33, 100, 300, 3, 40];
+    let prompts: Vec<Vec<u32>> = lens.iter().map(|&n| ids(n)).collect();
+    let decode: Vec<Vec<u32>> = lens.iter().map(|_| ids(40)).collect();
+    // Tables through a shuffled pool of 96 blocks (room for each prompt and its 40 tokens).
+    let mut free: Vec<u32> = (0..96).collect();
+    for i in (1..free.len()).rev() {
+        free.swap(i, r.below(i as u64 + 1) as usize);
+    }
+    let tables: Vec<Vec<u32>> = lens.iter().map(|&n| free.drain(..(n + 40).div_ceil(bs)).collect()).collect();
+    // Which sequences decode at each step, in that order (the late one, 6, joins at step 10).
+    let counts = [1usize, 1, 2, 2, 3, 4, 4, 5, 8, 7, 7, 6, 2, 1, 1, 3, 8, 4, 2, 2];
+    let schedule: Vec<Vec<usize>> = counts
+        .iter()
+        .enumerate()
+        .map(|(k, &c)| {
+            let pool: Vec<usize> = (0..7).filter(|&s| s != 6 || k >= 10).collect();
+            let c = c.min(pool.len());
+            // A rotation of the sequences, reversed every other step: rows change places.
+            let mut who: Vec<usize> = (0..c).map(|j| pool[(j + k * 5) % pool.len()]).collect();
+            if k % 2 == 1 {
+                who.reverse();
+            }
+            who
+        })
+        .collect();
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum How {
+        Launched,
+        Replayed,
+        Unpadded,
+    }
+    for (precision, kind, tol) in
+        [(MatmulPrecision::F32, KvType::F32, 1e-10), (MatmulPrecision::Bf16, KvType::BF16, 1e-3)]
+    {
+        cuda::set_matmul_precision(precision);
+        // Per step, per decoding sequence: (sequence, position, logits row); the buckets
+        // captured; the steps replayed.
+        type Rows = Vec<Vec<(usize, usize, Vec<f32>)>>;
+        let run = |how: How| -> (Rows, Vec<usize>, u64) {
+            let mut pool = KvPool::with_type(&m, 96 * bs, bs, kind).unwrap();
+            assert_eq!(pool.scratch_block(), Some(96), "a GPU pool has its scratch block past the others");
+            let mut dec = match how {
+                How::Unpadded => None,
+                h => Some(PagedDecoder::with_capture(&m, &pool, 8, h == How::Replayed).unwrap()),
+            };
+            if let Some(dec) = &dec {
+                assert_eq!(dec.buckets(), &[1, 2, 4, 8]);
+            }
+            let prefill = |pool: &mut KvPool, who: &[usize]| {
+                let steps: Vec<SeqStep> =
+                    who.iter().map(|&s| SeqStep { tokens: &prompts[s], pos0: 0, table: &tables[s] }).collect();
+                m.logits_paged(&steps, pool).unwrap();
+            };
+            prefill(&mut pool, &[0, 1, 2, 3, 4, 5]);
+            let mut done = [0usize; 7];
+            let mut out = Vec::new();
+            for (k, who) in schedule.iter().enumerate() {
+                if k == 10 {
+                    prefill(&mut pool, &[6]);
+                }
+                let steps: Vec<SeqStep> = who
+                    .iter()
+                    .map(|&s| SeqStep {
+                        tokens: &decode[s][done[s]..done[s] + 1],
+                        pos0: lens[s] + done[s],
+                        table: &tables[s],
+                    })
+                    .collect();
+                let logits = match dec.as_mut() {
+                    Some(dec) => dec.step(&steps, &mut pool).unwrap(),
+                    None => m.logits_paged(&steps, &mut pool).unwrap(),
+                };
+                let l = logits.to_vec_f32().unwrap();
+                let bucket = l.len() / v;
+                assert!(bucket >= who.len(), "step {k}: {bucket} rows of logits for {} sequences", who.len());
+                out.push(
+                    who.iter()
+                        .enumerate()
+                        .map(|(i, &s)| (s, lens[s] + done[s], l[i * v..(i + 1) * v].to_vec()))
+                        .collect(),
+                );
+                for &s in who {
+                    done[s] += 1;
+                }
+            }
+            let (captured, replayed) = dec.as_ref().map_or((Vec::new(), 0), |d| (d.captured(), d.replayed()));
+            (out, captured, replayed)
+        };
+        let (launched, none, _) = run(How::Launched);
+        let (replayed, captured, replays) = run(How::Replayed);
+        let (unpadded, _, _) = run(How::Unpadded);
+        assert!(none.is_empty(), "with capture off nothing is captured: {none:?}");
+        println!(
+            "{precision:?} matmuls, {} pool: buckets captured {captured:?}, {replays} of {} steps replayed",
+            kind.name(),
+            schedule.len()
+        );
+        assert_eq!(captured, vec![1, 2, 4, 8], "every bucket captured once used");
+        assert!(replays >= 12, "only {replays} steps were replayed");
+        let (mut worst, mut worst_abs) = (0f64, 0f32);
+        for (k, ((a, b), c)) in launched.iter().zip(&replayed).zip(&unpadded).enumerate() {
+            for ((sa, pa, la), ((_, _, lb), (_, _, lc))) in a.iter().zip(b.iter().zip(c)) {
+                if la != lb {
+                    let (j, x, y) = la
+                        .iter()
+                        .zip(lb)
+                        .enumerate()
+                        .find(|(_, (x, y))| x.to_bits() != y.to_bits())
+                        .map(|(j, (x, y))| (j, *x, *y))
+                        .unwrap();
+                    panic!(
+                        "{precision:?}, {} pool, step {k} ({} sequences, order {:?}): sequence {sa} at position {pa}: \
+                         the replayed logits differ from the launched ones first at id {j} ({y:e} against {x:e}; \
+                         largest difference {:e})",
+                        kind.name(),
+                        a.len(),
+                        schedule[k],
+                        max_abs_diff(la, lb)
+                    );
+                }
+                worst = worst.max(nmse(lb, lc));
+                worst_abs = worst_abs.max(max_abs_diff(lb, lc));
+            }
+        }
+        println!("  replayed = launched bit for bit; against the unpadded forward: NMSE {worst:.3e} (tol {tol:.0e}), largest difference {worst_abs:.3e}");
+        assert!(
+            worst <= tol,
+            "{precision:?}, {} pool: replayed steps against logits_paged: NMSE {worst:e}",
+            kind.name()
+        );
+    }
     cuda::set_matmul_precision(MatmulPrecision::F32);
 }

@@ -32,8 +32,9 @@ pub struct Decoder<'m> {
 }
 
 /// Whether decode steps on a GPU are captured (`SMELT_CUDA_GRAPH=0` says no; so does the
-/// kernel-by-kernel profile, `SMELT_CUDA_PROFILE=1`, whose waits a capture forbids).
-fn capture_enabled() -> bool {
+/// kernel-by-kernel profile, `SMELT_CUDA_PROFILE=1`, whose waits a capture forbids). The
+/// server's batched decode step (`PagedDecoder`) follows the same switch.
+pub fn capture_enabled() -> bool {
     #[cfg(feature = "cuda")]
     if smelt_core::cuda::profile::enabled() {
         return false;

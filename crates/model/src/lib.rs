@@ -8,6 +8,7 @@ pub mod lora;
 pub mod memory;
 pub mod model;
 pub mod paged;
+pub mod paged_graph;
 pub mod params;
 pub mod presets;
 
@@ -16,3 +17,4 @@ pub use decode::Decoder;
 pub use lora::{Adapter, LoraConfig};
 pub use model::{KvCache, Logits, Model};
 pub use paged::{KvPool, KvType, SeqStep};
+pub use paged_graph::PagedDecoder;

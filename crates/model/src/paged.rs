@@ -106,6 +106,17 @@ pub struct KvPool {
     /// KVH · D: values per position per layer.
     row: usize,
     kind: KvType,
+    /// On a GPU, one block past `blocks` that no sequence owns: the padded rows of a replayed
+    /// decode step (`PagedDecoder`) write and read it.
+    scratch: Option<u32>,
+    /// Tells pools apart (a captured step holds one pool's addresses).
+    id: u64,
+}
+
+/// Pool ids (`KvPool::id`).
+static POOL_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+fn next_pool_id() -> u64 {
+    POOL_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl KvPool {
@@ -132,27 +143,39 @@ impl KvPool {
                     "--kv-cache-type q8_0 is CPU-only for now; on {device} the paged KV cache holds f32, bf16 or f16"
                 ),
             };
-            let shape = [blocks * block_size, c.n_kv_heads, c.head_dim];
+            // One more block than asked for: the scratch block.
+            let shape = [(blocks + 1) * block_size, c.n_kv_heads, c.head_dim];
             let mk = || {
                 (0..c.n_layers)
                     .map(|_| Tensor::zeros_typed(&shape, device, dtype).map(Store::Device))
                     .collect::<Result<Vec<_>>>()
             };
-            return Ok(KvPool { k: mk()?, v: mk()?, block_size, blocks, row, kind });
+            let (k, v, scratch) = (mk()?, mk()?, Some(blocks as u32));
+            return Ok(KvPool { k, v, block_size, blocks, row, kind, scratch, id: next_pool_id() });
         }
         let mk = || (0..c.n_layers).map(|_| Store::new(kind, blocks * block_size, row)).collect::<Result<Vec<_>>>();
-        Ok(KvPool { k: mk()?, v: mk()?, block_size, blocks, row, kind })
+        Ok(KvPool { k: mk()?, v: mk()?, block_size, blocks, row, kind, scratch: None, id: next_pool_id() })
     }
     /// A pool of no blocks, on any device (for a caller that keeps its own contiguous caches
     /// where the paged forward does not run yet).
     pub fn new_empty(model: &Model, block_size: usize) -> Result<Self> {
         let c = &model.cfg;
         let row = c.n_kv_heads * c.head_dim;
-        Ok(KvPool { k: Vec::new(), v: Vec::new(), block_size: block_size.max(1), blocks: 0, row, kind: KvType::F32 })
+        Ok(KvPool {
+            k: Vec::new(),
+            v: Vec::new(),
+            block_size: block_size.max(1),
+            blocks: 0,
+            row,
+            kind: KvType::F32,
+            scratch: None,
+            id: next_pool_id(),
+        })
     }
     pub fn block_size(&self) -> usize {
         self.block_size
     }
+    /// The blocks sequences may own (a GPU pool holds one more, its scratch block).
     pub fn blocks(&self) -> usize {
         self.blocks
     }
@@ -161,6 +184,13 @@ impl KvPool {
     }
     pub fn kind(&self) -> KvType {
         self.kind
+    }
+    /// The block no sequence owns (GPU pools only), index `blocks()`.
+    pub fn scratch_block(&self) -> Option<u32> {
+        self.scratch
+    }
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
     /// Row offsets (in values) of positions 0..n of a sequence with block table `table`.
     fn rows(&self, table: &[u32], n: usize) -> Result<Vec<usize>> {
@@ -380,7 +410,6 @@ impl Model {
     fn logits_paged_device(&self, steps: &[SeqStep], pool: &mut KvPool, device: Device) -> Result<Tensor> {
         let bs = pool.block_size;
         let (mut pos, mut dst, mut toff, mut tables) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut seqs = Vec::with_capacity(steps.len());
         for s in steps {
             let n = s.pos0 + s.tokens.len();
             if n > self.cfg.max_pos {
@@ -397,17 +426,13 @@ impl Model {
                 dst.push(s.table[p / bs] * bs as u32 + (p % bs) as u32);
                 toff.push(at);
             }
-            seqs.push((s.pos0, s.tokens.len(), Vec::new()));
         }
         let rows = PagedRows::new(pos, dst, toff, tables, bs, pool.blocks, device)?;
         let tokens: Vec<u32> = steps.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let n = tokens.len();
         let mut g = Graph::inference();
         let p = self.param_vars(&mut g, false);
-        let KvPool { k, v, .. } = pool;
-        let slots =
-            k.iter_mut().zip(v.iter_mut()).map(|(k, v)| Kv::Paged(PagedSlot { k, v, seqs: &seqs, dev: Some(&rows) }));
-        let h = self.hidden_with(&mut g, &p, &Tensor::from_u32(tokens, &[1, n])?, false, slots, None)?;
+        let h = self.paged_hidden_device(&mut g, &p, &Tensor::from_u32(tokens, &[1, n])?, &rows, pool)?;
         // The last new row of each sequence (a gather on the device), then the head over them.
         let mut end = 0;
         let last: Vec<u32> = steps
@@ -423,5 +448,23 @@ impl Model {
         let out = g.linear(&h, &p[self.idx.head], None)?;
         g.name(&out, || "result_output".into());
         Ok(out.tensor().clone())
+    }
+
+    /// On a GPU: embed → blocks over the pool → the final normalised hidden states (N, C) of a
+    /// step's stacked rows, tokens (1, N) u32 on the host or the device, `rows` saying where
+    /// each goes and which keys it reads. No host round trip: what a captured step runs.
+    pub(crate) fn paged_hidden_device(
+        &self,
+        g: &mut Graph,
+        p: &[smelt_core::Var],
+        tokens: &Tensor,
+        rows: &PagedRows,
+        pool: &mut KvPool,
+    ) -> Result<smelt_core::Var> {
+        let KvPool { k, v, .. } = pool;
+        // The device path reads the rows' layout from `rows`; `seqs` is the CPU's.
+        let slots =
+            k.iter_mut().zip(v.iter_mut()).map(|(k, v)| Kv::Paged(PagedSlot { k, v, seqs: &[], dev: Some(rows) }));
+        self.hidden_with(g, p, tokens, false, slots, None)
     }
 }

@@ -116,3 +116,49 @@ fn packed_kv_types_stay_close_to_f32_in_less_memory() {
     let e = KvPool::with_type(&odd, 32, 16, KvType::Q8_0).err().unwrap();
     assert!(format!("{e:#}").contains("kv-cache-type q8_0"), "{e:#}");
 }
+
+/// Chunked prefill (the server's `--prefill-chunk`): a prompt computed a chunk a step (each
+/// chunk of at least 8 rows, as the engine cuts them), beside another sequence's decode rows,
+/// gives the logits the whole prompt gives in one step, bit for bit, and so do the decode steps
+/// after it.
+#[test]
+fn a_prompt_computed_in_chunks_gives_the_logits_of_the_whole_prompt() {
+    let m = model();
+    let v = m.cfg.vocab_size;
+    let long: Vec<u32> = (0..47).map(|i| (i * 13 % 64) as u32).collect();
+    let short: Vec<u32> = vec![5, 9, 1];
+    let decode: Vec<u32> = vec![8, 30, 61];
+    let want_long = alone(&m, &long, &decode);
+    let want_short = alone(&m, &short, &[3, 4, 7, 2, 6, 11, 12, 13]);
+    for chunks in [vec![16, 16, 15], vec![8, 31, 8], vec![39, 8], vec![20, 27]] {
+        let mut pool = KvPool::new(&m, 128, 4).unwrap();
+        let (t_long, t_short): (Vec<u32>, Vec<u32>) = ((0..16).rev().collect(), (16..32).collect());
+        // Step 0: the short prompt alone; then its decode rows beside each chunk of the long one.
+        let l = m.logits_paged(&[SeqStep { tokens: &short, pos0: 0, table: &t_short }], &mut pool).unwrap();
+        let bits = |l: &[f32]| l.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        assert!(bits(l.as_f32().unwrap()) == want_short[0]);
+        let short_next = [3u32, 4, 7, 2, 6, 11, 12, 13];
+        let (mut at, mut s_pos) = (0, short.len());
+        for (c, &n) in chunks.iter().enumerate() {
+            let steps = [
+                SeqStep { tokens: &short_next[c..c + 1], pos0: s_pos, table: &t_short },
+                SeqStep { tokens: &long[at..at + n], pos0: at, table: &t_long },
+            ];
+            let l = m.logits_paged(&steps, &mut pool).unwrap();
+            let l = l.as_f32().unwrap();
+            assert!(bits(&l[..v]) == want_short[c + 1], "chunks {chunks:?}: the decode row beside chunk {c} differs");
+            at += n;
+            s_pos += 1;
+            if at == long.len() {
+                assert!(
+                    bits(&l[v..]) == want_long[0],
+                    "chunks {chunks:?}: the last chunk's logits differ from the whole prompt's"
+                );
+            }
+        }
+        for (i, &id) in decode.iter().enumerate() {
+            let l = m.logits_paged(&[SeqStep { tokens: &[id], pos0: at + i, table: &t_long }], &mut pool).unwrap();
+            assert!(bits(l.as_f32().unwrap()) == want_long[i + 1], "chunks {chunks:?}: decode step {i} differs");
+        }
+    }
+}

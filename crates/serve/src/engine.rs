@@ -16,13 +16,19 @@
 //! A sequence with a `response_format` has its row masked to what its grammar allows before
 //! sampling (the step's masks are computed on a thread of their own while the forward runs,
 //! `structured`) and ends when the grammar is complete.
+//!
+//! Chunked prefill: a step computes at most `--prefill-chunk` prompt tokens (all sequences'
+//! together), so a long prompt takes several steps and the decode rows of the others keep
+//! flowing beside it; a sequence samples its first token in the step that completes its prompt.
+//! On a GPU a step of decode rows only is replayed from a captured CUDA graph
+//! (`smelt_model::PagedDecoder`); every other step is launched (`Model::logits_paged`).
 
 use crate::blocks::{Blocks, BLOCK_SIZE};
 use crate::metrics::Stats;
 use crate::structured::{Constraint, Mask};
 use smelt_core::Tensor;
 use smelt_infer::{Sampler, SamplingConfig};
-use smelt_model::{Decoder, KvCache, KvPool, KvType, Model, SeqStep};
+use smelt_model::{Decoder, KvCache, KvPool, KvType, Model, PagedDecoder, SeqStep};
 use smelt_tokenizer::{StreamDecoder, Tokenizer};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -35,6 +41,18 @@ use tokio::sync::mpsc::UnboundedSender;
 /// last one gives the logits, and more than the matmuls' few-row threshold keeps the prompt's
 /// rows on the path `smelt generate`'s prefill takes (so a cache hit changes no bits).
 const MIN_RECOMPUTE: usize = 5;
+
+/// Prompt tokens a step computes at most, by default (`--prefill-chunk`).
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
+/// Rows a prompt chunk takes, and leaves for later, at least: from 8 rows every CPU matmul takes
+/// the kernel it takes for a whole prompt (f32 weights: GEMM above 4 rows; K-quants: tiled from
+/// 8), so a prompt computed in chunks gives the whole prompt's bits.
+const MIN_CHUNK_ROWS: usize = 8;
+
+/// The smallest `--prefill-chunk`: a block (a chunk must leave and take at least
+/// `MIN_CHUNK_ROWS` rows, see `chunk_len`).
+pub const MIN_PREFILL_CHUNK: usize = BLOCK_SIZE;
 
 /// One request's choice, validated and tokenised by its handler.
 pub struct Job {
@@ -114,19 +132,68 @@ pub struct EngineConfig {
     /// Batch over the paged pool, or run one request at a time, each with its own contiguous
     /// cache behind `smelt generate`'s decoder.
     pub paged: bool,
+    /// Prompt tokens one step computes at most, over all sequences (`--prefill-chunk`; 0: no
+    /// limit, a prompt is one step's work). The paged engine only.
+    pub prefill_chunk: usize,
 }
 
 impl EngineConfig {
     /// Continuous batching over a paged pool on the model's device (the CPU or a GPU).
     pub fn new(model: &Model, parallel: usize, pool_tokens: usize, kv_type: KvType) -> anyhow::Result<Self> {
-        Ok(EngineConfig { parallel, pool: KvPool::with_type(model, pool_tokens, BLOCK_SIZE, kv_type)?, paged: true })
+        Ok(EngineConfig {
+            parallel,
+            pool: KvPool::with_type(model, pool_tokens, BLOCK_SIZE, kv_type)?,
+            paged: true,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+        })
     }
 
     /// One request at a time with contiguous caches behind `Decoder` (on a GPU each step
     /// after the first a replayed graph): what the paged engine is compared against.
     pub fn one_at_a_time(model: &Model) -> anyhow::Result<Self> {
-        Ok(EngineConfig { parallel: 1, pool: KvPool::new_empty(model, BLOCK_SIZE)?, paged: false })
+        Ok(EngineConfig { parallel: 1, pool: KvPool::new_empty(model, BLOCK_SIZE)?, paged: false, prefill_chunk: 0 })
     }
+
+    /// At most `n` prompt tokens a step (0: no limit; else at least `MIN_PREFILL_CHUNK`).
+    pub fn with_prefill_chunk(mut self, n: usize) -> anyhow::Result<Self> {
+        if n != 0 && n < MIN_PREFILL_CHUNK {
+            anyhow::bail!("--prefill-chunk {n}: give 0 (no limit) or at least {MIN_PREFILL_CHUNK} tokens");
+        }
+        self.prefill_chunk = n;
+        Ok(self)
+    }
+}
+
+/// How many of a prompt's `remaining` tokens a step with `budget` prompt tokens left computes:
+/// all when they fit; else a chunk that takes at least `MIN_CHUNK_ROWS` rows and leaves at least
+/// as many for later (on the CPU fewer rows would pick another matmul kernel and change the
+/// bits: this keeps a chunked prompt's logits those of the whole prompt); else none (it waits).
+fn chunk_len(remaining: usize, budget: usize) -> usize {
+    if remaining <= budget {
+        return remaining;
+    }
+    let t = budget.min(remaining.saturating_sub(MIN_CHUNK_ROWS));
+    if t >= MIN_CHUNK_ROWS {
+        t
+    } else {
+        0
+    }
+}
+
+/// A step's new tokens for each running sequence (those not yet in the pool): a decode row
+/// takes its one token, prompts share `budget` in order of admission (`chunk_len`); 0 waits.
+fn plan_step(remaining: impl Iterator<Item = usize>, budget: usize) -> Vec<usize> {
+    let mut left = if budget == 0 { usize::MAX } else { budget };
+    remaining
+        .map(|r| {
+            if r <= 1 {
+                return r;
+            }
+            let t = chunk_len(r, left);
+            left -= t;
+            t
+        })
+        .collect()
 }
 
 /// One sequence in the engine, waiting or running.
@@ -343,22 +410,22 @@ enum Row {
 
 /// Off the CPU, the tokens of a step's plain greedy rows (`Seq::plain_greedy`) in one sampling
 /// launch and one copy back, rather than a launch and a wait per row; None for the other rows
-/// (and for every row on the CPU, where a row costs no wait).
-fn pick_greedy(logits: &Tensor, running: &[Seq]) -> anyhow::Result<Vec<Option<u32>>> {
+/// (and for every row on the CPU, where a row costs no wait). `rows[i]`: sequence i's row of
+/// `logits`, when it samples this step. Every row is argmaxed, the others' (sampled sequences',
+/// a replayed step's padding) ignored: greedy needs no state, and no gather of the wanted rows.
+fn pick_greedy(logits: &Tensor, running: &[Seq], rows: &[Option<usize>]) -> anyhow::Result<Vec<Option<u32>>> {
     let mut picked = vec![None; running.len()];
-    let rows: Vec<u32> = (0..running.len() as u32).filter(|&i| running[i as usize].plain_greedy()).collect();
-    if logits.device().is_cpu() || rows.len() < 2 {
+    let want: Vec<(usize, usize)> =
+        (0..running.len()).filter_map(|i| rows[i].filter(|_| running[i].plain_greedy()).map(|r| (i, r))).collect();
+    if logits.device().is_cpu() || want.len() < 2 {
         return Ok(picked);
     }
-    let p = running[rows[0] as usize].job.sampling.params();
-    let sub = if rows.len() == running.len() {
-        logits.clone()
-    } else {
-        smelt_core::ops::embedding::embedding(logits, &Tensor::from_u32(rows.clone(), &[rows.len()])?)?
-    };
-    let ids = smelt_core::ops::sample::sample(&sub, None, &p, &vec![0.0; rows.len()])?;
-    for (&r, &id) in rows.iter().zip(ids.to_device(smelt_core::Device::Cpu)?.as_u32()?) {
-        picked[r as usize] = Some(id);
+    let p = running[want[0].0].job.sampling.params();
+    let ids = smelt_core::ops::sample::sample(logits, None, &p, &vec![0.0; logits.rows()])?;
+    let ids = ids.to_device(smelt_core::Device::Cpu)?;
+    let ids = ids.as_u32()?;
+    for (i, r) in want {
+        picked[i] = Some(ids[r]);
     }
     Ok(picked)
 }
@@ -394,7 +461,15 @@ pub fn run<'a>(
 ) {
     let paged = cfg.paged;
     let parallel = if paged { cfg.parallel.max(1) } else { 1 };
+    let prefill_chunk = if cfg.prefill_chunk == 0 { 0 } else { cfg.prefill_chunk.max(MIN_PREFILL_CHUNK) };
     let mut pool = cfg.pool;
+    // On a GPU, steps of decode rows only are replayed from captured graphs (unless
+    // SMELT_CUDA_GRAPH=0); they hold the pool's addresses, and the pool lives as long.
+    let graphs = if paged { PagedDecoder::new(model, &pool, parallel) } else { Ok(None) };
+    let mut graphs = graphs.unwrap_or_else(|e| {
+        eprintln!("smelt serve: batched decode steps will be launched, not replayed: {e:#}");
+        None
+    });
     let mut blocks = Blocks::new(pool.blocks(), BLOCK_SIZE);
     stats.kv_blocks_total.store(blocks.total() as u64, Ordering::Relaxed);
     let mut waiting: VecDeque<Seq> = VecDeque::new();
@@ -511,12 +586,35 @@ pub fn run<'a>(
             std::thread::sleep(std::time::Duration::from_millis(1));
             continue;
         }
+        // What each sequence computes this step (chunked prefill; one at a time: everything),
+        // its row of the logits, and whether it samples (its prompt is then complete).
+        let takes = if paged {
+            plan_step(running.iter().map(|s| s.tokens.len() - s.computed), prefill_chunk)
+        } else {
+            running.iter().map(|s| s.tokens.len() - s.computed).collect()
+        };
+        let mut next_row = 0;
+        let rows: Vec<Option<usize>> = running
+            .iter()
+            .zip(&takes)
+            .map(|(s, &t)| {
+                let row = (t > 0).then_some(next_row);
+                next_row += usize::from(t > 0);
+                row.filter(|_| s.computed + t == s.tokens.len())
+            })
+            .collect();
+        let chunks = running.iter().zip(&takes).filter(|(s, &t)| t > 0 && s.computed + t < s.tokens.len()).count();
+        stats.prefill_chunks.fetch_add(chunks as u64, Ordering::Relaxed);
         stats.steps.fetch_add(1, Ordering::Relaxed);
-        stats.batch_max.fetch_max(running.len() as u64, Ordering::Relaxed);
+        stats.batch_max.fetch_max(next_row as u64, Ordering::Relaxed);
         // Structured output: a constrained sequence's mask for this step depends only on its
         // tokens so far, so the masks are computed on a thread of their own while the forward
-        // runs (the constraints are lent to it and come back after).
-        let mut constraints: Vec<Option<Constraint>> = running.iter_mut().map(|s| s.job.constraint.take()).collect();
+        // runs (the constraints of the sequences that sample are lent to it and come back after).
+        let mut constraints: Vec<Option<Constraint>> = running
+            .iter_mut()
+            .zip(&rows)
+            .map(|(s, r)| if r.is_some() { s.job.constraint.take() } else { None })
+            .collect();
         let (step, masks) = std::thread::scope(|sc| {
             let masker = constraints.iter().any(Option::is_some).then(|| {
                 sc.spawn(|| {
@@ -527,7 +625,7 @@ pub fn run<'a>(
                     constraints.iter_mut().map(|c| c.as_mut().map(timed)).collect::<Vec<_>>()
                 })
             });
-            (forward(model, &mut running, &mut pool), masker.map(|h| h.join()))
+            (forward(model, &mut running, &takes, &mut pool, &mut graphs), masker.map(|h| h.join()))
         });
         let mut masks: Vec<Option<anyhow::Result<Mask>>> = match masks {
             None => running.iter().map(|_| None).collect(),
@@ -547,7 +645,12 @@ pub fn run<'a>(
                 .collect(),
         };
         for (s, c) in running.iter_mut().zip(constraints) {
-            s.job.constraint = c;
+            if c.is_some() {
+                s.job.constraint = c;
+            }
+        }
+        if let Some(g) = &graphs {
+            stats.graph_steps.store(g.replayed(), Ordering::Relaxed);
         }
         let logits = match step {
             Ok(Ok(l)) => l,
@@ -567,7 +670,7 @@ pub fn run<'a>(
                 continue;
             }
         };
-        let picked = match pick_greedy(&logits, &running) {
+        let picked = match pick_greedy(&logits, &running, &rows) {
             Ok(p) => p,
             Err(e) => {
                 fail_all(&mut running, &mut blocks, stats, &format!("{e:#}"));
@@ -576,14 +679,21 @@ pub fn run<'a>(
         };
         let mut keep = Vec::with_capacity(running.len());
         for (i, mut s) in running.drain(..).enumerate() {
-            s.computed = s.tokens.len();
+            s.computed += takes[i];
             if paged {
                 s.name_full_blocks(&mut blocks);
             }
+            // Waiting for its turn, or a prompt chunk with more to come: nothing to sample.
+            let Some(row) = rows[i] else {
+                keep.push(s);
+                continue;
+            };
             let mask = masks[i].take();
             let outcome = match picked[i] {
                 Some(id) => s.advance(Row::Picked(id), mask, stop_ids, stats),
-                None => logits.narrow_rows(i, 1).and_then(|row| s.advance(Row::Logits(row), mask, stop_ids, stats)),
+                // A one-row step's logits are the row (no copy: the one-client case).
+                None => (if logits.rows() == 1 { Ok(logits.clone()) } else { logits.narrow_rows(row, 1) })
+                    .and_then(|row| s.advance(Row::Logits(row), mask, stop_ids, stats)),
             };
             match outcome {
                 Ok(Outcome::Going) => keep.push(s),
@@ -599,9 +709,16 @@ pub fn run<'a>(
     }
 }
 
-/// One forward over every running sequence (the logits of each one's last position, (B, V));
-/// a panic fails the batch, not the server.
-fn forward(model: &Model, running: &mut [Seq], pool: &mut KvPool) -> std::thread::Result<anyhow::Result<Tensor>> {
+/// One forward over the running sequences' `takes` new tokens (those with none sit it out) →
+/// the logits of each one's last new position, a row per taking sequence in order (a replayed
+/// step's padding rows may follow); a panic fails the batch, not the server.
+fn forward(
+    model: &Model,
+    running: &mut [Seq],
+    takes: &[usize],
+    pool: &mut KvPool,
+    graphs: &mut Option<PagedDecoder>,
+) -> std::thread::Result<anyhow::Result<Tensor>> {
     std::panic::catch_unwind(AssertUnwindSafe(|| {
         if let [s] = running {
             if let Some(dec) = s.dec.as_mut() {
@@ -614,9 +731,14 @@ fn forward(model: &Model, running: &mut [Seq], pool: &mut KvPool) -> std::thread
         }
         let steps: Vec<SeqStep> = running
             .iter()
-            .map(|s| SeqStep { tokens: &s.tokens[s.computed..], pos0: s.computed, table: &s.table })
+            .zip(takes)
+            .filter(|(_, &t)| t > 0)
+            .map(|(s, &t)| SeqStep { tokens: &s.tokens[s.computed..s.computed + t], pos0: s.computed, table: &s.table })
             .collect();
-        model.logits_paged(&steps, pool)
+        match graphs.as_mut() {
+            Some(g) if g.takes(&steps) => g.step(&steps, pool),
+            _ => model.logits_paged(&steps, pool),
+        }
     }))
 }
 
@@ -811,6 +933,42 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
             assert!(v["ok"].is_boolean() && v["n"].as_u64().is_some_and(|n| n <= 999), "{text}");
             assert_eq!(v.as_object().unwrap().len(), 2, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_step_s_prompt_tokens_stay_within_the_chunk_and_every_chunk_keeps_eight_rows() {
+        // Decode rows always go; prompts share the budget in order of admission.
+        assert_eq!(plan_step([1, 600, 1, 300].into_iter(), 512), vec![1, 512, 1, 0]);
+        assert_eq!(plan_step([1, 600, 1, 300].into_iter(), 0), vec![1, 600, 1, 300]);
+        assert_eq!(plan_step([100, 300].into_iter(), 512), vec![100, 300]);
+        assert_eq!(plan_step([100, 300, 200].into_iter(), 512), vec![100, 300, 112]);
+        // A chunk never leaves fewer than 8 rows for later, nor takes fewer than 8.
+        assert_eq!(chunk_len(514, 512), 506);
+        assert_eq!(chunk_len(519, 512), 511);
+        assert_eq!(chunk_len(520, 512), 512);
+        assert_eq!(chunk_len(600, 7), 0);
+        assert_eq!(chunk_len(15, 10), 0);
+        assert_eq!(chunk_len(16, 10), 8);
+        assert_eq!(chunk_len(3, 512), 3);
+        assert_eq!(plan_step([600, 600].into_iter(), 519), vec![519, 0]);
+        assert_eq!(plan_step([100, 600].into_iter(), 120), vec![100, 20]);
+        assert_eq!(plan_step([100, 600].into_iter(), 107), vec![100, 0]);
+        // Every prompt finishes: chunk after chunk, whatever the lengths.
+        for n in 2..200 {
+            for budget in [16, 17, 31, 64] {
+                let (mut left, mut chunks) = (n, Vec::new());
+                while left > 0 {
+                    let t = plan_step([left].into_iter(), budget)[0];
+                    assert!(t > 0 && t <= budget.max(left.min(budget)), "{n} in chunks of {budget}: {chunks:?}");
+                    assert!(
+                        t == left || (t >= MIN_CHUNK_ROWS && left - t >= MIN_CHUNK_ROWS),
+                        "{n}/{budget}: {t} of {left}"
+                    );
+                    chunks.push(t);
+                    left -= t;
+                }
+            }
         }
     }
 

@@ -43,6 +43,9 @@ pub struct Options {
     pub body_limit: usize,
     /// Choices that may wait for a place in the batch (429 past it).
     pub max_queue: usize,
+    /// Prompt tokens one step computes at most, over all sequences (0: no limit):
+    /// `engine::DEFAULT_PREFILL_CHUNK` unless asked.
+    pub prefill_chunk: usize,
 }
 
 /// A loaded model and what goes with it.
@@ -88,7 +91,8 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
     let pool_tokens = opts.ctx_size.unwrap_or(loaded.model.cfg.max_pos);
     let ctx = pool_tokens.min(loaded.model.cfg.max_pos);
     let device = loaded.model.device();
-    let cfg = engine::EngineConfig::new(&loaded.model, opts.parallel, pool_tokens, opts.kv_type)?;
+    let cfg = engine::EngineConfig::new(&loaded.model, opts.parallel, pool_tokens, opts.kv_type)?
+        .with_prefill_chunk(opts.prefill_chunk)?;
     let side = http::TextSide {
         tok: loaded.tokenizer.clone(),
         template: loaded.template,
@@ -99,8 +103,19 @@ pub fn run(listener: TcpListener, opts: Options, load: impl FnOnce() -> Result<L
     };
     let _ = shared.text.set(Arc::new(side));
     drop(shared);
+    let chunk = match opts.prefill_chunk {
+        0 => "prompts in one step".to_string(),
+        n => format!("prompts in chunks of up to {n} tokens"),
+    };
+    let graphs = if !device.is_cpu() && smelt_model::decode::capture_enabled() {
+        ", decode steps replayed from CUDA graphs"
+    } else if !device.is_cpu() {
+        ", decode steps launched (SMELT_CUDA_GRAPH=0)"
+    } else {
+        ""
+    };
     eprintln!(
-        "smelt serve: ready on http://{addr} on {device} (KV pool {pool_tokens} tokens of {} in blocks of {}, up to {} requests batched, {ctx} tokens per request)",
+        "smelt serve: ready on http://{addr} on {device} (KV pool {pool_tokens} tokens of {} in blocks of {}, up to {} requests batched, {ctx} tokens per request, {chunk}{graphs})",
         opts.kv_type.name(),
         blocks::BLOCK_SIZE,
         opts.parallel

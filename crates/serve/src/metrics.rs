@@ -66,6 +66,10 @@ pub struct Stats {
     /// Forward passes the engine has run, and the most sequences one of them held.
     pub steps: AtomicU64,
     pub batch_max: AtomicU64,
+    /// Of those steps, the ones replayed from a captured CUDA graph (all-decode steps on a GPU).
+    pub graph_steps: AtomicU64,
+    /// Steps that computed part of a prompt and left the rest for later (`--prefill-chunk`).
+    pub prefill_chunks: AtomicU64,
     /// Structured output: token masks computed, and the time they took (microseconds).
     pub masks: AtomicU64,
     pub mask_micros: AtomicU64,
@@ -109,6 +113,18 @@ impl Stats {
             ("smelt_kv_blocks_used", "gauge", "KV blocks held by running requests.", &self.kv_blocks_used),
             ("smelt_engine_steps_total", "counter", "Batched forward passes run.", &self.steps),
             ("smelt_batch_size_max", "gauge", "Most sequences one forward pass has held.", &self.batch_max),
+            (
+                "smelt_cuda_graph_steps_total",
+                "counter",
+                "Decode steps replayed from a captured CUDA graph.",
+                &self.graph_steps,
+            ),
+            (
+                "smelt_prefill_chunks_total",
+                "counter",
+                "Prompt chunks computed with the rest of their prompt left for a later step (--prefill-chunk).",
+                &self.prefill_chunks,
+            ),
             (
                 "smelt_structured_masks_total",
                 "counter",

@@ -8,7 +8,11 @@
 //! more rows, the paged attention kernel for prompt rows), so a near tie may go either way and
 //! a third of the answers must be equal (a wrong block table or pool write breaks all of them
 //! at once); the count is printed.
-//! The test sets the process-wide matmul precision: run it with `--test-threads=1`.
+//! With prompts computed in chunks of 16 (`--prefill-chunk`) beside decode rows, and decode
+//! steps replayed from captured CUDA graphs (and, for comparison, launched: SMELT_CUDA_GRAPH=0),
+//! greedy answers under f32 matmuls equal `generate`'s on the device too.
+//! The tests set the process-wide matmul precision and SMELT_CUDA_GRAPH: run them with
+//! `--test-threads=1`.
 #![cfg(feature = "cuda")]
 
 use serde_json::{json, Value};
@@ -39,6 +43,10 @@ fn model(device: Device) -> Model {
 }
 
 fn start(device: Device, kv_type: KvType) -> SocketAddr {
+    start_with(device, kv_type, smelt_serve::engine::DEFAULT_PREFILL_CHUNK)
+}
+
+fn start_with(device: Device, kv_type: KvType, prefill_chunk: usize) -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let opts = Options {
@@ -48,6 +56,7 @@ fn start(device: Device, kv_type: KvType) -> SocketAddr {
         model_path: "tiny".into(),
         body_limit: 1 << 16,
         max_queue: 64,
+        prefill_chunk,
         parallel: 8,
         kv_type,
     };
@@ -180,4 +189,81 @@ fn gpu_server_batches_and_greedy_output_equals_generate_on_the_device() {
         }
     }
     cuda::set_matmul_precision(MatmulPrecision::F32);
+}
+
+/// Chunked prefill and replayed decode steps on the device: six greedy requests at once, with
+/// prompts of 9 to 200 bytes computed at most 16 tokens a step beside the others' decode rows,
+/// whose all-decode steps replay captured graphs (buckets of 1, 2, 4, 8). Under f32 matmuls and
+/// an f32 pool every answer equals `generate` on the device alone; then the same with capture
+/// off (SMELT_CUDA_GRAPH=0: every step launched), which must give the same answers.
+#[test]
+fn gpu_server_chunked_prefill_and_replayed_decode_steps_equal_generate() {
+    let Some(d) = gpu() else { return };
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+    let tok = Tokenizer::byte_level();
+    let prompts: Vec<String> = [9usize, 30, 64, 101, 150, 200]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (0..n).map(|j| char::from(b'a' + ((i * 5 + j * 7) % 26) as u8)).collect())
+        .collect();
+    let max_tokens = 40;
+    let m = model(d);
+    let gen = GenerateConfig { max_tokens, sampling: SamplingConfig::default(), stop_ids: vec![256] };
+    let want: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let ids = generate(&m, &tok.encode(p), &gen, |_| {}).unwrap().ids;
+            let mut dec = smelt_tokenizer::StreamDecoder::new(&tok);
+            let text: String = ids.iter().map(|&id| dec.push(id)).collect();
+            text + &dec.finish()
+        })
+        .collect();
+    drop(m);
+    let mut answers_by_mode = Vec::new();
+    for graphs in [true, false] {
+        std::env::set_var("SMELT_CUDA_GRAPH", if graphs { "1" } else { "0" });
+        let addr = start_with(d, KvType::F32, 16);
+        let answers: Vec<String> = std::thread::scope(|s| {
+            let hs: Vec<_> = prompts
+                .iter()
+                .map(|p| {
+                    s.spawn(move || complete(addr, p, max_tokens)["choices"][0]["text"].as_str().unwrap().to_string())
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let (replayed, chunks, steps, batch) = (
+            metric(addr, "smelt_cuda_graph_steps_total"),
+            metric(addr, "smelt_prefill_chunks_total"),
+            metric(addr, "smelt_engine_steps_total"),
+            metric(addr, "smelt_batch_size_max"),
+        );
+        println!("graphs {graphs}: {steps} steps, {replayed} replayed, {chunks} prompt chunks, largest batch {batch}");
+        let mut equal = 0;
+        for (i, (a, w)) in answers.iter().zip(&want).enumerate() {
+            if a == w {
+                equal += 1;
+            } else {
+                println!(
+                    "  graphs {graphs}: answer {i} ({} prompt bytes) differs:\n    server   {a:?}\n    generate {w:?}",
+                    prompts[i].len()
+                );
+            }
+        }
+        assert!(chunks >= 200 / 16, "graphs {graphs}: the long prompts were not chunked ({chunks} chunks)");
+        if graphs {
+            assert!(replayed > 0, "no decode step was replayed from a captured graph ({steps} steps)");
+        } else {
+            assert_eq!(replayed, 0, "SMELT_CUDA_GRAPH=0 still replayed steps");
+        }
+        assert_eq!(
+            equal,
+            prompts.len(),
+            "graphs {graphs}: {equal}/{} answers equal generate's on the device",
+            prompts.len()
+        );
+        answers_by_mode.push(answers);
+    }
+    std::env::remove_var("SMELT_CUDA_GRAPH");
+    assert_eq!(answers_by_mode[0], answers_by_mode[1], "replayed and launched serving differ");
 }

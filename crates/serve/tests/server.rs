@@ -58,6 +58,7 @@ fn options(pool: usize, parallel: usize) -> Options {
         model_path: "tiny".into(),
         body_limit: 1 << 16,
         max_queue: 8,
+        prefill_chunk: smelt_serve::engine::DEFAULT_PREFILL_CHUNK,
         parallel,
         kv_type: smelt_model::KvType::F32,
     }
@@ -82,6 +83,7 @@ fn server() -> SocketAddr {
             model_path: "/models/tiny".into(),
             body_limit: 1 << 16,
             max_queue: 8,
+            prefill_chunk: smelt_serve::engine::DEFAULT_PREFILL_CHUNK,
             parallel: 4,
             kv_type: smelt_model::KvType::F32,
         };
@@ -309,6 +311,7 @@ fn health_is_503_while_the_model_loads_and_requests_wait_for_it() {
         model_path: "tiny".into(),
         body_limit: 1 << 16,
         max_queue: 8,
+        prefill_chunk: smelt_serve::engine::DEFAULT_PREFILL_CHUNK,
         parallel: 4,
         kv_type: smelt_model::KvType::F32,
     };
@@ -424,6 +427,7 @@ fn a_client_that_leaves_mid_stream_ends_its_generation() {
         model_path: "tiny".into(),
         body_limit: 1 << 16,
         max_queue: 8,
+        prefill_chunk: smelt_serve::engine::DEFAULT_PREFILL_CHUNK,
         parallel: 4,
         kv_type: smelt_model::KvType::F32,
     };
@@ -513,6 +517,50 @@ fn a_seeded_request_gives_the_same_text_whatever_else_is_in_the_batch() {
     let batch = metric(addr, "smelt_batch_size_max");
     assert!(batch >= 4, "the requests never shared a step (largest batch {batch})");
     println!("largest batch {batch}, {} steps", metric(addr, "smelt_engine_steps_total"));
+}
+
+#[test]
+fn a_long_prompt_is_computed_in_chunks_beside_the_others_and_answers_the_same() {
+    // At most 16 prompt tokens a step: a 180-token prompt takes a dozen steps, and the request
+    // already generating gets a token in each of them.
+    let addr = start(Options { prefill_chunk: 16, ..options(2048, 4) });
+    let tok = Tokenizer::byte_level();
+    let long: String = (0..180).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+    let sampled = SamplingConfig { temperature: 0.9, seed: 3, ..Default::default() };
+    let (want_short, want_long, want_sampled) = (
+        direct(&tok.encode("go on"), 200).0,
+        direct(&tok.encode(&long), 12).0,
+        direct_sampled(&tok.encode(&long[..70]), 12, sampled).0,
+    );
+    let (short, long_a, sampled_a) = std::thread::scope(|sc| {
+        let short = sc.spawn(|| {
+            texts(&post_to(
+                addr,
+                "/v1/completions",
+                &json!({"model": "tiny", "prompt": "go on", "max_tokens": 200, "temperature": 0}),
+            ))
+        });
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let long_a = sc.spawn(|| {
+            texts(&post_to(
+                addr,
+                "/v1/completions",
+                &json!({"model": "tiny", "prompt": long, "max_tokens": 12, "temperature": 0}),
+            ))
+        });
+        let body = json!({"model": "tiny", "prompt": &long[..70], "max_tokens": 12, "temperature": 0.9, "seed": 3});
+        let sampled_a = sc.spawn(move || texts(&post_to(addr, "/v1/completions", &body)));
+        (short.join().unwrap(), long_a.join().unwrap(), sampled_a.join().unwrap())
+    });
+    assert_eq!(short, vec![want_short], "the short request");
+    assert_eq!(long_a, vec![want_long], "the long prompt, computed in chunks");
+    assert_eq!(sampled_a, vec![want_sampled], "the seeded request, computed in chunks");
+    let chunks = metric(addr, "smelt_prefill_chunks_total");
+    assert!(chunks >= 180 / 16, "the long prompt was not chunked ({chunks} chunks)");
+    let batch = metric(addr, "smelt_batch_size_max");
+    assert!(batch >= 2, "the chunks never shared a step with a decode row (largest batch {batch})");
+    println!("{chunks} prompt chunks, largest batch {batch}, {} steps", metric(addr, "smelt_engine_steps_total"));
+    settles(addr, "smelt_kv_blocks_used", 0);
 }
 
 #[test]

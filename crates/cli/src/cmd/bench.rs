@@ -43,8 +43,10 @@ pub struct BenchArgs {
     /// Tokens decoded one at a time (batch 1, KV cache) after a 16-token prompt.
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
-    /// Also time batched decode steps through the server's paged KV cache (CPU): one step of
-    /// N sequences, each one token, after a 16-token prompt each, for every N listed (e.g. 1,8,32,64).
+    /// Also time batched decode steps through the server's paged KV cache: one step of N
+    /// sequences, each one token, after a 16-token prompt each, for every N listed (e.g.
+    /// 1,8,32,64). On a GPU the step is replayed from a captured graph, as `smelt serve` runs it
+    /// (launched under SMELT_CUDA_GRAPH=0), and each step waits for the device.
     #[arg(long, value_delimiter = ',')]
     paged_batch: Vec<usize>,
     #[arg(long, value_enum, default_value = "text")]
@@ -292,12 +294,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
 }
 
 /// Median seconds of one batched decode step of `n` sequences through the paged KV pool
-/// (`Model::logits_paged`, what `smelt serve` runs), each sequence after a 16-token prompt.
+/// (what `smelt serve` runs: `Model::logits_paged`; on a GPU `PagedDecoder`'s replayed step),
+/// each sequence after a 16-token prompt.
 fn paged_decode(model: &Model, n: usize, decode_ids: &[u32], ids: &mut impl FnMut(usize) -> Vec<u32>) -> Result<f64> {
-    use smelt_model::{KvPool, SeqStep};
+    use smelt_model::{KvPool, KvType, PagedDecoder, SeqStep};
     let steps = decode_ids.len().clamp(1, 32);
     let per_seq = (16 + steps + 1).div_ceil(16);
-    let mut pool = KvPool::new(model, n * per_seq * 16, 16)?;
+    let device = model.device();
+    // The server's default pool type: the activation dtype.
+    let kind = if device.activation_dtype() == smelt_core::DType::BF16 { KvType::BF16 } else { KvType::F32 };
+    let mut pool = KvPool::with_type(model, n * per_seq * 16, 16, kind)?;
+    let mut graphs = PagedDecoder::new(model, &pool, n)?;
     let tables: Vec<Vec<u32>> = (0..n).map(|i| ((i * per_seq) as u32..((i + 1) * per_seq) as u32).collect()).collect();
     let prompts: Vec<Vec<u32>> = (0..n).map(|_| ids(16)).collect();
     let prefill: Vec<SeqStep> = (0..n).map(|i| SeqStep { tokens: &prompts[i], pos0: 0, table: &tables[i] }).collect();
@@ -306,8 +313,13 @@ fn paged_decode(model: &Model, n: usize, decode_ids: &[u32], ids: &mut impl FnMu
     for (s, &id) in decode_ids.iter().take(steps).enumerate() {
         let tok = [id];
         let batch: Vec<SeqStep> = (0..n).map(|i| SeqStep { tokens: &tok, pos0: 16 + s, table: &tables[i] }).collect();
+        Tensor::synchronize(device)?;
         let t = Instant::now();
-        model.logits_paged(&batch, &mut pool)?;
+        match graphs.as_mut() {
+            Some(g) => g.step(&batch, &mut pool)?,
+            None => model.logits_paged(&batch, &mut pool)?,
+        };
+        Tensor::synchronize(device)?;
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);

@@ -46,6 +46,12 @@ pub struct ServeArgs {
     /// `smelt generate --device cuda`'s cache holds).
     #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "q8_0"])]
     kv_cache_type: String,
+    /// Prompt tokens one step computes at most, over all requests (chunked prefill): a longer
+    /// prompt is computed a chunk a step, so the requests already generating keep getting
+    /// tokens meanwhile instead of waiting for the whole prompt. 0: no limit (a prompt is one
+    /// step's work); else at least 16.
+    #[arg(long, default_value_t = smelt_serve::engine::DEFAULT_PREFILL_CHUNK, value_name = "N")]
+    prefill_chunk: usize,
     /// Requests (choices) that may wait for a place in the batch; more get a 429.
     #[arg(long, default_value_t = 64)]
     queue_size: usize,
@@ -58,6 +64,10 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
+    let min = smelt_serve::engine::MIN_PREFILL_CHUNK;
+    if a.prefill_chunk != 0 && a.prefill_chunk < min {
+        anyhow::bail!("--prefill-chunk {}: give 0 (no limit) or at least {min} tokens", a.prefill_chunk);
+    }
     let device = super::device::resolve(&a.device)?;
     let name = a.model.file_name().map(|n| n.to_string_lossy().into_owned());
     let listener = std::net::TcpListener::bind((a.host.as_str(), a.port))
@@ -69,6 +79,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         model_path: a.model.display().to_string(),
         body_limit: a.max_body,
         max_queue: a.queue_size,
+        prefill_chunk: a.prefill_chunk,
         parallel: a.parallel as usize,
         kv_type: match a.kv_cache_type.as_str() {
             "auto" if device.activation_dtype() == smelt_core::DType::BF16 => smelt_model::KvType::BF16,

@@ -538,6 +538,30 @@ pub(super) const ATTN_SHAPES: [(usize, usize, usize, usize, usize, usize, usize,
 /// unsplit path; then new rows: a decode row past the 256-key split, a prompt, a chunk after
 /// cached positions: its split path), with and without a window, for each activation dtype and
 /// pool storage, both pair layouts.
+/// `Tensor::write_range` on the device: a host slice uploaded into place and a device slice
+/// copied into place (a replayed decode step's inputs: one upload into a staging buffer, then
+/// device copies out of it), against the same writes on the CPU, element for element.
+#[test]
+fn parity_write_range() {
+    let Some(d) = dev() else { return };
+    let host: Vec<u32> = (0..40).map(|i| i * 3 + 1).collect();
+    let src = Tensor::from_u32(host.clone(), &[40]).unwrap();
+    let mut staging = Tensor::zeros_typed(&[48], d, crate::DType::U32).unwrap();
+    staging.write_at(4, &src).unwrap();
+    let mut want = [0u32; 48];
+    want[4..44].copy_from_slice(&host);
+    let got = staging.to_device(Device::Cpu).unwrap();
+    assert_eq!(got.as_u32().unwrap(), &want[..], "host → device upload into place");
+    let mut dst = Tensor::zeros_typed(&[10], d, crate::DType::U32).unwrap();
+    dst.write_range(2, &staging, 10, 6).unwrap();
+    let got = dst.to_device(Device::Cpu).unwrap();
+    let mut want_dst = [0u32; 10];
+    want_dst[2..8].copy_from_slice(&want[10..16]);
+    assert_eq!(got.as_u32().unwrap(), &want_dst[..], "device slice → device, into place");
+    assert!(dst.write_range(8, &staging, 0, 6).is_err(), "past the end is an error");
+    println!("write_range: upload and device slice copies exact");
+}
+
 #[test]
 fn parity_paged_attention() {
     use crate::ops::attention::{paged_attention, paged_rope_kv, Heads, PagedRows};
