@@ -14,6 +14,7 @@
 use crate::ops::adamw::OptimKernels;
 use crate::ops::attention::AttentionKernels;
 use crate::ops::cross_entropy::CrossEntropyKernels;
+use crate::ops::distill::DistillKernels;
 use crate::ops::dropout::DropoutKernels;
 use crate::ops::elementwise::ElementwiseKernels;
 use crate::ops::embedding::EmbeddingKernels;
@@ -37,6 +38,7 @@ pub trait Backend:
     + RopeKernels
     + AttentionKernels
     + CrossEntropyKernels
+    + DistillKernels
     + DropoutKernels
     + SwiGluKernels
     + SampleKernels
@@ -55,6 +57,7 @@ impl<B> Backend for B where
         + RopeKernels
         + AttentionKernels
         + CrossEntropyKernels
+        + DistillKernels
         + DropoutKernels
         + SwiGluKernels
         + SampleKernels

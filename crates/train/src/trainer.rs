@@ -201,11 +201,6 @@ impl TrainConfig {
             )?;
             check(d.alpha.is_finite() && d.alpha >= 0.0, "alpha", d.alpha, "a finite number >= 0")?;
         }
-        // Distillation has no GPU path yet; say so before anything is loaded (no silent host
-        // fallback).
-        if !self.device.is_cpu() && self.distill.is_some() {
-            bail!("smelt distill runs on the CPU only for now ({} asked): use --device cpu", self.device);
-        }
         let counts = [
             ("batch-size", self.batch_size as u64),
             ("seq-len", self.seq_len as u64),
@@ -1072,7 +1067,10 @@ fn run_full(
         (Some(t), Some(d)) => {
             let t = match (&d.teacher_logits, t) {
                 (Some(f), _) => Teacher::Logits(LogitsFile::open(f, &cfg, model.cfg.vocab_size)?),
-                (None, Some(m)) => Teacher::Model(Box::new(m)),
+                (None, Some(mut m)) => {
+                    m.to_device(cfg.device)?; // the teacher runs where the student does
+                    Teacher::Model(Box::new(m))
+                }
                 (None, None) => bail!("distillation needs a teacher model or a teacher logits file"),
             };
             let name =

@@ -737,6 +737,44 @@ fn parity_linear_f32_and_bf16() {
     cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
 }
 
+/// The distillation loss on the device against the CPU: the whole-vocabulary teacher and a
+/// top-k one (ids scattered), an ignored row, f32 logits and bf16 ones (mixed precision; the
+/// CPU then takes the same rounded values), the loss, its two parts and dz.
+#[test]
+fn parity_distill() {
+    use ops::distill::{distill, distill_backward, DistillLoss, TeacherLogits};
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let (n, v, k) = (9, 1000, 7);
+    let o = DistillLoss { temperature: 2.0, alpha: 0.5 };
+    let z = randn(&mut r, &[n, v], 3.0);
+    let mut y: Vec<u32> = (0..n).map(|_| r.below(v as u64) as u32).collect();
+    y[4] = ops::cross_entropy::IGNORE;
+    let targets = Tensor::from_u32(y, &[n]).unwrap();
+    let full = TeacherLogits { ids: None, logits: randn(&mut r, &[n, v], 3.0) };
+    let top_ids: Vec<u32> = (0..n).flat_map(|i| (0..k).map(move |j| ((i * 37 + j * 101) % v) as u32)).collect();
+    let top =
+        TeacherLogits { ids: Some(Tensor::from_u32(top_ids, &[n, k]).unwrap()), logits: randn(&mut r, &[n, k], 2.0) };
+    let bf = |t: &Tensor| t.to_dtype(crate::DType::BF16).unwrap();
+    for (label, t) in [("full", &full), ("top-k", &top)] {
+        for half in [false, true] {
+            let zc = if half { bf(&z).to_dtype(crate::DType::F32).unwrap() } else { z.clone() };
+            let zg = up(&if half { bf(&z) } else { z.clone() }, d);
+            let (lc, pc, sc) = distill(&zc, t, &targets, &o).unwrap();
+            let dzc = distill_backward(&zc, t, &targets, &o, &sc, 0.7).unwrap();
+            let (lg, pg, sg) = distill(&zg, t, &targets, &o).unwrap();
+            let dzg = distill_backward(&zg, t, &targets, &o, &sg, 0.7).unwrap();
+            let (a, b) = (lg.to_vec_f32().unwrap()[0] as f64, lc.to_vec_f32().unwrap()[0] as f64);
+            println!("distill {label} bf16 {half}: loss gpu {a} cpu {b}, parts gpu {pg:?} cpu {pc:?}");
+            let rel = |x: f64, y: f64| (x - y).abs() / y.abs().max(1e-12);
+            assert!(rel(a, b) <= 1e-5 && rel(pg[0], pc[0]) <= 1e-5 && rel(pg[1], pc[1]) <= 1e-5, "{label} bf16 {half}");
+            assert_eq!(dzg.dtype(), zg.dtype(), "dz has the logits' dtype");
+            let tol = if half { 1e-5 } else { 1e-10 };
+            close(&format!("distill {label} bf16 {half} dz"), &dzg.to_dtype(crate::DType::F32).unwrap(), &dzc, tol);
+        }
+    }
+}
+
 /// Muon on the device against the CPU reference: a wide and a tall matrix (transposed for
 /// Newton–Schulz), with and without weight decay, two updates with a clip coefficient below 1,
 /// then a skipped one (a non-finite gradient) that must change nothing.

@@ -17,13 +17,18 @@
 //!
 //! Gradient: dz_r = [τ · (p_s,r − p̂_t,r) + α · (softmax(z_r) − onehot(y_r))] / count, with
 //! p̂_t the teacher's mass scattered onto its ids. The CPU reference below is generic over
-//! `Float` so the f64 finite-difference check runs this very code; other devices refuse.
+//! `Float` so the f64 finite-difference check runs this very code; CUDA's kernels are in
+//! distill.cu (`cuda.rs`), each element's operations in this order.
 
+use crate::backend::{self, Cpu};
 use crate::float::{max_of, sum_exp, Float};
 use crate::ops::cross_entropy::IGNORE;
-use crate::Tensor;
+use crate::{Device, Tensor};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
+
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 /// The teacher's logits for N rows: K per row, with their vocabulary ids (`ids`: (N, K) u32) or,
 /// without ids, the whole vocabulary in id order (K = V).
@@ -151,12 +156,14 @@ pub fn distill_bwd<F: Float>(
     dz
 }
 
-/// Checks shapes, ids and settings; returns (N, V, K).
+/// Checks shapes, ids, devices and settings; returns (N, V, K). The ids and targets are read on
+/// the host (a copy when they are on a device).
 fn check(z: &Tensor, t: &TeacherLogits, targets: &Tensor, o: &DistillLoss) -> Result<(usize, usize, usize)> {
-    for x in [Some(z), Some(&t.logits), t.ids.as_ref(), Some(targets)].into_iter().flatten() {
-        if !x.device().is_cpu() {
+    for x in [Some(&t.logits), t.ids.as_ref(), Some(targets)].into_iter().flatten() {
+        if x.device() != z.device() {
             bail!(
-                "the distillation loss runs on the CPU only for now (a tensor is on {}); use --device cpu",
+                "distill: the student's logits are on {} and a teacher or target tensor on {}",
+                z.device(),
                 x.device()
             );
         }
@@ -186,15 +193,96 @@ fn check(z: &Tensor, t: &TeacherLogits, targets: &Tensor, o: &DistillLoss) -> Re
             if ids.shape() != t.logits.shape() {
                 bail!("distill: teacher ids {:?} for logits {:?}", ids.shape(), t.logits.shape());
             }
-            if let Some(&bad) = ids.as_u32()?.iter().find(|&&i| i as usize >= v) {
+            if let Some(&bad) = ids.to_device(Device::Cpu)?.as_u32()?.iter().find(|&&i| i as usize >= v) {
                 bail!("distill: teacher id {bad} is outside the student's vocabulary of {v}");
             }
         }
     }
-    if let Some(&bad) = targets.as_u32()?.iter().find(|&&y| y != IGNORE && y as usize >= v) {
+    if let Some(&bad) = targets.to_device(Device::Cpu)?.as_u32()?.iter().find(|&&y| y != IGNORE && y as usize >= v) {
         bail!("distill: target {bad} is outside the vocabulary of {v}");
     }
     Ok((n, v, k))
+}
+
+/// What `distill` keeps for its backward, per device.
+#[derive(Debug)]
+pub enum DistillSaved {
+    Cpu(Saved<f32>),
+    /// (N, 4) f32 on the device: the student's lse at τ and at 1, the teacher's lse at τ; and
+    /// the number of rows in the loss.
+    Device {
+        rows: Tensor,
+        count: usize,
+    },
+}
+
+/// The distillation kernels a backend provides (arguments checked by `distill`).
+pub trait DistillKernels {
+    /// (loss (1) on z's device, [KL mean, CE mean], saved) of logits z (N, V).
+    fn distill(
+        &self,
+        z: &Tensor,
+        teacher: &TeacherLogits,
+        targets: &Tensor,
+        o: &DistillLoss,
+        k: usize,
+    ) -> Result<(Tensor, [f64; 2], DistillSaved)>;
+    /// dz (N, V), of z's dtype, for the upstream gradient `dloss`.
+    #[allow(clippy::too_many_arguments)]
+    fn distill_backward(
+        &self,
+        z: &Tensor,
+        teacher: &TeacherLogits,
+        targets: &Tensor,
+        o: &DistillLoss,
+        k: usize,
+        saved: &DistillSaved,
+        dloss: f32,
+    ) -> Result<Tensor>;
+}
+
+impl DistillKernels for Cpu {
+    fn distill(
+        &self,
+        z: &Tensor,
+        teacher: &TeacherLogits,
+        targets: &Tensor,
+        o: &DistillLoss,
+        k: usize,
+    ) -> Result<(Tensor, [f64; 2], DistillSaved)> {
+        let ids = teacher.ids.as_ref().map(Tensor::as_u32).transpose()?;
+        let (loss, kl, ce, saved) =
+            distill_fwd(z.as_f32()?, z.cols(), ids, teacher.logits.as_f32()?, k, targets.as_u32()?, o);
+        Ok((Tensor::scalar(loss as f32), [kl, ce], DistillSaved::Cpu(saved)))
+    }
+
+    fn distill_backward(
+        &self,
+        z: &Tensor,
+        teacher: &TeacherLogits,
+        targets: &Tensor,
+        o: &DistillLoss,
+        k: usize,
+        saved: &DistillSaved,
+        dloss: f32,
+    ) -> Result<Tensor> {
+        let DistillSaved::Cpu(saved) = saved else { bail!("distill backward: the forward ran on another device") };
+        let ids = teacher.ids.as_ref().map(Tensor::as_u32).transpose()?;
+        let v = z.cols();
+        let dz = distill_bwd(z.as_f32()?, v, ids, teacher.logits.as_f32()?, k, targets.as_u32()?, o, saved, dloss);
+        Tensor::from_f32(dz, z.shape())
+    }
+}
+
+/// The teacher and targets on the student's device (the trainer's teacher logits file and
+/// targets are on the host; the kernels read them where z is).
+fn beside(z: &Tensor, teacher: &TeacherLogits, targets: &Tensor) -> Result<(TeacherLogits, Tensor)> {
+    let d = z.device();
+    let t = TeacherLogits {
+        ids: teacher.ids.as_ref().map(|i| i.to_device(d)).transpose()?,
+        logits: teacher.logits.to_device(d)?,
+    };
+    Ok((t, targets.to_device(d)?))
 }
 
 /// The loss of student logits `z` (N, V) against `teacher` and `targets` (N): (loss (1),
@@ -204,11 +292,10 @@ pub fn distill(
     teacher: &TeacherLogits,
     targets: &Tensor,
     o: &DistillLoss,
-) -> Result<(Tensor, [f64; 2], Saved<f32>)> {
-    let (_, v, k) = check(z, teacher, targets, o)?;
-    let ids = teacher.ids.as_ref().map(Tensor::as_u32).transpose()?;
-    let (loss, kl, ce, saved) = distill_fwd(z.as_f32()?, v, ids, teacher.logits.as_f32()?, k, targets.as_u32()?, o);
-    Ok((Tensor::scalar(loss as f32), [kl, ce], saved))
+) -> Result<(Tensor, [f64; 2], DistillSaved)> {
+    let (teacher, targets) = beside(z, teacher, targets)?;
+    let (_, _, k) = check(z, &teacher, &targets, o)?;
+    backend::on("distill", [z, &teacher.logits, &targets])?.distill(z, &teacher, &targets, o, k)
 }
 
 /// dz (N, V) of `distill` for the upstream gradient `dloss`.
@@ -217,13 +304,12 @@ pub fn distill_backward(
     teacher: &TeacherLogits,
     targets: &Tensor,
     o: &DistillLoss,
-    saved: &Saved<f32>,
+    saved: &DistillSaved,
     dloss: f32,
 ) -> Result<Tensor> {
-    let (_, v, k) = check(z, teacher, targets, o)?;
-    let ids = teacher.ids.as_ref().map(Tensor::as_u32).transpose()?;
-    let dz = distill_bwd(z.as_f32()?, v, ids, teacher.logits.as_f32()?, k, targets.as_u32()?, o, saved, dloss);
-    Tensor::from_f32(dz, z.shape())
+    let (teacher, targets) = beside(z, teacher, targets)?;
+    let (_, _, k) = check(z, &teacher, &targets, o)?;
+    backend::on("distill", [z, &teacher.logits, &targets])?.distill_backward(z, &teacher, &targets, o, k, saved, dloss)
 }
 
 #[cfg(test)]
