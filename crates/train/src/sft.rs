@@ -57,9 +57,6 @@ pub(crate) struct SftData {
 
 impl SftData {
     pub(crate) fn open(cfg: &TrainConfig, s: &SftConfig, tok: &Tokenizer, model: &Model) -> Result<Self> {
-        if s.packing && cfg.device != smelt_core::Device::Cpu {
-            bail!("--packing runs on the CPU only for now: the CUDA attention kernels do not take example boundaries yet (use --device cpu, or drop --packing)");
-        }
         let name = |id: Option<u32>| id.and_then(|i| tok.id_to_token(i)).unwrap_or_default().to_string();
         let template =
             s.chat_template.as_deref().map(|src| ChatTemplate::new(src, &name(tok.bos_id()), &name(tok.eos_id())));

@@ -103,7 +103,7 @@ fn sft_resumes_exactly_and_logs_validation() {
 }
 
 #[test]
-fn sft_errors_name_the_line_and_packing_refuses_a_gpu() {
+fn sft_errors_name_the_line() {
     let d = std::env::temp_dir().join(format!("smelt-sft-err-{}", std::process::id()));
     let base = setup(&d);
     std::fs::write(
@@ -122,15 +122,6 @@ fn sft_errors_name_the_line_and_packing_refuses_a_gpu() {
     let e = format!("{:#}", smelt_train::run(cfg, None).err().expect("must fail"));
     assert!(e.contains("train.jsonl:1") && e.contains("chat template"), "{e}");
 
-    // --packing on a GPU is refused before anything is moved there (the CUDA attention kernels
-    // do not take example boundaries yet). Built with the cuda feature only (the GPU suite).
-    #[cfg(feature = "cuda")]
-    {
-        let mut cfg = config(&d, &base, "cuda", true, 2);
-        cfg.device = smelt_core::Device::Cuda(0);
-        let e = format!("{:#}", smelt_train::run(cfg, None).err().expect("must fail"));
-        assert!(e.contains("--packing runs on the CPU only"), "{e}");
-    }
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -30,7 +30,7 @@ pub struct SftArgs {
     #[arg(long, conflicts_with = "resume")]
     train_on_prompt: bool,
     /// Pack examples end to end into rows of --seq-len (no padding): each example attends only
-    /// to itself and its positions start at 0. CPU only for now.
+    /// to itself and its positions start at 0. On CUDA: bf16 (the default), head dim 64 or 128.
     #[arg(long, conflicts_with = "resume")]
     packing: bool,
     /// Whole passes over the training examples; sets the number of steps (instead of --steps).

@@ -361,6 +361,82 @@ fn attn_case(
     check(&format!("{label} dv"), &dvg, DType::BF16, &dvc, tol);
 }
 
+/// Packed rows (`--packing`) on the tensor-core kernels against the CPU on the same bf16 values:
+/// examples of uneven lengths (some shorter than a tile, one crossing several), a window, head
+/// dims 64 and 128; out, lse, dq, dk and dv. And RoPE at per-token positions (f32; both
+/// layouts) forward and backward.
+#[test]
+fn parity_bf16_attention_packed() {
+    use ops::attention::{attention_packed, attention_packed_backward, Segments};
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    for (b, t, h, kvh, hd, window, lens) in [
+        (2, 150, 4, 2, 64, None, vec![5, 70, 1, 74]),
+        (1, 300, 8, 2, 64, Some(40), vec![100, 3, 130, 67]),
+        (2, 97, 4, 1, 128, None, vec![33, 64]),
+    ] {
+        // Each row: examples of `lens` (cycled) until T is filled.
+        let mut starts = Vec::with_capacity(b * t);
+        for row in 0..b {
+            let (mut i, mut e) = (0usize, row);
+            while i < t {
+                let n = lens[e % lens.len()].min(t - i);
+                starts.extend(std::iter::repeat_n(i as u32, n));
+                i += n;
+                e += 1;
+            }
+        }
+        let seg = Segments::new(b, t, starts).unwrap();
+        let q = randn(&mut r, &[b, t, h, hd], 1.0);
+        let k = randn(&mut r, &[b, t, kvh, hd], 1.0);
+        let v = randn(&mut r, &[b, t, kvh, hd], 1.0);
+        let dout = randn(&mut r, &[b, t, h, hd], 1.0);
+        let sc = 1.0 / (hd as f32).sqrt();
+        let tol = attn_tol(hd);
+        let label = format!("packed attn b{b} t{t} h{h}/{kvh} d{hd} w{window:?}");
+        let (oc, lc) = attention_packed(&bf(&q), &bf(&k), &bf(&v), window, sc, &seg).unwrap();
+        let (og, lg) = attention_packed(&upb(&q, d), &upb(&k, d), &upb(&v, d), window, sc, &seg).unwrap();
+        check(&format!("{label} out"), &og, DType::BF16, &oc, tol);
+        check(&format!("{label} lse"), &lg, DType::F32, &lc, F32_NMSE);
+        let o_seen = og.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+        let (dqc, dkc, dvc) =
+            attention_packed_backward(&bf(&q), &bf(&k), &bf(&v), &o_seen, &lc, &bf(&dout), window, sc, &seg).unwrap();
+        let (dqg, dkg, dvg) = attention_packed_backward(
+            &upb(&q, d),
+            &upb(&k, d),
+            &upb(&v, d),
+            &og,
+            &lg,
+            &upb(&dout, d),
+            window,
+            sc,
+            &seg,
+        )
+        .unwrap();
+        check(&format!("{label} dq"), &dqg, DType::BF16, &dqc, tol);
+        check(&format!("{label} dk"), &dkg, DType::BF16, &dkc, tol);
+        check(&format!("{label} dv"), &dvg, DType::BF16, &dvc, tol);
+        // RoPE at the examples' positions, f32, forward and back.
+        let table = ops::rope::RopeTable::new(
+            ops::rope::freqs::default_inv_freq(10000.0, hd),
+            1.0,
+            if hd == 64 { ops::rope::RopeLayout::HalfSplit } else { ops::rope::RopeLayout::Interleaved },
+        );
+        let pos = seg.positions();
+        let x = randn(&mut r, &[b, t, h, hd], 1.0);
+        for sign in [1.0f32, -1.0] {
+            let f = |x: &Tensor| {
+                if sign > 0.0 {
+                    ops::rope::rope_positions(x, &table, &pos).unwrap()
+                } else {
+                    ops::rope::rope_positions_backward(x, &table, &pos).unwrap()
+                }
+            };
+            check(&format!("{label} rope_positions sign {sign}"), &f(&up(&x, d)), DType::F32, &f(&x), F32_NMSE);
+        }
+    }
+}
+
 /// The tensor-core kernels (bf16, head dim 64 and 128) at shapes that cross their tiles:
 /// T not a multiple of the 64-row tile, several key and query tiles (full and masked ones),
 /// causal + GQA, sliding windows (down to 1: each query sees only itself), a KV-cache offset with spare
@@ -520,8 +596,9 @@ fn parity_bf16_attention_two_tiles_a_warp() {
         let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
         let run = |one: bool| {
             let [fwd, dq, dkdv] = tc_kernels(64, one);
-            let (o, l) = attention_with(&q, &k, &v, dm, 0.125, &fwd).unwrap();
-            let (gq, gk, gv) = attention_backward_with(&q, &k, &v, &o, &l, &dout, dm, 0.125, (&dq, &dkdv)).unwrap();
+            let (o, l) = attention_with(&q, &k, &v, dm, 0.125, &fwd, None).unwrap();
+            let (gq, gk, gv) =
+                attention_backward_with(&q, &k, &v, &o, &l, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
             [host(&o), host(&l), host(&gq), host(&gk), host(&gv)]
         };
         let (one, two) = (run(true), run(false));

@@ -28,6 +28,14 @@
 
 __device__ __forceinline__ int tc_key_lo(int pos, int window) { return window > 0 ? max(0, pos + 1 - window) : 0; }
 
+// Packed rows (`--packing`, training: Tq = Tk): `starts` (B × T, or null) is each position's
+// example start, `ends` the end (exclusive) of its example; a query sees no key before its
+// start. `srow` = b·T + i.
+__device__ __forceinline__ int tc_row_lo(int pos, int window, const unsigned int* starts, long long srow) {
+    int lo = tc_key_lo(pos, window);
+    return starts ? max(lo, (int)starts[srow]) : lo;
+}
+
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
 // 16 bytes global → shared, asynchronously; zero-filled when !ok (src is then not read).
@@ -191,7 +199,7 @@ __device__ __forceinline__ void store_rows(bf16_t* dst, const float (*o)[4], lon
 // every operation is the same whatever MT, so MT = 1 and 2 give identical bits.
 template <int D, int BN, int MT>
 __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
-                       int H, int KVH, int window, float scale) {
+                       int H, int KVH, int window, float scale, const unsigned int* starts) {
     constexpr int LD = D + 8, KS = D / 16, ROWS = TC_ROWS * MT;
     extern __shared__ __align__(16) unsigned char tc_sm[];
     bf16_t* Qs = (bf16_t*)tc_sm;
@@ -202,7 +210,8 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
     int off = tk - tq;
     int i0 = (gridDim.x - 1 - blockIdx.x) * ROWS;  // the longest (last) query tiles first
     int ilast = min(tq - 1, i0 + ROWS - 1);
-    int blo = tc_key_lo(off + i0, window), bhi = off + ilast + 1;
+    long long srow0 = (long long)b * tq;
+    int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
     int ntiles = (bhi - blo + BN - 1) / BN;
     const bf16_t* qh = q + (long long)h * D;
     const bf16_t* kh = k + (long long)g * D;
@@ -233,7 +242,7 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
             m[mt][hf] = -SM_INF;
             l[mt][hf] = 0.f;
             pos[mt][hf] = off + i0 + warp * 16 * MT + mt * 16 + gq + 8 * hf;
-            lo[mt][hf] = tc_key_lo(pos[mt][hf], window);
+            lo[mt][hf] = tc_row_lo(pos[mt][hf], window, starts, srow0 + min(pos[mt][hf] - off, tq - 1));
         }
     const float sl2 = scale * LOG2E;
     for (int t = 0; t < ntiles; t++) {
@@ -257,7 +266,8 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
             for (int nt = 0; nt < BN / 8; nt++) sc[mt][nt][0] = sc[mt][nt][1] = sc[mt][nt][2] = sc[mt][nt][3] = 0.f;
         mm_abt_m<D, BN, MT>(sc, qf, Kt, lane);
         // Masks only where the tile crosses the diagonal, the window's edge or the end.
-        bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + ROWS - 1, window));
+        bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + ROWS - 1, window)) &&
+                    (!starts || j0 >= (int)starts[srow0 + ilast]);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
             float mx0 = -SM_INF, mx1 = -SM_INF;
@@ -325,7 +335,8 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
 // order), so all instantiations give identical bits.
 template <int D, int BN, int MT>
 __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
-                      const float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale) {
+                      const float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale,
+                      const unsigned int* starts) {
     constexpr int LD = D + 8, KS = D / 16, ROWS = TC_ROWS * MT;
     extern __shared__ __align__(16) unsigned char tc_sm[];
     bf16_t* Qs = (bf16_t*)tc_sm;
@@ -337,7 +348,8 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
     int off = tk - tq;
     int i0 = (gridDim.x - 1 - blockIdx.x) * ROWS;
     int ilast = min(tq - 1, i0 + ROWS - 1);
-    int blo = tc_key_lo(off + i0, window), bhi = off + ilast + 1;
+    long long srow0 = (long long)b * tq;
+    int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
     int ntiles = (bhi - blo + BN - 1) / BN;
     const bf16_t* kh = k + (long long)g * D;
     const bf16_t* vh = v + (long long)g * D;
@@ -359,7 +371,7 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
             L[mt][hf] = r < tq ? lh[r] * LOG2E : 0.f;
             Dl[mt][hf] = r < tq ? dh[r] : 0.f;
             pos[mt][hf] = off + r;
-            lo[mt][hf] = tc_key_lo(off + r, window);
+            lo[mt][hf] = tc_row_lo(off + r, window, starts, srow0 + min(r, tq - 1));
         }
     cp_wait_all();
     __syncthreads();
@@ -405,7 +417,8 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
             mm_abt_m<D, BN, 1>(dp, (const unsigned (*)[KS][4])of, Vt, lane);
         else
             mm_abt_sm<D, BN, MT>(dp, Ow, Vt, lane);
-        bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + ROWS - 1, window));
+        bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + ROWS - 1, window)) &&
+                    (!starts || j0 >= (int)starts[srow0 + ilast]);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -438,7 +451,7 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
 template <int D, int BQ, int MT>
 __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                         const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
-                        float scale) {
+                        float scale, const unsigned int* starts, const unsigned int* ends) {
     constexpr int LD = D + 8, ROWS = TC_ROWS * MT;
     extern __shared__ __align__(16) unsigned char tc_sm[];
     bf16_t* Ks = (bf16_t*)tc_sm;
@@ -464,6 +477,7 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
         int jlast = min(tk - 1, j0 + ROWS - 1);
         int qlo = max(0, j0 - off);
         int qhi = window > 0 ? min(tq, jlast + window - off) : tq;
+        if (ends) qhi = min(qhi, (int)ends[qbase + jlast]);  // packed: no query after the key's example
         int nq = qhi > qlo ? (qhi - qlo + BQ - 1) / BQ : 0;
         int ntiles = grp * nq;
         load_rows<ROWS, D>(Ks, k + (long long)g * D, kbase, KVH * D, j0, tk);
@@ -505,7 +519,8 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
             mm_abt_sm<D, BQ, MT>(sc, Kw, Qt, lane);
             mm_abt_sm<D, BQ, MT>(dp, Vw, Ot, lane);
             bool full = i0 + BQ <= qhi && j0 + ROWS - 1 <= off + i0 && j0 + ROWS <= tk &&
-                        (window == 0 || j0 >= tc_key_lo(off + i0 + BQ - 1, window));
+                        (window == 0 || j0 >= tc_key_lo(off + i0 + BQ - 1, window)) &&
+                        (!starts || j0 >= (int)starts[qbase + i0 + BQ - 1]);
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -516,7 +531,7 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
                         bool vis = true;
                         if (!full) {
                             int i = i0 + c, pos = off + i, j = jr + 16 * mt + (e < 2 ? 0 : 8);
-                            vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window);
+                            vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window) && (!starts || j >= (int)starts[qbase + i]);
                         }
                         float p = vis ? exp2f(sc[mt][nt][e] * sl2 - Lt[c]) : 0.f;
                         sc[mt][nt][e] = p;                         // Pᵀ
@@ -541,20 +556,22 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
 #define TC_FWD(NAME, D, BN, MT)                                                                                            \
     extern "C" __global__ void __launch_bounds__(TC_THREADS) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v,       \
                                                                   bf16_t* out, float* lse, int tq, int tk, int s, int H,   \
-                                                                  int KVH, int window, float scale) {                      \
-        tc_fwd<D, BN, MT>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale);                                            \
+                                                                  int KVH, int window, float scale,                        \
+                                                                  const unsigned int* starts) {                            \
+        tc_fwd<D, BN, MT>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts);                                    \
     }
 #define TC_DQ(NAME, D, BN, MT)                                                                                             \
     extern "C" __global__ void __launch_bounds__(TC_THREADS) NAME(                                                         \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
-        bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale) {                                      \
-        tc_dq<D, BN, MT>(q, k, v, dout, lse, delta, dq, tq, tk, s, H, KVH, window, scale);                                 \
+        bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale, const unsigned int* starts) {          \
+        tc_dq<D, BN, MT>(q, k, v, dout, lse, delta, dq, tq, tk, s, H, KVH, window, scale, starts);                         \
     }
 #define TC_DKDV(NAME, D, BQ, MT)                                                                                           \
     extern "C" __global__ void __launch_bounds__(TC_THREADS) NAME(                                                         \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
-        bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale) {                          \
-        tc_dkdv<D, BQ, MT>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale);                           \
+        bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                            \
+        const unsigned int* starts, const unsigned int* ends) {                                                            \
+        tc_dkdv<D, BQ, MT>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends);             \
     }
 // (key tile, 16-row tiles a warp) of the forward and dq, (query tile, 16-row tiles a warp) of
 // dk/dv; must match tc_kernels in cuda.rs (names, rows a block, shared memory). The forward

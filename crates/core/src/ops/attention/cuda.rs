@@ -7,7 +7,7 @@
 //! 96, …) run the scalar kernels of attention.cu. `SMELT_CUDA_ATTN=scalar` forces the scalar
 //! kernels for bf16 too (to measure one against the other).
 
-use super::{AttnDims, Heads, PagedRows};
+use super::{AttnDims, Heads, PagedRows, Segments};
 use crate::cuda::{self, DeviceBuf};
 use crate::ops::Pos;
 use crate::{DType, Tensor};
@@ -100,7 +100,47 @@ fn cfg(grid: (usize, usize, usize), smem_floats: usize) -> LaunchConfig {
 }
 
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor)> {
-    attention_with(q, k, v, dm, scale, &default_tc_kernels(dm.d)[0])
+    attention_with(q, k, v, dm, scale, &default_tc_kernels(dm.d)[0], None)
+}
+
+/// Packed rows' example bounds on the device for the tensor-core kernels: each position's
+/// example start and end (exclusive), u32 (B × T).
+pub(crate) struct PackedBounds {
+    starts: DeviceBuf,
+    ends: DeviceBuf,
+}
+
+impl PackedBounds {
+    fn new(gpu: &std::sync::Arc<cuda::Gpu>, seg: &Segments) -> Result<PackedBounds> {
+        let t = seg.t;
+        let mut ends = vec![0u32; seg.starts.len()];
+        for r in 0..seg.b {
+            let row = &seg.starts[r * t..(r + 1) * t];
+            let mut end = t as u32;
+            for i in (0..t).rev() {
+                ends[r * t + i] = end;
+                if row[i] as usize == i {
+                    end = i as u32; // i starts its example: positions before it end here
+                }
+            }
+        }
+        let up = |v: &[u32]| {
+            let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+            DeviceBuf::from_bytes(gpu, DType::U32, v.len(), &bytes)
+        };
+        Ok(PackedBounds { starts: up(&seg.starts)?, ends: up(&ends)? })
+    }
+}
+
+/// The tensor-core kernels take packed rows; the scalar ones (f32 matmuls, other head dims) do not.
+fn packed_bounds(gpu: &std::sync::Arc<cuda::Gpu>, dt: DType, dm: &AttnDims, seg: &Segments) -> Result<PackedBounds> {
+    if !uses_tensor_cores(gpu, dt, dm.d) {
+        bail!(
+            "attention over packed rows (--packing) on CUDA runs on the tensor-core kernels only: bf16 (mixed precision, the default) and head dim 64 or 128 (this is {dt:?}, head dim {})",
+            dm.d
+        );
+    }
+    PackedBounds::new(gpu, seg)
 }
 
 /// `attention` with the tensor-core forward kernel given.
@@ -111,6 +151,7 @@ pub(crate) fn attention_with(
     dm: AttnDims,
     scale: f32,
     fwd: &TcKernel,
+    packed: Option<&PackedBounds>,
 ) -> Result<(Tensor, Tensor)> {
     check(&dm)?;
     let [qb, kb, vb] = cuda::float_bufs([q, k, v], "attention")?;
@@ -124,14 +165,22 @@ pub(crate) fn attention_with(
         let smem = (rows + 4 * bn) * (d + 8) * 2;
         let f = tc_function(gpu, name, smem)?;
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
+        let null = 0u64;
         let mut b = gpu.stream.launch_builder(&f);
         b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&out.data).arg(&lse.data);
         for x in &a {
             b.arg(x);
         }
         b.arg(&scale);
+        match packed {
+            Some(p) => b.arg(&p.starts.data),
+            None => b.arg(&null),
+        };
         cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem)) }, name)?;
         return Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?));
+    }
+    if packed.is_some() {
+        bail!("attention over packed rows: the scalar kernels do not take example bounds");
     }
     let a =
         [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, d as i32, dm.window.unwrap_or(0) as i32];
@@ -162,7 +211,7 @@ pub fn attention_backward(
     scale: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let [_, dq, dkdv] = default_tc_kernels(dm.d);
-    attention_backward_with(q, k, v, out, lse, dout, dm, scale, (&dq, &dkdv))
+    attention_backward_with(q, k, v, out, lse, dout, dm, scale, (&dq, &dkdv), None)
 }
 
 /// `attention_backward` with the tensor-core dq and dk/dv kernels given.
@@ -177,6 +226,7 @@ pub(crate) fn attention_backward_with(
     dm: AttnDims,
     scale: f32,
     (kdq, kdkdv): (&TcKernel, &TcKernel),
+    packed: Option<&PackedBounds>,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     check(&dm)?;
     let [qb, kb, vb, ob, db] = cuda::float_bufs([q, k, v, out, dout], "attention_backward")?;
@@ -202,6 +252,7 @@ pub(crate) fn attention_backward_with(
     }
     if uses_tensor_cores(gpu, dt, d) {
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
+        let null = 0u64;
         let dq = DeviceBuf::alloc(gpu, dt, q.numel())?;
         {
             let TcKernel { name, rows, tile } = kdq;
@@ -213,6 +264,10 @@ pub(crate) fn attention_backward_with(
                 b.arg(x);
             }
             b.arg(&scale);
+            match packed {
+                Some(p) => b.arg(&p.starts.data),
+                None => b.arg(&null),
+            };
             cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem)) }, name)?;
         }
         let dk = DeviceBuf::alloc(gpu, dt, k.numel())?;
@@ -234,6 +289,10 @@ pub(crate) fn attention_backward_with(
                 b.arg(x);
             }
             b.arg(&scale);
+            match packed {
+                Some(p) => b.arg(&p.starts.data).arg(&p.ends.data),
+                None => b.arg(&null).arg(&null),
+            };
             cuda::launched(unsafe { b.launch(tc_cfg((dm.s.div_ceil(*rows), dm.kvh, dm.b), smem)) }, name)?;
         }
         return Ok((
@@ -241,6 +300,9 @@ pub(crate) fn attention_backward_with(
             Tensor::from_device_buf(dk, k.shape())?,
             Tensor::from_device_buf(dv, v.shape())?,
         ));
+    }
+    if packed.is_some() {
+        bail!("attention over packed rows: the scalar kernels do not take example bounds");
     }
     let a =
         [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, d as i32, dm.window.unwrap_or(0) as i32];
@@ -486,6 +548,38 @@ pub fn paged_attention(
 impl super::AttentionKernels for crate::backend::Cuda {
     fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor)> {
         attention(q, k, v, dm, scale)
+    }
+    /// The tensor-core forward with each query's keys starting at its example's start.
+    fn attention_packed(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        dm: AttnDims,
+        scale: f32,
+        seg: &Segments,
+    ) -> Result<(Tensor, Tensor)> {
+        let qb = q.cuda_buf()?;
+        let bounds = packed_bounds(&qb.gpu, qb.dtype, &dm, seg)?;
+        attention_with(q, k, v, dm, scale, &default_tc_kernels(dm.d)[0], Some(&bounds))
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn attention_packed_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        dm: AttnDims,
+        scale: f32,
+        seg: &Segments,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let qb = q.cuda_buf()?;
+        let bounds = packed_bounds(&qb.gpu, qb.dtype, &dm, seg)?;
+        let [_, dq, dkdv] = default_tc_kernels(dm.d);
+        attention_backward_with(q, k, v, out, lse, dout, dm, scale, (&dq, &dkdv), Some(&bounds))
     }
     /// The training kernel's forward (its lse dropped); one query per sequence (decode) takes
     /// the split-key decode kernel, as a captured step does.

@@ -51,12 +51,43 @@ pub(crate) fn device_table(gpu: &Arc<cuda::Gpu>, table: &RopeTable, need: usize)
 /// x: (B, T, H, D) on the device at positions pos0..pos0+T, f32 or bf16 (the result keeps
 /// x's dtype); sign 1 = forward, −1 = backward.
 pub fn rope(x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f32) -> Result<Tensor> {
+    rope_launch(x, table, Some(pos), None, t, h, sign)
+}
+
+/// Token r of x (B·T rows) at `positions[r]` (packed rows, each example from 0).
+pub fn rope_positions(x: &Tensor, table: &RopeTable, positions: &[u32], h: usize, sign: f32) -> Result<Tensor> {
+    let [xb] = cuda::float_bufs([x], "rope")?;
+    let bytes: Vec<u8> = positions.iter().flat_map(|p| p.to_le_bytes()).collect();
+    let pb = DeviceBuf::from_bytes(&xb.gpu, DType::U32, positions.len(), &bytes)?;
+    rope_launch(x, table, None, Some((&pb, positions.iter().max().map_or(1, |&m| m as usize + 1))), 1, h, sign)
+}
+
+/// `rope` at a position (host or device) or at per-token `positions` (a device u32 buffer and
+/// the table size they need).
+fn rope_launch(
+    x: &Tensor,
+    table: &RopeTable,
+    pos: Option<Pos>,
+    positions: Option<(&DeviceBuf, usize)>,
+    t: usize,
+    h: usize,
+    sign: f32,
+) -> Result<Tensor> {
     let what = if sign > 0.0 { "rope" } else { "rope_backward" };
     let [xb] = cuda::float_bufs([x], what)?;
     let gpu = &xb.gpu;
     let d = x.cols();
-    let tab = device_table(gpu, table, pos.bound(t)?)?;
-    let (dpos, pos0) = pos.kernel_args("rope position")?;
+    let need = match (&pos, positions) {
+        (Some(p), _) => p.bound(t)?,
+        (None, Some((_, n))) => n,
+        (None, None) => anyhow::bail!("rope: no position"),
+    };
+    let tab = device_table(gpu, table, need)?;
+    let (dpos, pos0) = match pos {
+        Some(p) => p.kernel_args("rope position")?,
+        None => (0u64, 0),
+    };
+    let null = 0u64;
     let y = DeviceBuf::alloc(gpu, xb.dtype, x.numel())?; // x rotated into it (every element written)
     let rows = x.rows() / h;
     let name = cuda::kname("rope", &[xb.dtype], what)?;
@@ -77,6 +108,10 @@ pub fn rope(x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f
             .arg(&sign)
             .arg(&p32)
             .arg(&dpos);
+        match positions {
+            Some((pb, _)) => b.arg(&pb.data),
+            None => b.arg(&null),
+        };
         cuda::launched(unsafe { b.launch(cuda::grid_for((rows * h * d / 2).div_ceil(4), 256)) }, &name)?;
     }
     Tensor::from_device_buf(y, x.shape())
@@ -142,6 +177,9 @@ fn rope_into_cache(
 impl super::RopeKernels for crate::backend::Cuda {
     fn rope(&self, x: &Tensor, table: &RopeTable, pos: Pos, t: usize, h: usize, sign: f32) -> Result<Tensor> {
         rope(x, table, pos, t, h, sign)
+    }
+    fn rope_positions(&self, x: &Tensor, table: &RopeTable, positions: &[u32], h: usize, sign: f32) -> Result<Tensor> {
+        rope_positions(x, table, positions, h, sign)
     }
     fn rope_into_cache(
         &self,

@@ -1,8 +1,9 @@
 // Rotary embedding: rotate feature pairs of each head by position angles; sign = -1 rotates
 // back (the backward). x: (rows = B·T, H, D), f32 or bf16 (rotated in f32, stored in x's
 // dtype) into a new y; token r sits at position pos0 + r % t (pos0 = *pos when pos is non-null:
-// a decode position kept on the device); cos/sin: (positions,
-// D/2), an f32 table kept on the device.
+// a decode position kept on the device), or at positions[token] when `positions` is given (packed
+// rows: each example's positions start at 0); cos/sin: (positions, D/2), an f32 table kept on
+// the device.
 
 // x → y (out of place: no copy of x first). Where x and y are 16-byte aligned and d is a multiple
 // of two vectors, a thread rotates one 16-byte vector's worth of pairs (half-split: W pairs, from
@@ -16,7 +17,7 @@ __device__ __forceinline__ void rot(float a, float b, float c, float s, T* ya, T
 
 template <typename T>
 __device__ void rope(const T* x, T* y, const float* cosv, const float* sinv, long long rows, int t, int heads, int d,
-                     int interleaved, float sign, int pos0, const int* pos) {
+                     int interleaved, float sign, int pos0, const int* pos, const unsigned int* positions) {
     const int W = 16 / sizeof(T);
     if (pos) pos0 = *pos;  // the decode position held on the device (a captured step)
     int half = d / 2;
@@ -27,7 +28,7 @@ __device__ void rope(const T* x, T* y, const float* cosv, const float* sinv, lon
         for (long long i = tid; i < total; i += stride) {
             int q = (int)(i % upr);
             long long rh = i / upr;
-            int tp = pos0 + (int)((rh / heads) % t);
+            int tp = positions ? (int)positions[rh / heads] : pos0 + (int)((rh / heads) % t);
             const T* xh = x + rh * d;
             T* yh = y + rh * d;
             const float* cr = cosv + (long long)tp * half;
@@ -61,7 +62,7 @@ __device__ void rope(const T* x, T* y, const float* cosv, const float* sinv, lon
         int p = (int)(i % half);
         long long rh = i / half;          // row * heads + head
         long long r = rh / heads;
-        int tp = pos0 + (int)(r % t);
+        int tp = positions ? (int)positions[r] : pos0 + (int)(r % t);
         const T* xh = x + rh * d;
         T* yh = y + rh * d;
         int ia = interleaved ? 2 * p : p;
@@ -105,8 +106,8 @@ __device__ void rope_kv(const T* q, const T* k, const T* v, T* qo, T* kc, T* vc,
 #define ROPE(T, N) \
     extern "C" __global__ void rope_##N(const T* x, T* y, const float* cosv, const float* sinv, long long rows, int t, \
                                         int heads, int d, int interleaved, float sign, int pos0, \
-                                        const int* pos) { \
-        rope<T>(x, y, cosv, sinv, rows, t, heads, d, interleaved, sign, pos0, pos); \
+                                        const int* pos, const unsigned int* positions) { \
+        rope<T>(x, y, cosv, sinv, rows, t, heads, d, interleaved, sign, pos0, pos, positions); \
     } \
     extern "C" __global__ void rope_kv_##N(const T* q, const T* k, const T* v, T* qo, T* kc, T* vc, const float* cosv, \
                                            const float* sinv, int nb, int t, int H, int KVH, int d, int cap, \
