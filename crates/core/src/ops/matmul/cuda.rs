@@ -191,11 +191,7 @@ pub fn linear_add(
     if let Some(bias) = bias {
         add_bias(&y, bias, n, m)?;
     }
-    let mut shape = x.shape().to_vec();
-    if let Some(last) = shape.last_mut() {
-        *last = m;
-    }
-    Tensor::from_device_buf(y, &shape)
+    Tensor::from_device_buf(y, &out_shape(x, m))
 }
 
 /// The operand type and activation dtype of the current precision.
@@ -223,11 +219,7 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize,
     if let Some(bias) = bias {
         add_bias(&y, bias, n, m)?;
     }
-    let mut shape = x.shape().to_vec();
-    if let Some(last) = shape.last_mut() {
-        *last = m;
-    }
-    Tensor::from_device_buf(y, &shape)
+    Tensor::from_device_buf(y, &out_shape(x, m))
 }
 
 /// y (n×m) = x (n×k) · wᵀ with both operands already of type `op`; y's dtype is the result's
