@@ -66,10 +66,10 @@ fi
 # What the tests read: any of it missing → exit 1.
 # The Python peers the fine-tuning tests (sft, LoRA/PEFT) compare against, into the project's
 # venv (~3 GB from PyPI, once; PyPI's torch wheel brings its CUDA libraries even for CPU use):
-# torch, transformers, peft. SMELT_NO_PEERS=1 skips it (those tests then skip, and fail under
+# torch, transformers, peft, and the openai client the server tests use. SMELT_NO_PEERS=1 skips it (those tests then skip, and fail under
 # SMELT_REQUIRE_INPUTS=1).
 if [ "${SMELT_NO_PEERS:-0}" != "1" ]; then
-  scripts/venv.sh torch==2.15.0 transformers==5.24.0 peft==0.21.2 safetensors numpy >/dev/null \
+  scripts/venv.sh torch==2.15.0 transformers==5.24.0 peft==0.21.2 openai==3.57.0 safetensors numpy >/dev/null \
     || { warn "pip install torch/transformers/peft into .cache/venv failed (offline?); the fine-tuning peer tests will skip"; peers_missing=1; }
 fi
 missing=0

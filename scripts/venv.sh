@@ -10,6 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.cache/venv
 PY=$VENV/bin/python
+# Tests run in parallel and several may ask for the same package at once; two pips writing one
+# site-packages race (pip's own assertion fails). One venv.sh at a time holds the lock.
+mkdir -p .cache
+exec 9>.cache/venv.lock
+if command -v flock >/dev/null; then flock 9; fi
 if [ ! -x "$PY" ]; then
   mkdir -p .cache
   if ! "${PYTHON:-python3}" -m venv "$VENV" >&2; then
