@@ -159,6 +159,11 @@ pub(crate) fn matmul(
 /// out (rows × n): each weight row of `w` against every input row.
 fn dot_rows(level: Level, ty: GgmlType, order: Order, w: &[u8], rb: usize, acts: &[HalfRow], out: &mut [f32]) {
     let n = acts.len();
+    #[cfg(target_arch = "x86_64")]
+    if n == 1 && ty == GgmlType::F16 && order == Order::VecDot && level == Level::Avx512 && f16_avx512() {
+        // SAFETY: AVX-512 F checked (cached).
+        return unsafe { x86::f16_vecdot_matvec_avx512(w, rb, &acts[0].x, out) };
+    }
     for (j, wr) in w.chunks_exact(rb).enumerate() {
         // tinyBLAS runs one dependent FMA chain per output: four outputs at a time overlap them.
         let mut i = 0;
@@ -229,6 +234,13 @@ fn dot(level: Level, ty: GgmlType, order: Order, w: &[u8], a: &HalfRow) -> f32 {
     }
     let _ = level;
     dot_scalar(ty, order, w, a)
+}
+
+/// Whether the CPU has AVX-512 F (read once: asked per call).
+#[cfg(target_arch = "x86_64")]
+fn f16_avx512() -> bool {
+    static B: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *B.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
 }
 
 /// Whether the CPU has `vdpbf16ps` (`SMELT_NO_AVX512BF16=1` takes the two-FMA kernels); read
@@ -369,6 +381,69 @@ mod x86 {
         }
         let r = _mm512_add_ps(_mm512_add_ps(s[0], s[2]), _mm512_add_ps(s[1], s[3]));
         f16_tail(w, a, np, reduce16(&store16(r)) as f64) as f32
+    }
+
+    /// `reduce16` of a register in the same order, without a trip through memory: the halves
+    /// added (v[i+8]+v[i]), then their halves (t3[i+4]+t3[i]), then (t6[0]+t6[2])+(t6[1]+t6[3]).
+    #[inline(always)]
+    unsafe fn reduce16_512(v: __m512) -> f32 {
+        let t3 =
+            _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)), _mm512_castps512_ps256(v));
+        let t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+        // (t6[2]+t6[0], t6[3]+t6[1]), then their sum.
+        let u = _mm_add_ps(_mm_movehl_ps(t6, t6), t6);
+        _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)))
+    }
+
+    /// `f16_vecdot_avx512` for R weight rows at once (`w[r]` each the start of a row of
+    /// `a.len()` values): each row's four accumulators, sums and leftovers as there, so every
+    /// output has its bits; the R rows are R streams read side by side (decode: the weight
+    /// matrix comes from memory, and one stream per core does not reach its bandwidth).
+    #[inline(always)]
+    pub unsafe fn f16_vecdot_rows_avx512<const R: usize>(w: [*const u8; R], a: &[f32]) -> [f32; R] {
+        let n = a.len();
+        let np = n & !63;
+        let ap = a.as_ptr();
+        let mut s = [[_mm512_setzero_ps(); 4]; R];
+        for i in (0..np).step_by(64) {
+            for k in 0..4 {
+                let av = _mm512_loadu_ps(ap.add(i + 16 * k));
+                for r in 0..R {
+                    let wk = _mm512_cvtph_ps(_mm256_loadu_si256(w[r].add(2 * (i + 16 * k)) as *const __m256i));
+                    s[r][k] = _mm512_fmadd_ps(wk, av, s[r][k]);
+                }
+            }
+        }
+        std::array::from_fn(|r| {
+            let v = _mm512_add_ps(_mm512_add_ps(s[r][0], s[r][2]), _mm512_add_ps(s[r][1], s[r][3]));
+            let mut t = reduce16_512(v) as f64;
+            for i in np..n {
+                let h = u16::from_le_bytes([*w[r].add(2 * i), *w[r].add(2 * i + 1)]);
+                t += (half::f16::from_bits(h).to_f32() * a[i]) as f64;
+            }
+            t as f32
+        })
+    }
+
+    /// Rows of `w` (`rb` bytes apart) · one input in `ggml_vec_dot_f16`'s order, into out[j]:
+    /// four rows per pass, taken from four equal runs of the rows (four sequential streams),
+    /// then the leftover rows one at a time.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn f16_vecdot_matvec_avx512(w: &[u8], rb: usize, a: &[f32], out: &mut [f32]) {
+        const R: usize = 4;
+        let rows = out.len();
+        assert!(rb >= 2 * a.len() && w.len() >= rows * rb, "f16 matvec: {rows} rows of {rb} bytes in {}", w.len());
+        let wp = w.as_ptr();
+        let run = rows / R;
+        for p in 0..run {
+            let d = f16_vecdot_rows_avx512::<R>(std::array::from_fn(|r| wp.add((p + r * run) * rb)), a);
+            for (r, v) in d.into_iter().enumerate() {
+                out[p + r * run] = v;
+            }
+        }
+        for j in R * run..rows {
+            out[j] = f16_vecdot_rows_avx512::<1>([wp.add(j * rb)], a)[0];
+        }
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -634,7 +709,8 @@ mod tests {
     }
 
     /// Every level gives the scalar reference's bits, on both orders (rows % 4 = 0 and n ≥ 2
-    /// take tinyBLAS; 37 rows or one input take vec_dot), with rows not a multiple of 64 (the
+    /// take tinyBLAS; 37 rows or one input take vec_dot; one input's F16 matvec reads four rows
+    /// at a time, the last rows mod 4 alone), with rows not a multiple of 64 (the
     /// f64 leftovers) and the remainder of the four-at-a-time tinyBLAS loop; and the reference
     /// is within rounding of the f64 dot product of the rounded values.
     #[test]
@@ -644,6 +720,8 @@ mod tests {
                 (40, 576, 7),
                 (37, 576, 3),
                 (40, 576, 1),
+                (37, 80, 1),
+                (3, 1536, 1),
                 (8, 96, 5),
                 (12, 80, 2),
                 (72, 96, 70),
