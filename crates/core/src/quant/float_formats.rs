@@ -477,27 +477,77 @@ mod x86 {
         c.map(|c| reduce16(&store16(c)))
     }
 
-    /// `f16_tinyblas4_avx512` for R weight rows (`rb` bytes apart) × C inputs at once: each
-    /// output's accumulator and order as there; a weight vector converted once for C inputs,
-    /// an input vector loaded once for R rows. Not inlined: inlined into the loop over tiles,
-    /// LLVM spilled five of the sixteen accumulators to the stack inside the inner loop.
+    /// [reduce16(v₀), reduce16(v₁), reduce16(v₂), reduce16(v₃)] in registers, each in
+    /// `reduce16`'s order: the halves of each added (v[i+8]+v[i]), then their halves
+    /// (t3[i+4]+t3[i]), then (t6[0]+t6[2])+(t6[1]+t6[3]), four vectors per instruction.
+    #[inline(always)]
+    unsafe fn reduce16x4(v: [__m512; 4]) -> __m128 {
+        // [v₀ t3, v₁ t3], [v₂ t3, v₃ t3]: 256-bit halves added.
+        let ab = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(v[0], v[1]),
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(v[0], v[1]),
+        );
+        let cd = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(v[2], v[3]),
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(v[2], v[3]),
+        );
+        // [v₀ t6, v₁ t6, v₂ t6, v₃ t6]: the 128-bit halves of each t3 added.
+        let t6 =
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0b11_01_11_01>(ab, cd), _mm512_shuffle_f32x4::<0b10_00_10_00>(ab, cd));
+        // Per 128-bit lane: (t6[0]+t6[2], t6[1]+t6[3]), then their sum in element 0.
+        let s = _mm512_add_ps(t6, _mm512_permute_ps::<0b01_00_11_10>(t6));
+        let r = _mm512_add_ps(s, _mm512_permute_ps::<0b10_11_00_01>(s));
+        _mm512_castps512_ps128(_mm512_permutexvar_ps(
+            _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+            r,
+        ))
+    }
+
+    /// `f16_tinyblas4_avx512` for four weight rows (`rb` bytes apart) × C inputs at once, each
+    /// output's accumulator and order as there (a weight vector converted once for C inputs,
+    /// an input vector loaded once for four rows), written to out[c·ldo + r] (the four rows'
+    /// outputs of input c side by side). The first step's FMAs add to a zero register, as the
+    /// loop's would to zeroed accumulators (an array of zeroed accumulators was a `memset` on
+    /// the stack and 24 reloads per tile), and the sums are reduced four at a time in
+    /// registers. Not inlined: inlined into the loop over tiles, LLVM spilled accumulators to
+    /// the stack inside the inner loop.
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn f16_tinyblas_tile_avx512<const R: usize, const C: usize>(
+    pub unsafe fn f16_tinyblas_tile4_avx512<const C: usize>(
         w: &[u8],
         rb: usize,
         a: [&[f32]; C],
-    ) -> [[f32; C]; R] {
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        const R: usize = 4;
         let k = a[0].len();
         assert!(
-            k.is_multiple_of(16) && rb >= 2 * k && w.len() >= (R - 1) * rb + 2 * k && a.iter().all(|x| x.len() == k),
+            k >= 16
+                && k.is_multiple_of(16)
+                && rb >= 2 * k
+                && w.len() >= (R - 1) * rb + 2 * k
+                && a.iter().all(|x| x.len() == k),
             "f16 tile: {R} rows of {rb} bytes in {} bytes, inputs of {k}",
             w.len()
         );
         let wp = w.as_ptr();
-        let mut c = [[_mm512_setzero_ps(); C]; R];
-        for i in (0..k).step_by(16) {
-            let mut wv = [_mm512_setzero_ps(); R];
+        // (Loops, not closures: a closure does not inherit the target features, so it is not
+        // inlined here.)
+        let mut wv = [_mm512_setzero_ps(); R];
+        for (r, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(r * rb) as *const __m256i));
+        }
+        // Filled with a value the compiler cannot take for a constant, all overwritten below.
+        let mut c = [[wv[0]; C]; R];
+        let zero = _mm512_setzero_ps();
+        for j in 0..C {
+            let av = _mm512_loadu_ps(a[j].as_ptr());
+            for r in 0..R {
+                c[r][j] = _mm512_fmadd_ps(wv[r], av, zero);
+            }
+        }
+        for i in (16..k).step_by(16) {
             for (r, v) in wv.iter_mut().enumerate() {
                 *v = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(r * rb + 2 * i) as *const __m256i));
             }
@@ -508,13 +558,9 @@ mod x86 {
                 }
             }
         }
-        let mut out = [[0f32; C]; R];
-        for r in 0..R {
-            for j in 0..C {
-                out[r][j] = reduce16(&store16(c[r][j]));
-            }
+        for j in 0..C {
+            _mm_storeu_ps(out.add(j * ldo), reduce16x4([c[0][j], c[1][j], c[2][j], c[3][j]]));
         }
-        out
     }
 
     /// Every row of `w` against every input of `a` in tinyBLAS's F16 order, 4 × 6 tiles (its
@@ -547,12 +593,7 @@ mod x86 {
         let rows = w.len() / rb;
         let ac: [&[f32]; C] = std::array::from_fn(|cc| a[cc]);
         for j in (0..rows).step_by(4) {
-            let o = f16_tinyblas_tile_avx512::<4, C>(&w[j * rb..], rb, ac);
-            for (r, or) in o.iter().enumerate() {
-                for (cc, v) in or.iter().enumerate() {
-                    *out.add(cc * ldo + j + r) = *v;
-                }
-            }
+            f16_tinyblas_tile4_avx512::<C>(&w[j * rb..], rb, ac, out.add(j), ldo);
         }
     }
 
