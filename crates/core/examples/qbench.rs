@@ -80,8 +80,25 @@ fn gemm(w: &[f32], rows: usize, cols: usize, n: usize) {
         levels.insert(0, Level::Avx2);
     }
     let threads = rayon::current_num_threads();
-    // QBENCH_TYPES=q8_0,f16 times only those.
+    // QBENCH_TYPES=q8_0,f16 times only those ("f32": the dense f32 `linear_fwd`, whose AVX-512
+    // tiles SMELT_NO_AVX512=1 turns off for matrixmultiply's sgemm).
     let only = std::env::var("QBENCH_TYPES").ok();
+    if only.as_deref().is_none_or(|o| o.split(',').any(|t| t == "f32")) {
+        let (mut s, mut cpu) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..7 {
+            let (t, c) = (Instant::now(), cpu_secs());
+            std::hint::black_box(smelt_core::ops::matmul::cpu::linear_fwd(&x, w, None, n, cols, rows));
+            s = s.min(t.elapsed().as_secs_f64());
+            cpu = cpu.min(cpu_secs() - c);
+        }
+        let gflops = 2.0 * (n * rows * cols) as f64 / s / 1e9;
+        println!(
+            "f32 linear_fwd {rows}x{cols} · {n} rows, {threads} threads, {:?}: {:.2} ms, {gflops:.1} GFLOP/s, CPU {:.2} ms",
+            Level::detect(),
+            s * 1e3,
+            cpu * 1e3
+        );
+    }
     for ty in
         [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16]
     {

@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// forward's 49k-wide head over every position costs as much again.
     #[arg(long)]
     no_forward: bool,
+    /// Skip the timed training step (a prefill/decode comparison with an inference engine,
+    /// e.g. bench/hf_prefill_vs_torch.py, needs none of it)
+    #[arg(long)]
+    no_train: bool,
 }
 
 /// CPU time this process's threads have run, in seconds (the sum of /proc/self/task/*/schedstat;
@@ -222,7 +226,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // Quantised (GGUF) weights are not trained; an adapter on them is (QLoRA).
     let quantised = model.params.iter().any(|p| p.dtype() == smelt_core::DType::Quant) && model.adapter.is_none();
     let mut train_cpu = Vec::new();
-    let train = if quantised {
+    let train = if quantised || a.no_train {
         f64::NAN
     } else {
         let mut opt = AdamWState::new(model.trainable());
@@ -284,6 +288,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             println!("decode   {:>10.1} tok/s (batch 1, KV cache)", r["decode_tok_s"].as_f64().unwrap());
             match r["train_tok_s"].as_f64() {
                 Some(t) => println!("train    {t:>10.0} tok/s (forward + backward + AdamW)"),
+                None if a.no_train => println!("train         n/a (--no-train)"),
                 None => println!("train         n/a (quantised weights train only under an adapter: --adapter)"),
             }
             println!("peak mem {:>10.1} MiB", r["peak_mem_bytes"].as_u64().unwrap() as f64 / (1 << 20) as f64);

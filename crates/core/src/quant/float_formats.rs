@@ -160,7 +160,7 @@ pub(crate) fn matmul(
 fn dot_rows(level: Level, ty: GgmlType, order: Order, w: &[u8], rb: usize, acts: &[HalfRow], out: &mut [f32]) {
     let n = acts.len();
     #[cfg(target_arch = "x86_64")]
-    if n == 1 && ty == GgmlType::F16 && order == Order::VecDot && level == Level::Avx512 && f16_avx512() {
+    if n == 1 && ty == GgmlType::F16 && order == Order::VecDot && level == Level::Avx512 && avx512f() {
         // SAFETY: AVX-512 F checked (cached).
         return unsafe { x86::f16_vecdot_matvec_avx512(w, rb, &acts[0].x, out) };
     }
@@ -236,9 +236,32 @@ fn dot(level: Level, ty: GgmlType, order: Order, w: &[u8], a: &HalfRow) -> f32 {
     dot_scalar(ty, order, w, a)
 }
 
+/// y (n × m) = x (n × k) · wᵀ for f32 weights `w` (m × k) in 4 × 6 register tiles on AVX-512
+/// (`Level::Avx512`), each output one 16-lane accumulator over the row then `reduce16`
+/// (tinyBLAS's F32 order; the same whatever the thread count or the split), split by
+/// `gemm_tasks`, every element of y written. False (y untouched) without AVX-512, for k not a
+/// multiple of 16, or for at most 4 inputs (the matvec's case).
+pub fn f32_matmul_tiles(x: &[f32], w: &[f32], n: usize, k: usize, m: usize, y: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if n > 4 && k >= 16 && k.is_multiple_of(16) && Level::detect() == Level::Avx512 && avx512f() {
+        assert!(x.len() >= n * k && w.len() >= m * k && y.len() >= n * m, "f32 tiles: {n} × {k} by {m} × {k}");
+        // SAFETY: the f32s of w as their bytes (u8 has no alignment; the length is in bytes).
+        let wb = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, m * k * 4) };
+        let a: Vec<&[f32]> = x[..n * k].chunks_exact(k).collect();
+        let rb = 4 * k;
+        super::qtensor::gemm_tasks(m, n, y, |(r0, r1), (i0, i1), o| {
+            // SAFETY: AVX-512 F detected; `o` as `gemm_tasks` says.
+            unsafe { x86::f32_tinyblas_tiles_avx512(&wb[r0 * rb..r1 * rb], rb, &a[i0..i1], o, m) }
+        });
+        return true;
+    }
+    let _ = (x, w, n, k, m, y);
+    false
+}
+
 /// Whether the CPU has AVX-512 F (read once: asked per call).
 #[cfg(target_arch = "x86_64")]
-fn f16_avx512() -> bool {
+fn avx512f() -> bool {
     static B: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *B.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
 }
@@ -503,17 +526,27 @@ mod x86 {
         ))
     }
 
-    /// `f16_tinyblas4_avx512` for four weight rows (`rb` bytes apart) × C inputs at once, each
-    /// output's accumulator and order as there (a weight vector converted once for C inputs,
-    /// an input vector loaded once for four rows), written to out[c·ldo + r] (the four rows'
-    /// outputs of input c side by side). The first step's FMAs add to a zero register, as the
-    /// loop's would to zeroed accumulators (an array of zeroed accumulators was a `memset` on
-    /// the stack and 24 reloads per tile), and the sums are reduced four at a time in
-    /// registers. Not inlined: inlined into the loop over tiles, LLVM spilled accumulators to
-    /// the stack inside the inner loop.
+    /// 16 weights at `p` as f32 lanes: f16 converted (`F16`), else f32 loaded.
+    #[inline(always)]
+    unsafe fn load_w<const F16: bool>(p: *const u8) -> __m512 {
+        if F16 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+        } else {
+            _mm512_loadu_ps(p as *const f32)
+        }
+    }
+
+    /// `f16_tinyblas4_avx512` (F16 weights; f32 weights with `F16` false, the same lanes and
+    /// order) for four weight rows (`rb` bytes apart) × C inputs at once, each output's
+    /// accumulator and order as there (a weight vector loaded once for C inputs, an input
+    /// vector once for four rows), written to out[c·ldo + r] (the four rows' outputs of input c
+    /// side by side). The first step's FMAs add to a zero register, as the loop's would to
+    /// zeroed accumulators (an array of zeroed accumulators was a `memset` on the stack and 24
+    /// reloads per tile), and the sums are reduced four at a time in registers. Not inlined:
+    /// inlined into the loop over tiles, LLVM spilled accumulators inside the inner loop.
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn f16_tinyblas_tile4_avx512<const C: usize>(
+    unsafe fn tinyblas_tile4_avx512<const C: usize, const F16: bool>(
         w: &[u8],
         rb: usize,
         a: [&[f32]; C],
@@ -521,14 +554,15 @@ mod x86 {
         ldo: usize,
     ) {
         const R: usize = 4;
+        let es = if F16 { 2 } else { 4 };
         let k = a[0].len();
         assert!(
             k >= 16
                 && k.is_multiple_of(16)
-                && rb >= 2 * k
-                && w.len() >= (R - 1) * rb + 2 * k
+                && rb >= es * k
+                && w.len() >= (R - 1) * rb + es * k
                 && a.iter().all(|x| x.len() == k),
-            "f16 tile: {R} rows of {rb} bytes in {} bytes, inputs of {k}",
+            "tile: {R} rows of {rb} bytes in {} bytes, inputs of {k}",
             w.len()
         );
         let wp = w.as_ptr();
@@ -536,7 +570,7 @@ mod x86 {
         // inlined here.)
         let mut wv = [_mm512_setzero_ps(); R];
         for (r, v) in wv.iter_mut().enumerate() {
-            *v = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(r * rb) as *const __m256i));
+            *v = load_w::<F16>(wp.add(r * rb));
         }
         // Filled with a value the compiler cannot take for a constant, all overwritten below.
         let mut c = [[wv[0]; C]; R];
@@ -549,7 +583,7 @@ mod x86 {
         }
         for i in (16..k).step_by(16) {
             for (r, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(r * rb + 2 * i) as *const __m256i));
+                *v = load_w::<F16>(wp.add(r * rb + es * i));
             }
             for j in 0..C {
                 let av = _mm512_loadu_ps(a[j].as_ptr().add(i));
@@ -570,18 +604,49 @@ mod x86 {
     /// out[i·ldo + j] = row j · input i.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn f16_tinyblas_tiles_avx512(w: &[u8], rb: usize, a: &[&[f32]], out: *mut f32, ldo: usize) {
+        tinyblas_tiles_avx512::<true>(w, rb, a, out, ldo)
+    }
+
+    /// `f16_tinyblas_tiles_avx512` for f32 weights (llama.cpp's tinyBLAS F32 order: one
+    /// 16-lane accumulator per output over the row, `reduce16`); rows not a multiple of 4 end
+    /// in single rows in the same order.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn f32_tinyblas_tiles_avx512(w: &[u8], rb: usize, a: &[&[f32]], out: *mut f32, ldo: usize) {
+        let rows = w.len() / rb;
+        let whole = rows - rows % 4;
+        tinyblas_tiles_avx512::<false>(&w[..whole * rb], rb, a, out, ldo);
+        for j in whole..rows {
+            for (i, ai) in a.iter().enumerate() {
+                *out.add(i * ldo + j) = f32_tinyblas_dot_avx512(&w[j * rb..], ai);
+            }
+        }
+    }
+
+    /// One output in tinyBLAS's F32 order (the tiles' lanes and `reduce16`).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn f32_tinyblas_dot_avx512(w: &[u8], a: &[f32]) -> f32 {
+        assert!(w.len() >= 4 * a.len() && a.len().is_multiple_of(16), "f32 dot: {} bytes, {} inputs", w.len(), a.len());
+        let mut c = _mm512_setzero_ps();
+        for i in (0..a.len()).step_by(16) {
+            c = _mm512_fmadd_ps(load_w::<false>(w.as_ptr().add(4 * i)), _mm512_loadu_ps(a.as_ptr().add(i)), c);
+        }
+        reduce16_512(c)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn tinyblas_tiles_avx512<const F16: bool>(w: &[u8], rb: usize, a: &[&[f32]], out: *mut f32, ldo: usize) {
         let (rows, n) = (w.len() / rb, a.len());
-        assert!(rows.is_multiple_of(4), "f16 tiles: {rows} rows");
+        assert!(rows.is_multiple_of(4), "tiles: {rows} rows");
         let mut i = 0;
         while i < n {
             let c = (n - i).min(6);
             match c {
-                6 => f16_tile_columns::<6>(w, rb, &a[i..], out.add(i * ldo), ldo),
-                5 => f16_tile_columns::<5>(w, rb, &a[i..], out.add(i * ldo), ldo),
-                4 => f16_tile_columns::<4>(w, rb, &a[i..], out.add(i * ldo), ldo),
-                3 => f16_tile_columns::<3>(w, rb, &a[i..], out.add(i * ldo), ldo),
-                2 => f16_tile_columns::<2>(w, rb, &a[i..], out.add(i * ldo), ldo),
-                _ => f16_tile_columns::<1>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                6 => tile_columns::<6, F16>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                5 => tile_columns::<5, F16>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                4 => tile_columns::<4, F16>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                3 => tile_columns::<3, F16>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                2 => tile_columns::<2, F16>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                _ => tile_columns::<1, F16>(w, rb, &a[i..], out.add(i * ldo), ldo),
             }
             i += c;
         }
@@ -589,11 +654,17 @@ mod x86 {
 
     /// Inputs a[..C] against every row of `w` in 4 × C tiles: out[c·ldo + j] = row j · a[c].
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn f16_tile_columns<const C: usize>(w: &[u8], rb: usize, a: &[&[f32]], out: *mut f32, ldo: usize) {
+    unsafe fn tile_columns<const C: usize, const F16: bool>(
+        w: &[u8],
+        rb: usize,
+        a: &[&[f32]],
+        out: *mut f32,
+        ldo: usize,
+    ) {
         let rows = w.len() / rb;
         let ac: [&[f32]; C] = std::array::from_fn(|cc| a[cc]);
         for j in (0..rows).step_by(4) {
-            f16_tinyblas_tile4_avx512::<C>(&w[j * rb..], rb, ac, out.add(j), ldo);
+            tinyblas_tile4_avx512::<C, F16>(&w[j * rb..], rb, ac, out.add(j), ldo);
         }
     }
 
