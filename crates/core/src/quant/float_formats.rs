@@ -437,15 +437,19 @@ mod x86 {
                 }
             }
         }
-        std::array::from_fn(|r| {
+        // A loop, not `array::from_fn`: a closure does not inherit the target features, and
+        // outside them the intrinsics are calls (that halved the decode's speed once).
+        let mut out = [0f32; R];
+        for (r, o) in out.iter_mut().enumerate() {
             let v = _mm512_add_ps(_mm512_add_ps(s[r][0], s[r][2]), _mm512_add_ps(s[r][1], s[r][3]));
             let mut t = reduce16_512(v) as f64;
             for i in np..n {
                 let h = u16::from_le_bytes([*w[r].add(2 * i), *w[r].add(2 * i + 1)]);
                 t += (half::f16::from_bits(h).to_f32() * a[i]) as f64;
             }
-            t as f32
-        })
+            *o = t as f32;
+        }
+        out
     }
 
     /// Rows of `w` (`rb` bytes apart) · one input in `ggml_vec_dot_f16`'s order, into out[j]:
@@ -459,7 +463,11 @@ mod x86 {
         let wp = w.as_ptr();
         let run = rows / R;
         for p in 0..run {
-            let d = f16_vecdot_rows_avx512::<R>(std::array::from_fn(|r| wp.add((p + r * run) * rb)), a);
+            let mut rows4 = [wp; R];
+            for (r, rp) in rows4.iter_mut().enumerate() {
+                *rp = wp.add((p + r * run) * rb);
+            }
+            let d = f16_vecdot_rows_avx512::<R>(rows4, a);
             for (r, v) in d.into_iter().enumerate() {
                 out[p + r * run] = v;
             }
@@ -681,7 +689,11 @@ mod x86 {
                 hi[r] = _mm256_fmadd_ps(wh, _mm256_loadu_ps(a[r].as_ptr().add(i + 8)), hi[r]);
             }
         }
-        std::array::from_fn(|r| reduce16(&store8x2(lo[r], hi[r])))
+        let mut out = [0f32; 4];
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = reduce16(&store8x2(lo[r], hi[r]));
+        }
+        out
     }
 
     /// 32 bf16 as `__m512bh` (the pairs of each 32-bit lane).
@@ -793,7 +805,11 @@ mod x86 {
                 hi[r] = dp256(hi[r], wh, ld256(ap.add(2 * i + 32)));
             }
         }
-        std::array::from_fn(|r| reduce16(&store8x2(lo[r], hi[r])))
+        let mut out = [0f32; 4];
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = reduce16(&store8x2(lo[r], hi[r]));
+        }
+        out
     }
 }
 
