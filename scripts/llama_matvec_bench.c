@@ -2,7 +2,7 @@
 // best of many passes: the reference for `cargo run --release -p smelt-core --example qbench`
 // (QBENCH_ROWS, QBENCH_COLS, same sizes). One row per call for the vec_dot kernels (Q8_0, Q4_1,
 // Q5_0: COLS/32 blocks; Q6_K: COLS/256), as llama.cpp's mul_mat runs them for one token; Q4_K
-// through the repacked 8-row GEMV (ggml_gemv_q4_K_8x8_q8_K). Random bytes with every f16 scale
+// through the repacked 8-row GEMV (ggml_gemv_q4_K_8x8_q8_K); F16 by ggml_vec_dot_f16 (f16 activations). Random bytes with every f16 scale
 // 2^-7 and small activations, so no NaN or denormal slow paths.
 //   L=/work/llama/peer/py/llama_cpp/lib; gcc -O2 scripts/llama_matvec_bench.c -o /tmp/llmv -L$L -lggml-cpu -lggml-base -Wl,-rpath,$L
 //   /tmp/llmv 1536 576; /tmp/llmv 49152 576; /tmp/llmv 576 1536; /tmp/llmv 18432 1536
@@ -12,7 +12,7 @@
 #include <string.h>
 #include <time.h>
 typedef void vec_dot_t(int n, float *s, size_t bs, const void *vx, size_t bx, const void *vy, size_t by, int nrc);
-vec_dot_t ggml_vec_dot_q8_0_q8_0, ggml_vec_dot_q4_1_q8_1, ggml_vec_dot_q5_0_q8_0, ggml_vec_dot_q6_K_q8_K;
+vec_dot_t ggml_vec_dot_f16, ggml_vec_dot_q8_0_q8_0, ggml_vec_dot_q4_1_q8_1, ggml_vec_dot_q5_0_q8_0, ggml_vec_dot_q6_K_q8_K;
 void ggml_gemv_q4_K_8x8_q8_K(int n, float *s, size_t bs, const void *vx, const void *vy, int nr, int nc);
 void ggml_cpu_init(void);
 
@@ -28,6 +28,7 @@ static const struct kind KINDS[] = {
     {"q5_0 vec_dot", ggml_vec_dot_q5_0_q8_0, 32, 22, {0, -1}, 34, {0, -1}, -1},
     {"q6_K vec_dot", ggml_vec_dot_q6_K_q8_K, 256, 210, {208, -1}, 292, {-1, -1}, 0},
     {"q4_K gemv 8x8", NULL, 256, 144, {-1, -1}, 292, {-1, -1}, 0},
+    {"f16 vec_dot", (vec_dot_t *)ggml_vec_dot_f16, 1, 2, {-1, -1}, 2, {-1, -1}, -1},
 };
 
 int main(int argc, char **argv) {
@@ -41,6 +42,11 @@ int main(int argc, char **argv) {
         uint8_t *w = malloc(wb), *a = malloc(nb * k->abytes);
         for (size_t i = 0; i < wb; i++) w[i] = rand();
         for (size_t i = 0; i < nb * k->abytes; i++) a[i] = rand() % 50;
+        if (k->qk == 1) {
+            // F16: every value a small normal (exponent bits 01010-01101), weights and activations.
+            for (size_t i = 1; i < wb; i += 2) w[i] = 0x28 | (w[i] & 0x87);
+            for (size_t i = 1; i < nb * k->abytes; i += 2) a[i] = 0x28 | (a[i] & 0x87);
+        }
         if (k->dot) {
             for (size_t b = 0; b < (size_t)rows * nb; b++)
                 for (int s = 0; s < 2; s++) if (k->wscale[s] >= 0) memcpy(w + b * k->wbytes + k->wscale[s], &SCALE, 2);

@@ -26,12 +26,40 @@ fn run() {
     }
     println!("quantize_q8 576: {:.2} µs", t.elapsed().as_secs_f64() / 10000.0 * 1e6);
     let k_quants = cols.is_multiple_of(256);
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K] {
+    // QBENCH_COPIES=60: cycle through that many copies of the matrix (each read cold).
+    let copies: usize = std::env::var("QBENCH_COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let only = std::env::var("QBENCH_TYPES").ok();
+    for ty in
+        [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16]
+    {
+        if only.as_deref().is_some_and(|o| !o.split(',').any(|t| t == ty.name())) {
+            continue;
+        }
         if ty.block_size() == 256 && !k_quants {
             continue;
         }
         let q = QTensor::quantize(ty, &w, rows, cols).unwrap();
         let mut y = vec![0f32; rows];
+        if copies > 1 {
+            // As a model's decode step meets them: each matrix cold (the copies exceed the
+            // cache), one after another; the mean per matvec of the best of 20 passes.
+            let qs: Vec<QTensor> = (0..copies).map(|_| q.clone()).collect();
+            let mut s = f64::INFINITY;
+            for _ in 0..20 {
+                let t = Instant::now();
+                for q in &qs {
+                    q.matmul(&x, 1, &mut y);
+                }
+                s = s.min(t.elapsed().as_secs_f64() / copies as f64);
+            }
+            println!(
+                "{} matvec {rows}x{cols} ({copies} copies, cold): {:.1} µs, {:.2} GB/s",
+                ty.name(),
+                s * 1e6,
+                q.nbytes() as f64 / s / 1e9
+            );
+            continue;
+        }
         // Best of n (the machine is shared).
         let n = (2000 * 1536 / rows).max(20);
         let mut s = f64::INFINITY;
@@ -52,8 +80,25 @@ fn gemm(w: &[f32], rows: usize, cols: usize, n: usize) {
         levels.insert(0, Level::Avx2);
     }
     let threads = rayon::current_num_threads();
-    // QBENCH_TYPES=q8_0,f16 times only those.
+    // QBENCH_TYPES=q8_0,f16 times only those ("f32": the dense f32 `linear_fwd`, whose AVX-512
+    // tiles SMELT_NO_AVX512=1 turns off for matrixmultiply's sgemm).
     let only = std::env::var("QBENCH_TYPES").ok();
+    if only.as_deref().is_none_or(|o| o.split(',').any(|t| t == "f32")) {
+        let (mut s, mut cpu) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..7 {
+            let (t, c) = (Instant::now(), cpu_secs());
+            std::hint::black_box(smelt_core::ops::matmul::cpu::linear_fwd(&x, w, None, n, cols, rows));
+            s = s.min(t.elapsed().as_secs_f64());
+            cpu = cpu.min(cpu_secs() - c);
+        }
+        let gflops = 2.0 * (n * rows * cols) as f64 / s / 1e9;
+        println!(
+            "f32 linear_fwd {rows}x{cols} · {n} rows, {threads} threads, {:?}: {:.2} ms, {gflops:.1} GFLOP/s, CPU {:.2} ms",
+            Level::detect(),
+            s * 1e3,
+            cpu * 1e3
+        );
+    }
     for ty in
         [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16]
     {

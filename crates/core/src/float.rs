@@ -41,6 +41,10 @@ pub trait Float:
     /// y = silu(g)·u = g/(1 + e^(−g))·u elementwise: f32 in llama.cpp's arithmetic
     /// (`crate::ggml::swiglu`), f64 with the exact `exp`.
     fn swiglu_into(y: &mut [Self], g: &[Self], u: &[Self]);
+    /// y (n×m) = x (n×k) · wᵀ (w: m×k) by register tiles where this type has them on this CPU
+    /// (f32 on AVX-512: `quant::float_formats::f32_matmul_tiles`), writing every element of
+    /// y; false (y untouched) where not, for `gemm` instead.
+    fn matmul_tiles(x: &[Self], w: &[Self], n: usize, k: usize, m: usize, y: &mut [Self]) -> bool;
     /// C(m×n) = alpha·A(m×k)·B(k×n) + beta·C with arbitrary strides (row stride, column stride).
     ///
     /// # Safety
@@ -65,7 +69,7 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $gemm:path, $fast:path, $swiglu:path) => {
+    ($t:ty, $gemm:path, $fast:path, $swiglu:path, $tiles:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -109,6 +113,9 @@ macro_rules! impl_float {
             fn swiglu_into(y: &mut [Self], g: &[Self], u: &[Self]) {
                 $swiglu(y, g, u)
             }
+            fn matmul_tiles(x: &[Self], w: &[Self], n: usize, k: usize, m: usize, y: &mut [Self]) -> bool {
+                $tiles(x, w, n, k, m, y)
+            }
             unsafe fn gemm(
                 m: usize,
                 k: usize,
@@ -130,8 +137,13 @@ macro_rules! impl_float {
         }
     };
 }
-impl_float!(f32, matrixmultiply::sgemm, exp_f32, crate::ggml::swiglu);
-impl_float!(f64, matrixmultiply::dgemm, f64::exp, swiglu_f64);
+impl_float!(f32, matrixmultiply::sgemm, exp_f32, crate::ggml::swiglu, crate::quant::float_formats::f32_matmul_tiles);
+impl_float!(f64, matrixmultiply::dgemm, f64::exp, swiglu_f64, no_tiles);
+
+/// f64 has no tiles (the gradient checks' type): `gemm` throughout.
+fn no_tiles(_: &[f64], _: &[f64], _: usize, _: usize, _: usize, _: &mut [f64]) -> bool {
+    false
+}
 
 fn swiglu_f64(y: &mut [f64], g: &[f64], u: &[f64]) {
     for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {

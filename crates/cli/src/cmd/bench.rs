@@ -40,7 +40,8 @@ pub struct BenchArgs {
     /// recomputed in backward, as `train --grad-checkpoint`): less memory at long sequences.
     #[arg(long)]
     grad_checkpoint: bool,
-    /// Tokens decoded one at a time (batch 1, KV cache) after a 16-token prompt.
+    /// Tokens decoded one at a time (batch 1, KV cache) after a 16-token prompt; only they are
+    /// timed, not the prompt.
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
     /// Also time batched decode steps through the server's paged KV cache: one step of N
@@ -58,6 +59,10 @@ pub struct BenchArgs {
     /// forward's 49k-wide head over every position costs as much again.
     #[arg(long)]
     no_forward: bool,
+    /// Skip the timed training step (a prefill/decode comparison with an inference engine,
+    /// e.g. bench/hf_prefill_vs_torch.py, needs none of it)
+    #[arg(long)]
+    no_train: bool,
 }
 
 /// CPU time this process's threads have run, in seconds (the sum of /proc/self/task/*/schedstat;
@@ -194,17 +199,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
     })?;
     let pre_cpu = median_after_warmup(pre_cpu);
     profile_report("prefill");
-    let dec = median_secs(a.iters.min(3), device, || {
+    // The decoded tokens alone are timed (as llama.cpp's peers time theirs), not the 16-token
+    // prompt before them.
+    let mut step_secs = Vec::new();
+    median_secs(a.iters.min(3), device, || {
         // As `generate` decodes: on a GPU the step is captured once (each run captures afresh,
         // and that time is counted) and replayed.
         let cache = KvCache::new_on(&model.cfg, 1, 16 + decode_ids.len(), device)?;
         let mut dec = Decoder::new(&model, cache);
         dec.prefill(&prompt)?;
+        Tensor::synchronize(device)?;
+        let s = Instant::now();
         for &id in &decode_ids {
             dec.step(&Tensor::from_u32(vec![id], &[1, 1])?)?;
         }
+        Tensor::synchronize(device)?;
+        step_secs.push(s.elapsed().as_secs_f64());
         Ok(())
     })?;
+    let dec = median_after_warmup(step_secs);
     profile_report("decode");
     let mut paged = Vec::new();
     for &n in &a.paged_batch {
@@ -215,7 +228,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // Quantised (GGUF) weights are not trained; an adapter on them is (QLoRA).
     let quantised = model.params.iter().any(|p| p.dtype() == smelt_core::DType::Quant) && model.adapter.is_none();
     let mut train_cpu = Vec::new();
-    let train = if quantised {
+    let train = if quantised || a.no_train {
         f64::NAN
     } else {
         let mut opt = AdamWState::new(model.trainable());
@@ -277,6 +290,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             println!("decode   {:>10.1} tok/s (batch 1, KV cache)", r["decode_tok_s"].as_f64().unwrap());
             match r["train_tok_s"].as_f64() {
                 Some(t) => println!("train    {t:>10.0} tok/s (forward + backward + AdamW)"),
+                None if a.no_train => println!("train         n/a (--no-train)"),
                 None => println!("train         n/a (quantised weights train only under an adapter: --adapter)"),
             }
             println!("peak mem {:>10.1} MiB", r["peak_mem_bytes"].as_u64().unwrap() as f64 / (1 << 20) as f64);

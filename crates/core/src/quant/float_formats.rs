@@ -159,6 +159,11 @@ pub(crate) fn matmul(
 /// out (rows × n): each weight row of `w` against every input row.
 fn dot_rows(level: Level, ty: GgmlType, order: Order, w: &[u8], rb: usize, acts: &[HalfRow], out: &mut [f32]) {
     let n = acts.len();
+    #[cfg(target_arch = "x86_64")]
+    if n == 1 && ty == GgmlType::F16 && order == Order::VecDot && level == Level::Avx512 && avx512f() {
+        // SAFETY: AVX-512 F checked (cached).
+        return unsafe { x86::f16_vecdot_matvec_avx512(w, rb, &acts[0].x, out) };
+    }
     for (j, wr) in w.chunks_exact(rb).enumerate() {
         // tinyBLAS runs one dependent FMA chain per output: four outputs at a time overlap them.
         let mut i = 0;
@@ -229,6 +234,36 @@ fn dot(level: Level, ty: GgmlType, order: Order, w: &[u8], a: &HalfRow) -> f32 {
     }
     let _ = level;
     dot_scalar(ty, order, w, a)
+}
+
+/// y (n × m) = x (n × k) · wᵀ for f32 weights `w` (m × k) in 4 × 6 register tiles on AVX-512
+/// (`Level::Avx512`), each output one 16-lane accumulator over the row then `reduce16`
+/// (tinyBLAS's F32 order; the same whatever the thread count or the split), split by
+/// `gemm_tasks`, every element of y written. False (y untouched) without AVX-512, for k not a
+/// multiple of 16, or for at most 4 inputs (the matvec's case).
+pub fn f32_matmul_tiles(x: &[f32], w: &[f32], n: usize, k: usize, m: usize, y: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if n > 4 && k >= 16 && k.is_multiple_of(16) && Level::detect() == Level::Avx512 && avx512f() {
+        assert!(x.len() >= n * k && w.len() >= m * k && y.len() >= n * m, "f32 tiles: {n} × {k} by {m} × {k}");
+        // SAFETY: the f32s of w as their bytes (u8 has no alignment; the length is in bytes).
+        let wb = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, m * k * 4) };
+        let a: Vec<&[f32]> = x[..n * k].chunks_exact(k).collect();
+        let rb = 4 * k;
+        super::qtensor::gemm_tasks(m, n, y, |(r0, r1), (i0, i1), o| {
+            // SAFETY: AVX-512 F detected; `o` as `gemm_tasks` says.
+            unsafe { x86::f32_tinyblas_tiles_avx512(&wb[r0 * rb..r1 * rb], rb, &a[i0..i1], o, m) }
+        });
+        return true;
+    }
+    let _ = (x, w, n, k, m, y);
+    false
+}
+
+/// Whether the CPU has AVX-512 F (read once: asked per call).
+#[cfg(target_arch = "x86_64")]
+fn avx512f() -> bool {
+    static B: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *B.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
 }
 
 /// Whether the CPU has `vdpbf16ps` (`SMELT_NO_AVX512BF16=1` takes the two-FMA kernels); read
@@ -371,6 +406,77 @@ mod x86 {
         f16_tail(w, a, np, reduce16(&store16(r)) as f64) as f32
     }
 
+    /// `reduce16` of a register in the same order, without a trip through memory: the halves
+    /// added (v[i+8]+v[i]), then their halves (t3[i+4]+t3[i]), then (t6[0]+t6[2])+(t6[1]+t6[3]).
+    #[inline(always)]
+    unsafe fn reduce16_512(v: __m512) -> f32 {
+        let t3 =
+            _mm256_add_ps(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)), _mm512_castps512_ps256(v));
+        let t6 = _mm_add_ps(_mm256_extractf128_ps(t3, 1), _mm256_castps256_ps128(t3));
+        // (t6[2]+t6[0], t6[3]+t6[1]), then their sum.
+        let u = _mm_add_ps(_mm_movehl_ps(t6, t6), t6);
+        _mm_cvtss_f32(_mm_add_ss(u, _mm_shuffle_ps(u, u, 1)))
+    }
+
+    /// `f16_vecdot_avx512` for R weight rows at once (`w[r]` each the start of a row of
+    /// `a.len()` values): each row's four accumulators, sums and leftovers as there, so every
+    /// output has its bits; the R rows are R streams read side by side (decode: the weight
+    /// matrix comes from memory, and one stream per core does not reach its bandwidth).
+    #[inline(always)]
+    pub unsafe fn f16_vecdot_rows_avx512<const R: usize>(w: [*const u8; R], a: &[f32]) -> [f32; R] {
+        let n = a.len();
+        let np = n & !63;
+        let ap = a.as_ptr();
+        let mut s = [[_mm512_setzero_ps(); 4]; R];
+        for i in (0..np).step_by(64) {
+            for k in 0..4 {
+                let av = _mm512_loadu_ps(ap.add(i + 16 * k));
+                for r in 0..R {
+                    let wk = _mm512_cvtph_ps(_mm256_loadu_si256(w[r].add(2 * (i + 16 * k)) as *const __m256i));
+                    s[r][k] = _mm512_fmadd_ps(wk, av, s[r][k]);
+                }
+            }
+        }
+        // A loop, not `array::from_fn`: a closure does not inherit the target features, and
+        // outside them the intrinsics are calls (that halved the decode's speed once).
+        let mut out = [0f32; R];
+        for (r, o) in out.iter_mut().enumerate() {
+            let v = _mm512_add_ps(_mm512_add_ps(s[r][0], s[r][2]), _mm512_add_ps(s[r][1], s[r][3]));
+            let mut t = reduce16_512(v) as f64;
+            for i in np..n {
+                let h = u16::from_le_bytes([*w[r].add(2 * i), *w[r].add(2 * i + 1)]);
+                t += (half::f16::from_bits(h).to_f32() * a[i]) as f64;
+            }
+            *o = t as f32;
+        }
+        out
+    }
+
+    /// Rows of `w` (`rb` bytes apart) · one input in `ggml_vec_dot_f16`'s order, into out[j]:
+    /// four rows per pass, taken from four equal runs of the rows (four sequential streams),
+    /// then the leftover rows one at a time.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn f16_vecdot_matvec_avx512(w: &[u8], rb: usize, a: &[f32], out: &mut [f32]) {
+        const R: usize = 4;
+        let rows = out.len();
+        assert!(rb >= 2 * a.len() && w.len() >= rows * rb, "f16 matvec: {rows} rows of {rb} bytes in {}", w.len());
+        let wp = w.as_ptr();
+        let run = rows / R;
+        for p in 0..run {
+            let mut rows4 = [wp; R];
+            for (r, rp) in rows4.iter_mut().enumerate() {
+                *rp = wp.add((p + r * run) * rb);
+            }
+            let d = f16_vecdot_rows_avx512::<R>(rows4, a);
+            for (r, v) in d.into_iter().enumerate() {
+                out[p + r * run] = v;
+            }
+        }
+        for j in R * run..rows {
+            out[j] = f16_vecdot_rows_avx512::<1>([wp.add(j * rb)], a)[0];
+        }
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn f16_vecdot_avx2(w: &[u8], a: &[f32]) -> f32 {
         let n = a.len();
@@ -402,29 +508,90 @@ mod x86 {
         c.map(|c| reduce16(&store16(c)))
     }
 
-    /// `f16_tinyblas4_avx512` for R weight rows (`rb` bytes apart) × C inputs at once: each
-    /// output's accumulator and order as there; a weight vector converted once for C inputs,
-    /// an input vector loaded once for R rows. Not inlined: inlined into the loop over tiles,
-    /// LLVM spilled five of the sixteen accumulators to the stack inside the inner loop.
+    /// [reduce16(v₀), reduce16(v₁), reduce16(v₂), reduce16(v₃)] in registers, each in
+    /// `reduce16`'s order: the halves of each added (v[i+8]+v[i]), then their halves
+    /// (t3[i+4]+t3[i]), then (t6[0]+t6[2])+(t6[1]+t6[3]), four vectors per instruction.
+    #[inline(always)]
+    unsafe fn reduce16x4(v: [__m512; 4]) -> __m128 {
+        // [v₀ t3, v₁ t3], [v₂ t3, v₃ t3]: 256-bit halves added.
+        let ab = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(v[0], v[1]),
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(v[0], v[1]),
+        );
+        let cd = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(v[2], v[3]),
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(v[2], v[3]),
+        );
+        // [v₀ t6, v₁ t6, v₂ t6, v₃ t6]: the 128-bit halves of each t3 added.
+        let t6 =
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0b11_01_11_01>(ab, cd), _mm512_shuffle_f32x4::<0b10_00_10_00>(ab, cd));
+        // Per 128-bit lane: (t6[0]+t6[2], t6[1]+t6[3]), then their sum in element 0.
+        let s = _mm512_add_ps(t6, _mm512_permute_ps::<0b01_00_11_10>(t6));
+        let r = _mm512_add_ps(s, _mm512_permute_ps::<0b10_11_00_01>(s));
+        _mm512_castps512_ps128(_mm512_permutexvar_ps(
+            _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+            r,
+        ))
+    }
+
+    /// 16 weights at `p` as f32 lanes: f16 converted (`F16`), else f32 loaded.
+    #[inline(always)]
+    unsafe fn load_w<const F16: bool>(p: *const u8) -> __m512 {
+        if F16 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+        } else {
+            _mm512_loadu_ps(p as *const f32)
+        }
+    }
+
+    /// `f16_tinyblas4_avx512` (F16 weights; f32 weights with `F16` false, the same lanes and
+    /// order) for four weight rows (`rb` bytes apart) × C inputs at once, each output's
+    /// accumulator and order as there (a weight vector loaded once for C inputs, an input
+    /// vector once for four rows), written to out[c·ldo + r] (the four rows' outputs of input c
+    /// side by side). The first step's FMAs add to a zero register, as the loop's would to
+    /// zeroed accumulators (an array of zeroed accumulators was a `memset` on the stack and 24
+    /// reloads per tile), and the sums are reduced four at a time in registers. Not inlined:
+    /// inlined into the loop over tiles, LLVM spilled accumulators inside the inner loop.
     #[inline(never)]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn f16_tinyblas_tile_avx512<const R: usize, const C: usize>(
+    unsafe fn tinyblas_tile4_avx512<const C: usize, const F16: bool>(
         w: &[u8],
         rb: usize,
         a: [&[f32]; C],
-    ) -> [[f32; C]; R] {
+        out: *mut f32,
+        ldo: usize,
+    ) {
+        const R: usize = 4;
+        let es = if F16 { 2 } else { 4 };
         let k = a[0].len();
         assert!(
-            k.is_multiple_of(16) && rb >= 2 * k && w.len() >= (R - 1) * rb + 2 * k && a.iter().all(|x| x.len() == k),
-            "f16 tile: {R} rows of {rb} bytes in {} bytes, inputs of {k}",
+            k >= 16
+                && k.is_multiple_of(16)
+                && rb >= es * k
+                && w.len() >= (R - 1) * rb + es * k
+                && a.iter().all(|x| x.len() == k),
+            "tile: {R} rows of {rb} bytes in {} bytes, inputs of {k}",
             w.len()
         );
         let wp = w.as_ptr();
-        let mut c = [[_mm512_setzero_ps(); C]; R];
-        for i in (0..k).step_by(16) {
-            let mut wv = [_mm512_setzero_ps(); R];
+        // (Loops, not closures: a closure does not inherit the target features, so it is not
+        // inlined here.)
+        let mut wv = [_mm512_setzero_ps(); R];
+        for (r, v) in wv.iter_mut().enumerate() {
+            *v = load_w::<F16>(wp.add(r * rb));
+        }
+        // Filled with a value the compiler cannot take for a constant, all overwritten below.
+        let mut c = [[wv[0]; C]; R];
+        let zero = _mm512_setzero_ps();
+        for j in 0..C {
+            let av = _mm512_loadu_ps(a[j].as_ptr());
+            for r in 0..R {
+                c[r][j] = _mm512_fmadd_ps(wv[r], av, zero);
+            }
+        }
+        for i in (16..k).step_by(16) {
             for (r, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(r * rb + 2 * i) as *const __m256i));
+                *v = load_w::<F16>(wp.add(r * rb + es * i));
             }
             for j in 0..C {
                 let av = _mm512_loadu_ps(a[j].as_ptr().add(i));
@@ -433,13 +600,9 @@ mod x86 {
                 }
             }
         }
-        let mut out = [[0f32; C]; R];
-        for r in 0..R {
-            for j in 0..C {
-                out[r][j] = reduce16(&store16(c[r][j]));
-            }
+        for j in 0..C {
+            _mm_storeu_ps(out.add(j * ldo), reduce16x4([c[0][j], c[1][j], c[2][j], c[3][j]]));
         }
-        out
     }
 
     /// Every row of `w` against every input of `a` in tinyBLAS's F16 order, 4 × 6 tiles (its
@@ -449,18 +612,49 @@ mod x86 {
     /// out[i·ldo + j] = row j · input i.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn f16_tinyblas_tiles_avx512(w: &[u8], rb: usize, a: &[&[f32]], out: *mut f32, ldo: usize) {
+        tinyblas_tiles_avx512::<true>(w, rb, a, out, ldo)
+    }
+
+    /// `f16_tinyblas_tiles_avx512` for f32 weights (llama.cpp's tinyBLAS F32 order: one
+    /// 16-lane accumulator per output over the row, `reduce16`); rows not a multiple of 4 end
+    /// in single rows in the same order.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn f32_tinyblas_tiles_avx512(w: &[u8], rb: usize, a: &[&[f32]], out: *mut f32, ldo: usize) {
+        let rows = w.len() / rb;
+        let whole = rows - rows % 4;
+        tinyblas_tiles_avx512::<false>(&w[..whole * rb], rb, a, out, ldo);
+        for j in whole..rows {
+            for (i, ai) in a.iter().enumerate() {
+                *out.add(i * ldo + j) = f32_tinyblas_dot_avx512(&w[j * rb..], ai);
+            }
+        }
+    }
+
+    /// One output in tinyBLAS's F32 order (the tiles' lanes and `reduce16`).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn f32_tinyblas_dot_avx512(w: &[u8], a: &[f32]) -> f32 {
+        assert!(w.len() >= 4 * a.len() && a.len().is_multiple_of(16), "f32 dot: {} bytes, {} inputs", w.len(), a.len());
+        let mut c = _mm512_setzero_ps();
+        for i in (0..a.len()).step_by(16) {
+            c = _mm512_fmadd_ps(load_w::<false>(w.as_ptr().add(4 * i)), _mm512_loadu_ps(a.as_ptr().add(i)), c);
+        }
+        reduce16_512(c)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn tinyblas_tiles_avx512<const F16: bool>(w: &[u8], rb: usize, a: &[&[f32]], out: *mut f32, ldo: usize) {
         let (rows, n) = (w.len() / rb, a.len());
-        assert!(rows.is_multiple_of(4), "f16 tiles: {rows} rows");
+        assert!(rows.is_multiple_of(4), "tiles: {rows} rows");
         let mut i = 0;
         while i < n {
             let c = (n - i).min(6);
             match c {
-                6 => f16_tile_columns::<6>(w, rb, &a[i..], out.add(i * ldo), ldo),
-                5 => f16_tile_columns::<5>(w, rb, &a[i..], out.add(i * ldo), ldo),
-                4 => f16_tile_columns::<4>(w, rb, &a[i..], out.add(i * ldo), ldo),
-                3 => f16_tile_columns::<3>(w, rb, &a[i..], out.add(i * ldo), ldo),
-                2 => f16_tile_columns::<2>(w, rb, &a[i..], out.add(i * ldo), ldo),
-                _ => f16_tile_columns::<1>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                6 => tile_columns::<6, F16>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                5 => tile_columns::<5, F16>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                4 => tile_columns::<4, F16>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                3 => tile_columns::<3, F16>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                2 => tile_columns::<2, F16>(w, rb, &a[i..], out.add(i * ldo), ldo),
+                _ => tile_columns::<1, F16>(w, rb, &a[i..], out.add(i * ldo), ldo),
             }
             i += c;
         }
@@ -468,16 +662,17 @@ mod x86 {
 
     /// Inputs a[..C] against every row of `w` in 4 × C tiles: out[c·ldo + j] = row j · a[c].
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn f16_tile_columns<const C: usize>(w: &[u8], rb: usize, a: &[&[f32]], out: *mut f32, ldo: usize) {
+    unsafe fn tile_columns<const C: usize, const F16: bool>(
+        w: &[u8],
+        rb: usize,
+        a: &[&[f32]],
+        out: *mut f32,
+        ldo: usize,
+    ) {
         let rows = w.len() / rb;
         let ac: [&[f32]; C] = std::array::from_fn(|cc| a[cc]);
         for j in (0..rows).step_by(4) {
-            let o = f16_tinyblas_tile_avx512::<4, C>(&w[j * rb..], rb, ac);
-            for (r, or) in o.iter().enumerate() {
-                for (cc, v) in or.iter().enumerate() {
-                    *out.add(cc * ldo + j + r) = *v;
-                }
-            }
+            tinyblas_tile4_avx512::<C, F16>(&w[j * rb..], rb, ac, out.add(j), ldo);
         }
     }
 
@@ -494,7 +689,11 @@ mod x86 {
                 hi[r] = _mm256_fmadd_ps(wh, _mm256_loadu_ps(a[r].as_ptr().add(i + 8)), hi[r]);
             }
         }
-        std::array::from_fn(|r| reduce16(&store8x2(lo[r], hi[r])))
+        let mut out = [0f32; 4];
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = reduce16(&store8x2(lo[r], hi[r]));
+        }
+        out
     }
 
     /// 32 bf16 as `__m512bh` (the pairs of each 32-bit lane).
@@ -606,7 +805,11 @@ mod x86 {
                 hi[r] = dp256(hi[r], wh, ld256(ap.add(2 * i + 32)));
             }
         }
-        std::array::from_fn(|r| reduce16(&store8x2(lo[r], hi[r])))
+        let mut out = [0f32; 4];
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = reduce16(&store8x2(lo[r], hi[r]));
+        }
+        out
     }
 }
 
@@ -634,7 +837,8 @@ mod tests {
     }
 
     /// Every level gives the scalar reference's bits, on both orders (rows % 4 = 0 and n ≥ 2
-    /// take tinyBLAS; 37 rows or one input take vec_dot), with rows not a multiple of 64 (the
+    /// take tinyBLAS; 37 rows or one input take vec_dot; one input's F16 matvec reads four rows
+    /// at a time, the last rows mod 4 alone), with rows not a multiple of 64 (the
     /// f64 leftovers) and the remainder of the four-at-a-time tinyBLAS loop; and the reference
     /// is within rounding of the f64 dot product of the rounded values.
     #[test]
@@ -644,6 +848,8 @@ mod tests {
                 (40, 576, 7),
                 (37, 576, 3),
                 (40, 576, 1),
+                (37, 80, 1),
+                (3, 1536, 1),
                 (8, 96, 5),
                 (12, 80, 2),
                 (72, 96, 70),

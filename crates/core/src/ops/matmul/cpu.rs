@@ -121,12 +121,23 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
     }
 }
 
-/// y (n×m) = x (n×k) · wᵀ (w is m×k, the Hugging Face `[out, in]` layout) + bias.
+/// y (n×m) = x (n×k) · wᵀ (w is m×k, the Hugging Face `[out, in]` layout) + bias: f32 on
+/// AVX-512 in register tiles (`Float::matmul_tiles`, the bias added after), else `gemm`.
 pub fn linear_fwd<F: Float>(x: &[F], w: &[F], bias: Option<&[F]>, n: usize, k: usize, m: usize) -> Vec<F> {
     if n <= MATVEC_ROWS {
         return linear_matvec(x, w, bias, n, k, m);
     }
     let mut y = vec![F::ZERO; n * m];
+    if F::matmul_tiles(x, w, n, k, m, &mut y) {
+        if let Some(b) = bias {
+            for row in y.chunks_mut(m) {
+                for (v, &bb) in row.iter_mut().zip(b) {
+                    *v += bb;
+                }
+            }
+        }
+        return y;
+    }
     if let Some(b) = bias {
         for row in y.chunks_mut(m) {
             row.copy_from_slice(b);

@@ -329,30 +329,53 @@ mod tests {
 
     #[test]
     fn parallel_split_equals_single_call() {
-        // Big enough to fork: the result must be bit-identical to an unsplit product.
-        let (n, k, m) = (300, 64, 200);
+        // Big enough to fork: the result must not depend on the thread count, and equals one
+        // unsplit product in the order of the path taken (AVX-512 register tiles: one 16-lane
+        // accumulator per output, then `reduce16`; elsewhere matrixmultiply's sgemm). 203
+        // output rows: the tiles' four-row blocks end in single rows.
+        let (n, k, m) = (300, 64, 203);
         let x: Vec<f32> = rand_vec(n * k, 4).iter().map(|&v| v as f32).collect();
         let w: Vec<f32> = rand_vec(m * k, 5).iter().map(|&v| v as f32).collect();
-        let y = linear_fwd(&x, &w, None, n, k, m);
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| linear_fwd(&x, &w, None, n, k, m))
+        };
+        let y = on(3);
+        assert_eq!(y, on(1));
+        let tiles = crate::quant::simd::Level::detect() == crate::quant::simd::Level::Avx512;
         let mut y1 = vec![0f32; n * m];
-        unsafe {
-            matrixmultiply::sgemm(
-                n,
-                k,
-                m,
-                1.0,
-                x.as_ptr(),
-                k as isize,
-                1,
-                w.as_ptr(),
-                1,
-                k as isize,
-                0.0,
-                y1.as_mut_ptr(),
-                m as isize,
-                1,
-            );
+        if tiles {
+            for i in 0..n {
+                for j in 0..m {
+                    let mut acc = [0f32; 16];
+                    for t in 0..k {
+                        acc[t % 16] = w[j * k + t].mul_add(x[i * k + t], acc[t % 16]);
+                    }
+                    y1[i * m + j] = crate::ggml::reduce16(&acc);
+                }
+            }
+        } else {
+            unsafe {
+                matrixmultiply::sgemm(
+                    n,
+                    k,
+                    m,
+                    1.0,
+                    x.as_ptr(),
+                    k as isize,
+                    1,
+                    w.as_ptr(),
+                    1,
+                    k as isize,
+                    0.0,
+                    y1.as_mut_ptr(),
+                    m as isize,
+                    1,
+                );
+            }
         }
-        assert_eq!(y, y1);
+        for (e, (a, b)) in y.iter().zip(&y1).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "output {e} (tiles: {tiles}): {a:e} vs {b:e}");
+        }
     }
 }
