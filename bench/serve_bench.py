@@ -69,18 +69,24 @@ def wait_ready(port, proc, what, timeout=600):
     raise RuntimeError(f"{what} was not ready after {timeout} s")
 
 
+# --ignore-eos: every request asks for `ignore_eos` (both servers take it), so every answer is
+# max_tokens long whatever the model says, as vLLM's benchmark does for its random prompts.
+IGNORE_EOS = False
+
+
 def one_request(port, model, prompt, max_tokens):
     """Streams one completion; returns (ttft, latency, chunk times, output tokens)."""
-    body = json.dumps(
-        {
-            "model": model,
-            "prompt": prompt,
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-    )
+    req = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if IGNORE_EOS:
+        req["ignore_eos"] = True
+    body = json.dumps(req)
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.perf_counter()
     c.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
@@ -199,6 +205,12 @@ def main():
     ap.add_argument("--per-client", type=int, default=2, help="requests per client at each level")
     ap.add_argument("--min-requests", type=int, default=8, help="requests at least per level")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="every answer max_tokens long (`ignore_eos`): the same work on both servers whatever "
+        "they generate (by default answers end at the model's end-of-sequence token)",
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--ctx", type=int, default=16384, help="KV positions for all slots together")
     ap.add_argument("--json", help="write every figure here")
@@ -209,12 +221,14 @@ def main():
         "on a GPU the replayed graph) and print the 1-client TPOT against it (issue 15: <= 1.1x)",
     )
     a = ap.parse_args()
+    global IGNORE_EOS
+    IGNORE_EOS = a.ignore_eos
     if bool(a.model) == bool(a.random):
         ap.error("give --model or --random")
     models = [a.model] if a.model else random_models(a)
     levels = [int(x) for x in a.levels.split(",")]
     par = max(levels)
-    out = {"device": a.device, "threads": a.threads, "max_tokens": a.max_tokens, "models": {}}
+    out = {"device": a.device, "threads": a.threads, "max_tokens": a.max_tokens, "ignore_eos": a.ignore_eos, "models": {}}
     for model in models:
         name = os.path.basename(model)
         servers = out["models"][name] = {}

@@ -242,4 +242,22 @@ fn a_real_gguf_serves_what_generate_answers() {
         })
         .collect();
     assert_eq!(text, want);
+    // This prompt's greedy answer is the end-of-sequence token at once (llama-server's too);
+    // `ignore_eos` (the benchmarks' fixed output length) takes it as a token and goes on.
+    let prompt = "Write a short story about a robot who learns to paint.";
+    let body = json!({"model": name, "prompt": prompt, "max_tokens": 8, "temperature": 0});
+    let v = post(server.addr, "/v1/completions", &body);
+    assert_eq!(
+        (v["choices"][0]["finish_reason"].as_str(), v["usage"]["completion_tokens"].as_u64()),
+        (Some("stop"), Some(0)),
+        "{v}"
+    );
+    let mut ignoring = body.clone();
+    ignoring["ignore_eos"] = json!(true);
+    let v = post(server.addr, "/v1/completions", &ignoring);
+    assert_eq!(
+        (v["choices"][0]["finish_reason"].as_str(), v["usage"]["completion_tokens"].as_u64()),
+        (Some("length"), Some(8)),
+        "{v}"
+    );
 }

@@ -248,11 +248,17 @@ pub(crate) struct CacheSlot<'a> {
 /// x (N, K) · wᵀ + bias. With `seqs` (the batched forward: rows of sequences of these
 /// lengths, one after another), every row comes out as it does for its sequence alone: a
 /// sequence's prompt rows in a call of their own (as `smelt generate`'s prefill), the decode
-/// rows of all sequences together through `linear_rows_alone` (each as a one-row matvec).
+/// rows of all sequences together through `linear_rows_alone` (each as a one-row matvec) —
+/// or all rows in one product where the weight's kernels keep rows apart by themselves.
 fn linear(g: &mut Graph, x: &Var, w: &Var, bias: Option<&Var>, seqs: Option<&[usize]>) -> Result<Var> {
-    use smelt_core::ops::matmul::{linear as lin, linear_rows_alone};
+    use smelt_core::ops::matmul::{linear as lin, linear_rows_alone, rows_independent};
     let Some(seqs) = seqs else { return g.linear(x, w, bias) };
     let (xt, wt, bt) = (x.tensor(), w.tensor(), bias.map(|b| b.tensor()));
+    if rows_independent(wt) {
+        // Every row comes out as it would alone whatever else is in the product: one product
+        // for all sequences (each weight read from memory once a step, not once a sequence).
+        return Ok(g.constant(lin(xt, wt, bt)?));
+    }
     if seqs.len() == 1 {
         return Ok(g.constant(if seqs[0] == 1 { linear_rows_alone(xt, wt, bt)? } else { lin(xt, wt, bt)? }));
     }

@@ -88,6 +88,9 @@ pub struct Request {
     pub logprobs: Option<usize>,
     /// `response_format`: None for text.
     pub format: Option<Format>,
+    /// `ignore_eos` (vLLM's and llama-server's extension, for benchmarks): the end-of-sequence
+    /// token does not end generation; `max_tokens`, stop strings and a grammar still do.
+    pub ignore_eos: bool,
 }
 
 /// Most choices a request may ask for (OpenAI allows 128).
@@ -186,6 +189,7 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, ApiError> {
     };
     unsupported(&f, chat)?;
     let format = f.get("response_format").map(response_format).transpose()?.flatten();
+    let ignore_eos = f.bool("ignore_eos")?.unwrap_or(false);
     Ok(Request {
         model,
         prompt,
@@ -199,6 +203,7 @@ pub fn parse(body: &[u8], chat: bool) -> Result<Request, ApiError> {
         frequency_penalty,
         logprobs,
         format,
+        ignore_eos,
     })
 }
 

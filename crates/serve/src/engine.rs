@@ -70,6 +70,8 @@ pub struct Job {
     /// `response_format`'s grammar state: each step's logits are masked to what it allows,
     /// and the sequence ends ("stop") when it is complete.
     pub constraint: Option<Constraint>,
+    /// Whether the end-of-sequence tokens are ordinary tokens (`ignore_eos`).
+    pub ignore_eos: bool,
     /// Which choice of its request this is (`n`): events carry it.
     pub index: usize,
     /// Where the events go; a closed channel (the client went away) ends the job.
@@ -323,7 +325,7 @@ impl<'t> Seq<'t> {
             Some(t) => stats.itl.observe((now - t).as_secs_f64()),
         }
         self.last_token = Some(now);
-        if stop_ids.contains(&next) {
+        if stop_ids.contains(&next) && !self.job.ignore_eos {
             return Ok(self.end(Finish::Stop));
         }
         stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
@@ -853,6 +855,7 @@ mod tests {
                 logprobs: Some(0),
                 stop: vec![],
                 constraint: None,
+                ignore_eos: false,
                 index: i,
                 events: events.clone(),
                 queued: Instant::now(),
@@ -906,6 +909,7 @@ mod tests {
                     logprobs: None,
                     stop: vec![],
                     constraint: Some(constraint.clone()),
+                    ignore_eos: false,
                     index: i,
                     events: events.clone(),
                     queued: Instant::now(),

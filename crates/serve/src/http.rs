@@ -342,6 +342,7 @@ async fn complete(
             logprobs: req.logprobs,
             stop: req.stop.clone(),
             constraint: constraint.clone(),
+            ignore_eos: req.ignore_eos,
             index,
             events: events.clone(),
             queued,

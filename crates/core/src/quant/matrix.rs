@@ -34,6 +34,13 @@ pub trait QuantMatrix: Send + Sync + Debug {
             self.matmul(&x[i * k..(i + 1) * k], 1, &mut y[i * m..(i + 1) * m]);
         }
     }
+    /// Whether `matmul` of n rows gives every row exactly what it gives that row alone, for
+    /// any n (the kernels this CPU runs sum each output on its own, in one order): then a
+    /// server may stack the rows of all its sequences, prompts and decode rows alike, into one
+    /// product and still give each sequence what `smelt generate` gives it. False by default.
+    fn rows_independent(&self) -> bool {
+        false
+    }
     /// Dequantises row `r` into `out` (len cols).
     fn dequantize_row(&self, r: usize, out: &mut [f32]);
     /// For the crate that implements it to get its own type back.

@@ -259,6 +259,15 @@ unsafe fn tiles_avx512<const K: u8>(w: &[u8], rb: usize, a: &[&[BlockQ8]], out: 
         let ac = [a[i], a[i + 1], a[i + 2], a[i + 3]];
         let mut j = 0;
         while j + 4 <= rows {
+            if i == 0 {
+                // The first pass over these rows reads them from memory, four interleaved
+                // rows at a time, which the hardware prefetcher does not run ahead of: ask for
+                // the next tile's rows (contiguous) while this one computes.
+                if j == 0 {
+                    prefetch(&w[..(4 * rb).min(w.len())]);
+                }
+                prefetch(&w[((j + 4) * rb).min(w.len())..((j + 8) * rb).min(w.len())]);
+            }
             let o = tile::<K, 4, 4>(&w[j * rb..], rb, ac);
             for (r, or) in o.iter().enumerate() {
                 for (c, v) in or.iter().enumerate() {
@@ -287,6 +296,17 @@ unsafe fn tiles_avx512<const K: u8>(w: &[u8], rb: usize, a: &[&[BlockQ8]], out: 
         for j in j..rows {
             *out.add(i * ldo + j) = tile::<K, 1, 1>(&w[j * rb..], rb, [a[i]])[0][0];
         }
+    }
+}
+
+/// Asks for every cache line of `bytes` to be brought into L1 (a hint: no fault, no wait).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn prefetch(bytes: &[u8]) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    for off in (0..bytes.len()).step_by(64) {
+        // SAFETY: a prefetch of an address inside the slice; it cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(off) as *const i8) };
     }
 }
 
@@ -330,7 +350,20 @@ impl QuantMatrix for QTensor {
     fn matmul(&self, x: &[f32], n: usize, y: &mut [f32]) {
         self.matmul_with(x, n, y, Level::detect())
     }
+    fn rows_independent(&self) -> bool {
+        // On x86 the 32-element formats always take llama.cpp's vec-dot order (`X86Path::of`):
+        // one row at a time, and for many rows the register tiles (`tile512`) or tinyBLAS,
+        // which sum each output in that order too (`rows_alone_equal_each_row_alone_bit_for_bit`).
+        // The K-quants' repacked and tiled paths depend on the row count; F16/BF16's tiles
+        // sum in tinyBLAS's order, their matvec in `ggml_vec_dot_f16`'s.
+        matches!(Level::detect(), Level::Avx2 | Level::Avx512)
+            && matches!(self.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0)
+    }
     fn matmul_rows_alone(&self, x: &[f32], n: usize, y: &mut [f32]) {
+        if self.rows_independent() {
+            // On AVX-512 the register tiles then unpack each weight block once for four rows.
+            return self.matmul(x, n, y);
+        }
         let level = Level::detect();
         let x86 = matches!(level, Level::Avx2 | Level::Avx512);
         let path = if x86 { X86Path::of(self.ty, self.rows, 1) } else { X86Path::VecDot };

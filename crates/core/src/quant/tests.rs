@@ -164,6 +164,36 @@ fn simd_matches_scalar_on_every_llama_cpp_path() {
     }
 }
 
+/// `matmul_rows_alone` (the server's batched decode rows) gives each row exactly what `matmul`
+/// of that row alone gives, for every format, with enough rows for the AVX-512 register tiles
+/// (which the 32-element formats take there) and the tiled/repacked K-quant paths (which they
+/// must not take).
+#[test]
+fn rows_alone_equal_each_row_alone_bit_for_bit() {
+    let cols = 512;
+    for (rows, n) in [(40, 9), (37, 13), (64, 32)] {
+        let w = rand(rows * cols, 8);
+        let x = rand(n * cols, 9);
+        for ty in GgmlType::ALL {
+            let q = QTensor::quantize(ty, &w, rows, cols).unwrap();
+            let mut together = vec![0f32; n * rows];
+            q.matmul_rows_alone(&x, n, &mut together);
+            for i in 0..n {
+                let mut alone = vec![0f32; rows];
+                q.matmul(&x[i * cols..(i + 1) * cols], 1, &mut alone);
+                let got = &together[i * rows..(i + 1) * rows];
+                let bad = got.iter().zip(&alone).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(
+                    bad,
+                    0,
+                    "{} [{rows}x{cols}]: row {i} of {n}: {bad} outputs differ from the row alone",
+                    ty.name()
+                );
+            }
+        }
+    }
+}
+
 /// llama.cpp's 4x8 Q8_K quantiser differs from `quantize_row_q8_K_ref` only in the sign it picks
 /// when +amax and −amax both occur: the same products d·q either way.
 #[test]

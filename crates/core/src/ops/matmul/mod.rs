@@ -234,6 +234,13 @@ pub fn linear_rows_alone(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Resul
     Tensor::from_f32(cpu::linear_matvec(x.as_f32()?, w.as_f32()?, b, n, k, m), &shape)
 }
 
+/// Whether `linear(x, w)` gives each row of x exactly what that row alone gives, for any number
+/// of rows (`QuantMatrix::rows_independent`: some quantised formats on the CPU). Then the rows
+/// of several sequences may share one product; otherwise `linear_rows_alone` keeps them apart.
+pub fn rows_independent(w: &Tensor) -> bool {
+    w.device().is_cpu() && w.as_quant().is_some_and(|q| q.rows_independent())
+}
+
 /// Returns (dx, dw, db).
 pub fn linear_backward(
     x: &Tensor,
