@@ -172,7 +172,14 @@ def bench_server(name, cmd, port, model, levels, per_client, min_requests, max_t
         one_request(port, model, "warm up", 4)
         rows = []
         for c in levels:
+            before = engine_counters(port)
             row = run_level(port, model, c, max(min_requests, per_client * c), max_tokens)
+            after = engine_counters(port)
+            if before and after and after[0] > before[0]:
+                # smelt's own forward time per decode-only step in this level (/metrics): TPOT
+                # against it is what serving adds per token, measured in the same minutes.
+                row["engine_steps"] = after[0] - before[0]
+                row["engine_forward_ms"] = (after[1] - before[1]) / 1e3 / (after[0] - before[0])
             rows.append(row)
             f = lambda d: "-" if d is None else f"{d:8.1f}"
             print(
@@ -182,6 +189,12 @@ def bench_server(name, cmd, port, model, levels, per_client, min_requests, max_t
                 f"ITL ms mean/med/p99={f(row['itl_ms']['mean'])}/{f(row['itl_ms']['median'])}/{f(row['itl_ms']['p99'])}",
                 flush=True,
             )
+            if "engine_forward_ms" in row:
+                print(
+                    f"{'':>12} C={c:<3} engine: {row['engine_steps']} decode steps, forward {row['engine_forward_ms']:.3f} ms a step"
+                    + (f"; TPOT / forward {row['tpot_ms']['mean'] / row['engine_forward_ms']:.2f}x" if c == 1 and row["tpot_ms"]["mean"] else ""),
+                    flush=True,
+                )
         return rows
     finally:
         proc.terminate()
@@ -261,6 +274,26 @@ def main():
             with open(a.json, "w") as f:
                 json.dump(out, f, indent=1)
     return 0
+
+
+def engine_counters(port):
+    """smelt's decode-only (engine steps, forward microseconds) from /metrics, or None
+    (llama-server). On a GPU the forward's time is its launch (the sampling waits for it)."""
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        text = r.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    vals = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("smelt_engine_decode_steps_total", "smelt_engine_decode_forward_microseconds_total"):
+            vals[parts[0]] = float(parts[1])
+    if len(vals) < 2:
+        return None
+    return vals["smelt_engine_decode_steps_total"], vals["smelt_engine_decode_forward_microseconds_total"]
 
 
 def raw_step_ms(a, model):

@@ -627,7 +627,16 @@ pub fn run<'a>(
                     constraints.iter_mut().map(|c| c.as_mut().map(timed)).collect::<Vec<_>>()
                 })
             });
-            (forward(model, &mut running, &takes, &mut pool, &mut graphs), masker.map(|h| h.join()))
+            let t = Instant::now();
+            let step = forward(model, &mut running, &takes, &mut pool, &mut graphs);
+            // On a GPU this is the launch; the device's work is waited for by the sampling.
+            let micros = t.elapsed().as_micros() as u64;
+            stats.forward_micros.fetch_add(micros, Ordering::Relaxed);
+            if takes.iter().all(|&t| t <= 1) {
+                stats.decode_steps.fetch_add(1, Ordering::Relaxed);
+                stats.decode_forward_micros.fetch_add(micros, Ordering::Relaxed);
+            }
+            (step, masker.map(|h| h.join()))
         });
         let mut masks: Vec<Option<anyhow::Result<Mask>>> = match masks {
             None => running.iter().map(|_| None).collect(),

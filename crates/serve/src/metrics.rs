@@ -66,6 +66,13 @@ pub struct Stats {
     /// Forward passes the engine has run, and the most sequences one of them held.
     pub steps: AtomicU64,
     pub batch_max: AtomicU64,
+    /// Microseconds those forward passes took (the model's step: its matmuls, attention and
+    /// logits, not the sampling, the text or the HTTP side): TPOT against it is what serving
+    /// adds per token.
+    pub forward_micros: AtomicU64,
+    /// Of those, the steps where every sequence took one token (no prompt), and their time.
+    pub decode_steps: AtomicU64,
+    pub decode_forward_micros: AtomicU64,
     /// Of those steps, the ones replayed from a captured CUDA graph (all-decode steps on a GPU).
     pub graph_steps: AtomicU64,
     /// Steps that computed part of a prompt and left the rest for later (`--prefill-chunk`).
@@ -113,6 +120,24 @@ impl Stats {
             ("smelt_kv_blocks_used", "gauge", "KV blocks held by running requests.", &self.kv_blocks_used),
             ("smelt_engine_steps_total", "counter", "Batched forward passes run.", &self.steps),
             ("smelt_batch_size_max", "gauge", "Most sequences one forward pass has held.", &self.batch_max),
+            (
+                "smelt_engine_forward_microseconds_total",
+                "counter",
+                "Microseconds the batched forward passes took (the model alone: no sampling, text or HTTP).",
+                &self.forward_micros,
+            ),
+            (
+                "smelt_engine_decode_steps_total",
+                "counter",
+                "Forward passes in which every sequence took one token (no prompt rows).",
+                &self.decode_steps,
+            ),
+            (
+                "smelt_engine_decode_forward_microseconds_total",
+                "counter",
+                "Microseconds those decode-only forward passes took.",
+                &self.decode_forward_micros,
+            ),
             (
                 "smelt_cuda_graph_steps_total",
                 "counter",
