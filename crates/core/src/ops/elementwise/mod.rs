@@ -3,6 +3,7 @@
 use crate::backend::{self, backend, Cpu};
 use crate::Tensor;
 use anyhow::{bail, Result};
+use rayon::prelude::*;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -20,19 +21,44 @@ pub trait ElementwiseKernels {
     fn cast(&self, a: &Tensor, dtype: crate::DType) -> Result<Tensor>;
 }
 
+/// Elements per parallel task of the CPU's elementwise kernels (each element on its own, so
+/// the split changes nothing but the time; small tensors stay on the calling thread).
+const CHUNK: usize = 1 << 15;
+
+/// out[i] = f(x[i], y[i]), in parallel for large inputs.
+fn zip_map(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len().min(y.len())];
+    let run = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
+        for (o, (&p, &q)) in o.iter_mut().zip(a.iter().zip(b)) {
+            *o = f(p, q);
+        }
+    };
+    if out.len() <= CHUNK {
+        run((&mut out, (x, y)));
+    } else {
+        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK))).for_each(run);
+    }
+    out
+}
+
 impl ElementwiseKernels for Cpu {
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let (x, y) = (a.as_f32()?, b.as_f32()?);
-        Tensor::from_f32(x.iter().zip(y).map(|(p, q)| p + q).collect(), a.shape())
+        Tensor::from_f32(zip_map(a.as_f32()?, b.as_f32()?, |p, q| p + q), a.shape())
     }
     fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let (x, y) = (a.as_f32()?, b.as_f32()?);
-        Tensor::from_f32(x.iter().zip(y).map(|(p, q)| p * q).collect(), a.shape())
+        Tensor::from_f32(zip_map(a.as_f32()?, b.as_f32()?, |p, q| p * q), a.shape())
     }
     fn add_assign(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
-        let y = b.as_f32()?;
-        for (p, q) in a.f32_mut()?.iter_mut().zip(y) {
-            *p += q;
+        let (y, x) = (b.as_f32()?, a.f32_mut()?);
+        let run = |(o, q): (&mut [f32], &[f32])| {
+            for (p, q) in o.iter_mut().zip(q) {
+                *p += q;
+            }
+        };
+        if x.len() <= CHUNK {
+            run((x, y));
+        } else {
+            x.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).for_each(run);
         }
         Ok(())
     }

@@ -4,7 +4,6 @@
 
 use crate::backend::{self, Cpu};
 use crate::float::Float;
-use crate::ops::elementwise::ElementwiseKernels;
 use crate::{DType, Tensor};
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -28,6 +27,35 @@ pub fn rstd_of<F: Float>(x: &[F], eps: f64) -> F {
     F::ONE / (mean + F::from_f64(eps)).sqrt()
 }
 
+/// `rstd_of` of each row of x (rows of c) into `out`, four rows at a time: each row's sum in
+/// its own order (the same bits), four independent chains of f64 additions instead of one.
+pub fn rstd_rows<F: Float>(x: &[F], c: usize, eps: f64, out: &mut [F]) {
+    let finish = |sum: f64| {
+        let mean = F::from_f64(sum / c as f64);
+        F::ONE / (mean + F::from_f64(eps)).sqrt()
+    };
+    let mut rows = x.chunks_exact(c);
+    let mut outs = out.chunks_exact_mut(4);
+    for o in &mut outs {
+        let (Some(a), Some(b), Some(cc), Some(d)) = (rows.next(), rows.next(), rows.next(), rows.next()) else {
+            unreachable!("out has a slot per row")
+        };
+        let mut sum = [0f64; 4];
+        for i in 0..c {
+            sum[0] += (a[i] * a[i]).to_f64();
+            sum[1] += (b[i] * b[i]).to_f64();
+            sum[2] += (cc[i] * cc[i]).to_f64();
+            sum[3] += (d[i] * d[i]).to_f64();
+        }
+        for (o, s) in o.iter_mut().zip(sum) {
+            *o = finish(s);
+        }
+    }
+    for (o, r) in outs.into_remainder().iter_mut().zip(rows) {
+        *o = rstd_of(r, eps);
+    }
+}
+
 /// Returns (y, rstd) for x: (n, c).
 pub fn rmsnorm_fwd<F: Float>(x: &[F], w: &[F], eps: f64, c: usize) -> (Vec<F>, Vec<F>) {
     let n = x.len() / c;
@@ -37,9 +65,8 @@ pub fn rmsnorm_fwd<F: Float>(x: &[F], w: &[F], eps: f64, c: usize) -> (Vec<F>, V
         .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
         .zip(x.par_chunks(c * ROWS_PER_TASK))
         .for_each(|((yb, rb), xb)| {
-            for ((yr, r), xr) in yb.chunks_mut(c).zip(rb.iter_mut()).zip(xb.chunks(c)) {
-                let s = rstd_of(xr, eps);
-                *r = s;
+            rstd_rows(xb, c, eps, rb);
+            for ((yr, &s), xr) in yb.chunks_mut(c).zip(rb.iter()).zip(xb.chunks(c)) {
                 for ((o, &xi), &wi) in yr.iter_mut().zip(xr).zip(w) {
                     *o = xi * s * wi;
                 }
@@ -136,11 +163,29 @@ impl RmsNormKernels for Cpu {
         let (dx, dw) = rmsnorm_bwd(x.as_f32()?, w.as_f32()?, rstd.as_f32()?, dy.as_f32()?, x.cols());
         Ok((Tensor::from_f32(dx, x.shape())?, Tensor::from_f32(dw, w.shape())?))
     }
-    /// Not fused on the CPU: the add, then the norm.
+    /// One pass over blocks of rows in parallel: each row's sum, then its norm (the numbers of
+    /// the add followed by `rmsnorm`; a serial add was a prefill's largest serial part).
     fn add_rmsnorm(&self, x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
-        let h = ElementwiseKernels::add(self, x, r)?;
-        let (y, rstd) = self.rmsnorm(&h, w, eps)?;
-        Ok((h, y, rstd))
+        let (xs, rs, ws, c) = (x.as_f32()?, r.as_f32()?, w.as_f32()?, x.cols());
+        let n = xs.len() / c.max(1);
+        let (mut h, mut y, mut rstd) = (vec![0f32; n * c], vec![0f32; n * c], vec![0f32; n]);
+        let block = c * ROWS_PER_TASK;
+        h.par_chunks_mut(block)
+            .zip(y.par_chunks_mut(block))
+            .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
+            .zip(xs.par_chunks(block).zip(rs.par_chunks(block)))
+            .for_each(|(((hb, yb), sb), (xb, rb))| {
+                for (o, (a, b)) in hb.iter_mut().zip(xb.iter().zip(rb)) {
+                    *o = a + b;
+                }
+                rstd_rows(hb, c, eps, sb);
+                for ((yr, s), hr) in yb.chunks_mut(c).zip(sb.iter()).zip(hb.chunks(c)) {
+                    for ((o, &hi), &wi) in yr.iter_mut().zip(hr).zip(ws) {
+                        *o = hi * *s * wi;
+                    }
+                }
+            });
+        Ok((Tensor::from_f32(h, x.shape())?, Tensor::from_f32(y, x.shape())?, Tensor::from_f32(rstd, &[n])?))
     }
 }
 
@@ -185,6 +230,27 @@ pub fn add_rmsnorm(x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tens
 mod tests {
     use super::*;
     use crate::ops::testing::{gradcheck, rand_vec};
+
+    /// The CPU's fused pass gives the bits of the add followed by the norm.
+    #[test]
+    fn add_rmsnorm_equals_the_add_then_the_norm() {
+        use crate::ops::elementwise::ElementwiseKernels;
+        let (n, c) = (70, 48);
+        let f32s = |n, seed| rand_vec(n, seed).into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+        let x = Tensor::from_f32(f32s(n * c, 3), &[2, n / 2, c]).unwrap();
+        let r = Tensor::from_f32(f32s(n * c, 4), &[2, n / 2, c]).unwrap();
+        let w = Tensor::from_f32(f32s(c, 5), &[c]).unwrap();
+        let (h, y, rstd) = Cpu.add_rmsnorm(&x, &r, &w, 1e-5).unwrap();
+        let h2 = Cpu.add(&x, &r).unwrap();
+        let (y2, rstd2) = Cpu.rmsnorm(&h2, &w, 1e-5).unwrap();
+        let bits = |t: &Tensor| t.as_f32().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!((bits(&h), bits(&y), bits(&rstd)), (bits(&h2), bits(&y2), bits(&rstd2)));
+        assert_eq!((h.shape(), y.shape(), rstd.shape()), (h2.shape(), y2.shape(), rstd2.shape()));
+        // Four rows at a time, each in its own order: `rstd_of`'s bits, the remainder rows too.
+        let hs = h.as_f32().unwrap();
+        let one: Vec<u32> = hs.chunks(c).map(|r| rstd_of(r, 1e-5).to_bits()).collect();
+        assert_eq!(bits(&rstd), one);
+    }
 
     #[test]
     fn gradcheck_rmsnorm() {
