@@ -96,3 +96,17 @@ pub fn keep_freed_memory() {
         }
     }
 }
+
+/// A zeroed `Vec<f32>` of `len`, zeroed by the rayon pool's threads when it is large: a
+/// product's output zeroed on one thread (a memset, and the first touch of its pages) is a
+/// serial part of every parallel matmul, which grows with the thread count.
+pub fn zeros(len: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    const SERIAL: usize = 1 << 16;
+    if len <= SERIAL {
+        return vec![0f32; len];
+    }
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(0f32, len));
+    v
+}

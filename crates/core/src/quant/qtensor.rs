@@ -316,7 +316,7 @@ pub(crate) fn into_rows_of_y(m: usize, n: usize, y: &mut [f32], run: impl FnOnce
     if n == 1 {
         return run(&mut y[..m]);
     }
-    let mut yt = vec![0f32; m * n];
+    let mut yt = crate::mem::zeros(m * n);
     run(&mut yt);
     // In parallel (serial, it is a few percent of a prefill, more with more threads), 16 rows
     // of y per task: each output's 16 values are one cache line of yt.

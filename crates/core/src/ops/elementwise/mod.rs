@@ -27,7 +27,7 @@ const CHUNK: usize = 1 << 15;
 
 /// out[i] = f(x[i], y[i]), in parallel for large inputs.
 fn zip_map(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; x.len().min(y.len())];
+    let mut out = crate::mem::zeros(x.len().min(y.len()));
     let run = |(o, (a, b)): (&mut [f32], (&[f32], &[f32]))| {
         for (o, (&p, &q)) in o.iter_mut().zip(a.iter().zip(b)) {
             *o = f(p, q);

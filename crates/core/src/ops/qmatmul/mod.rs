@@ -66,7 +66,7 @@ impl QuantKernels for Cpu {
             Some(b) => Some(b.as_f32()?),
             None => None,
         };
-        let mut y = vec![0f32; n * m];
+        let mut y = crate::mem::zeros(n * m);
         q.matmul(x.as_f32()?, n, &mut y);
         if let Some(b) = b {
             for row in y.chunks_mut(m) {

@@ -168,7 +168,7 @@ impl RmsNormKernels for Cpu {
     fn add_rmsnorm(&self, x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
         let (xs, rs, ws, c) = (x.as_f32()?, r.as_f32()?, w.as_f32()?, x.cols());
         let n = xs.len() / c.max(1);
-        let (mut h, mut y, mut rstd) = (vec![0f32; n * c], vec![0f32; n * c], vec![0f32; n]);
+        let (mut h, mut y, mut rstd) = (crate::mem::zeros(n * c), crate::mem::zeros(n * c), vec![0f32; n]);
         let block = c * ROWS_PER_TASK;
         h.par_chunks_mut(block)
             .zip(y.par_chunks_mut(block))
