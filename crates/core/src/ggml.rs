@@ -272,28 +272,38 @@ unsafe fn keys16_avx512(out: &mut [f32; 16], kt: &[f32], y: &[f32], scale: f32) 
     let n = y.len();
     let np = n & !63;
     let (kp, yp) = (kt.as_ptr(), y.as_ptr());
-    let mut r = [_mm512_setzero_ps(); 16];
-    for (l, rl) in r.iter_mut().enumerate() {
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for i in (0..np).step_by(64) {
-            for (a, acc_a) in acc.iter_mut().enumerate() {
-                let e = i + 16 * a + l;
-                *acc_a = _mm512_fmadd_ps(_mm512_loadu_ps(kp.add(16 * e)), _mm512_set1_ps(*yp.add(e)), *acc_a);
-            }
-        }
-        *rl = _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]));
+    // `reduce16`'s first step adds lanes l and l + 8: computed in that order, each pair is
+    // summed at once, so at most eight lane sums are live (no spill of sixteen to the stack).
+    let mut t = [_mm512_setzero_ps(); 8];
+    for (l, tl) in t.iter_mut().enumerate() {
+        *tl = _mm512_add_ps(keys16_lane(kp, yp, np, l), keys16_lane(kp, yp, np, l + 8));
     }
-    for i in 0..8 {
-        r[i] = _mm512_add_ps(r[i], r[i + 8]);
+    let mut u = [_mm512_setzero_ps(); 4];
+    for (i, ui) in u.iter_mut().enumerate() {
+        *ui = _mm512_add_ps(t[i], t[i + 4]);
     }
-    for i in 0..4 {
-        r[i] = _mm512_add_ps(r[i], r[i + 4]);
-    }
-    let mut s = _mm512_add_ps(_mm512_add_ps(r[0], r[2]), _mm512_add_ps(r[1], r[3]));
+    let mut s = _mm512_add_ps(_mm512_add_ps(u[0], u[2]), _mm512_add_ps(u[1], u[3]));
     for e in np..n {
         s = _mm512_fmadd_ps(_mm512_loadu_ps(kp.add(16 * e)), _mm512_set1_ps(*yp.add(e)), s);
     }
     _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(s, _mm512_set1_ps(scale)));
+}
+
+/// Lane l of `dot_f32` for 16 keys: its four accumulators over the 64-element steps, then
+/// (a0 + a2) + (a1 + a3).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn keys16_lane(kp: *const f32, yp: *const f32, np: usize, l: usize) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for i in (0..np).step_by(64) {
+        for (a, acc_a) in acc.iter_mut().enumerate() {
+            let e = i + 16 * a + l;
+            *acc_a = _mm512_fmadd_ps(_mm512_loadu_ps(kp.add(16 * e)), _mm512_set1_ps(*yp.add(e)), *acc_a);
+        }
+    }
+    _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]))
 }
 
 /// `dot_f32_tinyblas_columns_at`, with the 16 lane accumulators of every 16 columns held in

@@ -303,21 +303,41 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
             // Row j's head g at k[rows[j] + g·D..] (likewise v).
             let offs: Vec<usize> = s.rows.iter().map(|&at| at + g * d).collect();
             let kt = &kts[si * hd.kvh + g];
+            // A prompt's scores for the whole run first, key block by key block: a block of 16
+            // transposed keys (4 KB at D 64) stays in L1 while the run's queries pass it, where
+            // query by query every query streamed all its keys from L2. Each score is the same
+            // `dot_f32_keys16_fast` call as before; scores outside a query's keys stay −∞.
+            let w16 = up(tk, 16);
+            let mut scs = Vec::new();
+            if tq > 1 {
+                scs = vec![f32::NEG_INFINITY; (i1 - i0) * w16];
+                let (blk0, blk1) = (key_range(i0).0 / 16, key_range(i1 - 1).1.div_ceil(16));
+                let mut s16 = [0f32; 16];
+                for blk in blk0..blk1 {
+                    let kb = &kt[blk * 16 * d..][..16 * d];
+                    for i in i0..i1 {
+                        let (lo, hi) = key_range(i);
+                        if blk < lo / 16 || blk >= hi.div_ceil(16) {
+                            continue;
+                        }
+                        ggml::dot_f32_keys16_fast(&mut s16, kb, &s.q[(i * hd.h + h) * d..][..d], scale);
+                        let (j0, j1) = ((blk * 16).max(lo), (blk * 16 + 16).min(hi));
+                        scs[(i - i0) * w16 + j0..(i - i0) * w16 + j1]
+                            .copy_from_slice(&s16[j0 - blk * 16..j1 - blk * 16]);
+                    }
+                }
+            }
             for i in i0..i1 {
                 let (lo, hi) = key_range(i);
                 let qr = &s.q[(i * hd.h + h) * d..][..d];
                 let n16 = up(hi, 16);
-                sc[..n16].fill(f32::NEG_INFINITY);
-                if tq == 1 {
+                let sc: &[f32] = if tq == 1 {
+                    sc[..n16].fill(f32::NEG_INFINITY);
                     ggml::dot_f32_rows_at(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
+                    &sc
                 } else {
-                    let mut s16 = [0f32; 16];
-                    for blk in lo / 16..hi.div_ceil(16) {
-                        ggml::dot_f32_keys16_fast(&mut s16, &kt[blk * 16 * d..][..16 * d], qr, scale);
-                        let (j0, j1) = ((blk * 16).max(lo), (blk * 16 + 16).min(hi));
-                        sc[j0..j1].copy_from_slice(&s16[j0 - blk * 16..j1 - blk * 16]);
-                    }
-                }
+                    &scs[(i - i0) * w16..][..w16]
+                };
                 let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 // A decoding row reads all of p below; a prompt's row its first n16 entries.
                 let n_p = if tq == 1 { p.len() } else { n16 };
