@@ -363,6 +363,117 @@ unsafe fn tinyblas_columns_avx512(out: &mut [f32], v: &[f32], offs: &[usize], p:
     }
 }
 
+/// `dot_f32_tinyblas_columns_at_fast` for several queries' probability rows over the same rows
+/// of V: `outs[q]` from `ps[q]` over V's first `rows[q]` rows. On AVX-512 (D a multiple of 16)
+/// two or four queries share each pass over V: the 16 lane accumulators of a column block are
+/// computed 16/Q lanes at a time for Q queries (the accumulators of Q queries × 16/Q lanes fill
+/// the registers), so V is read once for Q queries instead of Q times. Every accumulator gets
+/// the same FMAs in the same order; the rows past a query's own count that another query needs
+/// are multiplied by that query's p, which must be zero there (softmax padding), and adding
+/// 0·v to a sum that started at +0 changes no bit. Bit-identical to one call per query (tested).
+pub fn dot_f32_tinyblas_columns_at_many(
+    outs: &mut [&mut [f32]],
+    v: &[f32],
+    offs: &[usize],
+    ps: &[&[f32]],
+    rows: &[usize],
+    acc: &mut Vec<f32>,
+) {
+    let nq = outs.len();
+    assert!(
+        ps.len() == nq && rows.len() == nq,
+        "dot_f32_tinyblas_columns_at_many: {nq} outputs, {} p rows, {} counts",
+        ps.len(),
+        rows.len()
+    );
+    let most = rows.iter().copied().max().unwrap_or(0);
+    #[cfg(target_arch = "x86_64")]
+    if (nq == 2 || nq == 4)
+        && outs.iter().all(|o| o.len() == outs[0].len())
+        && std::arch::is_x86_feature_detected!("avx512f")
+    {
+        let d = outs[0].len();
+        if d.is_multiple_of(16) {
+            assert!(
+                most <= offs.len()
+                    && ps.iter().all(|p| p.len() >= most)
+                    && offs[..most].iter().all(|&o| o + d <= v.len()),
+                "dot_f32_tinyblas_columns_at_many: {most} rows of {d} in {} values",
+                v.len()
+            );
+            // SAFETY: AVX-512 F detected; every read is inside v and each p (asserted).
+            unsafe {
+                if nq == 2 {
+                    let [o0, o1] = outs else { unreachable!() };
+                    return tinyblas_columns_many_avx512::<2, 8>([o0, o1], v, &offs[..most], [ps[0], ps[1]]);
+                }
+                let [o0, o1, o2, o3] = outs else { unreachable!() };
+                return tinyblas_columns_many_avx512::<4, 4>(
+                    [o0, o1, o2, o3],
+                    v,
+                    &offs[..most],
+                    [ps[0], ps[1], ps[2], ps[3]],
+                );
+            }
+        }
+    }
+    for ((o, p), &r) in outs.iter_mut().zip(ps).zip(rows) {
+        dot_f32_tinyblas_columns_at_fast(o, v, &offs[..r], p, acc);
+    }
+}
+
+/// Q queries, L = 16/Q lanes of each column block per pass over V.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn tinyblas_columns_many_avx512<const Q: usize, const L: usize>(
+    outs: [&mut &mut [f32]; Q],
+    v: &[f32],
+    offs: &[usize],
+    ps: [&[f32]; Q],
+) {
+    use std::arch::x86_64::*;
+    let (vp, rows, d) = (v.as_ptr(), offs.len(), outs[0].len());
+    for c in (0..d).step_by(16) {
+        let mut a = [[_mm512_setzero_ps(); 16]; Q];
+        for pass in 0..16 / L {
+            let mut x = [[_mm512_setzero_ps(); L]; Q];
+            let mut j = 0;
+            while j + 16 <= rows {
+                for k in 0..L {
+                    let e = pass * L + k;
+                    let row = _mm512_loadu_ps(vp.add(offs[j + e] + c));
+                    for q in 0..Q {
+                        x[q][k] = _mm512_fmadd_ps(row, _mm512_set1_ps(*ps[q].get_unchecked(j + e)), x[q][k]);
+                    }
+                }
+                j += 16;
+            }
+            for k in 0..L {
+                let e = pass * L + k;
+                if j + e < rows {
+                    let row = _mm512_loadu_ps(vp.add(offs[j + e] + c));
+                    for q in 0..Q {
+                        x[q][k] = _mm512_fmadd_ps(row, _mm512_set1_ps(*ps[q].get_unchecked(j + e)), x[q][k]);
+                    }
+                }
+            }
+            for q in 0..Q {
+                a[q][pass * L..pass * L + L].copy_from_slice(&x[q]);
+            }
+        }
+        for (q, aq) in a.iter_mut().enumerate() {
+            for i in 0..8 {
+                aq[i] = _mm512_add_ps(aq[i], aq[i + 8]);
+            }
+            for i in 0..4 {
+                aq[i] = _mm512_add_ps(aq[i], aq[i + 4]);
+            }
+            let r = _mm512_add_ps(_mm512_add_ps(aq[0], aq[2]), _mm512_add_ps(aq[1], aq[3]));
+            _mm512_storeu_ps(outs[q].as_mut_ptr().add(c), r);
+        }
+    }
+}
+
 fma_dispatch! {
     /// `soft_max` one lane at a time (the reference for the AVX-512 form, and every other CPU's).
     pub fn soft_max_portable(y: &mut [f32], x: &[f32], max: f32) -> f64 = soft_max_body;
@@ -599,6 +710,40 @@ mod tests {
             dot_f32_tinyblas_columns_at_fast(&mut got, &v, &offs, &p, &mut acc);
             for t in 0..d {
                 assert_eq!(got[t].to_bits(), want[t].to_bits(), "{rows} rows, column {t}: {} vs {}", got[t], want[t]);
+            }
+        }
+    }
+
+    /// Two or four queries through one pass over V give each query's own call's bits, with
+    /// different row counts per query (p zero past each query's rows, as softmax leaves it).
+    #[test]
+    fn tinyblas_columns_many_are_each_query_alone_bit_for_bit() {
+        let mut r = crate::rng::Rng::new(11);
+        let (d, stride, tk) = (64, 192, 83);
+        let v: Vec<f32> = (0..tk * stride).map(|_| r.normal() as f32).collect();
+        let offs: Vec<usize> = (0..tk).map(|j| j * stride).collect();
+        for counts in [vec![16usize, 37], vec![1, 83, 80, 15], vec![83, 83], vec![32, 48, 64, 83]] {
+            let ps: Vec<Vec<f32>> = counts
+                .iter()
+                .map(|&n| (0..tk.next_multiple_of(16)).map(|j| if j < n { r.uniform() as f32 } else { 0.0 }).collect())
+                .collect();
+            let mut acc = Vec::new();
+            let want: Vec<Vec<f32>> = ps
+                .iter()
+                .zip(&counts)
+                .map(|(p, &n)| {
+                    let mut o = vec![0f32; d];
+                    dot_f32_tinyblas_columns_at_fast(&mut o, &v, &offs[..n], p, &mut acc);
+                    o
+                })
+                .collect();
+            let mut got = vec![vec![0f32; d]; counts.len()];
+            let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| &mut o[..]).collect();
+            let pr: Vec<&[f32]> = ps.iter().map(|p| &p[..]).collect();
+            dot_f32_tinyblas_columns_at_many(&mut outs, &v, &offs, &pr, &counts, &mut acc);
+            for (q, (g, w)) in got.iter().zip(&want).enumerate() {
+                let bad = g.iter().zip(w).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(bad, 0, "rows {counts:?}: query {q}: {bad} of {d} outputs differ");
             }
         }
     }

@@ -327,34 +327,49 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
                     }
                 }
             }
-            for i in i0..i1 {
+            // p = softmax(scores of query i), zeros past its keys; returns its rows of V.
+            let probs = |i: usize, sc: &[f32], p: &mut [f32]| {
                 let (lo, hi) = key_range(i);
-                let qr = &s.q[(i * hd.h + h) * d..][..d];
                 let n16 = up(hi, 16);
-                let sc: &[f32] = if tq == 1 {
-                    sc[..n16].fill(f32::NEG_INFINITY);
-                    ggml::dot_f32_rows_at(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
-                    &sc
-                } else {
-                    &scs[(i - i0) * w16..][..w16]
-                };
                 let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                // A decoding row reads all of p below; a prompt's row its first n16 entries.
-                let n_p = if tq == 1 { p.len() } else { n16 };
-                p[..n_p].fill(0.0);
+                p.fill(0.0);
                 let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
                 let inv = (1.0 / sum) as f32;
                 for x in &mut p[..n16] {
                     *x *= inv;
                 }
+                tk.min(n16)
+            };
+            if tq == 1 {
+                // A decoding row: its scores read the keys in place; p is padded to 64.
+                let (lo, hi) = key_range(0);
+                let qr = &s.q[h * d..][..d];
+                sc[..up(hi, 16)].fill(f32::NEG_INFINITY);
+                ggml::dot_f32_rows_at(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
+                probs(0, &sc, &mut p);
                 // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache holds
                 // Vᵀ); padding rows are zeros with p = 0.
-                let o = &mut out[(i - i0) * d..(i - i0 + 1) * d];
-                if tq == 1 {
-                    ggml::dot_f32_columns_at(o, v, &offs, &p, &mut acc);
-                } else {
-                    ggml::dot_f32_tinyblas_columns_at_fast(o, v, &offs[..tk.min(n16)], &p[..n16], &mut acc);
+                ggml::dot_f32_columns_at(&mut out, v, &offs, &p, &mut acc);
+                return out;
+            }
+            // A prompt's queries four (or two) at a time through P·V, so that each pass over V
+            // serves them all (`dot_f32_tinyblas_columns_at_many`: the same bits as one by one).
+            let mut ps = vec![vec![0f32; w16]; 4];
+            let mut i = i0;
+            while i < i1 {
+                let g = match i1 - i {
+                    1 => 1,
+                    2 | 3 => 2,
+                    _ => 4,
+                };
+                let mut rows = [0usize; 4];
+                for (q, pq) in ps[..g].iter_mut().enumerate() {
+                    rows[q] = probs(i + q, &scs[(i + q - i0) * w16..][..w16], pq);
                 }
+                let mut outs: Vec<&mut [f32]> = out[(i - i0) * d..(i - i0 + g) * d].chunks_mut(d).collect();
+                let pr: Vec<&[f32]> = ps[..g].iter().map(|p| &p[..]).collect();
+                ggml::dot_f32_tinyblas_columns_at_many(&mut outs, v, &offs, &pr, &rows[..g], &mut acc);
+                i += g;
             }
             out
         })
