@@ -349,7 +349,7 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
                 probs(0, &sc, &mut p);
                 // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache holds
                 // Vᵀ); padding rows are zeros with p = 0.
-                ggml::dot_f32_columns_at(&mut out, v, &offs, &p, &mut acc);
+                ggml::dot_f32_columns_at_fast(&mut out, v, &offs, &p, &mut acc);
                 return out;
             }
             // A prompt's queries four (or two) at a time through P·V, so that each pass over V
