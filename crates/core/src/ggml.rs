@@ -306,6 +306,55 @@ unsafe fn keys16_lane(kp: *const f32, yp: *const f32, np: usize, l: usize) -> st
     _mm512_add_ps(_mm512_add_ps(acc[0], acc[2]), _mm512_add_ps(acc[1], acc[3]))
 }
 
+/// `dot_f32_rows_at` (a decoding row's scores) on AVX-512 where the CPU has it: per key
+/// `dot_f32`'s four 16-lane accumulators as four registers (the query's 64-element steps
+/// loaded once for all keys), (a0 + a2) + (a1 + a3), `reduce16` across the register's lanes
+/// (upper half onto lower, then quarters, then (t0 + t2) + (t1 + t3)), the leftovers one FMA
+/// at a time, the scale: the same operations, bit for bit (tested).
+pub fn dot_f32_rows_at_fast(out: &mut [f32], x: &[f32], offs: &[usize], y: &[f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if y.len() == 64 && std::arch::is_x86_feature_detected!("avx512f") {
+        assert!(
+            out.len() <= offs.len() && offs.iter().all(|&o| o + y.len() <= x.len()),
+            "dot_f32_rows: {} rows of {} in {} values",
+            offs.len(),
+            y.len(),
+            x.len()
+        );
+        // SAFETY: AVX-512 F detected; every read is inside x and y (asserted).
+        return unsafe { rows64_avx512(out, x, offs, y, scale) };
+    }
+    dot_f32_rows_at(out, x, offs, y, scale)
+}
+
+/// Rows of exactly 64 (one step of `dot_f32`, no leftovers): the common head size.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn rows64_avx512(out: &mut [f32], x: &[f32], offs: &[usize], y: &[f32], scale: f32) {
+    use std::arch::x86_64::*;
+    let (xp, yp) = (x.as_ptr(), y.as_ptr());
+    // No closures around the intrinsics (a closure loses the target features).
+    let (y0, y1, y2, y3) =
+        (_mm512_loadu_ps(yp), _mm512_loadu_ps(yp.add(16)), _mm512_loadu_ps(yp.add(32)), _mm512_loadu_ps(yp.add(48)));
+    let z = _mm512_setzero_ps();
+    for (o, &at) in out.iter_mut().zip(offs) {
+        let k = xp.add(at);
+        let a0 = _mm512_fmadd_ps(_mm512_loadu_ps(k), y0, z);
+        let a1 = _mm512_fmadd_ps(_mm512_loadu_ps(k.add(16)), y1, z);
+        let a2 = _mm512_fmadd_ps(_mm512_loadu_ps(k.add(32)), y2, z);
+        let a3 = _mm512_fmadd_ps(_mm512_loadu_ps(k.add(48)), y3, z);
+        let r = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
+        let t3 = _mm256_add_ps(
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(r))),
+            _mm512_castps512_ps256(r),
+        );
+        let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+        let u = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
+        let s = _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)));
+        *o = s * scale;
+    }
+}
+
 /// `dot_f32_columns_at` (a decoding row's P·V) with its accumulators in AVX-512 registers where
 /// the CPU has AVX-512 F and the row length is a multiple of 16: for each block of 16 columns,
 /// one of `dot_f32`'s four accumulators (16 lanes, rows j with (j % 64) / 16 = a) at a time, so
@@ -774,6 +823,27 @@ mod tests {
             dot_f32_tinyblas_columns_at_fast(&mut got, &v, &offs, &p, &mut acc);
             for t in 0..d {
                 assert_eq!(got[t].to_bits(), want[t].to_bits(), "{rows} rows, column {t}: {} vs {}", got[t], want[t]);
+            }
+        }
+    }
+
+    /// The register form of a decoding row's scores gives `dot_f32_rows_at`'s bits.
+    #[test]
+    fn rows_fast_is_the_portable_kernel_bit_for_bit() {
+        let mut r = crate::rng::Rng::new(17);
+        let (d, stride, rows) = (64, 192, 70);
+        let x: Vec<f32> = (0..rows * stride).map(|_| r.normal() as f32).collect();
+        let mut y: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
+        let offs: Vec<usize> = (0..rows).map(|j| (j * 37 % rows) * stride).collect();
+        for pass in 0..2 {
+            if pass == 1 {
+                y.iter_mut().for_each(|v| *v = 0.0); // all-zero dots: the sign of zero too
+            }
+            let (mut want, mut got) = (vec![0f32; rows], vec![0f32; rows]);
+            dot_f32_rows_at(&mut want, &x, &offs, &y, 0.125);
+            dot_f32_rows_at_fast(&mut got, &x, &offs, &y, 0.125);
+            for j in 0..rows {
+                assert_eq!(got[j].to_bits(), want[j].to_bits(), "row {j}: {} vs {}", got[j], want[j]);
             }
         }
     }

@@ -345,7 +345,7 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
                 let (lo, hi) = key_range(0);
                 let qr = &s.q[h * d..][..d];
                 sc[..up(hi, 16)].fill(f32::NEG_INFINITY);
-                ggml::dot_f32_rows_at(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
+                ggml::dot_f32_rows_at_fast(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
                 probs(0, &sc, &mut p);
                 // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache holds
                 // Vᵀ); padding rows are zeros with p = 0.
