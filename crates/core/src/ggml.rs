@@ -355,6 +355,33 @@ unsafe fn rows64_avx512(out: &mut [f32], x: &[f32], offs: &[usize], y: &[f32], s
     }
 }
 
+/// The register P·V kernels' bounds: every row of `d` values at `offs` inside v, a p per row.
+fn check_columns(what: &str, d: usize, v: &[f32], offs: &[usize], p: &[f32]) {
+    assert!(
+        offs.len() <= p.len() && offs.iter().all(|&o| o + d <= v.len()),
+        "{what}: {} rows of {d} in {} values, p of {}",
+        offs.len(),
+        v.len(),
+        p.len()
+    );
+}
+
+/// `reduce16` across 16 registers, a vector over 16 columns: (a[i] + a[i+8]), then (+ a[i+4]),
+/// then (a0 + a2) + (a1 + a3).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn reduce16_regs(mut a: [std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    for i in 0..8 {
+        a[i] = _mm512_add_ps(a[i], a[i + 8]);
+    }
+    for i in 0..4 {
+        a[i] = _mm512_add_ps(a[i], a[i + 4]);
+    }
+    _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]))
+}
+
 /// `dot_f32_columns_at` (a decoding row's P·V) with its accumulators in AVX-512 registers where
 /// the CPU has AVX-512 F and the row length is a multiple of 16: for each block of 16 columns,
 /// one of `dot_f32`'s four accumulators (16 lanes, rows j with (j % 64) / 16 = a) at a time, so
@@ -364,15 +391,8 @@ unsafe fn rows64_avx512(out: &mut [f32], x: &[f32], offs: &[usize], y: &[f32], s
 pub fn dot_f32_columns_at_fast(out: &mut [f32], v: &[f32], offs: &[usize], p: &[f32], acc: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
     if out.len().is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
-        let d = out.len();
-        assert!(
-            offs.len() <= p.len() && offs.iter().all(|&o| o + d <= v.len()),
-            "dot_f32_columns: {} rows of {d} in {} values, p of {}",
-            offs.len(),
-            v.len(),
-            p.len()
-        );
-        // SAFETY: AVX-512 F detected; every read is inside v and p (asserted).
+        check_columns("dot_f32_columns", out.len(), v, offs, p);
+        // SAFETY: AVX-512 F detected; every read is inside v and p (checked).
         return unsafe { columns_avx512(out, v, offs, p) };
     }
     dot_f32_columns_at(out, v, offs, p, acc)
@@ -408,14 +428,7 @@ unsafe fn columns_avx512(out: &mut [f32], v: &[f32], offs: &[usize], p: &[f32]) 
         for (l, rl) in r.iter_mut().enumerate() {
             *rl = _mm512_add_ps(_mm512_add_ps(b[0][l], b[2][l]), _mm512_add_ps(b[1][l], b[3][l]));
         }
-        for i in 0..8 {
-            r[i] = _mm512_add_ps(r[i], r[i + 8]);
-        }
-        for i in 0..4 {
-            r[i] = _mm512_add_ps(r[i], r[i + 4]);
-        }
-        let s = _mm512_add_ps(_mm512_add_ps(r[0], r[2]), _mm512_add_ps(r[1], r[3]));
-        _mm512_storeu_ps(out.as_mut_ptr().add(c), s);
+        _mm512_storeu_ps(out.as_mut_ptr().add(c), reduce16_regs(r));
     }
 }
 
@@ -428,15 +441,8 @@ unsafe fn columns_avx512(out: &mut [f32], v: &[f32], offs: &[usize], p: &[f32]) 
 pub fn dot_f32_tinyblas_columns_at_fast(out: &mut [f32], v: &[f32], offs: &[usize], p: &[f32], acc: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
     if out.len().is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
-        let d = out.len();
-        assert!(
-            offs.len() <= p.len() && offs.iter().all(|&o| o + d <= v.len()),
-            "dot_f32_tinyblas_columns: {} rows of {d} in {} values, p of {}",
-            offs.len(),
-            v.len(),
-            p.len()
-        );
-        // SAFETY: AVX-512 F detected; every read is inside v and p (asserted).
+        check_columns("dot_f32_tinyblas_columns", out.len(), v, offs, p);
+        // SAFETY: AVX-512 F detected; every read is inside v and p (checked).
         return unsafe { tinyblas_columns_avx512(out, v, offs, p) };
     }
     dot_f32_tinyblas_columns_at(out, v, offs, p, acc)
@@ -464,15 +470,7 @@ unsafe fn tinyblas_columns_avx512(out: &mut [f32], v: &[f32], offs: &[usize], p:
                 *ae = _mm512_fmadd_ps(x, _mm512_set1_ps(*pp.add(j + e)), *ae);
             }
         }
-        // `reduce16` per column: (a[i] + a[i+8]), then (+ a[i+4]), then (r0 + r2) + (r1 + r3).
-        for i in 0..8 {
-            a[i] = _mm512_add_ps(a[i], a[i + 8]);
-        }
-        for i in 0..4 {
-            a[i] = _mm512_add_ps(a[i], a[i + 4]);
-        }
-        let r = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
-        _mm512_storeu_ps(out.as_mut_ptr().add(c), r);
+        _mm512_storeu_ps(out.as_mut_ptr().add(c), reduce16_regs(a));
     }
 }
 
@@ -574,15 +572,8 @@ unsafe fn tinyblas_columns_many_avx512<const Q: usize, const L: usize>(
                 a[q][pass * L..pass * L + L].copy_from_slice(&x[q]);
             }
         }
-        for (q, aq) in a.iter_mut().enumerate() {
-            for i in 0..8 {
-                aq[i] = _mm512_add_ps(aq[i], aq[i + 8]);
-            }
-            for i in 0..4 {
-                aq[i] = _mm512_add_ps(aq[i], aq[i + 4]);
-            }
-            let r = _mm512_add_ps(_mm512_add_ps(aq[0], aq[2]), _mm512_add_ps(aq[1], aq[3]));
-            _mm512_storeu_ps(outs[q].as_mut_ptr().add(c), r);
+        for (q, aq) in a.into_iter().enumerate() {
+            _mm512_storeu_ps(outs[q].as_mut_ptr().add(c), reduce16_regs(aq));
         }
     }
 }

@@ -297,8 +297,6 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
                 (lo, pos + 1)
             };
             let mut out = vec![0f32; (i1 - i0) * d];
-            let mut sc = vec![f32::NEG_INFINITY; up(tk, 16)];
-            let mut p = vec![0f32; up(tk, if tq == 1 { 64 } else { 16 })];
             let mut acc = Vec::new();
             // Row j's head g at k[rows[j] + g·D..] (likewise v).
             let offs: Vec<usize> = s.rows.iter().map(|&at| at + g * d).collect();
@@ -344,7 +342,7 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
                 // A decoding row: its scores read the keys in place; p is padded to 64.
                 let (lo, hi) = key_range(0);
                 let qr = &s.q[h * d..][..d];
-                sc[..up(hi, 16)].fill(f32::NEG_INFINITY);
+                let (mut sc, mut p) = (vec![f32::NEG_INFINITY; up(tk, 16)], vec![0f32; up(tk, 64)]);
                 ggml::dot_f32_rows_at_fast(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
                 probs(0, &sc, &mut p);
                 // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache holds
