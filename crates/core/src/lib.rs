@@ -15,6 +15,7 @@ pub mod float;
 pub mod ggml;
 pub mod mem;
 pub mod ops;
+pub mod par;
 pub mod profile;
 pub mod quant;
 pub mod replay;

@@ -97,16 +97,23 @@ pub fn keep_freed_memory() {
     }
 }
 
-/// A zeroed `Vec<f32>` of `len`, zeroed by the rayon pool's threads when it is large: a
+/// A zeroed `Vec<f32>` of `len`, zeroed by `par`'s threads when it is large: a
 /// product's output zeroed on one thread (a memset, and the first touch of its pages) is a
 /// serial part of every parallel matmul, which grows with the thread count.
 pub fn zeros(len: usize) -> Vec<f32> {
-    use rayon::prelude::*;
     const SERIAL: usize = 1 << 16;
     if len <= SERIAL {
         return vec![0f32; len];
     }
-    let mut v = Vec::with_capacity(len);
-    v.par_extend(rayon::iter::repeat_n(0f32, len));
-    v
+    let mut v: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit needs no initialisation; every element is written below.
+    unsafe { v.set_len(len) };
+    crate::par::chunks_mut(&mut v, SERIAL, |_, c| {
+        c.iter_mut().for_each(|x| {
+            x.write(0.0);
+        })
+    });
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: all `len` elements were written; MaybeUninit<f32> has f32's layout.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut f32, len, v.capacity()) }
 }

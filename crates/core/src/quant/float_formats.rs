@@ -17,7 +17,6 @@
 use super::simd::Level;
 use super::GgmlType;
 use crate::ggml::reduce16;
-use rayon::prelude::*;
 
 pub fn dequantize_f32(b: &[u8], out: &mut [f32]) {
     for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
@@ -124,11 +123,8 @@ pub(crate) fn matmul(
     debug_assert!(matches!(ty, GgmlType::F16 | GgmlType::BF16));
     let (k, m, rb) = (cols, rows, 2 * cols);
     let order = Order::of(ty, m, k, n);
-    let acts: Vec<HalfRow> = if n == 1 {
-        vec![half_row(ty, &x[..k])]
-    } else {
-        x[..n * k].par_chunks(k.max(1)).map(|r| half_row(ty, r)).collect()
-    };
+    let acts: Vec<HalfRow> =
+        if n == 1 { vec![half_row(ty, &x[..k])] } else { crate::par::map(n, |i| half_row(ty, &x[i * k..(i + 1) * k])) };
     #[cfg(target_arch = "x86_64")]
     if n > 4
         && ty == GgmlType::F16
@@ -145,9 +141,9 @@ pub(crate) fn matmul(
     }
     // Blocks of output rows, each reading its weight rows once for all n inputs: one block per
     // thread for a few inputs (decode), 32 rows for more.
-    let block = if n <= 4 { m.div_ceil(rayon::current_num_threads()).max(32) } else { 32 };
+    let block = if n <= 4 { m.div_ceil(crate::par::threads()).max(32) } else { 32 };
     let run = |yt: &mut [f32]| {
-        yt.par_chunks_mut(block * n).enumerate().for_each(|(bi, yb)| {
+        crate::par::chunks_mut(yt, block * n, |bi, yb| {
             let r0 = bi * block;
             let w = &w[r0 * rb..(r0 + yb.len() / n) * rb];
             dot_rows(level, ty, order, w, rb, &acts, yb);

@@ -115,7 +115,7 @@ impl QTensor {
         let acts: Vec<Act> = if n == 1 {
             vec![self.act(&x[..k], 0, 1, path)]
         } else {
-            x[..n * k].par_chunks(k.max(1)).enumerate().map(|(i, r)| self.act(r, i, n, path)).collect()
+            crate::par::map(n, |i| self.act(&x[i * k..(i + 1) * k], i, n, path))
         };
         #[cfg(target_arch = "x86_64")]
         if n > 4 && level == Level::Avx512 && path == X86Path::VecDot && avx512_detected() {
@@ -152,9 +152,9 @@ impl QTensor {
         // A few inputs (decode): one block of output rows per thread, so that the AVX-512
         // kernels' R streams are long; a multiple of 8, so the AVX2 repacked kernels take their
         // eight rows at once throughout.
-        let block = m.div_ceil(rayon::current_num_threads()).max(32).next_multiple_of(8);
+        let block = m.div_ceil(crate::par::threads()).max(32).next_multiple_of(8);
         let run = |yt: &mut [f32]| {
-            yt.par_chunks_mut(block * n).enumerate().for_each(|(bi, yb)| {
+            crate::par::chunks_mut(yt, block * n, |bi, yb| {
                 let r0 = bi * block;
                 let rows = yb.len() / n;
                 let w = &self.data[r0 * rb..(r0 + rows) * rb];
@@ -224,7 +224,7 @@ impl QTensor {
 }
 
 /// Cuts y (n inputs × m outputs) into tasks of 32 weight rows × 64 inputs (two axes, so that
-/// narrow matrices still give every thread tasks) and runs them on the rayon pool:
+/// narrow matrices still give every thread tasks) and runs them on `par`'s pool:
 /// `task((r0, r1), (i0, i1), o)` must write y[i·m + j] for i in i0..i1 and j in r0..r1, through
 /// `o` = &y[i0·m + r0] (so element (i, j) at o + (i − i0)·m + (j − r0)), and nothing else.
 /// A task's weight rows stay in L1 while its inputs pass them a few at a time; tasks write
@@ -240,7 +240,7 @@ pub(crate) fn gemm_tasks(
     assert!(y.len() >= n * m, "gemm: {} outputs for {n} × {m}", y.len());
     let (tr, tn) = (m.div_ceil(ROWS), n.div_ceil(INPUTS));
     let out = OutPtr(y.as_mut_ptr());
-    (0..tr * tn).into_par_iter().for_each(|t| {
+    crate::par::for_each(tr * tn, |t| {
         let (r0, i0) = (t / tn * ROWS, t % tn * INPUTS);
         // SAFETY: inside y (asserted above); the tasks' (i, j) ranges are disjoint.
         task((r0, (r0 + ROWS).min(m)), (i0, (i0 + INPUTS).min(n)), unsafe { out.get().add(i0 * m + r0) })
@@ -321,7 +321,7 @@ pub(crate) fn into_rows_of_y(m: usize, n: usize, y: &mut [f32], run: impl FnOnce
     // In parallel (serial, it is a few percent of a prefill, more with more threads), 16 rows
     // of y per task: each output's 16 values are one cache line of yt.
     const ROWS: usize = 16;
-    y[..n * m].par_chunks_mut(ROWS * m).enumerate().for_each(|(bi, yc)| {
+    crate::par::chunks_mut(&mut y[..n * m], ROWS * m, |bi, yc| {
         let (i0, rows) = (bi * ROWS, yc.len() / m);
         for j in 0..m {
             for (ii, v) in yt[j * n + i0..j * n + i0 + rows].iter().enumerate() {
@@ -380,7 +380,8 @@ impl QuantMatrix for QTensor {
             }
             return;
         }
-        let acts: Vec<Act> = x[..n * self.cols].par_chunks(self.cols.max(1)).map(|r| self.act(r, 0, 1, path)).collect();
+        let c = self.cols;
+        let acts: Vec<Act> = crate::par::map(n, |i| self.act(&x[i * c..(i + 1) * c], 0, 1, path));
         self.dot_blocks(level, path, &acts, y)
     }
     fn as_any(&self) -> &dyn std::any::Any {

@@ -261,117 +261,111 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
     let up = |n: usize, m: usize| n.div_ceil(m) * m;
     // kts[s·KVH + g][blk·16·D + e·16 + j] = element e of key 16·blk + j of KV head g (zeros past
     // the last key); empty for decoding rows.
-    let kts: Vec<Vec<f32>> = (0..seqs.len() * hd.kvh)
-        .into_par_iter()
-        .map(|sg| {
-            let (s, g) = (&seqs[sg / hd.kvh], sg % hd.kvh);
-            if s.tq == 1 {
-                return Vec::new();
+    let kts: Vec<Vec<f32>> = crate::par::map(seqs.len() * hd.kvh, |sg| {
+        let (s, g) = (&seqs[sg / hd.kvh], sg % hd.kvh);
+        if s.tq == 1 {
+            return Vec::new();
+        }
+        let mut kt = vec![0f32; up(s.rows.len(), 16) * d];
+        for (j, &at) in s.rows.iter().enumerate() {
+            let blk = &mut kt[j / 16 * 16 * d..][..16 * d];
+            for (e, &x) in k[at + g * d..][..d].iter().enumerate() {
+                blk[e * 16 + j % 16] = x;
             }
-            let mut kt = vec![0f32; up(s.rows.len(), 16) * d];
-            for (j, &at) in s.rows.iter().enumerate() {
-                let blk = &mut kt[j / 16 * 16 * d..][..16 * d];
-                for (e, &x) in k[at + g * d..][..d].iter().enumerate() {
-                    blk[e * 16 + j % 16] = x;
-                }
-            }
-            kt
-        })
-        .collect();
+        }
+        kt
+    });
     let tasks: Vec<(usize, usize, usize)> = seqs
         .iter()
         .enumerate()
         .flat_map(|(si, s)| (0..hd.h).flat_map(move |h| (0..s.tq.div_ceil(RUN)).map(move |r| (si, h, r))))
         .collect();
     // Each task's out (queries of its run, D) of its head.
-    let pieces: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|&(si, h, r)| {
-            let s = &seqs[si];
-            let g = h / grp;
-            let (tq, tk) = (s.tq, s.rows.len());
-            let (i0, i1) = (r * RUN, ((r + 1) * RUN).min(tq));
-            let key_range = |i: usize| {
-                let pos = tk - tq + i;
-                let lo = hd.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                (lo, pos + 1)
-            };
-            let mut out = vec![0f32; (i1 - i0) * d];
-            let mut acc = Vec::new();
-            // Row j's head g at k[rows[j] + g·D..] (likewise v).
-            let offs: Vec<usize> = s.rows.iter().map(|&at| at + g * d).collect();
-            let kt = &kts[si * hd.kvh + g];
-            // A prompt's scores for the whole run first, key block by key block: a block of 16
-            // transposed keys (4 KB at D 64) stays in L1 while the run's queries pass it, where
-            // query by query every query streamed all its keys from L2. Each score is the same
-            // `dot_f32_keys16_fast` call as before; scores outside a query's keys stay −∞.
-            let w16 = up(tk, 16);
-            let mut scs = Vec::new();
-            if tq > 1 {
-                scs = vec![f32::NEG_INFINITY; (i1 - i0) * w16];
-                let (blk0, blk1) = (key_range(i0).0 / 16, key_range(i1 - 1).1.div_ceil(16));
-                let mut s16 = [0f32; 16];
-                for blk in blk0..blk1 {
-                    let kb = &kt[blk * 16 * d..][..16 * d];
-                    for i in i0..i1 {
-                        let (lo, hi) = key_range(i);
-                        if blk < lo / 16 || blk >= hi.div_ceil(16) {
-                            continue;
-                        }
-                        ggml::dot_f32_keys16_fast(&mut s16, kb, &s.q[(i * hd.h + h) * d..][..d], scale);
-                        let (j0, j1) = ((blk * 16).max(lo), (blk * 16 + 16).min(hi));
-                        scs[(i - i0) * w16 + j0..(i - i0) * w16 + j1]
-                            .copy_from_slice(&s16[j0 - blk * 16..j1 - blk * 16]);
+    let pieces: Vec<Vec<f32>> = crate::par::map(tasks.len(), |t| {
+        let (si, h, r) = tasks[t];
+        let s = &seqs[si];
+        let g = h / grp;
+        let (tq, tk) = (s.tq, s.rows.len());
+        let (i0, i1) = (r * RUN, ((r + 1) * RUN).min(tq));
+        let key_range = |i: usize| {
+            let pos = tk - tq + i;
+            let lo = hd.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            (lo, pos + 1)
+        };
+        let mut out = vec![0f32; (i1 - i0) * d];
+        let mut acc = Vec::new();
+        // Row j's head g at k[rows[j] + g·D..] (likewise v).
+        let offs: Vec<usize> = s.rows.iter().map(|&at| at + g * d).collect();
+        let kt = &kts[si * hd.kvh + g];
+        // A prompt's scores for the whole run first, key block by key block: a block of 16
+        // transposed keys (4 KB at D 64) stays in L1 while the run's queries pass it, where
+        // query by query every query streamed all its keys from L2. Each score is the same
+        // `dot_f32_keys16_fast` call as before; scores outside a query's keys stay −∞.
+        let w16 = up(tk, 16);
+        let mut scs = Vec::new();
+        if tq > 1 {
+            scs = vec![f32::NEG_INFINITY; (i1 - i0) * w16];
+            let (blk0, blk1) = (key_range(i0).0 / 16, key_range(i1 - 1).1.div_ceil(16));
+            let mut s16 = [0f32; 16];
+            for blk in blk0..blk1 {
+                let kb = &kt[blk * 16 * d..][..16 * d];
+                for i in i0..i1 {
+                    let (lo, hi) = key_range(i);
+                    if blk < lo / 16 || blk >= hi.div_ceil(16) {
+                        continue;
                     }
+                    ggml::dot_f32_keys16_fast(&mut s16, kb, &s.q[(i * hd.h + h) * d..][..d], scale);
+                    let (j0, j1) = ((blk * 16).max(lo), (blk * 16 + 16).min(hi));
+                    scs[(i - i0) * w16 + j0..(i - i0) * w16 + j1].copy_from_slice(&s16[j0 - blk * 16..j1 - blk * 16]);
                 }
             }
-            // p = softmax(scores of query i), zeros past its keys; returns its rows of V.
-            let probs = |i: usize, sc: &[f32], p: &mut [f32]| {
-                let (lo, hi) = key_range(i);
-                let n16 = up(hi, 16);
-                let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                p.fill(0.0);
-                let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
-                let inv = (1.0 / sum) as f32;
-                for x in &mut p[..n16] {
-                    *x *= inv;
-                }
-                tk.min(n16)
+        }
+        // p = softmax(scores of query i), zeros past its keys; returns its rows of V.
+        let probs = |i: usize, sc: &[f32], p: &mut [f32]| {
+            let (lo, hi) = key_range(i);
+            let n16 = up(hi, 16);
+            let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            p.fill(0.0);
+            let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
+            let inv = (1.0 / sum) as f32;
+            for x in &mut p[..n16] {
+                *x *= inv;
+            }
+            tk.min(n16)
+        };
+        if tq == 1 {
+            // A decoding row: its scores read the keys in place; p is padded to 64.
+            let (lo, hi) = key_range(0);
+            let qr = &s.q[h * d..][..d];
+            let (mut sc, mut p) = (vec![f32::NEG_INFINITY; up(tk, 16)], vec![0f32; up(tk, 64)]);
+            ggml::dot_f32_rows_at_fast(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
+            probs(0, &sc, &mut p);
+            // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache holds
+            // Vᵀ); padding rows are zeros with p = 0.
+            ggml::dot_f32_columns_at_fast(&mut out, v, &offs, &p, &mut acc);
+            return out;
+        }
+        // A prompt's queries four (or two) at a time through P·V, so that each pass over V
+        // serves them all (`dot_f32_tinyblas_columns_at_many`: the same bits as one by one).
+        let mut ps = vec![vec![0f32; w16]; 4];
+        let mut i = i0;
+        while i < i1 {
+            let g = match i1 - i {
+                1 => 1,
+                2 | 3 => 2,
+                _ => 4,
             };
-            if tq == 1 {
-                // A decoding row: its scores read the keys in place; p is padded to 64.
-                let (lo, hi) = key_range(0);
-                let qr = &s.q[h * d..][..d];
-                let (mut sc, mut p) = (vec![f32::NEG_INFINITY; up(tk, 16)], vec![0f32; up(tk, 64)]);
-                ggml::dot_f32_rows_at_fast(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
-                probs(0, &sc, &mut p);
-                // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache holds
-                // Vᵀ); padding rows are zeros with p = 0.
-                ggml::dot_f32_columns_at_fast(&mut out, v, &offs, &p, &mut acc);
-                return out;
+            let mut rows = [0usize; 4];
+            for (q, pq) in ps[..g].iter_mut().enumerate() {
+                rows[q] = probs(i + q, &scs[(i + q - i0) * w16..][..w16], pq);
             }
-            // A prompt's queries four (or two) at a time through P·V, so that each pass over V
-            // serves them all (`dot_f32_tinyblas_columns_at_many`: the same bits as one by one).
-            let mut ps = vec![vec![0f32; w16]; 4];
-            let mut i = i0;
-            while i < i1 {
-                let g = match i1 - i {
-                    1 => 1,
-                    2 | 3 => 2,
-                    _ => 4,
-                };
-                let mut rows = [0usize; 4];
-                for (q, pq) in ps[..g].iter_mut().enumerate() {
-                    rows[q] = probs(i + q, &scs[(i + q - i0) * w16..][..w16], pq);
-                }
-                let mut outs: Vec<&mut [f32]> = out[(i - i0) * d..(i - i0 + g) * d].chunks_mut(d).collect();
-                let pr: Vec<&[f32]> = ps[..g].iter().map(|p| &p[..]).collect();
-                ggml::dot_f32_tinyblas_columns_at_many(&mut outs, v, &offs, &pr, &rows[..g], &mut acc);
-                i += g;
-            }
-            out
-        })
-        .collect();
+            let mut outs: Vec<&mut [f32]> = out[(i - i0) * d..(i - i0 + g) * d].chunks_mut(d).collect();
+            let pr: Vec<&[f32]> = ps[..g].iter().map(|p| &p[..]).collect();
+            ggml::dot_f32_tinyblas_columns_at_many(&mut outs, v, &offs, &pr, &rows[..g], &mut acc);
+            i += g;
+        }
+        out
+    });
     let mut outs: Vec<Vec<f32>> = seqs.iter().map(|s| vec![0f32; s.tq * hd.h * d]).collect();
     for (&(si, h, r), piece) in tasks.iter().zip(&pieces) {
         for (ii, row) in piece.chunks_exact(d).enumerate() {
@@ -699,7 +693,7 @@ impl AttentionKernels for Cpu {
         let Heads { h, kvh, d, window } = heads;
         let bs = rows.block_size;
         let mut out = vec![0f32; qd.len()];
-        out.par_chunks_mut(h * d).enumerate().for_each(|(r, o)| {
+        crate::par::chunks_mut(&mut out, h * d, |r, o| {
             let tk = pos[r] as usize + 1;
             let lo = window.map_or(0, |w| tk.saturating_sub(w));
             let table = &tables[toff[r] as usize..];

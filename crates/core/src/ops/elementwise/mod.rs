@@ -3,7 +3,6 @@
 use crate::backend::{self, backend, Cpu};
 use crate::Tensor;
 use anyhow::{bail, Result};
-use rayon::prelude::*;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -36,7 +35,10 @@ fn zip_map(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32>
     if out.len() <= CHUNK {
         run((&mut out, (x, y)));
     } else {
-        out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK))).for_each(run);
+        crate::par::chunks_mut(&mut out, CHUNK, |i, o| {
+            let l = o.len();
+            run((o, (&x[i * CHUNK..][..l], &y[i * CHUNK..][..l])))
+        });
     }
     out
 }
@@ -58,7 +60,10 @@ impl ElementwiseKernels for Cpu {
         if x.len() <= CHUNK {
             run((x, y));
         } else {
-            x.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).for_each(run);
+            crate::par::chunks_mut(x, CHUNK, |i, o| {
+                let l = o.len();
+                run((o, &y[i * CHUNK..][..l]))
+            });
         }
         Ok(())
     }

@@ -3,7 +3,6 @@
 //! call with the same k-order whatever the split, so results do not depend on the thread count.
 
 use crate::float::Float;
-use rayon::prelude::*;
 
 /// A matrix operand: data plus (row stride, column stride), so transposes are free.
 #[derive(Clone, Copy)]
@@ -40,7 +39,7 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
         }
         return;
     }
-    let threads = rayon::current_num_threads();
+    let threads = crate::par::threads();
     let flops = m * n * k;
     // Small products are not worth a fork.
     let parts = if flops < 1 << 17 { 1 } else { threads };
@@ -69,7 +68,7 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
         // Split rows of C (and A). Every block packs all of B again, every column block all
         // of A: the split that repeats the smaller operand (B here: k × n ≤ m × k).
         let step = m.div_ceil(parts * 2).max(8);
-        (0..m.div_ceil(step)).into_par_iter().for_each(|i| {
+        crate::par::for_each(m.div_ceil(step), |i| {
             let r0 = i * step;
             let rows = step.min(m - r0);
             // SAFETY: blocks of rows are disjoint regions of c.
@@ -95,7 +94,7 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
     } else {
         // Split columns of C (and B): A, the smaller, is the one packed again per block.
         let step = n.div_ceil(parts * 2).max(16);
-        (0..n.div_ceil(step)).into_par_iter().for_each(|i| {
+        crate::par::for_each(n.div_ceil(step), |i| {
             let c0 = i * step;
             let cols = step.min(n - c0);
             // SAFETY: blocks of columns are disjoint regions of c.
@@ -158,7 +157,7 @@ pub fn linear_matvec<F: Float>(x: &[F], w: &[F], bias: Option<&[F]>, n: usize, k
     // Output columns in blocks; every block reads its weight rows once for all n inputs.
     const BLOCK: usize = 64;
     let mut yt = vec![F::ZERO; m * n]; // (m, n): blocks of output columns are contiguous
-    yt.par_chunks_mut(BLOCK * n).enumerate().for_each(|(bi, yb)| {
+    crate::par::chunks_mut(&mut yt, BLOCK * n, |bi, yb| {
         for (jj, yrow) in yb.chunks_mut(n).enumerate() {
             let j = bi * BLOCK + jj;
             let wr = &w[j * k..(j + 1) * k];

@@ -61,17 +61,19 @@ pub fn rmsnorm_fwd<F: Float>(x: &[F], w: &[F], eps: f64, c: usize) -> (Vec<F>, V
     let n = x.len() / c;
     let mut y = vec![F::ZERO; n * c];
     let mut rstd = vec![F::ZERO; n];
-    y.par_chunks_mut(c * ROWS_PER_TASK)
-        .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
-        .zip(x.par_chunks(c * ROWS_PER_TASK))
-        .for_each(|((yb, rb), xb)| {
-            rstd_rows(xb, c, eps, rb);
-            for ((yr, &s), xr) in yb.chunks_mut(c).zip(rb.iter()).zip(xb.chunks(c)) {
-                for ((o, &xi), &wi) in yr.iter_mut().zip(xr).zip(w) {
-                    *o = xi * s * wi;
-                }
+    let (yp, rp) =
+        (crate::par::Pieces::new(&mut y, c * ROWS_PER_TASK), crate::par::Pieces::new(&mut rstd, ROWS_PER_TASK));
+    crate::par::for_each(rp.count(), |b| {
+        // SAFETY: task b takes piece b of each output, and only it.
+        let (yb, rb) = unsafe { (yp.take(b), rp.take(b)) };
+        let xb = &x[b * c * ROWS_PER_TASK..][..yb.len()];
+        rstd_rows(xb, c, eps, rb);
+        for ((yr, &s), xr) in yb.chunks_mut(c).zip(rb.iter()).zip(xb.chunks(c)) {
+            for ((o, &xi), &wi) in yr.iter_mut().zip(xr).zip(w) {
+                *o = xi * s * wi;
             }
-        });
+        }
+    });
     (y, rstd)
 }
 
@@ -170,21 +172,22 @@ impl RmsNormKernels for Cpu {
         let n = xs.len() / c.max(1);
         let (mut h, mut y, mut rstd) = (crate::mem::zeros(n * c), crate::mem::zeros(n * c), vec![0f32; n]);
         let block = c * ROWS_PER_TASK;
-        h.par_chunks_mut(block)
-            .zip(y.par_chunks_mut(block))
-            .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
-            .zip(xs.par_chunks(block).zip(rs.par_chunks(block)))
-            .for_each(|(((hb, yb), sb), (xb, rb))| {
-                for (o, (a, b)) in hb.iter_mut().zip(xb.iter().zip(rb)) {
-                    *o = a + b;
+        let (hp, yp) = (crate::par::Pieces::new(&mut h, block), crate::par::Pieces::new(&mut y, block));
+        let sp = crate::par::Pieces::new(&mut rstd, ROWS_PER_TASK);
+        crate::par::for_each(sp.count(), |b| {
+            // SAFETY: task b takes piece b of each output, and only it.
+            let (hb, yb, sb) = unsafe { (hp.take(b), yp.take(b), sp.take(b)) };
+            let (xb, rb) = (&xs[b * block..][..hb.len()], &rs[b * block..][..hb.len()]);
+            for (o, (a, b)) in hb.iter_mut().zip(xb.iter().zip(rb)) {
+                *o = a + b;
+            }
+            rstd_rows(hb, c, eps, sb);
+            for ((yr, s), hr) in yb.chunks_mut(c).zip(sb.iter()).zip(hb.chunks(c)) {
+                for ((o, &hi), &wi) in yr.iter_mut().zip(hr).zip(ws) {
+                    *o = hi * *s * wi;
                 }
-                rstd_rows(hb, c, eps, sb);
-                for ((yr, s), hr) in yb.chunks_mut(c).zip(sb.iter()).zip(hb.chunks(c)) {
-                    for ((o, &hi), &wi) in yr.iter_mut().zip(hr).zip(ws) {
-                        *o = hi * *s * wi;
-                    }
-                }
-            });
+            }
+        });
         Ok((Tensor::from_f32(h, x.shape())?, Tensor::from_f32(y, x.shape())?, Tensor::from_f32(rstd, &[n])?))
     }
 }

@@ -13,7 +13,6 @@ use crate::float::Float;
 use crate::ops::Pos;
 use crate::Tensor;
 use anyhow::{bail, Result};
-use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 #[cfg(feature = "cuda")]
@@ -151,7 +150,7 @@ fn rope_apply_by<F: Float>(
     pos: impl Fn(usize) -> usize + Sync,
 ) {
     let half = d / 2;
-    x.par_chunks_mut(heads * d).enumerate().for_each(|(r, row)| {
+    crate::par::chunks_mut(x, heads * d, |r, row| {
         let tp = pos(r);
         let (c, s) = (&cos[tp * half..(tp + 1) * half], &sin[tp * half..(tp + 1) * half]);
         for head in row.chunks_mut(d) {

@@ -19,8 +19,8 @@ fn sigmoid<F: Float>(x: F) -> F {
 
 pub fn swiglu_fwd<F: Float>(g: &[F], u: &[F]) -> Vec<F> {
     let mut y = vec![F::ZERO; g.len()];
-    y.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(u.par_chunks(CHUNK)).for_each(|((y, g), u)| {
-        F::swiglu_into(y, g, u);
+    crate::par::chunks_mut(&mut y, CHUNK, |i, y| {
+        F::swiglu_into(y, &g[i * CHUNK..][..y.len()], &u[i * CHUNK..][..y.len()])
     });
     y
 }

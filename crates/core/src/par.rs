@@ -1,0 +1,306 @@
+//! The inference thread pool: `for_each(n, f)` runs f(0..n) on threads that spin between
+//! calls, as llama.cpp's do between graph nodes.
+//!
+//! Why not rayon for these ops: a batch-1 decode step of a 135M model is ~200 parallel ops of
+//! 10–30 µs each. Rayon splits each one by recursive `join`, and its idle workers fall asleep
+//! after ~64 µs of yielding, so every op pays wake-ups and steals; at 16 threads that overhead
+//! was larger than the work (decode stopped scaling past 4 threads, add_rmsnorm got slower
+//! from 4 to 16; docs/PERF.md "CPU at 16 threads"). Here a call publishes one job, the
+//! workers (already spinning) claim task indices from one atomic counter, and the caller works
+//! too; a worker parks on a condvar only after `SMELT_SPIN_US` (default 200) µs without a job.
+//!
+//! The results never depend on which thread ran a task: each task writes its own outputs, so
+//! the split changes the time and nothing else (the ops' parity tests pin the bits). Rayon
+//! stays the pool for everything else (training's tasks, data preparation); a call made while
+//! another thread holds this pool (tests run in parallel) goes to rayon, and a call from
+//! inside a task runs serially on that thread.
+
+use std::cell::Cell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// One call's work, on the caller's stack: workers reach it through `Pool::job` only while
+/// they hold a reference (`Pool::refs`), and the caller returns only when none does.
+struct Job<'a> {
+    f: &'a (dyn Fn(usize) + Sync),
+    n: usize,
+    next: AtomicUsize,
+    done: AtomicUsize,
+    panicked: AtomicBool,
+}
+
+impl Job<'_> {
+    /// Claims and runs tasks until none is left.
+    fn work(&self) {
+        loop {
+            let i = self.next.fetch_add(1, Relaxed);
+            if i >= self.n {
+                return;
+            }
+            if catch_unwind(AssertUnwindSafe(|| (self.f)(i))).is_err() {
+                self.panicked.store(true, Relaxed);
+            }
+            self.done.fetch_add(1, Release);
+        }
+    }
+}
+
+struct Pool {
+    /// Threads including the caller's.
+    threads: usize,
+    /// One caller at a time.
+    submit: Mutex<()>,
+    /// The current job (a `*const Job` with its lifetime erased), null between calls.
+    job: AtomicPtr<()>,
+    /// Bumped per call: what spinning workers watch.
+    epoch: AtomicU64,
+    /// Workers between loading `job` and being done with it.
+    refs: AtomicUsize,
+    /// Workers parked on `wake`.
+    sleeping: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+    spin: Duration,
+}
+
+thread_local! {
+    /// True on the pool's workers and on a caller while it runs tasks: a nested call runs serially.
+    static INSIDE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<&'static Pool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let spin_us = std::env::var("SMELT_SPIN_US").ok().and_then(|s| s.parse().ok()).unwrap_or(200u64);
+        let pool: &'static Pool = Box::leak(Box::new(Pool {
+            threads: rayon::current_num_threads().max(1),
+            submit: Mutex::new(()),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            epoch: AtomicU64::new(0),
+            refs: AtomicUsize::new(0),
+            sleeping: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+            spin: Duration::from_micros(spin_us),
+        }));
+        for t in 1..pool.threads {
+            let spawned = std::thread::Builder::new().name(format!("smelt-par-{t}")).spawn(move || worker(pool));
+            if spawned.is_err() {
+                // Fewer workers only means fewer hands: the caller and the others claim every task.
+                break;
+            }
+        }
+        pool
+    })
+}
+
+fn worker(pool: &'static Pool) {
+    INSIDE.with(|c| c.set(true));
+    let mut seen = pool.epoch.load(Acquire);
+    loop {
+        // Spin until a new call, then park.
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while pool.epoch.load(Acquire) == seen {
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(64) || start.elapsed() < pool.spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut guard = pool.lock.lock().unwrap_or_else(|e| e.into_inner());
+            pool.sleeping.fetch_add(1, SeqCst);
+            while pool.epoch.load(SeqCst) == seen {
+                guard = pool.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
+            }
+            pool.sleeping.fetch_sub(1, SeqCst);
+        }
+        seen = pool.epoch.load(Acquire);
+        pool.refs.fetch_add(1, SeqCst);
+        let job = pool.job.load(SeqCst) as *const Job;
+        if !job.is_null() {
+            // SAFETY: a non-null `job` loaded while holding a reference stays alive until the
+            // reference is dropped: the caller clears `job`, then waits for `refs` to reach 0.
+            unsafe { (*job).work() };
+        }
+        pool.refs.fetch_sub(1, Release);
+    }
+}
+
+/// The number of threads `for_each` spreads over (rayon's pool size: `--threads`, else
+/// RAYON_NUM_THREADS, else one per logical CPU).
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// Runs f(i) for every i in 0..n, spread over the pool's threads (the caller's included), and
+/// returns when all are done. A panic in a task is re-raised here once every task has ended.
+pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
+    if n == 0 {
+        return;
+    }
+    if n == 1 || INSIDE.with(|c| c.get()) || threads() == 1 {
+        return (0..n).for_each(f);
+    }
+    let pool = pool();
+    let Ok(_one_caller) = pool.submit.try_lock() else {
+        use rayon::prelude::*;
+        return (0..n).into_par_iter().for_each(&f);
+    };
+    let job = Job { f: &f, n, next: AtomicUsize::new(0), done: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
+    pool.job.store(&job as *const Job as *mut (), SeqCst);
+    pool.epoch.fetch_add(1, SeqCst);
+    if pool.sleeping.load(SeqCst) > 0 {
+        let _guard = pool.lock.lock().unwrap_or_else(|e| e.into_inner());
+        pool.wake.notify_all();
+    }
+    INSIDE.with(|c| c.set(true));
+    job.work();
+    INSIDE.with(|c| c.set(false));
+    wait_until(|| job.done.load(Acquire) == n);
+    pool.job.store(std::ptr::null_mut(), SeqCst);
+    wait_until(|| pool.refs.load(SeqCst) == 0);
+    if job.panicked.load(Relaxed) {
+        panic!("a task of smelt_core::par::for_each panicked (its message is above)");
+    }
+}
+
+/// Spins on `ready`, yielding the core after a while (a preempted worker needs it back).
+fn wait_until(ready: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !ready() {
+        spins = spins.wrapping_add(1);
+        if spins < 1 << 12 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// `v` cut into pieces of `size` (the last shorter), piece i given to f(i, piece) in parallel.
+pub fn chunks_mut<T: Send>(v: &mut [T], size: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    let pieces = Pieces::new(v, size);
+    // SAFETY: task i takes piece i, and only it.
+    for_each(pieces.count(), |i| f(i, unsafe { pieces.take(i) }));
+}
+
+/// A mutable slice cut into pieces of `size` (the last shorter) that parallel tasks take one
+/// each: for ops that write several outputs cut alike (`chunks_mut` is the one-output case).
+pub struct Pieces<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    size: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: pieces are handed out disjointly (`take`'s contract), like `par_chunks_mut`'s.
+unsafe impl<T: Send> Sync for Pieces<'_, T> {}
+
+impl<'a, T> Pieces<'a, T> {
+    pub fn new(v: &'a mut [T], size: usize) -> Self {
+        Pieces { ptr: v.as_mut_ptr(), len: v.len(), size: size.max(1), _borrow: std::marker::PhantomData }
+    }
+    pub fn count(&self) -> usize {
+        self.len.div_ceil(self.size)
+    }
+    /// Piece i.
+    ///
+    /// # Safety
+    /// Each i is taken at most once while the pieces live (one task per piece).
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn take(&self, i: usize) -> &'a mut [T] {
+        let start = i * self.size;
+        assert!(start < self.len, "piece {i} of {}", self.count());
+        std::slice::from_raw_parts_mut(self.ptr.add(start), self.size.min(self.len - start))
+    }
+}
+
+/// [f(0), …, f(n − 1)], computed in parallel.
+pub fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let mut out: Vec<std::mem::MaybeUninit<T>> = Vec::with_capacity(n);
+    // SAFETY: MaybeUninit needs no initialisation; every slot is written below before use.
+    unsafe { out.set_len(n) };
+    chunks_mut(&mut out, 1, |i, slot| {
+        slot[0].write(f(i));
+    });
+    // SAFETY: every slot was written (for_each returned normally: all n tasks ran, none
+    // panicked); MaybeUninit<T> has T's layout.
+    let mut out = std::mem::ManuallyDrop::new(out);
+    unsafe { Vec::from_raw_parts(out.as_mut_ptr() as *mut T, n, out.capacity()) }
+}
+
+/// A pointer shared by tasks that write disjoint parts of what it points to.
+#[derive(Clone, Copy)]
+pub struct SendPtr<T>(pub *mut T);
+// SAFETY: users write disjoint elements through it (each use says why).
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so that a closure captures the whole `SendPtr`, which is Sync,
+    /// rather than its raw-pointer field, which is not).
+    pub fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_index_runs_once() {
+        for n in [0, 1, 2, 7, 64, 1000] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            for_each(n, |i| {
+                hits[i].fetch_add(1, Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn chunks_and_map_cover_everything_in_order() {
+        let mut v = vec![0usize; 1001];
+        chunks_mut(&mut v, 10, |i, c| c.iter_mut().enumerate().for_each(|(j, x)| *x = i * 10 + j));
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i));
+        let m = map(333, |i| vec![i; 3]);
+        assert!(m.iter().enumerate().all(|(i, x)| x == &vec![i; 3]));
+    }
+
+    #[test]
+    fn nested_and_concurrent_calls_complete() {
+        let total = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        for_each(8, |_| {
+                            for_each(4, |_| {
+                                total.fetch_add(1, Relaxed);
+                            })
+                        });
+                    }
+                });
+            }
+        });
+        assert_eq!(total.load(Relaxed), 3 * 200 * 32);
+    }
+
+    #[test]
+    fn a_panicking_task_is_reported_after_the_others_end() {
+        let ran = AtomicUsize::new(0);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            for_each(16, |i| {
+                ran.fetch_add(1, Relaxed);
+                if i == 3 {
+                    panic!("task 3");
+                }
+            })
+        }));
+        assert!(r.is_err());
+        assert_eq!(ran.load(Relaxed), 16);
+    }
+}
