@@ -42,6 +42,7 @@ mod tile512;
 pub use matrix::DeviceQuant;
 pub use matrix::QuantMatrix;
 pub use qtensor::QTensor;
+pub(crate) use qtensor::matmul_few_many;
 pub use smelt_gguf::GgmlType;
 
 use anyhow::{bail, Result};

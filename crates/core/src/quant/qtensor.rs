@@ -165,6 +165,63 @@ impl QTensor {
     }
 }
 
+/// y_i (n × rows_i) = x (n × cols) · q_iᵀ for several matrices at once, for a few inputs
+/// (n ≤ 4: decode's q/k/v, gate/up): the output rows of all of them cut into one set of blocks,
+/// one parallel call instead of one per matrix (k and v alone are too few rows to give every
+/// thread a block). Each row's numbers are `matmul`'s (the same acts and `dot_rows`, blocks a
+/// multiple of 8 rows from each matrix's start). None when a matrix is a float format (their
+/// own path) or the shapes do not fit.
+pub(crate) fn matmul_few_many(qs: &[&QTensor], x: &[f32], n: usize) -> Option<Vec<Vec<f32>>> {
+    let k = qs.first()?.cols;
+    if n == 0 || n > 4 || x.len() < n * k {
+        return None;
+    }
+    if qs.iter().any(|q| q.cols != k || matches!(q.ty, GgmlType::F16 | GgmlType::BF16)) {
+        return None;
+    }
+    let level = Level::detect();
+    let x86 = matches!(level, Level::Avx2 | Level::Avx512);
+    let paths: Vec<X86Path> =
+        qs.iter().map(|q| if x86 { X86Path::of(q.ty, q.rows, n) } else { X86Path::VecDot }).collect();
+    let acts: Vec<Vec<Act>> =
+        qs.iter().zip(&paths).map(|(q, &p)| (0..n).map(|i| q.act(&x[i * k..(i + 1) * k], i, n, p)).collect()).collect();
+    let total: usize = qs.iter().map(|q| q.rows).sum();
+    let block = total.div_ceil(crate::par::threads()).max(32).next_multiple_of(8);
+    let mut yts: Vec<Vec<f32>> = qs.iter().map(|q| vec![0f32; q.rows * n]).collect();
+    {
+        let pieces: Vec<crate::par::Pieces<f32>> = yts.iter_mut().map(|y| crate::par::Pieces::new(y, block * n)).collect();
+        let tasks: Vec<(usize, usize)> =
+            pieces.iter().enumerate().flat_map(|(qi, p)| (0..p.count()).map(move |b| (qi, b))).collect();
+        crate::par::for_each(tasks.len(), |t| {
+            let (qi, b) = tasks[t];
+            let q = qs[qi];
+            // SAFETY: task t is the only one that takes piece b of matrix qi.
+            let yb = unsafe { pieces[qi].take(b) };
+            let (r0, rb) = (b * block, q.row_bytes);
+            let w = &q.data[r0 * rb..(r0 + yb.len() / n) * rb];
+            dot_rows(level, paths[qi], q.ty, w, rb, &acts[qi], yb);
+        });
+    }
+    Some(
+        yts.into_iter()
+            .zip(qs)
+            .map(|(yt, q)| {
+                if n == 1 {
+                    return yt;
+                }
+                let m = q.rows;
+                let mut y = vec![0f32; n * m];
+                for j in 0..m {
+                    for i in 0..n {
+                        y[i * m + j] = yt[j * n + i];
+                    }
+                }
+                y
+            })
+            .collect(),
+    )
+}
+
 /// The 32-element block formats that `tile512` multiplies in register tiles.
 #[cfg(target_arch = "x86_64")]
 fn tile_kind(ty: GgmlType) -> Option<u8> {

@@ -148,8 +148,30 @@ pub fn linear_many(x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)], n: usize, k: u
             return cuda::linear_many(x, &qs, n, k);
         }
     }
-    let _ = (x, ws, n, k);
+    if let Some(ys) = few_rows_on_the_cpu(x, &ws.iter().map(|(w, b)| (*w, b.is_none())).collect::<Vec<_>>(), n, k)? {
+        return Ok(Some(ys));
+    }
     Ok(None)
+}
+
+/// On the CPU, the products of a few input rows (decode) by several unbiased quantised
+/// matrices in one parallel call (`matmul_few_many`); None where that path does not apply.
+fn few_rows_on_the_cpu(x: &Tensor, ws: &[(&Tensor, bool)], n: usize, k: usize) -> Result<Option<Vec<Tensor>>> {
+    use crate::quant::{QTensor, QuantMatrix};
+    if !x.device().is_cpu() || n > 4 || x.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let qs: Option<Vec<&QTensor>> = ws
+        .iter()
+        .map(|&(w, unbiased)| {
+            let q = w.as_quant()?.as_any().downcast_ref::<QTensor>()?;
+            (unbiased && q.dims().1 == k).then_some(q)
+        })
+        .collect();
+    let Some(qs) = qs else { return Ok(None) };
+    let Some(ys) = crate::quant::matmul_few_many(&qs, x.as_f32()?, n) else { return Ok(None) };
+    let ys = ys.into_iter().zip(&qs).map(|(y, q)| Tensor::from_f32(y, &out_shape(x, q.dims().0))).collect::<Result<_>>()?;
+    Ok(Some(ys))
 }
 
 /// `swiglu(linear(x, wg), linear(x, wu))` for quantised gate and up weights in fewer launches
@@ -159,7 +181,9 @@ pub fn linear_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -
     if let (false, Some(g), Some(u)) = (x.device().is_cpu(), wg.as_device_quant(), wu.as_device_quant()) {
         return cuda::linear_swiglu(x, g, u, n, k);
     }
-    let _ = (x, wg, wu, n, k);
+    if let Some(gu) = few_rows_on_the_cpu(x, &[(wg, true), (wu, true)], n, k)? {
+        return Ok(Some(crate::ops::swiglu::swiglu(&gu[0], &gu[1])?));
+    }
     Ok(None)
 }
 
