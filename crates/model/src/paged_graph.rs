@@ -13,9 +13,11 @@
 //! Each bucket's first step runs launched (it loads every kernel, sizes the rotary table and
 //! makes any bf16 weight copies, none of which a capture may do), then its graph is captured;
 //! later steps of that bucket replay it. The launched and the replayed step run the same kernels
-//! with the same arguments, so they give the same logits bit for bit (the GPU suite checks it):
-//! the attention's key splits are fixed by `max_blocks` (a split with no keys adds exact zeros in
-//! the combine), not by the step's longest sequence. Padded rows (token 0 at position 0) write
+//! with the same arguments, so they give the same logits bit for bit (the GPU suite checks it).
+//! Each bucket has a graph per key class (`key_classes`: 256 keys, ×4, … a whole context): a
+//! step takes the smallest class holding its longest row, so a short conversation's attention
+//! runs one split and no combine kernel instead of a whole context's splits. A row's numbers do
+//! not depend on the class (a split with no keys adds exact zeros in the combine). Padded rows (token 0 at position 0) write
 //! and read only the pool's scratch block (`KvPool::scratch_block`); their logits rows are
 //! garbage for the caller to ignore. `SMELT_CUDA_GRAPH=0` (the single-sequence decoder's switch,
 //! `decode::capture_enabled`) turns capture off; `with_capture(.., false)` runs the same padded
@@ -54,7 +56,13 @@ pub struct PagedDecoder<'m> {
     capture: bool,
     /// Batch sizes a step is padded to, ascending; the last is `parallel`.
     buckets: Vec<usize>,
-    slots: Vec<Option<Bucket>>,
+    /// Key counts a step's attention splits for (`key_classes`), ascending; the last a whole context's.
+    classes: Vec<usize>,
+    /// [bucket][class].
+    slots: Vec<Vec<Option<Bucket>>>,
+    /// Whether a step has run launched for a whole context (which sizes the rotary table once
+    /// for every graph captured after it).
+    table_sized: bool,
     /// Block-table entries per sequence in the buffers (a whole context's).
     max_blocks: usize,
     block_size: usize,
@@ -94,11 +102,14 @@ impl<'m> PagedDecoder<'m> {
         // A sequence holds at most the model's context, and never more than the pool.
         let max_blocks = model.cfg.max_pos.min(pool.blocks() * bs).div_ceil(bs).max(1);
         let buckets = buckets(parallel);
+        let classes = key_classes(max_blocks * bs);
         Ok(PagedDecoder {
             model,
             capture,
-            slots: buckets.iter().map(|_| None).collect(),
+            slots: buckets.iter().map(|_| classes.iter().map(|_| None).collect()).collect(),
             buckets,
+            classes,
+            table_sized: false,
             max_blocks,
             block_size: bs,
             scratch,
@@ -113,9 +124,17 @@ impl<'m> PagedDecoder<'m> {
         &self.buckets
     }
 
-    /// The buckets whose step has been captured.
+    /// The buckets whose step has been captured (for any key class).
     pub fn captured(&self) -> Vec<usize> {
-        self.slots.iter().flatten().filter(|b| b.graph.is_some()).map(|b| b.size).collect()
+        let mut sizes: Vec<usize> =
+            self.slots.iter().flatten().flatten().filter(|b| b.graph.is_some()).map(|b| b.size).collect();
+        sizes.dedup();
+        sizes
+    }
+
+    /// The key counts the captured steps split their attention for.
+    pub fn key_classes(&self) -> &[usize] {
+        &self.classes
     }
 
     /// Steps replayed from a captured graph so far.
@@ -149,20 +168,31 @@ impl<'m> PagedDecoder<'m> {
         let n = steps.len();
         let at = self.buckets.iter().position(|&b| b >= n).expect("takes() checked the size");
         let size = self.buckets[at];
+        let keys = steps.iter().map(|s| s.pos0 + 1).max().unwrap_or(1);
+        let ci = self.classes.iter().position(|&c| c >= keys).unwrap_or(self.classes.len() - 1);
         let host = self.host_inputs(steps, size)?;
         let device = self.model.device();
         let model = self.model;
-        if self.slots[at].is_none() {
-            self.slots[at] = Some(self.bucket(size)?);
+        if self.slots[at][ci].is_none() {
+            self.slots[at][ci] = Some(self.bucket(size, self.classes[ci])?);
         }
-        let b = self.slots[at].as_mut().expect("made above");
+        let b = self.slots[at][ci].as_mut().expect("made above");
         b.staging.write_at(0, &host)?;
         if let Some((replay, out)) = &b.graph {
             replay.launch()?;
             self.replayed += 1;
             return Ok(out.clone());
         }
-        let logits = run(model, b, pool)?;
+        // The decoder's first step runs for a whole context, which sizes the rotary table for
+        // it: a table grown later would move under the graphs captured before.
+        let class_keys = b.rows.max_keys;
+        if !self.table_sized {
+            b.rows.max_keys = self.max_blocks * self.block_size;
+        }
+        let logits = run(model, b, pool);
+        b.rows.max_keys = class_keys;
+        let logits = logits?;
+        self.table_sized = true;
         if self.capture {
             let mut out = Tensor::zeros_typed(logits.shape(), device, logits.dtype())?;
             let captured = Replay::capture(device, || {
@@ -220,8 +250,8 @@ impl<'m> PagedDecoder<'m> {
         Tensor::from_u32(v, &[len])
     }
 
-    /// A bucket's buffers on the device.
-    fn bucket(&self, size: usize) -> Result<Bucket> {
+    /// A bucket's buffers on the device, its attention split for `keys` keys.
+    fn bucket(&self, size: usize, keys: usize) -> Result<Bucket> {
         let device = self.model.device();
         let mb = self.max_blocks;
         let zeros = |n: usize| Tensor::zeros_typed(&[n], device, DType::U32);
@@ -232,8 +262,8 @@ impl<'m> PagedDecoder<'m> {
             toff,
             tables: zeros(size * mb)?,
             block_size: self.block_size,
-            // Every captured step splits a row's keys as for a whole context.
-            max_keys: mb * self.block_size,
+            // The step's attention splits every row's keys as for `keys` (its class).
+            max_keys: keys,
         };
         Ok(Bucket {
             size,
@@ -243,6 +273,20 @@ impl<'m> PagedDecoder<'m> {
             graph: None,
         })
     }
+}
+
+/// The key counts a captured step's attention is split for: 256 (one split of the decode
+/// attention's 256-key chunks, no combine kernel), then ×4 up to `whole` (a whole context).
+/// A step takes the smallest class that holds its longest row. A row's numbers do not depend
+/// on the class: the splits past its keys are empty, and an empty split adds exact zeros in the
+/// combine, whose sum over one non-empty split equals the one-split kernel's own normalisation
+/// (the GPU suite's replayed-equals-launched test runs rows on both sides of 256 keys).
+fn key_classes(whole: usize) -> Vec<usize> {
+    const FIRST: usize = 256;
+    let whole = whole.max(1);
+    let mut out: Vec<usize> = std::iter::successors(Some(FIRST), |c| Some(c * 4)).take_while(|&c| c < whole).collect();
+    out.push(whole);
+    out
 }
 
 /// The step's body, launched or captured: the staging buffer into the step's inputs (device
@@ -271,5 +315,13 @@ mod tests {
         assert_eq!(super::buckets(8), vec![1, 2, 4, 8]);
         assert_eq!(super::buckets(12), vec![1, 2, 4, 8, 12]);
         assert_eq!(super::buckets(64), vec![1, 2, 4, 8, 16, 32, 64]);
+    }
+
+    #[test]
+    fn key_classes_grow_by_four_up_to_the_context() {
+        assert_eq!(super::key_classes(64), vec![64]);
+        assert_eq!(super::key_classes(256), vec![256]);
+        assert_eq!(super::key_classes(1024), vec![256, 1024]);
+        assert_eq!(super::key_classes(8192), vec![256, 1024, 4096, 8192]);
     }
 }

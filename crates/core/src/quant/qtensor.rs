@@ -189,7 +189,8 @@ pub(crate) fn matmul_few_many(qs: &[&QTensor], x: &[f32], n: usize) -> Option<Ve
     let block = total.div_ceil(crate::par::threads()).max(32).next_multiple_of(8);
     let mut yts: Vec<Vec<f32>> = qs.iter().map(|q| vec![0f32; q.rows * n]).collect();
     {
-        let pieces: Vec<crate::par::Pieces<f32>> = yts.iter_mut().map(|y| crate::par::Pieces::new(y, block * n)).collect();
+        let pieces: Vec<crate::par::Pieces<f32>> =
+            yts.iter_mut().map(|y| crate::par::Pieces::new(y, block * n)).collect();
         let tasks: Vec<(usize, usize)> =
             pieces.iter().enumerate().flat_map(|(qi, p)| (0..p.count()).map(move |b| (qi, b))).collect();
         crate::par::for_each(tasks.len(), |t| {

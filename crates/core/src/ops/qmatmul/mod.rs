@@ -170,7 +170,8 @@ fn few_rows_on_the_cpu(x: &Tensor, ws: &[(&Tensor, bool)], n: usize, k: usize) -
         .collect();
     let Some(qs) = qs else { return Ok(None) };
     let Some(ys) = crate::quant::matmul_few_many(&qs, x.as_f32()?, n) else { return Ok(None) };
-    let ys = ys.into_iter().zip(&qs).map(|(y, q)| Tensor::from_f32(y, &out_shape(x, q.dims().0))).collect::<Result<_>>()?;
+    let ys =
+        ys.into_iter().zip(&qs).map(|(y, q)| Tensor::from_f32(y, &out_shape(x, q.dims().0))).collect::<Result<_>>()?;
     Ok(Some(ys))
 }
 
