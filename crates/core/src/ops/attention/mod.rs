@@ -275,11 +275,14 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
         }
         kt
     });
-    let tasks: Vec<(usize, usize, usize)> = seqs
+    let mut tasks: Vec<(usize, usize, usize)> = seqs
         .iter()
         .enumerate()
         .flat_map(|(si, s)| (0..hd.h).flat_map(move |h| (0..s.tq.div_ceil(RUN)).map(move |r| (si, h, r))))
         .collect();
+    // The longest runs (most keys: the causal triangle's last queries) first, so that the
+    // threads do not end waiting on one long run claimed last.
+    tasks.sort_by_key(|&(si, _, r)| std::cmp::Reverse(seqs[si].rows.len() - seqs[si].tq + r * RUN));
     // Each task's out (queries of its run, D) of its head.
     let pieces: Vec<Vec<f32>> = crate::par::map(tasks.len(), |t| {
         let (si, h, r) = tasks[t];

@@ -150,32 +150,57 @@ fn rope_apply_by<F: Float>(
     pos: impl Fn(usize) -> usize + Sync,
 ) {
     let half = d / 2;
-    crate::par::chunks_mut(x, heads * d, |r, row| {
-        let tp = pos(r);
-        let (c, s) = (&cos[tp * half..(tp + 1) * half], &sin[tp * half..(tp + 1) * half]);
-        for head in row.chunks_mut(d) {
-            match layout {
-                RopeLayout::HalfSplit => {
-                    for i in 0..half {
-                        let (a, b) = (head[i], head[i + half]);
-                        let si = sign * s[i];
-                        head[i] = a * c[i] - b * si;
-                        head[i + half] = a * si + b * c[i];
+    let row_len = (heads * d).max(1);
+    // Rows in groups of ~16 KB a task: one row is too little work to be worth a claim.
+    let group = (4096 / row_len).max(1);
+    crate::par::chunks_mut(x, row_len * group, |gi, rows| {
+        for (ri, row) in rows.chunks_mut(row_len).enumerate() {
+            let tp = pos(gi * group + ri);
+            let (c, s) = (&cos[tp * half..(tp + 1) * half], &sin[tp * half..(tp + 1) * half]);
+            for head in row.chunks_mut(d) {
+                match layout {
+                    RopeLayout::HalfSplit => {
+                        for i in 0..half {
+                            let (a, b) = (head[i], head[i + half]);
+                            let si = sign * s[i];
+                            head[i] = a * c[i] - b * si;
+                            head[i + half] = a * si + b * c[i];
+                        }
                     }
-                }
-                RopeLayout::Interleaved => {
-                    // As gcc contracts ggml's rotate_pairs (vfmsub231ss, vfmadd132ss):
-                    // x0·cos fused with the rounded x1·sin, x0·sin fused with the rounded x1·cos.
-                    for i in 0..half {
-                        let (a, b) = (head[2 * i], head[2 * i + 1]);
-                        let si = sign * s[i];
-                        head[2 * i] = c[i].mul_add(a, -(si * b));
-                        head[2 * i + 1] = si.mul_add(a, b * c[i]);
-                    }
+                    RopeLayout::Interleaved => rotate_pairs(head, c, s, sign),
                 }
             }
         }
     });
+}
+
+/// ggml's rotate_pairs as gcc contracts it (vfmsub231ss, vfmadd132ss): x0·cos fused with the
+/// rounded x1·sin, x0·sin fused with the rounded x1·cos. The fused multiply-adds are the FMA
+/// instruction where the CPU has it (a call into libm's `fmaf` per element otherwise: that was
+/// 2% of a prefill); the same bits either way.
+fn rotate_pairs<F: Float>(head: &mut [F], c: &[F], s: &[F], sign: F) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: FMA was detected.
+        return unsafe { rotate_pairs_fma(head, c, s, sign) };
+    }
+    rotate_pairs_body(head, c, s, sign)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn rotate_pairs_fma<F: Float>(head: &mut [F], c: &[F], s: &[F], sign: F) {
+    rotate_pairs_body(head, c, s, sign)
+}
+
+#[inline(always)]
+fn rotate_pairs_body<F: Float>(head: &mut [F], c: &[F], s: &[F], sign: F) {
+    for ((pair, &ci), &si) in head.chunks_exact_mut(2).zip(c).zip(s) {
+        let (a, b) = (pair[0], pair[1]);
+        let si = sign * si;
+        pair[0] = ci.mul_add(a, -(si * b));
+        pair[1] = si.mul_add(a, b * ci);
+    }
 }
 
 fn check(x: &Tensor, table: &RopeTable) -> Result<(usize, usize)> {
@@ -277,7 +302,9 @@ pub fn rope_into_cache(
     if pos.bound(t)? > cs[1] {
         bail!("rope_into_cache: positions up to {} do not fit a cache of {}", pos.bound(t)?, cs[1]);
     }
-    backend::on("rope_into_cache", [q, k, v, &*kc, &*vc])?.rope_into_cache(q, k, v, table, kc, vc, pos, t)
+    crate::profile::timed("rope_into_cache", || {
+        backend::on("rope_into_cache", [q, k, v, &*kc, &*vc])?.rope_into_cache(q, k, v, table, kc, vc, pos, t)
+    })
 }
 
 /// `rope` at a decode position that may be held on the device (`Pos::Device`: what a captured
