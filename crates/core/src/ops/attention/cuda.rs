@@ -133,14 +133,32 @@ impl PackedBounds {
 }
 
 /// The tensor-core kernels take packed rows; the scalar ones (f32 matmuls, other head dims) do not.
-fn packed_bounds(gpu: &std::sync::Arc<cuda::Gpu>, dt: DType, dm: &AttnDims, seg: &Segments) -> Result<PackedBounds> {
+/// Every layer's forward and backward of a step share one `Segments`: its bounds are uploaded
+/// once and kept until other segments (or another GPU) come (a stream-ordered free when replaced).
+fn packed_bounds(
+    gpu: &std::sync::Arc<cuda::Gpu>,
+    dt: DType,
+    dm: &AttnDims,
+    seg: &Segments,
+) -> Result<std::sync::Arc<PackedBounds>> {
+    use std::sync::{Arc, Mutex};
+    type Last = Option<(usize, Segments, Arc<PackedBounds>)>;
+    static LAST: Mutex<Last> = Mutex::new(None);
     if !uses_tensor_cores(gpu, dt, dm.d) {
         bail!(
             "attention over packed rows (--packing) on CUDA runs on the tensor-core kernels only: bf16 (mixed precision, the default) and head dim 64 or 128 (this is {dt:?}, head dim {})",
             dm.d
         );
     }
-    PackedBounds::new(gpu, seg)
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((ordinal, s, b)) = last.as_ref() {
+        if *ordinal == gpu.ordinal && s == seg {
+            return Ok(b.clone());
+        }
+    }
+    let bounds = Arc::new(PackedBounds::new(gpu, seg)?);
+    *last = Some((gpu.ordinal, seg.clone(), bounds.clone()));
+    Ok(bounds)
 }
 
 /// `attention` with the tensor-core forward kernel given.

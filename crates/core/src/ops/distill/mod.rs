@@ -156,24 +156,33 @@ pub fn distill_bwd<F: Float>(
     dz
 }
 
-/// Checks shapes, ids, devices and settings; returns (N, V, K). The ids and targets are read on
-/// the host (a copy when they are on a device).
-fn check(z: &Tensor, t: &TeacherLogits, targets: &Tensor, o: &DistillLoss) -> Result<(usize, usize, usize)> {
-    for x in [Some(&t.logits), t.ids.as_ref(), Some(targets)].into_iter().flatten() {
-        if x.device() != z.device() {
-            bail!(
-                "distill: the student's logits are on {} and a teacher or target tensor on {}",
-                z.device(),
-                x.device()
-            );
-        }
-    }
+/// Checks shapes, ids and settings; returns (K, the rows in the loss). The ids and targets are
+/// read where they are: `distill` checks the caller's tensors before moving them beside the
+/// logits (a trainer's teacher file and targets are on the host: no copy back from the device).
+fn check(z: &Tensor, t: &TeacherLogits, targets: &Tensor, o: &DistillLoss) -> Result<(usize, usize)> {
     if !(o.temperature.is_finite() && o.temperature > 0.0) {
         bail!("distillation temperature {}: must be a finite number > 0", o.temperature);
     }
     if !(o.alpha.is_finite() && o.alpha >= 0.0) {
         bail!("distillation alpha {}: must be a finite number >= 0", o.alpha);
     }
+    let k = check_shapes(z, t, targets)?;
+    let v = z.cols();
+    if let Some(ids) = &t.ids {
+        if let Some(&bad) = ids.to_device(Device::Cpu)?.as_u32()?.iter().find(|&&i| i as usize >= v) {
+            bail!("distill: teacher id {bad} is outside the student's vocabulary of {v}");
+        }
+    }
+    let targets = targets.to_device(Device::Cpu)?;
+    let targets = targets.as_u32()?;
+    if let Some(&bad) = targets.iter().find(|&&y| y != IGNORE && y as usize >= v) {
+        bail!("distill: target {bad} is outside the vocabulary of {v}");
+    }
+    Ok((k, targets.iter().filter(|&&y| y != IGNORE).count()))
+}
+
+/// The shapes alone (what the backward re-checks: the forward read the values); returns K.
+fn check_shapes(z: &Tensor, t: &TeacherLogits, targets: &Tensor) -> Result<usize> {
     let (n, v) = (z.rows(), z.cols());
     if z.shape().len() != 2 || t.logits.shape().len() != 2 || t.logits.rows() != n || targets.numel() != n {
         bail!(
@@ -188,20 +197,11 @@ fn check(z: &Tensor, t: &TeacherLogits, targets: &Tensor, o: &DistillLoss) -> Re
         None if k != v => {
             bail!("distill: the teacher has {k} logits a row and the student {v} (the vocabularies must match)")
         }
-        None => {}
-        Some(ids) => {
-            if ids.shape() != t.logits.shape() {
-                bail!("distill: teacher ids {:?} for logits {:?}", ids.shape(), t.logits.shape());
-            }
-            if let Some(&bad) = ids.to_device(Device::Cpu)?.as_u32()?.iter().find(|&&i| i as usize >= v) {
-                bail!("distill: teacher id {bad} is outside the student's vocabulary of {v}");
-            }
+        Some(ids) if ids.shape() != t.logits.shape() => {
+            bail!("distill: teacher ids {:?} for logits {:?}", ids.shape(), t.logits.shape())
         }
+        _ => Ok(k),
     }
-    if let Some(&bad) = targets.to_device(Device::Cpu)?.as_u32()?.iter().find(|&&y| y != IGNORE && y as usize >= v) {
-        bail!("distill: target {bad} is outside the vocabulary of {v}");
-    }
-    Ok((n, v, k))
 }
 
 /// What `distill` keeps for its backward, per device.
@@ -218,7 +218,9 @@ pub enum DistillSaved {
 
 /// The distillation kernels a backend provides (arguments checked by `distill`).
 pub trait DistillKernels {
-    /// (loss (1) on z's device, [KL mean, CE mean], saved) of logits z (N, V).
+    /// (loss (1) on z's device, [KL mean, CE mean], saved) of logits z (N, V); `count` is the
+    /// number of targets in the loss (counted by the caller's check).
+    #[allow(clippy::too_many_arguments)]
     fn distill(
         &self,
         z: &Tensor,
@@ -226,6 +228,7 @@ pub trait DistillKernels {
         targets: &Tensor,
         o: &DistillLoss,
         k: usize,
+        count: usize,
     ) -> Result<(Tensor, [f64; 2], DistillSaved)>;
     /// dz (N, V), of z's dtype, for the upstream gradient `dloss`.
     #[allow(clippy::too_many_arguments)]
@@ -249,6 +252,7 @@ impl DistillKernels for Cpu {
         targets: &Tensor,
         o: &DistillLoss,
         k: usize,
+        _count: usize,
     ) -> Result<(Tensor, [f64; 2], DistillSaved)> {
         let ids = teacher.ids.as_ref().map(Tensor::as_u32).transpose()?;
         let (loss, kl, ce, saved) =
@@ -293,9 +297,9 @@ pub fn distill(
     targets: &Tensor,
     o: &DistillLoss,
 ) -> Result<(Tensor, [f64; 2], DistillSaved)> {
+    let (k, count) = check(z, teacher, targets, o)?;
     let (teacher, targets) = beside(z, teacher, targets)?;
-    let (_, _, k) = check(z, &teacher, &targets, o)?;
-    backend::on("distill", [z, &teacher.logits, &targets])?.distill(z, &teacher, &targets, o, k)
+    backend::on("distill", [z, &teacher.logits, &targets])?.distill(z, &teacher, &targets, o, k, count)
 }
 
 /// dz (N, V) of `distill` for the upstream gradient `dloss`.
@@ -307,8 +311,8 @@ pub fn distill_backward(
     saved: &DistillSaved,
     dloss: f32,
 ) -> Result<Tensor> {
+    let k = check_shapes(z, teacher, targets)?;
     let (teacher, targets) = beside(z, teacher, targets)?;
-    let (_, _, k) = check(z, &teacher, &targets, o)?;
     backend::on("distill", [z, &teacher.logits, &targets])?.distill_backward(z, &teacher, &targets, o, k, saved, dloss)
 }
 
