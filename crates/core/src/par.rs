@@ -26,45 +26,23 @@ use std::time::{Duration, Instant};
 struct Job<'a> {
     f: &'a (dyn Fn(usize) + Sync),
     n: usize,
-    /// The next unclaimed task; `done` counts finished ones. Each on its own cache line: at 16
-    /// threads every read-modify-write of a line that others spin on or write costs a transfer.
-    next: Line<AtomicUsize>,
-    done: Line<AtomicUsize>,
+    next: AtomicUsize,
+    done: AtomicUsize,
     panicked: AtomicBool,
 }
 
-/// A value alone on its cache line (two lines: the adjacent-line prefetcher pairs them).
-#[repr(align(128))]
-struct Line<T>(T);
-
-impl<T> std::ops::Deref for Line<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
-    }
-}
-
 impl Job<'_> {
-    /// Claims and runs tasks until none is left, then counts them done in one addition.
+    /// Claims and runs tasks until none is left.
     fn work(&self) {
-        let mut ran = 0;
-        // A thread that comes late only reads the contended line (a load before every claim
-        // would move the line twice per claim).
-        if self.next.load(Relaxed) >= self.n {
-            return;
-        }
         loop {
             let i = self.next.fetch_add(1, Relaxed);
             if i >= self.n {
-                break;
+                return;
             }
             if catch_unwind(AssertUnwindSafe(|| (self.f)(i))).is_err() {
                 self.panicked.store(true, Relaxed);
             }
-            ran += 1;
-        }
-        if ran > 0 {
-            self.done.fetch_add(ran, Release);
+            self.done.fetch_add(1, Release);
         }
     }
 }
@@ -75,13 +53,13 @@ struct Pool {
     /// One caller at a time.
     submit: Mutex<()>,
     /// The current job (a `*const Job` with its lifetime erased), null between calls.
-    job: Line<AtomicPtr<()>>,
-    /// Bumped per call: what spinning workers watch (read-mostly, on a line of its own).
-    epoch: Line<AtomicU64>,
+    job: AtomicPtr<()>,
+    /// Bumped per call: what spinning workers watch.
+    epoch: AtomicU64,
     /// Workers between loading `job` and being done with it.
-    refs: Line<AtomicUsize>,
+    refs: AtomicUsize,
     /// Workers parked on `wake`.
-    sleeping: Line<AtomicUsize>,
+    sleeping: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
     spin: Duration,
@@ -99,10 +77,10 @@ fn pool() -> &'static Pool {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             threads: rayon::current_num_threads().max(1),
             submit: Mutex::new(()),
-            job: Line(AtomicPtr::new(std::ptr::null_mut())),
-            epoch: Line(AtomicU64::new(0)),
-            refs: Line(AtomicUsize::new(0)),
-            sleeping: Line(AtomicUsize::new(0)),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            epoch: AtomicU64::new(0),
+            refs: AtomicUsize::new(0),
+            sleeping: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
             spin: Duration::from_micros(spin_us),
@@ -170,13 +148,7 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
         use rayon::prelude::*;
         return (0..n).into_par_iter().for_each(&f);
     };
-    let job = Job {
-        f: &f,
-        n,
-        next: Line(AtomicUsize::new(0)),
-        done: Line(AtomicUsize::new(0)),
-        panicked: AtomicBool::new(false),
-    };
+    let job = Job { f: &f, n, next: AtomicUsize::new(0), done: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
     pool.job.store(&job as *const Job as *mut (), SeqCst);
     pool.epoch.fetch_add(1, SeqCst);
     if pool.sleeping.load(SeqCst) > 0 {
