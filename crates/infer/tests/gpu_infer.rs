@@ -635,3 +635,68 @@ fn paged_decode_steps_replayed_from_graphs_equal_the_launched_steps() {
     }
     cuda::set_matmul_precision(MatmulPrecision::F32);
 }
+
+/// A row's logits do not depend on the key class its step was captured for (`PagedDecoder`
+/// keeps a graph per bucket and class: 256 keys, ×4, … the context): sequence A (20 positions)
+/// decoding beside a short sequence (class 256: one attention split, no combine) and beside a
+/// 300-position one (the pool's 368 keys: two splits and the combine) gives the same logits bit for
+/// bit, launched and replayed, in f32 and mixed precision. This is what makes a served
+/// request's output independent of the other requests' lengths.
+#[test]
+fn paged_decode_rows_do_not_depend_on_the_key_class_of_their_step() {
+    let Some(d) = gpu() else { return };
+    let mut cfg = ModelConfig::llama(300, 128, 2, 4, 2, 192);
+    cfg.max_pos = 1024;
+    let mut m = Model::init(cfg, 31).unwrap();
+    m.to_device(d).unwrap();
+    let v = m.cfg.vocab_size;
+    let bs = 16;
+    let mut r = Rng::new(37);
+    let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| r.below(v as u64) as u32).collect() };
+    let lens = [20usize, 30, 300];
+    let prompts: Vec<Vec<u32>> = lens.iter().map(|&n| ids(n)).collect();
+    let next: Vec<u32> = ids(3);
+    let mut start = 0u32;
+    let tables: Vec<Vec<u32>> = lens
+        .iter()
+        .map(|&n| {
+            let k = (n + 1).div_ceil(bs) as u32;
+            start += k;
+            (start - k..start).collect()
+        })
+        .collect();
+    for (precision, kind) in [(MatmulPrecision::F32, KvType::F32), (MatmulPrecision::Bf16, KvType::BF16)] {
+        cuda::set_matmul_precision(precision);
+        let mut pool = KvPool::with_type(&m, start as usize * bs, bs, kind).unwrap();
+        let all: Vec<SeqStep> = (0..3).map(|s| SeqStep { tokens: &prompts[s], pos0: 0, table: &tables[s] }).collect();
+        m.logits_paged(&all, &mut pool).unwrap();
+        let mut dec = PagedDecoder::with_capture(&m, &pool, 2, true).unwrap();
+        // Classes of 256 keys, then the pool's whole size (23 blocks: 368 keys, two splits).
+        assert_eq!(dec.key_classes(), &[256, start as usize * bs]);
+        // Row 0 is A at position 20 every time; row 1 is the short or the long sequence.
+        let step = |dec: &mut PagedDecoder, pool: &mut KvPool, other: usize| -> Vec<f32> {
+            let steps = [
+                SeqStep { tokens: &next[0..1], pos0: lens[0], table: &tables[0] },
+                SeqStep { tokens: &next[other..other + 1], pos0: lens[other], table: &tables[other] },
+            ];
+            dec.step(&steps, pool).unwrap().to_vec_f32().unwrap()[..v].to_vec()
+        };
+        // Each step twice: its first run is launched (then captured), the second replayed.
+        let short: Vec<Vec<f32>> = (0..2).map(|_| step(&mut dec, &mut pool, 1)).collect();
+        let long: Vec<Vec<f32>> = (0..2).map(|_| step(&mut dec, &mut pool, 2)).collect();
+        assert!(dec.replayed() >= 2, "the second run of each step replays its graph");
+        for (what, x) in [("short, replayed", &short[1]), ("long, launched", &long[0]), ("long, replayed", &long[1])] {
+            let same = x.iter().zip(&short[0]).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{precision:?}: A's logits beside the {what} step differ from the short launched step (largest difference {:e})",
+                max_abs_diff(x, &short[0])
+            );
+        }
+        println!(
+            "{precision:?}, {} pool: A's logits equal bit for bit in the 256-key and the whole-pool classes",
+            kind.name()
+        );
+    }
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+}
