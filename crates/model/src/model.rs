@@ -257,7 +257,7 @@ fn linear(g: &mut Graph, x: &Var, w: &Var, bias: Option<&Var>, seqs: Option<&[us
     if rows_independent(wt) {
         // Every row comes out as it would alone whatever else is in the product: one product
         // for all sequences (each weight read from memory once a step, not once a sequence).
-        return Ok(g.constant(lin(xt, wt, bt)?));
+        return Ok(g.constant(timed("paged_linear", || lin(xt, wt, bt))?));
     }
     if seqs.len() == 1 {
         return Ok(g.constant(if seqs[0] == 1 { linear_rows_alone(xt, wt, bt)? } else { lin(xt, wt, bt)? }));
@@ -429,11 +429,11 @@ fn block(
                 g.constant(slot.attend_device(q.tensor(), k.tensor(), v.tensor(), rope, heads, scale)?)
             } else {
                 // Each sequence's rows at its own positions.
-                let q = g.constant(slot.rope(q.tensor(), rope)?);
+                let q = g.constant(timed("paged_rope", || slot.rope(q.tensor(), rope))?);
                 g.name(&q, || format!("Qcur_rope-{l}"));
-                let k = g.constant(slot.rope(k.tensor(), rope)?);
+                let k = g.constant(timed("paged_rope", || slot.rope(k.tensor(), rope))?);
                 g.name(&k, || format!("Kcur_rope-{l}"));
-                g.constant(slot.attend(q.tensor(), k.tensor(), v.tensor(), heads, scale)?)
+                g.constant(timed("paged_attend", || slot.attend(q.tensor(), k.tensor(), v.tensor(), heads, scale))?)
             }
         }
         Kv::None => {
