@@ -17,8 +17,8 @@
 //! and the tiled paths keep the AVX2 kernels (`avx512_same_order`, `dot_rows_avx2`'s `avx512`
 //! flag); `SMELT_NO_AVX512=1` keeps AVX2 throughout.
 //!
-//! Many input rows (prefill): the 32-element formats on AVX-512 run `tile512`'s 4 × 4 register
-//! tiles, the repacked Q4_K GEMM and tiled Q6_K take four inputs per kernel call, and
+//! Many input rows (prefill): the 32-element formats on AVX-512 run `tile512`'s 4 × 8 (and
+//! 4 × 4) register tiles, the repacked Q4_K GEMM and tiled Q6_K take four inputs per kernel call, and
 //! `gemm_tasks` splits the work over output rows and inputs; every output keeps the order of
 //! the one-output kernel (docs/GGUF.md, "Many input rows").
 
@@ -305,41 +305,22 @@ pub(crate) fn gemm_tasks(
     });
 }
 
-/// Every row of `w` against every activation row of `a`, in 4 × 4 tiles (then 1 × 4 and 4 × 1
-/// and 1 × 1 for the edges): out[i·ldo + j] = row j · input i.
+/// Every row of `w` against every activation row of `a`, eight inputs at a time (`tile_rows`:
+/// 4 × 8 tiles, 1 × 8 at the last rows), then four, then one at a time (`tile`'s 4 × 1 and
+/// 1 × 1): out[i·ldo + j] = row j · input i.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tiles_avx512<const K: u8>(w: &[u8], rb: usize, a: &[&[BlockQ8]], out: *mut f32, ldo: usize) {
     use super::tile512::tile;
     let (rows, n) = (w.len() / rb, a.len());
     let mut i = 0;
-    while i + 4 <= n {
-        let ac = [a[i], a[i + 1], a[i + 2], a[i + 3]];
-        let mut j = 0;
-        while j + 4 <= rows {
-            if i == 0 {
-                // The first pass over these rows reads them from memory, four interleaved
-                // rows at a time, which the hardware prefetcher does not run ahead of: ask for
-                // the next tile's rows (contiguous) while this one computes.
-                if j == 0 {
-                    prefetch(&w[..(4 * rb).min(w.len())]);
-                }
-                prefetch(&w[((j + 4) * rb).min(w.len())..((j + 8) * rb).min(w.len())]);
-            }
-            let o = tile::<K, 4, 4>(&w[j * rb..], rb, ac);
-            for (r, or) in o.iter().enumerate() {
-                for (c, v) in or.iter().enumerate() {
-                    *out.add((i + c) * ldo + j + r) = *v;
-                }
-            }
-            j += 4;
-        }
-        for j in j..rows {
-            let o = tile::<K, 1, 4>(&w[j * rb..], rb, ac);
-            for (c, v) in o[0].iter().enumerate() {
-                *out.add((i + c) * ldo + j) = *v;
-            }
-        }
+    while i + 8 <= n {
+        let ac = [a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5], a[i + 6], a[i + 7]];
+        tile_rows::<K, 8>(w, rb, ac, i == 0, out.add(i * ldo), ldo);
+        i += 8;
+    }
+    if i + 4 <= n {
+        tile_rows::<K, 4>(w, rb, [a[i], a[i + 1], a[i + 2], a[i + 3]], i == 0, out.add(i * ldo), ldo);
         i += 4;
     }
     for i in i..n {
@@ -353,6 +334,47 @@ unsafe fn tiles_avx512<const K: u8>(w: &[u8], rb: usize, a: &[&[BlockQ8]], out: 
         }
         for j in j..rows {
             *out.add(i * ldo + j) = tile::<K, 1, 1>(&w[j * rb..], rb, [a[i]])[0][0];
+        }
+    }
+}
+
+/// Every row of `w` against the C activation rows `ac`: 4 × C tiles, then 1 × C for the last
+/// rows; out[c·ldo + j] = row j · input c. `first`: this is the first pass over `w` (see below).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_rows<const K: u8, const C: usize>(
+    w: &[u8],
+    rb: usize,
+    ac: [&[BlockQ8]; C],
+    first: bool,
+    out: *mut f32,
+    ldo: usize,
+) {
+    use super::tile512::tile_pairs;
+    let rows = w.len() / rb;
+    let mut j = 0;
+    while j + 4 <= rows {
+        if first {
+            // The first pass over these rows reads them from memory, four interleaved
+            // rows at a time, which the hardware prefetcher does not run ahead of: ask for
+            // the next tile's rows (contiguous) while this one computes.
+            if j == 0 {
+                prefetch(&w[..(4 * rb).min(w.len())]);
+            }
+            prefetch(&w[((j + 4) * rb).min(w.len())..((j + 8) * rb).min(w.len())]);
+        }
+        let o = tile_pairs::<K, 4, C>(&w[j * rb..], rb, ac);
+        for (r, or) in o.iter().enumerate() {
+            for (c, v) in or.iter().enumerate() {
+                *out.add(c * ldo + j + r) = *v;
+            }
+        }
+        j += 4;
+    }
+    for j in j..rows {
+        let o = tile_pairs::<K, 1, C>(&w[j * rb..], rb, ac);
+        for (c, v) in o[0].iter().enumerate() {
+            *out.add(c * ldo + j) = *v;
         }
     }
 }

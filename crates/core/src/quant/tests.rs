@@ -142,8 +142,8 @@ fn simd_matches_scalar_within(q: &QTensor, x: &[f32], n: usize, y: &[f32], label
 /// paths (`X86Path`): 40 output rows (a multiple of 8: repacked Q4_0/Q4_K, GEMM for the first
 /// 8 input rows with the 4x8 Q8_K quantiser, GEMV for the 9th), ≥ 8 input rows (tiled Q6_K, and
 /// Q4_K where the rows are not a multiple of 8), and one input row. 37 × 13 and 70 × 70 put the
-/// AVX-512 register tiles (`tile512`, more than four inputs) through every edge: 4 × 4, 1 × 4,
-/// 4 × 1 and 1 × 1 tiles, and tasks cut along both axes.
+/// AVX-512 register tiles (`tile512`, more than four inputs) through every edge: 4 × 8, 1 × 8,
+/// 4 × 4 and 1 × 4 (`tile_pairs`), 4 × 1 and 1 × 1 (`tile`), and tasks cut along both axes.
 #[test]
 fn simd_matches_scalar_on_every_llama_cpp_path() {
     let cols = 512;
