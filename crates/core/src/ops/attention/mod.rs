@@ -252,7 +252,10 @@ pub struct Heads {
 /// registers (`ggml::dot_f32_tinyblas_columns_at_fast`). A decoding row (tq = 1) reads its keys
 /// in place: transposing them would cost as much as its one pass over them. Tasks are
 /// (sequence, head, run of 32 queries): heads alone leave threads idle (9 heads on 16 threads),
-/// and runs even out the causal triangle's unequal rows on the work-stealing pool.
+/// and runs even out the causal triangle's unequal rows on the work-stealing pool. A decoding
+/// row's task takes the query heads of one KV head together (they read the same keys, which
+/// stay in L1 from the first head to the next; each head's arithmetic is unchanged): a server
+/// step of 32 decoding rows was 288 tasks a layer, each with its own scratch, now 96.
 pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: f32) -> Vec<Vec<f32>> {
     use crate::ggml;
     const RUN: usize = 32;
@@ -261,29 +264,39 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
     let up = |n: usize, m: usize| n.div_ceil(m) * m;
     // kts[s·KVH + g][blk·16·D + e·16 + j] = element e of key 16·blk + j of KV head g (zeros past
     // the last key); empty for decoding rows.
-    let kts: Vec<Vec<f32>> = crate::par::map(seqs.len() * hd.kvh, |sg| {
-        let (s, g) = (&seqs[sg / hd.kvh], sg % hd.kvh);
-        if s.tq == 1 {
-            return Vec::new();
-        }
-        let mut kt = vec![0f32; up(s.rows.len(), 16) * d];
-        for (j, &at) in s.rows.iter().enumerate() {
-            let blk = &mut kt[j / 16 * 16 * d..][..16 * d];
-            for (e, &x) in k[at + g * d..][..d].iter().enumerate() {
-                blk[e * 16 + j % 16] = x;
+    let prompts = seqs.iter().any(|s| s.tq > 1);
+    let kts: Vec<Vec<f32>> = if !prompts {
+        Vec::new()
+    } else {
+        crate::par::map(seqs.len() * hd.kvh, |sg| {
+            let (s, g) = (&seqs[sg / hd.kvh], sg % hd.kvh);
+            if s.tq == 1 {
+                return Vec::new();
             }
-        }
-        kt
-    });
+            let mut kt = vec![0f32; up(s.rows.len(), 16) * d];
+            for (j, &at) in s.rows.iter().enumerate() {
+                let blk = &mut kt[j / 16 * 16 * d..][..16 * d];
+                for (e, &x) in k[at + g * d..][..d].iter().enumerate() {
+                    blk[e * 16 + j % 16] = x;
+                }
+            }
+            kt
+        })
+    };
+    // (sequence, first head, run): a prompt's tasks one head each, a decoding row's the `grp`
+    // heads of one KV head.
     let mut tasks: Vec<(usize, usize, usize)> = seqs
         .iter()
         .enumerate()
-        .flat_map(|(si, s)| (0..hd.h).flat_map(move |h| (0..s.tq.div_ceil(RUN)).map(move |r| (si, h, r))))
+        .flat_map(|(si, s)| {
+            let step = if s.tq == 1 { grp } else { 1 };
+            (0..hd.h).step_by(step).flat_map(move |h| (0..s.tq.div_ceil(RUN)).map(move |r| (si, h, r)))
+        })
         .collect();
     // The longest runs (most keys: the causal triangle's last queries) first, so that the
     // threads do not end waiting on one long run claimed last.
     tasks.sort_by_key(|&(si, _, r)| std::cmp::Reverse(seqs[si].rows.len() - seqs[si].tq + r * RUN));
-    // Each task's out (queries of its run, D) of its head.
+    // Each task's out: (queries of its run, D) of its head, or a decoding row's (grp, D).
     let pieces: Vec<Vec<f32>> = crate::par::map(tasks.len(), |t| {
         let (si, h, r) = tasks[t];
         let s = &seqs[si];
@@ -295,11 +308,11 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
             let lo = hd.window.map_or(0, |w| (pos + 1).saturating_sub(w));
             (lo, pos + 1)
         };
-        let mut out = vec![0f32; (i1 - i0) * d];
+        let mut out = if tq > 1 { vec![0f32; (i1 - i0) * d] } else { Vec::new() };
         let mut acc = Vec::new();
         // Row j's head g at k[rows[j] + g·D..] (likewise v).
         let offs: Vec<usize> = s.rows.iter().map(|&at| at + g * d).collect();
-        let kt = &kts[si * hd.kvh + g];
+        let kt: &[f32] = if tq > 1 { &kts[si * hd.kvh + g] } else { &[] };
         // A prompt's scores for the whole run first, key block by key block: a block of 16
         // transposed keys (4 KB at D 64) stays in L1 while the run's queries pass it, where
         // query by query every query streamed all its keys from L2. Each score is the same
@@ -337,15 +350,19 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
             tk.min(n16)
         };
         if tq == 1 {
-            // A decoding row: its scores read the keys in place; p is padded to 64.
+            // A decoding row, heads h..h + grp: its scores read the keys in place; p is padded
+            // to 64.
             let (lo, hi) = key_range(0);
-            let qr = &s.q[h * d..][..d];
+            let mut out = vec![0f32; grp * d];
             let (mut sc, mut p) = (vec![f32::NEG_INFINITY; up(tk, 16)], vec![0f32; up(tk, 64)]);
-            ggml::dot_f32_rows_at_fast(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
-            probs(0, &sc, &mut p);
-            // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache holds
-            // Vᵀ); padding rows are zeros with p = 0.
-            ggml::dot_f32_columns_at_fast(&mut out, v, &offs, &p, &mut acc);
+            for (j, o) in out.chunks_exact_mut(d).enumerate() {
+                let qr = &s.q[(h + j) * d..][..d];
+                ggml::dot_f32_rows_at_fast(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
+                probs(0, &sc, &mut p);
+                // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache holds
+                // Vᵀ); padding rows are zeros with p = 0.
+                ggml::dot_f32_columns_at_fast(o, v, &offs, &p, &mut acc);
+            }
             return out;
         }
         // A prompt's queries four (or two) at a time through P·V, so that each pass over V
@@ -371,6 +388,11 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
     });
     let mut outs: Vec<Vec<f32>> = seqs.iter().map(|s| vec![0f32; s.tq * hd.h * d]).collect();
     for (&(si, h, r), piece) in tasks.iter().zip(&pieces) {
+        if seqs[si].tq == 1 {
+            // Heads h.. of the one row: (grp, D) is where they go.
+            outs[si][h * d..][..piece.len()].copy_from_slice(piece);
+            continue;
+        }
         for (ii, row) in piece.chunks_exact(d).enumerate() {
             outs[si][((r * RUN + ii) * hd.h + h) * d..][..d].copy_from_slice(row);
         }
