@@ -45,11 +45,15 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 128)]
     decode_tokens: usize,
     /// Also time batched decode steps through the server's paged KV cache: one step of N
-    /// sequences, each one token, after a 16-token prompt each, for every N listed (e.g.
+    /// sequences, each one token, after a `--paged-prompt`-token prompt each, for every N listed (e.g.
     /// 1,8,32,64). On a GPU the step is replayed from a captured graph, as `smelt serve` runs it
     /// (launched under SMELT_CUDA_GRAPH=0), and each step waits for the device.
     #[arg(long, value_delimiter = ',')]
     paged_batch: Vec<usize>,
+    /// The prompt length of each `--paged-batch` sequence (a served chat request's context is
+    /// longer than the default's, and its decode attention costs more).
+    #[arg(long, default_value_t = 16)]
+    paged_prompt: usize,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     #[arg(long, default_value = "auto")]
@@ -221,8 +225,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     profile_report("decode");
     let mut paged = Vec::new();
     for &n in &a.paged_batch {
-        let secs = paged_decode(&model, n.max(1), &decode_ids, &mut ids)?;
-        profile_report(&format!("paged decode x{n}"));
+        let secs = paged_decode(&model, n.max(1), a.paged_prompt.max(1), &decode_ids, &mut ids)?;
+        profile_report(&format!("paged decode x{n}, decode steps only"));
         paged.push(serde_json::json!({"batch": n, "step_ms": secs * 1e3, "tok_s": n as f64 / secs}));
     }
     // Quantised (GGUF) weights are not trained; an adapter on them is (QLoRA).
@@ -309,24 +313,33 @@ pub fn run(a: BenchArgs) -> Result<()> {
 
 /// Median seconds of one batched decode step of `n` sequences through the paged KV pool
 /// (what `smelt serve` runs: `Model::logits_paged`; on a GPU `PagedDecoder`'s replayed step),
-/// each sequence after a 16-token prompt.
-fn paged_decode(model: &Model, n: usize, decode_ids: &[u32], ids: &mut impl FnMut(usize) -> Vec<u32>) -> Result<f64> {
+/// each sequence after a `prompt`-token prompt.
+fn paged_decode(
+    model: &Model,
+    n: usize,
+    prompt: usize,
+    decode_ids: &[u32],
+    ids: &mut impl FnMut(usize) -> Vec<u32>,
+) -> Result<f64> {
     use smelt_model::{KvPool, KvType, PagedDecoder, SeqStep};
     let steps = decode_ids.len().clamp(1, 32);
-    let per_seq = (16 + steps + 1).div_ceil(16);
+    let per_seq = (prompt + steps + 1).div_ceil(16);
     let device = model.device();
     // The server's default pool type: the activation dtype.
     let kind = if device.activation_dtype() == smelt_core::DType::BF16 { KvType::BF16 } else { KvType::F32 };
     let mut pool = KvPool::with_type(model, n * per_seq * 16, 16, kind)?;
     let mut graphs = PagedDecoder::new(model, &pool, n)?;
     let tables: Vec<Vec<u32>> = (0..n).map(|i| ((i * per_seq) as u32..((i + 1) * per_seq) as u32).collect()).collect();
-    let prompts: Vec<Vec<u32>> = (0..n).map(|_| ids(16)).collect();
+    let prompts: Vec<Vec<u32>> = (0..n).map(|_| ids(prompt)).collect();
     let prefill: Vec<SeqStep> = (0..n).map(|i| SeqStep { tokens: &prompts[i], pos0: 0, table: &tables[i] }).collect();
     model.logits_paged(&prefill, &mut pool)?;
+    // The prompts' ops are not the steps': the profile reports the decode steps only.
+    let _ = smelt_core::profile::take();
     let mut times = Vec::with_capacity(steps);
     for (s, &id) in decode_ids.iter().take(steps).enumerate() {
         let tok = [id];
-        let batch: Vec<SeqStep> = (0..n).map(|i| SeqStep { tokens: &tok, pos0: 16 + s, table: &tables[i] }).collect();
+        let batch: Vec<SeqStep> =
+            (0..n).map(|i| SeqStep { tokens: &tok, pos0: prompt + s, table: &tables[i] }).collect();
         Tensor::synchronize(device)?;
         let t = Instant::now();
         match graphs.as_mut() {
