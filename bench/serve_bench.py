@@ -226,6 +226,12 @@ def main():
     )
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--ctx", type=int, default=16384, help="KV positions for all slots together")
+    ap.add_argument(
+        "--kv-type",
+        choices=["f32", "f16", "bf16", "q8_0"],
+        help="the KV cache type of both servers (smelt --kv-cache-type, llama-server -ctk/-ctv); by "
+        "default each keeps its own (smelt: the activation dtype, f32 on the CPU; llama-server: f16)",
+    )
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument(
         "--raw-step",
@@ -249,6 +255,8 @@ def main():
             port = free_port()
             cmd = [a.smelt, "-t", str(a.threads), "serve", "--model", model, "--port", str(port), "--device", a.device]
             cmd += ["--parallel", str(par), "--ctx-size", str(a.ctx), "--queue-size", str(4 * par)]
+            if a.kv_type:
+                cmd += ["--kv-cache-type", a.kv_type]
             servers["smelt"] = bench_server("smelt", cmd, port, name, levels, a.per_client, a.min_requests, a.max_tokens)
             if a.raw_step:
                 raw = raw_step_ms(a, model)
@@ -262,6 +270,8 @@ def main():
             # -np slots share -c positions (a unified KV cache so one slot may use more than c/np).
             cmd = [a.llama_server, "-m", model, "--port", str(port), "-t", str(a.threads), "-np", str(par)]
             cmd += ["-c", str(a.ctx), "--kv-unified", "--no-webui"]
+            if a.kv_type:
+                cmd += ["-ctk", a.kv_type, "-ctv", a.kv_type]
             if a.device == "cuda":
                 cmd += ["-ngl", "99"]
             servers["llama-server"] = bench_server(
