@@ -272,6 +272,31 @@ impl PagedSlot<'_> {
         }
         let qd = q.as_f32()?;
         let qrow = heads.h * heads.d;
+        // A step of decoding rows over a packed pool: each (sequence, KV head) widens its own
+        // keys and values in cache (`attn_decode_packed`), the same bits as widening the pool.
+        if let (
+            Store::Packed { ty: kt, bytes: kb, row_bytes: kr },
+            Store::Packed { ty: vt, bytes: vb, row_bytes: vr },
+        ) = (&*self.k, &*self.v)
+        {
+            let whole_blocks = heads.d.is_multiple_of(kt.block_size()) && heads.d.is_multiple_of(vt.block_size());
+            if whole_blocks && self.seqs.iter().all(|&(_, t, _)| t == 1) {
+                use smelt_core::ops::attention::{attn_decode_packed, PackedKv};
+                let seqs: Vec<SeqAttn> = self
+                    .seqs
+                    .iter()
+                    .enumerate()
+                    .map(|(si, (pos0, _, rows))| SeqAttn {
+                        q: &qd[si * qrow..(si + 1) * qrow],
+                        tq: 1,
+                        rows: &rows[..pos0 + 1],
+                    })
+                    .collect();
+                let (k, v) =
+                    (PackedKv { ty: *kt, bytes: kb, row_bytes: *kr }, PackedKv { ty: *vt, bytes: vb, row_bytes: *vr });
+                return Tensor::from_f32(attn_decode_packed(&seqs, k, v, heads, scale)?.concat(), q.shape());
+            }
+        }
         // Packed rows are widened into one f32 scratch per call, each sequence's positions in
         // order; f32 rows are read where they are.
         let (gathered, contiguous): (Option<Widened>, Vec<Vec<usize>>) = match (&*self.k, &*self.v) {

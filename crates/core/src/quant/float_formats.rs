@@ -24,9 +24,29 @@ pub fn dequantize_f32(b: &[u8], out: &mut [f32]) {
     }
 }
 pub fn dequantize_f16(b: &[u8], out: &mut [f32]) {
-    for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: F16C and AVX detected.
+        done = unsafe { dequantize_f16_f16c(b, out) };
+    }
+    for (o, c) in out[done..].iter_mut().zip(b[2 * done..].chunks_exact(2)) {
         *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
     }
+}
+
+/// The first multiple of 8 values of `dequantize_f16` by `vcvtph2ps` (an exact conversion, as
+/// the scalar one); returns how many.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn dequantize_f16_f16c(b: &[u8], out: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let n = out.len().min(b.len() / 2) / 8 * 8;
+    for i in (0..n).step_by(8) {
+        let h = _mm_loadu_si128(b.as_ptr().add(2 * i) as *const __m128i);
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+    }
+    n
 }
 pub fn dequantize_bf16(b: &[u8], out: &mut [f32]) {
     for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {

@@ -350,19 +350,9 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
             tk.min(n16)
         };
         if tq == 1 {
-            // A decoding row, heads h..h + grp: its scores read the keys in place; p is padded
-            // to 64.
-            let (lo, hi) = key_range(0);
+            // A decoding row, heads h..h + grp, its keys read in place.
             let mut out = vec![0f32; grp * d];
-            let (mut sc, mut p) = (vec![f32::NEG_INFINITY; up(tk, 16)], vec![0f32; up(tk, 64)]);
-            for (j, o) in out.chunks_exact_mut(d).enumerate() {
-                let qr = &s.q[(h + j) * d..][..d];
-                ggml::dot_f32_rows_at_fast(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
-                probs(0, &sc, &mut p);
-                // out_t = dot(column t of V, p) without transposing V (llama.cpp's cache holds
-                // Vᵀ); padding rows are zeros with p = 0.
-                ggml::dot_f32_columns_at_fast(o, v, &offs, &p, &mut acc);
-            }
+            decode_heads(&s.q[h * d..(h + grp) * d], k, v, &offs, d, hd.window, scale, &mut out);
             return out;
         }
         // A prompt's queries four (or two) at a time through P·V, so that each pass over V
@@ -398,6 +388,100 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
         }
     }
     outs
+}
+
+/// A decoding row's query heads `q` ((n, D), the heads that read one KV head) against the
+/// keys and values at `offs` in `k` and `v` (positions 0..tk, the row's own the last) → `out`
+/// (n, D): scores by `dot_f32_rows_at_fast` (keys read in place), the softmax over scores
+/// padded to 16 with −∞, P·V by `dot_f32_columns_at_fast` over p padded to 64 with zeros
+/// (llama.cpp's cache holds Vᵀ; this reads V's columns without transposing it). What
+/// `attn_ggml_seqs` runs for a row with tq = 1, and `attn_decode_packed` on widened rows.
+#[allow(clippy::too_many_arguments)]
+fn decode_heads(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    offs: &[usize],
+    d: usize,
+    window: Option<usize>,
+    scale: f32,
+    out: &mut [f32],
+) {
+    use crate::ggml;
+    let up = |n: usize, m: usize| n.div_ceil(m) * m;
+    let tk = offs.len();
+    let (lo, hi) = (window.map_or(0, |w| tk.saturating_sub(w)), tk);
+    let n16 = up(hi, 16);
+    let (mut sc, mut p, mut acc) = (vec![f32::NEG_INFINITY; up(tk, 16)], vec![0f32; up(tk, 64)], Vec::new());
+    for (qr, o) in q.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        ggml::dot_f32_rows_at_fast(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
+        let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        p.fill(0.0);
+        let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
+        let inv = (1.0 / sum) as f32;
+        for x in &mut p[..n16] {
+            *x *= inv;
+        }
+        ggml::dot_f32_columns_at_fast(o, v, offs, &p, &mut acc);
+    }
+}
+
+/// A packed KV pool's keys or values: `row_bytes` a position (all KV heads), in a llama.cpp
+/// block format or f16/bf16.
+#[derive(Clone, Copy)]
+pub struct PackedKv<'a> {
+    pub ty: crate::quant::GgmlType,
+    pub bytes: &'a [u8],
+    pub row_bytes: usize,
+}
+
+/// [`attn_ggml_seqs`] for sequences that each decode one row (tq = 1) over a packed KV pool
+/// (`rows` as for f32: value offsets, position row × KVH·D). Each (sequence, KV head) task
+/// widens only that head's keys and values to f32, into a scratch of its own that stays in
+/// cache, and runs `decode_heads` on it: the same values into the same kernels as widening the
+/// whole pool first (exact conversions, the head a whole number of blocks), so the same bits,
+/// with half (f16) or less of an f32 pool's bytes read from memory and no pool-sized scratch.
+pub fn attn_decode_packed(seqs: &[SeqAttn], k: PackedKv, v: PackedKv, hd: Heads, scale: f32) -> Result<Vec<Vec<f32>>> {
+    let (d, grp, row) = (hd.d, hd.h / hd.kvh, hd.kvh * hd.d);
+    if let Some(s) = seqs.iter().find(|s| s.tq != 1) {
+        bail!("attn_decode_packed: decoding rows only, got a sequence of {} queries", s.tq);
+    }
+    let (kh, vh) = (k.ty.row_bytes(d)?, v.ty.row_bytes(d)?);
+    for (x, h, what) in [(&k, kh, "keys"), (&v, vh, "values")] {
+        let rows = x.bytes.len() / x.row_bytes.max(1);
+        if x.ty.row_bytes(row)? != x.row_bytes || hd.kvh * h != x.row_bytes || !d.is_multiple_of(x.ty.block_size()) {
+            bail!(
+                "attn_decode_packed: {what} of {} rows of {} bytes do not hold {} heads of {d}",
+                x.ty.name(),
+                x.row_bytes,
+                hd.kvh
+            );
+        }
+        if let Some(&at) = seqs.iter().flat_map(|s| s.rows).find(|&&at| at / row >= rows) {
+            bail!("attn_decode_packed: row {} past the pool's {rows}", at / row);
+        }
+    }
+    let pieces: Vec<Vec<f32>> = crate::par::map(seqs.len() * hd.kvh, |t| {
+        let (s, g) = (&seqs[t / hd.kvh], t % hd.kvh);
+        let tk = s.rows.len();
+        let (mut kf, mut vf) = (vec![0f32; tk * d], vec![0f32; tk * d]);
+        for (j, &at) in s.rows.iter().enumerate() {
+            let r = at / row;
+            let kb = &k.bytes[r * k.row_bytes + g * kh..][..kh];
+            crate::quant::dequantize_row(k.ty, kb, &mut kf[j * d..(j + 1) * d]);
+            let vb = &v.bytes[r * v.row_bytes + g * vh..][..vh];
+            crate::quant::dequantize_row(v.ty, vb, &mut vf[j * d..(j + 1) * d]);
+        }
+        let offs: Vec<usize> = (0..tk).map(|j| j * d).collect();
+        let mut out = vec![0f32; grp * d];
+        decode_heads(&s.q[g * grp * d..(g + 1) * grp * d], &kf, &vf, &offs, d, hd.window, scale, &mut out);
+        out
+    });
+    let mut outs: Vec<Vec<f32>> = seqs.iter().map(|_| vec![0f32; hd.h * d]).collect();
+    for (t, piece) in pieces.iter().enumerate() {
+        outs[t / hd.kvh][(t % hd.kvh) * grp * d..][..grp * d].copy_from_slice(piece);
+    }
+    Ok(outs)
 }
 
 /// Returns (dq, dk, dv); dk/dv have the k/v buffer layout (B, S, KVH, D).
@@ -1162,6 +1246,60 @@ mod tests {
             let want = attn_ggml_seqs(&seqs, &k, &v, hd, 0.3).concat();
             let worst = got.as_f32().unwrap().iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst < 1e-5, "window {window:?}: {worst}");
+        }
+    }
+
+    /// Decoding rows over a packed pool (f16, bf16, q8_0), each (sequence, KV head) widened on
+    /// its own, equal `attn_ggml_seqs` over the whole pool widened first, bit for bit: head dim
+    /// 64 (the AVX-512 kernels) and 32, GQA, with and without a window, rows scattered.
+    #[test]
+    fn packed_decode_rows_equal_the_widened_pool_bit_for_bit() {
+        use crate::quant::{dequantize_row, quantize_row, GgmlType};
+        for (h, kvh, d) in [(9, 3, 64), (4, 2, 32)] {
+            let (row, positions) = (kvh * d, 80);
+            let f32s = |n: usize, seed: u64| -> Vec<f32> { rand_vec(n, seed).iter().map(|&x| x as f32).collect() };
+            let (kx, vx, q) = (f32s(positions * row, 11), f32s(positions * row, 12), f32s(3 * h * d, 13));
+            // Three sequences of 70, 1 and 33 positions over scattered pool rows.
+            let perm: Vec<usize> = (0..positions).map(|i| (i * 37 + 5) % positions).collect();
+            let rows: Vec<Vec<usize>> = [(0, 70), (70, 71), (71, 80)]
+                .iter()
+                .map(|&(a, b)| perm[a..b].iter().map(|&r| r * row).collect())
+                .collect();
+            for ty in [GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0] {
+                let pack = |x: &[f32]| {
+                    let mut b = Vec::new();
+                    for r in x.chunks(row) {
+                        quantize_row(ty, r, &mut b);
+                    }
+                    b
+                };
+                let (kb, vb) = (pack(&kx), pack(&vx));
+                let rb = ty.row_bytes(row).unwrap();
+                let widen = |b: &[u8]| {
+                    let mut out = vec![0f32; positions * row];
+                    for (o, r) in out.chunks_mut(row).zip(b.chunks(rb)) {
+                        dequantize_row(ty, r, o);
+                    }
+                    out
+                };
+                let (kw, vw) = (widen(&kb), widen(&vb));
+                for window in [None, Some(20)] {
+                    let hd = Heads { h, kvh, d, window };
+                    let seqs: Vec<SeqAttn> = rows
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| SeqAttn { q: &q[i * h * d..(i + 1) * h * d], tq: 1, rows: r })
+                        .collect();
+                    let want = attn_ggml_seqs(&seqs, &kw, &vw, hd, 0.125);
+                    let (k, v) =
+                        (PackedKv { ty, bytes: &kb, row_bytes: rb }, PackedKv { ty, bytes: &vb, row_bytes: rb });
+                    let got = attn_decode_packed(&seqs, k, v, hd, 0.125).unwrap();
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        let bad = g.iter().zip(w).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                        assert_eq!(bad, 0, "{} d {d} window {window:?}: sequence {i}: {bad} values differ", ty.name());
+                    }
+                }
+            }
         }
     }
 
