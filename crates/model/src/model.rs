@@ -251,19 +251,24 @@ pub(crate) struct CacheSlot<'a> {
 /// rows of all sequences together through `linear_rows_alone` (each as a one-row matvec) —
 /// or all rows in one product where the weight's kernels keep rows apart by themselves.
 fn linear(g: &mut Graph, x: &Var, w: &Var, bias: Option<&Var>, seqs: Option<&[usize]>) -> Result<Var> {
-    use smelt_core::ops::matmul::{linear as lin, linear_rows_alone, rows_independent};
     let Some(seqs) = seqs else { return g.linear(x, w, bias) };
-    let (xt, wt, bt) = (x.tensor(), w.tensor(), bias.map(|b| b.tensor()));
+    let y = timed("paged_linear", || linear_seqs(x.tensor(), w.tensor(), bias.map(|b| b.tensor()), seqs))?;
+    Ok(g.constant(y))
+}
+
+/// `linear`'s batched forward (see there).
+fn linear_seqs(xt: &Tensor, wt: &Tensor, bt: Option<&Tensor>, seqs: &[usize]) -> Result<Tensor> {
+    use smelt_core::ops::matmul::{linear as lin, linear_rows_alone, rows_independent};
     if rows_independent(wt) {
         // Every row comes out as it would alone whatever else is in the product: one product
         // for all sequences (each weight read from memory once a step, not once a sequence).
-        return Ok(g.constant(timed("paged_linear", || lin(xt, wt, bt))?));
+        return lin(xt, wt, bt);
     }
     if seqs.len() == 1 {
-        return Ok(g.constant(if seqs[0] == 1 { linear_rows_alone(xt, wt, bt)? } else { lin(xt, wt, bt)? }));
+        return if seqs[0] == 1 { linear_rows_alone(xt, wt, bt) } else { lin(xt, wt, bt) };
     }
     if seqs.iter().all(|&t| t == 1) {
-        return Ok(g.constant(linear_rows_alone(xt, wt, bt)?));
+        return linear_rows_alone(xt, wt, bt);
     }
     let (n, k) = (xt.rows(), xt.cols());
     let xs = xt.as_f32()?;
@@ -300,7 +305,7 @@ fn linear(g: &mut Graph, x: &Var, w: &Var, bias: Option<&Var>, seqs: Option<&[us
             pi += 1;
         }
     }
-    Ok(g.constant(Tensor::from_f32(out, &[n, m])?))
+    Tensor::from_f32(out, &[n, m])
 }
 
 /// The config's norm of x with gain w.

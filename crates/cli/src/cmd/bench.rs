@@ -4,7 +4,7 @@
 //! peak_mem_bytes is the most device memory held in tensors at once.
 
 use super::generate::Format;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use smelt_core::ops::adamw::AdamW;
 use smelt_core::rng::Rng;
@@ -227,7 +227,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for &n in &a.paged_batch {
         let secs = paged_decode(&model, n.max(1), a.paged_prompt.max(1), &decode_ids, &mut ids)?;
         profile_report(&format!("paged decode x{n}, decode steps only"));
-        paged.push(serde_json::json!({"batch": n, "step_ms": secs * 1e3, "tok_s": n as f64 / secs}));
+        paged.push(serde_json::json!({"batch": n, "prompt": a.paged_prompt.max(1), "step_ms": secs * 1e3, "tok_s": n as f64 / secs}));
     }
     // Quantised (GGUF) weights are not trained; an adapter on them is (QLoRA).
     let quantised = model.params.iter().any(|p| p.dtype() == smelt_core::DType::Quant) && model.adapter.is_none();
@@ -323,6 +323,9 @@ fn paged_decode(
 ) -> Result<f64> {
     use smelt_model::{KvPool, KvType, PagedDecoder, SeqStep};
     let steps = decode_ids.len().clamp(1, 32);
+    if prompt + steps > model.cfg.max_pos {
+        bail!("--paged-prompt {prompt} + {steps} decode steps exceed the model's context of {}", model.cfg.max_pos);
+    }
     let per_seq = (prompt + steps + 1).div_ceil(16);
     let device = model.device();
     // The server's default pool type: the activation dtype.

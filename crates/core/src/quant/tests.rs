@@ -569,6 +569,72 @@ mod x86_kernels {
         }
     }
 
+    /// `tile512::tile_pairs` (zmm, two inputs a register) against `tile` (ymm) bit for bit, for
+    /// the four 32-element formats: 4 × 8, 1 × 8, 4 × 4 and 1 × 4 tiles, 1 to 16 blocks, random
+    /// block bytes, activations over the whole i8 range with random scales and sums, rows at a
+    /// stride longer than a row and the last row's slice cut to its blocks.
+    #[test]
+    fn zmm_tiles_match_the_ymm_tiles_bit_for_bit() {
+        use super::super::tile512::{self as t, tile, tile_pairs};
+        if !have_avx2() || !avx512_detected() {
+            smelt_testing::skip(smelt_testing::Need::Cpu, "this CPU lacks AVX2 or AVX-512 F/BW/VL/VNNI");
+            return;
+        }
+        fn check<const K: u8>(ty: GgmlType, r: &mut crate::rng::Rng) {
+            let bytes = t::block_bytes(K);
+            for nb in [1, 2, 3, 16] {
+                let rb = nb * bytes + 7;
+                let mut w = vec![0u8; 4 * rb];
+                for j in 0..4 {
+                    w[j * rb..j * rb + nb * bytes].copy_from_slice(&random_blocks(ty, nb, r));
+                }
+                let acts: Vec<Vec<act::BlockQ8>> = (0..8)
+                    .map(|_| {
+                        (0..nb)
+                            .map(|_| {
+                                let mut qs = [0i8; 32];
+                                qs.iter_mut().for_each(|q| *q = r.next_u64() as i8);
+                                act::BlockQ8 { d: r.normal() as f32, s: 40.0 * r.normal() as f32, qs }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let a8: [&[act::BlockQ8]; 8] = std::array::from_fn(|c| &acts[c][..]);
+                let a4: [&[act::BlockQ8]; 4] = std::array::from_fn(|c| &acts[c][..]);
+                // SAFETY: AVX-512 F/BW/VL/VNNI detected; the slices hold the rows' blocks.
+                unsafe {
+                    let p48 = tile_pairs::<K, 4, 8>(&w, rb, a8);
+                    let p18 = tile_pairs::<K, 1, 8>(&w[3 * rb..3 * rb + nb * bytes], rb, a8);
+                    let p44 = tile_pairs::<K, 4, 4>(&w, rb, a4);
+                    let p14 = tile_pairs::<K, 1, 4>(&w[2 * rb..2 * rb + nb * bytes], rb, a4);
+                    let t44 = tile::<K, 4, 4>(&w, rb, a4);
+                    for j in 0..4 {
+                        for c in 0..8 {
+                            let one = tile::<K, 1, 1>(&w[j * rb..], rb, [a8[c]])[0][0].to_bits();
+                            let what = format!("{} {nb} blocks, row {j}, input {c}", ty.name());
+                            assert_eq!(p48[j][c].to_bits(), one, "4 x 8: {what}");
+                            if j == 3 {
+                                assert_eq!(p18[0][c].to_bits(), one, "1 x 8: {what}");
+                            }
+                            if c < 4 {
+                                assert_eq!(p44[j][c].to_bits(), one, "4 x 4: {what}");
+                                assert_eq!(t44[j][c].to_bits(), one, "ymm 4 x 4: {what}");
+                                if j == 2 {
+                                    assert_eq!(p14[0][c].to_bits(), one, "1 x 4: {what}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut r = crate::rng::Rng::new(21);
+        check::<{ t::Q8_0 }>(GgmlType::Q8_0, &mut r);
+        check::<{ t::Q4_0 }>(GgmlType::Q4_0, &mut r);
+        check::<{ t::Q4_1 }>(GgmlType::Q4_1, &mut r);
+        check::<{ t::Q5_0 }>(GgmlType::Q5_0, &mut r);
+    }
+
     /// The AVX-512 repacked Q4_K GEMV against the AVX2 one bit for bit (and the AVX2 one-row
     /// kernel of that order), on random block bytes (every scale/min pattern), full-range random
     /// Q8_K values, 1 to 17 super-blocks, rows at a stride longer than a row.

@@ -158,7 +158,7 @@ unsafe fn nibbles(p: *const u8, shifts: __m256i, mask: __m256i) -> __m256i {
     _mm256_and_si256(_mm256_srlv_epi64(t, shifts), mask)
 }
 
-/// `tile::<K, R, 4>` with 512-bit registers: the four activation rows go as two pairs, each
+/// `tile::<K, R, C>` (C = 4 or 8) with 512-bit registers: the activation rows go in pairs, each
 /// pair's two 8-lane accumulators in one zmm (lanes 0..8 the first row's, 8..16 the second's),
 /// so a block costs a pair of outputs one `vpdpbusd`, one convert, one multiply (d_w·d_a: the
 /// same f32 product as `tile`'s, lane by lane) and one FMA where `tile` spends two of each on

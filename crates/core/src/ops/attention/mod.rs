@@ -1303,6 +1303,47 @@ mod tests {
         }
     }
 
+    /// Decoding rows only (no key transposes set up), GQA with the query heads of a KV head in
+    /// one task, with and without a window (down to one key), one key to many: each sequence
+    /// equals `attn_fwd_ggml` of that row alone over a contiguous cache, bit for bit (what a
+    /// served request needs: its numbers do not depend on the other rows of its step).
+    #[test]
+    fn grouped_decode_rows_equal_each_row_alone() {
+        let (h, kvh, d) = (8, 2, 64);
+        let row = kvh * d;
+        let f32s = |n: usize, seed: u64| -> Vec<f32> { rand_vec(n, seed).iter().map(|&x| x as f32).collect() };
+        let lens = [1usize, 17, 64, 65, 130];
+        let total: usize = lens.iter().sum();
+        let (k, v, q) = (f32s(total * row, 21), f32s(total * row, 22), f32s(lens.len() * h * d, 23));
+        let mut starts = vec![0];
+        for l in &lens[..lens.len() - 1] {
+            starts.push(starts.last().unwrap() + l);
+        }
+        let offs: Vec<Vec<usize>> =
+            lens.iter().zip(&starts).map(|(&l, &s)| (s..s + l).map(|j| j * row).collect()).collect();
+        for window in [None, Some(50), Some(1)] {
+            let hd = Heads { h, kvh, d, window };
+            let seqs: Vec<SeqAttn> = offs
+                .iter()
+                .enumerate()
+                .map(|(i, o)| SeqAttn { q: &q[i * h * d..(i + 1) * h * d], tq: 1, rows: o })
+                .collect();
+            let got = attn_ggml_seqs(&seqs, &k, &v, hd, 0.125);
+            for (i, (&l, &s)) in lens.iter().zip(&starts).enumerate() {
+                let dm = AttnDims { b: 1, tq: 1, tk: l, s: l, h, kvh, d, window };
+                let want = attn_fwd_ggml(
+                    &q[i * h * d..(i + 1) * h * d],
+                    &k[s * row..(s + l) * row],
+                    &v[s * row..(s + l) * row],
+                    dm,
+                    0.125,
+                );
+                let same = got[i].iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "window {window:?}: sequence {i} of {l} keys differs from the row alone");
+            }
+        }
+    }
+
     fn rand_t(shape: &[usize], seed: u64) -> Tensor {
         let n = shape.iter().product();
         Tensor::from_f32(rand_vec(n, seed).iter().map(|&x| x as f32).collect(), shape).unwrap()
