@@ -256,6 +256,24 @@ fn linear(g: &mut Graph, x: &Var, w: &Var, bias: Option<&Var>, seqs: Option<&[us
     Ok(g.constant(y))
 }
 
+/// The batched forward's products of x by several weights in one call (`linear_many`: the
+/// activations quantised once, one parallel job), where every weight keeps rows apart by
+/// itself (`rows_independent`) and none of `biases` is present; None: one `linear` each.
+fn linear_rows_many<const N: usize>(
+    x: &Var,
+    ws: [&Var; N],
+    layer: &LayerVars,
+    biases: &[Role],
+) -> Result<Option<[Tensor; N]>> {
+    use smelt_core::ops::matmul::{linear_many, rows_independent};
+    if biases.iter().any(|&r| layer.get(r).is_some()) || !ws.iter().all(|w| rows_independent(w.tensor())) {
+        return Ok(None);
+    }
+    let pairs: Vec<(&Tensor, Option<&Tensor>)> = ws.iter().map(|w| (w.tensor(), None)).collect();
+    let ys = timed("paged_linear", || linear_many(x.tensor(), &pairs))?;
+    Ok(ys.try_into().ok())
+}
+
 /// `linear`'s batched forward (see there).
 fn linear_seqs(xt: &Tensor, wt: &Tensor, bt: Option<&Tensor>, seqs: &[usize]) -> Result<Tensor> {
     use smelt_core::ops::matmul::{linear as lin, linear_rows_alone, rows_independent};
@@ -348,11 +366,18 @@ fn block(
     let seqs = per_seq.as_deref();
     g.name(h, || format!("attn_norm-{l}"));
     let (q, k, v) = if let Some(seqs) = seqs {
-        // The batched forward (the server): each sequence's rows as they are alone.
-        let q = linear(g, h, &w[Role::Wq], w.get(Role::Bq), Some(seqs))?;
-        let k = linear(g, h, &w[Role::Wk], w.get(Role::Bk), Some(seqs))?;
-        let v = linear(g, h, &w[Role::Wv], w.get(Role::Bv), Some(seqs))?;
-        (q, k, v)
+        // The batched forward (the server): each sequence's rows as they are alone; where the
+        // three weights keep rows apart by themselves, one call for the three products.
+        if let Some([q, k, v]) =
+            linear_rows_many(h, [&w[Role::Wq], &w[Role::Wk], &w[Role::Wv]], w, &[Role::Bq, Role::Bk, Role::Bv])?
+        {
+            (g.constant(q), g.constant(k), g.constant(v))
+        } else {
+            let q = linear(g, h, &w[Role::Wq], w.get(Role::Bq), Some(seqs))?;
+            let k = linear(g, h, &w[Role::Wk], w.get(Role::Bk), Some(seqs))?;
+            let v = linear(g, h, &w[Role::Wv], w.get(Role::Bv), Some(seqs))?;
+            (q, k, v)
+        }
     } else if g.may_fuse() && !w.adapted(&[Role::Wq, Role::Wk, Role::Wv]) {
         // One launch for the three products on a GPU at decode sizes (`linear_many`).
         let bias = |r: Role| w.get(r).map(|b| b.tensor());
@@ -479,9 +504,11 @@ fn block(
     let act = match c.act {
         // The batched forward (the server): each sequence's rows as they are alone.
         Activation::Silu if seqs.is_some() => {
-            let gate = linear(g, &h, &w[Role::WGate], None, seqs)?;
+            let (gate, up) = match linear_rows_many(&h, [&w[Role::WGate], &w[Role::WUp]], w, &[])? {
+                Some([gate, up]) => (g.constant(gate), g.constant(up)),
+                None => (linear(g, &h, &w[Role::WGate], None, seqs)?, linear(g, &h, &w[Role::WUp], None, seqs)?),
+            };
             g.name(&gate, || format!("ffn_gate-{l}"));
-            let up = linear(g, &h, &w[Role::WUp], None, seqs)?;
             g.name(&up, || format!("ffn_up-{l}"));
             g.swiglu(&gate, &up)?
         }

@@ -41,8 +41,8 @@ mod tile512;
 #[cfg(feature = "cuda")]
 pub use matrix::DeviceQuant;
 pub use matrix::QuantMatrix;
-pub(crate) use qtensor::matmul_few_many;
 pub use qtensor::QTensor;
+pub(crate) use qtensor::{matmul_few_many, matmul_many_tiles};
 pub use smelt_gguf::GgmlType;
 
 use anyhow::{bail, Result};

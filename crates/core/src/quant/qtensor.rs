@@ -223,6 +223,66 @@ pub(crate) fn matmul_few_many(qs: &[&QTensor], x: &[f32], n: usize) -> Option<Ve
     )
 }
 
+/// y_i (n × rows_i) = x (n × cols) · q_iᵀ for several matrices of the 32-element formats at
+/// once, for many inputs (n > 4: a prompt's or a server step's q/k/v, gate/up) on AVX-512: the
+/// inputs quantised once for all of them, and every matrix's `gemm_tasks` blocks (32 rows × 64
+/// inputs) in one parallel call, so the short k and v products do not each wait for their own
+/// fork and join. Each output is `matmul`'s (the same activations, the same `tile512` tiles).
+/// None where `matmul` would not take the tiles for every matrix.
+pub(crate) fn matmul_many_tiles(qs: &[&QTensor], x: &[f32], n: usize) -> Option<Vec<Vec<f32>>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let k = qs.first()?.cols;
+        if n <= 4 || x.len() < n * k || Level::detect() != Level::Avx512 || !avx512_detected() {
+            return None;
+        }
+        let kinds: Vec<u8> = qs
+            .iter()
+            .map(|q| {
+                let tiled = q.cols == k && X86Path::of(q.ty, q.rows, n) == X86Path::VecDot;
+                tiled.then(|| tile_kind(q.ty)).flatten()
+            })
+            .collect::<Option<_>>()?;
+        // The 32-element formats all pair with the same activation blocks (`QTensor::act`).
+        let acts: Vec<Vec<BlockQ8>> = crate::par::map(n, |i| quantize_q8(&x[i * k..(i + 1) * k]));
+        let a: Vec<&[BlockQ8]> = acts.iter().map(|v| &v[..]).collect();
+        const ROWS: usize = 32;
+        const INPUTS: usize = 64;
+        let mut ys: Vec<Vec<f32>> = qs.iter().map(|q| crate::mem::zeros(n * q.rows)).collect();
+        let outs: Vec<OutPtr> = ys.iter_mut().map(|y| OutPtr(y.as_mut_ptr())).collect();
+        let tn = n.div_ceil(INPUTS);
+        let tasks: Vec<(usize, usize, usize)> = qs
+            .iter()
+            .enumerate()
+            .flat_map(|(qi, q)| (0..q.rows.div_ceil(ROWS) * tn).map(move |t| (qi, t / tn * ROWS, t % tn * INPUTS)))
+            .collect();
+        crate::par::for_each(tasks.len(), |t| {
+            let (qi, r0, i0) = tasks[t];
+            let (q, m) = (qs[qi], qs[qi].rows);
+            let (r1, i1) = ((r0 + ROWS).min(m), (i0 + INPUTS).min(n));
+            let (rb, w) = (q.row_bytes, &q.data[r0 * q.row_bytes..r1 * q.row_bytes]);
+            // SAFETY: AVX-512 detected; the task writes y_qi[i·m + j] for i in i0..i1, j in
+            // r0..r1 only, inside y_qi (n × m), and no other task writes those.
+            unsafe {
+                use super::tile512 as kd;
+                let o = outs[qi].get().add(i0 * m + r0);
+                match kinds[qi] {
+                    kd::Q8_0 => tiles_avx512::<{ kd::Q8_0 }>(w, rb, &a[i0..i1], o, m),
+                    kd::Q4_0 => tiles_avx512::<{ kd::Q4_0 }>(w, rb, &a[i0..i1], o, m),
+                    kd::Q4_1 => tiles_avx512::<{ kd::Q4_1 }>(w, rb, &a[i0..i1], o, m),
+                    _ => tiles_avx512::<{ kd::Q5_0 }>(w, rb, &a[i0..i1], o, m),
+                }
+            }
+        });
+        Some(ys)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (qs, x, n);
+        None
+    }
+}
+
 /// The 32-element block formats that `tile512` multiplies in register tiles.
 #[cfg(target_arch = "x86_64")]
 fn tile_kind(ty: GgmlType) -> Option<u8> {

@@ -569,6 +569,39 @@ mod x86_kernels {
         }
     }
 
+    /// Several matrices' products in one job (`matmul_many_tiles`: q/k/v, gate/up) equal each
+    /// matrix's own `matmul` bit for bit, for the four 32-element formats, with row counts that
+    /// are and are not multiples of the task blocks and inputs past one 64-input block.
+    #[test]
+    fn many_matrices_in_one_job_equal_each_matmul_bit_for_bit() {
+        if !avx512_detected() {
+            smelt_testing::skip(smelt_testing::Need::Cpu, "this CPU lacks AVX-512 F/BW/VL/VNNI");
+            return;
+        }
+        let cols = 256;
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0] {
+            for n in [5, 37, 70] {
+                let qs: Vec<QTensor> = [(70, 1), (24, 2), (37, 3)]
+                    .iter()
+                    .map(|&(rows, seed)| QTensor::quantize(ty, &rand(rows * cols, seed), rows, cols).unwrap())
+                    .collect();
+                let refs: Vec<&QTensor> = qs.iter().collect();
+                let x = rand(n * cols, 9);
+                let Some(ys) = super::super::matmul_many_tiles(&refs, &x, n) else {
+                    // Q4_0 with a multiple of 8 rows takes llama.cpp's repacked path instead.
+                    assert_eq!(ty, GgmlType::Q4_0, "{} takes the tiles", ty.name());
+                    continue;
+                };
+                for (q, y) in qs.iter().zip(&ys) {
+                    let mut want = vec![0f32; n * q.dims().0];
+                    q.matmul(&x, n, &mut want);
+                    let bad = y.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                    assert_eq!(bad, 0, "{} {:?} · {n}: {bad} outputs differ", ty.name(), q.dims());
+                }
+            }
+        }
+    }
+
     /// `tile512::tile_pairs` (zmm, two inputs a register) against `tile` (ymm) bit for bit, for
     /// the four 32-element formats: 4 × 8, 1 × 8, 4 × 4 and 1 × 4 tiles, 1 to 16 blocks, random
     /// block bytes, activations over the whole i8 range with random scales and sums, rows at a

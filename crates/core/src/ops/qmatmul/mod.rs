@@ -154,11 +154,12 @@ pub fn linear_many(x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)], n: usize, k: u
     Ok(None)
 }
 
-/// On the CPU, the products of a few input rows (decode) by several unbiased quantised
-/// matrices in one parallel call (`matmul_few_many`); None where that path does not apply.
+/// On the CPU, the products of the input rows by several unbiased quantised matrices in one
+/// parallel call: a few rows (decode) by `matmul_few_many`, many (a prompt, a server step) by
+/// `matmul_many_tiles`; None where that path does not apply.
 fn few_rows_on_the_cpu(x: &Tensor, ws: &[(&Tensor, bool)], n: usize, k: usize) -> Result<Option<Vec<Tensor>>> {
     use crate::quant::{QTensor, QuantMatrix};
-    if !x.device().is_cpu() || n > 4 || x.dtype() != DType::F32 {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
         return Ok(None);
     }
     let qs: Option<Vec<&QTensor>> = ws
@@ -169,7 +170,12 @@ fn few_rows_on_the_cpu(x: &Tensor, ws: &[(&Tensor, bool)], n: usize, k: usize) -
         })
         .collect();
     let Some(qs) = qs else { return Ok(None) };
-    let Some(ys) = crate::quant::matmul_few_many(&qs, x.as_f32()?, n) else { return Ok(None) };
+    let ys = if n <= 4 {
+        crate::quant::matmul_few_many(&qs, x.as_f32()?, n)
+    } else {
+        crate::quant::matmul_many_tiles(&qs, x.as_f32()?, n)
+    };
+    let Some(ys) = ys else { return Ok(None) };
     let ys =
         ys.into_iter().zip(&qs).map(|(y, q)| Tensor::from_f32(y, &out_shape(x, q.dims().0))).collect::<Result<_>>()?;
     Ok(Some(ys))
