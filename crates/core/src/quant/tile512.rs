@@ -46,16 +46,7 @@ pub unsafe fn tile<const K: u8, const R: usize, const C: usize>(
     rb: usize,
     a: [&[BlockQ8]; C],
 ) -> [[f32; C]; R] {
-    let bytes = block_bytes(K);
-    let nb = a[0].len();
-    assert!(
-        R >= 1 && R <= 4 && C >= 1 && C <= 4 && rb >= nb * bytes && w.len() >= (R - 1) * rb + nb * bytes,
-        "tile: {R} rows of {rb} bytes in {} bytes, {nb} blocks of {bytes}",
-        w.len()
-    );
-    for ac in &a {
-        assert_eq!(ac.len(), nb, "tile: activation rows of different lengths");
-    }
+    let (bytes, nb) = check::<K>("tile", R, C <= 4, w, rb, &a);
     let mask = _mm256_set1_epi8(0x0F);
     let flip = _mm256_set1_epi8(0x80u8 as i8);
     let sixteen = _mm256_set1_epi8(16);
@@ -171,16 +162,7 @@ pub unsafe fn tile_pairs<const K: u8, const R: usize, const C: usize>(
     rb: usize,
     a: [&[BlockQ8]; C],
 ) -> [[f32; C]; R] {
-    let bytes = block_bytes(K);
-    let nb = a[0].len();
-    assert!(
-        R >= 1 && R <= 4 && (C == 4 || C == 8) && rb >= nb * bytes && w.len() >= (R - 1) * rb + nb * bytes,
-        "tile_pairs: {R} rows of {rb} bytes in {} bytes, {nb} blocks of {bytes}",
-        w.len()
-    );
-    for ac in &a {
-        assert_eq!(ac.len(), nb, "tile_pairs: activation rows of different lengths");
-    }
+    let (bytes, nb) = check::<K>("tile_pairs", R, C == 4 || C == 8, w, rb, &a);
     // The weight side is unpacked straight into both halves of a zmm.
     let mask = _mm512_set1_epi8(0x0F);
     let flip = _mm512_set1_epi8(0x80u8 as i8);
@@ -283,6 +265,32 @@ pub unsafe fn tile_pairs<const K: u8, const R: usize, const C: usize>(
         }
     }
     out
+}
+
+/// The bounds a tile reads within (asserted: the reads are unchecked): 1 to 4 rows of `rb`
+/// bytes in `w`, each holding the blocks of the activation rows `a`, all of one length, and a
+/// column count the tile takes (`columns_ok`). Returns (block bytes, blocks).
+fn check<const K: u8>(
+    what: &str,
+    rows: usize,
+    columns_ok: bool,
+    w: &[u8],
+    rb: usize,
+    a: &[&[BlockQ8]],
+) -> (usize, usize) {
+    let (bytes, nb) = (block_bytes(K), a.first().map_or(0, |a| a.len()));
+    assert!(
+        (1..=4).contains(&rows)
+            && columns_ok
+            && !a.is_empty()
+            && rb >= nb * bytes
+            && w.len() >= (rows - 1) * rb + nb * bytes,
+        "{what}: {rows} rows of {rb} bytes in {} bytes, {} activation rows of {nb} blocks of {bytes}",
+        w.len(),
+        a.len()
+    );
+    assert!(a.iter().all(|ac| ac.len() == nb), "{what}: activation rows of different lengths");
+    (bytes, nb)
 }
 
 /// `nibbles` into both 256-bit halves of a zmm.
