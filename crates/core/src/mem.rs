@@ -105,15 +105,12 @@ pub fn zeros(len: usize) -> Vec<f32> {
     if len <= SERIAL {
         return vec![0f32; len];
     }
-    let mut v: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(len);
-    // SAFETY: MaybeUninit needs no initialisation; every element is written below.
-    unsafe { v.set_len(len) };
+    let mut v = crate::par::uninit::<f32>(len);
     crate::par::chunks_mut(&mut v, SERIAL, |_, c| {
         c.iter_mut().for_each(|x| {
             x.write(0.0);
         })
     });
-    let mut v = std::mem::ManuallyDrop::new(v);
-    // SAFETY: all `len` elements were written; MaybeUninit<f32> has f32's layout.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr() as *mut f32, len, v.capacity()) }
+    // SAFETY: all `len` elements were written.
+    unsafe { crate::par::assume_init(v) }
 }

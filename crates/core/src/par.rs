@@ -16,6 +16,7 @@
 //! inside a task runs serially on that thread.
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -219,16 +220,31 @@ impl<'a, T> Pieces<'a, T> {
 
 /// [f(0), …, f(n − 1)], computed in parallel.
 pub fn map<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    let mut out: Vec<std::mem::MaybeUninit<T>> = Vec::with_capacity(n);
-    // SAFETY: MaybeUninit needs no initialisation; every slot is written below before use.
-    unsafe { out.set_len(n) };
+    let mut out = uninit(n);
     chunks_mut(&mut out, 1, |i, slot| {
         slot[0].write(f(i));
     });
     // SAFETY: every slot was written (for_each returned normally: all n tasks ran, none
-    // panicked); MaybeUninit<T> has T's layout.
-    let mut out = std::mem::ManuallyDrop::new(out);
-    unsafe { Vec::from_raw_parts(out.as_mut_ptr() as *mut T, n, out.capacity()) }
+    // panicked).
+    unsafe { assume_init(out) }
+}
+
+/// A vector of `n` slots to be written in parallel (then `assume_init`).
+pub(crate) fn uninit<T>(n: usize) -> Vec<MaybeUninit<T>> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: MaybeUninit needs no initialisation.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// The vector of `uninit`'s slots as values.
+///
+/// # Safety
+/// Every slot has been written.
+pub(crate) unsafe fn assume_init<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: the caller wrote every slot; MaybeUninit<T> has T's layout.
+    Vec::from_raw_parts(v.as_mut_ptr() as *mut T, v.len(), v.capacity())
 }
 
 /// A pointer shared by tasks that write disjoint parts of what it points to.

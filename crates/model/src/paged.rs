@@ -306,7 +306,7 @@ impl PagedSlot<'_> {
                 // the packed pool once: half the bytes of an f32 pool at f16).
                 let srcs: Vec<usize> =
                     self.seqs.iter().flat_map(|(pos0, t, rows)| rows[..pos0 + t].iter().copied()).collect();
-                let (kf, vf) = (widen_rows(ks, &srcs, row)?, widen_rows(vs, &srcs, row)?);
+                let (kf, vf) = widen_rows([ks, vs], &srcs, row)?;
                 let mut offs = Vec::with_capacity(self.seqs.len());
                 let mut n = 0;
                 for (pos0, t, _) in self.seqs {
@@ -340,21 +340,32 @@ impl PagedSlot<'_> {
 /// Packed keys and values widened to f32 for one step (K, V).
 type Widened = (Vec<f32>, Vec<f32>);
 
-/// The rows at value offsets `srcs` of a packed `store` as f32, one after another, in parallel.
-fn widen_rows(store: &Store, srcs: &[usize], row: usize) -> Result<Vec<f32>> {
-    let Store::Packed { ty, bytes, row_bytes } = store else {
-        bail!("KV pool: widen_rows reads a packed pool");
-    };
-    let mut out = vec![0f32; srcs.len() * row];
+/// The rows at value offsets `srcs` of the packed keys and values as f32, one after another,
+/// both in one parallel pass.
+fn widen_rows(stores: [&Store; 2], srcs: &[usize], row: usize) -> Result<Widened> {
+    let mut packed = Vec::with_capacity(2);
+    for store in stores {
+        let Store::Packed { ty, bytes, row_bytes } = store else {
+            bail!("KV pool: widen_rows reads a packed pool");
+        };
+        packed.push((*ty, &bytes[..], *row_bytes));
+    }
+    let (mut kf, mut vf) = (vec![0f32; srcs.len() * row], vec![0f32; srcs.len() * row]);
     // 16 rows a task (a few KB of output each).
     const ROWS: usize = 16;
-    smelt_core::par::chunks_mut(&mut out, ROWS * row, |ci, chunk| {
-        for (ri, o) in chunk.chunks_exact_mut(row).enumerate() {
-            let r = srcs[ci * ROWS + ri] / row;
-            dequantize_row(*ty, &bytes[r * *row_bytes..(r + 1) * *row_bytes], o);
+    let (kp, vp) =
+        (smelt_core::par::Pieces::new(&mut kf, ROWS * row), smelt_core::par::Pieces::new(&mut vf, ROWS * row));
+    smelt_core::par::for_each(kp.count(), |ci| {
+        // SAFETY: task ci takes piece ci of each output, and only it.
+        let outs = unsafe { [kp.take(ci), vp.take(ci)] };
+        for ((ty, bytes, rb), out) in packed.iter().zip(outs) {
+            for (ri, o) in out.chunks_exact_mut(row).enumerate() {
+                let r = srcs[ci * ROWS + ri] / row;
+                dequantize_row(*ty, &bytes[r * rb..(r + 1) * rb], o);
+            }
         }
     });
-    Ok(out)
+    Ok((kf, vf))
 }
 
 /// Writes one position's row (`row` values, starting at value offset `at`) into `store`.

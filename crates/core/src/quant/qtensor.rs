@@ -210,13 +210,8 @@ pub(crate) fn matmul_few_many(qs: &[&QTensor], x: &[f32], n: usize) -> Option<Ve
                 if n == 1 {
                     return yt;
                 }
-                let m = q.rows;
-                let mut y = vec![0f32; n * m];
-                for j in 0..m {
-                    for i in 0..n {
-                        y[i * m + j] = yt[j * n + i];
-                    }
-                }
+                let mut y = vec![0f32; n * q.rows];
+                transpose_into(q.rows, n, &yt, &mut y);
                 y
             })
             .collect(),
@@ -246,32 +241,20 @@ pub(crate) fn matmul_many_tiles(qs: &[&QTensor], x: &[f32], n: usize) -> Option<
         // The 32-element formats all pair with the same activation blocks (`QTensor::act`).
         let acts: Vec<Vec<BlockQ8>> = crate::par::map(n, |i| quantize_q8(&x[i * k..(i + 1) * k]));
         let a: Vec<&[BlockQ8]> = acts.iter().map(|v| &v[..]).collect();
-        const ROWS: usize = 32;
-        const INPUTS: usize = 64;
         let mut ys: Vec<Vec<f32>> = qs.iter().map(|q| crate::mem::zeros(n * q.rows)).collect();
-        let outs: Vec<OutPtr> = ys.iter_mut().map(|y| OutPtr(y.as_mut_ptr())).collect();
-        let tn = n.div_ceil(INPUTS);
-        let tasks: Vec<(usize, usize, usize)> = qs
-            .iter()
-            .enumerate()
-            .flat_map(|(qi, q)| (0..q.rows.div_ceil(ROWS) * tn).map(move |t| (qi, t / tn * ROWS, t % tn * INPUTS)))
-            .collect();
-        crate::par::for_each(tasks.len(), |t| {
-            let (qi, r0, i0) = tasks[t];
-            let (q, m) = (qs[qi], qs[qi].rows);
-            let (r1, i1) = ((r0 + ROWS).min(m), (i0 + INPUTS).min(n));
-            let (rb, w) = (q.row_bytes, &q.data[r0 * q.row_bytes..r1 * q.row_bytes]);
-            // SAFETY: AVX-512 detected; the task writes y_qi[i·m + j] for i in i0..i1, j in
-            // r0..r1 only, inside y_qi (n × m), and no other task writes those.
+        let ms: Vec<usize> = qs.iter().map(|q| q.rows).collect();
+        gemm_tasks_many(&ms, n, &mut ys, |qi, (r0, r1), (i0, i1), o| {
+            let q = qs[qi];
+            // SAFETY: AVX-512 detected; `o` is as `gemm_tasks_many` says.
             unsafe {
-                use super::tile512 as kd;
-                let o = outs[qi].get().add(i0 * m + r0);
-                match kinds[qi] {
-                    kd::Q8_0 => tiles_avx512::<{ kd::Q8_0 }>(w, rb, &a[i0..i1], o, m),
-                    kd::Q4_0 => tiles_avx512::<{ kd::Q4_0 }>(w, rb, &a[i0..i1], o, m),
-                    kd::Q4_1 => tiles_avx512::<{ kd::Q4_1 }>(w, rb, &a[i0..i1], o, m),
-                    _ => tiles_avx512::<{ kd::Q5_0 }>(w, rb, &a[i0..i1], o, m),
-                }
+                tiles_of_kind(
+                    kinds[qi],
+                    &q.data[r0 * q.row_bytes..r1 * q.row_bytes],
+                    q.row_bytes,
+                    &a[i0..i1],
+                    o,
+                    q.rows,
+                )
             }
         });
         Some(ys)
@@ -296,21 +279,6 @@ fn tile_kind(ty: GgmlType) -> Option<u8> {
     }
 }
 
-/// y's base pointer, shared by the tasks of one matmul, each writing its own elements.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the tasks that share it write disjoint elements (see `gemm_tasks`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so that a closure captures the whole `OutPtr`, which is Sync,
-    /// rather than its raw-pointer field, which is not).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 impl QTensor {
     /// y (n × rows) for many inputs with `tile512`'s register tiles, written in place
@@ -326,17 +294,8 @@ impl QTensor {
             .collect();
         let rb = self.row_bytes;
         gemm_tasks(m, n, y, |(r0, r1), (i0, i1), o| {
-            let w = &self.data[r0 * rb..r1 * rb];
             // SAFETY: AVX-512 was detected (`matmul_with`); `o` is as `gemm_tasks` says.
-            unsafe {
-                use super::tile512 as k;
-                match kind {
-                    k::Q8_0 => tiles_avx512::<{ k::Q8_0 }>(w, rb, &a[i0..i1], o, m),
-                    k::Q4_0 => tiles_avx512::<{ k::Q4_0 }>(w, rb, &a[i0..i1], o, m),
-                    k::Q4_1 => tiles_avx512::<{ k::Q4_1 }>(w, rb, &a[i0..i1], o, m),
-                    _ => tiles_avx512::<{ k::Q5_0 }>(w, rb, &a[i0..i1], o, m),
-                }
-            }
+            unsafe { tiles_of_kind(kind, &self.data[r0 * rb..r1 * rb], rb, &a[i0..i1], o, m) }
         });
     }
 }
@@ -353,16 +312,52 @@ pub(crate) fn gemm_tasks(
     y: &mut [f32],
     task: impl Fn((usize, usize), (usize, usize), *mut f32) + Sync,
 ) {
+    gemm_tasks_many(&[m], n, &mut [y], |_, r, i, o| task(r, i, o));
+}
+
+/// `gemm_tasks` for several outputs of the same n inputs (y_q: n × ms[q], the products of
+/// several matrices), every output's tasks in one parallel call; `task(q, ..)` as there, for y_q.
+fn gemm_tasks_many<Y: AsMut<[f32]>>(
+    ms: &[usize],
+    n: usize,
+    ys: &mut [Y],
+    task: impl Fn(usize, (usize, usize), (usize, usize), *mut f32) + Sync,
+) {
     const ROWS: usize = 32;
     const INPUTS: usize = 64;
-    assert!(y.len() >= n * m, "gemm: {} outputs for {n} × {m}", y.len());
-    let (tr, tn) = (m.div_ceil(ROWS), n.div_ceil(INPUTS));
-    let out = OutPtr(y.as_mut_ptr());
-    crate::par::for_each(tr * tn, |t| {
-        let (r0, i0) = (t / tn * ROWS, t % tn * INPUTS);
-        // SAFETY: inside y (asserted above); the tasks' (i, j) ranges are disjoint.
-        task((r0, (r0 + ROWS).min(m)), (i0, (i0 + INPUTS).min(n)), unsafe { out.get().add(i0 * m + r0) })
+    let outs: Vec<crate::par::SendPtr<f32>> = ys
+        .iter_mut()
+        .zip(ms)
+        .map(|(y, &m)| {
+            let y = y.as_mut();
+            assert!(y.len() >= n * m, "gemm: {} outputs for {n} × {m}", y.len());
+            crate::par::SendPtr(y.as_mut_ptr())
+        })
+        .collect();
+    let tn = n.div_ceil(INPUTS);
+    let tasks: Vec<(usize, usize)> =
+        ms.iter().enumerate().flat_map(|(q, &m)| (0..m.div_ceil(ROWS) * tn).map(move |t| (q, t))).collect();
+    crate::par::for_each(tasks.len(), |t| {
+        let (q, t) = tasks[t];
+        let (m, r0, i0) = (ms[q], t / tn * ROWS, t % tn * INPUTS);
+        // SAFETY: inside y_q (asserted above); the tasks' (q, i, j) ranges are disjoint.
+        task(q, (r0, (r0 + ROWS).min(m)), (i0, (i0 + INPUTS).min(n)), unsafe { outs[q].get().add(i0 * m + r0) })
     });
+}
+
+/// `tiles_avx512` for the format `kind` (a `tile512` format constant) chosen at run time.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI present; `out` as `tiles_avx512` needs it.
+#[cfg(target_arch = "x86_64")]
+unsafe fn tiles_of_kind(kind: u8, w: &[u8], rb: usize, a: &[&[BlockQ8]], out: *mut f32, ldo: usize) {
+    use super::tile512 as k;
+    match kind {
+        k::Q8_0 => tiles_avx512::<{ k::Q8_0 }>(w, rb, a, out, ldo),
+        k::Q4_0 => tiles_avx512::<{ k::Q4_0 }>(w, rb, a, out, ldo),
+        k::Q4_1 => tiles_avx512::<{ k::Q4_1 }>(w, rb, a, out, ldo),
+        _ => tiles_avx512::<{ k::Q5_0 }>(w, rb, a, out, ldo),
+    }
 }
 
 /// Every row of `w` against every activation row of `a`, eight inputs at a time (`tile_rows`:
@@ -458,8 +453,12 @@ pub(crate) fn into_rows_of_y(m: usize, n: usize, y: &mut [f32], run: impl FnOnce
     }
     let mut yt = crate::mem::zeros(m * n);
     run(&mut yt);
-    // In parallel (serial, it is a few percent of a prefill, more with more threads), 16 rows
-    // of y per task: each output's 16 values are one cache line of yt.
+    transpose_into(m, n, &yt, y);
+}
+
+/// y (n × m) from yt (m × n). In parallel (serial, it is a few percent of a prefill, more with
+/// more threads), 16 rows of y per task: each output's 16 values are one cache line of yt.
+fn transpose_into(m: usize, n: usize, yt: &[f32], y: &mut [f32]) {
     const ROWS: usize = 16;
     crate::par::chunks_mut(&mut y[..n * m], ROWS * m, |bi, yc| {
         let (i0, rows) = (bi * ROWS, yc.len() / m);

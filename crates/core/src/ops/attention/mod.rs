@@ -339,15 +339,8 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
         // p = softmax(scores of query i), zeros past its keys; returns its rows of V.
         let probs = |i: usize, sc: &[f32], p: &mut [f32]| {
             let (lo, hi) = key_range(i);
-            let n16 = up(hi, 16);
-            let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            p.fill(0.0);
-            let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
-            let inv = (1.0 / sum) as f32;
-            for x in &mut p[..n16] {
-                *x *= inv;
-            }
-            tk.min(n16)
+            softmax_padded(sc, p, lo, hi);
+            tk.min(up(hi, 16))
         };
         if tq == 1 {
             // A decoding row, heads h..h + grp, its keys read in place.
@@ -411,18 +404,25 @@ fn decode_heads(
     let up = |n: usize, m: usize| n.div_ceil(m) * m;
     let tk = offs.len();
     let (lo, hi) = (window.map_or(0, |w| tk.saturating_sub(w)), tk);
-    let n16 = up(hi, 16);
     let (mut sc, mut p, mut acc) = (vec![f32::NEG_INFINITY; up(tk, 16)], vec![0f32; up(tk, 64)], Vec::new());
     for (qr, o) in q.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         ggml::dot_f32_rows_at_fast(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
-        let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        p.fill(0.0);
-        let sum = ggml::soft_max(&mut p[..n16], &sc[..n16], max);
-        let inv = (1.0 / sum) as f32;
-        for x in &mut p[..n16] {
-            *x *= inv;
-        }
+        softmax_padded(&sc, &mut p, lo, hi);
         ggml::dot_f32_columns_at_fast(o, v, offs, &p, &mut acc);
+    }
+}
+
+/// p = softmax of the scores `sc[lo..hi]` as llama.cpp's masked softmax computes it: the max
+/// over the row's keys, then `ggml::soft_max` over the scores padded to 16 (−∞ outside the
+/// keys, so exact zeros), scaled by 1/sum; the rest of p zero.
+fn softmax_padded(sc: &[f32], p: &mut [f32], lo: usize, hi: usize) {
+    let n16 = hi.div_ceil(16) * 16;
+    let max = sc[lo..hi].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    p.fill(0.0);
+    let sum = crate::ggml::soft_max(&mut p[..n16], &sc[..n16], max);
+    let inv = (1.0 / sum) as f32;
+    for x in &mut p[..n16] {
+        *x *= inv;
     }
 }
 

@@ -23,10 +23,6 @@ impl<'a, F> Mat<'a, F> {
     }
 }
 
-struct SendPtr<F>(*mut F);
-unsafe impl<F> Send for SendPtr<F> {}
-unsafe impl<F> Sync for SendPtr<F> {}
-
 /// c (m×n, row-major) = a (m×k) · b (k×n) + beta·c.
 pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: F, c: &mut [F]) {
     assert!(c.len() >= m * n);
@@ -43,8 +39,7 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
     let flops = m * n * k;
     // Small products are not worth a fork.
     let parts = if flops < 1 << 17 { 1 } else { threads };
-    let cp = SendPtr(c.as_mut_ptr());
-    let cp = &cp;
+    let cp = crate::par::SendPtr(c.as_mut_ptr());
     if parts <= 1 || (m < 2 * parts && n < 2 * parts) {
         unsafe {
             F::gemm(
@@ -85,7 +80,7 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
                     b.rs as isize,
                     b.cs as isize,
                     beta,
-                    cp.0.add(r0 * n),
+                    cp.get().add(r0 * n),
                     n as isize,
                     1,
                 );
@@ -111,7 +106,7 @@ pub fn gemm<F: Float>(m: usize, k: usize, n: usize, a: Mat<F>, b: Mat<F>, beta: 
                     b.rs as isize,
                     b.cs as isize,
                     beta,
-                    cp.0.add(c0),
+                    cp.get().add(c0),
                     n as isize,
                     1,
                 );

@@ -148,7 +148,7 @@ pub fn linear_many(x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)], n: usize, k: u
             return cuda::linear_many(x, &qs, n, k);
         }
     }
-    if let Some(ys) = few_rows_on_the_cpu(x, &ws.iter().map(|(w, b)| (*w, b.is_none())).collect::<Vec<_>>(), n, k)? {
+    if let Some(ys) = products_on_the_cpu(x, &ws.iter().map(|(w, b)| (*w, b.is_none())).collect::<Vec<_>>(), n, k)? {
         return Ok(Some(ys));
     }
     Ok(None)
@@ -157,7 +157,7 @@ pub fn linear_many(x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)], n: usize, k: u
 /// On the CPU, the products of the input rows by several unbiased quantised matrices in one
 /// parallel call: a few rows (decode) by `matmul_few_many`, many (a prompt, a server step) by
 /// `matmul_many_tiles`; None where that path does not apply.
-fn few_rows_on_the_cpu(x: &Tensor, ws: &[(&Tensor, bool)], n: usize, k: usize) -> Result<Option<Vec<Tensor>>> {
+fn products_on_the_cpu(x: &Tensor, ws: &[(&Tensor, bool)], n: usize, k: usize) -> Result<Option<Vec<Tensor>>> {
     use crate::quant::{QTensor, QuantMatrix};
     if !x.device().is_cpu() || x.dtype() != DType::F32 {
         return Ok(None);
@@ -188,7 +188,7 @@ pub fn linear_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -
     if let (false, Some(g), Some(u)) = (x.device().is_cpu(), wg.as_device_quant(), wu.as_device_quant()) {
         return cuda::linear_swiglu(x, g, u, n, k);
     }
-    if let Some(gu) = few_rows_on_the_cpu(x, &[(wg, true), (wu, true)], n, k)? {
+    if let Some(gu) = products_on_the_cpu(x, &[(wg, true), (wu, true)], n, k)? {
         return Ok(Some(crate::ops::swiglu::swiglu(&gu[0], &gu[1])?));
     }
     Ok(None)
