@@ -232,6 +232,13 @@ def main():
         help="the KV cache type of both servers (smelt --kv-cache-type, llama-server -ctk/-ctv); by "
         "default each keeps its own (smelt: the activation dtype, f32 on the CPU; llama-server: f16)",
     )
+    ap.add_argument(
+        "--llama-kv",
+        choices=["unified", "per-slot"],
+        default="unified",
+        help="llama-server's KV layout: one buffer all slots share (--kv-unified, so a slot may use more "
+        "than ctx/np positions, as smelt's paged pool allows) or ctx/np positions a slot (-no-kvu)",
+    )
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument(
         "--raw-step",
@@ -269,7 +276,7 @@ def main():
             port = free_port()
             # -np slots share -c positions (a unified KV cache so one slot may use more than c/np).
             cmd = [a.llama_server, "-m", model, "--port", str(port), "-t", str(a.threads), "-np", str(par)]
-            cmd += ["-c", str(a.ctx), "--kv-unified", "--no-webui"]
+            cmd += ["-c", str(a.ctx), "--kv-unified" if a.llama_kv == "unified" else "-no-kvu", "--no-webui"]
             if a.kv_type:
                 cmd += ["-ctk", a.kv_type, "-ctv", a.kv_type]
             if a.device == "cuda":
