@@ -72,6 +72,10 @@ if [ "${SMELT_NO_PEERS:-0}" != "1" ]; then
   scripts/venv.sh torch==2.15.0 transformers==5.24.0 peft==0.21.2 openai==3.57.0 safetensors numpy >/dev/null \
     || { warn "pip install torch/transformers/peft into .cache/venv failed (offline?); the fine-tuning peer tests will skip"; peers_missing=1; }
 fi
+# The official openai npm package (the JS client the server tests also drive; ~20 MB from npm,
+# into .cache/node by scripts/node_openai.sh). Small and no peer, so SMELT_NO_PEERS leaves it in.
+scripts/node_openai.sh >/dev/null \
+  || { warn "scripts/node_openai.sh failed (no node/npm, or offline?); the openai JS client test will skip"; js_missing=1; }
 missing=0
 for f in llama.cpp/models/ggml-vocab-llama-bpe.gguf llama.cpp/models/ggml-vocab-gpt-2.gguf.inp llama.cpp/models/templates \
          smollm2/DL/SmolLM2-135M-Instruct.Q4_1.gguf smollm2/hf/model.safetensors smollm2/hf/tokenizer_config.json \
@@ -79,4 +83,5 @@ for f in llama.cpp/models/ggml-vocab-llama-bpe.gguf llama.cpp/models/ggml-vocab-
   [ -e "$C/$f" ] || { warn "$C/$f is missing"; missing=1; }
 done
 [ "${peers_missing:-0}" = 1 ] && missing=1
+[ "${js_missing:-0}" = 1 ] && missing=1
 exit $missing

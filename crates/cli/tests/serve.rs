@@ -1,8 +1,8 @@
 //! `smelt serve` as a user runs it: the real binary on a free port, a tiny model trained here
 //! (tokenizer, prepare, train), a chat template beside it. Greedy output over HTTP equals
 //! `smelt generate`'s for the same prompt, plain and through the chat template; then the
-//! official `openai` Python client drives it (scripts/serve_openai_check.py), a loud skip
-//! when the client cannot be installed.
+//! official `openai` clients drive it, Python (scripts/serve_openai_check.py) and JS
+//! (scripts/serve_openai_check.mjs), each a loud skip when it cannot be installed.
 
 use serde_json::{json, Value};
 use smelt_testing::http::request;
@@ -10,9 +10,13 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 
 /// The client version the check was written against (`scripts/venv.sh` installs it).
 const OPENAI: &str = "openai==3.57.0";
+/// The npm package's version the JS check was written against (`scripts/node_openai.sh`
+/// installs it; 7.x needs Node 22).
+const OPENAI_JS: &str = "6.49.0";
 const KEY: &str = "sk-serve-test";
 const TEMPLATE: &str = "{% for m in messages %}<{{ m.role }}> {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant> {% endif %}";
 
@@ -29,8 +33,14 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// A 1-layer model trained for a few steps on the bundled corpus, with a chat template.
+/// A 1-layer model trained for a few steps on the bundled corpus, with a chat template; trained
+/// once per test process and shared by its tests (each serves it from its own server).
 fn tiny_model() -> PathBuf {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL.get_or_init(train_tiny_model).clone()
+}
+
+fn train_tiny_model() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
@@ -125,6 +135,16 @@ fn generate(model: &Path, args: &[&str]) -> String {
     v["text"].as_str().unwrap().to_string()
 }
 
+/// What the openai checks compare against: `smelt generate`'s greedy text for a prompt and a
+/// chat message (their `expect` argument).
+fn greedy_expectations(model: &Path) -> Value {
+    let (prompt, user) = ("The kernel", "What is a module?");
+    let text = generate(model, &["--prompt", prompt, "--max-tokens", "24"]);
+    assert!(text.chars().count() >= 4, "the check needs some text to cut with a stop string: {text:?}");
+    let chat_text = generate(model, &["--chat", user, "--max-tokens", "24"]);
+    json!({"prompt": prompt, "max_tokens": 24, "text": text, "chat_user": user, "chat_text": chat_text})
+}
+
 #[test]
 fn serve_matches_generate_and_the_openai_client_accepts_it() {
     let model = tiny_model();
@@ -132,36 +152,55 @@ fn serve_matches_generate_and_the_openai_client_accepts_it() {
     let name = "final";
     assert_eq!(request(server.addr, "GET", "/health", &[], b"").status, 200);
 
-    let prompt = "The kernel";
-    let want = generate(&model, &["--prompt", prompt, "--max-tokens", "24"]);
-    assert!(want.chars().count() >= 4, "the check needs some text to cut with a stop string: {want:?}");
+    let expect = greedy_expectations(&model);
     let v = post(
         server.addr,
         "/v1/completions",
-        &json!({"model": name, "prompt": prompt, "max_tokens": 24, "temperature": 0}),
+        &json!({"model": name, "prompt": expect["prompt"], "max_tokens": 24, "temperature": 0}),
     );
-    assert_eq!(v["choices"][0]["text"], want, "{v}");
+    assert_eq!(v["choices"][0]["text"], expect["text"], "{v}");
 
-    let user = "What is a module?";
-    let want_chat = generate(&model, &["--chat", user, "--max-tokens", "24"]);
     let v = post(
         server.addr,
         "/v1/chat/completions",
-        &json!({"model": name, "messages": [{"role": "user", "content": user}], "max_tokens": 24, "temperature": 0}),
+        &json!({"model": name, "messages": [{"role": "user", "content": expect["chat_user"]}], "max_tokens": 24, "temperature": 0}),
     );
-    assert_eq!(v["choices"][0]["message"]["content"], want_chat, "{v}");
+    assert_eq!(v["choices"][0]["message"]["content"], expect["chat_text"], "{v}");
 
     // The official client.
     let Some(python) = openai_python() else { return };
-    let root = repo_root();
-    let expect = json!({"prompt": prompt, "max_tokens": 24, "text": want, "chat_user": user, "chat_text": want_chat});
     let o = Command::new(python)
-        .arg(root.join("scripts/serve_openai_check.py"))
+        .arg(repo_root().join("scripts/serve_openai_check.py"))
         .args([&format!("http://{}/v1", server.addr), KEY, name, &expect.to_string()])
         .output()
         .unwrap();
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "the openai client check failed:\n{out}\n{err}");
+    assert!(out.contains("ok: api key"), "{out}");
+    println!("{out}");
+}
+
+/// The official `openai` npm package (openai-node, issue 15's other judge of the wire format)
+/// drives the same server (scripts/serve_openai_check.mjs, the Python check's counterpart):
+/// models, completions and chat with greedy text equal to `smelt generate`, both streams, `n`
+/// with logprobs, a stop string, an abort mid-stream, concurrent streams, 404/400/401 as the
+/// client's typed errors. Node or the package missing is a loud skip, a failure under
+/// `SMELT_REQUIRE_INPUTS=1`.
+#[test]
+fn serve_answers_the_openai_js_client() {
+    let Some(package) = openai_js() else { return };
+    let model = tiny_model();
+    let server = serve(&model);
+    let expect = greedy_expectations(&model);
+    let o = Command::new("node")
+        .arg(repo_root().join("scripts/serve_openai_check.mjs"))
+        .args([&format!("http://{}/v1", server.addr), KEY, "final", &expect.to_string()])
+        .env("SMELT_OPENAI_JS", &package)
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "the openai JS client check failed:\n{out}\n{err}");
+    assert!(out.contains(&format!("PASS: openai-node {OPENAI_JS}")), "{out}\n{err}");
     assert!(out.contains("ok: api key"), "{out}");
     println!("{out}");
 }
@@ -183,6 +222,22 @@ fn openai_python() -> Option<String> {
         return None;
     }
     Some(String::from_utf8(venv.stdout).unwrap().trim().to_string())
+}
+
+/// The folder of the official `openai` npm package (`scripts/node_openai.sh` installs it into
+/// `.cache/node`), or None after a loud skip when node, npm or the package is unavailable.
+fn openai_js() -> Option<String> {
+    let script = repo_root().join("scripts/node_openai.sh");
+    let why = match Command::new(&script).arg(OPENAI_JS).output() {
+        Ok(o) if o.status.success() => return Some(String::from_utf8(o.stdout).unwrap().trim().to_string()),
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(e) => format!("{} did not run: {e}", script.display()),
+    };
+    smelt_testing::skip(
+        smelt_testing::Need::Input,
+        format!("the openai npm package could not be installed (scripts/node_openai.sh {OPENAI_JS}): {why}"),
+    );
+    None
 }
 
 /// `response_format` on a real model (SmolLM2-135M-Instruct Q4_1) through the official client
