@@ -239,6 +239,13 @@ def main():
         help="llama-server's KV layout: one buffer all slots share (--kv-unified, so a slot may use more "
         "than ctx/np positions, as smelt's paged pool allows) or ctx/np positions a slot (-no-kvu)",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the pair (smelt, then llama-server) this many times in turn and print each round's "
+        "ratio and the median per level (a shared machine's speed moves between minutes)",
+    )
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument(
         "--raw-step",
@@ -257,40 +264,58 @@ def main():
     out = {"device": a.device, "threads": a.threads, "max_tokens": a.max_tokens, "ignore_eos": a.ignore_eos, "models": {}}
     for model in models:
         name = os.path.basename(model)
-        servers = out["models"][name] = {}
-        if a.smelt:
-            port = free_port()
-            cmd = [a.smelt, "-t", str(a.threads), "serve", "--model", model, "--port", str(port), "--device", a.device]
-            cmd += ["--parallel", str(par), "--ctx-size", str(a.ctx), "--queue-size", str(4 * par)]
-            if a.kv_type:
-                cmd += ["--kv-cache-type", a.kv_type]
-            servers["smelt"] = bench_server("smelt", cmd, port, name, levels, a.per_client, a.min_requests, a.max_tokens)
-            if a.raw_step:
-                raw = raw_step_ms(a, model)
-                servers["smelt_raw_step_ms"] = raw
-                one = [r for r in servers["smelt"] if r["clients"] == 1]
-                if raw and one:
-                    tpot = one[0]["tpot_ms"]["mean"]
-                    print(f"{name}: raw paged decode step {raw:.3f} ms; 1-client TPOT {tpot:.3f} ms = {tpot / raw:.2f}x (target <= 1.1x)")
-        if a.llama_server:
-            port = free_port()
-            # -np slots share -c positions (a unified KV cache so one slot may use more than c/np).
-            cmd = [a.llama_server, "-m", model, "--port", str(port), "-t", str(a.threads), "-np", str(par)]
-            cmd += ["-c", str(a.ctx), "--kv-unified" if a.llama_kv == "unified" else "-no-kvu", "--no-webui"]
-            if a.kv_type:
-                cmd += ["-ctk", a.kv_type, "-ctv", a.kv_type]
-            if a.device == "cuda":
-                cmd += ["-ngl", "99"]
-            servers["llama-server"] = bench_server(
-                "llama-server", cmd, port, name, levels, a.per_client, a.min_requests, a.max_tokens
-            )
-        if "smelt" in servers and "llama-server" in servers:
-            for s, l in zip(servers["smelt"], servers["llama-server"]):
-                print(f"{name} C={s['clients']:<3} smelt / llama-server output tok/s: {s['output_tok_s'] / l['output_tok_s']:.2f}x")
+        ratios = {}
+        for rnd in range(a.rounds):
+            servers = run_pair(a, model, name, levels, par)
+            out["models"].setdefault(name, []).append(servers)
+            if "smelt" in servers and "llama-server" in servers:
+                for s, l in zip(servers["smelt"], servers["llama-server"]):
+                    r = s["output_tok_s"] / l["output_tok_s"]
+                    ratios.setdefault(s["clients"], []).append(r)
+                    at = f" (round {rnd + 1} of {a.rounds})" if a.rounds > 1 else ""
+                    print(f"{name} C={s['clients']:<3} smelt / llama-server output tok/s: {r:.2f}x{at}")
+        for c, rs in ratios.items():
+            if len(rs) > 1:
+                print(
+                    f"{name} C={c:<3} smelt / llama-server over {len(rs)} rounds: median {statistics.median(rs):.2f}x, "
+                    f"range {min(rs):.2f}-{max(rs):.2f}x ({', '.join(f'{r:.2f}' for r in rs)})"
+                )
         if a.json:
             with open(a.json, "w") as f:
                 json.dump(out, f, indent=1)
     return 0
+
+
+def run_pair(a, model, name, levels, par):
+    """smelt's and llama-server's figures on `model` (each that is given), one after the other."""
+    servers = {}
+    if a.smelt:
+        port = free_port()
+        cmd = [a.smelt, "-t", str(a.threads), "serve", "--model", model, "--port", str(port), "--device", a.device]
+        cmd += ["--parallel", str(par), "--ctx-size", str(a.ctx), "--queue-size", str(4 * par)]
+        if a.kv_type:
+            cmd += ["--kv-cache-type", a.kv_type]
+        servers["smelt"] = bench_server("smelt", cmd, port, name, levels, a.per_client, a.min_requests, a.max_tokens)
+        if a.raw_step:
+            raw = raw_step_ms(a, model)
+            servers["smelt_raw_step_ms"] = raw
+            one = [r for r in servers["smelt"] if r["clients"] == 1]
+            if raw and one:
+                tpot = one[0]["tpot_ms"]["mean"]
+                print(f"{name}: raw paged decode step {raw:.3f} ms; 1-client TPOT {tpot:.3f} ms = {tpot / raw:.2f}x (target <= 1.1x)")
+    if a.llama_server:
+        port = free_port()
+        # -np slots share -c positions (a unified KV cache so one slot may use more than c/np).
+        cmd = [a.llama_server, "-m", model, "--port", str(port), "-t", str(a.threads), "-np", str(par)]
+        cmd += ["-c", str(a.ctx), "--kv-unified" if a.llama_kv == "unified" else "-no-kvu", "--no-webui"]
+        if a.kv_type:
+            cmd += ["-ctk", a.kv_type, "-ctv", a.kv_type]
+        if a.device == "cuda":
+            cmd += ["-ngl", "99"]
+        servers["llama-server"] = bench_server(
+            "llama-server", cmd, port, name, levels, a.per_client, a.min_requests, a.max_tokens
+        )
+    return servers
 
 
 def engine_counters(port):
