@@ -112,16 +112,18 @@ unsafe fn body<T: Tmul, const K: u8, const SIMD: bool>(
     an: usize,
     acc: &mut [f32],
 ) {
-    let mut c = CTiles([[0; 256]; 8]);
-    let mut bt = BTiles([[0; 512]; 2]);
+    // Every byte of these is written (a tile store, an unpack) before it is read.
+    let mut c = std::mem::MaybeUninit::<CTiles>::uninit();
+    let mut bt = std::mem::MaybeUninit::<BTiles>::uninit();
+    let (c, bt) = (c.as_mut_ptr() as *mut i32, bt.as_mut_ptr() as *mut u8);
     let pairs = an.div_ceil(2);
     // The step whose C tiles wait for the epilogue: (block, pair, buffer set).
     let mut pending: Option<(usize, usize, usize)> = None;
     let mut set = 0;
     for b in 0..w.nb {
-        load_b::<T, K, SIMD, 0>(tm, w.chunk(g0, b), &mut bt.0[0]);
+        load_b::<T, K, SIMD, 0>(tm, w.chunk(g0, b), bt);
         if gn == 2 {
-            load_b::<T, K, SIMD, 1>(tm, w.chunk(g0 + 1, b), &mut bt.0[1]);
+            load_b::<T, K, SIMD, 1>(tm, w.chunk(g0 + 1, b), bt.add(512));
         }
         for p in 0..pairs {
             let two = 2 * p + 1 < an;
@@ -129,45 +131,42 @@ unsafe fn body<T: Tmul, const K: u8, const SIMD: bool>(
             if two {
                 tm.load::<3>(acts.tile(a0 + 2 * p + 1, b), 32);
             }
-            let ct = &mut c.0[4 * set..4 * set + 4];
+            // C tile (A a, B t) of this step at ct + 256·(a + 2t).
+            let ct = c.add(256 * 4 * set) as *mut u8;
             tm.zero::<4>();
             tm.dpbssd::<4, 2, 0>();
-            tm.store::<4>(ct[0].as_mut_ptr() as *mut u8, 64);
+            tm.store::<4>(ct, 64);
             if two {
                 tm.zero::<5>();
                 tm.dpbssd::<5, 3, 0>();
-                tm.store::<5>(ct[1].as_mut_ptr() as *mut u8, 64);
+                tm.store::<5>(ct.add(1024), 64);
             }
             if gn == 2 {
                 tm.zero::<6>();
                 tm.dpbssd::<6, 2, 1>();
-                tm.store::<6>(ct[2].as_mut_ptr() as *mut u8, 64);
+                tm.store::<6>(ct.add(2048), 64);
                 if two {
                     tm.zero::<7>();
                     tm.dpbssd::<7, 3, 1>();
-                    tm.store::<7>(ct[3].as_mut_ptr() as *mut u8, 64);
+                    tm.store::<7>(ct.add(3072), 64);
                 }
             }
             if let Some(step) = pending {
-                epilogue::<K, SIMD>(w, g0, gn, acts, a0, an, step, &c, acc);
+                epilogue::<K, SIMD>(w, g0, gn, acts, a0, an, step, c, acc);
             }
             pending = Some((b, p, set));
             set ^= 1;
         }
     }
     if let Some(step) = pending {
-        epilogue::<K, SIMD>(w, g0, gn, acts, a0, an, step, &c, acc);
+        epilogue::<K, SIMD>(w, g0, gn, acts, a0, an, step, c, acc);
     }
 }
 
 /// B tile `R` of the chunk at `chunk`: Q8_0's straight from the packed weights, Q4's unpacked
-/// into `scratch` first.
+/// into `scratch` (512 bytes) first.
 #[inline(always)]
-unsafe fn load_b<T: Tmul, const K: u8, const SIMD: bool, const R: u8>(
-    tm: &mut T,
-    chunk: *const u8,
-    scratch: &mut [u8; 512],
-) {
+unsafe fn load_b<T: Tmul, const K: u8, const SIMD: bool, const R: u8>(tm: &mut T, chunk: *const u8, scratch: *mut u8) {
     if K == Q8_0 {
         return tm.load::<R>(chunk, 64);
     }
@@ -178,26 +177,26 @@ unsafe fn load_b<T: Tmul, const K: u8, const SIMD: bool, const R: u8>(
             for j in 0..64 {
                 let v = *chunk.add(64 * p + j);
                 let off = if K == Q4_0 { 8 } else { 0 };
-                scratch[128 * p + j] = (v & 0xF).wrapping_sub(off);
-                scratch[128 * p + 64 + j] = (v >> 4).wrapping_sub(off);
+                *scratch.add(128 * p + j) = (v & 0xF).wrapping_sub(off);
+                *scratch.add(128 * p + 64 + j) = (v >> 4).wrapping_sub(off);
             }
         }
     }
-    tm.load::<R>(scratch.as_ptr(), 64);
+    tm.load::<R>(scratch, 64);
 }
 
 /// Nibbles to the tile's signed bytes: Q4_0 q − 8 (stored q + 8), Q4_1 q.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn unpack_avx512<const K: u8>(chunk: *const u8, scratch: &mut [u8; 512]) {
+unsafe fn unpack_avx512<const K: u8>(chunk: *const u8, scratch: *mut u8) {
     let mask = _mm512_set1_epi8(0x0F);
     let off = _mm512_set1_epi8(if K == Q4_0 { 8 } else { 0 });
     for p in 0..4 {
         let v = _mm512_loadu_si512(chunk.add(64 * p) as *const __m512i);
         let lo = _mm512_sub_epi8(_mm512_and_si512(v, mask), off);
         let hi = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(v), mask), off);
-        _mm512_storeu_si512(scratch.as_mut_ptr().add(128 * p) as *mut __m512i, lo);
-        _mm512_storeu_si512(scratch.as_mut_ptr().add(128 * p + 64) as *mut __m512i, hi);
+        _mm512_storeu_si512(scratch.add(128 * p) as *mut __m512i, lo);
+        _mm512_storeu_si512(scratch.add(128 * p + 64) as *mut __m512i, hi);
     }
 }
 
@@ -211,14 +210,14 @@ unsafe fn epilogue<const K: u8, const SIMD: bool>(
     a0: usize,
     an: usize,
     (b, p, set): (usize, usize, usize),
-    c: &CTiles,
+    c: *const i32,
     acc: &mut [f32],
 ) {
     for a in 2 * p..(2 * p + 2).min(an) {
         let (da, sa, _) = acts.scales(a0 + a, b);
         for t in 0..gn {
             let chunk = w.chunk(g0 + t, b);
-            let tile = c.0[4 * set + a - 2 * p + 2 * t].as_ptr();
+            let tile = c.add(256 * (4 * set + a - 2 * p + 2 * t));
             let (dw, mw) = (chunk.add(quant_bytes(K)), chunk.add(quant_bytes(K) + 32));
             let at = acc.as_mut_ptr().add(a * 16 * 32 + t * 16);
             if SIMD {
@@ -403,4 +402,3 @@ unsafe fn few_pass<const K: u8, const N: usize, const G: usize>(
         }
     }
 }
-

@@ -2,8 +2,10 @@
 //! later Xeons), in the float order of llama.cpp's AMX build (`ggml-cpu/amx/mmq.cpp`), which is
 //! not the order of its AVX-512 build that `tile512`/`avx512.rs` follow: per output
 //!
-//!     acc = 0; for each 32-element block: acc = fma(f32(Σ w·a), d_w·d_a, acc)
-//!                                         (Q4_1: then acc = fma(m_w, s_a, acc))
+//! ```text
+//! acc = 0; for each 32-element block: acc = fma(f32(Σ w·a), d_w·d_a, acc)
+//!                                     (Q4_1: then acc = fma(m_w, s_a, acc))
+//! ```
 //!
 //! where Σ w·a is the block's exact integer sum (what a C tile holds), d_w·d_a one f32 product,
 //! m_w the weight block's min and s_a the Q8_1 activation block's d·Σq. [`dot_ref`] is that order
@@ -43,8 +45,7 @@ pub(crate) enum Engine {
     /// The AMX instructions (only where [`enabled`]); `kernel::few` below five inputs.
     Amx,
     /// The same kernel with the tile instructions emulated (`tiles::Emu`), AVX-512 for the rest;
-    /// `kernel::few` below five inputs. Needs AVX-512 F/BW/VL/VNNI only. For tests.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// `kernel::few` below five inputs. Needs AVX-512 F/BW/VL/VNNI only (tests, `SMELT_AMX=emulate`).
     Emulated,
     /// Emulated tiles and scalar float code, at every input count: no SIMD at all.
     Portable,
@@ -67,46 +68,52 @@ pub(crate) fn takes(ty: GgmlType, rows: usize) -> bool {
     kind(ty).is_some() && rows.is_multiple_of(32)
 }
 
-/// `Some(Engine::Amx)` where the AMX path is on (see the module doc), else None. Decided once.
+/// `Some(Engine::Amx)` where the AMX path is on (see the module doc), else None; decided once.
+/// `SMELT_AMX=emulate` gives `Engine::Emulated` on a CPU with AVX-512 VNNI but no AMX: the AMX
+/// order there (prompts slowly: the tiles in scalar Rust), to compare with an AMX machine.
 pub(crate) fn engine() -> Option<Engine> {
-    static ON: OnceLock<bool> = OnceLock::new();
-    let on = *ON.get_or_init(|| {
+    static ENGINE: OnceLock<Option<Engine>> = OnceLock::new();
+    *ENGINE.get_or_init(|| {
         let var = std::env::var("SMELT_AMX").ok();
-        if var.as_deref() == Some("0") {
-            return false;
-        }
         let say = var.is_some() || crate::profile::enabled();
         let avx512 = super::simd::Level::detect() == super::simd::Level::Avx512;
+        match var.as_deref() {
+            Some("0") => return None,
+            Some("emulate") if avx512 => {
+                eprintln!("smelt: SMELT_AMX=emulate: Q8_0/Q4_0/Q4_1 matmuls in the AMX order, tiles emulated");
+                return Some(Engine::Emulated);
+            }
+            _ => {}
+        }
         match (cpu_has_amx_int8(), avx512) {
             (false, _) => {
                 if say {
-                    eprintln!("smelt: no AMX-INT8 on this CPU; the AVX-512/AVX2 matmuls run");
+                    eprintln!("smelt: no AMX-INT8 on this CPU (or no AVX-512 for SMELT_AMX=emulate); AMX unused");
                 }
-                false
+                None
             }
             (true, false) => {
                 if say {
                     eprintln!("smelt: AMX-INT8 present but AVX-512 is off (SMELT_NO_AVX512/SMELT_NO_SIMD); AMX unused");
                 }
-                false
+                None
             }
             (true, true) => match request_tile_permission() {
                 Ok(()) => {
                     if say {
                         eprintln!("smelt: AMX-INT8 tiles on for Q8_0/Q4_0/Q4_1 matmuls (SMELT_AMX=0 turns them off)");
                     }
-                    true
+                    Some(Engine::Amx)
                 }
                 Err(e) => {
                     eprintln!(
                         "smelt: the CPU has AMX-INT8 but the OS refused the tile state ({e}); the AVX-512 matmuls run"
                     );
-                    false
+                    None
                 }
             },
         }
-    });
-    on.then_some(Engine::Amx)
+    })
 }
 
 /// CPUID leaf 7, subleaf 0: EDX bit 24 AMX-TILE, bit 25 AMX-INT8.
