@@ -146,16 +146,16 @@ impl QTensor {
             return super::float_formats::matmul(self.ty, &self.data, m, k, x, n, y, level);
         }
         let path = X86Path::pick(level, amx, self.ty, m, n);
+        #[cfg(target_arch = "x86_64")]
+        if let (X86Path::Amx, Some(engine)) = (path, amx) {
+            // The activations (`act`'s Q8_0/Q8_1 blocks) quantised into the tiles' layout.
+            return amx::matmul(engine, self.amx_packed(), &amx::Acts::quantize(x, n, k), y);
+        }
         let acts: Vec<Act> = if n == 1 {
             vec![self.act(&x[..k], 0, 1, path)]
         } else {
             crate::par::map(n, |i| self.act(&x[i * k..(i + 1) * k], i, n, path))
         };
-        #[cfg(target_arch = "x86_64")]
-        if let (X86Path::Amx, Some(engine)) = (path, amx) {
-            let a = amx::Acts::new(&q8_rows(&acts));
-            return amx::matmul(engine, self.amx_packed(), &a, y);
-        }
         #[cfg(target_arch = "x86_64")]
         if n > 4 && level == Level::Avx512 && path == X86Path::VecDot && avx512_detected() {
             if let Some(kind) = tile_kind(self.ty) {
@@ -230,18 +230,30 @@ pub(crate) fn matmul_few_many_amx_or(
     }
     let level = Level::detect();
     let paths: Vec<X86Path> = qs.iter().map(|q| X86Path::pick(level, engine, q.ty, q.rows, n)).collect();
-    let acts: Vec<Vec<Act>> =
-        qs.iter().zip(&paths).map(|(q, &p)| (0..n).map(|i| q.act(&x[i * k..(i + 1) * k], i, n, p)).collect()).collect();
-    // The AMX-order kernel's operands: the packed rows (made here, not in a task), the inputs.
+    // The AMX-order kernel's operands instead where it runs: the packed rows (made here, not in
+    // a task) and the inputs in the tiles' layout.
+    let amx = |p: X86Path| p == X86Path::Amx;
+    let acts: Vec<Vec<Act>> = qs
+        .iter()
+        .zip(&paths)
+        .map(
+            |(q, &p)| {
+                if amx(p) {
+                    Vec::new()
+                } else {
+                    (0..n).map(|i| q.act(&x[i * k..(i + 1) * k], i, n, p)).collect()
+                }
+            },
+        )
+        .collect();
     #[cfg(target_arch = "x86_64")]
     let amx_acts: Vec<Option<amx::Acts>> = qs
         .iter()
         .zip(&paths)
-        .zip(&acts)
-        .map(|((q, &p), a)| {
-            (p == X86Path::Amx).then(|| {
+        .map(|(q, &p)| {
+            amx(p).then(|| {
                 q.amx_packed();
-                amx::Acts::new(&q8_rows(a))
+                amx::Acts::quantize(x, n, k)
             })
         })
         .collect();
@@ -319,10 +331,17 @@ pub(crate) fn matmul_many_tiles_amx_or(
                 _ => None,
             })
             .collect::<Option<_>>()?;
-        // The 32-element formats all pair with the same activation blocks (`QTensor::act`).
-        let acts: Vec<Vec<BlockQ8>> = crate::par::map(n, |i| quantize_q8(&x[i * k..(i + 1) * k]));
+        // The 32-element formats all pair with the same activation blocks (`QTensor::act`), as
+        // rows for the register tiles, in the tiles' layout for AMX.
+        let tiles = kinds.iter().any(Option::is_some);
+        let acts: Vec<Vec<BlockQ8>> =
+            if tiles { crate::par::map(n, |i| quantize_q8(&x[i * k..(i + 1) * k])) } else { Vec::new() };
         let a: Vec<&[BlockQ8]> = acts.iter().map(|v| &v[..]).collect();
-        let amx_acts = kinds.iter().any(Option::is_none).then(|| amx::Acts::new(&a));
+        let amx_acts = match kinds.iter().any(Option::is_none) {
+            false => None,
+            true if tiles => Some(amx::Acts::new(&a)),
+            true => Some(amx::Acts::quantize(x, n, k)),
+        };
         for (q, kind) in qs.iter().zip(&kinds) {
             if kind.is_none() {
                 q.amx_packed();

@@ -68,7 +68,7 @@ unsafe fn gemm_avx512<T: Tmul, const K: u8>(
 }
 
 /// `gemm_task` for one engine: pairs of output groups × runs of four input groups, each into a
-/// zeroed local accumulator, then copied out. Tiles configured for the task and released after.
+/// zeroed local accumulator, then copied out.
 #[inline(always)]
 unsafe fn gemm<T: Tmul, const K: u8, const SIMD: bool>(
     mut tm: T,
@@ -96,7 +96,6 @@ unsafe fn gemm<T: Tmul, const K: u8, const SIMD: bool>(
             }
         }
     }
-    tm.release();
 }
 
 /// Output groups g0..g0 + gn (1 or 2) × input groups a0..a0 + an (1 to 4), added into acc

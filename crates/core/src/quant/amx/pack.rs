@@ -13,7 +13,7 @@
 //! Q4_0/Q4_1 take the same bytes as in the file (ggml packs them the same way,
 //! `amx/mmq.cpp` `pack_qs`), unpacked to a tile per block as they are used.
 
-use super::super::act::BlockQ8;
+use super::super::act::{quantize_q8, BlockQ8};
 use super::super::{q4_0, q4_1, q8_0};
 
 /// The formats: `tile512`'s numbering.
@@ -140,37 +140,74 @@ pub(crate) struct Acts {
 }
 
 impl Acts {
+    /// The rows of `rows` (Q8_0/Q8_1 blocks, all of one length) regrouped.
     pub(crate) fn new(rows: &[&[BlockQ8]]) -> Acts {
-        let (n, nb) = (rows.len(), rows.first().map_or(0, |r| r.len()));
+        let nb = rows.first().map_or(0, |r| r.len());
         assert!(rows.iter().all(|r| r.len() == nb), "amx: activation rows of different lengths");
+        Acts::build(rows.len(), nb, |i| std::borrow::Cow::Borrowed(rows[i]))
+    }
+
+    /// The n rows of x (n × k) quantised to Q8_0/Q8_1 blocks (`act::quantize_q8`, the blocks
+    /// `QTensor` makes) straight into the groups, a group a task.
+    pub(crate) fn quantize(x: &[f32], n: usize, k: usize) -> Acts {
+        assert!(k.is_multiple_of(32) && x.len() >= n * k, "amx: {n} rows of {k} in {} values", x.len());
+        Acts::build(n, k / 32, |i| std::borrow::Cow::Owned(quantize_q8(&x[i * k..(i + 1) * k])))
+    }
+
+    /// Every element written by the group tasks (padding rows zero): no serial zeroing first.
+    fn build<'a>(n: usize, nb: usize, row: impl Fn(usize) -> std::borrow::Cow<'a, [BlockQ8]> + Sync) -> Acts {
+        use crate::par::{assume_init, uninit, Pieces};
         let groups = n.div_ceil(16);
-        let mut qs = vec![Line([0; 64]); groups * nb * 8];
-        let (mut d, mut s, mut sum) =
-            (vec![0f32; groups * nb * 16], vec![0f32; groups * nb * 16], vec![0i32; groups * nb * 16]);
+        let (mut qs, mut d, mut s, mut sum) = (
+            uninit::<Line>(groups * nb * 8),
+            uninit(groups * nb * 16),
+            uninit(groups * nb * 16),
+            uninit(groups * nb * 16),
+        );
         {
             let (pq, pd, ps, pm) = (
-                crate::par::Pieces::new(&mut qs, nb * 8),
-                crate::par::Pieces::new(&mut d, nb * 16),
-                crate::par::Pieces::new(&mut s, nb * 16),
-                crate::par::Pieces::new(&mut sum, nb * 16),
+                Pieces::new(&mut qs, nb * 8),
+                Pieces::new(&mut d, nb * 16),
+                Pieces::new(&mut s, nb * 16),
+                Pieces::new(&mut sum, nb * 16),
             );
             crate::par::for_each(groups, |g| {
                 // SAFETY: task g alone takes piece g of each.
                 let (q, d, s, sum) = unsafe { (pq.take(g), pd.take(g), ps.take(g), pm.take(g)) };
-                for m in 0..16.min(n - g * 16) {
-                    for (b, blk) in rows[g * 16 + m].iter().enumerate() {
-                        let line = &mut q[b * 8 + m / 2].0;
-                        for (o, &v) in line[32 * (m % 2)..32 * (m % 2) + 32].iter_mut().zip(&blk.qs) {
-                            *o = v as u8;
-                        }
-                        d[b * 16 + m] = blk.d;
-                        s[b * 16 + m] = blk.s;
-                        sum[b * 16 + m] = blk.qs.iter().map(|&v| v as i32).sum();
+                let mut tile = [[0u8; 32]; 16];
+                let rows: Vec<_> = (g * 16..(g * 16 + 16).min(n)).map(&row).collect();
+                for b in 0..nb {
+                    for m in 0..16 {
+                        let (isum, dm, sm) = match rows.get(m) {
+                            Some(r) => {
+                                let blk = &r[b];
+                                for (o, &v) in tile[m].iter_mut().zip(&blk.qs) {
+                                    *o = v as u8;
+                                }
+                                (blk.qs.iter().map(|&v| v as i32).sum(), blk.d, blk.s)
+                            }
+                            None => {
+                                tile[m] = [0; 32];
+                                (0, 0.0, 0.0)
+                            }
+                        };
+                        d[b * 16 + m].write(dm);
+                        s[b * 16 + m].write(sm);
+                        sum[b * 16 + m].write(isum);
+                    }
+                    for l in 0..8 {
+                        let mut line = [0u8; 64];
+                        line[..32].copy_from_slice(&tile[2 * l]);
+                        line[32..].copy_from_slice(&tile[2 * l + 1]);
+                        q[b * 8 + l].write(Line(line));
                     }
                 }
             });
         }
-        Acts { n, groups, nb, qs, d, s, sum }
+        // SAFETY: every task wrote all of its pieces (every block, all 16 rows).
+        unsafe {
+            Acts { n, groups, nb, qs: assume_init(qs), d: assume_init(d), s: assume_init(s), sum: assume_init(sum) }
+        }
     }
 
     /// The A tile of group g, block b: 16 rows of 32 bytes, 32 apart.
