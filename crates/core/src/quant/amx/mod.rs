@@ -19,7 +19,8 @@
 //! how many rows are multiplied together. `SMELT_AMX=0` turns it off: the AVX-512 path, whose
 //! outputs are llama.cpp's AVX-512 build's bit for bit. Q5_0 stays there: ggml has no AMX kernel
 //! for it. If CPUID or the permission fails the AVX-512 path runs too; that is said once on
-//! stderr where the CPU has AMX (or `SMELT_PROFILE=1`/`SMELT_AMX=1` asked).
+//! stderr where the CPU has AMX (or `SMELT_PROFILE=1`/`SMELT_AMX=1` asked). `SMELT_AMX=emulate`
+//! runs this order without AMX (the tiles emulated), on any CPU with AVX-512 VNNI.
 //!
 //! Files: `tiles.rs` (the instructions and their emulation), `pack.rs` (operand layouts),
 //! `kernel.rs` (the kernels). [`Engine`] picks the real tiles or the emulation (tests).
@@ -42,7 +43,7 @@ use std::sync::OnceLock;
 /// How the tile kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Engine {
-    /// The AMX instructions (only where [`enabled`]); `kernel::few` below five inputs.
+    /// The AMX instructions (only where [`engine`] found them); `kernel::few` below five inputs.
     Amx,
     /// The same kernel with the tile instructions emulated (`tiles::Emu`), AVX-512 for the rest;
     /// `kernel::few` below five inputs. Needs AVX-512 F/BW/VL/VNNI only (tests, `SMELT_AMX=emulate`).
