@@ -8,6 +8,9 @@
 #
 #   bench/amx_check.sh TESTBIN QBENCH [SMELT MODEL.gguf ...]
 #
+# Build in the checkout the device runs (the run tool copies the session's repository, /work/main):
+# the test binary reads golden files by that absolute path, and four quant tests fail elsewhere.
+#
 # 1. The AMX tests with SMELT_REQUIRE_AMX=1: the real tiles against their emulation and the
 #    reference order bit for bit (a CPU or OS without usable AMX fails here rather than skip),
 #    then every quant test with AMX on (the default) and off.
@@ -19,7 +22,7 @@
 # Prints numbers; exits non-zero if a test failed.
 set -u
 if [ $# -lt 2 ]; then
-    sed -n '2,21p' "$0"
+    sed -n '2,22p' "$0"
     exit 2
 fi
 TESTBIN=$1

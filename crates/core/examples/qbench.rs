@@ -72,7 +72,7 @@ fn run() {
         }
         let amx = smelt_core::quant::amx_in_use()
             && matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
-            && rows % 32 == 0;
+            && rows.is_multiple_of(32);
         println!(
             "{} matvec {rows}x{cols}{}: {:.1} µs, {:.2} GB/s",
             ty.name(),
@@ -135,7 +135,7 @@ fn gemm(w: &[f32], rows: usize, cols: usize, n: usize) {
             let amx = level == Level::Avx512
                 && smelt_core::quant::amx_in_use()
                 && matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
-                && rows % 32 == 0;
+                && rows.is_multiple_of(32);
             println!(
                 "{} {rows}x{cols} · {n} rows, {threads} threads, {level:?}{}: {:.2} ms, {gflops:.1} GFLOP/s, CPU {:.2} ms",
                 ty.name(),
