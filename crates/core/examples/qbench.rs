@@ -1,7 +1,9 @@
 //! Micro-benchmark of the activation quantiser and the quantised matvec (decode-sized, one
 //! FFN matrix, or QBENCH_ROWS rows of 576), best of many runs: `cargo run --release -p smelt-core --example qbench`; SMELT_NO_SIMD=1 for scalar.
 //! QBENCH_N=512 times a prefill-sized matmul instead (512 input rows; F16 too), at every SIMD
-//! level this CPU has (Avx2 is the one-output-at-a-time path, Avx512 the register tiles).
+//! level this CPU has (Avx2 is the one-output-at-a-time path, Avx512 the register tiles, or for
+//! Q8_0/Q4_0/Q4_1 with a multiple of 32 rows the AMX tiles where `quant::amx_in_use`: labelled
+//! `Avx512+AMX`; SMELT_AMX=0 times the register tiles there).
 use smelt_core::quant::simd::Level;
 use smelt_core::quant::{act, GgmlType, QTensor, QuantMatrix};
 use std::time::Instant;
@@ -68,7 +70,16 @@ fn run() {
             q.matmul(&x, 1, &mut y);
             s = s.min(t.elapsed().as_secs_f64());
         }
-        println!("{} matvec {rows}x{cols}: {:.1} µs, {:.2} GB/s", ty.name(), s * 1e6, q.nbytes() as f64 / s / 1e9);
+        let amx = smelt_core::quant::amx_in_use()
+            && matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
+            && rows.is_multiple_of(32);
+        println!(
+            "{} matvec {rows}x{cols}{}: {:.1} µs, {:.2} GB/s",
+            ty.name(),
+            if amx { " (AMX order)" } else { "" },
+            s * 1e6,
+            q.nbytes() as f64 / s / 1e9
+        );
     }
 }
 
@@ -121,9 +132,14 @@ fn gemm(w: &[f32], rows: usize, cols: usize, n: usize) {
                 cpu = cpu.min(cpu_secs() - c);
             }
             let gflops = 2.0 * (n * rows * cols) as f64 / s / 1e9;
+            let amx = level == Level::Avx512
+                && smelt_core::quant::amx_in_use()
+                && matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
+                && rows.is_multiple_of(32);
             println!(
-                "{} {rows}x{cols} · {n} rows, {threads} threads, {level:?}: {:.2} ms, {gflops:.1} GFLOP/s, CPU {:.2} ms",
+                "{} {rows}x{cols} · {n} rows, {threads} threads, {level:?}{}: {:.2} ms, {gflops:.1} GFLOP/s, CPU {:.2} ms",
                 ty.name(),
+                if amx { "+AMX" } else { "" },
                 s * 1e3,
                 cpu * 1e3
             );

@@ -4,7 +4,8 @@
 //!   shows it, and fails instead when the run demands it: `SMELT_REQUIRE_INPUTS=1` (set by
 //!   `scripts/test.sh` once the inputs are fetched) for [`Need::Input`], `SMELT_REQUIRE_GPU=1`
 //!   (set by `scripts/gpu_suite.sh run`) for [`Need::Gpu`], `SMELT_REQUIRE_MULTI_GPU=1` (set
-//!   by the suite where it sees two or more GPUs) for [`Need::MultiGpu`];
+//!   by the suite where it sees two or more GPUs) for [`Need::MultiGpu`], `SMELT_REQUIRE_AMX=1`
+//!   (set by `bench/amx_check.sh` on the AMX host) for [`Need::Amx`];
 //! - where things are: [`repo_root`], [`input`] (fetched inputs under `.cache/inputs/`),
 //!   [`fixture`] (the goldens under `crates/model/tests/fixtures/`, read by several crates);
 //! - [`peer_python`]: the venv's python for the PyTorch/transformers peer tests, or a skip;
@@ -41,6 +42,10 @@ pub enum Need {
     /// An instruction-set extension this CPU lacks (AVX2, AVX-512, …): reported, never fatal,
     /// since no setting gives a machine the instructions.
     Cpu,
+    /// Intel AMX-INT8 tiles usable by this process (the CPU has them, Linux grants them, and
+    /// `SMELT_AMX=0` is not set); fatal under `SMELT_REQUIRE_AMX=1`, the run on the AMX host
+    /// whose point is to test them.
+    Amx,
 }
 
 impl Need {
@@ -50,6 +55,7 @@ impl Need {
             Need::Input => Some("SMELT_REQUIRE_INPUTS"),
             Need::Gpu => Some("SMELT_REQUIRE_GPU"),
             Need::MultiGpu => Some("SMELT_REQUIRE_MULTI_GPU"),
+            Need::Amx => Some("SMELT_REQUIRE_AMX"),
             Need::Cpu => None,
         }
     }

@@ -1,5 +1,5 @@
 //! The contract CI relies on: a missing input is a logged skip, and a failure under
-//! SMELT_REQUIRE_INPUTS=1; SMELT_REQUIRE_GPU covers GPU skips only. One test, since it sets
+//! SMELT_REQUIRE_INPUTS=1; SMELT_REQUIRE_GPU covers GPU skips only, SMELT_REQUIRE_AMX AMX ones. One test, since it sets
 //! process-wide environment variables.
 
 use smelt_testing::{input, skip, Need};
@@ -11,6 +11,7 @@ fn skips_are_logged_and_fail_when_required() {
     std::env::set_var("SMELT_SKIP_LOG", &log);
     std::env::remove_var("SMELT_REQUIRE_INPUTS");
     std::env::remove_var("SMELT_REQUIRE_GPU");
+    std::env::remove_var("SMELT_REQUIRE_AMX");
 
     assert_eq!(input("no/such/input"), None);
     skip(Need::Cpu, "no AVX-9000");
@@ -40,6 +41,8 @@ fn skips_are_logged_and_fail_when_required() {
     assert_eq!(input("no/such/input"), None);
     std::env::set_var("SMELT_REQUIRE_GPU", "1");
     assert!(std::panic::catch_unwind(|| skip(Need::Gpu, "no GPU")).is_err());
+    std::env::set_var("SMELT_REQUIRE_AMX", "1");
+    assert!(std::panic::catch_unwind(|| skip(Need::Amx, "no AMX")).is_err());
 
     assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 5);
     std::fs::remove_file(&log).unwrap();

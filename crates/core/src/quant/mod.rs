@@ -19,6 +19,8 @@
 
 pub mod act;
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -46,6 +48,16 @@ pub(crate) use qtensor::{matmul_few_many, matmul_many_tiles};
 pub use smelt_gguf::GgmlType;
 
 use anyhow::{bail, Result};
+
+/// Whether this process multiplies Q8_0/Q4_0/Q4_1 matrices on Intel AMX tiles (`amx`: the CPU
+/// has AMX-INT8, Linux granted the tile state, AVX-512 is on and `SMELT_AMX` is not `0`; or
+/// `SMELT_AMX=emulate`), in llama.cpp's AMX build's float order rather than its AVX-512 build's.
+pub fn amx_in_use() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return amx::engine().is_some();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
 
 /// Dequantises a row: `bytes` must hold exactly `out.len()` elements of type `ty`.
 pub fn dequantize_row(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {

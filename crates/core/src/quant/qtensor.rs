@@ -38,6 +38,26 @@ pub struct QTensor {
     cols: usize,
     row_bytes: usize,
     data: Vec<u8>,
+    /// The rows repacked for the AMX tiles, made by the first matmul that takes them.
+    #[cfg(target_arch = "x86_64")]
+    amx: std::sync::OnceLock<amx::Packed>,
+}
+
+#[cfg(target_arch = "x86_64")]
+use super::amx;
+/// Which AMX engine a matmul may use (none off x86-64).
+#[cfg(target_arch = "x86_64")]
+pub(crate) use amx::Engine as AmxEngine;
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AmxEngine {}
+
+/// The AMX engine this process uses (`amx::engine`), None off x86-64.
+fn amx_engine() -> Option<AmxEngine> {
+    #[cfg(target_arch = "x86_64")]
+    return amx::engine();
+    #[cfg(not(target_arch = "x86_64"))]
+    None
 }
 
 impl std::fmt::Debug for QTensor {
@@ -60,7 +80,15 @@ impl QTensor {
         if data.len() != rows * row_bytes {
             bail!("{} [{rows}, {cols}] needs {} bytes, got {}", ty.name(), rows * row_bytes, data.len());
         }
-        Ok(QTensor { ty, rows, cols, row_bytes, data })
+        Ok(QTensor {
+            ty,
+            rows,
+            cols,
+            row_bytes,
+            data,
+            #[cfg(target_arch = "x86_64")]
+            amx: std::sync::OnceLock::new(),
+        })
     }
 
     /// Quantises a row-major f32 matrix.
@@ -102,16 +130,27 @@ impl QTensor {
         }
     }
 
-    /// y (n × rows) = x (n × cols) · selfᵀ with the given kernel level (tests pin `Level::Scalar`).
+    /// y (n × rows) = x (n × cols) · selfᵀ with the given kernel level (tests pin `Level::Scalar`),
+    /// on AMX where this process has it on (`amx::engine`).
     pub fn matmul_with(&self, x: &[f32], n: usize, y: &mut [f32], level: Level) {
+        self.matmul_amx_or(x, n, y, level, amx_engine())
+    }
+
+    /// `matmul_with` with the AMX engine given (tests: None for the AVX-512 path on any CPU,
+    /// `Engine::Emulated` for the AMX order without AMX).
+    pub(crate) fn matmul_amx_or(&self, x: &[f32], n: usize, y: &mut [f32], level: Level, amx: Option<AmxEngine>) {
         let (k, m) = (self.cols, self.rows);
         assert!(x.len() >= n * k && y.len() >= n * m);
         if matches!(self.ty, GgmlType::F16 | GgmlType::BF16) {
             // Activations rounded to the weight type, llama.cpp's order at every level.
             return super::float_formats::matmul(self.ty, &self.data, m, k, x, n, y, level);
         }
-        let path =
-            if matches!(level, Level::Avx2 | Level::Avx512) { X86Path::of(self.ty, m, n) } else { X86Path::VecDot };
+        let path = X86Path::pick(level, amx, self.ty, m, n);
+        #[cfg(target_arch = "x86_64")]
+        if let (X86Path::Amx, Some(engine)) = (path, amx) {
+            // The activations (`act`'s Q8_0/Q8_1 blocks) quantised into the tiles' layout.
+            return amx::matmul(engine, self.amx_packed(), &amx::Acts::quantize(x, n, k), y);
+        }
         let acts: Vec<Act> = if n == 1 {
             vec![self.act(&x[..k], 0, 1, path)]
         } else {
@@ -168,10 +207,20 @@ impl QTensor {
 /// y_i (n × rows_i) = x (n × cols) · q_iᵀ for several matrices at once, for a few inputs
 /// (n ≤ 4: decode's q/k/v, gate/up): the output rows of all of them cut into one set of blocks,
 /// one parallel call instead of one per matrix (k and v alone are too few rows to give every
-/// thread a block). Each row's numbers are `matmul`'s (the same acts and `dot_rows`, blocks a
-/// multiple of 8 rows from each matrix's start). None when a matrix is a float format (their
-/// own path) or the shapes do not fit.
+/// thread a block). Each row's numbers are `matmul`'s (the same acts and `dot_rows` or AMX-order
+/// kernel, blocks a multiple of 16 rows from each matrix's start). None when a matrix is a float
+/// format (their own path) or the shapes do not fit.
 pub(crate) fn matmul_few_many(qs: &[&QTensor], x: &[f32], n: usize) -> Option<Vec<Vec<f32>>> {
+    matmul_few_many_amx_or(qs, x, n, amx_engine())
+}
+
+/// `matmul_few_many` with the AMX engine given (as `QTensor::matmul_amx_or`).
+pub(crate) fn matmul_few_many_amx_or(
+    qs: &[&QTensor],
+    x: &[f32],
+    n: usize,
+    engine: Option<AmxEngine>,
+) -> Option<Vec<Vec<f32>>> {
     let k = qs.first()?.cols;
     if n == 0 || n > 4 || x.len() < n * k {
         return None;
@@ -180,13 +229,36 @@ pub(crate) fn matmul_few_many(qs: &[&QTensor], x: &[f32], n: usize) -> Option<Ve
         return None;
     }
     let level = Level::detect();
-    let x86 = matches!(level, Level::Avx2 | Level::Avx512);
-    let paths: Vec<X86Path> =
-        qs.iter().map(|q| if x86 { X86Path::of(q.ty, q.rows, n) } else { X86Path::VecDot }).collect();
-    let acts: Vec<Vec<Act>> =
-        qs.iter().zip(&paths).map(|(q, &p)| (0..n).map(|i| q.act(&x[i * k..(i + 1) * k], i, n, p)).collect()).collect();
+    let paths: Vec<X86Path> = qs.iter().map(|q| X86Path::pick(level, engine, q.ty, q.rows, n)).collect();
+    // The AMX-order kernel's operands instead where it runs: the packed rows (made here, not in
+    // a task) and the inputs in the tiles' layout.
+    let amx = |p: X86Path| p == X86Path::Amx;
+    let acts: Vec<Vec<Act>> = qs
+        .iter()
+        .zip(&paths)
+        .map(
+            |(q, &p)| {
+                if amx(p) {
+                    Vec::new()
+                } else {
+                    (0..n).map(|i| q.act(&x[i * k..(i + 1) * k], i, n, p)).collect()
+                }
+            },
+        )
+        .collect();
+    #[cfg(target_arch = "x86_64")]
+    let amx_acts: Vec<Option<amx::Acts>> = qs
+        .iter()
+        .zip(&paths)
+        .map(|(q, &p)| {
+            amx(p).then(|| {
+                q.amx_packed();
+                amx::Acts::quantize(x, n, k)
+            })
+        })
+        .collect();
     let total: usize = qs.iter().map(|q| q.rows).sum();
-    let block = total.div_ceil(crate::par::threads()).max(32).next_multiple_of(8);
+    let block = total.div_ceil(crate::par::threads()).max(32).next_multiple_of(16);
     let mut yts: Vec<Vec<f32>> = qs.iter().map(|q| vec![0f32; q.rows * n]).collect();
     {
         let pieces: Vec<crate::par::Pieces<f32>> =
@@ -199,7 +271,15 @@ pub(crate) fn matmul_few_many(qs: &[&QTensor], x: &[f32], n: usize) -> Option<Ve
             // SAFETY: task t is the only one that takes piece b of matrix qi.
             let yb = unsafe { pieces[qi].take(b) };
             let (r0, rb) = (b * block, q.row_bytes);
-            let w = &q.data[r0 * rb..(r0 + yb.len() / n) * rb];
+            let r1 = r0 + yb.len() / n;
+            #[cfg(target_arch = "x86_64")]
+            if let Some(a) = &amx_acts[qi] {
+                // SAFETY: the AMX path is taken at Level::Avx512 only (AVX-512 VNNI present);
+                // yb holds rows r0..r1 × n inputs, element (j, i) at (j − r0)·n + i, and r0 is a
+                // multiple of 16 (the block is).
+                return unsafe { amx::few(q.amx_packed(), (r0 / 16, r1.div_ceil(16)), a, yb.as_mut_ptr(), 1, n) };
+            }
+            let w = &q.data[r0 * rb..r1 * rb];
             dot_rows(level, paths[qi], q.ty, w, rb, &acts[qi], yb);
         });
     }
@@ -222,48 +302,85 @@ pub(crate) fn matmul_few_many(qs: &[&QTensor], x: &[f32], n: usize) -> Option<Ve
 /// once, for many inputs (n > 4: a prompt's or a server step's q/k/v, gate/up) on AVX-512: the
 /// inputs quantised once for all of them, and every matrix's `gemm_tasks` blocks (32 rows × 64
 /// inputs) in one parallel call, so the short k and v products do not each wait for their own
-/// fork and join. Each output is `matmul`'s (the same activations, the same `tile512` tiles).
-/// None where `matmul` would not take the tiles for every matrix.
+/// fork and join. Each output is `matmul`'s (the same activations, the same `tile512` tiles or
+/// AMX tiles). None where `matmul` would take neither for every matrix.
 pub(crate) fn matmul_many_tiles(qs: &[&QTensor], x: &[f32], n: usize) -> Option<Vec<Vec<f32>>> {
+    matmul_many_tiles_amx_or(qs, x, n, amx_engine())
+}
+
+/// `matmul_many_tiles` with the AMX engine given (as `QTensor::matmul_amx_or`).
+pub(crate) fn matmul_many_tiles_amx_or(
+    qs: &[&QTensor],
+    x: &[f32],
+    n: usize,
+    engine: Option<AmxEngine>,
+) -> Option<Vec<Vec<f32>>> {
     #[cfg(target_arch = "x86_64")]
     {
         let k = qs.first()?.cols;
         if n <= 4 || x.len() < n * k || Level::detect() != Level::Avx512 || !avx512_detected() {
             return None;
         }
-        let kinds: Vec<u8> = qs
+        // Per matrix: Some(tile512 format) for the register tiles, None for AMX.
+        let kinds: Vec<Option<u8>> = qs
             .iter()
-            .map(|q| {
-                let tiled = q.cols == k && X86Path::of(q.ty, q.rows, n) == X86Path::VecDot;
-                tiled.then(|| tile_kind(q.ty)).flatten()
+            .map(|q| match X86Path::pick(Level::Avx512, engine, q.ty, q.rows, n) {
+                _ if q.cols != k => None,
+                X86Path::Amx => Some(None),
+                X86Path::VecDot => tile_kind(q.ty).map(Some),
+                _ => None,
             })
             .collect::<Option<_>>()?;
-        // The 32-element formats all pair with the same activation blocks (`QTensor::act`).
-        let acts: Vec<Vec<BlockQ8>> = crate::par::map(n, |i| quantize_q8(&x[i * k..(i + 1) * k]));
+        // The 32-element formats all pair with the same activation blocks (`QTensor::act`), as
+        // rows for the register tiles, in the tiles' layout for AMX.
+        let tiles = kinds.iter().any(Option::is_some);
+        let acts: Vec<Vec<BlockQ8>> =
+            if tiles { crate::par::map(n, |i| quantize_q8(&x[i * k..(i + 1) * k])) } else { Vec::new() };
         let a: Vec<&[BlockQ8]> = acts.iter().map(|v| &v[..]).collect();
+        let amx_acts = match kinds.iter().any(Option::is_none) {
+            false => None,
+            true if tiles => Some(amx::Acts::new(&a)),
+            true => Some(amx::Acts::quantize(x, n, k)),
+        };
+        for (q, kind) in qs.iter().zip(&kinds) {
+            if kind.is_none() {
+                q.amx_packed();
+            }
+        }
         let mut ys: Vec<Vec<f32>> = qs.iter().map(|q| crate::mem::zeros(n * q.rows)).collect();
         let ms: Vec<usize> = qs.iter().map(|q| q.rows).collect();
         gemm_tasks_many(&ms, n, &mut ys, |qi, (r0, r1), (i0, i1), o| {
             let q = qs[qi];
-            // SAFETY: AVX-512 detected; `o` is as `gemm_tasks_many` says.
-            unsafe {
-                tiles_of_kind(
-                    kinds[qi],
-                    &q.data[r0 * q.row_bytes..r1 * q.row_bytes],
-                    q.row_bytes,
-                    &a[i0..i1],
-                    o,
-                    q.rows,
-                )
+            match (kinds[qi], engine, &amx_acts) {
+                // SAFETY: AVX-512 detected; `o` is as `gemm_tasks_many` says.
+                (Some(kind), ..) => unsafe {
+                    tiles_of_kind(kind, &q.data[r0 * q.row_bytes..r1 * q.row_bytes], q.row_bytes, &a[i0..i1], o, q.rows)
+                },
+                // SAFETY: the AMX path is picked only with an engine on (AMX granted, AVX-512);
+                // `o` is as `gemm_tasks_many` says, which is `gemm_task`'s contract.
+                (None, Some(e), Some(aa)) => unsafe {
+                    amx::gemm_task(e, q.amx_packed(), (r0, r1), aa, (i0, i1), o, q.rows)
+                },
+                _ => unreachable!("an AMX matrix without the AMX engine or its inputs"),
             }
         });
         Some(ys)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (qs, x, n);
+        let _ = (qs, x, n, engine);
         None
     }
+}
+
+/// The Q8_0/Q8_1 blocks of activation rows of the 32-element formats.
+fn q8_rows(acts: &[Act]) -> Vec<&[BlockQ8]> {
+    acts.iter()
+        .map(|a| match a {
+            Act::Q8(b) => &b[..],
+            _ => unreachable!("the 32-element formats pair with Q8_0/Q8_1 activations"),
+        })
+        .collect()
 }
 
 /// The 32-element block formats that `tile512` multiplies in register tiles.
@@ -281,17 +398,19 @@ fn tile_kind(ty: GgmlType) -> Option<u8> {
 
 #[cfg(target_arch = "x86_64")]
 impl QTensor {
+    /// The rows in the AMX tiles' layout, repacked by the first call.
+    pub(crate) fn amx_packed(&self) -> &amx::Packed {
+        self.amx.get_or_init(|| {
+            let kind = amx::kind(self.ty).expect("the AMX path takes Q8_0, Q4_0 and Q4_1 only");
+            amx::Packed::new(kind, &self.data, self.rows, self.cols)
+        })
+    }
+
     /// y (n × rows) for many inputs with `tile512`'s register tiles, written in place
     /// (`gemm_tasks` splits the work).
     fn matmul_tiles(&self, kind: u8, acts: &[Act], n: usize, y: &mut [f32]) {
         let m = self.rows;
-        let a: Vec<&[BlockQ8]> = acts
-            .iter()
-            .map(|a| match a {
-                Act::Q8(b) => &b[..],
-                _ => unreachable!("the 32-element formats pair with Q8_0/Q8_1 activations"),
-            })
-            .collect();
+        let a = q8_rows(acts);
         let rb = self.row_bytes;
         gemm_tasks(m, n, y, |(r0, r1), (i0, i1), o| {
             // SAFETY: AVX-512 was detected (`matmul_with`); `o` is as `gemm_tasks` says.
@@ -536,12 +655,15 @@ impl QuantMatrix for QTensor {
 /// in the CPU_REPACK buffer (Q4_0 and Q4_K with a multiple of 8 output rows) run the repacked
 /// GEMV/GEMM; otherwise Q6_K (and the other K-quants) with ≥ 8 input rows run the tiled
 /// K-quant matmul; Q8_0/Q4_0/Q5_0 with ≥ 2 rows run llamafile's tinyBLAS, whose order per output
-/// is `ggml_vec_dot`'s; everything else runs `ggml_vec_dot_*`.
+/// is `ggml_vec_dot`'s; everything else runs `ggml_vec_dot_*`. On a CPU with AMX its AMX build
+/// takes Q8_0/Q4_0/Q4_1 matrices of a multiple of 32 rows first (`amx::takes`), in the order of
+/// `amx`'s module doc, at every input count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum X86Path {
     VecDot,
     Repack,
     Tiled,
+    Amx,
 }
 
 impl X86Path {
@@ -552,10 +674,27 @@ impl X86Path {
             _ => X86Path::VecDot,
         }
     }
+
+    /// The path of a [rows, _] matrix of `ty` times n inputs at `level`, with the AMX engine
+    /// `amx` (None: AMX off): `Amx` at `Level::Avx512` where `amx::takes` the matrix, else `of`
+    /// on the x86 levels and `VecDot` on the others.
+    fn pick(level: Level, amx: Option<AmxEngine>, ty: GgmlType, rows: usize, n: usize) -> X86Path {
+        #[cfg(target_arch = "x86_64")]
+        if level == Level::Avx512 && amx.is_some() && amx::takes(ty, rows) {
+            return X86Path::Amx;
+        }
+        let _ = amx;
+        if matches!(level, Level::Avx2 | Level::Avx512) {
+            X86Path::of(ty, rows, n)
+        } else {
+            X86Path::VecDot
+        }
+    }
 }
 
 /// out (rows × n): dot products of each weight row with each activation row.
 fn dot_rows(level: Level, path: X86Path, ty: GgmlType, w: &[u8], rb: usize, acts: &[Act], out: &mut [f32]) {
+    assert!(path != X86Path::Amx, "the AMX path runs amx::matmul, not dot_rows");
     #[cfg(target_arch = "x86_64")]
     match level {
         // SAFETY: Level::Avx2 is only chosen after run-time feature detection.
