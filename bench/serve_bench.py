@@ -258,15 +258,22 @@ def main():
     IGNORE_EOS = a.ignore_eos
     if bool(a.model) == bool(a.random):
         ap.error("give --model or --random")
+    if a.rounds < 1:
+        ap.error("--rounds must be at least 1")
     models = [a.model] if a.model else random_models(a)
     levels = [int(x) for x in a.levels.split(",")]
     par = max(levels)
-    out = {"device": a.device, "threads": a.threads, "max_tokens": a.max_tokens, "ignore_eos": a.ignore_eos, "models": {}}
+    # models[name]: one {server: figures} per round; ratios[name][clients]: each round's smelt / llama-server.
+    out = {"device": a.device, "threads": a.threads, "max_tokens": a.max_tokens, "ignore_eos": a.ignore_eos,
+           "rounds": a.rounds, "llama_kv": a.llama_kv, "models": {}, "ratios": {}}
     for model in models:
         name = os.path.basename(model)
         ratios = {}
+        out["ratios"][name] = ratios
         for rnd in range(a.rounds):
-            servers = run_pair(a, model, name, levels, par)
+            # Every other round llama-server goes first, so a machine that drifts over the
+            # minutes favours neither side.
+            servers = run_pair(a, model, name, levels, par, llama_first=rnd % 2 == 1)
             out["models"].setdefault(name, []).append(servers)
             if "smelt" in servers and "llama-server" in servers:
                 for s, l in zip(servers["smelt"], servers["llama-server"]):
@@ -286,9 +293,11 @@ def main():
     return 0
 
 
-def run_pair(a, model, name, levels, par):
+def run_pair(a, model, name, levels, par, llama_first=False):
     """smelt's and llama-server's figures on `model` (each that is given), one after the other."""
     servers = {}
+    if llama_first:
+        run_llama_server(a, model, name, levels, par, servers)
     if a.smelt:
         port = free_port()
         cmd = [a.smelt, "-t", str(a.threads), "serve", "--model", model, "--port", str(port), "--device", a.device]
@@ -303,7 +312,17 @@ def run_pair(a, model, name, levels, par):
             if raw and one:
                 tpot = one[0]["tpot_ms"]["mean"]
                 print(f"{name}: raw paged decode step {raw:.3f} ms; 1-client TPOT {tpot:.3f} ms = {tpot / raw:.2f}x (target <= 1.1x)")
+    if not llama_first:
+        run_llama_server(a, model, name, levels, par, servers)
+    return servers
+
+
+def run_llama_server(a, model, name, levels, par, servers):
+    """llama-server's figures on `model` into servers["llama-server"] (when --llama-server is given)."""
     if a.llama_server:
+        if a.llama_kv == "per-slot" and a.ctx // par < a.max_tokens + 128:
+            sys.exit(f"--llama-kv per-slot: {a.ctx} // {par} = {a.ctx // par} positions a slot cannot hold a prompt and "
+                     f"{a.max_tokens} tokens; raise --ctx")
         port = free_port()
         # -np slots share -c positions (a unified KV cache so one slot may use more than c/np).
         cmd = [a.llama_server, "-m", model, "--port", str(port), "-t", str(a.threads), "-np", str(par)]
@@ -315,7 +334,6 @@ def run_pair(a, model, name, levels, par):
         servers["llama-server"] = bench_server(
             "llama-server", cmd, port, name, levels, a.per_client, a.min_requests, a.max_tokens
         )
-    return servers
 
 
 def engine_counters(port):

@@ -21,6 +21,14 @@ use smelt_core::Tensor;
 use smelt_model::{KvCache, Logits, Model};
 use std::path::PathBuf;
 
+/// The goldens are llama.cpp's AVX-512 build: on a CPU with AMX-INT8, Q8_0/Q4_0/Q4_1 matmuls
+/// would take smelt's AMX path, which sums in llama.cpp's AMX build's order instead (docs/GGUF.md,
+/// "AMX"; tested in smelt-core's quant::amx). Every test here checks the AVX-512 order, so each
+/// turns AMX off before it loads anything (one process, one setting: all of them want it off).
+fn avx512_order() {
+    std::env::set_var("SMELT_AMX", "0");
+}
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -144,6 +152,7 @@ const QUANT_BOUND: f32 = 2.0;
 
 #[test]
 fn smollm2_q4_1_matches_llama_cpp() {
+    avx512_order();
     let Some(gguf) = smollm2_q4_1() else { return };
     let model = smelt_convert::load_model(&gguf).unwrap();
     let tok = smelt_tokenizer::Tokenizer::from_file(&gguf).unwrap();
@@ -164,6 +173,7 @@ fn smollm2_q4_1_matches_llama_cpp() {
 /// were greedy 5/5 but their logits off by up to 5.5e-2.
 #[test]
 fn exports_of_the_q4_1_model_match_llama_cpp() {
+    avx512_order();
     use smelt_convert::export::{export, TokenizerSource};
     use smelt_gguf::GgmlType;
     let Some(gguf) = smollm2_q4_1() else { return };
@@ -188,6 +198,7 @@ fn exports_of_the_q4_1_model_match_llama_cpp() {
 
 #[test]
 fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
+    avx512_order();
     use smelt_convert::export::{export, TokenizerSource};
     use smelt_gguf::GgmlType;
     let Some(hf) = smelt_testing::input("smollm2/hf/model.safetensors") else { return };
@@ -226,6 +237,7 @@ fn exported_ggufs_match_the_checkpoint_and_llama_cpp() {
 /// export's bound above); its tokenizer gives the GGUF's ids and chat template.
 #[test]
 fn hf_folder_written_from_the_gguf_gives_its_logits() {
+    avx512_order();
     let Some(gguf) = smollm2_q4_1() else { return };
     let src = smelt_convert::load_model(&gguf).unwrap().dequantized().unwrap();
     let gtok = smelt_tokenizer::Tokenizer::from_file(&gguf).unwrap();
@@ -259,6 +271,7 @@ fn hf_folder_written_from_the_gguf_gives_its_logits() {
 /// move it by ~1e-3.
 #[test]
 fn smollm2_q4_1_perplexity_matches_llama_cpp() {
+    avx512_order();
     let Some(gguf) = smollm2_q4_1() else { return };
     let golden: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("crates/infer/tests/data/smollm2_q4_1_ppl_llama_cpp.json")).unwrap(),

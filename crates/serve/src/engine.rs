@@ -427,7 +427,11 @@ fn pick_greedy(logits: &Tensor, running: &[Seq], rows: &[Option<usize>]) -> anyh
         }
         let (z, v) = (logits.to_dtype(smelt_core::DType::F32)?, logits.cols());
         let z = z.as_f32()?;
-        let ids = smelt_core::par::map(want.len(), |j| smelt_core::ops::sample::argmax(&z[want[j].1 * v..][..v]) as u32);
+        if let Some(&(_, r)) = want.iter().find(|&&(_, r)| (r + 1) * v > z.len()) {
+            anyhow::bail!("greedy pick: row {r} of logits with {} rows", logits.rows());
+        }
+        let ids =
+            smelt_core::par::map(want.len(), |j| smelt_core::ops::sample::argmax(&z[want[j].1 * v..][..v]) as u32);
         for ((i, _), id) in want.into_iter().zip(ids) {
             picked[i] = Some(id);
         }
