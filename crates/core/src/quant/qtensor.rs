@@ -374,6 +374,7 @@ pub(crate) fn matmul_many_tiles_amx_or(
 }
 
 /// The Q8_0/Q8_1 blocks of activation rows of the 32-element formats.
+#[cfg(target_arch = "x86_64")]
 fn q8_rows(acts: &[Act]) -> Vec<&[BlockQ8]> {
     acts.iter()
         .map(|a| match a {
