@@ -246,17 +246,14 @@ pub(crate) fn matmul_few_many_amx_or(
             },
         )
         .collect();
+    // The inputs in the tiles' layout once for every AMX matrix (they depend on x alone).
     #[cfg(target_arch = "x86_64")]
-    let amx_acts: Vec<Option<amx::Acts>> = qs
-        .iter()
-        .zip(&paths)
-        .map(|(q, &p)| {
-            amx(p).then(|| {
-                q.amx_packed();
-                amx::Acts::quantize(x, n, k)
-            })
-        })
-        .collect();
+    let amx_acts: Option<amx::Acts> = paths.iter().any(|&p| amx(p)).then(|| {
+        qs.iter().zip(&paths).filter(|(_, &p)| amx(p)).for_each(|(q, _)| {
+            q.amx_packed();
+        });
+        amx::Acts::quantize(x, n, k)
+    });
     let total: usize = qs.iter().map(|q| q.rows).sum();
     let block = total.div_ceil(crate::par::threads()).max(32).next_multiple_of(16);
     let mut yts: Vec<Vec<f32>> = qs.iter().map(|q| vec![0f32; q.rows * n]).collect();
@@ -273,7 +270,7 @@ pub(crate) fn matmul_few_many_amx_or(
             let (r0, rb) = (b * block, q.row_bytes);
             let r1 = r0 + yb.len() / n;
             #[cfg(target_arch = "x86_64")]
-            if let Some(a) = &amx_acts[qi] {
+            if let (true, Some(a)) = (amx(paths[qi]), &amx_acts) {
                 // SAFETY: the AMX path is taken at Level::Avx512 only (AVX-512 VNNI present);
                 // yb holds rows r0..r1 × n inputs, element (j, i) at (j − r0)·n + i, and r0 is a
                 // multiple of 16 (the block is).
