@@ -15,7 +15,7 @@ D=${1:?usage: bench/xeon16.sh CARRIED_DIR}
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-lscpu | grep -E "Model name|^CPU\(s\)|Flags" | sed 's/Flags:.*\(amx[a-z_0-9 ]*\).*/AMX flags: \1/' | tee "$OUT/xeon16.txt"
+{ lscpu | grep -E "Model name|^CPU\(s\)"; echo "AMX: $(grep -o 'amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ')"; } | tee "$OUT/xeon16.txt"
 LB=$(bash "$D/llama/gpu_llama_cpp.sh" build-cpu /tmp/llama-cpu 2> "$OUT/llama-build.log" | tail -1)
 [ -x "$LB" ] || { echo "llama.cpp CPU build failed (see llama-build.log)"; exit 1; }
 for amx in 1 0; do
