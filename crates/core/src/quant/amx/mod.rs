@@ -172,6 +172,24 @@ pub(crate) fn matmul(engine: Engine, w: &Packed, acts: &Acts, y: &mut [f32]) {
 
 pub(crate) use kernel::{few, gemm_task};
 
+/// Element `e` of a Q8_0/Q4_0/Q4_1 block's integers as the tiles multiply them (Q4_0's nibbles
+/// less 8, Q4_1's as they are).
+#[cfg(test)]
+pub(crate) fn weight_q(ty: GgmlType, blk: &[u8], e: usize) -> i32 {
+    match ty {
+        GgmlType::Q8_0 => blk[2 + e] as i8 as i32,
+        _ => {
+            let qs = &blk[ty.block_bytes() - 16..];
+            let nib = if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 } as i32;
+            if ty == GgmlType::Q4_0 {
+                nib - 8
+            } else {
+                nib
+            }
+        }
+    }
+}
+
 /// One output in the AMX order (the module doc), from the file's block bytes: the reference the
 /// kernels are tested against.
 #[cfg(test)]
@@ -181,19 +199,7 @@ pub(crate) fn dot_ref(ty: GgmlType, w: &[u8], a: &[BlockQ8]) -> f32 {
     for (blk, ab) in w.chunks_exact(bb).zip(a) {
         let mut isum = 0i32;
         for e in 0..32 {
-            let q = match ty {
-                GgmlType::Q8_0 => blk[2 + e] as i8 as i32,
-                _ => {
-                    let qs = &blk[bb - 16..];
-                    let nib = if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 } as i32;
-                    if ty == GgmlType::Q4_0 {
-                        nib - 8
-                    } else {
-                        nib
-                    }
-                }
-            };
-            isum += q * ab.qs[e] as i32;
+            isum += weight_q(ty, blk, e) * ab.qs[e] as i32;
         }
         acc = (isum as f32).mul_add(f16_at(blk) * ab.d, acc);
         if ty == GgmlType::Q4_1 {

@@ -148,15 +148,7 @@ fn term_size(ty: GgmlType, w: &[u8], a: &[BlockQ8]) -> f64 {
     for (blk, ab) in w.chunks_exact(bb).zip(a) {
         let mut isum = 0f64;
         for e in 0..32 {
-            let q = match ty {
-                GgmlType::Q8_0 => blk[2 + e] as i8 as f64,
-                _ => {
-                    let qs = &blk[bb - 16..];
-                    let nib = if e < 16 { qs[e] & 0xF } else { qs[e - 16] >> 4 } as f64;
-                    nib - if ty == GgmlType::Q4_0 { 8.0 } else { 0.0 }
-                }
-            };
-            isum += (q * ab.qs[e] as f64).abs();
+            isum += (weight_q(ty, blk, e) as f64 * ab.qs[e] as f64).abs();
         }
         t += isum * (f16_at(blk) as f64 * ab.d as f64).abs();
         if ty == GgmlType::Q4_1 {
