@@ -103,7 +103,7 @@ def main():
             size = os.path.getsize(f)
             r = {"shape": name, "type": ty, "file_bytes": size, "bound_tok_s": bw / size}
             common = ["bench", "--device", "cuda", "--model", f, "--batch-size", "1", "--seq-len", "16", "--iters", "3",
-                      "--decode-tokens", str(a.tokens), "--format", "json"]
+                      "--decode-tokens", str(a.tokens), "--no-train", "--no-forward", "--format", "json"]
             if not a.no_smelt:
                 s = last_json(run([a.smelt, *common]))
                 r["smelt"] = s and s["decode_tok_s"]

@@ -89,3 +89,46 @@ __device__ __forceinline__ float block_max(float v) {
     v = lane < nw ? redm[lane] : -SM_INF;
     return warp_max(v);
 }
+
+// A 16-byte weight vector that is read once per token: not kept in L1 (the activations are,
+// for every row).
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+// Matrix–vector row groups (gemv.cu, qmatmul.cu): G lanes (a power of two, 4 to 256) share one
+// output row; a block of MV_THREADS threads holds MV_THREADS / G rows. G is picked per shape
+// by the launcher (enough lanes that each issues a few 16-byte loads, so the whole row is in
+// flight at once; fewer lanes would wait on one load after another).
+#define MV_THREADS 256
+
+// v[i] summed over the G lanes of this thread's row group, in a fixed order (shuffles, then
+// the warps' partial sums in warp order); the group's first lane holds the sums. Every thread
+// of the block calls it (a barrier when G > 32).
+template <int N>
+__device__ __forceinline__ void group_sum(float (&v)[N], int G) {
+    int width = G < 32 ? G : 32;
+    for (int o = width >> 1; o > 0; o >>= 1)
+#pragma unroll
+        for (int i = 0; i < N; i++) v[i] += __shfl_xor_sync(0xffffffffu, v[i], o);
+    if (G > 32) {
+        __shared__ float red[MV_THREADS / 32][N];
+        int w = threadIdx.x >> 5;
+        if ((threadIdx.x & 31) == 0)
+#pragma unroll
+            for (int i = 0; i < N; i++) red[w][i] = v[i];
+        __syncthreads();
+        if ((threadIdx.x & (G - 1)) == 0) {
+#pragma unroll
+            for (int i = 0; i < N; i++) {
+                float s = 0.f;
+                for (int k = 0; k < G / 32; k++) s += red[w + k][i];
+                v[i] = s;
+            }
+        }
+    }
+}

@@ -140,15 +140,25 @@ fn kernels_compile() {
         ("dropout", ops::dropout::cuda::SRC, x(&["dropout"], &one)),
         ("embedding", ops::embedding::cuda::SRC, x(&["embedding_fwd", "embedding_bwd", "embedding_bwd_sorted"], &one)),
         ("matmul", ops::matmul::cuda::SRC, x(&["add_bias", "col_sum_part"], &one)),
-        ("gemv", ops::matmul::cuda::GEMV_SRC, x(&["gemv3", "gemv_swiglu"], &one)),
+        ("gemv", ops::matmul::cuda::GEMV_SRC, x(&["gemv3", "gemv_swiglu", "gemvg3", "gemvg_swiglu"], &one)),
         (
             "qmatmul",
             ops::qmatmul::cuda::SRC,
             ["Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"]
                 .iter()
                 .flat_map(|f| {
-                    ["qmatvec_", "qdequant_f32_", "qdequant_bf16_", "qgather_f32_", "qmatvec_bf16_"]
-                        .map(|k| format!("{k}{f}"))
+                    [
+                        "qmatvec_",
+                        "qdequant_f32_",
+                        "qdequant_bf16_",
+                        "qgather_f32_",
+                        "qmatvec_bf16_",
+                        "mmvq3_bf16_",
+                        "mmvq_swiglu_bf16_",
+                        "mmvqg3_bf16_",
+                        "mmvqg_swiglu_bf16_",
+                    ]
+                    .map(|k| format!("{k}{f}"))
                 })
                 .collect(),
         ),
@@ -180,6 +190,11 @@ fn kernels_compile() {
         };
         for k in &kernels {
             assert!(ptx.contains(&format!(".entry {k}(")), "{name}.cu has no kernel {k}");
+        }
+        // `SMELT_DUMP_PTX=DIR`: the PTX for ptxas's register and spill report without a GPU
+        // (`ptxas -arch=sm_90 -v DIR/gemv.ptx`).
+        if let Some(dir) = std::env::var_os("SMELT_DUMP_PTX") {
+            std::fs::write(std::path::Path::new(&dir).join(format!("{name}.ptx")), &ptx).unwrap();
         }
         println!("{name}: {} kernels", kernels.len());
     }

@@ -3,7 +3,8 @@
 //! inference: `linear` multiplies by it, `embedding` gathers its rows (both through
 //! `ops::qmatmul`), every other op and every backward refuses it with an error.
 //!
-//! On a GPU (`cuda` feature) the blocks are uploaded unchanged ([`DeviceQuant`]) and
+//! On a GPU (`cuda` feature) the blocks are uploaded rearranged within each row ([`DeviceQuant`]:
+//! the same bytes, field by field, so the kernels load them 16 bytes at a time) and
 //! `ops::qmatmul`'s kernels dequantise them in registers; the interface gives them what they
 //! need: the ggml type id and the raw blocks.
 
@@ -47,8 +48,10 @@ pub trait QuantMatrix: Send + Sync + Debug {
     fn as_any(&self) -> &dyn std::any::Any;
 }
 
-/// A quantised `[rows, cols]` matrix on a GPU: the host's blocks byte for byte, in one device
-/// buffer (U32 words, the last one zero-padded), row r at byte `r * row_bytes`.
+/// A quantised `[rows, cols]` matrix on a GPU, in one device buffer: row r at byte
+/// `r * row_bytes` (the host row's bytes rounded up to 16, so every row starts 16-byte
+/// aligned), holding the host row's blocks rearranged field by field ([`DeviceQuant::fields`];
+/// qmatmul.cu's header shows each format's device row).
 #[cfg(feature = "cuda")]
 #[derive(Clone, Debug)]
 pub struct DeviceQuant {
@@ -83,11 +86,86 @@ impl DeviceQuant {
                 rows * (cols / be) * bb
             );
         }
-        let words = bytes.len().div_ceil(4).max(1);
-        let mut padded = Vec::with_capacity(words * 4);
-        padded.extend_from_slice(bytes);
+        let dev = Self::device_rows(format, bytes, rows, cols / be);
+        let words = (dev.len() / 4).max(1);
+        let mut padded = dev;
         padded.resize(words * 4, 0);
         let blocks = crate::cuda::DeviceBuf::from_bytes(gpu, crate::DType::U32, words, &padded)?;
-        Ok(Some(DeviceQuant { format, rows, cols, row_bytes: cols / be * bb, blocks }))
+        Ok(Some(DeviceQuant { format, rows, cols, row_bytes: Self::stride(cols / be * bb), blocks }))
+    }
+
+    /// A device row's bytes: the host row's, rounded up to 16.
+    fn stride(host_row_bytes: usize) -> usize {
+        host_row_bytes.next_multiple_of(16)
+    }
+
+    /// A block's fields as (offset, length) in ggml's block, in the order the device row stores
+    /// them: the row holds every block's first field, then every block's second, … (the
+    /// quantised values first, 16-byte aligned; the small scalars after them).
+    pub fn fields(format: GgmlType) -> Vec<(usize, usize)> {
+        match format {
+            GgmlType::Q8_0 => vec![(2, 32), (0, 2)],
+            GgmlType::Q4_0 => vec![(2, 16), (0, 2)],
+            GgmlType::Q4_1 => vec![(4, 16), (0, 4)],
+            GgmlType::Q5_0 => vec![(6, 16), (2, 4), (0, 2)],
+            GgmlType::Q6_K => vec![(0, 208), (208, 2)],
+            // Q4_K's 144 = 9 × 16 bytes: the blocks are aligned as they are.
+            _ => vec![(0, format.block_bytes())],
+        }
+    }
+
+    /// The host blocks (`rows` rows of `nb` blocks) in the device layout: each row's fields
+    /// gathered, the row padded to `stride`.
+    fn device_rows(format: GgmlType, bytes: &[u8], rows: usize, nb: usize) -> Vec<u8> {
+        let bb = format.block_bytes();
+        let stride = Self::stride(nb * bb);
+        let mut out = vec![0u8; rows * stride];
+        let fields = Self::fields(format);
+        for (src, dst) in bytes.chunks_exact(nb * bb).zip(out.chunks_exact_mut(stride)) {
+            let mut at = 0;
+            for &(off, len) in &fields {
+                for block in src.chunks_exact(bb) {
+                    dst[at..at + len].copy_from_slice(&block[off..off + len]);
+                    at += len;
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(all(test, feature = "cuda"))]
+mod tests {
+    use super::*;
+
+    /// Every format's fields cover its block exactly once, and the device rows hold the host
+    /// bytes (a permutation per row, zero padding after).
+    #[test]
+    fn device_rows_are_a_permutation_of_each_host_row() {
+        for f in DeviceQuant::FORMATS {
+            let bb = f.block_bytes();
+            let mut seen = vec![0u8; bb];
+            for &(off, len) in &DeviceQuant::fields(f) {
+                seen[off..off + len].iter_mut().for_each(|s| *s += 1);
+            }
+            assert!(seen.iter().all(|&s| s == 1), "{}: fields {:?}", f.name(), DeviceQuant::fields(f));
+            let (rows, nb) = (3, 5);
+            let host: Vec<u8> = (0..rows * nb * bb).map(|i| (i * 7 % 251) as u8).collect();
+            let dev = DeviceQuant::device_rows(f, &host, rows, nb);
+            let stride = DeviceQuant::stride(nb * bb);
+            assert_eq!(stride % 16, 0);
+            assert_eq!(dev.len(), rows * stride);
+            for r in 0..rows {
+                let mut a = host[r * nb * bb..(r + 1) * nb * bb].to_vec();
+                let mut b = dev[r * stride..r * stride + nb * bb].to_vec();
+                a.sort_unstable();
+                b.sort_unstable();
+                assert_eq!(a, b, "{} row {r}", f.name());
+                assert!(dev[r * stride + nb * bb..(r + 1) * stride].iter().all(|&x| x == 0));
+            }
+            // The first field of block 1 follows the first field of block 0.
+            let (off, len) = DeviceQuant::fields(f)[0];
+            assert_eq!(dev[len..2 * len], host[bb + off..bb + off + len]);
+        }
     }
 }

@@ -22,6 +22,38 @@ pub const GEMV_MAX_ROWS: usize = 4;
 /// Output rows per GEMV block (GEMV_WARPS in gemv.cu).
 const GEMV_ROWS: usize = 8;
 
+/// Threads a block of the row-group matvecs (MV_THREADS in common.cuh).
+pub(crate) const MV_THREADS: u32 = 256;
+
+/// `SMELT_CUDA_MV=old`: the matvecs' first form, one warp a row (gemv3/gemv_swiglu,
+/// mmvq3/mmvq_swiglu), instead of the row groups (for comparison in benchmarks).
+pub(crate) fn mv_old() -> bool {
+    static OLD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OLD.get_or_init(|| std::env::var("SMELT_CUDA_MV").is_ok_and(|v| v == "old"))
+}
+
+/// Lanes a row for a row-group matvec over rows of `units` 16-byte vectors (dense) or 32-element
+/// chunks (quantised): enough that each lane has about `per_lane` of them, so the whole row is
+/// requested in one round trip; a power of two from 4 to MV_THREADS. `SMELT_CUDA_MV_U` sets
+/// `per_lane` (benchmarks).
+pub(crate) fn row_lanes(units: usize, per_lane: usize) -> usize {
+    static U: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let per_lane = U
+        .get_or_init(|| std::env::var("SMELT_CUDA_MV_U").ok().and_then(|v| v.parse().ok()).filter(|&u| u > 0))
+        .unwrap_or(per_lane);
+    units.div_ceil(per_lane).next_power_of_two().clamp(4, MV_THREADS as usize)
+}
+
+/// The row-group GEMV's lanes a row for x (n × k) of dtype `dt`, or None where it cannot run
+/// (k not a whole number of 16-byte vectors, a pointer not 16-byte aligned) or is turned off.
+fn gemv_lanes(dt: DType, k: usize, ptrs: &[u64]) -> Option<usize> {
+    let per_vec = 16 / dt.size_in_bytes();
+    if mv_old() || !k.is_multiple_of(per_vec) || ptrs.iter().any(|p| p % 16 != 0) {
+        return None;
+    }
+    Some(row_lanes(k / per_vec, 4))
+}
+
 /// The weights as GEMV operands, or None where the general path must run: more rows than a
 /// decode step's, or an input whose dtype is not the precision's operand type.
 fn gemv_weights(x: &Tensor, ws: &[&Tensor], n: usize) -> Result<Option<Vec<Tensor>>> {
@@ -60,7 +92,10 @@ fn gemv3(x: &Tensor, ws: &[Tensor], biases: &[Option<&Tensor>], n: usize, k: usi
         };
         slots[j] = (w.cuda_buf()?.ptr(), bias, ys[j].ptr(), ms[j] as i32);
     }
-    let name = cuda::kname("gemv3", &[dt], "linear")?;
+    let mut ptrs = vec![xb.ptr()];
+    ptrs.extend(slots.iter().take(ws.len()).map(|s| s.0));
+    let g = gemv_lanes(dt, k, &ptrs);
+    let name = cuda::kname(if g.is_some() { "gemvg3" } else { "gemv3" }, &[dt], "linear")?;
     let f = gpu.function("gemv", GEMV_SRC, &name)?;
     let (n32, k32) = (n as i32, k as i32);
     {
@@ -69,13 +104,12 @@ fn gemv3(x: &Tensor, ws: &[Tensor], biases: &[Option<&Tensor>], n: usize, k: usi
         for s in &slots {
             b.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
         }
+        let g32 = g.unwrap_or(32) as i32;
+        if g.is_some() {
+            b.arg(&g32);
+        }
         let rows: usize = ms.iter().sum();
-        let c = cudarc::driver::LaunchConfig {
-            grid_dim: (rows.div_ceil(GEMV_ROWS).max(1) as u32, 1, 1),
-            block_dim: (32 * GEMV_ROWS as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        cuda::launched(unsafe { b.launch(c) }, &name)?;
+        cuda::launched(unsafe { b.launch(gemv_config(rows, g)) }, &name)?;
     }
     ys.into_iter().zip(&ms).map(|(y, &m)| Tensor::from_device_buf(y, &out_shape(x, m))).collect()
 }
@@ -86,20 +120,34 @@ fn gemv_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -> Resu
     let gpu = xb.gpu.clone();
     let m = wg.shape()[0];
     let y = DeviceBuf::alloc(&gpu, xb.dtype, n * m)?;
-    let name = cuda::kname("gemv_swiglu", &[xb.dtype], "linear_swiglu")?;
+    let (gb, ub) = (wg.cuda_buf()?, wu.cuda_buf()?);
+    let g = gemv_lanes(xb.dtype, k, &[xb.ptr(), gb.ptr(), ub.ptr()]);
+    let name = cuda::kname(if g.is_some() { "gemvg_swiglu" } else { "gemv_swiglu" }, &[xb.dtype], "linear_swiglu")?;
     let f = gpu.function("gemv", GEMV_SRC, &name)?;
     let (n32, k32, m32) = (n as i32, k as i32, m as i32);
     {
         let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&xb.data).arg(&n32).arg(&k32).arg(&wg.cuda_buf()?.data).arg(&wu.cuda_buf()?.data).arg(&y.data).arg(&m32);
-        let c = cudarc::driver::LaunchConfig {
-            grid_dim: (m.div_ceil(GEMV_ROWS).max(1) as u32, 1, 1),
-            block_dim: (32 * GEMV_ROWS as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        cuda::launched(unsafe { b.launch(c) }, &name)?;
+        b.arg(&xb.data).arg(&n32).arg(&k32).arg(&gb.data).arg(&ub.data).arg(&y.data).arg(&m32);
+        let g32 = g.unwrap_or(32) as i32;
+        if g.is_some() {
+            b.arg(&g32);
+        }
+        cuda::launched(unsafe { b.launch(gemv_config(m, g)) }, &name)?;
     }
     Tensor::from_device_buf(y, &out_shape(x, m))
+}
+
+/// A GEMV launch over `rows` output rows: row groups of `g` lanes (Some) or a warp a row.
+fn gemv_config(rows: usize, g: Option<usize>) -> cudarc::driver::LaunchConfig {
+    let per_block = match g {
+        Some(g) => MV_THREADS as usize / g,
+        None => GEMV_ROWS,
+    };
+    cudarc::driver::LaunchConfig {
+        grid_dim: (rows.div_ceil(per_block).max(1) as u32, 1, 1),
+        block_dim: (if g.is_some() { MV_THREADS } else { 32 * GEMV_ROWS as u32 }, 1, 1),
+        shared_mem_bytes: 0,
+    }
 }
 
 fn operand_type(d: DType) -> Result<Operand> {

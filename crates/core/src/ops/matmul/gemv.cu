@@ -12,15 +12,6 @@
 #define GEMV_WARPS 8
 #define GEMV_MAXN 4
 
-// A 16-byte weight vector that is read once per token: not kept in L1 (x is, for every row).
-__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
-    uint4 r;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-        : "l"(p));
-    return r;
-}
-
 // acc[r][j] = row r of the R weight rows w[r] (k elements each) · input row j of x, summed over
 // the warp. Each lane owns the 16-byte vectors lane, lane + 32, … of a row; it issues the loads
 // of GEMV_LOADS of them (over the R rows) before the first product, so a warp keeps up to
@@ -141,6 +132,108 @@ __device__ void gemv_swiglu(const T* x, int n, int k, const T* wg, const T* wu, 
     }
 }
 
+// The same products with G lanes a row (row groups, common.cuh): the launcher picks G so that
+// a lane issues about MV_LOADS 16-byte loads for its row, all before the first product, so a
+// long row (the down projection's 8192 values) is read in one round trip rather than four. The
+// kernels above (one warp a row) stay for shapes without 16-byte vectors and for comparison
+// (`SMELT_CUDA_MV=old`). Sums per lane in vector order, then group_sum: one row gives the same
+// bits alone (gemvg3) as beside its pair (gemvg_swiglu).
+#define MV_LOADS 4
+template <typename T, int R>
+__device__ __forceinline__ void rows_dot_g(const T* const (&w)[R], const T* x, int k, int n, int lane, int G,
+                                           bool active, float (&acc)[R * GEMV_MAXN]) {
+    const int W = 16 / sizeof(T);
+#pragma unroll
+    for (int i = 0; i < R * GEMV_MAXN; i++) acc[i] = 0.f;
+    if (active) {
+        int nv = k / W;
+        for (int base = lane; base < nv; base += G * MV_LOADS) {
+            uint4 wv[R][MV_LOADS];
+#pragma unroll
+            for (int u = 0; u < MV_LOADS; u++) {
+                int v = base + G * u;
+#pragma unroll
+                for (int r = 0; r < R; r++) wv[r][u] = v < nv ? ld_stream((const uint4*)w[r] + v) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int u = 0; u < MV_LOADS; u++) {
+                int v = base + G * u;
+                if (v < nv) {
+#pragma unroll
+                    for (int j = 0; j < GEMV_MAXN; j++) {
+                        if (j < n) {
+                            V16<T> b;
+                            b.u = ((const uint4*)(x + (long long)j * k))[v];
+#pragma unroll
+                            for (int r = 0; r < R; r++) {
+                                V16<T> a;
+                                a.u = wv[r][u];
+#pragma unroll
+                                for (int e = 0; e < W; e++) acc[r * GEMV_MAXN + j] += to_f(a.e[e]) * to_f(b.e[e]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    group_sum<R * GEMV_MAXN>(acc, G);
+}
+
+// grid ceil((m0 + m1 + m2) / (MV_THREADS / G)), block MV_THREADS; k a multiple of 16 / sizeof(T),
+// x and the weights 16-byte aligned (the launcher checks).
+template <typename T>
+__device__ void gemvg3(const T* x, int n, int k, const T* w0, const float* b0, T* y0, int m0, const T* w1,
+                       const float* b1, T* y1, int m1, const T* w2, const float* b2, T* y2, int m2, int G) {
+    int lane = threadIdx.x & (G - 1);
+    int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
+    const T* w = w0;
+    const float* b = b0;
+    T* y = y0;
+    int m = m0;
+    bool active = true;
+    if (r < m0) {
+    } else if ((r -= m0) < m1) {
+        w = w1, b = b1, y = y1, m = m1;
+    } else if ((r -= m1) < m2) {
+        w = w2, b = b2, y = y2, m = m2;
+    } else {
+        active = false, r = 0; // still sums with its block (the barrier in group_sum)
+    }
+    float acc[GEMV_MAXN];
+    const T* const rows[1] = {w + (long long)r * k};
+    rows_dot_g<T, 1>(rows, x, k, n, lane, G, active, acc);
+    if (active && lane == 0) {
+#pragma unroll
+        for (int j = 0; j < GEMV_MAXN; j++) {
+            if (j < n) {
+                T p = from_f<T>(acc[j]);
+                y[(long long)j * m + r] = b ? from_f<T>(to_f(p) + b[r]) : p;
+            }
+        }
+    }
+}
+
+template <typename T>
+__device__ void gemvg_swiglu(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m, int G) {
+    int lane = threadIdx.x & (G - 1);
+    int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
+    bool active = r < m;
+    if (!active) r = 0;
+    float acc[2 * GEMV_MAXN];
+    const T* const rows[2] = {wg + (long long)r * k, wu + (long long)r * k};
+    rows_dot_g<T, 2>(rows, x, k, n, lane, G, active, acc);
+    if (active && lane == 0) {
+#pragma unroll
+        for (int j = 0; j < GEMV_MAXN; j++) {
+            if (j < n) {
+                float gi = to_f(from_f<T>(acc[j])), ui = to_f(from_f<T>(acc[GEMV_MAXN + j]));
+                y[(long long)j * m + r] = from_f<T>(gi * (1.f / (1.f + expf(-gi))) * ui);
+            }
+        }
+    }
+}
+
 #define GEMV_KERNELS(T, N) \
     extern "C" __global__ void gemv3_##N(const T* x, int n, int k, const T* w0, const float* b0, T* y0, int m0, \
                                          const T* w1, const float* b1, T* y1, int m1, const T* w2, const float* b2, \
@@ -149,6 +242,15 @@ __device__ void gemv_swiglu(const T* x, int n, int k, const T* wg, const T* wu, 
     } \
     extern "C" __global__ void gemv_swiglu_##N(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m) { \
         gemv_swiglu<T>(x, n, k, wg, wu, y, m); \
+    } \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS) gemvg3_##N(const T* x, int n, int k, const T* w0, const float* b0, \
+                                         T* y0, int m0, const T* w1, const float* b1, T* y1, int m1, const T* w2, \
+                                         const float* b2, T* y2, int m2, int G) { \
+        gemvg3<T>(x, n, k, w0, b0, y0, m0, w1, b1, y1, m1, w2, b2, y2, m2, G); \
+    } \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS) gemvg_swiglu_##N(const T* x, int n, int k, const T* wg, \
+                                         const T* wu, T* y, int m, int G) { \
+        gemvg_swiglu<T>(x, n, k, wg, wu, y, m, G); \
     }
 GEMV_KERNELS(float, f32)
 GEMV_KERNELS(bf16_t, bf16)

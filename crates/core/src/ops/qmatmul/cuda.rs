@@ -18,8 +18,9 @@ pub const MATVEC_MAX_N: usize = 8;
 const WARPS: u32 = 4;
 
 /// Kernel names of one format: [matvec, dequant f32, dequant bf16, gather f32, matvec bf16,
-/// integer matvec (up to three weights), integer gate/up + SwiGLU].
-fn names(f: GgmlType) -> Result<[&'static str; 7]> {
+/// integer matvec (up to three weights), integer gate/up + SwiGLU, and the last two in their
+/// chunked form (row groups)].
+fn names(f: GgmlType) -> Result<[&'static str; 9]> {
     macro_rules! n {
         ($f:ident) => {
             [
@@ -30,6 +31,8 @@ fn names(f: GgmlType) -> Result<[&'static str; 7]> {
                 concat!("qmatvec_bf16_", stringify!($f)),
                 concat!("mmvq3_bf16_", stringify!($f)),
                 concat!("mmvq_swiglu_bf16_", stringify!($f)),
+                concat!("mmvqg3_bf16_", stringify!($f)),
+                concat!("mmvqg_swiglu_bf16_", stringify!($f)),
             ]
         };
     }
@@ -96,22 +99,40 @@ fn mmvq3(q: &(DeviceBuf, DeviceBuf), ws: &[&DeviceQuant], n: usize, k: usize) ->
     for (j, w) in ws.iter().enumerate() {
         slots[j] = (w.blocks.ptr(), ys[j].ptr(), w.rows as i32, w.row_bytes as i64);
     }
-    let func = names(first.format)?[5];
-    let f = gpu.function("qmatmul", SRC, func)?;
     let (n32, k32) = (n as i32, k as i32);
     let rows: usize = ws.iter().map(|w| w.rows).sum();
+    let g = if crate::ops::matmul::cuda::mv_old() { None } else { Some(crate::ops::matmul::cuda::row_lanes(k / 32, 2)) };
+    let func = names(first.format)?[if g.is_some() { 7 } else { 5 }];
+    let f = gpu.function("qmatmul", SRC, func)?;
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(&q.0.data).arg(&q.1.data).arg(&n32).arg(&k32);
     for s in &slots {
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
     }
-    let cfg = LaunchConfig {
-        grid_dim: ((rows as u32).div_ceil(MMVQ_WARPS).max(1), 1, 1),
-        block_dim: (32, MMVQ_WARPS, 1),
-        shared_mem_bytes: 0,
-    };
+    let g32 = g.unwrap_or(32) as i32;
+    if g.is_some() {
+        l.arg(&g32);
+    }
+    let cfg = mv_config(rows, g);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(ys)
+}
+
+/// The launch of an integer matvec over `rows` output rows: the chunked form's blocks of
+/// MV_THREADS lanes, `g` a row (Some), or the first form's MMVQ_WARPS warps (None).
+fn mv_config(rows: usize, g: Option<usize>) -> LaunchConfig {
+    match g {
+        Some(g) => LaunchConfig {
+            grid_dim: ((rows as u32).div_ceil(crate::ops::matmul::cuda::MV_THREADS / g as u32).max(1), 1, 1),
+            block_dim: (crate::ops::matmul::cuda::MV_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        },
+        None => LaunchConfig {
+            grid_dim: ((rows as u32).div_ceil(MMVQ_WARPS).max(1), 1, 1),
+            block_dim: (32, MMVQ_WARPS, 1),
+            shared_mem_bytes: 0,
+        },
+    }
 }
 
 fn shaped(x: &Tensor, y: DeviceBuf, m: usize) -> Result<Tensor> {
@@ -162,7 +183,9 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     let gpu = q.0.gpu.clone();
     let m = wg.rows;
     let y = DeviceBuf::alloc(&gpu, DType::BF16, n * m)?;
-    let func = names(wg.format)?[6];
+    // One chunk of each row a lane at a time (mmvq_rows_g's loads: two rows).
+    let g = if crate::ops::matmul::cuda::mv_old() { None } else { Some(crate::ops::matmul::cuda::row_lanes(k / 32, 1)) };
+    let func = names(wg.format)?[if g.is_some() { 8 } else { 6 }];
     let f = gpu.function("qmatmul", SRC, func)?;
     let (n32, k32, m32, rb) = (n as i32, k as i32, m as i32, wg.row_bytes as i64);
     let mut l = gpu.stream.launch_builder(&f);
@@ -175,11 +198,11 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
         .arg(&y.data)
         .arg(&m32)
         .arg(&rb);
-    let cfg = LaunchConfig {
-        grid_dim: ((m as u32).div_ceil(MMVQ_WARPS).max(1), 1, 1),
-        block_dim: (32, MMVQ_WARPS, 1),
-        shared_mem_bytes: 0,
-    };
+    let g32 = g.unwrap_or(32) as i32;
+    if g.is_some() {
+        l.arg(&g32);
+    }
+    let cfg = mv_config(m, g);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(Some(shaped(x, y, m)?))
 }

@@ -1,27 +1,41 @@
-// Quantised weights on the GPU: ggml's block formats (llama.cpp's byte layouts, ggml-common.h)
-// read in place and dequantised in registers. The host reference is smelt-core's quant/*.rs
-// (dequantize); every decoder below is written against it, element for element, and uses
-// the same float operations in the same order (no FMA contraction: __fmul_rn/__fadd_rn), so
-// dequantisation is bit-identical to the CPU's.
+// Quantised weights on the GPU: ggml's block formats (llama.cpp's values, ggml-common.h),
+// dequantised in registers. The host reference is smelt-core's quant/*.rs (dequantize); every
+// decoder below is written against it, element for element, and uses the same float operations
+// in the same order (no FMA contraction: __fmul_rn/__fadd_rn), so dequantisation is
+// bit-identical to the CPU's.
+//
+// The device layout (DeviceQuant::upload arranges it): each row starts 16-byte aligned (its
+// stride is the row's block bytes rounded up to 16) and holds its blocks' fields one after the
+// other, field by field — first every block's quantised values, then the small per-block
+// scalars — so the values load 16 bytes at a time whatever the block size (ggml's 34-, 18-,
+// 20-, 22- and 210-byte blocks are only 2-byte aligned):
+//   Q8_0  qs[32]·nb | d·nb                 Q4_0  qs[16]·nb | d·nb
+//   Q4_1  qs[16]·nb | (d, m)·nb             Q5_0  qs[16]·nb | qh[4]·nb | d·nb
+//   Q4_K  whole 144-byte blocks (9 × 16)   Q6_K  (ql[128] qh[64] scales[16])·nb | d·nb
+// (nb = blocks a row; each field's bytes within a block as ggml has them).
 //
 //   qmatvec_*       y (n × rows) = x (n × cols) · Wᵀ for n ≤ 8 (decode): one warp per output row,
 //                   lanes striding over the row's 8-element groups (a warp reads consecutive
 //                   blocks), f32 activations, f32 sums.
-//   mmvq_*          the same product in integer arithmetic (llama.cpp's MMVQ idea), for mixed
+//   mmvqg*_         the same product in integer arithmetic (llama.cpp's MMVQ idea), for mixed
 //                   precision: x quantised to 8 bits once (quantize_q8_*: blocks of 32, an f32
-//                   scale each), each weight block's integers dotted with x's by dp4a, the
-//                   scales applied per 8 elements. What smelt's CPU kernels (and llama.cpp's)
-//                   do, so decode in bf16 mode reads the same kind of numbers on both.
+//                   scale each), each weight chunk's integers dotted with x's by dp4a, the
+//                   scales applied per 16 elements. What smelt's CPU kernels (and llama.cpp's)
+//                   do, so decode in bf16 mode reads the same kind of numbers on both. G lanes
+//                   a row (common.cuh's row groups), each reading whole 32-element chunks with
+//                   16-byte loads. mmvq3_*/mmvq_swiglu_* are the first form (one warp a row,
+//                   8 values a lane a step), kept for comparison (`SMELT_CUDA_MV=old`).
 //   qdequant_*      W → f32 or bf16 (the prefill path's scratch for cuBLASLt; to_vec_f32).
 //   qgather_f32_*   rows ids[r] of W → f32 (embedding from a quantised token table).
 //
 // Each format is a struct with QK (elements per block), BYTES (bytes per block),
-// deq8(block, g, v): elements 8g..8g+8 of the block, g < QK/8, in element order, and for the
-// integer path unit(block, u, …), u < QK/8: eight of the block's values as two words of four
-// signed 8-bit integers q (w0 holds elements e0..e0+3, w1 e1..e1+3; e0, e1 multiples of 4 in
-// one 32-element sub-block), with the scale d and offset m that make them x = d·q + m
-// (HAS_MIN says whether m can be non-zero). Blocks are only 2-byte aligned in general
-// (34, 18, 22, 210 bytes), so the words are read as 16-bit halves there.
+// deq8(row, nb, blk, g, v): elements 8g..8g+8 of block blk of the row, g < QK/8, in element
+// order; for the first integer form unit(row, nb, blk, u, …), u < QK/8: eight of the block's
+// values as two words of four signed 8-bit integers q (w0 holds elements e0..e0+3, w1
+// e1..e1+3, offsets in the block), with the scale d and offset m that make them x = d·q + m
+// (HAS_MIN says whether m can be non-zero); for the chunked form load(row, nb, c, Raw&) (the
+// loads of the row's 32-element chunk c) and half(Raw, c, h, w[4], e, d, m): its elements
+// e..e+15 of the row (h = 0, 1) as four words, scale and offset.
 
 typedef unsigned char u8;
 
@@ -33,6 +47,9 @@ __device__ __forceinline__ float h2f(unsigned short h) {
 
 // An f16 stored little-endian at p (blocks are byte-aligned only).
 __device__ __forceinline__ float f16_at(const u8* p) { return h2f((unsigned short)(p[0] | (p[1] << 8))); }
+// An f16 at a 2-byte aligned p, through the read-only path.
+__device__ __forceinline__ unsigned short u16_ld(const u8* p) { return __ldg((const unsigned short*)p); }
+__device__ __forceinline__ unsigned int u32_ld(const u8* p) { return __ldg((const unsigned int*)p); }
 
 // The 4 bytes at p as one little-endian word, p 2-byte aligned.
 __device__ __forceinline__ unsigned int u32_at2(const u8* p) {
@@ -45,77 +62,134 @@ __device__ __forceinline__ unsigned int fifth_bits(unsigned int bits) {
     return ((bits & 1u) << 4) | ((bits & 2u) << 11) | ((bits & 4u) << 18) | ((bits & 8u) << 25);
 }
 
-// Q8_0: { f16 d; i8 qs[32] }, x = d·q.
+__device__ __forceinline__ unsigned int word(const uint4& v, int k) { return k == 0 ? v.x : k == 1 ? v.y : k == 2 ? v.z : v.w; }
+// Byte i (< 16) of v, by selects and shifts (an indexed byte array would live in local memory).
+__device__ __forceinline__ int byte_of(const uint4& v, int i) { return (int)((word(v, i >> 2) >> (8 * (i & 3))) & 0xFFu); }
+
+// Q8_0: { f16 d; i8 qs[32] }, x = d·q. Device row: qs[32]·nb | d·nb. Chunk = block.
 struct Q8_0 {
     static constexpr int QK = 32, BYTES = 34;
-    __device__ static void deq8(const u8* b, int g, float* v) {
-        float d = f16_at(b);
-        const u8* q = b + 2 + 8 * g;
+    __device__ static float d_of(const u8* row, int nb, int blk) { return h2f(u16_ld(row + 32 * nb + 2 * blk)); }
+    __device__ static void deq8(const u8* row, int nb, int blk, int g, float* v) {
+        float d = d_of(row, nb, blk);
+        const u8* q = row + 32 * blk + 8 * g;
 #pragma unroll
         for (int i = 0; i < 8; i++) v[i] = __fmul_rn((float)(signed char)q[i], d);
     }
     static constexpr bool HAS_MIN = false;
-    __device__ static void unit(const u8* b, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
-        d = f16_at(b);
+    __device__ static void unit(const u8* row, int nb, int blk, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+        d = d_of(row, nb, blk);
         m = 0.f;
-        w0 = (int)u32_at2(b + 2 + 8 * u);
-        w1 = (int)u32_at2(b + 6 + 8 * u);
+        w0 = (int)u32_ld(row + 32 * blk + 8 * u);
+        w1 = (int)u32_ld(row + 32 * blk + 8 * u + 4);
         e0 = 8 * u, e1 = 8 * u + 4;
+    }
+    struct Raw {
+        uint4 a, b;
+        unsigned short d;
+    };
+    __device__ static void load(const u8* row, int nb, int c, Raw& r) {
+        r.a = ld_stream(row + 32 * c);
+        r.b = ld_stream(row + 32 * c + 16);
+        r.d = u16_ld(row + 32 * nb + 2 * c);
+    }
+    __device__ static void half(const Raw& r, int c, int h, int (&w)[4], int& e, float& d, float& m) {
+        const uint4& v = h ? r.b : r.a;
+#pragma unroll
+        for (int k = 0; k < 4; k++) w[k] = (int)word(v, k);
+        e = 32 * c + 16 * h;
+        d = h2f(r.d);
+        m = 0.f;
     }
 };
 
 // Q4_0: { f16 d; u8 qs[16] }; element j < 16 is the low nibble of qs[j], element j + 16 the high
 // nibble; x = d·(q − 8). Groups 0, 1: low nibbles of qs[0..8], qs[8..16]; groups 2, 3: high.
+// Device row: qs[16]·nb | d·nb. Chunk = block; half 0 the low nibbles, half 1 the high.
 struct Q4_0 {
     static constexpr int QK = 32, BYTES = 18;
-    __device__ static void deq8(const u8* b, int g, float* v) {
-        float d = f16_at(b);
-        const u8* q = b + 2 + 8 * (g & 1);
+    __device__ static float d_of(const u8* row, int nb, int blk) { return h2f(u16_ld(row + 16 * nb + 2 * blk)); }
+    __device__ static void deq8(const u8* row, int nb, int blk, int g, float* v) {
+        float d = d_of(row, nb, blk);
+        const u8* q = row + 16 * blk + 8 * (g & 1);
         int sh = 4 * (g >> 1);
 #pragma unroll
         for (int i = 0; i < 8; i++) v[i] = __fmul_rn((float)((int)((q[i] >> sh) & 0xF) - 8), d);
     }
     // Unit u: bytes qs[4u..4u+4], low nibbles elements 4u.., high nibbles 16 + 4u...
     static constexpr bool HAS_MIN = false;
-    __device__ static void unit(const u8* b, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
-        d = f16_at(b);
+    __device__ static void unit(const u8* row, int nb, int blk, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+        d = d_of(row, nb, blk);
         m = 0.f;
-        unsigned int v = u32_at2(b + 2 + 4 * u);
+        unsigned int v = u32_ld(row + 16 * blk + 4 * u);
         w0 = (int)__vsub4(v & 0x0F0F0F0Fu, 0x08080808u);
         w1 = (int)__vsub4((v >> 4) & 0x0F0F0F0Fu, 0x08080808u);
         e0 = 4 * u, e1 = 16 + 4 * u;
     }
+    struct Raw {
+        uint4 q;
+        unsigned short d;
+    };
+    __device__ static void load(const u8* row, int nb, int c, Raw& r) {
+        r.q = ld_stream(row + 16 * c);
+        r.d = u16_ld(row + 16 * nb + 2 * c);
+    }
+    __device__ static void half(const Raw& r, int c, int h, int (&w)[4], int& e, float& d, float& m) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) w[k] = (int)__vsub4((word(r.q, k) >> (4 * h)) & 0x0F0F0F0Fu, 0x08080808u);
+        e = 32 * c + 16 * h;
+        d = h2f(r.d);
+        m = 0.f;
+    }
 };
 
-// Q4_1: { f16 d; f16 m; u8 qs[16] } (nibbles as Q4_0); x = d·q + m.
+// Q4_1: { f16 d; f16 m; u8 qs[16] } (nibbles as Q4_0); x = d·q + m. Device row: qs[16]·nb |
+// (d, m)·nb.
 struct Q4_1 {
     static constexpr int QK = 32, BYTES = 20;
-    __device__ static void deq8(const u8* b, int g, float* v) {
-        float d = f16_at(b), m = f16_at(b + 2);
-        const u8* q = b + 4 + 8 * (g & 1);
+    __device__ static void deq8(const u8* row, int nb, int blk, int g, float* v) {
+        unsigned int dm = u32_ld(row + 16 * nb + 4 * blk);
+        float d = h2f((unsigned short)(dm & 0xFFFFu)), m = h2f((unsigned short)(dm >> 16));
+        const u8* q = row + 16 * blk + 8 * (g & 1);
         int sh = 4 * (g >> 1);
 #pragma unroll
         for (int i = 0; i < 8; i++) v[i] = __fadd_rn(__fmul_rn((float)((q[i] >> sh) & 0xF), d), m);
     }
     static constexpr bool HAS_MIN = true;
-    __device__ static void unit(const u8* b, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
-        d = f16_at(b);
-        m = f16_at(b + 2);
-        unsigned int v = u32_at2(b + 4 + 4 * u);
+    __device__ static void unit(const u8* row, int nb, int blk, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+        unsigned int dm = u32_ld(row + 16 * nb + 4 * blk);
+        d = h2f((unsigned short)(dm & 0xFFFFu));
+        m = h2f((unsigned short)(dm >> 16));
+        unsigned int v = u32_ld(row + 16 * blk + 4 * u);
         w0 = (int)(v & 0x0F0F0F0Fu);
         w1 = (int)((v >> 4) & 0x0F0F0F0Fu);
         e0 = 4 * u, e1 = 16 + 4 * u;
     }
+    struct Raw {
+        uint4 q;
+        unsigned int dm;
+    };
+    __device__ static void load(const u8* row, int nb, int c, Raw& r) {
+        r.q = ld_stream(row + 16 * c);
+        r.dm = u32_ld(row + 16 * nb + 4 * c);
+    }
+    __device__ static void half(const Raw& r, int c, int h, int (&w)[4], int& e, float& d, float& m) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) w[k] = (int)((word(r.q, k) >> (4 * h)) & 0x0F0F0F0Fu);
+        e = 32 * c + 16 * h;
+        d = h2f((unsigned short)(r.dm & 0xFFFFu));
+        m = h2f((unsigned short)(r.dm >> 16));
+    }
 };
 
 // Q5_0: { f16 d; u8 qh[4]; u8 qs[16] }: low 4 bits as Q4_0, the fifth bit of element e is bit
-// e of the little-endian u32 qh; x = d·(q − 16).
+// e of the little-endian u32 qh; x = d·(q − 16). Device row: qs[16]·nb | qh[4]·nb | d·nb.
 struct Q5_0 {
     static constexpr int QK = 32, BYTES = 22;
-    __device__ static void deq8(const u8* b, int g, float* v) {
-        float d = f16_at(b);
-        unsigned int qh = (unsigned int)b[2] | ((unsigned int)b[3] << 8) | ((unsigned int)b[4] << 16) | ((unsigned int)b[5] << 24);
-        const u8* q = b + 6 + 8 * (g & 1);
+    __device__ static void deq8(const u8* row, int nb, int blk, int g, float* v) {
+        float d = h2f(u16_ld(row + 20 * nb + 2 * blk));
+        unsigned int qh = u32_ld(row + 16 * nb + 4 * blk);
+        const u8* q = row + 16 * blk + 8 * (g & 1);
         int sh = 4 * (g >> 1);
 #pragma unroll
         for (int i = 0; i < 8; i++) {
@@ -126,13 +200,31 @@ struct Q5_0 {
         }
     }
     static constexpr bool HAS_MIN = false;
-    __device__ static void unit(const u8* b, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
-        d = f16_at(b);
+    __device__ static void unit(const u8* row, int nb, int blk, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+        d = h2f(u16_ld(row + 20 * nb + 2 * blk));
         m = 0.f;
-        unsigned int qh = u32_at2(b + 2), v = u32_at2(b + 6 + 4 * u);
+        unsigned int qh = u32_ld(row + 16 * nb + 4 * blk), v = u32_ld(row + 16 * blk + 4 * u);
         w0 = (int)__vsub4((v & 0x0F0F0F0Fu) | fifth_bits(qh >> (4 * u)), 0x10101010u);
         w1 = (int)__vsub4(((v >> 4) & 0x0F0F0F0Fu) | fifth_bits(qh >> (16 + 4 * u)), 0x10101010u);
         e0 = 4 * u, e1 = 16 + 4 * u;
+    }
+    struct Raw {
+        uint4 q;
+        unsigned int qh;
+        unsigned short d;
+    };
+    __device__ static void load(const u8* row, int nb, int c, Raw& r) {
+        r.q = ld_stream(row + 16 * c);
+        r.qh = u32_ld(row + 16 * nb + 4 * c);
+        r.d = u16_ld(row + 20 * nb + 2 * c);
+    }
+    __device__ static void half(const Raw& r, int c, int h, int (&w)[4], int& e, float& d, float& m) {
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            w[k] = (int)__vsub4(((word(r.q, k) >> (4 * h)) & 0x0F0F0F0Fu) | fifth_bits(r.qh >> (16 * h + 4 * k)), 0x10101010u);
+        e = 32 * c + 16 * h;
+        d = h2f(r.d);
+        m = 0.f;
     }
 };
 
@@ -151,9 +243,13 @@ __device__ __forceinline__ void scale_min_k4(int j, const u8* s, int& sc, int& m
 
 // Q4_K: { f16 d; f16 dmin; u8 scales[12]; u8 qs[128] }: 8 sub-blocks of 32, x = d·sc·q − dmin·m.
 // Sub-blocks 2c and 2c+1 share qs[32c..32c+32]: low nibbles for 2c, high nibbles for 2c+1.
+// Device row: the blocks as they are (144 = 9 × 16 bytes). Chunk p of a block (8 of them) =
+// qs[16p..16p+16]: half 0 = sub-block 2(p/2) elements 16(p mod 2).., half 1 = the next
+// sub-block's, same positions; the 16-byte header (d, dmin, scales) loads with it.
 struct Q4_K {
     static constexpr int QK = 256, BYTES = 144;
-    __device__ static void deq8(const u8* b, int g, float* v) {
+    __device__ static void deq8(const u8* row, int nb, int blk, int g, float* v) {
+        const u8* b = row + (long long)blk * BYTES;
         float d = f16_at(b), dmin = f16_at(b + 2);
         int j = g >> 2; // sub-block: elements 32j..32j+32, this group at offset 8·(g mod 4)
         int sc, m;
@@ -164,10 +260,10 @@ struct Q4_K {
 #pragma unroll
         for (int i = 0; i < 8; i++) v[i] = __fsub_rn(__fmul_rn(d1, (float)((q[i] >> sh) & 0xF)), m1);
     }
-    // Unit u = group g (elements 8u..8u+8 of sub-block u/4): 8 bytes, 8-byte aligned (blocks
-    // are 144 = 9·16 bytes, rows start 16-byte aligned).
+    // Unit u = group g (elements 8u..8u+8 of sub-block u/4): 8 bytes, 8-byte aligned.
     static constexpr bool HAS_MIN = true;
-    __device__ static void unit(const u8* b, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+    __device__ static void unit(const u8* row, int nb, int blk, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+        const u8* b = row + (long long)blk * BYTES;
         int j = u >> 2, sc, mn;
         scale_min_k4(j, b + 4, sc, mn);
         d = f16_at(b) * (float)sc;
@@ -178,20 +274,49 @@ struct Q4_K {
         w1 = (int)((v.y >> sh) & 0x0F0F0F0Fu);
         e0 = 8 * u, e1 = 8 * u + 4;
     }
+    struct Raw {
+        uint4 hdr, q;
+    };
+    __device__ static void load(const u8* row, int nb, int c, Raw& r) {
+        const u8* b = row + (long long)(c >> 3) * BYTES;
+        r.hdr = ld_stream(b);
+        r.q = ld_stream(b + 16 + 16 * (c & 7));
+    }
+    __device__ static void half(const Raw& r, int c, int h, int (&w)[4], int& e, float& d, float& m) {
+        int p = c & 7, j = 2 * (p >> 1) + h, sc, mn;
+        // scale_min_k4 on the header's bytes 4..16.
+        if (j < 4) {
+            sc = byte_of(r.hdr, 4 + j) & 63;
+            mn = byte_of(r.hdr, 8 + j) & 63;
+        } else {
+            sc = (byte_of(r.hdr, 8 + j) & 0xF) | ((byte_of(r.hdr, j) >> 6) << 4);
+            mn = (byte_of(r.hdr, 8 + j) >> 4) | ((byte_of(r.hdr, 4 + j) >> 6) << 4);
+        }
+        d = h2f((unsigned short)(r.hdr.x & 0xFFFFu)) * (float)sc;
+        m = -(h2f((unsigned short)(r.hdr.x >> 16)) * (float)mn);
+#pragma unroll
+        for (int k = 0; k < 4; k++) w[k] = (int)((word(r.q, k) >> (4 * h)) & 0x0F0F0F0Fu);
+        e = 256 * (c >> 3) + 32 * j + 16 * (p & 1);
+    }
 };
 
 // Q6_K: { u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d }: 6-bit values minus 32, 16 sub-blocks
 // of 16 with an 8-bit scale each; x = d·sc·(q − 32). Element e: half n = e/128, quarter
 // t = (e mod 128)/32, l = e mod 32; low 4 bits: ql[64n + 32·(t mod 2) + l], low nibble for
 // t < 2, high for t ≥ 2; high 2 bits: bits 2t..2t+1 of qh[32n + l]; scale: scales[e/16].
+// Device row: (ql, qh, scales: 208 = 13 × 16 bytes)·nb | d·nb. Chunk p of a block (8) =
+// ql[16p..16p+16] with n = p/4, t' = (p/2) mod 2, s = p mod 2: half h holds quarter t = t' + 2h,
+// l = 16s..16s+16 (low nibbles for h = 0, high for h = 1), their high bits in qh[32n + 16s..].
 struct Q6_K {
-    static constexpr int QK = 256, BYTES = 210;
-    __device__ static void deq8(const u8* b, int g, float* v) {
+    static constexpr int QK = 256, BYTES = 210, BODY = 208;
+    __device__ static float d_of(const u8* row, int nb, int blk) { return h2f(u16_ld(row + BODY * nb + 2 * blk)); }
+    __device__ static void deq8(const u8* row, int nb, int blk, int g, float* v) {
+        const u8* b = row + (long long)blk * BODY;
         int n = g >> 4, t = (g >> 2) & 3, l0 = 8 * (g & 3);
         const u8* ql = b + 64 * n + 32 * (t & 1) + l0;
         const u8* qh = b + 128 + 32 * n + l0;
         int qls = 4 * (t >> 1), qhs = 2 * t;
-        float ds = __fmul_rn(f16_at(b + 208), (float)(signed char)b[192 + (g >> 1)]);
+        float ds = __fmul_rn(d_of(row, nb, blk), (float)(signed char)b[192 + (g >> 1)]);
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             int q = (int)(((ql[i] >> qls) & 0xF) | (((qh[i] >> qhs) & 3) << 4)) - 32;
@@ -199,17 +324,40 @@ struct Q6_K {
         }
     }
     static constexpr bool HAS_MIN = false;
-    __device__ static void unit(const u8* b, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+    __device__ static void unit(const u8* row, int nb, int blk, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
+        const u8* b = row + (long long)blk * BODY;
         int n = u >> 4, t = (u >> 2) & 3, l0 = 8 * (u & 3);
         const u8* ql = b + 64 * n + 32 * (t & 1) + l0;
         const u8* qh = b + 128 + 32 * n + l0;
         int qls = 4 * (t >> 1), qhs = 2 * t;
-        unsigned int l_0 = u32_at2(ql), l_1 = u32_at2(ql + 4), h_0 = u32_at2(qh), h_1 = u32_at2(qh + 4);
+        unsigned int l_0 = u32_ld(ql), l_1 = u32_ld(ql + 4), h_0 = u32_ld(qh), h_1 = u32_ld(qh + 4);
         w0 = (int)__vsub4(((l_0 >> qls) & 0x0F0F0F0Fu) | (((h_0 >> qhs) & 0x03030303u) << 4), 0x20202020u);
         w1 = (int)__vsub4(((l_1 >> qls) & 0x0F0F0F0Fu) | (((h_1 >> qhs) & 0x03030303u) << 4), 0x20202020u);
-        d = f16_at(b + 208) * (float)(signed char)b[192 + (u >> 1)];
+        d = d_of(row, nb, blk) * (float)(signed char)b[192 + (u >> 1)];
         m = 0.f;
         e0 = 8 * u, e1 = 8 * u + 4;
+    }
+    struct Raw {
+        uint4 ql, qh, sc;
+        unsigned short d;
+    };
+    __device__ static void load(const u8* row, int nb, int c, Raw& r) {
+        int blk = c >> 3, p = c & 7;
+        const u8* b = row + (long long)blk * BODY;
+        r.ql = ld_stream(b + 16 * p);
+        r.qh = ld_stream(b + 128 + 32 * (p >> 2) + 16 * (p & 1));
+        r.sc = ld_stream(b + 192);
+        r.d = u16_ld(row + BODY * nb + 2 * blk);
+    }
+    __device__ static void half(const Raw& r, int c, int h, int (&w)[4], int& e, float& d, float& m) {
+        int p = c & 7, n = p >> 2, t = ((p >> 1) & 1) + 2 * h, s = p & 1;
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            w[k] = (int)__vsub4(((word(r.ql, k) >> (4 * h)) & 0x0F0F0F0Fu) | (((word(r.qh, k) >> (2 * t)) & 0x03030303u) << 4),
+                                0x20202020u);
+        d = h2f(r.d) * (float)(signed char)byte_of(r.sc, 8 * n + 2 * t + s);
+        m = 0.f;
+        e = 256 * (c >> 3) + 128 * n + 32 * t + 16 * s;
     }
 };
 
@@ -231,7 +379,7 @@ __device__ __forceinline__ void qmatvec(const u8* w, const T* x, T* y, int rows,
     for (int i = 0; i < QMV_MAX_N; i++) acc[i] = 0.f;
     for (int g = threadIdx.x; g < groups; g += 32) {
         float v[8];
-        F::deq8(wr + (long long)(g / G) * F::BYTES, g % G, v);
+        F::deq8(wr, cols / F::QK, g / G, g % G, v);
         const T* xg = x + 8LL * g;
 #pragma unroll
         for (int i = 0; i < QMV_MAX_N; i++) {
@@ -285,7 +433,7 @@ __device__ __forceinline__ void mmvq_row(const u8* wr, const signed char* xq, co
         int blk = t / UPB, u = t % UPB;
         int w0, w1, e0, e1;
         float d, m;
-        F::unit(wr + (long long)blk * F::BYTES, u, w0, w1, e0, e1, d, m);
+        F::unit(wr, cols / F::QK, blk, u, w0, w1, e0, e1, d, m);
         long long e = (long long)blk * F::QK + e0, f = (long long)blk * F::QK + e1;
 #pragma unroll
         for (int i = 0; i < QMV_MAX_N; i++) {
@@ -354,6 +502,124 @@ __device__ __forceinline__ void mmvq_swiglu(const signed char* xq, const float* 
     }
 }
 
+// The chunked integer matvec: acc[r·QMV_MAX_N + j] = row wr[r] of W · input row j (xq, xd as
+// quantize_q8 wrote them), summed over the row group's G lanes (group_sum). Lane t of the group
+// takes the row's 32-element chunks t, t + G, …, two at a time with every load issued before
+// the first product, and for each half (16 elements) adds xd_j · (d·Σ q·xq_j + m·Σ xq_j), the Σ
+// by four dp4a each. The order of the sums depends on the row's length only, so a row gives the
+// same bits alone or beside others, whatever n is.
+// Chunks a lane loads before its first product: two of one row, or one of each of two rows.
+#define MMVQ_LOADS 2
+template <class F>
+__device__ __forceinline__ void chunk_dot(const typename F::Raw& raw, int c, const signed char* xq, const float* xd,
+                                          int cols, int n, float* acc) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        int w[4], e;
+        float d, m;
+        F::half(raw, c, h, w, e, d, m);
+#pragma unroll
+        for (int j = 0; j < QMV_MAX_N; j++) {
+            if (j < n) {
+                long long at = (long long)j * cols + e;
+                uint4 xv = *(const uint4*)(xq + at);
+                float dx = xd[at >> 5];
+                int s = __dp4a(w[3], (int)xv.w, __dp4a(w[2], (int)xv.z, __dp4a(w[1], (int)xv.y, __dp4a(w[0], (int)xv.x, 0))));
+                float a = d * (float)s;
+                if (F::HAS_MIN) {
+                    int sx = __dp4a(0x01010101, (int)xv.w,
+                                    __dp4a(0x01010101, (int)xv.z, __dp4a(0x01010101, (int)xv.y, __dp4a(0x01010101, (int)xv.x, 0))));
+                    a += m * (float)sx;
+                }
+                acc[j] += dx * a;
+            }
+        }
+    }
+}
+
+template <class F, int R>
+__device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const signed char* xq, const float* xd, int cols,
+                                            int n, int lane, int G, bool active, float (&acc)[R * QMV_MAX_N]) {
+#pragma unroll
+    for (int i = 0; i < R * QMV_MAX_N; i++) acc[i] = 0.f;
+    if (active) {
+        int nb = cols / F::QK, chunks = cols / 32;
+        constexpr int U = MMVQ_LOADS / R;
+        for (int c0 = lane; c0 < chunks; c0 += G * U) {
+            typename F::Raw raw[R][U];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int c = c0 + G * u;
+                if (c < chunks)
+#pragma unroll
+                    for (int r = 0; r < R; r++) F::load(wr[r], nb, c, raw[r][u]);
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                int c = c0 + G * u;
+                if (c < chunks)
+#pragma unroll
+                    for (int r = 0; r < R; r++) chunk_dot<F>(raw[r][u], c, xq, xd, cols, n, acc + r * QMV_MAX_N);
+            }
+        }
+    }
+    group_sum<R * QMV_MAX_N>(acc, G);
+}
+
+// Block MV_THREADS, grid ceil((m0 + m1 + m2) / (MV_THREADS / G)): one output row a row group, of
+// one of up to three weights of format F that share the input (q, k, v), for all n ≤ QMV_MAX_N
+// input rows, rounded once to T. Unused slots have m = 0.
+template <class F, typename T>
+__device__ __forceinline__ void mmvqg3(const signed char* xq, const float* xd, int n, int cols, const u8* w0, T* y0,
+                                       int m0, long long rb0, const u8* w1, T* y1, int m1, long long rb1, const u8* w2,
+                                       T* y2, int m2, long long rb2, int G) {
+    int lane = threadIdx.x & (G - 1);
+    int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
+    const u8* w = w0;
+    T* y = y0;
+    int m = m0;
+    long long rb = rb0;
+    bool active = true;
+    if (r < m0) {
+    } else if ((r -= m0) < m1) {
+        w = w1, y = y1, m = m1, rb = rb1;
+    } else if ((r -= m1) < m2) {
+        w = w2, y = y2, m = m2, rb = rb2;
+    } else {
+        active = false, r = 0; // still sums with its block (the barrier in group_sum)
+    }
+    float acc[QMV_MAX_N];
+    const u8* const rows[1] = {w + (long long)r * rb};
+    mmvq_rows_g<F, 1>(rows, xq, xd, cols, n, lane, G, active, acc);
+    if (active && lane == 0) {
+#pragma unroll
+        for (int i = 0; i < QMV_MAX_N; i++)
+            if (i < n) y[(long long)i * m + r] = from_f<T>(acc[i]);
+    }
+}
+
+// y (n × m) = silu(x·W_gᵀ)·(x·W_uᵀ), both of format F, each product rounded to T first.
+template <class F, typename T>
+__device__ __forceinline__ void mmvqg_swiglu(const signed char* xq, const float* xd, int n, int cols, const u8* wg,
+                                             const u8* wu, T* y, int m, long long rb, int G) {
+    int lane = threadIdx.x & (G - 1);
+    int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
+    bool active = r < m;
+    if (!active) r = 0;
+    float acc[2 * QMV_MAX_N];
+    const u8* const rows[2] = {wg + (long long)r * rb, wu + (long long)r * rb};
+    mmvq_rows_g<F, 2>(rows, xq, xd, cols, n, lane, G, active, acc);
+    if (active && lane == 0) {
+#pragma unroll
+        for (int i = 0; i < QMV_MAX_N; i++) {
+            if (i < n) {
+                float gi = to_f(from_f<T>(acc[i])), ui = to_f(from_f<T>(acc[QMV_MAX_N + i]));
+                y[(long long)i * m + r] = from_f<T>(gi * (1.f / (1.f + expf(-gi))) * ui);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void quantize_q8_f32(const float* x, signed char* xq, float* xd, long long blocks) {
     quantize_q8<float>(x, xq, xd, blocks);
 }
@@ -377,7 +643,7 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
         unsigned int src = ids ? ids[r] : (unsigned int)r;
         float v[8];
         if (src < vocab) {
-            F::deq8(w + (long long)src * row_bytes + (long long)(g / G) * F::BYTES, g % G, v);
+            F::deq8(w + (long long)src * row_bytes, cols / F::QK, g / G, g % G, v);
         } else {
 #pragma unroll
             for (int k = 0; k < 8; k++) v[k] = __int_as_float(0x7fc00000);
@@ -415,6 +681,17 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
                                                     const u8* wg, const u8* wu, bf16_t* y, int m,                \
                                                     long long rb) {                                              \
         mmvq_swiglu<F, bf16_t>(xq, xd, n, cols, wg, wu, y, m, rb);                                               \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS)                                                    \
+        mmvqg3_bf16_##F(const signed char* xq, const float* xd, int n, int cols, const u8* w0, bf16_t* y0, int m0,   \
+                        long long rb0, const u8* w1, bf16_t* y1, int m1, long long rb1, const u8* w2, bf16_t* y2,    \
+                        int m2, long long rb2, int G) {                                                              \
+        mmvqg3<F, bf16_t>(xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G);                 \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS)                                                    \
+        mmvqg_swiglu_bf16_##F(const signed char* xq, const float* xd, int n, int cols, const u8* wg, const u8* wu,  \
+                              bf16_t* y, int m, long long rb, int G) {                                             \
+        mmvqg_swiglu<F, bf16_t>(xq, xd, n, cols, wg, wu, y, m, rb, G);                                            \
     }                                                                                                            \
     extern "C" __global__ void qgather_f32_##F(const u8* w, const unsigned int* ids, float* out, long long n,    \
                                                int cols, long long row_bytes, unsigned int vocab) {              \
