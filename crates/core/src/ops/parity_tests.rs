@@ -157,6 +157,8 @@ fn kernels_compile() {
                         "mmvq_swiglu_bf16_",
                         "mmvqg3_bf16_",
                         "mmvqg_swiglu_bf16_",
+                        "mmvqg3_n1_bf16_",
+                        "mmvqg_swiglu_n1_bf16_",
                     ]
                     .map(|k| format!("{k}{f}"))
                 })

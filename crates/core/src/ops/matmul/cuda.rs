@@ -44,14 +44,16 @@ pub(crate) fn row_lanes(units: usize, per_lane: usize) -> usize {
     units.div_ceil(per_lane).next_power_of_two().clamp(4, MV_THREADS as usize)
 }
 
-/// The row-group GEMV's lanes a row for x (n × k) of dtype `dt`, or None where it cannot run
-/// (k not a whole number of 16-byte vectors, a pointer not 16-byte aligned) or is turned off.
+/// The row-group GEMV's lanes a row for x (n × k) of dtype `dt` (MV_LOADS vectors a lane; the
+/// same for one weight and a gate/up pair, so a row's sums run in one order in both), or None
+/// where it cannot run (k not a whole number of 16-byte vectors, a pointer not 16-byte aligned)
+/// or is turned off.
 fn gemv_lanes(dt: DType, k: usize, ptrs: &[u64]) -> Option<usize> {
     let per_vec = 16 / dt.size_in_bytes();
     if mv_old() || !k.is_multiple_of(per_vec) || ptrs.iter().any(|p| p % 16 != 0) {
         return None;
     }
-    Some(row_lanes(k / per_vec, 4))
+    Some(row_lanes(k / per_vec, 8))
 }
 
 /// The weights as GEMV operands, or None where the general path must run: more rows than a

@@ -138,7 +138,7 @@ __device__ void gemv_swiglu(const T* x, int n, int k, const T* wg, const T* wu, 
 // kernels above (one warp a row) stay for shapes without 16-byte vectors and for comparison
 // (`SMELT_CUDA_MV=old`). Sums per lane in vector order, then group_sum: one row gives the same
 // bits alone (gemvg3) as beside its pair (gemvg_swiglu).
-#define MV_LOADS 4
+#define MV_LOADS 8
 template <typename T, int R>
 __device__ __forceinline__ void rows_dot_g(const T* const (&w)[R], const T* x, int k, int n, int lane, int G,
                                            bool active, float (&acc)[R * GEMV_MAXN]) {
@@ -147,16 +147,17 @@ __device__ __forceinline__ void rows_dot_g(const T* const (&w)[R], const T* x, i
     for (int i = 0; i < R * GEMV_MAXN; i++) acc[i] = 0.f;
     if (active) {
         int nv = k / W;
-        for (int base = lane; base < nv; base += G * MV_LOADS) {
-            uint4 wv[R][MV_LOADS];
+        for (int base = lane; base < nv; base += G * (MV_LOADS / R)) {
+            constexpr int U = MV_LOADS / R; // loads a row a lane: eight of one row, four of each of two
+            uint4 wv[R][U];
 #pragma unroll
-            for (int u = 0; u < MV_LOADS; u++) {
+            for (int u = 0; u < U; u++) {
                 int v = base + G * u;
 #pragma unroll
                 for (int r = 0; r < R; r++) wv[r][u] = v < nv ? ld_stream((const uint4*)w[r] + v) : make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
-            for (int u = 0; u < MV_LOADS; u++) {
+            for (int u = 0; u < U; u++) {
                 int v = base + G * u;
                 if (v < nv) {
 #pragma unroll
@@ -243,12 +244,12 @@ __device__ void gemvg_swiglu(const T* x, int n, int k, const T* wg, const T* wu,
     extern "C" __global__ void gemv_swiglu_##N(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m) { \
         gemv_swiglu<T>(x, n, k, wg, wu, y, m); \
     } \
-    extern "C" __global__ void __launch_bounds__(MV_THREADS) gemvg3_##N(const T* x, int n, int k, const T* w0, const float* b0, \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, 2) gemvg3_##N(const T* x, int n, int k, const T* w0, const float* b0, \
                                          T* y0, int m0, const T* w1, const float* b1, T* y1, int m1, const T* w2, \
                                          const float* b2, T* y2, int m2, int G) { \
         gemvg3<T>(x, n, k, w0, b0, y0, m0, w1, b1, y1, m1, w2, b2, y2, m2, G); \
     } \
-    extern "C" __global__ void __launch_bounds__(MV_THREADS) gemvg_swiglu_##N(const T* x, int n, int k, const T* wg, \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, 2) gemvg_swiglu_##N(const T* x, int n, int k, const T* wg, \
                                          const T* wu, T* y, int m, int G) { \
         gemvg_swiglu<T>(x, n, k, wg, wu, y, m, G); \
     }

@@ -19,8 +19,8 @@ const WARPS: u32 = 4;
 
 /// Kernel names of one format: [matvec, dequant f32, dequant bf16, gather f32, matvec bf16,
 /// integer matvec (up to three weights), integer gate/up + SwiGLU, and the last two in their
-/// chunked form (row groups)].
-fn names(f: GgmlType) -> Result<[&'static str; 9]> {
+/// chunked form (row groups), for up to 8 input rows and for one].
+fn names(f: GgmlType) -> Result<[&'static str; 11]> {
     macro_rules! n {
         ($f:ident) => {
             [
@@ -33,6 +33,8 @@ fn names(f: GgmlType) -> Result<[&'static str; 9]> {
                 concat!("mmvq_swiglu_bf16_", stringify!($f)),
                 concat!("mmvqg3_bf16_", stringify!($f)),
                 concat!("mmvqg_swiglu_bf16_", stringify!($f)),
+                concat!("mmvqg3_n1_bf16_", stringify!($f)),
+                concat!("mmvqg_swiglu_n1_bf16_", stringify!($f)),
             ]
         };
     }
@@ -101,8 +103,12 @@ fn mmvq3(q: &(DeviceBuf, DeviceBuf), ws: &[&DeviceQuant], n: usize, k: usize) ->
     }
     let (n32, k32) = (n as i32, k as i32);
     let rows: usize = ws.iter().map(|w| w.rows).sum();
-    let g = if crate::ops::matmul::cuda::mv_old() { None } else { Some(crate::ops::matmul::cuda::row_lanes(k / 32, 2)) };
-    let func = names(first.format)?[if g.is_some() { 7 } else { 5 }];
+    let g = mmvq_lanes(k);
+    let func = names(first.format)?[match (g, n) {
+        (None, _) => 5,
+        (Some(_), 1) => 9,
+        (Some(_), _) => 7,
+    }];
     let f = gpu.function("qmatmul", SRC, func)?;
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(&q.0.data).arg(&q.1.data).arg(&n32).arg(&k32);
@@ -116,6 +122,13 @@ fn mmvq3(q: &(DeviceBuf, DeviceBuf), ws: &[&DeviceQuant], n: usize, k: usize) ->
     let cfg = mv_config(rows, g);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(ys)
+}
+
+/// Lanes a row of the chunked integer matvecs for rows of k values (MMVQ_LOADS chunks a lane),
+/// or None for the first form (`SMELT_CUDA_MV=old`). The same for one weight and for a gate/up
+/// pair, so that a row's sums run in one order in both.
+fn mmvq_lanes(k: usize) -> Option<usize> {
+    (!crate::ops::matmul::cuda::mv_old()).then(|| crate::ops::matmul::cuda::row_lanes(k / 32, 8))
 }
 
 /// The launch of an integer matvec over `rows` output rows: the chunked form's blocks of
@@ -183,9 +196,12 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     let gpu = q.0.gpu.clone();
     let m = wg.rows;
     let y = DeviceBuf::alloc(&gpu, DType::BF16, n * m)?;
-    // One chunk of each row a lane at a time (mmvq_rows_g's loads: two rows).
-    let g = if crate::ops::matmul::cuda::mv_old() { None } else { Some(crate::ops::matmul::cuda::row_lanes(k / 32, 1)) };
-    let func = names(wg.format)?[if g.is_some() { 8 } else { 6 }];
+    let g = mmvq_lanes(k);
+    let func = names(wg.format)?[match (g, n) {
+        (None, _) => 6,
+        (Some(_), 1) => 10,
+        (Some(_), _) => 8,
+    }];
     let f = gpu.function("qmatmul", SRC, func)?;
     let (n32, k32, m32, rb) = (n as i32, k as i32, m as i32, wg.row_bytes as i64);
     let mut l = gpu.stream.launch_builder(&f);

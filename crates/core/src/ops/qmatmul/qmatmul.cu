@@ -338,7 +338,8 @@ struct Q6_K {
         e0 = 8 * u, e1 = 8 * u + 4;
     }
     struct Raw {
-        uint4 ql, qh, sc;
+        uint4 ql, qh;
+        uint2 sc; // scales[8n..8n+8]: the chunk's two (8n + 2t' + s and 4 later)
         unsigned short d;
     };
     __device__ static void load(const u8* row, int nb, int c, Raw& r) {
@@ -346,7 +347,7 @@ struct Q6_K {
         const u8* b = row + (long long)blk * BODY;
         r.ql = ld_stream(b + 16 * p);
         r.qh = ld_stream(b + 128 + 32 * (p >> 2) + 16 * (p & 1));
-        r.sc = ld_stream(b + 192);
+        r.sc = __ldg((const uint2*)(b + 192 + 8 * (p >> 2)));
         r.d = u16_ld(row + BODY * nb + 2 * blk);
     }
     __device__ static void half(const Raw& r, int c, int h, int (&w)[4], int& e, float& d, float& m) {
@@ -355,7 +356,8 @@ struct Q6_K {
         for (int k = 0; k < 4; k++)
             w[k] = (int)__vsub4(((word(r.ql, k) >> (4 * h)) & 0x0F0F0F0Fu) | (((word(r.qh, k) >> (2 * t)) & 0x03030303u) << 4),
                                 0x20202020u);
-        d = h2f(r.d) * (float)(signed char)byte_of(r.sc, 8 * n + 2 * t + s);
+        int i = 2 * t + s; // scales[8n + i]
+        d = h2f(r.d) * (float)(signed char)(((i < 4 ? r.sc.x : r.sc.y) >> (8 * (i & 3))) & 0xFFu);
         m = 0.f;
         e = 256 * (c >> 3) + 128 * n + 32 * t + 16 * s;
     }
@@ -508,9 +510,11 @@ __device__ __forceinline__ void mmvq_swiglu(const signed char* xq, const float* 
 // the first product, and for each half (16 elements) adds xd_j · (d·Σ q·xq_j + m·Σ xq_j), the Σ
 // by four dp4a each. The order of the sums depends on the row's length only, so a row gives the
 // same bits alone or beside others, whatever n is.
-// Chunks a lane loads before its first product: two of one row, or one of each of two rows.
-#define MMVQ_LOADS 2
-template <class F>
+// Chunks a lane loads before its first product: eight of one row, or four of each of two rows
+// (the launcher gives a row about that many chunks a lane). Bytes in flight are what a
+// matvec's speed is made of: two chunks a lane read a quarter of the bandwidth.
+#define MMVQ_LOADS 8
+template <class F, int NM>
 __device__ __forceinline__ void chunk_dot(const typename F::Raw& raw, int c, const signed char* xq, const float* xd,
                                           int cols, int n, float* acc) {
 #pragma unroll
@@ -519,29 +523,30 @@ __device__ __forceinline__ void chunk_dot(const typename F::Raw& raw, int c, con
         float d, m;
         F::half(raw, c, h, w, e, d, m);
 #pragma unroll
-        for (int j = 0; j < QMV_MAX_N; j++) {
+        for (int j = 0; j < NM; j++) {
             if (j < n) {
                 long long at = (long long)j * cols + e;
                 uint4 xv = *(const uint4*)(xq + at);
                 float dx = xd[at >> 5];
                 int s = __dp4a(w[3], (int)xv.w, __dp4a(w[2], (int)xv.z, __dp4a(w[1], (int)xv.y, __dp4a(w[0], (int)xv.x, 0))));
+                // Explicit fmaf: the same rounding in every instantiation (NM = 1 or 8).
                 float a = d * (float)s;
                 if (F::HAS_MIN) {
                     int sx = __dp4a(0x01010101, (int)xv.w,
                                     __dp4a(0x01010101, (int)xv.z, __dp4a(0x01010101, (int)xv.y, __dp4a(0x01010101, (int)xv.x, 0))));
-                    a += m * (float)sx;
+                    a = fmaf(m, (float)sx, a);
                 }
-                acc[j] += dx * a;
+                acc[j] = fmaf(dx, a, acc[j]);
             }
         }
     }
 }
 
-template <class F, int R>
+template <class F, int R, int NM>
 __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const signed char* xq, const float* xd, int cols,
-                                            int n, int lane, int G, bool active, float (&acc)[R * QMV_MAX_N]) {
+                                            int n, int lane, int G, bool active, float (&acc)[R * NM]) {
 #pragma unroll
-    for (int i = 0; i < R * QMV_MAX_N; i++) acc[i] = 0.f;
+    for (int i = 0; i < R * NM; i++) acc[i] = 0.f;
     if (active) {
         int nb = cols / F::QK, chunks = cols / 32;
         constexpr int U = MMVQ_LOADS / R;
@@ -559,17 +564,17 @@ __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const sign
                 int c = c0 + G * u;
                 if (c < chunks)
 #pragma unroll
-                    for (int r = 0; r < R; r++) chunk_dot<F>(raw[r][u], c, xq, xd, cols, n, acc + r * QMV_MAX_N);
+                    for (int r = 0; r < R; r++) chunk_dot<F, NM>(raw[r][u], c, xq, xd, cols, n, acc + r * NM);
             }
         }
     }
-    group_sum<R * QMV_MAX_N>(acc, G);
+    group_sum<R * NM>(acc, G);
 }
 
 // Block MV_THREADS, grid ceil((m0 + m1 + m2) / (MV_THREADS / G)): one output row a row group, of
-// one of up to three weights of format F that share the input (q, k, v), for all n ≤ QMV_MAX_N
+// one of up to three weights of format F that share the input (q, k, v), for all n ≤ NM
 // input rows, rounded once to T. Unused slots have m = 0.
-template <class F, typename T>
+template <class F, typename T, int NM>
 __device__ __forceinline__ void mmvqg3(const signed char* xq, const float* xd, int n, int cols, const u8* w0, T* y0,
                                        int m0, long long rb0, const u8* w1, T* y1, int m1, long long rb1, const u8* w2,
                                        T* y2, int m2, long long rb2, int G) {
@@ -588,32 +593,32 @@ __device__ __forceinline__ void mmvqg3(const signed char* xq, const float* xd, i
     } else {
         active = false, r = 0; // still sums with its block (the barrier in group_sum)
     }
-    float acc[QMV_MAX_N];
+    float acc[NM];
     const u8* const rows[1] = {w + (long long)r * rb};
-    mmvq_rows_g<F, 1>(rows, xq, xd, cols, n, lane, G, active, acc);
+    mmvq_rows_g<F, 1, NM>(rows, xq, xd, cols, n, lane, G, active, acc);
     if (active && lane == 0) {
 #pragma unroll
-        for (int i = 0; i < QMV_MAX_N; i++)
+        for (int i = 0; i < NM; i++)
             if (i < n) y[(long long)i * m + r] = from_f<T>(acc[i]);
     }
 }
 
 // y (n × m) = silu(x·W_gᵀ)·(x·W_uᵀ), both of format F, each product rounded to T first.
-template <class F, typename T>
+template <class F, typename T, int NM>
 __device__ __forceinline__ void mmvqg_swiglu(const signed char* xq, const float* xd, int n, int cols, const u8* wg,
                                              const u8* wu, T* y, int m, long long rb, int G) {
     int lane = threadIdx.x & (G - 1);
     int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
     bool active = r < m;
     if (!active) r = 0;
-    float acc[2 * QMV_MAX_N];
+    float acc[2 * NM];
     const u8* const rows[2] = {wg + (long long)r * rb, wu + (long long)r * rb};
-    mmvq_rows_g<F, 2>(rows, xq, xd, cols, n, lane, G, active, acc);
+    mmvq_rows_g<F, 2, NM>(rows, xq, xd, cols, n, lane, G, active, acc);
     if (active && lane == 0) {
 #pragma unroll
-        for (int i = 0; i < QMV_MAX_N; i++) {
+        for (int i = 0; i < NM; i++) {
             if (i < n) {
-                float gi = to_f(from_f<T>(acc[i])), ui = to_f(from_f<T>(acc[QMV_MAX_N + i]));
+                float gi = to_f(from_f<T>(acc[i])), ui = to_f(from_f<T>(acc[NM + i]));
                 y[(long long)i * m + r] = from_f<T>(gi * (1.f / (1.f + expf(-gi))) * ui);
             }
         }
@@ -654,6 +659,21 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
     }
 }
 
+// The chunked integer matvecs of format F for up to NM input rows (8, and 1: batch-1 decode,
+// which then holds one row's sums in registers instead of eight).
+#define MMVQG_KERNELS(F, P, NM)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
+        mmvqg3_##P##bf16_##F(const signed char* xq, const float* xd, int n, int cols, const u8* w0, bf16_t* y0,     \
+                             int m0, long long rb0, const u8* w1, bf16_t* y1, int m1, long long rb1, const u8* w2,  \
+                             bf16_t* y2, int m2, long long rb2, int G) {                                            \
+        mmvqg3<F, bf16_t, NM>(xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G);             \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
+        mmvqg_swiglu_##P##bf16_##F(const signed char* xq, const float* xd, int n, int cols, const u8* wg,          \
+                                   const u8* wu, bf16_t* y, int m, long long rb, int G) {                          \
+        mmvqg_swiglu<F, bf16_t, NM>(xq, xd, n, cols, wg, wu, y, m, rb, G);                                        \
+    }
+
 #define QKERNELS(F)                                                                                              \
     extern "C" __global__ void qmatvec_##F(const u8* w, const float* x, float* y, int rows, int cols,            \
                                            long long row_bytes, int n) {                                         \
@@ -682,17 +702,8 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
                                                     long long rb) {                                              \
         mmvq_swiglu<F, bf16_t>(xq, xd, n, cols, wg, wu, y, m, rb);                                               \
     }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(MV_THREADS)                                                    \
-        mmvqg3_bf16_##F(const signed char* xq, const float* xd, int n, int cols, const u8* w0, bf16_t* y0, int m0,   \
-                        long long rb0, const u8* w1, bf16_t* y1, int m1, long long rb1, const u8* w2, bf16_t* y2,    \
-                        int m2, long long rb2, int G) {                                                              \
-        mmvqg3<F, bf16_t>(xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G);                 \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(MV_THREADS)                                                    \
-        mmvqg_swiglu_bf16_##F(const signed char* xq, const float* xd, int n, int cols, const u8* wg, const u8* wu,  \
-                              bf16_t* y, int m, long long rb, int G) {                                             \
-        mmvqg_swiglu<F, bf16_t>(xq, xd, n, cols, wg, wu, y, m, rb, G);                                            \
-    }                                                                                                            \
+    MMVQG_KERNELS(F, , QMV_MAX_N)                                                                                \
+    MMVQG_KERNELS(F, n1_, 1)                                                                                     \
     extern "C" __global__ void qgather_f32_##F(const u8* w, const unsigned int* ids, float* out, long long n,    \
                                                int cols, long long row_bytes, unsigned int vocab) {              \
         qdequant<F, float>(w, ids, out, n, cols, row_bytes, vocab);                                              \
