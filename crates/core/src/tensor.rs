@@ -10,7 +10,7 @@
 //! With the `cuda` feature a tensor may instead live on a GPU (`Storage::Cuda`); ops dispatch
 //! on `device()`. Host accessors (`as_f32`, `f32_mut`) refuse device tensors with an error
 //! that says so; `to_device` moves data either way. A quantised weight (`Storage::Quant`) goes
-//! to the GPU as its blocks, unchanged (`Storage::CudaQuant`), and does not come back.
+//! to the GPU as its blocks, each row's bytes arranged for 16-byte loads (`Storage::CudaQuant`), and does not come back.
 
 use crate::quant::QuantMatrix;
 use anyhow::{bail, Result};
@@ -87,7 +87,7 @@ pub enum Storage {
     #[cfg(feature = "cuda")]
     Cuda(crate::cuda::DeviceBuf),
     Quant(Arc<dyn QuantMatrix>),
-    /// A quantised matrix uploaded to a GPU (its blocks unchanged).
+    /// A quantised matrix uploaded to a GPU (its blocks, each row arranged for 16-byte loads).
     #[cfg(feature = "cuda")]
     CudaQuant(crate::quant::DeviceQuant),
 }
@@ -414,7 +414,7 @@ impl Tensor {
                 let host = self.to_device(Device::Cpu)?;
                 let gpu = crate::cuda::gpu(n)?;
                 if let Some(q) = host.as_quant() {
-                    // Blocks the kernels know go up unchanged; other types (F16, BF16 GGUF
+                    // Blocks the kernels know go up as blocks; other types (F16, BF16 GGUF
                     // matrices) as f32, like any other f32 weight.
                     if let Some(dq) = crate::quant::DeviceQuant::upload(q.as_ref(), &gpu)? {
                         return Tensor::new(Storage::CudaQuant(dq), &self.shape);
