@@ -62,10 +62,34 @@ fn mmvq_on() -> bool {
     *ON.get_or_init(|| std::env::var("SMELT_CUDA_MMVQ").map(|v| v != "0").unwrap_or(true))
 }
 
-/// x (n × k) quantised to 8 bits for the integer matvecs: `Some((xq, xd))` (n·k bytes; one f32
-/// scale per 32 values) when the integer path applies (mixed precision, bf16 x, n ≤
-/// MATVEC_MAX_N, k a multiple of 32), else None.
-fn quantize_q8(x: &Tensor, n: usize, k: usize) -> Result<Option<(DeviceBuf, DeviceBuf)>> {
+/// x (n × k, bf16) made ready for the integer matvecs: quantised to 8 bits by a launch (`q`:
+/// xq, n·k bytes, and xd, one f32 scale per 32 values), or, for one input row on the chunked
+/// kernels, left to them (`xf`: every block quantises it into its shared memory, the same bytes,
+/// while its first weight loads are in flight: no launch and no round trip before the product).
+struct Q8 {
+    gpu: std::sync::Arc<cuda::Gpu>,
+    xf: u64,
+    q: Option<(DeviceBuf, DeviceBuf)>,
+    /// Dynamic shared memory a chunked block takes (xf: k bytes + k/32 scales).
+    smem: u32,
+}
+
+impl Q8 {
+    /// (xf, xq, xd) as kernel arguments (0 for the absent ones).
+    fn ptrs(&self) -> (u64, u64, u64) {
+        match &self.q {
+            Some((xq, xd)) => (0, xq.ptr(), xd.ptr()),
+            None => (self.xf, 0, 0),
+        }
+    }
+}
+
+/// Largest k whose in-kernel quantisation fits the default 48 KiB of shared memory (k·9/8 bytes).
+const FUSED_MAX_K: usize = 40 * 1024;
+
+/// x ready for the integer path (mixed precision, bf16 x, n ≤ MATVEC_MAX_N, k a multiple of
+/// 32), else None.
+fn quantize_q8(x: &Tensor, n: usize, k: usize) -> Result<Option<Q8>> {
     let (_, ydt) = crate::ops::matmul::cuda::precision();
     if !mmvq_on()
         || x.dtype() != DType::BF16
@@ -77,25 +101,28 @@ fn quantize_q8(x: &Tensor, n: usize, k: usize) -> Result<Option<(DeviceBuf, Devi
         return Ok(None);
     }
     let xb = x.cuda_buf()?;
-    let gpu = &xb.gpu;
-    let xq = DeviceBuf::alloc(gpu, DType::I32, n * k / 4)?;
-    let xd = DeviceBuf::alloc(gpu, DType::F32, n * k / 32)?;
+    let gpu = xb.gpu.clone();
+    if n == 1 && k <= FUSED_MAX_K && mmvq_lanes(k).is_some() {
+        return Ok(Some(Q8 { gpu, xf: xb.ptr(), q: None, smem: (k + k / 32 * 4) as u32 }));
+    }
+    let xq = DeviceBuf::alloc(&gpu, DType::I32, n * k / 4)?;
+    let xd = DeviceBuf::alloc(&gpu, DType::F32, n * k / 32)?;
     let f = gpu.function("qmatmul", SRC, "quantize_q8_bf16")?;
     let blocks = (n * k / 32) as i64;
     let mut l = gpu.stream.launch_builder(&f);
     l.arg(&xb.data).arg(&xq.data).arg(&xd.data).arg(&blocks);
     cuda::launched(unsafe { l.launch(cuda::grid_for(n * k, 256)) }, "quantize_q8_bf16")?;
-    Ok(Some((xq, xd)))
+    Ok(Some(Q8 { gpu, xf: 0, q: Some((xq, xd)), smem: 0 }))
 }
 
 /// [x·w_jᵀ] (bf16) for up to three weights of one format, from x quantised by `quantize_q8`,
 /// in one launch.
-fn mmvq3(q: &(DeviceBuf, DeviceBuf), ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBuf>> {
+fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBuf>> {
     let Some(first) = ws.first() else { bail!("mmvq3: no weight") };
     if ws.len() > 3 || ws.iter().any(|w| w.format != first.format || w.cols != k) {
         bail!("mmvq3: one to three weights of one format with {k} columns");
     }
-    let gpu = q.0.gpu.clone();
+    let gpu = q.gpu.clone();
     let ys = ws.iter().map(|w| DeviceBuf::alloc(&gpu, DType::BF16, n * w.rows)).collect::<Result<Vec<_>>>()?;
     let mut slots = [(0u64, 0u64, 0i32, 0i64); 3];
     for (j, w) in ws.iter().enumerate() {
@@ -111,7 +138,11 @@ fn mmvq3(q: &(DeviceBuf, DeviceBuf), ws: &[&DeviceQuant], n: usize, k: usize) ->
     }];
     let f = gpu.function("qmatmul", SRC, func)?;
     let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&q.0.data).arg(&q.1.data).arg(&n32).arg(&k32);
+    let (xf, xq, xd) = q.ptrs();
+    if g.is_some() {
+        l.arg(&xf);
+    }
+    l.arg(&xq).arg(&xd).arg(&n32).arg(&k32);
     for s in &slots {
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
     }
@@ -119,7 +150,7 @@ fn mmvq3(q: &(DeviceBuf, DeviceBuf), ws: &[&DeviceQuant], n: usize, k: usize) ->
     if g.is_some() {
         l.arg(&g32);
     }
-    let cfg = mv_config(rows, g);
+    let cfg = mv_config(rows, g, q.smem);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(ys)
 }
@@ -133,12 +164,12 @@ fn mmvq_lanes(k: usize) -> Option<usize> {
 
 /// The launch of an integer matvec over `rows` output rows: the chunked form's blocks of
 /// MV_THREADS lanes, `g` a row (Some), or the first form's MMVQ_WARPS warps (None).
-fn mv_config(rows: usize, g: Option<usize>) -> LaunchConfig {
+fn mv_config(rows: usize, g: Option<usize>, smem: u32) -> LaunchConfig {
     match g {
         Some(g) => LaunchConfig {
             grid_dim: ((rows as u32).div_ceil(crate::ops::matmul::cuda::MV_THREADS / g as u32).max(1), 1, 1),
             block_dim: (crate::ops::matmul::cuda::MV_THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: smem,
         },
         None => LaunchConfig {
             grid_dim: ((rows as u32).div_ceil(MMVQ_WARPS).max(1), 1, 1),
@@ -187,13 +218,13 @@ pub fn linear_many(
 }
 
 /// silu(x·w_gᵀ)·(x·w_uᵀ) by quantised gate and up weights of one format, in the integer path
-/// (two launches: x's quantisation and the product). None where it does not apply.
+/// (one launch; two when x is quantised by a launch of its own). None where it does not apply.
 pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k: usize) -> Result<Option<Tensor>> {
     if wg.format != wu.format || wg.rows != wu.rows || wg.cols != k || wu.cols != k {
         return Ok(None);
     }
     let Some(q) = quantize_q8(x, n, k)? else { return Ok(None) };
-    let gpu = q.0.gpu.clone();
+    let gpu = q.gpu.clone();
     let m = wg.rows;
     let y = DeviceBuf::alloc(&gpu, DType::BF16, n * m)?;
     let g = mmvq_lanes(k);
@@ -205,8 +236,12 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     let f = gpu.function("qmatmul", SRC, func)?;
     let (n32, k32, m32, rb) = (n as i32, k as i32, m as i32, wg.row_bytes as i64);
     let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&q.0.data)
-        .arg(&q.1.data)
+    let (xf, xq, xd) = q.ptrs();
+    if g.is_some() {
+        l.arg(&xf);
+    }
+    l.arg(&xq)
+        .arg(&xd)
         .arg(&n32)
         .arg(&k32)
         .arg(&wg.blocks.data)
@@ -218,7 +253,7 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     if g.is_some() {
         l.arg(&g32);
     }
-    let cfg = mv_config(m, g);
+    let cfg = mv_config(m, g, q.smem);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(Some(shaped(x, y, m)?))
 }

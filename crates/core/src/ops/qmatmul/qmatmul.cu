@@ -542,29 +542,67 @@ __device__ __forceinline__ void chunk_dot(const typename F::Raw& raw, int c, con
     }
 }
 
+// x (one row of `cols` bf16 values) quantised as quantize_q8 does it (the same operations, so
+// the same bytes), by this block into shared memory: sq (cols bytes), then sd (cols / 32 scales).
+__device__ __forceinline__ void quantize_q8_shared(const bf16_t* x, int cols, signed char* sq, float* sd) {
+    int lane = threadIdx.x & 31;
+    for (int blk = threadIdx.x >> 5; blk < cols / 32; blk += MV_THREADS / 32) {
+        float v = to_f(x[blk * 32 + lane]);
+        float amax = warp_max(fabsf(v));
+        float d = amax / 127.f;
+        sq[blk * 32 + lane] = (signed char)(amax == 0.f ? 0 : __float2int_rn(v / d));
+        if (lane == 0) sd[blk] = d;
+    }
+}
+
+// xf non-null (one input row, NM = 1): x is quantised here, by every block into its shared
+// memory while its first weight loads are in flight, instead of by a quantize_q8 launch before
+// (dynamic shared memory: cols · 9/8 bytes). Every thread of the block calls this (barriers).
 template <class F, int R, int NM>
-__device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const signed char* xq, const float* xd, int cols,
-                                            int n, int lane, int G, bool active, float (&acc)[R * NM]) {
+__device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16_t* xf, const signed char* xq,
+                                            const float* xd, int cols, int n, int lane, int G, bool active,
+                                            float (&acc)[R * NM]) {
 #pragma unroll
     for (int i = 0; i < R * NM; i++) acc[i] = 0.f;
-    if (active) {
-        int nb = cols / F::QK, chunks = cols / 32;
-        constexpr int U = MMVQ_LOADS / R;
-        for (int c0 = lane; c0 < chunks; c0 += G * U) {
-            typename F::Raw raw[R][U];
+    int nb = cols / F::QK, chunks = cols / 32;
+    constexpr int U = MMVQ_LOADS / R;
+    typename F::Raw raw[R][U];
+    int c0 = lane;
+    bool go = active && c0 < chunks;
+    if (go) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int c = c0 + G * u;
+            if (c < chunks)
+#pragma unroll
+                for (int r = 0; r < R; r++) F::load(wr[r], nb, c, raw[r][u]);
+        }
+    }
+    if (xf) {
+        extern __shared__ __align__(16) unsigned char mv_shared[];
+        signed char* sq = (signed char*)mv_shared;
+        float* sd = (float*)(mv_shared + cols);
+        quantize_q8_shared(xf, cols, sq, sd);
+        __syncthreads();
+        xq = sq, xd = sd;
+    }
+    while (go) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int c = c0 + G * u;
+            if (c < chunks)
+#pragma unroll
+                for (int r = 0; r < R; r++) chunk_dot<F, NM>(raw[r][u], c, xq, xd, cols, n, acc + r * NM);
+        }
+        c0 += G * U;
+        go = c0 < chunks;
+        if (go) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 int c = c0 + G * u;
                 if (c < chunks)
 #pragma unroll
                     for (int r = 0; r < R; r++) F::load(wr[r], nb, c, raw[r][u]);
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                int c = c0 + G * u;
-                if (c < chunks)
-#pragma unroll
-                    for (int r = 0; r < R; r++) chunk_dot<F, NM>(raw[r][u], c, xq, xd, cols, n, acc + r * NM);
             }
         }
     }
@@ -575,7 +613,8 @@ __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const sign
 // one of up to three weights of format F that share the input (q, k, v), for all n ≤ NM
 // input rows, rounded once to T. Unused slots have m = 0.
 template <class F, typename T, int NM>
-__device__ __forceinline__ void mmvqg3(const signed char* xq, const float* xd, int n, int cols, const u8* w0, T* y0,
+__device__ __forceinline__ void mmvqg3(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
+                                       const u8* w0, T* y0,
                                        int m0, long long rb0, const u8* w1, T* y1, int m1, long long rb1, const u8* w2,
                                        T* y2, int m2, long long rb2, int G) {
     int lane = threadIdx.x & (G - 1);
@@ -595,7 +634,7 @@ __device__ __forceinline__ void mmvqg3(const signed char* xq, const float* xd, i
     }
     float acc[NM];
     const u8* const rows[1] = {w + (long long)r * rb};
-    mmvq_rows_g<F, 1, NM>(rows, xq, xd, cols, n, lane, G, active, acc);
+    mmvq_rows_g<F, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc);
     if (active && lane == 0) {
 #pragma unroll
         for (int i = 0; i < NM; i++)
@@ -605,7 +644,8 @@ __device__ __forceinline__ void mmvqg3(const signed char* xq, const float* xd, i
 
 // y (n × m) = silu(x·W_gᵀ)·(x·W_uᵀ), both of format F, each product rounded to T first.
 template <class F, typename T, int NM>
-__device__ __forceinline__ void mmvqg_swiglu(const signed char* xq, const float* xd, int n, int cols, const u8* wg,
+__device__ __forceinline__ void mmvqg_swiglu(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
+                                             const u8* wg,
                                              const u8* wu, T* y, int m, long long rb, int G) {
     int lane = threadIdx.x & (G - 1);
     int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
@@ -613,7 +653,7 @@ __device__ __forceinline__ void mmvqg_swiglu(const signed char* xq, const float*
     if (!active) r = 0;
     float acc[2 * NM];
     const u8* const rows[2] = {wg + (long long)r * rb, wu + (long long)r * rb};
-    mmvq_rows_g<F, 2, NM>(rows, xq, xd, cols, n, lane, G, active, acc);
+    mmvq_rows_g<F, 2, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc);
     if (active && lane == 0) {
 #pragma unroll
         for (int i = 0; i < NM; i++) {
@@ -663,15 +703,17 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
 // which then holds one row's sums in registers instead of eight).
 #define MMVQG_KERNELS(F, P, NM)                                                                                  \
     extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
-        mmvqg3_##P##bf16_##F(const signed char* xq, const float* xd, int n, int cols, const u8* w0, bf16_t* y0,     \
+        mmvqg3_##P##bf16_##F(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,           \
+                             const u8* w0, bf16_t* y0,                                                              \
                              int m0, long long rb0, const u8* w1, bf16_t* y1, int m1, long long rb1, const u8* w2,  \
                              bf16_t* y2, int m2, long long rb2, int G) {                                            \
-        mmvqg3<F, bf16_t, NM>(xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G);             \
+        mmvqg3<F, bf16_t, NM>(xf, xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G);         \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
-        mmvqg_swiglu_##P##bf16_##F(const signed char* xq, const float* xd, int n, int cols, const u8* wg,          \
+        mmvqg_swiglu_##P##bf16_##F(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,     \
+                                   const u8* wg,                                                                   \
                                    const u8* wu, bf16_t* y, int m, long long rb, int G) {                          \
-        mmvqg_swiglu<F, bf16_t, NM>(xq, xd, n, cols, wg, wu, y, m, rb, G);                                        \
+        mmvqg_swiglu<F, bf16_t, NM>(xf, xq, xd, n, cols, wg, wu, y, m, rb, G);                                    \
     }
 
 #define QKERNELS(F)                                                                                              \
