@@ -84,6 +84,13 @@ impl Q8 {
     }
 }
 
+/// Whether one input row is quantised inside the chunked kernels (`Q8::xf`): on unless
+/// `SMELT_CUDA_MV_FUSE=0` (a quantize_q8 launch first, for comparison in benchmarks).
+fn fused_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SMELT_CUDA_MV_FUSE").map(|v| v != "0").unwrap_or(true))
+}
+
 /// Largest k whose in-kernel quantisation fits the default 48 KiB of shared memory (k·9/8 bytes).
 const FUSED_MAX_K: usize = 40 * 1024;
 
@@ -102,7 +109,7 @@ fn quantize_q8(x: &Tensor, n: usize, k: usize) -> Result<Option<Q8>> {
     }
     let xb = x.cuda_buf()?;
     let gpu = xb.gpu.clone();
-    if n == 1 && k <= FUSED_MAX_K && mmvq_lanes(k).is_some() {
+    if n == 1 && k <= FUSED_MAX_K && mmvq_lanes(k).is_some() && fused_on() {
         return Ok(Some(Q8 { gpu, xf: xb.ptr(), q: None, smem: (k + k / 32 * 4) as u32 }));
     }
     let xq = DeviceBuf::alloc(&gpu, DType::I32, n * k / 4)?;
