@@ -46,11 +46,12 @@ pub(crate) fn row_lanes(units: usize, per_lane: usize) -> usize {
 
 /// The row-group GEMV's lanes a row for x (n × k) of dtype `dt` (MV_LOADS vectors a lane; the
 /// same for one weight and a gate/up pair, so a row's sums run in one order in both), or None
-/// where it cannot run (k not a whole number of 16-byte vectors, a pointer not 16-byte aligned)
-/// or is turned off.
+/// for a warp a row: rows shorter than 512 vectors (4096 bf16 values), where a warp a row
+/// measured as fast at 1B and faster at 135M (more blocks, more SMs; docs/PERF.md), rows that
+/// are not whole 16-byte vectors or not 16-byte aligned, and `SMELT_CUDA_MV=old`.
 fn gemv_lanes(dt: DType, k: usize, ptrs: &[u64]) -> Option<usize> {
     let per_vec = 16 / dt.size_in_bytes();
-    if mv_old() || !k.is_multiple_of(per_vec) || ptrs.iter().any(|p| p % 16 != 0) {
+    if mv_old() || !k.is_multiple_of(per_vec) || k / per_vec < 512 || ptrs.iter().any(|p| p % 16 != 0) {
         return None;
     }
     Some(row_lanes(k / per_vec, 8))

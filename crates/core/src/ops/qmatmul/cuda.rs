@@ -162,11 +162,15 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
     Ok(ys)
 }
 
-/// Lanes a row of the chunked integer matvecs for rows of k values (MMVQ_LOADS chunks a lane),
-/// or None for the first form (`SMELT_CUDA_MV=old`). The same for one weight and for a gate/up
-/// pair, so that a row's sums run in one order in both.
+/// Lanes a row of the chunked integer matvecs for rows of k values, or None for the first form
+/// (`SMELT_CUDA_MV=old`): eight chunks a lane (MMVQ_LOADS) for rows of 2048 values and more,
+/// four below, where rows are short and a product has few (a 135M model's: more lanes, more
+/// SMs at work; measured in docs/PERF.md). The same for one weight and for a gate/up pair, so
+/// that a row's sums run in one order in both.
 fn mmvq_lanes(k: usize) -> Option<usize> {
-    (!crate::ops::matmul::cuda::mv_old()).then(|| crate::ops::matmul::cuda::row_lanes(k / 32, 8))
+    let chunks = k / 32;
+    let per_lane = if chunks >= 64 { 8 } else { 4 };
+    (!crate::ops::matmul::cuda::mv_old()).then(|| crate::ops::matmul::cuda::row_lanes(chunks, per_lane))
 }
 
 /// The launch of an integer matvec over `rows` output rows: the chunked form's blocks of

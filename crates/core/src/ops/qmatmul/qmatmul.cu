@@ -544,14 +544,48 @@ __device__ __forceinline__ void chunk_dot(const typename F::Raw& raw, int c, con
 
 // x (one row of `cols` bf16 values) quantised as quantize_q8 does it (the same operations, so
 // the same bytes), by this block into shared memory: sq (cols bytes), then sd (cols / 32 scales).
+// A thread takes 8 values (one 16-byte load; x is 16-byte aligned, cols a multiple of 32), four
+// neighbouring lanes a block of 32; every load of the thread is issued before the first max
+// (one round trip, not one per block: a warp a block at a time cost a round trip each).
+#define QX_LOADS 4
 __device__ __forceinline__ void quantize_q8_shared(const bf16_t* x, int cols, signed char* sq, float* sd) {
-    int lane = threadIdx.x & 31;
-    for (int blk = threadIdx.x >> 5; blk < cols / 32; blk += MV_THREADS / 32) {
-        float v = to_f(x[blk * 32 + lane]);
-        float amax = warp_max(fabsf(v));
-        float d = amax / 127.f;
-        sq[blk * 32 + lane] = (signed char)(amax == 0.f ? 0 : __float2int_rn(v / d));
-        if (lane == 0) sd[blk] = d;
+    int groups = cols / 8;
+    for (int g0 = threadIdx.x; g0 - (int)threadIdx.x < groups; g0 += MV_THREADS * QX_LOADS) {
+        uint4 raw[QX_LOADS];
+#pragma unroll
+        for (int u = 0; u < QX_LOADS; u++) {
+            int g = g0 + MV_THREADS * u;
+            raw[u] = g < groups ? *(const uint4*)(x + 8 * g) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < QX_LOADS; u++) {
+            int g = g0 + MV_THREADS * u;
+            // The whole warp takes part in the shuffles (groups is a multiple of 4, so a block's
+            // four lanes are in or out together).
+            if (g - (int)(threadIdx.x & 31) >= groups) break;
+            V16<bf16_t> v;
+            v.u = raw[u];
+            float f[8], amax = 0.f;
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                f[e] = bf2f(v.e[e]);
+                amax = fmaxf(amax, fabsf(f[e]));
+            }
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+            if (g < groups) {
+                float d = amax / 127.f;
+                unsigned int lo = 0, hi = 0;
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    unsigned int q = (unsigned int)(amax == 0.f ? 0 : __float2int_rn(f[e] / d)) & 0xFFu;
+                    if (e < 4) lo |= q << (8 * e);
+                    else hi |= q << (8 * (e - 4));
+                }
+                *(uint2*)(sq + 8 * g) = make_uint2(lo, hi);
+                if ((g & 3) == 0) sd[g >> 2] = d;
+            }
+        }
     }
 }
 
