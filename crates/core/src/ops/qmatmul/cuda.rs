@@ -251,15 +251,7 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     if g.is_some() {
         l.arg(&xf);
     }
-    l.arg(&xq)
-        .arg(&xd)
-        .arg(&n32)
-        .arg(&k32)
-        .arg(&wg.blocks.data)
-        .arg(&wu.blocks.data)
-        .arg(&y.data)
-        .arg(&m32)
-        .arg(&rb);
+    l.arg(&xq).arg(&xd).arg(&n32).arg(&k32).arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb);
     let g32 = g.unwrap_or(32) as i32;
     if g.is_some() {
         l.arg(&g32);
