@@ -153,8 +153,6 @@ fn kernels_compile() {
                         "qdequant_bf16_",
                         "qgather_f32_",
                         "qmatvec_bf16_",
-                        "mmvq3_bf16_",
-                        "mmvq_swiglu_bf16_",
                         "mmvqg3_bf16_",
                         "mmvqg_swiglu_bf16_",
                         "mmvqg3_n1_bf16_",

@@ -25,8 +25,8 @@ const GEMV_ROWS: usize = 8;
 /// Threads a block of the row-group matvecs (MV_THREADS in common.cuh).
 pub(crate) const MV_THREADS: u32 = 256;
 
-/// `SMELT_CUDA_MV=old`: the matvecs' first form, one warp a row (gemv3/gemv_swiglu,
-/// mmvq3/mmvq_swiglu), instead of the row groups (for comparison in benchmarks).
+/// `SMELT_CUDA_MV=old`: the GEMV's first form, one warp a row (gemv3/gemv_swiglu), for every row
+/// length, instead of the row groups where they run (for comparison in benchmarks).
 pub(crate) fn mv_old() -> bool {
     static OLD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OLD.get_or_init(|| std::env::var("SMELT_CUDA_MV").is_ok_and(|v| v == "old"))

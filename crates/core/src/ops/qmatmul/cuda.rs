@@ -18,9 +18,9 @@ pub const MATVEC_MAX_N: usize = 8;
 const WARPS: u32 = 4;
 
 /// Kernel names of one format: [matvec, dequant f32, dequant bf16, gather f32, matvec bf16,
-/// integer matvec (up to three weights), integer gate/up + SwiGLU, and the last two in their
-/// chunked form (row groups), for up to 8 input rows and for one].
-fn names(f: GgmlType) -> Result<[&'static str; 11]> {
+/// integer matvec (up to three weights), integer gate/up + SwiGLU, the last two for one input
+/// row].
+fn names(f: GgmlType) -> Result<[&'static str; 9]> {
     macro_rules! n {
         ($f:ident) => {
             [
@@ -29,8 +29,6 @@ fn names(f: GgmlType) -> Result<[&'static str; 11]> {
                 concat!("qdequant_bf16_", stringify!($f)),
                 concat!("qgather_f32_", stringify!($f)),
                 concat!("qmatvec_bf16_", stringify!($f)),
-                concat!("mmvq3_bf16_", stringify!($f)),
-                concat!("mmvq_swiglu_bf16_", stringify!($f)),
                 concat!("mmvqg3_bf16_", stringify!($f)),
                 concat!("mmvqg_swiglu_bf16_", stringify!($f)),
                 concat!("mmvqg3_n1_bf16_", stringify!($f)),
@@ -50,9 +48,6 @@ fn names(f: GgmlType) -> Result<[&'static str; 11]> {
         }
     })
 }
-
-/// Warps (output rows) per integer-matvec block; must match MMVQ_WARPS in qmatmul.cu.
-const MMVQ_WARPS: u32 = 4;
 
 /// Whether mixed-precision decode multiplies quantised weights in integer arithmetic (x quantised
 /// to 8 bits once, dp4a; the `mmvq*` kernels): on unless `SMELT_CUDA_MMVQ=0`, which keeps the
@@ -109,7 +104,7 @@ fn quantize_q8(x: &Tensor, n: usize, k: usize) -> Result<Option<Q8>> {
     }
     let xb = x.cuda_buf()?;
     let gpu = xb.gpu.clone();
-    if n == 1 && k <= FUSED_MAX_K && mmvq_lanes(k).is_some() && fused_on() {
+    if n == 1 && k <= FUSED_MAX_K && fused_on() {
         return Ok(Some(Q8 { gpu, xf: xb.ptr(), q: None, smem: (k + k / 32 * 4) as u32 }));
     }
     let xq = DeviceBuf::alloc(&gpu, DType::I32, n * k / 4)?;
@@ -138,55 +133,37 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
     let (n32, k32) = (n as i32, k as i32);
     let rows: usize = ws.iter().map(|w| w.rows).sum();
     let g = mmvq_lanes(k);
-    let func = names(first.format)?[match (g, n) {
-        (None, _) => 5,
-        (Some(_), 1) => 9,
-        (Some(_), _) => 7,
-    }];
+    let func = names(first.format)?[if n == 1 { 7 } else { 5 }];
     let f = gpu.function("qmatmul", SRC, func)?;
     let mut l = gpu.stream.launch_builder(&f);
     let (xf, xq, xd) = q.ptrs();
-    if g.is_some() {
-        l.arg(&xf);
-    }
-    l.arg(&xq).arg(&xd).arg(&n32).arg(&k32);
+    l.arg(&xf).arg(&xq).arg(&xd).arg(&n32).arg(&k32);
     for s in &slots {
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
     }
-    let g32 = g.unwrap_or(32) as i32;
-    if g.is_some() {
-        l.arg(&g32);
-    }
+    let g32 = g as i32;
+    l.arg(&g32);
     let cfg = mv_config(rows, g, q.smem);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(ys)
 }
 
-/// Lanes a row of the chunked integer matvecs for rows of k values, or None for the first form
-/// (`SMELT_CUDA_MV=old`): eight chunks a lane (MMVQ_LOADS) for rows of 2048 values and more,
-/// four below, where rows are short and a product has few (a 135M model's: more lanes, more
-/// SMs at work; measured in docs/PERF.md). The same for one weight and for a gate/up pair, so
-/// that a row's sums run in one order in both.
-fn mmvq_lanes(k: usize) -> Option<usize> {
+/// Lanes a row of the integer matvecs for rows of k values: eight chunks a lane (MMVQ_LOADS)
+/// for rows of 2048 values and more, four below, where rows are short and a product has few (a
+/// 135M model's: more lanes, more SMs at work; measured in docs/PERF.md). The same for one
+/// weight and for a gate/up pair, so that a row's sums run in one order in both.
+fn mmvq_lanes(k: usize) -> usize {
     let chunks = k / 32;
-    let per_lane = if chunks >= 64 { 8 } else { 4 };
-    (!crate::ops::matmul::cuda::mv_old()).then(|| crate::ops::matmul::cuda::row_lanes(chunks, per_lane))
+    crate::ops::matmul::cuda::row_lanes(chunks, if chunks >= 64 { 8 } else { 4 })
 }
 
-/// The launch of an integer matvec over `rows` output rows: the chunked form's blocks of
-/// MV_THREADS lanes, `g` a row (Some), or the first form's MMVQ_WARPS warps (None).
-fn mv_config(rows: usize, g: Option<usize>, smem: u32) -> LaunchConfig {
-    match g {
-        Some(g) => LaunchConfig {
-            grid_dim: ((rows as u32).div_ceil(crate::ops::matmul::cuda::MV_THREADS / g as u32).max(1), 1, 1),
-            block_dim: (crate::ops::matmul::cuda::MV_THREADS, 1, 1),
-            shared_mem_bytes: smem,
-        },
-        None => LaunchConfig {
-            grid_dim: ((rows as u32).div_ceil(MMVQ_WARPS).max(1), 1, 1),
-            block_dim: (32, MMVQ_WARPS, 1),
-            shared_mem_bytes: 0,
-        },
+/// The launch of an integer matvec over `rows` output rows: blocks of MV_THREADS lanes, `g` a
+/// row, `smem` bytes of dynamic shared memory (x quantised in the block).
+fn mv_config(rows: usize, g: usize, smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((rows as u32).div_ceil(crate::ops::matmul::cuda::MV_THREADS / g as u32).max(1), 1, 1),
+        block_dim: (crate::ops::matmul::cuda::MV_THREADS, 1, 1),
+        shared_mem_bytes: smem,
     }
 }
 
@@ -239,23 +216,13 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     let m = wg.rows;
     let y = DeviceBuf::alloc(&gpu, DType::BF16, n * m)?;
     let g = mmvq_lanes(k);
-    let func = names(wg.format)?[match (g, n) {
-        (None, _) => 6,
-        (Some(_), 1) => 10,
-        (Some(_), _) => 8,
-    }];
+    let func = names(wg.format)?[if n == 1 { 8 } else { 6 }];
     let f = gpu.function("qmatmul", SRC, func)?;
-    let (n32, k32, m32, rb) = (n as i32, k as i32, m as i32, wg.row_bytes as i64);
+    let (n32, k32, m32, rb, g32) = (n as i32, k as i32, m as i32, wg.row_bytes as i64, g as i32);
     let mut l = gpu.stream.launch_builder(&f);
     let (xf, xq, xd) = q.ptrs();
-    if g.is_some() {
-        l.arg(&xf);
-    }
-    l.arg(&xq).arg(&xd).arg(&n32).arg(&k32).arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb);
-    let g32 = g.unwrap_or(32) as i32;
-    if g.is_some() {
-        l.arg(&g32);
-    }
+    l.arg(&xf).arg(&xq).arg(&xd).arg(&n32).arg(&k32);
+    l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb).arg(&g32);
     let cfg = mv_config(m, g, q.smem);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(Some(shaped(x, y, m)?))

@@ -23,19 +23,17 @@
 //                   scales applied per 16 elements. What smelt's CPU kernels (and llama.cpp's)
 //                   do, so decode in bf16 mode reads the same kind of numbers on both. G lanes
 //                   a row (common.cuh's row groups), each reading whole 32-element chunks with
-//                   16-byte loads. mmvq3_*/mmvq_swiglu_* are the first form (one warp a row,
-//                   8 values a lane a step), kept for comparison (`SMELT_CUDA_MV=old`).
+//                   16-byte loads (one warp a row with 8 values a lane a step read 0.2–0.6
+//                   TB/s; docs/PERF.md).
 //   qdequant_*      W → f32 or bf16 (the prefill path's scratch for cuBLASLt; to_vec_f32).
 //   qgather_f32_*   rows ids[r] of W → f32 (embedding from a quantised token table).
 //
 // Each format is a struct with QK (elements per block), BYTES (bytes per block),
 // deq8(row, nb, blk, g, v): elements 8g..8g+8 of block blk of the row, g < QK/8, in element
-// order; for the first integer form unit(row, nb, blk, u, …), u < QK/8: eight of the block's
-// values as two words of four signed 8-bit integers q (w0 holds elements e0..e0+3, w1
-// e1..e1+3, offsets in the block), with the scale d and offset m that make them x = d·q + m
-// (HAS_MIN says whether m can be non-zero); for the chunked form load(row, nb, c, Raw&) (the
-// loads of the row's 32-element chunk c) and half(Raw, c, h, w[4], e, d, m): its elements
-// e..e+15 of the row (h = 0, 1) as four words, scale and offset.
+// order; for the integer matvec load(row, nb, c, Raw&) (the loads of the row's 32-element
+// chunk c) and half(Raw, c, h, w[4], e, d, m): its elements e..e+15 of the row (h = 0, 1) as
+// four words of four signed 8-bit integers q (w[k] holds elements e + 4k..e + 4k + 3), with the
+// scale d and offset m that make them x = d·q + m (HAS_MIN says whether m can be non-zero).
 
 typedef unsigned char u8;
 
@@ -77,13 +75,6 @@ struct Q8_0 {
         for (int i = 0; i < 8; i++) v[i] = __fmul_rn((float)(signed char)q[i], d);
     }
     static constexpr bool HAS_MIN = false;
-    __device__ static void unit(const u8* row, int nb, int blk, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
-        d = d_of(row, nb, blk);
-        m = 0.f;
-        w0 = (int)u32_ld(row + 32 * blk + 8 * u);
-        w1 = (int)u32_ld(row + 32 * blk + 8 * u + 4);
-        e0 = 8 * u, e1 = 8 * u + 4;
-    }
     struct Raw {
         uint4 a, b;
         unsigned short d;
@@ -116,16 +107,7 @@ struct Q4_0 {
 #pragma unroll
         for (int i = 0; i < 8; i++) v[i] = __fmul_rn((float)((int)((q[i] >> sh) & 0xF) - 8), d);
     }
-    // Unit u: bytes qs[4u..4u+4], low nibbles elements 4u.., high nibbles 16 + 4u...
     static constexpr bool HAS_MIN = false;
-    __device__ static void unit(const u8* row, int nb, int blk, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
-        d = d_of(row, nb, blk);
-        m = 0.f;
-        unsigned int v = u32_ld(row + 16 * blk + 4 * u);
-        w0 = (int)__vsub4(v & 0x0F0F0F0Fu, 0x08080808u);
-        w1 = (int)__vsub4((v >> 4) & 0x0F0F0F0Fu, 0x08080808u);
-        e0 = 4 * u, e1 = 16 + 4 * u;
-    }
     struct Raw {
         uint4 q;
         unsigned short d;
@@ -156,15 +138,6 @@ struct Q4_1 {
         for (int i = 0; i < 8; i++) v[i] = __fadd_rn(__fmul_rn((float)((q[i] >> sh) & 0xF), d), m);
     }
     static constexpr bool HAS_MIN = true;
-    __device__ static void unit(const u8* row, int nb, int blk, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
-        unsigned int dm = u32_ld(row + 16 * nb + 4 * blk);
-        d = h2f((unsigned short)(dm & 0xFFFFu));
-        m = h2f((unsigned short)(dm >> 16));
-        unsigned int v = u32_ld(row + 16 * blk + 4 * u);
-        w0 = (int)(v & 0x0F0F0F0Fu);
-        w1 = (int)((v >> 4) & 0x0F0F0F0Fu);
-        e0 = 4 * u, e1 = 16 + 4 * u;
-    }
     struct Raw {
         uint4 q;
         unsigned int dm;
@@ -200,14 +173,6 @@ struct Q5_0 {
         }
     }
     static constexpr bool HAS_MIN = false;
-    __device__ static void unit(const u8* row, int nb, int blk, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
-        d = h2f(u16_ld(row + 20 * nb + 2 * blk));
-        m = 0.f;
-        unsigned int qh = u32_ld(row + 16 * nb + 4 * blk), v = u32_ld(row + 16 * blk + 4 * u);
-        w0 = (int)__vsub4((v & 0x0F0F0F0Fu) | fifth_bits(qh >> (4 * u)), 0x10101010u);
-        w1 = (int)__vsub4(((v >> 4) & 0x0F0F0F0Fu) | fifth_bits(qh >> (16 + 4 * u)), 0x10101010u);
-        e0 = 4 * u, e1 = 16 + 4 * u;
-    }
     struct Raw {
         uint4 q;
         unsigned int qh;
@@ -260,20 +225,7 @@ struct Q4_K {
 #pragma unroll
         for (int i = 0; i < 8; i++) v[i] = __fsub_rn(__fmul_rn(d1, (float)((q[i] >> sh) & 0xF)), m1);
     }
-    // Unit u = group g (elements 8u..8u+8 of sub-block u/4): 8 bytes, 8-byte aligned.
     static constexpr bool HAS_MIN = true;
-    __device__ static void unit(const u8* row, int nb, int blk, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
-        const u8* b = row + (long long)blk * BYTES;
-        int j = u >> 2, sc, mn;
-        scale_min_k4(j, b + 4, sc, mn);
-        d = f16_at(b) * (float)sc;
-        m = -(f16_at(b + 2) * (float)mn);
-        uint2 v = *(const uint2*)(b + 16 + 32 * (j >> 1) + 8 * (u & 3));
-        int sh = 4 * (j & 1);
-        w0 = (int)((v.x >> sh) & 0x0F0F0F0Fu);
-        w1 = (int)((v.y >> sh) & 0x0F0F0F0Fu);
-        e0 = 8 * u, e1 = 8 * u + 4;
-    }
     struct Raw {
         uint4 hdr, q;
     };
@@ -324,19 +276,6 @@ struct Q6_K {
         }
     }
     static constexpr bool HAS_MIN = false;
-    __device__ static void unit(const u8* row, int nb, int blk, int u, int& w0, int& w1, int& e0, int& e1, float& d, float& m) {
-        const u8* b = row + (long long)blk * BODY;
-        int n = u >> 4, t = (u >> 2) & 3, l0 = 8 * (u & 3);
-        const u8* ql = b + 64 * n + 32 * (t & 1) + l0;
-        const u8* qh = b + 128 + 32 * n + l0;
-        int qls = 4 * (t >> 1), qhs = 2 * t;
-        unsigned int l_0 = u32_ld(ql), l_1 = u32_ld(ql + 4), h_0 = u32_ld(qh), h_1 = u32_ld(qh + 4);
-        w0 = (int)__vsub4(((l_0 >> qls) & 0x0F0F0F0Fu) | (((h_0 >> qhs) & 0x03030303u) << 4), 0x20202020u);
-        w1 = (int)__vsub4(((l_1 >> qls) & 0x0F0F0F0Fu) | (((h_1 >> qhs) & 0x03030303u) << 4), 0x20202020u);
-        d = d_of(row, nb, blk) * (float)(signed char)b[192 + (u >> 1)];
-        m = 0.f;
-        e0 = 8 * u, e1 = 8 * u + 4;
-    }
     struct Raw {
         uint4 ql, qh;
         uint2 sc; // scales[8n..8n+8]: the chunk's two (8n + 2t' + s and 4 later)
@@ -416,92 +355,6 @@ __device__ __forceinline__ void quantize_q8(const T* x, signed char* xq, float* 
     float d = amax / 127.f;
     xq[blk * 32 + lane] = (signed char)(amax == 0.f ? 0 : __float2int_rn(v / d));
     if (lane == 0) xd[blk] = d;
-}
-
-#define MMVQ_WARPS 4
-// acc_j = row wr of W · input row j (xq, xd as quantize_q8 wrote them), summed over the warp.
-// Lane t takes units t, t + 32, … of the row (a warp reads 32 consecutive units: whole blocks)
-// and for each input row j adds xd_j · (d·Σ q·xq_j + m·Σ xq_j), each Σ over the unit's 8
-// values by two dp4a.
-template <class F>
-__device__ __forceinline__ void mmvq_row(const u8* wr, const signed char* xq, const float* xd, int cols, int n,
-                                         float (&acc)[QMV_MAX_N]) {
-    constexpr int UPB = F::QK / 8;
-    int units = cols / 8;
-#pragma unroll
-    for (int i = 0; i < QMV_MAX_N; i++) acc[i] = 0.f;
-#pragma unroll 4
-    for (int t = threadIdx.x; t < units; t += 32) {
-        int blk = t / UPB, u = t % UPB;
-        int w0, w1, e0, e1;
-        float d, m;
-        F::unit(wr, cols / F::QK, blk, u, w0, w1, e0, e1, d, m);
-        long long e = (long long)blk * F::QK + e0, f = (long long)blk * F::QK + e1;
-#pragma unroll
-        for (int i = 0; i < QMV_MAX_N; i++) {
-            if (i < n) {
-                long long row = (long long)i * cols;
-                int x0 = *(const int*)(xq + row + e), x1 = *(const int*)(xq + row + f);
-                float dx = xd[(row + e) >> 5];
-                float a = d * (float)__dp4a(w0, x0, __dp4a(w1, x1, 0));
-                if (F::HAS_MIN) a += m * (float)__dp4a(0x01010101, x0, __dp4a(0x01010101, x1, 0));
-                acc[i] += dx * a;
-            }
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < QMV_MAX_N; i++) acc[i] = warp_sum(acc[i]);
-}
-
-// Block (32, MMVQ_WARPS), grid ceil((m0 + m1 + m2) / MMVQ_WARPS): warp threadIdx.y computes
-// one output row of one of up to three weights of format F that share the input (q, k, v),
-// for all n ≤ QMV_MAX_N input rows, rounded once to T. Unused slots have m = 0.
-template <class F, typename T>
-__device__ __forceinline__ void mmvq3(const signed char* xq, const float* xd, int n, int cols, const u8* w0, T* y0,
-                                      int m0, long long rb0, const u8* w1, T* y1, int m1, long long rb1, const u8* w2,
-                                      T* y2, int m2, long long rb2) {
-    int r = blockIdx.x * MMVQ_WARPS + threadIdx.y;
-    const u8* w;
-    T* y;
-    int m;
-    long long rb;
-    if (r < m0) {
-        w = w0, y = y0, m = m0, rb = rb0;
-    } else if ((r -= m0) < m1) {
-        w = w1, y = y1, m = m1, rb = rb1;
-    } else if ((r -= m1) < m2) {
-        w = w2, y = y2, m = m2, rb = rb2;
-    } else {
-        return; // the whole warp: r is per warp
-    }
-    float acc[QMV_MAX_N];
-    mmvq_row<F>(w + (long long)r * rb, xq, xd, cols, n, acc);
-    if (threadIdx.x == 0) {
-#pragma unroll
-        for (int i = 0; i < QMV_MAX_N; i++)
-            if (i < n) y[(long long)i * m + r] = from_f<T>(acc[i]);
-    }
-}
-
-// y (n × m) = silu(x·W_gᵀ)·(x·W_uᵀ), both of format F: each product rounded to T first, as
-// gemv_swiglu and swiglu.cu do. Grid ceil(m / MMVQ_WARPS).
-template <class F, typename T>
-__device__ __forceinline__ void mmvq_swiglu(const signed char* xq, const float* xd, int n, int cols, const u8* wg,
-                                            const u8* wu, T* y, int m, long long rb) {
-    int r = blockIdx.x * MMVQ_WARPS + threadIdx.y;
-    if (r >= m) return;
-    float g[QMV_MAX_N], u[QMV_MAX_N];
-    mmvq_row<F>(wg + (long long)r * rb, xq, xd, cols, n, g);
-    mmvq_row<F>(wu + (long long)r * rb, xq, xd, cols, n, u);
-    if (threadIdx.x == 0) {
-#pragma unroll
-        for (int i = 0; i < QMV_MAX_N; i++) {
-            if (i < n) {
-                float gi = to_f(from_f<T>(g[i])), ui = to_f(from_f<T>(u[i]));
-                y[(long long)i * m + r] = from_f<T>(gi * (1.f / (1.f + expf(-gi))) * ui);
-            }
-        }
-    }
 }
 
 // The chunked integer matvec: acc[r·QMV_MAX_N + j] = row wr[r] of W · input row j (xq, xd as
@@ -766,17 +619,6 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
     extern "C" __global__ void qdequant_bf16_##F(const u8* w, bf16_t* out, long long rows, int cols,             \
                                                  long long row_bytes) {                                          \
         qdequant<F, bf16_t>(w, nullptr, out, rows, cols, row_bytes, (unsigned int)rows);                         \
-    }                                                                                                            \
-    extern "C" __global__ void mmvq3_bf16_##F(const signed char* xq, const float* xd, int n, int cols,            \
-                                              const u8* w0, bf16_t* y0, int m0, long long rb0, const u8* w1,     \
-                                              bf16_t* y1, int m1, long long rb1, const u8* w2, bf16_t* y2,       \
-                                              int m2, long long rb2) {                                           \
-        mmvq3<F, bf16_t>(xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2);                    \
-    }                                                                                                            \
-    extern "C" __global__ void mmvq_swiglu_bf16_##F(const signed char* xq, const float* xd, int n, int cols,      \
-                                                    const u8* wg, const u8* wu, bf16_t* y, int m,                \
-                                                    long long rb) {                                              \
-        mmvq_swiglu<F, bf16_t>(xq, xd, n, cols, wg, wu, y, m, rb);                                               \
     }                                                                                                            \
     MMVQG_KERNELS(F, , QMV_MAX_N)                                                                                \
     MMVQG_KERNELS(F, n1_, 1)                                                                                     \
