@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// longer than the default's, and its decode attention costs more).
     #[arg(long, default_value_t = 16)]
     paged_prompt: usize,
+    /// The `--paged-batch` pool's key/value storage, as `smelt serve --kv-cache-type` (auto: the
+    /// activation dtype, the server's default).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16", "bf16", "q8_0"])]
+    paged_kv_type: String,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
     #[arg(long, default_value = "auto")]
@@ -225,9 +229,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     profile_report("decode");
     let mut paged = Vec::new();
     for &n in &a.paged_batch {
-        let secs = paged_decode(&model, n.max(1), a.paged_prompt.max(1), &decode_ids, &mut ids)?;
+        let secs = paged_decode(&model, n.max(1), a.paged_prompt.max(1), &a.paged_kv_type, &decode_ids, &mut ids)?;
         profile_report(&format!("paged decode x{n}, decode steps only"));
-        paged.push(serde_json::json!({"batch": n, "prompt": a.paged_prompt.max(1), "step_ms": secs * 1e3, "tok_s": n as f64 / secs}));
+        paged.push(serde_json::json!({"batch": n, "prompt": a.paged_prompt.max(1), "kv_type": a.paged_kv_type, "step_ms": secs * 1e3, "tok_s": n as f64 / secs}));
     }
     // Quantised (GGUF) weights are not trained; an adapter on them is (QLoRA).
     let quantised = model.params.iter().any(|p| p.dtype() == smelt_core::DType::Quant) && model.adapter.is_none();
@@ -318,6 +322,7 @@ fn paged_decode(
     model: &Model,
     n: usize,
     prompt: usize,
+    kv_type: &str,
     decode_ids: &[u32],
     ids: &mut impl FnMut(usize) -> Vec<u32>,
 ) -> Result<f64> {
@@ -328,8 +333,12 @@ fn paged_decode(
     }
     let per_seq = (prompt + steps + 1).div_ceil(16);
     let device = model.device();
-    // The server's default pool type: the activation dtype.
-    let kind = if device.activation_dtype() == smelt_core::DType::BF16 { KvType::BF16 } else { KvType::F32 };
+    // auto: the server's default pool type, the activation dtype.
+    let kind = match kv_type {
+        "auto" if device.activation_dtype() == smelt_core::DType::BF16 => KvType::BF16,
+        "auto" => KvType::F32,
+        t => KvType::parse(t)?,
+    };
     let mut pool = KvPool::with_type(model, n * per_seq * 16, 16, kind)?;
     let mut graphs = PagedDecoder::new(model, &pool, n)?;
     let tables: Vec<Vec<u32>> = (0..n).map(|i| ((i * per_seq) as u32..((i + 1) * per_seq) as u32).collect()).collect();
