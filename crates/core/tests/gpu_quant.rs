@@ -189,8 +189,13 @@ fn integer_matvecs_of_bf16_rows_match_the_reference_and_the_unfused_ops() {
     }
     cuda::set_matmul_precision(MatmulPrecision::Bf16);
     let mut r = Rng::new(seed());
-    // Rows of 512, 2304 and 8192 values (a 1B model's k: 2 to 32 units a lane).
-    for (ty, k) in FORMATS.into_iter().flat_map(|ty| [512, 2304, 8192].map(|k| (ty, k))) {
+    // Rows of 512, 576 (a 135M model's; not a whole number of K-quant blocks), 2304 and 8192
+    // values (a 1B model's).
+    for (ty, k) in FORMATS
+        .into_iter()
+        .flat_map(|ty| [512, 576, 2304, 8192].map(|k| (ty, k)))
+        .filter(|&(ty, k)| k % ty.block_size() == 0)
+    {
         let m = 70;
         let ws: Vec<(Vec<f32>, Tensor, Tensor)> = (0..2)
             .map(|_| {
@@ -202,8 +207,14 @@ fn integer_matvecs_of_bf16_rows_match_the_reference_and_the_unfused_ops() {
                 (wd, host, dev)
             })
             .collect();
-        // A third weight of another format beside them (a Q4_K_M file's Q6_K v).
-        let other = if ty == GgmlType::Q6_K { GgmlType::Q8_0 } else { GgmlType::Q6_K };
+        // A third weight of another format beside them (a Q4_K_M file's Q6_K v; Q8_0 where the
+        // rows are not whole 256-blocks, as llama.cpp's fallback has it).
+        let other = match (ty, k % 256 == 0) {
+            (GgmlType::Q6_K, true) => GgmlType::Q8_0,
+            (_, true) => GgmlType::Q6_K,
+            (GgmlType::Q8_0, false) => GgmlType::Q4_0,
+            (_, false) => GgmlType::Q8_0,
+        };
         let w3 =
             QTensor::quantize(other, &randn(&mut r, 32 * k, 0.5), 32, k).unwrap().into_tensor().to_device(d).unwrap();
         let bias = Tensor::from_f32(randn(&mut r, m, 1.0), &[m]).unwrap().to_device(d).unwrap();
@@ -216,6 +227,27 @@ fn integer_matvecs_of_bf16_rows_match_the_reference_and_the_unfused_ops() {
                 .unwrap();
             let x = xb.to_vec_f32().unwrap(); // the bf16 values, as f32
             let y = linear(&xb, &ws[0].2, None).unwrap();
+            // Each row as it comes out alone (n = 1: x quantised inside the matvec, the one-row
+            // kernels) equals that row of the batch (x quantised by a launch, the n ≤ 8 kernels),
+            // bit for bit: a served sequence's tokens do not depend on what else is in its step.
+            if n > 1 {
+                let yb = y.to_vec_f32().unwrap();
+                for i in 0..n {
+                    let xi = Tensor::from_f32(x[i * k..(i + 1) * k].to_vec(), &[1, k])
+                        .unwrap()
+                        .to_device(d)
+                        .unwrap()
+                        .to_dtype(DType::BF16)
+                        .unwrap();
+                    let alone = linear(&xi, &ws[0].2, None).unwrap().to_vec_f32().unwrap();
+                    assert_eq!(
+                        alone,
+                        yb[i * m..(i + 1) * m],
+                        "{} k={k}: row {i} alone vs in a batch of {n}",
+                        ty.name()
+                    );
+                }
+            }
             assert_eq!(y.dtype(), DType::BF16);
             let want = reference(&x, &ws[0].0, None, n, k, m);
             let e = nmse(&y.to_vec_f32().unwrap(), &want);

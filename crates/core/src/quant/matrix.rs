@@ -69,7 +69,8 @@ impl DeviceQuant {
     pub const FORMATS: [GgmlType; 6] =
         [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K];
 
-    /// Uploads `q` to `gpu` unchanged; `None` when the kernels do not know its format.
+    /// Uploads `q` to `gpu` in the device layout (`fields`); `None` when the kernels do not know
+    /// its format.
     pub fn upload(q: &dyn QuantMatrix, gpu: &std::sync::Arc<crate::cuda::Gpu>) -> anyhow::Result<Option<Self>> {
         let format = q.ggml_type();
         if !Self::FORMATS.contains(&format) {
@@ -86,7 +87,8 @@ impl DeviceQuant {
                 rows * (cols / be) * bb
             );
         }
-        let dev = Self::device_rows(format, bytes, rows, cols / be);
+        let Some(fields) = Self::fields(format) else { return Ok(None) };
+        let dev = Self::device_rows(&fields, bb, bytes, rows, cols / be);
         let words = (dev.len() / 4).max(1);
         let mut padded = dev;
         padded.resize(words * 4, 0);
@@ -102,28 +104,29 @@ impl DeviceQuant {
     /// A block's fields as (offset, length) in ggml's block, in the order the device row stores
     /// them: the row holds every block's first field, then every block's second, … (the
     /// quantised values first, 16-byte aligned; the small scalars after them).
-    pub fn fields(format: GgmlType) -> Vec<(usize, usize)> {
-        match format {
+    /// `None` for a format the kernels do not read (each one's layout is written out here and in
+    /// qmatmul.cu, never implied).
+    pub fn fields(format: GgmlType) -> Option<Vec<(usize, usize)>> {
+        Some(match format {
             GgmlType::Q8_0 => vec![(2, 32), (0, 2)],
             GgmlType::Q4_0 => vec![(2, 16), (0, 2)],
             GgmlType::Q4_1 => vec![(4, 16), (0, 4)],
             GgmlType::Q5_0 => vec![(6, 16), (2, 4), (0, 2)],
             GgmlType::Q6_K => vec![(0, 208), (208, 2)],
-            // Q4_K's 144 = 9 × 16 bytes: the blocks are aligned as they are.
-            _ => vec![(0, format.block_bytes())],
-        }
+            // 144 = 9 × 16 bytes: the blocks are aligned as they are.
+            GgmlType::Q4_K => vec![(0, 144)],
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => return None,
+        })
     }
 
     /// The host blocks (`rows` rows of `nb` blocks) in the device layout: each row's fields
     /// gathered, the row padded to `stride`.
-    fn device_rows(format: GgmlType, bytes: &[u8], rows: usize, nb: usize) -> Vec<u8> {
-        let bb = format.block_bytes();
+    fn device_rows(fields: &[(usize, usize)], bb: usize, bytes: &[u8], rows: usize, nb: usize) -> Vec<u8> {
         let stride = Self::stride(nb * bb);
         let mut out = vec![0u8; rows * stride];
-        let fields = Self::fields(format);
         for (src, dst) in bytes.chunks_exact(nb * bb).zip(out.chunks_exact_mut(stride)) {
             let mut at = 0;
-            for &(off, len) in &fields {
+            for &(off, len) in fields {
                 for block in src.chunks_exact(bb) {
                     dst[at..at + len].copy_from_slice(&block[off..off + len]);
                     at += len;
@@ -144,14 +147,17 @@ mod tests {
     fn device_rows_are_a_permutation_of_each_host_row() {
         for f in DeviceQuant::FORMATS {
             let bb = f.block_bytes();
+            let fields = DeviceQuant::fields(f).expect("a format the kernels read");
             let mut seen = vec![0u8; bb];
-            for &(off, len) in &DeviceQuant::fields(f) {
+            for &(off, len) in &fields {
                 seen[off..off + len].iter_mut().for_each(|s| *s += 1);
             }
-            assert!(seen.iter().all(|&s| s == 1), "{}: fields {:?}", f.name(), DeviceQuant::fields(f));
+            assert!(seen.iter().all(|&s| s == 1), "{}: fields {fields:?}", f.name());
+            // The values (the first field) load 16 bytes at a time from every block.
+            assert_eq!(fields[0].1 % 16, 0, "{}: first field {:?}", f.name(), fields[0]);
             let (rows, nb) = (3, 5);
             let host: Vec<u8> = (0..rows * nb * bb).map(|i| (i * 7 % 251) as u8).collect();
-            let dev = DeviceQuant::device_rows(f, &host, rows, nb);
+            let dev = DeviceQuant::device_rows(&fields, bb, &host, rows, nb);
             let stride = DeviceQuant::stride(nb * bb);
             assert_eq!(stride % 16, 0);
             assert_eq!(dev.len(), rows * stride);
@@ -164,7 +170,7 @@ mod tests {
                 assert!(dev[r * stride + nb * bb..(r + 1) * stride].iter().all(|&x| x == 0));
             }
             // The first field of block 1 follows the first field of block 0.
-            let (off, len) = DeviceQuant::fields(f)[0];
+            let (off, len) = fields[0];
             assert_eq!(dev[len..2 * len], host[bb + off..bb + off + len]);
         }
     }

@@ -464,39 +464,41 @@ pub fn attn_decode_packed(seqs: &[SeqAttn], k: PackedKv, v: PackedKv, hd: Heads,
     thread_local! {
         // Each pool thread's widened keys, values and their offsets, kept from task to task
         // (grown, never zeroed: every task writes the part it reads), so a task's scratch is
-        // already in cache and costs no allocation.
-        static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>, Vec<usize>)> = Default::default();
+        // already in cache and costs no allocation. Taken out while a task uses it (a task that
+        // ran another on this thread would find it empty, not borrowed). It keeps the longest
+        // context's size: 2·tk·d floats a thread.
+        static SCRATCH: std::cell::Cell<(Vec<f32>, Vec<f32>, Vec<usize>)> = Default::default();
     }
     let pieces: Vec<Vec<f32>> = crate::par::map(seqs.len() * hd.kvh, |t| {
         let (s, g) = (&seqs[t / hd.kvh], t % hd.kvh);
         let tk = s.rows.len();
-        SCRATCH.with_borrow_mut(|(kf, vf, offs)| {
-            if kf.len() < tk * d {
-                kf.resize(tk * d, 0.0);
-                vf.resize(tk * d, 0.0);
-            }
-            offs.clear();
-            offs.extend((0..tk).map(|j| j * d));
-            for (j, &at) in s.rows.iter().enumerate() {
-                let r = at / row;
-                let kb = &k.bytes[r * k.row_bytes + g * kh..][..kh];
-                crate::quant::dequantize_row(k.ty, kb, &mut kf[j * d..(j + 1) * d]);
-                let vb = &v.bytes[r * v.row_bytes + g * vh..][..vh];
-                crate::quant::dequantize_row(v.ty, vb, &mut vf[j * d..(j + 1) * d]);
-            }
-            let mut out = vec![0f32; grp * d];
-            decode_heads(
-                &s.q[g * grp * d..(g + 1) * grp * d],
-                &kf[..tk * d],
-                &vf[..tk * d],
-                offs,
-                d,
-                hd.window,
-                scale,
-                &mut out,
-            );
-            out
-        })
+        let (mut kf, mut vf, mut offs) = SCRATCH.take();
+        if kf.len() < tk * d {
+            kf.resize(tk * d, 0.0);
+            vf.resize(tk * d, 0.0);
+        }
+        offs.clear();
+        offs.extend((0..tk).map(|j| j * d));
+        for (j, &at) in s.rows.iter().enumerate() {
+            let r = at / row;
+            let kb = &k.bytes[r * k.row_bytes + g * kh..][..kh];
+            crate::quant::dequantize_row(k.ty, kb, &mut kf[j * d..(j + 1) * d]);
+            let vb = &v.bytes[r * v.row_bytes + g * vh..][..vh];
+            crate::quant::dequantize_row(v.ty, vb, &mut vf[j * d..(j + 1) * d]);
+        }
+        let mut out = vec![0f32; grp * d];
+        decode_heads(
+            &s.q[g * grp * d..(g + 1) * grp * d],
+            &kf[..tk * d],
+            &vf[..tk * d],
+            &offs,
+            d,
+            hd.window,
+            scale,
+            &mut out,
+        );
+        SCRATCH.set((kf, vf, offs));
+        out
     });
     let mut outs: Vec<Vec<f32>> = seqs.iter().map(|_| vec![0f32; hd.h * d]).collect();
     for (t, piece) in pieces.iter().enumerate() {

@@ -359,8 +359,8 @@ __device__ __forceinline__ void quantize_q8(const T* x, signed char* xq, float* 
 
 // The chunked integer matvec: acc[r·QMV_MAX_N + j] = row wr[r] of W · input row j (xq, xd as
 // quantize_q8 wrote them), summed over the row group's G lanes (group_sum). Lane t of the group
-// takes the row's 32-element chunks t, t + G, …, two at a time with every load issued before
-// the first product, and for each half (16 elements) adds xd_j · (d·Σ q·xq_j + m·Σ xq_j), the Σ
+// takes the row's 32-element chunks t, t + G, …, MMVQ_LOADS at a time with every load issued
+// before the first product, and for each half (16 elements) adds xd_j · (d·Σ q·xq_j + m·Σ xq_j), the Σ
 // by four dp4a each. The order of the sums depends on the row's length only, so a row gives the
 // same bits alone or beside others, whatever n is.
 // Chunks a lane loads before its first product: eight of one row, or four of each of two rows
@@ -418,11 +418,13 @@ __device__ __forceinline__ void quantize_q8_shared(const bf16_t* x, int cols, si
             if (g - (int)(threadIdx.x & 31) >= groups) break;
             V16<bf16_t> v;
             v.u = raw[u];
-            float f[8], amax = 0.f;
+            // amax from the first value (not 0), so that a block of NaNs gives NaN as
+            // quantize_q8's warp_max does (fmaxf drops a NaN beside a number).
+            float f[8], amax;
 #pragma unroll
             for (int e = 0; e < 8; e++) {
                 f[e] = bf2f(v.e[e]);
-                amax = fmaxf(amax, fabsf(f[e]));
+                amax = e == 0 ? fabsf(f[0]) : fmaxf(amax, fabsf(f[e]));
             }
             amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
             amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
