@@ -207,10 +207,12 @@ fn integer_matvecs_of_bf16_rows_match_the_reference_and_the_unfused_ops() {
                 (wd, host, dev)
             })
             .collect();
-        // A third weight of another format beside them (a Q4_K_M file's Q6_K v; Q8_0 where the
-        // rows are not whole 256-blocks, as llama.cpp's fallback has it).
+        // A third weight of another format beside them (a Q4_K_M file's Q6_K v; Q8_0 beside
+        // Q5_0, the pair a q4_k export of 576-wide rows has, and wherever the rows are not
+        // whole 256-blocks): one launch for the three where `mixed_kernel` has the pair, two
+        // otherwise, the same values either way.
         let other = match (ty, k % 256 == 0) {
-            (GgmlType::Q6_K, true) => GgmlType::Q8_0,
+            (GgmlType::Q6_K | GgmlType::Q5_0, true) => GgmlType::Q8_0,
             (_, true) => GgmlType::Q6_K,
             (GgmlType::Q8_0, false) => GgmlType::Q4_0,
             (_, false) => GgmlType::Q8_0,

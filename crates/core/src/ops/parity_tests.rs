@@ -160,6 +160,11 @@ fn kernels_compile() {
                     ]
                     .map(|k| format!("{k}{f}"))
                 })
+                .chain(
+                    ["mmvqg3_bf16_", "mmvqg3_n1_bf16_"]
+                        .iter()
+                        .flat_map(|k| ["Q4_K_Q6_K", "Q5_0_Q8_0"].map(|p| format!("{k}{p}"))),
+                )
                 .collect(),
         ),
         (

@@ -117,12 +117,33 @@ fn quantize_q8(x: &Tensor, n: usize, k: usize) -> Result<Option<Q8>> {
     Ok(Some(Q8 { gpu, xf: 0, q: Some((xq, xd)), smem: 0 }))
 }
 
-/// [x·w_jᵀ] (bf16) for up to three weights of one format, from x quantised by `quantize_q8`,
-/// in one launch.
+/// The kernel for q and k of one format with v of another in one launch (`mmvqg3_mixed`), for
+/// the pairs that quantised files hold: Q4_K with Q6_K (llama.cpp's Q4_K_M), Q5_0 with Q8_0
+/// (its fallback for rows that are not whole 256-blocks).
+fn mixed_kernel(a: GgmlType, b: GgmlType, n: usize) -> Option<&'static str> {
+    Some(match (a, b, n == 1) {
+        (GgmlType::Q4_K, GgmlType::Q6_K, true) => "mmvqg3_n1_bf16_Q4_K_Q6_K",
+        (GgmlType::Q4_K, GgmlType::Q6_K, false) => "mmvqg3_bf16_Q4_K_Q6_K",
+        (GgmlType::Q5_0, GgmlType::Q8_0, true) => "mmvqg3_n1_bf16_Q5_0_Q8_0",
+        (GgmlType::Q5_0, GgmlType::Q8_0, false) => "mmvqg3_bf16_Q5_0_Q8_0",
+        _ => return None,
+    })
+}
+
+/// [x·w_jᵀ] (bf16) for up to three weights of one format, or three whose first two share a
+/// format that `mixed_kernel` pairs with the third's, from x as `quantize_q8` left it, in one
+/// launch.
 fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBuf>> {
     let Some(first) = ws.first() else { bail!("mmvq3: no weight") };
-    if ws.len() > 3 || ws.iter().any(|w| w.format != first.format || w.cols != k) {
-        bail!("mmvq3: one to three weights of one format with {k} columns");
+    let mixed = match ws {
+        [a, b, c] if a.format == b.format && c.format != a.format => mixed_kernel(a.format, c.format, n),
+        _ => None,
+    };
+    if ws.len() > 3
+        || ws.iter().any(|w| w.cols != k)
+        || (mixed.is_none() && ws.iter().any(|w| w.format != first.format))
+    {
+        bail!("mmvq3: one to three weights of one format (or a mixed pair) with {k} columns");
     }
     let gpu = q.gpu.clone();
     let ys = ws.iter().map(|w| DeviceBuf::alloc(&gpu, DType::BF16, n * w.rows)).collect::<Result<Vec<_>>>()?;
@@ -133,7 +154,10 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
     let (n32, k32) = (n as i32, k as i32);
     let rows: usize = ws.iter().map(|w| w.rows).sum();
     let g = mmvq_lanes(k);
-    let func = names(first.format)?[if n == 1 { 7 } else { 5 }];
+    let func = match mixed {
+        Some(f) => f,
+        None => names(first.format)?[if n == 1 { 7 } else { 5 }],
+    };
     let f = gpu.function("qmatmul", SRC, func)?;
     let mut l = gpu.stream.launch_builder(&f);
     let (xf, xq, xd) = q.ptrs();
@@ -143,7 +167,12 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
     }
     let g32 = g as i32;
     l.arg(&g32);
-    let cfg = mv_config(rows, g, q.smem);
+    let mut cfg = mv_config(rows, g, q.smem);
+    if mixed.is_some() {
+        // Each slot's rows on blocks of their own.
+        let per_block = crate::ops::matmul::cuda::MV_THREADS as usize / g;
+        cfg.grid_dim.0 = ws.iter().map(|w| w.rows.div_ceil(per_block)).sum::<usize>().max(1) as u32;
+    }
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(ys)
 }
@@ -188,9 +217,13 @@ pub fn linear_many(
     let mut out = Vec::with_capacity(ws.len());
     let mut i = 0;
     while i < ws.len() {
-        // The run of weights from i that share i's format (at most three): one launch.
+        // The run of weights from i that share i's format (at most three), or two of one format
+        // and a third that `mixed_kernel` pairs with it: one launch.
         let mut j = i + 1;
         while j < ws.len() && j < i + 3 && ws[j].0.format == ws[i].0.format {
+            j += 1;
+        }
+        if j == i + 2 && j < ws.len() && mixed_kernel(ws[i].0.format, ws[j].0.format, n).is_some() {
             j += 1;
         }
         let group: Vec<&DeviceQuant> = ws[i..j].iter().map(|(w, _)| *w).collect();

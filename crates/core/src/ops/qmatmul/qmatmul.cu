@@ -635,3 +635,58 @@ QKERNELS(Q5_0)
 QKERNELS(Q8_0)
 QKERNELS(Q4_K)
 QKERNELS(Q6_K)
+
+// q and k of format FA with v of format FB in one launch (llama.cpp's Q4_K_M mix keeps v at
+// Q6_K on some layers; smelt's q4_k export of 576-wide rows falls back to Q5_0 with Q8_0): as
+// mmvqg3, but each slot's rows start on a block of their own (ceil(m / (MV_THREADS / G)) blocks
+// a slot), so a block runs one format's code and its barriers are uniform. Grid: the three
+// slots' blocks; the same sums, row for row, as mmvqg3 of each format.
+template <class FA, class FB, typename T, int NM>
+__device__ __forceinline__ void mmvqg3_mixed(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
+                                             const u8* w0, T* y0, int m0, long long rb0, const u8* w1, T* y1, int m1,
+                                             long long rb1, const u8* w2, T* y2, int m2, long long rb2, int G) {
+    int rpb = MV_THREADS / G;
+    int b0 = (m0 + rpb - 1) / rpb, b1 = (m1 + rpb - 1) / rpb;
+    int blk = blockIdx.x, slot;
+    const u8* w = w0;
+    T* y = y0;
+    int m = m0;
+    long long rb = rb0;
+    if (blk < b0) {
+        slot = 0;
+    } else if ((blk -= b0) < b1) {
+        slot = 1, w = w1, y = y1, m = m1, rb = rb1;
+    } else {
+        blk -= b1;
+        slot = 2, w = w2, y = y2, m = m2, rb = rb2;
+    }
+    int lane = threadIdx.x & (G - 1);
+    int r = blk * rpb + threadIdx.x / G;
+    bool active = r < m;
+    if (!active) r = 0; // still sums with its block (the barriers)
+    float acc[NM];
+    const u8* const rows[1] = {w + (long long)r * rb};
+    if (slot < 2) {
+        mmvq_rows_g<FA, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc);
+    } else {
+        mmvq_rows_g<FB, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc);
+    }
+    if (active && lane == 0) {
+#pragma unroll
+        for (int i = 0; i < NM; i++)
+            if (i < n) y[(long long)i * m + r] = from_f<T>(acc[i]);
+    }
+}
+
+#define MMVQG_MIXED(FA, FB, P, NM)                                                                                \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
+        mmvqg3_##P##bf16_##FA##_##FB(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,    \
+                                     const u8* w0, bf16_t* y0, int m0, long long rb0, const u8* w1, bf16_t* y1,   \
+                                     int m1, long long rb1, const u8* w2, bf16_t* y2, int m2, long long rb2,      \
+                                     int G) {                                                                     \
+        mmvqg3_mixed<FA, FB, bf16_t, NM>(xf, xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G); \
+    }
+MMVQG_MIXED(Q4_K, Q6_K, , QMV_MAX_N)
+MMVQG_MIXED(Q4_K, Q6_K, n1_, 1)
+MMVQG_MIXED(Q5_0, Q8_0, , QMV_MAX_N)
+MMVQG_MIXED(Q5_0, Q8_0, n1_, 1)
