@@ -444,13 +444,63 @@ __device__ __forceinline__ void quantize_q8_shared(const bf16_t* x, int cols, si
     }
 }
 
+// The residual add and RMSNorm before a matvec, for one row, done by the matvec's block (the
+// decode step's add_rmsnorm without its launch): h = x + r, y = h·rstd·w rounded to bf16, with
+// rmsnorm.cu's arithmetic for x f32, r bf16, y bf16 and 16-byte accesses (cols a multiple of 8,
+// aligned pointers: the launcher checks): the block's first 32·wpr threads take its elements in
+// its thread→element map and sum the squares in its order (each thread's in element order,
+// warp sums, then the row's warps in turn), so y has the bits add_rmsnorm gives. y goes to
+// shared memory; block 0 also stores h, the new residual stream. Every thread calls it.
+struct NormIn {
+    const float* x;
+    const bf16_t* r;
+    const float* w;
+    float* h;
+    float eps;
+    int wpr;
+};
+__device__ __forceinline__ void add_rmsnorm_shared(const NormIn& nm, int c, bf16_t* sy) {
+    __shared__ float red[MV_THREADS / 32];
+    int nt = 32 * nm.wpr, t = threadIdx.x;
+    float ss = 0.f;
+    if (t < nt) {
+        for (int i = t * 8; i < c; i += nt * 8) {
+            float v[8], rv[8];
+            load8(nm.x + i, v);
+            load8(nm.r + i, rv);
+#pragma unroll
+            for (int k = 0; k < 8; k++) v[k] = v[k] + rv[k];
+            if (blockIdx.x == 0) store8(nm.h + i, v);
+#pragma unroll
+            for (int k = 0; k < 8; k++) ss += v[k] * v[k];
+        }
+    }
+    ss = warp_sum(ss);
+    if ((t & 31) == 0) red[t >> 5] = ss;
+    __syncthreads();
+    if (t < nt) {
+        float tot = 0.f;
+        for (int k = 0; k < nm.wpr; k++) tot += red[k];
+        float s = 1.f / sqrtf(tot / (float)c + nm.eps);
+        for (int i = t * 8; i < c; i += nt * 8) {
+            float v[8], rv[8], wv[8];
+            load8(nm.x + i, v);
+            load8(nm.r + i, rv);
+            load8(nm.w + i, wv);
+#pragma unroll
+            for (int k = 0; k < 8; k++) v[k] = (v[k] + rv[k]) * s * wv[k];
+            store8(sy + i, v);
+        }
+    }
+}
+
 // xf non-null (one input row, NM = 1): x is quantised here, by every block into its shared
 // memory while its first weight loads are in flight, instead of by a quantize_q8 launch before
 // (dynamic shared memory: cols · 9/8 bytes). Every thread of the block calls this (barriers).
 template <class F, int R, int NM>
 __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16_t* xf, const signed char* xq,
                                             const float* xd, int cols, int n, int lane, int G, bool active,
-                                            float (&acc)[R * NM]) {
+                                            float (&acc)[R * NM], const NormIn& nm = NormIn{}) {
 #pragma unroll
     for (int i = 0; i < R * NM; i++) acc[i] = 0.f;
     int nb = cols / F::QK, chunks = cols / 32;
@@ -467,7 +517,18 @@ __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16
                 for (int r = 0; r < R; r++) F::load(wr[r], nb, c, raw[r][u]);
         }
     }
-    if (xf) {
+    if (nm.x) {
+        // nm: x is add_rmsnorm's output, made here first (shared memory: y bf16, then xq, xd).
+        extern __shared__ __align__(16) unsigned char mv_shared[];
+        bf16_t* sy = (bf16_t*)mv_shared;
+        signed char* sq = (signed char*)(mv_shared + 2 * cols);
+        float* sd = (float*)(mv_shared + 3 * cols);
+        add_rmsnorm_shared(nm, cols, sy);
+        __syncthreads();
+        quantize_q8_shared(sy, cols, sq, sd);
+        __syncthreads();
+        xq = sq, xd = sd;
+    } else if (xf) {
         extern __shared__ __align__(16) unsigned char mv_shared[];
         signed char* sq = (signed char*)mv_shared;
         float* sd = (float*)(mv_shared + cols);
@@ -534,15 +595,15 @@ __device__ __forceinline__ void mmvqg3(const bf16_t* xf, const signed char* xq, 
 // y (n × m) = silu(x·W_gᵀ)·(x·W_uᵀ), both of format F, each product rounded to T first.
 template <class F, typename T, int NM>
 __device__ __forceinline__ void mmvqg_swiglu(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
-                                             const u8* wg,
-                                             const u8* wu, T* y, int m, long long rb, int G) {
+                                             const u8* wg, const u8* wu, T* y, int m, long long rb, int G,
+                                             const NormIn& nm = NormIn{}) {
     int lane = threadIdx.x & (G - 1);
     int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
     bool active = r < m;
     if (!active) r = 0;
     float acc[2 * NM];
     const u8* const rows[2] = {wg + (long long)r * rb, wu + (long long)r * rb};
-    mmvq_rows_g<F, 2, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc);
+    mmvq_rows_g<F, 2, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
     if (active && lane == 0) {
 #pragma unroll
         for (int i = 0; i < NM; i++) {
@@ -624,6 +685,15 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
     }                                                                                                            \
     MMVQG_KERNELS(F, , QMV_MAX_N)                                                                                \
     MMVQG_KERNELS(F, n1_, 1)                                                                                     \
+    /* One row's add + RMSNorm, then gate/up + SwiGLU: h = x + r (stored), y = silu(n·W_gᵀ)·(n·W_uᵀ),   */    \
+    /* n = rmsnorm(h)·w. */                                                                                      \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
+        mmvqg_swiglu_norm_n1_bf16_##F(const float* nx, const bf16_t* nr, const float* nw, float* nh, float eps,     \
+                                      int wpr, int cols, const u8* wg, const u8* wu, bf16_t* y, int m,            \
+                                      long long rb, int G) {                                                      \
+        NormIn nm{nx, nr, nw, nh, eps, wpr};                                                                     \
+        mmvqg_swiglu<F, bf16_t, 1>(nullptr, nullptr, nullptr, 1, cols, wg, wu, y, m, rb, G, nm);                 \
+    }                                                                                                            \
     extern "C" __global__ void qgather_f32_##F(const u8* w, const unsigned int* ids, float* out, long long n,    \
                                                int cols, long long row_bytes, unsigned int vocab) {              \
         qdequant<F, float>(w, ids, out, n, cols, row_bytes, vocab);                                              \
