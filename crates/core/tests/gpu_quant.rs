@@ -273,6 +273,22 @@ fn integer_matvecs_of_bf16_rows_match_the_reference_and_the_unfused_ops() {
                     ty.name()
                 );
             }
+            if n == 1 {
+                // A decode step's residual add and RMSNorm inside the gate/up launch: h and the
+                // activation bit for bit what add_rmsnorm then linear_swiglu give (stream f32,
+                // branch bf16, as mixed precision has them).
+                let stream = Tensor::from_f32(randn(&mut r, k, 2.0), &[1, k]).unwrap().to_device(d).unwrap();
+                let norm_w = Tensor::from_f32(randn(&mut r, k, 1.0), &[k]).unwrap().to_device(d).unwrap();
+                let eps = 1e-5;
+                let (h0, y0, _) = smelt_core::ops::rmsnorm::add_rmsnorm(&stream, &xb, &norm_w, eps).unwrap();
+                let act0 = linear_swiglu(&y0, &ws[0].2, &ws[1].2).unwrap();
+                let (h1, act1) =
+                    smelt_core::ops::qmatmul::add_rmsnorm_swiglu(&stream, &xb, &norm_w, eps, &ws[0].2, &ws[1].2)
+                        .unwrap()
+                        .expect("the fused add + norm + gate/up applies to one mixed-precision row");
+                assert_eq!(h1.to_vec_f32().unwrap(), h0.to_vec_f32().unwrap(), "{} k={k}: fused h", ty.name());
+                assert_eq!(act1.to_vec_f32().unwrap(), act0.to_vec_f32().unwrap(), "{} k={k}: fused act", ty.name());
+            }
             let fused = linear_swiglu(&xb, &ws[0].2, &ws[1].2).unwrap();
             let unfused = swiglu(&linear(&xb, &ws[0].2, None).unwrap(), &alone[1]).unwrap();
             assert_eq!(

@@ -495,36 +495,62 @@ fn block(
         None => proj(g, l, w, Role::Wo, &attn, None)?,
     };
     g.name(&attn_out, || format!("attn_out-{l}"));
-    let (x, h) = add_norm(g, c, x, &attn_out, &w[Role::FfnNorm])?;
-    g.name(&x, || format!("ffn_inp-{l}"));
-    g.name(&h, || format!("ffn_norm-{l}"));
+    // A decode step's one row on a GPU with quantised gate and up: the residual add and the norm
+    // inside the gate/up launch (`add_rmsnorm_swiglu`: the same bits as the two ops).
+    let fused = match seqs {
+        None if g.may_fuse()
+            && matches!(c.act, Activation::Silu)
+            && matches!(c.norm, NormKind::Rms)
+            && !w.adapted(&[Role::WGate, Role::WUp]) =>
+        {
+            timed("add_rmsnorm_swiglu", || {
+                smelt_core::ops::qmatmul::add_rmsnorm_swiglu(
+                    x.tensor(),
+                    attn_out.tensor(),
+                    w[Role::FfnNorm].tensor(),
+                    c.norm_eps,
+                    w[Role::WGate].tensor(),
+                    w[Role::WUp].tensor(),
+                )
+            })?
+        }
+        _ => None,
+    };
     // (gate, up) of the training path: the adapter of the down projection recomputes its input
     // from them (`down_proj_lora`).
     let mut gate_up = None;
-    let act = match c.act {
-        // The batched forward (the server): each sequence's rows as they are alone.
-        Activation::Silu if seqs.is_some() => {
-            let (gate, up) = match linear_rows_many(&h, [&w[Role::WGate], &w[Role::WUp]], w, &[])? {
-                Some([gate, up]) => (g.constant(gate), g.constant(up)),
-                None => (linear(g, &h, &w[Role::WGate], None, seqs)?, linear(g, &h, &w[Role::WUp], None, seqs)?),
-            };
-            g.name(&gate, || format!("ffn_gate-{l}"));
-            g.name(&up, || format!("ffn_up-{l}"));
-            g.swiglu(&gate, &up)?
-        }
-        // One launch for both products and the gate on a GPU at decode sizes.
-        Activation::Silu if g.may_fuse() && !w.adapted(&[Role::WGate, Role::WUp]) => g
-            .constant(timed("linear_swiglu", || {
-                smelt_core::ops::matmul::linear_swiglu(h.tensor(), w[Role::WGate].tensor(), w[Role::WUp].tensor())
-            })?),
-        Activation::Silu => {
-            let gate = proj(g, l, w, Role::WGate, &h, None)?;
-            g.name(&gate, || format!("ffn_gate-{l}"));
-            let up = proj(g, l, w, Role::WUp, &h, None)?;
-            g.name(&up, || format!("ffn_up-{l}"));
-            gate_up = Some((gate.clone(), up.clone()));
-            g.swiglu(&gate, &up)?
-        }
+    let (x, act) = if let Some((xn, a)) = fused {
+        (g.constant(xn), g.constant(a))
+    } else {
+        let (x, h) = add_norm(g, c, x, &attn_out, &w[Role::FfnNorm])?;
+        g.name(&x, || format!("ffn_inp-{l}"));
+        g.name(&h, || format!("ffn_norm-{l}"));
+        let act = match c.act {
+            // The batched forward (the server): each sequence's rows as they are alone.
+            Activation::Silu if seqs.is_some() => {
+                let (gate, up) = match linear_rows_many(&h, [&w[Role::WGate], &w[Role::WUp]], w, &[])? {
+                    Some([gate, up]) => (g.constant(gate), g.constant(up)),
+                    None => (linear(g, &h, &w[Role::WGate], None, seqs)?, linear(g, &h, &w[Role::WUp], None, seqs)?),
+                };
+                g.name(&gate, || format!("ffn_gate-{l}"));
+                g.name(&up, || format!("ffn_up-{l}"));
+                g.swiglu(&gate, &up)?
+            }
+            // One launch for both products and the gate on a GPU at decode sizes.
+            Activation::Silu if g.may_fuse() && !w.adapted(&[Role::WGate, Role::WUp]) => g
+                .constant(timed("linear_swiglu", || {
+                    smelt_core::ops::matmul::linear_swiglu(h.tensor(), w[Role::WGate].tensor(), w[Role::WUp].tensor())
+                })?),
+            Activation::Silu => {
+                let gate = proj(g, l, w, Role::WGate, &h, None)?;
+                g.name(&gate, || format!("ffn_gate-{l}"));
+                let up = proj(g, l, w, Role::WUp, &h, None)?;
+                g.name(&up, || format!("ffn_up-{l}"));
+                gate_up = Some((gate.clone(), up.clone()));
+                g.swiglu(&gate, &up)?
+            }
+        };
+        (x, act)
     };
     g.name(&act, || format!("ffn_swiglu-{l}"));
     let ffn_out = match (seqs, &gate_up) {

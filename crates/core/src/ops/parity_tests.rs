@@ -157,6 +157,7 @@ fn kernels_compile() {
                         "mmvqg_swiglu_bf16_",
                         "mmvqg3_n1_bf16_",
                         "mmvqg_swiglu_n1_bf16_",
+                        "mmvqg_swiglu_norm_n1_bf16_",
                     ]
                     .map(|k| format!("{k}{f}"))
                 })

@@ -19,8 +19,8 @@ const WARPS: u32 = 4;
 
 /// Kernel names of one format: [matvec, dequant f32, dequant bf16, gather f32, matvec bf16,
 /// integer matvec (up to three weights), integer gate/up + SwiGLU, the last two for one input
-/// row].
-fn names(f: GgmlType) -> Result<[&'static str; 9]> {
+/// row, gate/up + SwiGLU of one row after its residual add and RMSNorm].
+fn names(f: GgmlType) -> Result<[&'static str; 10]> {
     macro_rules! n {
         ($f:ident) => {
             [
@@ -33,6 +33,7 @@ fn names(f: GgmlType) -> Result<[&'static str; 9]> {
                 concat!("mmvqg_swiglu_bf16_", stringify!($f)),
                 concat!("mmvqg3_n1_bf16_", stringify!($f)),
                 concat!("mmvqg_swiglu_n1_bf16_", stringify!($f)),
+                concat!("mmvqg_swiglu_norm_n1_bf16_", stringify!($f)),
             ]
         };
     }
@@ -259,6 +260,62 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     let cfg = mv_config(m, g, q.smem);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(Some(shaped(x, y, m)?))
+}
+
+/// (h, silu(y·w_gᵀ)·(y·w_uᵀ)) with (h, y) = add_rmsnorm(x, r, w_norm) for one row, in one launch:
+/// the gate/up matvec's blocks each do the add and the norm (rmsnorm.cu's arithmetic, so the
+/// bits of `add_rmsnorm` then `linear_swiglu`) and quantise y in their shared memory; block 0
+/// stores h. A decode step's layer saves the add_rmsnorm launch. None where it does not apply:
+/// more than one row, not mixed precision (x f32, r bf16, bf16 activations), the formats differ,
+/// k not a multiple of 32 or over 15360 (shared memory), a pointer not 16-byte aligned.
+pub fn add_rmsnorm_swiglu(
+    x: &Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    wg: &DeviceQuant,
+    wu: &DeviceQuant,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let (_, ydt) = crate::ops::matmul::cuda::precision();
+    let (n, k) = (x.rows(), x.cols());
+    if !mmvq_on()
+        || !fused_on()
+        || n != 1
+        || ydt != DType::BF16
+        || x.dtype() != DType::F32
+        || r.dtype() != DType::BF16
+        || w.dtype() != DType::F32
+        || r.shape() != x.shape()
+        || w.numel() != k
+        || !k.is_multiple_of(32)
+        || k > 15360
+        || wg.format != wu.format
+        || wg.rows != wu.rows
+        || wg.cols != k
+        || wu.cols != k
+    {
+        return Ok(None);
+    }
+    let [xb, rb, wb] = cuda::float_bufs([x, r, w], "add_rmsnorm_swiglu")?;
+    if [xb.ptr(), rb.ptr(), wb.ptr()].iter().any(|p| p % 16 != 0) || wg.blocks.gpu.ordinal != xb.gpu.ordinal {
+        return Ok(None);
+    }
+    let gpu = xb.gpu.clone();
+    let m = wg.rows;
+    let h = DeviceBuf::alloc(&gpu, DType::F32, k)?;
+    let y = DeviceBuf::alloc(&gpu, DType::BF16, m)?;
+    let g = mmvq_lanes(k);
+    let func = names(wg.format)?[9];
+    let f = gpu.function("qmatmul", SRC, func)?;
+    // rmsnorm's warps a row for one row (`rmsnorm::cuda::per_row`): its order of the sums.
+    let wpr = k.div_ceil(8 * 32 * 2).clamp(1, 8) as i32;
+    let (eps32, k32, m32, rb64, g32) = (eps as f32, k as i32, m as i32, wg.row_bytes as i64, g as i32);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&xb.data).arg(&rb.data).arg(&wb.data).arg(&h.data).arg(&eps32).arg(&wpr).arg(&k32);
+    l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb64).arg(&g32);
+    // Shared memory: y (bf16), then its 8-bit values and their scales.
+    cuda::launched(unsafe { l.launch(mv_config(m, g, (k * 2 + k + k / 32 * 4) as u32)) }, func)?;
+    Ok(Some((Tensor::from_device_buf(h, x.shape())?, shaped(x, y, m)?)))
 }
 
 /// y (n × m) = x (n × k) · wᵀ (+ bias), w quantised (m × k) on x's device. x is f32 or bf16;
