@@ -288,6 +288,29 @@ fn integer_matvecs_of_bf16_rows_match_the_reference_and_the_unfused_ops() {
                         .expect("the fused add + norm + gate/up applies to one mixed-precision row");
                 assert_eq!(h1.to_vec_f32().unwrap(), h0.to_vec_f32().unwrap(), "{} k={k}: fused h", ty.name());
                 assert_eq!(act1.to_vec_f32().unwrap(), act0.to_vec_f32().unwrap(), "{} k={k}: fused act", ty.name());
+                // The same before q/k/v (two of one format, a third of another, a bias).
+                let qkv = [(&ws[0].2, Some(&bias)), (&ws[1].2, None), (&w3, None)];
+                let want = linear_many(&y0, &qkv).unwrap();
+                if let Some((h2, got)) =
+                    smelt_core::ops::qmatmul::add_rmsnorm_linear_many(&stream, &xb, &norm_w, eps, &qkv).unwrap()
+                {
+                    assert_eq!(
+                        h2.to_vec_f32().unwrap(),
+                        h0.to_vec_f32().unwrap(),
+                        "{} k={k}: fused q/k/v h",
+                        ty.name()
+                    );
+                    for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            a.to_vec_f32().unwrap(),
+                            b.to_vec_f32().unwrap(),
+                            "{} k={k}: fused q/k/v output {j}",
+                            ty.name()
+                        );
+                    }
+                } else {
+                    println!("  {} k={k}: q/k/v with {} take two launches, no fused form", ty.name(), other.name());
+                }
             }
             let fused = linear_swiglu(&xb, &ws[0].2, &ws[1].2).unwrap();
             let unfused = swiglu(&linear(&xb, &ws[0].2, None).unwrap(), &alone[1]).unwrap();

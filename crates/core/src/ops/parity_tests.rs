@@ -158,11 +158,12 @@ fn kernels_compile() {
                         "mmvqg3_n1_bf16_",
                         "mmvqg_swiglu_n1_bf16_",
                         "mmvqg_swiglu_norm_n1_bf16_",
+                        "mmvqg3_norm_n1_bf16_",
                     ]
                     .map(|k| format!("{k}{f}"))
                 })
                 .chain(
-                    ["mmvqg3_bf16_", "mmvqg3_n1_bf16_"]
+                    ["mmvqg3_bf16_", "mmvqg3_n1_bf16_", "mmvqg3_norm_n1_bf16_"]
                         .iter()
                         .flat_map(|k| ["Q4_K_Q6_K", "Q5_0_Q8_0"].map(|p| format!("{k}{p}"))),
                 )

@@ -19,8 +19,9 @@ const WARPS: u32 = 4;
 
 /// Kernel names of one format: [matvec, dequant f32, dequant bf16, gather f32, matvec bf16,
 /// integer matvec (up to three weights), integer gate/up + SwiGLU, the last two for one input
-/// row, gate/up + SwiGLU of one row after its residual add and RMSNorm].
-fn names(f: GgmlType) -> Result<[&'static str; 10]> {
+/// row, gate/up + SwiGLU of one row after its residual add and RMSNorm, the integer matvec of
+/// one row after them].
+fn names(f: GgmlType) -> Result<[&'static str; 11]> {
     macro_rules! n {
         ($f:ident) => {
             [
@@ -34,6 +35,7 @@ fn names(f: GgmlType) -> Result<[&'static str; 10]> {
                 concat!("mmvqg3_n1_bf16_", stringify!($f)),
                 concat!("mmvqg_swiglu_n1_bf16_", stringify!($f)),
                 concat!("mmvqg_swiglu_norm_n1_bf16_", stringify!($f)),
+                concat!("mmvqg3_norm_n1_bf16_", stringify!($f)),
             ]
         };
     }
@@ -127,6 +129,15 @@ fn mixed_kernel(a: GgmlType, b: GgmlType, n: usize) -> Option<&'static str> {
         (GgmlType::Q4_K, GgmlType::Q6_K, false) => "mmvqg3_bf16_Q4_K_Q6_K",
         (GgmlType::Q5_0, GgmlType::Q8_0, true) => "mmvqg3_n1_bf16_Q5_0_Q8_0",
         (GgmlType::Q5_0, GgmlType::Q8_0, false) => "mmvqg3_bf16_Q5_0_Q8_0",
+        _ => return None,
+    })
+}
+
+/// `mixed_kernel`'s pair after one row's residual add and RMSNorm (`mmvqg3_norm_n1_*`).
+fn mixed_norm_kernel(a: GgmlType, b: GgmlType) -> Option<&'static str> {
+    Some(match (a, b) {
+        (GgmlType::Q4_K, GgmlType::Q6_K) => "mmvqg3_norm_n1_bf16_Q4_K_Q6_K",
+        (GgmlType::Q5_0, GgmlType::Q8_0) => "mmvqg3_norm_n1_bf16_Q5_0_Q8_0",
         _ => return None,
     })
 }
@@ -276,46 +287,140 @@ pub fn add_rmsnorm_swiglu(
     wg: &DeviceQuant,
     wu: &DeviceQuant,
 ) -> Result<Option<(Tensor, Tensor)>> {
-    let (_, ydt) = crate::ops::matmul::cuda::precision();
-    let (n, k) = (x.rows(), x.cols());
-    if !mmvq_on()
-        || !fused_on()
-        || n != 1
-        || ydt != DType::BF16
-        || x.dtype() != DType::F32
-        || r.dtype() != DType::BF16
-        || w.dtype() != DType::F32
-        || r.shape() != x.shape()
-        || w.numel() != k
-        || !k.is_multiple_of(32)
-        || k > 15360
-        || wg.format != wu.format
-        || wg.rows != wu.rows
-        || wg.cols != k
-        || wu.cols != k
-    {
+    if wg.format != wu.format || wg.rows != wu.rows || wu.cols != x.cols() {
         return Ok(None);
     }
-    let [xb, rb, wb] = cuda::float_bufs([x, r, w], "add_rmsnorm_swiglu")?;
-    if [xb.ptr(), rb.ptr(), wb.ptr()].iter().any(|p| p % 16 != 0) || wg.blocks.gpu.ordinal != xb.gpu.ordinal {
-        return Ok(None);
-    }
-    let gpu = xb.gpu.clone();
-    let m = wg.rows;
-    let h = DeviceBuf::alloc(&gpu, DType::F32, k)?;
+    let Some(nm) = NormArgs::new(x, r, w, eps, &[wg, wu])? else { return Ok(None) };
+    let (k, m) = (nm.k, wg.rows);
+    let gpu = nm.h.gpu.clone();
     let y = DeviceBuf::alloc(&gpu, DType::BF16, m)?;
     let g = mmvq_lanes(k);
     let func = names(wg.format)?[9];
     let f = gpu.function("qmatmul", SRC, func)?;
-    // rmsnorm's warps a row for one row (`rmsnorm::cuda::per_row`): its order of the sums.
-    let wpr = k.div_ceil(8 * 32 * 2).clamp(1, 8) as i32;
-    let (eps32, k32, m32, rb64, g32) = (eps as f32, k as i32, m as i32, wg.row_bytes as i64, g as i32);
+    let (m32, rb64, g32) = (m as i32, wg.row_bytes as i64, g as i32);
     let mut l = gpu.stream.launch_builder(&f);
-    l.arg(&xb.data).arg(&rb.data).arg(&wb.data).arg(&h.data).arg(&eps32).arg(&wpr).arg(&k32);
+    nm.push(&mut l);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb64).arg(&g32);
-    // Shared memory: y (bf16), then its 8-bit values and their scales.
-    cuda::launched(unsafe { l.launch(mv_config(m, g, (k * 2 + k + k / 32 * 4) as u32)) }, func)?;
-    Ok(Some((Tensor::from_device_buf(h, x.shape())?, shaped(x, y, m)?)))
+    cuda::launched(unsafe { l.launch(mv_config(m, g, nm.smem())) }, func)?;
+    Ok(Some((Tensor::from_device_buf(nm.h, x.shape())?, shaped(x, y, m)?)))
+}
+
+/// (h, [y·w_jᵀ + b_j]) with (h, y) = add_rmsnorm(x, r, w_norm) for one row: q, k and v after a
+/// block's residual add and the next block's norm, in one launch (one format, or `mixed_kernel`'s
+/// pairs), as `add_rmsnorm_swiglu` does it for gate/up. None where it does not apply (as there,
+/// or the weights need more than one launch).
+pub fn add_rmsnorm_linear_many(
+    x: &Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    ws: &[(&DeviceQuant, Option<&Tensor>)],
+) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+    let k = x.cols();
+    let (func, mixed) = match ws {
+        [] => return Ok(None),
+        [(a, _), (b, _), (c, _)] if a.format == b.format && c.format != a.format => {
+            match mixed_norm_kernel(a.format, c.format) {
+                Some(f) => (f, true),
+                None => return Ok(None),
+            }
+        }
+        _ if ws.len() <= 3 && ws.iter().all(|(q, _)| q.format == ws[0].0.format) => (names(ws[0].0.format)?[10], false),
+        _ => return Ok(None),
+    };
+    if ws.iter().any(|(q, _)| q.cols != k) {
+        return Ok(None);
+    }
+    let qs: Vec<&DeviceQuant> = ws.iter().map(|(q, _)| *q).collect();
+    let Some(nm) = NormArgs::new(x, r, w, eps, &qs)? else { return Ok(None) };
+    let gpu = nm.h.gpu.clone();
+    let ys = ws.iter().map(|(q, _)| DeviceBuf::alloc(&gpu, DType::BF16, q.rows)).collect::<Result<Vec<_>>>()?;
+    let mut slots = [(0u64, 0u64, 0i32, 0i64); 3];
+    for (j, (q, _)) in ws.iter().enumerate() {
+        slots[j] = (q.blocks.ptr(), ys[j].ptr(), q.rows as i32, q.row_bytes as i64);
+    }
+    let g = mmvq_lanes(k);
+    let g32 = g as i32;
+    let f = gpu.function("qmatmul", SRC, func)?;
+    let mut l = gpu.stream.launch_builder(&f);
+    nm.push(&mut l);
+    for s in &slots {
+        l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
+    }
+    l.arg(&g32);
+    let mut cfg = mv_config(ws.iter().map(|(q, _)| q.rows).sum(), g, nm.smem());
+    if mixed {
+        // Each slot's rows on blocks of their own.
+        let per_block = crate::ops::matmul::cuda::MV_THREADS as usize / g;
+        cfg.grid_dim.0 = ws.iter().map(|(q, _)| q.rows.div_ceil(per_block)).sum::<usize>().max(1) as u32;
+    }
+    cuda::launched(unsafe { l.launch(cfg) }, func)?;
+    let mut out = Vec::with_capacity(ws.len());
+    for (y, (q, bias)) in ys.into_iter().zip(ws) {
+        if let Some(b) = bias {
+            crate::ops::matmul::cuda::add_bias(&y, b, 1, q.rows)?;
+        }
+        out.push(shaped(x, y, q.rows)?);
+    }
+    Ok(Some((Tensor::from_device_buf(nm.h, x.shape())?, out)))
+}
+
+/// The residual add and RMSNorm a matvec does first for one row (`NormIn` in qmatmul.cu): its
+/// inputs checked (one mixed-precision row: x f32, r bf16, w f32, k a multiple of 32 up to
+/// 15360, 16-byte aligned, the weights on x's device) and h allocated; None where it does not
+/// apply.
+struct NormArgs<'a> {
+    x: &'a DeviceBuf,
+    r: &'a DeviceBuf,
+    w: &'a DeviceBuf,
+    h: DeviceBuf,
+    eps: f32,
+    /// rmsnorm's warps a row for one row (`rmsnorm::cuda::per_row`): its order of the sums.
+    wpr: i32,
+    k: usize,
+    k32: i32,
+}
+
+impl<'a> NormArgs<'a> {
+    fn new(x: &'a Tensor, r: &'a Tensor, w: &'a Tensor, eps: f64, ws: &[&DeviceQuant]) -> Result<Option<Self>> {
+        let (_, ydt) = crate::ops::matmul::cuda::precision();
+        let (n, k) = (x.rows(), x.cols());
+        if !mmvq_on()
+            || !fused_on()
+            || n != 1
+            || ydt != DType::BF16
+            || x.dtype() != DType::F32
+            || r.dtype() != DType::BF16
+            || w.dtype() != DType::F32
+            || r.shape() != x.shape()
+            || w.numel() != k
+            || !k.is_multiple_of(32)
+            || k > 15360
+            || ws.iter().any(|q| q.cols != k)
+        {
+            return Ok(None);
+        }
+        let [xb, rb, wb] = cuda::float_bufs([x, r, w], "add_rmsnorm (fused)")?;
+        if [xb.ptr(), rb.ptr(), wb.ptr()].iter().any(|p| p % 16 != 0)
+            || ws.iter().any(|q| q.blocks.gpu.ordinal != xb.gpu.ordinal)
+        {
+            return Ok(None);
+        }
+        let h = DeviceBuf::alloc(&xb.gpu, DType::F32, k)?;
+        let wpr = k.div_ceil(8 * 32 * 2).clamp(1, 8) as i32;
+        Ok(Some(NormArgs { x: xb, r: rb, w: wb, h, eps: eps as f32, wpr, k, k32: k as i32 }))
+    }
+
+    /// nx, nr, nw, nh, eps, wpr, cols: the kernels' first arguments.
+    fn push<'b>(&'b self, l: &mut cudarc::driver::LaunchArgs<'b>) {
+        l.arg(&self.x.data).arg(&self.r.data).arg(&self.w.data).arg(&self.h.data).arg(&self.eps).arg(&self.wpr);
+        l.arg(&self.k32);
+    }
+
+    /// Dynamic shared memory: y (bf16), then its 8-bit values and their scales.
+    fn smem(&self) -> u32 {
+        (self.k * 2 + self.k + self.k / 32 * 4) as u32
+    }
 }
 
 /// y (n × m) = x (n × k) · wᵀ (+ bias), w quantised (m × k) on x's device. x is f32 or bf16;

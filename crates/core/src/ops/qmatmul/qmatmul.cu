@@ -566,7 +566,7 @@ template <class F, typename T, int NM>
 __device__ __forceinline__ void mmvqg3(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
                                        const u8* w0, T* y0,
                                        int m0, long long rb0, const u8* w1, T* y1, int m1, long long rb1, const u8* w2,
-                                       T* y2, int m2, long long rb2, int G) {
+                                       T* y2, int m2, long long rb2, int G, const NormIn& nm = NormIn{}) {
     int lane = threadIdx.x & (G - 1);
     int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
     const u8* w = w0;
@@ -584,7 +584,7 @@ __device__ __forceinline__ void mmvqg3(const bf16_t* xf, const signed char* xq, 
     }
     float acc[NM];
     const u8* const rows[1] = {w + (long long)r * rb};
-    mmvq_rows_g<F, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc);
+    mmvq_rows_g<F, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
     if (active && lane == 0) {
 #pragma unroll
         for (int i = 0; i < NM; i++)
@@ -685,6 +685,16 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
     }                                                                                                            \
     MMVQG_KERNELS(F, , QMV_MAX_N)                                                                                \
     MMVQG_KERNELS(F, n1_, 1)                                                                                     \
+    /* One row's add + RMSNorm, then up to three products (q, k, v): h = x + r (stored), y_j = n·W_jᵀ. */    \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
+        mmvqg3_norm_n1_bf16_##F(const float* nx, const bf16_t* nr, const float* nw, float* nh, float eps, int wpr, \
+                                int cols, const u8* w0, bf16_t* y0, int m0, long long rb0, const u8* w1,          \
+                                bf16_t* y1, int m1, long long rb1, const u8* w2, bf16_t* y2, int m2,              \
+                                long long rb2, int G) {                                                           \
+        NormIn nm{nx, nr, nw, nh, eps, wpr};                                                                     \
+        mmvqg3<F, bf16_t, 1>(nullptr, nullptr, nullptr, 1, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2,    \
+                             rb2, G, nm);                                                                        \
+    }                                                                                                            \
     /* One row's add + RMSNorm, then gate/up + SwiGLU: h = x + r (stored), y = silu(n·W_gᵀ)·(n·W_uᵀ),   */    \
     /* n = rmsnorm(h)·w. */                                                                                      \
     extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
@@ -714,7 +724,8 @@ QKERNELS(Q6_K)
 template <class FA, class FB, typename T, int NM>
 __device__ __forceinline__ void mmvqg3_mixed(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
                                              const u8* w0, T* y0, int m0, long long rb0, const u8* w1, T* y1, int m1,
-                                             long long rb1, const u8* w2, T* y2, int m2, long long rb2, int G) {
+                                             long long rb1, const u8* w2, T* y2, int m2, long long rb2, int G,
+                                             const NormIn& nm = NormIn{}) {
     int rpb = MV_THREADS / G;
     int b0 = (m0 + rpb - 1) / rpb, b1 = (m1 + rpb - 1) / rpb;
     int blk = blockIdx.x, slot;
@@ -737,9 +748,9 @@ __device__ __forceinline__ void mmvqg3_mixed(const bf16_t* xf, const signed char
     float acc[NM];
     const u8* const rows[1] = {w + (long long)r * rb};
     if (slot < 2) {
-        mmvq_rows_g<FA, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc);
+        mmvq_rows_g<FA, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
     } else {
-        mmvq_rows_g<FB, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc);
+        mmvq_rows_g<FB, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
     }
     if (active && lane == 0) {
 #pragma unroll
@@ -756,6 +767,18 @@ __device__ __forceinline__ void mmvqg3_mixed(const bf16_t* xf, const signed char
                                      int G) {                                                                     \
         mmvqg3_mixed<FA, FB, bf16_t, NM>(xf, xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G); \
     }
+#define MMVQG_MIXED_NORM(FA, FB)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
+        mmvqg3_norm_n1_bf16_##FA##_##FB(const float* nx, const bf16_t* nr, const float* nw, float* nh, float eps,  \
+                                        int wpr, int cols, const u8* w0, bf16_t* y0, int m0, long long rb0,       \
+                                        const u8* w1, bf16_t* y1, int m1, long long rb1, const u8* w2,            \
+                                        bf16_t* y2, int m2, long long rb2, int G) {                               \
+        NormIn nm{nx, nr, nw, nh, eps, wpr};                                                                     \
+        mmvqg3_mixed<FA, FB, bf16_t, 1>(nullptr, nullptr, nullptr, 1, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2,  \
+                                        y2, m2, rb2, G, nm);                                                     \
+    }
+MMVQG_MIXED_NORM(Q4_K, Q6_K)
+MMVQG_MIXED_NORM(Q5_0, Q8_0)
 MMVQG_MIXED(Q4_K, Q6_K, , QMV_MAX_N)
 MMVQG_MIXED(Q4_K, Q6_K, n1_, 1)
 MMVQG_MIXED(Q5_0, Q8_0, , QMV_MAX_N)
