@@ -1,0 +1,60 @@
+#!/bin/bash
+# One device call for a CUDA decode change (issue 14): llama.cpp's CUDA llama-bench built in the
+# background, the quantised/GEMV/decode GPU tests, then batch-1 decode of smelt (with variants)
+# and of llama.cpp on the same GGUF files, and an ncu table of one 1B q4_k step if time is left.
+#
+#   here:  CARGO_TARGET_DIR=target-cuda scripts/gpu_suite.sh build .devcarry/suite
+#          (then strip the binaries and drop gpu_nccl/gpu_train/gpu_serve/cli_tests: the carry
+#          limit is 64 MiB), scripts/gpu_llama_cpp.sh pack .devcarry/llama,
+#          cp SmolLM2's tokenizer.json .devcarry/suite/bench/smollm2-tokenizer.json,
+#          cp scripts/gpu_decode_check.sh scripts/ncu_table.py .devcarry/
+#   there: bash .devcarry/gpu_decode_check.sh     (device tool, carry [".devcarry"])
+#
+# VARIANTS (decode_cuda.py --variants) defaults to the kernels' comparison switches; END is the
+# seconds the script may take (leave the device call's limit some room).
+cd "$(dirname "$0")" || exit 1
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export PATH=/usr/local/cuda/bin:$PATH
+export SMELT_KERNEL_CACHE=/tmp/smelt-kernels PYTHONUNBUFFERED=1
+OUT=${OUT:-./out}; mkdir -p "$OUT"
+VARIANTS=${VARIANTS:-"old:SMELT_CUDA_MV=old,nofuse:SMELT_CUDA_MV_FUSE=0"}
+t0=$(date +%s); END=${END:-540}
+left() { echo $(( END - ($(date +%s) - t0) )); }
+stamp() { echo "[$(( $(date +%s) - t0 ))s] $*" | tee -a "$OUT/timeline.txt"; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+LL=/tmp/ll
+rm -rf $LL; mkdir -p $LL && tar xzf llama/llama-src.tgz -C $LL && tar xzf llama/models.tgz -C $LL
+( cd $LL/src && cmake -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release \
+  && nice cmake --build build -j 12 --target llama-bench ) > "$OUT/llama-build.log" 2>&1 &
+cd suite || exit 1
+export SMELT_REQUIRE_GPU=1 SMELT_REPO=$PWD
+stamp "tests"
+for t in "gpu_quant 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear 60" "gpu_infer 150"; do
+  set -- $t; IFS=: read -r exe filters <<< "$1"
+  timeout "$2" ./"$exe" ${filters//:/ } --test-threads=1 > "$OUT/$exe.txt" 2>&1; echo "$exe rc $?"
+  grep -E "^test |test result|panicked" "$OUT/$exe.txt"
+done
+stamp "decode (smelt)"
+timeout $(( $(left) - 110 )) python3 bench/decode_cuda.py --smelt ./smelt --tokenizer bench/smollm2-tokenizer.json \
+   --types bf16,q8_0,q4_k --variants "$VARIANTS" --out "$OUT/decode" > "$OUT/decode.txt" 2>&1
+grep -E "^\||rc [1-9]|TIMEOUT" "$OUT/decode.txt"
+stamp "llama build wait (left $(left)s)"
+while [ ! -x $LL/src/build/bin/llama-bench ] && [ "$(left)" -gt 40 ]; do sleep 5; done
+tail -2 "$OUT/llama-build.log"
+if [ -x $LL/src/build/bin/llama-bench ]; then
+  stamp "decode (llama.cpp)"
+  timeout $(( $(left) - 15 )) python3 bench/decode_cuda.py --no-smelt --llama-bench $LL/src/build/bin/llama-bench \
+     --tokenizer bench/smollm2-tokenizer.json --types bf16,q8_0,q4_k --out "$OUT/decode-llama" > "$OUT/decode-llama.txt" 2>&1
+  grep -E "^\|" "$OUT/decode-llama.txt"
+fi
+NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+if [ -n "$NCU" ] && [ "$(left)" -gt 40 ]; then
+  stamp "ncu 1b-q4_k"
+  SMELT_CUDA_GRAPH=0 timeout $(( $(left) - 10 )) "$NCU" --csv --clock-control none --launch-skip 400 --launch-count 160 \
+     --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size,launch__block_size \
+     ./smelt generate --device cuda --model /tmp/smelt-decode-models/1b-q4_k.gguf --prompt "The kernel" --max-tokens 8 --temperature 0 \
+     > "$OUT/ncu-1b-q4_k.csv" 2> "$OUT/ncu-1b-q4_k.err"
+  python3 ../ncu_table.py "$OUT/ncu-1b-q4_k.csv" > "$OUT/ncu-1b-q4_k.txt" 2>&1; head -40 "$OUT/ncu-1b-q4_k.txt"
+fi
+stamp end
