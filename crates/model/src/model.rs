@@ -387,7 +387,7 @@ fn block(
     };
     let seqs = per_seq.as_deref();
     // The previous block's add and this block's norm: inside the q/k/v launch where it can be
-    // (one row of a decode step, quantised q/k/v on a GPU), else here.
+    // (one row of a decode step on a GPU), else here.
     let mut fused_qkv = None;
     let (x, h) = match h {
         Next::Normed(h) => (x.clone(), Some(h.clone())),
@@ -404,7 +404,7 @@ fn block(
                     (w[Role::Wv].tensor(), bias(Role::Bv)),
                 ];
                 timed("add_rmsnorm_linear_many", || {
-                    smelt_core::ops::qmatmul::add_rmsnorm_linear_many(
+                    smelt_core::ops::matmul::add_rmsnorm_linear_many(
                         x.tensor(),
                         out.tensor(),
                         norm.tensor(),
@@ -569,8 +569,8 @@ fn block(
         None => proj(g, l, w, Role::Wo, &attn, None)?,
     };
     g.name(&attn_out, || format!("attn_out-{l}"));
-    // A decode step's one row on a GPU with quantised gate and up: the residual add and the norm
-    // inside the gate/up launch (`add_rmsnorm_swiglu`: the same bits as the two ops).
+    // A decode step's one row on a GPU: the residual add and the norm inside the gate/up launch
+    // (`add_rmsnorm_swiglu`: the same bits as the two ops).
     let fused = match seqs {
         None if g.may_fuse()
             && matches!(c.act, Activation::Silu)
@@ -578,7 +578,7 @@ fn block(
             && !w.adapted(&[Role::WGate, Role::WUp]) =>
         {
             timed("add_rmsnorm_swiglu", || {
-                smelt_core::ops::qmatmul::add_rmsnorm_swiglu(
+                smelt_core::ops::matmul::add_rmsnorm_swiglu(
                     x.tensor(),
                     attn_out.tensor(),
                     w[Role::FfnNorm].tensor(),

@@ -3,6 +3,7 @@
 
 use crate::cuda::blas::Operand;
 use crate::cuda::{self, DeviceBuf};
+use crate::ops::matmul::cuda::NormArgs;
 use crate::quant::{DeviceQuant, GgmlType};
 use crate::{DType, Tensor};
 use anyhow::{bail, Result};
@@ -290,9 +291,9 @@ pub fn add_rmsnorm_swiglu(
     if wg.format != wu.format || wg.rows != wu.rows || wu.cols != x.cols() {
         return Ok(None);
     }
-    let Some(nm) = NormArgs::new(x, r, w, eps, &[wg, wu])? else { return Ok(None) };
-    let (k, m) = (nm.k, wg.rows);
-    let gpu = nm.h.gpu.clone();
+    let Some(nm) = norm_args(x, r, w, eps, &[wg, wu])? else { return Ok(None) };
+    let (k, m) = (x.cols(), wg.rows);
+    let gpu = nm.gpu();
     let y = DeviceBuf::alloc(&gpu, DType::BF16, m)?;
     let g = mmvq_lanes(k);
     let func = names(wg.format)?[9];
@@ -301,8 +302,8 @@ pub fn add_rmsnorm_swiglu(
     let mut l = gpu.stream.launch_builder(&f);
     nm.push(&mut l);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb64).arg(&g32);
-    cuda::launched(unsafe { l.launch(mv_config(m, g, nm.smem())) }, func)?;
-    Ok(Some((Tensor::from_device_buf(nm.h, x.shape())?, shaped(x, y, m)?)))
+    cuda::launched(unsafe { l.launch(mv_config(m, g, nm.smem_quantised())) }, func)?;
+    Ok(Some((nm.into_h(x.shape())?, shaped(x, y, m)?)))
 }
 
 /// (h, [y·w_jᵀ + b_j]) with (h, y) = add_rmsnorm(x, r, w_norm) for one row: q, k and v after a
@@ -332,8 +333,8 @@ pub fn add_rmsnorm_linear_many(
         return Ok(None);
     }
     let qs: Vec<&DeviceQuant> = ws.iter().map(|(q, _)| *q).collect();
-    let Some(nm) = NormArgs::new(x, r, w, eps, &qs)? else { return Ok(None) };
-    let gpu = nm.h.gpu.clone();
+    let Some(nm) = norm_args(x, r, w, eps, &qs)? else { return Ok(None) };
+    let gpu = nm.gpu();
     let ys = ws.iter().map(|(q, _)| DeviceBuf::alloc(&gpu, DType::BF16, q.rows)).collect::<Result<Vec<_>>>()?;
     let mut slots = [(0u64, 0u64, 0i32, 0i64); 3];
     for (j, (q, _)) in ws.iter().enumerate() {
@@ -348,7 +349,7 @@ pub fn add_rmsnorm_linear_many(
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
     }
     l.arg(&g32);
-    let mut cfg = mv_config(ws.iter().map(|(q, _)| q.rows).sum(), g, nm.smem());
+    let mut cfg = mv_config(ws.iter().map(|(q, _)| q.rows).sum(), g, nm.smem_quantised());
     if mixed {
         // Each slot's rows on blocks of their own.
         let per_block = crate::ops::matmul::cuda::MV_THREADS as usize / g;
@@ -362,65 +363,26 @@ pub fn add_rmsnorm_linear_many(
         }
         out.push(shaped(x, y, q.rows)?);
     }
-    Ok(Some((Tensor::from_device_buf(nm.h, x.shape())?, out)))
+    Ok(Some((nm.into_h(x.shape())?, out)))
 }
 
-/// The residual add and RMSNorm a matvec does first for one row (`NormIn` in qmatmul.cu): its
-/// inputs checked (one mixed-precision row: x f32, r bf16, w f32, k a multiple of 32 up to
-/// 15360, 16-byte aligned, the weights on x's device) and h allocated; None where it does not
-/// apply.
-struct NormArgs<'a> {
-    x: &'a DeviceBuf,
-    r: &'a DeviceBuf,
-    w: &'a DeviceBuf,
-    h: DeviceBuf,
-    eps: f32,
-    /// rmsnorm's warps a row for one row (`rmsnorm::cuda::per_row`): its order of the sums.
-    wpr: i32,
-    k: usize,
-    k32: i32,
-}
-
-impl<'a> NormArgs<'a> {
-    fn new(x: &'a Tensor, r: &'a Tensor, w: &'a Tensor, eps: f64, ws: &[&DeviceQuant]) -> Result<Option<Self>> {
-        let (_, ydt) = crate::ops::matmul::cuda::precision();
-        let (n, k) = (x.rows(), x.cols());
-        if !mmvq_on()
-            || !fused_on()
-            || n != 1
-            || ydt != DType::BF16
-            || x.dtype() != DType::F32
-            || r.dtype() != DType::BF16
-            || w.dtype() != DType::F32
-            || r.shape() != x.shape()
-            || w.numel() != k
-            || !k.is_multiple_of(32)
-            || k > 15360
-            || ws.iter().any(|q| q.cols != k)
-        {
-            return Ok(None);
-        }
-        let [xb, rb, wb] = cuda::float_bufs([x, r, w], "add_rmsnorm (fused)")?;
-        if [xb.ptr(), rb.ptr(), wb.ptr()].iter().any(|p| p % 16 != 0)
-            || ws.iter().any(|q| q.blocks.gpu.ordinal != xb.gpu.ordinal)
-        {
-            return Ok(None);
-        }
-        let h = DeviceBuf::alloc(&xb.gpu, DType::F32, k)?;
-        let wpr = k.div_ceil(8 * 32 * 2).clamp(1, 8) as i32;
-        Ok(Some(NormArgs { x: xb, r: rb, w: wb, h, eps: eps as f32, wpr, k, k32: k as i32 }))
+/// `NormArgs` for one row before quantised weights: as `NormArgs::new`, and the weights on x's
+/// device with k columns.
+fn norm_args<'a>(
+    x: &'a Tensor,
+    r: &'a Tensor,
+    w: &'a Tensor,
+    eps: f64,
+    ws: &[&DeviceQuant],
+) -> Result<Option<NormArgs<'a>>> {
+    if !mmvq_on() || !fused_on() || ws.iter().any(|q| q.cols != x.cols()) {
+        return Ok(None);
     }
-
-    /// nx, nr, nw, nh, eps, wpr, cols: the kernels' first arguments.
-    fn push<'b>(&'b self, l: &mut cudarc::driver::LaunchArgs<'b>) {
-        l.arg(&self.x.data).arg(&self.r.data).arg(&self.w.data).arg(&self.h.data).arg(&self.eps).arg(&self.wpr);
-        l.arg(&self.k32);
+    let Some(nm) = NormArgs::new(x, r, w, eps)? else { return Ok(None) };
+    if ws.iter().any(|q| q.blocks.gpu.ordinal != nm.gpu().ordinal) {
+        return Ok(None);
     }
-
-    /// Dynamic shared memory: y (bf16), then its 8-bit values and their scales.
-    fn smem(&self) -> u32 {
-        (self.k * 2 + self.k + self.k / 32 * 4) as u32
-    }
+    Ok(Some(nm))
 }
 
 /// y (n × m) = x (n × k) · wᵀ (+ bias), w quantised (m × k) on x's device. x is f32 or bf16;
