@@ -351,12 +351,12 @@ pub(crate) enum Next {
 }
 
 impl Next {
-    /// The normalised stream: h itself, or add_rmsnorm of the pending output (x the stream it
-    /// was not yet added to).
-    fn normed(self, g: &mut Graph, c: &ModelConfig, x: &Var) -> Result<Var> {
+    /// (x, h): the stream with any pending output added, and its normalised form (x the stream
+    /// the pending output was not yet added to).
+    fn normed(self, g: &mut Graph, c: &ModelConfig, x: &Var) -> Result<(Var, Var)> {
         match self {
-            Next::Normed(h) => Ok(h),
-            Next::Pending { out, norm } => Ok(add_norm(g, c, x, &out, &norm)?.1),
+            Next::Normed(h) => Ok((x.clone(), h)),
+            Next::Pending { out, norm } => add_norm(g, c, x, &out, &norm),
         }
     }
 }
@@ -1072,11 +1072,11 @@ impl Model {
                     let w = LayerVars::new(&plan, &v[2..]);
                     let h = Next::Normed(v[1].clone());
                     let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &h, &w, Kv::None, seg.as_ref())?;
-                    let h = h.normed(g, &cfg, &x)?;
+                    let (x, h) = h.normed(g, &cfg, &x)?;
                     Ok(vec![x, h])
                 });
-                let h0 = h.normed(g, c, &x)?;
-                let mut all = vec![x.clone(), h0];
+                let (x0, h0) = h.normed(g, c, &x)?;
+                let mut all = vec![x0, h0];
                 all.extend(inputs);
                 let mut out = g.checkpoint(&all, f)?;
                 h = Next::Normed(out.pop().unwrap());
@@ -1086,7 +1086,7 @@ impl Model {
                 (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot, seg)?;
             }
         }
-        h.normed(g, c, &x)
+        Ok(h.normed(g, c, &x)?.1)
     }
 
     /// Mean next-token loss of (B, T) inputs against (B, T) targets.

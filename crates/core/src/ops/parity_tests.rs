@@ -916,24 +916,25 @@ fn parity_gemv_linear_many_and_swiglu() {
 /// A decode step's residual add and RMSNorm made inside the GEMV launch that follows it (one
 /// row, mixed precision; `matmul::add_rmsnorm_linear_many`/`add_rmsnorm_swiglu`): the new stream
 /// and the products bit for bit what `add_rmsnorm` then `linear_many`/`linear_swiglu` give, for
-/// the warp-a-row GEMV (k 576, 2048) and the row groups (k 4096).
+/// the warp-a-row GEMV (k 512, 576, 2048: one to four warps in rmsnorm's row) and the row
+/// groups (k 4096), with weights whose rows do not fill whole blocks.
 #[test]
 fn parity_gemv_after_add_rmsnorm_in_one_launch() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
     cuda::set_matmul_precision(cuda::MatmulPrecision::Bf16);
     let eps = 1e-5;
-    for k in [576, 2048, 4096] {
+    for k in [512, 576, 2048, 4096] {
         let x = up(&randn(&mut r, &[1, k], 2.0), d);
         let br = up(&randn(&mut r, &[1, k], 1.0), d).to_dtype(crate::DType::BF16).unwrap();
         let nw = up(&randn(&mut r, &[k], 1.0), d);
         let (wq, wk, wv) = (
-            up(&randn(&mut r, &[64, k], 0.1), d),
-            up(&randn(&mut r, &[16, k], 0.1), d),
-            up(&randn(&mut r, &[16, k], 0.1), d),
+            up(&randn(&mut r, &[70, k], 0.1), d),
+            up(&randn(&mut r, &[24, k], 0.1), d),
+            up(&randn(&mut r, &[20, k], 0.1), d),
         );
-        let bq = up(&randn(&mut r, &[64], 1.0), d);
-        let (wg, wu) = (up(&randn(&mut r, &[48, k], 0.1), d), up(&randn(&mut r, &[48, k], 0.1), d));
+        let bq = up(&randn(&mut r, &[70], 1.0), d);
+        let (wg, wu) = (up(&randn(&mut r, &[50, k], 0.1), d), up(&randn(&mut r, &[50, k], 0.1), d));
         let (h0, y0, _) = ops::rmsnorm::add_rmsnorm(&x, &br, &nw, eps).unwrap();
         let qkv = [(&wq, Some(&bq)), (&wk, None), (&wv, None)];
         let want = ops::matmul::linear_many(&y0, &qkv).unwrap();

@@ -57,6 +57,15 @@ fn gemv_lanes(dt: DType, k: usize, ptrs: &[u64]) -> Option<usize> {
     Some(row_lanes(k / per_vec, 8))
 }
 
+/// Whether a decode row's matvec makes its own input: the 8-bit quantisation of x inside the
+/// integer matvec (qmatmul's `Q8::xf`), and the residual add + RMSNorm before it (`NormArgs`,
+/// dense and quantised). On unless `SMELT_CUDA_MV_FUSE=0` (the separate launches, for comparison
+/// in benchmarks).
+pub(crate) fn fused_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SMELT_CUDA_MV_FUSE").map(|v| v != "0").unwrap_or(true))
+}
+
 /// The residual add and RMSNorm a matvec does first for one row of a decode step (`NormIn`,
 /// common.cuh): its inputs checked (mixed precision: x f32, r bf16, w f32, bf16 activations; k a
 /// multiple of 32 up to 15360, for shared memory; 16-byte aligned) and h, the new stream,
@@ -78,6 +87,7 @@ impl<'a> NormArgs<'a> {
         let (_, ydt) = precision();
         let (n, k) = (x.rows(), x.cols());
         if n != 1
+            || !fused_on()
             || ydt != DType::BF16
             || x.dtype() != DType::F32
             || r.dtype() != DType::BF16
@@ -262,6 +272,9 @@ pub fn add_rmsnorm_linear_many(
         return Ok(None);
     }
     let Some(nm) = NormArgs::new(x, r, w, eps)? else { return Ok(None) };
+    if ws.iter().flat_map(|(wt, b)| std::iter::once(*wt).chain(*b)).any(|t| t.device() != x.device()) {
+        return Ok(None);
+    }
     let (op, _) = precision();
     let wb = ws.iter().map(|(wt, _)| operand(wt, op, true, "linear weight")).collect::<Result<Vec<_>>>()?;
     let biases: Vec<Option<&Tensor>> = ws.iter().map(|(_, b)| *b).collect();
@@ -284,6 +297,9 @@ pub fn add_rmsnorm_swiglu(
         return Ok(None);
     }
     let Some(nm) = NormArgs::new(x, r, w, eps)? else { return Ok(None) };
+    if wg.device() != x.device() || wu.device() != x.device() {
+        return Ok(None);
+    }
     let (op, _) = precision();
     let (gb, ub) = (operand(wg, op, true, "linear weight")?, operand(wu, op, true, "linear weight")?);
     let y = gemv_swiglu(x, &gb, &ub, 1, k, Some(&nm))?;

@@ -83,13 +83,6 @@ impl Q8 {
     }
 }
 
-/// Whether one input row is quantised inside the chunked kernels (`Q8::xf`): on unless
-/// `SMELT_CUDA_MV_FUSE=0` (a quantize_q8 launch first, for comparison in benchmarks).
-fn fused_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SMELT_CUDA_MV_FUSE").map(|v| v != "0").unwrap_or(true))
-}
-
 /// Largest k whose in-kernel quantisation fits the default 48 KiB of shared memory (k·9/8 bytes).
 const FUSED_MAX_K: usize = 40 * 1024;
 
@@ -108,7 +101,7 @@ fn quantize_q8(x: &Tensor, n: usize, k: usize) -> Result<Option<Q8>> {
     }
     let xb = x.cuda_buf()?;
     let gpu = xb.gpu.clone();
-    if n == 1 && k <= FUSED_MAX_K && fused_on() {
+    if n == 1 && k <= FUSED_MAX_K && crate::ops::matmul::cuda::fused_on() {
         return Ok(Some(Q8 { gpu, xf: xb.ptr(), q: None, smem: (k + k / 32 * 4) as u32 }));
     }
     let xq = DeviceBuf::alloc(&gpu, DType::I32, n * k / 4)?;
@@ -375,7 +368,7 @@ fn norm_args<'a>(
     eps: f64,
     ws: &[&DeviceQuant],
 ) -> Result<Option<NormArgs<'a>>> {
-    if !mmvq_on() || !fused_on() || ws.iter().any(|q| q.cols != x.cols()) {
+    if !mmvq_on() || !crate::ops::matmul::cuda::fused_on() || ws.iter().any(|q| q.cols != x.cols()) {
         return Ok(None);
     }
     let Some(nm) = NormArgs::new(x, r, w, eps)? else { return Ok(None) };
