@@ -141,7 +141,7 @@ fn gemv_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -> Resu
 }
 
 /// A GEMV launch over `rows` output rows: row groups of `g` lanes (Some) or a warp a row.
-fn gemv_config(rows: usize, g: Option<usize>) -> cudarc::driver::LaunchConfig {
+pub(crate) fn gemv_config(rows: usize, g: Option<usize>) -> cudarc::driver::LaunchConfig {
     let per_block = match g {
         Some(g) => MV_THREADS as usize / g,
         None => GEMV_ROWS,
