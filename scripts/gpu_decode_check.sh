@@ -11,7 +11,8 @@
 #   there: bash .devcarry/gpu_decode_check.sh     (device tool, carry [".devcarry"])
 #
 # VARIANTS (decode_cuda.py --variants) defaults to the kernels' comparison switches; END is the
-# seconds the script may take (leave the device call's limit some room).
+# seconds the script may take (leave the device call's limit some room); SERVE=1 adds gpu_serve
+# (keep it in the carry then).
 cd "$(dirname "$0")" || exit 1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PATH=/usr/local/cuda/bin:$PATH
@@ -30,7 +31,11 @@ rm -rf $LL; mkdir -p $LL && tar xzf llama/llama-src.tgz -C $LL && tar xzf llama/
 cd suite || exit 1
 export SMELT_REQUIRE_GPU=1 SMELT_REPO=$PWD
 stamp "tests"
-for t in "gpu_quant 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear 60" "gpu_infer 150"; do
+TESTS=("gpu_quant 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear 60" "gpu_infer 150")
+# SERVE=1: the CUDA serving tests too (paged steps, graphs per key class; a decode change reaches
+# them through a one-sequence step).
+[ "${SERVE:-0}" = 1 ] && [ -x gpu_serve ] && TESTS+=("gpu_serve 240")
+for t in "${TESTS[@]}"; do
   set -- $t; IFS=: read -r exe filters <<< "$1"
   timeout "$2" ./"$exe" ${filters//:/ } --test-threads=1 > "$OUT/$exe.txt" 2>&1; echo "$exe rc $?"
   grep -E "^test |test result|panicked" "$OUT/$exe.txt"

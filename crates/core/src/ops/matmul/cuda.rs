@@ -307,7 +307,7 @@ pub fn add_rmsnorm_swiglu(
 }
 
 /// A GEMV launch over `rows` output rows: row groups of `g` lanes (Some) or a warp a row.
-fn gemv_config(rows: usize, g: Option<usize>) -> cudarc::driver::LaunchConfig {
+pub(crate) fn gemv_config(rows: usize, g: Option<usize>) -> cudarc::driver::LaunchConfig {
     let per_block = match g {
         Some(g) => MV_THREADS as usize / g,
         None => GEMV_ROWS,

@@ -24,56 +24,64 @@ __device__ __forceinline__ const T* normed_input(const NormIn& nm, int k, const 
 }
 #define GEMV_MAXN 4
 
-// acc[r][j] = row r of the R weight rows w[r] (k elements each) · input row j of x, summed over
-// the warp. Each lane owns the 16-byte vectors lane, lane + 32, … of a row; it issues the loads
-// of GEMV_LOADS of them (over the R rows) before the first product, so a warp keeps up to
-// 32 × 16 × GEMV_LOADS bytes in flight (the bandwidth needs ~20 KB in flight per SM; one load
-// then one product at a time reached a third of it). Sums per lane in vector order, whatever R
-// is, so one row gives the same bits alone (gemv3) as beside its pair (gemv_swiglu).
-#define GEMV_LOADS 8
+// The sums of lane `lane` of a row's G lanes (G = 32: one warp a row), added to acc[r·GEMV_MAXN
+// + j] for weight row r (k elements, 16-byte vectors) and input row j: the lane owns the vectors
+// lane, lane + G, … and issues the loads of MV_LOADS of them (over the R rows) before the first
+// product, so the row's bytes are in flight at once (the bandwidth needs ~20 KB in flight per SM;
+// one load then one product at a time reached a third of it). In vector order whatever R is, so
+// one row gives the same bits alone (gemv3) as beside its pair (gemv_swiglu).
+#define MV_LOADS 8
 template <typename T, int R>
-__device__ __forceinline__ void rows_dot(const T* const (&w)[R], const T* x, int k, int n, float (&acc)[R][GEMV_MAXN]) {
+__device__ __forceinline__ void vec_sums(const T* const (&w)[R], const T* x, int k, int n, int lane, int G,
+                                         float (&acc)[R * GEMV_MAXN]) {
     const int W = 16 / sizeof(T);
-    constexpr int U = GEMV_LOADS / R;
-    int lane = threadIdx.x & 31;
+    constexpr int U = MV_LOADS / R; // loads a row a lane: eight of one row, four of each of two
+    int nv = k / W;
+    for (int base = lane; base < nv; base += G * U) {
+        uint4 wv[R][U];
 #pragma unroll
-    for (int r = 0; r < R; r++)
+        for (int u = 0; u < U; u++) {
+            int v = base + G * u;
 #pragma unroll
-        for (int j = 0; j < GEMV_MAXN; j++) acc[r][j] = 0.f;
-    bool vec = k % W == 0 && aligned16(x);
+            for (int r = 0; r < R; r++) wv[r][u] = v < nv ? ld_stream((const uint4*)w[r] + v) : make_uint4(0, 0, 0, 0);
+        }
 #pragma unroll
-    for (int r = 0; r < R; r++) vec = vec && aligned16(w[r]);
-    if (vec) {
-        int nv = k / W;
-        for (int base = 0; base < nv; base += 32 * U) {
-            uint4 wv[R][U];
+        for (int u = 0; u < U; u++) {
+            int v = base + G * u;
+            if (v < nv) {
 #pragma unroll
-            for (int u = 0; u < U; u++) {
-                int v = base + 32 * u + lane;
+                for (int j = 0; j < GEMV_MAXN; j++) {
+                    if (j < n) {
+                        V16<T> b;
+                        b.u = ((const uint4*)(x + (long long)j * k))[v];
 #pragma unroll
-                for (int r = 0; r < R; r++) wv[r][u] = v < nv ? ld_stream((const uint4*)w[r] + v) : make_uint4(0, 0, 0, 0);
-            }
+                        for (int r = 0; r < R; r++) {
+                            V16<T> a;
+                            a.u = wv[r][u];
 #pragma unroll
-            for (int u = 0; u < U; u++) {
-                int v = base + 32 * u + lane;
-                if (v < nv) {
-#pragma unroll
-                    for (int j = 0; j < GEMV_MAXN; j++) {
-                        if (j < n) {
-                            V16<T> b;
-                            b.u = ((const uint4*)(x + (long long)j * k))[v];
-#pragma unroll
-                            for (int r = 0; r < R; r++) {
-                                V16<T> a;
-                                a.u = wv[r][u];
-#pragma unroll
-                                for (int e = 0; e < W; e++) acc[r][j] += to_f(a.e[e]) * to_f(b.e[e]);
-                            }
+                            for (int e = 0; e < W; e++) acc[r * GEMV_MAXN + j] += to_f(a.e[e]) * to_f(b.e[e]);
                         }
                     }
                 }
             }
         }
+    }
+}
+
+// acc[r·GEMV_MAXN + j] = row r of the R weight rows w[r] (k elements each) · input row j of x,
+// summed over the warp: `vec_sums` with G = 32 where x and the rows are 16-byte vectors, else one
+// element a lane at a time.
+template <typename T, int R>
+__device__ __forceinline__ void rows_dot(const T* const (&w)[R], const T* x, int k, int n, float (&acc)[R * GEMV_MAXN]) {
+    const int W = 16 / sizeof(T);
+    int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int i = 0; i < R * GEMV_MAXN; i++) acc[i] = 0.f;
+    bool vec = k % W == 0 && aligned16(x);
+#pragma unroll
+    for (int r = 0; r < R; r++) vec = vec && aligned16(w[r]);
+    if (vec) {
+        vec_sums<T, R>(w, x, k, n, lane, 32, acc);
     } else {
         for (int i = lane; i < k; i += 32) {
 #pragma unroll
@@ -81,15 +89,13 @@ __device__ __forceinline__ void rows_dot(const T* const (&w)[R], const T* x, int
                 if (j < n) {
                     float b = to_f(x[(long long)j * k + i]);
 #pragma unroll
-                    for (int r = 0; r < R; r++) acc[r][j] += to_f(w[r][i]) * b;
+                    for (int r = 0; r < R; r++) acc[r * GEMV_MAXN + j] += to_f(w[r][i]) * b;
                 }
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int j = 0; j < GEMV_MAXN; j++) acc[r][j] = warp_sum(acc[r][j]);
+    for (int i = 0; i < R * GEMV_MAXN; i++) acc[i] = warp_sum(acc[i]);
 }
 
 // grid ceil((m0 + m1 + m2) / GEMV_WARPS), block 32·GEMV_WARPS. Unused weights have m = 0; a
@@ -113,14 +119,14 @@ __device__ void gemv3(const T* x, int n, int k, const T* w0, const float* b0, T*
     } else {
         return;  // the whole warp: r is per warp
     }
-    float acc[1][GEMV_MAXN];
+    float acc[GEMV_MAXN];
     const T* const rows[1] = {w + (long long)r * k};
     rows_dot<T, 1>(rows, x, k, n, acc);
     if ((threadIdx.x & 31) == 0) {
 #pragma unroll
         for (int j = 0; j < GEMV_MAXN; j++) {
             if (j < n) {
-                T p = from_f<T>(acc[0][j]);
+                T p = from_f<T>(acc[j]);
                 y[(long long)j * m + r] = b ? from_f<T>(to_f(p) + b[r]) : p;
             }
         }
@@ -134,14 +140,14 @@ __device__ void gemv_swiglu(const T* x, int n, int k, const T* wg, const T* wu, 
     x = normed_input(nm, k, x);
     int r = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (r >= m) return;
-    float acc[2][GEMV_MAXN];
+    float acc[2 * GEMV_MAXN];
     const T* const rows[2] = {wg + (long long)r * k, wu + (long long)r * k};
     rows_dot<T, 2>(rows, x, k, n, acc);
     if ((threadIdx.x & 31) == 0) {
 #pragma unroll
         for (int j = 0; j < GEMV_MAXN; j++) {
             if (j < n) {
-                float gi = to_f(from_f<T>(acc[0][j])), ui = to_f(from_f<T>(acc[1][j]));
+                float gi = to_f(from_f<T>(acc[j])), ui = to_f(from_f<T>(acc[GEMV_MAXN + j]));
                 y[(long long)j * m + r] = from_f<T>(gi * (1.f / (1.f + expf(-gi))) * ui);
             }
         }
@@ -151,49 +157,15 @@ __device__ void gemv_swiglu(const T* x, int n, int k, const T* wg, const T* wu, 
 // The same products with G lanes a row (row groups, common.cuh): the launcher picks G so that
 // a lane issues about MV_LOADS 16-byte loads for its row, all before the first product, so a
 // long row (the down projection's 8192 values) is read in one round trip rather than four. The
-// kernels above (one warp a row) stay for shapes without 16-byte vectors and for comparison
-// (`SMELT_CUDA_MV=old`). Sums per lane in vector order, then group_sum: one row gives the same
-// bits alone (gemvg3) as beside its pair (gemvg_swiglu).
-#define MV_LOADS 8
+// kernels above (one warp a row: `vec_sums` with G = 32) take rows shorter than 4096 values,
+// rows without 16-byte vectors and `SMELT_CUDA_MV=old`. Sums per lane in vector order, then
+// group_sum: one row gives the same bits alone (gemvg3) as beside its pair (gemvg_swiglu).
 template <typename T, int R>
 __device__ __forceinline__ void rows_dot_g(const T* const (&w)[R], const T* x, int k, int n, int lane, int G,
                                            bool active, float (&acc)[R * GEMV_MAXN]) {
-    const int W = 16 / sizeof(T);
 #pragma unroll
     for (int i = 0; i < R * GEMV_MAXN; i++) acc[i] = 0.f;
-    if (active) {
-        int nv = k / W;
-        for (int base = lane; base < nv; base += G * (MV_LOADS / R)) {
-            constexpr int U = MV_LOADS / R; // loads a row a lane: eight of one row, four of each of two
-            uint4 wv[R][U];
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                int v = base + G * u;
-#pragma unroll
-                for (int r = 0; r < R; r++) wv[r][u] = v < nv ? ld_stream((const uint4*)w[r] + v) : make_uint4(0, 0, 0, 0);
-            }
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                int v = base + G * u;
-                if (v < nv) {
-#pragma unroll
-                    for (int j = 0; j < GEMV_MAXN; j++) {
-                        if (j < n) {
-                            V16<T> b;
-                            b.u = ((const uint4*)(x + (long long)j * k))[v];
-#pragma unroll
-                            for (int r = 0; r < R; r++) {
-                                V16<T> a;
-                                a.u = wv[r][u];
-#pragma unroll
-                                for (int e = 0; e < W; e++) acc[r * GEMV_MAXN + j] += to_f(a.e[e]) * to_f(b.e[e]);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
+    if (active) vec_sums<T, R>(w, x, k, n, lane, G, acc);
     group_sum<R * GEMV_MAXN>(acc, G);
 }
 

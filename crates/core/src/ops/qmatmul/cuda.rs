@@ -195,11 +195,7 @@ fn mmvq_lanes(k: usize) -> usize {
 /// The launch of an integer matvec over `rows` output rows: blocks of MV_THREADS lanes, `g` a
 /// row, `smem` bytes of dynamic shared memory (x quantised in the block).
 fn mv_config(rows: usize, g: usize, smem: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: ((rows as u32).div_ceil(crate::ops::matmul::cuda::MV_THREADS / g as u32).max(1), 1, 1),
-        block_dim: (crate::ops::matmul::cuda::MV_THREADS, 1, 1),
-        shared_mem_bytes: smem,
-    }
+    LaunchConfig { shared_mem_bytes: smem, ..crate::ops::matmul::cuda::gemv_config(rows, Some(g)) }
 }
 
 fn shaped(x: &Tensor, y: DeviceBuf, m: usize) -> Result<Tensor> {
