@@ -207,10 +207,12 @@ fn integer_matvecs_of_bf16_rows_match_the_reference_and_the_unfused_ops() {
                 (wd, host, dev)
             })
             .collect();
-        // A third weight of another format beside them (a Q4_K_M file's Q6_K v; Q8_0 where the
-        // rows are not whole 256-blocks, as llama.cpp's fallback has it).
+        // A third weight of another format beside them (a Q4_K_M file's Q6_K v; Q8_0 beside
+        // Q5_0, the pair a q4_k export of 576-wide rows has, and wherever the rows are not
+        // whole 256-blocks): one launch for the three where `mixed_kernel` has the pair, two
+        // otherwise, the same values either way.
         let other = match (ty, k % 256 == 0) {
-            (GgmlType::Q6_K, true) => GgmlType::Q8_0,
+            (GgmlType::Q6_K | GgmlType::Q5_0, true) => GgmlType::Q8_0,
             (_, true) => GgmlType::Q6_K,
             (GgmlType::Q8_0, false) => GgmlType::Q4_0,
             (_, false) => GgmlType::Q8_0,
@@ -270,6 +272,45 @@ fn integer_matvecs_of_bf16_rows_match_the_reference_and_the_unfused_ops() {
                     "{} n={n}: linear_many output {i}",
                     ty.name()
                 );
+            }
+            if n == 1 {
+                // A decode step's residual add and RMSNorm inside the gate/up launch: h and the
+                // activation bit for bit what add_rmsnorm then linear_swiglu give (stream f32,
+                // branch bf16, as mixed precision has them).
+                let stream = Tensor::from_f32(randn(&mut r, k, 2.0), &[1, k]).unwrap().to_device(d).unwrap();
+                let norm_w = Tensor::from_f32(randn(&mut r, k, 1.0), &[k]).unwrap().to_device(d).unwrap();
+                let eps = 1e-5;
+                let (h0, y0, _) = smelt_core::ops::rmsnorm::add_rmsnorm(&stream, &xb, &norm_w, eps).unwrap();
+                let act0 = linear_swiglu(&y0, &ws[0].2, &ws[1].2).unwrap();
+                let (h1, act1) =
+                    smelt_core::ops::qmatmul::add_rmsnorm_swiglu(&stream, &xb, &norm_w, eps, &ws[0].2, &ws[1].2)
+                        .unwrap()
+                        .expect("the fused add + norm + gate/up applies to one mixed-precision row");
+                assert_eq!(h1.to_vec_f32().unwrap(), h0.to_vec_f32().unwrap(), "{} k={k}: fused h", ty.name());
+                assert_eq!(act1.to_vec_f32().unwrap(), act0.to_vec_f32().unwrap(), "{} k={k}: fused act", ty.name());
+                // The same before q/k/v (two of one format, a third of another, a bias).
+                let qkv = [(&ws[0].2, Some(&bias)), (&ws[1].2, None), (&w3, None)];
+                let want = linear_many(&y0, &qkv).unwrap();
+                if let Some((h2, got)) =
+                    smelt_core::ops::qmatmul::add_rmsnorm_linear_many(&stream, &xb, &norm_w, eps, &qkv).unwrap()
+                {
+                    assert_eq!(
+                        h2.to_vec_f32().unwrap(),
+                        h0.to_vec_f32().unwrap(),
+                        "{} k={k}: fused q/k/v h",
+                        ty.name()
+                    );
+                    for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            a.to_vec_f32().unwrap(),
+                            b.to_vec_f32().unwrap(),
+                            "{} k={k}: fused q/k/v output {j}",
+                            ty.name()
+                        );
+                    }
+                } else {
+                    println!("  {} k={k}: q/k/v with {} take two launches, no fused form", ty.name(), other.name());
+                }
             }
             let fused = linear_swiglu(&xb, &ws[0].2, &ws[1].2).unwrap();
             let unfused = swiglu(&linear(&xb, &ws[0].2, None).unwrap(), &alone[1]).unwrap();

@@ -340,8 +340,30 @@ fn add_norm(g: &mut Graph, c: &ModelConfig, x: &Var, y: &Var, w: &Var) -> Result
     }
 }
 
-/// One transformer block. x: residual stream (B·T, C); h: rmsnorm(x)·attn_norm.
-/// Returns the new (x, h) with h normalised by `next_norm`.
+/// What a block hands the next besides the residual stream x: x normalised by the next block's
+/// norm, or (a decode step's one row on a GPU) the block's output not yet added to x, with that
+/// norm, so that the next block's q/k/v launch makes the add and the norm itself
+/// (`qmatmul::add_rmsnorm_linear_many`: the same bits as `add_rmsnorm` then the products).
+#[derive(Clone)]
+pub(crate) enum Next {
+    Normed(Var),
+    Pending { out: Var, norm: Var },
+}
+
+impl Next {
+    /// (x, h): the stream with any pending output added, and its normalised form (x the stream
+    /// the pending output was not yet added to).
+    fn normed(self, g: &mut Graph, c: &ModelConfig, x: &Var) -> Result<(Var, Var)> {
+        match self {
+            Next::Normed(h) => Ok((x.clone(), h)),
+            Next::Pending { out, norm } => add_norm(g, c, x, &out, &norm),
+        }
+    }
+}
+
+/// One transformer block. x: residual stream (B·T, C); h: rmsnorm(x)·attn_norm, or the previous
+/// block's output still to be added and normalised (`Next`). Returns the new x and what the next
+/// block takes: h normalised by `next_norm`, or the output pending.
 #[allow(clippy::too_many_arguments)]
 fn block(
     g: &mut Graph,
@@ -350,11 +372,11 @@ fn block(
     bt: (usize, usize),
     l: usize,
     x: &Var,
-    h: &Var,
+    h: &Next,
     w: &LayerVars,
     cache: Kv,
     seg: Option<&Arc<Segments>>,
-) -> Result<(Var, Var)> {
+) -> Result<(Var, Next)> {
     let (b, t) = bt;
     let (nh, nkv, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
     // The batched forward's matmuls keep each sequence's rows as they are alone.
@@ -364,8 +386,58 @@ fn block(
         _ => None,
     };
     let seqs = per_seq.as_deref();
-    g.name(h, || format!("attn_norm-{l}"));
-    let (q, k, v) = if let Some(seqs) = seqs {
+    // The previous block's add and this block's norm: inside the q/k/v launch where it can be
+    // (one row of a decode step on a GPU), else here.
+    let mut fused_qkv = None;
+    let (x, h) = match h {
+        Next::Normed(h) => (x.clone(), Some(h.clone())),
+        Next::Pending { out, norm } => {
+            let fused = if seqs.is_none()
+                && g.may_fuse()
+                && matches!(c.norm, NormKind::Rms)
+                && !w.adapted(&[Role::Wq, Role::Wk, Role::Wv])
+            {
+                let bias = |r: Role| w.get(r).map(|b| b.tensor());
+                let ws = [
+                    (w[Role::Wq].tensor(), bias(Role::Bq)),
+                    (w[Role::Wk].tensor(), bias(Role::Bk)),
+                    (w[Role::Wv].tensor(), bias(Role::Bv)),
+                ];
+                timed("add_rmsnorm_linear_many", || {
+                    smelt_core::ops::matmul::add_rmsnorm_linear_many(
+                        x.tensor(),
+                        out.tensor(),
+                        norm.tensor(),
+                        c.norm_eps,
+                        &ws,
+                    )
+                })?
+            } else {
+                None
+            };
+            match fused {
+                Some((xn, ys)) => {
+                    fused_qkv = Some(ys);
+                    (g.constant(xn), None)
+                }
+                None => {
+                    let (xn, hn) = add_norm(g, c, x, out, norm)?;
+                    (xn, Some(hn))
+                }
+            }
+        }
+    };
+    if let Some(h) = &h {
+        g.name(h, || format!("attn_norm-{l}"));
+    }
+    let (q, k, v) = if let Some(ys) = fused_qkv {
+        let mut ys = ys.into_iter().map(|t| g.constant(t));
+        match (ys.next(), ys.next(), ys.next()) {
+            (Some(q), Some(k), Some(v)) => (q, k, v),
+            _ => bail!("add_rmsnorm_linear_many returned fewer than three products"),
+        }
+    } else if let Some(seqs) = seqs {
+        let h = h.as_ref().context("block: no normalised input")?;
         // The batched forward (the server): each sequence's rows as they are alone; where the
         // three weights keep rows apart by themselves, one call for the three products.
         if let Some([q, k, v]) =
@@ -379,6 +451,7 @@ fn block(
             (q, k, v)
         }
     } else if g.may_fuse() && !w.adapted(&[Role::Wq, Role::Wk, Role::Wv]) {
+        let h = h.as_ref().context("block: no normalised input")?;
         // One launch for the three products on a GPU at decode sizes (`linear_many`).
         let bias = |r: Role| w.get(r).map(|b| b.tensor());
         let ws = [
@@ -394,6 +467,7 @@ fn block(
             _ => bail!("linear_many returned fewer than three products"),
         }
     } else {
+        let h = h.as_ref().context("block: no normalised input")?;
         let q = proj(g, l, w, Role::Wq, h, w.get(Role::Bq))?;
         g.name(&q, || format!("Qcur-{l}"));
         let k = proj(g, l, w, Role::Wk, h, w.get(Role::Bk))?;
@@ -495,36 +569,62 @@ fn block(
         None => proj(g, l, w, Role::Wo, &attn, None)?,
     };
     g.name(&attn_out, || format!("attn_out-{l}"));
-    let (x, h) = add_norm(g, c, x, &attn_out, &w[Role::FfnNorm])?;
-    g.name(&x, || format!("ffn_inp-{l}"));
-    g.name(&h, || format!("ffn_norm-{l}"));
+    // A decode step's one row on a GPU: the residual add and the norm inside the gate/up launch
+    // (`add_rmsnorm_swiglu`: the same bits as the two ops).
+    let fused = match seqs {
+        None if g.may_fuse()
+            && matches!(c.act, Activation::Silu)
+            && matches!(c.norm, NormKind::Rms)
+            && !w.adapted(&[Role::WGate, Role::WUp]) =>
+        {
+            timed("add_rmsnorm_swiglu", || {
+                smelt_core::ops::matmul::add_rmsnorm_swiglu(
+                    x.tensor(),
+                    attn_out.tensor(),
+                    w[Role::FfnNorm].tensor(),
+                    c.norm_eps,
+                    w[Role::WGate].tensor(),
+                    w[Role::WUp].tensor(),
+                )
+            })?
+        }
+        _ => None,
+    };
     // (gate, up) of the training path: the adapter of the down projection recomputes its input
     // from them (`down_proj_lora`).
     let mut gate_up = None;
-    let act = match c.act {
-        // The batched forward (the server): each sequence's rows as they are alone.
-        Activation::Silu if seqs.is_some() => {
-            let (gate, up) = match linear_rows_many(&h, [&w[Role::WGate], &w[Role::WUp]], w, &[])? {
-                Some([gate, up]) => (g.constant(gate), g.constant(up)),
-                None => (linear(g, &h, &w[Role::WGate], None, seqs)?, linear(g, &h, &w[Role::WUp], None, seqs)?),
-            };
-            g.name(&gate, || format!("ffn_gate-{l}"));
-            g.name(&up, || format!("ffn_up-{l}"));
-            g.swiglu(&gate, &up)?
-        }
-        // One launch for both products and the gate on a GPU at decode sizes.
-        Activation::Silu if g.may_fuse() && !w.adapted(&[Role::WGate, Role::WUp]) => g
-            .constant(timed("linear_swiglu", || {
-                smelt_core::ops::matmul::linear_swiglu(h.tensor(), w[Role::WGate].tensor(), w[Role::WUp].tensor())
-            })?),
-        Activation::Silu => {
-            let gate = proj(g, l, w, Role::WGate, &h, None)?;
-            g.name(&gate, || format!("ffn_gate-{l}"));
-            let up = proj(g, l, w, Role::WUp, &h, None)?;
-            g.name(&up, || format!("ffn_up-{l}"));
-            gate_up = Some((gate.clone(), up.clone()));
-            g.swiglu(&gate, &up)?
-        }
+    let (x, act) = if let Some((xn, a)) = fused {
+        (g.constant(xn), g.constant(a))
+    } else {
+        let (x, h) = add_norm(g, c, &x, &attn_out, &w[Role::FfnNorm])?;
+        g.name(&x, || format!("ffn_inp-{l}"));
+        g.name(&h, || format!("ffn_norm-{l}"));
+        let act = match c.act {
+            // The batched forward (the server): each sequence's rows as they are alone.
+            Activation::Silu if seqs.is_some() => {
+                let (gate, up) = match linear_rows_many(&h, [&w[Role::WGate], &w[Role::WUp]], w, &[])? {
+                    Some([gate, up]) => (g.constant(gate), g.constant(up)),
+                    None => (linear(g, &h, &w[Role::WGate], None, seqs)?, linear(g, &h, &w[Role::WUp], None, seqs)?),
+                };
+                g.name(&gate, || format!("ffn_gate-{l}"));
+                g.name(&up, || format!("ffn_up-{l}"));
+                g.swiglu(&gate, &up)?
+            }
+            // One launch for both products and the gate on a GPU at decode sizes.
+            Activation::Silu if g.may_fuse() && !w.adapted(&[Role::WGate, Role::WUp]) => g
+                .constant(timed("linear_swiglu", || {
+                    smelt_core::ops::matmul::linear_swiglu(h.tensor(), w[Role::WGate].tensor(), w[Role::WUp].tensor())
+                })?),
+            Activation::Silu => {
+                let gate = proj(g, l, w, Role::WGate, &h, None)?;
+                g.name(&gate, || format!("ffn_gate-{l}"));
+                let up = proj(g, l, w, Role::WUp, &h, None)?;
+                g.name(&up, || format!("ffn_up-{l}"));
+                gate_up = Some((gate.clone(), up.clone()));
+                g.swiglu(&gate, &up)?
+            }
+        };
+        (x, act)
     };
     g.name(&act, || format!("ffn_swiglu-{l}"));
     let ffn_out = match (seqs, &gate_up) {
@@ -535,9 +635,15 @@ fn block(
         (None, _) => proj(g, l, w, Role::WDown, &act, None)?,
     };
     g.name(&ffn_out, || format!("ffn_out-{l}"));
+    // A decode step's one row on a GPU: the add and the next norm left to the next block's q/k/v
+    // launch (or to `Next::normed` after the last block).
+    if seqs.is_none() && g.may_fuse() && b * t == 1 && matches!(c.norm, NormKind::Rms) && !x.tensor().device().is_cpu()
+    {
+        return Ok((x, Next::Pending { out: ffn_out, norm: w.next_norm.clone() }));
+    }
     let (x, h) = add_norm(g, c, &x, &ffn_out, w.next_norm)?;
     g.name(&x, || format!("l_out-{l}"));
-    Ok((x, h))
+    Ok((x, Next::Normed(h)))
 }
 
 impl Model {
@@ -955,7 +1061,7 @@ impl Model {
         let x = g.embedding(&p[self.idx.embed], &flat)?;
         g.name(&x, || "inp_embd".into());
         let h0 = norm(g, c, &x, &p[self.idx.layers[0][Role::AttnNorm]])?;
-        let (mut x, mut h) = (x, h0);
+        let (mut x, mut h) = (x, Next::Normed(h0));
         let run = self.lora_run(p)?;
         for l in 0..c.n_layers {
             let (plan, inputs) = self.layer_inputs(l, p, run);
@@ -964,20 +1070,23 @@ impl Model {
                 let (cfg, rope, seg) = (Arc::new(c.clone()), self.rope.clone(), seg.cloned());
                 let f: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
                     let w = LayerVars::new(&plan, &v[2..]);
-                    let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &v[1], &w, Kv::None, seg.as_ref())?;
+                    let h = Next::Normed(v[1].clone());
+                    let (x, h) = block(g, &cfg, &rope, (b, t), l, &v[0], &h, &w, Kv::None, seg.as_ref())?;
+                    let (x, h) = h.normed(g, &cfg, &x)?;
                     Ok(vec![x, h])
                 });
-                let mut all = vec![x.clone(), h.clone()];
+                let (x0, h0) = h.normed(g, c, &x)?;
+                let mut all = vec![x0, h0];
                 all.extend(inputs);
                 let mut out = g.checkpoint(&all, f)?;
-                h = out.pop().unwrap();
+                h = Next::Normed(out.pop().unwrap());
                 x = out.pop().unwrap();
             } else {
                 let w = LayerVars::new(&plan, &inputs);
                 (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot, seg)?;
             }
         }
-        Ok(h)
+        Ok(h.normed(g, c, &x)?.1)
     }
 
     /// Mean next-token loss of (B, T) inputs against (B, T) targets.

@@ -132,3 +132,53 @@ __device__ __forceinline__ void group_sum(float (&v)[N], int G) {
         }
     }
 }
+
+// The residual add and RMSNorm before a matvec, for one row, done by the matvec's block (the
+// decode step's add_rmsnorm without its launch): h = x + r, y = h·rstd·w rounded to bf16, with
+// rmsnorm.cu's arithmetic for x f32, r bf16, y bf16 and 16-byte accesses (cols a multiple of 8,
+// aligned pointers: the launcher checks): the block's first 32·wpr threads take its elements in
+// its thread→element map and sum the squares in its order (each thread's in element order,
+// warp sums, then the row's warps in turn), so y has the bits add_rmsnorm gives. y goes to
+// shared memory; block 0 also stores h, the new residual stream. Every thread calls it.
+struct NormIn {
+    const float* x;
+    const bf16_t* r;
+    const float* w;
+    float* h;
+    float eps;
+    int wpr;
+};
+__device__ __forceinline__ void add_rmsnorm_shared(const NormIn& nm, int c, bf16_t* sy) {
+    __shared__ float red[MV_THREADS / 32];
+    int nt = 32 * nm.wpr, t = threadIdx.x;
+    float ss = 0.f;
+    if (t < nt) {
+        for (int i = t * 8; i < c; i += nt * 8) {
+            float v[8], rv[8];
+            load8(nm.x + i, v);
+            load8(nm.r + i, rv);
+#pragma unroll
+            for (int k = 0; k < 8; k++) v[k] = v[k] + rv[k];
+            if (blockIdx.x == 0) store8(nm.h + i, v);
+#pragma unroll
+            for (int k = 0; k < 8; k++) ss += v[k] * v[k];
+        }
+    }
+    ss = warp_sum(ss);
+    if ((t & 31) == 0) red[t >> 5] = ss;
+    __syncthreads();
+    if (t < nt) {
+        float tot = 0.f;
+        for (int k = 0; k < nm.wpr; k++) tot += red[k];
+        float s = 1.f / sqrtf(tot / (float)c + nm.eps);
+        for (int i = t * 8; i < c; i += nt * 8) {
+            float v[8], rv[8], wv[8];
+            load8(nm.x + i, v);
+            load8(nm.r + i, rv);
+            load8(nm.w + i, wv);
+#pragma unroll
+            for (int k = 0; k < 8; k++) v[k] = (v[k] + rv[k]) * s * wv[k];
+            store8(sy + i, v);
+        }
+    }
+}

@@ -140,7 +140,15 @@ fn kernels_compile() {
         ("dropout", ops::dropout::cuda::SRC, x(&["dropout"], &one)),
         ("embedding", ops::embedding::cuda::SRC, x(&["embedding_fwd", "embedding_bwd", "embedding_bwd_sorted"], &one)),
         ("matmul", ops::matmul::cuda::SRC, x(&["add_bias", "col_sum_part"], &one)),
-        ("gemv", ops::matmul::cuda::GEMV_SRC, x(&["gemv3", "gemv_swiglu", "gemvg3", "gemvg_swiglu"], &one)),
+        (
+            "gemv",
+            ops::matmul::cuda::GEMV_SRC,
+            [
+                x(&["gemv3", "gemv_swiglu", "gemvg3", "gemvg_swiglu"], &one),
+                plain(&["gemv3_norm_bf16", "gemv_swiglu_norm_bf16", "gemvg3_norm_bf16", "gemvg_swiglu_norm_bf16"]),
+            ]
+            .concat(),
+        ),
         (
             "qmatmul",
             ops::qmatmul::cuda::SRC,
@@ -157,9 +165,16 @@ fn kernels_compile() {
                         "mmvqg_swiglu_bf16_",
                         "mmvqg3_n1_bf16_",
                         "mmvqg_swiglu_n1_bf16_",
+                        "mmvqg_swiglu_norm_n1_bf16_",
+                        "mmvqg3_norm_n1_bf16_",
                     ]
                     .map(|k| format!("{k}{f}"))
                 })
+                .chain(
+                    ["mmvqg3_bf16_", "mmvqg3_n1_bf16_", "mmvqg3_norm_n1_bf16_"]
+                        .iter()
+                        .flat_map(|k| ["Q4_K_Q6_K", "Q5_0_Q8_0"].map(|p| format!("{k}{p}"))),
+                )
                 .collect(),
         ),
         (
@@ -894,6 +909,47 @@ fn parity_gemv_linear_many_and_swiglu() {
             let ff = ops::matmul::linear_swiglu(&xg, &up(&wg, d), &up(&wu, d)).unwrap();
             close(&format!("linear_swiglu n{n} k{k} {p:?}"), &ff, &want_ff, tol);
         }
+    }
+    cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
+}
+
+/// A decode step's residual add and RMSNorm made inside the GEMV launch that follows it (one
+/// row, mixed precision; `matmul::add_rmsnorm_linear_many`/`add_rmsnorm_swiglu`): the new stream
+/// and the products bit for bit what `add_rmsnorm` then `linear_many`/`linear_swiglu` give, for
+/// the warp-a-row GEMV (k 512, 576, 2048: one to four warps in rmsnorm's row) and the row
+/// groups (k 4096), with weights whose rows do not fill whole blocks.
+#[test]
+fn parity_gemv_after_add_rmsnorm_in_one_launch() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    cuda::set_matmul_precision(cuda::MatmulPrecision::Bf16);
+    let eps = 1e-5;
+    for k in [512, 576, 2048, 4096] {
+        let x = up(&randn(&mut r, &[1, k], 2.0), d);
+        let br = up(&randn(&mut r, &[1, k], 1.0), d).to_dtype(crate::DType::BF16).unwrap();
+        let nw = up(&randn(&mut r, &[k], 1.0), d);
+        let (wq, wk, wv) = (
+            up(&randn(&mut r, &[70, k], 0.1), d),
+            up(&randn(&mut r, &[24, k], 0.1), d),
+            up(&randn(&mut r, &[20, k], 0.1), d),
+        );
+        let bq = up(&randn(&mut r, &[70], 1.0), d);
+        let (wg, wu) = (up(&randn(&mut r, &[50, k], 0.1), d), up(&randn(&mut r, &[50, k], 0.1), d));
+        let (h0, y0, _) = ops::rmsnorm::add_rmsnorm(&x, &br, &nw, eps).unwrap();
+        let qkv = [(&wq, Some(&bq)), (&wk, None), (&wv, None)];
+        let want = ops::matmul::linear_many(&y0, &qkv).unwrap();
+        let (h1, got) =
+            ops::matmul::add_rmsnorm_linear_many(&x, &br, &nw, eps, &qkv).unwrap().expect("one row fuses on CUDA");
+        let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_vec_f32().unwrap();
+        assert_eq!(host(&h1), host(&h0), "k {k}: the stream");
+        for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(host(a), host(b), "k {k}: product {j}");
+        }
+        let want = ops::matmul::linear_swiglu(&y0, &wg, &wu).unwrap();
+        let (h2, got) = ops::matmul::add_rmsnorm_swiglu(&x, &br, &nw, eps, &wg, &wu).unwrap().expect("fuses");
+        assert_eq!(host(&h2), host(&h0), "k {k}: the stream (gate/up)");
+        assert_eq!(host(&got), host(&want), "k {k}: gate/up");
+        println!("k {k}: fused add + norm + products equal the unfused ones bit for bit");
     }
     cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
 }

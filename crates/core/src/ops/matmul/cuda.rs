@@ -57,6 +57,84 @@ fn gemv_lanes(dt: DType, k: usize, ptrs: &[u64]) -> Option<usize> {
     Some(row_lanes(k / per_vec, 8))
 }
 
+/// Whether a decode row's matvec makes its own input: the 8-bit quantisation of x inside the
+/// integer matvec (qmatmul's `Q8::xf`), and the residual add + RMSNorm before it (`NormArgs`,
+/// dense and quantised). On unless `SMELT_CUDA_MV_FUSE=0` (the separate launches, for comparison
+/// in benchmarks).
+pub(crate) fn fused_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SMELT_CUDA_MV_FUSE").map(|v| v != "0").unwrap_or(true))
+}
+
+/// The residual add and RMSNorm a matvec does first for one row of a decode step (`NormIn`,
+/// common.cuh): its inputs checked (mixed precision: x f32, r bf16, w f32, bf16 activations; k a
+/// multiple of 32 up to 15360, for shared memory; 16-byte aligned) and h, the new stream,
+/// allocated. None where it does not apply.
+pub(crate) struct NormArgs<'a> {
+    x: &'a DeviceBuf,
+    r: &'a DeviceBuf,
+    w: &'a DeviceBuf,
+    h: DeviceBuf,
+    eps: f32,
+    /// rmsnorm's warps a row for one row (`rmsnorm::cuda::per_row`): its order of the sums.
+    wpr: i32,
+    k: usize,
+    k32: i32,
+}
+
+impl<'a> NormArgs<'a> {
+    pub(crate) fn new(x: &'a Tensor, r: &'a Tensor, w: &'a Tensor, eps: f64) -> Result<Option<Self>> {
+        let (_, ydt) = precision();
+        let (n, k) = (x.rows(), x.cols());
+        if n != 1
+            || !fused_on()
+            || ydt != DType::BF16
+            || x.dtype() != DType::F32
+            || r.dtype() != DType::BF16
+            || w.dtype() != DType::F32
+            || r.shape() != x.shape()
+            || w.numel() != k
+            || !k.is_multiple_of(32)
+            || k > 15360
+        {
+            return Ok(None);
+        }
+        let [xb, rb, wb] = cuda::float_bufs([x, r, w], "add_rmsnorm (fused)")?;
+        if [xb.ptr(), rb.ptr(), wb.ptr()].iter().any(|p| p % 16 != 0) {
+            return Ok(None);
+        }
+        let h = DeviceBuf::alloc(&xb.gpu, DType::F32, k)?;
+        let wpr = k.div_ceil(8 * 32 * 2).clamp(1, 8) as i32;
+        Ok(Some(NormArgs { x: xb, r: rb, w: wb, h, eps: eps as f32, wpr, k, k32: k as i32 }))
+    }
+
+    pub(crate) fn gpu(&self) -> std::sync::Arc<cuda::Gpu> {
+        self.x.gpu.clone()
+    }
+
+    /// nx, nr, nw, nh, eps, wpr, k: the fused kernels' first arguments (NORM_ARGS, then k).
+    pub(crate) fn push<'b>(&'b self, l: &mut cudarc::driver::LaunchArgs<'b>) {
+        l.arg(&self.x.data).arg(&self.r.data).arg(&self.w.data).arg(&self.h.data).arg(&self.eps).arg(&self.wpr);
+        l.arg(&self.k32);
+    }
+
+    /// Dynamic shared memory before a quantised matvec: y (bf16), then its 8-bit values and
+    /// their scales.
+    pub(crate) fn smem_quantised(&self) -> u32 {
+        (self.k * 2 + self.k + self.k / 32 * 4) as u32
+    }
+
+    /// Dynamic shared memory before a bf16 GEMV: y.
+    fn smem_dense(&self) -> u32 {
+        (self.k * 2) as u32
+    }
+
+    /// h, the new residual stream, once the launch is made.
+    pub(crate) fn into_h(self, shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_device_buf(self.h, shape)
+    }
+}
+
 /// The weights as GEMV operands, or None where the general path must run: more rows than a
 /// decode step's, or an input whose dtype is not the precision's operand type.
 fn gemv_weights(x: &Tensor, ws: &[&Tensor], n: usize) -> Result<Option<Vec<Tensor>>> {
@@ -77,13 +155,22 @@ fn out_shape(x: &Tensor, m: usize) -> Vec<usize> {
 
 /// [x·w_jᵀ + b_j] for up to three weights in one launch (gemv3): x (n ≤ 4, k), weights already
 /// of x's dtype.
-fn gemv3(x: &Tensor, ws: &[Tensor], biases: &[Option<&Tensor>], n: usize, k: usize) -> Result<Vec<Tensor>> {
+/// With `norm` (one row): x is the stream whose add and norm the kernel makes first (its outputs
+/// bf16).
+fn gemv3(
+    x: &Tensor,
+    ws: &[Tensor],
+    biases: &[Option<&Tensor>],
+    n: usize,
+    k: usize,
+    norm: Option<&NormArgs>,
+) -> Result<Vec<Tensor>> {
     if ws.is_empty() || ws.len() > 3 || biases.len() != ws.len() {
         bail!("gemv3: one to three weights, each with its bias slot; got {} and {}", ws.len(), biases.len());
     }
     let xb = x.cuda_buf()?;
     let gpu = xb.gpu.clone();
-    let dt = xb.dtype;
+    let dt = if norm.is_some() { DType::BF16 } else { xb.dtype };
     let ms: Vec<usize> = ws.iter().map(|w| w.shape()[0]).collect();
     let ys = ms.iter().map(|&m| DeviceBuf::alloc(&gpu, dt, n * m)).collect::<Result<Vec<_>>>()?;
     // (weight, bias, output, rows) per slot as raw addresses; unused slots are null with 0 rows.
@@ -98,12 +185,23 @@ fn gemv3(x: &Tensor, ws: &[Tensor], biases: &[Option<&Tensor>], n: usize, k: usi
     let mut ptrs = vec![xb.ptr()];
     ptrs.extend(slots.iter().take(ws.len()).map(|s| s.0));
     let g = gemv_lanes(dt, k, &ptrs);
-    let name = cuda::kname(if g.is_some() { "gemvg3" } else { "gemv3" }, &[dt], "linear")?;
+    let base = match (g.is_some(), norm.is_some()) {
+        (true, false) => "gemvg3",
+        (false, false) => "gemv3",
+        (true, true) => "gemvg3_norm",
+        (false, true) => "gemv3_norm",
+    };
+    let name = cuda::kname(base, &[dt], "linear")?;
     let f = gpu.function("gemv", GEMV_SRC, &name)?;
     let (n32, k32) = (n as i32, k as i32);
     {
         let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&xb.data).arg(&n32).arg(&k32);
+        match norm {
+            Some(nm) => nm.push(&mut b),
+            None => {
+                b.arg(&xb.data).arg(&n32).arg(&k32);
+            }
+        }
         for s in &slots {
             b.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
         }
@@ -112,32 +210,100 @@ fn gemv3(x: &Tensor, ws: &[Tensor], biases: &[Option<&Tensor>], n: usize, k: usi
             b.arg(&g32);
         }
         let rows: usize = ms.iter().sum();
-        cuda::launched(unsafe { b.launch(gemv_config(rows, g)) }, &name)?;
+        let mut cfg = gemv_config(rows, g);
+        cfg.shared_mem_bytes = norm.map_or(0, |nm| nm.smem_dense());
+        cuda::launched(unsafe { b.launch(cfg) }, &name)?;
     }
     ys.into_iter().zip(&ms).map(|(y, &m)| Tensor::from_device_buf(y, &out_shape(x, m))).collect()
 }
 
-/// silu(x·w_gᵀ)·(x·w_uᵀ) in one launch (gemv_swiglu), weights already of x's dtype.
-fn gemv_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -> Result<Tensor> {
+/// silu(x·w_gᵀ)·(x·w_uᵀ) in one launch (gemv_swiglu), weights already of x's dtype; with `norm`
+/// as `gemv3`.
+fn gemv_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize, norm: Option<&NormArgs>) -> Result<Tensor> {
     let xb = x.cuda_buf()?;
     let gpu = xb.gpu.clone();
+    let dt = if norm.is_some() { DType::BF16 } else { xb.dtype };
     let m = wg.shape()[0];
-    let y = DeviceBuf::alloc(&gpu, xb.dtype, n * m)?;
+    let y = DeviceBuf::alloc(&gpu, dt, n * m)?;
     let (gb, ub) = (wg.cuda_buf()?, wu.cuda_buf()?);
-    let g = gemv_lanes(xb.dtype, k, &[xb.ptr(), gb.ptr(), ub.ptr()]);
-    let name = cuda::kname(if g.is_some() { "gemvg_swiglu" } else { "gemv_swiglu" }, &[xb.dtype], "linear_swiglu")?;
+    let g = gemv_lanes(dt, k, &[xb.ptr(), gb.ptr(), ub.ptr()]);
+    let base = match (g.is_some(), norm.is_some()) {
+        (true, false) => "gemvg_swiglu",
+        (false, false) => "gemv_swiglu",
+        (true, true) => "gemvg_swiglu_norm",
+        (false, true) => "gemv_swiglu_norm",
+    };
+    let name = cuda::kname(base, &[dt], "linear_swiglu")?;
     let f = gpu.function("gemv", GEMV_SRC, &name)?;
     let (n32, k32, m32) = (n as i32, k as i32, m as i32);
     {
         let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&xb.data).arg(&n32).arg(&k32).arg(&gb.data).arg(&ub.data).arg(&y.data).arg(&m32);
+        match norm {
+            Some(nm) => nm.push(&mut b),
+            None => {
+                b.arg(&xb.data).arg(&n32).arg(&k32);
+            }
+        }
+        b.arg(&gb.data).arg(&ub.data).arg(&y.data).arg(&m32);
         let g32 = g.unwrap_or(32) as i32;
         if g.is_some() {
             b.arg(&g32);
         }
-        cuda::launched(unsafe { b.launch(gemv_config(m, g)) }, &name)?;
+        let mut cfg = gemv_config(m, g);
+        cfg.shared_mem_bytes = norm.map_or(0, |nm| nm.smem_dense());
+        cuda::launched(unsafe { b.launch(cfg) }, &name)?;
     }
     Tensor::from_device_buf(y, &out_shape(x, m))
+}
+
+/// (h, [y·w_jᵀ + b_j]) with (h, y) = add_rmsnorm(x, r, w_norm) for one row of a decode step and
+/// dense weights, in one launch (the GEMV's blocks make the add and the norm first: the bits of
+/// `add_rmsnorm` then `linear_many`). None where it does not apply (`NormArgs`, a weight that
+/// is not a k-column matrix, more than three).
+pub fn add_rmsnorm_linear_many(
+    x: &Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    ws: &[(&Tensor, Option<&Tensor>)],
+) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+    let k = x.cols();
+    if ws.is_empty() || ws.len() > 3 || ws.iter().any(|(wt, _)| wt.shape().len() != 2 || wt.shape()[1] != k) {
+        return Ok(None);
+    }
+    let Some(nm) = NormArgs::new(x, r, w, eps)? else { return Ok(None) };
+    if ws.iter().flat_map(|(wt, b)| std::iter::once(*wt).chain(*b)).any(|t| t.device() != x.device()) {
+        return Ok(None);
+    }
+    let (op, _) = precision();
+    let wb = ws.iter().map(|(wt, _)| operand(wt, op, true, "linear weight")).collect::<Result<Vec<_>>>()?;
+    let biases: Vec<Option<&Tensor>> = ws.iter().map(|(_, b)| *b).collect();
+    let ys = gemv3(x, &wb, &biases, 1, k, Some(&nm))?;
+    Ok(Some((nm.into_h(x.shape())?, ys)))
+}
+
+/// (h, silu(y·w_gᵀ)·(y·w_uᵀ)) with (h, y) = add_rmsnorm(x, r, w_norm), as
+/// `add_rmsnorm_linear_many`.
+pub fn add_rmsnorm_swiglu(
+    x: &Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    wg: &Tensor,
+    wu: &Tensor,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let k = x.cols();
+    if wg.shape() != wu.shape() || wg.shape().len() != 2 || wg.shape()[1] != k {
+        return Ok(None);
+    }
+    let Some(nm) = NormArgs::new(x, r, w, eps)? else { return Ok(None) };
+    if wg.device() != x.device() || wu.device() != x.device() {
+        return Ok(None);
+    }
+    let (op, _) = precision();
+    let (gb, ub) = (operand(wg, op, true, "linear weight")?, operand(wu, op, true, "linear weight")?);
+    let y = gemv_swiglu(x, &gb, &ub, 1, k, Some(&nm))?;
+    Ok(Some((nm.into_h(x.shape())?, y)))
 }
 
 /// A GEMV launch over `rows` output rows: row groups of `g` lanes (Some) or a warp a row.
@@ -258,7 +424,7 @@ pub(crate) fn precision() -> (Operand, DType) {
 pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize, k: usize, m: usize) -> Result<Tensor> {
     let [xb, _] = cuda::float_bufs([x, w], "linear")?;
     if let Some(ws) = gemv_weights(x, &[w], n)? {
-        return gemv3(x, &ws, &[bias], n, k)?.pop().ok_or_else(|| anyhow::anyhow!("gemv3 returned nothing"));
+        return gemv3(x, &ws, &[bias], n, k, None)?.pop().ok_or_else(|| anyhow::anyhow!("gemv3 returned nothing"));
     }
     let gpu = xb.gpu.clone();
     let (op, ydt) = precision();
@@ -456,13 +622,13 @@ impl super::LinearKernels for crate::backend::Cuda {
     fn linear_many(&self, x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)], n: usize, k: usize) -> Result<Vec<Tensor>> {
         let plain: Vec<&Tensor> = ws.iter().map(|(w, _)| *w).collect();
         match gemv_weights(x, &plain, n)? {
-            Some(wb) if ws.len() <= 3 => gemv3(x, &wb, &ws.iter().map(|(_, b)| *b).collect::<Vec<_>>(), n, k),
+            Some(wb) if ws.len() <= 3 => gemv3(x, &wb, &ws.iter().map(|(_, b)| *b).collect::<Vec<_>>(), n, k, None),
             _ => ws.iter().map(|(w, b)| linear(x, w, *b, n, k, w.shape()[0])).collect(),
         }
     }
     fn linear_swiglu(&self, x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -> Result<Tensor> {
         match gemv_weights(x, &[wg, wu], n)? {
-            Some(wb) => gemv_swiglu(x, &wb[0], &wb[1], n, k),
+            Some(wb) => gemv_swiglu(x, &wb[0], &wb[1], n, k, None),
             None => {
                 let m = wg.shape()[0];
                 crate::ops::swiglu::swiglu(&linear(x, wg, None, n, k, m)?, &linear(x, wu, None, n, k, m)?)

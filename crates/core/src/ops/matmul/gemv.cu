@@ -10,6 +10,18 @@
 // the gate and up products are rounded to T before silu(g)·u (swiglu.cu's arithmetic).
 // W, x, y share the storage type T (f32 or bf16); biases are f32.
 #define GEMV_WARPS 8
+
+// x, or with nm.x set (one row of a decode step) the residual add and RMSNorm of nm made first
+// by the whole block into shared memory (common.cuh's add_rmsnorm_shared), its bf16 result as x.
+// Every thread of the block calls it, before any leaves.
+template <typename T>
+__device__ __forceinline__ const T* normed_input(const NormIn& nm, int k, const T* x) {
+    if (!nm.x) return x;
+    extern __shared__ __align__(16) unsigned char mv_shared[];
+    add_rmsnorm_shared(nm, k, (bf16_t*)mv_shared);
+    __syncthreads();
+    return (const T*)mv_shared;
+}
 #define GEMV_MAXN 4
 
 // The sums of lane `lane` of a row's G lanes (G = 32: one warp a row), added to acc[r·GEMV_MAXN
@@ -90,7 +102,9 @@ __device__ __forceinline__ void rows_dot(const T* const (&w)[R], const T* x, int
 // null bias adds nothing.
 template <typename T>
 __device__ void gemv3(const T* x, int n, int k, const T* w0, const float* b0, T* y0, int m0, const T* w1,
-                      const float* b1, T* y1, int m1, const T* w2, const float* b2, T* y2, int m2) {
+                      const float* b1, T* y1, int m1, const T* w2, const float* b2, T* y2, int m2,
+                      const NormIn& nm = NormIn{}) {
+    x = normed_input(nm, k, x);
     int r = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     const T* w;
     const float* b;
@@ -121,7 +135,9 @@ __device__ void gemv3(const T* x, int n, int k, const T* w0, const float* b0, T*
 
 // y (n × m) = silu(x·W_gᵀ)·(x·W_uᵀ). grid ceil(m / GEMV_WARPS).
 template <typename T>
-__device__ void gemv_swiglu(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m) {
+__device__ void gemv_swiglu(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m,
+                            const NormIn& nm = NormIn{}) {
+    x = normed_input(nm, k, x);
     int r = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     if (r >= m) return;
     float acc[2 * GEMV_MAXN];
@@ -157,7 +173,9 @@ __device__ __forceinline__ void rows_dot_g(const T* const (&w)[R], const T* x, i
 // x and the weights 16-byte aligned (the launcher checks).
 template <typename T>
 __device__ void gemvg3(const T* x, int n, int k, const T* w0, const float* b0, T* y0, int m0, const T* w1,
-                       const float* b1, T* y1, int m1, const T* w2, const float* b2, T* y2, int m2, int G) {
+                       const float* b1, T* y1, int m1, const T* w2, const float* b2, T* y2, int m2, int G,
+                       const NormIn& nm = NormIn{}) {
+    x = normed_input(nm, k, x);
     int lane = threadIdx.x & (G - 1);
     int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
     const T* w = w0;
@@ -188,7 +206,9 @@ __device__ void gemvg3(const T* x, int n, int k, const T* w0, const float* b0, T
 }
 
 template <typename T>
-__device__ void gemvg_swiglu(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m, int G) {
+__device__ void gemvg_swiglu(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m, int G,
+                             const NormIn& nm = NormIn{}) {
+    x = normed_input(nm, k, x);
     int lane = threadIdx.x & (G - 1);
     int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
     bool active = r < m;
@@ -227,3 +247,24 @@ __device__ void gemvg_swiglu(const T* x, int n, int k, const T* wg, const T* wu,
     }
 GEMV_KERNELS(float, f32)
 GEMV_KERNELS(bf16_t, bf16)
+
+// One row's residual add and RMSNorm (x f32, r bf16), then the products of its bf16 result: the
+// decode step's add_rmsnorm inside the launch that follows it (mixed precision only).
+#define NORM_ARGS const float *nx, const bf16_t *nr, const float *nw, float *nh, float eps, int wpr
+extern "C" __global__ void gemv3_norm_bf16(NORM_ARGS, int k, const bf16_t* w0, const float* b0, bf16_t* y0, int m0,
+                                           const bf16_t* w1, const float* b1, bf16_t* y1, int m1, const bf16_t* w2,
+                                           const float* b2, bf16_t* y2, int m2) {
+    gemv3<bf16_t>(nullptr, 1, k, w0, b0, y0, m0, w1, b1, y1, m1, w2, b2, y2, m2, NormIn{nx, nr, nw, nh, eps, wpr});
+}
+extern "C" __global__ void gemv_swiglu_norm_bf16(NORM_ARGS, int k, const bf16_t* wg, const bf16_t* wu, bf16_t* y, int m) {
+    gemv_swiglu<bf16_t>(nullptr, 1, k, wg, wu, y, m, NormIn{nx, nr, nw, nh, eps, wpr});
+}
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)
+    gemvg3_norm_bf16(NORM_ARGS, int k, const bf16_t* w0, const float* b0, bf16_t* y0, int m0, const bf16_t* w1,
+                     const float* b1, bf16_t* y1, int m1, const bf16_t* w2, const float* b2, bf16_t* y2, int m2, int G) {
+    gemvg3<bf16_t>(nullptr, 1, k, w0, b0, y0, m0, w1, b1, y1, m1, w2, b2, y2, m2, G, NormIn{nx, nr, nw, nh, eps, wpr});
+}
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)
+    gemvg_swiglu_norm_bf16(NORM_ARGS, int k, const bf16_t* wg, const bf16_t* wu, bf16_t* y, int m, int G) {
+    gemvg_swiglu<bf16_t>(nullptr, 1, k, wg, wu, y, m, G, NormIn{nx, nr, nw, nh, eps, wpr});
+}

@@ -204,6 +204,50 @@ pub fn linear_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor) -> Result<Tensor> {
     backend::on("linear", [x, wg, wu])?.linear_swiglu(x, wg, wu, n, k)
 }
 
+/// `add_rmsnorm(x, r, w)` then `linear_many` of its normalised output, as (h, products), in one
+/// launch where the backend has it (CUDA: one row of a decode step under mixed precision, dense
+/// or quantised weights; the same bits as the two calls). None elsewhere: the caller makes both.
+pub fn add_rmsnorm_linear_many(
+    x: &Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    ws: &[(&Tensor, Option<&Tensor>)],
+) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+    if x.device().is_cpu() {
+        return Ok(None);
+    }
+    if ws.iter().any(|(wt, _)| wt.dtype() == DType::Quant) {
+        return crate::ops::qmatmul::add_rmsnorm_linear_many(x, r, w, eps, ws);
+    }
+    #[cfg(feature = "cuda")]
+    return cuda::add_rmsnorm_linear_many(x, r, w, eps, ws);
+    #[cfg(not(feature = "cuda"))]
+    Ok(None)
+}
+
+/// `add_rmsnorm(x, r, w)` then `linear_swiglu` of its normalised output, as (h, act), in one
+/// launch where the backend has it (as `add_rmsnorm_linear_many`). None elsewhere.
+pub fn add_rmsnorm_swiglu(
+    x: &Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    wg: &Tensor,
+    wu: &Tensor,
+) -> Result<Option<(Tensor, Tensor)>> {
+    if x.device().is_cpu() {
+        return Ok(None);
+    }
+    if wg.dtype() == DType::Quant || wu.dtype() == DType::Quant {
+        return crate::ops::qmatmul::add_rmsnorm_swiglu(x, r, w, eps, wg, wu);
+    }
+    #[cfg(feature = "cuda")]
+    return cuda::add_rmsnorm_swiglu(x, r, w, eps, wg, wu);
+    #[cfg(not(feature = "cuda"))]
+    Ok(None)
+}
+
 /// `linear` whose output row i is exactly `linear` of input row i alone, whatever the other
 /// rows are (for f32 weights the one-row matvec, for quantised ones their one-row kernel): the
 /// decode rows of several sequences batched into one pass, each getting what `smelt generate`

@@ -3,6 +3,7 @@
 
 use crate::cuda::blas::Operand;
 use crate::cuda::{self, DeviceBuf};
+use crate::ops::matmul::cuda::NormArgs;
 use crate::quant::{DeviceQuant, GgmlType};
 use crate::{DType, Tensor};
 use anyhow::{bail, Result};
@@ -19,8 +20,9 @@ const WARPS: u32 = 4;
 
 /// Kernel names of one format: [matvec, dequant f32, dequant bf16, gather f32, matvec bf16,
 /// integer matvec (up to three weights), integer gate/up + SwiGLU, the last two for one input
-/// row].
-fn names(f: GgmlType) -> Result<[&'static str; 9]> {
+/// row, gate/up + SwiGLU of one row after its residual add and RMSNorm, the integer matvec of
+/// one row after them].
+fn names(f: GgmlType) -> Result<[&'static str; 11]> {
     macro_rules! n {
         ($f:ident) => {
             [
@@ -33,6 +35,8 @@ fn names(f: GgmlType) -> Result<[&'static str; 9]> {
                 concat!("mmvqg_swiglu_bf16_", stringify!($f)),
                 concat!("mmvqg3_n1_bf16_", stringify!($f)),
                 concat!("mmvqg_swiglu_n1_bf16_", stringify!($f)),
+                concat!("mmvqg_swiglu_norm_n1_bf16_", stringify!($f)),
+                concat!("mmvqg3_norm_n1_bf16_", stringify!($f)),
             ]
         };
     }
@@ -79,13 +83,6 @@ impl Q8 {
     }
 }
 
-/// Whether one input row is quantised inside the chunked kernels (`Q8::xf`): on unless
-/// `SMELT_CUDA_MV_FUSE=0` (a quantize_q8 launch first, for comparison in benchmarks).
-fn fused_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SMELT_CUDA_MV_FUSE").map(|v| v != "0").unwrap_or(true))
-}
-
 /// Largest k whose in-kernel quantisation fits the default 48 KiB of shared memory (k·9/8 bytes).
 const FUSED_MAX_K: usize = 40 * 1024;
 
@@ -104,7 +101,7 @@ fn quantize_q8(x: &Tensor, n: usize, k: usize) -> Result<Option<Q8>> {
     }
     let xb = x.cuda_buf()?;
     let gpu = xb.gpu.clone();
-    if n == 1 && k <= FUSED_MAX_K && fused_on() {
+    if n == 1 && k <= FUSED_MAX_K && crate::ops::matmul::cuda::fused_on() {
         return Ok(Some(Q8 { gpu, xf: xb.ptr(), q: None, smem: (k + k / 32 * 4) as u32 }));
     }
     let xq = DeviceBuf::alloc(&gpu, DType::I32, n * k / 4)?;
@@ -117,12 +114,42 @@ fn quantize_q8(x: &Tensor, n: usize, k: usize) -> Result<Option<Q8>> {
     Ok(Some(Q8 { gpu, xf: 0, q: Some((xq, xd)), smem: 0 }))
 }
 
-/// [x·w_jᵀ] (bf16) for up to three weights of one format, from x quantised by `quantize_q8`,
-/// in one launch.
+/// The kernel for q and k of one format with v of another in one launch (`mmvqg3_mixed`), for
+/// the pairs that quantised files hold: Q4_K with Q6_K (llama.cpp's Q4_K_M), Q5_0 with Q8_0
+/// (its fallback for rows that are not whole 256-blocks).
+fn mixed_kernel(a: GgmlType, b: GgmlType, n: usize) -> Option<&'static str> {
+    Some(match (a, b, n == 1) {
+        (GgmlType::Q4_K, GgmlType::Q6_K, true) => "mmvqg3_n1_bf16_Q4_K_Q6_K",
+        (GgmlType::Q4_K, GgmlType::Q6_K, false) => "mmvqg3_bf16_Q4_K_Q6_K",
+        (GgmlType::Q5_0, GgmlType::Q8_0, true) => "mmvqg3_n1_bf16_Q5_0_Q8_0",
+        (GgmlType::Q5_0, GgmlType::Q8_0, false) => "mmvqg3_bf16_Q5_0_Q8_0",
+        _ => return None,
+    })
+}
+
+/// `mixed_kernel`'s pair after one row's residual add and RMSNorm (`mmvqg3_norm_n1_*`).
+fn mixed_norm_kernel(a: GgmlType, b: GgmlType) -> Option<&'static str> {
+    Some(match (a, b) {
+        (GgmlType::Q4_K, GgmlType::Q6_K) => "mmvqg3_norm_n1_bf16_Q4_K_Q6_K",
+        (GgmlType::Q5_0, GgmlType::Q8_0) => "mmvqg3_norm_n1_bf16_Q5_0_Q8_0",
+        _ => return None,
+    })
+}
+
+/// [x·w_jᵀ] (bf16) for up to three weights of one format, or three whose first two share a
+/// format that `mixed_kernel` pairs with the third's, from x as `quantize_q8` left it, in one
+/// launch.
 fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBuf>> {
     let Some(first) = ws.first() else { bail!("mmvq3: no weight") };
-    if ws.len() > 3 || ws.iter().any(|w| w.format != first.format || w.cols != k) {
-        bail!("mmvq3: one to three weights of one format with {k} columns");
+    let mixed = match ws {
+        [a, b, c] if a.format == b.format && c.format != a.format => mixed_kernel(a.format, c.format, n),
+        _ => None,
+    };
+    if ws.len() > 3
+        || ws.iter().any(|w| w.cols != k)
+        || (mixed.is_none() && ws.iter().any(|w| w.format != first.format))
+    {
+        bail!("mmvq3: one to three weights of one format (or a mixed pair) with {k} columns");
     }
     let gpu = q.gpu.clone();
     let ys = ws.iter().map(|w| DeviceBuf::alloc(&gpu, DType::BF16, n * w.rows)).collect::<Result<Vec<_>>>()?;
@@ -133,7 +160,10 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
     let (n32, k32) = (n as i32, k as i32);
     let rows: usize = ws.iter().map(|w| w.rows).sum();
     let g = mmvq_lanes(k);
-    let func = names(first.format)?[if n == 1 { 7 } else { 5 }];
+    let func = match mixed {
+        Some(f) => f,
+        None => names(first.format)?[if n == 1 { 7 } else { 5 }],
+    };
     let f = gpu.function("qmatmul", SRC, func)?;
     let mut l = gpu.stream.launch_builder(&f);
     let (xf, xq, xd) = q.ptrs();
@@ -143,7 +173,12 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
     }
     let g32 = g as i32;
     l.arg(&g32);
-    let cfg = mv_config(rows, g, q.smem);
+    let mut cfg = mv_config(rows, g, q.smem);
+    if mixed.is_some() {
+        // Each slot's rows on blocks of their own.
+        let per_block = crate::ops::matmul::cuda::MV_THREADS as usize / g;
+        cfg.grid_dim.0 = ws.iter().map(|w| w.rows.div_ceil(per_block)).sum::<usize>().max(1) as u32;
+    }
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(ys)
 }
@@ -184,9 +219,13 @@ pub fn linear_many(
     let mut out = Vec::with_capacity(ws.len());
     let mut i = 0;
     while i < ws.len() {
-        // The run of weights from i that share i's format (at most three): one launch.
+        // The run of weights from i that share i's format (at most three), or two of one format
+        // and a third that `mixed_kernel` pairs with it: one launch.
         let mut j = i + 1;
         while j < ws.len() && j < i + 3 && ws[j].0.format == ws[i].0.format {
+            j += 1;
+        }
+        if j == i + 2 && j < ws.len() && mixed_kernel(ws[i].0.format, ws[j].0.format, n).is_some() {
             j += 1;
         }
         let group: Vec<&DeviceQuant> = ws[i..j].iter().map(|(w, _)| *w).collect();
@@ -222,6 +261,117 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     let cfg = mv_config(m, g, q.smem);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(Some(shaped(x, y, m)?))
+}
+
+/// (h, silu(y·w_gᵀ)·(y·w_uᵀ)) with (h, y) = add_rmsnorm(x, r, w_norm) for one row, in one launch:
+/// the gate/up matvec's blocks each do the add and the norm (rmsnorm.cu's arithmetic, so the
+/// bits of `add_rmsnorm` then `linear_swiglu`) and quantise y in their shared memory; block 0
+/// stores h. A decode step's layer saves the add_rmsnorm launch. None where it does not apply:
+/// more than one row, not mixed precision (x f32, r bf16, bf16 activations), the formats differ,
+/// k not a multiple of 32 or over 15360 (shared memory), a pointer not 16-byte aligned.
+pub fn add_rmsnorm_swiglu(
+    x: &Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    wg: &DeviceQuant,
+    wu: &DeviceQuant,
+) -> Result<Option<(Tensor, Tensor)>> {
+    if wg.format != wu.format || wg.rows != wu.rows || wu.cols != x.cols() {
+        return Ok(None);
+    }
+    let Some(nm) = norm_args(x, r, w, eps, &[wg, wu])? else { return Ok(None) };
+    let (k, m) = (x.cols(), wg.rows);
+    let gpu = nm.gpu();
+    let y = DeviceBuf::alloc(&gpu, DType::BF16, m)?;
+    let g = mmvq_lanes(k);
+    let func = names(wg.format)?[9];
+    let f = gpu.function("qmatmul", SRC, func)?;
+    let (m32, rb64, g32) = (m as i32, wg.row_bytes as i64, g as i32);
+    let mut l = gpu.stream.launch_builder(&f);
+    nm.push(&mut l);
+    l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb64).arg(&g32);
+    cuda::launched(unsafe { l.launch(mv_config(m, g, nm.smem_quantised())) }, func)?;
+    Ok(Some((nm.into_h(x.shape())?, shaped(x, y, m)?)))
+}
+
+/// (h, [y·w_jᵀ + b_j]) with (h, y) = add_rmsnorm(x, r, w_norm) for one row: q, k and v after a
+/// block's residual add and the next block's norm, in one launch (one format, or `mixed_kernel`'s
+/// pairs), as `add_rmsnorm_swiglu` does it for gate/up. None where it does not apply (as there,
+/// or the weights need more than one launch).
+pub fn add_rmsnorm_linear_many(
+    x: &Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    ws: &[(&DeviceQuant, Option<&Tensor>)],
+) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+    let k = x.cols();
+    let (func, mixed) = match ws {
+        [] => return Ok(None),
+        [(a, _), (b, _), (c, _)] if a.format == b.format && c.format != a.format => {
+            match mixed_norm_kernel(a.format, c.format) {
+                Some(f) => (f, true),
+                None => return Ok(None),
+            }
+        }
+        _ if ws.len() <= 3 && ws.iter().all(|(q, _)| q.format == ws[0].0.format) => (names(ws[0].0.format)?[10], false),
+        _ => return Ok(None),
+    };
+    if ws.iter().any(|(q, _)| q.cols != k) {
+        return Ok(None);
+    }
+    let qs: Vec<&DeviceQuant> = ws.iter().map(|(q, _)| *q).collect();
+    let Some(nm) = norm_args(x, r, w, eps, &qs)? else { return Ok(None) };
+    let gpu = nm.gpu();
+    let ys = ws.iter().map(|(q, _)| DeviceBuf::alloc(&gpu, DType::BF16, q.rows)).collect::<Result<Vec<_>>>()?;
+    let mut slots = [(0u64, 0u64, 0i32, 0i64); 3];
+    for (j, (q, _)) in ws.iter().enumerate() {
+        slots[j] = (q.blocks.ptr(), ys[j].ptr(), q.rows as i32, q.row_bytes as i64);
+    }
+    let g = mmvq_lanes(k);
+    let g32 = g as i32;
+    let f = gpu.function("qmatmul", SRC, func)?;
+    let mut l = gpu.stream.launch_builder(&f);
+    nm.push(&mut l);
+    for s in &slots {
+        l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
+    }
+    l.arg(&g32);
+    let mut cfg = mv_config(ws.iter().map(|(q, _)| q.rows).sum(), g, nm.smem_quantised());
+    if mixed {
+        // Each slot's rows on blocks of their own.
+        let per_block = crate::ops::matmul::cuda::MV_THREADS as usize / g;
+        cfg.grid_dim.0 = ws.iter().map(|(q, _)| q.rows.div_ceil(per_block)).sum::<usize>().max(1) as u32;
+    }
+    cuda::launched(unsafe { l.launch(cfg) }, func)?;
+    let mut out = Vec::with_capacity(ws.len());
+    for (y, (q, bias)) in ys.into_iter().zip(ws) {
+        if let Some(b) = bias {
+            crate::ops::matmul::cuda::add_bias(&y, b, 1, q.rows)?;
+        }
+        out.push(shaped(x, y, q.rows)?);
+    }
+    Ok(Some((nm.into_h(x.shape())?, out)))
+}
+
+/// `NormArgs` for one row before quantised weights: as `NormArgs::new`, and the weights on x's
+/// device with k columns.
+fn norm_args<'a>(
+    x: &'a Tensor,
+    r: &'a Tensor,
+    w: &'a Tensor,
+    eps: f64,
+    ws: &[&DeviceQuant],
+) -> Result<Option<NormArgs<'a>>> {
+    if !mmvq_on() || !crate::ops::matmul::cuda::fused_on() || ws.iter().any(|q| q.cols != x.cols()) {
+        return Ok(None);
+    }
+    let Some(nm) = NormArgs::new(x, r, w, eps)? else { return Ok(None) };
+    if ws.iter().any(|q| q.blocks.gpu.ordinal != nm.gpu().ordinal) {
+        return Ok(None);
+    }
+    Ok(Some(nm))
 }
 
 /// y (n × m) = x (n × k) · wᵀ (+ bias), w quantised (m × k) on x's device. x is f32 or bf16;

@@ -194,6 +194,46 @@ pub fn linear_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -
     Ok(None)
 }
 
+/// `add_rmsnorm(x, r, w)` then `linear_swiglu` of its normalised output, as (h, act), in one
+/// launch where the backend has it (CUDA, one row of a decode step, quantised gate and up under
+/// mixed precision: the same bits as the two calls); None elsewhere (the caller makes both).
+pub fn add_rmsnorm_swiglu(
+    x: &Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    wg: &Tensor,
+    wu: &Tensor,
+) -> Result<Option<(Tensor, Tensor)>> {
+    #[cfg(feature = "cuda")]
+    if let (false, Some(g), Some(u)) = (x.device().is_cpu(), wg.as_device_quant(), wu.as_device_quant()) {
+        return cuda::add_rmsnorm_swiglu(x, r, w, eps, g, u);
+    }
+    let _ = (x, r, w, eps, wg, wu);
+    Ok(None)
+}
+
+/// `add_rmsnorm(x, r, w)` then `linear_many` of its normalised output, as (h, products), in one
+/// launch where the backend has it (CUDA, one row of a decode step, quantised q/k/v under mixed
+/// precision: the same bits as the two calls); None elsewhere (the caller makes both).
+pub fn add_rmsnorm_linear_many(
+    x: &Tensor,
+    r: &Tensor,
+    w: &Tensor,
+    eps: f64,
+    ws: &[(&Tensor, Option<&Tensor>)],
+) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+    #[cfg(feature = "cuda")]
+    if !x.device().is_cpu() {
+        let qs: Option<Vec<_>> = ws.iter().map(|(q, b)| q.as_device_quant().map(|q| (q, *b))).collect();
+        if let Some(qs) = qs {
+            return cuda::add_rmsnorm_linear_many(x, r, w, eps, &qs);
+        }
+    }
+    let _ = (x, r, w, eps, ws);
+    Ok(None)
+}
+
 /// table: quantised (V, C), ids: (…) u32 → (…, C).
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     backend(table.device()).embedding_quant(table, ids)

@@ -450,7 +450,7 @@ __device__ __forceinline__ void quantize_q8_shared(const bf16_t* x, int cols, si
 template <class F, int R, int NM>
 __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16_t* xf, const signed char* xq,
                                             const float* xd, int cols, int n, int lane, int G, bool active,
-                                            float (&acc)[R * NM]) {
+                                            float (&acc)[R * NM], const NormIn& nm = NormIn{}) {
 #pragma unroll
     for (int i = 0; i < R * NM; i++) acc[i] = 0.f;
     int nb = cols / F::QK, chunks = cols / 32;
@@ -467,7 +467,18 @@ __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16
                 for (int r = 0; r < R; r++) F::load(wr[r], nb, c, raw[r][u]);
         }
     }
-    if (xf) {
+    if (nm.x) {
+        // nm: x is add_rmsnorm's output, made here first (shared memory: y bf16, then xq, xd).
+        extern __shared__ __align__(16) unsigned char mv_shared[];
+        bf16_t* sy = (bf16_t*)mv_shared;
+        signed char* sq = (signed char*)(mv_shared + 2 * cols);
+        float* sd = (float*)(mv_shared + 3 * cols);
+        add_rmsnorm_shared(nm, cols, sy);
+        __syncthreads();
+        quantize_q8_shared(sy, cols, sq, sd);
+        __syncthreads();
+        xq = sq, xd = sd;
+    } else if (xf) {
         extern __shared__ __align__(16) unsigned char mv_shared[];
         signed char* sq = (signed char*)mv_shared;
         float* sd = (float*)(mv_shared + cols);
@@ -505,7 +516,7 @@ template <class F, typename T, int NM>
 __device__ __forceinline__ void mmvqg3(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
                                        const u8* w0, T* y0,
                                        int m0, long long rb0, const u8* w1, T* y1, int m1, long long rb1, const u8* w2,
-                                       T* y2, int m2, long long rb2, int G) {
+                                       T* y2, int m2, long long rb2, int G, const NormIn& nm = NormIn{}) {
     int lane = threadIdx.x & (G - 1);
     int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
     const u8* w = w0;
@@ -523,7 +534,7 @@ __device__ __forceinline__ void mmvqg3(const bf16_t* xf, const signed char* xq, 
     }
     float acc[NM];
     const u8* const rows[1] = {w + (long long)r * rb};
-    mmvq_rows_g<F, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc);
+    mmvq_rows_g<F, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
     if (active && lane == 0) {
 #pragma unroll
         for (int i = 0; i < NM; i++)
@@ -534,15 +545,15 @@ __device__ __forceinline__ void mmvqg3(const bf16_t* xf, const signed char* xq, 
 // y (n × m) = silu(x·W_gᵀ)·(x·W_uᵀ), both of format F, each product rounded to T first.
 template <class F, typename T, int NM>
 __device__ __forceinline__ void mmvqg_swiglu(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
-                                             const u8* wg,
-                                             const u8* wu, T* y, int m, long long rb, int G) {
+                                             const u8* wg, const u8* wu, T* y, int m, long long rb, int G,
+                                             const NormIn& nm = NormIn{}) {
     int lane = threadIdx.x & (G - 1);
     int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
     bool active = r < m;
     if (!active) r = 0;
     float acc[2 * NM];
     const u8* const rows[2] = {wg + (long long)r * rb, wu + (long long)r * rb};
-    mmvq_rows_g<F, 2, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc);
+    mmvq_rows_g<F, 2, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
     if (active && lane == 0) {
 #pragma unroll
         for (int i = 0; i < NM; i++) {
@@ -624,6 +635,25 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
     }                                                                                                            \
     MMVQG_KERNELS(F, , QMV_MAX_N)                                                                                \
     MMVQG_KERNELS(F, n1_, 1)                                                                                     \
+    /* One row's add + RMSNorm, then up to three products (q, k, v): h = x + r (stored), y_j = n·W_jᵀ. */    \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
+        mmvqg3_norm_n1_bf16_##F(const float* nx, const bf16_t* nr, const float* nw, float* nh, float eps, int wpr, \
+                                int cols, const u8* w0, bf16_t* y0, int m0, long long rb0, const u8* w1,          \
+                                bf16_t* y1, int m1, long long rb1, const u8* w2, bf16_t* y2, int m2,              \
+                                long long rb2, int G) {                                                           \
+        NormIn nm{nx, nr, nw, nh, eps, wpr};                                                                     \
+        mmvqg3<F, bf16_t, 1>(nullptr, nullptr, nullptr, 1, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2,    \
+                             rb2, G, nm);                                                                        \
+    }                                                                                                            \
+    /* One row's add + RMSNorm, then gate/up + SwiGLU: h = x + r (stored), y = silu(n·W_gᵀ)·(n·W_uᵀ),   */    \
+    /* n = rmsnorm(h)·w. */                                                                                      \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
+        mmvqg_swiglu_norm_n1_bf16_##F(const float* nx, const bf16_t* nr, const float* nw, float* nh, float eps,     \
+                                      int wpr, int cols, const u8* wg, const u8* wu, bf16_t* y, int m,            \
+                                      long long rb, int G) {                                                      \
+        NormIn nm{nx, nr, nw, nh, eps, wpr};                                                                     \
+        mmvqg_swiglu<F, bf16_t, 1>(nullptr, nullptr, nullptr, 1, cols, wg, wu, y, m, rb, G, nm);                 \
+    }                                                                                                            \
     extern "C" __global__ void qgather_f32_##F(const u8* w, const unsigned int* ids, float* out, long long n,    \
                                                int cols, long long row_bytes, unsigned int vocab) {              \
         qdequant<F, float>(w, ids, out, n, cols, row_bytes, vocab);                                              \
@@ -635,3 +665,71 @@ QKERNELS(Q5_0)
 QKERNELS(Q8_0)
 QKERNELS(Q4_K)
 QKERNELS(Q6_K)
+
+// q and k of format FA with v of format FB in one launch (llama.cpp's Q4_K_M mix keeps v at
+// Q6_K on some layers; smelt's q4_k export of 576-wide rows falls back to Q5_0 with Q8_0): as
+// mmvqg3, but each slot's rows start on a block of their own (ceil(m / (MV_THREADS / G)) blocks
+// a slot), so a block runs one format's code and its barriers are uniform. Grid: the three
+// slots' blocks; the same sums, row for row, as mmvqg3 of each format.
+template <class FA, class FB, typename T, int NM>
+__device__ __forceinline__ void mmvqg3_mixed(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
+                                             const u8* w0, T* y0, int m0, long long rb0, const u8* w1, T* y1, int m1,
+                                             long long rb1, const u8* w2, T* y2, int m2, long long rb2, int G,
+                                             const NormIn& nm = NormIn{}) {
+    int rpb = MV_THREADS / G;
+    int b0 = (m0 + rpb - 1) / rpb, b1 = (m1 + rpb - 1) / rpb;
+    int blk = blockIdx.x, slot;
+    const u8* w = w0;
+    T* y = y0;
+    int m = m0;
+    long long rb = rb0;
+    if (blk < b0) {
+        slot = 0;
+    } else if ((blk -= b0) < b1) {
+        slot = 1, w = w1, y = y1, m = m1, rb = rb1;
+    } else {
+        blk -= b1;
+        slot = 2, w = w2, y = y2, m = m2, rb = rb2;
+    }
+    int lane = threadIdx.x & (G - 1);
+    int r = blk * rpb + threadIdx.x / G;
+    bool active = r < m;
+    if (!active) r = 0; // still sums with its block (the barriers)
+    float acc[NM];
+    const u8* const rows[1] = {w + (long long)r * rb};
+    if (slot < 2) {
+        mmvq_rows_g<FA, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
+    } else {
+        mmvq_rows_g<FB, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
+    }
+    if (active && lane == 0) {
+#pragma unroll
+        for (int i = 0; i < NM; i++)
+            if (i < n) y[(long long)i * m + r] = from_f<T>(acc[i]);
+    }
+}
+
+#define MMVQG_MIXED(FA, FB, P, NM)                                                                                \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
+        mmvqg3_##P##bf16_##FA##_##FB(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,    \
+                                     const u8* w0, bf16_t* y0, int m0, long long rb0, const u8* w1, bf16_t* y1,   \
+                                     int m1, long long rb1, const u8* w2, bf16_t* y2, int m2, long long rb2,      \
+                                     int G) {                                                                     \
+        mmvqg3_mixed<FA, FB, bf16_t, NM>(xf, xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G); \
+    }
+#define MMVQG_MIXED_NORM(FA, FB)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
+        mmvqg3_norm_n1_bf16_##FA##_##FB(const float* nx, const bf16_t* nr, const float* nw, float* nh, float eps,  \
+                                        int wpr, int cols, const u8* w0, bf16_t* y0, int m0, long long rb0,       \
+                                        const u8* w1, bf16_t* y1, int m1, long long rb1, const u8* w2,            \
+                                        bf16_t* y2, int m2, long long rb2, int G) {                               \
+        NormIn nm{nx, nr, nw, nh, eps, wpr};                                                                     \
+        mmvqg3_mixed<FA, FB, bf16_t, 1>(nullptr, nullptr, nullptr, 1, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2,  \
+                                        y2, m2, rb2, G, nm);                                                     \
+    }
+MMVQG_MIXED_NORM(Q4_K, Q6_K)
+MMVQG_MIXED_NORM(Q5_0, Q8_0)
+MMVQG_MIXED(Q4_K, Q6_K, , QMV_MAX_N)
+MMVQG_MIXED(Q4_K, Q6_K, n1_, 1)
+MMVQG_MIXED(Q5_0, Q8_0, , QMV_MAX_N)
+MMVQG_MIXED(Q5_0, Q8_0, n1_, 1)
