@@ -12,7 +12,7 @@
 #
 # VARIANTS (decode_cuda.py --variants) defaults to the kernels' comparison switches; END is the
 # seconds the script may take (leave the device call's limit some room); SERVE=1 adds gpu_serve
-# (keep it in the carry then).
+# (keep it in the carry then); NCU_MODELS (default 1b-q4_k) the decode models ncu profiles.
 cd "$(dirname "$0")" || exit 1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PATH=/usr/local/cuda/bin:$PATH
@@ -54,12 +54,14 @@ if [ -x $LL/src/build/bin/llama-bench ]; then
   grep -E "^\|" "$OUT/decode-llama.txt"
 fi
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
-if [ -n "$NCU" ] && [ "$(left)" -gt 40 ]; then
-  stamp "ncu 1b-q4_k"
+# NCU_MODELS: the decode models profiled kernel by kernel, as long as time is left.
+for m in ${NCU_MODELS:-1b-q4_k}; do
+  [ -n "$NCU" ] && [ "$(left)" -gt 40 ] || break
+  stamp "ncu $m"
   SMELT_CUDA_GRAPH=0 timeout $(( $(left) - 10 )) "$NCU" --csv --clock-control none --launch-skip 400 --launch-count 160 \
      --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size,launch__block_size \
-     ./smelt generate --device cuda --model /tmp/smelt-decode-models/1b-q4_k.gguf --prompt "The kernel" --max-tokens 8 --temperature 0 \
-     > "$OUT/ncu-1b-q4_k.csv" 2> "$OUT/ncu-1b-q4_k.err"
-  python3 ../ncu_table.py "$OUT/ncu-1b-q4_k.csv" > "$OUT/ncu-1b-q4_k.txt" 2>&1; head -40 "$OUT/ncu-1b-q4_k.txt"
-fi
+     ./smelt generate --device cuda --model /tmp/smelt-decode-models/$m.gguf --prompt "The kernel" --max-tokens 8 --temperature 0 \
+     > "$OUT/ncu-$m.csv" 2> "$OUT/ncu-$m.err"
+  python3 ../ncu_table.py "$OUT/ncu-$m.csv" > "$OUT/ncu-$m.txt" 2>&1; head -40 "$OUT/ncu-$m.txt"
+done
 stamp end
