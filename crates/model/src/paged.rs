@@ -294,7 +294,7 @@ impl PagedSlot<'_> {
                     .collect();
                 let (k, v) =
                     (PackedKv { ty: *kt, bytes: kb, row_bytes: *kr }, PackedKv { ty: *vt, bytes: vb, row_bytes: *vr });
-                return Tensor::from_f32(attn_decode_packed(&seqs, k, v, heads, scale)?.concat(), q.shape());
+                return Tensor::from_f32(attn_decode_packed(&seqs, k, v, heads, scale)?, q.shape());
             }
         }
         // Packed rows are widened into one f32 scratch per call, each sequence's positions in
@@ -333,7 +333,7 @@ impl PagedSlot<'_> {
             (None, Store::F32(k), Store::F32(v)) => attn_ggml_seqs(&seqs, k, v, heads, scale),
             _ => bail!("KV pool: keys and values stored differently"),
         };
-        Tensor::from_f32(out.concat(), q.shape())
+        Tensor::from_f32(out, q.shape())
     }
 }
 

@@ -219,7 +219,7 @@ pub fn attn_fwd_ggml(q: &[f32], k: &[f32], v: &[f32], dm: AttnDims, scale: f32) 
         .map(|(b, r)| SeqAttn { q: &q[b * per_b..(b + 1) * per_b], tq: dm.tq, rows: r })
         .collect();
     let heads = Heads { h: dm.h, kvh: dm.kvh, d: dm.d, window: dm.window };
-    attn_ggml_seqs(&seqs, k, v, heads, scale).concat()
+    attn_ggml_seqs(&seqs, k, v, heads, scale)
 }
 
 /// One sequence of an [`attn_ggml_seqs`] call.
@@ -242,9 +242,10 @@ pub struct Heads {
 }
 
 /// [`attn_fwd_ggml`] for several sequences of their own lengths whose keys and values sit
-/// anywhere in shared K/V buffers (a paged KV cache): each sequence's output (tq, H, D) is what
-/// `attn_fwd_ggml` gives for that sequence alone with a contiguous cache, bit for bit (the rows
-/// are read in the same order into the same lanes), whatever else is in the call.
+/// anywhere in shared K/V buffers (a paged KV cache): the sequences' outputs one after another,
+/// each (tq, H, D) what `attn_fwd_ggml` gives for that sequence alone with a contiguous cache,
+/// bit for bit (the rows are read in the same order into the same lanes), whatever else is in
+/// the call.
 ///
 /// A prompt (tq > 1) is tiled: its keys are transposed once per KV head in blocks of 16, so
 /// that 16 scores are one `ggml::dot_f32_keys16_fast` (each score `dot_f32`'s lanes and
@@ -256,7 +257,7 @@ pub struct Heads {
 /// row's task takes the query heads of one KV head together (they read the same keys, which
 /// stay in L1 from the first head to the next; each head's arithmetic is unchanged): a server
 /// step of 32 decoding rows was 288 tasks a layer, each with its own scratch, now 96.
-pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: f32) -> Vec<Vec<f32>> {
+pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: f32) -> Vec<f32> {
     use crate::ggml;
     const RUN: usize = 32;
     let d = hd.d;
@@ -284,20 +285,44 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
         })
     };
     // (sequence, first head, run): a prompt's tasks one head each, a decoding row's the `grp`
-    // heads of one KV head.
+    // heads of one KV head — or one head each when that leaves threads idle (one sequence
+    // decoding on 16 threads: 3 KV heads, 9 heads); each head's arithmetic is the same.
+    let decoding = seqs.iter().filter(|s| s.tq == 1).count();
+    let per = if decoding * hd.kvh < crate::par::threads() { 1 } else { grp };
     let mut tasks: Vec<(usize, usize, usize)> = seqs
         .iter()
         .enumerate()
         .flat_map(|(si, s)| {
-            let step = if s.tq == 1 { grp } else { 1 };
+            let step = if s.tq == 1 { per } else { 1 };
             (0..hd.h).step_by(step).flat_map(move |h| (0..s.tq.div_ceil(RUN)).map(move |r| (si, h, r)))
         })
         .collect();
     // The longest runs (most keys: the causal triangle's last queries) first, so that the
     // threads do not end waiting on one long run claimed last.
     tasks.sort_by_key(|&(si, _, r)| std::cmp::Reverse(seqs[si].rows.len() - seqs[si].tq + r * RUN));
-    // Each task's out: (queries of its run, D) of its head, or a decoding row's (grp, D).
-    let pieces: Vec<Vec<f32>> = crate::par::map(tasks.len(), |t| {
+    // The sequences' outputs one after another, each (tq, H, D), written by the tasks that
+    // compute them (no serial gather after the parallel part): a prompt's task its run's rows
+    // of its head, a decoding row's task its `grp` heads.
+    let starts: Vec<usize> = seqs
+        .iter()
+        .scan(0, |at, s| {
+            let here = *at;
+            *at += s.tq * hd.h * d;
+            Some(here)
+        })
+        .collect();
+    let total: usize = seqs.iter().map(|s| s.tq * hd.h * d).sum();
+    let written: usize = tasks
+        .iter()
+        .map(|&(si, _, r)| match seqs[si].tq {
+            1 => per * d,
+            tq => (((r + 1) * RUN).min(tq) - r * RUN) * d,
+        })
+        .sum();
+    assert_eq!(written, total, "attn_ggml_seqs: the tasks cover the output exactly once");
+    let mut all = crate::par::uninit::<f32>(total);
+    let dst = crate::par::SendPtr(all.as_mut_ptr() as *mut f32);
+    crate::par::for_each(tasks.len(), |t| {
         let (si, h, r) = tasks[t];
         let s = &seqs[si];
         let g = h / grp;
@@ -344,9 +369,12 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
         };
         if tq == 1 {
             // A decoding row, heads h..h + grp, its keys read in place.
-            let mut out = vec![0f32; grp * d];
-            decode_heads(&s.q[h * d..(h + grp) * d], k, v, &offs, d, hd.window, scale, &mut out);
-            return out;
+            let mut out = vec![0f32; per * d];
+            decode_heads(&s.q[h * d..(h + per) * d], k, v, &offs, d, hd.window, scale, &mut out);
+            // SAFETY: heads h..h + per of this row are this task's alone (tasks step the heads
+            // by per), inside `all` (the coverage is checked above).
+            unsafe { std::ptr::copy_nonoverlapping(out.as_ptr(), dst.get().add(starts[si] + h * d), per * d) };
+            return;
         }
         // A prompt's queries four (or two) at a time through P·V, so that each pass over V
         // serves them all (`dot_f32_tinyblas_columns_at_many`: the same bits as one by one).
@@ -367,20 +395,17 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
             ggml::dot_f32_tinyblas_columns_at_many(&mut outs, v, &offs, &pr, &rows[..g], &mut acc);
             i += g;
         }
-        out
+        for (ii, row) in out.chunks_exact(d).enumerate() {
+            // SAFETY: query i0 + ii's head h is this task's alone (one task per (sequence,
+            // head, run)), inside `all`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(row.as_ptr(), dst.get().add(starts[si] + ((i0 + ii) * hd.h + h) * d), d)
+            };
+        }
     });
-    let mut outs: Vec<Vec<f32>> = seqs.iter().map(|s| vec![0f32; s.tq * hd.h * d]).collect();
-    for (&(si, h, r), piece) in tasks.iter().zip(&pieces) {
-        if seqs[si].tq == 1 {
-            // Heads h.. of the one row: (grp, D) is where they go.
-            outs[si][h * d..][..piece.len()].copy_from_slice(piece);
-            continue;
-        }
-        for (ii, row) in piece.chunks_exact(d).enumerate() {
-            outs[si][((r * RUN + ii) * hd.h + h) * d..][..d].copy_from_slice(row);
-        }
-    }
-    outs
+    // SAFETY: every task wrote its part and the parts cover `all` exactly (checked above);
+    // for_each returns only when every task ran to its end.
+    unsafe { crate::par::assume_init(all) }
 }
 
 /// A decoding row's query heads `q` ((n, D), the heads that read one KV head) against the
@@ -441,7 +466,7 @@ pub struct PackedKv<'a> {
 /// cache, and runs `decode_heads` on it: the same values into the same kernels as widening the
 /// whole pool first (exact conversions, the head a whole number of blocks), so the same bits,
 /// with half (f16) or less of an f32 pool's bytes read from memory and no pool-sized scratch.
-pub fn attn_decode_packed(seqs: &[SeqAttn], k: PackedKv, v: PackedKv, hd: Heads, scale: f32) -> Result<Vec<Vec<f32>>> {
+pub fn attn_decode_packed(seqs: &[SeqAttn], k: PackedKv, v: PackedKv, hd: Heads, scale: f32) -> Result<Vec<f32>> {
     let (d, grp, row) = (hd.d, hd.h / hd.kvh, hd.kvh * hd.d);
     if let Some(s) = seqs.iter().find(|s| s.tq != 1) {
         bail!("attn_decode_packed: decoding rows only, got a sequence of {} queries", s.tq);
@@ -500,11 +525,9 @@ pub fn attn_decode_packed(seqs: &[SeqAttn], k: PackedKv, v: PackedKv, hd: Heads,
         SCRATCH.set((kf, vf, offs));
         out
     });
-    let mut outs: Vec<Vec<f32>> = seqs.iter().map(|_| vec![0f32; hd.h * d]).collect();
-    for (t, piece) in pieces.iter().enumerate() {
-        outs[t / hd.kvh][(t % hd.kvh) * grp * d..][..grp * d].copy_from_slice(piece);
-    }
-    Ok(outs)
+    // Task t = (sequence, KV head) holds that sequence's heads g·grp.. (grp, D): in task order
+    // they are the sequences' (H, D) rows one after another.
+    Ok(pieces.concat())
 }
 
 /// Returns (dq, dk, dv); dk/dv have the k/v buffer layout (B, S, KVH, D).
@@ -1266,7 +1289,7 @@ mod tests {
             let got = paged_attention(&qt, &kp, &vp, &rows, hd, 0.3).unwrap();
             let seqs =
                 [SeqAttn { q: &q[..3 * h * d], tq: 3, rows: &oa }, SeqAttn { q: &q[3 * h * d..], tq: 1, rows: &ob }];
-            let want = attn_ggml_seqs(&seqs, &k, &v, hd, 0.3).concat();
+            let want = attn_ggml_seqs(&seqs, &k, &v, hd, 0.3);
             let worst = got.as_f32().unwrap().iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(worst < 1e-5, "window {window:?}: {worst}");
         }
@@ -1317,7 +1340,7 @@ mod tests {
                     let (k, v) =
                         (PackedKv { ty, bytes: &kb, row_bytes: rb }, PackedKv { ty, bytes: &vb, row_bytes: rb });
                     let got = attn_decode_packed(&seqs, k, v, hd, 0.125).unwrap();
-                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    for (i, (g, w)) in got.chunks(h * d).zip(want.chunks(h * d)).enumerate() {
                         let bad = g.iter().zip(w).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
                         assert_eq!(bad, 0, "{} d {d} window {window:?}: sequence {i}: {bad} values differ", ty.name());
                     }
@@ -1332,37 +1355,42 @@ mod tests {
     /// served request needs: its numbers do not depend on the other rows of its step).
     #[test]
     fn grouped_decode_rows_equal_each_row_alone() {
-        let (h, kvh, d) = (8, 2, 64);
-        let row = kvh * d;
-        let f32s = |n: usize, seed: u64| -> Vec<f32> { rand_vec(n, seed).iter().map(|&x| x as f32).collect() };
-        let lens = [1usize, 17, 64, 65, 130];
-        let total: usize = lens.iter().sum();
-        let (k, v, q) = (f32s(total * row, 21), f32s(total * row, 22), f32s(lens.len() * h * d, 23));
-        let mut starts = vec![0];
-        for l in &lens[..lens.len() - 1] {
-            starts.push(starts.last().unwrap() + l);
-        }
-        let offs: Vec<Vec<usize>> =
-            lens.iter().zip(&starts).map(|(&l, &s)| (s..s + l).map(|j| j * row).collect()).collect();
-        for window in [None, Some(50), Some(1)] {
-            let hd = Heads { h, kvh, d, window };
-            let seqs: Vec<SeqAttn> = offs
-                .iter()
-                .enumerate()
-                .map(|(i, o)| SeqAttn { q: &q[i * h * d..(i + 1) * h * d], tq: 1, rows: o })
-                .collect();
-            let got = attn_ggml_seqs(&seqs, &k, &v, hd, 0.125);
-            for (i, (&l, &s)) in lens.iter().zip(&starts).enumerate() {
-                let dm = AttnDims { b: 1, tq: 1, tk: l, s: l, h, kvh, d, window };
-                let want = attn_fwd_ggml(
-                    &q[i * h * d..(i + 1) * h * d],
-                    &k[s * row..(s + l) * row],
-                    &v[s * row..(s + l) * row],
-                    dm,
-                    0.125,
-                );
-                let same = got[i].iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "window {window:?}: sequence {i} of {l} keys differs from the row alone");
+        // kvh 1: a row alone on 2 threads is one task per query head (too few KV heads to fill
+        // the threads), the same rows among others one task per KV head.
+        for kvh in [2, 1] {
+            let (h, d) = (8, 64);
+            let row = kvh * d;
+            let f32s = |n: usize, seed: u64| -> Vec<f32> { rand_vec(n, seed).iter().map(|&x| x as f32).collect() };
+            let lens = [1usize, 17, 64, 65, 130];
+            let total: usize = lens.iter().sum();
+            let (k, v, q) = (f32s(total * row, 21), f32s(total * row, 22), f32s(lens.len() * h * d, 23));
+            let mut starts = vec![0];
+            for l in &lens[..lens.len() - 1] {
+                starts.push(starts.last().unwrap() + l);
+            }
+            let offs: Vec<Vec<usize>> =
+                lens.iter().zip(&starts).map(|(&l, &s)| (s..s + l).map(|j| j * row).collect()).collect();
+            for window in [None, Some(50), Some(1)] {
+                let hd = Heads { h, kvh, d, window };
+                let seqs: Vec<SeqAttn> = offs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, o)| SeqAttn { q: &q[i * h * d..(i + 1) * h * d], tq: 1, rows: o })
+                    .collect();
+                let got = attn_ggml_seqs(&seqs, &k, &v, hd, 0.125);
+                for (i, (&l, &s)) in lens.iter().zip(&starts).enumerate() {
+                    let dm = AttnDims { b: 1, tq: 1, tk: l, s: l, h, kvh, d, window };
+                    let want = attn_fwd_ggml(
+                        &q[i * h * d..(i + 1) * h * d],
+                        &k[s * row..(s + l) * row],
+                        &v[s * row..(s + l) * row],
+                        dm,
+                        0.125,
+                    );
+                    let same =
+                        got[i * h * d..(i + 1) * h * d].iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "window {window:?}: sequence {i} of {l} keys differs from the row alone");
+                }
             }
         }
     }
@@ -1484,7 +1512,10 @@ mod tests {
         for window in [None, Some(50)] {
             let hd = Heads { window, ..hd };
             let got = attn_ggml_seqs(&seqs, &kp, &vp, hd, 0.125);
-            for (s, o) in seqs.iter().zip(&got) {
+            let mut at = 0;
+            for s in &seqs {
+                let o = &got[at..at + s.tq * h * d];
+                at += o.len();
                 let tk = s.rows.len();
                 let gather =
                     |pool: &[f32]| s.rows.iter().flat_map(|&at| pool[at..at + row].to_vec()).collect::<Vec<f32>>();

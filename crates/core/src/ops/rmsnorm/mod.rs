@@ -170,7 +170,10 @@ impl RmsNormKernels for Cpu {
     fn add_rmsnorm(&self, x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
         let (xs, rs, ws, c) = (x.as_f32()?, r.as_f32()?, w.as_f32()?, x.cols());
         let n = xs.len() / c.max(1);
-        let (mut h, mut y, mut rstd) = (crate::mem::zeros(n * c), crate::mem::zeros(n * c), vec![0f32; n]);
+        // h and y are written once each, by the task that owns their rows: no zeroing pass
+        // first (at 16 threads these MiB-sized passes are bound by memory, not by arithmetic).
+        let (mut h, mut y, mut rstd) =
+            (crate::par::uninit::<f32>(n * c), crate::par::uninit::<f32>(n * c), vec![0f32; n]);
         let block = c * ROWS_PER_TASK;
         let (hp, yp) = (crate::par::Pieces::new(&mut h, block), crate::par::Pieces::new(&mut y, block));
         let sp = crate::par::Pieces::new(&mut rstd, ROWS_PER_TASK);
@@ -179,15 +182,20 @@ impl RmsNormKernels for Cpu {
             let (hb, yb, sb) = unsafe { (hp.take(b), yp.take(b), sp.take(b)) };
             let (xb, rb) = (&xs[b * block..][..hb.len()], &rs[b * block..][..hb.len()]);
             for (o, (a, b)) in hb.iter_mut().zip(xb.iter().zip(rb)) {
-                *o = a + b;
+                o.write(a + b);
             }
+            // SAFETY: every element of hb was written just above.
+            let hb = unsafe { &*(hb as *const [std::mem::MaybeUninit<f32>] as *const [f32]) };
             rstd_rows(hb, c, eps, sb);
             for ((yr, s), hr) in yb.chunks_mut(c).zip(sb.iter()).zip(hb.chunks(c)) {
                 for ((o, &hi), &wi) in yr.iter_mut().zip(hr).zip(ws) {
-                    *o = hi * *s * wi;
+                    o.write(hi * *s * wi);
                 }
             }
         });
+        // SAFETY: the pieces cover h and y, and every task wrote all of its piece (for_each
+        // returns only when every task ran to its end).
+        let (h, y) = unsafe { (crate::par::assume_init(h), crate::par::assume_init(y)) };
         Ok((Tensor::from_f32(h, x.shape())?, Tensor::from_f32(y, x.shape())?, Tensor::from_f32(rstd, &[n])?))
     }
 }

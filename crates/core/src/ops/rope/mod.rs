@@ -139,8 +139,27 @@ pub fn rope_apply_at<F: Float>(
     rope_apply_by(x, heads, d, cos, sin, layout, sign, |r| positions[r] as usize)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn rope_apply_by<F: Float>(
     x: &mut [F],
+    heads: usize,
+    d: usize,
+    cos: &[F],
+    sin: &[F],
+    layout: RopeLayout,
+    sign: F,
+    pos: impl Fn(usize) -> usize + Sync,
+) {
+    rope_rows(x, None, heads, d, cos, sin, layout, sign, pos)
+}
+
+/// `rope_apply_by` over `x`, which first takes `src`'s rows where `src` is given (each task
+/// copies its own rows: a rotated copy, or keys rotated straight into a cache, costs no serial
+/// pass).
+#[allow(clippy::too_many_arguments)]
+fn rope_rows<F: Float>(
+    x: &mut [F],
+    src: Option<&[F]>,
     heads: usize,
     d: usize,
     cos: &[F],
@@ -154,6 +173,9 @@ fn rope_apply_by<F: Float>(
     // Rows in groups of ~16 KB a task: one row is too little work to be worth a claim.
     let group = (4096 / row_len).max(1);
     crate::par::chunks_mut(x, row_len * group, |gi, rows| {
+        if let Some(src) = src {
+            rows.copy_from_slice(&src[gi * row_len * group..][..rows.len()]);
+        }
         for (ri, row) in rows.chunks_mut(row_len).enumerate() {
             let tp = pos(gi * group + ri);
             let (c, s) = (&cos[tp * half..(tp + 1) * half], &sin[tp * half..(tp + 1) * half]);
@@ -181,10 +203,48 @@ fn rope_apply_by<F: Float>(
 fn rotate_pairs<F: Float>(head: &mut [F], c: &[F], s: &[F], sign: F) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("fma") {
+        if std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: F is f32 (the same type, so the same layout); AVX2 and FMA were detected.
+            return unsafe {
+                let f = |x: &[F]| std::slice::from_raw_parts(x.as_ptr() as *const f32, x.len());
+                let h = std::slice::from_raw_parts_mut(head.as_mut_ptr() as *mut f32, head.len());
+                rotate_pairs_avx2(h, f(c), f(s), sign.to_f64() as f32)
+            };
+        }
         // SAFETY: FMA was detected.
         return unsafe { rotate_pairs_fma(head, c, s, sign) };
     }
     rotate_pairs_body(head, c, s, sign)
+}
+
+/// `rotate_pairs_body` for f32, four pairs a step: both results computed for every lane (the
+/// pair swapped within the register) and the even lanes taken from one, the odd from the
+/// other. Each lane is the scalar code's fused multiply-add of the same operands (the
+/// negation a sign flip, as `-`), so the same bits; it was scalar, most of a 2-thread prompt's
+/// RoPE.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rotate_pairs_avx2(head: &mut [f32], c: &[f32], s: &[f32], sign: f32) {
+    use std::arch::x86_64::*;
+    let pairs = (head.len() / 2).min(c.len()).min(s.len());
+    let dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+    let (sg, neg) = (_mm256_set1_ps(sign), _mm256_set1_ps(-0.0));
+    let mut i = 0;
+    while i + 4 <= pairs {
+        let p = head.as_mut_ptr().add(2 * i);
+        let x = _mm256_loadu_ps(p);
+        let cd = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(c.as_ptr().add(i))), dup);
+        let sd = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(s.as_ptr().add(i))), dup);
+        let sd = _mm256_mul_ps(sg, sd);
+        // xs: each pair swapped, (b, a).
+        let xs = _mm256_permute_ps::<0b10_11_00_01>(x);
+        // a·cos − sin·b (even lanes) and sin·a + b·cos (odd lanes).
+        let even = _mm256_fmadd_ps(cd, x, _mm256_xor_ps(_mm256_mul_ps(sd, xs), neg));
+        let odd = _mm256_fmadd_ps(sd, xs, _mm256_mul_ps(x, cd));
+        _mm256_storeu_ps(p, _mm256_blend_ps::<0b1010_1010>(even, odd));
+        i += 4;
+    }
+    rotate_pairs_body(&mut head[2 * i..], &c[i..], &s[i..], sign)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -259,6 +319,44 @@ impl RopeKernels for Cpu {
         let mut y = x.as_f32()?.to_vec();
         rope_apply(&mut y, t, h, d, &c[rows.clone()], &s[rows], table.layout, sign);
         Tensor::from_f32(y, x.shape())
+    }
+    /// q rotated into a new tensor, k rotated straight into its cache rows and v copied into
+    /// its own, each in parallel tasks (the default's copies of q and k and its two `kv_write`s
+    /// were serial: 10% of a 16-thread prompt). The same rotations, so the same bits.
+    fn rope_into_cache(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        table: &RopeTable,
+        kc: &mut Tensor,
+        vc: &mut Tensor,
+        pos: Pos,
+        t: usize,
+    ) -> Result<Tensor> {
+        let pos0 = pos.value()?;
+        let d = q.cols();
+        let (c, s) = table.cos_sin_f32(pos0 + t);
+        let rows = pos0 * d / 2..(pos0 + t) * d / 2;
+        let (c, s) = (&c[rows.clone()], &s[rows]);
+        let layout = table.layout;
+        let (qs, ks, vs) = (q.as_f32()?, k.as_f32()?, v.as_f32()?);
+        let mut y = crate::mem::zeros(qs.len());
+        rope_rows(&mut y, Some(qs), q.shape()[2], d, c, s, layout, 1.0, |r| r % t);
+        let cs = kc.shape().to_vec();
+        let (b, cap, row) = (cs[0], cs[1], cs[2] * cs[3]);
+        let per = t * row;
+        let kd = kc.f32_mut()?;
+        for bi in 0..b {
+            let dst = &mut kd[(bi * cap + pos0) * row..][..per];
+            rope_rows(dst, Some(&ks[bi * per..][..per]), cs[2], d, c, s, layout, 1.0, |r| r);
+        }
+        let vd = vc.f32_mut()?;
+        for bi in 0..b {
+            let (dst, src) = (&mut vd[(bi * cap + pos0) * row..][..per], &vs[bi * per..][..per]);
+            crate::par::chunks_mut(dst, 1 << 14, |ci, o| o.copy_from_slice(&src[ci << 14..][..o.len()]));
+        }
+        Tensor::from_f32(y, q.shape())
     }
     fn rope_positions(&self, x: &Tensor, table: &RopeTable, positions: &[u32], h: usize, sign: f32) -> Result<Tensor> {
         let d = x.cols();
@@ -341,6 +439,59 @@ fn rope_positions_signed(x: &Tensor, table: &RopeTable, positions: &[u32], sign:
 mod tests {
     use super::*;
     use crate::ops::testing::{gradcheck, rand_vec};
+
+    /// The AVX2 rotation gives the scalar FMA code's bits, signed zeros and a tail included.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn rotate_pairs_avx2_equals_the_scalar_order() {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            smelt_testing::skip(smelt_testing::Need::Cpu, "no AVX2/FMA on this CPU");
+            return;
+        }
+        let f32s = |n, seed| rand_vec(n, seed).into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+        for (d, sign) in [(64, 1.0f32), (22, -1.0), (6, 1.0)] {
+            let mut x = f32s(d, 5);
+            x[0] = 0.0;
+            x[1] = -0.0;
+            x[3] = -0.0;
+            let (mut c, s) = (f32s(d / 2, 6), f32s(d / 2, 7));
+            c[1] = 0.0;
+            let mut want = x.clone();
+            rotate_pairs_body(&mut want, &c, &s, sign);
+            // SAFETY: AVX2 and FMA were detected.
+            unsafe { rotate_pairs_avx2(&mut x, &c, &s, sign) };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(&x), bits(&want), "d {d} sign {sign}");
+        }
+    }
+
+    /// The CPU's `rope_into_cache` (parallel copies) gives what `rope`, `rope` and two
+    /// `kv_write`s give, bit for bit, with rows enough for several tasks per tensor, two
+    /// sequences, a prompt and a decode row, both layouts.
+    #[test]
+    fn rope_into_cache_equals_rope_then_kv_write() {
+        let f32s = |n, seed| rand_vec(n, seed).into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+        let (b, h, kvh, d, cap) = (2, 2, 1, 64, 320);
+        for (layout, t, pos) in
+            [(RopeLayout::HalfSplit, 300, 7), (RopeLayout::Interleaved, 300, 0), (RopeLayout::Interleaved, 1, 9)]
+        {
+            let table = RopeTable::new(freqs::default_inv_freq(10000.0, d), 1.0, layout);
+            let q = Tensor::from_f32(f32s(b * t * h * d, 1), &[b, t, h, d]).unwrap();
+            let k = Tensor::from_f32(f32s(b * t * kvh * d, 2), &[b, t, kvh, d]).unwrap();
+            let v = Tensor::from_f32(f32s(b * t * kvh * d, 3), &[b, t, kvh, d]).unwrap();
+            let cache = Tensor::from_f32(f32s(b * cap * kvh * d, 4), &[b, cap, kvh, d]).unwrap();
+            let (mut kc, mut vc) = (cache.clone(), cache.clone());
+            let qc = rope_into_cache(&q, &k, &v, &table, &mut kc, &mut vc, Pos::Host(pos)).unwrap();
+            let (mut ku, mut vu) = (cache.clone(), cache.clone());
+            let qu = rope(&q, &table, pos).unwrap();
+            crate::ops::attention::kv_write(&mut ku, &rope(&k, &table, pos).unwrap(), Pos::Host(pos)).unwrap();
+            crate::ops::attention::kv_write(&mut vu, &v, Pos::Host(pos)).unwrap();
+            let l = format!("{layout:?} t {t} pos {pos}");
+            assert_eq!(qc.as_f32().unwrap(), qu.as_f32().unwrap(), "{l}: q");
+            assert_eq!(kc.as_f32().unwrap(), ku.as_f32().unwrap(), "{l}: key cache");
+            assert_eq!(vc.as_f32().unwrap(), vu.as_f32().unwrap(), "{l}: value cache");
+        }
+    }
 
     #[test]
     fn gradcheck_rope_both_layouts() {
