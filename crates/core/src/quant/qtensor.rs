@@ -149,7 +149,13 @@ impl QTensor {
         #[cfg(target_arch = "x86_64")]
         if let (X86Path::Amx, Some(engine)) = (path, amx) {
             // The activations (`act`'s Q8_0/Q8_1 blocks) quantised into the tiles' layout.
-            return amx::matmul(engine, self.amx_packed(), &amx::Acts::quantize(x, n, k), y);
+            // One to four rows go to `few` (but for the Portable engine): no 16-row padding.
+            let acts = if n <= 4 && engine != AmxEngine::Portable {
+                amx::Acts::quantize_few(x, n, k)
+            } else {
+                amx::Acts::quantize(x, n, k)
+            };
+            return amx::matmul(engine, self.amx_packed(), &acts, y);
         }
         let acts: Vec<Act> = if n == 1 {
             vec![self.act(&x[..k], 0, 1, path)]
@@ -252,7 +258,8 @@ pub(crate) fn matmul_few_many_amx_or(
         qs.iter().zip(&paths).filter(|(_, &p)| amx(p)).for_each(|(q, _)| {
             q.amx_packed();
         });
-        amx::Acts::quantize(x, n, k)
+        // `few` alone reads them below (n ≤ 4): no 16-row padding.
+        amx::Acts::quantize_few(x, n, k)
     });
     let total: usize = qs.iter().map(|q| q.rows).sum();
     let block = total.div_ceil(crate::par::threads()).max(32).next_multiple_of(16);

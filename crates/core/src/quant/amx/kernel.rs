@@ -40,6 +40,7 @@ pub(crate) unsafe fn gemm_task(
     out: *mut f32,
     ldo: usize,
 ) {
+    assert_eq!(acts.rows, 16, "amx: the tiles read 16-row groups (quantize_few's rows are for `few` only)");
     assert!(r0.is_multiple_of(16) && i0.is_multiple_of(16) && w.nb == acts.nb, "amx gemm task: bounds");
     match (engine, w.kind) {
         (Engine::Amx, Q8_0) => gemm_avx512::<Hw, Q8_0>(Hw, w, (r0, r1), acts, (i0, i1), out, ldo),

@@ -133,6 +133,9 @@ pub(crate) struct Acts {
     pub(super) n: usize,
     pub(super) groups: usize,
     pub(super) nb: usize,
+    /// Rows a (group, block) holds: 16 (the tiles' layout), or n for `quantize_few`'s, which
+    /// only the one-to-four-row kernel (`kernel::few`) reads.
+    pub(super) rows: usize,
     qs: Vec<Line>,
     d: Vec<f32>,
     s: Vec<f32>,
@@ -206,23 +209,69 @@ impl Acts {
         }
         // SAFETY: every task wrote all of its pieces (every block, all 16 rows).
         unsafe {
-            Acts { n, groups, nb, qs: assume_init(qs), d: assume_init(d), s: assume_init(s), sum: assume_init(sum) }
+            Acts {
+                n,
+                groups,
+                nb,
+                rows: 16,
+                qs: assume_init(qs),
+                d: assume_init(d),
+                s: assume_init(s),
+                sum: assume_init(sum),
+            }
         }
     }
 
-    /// The A tile of group g, block b: 16 rows of 32 bytes, 32 apart.
+    /// One to four rows of x (n × k) for `kernel::few` only: the same blocks, scales and sums as
+    /// `quantize`, but a (block)'s n rows without the tile's 16-row padding, written on the
+    /// calling thread (a decode row's 16-row tile was ~16× the bytes to write, before every
+    /// matvec of the step).
+    pub(crate) fn quantize_few(x: &[f32], n: usize, k: usize) -> Acts {
+        assert!(
+            (1..=4).contains(&n) && k.is_multiple_of(32) && x.len() >= n * k,
+            "amx: {n} rows of {k} in {} values",
+            x.len()
+        );
+        let nb = k / 32;
+        let rows: Vec<Vec<BlockQ8>> = (0..n).map(|i| quantize_q8(&x[i * k..(i + 1) * k])).collect();
+        let mut bytes = vec![0u8; nb * n * 32];
+        let (mut d, mut s, mut sum) = (vec![0f32; nb * n], vec![0f32; nb * n], vec![0i32; nb * n]);
+        for b in 0..nb {
+            for (m, r) in rows.iter().enumerate() {
+                let blk = &r[b];
+                for (o, &v) in bytes[(b * n + m) * 32..][..32].iter_mut().zip(&blk.qs) {
+                    *o = v as u8;
+                }
+                d[b * n + m] = blk.d;
+                s[b * n + m] = blk.s;
+                sum[b * n + m] = blk.qs.iter().map(|&v| v as i32).sum();
+            }
+        }
+        let qs = bytes
+            .chunks(64)
+            .map(|c| {
+                let mut line = [0u8; 64];
+                line[..c.len()].copy_from_slice(c);
+                Line(line)
+            })
+            .collect();
+        Acts { n, groups: 1, nb, rows: n, qs, d, s, sum }
+    }
+
+    /// The A tile of group g, block b: `rows` rows (16 but for `quantize_few`) of 32 bytes, 32
+    /// apart.
     #[inline(always)]
     pub(super) fn tile(&self, g: usize, b: usize) -> *const u8 {
         debug_assert!(g < self.groups && b < self.nb);
         // SAFETY: inside `qs` (callers keep g, b in range).
-        unsafe { (self.qs.as_ptr() as *const u8).add((g * self.nb + b) * 512) }
+        unsafe { (self.qs.as_ptr() as *const u8).add((g * self.nb + b) * self.rows * 32) }
     }
 
-    /// The 16 rows' d, s and Σq at group g, block b.
+    /// The rows' d, s and Σq at group g, block b.
     #[inline(always)]
     pub(super) fn scales(&self, g: usize, b: usize) -> (*const f32, *const f32, *const i32) {
-        let at = (g * self.nb + b) * 16;
-        debug_assert!(at + 16 <= self.d.len());
+        let at = (g * self.nb + b) * self.rows;
+        debug_assert!(at + self.rows <= self.d.len());
         // SAFETY: inside the three vectors (callers keep g, b in range).
         unsafe { (self.d.as_ptr().add(at), self.s.as_ptr().add(at), self.sum.as_ptr().add(at)) }
     }
