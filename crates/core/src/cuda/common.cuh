@@ -27,6 +27,14 @@ template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float v) { return f
 // 16 bytes of storage elements (8 bf16 or 4 f32) moved by one access: memory-bound kernels
 // need that many bytes in flight per thread to approach the bandwidth (2-byte accesses reach
 // about a quarter of it). Device allocations are 256-byte aligned; kernels still check.
+// RoPE's pair rotation, rounded to T as it is stored: rope.cu's kernels and the decode attention
+// that rotates its own q and new key (decode.cu) use this one function, so the same bits.
+template <typename T>
+__device__ __forceinline__ void rot(float a, float b, float c, float s, T* ya, T* yb) {
+    *ya = from_f<T>(a * c - b * s);
+    *yb = from_f<T>(a * s + b * c);
+}
+
 template <typename T> union V16 {
     uint4 u;
     T e[16 / sizeof(T)];

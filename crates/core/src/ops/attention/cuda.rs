@@ -414,6 +414,68 @@ pub fn attention_decode(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, pos: P
     Tensor::from_device_buf(out, q.shape())
 }
 
+/// `rope_into_cache` + `attention_decode` in one launch (`attn_decode_rope`) for a device
+/// position; a host position takes the two ops.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_attention_decode(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    table: &crate::ops::rope::RopeTable,
+    kc: &mut Tensor,
+    vc: &mut Tensor,
+    dm: AttnDims,
+    pos: Pos,
+    scale: f32,
+) -> Result<Tensor> {
+    let fused = matches!(pos, Pos::Device { .. }) && std::env::var("SMELT_CUDA_ROPE_ATTN").map_or(true, |v| v != "0");
+    if !fused || !dm.d.is_multiple_of(2) {
+        let q = crate::ops::rope::rope_into_cache(q, k, v, table, kc, vc, pos)?;
+        return attention_decode(&q, kc, vc, dm, pos, scale);
+    }
+    check(&dm)?;
+    let [qb, kb, vb] = cuda::float_bufs([q, k, v], "rope_attention_decode")?;
+    let dt = cuda::same_dtype(&[qb, kb, vb], &["q", "k", "v"], "rope_attention_decode")?;
+    let gpu = qb.gpu.clone();
+    let tab = crate::ops::rope::cuda::device_table(&gpu, table, pos.bound(1)?)?;
+    let out = DeviceBuf::alloc(&gpu, dt, q.numel())?;
+    // As attention_decode: a device position is one split (the graph is made once for all).
+    let splits = 1usize;
+    let part = DeviceBuf::alloc(&gpu, DType::F32, 1)?;
+    let (pptr, _) = pos.kernel_args("rope_attention_decode position")?;
+    let kcb = kc.cuda_buf_mut()?;
+    if kcb.dtype != dt {
+        bail!("rope_attention_decode: {dt:?} rows into a {:?} cache", kcb.dtype);
+    }
+    let kcp = kcb.ptr();
+    let vcb = vc.cuda_buf_mut()?;
+    if vcb.dtype != dt {
+        bail!("rope_attention_decode: {dt:?} rows into a {:?} cache", vcb.dtype);
+    }
+    let vcp = vcb.ptr();
+    let name = cuda::kname("attn_decode_rope", &[dt], "rope_attention_decode")?;
+    let f = gpu.function("attention_decode", DEC_SRC, &name)?;
+    let inter = (table.layout == crate::ops::rope::RopeLayout::Interleaved) as i32;
+    let a = [inter, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.d as i32, dm.window.unwrap_or(0) as i32];
+    let chunk = DEC_CHUNK as i32;
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&kcp).arg(&vcp).arg(&out.data).arg(&part.data).arg(&pptr);
+        b.arg(&tab.cos.data).arg(&tab.sin.data);
+        for x in &a {
+            b.arg(x);
+        }
+        b.arg(&scale).arg(&chunk);
+        let c = LaunchConfig {
+            grid_dim: (dm.h as u32, splits as u32, dm.b as u32),
+            block_dim: (32 * DEC_WARPS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        cuda::launched(unsafe { b.launch(c) }, &name)?;
+    }
+    Tensor::from_device_buf(out, q.shape())
+}
+
 /// New rows (B, T, KVH, D) into the cache (B, S, KVH, D) at `pos`, one launch for every sequence.
 pub fn kv_write(cache: &mut Tensor, new: &Tensor, pos: Pos) -> Result<()> {
     let (pptr, phost) = pos.kernel_args("kv_write position")?;
@@ -643,6 +705,20 @@ impl super::AttentionKernels for crate::backend::Cuda {
         scale: f32,
     ) -> Result<Tensor> {
         attention_decode(q, k, v, dm, pos, scale)
+    }
+    fn rope_attention_decode(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        table: &crate::ops::rope::RopeTable,
+        kc: &mut Tensor,
+        vc: &mut Tensor,
+        dm: AttnDims,
+        pos: Pos,
+        scale: f32,
+    ) -> Result<Tensor> {
+        rope_attention_decode(q, k, v, table, kc, vc, dm, pos, scale)
     }
     fn pos_add(&self, pos: &mut Tensor, n: usize) -> Result<()> {
         let b = pos.cuda_buf_mut()?;

@@ -1,5 +1,6 @@
 // Decode attention: one new query per sequence against its KV cache, split over the keys
-// (flash-decoding), and the two small kernels a captured decode step needs.
+// (flash-decoding), the same with the step's RoPE and cache write inside (attn_decode_rope),
+// and the two small kernels a captured decode step needs.
 //
 // Layout as attention.cu: q (B, 1, H, D); k, v (B, S, KVH, D). The number of valid keys is
 // `*pos + 1` when `pos` is non-null (the decode position lives on the device, so one captured
@@ -17,9 +18,29 @@
 
 __device__ __forceinline__ int dec_lo(int pos, int window) { return window > 0 ? max(0, pos + 1 - window) : 0; }
 
+// Element d of x's head (D values) rotated at the angles cr/sr (the position's row of the
+// table) and rounded to T: what rope_kv stores there.
 template <typename T>
-__device__ void attn_decode(const T* q, const T* k, const T* v, T* out, float* part, const int* pos, int tk_host, int s,
-                            int H, int KVH, int D, int window, float scale, int chunk) {
+__device__ __forceinline__ float rope_elem(const T* x, int d, int D, int interleaved, const float* cr, const float* sr) {
+    int half = D / 2;
+    int p = interleaved ? d >> 1 : (d < half ? d : d - half);
+    int ia = interleaved ? 2 * p : p, ib = interleaved ? 2 * p + 1 : p + half;
+    T ya, yb;
+    rot<T>(to_f(x[ia]), to_f(x[ib]), cr[p], sr[p], &ya, &yb);
+    return to_f(d == ia ? ya : yb);
+}
+
+// ROPE = false: attn_decode as above (q rotated, the new row already in the caches k and v).
+// ROPE = true (attn_decode_rope, one decoding row a sequence, position *pos on the device): q
+// and the new key kn come unrotated and are rotated here as rope_kv rotates them (`rot`, rounded
+// to T), the new key and value (vn) serve the last position from registers, and split 0 of the
+// first query head of each KV head writes them into the caches for the next steps. No block
+// reads the row being written, so nothing orders the blocks; the numbers are rope_kv's then
+// attn_decode's, one launch instead of two.
+template <typename T, bool ROPE>
+__device__ void attn_decode(const T* q, T* k, T* v, T* out, float* part, const int* pos, int tk_host, int s, int H,
+                            int KVH, int D, int window, float scale, int chunk, const T* kn, const T* vn,
+                            const float* cosv, const float* sinv, int interleaved) {
     __shared__ float sm_m[DEC_WARPS], sm_l[DEC_WARPS];
     __shared__ float sm_o[DEC_WARPS][32 * DEC_PER];
     int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z, splits = gridDim.y;
@@ -27,20 +48,43 @@ __device__ void attn_decode(const T* q, const T* k, const T* v, T* out, float* p
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int tk = pos ? *pos + 1 : tk_host;
     int lo = max(dec_lo(tk - 1, window), split * chunk), hi = min(tk, (split + 1) * chunk);
-    float qr[DEC_PER], o[DEC_PER];
+    float qr[DEC_PER], o[DEC_PER], kr[DEC_PER], vr[DEC_PER];
     const T* qh = q + ((long long)b * H + h) * D;
+    const float *cr = nullptr, *sr = nullptr;
+    if (ROPE) {
+        cr = cosv + (long long)(tk - 1) * (D / 2);
+        sr = sinv + (long long)(tk - 1) * (D / 2);
+    }
     for (int e = 0; e < DEC_PER; e++) {
         int d = lane + 32 * e;
-        qr[e] = d < D ? to_f(qh[d]) * scale : 0.f;
+        if (ROPE) {
+            const T* kh = kn + ((long long)b * KVH + g) * D;
+            qr[e] = d < D ? rope_elem(qh, d, D, interleaved, cr, sr) * scale : 0.f;
+            kr[e] = d < D ? rope_elem(kh, d, D, interleaved, cr, sr) : 0.f;
+            vr[e] = d < D ? to_f(vn[((long long)b * KVH + g) * D + d]) : 0.f;
+        } else {
+            qr[e] = d < D ? to_f(qh[d]) * scale : 0.f;
+        }
         o[e] = 0.f;
+    }
+    if (ROPE && split == 0 && h % (H / KVH) == 0 && warp == 0) {
+        long long row = (((long long)b * s + tk - 1) * KVH + g) * D;
+        for (int e = 0; e < DEC_PER; e++) {
+            int d = lane + 32 * e;
+            if (d < D) {
+                k[row + d] = from_f<T>(kr[e]);
+                v[row + d] = from_f<T>(vr[e]);
+            }
+        }
     }
     float m = -SM_INF, l = 0.f;
     for (int j = lo + warp; j < hi; j += DEC_WARPS) {
         long long row = (((long long)b * s + j) * KVH + g) * D;
+        bool cur = ROPE && j == tk - 1;
         float sc = 0.f;
         for (int e = 0; e < DEC_PER; e++) {
             int d = lane + 32 * e;
-            if (d < D) sc += qr[e] * to_f(k[row + d]);
+            if (d < D) sc += qr[e] * (cur ? kr[e] : to_f(k[row + d]));
         }
         sc = warp_sum(sc);
         float mn = fmaxf(m, sc);
@@ -48,7 +92,7 @@ __device__ void attn_decode(const T* q, const T* k, const T* v, T* out, float* p
         l = l * corr + p;
         for (int e = 0; e < DEC_PER; e++) {
             int d = lane + 32 * e;
-            o[e] = o[e] * corr + (d < D ? p * to_f(v[row + d]) : 0.f);
+            o[e] = o[e] * corr + (d < D ? p * (cur ? vr[e] : to_f(v[row + d])) : 0.f);
         }
         m = mn;
     }
@@ -127,7 +171,15 @@ __device__ void kv_write(T* cache, const T* src, long long row, int t, int cap, 
     extern "C" __global__ void attn_decode_##N(const T* q, const T* k, const T* v, T* out, float* part, const int* pos, \
                                                int tk, int s, int H, int KVH, int D, int window, float scale, \
                                                int chunk) { \
-        attn_decode<T>(q, k, v, out, part, pos, tk, s, H, KVH, D, window, scale, chunk); \
+        attn_decode<T, false>(q, (T*)k, (T*)v, out, part, pos, tk, s, H, KVH, D, window, scale, chunk, nullptr, nullptr, \
+                              nullptr, nullptr, 0); \
+    } \
+    extern "C" __global__ void attn_decode_rope_##N(const T* q, const T* kn, const T* vn, T* kc, T* vc, T* out, \
+                                                    float* part, const int* pos, const float* cosv, const float* sinv, \
+                                                    int interleaved, int s, int H, int KVH, int D, int window, \
+                                                    float scale, int chunk) { \
+        attn_decode<T, true>(q, kc, vc, out, part, pos, 0, s, H, KVH, D, window, scale, chunk, kn, vn, cosv, sinv, \
+                             interleaved); \
     } \
     extern "C" __global__ void attn_decode_combine_##N(const float* part, T* out, int H, int D, int splits) { \
         attn_decode_combine<T>(part, out, H, D, splits); \
