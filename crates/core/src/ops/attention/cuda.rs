@@ -414,8 +414,9 @@ pub fn attention_decode(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, pos: P
     Tensor::from_device_buf(out, q.shape())
 }
 
-/// `rope_into_cache` + `attention_decode` in one launch (`attn_decode_rope`) for a device
-/// position; a host position takes the two ops.
+/// `rope_into_cache` + `attention_decode` in one launch (`attn_decode_rope`, then
+/// `attn_decode_combine` past DEC_CHUNK keys as `attention_decode`) for a device position; a
+/// host position takes the two ops.
 #[allow(clippy::too_many_arguments)]
 pub fn rope_attention_decode(
     q: &Tensor,
@@ -439,9 +440,11 @@ pub fn rope_attention_decode(
     let gpu = qb.gpu.clone();
     let tab = crate::ops::rope::cuda::device_table(&gpu, table, pos.bound(1)?)?;
     let out = DeviceBuf::alloc(&gpu, dt, q.numel())?;
-    // As attention_decode: a device position is one split (the graph is made once for all).
-    let splits = 1usize;
-    let part = DeviceBuf::alloc(&gpu, DType::F32, 1)?;
+    // As attention_decode: splits of DEC_CHUNK keys up to the bound (the capacity for a device
+    // position), merged by attn_decode_combine, so the same bits (one split would see only the
+    // first DEC_CHUNK keys).
+    let splits = dm.tk.div_ceil(DEC_CHUNK).max(1);
+    let part = DeviceBuf::alloc(&gpu, DType::F32, if splits > 1 { dm.b * dm.h * splits * (dm.d + 2) } else { 1 })?;
     let (pptr, _) = pos.kernel_args("rope_attention_decode position")?;
     let kcb = kc.cuda_buf_mut()?;
     if kcb.dtype != dt {
@@ -471,6 +474,15 @@ pub fn rope_attention_decode(
             block_dim: (32 * DEC_WARPS, 1, 1),
             shared_mem_bytes: 0,
         };
+        cuda::launched(unsafe { b.launch(c) }, &name)?;
+    }
+    if splits > 1 {
+        let name = cuda::kname("attn_decode_combine", &[dt], "rope_attention_decode")?;
+        let f = gpu.function("attention_decode", DEC_SRC, &name)?;
+        let (h32, d32, s32) = (dm.h as i32, dm.d as i32, splits as i32);
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&part.data).arg(&out.data).arg(&h32).arg(&d32).arg(&s32);
+        let c = LaunchConfig { grid_dim: (dm.h as u32, dm.b as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         cuda::launched(unsafe { b.launch(c) }, &name)?;
     }
     Tensor::from_device_buf(out, q.shape())

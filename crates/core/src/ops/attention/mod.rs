@@ -1051,12 +1051,14 @@ pub fn rope_attention_decode(
     scale: f32,
 ) -> Result<Tensor> {
     let (qs, ks, cs) = (q.shape(), k.shape(), kc.shape());
-    if qs.len() != 4 || qs[1] != 1 || k.shape() != v.shape() || kc.shape() != vc.shape() || ks.len() != 4 || ks[1] != 1
-    {
+    if qs.len() != 4 || qs[1] != 1 || k.shape() != v.shape() || ks.len() != 4 || ks[1] != 1 {
         bail!("rope_attention_decode: one new row a sequence, got q {qs:?}, k {ks:?}, v {:?}", v.shape());
     }
-    if cs.len() != 4 || cs[0] != qs[0] || cs[2..] != ks[2..] {
+    if cs.len() != 4 || kc.shape() != vc.shape() || cs[0] != qs[0] || cs[2..] != ks[2..] {
         bail!("rope_attention_decode: rows k {ks:?} do not fit the caches {cs:?} / {:?}", vc.shape());
+    }
+    if ks[3] != 2 * table.inv_freq.len() {
+        bail!("rope_attention_decode: head dim {} but the RoPE table has {} frequencies", ks[3], table.inv_freq.len());
     }
     let dm = dims(q, kc, vc, pos.bound(1)?, window)?;
     backend::on("attention", [q, k, v, &*kc, &*vc])?.rope_attention_decode(q, k, v, table, kc, vc, dm, pos, scale)
@@ -1419,6 +1421,10 @@ mod tests {
         let two = Tensor::from_f32(f(b * 2 * h * d, 5), &[b, 2, h, d]).unwrap();
         let e = rope_attention_decode(&two, &k, &v, &table, &mut kc, &mut vc, Pos::Host(pos), None, 0.25).unwrap_err();
         assert!(e.to_string().contains("one new row a sequence"), "{e}");
+        // A table of another head dim is refused (the fused kernel would read its rows at D/2).
+        let short = RopeTable::new(freqs::default_inv_freq(10000.0, d / 2), 1.0, RopeLayout::Interleaved);
+        let e = rope_attention_decode(&q, &k, &v, &short, &mut kc, &mut vc, Pos::Host(pos), None, 0.25).unwrap_err();
+        assert!(e.to_string().contains("frequencies"), "{e}");
     }
 
     /// Decoding rows only (no key transposes set up), GQA with the query heads of a KV head in
