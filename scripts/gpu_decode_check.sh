@@ -31,7 +31,7 @@ rm -rf $LL; mkdir -p $LL && tar xzf llama/llama-src.tgz -C $LL && tar xzf llama/
 cd suite || exit 1
 export SMELT_REQUIRE_GPU=1 SMELT_REPO=$PWD
 stamp "tests"
-TESTS=("gpu_quant 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear 60" "gpu_infer 150")
+TESTS=("gpu_quant 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear:parity_attention_decode:parity_rope_attention_decode:parity_rope_and_swiglu 90" "gpu_infer 150")
 # SERVE=1: the CUDA serving tests too (paged steps, graphs per key class; a decode change reaches
 # them through a one-sequence step).
 [ "${SERVE:-0}" = 1 ] && [ -x gpu_serve ] && TESTS+=("gpu_serve 240")
