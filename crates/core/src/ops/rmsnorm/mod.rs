@@ -170,6 +170,11 @@ impl RmsNormKernels for Cpu {
     fn add_rmsnorm(&self, x: &Tensor, r: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
         let (xs, rs, ws, c) = (x.as_f32()?, r.as_f32()?, w.as_f32()?, x.cols());
         let n = xs.len() / c.max(1);
+        // The writes below cover h and y only for these lengths (a shorter w would leave y's
+        // tails unwritten): checked here too, as this method is callable without the entry point.
+        if ws.len() != c || rs.len() != xs.len() || n * c != xs.len() {
+            bail!("add_rmsnorm: x {:?}, r {:?}, w {:?} do not fit", x.shape(), r.shape(), w.shape());
+        }
         // h and y are written once each, by the task that owns their rows: no zeroing pass
         // first (at 16 threads these MiB-sized passes are bound by memory, not by arithmetic).
         let (mut h, mut y, mut rstd) =
@@ -261,6 +266,12 @@ mod tests {
         let hs = h.as_f32().unwrap();
         let one: Vec<u32> = hs.chunks(c).map(|r| rstd_of(r, 1e-5).to_bits()).collect();
         assert_eq!(bits(&rstd), one);
+        // The kernel called directly with a short weight or residual refuses (its outputs are
+        // written only where w and r reach).
+        let short = Tensor::from_f32(f32s(c - 1, 5), &[c - 1]).unwrap();
+        assert!(Cpu.add_rmsnorm(&x, &r, &short, 1e-5).is_err(), "a weight of {} for rows of {c}", c - 1);
+        let r1 = Tensor::from_f32(f32s(c, 4), &[1, 1, c]).unwrap();
+        assert!(Cpu.add_rmsnorm(&x, &r1, &w, 1e-5).is_err(), "a residual of one row");
     }
 
     #[test]
