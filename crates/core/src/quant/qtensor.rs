@@ -150,7 +150,8 @@ impl QTensor {
         if let (X86Path::Amx, Some(engine)) = (path, amx) {
             // The activations (`act`'s Q8_0/Q8_1 blocks) quantised into the tiles' layout.
             // One to four rows go to `few` (but for the Portable engine): no 16-row padding.
-            let acts = if n <= 4 && engine != AmxEngine::Portable {
+            // (No rows: the tiles' layout, empty; `quantize_few` takes one to four.)
+            let acts = if (1..=4).contains(&n) && engine != AmxEngine::Portable {
                 amx::Acts::quantize_few(x, n, k)
             } else {
                 amx::Acts::quantize(x, n, k)

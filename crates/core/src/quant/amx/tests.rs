@@ -243,6 +243,25 @@ fn several_matrices_in_one_job_keep_each_matmuls_amx_bits() {
     }
 }
 
+/// No input rows: nothing to compute, on the few-row and the tile engines alike (the compact
+/// few-row layout takes one to four rows only).
+#[test]
+fn no_input_rows_give_no_outputs() {
+    if !avx512_detected() {
+        smelt_testing::skip(smelt_testing::Need::Cpu, "this CPU lacks AVX-512 F/BW/VL/VNNI");
+        return;
+    }
+    let (rows, cols) = (64, 256);
+    let mut r = Rng::new(7);
+    let w: Vec<f32> = (0..rows * cols).map(|_| r.normal() as f32).collect();
+    for ty in TYPES {
+        let q = QTensor::quantize(ty, &w, rows, cols).unwrap();
+        for e in [Engine::Emulated, Engine::Portable] {
+            q.matmul_amx_or(&[], 0, &mut [], Level::Avx512, Some(e));
+        }
+    }
+}
+
 #[test]
 fn real_amx_tiles_equal_the_emulation_bit_for_bit() {
     let Some(Engine::Amx) = engine() else {
