@@ -393,6 +393,7 @@ pub fn rope_into_cache(
         || kc.shape() != vc.shape()
         || cs.len() != 4
         || cs[0] != qs[0]
+        || ks[0] != qs[0]
         || cs[2..] != ks[2..]
     {
         bail!("rope_into_cache: q {qs:?}, k {ks:?}, v {:?} do not fit caches {cs:?} / {:?}", v.shape(), vc.shape());
@@ -491,6 +492,14 @@ mod tests {
             assert_eq!(kc.as_f32().unwrap(), ku.as_f32().unwrap(), "{l}: key cache");
             assert_eq!(vc.as_f32().unwrap(), vu.as_f32().unwrap(), "{l}: value cache");
         }
+        // Keys and values of another batch than q and the caches: refused, not a panic.
+        let table = RopeTable::new(freqs::default_inv_freq(10000.0, d), 1.0, RopeLayout::Interleaved);
+        let q = Tensor::from_f32(f32s(b * h * d, 1), &[b, 1, h, d]).unwrap();
+        let k = Tensor::from_f32(f32s(kvh * d, 2), &[1, 1, kvh, d]).unwrap();
+        let mut kc = Tensor::from_f32(f32s(b * cap * kvh * d, 4), &[b, cap, kvh, d]).unwrap();
+        let mut vc = kc.clone();
+        let e = rope_into_cache(&q, &k, &k, &table, &mut kc, &mut vc, Pos::Host(0)).unwrap_err();
+        assert!(e.to_string().contains("do not fit"), "{e}");
     }
 
     #[test]
