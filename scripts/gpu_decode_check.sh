@@ -33,6 +33,9 @@ cd suite || exit 1
 # Binaries carried gzipped (the carry and the tracked tree together must stay under 64 MiB).
 for z in *.gz; do [ -e "$z" ] && gunzip -f "$z" && chmod +x "${z%.gz}"; done
 export SMELT_REQUIRE_GPU=1 SMELT_REPO=$PWD
+# examples/grid_barrier (carried beside this script, optional): what a grid barrier costs
+# against a kernel launch, for the persistent decode kernel's design (docs/CUDA.md).
+[ -x ../grid_barrier ] && { timeout 60 ../grid_barrier 2>&1 | tee "$OUT/grid_barrier.txt"; }
 stamp "tests"
 TESTS=("gpu_quant 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear:parity_attention_decode:parity_rope_attention_decode:parity_rope_and_swiglu 90" "gpu_infer 150")
 # SERVE=1: the CUDA serving tests too (paged steps, graphs per key class; a decode change reaches

@@ -948,9 +948,12 @@ impl AttentionKernels for Cpu {
         let (b, cap, row) = (s[0], s[1], s[2] * s[3]);
         let src = new.as_f32()?;
         let dst = cache.f32_mut()?;
+        // In parallel pieces (a prompt's rows are MiBs: a serial copy was a part of every
+        // 16-thread prompt that did not scale).
+        const PIECE: usize = 1 << 14;
         for bi in 0..b {
-            dst[(bi * cap + pos0) * row..(bi * cap + pos0 + t) * row]
-                .copy_from_slice(&src[bi * t * row..(bi + 1) * t * row]);
+            let (d, s) = (&mut dst[(bi * cap + pos0) * row..][..t * row], &src[bi * t * row..][..t * row]);
+            crate::par::chunks_mut(d, PIECE, |ci, o| o.copy_from_slice(&s[ci * PIECE..][..o.len()]));
         }
         Ok(())
     }

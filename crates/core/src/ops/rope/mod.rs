@@ -316,13 +316,15 @@ impl RopeKernels for Cpu {
         let d = x.cols();
         let (c, s) = table.cos_sin_f32(pos0 + t);
         let rows = pos0 * d / 2..(pos0 + t) * d / 2;
-        let mut y = x.as_f32()?.to_vec();
-        rope_apply(&mut y, t, h, d, &c[rows.clone()], &s[rows], table.layout, sign);
+        // Each task copies its own rows of x and rotates them (no serial copy first).
+        let xs = x.as_f32()?;
+        let mut y = crate::mem::zeros(xs.len());
+        rope_rows(&mut y, Some(xs), h, d, &c[rows.clone()], &s[rows], table.layout, sign, |r| r % t);
         Tensor::from_f32(y, x.shape())
     }
-    /// q rotated into a new tensor, k rotated straight into its cache rows and v copied into
-    /// its own, each in parallel tasks (the default's copies of q and k and its two `kv_write`s
-    /// were serial: 10% of a 16-thread prompt). The same rotations, so the same bits.
+    /// q through `rope`, k rotated straight into its cache rows, v through `kv_write`, each in
+    /// parallel tasks (the default's rotated copy of k and its serial copies were 10% of a
+    /// 16-thread prompt). The same rotations, so the same bits.
     fn rope_into_cache(
         &self,
         q: &Tensor,
@@ -334,29 +336,32 @@ impl RopeKernels for Cpu {
         pos: Pos,
         t: usize,
     ) -> Result<Tensor> {
+        let qr = self.rope(q, table, pos, t, q.shape()[2], 1.0)?;
         let pos0 = pos.value()?;
         let d = q.cols();
         let (c, s) = table.cos_sin_f32(pos0 + t);
         let rows = pos0 * d / 2..(pos0 + t) * d / 2;
-        let (c, s) = (&c[rows.clone()], &s[rows]);
-        let layout = table.layout;
-        let (qs, ks, vs) = (q.as_f32()?, k.as_f32()?, v.as_f32()?);
-        let mut y = crate::mem::zeros(qs.len());
-        rope_rows(&mut y, Some(qs), q.shape()[2], d, c, s, layout, 1.0, |r| r % t);
+        let ks = k.as_f32()?;
         let cs = kc.shape().to_vec();
-        let (b, cap, row) = (cs[0], cs[1], cs[2] * cs[3]);
+        let (cap, row) = (cs[1], cs[2] * cs[3]);
         let per = t * row;
         let kd = kc.f32_mut()?;
-        for bi in 0..b {
+        for bi in 0..cs[0] {
             let dst = &mut kd[(bi * cap + pos0) * row..][..per];
-            rope_rows(dst, Some(&ks[bi * per..][..per]), cs[2], d, c, s, layout, 1.0, |r| r);
+            rope_rows(
+                dst,
+                Some(&ks[bi * per..][..per]),
+                cs[2],
+                d,
+                &c[rows.clone()],
+                &s[rows.clone()],
+                table.layout,
+                1.0,
+                |r| r,
+            );
         }
-        let vd = vc.f32_mut()?;
-        for bi in 0..b {
-            let (dst, src) = (&mut vd[(bi * cap + pos0) * row..][..per], &vs[bi * per..][..per]);
-            crate::par::chunks_mut(dst, 1 << 14, |ci, o| o.copy_from_slice(&src[ci << 14..][..o.len()]));
-        }
-        Tensor::from_f32(y, q.shape())
+        crate::ops::attention::kv_write(vc, v, pos)?;
+        Ok(qr)
     }
     fn rope_positions(&self, x: &Tensor, table: &RopeTable, positions: &[u32], h: usize, sign: f32) -> Result<Tensor> {
         let d = x.cols();
