@@ -86,6 +86,10 @@ fn kernels_compile() {
     let two = ["ff", "fb", "bf", "bb"];
     let three = ["fff", "ffb", "fbf", "fbb", "bff", "bfb", "bbf", "bbb"];
     let plain = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // The paged pool's kernels: activation dtype, then pool storage.
+    let pool_pairs = |k: &str| {
+        ["f32_f32", "f32_bf16", "f32_f16", "bf16_f32", "bf16_bf16", "bf16_f16"].map(|c| format!("{k}_{c}")).to_vec()
+    };
     for (name, src, kernels) in [
         ("adamw", ops::adamw::cuda::SRC, plain(&["sumsq_multi_f32", "norm_finalize", "adamw_multi_f32"])),
         (
@@ -99,19 +103,11 @@ fn kernels_compile() {
             [
                 x(&["attn_decode", "attn_decode_rope", "attn_decode_combine", "kv_write"], &one),
                 plain(&["decode_pos_add"]),
+                pool_pairs("paged_attn"),
             ]
             .concat(),
         ),
-        (
-            "attention_paged",
-            ops::attention::cuda::PAGED_SRC,
-            ["paged_rope_kv", "paged_attn"]
-                .iter()
-                .flat_map(|k| {
-                    ["f32_f32", "f32_bf16", "f32_f16", "bf16_f32", "bf16_bf16", "bf16_f16"].map(|c| format!("{k}_{c}"))
-                })
-                .collect(),
-        ),
+        ("attention_paged", ops::attention::cuda::PAGED_SRC, pool_pairs("paged_rope_kv")),
         (
             "attention_tc",
             ops::attention::cuda::TC_SRC,

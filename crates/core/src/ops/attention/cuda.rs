@@ -369,8 +369,8 @@ pub(crate) fn attention_backward_with(
 /// whose position is on the device splits exactly as one whose position is on the host: the
 /// splits past the position are empty and add exact zeros.
 const DEC_CHUNK: usize = 256;
-/// Warps per decode block (DEC_WARPS in decode.cu).
-const DEC_WARPS: u32 = 4;
+/// Threads per decode block (DEC_THREADS in decode.cu): one key each while scoring a tile.
+const DEC_THREADS: u32 = 256;
 
 /// Decode attention (decode.cu): grid (H, splits, B); splits > 1 write partials that a second
 /// launch merges. `dm.tk` is the bound on the keys (the capacity for a device position).
@@ -397,7 +397,7 @@ pub fn attention_decode(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, pos: P
         b.arg(&scale).arg(&chunk);
         let c = LaunchConfig {
             grid_dim: (dm.h as u32, splits as u32, dm.b as u32),
-            block_dim: (32 * DEC_WARPS, 1, 1),
+            block_dim: (DEC_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         cuda::launched(unsafe { b.launch(c) }, &name)?;
@@ -471,7 +471,7 @@ pub fn rope_attention_decode(
         b.arg(&scale).arg(&chunk);
         let c = LaunchConfig {
             grid_dim: (dm.h as u32, splits as u32, dm.b as u32),
-            block_dim: (32 * DEC_WARPS, 1, 1),
+            block_dim: (DEC_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         cuda::launched(unsafe { b.launch(c) }, &name)?;
@@ -564,7 +564,7 @@ pub fn paged_rope_kv(
 /// Rows × heads from which a paged step is parallel enough without splitting its keys.
 const PAGED_NO_SPLIT: usize = 2048;
 
-/// `paged_attn` (paged.cu), split over the keys in `DEC_CHUNK`s as the decode kernel is, and
+/// `paged_attn` (decode.cu), split over the keys in `DEC_CHUNK`s as the decode kernel is, and
 /// decode.cu's combine when a row's keys span several. A step of many rows (a long prompt, a
 /// large batch) is not split: its rows × heads already fill the GPU, and the partials would
 /// take rows × heads × splits × (D + 2) floats.
@@ -599,7 +599,7 @@ pub fn paged_attention(
         cuda::dtype_name(dt, "paged_attention")?,
         pool_dtype_name(kb.dtype, "paged_attention")?
     );
-    let f = gpu.function("attention_paged", PAGED_SRC, &name)?;
+    let f = gpu.function("attention_decode", DEC_SRC, &name)?;
     let [pb, ob, tb] = [rows.pos.cuda_buf()?, rows.toff.cuda_buf()?, rows.tables.cuda_buf()?];
     let ints =
         [rows.block_size as i32, heads.h as i32, heads.kvh as i32, heads.d as i32, heads.window.unwrap_or(0) as i32];
@@ -620,7 +620,7 @@ pub fn paged_attention(
         b.arg(&scale).arg(&chunk);
         let c = LaunchConfig {
             grid_dim: (heads.h as u32, splits as u32, n as u32),
-            block_dim: (32 * DEC_WARPS, 1, 1),
+            block_dim: (DEC_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         cuda::launched(unsafe { b.launch(c) }, &name)?;
