@@ -37,7 +37,7 @@ export SMELT_REQUIRE_GPU=1 SMELT_REPO=$PWD
 # against a kernel launch, for the persistent decode kernel's design (docs/CUDA.md).
 [ -x ../grid_barrier ] && { timeout 60 ../grid_barrier 2>&1 | tee "$OUT/grid_barrier.txt"; }
 stamp "tests"
-TESTS=("gpu_quant 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear:parity_attention_decode:parity_rope_attention_decode:parity_rope_and_swiglu 90" "gpu_infer 150")
+TESTS=("gpu_quant 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear:parity_attention_decode:parity_rope_attention_decode:parity_paged_attention:kernels_compile:parity_rope_and_swiglu 120" "gpu_infer 150")
 # SERVE=1: the CUDA serving tests too (paged steps, graphs per key class; a decode change reaches
 # them through a one-sequence step).
 [ "${SERVE:-0}" = 1 ] && [ -x gpu_serve ] && TESTS+=("gpu_serve 240")
