@@ -25,7 +25,8 @@ left() { echo $(( END - ($(date +%s) - t0) )); }
 stamp() { echo "[$(( $(date +%s) - t0 ))s] $*" | tee -a "$OUT/timeline.txt"; }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 LL=/tmp/ll
-rm -rf $LL; mkdir -p $LL && tar xzf llama/llama-src.tgz -C $LL && tar xzf llama/models.tgz -C $LL
+# LLAMA=0: no llama.cpp build or run (its figures from an earlier call of the same session).
+[ "${LLAMA:-1}" = 1 ] && rm -rf $LL && mkdir -p $LL && tar xzf llama/llama-src.tgz -C $LL && tar xzf llama/models.tgz -C $LL &&
 ( cd $LL/src && cmake -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON -DCMAKE_BUILD_TYPE=Release \
   && nice cmake --build build -j 12 --target llama-bench ) > "$OUT/llama-build.log" 2>&1 &
@@ -37,12 +38,13 @@ export SMELT_REQUIRE_GPU=1 SMELT_REPO=$PWD
 # against a kernel launch, for the persistent decode kernel's design (docs/CUDA.md).
 [ -x ../grid_barrier ] && { timeout 60 ../grid_barrier 2>&1 | tee "$OUT/grid_barrier.txt"; }
 stamp "tests"
-TESTS=("gpu_quant 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear:parity_attention_decode:parity_rope_attention_decode:parity_rope_and_swiglu 90" "gpu_infer 150")
+TESTS=("gpu_quant 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear:parity_attention_decode:parity_rope_attention_decode:parity_paged_attention:kernels_compile:parity_rope_and_swiglu 120" "gpu_infer 150")
 # SERVE=1: the CUDA serving tests too (paged steps, graphs per key class; a decode change reaches
 # them through a one-sequence step).
 [ "${SERVE:-0}" = 1 ] && [ -x gpu_serve ] && TESTS+=("gpu_serve 240")
 for t in "${TESTS[@]}"; do
   set -- $t; IFS=: read -r exe filters <<< "$1"
+  [ -x "$exe" ] || { echo "$exe not carried: not run"; continue; }
   timeout "$2" ./"$exe" ${filters//:/ } --test-threads=1 > "$OUT/$exe.txt" 2>&1; echo "$exe rc $?"
   grep -E "^test |test result|panicked" "$OUT/$exe.txt"
 done
@@ -51,23 +53,24 @@ timeout $(( $(left) - 110 )) python3 bench/decode_cuda.py --smelt ./smelt --toke
    --types bf16,q8_0,q4_k --variants "$VARIANTS" --out "$OUT/decode" > "$OUT/decode.txt" 2>&1
 grep -E "^\||rc [1-9]|TIMEOUT" "$OUT/decode.txt"
 stamp "llama build wait (left $(left)s)"
-while [ ! -x $LL/src/build/bin/llama-bench ] && [ "$(left)" -gt 40 ]; do sleep 5; done
-tail -2 "$OUT/llama-build.log"
-if [ -x $LL/src/build/bin/llama-bench ]; then
+while [ "${LLAMA:-1}" = 1 ] && [ ! -x $LL/src/build/bin/llama-bench ] && [ "$(left)" -gt 40 ]; do sleep 5; done
+[ "${LLAMA:-1}" = 1 ] && tail -2 "$OUT/llama-build.log"
+if [ "${LLAMA:-1}" = 1 ] && [ -x $LL/src/build/bin/llama-bench ]; then
   stamp "decode (llama.cpp)"
   timeout $(( $(left) - 15 )) python3 bench/decode_cuda.py --no-smelt --llama-bench $LL/src/build/bin/llama-bench \
      --tokenizer bench/smollm2-tokenizer.json --types bf16,q8_0,q4_k --out "$OUT/decode-llama" > "$OUT/decode-llama.txt" 2>&1
   grep -E "^\|" "$OUT/decode-llama.txt"
 fi
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
-# NCU_MODELS: the decode models profiled kernel by kernel, as long as time is left.
+# NCU_MODELS: the decode models profiled kernel by kernel (the captured step's nodes, as the
+# bench replays them, past the prefills and the uncaptured first step), as long as time is left.
 for m in ${NCU_MODELS:-1b-q4_k}; do
   [ -n "$NCU" ] && [ "$(left)" -gt 40 ] || break
   stamp "ncu $m"
-  SMELT_CUDA_GRAPH=0 timeout $(( $(left) - 10 )) "$NCU" --csv --clock-control none --launch-skip 400 --launch-count 160 \
+  timeout $(( $(left) - 10 )) "$NCU" --csv --clock-control none --launch-skip 2000 --launch-count 160 \
      --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size,launch__block_size \
-     ./smelt generate --device cuda --model /tmp/smelt-decode-models/$m.gguf --prompt "The kernel" --max-tokens 8 --temperature 0 \
-     > "$OUT/ncu-$m.csv" 2> "$OUT/ncu-$m.err"
+     ./smelt bench --device cuda --model /tmp/smelt-decode-models/$m.gguf --batch-size 1 --seq-len 16 --iters 3 \
+     --decode-tokens 128 --no-train --no-forward > "$OUT/ncu-$m.csv" 2> "$OUT/ncu-$m.err"
   python3 ../ncu_table.py "$OUT/ncu-$m.csv" > "$OUT/ncu-$m.txt" 2>&1; head -40 "$OUT/ncu-$m.txt"
 done
 stamp end

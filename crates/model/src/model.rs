@@ -501,26 +501,43 @@ fn block(
             if g.is_recording() {
                 bail!("the KV cache is for inference only");
             }
-            use smelt_core::ops::attention::{attention_decode, attention_infer, kv_write};
+            use smelt_core::ops::attention::{attention_decode, attention_infer, kv_write, rope_attention_decode};
             use smelt_core::ops::rope::{rope_at, rope_into_cache};
-            let q = if g.may_fuse() {
-                // q rotated, k rotated into the key cache, v into the value cache: one launch
-                // on a GPU.
-                rope_into_cache(q.tensor(), k.tensor(), v.tensor(), rope, slot.k, slot.v, slot.pos)?
+            if g.may_fuse() && t == 1 && matches!(slot.pos, Pos::Device { .. }) {
+                // A decode step's row: rotation, cache write and attention in one launch on a
+                // GPU (the same numbers as the three below).
+                let o = rope_attention_decode(
+                    q.tensor(),
+                    k.tensor(),
+                    v.tensor(),
+                    rope,
+                    slot.k,
+                    slot.v,
+                    slot.pos,
+                    window,
+                    scale,
+                )?;
+                g.constant(o)
             } else {
-                let q = g.constant(rope_at(q.tensor(), rope, slot.pos)?);
-                g.name(&q, || format!("Qcur_rope-{l}"));
-                let k = g.constant(rope_at(k.tensor(), rope, slot.pos)?);
-                g.name(&k, || format!("Kcur_rope-{l}"));
-                kv_write(slot.k, k.tensor(), slot.pos)?;
-                kv_write(slot.v, v.tensor(), slot.pos)?;
-                q.tensor().clone()
-            };
-            let o = match slot.pos {
-                Pos::Device { .. } => attention_decode(&q, slot.k, slot.v, slot.pos, window, scale)?,
-                Pos::Host(p) => attention_infer(&q, slot.k, slot.v, p + t, window, scale)?,
-            };
-            g.constant(o)
+                let q = if g.may_fuse() {
+                    // q rotated, k rotated into the key cache, v into the value cache: one launch
+                    // on a GPU.
+                    rope_into_cache(q.tensor(), k.tensor(), v.tensor(), rope, slot.k, slot.v, slot.pos)?
+                } else {
+                    let q = g.constant(rope_at(q.tensor(), rope, slot.pos)?);
+                    g.name(&q, || format!("Qcur_rope-{l}"));
+                    let k = g.constant(rope_at(k.tensor(), rope, slot.pos)?);
+                    g.name(&k, || format!("Kcur_rope-{l}"));
+                    kv_write(slot.k, k.tensor(), slot.pos)?;
+                    kv_write(slot.v, v.tensor(), slot.pos)?;
+                    q.tensor().clone()
+                };
+                let o = match slot.pos {
+                    Pos::Device { .. } => attention_decode(&q, slot.k, slot.v, slot.pos, window, scale)?,
+                    Pos::Host(p) => attention_infer(&q, slot.k, slot.v, p + t, window, scale)?,
+                };
+                g.constant(o)
+            }
         }
         Kv::Paged(mut slot) => {
             if g.is_recording() {

@@ -24,6 +24,29 @@ template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ bf16_t from_f<bf16_t>(float v) { return f2bf(v); }
 
+// IEEE half storage (the pool only): converted with the hardware's round-to-nearest-even.
+struct f16_t {
+    unsigned short x;
+};
+__device__ __forceinline__ float to_f(f16_t v) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.x));
+    return f;
+}
+template <> __device__ __forceinline__ f16_t from_f<f16_t>(float v) {
+    f16_t r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.x) : "f"(v));
+    return r;
+}
+
+// RoPE's pair rotation, rounded to T as it is stored: rope.cu's kernels and the decode attention
+// that rotates its own q and new key (decode.cu) use this one function, so the same bits.
+template <typename T>
+__device__ __forceinline__ void rot(float a, float b, float c, float s, T* ya, T* yb) {
+    *ya = from_f<T>(a * c - b * s);
+    *yb = from_f<T>(a * s + b * c);
+}
+
 // 16 bytes of storage elements (8 bf16 or 4 f32) moved by one access: memory-bound kernels
 // need that many bytes in flight per thread to approach the bandwidth (2-byte accesses reach
 // about a quarter of it). Device allocations are 256-byte aligned; kernels still check.

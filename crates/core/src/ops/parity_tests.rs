@@ -86,6 +86,10 @@ fn kernels_compile() {
     let two = ["ff", "fb", "bf", "bb"];
     let three = ["fff", "ffb", "fbf", "fbb", "bff", "bfb", "bbf", "bbb"];
     let plain = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // The paged pool's kernels: activation dtype, then pool storage.
+    let pool_pairs = |k: &str| {
+        ["f32_f32", "f32_bf16", "f32_f16", "bf16_f32", "bf16_bf16", "bf16_f16"].map(|c| format!("{k}_{c}")).to_vec()
+    };
     for (name, src, kernels) in [
         ("adamw", ops::adamw::cuda::SRC, plain(&["sumsq_multi_f32", "norm_finalize", "adamw_multi_f32"])),
         (
@@ -96,18 +100,14 @@ fn kernels_compile() {
         (
             "attention_decode",
             ops::attention::cuda::DEC_SRC,
-            [x(&["attn_decode", "attn_decode_combine", "kv_write"], &one), plain(&["decode_pos_add"])].concat(),
+            [
+                x(&["attn_decode", "attn_decode_rope", "attn_decode_combine", "kv_write"], &one),
+                plain(&["decode_pos_add"]),
+                pool_pairs("paged_attn"),
+            ]
+            .concat(),
         ),
-        (
-            "attention_paged",
-            ops::attention::cuda::PAGED_SRC,
-            ["paged_rope_kv", "paged_attn"]
-                .iter()
-                .flat_map(|k| {
-                    ["f32_f32", "f32_bf16", "f32_f16", "bf16_f32", "bf16_bf16", "bf16_f16"].map(|c| format!("{k}_{c}"))
-                })
-                .collect(),
-        ),
+        ("attention_paged", ops::attention::cuda::PAGED_SRC, pool_pairs("paged_rope_kv")),
         (
             "attention_tc",
             ops::attention::cuda::TC_SRC,
@@ -740,6 +740,54 @@ fn parity_attention_decode() {
     ops::attention::kv_write(&mut cg, &up(&new, d), ops::Pos::Device { at: &at, cap }).unwrap();
     assert_eq!(cg.to_device(Device::Cpu).unwrap().as_f32().unwrap(), cc.as_f32().unwrap(), "kv_write");
     assert_eq!(at.to_device(Device::Cpu).unwrap().as_u32().unwrap(), &[4], "pos_add");
+}
+
+/// A decode step's rotation, cache write and attention in one launch (`attn_decode_rope`) give
+/// what `rope_into_cache` then `attention_decode` give, bit for bit: the output and both caches,
+/// f32 and bf16, both RoPE layouts, GQA, a window, head dims 64, 96 and 128.
+#[test]
+fn parity_rope_attention_decode_in_one_launch() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    for (b, pos, cap, h, kvh, hd, window, layout) in [
+        (1, 6, 16, 4, 2, 64, None, ops::rope::RopeLayout::Interleaved),
+        (2, 299, 700, 8, 2, 64, None, ops::rope::RopeLayout::HalfSplit),
+        (1, 599, 1100, 6, 3, 128, Some(300), ops::rope::RopeLayout::HalfSplit),
+        (2, 0, 257, 4, 4, 96, None, ops::rope::RopeLayout::Interleaved),
+    ] {
+        let table = ops::rope::RopeTable::new(ops::rope::freqs::default_inv_freq(10000.0, hd), 1.0, layout);
+        let q = randn(&mut r, &[b, 1, h, hd], 1.0);
+        let k = randn(&mut r, &[b, 1, kvh, hd], 1.0);
+        let v = randn(&mut r, &[b, 1, kvh, hd], 1.0);
+        let cache = randn(&mut r, &[b, cap, kvh, hd], 1.0);
+        let sc = 1.0 / (hd as f32).sqrt();
+        for dt in [crate::DType::F32, crate::DType::BF16] {
+            let label = format!("rope+decode b{b} pos{pos}/{cap} h{h}/{kvh} d{hd} w{window:?} {layout:?} {dt:?}");
+            let on = |t: &Tensor| up(t, d).to_dtype(dt).unwrap();
+            let at = up(&Tensor::from_u32(vec![pos as u32], &[1]).unwrap(), d);
+            let p = ops::Pos::Device { at: &at, cap };
+            let (mut kc, mut vc) = (on(&cache), on(&cache));
+            let qr = ops::rope::rope_into_cache(&on(&q), &on(&k), &on(&v), &table, &mut kc, &mut vc, p).unwrap();
+            let want = ops::attention::attention_decode(&qr, &kc, &vc, p, window, sc).unwrap();
+            let (mut kf, mut vf) = (on(&cache), on(&cache));
+            let got = ops::attention::rope_attention_decode(
+                &on(&q),
+                &on(&k),
+                &on(&v),
+                &table,
+                &mut kf,
+                &mut vf,
+                p,
+                window,
+                sc,
+            )
+            .unwrap();
+            let bits = |t: &Tensor| t.to_vec_f32().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(&got), bits(&want), "{label}: output");
+            assert_eq!(bits(&kf), bits(&kc), "{label}: key cache");
+            assert_eq!(bits(&vf), bits(&vc), "{label}: value cache");
+        }
+    }
 }
 
 #[test]

@@ -369,8 +369,8 @@ pub(crate) fn attention_backward_with(
 /// whose position is on the device splits exactly as one whose position is on the host: the
 /// splits past the position are empty and add exact zeros.
 const DEC_CHUNK: usize = 256;
-/// Warps per decode block (DEC_WARPS in decode.cu).
-const DEC_WARPS: u32 = 4;
+/// Threads per decode block (DEC_THREADS in decode.cu): one key each while scoring a tile.
+const DEC_THREADS: u32 = 256;
 
 /// Decode attention (decode.cu): grid (H, splits, B); splits > 1 write partials that a second
 /// launch merges. `dm.tk` is the bound on the keys (the capacity for a device position).
@@ -397,13 +397,87 @@ pub fn attention_decode(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, pos: P
         b.arg(&scale).arg(&chunk);
         let c = LaunchConfig {
             grid_dim: (dm.h as u32, splits as u32, dm.b as u32),
-            block_dim: (32 * DEC_WARPS, 1, 1),
+            block_dim: (DEC_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         cuda::launched(unsafe { b.launch(c) }, &name)?;
     }
     if splits > 1 {
         let name = cuda::kname("attn_decode_combine", &[dt], "attention_decode")?;
+        let f = gpu.function("attention_decode", DEC_SRC, &name)?;
+        let (h32, d32, s32) = (dm.h as i32, dm.d as i32, splits as i32);
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&part.data).arg(&out.data).arg(&h32).arg(&d32).arg(&s32);
+        let c = LaunchConfig { grid_dim: (dm.h as u32, dm.b as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        cuda::launched(unsafe { b.launch(c) }, &name)?;
+    }
+    Tensor::from_device_buf(out, q.shape())
+}
+
+/// `rope_into_cache` + `attention_decode` in one launch (`attn_decode_rope`, then
+/// `attn_decode_combine` past DEC_CHUNK keys as `attention_decode`) for a device position; a
+/// host position takes the two ops.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_attention_decode(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    table: &crate::ops::rope::RopeTable,
+    kc: &mut Tensor,
+    vc: &mut Tensor,
+    dm: AttnDims,
+    pos: Pos,
+    scale: f32,
+) -> Result<Tensor> {
+    let fused = matches!(pos, Pos::Device { .. }) && std::env::var("SMELT_CUDA_ROPE_ATTN").map_or(true, |v| v != "0");
+    if !fused || !dm.d.is_multiple_of(2) {
+        let q = crate::ops::rope::rope_into_cache(q, k, v, table, kc, vc, pos)?;
+        return attention_decode(&q, kc, vc, dm, pos, scale);
+    }
+    check(&dm)?;
+    let [qb, kb, vb] = cuda::float_bufs([q, k, v], "rope_attention_decode")?;
+    let dt = cuda::same_dtype(&[qb, kb, vb], &["q", "k", "v"], "rope_attention_decode")?;
+    let gpu = qb.gpu.clone();
+    let tab = crate::ops::rope::cuda::device_table(&gpu, table, pos.bound(1)?)?;
+    let out = DeviceBuf::alloc(&gpu, dt, q.numel())?;
+    // As attention_decode: splits of DEC_CHUNK keys up to the bound (the capacity for a device
+    // position), merged by attn_decode_combine, so the same bits (one split would see only the
+    // first DEC_CHUNK keys).
+    let splits = dm.tk.div_ceil(DEC_CHUNK).max(1);
+    let part = DeviceBuf::alloc(&gpu, DType::F32, if splits > 1 { dm.b * dm.h * splits * (dm.d + 2) } else { 1 })?;
+    let (pptr, _) = pos.kernel_args("rope_attention_decode position")?;
+    let kcb = kc.cuda_buf_mut()?;
+    if kcb.dtype != dt {
+        bail!("rope_attention_decode: {dt:?} rows into a {:?} cache", kcb.dtype);
+    }
+    let kcp = kcb.ptr();
+    let vcb = vc.cuda_buf_mut()?;
+    if vcb.dtype != dt {
+        bail!("rope_attention_decode: {dt:?} rows into a {:?} cache", vcb.dtype);
+    }
+    let vcp = vcb.ptr();
+    let name = cuda::kname("attn_decode_rope", &[dt], "rope_attention_decode")?;
+    let f = gpu.function("attention_decode", DEC_SRC, &name)?;
+    let inter = (table.layout == crate::ops::rope::RopeLayout::Interleaved) as i32;
+    let a = [inter, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.d as i32, dm.window.unwrap_or(0) as i32];
+    let chunk = DEC_CHUNK as i32;
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&kcp).arg(&vcp).arg(&out.data).arg(&part.data).arg(&pptr);
+        b.arg(&tab.cos.data).arg(&tab.sin.data);
+        for x in &a {
+            b.arg(x);
+        }
+        b.arg(&scale).arg(&chunk);
+        let c = LaunchConfig {
+            grid_dim: (dm.h as u32, splits as u32, dm.b as u32),
+            block_dim: (DEC_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        cuda::launched(unsafe { b.launch(c) }, &name)?;
+    }
+    if splits > 1 {
+        let name = cuda::kname("attn_decode_combine", &[dt], "rope_attention_decode")?;
         let f = gpu.function("attention_decode", DEC_SRC, &name)?;
         let (h32, d32, s32) = (dm.h as i32, dm.d as i32, splits as i32);
         let mut b = gpu.stream.launch_builder(&f);
@@ -490,7 +564,7 @@ pub fn paged_rope_kv(
 /// Rows × heads from which a paged step is parallel enough without splitting its keys.
 const PAGED_NO_SPLIT: usize = 2048;
 
-/// `paged_attn` (paged.cu), split over the keys in `DEC_CHUNK`s as the decode kernel is, and
+/// `paged_attn` (decode.cu), split over the keys in `DEC_CHUNK`s as the decode kernel is, and
 /// decode.cu's combine when a row's keys span several. A step of many rows (a long prompt, a
 /// large batch) is not split: its rows × heads already fill the GPU, and the partials would
 /// take rows × heads × splits × (D + 2) floats.
@@ -525,7 +599,7 @@ pub fn paged_attention(
         cuda::dtype_name(dt, "paged_attention")?,
         pool_dtype_name(kb.dtype, "paged_attention")?
     );
-    let f = gpu.function("attention_paged", PAGED_SRC, &name)?;
+    let f = gpu.function("attention_decode", DEC_SRC, &name)?;
     let [pb, ob, tb] = [rows.pos.cuda_buf()?, rows.toff.cuda_buf()?, rows.tables.cuda_buf()?];
     let ints =
         [rows.block_size as i32, heads.h as i32, heads.kvh as i32, heads.d as i32, heads.window.unwrap_or(0) as i32];
@@ -546,7 +620,7 @@ pub fn paged_attention(
         b.arg(&scale).arg(&chunk);
         let c = LaunchConfig {
             grid_dim: (heads.h as u32, splits as u32, n as u32),
-            block_dim: (32 * DEC_WARPS, 1, 1),
+            block_dim: (DEC_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         cuda::launched(unsafe { b.launch(c) }, &name)?;
@@ -643,6 +717,20 @@ impl super::AttentionKernels for crate::backend::Cuda {
         scale: f32,
     ) -> Result<Tensor> {
         attention_decode(q, k, v, dm, pos, scale)
+    }
+    fn rope_attention_decode(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        table: &crate::ops::rope::RopeTable,
+        kc: &mut Tensor,
+        vc: &mut Tensor,
+        dm: AttnDims,
+        pos: Pos,
+        scale: f32,
+    ) -> Result<Tensor> {
+        rope_attention_decode(q, k, v, table, kc, vc, dm, pos, scale)
     }
     fn pos_add(&self, pos: &mut Tensor, n: usize) -> Result<()> {
         let b = pos.cuda_buf_mut()?;

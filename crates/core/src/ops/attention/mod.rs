@@ -749,6 +749,25 @@ pub trait AttentionKernels {
         pos: Pos,
         scale: f32,
     ) -> Result<Tensor>;
+    /// `rope_into_cache` then `attention_decode` for one decoding row a sequence (q (B, 1, H, D)
+    /// and k, v (B, 1, KVH, D) not yet rotated): one launch on CUDA for a device position
+    /// (`attn_decode_rope`, the same numbers); the default is the two ops.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_attention_decode(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        table: &crate::ops::rope::RopeTable,
+        kc: &mut Tensor,
+        vc: &mut Tensor,
+        dm: AttnDims,
+        pos: Pos,
+        scale: f32,
+    ) -> Result<Tensor> {
+        let q = crate::ops::rope::rope_into_cache(q, k, v, table, kc, vc, pos)?;
+        self.attention_decode(&q, kc, vc, dm, pos, scale)
+    }
     /// Moves a device-held position (u32 [1]) on by `n`.
     fn pos_add(&self, pos: &mut Tensor, n: usize) -> Result<()>;
     /// The training forward over packed rows (`Segments`): no attention across examples.
@@ -1016,6 +1035,36 @@ pub fn attention_decode(
         bail!("attention_decode: one query per sequence, got {}", dm.tq);
     }
     backend::on("attention", [q, k, v])?.attention_decode(q, k, v, dm, pos, scale)
+}
+
+/// One decoding row a sequence with the step's RoPE and cache write: q (B, 1, H, D), k and v
+/// (B, 1, KVH, D) as the projections give them (not rotated), the caches (B, S, KVH, D). What
+/// `rope::rope_into_cache` then `attention_decode` give, bit for bit; on CUDA with the position
+/// on the device, one launch (the rotation and the cache write inside the attention kernel).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_attention_decode(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    table: &crate::ops::rope::RopeTable,
+    kc: &mut Tensor,
+    vc: &mut Tensor,
+    pos: Pos,
+    window: Option<usize>,
+    scale: f32,
+) -> Result<Tensor> {
+    let (qs, ks, cs) = (q.shape(), k.shape(), kc.shape());
+    if qs.len() != 4 || qs[1] != 1 || k.shape() != v.shape() || ks.len() != 4 || ks[1] != 1 {
+        bail!("rope_attention_decode: one new row a sequence, got q {qs:?}, k {ks:?}, v {:?}", v.shape());
+    }
+    if cs.len() != 4 || kc.shape() != vc.shape() || cs[0] != qs[0] || cs[2..] != ks[2..] {
+        bail!("rope_attention_decode: rows k {ks:?} do not fit the caches {cs:?} / {:?}", vc.shape());
+    }
+    if ks[3] != 2 * table.inv_freq.len() {
+        bail!("rope_attention_decode: head dim {} but the RoPE table has {} frequencies", ks[3], table.inv_freq.len());
+    }
+    let dm = dims(q, kc, vc, pos.bound(1)?, window)?;
+    backend::on("attention", [q, k, v, &*kc, &*vc])?.rope_attention_decode(q, k, v, table, kc, vc, dm, pos, scale)
 }
 
 /// Moves a device-held decode position on by `n` (the end of a decode step).
@@ -1350,6 +1399,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `rope_attention_decode` (the fused op a GPU runs in one launch) on the CPU is
+    /// `rope_into_cache` then `attention_decode`, and refuses rows that are not one a sequence.
+    #[test]
+    fn rope_attention_decode_is_rope_then_decode() {
+        use crate::ops::rope::{freqs, rope_into_cache, RopeLayout, RopeTable};
+        let f = |n: usize, seed: u64| rand_vec(n, seed).iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        let (b, h, kvh, d, cap, pos) = (2, 4, 2, 16, 12, 5);
+        let table = RopeTable::new(freqs::default_inv_freq(10000.0, d), 1.0, RopeLayout::Interleaved);
+        let q = Tensor::from_f32(f(b * h * d, 1), &[b, 1, h, d]).unwrap();
+        let k = Tensor::from_f32(f(b * kvh * d, 2), &[b, 1, kvh, d]).unwrap();
+        let v = Tensor::from_f32(f(b * kvh * d, 3), &[b, 1, kvh, d]).unwrap();
+        let cache = Tensor::from_f32(f(b * cap * kvh * d, 4), &[b, cap, kvh, d]).unwrap();
+        let (mut kc, mut vc) = (cache.clone(), cache.clone());
+        let got = rope_attention_decode(&q, &k, &v, &table, &mut kc, &mut vc, Pos::Host(pos), Some(4), 0.25).unwrap();
+        let (mut ku, mut vu) = (cache.clone(), cache.clone());
+        let qr = rope_into_cache(&q, &k, &v, &table, &mut ku, &mut vu, Pos::Host(pos)).unwrap();
+        let want = attention_decode(&qr, &ku, &vu, Pos::Host(pos), Some(4), 0.25).unwrap();
+        assert_eq!(got.as_f32().unwrap(), want.as_f32().unwrap());
+        assert_eq!(kc.as_f32().unwrap(), ku.as_f32().unwrap());
+        assert_eq!(vc.as_f32().unwrap(), vu.as_f32().unwrap());
+        let two = Tensor::from_f32(f(b * 2 * h * d, 5), &[b, 2, h, d]).unwrap();
+        let e = rope_attention_decode(&two, &k, &v, &table, &mut kc, &mut vc, Pos::Host(pos), None, 0.25).unwrap_err();
+        assert!(e.to_string().contains("one new row a sequence"), "{e}");
+        // A table of another head dim is refused (the fused kernel would read its rows at D/2).
+        let short = RopeTable::new(freqs::default_inv_freq(10000.0, d / 2), 1.0, RopeLayout::Interleaved);
+        let e = rope_attention_decode(&q, &k, &v, &short, &mut kc, &mut vc, Pos::Host(pos), None, 0.25).unwrap_err();
+        assert!(e.to_string().contains("frequencies"), "{e}");
     }
 
     /// Decoding rows only (no key transposes set up), GQA with the query heads of a KV head in

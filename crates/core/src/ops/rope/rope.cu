@@ -9,11 +9,7 @@
 // of two vectors, a thread rotates one 16-byte vector's worth of pairs (half-split: W pairs, from
 // the vectors at p and p + D/2; interleaved: W/2 pairs, one vector); else one pair a thread.
 // Every pair's arithmetic is the same either way, so are the results.
-template <typename T>
-__device__ __forceinline__ void rot(float a, float b, float c, float s, T* ya, T* yb) {
-    *ya = from_f<T>(a * c - b * s);
-    *yb = from_f<T>(a * s + b * c);
-}
+// The pair rotation `rot` is in common.cuh (attention's decode kernel rotates with it too).
 
 template <typename T>
 __device__ void rope(const T* x, T* y, const float* cosv, const float* sinv, long long rows, int t, int heads, int d,
