@@ -34,9 +34,13 @@ cd suite || exit 1
 # Binaries carried gzipped (the carry and the tracked tree together must stay under 64 MiB).
 for z in *.gz; do [ -e "$z" ] && gunzip -f "$z" && chmod +x "${z%.gz}"; done
 export SMELT_REQUIRE_GPU=1 SMELT_REPO=$PWD
-# examples/grid_barrier (carried beside this script, optional): what a grid barrier costs
-# against a kernel launch, for the persistent decode kernel's design (docs/CUDA.md).
-[ -x ../grid_barrier ] && { timeout 60 ../grid_barrier 2>&1 | tee "$OUT/grid_barrier.txt"; }
+# Timing examples carried beside this script (optional): examples/grid_barrier (a grid barrier
+# against a kernel launch) and examples/decode_chain (kernel boundaries in a graph, with memory
+# nodes and with programmatic dependent launch), for docs/CUDA.md's decode designs.
+for ex in grid_barrier decode_chain; do
+  [ -e ../$ex.gz ] && gunzip -f ../$ex.gz && chmod +x ../$ex
+  [ -x ../$ex ] && { timeout 60 ../$ex 2>&1 | tee "$OUT/$ex.txt"; }
+done
 stamp "tests"
 TESTS=("gpu_quant 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear:parity_attention_decode:parity_rope_attention_decode:parity_paged_attention:kernels_compile:parity_rope_and_swiglu 120" "gpu_infer 150")
 # SERVE=1: the CUDA serving tests too (paged steps, graphs per key class; a decode change reaches
