@@ -195,7 +195,9 @@ impl<'m> PagedDecoder<'m> {
         self.table_sized = true;
         if self.capture {
             let mut out = Tensor::zeros_typed(logits.shape(), device, logits.dtype())?;
-            let captured = Replay::capture(device, || {
+            // No arena: a batch's step of bump-allocated intermediates would hold far more than
+            // its memory nodes (which reuse memory within the graph) for every bucket and class.
+            let captured = Replay::capture(device, 0, || {
                 let l = run(model, b, pool)?;
                 out.write_at(0, &l)
             });

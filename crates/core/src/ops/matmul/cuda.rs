@@ -113,7 +113,7 @@ impl<'a> NormArgs<'a> {
     }
 
     /// nx, nr, nw, nh, eps, wpr, k: the fused kernels' first arguments (NORM_ARGS, then k).
-    pub(crate) fn push<'b>(&'b self, l: &mut cudarc::driver::LaunchArgs<'b>) {
+    pub(crate) fn push<'b>(&'b self, l: &mut cuda::launch::Launch<'b>) {
         l.arg(&self.x.data).arg(&self.r.data).arg(&self.w.data).arg(&self.h.data).arg(&self.eps).arg(&self.wpr);
         l.arg(&self.k32);
     }
@@ -195,7 +195,8 @@ fn gemv3(
     let f = gpu.function("gemv", GEMV_SRC, &name)?;
     let (n32, k32) = (n as i32, k as i32);
     {
-        let mut b = gpu.stream.launch_builder(&f);
+        // Programmatic launch: the kernels load their first weights, then wait (gemv.cu).
+        let mut b = cuda::launch::Launch::new(&gpu, &f);
         match norm {
             Some(nm) => nm.push(&mut b),
             None => {
@@ -237,7 +238,8 @@ fn gemv_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize, norm: O
     let f = gpu.function("gemv", GEMV_SRC, &name)?;
     let (n32, k32, m32) = (n as i32, k as i32, m as i32);
     {
-        let mut b = gpu.stream.launch_builder(&f);
+        // Programmatic launch: the kernels load their first weights, then wait (gemv.cu).
+        let mut b = cuda::launch::Launch::new(&gpu, &f);
         match norm {
             Some(nm) => nm.push(&mut b),
             None => {
@@ -349,7 +351,8 @@ fn cached_bf16(w: &Tensor) -> Result<Tensor> {
     if let Some(t) = b.bf16_shadow.get() {
         return t.reshape(w.shape()); // the buffer may be shared by views of other shapes
     }
-    let t = crate::ops::elementwise::cuda::cast(w, DType::BF16)?;
+    // A copy that outlives the step making it: never a capture arena's piece, nor counted in one.
+    let t = crate::cuda::arena::uncounted(|| crate::ops::elementwise::cuda::cast(w, DType::BF16))?;
     let _ = b.bf16_shadow.set(t.clone());
     Ok(t)
 }

@@ -165,7 +165,7 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
         None => names(first.format)?[if n == 1 { 7 } else { 5 }],
     };
     let f = gpu.function("qmatmul", SRC, func)?;
-    let mut l = gpu.stream.launch_builder(&f);
+    let mut l = cuda::launch::Launch::new(&gpu, &f); // programmatic: qmatmul.cu waits after its first loads
     let (xf, xq, xd) = q.ptrs();
     l.arg(&xf).arg(&xq).arg(&xd).arg(&n32).arg(&k32);
     for s in &slots {
@@ -254,7 +254,7 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     let func = names(wg.format)?[if n == 1 { 8 } else { 6 }];
     let f = gpu.function("qmatmul", SRC, func)?;
     let (n32, k32, m32, rb, g32) = (n as i32, k as i32, m as i32, wg.row_bytes as i64, g as i32);
-    let mut l = gpu.stream.launch_builder(&f);
+    let mut l = cuda::launch::Launch::new(&gpu, &f); // programmatic: qmatmul.cu waits after its first loads
     let (xf, xq, xd) = q.ptrs();
     l.arg(&xf).arg(&xq).arg(&xd).arg(&n32).arg(&k32);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb).arg(&g32);
@@ -288,7 +288,7 @@ pub fn add_rmsnorm_swiglu(
     let func = names(wg.format)?[9];
     let f = gpu.function("qmatmul", SRC, func)?;
     let (m32, rb64, g32) = (m as i32, wg.row_bytes as i64, g as i32);
-    let mut l = gpu.stream.launch_builder(&f);
+    let mut l = cuda::launch::Launch::new(&gpu, &f); // programmatic: qmatmul.cu waits after its first loads
     nm.push(&mut l);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb64).arg(&g32);
     cuda::launched(unsafe { l.launch(mv_config(m, g, nm.smem_quantised())) }, func)?;
@@ -332,7 +332,7 @@ pub fn add_rmsnorm_linear_many(
     let g = mmvq_lanes(k);
     let g32 = g as i32;
     let f = gpu.function("qmatmul", SRC, func)?;
-    let mut l = gpu.stream.launch_builder(&f);
+    let mut l = cuda::launch::Launch::new(&gpu, &f); // programmatic: qmatmul.cu waits after its first loads
     nm.push(&mut l);
     for s in &slots {
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);

@@ -453,6 +453,7 @@ __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16
                                             float (&acc)[R * NM], const NormIn& nm = NormIn{}) {
 #pragma unroll
     for (int i = 0; i < R * NM; i++) acc[i] = 0.f;
+    pdl_trigger();
     int nb = cols / F::QK, chunks = cols / 32;
     constexpr int U = MMVQ_LOADS / R;
     typename F::Raw raw[R][U];
@@ -467,6 +468,9 @@ __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16
                 for (int r = 0; r < R; r++) F::load(wr[r], nb, c, raw[r][u]);
         }
     }
+    // The weights' first loads are in flight: now the inputs the kernel before made (x, its
+    // quantisation, the residual) may be read (a programmatic launch waits here).
+    pdl_wait();
     if (nm.x) {
         // nm: x is add_rmsnorm's output, made here first (shared memory: y bf16, then xq, xd).
         extern __shared__ __align__(16) unsigned char mv_shared[];
