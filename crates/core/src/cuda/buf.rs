@@ -16,8 +16,9 @@ pub struct DeviceBuf {
     pub len: usize,
     /// The allocation (dropped by hand: an arena piece is leaked, not freed, see `arena`).
     pub data: DevSlice,
-    /// A piece of a capture arena (`super::arena`): the memory belongs to the arena.
-    in_arena: bool,
+    /// Its place in a capture arena (`super::arena`), if it has one: with a pointer, the memory
+    /// is the arena's piece (leaked, never freed, here); without, only counted.
+    arena: Option<super::arena::Taken>,
     /// A bf16 copy of this f32 buffer, made by the first bf16 matmul that reads it as a weight
     /// and reused until the buffer is written (`Tensor::cuda_buf_mut` drops it). Never set on
     /// a bf16 buffer (a copy of itself would keep it alive forever).
@@ -85,10 +86,14 @@ impl Drop for DeviceBuf {
         LIVE.fetch_sub(self.data.len(), Ordering::Relaxed);
         // SAFETY: `data` is not used after this.
         let data = unsafe { ManuallyDrop::take(&mut self.data.0) };
-        if self.in_arena {
-            data.leak();
-        } else {
-            drop(data);
+        match self.arena {
+            Some(t) if t.ptr.is_some() => {
+                data.leak();
+            }
+            _ => drop(data),
+        }
+        if let Some(t) = self.arena {
+            super::arena::give(t);
         }
     }
 }
@@ -104,7 +109,7 @@ impl Clone for DeviceBuf {
             dtype: self.dtype,
             len: self.len,
             data: DevSlice(ManuallyDrop::new((*self.data).clone())),
-            in_arena: false,
+            arena: None,
             bf16_shadow: OnceLock::new(),
         }
     }
@@ -114,15 +119,13 @@ impl DeviceBuf {
     /// An uninitialised buffer of `len` elements (poisoned with NaN bytes when `poison()` is on).
     pub fn alloc(gpu: &Arc<Gpu>, dtype: DType, len: usize) -> Result<Self> {
         let bytes = (len * dtype.size_in_bytes()).max(1);
-        let (data, in_arena) = match super::arena::take(gpu.ordinal, bytes) {
-            // SAFETY: the arena's piece is `bytes` long, lives as long as the graph that uses
-            // it, and is leaked (not freed) when this buffer drops.
-            Some(p) => (unsafe { gpu.stream.upgrade_device_ptr::<u8>(p, bytes) }, true),
-            None => (
-                unsafe { gpu.stream.alloc::<u8>(bytes) }
-                    .map_err(|e| anyhow!("{gpu:?}: cannot allocate {bytes} bytes: {e:?}"))?,
-                false,
-            ),
+        let arena = super::arena::take(gpu.ordinal, bytes);
+        let data = match arena.and_then(|t| t.ptr) {
+            // SAFETY: the arena's piece is at least `bytes` long, lives as long as the graph
+            // that uses it, and is leaked (not freed) when this buffer drops.
+            Some(p) => unsafe { gpu.stream.upgrade_device_ptr::<u8>(p, bytes) },
+            None => unsafe { gpu.stream.alloc::<u8>(bytes) }
+                .map_err(|e| anyhow!("{gpu:?}: cannot allocate {bytes} bytes: {e:?}"))?,
         };
         track(data.len());
         let mut b = DeviceBuf {
@@ -130,7 +133,7 @@ impl DeviceBuf {
             dtype,
             len,
             data: DevSlice(ManuallyDrop::new(data)),
-            in_arena,
+            arena,
             bf16_shadow: OnceLock::new(),
         };
         if super::poison() {
@@ -163,7 +166,7 @@ impl DeviceBuf {
             dtype,
             len,
             data: DevSlice(ManuallyDrop::new(data)),
-            in_arena: false,
+            arena: None,
             bf16_shadow: OnceLock::new(),
         })
     }

@@ -15,17 +15,23 @@ use cudarc::driver::{sys, CudaFunction, DevicePtr, DeviceRepr, LaunchConfig};
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
-/// Kernel arguments the kernels above take: far fewer than this.
-const MAX_ARGS: usize = 48;
+/// Room for the arguments the kernels above take.
+const MAX_ARGS: usize = 32;
+
+/// One argument: the address of a value that outlives the launch, or the index of a device
+/// address kept in `Launch::addrs`.
+enum Arg {
+    Value(*mut c_void),
+    Addr(usize),
+}
 
 /// One launch's arguments: pointers to values that outlive it (`'a`), and the device
-/// addresses of the buffers passed (kept here, at stable addresses).
+/// addresses of the buffers passed (kept here; their pointers are made at launch).
 pub struct Launch<'a> {
     gpu: &'a Gpu,
     f: &'a CudaFunction,
-    args: Vec<*mut c_void>,
-    addrs: Box<[u64; MAX_ARGS]>,
-    used: usize,
+    args: Vec<Arg>,
+    addrs: Vec<u64>,
     _values: PhantomData<&'a ()>,
 }
 
@@ -36,17 +42,28 @@ pub trait KernelArg<'a> {
 
 impl<'a, T: DeviceRepr> KernelArg<'a> for &'a T {
     fn push_to(self, l: &mut Launch<'a>) {
-        l.args.push(self as *const T as *mut c_void);
+        l.args.push(Arg::Value(self as *const T as *mut c_void));
     }
 }
 
 impl<'a> KernelArg<'a> for &'a DevSlice {
     fn push_to(self, l: &mut Launch<'a>) {
+        // The guard only records events, and smelt's contexts track none (cuda::gpu).
         let (p, _sync) = self.device_ptr(&l.gpu.stream);
-        l.addrs[l.used] = p;
-        l.args.push(&mut l.addrs[l.used] as *mut u64 as *mut c_void);
-        l.used += 1;
+        l.args.push(Arg::Addr(l.addrs.len()));
+        l.addrs.push(p);
     }
+}
+
+thread_local! {
+    static PLAIN_NEXT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The next `Launch` on this thread is a plain one: the kernel just queued wrote data (a
+/// weight's bf16 copy) that the next kernel reads before its `pdl_wait`, and only a plain
+/// launch orders those reads after that write.
+pub fn plain_next() {
+    PLAIN_NEXT.with(|p| p.set(true));
 }
 
 /// Whether launches on `gpu` use programmatic dependent launch.
@@ -57,30 +74,34 @@ pub fn pdl(gpu: &Gpu) -> bool {
 
 impl<'a> Launch<'a> {
     pub fn new(gpu: &'a Gpu, f: &'a CudaFunction) -> Self {
-        Launch {
-            gpu,
-            f,
-            args: Vec::with_capacity(MAX_ARGS),
-            addrs: Box::new([0; MAX_ARGS]),
-            used: 0,
-            _values: PhantomData,
-        }
+        Launch { gpu, f, args: Vec::with_capacity(MAX_ARGS), addrs: Vec::with_capacity(MAX_ARGS), _values: PhantomData }
     }
 
     pub fn arg<A: KernelArg<'a>>(&mut self, a: A) -> &mut Self {
-        assert!(self.args.len() < MAX_ARGS, "more than {MAX_ARGS} kernel arguments");
         a.push_to(self);
         self
     }
 
-    /// Launches on the GPU's stream, programmatically serialised when `pdl(gpu)`.
+    /// Launches on the GPU's stream, programmatically serialised when `pdl(gpu)` (and the
+    /// thread did not ask for a plain launch next, `plain_next`).
     ///
     /// # Safety
     /// As cudarc's `launch`: the arguments must match the kernel's parameters in number, order
     /// and type, and the buffers must stay alive until the kernel has run. The kernel must wait
     /// (`pdl_wait`) before touching what the kernel before it may still be using.
     pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<(), sys::CUresult> {
+        debug_assert!(!self.gpu.ctx.is_event_tracking(), "Launch drops cudarc's event guards: tracking must be off");
         self.gpu.ctx.bind_to_thread().map_err(|e| e.0)?;
+        let addrs = self.addrs.as_mut_ptr();
+        let mut ptrs: Vec<*mut c_void> = self
+            .args
+            .iter()
+            .map(|a| match *a {
+                Arg::Value(p) => p,
+                Arg::Addr(i) => addrs.add(i) as *mut c_void,
+            })
+            .collect();
+        let programmatic = pdl(self.gpu) && !PLAIN_NEXT.with(|p| p.replace(false));
         let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
         attr.value.programmaticStreamSerializationAllowed = 1;
@@ -94,9 +115,9 @@ impl<'a> Launch<'a> {
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.gpu.stream.cu_stream(),
             attrs: &mut attr,
-            numAttrs: pdl(self.gpu) as u32,
+            numAttrs: programmatic as u32,
         };
-        match sys::cuLaunchKernelEx(&c, self.f.cu_function(), self.args.as_mut_ptr(), std::ptr::null_mut()) {
+        match sys::cuLaunchKernelEx(&c, self.f.cu_function(), ptrs.as_mut_ptr(), std::ptr::null_mut()) {
             sys::CUresult::CUDA_SUCCESS => Ok(()),
             e => Err(e),
         }

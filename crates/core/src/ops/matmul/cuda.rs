@@ -353,6 +353,8 @@ fn cached_bf16(w: &Tensor) -> Result<Tensor> {
     }
     // A copy that outlives the step making it: never a capture arena's piece, nor counted in one.
     let t = crate::cuda::arena::uncounted(|| crate::ops::elementwise::cuda::cast(w, DType::BF16))?;
+    // The matvec that reads it issues its weight loads before its pdl_wait: launch it plainly.
+    cuda::launch::plain_next();
     let _ = b.bf16_shadow.set(t.clone());
     Ok(t)
 }
