@@ -67,11 +67,13 @@ if [ "${LLAMA:-1}" = 1 ] && [ -x $LL/src/build/bin/llama-bench ]; then
 fi
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
 # NCU_MODELS: the decode models profiled kernel by kernel (the captured step's nodes, as the
-# bench replays them, past the prefills and the uncaptured first step), as long as time is left.
+# bench replays them, past the prefills and the uncaptured first step; caches not flushed between
+# kernels: ncu's default flush gives cold-cache times, which misjudged the decode attention,
+# docs/PERF.md), as long as time is left.
 for m in ${NCU_MODELS:-1b-q4_k}; do
   [ -n "$NCU" ] && [ "$(left)" -gt 40 ] || break
   stamp "ncu $m"
-  timeout $(( $(left) - 10 )) "$NCU" --csv --clock-control none --launch-skip 2000 --launch-count 160 \
+  timeout $(( $(left) - 10 )) "$NCU" --csv --clock-control none --cache-control none --launch-skip 2000 --launch-count 160 \
      --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size,launch__block_size \
      ./smelt bench --device cuda --model /tmp/smelt-decode-models/$m.gguf --batch-size 1 --seq-len 16 --iters 3 \
      --decode-tokens 128 --no-train --no-forward > "$OUT/ncu-$m.csv" 2> "$OUT/ncu-$m.err"
