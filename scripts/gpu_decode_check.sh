@@ -13,7 +13,8 @@
 #
 # VARIANTS (decode_cuda.py --variants) defaults to the kernels' comparison switches; END is the
 # seconds the script may take (leave the device call's limit some room); SERVE=1 adds gpu_serve
-# (keep it in the carry then); NCU_MODELS (default 1b-q4_k) the decode models ncu profiles.
+# (keep it in the carry then); NCU_MODELS (default 1b-q4_k) the decode models ncu profiles;
+# LLAMA=0 skips llama.cpp; ../smelt-base.gz, when carried, is timed too (an A/B of two builds).
 cd "$(dirname "$0")" || exit 1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PATH=/usr/local/cuda/bin:$PATH
@@ -56,6 +57,15 @@ stamp "decode (smelt)"
 timeout $(( $(left) - 110 )) python3 bench/decode_cuda.py --smelt ./smelt --tokenizer bench/smollm2-tokenizer.json \
    --types bf16,q8_0,q4_k --variants "$VARIANTS" --out "$OUT/decode" > "$OUT/decode.txt" 2>&1
 grep -E "^\||rc [1-9]|TIMEOUT" "$OUT/decode.txt"
+# ../smelt-base(.gz) carried beside this script (optional): another build (main's, before a
+# change) timed on the same files in the same call, for an A/B of the binaries themselves.
+[ -e ../smelt-base.gz ] && gunzip -f ../smelt-base.gz && chmod +x ../smelt-base
+if [ -x ../smelt-base ] && [ "$(left)" -gt 200 ]; then
+  stamp "decode (smelt-base)"
+  timeout $(( $(left) - 110 )) python3 bench/decode_cuda.py --smelt ../smelt-base --tokenizer bench/smollm2-tokenizer.json \
+     --types bf16,q8_0,q4_k --variants "" --out "$OUT/decode-base" > "$OUT/decode-base.txt" 2>&1
+  grep -E "^\||rc [1-9]|TIMEOUT" "$OUT/decode-base.txt"
+fi
 stamp "llama build wait (left $(left)s)"
 while [ "${LLAMA:-1}" = 1 ] && [ ! -x $LL/src/build/bin/llama-bench ] && [ "$(left)" -gt 40 ]; do sleep 5; done
 [ "${LLAMA:-1}" = 1 ] && tail -2 "$OUT/llama-build.log"
