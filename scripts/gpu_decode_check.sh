@@ -57,15 +57,6 @@ stamp "decode (smelt)"
 timeout $(( $(left) - 110 )) python3 bench/decode_cuda.py --smelt ./smelt --tokenizer bench/smollm2-tokenizer.json \
    --types bf16,q8_0,q4_k --variants "$VARIANTS" --out "$OUT/decode" > "$OUT/decode.txt" 2>&1
 grep -E "^\||rc [1-9]|TIMEOUT" "$OUT/decode.txt"
-# ../smelt-base(.gz) carried beside this script (optional): another build (main's, before a
-# change) timed on the same files in the same call, for an A/B of the binaries themselves.
-[ -e ../smelt-base.gz ] && gunzip -f ../smelt-base.gz && chmod +x ../smelt-base
-if [ -x ../smelt-base ] && [ "$(left)" -gt 200 ]; then
-  stamp "decode (smelt-base)"
-  timeout $(( $(left) - 110 )) python3 bench/decode_cuda.py --smelt ../smelt-base --tokenizer bench/smollm2-tokenizer.json \
-     --types bf16,q8_0,q4_k --variants "" --out "$OUT/decode-base" > "$OUT/decode-base.txt" 2>&1
-  grep -E "^\||rc [1-9]|TIMEOUT" "$OUT/decode-base.txt"
-fi
 stamp "llama build wait (left $(left)s)"
 while [ "${LLAMA:-1}" = 1 ] && [ ! -x $LL/src/build/bin/llama-bench ] && [ "$(left)" -gt 40 ]; do sleep 5; done
 [ "${LLAMA:-1}" = 1 ] && tail -2 "$OUT/llama-build.log"
@@ -74,6 +65,16 @@ if [ "${LLAMA:-1}" = 1 ] && [ -x $LL/src/build/bin/llama-bench ]; then
   timeout $(( $(left) - 15 )) python3 bench/decode_cuda.py --no-smelt --llama-bench $LL/src/build/bin/llama-bench \
      --tokenizer bench/smollm2-tokenizer.json --types bf16,q8_0,q4_k --out "$OUT/decode-llama" > "$OUT/decode-llama.txt" 2>&1
   grep -E "^\|" "$OUT/decode-llama.txt"
+fi
+# ../smelt-base(.gz) carried beside this script (optional): another build (main's, before a
+# change) timed on the same files in the same call, for an A/B of the binaries themselves
+# (after llama.cpp, whose figures the ratios need first).
+[ -e ../smelt-base.gz ] && gunzip -f ../smelt-base.gz && chmod +x ../smelt-base
+if [ -x ../smelt-base ] && [ "$(left)" -gt 120 ]; then
+  stamp "decode (smelt-base)"
+  timeout $(( $(left) - 110 )) python3 bench/decode_cuda.py --smelt ../smelt-base --tokenizer bench/smollm2-tokenizer.json \
+     --types bf16,q8_0,q4_k --variants "" --out "$OUT/decode-base" > "$OUT/decode-base.txt" 2>&1
+  grep -E "^\||rc [1-9]|TIMEOUT" "$OUT/decode-base.txt"
 fi
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
 # NCU_MODELS: the decode models profiled kernel by kernel (the captured step's nodes, as the
