@@ -32,6 +32,8 @@ pub struct Launch<'a> {
     f: &'a CudaFunction,
     args: Vec<Arg>,
     addrs: Vec<u64>,
+    /// Set by `programmatic`: overrides `pdl(gpu)` (benchmarks comparing the two).
+    forced: Option<bool>,
     _values: PhantomData<&'a ()>,
 }
 
@@ -74,7 +76,20 @@ pub fn pdl(gpu: &Gpu) -> bool {
 
 impl<'a> Launch<'a> {
     pub fn new(gpu: &'a Gpu, f: &'a CudaFunction) -> Self {
-        Launch { gpu, f, args: Vec::with_capacity(MAX_ARGS), addrs: Vec::with_capacity(MAX_ARGS), _values: PhantomData }
+        Launch {
+            gpu,
+            f,
+            args: Vec::with_capacity(MAX_ARGS),
+            addrs: Vec::with_capacity(MAX_ARGS),
+            forced: None,
+            _values: PhantomData,
+        }
+    }
+
+    /// Launch programmatically or not whatever `SMELT_CUDA_PDL` says (`examples/decode_chain`).
+    pub fn programmatic(&mut self, on: bool) -> &mut Self {
+        self.forced = Some(on);
+        self
     }
 
     pub fn arg<A: KernelArg<'a>>(&mut self, a: A) -> &mut Self {
@@ -101,7 +116,8 @@ impl<'a> Launch<'a> {
                 Arg::Addr(i) => addrs.add(i) as *mut c_void,
             })
             .collect();
-        let programmatic = pdl(self.gpu) && !PLAIN_NEXT.with(|p| p.replace(false));
+        let plain_next = PLAIN_NEXT.with(|p| p.replace(false));
+        let programmatic = self.forced.unwrap_or(pdl(self.gpu) && !plain_next);
         let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
         attr.value.programmaticStreamSerializationAllowed = 1;
