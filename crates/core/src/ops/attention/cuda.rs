@@ -13,6 +13,7 @@ use crate::ops::Pos;
 use crate::{DType, Tensor};
 use anyhow::{bail, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::sync::Arc;
 
 pub(crate) const SRC: &str = include_str!("attention.cu");
 pub(crate) const TC_SRC: &str = include_str!("attention_tc.cu");
@@ -372,6 +373,52 @@ const DEC_CHUNK: usize = 256;
 /// Threads per decode block (DEC_THREADS in decode.cu): one key each while scoring a tile.
 const DEC_THREADS: u32 = 256;
 
+/// The decode kernels' splits of `chunk` keys up to `keys` (the capacity for a device position),
+/// the buffer their partials go to (unused with one split), and the launch shape (H, splits,
+/// rows) of DEC_THREADS threads.
+fn decode_splits(
+    gpu: &Arc<cuda::Gpu>,
+    rows: usize,
+    h: usize,
+    d: usize,
+    keys: usize,
+    chunk: usize,
+) -> Result<(usize, DeviceBuf, LaunchConfig)> {
+    let splits = keys.div_ceil(chunk).max(1);
+    let part = DeviceBuf::alloc(gpu, DType::F32, if splits > 1 { rows * h * splits * (d + 2) } else { 1 })?;
+    let c = LaunchConfig {
+        grid_dim: (h as u32, splits as u32, rows as u32),
+        block_dim: (DEC_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    Ok((splits, part, c))
+}
+
+/// With several splits, `attn_decode_combine` merges their partials into `out` (rows × H × D).
+#[allow(clippy::too_many_arguments)]
+fn decode_combine(
+    gpu: &Arc<cuda::Gpu>,
+    dt: DType,
+    rows: usize,
+    h: usize,
+    d: usize,
+    splits: usize,
+    part: &DeviceBuf,
+    out: &DeviceBuf,
+    what: &str,
+) -> Result<()> {
+    if splits < 2 {
+        return Ok(());
+    }
+    let name = cuda::kname("attn_decode_combine", &[dt], what)?;
+    let f = gpu.function("attention_decode", DEC_SRC, &name)?;
+    let (h32, d32, s32) = (h as i32, d as i32, splits as i32);
+    let mut b = gpu.stream.launch_builder(&f);
+    b.arg(&part.data).arg(&out.data).arg(&h32).arg(&d32).arg(&s32);
+    let c = LaunchConfig { grid_dim: (h as u32, rows as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    cuda::launched(unsafe { b.launch(c) }, &name)
+}
+
 /// Decode attention (decode.cu): grid (H, splits, B); splits > 1 write partials that a second
 /// launch merges. `dm.tk` is the bound on the keys (the capacity for a device position).
 pub fn attention_decode(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, pos: Pos, scale: f32) -> Result<Tensor> {
@@ -380,8 +427,7 @@ pub fn attention_decode(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, pos: P
     let dt = cuda::same_dtype(&[qb, kb, vb], &["q", "k", "v"], "attention_decode")?;
     let gpu = &qb.gpu;
     let out = DeviceBuf::alloc(gpu, dt, q.numel())?;
-    let splits = dm.tk.div_ceil(DEC_CHUNK).max(1);
-    let part = DeviceBuf::alloc(gpu, DType::F32, if splits > 1 { dm.b * dm.h * splits * (dm.d + 2) } else { 1 })?;
+    let (splits, part, c) = decode_splits(gpu, dm.b, dm.h, dm.d, dm.tk, DEC_CHUNK)?;
     let (pptr, phost) = pos.kernel_args("attention_decode position")?;
     let tk = phost + 1;
     let a = [tk, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.d as i32, dm.window.unwrap_or(0) as i32];
@@ -395,22 +441,9 @@ pub fn attention_decode(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, pos: P
             b.arg(x);
         }
         b.arg(&scale).arg(&chunk);
-        let c = LaunchConfig {
-            grid_dim: (dm.h as u32, splits as u32, dm.b as u32),
-            block_dim: (DEC_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         cuda::launched(unsafe { b.launch(c) }, &name)?;
     }
-    if splits > 1 {
-        let name = cuda::kname("attn_decode_combine", &[dt], "attention_decode")?;
-        let f = gpu.function("attention_decode", DEC_SRC, &name)?;
-        let (h32, d32, s32) = (dm.h as i32, dm.d as i32, splits as i32);
-        let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&part.data).arg(&out.data).arg(&h32).arg(&d32).arg(&s32);
-        let c = LaunchConfig { grid_dim: (dm.h as u32, dm.b as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        cuda::launched(unsafe { b.launch(c) }, &name)?;
-    }
+    decode_combine(gpu, dt, dm.b, dm.h, dm.d, splits, &part, &out, "attention_decode")?;
     Tensor::from_device_buf(out, q.shape())
 }
 
@@ -443,8 +476,7 @@ pub fn rope_attention_decode(
     // As attention_decode: splits of DEC_CHUNK keys up to the bound (the capacity for a device
     // position), merged by attn_decode_combine, so the same bits (one split would see only the
     // first DEC_CHUNK keys).
-    let splits = dm.tk.div_ceil(DEC_CHUNK).max(1);
-    let part = DeviceBuf::alloc(&gpu, DType::F32, if splits > 1 { dm.b * dm.h * splits * (dm.d + 2) } else { 1 })?;
+    let (splits, part, c) = decode_splits(&gpu, dm.b, dm.h, dm.d, dm.tk, DEC_CHUNK)?;
     let (pptr, _) = pos.kernel_args("rope_attention_decode position")?;
     let kcb = kc.cuda_buf_mut()?;
     if kcb.dtype != dt {
@@ -469,22 +501,9 @@ pub fn rope_attention_decode(
             b.arg(x);
         }
         b.arg(&scale).arg(&chunk);
-        let c = LaunchConfig {
-            grid_dim: (dm.h as u32, splits as u32, dm.b as u32),
-            block_dim: (DEC_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         cuda::launched(unsafe { b.launch(c) }, &name)?;
     }
-    if splits > 1 {
-        let name = cuda::kname("attn_decode_combine", &[dt], "rope_attention_decode")?;
-        let f = gpu.function("attention_decode", DEC_SRC, &name)?;
-        let (h32, d32, s32) = (dm.h as i32, dm.d as i32, splits as i32);
-        let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&part.data).arg(&out.data).arg(&h32).arg(&d32).arg(&s32);
-        let c = LaunchConfig { grid_dim: (dm.h as u32, dm.b as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        cuda::launched(unsafe { b.launch(c) }, &name)?;
-    }
+    decode_combine(&gpu, dt, dm.b, dm.h, dm.d, splits, &part, &out, "rope_attention_decode")?;
     Tensor::from_device_buf(out, q.shape())
 }
 
@@ -588,12 +607,8 @@ pub fn paged_attention(
     let gpu = &qb.gpu;
     let n = rows.rows();
     let out = DeviceBuf::alloc(gpu, dt, q.numel())?;
-    let (splits, chunk) = if n * heads.h >= PAGED_NO_SPLIT {
-        (1, rows.max_keys.max(1))
-    } else {
-        (rows.max_keys.div_ceil(DEC_CHUNK).max(1), DEC_CHUNK)
-    };
-    let part = DeviceBuf::alloc(gpu, DType::F32, if splits > 1 { n * heads.h * splits * (heads.d + 2) } else { 1 })?;
+    let chunk = if n * heads.h >= PAGED_NO_SPLIT { rows.max_keys.max(1) } else { DEC_CHUNK };
+    let (splits, part, c) = decode_splits(gpu, n, heads.h, heads.d, rows.max_keys, chunk)?;
     let name = format!(
         "paged_attn_{}_{}",
         cuda::dtype_name(dt, "paged_attention")?,
@@ -618,22 +633,9 @@ pub fn paged_attention(
             b.arg(x);
         }
         b.arg(&scale).arg(&chunk);
-        let c = LaunchConfig {
-            grid_dim: (heads.h as u32, splits as u32, n as u32),
-            block_dim: (DEC_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         cuda::launched(unsafe { b.launch(c) }, &name)?;
     }
-    if splits > 1 {
-        let name = cuda::kname("attn_decode_combine", &[dt], "paged_attention")?;
-        let f = gpu.function("attention_decode", DEC_SRC, &name)?;
-        let (h32, d32, s32) = (heads.h as i32, heads.d as i32, splits as i32);
-        let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&part.data).arg(&out.data).arg(&h32).arg(&d32).arg(&s32);
-        let c = LaunchConfig { grid_dim: (heads.h as u32, n as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-        cuda::launched(unsafe { b.launch(c) }, &name)?;
-    }
+    decode_combine(gpu, dt, n, heads.h, heads.d, splits, &part, &out, "paged_attention")?;
     Tensor::from_device_buf(out, q.shape())
 }
 
