@@ -14,7 +14,7 @@
 # VARIANTS (decode_cuda.py --variants) defaults to the kernels' comparison switches; END is the
 # seconds the script may take (leave the device call's limit some room); SERVE=1 adds gpu_serve
 # (keep it in the carry then); NCU_MODELS (default 1b-q4_k) the decode models ncu profiles;
-# LLAMA=0 skips llama.cpp; ../smelt-base.gz, when carried, is timed too (an A/B of two builds).
+# LLAMA=0 skips llama.cpp; SHAPES and TYPES narrow the models smelt is timed on (decode_cuda.py); ../smelt-base.gz, when carried, is timed too (an A/B of two builds).
 cd "$(dirname "$0")" || exit 1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PATH=/usr/local/cuda/bin:$PATH
@@ -55,7 +55,7 @@ for t in "${TESTS[@]}"; do
 done
 stamp "decode (smelt)"
 timeout $(( $(left) - 110 )) python3 bench/decode_cuda.py --smelt ./smelt --tokenizer bench/smollm2-tokenizer.json \
-   --types bf16,q8_0,q4_k --variants "$VARIANTS" --out "$OUT/decode" > "$OUT/decode.txt" 2>&1
+   --shapes "${SHAPES:-135m,1b}" --types "${TYPES:-bf16,q8_0,q4_k}" --variants "$VARIANTS" --out "$OUT/decode" > "$OUT/decode.txt" 2>&1
 grep -E "^\||rc [1-9]|TIMEOUT" "$OUT/decode.txt"
 stamp "llama build wait (left $(left)s)"
 while [ "${LLAMA:-1}" = 1 ] && [ ! -x $LL/src/build/bin/llama-bench ] && [ "$(left)" -gt 40 ]; do sleep 5; done

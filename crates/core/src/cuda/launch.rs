@@ -8,7 +8,8 @@
 //! `Launch` takes arguments as cudarc's launch builder does (`arg(&value)`, `arg(&buf.data)`)
 //! and launches with `cuLaunchKernelEx`, with the programmatic-serialisation attribute where
 //! the GPU has it (compute 9.0+) and `SMELT_CUDA_PDL` is not `0`; a plain launch otherwise (the
-//! kernels' trigger and wait then do nothing).
+//! kernels' trigger and wait then do nothing), and for kernels whose names hold a part listed in
+//! `SMELT_CUDA_PDL_OFF` (comma-separated).
 
 use super::{DevSlice, Gpu};
 use cudarc::driver::{sys, CudaFunction, DevicePtr, DeviceRepr, LaunchConfig};
@@ -74,6 +75,28 @@ pub fn pdl(gpu: &Gpu) -> bool {
     gpu.arch.0 >= 9 && *ON.get_or_init(|| std::env::var("SMELT_CUDA_PDL").map_or(true, |v| v != "0"))
 }
 
+/// Whether `SMELT_CUDA_PDL_OFF` (comma-separated parts of kernel names) names `f`'s kernel: it
+/// is launched plainly then (a probe of which kernels gain or lose from early launch).
+fn named_off(f: &CudaFunction) -> bool {
+    static OFF: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let off = OFF.get_or_init(|| {
+        std::env::var("SMELT_CUDA_PDL_OFF")
+            .map(|v| v.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    });
+    if off.is_empty() {
+        return false;
+    }
+    let mut name: *const std::ffi::c_char = std::ptr::null();
+    // SAFETY: the function handle is live (borrowed); the driver returns a static C string.
+    let ok = unsafe { sys::cuFuncGetName(&mut name, f.cu_function()) } == sys::CUresult::CUDA_SUCCESS;
+    if !ok || name.is_null() {
+        return false;
+    }
+    let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy();
+    off.iter().any(|p| name.contains(p.as_str()))
+}
+
 impl<'a> Launch<'a> {
     pub fn new(gpu: &'a Gpu, f: &'a CudaFunction) -> Self {
         Launch {
@@ -117,7 +140,7 @@ impl<'a> Launch<'a> {
             })
             .collect();
         let plain_next = PLAIN_NEXT.with(|p| p.replace(false));
-        let programmatic = self.forced.unwrap_or(pdl(self.gpu) && !plain_next);
+        let programmatic = self.forced.unwrap_or(pdl(self.gpu) && !plain_next && !named_off(self.f));
         let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
         attr.value.programmaticStreamSerializationAllowed = 1;
