@@ -88,7 +88,7 @@ fn main() -> anyhow::Result<()> {
                 let ain = acts.ptr() + ((i % 2) * 256) as u64;
                 let aout = acts.ptr() + (((i + 1) % 2) * 256) as u64;
                 let p = pdl as i32;
-                let mut l = Launch::new(&gpu, &f);
+                let mut l = Launch::new(&gpu, &f, "chain");
                 l.arg(&wp).arg(&words).arg(&ain).arg(&aout).arg(&p).programmatic(pdl);
                 let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
                 if let Err(r) = unsafe { l.launch(cfg) } {

@@ -9,7 +9,7 @@
 //! and launches with `cuLaunchKernelEx`, with the programmatic-serialisation attribute where
 //! the GPU has it (compute 9.0+) and `SMELT_CUDA_PDL` is not `0`; a plain launch otherwise (the
 //! kernels' trigger and wait then do nothing), and for kernels whose names hold a part listed in
-//! `SMELT_CUDA_PDL_OFF` (comma-separated).
+//! `SMELT_CUDA_PDL_OFF` (default: the Q5_0 matvecs, `PLAIN_BY_DEFAULT`).
 
 use super::{DevSlice, Gpu};
 use cudarc::driver::{sys, CudaFunction, DevicePtr, DeviceRepr, LaunchConfig};
@@ -33,7 +33,8 @@ pub struct Launch<'a> {
     f: &'a CudaFunction,
     args: Vec<Arg>,
     addrs: Vec<u64>,
-    /// Set by `programmatic`: overrides `pdl(gpu)` (benchmarks comparing the two).
+    /// Set by `programmatic` (benchmarks comparing the two) or, plain, for a kernel `named_off`:
+    /// overrides `pdl(gpu)`.
     forced: Option<bool>,
     _values: PhantomData<&'a ()>,
 }
@@ -75,36 +76,32 @@ pub fn pdl(gpu: &Gpu) -> bool {
     gpu.arch.0 >= 9 && *ON.get_or_init(|| std::env::var("SMELT_CUDA_PDL").map_or(true, |v| v != "0"))
 }
 
-/// Whether `SMELT_CUDA_PDL_OFF` (comma-separated parts of kernel names) names `f`'s kernel: it
-/// is launched plainly then (a probe of which kernels gain or lose from early launch).
-fn named_off(f: &CudaFunction) -> bool {
+/// Kernels launched plainly unless `SMELT_CUDA_PDL_OFF` says otherwise: the Q5_0 matvecs
+/// (measured, H200, docs/PERF.md 2026-12-03: 135M q4_k decode, whose 576-wide rows are Q5_0, ran
+/// 1,182 tok/s with them launched early and 1,436 without; every other kernel gained or held).
+const PLAIN_BY_DEFAULT: &str = "Q5_0";
+
+/// Whether the kernel `name` is one to launch plainly: it holds a part listed in
+/// `SMELT_CUDA_PDL_OFF` (separated by `,` or `+`; `none` for no kernel), or in
+/// `PLAIN_BY_DEFAULT` when that is unset (a probe of which kernels gain or lose from early launch).
+fn named_off(name: &str) -> bool {
     static OFF: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let off = OFF.get_or_init(|| {
-        std::env::var("SMELT_CUDA_PDL_OFF")
-            .map(|v| v.split(',').filter(|p| !p.is_empty()).map(str::to_owned).collect())
-            .unwrap_or_default()
+        let v = std::env::var("SMELT_CUDA_PDL_OFF").unwrap_or_else(|_| PLAIN_BY_DEFAULT.to_owned());
+        v.split([',', '+']).filter(|p| !p.is_empty() && *p != "none").map(str::to_owned).collect()
     });
-    if off.is_empty() {
-        return false;
-    }
-    let mut name: *const std::ffi::c_char = std::ptr::null();
-    // SAFETY: the function handle is live (borrowed); the driver returns a static C string.
-    let ok = unsafe { sys::cuFuncGetName(&mut name, f.cu_function()) } == sys::CUresult::CUDA_SUCCESS;
-    if !ok || name.is_null() {
-        return false;
-    }
-    let name = unsafe { std::ffi::CStr::from_ptr(name) }.to_string_lossy();
     off.iter().any(|p| name.contains(p.as_str()))
 }
 
 impl<'a> Launch<'a> {
-    pub fn new(gpu: &'a Gpu, f: &'a CudaFunction) -> Self {
+    /// A launch of `f`, the kernel named `name` (`SMELT_CUDA_PDL_OFF` matches the name).
+    pub fn new(gpu: &'a Gpu, f: &'a CudaFunction, name: &str) -> Self {
         Launch {
             gpu,
             f,
             args: Vec::with_capacity(MAX_ARGS),
             addrs: Vec::with_capacity(MAX_ARGS),
-            forced: None,
+            forced: named_off(name).then_some(false),
             _values: PhantomData,
         }
     }
@@ -140,7 +137,7 @@ impl<'a> Launch<'a> {
             })
             .collect();
         let plain_next = PLAIN_NEXT.with(|p| p.replace(false));
-        let programmatic = self.forced.unwrap_or(pdl(self.gpu) && !plain_next && !named_off(self.f));
+        let programmatic = self.forced.unwrap_or(pdl(self.gpu) && !plain_next);
         let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
         attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
         attr.value.programmaticStreamSerializationAllowed = 1;

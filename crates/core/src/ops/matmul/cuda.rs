@@ -209,7 +209,7 @@ fn gemv3(
     let (n32, k32) = (n as i32, k as i32);
     {
         // Programmatic launch: the kernels load their first weights, then wait (gemv.cu).
-        let mut b = cuda::launch::Launch::new(&gpu, &f);
+        let mut b = cuda::launch::Launch::new(&gpu, &f, &name);
         match norm {
             Some(nm) => nm.push(&mut b),
             None => {
@@ -252,7 +252,7 @@ fn gemv_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize, norm: O
     let (n32, k32, m32) = (n as i32, k as i32, m as i32);
     {
         // Programmatic launch: the kernels load their first weights, then wait (gemv.cu).
-        let mut b = cuda::launch::Launch::new(&gpu, &f);
+        let mut b = cuda::launch::Launch::new(&gpu, &f, &name);
         match norm {
             Some(nm) => nm.push(&mut b),
             None => {

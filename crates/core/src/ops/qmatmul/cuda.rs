@@ -159,13 +159,13 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
     }
     let (n32, k32) = (n as i32, k as i32);
     let rows: usize = ws.iter().map(|w| w.rows).sum();
-    let g = mmvq_lanes(k);
+    let g = mmvq_lanes(k, rows);
     let func = match mixed {
         Some(f) => f,
         None => names(first.format)?[if n == 1 { 7 } else { 5 }],
     };
     let f = gpu.function("qmatmul", SRC, func)?;
-    let mut l = cuda::launch::Launch::new(&gpu, &f); // programmatic: qmatmul.cu waits after its first loads
+    let mut l = cuda::launch::Launch::new(&gpu, &f, func); // programmatic: qmatmul.cu waits after its first loads
     let (xf, xq, xd) = q.ptrs();
     l.arg(&xf).arg(&xq).arg(&xd).arg(&n32).arg(&k32);
     for s in &slots {
@@ -187,9 +187,19 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
 /// for rows of 2048 values and more, four below, where rows are short and a product has few (a
 /// 135M model's: more lanes, more SMs at work; measured in docs/PERF.md). The same for one
 /// weight and for a gate/up pair, so that a row's sums run in one order in both.
-fn mmvq_lanes(k: usize) -> usize {
+fn mmvq_lanes(k: usize, rows: usize) -> usize {
     let chunks = k / 32;
-    crate::ops::matmul::cuda::row_lanes(chunks, if chunks >= 64 { 8 } else { 4 })
+    let mut g = crate::ops::matmul::cuda::row_lanes(chunks, if chunks >= 64 { 8 } else { 4 });
+    // SMELT_CUDA_MMVQ_FILL=1 (an experiment, off by default: a row's lanes then depend on the
+    // launch's rows too): more lanes a row while the grid has fewer blocks than the H200's SMs.
+    static FILL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *FILL.get_or_init(|| std::env::var("SMELT_CUDA_MMVQ_FILL").is_ok_and(|v| v == "1")) {
+        let per_block = |g: usize| crate::ops::matmul::cuda::MV_THREADS as usize / g;
+        while g < 64 && 2 * g <= chunks && rows.div_ceil(per_block(g)) < 132 {
+            g *= 2;
+        }
+    }
+    g
 }
 
 /// The launch of an integer matvec over `rows` output rows: blocks of MV_THREADS lanes, `g` a
@@ -250,11 +260,11 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     let gpu = q.gpu.clone();
     let m = wg.rows;
     let y = DeviceBuf::alloc(&gpu, DType::BF16, n * m)?;
-    let g = mmvq_lanes(k);
+    let g = mmvq_lanes(k, m);
     let func = names(wg.format)?[if n == 1 { 8 } else { 6 }];
     let f = gpu.function("qmatmul", SRC, func)?;
     let (n32, k32, m32, rb, g32) = (n as i32, k as i32, m as i32, wg.row_bytes as i64, g as i32);
-    let mut l = cuda::launch::Launch::new(&gpu, &f); // programmatic: qmatmul.cu waits after its first loads
+    let mut l = cuda::launch::Launch::new(&gpu, &f, func); // programmatic: qmatmul.cu waits after its first loads
     let (xf, xq, xd) = q.ptrs();
     l.arg(&xf).arg(&xq).arg(&xd).arg(&n32).arg(&k32);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb).arg(&g32);
@@ -284,11 +294,11 @@ pub fn add_rmsnorm_swiglu(
     let (k, m) = (x.cols(), wg.rows);
     let gpu = nm.gpu();
     let y = DeviceBuf::alloc(&gpu, DType::BF16, m)?;
-    let g = mmvq_lanes(k);
+    let g = mmvq_lanes(k, m);
     let func = names(wg.format)?[9];
     let f = gpu.function("qmatmul", SRC, func)?;
     let (m32, rb64, g32) = (m as i32, wg.row_bytes as i64, g as i32);
-    let mut l = cuda::launch::Launch::new(&gpu, &f); // programmatic: qmatmul.cu waits after its first loads
+    let mut l = cuda::launch::Launch::new(&gpu, &f, func); // programmatic: qmatmul.cu waits after its first loads
     nm.push(&mut l);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb64).arg(&g32);
     cuda::launched(unsafe { l.launch(mv_config(m, g, nm.smem_quantised())) }, func)?;
@@ -329,10 +339,10 @@ pub fn add_rmsnorm_linear_many(
     for (j, (q, _)) in ws.iter().enumerate() {
         slots[j] = (q.blocks.ptr(), ys[j].ptr(), q.rows as i32, q.row_bytes as i64);
     }
-    let g = mmvq_lanes(k);
+    let g = mmvq_lanes(k, ws.iter().map(|(q, _)| q.rows).sum());
     let g32 = g as i32;
     let f = gpu.function("qmatmul", SRC, func)?;
-    let mut l = cuda::launch::Launch::new(&gpu, &f); // programmatic: qmatmul.cu waits after its first loads
+    let mut l = cuda::launch::Launch::new(&gpu, &f, func); // programmatic: qmatmul.cu waits after its first loads
     nm.push(&mut l);
     for s in &slots {
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
