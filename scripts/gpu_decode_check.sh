@@ -43,7 +43,8 @@ for ex in grid_barrier decode_chain; do
   [ -x ../$ex ] && { timeout 60 ../$ex 2>&1 | tee "$OUT/$ex.txt"; }
 done
 stamp "tests"
-TESTS=("gpu_quant 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear:parity_attention_decode:parity_rope_attention_decode:parity_paged_attention:kernels_compile:parity_rope_and_swiglu 120" "gpu_infer 150")
+# QUANT_TESTS: a filter for gpu_quant (its four tests take ~50 s; a short call may run one).
+TESTS=("gpu_quant${QUANT_TESTS:+:$QUANT_TESTS} 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear:parity_attention_decode:parity_rope_attention_decode:parity_paged_attention:kernels_compile:parity_rope_and_swiglu 120" "gpu_infer 150")
 # SERVE=1: the CUDA serving tests too (paged steps, graphs per key class; a decode change reaches
 # them through a one-sequence step).
 [ "${SERVE:-0}" = 1 ] && [ -x gpu_serve ] && TESTS+=("gpu_serve 240")

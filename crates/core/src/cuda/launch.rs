@@ -9,7 +9,7 @@
 //! and launches with `cuLaunchKernelEx`, with the programmatic-serialisation attribute where
 //! the GPU has it (compute 9.0+) and `SMELT_CUDA_PDL` is not `0`; a plain launch otherwise (the
 //! kernels' trigger and wait then do nothing), and for kernels whose names hold a part listed in
-//! `SMELT_CUDA_PDL_OFF` (default: the Q5_0 matvecs, `PLAIN_BY_DEFAULT`).
+//! `SMELT_CUDA_PDL_OFF` (default: the Q5_0 matvecs and the decode attention, `PLAIN_BY_DEFAULT`).
 
 use super::{DevSlice, Gpu};
 use cudarc::driver::{sys, CudaFunction, DevicePtr, DeviceRepr, LaunchConfig};
@@ -76,10 +76,11 @@ pub fn pdl(gpu: &Gpu) -> bool {
     gpu.arch.0 >= 9 && *ON.get_or_init(|| std::env::var("SMELT_CUDA_PDL").map_or(true, |v| v != "0"))
 }
 
-/// Kernels launched plainly unless `SMELT_CUDA_PDL_OFF` says otherwise: the Q5_0 matvecs
-/// (measured, H200, docs/PERF.md 2026-12-03: 135M q4_k decode, whose 576-wide rows are Q5_0, ran
-/// 1,182 tok/s with them launched early and 1,436 without; every other kernel gained or held).
-const PLAIN_BY_DEFAULT: &str = "Q5_0";
+/// Kernels launched plainly unless `SMELT_CUDA_PDL_OFF` says otherwise (measured, H200,
+/// docs/PERF.md 2026-12-03): the Q5_0 matvecs (135M q4_k decode, whose 576-wide rows are Q5_0:
+/// 1,182 tok/s with them launched early, 1,436 without) and the decode attention (+1-12% at
+/// every shape but 135M q4_k, level there). The other matvecs gain from early launch.
+const PLAIN_BY_DEFAULT: &str = "Q5_0,attn";
 
 /// Whether the kernel `name` is one to launch plainly: it holds a part listed in
 /// `SMELT_CUDA_PDL_OFF` (separated by `,` or `+`; `none` for no kernel), or in

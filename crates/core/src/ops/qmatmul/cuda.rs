@@ -158,8 +158,7 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
         slots[j] = (w.blocks.ptr(), ys[j].ptr(), w.rows as i32, w.row_bytes as i64);
     }
     let (n32, k32) = (n as i32, k as i32);
-    let rows: usize = ws.iter().map(|w| w.rows).sum();
-    let g = mmvq_lanes(k, rows);
+    let (gs, cfg) = slot_launch(k, &ws.iter().map(|w| w.rows).collect::<Vec<_>>(), q.smem);
     let func = match mixed {
         Some(f) => f,
         None => names(first.format)?[if n == 1 { 7 } else { 5 }],
@@ -171,35 +170,50 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
     for s in &slots {
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
     }
-    let g32 = g as i32;
-    l.arg(&g32);
-    let mut cfg = mv_config(rows, g, q.smem);
-    if mixed.is_some() {
-        // Each slot's rows on blocks of their own.
-        let per_block = crate::ops::matmul::cuda::MV_THREADS as usize / g;
-        cfg.grid_dim.0 = ws.iter().map(|w| w.rows.div_ceil(per_block)).sum::<usize>().max(1) as u32;
-    }
+    l.arg(&gs);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(ys)
 }
 
-/// Lanes a row of the integer matvecs for rows of k values: eight chunks a lane (MMVQ_LOADS)
-/// for rows of 2048 values and more, four below, where rows are short and a product has few (a
-/// 135M model's: more lanes, more SMs at work; measured in docs/PERF.md). The same for one
-/// weight and for a gate/up pair, so that a row's sums run in one order in both.
+/// Lanes a row of the integer matvecs for a weight of `rows` rows of k values: eight chunks a
+/// lane (MMVQ_LOADS) for rows of 2048 values and more, four below, where rows are short and a
+/// product has few (a 135M model's: more lanes, more SMs at work; measured in docs/PERF.md) —
+/// and, for rows of ≥ 2048 values, twice as many lanes (down to four chunks a lane) while the
+/// weight alone would fill fewer blocks than the H200 has SMs (1B q/k/v and o: 64-96 blocks of
+/// eight lanes; measured, docs/PERF.md; `SMELT_CUDA_MMVQ_FILL=0` to compare). A function of the
+/// weight's shape only (never of n, nor of the weights launched beside it), so a row's sums run
+/// in one order alone, in a q/k/v launch, beside its gate/up pair, and in any batch.
 fn mmvq_lanes(k: usize, rows: usize) -> usize {
     let chunks = k / 32;
     let mut g = crate::ops::matmul::cuda::row_lanes(chunks, if chunks >= 64 { 8 } else { 4 });
-    // SMELT_CUDA_MMVQ_FILL=1 (an experiment, off by default: a row's lanes then depend on the
-    // launch's rows too): more lanes a row while the grid has fewer blocks than the H200's SMs.
     static FILL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *FILL.get_or_init(|| std::env::var("SMELT_CUDA_MMVQ_FILL").is_ok_and(|v| v == "1")) {
+    if chunks >= 64 && *FILL.get_or_init(|| std::env::var("SMELT_CUDA_MMVQ_FILL").map_or(true, |v| v != "0")) {
         let per_block = |g: usize| crate::ops::matmul::cuda::MV_THREADS as usize / g;
-        while g < 64 && 2 * g <= chunks && rows.div_ceil(per_block(g)) < 132 {
+        while 8 * g <= chunks && rows.div_ceil(per_block(g)) < 132 {
             g *= 2;
         }
     }
     g
+}
+
+/// The lanes a row of each of up to three weights (`rows`, of k values each; slot j's G_j in
+/// bits 10j.. of the packed argument, `mmvqg3_mixed`) and their launch: each slot's rows on
+/// blocks of their own, blocks of MV_THREADS lanes, `smem` bytes of dynamic shared memory.
+fn slot_launch(k: usize, rows: &[usize], smem: u32) -> (i32, LaunchConfig) {
+    let mut packed = 0i32;
+    let mut blocks = 0usize;
+    for j in 0..3 {
+        let m = rows.get(j).copied().unwrap_or(0);
+        let g = mmvq_lanes(k, m.max(1));
+        packed |= (g as i32) << (10 * j);
+        blocks += m.div_ceil(crate::ops::matmul::cuda::MV_THREADS as usize / g);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (blocks.max(1) as u32, 1, 1),
+        block_dim: (crate::ops::matmul::cuda::MV_THREADS, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    (packed, cfg)
 }
 
 /// The launch of an integer matvec over `rows` output rows: blocks of MV_THREADS lanes, `g` a
@@ -317,15 +331,15 @@ pub fn add_rmsnorm_linear_many(
     ws: &[(&DeviceQuant, Option<&Tensor>)],
 ) -> Result<Option<(Tensor, Vec<Tensor>)>> {
     let k = x.cols();
-    let (func, mixed) = match ws {
+    let func = match ws {
         [] => return Ok(None),
         [(a, _), (b, _), (c, _)] if a.format == b.format && c.format != a.format => {
             match mixed_norm_kernel(a.format, c.format) {
-                Some(f) => (f, true),
+                Some(f) => f,
                 None => return Ok(None),
             }
         }
-        _ if ws.len() <= 3 && ws.iter().all(|(q, _)| q.format == ws[0].0.format) => (names(ws[0].0.format)?[10], false),
+        _ if ws.len() <= 3 && ws.iter().all(|(q, _)| q.format == ws[0].0.format) => names(ws[0].0.format)?[10],
         _ => return Ok(None),
     };
     if ws.iter().any(|(q, _)| q.cols != k) {
@@ -339,21 +353,14 @@ pub fn add_rmsnorm_linear_many(
     for (j, (q, _)) in ws.iter().enumerate() {
         slots[j] = (q.blocks.ptr(), ys[j].ptr(), q.rows as i32, q.row_bytes as i64);
     }
-    let g = mmvq_lanes(k, ws.iter().map(|(q, _)| q.rows).sum());
-    let g32 = g as i32;
+    let (gs, cfg) = slot_launch(k, &ws.iter().map(|(q, _)| q.rows).collect::<Vec<_>>(), nm.smem_quantised());
     let f = gpu.function("qmatmul", SRC, func)?;
     let mut l = cuda::launch::Launch::new(&gpu, &f, func); // programmatic: qmatmul.cu waits after its first loads
     nm.push(&mut l);
     for s in &slots {
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
     }
-    l.arg(&g32);
-    let mut cfg = mv_config(ws.iter().map(|(q, _)| q.rows).sum(), g, nm.smem_quantised());
-    if mixed {
-        // Each slot's rows on blocks of their own.
-        let per_block = crate::ops::matmul::cuda::MV_THREADS as usize / g;
-        cfg.grid_dim.0 = ws.iter().map(|(q, _)| q.rows.div_ceil(per_block)).sum::<usize>().max(1) as u32;
-    }
+    l.arg(&gs);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     let mut out = Vec::with_capacity(ws.len());
     for (y, (q, bias)) in ys.into_iter().zip(ws) {
