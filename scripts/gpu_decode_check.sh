@@ -13,7 +13,8 @@
 #
 # VARIANTS (decode_cuda.py --variants) defaults to the kernels' comparison switches; END is the
 # seconds the script may take (leave the device call's limit some room); SERVE=1 adds gpu_serve
-# (keep it in the carry then); NCU_MODELS (default 1b-q4_k) the decode models ncu profiles.
+# (keep it in the carry then); NCU_MODELS (default 1b-q4_k) the decode models ncu profiles;
+# LLAMA=0 skips llama.cpp; SHAPES and TYPES narrow the models smelt is timed on (decode_cuda.py); ../smelt-base.gz, when carried, is timed too (an A/B of two builds).
 cd "$(dirname "$0")" || exit 1
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export PATH=/usr/local/cuda/bin:$PATH
@@ -42,7 +43,8 @@ for ex in grid_barrier decode_chain; do
   [ -x ../$ex ] && { timeout 60 ../$ex 2>&1 | tee "$OUT/$ex.txt"; }
 done
 stamp "tests"
-TESTS=("gpu_quant 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear:parity_attention_decode:parity_rope_attention_decode:parity_paged_attention:kernels_compile:parity_rope_and_swiglu 120" "gpu_infer 150")
+# QUANT_TESTS: a filter for gpu_quant (its four tests take ~50 s; a short call may run one).
+TESTS=("gpu_quant${QUANT_TESTS:+:$QUANT_TESTS} 120" "core_tests:parity_gemv:parity_bf16_linear:parity_linear:parity_attention_decode:parity_rope_attention_decode:parity_paged_attention:kernels_compile:parity_rope_and_swiglu 120" "gpu_infer 150")
 # SERVE=1: the CUDA serving tests too (paged steps, graphs per key class; a decode change reaches
 # them through a one-sequence step).
 [ "${SERVE:-0}" = 1 ] && [ -x gpu_serve ] && TESTS+=("gpu_serve 240")
@@ -54,7 +56,7 @@ for t in "${TESTS[@]}"; do
 done
 stamp "decode (smelt)"
 timeout $(( $(left) - 110 )) python3 bench/decode_cuda.py --smelt ./smelt --tokenizer bench/smollm2-tokenizer.json \
-   --types bf16,q8_0,q4_k --variants "$VARIANTS" --out "$OUT/decode" > "$OUT/decode.txt" 2>&1
+   --shapes "${SHAPES:-135m,1b}" --types "${TYPES:-bf16,q8_0,q4_k}" --variants "$VARIANTS" --out "$OUT/decode" > "$OUT/decode.txt" 2>&1
 grep -E "^\||rc [1-9]|TIMEOUT" "$OUT/decode.txt"
 stamp "llama build wait (left $(left)s)"
 while [ "${LLAMA:-1}" = 1 ] && [ ! -x $LL/src/build/bin/llama-bench ] && [ "$(left)" -gt 40 ]; do sleep 5; done
@@ -64,6 +66,16 @@ if [ "${LLAMA:-1}" = 1 ] && [ -x $LL/src/build/bin/llama-bench ]; then
   timeout $(( $(left) - 15 )) python3 bench/decode_cuda.py --no-smelt --llama-bench $LL/src/build/bin/llama-bench \
      --tokenizer bench/smollm2-tokenizer.json --types bf16,q8_0,q4_k --out "$OUT/decode-llama" > "$OUT/decode-llama.txt" 2>&1
   grep -E "^\|" "$OUT/decode-llama.txt"
+fi
+# ../smelt-base(.gz) carried beside this script (optional): another build (main's, before a
+# change) timed on the same files in the same call, for an A/B of the binaries themselves
+# (after llama.cpp, whose figures the ratios need first).
+[ -e ../smelt-base.gz ] && gunzip -f ../smelt-base.gz && chmod +x ../smelt-base
+if [ -x ../smelt-base ] && [ "$(left)" -gt 120 ]; then
+  stamp "decode (smelt-base)"
+  timeout $(( $(left) - 110 )) python3 bench/decode_cuda.py --smelt ../smelt-base --tokenizer bench/smollm2-tokenizer.json \
+     --types bf16,q8_0,q4_k --variants "" --out "$OUT/decode-base" > "$OUT/decode-base.txt" 2>&1
+  grep -E "^\||rc [1-9]|TIMEOUT" "$OUT/decode-base.txt"
 fi
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
 # NCU_MODELS: the decode models profiled kernel by kernel (the captured step's nodes, as the

@@ -46,8 +46,8 @@ extern "C" __global__ void chain(const uint4* w, long long words, const float* a
 
 #[cfg(feature = "cuda")]
 fn main() -> anyhow::Result<()> {
-    use cudarc::driver::sys;
-    use smelt_core::cuda::{self, DeviceBuf};
+    use cudarc::driver::{sys, LaunchConfig};
+    use smelt_core::cuda::{self, launch::Launch, DeviceBuf};
     use smelt_core::DType;
     use std::time::Instant;
 
@@ -60,8 +60,6 @@ fn main() -> anyhow::Result<()> {
     }
     let gpu = cuda::gpu(0)?;
     let f = gpu.function("decode_chain", SRC, "chain")?;
-    let cu_f = f.cu_function();
-    let stream = gpu.stream.cu_stream();
     println!("{}: {CHAIN} kernels a graph, µs a kernel (best of {REPS} replays)", gpu.name);
     println!(
         "{:>9} {:>8} {:>8} {:>12} {:>8} {:>10} {:>9}",
@@ -86,37 +84,16 @@ fn main() -> anyhow::Result<()> {
                     let t = DeviceBuf::alloc(&gpu, DType::F32, 1024)?;
                     drop(t);
                 }
-                let mut wp = buf.ptr() + ((i % kernels_in_buf) * bytes) as u64;
-                let mut ain = acts.ptr() + ((i % 2) * 256) as u64;
-                let mut aout = acts.ptr() + (((i + 1) % 2) * 256) as u64;
-                let mut w = words;
-                let mut p = pdl as i32;
-                let mut args: [*mut std::ffi::c_void; 5] = [
-                    &mut wp as *mut u64 as _,
-                    &mut w as *mut i64 as _,
-                    &mut ain as *mut u64 as _,
-                    &mut aout as *mut u64 as _,
-                    &mut p as *mut i32 as _,
-                ];
-                let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-                attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-                attr.value.programmaticStreamSerializationAllowed = 1;
-                let cfg = sys::CUlaunchConfig {
-                    gridDimX: blocks,
-                    gridDimY: 1,
-                    gridDimZ: 1,
-                    blockDimX: 256,
-                    blockDimY: 1,
-                    blockDimZ: 1,
-                    sharedMemBytes: 0,
-                    hStream: stream,
-                    attrs: &mut attr,
-                    numAttrs: pdl as u32,
-                };
-                let r = unsafe { sys::cuLaunchKernelEx(&cfg, cu_f, args.as_mut_ptr(), std::ptr::null_mut()) };
-                if r != sys::CUresult::CUDA_SUCCESS {
+                let wp = buf.ptr() + ((i % kernels_in_buf) * bytes) as u64;
+                let ain = acts.ptr() + ((i % 2) * 256) as u64;
+                let aout = acts.ptr() + (((i + 1) % 2) * 256) as u64;
+                let p = pdl as i32;
+                let mut l = Launch::new(&gpu, &f, "chain");
+                l.arg(&wp).arg(&words).arg(&ain).arg(&aout).arg(&p).programmatic(pdl);
+                let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                if let Err(r) = unsafe { l.launch(cfg) } {
                     let _ = gpu.stream.end_capture(sys::CUgraphInstantiate_flags(0));
-                    anyhow::bail!("cuLaunchKernelEx (pdl {pdl}): {r:?}");
+                    anyhow::bail!("launch (pdl {pdl}): {r:?}");
                 }
             }
             let graph = gpu

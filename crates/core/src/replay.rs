@@ -15,21 +15,39 @@ use anyhow::Result;
 
 /// A captured step (see the module docs). `None` from `capture` on the CPU.
 pub struct Replay {
+    // Dropped in this order: the graph, then the arena its kernels' pointers point into.
     #[cfg(feature = "cuda")]
     graph: cudarc::driver::CudaGraph,
+    #[cfg(feature = "cuda")]
+    _arena: Option<crate::cuda::DeviceBuf>,
 }
 
 impl Replay {
     /// Records what `f` launches on `device`'s stream, without running it; `launch` runs it.
     /// On the CPU returns `Ok(None)` without calling `f`.
-    pub fn capture(device: Device, f: impl FnOnce() -> Result<()>) -> Result<Option<Replay>> {
+    ///
+    /// `arena` > 0: the step's allocations come from one buffer of that many bytes made before
+    /// the capture and kept with the graph (`cuda::arena`; `measure` gives the size), so the
+    /// graph holds kernel nodes only and programmatic launches overlap across every boundary;
+    /// 0 (or `SMELT_CUDA_ARENA=0`): they become the graph's memory nodes.
+    pub fn capture(device: Device, arena: usize, f: impl FnOnce() -> Result<()>) -> Result<Option<Replay>> {
         match device {
             Device::Cpu => {
-                let _ = f;
+                let _ = (f, arena);
                 Ok(None)
             }
             #[cfg(feature = "cuda")]
-            Device::Cuda(n) => capture_cuda(n, f).map(Some),
+            Device::Cuda(n) => capture_cuda(n, arena, f).map(Some),
+        }
+    }
+
+    /// Runs `f` (a step's uncaptured first run) and returns the bytes it allocated on `device`:
+    /// the arena `capture` needs for the same step (0 on the CPU).
+    pub fn measure<R>(device: Device, f: impl FnOnce() -> R) -> (R, usize) {
+        match device {
+            Device::Cpu => (f(), 0),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => crate::cuda::arena::count(n, f),
         }
     }
 
@@ -47,22 +65,30 @@ impl Replay {
 }
 
 #[cfg(feature = "cuda")]
-fn capture_cuda(ordinal: usize, f: impl FnOnce() -> Result<()>) -> Result<Replay> {
+fn capture_cuda(ordinal: usize, arena: usize, f: impl FnOnce() -> Result<()>) -> Result<Replay> {
     use anyhow::{anyhow, bail, Context};
     use cudarc::driver::sys;
     let gpu = crate::cuda::gpu(ordinal)?;
     let stream = &gpu.stream;
+    let use_arena = arena > 0 && std::env::var("SMELT_CUDA_ARENA").map_or(true, |v| v != "0");
+    let arena =
+        if use_arena { Some(crate::cuda::DeviceBuf::alloc(&gpu, crate::DType::U32, arena.div_ceil(4))?) } else { None };
     stream
         .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(|e| anyhow!("cuda:{ordinal}: cannot start a capture: {e:?}"))?;
-    let body = f();
+    let body = match &arena {
+        // SAFETY: the arena is this GPU's, 256-byte aligned (a driver allocation), used by
+        // nothing else, and kept with the graph (dropped after it).
+        Some(a) => unsafe { crate::cuda::arena::bump(ordinal, a.ptr(), 4 * a.len, f) }.0,
+        None => f(),
+    };
     // End the capture whatever happened, so the stream is usable again.
     let ended = stream.end_capture(sys::CUgraphInstantiate_flags(0));
     body.context("capturing a step")?;
     match ended {
         Ok(Some(graph)) => {
             graph.upload().map_err(|e| anyhow!("cuda:{ordinal}: uploading a captured step: {e:?}"))?;
-            Ok(Replay { graph })
+            Ok(Replay { graph, _arena: arena })
         }
         Ok(None) => bail!("cuda:{ordinal}: the captured step launched nothing"),
         Err(e) => {

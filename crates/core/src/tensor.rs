@@ -446,7 +446,7 @@ impl Tensor {
             let mut out = crate::cuda::DeviceBuf::alloc(&b.gpu, b.dtype, n * c)?;
             b.gpu
                 .stream
-                .memcpy_dtod(&b.view(start * c, n * c), &mut out.data)
+                .memcpy_dtod(&b.view(start * c, n * c), &mut *out.data)
                 .map_err(|e| anyhow::anyhow!("narrow_rows on {:?}: {e:?}", b.gpu))?;
             return Tensor::from_device_buf(out, &[n, c]);
         }

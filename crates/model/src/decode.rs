@@ -98,13 +98,16 @@ impl<'m> Decoder<'m> {
         // kernel, sizes the rotary table to the cache and makes any bf16 weight copies, none of
         // which a capture may do. The step after it is the one captured.
         self.cache.hold_position_on_device()?;
-        let logits = self.model.logits(&next, Some(&mut self.cache), Logits::Last)?;
+        // What this step allocates is what the captured one will: its arena (no memory nodes
+        // in the graph, so programmatic launches overlap every kernel boundary).
+        let (logits, arena) = Replay::measure(device, || self.model.logits(&next, Some(&mut self.cache), Logits::Last));
+        let logits = logits?;
         if self.cache.len() < self.cache.capacity() {
             let tok = Tensor::zeros_typed(&[b, 1], device, DType::U32)?;
             let mut out = Tensor::zeros_typed(logits.shape(), device, logits.dtype())?;
             let len = self.cache.len();
             let (model, cache) = (self.model, &mut self.cache);
-            let replay = Replay::capture(device, || {
+            let replay = Replay::capture(device, arena, || {
                 let l = model.logits(&tok, Some(cache), Logits::Last)?;
                 out.write_at(0, &l)
             });

@@ -189,13 +189,15 @@ impl<'m> PagedDecoder<'m> {
         if !self.table_sized {
             b.rows.max_keys = self.max_blocks * self.block_size;
         }
-        let logits = run(model, b, pool);
+        // What this launched step allocates bounds what the captured one will (the same bucket,
+        // and a class no wider): the capture's arena, so its graph has no memory nodes.
+        let (logits, arena) = Replay::measure(device, || run(model, b, pool));
         b.rows.max_keys = class_keys;
         let logits = logits?;
         self.table_sized = true;
         if self.capture {
             let mut out = Tensor::zeros_typed(logits.shape(), device, logits.dtype())?;
-            let captured = Replay::capture(device, || {
+            let captured = Replay::capture(device, arena, || {
                 let l = run(model, b, pool)?;
                 out.write_at(0, &l)
             });

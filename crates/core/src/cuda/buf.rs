@@ -4,7 +4,8 @@
 use super::Gpu;
 use crate::DType;
 use anyhow::{anyhow, bail, Result};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, LaunchArgs, PushKernelArg};
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -13,11 +14,46 @@ pub struct DeviceBuf {
     pub dtype: DType,
     /// Elements (not bytes).
     pub len: usize,
-    pub data: CudaSlice<u8>,
+    /// The allocation (dropped by hand: an arena piece is leaked, not freed, see `arena`).
+    pub data: DevSlice,
+    /// Its place in a capture arena (`super::arena`), if it has one: with a pointer, the memory
+    /// is the arena's piece (leaked, never freed, here); without, only counted.
+    arena: Option<super::arena::Taken>,
     /// A bf16 copy of this f32 buffer, made by the first bf16 matmul that reads it as a weight
     /// and reused until the buffer is written (`Tensor::cuda_buf_mut` drops it). Never set on
     /// a bf16 buffer (a copy of itself would keep it alive forever).
     pub bf16_shadow: OnceLock<crate::Tensor>,
+}
+
+/// A `CudaSlice<u8>` that `DeviceBuf`'s drop releases itself (freed, or leaked when it is an
+/// arena's piece). Derefs to the slice, and passes as a kernel argument like one.
+pub struct DevSlice(ManuallyDrop<CudaSlice<u8>>);
+
+impl std::ops::Deref for DevSlice {
+    type Target = CudaSlice<u8>;
+    fn deref(&self) -> &CudaSlice<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DevSlice {
+    fn deref_mut(&mut self) -> &mut CudaSlice<u8> {
+        &mut self.0
+    }
+}
+
+unsafe impl<'a, 'b: 'a> PushKernelArg<&'b DevSlice> for LaunchArgs<'a> {
+    #[inline(always)]
+    fn arg(&mut self, arg: &'b DevSlice) -> &mut Self {
+        <Self as PushKernelArg<&'b CudaSlice<u8>>>::arg(self, &arg.0)
+    }
+}
+
+unsafe impl<'a, 'b: 'a> PushKernelArg<&'b mut DevSlice> for LaunchArgs<'a> {
+    #[inline(always)]
+    fn arg(&mut self, arg: &'b mut DevSlice) -> &mut Self {
+        <Self as PushKernelArg<&'b mut CudaSlice<u8>>>::arg(self, &mut arg.0)
+    }
 }
 
 impl std::fmt::Debug for DeviceBuf {
@@ -48,6 +84,17 @@ pub fn reset_mem_peak() {
 impl Drop for DeviceBuf {
     fn drop(&mut self) {
         LIVE.fetch_sub(self.data.len(), Ordering::Relaxed);
+        // SAFETY: `data` is not used after this.
+        let data = unsafe { ManuallyDrop::take(&mut self.data.0) };
+        match self.arena {
+            Some(t) if t.ptr.is_some() => {
+                data.leak();
+            }
+            _ => drop(data),
+        }
+        if let Some(t) = self.arena {
+            super::arena::give(t);
+        }
     }
 }
 
@@ -61,7 +108,8 @@ impl Clone for DeviceBuf {
             gpu: self.gpu.clone(),
             dtype: self.dtype,
             len: self.len,
-            data: self.data.clone(),
+            data: DevSlice(ManuallyDrop::new((*self.data).clone())),
+            arena: None,
             bf16_shadow: OnceLock::new(),
         }
     }
@@ -71,10 +119,23 @@ impl DeviceBuf {
     /// An uninitialised buffer of `len` elements (poisoned with NaN bytes when `poison()` is on).
     pub fn alloc(gpu: &Arc<Gpu>, dtype: DType, len: usize) -> Result<Self> {
         let bytes = (len * dtype.size_in_bytes()).max(1);
-        let data = unsafe { gpu.stream.alloc::<u8>(bytes) }
-            .map_err(|e| anyhow!("{gpu:?}: cannot allocate {bytes} bytes: {e:?}"))?;
+        let arena = super::arena::take(gpu.ordinal, bytes);
+        let data = match arena.and_then(|t| t.ptr) {
+            // SAFETY: the arena's piece is at least `bytes` long, lives as long as the graph
+            // that uses it, and is leaked (not freed) when this buffer drops.
+            Some(p) => unsafe { gpu.stream.upgrade_device_ptr::<u8>(p, bytes) },
+            None => unsafe { gpu.stream.alloc::<u8>(bytes) }
+                .map_err(|e| anyhow!("{gpu:?}: cannot allocate {bytes} bytes: {e:?}"))?,
+        };
         track(data.len());
-        let mut b = DeviceBuf { gpu: gpu.clone(), dtype, len, data, bf16_shadow: OnceLock::new() };
+        let mut b = DeviceBuf {
+            gpu: gpu.clone(),
+            dtype,
+            len,
+            data: DevSlice(ManuallyDrop::new(data)),
+            arena,
+            bf16_shadow: OnceLock::new(),
+        };
         if super::poison() {
             b.fill_bytes(0xFF)?;
         }
@@ -100,19 +161,26 @@ impl DeviceBuf {
         }
         let data = gpu.stream.clone_htod(bytes).map_err(|e| anyhow!("copy to {gpu:?}: {e:?}"))?;
         track(data.len());
-        Ok(DeviceBuf { gpu: gpu.clone(), dtype, len, data, bf16_shadow: OnceLock::new() })
+        Ok(DeviceBuf {
+            gpu: gpu.clone(),
+            dtype,
+            len,
+            data: DevSlice(ManuallyDrop::new(data)),
+            arena: None,
+            bf16_shadow: OnceLock::new(),
+        })
     }
 
     /// A device-to-device copy (the fallible form of `clone`).
     pub fn try_copy(&self) -> Result<Self> {
         let mut c = Self::alloc(&self.gpu, self.dtype, self.len)?;
-        self.gpu.stream.memcpy_dtod(&self.data, &mut c.data).map_err(|e| anyhow!("copy on {:?}: {e:?}", self.gpu))?;
+        self.gpu.stream.memcpy_dtod(&*self.data, &mut *c.data).map_err(|e| anyhow!("copy on {:?}: {e:?}", self.gpu))?;
         Ok(c)
     }
 
     /// Copies the buffer back (waits for the stream).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let mut v = self.gpu.stream.clone_dtoh(&self.data).map_err(|e| anyhow!("copy from {:?}: {e:?}", self.gpu))?;
+        let mut v = self.gpu.stream.clone_dtoh(&*self.data).map_err(|e| anyhow!("copy from {:?}: {e:?}", self.gpu))?;
         v.truncate(self.len * self.dtype.size_in_bytes());
         Ok(v)
     }

@@ -39,6 +39,22 @@ template <> __device__ __forceinline__ f16_t from_f<f16_t>(float v) {
     return r;
 }
 
+// Programmatic dependent launch (Hopper; `cuda::launch::Launch`, `SMELT_CUDA_PDL`): a kernel of
+// a chain lets its successor start early (pdl_trigger, first thing), and a kernel launched that
+// way issues what does not depend on its predecessor (its weight loads) and then waits for the
+// predecessor's completion and writes (pdl_wait) before it reads or writes anything else. Both
+// are no-ops for a plain launch and below sm_90.
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // RoPE's pair rotation, rounded to T as it is stored: rope.cu's kernels and the decode attention
 // that rotates its own q and new key (decode.cu) use this one function, so the same bits.
 template <typename T>

@@ -9,12 +9,14 @@
 //! Everything is loaded at run time (cudarc's dynamic loading): a machine without a driver gets
 //! an error from `gpu()`, never a panic, and the CPU path does not touch this module.
 
+pub mod arena;
 pub mod blas;
 mod buf;
 pub mod compile;
+pub mod launch;
 pub mod nccl;
 
-pub use buf::{mem_stats, reset_mem_peak, DeviceBuf};
+pub use buf::{mem_stats, reset_mem_peak, DevSlice, DeviceBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, LaunchConfig};

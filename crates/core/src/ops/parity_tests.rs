@@ -958,6 +958,15 @@ fn parity_gemv_linear_many_and_swiglu() {
             close(&format!("linear_swiglu n{n} k{k} {p:?}"), &ff, &want_ff, tol);
         }
     }
+    // A vocabulary head's shape (one weight of ≥ 16384 short rows: row groups, not a warp a row).
+    let (x, w) = (randn(&mut r, &[1, 576], 1.0), randn(&mut r, &[16384, 576], 0.1));
+    let want = ops::matmul::linear(&x, &w, None).unwrap();
+    for (p, tol) in [(cuda::MatmulPrecision::F32, F32_NMSE), (cuda::MatmulPrecision::Bf16, BF16_NMSE)] {
+        cuda::set_matmul_precision(p);
+        let dt = if p == cuda::MatmulPrecision::F32 { crate::DType::F32 } else { crate::DType::BF16 };
+        let got = ops::matmul::linear(&up(&x, d).to_dtype(dt).unwrap(), &up(&w, d), None).unwrap();
+        close(&format!("linear head 16384 × 576 {p:?}"), &got, &want, tol);
+    }
     cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
 }
 

@@ -373,9 +373,9 @@ const DEC_CHUNK: usize = 256;
 /// Threads per decode block (DEC_THREADS in decode.cu): one key each while scoring a tile.
 const DEC_THREADS: u32 = 256;
 
-/// The decode kernels' splits of `chunk` keys up to `keys` (the capacity for a device position),
-/// the buffer their partials go to (unused with one split), and the launch shape (H, splits,
-/// rows) of DEC_THREADS threads.
+/// The decode kernels' splits of DEC_CHUNK keys up to `keys` (the capacity for a device
+/// position), the buffer their partials go to (unused with one split), and the launch shape
+/// (H, splits, rows) of DEC_THREADS threads.
 fn decode_splits(
     gpu: &Arc<cuda::Gpu>,
     rows: usize,
@@ -395,7 +395,6 @@ fn decode_splits(
 }
 
 /// With several splits, `attn_decode_combine` merges their partials into `out` (rows × H × D).
-#[allow(clippy::too_many_arguments)]
 fn decode_combine(
     gpu: &Arc<cuda::Gpu>,
     dt: DType,
@@ -413,7 +412,7 @@ fn decode_combine(
     let name = cuda::kname("attn_decode_combine", &[dt], what)?;
     let f = gpu.function("attention_decode", DEC_SRC, &name)?;
     let (h32, d32, s32) = (h as i32, d as i32, splits as i32);
-    let mut b = gpu.stream.launch_builder(&f);
+    let mut b = cuda::launch::Launch::new(gpu, &f, &name);
     b.arg(&part.data).arg(&out.data).arg(&h32).arg(&d32).arg(&s32);
     let c = LaunchConfig { grid_dim: (h as u32, rows as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
     cuda::launched(unsafe { b.launch(c) }, &name)
@@ -435,7 +434,7 @@ pub fn attention_decode(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, pos: P
     let f = gpu.function("attention_decode", DEC_SRC, &name)?;
     let chunk = DEC_CHUNK as i32;
     {
-        let mut b = gpu.stream.launch_builder(&f);
+        let mut b = cuda::launch::Launch::new(gpu, &f, &name);
         b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&out.data).arg(&part.data).arg(&pptr);
         for x in &a {
             b.arg(x);
@@ -494,7 +493,7 @@ pub fn rope_attention_decode(
     let a = [inter, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.d as i32, dm.window.unwrap_or(0) as i32];
     let chunk = DEC_CHUNK as i32;
     {
-        let mut b = gpu.stream.launch_builder(&f);
+        let mut b = cuda::launch::Launch::new(&gpu, &f, &name);
         b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&kcp).arg(&vcp).arg(&out.data).arg(&part.data).arg(&pptr);
         b.arg(&tab.cos.data).arg(&tab.sin.data);
         for x in &a {

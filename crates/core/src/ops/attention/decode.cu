@@ -176,6 +176,8 @@ __device__ void attn_decode(const T* q, T* k, T* v, T* out, float* part, const i
                             int KVH, int D, int window, float scale, int chunk, const T* kn, const T* vn,
                             const float* cosv, const float* sinv, int interleaved) {
     __shared__ DecShared sh;
+    pdl_trigger();
+    pdl_wait();  // q (and the new k, v) come from the kernel before
     int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
     int g = h / (H / KVH);
     int tk = pos ? *pos + 1 : tk_host;
@@ -226,6 +228,8 @@ __device__ void paged_attn(const T* q, const C* kp, const C* vp, T* out, float* 
 
 template <typename T>
 __device__ void attn_decode_combine(const float* part, T* out, int H, int D, int splits) {
+    pdl_trigger();
+    pdl_wait();
     int h = blockIdx.x, b = blockIdx.y;
     const float* pp = part + ((long long)b * H + h) * splits * (D + 2);
     float M = -SM_INF;

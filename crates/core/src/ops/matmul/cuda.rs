@@ -44,17 +44,28 @@ pub(crate) fn row_lanes(units: usize, per_lane: usize) -> usize {
     units.div_ceil(per_lane).next_power_of_two().clamp(4, MV_THREADS as usize)
 }
 
-/// The row-group GEMV's lanes a row for x (n × k) of dtype `dt` (MV_LOADS vectors a lane; the
-/// same for one weight and a gate/up pair, so a row's sums run in one order in both), or None
-/// for a warp a row: rows shorter than 512 vectors (4096 bf16 values), where a warp a row
-/// measured as fast at 1B and faster at 135M (more blocks, more SMs; docs/PERF.md), rows that
-/// are not whole 16-byte vectors or not 16-byte aligned, and `SMELT_CUDA_MV=old`.
-fn gemv_lanes(dt: DType, k: usize, ptrs: &[u64]) -> Option<usize> {
+/// The row-group GEMV's lanes a row for x (n × k) of dtype `dt` over `rows` output rows
+/// (MV_LOADS vectors a lane; the same for one weight and a gate/up pair, so a row's sums run in
+/// one order in both), or None for a warp a row: rows shorter than 512 vectors (4096 bf16
+/// values), where a warp a row measured as fast at 1B and faster at 135M (more blocks, more SMs;
+/// docs/PERF.md) — except a vocabulary head (one weight, ≥ 16384 rows of ≥ 32 vectors), whose thousands of
+/// short rows keep only two or three loads a lane in flight with a warp each (135M's head: 57 MB
+/// read at ~1.7 TB/s; `SMELT_CUDA_MV_HEAD=0` keeps a warp a row, to compare) — rows that are not
+/// whole 16-byte vectors or not 16-byte aligned, and `SMELT_CUDA_MV=old`.
+fn gemv_lanes(dt: DType, k: usize, rows: usize, ptrs: &[u64]) -> Option<usize> {
+    static HEAD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let per_vec = 16 / dt.size_in_bytes();
-    if mv_old() || !k.is_multiple_of(per_vec) || k / per_vec < 512 || ptrs.iter().any(|p| p % 16 != 0) {
+    if mv_old() || !k.is_multiple_of(per_vec) || ptrs.iter().any(|p| p % 16 != 0) {
         return None;
     }
-    Some(row_lanes(k / per_vec, 8))
+    let vecs = k / per_vec;
+    let head = rows >= 16384
+        && vecs >= 32
+        && *HEAD.get_or_init(|| std::env::var("SMELT_CUDA_MV_HEAD").map_or(true, |v| v != "0"));
+    if vecs < 512 && !head {
+        return None;
+    }
+    Some(row_lanes(vecs, 8))
 }
 
 /// Whether a decode row's matvec makes its own input: the 8-bit quantisation of x inside the
@@ -113,7 +124,7 @@ impl<'a> NormArgs<'a> {
     }
 
     /// nx, nr, nw, nh, eps, wpr, k: the fused kernels' first arguments (NORM_ARGS, then k).
-    pub(crate) fn push<'b>(&'b self, l: &mut cudarc::driver::LaunchArgs<'b>) {
+    pub(crate) fn push<'b>(&'b self, l: &mut cuda::launch::Launch<'b>) {
         l.arg(&self.x.data).arg(&self.r.data).arg(&self.w.data).arg(&self.h.data).arg(&self.eps).arg(&self.wpr);
         l.arg(&self.k32);
     }
@@ -184,7 +195,9 @@ fn gemv3(
     }
     let mut ptrs = vec![xb.ptr()];
     ptrs.extend(slots.iter().take(ws.len()).map(|s| s.0));
-    let g = gemv_lanes(dt, k, &ptrs);
+    // A head's rule applies to a weight alone (a vocabulary head), so that q/k/v in one launch
+    // keep what each gives alone.
+    let g = gemv_lanes(dt, k, if ws.len() == 1 { ms[0] } else { 0 }, &ptrs);
     let base = match (g.is_some(), norm.is_some()) {
         (true, false) => "gemvg3",
         (false, false) => "gemv3",
@@ -195,7 +208,8 @@ fn gemv3(
     let f = gpu.function("gemv", GEMV_SRC, &name)?;
     let (n32, k32) = (n as i32, k as i32);
     {
-        let mut b = gpu.stream.launch_builder(&f);
+        // Programmatic launch: the kernels load their first weights, then wait (gemv.cu).
+        let mut b = cuda::launch::Launch::new(&gpu, &f, &name);
         match norm {
             Some(nm) => nm.push(&mut b),
             None => {
@@ -226,7 +240,7 @@ fn gemv_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize, norm: O
     let m = wg.shape()[0];
     let y = DeviceBuf::alloc(&gpu, dt, n * m)?;
     let (gb, ub) = (wg.cuda_buf()?, wu.cuda_buf()?);
-    let g = gemv_lanes(dt, k, &[xb.ptr(), gb.ptr(), ub.ptr()]);
+    let g = gemv_lanes(dt, k, 0, &[xb.ptr(), gb.ptr(), ub.ptr()]);
     let base = match (g.is_some(), norm.is_some()) {
         (true, false) => "gemvg_swiglu",
         (false, false) => "gemv_swiglu",
@@ -237,7 +251,8 @@ fn gemv_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize, norm: O
     let f = gpu.function("gemv", GEMV_SRC, &name)?;
     let (n32, k32, m32) = (n as i32, k as i32, m as i32);
     {
-        let mut b = gpu.stream.launch_builder(&f);
+        // Programmatic launch: the kernels load their first weights, then wait (gemv.cu).
+        let mut b = cuda::launch::Launch::new(&gpu, &f, &name);
         match norm {
             Some(nm) => nm.push(&mut b),
             None => {
@@ -349,7 +364,10 @@ fn cached_bf16(w: &Tensor) -> Result<Tensor> {
     if let Some(t) = b.bf16_shadow.get() {
         return t.reshape(w.shape()); // the buffer may be shared by views of other shapes
     }
-    let t = crate::ops::elementwise::cuda::cast(w, DType::BF16)?;
+    // A copy that outlives the step making it: never a capture arena's piece, nor counted in one.
+    let t = crate::cuda::arena::uncounted(|| crate::ops::elementwise::cuda::cast(w, DType::BF16))?;
+    // The matvec that reads it issues its weight loads before its pdl_wait: launch it plainly.
+    cuda::launch::plain_next();
     let _ = b.bf16_shadow.set(t.clone());
     Ok(t)
 }

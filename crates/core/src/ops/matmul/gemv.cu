@@ -31,20 +31,33 @@ __device__ __forceinline__ const T* normed_input(const NormIn& nm, int k, const 
 // one load then one product at a time reached a third of it). In vector order whatever R is, so
 // one row gives the same bits alone (gemv3) as beside its pair (gemv_swiglu).
 #define MV_LOADS 8
+// One batch of a lane's loads: U = MV_LOADS / R vectors of each of the R rows, from vector `base`
+// on in steps of G (zeros past the row).
+template <typename T, int R>
+struct MvBatch {
+    uint4 v[R][MV_LOADS / R];
+};
+template <typename T, int R>
+__device__ __forceinline__ void vec_load(const T* const (&w)[R], int nv, int base, int G, MvBatch<T, R>& b) {
+    constexpr int U = MV_LOADS / R;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        int v = base + G * u;
+#pragma unroll
+        for (int r = 0; r < R; r++) b.v[r][u] = v < nv ? ld_stream((const uint4*)w[r] + v) : make_uint4(0, 0, 0, 0);
+    }
+}
+// `first`: the batch at base = lane, loaded by the caller before it waited for its inputs
+// (pdl_wait), so the first round trip overlaps the kernel before.
 template <typename T, int R>
 __device__ __forceinline__ void vec_sums(const T* const (&w)[R], const T* x, int k, int n, int lane, int G,
-                                         float (&acc)[R * GEMV_MAXN]) {
+                                         float (&acc)[R * GEMV_MAXN], const MvBatch<T, R>& first) {
     const int W = 16 / sizeof(T);
     constexpr int U = MV_LOADS / R; // loads a row a lane: eight of one row, four of each of two
     int nv = k / W;
+    MvBatch<T, R> wv = first;
     for (int base = lane; base < nv; base += G * U) {
-        uint4 wv[R][U];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            int v = base + G * u;
-#pragma unroll
-            for (int r = 0; r < R; r++) wv[r][u] = v < nv ? ld_stream((const uint4*)w[r] + v) : make_uint4(0, 0, 0, 0);
-        }
+        if (base != lane) vec_load<T, R>(w, nv, base, G, wv);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int v = base + G * u;
@@ -57,7 +70,7 @@ __device__ __forceinline__ void vec_sums(const T* const (&w)[R], const T* x, int
 #pragma unroll
                         for (int r = 0; r < R; r++) {
                             V16<T> a;
-                            a.u = wv[r][u];
+                            a.u = wv.v[r][u];
 #pragma unroll
                             for (int e = 0; e < W; e++) acc[r * GEMV_MAXN + j] += to_f(a.e[e]) * to_f(b.e[e]);
                         }
@@ -68,20 +81,36 @@ __device__ __forceinline__ void vec_sums(const T* const (&w)[R], const T* x, int
     }
 }
 
-// acc[r·GEMV_MAXN + j] = row r of the R weight rows w[r] (k elements each) · input row j of x,
-// summed over the warp: `vec_sums` with G = 32 where x and the rows are 16-byte vectors, else one
-// element a lane at a time.
+// The start every matvec kernel shares: lets the next kernel launch, issues this lane's first
+// batch of weight loads (when the rows are 16-byte vectors: `vec`), waits for the kernel before
+// (pdl_wait), and returns x — or, with nm.x set, the add+RMSNorm row the whole block makes into
+// shared memory (every thread of the block calls this).
 template <typename T, int R>
-__device__ __forceinline__ void rows_dot(const T* const (&w)[R], const T* x, int k, int n, float (&acc)[R * GEMV_MAXN]) {
+__device__ __forceinline__ const T* mv_start(const T* const (&w)[R], const T* x, int k, int lane, int G, bool active,
+                                             const NormIn& nm, bool* vec, MvBatch<T, R>& first) {
     const int W = 16 / sizeof(T);
+    pdl_trigger();
+    // x's alignment is known before it is written: shared memory (the norm's row) or its address.
+    bool v = k % W == 0 && (nm.x || aligned16(x));
+#pragma unroll
+    for (int r = 0; r < R; r++) v = v && aligned16(w[r]);
+    *vec = v;
+    if (v && active) vec_load<T, R>(w, k / W, lane, G, first);
+    pdl_wait();
+    return normed_input(nm, k, x);
+}
+
+// acc[r·GEMV_MAXN + j] = row r of the R weight rows w[r] (k elements each) · input row j of x,
+// summed over the warp: `vec_sums` with G = 32 where x and the rows are 16-byte vectors (`vec`,
+// from mv_start, with its first batch), else one element a lane at a time.
+template <typename T, int R>
+__device__ __forceinline__ void rows_dot(const T* const (&w)[R], const T* x, int k, int n, float (&acc)[R * GEMV_MAXN],
+                                         bool vec, const MvBatch<T, R>& first) {
     int lane = threadIdx.x & 31;
 #pragma unroll
     for (int i = 0; i < R * GEMV_MAXN; i++) acc[i] = 0.f;
-    bool vec = k % W == 0 && aligned16(x);
-#pragma unroll
-    for (int r = 0; r < R; r++) vec = vec && aligned16(w[r]);
     if (vec) {
-        vec_sums<T, R>(w, x, k, n, lane, 32, acc);
+        vec_sums<T, R>(w, x, k, n, lane, 32, acc, first);
     } else {
         for (int i = lane; i < k; i += 32) {
 #pragma unroll
@@ -104,24 +133,27 @@ template <typename T>
 __device__ void gemv3(const T* x, int n, int k, const T* w0, const float* b0, T* y0, int m0, const T* w1,
                       const float* b1, T* y1, int m1, const T* w2, const float* b2, T* y2, int m2,
                       const NormIn& nm = NormIn{}) {
-    x = normed_input(nm, k, x);
     int r = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    const T* w;
-    const float* b;
-    T* y;
-    int m;
+    const T* w = w0;
+    const float* b = b0;
+    T* y = y0;
+    int m = m0;
+    bool active = true;
     if (r < m0) {
-        w = w0, b = b0, y = y0, m = m0;
     } else if ((r -= m0) < m1) {
         w = w1, b = b1, y = y1, m = m1;
     } else if ((r -= m1) < m2) {
         w = w2, b = b2, y = y2, m = m2;
     } else {
-        return;  // the whole warp: r is per warp
+        active = false, r = 0;  // the whole warp: r is per warp
     }
-    float acc[GEMV_MAXN];
     const T* const rows[1] = {w + (long long)r * k};
-    rows_dot<T, 1>(rows, x, k, n, acc);
+    bool vec;
+    MvBatch<T, 1> first;
+    x = mv_start<T, 1>(rows, x, k, threadIdx.x & 31, 32, active, nm, &vec, first);
+    if (!active) return;  // after the block's norm (its barrier)
+    float acc[GEMV_MAXN];
+    rows_dot<T, 1>(rows, x, k, n, acc, vec, first);
     if ((threadIdx.x & 31) == 0) {
 #pragma unroll
         for (int j = 0; j < GEMV_MAXN; j++) {
@@ -137,12 +169,16 @@ __device__ void gemv3(const T* x, int n, int k, const T* w0, const float* b0, T*
 template <typename T>
 __device__ void gemv_swiglu(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m,
                             const NormIn& nm = NormIn{}) {
-    x = normed_input(nm, k, x);
     int r = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (r >= m) return;
-    float acc[2 * GEMV_MAXN];
+    bool active = r < m;
+    if (!active) r = 0;
     const T* const rows[2] = {wg + (long long)r * k, wu + (long long)r * k};
-    rows_dot<T, 2>(rows, x, k, n, acc);
+    bool vec;
+    MvBatch<T, 2> first;
+    x = mv_start<T, 2>(rows, x, k, threadIdx.x & 31, 32, active, nm, &vec, first);
+    if (!active) return;
+    float acc[2 * GEMV_MAXN];
+    rows_dot<T, 2>(rows, x, k, n, acc, vec, first);
     if ((threadIdx.x & 31) == 0) {
 #pragma unroll
         for (int j = 0; j < GEMV_MAXN; j++) {
@@ -162,10 +198,10 @@ __device__ void gemv_swiglu(const T* x, int n, int k, const T* wg, const T* wu, 
 // group_sum: one row gives the same bits alone (gemvg3) as beside its pair (gemvg_swiglu).
 template <typename T, int R>
 __device__ __forceinline__ void rows_dot_g(const T* const (&w)[R], const T* x, int k, int n, int lane, int G,
-                                           bool active, float (&acc)[R * GEMV_MAXN]) {
+                                           bool active, float (&acc)[R * GEMV_MAXN], const MvBatch<T, R>& first) {
 #pragma unroll
     for (int i = 0; i < R * GEMV_MAXN; i++) acc[i] = 0.f;
-    if (active) vec_sums<T, R>(w, x, k, n, lane, G, acc);
+    if (active) vec_sums<T, R>(w, x, k, n, lane, G, acc, first);
     group_sum<R * GEMV_MAXN>(acc, G);
 }
 
@@ -175,7 +211,6 @@ template <typename T>
 __device__ void gemvg3(const T* x, int n, int k, const T* w0, const float* b0, T* y0, int m0, const T* w1,
                        const float* b1, T* y1, int m1, const T* w2, const float* b2, T* y2, int m2, int G,
                        const NormIn& nm = NormIn{}) {
-    x = normed_input(nm, k, x);
     int lane = threadIdx.x & (G - 1);
     int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
     const T* w = w0;
@@ -191,9 +226,12 @@ __device__ void gemvg3(const T* x, int n, int k, const T* w0, const float* b0, T
     } else {
         active = false, r = 0; // still sums with its block (the barrier in group_sum)
     }
-    float acc[GEMV_MAXN];
     const T* const rows[1] = {w + (long long)r * k};
-    rows_dot_g<T, 1>(rows, x, k, n, lane, G, active, acc);
+    bool vec;
+    MvBatch<T, 1> first;
+    x = mv_start<T, 1>(rows, x, k, lane, G, active, nm, &vec, first);
+    float acc[GEMV_MAXN];
+    rows_dot_g<T, 1>(rows, x, k, n, lane, G, active, acc, first);
     if (active && lane == 0) {
 #pragma unroll
         for (int j = 0; j < GEMV_MAXN; j++) {
@@ -208,14 +246,16 @@ __device__ void gemvg3(const T* x, int n, int k, const T* w0, const float* b0, T
 template <typename T>
 __device__ void gemvg_swiglu(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m, int G,
                              const NormIn& nm = NormIn{}) {
-    x = normed_input(nm, k, x);
     int lane = threadIdx.x & (G - 1);
     int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
     bool active = r < m;
     if (!active) r = 0;
-    float acc[2 * GEMV_MAXN];
     const T* const rows[2] = {wg + (long long)r * k, wu + (long long)r * k};
-    rows_dot_g<T, 2>(rows, x, k, n, lane, G, active, acc);
+    bool vec;
+    MvBatch<T, 2> first;
+    x = mv_start<T, 2>(rows, x, k, lane, G, active, nm, &vec, first);
+    float acc[2 * GEMV_MAXN];
+    rows_dot_g<T, 2>(rows, x, k, n, lane, G, active, acc, first);
     if (active && lane == 0) {
 #pragma unroll
         for (int j = 0; j < GEMV_MAXN; j++) {

@@ -158,38 +158,62 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
         slots[j] = (w.blocks.ptr(), ys[j].ptr(), w.rows as i32, w.row_bytes as i64);
     }
     let (n32, k32) = (n as i32, k as i32);
-    let rows: usize = ws.iter().map(|w| w.rows).sum();
-    let g = mmvq_lanes(k);
+    let (gs, cfg) = slot_launch(k, &ws.iter().map(|w| w.rows).collect::<Vec<_>>(), q.smem);
     let func = match mixed {
         Some(f) => f,
         None => names(first.format)?[if n == 1 { 7 } else { 5 }],
     };
     let f = gpu.function("qmatmul", SRC, func)?;
-    let mut l = gpu.stream.launch_builder(&f);
+    let mut l = cuda::launch::Launch::new(&gpu, &f, func); // programmatic: qmatmul.cu waits after its first loads
     let (xf, xq, xd) = q.ptrs();
     l.arg(&xf).arg(&xq).arg(&xd).arg(&n32).arg(&k32);
     for s in &slots {
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
     }
-    let g32 = g as i32;
-    l.arg(&g32);
-    let mut cfg = mv_config(rows, g, q.smem);
-    if mixed.is_some() {
-        // Each slot's rows on blocks of their own.
-        let per_block = crate::ops::matmul::cuda::MV_THREADS as usize / g;
-        cfg.grid_dim.0 = ws.iter().map(|w| w.rows.div_ceil(per_block)).sum::<usize>().max(1) as u32;
-    }
+    l.arg(&gs);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(ys)
 }
 
-/// Lanes a row of the integer matvecs for rows of k values: eight chunks a lane (MMVQ_LOADS)
-/// for rows of 2048 values and more, four below, where rows are short and a product has few (a
-/// 135M model's: more lanes, more SMs at work; measured in docs/PERF.md). The same for one
-/// weight and for a gate/up pair, so that a row's sums run in one order in both.
-fn mmvq_lanes(k: usize) -> usize {
+/// Lanes a row of the integer matvecs for a weight of `rows` rows of k values: eight chunks a
+/// lane (MMVQ_LOADS) for rows of 2048 values and more, four below, where rows are short and a
+/// product has few (a 135M model's: more lanes, more SMs at work; measured in docs/PERF.md) —
+/// and, for rows of ≥ 2048 values, twice as many lanes (down to four chunks a lane) while the
+/// weight alone would fill fewer blocks than the H200 has SMs (1B q/k/v and o: 64-96 blocks of
+/// eight lanes; measured, docs/PERF.md; `SMELT_CUDA_MMVQ_FILL=0` to compare). A function of the
+/// weight's shape only (never of n, nor of the weights launched beside it), so a row's sums run
+/// in one order alone, in a q/k/v launch, beside its gate/up pair, and in any batch.
+fn mmvq_lanes(k: usize, rows: usize) -> usize {
     let chunks = k / 32;
-    crate::ops::matmul::cuda::row_lanes(chunks, if chunks >= 64 { 8 } else { 4 })
+    let mut g = crate::ops::matmul::cuda::row_lanes(chunks, if chunks >= 64 { 8 } else { 4 });
+    static FILL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if chunks >= 64 && *FILL.get_or_init(|| std::env::var("SMELT_CUDA_MMVQ_FILL").map_or(true, |v| v != "0")) {
+        let per_block = |g: usize| crate::ops::matmul::cuda::MV_THREADS as usize / g;
+        while 8 * g <= chunks && rows.div_ceil(per_block(g)) < 132 {
+            g *= 2;
+        }
+    }
+    g
+}
+
+/// The lanes a row of each of up to three weights (`rows`, of k values each; slot j's G_j in
+/// bits 10j.. of the packed argument, `mmvqg3_mixed`) and their launch: each slot's rows on
+/// blocks of their own, blocks of MV_THREADS lanes, `smem` bytes of dynamic shared memory.
+fn slot_launch(k: usize, rows: &[usize], smem: u32) -> (i32, LaunchConfig) {
+    let mut packed = 0i32;
+    let mut blocks = 0usize;
+    for j in 0..3 {
+        let m = rows.get(j).copied().unwrap_or(0);
+        let g = mmvq_lanes(k, m.max(1));
+        packed |= (g as i32) << (10 * j);
+        blocks += m.div_ceil(crate::ops::matmul::cuda::MV_THREADS as usize / g);
+    }
+    let cfg = LaunchConfig {
+        grid_dim: (blocks.max(1) as u32, 1, 1),
+        block_dim: (crate::ops::matmul::cuda::MV_THREADS, 1, 1),
+        shared_mem_bytes: smem,
+    };
+    (packed, cfg)
 }
 
 /// The launch of an integer matvec over `rows` output rows: blocks of MV_THREADS lanes, `g` a
@@ -250,11 +274,11 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     let gpu = q.gpu.clone();
     let m = wg.rows;
     let y = DeviceBuf::alloc(&gpu, DType::BF16, n * m)?;
-    let g = mmvq_lanes(k);
+    let g = mmvq_lanes(k, m);
     let func = names(wg.format)?[if n == 1 { 8 } else { 6 }];
     let f = gpu.function("qmatmul", SRC, func)?;
     let (n32, k32, m32, rb, g32) = (n as i32, k as i32, m as i32, wg.row_bytes as i64, g as i32);
-    let mut l = gpu.stream.launch_builder(&f);
+    let mut l = cuda::launch::Launch::new(&gpu, &f, func); // programmatic: qmatmul.cu waits after its first loads
     let (xf, xq, xd) = q.ptrs();
     l.arg(&xf).arg(&xq).arg(&xd).arg(&n32).arg(&k32);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb).arg(&g32);
@@ -284,11 +308,11 @@ pub fn add_rmsnorm_swiglu(
     let (k, m) = (x.cols(), wg.rows);
     let gpu = nm.gpu();
     let y = DeviceBuf::alloc(&gpu, DType::BF16, m)?;
-    let g = mmvq_lanes(k);
+    let g = mmvq_lanes(k, m);
     let func = names(wg.format)?[9];
     let f = gpu.function("qmatmul", SRC, func)?;
     let (m32, rb64, g32) = (m as i32, wg.row_bytes as i64, g as i32);
-    let mut l = gpu.stream.launch_builder(&f);
+    let mut l = cuda::launch::Launch::new(&gpu, &f, func); // programmatic: qmatmul.cu waits after its first loads
     nm.push(&mut l);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb64).arg(&g32);
     cuda::launched(unsafe { l.launch(mv_config(m, g, nm.smem_quantised())) }, func)?;
@@ -307,15 +331,15 @@ pub fn add_rmsnorm_linear_many(
     ws: &[(&DeviceQuant, Option<&Tensor>)],
 ) -> Result<Option<(Tensor, Vec<Tensor>)>> {
     let k = x.cols();
-    let (func, mixed) = match ws {
+    let func = match ws {
         [] => return Ok(None),
         [(a, _), (b, _), (c, _)] if a.format == b.format && c.format != a.format => {
             match mixed_norm_kernel(a.format, c.format) {
-                Some(f) => (f, true),
+                Some(f) => f,
                 None => return Ok(None),
             }
         }
-        _ if ws.len() <= 3 && ws.iter().all(|(q, _)| q.format == ws[0].0.format) => (names(ws[0].0.format)?[10], false),
+        _ if ws.len() <= 3 && ws.iter().all(|(q, _)| q.format == ws[0].0.format) => names(ws[0].0.format)?[10],
         _ => return Ok(None),
     };
     if ws.iter().any(|(q, _)| q.cols != k) {
@@ -329,21 +353,14 @@ pub fn add_rmsnorm_linear_many(
     for (j, (q, _)) in ws.iter().enumerate() {
         slots[j] = (q.blocks.ptr(), ys[j].ptr(), q.rows as i32, q.row_bytes as i64);
     }
-    let g = mmvq_lanes(k);
-    let g32 = g as i32;
+    let (gs, cfg) = slot_launch(k, &ws.iter().map(|(q, _)| q.rows).collect::<Vec<_>>(), nm.smem_quantised());
     let f = gpu.function("qmatmul", SRC, func)?;
-    let mut l = gpu.stream.launch_builder(&f);
+    let mut l = cuda::launch::Launch::new(&gpu, &f, func); // programmatic: qmatmul.cu waits after its first loads
     nm.push(&mut l);
     for s in &slots {
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
     }
-    l.arg(&g32);
-    let mut cfg = mv_config(ws.iter().map(|(q, _)| q.rows).sum(), g, nm.smem_quantised());
-    if mixed {
-        // Each slot's rows on blocks of their own.
-        let per_block = crate::ops::matmul::cuda::MV_THREADS as usize / g;
-        cfg.grid_dim.0 = ws.iter().map(|(q, _)| q.rows.div_ceil(per_block)).sum::<usize>().max(1) as u32;
-    }
+    l.arg(&gs);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     let mut out = Vec::with_capacity(ws.len());
     for (y, (q, bias)) in ys.into_iter().zip(ws) {

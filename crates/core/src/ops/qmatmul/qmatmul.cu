@@ -453,6 +453,7 @@ __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16
                                             float (&acc)[R * NM], const NormIn& nm = NormIn{}) {
 #pragma unroll
     for (int i = 0; i < R * NM; i++) acc[i] = 0.f;
+    pdl_trigger();
     int nb = cols / F::QK, chunks = cols / 32;
     constexpr int U = MMVQ_LOADS / R;
     typename F::Raw raw[R][U];
@@ -467,6 +468,9 @@ __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16
                 for (int r = 0; r < R; r++) F::load(wr[r], nb, c, raw[r][u]);
         }
     }
+    // The weights' first loads are in flight: now the inputs the kernel before made (x, its
+    // quantisation, the residual) may be read (a programmatic launch waits here).
+    pdl_wait();
     if (nm.x) {
         // nm: x is add_rmsnorm's output, made here first (shared memory: y bf16, then xq, xd).
         extern __shared__ __align__(16) unsigned char mv_shared[];
@@ -509,32 +513,48 @@ __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16
     group_sum<R * NM>(acc, G);
 }
 
-// Block MV_THREADS, grid ceil((m0 + m1 + m2) / (MV_THREADS / G)): one output row a row group, of
-// one of up to three weights of format F that share the input (q, k, v), for all n ≤ NM
-// input rows, rounded once to T. Unused slots have m = 0.
-template <class F, typename T, int NM>
-__device__ __forceinline__ void mmvqg3(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
-                                       const u8* w0, T* y0,
-                                       int m0, long long rb0, const u8* w1, T* y1, int m1, long long rb1, const u8* w2,
-                                       T* y2, int m2, long long rb2, int G, const NormIn& nm = NormIn{}) {
-    int lane = threadIdx.x & (G - 1);
-    int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
+template <class A, class B> struct same_format { static constexpr bool value = false; };
+template <class A> struct same_format<A, A> { static constexpr bool value = true; };
+
+// Block MV_THREADS: up to three products that share the input (q, k, v), one output row a row
+// group, for all n ≤ NM input rows, rounded once to T. Slot j (weight w_j, m_j rows, 0 when
+// unused) has G_j lanes a row (Gs packs them: G_0 | G_1 << 10 | G_2 << 20, each chosen from its
+// own weight's shape, so a weight's rows sum alike alone or in a group) and its rows start on a
+// block of their own (ceil(m_j / (MV_THREADS / G_j)) blocks a slot): a block runs one slot's
+// code and its barriers are uniform. q and k may be of format FA with v of FB (llama.cpp's
+// Q4_K_M mix keeps v at Q6_K on some layers; smelt's q4_k export of 576-wide rows falls back to
+// Q5_0 with Q8_0); FA = FB for one format. Grid: the three slots' blocks.
+template <class FA, class FB, typename T, int NM>
+__device__ __forceinline__ void mmvqg3_mixed(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
+                                             const u8* w0, T* y0, int m0, long long rb0, const u8* w1, T* y1, int m1,
+                                             long long rb1, const u8* w2, T* y2, int m2, long long rb2, int Gs,
+                                             const NormIn& nm = NormIn{}) {
+    int g0 = Gs & 1023, g1 = (Gs >> 10) & 1023, g2 = (Gs >> 20) & 1023;
+    int b0 = (m0 + MV_THREADS / g0 - 1) / (MV_THREADS / g0), b1 = (m1 + MV_THREADS / g1 - 1) / (MV_THREADS / g1);
+    int blk = blockIdx.x, slot, G = g0;
     const u8* w = w0;
     T* y = y0;
     int m = m0;
     long long rb = rb0;
-    bool active = true;
-    if (r < m0) {
-    } else if ((r -= m0) < m1) {
-        w = w1, y = y1, m = m1, rb = rb1;
-    } else if ((r -= m1) < m2) {
-        w = w2, y = y2, m = m2, rb = rb2;
+    if (blk < b0) {
+        slot = 0;
+    } else if ((blk -= b0) < b1) {
+        slot = 1, w = w1, y = y1, m = m1, rb = rb1, G = g1;
     } else {
-        active = false, r = 0; // still sums with its block (the barrier in group_sum)
+        blk -= b1;
+        slot = 2, w = w2, y = y2, m = m2, rb = rb2, G = g2;
     }
+    int lane = threadIdx.x & (G - 1);
+    int r = blk * (MV_THREADS / G) + threadIdx.x / G;
+    bool active = r < m;
+    if (!active) r = 0; // still sums with its block (the barriers)
     float acc[NM];
     const u8* const rows[1] = {w + (long long)r * rb};
-    mmvq_rows_g<F, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
+    if (same_format<FA, FB>::value || slot < 2) {
+        mmvq_rows_g<FA, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
+    } else {
+        mmvq_rows_g<FB, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
+    }
     if (active && lane == 0) {
 #pragma unroll
         for (int i = 0; i < NM; i++)
@@ -607,7 +627,7 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
                              const u8* w0, bf16_t* y0,                                                              \
                              int m0, long long rb0, const u8* w1, bf16_t* y1, int m1, long long rb1, const u8* w2,  \
                              bf16_t* y2, int m2, long long rb2, int G) {                                            \
-        mmvqg3<F, bf16_t, NM>(xf, xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G);         \
+        mmvqg3_mixed<F, F, bf16_t, NM>(xf, xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G); \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
         mmvqg_swiglu_##P##bf16_##F(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,     \
@@ -642,8 +662,8 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
                                 bf16_t* y1, int m1, long long rb1, const u8* w2, bf16_t* y2, int m2,              \
                                 long long rb2, int G) {                                                           \
         NormIn nm{nx, nr, nw, nh, eps, wpr};                                                                     \
-        mmvqg3<F, bf16_t, 1>(nullptr, nullptr, nullptr, 1, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2,    \
-                             rb2, G, nm);                                                                        \
+        mmvqg3_mixed<F, F, bf16_t, 1>(nullptr, nullptr, nullptr, 1, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2,  \
+                                      y2, m2, rb2, G, nm);                                                       \
     }                                                                                                            \
     /* One row's add + RMSNorm, then gate/up + SwiGLU: h = x + r (stored), y = silu(n·W_gᵀ)·(n·W_uᵀ),   */    \
     /* n = rmsnorm(h)·w. */                                                                                      \
@@ -665,49 +685,6 @@ QKERNELS(Q5_0)
 QKERNELS(Q8_0)
 QKERNELS(Q4_K)
 QKERNELS(Q6_K)
-
-// q and k of format FA with v of format FB in one launch (llama.cpp's Q4_K_M mix keeps v at
-// Q6_K on some layers; smelt's q4_k export of 576-wide rows falls back to Q5_0 with Q8_0): as
-// mmvqg3, but each slot's rows start on a block of their own (ceil(m / (MV_THREADS / G)) blocks
-// a slot), so a block runs one format's code and its barriers are uniform. Grid: the three
-// slots' blocks; the same sums, row for row, as mmvqg3 of each format.
-template <class FA, class FB, typename T, int NM>
-__device__ __forceinline__ void mmvqg3_mixed(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
-                                             const u8* w0, T* y0, int m0, long long rb0, const u8* w1, T* y1, int m1,
-                                             long long rb1, const u8* w2, T* y2, int m2, long long rb2, int G,
-                                             const NormIn& nm = NormIn{}) {
-    int rpb = MV_THREADS / G;
-    int b0 = (m0 + rpb - 1) / rpb, b1 = (m1 + rpb - 1) / rpb;
-    int blk = blockIdx.x, slot;
-    const u8* w = w0;
-    T* y = y0;
-    int m = m0;
-    long long rb = rb0;
-    if (blk < b0) {
-        slot = 0;
-    } else if ((blk -= b0) < b1) {
-        slot = 1, w = w1, y = y1, m = m1, rb = rb1;
-    } else {
-        blk -= b1;
-        slot = 2, w = w2, y = y2, m = m2, rb = rb2;
-    }
-    int lane = threadIdx.x & (G - 1);
-    int r = blk * rpb + threadIdx.x / G;
-    bool active = r < m;
-    if (!active) r = 0; // still sums with its block (the barriers)
-    float acc[NM];
-    const u8* const rows[1] = {w + (long long)r * rb};
-    if (slot < 2) {
-        mmvq_rows_g<FA, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
-    } else {
-        mmvq_rows_g<FB, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
-    }
-    if (active && lane == 0) {
-#pragma unroll
-        for (int i = 0; i < NM; i++)
-            if (i < n) y[(long long)i * m + r] = from_f<T>(acc[i]);
-    }
-}
 
 #define MMVQG_MIXED(FA, FB, P, NM)                                                                                \
     extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
