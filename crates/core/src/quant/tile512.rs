@@ -432,18 +432,21 @@ pub unsafe fn tile_eight<const K: u8, const R: usize>(w: &[u8], rb: usize, a: &[
     _mm512_storeu_ps(m32.as_mut_ptr(), mins[0]);
     _mm512_storeu_ps(m32.as_mut_ptr().add(16), mins[1]);
     let m = |r: usize, c: usize| m32[16 * (c / 4) + 4 * r + c % 4];
-    // Even lanes (row 2p) to the low half, odd (row 2p + 1) to the high half.
-    let split = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    // `hsum` of the eight outputs of a weight row at once, the same additions: output 2p's
+    // lane l sits at position 2l of acc[r][p] (2p + 1's at 2l + 1). hsum adds lanes l and
+    // l + 4 (positions 2l and 2l + 8: the 256-bit halves), then 0 + 2 and 1 + 3 of those
+    // (128-bit lanes 0 and 1 of the result), then the two (positions 0 and 2 of a lane).
+    let pick = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 0, 0, 0, 0, 0, 0, 0, 0);
     for r in 0..R {
-        for p in 0..4 {
-            let v = _mm512_permutexvar_ps(split, acc[r][p]);
-            let lo = _mm512_castps512_ps256(v);
-            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
-            out[r][2 * p] = hsum(lo);
-            out[r][2 * p + 1] = hsum(hi);
-            if K == Q4_1 {
-                out[r][2 * p] += m(r, 2 * p);
-                out[r][2 * p + 1] += m(r, 2 * p + 1);
+        let [x, y, x2, y2] = acc[r];
+        let z1 = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(x, y), _mm512_shuffle_f32x4::<0xEE>(x, y));
+        let z2 = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(x2, y2), _mm512_shuffle_f32x4::<0xEE>(x2, y2));
+        let w = _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(z1, z2), _mm512_shuffle_f32x4::<0xDD>(z1, z2));
+        let s = _mm512_add_ps(w, _mm512_permute_ps::<0x4E>(w));
+        _mm256_storeu_ps(out[r].as_mut_ptr(), _mm512_castps512_ps256(_mm512_permutexvar_ps(pick, s)));
+        if K == Q4_1 {
+            for (c, o) in out[r].iter_mut().enumerate() {
+                *o += m(r, c);
             }
         }
     }
