@@ -337,7 +337,43 @@ unsafe fn rows64_avx512(out: &mut [f32], x: &[f32], offs: &[usize], y: &[f32], s
     let (y0, y1, y2, y3) =
         (_mm512_loadu_ps(yp), _mm512_loadu_ps(yp.add(16)), _mm512_loadu_ps(yp.add(32)), _mm512_loadu_ps(yp.add(48)));
     let z = _mm512_setzero_ps();
-    for (o, &at) in out.iter_mut().zip(offs) {
+    // Sixteen keys at a time: each key's 16-lane (a0 + a2) + (a1 + a3) as before, then the
+    // sixteen `reduce16`s together on shuffled vectors (the same additions of the same lanes:
+    // halves, quarters, then (t0 + t2) + (t1 + t3)), a quarter of the instructions of one
+    // horizontal sum per key.
+    let n16 = out.len() / 16 * 16;
+    // Position 4k + j of the last step holds key k + 4j.
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for c in (0..n16).step_by(16) {
+        let mut r = [z; 16];
+        for (t, rt) in r.iter_mut().enumerate() {
+            let k = xp.add(*offs.get_unchecked(c + t));
+            let a0 = _mm512_fmadd_ps(_mm512_loadu_ps(k), y0, z);
+            let a1 = _mm512_fmadd_ps(_mm512_loadu_ps(k.add(16)), y1, z);
+            let a2 = _mm512_fmadd_ps(_mm512_loadu_ps(k.add(32)), y2, z);
+            let a3 = _mm512_fmadd_ps(_mm512_loadu_ps(k.add(48)), y3, z);
+            *rt = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
+        }
+        // Lanes i + i+8 of keys 2m, 2m + 1 → positions 0..8, 8..16 of h[m].
+        let mut h = [z; 8];
+        for (m, hm) in h.iter_mut().enumerate() {
+            let (a, b) = (r[2 * m], r[2 * m + 1]);
+            *hm = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(a, b), _mm512_shuffle_f32x4::<0xEE>(a, b));
+        }
+        // t6 = lanes i + i+4 of t3: key 4m + k's in 128-bit lane k of q[m].
+        let mut q = [z; 4];
+        for (m, qm) in q.iter_mut().enumerate() {
+            let (a, b) = (h[2 * m], h[2 * m + 1]);
+            *qm = _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xDD>(a, b));
+        }
+        // (t0 + t2, t1 + t3) of keys k and 4 + k (then 8 + k, 12 + k), then their sum.
+        let g0 = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(q[0], q[1]), _mm512_shuffle_ps::<0xEE>(q[0], q[1]));
+        let g1 = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(q[2], q[3]), _mm512_shuffle_ps::<0xEE>(q[2], q[3]));
+        let sum = _mm512_add_ps(_mm512_shuffle_ps::<0x88>(g0, g1), _mm512_shuffle_ps::<0xDD>(g0, g1));
+        let sum = _mm512_permutexvar_ps(order, sum);
+        _mm512_storeu_ps(out.as_mut_ptr().add(c), _mm512_mul_ps(sum, _mm512_set1_ps(scale)));
+    }
+    for (o, &at) in out[n16..].iter_mut().zip(&offs[n16..]) {
         let k = xp.add(at);
         let a0 = _mm512_fmadd_ps(_mm512_loadu_ps(k), y0, z);
         let a1 = _mm512_fmadd_ps(_mm512_loadu_ps(k.add(16)), y1, z);
