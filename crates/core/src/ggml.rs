@@ -322,27 +322,106 @@ pub fn dot_f32_rows_at_fast(out: &mut [f32], x: &[f32], offs: &[usize], y: &[f32
             x.len()
         );
         // SAFETY: AVX-512 F detected; every read is inside x and y (asserted).
-        return unsafe { rows64_avx512(out, x, offs, y, scale) };
+        return unsafe { rows64_avx512::<false>(out, x.as_ptr() as *const u8, offs, y, scale) };
     }
     dot_f32_rows_at(out, x, offs, y, scale)
 }
 
-/// Rows of exactly 64 (one step of `dot_f32`, no leftovers): the common head size.
+/// Whether the CPU runs the f16 forms of the decoding row's kernels (`dot_f16_rows64_at`,
+/// `dot_f16_columns_at`): AVX-512 F and F16C.
+pub fn f16_decode_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `dot_f32_rows_at_fast` (rows of 64) over keys stored as f16 (their bits, `x`), each widened in
+/// registers as it is loaded: the same f32 values as widening the rows first (f16 → f32 is
+/// exact), the same operations, so the same bits as the f32 kernel on the widened rows. Where
+/// `f16_decode_kernels` says so; panics otherwise.
+pub fn dot_f16_rows64_at(out: &mut [f32], x: &[u16], offs: &[usize], y: &[f32], scale: f32) {
+    assert!(f16_decode_kernels() && y.len() == 64, "dot_f16_rows64_at: AVX-512 F/F16C and rows of 64");
+    assert!(
+        out.len() <= offs.len() && offs.iter().all(|&o| o + 64 <= x.len()),
+        "dot_f16_rows64_at: {} rows of 64 in {} values",
+        offs.len(),
+        x.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the features are checked; every read is inside x and y (asserted).
+    unsafe {
+        rows64_avx512::<true>(out, x.as_ptr() as *const u8, offs, y, scale)
+    }
+}
+
+/// 16 consecutive values at element `at` of f32 (H false) or f16 (H true) storage `base`, as f32.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn rows64_avx512(out: &mut [f32], x: &[f32], offs: &[usize], y: &[f32], scale: f32) {
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn load16<const H: bool>(base: *const u8, at: usize) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
-    let (xp, yp) = (x.as_ptr(), y.as_ptr());
+    if H {
+        _mm512_cvtph_ps(_mm256_loadu_si256((base as *const u16).add(at) as *const __m256i))
+    } else {
+        _mm512_loadu_ps((base as *const f32).add(at))
+    }
+}
+
+/// Rows of exactly 64 (one step of `dot_f32`, no leftovers): the common head size. `xb` holds
+/// f32 values, or f16 with H (offsets in elements either way).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn rows64_avx512<const H: bool>(out: &mut [f32], xb: *const u8, offs: &[usize], y: &[f32], scale: f32) {
+    use std::arch::x86_64::*;
+    let yp = y.as_ptr();
     // No closures around the intrinsics (a closure loses the target features).
     let (y0, y1, y2, y3) =
         (_mm512_loadu_ps(yp), _mm512_loadu_ps(yp.add(16)), _mm512_loadu_ps(yp.add(32)), _mm512_loadu_ps(yp.add(48)));
     let z = _mm512_setzero_ps();
-    for (o, &at) in out.iter_mut().zip(offs) {
-        let k = xp.add(at);
-        let a0 = _mm512_fmadd_ps(_mm512_loadu_ps(k), y0, z);
-        let a1 = _mm512_fmadd_ps(_mm512_loadu_ps(k.add(16)), y1, z);
-        let a2 = _mm512_fmadd_ps(_mm512_loadu_ps(k.add(32)), y2, z);
-        let a3 = _mm512_fmadd_ps(_mm512_loadu_ps(k.add(48)), y3, z);
+    // Sixteen keys at a time: each key's 16-lane (a0 + a2) + (a1 + a3) as before, then the
+    // sixteen `reduce16`s together on shuffled vectors (the same additions of the same lanes:
+    // halves, quarters, then (t0 + t2) + (t1 + t3)), a quarter of the instructions of one
+    // horizontal sum per key.
+    let n16 = out.len() / 16 * 16;
+    // Position 4k + j of the last step holds key k + 4j.
+    let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for c in (0..n16).step_by(16) {
+        let mut r = [z; 16];
+        for (t, rt) in r.iter_mut().enumerate() {
+            let k = *offs.get_unchecked(c + t);
+            let a0 = _mm512_fmadd_ps(load16::<H>(xb, k), y0, z);
+            let a1 = _mm512_fmadd_ps(load16::<H>(xb, k + 16), y1, z);
+            let a2 = _mm512_fmadd_ps(load16::<H>(xb, k + 32), y2, z);
+            let a3 = _mm512_fmadd_ps(load16::<H>(xb, k + 48), y3, z);
+            *rt = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
+        }
+        // Lanes i + i+8 of keys 2m, 2m + 1 → positions 0..8, 8..16 of h[m].
+        let mut h = [z; 8];
+        for (m, hm) in h.iter_mut().enumerate() {
+            let (a, b) = (r[2 * m], r[2 * m + 1]);
+            *hm = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(a, b), _mm512_shuffle_f32x4::<0xEE>(a, b));
+        }
+        // t6 = lanes i + i+4 of t3: key 4m + k's in 128-bit lane k of q[m].
+        let mut q = [z; 4];
+        for (m, qm) in q.iter_mut().enumerate() {
+            let (a, b) = (h[2 * m], h[2 * m + 1]);
+            *qm = _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(a, b), _mm512_shuffle_f32x4::<0xDD>(a, b));
+        }
+        // (t0 + t2, t1 + t3) of keys k and 4 + k (then 8 + k, 12 + k), then their sum.
+        let g0 = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(q[0], q[1]), _mm512_shuffle_ps::<0xEE>(q[0], q[1]));
+        let g1 = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(q[2], q[3]), _mm512_shuffle_ps::<0xEE>(q[2], q[3]));
+        let sum = _mm512_add_ps(_mm512_shuffle_ps::<0x88>(g0, g1), _mm512_shuffle_ps::<0xDD>(g0, g1));
+        let sum = _mm512_permutexvar_ps(order, sum);
+        _mm512_storeu_ps(out.as_mut_ptr().add(c), _mm512_mul_ps(sum, _mm512_set1_ps(scale)));
+    }
+    for (o, &k) in out[n16..].iter_mut().zip(&offs[n16..]) {
+        let a0 = _mm512_fmadd_ps(load16::<H>(xb, k), y0, z);
+        let a1 = _mm512_fmadd_ps(load16::<H>(xb, k + 16), y1, z);
+        let a2 = _mm512_fmadd_ps(load16::<H>(xb, k + 32), y2, z);
+        let a3 = _mm512_fmadd_ps(load16::<H>(xb, k + 48), y3, z);
         let r = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
         let t3 = _mm256_add_ps(
             _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(r))),
@@ -393,16 +472,37 @@ pub fn dot_f32_columns_at_fast(out: &mut [f32], v: &[f32], offs: &[usize], p: &[
     if out.len().is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
         check_columns("dot_f32_columns", out.len(), v, offs, p);
         // SAFETY: AVX-512 F detected; every read is inside v and p (checked).
-        return unsafe { columns_avx512(out, v, offs, p) };
+        return unsafe { columns_avx512::<false>(out, v.as_ptr() as *const u8, offs, p) };
     }
     dot_f32_columns_at(out, v, offs, p, acc)
 }
 
+/// `dot_f32_columns_at_fast` over values stored as f16 (their bits, `v`), widened in registers
+/// as they are loaded: the same bits as the f32 kernel on the widened rows (see
+/// `dot_f16_rows64_at`). Rows of a multiple of 16, where `f16_decode_kernels` says so.
+pub fn dot_f16_columns_at(out: &mut [f32], v: &[u16], offs: &[usize], p: &[f32]) {
+    let d = out.len();
+    assert!(f16_decode_kernels() && d.is_multiple_of(16), "dot_f16_columns_at: AVX-512 F/F16C and rows of 16·k");
+    assert!(
+        offs.len() <= p.len() && offs.iter().all(|&o| o + d <= v.len()),
+        "dot_f16_columns_at: {} rows of {d} in {} values, p of {}",
+        offs.len(),
+        v.len(),
+        p.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the features are checked; every read is inside v and p (asserted).
+    unsafe {
+        columns_avx512::<true>(out, v.as_ptr() as *const u8, offs, p)
+    }
+}
+
+/// `vb` holds f32 values, or f16 with H (offsets in elements either way).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn columns_avx512(out: &mut [f32], v: &[f32], offs: &[usize], p: &[f32]) {
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn columns_avx512<const H: bool>(out: &mut [f32], vb: *const u8, offs: &[usize], p: &[f32]) {
     use std::arch::x86_64::*;
-    let (vp, pp, rows) = (v.as_ptr(), p.as_ptr(), offs.len());
+    let (pp, rows) = (p.as_ptr(), offs.len());
     for c in (0..out.len()).step_by(16) {
         let mut b = [[_mm512_setzero_ps(); 16]; 4];
         for (a, ba) in b.iter_mut().enumerate() {
@@ -411,14 +511,14 @@ unsafe fn columns_avx512(out: &mut [f32], v: &[f32], offs: &[usize], p: &[f32]) 
             while base + 16 <= rows {
                 for (l, xl) in x.iter_mut().enumerate() {
                     let j = base + l;
-                    *xl = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(offs[j] + c)), _mm512_set1_ps(*pp.add(j)), *xl);
+                    *xl = _mm512_fmadd_ps(load16::<H>(vb, offs[j] + c), _mm512_set1_ps(*pp.add(j)), *xl);
                 }
                 base += 64;
             }
             for (l, xl) in x.iter_mut().enumerate() {
                 let j = base + l;
                 if j < rows {
-                    *xl = _mm512_fmadd_ps(_mm512_loadu_ps(vp.add(offs[j] + c)), _mm512_set1_ps(*pp.add(j)), *xl);
+                    *xl = _mm512_fmadd_ps(load16::<H>(vb, offs[j] + c), _mm512_set1_ps(*pp.add(j)), *xl);
                 }
             }
             *ba = x;

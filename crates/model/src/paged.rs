@@ -12,7 +12,8 @@
 //!
 //! Keys and values are stored as f32 (read in place through the block table) or, to hold more
 //! positions in the same memory, as f16, bf16 or q8_0 (llama.cpp's `--cache-type-k/v`): those
-//! rows are rounded when written and widened to f32 for each step's attention.
+//! rows are rounded when written and widened to f32 for each step's attention (an f16 pool's
+//! decoding rows in registers, by the attention kernels themselves: `attn_decode_packed`).
 //!
 //! On a GPU the pool is one device tensor per layer for keys and one for values, (P, KVH, D) in
 //! f32, bf16 or f16 (q8_0 stays CPU-only); each forward uploads where its rows go once

@@ -342,6 +342,7 @@ pub(crate) fn matmul_many_tiles_amx_or(
         let acts: Vec<Vec<BlockQ8>> =
             if tiles { crate::par::map(n, |i| quantize_q8(&x[i * k..(i + 1) * k])) } else { Vec::new() };
         let a: Vec<&[BlockQ8]> = acts.iter().map(|v| &v[..]).collect();
+        let eights = if tiles { eights(&a) } else { Vec::new() };
         let amx_acts = match kinds.iter().any(Option::is_none) {
             false => None,
             true if tiles => Some(amx::Acts::new(&a)),
@@ -359,7 +360,8 @@ pub(crate) fn matmul_many_tiles_amx_or(
             match (kinds[qi], engine, &amx_acts) {
                 // SAFETY: AVX-512 detected; `o` is as `gemm_tasks_many` says.
                 (Some(kind), ..) => unsafe {
-                    tiles_of_kind(kind, &q.data[r0 * q.row_bytes..r1 * q.row_bytes], q.row_bytes, &a[i0..i1], o, q.rows)
+                    let w = &q.data[r0 * q.row_bytes..r1 * q.row_bytes];
+                    tiles_of_kind(kind, w, q.row_bytes, &a[i0..i1], &eights[i0 / 8..], o, q.rows)
                 },
                 // SAFETY: the AMX path is picked only with an engine on (AMX granted, AVX-512);
                 // `o` is as `gemm_tasks_many` says, which is `gemm_task`'s contract.
@@ -417,10 +419,11 @@ impl QTensor {
     fn matmul_tiles(&self, kind: u8, acts: &[Act], n: usize, y: &mut [f32]) {
         let m = self.rows;
         let a = q8_rows(acts);
+        let eights = eights(&a);
         let rb = self.row_bytes;
         gemm_tasks(m, n, y, |(r0, r1), (i0, i1), o| {
             // SAFETY: AVX-512 was detected (`matmul_with`); `o` is as `gemm_tasks` says.
-            unsafe { tiles_of_kind(kind, &self.data[r0 * rb..r1 * rb], rb, &a[i0..i1], o, m) }
+            unsafe { tiles_of_kind(kind, &self.data[r0 * rb..r1 * rb], rb, &a[i0..i1], &eights[i0 / 8..], o, m) }
         });
     }
 }
@@ -470,33 +473,62 @@ fn gemm_tasks_many<Y: AsMut<[f32]>>(
     });
 }
 
+/// Every whole group of eight activation rows (rows 8g..8g + 8 → group g) prepared for
+/// `tile512::tile_eight`, in parallel.
+#[cfg(target_arch = "x86_64")]
+fn eights(a: &[&[BlockQ8]]) -> Vec<Vec<super::tile512::Eight>> {
+    crate::par::map(a.len() / 8, |g| {
+        let ac: [&[BlockQ8]; 8] = std::array::from_fn(|c| a[8 * g + c]);
+        // SAFETY: only reached on the AVX-512 tile paths (F/BW/VL/VNNI detected).
+        unsafe { super::tile512::eight(ac) }
+    })
+}
+
 /// `tiles_avx512` for the format `kind` (a `tile512` format constant) chosen at run time.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI present; `out` as `tiles_avx512` needs it.
 #[cfg(target_arch = "x86_64")]
-unsafe fn tiles_of_kind(kind: u8, w: &[u8], rb: usize, a: &[&[BlockQ8]], out: *mut f32, ldo: usize) {
+unsafe fn tiles_of_kind(
+    kind: u8,
+    w: &[u8],
+    rb: usize,
+    a: &[&[BlockQ8]],
+    eights: &[Vec<super::tile512::Eight>],
+    out: *mut f32,
+    ldo: usize,
+) {
     use super::tile512 as k;
     match kind {
-        k::Q8_0 => tiles_avx512::<{ k::Q8_0 }>(w, rb, a, out, ldo),
-        k::Q4_0 => tiles_avx512::<{ k::Q4_0 }>(w, rb, a, out, ldo),
-        k::Q4_1 => tiles_avx512::<{ k::Q4_1 }>(w, rb, a, out, ldo),
-        _ => tiles_avx512::<{ k::Q5_0 }>(w, rb, a, out, ldo),
+        k::Q8_0 => tiles_avx512::<{ k::Q8_0 }>(w, rb, a, eights, out, ldo),
+        k::Q4_0 => tiles_avx512::<{ k::Q4_0 }>(w, rb, a, eights, out, ldo),
+        k::Q4_1 => tiles_avx512::<{ k::Q4_1 }>(w, rb, a, eights, out, ldo),
+        _ => tiles_avx512::<{ k::Q5_0 }>(w, rb, a, eights, out, ldo),
     }
 }
 
-/// Every row of `w` against every activation row of `a`, eight inputs at a time (`tile_rows`:
-/// 4 × 8 tiles, 1 × 8 at the last rows), then four, then one at a time (`tile`'s 4 × 1 and
-/// 1 × 1): out[i·ldo + j] = row j · input i.
+/// Every row of `w` against every activation row of `a`, eight inputs at a time (`eights[g]`
+/// holds a[8g..8g + 8] prepared: `tile_rows_eight`'s 4 × 8 tiles, 1 × 8 at the last rows), then
+/// four (`tile_rows`), then one at a time (`tile`'s 4 × 1 and 1 × 1): out[i·ldo + j] = row j ·
+/// input i.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tiles_avx512<const K: u8>(w: &[u8], rb: usize, a: &[&[BlockQ8]], out: *mut f32, ldo: usize) {
+unsafe fn tiles_avx512<const K: u8>(
+    w: &[u8],
+    rb: usize,
+    a: &[&[BlockQ8]],
+    eights: &[Vec<super::tile512::Eight>],
+    out: *mut f32,
+    ldo: usize,
+) {
     use super::tile512::tile;
     let (rows, n) = (w.len() / rb, a.len());
     let mut i = 0;
     while i + 8 <= n {
-        let ac = [a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5], a[i + 6], a[i + 7]];
-        tile_rows::<K, 8>(w, rb, ac, i == 0, out.add(i * ldo), ldo);
+        let e = &eights[i / 8];
+        assert_eq!(e.len(), a[i].len(), "tiles_avx512: the prepared rows are not these");
+        super::tile512::check_eight::<K>(rows, w, rb, e.len());
+        tile_rows_eight::<K>(w, rb, e, i == 0, out.add(i * ldo), ldo);
         i += 8;
     }
     if i + 4 <= n {
@@ -553,6 +585,45 @@ unsafe fn tile_rows<const K: u8, const C: usize>(
     }
     for j in j..rows {
         let o = tile_pairs::<K, 1, C>(&w[j * rb..], rb, ac);
+        for (c, v) in o[0].iter().enumerate() {
+            *out.add(c * ldo + j) = *v;
+        }
+    }
+}
+
+/// `tile_rows::<K, 8>` on eight prepared activation rows (`tile512::tile_eight`, the same
+/// bits). Safety: `w`'s rows hold `e.len()` blocks of format K (`check_eight`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_rows_eight<const K: u8>(
+    w: &[u8],
+    rb: usize,
+    e: &[super::tile512::Eight],
+    first: bool,
+    out: *mut f32,
+    ldo: usize,
+) {
+    use super::tile512::tile_eight;
+    let rows = w.len() / rb;
+    let mut j = 0;
+    while j + 4 <= rows {
+        if first {
+            // As in `tile_rows`: the first pass reads the rows from memory.
+            if j == 0 {
+                prefetch(&w[..(4 * rb).min(w.len())]);
+            }
+            prefetch(&w[((j + 4) * rb).min(w.len())..((j + 8) * rb).min(w.len())]);
+        }
+        let o = tile_eight::<K, 4>(w.get_unchecked(j * rb..), rb, e);
+        for (r, or) in o.iter().enumerate() {
+            for (c, v) in or.iter().enumerate() {
+                *out.add(c * ldo + j + r) = *v;
+            }
+        }
+        j += 4;
+    }
+    for j in j..rows {
+        let o = tile_eight::<K, 1>(w.get_unchecked(j * rb..), rb, e);
         for (c, v) in o[0].iter().enumerate() {
             *out.add(c * ldo + j) = *v;
         }

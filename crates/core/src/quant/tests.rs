@@ -602,8 +602,9 @@ mod x86_kernels {
         }
     }
 
-    /// `tile512::tile_pairs` (zmm, two inputs a register) against `tile` (ymm) bit for bit, for
-    /// the four 32-element formats: 4 × 8, 1 × 8, 4 × 4 and 1 × 4 tiles, 1 to 16 blocks, random
+    /// `tile512::tile_pairs` (zmm, two inputs a register) and `tile_eight` (eight prepared
+    /// inputs) against `tile` (ymm) bit for bit, for the four 32-element formats: 4 × 8, 1 × 8,
+    /// 4 × 4 and 1 × 4 tiles, 1 to 16 blocks, random
     /// block bytes, activations over the whole i8 range with random scales and sums, rows at a
     /// stride longer than a row and the last row's slice cut to its blocks.
     #[test]
@@ -641,13 +642,19 @@ mod x86_kernels {
                     let p44 = tile_pairs::<K, 4, 4>(&w, rb, a4);
                     let p14 = tile_pairs::<K, 1, 4>(&w[2 * rb..2 * rb + nb * bytes], rb, a4);
                     let t44 = tile::<K, 4, 4>(&w, rb, a4);
+                    let e = t::eight(a8);
+                    t::check_eight::<K>(4, &w, rb, nb);
+                    let e48 = t::tile_eight::<K, 4>(&w, rb, &e);
+                    let e18 = t::tile_eight::<K, 1>(&w[3 * rb..3 * rb + nb * bytes], rb, &e);
                     for j in 0..4 {
                         for c in 0..8 {
                             let one = tile::<K, 1, 1>(&w[j * rb..], rb, [a8[c]])[0][0].to_bits();
                             let what = format!("{} {nb} blocks, row {j}, input {c}", ty.name());
                             assert_eq!(p48[j][c].to_bits(), one, "4 x 8: {what}");
+                            assert_eq!(e48[j][c].to_bits(), one, "prepared 4 x 8: {what}");
                             if j == 3 {
                                 assert_eq!(p18[0][c].to_bits(), one, "1 x 8: {what}");
+                                assert_eq!(e18[0][c].to_bits(), one, "prepared 1 x 8: {what}");
                             }
                             if c < 4 {
                                 assert_eq!(p44[j][c].to_bits(), one, "4 x 4: {what}");

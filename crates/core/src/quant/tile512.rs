@@ -16,6 +16,12 @@
 //! full width (Zen 5 here, the Xeons) it does twice the work per instruction. `tile` remains
 //! for the one-input edges. On the 2-core Zen 5 VM, qbench 1536 × 576 · 512 at one thread:
 //! Q8_0 103 → 140-179 GFLOP/s, Q4_1 92 → 147-164.
+//!
+//! `tile_eight` is `tile_pairs`' 4 × 8 tile on activation rows prepared once per product
+//! (`eight`): pairs interleaved by 4-byte group, the offset correction stored, so that per
+//! block the multiply pipes do only the `vpdpbusd` and the FMA of each pair of outputs, and
+//! the scale products come by broadcast loads (docs/PERF.md, 2026-12-03 20:18 UTC: Q8_0
+//! 1536 × 576 · 32 at one thread 151-178 → 189-234 GFLOP/s).
 
 use super::act::BlockQ8;
 use std::arch::x86_64::*;
@@ -299,4 +305,167 @@ fn check<const K: u8>(
 unsafe fn nibbles2(p: *const u8, shifts: __m512i, mask: __m512i) -> __m512i {
     let t = _mm512_broadcast_i32x4(_mm_loadu_si128(p as *const __m128i));
     _mm512_and_si512(_mm512_srlv_epi64(t, shifts), mask)
+}
+
+/// Eight activation rows' block i laid out for `tile_eight`: the quants of each pair of rows
+/// (2p, 2p + 1) interleaved by 4-byte group (dword lane 2l holds row 2p's bytes 4l..4l + 4, lane
+/// 2l + 1 row 2p + 1's), so that one `vpdpbusd` gives each row its 8 lanes (`tile_pairs`' lanes,
+/// even and odd instead of low and high); −128·Σ of each lane's four bytes in the same lanes
+/// (the Q8_0 offset's correction, the same integers `tile_pairs` computes in every call; Q4_0's
+/// and Q5_0's are exact shifts of it); the rows' scales and Q8_1 sums.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub struct Eight {
+    y: [[i8; 64]; 4],
+    start: [[i32; 16]; 4],
+    d: [f32; 8],
+    s: [f32; 8],
+}
+
+/// The blocks of eight activation rows (all of one length) as `Eight`s, one per block.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn eight(a: [&[BlockQ8]; 8]) -> Vec<Eight> {
+    let nb = a[0].len();
+    assert!(a.iter().all(|r| r.len() == nb), "tile512::eight: activation rows of different lengths");
+    let mix = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let z = _mm512_setzero_si512();
+    let off = _mm512_set1_epi8(0x80u8 as i8);
+    (0..nb)
+        .map(|i| {
+            let mut e = Eight { y: [[0; 64]; 4], start: [[0; 16]; 4], d: [0.0; 8], s: [0.0; 8] };
+            for p in 0..4 {
+                let (a0, a1) = (&a[2 * p][i], &a[2 * p + 1][i]);
+                let y = _mm512_permutex2var_epi32(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(a0.qs.as_ptr() as *const __m256i)),
+                    mix,
+                    _mm512_castsi256_si512(_mm256_loadu_si256(a1.qs.as_ptr() as *const __m256i)),
+                );
+                _mm512_store_si512(e.y[p].as_mut_ptr() as *mut _, y);
+                let start = _mm512_sub_epi32(z, _mm512_dpbusd_epi32(z, off, y));
+                _mm512_store_si512(e.start[p].as_mut_ptr() as *mut _, start);
+            }
+            for c in 0..8 {
+                e.d[c] = a[c][i].d;
+                e.s[c] = a[c][i].s;
+            }
+            e
+        })
+        .collect()
+}
+
+/// `tile_pairs::<K, R, 8>` on eight activation rows prepared by `eight`: the same operations
+/// on every lane in the same order, so bit-identical to it (and to `ggml_vec_dot_*`), with less
+/// work per block on the multiply pipes: the offset correction comes prepared, and the R·8 scale
+/// products d_w·d_a are R 8-lane multiplies, each (row, pair) taking its two by one broadcast
+/// load (the interleaved lanes want them alternating) where `tile_pairs` spends a 16-lane
+/// multiply per (row, pair).
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI present; R (1 to 4) rows of `rb` bytes from `w`'s start, each holding
+/// `a.len()` blocks of format K (`check_eight`).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub unsafe fn tile_eight<const K: u8, const R: usize>(w: &[u8], rb: usize, a: &[Eight]) -> [[f32; 8]; R] {
+    let bytes = block_bytes(K);
+    let mask = _mm256_set1_epi8(0x0F);
+    let flip = _mm256_set1_epi8(0x80u8 as i8);
+    let sixteen = _mm256_set1_epi8(16);
+    let shifts = _mm256_setr_epi64x(0, 0, 4, 4);
+    // Dword l of the weight block into lanes 2l and 2l + 1 (both rows of a pair).
+    let dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    let mut acc = [[_mm512_setzero_ps(); 4]; R];
+    let mut mins = [_mm512_setzero_ps(); 2];
+    let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    // prod[8r + c] = d_w(r)·d_a(c) of the current block.
+    #[repr(align(64))]
+    struct Prod([f32; 32]);
+    let mut prod = Prod([0.0; 32]);
+    for (i, e) in a.iter().enumerate() {
+        let mut u = [_mm512_setzero_si512(); R];
+        let mut mw = [0u16; 4];
+        let da = _mm256_load_ps(e.d.as_ptr());
+        for r in 0..R {
+            let b = w.as_ptr().add(r * rb + i * bytes);
+            let dw = _mm256_cvtph_ps(_mm_set1_epi16((b as *const i16).read_unaligned()));
+            _mm256_store_ps(prod.0.as_mut_ptr().add(8 * r), _mm256_mul_ps(dw, da));
+            let v = match K {
+                Q8_0 => _mm256_xor_si256(_mm256_loadu_si256(b.add(2) as *const __m256i), flip),
+                Q4_0 => nibbles(b.add(2), shifts, mask),
+                Q4_1 => {
+                    mw[r] = (b.add(2) as *const u16).read_unaligned();
+                    nibbles(b.add(4), shifts, mask)
+                }
+                _ => {
+                    let qh = (b.add(2) as *const u32).read_unaligned();
+                    let mut v = nibbles(b.add(6), shifts, mask);
+                    std::arch::asm!("vpaddb {u}{{{k}}}, {u}, {s}", u = inout(ymm_reg) v, k = in(kreg) qh, s = in(ymm_reg) sixteen,
+                                    options(pure, nomem, nostack, preserves_flags));
+                    v
+                }
+            };
+            u[r] = _mm512_permutexvar_epi32(dup, _mm512_castsi256_si512(v));
+        }
+        for p in 0..4 {
+            let y = _mm512_load_si512(e.y[p].as_ptr() as *const _);
+            let start = match K {
+                Q8_0 => _mm512_load_si512(e.start[p].as_ptr() as *const _),
+                // −8·Σ and −16·Σ: −128·Σ shifted right (exact, Σ·128 is a multiple of 16).
+                Q4_0 => _mm512_srai_epi32::<4>(_mm512_load_si512(e.start[p].as_ptr() as *const _)),
+                Q4_1 => _mm512_setzero_si512(),
+                _ => _mm512_srai_epi32::<3>(_mm512_load_si512(e.start[p].as_ptr() as *const _)),
+            };
+            for r in 0..R {
+                let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, u[r], y));
+                // [d_w·d_a(2p), d_w·d_a(2p + 1)] in every lane pair: one broadcast load (a
+                // load port, not a shuffle: the asm keeps the compiler from forwarding `prod`
+                // through registers).
+                let d: __m512;
+                std::arch::asm!("vbroadcastsd {d}, qword ptr [{p}]", d = out(zmm_reg) d, p = in(reg) prod.0.as_ptr().add(8 * r + 2 * p),
+                                options(pure, readonly, nostack, preserves_flags));
+                acc[r][p] = _mm512_fmadd_ps(d, q, acc[r][p]);
+            }
+        }
+        if K == Q4_1 {
+            let m4 = _mm_cvtph_ps(_mm_loadl_epi64(mw.as_ptr() as *const __m128i));
+            let mv = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(m4));
+            for h in 0..2 {
+                let sv = _mm512_broadcast_f32x4(_mm_loadu_ps(e.s.as_ptr().add(4 * h)));
+                mins[h] = _mm512_add_ps(mins[h], _mm512_mul_ps(mv, sv));
+            }
+        }
+    }
+    let mut out = [[0f32; 8]; R];
+    let mut m32 = [0f32; 32];
+    _mm512_storeu_ps(m32.as_mut_ptr(), mins[0]);
+    _mm512_storeu_ps(m32.as_mut_ptr().add(16), mins[1]);
+    let m = |r: usize, c: usize| m32[16 * (c / 4) + 4 * r + c % 4];
+    // `hsum` of the eight outputs of a weight row at once, the same additions: output 2p's
+    // lane l sits at position 2l of acc[r][p] (2p + 1's at 2l + 1). hsum adds lanes l and
+    // l + 4 (positions 2l and 2l + 8: the 256-bit halves), then 0 + 2 and 1 + 3 of those
+    // (128-bit lanes 0 and 1 of the result), then the two (positions 0 and 2 of a lane).
+    let pick = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    for r in 0..R {
+        let [x, y, x2, y2] = acc[r];
+        let z1 = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(x, y), _mm512_shuffle_f32x4::<0xEE>(x, y));
+        let z2 = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(x2, y2), _mm512_shuffle_f32x4::<0xEE>(x2, y2));
+        let w = _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(z1, z2), _mm512_shuffle_f32x4::<0xDD>(z1, z2));
+        let s = _mm512_add_ps(w, _mm512_permute_ps::<0x4E>(w));
+        _mm256_storeu_ps(out[r].as_mut_ptr(), _mm512_castps512_ps256(_mm512_permutexvar_ps(pick, s)));
+        if K == Q4_1 {
+            for (c, o) in out[r].iter_mut().enumerate() {
+                *o += m(r, c);
+            }
+        }
+    }
+    out
+}
+
+/// `tile_eight`'s bounds (asserted once for many calls): `rows` rows of `rb` bytes in `w`, each
+/// holding `nb` blocks of format K.
+pub fn check_eight<const K: u8>(rows: usize, w: &[u8], rb: usize, nb: usize) {
+    let bytes = block_bytes(K);
+    assert!(
+        rows == 0 || (rb >= nb * bytes && w.len() >= (rows - 1) * rb + nb * bytes),
+        "tile_eight: {rows} rows of {rb} bytes in {} bytes, {nb} blocks of {bytes}",
+        w.len()
+    );
 }

@@ -425,16 +425,54 @@ fn decode_heads(
     scale: f32,
     out: &mut [f32],
 ) {
+    decode_heads_of(q, DecodeKv::F32(k, v), offs, d, window, scale, out)
+}
+
+/// Where `decode_heads_of` reads keys and values: f32 rows, or f16 rows (their bits) that the
+/// kernels widen as they load them (`ggml::dot_f16_rows64_at`, `dot_f16_columns_at`: heads of
+/// 64 on AVX-512 F + F16C), the same bits as widening the rows first.
+#[derive(Clone, Copy)]
+enum DecodeKv<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F16(&'a [u16], &'a [u16]),
+}
+
+/// `decode_heads` over f32 or f16 keys and values.
+#[allow(clippy::too_many_arguments)]
+fn decode_heads_of(
+    q: &[f32],
+    kv: DecodeKv,
+    offs: &[usize],
+    d: usize,
+    window: Option<usize>,
+    scale: f32,
+    out: &mut [f32],
+) {
     use crate::ggml;
     let up = |n: usize, m: usize| n.div_ceil(m) * m;
     let tk = offs.len();
     let (lo, hi) = (window.map_or(0, |w| tk.saturating_sub(w)), tk);
     let (mut sc, mut p, mut acc) = (vec![f32::NEG_INFINITY; up(tk, 16)], vec![0f32; up(tk, 64)], Vec::new());
     for (qr, o) in q.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        ggml::dot_f32_rows_at_fast(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale);
+        match kv {
+            DecodeKv::F32(k, _) => ggml::dot_f32_rows_at_fast(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale),
+            DecodeKv::F16(k, _) => ggml::dot_f16_rows64_at(&mut sc[lo..hi], k, &offs[lo..hi], qr, scale),
+        }
         softmax_padded(&sc, &mut p, lo, hi);
-        ggml::dot_f32_columns_at_fast(o, v, offs, &p, &mut acc);
+        match kv {
+            DecodeKv::F32(_, v) => ggml::dot_f32_columns_at_fast(o, v, offs, &p, &mut acc),
+            DecodeKv::F16(_, v) => ggml::dot_f16_columns_at(o, v, offs, &p),
+        }
     }
+}
+
+/// A packed pool's bytes as f16 values when they are f16 and 2-byte aligned.
+fn as_f16<'a>(x: &PackedKv<'a>) -> Option<&'a [u16]> {
+    if x.ty != crate::quant::GgmlType::F16 || !x.bytes.as_ptr().cast::<u16>().is_aligned() {
+        return None;
+    }
+    // SAFETY: aligned (checked), u16 has no invalid bit patterns, the length is in bounds.
+    Some(unsafe { std::slice::from_raw_parts(x.bytes.as_ptr().cast::<u16>(), x.bytes.len() / 2) })
 }
 
 /// p = softmax of the scores `sc[lo..hi]` as llama.cpp's masked softmax computes it: the max
@@ -485,6 +523,21 @@ pub fn attn_decode_packed(seqs: &[SeqAttn], k: PackedKv, v: PackedKv, hd: Heads,
         if let Some(&at) = seqs.iter().flat_map(|s| s.rows).find(|&&at| at / row >= rows) {
             bail!("attn_decode_packed: row {} past the pool's {rows}", at / row);
         }
+    }
+    // f16 keys and values with heads of 64: read in place, widened in registers by the
+    // kernels (the same bits as the widened rows below; half an f32 pool's bytes from memory
+    // and no scratch). A row of KVH·D f16 values: position r's head g at r·KVH·D + g·D, the
+    // f32 offsets `rows` already hold.
+    if let (Some(k16), Some(v16), true) = (as_f16(&k), as_f16(&v), d == 64 && crate::ggml::f16_decode_kernels()) {
+        let pieces: Vec<Vec<f32>> = crate::par::map(seqs.len() * hd.kvh, |t| {
+            let (s, g) = (&seqs[t / hd.kvh], t % hd.kvh);
+            let offs: Vec<usize> = s.rows.iter().map(|&at| at + g * d).collect();
+            let mut out = vec![0f32; grp * d];
+            let q = &s.q[g * grp * d..(g + 1) * grp * d];
+            decode_heads_of(q, DecodeKv::F16(k16, v16), &offs, d, hd.window, scale, &mut out);
+            out
+        });
+        return Ok(pieces.concat());
     }
     thread_local! {
         // Each pool thread's widened keys, values and their offsets, kept from task to task
