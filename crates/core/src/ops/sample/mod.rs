@@ -343,7 +343,7 @@ mod tests {
                     .map(|_| {
                         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                         let r = (seed >> 33) as usize;
-                        if trial < 2 || r % 7 == 0 {
+                        if trial < 2 || r.is_multiple_of(7) {
                             specials[r % specials.len()]
                         } else {
                             (r % 50) as f32 - 25.0
