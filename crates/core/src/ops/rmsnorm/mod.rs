@@ -14,6 +14,14 @@ pub mod cuda;
 /// Rows per parallel task; fixed so that reductions over rows (dw) sum in a fixed order.
 const ROWS_PER_TASK: usize = 32;
 
+/// Rows a forward task takes: `ROWS_PER_TASK`, or fewer (a multiple of 4, `rstd_rows`'
+/// group) so that a few rows still make two tasks a thread: a server step's 32 decode rows were
+/// one task, a serial part of every layer while the other threads waited. Each row's numbers do
+/// not depend on its task (no sum crosses rows), so the bits are the same.
+fn fwd_rows_per_task(n: usize) -> usize {
+    n.div_ceil(2 * crate::par::threads()).next_multiple_of(4).clamp(4, ROWS_PER_TASK)
+}
+
 /// 1/sqrt(mean(x²) + eps) in ggml's order (`ggml_compute_forward_rms_norm_f32`): each square
 /// rounded to F, summed sequentially in f64, the mean rounded to F, then eps added, sqrt and
 /// reciprocal in F. So the normalised rows are bit-identical to llama.cpp's.
@@ -61,12 +69,12 @@ pub fn rmsnorm_fwd<F: Float>(x: &[F], w: &[F], eps: f64, c: usize) -> (Vec<F>, V
     let n = x.len() / c;
     let mut y = vec![F::ZERO; n * c];
     let mut rstd = vec![F::ZERO; n];
-    let (yp, rp) =
-        (crate::par::Pieces::new(&mut y, c * ROWS_PER_TASK), crate::par::Pieces::new(&mut rstd, ROWS_PER_TASK));
+    let rows = fwd_rows_per_task(n);
+    let (yp, rp) = (crate::par::Pieces::new(&mut y, c * rows), crate::par::Pieces::new(&mut rstd, rows));
     crate::par::for_each(rp.count(), |b| {
         // SAFETY: task b takes piece b of each output, and only it.
         let (yb, rb) = unsafe { (yp.take(b), rp.take(b)) };
-        let xb = &x[b * c * ROWS_PER_TASK..][..yb.len()];
+        let xb = &x[b * c * rows..][..yb.len()];
         rstd_rows(xb, c, eps, rb);
         for ((yr, &s), xr) in yb.chunks_mut(c).zip(rb.iter()).zip(xb.chunks(c)) {
             for ((o, &xi), &wi) in yr.iter_mut().zip(xr).zip(w) {
@@ -179,9 +187,10 @@ impl RmsNormKernels for Cpu {
         // first (at 16 threads these MiB-sized passes are bound by memory, not by arithmetic).
         let (mut h, mut y, mut rstd) =
             (crate::par::uninit::<f32>(n * c), crate::par::uninit::<f32>(n * c), vec![0f32; n]);
-        let block = c * ROWS_PER_TASK;
+        let rows = fwd_rows_per_task(n);
+        let block = c * rows;
         let (hp, yp) = (crate::par::Pieces::new(&mut h, block), crate::par::Pieces::new(&mut y, block));
-        let sp = crate::par::Pieces::new(&mut rstd, ROWS_PER_TASK);
+        let sp = crate::par::Pieces::new(&mut rstd, rows);
         crate::par::for_each(sp.count(), |b| {
             // SAFETY: task b takes piece b of each output, and only it.
             let (hb, yb, sb) = unsafe { (hp.take(b), yp.take(b), sp.take(b)) };

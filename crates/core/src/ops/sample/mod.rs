@@ -99,7 +99,38 @@ pub fn draw_point(u: f64, mass: u64) -> u64 {
 }
 
 /// Index of the largest value, first on ties, in the IEEE total order (NaN above +∞).
+///
+/// Two passes, the largest key and then the first index holding it, because each vectorises
+/// where a running best index does not: a server step argmaxes 32 rows of 49k logits between
+/// two forwards, and the one-pass loop was ~2% of its samples.
 pub fn argmax(x: &[f32]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected.
+        return unsafe { argmax_avx2(x) };
+    }
+    argmax_body(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn argmax_avx2(x: &[f32]) -> usize {
+    argmax_body(x)
+}
+
+#[inline(always)]
+fn argmax_body(x: &[f32]) -> usize {
+    const CHUNK: usize = 64;
+    let max = x.iter().fold(0u32, |m, &v| m.max(order_key(v)));
+    let holds = |c: &[f32]| c.iter().fold(false, |a, &v| a | (order_key(v) == max));
+    let chunk = x.chunks(CHUNK).position(holds).unwrap_or(0);
+    let rest = x.get(chunk * CHUNK..).unwrap_or(&[]);
+    chunk * CHUNK + rest.iter().position(|&v| order_key(v) == max).unwrap_or(0)
+}
+
+/// `argmax` as one pass with a running best index: the reference it is tested against.
+#[cfg(test)]
+fn argmax_one_pass(x: &[f32]) -> usize {
     let mut best = 0;
     for (i, &v) in x.iter().enumerate() {
         if order_key(v) > order_key(x[best]) {
@@ -301,6 +332,27 @@ mod tests {
     fn argmax_takes_the_first_of_ties() {
         assert_eq!(argmax(&[0.1, 3.0, -1.0, 3.0, 2.0]), 1);
         assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
+        assert_eq!(argmax(&[]), 0);
+        // The two passes pick what the one-pass loop picks: ties across and within chunks,
+        // signed zeros, NaNs of both signs, infinities, rows of any length.
+        let specials = [0.0, -0.0, f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.5, -1.5];
+        let mut seed = 7u64;
+        for n in [1, 2, 63, 64, 65, 130, 1000, 49152] {
+            for trial in 0..6 {
+                let x: Vec<f32> = (0..n)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        let r = (seed >> 33) as usize;
+                        if trial < 2 || r.is_multiple_of(7) {
+                            specials[r % specials.len()]
+                        } else {
+                            (r % 50) as f32 - 25.0
+                        }
+                    })
+                    .collect();
+                assert_eq!(argmax(&x), argmax_one_pass(&x), "n {n}, trial {trial}");
+            }
+        }
     }
 
     #[test]
