@@ -435,7 +435,7 @@ unsafe fn rows64_avx512<const H: bool>(out: &mut [f32], xb: *const u8, offs: &[u
 }
 
 /// The register P·V kernels' bounds: every row of `d` values at `offs` inside v, a p per row.
-fn check_columns(what: &str, d: usize, v: &[f32], offs: &[usize], p: &[f32]) {
+fn check_columns<T>(what: &str, d: usize, v: &[T], offs: &[usize], p: &[f32]) {
     assert!(
         offs.len() <= p.len() && offs.iter().all(|&o| o + d <= v.len()),
         "{what}: {} rows of {d} in {} values, p of {}",
@@ -483,13 +483,7 @@ pub fn dot_f32_columns_at_fast(out: &mut [f32], v: &[f32], offs: &[usize], p: &[
 pub fn dot_f16_columns_at(out: &mut [f32], v: &[u16], offs: &[usize], p: &[f32]) {
     let d = out.len();
     assert!(f16_decode_kernels() && d.is_multiple_of(16), "dot_f16_columns_at: AVX-512 F/F16C and rows of 16·k");
-    assert!(
-        offs.len() <= p.len() && offs.iter().all(|&o| o + d <= v.len()),
-        "dot_f16_columns_at: {} rows of {d} in {} values, p of {}",
-        offs.len(),
-        v.len(),
-        p.len()
-    );
+    check_columns("dot_f16_columns_at", d, v, offs, p);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the features are checked; every read is inside v and p (asserted).
     unsafe {

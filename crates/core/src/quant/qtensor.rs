@@ -567,26 +567,36 @@ unsafe fn tile_rows<const K: u8, const C: usize>(
     let mut j = 0;
     while j + 4 <= rows {
         if first {
-            // The first pass over these rows reads them from memory, four interleaved
-            // rows at a time, which the hardware prefetcher does not run ahead of: ask for
-            // the next tile's rows (contiguous) while this one computes.
-            if j == 0 {
-                prefetch(&w[..(4 * rb).min(w.len())]);
-            }
-            prefetch(&w[((j + 4) * rb).min(w.len())..((j + 8) * rb).min(w.len())]);
+            prefetch_tile(w, rb, j);
         }
-        let o = tile_pairs::<K, 4, C>(&w[j * rb..], rb, ac);
-        for (r, or) in o.iter().enumerate() {
-            for (c, v) in or.iter().enumerate() {
-                *out.add(c * ldo + j + r) = *v;
-            }
-        }
+        store_tile(&tile_pairs::<K, 4, C>(&w[j * rb..], rb, ac), out, ldo, j);
         j += 4;
     }
     for j in j..rows {
-        let o = tile_pairs::<K, 1, C>(&w[j * rb..], rb, ac);
-        for (c, v) in o[0].iter().enumerate() {
-            *out.add(c * ldo + j) = *v;
+        store_tile(&tile_pairs::<K, 1, C>(&w[j * rb..], rb, ac), out, ldo, j);
+    }
+}
+
+/// The first pass over a weight's rows reads them from memory, four interleaved rows at a
+/// time, which the hardware prefetcher does not run ahead of: ask for the next tile's rows
+/// (contiguous) while tile `j` computes (and for tile 0's own at the start).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn prefetch_tile(w: &[u8], rb: usize, j: usize) {
+    if j == 0 {
+        prefetch(&w[..(4 * rb).min(w.len())]);
+    }
+    prefetch(&w[((j + 4) * rb).min(w.len())..((j + 8) * rb).min(w.len())]);
+}
+
+/// out[c·ldo + j + r] = o[r][c]: a tile of R weight rows from row j, for C inputs.
+/// Safety: `out` holds (C − 1)·ldo + j + R values.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+unsafe fn store_tile<const R: usize, const C: usize>(o: &[[f32; C]; R], out: *mut f32, ldo: usize, j: usize) {
+    for (r, or) in o.iter().enumerate() {
+        for (c, v) in or.iter().enumerate() {
+            *out.add(c * ldo + j + r) = *v;
         }
     }
 }
@@ -608,25 +618,13 @@ unsafe fn tile_rows_eight<const K: u8>(
     let mut j = 0;
     while j + 4 <= rows {
         if first {
-            // As in `tile_rows`: the first pass reads the rows from memory.
-            if j == 0 {
-                prefetch(&w[..(4 * rb).min(w.len())]);
-            }
-            prefetch(&w[((j + 4) * rb).min(w.len())..((j + 8) * rb).min(w.len())]);
+            prefetch_tile(w, rb, j);
         }
-        let o = tile_eight::<K, 4>(w.get_unchecked(j * rb..), rb, e);
-        for (r, or) in o.iter().enumerate() {
-            for (c, v) in or.iter().enumerate() {
-                *out.add(c * ldo + j + r) = *v;
-            }
-        }
+        store_tile(&tile_eight::<K, 4>(w.get_unchecked(j * rb..), rb, e), out, ldo, j);
         j += 4;
     }
     for j in j..rows {
-        let o = tile_eight::<K, 1>(w.get_unchecked(j * rb..), rb, e);
-        for (c, v) in o[0].iter().enumerate() {
-            *out.add(c * ldo + j) = *v;
-        }
+        store_tile(&tile_eight::<K, 1>(w.get_unchecked(j * rb..), rb, e), out, ldo, j);
     }
 }
 

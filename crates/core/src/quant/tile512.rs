@@ -69,24 +69,10 @@ pub unsafe fn tile<const K: u8, const R: usize, const C: usize>(
             let b = w.as_ptr().add(r * rb + i * bytes);
             let d16 = _mm_set1_epi16((b as *const i16).read_unaligned());
             dw[r] = _mm256_cvtph_ps(d16);
-            u[r] = match K {
-                // x + 128 as unsigned bytes.
-                Q8_0 => _mm256_xor_si256(_mm256_loadu_si256(b.add(2) as *const __m256i), flip),
-                // The nibbles are q + 8.
-                Q4_0 => nibbles(b.add(2), shifts, mask),
-                Q4_1 => {
-                    mw[r] = super::avx2::f16(b.add(2));
-                    nibbles(b.add(4), shifts, mask)
-                }
-                // The 5-bit values are q + 16: nibbles + 16 where the fifth bit is set.
-                _ => {
-                    let qh = (b.add(2) as *const u32).read_unaligned();
-                    let mut v = nibbles(b.add(6), shifts, mask);
-                    std::arch::asm!("vpaddb {u}{{{k}}}, {u}, {s}", u = inout(ymm_reg) v, k = in(kreg) qh, s = in(ymm_reg) sixteen,
-                                    options(pure, nomem, nostack, preserves_flags));
-                    v
-                }
-            };
+            if K == Q4_1 {
+                mw[r] = super::avx2::f16(b.add(2));
+            }
+            u[r] = unsigned_quants::<K>(b, flip, shifts, mask, sixteen);
         }
         // The R·C scale products d_w·d_a of this block, one 4-lane multiply per weight row
         // (the same f32 products as one per output), read back by broadcast loads.
@@ -153,6 +139,32 @@ pub unsafe fn tile<const K: u8, const R: usize, const C: usize>(
 unsafe fn nibbles(p: *const u8, shifts: __m256i, mask: __m256i) -> __m256i {
     let t = _mm256_broadcastsi128_si256(_mm_loadu_si128(p as *const __m128i));
     _mm256_and_si256(_mm256_srlv_epi64(t, shifts), mask)
+}
+
+/// Block `b`'s 32 quants (format K, after its f16 scale) as unsigned bytes: Q8_0's x + 128,
+/// Q4_0's nibbles (q + 8), Q4_1's nibbles (its min, before them, is the caller's), Q5_0's 5-bit
+/// values (q + 16: the nibbles + 16 where the fifth bit is set).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn unsigned_quants<const K: u8>(
+    b: *const u8,
+    flip: __m256i,
+    shifts: __m256i,
+    mask: __m256i,
+    sixteen: __m256i,
+) -> __m256i {
+    match K {
+        Q8_0 => _mm256_xor_si256(_mm256_loadu_si256(b.add(2) as *const __m256i), flip),
+        Q4_0 => nibbles(b.add(2), shifts, mask),
+        Q4_1 => nibbles(b.add(4), shifts, mask),
+        _ => {
+            let qh = (b.add(2) as *const u32).read_unaligned();
+            let mut v = nibbles(b.add(6), shifts, mask);
+            std::arch::asm!("vpaddb {u}{{{k}}}, {u}, {s}", u = inout(ymm_reg) v, k = in(kreg) qh, s = in(ymm_reg) sixteen,
+                            options(pure, nomem, nostack, preserves_flags));
+            v
+        }
+    }
 }
 
 /// `tile::<K, R, C>` (C = 4 or 8) with 512-bit registers: the activation rows go in pairs, each
@@ -387,21 +399,10 @@ pub unsafe fn tile_eight<const K: u8, const R: usize>(w: &[u8], rb: usize, a: &[
             let b = w.as_ptr().add(r * rb + i * bytes);
             let dw = _mm256_cvtph_ps(_mm_set1_epi16((b as *const i16).read_unaligned()));
             _mm256_store_ps(prod.0.as_mut_ptr().add(8 * r), _mm256_mul_ps(dw, da));
-            let v = match K {
-                Q8_0 => _mm256_xor_si256(_mm256_loadu_si256(b.add(2) as *const __m256i), flip),
-                Q4_0 => nibbles(b.add(2), shifts, mask),
-                Q4_1 => {
-                    mw[r] = (b.add(2) as *const u16).read_unaligned();
-                    nibbles(b.add(4), shifts, mask)
-                }
-                _ => {
-                    let qh = (b.add(2) as *const u32).read_unaligned();
-                    let mut v = nibbles(b.add(6), shifts, mask);
-                    std::arch::asm!("vpaddb {u}{{{k}}}, {u}, {s}", u = inout(ymm_reg) v, k = in(kreg) qh, s = in(ymm_reg) sixteen,
-                                    options(pure, nomem, nostack, preserves_flags));
-                    v
-                }
-            };
+            if K == Q4_1 {
+                mw[r] = (b.add(2) as *const u16).read_unaligned();
+            }
+            let v = unsigned_quants::<K>(b, flip, shifts, mask, sixteen);
             u[r] = _mm512_permutexvar_epi32(dup, _mm512_castsi256_si512(v));
         }
         for p in 0..4 {
