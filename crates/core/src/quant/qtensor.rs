@@ -215,8 +215,8 @@ impl QTensor {
 /// (n ≤ 4: decode's q/k/v, gate/up): the output rows of all of them cut into one set of blocks,
 /// one parallel call instead of one per matrix (k and v alone are too few rows to give every
 /// thread a block). Each row's numbers are `matmul`'s (the same acts and `dot_rows` or AMX-order
-/// kernel, blocks a multiple of 16 rows from each matrix's start). None when a matrix is a float
-/// format (their own path) or the shapes do not fit.
+/// kernel, blocks a multiple of 16 rows from each matrix's start; F16/BF16 matrices
+/// `float_formats::dot_rows_few`). None when the shapes do not fit.
 pub(crate) fn matmul_few_many(qs: &[&QTensor], x: &[f32], n: usize) -> Option<Vec<Vec<f32>>> {
     matmul_few_many_amx_or(qs, x, n, amx_engine())
 }
@@ -232,26 +232,31 @@ pub(crate) fn matmul_few_many_amx_or(
     if n == 0 || n > 4 || x.len() < n * k {
         return None;
     }
-    if qs.iter().any(|q| q.cols != k || matches!(q.ty, GgmlType::F16 | GgmlType::BF16)) {
+    if qs.iter().any(|q| q.cols != k) {
         return None;
     }
     let level = Level::detect();
-    let paths: Vec<X86Path> = qs.iter().map(|q| X86Path::pick(level, engine, q.ty, q.rows, n)).collect();
+    // F16/BF16 matrices take `float_formats`' row dots (their inputs rounded to the weight type).
+    let float = |q: &QTensor| matches!(q.ty, GgmlType::F16 | GgmlType::BF16);
+    let halfs: Vec<Vec<super::float_formats::HalfRow>> =
+        qs.iter().map(|q| if float(q) { super::float_formats::half_rows(q.ty, x, n, k) } else { Vec::new() }).collect();
+    let paths: Vec<X86Path> = qs
+        .iter()
+        .map(|q| if float(q) { X86Path::VecDot } else { X86Path::pick(level, engine, q.ty, q.rows, n) })
+        .collect();
     // The AMX-order kernel's operands instead where it runs: the packed rows (made here, not in
     // a task) and the inputs in the tiles' layout.
     let amx = |p: X86Path| p == X86Path::Amx;
     let acts: Vec<Vec<Act>> = qs
         .iter()
         .zip(&paths)
-        .map(
-            |(q, &p)| {
-                if amx(p) {
-                    Vec::new()
-                } else {
-                    (0..n).map(|i| q.act(&x[i * k..(i + 1) * k], i, n, p)).collect()
-                }
-            },
-        )
+        .map(|(q, &p)| {
+            if amx(p) || float(q) {
+                Vec::new()
+            } else {
+                (0..n).map(|i| q.act(&x[i * k..(i + 1) * k], i, n, p)).collect()
+            }
+        })
         .collect();
     // The inputs in the tiles' layout once for every AMX matrix (they depend on x alone).
     #[cfg(target_arch = "x86_64")]
@@ -285,6 +290,9 @@ pub(crate) fn matmul_few_many_amx_or(
                 return unsafe { amx::few(q.amx_packed(), (r0 / 16, r1.div_ceil(16)), a, yb.as_mut_ptr(), 1, n) };
             }
             let w = &q.data[r0 * rb..r1 * rb];
+            if float(q) {
+                return super::float_formats::dot_rows_few(level, q.ty, q.rows, k, w, &halfs[qi], yb);
+            }
             dot_rows(level, paths[qi], q.ty, w, rb, &acts[qi], yb);
         });
     }
