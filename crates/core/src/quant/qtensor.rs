@@ -198,7 +198,7 @@ impl QTensor {
         // A few inputs (decode): one block of output rows per thread, so that the AVX-512
         // kernels' R streams are long; a multiple of 8, so the AVX2 repacked kernels take their
         // eight rows at once throughout.
-        let block = m.div_ceil(crate::par::threads()).max(32).next_multiple_of(8);
+        let block = crate::par::few_rows_block(m, rb).next_multiple_of(8);
         let run = |yt: &mut [f32]| {
             crate::par::chunks_mut(yt, block * n, |bi, yb| {
                 let r0 = bi * block;
@@ -268,7 +268,8 @@ pub(crate) fn matmul_few_many_amx_or(
         amx::Acts::quantize_few(x, n, k)
     });
     let total: usize = qs.iter().map(|q| q.rows).sum();
-    let block = total.div_ceil(crate::par::threads()).max(32).next_multiple_of(16);
+    let bytes = qs.iter().map(|q| q.rows * q.row_bytes).sum::<usize>() / total.max(1);
+    let block = crate::par::few_rows_block(total, bytes).next_multiple_of(16);
     let mut yts: Vec<Vec<f32>> = qs.iter().map(|q| vec![0f32; q.rows * n]).collect();
     {
         let pieces: Vec<crate::par::Pieces<f32>> =
