@@ -25,9 +25,9 @@ for amx in 1 $([ "${AMX_OFF:-0}" = 1 ] && echo 0); do
         --random-smollm2 /tmp/pf --tokenizer "$D/smollm2-tokenizer.json" --threads 16 --repeats 2 \
         2>&1 | tee -a "$OUT/xeon16.txt" | grep -E "^\|"
 done
-# Where a 16-thread prompt and decode go, op by op, with the AMX tiles on (Q8_0 and F16: an AMX
-# format and one that is not).
-for ty in q8_0 f16; do
+# Where a 16-thread prompt and decode go, op by op, with the AMX tiles on (Q4_1 and Q8_0: AMX
+# formats; F16: one that is not). PROFILE_TYPES to choose.
+for ty in ${PROFILE_TYPES:-q4_1 q8_0 f16}; do
     echo "== SMELT_PROFILE, $ty, 16 threads" | tee -a "$OUT/xeon16.txt"
     RAYON_NUM_THREADS=16 SMELT_PROFILE=1 timeout 120 "$D/smelt" bench --device cpu --model /tmp/pf/smollm2-random-$ty.gguf \
         --batch-size 1 --seq-len 512 --decode-tokens 64 --no-train --no-forward 2>&1 | tee -a "$OUT/xeon16.txt" | tail -30

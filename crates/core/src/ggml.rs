@@ -491,36 +491,51 @@ pub fn dot_f16_columns_at(out: &mut [f32], v: &[u16], offs: &[usize], p: &[f32])
     }
 }
 
-/// `vb` holds f32 values, or f16 with H (offsets in elements either way).
+/// `vb` holds f32 values, or f16 with H (offsets in elements either way). Lane by lane: the
+/// four accumulators of lanes l and l + 1 (rows j ≡ l mod 16, accumulator (j mod 64) / 16)
+/// are summed over their rows in order, then combined at once into lane l's
+/// (a0 + a2) + (a1 + a3), so 16 lane sums and 8 accumulators are live, not 64 accumulators
+/// (which spilled, and were zeroed in memory, for every 16 columns: most of a short context's
+/// time, as a served request's is).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 unsafe fn columns_avx512<const H: bool>(out: &mut [f32], vb: *const u8, offs: &[usize], p: &[f32]) {
     use std::arch::x86_64::*;
     let (pp, rows) = (p.as_ptr(), offs.len());
     for c in (0..out.len()).step_by(16) {
-        let mut b = [[_mm512_setzero_ps(); 16]; 4];
-        for (a, ba) in b.iter_mut().enumerate() {
-            let mut x = [_mm512_setzero_ps(); 16];
-            let mut base = 16 * a;
-            while base + 16 <= rows {
-                for (l, xl) in x.iter_mut().enumerate() {
-                    let j = base + l;
-                    *xl = _mm512_fmadd_ps(load16::<H>(vb, offs[j] + c), _mm512_set1_ps(*pp.add(j)), *xl);
+        let mut r = [_mm512_setzero_ps(); 16];
+        for l in (0..16).step_by(2) {
+            // Eight independent sums (lanes l, l + 1 × four accumulators) a step of 64 rows.
+            let mut x = [[_mm512_setzero_ps(); 4]; 2];
+            let mut base = 0;
+            while base + 64 <= rows {
+                for (h, xh) in x.iter_mut().enumerate() {
+                    for (a, xa) in xh.iter_mut().enumerate() {
+                        let j = base + 16 * a + l + h;
+                        *xa = _mm512_fmadd_ps(
+                            load16::<H>(vb, *offs.get_unchecked(j) + c),
+                            _mm512_set1_ps(*pp.add(j)),
+                            *xa,
+                        );
+                    }
                 }
                 base += 64;
             }
-            for (l, xl) in x.iter_mut().enumerate() {
-                let j = base + l;
-                if j < rows {
-                    *xl = _mm512_fmadd_ps(load16::<H>(vb, offs[j] + c), _mm512_set1_ps(*pp.add(j)), *xl);
+            for (h, xh) in x.iter_mut().enumerate() {
+                for (a, xa) in xh.iter_mut().enumerate() {
+                    let j = base + 16 * a + l + h;
+                    if j < rows {
+                        *xa = _mm512_fmadd_ps(
+                            load16::<H>(vb, *offs.get_unchecked(j) + c),
+                            _mm512_set1_ps(*pp.add(j)),
+                            *xa,
+                        );
+                    }
                 }
             }
-            *ba = x;
-        }
-        // Lane l: (a0 + a2) + (a1 + a3), then `reduce16` across the lanes.
-        let mut r = [_mm512_setzero_ps(); 16];
-        for (l, rl) in r.iter_mut().enumerate() {
-            *rl = _mm512_add_ps(_mm512_add_ps(b[0][l], b[2][l]), _mm512_add_ps(b[1][l], b[3][l]));
+            for (h, [a0, a1, a2, a3]) in x.into_iter().enumerate() {
+                r[l + h] = _mm512_add_ps(_mm512_add_ps(a0, a2), _mm512_add_ps(a1, a3));
+            }
         }
         _mm512_storeu_ps(out.as_mut_ptr().add(c), reduce16_regs(r));
     }

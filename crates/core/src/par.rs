@@ -22,28 +22,47 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering:
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+/// A value alone on its cache lines (two: the adjacent-line prefetcher pairs them), so that
+/// the atomics every thread writes (`Job::next`, `Job::done`, `Pool::refs`) do not invalidate
+/// the line the spinning workers read (`Pool::epoch`), nor each other's.
+#[repr(align(128))]
+struct Line<T>(T);
+
+impl<T> std::ops::Deref for Line<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// One call's work, on the caller's stack: workers reach it through `Pool::job` only while
 /// they hold a reference (`Pool::refs`), and the caller returns only when none does.
 struct Job<'a> {
     f: &'a (dyn Fn(usize) + Sync),
     n: usize,
-    next: AtomicUsize,
-    done: AtomicUsize,
     panicked: AtomicBool,
+    next: Line<AtomicUsize>,
+    done: Line<AtomicUsize>,
 }
 
 impl Job<'_> {
-    /// Claims and runs tasks until none is left.
+    /// Claims and runs tasks until none is left, then counts them done at once. Every claim
+    /// and count is a write to a line all the threads share, so: a read first (no claim once
+    /// the tasks are gone), one count per thread rather than per task.
     fn work(&self) {
-        loop {
+        let mut ran = 0;
+        while self.next.load(Relaxed) < self.n {
             let i = self.next.fetch_add(1, Relaxed);
             if i >= self.n {
-                return;
+                break;
             }
             if catch_unwind(AssertUnwindSafe(|| (self.f)(i))).is_err() {
                 self.panicked.store(true, Relaxed);
             }
-            self.done.fetch_add(1, Release);
+            ran += 1;
+        }
+        if ran > 0 {
+            self.done.fetch_add(ran, Release);
         }
     }
 }
@@ -53,17 +72,25 @@ struct Pool {
     threads: usize,
     /// One caller at a time.
     submit: Mutex<()>,
+    /// What a call publishes, on a line the workers only read between calls.
+    call: Line<Call>,
+    /// Workers between loading `job` and being done with it.
+    refs: Line<AtomicUsize>,
+    /// Workers parked on `wake`.
+    sleeping: Line<AtomicUsize>,
+    lock: Mutex<()>,
+    wake: Condvar,
+    spin: Duration,
+}
+
+struct Call {
     /// The current job (a `*const Job` with its lifetime erased), null between calls.
     job: AtomicPtr<()>,
     /// Bumped per call: what spinning workers watch.
     epoch: AtomicU64,
-    /// Workers between loading `job` and being done with it.
-    refs: AtomicUsize,
-    /// Workers parked on `wake`.
-    sleeping: AtomicUsize,
-    lock: Mutex<()>,
-    wake: Condvar,
-    spin: Duration,
+    /// The call's task count: worker t (1..) takes part only if t < tasks (the caller is
+    /// thread 0), so a call of few tasks costs the other workers nothing but this read.
+    tasks: AtomicUsize,
 }
 
 thread_local! {
@@ -78,16 +105,19 @@ fn pool() -> &'static Pool {
         let pool: &'static Pool = Box::leak(Box::new(Pool {
             threads: rayon::current_num_threads().max(1),
             submit: Mutex::new(()),
-            job: AtomicPtr::new(std::ptr::null_mut()),
-            epoch: AtomicU64::new(0),
-            refs: AtomicUsize::new(0),
-            sleeping: AtomicUsize::new(0),
+            call: Line(Call {
+                job: AtomicPtr::new(std::ptr::null_mut()),
+                epoch: AtomicU64::new(0),
+                tasks: AtomicUsize::new(0),
+            }),
+            refs: Line(AtomicUsize::new(0)),
+            sleeping: Line(AtomicUsize::new(0)),
             lock: Mutex::new(()),
             wake: Condvar::new(),
             spin: Duration::from_micros(spin_us),
         }));
         for t in 1..pool.threads {
-            let spawned = std::thread::Builder::new().name(format!("smelt-par-{t}")).spawn(move || worker(pool));
+            let spawned = std::thread::Builder::new().name(format!("smelt-par-{t}")).spawn(move || worker(pool, t));
             if spawned.is_err() {
                 // Fewer workers only means fewer hands: the caller and the others claim every task.
                 break;
@@ -97,14 +127,15 @@ fn pool() -> &'static Pool {
     })
 }
 
-fn worker(pool: &'static Pool) {
+fn worker(pool: &'static Pool, id: usize) {
     INSIDE.with(|c| c.set(true));
-    let mut seen = pool.epoch.load(Acquire);
+    let call = &pool.call;
+    let mut seen = call.epoch.load(Acquire);
     loop {
         // Spin until a new call, then park.
         let start = Instant::now();
         let mut spins = 0u32;
-        while pool.epoch.load(Acquire) == seen {
+        while call.epoch.load(Acquire) == seen {
             spins = spins.wrapping_add(1);
             if !spins.is_multiple_of(64) || start.elapsed() < pool.spin {
                 std::hint::spin_loop();
@@ -112,14 +143,19 @@ fn worker(pool: &'static Pool) {
             }
             let mut guard = pool.lock.lock().unwrap_or_else(|e| e.into_inner());
             pool.sleeping.fetch_add(1, SeqCst);
-            while pool.epoch.load(SeqCst) == seen {
+            while call.epoch.load(SeqCst) == seen {
                 guard = pool.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
             }
             pool.sleeping.fetch_sub(1, SeqCst);
         }
-        seen = pool.epoch.load(Acquire);
+        seen = call.epoch.load(Acquire);
+        // (A later call's count when this worker lags a call behind: it then helps that call,
+        // or sits it out, exactly as a worker that arrived late.)
+        if id >= call.tasks.load(Acquire) {
+            continue;
+        }
         pool.refs.fetch_add(1, SeqCst);
-        let job = pool.job.load(SeqCst) as *const Job;
+        let job = call.job.load(SeqCst) as *const Job;
         if !job.is_null() {
             // SAFETY: a non-null `job` loaded while holding a reference stays alive until the
             // reference is dropped: the caller clears `job`, then waits for `refs` to reach 0.
@@ -133,6 +169,18 @@ fn worker(pool: &'static Pool) {
 /// RAYON_NUM_THREADS, else one per logical CPU).
 pub fn threads() -> usize {
     rayon::current_num_threads()
+}
+
+/// Output rows a task for a product of a few inputs (decode) over `rows` weight rows of
+/// `row_bytes` bytes each: one block per thread, at least 32 rows, and at least
+/// `SMELT_TASK_BYTES` bytes of weights (default 0: no floor), so that a small matrix on many
+/// threads can take fewer, longer tasks (each task and each taking part costs the threads a
+/// few shared writes; with fewer tasks than threads the rest sit the call out).
+pub fn few_rows_block(rows: usize, row_bytes: usize) -> usize {
+    static MIN_BYTES: OnceLock<usize> = OnceLock::new();
+    let min =
+        *MIN_BYTES.get_or_init(|| std::env::var("SMELT_TASK_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
+    rows.div_ceil(threads()).max(32).max(min.div_ceil(row_bytes.max(1)))
 }
 
 /// Runs f(i) for every i in 0..n, spread over the pool's threads (the caller's included), and
@@ -149,9 +197,16 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
         use rayon::prelude::*;
         return (0..n).into_par_iter().for_each(&f);
     };
-    let job = Job { f: &f, n, next: AtomicUsize::new(0), done: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
-    pool.job.store(&job as *const Job as *mut (), SeqCst);
-    pool.epoch.fetch_add(1, SeqCst);
+    let job = Job {
+        f: &f,
+        n,
+        panicked: AtomicBool::new(false),
+        next: Line(AtomicUsize::new(0)),
+        done: Line(AtomicUsize::new(0)),
+    };
+    pool.call.tasks.store(n, SeqCst);
+    pool.call.job.store(&job as *const Job as *mut (), SeqCst);
+    pool.call.epoch.fetch_add(1, SeqCst);
     if pool.sleeping.load(SeqCst) > 0 {
         let _guard = pool.lock.lock().unwrap_or_else(|e| e.into_inner());
         pool.wake.notify_all();
@@ -160,7 +215,7 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
     job.work();
     INSIDE.with(|c| c.set(false));
     wait_until(|| job.done.load(Acquire) == n);
-    pool.job.store(std::ptr::null_mut(), SeqCst);
+    pool.call.job.store(std::ptr::null_mut(), SeqCst);
     wait_until(|| pool.refs.load(SeqCst) == 0);
     if job.panicked.load(Relaxed) {
         panic!("a task of smelt_core::par::for_each panicked (its message is above)");

@@ -100,7 +100,7 @@ impl Order {
 }
 
 /// An input row rounded to the weight type: `x` the values as f32 (exact), `h` their bits.
-struct HalfRow {
+pub(crate) struct HalfRow {
     x: Vec<f32>,
     h: Vec<u16>,
 }
@@ -161,7 +161,7 @@ pub(crate) fn matmul(
     }
     // Blocks of output rows, each reading its weight rows once for all n inputs: one block per
     // thread for a few inputs (decode), 32 rows for more.
-    let block = if n <= 4 { m.div_ceil(crate::par::threads()).max(32) } else { 32 };
+    let block = if n <= 4 { crate::par::few_rows_block(m, rb) } else { 32 };
     let run = |yt: &mut [f32]| {
         crate::par::chunks_mut(yt, block * n, |bi, yb| {
             let r0 = bi * block;
@@ -170,6 +170,27 @@ pub(crate) fn matmul(
         })
     };
     super::qtensor::into_rows_of_y(m, n, y, run)
+}
+
+/// `matmul`'s inputs for a few rows (decode), for [`dot_rows_few`]: each rounded to `ty`.
+pub(crate) fn half_rows(ty: GgmlType, x: &[f32], n: usize, cols: usize) -> Vec<HalfRow> {
+    (0..n).map(|i| half_row(ty, &x[i * cols..(i + 1) * cols])).collect()
+}
+
+/// Rows of `w` (a block of a `rows` × `cols` matrix's rows) against `acts`, into out (block rows
+/// × n): what `matmul` of the whole matrix computes for those rows (its order is chosen by the
+/// whole matrix's shape, and each output is one row's dot alone), so a caller may cut the rows
+/// of several matrices into one parallel call's tasks (`qtensor::matmul_few_many`).
+pub(crate) fn dot_rows_few(
+    level: Level,
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    w: &[u8],
+    acts: &[HalfRow],
+    out: &mut [f32],
+) {
+    dot_rows(level, ty, Order::of(ty, rows, cols, acts.len()), w, 2 * cols, acts, out)
 }
 
 /// out (rows × n): each weight row of `w` against every input row.

@@ -198,7 +198,7 @@ impl QTensor {
         // A few inputs (decode): one block of output rows per thread, so that the AVX-512
         // kernels' R streams are long; a multiple of 8, so the AVX2 repacked kernels take their
         // eight rows at once throughout.
-        let block = m.div_ceil(crate::par::threads()).max(32).next_multiple_of(8);
+        let block = crate::par::few_rows_block(m, rb).next_multiple_of(8);
         let run = |yt: &mut [f32]| {
             crate::par::chunks_mut(yt, block * n, |bi, yb| {
                 let r0 = bi * block;
@@ -215,8 +215,8 @@ impl QTensor {
 /// (n ≤ 4: decode's q/k/v, gate/up): the output rows of all of them cut into one set of blocks,
 /// one parallel call instead of one per matrix (k and v alone are too few rows to give every
 /// thread a block). Each row's numbers are `matmul`'s (the same acts and `dot_rows` or AMX-order
-/// kernel, blocks a multiple of 16 rows from each matrix's start). None when a matrix is a float
-/// format (their own path) or the shapes do not fit.
+/// kernel, blocks a multiple of 16 rows from each matrix's start; F16/BF16 matrices
+/// `float_formats::dot_rows_few`). None when the shapes do not fit.
 pub(crate) fn matmul_few_many(qs: &[&QTensor], x: &[f32], n: usize) -> Option<Vec<Vec<f32>>> {
     matmul_few_many_amx_or(qs, x, n, amx_engine())
 }
@@ -232,26 +232,31 @@ pub(crate) fn matmul_few_many_amx_or(
     if n == 0 || n > 4 || x.len() < n * k {
         return None;
     }
-    if qs.iter().any(|q| q.cols != k || matches!(q.ty, GgmlType::F16 | GgmlType::BF16)) {
+    if qs.iter().any(|q| q.cols != k) {
         return None;
     }
     let level = Level::detect();
-    let paths: Vec<X86Path> = qs.iter().map(|q| X86Path::pick(level, engine, q.ty, q.rows, n)).collect();
+    // F16/BF16 matrices take `float_formats`' row dots (their inputs rounded to the weight type).
+    let float = |q: &QTensor| matches!(q.ty, GgmlType::F16 | GgmlType::BF16);
+    let halfs: Vec<Vec<super::float_formats::HalfRow>> =
+        qs.iter().map(|q| if float(q) { super::float_formats::half_rows(q.ty, x, n, k) } else { Vec::new() }).collect();
+    let paths: Vec<X86Path> = qs
+        .iter()
+        .map(|q| if float(q) { X86Path::VecDot } else { X86Path::pick(level, engine, q.ty, q.rows, n) })
+        .collect();
     // The AMX-order kernel's operands instead where it runs: the packed rows (made here, not in
     // a task) and the inputs in the tiles' layout.
     let amx = |p: X86Path| p == X86Path::Amx;
     let acts: Vec<Vec<Act>> = qs
         .iter()
         .zip(&paths)
-        .map(
-            |(q, &p)| {
-                if amx(p) {
-                    Vec::new()
-                } else {
-                    (0..n).map(|i| q.act(&x[i * k..(i + 1) * k], i, n, p)).collect()
-                }
-            },
-        )
+        .map(|(q, &p)| {
+            if amx(p) || float(q) {
+                Vec::new()
+            } else {
+                (0..n).map(|i| q.act(&x[i * k..(i + 1) * k], i, n, p)).collect()
+            }
+        })
         .collect();
     // The inputs in the tiles' layout once for every AMX matrix (they depend on x alone).
     #[cfg(target_arch = "x86_64")]
@@ -263,7 +268,8 @@ pub(crate) fn matmul_few_many_amx_or(
         amx::Acts::quantize_few(x, n, k)
     });
     let total: usize = qs.iter().map(|q| q.rows).sum();
-    let block = total.div_ceil(crate::par::threads()).max(32).next_multiple_of(16);
+    let bytes = qs.iter().map(|q| q.rows * q.row_bytes).sum::<usize>() / total.max(1);
+    let block = crate::par::few_rows_block(total, bytes).next_multiple_of(16);
     let mut yts: Vec<Vec<f32>> = qs.iter().map(|q| vec![0f32; q.rows * n]).collect();
     {
         let pieces: Vec<crate::par::Pieces<f32>> =
@@ -285,6 +291,9 @@ pub(crate) fn matmul_few_many_amx_or(
                 return unsafe { amx::few(q.amx_packed(), (r0 / 16, r1.div_ceil(16)), a, yb.as_mut_ptr(), 1, n) };
             }
             let w = &q.data[r0 * rb..r1 * rb];
+            if float(q) {
+                return super::float_formats::dot_rows_few(level, q.ty, q.rows, k, w, &halfs[qi], yb);
+            }
             dot_rows(level, paths[qi], q.ty, w, rb, &acts[qi], yb);
         });
     }
@@ -601,6 +610,32 @@ unsafe fn store_tile<const R: usize, const C: usize>(o: &[[f32; C]; R], out: *mu
     }
 }
 
+/// `store_tile` of a 4 × 8 tile: the four rows' eight outputs transposed in registers, then
+/// each input's four consecutive outputs stored as one 16-byte vector (32 scalar moves before).
+/// Safety: as `store_tile`, with AVX present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn store_tile_4x8(o: &[[f32; 8]; 4], out: *mut f32, ldo: usize, j: usize) {
+    use std::arch::x86_64::*;
+    let r: [__m256; 4] = std::array::from_fn(|i| _mm256_loadu_ps(o[i].as_ptr()));
+    // t0 = [r0c0 r1c0 r0c1 r1c1 | r0c4 r1c4 r0c5 r1c5], t1 = c2, c3 | c6, c7 (rows 0, 1);
+    // t2, t3 the same for rows 2, 3. Then (t0, t2) give columns 0 and 1 (and 4, 5) whole.
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let c = [
+        _mm256_shuffle_ps::<0x44>(t0, t2), // columns 0 | 4
+        _mm256_shuffle_ps::<0xEE>(t0, t2), // columns 1 | 5
+        _mm256_shuffle_ps::<0x44>(t1, t3), // columns 2 | 6
+        _mm256_shuffle_ps::<0xEE>(t1, t3), // columns 3 | 7
+    ];
+    for (i, v) in c.iter().enumerate() {
+        _mm_storeu_ps(out.add(i * ldo + j), _mm256_castps256_ps128(*v));
+        _mm_storeu_ps(out.add((i + 4) * ldo + j), _mm256_extractf128_ps::<1>(*v));
+    }
+}
+
 /// `tile_rows::<K, 8>` on eight prepared activation rows (`tile512::tile_eight`, the same
 /// bits). Safety: `w`'s rows hold `e.len()` blocks of format K (`check_eight`).
 #[cfg(target_arch = "x86_64")]
@@ -620,7 +655,7 @@ unsafe fn tile_rows_eight<const K: u8>(
         if first {
             prefetch_tile(w, rb, j);
         }
-        store_tile(&tile_eight::<K, 4>(w.get_unchecked(j * rb..), rb, e), out, ldo, j);
+        store_tile_4x8(&tile_eight::<K, 4>(w.get_unchecked(j * rb..), rb, e), out, ldo, j);
         j += 4;
     }
     for j in j..rows {

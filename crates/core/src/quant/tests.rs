@@ -194,6 +194,38 @@ fn rows_alone_equal_each_row_alone_bit_for_bit() {
     }
 }
 
+/// A decode step's q/k/v (or gate/up) in one parallel call (`matmul_few_many`) gives each
+/// matrix its own `matmul`'s bits, for every format, the float formats (F16/BF16) included,
+/// with one to four inputs and row counts that cut unevenly into the call's blocks.
+#[test]
+fn few_rows_of_several_matrices_in_one_call_equal_each_matmul_bit_for_bit() {
+    let cols = 256;
+    for ty in GgmlType::ALL {
+        let qs: Vec<QTensor> = [(64, 1), (37, 2), (96, 3)]
+            .iter()
+            .map(|&(rows, seed)| QTensor::quantize(ty, &rand(rows * cols, seed), rows, cols).unwrap())
+            .collect();
+        let refs: Vec<&QTensor> = qs.iter().collect();
+        for n in 1..=4 {
+            let x = rand(n * cols, 10 + n as u64);
+            let ys = super::matmul_few_many(&refs, &x, n)
+                .unwrap_or_else(|| panic!("{} · {n}: no one-call product", ty.name()));
+            for (q, y) in qs.iter().zip(&ys) {
+                let mut want = vec![0f32; n * q.dims().0];
+                q.matmul(&x, n, &mut want);
+                let bad = y.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(
+                    bad,
+                    0,
+                    "{} [{}x{cols}] · {n}: {bad} outputs differ from its own matmul",
+                    ty.name(),
+                    q.dims().0
+                );
+            }
+        }
+    }
+}
+
 /// llama.cpp's 4x8 Q8_K quantiser differs from `quantize_row_q8_K_ref` only in the sign it picks
 /// when +amax and −amax both occur: the same products d·q either way.
 #[test]

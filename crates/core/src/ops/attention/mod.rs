@@ -529,15 +529,16 @@ pub fn attn_decode_packed(seqs: &[SeqAttn], k: PackedKv, v: PackedKv, hd: Heads,
     // and no scratch). A row of KVH·D f16 values: position r's head g at r·KVH·D + g·D, the
     // f32 offsets `rows` already hold.
     if let (Some(k16), Some(v16), true) = (as_f16(&k), as_f16(&v), d == 64 && crate::ggml::f16_decode_kernels()) {
-        let pieces: Vec<Vec<f32>> = crate::par::map(seqs.len() * hd.kvh, |t| {
+        // Task t = (sequence, KV head) writes that sequence's heads g·grp.. (grp, D): in task
+        // order they are the sequences' (H, D) rows one after another.
+        let mut out = vec![0f32; seqs.len() * hd.h * d];
+        crate::par::chunks_mut(&mut out, grp * d, |t, out| {
             let (s, g) = (&seqs[t / hd.kvh], t % hd.kvh);
             let offs: Vec<usize> = s.rows.iter().map(|&at| at + g * d).collect();
-            let mut out = vec![0f32; grp * d];
             let q = &s.q[g * grp * d..(g + 1) * grp * d];
-            decode_heads_of(q, DecodeKv::F16(k16, v16), &offs, d, hd.window, scale, &mut out);
-            out
+            decode_heads_of(q, DecodeKv::F16(k16, v16), &offs, d, hd.window, scale, out);
         });
-        return Ok(pieces.concat());
+        return Ok(out);
     }
     thread_local! {
         // Each pool thread's widened keys, values and their offsets, kept from task to task
