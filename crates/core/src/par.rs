@@ -171,16 +171,11 @@ pub fn threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// Output rows a task for a product of a few inputs (decode) over `rows` weight rows of
-/// `row_bytes` bytes each: one block per thread, at least 32 rows, and at least
-/// `SMELT_TASK_BYTES` bytes of weights (default 0: no floor), so that a small matrix on many
-/// threads can take fewer, longer tasks (each task and each taking part costs the threads a
-/// few shared writes; with fewer tasks than threads the rest sit the call out).
-pub fn few_rows_block(rows: usize, row_bytes: usize) -> usize {
-    static MIN_BYTES: OnceLock<usize> = OnceLock::new();
-    let min =
-        *MIN_BYTES.get_or_init(|| std::env::var("SMELT_TASK_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(0));
-    rows.div_ceil(threads()).max(32).max(min.div_ceil(row_bytes.max(1)))
+/// Output rows a task for a product of a few inputs (decode) over `rows` weight rows: one
+/// block per thread, at least 32 rows (a floor on a task's bytes was tried on the Xeon at 16
+/// threads, docs/PERF.md: no consistent gain).
+pub fn few_rows_block(rows: usize) -> usize {
+    rows.div_ceil(threads()).max(32)
 }
 
 /// Runs f(i) for every i in 0..n, spread over the pool's threads (the caller's included), and

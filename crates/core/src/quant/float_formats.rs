@@ -161,7 +161,7 @@ pub(crate) fn matmul(
     }
     // Blocks of output rows, each reading its weight rows once for all n inputs: one block per
     // thread for a few inputs (decode), 32 rows for more.
-    let block = if n <= 4 { crate::par::few_rows_block(m, rb) } else { 32 };
+    let block = if n <= 4 { crate::par::few_rows_block(m) } else { 32 };
     let run = |yt: &mut [f32]| {
         crate::par::chunks_mut(yt, block * n, |bi, yb| {
             let r0 = bi * block;

@@ -198,7 +198,7 @@ impl QTensor {
         // A few inputs (decode): one block of output rows per thread, so that the AVX-512
         // kernels' R streams are long; a multiple of 8, so the AVX2 repacked kernels take their
         // eight rows at once throughout.
-        let block = crate::par::few_rows_block(m, rb).next_multiple_of(8);
+        let block = crate::par::few_rows_block(m).next_multiple_of(8);
         let run = |yt: &mut [f32]| {
             crate::par::chunks_mut(yt, block * n, |bi, yb| {
                 let r0 = bi * block;
@@ -238,8 +238,15 @@ pub(crate) fn matmul_few_many_amx_or(
     let level = Level::detect();
     // F16/BF16 matrices take `float_formats`' row dots (their inputs rounded to the weight type).
     let float = |q: &QTensor| matches!(q.ty, GgmlType::F16 | GgmlType::BF16);
-    let halfs: Vec<Vec<super::float_formats::HalfRow>> =
-        qs.iter().map(|q| if float(q) { super::float_formats::half_rows(q.ty, x, n, k) } else { Vec::new() }).collect();
+    // The inputs rounded once per float type (q, k and v of an F16 model share them).
+    let half_of = |ty: GgmlType| {
+        if qs.iter().any(|q| q.ty == ty) {
+            super::float_formats::half_rows(ty, x, n, k)
+        } else {
+            Vec::new()
+        }
+    };
+    let (f16s, bf16s) = (half_of(GgmlType::F16), half_of(GgmlType::BF16));
     let paths: Vec<X86Path> = qs
         .iter()
         .map(|q| if float(q) { X86Path::VecDot } else { X86Path::pick(level, engine, q.ty, q.rows, n) })
@@ -268,8 +275,7 @@ pub(crate) fn matmul_few_many_amx_or(
         amx::Acts::quantize_few(x, n, k)
     });
     let total: usize = qs.iter().map(|q| q.rows).sum();
-    let bytes = qs.iter().map(|q| q.rows * q.row_bytes).sum::<usize>() / total.max(1);
-    let block = crate::par::few_rows_block(total, bytes).next_multiple_of(16);
+    let block = crate::par::few_rows_block(total).next_multiple_of(16);
     let mut yts: Vec<Vec<f32>> = qs.iter().map(|q| vec![0f32; q.rows * n]).collect();
     {
         let pieces: Vec<crate::par::Pieces<f32>> =
@@ -292,7 +298,8 @@ pub(crate) fn matmul_few_many_amx_or(
             }
             let w = &q.data[r0 * rb..r1 * rb];
             if float(q) {
-                return super::float_formats::dot_rows_few(level, q.ty, q.rows, k, w, &halfs[qi], yb);
+                let acts = if q.ty == GgmlType::F16 { &f16s } else { &bf16s };
+                return super::float_formats::dot_rows_few(level, q.ty, q.rows, k, w, acts, yb);
             }
             dot_rows(level, paths[qi], q.ty, w, rb, &acts[qi], yb);
         });

@@ -155,8 +155,8 @@ pub(crate) fn matmul(engine: Engine, w: &Packed, acts: &Acts, y: &mut [f32]) {
     assert!(y.len() >= n * m && acts.nb == w.nb, "amx matmul: {} outputs for {n} × {m}", y.len());
     if n <= 4 && engine != Engine::Portable {
         let out = crate::par::SendPtr(y.as_mut_ptr());
-        // Groups of 16 rows; `few_rows_block` counts the packed bytes a row.
-        let per = crate::par::few_rows_block(w.rows, w.row_bytes()).div_ceil(16);
+        // Groups of 16 rows.
+        let per = crate::par::few_rows_block(w.rows).div_ceil(16);
         crate::par::for_each(w.groups.div_ceil(per), |t| {
             let (g0, g1) = (t * per, ((t + 1) * per).min(w.groups));
             // SAFETY: `engine` is not Portable, so AVX-512 VNNI was checked (Amx: `engine()`;

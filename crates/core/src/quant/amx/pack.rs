@@ -61,12 +61,6 @@ pub(crate) struct Packed {
 }
 
 impl Packed {
-    /// The file's bytes of one row (what a row's dot reads, near enough: the packed layout
-    /// holds the same quants and scales).
-    pub(crate) fn row_bytes(&self) -> usize {
-        self.nb * block_bytes(self.kind)
-    }
-
     /// Repacks `w` (rows × the file's row bytes). Groups in parallel.
     pub(crate) fn new(kind: u8, w: &[u8], rows: usize, cols: usize) -> Packed {
         assert!(cols.is_multiple_of(32) && matches!(kind, Q8_0 | Q4_0 | Q4_1), "amx: format {kind}, {cols} columns");
