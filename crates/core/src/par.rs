@@ -1,13 +1,22 @@
 //! The inference thread pool: `for_each(n, f)` runs f(0..n) on threads that spin between
 //! calls, as llama.cpp's do between graph nodes.
 //!
-//! Why not rayon for these ops: a batch-1 decode step of a 135M model is ~200 parallel ops of
-//! 10–30 µs each. Rayon splits each one by recursive `join`, and its idle workers fall asleep
+//! Why not rayon for these ops: a batch-1 decode step of a 135M model is ~150-200 parallel ops
+//! of 10–30 µs each. Rayon splits each one by recursive `join`, and its idle workers fall asleep
 //! after ~64 µs of yielding, so every op pays wake-ups and steals; at 16 threads that overhead
 //! was larger than the work (decode stopped scaling past 4 threads, add_rmsnorm got slower
-//! from 4 to 16; docs/PERF.md "CPU at 16 threads"). Here a call publishes one job, the
-//! workers (already spinning) claim task indices from one atomic counter, and the caller works
-//! too; a worker parks on a condvar only after `SMELT_SPIN_US` (default 200) µs without a job.
+//! from 4 to 16; docs/PERF.md "CPU at 16 threads"). Here a call publishes one job and the
+//! workers (already spinning) see it; the caller works too; a worker parks on a condvar only
+//! after `SMELT_SPIN_US` (default 200) µs without a job.
+//!
+//! A call's cost is its cache-line traffic, and a read-modify-write of a line every thread
+//! writes is the dear kind (each one waits for the last: 16 threads × a few such writes was
+//! ~4.5 µs a call on a 16-core Xeon, docs/PERF.md). So the first `threads` tasks are owned:
+//! task i < threads is thread i's, claimed on thread i's own line (the caller is thread 0), and
+//! only tasks past those go through one shared counter. A thread marks its line busy while it
+//! holds the job, and the caller, done with its own share, runs any owned task no one has
+//! claimed yet (a parked or descheduled worker's) and then waits until no line is busy. A
+//! decode matvec (one task per thread) thus costs each thread two writes to its own line.
 //!
 //! The results never depend on which thread ran a task: each task writes its own outputs, so
 //! the split changes the time and nothing else (the ops' parity tests pin the bits). Rayon
@@ -23,8 +32,7 @@ use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// A value alone on its cache lines (two: the adjacent-line prefetcher pairs them), so that
-/// the atomics every thread writes (`Job::next`, `Job::done`, `Pool::refs`) do not invalidate
-/// the line the spinning workers read (`Pool::epoch`), nor each other's.
+/// what one thread writes does not invalidate what another reads.
 #[repr(align(128))]
 struct Line<T>(T);
 
@@ -35,34 +43,53 @@ impl<T> std::ops::Deref for Line<T> {
     }
 }
 
-/// One call's work, on the caller's stack: workers reach it through `Pool::job` only while
-/// they hold a reference (`Pool::refs`), and the caller returns only when none does.
+/// Thread t's line: written by thread t, read by the caller (and written by it only to run
+/// an owned task that t has not claimed).
+struct Seat {
+    /// True while the thread may touch the current job (set before it loads `Call::job`).
+    busy: AtomicBool,
+    /// The number of the last call whose owned task t was claimed (by t, or by the caller).
+    claimed: AtomicU64,
+}
+
+/// One call's work, on the caller's stack: a thread reaches it through `Call::job` only while
+/// its seat is busy, and the caller returns only when no seat is.
 struct Job<'a> {
     f: &'a (dyn Fn(usize) + Sync),
     n: usize,
+    /// This call's number (`Call::epoch`): the tag of its claims.
+    epoch: u64,
+    /// Tasks 0..owned are owned (one per thread); the rest are claimed from `next`.
+    owned: usize,
     panicked: AtomicBool,
     next: Line<AtomicUsize>,
-    done: Line<AtomicUsize>,
 }
 
 impl Job<'_> {
-    /// Claims and runs tasks until none is left, then counts them done at once. Every claim
-    /// and count is a write to a line all the threads share, so: a read first (no claim once
-    /// the tasks are gone), one count per thread rather than per task.
-    fn work(&self) {
-        let mut ran = 0;
+    fn run(&self, i: usize) {
+        if catch_unwind(AssertUnwindSafe(|| (self.f)(i))).is_err() {
+            self.panicked.store(true, Relaxed);
+        }
+    }
+
+    /// Claims owned task i for this call; false if someone already has.
+    fn claim(&self, seat: &Seat) -> bool {
+        let last = seat.claimed.load(Acquire);
+        last != self.epoch && seat.claimed.compare_exchange(last, self.epoch, AcqRel, Relaxed).is_ok()
+    }
+
+    /// Thread t's share: its owned task, then shared ones until none is left (a read before
+    /// each claim, so no write to the shared line once the tasks are gone).
+    fn work(&self, t: usize, seats: &[Line<Seat>]) {
+        if t < self.owned && self.claim(&seats[t]) {
+            self.run(t);
+        }
         while self.next.load(Relaxed) < self.n {
             let i = self.next.fetch_add(1, Relaxed);
             if i >= self.n {
                 break;
             }
-            if catch_unwind(AssertUnwindSafe(|| (self.f)(i))).is_err() {
-                self.panicked.store(true, Relaxed);
-            }
-            ran += 1;
-        }
-        if ran > 0 {
-            self.done.fetch_add(ran, Release);
+            self.run(i);
         }
     }
 }
@@ -74,8 +101,8 @@ struct Pool {
     submit: Mutex<()>,
     /// What a call publishes, on a line the workers only read between calls.
     call: Line<Call>,
-    /// Workers between loading `job` and being done with it.
-    refs: Line<AtomicUsize>,
+    /// One per thread (the caller's, 0, unused but for the indexing).
+    seats: Vec<Line<Seat>>,
     /// Workers parked on `wake`.
     sleeping: Line<AtomicUsize>,
     lock: Mutex<()>,
@@ -88,8 +115,8 @@ struct Call {
     job: AtomicPtr<()>,
     /// Bumped per call: what spinning workers watch.
     epoch: AtomicU64,
-    /// The call's task count: worker t (1..) takes part only if t < tasks (the caller is
-    /// thread 0), so a call of few tasks costs the other workers nothing but this read.
+    /// The call's task count: worker t (1..) takes part only if t < tasks, so a call of few
+    /// tasks costs the other workers nothing but this read.
     tasks: AtomicUsize,
 }
 
@@ -102,15 +129,18 @@ fn pool() -> &'static Pool {
     static POOL: OnceLock<&'static Pool> = OnceLock::new();
     POOL.get_or_init(|| {
         let spin_us = std::env::var("SMELT_SPIN_US").ok().and_then(|s| s.parse().ok()).unwrap_or(200u64);
+        let threads = rayon::current_num_threads().max(1);
         let pool: &'static Pool = Box::leak(Box::new(Pool {
-            threads: rayon::current_num_threads().max(1),
+            threads,
             submit: Mutex::new(()),
             call: Line(Call {
                 job: AtomicPtr::new(std::ptr::null_mut()),
                 epoch: AtomicU64::new(0),
                 tasks: AtomicUsize::new(0),
             }),
-            refs: Line(AtomicUsize::new(0)),
+            seats: (0..threads)
+                .map(|_| Line(Seat { busy: AtomicBool::new(false), claimed: AtomicU64::new(0) }))
+                .collect(),
             sleeping: Line(AtomicUsize::new(0)),
             lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -119,7 +149,8 @@ fn pool() -> &'static Pool {
         for t in 1..pool.threads {
             let spawned = std::thread::Builder::new().name(format!("smelt-par-{t}")).spawn(move || worker(pool, t));
             if spawned.is_err() {
-                // Fewer workers only means fewer hands: the caller and the others claim every task.
+                // Fewer workers only means fewer hands: the caller runs the owned tasks of the
+                // missing ones, and everyone claims the shared ones.
                 break;
             }
         }
@@ -130,6 +161,7 @@ fn pool() -> &'static Pool {
 fn worker(pool: &'static Pool, id: usize) {
     INSIDE.with(|c| c.set(true));
     let call = &pool.call;
+    let seat = &pool.seats[id];
     let mut seen = call.epoch.load(Acquire);
     loop {
         // Spin until a new call, then park.
@@ -150,18 +182,22 @@ fn worker(pool: &'static Pool, id: usize) {
         }
         seen = call.epoch.load(Acquire);
         // (A later call's count when this worker lags a call behind: it then helps that call,
-        // or sits it out, exactly as a worker that arrived late.)
+        // or sits it out, exactly as a worker that arrived late; its owned task, if any, is
+        // then the caller's to run.)
         if id >= call.tasks.load(Acquire) {
             continue;
         }
-        pool.refs.fetch_add(1, SeqCst);
+        // Busy before loading the job, and the caller clears the job before reading the seats
+        // (both SeqCst): either the caller sees this seat busy and waits, or this load sees
+        // null (or a later call's job, which that call's caller then waits for).
+        seat.busy.store(true, SeqCst);
         let job = call.job.load(SeqCst) as *const Job;
         if !job.is_null() {
-            // SAFETY: a non-null `job` loaded while holding a reference stays alive until the
-            // reference is dropped: the caller clears `job`, then waits for `refs` to reach 0.
-            unsafe { (*job).work() };
+            // SAFETY: a non-null `job` loaded while the seat is busy stays alive until the seat
+            // is not (above).
+            unsafe { (*job).work(id, &pool.seats) };
         }
-        pool.refs.fetch_sub(1, Release);
+        seat.busy.store(false, Release);
     }
 }
 
@@ -192,26 +228,32 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Sync) {
         use rayon::prelude::*;
         return (0..n).into_par_iter().for_each(&f);
     };
-    let job = Job {
-        f: &f,
-        n,
-        panicked: AtomicBool::new(false),
-        next: Line(AtomicUsize::new(0)),
-        done: Line(AtomicUsize::new(0)),
-    };
+    let owned = n.min(pool.threads);
+    let epoch = pool.call.epoch.load(Relaxed) + 1;
+    let job = Job { f: &f, n, epoch, owned, panicked: AtomicBool::new(false), next: Line(AtomicUsize::new(owned)) };
     pool.call.tasks.store(n, SeqCst);
     pool.call.job.store(&job as *const Job as *mut (), SeqCst);
-    pool.call.epoch.fetch_add(1, SeqCst);
+    pool.call.epoch.store(epoch, SeqCst);
     if pool.sleeping.load(SeqCst) > 0 {
         let _guard = pool.lock.lock().unwrap_or_else(|e| e.into_inner());
         pool.wake.notify_all();
     }
     INSIDE.with(|c| c.set(true));
-    job.work();
+    job.work(0, &pool.seats);
+    // The owned tasks nobody has claimed: a worker parked, descheduled or missing.
+    for (t, seat) in pool.seats.iter().enumerate().take(owned).skip(1) {
+        if job.claim(seat) {
+            job.run(t);
+        }
+    }
     INSIDE.with(|c| c.set(false));
-    wait_until(|| job.done.load(Acquire) == n);
+    // Every task is claimed now; each claimed one ends before its thread's seat is free. (All
+    // seats: a worker past `owned` that read an earlier call's task count may hold the job too;
+    // the seats nobody wrote since the last call are still in this core's cache.)
     pool.call.job.store(std::ptr::null_mut(), SeqCst);
-    wait_until(|| pool.refs.load(SeqCst) == 0);
+    // Each pass reads every seat (independent loads, in flight together), rather than waiting
+    // on one seat after another (one cross-core miss at a time: ~1.5 µs at 16 threads).
+    wait_until(|| !pool.seats[1..].iter().fold(false, |any, seat| any | seat.busy.load(SeqCst)));
     if job.panicked.load(Relaxed) {
         panic!("a task of smelt_core::par::for_each panicked (its message is above)");
     }
@@ -324,6 +366,24 @@ mod tests {
                 hits[i].fetch_add(1, Relaxed);
             });
             assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "n = {n}");
+        }
+    }
+
+    /// Calls of every size one after another (owned tasks only, owned and shared ones), some
+    /// tasks slow enough that the caller finishes first and claims the owned tasks of workers
+    /// that have not started: each index still runs exactly once per call.
+    #[test]
+    fn owned_and_shared_tasks_run_once_per_call_across_many_calls() {
+        for call in 0..2000 {
+            let n = 1 + call % 37;
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            for_each(n, |i| {
+                if (call + i) % 97 == 0 {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                hits[i].fetch_add(1, Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Relaxed) == 1), "call {call}, n = {n}");
         }
     }
 
