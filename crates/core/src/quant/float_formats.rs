@@ -143,8 +143,6 @@ pub(crate) fn matmul(
     debug_assert!(matches!(ty, GgmlType::F16 | GgmlType::BF16));
     let (k, m, rb) = (cols, rows, 2 * cols);
     let order = Order::of(ty, m, k, n);
-    let acts: Vec<HalfRow> =
-        if n == 1 { vec![half_row(ty, &x[..k])] } else { crate::par::map(n, |i| half_row(ty, &x[i * k..(i + 1) * k])) };
     #[cfg(target_arch = "x86_64")]
     if n > 4
         && ty == GgmlType::F16
@@ -153,12 +151,15 @@ pub(crate) fn matmul(
         && std::arch::is_x86_feature_detected!("avx512f")
     {
         // Register tiles, written straight into y (many inputs: prefill).
-        let a: Vec<&[f32]> = acts.iter().map(|h| &h.x[..]).collect();
+        let xr = f16_rounded(x, n, k);
+        let a: Vec<&[f32]> = xr.chunks_exact(k).collect();
         return super::qtensor::gemm_tasks(m, n, y, |(r0, r1), (i0, i1), o| {
             // SAFETY: AVX-512 F detected above; `o` as `gemm_tasks` says.
             unsafe { x86::f16_tinyblas_tiles_avx512(&w[r0 * rb..r1 * rb], rb, &a[i0..i1], o, m) }
         });
     }
+    let acts: Vec<HalfRow> =
+        if n == 1 { vec![half_row(ty, &x[..k])] } else { crate::par::map(n, |i| half_row(ty, &x[i * k..(i + 1) * k])) };
     // Blocks of output rows, each reading its weight rows once for all n inputs: one block per
     // thread for a few inputs (decode), 32 rows for more.
     let block = if n <= 4 { crate::par::few_rows_block(m) } else { 32 };
@@ -170,6 +171,66 @@ pub(crate) fn matmul(
         })
     };
     super::qtensor::into_rows_of_y(m, n, y, run)
+}
+
+/// The rows of x (n × k) rounded to F16 and back to f32 (exact), one allocation, in parallel
+/// blocks of rows: what the register tiles read (they need neither the bits nor a `HalfRow`
+/// per row, whose 2n allocations a 16-thread prompt paid on every product).
+#[cfg(target_arch = "x86_64")]
+fn f16_rounded(x: &[f32], n: usize, k: usize) -> Vec<f32> {
+    use half::slice::HalfFloatSliceExt;
+    const ROWS: usize = 16;
+    let mut out = crate::mem::zeros(n * k);
+    crate::par::chunks_mut(&mut out, ROWS * k, |b, o| {
+        let mut h = vec![half::f16::ZERO; k];
+        for (r, orow) in o.chunks_exact_mut(k).enumerate() {
+            h.convert_from_f32_slice(&x[(b * ROWS + r) * k..][..k]);
+            h.convert_to_f32_slice(orow);
+        }
+    });
+    out
+}
+
+/// y_i (n × rows_i) = x (n × cols) · w_iᵀ for several F16 matrices of the same cols (a prompt's
+/// q/k/v, gate/up), many inputs (n > 4), on the AVX-512 register tiles: x rounded once, every
+/// matrix's tiles in one parallel call. Each output is what `matmul` gives for its matrix alone
+/// (the same rounding, tiles and order); None where `matmul` would not take the tiles for one
+/// of them (then the caller multiplies them one by one).
+pub(crate) fn matmul_many_f16(
+    ws: &[(&[u8], usize)],
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    level: Level,
+) -> Option<Vec<Vec<f32>>> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tiles = n > 4
+            && level == Level::Avx512
+            && x.len() >= n * cols
+            && ws.iter().all(|&(w, rows)| {
+                w.len() >= rows * 2 * cols && Order::of(GgmlType::F16, rows, cols, n) == Order::TinyBlas
+            })
+            && std::arch::is_x86_feature_detected!("avx512f");
+        if !tiles {
+            return None;
+        }
+        let xr = f16_rounded(x, n, cols);
+        let a: Vec<&[f32]> = xr.chunks_exact(cols).collect();
+        let ms: Vec<usize> = ws.iter().map(|&(_, rows)| rows).collect();
+        let mut ys: Vec<Vec<f32>> = ms.iter().map(|&m| crate::mem::zeros(n * m)).collect();
+        let rb = 2 * cols;
+        super::qtensor::gemm_tasks_many(&ms, n, &mut ys, |q, (r0, r1), (i0, i1), o| {
+            // SAFETY: AVX-512 F detected above; `o` as `gemm_tasks_many` says.
+            unsafe { x86::f16_tinyblas_tiles_avx512(&ws[q].0[r0 * rb..r1 * rb], rb, &a[i0..i1], o, ms[q]) }
+        });
+        Some(ys)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ws, cols, x, n, level);
+        None
+    }
 }
 
 /// `matmul`'s inputs for a few rows (decode), for [`dot_rows_few`]: each rounded to `ty`.

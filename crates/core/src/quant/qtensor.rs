@@ -342,6 +342,10 @@ pub(crate) fn matmul_many_tiles_amx_or(
         if n <= 4 || x.len() < n * k || Level::detect() != Level::Avx512 || !avx512_detected() {
             return None;
         }
+        if qs.iter().all(|q| q.ty == GgmlType::F16 && q.cols == k) {
+            let ws: Vec<(&[u8], usize)> = qs.iter().map(|q| (&q.data[..], q.rows)).collect();
+            return super::float_formats::matmul_many_f16(&ws, k, x, n, Level::Avx512);
+        }
         // Per matrix: Some(tile512 format) for the register tiles, None for AMX.
         let kinds: Vec<Option<u8>> = qs
             .iter()
@@ -461,7 +465,7 @@ pub(crate) fn gemm_tasks(
 
 /// `gemm_tasks` for several outputs of the same n inputs (y_q: n × ms[q], the products of
 /// several matrices), every output's tasks in one parallel call; `task(q, ..)` as there, for y_q.
-fn gemm_tasks_many<Y: AsMut<[f32]>>(
+pub(crate) fn gemm_tasks_many<Y: AsMut<[f32]>>(
     ms: &[usize],
     n: usize,
     ys: &mut [Y],

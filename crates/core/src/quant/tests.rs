@@ -632,6 +632,23 @@ mod x86_kernels {
                 }
             }
         }
+        // F16 (x rounded once for all, `float_formats::matmul_many_f16`): rows a multiple of 4,
+        // as its tinyBLAS order asks, 72 of them past two 32-row task blocks.
+        for n in [5, 37, 70] {
+            let qs: Vec<QTensor> = [(72, 1), (24, 2), (36, 3)]
+                .iter()
+                .map(|&(rows, seed)| QTensor::quantize(GgmlType::F16, &rand(rows * cols, seed), rows, cols).unwrap())
+                .collect();
+            let refs: Vec<&QTensor> = qs.iter().collect();
+            let x = rand(n * cols, 9);
+            let ys = super::super::matmul_many_tiles(&refs, &x, n).expect("F16 takes the tiles");
+            for (q, y) in qs.iter().zip(&ys) {
+                let mut want = vec![0f32; n * q.dims().0];
+                q.matmul(&x, n, &mut want);
+                let bad = y.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(bad, 0, "f16 {:?} · {n}: {bad} outputs differ", q.dims());
+            }
+        }
     }
 
     /// `tile512::tile_pairs` (zmm, two inputs a register) and `tile_eight` (eight prepared
