@@ -2,7 +2,7 @@
 //! FFN matrix, or QBENCH_ROWS rows of 576), best of many runs: `cargo run --release -p smelt-core --example qbench`; SMELT_NO_SIMD=1 for scalar.
 //! QBENCH_N=512 times a prefill-sized matmul instead (512 input rows; F16 too), at every SIMD
 //! level this CPU has (Avx2 is the one-output-at-a-time path, Avx512 the register tiles, or for
-//! Q8_0/Q4_0/Q4_1 with a multiple of 32 rows the AMX tiles where `quant::amx_in_use`: labelled
+//! Q8_0/Q4_0/Q4_1/Q6_K with a multiple of 32 rows the AMX tiles where `quant::amx_in_use`: labelled
 //! `Avx512+AMX`; SMELT_AMX=0 times the register tiles there).
 use smelt_core::quant::simd::Level;
 use smelt_core::quant::{act, GgmlType, QTensor, QuantMatrix};
@@ -71,7 +71,7 @@ fn run() {
             s = s.min(t.elapsed().as_secs_f64());
         }
         let amx = smelt_core::quant::amx_in_use()
-            && matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
+            && matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q6_K)
             && rows.is_multiple_of(32);
         println!(
             "{} matvec {rows}x{cols}{}: {:.1} µs, {:.2} GB/s",
@@ -134,7 +134,7 @@ fn gemm(w: &[f32], rows: usize, cols: usize, n: usize) {
             let gflops = 2.0 * (n * rows * cols) as f64 / s / 1e9;
             let amx = level == Level::Avx512
                 && smelt_core::quant::amx_in_use()
-                && matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1)
+                && matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q6_K)
                 && rows.is_multiple_of(32);
             println!(
                 "{} {rows}x{cols} · {n} rows, {threads} threads, {level:?}{}: {:.2} ms, {gflops:.1} GFLOP/s, CPU {:.2} ms",

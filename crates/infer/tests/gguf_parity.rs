@@ -21,7 +21,7 @@ use smelt_core::Tensor;
 use smelt_model::{KvCache, Logits, Model};
 use std::path::PathBuf;
 
-/// The goldens are llama.cpp's AVX-512 build: on a CPU with AMX-INT8, Q8_0/Q4_0/Q4_1 matmuls
+/// The goldens are llama.cpp's AVX-512 build: on a CPU with AMX-INT8, Q8_0/Q4_0/Q4_1/Q6_K matmuls
 /// would take smelt's AMX path, which sums in llama.cpp's AMX build's order instead (docs/GGUF.md,
 /// "AMX"; tested in smelt-core's quant::amx). Every test here checks the AVX-512 order, so each
 /// turns AMX off before it loads anything (one process, one setting: all of them want it off).

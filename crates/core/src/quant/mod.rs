@@ -49,7 +49,7 @@ pub use smelt_gguf::GgmlType;
 
 use anyhow::{bail, Result};
 
-/// Whether this process multiplies Q8_0/Q4_0/Q4_1 matrices on Intel AMX tiles (`amx`: the CPU
+/// Whether this process multiplies Q8_0/Q4_0/Q4_1/Q6_K matrices on Intel AMX tiles (`amx`: the CPU
 /// has AMX-INT8, Linux granted the tile state, AVX-512 is on and `SMELT_AMX` is not `0`; or
 /// `SMELT_AMX=emulate`), in llama.cpp's AMX build's float order rather than its AVX-512 build's.
 pub fn amx_in_use() -> bool {

@@ -11,7 +11,7 @@ pub const BYTES: usize = GgmlType::Q6_K.block_bytes();
 
 /// The 256 signed 6-bit values of a super-block, in element order.
 #[inline(always)]
-fn unpack(blk: &[u8], q: &mut [i8; 256]) {
+pub(crate) fn unpack(blk: &[u8], q: &mut [i8; 256]) {
     let (ql, qh) = (&blk[..128], &blk[128..192]);
     for n in 0..2 {
         let (ql, qh, q) = (&ql[64 * n..], &qh[32 * n..], &mut q[128 * n..]);

@@ -151,10 +151,11 @@ impl QTensor {
             // The activations (`act`'s Q8_0/Q8_1 blocks) quantised into the tiles' layout.
             // One to four rows go to `few` (but for the Portable engine): no 16-row padding.
             // (No rows: the tiles' layout, empty; `quantize_few` takes one to four.)
+            let kind = amx::kind(self.ty).expect("the AMX path is picked only for its formats");
             let acts = if (1..=4).contains(&n) && engine != AmxEngine::Portable {
-                amx::Acts::quantize_few(x, n, k)
+                amx::Acts::quantize_few_for(kind, x, n, k)
             } else {
-                amx::Acts::quantize(x, n, k)
+                amx::Acts::quantize_for(kind, x, n, k)
             };
             return amx::matmul(engine, self.amx_packed(), &acts, y);
         }
@@ -266,13 +267,18 @@ pub(crate) fn matmul_few_many_amx_or(
         })
         .collect();
     // The inputs in the tiles' layout once for every AMX matrix (they depend on x alone).
+    // (Q6_K's are Q8_K rows, the others' Q8_0/Q8_1 blocks: each made once if some matrix needs it.)
     #[cfg(target_arch = "x86_64")]
-    let amx_acts: Option<amx::Acts> = paths.iter().any(|&p| amx(p)).then(|| {
-        qs.iter().zip(&paths).filter(|(_, &p)| amx(p)).for_each(|(q, _)| {
-            q.amx_packed();
-        });
-        // `few` alone reads them below (n ≤ 4): no 16-row padding.
-        amx::Acts::quantize_few(x, n, k)
+    let amx_acts: [Option<amx::Acts>; 2] = [false, true].map(|q6k| {
+        let needs = |(q, &p): (&&QTensor, &X86Path)| amx(p) && (q.ty == GgmlType::Q6_K) == q6k;
+        qs.iter().zip(&paths).any(needs).then(|| {
+            qs.iter().zip(&paths).filter(|&qp| needs(qp)).for_each(|(q, _)| {
+                q.amx_packed();
+            });
+            // `few` alone reads them below (n ≤ 4): no 16-row padding.
+            let kind = if q6k { amx::kind(GgmlType::Q6_K) } else { amx::kind(GgmlType::Q8_0) };
+            amx::Acts::quantize_few_for(kind.expect("an AMX format"), x, n, k)
+        })
     });
     let total: usize = qs.iter().map(|q| q.rows).sum();
     let block = crate::par::few_rows_block(total).next_multiple_of(16);
@@ -290,7 +296,7 @@ pub(crate) fn matmul_few_many_amx_or(
             let (r0, rb) = (b * block, q.row_bytes);
             let r1 = r0 + yb.len() / n;
             #[cfg(target_arch = "x86_64")]
-            if let (true, Some(a)) = (amx(paths[qi]), &amx_acts) {
+            if let (true, Some(a)) = (amx(paths[qi]), &amx_acts[(q.ty == GgmlType::Q6_K) as usize]) {
                 // SAFETY: the AMX path is taken at Level::Avx512 only (AVX-512 VNNI present);
                 // yb holds rows r0..r1 × n inputs, element (j, i) at (j − r0)·n + i, and r0 is a
                 // multiple of 16 (the block is).
@@ -363,10 +369,17 @@ pub(crate) fn matmul_many_tiles_amx_or(
             if tiles { crate::par::map(n, |i| quantize_q8(&x[i * k..(i + 1) * k])) } else { Vec::new() };
         let a: Vec<&[BlockQ8]> = acts.iter().map(|v| &v[..]).collect();
         let eights = if tiles { eights(&a) } else { Vec::new() };
-        let amx_acts = match kinds.iter().any(Option::is_none) {
+        // AMX matrices: Q6_K's activations are Q8_K rows (`Acts::quantize_for`), the others'
+        // the 32-element blocks; each made once where some matrix needs it.
+        let on_amx = |q6k: bool| qs.iter().zip(&kinds).any(|(q, kd)| kd.is_none() && (q.ty == GgmlType::Q6_K) == q6k);
+        let amx_acts = match on_amx(false) {
             false => None,
             true if tiles => Some(amx::Acts::new(&a)),
             true => Some(amx::Acts::quantize(x, n, k)),
+        };
+        let amx_acts_k = match (on_amx(true), amx::kind(GgmlType::Q6_K)) {
+            (true, Some(kind)) => Some(amx::Acts::quantize_for(kind, x, n, k)),
+            _ => None,
         };
         for (q, kind) in qs.iter().zip(&kinds) {
             if kind.is_none() {
@@ -377,7 +390,7 @@ pub(crate) fn matmul_many_tiles_amx_or(
         let ms: Vec<usize> = qs.iter().map(|q| q.rows).collect();
         gemm_tasks_many(&ms, n, &mut ys, |qi, (r0, r1), (i0, i1), o| {
             let q = qs[qi];
-            match (kinds[qi], engine, &amx_acts) {
+            match (kinds[qi], engine, if q.ty == GgmlType::Q6_K { &amx_acts_k } else { &amx_acts }) {
                 // SAFETY: AVX-512 detected; `o` is as `gemm_tasks_many` says.
                 (Some(kind), ..) => unsafe {
                     let w = &q.data[r0 * q.row_bytes..r1 * q.row_bytes];
@@ -429,7 +442,7 @@ impl QTensor {
     /// The rows in the AMX tiles' layout, repacked by the first call.
     pub(crate) fn amx_packed(&self) -> &amx::Packed {
         self.amx.get_or_init(|| {
-            let kind = amx::kind(self.ty).expect("the AMX path takes Q8_0, Q4_0 and Q4_1 only");
+            let kind = amx::kind(self.ty).expect("the AMX path takes Q8_0, Q4_0, Q4_1 and Q6_K only");
             amx::Packed::new(kind, &self.data, self.rows, self.cols)
         })
     }
@@ -735,8 +748,13 @@ impl QuantMatrix for QTensor {
         // which sum each output in that order too (`rows_alone_equal_each_row_alone_bit_for_bit`).
         // The K-quants' repacked and tiled paths depend on the row count; F16/BF16's tiles
         // sum in tinyBLAS's order, their matvec in `ggml_vec_dot_f16`'s.
-        matches!(Level::detect(), Level::Avx2 | Level::Avx512)
-            && matches!(self.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0)
+        // On AMX (a Q6_K matrix it takes too) every row count sums in the AMX order.
+        let x86 = matches!(Level::detect(), Level::Avx2 | Level::Avx512);
+        #[cfg(target_arch = "x86_64")]
+        if x86 && X86Path::pick(Level::detect(), amx_engine(), self.ty, self.rows, 1) == X86Path::Amx {
+            return true;
+        }
+        x86 && matches!(self.ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0)
     }
     fn matmul_rows_alone(&self, x: &[f32], n: usize, y: &mut [f32]) {
         if self.rows_independent() {
@@ -777,8 +795,8 @@ impl QuantMatrix for QTensor {
 /// GEMV/GEMM; otherwise Q6_K (and the other K-quants) with ≥ 8 input rows run the tiled
 /// K-quant matmul; Q8_0/Q4_0/Q5_0 with ≥ 2 rows run llamafile's tinyBLAS, whose order per output
 /// is `ggml_vec_dot`'s; everything else runs `ggml_vec_dot_*`. On a CPU with AMX its AMX build
-/// takes Q8_0/Q4_0/Q4_1 matrices of a multiple of 32 rows first (`amx::takes`), in the order of
-/// `amx`'s module doc, at every input count.
+/// takes Q8_0/Q4_0/Q4_1/Q6_K matrices of a multiple of 32 rows first (`amx::takes`), in the
+/// order of `amx`'s module doc, at every input count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum X86Path {
     VecDot,

@@ -10,7 +10,7 @@
 //! - [`few`]: one to four inputs (decode; ggml's `tinygemm_kernel_vnni`, its M = 1 path): the
 //!   same sums by `vpdpbusd` over the packed weights, 16 outputs a vector, four groups a pass.
 
-use super::pack::{quant_bytes, Acts, Packed, Q4_0, Q4_1, Q8_0};
+use super::pack::{quant_bytes, Acts, Packed, Q4_0, Q4_1, Q6_K, Q8_0};
 use super::tiles::{Emu, Hw, Tmul};
 use super::Engine;
 use std::arch::x86_64::*;
@@ -41,6 +41,15 @@ pub(crate) unsafe fn gemm_task(
     ldo: usize,
 ) {
     assert_eq!(acts.rows, 16, "amx: the tiles read 16-row groups (quantize_few's rows are for `few` only)");
+    if w.kind == Q6_K {
+        // Q6_K's blocks are eight of the activations' 32-element chunks.
+        assert!(r0.is_multiple_of(16) && i0.is_multiple_of(16) && 8 * w.nb == acts.nb, "amx gemm task: bounds");
+        return match engine {
+            Engine::Amx => q6k_avx512::<Hw>(Hw, w, (r0, r1), acts, (i0, i1), out, ldo),
+            Engine::Emulated => q6k_avx512::<Emu>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
+            Engine::Portable => super::q6k::gemm::<Emu, false>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
+        };
+    }
     assert!(r0.is_multiple_of(16) && i0.is_multiple_of(16) && w.nb == acts.nb, "amx gemm task: bounds");
     match (engine, w.kind) {
         (Engine::Amx, Q8_0) => gemm_avx512::<Hw, Q8_0>(Hw, w, (r0, r1), acts, (i0, i1), out, ldo),
@@ -53,6 +62,19 @@ pub(crate) unsafe fn gemm_task(
         (Engine::Portable, Q4_0) => gemm::<Emu, Q4_0, false>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
         (Engine::Portable, _) => gemm::<Emu, Q4_1, false>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
     }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q6k_avx512<T: Tmul>(
+    tm: T,
+    w: &Packed,
+    r: (usize, usize),
+    acts: &Acts,
+    i: (usize, usize),
+    out: *mut f32,
+    ldo: usize,
+) {
+    super::q6k::gemm::<T, true>(tm, w, r, acts, i, out, ldo)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -285,7 +307,19 @@ unsafe fn scale_scalar<const K: u8>(
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI; `out` valid for those elements; g1 ≤ `w.groups`.
 pub(crate) unsafe fn few(w: &Packed, (g0, g1): (usize, usize), acts: &Acts, out: *mut f32, si: usize, sj: usize) {
-    assert!(acts.n <= 4 && acts.nb == w.nb && g1 <= w.groups, "amx few: {} inputs", acts.n);
+    let nb = if w.kind == Q6_K { 8 * w.nb } else { w.nb };
+    assert!(acts.n <= 4 && acts.nb == nb && g1 <= w.groups, "amx few: {} inputs", acts.n);
+    if w.kind == Q6_K {
+        use super::q6k::few as q6;
+        match acts.n {
+            1 => q6::<1>(w, (g0, g1), acts, out, si, sj),
+            2 => q6::<2>(w, (g0, g1), acts, out, si, sj),
+            3 => q6::<3>(w, (g0, g1), acts, out, si, sj),
+            4 => q6::<4>(w, (g0, g1), acts, out, si, sj),
+            _ => {}
+        }
+        return;
+    }
     macro_rules! run {
         ($k:expr) => {
             match acts.n {

@@ -1,4 +1,4 @@
-//! Q8_0, Q4_0 and Q4_1 matmuls on Intel AMX (the int8 tile multiplier of Sapphire Rapids and
+//! Q8_0, Q4_0, Q4_1 and Q6_K matmuls on Intel AMX (the int8 tile multiplier of Sapphire Rapids and
 //! later Xeons), in the float order of llama.cpp's AMX build (`ggml-cpu/amx/mmq.cpp`), which is
 //! not the order of its AVX-512 build that `tile512`/`avx512.rs` follow: per output
 //!
@@ -9,12 +9,14 @@
 //!
 //! where Σ w·a is the block's exact integer sum (what a C tile holds), d_w·d_a one f32 product,
 //! m_w the weight block's min and s_a the Q8_1 activation block's d·Σq. [`dot_ref`] is that order
-//! written out, the reference the kernels are tested against bit for bit.
+//! written out, the reference the kernels are tested against bit for bit. Q6_K against Q8_K
+//! activations is the same with 256-element blocks (its exact isum formed from two packed int8
+//! planes: `q6k.rs`).
 //!
 //! Where it runs (`X86Path::Amx` in `qtensor`): on x86-64 with AVX-512 (`Level::Avx512`) where
 //! CPUID reports AMX-TILE and AMX-INT8 and Linux grants the tile state
 //! (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`, once per process), for the matrices
-//! ggml's AMX buffer takes: Q8_0, Q4_0, Q4_1 with a multiple of 32 rows; at every input count
+//! ggml's AMX buffer takes: Q8_0, Q4_0, Q4_1, Q6_K with a multiple of 32 rows; at every input count
 //! (more than four inputs the tiles, fewer `kernel::few`), so each output's bits do not depend on
 //! how many rows are multiplied together. `SMELT_AMX=0` turns it off: the AVX-512 path, whose
 //! outputs are llama.cpp's AVX-512 build's bit for bit. Q5_0 stays there: ggml has no AMX kernel
@@ -23,10 +25,11 @@
 //! runs this order without AMX (the tiles emulated), on any CPU with AVX-512 VNNI.
 //!
 //! Files: `tiles.rs` (the instructions and their emulation), `pack.rs` (operand layouts),
-//! `kernel.rs` (the kernels). [`Engine`] picks the real tiles or the emulation (tests).
+//! `kernel.rs` (the kernels), `q6k.rs` (Q6_K's layout and kernels). [`Engine`] picks the real tiles or the emulation (tests).
 
 mod kernel;
 mod pack;
+mod q6k;
 #[cfg(test)]
 mod tests;
 mod tiles;
@@ -58,6 +61,7 @@ pub(crate) fn kind(ty: GgmlType) -> Option<u8> {
         GgmlType::Q8_0 => Some(pack::Q8_0),
         GgmlType::Q4_0 => Some(pack::Q4_0),
         GgmlType::Q4_1 => Some(pack::Q4_1),
+        GgmlType::Q6_K => Some(pack::Q6_K),
         _ => None,
     }
 }
@@ -81,7 +85,7 @@ pub(crate) fn engine() -> Option<Engine> {
         match var.as_deref() {
             Some("0") => return None,
             Some("emulate") if avx512 => {
-                eprintln!("smelt: SMELT_AMX=emulate: Q8_0/Q4_0/Q4_1 matmuls in the AMX order, tiles emulated");
+                eprintln!("smelt: SMELT_AMX=emulate: Q8_0/Q4_0/Q4_1/Q6_K matmuls in the AMX order, tiles emulated");
                 return Some(Engine::Emulated);
             }
             _ => {}
@@ -102,7 +106,9 @@ pub(crate) fn engine() -> Option<Engine> {
             (true, true) => match request_tile_permission() {
                 Ok(()) => {
                     if say {
-                        eprintln!("smelt: AMX-INT8 tiles on for Q8_0/Q4_0/Q4_1 matmuls (SMELT_AMX=0 turns them off)");
+                        eprintln!(
+                            "smelt: AMX-INT8 tiles on for Q8_0/Q4_0/Q4_1/Q6_K matmuls (SMELT_AMX=0 turns them off)"
+                        );
                     }
                     Some(Engine::Amx)
                 }
@@ -152,7 +158,8 @@ fn request_tile_permission() -> Result<(), String> {
 /// `gemm_tasks`' tasks (32 outputs × 64 inputs). `Engine::Portable` takes the tiles for any n.
 pub(crate) fn matmul(engine: Engine, w: &Packed, acts: &Acts, y: &mut [f32]) {
     let (n, m) = (acts.n, w.rows);
-    assert!(y.len() >= n * m && acts.nb == w.nb, "amx matmul: {} outputs for {n} × {m}", y.len());
+    let nb = if w.kind == pack::Q6_K { 8 * w.nb } else { w.nb };
+    assert!(y.len() >= n * m && acts.nb == nb, "amx matmul: {} outputs for {n} × {m}", y.len());
     if n <= 4 && engine != Engine::Portable {
         let out = crate::par::SendPtr(y.as_mut_ptr());
         // Groups of 16 rows.

@@ -20,6 +20,8 @@ use super::super::{q4_0, q4_1, q8_0};
 pub(crate) const Q8_0: u8 = super::super::tile512::Q8_0;
 pub(crate) const Q4_0: u8 = super::super::tile512::Q4_0;
 pub(crate) const Q4_1: u8 = super::super::tile512::Q4_1;
+/// Not a `tile512` format: its own layout (`q6k.rs`).
+pub(crate) const Q6_K: u8 = 0x66;
 
 /// 64 bytes on a 64-byte boundary: what the packed buffers are made of.
 #[repr(C, align(64))]
@@ -37,6 +39,9 @@ pub(super) const fn quant_bytes(k: u8) -> usize {
 
 /// Bytes of one (group, block) chunk: quants, 16 f16 d, for Q4_1 16 f16 m, up to a whole line.
 pub(super) const fn chunk_bytes(k: u8) -> usize {
+    if k == Q6_K {
+        return super::q6k::CHUNK;
+    }
     (quant_bytes(k) + 32 + if k == Q4_1 { 32 } else { 0 }).next_multiple_of(64)
 }
 
@@ -63,6 +68,9 @@ pub(crate) struct Packed {
 impl Packed {
     /// Repacks `w` (rows × the file's row bytes). Groups in parallel.
     pub(crate) fn new(kind: u8, w: &[u8], rows: usize, cols: usize) -> Packed {
+        if kind == Q6_K {
+            return super::q6k::pack(w, rows, cols);
+        }
         assert!(cols.is_multiple_of(32) && matches!(kind, Q8_0 | Q4_0 | Q4_1), "amx: format {kind}, {cols} columns");
         let (nb, bb) = (cols / 32, block_bytes(kind));
         assert_eq!(w.len(), rows * nb * bb, "amx: {rows} rows of {nb} blocks");
@@ -114,6 +122,12 @@ impl Packed {
                 }
             }
         });
+        Packed { kind, rows, groups, nb, data }
+    }
+
+    /// A packing made elsewhere (`q6k::pack`).
+    pub(super) fn from_parts(kind: u8, rows: usize, groups: usize, nb: usize, data: Vec<Line>) -> Packed {
+        assert_eq!(data.len() * 64, groups * nb * chunk_bytes(kind), "amx: packed bytes");
         Packed { kind, rows, groups, nb, data }
     }
 
@@ -232,8 +246,36 @@ impl Acts {
             "amx: {n} rows of {k} in {} values",
             x.len()
         );
-        let nb = k / 32;
-        let rows: Vec<Vec<BlockQ8>> = (0..n).map(|i| quantize_q8(&x[i * k..(i + 1) * k])).collect();
+        Acts::few_from((0..n).map(|i| quantize_q8(&x[i * k..(i + 1) * k])).collect())
+    }
+
+    /// `quantize` for the format `kind`'s activations: Q8_K rows in 32-element chunks for Q6_K
+    /// (`q6k::chunks_of`), Q8_0/Q8_1 blocks for the others.
+    pub(crate) fn quantize_for(kind: u8, x: &[f32], n: usize, k: usize) -> Acts {
+        if kind != Q6_K {
+            return Acts::quantize(x, n, k);
+        }
+        assert!(k.is_multiple_of(256) && x.len() >= n * k, "amx: {n} Q8_K rows of {k} in {} values", x.len());
+        let rows = super::q6k::rows_q8k(x, n, k);
+        Acts::build(n, k / 32, |i| std::borrow::Cow::Borrowed(&rows[i][..]))
+    }
+
+    /// `quantize_few` for the format `kind`'s activations (as `quantize_for`).
+    pub(crate) fn quantize_few_for(kind: u8, x: &[f32], n: usize, k: usize) -> Acts {
+        if kind != Q6_K {
+            return Acts::quantize_few(x, n, k);
+        }
+        assert!(
+            (1..=4).contains(&n) && k.is_multiple_of(256) && x.len() >= n * k,
+            "amx: {n} Q8_K rows of {k} in {} values",
+            x.len()
+        );
+        Acts::few_from(super::q6k::rows_q8k(x, n, k))
+    }
+
+    /// `quantize_few`'s layout of one to four rows of blocks.
+    fn few_from(rows: Vec<Vec<BlockQ8>>) -> Acts {
+        let (n, nb) = (rows.len(), rows.first().map_or(0, |r| r.len()));
         let mut bytes = vec![0u8; nb * n * 32];
         let (mut d, mut s, mut sum) = (vec![0f32; nb * n], vec![0f32; nb * n], vec![0i32; nb * n]);
         for b in 0..nb {

@@ -7,7 +7,7 @@
 //! (the few-input kernel), odd numbers of tiles of each operand, and one to 48 blocks.
 
 use super::*;
-use crate::quant::act::quantize_q8;
+use crate::quant::act::{quantize_q8, BlockQ8K};
 use crate::quant::qtensor::{matmul_few_many_amx_or, matmul_many_tiles_amx_or};
 use crate::quant::simd::{avx512_detected, Level};
 use crate::quant::{f16_bytes, QTensor, QuantMatrix};
@@ -215,8 +215,12 @@ fn several_matrices_in_one_job_keep_each_matmuls_amx_bits() {
     }
     let cols = 256;
     let e = Some(Engine::Emulated);
-    for ty in TYPES {
-        let qs: Vec<QTensor> = [(64, 1), (32, 2), (37, 3), (96, 4)]
+    for ty in TYPES.into_iter().chain([GgmlType::Q6_K]) {
+        // (Q6_K off AMX is llama.cpp's tiled path, which `matmul_many_tiles` does not mix in: all
+        // of its matrices here are AMX's.)
+        let shapes: &[(usize, u64)] =
+            if ty == GgmlType::Q6_K { &[(64, 1), (32, 2), (96, 4)] } else { &[(64, 1), (32, 2), (37, 3), (96, 4)] };
+        let qs: Vec<QTensor> = shapes
             .iter()
             .map(|&(rows, seed)| {
                 let mut r = Rng::new(seed);
@@ -306,5 +310,173 @@ fn real_amx_tiles_equal_the_emulation_bit_for_bit() {
             compared += n * rows;
         }
     }
+    for (s, &(rows, cols, n)) in Q6K_SHAPES.iter().enumerate() {
+        let w = random_q6k(rows, cols, 700 + s as u64);
+        let a = random_q8k(n, cols / 256, 800 + s as u64);
+        let packed = Packed::new(kind(GgmlType::Q6_K).unwrap(), &w, rows, cols);
+        let acts = q6k_acts(&a);
+        let label = |what: &str| format!("q6_K [{rows}x{cols}]·{n} {what}");
+        // SAFETY: `engine()` found AMX-INT8, the permission and AVX-512.
+        let (hw, emu) =
+            unsafe { (tiles_whole(Engine::Amx, &packed, &acts), tiles_whole(Engine::Emulated, &packed, &acts)) };
+        assert_bits(&hw, &emu, &label("AMX tiles against the emulation"));
+        assert_bits(&hw, &q6k_reference(&w, rows, &a), &label("AMX tiles against dot_ref"));
+        let mut y = vec![f32::NAN; n * rows];
+        matmul(Engine::Amx, &packed, &acts, &mut y);
+        assert_bits(&y, &emu, &label("parallel AMX matmul against the emulation"));
+        compared += 3 * n * rows;
+    }
+    for n in [1, 4, 70] {
+        let (rows, cols) = (64, 1536);
+        let mut r = Rng::new(n as u64);
+        let wf: Vec<f32> = (0..rows * cols).map(|_| r.normal() as f32).collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| r.normal() as f32).collect();
+        let q = QTensor::quantize(GgmlType::Q6_K, &wf, rows, cols).unwrap();
+        let (mut got, mut want) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+        q.matmul_with(&x, n, &mut got, Level::detect());
+        q.matmul_amx_or(&x, n, &mut want, Level::Avx512, Some(Engine::Emulated));
+        assert_bits(&got, &want, &format!("q6_K QTensor [{rows}x{cols}]·{n} on AMX"));
+        compared += n * rows;
+    }
     eprintln!("AMX: {compared} outputs of the real tiles equal the emulation and dot_ref bit for bit");
+}
+
+/// Q6_K's (rows, columns, inputs): one to six blocks, rows and inputs off the multiples of 16.
+const Q6K_SHAPES: [(usize, usize, usize); 9] = [
+    (16, 256, 1),
+    (37, 256, 2),
+    (45, 512, 3),
+    (64, 256, 4),
+    (37, 768, 5),
+    (40, 1536, 17),
+    (70, 256, 33),
+    (32, 1536, 16),
+    (96, 512, 70),
+];
+
+/// Random Q6_K blocks: every quant bit pattern, scales over the whole i8 range, f16 d of both signs.
+fn random_q6k(rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    let mut r = Rng::new(seed);
+    let bb = GgmlType::Q6_K.block_bytes();
+    let mut w = vec![0u8; rows * cols / 256 * bb];
+    for blk in w.chunks_exact_mut(bb) {
+        for b in blk.iter_mut() {
+            *b = r.next_u64() as u8;
+        }
+        blk[208..210].copy_from_slice(&f16_bytes(r.normal() as f32 * 0.002));
+    }
+    w
+}
+
+/// Random Q8_K rows: the whole i8 range (−128 too), random d.
+fn random_q8k(n: usize, nb: usize, seed: u64) -> Vec<Vec<BlockQ8K>> {
+    let mut r = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            (0..nb)
+                .map(|_| {
+                    let mut qs = [0i8; 256];
+                    for q in &mut qs {
+                        *q = r.next_u64() as i8;
+                    }
+                    BlockQ8K { d: r.uniform() as f32 * 0.05, qs, bsums: [0; 16] }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Q8_K rows in the chunks `Acts` takes for Q6_K.
+fn q6k_acts(a: &[Vec<BlockQ8K>]) -> Acts {
+    let chunks: Vec<Vec<BlockQ8>> = a.iter().map(|r| q6k::chunks_of(r)).collect();
+    Acts::new(&rows_of(&chunks))
+}
+
+/// y (n × rows) by `q6k::dot_ref`.
+fn q6k_reference(w: &[u8], rows: usize, a: &[Vec<BlockQ8K>]) -> Vec<f32> {
+    let rb = w.len() / rows;
+    let mut y = vec![0f32; a.len() * rows];
+    for (i, ai) in a.iter().enumerate() {
+        for j in 0..rows {
+            y[i * rows + j] = q6k::dot_ref(&w[j * rb..(j + 1) * rb], ai);
+        }
+    }
+    y
+}
+
+/// The two int8 planes of every scaled weight s·(q − 32) (s over the whole i8 range, q − 32 over
+/// [−32, 31]) give it back exactly, within their ranges.
+#[test]
+fn q6k_planes_hold_every_scaled_weight() {
+    for s in -128i32..=127 {
+        for q in -32i32..=31 {
+            let (h, l) = q6k::split(s * q);
+            assert_eq!(64 * h as i32 + l as i32, s * q, "s {s}, q {q}");
+            assert!((-32..=31).contains(&l) && (-64..=64).contains(&h), "s {s}, q {q}: h {h}, l {l}");
+        }
+    }
+}
+
+#[test]
+fn q6k_on_the_amx_path_sums_in_the_reference_order_bit_for_bit() {
+    let simd = avx512_detected();
+    if !simd {
+        smelt_testing::skip(smelt_testing::Need::Cpu, "no AVX-512 VNNI: only the portable emulation is checked");
+    }
+    for (s, &(rows, cols, n)) in Q6K_SHAPES.iter().enumerate() {
+        let w = random_q6k(rows, cols, 500 + s as u64);
+        let a = random_q8k(n, cols / 256, 600 + s as u64);
+        let want = q6k_reference(&w, rows, &a);
+        let packed = Packed::new(kind(GgmlType::Q6_K).unwrap(), &w, rows, cols);
+        let acts = q6k_acts(&a);
+        let label = |what: &str| format!("q6_K [{rows}x{cols}]·{n} {what}");
+        let mut y = vec![f32::NAN; n * rows];
+        matmul(Engine::Portable, &packed, &acts, &mut y);
+        assert_bits(&y, &want, &label("portable emulation"));
+        if simd {
+            matmul(Engine::Emulated, &packed, &acts, &mut y);
+            assert_bits(&y, &want, &label("emulated tiles / few-input kernel"));
+            // SAFETY: AVX-512 VNNI checked.
+            assert_bits(&unsafe { tiles_whole(Engine::Emulated, &packed, &acts) }, &want, &label("tiles, one task"));
+        }
+    }
+}
+
+/// Through `QTensor` as a model runs it: the AMX order (emulated) equals `dot_ref` on the Q8_K
+/// rows of `quantize_row_q8_K_ref`, and stays within 1e-5 of the terms' size of the AVX-512 path.
+#[test]
+fn q6k_through_qtensor_takes_the_amx_order_near_the_avx512_path() {
+    if !avx512_detected() {
+        smelt_testing::skip(smelt_testing::Need::Cpu, "this CPU lacks AVX-512 F/BW/VL/VNNI");
+        return;
+    }
+    let cols = 768;
+    for (rows, n) in [(64, 1), (96, 4), (64, 5), (32, 70)] {
+        let mut r = Rng::new(rows as u64 + n as u64);
+        let wf: Vec<f32> = (0..rows * cols).map(|_| r.normal() as f32).collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| r.normal() as f32).collect();
+        let q = QTensor::quantize(GgmlType::Q6_K, &wf, rows, cols).unwrap();
+        let (mut amx, mut avx) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+        q.matmul_amx_or(&x, n, &mut amx, Level::Avx512, Some(Engine::Emulated));
+        q.matmul_amx_or(&x, n, &mut avx, Level::Avx512, None);
+        let a: Vec<Vec<BlockQ8K>> =
+            (0..n).map(|i| crate::quant::act::quantize_q8k(&x[i * cols..(i + 1) * cols])).collect();
+        assert_bits(&amx, &q6k_reference(q.bytes(), rows, &a), &format!("q6_K [{rows}x{cols}]·{n} through QTensor"));
+        let rb = q.bytes().len() / rows;
+        for i in 0..n {
+            for j in 0..rows {
+                let wr = &q.bytes()[j * rb..(j + 1) * rb];
+                let mut size = 0f64;
+                let mut qv = [0i8; 256];
+                for (blk, ab) in wr.chunks_exact(rb / (cols / 256)).zip(&a[i]) {
+                    crate::quant::q6_k::unpack(blk, &mut qv);
+                    let t: f64 =
+                        (0..256).map(|e| (blk[192 + e / 16] as i8 as f64 * qv[e] as f64 * ab.qs[e] as f64).abs()).sum();
+                    size += t * (f16_at(&blk[208..]) as f64 * ab.d as f64).abs();
+                }
+                let (u, v) = (amx[i * rows + j] as f64, avx[i * rows + j] as f64);
+                assert!((u - v).abs() <= 1e-5 * size.max(u.abs()), "q6_K ({i}, {j}): AMX order {u:e}, AVX-512 {v:e}");
+            }
+        }
+    }
 }
