@@ -54,7 +54,7 @@ for t in $THREADS; do
         set -- $shape
         for amx in 0 1; do
             RAYON_NUM_THREADS=$t SMELT_AMX=$amx QBENCH_N=512 QBENCH_ROWS=$1 QBENCH_COLS=$2 \
-                QBENCH_TYPES=q8_0,q4_0,q4_1 "$QBENCH" | grep -v ' Avx2:'
+                QBENCH_TYPES=q8_0,q4_0,q4_1,q6_k "$QBENCH" | grep -v ' Avx2:'
         done
     done
 done
@@ -64,6 +64,8 @@ for t in $THREADS; do
         echo "-- $t threads, SMELT_AMX=$amx"
         RAYON_NUM_THREADS=$t SMELT_AMX=$amx QBENCH_TYPES=q8_0,q4_0,q4_1 "$QBENCH" | grep matvec
         RAYON_NUM_THREADS=$t SMELT_AMX=$amx QBENCH_TYPES=q8_0,q4_0,q4_1 QBENCH_ROWS=49152 "$QBENCH" | grep matvec
+        # Q6_K needs a multiple of 256 columns: SmolLM2's ffn_down (576 × 1536).
+        RAYON_NUM_THREADS=$t SMELT_AMX=$amx QBENCH_TYPES=q6_k QBENCH_ROWS=576 QBENCH_COLS=1536 "$QBENCH" | grep matvec
     done
 done
 

@@ -527,6 +527,11 @@ mod x86 {
         let ap = a.as_ptr();
         let mut s = [[_mm512_setzero_ps(); 4]; R];
         for i in (0..np).step_by(64) {
+            // Each stream's lines 1 KiB ahead (past this row's end: the stream's next row).
+            for wr in w {
+                _mm_prefetch::<_MM_HINT_T0>(wr.add(2 * i + 1024) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(wr.add(2 * i + 1088) as *const i8);
+            }
             for k in 0..4 {
                 let av = _mm512_loadu_ps(ap.add(i + 16 * k));
                 for r in 0..R {
