@@ -289,6 +289,75 @@ unsafe fn keys16_avx512(out: &mut [f32; 16], kt: &[f32], y: &[f32], scale: f32) 
     _mm512_storeu_ps(out.as_mut_ptr(), _mm512_mul_ps(s, _mm512_set1_ps(scale)));
 }
 
+/// `dot_f32_keys16_fast` for two queries against the same 16 keys: each key vector loaded once
+/// for both (a prompt's scores were bound by those loads), each query's operations exactly
+/// `keys16_avx512`'s (the lane pairs (l, l + 8) and then (l, l + 4) added in the same order, only
+/// computed quarter by quarter: u_i = (lane i + lane i+8) + (lane i+4 + lane i+12)).
+pub fn dot_f32_keys16x2_fast(out: [&mut [f32; 16]; 2], kt: &[f32], y: [&[f32]; 2], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        let n = y[0].len();
+        assert!(y[1].len() == n && kt.len() >= 16 * n, "dot_f32_keys16x2: {} transposed values for {n} × 16", kt.len());
+        // SAFETY: AVX-512 F detected; reads inside kt (asserted), y[0] and y[1] (same length).
+        return unsafe { keys16x2_avx512(out, kt, y, scale) };
+    }
+    let [o0, o1] = out;
+    dot_f32_keys16(o0, kt, y[0], scale);
+    dot_f32_keys16(o1, kt, y[1], scale);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn keys16x2_avx512(out: [&mut [f32; 16]; 2], kt: &[f32], y: [&[f32]; 2], scale: f32) {
+    use std::arch::x86_64::*;
+    let n = y[0].len();
+    let np = n & !63;
+    let kp = kt.as_ptr();
+    let yp = [y[0].as_ptr(), y[1].as_ptr()];
+    // (Functions, not closures: a closure does not inherit the target features.)
+    let mut u = [[_mm512_setzero_ps(); 4]; 2];
+    for i in 0..4 {
+        let (a, b, c, d) = (
+            keys16x2_lane(kp, yp, np, i),
+            keys16x2_lane(kp, yp, np, i + 8),
+            keys16x2_lane(kp, yp, np, i + 4),
+            keys16x2_lane(kp, yp, np, i + 12),
+        );
+        for q in 0..2 {
+            // t[i] = lane i + lane i+8, t[i+4] = lane i+4 + lane i+12, u[i] = t[i] + t[i+4].
+            u[q][i] = _mm512_add_ps(_mm512_add_ps(a[q], b[q]), _mm512_add_ps(c[q], d[q]));
+        }
+    }
+    for (q, o) in out.into_iter().enumerate() {
+        let mut s = _mm512_add_ps(_mm512_add_ps(u[q][0], u[q][2]), _mm512_add_ps(u[q][1], u[q][3]));
+        for e in np..n {
+            s = _mm512_fmadd_ps(_mm512_loadu_ps(kp.add(16 * e)), _mm512_set1_ps(*yp[q].add(e)), s);
+        }
+        _mm512_storeu_ps(o.as_mut_ptr(), _mm512_mul_ps(s, _mm512_set1_ps(scale)));
+    }
+}
+
+/// `keys16_lane` for two queries: each key vector loaded once.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn keys16x2_lane(kp: *const f32, yp: [*const f32; 2], np: usize, l: usize) -> [std::arch::x86_64::__m512; 2] {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 4]; 2];
+    for i in (0..np).step_by(64) {
+        for a in 0..4 {
+            let e = i + 16 * a + l;
+            let kv = _mm512_loadu_ps(kp.add(16 * e));
+            acc[0][a] = _mm512_fmadd_ps(kv, _mm512_set1_ps(*yp[0].add(e)), acc[0][a]);
+            acc[1][a] = _mm512_fmadd_ps(kv, _mm512_set1_ps(*yp[1].add(e)), acc[1][a]);
+        }
+    }
+    [
+        _mm512_add_ps(_mm512_add_ps(acc[0][0], acc[0][2]), _mm512_add_ps(acc[0][1], acc[0][3])),
+        _mm512_add_ps(_mm512_add_ps(acc[1][0], acc[1][2]), _mm512_add_ps(acc[1][1], acc[1][3])),
+    ]
+}
+
 /// Lane l of `dot_f32` for 16 keys: its four accumulators over the 64-element steps, then
 /// (a0 + a2) + (a1 + a3).
 #[cfg(target_arch = "x86_64")]
@@ -1021,9 +1090,17 @@ mod tests {
             let (mut got, mut fast) = ([0f32; 16], [0f32; 16]);
             dot_f32_keys16(&mut got, &kt, &q, 0.125);
             dot_f32_keys16_fast(&mut fast, &kt, &q, 0.125);
+            // Two queries at once: the second another query (its own scores from dot_f32_rows).
+            let q2: Vec<f32> = (0..d).map(|_| r.normal() as f32).collect();
+            let mut want2 = [0f32; 16];
+            dot_f32_rows(&mut want2, &k, d, &q2, 0.125);
+            let (mut p0, mut p1) = ([0f32; 16], [0f32; 16]);
+            dot_f32_keys16x2_fast([&mut p0, &mut p1], &kt, [&q, &q2], 0.125);
             for j in 0..16 {
                 assert_eq!(got[j].to_bits(), want[j].to_bits(), "d {d}, key {j}: {} vs {}", got[j], want[j]);
                 assert_eq!(fast[j].to_bits(), want[j].to_bits(), "d {d}, key {j}: fast {} vs {}", fast[j], want[j]);
+                assert_eq!(p0[j].to_bits(), want[j].to_bits(), "d {d}, key {j}: pair, first");
+                assert_eq!(p1[j].to_bits(), want2[j].to_bits(), "d {d}, key {j}: pair, second");
             }
         }
     }

@@ -347,17 +347,37 @@ pub fn attn_ggml_seqs(seqs: &[SeqAttn], k: &[f32], v: &[f32], hd: Heads, scale: 
         if tq > 1 {
             scs = vec![f32::NEG_INFINITY; (i1 - i0) * w16];
             let (blk0, blk1) = (key_range(i0).0 / 16, key_range(i1 - 1).1.div_ceil(16));
-            let mut s16 = [0f32; 16];
+            let (mut s16, mut t16) = ([0f32; 16], [0f32; 16]);
+            let needs = |i: usize, blk: usize| {
+                let (lo, hi) = key_range(i);
+                blk >= lo / 16 && blk < hi.div_ceil(16)
+            };
+            let query = |i: usize| &s.q[(i * hd.h + h) * d..][..d];
             for blk in blk0..blk1 {
                 let kb = &kt[blk * 16 * d..][..16 * d];
-                for i in i0..i1 {
+                let mut put = |i: usize, sc: &[f32; 16]| {
                     let (lo, hi) = key_range(i);
-                    if blk < lo / 16 || blk >= hi.div_ceil(16) {
+                    let (j0, j1) = ((blk * 16).max(lo), (blk * 16 + 16).min(hi));
+                    scs[(i - i0) * w16 + j0..(i - i0) * w16 + j1].copy_from_slice(&sc[j0 - blk * 16..j1 - blk * 16]);
+                };
+                // Two queries at a time where both see this block (each key vector loaded once
+                // for both; each score the same operations as one at a time).
+                let mut i = i0;
+                while i < i1 {
+                    if !needs(i, blk) {
+                        i += 1;
                         continue;
                     }
-                    ggml::dot_f32_keys16_fast(&mut s16, kb, &s.q[(i * hd.h + h) * d..][..d], scale);
-                    let (j0, j1) = ((blk * 16).max(lo), (blk * 16 + 16).min(hi));
-                    scs[(i - i0) * w16 + j0..(i - i0) * w16 + j1].copy_from_slice(&s16[j0 - blk * 16..j1 - blk * 16]);
+                    if i + 1 < i1 && needs(i + 1, blk) {
+                        ggml::dot_f32_keys16x2_fast([&mut s16, &mut t16], kb, [query(i), query(i + 1)], scale);
+                        put(i, &s16);
+                        put(i + 1, &t16);
+                        i += 2;
+                    } else {
+                        ggml::dot_f32_keys16_fast(&mut s16, kb, query(i), scale);
+                        put(i, &s16);
+                        i += 1;
+                    }
                 }
             }
         }
