@@ -196,12 +196,16 @@ fn f16_rounded(x: &[f32], n: usize, k: usize) -> Vec<f32> {
 /// matrix's tiles in one parallel call. Each output is what `matmul` gives for its matrix alone
 /// (the same rounding, tiles and order); None where `matmul` would not take the tiles for one
 /// of them (then the caller multiplies them one by one).
+///
+/// With `swiglu` (two matrices of the same rows: gate and up) the one output is their gated
+/// product, tile by tile (`qtensor::gemm_tasks_swiglu`).
 pub(crate) fn matmul_many_f16(
     ws: &[(&[u8], usize)],
     cols: usize,
     x: &[f32],
     n: usize,
     level: Level,
+    swiglu: bool,
 ) -> Option<Vec<Vec<f32>>> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -215,20 +219,30 @@ pub(crate) fn matmul_many_f16(
         if !tiles {
             return None;
         }
+        if swiglu && (ws.len() != 2 || ws[0].1 != ws[1].1) {
+            return None;
+        }
         let xr = f16_rounded(x, n, cols);
         let a: Vec<&[f32]> = xr.chunks_exact(cols).collect();
         let ms: Vec<usize> = ws.iter().map(|&(_, rows)| rows).collect();
-        let mut ys: Vec<Vec<f32>> = ms.iter().map(|&m| crate::mem::zeros(n * m)).collect();
         let rb = 2 * cols;
-        super::qtensor::gemm_tasks_many(&ms, n, &mut ys, |q, (r0, r1), (i0, i1), o| {
-            // SAFETY: AVX-512 F detected above; `o` as `gemm_tasks_many` says.
-            unsafe { x86::f16_tinyblas_tiles_avx512(&ws[q].0[r0 * rb..r1 * rb], rb, &a[i0..i1], o, ms[q]) }
-        });
+        let product = |q: usize, (r0, r1): (usize, usize), (i0, i1): (usize, usize), o: *mut f32, ldo: usize| {
+            // SAFETY: AVX-512 F detected above; `o` holds the block at stride ldo (the callers').
+            unsafe { x86::f16_tinyblas_tiles_avx512(&ws[q].0[r0 * rb..r1 * rb], rb, &a[i0..i1], o, ldo) }
+        };
+        if swiglu {
+            let mut y = crate::par::uninit::<f32>(n * ms[0]);
+            super::qtensor::gemm_tasks_swiglu(ms[0], n, &mut y, product);
+            // SAFETY: gemm_tasks_swiglu writes every element of y.
+            return Some(vec![unsafe { crate::par::assume_init(y) }]);
+        }
+        let mut ys: Vec<Vec<f32>> = ms.iter().map(|&m| crate::mem::zeros(n * m)).collect();
+        super::qtensor::gemm_tasks_many(&ms, n, &mut ys, |q, r, i, o| product(q, r, i, o, ms[q]));
         Some(ys)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (ws, cols, x, n, level);
+        let _ = (ws, cols, x, n, level, swiglu);
         None
     }
 }

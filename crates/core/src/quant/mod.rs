@@ -44,7 +44,7 @@ mod tile512;
 pub use matrix::DeviceQuant;
 pub use matrix::QuantMatrix;
 pub use qtensor::QTensor;
-pub(crate) use qtensor::{matmul_few_many, matmul_many_tiles};
+pub(crate) use qtensor::{matmul_few_many, matmul_many_tiles, swiglu_many_tiles};
 pub use smelt_gguf::GgmlType;
 
 use anyhow::{bail, Result};

@@ -342,6 +342,34 @@ pub(crate) fn matmul_many_tiles_amx_or(
     n: usize,
     engine: Option<AmxEngine>,
 ) -> Option<Vec<Vec<f32>>> {
+    many_tiles(qs, x, n, engine, false)
+}
+
+/// swiglu(x·gᵀ, x·uᵀ) (n × rows) for many inputs where `matmul_many_tiles` takes both: each
+/// task multiplies its block of both matrices into its own buffers and gates them there
+/// (`gemm_tasks_swiglu`), so neither product is written whole; the same bits as the products
+/// and then `ops::swiglu`. None where `matmul_many_tiles` would give None.
+pub(crate) fn swiglu_many_tiles(g: &QTensor, u: &QTensor, x: &[f32], n: usize) -> Option<Vec<f32>> {
+    swiglu_many_tiles_amx_or(g, u, x, n, amx_engine())
+}
+
+/// `swiglu_many_tiles` with the AMX engine given.
+pub(crate) fn swiglu_many_tiles_amx_or(
+    g: &QTensor,
+    u: &QTensor,
+    x: &[f32],
+    n: usize,
+    engine: Option<AmxEngine>,
+) -> Option<Vec<f32>> {
+    if g.rows != u.rows {
+        return None;
+    }
+    many_tiles(&[g, u], x, n, engine, true)?.pop()
+}
+
+/// `matmul_many_tiles` (swiglu false: one product per matrix) or `swiglu_many_tiles` (true: qs
+/// are gate and up, one gated output).
+fn many_tiles(qs: &[&QTensor], x: &[f32], n: usize, engine: Option<AmxEngine>, swiglu: bool) -> Option<Vec<Vec<f32>>> {
     #[cfg(target_arch = "x86_64")]
     {
         let k = qs.first()?.cols;
@@ -350,7 +378,7 @@ pub(crate) fn matmul_many_tiles_amx_or(
         }
         if qs.iter().all(|q| q.ty == GgmlType::F16 && q.cols == k) {
             let ws: Vec<(&[u8], usize)> = qs.iter().map(|q| (&q.data[..], q.rows)).collect();
-            return super::float_formats::matmul_many_f16(&ws, k, x, n, Level::Avx512);
+            return super::float_formats::matmul_many_f16(&ws, k, x, n, Level::Avx512, swiglu);
         }
         // Per matrix: Some(tile512 format) for the register tiles, None for AMX.
         let kinds: Vec<Option<u8>> = qs
@@ -386,29 +414,37 @@ pub(crate) fn matmul_many_tiles_amx_or(
                 q.amx_packed();
             }
         }
-        let mut ys: Vec<Vec<f32>> = qs.iter().map(|q| crate::mem::zeros(n * q.rows)).collect();
-        let ms: Vec<usize> = qs.iter().map(|q| q.rows).collect();
-        gemm_tasks_many(&ms, n, &mut ys, |qi, (r0, r1), (i0, i1), o| {
+        // Block (r0..r1) × (i0..i1) of matrix qi at o, out[i·ldo + j].
+        let product = |qi: usize, (r0, r1): (usize, usize), (i0, i1): (usize, usize), o: *mut f32, ldo: usize| {
             let q = qs[qi];
             match (kinds[qi], engine, if q.ty == GgmlType::Q6_K { &amx_acts_k } else { &amx_acts }) {
-                // SAFETY: AVX-512 detected; `o` is as `gemm_tasks_many` says.
+                // SAFETY: AVX-512 detected; `o` holds the block at stride ldo (the callers').
                 (Some(kind), ..) => unsafe {
                     let w = &q.data[r0 * q.row_bytes..r1 * q.row_bytes];
-                    tiles_of_kind(kind, w, q.row_bytes, &a[i0..i1], &eights[i0 / 8..], o, q.rows)
+                    tiles_of_kind(kind, w, q.row_bytes, &a[i0..i1], &eights[i0 / 8..], o, ldo)
                 },
                 // SAFETY: the AMX path is picked only with an engine on (AMX granted, AVX-512);
-                // `o` is as `gemm_tasks_many` says, which is `gemm_task`'s contract.
+                // `o` as above, which is `gemm_task`'s contract.
                 (None, Some(e), Some(aa)) => unsafe {
-                    amx::gemm_task(e, q.amx_packed(), (r0, r1), aa, (i0, i1), o, q.rows)
+                    amx::gemm_task(e, q.amx_packed(), (r0, r1), aa, (i0, i1), o, ldo)
                 },
                 _ => unreachable!("an AMX matrix without the AMX engine or its inputs"),
             }
-        });
+        };
+        if swiglu {
+            let mut y = crate::par::uninit::<f32>(n * qs[0].rows);
+            gemm_tasks_swiglu(qs[0].rows, n, &mut y, product);
+            // SAFETY: gemm_tasks_swiglu writes every element of y.
+            return Some(vec![unsafe { crate::par::assume_init(y) }]);
+        }
+        let mut ys: Vec<Vec<f32>> = qs.iter().map(|q| crate::mem::zeros(n * q.rows)).collect();
+        let ms: Vec<usize> = qs.iter().map(|q| q.rows).collect();
+        gemm_tasks_many(&ms, n, &mut ys, |qi, r, i, o| product(qi, r, i, o, ms[qi]));
         Some(ys)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (qs, x, n, engine);
+        let _ = (qs, x, n, engine, swiglu);
         None
     }
 }
@@ -503,6 +539,40 @@ pub(crate) fn gemm_tasks_many<Y: AsMut<[f32]>>(
         let (m, r0, i0) = (ms[q], t / tn * ROWS, t % tn * INPUTS);
         // SAFETY: inside y_q (asserted above); the tasks' (q, i, j) ranges are disjoint.
         task(q, (r0, (r0 + ROWS).min(m)), (i0, (i0 + INPUTS).min(n)), unsafe { outs[q].get().add(i0 * m + r0) })
+    });
+}
+
+/// y (n × m) = swiglu(G, U) for the products G, U (n × m each) of two matrices of m rows,
+/// `gemm_tasks`' blocks (32 rows × 64 inputs) in one parallel call: a task has
+/// `product(q, (r0, r1), (i0, i1), o, ldo)` (q 0 for G, 1 for U) write its block of each into
+/// its own buffers (out[i·ldo + j]), then gates each input's run of rows into y with
+/// `swiglu_into` (elementwise, so the same bits as the whole products gated afterwards). Every
+/// element of y is written.
+pub(crate) fn gemm_tasks_swiglu(
+    m: usize,
+    n: usize,
+    y: &mut [std::mem::MaybeUninit<f32>],
+    product: impl Fn(usize, (usize, usize), (usize, usize), *mut f32, usize) + Sync,
+) {
+    use crate::float::Float;
+    const ROWS: usize = 32;
+    const INPUTS: usize = 64;
+    assert!(y.len() >= n * m, "gemm swiglu: {} outputs for {n} × {m}", y.len());
+    let out = crate::par::SendPtr(y.as_mut_ptr() as *mut f32);
+    let tn = n.div_ceil(INPUTS);
+    crate::par::for_each(m.div_ceil(ROWS) * tn, |t| {
+        let (r0, i0) = (t / tn * ROWS, t % tn * INPUTS);
+        let (r1, i1) = ((r0 + ROWS).min(m), (i0 + INPUTS).min(n));
+        let mut g = [0f32; ROWS * INPUTS];
+        let mut u = [0f32; ROWS * INPUTS];
+        product(0, (r0, r1), (i0, i1), g.as_mut_ptr(), ROWS);
+        product(1, (r0, r1), (i0, i1), u.as_mut_ptr(), ROWS);
+        let rows = r1 - r0;
+        for i in 0..i1 - i0 {
+            // SAFETY: row i0 + i, columns r0..r1 of y: this task's alone (the blocks are disjoint).
+            let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add((i0 + i) * m + r0), rows) };
+            f32::swiglu_into(dst, &g[i * ROWS..i * ROWS + rows], &u[i * ROWS..i * ROWS + rows]);
+        }
     });
 }
 

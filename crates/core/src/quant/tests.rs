@@ -651,6 +651,35 @@ mod x86_kernels {
         }
     }
 
+    /// Gate and up gated tile by tile (`swiglu_many_tiles`) equal the two products then
+    /// `swiglu_into` bit for bit, for the 32-element formats and F16, rows past two task blocks
+    /// and inputs past one.
+    #[test]
+    fn gate_and_up_gated_tile_by_tile_equal_the_products_then_swiglu() {
+        use crate::float::Float;
+        if !avx512_detected() {
+            smelt_testing::skip(smelt_testing::Need::Cpu, "this CPU lacks AVX-512 F/BW/VL/VNNI");
+            return;
+        }
+        let (rows, cols) = (72, 256);
+        for ty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::F16] {
+            let g = QTensor::quantize(ty, &rand(rows * cols, 1), rows, cols).unwrap();
+            let u = QTensor::quantize(ty, &rand(rows * cols, 2), rows, cols).unwrap();
+            for n in [5, 37, 70] {
+                let x = rand(n * cols, 9);
+                let y = super::super::swiglu_many_tiles(&g, &u, &x, n)
+                    .unwrap_or_else(|| panic!("{} · {n}: no gated product", ty.name()));
+                let (mut gy, mut uy) = (vec![0f32; n * rows], vec![0f32; n * rows]);
+                g.matmul(&x, n, &mut gy);
+                u.matmul(&x, n, &mut uy);
+                let mut want = vec![0f32; n * rows];
+                f32::swiglu_into(&mut want, &gy, &uy);
+                let bad = y.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(bad, 0, "{} · {n}: {bad} gated outputs differ", ty.name());
+            }
+        }
+    }
+
     /// `tile512::tile_pairs` (zmm, two inputs a register) and `tile_eight` (eight prepared
     /// inputs) against `tile` (ymm) bit for bit, for the four 32-element formats: 4 × 8, 1 × 8,
     /// 4 × 4 and 1 × 4 tiles, 1 to 16 blocks, random

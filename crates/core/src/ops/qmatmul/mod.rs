@@ -181,12 +181,31 @@ fn products_on_the_cpu(x: &Tensor, ws: &[(&Tensor, bool)], n: usize, k: usize) -
     Ok(Some(ys))
 }
 
+/// On the CPU, a prompt's (n > 4) gate and up products gated tile by tile
+/// (`quant::swiglu_many_tiles`: neither product written whole), the same bits as the products
+/// then `swiglu`; None where that path does not apply.
+fn gated_on_the_cpu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -> Result<Option<Tensor>> {
+    use crate::quant::{QTensor, QuantMatrix};
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || n <= 4 {
+        return Ok(None);
+    }
+    fn q(w: &Tensor, k: usize) -> Option<&QTensor> {
+        w.as_quant()?.as_any().downcast_ref::<QTensor>().filter(|q| q.dims().1 == k)
+    }
+    let (Some(g), Some(u)) = (q(wg, k), q(wu, k)) else { return Ok(None) };
+    let Some(y) = crate::quant::swiglu_many_tiles(g, u, x.as_f32()?, n) else { return Ok(None) };
+    Ok(Some(Tensor::from_f32(y, &out_shape(x, g.dims().0))?))
+}
+
 /// `swiglu(linear(x, wg), linear(x, wu))` for quantised gate and up weights in fewer launches
 /// where the backend has a fused path; None: run the three ops.
 pub fn linear_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize) -> Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     if let (false, Some(g), Some(u)) = (x.device().is_cpu(), wg.as_device_quant(), wu.as_device_quant()) {
         return cuda::linear_swiglu(x, g, u, n, k);
+    }
+    if let Some(y) = gated_on_the_cpu(x, wg, wu, n, k)? {
+        return Ok(Some(y));
     }
     if let Some(gu) = products_on_the_cpu(x, &[(wg, true), (wu, true)], n, k)? {
         return Ok(Some(crate::ops::swiglu::swiglu(&gu[0], &gu[1])?));

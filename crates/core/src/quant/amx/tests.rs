@@ -243,6 +243,20 @@ fn several_matrices_in_one_job_keep_each_matmuls_amx_bits() {
                 q.matmul_amx_or(&x, n, &mut want, Level::Avx512, e);
                 assert_bits(y, &want, &format!("{} {:?} · {n} in one job", ty.name(), q.dims()));
             }
+            // A prompt's gate and up gated tile by tile: the products then swiglu.
+            if n > 4 {
+                use crate::float::Float;
+                let (g, u) = (&qs[0], &qs[qs.len() - 1]);
+                let u = if u.dims().0 == g.dims().0 { u } else { g };
+                let y = crate::quant::qtensor::swiglu_many_tiles_amx_or(g, u, &x, n, e)
+                    .unwrap_or_else(|| panic!("{} · {n}: no gated product", ty.name()));
+                let m = g.dims().0;
+                let (mut gy, mut uy, mut want) = (vec![0f32; n * m], vec![0f32; n * m], vec![0f32; n * m]);
+                g.matmul_amx_or(&x, n, &mut gy, Level::Avx512, e);
+                u.matmul_amx_or(&x, n, &mut uy, Level::Avx512, e);
+                f32::swiglu_into(&mut want, &gy, &uy);
+                assert_bits(&y, &want, &format!("{} gate/up · {n} gated tile by tile", ty.name()));
+            }
         }
     }
 }
