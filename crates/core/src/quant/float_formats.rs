@@ -543,8 +543,10 @@ mod x86 {
         for i in (0..np).step_by(64) {
             // Each stream's lines 1 KiB ahead (past this row's end: the stream's next row).
             for wr in w {
-                _mm_prefetch::<_MM_HINT_T0>(wr.add(2 * i + 1024) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(wr.add(2 * i + 1088) as *const i8);
+                // (`wrapping_add`: past the buffer's end for the last rows, which a prefetch may
+                // name but `add` may not.)
+                _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(2 * i + 1024) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(wr.wrapping_add(2 * i + 1088) as *const i8);
             }
             for k in 0..4 {
                 let av = _mm512_loadu_ps(ap.add(i + 16 * k));

@@ -568,10 +568,12 @@ pub(crate) fn gemm_tasks_swiglu(
         product(0, (r0, r1), (i0, i1), g.as_mut_ptr(), ROWS);
         product(1, (r0, r1), (i0, i1), u.as_mut_ptr(), ROWS);
         let rows = r1 - r0;
+        let mut gated = [0f32; ROWS];
         for i in 0..i1 - i0 {
-            // SAFETY: row i0 + i, columns r0..r1 of y: this task's alone (the blocks are disjoint).
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.get().add((i0 + i) * m + r0), rows) };
-            f32::swiglu_into(dst, &g[i * ROWS..i * ROWS + rows], &u[i * ROWS..i * ROWS + rows]);
+            f32::swiglu_into(&mut gated[..rows], &g[i * ROWS..i * ROWS + rows], &u[i * ROWS..i * ROWS + rows]);
+            // SAFETY: row i0 + i, columns r0..r1 of y: this task's alone (the blocks are disjoint),
+            // written through the raw pointer (y is not initialised before).
+            unsafe { std::ptr::copy_nonoverlapping(gated.as_ptr(), out.get().add((i0 + i) * m + r0), rows) };
         }
     });
 }
