@@ -41,40 +41,23 @@ pub(crate) unsafe fn gemm_task(
     ldo: usize,
 ) {
     assert_eq!(acts.rows, 16, "amx: the tiles read 16-row groups (quantize_few's rows are for `few` only)");
-    if w.kind == Q6_K {
-        // Q6_K's blocks are eight of the activations' 32-element chunks.
-        assert!(r0.is_multiple_of(16) && i0.is_multiple_of(16) && 8 * w.nb == acts.nb, "amx gemm task: bounds");
-        return match engine {
-            Engine::Amx => q6k_avx512::<Hw>(Hw, w, (r0, r1), acts, (i0, i1), out, ldo),
-            Engine::Emulated => q6k_avx512::<Emu>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
-            Engine::Portable => super::q6k::gemm::<Emu, false>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
-        };
-    }
-    assert!(r0.is_multiple_of(16) && i0.is_multiple_of(16) && w.nb == acts.nb, "amx gemm task: bounds");
+    // (Q6_K's 256-element blocks are eight of the activations' 32-element chunks.)
+    let nb = if w.kind == Q6_K { 8 * w.nb } else { w.nb };
+    assert!(r0.is_multiple_of(16) && i0.is_multiple_of(16) && nb == acts.nb, "amx gemm task: bounds");
     match (engine, w.kind) {
         (Engine::Amx, Q8_0) => gemm_avx512::<Hw, Q8_0>(Hw, w, (r0, r1), acts, (i0, i1), out, ldo),
         (Engine::Amx, Q4_0) => gemm_avx512::<Hw, Q4_0>(Hw, w, (r0, r1), acts, (i0, i1), out, ldo),
+        (Engine::Amx, Q6_K) => gemm_avx512::<Hw, Q6_K>(Hw, w, (r0, r1), acts, (i0, i1), out, ldo),
         (Engine::Amx, _) => gemm_avx512::<Hw, Q4_1>(Hw, w, (r0, r1), acts, (i0, i1), out, ldo),
         (Engine::Emulated, Q8_0) => gemm_avx512::<Emu, Q8_0>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
         (Engine::Emulated, Q4_0) => gemm_avx512::<Emu, Q4_0>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
+        (Engine::Emulated, Q6_K) => gemm_avx512::<Emu, Q6_K>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
         (Engine::Emulated, _) => gemm_avx512::<Emu, Q4_1>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
         (Engine::Portable, Q8_0) => gemm::<Emu, Q8_0, false>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
         (Engine::Portable, Q4_0) => gemm::<Emu, Q4_0, false>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
+        (Engine::Portable, Q6_K) => gemm::<Emu, Q6_K, false>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
         (Engine::Portable, _) => gemm::<Emu, Q4_1, false>(Emu::new(), w, (r0, r1), acts, (i0, i1), out, ldo),
     }
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q6k_avx512<T: Tmul>(
-    tm: T,
-    w: &Packed,
-    r: (usize, usize),
-    acts: &Acts,
-    i: (usize, usize),
-    out: *mut f32,
-    ldo: usize,
-) {
-    super::q6k::gemm::<T, true>(tm, w, r, acts, i, out, ldo)
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -102,6 +85,10 @@ unsafe fn gemm<T: Tmul, const K: u8, const SIMD: bool>(
     out: *mut f32,
     ldo: usize,
 ) {
+    if K == Q6_K {
+        // Its own layout and loop (`q6k.rs`).
+        return super::q6k::gemm::<T, SIMD>(tm, w, (r0, r1), acts, (i0, i1), out, ldo);
+    }
     let (r1, i1) = (r1.min(w.rows), i1.min(acts.n));
     tm.configure();
     let mut acc = [0f32; A_GROUPS * 16 * 32];
