@@ -10,6 +10,10 @@ and bench/torch_gpu.py at each shape, and prints one table of ratios.
         [--scalar]     # also time smelt with SMELT_CUDA_ATTN=scalar (the pre-tensor-core
                        # attention kernels): before/after in the same run
         [--profile 124m]  # also SMELT_CUDA_PROFILE=1 runs at that shape (stderr kept in --out)
+        [--torch-profile 124m]  # also torch.compile's step under torch.profiler at that shape:
+                       # its kernels by time a step (stderr kept in --out as torch-profile-SHAPE.txt)
+        [--variants "pc1:SMELT_CUDA_ATTN_PC=1;smem:SMELT_CUDA_ATTN_DKDV=smem"]  # smelt again under
+                       # these environments (rows named smelt-NAME), in the same run
 
 Every run is its own process (GPU memory freed between them) under a time limit; a failed or
 timed-out run is a row marked so, never the end of the table. JSON lines go to
@@ -72,6 +76,8 @@ def main():
     ap.add_argument("--scalar", action="store_true")
     ap.add_argument("--profile", default="")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--torch-profile", default="")
+    ap.add_argument("--variants", default="")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     rows = []
@@ -101,6 +107,10 @@ def main():
             keep(name, "smelt-ckpt", run(sm + ["--grad-checkpoint"], timeout=400))
         if a.scalar:
             keep(name, "smelt-scalar-attn", run(sm, env={"SMELT_CUDA_ATTN": "scalar"}, timeout=400))
+        for v in filter(None, a.variants.split(";")):
+            vname, _, envs = v.partition(":")
+            env = dict(e.split("=", 1) for e in envs.split(",") if e)
+            keep(name, f"smelt-{vname}", run(sm, env=env, timeout=400))
         if name in a.profile.split(","):
             prof = [a.smelt, "bench", "--device", "cuda", *sm_model, *common[:-2], "--iters", "1", "--decode-tokens", "4", "--format", "json"]
             run(prof, env={"SMELT_CUDA_PROFILE": "1"}, timeout=300, stderr_to=os.path.join(a.out, f"profile-{name}.txt"))
@@ -114,6 +124,9 @@ def main():
             keep(name, "pytorch", run(tc, timeout=400))
         if "compile" in peers:
             keep(name, "pytorch-compile", run(tc + ["--compile"], timeout=500))
+        if name in a.torch_profile.split(","):
+            run(tc + ["--compile", "--profile", "--iters", "2"], timeout=500,
+                stderr_to=os.path.join(a.out, f"torch-profile-{name}.txt"))
 
     def f(x, k):
         v = (x or {}).get(k)

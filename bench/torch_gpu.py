@@ -11,6 +11,9 @@ the same three measurements and JSON keys: forward_tok_s, decode_tok_s (batch 1,
         # Hugging Face folder (config.json + bf16 model.safetensors) for `smelt bench --model DIR`
 
 --compile times the compiled model (forward and training; decode is not timed then: null).
+--profile then runs two training steps under torch.profiler and prints to stderr the GPU
+kernels by time a step (grouped: attention, matmul, the rest by name), to set beside
+`SMELT_CUDA_PROFILE=1`'s table.
 """
 import argparse, json, time
 import torch
@@ -90,6 +93,44 @@ def median_time(fn, iters):
     return ts[len(ts) // 2]
 
 
+def profile(train, steps=2):
+    """GPU kernel time a step under torch.profiler, by kernel name, to stderr."""
+    import sys
+    from torch.profiler import profile as tprof, ProfilerActivity
+    for _ in range(3):
+        train()
+    torch.cuda.synchronize()
+    with tprof(activities=[ProfilerActivity.CUDA]) as p:
+        for _ in range(steps):
+            train()
+        torch.cuda.synchronize()
+    by = {}
+    for e in p.events():
+        if e.device_type.name != "CUDA":
+            continue
+        t = getattr(e, "device_time", None)
+        if t is None:
+            t = e.cuda_time
+        by.setdefault(e.name, [0.0, 0])
+        by[e.name][0] += t / 1000.0 / steps
+        by[e.name][1] += 1
+    total = sum(v[0] for v in by.values())
+    groups = {"attention (flash/sdpa)": 0.0, "matmul (gemm/cutlass/cublas)": 0.0, "other": 0.0}
+    for n, (ms, _) in by.items():
+        ln = n.lower()
+        if "flash" in ln or "fmha" in ln or "attention" in ln or "sdpa" in ln:
+            groups["attention (flash/sdpa)"] += ms
+        elif "gemm" in ln or "cutlass" in ln or "sm90" in ln or "cublas" in ln or "nvjet" in ln:
+            groups["matmul (gemm/cutlass/cublas)"] += ms
+        else:
+            groups["other"] += ms
+    print(f"torch profile: {total:.2f} ms of GPU kernels a step", file=sys.stderr)
+    for g, ms in groups.items():
+        print(f"  {g:34s} {ms:9.3f} ms {100 * ms / max(total, 1e-9):5.1f}%", file=sys.stderr)
+    for n, (ms, c) in sorted(by.items(), key=lambda kv: -kv[1][0])[:40]:
+        print(f"  {ms:9.3f} ms {c // steps:5d}x  {n[:150]}", file=sys.stderr)
+
+
 def save_hf(m, a, dim, layers, heads, kv, ffn):
     """config.json + model.safetensors (bf16) in Hugging Face Llama naming, tied embeddings."""
     import os
@@ -126,6 +167,7 @@ def main():
     ap.add_argument("--kv-heads", type=int)
     ap.add_argument("--ffn", type=int)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (decode not timed)")
+    ap.add_argument("--profile", action="store_true", help="kernel times of two training steps, to stderr")
     ap.add_argument("--no-decode", action="store_true")
     ap.add_argument("--save-hf", help="write the random-init model as a Hugging Face folder and exit")
     a = ap.parse_args()
@@ -177,6 +219,9 @@ def main():
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    if a.profile:
+        profile(train)
+        return
     torch.cuda.reset_peak_memory_stats()
     f = median_time(fwd, a.iters)
     d = None if (a.compile or a.no_decode) else median_time(decode, min(a.iters, 3))

@@ -576,10 +576,12 @@ fn parity_bf16_adamw_keeps_copy() {
     assert!(p[1].cuda_buf().unwrap().bf16_shadow.get().is_none(), "a bias with no copy got one");
 }
 
-/// The kernels `SMELT_CUDA_ATTN_MT=1` picks (the one-tile forward at head dim 64) give the
-/// bits of the default ones (two 16-row tiles a warp), forward and backward: each row's
-/// operations run in the same order in both (causal, a window, a cache offset with spare rows,
-/// T not a multiple of any block's rows, GQA).
+/// The kernels `SMELT_CUDA_ATTN_MT=1`, `SMELT_CUDA_ATTN_DKDV=smem` and `SMELT_CUDA_ATTN_PC=1`
+/// pick (the one-tile forward at head dim 64, dk/dv reading K and V from shared memory, one
+/// (head, batch) pair's tiles after another) give the bits of the default ones (two 16-row
+/// tiles a warp, K and V in registers, the heaviest tiles of the grid first), forward and
+/// backward: each row's operations run in the same order in all (causal, a window, a cache
+/// offset with spare rows, T not a multiple of any block's rows, GQA).
 #[test]
 fn parity_bf16_attention_two_tiles_a_warp() {
     use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels};
@@ -595,7 +597,12 @@ fn parity_bf16_attention_two_tiles_a_warp() {
         let v = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
         let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
         let run = |one: bool| {
-            let [fwd, dq, dkdv] = tc_kernels(64, one);
+            let forms = ops::attention::cuda::TcForms {
+                one_tile_fwd: one,
+                dkdv_smem: one,
+                pc: if one { Some(1) } else { Some(3) },
+            };
+            let [fwd, dq, dkdv] = tc_kernels(64, forms);
             let (o, l) = attention_with(&q, &k, &v, dm, 0.125, &fwd, None).unwrap();
             let (gq, gk, gv) =
                 attention_backward_with(&q, &k, &v, &o, &l, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();

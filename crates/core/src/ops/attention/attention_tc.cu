@@ -19,8 +19,9 @@
 // dS are rounded to bf16 as operands of P·V, Pᵀ·dO, dS·K and dSᵀ·Q (the f32 kernels keep them
 // f32): one more rounding than the scalar bf16 kernels, measured in parity_bf16.rs.
 //
-// Determinism: no atomics. dq has its own kernel (one block per query tile, loops over keys);
-// dk/dv another (one block per key tile, loops over the group's query heads and queries).
+// Determinism: no atomics. dq has its own kernel (one block per query tile, loops over keys;
+// it also computes delta = rowsum(dO ∘ out) for its rows and stores it); dk/dv another, launched
+// after it (one block per key tile, loops over the group's query heads and queries).
 
 #define TC_THREADS 128
 #define TC_ROWS 64  // rows a block owns: 4 warps × 16
@@ -37,6 +38,26 @@ __device__ __forceinline__ int tc_row_lo(int pos, int window, const unsigned int
 }
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+// Which tile a block takes. A grid is (tiles, heads, batch); tiles of one (head, batch) pair
+// differ in work (causal: the last query tile of the forward and dq sees every key, the first
+// key tile of dk/dv is seen by every query), and blocks start in linear order, so a heavy tile
+// started last leaves the GPU idle behind it. Blocks are handed out in chunks of `pc` pairs;
+// within a chunk every pair's heaviest tile (rank 0) comes first, then every pair's next one,
+// and so on. pc = 1: one pair's tiles after another (its heaviest first); pc = heads · batch:
+// the heaviest tiles of the whole grid first (the longest-processing-time order). Only the
+// order changes: a block computes what it computed before, so every pc gives the same bits.
+struct TcTile {
+    int rank, y, z;  // rank 0 = the most work; y, z: the pair (head, batch)
+};
+__device__ __forceinline__ TcTile tc_tile(int pc) {
+    int nt = gridDim.x, np = gridDim.y * gridDim.z;
+    long long L = blockIdx.x + (long long)nt * (blockIdx.y + (long long)gridDim.y * blockIdx.z);
+    pc = max(1, min(pc, np));
+    int first = (int)(L / ((long long)pc * nt)) * pc, n = min(pc, np - first);
+    int w = (int)(L - (long long)first * nt), pair = first + w % n;
+    return {w / n, pair % (int)gridDim.y, pair / (int)gridDim.y};
+}
 
 // 16 bytes global → shared, asynchronously; zero-filled when !ok (src is then not read).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
@@ -199,16 +220,17 @@ __device__ __forceinline__ void store_rows(bf16_t* dst, const float (*o)[4], lon
 // every operation is the same whatever MT, so MT = 1 and 2 give identical bits.
 template <int D, int BN, int MT>
 __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
-                       int H, int KVH, int window, float scale, const unsigned int* starts) {
+                       int H, int KVH, int window, float scale, const unsigned int* starts, int pc) {
     constexpr int LD = D + 8, KS = D / 16, ROWS = TC_ROWS * MT;
     extern __shared__ __align__(16) unsigned char tc_sm[];
     bf16_t* Qs = (bf16_t*)tc_sm;
     bf16_t* Ks = Qs + ROWS * LD;
     bf16_t* Vs = Ks + 2 * BN * LD;
-    int b = blockIdx.z, h = blockIdx.y, g = h / (H / KVH);
+    TcTile tt = tc_tile(pc);
+    int b = tt.z, h = tt.y, g = h / (H / KVH);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
     int off = tk - tq;
-    int i0 = (gridDim.x - 1 - blockIdx.x) * ROWS;  // the longest (last) query tiles first
+    int i0 = (gridDim.x - 1 - tt.rank) * ROWS;  // the longest (last) query tiles first
     int ilast = min(tq - 1, i0 + ROWS - 1);
     long long srow0 = (long long)b * tq;
     int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
@@ -334,19 +356,22 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
 // their order are the same for every MT and BN (a key tile is summed 16 keys at a time, in key
 // order), so all instantiations give identical bits.
 template <int D, int BN, int MT>
-__device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
-                      const float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale,
-                      const unsigned int* starts) {
+__device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const bf16_t* out,
+                      const float* lse, float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window,
+                      float scale, const unsigned int* starts, int pc) {
     constexpr int LD = D + 8, KS = D / 16, ROWS = TC_ROWS * MT;
     extern __shared__ __align__(16) unsigned char tc_sm[];
     bf16_t* Qs = (bf16_t*)tc_sm;
     bf16_t* Os = Qs + ROWS * LD;
     bf16_t* Ks = Os + ROWS * LD;
     bf16_t* Vs = Ks + 2 * BN * LD;
-    int b = blockIdx.z, h = blockIdx.y, g = h / (H / KVH);
+    bf16_t* Zs = Vs + 2 * BN * LD;          // the block's rows of out, for delta
+    float* Dsm = (float*)(Zs + ROWS * LD);  // delta of the block's rows
+    TcTile tt = tc_tile(pc);
+    int b = tt.z, h = tt.y, g = h / (H / KVH);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
     int off = tk - tq;
-    int i0 = (gridDim.x - 1 - blockIdx.x) * ROWS;
+    int i0 = (gridDim.x - 1 - tt.rank) * ROWS;
     int ilast = min(tq - 1, i0 + ROWS - 1);
     long long srow0 = (long long)b * tq;
     int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
@@ -356,11 +381,12 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
     long long qbase = (long long)b * tq, kbase = (long long)b * s;
     load_rows<ROWS, D>(Qs, q + (long long)h * D, qbase, H * D, i0, tq);
     load_rows<ROWS, D>(Os, dout + (long long)h * D, qbase, H * D, i0, tq);
+    load_rows<ROWS, D>(Zs, out + (long long)h * D, qbase, H * D, i0, tq);
     load_rows<BN, D>(Ks, kh, kbase, KVH * D, blo, bhi);
     load_rows<BN, D>(Vs, vh, kbase, KVH * D, blo, bhi);
     cp_commit();
     const float* lh = lse + ((long long)b * H + h) * tq;
-    const float* dh = delta + ((long long)b * H + h) * tq;
+    float* dh = delta + ((long long)b * H + h) * tq;
     float L[MT][2], Dl[MT][2];
     int pos[MT][2], lo[MT][2];
 #pragma unroll
@@ -369,12 +395,31 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
         for (int hf = 0; hf < 2; hf++) {
             int r = i0 + warp * 16 * MT + mt * 16 + gq + 8 * hf;
             L[mt][hf] = r < tq ? lh[r] * LOG2E : 0.f;
-            Dl[mt][hf] = r < tq ? dh[r] : 0.f;
             pos[mt][hf] = off + r;
             lo[mt][hf] = tc_row_lo(off + r, window, starts, srow0 + min(r, tq - 1));
         }
     cp_wait_all();
     __syncthreads();
+    // delta = rowsum(dO ∘ out) of the warp's rows, in attn_bwd_delta's order (lane l sums
+    // columns l, l + 32, …; then warp_sum), so the same bits as that kernel; stored for dk/dv,
+    // which runs after this kernel.
+    for (int rr = warp * 16 * MT; rr < (warp + 1) * 16 * MT; rr++) {
+        float acc = 0.f;
+        for (int d = lane; d < D; d += 32) acc += to_f(Zs[rr * LD + d]) * to_f(Os[rr * LD + d]);
+        acc = warp_sum(acc);
+        if (lane == 0) {
+            Dsm[rr] = acc;
+            if (i0 + rr < tq) dh[i0 + rr] = acc;
+        }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int hf = 0; hf < 2; hf++) {
+            int rr = warp * 16 * MT + mt * 16 + gq + 8 * hf;
+            Dl[mt][hf] = i0 + rr < tq ? Dsm[rr] : 0.f;
+        }
     const bf16_t* Ow = Os + warp * 16 * MT * LD;
     unsigned qf[MT][KS][4], of[MT == 1 ? KS : 1][4];
 #pragma unroll
@@ -448,10 +493,15 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
 // tile of BQ queries (each Q and dO fragment read from shared memory feeds MT products). grid
 // (ceil(S/(64·MT)), KVH, B), block 128, shared (2·64·MT + 4·BQ)·(D+8) bf16 + 4·BQ f32. As in dq,
 // every (MT, BQ) gives identical bits (queries summed 16 at a time, in order).
-template <int D, int BQ, int MT>
+//
+// KR (MT = 1 only): the warp's K and V rows are read into registers once as A fragments (32
+// registers) instead of from shared memory for every query tile, one eighth less shared-memory
+// traffic a tile; the same products in the same order.
+template <int D, int BQ, int MT, bool KR>
 __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                         const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
-                        float scale, const unsigned int* starts, const unsigned int* ends) {
+                        float scale, const unsigned int* starts, const unsigned int* ends, int pc) {
+    static_assert(!KR || MT == 1, "K and V fragments in registers: one 16-row tile a warp");
     constexpr int LD = D + 8, ROWS = TC_ROWS * MT;
     extern __shared__ __align__(16) unsigned char tc_sm[];
     bf16_t* Ks = (bf16_t*)tc_sm;
@@ -460,10 +510,11 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
     bf16_t* Os = Qs + 2 * BQ * LD;    // 2 buffers
     float* Ls = (float*)(Os + 2 * BQ * LD);  // 2 × BQ: lse · log2 e
     float* Ds = Ls + 2 * BQ;                 // 2 × BQ: delta
-    int b = blockIdx.z, g = blockIdx.y, grp = H / KVH;
+    TcTile tt = tc_tile(pc);
+    int b = tt.z, g = tt.y, grp = H / KVH;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
     int off = tk - tq;
-    int j0 = blockIdx.x * ROWS;
+    int j0 = tt.rank * ROWS;  // the first key tiles (seen by the most queries) first
     long long kbase = (long long)b * s, qbase = (long long)b * tq;
     float ak[MT][D / 8][4], av[MT][D / 8][4];
 #pragma unroll
@@ -499,9 +550,20 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
         const float sl2 = scale * LOG2E;
         const bf16_t* Kw = Ks + warp * 16 * MT * LD;
         const bf16_t* Vw = Vs + warp * 16 * MT * LD;
+        constexpr int KS = D / 16;
+        unsigned kf[KR ? KS : 1][4], vf[KR ? KS : 1][4];
         for (int t = 0; t < ntiles; t++) {
             cp_wait_all();
             __syncthreads();  // tile t (and K, V) in; every warp is done with tile t−1
+            if constexpr (KR) {
+                if (t == 0) {
+#pragma unroll
+                    for (int ks = 0; ks < KS; ks++) {
+                        load_a<LD>(kf[ks], Kw, 0, ks * 16, lane);
+                        load_a<LD>(vf[ks], Vw, 0, ks * 16, lane);
+                    }
+                }
+            }
             if (t + 1 < ntiles) issue(t + 1);
             cp_commit();
             int nb = t & 1, i0 = qlo + (t % nq) * BQ;
@@ -516,8 +578,13 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
                 for (int nt = 0; nt < BQ / 8; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) sc[mt][nt][e] = dp[mt][nt][e] = 0.f;
-            mm_abt_sm<D, BQ, MT>(sc, Kw, Qt, lane);
-            mm_abt_sm<D, BQ, MT>(dp, Vw, Ot, lane);
+            if constexpr (KR) {
+                mm_abt_m<D, BQ, 1>(sc, (const unsigned (*)[KS][4])kf, Qt, lane);
+                mm_abt_m<D, BQ, 1>(dp, (const unsigned (*)[KS][4])vf, Ot, lane);
+            } else {
+                mm_abt_sm<D, BQ, MT>(sc, Kw, Qt, lane);
+                mm_abt_sm<D, BQ, MT>(dp, Vw, Ot, lane);
+            }
             bool full = i0 + BQ <= qhi && j0 + ROWS - 1 <= off + i0 && j0 + ROWS <= tk &&
                         (window == 0 || j0 >= tc_key_lo(off + i0 + BQ - 1, window)) &&
                         (!starts || j0 >= (int)starts[qbase + i0 + BQ - 1]);
@@ -557,21 +624,22 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
     extern "C" __global__ void __launch_bounds__(TC_THREADS) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v,       \
                                                                   bf16_t* out, float* lse, int tq, int tk, int s, int H,   \
                                                                   int KVH, int window, float scale,                        \
-                                                                  const unsigned int* starts) {                            \
-        tc_fwd<D, BN, MT>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts);                                    \
+                                                                  const unsigned int* starts, int pc) {                    \
+        tc_fwd<D, BN, MT>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                                \
     }
 #define TC_DQ(NAME, D, BN, MT)                                                                                             \
     extern "C" __global__ void __launch_bounds__(TC_THREADS) NAME(                                                         \
-        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
-        bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale, const unsigned int* starts) {          \
-        tc_dq<D, BN, MT>(q, k, v, dout, lse, delta, dq, tq, tk, s, H, KVH, window, scale, starts);                         \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const bf16_t* out, const float* lse,        \
+        float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale,                          \
+        const unsigned int* starts, int pc) {                                                                              \
+        tc_dq<D, BN, MT>(q, k, v, dout, out, lse, delta, dq, tq, tk, s, H, KVH, window, scale, starts, pc);                \
     }
-#define TC_DKDV(NAME, D, BQ, MT)                                                                                           \
+#define TC_DKDV(NAME, D, BQ, MT, KR)                                                                                       \
     extern "C" __global__ void __launch_bounds__(TC_THREADS) NAME(                                                         \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
         bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                            \
-        const unsigned int* starts, const unsigned int* ends) {                                                            \
-        tc_dkdv<D, BQ, MT>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends);             \
+        const unsigned int* starts, const unsigned int* ends, int pc) {                                                    \
+        tc_dkdv<D, BQ, MT, KR>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, pc);     \
     }
 // (key tile, 16-row tiles a warp) of the forward and dq, (query tile, 16-row tiles a warp) of
 // dk/dv; must match tc_kernels in cuda.rs (names, rows a block, shared memory). The forward
@@ -580,10 +648,13 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
 // (dq with 32-key tiles, dk/dv with 32-query tiles, 242 and 255 registers) measured 16.5 and
 // 29.2 ms against 15.3 and 27.5 ms for one (1B shape, 8 × 2048, H200, 2026-12-03). At D = 128
 // the backward's tiles are 32 wide (its 128-column accumulators leave fewer registers).
+// dk/dv at D = 64 holds the warp's K and V fragments in registers (attn_tc_dkdv0_d64 reads
+// them from shared memory each query tile: SMELT_CUDA_ATTN_DKDV=smem, the same bits).
 TC_FWD(attn_tc_fwd_d64, 64, 64, 2)
 TC_FWD(attn_tc_fwd1_d64, 64, 64, 1)
 TC_DQ(attn_tc_dq_d64, 64, 64, 1)
-TC_DKDV(attn_tc_dkdv_d64, 64, 64, 1)
+TC_DKDV(attn_tc_dkdv_d64, 64, 64, 1, true)
+TC_DKDV(attn_tc_dkdv0_d64, 64, 64, 1, false)
 TC_FWD(attn_tc_fwd_d128, 128, 64, 1)
 TC_DQ(attn_tc_dq_d128, 128, 32, 1)
-TC_DKDV(attn_tc_dkdv_d128, 128, 32, 1)
+TC_DKDV(attn_tc_dkdv_d128, 128, 32, 1, false)

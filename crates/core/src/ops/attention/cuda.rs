@@ -1,5 +1,6 @@
 //! CUDA launchers for flash-style attention: forward with logsumexp, backward as three
-//! launches (delta = rowsum(dO∘O), dq, then dk/dv), no T×T buffer. q, k, v (a KV cache
+//! launches (delta = rowsum(dO∘O), dq, then dk/dv; two on tensor cores, where the dq kernel
+//! computes delta), no T×T buffer. q, k, v (a KV cache
 //! included), the output and every gradient share one dtype, f32 or bf16; lse is f32.
 //!
 //! Two kernel families: bf16 at head dim 64 or 128 runs on tensor cores (attention_tc.cu,
@@ -27,34 +28,58 @@ const TILE: usize = 32;
 const TC_ROWS: usize = 64;
 
 /// One tensor-core kernel: its name in attention_tc.cu, the rows a block owns (64 · its 16-row
-/// tiles a warp) and the width of the tile of the other side it streams (keys for the forward
-/// and dq, queries for dk/dv).
+/// tiles a warp), the width of the tile of the other side it streams (keys for the forward
+/// and dq, queries for dk/dv) and the (head, batch) pairs a chunk of its block order spans
+/// (`tc_tile` in attention_tc.cu; `i32::MAX`: the whole grid heaviest tiles first).
 #[derive(Clone, Debug)]
 pub(crate) struct TcKernel {
     pub name: String,
     pub rows: usize,
     pub tile: usize,
+    pub pc: i32,
+}
+
+/// Which forms of the tensor-core kernels run (every choice gives the same bits; the
+/// alternatives are kept to time one against the other in one run and for the parity test).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TcForms {
+    /// The one-tile forward at head dim 64 (`SMELT_CUDA_ATTN_MT=1`).
+    pub one_tile_fwd: bool,
+    /// dk/dv reading the warp's K and V from shared memory every query tile
+    /// (`SMELT_CUDA_ATTN_DKDV=smem`) instead of holding them in registers.
+    pub dkdv_smem: bool,
+    /// (head, batch) pairs per chunk of the block order (`SMELT_CUDA_ATTN_PC`; None: all).
+    pub pc: Option<usize>,
 }
 
 /// The forward, dq and dk/dv kernels for head dim `d`, as instantiated at the end of
 /// attention_tc.cu: the forward with two 16-row tiles a warp at head dim 64, one at 128 (two
-/// would not fit the registers); the backward with one (two measured slower). `one`: the
-/// one-tile forward at 64 (`SMELT_CUDA_ATTN_MT=1`; the same bits, to time the two in one run).
-pub(crate) fn tc_kernels(d: usize, one: bool) -> [TcKernel; 3] {
-    let k = |name: String, rows: usize, tile: usize| TcKernel { name, rows, tile };
-    let fwd = match (d, one) {
+/// would not fit the registers); the backward with one (two measured slower).
+pub(crate) fn tc_kernels(d: usize, f: TcForms) -> [TcKernel; 3] {
+    let pc = f.pc.map_or(i32::MAX, |p| p.clamp(1, i32::MAX as usize) as i32);
+    let k = |name: String, rows: usize, tile: usize| TcKernel { name, rows, tile, pc };
+    let fwd = match (d, f.one_tile_fwd) {
         (64, false) => k("attn_tc_fwd_d64".into(), 2 * TC_ROWS, 64),
         (64, true) => k("attn_tc_fwd1_d64".into(), TC_ROWS, 64),
         _ => k(format!("attn_tc_fwd_d{d}"), TC_ROWS, 64),
     };
     let tile = if d == 64 { 64 } else { 32 };
-    [fwd, k(format!("attn_tc_dq_d{d}"), TC_ROWS, tile), k(format!("attn_tc_dkdv_d{d}"), TC_ROWS, tile)]
+    let dkdv = if d == 64 && f.dkdv_smem { "attn_tc_dkdv0_d64".to_string() } else { format!("attn_tc_dkdv_d{d}") };
+    [fwd, k(format!("attn_tc_dq_d{d}"), TC_ROWS, tile), k(dkdv, TC_ROWS, tile)]
 }
 
 /// `tc_kernels` as the environment picks them.
 fn default_tc_kernels(d: usize) -> [TcKernel; 3] {
-    static ONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    tc_kernels(d, *ONE.get_or_init(|| std::env::var("SMELT_CUDA_ATTN_MT").is_ok_and(|v| v == "1")))
+    static FORMS: std::sync::OnceLock<TcForms> = std::sync::OnceLock::new();
+    let forms = *FORMS.get_or_init(|| {
+        let var = |n: &str| std::env::var(n).ok();
+        TcForms {
+            one_tile_fwd: var("SMELT_CUDA_ATTN_MT").is_some_and(|v| v == "1"),
+            dkdv_smem: var("SMELT_CUDA_ATTN_DKDV").is_some_and(|v| v == "smem"),
+            pc: var("SMELT_CUDA_ATTN_PC").and_then(|v| v.parse().ok()),
+        }
+    });
+    tc_kernels(d, forms)
 }
 
 /// Which kernels run on `gpu`: the tensor-core ones for bf16 at head dim 64 or 128 on compute
@@ -180,7 +205,7 @@ pub(crate) fn attention_with(
     let lse = DeviceBuf::alloc(gpu, DType::F32, dm.b * dm.h * dm.tq)?;
     let d = dm.d;
     if uses_tensor_cores(gpu, dt, d) {
-        let TcKernel { name, rows, tile: bn } = fwd;
+        let TcKernel { name, rows, tile: bn, pc } = fwd;
         let smem = (rows + 4 * bn) * (d + 8) * 2;
         let f = tc_function(gpu, name, smem)?;
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
@@ -195,6 +220,7 @@ pub(crate) fn attention_with(
             Some(p) => b.arg(&p.starts.data),
             None => b.arg(&null),
         };
+        b.arg(pc);
         cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem)) }, name)?;
         return Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?));
     }
@@ -255,7 +281,9 @@ pub(crate) fn attention_backward_with(
     let kn = |base: &str| cuda::kname(base, &[dt], "attention_backward");
     let d = dm.d;
     let delta = DeviceBuf::alloc(gpu, DType::F32, dm.b * dm.h * dm.tq)?;
-    {
+    let tc = uses_tensor_cores(gpu, dt, d);
+    // The tensor-core dq kernel computes delta itself (the same bits) and stores it for dk/dv.
+    if !tc {
         let rows = dm.b * dm.tq * dm.h;
         let name = kn("attn_bwd_delta")?;
         let f = gpu.function("attention", SRC, &name)?;
@@ -269,16 +297,17 @@ pub(crate) fn attention_backward_with(
         };
         cuda::launched(unsafe { b.launch(c) }, &name)?;
     }
-    if uses_tensor_cores(gpu, dt, d) {
+    if tc {
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
         let null = 0u64;
         let dq = DeviceBuf::alloc(gpu, dt, q.numel())?;
         {
-            let TcKernel { name, rows, tile } = kdq;
-            let smem = (2 * rows + 4 * tile) * (d + 8) * 2;
+            let TcKernel { name, rows, tile, pc } = kdq;
+            let smem = (3 * rows + 4 * tile) * (d + 8) * 2 + rows * 4;
             let f = tc_function(gpu, name, smem)?;
             let mut b = gpu.stream.launch_builder(&f);
-            b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&db.data).arg(&lb.data).arg(&delta.data).arg(&dq.data);
+            b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&db.data).arg(&ob.data).arg(&lb.data);
+            b.arg(&delta.data).arg(&dq.data);
             for x in &a {
                 b.arg(x);
             }
@@ -287,12 +316,13 @@ pub(crate) fn attention_backward_with(
                 Some(p) => b.arg(&p.starts.data),
                 None => b.arg(&null),
             };
+            b.arg(pc);
             cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem)) }, name)?;
         }
         let dk = DeviceBuf::alloc(gpu, dt, k.numel())?;
         let dv = DeviceBuf::alloc(gpu, dt, v.numel())?;
         {
-            let TcKernel { name, rows, tile } = kdkdv;
+            let TcKernel { name, rows, tile, pc } = kdkdv;
             let smem = (2 * rows + 4 * tile) * (d + 8) * 2 + 4 * tile * 4;
             let f = tc_function(gpu, name, smem)?;
             let mut b = gpu.stream.launch_builder(&f);
@@ -312,6 +342,7 @@ pub(crate) fn attention_backward_with(
                 Some(p) => b.arg(&p.starts.data).arg(&p.ends.data),
                 None => b.arg(&null).arg(&null),
             };
+            b.arg(pc);
             cuda::launched(unsafe { b.launch(tc_cfg((dm.s.div_ceil(*rows), dm.kvh, dm.b), smem)) }, name)?;
         }
         return Ok((
