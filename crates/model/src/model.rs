@@ -108,8 +108,19 @@ impl KvCache {
     }
 }
 
-/// Logits computed at once by `Model::loss` (64 MiB of f32)...
+/// Logits computed at once by `Model::loss` on the CPU (64 MiB of f32)...
 const LOSS_CHUNK_ELEMS: usize = 1 << 24;
+/// ...and on a GPU (128 MiB of bf16): 2,048 rows at V 32000, where 512-row chunks left the
+/// head's products small (H200, 2026-12-04, one call: 124M 413k → 436k tok/s, 1B 67.3k → 69.8k,
+/// 1 << 27 no better; +167 MiB peak at 124M, none at 1B; docs/PERF.md).
+const LOSS_CHUNK_ELEMS_GPU: usize = 1 << 26;
+
+/// The chunk for the head's device, or `SMELT_LOSS_CHUNK_ELEMS` when set (to measure it).
+fn loss_chunk_elems(device: Device) -> usize {
+    static E: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let env = *E.get_or_init(|| std::env::var("SMELT_LOSS_CHUNK_ELEMS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0));
+    env.unwrap_or(if matches!(device, Device::Cpu) { LOSS_CHUNK_ELEMS } else { LOSS_CHUNK_ELEMS_GPU })
+}
 /// ...in slices of at most this many vocabulary ids (so rows per chunk stay ≥ 512 for any V).
 const LOSS_VOCAB_CHUNK: usize = 1 << 15;
 
@@ -1108,7 +1119,8 @@ impl Model {
 
     /// Mean next-token loss of (B, T) inputs against (B, T) targets.
     pub fn loss(&self, g: &mut Graph, p: &[Var], inputs: &Tensor, targets: &Tensor, checkpoint: bool) -> Result<Var> {
-        self.loss_in_chunks(g, p, inputs, targets, checkpoint, LOSS_CHUNK_ELEMS, LOSS_VOCAB_CHUNK)
+        let elems = loss_chunk_elems(p[self.idx.head].tensor().device());
+        self.loss_in_chunks(g, p, inputs, targets, checkpoint, elems, LOSS_VOCAB_CHUNK)
     }
 
     /// `loss` over rows of packed examples when `seg` is given (SFT `--packing`): each example
@@ -1125,7 +1137,8 @@ impl Model {
         let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint, seg)?;
         let vocab = LOSS_VOCAB_CHUNK.clamp(1, self.cfg.vocab_size.max(1));
         let head = self.loss_head(g, p)?;
-        g.linear_cross_entropy(&h, &head, targets, (LOSS_CHUNK_ELEMS / vocab).max(1), vocab)
+        let elems = loss_chunk_elems(head.tensor().device());
+        g.linear_cross_entropy(&h, &head, targets, (elems / vocab).max(1), vocab)
     }
 
     /// All logits (B·T, V) of (B, T) `inputs`, over packed examples when `seg` is given: what
@@ -1172,7 +1185,8 @@ impl Model {
             .enumerate()
             .map(|(r, h)| {
                 let y = targets.narrow_rows(r, 1)?;
-                g.linear_cross_entropy(h, &head, &y, (LOSS_CHUNK_ELEMS / vocab).max(1), vocab)
+                let elems = loss_chunk_elems(head.tensor().device());
+                g.linear_cross_entropy(h, &head, &y, (elems / vocab).max(1), vocab)
             })
             .collect()
     }
