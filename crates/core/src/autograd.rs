@@ -54,6 +54,9 @@ pub struct Graph {
     nodes: Vec<Node>,
     trace: Option<Trace>,
     linear_hook: Option<LinearHook>,
+    /// The gradient the next `linear_cross_entropy` will receive in the backward, when the
+    /// caller knows it before the forward (`expect_loss_gradient`).
+    loss_seed: Option<f32>,
 }
 
 /// Called with the weight and the input of every `linear` a graph runs (see `on_linear`).
@@ -90,15 +93,25 @@ impl Graph {
     /// arithmetic (`is_recording`: the model's flash-style attention, not llama.cpp's):
     /// validation loss and a checkpointed block's forward run that way.
     pub fn training() -> Self {
-        Graph { record: true, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None }
+        Graph { record: true, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None, loss_seed: None }
     }
     /// A graph that records nothing.
     pub fn inference() -> Self {
-        Graph { record: false, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None }
+        Graph { record: false, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None, loss_seed: None }
     }
     /// An inference graph that keeps every intermediate the model names (see `name`).
     pub fn tracing() -> Self {
         Graph { trace: Some(Trace { entries: vec![], last: std::time::Instant::now() }), ..Self::inference() }
+    }
+    /// Says that the next loss this graph builds through `linear_cross_entropy` will be given
+    /// `seed` as its gradient in the backward (a training step knows its seed, the micro-batch's
+    /// weight, before the forward). That op then computes its gradients in the forward, while
+    /// each chunk's logits are at hand, instead of computing the logits a second time in the
+    /// backward: one of the head's three products a step fewer, the same numbers (the same
+    /// kernels on the same values in the same order). A backward that brings another gradient
+    /// still gets the right one: the op recomputes then.
+    pub fn expect_loss_gradient(&mut self, seed: f32) {
+        self.loss_seed = Some(seed);
     }
     /// Files `v` under a name (llama.cpp's: `attn_norm-3`) when tracing; otherwise nothing.
     pub fn name(&mut self, v: &Var, name: impl FnOnce() -> String) {
@@ -443,7 +456,9 @@ impl Graph {
     /// holds it (`ops::cross_entropy::lse_chunk`). The backward recomputes each slice's logits,
     /// turns them into softmax − onehot with the saved logsumexp, accumulates dh and writes the
     /// slice's rows of dW. With one chunk each way it computes exactly `linear` then
-    /// `cross_entropy`.
+    /// `cross_entropy`. With the vocabulary in one slice and the backward's gradient announced
+    /// (`expect_loss_gradient`), the forward does the backward's work chunk by chunk (a row's
+    /// logsumexp is final once its chunk is done) and keeps dh and dW instead of the logits.
     pub fn linear_cross_entropy(
         &mut self,
         h: &Var,
@@ -474,25 +489,56 @@ impl Graph {
         // With every row in one row chunk the logits are at most `rows` × V: kept from the
         // forward for the backward instead of computed again (the same products, so the same
         // numbers). With several row chunks (long batches, large vocabularies) they are not.
-        let keep = self.record && (h.requires_grad || w.requires_grad) && rc >= n;
+        let (need_dh, need_dw) = (h.requires_grad, w.requires_grad);
+        let seed = self.loss_seed.take().filter(|_| self.record && (need_dh || need_dw) && vc >= v);
+        let keep = self.record && (need_dh || need_dw) && rc >= n && seed.is_none();
         let mut kept = Vec::new();
         let mut state = ops::cross_entropy::lse_state(n, device)?;
         let mut wc = w.t.clone();
+        // The gradients of the announced seed, when computed here: dh by row chunk, dW.
+        let mut early_dh: Vec<Option<Tensor>> = Vec::new();
+        let mut early_dw = None::<Tensor>;
+        let seed_t = seed.map(|s| Tensor::full(&[1], s));
         for (v0, vn, _, r0, m) in chunks() {
             if r0 == 0 {
                 wc = rows(&w.t, v0, vn)?;
             }
-            let z = timed("head", || ops::matmul::linear(&rows(&h.t, r0, m)?, &wc, None))?;
+            let hc = rows(&h.t, r0, m)?;
+            let z = timed("head", || ops::matmul::linear(&hc, &wc, None))?;
             timed("cross_entropy", || ops::cross_entropy::lse_chunk(&z, &targets, &mut state, r0, v0))?;
-            if keep {
+            if let Some(st) = &seed_t {
+                // One vocabulary slice: rows r0..r0+m are final in `state`; the backward's
+                // steps for this chunk, as it would take them with gradient `st`.
+                let (_, lse) = ops::cross_entropy::lse_finish(&state, &targets)?;
+                let dz = timed("cross_entropy.bwd", || {
+                    ops::cross_entropy::cross_entropy_backward_chunk(&z, &targets, &lse, r0, v0, st, count)
+                })?;
+                drop(z);
+                let dhc = if need_dw {
+                    timed("head.bwd", || ops::matmul::linear_backward_acc(&hc, &wc, &dz, need_dh, &mut early_dw))?
+                } else {
+                    Some(timed("head.bwd", || ops::matmul::linear_dx(&dz, &wc, hc.shape()))?)
+                };
+                early_dh.push(dhc);
+            } else if keep {
                 kept.push(z);
             }
         }
         let (nll, lse) = ops::cross_entropy::lse_finish(&state, &targets)?;
         let loss = ops::cross_entropy::mean_nll(&nll, count)?;
-        let (ht, wt, need_dh, need_dw) = (h.t.clone(), w.t.clone(), h.requires_grad, w.requires_grad);
+        let (ht, wt) = (h.t.clone(), w.t.clone());
+        let mut early = seed.map(|s| (s, early_dh, early_dw));
         Ok(self.push1(&[h, w], loss, move |g| {
             let c = ht.cols();
+            // The gradients computed in the forward, if the backward brings the announced seed
+            // (read only from a host tensor: a device one would cost a sync; then recompute).
+            if let Some((s, edh, edw)) = early.take() {
+                let same = g.device() == crate::Device::Cpu && g.numel() == 1 && g.as_f32().is_ok_and(|v| v[0] == s);
+                if same {
+                    let dh = if !need_dh { None } else { Some(join_row_chunks(&ht, edh, rc)?) };
+                    return Ok(vec![dh, if need_dw { edw } else { None }]);
+                }
+            }
             let mut dh: Vec<Option<Tensor>> = vec![None; n.div_ceil(rc)];
             let mut dw = if need_dw && vc < v { Some(wt.zeros_like()?) } else { None };
             let (mut wc, mut dwc) = (wt.clone(), None::<Tensor>);
@@ -533,19 +579,7 @@ impl Graph {
                     }
                 }
             }
-            let dh = if !need_dh {
-                None
-            } else if dh.len() == 1 {
-                dh.pop().flatten().map(|d| d.reshape(ht.shape())).transpose()?
-            } else {
-                let mut all = ht.zeros_like()?;
-                for (i, part) in dh.into_iter().enumerate() {
-                    if let Some(part) = part {
-                        all.write_at(i * rc * c, &part)?;
-                    }
-                }
-                Some(all)
-            };
+            let dh = if !need_dh { None } else { Some(join_row_chunks(&ht, dh, rc)?) };
             Ok(vec![dh, dw])
         }))
     }
@@ -647,6 +681,24 @@ impl Graph {
     }
 }
 
+/// dh of `linear_cross_entropy` from its row chunks (`rc` rows each, in order; a chunk no
+/// slice gave a gradient stays zero), in `h`'s shape.
+fn join_row_chunks(h: &Tensor, mut parts: Vec<Option<Tensor>>, rc: usize) -> Result<Tensor> {
+    if parts.len() == 1 {
+        if let Some(d) = parts.pop().flatten() {
+            return d.reshape(h.shape());
+        }
+        return h.zeros_like();
+    }
+    let mut all = h.zeros_like()?;
+    for (i, part) in parts.into_iter().enumerate() {
+        if let Some(part) = part {
+            all.write_at(i * rc * h.cols(), &part)?;
+        }
+    }
+    Ok(all)
+}
+
 fn accumulate(slot: &mut Option<Tensor>, g: &Tensor) -> Result<()> {
     match slot {
         None => *slot = Some(g.clone()),
@@ -741,6 +793,49 @@ mod tests {
             // Small chunks take the CPU matmul's matrix-vector path: rounding-level differences.
             for (a, b) in dh.iter().zip(&base.1).chain(dw.iter().zip(&base.2)) {
                 assert!((a - b).abs() < 1e-5, "{ch:?}: gradient {a} vs {b}");
+            }
+        }
+    }
+
+    /// A loss gradient announced before the forward (`expect_loss_gradient`): the head + loss
+    /// computes its gradients in the forward, bit for bit those the backward computes (same
+    /// kernels, values and order), for a trained and a frozen head, several row chunks and one;
+    /// a backward that brings another gradient gets that one's (recomputed); several
+    /// vocabulary slices ignore the announcement.
+    #[test]
+    fn gradients_computed_in_the_forward_equal_the_backwards() {
+        let mut r = crate::rng::Rng::new(5);
+        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| r.normal() as f32).collect() };
+        let (n, c, v) = (37, 16, 29);
+        let h = Tensor::from_f32(rand(n * c), &[n, c]).unwrap();
+        let w = Tensor::from_f32(rand(v * c), &[v, c]).unwrap();
+        let t = Tensor::from_u32(
+            (0..n as u32).map(|i| if i % 9 == 4 { ops::cross_entropy::IGNORE } else { i * 5 % v as u32 }).collect(),
+            &[n],
+        )
+        .unwrap();
+        type Got = (Vec<u32>, Vec<u32>, Option<Vec<u32>>);
+        let run = |announce: Option<f32>, seed: f32, rows: usize, vocab: usize, train_w: bool| -> Got {
+            let mut g = Graph::training();
+            let (hv, wv) = (g.leaf(h.clone(), true), g.leaf(w.clone(), train_w));
+            if let Some(a) = announce {
+                g.expect_loss_gradient(a);
+            }
+            let loss = g.linear_cross_entropy(&hv, &wv, &t, rows, vocab).unwrap();
+            let l = loss.tensor().to_vec_f32().unwrap().iter().map(|x| x.to_bits()).collect();
+            let gr = g.backward_from(std::slice::from_ref(&loss), &[Some(Tensor::full(&[1], seed))]).unwrap();
+            let bits = |t: &Tensor| t.to_vec_f32().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            (l, bits(gr.get(&hv).unwrap()), gr.get(&wv).map(bits))
+        };
+        for train_w in [true, false] {
+            for rows in [5, 8, 100] {
+                let plain = run(None, 0.37, rows, v, train_w);
+                assert_eq!(run(Some(0.37), 0.37, rows, v, train_w), plain, "rows {rows}, trained head {train_w}");
+                assert_eq!(plain.2.is_some(), train_w);
+                let other = run(None, 1.5, rows, v, train_w);
+                assert_eq!(run(Some(0.37), 1.5, rows, v, train_w), other, "another gradient: recomputed");
+                let sliced = run(None, 0.37, rows, 10, train_w);
+                assert_eq!(run(Some(0.37), 0.37, rows, 10, train_w), sliced, "vocabulary slices");
             }
         }
     }

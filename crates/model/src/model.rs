@@ -115,14 +115,30 @@ const LOSS_CHUNK_ELEMS: usize = 1 << 24;
 /// 1 << 27 no better; +167 MiB peak at 124M, none at 1B; docs/PERF.md).
 const LOSS_CHUNK_ELEMS_GPU: usize = 1 << 26;
 
+/// Vocabulary slices of at most this many ids where one slice of the whole vocabulary would
+/// leave fewer than 256 rows a chunk (`loss_vocab_chunk`).
+const LOSS_VOCAB_CHUNK: usize = 1 << 15;
+
 /// The chunk for the head's device, or `SMELT_LOSS_CHUNK_ELEMS` when set (to measure it).
 fn loss_chunk_elems(device: Device) -> usize {
     static E: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    let env = *E.get_or_init(|| std::env::var("SMELT_LOSS_CHUNK_ELEMS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0));
+    let env =
+        *E.get_or_init(|| std::env::var("SMELT_LOSS_CHUNK_ELEMS").ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0));
     env.unwrap_or(if matches!(device, Device::Cpu) { LOSS_CHUNK_ELEMS } else { LOSS_CHUNK_ELEMS_GPU })
 }
-/// ...in slices of at most this many vocabulary ids (so rows per chunk stay ≥ 512 for any V).
-const LOSS_VOCAB_CHUNK: usize = 1 << 15;
+
+/// The vocabulary slice of a loss chunk of `elems` logits: the whole vocabulary while that
+/// leaves at least 256 rows a chunk (SmolLM2's 49,152 ids on the CPU: 341 rows; Qwen's
+/// 151,936 on a GPU: 441), else `LOSS_VOCAB_CHUNK`. One slice lets a training step compute the
+/// head's gradients in its forward (`Graph::expect_loss_gradient`): a row's logsumexp is
+/// final once its chunk is done.
+fn loss_vocab_chunk(elems: usize, vocab: usize) -> usize {
+    if elems / vocab.max(1) >= 256 {
+        vocab.max(1)
+    } else {
+        LOSS_VOCAB_CHUNK.min(vocab.max(1))
+    }
+}
 
 /// Which positions get logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1120,7 +1136,7 @@ impl Model {
     /// Mean next-token loss of (B, T) inputs against (B, T) targets.
     pub fn loss(&self, g: &mut Graph, p: &[Var], inputs: &Tensor, targets: &Tensor, checkpoint: bool) -> Result<Var> {
         let elems = loss_chunk_elems(p[self.idx.head].tensor().device());
-        self.loss_in_chunks(g, p, inputs, targets, checkpoint, elems, LOSS_VOCAB_CHUNK)
+        self.loss_in_chunks(g, p, inputs, targets, checkpoint, elems, loss_vocab_chunk(elems, self.cfg.vocab_size))
     }
 
     /// `loss` over rows of packed examples when `seg` is given (SFT `--packing`): each example
@@ -1135,9 +1151,9 @@ impl Model {
         checkpoint: bool,
     ) -> Result<Var> {
         let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint, seg)?;
-        let vocab = LOSS_VOCAB_CHUNK.clamp(1, self.cfg.vocab_size.max(1));
         let head = self.loss_head(g, p)?;
         let elems = loss_chunk_elems(head.tensor().device());
+        let vocab = loss_vocab_chunk(elems, self.cfg.vocab_size);
         g.linear_cross_entropy(&h, &head, targets, (elems / vocab).max(1), vocab)
     }
 

@@ -507,6 +507,16 @@ fn accumulate(acc: Option<Vec<Tensor>>, gs: Vec<Tensor>) -> Result<Vec<Tensor>> 
     })
 }
 
+/// Whether a step on `device` announces its loss gradient to the graph: on the CPU by default
+/// (`SMELT_LOSS_IN_FORWARD=0` turns it off), on a GPU only with `SMELT_LOSS_IN_FORWARD=1` until
+/// the GPU suite and a side-by-side run have checked it there (written 2026-12-04, after that
+/// session's device time was spent).
+fn loss_in_forward(device: smelt_core::Device) -> bool {
+    static ENV: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let env = *ENV.get_or_init(|| std::env::var("SMELT_LOSS_IN_FORWARD").ok().map(|v| v != "0"));
+    env.unwrap_or(matches!(device, smelt_core::Device::Cpu))
+}
+
 fn backward_mean(
     model: &Model,
     micro: &[(Tensor, Tensor)],
@@ -538,19 +548,27 @@ fn backward_mean(
         let mut g = Graph::training();
         let p = model.param_vars(&mut g, true);
         let seg = layout.segments.get(m).and_then(Option::as_ref);
+        let w = layout.weights.as_ref().map_or(1.0, |w| w[m]);
+        let seed_value = (w * scale) as f32;
         let loss = match (&layout.distill, layout.teacher.get(m)) {
             (Some(o), Some(teacher)) => {
                 let z = model.logits_packed(&mut g, &p, x, seg, grad_checkpoint)?;
                 g.distill_loss(&z, teacher, y, o)?.0
             }
-            _ => model.loss_packed(&mut g, &p, x, y, seg, grad_checkpoint)?,
+            _ => {
+                // The seed is known now: the head + loss computes its gradients in the forward
+                // (see `loss_in_forward`; the same numbers either way).
+                if loss_in_forward(model.device()) {
+                    g.expect_loss_gradient(seed_value);
+                }
+                model.loss_packed(&mut g, &p, x, y, seg, grad_checkpoint)?
+            }
         };
         losses.push(match scale == 1.0 {
             true => loss.tensor().clone(),
             false => elementwise::scale(loss.tensor(), scale as f32)?,
         });
-        let w = layout.weights.as_ref().map_or(1.0, |w| w[m]);
-        let seed = Tensor::full(loss.tensor().shape(), (w * scale) as f32);
+        let seed = Tensor::full(loss.tensor().shape(), seed_value);
         let vars = model.trainable_vars(&p);
         if let (Some(dp), true) = (dp, m + 1 == n) {
             let mut earlier: Vec<Option<Tensor>> = match acc.take() {
