@@ -63,6 +63,36 @@ if [ "${1:-}" = "--bench" ] && [ ! -f "$C/linux-doc/linux-doc.txt" ]; then
     warn "apt-get download linux-doc-6.1 failed (try apt-get update); benchmarks use the bundled corpus only"
   fi
 fi
+# 5. NVIDIA's NVRTC and ptxas (the nvidia-cuda-nvrtc and nvidia-cuda-nvcc wheels, ~105 MB, the
+#    libraries unpacked into $C/cuda/): with them `kernels_compile` compiles every CUDA kernel on
+#    a machine without a GPU (scripts/test.sh puts NVRTC on LD_LIBRARY_PATH), and
+#    scripts/ptx_report.sh prints each kernel's registers and spills. Optional: without them that
+#    test skips, saying so.
+CUDA_V=13.5.37
+if [ ! -f "$C/cuda/lib/libnvrtc.so.13" ] || [ ! -x "$C/cuda/bin/ptxas" ]; then
+  mkdir -p "$C/cuda/dl"
+  if "$PY" -m pip download -q --no-deps --only-binary :all: -d "$C/cuda/dl" \
+       "nvidia-cuda-nvrtc==$CUDA_V" "nvidia-cuda-nvcc==$CUDA_V" >/dev/null 2>&1; then
+    "$PY" - "$C/cuda" <<'PYEOF' || warn "unpacking the NVRTC/ptxas wheels failed; kernels_compile will skip"
+import glob, os, stat, sys, zipfile
+root = sys.argv[1]
+for whl in glob.glob(os.path.join(root, "dl", "*.whl")):
+    with zipfile.ZipFile(whl) as z:
+        for n in z.namelist():
+            base = os.path.basename(n)
+            if "/lib/libnvrtc" in n or n.endswith("/bin/ptxas"):
+                sub = "bin" if base == "ptxas" else "lib"
+                os.makedirs(os.path.join(root, sub), exist_ok=True)
+                dst = os.path.join(root, sub, base)
+                with z.open(n) as src, open(dst, "wb") as out:
+                    out.write(src.read())
+                os.chmod(dst, os.stat(dst).st_mode | stat.S_IXUSR)
+PYEOF
+    rm -rf "$C/cuda/dl"
+  else
+    warn "pip download nvidia-cuda-nvrtc/nvcc==$CUDA_V failed (offline?); kernels_compile will skip"
+  fi
+fi
 # What the tests read: any of it missing → exit 1.
 # The Python peers the fine-tuning tests (sft, LoRA/PEFT) compare against, into the project's
 # venv (~3 GB from PyPI, once; PyPI's torch wheel brings its CUDA libraries even for CPU use):

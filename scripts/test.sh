@@ -14,6 +14,10 @@ if scripts/fetch_inputs.sh; then
 else
   echo "warning: some real inputs could not be fetched (above); tests that need them will skip"
 fi
+# NVRTC from PyPI (fetch_inputs.sh), so kernels_compile compiles every CUDA kernel here too.
+if [ -f .cache/inputs/cuda/lib/libnvrtc.so.13 ]; then
+  export LD_LIBRARY_PATH="$PWD/.cache/inputs/cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 export SMELT_SKIP_LOG=${SMELT_SKIP_LOG:-$PWD/${CARGO_TARGET_DIR:-target}/smelt-skips.log}
 mkdir -p "$(dirname "$SMELT_SKIP_LOG")"
 : > "$SMELT_SKIP_LOG"
