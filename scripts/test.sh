@@ -23,6 +23,11 @@ mkdir -p "$(dirname "$SMELT_SKIP_LOG")"
 : > "$SMELT_SKIP_LOG"
 status=0
 cargo test --workspace --release "$@" || status=$?
+# Every CUDA kernel compiled by NVRTC and every kernel name a launcher asks for present (no GPU
+# needed; the cuda feature's `kernels_compile`), when fetch_inputs.sh brought NVRTC.
+if [ $# -eq 0 ] && [ -f .cache/inputs/cuda/lib/libnvrtc.so.13 ]; then
+  cargo test --release --features cuda -p smelt-core --lib -- ops::parity_tests::kernels_compile || status=$?
+fi
 # The skips, by test file ("SMELT-SKIP package/binary::test: reason" lines).
 echo
 if [ -s "$SMELT_SKIP_LOG" ]; then
