@@ -127,17 +127,15 @@ fn loss_chunk_elems(device: Device) -> usize {
     env.unwrap_or(if matches!(device, Device::Cpu) { LOSS_CHUNK_ELEMS } else { LOSS_CHUNK_ELEMS_GPU })
 }
 
-/// The vocabulary slice of a loss chunk of `elems` logits: the whole vocabulary while that
-/// leaves at least 256 rows a chunk (SmolLM2's 49,152 ids on the CPU: 341 rows; Qwen's
-/// 151,936 on a GPU: 441), else `LOSS_VOCAB_CHUNK`. One slice lets a training step compute the
-/// head's gradients in its forward (`Graph::expect_loss_gradient`): a row's logsumexp is
-/// final once its chunk is done.
-fn loss_vocab_chunk(elems: usize, vocab: usize) -> usize {
-    if elems / vocab.max(1) >= 256 {
-        vocab.max(1)
-    } else {
-        LOSS_VOCAB_CHUNK.min(vocab.max(1))
-    }
+/// (rows, vocabulary ids) of a loss chunk on `device` for a vocabulary of `vocab`: the whole
+/// vocabulary in one slice while that leaves at least 256 rows a chunk (SmolLM2's 49,152 ids
+/// on the CPU: 341 rows; Qwen's 151,936 on a GPU: 441), else slices of `LOSS_VOCAB_CHUNK`. One
+/// slice lets a training step compute the head's gradients in its forward
+/// (`Graph::expect_loss_gradient`): a row's logsumexp is final once its chunk is done.
+fn loss_chunks(device: Device, vocab: usize) -> (usize, usize) {
+    let (elems, vocab) = (loss_chunk_elems(device), vocab.max(1));
+    let slice = if elems / vocab >= 256 { vocab } else { LOSS_VOCAB_CHUNK.min(vocab) };
+    ((elems / slice).max(1), slice)
 }
 
 /// Which positions get logits.
@@ -1135,8 +1133,8 @@ impl Model {
 
     /// Mean next-token loss of (B, T) inputs against (B, T) targets.
     pub fn loss(&self, g: &mut Graph, p: &[Var], inputs: &Tensor, targets: &Tensor, checkpoint: bool) -> Result<Var> {
-        let elems = loss_chunk_elems(p[self.idx.head].tensor().device());
-        self.loss_in_chunks(g, p, inputs, targets, checkpoint, elems, loss_vocab_chunk(elems, self.cfg.vocab_size))
+        let (rows, vocab) = loss_chunks(p[self.idx.head].tensor().device(), self.cfg.vocab_size);
+        self.loss_in_chunks(g, p, inputs, targets, checkpoint, rows * vocab, vocab)
     }
 
     /// `loss` over rows of packed examples when `seg` is given (SFT `--packing`): each example
@@ -1152,9 +1150,8 @@ impl Model {
     ) -> Result<Var> {
         let h = self.hidden(g, p, inputs, None, Logits::All, checkpoint, seg)?;
         let head = self.loss_head(g, p)?;
-        let elems = loss_chunk_elems(head.tensor().device());
-        let vocab = loss_vocab_chunk(elems, self.cfg.vocab_size);
-        g.linear_cross_entropy(&h, &head, targets, (elems / vocab).max(1), vocab)
+        let (rows, vocab) = loss_chunks(head.tensor().device(), self.cfg.vocab_size);
+        g.linear_cross_entropy(&h, &head, targets, rows, vocab)
     }
 
     /// All logits (B·T, V) of (B, T) `inputs`, over packed examples when `seg` is given: what
@@ -1197,12 +1194,12 @@ impl Model {
         let rows = g.split_rows(&h, &vec![t; b])?;
         let vocab = LOSS_VOCAB_CHUNK.clamp(1, self.cfg.vocab_size.max(1));
         let head = self.loss_head(g, p)?;
+        let chunk_rows = (loss_chunk_elems(head.tensor().device()) / vocab).max(1);
         rows.iter()
             .enumerate()
             .map(|(r, h)| {
                 let y = targets.narrow_rows(r, 1)?;
-                let elems = loss_chunk_elems(head.tensor().device());
-                g.linear_cross_entropy(h, &head, &y, (elems / vocab).max(1), vocab)
+                g.linear_cross_entropy(h, &head, &y, chunk_rows, vocab)
             })
             .collect()
     }
