@@ -18,6 +18,55 @@ pub struct Lt {
     /// Descriptors and the chosen algorithm per problem shape: building them and asking the
     /// heuristic costs tens of microseconds, more than a small product itself (decode).
     plans: Mutex<HashMap<(Gemm, Operand, Operand), Arc<Plan>>>,
+    /// Earlier tunings of this GPU and cuBLASLt version (see `tune_count`).
+    tuned: Mutex<Tuned>,
+}
+
+/// The algorithm each tuned product shape chose, as its index in the heuristic's list, kept in
+/// `cublaslt-tune.tsv` in the kernel cache folder: a later process (a resumed run) takes the same
+/// algorithms, so its products give the same bits, and does not time them again.
+struct Tuned {
+    file: Option<std::path::PathBuf>,
+    prefix: String,
+    chosen: HashMap<String, usize>,
+}
+
+impl Tuned {
+    fn load(stream: &CudaStream) -> Tuned {
+        let gpu = stream.context().name().unwrap_or_else(|_| "unknown GPU".into());
+        let prefix = format!("{gpu}\tcublasLt {}", unsafe { sys::cublasLtGetVersion() });
+        let file = super::compile::cache_dir().map(|d| d.join("cublaslt-tune.tsv"));
+        let mut chosen = HashMap::new();
+        if let Some(text) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
+            for line in text.lines() {
+                if let Some((key, i)) = line.rsplit_once('\t') {
+                    if let (true, Ok(i)) = (key.starts_with(&prefix), i.parse()) {
+                        chosen.insert(key.to_string(), i);
+                    }
+                }
+            }
+        }
+        Tuned { file, prefix, chosen }
+    }
+
+    fn key(&self, g: &Gemm, op: Operand, out: Operand) -> String {
+        let (ta, tb, m, n, k, lda, ldb, ldc) = g.key();
+        format!("{}\t{m}x{n}x{k} ld {lda} {ldb} {ldc} t {ta} {tb} {op:?}->{out:?}", self.prefix)
+    }
+
+    /// Remembers a choice, appending it to the file (one short line: an append is atomic, so
+    /// processes tuning at once do not tear it). A file that cannot be written is not an error:
+    /// the choice then lasts for this process.
+    fn keep(&mut self, key: String, i: usize) {
+        if let Some(f) = &self.file {
+            use std::io::Write;
+            let _ = std::fs::create_dir_all(f.parent().unwrap_or(f));
+            if let Ok(mut w) = std::fs::OpenOptions::new().create(true).append(true).open(f) {
+                let _ = w.write_all(format!("{key}\t{i}\n").as_bytes());
+            }
+        }
+        self.chosen.insert(key, i);
+    }
 }
 
 /// Everything `cublasLtMatmul` needs besides the pointers, for one problem shape.
@@ -86,6 +135,16 @@ impl Gemm {
 
 const WORKSPACE: usize = 32 << 20;
 
+/// How many of the heuristic's algorithms a large product's plan times on its first call, keeping
+/// the fastest: 8, or `SMELT_CUBLASLT_TUNE=N` (0 or 1: the heuristic's first, untimed). Worth
+/// 2-3% of a training step at the 124M and 1B shapes on an H200 (2026-12-04); the choice is
+/// kept on disk (`Tuned`) so a resumed run uses the same algorithms.
+/// `SMELT_CUBLASLT_TUNE_LOG=1` prints each shape's times.
+fn tune_count() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::env::var("SMELT_CUBLASLT_TUNE").ok().and_then(|v| v.parse().ok()).unwrap_or(8))
+}
+
 struct Layout(sys::cublasLtMatrixLayout_t);
 impl Drop for Layout {
     fn drop(&mut self) {
@@ -122,7 +181,8 @@ impl Lt {
         }
         let handle = result::create_handle().map_err(e("create"))?;
         let workspace = unsafe { stream.alloc::<u8>(WORKSPACE) }.map_err(e("workspace"))?;
-        Ok(Lt { handle, workspace, stream, plans: Mutex::new(HashMap::new()) })
+        let tuned = Mutex::new(Tuned::load(&stream));
+        Ok(Lt { handle, workspace, stream, plans: Mutex::new(HashMap::new()), tuned })
     }
 
     /// Runs `g` on raw device pointers: D = alpha·op(A)·op(B) + beta·C with A, B of type `op`,
@@ -151,7 +211,7 @@ impl Lt {
                 Some(p) => p.clone(),
                 None => {
                     let p = Arc::new(
-                        self.plan(g, op, out)
+                        self.plan(g, op, out, (a, b, c_in.unwrap_or(c)))
                             .with_context(|| format!("cuBLASLt plan for {op:?} operands, {out:?} result, {g:?}"))?,
                     );
                     plans.insert((g, op, out), p.clone());
@@ -187,7 +247,11 @@ impl Lt {
         Ok(())
     }
 
-    unsafe fn plan(&self, g: Gemm, op: Operand, out: Operand) -> Result<Plan> {
+    /// `ptrs` (A, B, C) are the first call's operands: with `SMELT_CUBLASLT_TUNE=N` the plan
+    /// times the heuristic's first N algorithms on them (into a scratch D, so C is left as it
+    /// is) and keeps the fastest, for products of at least 2^30 multiply-adds outside a graph
+    /// capture.
+    unsafe fn plan(&self, g: Gemm, op: Operand, out: Operand, ptrs: (u64, u64, u64)) -> Result<Plan> {
         let cty = |o: Operand| match o {
             Operand::F32 => sys::cudaDataType_t::CUDA_R_32F,
             Operand::Bf16 => sys::cudaDataType_t::CUDA_R_16BF,
@@ -217,8 +281,113 @@ impl Lt {
             8,
         )
         .map_err(e("workspace size"))?;
-        let heur = result::get_matmul_algo_heuristic(self.handle, desc.0, la.0, lb.0, lc.0, lc.0, pref.0)
-            .map_err(e("no algorithm"))?;
-        Ok(Plan { la, lb, lc, desc, algo: heur.algo })
+        let key = {
+            let t = self.tuned.lock().map_err(|_| anyhow!("cuBLASLt tuning cache poisoned"))?;
+            let key = t.key(&g, op, out);
+            (t.chosen.get(&key).copied(), key)
+        };
+        let big = g.m.saturating_mul(g.n).saturating_mul(g.k) >= 1 << 30;
+        let capturing = !matches!(
+            self.stream.capture_status(),
+            Ok(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+        );
+        let tune = if tune_count() > 1 && big && !capturing && key.0.is_none() { tune_count() } else { 1 };
+        let want = key.0.map_or(tune, |i| i + 1);
+        let mut found: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(want);
+        let mut count = 0i32;
+        sys::cublasLtMatmulAlgoGetHeuristic(
+            self.handle,
+            desc.0,
+            la.0,
+            lb.0,
+            lc.0,
+            lc.0,
+            pref.0,
+            want as i32,
+            found.as_mut_ptr(),
+            &mut count,
+        )
+        .result()
+        .map_err(e("no algorithm"))?;
+        found.set_len(count.clamp(0, want as i32) as usize);
+        // A failed candidate keeps its place (the cached index counts it) and is never chosen.
+        if found.first().is_none_or(|h| h.state != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS) {
+            bail!("cuBLASLt: the heuristic offered no algorithm");
+        }
+        let ok = |i: usize| found.get(i).is_some_and(|h| h.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS);
+        let mut plan = Plan { la, lb, lc, desc, algo: found[0].algo };
+        match key.0 {
+            Some(i) if ok(i) => plan.algo = found[i].algo,
+            Some(_) => {}
+            None if found.len() > 1 => {
+                let (best, times) = self.time_algos(&g, out, &plan, &found, ptrs)?;
+                if std::env::var_os("SMELT_CUBLASLT_TUNE_LOG").is_some() {
+                    let ms: Vec<String> =
+                        times.iter().map(|t| if t.is_finite() { format!("{t:.3}") } else { "-".into() }).collect();
+                    eprintln!("cuBLASLt tune {}: #{best} of {} (ms: {})", key.1, found.len(), ms.join(" "));
+                }
+                plan.algo = found[best].algo;
+                self.tuned.lock().map_err(|_| anyhow!("cuBLASLt tuning cache poisoned"))?.keep(key.1, best);
+            }
+            None => {}
+        }
+        Ok(plan)
+    }
+
+    /// Each candidate's time (ms, the mean of 3 runs after one warm-up; infinite when it fails)
+    /// on the operands `ptrs`, writing a scratch D; and the fastest's index.
+    unsafe fn time_algos(
+        &self,
+        g: &Gemm,
+        out: Operand,
+        plan: &Plan,
+        found: &[sys::cublasLtMatmulHeuristicResult_t],
+        (a, b, c): (u64, u64, u64),
+    ) -> Result<(usize, Vec<f32>)> {
+        let bytes = (g.ldc as usize) * (g.n as usize) * if out == Operand::F32 { 4 } else { 2 };
+        let scratch = self.stream.alloc::<u8>(bytes).map_err(e("tuning scratch"))?;
+        let (d, _gd) = scratch.device_ptr(&self.stream);
+        let (w, _gw) = self.workspace.device_ptr(&self.stream);
+        let run = |algo: &sys::cublasLtMatmulAlgo_t| {
+            result::matmul(
+                self.handle,
+                plan.desc.0,
+                &g.alpha as *const f32 as *const c_void,
+                &g.beta as *const f32 as *const c_void,
+                a as *const c_void,
+                plan.la.0,
+                b as *const c_void,
+                plan.lb.0,
+                c as *const c_void,
+                plan.lc.0,
+                d as *mut c_void,
+                plan.lc.0,
+                algo,
+                w as *mut c_void,
+                WORKSPACE,
+                self.stream.cu_stream() as sys::cudaStream_t,
+            )
+        };
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut times = Vec::with_capacity(found.len());
+        for h in found {
+            if h.state != sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                times.push(f32::INFINITY);
+                continue;
+            }
+            let t = (|| -> Option<f32> {
+                run(&h.algo).ok()?;
+                let start = self.stream.record_event(timing).ok()?;
+                for _ in 0..3 {
+                    run(&h.algo).ok()?;
+                }
+                let end = self.stream.record_event(timing).ok()?;
+                start.elapsed_ms(&end).ok().map(|ms| ms / 3.0)
+            })();
+            times.push(t.unwrap_or(f32::INFINITY));
+        }
+        self.stream.synchronize().map_err(e("tuning"))?;
+        let best = (0..times.len()).min_by(|&i, &j| times[i].total_cmp(&times[j])).unwrap_or(0);
+        Ok((best, times))
     }
 }
