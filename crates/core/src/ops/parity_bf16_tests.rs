@@ -581,10 +581,13 @@ fn parity_bf16_adamw_keeps_copy() {
 /// (head, batch) pair's tiles after another) give the bits of the default ones (two 16-row
 /// tiles a warp, K and V in registers, the heaviest tiles of the grid first), forward and
 /// backward: each row's operations run in the same order in all (causal, a window, a cache
-/// offset with spare rows, T not a multiple of any block's rows, GQA).
+/// offset with spare rows, T not a multiple of any block's rows, GQA). So do the occupancy
+/// variants (`TC_D64_FWD`, `TC_D64_DQ`, `TC_D64_DKDV`: other launch bounds, 32-wide tiles).
 #[test]
 fn parity_bf16_attention_two_tiles_a_warp() {
-    use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels};
+    use ops::attention::cuda::{
+        attention_backward_with, attention_with, tc_kernels, TC_D64_DKDV, TC_D64_DQ, TC_D64_FWD,
+    };
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
     let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().as_f32().unwrap().to_vec();
@@ -596,23 +599,34 @@ fn parity_bf16_attention_two_tiles_a_warp() {
         let k = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
         let v = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
         let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
-        let run = |one: bool| {
-            let forms = ops::attention::cuda::TcForms {
-                one_tile_fwd: one,
-                dkdv_smem: one,
-                pc: if one { Some(1) } else { Some(3) },
-            };
+        let run = |forms: ops::attention::cuda::TcForms| {
             let [fwd, dq, dkdv] = tc_kernels(64, forms);
             let (o, l) = attention_with(&q, &k, &v, dm, 0.125, &fwd, None).unwrap();
             let (gq, gk, gv) =
                 attention_backward_with(&q, &k, &v, &o, &l, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
             [host(&o), host(&l), host(&gq), host(&gk), host(&gv)]
         };
-        let (one, two) = (run(true), run(false));
+        let base = run(ops::attention::cuda::TcForms { pc: Some(3), ..Default::default() });
+        let mut others = vec![(
+            "one tile, dk/dv from shared memory, one pair a chunk".to_string(),
+            ops::attention::cuda::TcForms { one_tile_fwd: true, dkdv_smem: true, pc: Some(1), ..Default::default() },
+        )];
+        let n = [TC_D64_FWD.len(), TC_D64_DQ.len(), TC_D64_DKDV.len()].into_iter().max().unwrap_or(0);
+        for i in 0..n {
+            let (f, q_, kv) = (TC_D64_FWD.get(i), TC_D64_DQ.get(i), TC_D64_DKDV.get(i));
+            let names: Vec<&str> = [f, q_, kv].iter().flatten().map(|t| t.name).collect();
+            others.push((
+                names.join(" "),
+                ops::attention::cuda::TcForms { fwd: f, dq: q_, dkdv: kv, ..Default::default() },
+            ));
+        }
         let label = format!("b{b} q{tq} k{tk} s{s} h{h}/{kvh} w{window:?}");
-        for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
-            let n = one[i].iter().zip(&two[i]).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-            assert_eq!(n, 0, "{label}: {what} differs in {n} of {} values", one[i].len());
+        for (form, forms) in others {
+            let two = run(forms);
+            for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+                let n = base[i].iter().zip(&two[i]).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(n, 0, "{label} {form}: {what} differs in {n} of {} values", base[i].len());
+            }
         }
     }
 }

@@ -111,16 +111,29 @@ fn kernels_compile() {
         (
             "attention_tc",
             ops::attention::cuda::TC_SRC,
-            plain(&[
-                "attn_tc_fwd_d64",
-                "attn_tc_fwd1_d64",
-                "attn_tc_dq_d64",
-                "attn_tc_dkdv_d64",
-                "attn_tc_dkdv0_d64",
-                "attn_tc_fwd_d128",
-                "attn_tc_dq_d128",
-                "attn_tc_dkdv_d128",
-            ]),
+            plain(
+                &[
+                    "attn_tc_fwd_d64",
+                    "attn_tc_fwd1_d64",
+                    "attn_tc_dq_d64",
+                    "attn_tc_dkdv_d64",
+                    "attn_tc_dkdv0_d64",
+                    "attn_tc_fwd_d128",
+                    "attn_tc_dq_d128",
+                    "attn_tc_dkdv_d128",
+                ]
+                .into_iter()
+                .chain(
+                    [
+                        ops::attention::cuda::TC_D64_FWD,
+                        ops::attention::cuda::TC_D64_DQ,
+                        ops::attention::cuda::TC_D64_DKDV,
+                    ]
+                    .iter()
+                    .flat_map(|t| t.iter().map(|v| v.name)),
+                )
+                .collect::<Vec<_>>(),
+            ),
         ),
         (
             "cross_entropy",

@@ -620,22 +620,26 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
     }
 }
 
-#define TC_FWD(NAME, D, BN, MT)                                                                                            \
-    extern "C" __global__ void __launch_bounds__(TC_THREADS) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v,       \
+// A kernel's launch bounds: 128 threads (ptxas picks the registers), or 128 threads with at
+// least N blocks resident an SM (registers capped at 65536 / (128 · N)).
+#define TC_LB __launch_bounds__(TC_THREADS)
+#define TC_LBN(N) __launch_bounds__(TC_THREADS, N)
+#define TC_FWD(NAME, D, BN, MT, LB)                                                                                      \
+    extern "C" __global__ void LB NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v,       \
                                                                   bf16_t* out, float* lse, int tq, int tk, int s, int H,   \
                                                                   int KVH, int window, float scale,                        \
                                                                   const unsigned int* starts, int pc) {                    \
         tc_fwd<D, BN, MT>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                                \
     }
-#define TC_DQ(NAME, D, BN, MT)                                                                                             \
-    extern "C" __global__ void __launch_bounds__(TC_THREADS) NAME(                                                         \
+#define TC_DQ(NAME, D, BN, MT, LB)                                                                                       \
+    extern "C" __global__ void LB NAME(                                                         \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const bf16_t* out, const float* lse,        \
         float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale,                          \
         const unsigned int* starts, int pc) {                                                                              \
         tc_dq<D, BN, MT>(q, k, v, dout, out, lse, delta, dq, tq, tk, s, H, KVH, window, scale, starts, pc);                \
     }
-#define TC_DKDV(NAME, D, BQ, MT, KR)                                                                                       \
-    extern "C" __global__ void __launch_bounds__(TC_THREADS) NAME(                                                         \
+#define TC_DKDV(NAME, D, BQ, MT, KR, LB)                                                                                 \
+    extern "C" __global__ void LB NAME(                                                         \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
         bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                            \
         const unsigned int* starts, const unsigned int* ends, int pc) {                                                    \
@@ -648,13 +652,33 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
 // (dq with 32-key tiles, dk/dv with 32-query tiles, 242 and 255 registers) measured 16.5 and
 // 29.2 ms against 15.3 and 27.5 ms for one (1B shape, 8 × 2048, H200, 2026-12-03). At D = 128
 // the backward's tiles are 32 wide (its 128-column accumulators leave fewer registers).
-// dk/dv at D = 64 holds the warp's K and V fragments in registers (attn_tc_dkdv0_d64 reads
-// them from shared memory each query tile: SMELT_CUDA_ATTN_DKDV=smem, the same bits).
-TC_FWD(attn_tc_fwd_d64, 64, 64, 2)
-TC_FWD(attn_tc_fwd1_d64, 64, 64, 1)
-TC_DQ(attn_tc_dq_d64, 64, 64, 1)
-TC_DKDV(attn_tc_dkdv_d64, 64, 64, 1, true)
-TC_DKDV(attn_tc_dkdv0_d64, 64, 64, 1, false)
-TC_FWD(attn_tc_fwd_d128, 128, 64, 1)
-TC_DQ(attn_tc_dq_d128, 128, 32, 1)
-TC_DKDV(attn_tc_dkdv_d128, 128, 32, 1, false)
+// attn_tc_dkdv_d64 holds the warp's K and V fragments in registers (attn_tc_dkdv0_d64 reads
+// them from shared memory each query tile: SMELT_CUDA_ATTN_DKDV=smem, the same bits). At D = 64
+// the backward's defaults are now the register-capped forms below (attn_tc_dqk32b4_d64,
+// attn_tc_dkdv0b3_d64); these two stay as variants.
+TC_FWD(attn_tc_fwd_d64, 64, 64, 2, TC_LB)
+TC_FWD(attn_tc_fwd1_d64, 64, 64, 1, TC_LB)
+TC_DQ(attn_tc_dq_d64, 64, 64, 1, TC_LB)
+TC_DKDV(attn_tc_dkdv_d64, 64, 64, 1, true, TC_LB)
+TC_DKDV(attn_tc_dkdv0_d64, 64, 64, 1, false, TC_LB)
+TC_FWD(attn_tc_fwd_d128, 128, 64, 1, TC_LB)
+TC_DQ(attn_tc_dq_d128, 128, 32, 1, TC_LB)
+TC_DKDV(attn_tc_dkdv_d128, 128, 32, 1, false, TC_LB)
+// Capped registers for more resident blocks (2026-12-04, H200): ncu found dk/dv at 2 blocks an
+// SM (248 registers) and dq at 3, both latency-bound (issue slots 37% and 49% busy, 1.37 GHz
+// under ncu). Names: bN = at least N blocks an SM; q32/k32: 32-wide streamed tiles. Measured
+// under SMELT_CUDA_PROFILE (1B shape / large preset, ms): dk/dv 26.2/7.11 → dkdv0b3 24.0/6.49
+// (164 B spilled, the default now), dkdvb3 25.9/6.87, dkdvq32 32.5/8.86, dkdvq32b3 26.8/7.02,
+// dkdvq32b4 28.6/7.30; dq 17.6/4.77 → dqk32b4 17.1/4.66 (the default now), dqk32 19.1/5.40,
+// dqk32b3 18.7/5.20; the forward 11.6/3.32 → fwd1b3 13.6/3.70, fwd1b4 13.2/3.56 (kept at MT 2).
+// cuda.rs's TC_D64_* tables name them for SMELT_CUDA_ATTN_FWD / _DQ / _DKDV.
+TC_FWD(attn_tc_fwd1b3_d64, 64, 64, 1, TC_LBN(3))
+TC_FWD(attn_tc_fwd1b4_d64, 64, 64, 1, TC_LBN(4))
+TC_DQ(attn_tc_dqk32b4_d64, 64, 32, 1, TC_LBN(4))
+TC_DKDV(attn_tc_dkdvb3_d64, 64, 64, 1, true, TC_LBN(3))
+TC_DKDV(attn_tc_dkdv0b3_d64, 64, 64, 1, false, TC_LBN(3))
+TC_DKDV(attn_tc_dkdvq32b3_d64, 64, 32, 1, true, TC_LBN(3))
+TC_DKDV(attn_tc_dkdvq32b4_d64, 64, 32, 1, true, TC_LBN(4))
+TC_DKDV(attn_tc_dkdvq32_d64, 64, 32, 1, true, TC_LB)
+TC_DQ(attn_tc_dqk32_d64, 64, 32, 1, TC_LB)
+TC_DQ(attn_tc_dqk32b3_d64, 64, 32, 1, TC_LBN(3))

@@ -50,11 +50,43 @@ pub(crate) struct TcForms {
     pub dkdv_smem: bool,
     /// (head, batch) pairs per chunk of the block order (`SMELT_CUDA_ATTN_PC`; None: all).
     pub pc: Option<usize>,
+    /// At head dim 64, one of `TC_D64_VARIANTS` in place of the forward, dq or dk/dv kernel
+    /// (`SMELT_CUDA_ATTN_FWD`, `SMELT_CUDA_ATTN_DQ`, `SMELT_CUDA_ATTN_DKDV` = its name).
+    pub fwd: Option<&'static TcVariant>,
+    pub dq: Option<&'static TcVariant>,
+    pub dkdv: Option<&'static TcVariant>,
 }
+
+/// A kernel of attention_tc.cu's other instantiations at head dim 64: its name, rows a block
+/// and streamed tile width. Every one gives the bits of the default for its pass (the test
+/// `attention_tensor_core_forms_give_identical_bits` checks each).
+#[derive(Debug)]
+pub(crate) struct TcVariant {
+    pub name: &'static str,
+    pub rows: usize,
+    pub tile: usize,
+}
+const fn tv(name: &'static str, rows: usize, tile: usize) -> TcVariant {
+    TcVariant { name, rows, tile }
+}
+pub(crate) const TC_D64_FWD: &[TcVariant] = &[tv("attn_tc_fwd1b3_d64", 64, 64), tv("attn_tc_fwd1b4_d64", 64, 64)];
+pub(crate) const TC_D64_DQ: &[TcVariant] =
+    &[tv("attn_tc_dq_d64", 64, 64), tv("attn_tc_dqk32_d64", 64, 32), tv("attn_tc_dqk32b3_d64", 64, 32)];
+pub(crate) const TC_D64_DKDV: &[TcVariant] = &[
+    tv("attn_tc_dkdv_d64", 64, 64),
+    tv("attn_tc_dkdvb3_d64", 64, 64),
+    tv("attn_tc_dkdvq32_d64", 64, 32),
+    tv("attn_tc_dkdvq32b3_d64", 64, 32),
+    tv("attn_tc_dkdvq32b4_d64", 64, 32),
+];
 
 /// The forward, dq and dk/dv kernels for head dim `d`, as instantiated at the end of
 /// attention_tc.cu: the forward with two 16-row tiles a warp at head dim 64, one at 128 (two
-/// would not fit the registers); the backward with one (two measured slower).
+/// would not fit the registers); the backward with one (two measured slower). At head dim 64
+/// the backward's kernels are capped in registers for more resident blocks (measured on the
+/// H200, 2026-12-04: dk/dv reading K and V from shared memory at 3 blocks an SM 24.0 ms against
+/// 26.2 for K and V in registers at 2, dq with 32-key tiles at 4 blocks 17.1 against 17.6, 1B
+/// shape; the large preset likewise); the earlier forms stay as variants.
 pub(crate) fn tc_kernels(d: usize, f: TcForms) -> [TcKernel; 3] {
     let pc = f.pc.map_or(i32::MAX, |p| p.clamp(1, i32::MAX as usize) as i32);
     let k = |name: String, rows: usize, tile: usize| TcKernel { name, rows, tile, pc };
@@ -63,9 +95,16 @@ pub(crate) fn tc_kernels(d: usize, f: TcForms) -> [TcKernel; 3] {
         (64, true) => k("attn_tc_fwd1_d64".into(), TC_ROWS, 64),
         _ => k(format!("attn_tc_fwd_d{d}"), TC_ROWS, 64),
     };
-    let tile = if d == 64 { 64 } else { 32 };
-    let dkdv = if d == 64 && f.dkdv_smem { "attn_tc_dkdv0_d64".to_string() } else { format!("attn_tc_dkdv_d{d}") };
-    [fwd, k(format!("attn_tc_dq_d{d}"), TC_ROWS, tile), k(dkdv, TC_ROWS, tile)]
+    let (dq, dkdv) = match (d, f.dkdv_smem) {
+        (64, false) => (k("attn_tc_dqk32b4_d64".into(), TC_ROWS, 32), k("attn_tc_dkdv0b3_d64".into(), TC_ROWS, 64)),
+        (64, true) => (k("attn_tc_dqk32b4_d64".into(), TC_ROWS, 32), k("attn_tc_dkdv0_d64".into(), TC_ROWS, 64)),
+        _ => (k(format!("attn_tc_dq_d{d}"), TC_ROWS, 32), k(format!("attn_tc_dkdv_d{d}"), TC_ROWS, 32)),
+    };
+    let pick = |v: Option<&TcVariant>, dflt: TcKernel| match (d, v) {
+        (64, Some(v)) => k(v.name.into(), v.rows, v.tile),
+        _ => dflt,
+    };
+    [pick(f.fwd, fwd), pick(f.dq, dq), pick(f.dkdv, dkdv)]
 }
 
 /// `tc_kernels` as the environment picks them.
@@ -73,10 +112,22 @@ fn default_tc_kernels(d: usize) -> [TcKernel; 3] {
     static FORMS: std::sync::OnceLock<TcForms> = std::sync::OnceLock::new();
     let forms = *FORMS.get_or_init(|| {
         let var = |n: &str| std::env::var(n).ok();
+        let named = |n: &str, table: &'static [TcVariant]| {
+            let v = var(n)?;
+            let found = table.iter().find(|t| t.name == v);
+            if found.is_none() && v != "smem" {
+                let names: Vec<&str> = table.iter().map(|t| t.name).collect();
+                eprintln!("warning: {n}={v} is not one of {} (ignored)", names.join(", "));
+            }
+            found
+        };
         TcForms {
             one_tile_fwd: var("SMELT_CUDA_ATTN_MT").is_some_and(|v| v == "1"),
             dkdv_smem: var("SMELT_CUDA_ATTN_DKDV").is_some_and(|v| v == "smem"),
             pc: var("SMELT_CUDA_ATTN_PC").and_then(|v| v.parse().ok()),
+            fwd: named("SMELT_CUDA_ATTN_FWD", TC_D64_FWD),
+            dq: named("SMELT_CUDA_ATTN_DQ", TC_D64_DQ),
+            dkdv: named("SMELT_CUDA_ATTN_DKDV", TC_D64_DKDV),
         }
     });
     tc_kernels(d, forms)
