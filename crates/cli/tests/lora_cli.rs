@@ -137,6 +137,20 @@ fn train_an_adapter_then_use_merge_and_export_it() {
     let ga = nll(&base_gguf, Some(&adapter), &text);
     assert!(((ga - merged) / merged).abs() < 1e-4, "gguf base + adapter {ga} vs merged {merged}");
 
+    // `train --init` takes a GGUF file: dequantised for a full fine-tune (the f32 export is
+    // the folder's model with Q/K in llama.cpp's row order: the same first loss up to rounding).
+    let from = |init: &Path, out: &str| {
+        let out = d.join(out);
+        let mut args = vec!["train", "--init", s(init), "--steps", "2", "--lr", "1e-3", "--checkpoint-dir", s(&out)];
+        args.extend(common);
+        ok(&smelt(&args));
+        let m = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        serde_json::from_str::<serde_json::Value>(m.lines().next().unwrap()).unwrap()["loss"].as_f64().unwrap()
+    };
+    let (lf, lg) = (from(&base, "full-folder"), from(&base_gguf, "full-gguf"));
+    assert!(((lf - lg) / lf).abs() < 1e-4, "train --init base.gguf starts at {lg}, the folder at {lf}");
+    assert!(d.join("full-gguf/final/model.safetensors").exists());
+
     // bench runs through the adapter and times a training step of it.
     let b = ok(&smelt(&[
         "bench",
@@ -233,6 +247,62 @@ fn sft_trains_an_adapter_on_a_folder_and_on_a_quantised_gguf() {
     std::fs::write(&text, "plain text is all in the loss. ".repeat(4)).unwrap();
     let (with, plain) = (nll(&q8, Some(&q.join("final")), &text), nll(&q8, None, &text));
     assert!(with < plain, "the QLoRA adapter learned the text: {with} vs {plain} without it");
+
+    // QLoRA from the float folder (`--quantize q8_0`: its matrices quantised in memory) starts
+    // where the Q8_0 GGUF does, up to the GGUF's own choices (it quantises the tied embedding
+    // too; --quantize keeps it f32), and both resume exactly: the GGUF base is loaded again,
+    // the folder's matrices quantised again to the same blocks.
+    let run_q = |model: &Path, out: &str, extra: &[&str]| {
+        let out = d.join(out);
+        let mut args = vec!["sft", "--model", s(model), "--data", s(&data), "--output", s(&out)];
+        args.extend(["--steps", "4", "--batch-size", "2", "--seq-len", "96", "--lr", "1e-2", "--device", "cpu"]);
+        args.extend(["--lora-r", "4", "--lora-alpha", "8", "--checkpoint-interval", "2"]);
+        args.extend(extra);
+        ok(&smelt(&args));
+        out
+    };
+    let qf = run_q(&base, "qlora-folder", &["--quantize", "q8_0"]);
+    let qfl = first_loss(&qf);
+    assert!((qfl - l).abs() / l < 1e-2, "--quantize q8_0's first loss {qfl} vs {l} on the f32 base");
+    assert!(qfl != l, "--quantize q8_0 changed nothing: the base was not quantised");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(qf.join("final/trainer_state.json")).unwrap()).unwrap();
+    assert_eq!(state["config"]["quantize_base"], "q8_0");
+    let qg = run_q(&q8, "qlora-gguf", &[]);
+    let losses = |out: &Path| -> Vec<String> {
+        let m = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        m.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].to_string()).collect()
+    };
+    for (straight, name) in [(&qf, "qf-resumed"), (&qg, "qg-resumed")] {
+        let out = d.join(name);
+        let step2 = straight.join("step-000002");
+        ok(&smelt(&["sft", "--resume", s(&step2), "--output", s(&out), "--steps", "4", "--device", "cpu"]));
+        assert_eq!(losses(&out), losses(straight)[2..].to_vec(), "{name}: losses after resume differ");
+        let a = std::fs::read(straight.join("final/adapter_model.safetensors")).unwrap();
+        let b = std::fs::read(out.join("final/adapter_model.safetensors")).unwrap();
+        assert!(a == b, "{name}: the resumed run's adapter differs from the straight run's");
+    }
+    // A full fine-tune has nothing to keep quantised.
+    refused(
+        &smelt(&["sft", "--model", s(&base), "--data", s(&data), "--output", s(&d.join("x")), "--quantize", "q8_0"]),
+        &["--lora-r"],
+    );
+    refused(
+        &smelt(&[
+            "sft",
+            "--model",
+            s(&base),
+            "--data",
+            s(&data),
+            "--output",
+            s(&d.join("y")),
+            "--lora-r",
+            "4",
+            "--quantize",
+            "f16",
+        ]),
+        &["--quantize f16", "q8_0"],
+    );
 }
 
 /// Greedy `/v1/completions` text from `smelt serve --model base --adapter adapter`.

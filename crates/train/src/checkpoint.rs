@@ -11,7 +11,7 @@
 
 use crate::optim::Optimizer;
 use crate::TrainConfig;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use smelt_core::Tensor;
@@ -123,6 +123,17 @@ pub fn list(root: &Path) -> Result<Vec<Found>> {
     Ok(out)
 }
 
+/// A base model from a folder (smelt's or Hugging Face's) or a GGUF file: a GGUF's matrices
+/// stay in their block formats under an adapter (`lora`: QLoRA), else they are dequantised to
+/// f32 for a full fine-tune.
+pub fn load_base(path: &Path, lora: bool) -> Result<Model> {
+    if path.extension().is_some_and(|e| e == "gguf") {
+        let m = smelt_convert::load_model(path)?;
+        return if lora { Ok(m) } else { m.dequantized() };
+    }
+    Model::load(path)
+}
+
 /// The model of a checkpoint: its weights, or for a LoRA run's checkpoint (an adapter folder)
 /// the base its `trainer_state.json` names (`init`; for DPO on an SFT adapter, with that
 /// adapter merged in) with the adapter attached.
@@ -139,11 +150,12 @@ pub fn load_model(dir: &Path) -> Result<Model> {
     let base = v["config"]["init"]
         .as_str()
         .with_context(|| format!("{}: a LoRA checkpoint's state names no base model (config.init)", sp.display()))?;
-    if base.ends_with(".gguf") {
-        bail!("{}: resuming a LoRA run on a GGUF base ({base}) is not supported yet", dir.display());
-    }
     let mut model =
-        Model::load(Path::new(base)).with_context(|| format!("loading the base model of {}", dir.display()))?;
+        load_base(Path::new(base), true).with_context(|| format!("loading the base model of {}", dir.display()))?;
+    if let Some(q) = v["config"]["quantize_base"].as_str() {
+        // The same float base and type give the same blocks: the base the run trained on.
+        model = smelt_convert::qbase::quantize_base(&model, smelt_convert::qbase::parse_type(q)?)?;
+    }
     if let Some(sft) = v["config"]["dpo"]["adapter"].as_str() {
         // A DPO run on an SFT adapter trains its own adapter on base + SFT merged.
         model.attach_dir(Path::new(sft)).with_context(|| format!("the SFT adapter {sft} of {}", dir.display()))?;

@@ -85,6 +85,10 @@ pub struct TrainConfig {
     /// then hold the adapter in PEFT's format, see `checkpoint`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<smelt_model::LoraConfig>,
+    /// QLoRA from a float base (`--quantize q8_0|q4_k|…`): the frozen base's layer matrices are
+    /// quantised in memory (`smelt_convert::qbase`) before the adapter is attached, on resume too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize_base: Option<String>,
     /// AdamW for every parameter, or Muon for the hidden weight matrices (AdamW for the rest).
     #[serde(default)]
     pub optimizer: OptimizerKind,
@@ -153,6 +157,7 @@ impl Default for TrainConfig {
             sft: None,
             dpo: None,
             lora: None,
+            quantize_base: None,
             optimizer: OptimizerKind::AdamW,
             muon_lr: default_muon_lr(),
             muon_momentum: default_muon_momentum(),
@@ -192,6 +197,12 @@ impl TrainConfig {
             self.rope_theta,
             "a finite number > 0",
         )?;
+        if let Some(q) = &self.quantize_base {
+            if self.lora.is_none() {
+                bail!("--quantize {q} keeps a frozen base quantised for a LoRA adapter: add --lora-r (a full fine-tune trains every weight in f32)");
+            }
+            smelt_convert::qbase::parse_type(q)?;
+        }
         if let Some(d) = &self.distill {
             check(
                 d.temperature.is_finite() && d.temperature > 0.0,
@@ -946,6 +957,12 @@ pub fn run(cfg: TrainConfig, resume: Option<&Path>) -> Result<TrainSummary> {
     run_with(cfg, resume, None)
 }
 
+/// A model's float parameters: quantised matrices (a QLoRA base) are blocks, not floats, and
+/// the finiteness scan reads the rest.
+fn floats(model: &Model) -> Vec<Tensor> {
+    model.params.iter().filter(|p| p.dtype() != smelt_core::DType::Quant).cloned().collect()
+}
+
 /// `run` starting from a model and tokenizer already loaded (`smelt sft` from a GGUF file,
 /// dequantised) instead of `cfg.init`; ignored on resume.
 pub fn run_with(cfg: TrainConfig, resume: Option<&Path>, base: Option<(Model, Tokenizer)>) -> Result<TrainSummary> {
@@ -1031,19 +1048,15 @@ fn run_full(
             let model = match (base_model, &cfg.init) {
                 (Some(model), _) => {
                     check_memory(&model.cfg, &cfg)?;
-                    // Quantised matrices (a QLoRA base) are blocks, not floats: the scan reads
-                    // the rest.
-                    let floats: Vec<Tensor> =
-                        model.params.iter().filter(|p| p.dtype() != smelt_core::DType::Quant).cloned().collect();
-                    if !adamw::all_finite_host(&floats)? {
+                    if !adamw::all_finite_host(&floats(&model))? {
                         bail!("the base model's weights hold NaN or infinite values");
                     }
                     model
                 }
                 (None, Some(dir)) => {
-                    let model = Model::load(dir)?;
+                    let model = checkpoint::load_base(dir, cfg.lora.is_some())?;
                     check_memory(&model.cfg, &cfg)?;
-                    if !adamw::all_finite_host(&model.params)? {
+                    if !adamw::all_finite_host(&floats(&model))? {
                         bail!("{}: the weights hold NaN or infinite values", dir.display());
                     }
                     model
@@ -1055,6 +1068,10 @@ fn run_full(
                     check_memory(&mc, &cfg)?;
                     Model::init(mc, cfg.seed)?
                 }
+            };
+            let model = match &cfg.quantize_base {
+                Some(q) => smelt_convert::qbase::quantize_base(&model, smelt_convert::qbase::parse_type(q)?)?,
+                None => model,
             };
             let model = with_lora(model, &cfg)?;
             let opt = Optimizer::new(cfg.optimizer, model.trainable(), &model.trainable_matrices());

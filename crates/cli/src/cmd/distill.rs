@@ -135,7 +135,12 @@ pub fn run(a: DistillArgs) -> Result<()> {
     if a.run.spawn_ranks()? {
         return Ok(());
     }
-    let mut cfg = TrainConfig { checkpoint_dir: a.output.clone(), lora: a.lora.config()?, ..TrainConfig::default() };
+    let mut cfg = TrainConfig {
+        checkpoint_dir: a.output.clone(),
+        lora: a.lora.config()?,
+        quantize_base: a.lora.quantize.clone(),
+        ..TrainConfig::default()
+    };
     let resume = a.run.apply(&mut cfg)?;
     let who = StudentArgs { model: a.model, size: a.size, tokenizer: a.tokenizer, teacher: a.teacher.clone() };
     if let Some(dir) = &resume {

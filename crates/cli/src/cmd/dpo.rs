@@ -53,7 +53,12 @@ pub fn run(a: DpoArgs) -> Result<()> {
     if a.run.spawn_ranks()? {
         return Ok(());
     }
-    let mut cfg = TrainConfig { checkpoint_dir: a.output, lora: a.lora.config()?, ..TrainConfig::default() };
+    let mut cfg = TrainConfig {
+        checkpoint_dir: a.output,
+        lora: a.lora.config()?,
+        quantize_base: a.lora.quantize.clone(),
+        ..TrainConfig::default()
+    };
     let resume = a.run.apply(&mut cfg)?;
     let dpo = DpoConfig {
         data: a.data.unwrap_or_default(),

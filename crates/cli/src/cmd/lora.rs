@@ -28,6 +28,13 @@ pub struct LoraArgs {
     /// Rank-stabilised LoRA: scale by alpha/√r instead of alpha/r.
     #[arg(long, requires = "lora_r")]
     pub use_rslora: bool,
+    /// QLoRA from a float base: keep the frozen base's layer matrices quantised in memory, in
+    /// this block type (q8_0, q4_k = llama.cpp's Q4_K_M mix, q6_k, q5_0, q4_0, q4_1; each
+    /// matrix as `smelt quantize` would store it), so the adapter trains on the base a
+    /// quantised deployment runs and the base takes a quarter to an eighth of the memory.
+    /// The embedding, head, norms and biases stay f32. A .gguf base is quantised already.
+    #[arg(long, value_name = "TYPE", requires = "lora_r")]
+    pub quantize: Option<String>,
 }
 
 impl LoraArgs {

@@ -59,7 +59,12 @@ pub fn run(a: SftArgs) -> Result<()> {
     if a.run.spawn_ranks()? {
         return Ok(());
     }
-    let mut cfg = TrainConfig { checkpoint_dir: a.output, lora: a.lora.config()?, ..TrainConfig::default() };
+    let mut cfg = TrainConfig {
+        checkpoint_dir: a.output,
+        lora: a.lora.config()?,
+        quantize_base: a.lora.quantize.clone(),
+        ..TrainConfig::default()
+    };
     let resume = a.run.apply(&mut cfg)?;
     let mut base = None;
     let sft = SftConfig {

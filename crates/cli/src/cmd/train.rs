@@ -17,7 +17,8 @@ pub struct TrainArgs {
     /// tokenizer.json (or a folder holding one) the dataset was made with.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Start from the weights of this model folder (smelt or Hugging Face layout).
+    /// Start from the weights of this model: a folder (smelt or Hugging Face layout) or a .gguf
+    /// file (dequantised to f32 for full training; with --lora-r it stays quantised: QLoRA).
     #[arg(long)]
     init: Option<PathBuf>,
     /// Model size: tiny (~2M), small (~7M), medium (~45M), large (~211M), xl (~607M), max (~1.25B),
@@ -196,6 +197,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         rope_theta: a.rope_theta,
         checkpoint_dir: a.checkpoint_dir,
         lora: a.lora.config()?,
+        quantize_base: a.lora.quantize.clone(),
         ..TrainConfig::default()
     };
     let resume = a.run.apply(&mut cfg)?;
