@@ -81,6 +81,15 @@ fn dpo_on_an_sft_adapter_with_lora_and_a_ref_model() {
     // The plain base as the reference: the policy (base + SFT) already differs from it.
     let r = dpo("dpo-ref", &["--ref-model", &s(&base)]);
     assert_ne!(r[0]["rewards/chosen"].as_f64(), Some(0.0), "{}", r[0]);
+    // The same base as a GGUF file (f32: the same model, Q/K in llama.cpp's row order) is the
+    // same reference, up to rounding.
+    let gguf = d.join("base.gguf");
+    ok(smelt(&["export-gguf", "--model", &s(&base), "--type", "f32", "--output", &s(&gguf), "--pre", "gpt-2"]));
+    let g = dpo("dpo-ref-gguf", &["--ref-model", &s(&gguf)]);
+    for k in ["rewards/chosen", "rewards/rejected"] {
+        let (a, b) = (r[0][k].as_f64().unwrap(), g[0][k].as_f64().unwrap());
+        assert!((a - b).abs() <= 1e-3 * a.abs().max(1e-2), "{k}: GGUF reference {b}, folder {a}");
+    }
 
     std::fs::write(d.join("bad.jsonl"), format!("{pairs}{{\"prompt\": \"q\", \"chosen\": \"a\"}}\n")).unwrap();
     let o = smelt(&["dpo", "--model", &s(&base), "--data", &s(&d.join("bad.jsonl")), "--output", &s(&d.join("bad"))]);

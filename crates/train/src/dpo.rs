@@ -312,10 +312,9 @@ impl DpoData {
         // The reference, on the run's device.
         let external = match &d.ref_model {
             Some(dir) => {
-                if dir.extension().is_some_and(|e| e == "gguf") {
-                    bail!("--ref-model {}: give a model folder (a GGUF reference is not supported yet)", dir.display());
-                }
-                let mut r = Model::load(dir).with_context(|| format!("loading --ref-model {}", dir.display()))?;
+                // A GGUF reference keeps its block formats: it only runs forwards.
+                let mut r = crate::checkpoint::load_base(dir, true)
+                    .with_context(|| format!("loading --ref-model {}", dir.display()))?;
                 if r.cfg.vocab_size != model.cfg.vocab_size {
                     bail!(
                         "--ref-model {}: vocabulary of {} tokens, the policy has {}: they must share a tokenizer",
@@ -436,9 +435,10 @@ impl DpoData {
 /// base (`init`) with the SFT adapter merged in, if there was one.
 fn reload_start(cfg: &TrainConfig, d: &DpoConfig) -> Result<Model> {
     let Some(init) = &cfg.init else {
-        bail!("resuming this DPO run needs its reference: the base was not a model folder (a GGUF file?); start again with --ref-model");
+        bail!("resuming this DPO run needs its reference, and its settings name no base model (init); start again with --ref-model");
     };
-    let mut m = Model::load(init).with_context(|| format!("reloading the reference {}", init.display()))?;
+    let mut m = crate::checkpoint::load_base(init, false)
+        .with_context(|| format!("reloading the reference {}", init.display()))?;
     if let Some(a) = &d.adapter {
         m.attach_dir(a)?;
         m = m.merged()?;

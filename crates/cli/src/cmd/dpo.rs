@@ -30,7 +30,7 @@ pub struct DpoArgs {
     /// to the reference. TRL's default.
     #[arg(long, default_value_t = 0.1, conflicts_with = "resume")]
     beta: f64,
-    /// The reference model (a model folder with the same tokenizer). Default: the model the
+    /// The reference model (a model folder or a .gguf file, kept quantised; the same tokenizer). Default: the model the
     /// policy starts from (--model, with --adapter merged in; under --lora-r the
     /// adapter-disabled model, the same thing). Its log-probabilities are computed once, before
     /// the first step.
@@ -97,9 +97,9 @@ pub fn run(a: DpoArgs) -> Result<()> {
             }
             base = Some((m, tok));
         }
-        if !gguf || cfg.lora.is_some() {
-            cfg.init = Some(model); // the LoRA adapter's base_model_name_or_path; the reference on resume
-        }
+        // The LoRA adapter's base_model_name_or_path; the reference reloaded on resume (a GGUF
+        // dequantised again for a full fine-tune, as its policy started).
+        cfg.init = Some(model);
         DpoConfig { chat_template, ..dpo }
     });
     let s = smelt_train::run_with(cfg, resume.as_deref(), base)?;
