@@ -1070,7 +1070,11 @@ fn run_full(
                 }
             };
             let model = match &cfg.quantize_base {
-                Some(q) => smelt_convert::qbase::quantize_base(&model, smelt_convert::qbase::parse_type(q)?)?,
+                Some(q) => {
+                    let quantised = smelt_convert::qbase::quantize_base(&model, smelt_convert::qbase::parse_type(q)?)?;
+                    drop(model); // the f32 matrices, now blocks: freed before training, not after
+                    quantised
+                }
                 None => model,
             };
             let model = with_lora(model, &cfg)?;
