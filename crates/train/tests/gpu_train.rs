@@ -620,6 +620,53 @@ fn gpu_qlora_gets_the_dequantised_bases_gradients() {
     cuda::set_matmul_precision(MatmulPrecision::Bf16);
 }
 
+/// `--quantize` (QLoRA from a float base, `smelt_convert::qbase`) on the GPU: the base's layer
+/// matrices quantised in memory to Q8_0 and to Q4_K (which at these widths falls back to Q5_0,
+/// as llama.cpp's quantiser does) give, with f32 matmuls on the device, the adapter gradients
+/// of their dequantised copy on the CPU (NMSE < 1e-6), and the base stays quantised there.
+#[test]
+fn gpu_qlora_from_a_quantised_float_base() {
+    use smelt_core::quant::GgmlType;
+    let Some(d) = gpu() else { return };
+    let mut c = ModelConfig::llama(96, 64, 2, 4, 2, 128);
+    c.tie_embeddings = true;
+    let plain = Model::init(c.clone(), 4).unwrap();
+    let targets = LoraConfig::parse_targets("all-linear").unwrap();
+    let mut a = Adapter::init(&c, LoraConfig::new(4, 8.0, 0.0, &targets, false).unwrap(), 2);
+    let mut r = Rng::new(7);
+    for b in a.params.iter_mut().skip(1).step_by(2) {
+        *b = Tensor::from_f32((0..b.numel()).map(|_| 0.05 * r.normal() as f32).collect(), b.shape()).unwrap();
+    }
+    let micro = markov_batches(96, 2, 32, 1, 6);
+    let layout = Layout::default();
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_K] {
+        let qm = smelt_convert::qbase::quantize_base(&plain, ty).unwrap();
+        let mut deq = qm.dequantized().unwrap();
+        deq.attach(a.clone()).unwrap();
+        let (lc, gc) = smelt_train::gradients(&deq, &micro, &layout).unwrap();
+        let mut gm = qm.with_params(qm.params.clone()).unwrap();
+        gm.attach(a.clone()).unwrap();
+        gm.to_device(d).unwrap();
+        let (lg, gg) = smelt_train::gradients(&gm, &micro, &layout).unwrap();
+        let worst = gg.iter().zip(&gc).map(|(g, c)| nmse(&g.to_device(Device::Cpu).unwrap(), c)).fold(0f64, f64::max);
+        println!("{}: loss cpu (dequantised) {lc:.6} gpu {lg:.6}; worst adapter gradient NMSE {worst:.3e}", ty.name());
+        assert!((lg - lc).abs() < 1e-4 * lc, "{}: loss {lg} vs {lc}", ty.name());
+        assert!(worst < 1e-6, "{}: adapter gradient NMSE {worst:e}", ty.name());
+        let layers = gm
+            .params
+            .iter()
+            .zip(smelt_model::params::list(&c))
+            .filter(|(_, p)| p.layer.is_some() && p.shape.len() == 2);
+        assert!(
+            layers.into_iter().all(|(t, _)| t.dtype() == DType::Quant),
+            "{}: the layer matrices stay blocks",
+            ty.name()
+        );
+    }
+    cuda::set_matmul_precision(MatmulPrecision::Bf16);
+}
+
 /// `smelt distill` on the GPU (the teacher run on the fly on the device, the loss's kernels):
 /// with f32 matmuls, three updates follow the CPU's losses to 1e-5; the same from a top-k
 /// teacher logits file (the logits uploaded, their ids scattered on the device).
