@@ -281,10 +281,12 @@ impl Lt {
             8,
         )
         .map_err(e("workspace size"))?;
+        // With tuning off (`SMELT_CUBLASLT_TUNE=0`) the cache is not read either: the
+        // heuristic's first, as before tuning existed.
         let key = {
             let t = self.tuned.lock().map_err(|_| anyhow!("cuBLASLt tuning cache poisoned"))?;
             let key = t.key(&g, op, out);
-            (t.chosen.get(&key).copied(), key)
+            (t.chosen.get(&key).copied().filter(|_| tune_count() > 1), key)
         };
         let big = g.m.saturating_mul(g.n).saturating_mul(g.k) >= 1 << 30;
         let capturing = !matches!(
