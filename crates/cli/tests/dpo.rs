@@ -91,6 +91,17 @@ fn dpo_on_an_sft_adapter_with_lora_and_a_ref_model() {
         assert!((a - b).abs() <= 1e-3 * a.abs().max(1e-2), "{k}: GGUF reference {b}, folder {a}");
     }
 
+    // QLoRA on base + SFT merged (`--quantize`, applied after the merge) resumes exactly: the
+    // checkpoint rebuilds the merged base, then its blocks.
+    let q = dpo("dpo-q", &["--quantize", "q8_0", "--checkpoint-interval", "1"]);
+    let (step1, resumed) = (s(&d.join("dpo-q/step-000001")), s(&d.join("dpo-q-resumed")));
+    ok(smelt(&["dpo", "--resume", &step1, "--output", &resumed, "--steps", "2", "--device", "cpu"]));
+    let rm = metrics(&d.join("dpo-q-resumed"));
+    assert_eq!(rm[0]["loss"], q[1]["loss"], "the resumed step 2 differs: {} vs {}", rm[0], q[1]);
+    let a = std::fs::read(d.join("dpo-q/final/adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(d.join("dpo-q-resumed/final/adapter_model.safetensors")).unwrap();
+    assert!(a == b, "the resumed QLoRA DPO adapter differs from the straight run's");
+
     std::fs::write(d.join("bad.jsonl"), format!("{pairs}{{\"prompt\": \"q\", \"chosen\": \"a\"}}\n")).unwrap();
     let o = smelt(&["dpo", "--model", &s(&base), "--data", &s(&d.join("bad.jsonl")), "--output", &s(&d.join("bad"))]);
     let e = String::from_utf8_lossy(&o.stderr);

@@ -16,9 +16,10 @@ pub const TYPES: &[GgmlType] =
 
 /// Parses a `--quantize` value (q8_0, q4_k, …) and checks it is one of `TYPES`.
 pub fn parse_type(name: &str) -> Result<GgmlType> {
-    let ty = GgmlType::parse(name)?;
+    let names: Vec<&str> = TYPES.iter().map(|t| t.name()).collect();
+    let ty = GgmlType::parse(name)
+        .map_err(|_| anyhow::anyhow!("--quantize {name}: not a block type; one of {}", names.join(", ")))?;
     if !TYPES.contains(&ty) {
-        let names: Vec<&str> = TYPES.iter().map(|t| t.name()).collect();
         bail!("--quantize {name}: the base can be kept as {} (float types need no quantising)", names.join(", "));
     }
     Ok(ty)
@@ -29,7 +30,7 @@ pub fn parse_type(name: &str) -> Result<GgmlType> {
 /// bytes every time, so a resumed run rebuilds the base it trained on.
 pub fn quantize_base(model: &Model, ty: GgmlType) -> Result<Model> {
     if model.params.iter().any(|p| p.dtype() == DType::Quant) {
-        bail!("--quantize: the base is already quantised (a GGUF file keeps its own block types)");
+        bail!("--quantize: the base is already quantised (a GGUF file keeps its own block types: drop --quantize, or start from the float model)");
     }
     let c = &model.cfg;
     let params = model

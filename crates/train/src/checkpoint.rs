@@ -152,14 +152,16 @@ pub fn load_model(dir: &Path) -> Result<Model> {
         .with_context(|| format!("{}: a LoRA checkpoint's state names no base model (config.init)", sp.display()))?;
     let mut model =
         load_base(Path::new(base), true).with_context(|| format!("loading the base model of {}", dir.display()))?;
+    // Rebuilt in the order `smelt dpo` built it: a DPO run on an SFT adapter trains on base + SFT
+    // merged in f32 (a GGUF base dequantised first), and only then quantised if asked.
+    if let Some(sft) = v["config"]["dpo"]["adapter"].as_str() {
+        model = model.dequantized()?;
+        model.attach_dir(Path::new(sft)).with_context(|| format!("the SFT adapter {sft} of {}", dir.display()))?;
+        model = model.merged()?;
+    }
     if let Some(q) = v["config"]["quantize_base"].as_str() {
         // The same float base and type give the same blocks: the base the run trained on.
         model = smelt_convert::qbase::quantize_base(&model, smelt_convert::qbase::parse_type(q)?)?;
-    }
-    if let Some(sft) = v["config"]["dpo"]["adapter"].as_str() {
-        // A DPO run on an SFT adapter trains its own adapter on base + SFT merged.
-        model.attach_dir(Path::new(sft)).with_context(|| format!("the SFT adapter {sft} of {}", dir.display()))?;
-        model = model.merged()?;
     }
     model.attach_dir(dir)?;
     Ok(model)

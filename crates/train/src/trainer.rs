@@ -715,6 +715,16 @@ fn check_memory(mc: &ModelConfig, cfg: &TrainConfig) -> Result<()> {
         // The base keeps only its weights (no gradients, no moments); the adapter has all four.
         need += 16.0 * l.n_params(mc) as f64 - 12.0 * smelt_model::memory::params(mc);
         trained = l.n_params(mc) as f64;
+        if let Some(ty) = cfg.quantize_base.as_deref().and_then(|q| smelt_convert::qbase::parse_type(q).ok()) {
+            // `--quantize`: the layer matrices as blocks instead of f32.
+            let matrices: usize = smelt_model::params::list(mc)
+                .iter()
+                .filter(|p| p.layer.is_some() && p.shape.len() == 2)
+                .map(|p| p.shape.iter().product::<usize>())
+                .sum();
+            let per = ty.row_bytes(ty.block_size()).map_or(4.0, |b| b as f64 / ty.block_size() as f64);
+            need -= (4.0 - per) * matrices as f64;
+        }
     }
     if cfg.parallel.as_ref().is_some_and(|p| p.zero()) && cfg.optimizer == OptimizerKind::AdamW {
         // ZeRO-1: each rank keeps 1/N of AdamW's two f32 moments.

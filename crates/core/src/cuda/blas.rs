@@ -36,17 +36,25 @@ impl Tuned {
         let gpu = stream.context().name().unwrap_or_else(|_| "unknown GPU".into());
         let prefix = format!("{gpu}\tcublasLt {}", unsafe { sys::cublasLtGetVersion() });
         let file = super::compile::cache_dir().map(|d| d.join("cublaslt-tune.tsv"));
+        let chosen = file.as_ref().map(|f| Self::read(f, &prefix)).unwrap_or_default();
+        Tuned { file, prefix, chosen }
+    }
+
+    /// The file's choices for this GPU and version. A key's first line wins (processes that
+    /// tuned one shape at once all adopt the one written first, see `keep`); a line that does
+    /// not parse, or an index past any heuristic list (`MAX_TUNE`), is skipped.
+    fn read(f: &std::path::Path, prefix: &str) -> HashMap<String, usize> {
         let mut chosen = HashMap::new();
-        if let Some(text) = file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()) {
-            for line in text.lines() {
-                if let Some((key, i)) = line.rsplit_once('\t') {
-                    if let (true, Ok(i)) = (key.starts_with(&prefix), i.parse()) {
-                        chosen.insert(key.to_string(), i);
+        for line in std::fs::read_to_string(f).unwrap_or_default().lines() {
+            if let Some((key, i)) = line.rsplit_once('\t') {
+                if let (true, Ok(i)) = (key.starts_with(prefix), i.parse::<usize>()) {
+                    if i < MAX_TUNE {
+                        chosen.entry(key.to_string()).or_insert(i);
                     }
                 }
             }
         }
-        Tuned { file, prefix, chosen }
+        chosen
     }
 
     fn key(&self, g: &Gemm, op: Operand, out: Operand) -> String {
@@ -54,18 +62,27 @@ impl Tuned {
         format!("{}\t{m}x{n}x{k} ld {lda} {ldb} {ldc} t {ta} {tb} {op:?}->{out:?}", self.prefix)
     }
 
-    /// Remembers a choice, appending it to the file (one short line: an append is atomic, so
-    /// processes tuning at once do not tear it). A file that cannot be written is not an error:
-    /// the choice then lasts for this process.
-    fn keep(&mut self, key: String, i: usize) {
+    /// Remembers this process's choice `i` for `key` and returns the one to use: if another
+    /// process (a rank of the same run, started together) has written the key meanwhile, its
+    /// choice, so that all adopt the file's first line as a later resume will; else `i`,
+    /// appended to the file (one short line: an append is atomic, so processes do not tear
+    /// it). A file that cannot be written is not an error: the choice lasts for this process.
+    fn keep(&mut self, key: String, i: usize) -> usize {
+        let mut i = i;
         if let Some(f) = &self.file {
             use std::io::Write;
-            let _ = std::fs::create_dir_all(f.parent().unwrap_or(f));
-            if let Ok(mut w) = std::fs::OpenOptions::new().create(true).append(true).open(f) {
-                let _ = w.write_all(format!("{key}\t{i}\n").as_bytes());
+            match Self::read(f, &self.prefix).get(&key) {
+                Some(&first) => i = first,
+                None => {
+                    let _ = std::fs::create_dir_all(f.parent().unwrap_or(f));
+                    if let Ok(mut w) = std::fs::OpenOptions::new().create(true).append(true).open(f) {
+                        let _ = w.write_all(format!("{key}\t{i}\n").as_bytes());
+                    }
+                }
             }
         }
         self.chosen.insert(key, i);
+        i
     }
 }
 
@@ -142,8 +159,14 @@ const WORKSPACE: usize = 32 << 20;
 /// `SMELT_CUBLASLT_TUNE_LOG=1` prints each shape's times.
 fn tune_count() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::env::var("SMELT_CUBLASLT_TUNE").ok().and_then(|v| v.parse().ok()).unwrap_or(8))
+    *N.get_or_init(|| {
+        std::env::var("SMELT_CUBLASLT_TUNE").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(8).min(MAX_TUNE)
+    })
 }
+
+/// The most algorithms a plan asks the heuristic for (and the largest index the cache file may
+/// hold).
+const MAX_TUNE: usize = 32;
 
 struct Layout(sys::cublasLtMatrixLayout_t);
 impl Drop for Layout {
@@ -322,14 +345,25 @@ impl Lt {
             Some(i) if ok(i) => plan.algo = found[i].algo,
             Some(_) => {}
             None if found.len() > 1 => {
-                let (best, times) = self.time_algos(&g, out, &plan, &found, ptrs)?;
-                if std::env::var_os("SMELT_CUBLASLT_TUNE_LOG").is_some() {
-                    let ms: Vec<String> =
-                        times.iter().map(|t| if t.is_finite() { format!("{t:.3}") } else { "-".into() }).collect();
-                    eprintln!("cuBLASLt tune {}: #{best} of {} (ms: {})", key.1, found.len(), ms.join(" "));
+                // Timing needs a scratch D: where memory is too tight for it, the heuristic's
+                // first, not kept (a later process may time it).
+                if let Ok((best, times)) = self.time_algos(&g, out, &plan, &found, ptrs) {
+                    let mut t = self.tuned.lock().map_err(|_| anyhow!("cuBLASLt tuning cache poisoned"))?;
+                    let used = t.keep(key.1.clone(), best);
+                    if std::env::var_os("SMELT_CUBLASLT_TUNE_LOG").is_some() {
+                        let ms: Vec<String> =
+                            times.iter().map(|t| if t.is_finite() { format!("{t:.3}") } else { "-".into() }).collect();
+                        eprintln!(
+                            "cuBLASLt tune {}: #{best} of {} (ms: {}), using #{used}",
+                            key.1,
+                            found.len(),
+                            ms.join(" ")
+                        );
+                    }
+                    if ok(used) {
+                        plan.algo = found[used].algo;
+                    }
                 }
-                plan.algo = found[best].algo;
-                self.tuned.lock().map_err(|_| anyhow!("cuBLASLt tuning cache poisoned"))?.keep(key.1, best);
             }
             None => {}
         }

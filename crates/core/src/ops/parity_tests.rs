@@ -115,8 +115,8 @@ fn kernels_compile() {
                 &[
                     "attn_tc_fwd_d64",
                     "attn_tc_fwd1_d64",
-                    "attn_tc_dq_d64",
-                    "attn_tc_dkdv_d64",
+                    "attn_tc_dqk32b4_d64",
+                    "attn_tc_dkdv0b3_d64",
                     "attn_tc_dkdv0_d64",
                     "attn_tc_fwd_d128",
                     "attn_tc_dq_d128",

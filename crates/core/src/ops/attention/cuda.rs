@@ -45,12 +45,12 @@ pub(crate) struct TcKernel {
 pub(crate) struct TcForms {
     /// The one-tile forward at head dim 64 (`SMELT_CUDA_ATTN_MT=1`).
     pub one_tile_fwd: bool,
-    /// dk/dv reading the warp's K and V from shared memory every query tile
-    /// (`SMELT_CUDA_ATTN_DKDV=smem`) instead of holding them in registers.
+    /// At head dim 64, dk/dv as `attn_tc_dkdv0_d64` (`SMELT_CUDA_ATTN_DKDV=smem`: K and V from
+    /// shared memory, no register cap) instead of the default `attn_tc_dkdv0b3_d64`.
     pub dkdv_smem: bool,
     /// (head, batch) pairs per chunk of the block order (`SMELT_CUDA_ATTN_PC`; None: all).
     pub pc: Option<usize>,
-    /// At head dim 64, one of `TC_D64_VARIANTS` in place of the forward, dq or dk/dv kernel
+    /// At head dim 64, one of `TC_D64_FWD`, `TC_D64_DQ`, `TC_D64_DKDV` in place of the forward, dq or dk/dv kernel
     /// (`SMELT_CUDA_ATTN_FWD`, `SMELT_CUDA_ATTN_DQ`, `SMELT_CUDA_ATTN_DKDV` = its name).
     pub fwd: Option<&'static TcVariant>,
     pub dq: Option<&'static TcVariant>,
