@@ -999,6 +999,7 @@ fn run_full(
     base: Option<(Model, Tokenizer)>,
     teacher: Option<Option<Model>>,
 ) -> Result<TrainSummary> {
+    smelt_core::ops::matmul::tune_for_training();
     // Rank 0 of several writes checkpoints and metrics, evaluates and reports; the others train.
     let lead = cfg.parallel.as_ref().is_none_or(DataParallel::is_lead);
     let (mut model, tok, mut opt, mut cfg, start, run_id, mut tokens_seen) = match resume {

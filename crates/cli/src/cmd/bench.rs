@@ -165,6 +165,11 @@ fn fits(c: &smelt_model::ModelConfig, a: &BenchArgs, device: Device, fresh: bool
 
 pub fn run(a: BenchArgs) -> Result<()> {
     let device = super::device::resolve(&a.device)?;
+    if !a.no_train {
+        // The timed step is a training step: its products choose their algorithms as `train`'s
+        // do (the forward and prefill timed before it share those choices where shapes agree).
+        smelt_core::ops::matmul::tune_for_training();
+    }
     let mut model = match &a.model {
         Some(dir) => {
             let m = super::lora::load_model_adapted(dir, a.adapter.as_deref())?;

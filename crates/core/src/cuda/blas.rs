@@ -152,13 +152,25 @@ impl Gemm {
 
 const WORKSPACE: usize = 32 << 20;
 
+static TUNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets plans made from now on time the heuristic's candidates (`tune_count`) and read the
+/// tuning cache: a training run's products repeat every step, so the fastest pays back; an
+/// inference process (serve's varied prefill lengths) keeps the heuristic's first, untimed.
+pub fn enable_tuning() {
+    TUNING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// How many of the heuristic's algorithms a large product's plan times on its first call, keeping
-/// the fastest: 8, or `SMELT_CUBLASLT_TUNE=N` (0 or 1: the heuristic's first, untimed). Worth
+/// the fastest, once `enable_tuning` was called (1 before): 8, or `SMELT_CUBLASLT_TUNE=N` (0 or 1: the heuristic's first, untimed). Worth
 /// 2-3% of a training step at the 124M and 1B shapes on an H200 (2026-12-04); the choice is
 /// kept on disk (`Tuned`) so a resumed run uses the same algorithms.
 /// `SMELT_CUBLASLT_TUNE_LOG=1` prints each shape's times.
 fn tune_count() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if !TUNING.load(std::sync::atomic::Ordering::Relaxed) {
+        return 1;
+    }
     *N.get_or_init(|| {
         std::env::var("SMELT_CUBLASLT_TUNE").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(8).min(MAX_TUNE)
     })

@@ -7,6 +7,14 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::backend::{self, Cpu};
+
+/// For a training process: lets a GPU's products time cuBLASLt's candidate algorithms for each
+/// large shape and keep the fastest (`cuda::blas::enable_tuning`; the same shapes recur every
+/// step). Inference keeps the heuristic's choice. Nothing without CUDA.
+pub fn tune_for_training() {
+    #[cfg(feature = "cuda")]
+    crate::cuda::blas::enable_tuning();
+}
 use crate::{DType, Tensor};
 use anyhow::{bail, Result};
 
