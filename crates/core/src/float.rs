@@ -42,9 +42,9 @@ pub trait Float:
     /// (`crate::ggml::swiglu`), f64 with the exact `exp`.
     fn swiglu_into(y: &mut [Self], g: &[Self], u: &[Self]);
     /// y (n×m) = x (n×k) · wᵀ (w: m×k) by register tiles where this type has them on this CPU
-    /// (f32 on AVX-512: `quant::float_formats::f32_matmul_tiles`), writing every element of
-    /// y; false (y untouched) where not, for `gemm` instead.
-    fn matmul_tiles(x: &[Self], w: &[Self], n: usize, k: usize, m: usize, y: &mut [Self]) -> bool;
+    /// (f32 on AVX-512: `quant::float_formats::f32_matmul_tiles`), y resized to n·m and every
+    /// element written; false (y untouched, so no output is allocated) where not, for `gemm`.
+    fn matmul_tiles(x: &[Self], w: &[Self], n: usize, k: usize, m: usize, y: &mut Vec<Self>) -> bool;
     /// C(m×n) = alpha·A(m×k)·B(k×n) + beta·C with arbitrary strides (row stride, column stride).
     ///
     /// # Safety
@@ -113,7 +113,7 @@ macro_rules! impl_float {
             fn swiglu_into(y: &mut [Self], g: &[Self], u: &[Self]) {
                 $swiglu(y, g, u)
             }
-            fn matmul_tiles(x: &[Self], w: &[Self], n: usize, k: usize, m: usize, y: &mut [Self]) -> bool {
+            fn matmul_tiles(x: &[Self], w: &[Self], n: usize, k: usize, m: usize, y: &mut Vec<Self>) -> bool {
                 $tiles(x, w, n, k, m, y)
             }
             unsafe fn gemm(
@@ -141,7 +141,7 @@ impl_float!(f32, matrixmultiply::sgemm, exp_f32, crate::ggml::swiglu, crate::qua
 impl_float!(f64, matrixmultiply::dgemm, f64::exp, swiglu_f64, no_tiles);
 
 /// f64 has no tiles (the gradient checks' type): `gemm` throughout.
-fn no_tiles(_: &[f64], _: &[f64], _: usize, _: usize, _: usize, _: &mut [f64]) -> bool {
+fn no_tiles(_: &[f64], _: &[f64], _: usize, _: usize, _: usize, _: &mut Vec<f64>) -> bool {
     false
 }
 

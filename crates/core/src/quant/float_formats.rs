@@ -351,12 +351,13 @@ fn dot(level: Level, ty: GgmlType, order: Order, w: &[u8], a: &HalfRow) -> f32 {
 /// y (n × m) = x (n × k) · wᵀ for f32 weights `w` (m × k) in 4 × 6 register tiles on AVX-512
 /// (`Level::Avx512`), each output one 16-lane accumulator over the row then `reduce16`
 /// (tinyBLAS's F32 order; the same whatever the thread count or the split), split by
-/// `gemm_tasks`, every element of y written. False (y untouched) without AVX-512, for k not a
+/// `gemm_tasks`, y resized to n·m and every element written. False (y untouched) without AVX-512, for k not a
 /// multiple of 16, or for at most 4 inputs (the matvec's case).
-pub fn f32_matmul_tiles(x: &[f32], w: &[f32], n: usize, k: usize, m: usize, y: &mut [f32]) -> bool {
+pub fn f32_matmul_tiles(x: &[f32], w: &[f32], n: usize, k: usize, m: usize, y: &mut Vec<f32>) -> bool {
     #[cfg(target_arch = "x86_64")]
     if n > 4 && k >= 16 && k.is_multiple_of(16) && Level::detect() == Level::Avx512 && avx512f() {
-        assert!(x.len() >= n * k && w.len() >= m * k && y.len() >= n * m, "f32 tiles: {n} × {k} by {m} × {k}");
+        y.resize(n * m, 0.0);
+        assert!(x.len() >= n * k && w.len() >= m * k, "f32 tiles: {n} × {k} by {m} × {k}");
         // SAFETY: the f32s of w as their bytes (u8 has no alignment; the length is in bytes).
         let wb = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, m * k * 4) };
         let a: Vec<&[f32]> = x[..n * k].chunks_exact(k).collect();
