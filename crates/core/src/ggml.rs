@@ -790,6 +790,12 @@ pub fn swiglu(y: &mut [f32], g: &[f32], u: &[f32]) {
         // SAFETY: AVX-512 F/DQ detected; every access inside y, g and u (asserted).
         return unsafe { x86::swiglu_avx512(y, g, u) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        assert!(g.len() >= y.len() && u.len() >= y.len(), "swiglu: {} from {} and {}", y.len(), g.len(), u.len());
+        // SAFETY: AVX2 and FMA detected; every access inside y, g and u (asserted).
+        return unsafe { x86::swiglu_avx2(y, g, u) };
+    }
     swiglu_portable(y, g, u)
 }
 
@@ -822,6 +828,60 @@ mod x86 {
         let zero = _mm512_setzero_ps();
         let alt = _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, zero), _mm512_set1_ps(f32::INFINITY), zero);
         _mm512_mask_blend_ps(d, res, alt)
+    }
+
+    /// `expf` (the AVX-512 `ggml_v_expf`'s lanes) on AVX2, eight lanes: the same operations,
+    /// and the scaling by 2ⁿ as `expf` does it, in f64 (j·2ⁿ exact there, one rounding back to
+    /// f32: what `vscalefps` gives), so the bits of `expf` and of the AVX-512 form.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn expf8(x: __m256) -> __m256 {
+        let c = |b: u32| _mm256_set1_ps(f32::from_bits(b));
+        let r = c(R);
+        let z = _mm256_fmadd_ps(x, c(LOG2E), r);
+        let n = _mm256_sub_ps(z, r);
+        let b = _mm256_fnmadd_ps(n, c(LN2_LO), _mm256_fnmadd_ps(n, c(LN2_HI), x));
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(_mm256_fmadd_ps(c(C5), b, c(C4)), u, _mm256_fmadd_ps(c(C3), b, c(C2))),
+            u,
+            _mm256_fmadd_ps(c(C1), b, _mm256_set1_ps(1.0)),
+        );
+        // |n| > 192: 0 or ∞ (and n's integer below is not used there).
+        let big = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_andnot_ps(_mm256_set1_ps(-0.0), n), _mm256_set1_ps(192.0));
+        let nb = _mm256_blendv_ps(n, _mm256_setzero_ps(), big);
+        let ni = _mm256_cvtps_epi32(nb); // n is an integer in [−192, 192]
+        let bias = _mm256_set1_epi64x(1023);
+        let p2 =
+            |h: __m128i| _mm256_castsi256_pd(_mm256_slli_epi64::<52>(_mm256_add_epi64(_mm256_cvtepi32_epi64(h), bias)));
+        let lo = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(j)), p2(_mm256_castsi256_si128(ni)));
+        let hi = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(j)), p2(_mm256_extracti128_si256::<1>(ni)));
+        let res = _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+        if _mm256_movemask_ps(big) == 0 {
+            return res;
+        }
+        let alt = _mm256_blendv_ps(
+            _mm256_set1_ps(f32::INFINITY),
+            _mm256_setzero_ps(),
+            _mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps()),
+        );
+        _mm256_blendv_ps(res, alt, big)
+    }
+
+    /// `swiglu_avx512` on AVX2: eight lanes at a time through `expf8`, the leftover lanes one
+    /// at a time; the portable form's bits.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn swiglu_avx2(y: &mut [f32], g: &[f32], u: &[f32]) {
+        let n = y.len();
+        let (one, zero) = (_mm256_set1_ps(1.0), _mm256_setzero_ps());
+        let mut i = 0;
+        while i + 8 <= n {
+            let gv = _mm256_loadu_ps(g.as_ptr().add(i));
+            let silu = _mm256_div_ps(gv, _mm256_add_ps(one, expf8(_mm256_sub_ps(zero, gv))));
+            _mm256_storeu_ps(y.as_mut_ptr().add(i), _mm256_mul_ps(silu, _mm256_loadu_ps(u.as_ptr().add(i))));
+            i += 8;
+        }
+        swiglu_body(&mut y[i..], &g[i..n], &u[i..n]);
     }
 
     /// gcc's `_mm512_reduce_add_ps` in registers (`reduce16`'s additions).
@@ -1176,6 +1236,40 @@ mod tests {
                 let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
                 swiglu_portable(&mut a, &g, &u);
                 swiglu(&mut b, &g, &u);
+                assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "swiglu, n {n}");
+            }
+        }
+    }
+
+    /// The AVX2 swiglu (`expf8`) gives the portable bits, and its expf ggml's on the golden
+    /// inputs (0 and ∞ past |n| 192 included).
+    #[test]
+    fn avx2_swiglu_and_expf_are_the_portable_bits() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            let b = include_bytes!("ggml_data/expf.bin");
+            let v: Vec<f32> = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            for p in v.chunks_exact(2).collect::<Vec<_>>().chunks_exact(8) {
+                let xs: [f32; 8] = std::array::from_fn(|l| p[l][0]);
+                let mut y = [0f32; 8];
+                // SAFETY: AVX2 and FMA detected; eight lanes in and out.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    _mm256_storeu_ps(y.as_mut_ptr(), x86::expf8(_mm256_loadu_ps(xs.as_ptr())));
+                }
+                for l in 0..8 {
+                    assert_eq!(y[l].to_bits(), p[l][1].to_bits(), "expf8({}) = {} vs ggml {}", xs[l], y[l], p[l][1]);
+                }
+            }
+            let mut r = crate::rng::Rng::new(4);
+            for n in [1usize, 7, 8, 37, 1536] {
+                let g: Vec<f32> =
+                    (0..n).map(|i| if i % 97 == 5 { -150.0 } else { (r.normal() * 6.0) as f32 }).collect();
+                let u: Vec<f32> = (0..n).map(|_| r.normal() as f32).collect();
+                let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+                swiglu_portable(&mut a, &g, &u);
+                // SAFETY: AVX2 and FMA detected; slices of one length.
+                unsafe { x86::swiglu_avx2(&mut b, &g, &u) };
                 assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "swiglu, n {n}");
             }
         }
