@@ -600,7 +600,7 @@ fn parity_bf16_attention_two_tiles_a_warp() {
         let v = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
         let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
         let run = |forms: ops::attention::cuda::TcForms| {
-            let [fwd, dq, dkdv] = tc_kernels(64, forms);
+            let [fwd, dq, dkdv] = tc_kernels(64, forms, false);
             let (o, l) = attention_with(&q, &k, &v, dm, 0.125, &fwd, None).unwrap();
             let (gq, gk, gv) =
                 attention_backward_with(&q, &k, &v, &o, &l, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
@@ -627,6 +627,80 @@ fn parity_bf16_attention_two_tiles_a_warp() {
                 let n = base[i].iter().zip(&two[i]).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
                 assert_eq!(n, 0, "{label} {form}: {what} differs in {n} of {} values", base[i].len());
             }
+        }
+    }
+}
+
+/// The two shared-memory operand layouts of the Hopper `wgmma` attention kernels
+/// (attention_tc.cu "Hopper": B K-major for S = A·Bᵀ, B N-major for O += P·M) on one
+/// m64n64k16 product against the f64 product of the same bf16 values, then the wgmma forward,
+/// dq and dk/dv against the mma.sync kernels on the same inputs (causal, a window, a cache
+/// offset with spare rows, GQA; a different f32 summation inside the tensor cores, so within
+/// ATTN_TC of each other, not bit for bit; `parity_bf16_attention_tensor_cores` bounds the
+/// default kernels, wgmma on Hopper, against the CPU). Compute capability 9.0 only (skips
+/// elsewhere, saying so).
+#[test]
+fn parity_wgmma_attention_layouts_and_kernels() {
+    use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels, TcForms, WG_MODULE, WG_SRC};
+    let Some(d) = dev() else { return };
+    let gpu = cuda::gpu(0).unwrap();
+    if gpu.arch != (9, 0) {
+        smelt_testing::skip(smelt_testing::Need::Gpu, format!("wgmma needs compute capability 9.0, this GPU has {:?}", gpu.arch));
+        return;
+    }
+    let mut r = Rng::new(seed());
+    let a = randn(&mut r, &[64, 16], 1.0).to_dtype(DType::BF16).unwrap();
+    let bt = randn(&mut r, &[64, 16], 1.0).to_dtype(DType::BF16).unwrap();
+    let af = a.to_dtype(DType::F32).unwrap().as_f32().unwrap().to_vec();
+    let bf_ = bt.to_dtype(DType::F32).unwrap().as_f32().unwrap().to_vec();
+    let ad = a.to_device(d).unwrap();
+    let bd = bt.to_device(d).unwrap();
+    let out = cuda::DeviceBuf::alloc(&gpu, DType::F32, 2 * 4096).unwrap();
+    {
+        use cudarc::driver::{LaunchConfig, PushKernelArg};
+        let f = gpu.function(WG_MODULE, WG_SRC, "attn_wg_probe").unwrap();
+        let (ab, bb) = (ad.cuda_buf().unwrap(), bd.cuda_buf().unwrap());
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&ab.data).arg(&bb.data).arg(&out.data);
+        let c = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        unsafe { b.launch(c) }.unwrap();
+    }
+    let got = Tensor::from_device_buf(out, &[2, 4096]).unwrap().to_device(Device::Cpu).unwrap();
+    let got = got.as_f32().unwrap();
+    for (which, name) in [(0, "B K-major"), (1, "B N-major")] {
+        let (mut worst, mut at) = (0f64, (0, 0));
+        for i in 0..64 {
+            for n in 0..64 {
+                let want: f64 = (0..16).map(|k| af[i * 16 + k] as f64 * bf_[n * 16 + k] as f64).sum();
+                let e = (got[which * 4096 + i * 64 + n] as f64 - want).abs() / (1.0 + want.abs());
+                if e > worst {
+                    (worst, at) = (e, (i, n));
+                }
+            }
+        }
+        println!("wgmma m64n64k16, {name}: worst relative error {worst:.2e} at row {} col {}", at.0, at.1);
+        assert!(worst < 1e-5, "wgmma with {name}: row {} col {} is off by {worst:.2e}", at.0, at.1);
+    }
+    let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    for (b, tq, tk, s, h, kvh, window) in
+        [(2, 130, 130, 130, 4, 2, None), (1, 300, 300, 300, 8, 2, Some(70)), (1, 70, 200, 210, 4, 1, None)]
+    {
+        let dm = ops::attention::AttnDims { b, tq, tk, s, h, kvh, d: 64, window };
+        let q = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
+        let k = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
+        let v = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
+        let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
+        let run = |wgmma: bool| {
+            let [fwd, dq, dkdv] = tc_kernels(64, TcForms { wgmma, ..Default::default() }, true);
+            let (o, l) = attention_with(&q, &k, &v, dm, 0.125, &fwd, None).unwrap();
+            let (gq, gk, gv) =
+                attention_backward_with(&q, &k, &v, &o, &l, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
+            [host(&o), host(&l), host(&gq), host(&gk), host(&gv)]
+        };
+        let (mma, wg) = (run(false), run(true));
+        let label = format!("b{b} q{tq} k{tk} s{s} h{h}/{kvh} w{window:?}");
+        for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+            close(&format!("{label}: {what} wgmma vs mma.sync"), &wg[i], &mma[i], ATTN_TC);
         }
     }
 }
