@@ -300,10 +300,11 @@ __device__ __forceinline__ void wg_pack(const float (*p)[4], unsigned (*pa)[4]) 
 // product reads (pa, and o after a rescale) with wg_keep/wg_keep_a before its wg_fence: the
 // fence orders only the register writes the compiler has placed before it.
 template <int D, int BN>
-__device__ __forceinline__ void wg_pm(float (*o)[4], unsigned (*pa)[4], const bf16_t* m) {
+__device__ __forceinline__ void wg_pm(float (*o)[4], unsigned (*pa)[4], const bf16_t* m, bool fresh = false) {
     static_assert(D == 64, "one m64n64 product per k16 step");
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) wgmma64<1>(o, pa[kk], wg_desc(m + kk * 2 * (D / 8) * 64, (D / 8) * 128, 128), 1);
+    for (int kk = 0; kk < BN / 16; kk++)
+        wgmma64<1>(o, pa[kk], wg_desc(m + kk * 2 * (D / 8) * 64, (D / 8) * 128, 128), fresh && kk == 0 ? 0 : 1);
 }
 // Rows [r0, r0+R) of a (…, rows, heads, D) tensor → shared memory as core matrices; rows at or
 // past rend are zeros. A warp writes 4 whole core matrices (512 contiguous bytes) a pass; its
@@ -488,13 +489,21 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
             unsigned pa[BN / 16][4];
             wg_pack<BN>(sc[0], pa);
             wg_keep_a(pa, BN / 16);
-            wg_keep(o[0], D / 8);  // the rescale above, done before the fence
+            // P·V into a fresh accumulator, then added to the rescaled o: accumulating onto o
+            // in place after the rescale gave rows with several key tiles slightly wrong (as if
+            // the product read o before the rescale; 2026-12-04, H200), so o is left to the
+            // ordinary registers here. (Hypothesis under test; see the branch's commit.)
+            float pv[D / 8][4];
             wg_fence();
-            wg_pm<D, BN>(o[0], pa, Vt);
+            wg_pm<D, BN>(pv, pa, Vt, true);
             wg_commit();
             wg_wait0();
-            wg_keep(o[0], D / 8);
+            wg_keep(pv, D / 8);
             wg_keep_a(pa, BN / 16);
+#pragma unroll
+            for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) o[0][nt][e] += pv[nt][e];
         } else {
             mm_pm_m<D, BN, MT>(o, sc, Vt, lane);
         }
