@@ -7,9 +7,9 @@
 // as in the mma.sync kernels; the tensor cores may sum inside a k16 step in another order, so
 // the bits may differ from attn_tc_*_d64 (the tests bound both against the CPU and each other).
 // One 16-row tile a warp (the warpgroup's 64 rows): the forward's two-tile form does not apply.
-TC_FWD(attn_wg_fwd_d64, 64, 64, 1, true)
-TC_DQ(attn_wg_dq_d64, 64, 64, 1, true)
-TC_DKDV(attn_wg_dkdv_d64, 64, 64, 1, true, true)
+TC_FWD(attn_wg_fwd_d64, 64, 64, 1, true, TC_LB)
+TC_DQ(attn_wg_dq_d64, 64, 64, 1, true, TC_LB)
+TC_DKDV(attn_wg_dkdv_d64, 64, 64, 1, true, true, TC_LB)
 
 // The two operand layouts of attention_tc.cu's "Hopper" part on one m64n64k16 product, for the test: a (64 × 16, row-major)
 // times B (16 × 64, B[k][n] = bt[n·16 + k]), out 64 × 64 row-major, twice: out[0] with B
