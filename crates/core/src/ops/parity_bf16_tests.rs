@@ -641,7 +641,7 @@ fn parity_bf16_attention_two_tiles_a_warp() {
 /// elsewhere, saying so).
 #[test]
 fn parity_wgmma_attention_layouts_and_kernels() {
-    use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels, TcForms, WG_MODULE, WG_SRC};
+    use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels, TcForms, WG_D64_FWD, WG_MODULE, WG_SRC};
     let Some(d) = dev() else { return };
     let gpu = cuda::gpu(0).unwrap();
     if gpu.arch != (9, 0) {
@@ -701,6 +701,31 @@ fn parity_wgmma_attention_layouts_and_kernels() {
         let label = format!("b{b} q{tq} k{tk} s{s} h{h}/{kvh} w{window:?}");
         for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
             close(&format!("{label}: {what} wgmma vs mma.sync"), &wg[i], &mma[i], ATTN_TC);
+        }
+    }
+    // The pipelined forwards (WG_D64_FWD: two warpgroups a block sharing the K/V tiles, and
+    // one), against the mma.sync forward: many key tiles, rows past the end of the last block
+    // (a whole warpgroup of them at T 130 and 1030), windows, GQA, a cache offset.
+    for (b, tq, tk, s, h, kvh, window) in [
+        (2, 130, 130, 130, 4, 2, None),
+        (1, 300, 300, 300, 8, 2, Some(70)),
+        (1, 70, 200, 210, 4, 1, None),
+        (1, 1030, 1030, 1030, 2, 1, None),
+        (2, 1000, 1000, 1000, 3, 3, Some(333)),
+    ] {
+        let dm = ops::attention::AttnDims { b, tq, tk, s, h, kvh, d: 64, window };
+        let q = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
+        let k = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
+        let v = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
+        let [mma, _, _] = tc_kernels(64, TcForms::default(), true);
+        let (om, lm) = attention_with(&q, &k, &v, dm, 0.125, &mma, None).unwrap();
+        let label = format!("b{b} q{tq} k{tk} s{s} h{h}/{kvh} w{window:?}");
+        for w in WG_D64_FWD {
+            let [fwd, _, _] = tc_kernels(64, TcForms { wg_fwd: Some(w), ..Default::default() }, true);
+            assert_eq!(fwd.name, w.name);
+            let (o, l) = attention_with(&q, &k, &v, dm, 0.125, &fwd, None).unwrap();
+            close(&format!("{label}: out {} vs mma.sync", w.name), &host(&o), &host(&om), ATTN_TC);
+            close(&format!("{label}: lse {} vs mma.sync", w.name), &host(&l), &host(&lm), ATTN_TC);
         }
     }
 }

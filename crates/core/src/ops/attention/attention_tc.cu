@@ -114,10 +114,11 @@ __device__ __forceinline__ void load_b_kn(unsigned* b, const bf16_t* t, int k0, 
 
 // Rows [r0, r0+R) of a (…, rows, heads, D) tensor, already offset to its head, → shared
 // [R][D+8]; rows at or past rend are zeros. `base` = batch · rows, `stride` = heads · D.
-template <int R, int D>
+// NT: the threads of the block that share the copy (all of them).
+template <int R, int D, int NT = TC_THREADS>
 __device__ __forceinline__ void load_rows(bf16_t* dst, const bf16_t* src, long long base, int stride, int r0, int rend) {
     constexpr int CH = D / 8, LD = D + 8;
-    for (int c = threadIdx.x; c < R * CH; c += TC_THREADS) {
+    for (int c = threadIdx.x; c < R * CH; c += NT) {
         int rr = c / CH, cc = c - rr * CH, r = r0 + rr;
         bool ok = r < rend;
         const bf16_t* g = src + (ok ? (base + r) * (long long)stride : 0) + cc * 8;
@@ -240,6 +241,12 @@ __device__ __forceinline__ void wg_wait0() {
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #endif
 }
+// Waits until at most one committed group is still running (groups finish in order).
+__device__ __forceinline__ void wg_wait1() {
+#if WG_ON
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+#endif
+}
 // Shared memory written through the generic proxy (cp.async, st.shared) made visible to the
 // async proxy wgmma reads through: each writing thread, after its writes, before the barrier.
 __device__ __forceinline__ void fence_proxy_async() {
@@ -309,10 +316,10 @@ __device__ __forceinline__ void wg_pm(float (*o)[4], unsigned (*pa)[4], const bf
 // Rows [r0, r0+R) of a (…, rows, heads, D) tensor → shared memory as core matrices; rows at or
 // past rend are zeros. A warp writes 4 whole core matrices (512 contiguous bytes) a pass; its
 // reads are 8 rows × 64 bytes.
-template <int R, int D>
+template <int R, int D, int NT = TC_THREADS>
 __device__ __forceinline__ void load_rows_cm(bf16_t* dst, const bf16_t* src, long long base, int stride, int r0, int rend) {
     constexpr int CH = D / 8;
-    for (int c = threadIdx.x; c < R * CH; c += TC_THREADS) {
+    for (int c = threadIdx.x; c < R * CH; c += NT) {
         int core = c >> 3, rin = c & 7, rg = core / CH, cg = core - rg * CH, r = r0 + rg * 8 + rin;
         bool ok = r < rend;
         const bf16_t* g = src + (ok ? (base + r) * (long long)stride : 0) + cg * 8;

@@ -49,3 +49,211 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) attn_wg_probe(const bf1
             out[4096 + r * 64 + c] = c1[nt][e];
         }
 }
+
+// ---- The forward with its two products overlapped (FlashAttention-3's intra-warpgroup
+// pipeline), head dim 64, 64-key tiles.
+//
+// NW warpgroups a block (128·NW threads; warpgroup w owns query rows i0 + 64w …, 16 a warp)
+// share the streamed K and V tiles, so a tile read from L2 feeds 64·NW rows. Per key tile t a
+// warpgroup issues S(t+1) = Q·K(t+1)ᵀ and O' = P(t)·V(t) back to back, computes the softmax of
+// S(t+1) while the tensor cores work on P(t)·V(t), then folds O' in: o = o·c(t) + O', c(t) the
+// rescale its own softmax found. Each product writes a fresh accumulator (scale-d 0 on its first
+// k step), so between a product's issue and its wait no other instruction touches the registers
+// it writes or reads; wg_keep pins them on both sides, as CUTLASS's warpgroup_fence_operand does.
+//
+// K runs one tile ahead of V: at the top of iteration t, K(t+1) and V(t) are in shared memory,
+// and K(t+2) and V(t+1) load into the buffers K(t) and V(t−1) left (both waited for before the
+// barrier that opens iteration t).
+//
+// Rounding: as attn_wg_fwd_d64 except that O' is summed apart and added to the rescaled o (one
+// f32 addition per element and tile), so within ATTN_TC of the mma.sync kernels, not their bits.
+// Shared memory: Q [64·NW][D+8] (padded rows for ldmatrix), K 2 × [BN][D] and V 2 × [BN][D] in
+// core matrices: (64·NW·(D+8) + 4·BN·D) bf16, the launcher's formula for a wgmma kernel.
+
+// The online softmax of one 64-key tile of this lane's two rows (tc_fwd's, MT = 1): masks, new
+// maxima, P = exp2(S·scale·log2e − m) in place, the row sums; c0, c1: what o must be scaled by.
+template <int BN>
+__device__ __forceinline__ void wgp_softmax(float (*sc)[4], float* m, float* l, const int* pos, const int* lo, int j0,
+                                            bool full, float sl2, int tq4, float& c0, float& c1) {
+    float mx0 = -SM_INF, mx1 = -SM_INF;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float x = sc[nt][e] * sl2;
+            if (!full) {
+                int j = j0 + nt * 8 + 2 * tq4 + (e & 1), hf = e >> 1;
+                if (!(j >= lo[hf] && j <= pos[hf])) x = -SM_INF;
+            }
+            sc[nt][e] = x;
+        }
+        mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]));
+    }
+    float mn0 = fmaxf(m[0], quad_max(mx0)), mn1 = fmaxf(m[1], quad_max(mx1));
+    float base0 = mn0 == -SM_INF ? 0.f : mn0, base1 = mn1 == -SM_INF ? 0.f : mn1;
+    c0 = exp2f(m[0] - base0);
+    c1 = exp2f(m[1] - base1);
+    m[0] = mn0;
+    m[1] = mn1;
+    float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+        sc[nt][0] = exp2f(sc[nt][0] - base0);
+        sc[nt][1] = exp2f(sc[nt][1] - base0);
+        sc[nt][2] = exp2f(sc[nt][2] - base1);
+        sc[nt][3] = exp2f(sc[nt][3] - base1);
+        rs0 += sc[nt][0] + sc[nt][1];
+        rs1 += sc[nt][2] + sc[nt][3];
+    }
+    l[0] = l[0] * c0 + rs0;  // this lane's share of the row sum; the quad adds them at the end
+    l[1] = l[1] * c1 + rs1;
+}
+
+// o = o·c + O' (rows gq: c0, gq+8: c1).
+template <int D>
+__device__ __forceinline__ void wgp_fold(float (*o)[4], const float (*pv)[4], float c0, float c1) {
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) {
+        o[nt][0] = o[nt][0] * c0 + pv[nt][0];
+        o[nt][1] = o[nt][1] * c0 + pv[nt][1];
+        o[nt][2] = o[nt][2] * c1 + pv[nt][2];
+        o[nt][3] = o[nt][3] * c1 + pv[nt][3];
+    }
+}
+
+template <int NW>
+__device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
+                        int H, int KVH, int window, float scale, const unsigned int* starts, int pc) {
+    constexpr int D = 64, BN = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D;
+    extern __shared__ __align__(1024) unsigned char tc_sm[];
+    bf16_t* Qs = (bf16_t*)tc_sm;
+    bf16_t* Ks = Qs + ROWS * LD;  // 2 tiles of K (TS elements each), then 2 of V
+    bf16_t* Vs = Ks + 2 * TS;
+    TcTile tt = tc_tile(pc);
+    int b = tt.z, h = tt.y, g = h / (H / KVH);
+    int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
+    int off = tk - tq;
+    int i0 = (gridDim.x - 1 - tt.rank) * ROWS;  // the longest (last) query tiles first
+    int ilast = min(tq - 1, i0 + ROWS - 1);
+    long long srow0 = (long long)b * tq;
+    int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
+    int ntiles = (bhi - blo + BN - 1) / BN;
+    int iw = i0 + 64 * wg, wlast = min(tq - 1, iw + 63);  // this warpgroup's rows (maybe all past the end)
+    const bf16_t* qh = q + (long long)h * D;
+    const bf16_t* kh = k + (long long)g * D;
+    const bf16_t* vh = v + (long long)g * D;
+    long long qbase = (long long)b * tq, kbase = (long long)b * s;
+    auto load_k = [&](int t) { load_rows_cm<BN, D, NT>(Ks + (t & 1) * TS, kh, kbase, KVH * D, blo + t * BN, bhi); };
+    auto load_v = [&](int t) { load_rows_cm<BN, D, NT>(Vs + (t & 1) * TS, vh, kbase, KVH * D, blo + t * BN, bhi); };
+    // Every key of the tile at j0 visible to every row of this warpgroup: no masks.
+    auto full = [&](int j0) {
+        return j0 + BN - 1 <= off + iw && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + iw + 63, window)) &&
+               (!starts || j0 >= (int)starts[srow0 + wlast]);
+    };
+    load_rows<ROWS, D, NT>(Qs, qh, qbase, H * D, i0, tq);
+    load_k(0);
+    load_v(0);
+    if (ntiles > 1) load_k(1);
+    cp_commit();
+    tile_ready<true>();
+    unsigned qf[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) load_a<LD>(qf[ks], Qs, 64 * wg + warp * 16, ks * 16, lane);
+    float o[D / 8][4], pv[D / 8][4], sc[BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[nt][e] = pv[nt][e] = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) sc[nt][e] = 0.f;
+    float m[2], l[2];
+    int pos[2], lo[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        m[hf] = -SM_INF;
+        l[hf] = 0.f;
+        pos[hf] = off + iw + warp * 16 + gq + 8 * hf;
+        lo[hf] = tc_row_lo(pos[hf], window, starts, srow0 + min(pos[hf] - off, tq - 1));
+    }
+    const float sl2 = scale * LOG2E;
+    // S(0) and its softmax.
+    wg_keep(sc, BN / 8);
+    wg_fence();
+    wg_abt<D, BN>(sc, qf, Ks);
+    wg_commit();
+    wg_wait0();
+    wg_keep(sc, BN / 8);
+    float c0, c1;
+    wgp_softmax<BN>(sc, m, l, pos, lo, blo, full(blo), sl2, tq4, c0, c1);
+    // Every tile but the last: S(t+1) and P(t)·V(t) in flight together. (The last tile is
+    // peeled off below: issuing S under a condition made ptxas serialize every wgmma, C7514.)
+    for (int t = 0; t + 1 < ntiles; t++) {
+        // K(t+1) and V(t) are in; every warpgroup is done with K(t) (S(t) waited for) and
+        // V(t−1) (P(t−1)·V(t−1) waited for), whose buffers take K(t+2) and V(t+1).
+        tile_ready<true>();
+        if (t + 2 < ntiles) load_k(t + 2);
+        load_v(t + 1);
+        cp_commit();
+        unsigned pa[BN / 16][4];
+        wg_pack<BN>(sc, pa);
+        wg_keep_a(pa, BN / 16);
+        wg_keep(sc, BN / 8);
+        wg_keep(pv, D / 8);
+        wg_fence();
+        wg_abt<D, BN>(sc, qf, Ks + ((t + 1) & 1) * TS);
+        wg_commit();
+        wg_pm<D, BN>(pv, pa, Vs + (t & 1) * TS, true);
+        wg_commit();
+        wg_wait1();  // S(t+1) is done; P(t)·V(t) may still run
+        wg_keep(sc, BN / 8);
+        float n0, n1;
+        int j1 = blo + (t + 1) * BN;
+        wgp_softmax<BN>(sc, m, l, pos, lo, j1, full(j1), sl2, tq4, n0, n1);
+        wg_wait0();
+        wg_keep(pv, D / 8);
+        wg_keep_a(pa, BN / 16);
+        wgp_fold<D>(o, pv, c0, c1);
+        c0 = n0;
+        c1 = n1;
+    }
+    {  // the last tile: P·V alone
+        tile_ready<true>();
+        int t = ntiles - 1;
+        unsigned pa[BN / 16][4];
+        wg_pack<BN>(sc, pa);
+        wg_keep_a(pa, BN / 16);
+        wg_keep(pv, D / 8);
+        wg_fence();
+        wg_pm<D, BN>(pv, pa, Vs + (t & 1) * TS, true);
+        wg_commit();
+        wg_wait0();
+        wg_keep(pv, D / 8);
+        wg_keep_a(pa, BN / 16);
+        wgp_fold<D>(o, pv, c0, c1);
+    }
+    float l0 = quad_sum(l[0]), l1 = quad_sum(l[1]);
+    float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    int r0 = iw + warp * 16 + gq;
+    store_rows<D>(out + (long long)h * D, o, qbase, H * D, r0, tq, inv0, inv1, lane);
+    if (tq4 == 0) {
+        const float ln2 = 0.6931471805599453f;
+        float* lh = lse + ((long long)b * H + h) * tq;
+        if (r0 < tq) lh[r0] = (m[0] + log2f(l0)) * ln2;
+        if (r0 + 8 < tq) lh[r0 + 8] = (m[1] + log2f(l1)) * ln2;
+    }
+}
+// MB: at least MB blocks resident an SM (registers capped at 65536 / (128·NW·MB)).
+#define WGP_FWD(NAME, NW, MB)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v, \
+                                                                    bf16_t* out, float* lse, int tq, int tk, int s,    \
+                                                                    int H, int KVH, int window, float scale,           \
+                                                                    const unsigned int* starts, int pc) {              \
+        wgp_fwd<NW>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                                 \
+    }
+WGP_FWD(attn_wgp_fwd_d64, 2, 1)
+WGP_FWD(attn_wgp3_fwd_d64, 3, 1)
+WGP_FWD(attn_wgp1_fwd_d64, 1, 1)
+WGP_FWD(attn_wgp1b3_fwd_d64, 1, 3)

@@ -44,6 +44,8 @@ pub(crate) struct TcKernel {
     /// A Hopper `wgmma` kernel (attention_wg.cu, module WG_MODULE): compute capability 9.0
     /// only; its streamed tiles are stored without padding (core matrices).
     pub wg: bool,
+    /// Threads a block: 128, or 128 per warpgroup of a pipelined wgmma kernel (`WG_D64_FWD`).
+    pub threads: u32,
 }
 
 /// Which forms of the tensor-core kernels run (every choice gives the same bits; the
@@ -65,7 +67,25 @@ pub(crate) struct TcForms {
     /// On Hopper at head dim 64, the `wgmma` forms of attention_wg.cu (`SMELT_CUDA_ATTN_WG=1`;
     /// experimental, off by default until the GPU parity tests pass).
     pub wgmma: bool,
+    /// On Hopper at head dim 64, one of `WG_D64_FWD` as the forward (`SMELT_CUDA_ATTN_FWD` = its
+    /// name; ignored with a warning elsewhere). Experimental, as `wgmma`.
+    pub wg_fwd: Option<&'static WgVariant>,
 }
+
+/// A pipelined `wgmma` forward of attention_wg.cu (module WG_MODULE): its name, rows a block
+/// (64 a warpgroup) and threads a block.
+#[derive(Debug)]
+pub(crate) struct WgVariant {
+    pub name: &'static str,
+    pub rows: usize,
+    pub threads: u32,
+}
+pub(crate) const WG_D64_FWD: &[WgVariant] = &[
+    WgVariant { name: "attn_wgp_fwd_d64", rows: 128, threads: 256 },
+    WgVariant { name: "attn_wgp3_fwd_d64", rows: 192, threads: 384 },
+    WgVariant { name: "attn_wgp1_fwd_d64", rows: 64, threads: 128 },
+    WgVariant { name: "attn_wgp1b3_fwd_d64", rows: 64, threads: 128 },
+];
 
 /// A kernel of attention_tc.cu's other instantiations at head dim 64: its name, rows a block
 /// and streamed tile width. Every one gives the bits of the default for its pass (the test
@@ -100,7 +120,7 @@ pub(crate) const TC_D64_DKDV: &[TcVariant] = &[
 /// compute capability 9.0) at head dim 64 with `f.wgmma`, the `wgmma` forms of attention_wg.cu.
 pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
     let pc = f.pc.map_or(i32::MAX, |p| p.clamp(1, i32::MAX as usize) as i32);
-    let k = |name: String, rows: usize, tile: usize| TcKernel { name, rows, tile, pc, wg: false };
+    let k = |name: String, rows: usize, tile: usize| TcKernel { name, rows, tile, pc, wg: false, threads: 128 };
     if hopper && d == 64 && f.wgmma {
         let w = |name: &str| TcKernel { wg: true, ..k(name.into(), TC_ROWS, 64) };
         return [w("attn_wg_fwd_d64"), w("attn_wg_dq_d64"), w("attn_wg_dkdv_d64")];
@@ -119,7 +139,11 @@ pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         (64, Some(v)) => k(v.name.into(), v.rows, v.tile),
         _ => dflt,
     };
-    [pick(f.fwd, fwd), pick(f.dq, dq), pick(f.dkdv, dkdv)]
+    let fwd = match (d, f.wg_fwd) {
+        (64, Some(w)) if hopper => TcKernel { wg: true, threads: w.threads, ..k(w.name.into(), w.rows, 64) },
+        _ => pick(f.fwd, fwd),
+    };
+    [fwd, pick(f.dq, dq), pick(f.dkdv, dkdv)]
 }
 
 /// `tc_kernels` as the environment picks them, for the GPU `t` lives on.
@@ -140,13 +164,21 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
             one_tile_fwd: var("SMELT_CUDA_ATTN_MT").is_some_and(|v| v == "1"),
             dkdv_smem: var("SMELT_CUDA_ATTN_DKDV").is_some_and(|v| v == "smem"),
             pc: var("SMELT_CUDA_ATTN_PC").and_then(|v| v.parse().ok()),
-            fwd: named("SMELT_CUDA_ATTN_FWD", TC_D64_FWD),
+            fwd: var("SMELT_CUDA_ATTN_FWD")
+                .filter(|v| !WG_D64_FWD.iter().any(|w| w.name == v))
+                .and_then(|_| named("SMELT_CUDA_ATTN_FWD", TC_D64_FWD)),
             dq: named("SMELT_CUDA_ATTN_DQ", TC_D64_DQ),
             dkdv: named("SMELT_CUDA_ATTN_DKDV", TC_D64_DKDV),
             wgmma: var("SMELT_CUDA_ATTN_WG").is_some_and(|v| v == "1"),
+            wg_fwd: var("SMELT_CUDA_ATTN_FWD").and_then(|v| WG_D64_FWD.iter().find(|w| w.name == v)),
         }
     });
-    tc_kernels(d, forms, t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0)))
+    let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
+    if let (Some(w), false) = (forms.wg_fwd, hopper) {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| eprintln!("warning: SMELT_CUDA_ATTN_FWD={} needs a Hopper GPU (compute capability 9.0): the default forward runs", w.name));
+    }
+    tc_kernels(d, forms, hopper)
 }
 
 /// Which kernels run on `gpu`: the tensor-core ones for bf16 at head dim 64 or 128 on compute
@@ -170,10 +202,10 @@ fn tc_function(gpu: &cuda::Gpu, name: &str, smem: usize, wg: bool) -> Result<cud
     Ok(f)
 }
 
-fn tc_cfg(grid: (usize, usize, usize), smem: usize) -> LaunchConfig {
+fn tc_cfg(grid: (usize, usize, usize), smem: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (grid.0.max(1) as u32, grid.1 as u32, grid.2 as u32),
-        block_dim: (128, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: smem as u32,
     }
 }
@@ -273,7 +305,7 @@ pub(crate) fn attention_with(
     let lse = DeviceBuf::alloc(gpu, DType::F32, dm.b * dm.h * dm.tq)?;
     let d = dm.d;
     if uses_tensor_cores(gpu, dt, d) {
-        let TcKernel { name, rows, tile: bn, pc, wg } = fwd;
+        let TcKernel { name, rows, tile: bn, pc, wg, threads } = fwd;
         let tw = if *wg { d } else { d + 8 }; // a streamed tile's row: core matrices, or padded
         let smem = (rows * (d + 8) + 4 * bn * tw) * 2;
         let f = tc_function(gpu, name, smem, *wg)?;
@@ -290,7 +322,7 @@ pub(crate) fn attention_with(
             None => b.arg(&null),
         };
         b.arg(pc);
-        cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem)) }, name)?;
+        cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem, *threads)) }, name)?;
         return Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?));
     }
     if packed.is_some() {
@@ -371,7 +403,7 @@ pub(crate) fn attention_backward_with(
         let null = 0u64;
         let dq = DeviceBuf::alloc(gpu, dt, q.numel())?;
         {
-            let TcKernel { name, rows, tile, pc, wg } = kdq;
+            let TcKernel { name, rows, tile, pc, wg, threads } = kdq;
             let tw = if *wg { d } else { d + 8 };
             let smem = (3 * rows * (d + 8) + 4 * tile * tw) * 2 + rows * 4;
             let f = tc_function(gpu, name, smem, *wg)?;
@@ -387,12 +419,12 @@ pub(crate) fn attention_backward_with(
                 None => b.arg(&null),
             };
             b.arg(pc);
-            cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem)) }, name)?;
+            cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem, *threads)) }, name)?;
         }
         let dk = DeviceBuf::alloc(gpu, dt, k.numel())?;
         let dv = DeviceBuf::alloc(gpu, dt, v.numel())?;
         {
-            let TcKernel { name, rows, tile, pc, wg } = kdkdv;
+            let TcKernel { name, rows, tile, pc, wg, threads } = kdkdv;
             let tw = if *wg { d } else { d + 8 };
             let smem = (2 * rows * (d + 8) + 4 * tile * tw) * 2 + 4 * tile * 4;
             let f = tc_function(gpu, name, smem, *wg)?;
@@ -414,7 +446,7 @@ pub(crate) fn attention_backward_with(
                 None => b.arg(&null).arg(&null),
             };
             b.arg(pc);
-            cuda::launched(unsafe { b.launch(tc_cfg((dm.s.div_ceil(*rows), dm.kvh, dm.b), smem)) }, name)?;
+            cuda::launched(unsafe { b.launch(tc_cfg((dm.s.div_ceil(*rows), dm.kvh, dm.b), smem, *threads)) }, name)?;
         }
         return Ok((
             Tensor::from_device_buf(dq, q.shape())?,
