@@ -641,7 +641,7 @@ fn parity_bf16_attention_two_tiles_a_warp() {
 /// elsewhere, saying so).
 #[test]
 fn parity_wgmma_attention_layouts_and_kernels() {
-    use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels, TcForms, WG_D64_FWD, WG_MODULE, WG_SRC};
+    use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels, TcForms, WG_D64_DKDV, WG_D64_FWD, WG_MODULE, WG_SRC};
     let Some(d) = dev() else { return };
     let gpu = cuda::gpu(0).unwrap();
     if gpu.arch != (9, 0) {
@@ -703,8 +703,8 @@ fn parity_wgmma_attention_layouts_and_kernels() {
             close(&format!("{label}: {what} wgmma vs mma.sync"), &wg[i], &mma[i], ATTN_TC);
         }
     }
-    // The pipelined forwards (WG_D64_FWD: two warpgroups a block sharing the K/V tiles, and
-    // one), against the mma.sync forward: many key tiles, rows past the end of the last block
+    // The pipelined forwards and dk/dv (WG_D64_FWD, WG_D64_DKDV: one to three warpgroups a
+    // block sharing the streamed tiles) against the mma.sync kernels: many tiles, rows past the end of the last block
     // (a whole warpgroup of them at T 130 and 1030), windows, GQA, a cache offset.
     for (b, tq, tk, s, h, kvh, window) in [
         (2, 130, 130, 130, 4, 2, None),
@@ -726,6 +726,16 @@ fn parity_wgmma_attention_layouts_and_kernels() {
             let (o, l) = attention_with(&q, &k, &v, dm, 0.125, &fwd, None).unwrap();
             close(&format!("{label}: out {} vs mma.sync", w.name), &host(&o), &host(&om), ATTN_TC);
             close(&format!("{label}: lse {} vs mma.sync", w.name), &host(&l), &host(&lm), ATTN_TC);
+        }
+        let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
+        let [_, dq, dkdv] = tc_kernels(64, TcForms::default(), true);
+        let (_, gkm, gvm) = attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
+        for w in WG_D64_DKDV {
+            let [_, dq, dkdv] = tc_kernels(64, TcForms { wg_dkdv: Some(w), ..Default::default() }, true);
+            assert_eq!(dkdv.name, w.name);
+            let (_, gk, gv) = attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
+            close(&format!("{label}: dk {} vs mma.sync", w.name), &host(&gk), &host(&gkm), ATTN_TC);
+            close(&format!("{label}: dv {} vs mma.sync", w.name), &host(&gv), &host(&gvm), ATTN_TC);
         }
     }
 }

@@ -257,3 +257,179 @@ WGP_FWD(attn_wgp_fwd_d64, 2, 1)
 WGP_FWD(attn_wgp3_fwd_d64, 3, 1)
 WGP_FWD(attn_wgp1_fwd_d64, 1, 1)
 WGP_FWD(attn_wgp1b3_fwd_d64, 1, 3)
+
+// ---- dk/dv with its products overlapped, head dim 64, 64-query tiles.
+//
+// NW warpgroups a block (warpgroup w owns keys j0 + 64w …, 16 a warp, their K and V fragments in
+// registers) share the streamed Q, dO, lse and delta tiles. Tile t = (query head, query tile), as
+// tc_dkdv orders them. Per tile a warpgroup issues Sᵀ(t+1) = K·Q(t+1)ᵀ and dPᵀ(t+1) = V·dO(t+1)ᵀ
+// (fresh accumulators), then dV += Pᵀ(t)·dO(t) and dK += dSᵀ(t)·Q(t) (accumulated in place:
+// nothing else touches dV and dK until the end), computes Pᵀ(t+1) and dSᵀ(t+1) while the second
+// pair runs, and waits. Tiles t and t+1 are both read during iteration t, so the streamed tiles
+// have three buffers: tile t+2 loads into the one tile t−1 left.
+//
+// Rounding: Pᵀ and dSᵀ as tc_dkdv's; the tensor cores sum each k16 step in their own order, so
+// within ATTN_TC of the mma.sync kernels. Shared memory: K and V [64·NW][D+8] (ldmatrix), then
+// Q and dO 3 × [BQ][D] in core matrices, lse and delta 3 × BQ f32:
+// (2·64·NW·(D+8) + 6·BQ·D)·2 + 6·BQ·4 bytes, the launcher's formula with three buffers.
+template <int NW>
+__device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
+                         const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
+                         float scale, const unsigned int* starts, const unsigned int* ends, int pc) {
+    constexpr int D = 64, BQ = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BQ * D;
+    extern __shared__ __align__(1024) unsigned char tc_sm[];
+    bf16_t* Ks = (bf16_t*)tc_sm;
+    bf16_t* Vs = Ks + ROWS * LD;
+    bf16_t* Qs = Vs + ROWS * LD;        // 3 buffers (TS elements each)
+    bf16_t* Os = Qs + 3 * TS;           // 3 buffers
+    float* Ls = (float*)(Os + 3 * TS);  // 3 × BQ: lse
+    float* Ds = Ls + 3 * BQ;            // 3 × BQ: delta
+    TcTile tt = tc_tile(pc);
+    int b = tt.z, g = tt.y, grp = H / KVH;
+    int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
+    int off = tk - tq;
+    int j0 = tt.rank * ROWS, jw = j0 + 64 * wg;  // the block's keys, this warpgroup's
+    long long kbase = (long long)b * s, qbase = (long long)b * tq;
+    float ak[D / 8][4], av[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) ak[nt][e] = av[nt][e] = 0.f;
+    int jr = jw + warp * 16 + gq;  // this lane's key rows: jr, jr + 8
+    if (j0 < tk) {
+        int jlast = min(tk - 1, j0 + ROWS - 1);
+        int qlo = max(0, j0 - off);
+        int qhi = window > 0 ? min(tq, jlast + window - off) : tq;
+        if (ends) qhi = min(qhi, (int)ends[qbase + jlast]);  // packed: no query after the key's example
+        int nq = qhi > qlo ? (qhi - qlo + BQ - 1) / BQ : 0;
+        int ntiles = grp * nq;
+        load_rows<ROWS, D, NT>(Ks, k + (long long)g * D, kbase, KVH * D, j0, tk);
+        load_rows<ROWS, D, NT>(Vs, v + (long long)g * D, kbase, KVH * D, j0, tk);
+        // Tile t: query head g·grp + t / nq, queries qlo + (t % nq)·BQ …, buffer t % 3.
+        auto issue = [&](int t) {
+            int nb = t % 3, h = g * grp + t / nq, i0 = qlo + (t % nq) * BQ;
+            load_rows_cm<BQ, D, NT>(Qs + nb * TS, q + (long long)h * D, qbase, H * D, i0, qhi);
+            load_rows_cm<BQ, D, NT>(Os + nb * TS, dout + (long long)h * D, qbase, H * D, i0, qhi);
+            if (threadIdx.x < BQ) {
+                int i = i0 + threadIdx.x;
+                long long at = ((long long)b * H + h) * tq + i;
+                cp_async4(Ls + nb * BQ + threadIdx.x, lse + (i < qhi ? at : 0), i < qhi);
+                cp_async4(Ds + nb * BQ + threadIdx.x, delta + (i < qhi ? at : 0), i < qhi);
+            }
+        };
+        if (ntiles > 0) issue(0);
+        if (ntiles > 1) issue(1);
+        cp_commit();
+        tile_ready<true>();
+        if (ntiles > 0) {
+            unsigned kf[KS][4], vf[KS][4];
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                load_a<LD>(kf[ks], Ks + (64 * wg + warp * 16) * LD, 0, ks * 16, lane);
+                load_a<LD>(vf[ks], Vs + (64 * wg + warp * 16) * LD, 0, ks * 16, lane);
+            }
+            float sc[BQ / 8][4], dp[BQ / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) sc[nt][e] = dp[nt][e] = 0.f;
+            const float sl2 = scale * LOG2E;
+            // Sᵀ(t), dPᵀ(t) → Pᵀ(t), dSᵀ(t)/scale in place (tc_dkdv's masks and arithmetic).
+            auto grads = [&](int t) {
+                int nb = t % 3, i0 = qlo + (t % nq) * BQ;
+                const float* Lt = Ls + nb * BQ;
+                const float* Dt = Ds + nb * BQ;
+                bool full = i0 + BQ <= qhi && jw + 63 <= off + i0 && jw + 64 <= tk &&
+                            (window == 0 || jw >= tc_key_lo(off + i0 + BQ - 1, window)) &&
+                            (!starts || jw >= (int)starts[qbase + i0 + BQ - 1]);
+#pragma unroll
+                for (int nt = 0; nt < BQ / 8; nt++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int c = nt * 8 + 2 * tq4 + (e & 1);  // query column in the tile
+                        bool vis = true;
+                        if (!full) {
+                            int i = i0 + c, pos = off + i, j = jr + (e < 2 ? 0 : 8);
+                            vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window) && (!starts || j >= (int)starts[qbase + i]);
+                        }
+                        float p = vis ? exp2f(sc[nt][e] * sl2 - __fmul_rn(Lt[c], LOG2E)) : 0.f;
+                        sc[nt][e] = p;                         // Pᵀ
+                        dp[nt][e] = p * (dp[nt][e] - Dt[c]);  // dSᵀ / scale
+                    }
+                }
+            };
+            wg_keep(sc, BQ / 8);
+            wg_keep(dp, BQ / 8);
+            wg_fence();
+            wg_abt<D, BQ>(sc, kf, Qs);
+            wg_abt<D, BQ>(dp, vf, Os);
+            wg_commit();
+            wg_wait0();
+            wg_keep(sc, BQ / 8);
+            wg_keep(dp, BQ / 8);
+            grads(0);
+            // Every tile but the last (peeled below, so that no wgmma is issued under a condition).
+            for (int t = 0; t + 1 < ntiles; t++) {
+                // Tile t+1 is in; every warpgroup is done with tile t−1, whose buffer takes t+2.
+                tile_ready<true>();
+                if (t + 2 < ntiles) issue(t + 2);
+                cp_commit();
+                unsigned pa[BQ / 16][4], sa[BQ / 16][4];
+                wg_pack<BQ>(sc, pa);
+                wg_pack<BQ>(dp, sa);
+                wg_keep_a(pa, BQ / 16);
+                wg_keep_a(sa, BQ / 16);
+                wg_keep(sc, BQ / 8);
+                wg_keep(dp, BQ / 8);
+                wg_fence();
+                int n0 = (t % 3) * TS, n1 = ((t + 1) % 3) * TS;
+                wg_abt<D, BQ>(sc, kf, Qs + n1);
+                wg_abt<D, BQ>(dp, vf, Os + n1);
+                wg_commit();
+                wg_pm<D, BQ>(av, pa, Os + n0);
+                wg_pm<D, BQ>(ak, sa, Qs + n0);
+                wg_commit();
+                wg_wait1();  // Sᵀ(t+1) and dPᵀ(t+1) are done; dV and dK may still run
+                wg_keep(sc, BQ / 8);
+                wg_keep(dp, BQ / 8);
+                grads(t + 1);
+                wg_wait0();
+                wg_keep(av, D / 8);
+                wg_keep(ak, D / 8);
+                wg_keep_a(pa, BQ / 16);
+                wg_keep_a(sa, BQ / 16);
+            }
+            {
+                int n0 = ((ntiles - 1) % 3) * TS;
+                unsigned pa[BQ / 16][4], sa[BQ / 16][4];
+                wg_pack<BQ>(sc, pa);
+                wg_pack<BQ>(dp, sa);
+                wg_keep_a(pa, BQ / 16);
+                wg_keep_a(sa, BQ / 16);
+                wg_fence();
+                wg_pm<D, BQ>(av, pa, Os + n0);
+                wg_pm<D, BQ>(ak, sa, Qs + n0);
+                wg_commit();
+                wg_wait0();
+                wg_keep(av, D / 8);
+                wg_keep(ak, D / 8);
+                wg_keep_a(pa, BQ / 16);
+                wg_keep_a(sa, BQ / 16);
+            }
+        }
+    }
+    int kvs = KVH * D;
+    // Rows past tk (cache rows, or the block entirely past tk) store zeros: the accumulators
+    // are zero there (every Pᵀ entry of such a key is masked), and rows ≥ s are skipped.
+    store_rows<D>(dk + (long long)g * D, ak, kbase, kvs, jr, s, scale, scale, lane);
+    store_rows<D>(dv + (long long)g * D, av, kbase, kvs, jr, s, 1.f, 1.f, lane);
+}
+#define WGP_DKDV(NAME, NW, MB)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(                                                    \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,   \
+        bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                        \
+        const unsigned int* starts, const unsigned int* ends, int pc) {                                                \
+        wgp_dkdv<NW>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, pc);          \
+    }
+WGP_DKDV(attn_wgp_dkdv_d64, 2, 1)
+WGP_DKDV(attn_wgp1_dkdv_d64, 1, 1)

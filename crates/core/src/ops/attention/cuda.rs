@@ -46,6 +46,9 @@ pub(crate) struct TcKernel {
     pub wg: bool,
     /// Threads a block: 128, or 128 per warpgroup of a pipelined wgmma kernel (`WG_D64_FWD`).
     pub threads: u32,
+    /// Buffers of the streamed tiles: 2, or 3 for the pipelined dk/dv (`WG_D64_DKDV`), which
+    /// reads two tiles at once while the third loads.
+    pub bufs: usize,
 }
 
 /// Which forms of the tensor-core kernels run (every choice gives the same bits; the
@@ -70,6 +73,8 @@ pub(crate) struct TcForms {
     /// On Hopper at head dim 64, one of `WG_D64_FWD` as the forward (`SMELT_CUDA_ATTN_FWD` = its
     /// name; ignored with a warning elsewhere). Experimental, as `wgmma`.
     pub wg_fwd: Option<&'static WgVariant>,
+    /// The same for dk/dv: one of `WG_D64_DKDV` (`SMELT_CUDA_ATTN_DKDV` = its name).
+    pub wg_dkdv: Option<&'static WgVariant>,
 }
 
 /// A pipelined `wgmma` forward of attention_wg.cu (module WG_MODULE): its name, rows a block
@@ -85,6 +90,11 @@ pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     WgVariant { name: "attn_wgp3_fwd_d64", rows: 192, threads: 384 },
     WgVariant { name: "attn_wgp1_fwd_d64", rows: 64, threads: 128 },
     WgVariant { name: "attn_wgp1b3_fwd_d64", rows: 64, threads: 128 },
+];
+/// The pipelined `wgmma` dk/dv kernels (three buffers of streamed tiles).
+pub(crate) const WG_D64_DKDV: &[WgVariant] = &[
+    WgVariant { name: "attn_wgp_dkdv_d64", rows: 128, threads: 256 },
+    WgVariant { name: "attn_wgp1_dkdv_d64", rows: 64, threads: 128 },
 ];
 
 /// A kernel of attention_tc.cu's other instantiations at head dim 64: its name, rows a block
@@ -120,7 +130,7 @@ pub(crate) const TC_D64_DKDV: &[TcVariant] = &[
 /// compute capability 9.0) at head dim 64 with `f.wgmma`, the `wgmma` forms of attention_wg.cu.
 pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
     let pc = f.pc.map_or(i32::MAX, |p| p.clamp(1, i32::MAX as usize) as i32);
-    let k = |name: String, rows: usize, tile: usize| TcKernel { name, rows, tile, pc, wg: false, threads: 128 };
+    let k = |name: String, rows: usize, tile: usize| TcKernel { name, rows, tile, pc, wg: false, threads: 128, bufs: 2 };
     if hopper && d == 64 && f.wgmma {
         let w = |name: &str| TcKernel { wg: true, ..k(name.into(), TC_ROWS, 64) };
         return [w("attn_wg_fwd_d64"), w("attn_wg_dq_d64"), w("attn_wg_dkdv_d64")];
@@ -143,7 +153,11 @@ pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         (64, Some(w)) if hopper => TcKernel { wg: true, threads: w.threads, ..k(w.name.into(), w.rows, 64) },
         _ => pick(f.fwd, fwd),
     };
-    [fwd, pick(f.dq, dq), pick(f.dkdv, dkdv)]
+    let dkdv = match (d, f.wg_dkdv) {
+        (64, Some(w)) if hopper => TcKernel { wg: true, threads: w.threads, bufs: 3, ..k(w.name.into(), w.rows, 64) },
+        _ => pick(f.dkdv, dkdv),
+    };
+    [fwd, pick(f.dq, dq), dkdv]
 }
 
 /// `tc_kernels` as the environment picks them, for the GPU `t` lives on.
@@ -168,15 +182,20 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
                 .filter(|v| !WG_D64_FWD.iter().any(|w| w.name == v))
                 .and_then(|_| named("SMELT_CUDA_ATTN_FWD", TC_D64_FWD)),
             dq: named("SMELT_CUDA_ATTN_DQ", TC_D64_DQ),
-            dkdv: named("SMELT_CUDA_ATTN_DKDV", TC_D64_DKDV),
+            dkdv: var("SMELT_CUDA_ATTN_DKDV")
+                .filter(|v| !WG_D64_DKDV.iter().any(|w| w.name == v))
+                .and_then(|_| named("SMELT_CUDA_ATTN_DKDV", TC_D64_DKDV)),
             wgmma: var("SMELT_CUDA_ATTN_WG").is_some_and(|v| v == "1"),
             wg_fwd: var("SMELT_CUDA_ATTN_FWD").and_then(|v| WG_D64_FWD.iter().find(|w| w.name == v)),
+            wg_dkdv: var("SMELT_CUDA_ATTN_DKDV").and_then(|v| WG_D64_DKDV.iter().find(|w| w.name == v)),
         }
     });
     let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
-    if let (Some(w), false) = (forms.wg_fwd, hopper) {
+    if !hopper && (forms.wg_fwd.is_some() || forms.wg_dkdv.is_some()) {
         static WARNED: std::sync::Once = std::sync::Once::new();
-        WARNED.call_once(|| eprintln!("warning: SMELT_CUDA_ATTN_FWD={} needs a Hopper GPU (compute capability 9.0): the default forward runs", w.name));
+        WARNED.call_once(|| {
+            eprintln!("warning: the wgmma attention kernels named by SMELT_CUDA_ATTN_FWD / SMELT_CUDA_ATTN_DKDV need a Hopper GPU (compute capability 9.0): the default ones run")
+        });
     }
     tc_kernels(d, forms, hopper)
 }
@@ -305,7 +324,7 @@ pub(crate) fn attention_with(
     let lse = DeviceBuf::alloc(gpu, DType::F32, dm.b * dm.h * dm.tq)?;
     let d = dm.d;
     if uses_tensor_cores(gpu, dt, d) {
-        let TcKernel { name, rows, tile: bn, pc, wg, threads } = fwd;
+        let TcKernel { name, rows, tile: bn, pc, wg, threads, .. } = fwd;
         let tw = if *wg { d } else { d + 8 }; // a streamed tile's row: core matrices, or padded
         let smem = (rows * (d + 8) + 4 * bn * tw) * 2;
         let f = tc_function(gpu, name, smem, *wg)?;
@@ -403,7 +422,7 @@ pub(crate) fn attention_backward_with(
         let null = 0u64;
         let dq = DeviceBuf::alloc(gpu, dt, q.numel())?;
         {
-            let TcKernel { name, rows, tile, pc, wg, threads } = kdq;
+            let TcKernel { name, rows, tile, pc, wg, threads, .. } = kdq;
             let tw = if *wg { d } else { d + 8 };
             let smem = (3 * rows * (d + 8) + 4 * tile * tw) * 2 + rows * 4;
             let f = tc_function(gpu, name, smem, *wg)?;
@@ -424,9 +443,9 @@ pub(crate) fn attention_backward_with(
         let dk = DeviceBuf::alloc(gpu, dt, k.numel())?;
         let dv = DeviceBuf::alloc(gpu, dt, v.numel())?;
         {
-            let TcKernel { name, rows, tile, pc, wg, threads } = kdkdv;
+            let TcKernel { name, rows, tile, pc, wg, threads, bufs } = kdkdv;
             let tw = if *wg { d } else { d + 8 };
-            let smem = (2 * rows * (d + 8) + 4 * tile * tw) * 2 + 4 * tile * 4;
+            let smem = (2 * rows * (d + 8) + 2 * bufs * tile * tw) * 2 + 2 * bufs * tile * 4;
             let f = tc_function(gpu, name, smem, *wg)?;
             let mut b = gpu.stream.launch_builder(&f);
             b.arg(&qb.data)
