@@ -641,7 +641,7 @@ fn parity_bf16_attention_two_tiles_a_warp() {
 /// elsewhere, saying so).
 #[test]
 fn parity_wgmma_attention_layouts_and_kernels() {
-    use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels, TcForms, WG_D64_DKDV, WG_D64_FWD, WG_MODULE, WG_SRC};
+    use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels, TcForms, WG_D64_DKDV, WG_D64_DQ, WG_D64_FWD, WG_MODULE, WG_SRC};
     let Some(d) = dev() else { return };
     let gpu = cuda::gpu(0).unwrap();
     if gpu.arch != (9, 0) {
@@ -729,13 +729,22 @@ fn parity_wgmma_attention_layouts_and_kernels() {
         }
         let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
         let [_, dq, dkdv] = tc_kernels(64, TcForms::default(), true);
-        let (_, gkm, gvm) = attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
+        let (gqm, gkm, gvm) = attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
         for w in WG_D64_DKDV {
             let [_, dq, dkdv] = tc_kernels(64, TcForms { wg_dkdv: Some(w), ..Default::default() }, true);
             assert_eq!(dkdv.name, w.name);
             let (_, gk, gv) = attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
             close(&format!("{label}: dk {} vs mma.sync", w.name), &host(&gk), &host(&gkm), ATTN_TC);
             close(&format!("{label}: dv {} vs mma.sync", w.name), &host(&gv), &host(&gvm), ATTN_TC);
+        }
+        for w in WG_D64_DQ {
+            let [_, dq, dkdv] = tc_kernels(64, TcForms { wg_dq: Some(w), ..Default::default() }, true);
+            assert_eq!(dq.name, w.name);
+            let (gq, gk, gv) = attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
+            close(&format!("{label}: dq {} vs mma.sync", w.name), &host(&gq), &host(&gqm), ATTN_TC);
+            // dk/dv read the delta this dq kernel stored
+            close(&format!("{label}: dk after {}", w.name), &host(&gk), &host(&gkm), ATTN_TC);
+            close(&format!("{label}: dv after {}", w.name), &host(&gv), &host(&gvm), ATTN_TC);
         }
     }
 }

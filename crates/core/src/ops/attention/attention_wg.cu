@@ -433,3 +433,171 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
     }
 WGP_DKDV(attn_wgp_dkdv_d64, 2, 1)
 WGP_DKDV(attn_wgp1_dkdv_d64, 1, 1)
+
+// ---- dq with its products overlapped (and delta, as tc_dq computes it), head dim 64, 64-key
+// tiles. NW warpgroups a block (warpgroup w owns query rows i0 + 64w …; Q and dO fragments in
+// registers) share the streamed K and V tiles. Per key tile a warpgroup issues S(t+1) = Q·K(t+1)ᵀ
+// and dP(t+1) = dO·V(t+1)ᵀ (fresh accumulators), then dQ += dS(t)·K(t) (in place: nothing else
+// touches dQ until the store), computes dS(t+1) while that runs, and waits. K(t) and K(t+1),
+// V(t+1) are read during iteration t: three buffers, tile t+2 loads into tile t−1's.
+// Shared memory: Q, dO and out [64·NW][D+8], K and V 3 × [BN][D] in core matrices, delta 64·NW
+// f32: (3·64·NW·(D+8) + 6·BN·D)·2 + 64·NW·4 bytes, the launcher's formula with three buffers.
+template <int NW>
+__device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const bf16_t* out,
+                       const float* lse, float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window,
+                       float scale, const unsigned int* starts, int pc) {
+    constexpr int D = 64, BN = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D;
+    extern __shared__ __align__(1024) unsigned char tc_sm[];
+    bf16_t* Qs = (bf16_t*)tc_sm;
+    bf16_t* Os = Qs + ROWS * LD;
+    bf16_t* Zs = Os + ROWS * LD;            // the block's rows of out, for delta
+    bf16_t* Ks = Zs + ROWS * LD;            // 3 tiles (TS elements each) of K, then 3 of V
+    bf16_t* Vs = Ks + 3 * TS;
+    float* Dsm = (float*)(Vs + 3 * TS);     // delta of the block's rows
+    TcTile tt = tc_tile(pc);
+    int b = tt.z, h = tt.y, g = h / (H / KVH);
+    int wg = threadIdx.x >> 7, gw = threadIdx.x >> 5, warp = gw & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
+    int off = tk - tq;
+    int i0 = (gridDim.x - 1 - tt.rank) * ROWS;
+    int ilast = min(tq - 1, i0 + ROWS - 1);
+    long long srow0 = (long long)b * tq;
+    int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
+    int ntiles = (bhi - blo + BN - 1) / BN;
+    int iw = i0 + 64 * wg, wlast = min(tq - 1, iw + 63);
+    const bf16_t* kh = k + (long long)g * D;
+    const bf16_t* vh = v + (long long)g * D;
+    long long qbase = (long long)b * tq, kbase = (long long)b * s;
+    auto issue = [&](int t) {
+        int nb = (t % 3) * TS, j = blo + t * BN;
+        load_rows_cm<BN, D, NT>(Ks + nb, kh, kbase, KVH * D, j, bhi);
+        load_rows_cm<BN, D, NT>(Vs + nb, vh, kbase, KVH * D, j, bhi);
+    };
+    auto full = [&](int j0) {
+        return j0 + BN - 1 <= off + iw && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + iw + 63, window)) &&
+               (!starts || j0 >= (int)starts[srow0 + wlast]);
+    };
+    load_rows<ROWS, D, NT>(Qs, q + (long long)h * D, qbase, H * D, i0, tq);
+    load_rows<ROWS, D, NT>(Os, dout + (long long)h * D, qbase, H * D, i0, tq);
+    load_rows<ROWS, D, NT>(Zs, out + (long long)h * D, qbase, H * D, i0, tq);
+    issue(0);
+    if (ntiles > 1) issue(1);
+    cp_commit();
+    const float* lh = lse + ((long long)b * H + h) * tq;
+    float* dh = delta + ((long long)b * H + h) * tq;
+    float L[2], Dl[2];
+    int pos[2], lo[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        int r = iw + warp * 16 + gq + 8 * hf;
+        L[hf] = r < tq ? lh[r] * LOG2E : 0.f;
+        pos[hf] = off + r;
+        lo[hf] = tc_row_lo(off + r, window, starts, srow0 + min(r, tq - 1));
+    }
+    tile_ready<true>();
+    // delta = rowsum(dO ∘ out) of the warp's rows, in attn_bwd_delta's order (tc_dq's loop).
+    for (int rr = gw * 16; rr < (gw + 1) * 16; rr++) {
+        float acc = 0.f;
+        for (int d = lane; d < D; d += 32) acc += to_f(Zs[rr * LD + d]) * to_f(Os[rr * LD + d]);
+        acc = warp_sum(acc);
+        if (lane == 0) {
+            Dsm[rr] = acc;
+            if (i0 + rr < tq) dh[i0 + rr] = acc;
+        }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        int rr = gw * 16 + gq + 8 * hf;
+        Dl[hf] = i0 + rr < tq ? Dsm[rr] : 0.f;
+    }
+    unsigned qf[KS][4], of[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) {
+        load_a<LD>(qf[ks], Qs, gw * 16, ks * 16, lane);
+        load_a<LD>(of[ks], Os, gw * 16, ks * 16, lane);
+    }
+    float acc[D / 8][4], sc[BN / 8][4], dp[BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[nt][e] = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) sc[nt][e] = dp[nt][e] = 0.f;
+    const float sl2 = scale * LOG2E;
+    // S(t), dP(t) → dS(t)/scale in sc (tc_dq's masks and arithmetic).
+    auto grads = [&](int t) {
+        int j0 = blo + t * BN;
+        bool f = full(j0);
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int hf = e >> 1;
+                bool vis = true;
+                if (!f) {
+                    int j = j0 + nt * 8 + 2 * tq4 + (e & 1);
+                    vis = j >= lo[hf] && j <= pos[hf];
+                }
+                float p = vis ? exp2f(sc[nt][e] * sl2 - L[hf]) : 0.f;
+                sc[nt][e] = p * (dp[nt][e] - Dl[hf]);  // dS / scale
+            }
+        }
+    };
+    wg_keep(sc, BN / 8);
+    wg_keep(dp, BN / 8);
+    wg_fence();
+    wg_abt<D, BN>(sc, qf, Ks);
+    wg_abt<D, BN>(dp, of, Vs);
+    wg_commit();
+    wg_wait0();
+    wg_keep(sc, BN / 8);
+    wg_keep(dp, BN / 8);
+    grads(0);
+    for (int t = 0; t + 1 < ntiles; t++) {
+        tile_ready<true>();  // tile t+1 in; every warpgroup is done with tile t−1, whose buffers take t+2
+        if (t + 2 < ntiles) issue(t + 2);
+        cp_commit();
+        unsigned pa[BN / 16][4];
+        wg_pack<BN>(sc, pa);
+        wg_keep_a(pa, BN / 16);
+        wg_keep(sc, BN / 8);
+        wg_keep(dp, BN / 8);
+        wg_fence();
+        int n0 = (t % 3) * TS, n1 = ((t + 1) % 3) * TS;
+        wg_abt<D, BN>(sc, qf, Ks + n1);
+        wg_abt<D, BN>(dp, of, Vs + n1);
+        wg_commit();
+        wg_pm<D, BN>(acc, pa, Ks + n0);
+        wg_commit();
+        wg_wait1();  // S(t+1) and dP(t+1) are done; dQ may still run
+        wg_keep(sc, BN / 8);
+        wg_keep(dp, BN / 8);
+        grads(t + 1);
+        wg_wait0();
+        wg_keep(acc, D / 8);
+        wg_keep_a(pa, BN / 16);
+    }
+    {
+        unsigned pa[BN / 16][4];
+        wg_pack<BN>(sc, pa);
+        wg_keep_a(pa, BN / 16);
+        wg_fence();
+        wg_pm<D, BN>(acc, pa, Ks + ((ntiles - 1) % 3) * TS);
+        wg_commit();
+        wg_wait0();
+        wg_keep(acc, D / 8);
+        wg_keep_a(pa, BN / 16);
+    }
+    store_rows<D>(dq + (long long)h * D, acc, qbase, H * D, iw + warp * 16 + gq, tq, scale, scale, lane);
+}
+#define WGP_DQ(NAME, NW, MB)                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(                                                    \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const bf16_t* out, const float* lse,    \
+        float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale,                      \
+        const unsigned int* starts, int pc) {                                                                          \
+        wgp_dq<NW>(q, k, v, dout, out, lse, delta, dq, tq, tk, s, H, KVH, window, scale, starts, pc);                 \
+    }
+WGP_DQ(attn_wgp_dq_d64, 2, 1)
+WGP_DQ(attn_wgp1_dq_d64, 1, 1)

@@ -75,6 +75,8 @@ pub(crate) struct TcForms {
     pub wg_fwd: Option<&'static WgVariant>,
     /// The same for dk/dv: one of `WG_D64_DKDV` (`SMELT_CUDA_ATTN_DKDV` = its name).
     pub wg_dkdv: Option<&'static WgVariant>,
+    /// The same for dq: one of `WG_D64_DQ` (`SMELT_CUDA_ATTN_DQ` = its name).
+    pub wg_dq: Option<&'static WgVariant>,
 }
 
 /// A pipelined `wgmma` forward of attention_wg.cu (module WG_MODULE): its name, rows a block
@@ -90,6 +92,11 @@ pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     WgVariant { name: "attn_wgp3_fwd_d64", rows: 192, threads: 384 },
     WgVariant { name: "attn_wgp1_fwd_d64", rows: 64, threads: 128 },
     WgVariant { name: "attn_wgp1b3_fwd_d64", rows: 64, threads: 128 },
+];
+/// The pipelined `wgmma` dq kernels (three buffers of streamed tiles).
+pub(crate) const WG_D64_DQ: &[WgVariant] = &[
+    WgVariant { name: "attn_wgp_dq_d64", rows: 128, threads: 256 },
+    WgVariant { name: "attn_wgp1_dq_d64", rows: 64, threads: 128 },
 ];
 /// The pipelined `wgmma` dk/dv kernels (three buffers of streamed tiles).
 pub(crate) const WG_D64_DKDV: &[WgVariant] = &[
@@ -157,7 +164,11 @@ pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         (64, Some(w)) if hopper => TcKernel { wg: true, threads: w.threads, bufs: 3, ..k(w.name.into(), w.rows, 64) },
         _ => pick(f.dkdv, dkdv),
     };
-    [fwd, pick(f.dq, dq), dkdv]
+    let dq = match (d, f.wg_dq) {
+        (64, Some(w)) if hopper => TcKernel { wg: true, threads: w.threads, bufs: 3, ..k(w.name.into(), w.rows, 64) },
+        _ => pick(f.dq, dq),
+    };
+    [fwd, dq, dkdv]
 }
 
 /// `tc_kernels` as the environment picks them, for the GPU `t` lives on.
@@ -181,20 +192,23 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
             fwd: var("SMELT_CUDA_ATTN_FWD")
                 .filter(|v| !WG_D64_FWD.iter().any(|w| w.name == v))
                 .and_then(|_| named("SMELT_CUDA_ATTN_FWD", TC_D64_FWD)),
-            dq: named("SMELT_CUDA_ATTN_DQ", TC_D64_DQ),
+            dq: var("SMELT_CUDA_ATTN_DQ")
+                .filter(|v| !WG_D64_DQ.iter().any(|w| w.name == v))
+                .and_then(|_| named("SMELT_CUDA_ATTN_DQ", TC_D64_DQ)),
             dkdv: var("SMELT_CUDA_ATTN_DKDV")
                 .filter(|v| !WG_D64_DKDV.iter().any(|w| w.name == v))
                 .and_then(|_| named("SMELT_CUDA_ATTN_DKDV", TC_D64_DKDV)),
             wgmma: var("SMELT_CUDA_ATTN_WG").is_some_and(|v| v == "1"),
             wg_fwd: var("SMELT_CUDA_ATTN_FWD").and_then(|v| WG_D64_FWD.iter().find(|w| w.name == v)),
             wg_dkdv: var("SMELT_CUDA_ATTN_DKDV").and_then(|v| WG_D64_DKDV.iter().find(|w| w.name == v)),
+            wg_dq: var("SMELT_CUDA_ATTN_DQ").and_then(|v| WG_D64_DQ.iter().find(|w| w.name == v)),
         }
     });
     let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
-    if !hopper && (forms.wg_fwd.is_some() || forms.wg_dkdv.is_some()) {
+    if !hopper && (forms.wg_fwd.is_some() || forms.wg_dq.is_some() || forms.wg_dkdv.is_some()) {
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| {
-            eprintln!("warning: the wgmma attention kernels named by SMELT_CUDA_ATTN_FWD / SMELT_CUDA_ATTN_DKDV need a Hopper GPU (compute capability 9.0): the default ones run")
+            eprintln!("warning: the wgmma attention kernels named by SMELT_CUDA_ATTN_FWD / _DQ / _DKDV need a Hopper GPU (compute capability 9.0): the default ones run")
         });
     }
     tc_kernels(d, forms, hopper)
@@ -422,9 +436,9 @@ pub(crate) fn attention_backward_with(
         let null = 0u64;
         let dq = DeviceBuf::alloc(gpu, dt, q.numel())?;
         {
-            let TcKernel { name, rows, tile, pc, wg, threads, .. } = kdq;
+            let TcKernel { name, rows, tile, pc, wg, threads, bufs } = kdq;
             let tw = if *wg { d } else { d + 8 };
-            let smem = (3 * rows * (d + 8) + 4 * tile * tw) * 2 + rows * 4;
+            let smem = (3 * rows * (d + 8) + 2 * bufs * tile * tw) * 2 + rows * 4;
             let f = tc_function(gpu, name, smem, *wg)?;
             let mut b = gpu.stream.launch_builder(&f);
             b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&db.data).arg(&ob.data).arg(&lb.data);
