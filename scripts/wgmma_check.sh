@@ -15,10 +15,13 @@ OUT=${OUT:-./out}
 mkdir -p "$OUT"
 export SMELT_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
-# 1. Parity: the probe of both operand layouts, the synchronous wgmma kernels, then every
-#    pipelined kernel (WG_D64_FWD / _DQ / _DKDV) against the mma.sync ones.
-timeout 300 "$D/core_tests" parity_wgmma --test-threads=1 --nocapture >"$OUT/parity_wgmma.txt" 2>&1
-echo "parity_wgmma rc $?"; tail -25 "$OUT/parity_wgmma.txt"
+# 1. Parity: every pipelined kernel (WG_D64_FWD / _DQ / _DKDV) against the mma.sync ones
+#    (each comparison made and reported before the test fails), then the probe of both
+#    operand layouts and the synchronous wgmma kernels.
+timeout 300 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 --nocapture >"$OUT/parity_wgmma_pipelined.txt" 2>&1
+echo "parity_wgmma_pipelined_kernels rc $?"; grep -E "NMSE|nmse|failed|panicked|test result" "$OUT/parity_wgmma_pipelined.txt" | tail -40
+timeout 300 "$D/core_tests" parity_wgmma_attention_layouts --test-threads=1 --nocapture >"$OUT/parity_wgmma.txt" 2>&1
+echo "parity_wgmma_attention_layouts_and_kernels rc $?"; tail -25 "$OUT/parity_wgmma.txt"
 timeout 300 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_bf16_attention.txt" 2>&1
 echo "parity_bf16_attention rc $?"; tail -4 "$OUT/parity_bf16_attention.txt"
 # 2. Timing at 124M and 1B: the default kernels, then the pipelined ones (all three; the

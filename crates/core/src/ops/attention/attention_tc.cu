@@ -241,6 +241,14 @@ __device__ __forceinline__ void wg_wait0() {
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #endif
 }
+// Keeps the work that computed `a` and `b` ahead of the next wgmma.wait_group: a store of them
+// to this thread's word of `slot` (shared memory nothing reads). ptxas moves register-only work
+// across a wait (and across bar.sync) freely, and sank the softmax under a running P·V below
+// the wait that ends it, which is the overlap the pipelined kernels are for; a shared-memory
+// store it keeps in order.
+__device__ __forceinline__ void wg_pin(float* slot, float a, float b) {
+    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(smem_u32(slot + 2 * threadIdx.x)), "f"(a), "f"(b) : "memory");
+}
 // Waits until at most one committed group is still running (groups finish in order).
 __device__ __forceinline__ void wg_wait1() {
 #if WG_ON

@@ -130,6 +130,7 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     bf16_t* Qs = (bf16_t*)tc_sm;
     bf16_t* Ks = Qs + ROWS * LD;  // 2 tiles of K (TS elements each), then 2 of V
     bf16_t* Vs = Ks + 2 * TS;
+    float* Pin = (float*)(Vs + 2 * TS);  // 2 floats a thread: wg_pin's slots
     TcTile tt = tc_tile(pc);
     int b = tt.z, h = tt.y, g = h / (H / KVH);
     int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
@@ -212,6 +213,7 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         float n0, n1;
         int j1 = blo + (t + 1) * BN;
         wgp_softmax<BN>(sc, m, l, pos, lo, j1, full(j1), sl2, tq4, n0, n1);
+        wg_pin(Pin, l[0], l[1]);  // the row sums need every exp2 of the softmax: all of it before the wait
         wg_wait0();
         wg_keep(pv, D / 8);
         wg_keep_a(pa, BN / 16);
@@ -360,6 +362,8 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
             };
             wg_keep(sc, BQ / 8);
             wg_keep(dp, BQ / 8);
+            wg_keep(av, D / 8);  // their zeros written before the first fence (PTX's rule)
+            wg_keep(ak, D / 8);
             wg_fence();
             wg_abt<D, BQ>(sc, kf, Qs);
             wg_abt<D, BQ>(dp, vf, Os);
@@ -454,6 +458,7 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
     bf16_t* Ks = Zs + ROWS * LD;            // 3 tiles (TS elements each) of K, then 3 of V
     bf16_t* Vs = Ks + 3 * TS;
     float* Dsm = (float*)(Vs + 3 * TS);     // delta of the block's rows
+    float* Pin = Dsm + ROWS;                // 2 floats a thread: wg_pin's slots
     TcTile tt = tc_tile(pc);
     int b = tt.z, h = tt.y, g = h / (H / KVH);
     int wg = threadIdx.x >> 7, gw = threadIdx.x >> 5, warp = gw & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
@@ -547,6 +552,7 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
     };
     wg_keep(sc, BN / 8);
     wg_keep(dp, BN / 8);
+    wg_keep(acc, D / 8);  // its zeros written before the first fence (PTX's rule)
     wg_fence();
     wg_abt<D, BN>(sc, qf, Ks);
     wg_abt<D, BN>(dp, of, Vs);
@@ -575,6 +581,13 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
         wg_keep(sc, BN / 8);
         wg_keep(dp, BN / 8);
         grads(t + 1);
+        {
+            // every dS value folded into one word for wg_pin: all of grads before the wait
+            unsigned x = 0;
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) x ^= __float_as_uint(sc[nt][0]) ^ __float_as_uint(sc[nt][1]) ^ __float_as_uint(sc[nt][2]) ^ __float_as_uint(sc[nt][3]);
+            wg_pin(Pin, __uint_as_float(x), 0.f);
+        }
         wg_wait0();
         wg_keep(acc, D / 8);
         wg_keep_a(pa, BN / 16);

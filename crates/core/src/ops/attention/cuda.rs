@@ -235,6 +235,12 @@ fn tc_function(gpu: &cuda::Gpu, name: &str, smem: usize, wg: bool) -> Result<cud
     Ok(f)
 }
 
+/// Shared memory a `wgmma` kernel takes past its tiles: 8 bytes a thread, the slots wg_pin
+/// stores to (attention_tc.cu).
+fn wg_scratch(wg: bool, threads: u32) -> usize {
+    if wg { 8 * threads as usize } else { 0 }
+}
+
 fn tc_cfg(grid: (usize, usize, usize), smem: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (grid.0.max(1) as u32, grid.1 as u32, grid.2 as u32),
@@ -340,7 +346,7 @@ pub(crate) fn attention_with(
     if uses_tensor_cores(gpu, dt, d) {
         let TcKernel { name, rows, tile: bn, pc, wg, threads, .. } = fwd;
         let tw = if *wg { d } else { d + 8 }; // a streamed tile's row: core matrices, or padded
-        let smem = (rows * (d + 8) + 4 * bn * tw) * 2;
+        let smem = (rows * (d + 8) + 4 * bn * tw) * 2 + wg_scratch(*wg, *threads);
         let f = tc_function(gpu, name, smem, *wg)?;
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
         let null = 0u64;
@@ -438,7 +444,7 @@ pub(crate) fn attention_backward_with(
         {
             let TcKernel { name, rows, tile, pc, wg, threads, bufs } = kdq;
             let tw = if *wg { d } else { d + 8 };
-            let smem = (3 * rows * (d + 8) + 2 * bufs * tile * tw) * 2 + rows * 4;
+            let smem = (3 * rows * (d + 8) + 2 * bufs * tile * tw) * 2 + rows * 4 + wg_scratch(*wg, *threads);
             let f = tc_function(gpu, name, smem, *wg)?;
             let mut b = gpu.stream.launch_builder(&f);
             b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&db.data).arg(&ob.data).arg(&lb.data);
@@ -459,7 +465,7 @@ pub(crate) fn attention_backward_with(
         {
             let TcKernel { name, rows, tile, pc, wg, threads, bufs } = kdkdv;
             let tw = if *wg { d } else { d + 8 };
-            let smem = (2 * rows * (d + 8) + 2 * bufs * tile * tw) * 2 + 2 * bufs * tile * 4;
+            let smem = (2 * rows * (d + 8) + 2 * bufs * tile * tw) * 2 + 2 * bufs * tile * 4 + wg_scratch(*wg, *threads);
             let f = tc_function(gpu, name, smem, *wg)?;
             let mut b = gpu.stream.launch_builder(&f);
             b.arg(&qb.data)
