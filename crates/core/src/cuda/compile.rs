@@ -13,8 +13,12 @@ use std::path::PathBuf;
 /// Helpers every kernel file uses (bf16 conversion, warp and block reductions).
 pub const PRELUDE: &str = include_str!("common.cuh");
 
-fn options(arch: (i32, i32)) -> Vec<String> {
-    vec![format!("--gpu-architecture=compute_{}{}", arch.0, arch.1), "--std=c++17".into()]
+/// A module whose name ends in `_sm90a` uses Hopper's architecture-specific instructions
+/// (`wgmma`), which PTX allows only for the `sm_90a` target: it is compiled for `compute_90a`
+/// and loads only on compute capability 9.0 (its launchers check the device first).
+fn options(name: &str, arch: (i32, i32)) -> Vec<String> {
+    let a = if name.ends_with("_sm90a") { "a" } else { "" };
+    vec![format!("--gpu-architecture=compute_{}{}{a}", arch.0, arch.1), "--std=c++17".into()]
 }
 
 /// FNV-1a: stable across builds and platforms (std's hasher is not promised to be).
@@ -45,7 +49,7 @@ pub fn compile(name: &str, src: &str, arch: (i32, i32)) -> Result<String> {
         bail!("NVRTC (libnvrtc.so.13) could not be loaded: it compiles smelt's CUDA kernels; add the CUDA 13 libraries to LD_LIBRARY_PATH");
     }
     let full = format!("{PRELUDE}\n#line 1 \"{name}.cu\"\n{src}");
-    let opts = CompileOptions { options: options(arch), name: Some(format!("{name}.cu")), ..Default::default() };
+    let opts = CompileOptions { options: options(name, arch), name: Some(format!("{name}.cu")), ..Default::default() };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(full, opts).map_err(|e| match e {
         cudarc::nvrtc::CompileError::CompileError { log, .. } => {
             anyhow!("compiling {name}.cu:\n{}", log.to_string_lossy())
@@ -57,7 +61,7 @@ pub fn compile(name: &str, src: &str, arch: (i32, i32)) -> Result<String> {
 
 /// PTX for module `name`, from the disk cache or freshly compiled (and then cached).
 pub fn ptx(name: &str, src: &str, arch: (i32, i32)) -> Result<Ptx> {
-    let opts = options(arch).join(" ");
+    let opts = options(name, arch).join(" ");
     let key = fnv(&[PRELUDE, src, &opts]);
     let file = cache_dir().map(|d| d.join(format!("{name}-{key:016x}-sm{}{}.ptx", arch.0, arch.1)));
     if let Some(f) = &file {

@@ -600,7 +600,7 @@ fn parity_bf16_attention_two_tiles_a_warp() {
         let v = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
         let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
         let run = |forms: ops::attention::cuda::TcForms| {
-            let [fwd, dq, dkdv] = tc_kernels(64, forms);
+            let [fwd, dq, dkdv] = tc_kernels(64, forms, false);
             let (o, l) = attention_with(&q, &k, &v, dm, 0.125, &fwd, None).unwrap();
             let (gq, gk, gv) =
                 attention_backward_with(&q, &k, &v, &o, &l, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
@@ -629,4 +629,158 @@ fn parity_bf16_attention_two_tiles_a_warp() {
             }
         }
     }
+}
+
+/// The two shared-memory operand layouts of the Hopper `wgmma` attention kernels
+/// (attention_tc.cu "Hopper": B K-major for S = A·Bᵀ, B N-major for O += P·M) on one
+/// m64n64k16 product against the f64 product of the same bf16 values, then the wgmma forward,
+/// dq and dk/dv against the mma.sync kernels on the same inputs (causal, a window, a cache
+/// offset with spare rows, GQA; a different f32 summation inside the tensor cores, so within
+/// ATTN_TC of each other, not bit for bit; `parity_bf16_attention_tensor_cores` bounds the
+/// default kernels, wgmma on Hopper, against the CPU). Compute capability 9.0 only (skips
+/// elsewhere, saying so).
+#[test]
+fn parity_wgmma_attention_layouts_and_kernels() {
+    use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels, TcForms, WG_MODULE, WG_SRC};
+    let Some(d) = dev() else { return };
+    let gpu = cuda::gpu(0).unwrap();
+    if gpu.arch != (9, 0) {
+        smelt_testing::skip(smelt_testing::Need::Gpu, format!("wgmma needs compute capability 9.0, this GPU has {:?}", gpu.arch));
+        return;
+    }
+    let mut r = Rng::new(seed());
+    let a = randn(&mut r, &[64, 16], 1.0).to_dtype(DType::BF16).unwrap();
+    let bt = randn(&mut r, &[64, 16], 1.0).to_dtype(DType::BF16).unwrap();
+    let af = a.to_dtype(DType::F32).unwrap().as_f32().unwrap().to_vec();
+    let bf_ = bt.to_dtype(DType::F32).unwrap().as_f32().unwrap().to_vec();
+    let ad = a.to_device(d).unwrap();
+    let bd = bt.to_device(d).unwrap();
+    let out = cuda::DeviceBuf::alloc(&gpu, DType::F32, 2 * 4096).unwrap();
+    {
+        use cudarc::driver::{LaunchConfig, PushKernelArg};
+        let f = gpu.function(WG_MODULE, WG_SRC, "attn_wg_probe").unwrap();
+        let (ab, bb) = (ad.cuda_buf().unwrap(), bd.cuda_buf().unwrap());
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&ab.data).arg(&bb.data).arg(&out.data);
+        let c = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        unsafe { b.launch(c) }.unwrap();
+    }
+    let got = Tensor::from_device_buf(out, &[2, 4096]).unwrap().to_device(Device::Cpu).unwrap();
+    let got = got.as_f32().unwrap();
+    for (which, name) in [(0, "B K-major"), (1, "B N-major")] {
+        let (mut worst, mut at) = (0f64, (0, 0));
+        for i in 0..64 {
+            for n in 0..64 {
+                let want: f64 = (0..16).map(|k| af[i * 16 + k] as f64 * bf_[n * 16 + k] as f64).sum();
+                let e = (got[which * 4096 + i * 64 + n] as f64 - want).abs() / (1.0 + want.abs());
+                if e > worst {
+                    (worst, at) = (e, (i, n));
+                }
+            }
+        }
+        println!("wgmma m64n64k16, {name}: worst relative error {worst:.2e} at row {} col {}", at.0, at.1);
+        assert!(worst < 1e-5, "wgmma with {name}: row {} col {} is off by {worst:.2e}", at.0, at.1);
+    }
+    let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let mut failed = Vec::new();
+    for (b, tq, tk, s, h, kvh, window) in
+        [(2, 130, 130, 130, 4, 2, None), (1, 300, 300, 300, 8, 2, Some(70)), (1, 70, 200, 210, 4, 1, None)]
+    {
+        let dm = ops::attention::AttnDims { b, tq, tk, s, h, kvh, d: 64, window };
+        let q = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
+        let k = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
+        let v = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
+        let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
+        let run = |wgmma: bool| {
+            let [fwd, dq, dkdv] = tc_kernels(64, TcForms { wgmma, ..Default::default() }, true);
+            let (o, l) = attention_with(&q, &k, &v, dm, 0.125, &fwd, None).unwrap();
+            let (gq, gk, gv) =
+                attention_backward_with(&q, &k, &v, &o, &l, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
+            [host(&o), host(&l), host(&gq), host(&gk), host(&gv)]
+        };
+        let (mma, wg) = (run(false), run(true));
+        let label = format!("b{b} q{tq} k{tk} s{s} h{h}/{kvh} w{window:?}");
+        for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+            // every comparison before any fails: one run reports on all three kernels
+            let l = format!("{label}: {what} wgmma vs mma.sync");
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| close(&l, &wg[i], &mma[i], ATTN_TC)));
+            if res.is_err() {
+                failed.push(l);
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{} comparisons failed: {}", failed.len(), failed.join("; "));
+}
+
+
+/// The pipelined `wgmma` kernels (attention_wg.cu's wgp_fwd, wgp_dq, wgp_dkdv: WG_D64_FWD,
+/// WG_D64_DQ, WG_D64_DKDV, one to three warpgroups a block sharing the streamed tiles) against
+/// the default mma.sync kernels on the same bf16 inputs: out, lse, dq, dk, dv within ATTN_TC
+/// (the tensor cores sum each k16 step in their own order), at T up to 1030 (many tiles),
+/// windows, GQA, a cache offset and rows past the end of the last block (a whole warpgroup of
+/// them at T 130 and 1030). Every comparison is made before any fails, so one run reports on
+/// every kernel. Compute capability 9.0 only (skips elsewhere, saying so).
+#[test]
+fn parity_wgmma_pipelined_kernels() {
+    use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels, TcForms, WG_D64_DKDV, WG_D64_DQ, WG_D64_FWD};
+    let Some(d) = dev() else { return };
+    let gpu = cuda::gpu(0).unwrap();
+    if gpu.arch != (9, 0) {
+        smelt_testing::skip(smelt_testing::Need::Gpu, format!("wgmma needs compute capability 9.0, this GPU has {:?}", gpu.arch));
+        return;
+    }
+    let mut r = Rng::new(seed());
+    let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let mut failed = Vec::new();
+    let mut check = |label: String, got: &Tensor, want: &Tensor| {
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| close(&label, &host(got), &host(want), ATTN_TC)));
+        if res.is_err() {
+            failed.push(label);
+        }
+    };
+    // The pipelined forwards and dk/dv (WG_D64_FWD, WG_D64_DKDV: one to three warpgroups a
+    // block sharing the streamed tiles) against the mma.sync kernels: many tiles, rows past the end of the last block
+    // (a whole warpgroup of them at T 130 and 1030), windows, GQA, a cache offset.
+    for (b, tq, tk, s, h, kvh, window) in [
+        (2, 130, 130, 130, 4, 2, None),
+        (1, 300, 300, 300, 8, 2, Some(70)),
+        (1, 70, 200, 210, 4, 1, None),
+        (1, 1030, 1030, 1030, 2, 1, None),
+        (2, 1000, 1000, 1000, 3, 3, Some(333)),
+    ] {
+        let dm = ops::attention::AttnDims { b, tq, tk, s, h, kvh, d: 64, window };
+        let q = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
+        let k = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
+        let v = upb(&randn(&mut r, &[b, s, kvh, 64], 1.0), d);
+        let [mma, _, _] = tc_kernels(64, TcForms::default(), true);
+        let (om, lm) = attention_with(&q, &k, &v, dm, 0.125, &mma, None).unwrap();
+        let label = format!("b{b} q{tq} k{tk} s{s} h{h}/{kvh} w{window:?}");
+        for w in WG_D64_FWD {
+            let [fwd, _, _] = tc_kernels(64, TcForms { wg_fwd: Some(w), ..Default::default() }, true);
+            assert_eq!(fwd.name, w.name);
+            let (o, l) = attention_with(&q, &k, &v, dm, 0.125, &fwd, None).unwrap();
+            check(format!("{label}: out {} vs mma.sync", w.name), &o, &om);
+            check(format!("{label}: lse {} vs mma.sync", w.name), &l, &lm);
+        }
+        let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
+        let [_, dq, dkdv] = tc_kernels(64, TcForms::default(), true);
+        let (gqm, gkm, gvm) = attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
+        for w in WG_D64_DKDV {
+            let [_, dq, dkdv] = tc_kernels(64, TcForms { wg_dkdv: Some(w), ..Default::default() }, true);
+            assert_eq!(dkdv.name, w.name);
+            let (_, gk, gv) = attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
+            check(format!("{label}: dk {} vs mma.sync", w.name), &gk, &gkm);
+            check(format!("{label}: dv {} vs mma.sync", w.name), &gv, &gvm);
+        }
+        for w in WG_D64_DQ {
+            let [_, dq, dkdv] = tc_kernels(64, TcForms { wg_dq: Some(w), ..Default::default() }, true);
+            assert_eq!(dq.name, w.name);
+            let (gq, gk, gv) = attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
+            check(format!("{label}: dq {} vs mma.sync", w.name), &gq, &gqm);
+            // dk/dv read the delta this dq kernel stored
+            check(format!("{label}: dk after {}", w.name), &gk, &gkm);
+            check(format!("{label}: dv after {}", w.name), &gv, &gvm);
+        }
+    }
+    assert!(failed.is_empty(), "{} comparisons failed: {}", failed.len(), failed.join("; "));
 }

@@ -227,6 +227,17 @@ fn kernels_compile() {
         }
         println!("{name}: {} kernels", kernels.len());
     }
+    // The Hopper module (wgmma): compiled for sm_90a whatever this machine's GPU.
+    let (name, src) = (ops::attention::cuda::WG_MODULE, ops::attention::cuda::WG_SRC);
+    let ptx = cuda::compile::compile(name, src, (9, 0)).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(ptx.contains(".target sm_90a"), "{name}: not compiled for sm_90a");
+    for k in ["attn_wg_fwd_d64", "attn_wg_dq_d64", "attn_wg_dkdv_d64", "attn_wg_probe", "attn_tc_dkdv_d64"] {
+        assert!(ptx.contains(&format!(".entry {k}(")), "{name} has no kernel {k}");
+    }
+    if let Some(dir) = std::env::var_os("SMELT_DUMP_PTX") {
+        std::fs::write(std::path::Path::new(&dir).join(format!("{name}.ptx")), &ptx).unwrap();
+    }
+    println!("{name}: wgmma kernels");
 }
 
 /// Dropout draws the CPU's mask on the device: f32 bit for bit, bf16 as the CPU op on the same

@@ -63,6 +63,10 @@ __device__ __forceinline__ TcTile tc_tile(int pc) {
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(ok ? 16 : 0));
 }
+// 4 bytes global → shared, asynchronously; zero-filled when !ok.
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, bool ok) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(ok ? 4 : 0));
+}
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
@@ -110,10 +114,11 @@ __device__ __forceinline__ void load_b_kn(unsigned* b, const bf16_t* t, int k0, 
 
 // Rows [r0, r0+R) of a (…, rows, heads, D) tensor, already offset to its head, → shared
 // [R][D+8]; rows at or past rend are zeros. `base` = batch · rows, `stride` = heads · D.
-template <int R, int D>
+// NT: the threads of the block that share the copy (all of them).
+template <int R, int D, int NT = TC_THREADS>
 __device__ __forceinline__ void load_rows(bf16_t* dst, const bf16_t* src, long long base, int stride, int r0, int rend) {
     constexpr int CH = D / 8, LD = D + 8;
-    for (int c = threadIdx.x; c < R * CH; c += TC_THREADS) {
+    for (int c = threadIdx.x; c < R * CH; c += NT) {
         int rr = c / CH, cc = c - rr * CH, r = r0 + rr;
         bool ok = r < rend;
         const bf16_t* g = src + (ok ? (base + r) * (long long)stride : 0) + cc * 8;
@@ -189,6 +194,162 @@ __device__ __forceinline__ void mm_pm_m(float (*o)[D / 8][4], const float (*p)[B
     }
 }
 
+
+// ---- Hopper: warpgroup products (`wgmma`, sm_90a only; the WG = true kernels, instantiated in
+// attention_wg.cu, whose module is compiled for compute_90a). Elsewhere these bodies are empty:
+// nothing outside that module calls them.
+//
+// A wgmma is issued by the block's 4 warps together (a warpgroup, 64 rows) and the tensor cores
+// read its B operand from shared memory once, where mma.sync has each warp read the whole B
+// tile through ldmatrix for its own 16 rows (4× the shared-memory bytes: what bounds the
+// mma.sync kernels). A stays in registers: the A fragment of m64nNk16 is, warp by warp, the
+// A fragment of mma.m16n8k16, and the f32 accumulator of m64nN is, warp by warp, N/8
+// accumulators of m16n8, so the softmax and mask code is the same for both.
+//
+// B tiles (the streamed side: R rows × D columns, bf16) are stored as "core matrices" of 8 rows
+// × 16 bytes, 128 contiguous bytes each: core (row group rg, 16-byte column chunk cg) at
+// (rg · D/8 + cg) · 128 (load_rows_cm). The same bytes serve both uses:
+//   S = A·Bᵀ (B[k = d][n = row]): K-major; descriptor leading byte offset (the two core
+//     matrices of a k16 step, along K) 128, stride byte offset (8-row groups, along N) D/8·128.
+//   O += P·M (B[k = row][n = d]): N-major ("transposed", d contiguous): leading byte offset
+//     (8-row groups, along K) D/8·128, stride byte offset (16-byte d chunks, along N) 128
+//     (cute's GmmaDescriptor: for this layout the leading offset is "from the first 8 rows to
+//     the next 8 rows", the stride offset "from the first 8 cols to the next 8 cols").
+// Every kernel checks both on one product against the f64 one (attn_wg_probe, the test
+// `parity_wgmma_attention_layouts_and_dkdv`).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define WG_ON 1
+#else
+#define WG_ON 0
+#endif
+__device__ __forceinline__ unsigned long long wg_desc(const void* p, unsigned lbo, unsigned sbo) {
+    unsigned long long a = (smem_u32(p) & 0x3FFFF) >> 4;
+    return a | ((unsigned long long)((lbo >> 4) & 0x3FFF) << 16) | ((unsigned long long)((sbo >> 4) & 0x3FFF) << 32);
+}
+__device__ __forceinline__ void wg_fence() {
+#if WG_ON
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wg_commit() {
+#if WG_ON
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wg_wait0() {
+#if WG_ON
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+// Keeps the work that computed `a` and `b` ahead of the next wgmma.wait_group: a store of them
+// to this thread's word of `slot` (shared memory nothing reads). ptxas moves register-only work
+// across a wait (and across bar.sync) freely, and sank the softmax under a running P·V below
+// the wait that ends it, which is the overlap the pipelined kernels are for; a shared-memory
+// store it keeps in order.
+__device__ __forceinline__ void wg_pin(float* slot, float a, float b) {
+    asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(smem_u32(slot + 2 * threadIdx.x)), "f"(a), "f"(b) : "memory");
+}
+// Waits until at most one committed group is still running (groups finish in order).
+__device__ __forceinline__ void wg_wait1() {
+#if WG_ON
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+#endif
+}
+// Shared memory written through the generic proxy (cp.async, st.shared) made visible to the
+// async proxy wgmma reads through: each writing thread, after its writes, before the barrier.
+__device__ __forceinline__ void fence_proxy_async() {
+#if WG_ON
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// After a wait: the accumulators and A registers a wgmma used are pinned until here, so the
+// compiler neither reads an accumulator early nor reuses an A register while the tensor cores
+// may still read it.
+__device__ __forceinline__ void wg_keep(float (*c)[4], int n8) {
+    for (int j = 0; j < n8; j++)
+        asm volatile("" : "+f"(c[j][0]), "+f"(c[j][1]), "+f"(c[j][2]), "+f"(c[j][3])::"memory");
+}
+__device__ __forceinline__ void wg_keep_a(unsigned (*a)[4], int n) {
+    for (int j = 0; j < n; j++) asm volatile("" : "+r"(a[j][0]), "+r"(a[j][1]), "+r"(a[j][2]), "+r"(a[j][3])::"memory");
+}
+// c (64 × 64 f32; this thread's 8 × 4) = [c +] a · B: a this warp's A fragment (16 × 16), B
+// described by `desc`; TB: B N-major. acc = 0: c = a·B.
+template <int TB>
+__device__ __forceinline__ void wgmma64(float (*c)[4], const unsigned* a, unsigned long long desc, int acc) {
+#if WG_ON
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+        "{%32,%33,%34,%35}, %36, p, 1, 1, %38;\n}\n"
+        : "+f"(c[0][0]), "+f"(c[0][1]), "+f"(c[0][2]), "+f"(c[0][3]), "+f"(c[1][0]), "+f"(c[1][1]), "+f"(c[1][2]),
+          "+f"(c[1][3]), "+f"(c[2][0]), "+f"(c[2][1]), "+f"(c[2][2]), "+f"(c[2][3]), "+f"(c[3][0]), "+f"(c[3][1]),
+          "+f"(c[3][2]), "+f"(c[3][3]), "+f"(c[4][0]), "+f"(c[4][1]), "+f"(c[4][2]), "+f"(c[4][3]), "+f"(c[5][0]),
+          "+f"(c[5][1]), "+f"(c[5][2]), "+f"(c[5][3]), "+f"(c[6][0]), "+f"(c[6][1]), "+f"(c[6][2]), "+f"(c[6][3]),
+          "+f"(c[7][0]), "+f"(c[7][1]), "+f"(c[7][2]), "+f"(c[7][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc), "n"(TB));
+#endif
+}
+// S (64 × BN) = A · Bᵀ: A this warp's D/16 fragments, B a [BN][D] tile in core matrices.
+// Issued only: the caller fences before and commits, waits and keeps after.
+template <int D, int BN>
+__device__ __forceinline__ void wg_abt(float (*s)[4], const unsigned (*a)[4], const bf16_t* bt) {
+    static_assert(BN == 64, "one m64n64 product per k16 step");
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) wgmma64<0>(s, a[ks], wg_desc(bt + ks * 2 * 64, 128, (D / 8) * 128), ks);
+}
+// P (this warp's f32 accumulators of a 64 × BN product) rounded to bf16 A fragments, as
+// mm_pm_m forms them.
+template <int BN>
+__device__ __forceinline__ void wg_pack(const float (*p)[4], unsigned (*pa)[4]) {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+        pa[kk][0] = pack_bf16(p[2 * kk][0], p[2 * kk][1]);
+        pa[kk][1] = pack_bf16(p[2 * kk][2], p[2 * kk][3]);
+        pa[kk][2] = pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+        pa[kk][3] = pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+    }
+}
+// O (64 × D) += P · M: `pa` P's fragments (wg_pack; kept by the caller until the wait), M a
+// [BN][D] tile in core matrices. Issued only, as wg_abt. The caller pins every register the
+// product reads (pa, and o after a rescale) with wg_keep/wg_keep_a before its wg_fence: the
+// fence orders only the register writes the compiler has placed before it.
+template <int D, int BN>
+__device__ __forceinline__ void wg_pm(float (*o)[4], unsigned (*pa)[4], const bf16_t* m, bool fresh = false) {
+    static_assert(D == 64, "one m64n64 product per k16 step");
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++)
+        wgmma64<1>(o, pa[kk], wg_desc(m + kk * 2 * (D / 8) * 64, (D / 8) * 128, 128), fresh && kk == 0 ? 0 : 1);
+}
+// Rows [r0, r0+R) of a (…, rows, heads, D) tensor → shared memory as core matrices; rows at or
+// past rend are zeros. A warp writes 4 whole core matrices (512 contiguous bytes) a pass; its
+// reads are 8 rows × 64 bytes.
+template <int R, int D, int NT = TC_THREADS>
+__device__ __forceinline__ void load_rows_cm(bf16_t* dst, const bf16_t* src, long long base, int stride, int r0, int rend) {
+    constexpr int CH = D / 8;
+    for (int c = threadIdx.x; c < R * CH; c += NT) {
+        int core = c >> 3, rin = c & 7, rg = core / CH, cg = core - rg * CH, r = r0 + rg * 8 + rin;
+        bool ok = r < rend;
+        const bf16_t* g = src + (ok ? (base + r) * (long long)stride : 0) + cg * 8;
+        cp_async16(dst + c * 8, g, ok);
+    }
+}
+// A streamed tile: core matrices for the wgmma kernels, padded rows for mma.sync.
+template <bool WG, int R, int D>
+__device__ __forceinline__ void load_tile(bf16_t* dst, const bf16_t* src, long long base, int stride, int r0, int rend) {
+    if constexpr (WG)
+        load_rows_cm<R, D>(dst, src, base, stride, r0, rend);
+    else
+        load_rows<R, D>(dst, src, base, stride, r0, rend);
+}
+// The shared-memory barrier after a tile's copies: the proxy fence first for wgmma.
+template <bool WG>
+__device__ __forceinline__ void tile_ready() {
+    cp_wait_all();
+    if constexpr (WG) fence_proxy_async();
+    __syncthreads();
+}
+
 __device__ __forceinline__ float quad_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
@@ -218,14 +379,15 @@ __device__ __forceinline__ void store_rows(bf16_t* dst, const float (*o)[4], lon
 // Forward. grid (ceil(Tq/(64·MT)), H, B), block 128, shared (64·MT + 4·BN)·(D+8) bf16. Each
 // warp owns MT tiles of 16 query rows (rows warp·16·MT + 16·mt + gq, +8); per row the order of
 // every operation is the same whatever MT, so MT = 1 and 2 give identical bits.
-template <int D, int BN, int MT>
+template <int D, int BN, int MT, bool WG>
 __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
                        int H, int KVH, int window, float scale, const unsigned int* starts, int pc) {
-    constexpr int LD = D + 8, KS = D / 16, ROWS = TC_ROWS * MT;
-    extern __shared__ __align__(16) unsigned char tc_sm[];
+    static_assert(!WG || MT == 1, "wgmma: the warpgroup's 64 rows, 16 a warp");
+    constexpr int LD = D + 8, KS = D / 16, ROWS = TC_ROWS * MT, TS = WG ? BN * D : BN * LD;
+    extern __shared__ __align__(1024) unsigned char tc_sm[];
     bf16_t* Qs = (bf16_t*)tc_sm;
-    bf16_t* Ks = Qs + ROWS * LD;
-    bf16_t* Vs = Ks + 2 * BN * LD;
+    bf16_t* Ks = Qs + ROWS * LD;  // 2 tiles (TS elements each) of K, then of V
+    bf16_t* Vs = Ks + 2 * TS;
     TcTile tt = tc_tile(pc);
     int b = tt.z, h = tt.y, g = h / (H / KVH);
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
@@ -240,11 +402,10 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
     const bf16_t* vh = v + (long long)g * D;
     long long qbase = (long long)b * tq, kbase = (long long)b * s;
     load_rows<ROWS, D>(Qs, qh, qbase, H * D, i0, tq);
-    load_rows<BN, D>(Ks, kh, kbase, KVH * D, blo, bhi);
-    load_rows<BN, D>(Vs, vh, kbase, KVH * D, blo, bhi);
+    load_tile<WG, BN, D>(Ks, kh, kbase, KVH * D, blo, bhi);
+    load_tile<WG, BN, D>(Vs, vh, kbase, KVH * D, blo, bhi);
     cp_commit();
-    cp_wait_all();
-    __syncthreads();
+    tile_ready<WG>();
     unsigned qf[MT][KS][4];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -270,23 +431,30 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
     for (int t = 0; t < ntiles; t++) {
         int j0 = blo + t * BN;
         if (t > 0) {
-            cp_wait_all();
-            __syncthreads();  // tile t is in; every warp is done with tile t−1 (the buffer refilled next)
+            tile_ready<WG>();  // tile t is in; every warp is done with tile t−1 (the buffer refilled next)
         }
         if (t + 1 < ntiles) {
             int nb = (t + 1) & 1;
-            load_rows<BN, D>(Ks + nb * BN * LD, kh, kbase, KVH * D, j0 + BN, bhi);
-            load_rows<BN, D>(Vs + nb * BN * LD, vh, kbase, KVH * D, j0 + BN, bhi);
+            load_tile<WG, BN, D>(Ks + nb * TS, kh, kbase, KVH * D, j0 + BN, bhi);
+            load_tile<WG, BN, D>(Vs + nb * TS, vh, kbase, KVH * D, j0 + BN, bhi);
         }
         cp_commit();
-        const bf16_t* Kt = Ks + (t & 1) * BN * LD;
-        const bf16_t* Vt = Vs + (t & 1) * BN * LD;
+        const bf16_t* Kt = Ks + (t & 1) * TS;
+        const bf16_t* Vt = Vs + (t & 1) * TS;
         float sc[MT][BN / 8][4];
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll
             for (int nt = 0; nt < BN / 8; nt++) sc[mt][nt][0] = sc[mt][nt][1] = sc[mt][nt][2] = sc[mt][nt][3] = 0.f;
-        mm_abt_m<D, BN, MT>(sc, qf, Kt, lane);
+        if constexpr (WG) {
+            wg_fence();
+            wg_abt<D, BN>(sc[0], qf[0], Kt);
+            wg_commit();
+            wg_wait0();
+            wg_keep(sc[0], BN / 8);
+        } else {
+            mm_abt_m<D, BN, MT>(sc, qf, Kt, lane);
+        }
         // Masks only where the tile crosses the diagonal, the window's edge or the end.
         bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + ROWS - 1, window)) &&
                     (!starts || j0 >= (int)starts[srow0 + ilast]);
@@ -332,7 +500,28 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
                 o[mt][nt][3] *= c1;
             }
         }
-        mm_pm_m<D, BN, MT>(o, sc, Vt, lane);
+        if constexpr (WG) {
+            unsigned pa[BN / 16][4];
+            wg_pack<BN>(sc[0], pa);
+            wg_keep_a(pa, BN / 16);
+            // P·V into a fresh accumulator, then added to the rescaled o: accumulating onto o
+            // in place after the rescale gave rows with several key tiles slightly wrong (as if
+            // the product read o before the rescale; 2026-12-04, H200), so o is left to the
+            // ordinary registers here. (Hypothesis under test; see the branch's commit.)
+            float pv[D / 8][4];
+            wg_fence();
+            wg_pm<D, BN>(pv, pa, Vt, true);
+            wg_commit();
+            wg_wait0();
+            wg_keep(pv, D / 8);
+            wg_keep_a(pa, BN / 16);
+#pragma unroll
+            for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) o[0][nt][e] += pv[nt][e];
+        } else {
+            mm_pm_m<D, BN, MT>(o, sc, Vt, lane);
+        }
     }
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
@@ -355,17 +544,18 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
 // each key tile: the registers hold the two tiles' dq instead). Per row the operations and
 // their order are the same for every MT and BN (a key tile is summed 16 keys at a time, in key
 // order), so all instantiations give identical bits.
-template <int D, int BN, int MT>
+template <int D, int BN, int MT, bool WG>
 __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const bf16_t* out,
                       const float* lse, float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window,
                       float scale, const unsigned int* starts, int pc) {
-    constexpr int LD = D + 8, KS = D / 16, ROWS = TC_ROWS * MT;
-    extern __shared__ __align__(16) unsigned char tc_sm[];
+    static_assert(!WG || MT == 1, "wgmma: the warpgroup's 64 rows, 16 a warp");
+    constexpr int LD = D + 8, KS = D / 16, ROWS = TC_ROWS * MT, TS = WG ? BN * D : BN * LD;
+    extern __shared__ __align__(1024) unsigned char tc_sm[];
     bf16_t* Qs = (bf16_t*)tc_sm;
     bf16_t* Os = Qs + ROWS * LD;
-    bf16_t* Ks = Os + ROWS * LD;
-    bf16_t* Vs = Ks + 2 * BN * LD;
-    bf16_t* Zs = Vs + 2 * BN * LD;          // the block's rows of out, for delta
+    bf16_t* Ks = Os + ROWS * LD;  // 2 tiles (TS elements each) of K, then of V
+    bf16_t* Vs = Ks + 2 * TS;
+    bf16_t* Zs = Vs + 2 * TS;          // the block's rows of out, for delta
     float* Dsm = (float*)(Zs + ROWS * LD);  // delta of the block's rows
     TcTile tt = tc_tile(pc);
     int b = tt.z, h = tt.y, g = h / (H / KVH);
@@ -382,8 +572,8 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
     load_rows<ROWS, D>(Qs, q + (long long)h * D, qbase, H * D, i0, tq);
     load_rows<ROWS, D>(Os, dout + (long long)h * D, qbase, H * D, i0, tq);
     load_rows<ROWS, D>(Zs, out + (long long)h * D, qbase, H * D, i0, tq);
-    load_rows<BN, D>(Ks, kh, kbase, KVH * D, blo, bhi);
-    load_rows<BN, D>(Vs, vh, kbase, KVH * D, blo, bhi);
+    load_tile<WG, BN, D>(Ks, kh, kbase, KVH * D, blo, bhi);
+    load_tile<WG, BN, D>(Vs, vh, kbase, KVH * D, blo, bhi);
     cp_commit();
     const float* lh = lse + ((long long)b * H + h) * tq;
     float* dh = delta + ((long long)b * H + h) * tq;
@@ -398,8 +588,7 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
             pos[mt][hf] = off + r;
             lo[mt][hf] = tc_row_lo(off + r, window, starts, srow0 + min(r, tq - 1));
         }
-    cp_wait_all();
-    __syncthreads();
+    tile_ready<WG>();
     // delta = rowsum(dO ∘ out) of the warp's rows, in attn_bwd_delta's order (lane l sums
     // columns l, l + 32, …; then warp_sum), so the same bits as that kernel; stored for dk/dv,
     // which runs after this kernel.
@@ -439,17 +628,16 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
     for (int t = 0; t < ntiles; t++) {
         int j0 = blo + t * BN;
         if (t > 0) {
-            cp_wait_all();
-            __syncthreads();
+            tile_ready<WG>();
         }
         if (t + 1 < ntiles) {
             int nb = (t + 1) & 1;
-            load_rows<BN, D>(Ks + nb * BN * LD, kh, kbase, KVH * D, j0 + BN, bhi);
-            load_rows<BN, D>(Vs + nb * BN * LD, vh, kbase, KVH * D, j0 + BN, bhi);
+            load_tile<WG, BN, D>(Ks + nb * TS, kh, kbase, KVH * D, j0 + BN, bhi);
+            load_tile<WG, BN, D>(Vs + nb * TS, vh, kbase, KVH * D, j0 + BN, bhi);
         }
         cp_commit();
-        const bf16_t* Kt = Ks + (t & 1) * BN * LD;
-        const bf16_t* Vt = Vs + (t & 1) * BN * LD;
+        const bf16_t* Kt = Ks + (t & 1) * TS;
+        const bf16_t* Vt = Vs + (t & 1) * TS;
         float sc[MT][BN / 8][4], dp[MT][BN / 8][4];
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
@@ -457,11 +645,21 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
             for (int nt = 0; nt < BN / 8; nt++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) sc[mt][nt][e] = dp[mt][nt][e] = 0.f;
-        mm_abt_m<D, BN, MT>(sc, qf, Kt, lane);
-        if constexpr (MT == 1)
+        if constexpr (WG) {
+            wg_fence();
+            wg_abt<D, BN>(sc[0], qf[0], Kt);
+            wg_abt<D, BN>(dp[0], of, Vt);
+            wg_commit();
+            wg_wait0();
+            wg_keep(sc[0], BN / 8);
+            wg_keep(dp[0], BN / 8);
+        } else if constexpr (MT == 1) {
+            mm_abt_m<D, BN, MT>(sc, qf, Kt, lane);
             mm_abt_m<D, BN, 1>(dp, (const unsigned (*)[KS][4])of, Vt, lane);
-        else
+        } else {
+            mm_abt_m<D, BN, MT>(sc, qf, Kt, lane);
             mm_abt_sm<D, BN, MT>(dp, Ow, Vt, lane);
+        }
         bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + ROWS - 1, window)) &&
                     (!starts || j0 >= (int)starts[srow0 + ilast]);
 #pragma unroll
@@ -480,7 +678,19 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
                     sc[mt][nt][e] = p * (dp[mt][nt][e] - Dl[mt][hf]);  // dS / scale
                 }
             }
-        mm_pm_m<D, BN, MT>(acc, sc, Kt, lane);
+        if constexpr (WG) {
+            unsigned pa[BN / 16][4];
+            wg_pack<BN>(sc[0], pa);
+            wg_keep_a(pa, BN / 16);
+            wg_fence();
+            wg_pm<D, BN>(acc[0], pa, Kt);
+            wg_commit();
+            wg_wait0();
+            wg_keep(acc[0], D / 8);
+            wg_keep_a(pa, BN / 16);
+        } else {
+            mm_pm_m<D, BN, MT>(acc, sc, Kt, lane);
+        }
     }
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -497,18 +707,19 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
 // KR (MT = 1 only): the warp's K and V rows are read into registers once as A fragments (32
 // registers) instead of from shared memory for every query tile, one eighth less shared-memory
 // traffic a tile; the same products in the same order.
-template <int D, int BQ, int MT, bool KR>
+template <int D, int BQ, int MT, bool KR, bool WG>
 __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                         const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
                         float scale, const unsigned int* starts, const unsigned int* ends, int pc) {
     static_assert(!KR || MT == 1, "K and V fragments in registers: one 16-row tile a warp");
-    constexpr int LD = D + 8, ROWS = TC_ROWS * MT;
-    extern __shared__ __align__(16) unsigned char tc_sm[];
+    static_assert(!WG || KR, "wgmma takes K and V from registers");
+    constexpr int LD = D + 8, ROWS = TC_ROWS * MT, TS = WG ? BQ * D : BQ * LD;
+    extern __shared__ __align__(1024) unsigned char tc_sm[];
     bf16_t* Ks = (bf16_t*)tc_sm;
     bf16_t* Vs = Ks + ROWS * LD;
-    bf16_t* Qs = Vs + ROWS * LD;      // 2 buffers
-    bf16_t* Os = Qs + 2 * BQ * LD;    // 2 buffers
-    float* Ls = (float*)(Os + 2 * BQ * LD);  // 2 × BQ: lse · log2 e
+    bf16_t* Qs = Vs + ROWS * LD;  // 2 buffers (TS elements each)
+    bf16_t* Os = Qs + 2 * TS;     // 2 buffers
+    float* Ls = (float*)(Os + 2 * TS);  // 2 × BQ: lse
     float* Ds = Ls + 2 * BQ;                 // 2 × BQ: delta
     TcTile tt = tc_tile(pc);
     int b = tt.z, g = tt.y, grp = H / KVH;
@@ -536,13 +747,15 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
         // Tile t: query head g·grp + t / nq, queries qlo + (t % nq)·BQ …
         auto issue = [&](int t) {
             int nb = t & 1, h = g * grp + t / nq, i0 = qlo + (t % nq) * BQ;
-            load_rows<BQ, D>(Qs + nb * BQ * LD, q + (long long)h * D, qbase, H * D, i0, qhi);
-            load_rows<BQ, D>(Os + nb * BQ * LD, dout + (long long)h * D, qbase, H * D, i0, qhi);
+            load_tile<WG, BQ, D>(Qs + nb * TS, q + (long long)h * D, qbase, H * D, i0, qhi);
+            load_tile<WG, BQ, D>(Os + nb * TS, dout + (long long)h * D, qbase, H * D, i0, qhi);
             if (threadIdx.x < BQ) {
                 int i = i0 + threadIdx.x;
                 long long at = ((long long)b * H + h) * tq + i;
-                Ls[nb * BQ + threadIdx.x] = i < qhi ? lse[at] * LOG2E : 0.f;
-                Ds[nb * BQ + threadIdx.x] = i < qhi ? delta[at] : 0.f;
+                // cp.async too: a plain load here would hold warps 0 and 1 (and the
+                // barrier after them) for a global round trip every tile.
+                cp_async4(Ls + nb * BQ + threadIdx.x, lse + (i < qhi ? at : 0), i < qhi);
+                cp_async4(Ds + nb * BQ + threadIdx.x, delta + (i < qhi ? at : 0), i < qhi);
             }
         };
         if (ntiles > 0) issue(0);
@@ -553,8 +766,7 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
         constexpr int KS = D / 16;
         unsigned kf[KR ? KS : 1][4], vf[KR ? KS : 1][4];
         for (int t = 0; t < ntiles; t++) {
-            cp_wait_all();
-            __syncthreads();  // tile t (and K, V) in; every warp is done with tile t−1
+            tile_ready<WG>();  // tile t (and K, V) in; every warp is done with tile t−1
             if constexpr (KR) {
                 if (t == 0) {
 #pragma unroll
@@ -567,8 +779,8 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
             if (t + 1 < ntiles) issue(t + 1);
             cp_commit();
             int nb = t & 1, i0 = qlo + (t % nq) * BQ;
-            const bf16_t* Qt = Qs + nb * BQ * LD;
-            const bf16_t* Ot = Os + nb * BQ * LD;
+            const bf16_t* Qt = Qs + nb * TS;
+            const bf16_t* Ot = Os + nb * TS;
             const float* Lt = Ls + nb * BQ;
             const float* Dt = Ds + nb * BQ;
             float sc[MT][BQ / 8][4], dp[MT][BQ / 8][4];
@@ -578,7 +790,15 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
                 for (int nt = 0; nt < BQ / 8; nt++)
 #pragma unroll
                     for (int e = 0; e < 4; e++) sc[mt][nt][e] = dp[mt][nt][e] = 0.f;
-            if constexpr (KR) {
+            if constexpr (WG) {
+                wg_fence();
+                wg_abt<D, BQ>(sc[0], kf, Qt);
+                wg_abt<D, BQ>(dp[0], vf, Ot);
+                wg_commit();
+                wg_wait0();
+                wg_keep(sc[0], BQ / 8);
+                wg_keep(dp[0], BQ / 8);
+            } else if constexpr (KR) {
                 mm_abt_m<D, BQ, 1>(sc, (const unsigned (*)[KS][4])kf, Qt, lane);
                 mm_abt_m<D, BQ, 1>(dp, (const unsigned (*)[KS][4])vf, Ot, lane);
             } else {
@@ -600,13 +820,30 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
                             int i = i0 + c, pos = off + i, j = jr + 16 * mt + (e < 2 ? 0 : 8);
                             vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window) && (!starts || j >= (int)starts[qbase + i]);
                         }
-                        float p = vis ? exp2f(sc[mt][nt][e] * sl2 - Lt[c]) : 0.f;
+                        float p = vis ? exp2f(sc[mt][nt][e] * sl2 - __fmul_rn(Lt[c], LOG2E)) : 0.f;
                         sc[mt][nt][e] = p;                         // Pᵀ
                         dp[mt][nt][e] = p * (dp[mt][nt][e] - Dt[c]);  // dSᵀ / scale
                     }
                 }
-            mm_pm_m<D, BQ, MT>(av, sc, Ot, lane);
-            mm_pm_m<D, BQ, MT>(ak, dp, Qt, lane);
+            if constexpr (WG) {
+                unsigned pa[BQ / 16][4], sa[BQ / 16][4];
+                wg_pack<BQ>(sc[0], pa);
+                wg_pack<BQ>(dp[0], sa);
+                wg_keep_a(pa, BQ / 16);
+                wg_keep_a(sa, BQ / 16);
+                wg_fence();
+                wg_pm<D, BQ>(av[0], pa, Ot);
+                wg_pm<D, BQ>(ak[0], sa, Qt);
+                wg_commit();
+                wg_wait0();
+                wg_keep(av[0], D / 8);
+                wg_keep(ak[0], D / 8);
+                wg_keep_a(pa, BQ / 16);
+                wg_keep_a(sa, BQ / 16);
+            } else {
+                mm_pm_m<D, BQ, MT>(av, sc, Ot, lane);
+                mm_pm_m<D, BQ, MT>(ak, dp, Qt, lane);
+            }
         }
         cp_wait_all();
     }
@@ -624,26 +861,26 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
 // least N blocks resident an SM (registers capped at 65536 / (128 · N)).
 #define TC_LB __launch_bounds__(TC_THREADS)
 #define TC_LBN(N) __launch_bounds__(TC_THREADS, N)
-#define TC_FWD(NAME, D, BN, MT, LB)                                                                                      \
+#define TC_FWD(NAME, D, BN, MT, WG, LB)                                                                                      \
     extern "C" __global__ void LB NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v,       \
                                                                   bf16_t* out, float* lse, int tq, int tk, int s, int H,   \
                                                                   int KVH, int window, float scale,                        \
                                                                   const unsigned int* starts, int pc) {                    \
-        tc_fwd<D, BN, MT>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                                \
+        tc_fwd<D, BN, MT, WG>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                                \
     }
-#define TC_DQ(NAME, D, BN, MT, LB)                                                                                       \
+#define TC_DQ(NAME, D, BN, MT, WG, LB)                                                                                       \
     extern "C" __global__ void LB NAME(                                                         \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const bf16_t* out, const float* lse,        \
         float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale,                          \
         const unsigned int* starts, int pc) {                                                                              \
-        tc_dq<D, BN, MT>(q, k, v, dout, out, lse, delta, dq, tq, tk, s, H, KVH, window, scale, starts, pc);                \
+        tc_dq<D, BN, MT, WG>(q, k, v, dout, out, lse, delta, dq, tq, tk, s, H, KVH, window, scale, starts, pc);                \
     }
-#define TC_DKDV(NAME, D, BQ, MT, KR, LB)                                                                                 \
+#define TC_DKDV(NAME, D, BQ, MT, KR, WG, LB)                                                                                 \
     extern "C" __global__ void LB NAME(                                                         \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
         bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                            \
         const unsigned int* starts, const unsigned int* ends, int pc) {                                                    \
-        tc_dkdv<D, BQ, MT, KR>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, pc);     \
+        tc_dkdv<D, BQ, MT, KR, WG>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, pc);     \
     }
 // (key tile, 16-row tiles a warp) of the forward and dq, (query tile, 16-row tiles a warp) of
 // dk/dv; must match tc_kernels in cuda.rs (names, rows a block, shared memory). The forward
@@ -656,14 +893,14 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
 // them from shared memory each query tile: SMELT_CUDA_ATTN_DKDV=smem, the same bits). At D = 64
 // the backward's defaults are now the register-capped forms below (attn_tc_dqk32b4_d64,
 // attn_tc_dkdv0b3_d64); these two stay as variants.
-TC_FWD(attn_tc_fwd_d64, 64, 64, 2, TC_LB)
-TC_FWD(attn_tc_fwd1_d64, 64, 64, 1, TC_LB)
-TC_DQ(attn_tc_dq_d64, 64, 64, 1, TC_LB)
-TC_DKDV(attn_tc_dkdv_d64, 64, 64, 1, true, TC_LB)
-TC_DKDV(attn_tc_dkdv0_d64, 64, 64, 1, false, TC_LB)
-TC_FWD(attn_tc_fwd_d128, 128, 64, 1, TC_LB)
-TC_DQ(attn_tc_dq_d128, 128, 32, 1, TC_LB)
-TC_DKDV(attn_tc_dkdv_d128, 128, 32, 1, false, TC_LB)
+TC_FWD(attn_tc_fwd_d64, 64, 64, 2, false, TC_LB)
+TC_FWD(attn_tc_fwd1_d64, 64, 64, 1, false, TC_LB)
+TC_DQ(attn_tc_dq_d64, 64, 64, 1, false, TC_LB)
+TC_DKDV(attn_tc_dkdv_d64, 64, 64, 1, true, false, TC_LB)
+TC_DKDV(attn_tc_dkdv0_d64, 64, 64, 1, false, false, TC_LB)
+TC_FWD(attn_tc_fwd_d128, 128, 64, 1, false, TC_LB)
+TC_DQ(attn_tc_dq_d128, 128, 32, 1, false, TC_LB)
+TC_DKDV(attn_tc_dkdv_d128, 128, 32, 1, false, false, TC_LB)
 // Capped registers for more resident blocks (2026-12-04, H200): ncu found dk/dv at 2 blocks an
 // SM (248 registers) and dq at 3, both latency-bound (issue slots 37% and 49% busy, 1.37 GHz
 // under ncu). Names: bN = at least N blocks an SM; q32/k32: 32-wide streamed tiles. Measured
@@ -672,13 +909,13 @@ TC_DKDV(attn_tc_dkdv_d128, 128, 32, 1, false, TC_LB)
 // dkdvq32b4 28.6/7.30; dq 17.6/4.77 → dqk32b4 17.1/4.66 (the default now), dqk32 19.1/5.40,
 // dqk32b3 18.7/5.20; the forward 11.6/3.32 → fwd1b3 13.6/3.70, fwd1b4 13.2/3.56 (kept at MT 2).
 // cuda.rs's TC_D64_* tables name them for SMELT_CUDA_ATTN_FWD / _DQ / _DKDV.
-TC_FWD(attn_tc_fwd1b3_d64, 64, 64, 1, TC_LBN(3))
-TC_FWD(attn_tc_fwd1b4_d64, 64, 64, 1, TC_LBN(4))
-TC_DQ(attn_tc_dqk32b4_d64, 64, 32, 1, TC_LBN(4))
-TC_DKDV(attn_tc_dkdvb3_d64, 64, 64, 1, true, TC_LBN(3))
-TC_DKDV(attn_tc_dkdv0b3_d64, 64, 64, 1, false, TC_LBN(3))
-TC_DKDV(attn_tc_dkdvq32b3_d64, 64, 32, 1, true, TC_LBN(3))
-TC_DKDV(attn_tc_dkdvq32b4_d64, 64, 32, 1, true, TC_LBN(4))
-TC_DKDV(attn_tc_dkdvq32_d64, 64, 32, 1, true, TC_LB)
-TC_DQ(attn_tc_dqk32_d64, 64, 32, 1, TC_LB)
-TC_DQ(attn_tc_dqk32b3_d64, 64, 32, 1, TC_LBN(3))
+TC_FWD(attn_tc_fwd1b3_d64, 64, 64, 1, false, TC_LBN(3))
+TC_FWD(attn_tc_fwd1b4_d64, 64, 64, 1, false, TC_LBN(4))
+TC_DQ(attn_tc_dqk32b4_d64, 64, 32, 1, false, TC_LBN(4))
+TC_DKDV(attn_tc_dkdvb3_d64, 64, 64, 1, true, false, TC_LBN(3))
+TC_DKDV(attn_tc_dkdv0b3_d64, 64, 64, 1, false, false, TC_LBN(3))
+TC_DKDV(attn_tc_dkdvq32b3_d64, 64, 32, 1, true, false, TC_LBN(3))
+TC_DKDV(attn_tc_dkdvq32b4_d64, 64, 32, 1, true, false, TC_LBN(4))
+TC_DKDV(attn_tc_dkdvq32_d64, 64, 32, 1, true, false, TC_LB)
+TC_DQ(attn_tc_dqk32_d64, 64, 32, 1, false, TC_LB)
+TC_DQ(attn_tc_dqk32b3_d64, 64, 32, 1, false, TC_LBN(3))

@@ -18,6 +18,10 @@ use std::sync::Arc;
 
 pub(crate) const SRC: &str = include_str!("attention.cu");
 pub(crate) const TC_SRC: &str = include_str!("attention_tc.cu");
+/// attention_tc.cu followed by the Hopper (`wgmma`) kernels: one module compiled for sm_90a.
+pub(crate) const WG_SRC: &str = concat!(include_str!("attention_tc.cu"), "\n", include_str!("attention_wg.cu"));
+/// The module name of WG_SRC (the `_sm90a` suffix selects the compute_90a target).
+pub(crate) const WG_MODULE: &str = "attention_tc_sm90a";
 pub(crate) const DEC_SRC: &str = include_str!("decode.cu");
 pub(crate) const PAGED_SRC: &str = include_str!("paged.cu");
 
@@ -37,6 +41,14 @@ pub(crate) struct TcKernel {
     pub rows: usize,
     pub tile: usize,
     pub pc: i32,
+    /// A Hopper `wgmma` kernel (attention_wg.cu, module WG_MODULE): compute capability 9.0
+    /// only; its streamed tiles are stored without padding (core matrices).
+    pub wg: bool,
+    /// Threads a block: 128, or 128 per warpgroup of a pipelined wgmma kernel (`WG_D64_FWD`).
+    pub threads: u32,
+    /// Buffers of the streamed tiles: 2, or 3 for the pipelined dk/dv (`WG_D64_DKDV`), which
+    /// reads two tiles at once while the third loads.
+    pub bufs: usize,
 }
 
 /// Which forms of the tensor-core kernels run (every choice gives the same bits; the
@@ -55,7 +67,42 @@ pub(crate) struct TcForms {
     pub fwd: Option<&'static TcVariant>,
     pub dq: Option<&'static TcVariant>,
     pub dkdv: Option<&'static TcVariant>,
+    /// On Hopper at head dim 64, the `wgmma` forms of attention_wg.cu (`SMELT_CUDA_ATTN_WG=1`;
+    /// experimental, off by default until the GPU parity tests pass).
+    pub wgmma: bool,
+    /// On Hopper at head dim 64, one of `WG_D64_FWD` as the forward (`SMELT_CUDA_ATTN_FWD` = its
+    /// name; ignored with a warning elsewhere). Experimental, as `wgmma`.
+    pub wg_fwd: Option<&'static WgVariant>,
+    /// The same for dk/dv: one of `WG_D64_DKDV` (`SMELT_CUDA_ATTN_DKDV` = its name).
+    pub wg_dkdv: Option<&'static WgVariant>,
+    /// The same for dq: one of `WG_D64_DQ` (`SMELT_CUDA_ATTN_DQ` = its name).
+    pub wg_dq: Option<&'static WgVariant>,
 }
+
+/// A pipelined `wgmma` forward of attention_wg.cu (module WG_MODULE): its name, rows a block
+/// (64 a warpgroup) and threads a block.
+#[derive(Debug)]
+pub(crate) struct WgVariant {
+    pub name: &'static str,
+    pub rows: usize,
+    pub threads: u32,
+}
+pub(crate) const WG_D64_FWD: &[WgVariant] = &[
+    WgVariant { name: "attn_wgp_fwd_d64", rows: 128, threads: 256 },
+    WgVariant { name: "attn_wgp3_fwd_d64", rows: 192, threads: 384 },
+    WgVariant { name: "attn_wgp1_fwd_d64", rows: 64, threads: 128 },
+    WgVariant { name: "attn_wgp1b3_fwd_d64", rows: 64, threads: 128 },
+];
+/// The pipelined `wgmma` dq kernels (three buffers of streamed tiles).
+pub(crate) const WG_D64_DQ: &[WgVariant] = &[
+    WgVariant { name: "attn_wgp_dq_d64", rows: 128, threads: 256 },
+    WgVariant { name: "attn_wgp1_dq_d64", rows: 64, threads: 128 },
+];
+/// The pipelined `wgmma` dk/dv kernels (three buffers of streamed tiles).
+pub(crate) const WG_D64_DKDV: &[WgVariant] = &[
+    WgVariant { name: "attn_wgp_dkdv_d64", rows: 128, threads: 256 },
+    WgVariant { name: "attn_wgp1_dkdv_d64", rows: 64, threads: 128 },
+];
 
 /// A kernel of attention_tc.cu's other instantiations at head dim 64: its name, rows a block
 /// and streamed tile width. Every one gives the bits of the default for its pass (the test
@@ -86,10 +133,15 @@ pub(crate) const TC_D64_DKDV: &[TcVariant] = &[
 /// the backward's kernels are capped in registers for more resident blocks (measured on the
 /// H200, 2026-12-04: dk/dv reading K and V from shared memory at 3 blocks an SM 24.0 ms against
 /// 26.2 for K and V in registers at 2, dq with 32-key tiles at 4 blocks 17.1 against 17.6, 1B
-/// shape; the large preset likewise); the earlier forms stay as variants.
-pub(crate) fn tc_kernels(d: usize, f: TcForms) -> [TcKernel; 3] {
+/// shape; the large preset likewise); the earlier forms stay as variants. On Hopper (`hopper`:
+/// compute capability 9.0) at head dim 64 with `f.wgmma`, the `wgmma` forms of attention_wg.cu.
+pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
     let pc = f.pc.map_or(i32::MAX, |p| p.clamp(1, i32::MAX as usize) as i32);
-    let k = |name: String, rows: usize, tile: usize| TcKernel { name, rows, tile, pc };
+    let k = |name: String, rows: usize, tile: usize| TcKernel { name, rows, tile, pc, wg: false, threads: 128, bufs: 2 };
+    if hopper && d == 64 && f.wgmma {
+        let w = |name: &str| TcKernel { wg: true, ..k(name.into(), TC_ROWS, 64) };
+        return [w("attn_wg_fwd_d64"), w("attn_wg_dq_d64"), w("attn_wg_dkdv_d64")];
+    }
     let fwd = match (d, f.one_tile_fwd) {
         (64, false) => k("attn_tc_fwd_d64".into(), 2 * TC_ROWS, 64),
         (64, true) => k("attn_tc_fwd1_d64".into(), TC_ROWS, 64),
@@ -104,11 +156,23 @@ pub(crate) fn tc_kernels(d: usize, f: TcForms) -> [TcKernel; 3] {
         (64, Some(v)) => k(v.name.into(), v.rows, v.tile),
         _ => dflt,
     };
-    [pick(f.fwd, fwd), pick(f.dq, dq), pick(f.dkdv, dkdv)]
+    let fwd = match (d, f.wg_fwd) {
+        (64, Some(w)) if hopper => TcKernel { wg: true, threads: w.threads, ..k(w.name.into(), w.rows, 64) },
+        _ => pick(f.fwd, fwd),
+    };
+    let dkdv = match (d, f.wg_dkdv) {
+        (64, Some(w)) if hopper => TcKernel { wg: true, threads: w.threads, bufs: 3, ..k(w.name.into(), w.rows, 64) },
+        _ => pick(f.dkdv, dkdv),
+    };
+    let dq = match (d, f.wg_dq) {
+        (64, Some(w)) if hopper => TcKernel { wg: true, threads: w.threads, bufs: 3, ..k(w.name.into(), w.rows, 64) },
+        _ => pick(f.dq, dq),
+    };
+    [fwd, dq, dkdv]
 }
 
-/// `tc_kernels` as the environment picks them.
-fn default_tc_kernels(d: usize) -> [TcKernel; 3] {
+/// `tc_kernels` as the environment picks them, for the GPU `t` lives on.
+fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
     static FORMS: std::sync::OnceLock<TcForms> = std::sync::OnceLock::new();
     let forms = *FORMS.get_or_init(|| {
         let var = |n: &str| std::env::var(n).ok();
@@ -125,12 +189,29 @@ fn default_tc_kernels(d: usize) -> [TcKernel; 3] {
             one_tile_fwd: var("SMELT_CUDA_ATTN_MT").is_some_and(|v| v == "1"),
             dkdv_smem: var("SMELT_CUDA_ATTN_DKDV").is_some_and(|v| v == "smem"),
             pc: var("SMELT_CUDA_ATTN_PC").and_then(|v| v.parse().ok()),
-            fwd: named("SMELT_CUDA_ATTN_FWD", TC_D64_FWD),
-            dq: named("SMELT_CUDA_ATTN_DQ", TC_D64_DQ),
-            dkdv: named("SMELT_CUDA_ATTN_DKDV", TC_D64_DKDV),
+            fwd: var("SMELT_CUDA_ATTN_FWD")
+                .filter(|v| !WG_D64_FWD.iter().any(|w| w.name == v))
+                .and_then(|_| named("SMELT_CUDA_ATTN_FWD", TC_D64_FWD)),
+            dq: var("SMELT_CUDA_ATTN_DQ")
+                .filter(|v| !WG_D64_DQ.iter().any(|w| w.name == v))
+                .and_then(|_| named("SMELT_CUDA_ATTN_DQ", TC_D64_DQ)),
+            dkdv: var("SMELT_CUDA_ATTN_DKDV")
+                .filter(|v| !WG_D64_DKDV.iter().any(|w| w.name == v))
+                .and_then(|_| named("SMELT_CUDA_ATTN_DKDV", TC_D64_DKDV)),
+            wgmma: var("SMELT_CUDA_ATTN_WG").is_some_and(|v| v == "1"),
+            wg_fwd: var("SMELT_CUDA_ATTN_FWD").and_then(|v| WG_D64_FWD.iter().find(|w| w.name == v)),
+            wg_dkdv: var("SMELT_CUDA_ATTN_DKDV").and_then(|v| WG_D64_DKDV.iter().find(|w| w.name == v)),
+            wg_dq: var("SMELT_CUDA_ATTN_DQ").and_then(|v| WG_D64_DQ.iter().find(|w| w.name == v)),
         }
     });
-    tc_kernels(d, forms)
+    let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
+    if !hopper && (forms.wg_fwd.is_some() || forms.wg_dq.is_some() || forms.wg_dkdv.is_some()) {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            eprintln!("warning: the wgmma attention kernels named by SMELT_CUDA_ATTN_FWD / _DQ / _DKDV need a Hopper GPU (compute capability 9.0): the default ones run")
+        });
+    }
+    tc_kernels(d, forms, hopper)
 }
 
 /// Which kernels run on `gpu`: the tensor-core ones for bf16 at head dim 64 or 128 on compute
@@ -142,9 +223,10 @@ pub fn uses_tensor_cores(gpu: &cuda::Gpu, dt: DType, d: usize) -> bool {
     dt == DType::BF16 && (d == 64 || d == 128) && gpu.arch.0 >= 8 && !scalar
 }
 
-/// A tensor-core kernel with its dynamic shared memory allowed past the 48 KiB default.
-fn tc_function(gpu: &cuda::Gpu, name: &str, smem: usize) -> Result<cudarc::driver::CudaFunction> {
-    let f = gpu.function("attention_tc", TC_SRC, name)?;
+/// A tensor-core kernel with its dynamic shared memory allowed past the 48 KiB default; a
+/// `wgmma` one (`wg`) from the sm_90a module.
+fn tc_function(gpu: &cuda::Gpu, name: &str, smem: usize, wg: bool) -> Result<cudarc::driver::CudaFunction> {
+    let f = if wg { gpu.function(WG_MODULE, WG_SRC, name)? } else { gpu.function("attention_tc", TC_SRC, name)? };
     f.set_attribute(
         cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         smem as i32,
@@ -153,10 +235,16 @@ fn tc_function(gpu: &cuda::Gpu, name: &str, smem: usize) -> Result<cudarc::drive
     Ok(f)
 }
 
-fn tc_cfg(grid: (usize, usize, usize), smem: usize) -> LaunchConfig {
+/// Shared memory a `wgmma` kernel takes past its tiles: 8 bytes a thread, the slots wg_pin
+/// stores to (attention_tc.cu).
+fn wg_scratch(wg: bool, threads: u32) -> usize {
+    if wg { 8 * threads as usize } else { 0 }
+}
+
+fn tc_cfg(grid: (usize, usize, usize), smem: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (grid.0.max(1) as u32, grid.1 as u32, grid.2 as u32),
-        block_dim: (128, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: smem as u32,
     }
 }
@@ -177,7 +265,7 @@ fn cfg(grid: (usize, usize, usize), smem_floats: usize) -> LaunchConfig {
 }
 
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor)> {
-    attention_with(q, k, v, dm, scale, &default_tc_kernels(dm.d)[0], None)
+    attention_with(q, k, v, dm, scale, &default_tc_kernels(dm.d, q)[0], None)
 }
 
 /// Packed rows' example bounds on the device for the tensor-core kernels: each position's
@@ -256,9 +344,10 @@ pub(crate) fn attention_with(
     let lse = DeviceBuf::alloc(gpu, DType::F32, dm.b * dm.h * dm.tq)?;
     let d = dm.d;
     if uses_tensor_cores(gpu, dt, d) {
-        let TcKernel { name, rows, tile: bn, pc } = fwd;
-        let smem = (rows + 4 * bn) * (d + 8) * 2;
-        let f = tc_function(gpu, name, smem)?;
+        let TcKernel { name, rows, tile: bn, pc, wg, threads, .. } = fwd;
+        let tw = if *wg { d } else { d + 8 }; // a streamed tile's row: core matrices, or padded
+        let smem = (rows * (d + 8) + 4 * bn * tw) * 2 + wg_scratch(*wg, *threads);
+        let f = tc_function(gpu, name, smem, *wg)?;
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
         let null = 0u64;
         let mut b = gpu.stream.launch_builder(&f);
@@ -272,7 +361,7 @@ pub(crate) fn attention_with(
             None => b.arg(&null),
         };
         b.arg(pc);
-        cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem)) }, name)?;
+        cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem, *threads)) }, name)?;
         return Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?));
     }
     if packed.is_some() {
@@ -306,7 +395,7 @@ pub fn attention_backward(
     dm: AttnDims,
     scale: f32,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let [_, dq, dkdv] = default_tc_kernels(dm.d);
+    let [_, dq, dkdv] = default_tc_kernels(dm.d, q);
     attention_backward_with(q, k, v, out, lse, dout, dm, scale, (&dq, &dkdv), None)
 }
 
@@ -353,9 +442,10 @@ pub(crate) fn attention_backward_with(
         let null = 0u64;
         let dq = DeviceBuf::alloc(gpu, dt, q.numel())?;
         {
-            let TcKernel { name, rows, tile, pc } = kdq;
-            let smem = (3 * rows + 4 * tile) * (d + 8) * 2 + rows * 4;
-            let f = tc_function(gpu, name, smem)?;
+            let TcKernel { name, rows, tile, pc, wg, threads, bufs } = kdq;
+            let tw = if *wg { d } else { d + 8 };
+            let smem = (3 * rows * (d + 8) + 2 * bufs * tile * tw) * 2 + rows * 4 + wg_scratch(*wg, *threads);
+            let f = tc_function(gpu, name, smem, *wg)?;
             let mut b = gpu.stream.launch_builder(&f);
             b.arg(&qb.data).arg(&kb.data).arg(&vb.data).arg(&db.data).arg(&ob.data).arg(&lb.data);
             b.arg(&delta.data).arg(&dq.data);
@@ -368,14 +458,15 @@ pub(crate) fn attention_backward_with(
                 None => b.arg(&null),
             };
             b.arg(pc);
-            cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem)) }, name)?;
+            cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem, *threads)) }, name)?;
         }
         let dk = DeviceBuf::alloc(gpu, dt, k.numel())?;
         let dv = DeviceBuf::alloc(gpu, dt, v.numel())?;
         {
-            let TcKernel { name, rows, tile, pc } = kdkdv;
-            let smem = (2 * rows + 4 * tile) * (d + 8) * 2 + 4 * tile * 4;
-            let f = tc_function(gpu, name, smem)?;
+            let TcKernel { name, rows, tile, pc, wg, threads, bufs } = kdkdv;
+            let tw = if *wg { d } else { d + 8 };
+            let smem = (2 * rows * (d + 8) + 2 * bufs * tile * tw) * 2 + 2 * bufs * tile * 4 + wg_scratch(*wg, *threads);
+            let f = tc_function(gpu, name, smem, *wg)?;
             let mut b = gpu.stream.launch_builder(&f);
             b.arg(&qb.data)
                 .arg(&kb.data)
@@ -394,7 +485,7 @@ pub(crate) fn attention_backward_with(
                 None => b.arg(&null).arg(&null),
             };
             b.arg(pc);
-            cuda::launched(unsafe { b.launch(tc_cfg((dm.s.div_ceil(*rows), dm.kvh, dm.b), smem)) }, name)?;
+            cuda::launched(unsafe { b.launch(tc_cfg((dm.s.div_ceil(*rows), dm.kvh, dm.b), smem, *threads)) }, name)?;
         }
         return Ok((
             Tensor::from_device_buf(dq, q.shape())?,
@@ -736,7 +827,7 @@ impl super::AttentionKernels for crate::backend::Cuda {
     ) -> Result<(Tensor, Tensor)> {
         let qb = q.cuda_buf()?;
         let bounds = packed_bounds(&qb.gpu, qb.dtype, &dm, seg)?;
-        attention_with(q, k, v, dm, scale, &default_tc_kernels(dm.d)[0], Some(&bounds))
+        attention_with(q, k, v, dm, scale, &default_tc_kernels(dm.d, q)[0], Some(&bounds))
     }
     #[allow(clippy::too_many_arguments)]
     fn attention_packed_backward(
@@ -753,7 +844,7 @@ impl super::AttentionKernels for crate::backend::Cuda {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let qb = q.cuda_buf()?;
         let bounds = packed_bounds(&qb.gpu, qb.dtype, &dm, seg)?;
-        let [_, dq, dkdv] = default_tc_kernels(dm.d);
+        let [_, dq, dkdv] = default_tc_kernels(dm.d, q);
         attention_backward_with(q, k, v, out, lse, dout, dm, scale, (&dq, &dkdv), Some(&bounds))
     }
     /// The training kernel's forward (its lse dropped); one query per sequence (decode) takes

@@ -1,0 +1,616 @@
+// The attention kernels on Hopper's warpgroup products (`wgmma`, sm_90a), head dim 64:
+// attention_tc.cu's forward, dq and dk/dv with WG = true (their streamed tiles in core
+// matrices, the products issued by the warpgroup; see "Hopper" there). This file is compiled
+// after attention_tc.cu in one module, `attention_tc_sm90a`, for compute_90a (cuda.rs).
+//
+// Rounding: S and dP are exact products summed in f32, P and dS rounded to bf16 as operands,
+// as in the mma.sync kernels; the tensor cores may sum inside a k16 step in another order, so
+// the bits may differ from attn_tc_*_d64 (the tests bound both against the CPU and each other).
+// One 16-row tile a warp (the warpgroup's 64 rows): the forward's two-tile form does not apply.
+TC_FWD(attn_wg_fwd_d64, 64, 64, 1, true, TC_LB)
+TC_DQ(attn_wg_dq_d64, 64, 64, 1, true, TC_LB)
+TC_DKDV(attn_wg_dkdv_d64, 64, 64, 1, true, true, TC_LB)
+
+// The two operand layouts of attention_tc.cu's "Hopper" part on one m64n64k16 product, for the test: a (64 × 16, row-major)
+// times B (16 × 64, B[k][n] = bt[n·16 + k]), out 64 × 64 row-major, twice: out[0] with B
+// stored K-major as the S products store Q (load_rows_cm), out[1] with B stored N-major as the
+// dV/dK products read dO and Q. Both must equal a·B. One block of 128 threads.
+extern "C" __global__ void __launch_bounds__(TC_THREADS) attn_wg_probe(const bf16_t* a, const bf16_t* bt, float* out) {
+    __shared__ __align__(128) bf16_t As[64 * 24];
+    __shared__ __align__(1024) bf16_t Bs[64 * 16];   // K-major: core (n/8, k/8) at (n/8·2 + k/8)·128
+    __shared__ __align__(1024) bf16_t Bn[16 * 64];   // N-major source: rows k (16) × cols n (64)
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
+    for (int i = threadIdx.x; i < 64 * 16; i += TC_THREADS) As[(i / 16) * 24 + i % 16] = a[i];
+    load_rows_cm<64, 16>(Bs, bt, 0, 16, 0, 64);
+    // bt as a 16 × 64 matrix M[k][n] = bt[n·16 + k]... stored as 16 rows of 64: core matrices
+    // (k/8, n/8) at (k/8 · 8 + n/8) · 128, rows k, 16-byte chunks of n.
+    for (int i = threadIdx.x; i < 16 * 64; i += TC_THREADS) {
+        int kk = i / 64, n = i % 64;
+        Bn[((kk / 8) * 8 + n / 8) * 64 + (kk % 8) * 8 + n % 8] = bt[n * 16 + kk];
+    }
+    cp_commit();
+    cp_wait_all();
+    fence_proxy_async();
+    __syncthreads();
+    unsigned af[4];
+    load_a<24>(af, As + warp * 16 * 24, 0, 0, lane);
+    float c0[8][4], c1[8][4];
+    wg_fence();
+    wgmma64<0>(c0, af, wg_desc(Bs, 128, 2 * 128), 0);
+    wgmma64<1>(c1, af, wg_desc(Bn, 8 * 128, 128), 0);
+    wg_commit();
+    wg_wait0();
+    wg_keep(c0, 8);
+    wg_keep(c1, 8);
+    for (int nt = 0; nt < 8; nt++)
+        for (int e = 0; e < 4; e++) {
+            int r = warp * 16 + gq + (e >> 1) * 8, c = nt * 8 + 2 * tq4 + (e & 1);
+            out[r * 64 + c] = c0[nt][e];
+            out[4096 + r * 64 + c] = c1[nt][e];
+        }
+}
+
+// ---- The forward with its two products overlapped (FlashAttention-3's intra-warpgroup
+// pipeline), head dim 64, 64-key tiles.
+//
+// NW warpgroups a block (128·NW threads; warpgroup w owns query rows i0 + 64w …, 16 a warp)
+// share the streamed K and V tiles, so a tile read from L2 feeds 64·NW rows. Per key tile t a
+// warpgroup issues S(t+1) = Q·K(t+1)ᵀ and O' = P(t)·V(t) back to back, computes the softmax of
+// S(t+1) while the tensor cores work on P(t)·V(t), then folds O' in: o = o·c(t) + O', c(t) the
+// rescale its own softmax found. Each product writes a fresh accumulator (scale-d 0 on its first
+// k step), so between a product's issue and its wait no other instruction touches the registers
+// it writes or reads; wg_keep pins them on both sides, as CUTLASS's warpgroup_fence_operand does.
+//
+// K runs one tile ahead of V: at the top of iteration t, K(t+1) and V(t) are in shared memory,
+// and K(t+2) and V(t+1) load into the buffers K(t) and V(t−1) left (both waited for before the
+// barrier that opens iteration t).
+//
+// Rounding: as attn_wg_fwd_d64 except that O' is summed apart and added to the rescaled o (one
+// f32 addition per element and tile), so within ATTN_TC of the mma.sync kernels, not their bits.
+// Shared memory: Q [64·NW][D+8] (padded rows for ldmatrix), K 2 × [BN][D] and V 2 × [BN][D] in
+// core matrices: (64·NW·(D+8) + 4·BN·D) bf16, the launcher's formula for a wgmma kernel.
+
+// The online softmax of one 64-key tile of this lane's two rows (tc_fwd's, MT = 1): masks, new
+// maxima, P = exp2(S·scale·log2e − m) in place, the row sums; c0, c1: what o must be scaled by.
+template <int BN>
+__device__ __forceinline__ void wgp_softmax(float (*sc)[4], float* m, float* l, const int* pos, const int* lo, int j0,
+                                            bool full, float sl2, int tq4, float& c0, float& c1) {
+    float mx0 = -SM_INF, mx1 = -SM_INF;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float x = sc[nt][e] * sl2;
+            if (!full) {
+                int j = j0 + nt * 8 + 2 * tq4 + (e & 1), hf = e >> 1;
+                if (!(j >= lo[hf] && j <= pos[hf])) x = -SM_INF;
+            }
+            sc[nt][e] = x;
+        }
+        mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]));
+    }
+    float mn0 = fmaxf(m[0], quad_max(mx0)), mn1 = fmaxf(m[1], quad_max(mx1));
+    float base0 = mn0 == -SM_INF ? 0.f : mn0, base1 = mn1 == -SM_INF ? 0.f : mn1;
+    c0 = exp2f(m[0] - base0);
+    c1 = exp2f(m[1] - base1);
+    m[0] = mn0;
+    m[1] = mn1;
+    float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+        sc[nt][0] = exp2f(sc[nt][0] - base0);
+        sc[nt][1] = exp2f(sc[nt][1] - base0);
+        sc[nt][2] = exp2f(sc[nt][2] - base1);
+        sc[nt][3] = exp2f(sc[nt][3] - base1);
+        rs0 += sc[nt][0] + sc[nt][1];
+        rs1 += sc[nt][2] + sc[nt][3];
+    }
+    l[0] = l[0] * c0 + rs0;  // this lane's share of the row sum; the quad adds them at the end
+    l[1] = l[1] * c1 + rs1;
+}
+
+// o = o·c + O' (rows gq: c0, gq+8: c1).
+template <int D>
+__device__ __forceinline__ void wgp_fold(float (*o)[4], const float (*pv)[4], float c0, float c1) {
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) {
+        o[nt][0] = o[nt][0] * c0 + pv[nt][0];
+        o[nt][1] = o[nt][1] * c0 + pv[nt][1];
+        o[nt][2] = o[nt][2] * c1 + pv[nt][2];
+        o[nt][3] = o[nt][3] * c1 + pv[nt][3];
+    }
+}
+
+template <int NW>
+__device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
+                        int H, int KVH, int window, float scale, const unsigned int* starts, int pc) {
+    constexpr int D = 64, BN = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D;
+    extern __shared__ __align__(1024) unsigned char tc_sm[];
+    bf16_t* Qs = (bf16_t*)tc_sm;
+    bf16_t* Ks = Qs + ROWS * LD;  // 2 tiles of K (TS elements each), then 2 of V
+    bf16_t* Vs = Ks + 2 * TS;
+    float* Pin = (float*)(Vs + 2 * TS);  // 2 floats a thread: wg_pin's slots
+    TcTile tt = tc_tile(pc);
+    int b = tt.z, h = tt.y, g = h / (H / KVH);
+    int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
+    int off = tk - tq;
+    int i0 = (gridDim.x - 1 - tt.rank) * ROWS;  // the longest (last) query tiles first
+    int ilast = min(tq - 1, i0 + ROWS - 1);
+    long long srow0 = (long long)b * tq;
+    int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
+    int ntiles = (bhi - blo + BN - 1) / BN;
+    int iw = i0 + 64 * wg, wlast = min(tq - 1, iw + 63);  // this warpgroup's rows (maybe all past the end)
+    const bf16_t* qh = q + (long long)h * D;
+    const bf16_t* kh = k + (long long)g * D;
+    const bf16_t* vh = v + (long long)g * D;
+    long long qbase = (long long)b * tq, kbase = (long long)b * s;
+    auto load_k = [&](int t) { load_rows_cm<BN, D, NT>(Ks + (t & 1) * TS, kh, kbase, KVH * D, blo + t * BN, bhi); };
+    auto load_v = [&](int t) { load_rows_cm<BN, D, NT>(Vs + (t & 1) * TS, vh, kbase, KVH * D, blo + t * BN, bhi); };
+    // Every key of the tile at j0 visible to every row of this warpgroup: no masks.
+    auto full = [&](int j0) {
+        return j0 + BN - 1 <= off + iw && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + iw + 63, window)) &&
+               (!starts || j0 >= (int)starts[srow0 + wlast]);
+    };
+    load_rows<ROWS, D, NT>(Qs, qh, qbase, H * D, i0, tq);
+    load_k(0);
+    load_v(0);
+    if (ntiles > 1) load_k(1);
+    cp_commit();
+    tile_ready<true>();
+    unsigned qf[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) load_a<LD>(qf[ks], Qs, 64 * wg + warp * 16, ks * 16, lane);
+    float o[D / 8][4], pv[D / 8][4], sc[BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[nt][e] = pv[nt][e] = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) sc[nt][e] = 0.f;
+    float m[2], l[2];
+    int pos[2], lo[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        m[hf] = -SM_INF;
+        l[hf] = 0.f;
+        pos[hf] = off + iw + warp * 16 + gq + 8 * hf;
+        lo[hf] = tc_row_lo(pos[hf], window, starts, srow0 + min(pos[hf] - off, tq - 1));
+    }
+    const float sl2 = scale * LOG2E;
+    // S(0) and its softmax.
+    wg_keep(sc, BN / 8);
+    wg_fence();
+    wg_abt<D, BN>(sc, qf, Ks);
+    wg_commit();
+    wg_wait0();
+    wg_keep(sc, BN / 8);
+    float c0, c1;
+    wgp_softmax<BN>(sc, m, l, pos, lo, blo, full(blo), sl2, tq4, c0, c1);
+    // Every tile but the last: S(t+1) and P(t)·V(t) in flight together. (The last tile is
+    // peeled off below: issuing S under a condition made ptxas serialize every wgmma, C7514.)
+    for (int t = 0; t + 1 < ntiles; t++) {
+        // K(t+1) and V(t) are in; every warpgroup is done with K(t) (S(t) waited for) and
+        // V(t−1) (P(t−1)·V(t−1) waited for), whose buffers take K(t+2) and V(t+1).
+        tile_ready<true>();
+        if (t + 2 < ntiles) load_k(t + 2);
+        load_v(t + 1);
+        cp_commit();
+        unsigned pa[BN / 16][4];
+        wg_pack<BN>(sc, pa);
+        wg_keep_a(pa, BN / 16);
+        wg_keep(sc, BN / 8);
+        wg_keep(pv, D / 8);
+        wg_fence();
+        wg_abt<D, BN>(sc, qf, Ks + ((t + 1) & 1) * TS);
+        wg_commit();
+        wg_pm<D, BN>(pv, pa, Vs + (t & 1) * TS, true);
+        wg_commit();
+        wg_wait1();  // S(t+1) is done; P(t)·V(t) may still run
+        wg_keep(sc, BN / 8);
+        float n0, n1;
+        int j1 = blo + (t + 1) * BN;
+        wgp_softmax<BN>(sc, m, l, pos, lo, j1, full(j1), sl2, tq4, n0, n1);
+        wg_pin(Pin, l[0], l[1]);  // the row sums need every exp2 of the softmax: all of it before the wait
+        wg_wait0();
+        wg_keep(pv, D / 8);
+        wg_keep_a(pa, BN / 16);
+        wgp_fold<D>(o, pv, c0, c1);
+        c0 = n0;
+        c1 = n1;
+    }
+    {  // the last tile: P·V alone
+        tile_ready<true>();
+        int t = ntiles - 1;
+        unsigned pa[BN / 16][4];
+        wg_pack<BN>(sc, pa);
+        wg_keep_a(pa, BN / 16);
+        wg_keep(pv, D / 8);
+        wg_fence();
+        wg_pm<D, BN>(pv, pa, Vs + (t & 1) * TS, true);
+        wg_commit();
+        wg_wait0();
+        wg_keep(pv, D / 8);
+        wg_keep_a(pa, BN / 16);
+        wgp_fold<D>(o, pv, c0, c1);
+    }
+    float l0 = quad_sum(l[0]), l1 = quad_sum(l[1]);
+    float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    int r0 = iw + warp * 16 + gq;
+    store_rows<D>(out + (long long)h * D, o, qbase, H * D, r0, tq, inv0, inv1, lane);
+    if (tq4 == 0) {
+        const float ln2 = 0.6931471805599453f;
+        float* lh = lse + ((long long)b * H + h) * tq;
+        if (r0 < tq) lh[r0] = (m[0] + log2f(l0)) * ln2;
+        if (r0 + 8 < tq) lh[r0 + 8] = (m[1] + log2f(l1)) * ln2;
+    }
+}
+// MB: at least MB blocks resident an SM (registers capped at 65536 / (128·NW·MB)).
+#define WGP_FWD(NAME, NW, MB)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v, \
+                                                                    bf16_t* out, float* lse, int tq, int tk, int s,    \
+                                                                    int H, int KVH, int window, float scale,           \
+                                                                    const unsigned int* starts, int pc) {              \
+        wgp_fwd<NW>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                                 \
+    }
+WGP_FWD(attn_wgp_fwd_d64, 2, 1)
+WGP_FWD(attn_wgp3_fwd_d64, 3, 1)
+WGP_FWD(attn_wgp1_fwd_d64, 1, 1)
+WGP_FWD(attn_wgp1b3_fwd_d64, 1, 3)
+
+// ---- dk/dv with its products overlapped, head dim 64, 64-query tiles.
+//
+// NW warpgroups a block (warpgroup w owns keys j0 + 64w …, 16 a warp, their K and V fragments in
+// registers) share the streamed Q, dO, lse and delta tiles. Tile t = (query head, query tile), as
+// tc_dkdv orders them. Per tile a warpgroup issues Sᵀ(t+1) = K·Q(t+1)ᵀ and dPᵀ(t+1) = V·dO(t+1)ᵀ
+// (fresh accumulators), then dV += Pᵀ(t)·dO(t) and dK += dSᵀ(t)·Q(t) (accumulated in place:
+// nothing else touches dV and dK until the end), computes Pᵀ(t+1) and dSᵀ(t+1) while the second
+// pair runs, and waits. Tiles t and t+1 are both read during iteration t, so the streamed tiles
+// have three buffers: tile t+2 loads into the one tile t−1 left.
+//
+// Rounding: Pᵀ and dSᵀ as tc_dkdv's; the tensor cores sum each k16 step in their own order, so
+// within ATTN_TC of the mma.sync kernels. Shared memory: K and V [64·NW][D+8] (ldmatrix), then
+// Q and dO 3 × [BQ][D] in core matrices, lse and delta 3 × BQ f32:
+// (2·64·NW·(D+8) + 6·BQ·D)·2 + 6·BQ·4 bytes, the launcher's formula with three buffers.
+template <int NW>
+__device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
+                         const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
+                         float scale, const unsigned int* starts, const unsigned int* ends, int pc) {
+    constexpr int D = 64, BQ = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BQ * D;
+    extern __shared__ __align__(1024) unsigned char tc_sm[];
+    bf16_t* Ks = (bf16_t*)tc_sm;
+    bf16_t* Vs = Ks + ROWS * LD;
+    bf16_t* Qs = Vs + ROWS * LD;        // 3 buffers (TS elements each)
+    bf16_t* Os = Qs + 3 * TS;           // 3 buffers
+    float* Ls = (float*)(Os + 3 * TS);  // 3 × BQ: lse
+    float* Ds = Ls + 3 * BQ;            // 3 × BQ: delta
+    TcTile tt = tc_tile(pc);
+    int b = tt.z, g = tt.y, grp = H / KVH;
+    int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
+    int off = tk - tq;
+    int j0 = tt.rank * ROWS, jw = j0 + 64 * wg;  // the block's keys, this warpgroup's
+    long long kbase = (long long)b * s, qbase = (long long)b * tq;
+    float ak[D / 8][4], av[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) ak[nt][e] = av[nt][e] = 0.f;
+    int jr = jw + warp * 16 + gq;  // this lane's key rows: jr, jr + 8
+    if (j0 < tk) {
+        int jlast = min(tk - 1, j0 + ROWS - 1);
+        int qlo = max(0, j0 - off);
+        int qhi = window > 0 ? min(tq, jlast + window - off) : tq;
+        if (ends) qhi = min(qhi, (int)ends[qbase + jlast]);  // packed: no query after the key's example
+        int nq = qhi > qlo ? (qhi - qlo + BQ - 1) / BQ : 0;
+        int ntiles = grp * nq;
+        load_rows<ROWS, D, NT>(Ks, k + (long long)g * D, kbase, KVH * D, j0, tk);
+        load_rows<ROWS, D, NT>(Vs, v + (long long)g * D, kbase, KVH * D, j0, tk);
+        // Tile t: query head g·grp + t / nq, queries qlo + (t % nq)·BQ …, buffer t % 3.
+        auto issue = [&](int t) {
+            int nb = t % 3, h = g * grp + t / nq, i0 = qlo + (t % nq) * BQ;
+            load_rows_cm<BQ, D, NT>(Qs + nb * TS, q + (long long)h * D, qbase, H * D, i0, qhi);
+            load_rows_cm<BQ, D, NT>(Os + nb * TS, dout + (long long)h * D, qbase, H * D, i0, qhi);
+            if (threadIdx.x < BQ) {
+                int i = i0 + threadIdx.x;
+                long long at = ((long long)b * H + h) * tq + i;
+                cp_async4(Ls + nb * BQ + threadIdx.x, lse + (i < qhi ? at : 0), i < qhi);
+                cp_async4(Ds + nb * BQ + threadIdx.x, delta + (i < qhi ? at : 0), i < qhi);
+            }
+        };
+        if (ntiles > 0) issue(0);
+        if (ntiles > 1) issue(1);
+        cp_commit();
+        tile_ready<true>();
+        if (ntiles > 0) {
+            unsigned kf[KS][4], vf[KS][4];
+#pragma unroll
+            for (int ks = 0; ks < KS; ks++) {
+                load_a<LD>(kf[ks], Ks + (64 * wg + warp * 16) * LD, 0, ks * 16, lane);
+                load_a<LD>(vf[ks], Vs + (64 * wg + warp * 16) * LD, 0, ks * 16, lane);
+            }
+            float sc[BQ / 8][4], dp[BQ / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < BQ / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) sc[nt][e] = dp[nt][e] = 0.f;
+            const float sl2 = scale * LOG2E;
+            // Sᵀ(t), dPᵀ(t) → Pᵀ(t), dSᵀ(t)/scale in place (tc_dkdv's masks and arithmetic).
+            auto grads = [&](int t) {
+                int nb = t % 3, i0 = qlo + (t % nq) * BQ;
+                const float* Lt = Ls + nb * BQ;
+                const float* Dt = Ds + nb * BQ;
+                bool full = i0 + BQ <= qhi && jw + 63 <= off + i0 && jw + 64 <= tk &&
+                            (window == 0 || jw >= tc_key_lo(off + i0 + BQ - 1, window)) &&
+                            (!starts || jw >= (int)starts[qbase + i0 + BQ - 1]);
+#pragma unroll
+                for (int nt = 0; nt < BQ / 8; nt++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int c = nt * 8 + 2 * tq4 + (e & 1);  // query column in the tile
+                        bool vis = true;
+                        if (!full) {
+                            int i = i0 + c, pos = off + i, j = jr + (e < 2 ? 0 : 8);
+                            vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window) && (!starts || j >= (int)starts[qbase + i]);
+                        }
+                        float p = vis ? exp2f(sc[nt][e] * sl2 - __fmul_rn(Lt[c], LOG2E)) : 0.f;
+                        sc[nt][e] = p;                         // Pᵀ
+                        dp[nt][e] = p * (dp[nt][e] - Dt[c]);  // dSᵀ / scale
+                    }
+                }
+            };
+            wg_keep(sc, BQ / 8);
+            wg_keep(dp, BQ / 8);
+            wg_keep(av, D / 8);  // their zeros written before the first fence (PTX's rule)
+            wg_keep(ak, D / 8);
+            wg_fence();
+            wg_abt<D, BQ>(sc, kf, Qs);
+            wg_abt<D, BQ>(dp, vf, Os);
+            wg_commit();
+            wg_wait0();
+            wg_keep(sc, BQ / 8);
+            wg_keep(dp, BQ / 8);
+            grads(0);
+            // Every tile but the last (peeled below, so that no wgmma is issued under a condition).
+            for (int t = 0; t + 1 < ntiles; t++) {
+                // Tile t+1 is in; every warpgroup is done with tile t−1, whose buffer takes t+2.
+                tile_ready<true>();
+                if (t + 2 < ntiles) issue(t + 2);
+                cp_commit();
+                unsigned pa[BQ / 16][4], sa[BQ / 16][4];
+                wg_pack<BQ>(sc, pa);
+                wg_pack<BQ>(dp, sa);
+                wg_keep_a(pa, BQ / 16);
+                wg_keep_a(sa, BQ / 16);
+                wg_keep(sc, BQ / 8);
+                wg_keep(dp, BQ / 8);
+                wg_fence();
+                int n0 = (t % 3) * TS, n1 = ((t + 1) % 3) * TS;
+                wg_abt<D, BQ>(sc, kf, Qs + n1);
+                wg_abt<D, BQ>(dp, vf, Os + n1);
+                wg_commit();
+                wg_pm<D, BQ>(av, pa, Os + n0);
+                wg_pm<D, BQ>(ak, sa, Qs + n0);
+                wg_commit();
+                wg_wait1();  // Sᵀ(t+1) and dPᵀ(t+1) are done; dV and dK may still run
+                wg_keep(sc, BQ / 8);
+                wg_keep(dp, BQ / 8);
+                grads(t + 1);
+                wg_wait0();
+                wg_keep(av, D / 8);
+                wg_keep(ak, D / 8);
+                wg_keep_a(pa, BQ / 16);
+                wg_keep_a(sa, BQ / 16);
+            }
+            {
+                int n0 = ((ntiles - 1) % 3) * TS;
+                unsigned pa[BQ / 16][4], sa[BQ / 16][4];
+                wg_pack<BQ>(sc, pa);
+                wg_pack<BQ>(dp, sa);
+                wg_keep_a(pa, BQ / 16);
+                wg_keep_a(sa, BQ / 16);
+                wg_fence();
+                wg_pm<D, BQ>(av, pa, Os + n0);
+                wg_pm<D, BQ>(ak, sa, Qs + n0);
+                wg_commit();
+                wg_wait0();
+                wg_keep(av, D / 8);
+                wg_keep(ak, D / 8);
+                wg_keep_a(pa, BQ / 16);
+                wg_keep_a(sa, BQ / 16);
+            }
+        }
+    }
+    int kvs = KVH * D;
+    // Rows past tk (cache rows, or the block entirely past tk) store zeros: the accumulators
+    // are zero there (every Pᵀ entry of such a key is masked), and rows ≥ s are skipped.
+    store_rows<D>(dk + (long long)g * D, ak, kbase, kvs, jr, s, scale, scale, lane);
+    store_rows<D>(dv + (long long)g * D, av, kbase, kvs, jr, s, 1.f, 1.f, lane);
+}
+#define WGP_DKDV(NAME, NW, MB)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(                                                    \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,   \
+        bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                        \
+        const unsigned int* starts, const unsigned int* ends, int pc) {                                                \
+        wgp_dkdv<NW>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, pc);          \
+    }
+WGP_DKDV(attn_wgp_dkdv_d64, 2, 1)
+WGP_DKDV(attn_wgp1_dkdv_d64, 1, 1)
+
+// ---- dq with its products overlapped (and delta, as tc_dq computes it), head dim 64, 64-key
+// tiles. NW warpgroups a block (warpgroup w owns query rows i0 + 64w …; Q and dO fragments in
+// registers) share the streamed K and V tiles. Per key tile a warpgroup issues S(t+1) = Q·K(t+1)ᵀ
+// and dP(t+1) = dO·V(t+1)ᵀ (fresh accumulators), then dQ += dS(t)·K(t) (in place: nothing else
+// touches dQ until the store), computes dS(t+1) while that runs, and waits. K(t) and K(t+1),
+// V(t+1) are read during iteration t: three buffers, tile t+2 loads into tile t−1's.
+// Shared memory: Q, dO and out [64·NW][D+8], K and V 3 × [BN][D] in core matrices, delta 64·NW
+// f32: (3·64·NW·(D+8) + 6·BN·D)·2 + 64·NW·4 bytes, the launcher's formula with three buffers.
+template <int NW>
+__device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const bf16_t* out,
+                       const float* lse, float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window,
+                       float scale, const unsigned int* starts, int pc) {
+    constexpr int D = 64, BN = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D;
+    extern __shared__ __align__(1024) unsigned char tc_sm[];
+    bf16_t* Qs = (bf16_t*)tc_sm;
+    bf16_t* Os = Qs + ROWS * LD;
+    bf16_t* Zs = Os + ROWS * LD;            // the block's rows of out, for delta
+    bf16_t* Ks = Zs + ROWS * LD;            // 3 tiles (TS elements each) of K, then 3 of V
+    bf16_t* Vs = Ks + 3 * TS;
+    float* Dsm = (float*)(Vs + 3 * TS);     // delta of the block's rows
+    float* Pin = Dsm + ROWS;                // 2 floats a thread: wg_pin's slots
+    TcTile tt = tc_tile(pc);
+    int b = tt.z, h = tt.y, g = h / (H / KVH);
+    int wg = threadIdx.x >> 7, gw = threadIdx.x >> 5, warp = gw & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
+    int off = tk - tq;
+    int i0 = (gridDim.x - 1 - tt.rank) * ROWS;
+    int ilast = min(tq - 1, i0 + ROWS - 1);
+    long long srow0 = (long long)b * tq;
+    int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
+    int ntiles = (bhi - blo + BN - 1) / BN;
+    int iw = i0 + 64 * wg, wlast = min(tq - 1, iw + 63);
+    const bf16_t* kh = k + (long long)g * D;
+    const bf16_t* vh = v + (long long)g * D;
+    long long qbase = (long long)b * tq, kbase = (long long)b * s;
+    auto issue = [&](int t) {
+        int nb = (t % 3) * TS, j = blo + t * BN;
+        load_rows_cm<BN, D, NT>(Ks + nb, kh, kbase, KVH * D, j, bhi);
+        load_rows_cm<BN, D, NT>(Vs + nb, vh, kbase, KVH * D, j, bhi);
+    };
+    auto full = [&](int j0) {
+        return j0 + BN - 1 <= off + iw && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + iw + 63, window)) &&
+               (!starts || j0 >= (int)starts[srow0 + wlast]);
+    };
+    load_rows<ROWS, D, NT>(Qs, q + (long long)h * D, qbase, H * D, i0, tq);
+    load_rows<ROWS, D, NT>(Os, dout + (long long)h * D, qbase, H * D, i0, tq);
+    load_rows<ROWS, D, NT>(Zs, out + (long long)h * D, qbase, H * D, i0, tq);
+    issue(0);
+    if (ntiles > 1) issue(1);
+    cp_commit();
+    const float* lh = lse + ((long long)b * H + h) * tq;
+    float* dh = delta + ((long long)b * H + h) * tq;
+    float L[2], Dl[2];
+    int pos[2], lo[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        int r = iw + warp * 16 + gq + 8 * hf;
+        L[hf] = r < tq ? lh[r] * LOG2E : 0.f;
+        pos[hf] = off + r;
+        lo[hf] = tc_row_lo(off + r, window, starts, srow0 + min(r, tq - 1));
+    }
+    tile_ready<true>();
+    // delta = rowsum(dO ∘ out) of the warp's rows, in attn_bwd_delta's order (tc_dq's loop).
+    for (int rr = gw * 16; rr < (gw + 1) * 16; rr++) {
+        float acc = 0.f;
+        for (int d = lane; d < D; d += 32) acc += to_f(Zs[rr * LD + d]) * to_f(Os[rr * LD + d]);
+        acc = warp_sum(acc);
+        if (lane == 0) {
+            Dsm[rr] = acc;
+            if (i0 + rr < tq) dh[i0 + rr] = acc;
+        }
+    }
+    __syncwarp();
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        int rr = gw * 16 + gq + 8 * hf;
+        Dl[hf] = i0 + rr < tq ? Dsm[rr] : 0.f;
+    }
+    unsigned qf[KS][4], of[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) {
+        load_a<LD>(qf[ks], Qs, gw * 16, ks * 16, lane);
+        load_a<LD>(of[ks], Os, gw * 16, ks * 16, lane);
+    }
+    float acc[D / 8][4], sc[BN / 8][4], dp[BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[nt][e] = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) sc[nt][e] = dp[nt][e] = 0.f;
+    const float sl2 = scale * LOG2E;
+    // S(t), dP(t) → dS(t)/scale in sc (tc_dq's masks and arithmetic).
+    auto grads = [&](int t) {
+        int j0 = blo + t * BN;
+        bool f = full(j0);
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int hf = e >> 1;
+                bool vis = true;
+                if (!f) {
+                    int j = j0 + nt * 8 + 2 * tq4 + (e & 1);
+                    vis = j >= lo[hf] && j <= pos[hf];
+                }
+                float p = vis ? exp2f(sc[nt][e] * sl2 - L[hf]) : 0.f;
+                sc[nt][e] = p * (dp[nt][e] - Dl[hf]);  // dS / scale
+            }
+        }
+    };
+    wg_keep(sc, BN / 8);
+    wg_keep(dp, BN / 8);
+    wg_keep(acc, D / 8);  // its zeros written before the first fence (PTX's rule)
+    wg_fence();
+    wg_abt<D, BN>(sc, qf, Ks);
+    wg_abt<D, BN>(dp, of, Vs);
+    wg_commit();
+    wg_wait0();
+    wg_keep(sc, BN / 8);
+    wg_keep(dp, BN / 8);
+    grads(0);
+    for (int t = 0; t + 1 < ntiles; t++) {
+        tile_ready<true>();  // tile t+1 in; every warpgroup is done with tile t−1, whose buffers take t+2
+        if (t + 2 < ntiles) issue(t + 2);
+        cp_commit();
+        unsigned pa[BN / 16][4];
+        wg_pack<BN>(sc, pa);
+        wg_keep_a(pa, BN / 16);
+        wg_keep(sc, BN / 8);
+        wg_keep(dp, BN / 8);
+        wg_fence();
+        int n0 = (t % 3) * TS, n1 = ((t + 1) % 3) * TS;
+        wg_abt<D, BN>(sc, qf, Ks + n1);
+        wg_abt<D, BN>(dp, of, Vs + n1);
+        wg_commit();
+        wg_pm<D, BN>(acc, pa, Ks + n0);
+        wg_commit();
+        wg_wait1();  // S(t+1) and dP(t+1) are done; dQ may still run
+        wg_keep(sc, BN / 8);
+        wg_keep(dp, BN / 8);
+        grads(t + 1);
+        {
+            // every dS value folded into one word for wg_pin: all of grads before the wait
+            unsigned x = 0;
+#pragma unroll
+            for (int nt = 0; nt < BN / 8; nt++) x ^= __float_as_uint(sc[nt][0]) ^ __float_as_uint(sc[nt][1]) ^ __float_as_uint(sc[nt][2]) ^ __float_as_uint(sc[nt][3]);
+            wg_pin(Pin, __uint_as_float(x), 0.f);
+        }
+        wg_wait0();
+        wg_keep(acc, D / 8);
+        wg_keep_a(pa, BN / 16);
+    }
+    {
+        unsigned pa[BN / 16][4];
+        wg_pack<BN>(sc, pa);
+        wg_keep_a(pa, BN / 16);
+        wg_fence();
+        wg_pm<D, BN>(acc, pa, Ks + ((ntiles - 1) % 3) * TS);
+        wg_commit();
+        wg_wait0();
+        wg_keep(acc, D / 8);
+        wg_keep_a(pa, BN / 16);
+    }
+    store_rows<D>(dq + (long long)h * D, acc, qbase, H * D, iw + warp * 16 + gq, tq, scale, scale, lane);
+}
+#define WGP_DQ(NAME, NW, MB)                                                                                            \
+    extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(                                                    \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const bf16_t* out, const float* lse,    \
+        float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale,                      \
+        const unsigned int* starts, int pc) {                                                                          \
+        wgp_dq<NW>(q, k, v, dout, out, lse, delta, dq, tq, tk, s, H, KVH, window, scale, starts, pc);                 \
+    }
+WGP_DQ(attn_wgp_dq_d64, 2, 1)
+WGP_DQ(attn_wgp1_dq_d64, 1, 1)

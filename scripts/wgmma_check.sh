@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One device call for the pipelined wgmma attention (branch wg2; docs/CUDA.md "wgmma"):
+# parity first, then timing, smelt only (torch.compile's figures at these shapes are in
+# docs/PERF.md: 124M 427k tok/s, 1B 75.5k; cuDNN's attention 24 ms of its 1B step).
+#
+# Build here (x86-64), then carry DIR:
+#   cargo test --release --features cuda -p smelt-core --no-run    # copy the smelt_core test
+#       executable it names to DIR/core_tests
+#   cargo build --release --features cuda -p smelt && cp target/release/smelt DIR/
+# On the device (repo root; OUT set by the device tool):
+#   bash scripts/wgmma_check.sh DIR          # ~6-9 minutes
+set -uo pipefail
+D=${1:-.devq}
+OUT=${OUT:-./out}
+mkdir -p "$OUT"
+export SMELT_REQUIRE_GPU=1
+nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+# 1. Parity: every pipelined kernel (WG_D64_FWD / _DQ / _DKDV) against the mma.sync ones
+#    (each comparison made and reported before the test fails), then the probe of both
+#    operand layouts and the synchronous wgmma kernels.
+timeout 300 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 --nocapture >"$OUT/parity_wgmma_pipelined.txt" 2>&1
+echo "parity_wgmma_pipelined_kernels rc $?"; grep -E "NMSE|nmse|failed|panicked|test result" "$OUT/parity_wgmma_pipelined.txt" | tail -40
+timeout 300 "$D/core_tests" parity_wgmma_attention_layouts --test-threads=1 --nocapture >"$OUT/parity_wgmma.txt" 2>&1
+echo "parity_wgmma_attention_layouts_and_kernels rc $?"; tail -25 "$OUT/parity_wgmma.txt"
+timeout 300 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_bf16_attention.txt" 2>&1
+echo "parity_bf16_attention rc $?"; tail -4 "$OUT/parity_bf16_attention.txt"
+# 2. Timing at 124M and 1B: the default kernels, then the pipelined ones (all three; the
+#    forward alone; one warpgroup a block).
+ALL="SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64"
+ONE="SMELT_CUDA_ATTN_FWD=attn_wgp1_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp1_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp1_dkdv_d64"
+timeout 420 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 124m,1b --no-peers \
+  --variants "wgp:$ALL;wgp1:$ONE;fwd3:SMELT_CUDA_ATTN_FWD=attn_wgp3_fwd_d64" --out "$OUT/bench" 2>&1 | tail -12
+# 3. Per kernel (SMELT_CUDA_PROFILE) at 1B: default and all pipelined.
+M=/tmp/smelt-bench-models/1b
+for v in default "$ALL"; do
+  env_args=(); [ "$v" = default ] || env_args=(${v//,/ })
+  env SMELT_CUDA_PROFILE=1 "${env_args[@]}" timeout 200 "$D/smelt" bench --device cuda --model "$M" --vocab-size 32000 \
+    --batch-size 8 --seq-len 2048 --iters 1 --decode-tokens 4 --format json >/dev/null 2>"$OUT/profile-1b-${v:0:7}.txt"
+  echo "== profile 1b ${v:0:40}"; grep -i -E "attn|total" "$OUT/profile-1b-${v:0:7}.txt" | head -12
+done
