@@ -50,6 +50,7 @@ for line in sys.stdin:
     cp -r crates/model/tests/fixtures/hf "$dir/crates/model/tests/fixtures/"
     cp scripts/gpu_suite.sh "$dir/gpu_suite.sh"
     cp scripts/multi_gpu_verify.sh "$dir/multi_gpu_verify.sh"
+    cp scripts/wgmma_check.sh "$dir/wgmma_check.sh"  # the pipelined wgmma attention: (cd DIR && bash wgmma_check.sh .)
     ls -la "$dir"
 }
 

@@ -9,6 +9,8 @@
 #   cargo build --release --features cuda -p smelt && cp target/release/smelt DIR/
 # On the device (repo root; OUT set by the device tool):
 #   bash scripts/wgmma_check.sh DIR          # ~6-9 minutes
+# or, from the GPU suite's folder (scripts/gpu_suite.sh build DIR copies this script and bench/):
+#   cd DIR && bash wgmma_check.sh .
 set -uo pipefail
 D=${1:-.devq}
 OUT=${OUT:-./out}
