@@ -794,3 +794,33 @@ fn item9_imatrix_format_and_quantize_eval_are_checked_before_the_work() {
     assert!(!out.exists(), "the work was done before --eval was checked");
     no_temps(&d);
 }
+
+// ---- 10. an output that is one of the inputs, or a directory, is refused before the work ----
+
+#[test]
+fn item10_an_output_that_is_an_input_or_a_directory_is_refused() {
+    let b = base();
+    let d = dir("item10");
+    let (corpus, bin, sub) = (d.join("corpus.txt"), d.join("train.bin"), d.join("sub"));
+    std::fs::copy(b.p("corpus.txt"), &corpus).unwrap();
+    std::fs::copy(b.p("train.bin"), &bin).unwrap();
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("keep"), "keep").unwrap();
+    let before = snapshot(&d);
+    let (tok, model) = (b.p("tok.json"), b.p("run/final"));
+    let (c, t, m, o) = (s(&corpus), s(&tok), s(&model), s(&sub));
+    let mixed = format!("{}:1", s(&bin));
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["prepare", "-i", c, "--tokenizer", t, "-o", c], "is also an input"),
+        (vec!["process", "-i", c, "-o", c], "is also an input"),
+        (vec!["mix", "-i", &mixed, "-o", s(&bin)], "is also an input"),
+        (vec!["prepare", "-i", c, "--tokenizer", t, "-o", o], "is a directory"),
+        (vec!["tokenizer", "--input", c, "--vocab-size", "300", "--output", o], "is a directory"),
+        (vec!["export-gguf", "--model", m, "--output", o, "--type", "f32", "--pre", "gpt-2"], "is a directory"),
+    ];
+    for (args, needle) in cases {
+        refused(&smelt(&args), &["--output", needle]);
+    }
+    assert_eq!(snapshot(&d), before, "an input or the directory changed");
+    no_temps(&d);
+}

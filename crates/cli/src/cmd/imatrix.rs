@@ -65,6 +65,7 @@ pub fn compute(
 }
 
 pub fn run(a: ImatrixArgs) -> Result<()> {
+    smelt_files::check_output(&a.output, &[a.model.clone(), a.input.clone()], "--output")?;
     let model = super::load_model(&a.model)?;
     let m = compute(&model, &a.model, &a.input, a.chunk_size, a.chunks, a.process_output)?;
     match a.format.as_str() {

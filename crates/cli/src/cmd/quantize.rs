@@ -67,6 +67,7 @@ pub struct QuantizeArgs {
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let ty = GgmlType::parse(&a.r#type)?;
+    smelt_files::check_output(&a.output, &[a.model.clone()], "--output")?;
     if let (Some(eval), Some(text)) = (&a.eval, &a.imatrix_text) {
         if eval == text {
             bail!(
