@@ -824,3 +824,23 @@ fn item10_an_output_that_is_an_input_or_a_directory_is_refused() {
     assert_eq!(snapshot(&d), before, "an input or the directory changed");
     no_temps(&d);
 }
+
+// ---- 11. token ids outside the token file's vocabulary name the file ----
+
+#[test]
+fn item11_a_token_file_with_ids_outside_its_vocabulary_names_the_file() {
+    let b = base();
+    let d = dir("item11");
+    let mut bytes = std::fs::read(b.p("train.bin")).unwrap();
+    assert_eq!(&bytes[12..16], &2u32.to_le_bytes(), "u16 ids");
+    for id in bytes[32..].chunks_exact_mut(2) {
+        id.copy_from_slice(&65000u16.to_le_bytes());
+    }
+    std::fs::write(d.join("train.bin"), &bytes).unwrap();
+    std::fs::copy(b.p("tok.json"), d.join("tok.json")).unwrap();
+    let ck = d.join("ck");
+    refused(&train(&d, &ck, &["--steps", "1"]), &["train.bin", "token 65000 at position", "vocabulary of 300"]);
+    let o = smelt(&["mix", "-i", &format!("{}:1", s(&d.join("train.bin"))), "-o", s(&d.join("m.bin"))]);
+    refused(&o, &["train.bin", "token 65000"]);
+    assert!(!d.join("m.bin").exists());
+}

@@ -180,7 +180,7 @@ fn run(cfg: &MixConfig) -> Result<MixSummary> {
         let (start, len) = s.doc(s.order[s.cursor] as usize);
         s.cursor += 1;
         buf.clear();
-        s.file.read_into(start, len, &mut buf);
+        s.file.read_into(start, len, &mut buf)?;
         if buf.last() != Some(&eos0) {
             buf.push(eos0);
         }

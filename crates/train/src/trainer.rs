@@ -898,7 +898,7 @@ impl Data {
                 check_vocab(v.file(), model.cfg.vocab_size)?;
                 Some(
                     v.eval_batches(Some(cfg.val_batches))
-                        .map(|(x, y)| to_tensors(x, y, cfg.seq_len))
+                        .map(|b| b.and_then(|(x, y)| to_tensors(x, y, cfg.seq_len)))
                         .collect::<Result<Vec<_>>>()?,
                 )
             }
