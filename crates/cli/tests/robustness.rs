@@ -844,3 +844,22 @@ fn item11_a_token_file_with_ids_outside_its_vocabulary_names_the_file() {
     refused(&o, &["train.bin", "token 65000"]);
     assert!(!d.join("m.bin").exists());
 }
+
+// ---- 12. a head dim of dim / heads with a remainder, or zero, is refused ----
+
+#[test]
+fn item12_dim_not_a_multiple_of_heads_is_refused() {
+    let b = base();
+    let d = dir("item12");
+    for (dim, heads) in [("18", "4"), ("16", "32")] {
+        let ck = d.join("ck");
+        let o = train(&b.d, &ck, &["--dim", dim, "--heads", heads, "--kv-heads", heads]);
+        refused(&o, &[&format!("--dim {dim} is not a multiple of --heads {heads}")]);
+        assert!(!ck.exists());
+    }
+    let m = d.join("m");
+    copy_dir(&b.p("run/final"), &m);
+    edit_json(&m.join("config.json"), |c| c["head_dim"] = serde_json::json!(0));
+    let o = smelt(&["generate", "--model", s(&m), "--prompt", "hi", "--device", "cpu"]);
+    refused(&o, &["config.json", "head dim 0"]);
+}

@@ -164,8 +164,8 @@ impl ModelConfig {
         if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             bail!("model config: {} heads is not a multiple of {} KV heads", self.n_heads, self.n_kv_heads);
         }
-        if !self.head_dim.is_multiple_of(2) {
-            bail!("model config: head dim {} must be even for RoPE", self.head_dim);
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            bail!("model config: head dim {} must be even and positive for RoPE", self.head_dim);
         }
         if let Some(s) = self.attn_scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
             bail!("model config: attention scale {s} must be a positive number");

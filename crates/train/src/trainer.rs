@@ -246,6 +246,10 @@ impl TrainConfig {
             let need = |v: Option<usize>, f: &str| v.with_context(|| format!("--size custom needs --{f}"));
             let (dim, layers, heads) =
                 (need(self.dim, "dim")?, need(self.layers, "layers")?, need(self.heads, "heads")?);
+            // The head dim is dim / heads: a remainder would silently shrink the attention width.
+            if heads > 0 && !dim.is_multiple_of(heads) {
+                bail!("--dim {dim} is not a multiple of --heads {heads} (each head takes dim / heads)");
+            }
             let ffn = self.ffn_hidden.unwrap_or_else(|| (dim * 8 / 3).div_ceil(64) * 64);
             ModelConfig::llama(vocab_size, dim, layers, heads, self.kv_heads.unwrap_or(heads), ffn)
         } else {
