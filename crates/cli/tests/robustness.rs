@@ -863,3 +863,19 @@ fn item12_dim_not_a_multiple_of_heads_is_refused() {
     let o = smelt(&["generate", "--model", s(&m), "--prompt", "hi", "--device", "cpu"]);
     refused(&o, &["config.json", "head dim 0"]);
 }
+
+// ---- 13. a model path that is neither a folder nor a .gguf says so ----
+
+#[test]
+fn item13_a_model_path_that_is_a_file_but_not_a_gguf_says_what_it_is() {
+    let b = base();
+    let d = dir("item13");
+    let g = d.join("m.bin");
+    let (exported, model) = (d.join("m.gguf"), b.p("run/final"));
+    ok(&smelt(&["export-gguf", "--model", s(&model), "--output", s(&exported), "--type", "f32", "--pre", "gpt-2"]));
+    std::fs::rename(&exported, &g).unwrap();
+    let gen = |m: &Path| smelt(&["generate", "--model", s(m), "--prompt", "hi", "--device", "cpu"]);
+    refused(&gen(&g), &["m.bin", "not a model folder", "GGUF file", ".gguf"]);
+    refused(&gen(&b.p("corpus.txt")), &["corpus.txt", "not a model folder"]);
+    refused(&gen(&d.join("missing")), &["missing", "no such model folder"]);
+}
