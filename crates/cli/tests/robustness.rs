@@ -879,3 +879,15 @@ fn item13_a_model_path_that_is_a_file_but_not_a_gguf_says_what_it_is() {
     refused(&gen(&b.p("corpus.txt")), &["corpus.txt", "not a model folder"]);
     refused(&gen(&d.join("missing")), &["missing", "no such model folder"]);
 }
+
+// ---- 14. serve flags that would refuse every request are refused at the start ----
+
+#[test]
+fn item14_serve_flags_that_refuse_every_request_are_refused() {
+    let b = base();
+    let m = b.p("run/final");
+    for (flag, v) in [("--max-body", "0"), ("--alias", ""), ("--alias", " ")] {
+        let o = smelt(&["serve", "--model", s(&m), "--device", "cpu", "--port", "0", &format!("{flag}={v}")]);
+        refused(&o, &[flag]);
+    }
+}
