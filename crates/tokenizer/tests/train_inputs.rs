@@ -42,6 +42,8 @@ fn text_gz_jsonl_dirs_and_globs_train_alike() {
     assert!(err(&[format!("{d}/missing.txt")], &cfg(None)).contains("missing.txt"));
     assert!(err(&[format!("{d}/*.nothing")], &cfg(None)).contains("matched no files"));
     assert!(err(&[format!("{d}/a.txt")], &TrainConfig { vocab_size: 10, ..cfg(None) }).contains("vocab size"));
+    std::fs::write(dir.join("empty.txt"), "").unwrap();
+    assert!(err(&[format!("{d}/empty.txt")], &cfg(None)).contains("no text in the inputs"));
     std::fs::remove_dir_all(&dir).ok();
 }
 
