@@ -710,6 +710,7 @@ fn item9_config_rope_theta_and_rms_norm_eps_are_checked() {
         ("rope_theta", serde_json::json!(0.0)),
         ("rope_theta", serde_json::json!(-10000.0)),
         ("rms_norm_eps", serde_json::json!(-1e-5)),
+        ("max_position_embeddings", serde_json::json!(0)),
     ] {
         let m = d.join(format!("m-{key}"));
         copy_dir(&b.p("run/final"), &m);

@@ -167,6 +167,10 @@ impl ModelConfig {
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             bail!("model config: head dim {} must be even and positive for RoPE", self.head_dim);
         }
+        // No position fits: generate would say "nothing is generated" and exit 0.
+        if self.max_pos == 0 {
+            bail!("model config: a context length (max_position_embeddings) of 0");
+        }
         if let Some(s) = self.attn_scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
             bail!("model config: attention scale {s} must be a positive number");
         }
