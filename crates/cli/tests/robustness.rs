@@ -892,3 +892,35 @@ fn item14_serve_flags_that_refuse_every_request_are_refused() {
         refused(&o, &[flag]);
     }
 }
+
+// ---- 15. --overwrite never deletes what the run reads ----
+
+#[test]
+fn item15_overwrite_spares_the_model_the_run_starts_from() {
+    let b = base();
+    let d = dir("item15");
+    let ck = d.join("run");
+    copy_dir(&b.p("run"), &ck);
+    let before = snapshot(&d);
+    let o = train(&b.d, &ck, &["--init", s(&ck.join("step-000002")), "--steps", "1", "--overwrite"]);
+    refused(&o, &["--overwrite would delete", "step-000002", "this run reads"]);
+    std::fs::write(d.join("ok.jsonl"), "{\"text\": \"hello there\"}\n").unwrap();
+    let o = smelt(&[
+        "sft",
+        "--model",
+        s(&ck.join("final")),
+        "--data",
+        s(&d.join("ok.jsonl")),
+        "--output",
+        s(&ck),
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--overwrite",
+    ]);
+    refused(&o, &["--overwrite would delete", "final", "this run reads"]);
+    let mut after = snapshot(&d);
+    after.remove(Path::new("ok.jsonl"));
+    assert_eq!(after, before, "a checkpoint changed");
+}

@@ -241,6 +241,20 @@ impl TrainConfig {
         Hyper { adamw, muon }
     }
 
+    /// The files and folders the run reads (models, data, tokenizer).
+    pub fn inputs(&self) -> Vec<&Path> {
+        let (sft, dpo) = (self.sft.as_ref(), self.dpo.as_ref());
+        [Some(&self.dataset), self.val_dataset.as_ref(), self.tokenizer.as_ref(), self.init.as_ref()]
+            .into_iter()
+            .chain([sft.map(|s| &s.data), sft.and_then(|s| s.val_data.as_ref())])
+            .chain([dpo.map(|d| &d.data), dpo.and_then(|d| d.val_data.as_ref())])
+            .chain([dpo.and_then(|d| d.ref_model.as_ref()), dpo.and_then(|d| d.adapter.as_ref())])
+            .flatten()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(PathBuf::as_path)
+            .collect()
+    }
+
     pub fn model_config(&self, vocab_size: usize) -> Result<ModelConfig> {
         let mut c = if self.size == "custom" {
             let need = |v: Option<usize>, f: &str| v.with_context(|| format!("--size custom needs --{f}"));
@@ -1159,7 +1173,7 @@ fn run_full(
     let resumed = resume.map(|from| run_dir::Resumed { run_id: &run_id, step: start, from });
     let (_run_dir, mut metrics) = match lead {
         true => {
-            let d = run_dir::RunDir::open(&cfg.checkpoint_dir, resumed, cfg.overwrite)?;
+            let d = run_dir::RunDir::open(&cfg.checkpoint_dir, resumed, cfg.overwrite, &cfg.inputs())?;
             (Some(d), Some(open_metrics(&cfg.checkpoint_dir, start)?))
         }
         false => (None, None),
