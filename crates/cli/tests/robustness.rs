@@ -577,6 +577,9 @@ fn item7_generate_and_trace_cap_new_tokens_at_the_context() {
     let o = smelt_limited(&["trace", s(&m), "hello", "--decode", "1000000000000"], None);
     let e = ok(&o);
     assert!(e.contains("--decode 1000000000000 capped at"), "{e}");
+    let o = smelt(&["perplexity", "--model", s(&m), "--input", s(&b.p("corpus.txt")), "--seq-len", "100000"]);
+    let e = ok(&o);
+    assert!(e.contains("--seq-len 100000") && e.contains("past the model's context of 2048"), "{e}");
 }
 
 #[test]
