@@ -580,6 +580,12 @@ fn item7_generate_and_trace_cap_new_tokens_at_the_context() {
     let o = smelt(&["perplexity", "--model", s(&m), "--input", s(&b.p("corpus.txt")), "--seq-len", "100000"]);
     let e = ok(&o);
     assert!(e.contains("--seq-len 100000") && e.contains("past the model's context of 2048"), "{e}");
+    let im = std::env::temp_dir().join(format!("robustness-{}-im.gguf", std::process::id()));
+    let corpus = b.p("corpus.txt");
+    let e =
+        ok(&smelt(&["imatrix", "--model", s(&m), "--input", s(&corpus), "--output", s(&im), "--chunk-size", "10000"]));
+    assert!(e.contains("--chunk-size 10000") && e.contains("past the model's context of 2048"), "{e}");
+    let _ = std::fs::remove_file(&im);
 }
 
 #[test]
