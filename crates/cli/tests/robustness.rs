@@ -933,3 +933,16 @@ fn item15_overwrite_spares_the_model_the_run_starts_from() {
     after.remove(Path::new("ok.jsonl"));
     assert_eq!(after, before, "a checkpoint changed");
 }
+
+// ---- 16. export-gguf --pre takes only names smelt reads back ----
+
+#[test]
+fn item16_export_gguf_refuses_a_pre_tokeniser_it_cannot_read_back() {
+    let b = base();
+    let d = dir("item16");
+    let (g, model) = (d.join("m.gguf"), b.p("run/final"));
+    let o = smelt(&["export-gguf", "--model", s(&model), "--output", s(&g), "--type", "f32", "--pre", "bogus"]);
+    refused(&o, &["--pre", "bogus"]);
+    assert!(!g.exists(), "a GGUF with a pre-tokeniser nothing reads was written");
+    no_temps(&d);
+}
