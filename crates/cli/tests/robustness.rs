@@ -820,16 +820,19 @@ fn item10_an_output_that_is_an_input_or_a_directory_is_refused() {
     let (tok, model) = (b.p("tok.json"), b.p("run/final"));
     let (c, t, m, o) = (s(&corpus), s(&tok), s(&model), s(&sub));
     let mixed = format!("{}:1", s(&bin));
+    let processed = d.join("p.jsonl");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["prepare", "-i", c, "--tokenizer", t, "-o", c], "is also an input"),
         (vec!["process", "-i", c, "-o", c], "is also an input"),
+        (vec!["process", "-i", c, "-o", s(&processed), "--report", c], "is also an input"),
         (vec!["mix", "-i", &mixed, "-o", s(&bin)], "is also an input"),
         (vec!["prepare", "-i", c, "--tokenizer", t, "-o", o], "is a directory"),
         (vec!["tokenizer", "--input", c, "--vocab-size", "300", "--output", o], "is a directory"),
         (vec!["export-gguf", "--model", m, "--output", o, "--type", "f32", "--pre", "gpt-2"], "is a directory"),
     ];
     for (args, needle) in cases {
-        refused(&smelt(&args), &["--output", needle]);
+        let flag = if args.contains(&"--report") { "--report" } else { "--output" };
+        refused(&smelt(&args), &[flag, needle]);
     }
     assert_eq!(snapshot(&d), before, "an input or the directory changed");
     no_temps(&d);
