@@ -949,3 +949,18 @@ fn item16_export_gguf_refuses_a_pre_tokeniser_it_cannot_read_back() {
     assert!(!g.exists(), "a GGUF with a pre-tokeniser nothing reads was written");
     no_temps(&d);
 }
+
+// ---- 17. a flag that only applies with another is refused, not ignored, beside a rival ----
+
+#[test]
+fn item17_flags_that_would_be_ignored_are_refused() {
+    let b = base();
+    let d = dir("item17");
+    let m = b.p("run/final");
+    let o = smelt(&["generate", "--model", s(&m), "--prompt", "hi", "--system", "be brief", "--max-tokens", "1"]);
+    refused(&o, &["--system", "--prompt"]);
+    let (out, im) = (d.join("q.gguf"), d.join("im.gguf"));
+    let args = ["quantize", "--model", s(&m), "--type", "q8_0", "--output", s(&out), "--imatrix", s(&im)];
+    refused(&smelt(&[&args[..], &["--imatrix-chunks", "3"]].concat()), &["--imatrix-chunks", "--imatrix"]);
+    assert!(!out.exists());
+}
