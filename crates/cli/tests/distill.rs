@@ -140,6 +140,10 @@ fn errors_name_the_problem() {
     // A corrupt logits file: an id past the vocabulary, a NaN logit; each named with the file.
     let logits = d.join("t.st");
     let base = ["distill", "--teacher", &st, "--model", &st, "--data", &data, "--output", &out, "--steps", "1"];
+    let before = std::fs::read(d.join("t.jsonl")).unwrap();
+    let e = err(smelt(&[&base[..], &["--dump-teacher-logits", &data]].concat()));
+    assert!(e.contains("--dump-teacher-logits") && e.contains("is also an input"), "{e}");
+    assert_eq!(std::fs::read(d.join("t.jsonl")).unwrap(), before, "the data was overwritten");
     ok(smelt(&[&base[..], &["--dump-teacher-logits", &s(&logits)]].concat()));
     let bytes = std::fs::read(&logits).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
