@@ -816,6 +816,8 @@ fn item10_an_output_that_is_an_input_or_a_directory_is_refused() {
     std::fs::copy(b.p("train.bin"), &bin).unwrap();
     std::fs::create_dir(&sub).unwrap();
     std::fs::write(sub.join("keep"), "keep").unwrap();
+    let vocab = d.join("vocab.json");
+    std::fs::write(&vocab, r#"{"a": 0, "b": 1}"#).unwrap();
     let before = snapshot(&d);
     let (tok, model) = (b.p("tok.json"), b.p("run/final"));
     let (c, t, m, o) = (s(&corpus), s(&tok), s(&model), s(&sub));
@@ -828,6 +830,7 @@ fn item10_an_output_that_is_an_input_or_a_directory_is_refused() {
         (vec!["mix", "-i", &mixed, "-o", s(&bin)], "is also an input"),
         (vec!["prepare", "-i", c, "--tokenizer", t, "-o", o], "is a directory"),
         (vec!["tokenizer", "--input", c, "--vocab-size", "300", "--output", o], "is a directory"),
+        (vec!["import-bpe", "--vocab", s(&vocab), "--merges", c, "--output", s(&vocab)], "is also an input"),
         (vec!["export-gguf", "--model", m, "--output", o, "--type", "f32", "--pre", "gpt-2"], "is a directory"),
     ];
     for (args, needle) in cases {
