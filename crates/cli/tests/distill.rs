@@ -137,4 +137,26 @@ fn errors_name_the_problem() {
     assert!(e.contains("--temperature 0"), "{e}");
     let e = err(smelt(&["sft", "--model", &st, "--data", &data, "--output", &out, "--optimizer", "sgd"]));
     assert!(e.contains("adamw, muon"), "{e}");
+    // A corrupt logits file: an id past the vocabulary, a NaN logit; each named with the file.
+    let logits = d.join("t.st");
+    let base = ["distill", "--teacher", &st, "--model", &st, "--data", &data, "--output", &out, "--steps", "1"];
+    let before = std::fs::read(d.join("t.jsonl")).unwrap();
+    let e = err(smelt(&[&base[..], &["--dump-teacher-logits", &data]].concat()));
+    assert!(e.contains("--dump-teacher-logits") && e.contains("is also an input"), "{e}");
+    assert_eq!(std::fs::read(d.join("t.jsonl")).unwrap(), before, "the data was overwritten");
+    ok(smelt(&[&base[..], &["--dump-teacher-logits", &s(&logits)]].concat()));
+    let bytes = std::fs::read(&logits).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let at = |k: &str| 8 + n + header[k]["data_offsets"][0].as_u64().unwrap() as usize;
+    for (key, value, want) in
+        [("ids.0.0", 99_999u32.to_le_bytes(), "id 99999"), ("logits.0.0", f32::NAN.to_le_bytes(), "NaN")]
+    {
+        let mut b = bytes.clone();
+        b[at(key)..at(key) + 4].copy_from_slice(&value);
+        std::fs::write(&logits, b).unwrap();
+        let teacher_at = ["--teacher-logits", logits.to_str().unwrap()];
+        let e = err(smelt(&[&[base[0]][..], &base[3..], &teacher_at].concat()));
+        assert!(e.contains("t.st") && e.contains(key) && e.contains(want), "{e}");
+    }
 }

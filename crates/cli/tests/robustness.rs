@@ -577,6 +577,15 @@ fn item7_generate_and_trace_cap_new_tokens_at_the_context() {
     let o = smelt_limited(&["trace", s(&m), "hello", "--decode", "1000000000000"], None);
     let e = ok(&o);
     assert!(e.contains("--decode 1000000000000 capped at"), "{e}");
+    let o = smelt(&["perplexity", "--model", s(&m), "--input", s(&b.p("corpus.txt")), "--seq-len", "100000"]);
+    let e = ok(&o);
+    assert!(e.contains("--seq-len 100000") && e.contains("past the model's context of 2048"), "{e}");
+    let im = std::env::temp_dir().join(format!("robustness-{}-im.gguf", std::process::id()));
+    let corpus = b.p("corpus.txt");
+    let e =
+        ok(&smelt(&["imatrix", "--model", s(&m), "--input", s(&corpus), "--output", s(&im), "--chunk-size", "10000"]));
+    assert!(e.contains("--chunk-size 10000") && e.contains("past the model's context of 2048"), "{e}");
+    let _ = std::fs::remove_file(&im);
 }
 
 #[test]
@@ -710,6 +719,7 @@ fn item9_config_rope_theta_and_rms_norm_eps_are_checked() {
         ("rope_theta", serde_json::json!(0.0)),
         ("rope_theta", serde_json::json!(-10000.0)),
         ("rms_norm_eps", serde_json::json!(-1e-5)),
+        ("max_position_embeddings", serde_json::json!(0)),
     ] {
         let m = d.join(format!("m-{key}"));
         copy_dir(&b.p("run/final"), &m);
@@ -793,4 +803,167 @@ fn item9_imatrix_format_and_quantize_eval_are_checked_before_the_work() {
     refused(&o, &["--eval", "missing.txt"]);
     assert!(!out.exists(), "the work was done before --eval was checked");
     no_temps(&d);
+}
+
+// ---- 10. an output that is one of the inputs, or a directory, is refused before the work ----
+
+#[test]
+fn item10_an_output_that_is_an_input_or_a_directory_is_refused() {
+    let b = base();
+    let d = dir("item10");
+    let (corpus, bin, sub) = (d.join("corpus.txt"), d.join("train.bin"), d.join("sub"));
+    std::fs::copy(b.p("corpus.txt"), &corpus).unwrap();
+    std::fs::copy(b.p("train.bin"), &bin).unwrap();
+    std::fs::create_dir(&sub).unwrap();
+    std::fs::write(sub.join("keep"), "keep").unwrap();
+    let vocab = d.join("vocab.json");
+    std::fs::write(&vocab, r#"{"a": 0, "b": 1}"#).unwrap();
+    let before = snapshot(&d);
+    let (tok, model) = (b.p("tok.json"), b.p("run/final"));
+    let (c, t, m, o) = (s(&corpus), s(&tok), s(&model), s(&sub));
+    let mixed = format!("{}:1", s(&bin));
+    let processed = d.join("p.jsonl");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["prepare", "-i", c, "--tokenizer", t, "-o", c], "is also an input"),
+        (vec!["process", "-i", c, "-o", c], "is also an input"),
+        (vec!["process", "-i", c, "-o", s(&processed), "--report", c], "is also an input"),
+        (vec!["mix", "-i", &mixed, "-o", s(&bin)], "is also an input"),
+        (vec!["prepare", "-i", c, "--tokenizer", t, "-o", o], "is a directory"),
+        (vec!["tokenizer", "--input", c, "--vocab-size", "300", "--output", o], "is a directory"),
+        (vec!["import-bpe", "--vocab", s(&vocab), "--merges", c, "--output", s(&vocab)], "is also an input"),
+        (vec!["export-gguf", "--model", m, "--output", o, "--type", "f32", "--pre", "gpt-2"], "is a directory"),
+    ];
+    for (args, needle) in cases {
+        let flag = if args.contains(&"--report") { "--report" } else { "--output" };
+        refused(&smelt(&args), &[flag, needle]);
+    }
+    assert_eq!(snapshot(&d), before, "an input or the directory changed");
+    no_temps(&d);
+}
+
+// ---- 11. token ids outside the token file's vocabulary name the file ----
+
+#[test]
+fn item11_a_token_file_with_ids_outside_its_vocabulary_names_the_file() {
+    let b = base();
+    let d = dir("item11");
+    let mut bytes = std::fs::read(b.p("train.bin")).unwrap();
+    assert_eq!(&bytes[12..16], &2u32.to_le_bytes(), "u16 ids");
+    for id in bytes[32..].chunks_exact_mut(2) {
+        id.copy_from_slice(&65000u16.to_le_bytes());
+    }
+    std::fs::write(d.join("train.bin"), &bytes).unwrap();
+    std::fs::copy(b.p("tok.json"), d.join("tok.json")).unwrap();
+    let ck = d.join("ck");
+    refused(&train(&d, &ck, &["--steps", "1"]), &["train.bin", "token 65000 at position", "vocabulary of 300"]);
+    let o = smelt(&["mix", "-i", &format!("{}:1", s(&d.join("train.bin"))), "-o", s(&d.join("m.bin"))]);
+    refused(&o, &["train.bin", "token 65000"]);
+    assert!(!d.join("m.bin").exists());
+}
+
+// ---- 12. a head dim of dim / heads with a remainder, or zero, is refused ----
+
+#[test]
+fn item12_dim_not_a_multiple_of_heads_is_refused() {
+    let b = base();
+    let d = dir("item12");
+    for (dim, heads) in [("18", "4"), ("16", "32")] {
+        let ck = d.join("ck");
+        let o = train(&b.d, &ck, &["--dim", dim, "--heads", heads, "--kv-heads", heads]);
+        refused(&o, &[&format!("--dim {dim} is not a multiple of --heads {heads}")]);
+        assert!(!ck.exists());
+    }
+    let m = d.join("m");
+    copy_dir(&b.p("run/final"), &m);
+    edit_json(&m.join("config.json"), |c| c["head_dim"] = serde_json::json!(0));
+    let o = smelt(&["generate", "--model", s(&m), "--prompt", "hi", "--device", "cpu"]);
+    refused(&o, &["config.json", "head dim 0"]);
+}
+
+// ---- 13. a model path that is neither a folder nor a .gguf says so ----
+
+#[test]
+fn item13_a_model_path_that_is_a_file_but_not_a_gguf_says_what_it_is() {
+    let b = base();
+    let d = dir("item13");
+    let g = d.join("m.bin");
+    let (exported, model) = (d.join("m.gguf"), b.p("run/final"));
+    ok(&smelt(&["export-gguf", "--model", s(&model), "--output", s(&exported), "--type", "f32", "--pre", "gpt-2"]));
+    std::fs::rename(&exported, &g).unwrap();
+    let gen = |m: &Path| smelt(&["generate", "--model", s(m), "--prompt", "hi", "--device", "cpu"]);
+    refused(&gen(&g), &["m.bin", "not a model folder", "GGUF file", ".gguf"]);
+    refused(&gen(&b.p("corpus.txt")), &["corpus.txt", "not a model folder"]);
+    refused(&gen(&d.join("missing")), &["missing", "no such model folder"]);
+}
+
+// ---- 14. serve flags that would refuse every request are refused at the start ----
+
+#[test]
+fn item14_serve_flags_that_refuse_every_request_are_refused() {
+    let b = base();
+    let m = b.p("run/final");
+    for (flag, v) in [("--max-body", "0"), ("--alias", ""), ("--alias", " ")] {
+        let o = smelt(&["serve", "--model", s(&m), "--device", "cpu", "--port", "0", &format!("{flag}={v}")]);
+        refused(&o, &[flag]);
+    }
+}
+
+// ---- 15. --overwrite never deletes what the run reads ----
+
+#[test]
+fn item15_overwrite_spares_the_model_the_run_starts_from() {
+    let b = base();
+    let d = dir("item15");
+    let ck = d.join("run");
+    copy_dir(&b.p("run"), &ck);
+    let before = snapshot(&d);
+    let o = train(&b.d, &ck, &["--init", s(&ck.join("step-000002")), "--steps", "1", "--overwrite"]);
+    refused(&o, &["--overwrite would delete", "step-000002", "this run reads"]);
+    std::fs::write(d.join("ok.jsonl"), "{\"text\": \"hello there\"}\n").unwrap();
+    let o = smelt(&[
+        "sft",
+        "--model",
+        s(&ck.join("final")),
+        "--data",
+        s(&d.join("ok.jsonl")),
+        "--output",
+        s(&ck),
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--overwrite",
+    ]);
+    refused(&o, &["--overwrite would delete", "final", "this run reads"]);
+    let mut after = snapshot(&d);
+    after.remove(Path::new("ok.jsonl"));
+    assert_eq!(after, before, "a checkpoint changed");
+}
+
+// ---- 16. export-gguf --pre takes only names smelt reads back ----
+
+#[test]
+fn item16_export_gguf_refuses_a_pre_tokeniser_it_cannot_read_back() {
+    let b = base();
+    let d = dir("item16");
+    let (g, model) = (d.join("m.gguf"), b.p("run/final"));
+    let o = smelt(&["export-gguf", "--model", s(&model), "--output", s(&g), "--type", "f32", "--pre", "bogus"]);
+    refused(&o, &["--pre", "bogus"]);
+    assert!(!g.exists(), "a GGUF with a pre-tokeniser nothing reads was written");
+    no_temps(&d);
+}
+
+// ---- 17. a flag that only applies with another is refused, not ignored, beside a rival ----
+
+#[test]
+fn item17_flags_that_would_be_ignored_are_refused() {
+    let b = base();
+    let d = dir("item17");
+    let m = b.p("run/final");
+    let o = smelt(&["generate", "--model", s(&m), "--prompt", "hi", "--system", "be brief", "--max-tokens", "1"]);
+    refused(&o, &["--system", "--prompt"]);
+    let (out, im) = (d.join("q.gguf"), d.join("im.gguf"));
+    let args = ["quantize", "--model", s(&m), "--type", "q8_0", "--output", s(&out), "--imatrix", s(&im)];
+    refused(&smelt(&[&args[..], &["--imatrix-chunks", "3"]].concat()), &["--imatrix-chunks", "--imatrix"]);
+    assert!(!out.exists());
 }

@@ -94,25 +94,25 @@ impl Batcher {
 
     /// Fill `inputs` and `targets` (cleared first) with the B×T ids of `step`, row-major:
     /// `targets[i] = inputs[i + 1]` within a row.
-    pub fn batch(&self, step: u64, inputs: &mut Vec<u32>, targets: &mut Vec<u32>) {
+    pub fn batch(&self, step: u64, inputs: &mut Vec<u32>, targets: &mut Vec<u32>) -> Result<()> {
         self.rows(step, 0..self.batch, inputs, targets)
     }
 
     /// `batch` restricted to `share`'s rows ((B/N)×T ids): the ranks' shares, in rank order,
     /// are the whole batch.
     pub fn batch_share(&self, step: u64, share: Share, inputs: &mut Vec<u32>, targets: &mut Vec<u32>) -> Result<()> {
-        self.rows(step, share.rows(self.batch)?, inputs, targets);
-        Ok(())
+        self.rows(step, share.rows(self.batch)?, inputs, targets)
     }
 
-    fn rows(&self, step: u64, rows: Range<usize>, inputs: &mut Vec<u32>, targets: &mut Vec<u32>) {
+    fn rows(&self, step: u64, rows: Range<usize>, inputs: &mut Vec<u32>, targets: &mut Vec<u32>) -> Result<()> {
         inputs.clear();
         targets.clear();
         for b in rows {
             let o = self.offset(step, b);
-            self.file.read_into(o, self.seq, inputs);
-            self.file.read_into(o + 1, self.seq, targets);
+            self.file.read_into(o, self.seq, inputs)?;
+            self.file.read_into(o + 1, self.seq, targets)?;
         }
+        Ok(())
     }
 
     /// Number of non-overlapping evaluation windows: window `k` covers ids `k*T ..= k*T + T`.
@@ -140,7 +140,7 @@ pub struct EvalBatches<'a> {
 }
 
 impl Iterator for EvalBatches<'_> {
-    type Item = (Vec<u32>, Vec<u32>);
+    type Item = Result<(Vec<u32>, Vec<u32>)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.batches_left == 0 || self.next_window >= self.windows {
@@ -150,13 +150,14 @@ impl Iterator for EvalBatches<'_> {
         let t = self.loader.seq;
         let rows = (self.windows - self.next_window).min(self.loader.batch);
         let (mut x, mut y) = (Vec::with_capacity(rows * t), Vec::with_capacity(rows * t));
-        for r in 0..rows {
-            let o = (self.next_window + r) * t;
-            self.loader.file.read_into(o, t, &mut x);
-            self.loader.file.read_into(o + 1, t, &mut y);
-        }
+        let file = &self.loader.file;
+        let first = self.next_window;
         self.next_window += rows;
-        Some((x, y))
+        let read = (first..first + rows).try_for_each(|w| {
+            file.read_into(w * t, t, &mut x)?;
+            file.read_into(w * t + 1, t, &mut y)
+        });
+        Some(read.map(|_| (x, y)))
     }
 }
 
@@ -181,7 +182,7 @@ mod tests {
         let (mut x, mut y) = (vec![], vec![]);
         let mut seen = vec![false; 50 - 8];
         for s in 0..200 {
-            l.batch(s, &mut x, &mut y);
+            l.batch(s, &mut x, &mut y).unwrap();
             assert_eq!((x.len(), y.len()), (32, 32));
             for r in 0..4 {
                 // ids equal positions in this file, so a row is a run of consecutive ids
@@ -200,7 +201,7 @@ mod tests {
         let (mut x, mut y, mut sx, mut sy) = (vec![], vec![], vec![], vec![]);
         for world in [1, 2, 4, 8] {
             for s in 0..50 {
-                l.batch(s, &mut x, &mut y);
+                l.batch(s, &mut x, &mut y).unwrap();
                 let (mut ux, mut uy) = (vec![], vec![]);
                 for rank in 0..world {
                     l.batch_share(s, Share { rank, world }, &mut sx, &mut sy).unwrap();
@@ -218,7 +219,7 @@ mod tests {
     #[test]
     fn eval_windows_are_disjoint_and_partial_last() {
         let l = Batcher::new(file_of(42, "b.bin"), 2, 8, 0).unwrap();
-        let bs: Vec<_> = l.eval_batches(None).collect();
+        let bs: Vec<_> = l.eval_batches(None).collect::<Result<_>>().unwrap();
         // (42-1)/8 = 5 windows → batches of 2, 2, 1
         assert_eq!(bs.iter().map(|(x, _)| x.len() / 8).collect::<Vec<_>>(), vec![2, 2, 1]);
         let starts: Vec<u32> = bs.iter().flat_map(|(x, _)| x.chunks(8).map(|c| c[0])).collect();

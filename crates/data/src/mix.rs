@@ -110,6 +110,8 @@ fn run(cfg: &MixConfig) -> Result<MixSummary> {
     if cfg.sources.is_empty() {
         bail!("no --input sources to mix");
     }
+    let inputs: Vec<PathBuf> = cfg.sources.iter().map(|s| s.path.clone()).collect();
+    smelt_files::check_output(&cfg.output, &inputs, "--output")?;
     let total_w: f64 = cfg.sources.iter().map(|s| s.weight).sum();
     let mut srcs = Vec::new();
     let (mut vocab, mut eos0) = (0, 0);
@@ -178,7 +180,7 @@ fn run(cfg: &MixConfig) -> Result<MixSummary> {
         let (start, len) = s.doc(s.order[s.cursor] as usize);
         s.cursor += 1;
         buf.clear();
-        s.file.read_into(start, len, &mut buf);
+        s.file.read_into(start, len, &mut buf)?;
         if buf.last() != Some(&eos0) {
             buf.push(eos0);
         }

@@ -88,6 +88,10 @@ pub fn prepare(cfg: &PrepareConfig, tok: &Tokenizer, progress: &(dyn Fn(u64, u64
     if val_path.as_deref() == Some(cfg.output.as_path()) {
         bail!("output {} and its validation file would be the same path", cfg.output.display());
     }
+    smelt_files::check_output(&cfg.output, &files, "--output")?;
+    if let Some(v) = &val_path {
+        smelt_files::check_output(v, &files, "the validation output")?;
+    }
     // On an error the writers' temporaries are removed as they drop; the final names were
     // never created.
     run(cfg, tok, eos, vocab, files, val_path.clone(), progress)

@@ -90,10 +90,23 @@ impl TokenFile {
         }
     }
 
-    /// Append ids `start..start+n` to `out`.
-    pub fn read_into(&self, start: usize, n: usize, out: &mut Vec<u32>) {
+    /// Append ids `start..start+n` to `out`; an error naming the file and the position for an
+    /// id outside the header's vocabulary (a corrupt file, or one written by another tool),
+    /// which would otherwise surface mid-run as an embedding error that names neither.
+    pub fn read_into(&self, start: usize, n: usize, out: &mut Vec<u32>) -> Result<()> {
         assert!(start + n <= self.len, "token range {}..{} out of {}", start, start + n, self.len);
+        let from = out.len();
         out.extend((start..start + n).map(|i| self.get(i)));
+        if let Some(k) = out[from..].iter().position(|&id| id >= self.vocab_size) {
+            bail!(
+                "{}: token {} at position {} is outside the vocabulary of {} the header gives (corrupt file?)",
+                self.path.display(),
+                out[from + k],
+                start + k,
+                self.vocab_size
+            );
+        }
+        Ok(())
     }
 }
 
@@ -177,9 +190,14 @@ mod tests {
         let t = TokenFile::open(&p).unwrap();
         assert_eq!((t.len(), t.vocab_size(), t.eos_id()), (4, 300, Some(256)));
         let mut v = vec![];
-        t.read_into(0, 4, &mut v);
+        t.read_into(0, 4, &mut v).unwrap();
         assert_eq!(v, vec![1, 2, 299, 256]);
-        let bytes = std::fs::read(&p).unwrap();
+        let mut bytes = std::fs::read(&p).unwrap();
+        // An id past the header's vocabulary (a corrupt file): an error naming the file and where.
+        bytes[HEADER_LEN + 2..HEADER_LEN + 4].copy_from_slice(&65000u16.to_le_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        let e = TokenFile::open(&p).unwrap().read_into(0, 4, &mut v).unwrap_err().to_string();
+        assert!(e.contains("a.bin") && e.contains("token 65000 at position 1") && e.contains("300"), "{e}");
         std::fs::write(&p, &bytes[..bytes.len() - 1]).unwrap();
         let e = TokenFile::open(&p).err().unwrap().to_string();
         assert!(e.contains("truncated") && e.contains("a.bin"), "{e}");

@@ -22,7 +22,7 @@ fn make(path: &Path, tag: u32, docs: usize, vocab: u32) {
 fn docs_of(p: &Path) -> Vec<Vec<u32>> {
     let f = TokenFile::open(p).unwrap();
     let mut v = Vec::new();
-    f.read_into(0, f.len(), &mut v);
+    f.read_into(0, f.len(), &mut v).unwrap();
     v.split_inclusive(|&t| t == 0).map(|d| d.to_vec()).collect()
 }
 

@@ -9,7 +9,7 @@ use std::io::Write;
 
 fn ids(f: &TokenFile) -> Vec<u32> {
     let mut v = Vec::new();
-    f.read_into(0, f.len(), &mut v);
+    f.read_into(0, f.len(), &mut v).unwrap();
     v
 }
 

@@ -18,6 +18,39 @@ pub fn write_atomic(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
     tmp.commit(path)
 }
 
+/// Refuses, before any work, an output path that cannot take the file: an existing directory
+/// (the rename at the end would fail after all the work), or one of the `inputs` itself (the
+/// rename would replace the data being read: `prepare -i a.txt -o a.txt`). `flag` names the
+/// output in the message.
+pub fn check_output(output: &Path, inputs: &[PathBuf], flag: &str) -> Result<()> {
+    if output.is_dir() {
+        bail!("{flag} {}: is a directory; give the path of the file to write", output.display());
+    }
+    if let Some(input) = inputs.iter().find(|i| same_file(output, i)) {
+        bail!(
+            "{flag} {}: is also an input ({}); writing it would destroy what is being read, choose another path",
+            output.display(),
+            input.display()
+        );
+    }
+    Ok(())
+}
+
+/// Whether two paths name one existing file (through links and relative paths alike).
+#[cfg(unix)]
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((std::fs::canonicalize(a), std::fs::canonicalize(b)), (Ok(a), Ok(b)) if a == b)
+}
+
 /// Expand `--input` values into an ordered file list. Order is the order given, and within a
 /// directory or glob, sorted by path, so that output never depends on directory listing order.
 /// Hidden entries (names starting with `.`) inside directories are skipped.
@@ -78,4 +111,29 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_output_refuses_an_input_and_a_directory() {
+        let d = std::env::temp_dir().join(format!("smelt-files-check-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let (a, b) = (d.join("a.txt"), d.join("b.txt"));
+        std::fs::write(&a, "x").unwrap();
+        let link = d.join("l.txt");
+        let _ = std::fs::remove_file(&link);
+        std::fs::hard_link(&a, &link).unwrap();
+        let e = check_output(&a, &[b.clone(), a.clone()], "--output").unwrap_err().to_string();
+        assert!(e.contains("--output") && e.contains("is also an input"), "{e}");
+        assert!(check_output(&link, &[a.clone()], "-o").is_err(), "a hard link is the same file");
+        let e = check_output(&d, &[a.clone()], "-o").unwrap_err().to_string();
+        assert!(e.contains("is a directory"), "{e}");
+        check_output(&b, &[a.clone()], "-o").unwrap();
+        std::fs::write(&b, "y").unwrap();
+        check_output(&b, &[a], "-o").unwrap();
+        std::fs::remove_dir_all(&d).unwrap();
+    }
 }

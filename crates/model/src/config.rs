@@ -164,8 +164,12 @@ impl ModelConfig {
         if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             bail!("model config: {} heads is not a multiple of {} KV heads", self.n_heads, self.n_kv_heads);
         }
-        if !self.head_dim.is_multiple_of(2) {
-            bail!("model config: head dim {} must be even for RoPE", self.head_dim);
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            bail!("model config: head dim {} must be even and positive for RoPE", self.head_dim);
+        }
+        // No position fits: generate would say "nothing is generated" and exit 0.
+        if self.max_pos == 0 {
+            bail!("model config: a context length (max_position_embeddings) of 0");
         }
         if let Some(s) = self.attn_scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
             bail!("model config: attention scale {s} must be a positive number");
@@ -245,6 +249,32 @@ impl ModelConfig {
         let u = |k: &str| -> Result<usize> {
             v[k].as_u64().map(|x| x as usize).with_context(|| format!("config field {k:?} missing or not an integer"))
         };
+        // An optional field of the wrong type would be read below as absent, i.e. as its default
+        // (a rope_theta of "1e6" would run at 10000 without a word): refuse it by name.
+        let is_ids = |x: &Value| x.is_u64() || x.as_array().is_some_and(|a| a.iter().all(Value::is_u64));
+        let typed: [(&str, &str, fn(&Value) -> bool); 16] = [
+            ("num_key_value_heads", "an integer", Value::is_u64),
+            ("head_dim", "an integer", Value::is_u64),
+            ("max_position_embeddings", "an integer", Value::is_u64),
+            ("sliding_window", "an integer", Value::is_u64),
+            ("bos_token_id", "an integer", Value::is_u64),
+            ("eos_token_id", "an integer or a list of integers", is_ids),
+            ("rope_theta", "a number", Value::is_number),
+            ("rms_norm_eps", "a number", Value::is_number),
+            ("partial_rotary_factor", "a number", Value::is_number),
+            ("hidden_act", "a string", Value::is_string),
+            ("tie_word_embeddings", "true or false", Value::is_boolean),
+            ("attention_bias", "true or false", Value::is_boolean),
+            ("mlp_bias", "true or false", Value::is_boolean),
+            ("use_sliding_window", "true or false", Value::is_boolean),
+            ("rope_scaling", "an object", Value::is_object),
+            ("rope_parameters", "an object", Value::is_object),
+        ];
+        for (k, want, is) in typed {
+            if let Some(x) = v.get(k).filter(|x| !x.is_null() && !is(x)) {
+                bail!("config field {k:?} is {x}, expected {want}");
+            }
+        }
         let dim = u("hidden_size")?;
         let n_heads = u("num_attention_heads")?;
         let n_kv_heads = v["num_key_value_heads"].as_u64().map(|x| x as usize).unwrap_or(n_heads);

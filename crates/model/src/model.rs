@@ -853,6 +853,23 @@ impl Model {
 
     /// Loads a Hugging Face-layout folder (config.json + safetensors).
     pub fn load(dir: &Path) -> Result<Self> {
+        if dir.is_file() {
+            // Formats are told apart by name (`.gguf`); say so rather than "Not a directory".
+            let gguf = std::fs::File::open(dir)
+                .and_then(|mut f| {
+                    let mut magic = [0u8; 4];
+                    std::io::Read::read_exact(&mut f, &mut magic).map(|_| &magic == b"GGUF")
+                })
+                .unwrap_or(false);
+            bail!(
+                "{}: a file, not a model folder (config.json + model.safetensors){}",
+                dir.display(),
+                if gguf { "; it is a GGUF file: give it a name ending in .gguf" } else { " or a .gguf file" }
+            );
+        }
+        if !dir.exists() {
+            bail!("{}: no such model folder or file", dir.display());
+        }
         let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))?;
         let mut w = crate::io::read_model_weights(dir)?;
         cfg.check_claims(

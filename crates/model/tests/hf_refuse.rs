@@ -183,3 +183,25 @@ fn rope_tables_match_transformers() {
         refused("llama_yarn", |v| v["rope_parameters"].as_object_mut().unwrap().remove("factor").map(|_| ()).unwrap());
     assert_names(&e, &["yarn", "factor"]);
 }
+
+#[test]
+fn optional_fields_of_the_wrong_type_are_not_read_as_their_default() {
+    for (key, bad) in [
+        ("rope_theta", json!("1000000")),
+        ("max_position_embeddings", json!("4096")),
+        ("rms_norm_eps", json!("1e-6")),
+        ("num_key_value_heads", json!(2.5)),
+        ("tie_word_embeddings", json!("false")),
+        ("rope_scaling", json!(2)),
+        ("eos_token_id", json!(["x"])),
+        ("hidden_act", json!(1)),
+    ] {
+        let e = refused("llama_tied", |v| v[key] = bad.clone());
+        assert_names(&e, &[key, &bad.to_string(), "expected"]);
+    }
+    // null is absent, as transformers writes it.
+    let mut v = config("qwen2_bias");
+    v["sliding_window"] = Value::Null;
+    v["rope_scaling"] = Value::Null;
+    ModelConfig::from_hf_json(&v).unwrap();
+}

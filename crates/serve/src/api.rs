@@ -259,6 +259,13 @@ fn unsupported(f: &Fields, chat: bool) -> Result<(), ApiError> {
     if f.get("tools").is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty())) {
         return no("tools", "`tools`");
     }
+    if f.get("functions").is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty())) {
+        return no("functions", "`functions`");
+    }
+    // A bias changes what is sampled: ignoring it would answer another request than the one sent.
+    if f.get("logit_bias").is_some_and(|b| !b.is_null() && b.as_object().is_none_or(|o| !o.is_empty())) {
+        return no("logit_bias", "`logit_bias`");
+    }
     if !chat {
         if f.bool("echo")? == Some(true) {
             return no("echo", "`echo`");
@@ -408,6 +415,12 @@ mod tests {
             (r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_logprobs":2}"#, true, "top_logprobs"),
             (r#"{"model":"m","prompt":["a","b"]}"#, false, "prompt"),
             (r#"{"model":"m","messages":[]}"#, true, "messages"),
+            (r#"{"model":"m","prompt":"x","logit_bias":{"5":10}}"#, false, "logit_bias"),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"functions":[{"name":"f"}]}"#,
+                true,
+                "functions",
+            ),
             (r#"{"model":"m","messages":[{"content":"x"}]}"#, true, "messages[0].role"),
             (r#"{"model":"m","prompt":"x","response_format":"json"}"#, false, "response_format"),
             (r#"{"model":"m","prompt":"x","response_format":{"type":"xml"}}"#, false, "response_format"),

@@ -100,7 +100,8 @@ impl Grammars {
             o.entry("x-guidance").or_insert_with(|| json!({"whitespace_pattern": WHITESPACE}));
         }
         let parser = self.factory.create_parser(TopLevelGrammar::from_json_schema(schema));
-        let matcher = Matcher::new(parser.map_err(|e| e.context("llguidance")));
+        // `{:#}`: the matcher keeps the error's Display, which shows a context but not its cause.
+        let matcher = Matcher::new(parser.map_err(|e| anyhow!("llguidance: {e:#}")));
         if let Some(e) = matcher.get_error() {
             return Err(e);
         }

@@ -803,14 +803,16 @@ fn response_format_constrains_every_choice_in_the_batch() {
     let micros = metric(addr, "smelt_structured_mask_microseconds_total");
     assert!(masks > 0);
     println!("{masks} masks, {:.1} µs each on average", micros as f64 / masks as f64);
-    // Schemas that cannot be used are 400s naming response_format.
-    for bad in [
-        json!({"type": "nonsense"}),
-        json!({"$ref": "#/$defs/nowhere"}),
-        json!({"type": "string", "minLength": 5, "maxLength": 2}),
+    // Schemas that cannot be used are 400s naming response_format, and why.
+    for (bad, why) in [
+        (json!({"type": "nonsense"}), "nonsense"),
+        (json!({"$ref": "#/$defs/nowhere"}), "$defs"),
+        (json!({"type": "string", "minLength": 5, "maxLength": 2}), "maxLength"),
     ] {
         let body = json!({"model": "tiny", "prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "b", "schema": bad}}});
         let r = request(addr, "POST", "/v1/completions", &[], body.to_string().as_bytes());
         assert_eq!(error(&r, 400), "response_format", "{bad}: {r:?}");
+        let message = json_of(&r)["error"]["message"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains(why), "{bad}: the message does not say why: {message}");
     }
 }

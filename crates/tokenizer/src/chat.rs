@@ -63,7 +63,16 @@ impl ChatTemplate {
                     .with_context(|| format!("{}: no chat_template, and no {}", p.display(), j.display()))?
             }
         };
-        Ok(ChatTemplate { source, bos_token: tok("bos_token"), eos_token: tok("eos_token") })
+        ChatTemplate { source, bos_token: tok("bos_token"), eos_token: tok("eos_token") }.parsed(&p)
+    }
+
+    /// `self` once its source parses: a syntax error names the file it came from here, not
+    /// later (and without it) at every render.
+    fn parsed(self, from: &Path) -> Result<Self> {
+        Environment::new()
+            .add_template("chat_template", &self.source)
+            .with_context(|| format!("{}: parsing the chat template", from.display()))?;
+        Ok(self)
     }
 
     /// From a GGUF file's `tokenizer.chat_template` (BOS/EOS strings from its vocabulary).
@@ -78,11 +87,12 @@ impl ChatTemplate {
             let id = g.get(k).and_then(|v| v.as_u64());
             id.and_then(|i| tokens?.get(i as usize)?.as_str().map(str::to_string)).unwrap_or_default()
         };
-        Ok(ChatTemplate {
+        ChatTemplate {
             source,
             bos_token: tok("tokenizer.ggml.bos_token_id"),
             eos_token: tok("tokenizer.ggml.eos_token_id"),
-        })
+        }
+        .parsed(path)
     }
 
     /// Render a conversation.

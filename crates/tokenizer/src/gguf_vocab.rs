@@ -253,7 +253,13 @@ pub fn hf_gguf_metadata(dir: &Path, pre: Option<&str>, vocab_size: usize) -> Res
         );
     }
     let pre = match pre {
-        Some(x) => x.to_string(),
+        // A name smelt cannot read back would make a file that loads nowhere.
+        Some(x) => match pre_for(x, &p) {
+            Ok(_) => x.to_string(),
+            Err(_) => bail!(
+                "--pre {x:?}: not a llama.cpp pre-tokeniser smelt can read back (gpt-2, llama-bpe, qwen2, smollm, starcoder, refact, default, …)"
+            ),
+        },
         None => pre_name(&tj["pre_tokenizer"]).map(str::to_string).with_context(|| {
             format!(
                 "{}: pre-tokenizer not recognised as one llama.cpp knows; pass its llama.cpp name with --pre",

@@ -326,7 +326,12 @@ pub fn from_json(v: Value, file: &Path, config: Option<&Path>) -> Result<Inner> 
     }
 
     let mut merges = FxHashMap::default();
-    let merge_list = model.get("merges").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+    let merge_list = match model.get("merges") {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(a)) => a.as_slice(),
+        // Read as "no merges" it would encode every text byte by byte, without a word.
+        Some(_) => return c.err("model.merges is not a list"),
+    };
     merges.reserve(merge_list.len());
     for (rank, m) in merge_list.iter().enumerate() {
         let (a, b) = match m {

@@ -333,6 +333,10 @@ impl Tokenizer {
             bail!("no input files");
         }
         let counts = count_files(&files, cfg)?;
+        if counts.is_empty() {
+            // Would write a bytes-only tokenizer, smaller than --vocab-size, as if trained.
+            bail!("no text in the inputs ({} files, all empty): nothing to learn merges from", files.len());
+        }
         let (vocab, merges) = learn(counts, cfg)?;
         build(vocab, merges, cfg)
     }

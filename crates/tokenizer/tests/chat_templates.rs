@@ -53,6 +53,14 @@ fn simple_template_and_errors() {
     assert_eq!(out, "user: hi\nassistant: yo\nassistant:");
     let bad = ChatTemplate::new("{{ raise_exception('nope') }}", "", "");
     assert!(format!("{:#}", bad.render(&[], false).unwrap_err()).contains("nope"));
+    // A template that does not parse is refused where it is read, naming the file.
+    let dir = std::env::temp_dir().join(format!("smelt-bad-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"chat_template": "{% for m in messages %}{{ m.content "}"#)
+        .unwrap();
+    let e = format!("{:#}", ChatTemplate::from_tokenizer_config(&dir).unwrap_err());
+    assert!(e.contains("tokenizer_config.json: parsing the chat template") && e.contains("syntax error"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
     let js = ChatTemplate::new("{{ x | tojson }}|{{ x | tojson(indent=2) }}", "", "");
     let out = js
         .render_with(&serde_json::json!([]), false, &serde_json::json!({"x": {"a": [1, 2.5, "é"], "b": null}}))

@@ -42,6 +42,8 @@ fn text_gz_jsonl_dirs_and_globs_train_alike() {
     assert!(err(&[format!("{d}/missing.txt")], &cfg(None)).contains("missing.txt"));
     assert!(err(&[format!("{d}/*.nothing")], &cfg(None)).contains("matched no files"));
     assert!(err(&[format!("{d}/a.txt")], &TrainConfig { vocab_size: 10, ..cfg(None) }).contains("vocab size"));
+    std::fs::write(dir.join("empty.txt"), "").unwrap();
+    assert!(err(&[format!("{d}/empty.txt")], &cfg(None)).contains("no text in the inputs"));
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -49,4 +51,18 @@ fn text_gz_jsonl_dirs_and_globs_train_alike() {
 fn tokenizer_is_send_sync_clone() {
     fn check<T: Send + Sync + Clone>() {}
     check::<Tokenizer>();
+}
+
+#[test]
+fn a_tokenizer_json_whose_merges_are_not_a_list_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("smelt-bad-merges-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tok = Tokenizer::train_from_texts(["the the fox fox"], &cfg(None)).unwrap();
+    let mut v = tok.to_json().unwrap().clone();
+    v["model"]["merges"] = serde_json::json!(5);
+    let p = dir.join("tokenizer.json");
+    std::fs::write(&p, v.to_string()).unwrap();
+    let e = format!("{:#}", Tokenizer::from_file(&p).unwrap_err());
+    assert!(e.contains("tokenizer.json") && e.contains("model.merges is not a list"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -70,6 +70,7 @@ pub struct LogitsFile {
     path: PathBuf,
     tensors: HashMap<String, Tensor>,
     steps: u64,
+    vocab: usize,
 }
 
 impl LogitsFile {
@@ -102,7 +103,7 @@ impl LogitsFile {
             );
         }
         let tensors = smelt_model::io::read_safetensors(path)?;
-        Ok(LogitsFile { path: path.to_path_buf(), tensors, steps })
+        Ok(LogitsFile { path: path.to_path_buf(), tensors, steps, vocab })
     }
 
     fn get(&self, step: u64, m: usize, rows: usize) -> Result<TeacherLogits> {
@@ -119,6 +120,13 @@ impl LogitsFile {
                 logits.shape(),
                 ids.shape()
             );
+        }
+        // A corrupt file, named here rather than as a NaN loss or an id error that names neither.
+        if let Some(bad) = ids.as_u32()?.iter().find(|&&i| i as usize >= self.vocab) {
+            bail!("{}: ids.{step}.{m} holds id {bad}, outside the vocabulary of {}", self.path.display(), self.vocab);
+        }
+        if let Some(bad) = logits.as_f32()?.iter().find(|x| !x.is_finite()) {
+            bail!("{}: logits.{step}.{m} holds {bad}, not a finite logit", self.path.display());
         }
         Ok(TeacherLogits { ids: Some(ids), logits })
     }

@@ -41,6 +41,22 @@ fn remove(paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// Refuses to delete a path that holds something the run reads (`sft --model out/final --output
+/// out --overwrite` would delete the model it is training from).
+fn spare_inputs(doomed: &[PathBuf], inputs: &[&Path]) -> Result<()> {
+    for d in doomed {
+        let Ok(c) = d.canonicalize() else { continue };
+        if let Some(i) = inputs.iter().find(|i| i.canonicalize().is_ok_and(|i| i.starts_with(&c))) {
+            bail!(
+                "--overwrite would delete {}, which holds {} that this run reads; choose another --checkpoint-dir",
+                d.display(),
+                i.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn same(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
@@ -49,8 +65,9 @@ fn same(a: &Path, b: &Path) -> bool {
 }
 
 impl RunDir {
-    /// Locks `root` (creating it), sweeps dead runs' temporaries and checks what it holds.
-    pub fn open(root: &Path, resumed: Option<Resumed>, overwrite: bool) -> Result<RunDir> {
+    /// Locks `root` (creating it), sweeps dead runs' temporaries and checks what it holds;
+    /// `inputs` (what the run reads) are never among what `overwrite` deletes.
+    pub fn open(root: &Path, resumed: Option<Resumed>, overwrite: bool, inputs: &[&Path]) -> Result<RunDir> {
         let lock = DirLock::acquire(root, "smelt train run")?;
         let swept = sweep_stale(root, None);
         if !swept.is_empty() {
@@ -88,6 +105,7 @@ impl RunDir {
                 if metrics.exists() {
                     doomed.push(metrics);
                 }
+                spare_inputs(&doomed, inputs)?;
                 eprintln!("--overwrite: deleting {} from {d}", names(&doomed));
                 remove(&doomed)?;
             }
@@ -126,6 +144,7 @@ impl RunDir {
                     doomed.push(metrics);
                 }
                 if !doomed.is_empty() {
+                    spare_inputs(&doomed, inputs)?;
                     eprintln!("--overwrite: deleting {} from {d}", names(&doomed));
                     remove(&doomed)?;
                 }

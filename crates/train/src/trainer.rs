@@ -241,11 +241,29 @@ impl TrainConfig {
         Hyper { adamw, muon }
     }
 
+    /// The files and folders the run reads (models, data, tokenizer).
+    pub fn inputs(&self) -> Vec<&Path> {
+        let (sft, dpo) = (self.sft.as_ref(), self.dpo.as_ref());
+        [Some(&self.dataset), self.val_dataset.as_ref(), self.tokenizer.as_ref(), self.init.as_ref()]
+            .into_iter()
+            .chain([sft.map(|s| &s.data), sft.and_then(|s| s.val_data.as_ref())])
+            .chain([dpo.map(|d| &d.data), dpo.and_then(|d| d.val_data.as_ref())])
+            .chain([dpo.and_then(|d| d.ref_model.as_ref()), dpo.and_then(|d| d.adapter.as_ref())])
+            .flatten()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(PathBuf::as_path)
+            .collect()
+    }
+
     pub fn model_config(&self, vocab_size: usize) -> Result<ModelConfig> {
         let mut c = if self.size == "custom" {
             let need = |v: Option<usize>, f: &str| v.with_context(|| format!("--size custom needs --{f}"));
             let (dim, layers, heads) =
                 (need(self.dim, "dim")?, need(self.layers, "layers")?, need(self.heads, "heads")?);
+            // The head dim is dim / heads: a remainder would silently shrink the attention width.
+            if heads > 0 && !dim.is_multiple_of(heads) {
+                bail!("--dim {dim} is not a multiple of --heads {heads} (each head takes dim / heads)");
+            }
             let ffn = self.ffn_hidden.unwrap_or_else(|| (dim * 8 / 3).div_ceil(64) * 64);
             ModelConfig::llama(vocab_size, dim, layers, heads, self.kv_heads.unwrap_or(heads), ffn)
         } else {
@@ -898,7 +916,7 @@ impl Data {
                 check_vocab(v.file(), model.cfg.vocab_size)?;
                 Some(
                     v.eval_batches(Some(cfg.val_batches))
-                        .map(|(x, y)| to_tensors(x, y, cfg.seq_len))
+                        .map(|b| b.and_then(|(x, y)| to_tensors(x, y, cfg.seq_len)))
                         .collect::<Result<Vec<_>>>()?,
                 )
             }
@@ -1155,7 +1173,7 @@ fn run_full(
     let resumed = resume.map(|from| run_dir::Resumed { run_id: &run_id, step: start, from });
     let (_run_dir, mut metrics) = match lead {
         true => {
-            let d = run_dir::RunDir::open(&cfg.checkpoint_dir, resumed, cfg.overwrite)?;
+            let d = run_dir::RunDir::open(&cfg.checkpoint_dir, resumed, cfg.overwrite, &cfg.inputs())?;
             (Some(d), Some(open_metrics(&cfg.checkpoint_dir, start)?))
         }
         false => (None, None),

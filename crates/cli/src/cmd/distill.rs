@@ -196,6 +196,9 @@ pub fn run(a: DistillArgs) -> Result<()> {
         ),
     }
     if let Some(out) = &a.dump_teacher_logits {
+        let mut reads: Vec<PathBuf> = cfg.inputs().into_iter().map(Path::to_path_buf).collect();
+        reads.extend(a.teacher.clone());
+        smelt_files::check_output(out, &reads, "--dump-teacher-logits")?;
         cfg.validate()?;
         let t = teacher.context("--dump-teacher-logits needs --teacher")?;
         let steps = smelt_train::distill::dump_teacher_logits(&cfg, &t, &tok, a.top_k as usize, out)?;

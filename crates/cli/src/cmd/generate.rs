@@ -30,7 +30,9 @@ pub struct GenerateArgs {
     #[arg(long)]
     chat: Option<String>,
     /// System message for --chat.
-    #[arg(long, requires = "chat")]
+    // `conflicts_with` too: clap does not enforce `requires` when an argument that conflicts
+    // with the required one (--prompt) is given, and the message would be dropped without a word.
+    #[arg(long, requires = "chat", conflicts_with = "prompt")]
     system: Option<String>,
     /// New tokens at most; capped (with a warning) at what the model's context leaves after the prompt.
     #[arg(long, default_value_t = 128)]

@@ -48,6 +48,13 @@ pub fn compute(
     process_output: bool,
 ) -> Result<Imatrix> {
     let tok = Tokenizer::from_file(model_path)?;
+    if chunk_size > model.cfg.max_pos {
+        eprintln!(
+            "warning: --chunk-size {chunk_size} is past the model's context of {} (max_position_embeddings): \
+             the later positions are extrapolated, so the activations are not those the model sees in use",
+            model.cfg.max_pos
+        );
+    }
     let t0 = std::time::Instant::now();
     let m = collect_text(model, &tok, input, chunk_size, chunks, process_output, |i, n| {
         eprint!("\rimatrix: chunk {i}/{n}")
@@ -65,6 +72,7 @@ pub fn compute(
 }
 
 pub fn run(a: ImatrixArgs) -> Result<()> {
+    smelt_files::check_output(&a.output, &[a.model.clone(), a.input.clone()], "--output")?;
     let model = super::load_model(&a.model)?;
     let m = compute(&model, &a.model, &a.input, a.chunk_size, a.chunks, a.process_output)?;
     match a.format.as_str() {

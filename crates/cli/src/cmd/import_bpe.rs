@@ -18,6 +18,7 @@ pub struct ImportBpeArgs {
 }
 
 pub fn run(a: ImportBpeArgs) -> Result<()> {
+    smelt_files::check_output(&a.output, &[a.vocab.clone(), a.merges.clone()], "--output")?;
     let tok = Tokenizer::from_vocab_merges(&a.vocab, &a.merges)?;
     tok.save(&a.output)?;
     eprintln!("wrote {} ({} tokens)", a.output.display(), tok.vocab_size());

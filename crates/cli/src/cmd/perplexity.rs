@@ -44,7 +44,15 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
     if a.max_tokens > 0 {
         ids.truncate(a.max_tokens);
     }
-    super::limits::forward_fits(&model, a.seq_len.min(ids.len()), "a --seq-len window")?;
+    let window = a.seq_len.min(ids.len());
+    if window > model.cfg.max_pos {
+        eprintln!(
+            "warning: --seq-len {} puts {window} tokens in a window, past the model's context of {} (max_position_embeddings): \
+             the later positions are extrapolated, so the perplexity is not what the model gives within its context",
+            a.seq_len, model.cfg.max_pos
+        );
+    }
+    super::limits::forward_fits(&model, window, "a --seq-len window")?;
     let quiet = matches!(a.format, Format::Json);
     let r = smelt_infer::perplexity_from(&model, &ids, a.seq_len, a.score_from, |i, n| {
         if !quiet {

@@ -114,6 +114,12 @@ pub fn run(a: ProcessArgs) -> Result<()> {
         lorem_ipsum: !a.keep_lorem_ipsum,
         ..FilterConfig::default()
     };
+    if let Some(r) = &a.report {
+        // Written after the work: refused now rather than over an input, or after it all.
+        let mut reads = smelt_files::expand_inputs(&a.input)?;
+        reads.push(a.output.clone());
+        smelt_files::check_output(r, &reads, "--report")?;
+    }
     let mut cfg = ProcessConfig::new(a.input, a.output);
     cfg.field = a.field;
     cfg.filters = filters;

@@ -45,7 +45,9 @@ pub struct QuantizeArgs {
     #[arg(long)]
     imatrix_text: Option<PathBuf>,
     /// With --imatrix-text: use at most this many chunks of 512 tokens.
-    #[arg(long, requires = "imatrix_text", value_parser = super::checks::count)]
+    // `conflicts_with` too: clap does not enforce `requires` when an argument that conflicts
+    // with the required one (--imatrix) is given, and the flag would be ignored without a word.
+    #[arg(long, requires = "imatrix_text", conflicts_with = "imatrix", value_parser = super::checks::count)]
     imatrix_chunks: Option<usize>,
     /// Smooth the activations into the weights first, with this α (0 < α < 1; 0.5 when given
     /// without a value); needs --imatrix or --imatrix-text, whose statistics set the scales.
@@ -67,6 +69,7 @@ pub struct QuantizeArgs {
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let ty = GgmlType::parse(&a.r#type)?;
+    smelt_files::check_output(&a.output, &[a.model.clone()], "--output")?;
     if let (Some(eval), Some(text)) = (&a.eval, &a.imatrix_text) {
         if eval == text {
             bail!(

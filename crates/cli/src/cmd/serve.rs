@@ -68,6 +68,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if a.prefill_chunk != 0 && a.prefill_chunk < min {
         anyhow::bail!("--prefill-chunk {}: give 0 (no limit) or at least {min} tokens", a.prefill_chunk);
     }
+    // Either would start a server that refuses every request.
+    if a.max_body == 0 {
+        anyhow::bail!("--max-body 0: every request would get a 413; give the largest body in bytes");
+    }
+    if a.alias.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        anyhow::bail!("--alias is empty: requests name the model by it");
+    }
     let device = super::device::resolve(&a.device)?;
     let name = a.model.file_name().map(|n| n.to_string_lossy().into_owned());
     let listener = std::net::TcpListener::bind((a.host.as_str(), a.port))

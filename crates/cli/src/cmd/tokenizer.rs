@@ -33,6 +33,7 @@ pub struct TokenizerArgs {
 }
 
 pub fn run(a: TokenizerArgs) -> Result<()> {
+    smelt_files::check_output(&a.output, &smelt_files::expand_inputs(&a.input)?, "--output")?;
     let cfg = TrainConfig {
         vocab_size: a.vocab_size,
         min_frequency: a.min_frequency,

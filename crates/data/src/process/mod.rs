@@ -108,6 +108,7 @@ pub fn process(cfg: &ProcessConfig, progress: &(dyn Fn(u64, u64) + Sync)) -> Res
         Some(b) => (b, cfg.num_perm / b),
     };
     let files = smelt_files::expand_inputs(&cfg.inputs)?;
+    smelt_files::check_output(&cfg.output, &files, "--output")?;
     let settings =
         DedupSettings { mode: cfg.dedup.name(), threshold: cfg.threshold, num_perm: cfg.num_perm, bands, rows };
     let mut report = Report::new(cfg.filters.clone(), settings);

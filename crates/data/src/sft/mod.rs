@@ -202,7 +202,12 @@ impl Format<'_> {
 /// Every non-blank line of a JSONL file parsed and turned into a `T` by `f`, in parallel; the
 /// first bad line (in file order) is the error, naming `file:line`.
 pub fn read_lines<T: Send>(path: &Path, f: impl Fn(&Value) -> Result<T> + Sync) -> Result<Vec<T>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        anyhow::anyhow!("{}:{line}: not valid UTF-8 (byte {at} of the file; JSONL is UTF-8 text)", path.display())
+    })?;
     let lines: Vec<(usize, &str)> = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).collect();
     if lines.is_empty() {
         bail!("{}: no examples", path.display());

@@ -73,6 +73,9 @@ fn errors_name_the_line_and_field() {
         assert!(e.contains(&format!("{}:3", p.display())), "{e}");
         assert!(e.contains(want), "{e}");
     }
+    std::fs::write(&p, b"{\"text\": \"ok\"}\n\n{\"text\": \"a\xff\"}\n").unwrap();
+    let e = format!("{:#}", f.read_jsonl(&p).unwrap_err());
+    assert!(e.contains(&format!("{}:3: not valid UTF-8", p.display())), "{e}");
     // Several bad lines: the first in file order is reported.
     std::fs::write(&p, "{\"text\": \"ok\"}\n{\"text\": 1}\n{\"text\": 2}\n{\"text\": 3}\n").unwrap();
     for _ in 0..5 {
