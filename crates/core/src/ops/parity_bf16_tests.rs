@@ -645,7 +645,10 @@ fn parity_wgmma_attention_layouts_and_kernels() {
     let Some(d) = dev() else { return };
     let gpu = cuda::gpu(0).unwrap();
     if gpu.arch != (9, 0) {
-        smelt_testing::skip(smelt_testing::Need::Gpu, format!("wgmma needs compute capability 9.0, this GPU has {:?}", gpu.arch));
+        smelt_testing::skip(
+            smelt_testing::Need::Gpu,
+            format!("wgmma needs compute capability 9.0, this GPU has {:?}", gpu.arch),
+        );
         return;
     }
     let mut r = Rng::new(seed());
@@ -712,7 +715,6 @@ fn parity_wgmma_attention_layouts_and_kernels() {
     assert!(failed.is_empty(), "{} comparisons failed: {}", failed.len(), failed.join("; "));
 }
 
-
 /// The pipelined `wgmma` kernels (attention_wg.cu's wgp_fwd, wgp_dq, wgp_dkdv: WG_D64_FWD,
 /// WG_D64_DQ, WG_D64_DKDV, one to three warpgroups a block sharing the streamed tiles) against
 /// the default mma.sync kernels on the same bf16 inputs: out, lse, dq, dk, dv within ATTN_TC
@@ -722,18 +724,24 @@ fn parity_wgmma_attention_layouts_and_kernels() {
 /// every kernel. Compute capability 9.0 only (skips elsewhere, saying so).
 #[test]
 fn parity_wgmma_pipelined_kernels() {
-    use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels, TcForms, WG_D64_DKDV, WG_D64_DQ, WG_D64_FWD};
+    use ops::attention::cuda::{
+        attention_backward_with, attention_with, tc_kernels, TcForms, WG_D64_DKDV, WG_D64_DQ, WG_D64_FWD,
+    };
     let Some(d) = dev() else { return };
     let gpu = cuda::gpu(0).unwrap();
     if gpu.arch != (9, 0) {
-        smelt_testing::skip(smelt_testing::Need::Gpu, format!("wgmma needs compute capability 9.0, this GPU has {:?}", gpu.arch));
+        smelt_testing::skip(
+            smelt_testing::Need::Gpu,
+            format!("wgmma needs compute capability 9.0, this GPU has {:?}", gpu.arch),
+        );
         return;
     }
     let mut r = Rng::new(seed());
     let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
     let mut failed = Vec::new();
     let mut check = |label: String, got: &Tensor, want: &Tensor| {
-        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| close(&label, &host(got), &host(want), ATTN_TC)));
+        let res =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| close(&label, &host(got), &host(want), ATTN_TC)));
         if res.is_err() {
             failed.push(label);
         }
@@ -764,18 +772,21 @@ fn parity_wgmma_pipelined_kernels() {
         }
         let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
         let [_, dq, dkdv] = tc_kernels(64, TcForms::default(), true);
-        let (gqm, gkm, gvm) = attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
+        let (gqm, gkm, gvm) =
+            attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
         for w in WG_D64_DKDV {
             let [_, dq, dkdv] = tc_kernels(64, TcForms { wg_dkdv: Some(w), ..Default::default() }, true);
             assert_eq!(dkdv.name, w.name);
-            let (_, gk, gv) = attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
+            let (_, gk, gv) =
+                attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
             check(format!("{label}: dk {} vs mma.sync", w.name), &gk, &gkm);
             check(format!("{label}: dv {} vs mma.sync", w.name), &gv, &gvm);
         }
         for w in WG_D64_DQ {
             let [_, dq, dkdv] = tc_kernels(64, TcForms { wg_dq: Some(w), ..Default::default() }, true);
             assert_eq!(dq.name, w.name);
-            let (gq, gk, gv) = attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
+            let (gq, gk, gv) =
+                attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
             check(format!("{label}: dq {} vs mma.sync", w.name), &gq, &gqm);
             // dk/dv read the delta this dq kernel stored
             check(format!("{label}: dk after {}", w.name), &gk, &gkm);

@@ -137,7 +137,8 @@ pub(crate) const TC_D64_DKDV: &[TcVariant] = &[
 /// compute capability 9.0) at head dim 64 with `f.wgmma`, the `wgmma` forms of attention_wg.cu.
 pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
     let pc = f.pc.map_or(i32::MAX, |p| p.clamp(1, i32::MAX as usize) as i32);
-    let k = |name: String, rows: usize, tile: usize| TcKernel { name, rows, tile, pc, wg: false, threads: 128, bufs: 2 };
+    let k =
+        |name: String, rows: usize, tile: usize| TcKernel { name, rows, tile, pc, wg: false, threads: 128, bufs: 2 };
     if hopper && d == 64 && f.wgmma {
         let w = |name: &str| TcKernel { wg: true, ..k(name.into(), TC_ROWS, 64) };
         return [w("attn_wg_fwd_d64"), w("attn_wg_dq_d64"), w("attn_wg_dkdv_d64")];
@@ -238,7 +239,11 @@ fn tc_function(gpu: &cuda::Gpu, name: &str, smem: usize, wg: bool) -> Result<cud
 /// Shared memory a `wgmma` kernel takes past its tiles: 8 bytes a thread, the slots wg_pin
 /// stores to (attention_tc.cu).
 fn wg_scratch(wg: bool, threads: u32) -> usize {
-    if wg { 8 * threads as usize } else { 0 }
+    if wg {
+        8 * threads as usize
+    } else {
+        0
+    }
 }
 
 fn tc_cfg(grid: (usize, usize, usize), smem: usize, threads: u32) -> LaunchConfig {
@@ -465,7 +470,8 @@ pub(crate) fn attention_backward_with(
         {
             let TcKernel { name, rows, tile, pc, wg, threads, bufs } = kdkdv;
             let tw = if *wg { d } else { d + 8 };
-            let smem = (2 * rows * (d + 8) + 2 * bufs * tile * tw) * 2 + 2 * bufs * tile * 4 + wg_scratch(*wg, *threads);
+            let smem =
+                (2 * rows * (d + 8) + 2 * bufs * tile * tw) * 2 + 2 * bufs * tile * 4 + wg_scratch(*wg, *threads);
             let f = tc_function(gpu, name, smem, *wg)?;
             let mut b = gpu.stream.launch_builder(&f);
             b.arg(&qb.data)
