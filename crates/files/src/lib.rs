@@ -128,10 +128,10 @@ mod tests {
         std::fs::hard_link(&a, &link).unwrap();
         let e = check_output(&a, &[b.clone(), a.clone()], "--output").unwrap_err().to_string();
         assert!(e.contains("--output") && e.contains("is also an input"), "{e}");
-        assert!(check_output(&link, &[a.clone()], "-o").is_err(), "a hard link is the same file");
-        let e = check_output(&d, &[a.clone()], "-o").unwrap_err().to_string();
+        assert!(check_output(&link, std::slice::from_ref(&a), "-o").is_err(), "a hard link is the same file");
+        let e = check_output(&d, std::slice::from_ref(&a), "-o").unwrap_err().to_string();
         assert!(e.contains("is a directory"), "{e}");
-        check_output(&b, &[a.clone()], "-o").unwrap();
+        check_output(&b, std::slice::from_ref(&a), "-o").unwrap();
         std::fs::write(&b, "y").unwrap();
         check_output(&b, &[a], "-o").unwrap();
         std::fs::remove_dir_all(&d).unwrap();

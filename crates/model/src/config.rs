@@ -252,7 +252,9 @@ impl ModelConfig {
         // An optional field of the wrong type would be read below as absent, i.e. as its default
         // (a rope_theta of "1e6" would run at 10000 without a word): refuse it by name.
         let is_ids = |x: &Value| x.is_u64() || x.as_array().is_some_and(|a| a.iter().all(Value::is_u64));
-        let typed: [(&str, &str, fn(&Value) -> bool); 16] = [
+        // (field, what it must be, the test)
+        type Typed<'a> = (&'a str, &'a str, fn(&Value) -> bool);
+        let typed: [Typed; 16] = [
             ("num_key_value_heads", "an integer", Value::is_u64),
             ("head_dim", "an integer", Value::is_u64),
             ("max_position_embeddings", "an integer", Value::is_u64),

@@ -50,7 +50,7 @@ pub fn write(
 
 pub fn run(a: ExportGgufArgs) -> Result<()> {
     let ty = GgmlType::parse(&a.r#type)?;
-    smelt_files::check_output(&a.output, &[a.model.clone()], "--output")?;
+    smelt_files::check_output(&a.output, std::slice::from_ref(&a.model), "--output")?;
     let mut model = super::lora::load_model_adapted(&a.model, a.adapter.as_deref())?;
     if model.adapter.is_some() {
         // Folded into the weights before quantising, as llama.cpp's export of a merged model.

@@ -69,7 +69,7 @@ pub struct QuantizeArgs {
 
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let ty = GgmlType::parse(&a.r#type)?;
-    smelt_files::check_output(&a.output, &[a.model.clone()], "--output")?;
+    smelt_files::check_output(&a.output, std::slice::from_ref(&a.model), "--output")?;
     if let (Some(eval), Some(text)) = (&a.eval, &a.imatrix_text) {
         if eval == text {
             bail!(
