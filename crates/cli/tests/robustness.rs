@@ -967,3 +967,17 @@ fn item17_flags_that_would_be_ignored_are_refused() {
     refused(&smelt(&[&args[..], &["--imatrix-chunks", "3"]].concat()), &["--imatrix-chunks", "--imatrix"]);
     assert!(!out.exists());
 }
+
+/// `inspect` on a file that is neither GGUF nor safetensors says so (it said "HeaderTooLarge");
+/// a GGUF named without `.gguf` is read by its magic.
+#[test]
+fn inspect_names_what_it_cannot_read() {
+    let d = dir("inspect");
+    let txt = d.join("notes.txt");
+    std::fs::write(&txt, "just some notes\n").unwrap();
+    refused(&smelt(&["inspect", txt.to_str().unwrap()]), &["notes.txt", "not a GGUF file"]);
+    refused(&smelt(&["inspect", d.join("missing.bin").to_str().unwrap()]), &["missing.bin", "no such file"]);
+    let bad = d.join("bad.bin");
+    std::fs::write(&bad, b"GGUF\x03\x00\x00\x00").unwrap();
+    refused(&smelt(&["inspect", bad.to_str().unwrap()]), &["bad.bin", "GGUF"]);
+}

@@ -325,8 +325,8 @@ impl GgufFile {
             bail!("{}: unsupported GGUF version {version} (this reader handles 2 and 3)", path.display());
         }
         // A tensor info takes at least 4+8+4+4+8 bytes, a key/value at least 8+4+1.
-        let n_tensors = c.len("tensor count", 28)?;
-        let n_kv = c.len("metadata count", 13)?;
+        let n_tensors = c.len("tensor", 28)?;
+        let n_kv = c.len("metadata key", 13)?;
         let mut metadata = Vec::with_capacity(n_kv);
         let mut index = HashMap::new();
         for i in 0..n_kv {

@@ -75,6 +75,13 @@ pub fn read_model_weights(dir: &Path) -> Result<HashMap<String, Tensor>> {
     let mut shards: Vec<&str> = map.values().filter_map(|s| s.as_str()).collect();
     shards.sort();
     shards.dedup();
+    // A shard is a file of this folder: an absolute path or one with `..` would read elsewhere.
+    if let Some(bad) = shards.iter().find(|s| {
+        let p = Path::new(s);
+        p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+    }) {
+        bail!("{}: weight_map names shard {bad:?}, which is not a file name inside the model folder", index.display());
+    }
     let mut out = HashMap::new();
     for s in shards {
         out.extend(read_safetensors(&dir.join(s))?);
@@ -128,4 +135,22 @@ pub fn write_safetensors(
     safetensors::serialize_to_file(views, &metadata, tmp.path())
         .map_err(|e| anyhow::anyhow!("writing {}: {e:?}", path.display()))?;
     tmp.commit(path)
+}
+
+#[cfg(test)]
+mod shard_tests {
+    /// An index naming a shard outside the folder (`..`, an absolute path) is refused, naming
+    /// the shard, before anything is read.
+    #[test]
+    fn shards_outside_the_model_folder_are_refused() {
+        let d = std::env::temp_dir().join(format!("smelt-shards-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        for shard in ["../outside.safetensors", "/etc/passwd", "a/../../b.safetensors"] {
+            let index = serde_json::json!({ "weight_map": { "w": shard } });
+            std::fs::write(d.join("model.safetensors.index.json"), index.to_string()).unwrap();
+            let e = format!("{:#}", super::read_model_weights(&d).unwrap_err());
+            assert!(e.contains(shard) && e.contains("not a file name inside the model folder"), "{e}");
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
 }

@@ -191,6 +191,14 @@ impl TrainConfig {
             check((0.0..1.0).contains(&v), flag, v, "in [0, 1)")?;
         }
         check(self.eps.is_finite() && self.eps > 0.0, "eps", self.eps, "a finite number > 0")?;
+        if self.min_lr > self.lr && !matches!(self.schedule, crate::optim::Schedule::Constant) {
+            // A rising schedule is legal but never what was meant (train's default --min-lr
+            // 1e-4 is above a fine-tuning --lr such as 5e-5).
+            eprintln!(
+                "warning: --min-lr {} is above --lr {}: the schedule rises from --lr to --min-lr instead of decaying (set --min-lr at or below --lr)",
+                self.min_lr, self.lr
+            );
+        }
         check(
             self.rope_theta.is_finite() && self.rope_theta > 0.0,
             "rope-theta",
