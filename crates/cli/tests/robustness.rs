@@ -981,3 +981,38 @@ fn inspect_names_what_it_cannot_read() {
     std::fs::write(&bad, b"GGUF\x03\x00\x00\x00").unwrap();
     refused(&smelt(&["inspect", bad.to_str().unwrap()]), &["bad.bin", "GGUF"]);
 }
+
+/// `quantize --type q4_k` of a model whose rows are not whole 256-value blocks says which types
+/// the matrices took (they fall back: here to f16, the rows being 16 values), rather than
+/// reporting "q4_k" alone.
+#[test]
+fn quantize_reports_the_fallback_types_it_wrote() {
+    let b = base();
+    let d = dir("quantize-types");
+    let out = d.join("q.gguf");
+    let o =
+        smelt(&["quantize", "--model", s(&b.p("run/final")), "--type", "q4_k", "--output", s(&out), "--pre", "gpt-2"]);
+    let text = ok(&o);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("tensor types:") && stdout.contains("f16") && stdout.contains("fallback"),
+        "{stdout}\n{text}"
+    );
+}
+
+/// `sft --model` naming a GGUF without `.gguf`, or a file that is not text, says what the file
+/// is, not "stream did not contain valid UTF-8" from the tokenizer reader.
+#[test]
+fn a_model_file_that_is_not_a_tokenizer_is_named() {
+    let d = dir("not-a-tokenizer");
+    let data = d.join("d.jsonl");
+    std::fs::write(&data, "{\"text\": \"hi\"}\n").unwrap();
+    let gguf_named_bin = d.join("m.bin");
+    std::fs::write(&gguf_named_bin, b"GGUF\x03\x00\x00\x00\x00\x00\x00\x00").unwrap();
+    let junk = d.join("junk.json");
+    std::fs::write(&junk, [0xffu8, 0xfe, 0x00, 0x81]).unwrap();
+    for (model, needle) in [(&gguf_named_bin, "give it a name ending in .gguf"), (&junk, "not UTF-8 text")] {
+        let o = smelt(&["sft", "--model", s(model), "--data", s(&data), "--output", s(&d.join("out")), "--steps", "1"]);
+        refused(&o, &[needle]);
+    }
+}

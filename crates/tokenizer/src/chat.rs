@@ -57,11 +57,20 @@ impl ChatTemplate {
                 .and_then(|t| t["template"].as_str())
                 .map(str::to_string)
                 .with_context(|| format!("{}: chat_template list has no \"default\"", p.display()))?,
-            _ => {
+            serde_json::Value::Null => {
                 let j = dir.join("chat_template.jinja");
                 std::fs::read_to_string(&j)
                     .with_context(|| format!("{}: no chat_template, and no {}", p.display(), j.display()))?
             }
+            other => bail!(
+                "{}: chat_template is {}, not a template string or a list of named templates",
+                p.display(),
+                match other {
+                    serde_json::Value::Bool(_) => "a boolean",
+                    serde_json::Value::Number(_) => "a number",
+                    _ => "an object",
+                }
+            ),
         };
         ChatTemplate { source, bos_token: tok("bos_token"), eos_token: tok("eos_token") }.parsed(&p)
     }

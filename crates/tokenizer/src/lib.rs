@@ -111,7 +111,13 @@ impl Tokenizer {
         if file.extension().is_some_and(|e| e == "gguf") {
             return gguf_vocab::load(&file).map(Self::from_inner);
         }
-        let text = std::fs::read_to_string(&file).with_context(|| format!("reading tokenizer {}", file.display()))?;
+        let bytes = std::fs::read(&file).with_context(|| format!("reading tokenizer {}", file.display()))?;
+        if bytes.starts_with(b"GGUF") {
+            // Formats are told apart by name, as the model loader does: say so, not "not UTF-8".
+            anyhow::bail!("{}: a GGUF file: give it a name ending in .gguf", file.display());
+        }
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("{}: not a tokenizer.json (the file is not UTF-8 text)", file.display()))?;
         let v: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", file.display()))?;
         if v.get("model").and_then(|m| m.get("type")).and_then(|t| t.as_str()) == Some("smelt-bytes") {

@@ -60,6 +60,10 @@ fn simple_template_and_errors() {
         .unwrap();
     let e = format!("{:#}", ChatTemplate::from_tokenizer_config(&dir).unwrap_err());
     assert!(e.contains("tokenizer_config.json: parsing the chat template") && e.contains("syntax error"), "{e}");
+    // A chat_template that is neither a string nor a list is named as such, not "no chat_template".
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"chat_template": 5}"#).unwrap();
+    let e = format!("{:#}", ChatTemplate::from_tokenizer_config(&dir).unwrap_err());
+    assert!(e.contains("tokenizer_config.json: chat_template is a number"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
     let js = ChatTemplate::new("{{ x | tojson }}|{{ x | tojson(indent=2) }}", "", "");
     let out = js

@@ -139,6 +139,28 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     drop(smoothed);
     let bytes = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
     println!("wrote {} ({}, {:.1} MiB)", a.output.display(), ty.name(), bytes as f64 / (1u64 << 20) as f64);
+    // Not every matrix is of the requested type: the output matrix and, for q4_k, llama.cpp's
+    // Q4_K_M mix take more bits, and rows that are not whole blocks take a fallback type
+    // (`smelt_convert::export::{tensor_type, type_for}`). Say which, with the counts.
+    let written = smelt_gguf::GgufFile::open(&a.output)?;
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for t in &written.tensors {
+        let name = GgmlType::from_id(t.ggml_type).map_or("other", GgmlType::name);
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    if counts.iter().any(|(n, _)| *n != ty.name() && *n != "f32") {
+        counts.sort_by(|x, y| y.1.cmp(&x.1));
+        let list: Vec<String> = counts.iter().map(|(n, c)| format!("{c} {n}")).collect();
+        println!(
+            "tensor types: {} (the output matrix{} take more bits; rows that are not whole {}-value blocks take a fallback type; norms stay f32)",
+            list.join(", "),
+            if ty == GgmlType::Q4_K { " and llama.cpp's Q4_K_M choice of attn_v/ffn_down layers" } else { "" },
+            ty.block_size()
+        );
+    }
     if imatrix.is_some() {
         println!(
             "importance weights used for {} matrices{}",
