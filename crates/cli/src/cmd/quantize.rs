@@ -152,7 +152,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         }
     }
     if counts.iter().any(|(n, _)| *n != ty.name() && *n != "f32") {
-        counts.sort_by(|x, y| y.1.cmp(&x.1));
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
         let list: Vec<String> = counts.iter().map(|(n, c)| format!("{c} {n}")).collect();
         println!(
             "tensor types: {} (the output matrix{} take more bits; rows that are not whole {}-value blocks take a fallback type; norms stay f32)",
