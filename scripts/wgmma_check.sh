@@ -8,7 +8,7 @@
 #       executable it names to DIR/core_tests
 #   cargo build --release --features cuda -p smelt && cp target/release/smelt DIR/
 # On the device (repo root; OUT set by the device tool):
-#   bash scripts/wgmma_check.sh DIR          # ~6-9 minutes
+#   bash scripts/wgmma_check.sh DIR          # ~8-12 minutes
 # or, from the GPU suite's folder (scripts/gpu_suite.sh build DIR copies this script and bench/):
 #   cd DIR && bash wgmma_check.sh .
 set -uo pipefail
@@ -40,3 +40,10 @@ for v in default "$ALL"; do
     --batch-size 8 --seq-len 2048 --iters 1 --decode-tokens 4 --format json >/dev/null 2>"$OUT/profile-1b-${v:0:7}.txt"
   echo "== profile 1b ${v:0:40}"; grep -i -E "attn|total" "$OUT/profile-1b-${v:0:7}.txt" | head -12
 done
+# 4. LoRA at issue 16's shape (Qwen2.5-0.5B, 8 × 2048, head dim 64): smelt's step with the
+#    default and with the pipelined attention (the model folder in /tmp: it is ~1 GB).
+timeout 420 python3 bench/lora_cuda.py --smelt "$D/smelt" --skip smelt-ckpt,e2e,eager,compile --iters 3 --out /tmp/lora 2>&1 | tail -5
+cp /tmp/lora/lora_cuda.md "$OUT/" 2>/dev/null
+echo "== LoRA with the pipelined attention"
+env ${ALL//,/ } timeout 240 "$D/smelt" bench --model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda \
+  --batch-size 8 --seq-len 2048 --iters 3 --decode-tokens 1 --no-forward --format json 2>"$OUT/lora-wgp.stderr" | tail -1
