@@ -8,11 +8,15 @@
 #       executable it names to DIR/core_tests
 #   cargo build --release --features cuda -p smelt && cp target/release/smelt DIR/
 # On the device (repo root; OUT set by the device tool):
-#   bash scripts/wgmma_check.sh DIR          # ~8-12 minutes
+#   bash scripts/wgmma_check.sh DIR [PARTS]   # PARTS: parity,train,profile,lora (default all)
 # or, from the GPU suite's folder (scripts/gpu_suite.sh build DIR copies this script and bench/):
-#   cd DIR && bash wgmma_check.sh .
+#   cd DIR && bash wgmma_check.sh . [PARTS]
+# All four take ~8-12 minutes, past one device call's 600 s: run "parity,train" in one call and
+# "profile,lora" in the next (or stop after parity if it fails).
 set -uo pipefail
 D=${1:-.devq}
+PARTS=${2:-parity,train,profile,lora}
+part() { [[ ",$PARTS," == *",$1,"* ]]; }
 OUT=${OUT:-./out}
 mkdir -p "$OUT"
 export SMELT_REQUIRE_GPU=1
@@ -20,21 +24,25 @@ nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.
 # 1. Parity: every pipelined kernel (WG_D64_FWD / _DQ / _DKDV) against the mma.sync ones
 #    (each comparison made and reported before the test fails), then the probe of both
 #    operand layouts and the synchronous wgmma kernels.
+if part parity; then
 timeout 300 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 --nocapture >"$OUT/parity_wgmma_pipelined.txt" 2>&1
 echo "parity_wgmma_pipelined_kernels rc $?"; grep -E "NMSE|nmse|failed|panicked|test result" "$OUT/parity_wgmma_pipelined.txt" | tail -40
 timeout 300 "$D/core_tests" parity_wgmma_attention_layouts --test-threads=1 --nocapture >"$OUT/parity_wgmma.txt" 2>&1
 echo "parity_wgmma_attention_layouts_and_kernels rc $?"; tail -25 "$OUT/parity_wgmma.txt"
 timeout 300 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_bf16_attention.txt" 2>&1
 echo "parity_bf16_attention rc $?"; tail -4 "$OUT/parity_bf16_attention.txt"
+fi
 # 2. Timing at 124M and 1B: the default kernels, then the pipelined ones (all three; the
 #    forward alone; one warpgroup a block).
 ALL="SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64"
 ONE="SMELT_CUDA_ATTN_FWD=attn_wgp1_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp1_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp1_dkdv_d64"
-timeout 420 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 124m,1b --no-peers \
+part train && timeout 420 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 124m,1b --no-peers \
   --variants "wgp:$ALL;wgp1:$ONE;fwd3:SMELT_CUDA_ATTN_FWD=attn_wgp3_fwd_d64" --out "$OUT/bench" 2>&1 | tail -12
 # 3. Per kernel (SMELT_CUDA_PROFILE) at 1B: default and all pipelined.
 M=/tmp/smelt-bench-models/1b
-for v in default "$ALL"; do
+part profile && [ ! -f "$M/model.safetensors" ] && timeout 300 python3 bench/torch_gpu.py --dim 2048 --layers 16 --heads 32 \
+  --kv-heads 8 --ffn 8192 --vocab-size 32000 --seq-len 2048 --save-hf "$M" >/dev/null 2>&1
+part profile && for v in default "$ALL"; do
   env_args=(); [ "$v" = default ] || env_args=(${v//,/ })
   env SMELT_CUDA_PROFILE=1 "${env_args[@]}" timeout 200 "$D/smelt" bench --device cuda --model "$M" --vocab-size 32000 \
     --batch-size 8 --seq-len 2048 --iters 1 --decode-tokens 4 --format json >/dev/null 2>"$OUT/profile-1b-${v:0:7}.txt"
@@ -42,8 +50,10 @@ for v in default "$ALL"; do
 done
 # 4. LoRA at issue 16's shape (Qwen2.5-0.5B, 8 × 2048, head dim 64): smelt's step with the
 #    default and with the pipelined attention (the model folder in /tmp: it is ~1 GB).
+if part lora; then
 timeout 420 python3 bench/lora_cuda.py --smelt "$D/smelt" --skip smelt-ckpt,e2e,eager,compile --iters 3 --out /tmp/lora 2>&1 | tail -5
 cp /tmp/lora/lora_cuda.md "$OUT/" 2>/dev/null
 echo "== LoRA with the pipelined attention"
 env ${ALL//,/ } timeout 240 "$D/smelt" bench --model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda \
   --batch-size 8 --seq-len 2048 --iters 3 --decode-tokens 1 --no-forward --format json 2>"$OUT/lora-wgp.stderr" | tail -1
+fi
