@@ -32,12 +32,13 @@ echo "parity_wgmma_attention_layouts_and_kernels rc $?"; tail -25 "$OUT/parity_w
 timeout 300 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_bf16_attention.txt" 2>&1
 echo "parity_bf16_attention rc $?"; tail -4 "$OUT/parity_bf16_attention.txt"
 fi
-# 2. Timing at 124M and 1B: the default kernels, then the pipelined ones (all three; the
-#    forward alone; one warpgroup a block).
+# 2. Timing at 124M and 1B: the default kernels, then the pipelined ones (all three: copies two
+#    tiles ahead; one tile ahead, `wgps`; one warpgroup a block, `wgp1`).
 ALL="SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64"
 ONE="SMELT_CUDA_ATTN_FWD=attn_wgp1_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp1_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp1_dkdv_d64"
-part train && timeout 420 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 124m,1b --no-peers \
-  --variants "wgp:$ALL;wgp1:$ONE;fwd3:SMELT_CUDA_ATTN_FWD=attn_wgp3_fwd_d64" --out "$OUT/bench" 2>&1 | tail -12
+SHALLOW="SMELT_CUDA_ATTN_FWD=attn_wgps_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgps_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgps_dkdv_d64"
+part train && timeout 480 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 124m,1b --no-peers \
+  --variants "wgp:$ALL;wgps:$SHALLOW;wgp1:$ONE" --out "$OUT/bench" 2>&1 | tail -12
 # 3. Per kernel (SMELT_CUDA_PROFILE) at 1B: default and all pipelined.
 M=/tmp/smelt-bench-models/1b
 part profile && [ ! -f "$M/model.safetensors" ] && timeout 300 python3 bench/torch_gpu.py --dim 2048 --layers 16 --heads 32 \

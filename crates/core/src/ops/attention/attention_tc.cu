@@ -342,6 +342,19 @@ __device__ __forceinline__ void load_tile(bf16_t* dst, const bf16_t* src, long l
     else
         load_rows<R, D>(dst, src, base, stride, r0, rend);
 }
+// All but the newest N committed groups of this thread's cp.async copies are done.
+template <int N>
+__device__ __forceinline__ void cp_wait_n() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// tile_ready for a deeper pipeline: the copies of all but the newest N groups are in, made
+// visible to wgmma (the proxy fence), and every thread of the block is past the barrier.
+template <int N>
+__device__ __forceinline__ void tiles_ready() {
+    cp_wait_n<N>();
+    fence_proxy_async();
+    __syncthreads();
+}
 // The shared-memory barrier after a tile's copies: the proxy fence first for wgmma.
 template <bool WG>
 __device__ __forceinline__ void tile_ready() {

@@ -61,14 +61,16 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) attn_wg_probe(const bf1
 // k step), so between a product's issue and its wait no other instruction touches the registers
 // it writes or reads; wg_keep pins them on both sides, as CUTLASS's warpgroup_fence_operand does.
 //
-// K runs one tile ahead of V: at the top of iteration t, K(t+1) and V(t) are in shared memory,
-// and K(t+2) and V(t+1) load into the buffers K(t) and V(t−1) left (both waited for before the
-// barrier that opens iteration t).
+// K runs one tile ahead of V, in rings of NS slots each: at the top of iteration t, K(t+1) and
+// V(t) are in shared memory, and K(t+NS) and V(t+NS−1) load into the slots K(t) and V(t−1) left
+// (both waited for before the barrier that opens iteration t); NS = 3 gives the copies two
+// iterations to land, NS = 2 one.
 //
 // Rounding: as attn_wg_fwd_d64 except that O' is summed apart and added to the rescaled o (one
 // f32 addition per element and tile), so within ATTN_TC of the mma.sync kernels, not their bits.
 // Shared memory: Q [64·NW][D+8] (padded rows for ldmatrix), K 2 × [BN][D] and V 2 × [BN][D] in
-// core matrices: (64·NW·(D+8) + 4·BN·D) bf16, the launcher's formula for a wgmma kernel.
+// core matrices: (64·NW·(D+8) + 2·NS·BN·D) bf16 and wg_pin's 8 bytes a thread, the launcher's
+// formula with NS buffers.
 
 // The online softmax of one 64-key tile of this lane's two rows (tc_fwd's, MT = 1): masks, new
 // maxima, P = exp2(S·scale·log2e − m) in place, the row sums; c0, c1: what o must be scaled by.
@@ -122,15 +124,16 @@ __device__ __forceinline__ void wgp_fold(float (*o)[4], const float (*pv)[4], fl
     }
 }
 
-template <int NW>
+template <int NW, int NS>
 __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
                         int H, int KVH, int window, float scale, const unsigned int* starts, int pc) {
+    static_assert(NS >= 2, "K(t+1) and V(t) are read while K(t+NS) and V(t+NS-1) load");
     constexpr int D = 64, BN = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D;
     extern __shared__ __align__(1024) unsigned char tc_sm[];
     bf16_t* Qs = (bf16_t*)tc_sm;
-    bf16_t* Ks = Qs + ROWS * LD;  // 2 tiles of K (TS elements each), then 2 of V
-    bf16_t* Vs = Ks + 2 * TS;
-    float* Pin = (float*)(Vs + 2 * TS);  // 2 floats a thread: wg_pin's slots
+    bf16_t* Ks = Qs + ROWS * LD;  // NS tiles of K (TS elements each), then NS of V
+    bf16_t* Vs = Ks + NS * TS;
+    float* Pin = (float*)(Vs + NS * TS);  // 2 floats a thread: wg_pin's slots
     TcTile tt = tc_tile(pc);
     int b = tt.z, h = tt.y, g = h / (H / KVH);
     int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
@@ -145,19 +148,34 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     const bf16_t* kh = k + (long long)g * D;
     const bf16_t* vh = v + (long long)g * D;
     long long qbase = (long long)b * tq, kbase = (long long)b * s;
-    auto load_k = [&](int t) { load_rows_cm<BN, D, NT>(Ks + (t & 1) * TS, kh, kbase, KVH * D, blo + t * BN, bhi); };
-    auto load_v = [&](int t) { load_rows_cm<BN, D, NT>(Vs + (t & 1) * TS, vh, kbase, KVH * D, blo + t * BN, bhi); };
+    // K(t) and V(t) in slot t % NS of their rings.
+    auto load_k = [&](int t) {
+        if (t < ntiles) load_rows_cm<BN, D, NT>(Ks + (t % NS) * TS, kh, kbase, KVH * D, blo + t * BN, bhi);
+    };
+    auto load_v = [&](int t) {
+        if (t < ntiles) load_rows_cm<BN, D, NT>(Vs + (t % NS) * TS, vh, kbase, KVH * D, blo + t * BN, bhi);
+    };
     // Every key of the tile at j0 visible to every row of this warpgroup: no masks.
     auto full = [&](int j0) {
         return j0 + BN - 1 <= off + iw && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + iw + 63, window)) &&
                (!starts || j0 >= (int)starts[srow0 + wlast]);
     };
     load_rows<ROWS, D, NT>(Qs, qh, qbase, H * D, i0, tq);
+    // Copy groups, in commit order: {Q, K(0), V(0), K(1)}, then {K(j+1), V(j)} for j = 1 … NS−2,
+    // then one a loop iteration t: {K(t+NS), V(t+NS−1)}. So K(m) and V(m) are in group m (K(0)
+    // in group 0), and waiting for all but the newest NS−2 groups at the top of iteration t
+    // finds K(t+1) and V(t) in (the loads get NS−1 iterations to land).
     load_k(0);
     load_v(0);
-    if (ntiles > 1) load_k(1);
+    load_k(1);
     cp_commit();
-    tile_ready<true>();
+#pragma unroll
+    for (int j = 1; j <= NS - 2; j++) {
+        load_k(j + 1);
+        load_v(j);
+        cp_commit();
+    }
+    tiles_ready<NS - 2>();
     unsigned qf[KS][4];
 #pragma unroll
     for (int ks = 0; ks < KS; ks++) load_a<LD>(qf[ks], Qs, 64 * wg + warp * 16, ks * 16, lane);
@@ -194,9 +212,9 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     for (int t = 0; t + 1 < ntiles; t++) {
         // K(t+1) and V(t) are in; every warpgroup is done with K(t) (S(t) waited for) and
         // V(t−1) (P(t−1)·V(t−1) waited for), whose buffers take K(t+2) and V(t+1).
-        tile_ready<true>();
-        if (t + 2 < ntiles) load_k(t + 2);
-        load_v(t + 1);
+        tiles_ready<NS - 2>();
+        load_k(t + NS);      // into K(t)'s slot: S(t) was waited for in iteration t−1
+        load_v(t + NS - 1);  // into V(t−1)'s slot: P(t−1)·V(t−1) was waited for there
         cp_commit();
         unsigned pa[BN / 16][4];
         wg_pack<BN>(sc, pa);
@@ -204,9 +222,9 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         wg_keep(sc, BN / 8);
         wg_keep(pv, D / 8);
         wg_fence();
-        wg_abt<D, BN>(sc, qf, Ks + ((t + 1) & 1) * TS);
+        wg_abt<D, BN>(sc, qf, Ks + ((t + 1) % NS) * TS);
         wg_commit();
-        wg_pm<D, BN>(pv, pa, Vs + (t & 1) * TS, true);
+        wg_pm<D, BN>(pv, pa, Vs + (t % NS) * TS, true);
         wg_commit();
         wg_wait1();  // S(t+1) is done; P(t)·V(t) may still run
         wg_keep(sc, BN / 8);
@@ -222,14 +240,14 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         c1 = n1;
     }
     {  // the last tile: P·V alone
-        tile_ready<true>();
+        tiles_ready<NS - 2>();
         int t = ntiles - 1;
         unsigned pa[BN / 16][4];
         wg_pack<BN>(sc, pa);
         wg_keep_a(pa, BN / 16);
         wg_keep(pv, D / 8);
         wg_fence();
-        wg_pm<D, BN>(pv, pa, Vs + (t & 1) * TS, true);
+        wg_pm<D, BN>(pv, pa, Vs + (t % NS) * TS, true);
         wg_commit();
         wg_wait0();
         wg_keep(pv, D / 8);
@@ -248,17 +266,19 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     }
 }
 // MB: at least MB blocks resident an SM (registers capped at 65536 / (128·NW·MB)).
-#define WGP_FWD(NAME, NW, MB)                                                                                          \
+#define WGP_FWD(NAME, NW, NS, MB)                                                                                          \
     extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v, \
                                                                     bf16_t* out, float* lse, int tq, int tk, int s,    \
                                                                     int H, int KVH, int window, float scale,           \
                                                                     const unsigned int* starts, int pc) {              \
-        wgp_fwd<NW>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                                 \
+        wgp_fwd<NW, NS>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                             \
     }
-WGP_FWD(attn_wgp_fwd_d64, 2, 1)
-WGP_FWD(attn_wgp3_fwd_d64, 3, 1)
-WGP_FWD(attn_wgp1_fwd_d64, 1, 1)
-WGP_FWD(attn_wgp1b3_fwd_d64, 1, 3)
+// NS: K/V ring slots (3: loads issued two iterations ahead; the `s` forms keep 2, one ahead).
+WGP_FWD(attn_wgp_fwd_d64, 2, 3, 1)
+WGP_FWD(attn_wgps_fwd_d64, 2, 2, 1)
+WGP_FWD(attn_wgp3_fwd_d64, 3, 3, 1)
+WGP_FWD(attn_wgp1_fwd_d64, 1, 3, 1)
+WGP_FWD(attn_wgp1b3_fwd_d64, 1, 3, 3)
 
 // ---- dk/dv with its products overlapped, head dim 64, 64-query tiles.
 //
@@ -268,24 +288,26 @@ WGP_FWD(attn_wgp1b3_fwd_d64, 1, 3)
 // (fresh accumulators), then dV += Pᵀ(t)·dO(t) and dK += dSᵀ(t)·Q(t) (accumulated in place:
 // nothing else touches dV and dK until the end), computes Pᵀ(t+1) and dSᵀ(t+1) while the second
 // pair runs, and waits. Tiles t and t+1 are both read during iteration t, so the streamed tiles
-// have three buffers: tile t+2 loads into the one tile t−1 left.
+// have NB ≥ 3 buffers: tile t+NB−1 loads into the one tile t−1 left (NB = 4: two iterations
+// for the copies to land).
 //
 // Rounding: Pᵀ and dSᵀ as tc_dkdv's; the tensor cores sum each k16 step in their own order, so
 // within ATTN_TC of the mma.sync kernels. Shared memory: K and V [64·NW][D+8] (ldmatrix), then
-// Q and dO 3 × [BQ][D] in core matrices, lse and delta 3 × BQ f32:
-// (2·64·NW·(D+8) + 6·BQ·D)·2 + 6·BQ·4 bytes, the launcher's formula with three buffers.
-template <int NW>
+// Q and dO NB × [BQ][D] in core matrices, lse and delta NB × BQ f32:
+// (2·64·NW·(D+8) + 2·NB·BQ·D)·2 + 2·NB·BQ·4 bytes (+ wg_pin's scratch), the launcher's formula.
+template <int NW, int NB>
 __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                          const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
                          float scale, const unsigned int* starts, const unsigned int* ends, int pc) {
+    static_assert(NB >= 3, "tiles t and t+1 are read while t+NB-1 loads");
     constexpr int D = 64, BQ = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BQ * D;
     extern __shared__ __align__(1024) unsigned char tc_sm[];
     bf16_t* Ks = (bf16_t*)tc_sm;
     bf16_t* Vs = Ks + ROWS * LD;
-    bf16_t* Qs = Vs + ROWS * LD;        // 3 buffers (TS elements each)
-    bf16_t* Os = Qs + 3 * TS;           // 3 buffers
-    float* Ls = (float*)(Os + 3 * TS);  // 3 × BQ: lse
-    float* Ds = Ls + 3 * BQ;            // 3 × BQ: delta
+    bf16_t* Qs = Vs + ROWS * LD;         // NB buffers (TS elements each)
+    bf16_t* Os = Qs + NB * TS;           // NB buffers
+    float* Ls = (float*)(Os + NB * TS);  // NB × BQ: lse
+    float* Ds = Ls + NB * BQ;            // NB × BQ: delta
     TcTile tt = tc_tile(pc);
     int b = tt.z, g = tt.y, grp = H / KVH;
     int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
@@ -307,9 +329,10 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
         int ntiles = grp * nq;
         load_rows<ROWS, D, NT>(Ks, k + (long long)g * D, kbase, KVH * D, j0, tk);
         load_rows<ROWS, D, NT>(Vs, v + (long long)g * D, kbase, KVH * D, j0, tk);
-        // Tile t: query head g·grp + t / nq, queries qlo + (t % nq)·BQ …, buffer t % 3.
+        // Tile t: query head g·grp + t / nq, queries qlo + (t % nq)·BQ …, buffer t % NB.
         auto issue = [&](int t) {
-            int nb = t % 3, h = g * grp + t / nq, i0 = qlo + (t % nq) * BQ;
+            if (t >= ntiles) return;
+            int nb = t % NB, h = g * grp + t / nq, i0 = qlo + (t % nq) * BQ;
             load_rows_cm<BQ, D, NT>(Qs + nb * TS, q + (long long)h * D, qbase, H * D, i0, qhi);
             load_rows_cm<BQ, D, NT>(Os + nb * TS, dout + (long long)h * D, qbase, H * D, i0, qhi);
             if (threadIdx.x < BQ) {
@@ -319,10 +342,19 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
                 cp_async4(Ds + nb * BQ + threadIdx.x, delta + (i < qhi ? at : 0), i < qhi);
             }
         };
-        if (ntiles > 0) issue(0);
-        if (ntiles > 1) issue(1);
+        // Copy groups, in commit order: {K, V, tiles 0 and 1}, {tile j+1} for j = 1 … NB−3, then
+        // one a loop iteration t: {tile t+NB−1}. So tile m is in group m−1 (tile 0 in group 0),
+        // and waiting for all but the newest NB−3 groups at the top of iteration t finds tile
+        // t+1 in (the copies get NB−2 iterations to land).
+        issue(0);
+        issue(1);
         cp_commit();
-        tile_ready<true>();
+#pragma unroll
+        for (int j = 1; j <= NB - 3; j++) {
+            issue(j + 1);
+            cp_commit();
+        }
+        tiles_ready<NB - 3>();
         if (ntiles > 0) {
             unsigned kf[KS][4], vf[KS][4];
 #pragma unroll
@@ -338,7 +370,7 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
             const float sl2 = scale * LOG2E;
             // Sᵀ(t), dPᵀ(t) → Pᵀ(t), dSᵀ(t)/scale in place (tc_dkdv's masks and arithmetic).
             auto grads = [&](int t) {
-                int nb = t % 3, i0 = qlo + (t % nq) * BQ;
+                int nb = t % NB, i0 = qlo + (t % nq) * BQ;
                 const float* Lt = Ls + nb * BQ;
                 const float* Dt = Ds + nb * BQ;
                 bool full = i0 + BQ <= qhi && jw + 63 <= off + i0 && jw + 64 <= tk &&
@@ -374,9 +406,9 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
             grads(0);
             // Every tile but the last (peeled below, so that no wgmma is issued under a condition).
             for (int t = 0; t + 1 < ntiles; t++) {
-                // Tile t+1 is in; every warpgroup is done with tile t−1, whose buffer takes t+2.
-                tile_ready<true>();
-                if (t + 2 < ntiles) issue(t + 2);
+                // Tile t+1 is in; every warpgroup is done with tile t−1, whose buffer takes t+NB−1.
+                tiles_ready<NB - 3>();
+                issue(t + NB - 1);
                 cp_commit();
                 unsigned pa[BQ / 16][4], sa[BQ / 16][4];
                 wg_pack<BQ>(sc, pa);
@@ -386,7 +418,7 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
                 wg_keep(sc, BQ / 8);
                 wg_keep(dp, BQ / 8);
                 wg_fence();
-                int n0 = (t % 3) * TS, n1 = ((t + 1) % 3) * TS;
+                int n0 = (t % NB) * TS, n1 = ((t + 1) % NB) * TS;
                 wg_abt<D, BQ>(sc, kf, Qs + n1);
                 wg_abt<D, BQ>(dp, vf, Os + n1);
                 wg_commit();
@@ -404,7 +436,7 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
                 wg_keep_a(sa, BQ / 16);
             }
             {
-                int n0 = ((ntiles - 1) % 3) * TS;
+                int n0 = ((ntiles - 1) % NB) * TS;
                 unsigned pa[BQ / 16][4], sa[BQ / 16][4];
                 wg_pack<BQ>(sc, pa);
                 wg_pack<BQ>(dp, sa);
@@ -428,36 +460,39 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
     store_rows<D>(dk + (long long)g * D, ak, kbase, kvs, jr, s, scale, scale, lane);
     store_rows<D>(dv + (long long)g * D, av, kbase, kvs, jr, s, 1.f, 1.f, lane);
 }
-#define WGP_DKDV(NAME, NW, MB)                                                                                          \
+#define WGP_DKDV(NAME, NW, NB, MB)                                                                                          \
     extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(                                                    \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,   \
         bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                        \
         const unsigned int* starts, const unsigned int* ends, int pc) {                                                \
-        wgp_dkdv<NW>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, pc);          \
+        wgp_dkdv<NW, NB>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, pc);      \
     }
-WGP_DKDV(attn_wgp_dkdv_d64, 2, 1)
-WGP_DKDV(attn_wgp1_dkdv_d64, 1, 1)
+// NB: streamed-tile buffers (4: loads issued two iterations ahead; the `s` form keeps 3, one ahead).
+WGP_DKDV(attn_wgp_dkdv_d64, 2, 4, 1)
+WGP_DKDV(attn_wgps_dkdv_d64, 2, 3, 1)
+WGP_DKDV(attn_wgp1_dkdv_d64, 1, 4, 1)
 
 // ---- dq with its products overlapped (and delta, as tc_dq computes it), head dim 64, 64-key
 // tiles. NW warpgroups a block (warpgroup w owns query rows i0 + 64w …; Q and dO fragments in
 // registers) share the streamed K and V tiles. Per key tile a warpgroup issues S(t+1) = Q·K(t+1)ᵀ
 // and dP(t+1) = dO·V(t+1)ᵀ (fresh accumulators), then dQ += dS(t)·K(t) (in place: nothing else
 // touches dQ until the store), computes dS(t+1) while that runs, and waits. K(t) and K(t+1),
-// V(t+1) are read during iteration t: three buffers, tile t+2 loads into tile t−1's.
-// Shared memory: Q, dO and out [64·NW][D+8], K and V 3 × [BN][D] in core matrices, delta 64·NW
-// f32: (3·64·NW·(D+8) + 6·BN·D)·2 + 64·NW·4 bytes, the launcher's formula with three buffers.
-template <int NW>
+// V(t+1) are read during iteration t: NB ≥ 3 buffers, tile t+NB−1 loads into tile t−1's.
+// Shared memory: Q, dO and out [64·NW][D+8], K and V NB × [BN][D] in core matrices, delta 64·NW
+// f32: (3·64·NW·(D+8) + 2·NB·BN·D)·2 + 64·NW·4 bytes (+ wg_pin's scratch), the launcher's formula.
+template <int NW, int NB>
 __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const bf16_t* out,
                        const float* lse, float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window,
                        float scale, const unsigned int* starts, int pc) {
+    static_assert(NB >= 3, "tiles t and t+1 are read while t+NB-1 loads");
     constexpr int D = 64, BN = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D;
     extern __shared__ __align__(1024) unsigned char tc_sm[];
     bf16_t* Qs = (bf16_t*)tc_sm;
     bf16_t* Os = Qs + ROWS * LD;
     bf16_t* Zs = Os + ROWS * LD;            // the block's rows of out, for delta
-    bf16_t* Ks = Zs + ROWS * LD;            // 3 tiles (TS elements each) of K, then 3 of V
-    bf16_t* Vs = Ks + 3 * TS;
-    float* Dsm = (float*)(Vs + 3 * TS);     // delta of the block's rows
+    bf16_t* Ks = Zs + ROWS * LD;            // NB tiles (TS elements each) of K, then NB of V
+    bf16_t* Vs = Ks + NB * TS;
+    float* Dsm = (float*)(Vs + NB * TS);    // delta of the block's rows
     float* Pin = Dsm + ROWS;                // 2 floats a thread: wg_pin's slots
     TcTile tt = tc_tile(pc);
     int b = tt.z, h = tt.y, g = h / (H / KVH);
@@ -473,7 +508,8 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
     const bf16_t* vh = v + (long long)g * D;
     long long qbase = (long long)b * tq, kbase = (long long)b * s;
     auto issue = [&](int t) {
-        int nb = (t % 3) * TS, j = blo + t * BN;
+        if (t >= ntiles) return;
+        int nb = (t % NB) * TS, j = blo + t * BN;
         load_rows_cm<BN, D, NT>(Ks + nb, kh, kbase, KVH * D, j, bhi);
         load_rows_cm<BN, D, NT>(Vs + nb, vh, kbase, KVH * D, j, bhi);
     };
@@ -484,9 +520,16 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
     load_rows<ROWS, D, NT>(Qs, q + (long long)h * D, qbase, H * D, i0, tq);
     load_rows<ROWS, D, NT>(Os, dout + (long long)h * D, qbase, H * D, i0, tq);
     load_rows<ROWS, D, NT>(Zs, out + (long long)h * D, qbase, H * D, i0, tq);
+    // Copy groups as wgp_dkdv's: {Q, dO, out, tiles 0 and 1}, {tile j+1} for j = 1 … NB−3, then
+    // {tile t+NB−1} a loop iteration; tile m in group m−1.
     issue(0);
-    if (ntiles > 1) issue(1);
+    issue(1);
     cp_commit();
+#pragma unroll
+    for (int j = 1; j <= NB - 3; j++) {
+        issue(j + 1);
+        cp_commit();
+    }
     const float* lh = lse + ((long long)b * H + h) * tq;
     float* dh = delta + ((long long)b * H + h) * tq;
     float L[2], Dl[2];
@@ -498,7 +541,7 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
         pos[hf] = off + r;
         lo[hf] = tc_row_lo(off + r, window, starts, srow0 + min(r, tq - 1));
     }
-    tile_ready<true>();
+    tiles_ready<NB - 3>();
     // delta = rowsum(dO ∘ out) of the warp's rows, in attn_bwd_delta's order (tc_dq's loop).
     for (int rr = gw * 16; rr < (gw + 1) * 16; rr++) {
         float acc = 0.f;
@@ -562,8 +605,8 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
     wg_keep(dp, BN / 8);
     grads(0);
     for (int t = 0; t + 1 < ntiles; t++) {
-        tile_ready<true>();  // tile t+1 in; every warpgroup is done with tile t−1, whose buffers take t+2
-        if (t + 2 < ntiles) issue(t + 2);
+        tiles_ready<NB - 3>();  // tile t+1 in; every warpgroup is done with tile t−1, whose buffers take t+NB−1
+        issue(t + NB - 1);
         cp_commit();
         unsigned pa[BN / 16][4];
         wg_pack<BN>(sc, pa);
@@ -571,7 +614,7 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
         wg_keep(sc, BN / 8);
         wg_keep(dp, BN / 8);
         wg_fence();
-        int n0 = (t % 3) * TS, n1 = ((t + 1) % 3) * TS;
+        int n0 = (t % NB) * TS, n1 = ((t + 1) % NB) * TS;
         wg_abt<D, BN>(sc, qf, Ks + n1);
         wg_abt<D, BN>(dp, of, Vs + n1);
         wg_commit();
@@ -597,7 +640,7 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
         wg_pack<BN>(sc, pa);
         wg_keep_a(pa, BN / 16);
         wg_fence();
-        wg_pm<D, BN>(acc, pa, Ks + ((ntiles - 1) % 3) * TS);
+        wg_pm<D, BN>(acc, pa, Ks + ((ntiles - 1) % NB) * TS);
         wg_commit();
         wg_wait0();
         wg_keep(acc, D / 8);
@@ -605,12 +648,14 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
     }
     store_rows<D>(dq + (long long)h * D, acc, qbase, H * D, iw + warp * 16 + gq, tq, scale, scale, lane);
 }
-#define WGP_DQ(NAME, NW, MB)                                                                                            \
+#define WGP_DQ(NAME, NW, NB, MB)                                                                                            \
     extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(                                                    \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const bf16_t* out, const float* lse,    \
         float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale,                      \
         const unsigned int* starts, int pc) {                                                                          \
-        wgp_dq<NW>(q, k, v, dout, out, lse, delta, dq, tq, tk, s, H, KVH, window, scale, starts, pc);                 \
+        wgp_dq<NW, NB>(q, k, v, dout, out, lse, delta, dq, tq, tk, s, H, KVH, window, scale, starts, pc);             \
     }
-WGP_DQ(attn_wgp_dq_d64, 2, 1)
-WGP_DQ(attn_wgp1_dq_d64, 1, 1)
+// NB as wgp_dkdv's (the `s` form keeps 3 buffers).
+WGP_DQ(attn_wgp_dq_d64, 2, 4, 1)
+WGP_DQ(attn_wgps_dq_d64, 2, 3, 1)
+WGP_DQ(attn_wgp1_dq_d64, 1, 4, 1)

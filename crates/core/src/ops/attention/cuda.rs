@@ -46,8 +46,7 @@ pub(crate) struct TcKernel {
     pub wg: bool,
     /// Threads a block: 128, or 128 per warpgroup of a pipelined wgmma kernel (`WG_D64_FWD`).
     pub threads: u32,
-    /// Buffers of the streamed tiles: 2, or 3 for the pipelined dk/dv (`WG_D64_DKDV`), which
-    /// reads two tiles at once while the third loads.
+    /// Buffers of each streamed tile: 2, or a pipelined wgmma kernel's (`WgVariant::bufs`).
     pub bufs: usize,
 }
 
@@ -79,30 +78,32 @@ pub(crate) struct TcForms {
     pub wg_dq: Option<&'static WgVariant>,
 }
 
-/// A pipelined `wgmma` forward of attention_wg.cu (module WG_MODULE): its name, rows a block
-/// (64 a warpgroup) and threads a block.
+/// A pipelined `wgmma` kernel of attention_wg.cu (module WG_MODULE): its name, rows a block
+/// (64 a warpgroup), threads a block and buffers of each streamed tile (the depth of its copy
+/// pipeline; the `wgps` forms are one stage shallower than the `wgp` ones).
 #[derive(Debug)]
 pub(crate) struct WgVariant {
     pub name: &'static str,
     pub rows: usize,
     pub threads: u32,
+    pub bufs: usize,
+}
+const fn wv(name: &'static str, rows: usize, bufs: usize) -> WgVariant {
+    WgVariant { name, rows, threads: 2 * rows as u32, bufs }
 }
 pub(crate) const WG_D64_FWD: &[WgVariant] = &[
-    WgVariant { name: "attn_wgp_fwd_d64", rows: 128, threads: 256 },
-    WgVariant { name: "attn_wgp3_fwd_d64", rows: 192, threads: 384 },
-    WgVariant { name: "attn_wgp1_fwd_d64", rows: 64, threads: 128 },
-    WgVariant { name: "attn_wgp1b3_fwd_d64", rows: 64, threads: 128 },
+    wv("attn_wgp_fwd_d64", 128, 3),
+    wv("attn_wgps_fwd_d64", 128, 2),
+    wv("attn_wgp3_fwd_d64", 192, 3),
+    wv("attn_wgp1_fwd_d64", 64, 3),
+    wv("attn_wgp1b3_fwd_d64", 64, 3),
 ];
 /// The pipelined `wgmma` dq kernels (three buffers of streamed tiles).
-pub(crate) const WG_D64_DQ: &[WgVariant] = &[
-    WgVariant { name: "attn_wgp_dq_d64", rows: 128, threads: 256 },
-    WgVariant { name: "attn_wgp1_dq_d64", rows: 64, threads: 128 },
-];
+pub(crate) const WG_D64_DQ: &[WgVariant] =
+    &[wv("attn_wgp_dq_d64", 128, 4), wv("attn_wgps_dq_d64", 128, 3), wv("attn_wgp1_dq_d64", 64, 4)];
 /// The pipelined `wgmma` dk/dv kernels (three buffers of streamed tiles).
-pub(crate) const WG_D64_DKDV: &[WgVariant] = &[
-    WgVariant { name: "attn_wgp_dkdv_d64", rows: 128, threads: 256 },
-    WgVariant { name: "attn_wgp1_dkdv_d64", rows: 64, threads: 128 },
-];
+pub(crate) const WG_D64_DKDV: &[WgVariant] =
+    &[wv("attn_wgp_dkdv_d64", 128, 4), wv("attn_wgps_dkdv_d64", 128, 3), wv("attn_wgp1_dkdv_d64", 64, 4)];
 
 /// A kernel of attention_tc.cu's other instantiations at head dim 64: its name, rows a block
 /// and streamed tile width. Every one gives the bits of the default for its pass (the test
@@ -158,15 +159,21 @@ pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         _ => dflt,
     };
     let fwd = match (d, f.wg_fwd) {
-        (64, Some(w)) if hopper => TcKernel { wg: true, threads: w.threads, ..k(w.name.into(), w.rows, 64) },
+        (64, Some(w)) if hopper => {
+            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, ..k(w.name.into(), w.rows, 64) }
+        }
         _ => pick(f.fwd, fwd),
     };
     let dkdv = match (d, f.wg_dkdv) {
-        (64, Some(w)) if hopper => TcKernel { wg: true, threads: w.threads, bufs: 3, ..k(w.name.into(), w.rows, 64) },
+        (64, Some(w)) if hopper => {
+            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, ..k(w.name.into(), w.rows, 64) }
+        }
         _ => pick(f.dkdv, dkdv),
     };
     let dq = match (d, f.wg_dq) {
-        (64, Some(w)) if hopper => TcKernel { wg: true, threads: w.threads, bufs: 3, ..k(w.name.into(), w.rows, 64) },
+        (64, Some(w)) if hopper => {
+            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, ..k(w.name.into(), w.rows, 64) }
+        }
         _ => pick(f.dq, dq),
     };
     [fwd, dq, dkdv]
@@ -349,9 +356,9 @@ pub(crate) fn attention_with(
     let lse = DeviceBuf::alloc(gpu, DType::F32, dm.b * dm.h * dm.tq)?;
     let d = dm.d;
     if uses_tensor_cores(gpu, dt, d) {
-        let TcKernel { name, rows, tile: bn, pc, wg, threads, .. } = fwd;
+        let TcKernel { name, rows, tile: bn, pc, wg, threads, bufs } = fwd;
         let tw = if *wg { d } else { d + 8 }; // a streamed tile's row: core matrices, or padded
-        let smem = (rows * (d + 8) + 4 * bn * tw) * 2 + wg_scratch(*wg, *threads);
+        let smem = (rows * (d + 8) + 2 * bufs * bn * tw) * 2 + wg_scratch(*wg, *threads);
         let f = tc_function(gpu, name, smem, *wg)?;
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
         let null = 0u64;
