@@ -21,6 +21,9 @@ OUT=${OUT:-./out}
 mkdir -p "$OUT"
 export SMELT_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+ALL="SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64"
+ONE="SMELT_CUDA_ATTN_FWD=attn_wgp1_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp1_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp1_dkdv_d64"
+SHALLOW="SMELT_CUDA_ATTN_FWD=attn_wgps_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgps_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgps_dkdv_d64"
 # 1. Parity: every pipelined kernel (WG_D64_FWD / _DQ / _DKDV) against the mma.sync ones
 #    (each comparison made and reported before the test fails), then the probe of both
 #    operand layouts and the synchronous wgmma kernels.
@@ -31,12 +34,13 @@ timeout 300 "$D/core_tests" parity_wgmma_attention_layouts --test-threads=1 --no
 echo "parity_wgmma_attention_layouts_and_kernels rc $?"; tail -25 "$OUT/parity_wgmma.txt"
 timeout 300 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_bf16_attention.txt" 2>&1
 echo "parity_bf16_attention rc $?"; tail -4 "$OUT/parity_bf16_attention.txt"
+# The bf16 attention tests against the CPU (plain, GQA, windows, offsets, packed rows) with the
+# pipelined kernels as the defaults (the head-dim-128 cases keep the mma.sync ones).
+env ${ALL//,/ } timeout 300 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_bf16_attention_wgp.txt" 2>&1
+echo "parity_bf16_attention with the pipelined kernels rc $?"; grep -E "FAILED|panicked|test result" "$OUT/parity_bf16_attention_wgp.txt" | tail -6
 fi
 # 2. Timing at 124M and 1B: the default kernels, then the pipelined ones (all three: copies two
 #    tiles ahead; one tile ahead, `wgps`; one warpgroup a block, `wgp1`).
-ALL="SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64"
-ONE="SMELT_CUDA_ATTN_FWD=attn_wgp1_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp1_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp1_dkdv_d64"
-SHALLOW="SMELT_CUDA_ATTN_FWD=attn_wgps_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgps_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgps_dkdv_d64"
 part train && timeout 480 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 124m,1b --no-peers \
   --variants "wgp:$ALL;wgps:$SHALLOW;wgp1:$ONE" --out "$OUT/bench" 2>&1 | tail -12
 # 3. Per kernel (SMELT_CUDA_PROFILE) at 1B: default and all pipelined.
