@@ -1016,3 +1016,33 @@ fn a_model_file_that_is_not_a_tokenizer_is_named() {
         refused(&o, &[needle]);
     }
 }
+
+/// An SFT `--grad-accum` that makes one update read the data many times over warns, with the
+/// number of passes, before the first (long) update.
+#[test]
+fn sft_warns_when_one_update_is_many_passes_over_the_data() {
+    let b = base();
+    let d = dir("sft-accum");
+    std::fs::write(d.join("one.jsonl"), "{\"text\": \"hello there\"}\n").unwrap();
+    let o = smelt(&[
+        "sft",
+        "--model",
+        s(&b.p("run/final")),
+        "--data",
+        s(&d.join("one.jsonl")),
+        "--output",
+        s(&d.join("out")),
+        "--steps",
+        "1",
+        "--grad-accum",
+        "6",
+        "--batch-size",
+        "1",
+        "--seq-len",
+        "16",
+        "--device",
+        "cpu",
+    ]);
+    let e = ok(&o);
+    assert!(e.contains("warning: --grad-accum 6: one update reads 6 batches, 6.0 passes over"), "{e}");
+}

@@ -99,6 +99,19 @@ impl SftData {
             Ok(plan)
         };
         let train = read(&s.data, true)?;
+        // One update reading the data many times over is legal but rarely meant (a --grad-accum
+        // typo): say how many passes an update is, before the first one takes that long.
+        let per_update = cfg.grad_accum as u64;
+        let epoch = train.batches_per_epoch().max(1);
+        if per_update > 2 * epoch {
+            eprintln!(
+                "warning: --grad-accum {}: one update reads {per_update} batches, {:.1} passes over {} ({epoch} batches of --batch-size {} an epoch)",
+                cfg.grad_accum,
+                per_update as f64 / epoch as f64,
+                s.data.display(),
+                cfg.batch_size
+            );
+        }
         let val = match &s.val_data {
             Some(p) => {
                 let plan = read(p, false)?;
