@@ -254,26 +254,7 @@ impl Lt {
                 }
             }
         };
-        let (w, _g) = self.workspace.device_ptr(&self.stream);
-        result::matmul(
-            self.handle,
-            plan.desc.0,
-            &g.alpha as *const f32 as *const c_void,
-            &g.beta as *const f32 as *const c_void,
-            a as *const c_void,
-            plan.la.0,
-            b as *const c_void,
-            plan.lb.0,
-            c_in.unwrap_or(c) as *const c_void,
-            plan.lc.0,
-            c as *mut c_void,
-            plan.lc.0,
-            &plan.algo,
-            w as *mut c_void,
-            WORKSPACE,
-            self.stream.cu_stream() as sys::cudaStream_t,
-        )
-        .map_err(e("matmul"))?;
+        self.launch(&g, &plan, &plan.algo, (a, b, c_in.unwrap_or(c)), c).map_err(e("matmul"))?;
         super::profile::record(match (op, out) {
             (Operand::F32, _) => "cublasLt f32",
             (Operand::Bf16, Operand::F32) => "cublasLt bf16->f32",
@@ -382,6 +363,37 @@ impl Lt {
         Ok(plan)
     }
 
+    /// One cuBLASLt call of `plan` with `algo`: D = alpha·op(A)·op(B) + beta·C on the handle's
+    /// stream and workspace (`abc`: A, B, C; `d`: D).
+    unsafe fn launch(
+        &self,
+        g: &Gemm,
+        plan: &Plan,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        (a, b, c): (u64, u64, u64),
+        d: u64,
+    ) -> std::result::Result<(), cudarc::cublaslt::result::CublasError> {
+        let (w, _g) = self.workspace.device_ptr(&self.stream);
+        result::matmul(
+            self.handle,
+            plan.desc.0,
+            &g.alpha as *const f32 as *const c_void,
+            &g.beta as *const f32 as *const c_void,
+            a as *const c_void,
+            plan.la.0,
+            b as *const c_void,
+            plan.lb.0,
+            c as *const c_void,
+            plan.lc.0,
+            d as *mut c_void,
+            plan.lc.0,
+            algo,
+            w as *mut c_void,
+            WORKSPACE,
+            self.stream.cu_stream() as sys::cudaStream_t,
+        )
+    }
+
     /// Each candidate's time (ms, the mean of 3 runs after one warm-up; infinite when it fails)
     /// on the operands `ptrs`, writing a scratch D; and the fastest's index.
     unsafe fn time_algos(
@@ -395,27 +407,7 @@ impl Lt {
         let bytes = (g.ldc as usize) * (g.n as usize) * if out == Operand::F32 { 4 } else { 2 };
         let scratch = self.stream.alloc::<u8>(bytes).map_err(e("tuning scratch"))?;
         let (d, _gd) = scratch.device_ptr(&self.stream);
-        let (w, _gw) = self.workspace.device_ptr(&self.stream);
-        let run = |algo: &sys::cublasLtMatmulAlgo_t| {
-            result::matmul(
-                self.handle,
-                plan.desc.0,
-                &g.alpha as *const f32 as *const c_void,
-                &g.beta as *const f32 as *const c_void,
-                a as *const c_void,
-                plan.la.0,
-                b as *const c_void,
-                plan.lb.0,
-                c as *const c_void,
-                plan.lc.0,
-                d as *mut c_void,
-                plan.lc.0,
-                algo,
-                w as *mut c_void,
-                WORKSPACE,
-                self.stream.cu_stream() as sys::cudaStream_t,
-            )
-        };
+        let run = |algo: &sys::cublasLtMatmulAlgo_t| self.launch(g, plan, algo, (a, b, c), d);
         let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let mut times = Vec::with_capacity(found.len());
         for h in found {

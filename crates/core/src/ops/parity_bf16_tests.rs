@@ -631,6 +631,21 @@ fn parity_bf16_attention_two_tiles_a_warp() {
     }
 }
 
+/// The device and its GPU when it is a Hopper (compute capability 9.0, which `wgmma` needs);
+/// otherwise the test skips, saying so.
+fn hopper() -> Option<(Device, std::sync::Arc<cuda::Gpu>)> {
+    let d = dev()?;
+    let gpu = cuda::gpu(0).unwrap();
+    if gpu.arch != (9, 0) {
+        smelt_testing::skip(
+            smelt_testing::Need::Gpu,
+            format!("wgmma needs compute capability 9.0, this GPU has {:?}", gpu.arch),
+        );
+        return None;
+    }
+    Some((d, gpu))
+}
+
 /// The two shared-memory operand layouts of the Hopper `wgmma` attention kernels
 /// (attention_tc.cu "Hopper": B K-major for S = A·Bᵀ, B N-major for O += P·M) on one
 /// m64n64k16 product against the f64 product of the same bf16 values, then the wgmma forward,
@@ -642,15 +657,7 @@ fn parity_bf16_attention_two_tiles_a_warp() {
 #[test]
 fn parity_wgmma_attention_layouts_and_kernels() {
     use ops::attention::cuda::{attention_backward_with, attention_with, tc_kernels, TcForms, WG_MODULE, WG_SRC};
-    let Some(d) = dev() else { return };
-    let gpu = cuda::gpu(0).unwrap();
-    if gpu.arch != (9, 0) {
-        smelt_testing::skip(
-            smelt_testing::Need::Gpu,
-            format!("wgmma needs compute capability 9.0, this GPU has {:?}", gpu.arch),
-        );
-        return;
-    }
+    let Some((d, gpu)) = hopper() else { return };
     let mut r = Rng::new(seed());
     let a = randn(&mut r, &[64, 16], 1.0).to_dtype(DType::BF16).unwrap();
     let bt = randn(&mut r, &[64, 16], 1.0).to_dtype(DType::BF16).unwrap();
@@ -727,15 +734,7 @@ fn parity_wgmma_pipelined_kernels() {
     use ops::attention::cuda::{
         attention_backward_with, attention_with, tc_kernels, TcForms, WG_D64_DKDV, WG_D64_DQ, WG_D64_FWD,
     };
-    let Some(d) = dev() else { return };
-    let gpu = cuda::gpu(0).unwrap();
-    if gpu.arch != (9, 0) {
-        smelt_testing::skip(
-            smelt_testing::Need::Gpu,
-            format!("wgmma needs compute capability 9.0, this GPU has {:?}", gpu.arch),
-        );
-        return;
-    }
+    let Some((d, _)) = hopper() else { return };
     let mut r = Rng::new(seed());
     let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
     let mut failed = Vec::new();

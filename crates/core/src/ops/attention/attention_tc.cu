@@ -389,6 +389,66 @@ __device__ __forceinline__ void store_rows(bf16_t* dst, const float (*o)[4], lon
     }
 }
 
+// The online softmax of one key tile (keys j0 …) of a 16-row tile, this lane's two rows (pos, lo:
+// their last and first visible key; full: no masks): masks, new maxima m, P = exp2(S·scale·log2e
+// − m) in place, the row sums l; c0, c1: what o must be scaled by. tc_fwd's and wgp_fwd's.
+template <int BN>
+__device__ __forceinline__ void tc_softmax(float (*sc)[4], float* m, float* l, const int* pos, const int* lo, int j0,
+                                            bool full, float sl2, int tq4, float& c0, float& c1) {
+    float mx0 = -SM_INF, mx1 = -SM_INF;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float x = sc[nt][e] * sl2;
+            if (!full) {
+                int j = j0 + nt * 8 + 2 * tq4 + (e & 1), hf = e >> 1;
+                if (!(j >= lo[hf] && j <= pos[hf])) x = -SM_INF;
+            }
+            sc[nt][e] = x;
+        }
+        mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]));
+    }
+    float mn0 = fmaxf(m[0], quad_max(mx0)), mn1 = fmaxf(m[1], quad_max(mx1));
+    float base0 = mn0 == -SM_INF ? 0.f : mn0, base1 = mn1 == -SM_INF ? 0.f : mn1;
+    c0 = exp2f(m[0] - base0);
+    c1 = exp2f(m[1] - base1);
+    m[0] = mn0;
+    m[1] = mn1;
+    float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++) {
+        sc[nt][0] = exp2f(sc[nt][0] - base0);
+        sc[nt][1] = exp2f(sc[nt][1] - base0);
+        sc[nt][2] = exp2f(sc[nt][2] - base1);
+        sc[nt][3] = exp2f(sc[nt][3] - base1);
+        rs0 += sc[nt][0] + sc[nt][1];
+        rs1 += sc[nt][2] + sc[nt][3];
+    }
+    l[0] = l[0] * c0 + rs0;  // this lane's share of the row sum; the quad adds them at the end
+    l[1] = l[1] * c1 + rs1;
+}
+
+// delta = rowsum(dO ∘ out) of block rows [r0, r1) (this warp's), from the padded shared rows
+// of out (Zs) and dO (Os), in attn_bwd_delta's order (lane l sums columns l, l + 32, …; then
+// warp_sum), so the same bits as that kernel: into Dsm and, for rows before tq, into dh (for
+// dk/dv, which runs after the dq kernel). tc_dq's and wgp_dq's.
+template <int D, int LD>
+__device__ __forceinline__ void tc_delta_rows(const bf16_t* Zs, const bf16_t* Os, float* Dsm, float* dh, int i0, int tq,
+                                              int r0, int r1, int lane) {
+    for (int rr = r0; rr < r1; rr++) {
+        float acc = 0.f;
+        for (int d = lane; d < D; d += 32) acc += to_f(Zs[rr * LD + d]) * to_f(Os[rr * LD + d]);
+        acc = warp_sum(acc);
+        if (lane == 0) {
+            Dsm[rr] = acc;
+            if (i0 + rr < tq) dh[i0 + rr] = acc;
+        }
+    }
+    __syncwarp();
+}
+
 // Forward. grid (ceil(Tq/(64·MT)), H, B), block 128, shared (64·MT + 4·BN)·(D+8) bf16. Each
 // warp owns MT tiles of 16 query rows (rows warp·16·MT + 16·mt + gq, +8); per row the order of
 // every operation is the same whatever MT, so MT = 1 and 2 give identical bits.
@@ -473,38 +533,8 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
                     (!starts || j0 >= (int)starts[srow0 + ilast]);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
-            float mx0 = -SM_INF, mx1 = -SM_INF;
-#pragma unroll
-            for (int nt = 0; nt < BN / 8; nt++) {
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float x = sc[mt][nt][e] * sl2;
-                    if (!full) {
-                        int j = j0 + nt * 8 + 2 * tq4 + (e & 1), hf = e >> 1;
-                        if (!(j >= lo[mt][hf] && j <= pos[mt][hf])) x = -SM_INF;
-                    }
-                    sc[mt][nt][e] = x;
-                }
-                mx0 = fmaxf(mx0, fmaxf(sc[mt][nt][0], sc[mt][nt][1]));
-                mx1 = fmaxf(mx1, fmaxf(sc[mt][nt][2], sc[mt][nt][3]));
-            }
-            float mn0 = fmaxf(m[mt][0], quad_max(mx0)), mn1 = fmaxf(m[mt][1], quad_max(mx1));
-            float base0 = mn0 == -SM_INF ? 0.f : mn0, base1 = mn1 == -SM_INF ? 0.f : mn1;
-            float c0 = exp2f(m[mt][0] - base0), c1 = exp2f(m[mt][1] - base1);
-            m[mt][0] = mn0;
-            m[mt][1] = mn1;
-            float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < BN / 8; nt++) {
-                sc[mt][nt][0] = exp2f(sc[mt][nt][0] - base0);
-                sc[mt][nt][1] = exp2f(sc[mt][nt][1] - base0);
-                sc[mt][nt][2] = exp2f(sc[mt][nt][2] - base1);
-                sc[mt][nt][3] = exp2f(sc[mt][nt][3] - base1);
-                rs0 += sc[mt][nt][0] + sc[mt][nt][1];
-                rs1 += sc[mt][nt][2] + sc[mt][nt][3];
-            }
-            l[mt][0] = l[mt][0] * c0 + rs0;  // this lane's share of the row sum; the quad adds them at the end
-            l[mt][1] = l[mt][1] * c1 + rs1;
+            float c0, c1;
+            tc_softmax<BN>(sc[mt], m[mt], l[mt], pos[mt], lo[mt], j0, full, sl2, tq4, c0, c1);
 #pragma unroll
             for (int nt = 0; nt < D / 8; nt++) {
                 o[mt][nt][0] *= c0;
@@ -602,19 +632,7 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
             lo[mt][hf] = tc_row_lo(off + r, window, starts, srow0 + min(r, tq - 1));
         }
     tile_ready<WG>();
-    // delta = rowsum(dO ∘ out) of the warp's rows, in attn_bwd_delta's order (lane l sums
-    // columns l, l + 32, …; then warp_sum), so the same bits as that kernel; stored for dk/dv,
-    // which runs after this kernel.
-    for (int rr = warp * 16 * MT; rr < (warp + 1) * 16 * MT; rr++) {
-        float acc = 0.f;
-        for (int d = lane; d < D; d += 32) acc += to_f(Zs[rr * LD + d]) * to_f(Os[rr * LD + d]);
-        acc = warp_sum(acc);
-        if (lane == 0) {
-            Dsm[rr] = acc;
-            if (i0 + rr < tq) dh[i0 + rr] = acc;
-        }
-    }
-    __syncwarp();
+    tc_delta_rows<D, LD>(Zs, Os, Dsm, dh, i0, tq, warp * 16 * MT, (warp + 1) * 16 * MT, lane);
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll

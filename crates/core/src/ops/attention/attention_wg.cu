@@ -72,46 +72,6 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) attn_wg_probe(const bf1
 // core matrices: (64·NW·(D+8) + 2·NS·BN·D) bf16 and wg_pin's 8 bytes a thread, the launcher's
 // formula with NS buffers.
 
-// The online softmax of one 64-key tile of this lane's two rows (tc_fwd's, MT = 1): masks, new
-// maxima, P = exp2(S·scale·log2e − m) in place, the row sums; c0, c1: what o must be scaled by.
-template <int BN>
-__device__ __forceinline__ void wgp_softmax(float (*sc)[4], float* m, float* l, const int* pos, const int* lo, int j0,
-                                            bool full, float sl2, int tq4, float& c0, float& c1) {
-    float mx0 = -SM_INF, mx1 = -SM_INF;
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; nt++) {
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            float x = sc[nt][e] * sl2;
-            if (!full) {
-                int j = j0 + nt * 8 + 2 * tq4 + (e & 1), hf = e >> 1;
-                if (!(j >= lo[hf] && j <= pos[hf])) x = -SM_INF;
-            }
-            sc[nt][e] = x;
-        }
-        mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]));
-        mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]));
-    }
-    float mn0 = fmaxf(m[0], quad_max(mx0)), mn1 = fmaxf(m[1], quad_max(mx1));
-    float base0 = mn0 == -SM_INF ? 0.f : mn0, base1 = mn1 == -SM_INF ? 0.f : mn1;
-    c0 = exp2f(m[0] - base0);
-    c1 = exp2f(m[1] - base1);
-    m[0] = mn0;
-    m[1] = mn1;
-    float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; nt++) {
-        sc[nt][0] = exp2f(sc[nt][0] - base0);
-        sc[nt][1] = exp2f(sc[nt][1] - base0);
-        sc[nt][2] = exp2f(sc[nt][2] - base1);
-        sc[nt][3] = exp2f(sc[nt][3] - base1);
-        rs0 += sc[nt][0] + sc[nt][1];
-        rs1 += sc[nt][2] + sc[nt][3];
-    }
-    l[0] = l[0] * c0 + rs0;  // this lane's share of the row sum; the quad adds them at the end
-    l[1] = l[1] * c1 + rs1;
-}
-
 // o = o·c + O' (rows gq: c0, gq+8: c1).
 template <int D>
 __device__ __forceinline__ void wgp_fold(float (*o)[4], const float (*pv)[4], float c0, float c1) {
@@ -206,7 +166,7 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     wg_wait0();
     wg_keep(sc, BN / 8);
     float c0, c1;
-    wgp_softmax<BN>(sc, m, l, pos, lo, blo, full(blo), sl2, tq4, c0, c1);
+    tc_softmax<BN>(sc, m, l, pos, lo, blo, full(blo), sl2, tq4, c0, c1);
     // Every tile but the last: S(t+1) and P(t)·V(t) in flight together. (The last tile is
     // peeled off below: issuing S under a condition made ptxas serialize every wgmma, C7514.)
     for (int t = 0; t + 1 < ntiles; t++) {
@@ -230,7 +190,7 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         wg_keep(sc, BN / 8);
         float n0, n1;
         int j1 = blo + (t + 1) * BN;
-        wgp_softmax<BN>(sc, m, l, pos, lo, j1, full(j1), sl2, tq4, n0, n1);
+        tc_softmax<BN>(sc, m, l, pos, lo, j1, full(j1), sl2, tq4, n0, n1);
         wg_pin(Pin, l[0], l[1]);  // the row sums need every exp2 of the softmax: all of it before the wait
         wg_wait0();
         wg_keep(pv, D / 8);
@@ -542,17 +502,7 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
         lo[hf] = tc_row_lo(off + r, window, starts, srow0 + min(r, tq - 1));
     }
     tiles_ready<NB - 3>();
-    // delta = rowsum(dO ∘ out) of the warp's rows, in attn_bwd_delta's order (tc_dq's loop).
-    for (int rr = gw * 16; rr < (gw + 1) * 16; rr++) {
-        float acc = 0.f;
-        for (int d = lane; d < D; d += 32) acc += to_f(Zs[rr * LD + d]) * to_f(Os[rr * LD + d]);
-        acc = warp_sum(acc);
-        if (lane == 0) {
-            Dsm[rr] = acc;
-            if (i0 + rr < tq) dh[i0 + rr] = acc;
-        }
-    }
-    __syncwarp();
+    tc_delta_rows<D, LD>(Zs, Os, Dsm, dh, i0, tq, gw * 16, (gw + 1) * 16, lane);
 #pragma unroll
     for (int hf = 0; hf < 2; hf++) {
         int rr = gw * 16 + gq + 8 * hf;

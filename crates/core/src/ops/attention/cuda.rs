@@ -98,10 +98,10 @@ pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     wv("attn_wgp1_fwd_d64", 64, 3),
     wv("attn_wgp1b3_fwd_d64", 64, 3),
 ];
-/// The pipelined `wgmma` dq kernels (three buffers of streamed tiles).
+/// The pipelined `wgmma` dq kernels.
 pub(crate) const WG_D64_DQ: &[WgVariant] =
     &[wv("attn_wgp_dq_d64", 128, 4), wv("attn_wgps_dq_d64", 128, 3), wv("attn_wgp1_dq_d64", 64, 4)];
-/// The pipelined `wgmma` dk/dv kernels (three buffers of streamed tiles).
+/// The pipelined `wgmma` dk/dv kernels.
 pub(crate) const WG_D64_DKDV: &[WgVariant] =
     &[wv("attn_wgp_dkdv_d64", 128, 4), wv("attn_wgps_dkdv_d64", 128, 3), wv("attn_wgp1_dkdv_d64", 64, 4)];
 
@@ -154,29 +154,15 @@ pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         (64, true) => (k("attn_tc_dqk32b4_d64".into(), TC_ROWS, 32), k("attn_tc_dkdv0_d64".into(), TC_ROWS, 64)),
         _ => (k(format!("attn_tc_dq_d{d}"), TC_ROWS, 32), k(format!("attn_tc_dkdv_d{d}"), TC_ROWS, 32)),
     };
-    let pick = |v: Option<&TcVariant>, dflt: TcKernel| match (d, v) {
-        (64, Some(v)) => k(v.name.into(), v.rows, v.tile),
+    // A named pipelined wgmma kernel (Hopper only), else a named mma.sync one, else the default.
+    let pick = |w: Option<&WgVariant>, v: Option<&TcVariant>, dflt: TcKernel| match (d, w, v) {
+        (64, Some(w), _) if hopper => {
+            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, ..k(w.name.into(), w.rows, 64) }
+        }
+        (64, _, Some(v)) => k(v.name.into(), v.rows, v.tile),
         _ => dflt,
     };
-    let fwd = match (d, f.wg_fwd) {
-        (64, Some(w)) if hopper => {
-            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, ..k(w.name.into(), w.rows, 64) }
-        }
-        _ => pick(f.fwd, fwd),
-    };
-    let dkdv = match (d, f.wg_dkdv) {
-        (64, Some(w)) if hopper => {
-            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, ..k(w.name.into(), w.rows, 64) }
-        }
-        _ => pick(f.dkdv, dkdv),
-    };
-    let dq = match (d, f.wg_dq) {
-        (64, Some(w)) if hopper => {
-            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, ..k(w.name.into(), w.rows, 64) }
-        }
-        _ => pick(f.dq, dq),
-    };
-    [fwd, dq, dkdv]
+    [pick(f.wg_fwd, f.fwd, fwd), pick(f.wg_dq, f.dq, dq), pick(f.wg_dkdv, f.dkdv, dkdv)]
 }
 
 /// `tc_kernels` as the environment picks them, for the GPU `t` lives on.
@@ -184,32 +170,30 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
     static FORMS: std::sync::OnceLock<TcForms> = std::sync::OnceLock::new();
     let forms = *FORMS.get_or_init(|| {
         let var = |n: &str| std::env::var(n).ok();
-        let named = |n: &str, table: &'static [TcVariant]| {
-            let v = var(n)?;
-            let found = table.iter().find(|t| t.name == v);
-            if found.is_none() && v != "smem" {
-                let names: Vec<&str> = table.iter().map(|t| t.name).collect();
+        // The kernel `n` names: one of `table`'s (mma.sync) or of `wg`'s (pipelined wgmma).
+        let named = |n: &str, table: &'static [TcVariant], wg: &'static [WgVariant]| {
+            let Some(v) = var(n) else { return (None, None) };
+            let (t, w) = (table.iter().find(|t| t.name == v), wg.iter().find(|w| w.name == v));
+            if t.is_none() && w.is_none() && v != "smem" {
+                let names: Vec<&str> = table.iter().map(|t| t.name).chain(wg.iter().map(|w| w.name)).collect();
                 eprintln!("warning: {n}={v} is not one of {} (ignored)", names.join(", "));
             }
-            found
+            (t, w)
         };
+        let (fwd, wg_fwd) = named("SMELT_CUDA_ATTN_FWD", TC_D64_FWD, WG_D64_FWD);
+        let (dq, wg_dq) = named("SMELT_CUDA_ATTN_DQ", TC_D64_DQ, WG_D64_DQ);
+        let (dkdv, wg_dkdv) = named("SMELT_CUDA_ATTN_DKDV", TC_D64_DKDV, WG_D64_DKDV);
         TcForms {
             one_tile_fwd: var("SMELT_CUDA_ATTN_MT").is_some_and(|v| v == "1"),
             dkdv_smem: var("SMELT_CUDA_ATTN_DKDV").is_some_and(|v| v == "smem"),
             pc: var("SMELT_CUDA_ATTN_PC").and_then(|v| v.parse().ok()),
-            fwd: var("SMELT_CUDA_ATTN_FWD")
-                .filter(|v| !WG_D64_FWD.iter().any(|w| w.name == v))
-                .and_then(|_| named("SMELT_CUDA_ATTN_FWD", TC_D64_FWD)),
-            dq: var("SMELT_CUDA_ATTN_DQ")
-                .filter(|v| !WG_D64_DQ.iter().any(|w| w.name == v))
-                .and_then(|_| named("SMELT_CUDA_ATTN_DQ", TC_D64_DQ)),
-            dkdv: var("SMELT_CUDA_ATTN_DKDV")
-                .filter(|v| !WG_D64_DKDV.iter().any(|w| w.name == v))
-                .and_then(|_| named("SMELT_CUDA_ATTN_DKDV", TC_D64_DKDV)),
+            fwd,
+            dq,
+            dkdv,
             wgmma: var("SMELT_CUDA_ATTN_WG").is_some_and(|v| v == "1"),
-            wg_fwd: var("SMELT_CUDA_ATTN_FWD").and_then(|v| WG_D64_FWD.iter().find(|w| w.name == v)),
-            wg_dkdv: var("SMELT_CUDA_ATTN_DKDV").and_then(|v| WG_D64_DKDV.iter().find(|w| w.name == v)),
-            wg_dq: var("SMELT_CUDA_ATTN_DQ").and_then(|v| WG_D64_DQ.iter().find(|w| w.name == v)),
+            wg_fwd,
+            wg_dq,
+            wg_dkdv,
         }
     });
     let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
