@@ -93,6 +93,8 @@ pub struct ExportReport {
     /// Matrices in a type with a weighted quantiser that the imatrix has no entry for (quantised
     /// without weights, as llama-quantize does: "did not find weights for …").
     pub unweighted: Vec<String>,
+    /// How many tensors of each type the file holds, in order of first use.
+    pub types: Vec<(GgmlType, usize)>,
 }
 
 /// llama.cpp's `general.file_type` for a model mostly of type `t`.
@@ -234,6 +236,10 @@ pub fn export(
             },
             _ => None,
         };
+        match report.types.iter_mut().find(|(t, _)| *t == tt) {
+            Some((_, n)) => *n += 1,
+            None => report.types.push((tt, 1)),
+        }
         let bytes = quantize_with(tt, &data, cols, weights.as_deref())?;
         w.tensor(gname, shape, tt, bytes)?;
     }

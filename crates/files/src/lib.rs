@@ -36,6 +36,14 @@ pub fn check_output(output: &Path, inputs: &[PathBuf], flag: &str) -> Result<()>
     Ok(())
 }
 
+/// Whether the file at `path` begins with `magic` (false when it cannot be read): formats are
+/// told apart by name, and this says what a misnamed file is (a GGUF without `.gguf`).
+pub fn starts_with(path: &Path, magic: &[u8]) -> bool {
+    use std::io::Read;
+    let mut head = vec![0u8; magic.len()];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && head == magic
+}
+
 /// Whether two paths name one existing file (through links and relative paths alike).
 #[cfg(unix)]
 fn same_file(a: &Path, b: &Path) -> bool {

@@ -855,12 +855,7 @@ impl Model {
     pub fn load(dir: &Path) -> Result<Self> {
         if dir.is_file() {
             // Formats are told apart by name (`.gguf`); say so rather than "Not a directory".
-            let gguf = std::fs::File::open(dir)
-                .and_then(|mut f| {
-                    let mut magic = [0u8; 4];
-                    std::io::Read::read_exact(&mut f, &mut magic).map(|_| &magic == b"GGUF")
-                })
-                .unwrap_or(false);
+            let gguf = smelt_files::starts_with(dir, b"GGUF");
             bail!(
                 "{}: a file, not a model folder (config.json + model.safetensors){}",
                 dir.display(),

@@ -18,7 +18,7 @@ pub struct InspectArgs {
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
-    if a.path.extension().is_some_and(|e| e == "gguf") || has_gguf_magic(&a.path) {
+    if a.path.extension().is_some_and(|e| e == "gguf") || smelt_files::starts_with(&a.path, b"GGUF") {
         inspect_gguf(&a.path, a.all)
     } else if a.path.is_dir() || a.path.extension().is_some_and(|e| e == "safetensors") {
         inspect_safetensors(&a.path, a.all)
@@ -30,13 +30,6 @@ pub fn run(a: InspectArgs) -> Result<()> {
             a.path.display()
         )
     }
-}
-
-/// Whether the file at `path` begins with GGUF's magic (a GGUF named without `.gguf`).
-fn has_gguf_magic(path: &Path) -> bool {
-    use std::io::Read;
-    let mut m = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut m)).is_ok() && &m == b"GGUF"
 }
 
 /// llama.cpp's `general.file_type` (enum llama_ftype).

@@ -142,15 +142,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     // Not every matrix is of the requested type: the output matrix and, for q4_k, llama.cpp's
     // Q4_K_M mix take more bits, and rows that are not whole blocks take a fallback type
     // (`smelt_convert::export::{tensor_type, type_for}`). Say which, with the counts.
-    let written = smelt_gguf::GgufFile::open(&a.output)?;
-    let mut counts: Vec<(&str, usize)> = Vec::new();
-    for t in &written.tensors {
-        let name = GgmlType::from_id(t.ggml_type).map_or("other", GgmlType::name);
-        match counts.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, c)) => *c += 1,
-            None => counts.push((name, 1)),
-        }
-    }
+    let mut counts: Vec<(&str, usize)> = report.types.iter().map(|(t, n)| (t.name(), *n)).collect();
     if counts.iter().any(|(n, _)| *n != ty.name() && *n != "f32") {
         counts.sort_by_key(|c| std::cmp::Reverse(c.1));
         let list: Vec<String> = counts.iter().map(|(n, c)| format!("{c} {n}")).collect();
