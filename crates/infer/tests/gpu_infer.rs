@@ -104,6 +104,90 @@ fn captured_decode_steps_equal_uncaptured_ones() {
     cuda::set_matmul_precision(MatmulPrecision::F32);
 }
 
+/// Every layer of a decode step in one persistent launch (`ops::decode_layers`,
+/// `SMELT_CUDA_PERSIST=1`) computes what the layers' own launches compute, bit for bit, over
+/// enough positions to cross the key splits (with a cache of more than 256
+/// positions, where the last split of a head merges them), on shapes that take both forms of
+/// the matvecs (a warp a row; row groups for rows of ≥ 4096 values), with q/k/v biases, GQA and
+/// a sliding window.
+#[test]
+fn persistent_decode_steps_equal_the_launched_ones() {
+    use smelt_core::ops::decode_layers::set_enabled;
+    let Some(d) = gpu() else { return };
+    cuda::set_matmul_precision(MatmulPrecision::Bf16);
+    let small = ModelConfig::llama(300, 64, 2, 4, 2, 160);
+    let mut wide = ModelConfig::llama(1000, 1024, 2, 16, 4, 4096);
+    wide.qkv_bias = true;
+    wide.sliding_window = Some(200);
+    let mut r = Rng::new(11);
+    for (name, cfg, steps) in [("small", small, 300usize), ("wide", wide, 280)] {
+        let mut m = Model::init(cfg.clone(), 4).unwrap();
+        if cfg.qkv_bias {
+            // Biases start at zero: give them values, so that adding them is checked.
+            let params: Vec<Tensor> = m
+                .params
+                .iter()
+                .zip(m.trainable_names())
+                .map(|(t, n)| {
+                    if n.contains("bias") {
+                        let v: Vec<f32> = (0..t.numel()).map(|i| ((i * 7919) % 13) as f32 * 0.01 - 0.06).collect();
+                        Tensor::from_f32(v, t.shape()).unwrap()
+                    } else {
+                        t.clone()
+                    }
+                })
+                .collect();
+            m = m.with_params(params).unwrap();
+        }
+        m.to_device(d).unwrap();
+        let v = cfg.vocab_size as u64;
+        let prefill = 5;
+        let ids: Vec<u32> = (0..prefill + steps).map(|_| r.below(v) as u32).collect();
+        // Captured decoders: the position lives on the device (which the persistent kernel
+        // needs); each one's first step runs uncaptured, the rest are replayed.
+        let run = |persist: bool| -> Vec<Vec<f32>> {
+            set_enabled(Some(persist));
+            let cache = KvCache::new_on(&m.cfg, 1, prefill + steps, d).unwrap();
+            let mut dec = Decoder::with_capture(&m, cache, true);
+            let mut out = vec![dec
+                .prefill(&Tensor::from_u32(ids[..prefill].to_vec(), &[1, prefill]).unwrap())
+                .unwrap()
+                .to_vec_f32()
+                .unwrap()];
+            for s in 0..steps {
+                let next = Tensor::from_u32(vec![ids[prefill + s]], &[1, 1]).unwrap();
+                out.push(dec.step(&next).unwrap().to_vec_f32().unwrap());
+            }
+            set_enabled(None);
+            out
+        };
+        // Proof that each path ran: the persistent kernel's launches (the first step of each
+        // decoder and its capture; replays are not counted).
+        use smelt_core::ops::decode_layers::launches;
+        let n0 = launches();
+        let launched = run(false);
+        assert_eq!(launches(), n0, "{name}: the persistent kernel ran with SMELT_CUDA_PERSIST off");
+        let persistent = run(true);
+        assert!(
+            launches() > n0,
+            "{name}: the persistent kernel never ran (a check sent the step to the launched kernels)"
+        );
+        for (s, (a, b)) in launched.iter().zip(&persistent).enumerate() {
+            if a != b {
+                let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                panic!(
+                    "{name}: step {s} differs in the persistent kernel (max |Δ| {worst:e}, NMSE {:.3e})",
+                    nmse(b, a)
+                );
+            }
+        }
+        println!(
+            "{name}: {steps} persistent decode steps (the first uncaptured, then replayed) equal the launched ones"
+        );
+    }
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+}
+
 #[test]
 fn generation_and_perplexity_on_gpu_match_the_cpu() {
     let Some(_) = gpu() else { return };

@@ -66,6 +66,11 @@ impl<'m> Decoder<'m> {
     /// Tokens (B, T) continuing the cache → the logits of each sequence's last one (B, V).
     /// Ends any captured step (the next `step` captures afresh).
     pub fn prefill(&mut self, tokens: &Tensor) -> Result<Tensor> {
+        // A persistent decode step (`SMELT_CUDA_PERSIST=1`) replayed since the last prefill
+        // cannot report a failed barrier itself: ask now.
+        if self.step.is_some() {
+            smelt_core::ops::decode_layers::check(self.model.device())?;
+        }
         self.step = None;
         self.cache.release_device_position();
         self.model.logits(tokens, Some(&mut self.cache), Logits::Last)

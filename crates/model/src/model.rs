@@ -1115,8 +1115,28 @@ impl Model {
         let x = g.embedding(&p[self.idx.embed], &flat)?;
         g.name(&x, || "inp_embd".into());
         let h0 = norm(g, c, &x, &p[self.idx.layers[0][Role::AttnNorm]])?;
-        let (mut x, mut h) = (x, Next::Normed(h0));
         let run = self.lora_run(p)?;
+        // A decode row on a GPU: every layer in one persistent launch where it applies
+        // (`SMELT_CUDA_PERSIST=1`; the numbers of the layers' own launches below).
+        let mut slots: Vec<Kv<'s>> = Vec::new();
+        if b * t == 1
+            && !checkpoint
+            && seg.is_none()
+            && run.is_none()
+            && g.may_fuse()
+            && smelt_core::ops::decode_layers::enabled()
+            && !x.tensor().device().is_cpu()
+            && matches!(c.norm, NormKind::Rms)
+            && matches!(c.act, Activation::Silu)
+        {
+            slots = kv.by_ref().take(c.n_layers).collect();
+            if let Some((xl, rl)) = timed("decode_layers", || self.decode_layers(p, &x, &h0, &mut slots))? {
+                let (xl, rl) = (g.constant(xl), g.constant(rl));
+                return Ok(add_norm(g, c, &xl, &rl, &p[self.idx.norm])?.1);
+            }
+        }
+        let mut kv = slots.into_iter().chain(kv);
+        let (mut x, mut h) = (x, Next::Normed(h0));
         for l in 0..c.n_layers {
             let (plan, inputs) = self.layer_inputs(l, p, run);
             let slot = kv.next().context("forward: a KV slot per layer")?;
@@ -1141,6 +1161,65 @@ impl Model {
             }
         }
         Ok(h.normed(g, c, &x)?.1)
+    }
+
+    /// Every layer of one decode row in one launch (`ops::decode_layers`): (the stream, the last
+    /// down product) for the final add + norm, or None (nothing run) where it does not apply:
+    /// a slot that is not a cache with its position on the device, q/k norms, a missing tensor.
+    fn decode_layers(&self, p: &[Var], x: &Var, h0: &Var, slots: &mut [Kv]) -> Result<Option<(Tensor, Tensor)>> {
+        use smelt_core::ops::decode_layers::{decode_layers, Dims, Layer};
+        let c = &self.cfg;
+        if slots.len() != c.n_layers {
+            return Ok(None);
+        }
+        let mut layers = Vec::with_capacity(slots.len());
+        let mut pos = None;
+        for (l, slot) in slots.iter_mut().enumerate() {
+            let Kv::Cache(s) = slot else { return Ok(None) };
+            if !matches!(s.pos, Pos::Device { .. }) {
+                return Ok(None);
+            }
+            pos = Some(s.pos);
+            let ix = &self.idx.layers[l];
+            if ix.get(Role::QNorm).is_some() || ix.get(Role::KNorm).is_some() {
+                return Ok(None);
+            }
+            let t = |r: Role| ix.get(r).map(|i| p[i].tensor());
+            let (Some(wq), Some(wk), Some(wv), Some(o), Some(gate), Some(up), Some(down), Some(an), Some(fnw)) = (
+                t(Role::Wq),
+                t(Role::Wk),
+                t(Role::Wv),
+                t(Role::Wo),
+                t(Role::WGate),
+                t(Role::WUp),
+                t(Role::WDown),
+                t(Role::AttnNorm),
+                t(Role::FfnNorm),
+            ) else {
+                return Ok(None);
+            };
+            layers.push(Layer {
+                qkv: [(wq, t(Role::Bq)), (wk, t(Role::Bk)), (wv, t(Role::Bv))],
+                o,
+                gate,
+                up,
+                down,
+                attn_norm: an,
+                ffn_norm: fnw,
+                k_cache: &mut *s.k,
+                v_cache: &mut *s.v,
+                window: c.window(l),
+            });
+        }
+        let Some(pos) = pos else { return Ok(None) };
+        let dims = Dims {
+            heads: c.n_heads,
+            kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            eps: c.norm_eps,
+            scale: c.attention_scale(),
+        };
+        decode_layers(x.tensor(), h0.tensor(), &mut layers, &self.rope, pos, dims)
     }
 
     /// Mean next-token loss of (B, T) inputs against (B, T) targets.

@@ -36,6 +36,8 @@ pub struct Launch<'a> {
     /// Set by `programmatic` (benchmarks comparing the two) or, plain, for a kernel `named_off`:
     /// overrides `pdl(gpu)`.
     forced: Option<bool>,
+    /// `cooperative`: every block resident at once, or the launch fails.
+    cooperative: bool,
     _values: PhantomData<&'a ()>,
 }
 
@@ -103,8 +105,18 @@ impl<'a> Launch<'a> {
             args: Vec::with_capacity(MAX_ARGS),
             addrs: Vec::with_capacity(MAX_ARGS),
             forced: named_off(name).then_some(false),
+            cooperative: false,
             _values: PhantomData,
         }
+    }
+
+    /// A cooperative launch (never programmatic): the driver starts it only with every block
+    /// resident at once, or fails it, so blocks may wait for one another (a grid barrier: the
+    /// persistent decode kernel, `ops::decode_layers`).
+    pub fn cooperative(&mut self) -> &mut Self {
+        self.cooperative = true;
+        self.forced = Some(false);
+        self
     }
 
     /// Launch programmatically or not whatever `SMELT_CUDA_PDL` says (`examples/decode_chain`).
@@ -140,8 +152,13 @@ impl<'a> Launch<'a> {
         let plain_next = PLAIN_NEXT.with(|p| p.replace(false));
         let programmatic = self.forced.unwrap_or(pdl(self.gpu) && !plain_next);
         let mut attr: sys::CUlaunchAttribute = std::mem::zeroed();
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        if self.cooperative {
+            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+            attr.value.cooperative = 1;
+        } else {
+            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+        }
         let c = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -152,7 +169,7 @@ impl<'a> Launch<'a> {
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.gpu.stream.cu_stream(),
             attrs: &mut attr,
-            numAttrs: programmatic as u32,
+            numAttrs: (programmatic || self.cooperative) as u32,
         };
         match sys::cuLaunchKernelEx(&c, self.f.cu_function(), ptrs.as_mut_ptr(), std::ptr::null_mut()) {
             sys::CUresult::CUDA_SUCCESS => Ok(()),

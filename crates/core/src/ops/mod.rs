@@ -6,6 +6,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
+pub mod decode_layers;
 pub mod distill;
 pub mod dropout;
 pub mod elementwise;

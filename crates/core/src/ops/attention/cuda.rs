@@ -539,7 +539,7 @@ pub(crate) fn attention_backward_with(
 /// Keys per split of the decode kernel. Fixed (not derived from the position) so that a step
 /// whose position is on the device splits exactly as one whose position is on the host: the
 /// splits past the position are empty and add exact zeros.
-const DEC_CHUNK: usize = 256;
+pub(crate) const DEC_CHUNK: usize = 256;
 /// Threads per decode block (DEC_THREADS in decode.cu): one key each while scoring a tile.
 const DEC_THREADS: u32 = 256;
 

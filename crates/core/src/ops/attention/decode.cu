@@ -149,8 +149,9 @@ __device__ void dec_keys_any(DecShared& sh, const C* kc, const C* vc, Rows rows,
 // The block's result: the output row (one split) or the split's partial [m, l, o(D)] at
 // ((r·H + h)·splits + split)·(D + 2).
 template <typename T>
-__device__ void dec_finish(const DecShared& sh, float M, float L, T* out, float* part, int r, int h, int H, int D) {
-    int split = blockIdx.y, splits = gridDim.y, tid = threadIdx.x;
+__device__ void dec_finish(const DecShared& sh, float M, float L, T* out, float* part, int r, int h, int H, int D,
+                           int split, int splits) {
+    int tid = threadIdx.x;
     if (splits == 1) {
         float inv = L > 0.f ? 1.f / L : 0.f;
         if (tid < D) out[((long long)r * H + h) * D + tid] = from_f<T>(sh.o[tid] * inv);
@@ -171,14 +172,15 @@ __device__ void dec_finish(const DecShared& sh, float M, float L, T* out, float*
 // the first query head of each KV head writes them into the caches for the next steps. No block
 // reads the row being written, so nothing orders the blocks; the numbers are rope_kv's then
 // attn_decode's, one launch instead of two.
+// One block's work item: head h, split `split` of `splits`, sequence b (the launched kernels'
+// blockIdx; the persistent decode step's loop over items, decode_layers.cu).
 template <typename T, bool ROPE>
 __device__ void attn_decode(const T* q, T* k, T* v, T* out, float* part, const int* pos, int tk_host, int s, int H,
                             int KVH, int D, int window, float scale, int chunk, const T* kn, const T* vn,
-                            const float* cosv, const float* sinv, int interleaved) {
+                            const float* cosv, const float* sinv, int interleaved, int h, int split, int splits,
+                            int b) {
     __shared__ DecShared sh;
-    pdl_trigger();
-    pdl_wait();  // q (and the new k, v) come from the kernel before
-    int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+    int tid = threadIdx.x;
     int g = h / (H / KVH);
     int tk = pos ? *pos + 1 : tk_host;
     int lo = max(dec_lo(tk - 1, window), split * chunk), hi = min(tk, (split + 1) * chunk);
@@ -205,7 +207,7 @@ __device__ void attn_decode(const T* q, T* k, T* v, T* out, float* part, const i
     float M, L;
     CacheRows rows{(long long)b * s * KVH * D + (long long)g * D, (long long)KVH * D};
     dec_keys_any<T>(sh, k, v, rows, lo, hi, D, ROPE ? tk - 1 : -1, &M, &L);
-    dec_finish<T>(sh, M, L, out, part, b, h, H, D);
+    dec_finish<T>(sh, M, L, out, part, b, h, H, D, split, splits);
 }
 
 // The paged pool's rows: q (N, H, D) of activation dtype T, the pools kp, vp (P, KVH, D) of
@@ -223,29 +225,29 @@ __device__ void paged_attn(const T* q, const C* kp, const C* vp, T* out, float* 
     __syncthreads();
     float M, L;
     dec_keys_any<C>(sh, kp, vp, PoolRows{tables + toff[r], bs, KVH, g, D}, lo, hi, D, -1, &M, &L);
-    dec_finish<T>(sh, M, L, out, part, r, h, H, D);
+    dec_finish<T>(sh, M, L, out, part, r, h, H, D, split, gridDim.y);
 }
 
+// Head h of sequence b (the launched kernel's blockIdx; the persistent step's last split of
+// a head). Partials are read past L1 (__ldcg): in the persistent step they were written by
+// other blocks of the same launch.
 template <typename T>
-__device__ void attn_decode_combine(const float* part, T* out, int H, int D, int splits) {
-    pdl_trigger();
-    pdl_wait();
-    int h = blockIdx.x, b = blockIdx.y;
+__device__ void attn_decode_combine(const float* part, T* out, int H, int D, int splits, int h, int b) {
     const float* pp = part + ((long long)b * H + h) * splits * (D + 2);
     float M = -SM_INF;
-    for (int s = 0; s < splits; s++) M = fmaxf(M, pp[s * (D + 2)]);
+    for (int s = 0; s < splits; s++) M = fmaxf(M, __ldcg(pp + s * (D + 2)));
     float L = 0.f;
     for (int s = 0; s < splits; s++) {
-        float m = pp[s * (D + 2)];
-        if (m != -SM_INF) L += pp[s * (D + 2) + 1] * expf(m - M);
+        float m = __ldcg(pp + s * (D + 2));
+        if (m != -SM_INF) L += __ldcg(pp + s * (D + 2) + 1) * expf(m - M);
     }
     float inv = L > 0.f ? 1.f / L : 0.f;
     T* oh = out + ((long long)b * H + h) * D;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         float acc = 0.f;
         for (int s = 0; s < splits; s++) {
-            float m = pp[s * (D + 2)];
-            if (m != -SM_INF) acc += pp[s * (D + 2) + 2 + d] * expf(m - M);
+            float m = __ldcg(pp + s * (D + 2));
+            if (m != -SM_INF) acc += __ldcg(pp + s * (D + 2) + 2 + d) * expf(m - M);
         }
         oh[d] = from_f<T>(acc * inv);
     }
@@ -266,18 +268,24 @@ __device__ void kv_write(T* cache, const T* src, long long row, int t, int cap, 
     extern "C" __global__ void attn_decode_##N(const T* q, const T* k, const T* v, T* out, float* part, const int* pos, \
                                                int tk, int s, int H, int KVH, int D, int window, float scale, \
                                                int chunk) { \
+        pdl_trigger(); \
+        pdl_wait(); /* q comes from the kernel before */ \
         attn_decode<T, false>(q, (T*)k, (T*)v, out, part, pos, tk, s, H, KVH, D, window, scale, chunk, nullptr, nullptr, \
-                              nullptr, nullptr, 0); \
+                              nullptr, nullptr, 0, blockIdx.x, blockIdx.y, gridDim.y, blockIdx.z); \
     } \
     extern "C" __global__ void attn_decode_rope_##N(const T* q, const T* kn, const T* vn, T* kc, T* vc, T* out, \
                                                     float* part, const int* pos, const float* cosv, const float* sinv, \
                                                     int interleaved, int s, int H, int KVH, int D, int window, \
                                                     float scale, int chunk) { \
+        pdl_trigger(); \
+        pdl_wait(); /* q and the new k, v come from the kernel before */ \
         attn_decode<T, true>(q, kc, vc, out, part, pos, 0, s, H, KVH, D, window, scale, chunk, kn, vn, cosv, sinv, \
-                             interleaved); \
+                             interleaved, blockIdx.x, blockIdx.y, gridDim.y, blockIdx.z); \
     } \
     extern "C" __global__ void attn_decode_combine_##N(const float* part, T* out, int H, int D, int splits) { \
-        attn_decode_combine<T>(part, out, H, D, splits); \
+        pdl_trigger(); \
+        pdl_wait(); \
+        attn_decode_combine<T>(part, out, H, D, splits, blockIdx.x, blockIdx.y); \
     } \
     extern "C" __global__ void kv_write_##N(T* cache, const T* src, long long row, int t, int cap, int nb, \
                                             const int* pos, int pos_host) { \

@@ -52,7 +52,7 @@ pub(crate) fn row_lanes(units: usize, per_lane: usize) -> usize {
 /// short rows keep only two or three loads a lane in flight with a warp each (135M's head: 57 MB
 /// read at ~1.7 TB/s; `SMELT_CUDA_MV_HEAD=0` keeps a warp a row, to compare) — rows that are not
 /// whole 16-byte vectors or not 16-byte aligned, and `SMELT_CUDA_MV=old`.
-fn gemv_lanes(dt: DType, k: usize, rows: usize, ptrs: &[u64]) -> Option<usize> {
+pub(crate) fn gemv_lanes(dt: DType, k: usize, rows: usize, ptrs: &[u64]) -> Option<usize> {
     static HEAD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let per_vec = 16 / dt.size_in_bytes();
     if mv_old() || !k.is_multiple_of(per_vec) || ptrs.iter().any(|p| p % 16 != 0) {

@@ -1,0 +1,309 @@
+// Every layer of a decode step in one launch (batch 1, bf16 activations, dense Llama-family
+// layers): a persistent kernel, one block per SM (or two), whose phases are the launched decode
+// step's kernels and whose kernel boundaries are grid-wide barriers. Compiled after gemv.cu and
+// decode.cu (their device functions are the phases' bodies), so each phase computes what the
+// launched kernel computes, bit for bit:
+//
+//   P1  add + RMSNorm of the stream (every block into shared memory, block 0 stores it), the
+//       q, k, v rows (gemv3 / gemvg3 with the launcher's lanes a row), biases;
+//   P2  attention with the rotation and the cache write inside (attn_decode_rope), work items
+//       (head, split); with several splits the block that finishes a head's last split merges
+//       them (attn_decode_combine; a counter a head), so no barrier for the merge;
+//   P3  o's rows;
+//   P4  add + RMSNorm again, gate/up rows and SwiGLU (gemv_swiglu / gemvg_swiglu);
+//   P5  down's rows.
+//
+// A matvec phase issues its first rows' weight loads before it waits at the barrier (the
+// weights do not depend on the phase before), which is what a kernel boundary cannot do.
+// The launched kernels' blocks are the phases' "virtual blocks", taken in turn by the
+// resident blocks; a row's sums depend only on its lanes (G), never on which block runs it.
+//
+// Activations live in one scratch buffer, a separate piece per layer: a block may have read a
+// piece into its L1 (which other SMs' stores do not invalidate) only after it was written, so
+// no stale line is ever read. The final stream (f32) and the last down output (bf16) go to
+// x_out and r_out; the caller makes the final add + norm and the head.
+
+// One layer's operands (device addresses and shapes), packed by the host (decode_layers/cuda.rs,
+// `layer_table`): 14 addresses, then 8 ints.
+struct DlLayer {
+    const bf16_t* w[3];  // q, k, v
+    const float* b[3];   // their biases (null: none)
+    const bf16_t* wo;
+    const bf16_t* wg;
+    const bf16_t* wu;
+    const bf16_t* wd;
+    const float* attn_norm;  // read from layer 1 on: layer 0's input arrives normed (h0)
+    const float* ffn_norm;
+    bf16_t* kc;  // caches (1, S, KVH, D)
+    bf16_t* vc;
+    int m[3];  // rows of q, k, v
+    int g_qkv, g_o, g_gu, g_d;  // lanes a row of each product (32: a warp a row, gemv3's)
+    int window;
+};
+
+// A layer's piece of the scratch buffer; the host's `layer_bytes` is the same sum.
+__host__ __device__ inline long long dl_al(long long n) { return (n + 255) & ~255ll; }
+struct DlBufs {
+    float *xa, *xb;  // the stream after P1's add and after P4's
+    bf16_t *q, *k, *v, *att, *ro, *act, *rd;
+    float* part;
+};
+__device__ inline long long dl_layer_bytes(int C, int H, int KVH, int D, int F, int splits) {
+    return 2 * dl_al(4ll * C) + dl_al(2ll * H * D) * 2 + dl_al(2ll * KVH * D) * 2 + dl_al(2ll * C) * 2 +
+           dl_al(2ll * F) + (splits > 1 ? dl_al(4ll * H * splits * (D + 2)) : 0);
+}
+__device__ inline DlBufs dl_bufs(unsigned char* base, int l, int C, int H, int KVH, int D, int F, int splits) {
+    unsigned char* p = base + (long long)l * dl_layer_bytes(C, H, KVH, D, F, splits);
+    DlBufs b;
+    b.xa = (float*)p; p += dl_al(4ll * C);
+    b.xb = (float*)p; p += dl_al(4ll * C);
+    b.q = (bf16_t*)p; p += dl_al(2ll * H * D);
+    b.att = (bf16_t*)p; p += dl_al(2ll * H * D);
+    b.k = (bf16_t*)p; p += dl_al(2ll * KVH * D);
+    b.v = (bf16_t*)p; p += dl_al(2ll * KVH * D);
+    b.ro = (bf16_t*)p; p += dl_al(2ll * C);
+    b.rd = (bf16_t*)p; p += dl_al(2ll * C);
+    b.act = (bf16_t*)p; p += dl_al(2ll * F);
+    b.part = splits > 1 ? (float*)p : nullptr;
+    return b;
+}
+
+// The barrier state: [0] arrivals (grows by gridDim.x a barrier), [1] blocks done, [2] this
+// launch's hung flag, [3] a sticky failure word the host reads and clears, [4 + h] head h's
+// finished splits. The last block to finish resets [0], [1] and [2] (and, after a failure, the
+// heads' counts), so every launch (every replay of a captured step) starts from zero.
+#define DL_COUNT 0
+#define DL_DONE 1
+#define DL_HUNG 2
+#define DL_FAILED 3
+#define DL_HEADS 4
+#define DL_SPIN_LIMIT (1ll << 22)
+
+// The block's stores, then its arrival (cooperative groups' grid sync: the barrier orders the
+// block's threads, thread 0's fence makes their stores visible device-wide before the count).
+__device__ __forceinline__ void dl_arrive(unsigned int* st) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(st + DL_COUNT, 1u);
+    }
+}
+// Waits until `target` arrivals (all blocks at barrier number target / gridDim.x). The launch is
+// cooperative (every block resident), so this ends; a wait that spins too long anyway sets the
+// launch's hung flag, which frees every waiter (the step's numbers are then wrong: the last block
+// records the failure for the host, `decode_layers::check`).
+__device__ __forceinline__ void dl_wait(unsigned int* st, unsigned int target) {
+    if (threadIdx.x == 0) {
+        volatile unsigned int* c = st + DL_COUNT;
+        volatile unsigned int* hung = st + DL_HUNG;
+        long long spins = 0;
+        while (*c < target) {
+            if ((++spins & 1023) == 0 && (*hung || spins > DL_SPIN_LIMIT)) {
+                *hung = 1;
+                break;
+            }
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// The rows of one matvec phase: R = 1, up to three weights one after another (q, k, v; or o
+// alone); R = 2, a gate/up pair and SwiGLU. `x`: the input row (shared memory after a norm, or
+// global). Virtual block vb holds rows vb·(MV_THREADS / G) + threadIdx.x / G.
+template <int R>
+struct DlRows {
+    const bf16_t* w[3];
+    const float* b[3];
+    bf16_t* y[3];
+    int m[3];
+    int G, k;
+    __device__ int total() const { return R == 1 ? m[0] + m[1] + m[2] : m[0]; }
+    // The rows this thread's group reads in virtual block vb, and where its result goes.
+    __device__ bool row(int vb, const bf16_t* (&rows)[R], int* j, int* r) const {
+        int rr = vb * (MV_THREADS / G) + threadIdx.x / G;
+        bool active = rr < total();
+        if (!active) rr = 0;
+        int jj = 0;
+        if (R == 1) {
+            if (rr >= m[0]) {
+                rr -= m[0], jj = 1;
+                if (rr >= m[1]) rr -= m[1], jj = 2;
+            }
+        }
+        rows[0] = w[jj] + (long long)rr * k;
+        if (R == 2) rows[R - 1] = w[1] + (long long)rr * k;
+        *j = jj;
+        *r = rr;
+        return active;
+    }
+};
+
+// The first virtual block's first weight loads (before the barrier).
+template <int R>
+__device__ __forceinline__ void dl_prefetch(const DlRows<R>& a, MvBatch<bf16_t, R>& first) {
+    int vb = blockIdx.x, j, r;
+    const bf16_t* rows[R];
+    bool active = a.row(vb, rows, &j, &r);
+    int nvb = (a.total() + MV_THREADS / a.G - 1) / (MV_THREADS / a.G);
+    if (vb < nvb && active) vec_load<bf16_t, R>(rows, a.k / 8, threadIdx.x & (a.G - 1), a.G, first);
+}
+
+// Every virtual block of the phase this block takes, after the barrier (and the norm).
+template <int R>
+__device__ void dl_matvec(const DlRows<R>& a, const bf16_t* x, const MvBatch<bf16_t, R>& first0) {
+    int G = a.G, lane = threadIdx.x & (G - 1);
+    int nvb = (a.total() + MV_THREADS / G - 1) / (MV_THREADS / G);
+    for (int vb = blockIdx.x; vb < nvb; vb += gridDim.x) {
+        const bf16_t* rows[R];
+        int j, r;
+        bool active = a.row(vb, rows, &j, &r);
+        MvBatch<bf16_t, R> first;
+        if (vb == blockIdx.x)
+            first = first0;
+        else if (active)
+            vec_load<bf16_t, R>(rows, a.k / 8, lane, G, first);
+        float acc[R * GEMV_MAXN];
+#pragma unroll
+        for (int i = 0; i < R * GEMV_MAXN; i++) acc[i] = 0.f;
+        if (active) vec_sums<bf16_t, R>(rows, x, a.k, 1, lane, G, acc, first);
+        group_sum<R * GEMV_MAXN>(acc, G);  // G = 32: warp_sum's shuffles, gemv3's order
+        if (active && lane == 0) {
+            if (R == 1) {
+                bf16_t p = f2bf(acc[0]);
+                a.y[j][r] = a.b[j] ? f2bf(bf2f(p) + a.b[j][r]) : p;
+            } else {
+                float gi = bf2f(f2bf(acc[0])), ui = bf2f(f2bf(acc[GEMV_MAXN]));
+                a.y[0][r] = f2bf(gi * (1.f / (1.f + expf(-gi))) * ui);
+            }
+        }
+        // group_sum past a warp goes through shared memory: its readers finish before the next
+        // virtual block's sums are written there (the launched kernels run it once a block).
+        if (G > 32) __syncthreads();
+    }
+}
+
+// A matvec phase: prefetch, wait for barrier `target` (0: none), the norm (nm.x set) into
+// shared memory or the global input row, the rows.
+// Not inlined (nor is the attention phase): each phase gets the registers to itself, which the
+// whole loop inlined into one body did not (255 registers and spills).
+template <int R>
+__device__ __noinline__ void dl_phase(const DlRows<R>& a, const bf16_t* xin, const NormIn& nm, unsigned int* st,
+                         unsigned int target) {
+    extern __shared__ __align__(16) unsigned char mv_shared[];
+    MvBatch<bf16_t, R> first;
+    dl_prefetch<R>(a, first);
+    if (target) dl_wait(st, target);
+    const bf16_t* x = xin;
+    if (nm.x) {
+        add_rmsnorm_shared(nm, a.k, (bf16_t*)mv_shared);
+        __syncthreads();
+        x = (const bf16_t*)mv_shared;
+    }
+    dl_matvec<R>(a, x, first);
+}
+
+// P2: every (head, split) item this block takes; the block that finishes a head's last split
+// merges the head's partials.
+__device__ __noinline__ void dl_attention(const DlLayer& ly, const DlBufs& bf, int H, int KVH, int D, int S,
+                                          float scale, int chunk, int splits, int interleaved, const int* pos,
+                                          const float* cosv, const float* sinv, unsigned int* st) {
+    __shared__ int merge;
+    for (int it = blockIdx.x; it < H * splits; it += gridDim.x) {
+        int h = it % H, split = it / H;
+        attn_decode<bf16_t, true>(bf.q, ly.kc, ly.vc, bf.att, bf.part, pos, 0, S, H, KVH, D, ly.window, scale, chunk,
+                                  bf.k, bf.v, cosv, sinv, interleaved, h, split, splits, 0);
+        if (splits > 1) {
+            __syncthreads();  // this split's partials, before the count says they are there
+            if (threadIdx.x == 0) {
+                __threadfence();
+                merge = atomicAdd(st + DL_HEADS + h, 1u) == (unsigned int)splits - 1;
+                if (merge) atomicExch(st + DL_HEADS + h, 0u);
+                __threadfence();
+            }
+            __syncthreads();
+            if (merge) attn_decode_combine<bf16_t>(bf.part, bf.att, H, D, splits, h, 0);
+            __syncthreads();
+        }
+    }
+}
+
+// grid: resident blocks only (the host sizes it from the occupancy), MV_THREADS threads,
+// dynamic shared memory 2·C bytes (the normed row).
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 1)
+    decode_layers_bf16(const DlLayer* layers, int L, int C, int H, int KVH, int D, int F, int S, float eps, int wpr,
+                       float scale, int chunk, int splits, int interleaved, const int* pos, const float* cosv,
+                       const float* sinv, const float* x0, const bf16_t* h0, unsigned char* scratch, float* x_out,
+                       bf16_t* r_out, unsigned int* st) {
+    unsigned int bar = 0, nb = gridDim.x;
+    const NormIn none{nullptr, nullptr, nullptr, nullptr, 0.f, 0};
+    const float* xprev = x0;    // the stream before this layer's add
+    const bf16_t* rprev = h0;   // the branch output the add takes (layer 0: none, h0 is normed)
+    for (int l = 0; l < L; l++) {
+        const DlLayer& ly = layers[l];
+        DlBufs bf = dl_bufs(scratch, l, C, H, KVH, D, F, splits);
+        bool last = l == L - 1;
+        // P1: q, k, v.
+        DlRows<1> qkv;
+        for (int j = 0; j < 3; j++) qkv.w[j] = ly.w[j], qkv.b[j] = ly.b[j], qkv.m[j] = ly.m[j];
+        qkv.y[0] = bf.q, qkv.y[1] = bf.k, qkv.y[2] = bf.v, qkv.G = ly.g_qkv, qkv.k = C;
+        const float* xa = xprev;
+        if (l == 0) {
+            dl_phase<1>(qkv, h0, none, st, 0);
+        } else {
+            dl_phase<1>(qkv, nullptr, NormIn{xprev, rprev, ly.attn_norm, bf.xa, eps, wpr}, st, ++bar * nb);
+            xa = bf.xa;
+        }
+        dl_arrive(st);
+        // P2: attention, the rotation and the cache write inside; the last split of a head merges.
+        dl_wait(st, ++bar * nb);
+        dl_attention(ly, bf, H, KVH, D, S, scale, chunk, splits, interleaved, pos, cosv, sinv, st);
+        dl_arrive(st);
+        // P3: o.
+        DlRows<1> o;
+        o.w[0] = ly.wo, o.b[0] = nullptr, o.y[0] = bf.ro, o.m[0] = C;
+        o.w[1] = o.w[2] = nullptr, o.b[1] = o.b[2] = nullptr, o.y[1] = o.y[2] = nullptr, o.m[1] = o.m[2] = 0;
+        o.G = ly.g_o, o.k = H * D;
+        dl_phase<1>(o, bf.att, none, st, ++bar * nb);
+        dl_arrive(st);
+        // P4: gate, up, SwiGLU after the add and the norm.
+        float* xb = last ? x_out : bf.xb;
+        DlRows<2> gu;
+        gu.w[0] = ly.wg, gu.w[1] = ly.wu, gu.w[2] = nullptr, gu.b[0] = gu.b[1] = gu.b[2] = nullptr;
+        gu.y[0] = bf.act, gu.y[1] = gu.y[2] = nullptr, gu.m[0] = F, gu.m[1] = gu.m[2] = 0, gu.G = ly.g_gu, gu.k = C;
+        dl_phase<2>(gu, nullptr, NormIn{xa, bf.ro, ly.ffn_norm, xb, eps, wpr}, st, ++bar * nb);
+        dl_arrive(st);
+        // P5: down.
+        bf16_t* rd = last ? r_out : bf.rd;
+        DlRows<1> dn;
+        dn.w[0] = ly.wd, dn.b[0] = nullptr, dn.y[0] = rd, dn.m[0] = C;
+        dn.w[1] = dn.w[2] = nullptr, dn.b[1] = dn.b[2] = nullptr, dn.y[1] = dn.y[2] = nullptr, dn.m[1] = dn.m[2] = 0;
+        dn.G = ly.g_d, dn.k = F;
+        dl_phase<1>(dn, bf.act, none, st, ++bar * nb);
+        if (!last) dl_arrive(st);
+        xprev = xb;
+        rprev = rd;
+    }
+    // The last block out resets the counters for the next launch: every block has passed its
+    // last wait, so nobody reads them any more. A hung launch leaves its mark in DL_FAILED and
+    // zeroes the heads' counts, which a broken barrier may have left mid-count.
+    __shared__ int last_out;
+    __syncthreads();
+    if (threadIdx.x == 0) last_out = atomicAdd(st + DL_DONE, 1u) == nb - 1;
+    __syncthreads();
+    if (last_out) {
+        __threadfence();
+        volatile unsigned int* hung = st + DL_HUNG;
+        bool failed = *hung != 0;
+        if (failed)
+            for (int h = threadIdx.x; h < H; h += blockDim.x) st[DL_HEADS + h] = 0;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            if (failed) atomicExch(st + DL_FAILED, 1u);
+            atomicExch(st + DL_HUNG, 0u);
+            atomicExch(st + DL_COUNT, 0u);
+            atomicExch(st + DL_DONE, 0u);
+            __threadfence();
+        }
+    }
+}

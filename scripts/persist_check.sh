@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One device call for the persistent decode kernel (`ops::decode_layers`, SMELT_CUDA_PERSIST=1;
+# docs/CUDA.md "One persistent kernel a decode token"): exactness first, then batch-1 decode
+# timed with and without it at issue 14's decode shapes (bf16).
+#
+# Build here, then carry DIR (scripts/gpu_suite.sh build DIR copies this script, the test
+# executables, smelt and bench/; put SmolLM2's tokenizer.json in DIR too, for the bench's GGUFs:
+#   cp .cache/inputs/smollm2/hf/tokenizer.json DIR/
+# On the device:
+#   cd DIR && bash persist_check.sh . [PARTS]     # PARTS: parity,time (default both; ~5 min)
+set -uo pipefail
+D=${1:-.}
+PARTS=${2:-parity,time}
+part() { [[ ",$PARTS," == *",$1,"* ]]; }
+OUT=${OUT:-./out}
+mkdir -p "$OUT"
+export SMELT_REQUIRE_GPU=1 SMELT_REPO=${SMELT_REPO:-$PWD}
+nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.txt"
+if part parity; then
+  # The persistent step against the launched one, bit for bit (two shapes, 280-300 steps each).
+  timeout 300 "$D/gpu_infer" persistent_decode_steps_equal --test-threads=1 --nocapture >"$OUT/persist_parity.txt" 2>&1
+  echo "persistent_decode_steps_equal_the_launched_ones rc $?"; grep -E "equal|differs|panicked|timed out|test result" "$OUT/persist_parity.txt" | tail -8
+  # The captured decode test with the persistent kernel in its bf16 captured steps: still equal
+  # to the uncaptured steps (host position, the layers' own launches).
+  SMELT_CUDA_PERSIST=1 timeout 300 "$D/gpu_infer" captured_decode_steps --test-threads=1 --nocapture >"$OUT/persist_captured.txt" 2>&1
+  echo "captured_decode_steps_equal_uncaptured_ones (persistent) rc $?"; grep -E "equal|differs|panicked|test result" "$OUT/persist_captured.txt" | tail -6
+fi
+# Timing: smelt's captured decode with the layers' own launches, then with the persistent kernel,
+# on the same bf16 GGUF files (llama.cpp's figures at these shapes: docs/PERF.md).
+part time && timeout 420 python3 bench/decode_cuda.py --smelt "$D/smelt" --tokenizer "$D/tokenizer.json" \
+  --shapes 135m,1b --types bf16 --variants "persist:SMELT_CUDA_PERSIST=1" --out "$OUT/decode" 2>&1 | tail -12
