@@ -40,9 +40,10 @@ env ${ALL//,/ } timeout 300 "$D/core_tests" parity_bf16_attention --test-threads
 echo "parity_bf16_attention with the pipelined kernels rc $?"; grep -E "FAILED|panicked|test result" "$OUT/parity_bf16_attention_wgp.txt" | tail -6
 fi
 # 2. Timing at 124M and 1B: the default kernels, then the pipelined ones (all three: copies two
-#    tiles ahead; one tile ahead, `wgps`; one warpgroup a block, `wgp1`).
+#    tiles ahead; one tile ahead, `wgps`; one warpgroup a block, `wgp1`), and the default with
+#    each dx a product then an add (`dx0`: before the products accumulated, 2026-12-04).
 part train && timeout 480 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 124m,1b --no-peers \
-  --variants "wgp:$ALL;wgps:$SHALLOW;wgp1:$ONE" --out "$OUT/bench" 2>&1 | tail -12
+  --variants "wgp:$ALL;wgps:$SHALLOW;wgp1:$ONE;dx0:SMELT_CUDA_DX_ACC=0" --out "$OUT/bench" 2>&1 | tail -14
 # 3. Per kernel (SMELT_CUDA_PROFILE) at 1B: default and all pipelined.
 M=/tmp/smelt-bench-models/1b
 part profile && [ ! -f "$M/model.safetensors" ] && timeout 300 python3 bench/torch_gpu.py --dim 2048 --layers 16 --heads 32 \
@@ -58,6 +59,9 @@ done
 if part lora; then
 timeout 420 python3 bench/lora_cuda.py --smelt "$D/smelt" --skip smelt-ckpt,e2e,eager,compile --iters 3 --out /tmp/lora 2>&1 | tail -5
 cp /tmp/lora/lora_cuda.md "$OUT/" 2>/dev/null
+echo "== LoRA with each dx a product then an add (SMELT_CUDA_DX_ACC=0)"
+SMELT_CUDA_DX_ACC=0 timeout 240 "$D/smelt" bench --model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda \
+  --batch-size 8 --seq-len 2048 --iters 3 --decode-tokens 1 --no-forward --format json 2>"$OUT/lora-dx0.stderr" | tail -1
 echo "== LoRA with the pipelined attention"
 env ${ALL//,/ } timeout 240 "$D/smelt" bench --model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda \
   --batch-size 8 --seq-len 2048 --iters 3 --decode-tokens 1 --no-forward --format json 2>"$OUT/lora-wgp.stderr" | tail -1

@@ -38,11 +38,21 @@ impl Var {
 }
 
 type BackwardFn = Box<dyn FnOnce(&[Option<Tensor>]) -> Result<Vec<Option<Tensor>>> + Send>;
+/// A backward that adds into its inputs' gradient sums itself (`slots[i]`: input i's sum so far,
+/// None for one that needs no gradient or has none yet): a product that accumulates
+/// (`linear`'s dx by cuBLASLt's beta = 1) saves the pass a separate add makes.
+type SlotsFn = Box<dyn FnOnce(&[Option<Tensor>], &mut [Option<Tensor>]) -> Result<()> + Send>;
+
+enum Backward {
+    /// Returns each input's gradient; the pass adds it to the input's sum.
+    Grads(BackwardFn),
+    Slots(SlotsFn),
+}
 
 struct Node {
     inputs: Vec<(usize, bool)>,
     outputs: Vec<usize>,
-    backward: BackwardFn,
+    backward: Backward,
 }
 
 /// A sub-computation that `checkpoint` can re-run.
@@ -168,10 +178,32 @@ impl Graph {
             self.nodes.push(Node {
                 inputs: inputs.iter().map(|v| (v.id, v.requires_grad)).collect(),
                 outputs: vars.iter().map(|v| v.id).collect(),
-                backward: Box::new(backward),
+                backward: Backward::Grads(Box::new(backward)),
             });
         }
         vars
+    }
+
+    /// One output whose backward adds into its inputs' gradient sums itself (`SlotsFn`).
+    fn push_slots(
+        &mut self,
+        inputs: &[&Var],
+        out: Tensor,
+        backward: impl FnOnce(&Tensor, &mut [Option<Tensor>]) -> Result<()> + Send + 'static,
+    ) -> Var {
+        let rg = self.record && inputs.iter().any(|v| v.requires_grad);
+        let var = self.var(out, rg);
+        if rg {
+            self.nodes.push(Node {
+                inputs: inputs.iter().map(|v| (v.id, v.requires_grad)).collect(),
+                outputs: vec![var.id],
+                backward: Backward::Slots(Box::new(move |g, slots| match &g[0] {
+                    Some(g) => backward(g, slots),
+                    None => Ok(()),
+                })),
+            });
+        }
+        var
     }
 
     fn push1(
@@ -272,32 +304,41 @@ impl Graph {
         if wt.dtype() == crate::DType::Quant && !frozen {
             bail!("linear: a quantised weight {:?} cannot be trained; freeze it (a LoRA adapter trains on top) or dequantise it", wt.shape());
         }
-        let finish = move |mut r: Vec<Option<Tensor>>, db: Option<Tensor>, g: &Tensor| {
+        // The sums of w, b and c: w's (a weight used twice, a tied one) and b's as any gradient,
+        // c's the output's own. x's sum is taken by the dx product itself (`linear_dx_acc`).
+        let finish = move |slots: &mut [Option<Tensor>], dw: Option<Tensor>, db: Option<Tensor>, g: &Tensor| {
+            let mut i = 1;
+            if let Some(dw) = dw {
+                accumulate(&mut slots[i], &dw)?;
+            }
+            i += 1;
             if has_bias {
-                r.push(db);
+                if let Some(db) = db {
+                    accumulate(&mut slots[i], &db)?;
+                }
+                i += 1;
             }
             if has_c {
-                r.push(Some(g.clone()));
+                accumulate(&mut slots[i], g)?;
             }
-            r
+            Ok(())
         };
         if frozen {
             // A frozen weight (a LoRA or QLoRA base): gradients flow to x only, no dW product
             // is computed to be dropped, and x is not kept.
             let x_shape = xt.shape().to_vec();
             drop(xt);
-            return Ok(self.push1(&inputs, y, move |g| {
-                let dx = if need_dx {
-                    Some(timed("linear.bwd", || ops::matmul::linear_dx(g, &wt, &x_shape))?)
-                } else {
-                    None
-                };
-                Ok(finish(vec![dx, None], None, g))
+            return Ok(self.push_slots(&inputs, y, move |g, slots| {
+                if need_dx {
+                    timed("linear.bwd", || ops::matmul::linear_dx_acc(g, &wt, &x_shape, &mut slots[0]))?;
+                }
+                finish(slots, None, None, g)
             }));
         }
-        Ok(self.push1(&inputs, y, move |g| {
-            let (dx, dw, db) = timed("linear.bwd", || ops::matmul::linear_backward(&xt, &wt, g, need_dx, has_bias))?;
-            Ok(finish(vec![dx, Some(dw)], db, g))
+        Ok(self.push_slots(&inputs, y, move |g, slots| {
+            let dx = if need_dx { Some(&mut slots[0]) } else { None };
+            let (dw, db) = timed("linear.bwd", || ops::matmul::linear_backward_acc_dx(&xt, &wt, g, has_bias, dx))?;
+            finish(slots, Some(dw), db, g)
         }))
     }
 
@@ -656,10 +697,30 @@ impl Graph {
         for (k, node) in self.nodes.into_iter().enumerate().rev() {
             let gouts: Vec<Option<Tensor>> = node.outputs.iter().map(|&i| grads[i].take()).collect();
             if gouts.iter().any(|g| g.is_some()) {
-                let gins = (node.backward)(&gouts)?;
-                for ((id, rg), g) in node.inputs.iter().zip(gins) {
-                    if let (true, Some(g)) = (*rg, g) {
-                        accumulate(&mut grads[*id], &g)?;
+                match node.backward {
+                    Backward::Grads(f) => {
+                        let gins = f(&gouts)?;
+                        for ((id, rg), g) in node.inputs.iter().zip(gins) {
+                            if let (true, Some(g)) = (*rg, g) {
+                                accumulate(&mut grads[*id], &g)?;
+                            }
+                        }
+                    }
+                    Backward::Slots(f) => {
+                        // Each input's sum so far goes to the node and comes back; an input that
+                        // appears twice gets its sum once and an empty slot the second time, and
+                        // what the two hold is added on the way back.
+                        let mut slots: Vec<Option<Tensor>> =
+                            node.inputs.iter().map(|&(id, rg)| if rg { grads[id].take() } else { None }).collect();
+                        f(&gouts, &mut slots)?;
+                        for (&(id, rg), slot) in node.inputs.iter().zip(slots) {
+                            if let (true, Some(t)) = (rg, slot) {
+                                match &mut grads[id] {
+                                    None => grads[id] = Some(t),
+                                    Some(acc) => timed("grad_accumulate", || ops::elementwise::add_assign(acc, &t))?,
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -710,6 +771,48 @@ fn accumulate(slot: &mut Option<Tensor>, g: &Tensor) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An input read by several products (x into q, k and v and their adapters) gets the sum
+    /// of their input gradients, added in the backward's order (the last consumer first) —
+    /// frozen weights, a trained one with a bias, and `linear_add` alike — and the other inputs
+    /// their own gradients: the products that add into the sum themselves (`linear_dx_acc`)
+    /// compute what a product then an add computed.
+    #[test]
+    fn an_input_of_several_products_gets_the_sum_of_their_gradients() {
+        let mut r = crate::rng::Rng::new(8);
+        let mut rand = |shape: &[usize]| -> Tensor {
+            let n = shape.iter().product();
+            Tensor::from_f32((0..n).map(|_| r.normal() as f32).collect(), shape).unwrap()
+        };
+        let (x, w1, w2, b2, w3, c, dy) =
+            (rand(&[4, 6]), rand(&[5, 6]), rand(&[5, 6]), rand(&[5]), rand(&[5, 6]), rand(&[4, 5]), rand(&[4, 5]));
+        let mut g = Graph::training();
+        let xv = g.leaf(x.clone(), true);
+        let (w1v, w2v, b2v, w3v, cv) = (
+            g.leaf(w1.clone(), false),
+            g.leaf(w2.clone(), true),
+            g.leaf(b2.clone(), true),
+            g.leaf(w3.clone(), false),
+            g.leaf(c.clone(), true),
+        );
+        let y1 = g.linear(&xv, &w1v, None).unwrap();
+        let y2 = g.linear(&xv, &w2v, Some(&b2v)).unwrap();
+        let y3 = g.linear_add(&xv, &w3v, None, &cv).unwrap();
+        let s = g.add(&y1, &y2).unwrap();
+        let s = g.add(&s, &y3).unwrap();
+        let grads = g.backward_from(std::slice::from_ref(&s), &[Some(dy.clone())]).unwrap();
+        // By hand: y3's product is the last recorded, so its dx starts the sum.
+        let mut want = ops::matmul::linear_dx(&dy, &w3, x.shape()).unwrap();
+        let (dx2, dw2, db2) = ops::matmul::linear_backward(&x, &w2, &dy, true, true).unwrap();
+        ops::elementwise::add_assign(&mut want, &dx2.unwrap()).unwrap();
+        ops::elementwise::add_assign(&mut want, &ops::matmul::linear_dx(&dy, &w1, x.shape()).unwrap()).unwrap();
+        let v = |t: &Tensor| t.to_vec_f32().unwrap();
+        assert_eq!(v(grads.get(&xv).unwrap()), v(&want), "x: the sum of the three products' gradients");
+        assert_eq!(v(grads.get(&w2v).unwrap()), v(&dw2));
+        assert_eq!(v(grads.get(&b2v).unwrap()), v(&db2.unwrap()));
+        assert_eq!(v(grads.get(&cv).unwrap()), v(&dy), "c: the output's gradient");
+        assert!(grads.get(&w1v).is_none() && grads.get(&w3v).is_none(), "frozen weights get no gradient");
+    }
 
     #[test]
     fn watched_gradients_arrive_final_and_once() {

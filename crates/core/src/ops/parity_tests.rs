@@ -949,6 +949,67 @@ fn parity_linear_add() {
     }
 }
 
+/// An input read by three products — a frozen weight, a trained one with a bias, a frozen one
+/// through `linear_add` — gets the sum of their input gradients, on the GPU by products that add
+/// into the sum themselves (cuBLASLt's beta = 1, `linear_dx_acc`), against the CPU's products
+/// then adds, in both precisions; and with `SMELT_CUDA_DX_ACC`'s fallback shape (a sum of another
+/// dtype) too, through the autograd pass.
+#[test]
+fn parity_linear_dx_accumulated() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    for (n, k, m) in [(67, 96, 130), (3, 64, 40)] {
+        let x = randn(&mut r, &[n, k], 1.0);
+        let (w1, w2, b2, w3) = (
+            randn(&mut r, &[m, k], 0.1),
+            randn(&mut r, &[m, k], 0.1),
+            randn(&mut r, &[m], 1.0),
+            randn(&mut r, &[m, k], 0.1),
+        );
+        let (c, dy) = (randn(&mut r, &[n, m], 1.0), randn(&mut r, &[n, m], 1.0));
+        let run = |t: &dyn Fn(&Tensor) -> Tensor| {
+            let mut g = crate::Graph::training();
+            let xv = g.leaf(t(&x), true);
+            let (w1v, w2v, b2v, w3v, cv) = (
+                g.leaf(t(&w1), false),
+                g.leaf(t(&w2), true),
+                g.leaf(t(&b2), true),
+                g.leaf(t(&w3), false),
+                g.leaf(t(&c), true),
+            );
+            let y1 = g.linear(&xv, &w1v, None).unwrap();
+            let y2 = g.linear(&xv, &w2v, Some(&b2v)).unwrap();
+            let y3 = g.linear_add(&xv, &w3v, None, &cv).unwrap();
+            let s = g.add(&y1, &y2).unwrap();
+            let s = g.add(&s, &y3).unwrap();
+            let dys = t(&dy).to_dtype(s.tensor().dtype()).unwrap();
+            let gr = g.backward_from(&[s], &[Some(dys)]).unwrap();
+            let get = |v| gr.get(v).unwrap().to_device(Device::Cpu).unwrap().to_dtype(crate::DType::F32).unwrap();
+            [get(&xv), get(&w2v), get(&b2v), get(&cv)]
+        };
+        let want = run(&|t: &Tensor| t.clone());
+        for (p, tol) in [(cuda::MatmulPrecision::F32, F32_NMSE), (cuda::MatmulPrecision::Bf16, BF16_NMSE)] {
+            cuda::set_matmul_precision(p);
+            let got = run(&|t: &Tensor| up(t, d));
+            for (i, what) in ["dx (three products summed)", "dw", "db", "dc"].iter().enumerate() {
+                close(&format!("linear dx accumulated n {n} {what} {p:?}"), &got[i], &want[i], tol);
+            }
+        }
+        cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
+        // A sum of another dtype than the product's (f32 into a bf16 product): the product, then
+        // the add.
+        cuda::set_matmul_precision(cuda::MatmulPrecision::Bf16);
+        let dyb = up(&dy, d).to_dtype(crate::DType::BF16).unwrap();
+        let mut acc = Some(up(&x, d));
+        ops::matmul::linear_dx_acc(&dyb, &up(&w1, d), x.shape(), &mut acc).unwrap();
+        let mut want_sum = x.clone();
+        ops::elementwise::add_assign(&mut want_sum, &ops::matmul::linear_dx(&dy, &w1, x.shape()).unwrap()).unwrap();
+        let got = acc.unwrap().to_device(Device::Cpu).unwrap().to_dtype(crate::DType::F32).unwrap();
+        close(&format!("linear dx into an f32 sum n {n}"), &got, &want_sum, BF16_NMSE);
+        cuda::set_matmul_precision(cuda::MatmulPrecision::F32);
+    }
+}
+
 /// The decode-size products (≤ 4 rows: the GEMV kernels, several weights or the SwiGLU in one
 /// launch) against the CPU, in both precisions, with a bias, and with a row length that is not a
 /// whole number of 16-byte vectors (the scalar loop).

@@ -546,6 +546,43 @@ pub fn linear_dx(dy: &Tensor, w: &Tensor, x_shape: &[usize], n: usize, k: usize,
     dx_product(&wo, &dyo, dyb.dtype, x_shape, n, k, m, op)
 }
 
+/// dx = dy·w added into `acc` (x's shape, of the dtype a fresh dx would have) by the product
+/// itself: cuBLASLt's beta = 1 with C = D = acc, one rounding of the sum where a separate add
+/// rounded twice.
+fn linear_dx_into(dy: &Tensor, w: &Tensor, acc: &mut Tensor, n: usize, k: usize, m: usize) -> Result<()> {
+    let (op, _) = precision();
+    let wo = operand(w, op, true, "linear_dx weight")?;
+    let dyo = operand(dy, op, false, "linear_dx output gradient")?;
+    let ab = acc.cuda_buf_mut()?;
+    if n > 0 && k > 0 && m > 0 {
+        let g = Gemm {
+            ta: false,
+            tb: false,
+            m: k as u64,
+            n: n as u64,
+            k: m as u64,
+            lda: k as i64,
+            ldb: m as i64,
+            ldc: k as i64,
+            alpha: 1.0,
+            beta: 1.0,
+        };
+        gemm(&wo, &dyo, ab, g, op)?;
+    }
+    Ok(())
+}
+
+/// Whether `acc` can take a dx product of dtype `dt` by accumulation (else: product, then add).
+fn dx_accumulates(acc: &Tensor, dt: DType, n: usize, k: usize) -> bool {
+    acc.dtype() == dt && acc.numel() == n * k && !acc.device().is_cpu() && accumulate_dx_on()
+}
+
+/// `SMELT_CUDA_DX_ACC=0`: every dx a fresh product and an add, as before (for comparison).
+fn accumulate_dx_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SMELT_CUDA_DX_ACC").map_or(true, |v| v != "0"))
+}
+
 /// `linear_backward`, with dW either a new f32 tensor (`acc` None) or added into `acc` (an f32
 /// tensor of w's shape) by the product itself (cuBLASLt's beta = 1): no separate pass over dW,
 /// which the chunked loss would otherwise make once per row chunk. Returns dW only when new.
@@ -668,6 +705,41 @@ impl super::LinearKernels for crate::backend::Cuda {
     }
     fn linear_dx(&self, dy: &Tensor, w: &Tensor, x_shape: &[usize], n: usize, k: usize, m: usize) -> Result<Tensor> {
         linear_dx(dy, w, x_shape, n, k, m)
+    }
+    fn linear_dx_acc(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        x_shape: &[usize],
+        n: usize,
+        k: usize,
+        m: usize,
+        dx: &mut Option<Tensor>,
+    ) -> Result<()> {
+        match dx {
+            Some(acc) if dx_accumulates(acc, dy.dtype(), n, k) => linear_dx_into(dy, w, acc, n, k, m),
+            _ => super::add_into(dx, linear_dx(dy, w, x_shape, n, k, m)?),
+        }
+    }
+    fn linear_backward_acc_dx(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        n: usize,
+        k: usize,
+        m: usize,
+        has_bias: bool,
+        dx: Option<&mut Option<Tensor>>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        match dx {
+            Some(Some(acc)) if dx_accumulates(acc, x.dtype(), n, k) => {
+                let (_, dw, db) = linear_backward_into(x, w, dy, n, k, m, false, has_bias, None)?;
+                linear_dx_into(dy, w, acc, n, k, m)?;
+                Ok((dw.ok_or_else(|| anyhow::anyhow!("linear_backward: no dW"))?, db))
+            }
+            dx => super::backward_adding_dx(self, x, w, dy, n, k, m, has_bias, dx),
+        }
     }
     fn linear_backward_acc(
         &self,

@@ -81,6 +81,39 @@ pub trait LinearKernels {
     ) -> Result<Option<Tensor>> {
         accumulate_dw(self, x, w, dy, n, k, m, want_dx, dw)
     }
+    /// dx = dy·w added into `dx` (set to it when None): the input gradient of a frozen linear
+    /// whose input has other consumers (x into q, k, v and their adapters). A backend whose
+    /// product can accumulate (cuBLASLt's beta = 1) overrides it; the default makes dx and adds
+    /// it, as the autograd's own sum would.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_dx_acc(
+        &self,
+        dy: &Tensor,
+        w: &Tensor,
+        x_shape: &[usize],
+        n: usize,
+        k: usize,
+        m: usize,
+        dx: &mut Option<Tensor>,
+    ) -> Result<()> {
+        add_into(dx, self.linear_dx(dy, w, x_shape, n, k, m)?)
+    }
+    /// `linear_backward` with dx (when `dx` is given) added into its slot as `linear_dx_acc`
+    /// does; returns (dW, db).
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_acc_dx(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        n: usize,
+        k: usize,
+        m: usize,
+        has_bias: bool,
+        dx: Option<&mut Option<Tensor>>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        backward_adding_dx(self, x, w, dy, n, k, m, has_bias, dx)
+    }
     /// Several products of one input, [x·w_jᵀ + b_j] (q, k and v), every weight (m_j, k). A
     /// backend that can do them in one launch (CUDA, for the few rows of a decode step)
     /// overrides it; the default is one `linear` each.
@@ -92,6 +125,35 @@ pub trait LinearKernels {
         let m = wg.shape()[0];
         crate::ops::swiglu::swiglu(&self.linear(x, wg, None, n, k, m)?, &self.linear(x, wu, None, n, k, m)?)
     }
+}
+
+/// `slot` += t (set to t when empty): a gradient's sum over its tensor's consumers.
+pub(crate) fn add_into(slot: &mut Option<Tensor>, t: Tensor) -> Result<()> {
+    match slot {
+        None => *slot = Some(t),
+        Some(acc) => crate::ops::elementwise::add_assign(acc, &t)?,
+    }
+    Ok(())
+}
+
+/// `linear_backward_acc_dx` as the backward then an add (`add_into`).
+#[allow(clippy::too_many_arguments)]
+fn backward_adding_dx<K: LinearKernels + ?Sized>(
+    kern: &K,
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    n: usize,
+    k: usize,
+    m: usize,
+    has_bias: bool,
+    dx: Option<&mut Option<Tensor>>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (d, dw, db) = kern.linear_backward(x, w, dy, n, k, m, dx.is_some(), has_bias)?;
+    if let (Some(slot), Some(d)) = (dx, d) {
+        add_into(slot, d)?;
+    }
+    Ok((dw, db))
 }
 
 /// `linear_backward_acc` as a product then an add (`add_assign`).
@@ -322,6 +384,54 @@ pub fn linear_dx(dy: &Tensor, w: &Tensor, x_shape: &[usize]) -> Result<Tensor> {
         return crate::ops::qmatmul::linear_dx(dy, w, x_shape);
     }
     backend::on("linear_backward", [w, dy])?.linear_dx(dy, w, x_shape, dy.rows(), k, m)
+}
+
+/// `linear_dx`, added into `dx` (set when None; x's shape) by the product itself where the
+/// backend can (CUDA, dense weights): a frozen linear's input gradient summed with the other
+/// consumers' without a pass for the sum.
+pub fn linear_dx_acc(dy: &Tensor, w: &Tensor, x_shape: &[usize], dx: &mut Option<Tensor>) -> Result<()> {
+    if w.dtype() == DType::Quant {
+        return add_into(dx, linear_dx(dy, w, x_shape)?);
+    }
+    let (m, k) = match w.shape() {
+        [m, k] => (*m, *k),
+        s => bail!("linear: weight must be 2-D [out, in], got {s:?}"),
+    };
+    if x_shape.last() != Some(&k) || dy.cols() != m || dy.numel() / m.max(1) * k != x_shape.iter().product::<usize>() {
+        bail!("linear_dx: output gradient {:?} and input {x_shape:?} for weight {:?}", dy.shape(), w.shape());
+    }
+    if dx.as_ref().is_some_and(|d| d.shape() != x_shape) {
+        bail!(
+            "linear_dx_acc: the sum so far {:?} is not the input's shape {x_shape:?}",
+            dx.as_ref().map(|d| d.shape())
+        );
+    }
+    let acc: Vec<&Tensor> = dx.iter().collect();
+    let kern = backend::on("linear_backward", [w, dy].into_iter().chain(acc))?;
+    kern.linear_dx_acc(dy, w, x_shape, dy.rows(), k, m, dx)
+}
+
+/// `linear_backward` (dW, db) with dx, when `dx` is given, added into it as `linear_dx_acc`
+/// adds.
+pub fn linear_backward_acc_dx(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    has_bias: bool,
+    dx: Option<&mut Option<Tensor>>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (n, k, m) = dims(x, w)?;
+    if w.dtype() == DType::Quant {
+        bail!("linear: no gradient through a quantised weight {:?} (quantised weights are for inference)", w.shape());
+    }
+    if let Some(Some(d)) = dx.as_deref() {
+        if d.shape() != x.shape() {
+            bail!("linear_backward: the input's gradient so far {:?} is not its shape {:?}", d.shape(), x.shape());
+        }
+    }
+    let acc: Vec<&Tensor> = dx.as_deref().into_iter().flatten().collect();
+    let kern = backend::on("linear_backward", [x, w, dy].into_iter().chain(acc))?;
+    kern.linear_backward_acc_dx(x, w, dy, n, k, m, has_bias, dx)
 }
 
 /// The backward of `linear` without a bias, accumulating dW: `dw` += dyᵀ·x (set when None;
