@@ -12,7 +12,9 @@
 //! - `barrier+read`: one kernel, each phase every block reads its share of an 8 MiB buffer
 //!   (o's weights at 1B in bf16) with 16-byte loads, then the barrier;
 //! - `launches+read`: PHASES launches of a kernel that reads its share of the same buffer (the
-//!   per-kernel form a decode step has now, launched back to back on one stream).
+//!   per-kernel form a decode step has now, launched back to back on one stream);
+//! - `mono`, `mono+read`: the same with the persistent decode kernel's barrier (a counter that
+//!   only grows within a launch: one atomic a block, no reset round trip).
 //!
 //! The barrier is a counter and a generation word in global memory: thread 0 of each block
 //! arrives (atomicAdd), the last to arrive resets the counter and bumps the generation, the
@@ -69,6 +71,46 @@ extern "C" __global__ void barriers(unsigned int* count, unsigned int* gen, unsi
     if (acc == 12345.f) sink[0] = acc;
 }
 
+// The persistent decode kernel's barrier (ops/decode_layers/decode_layers.cu): a counter that
+// only grows (barrier p opens at p·blocks arrivals: one atomic a block, no reset round trip);
+// the last block out zeroes it (and `done`) for the next launch.
+__device__ __forceinline__ bool mono_barrier(unsigned int* count, unsigned int target, unsigned int* hung) {
+    __shared__ int ok;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        ok = 1;
+        __threadfence();
+        atomicAdd(count, 1u);
+        volatile unsigned int* c = count;
+        long long spins = 0;
+        while (*c < target) {
+            if ((++spins & 1023) == 0 && spins > (1ll << 26)) { atomicExch(hung, 1); ok = 0; break; }
+        }
+        __threadfence();
+    }
+    __syncthreads();
+    return ok != 0;
+}
+
+extern "C" __global__ void barriers_mono(unsigned int* count, unsigned int* done, unsigned int* hung, int phases,
+                                         const uint4* buf, long long words, float* sink) {
+    float acc = 0.f;
+    for (int p = 0; p < phases; p++) {
+        if (words > 0) acc += read_share(buf, words);
+        if (!mono_barrier(count, (unsigned int)(p + 1) * gridDim.x, hung)) break;
+    }
+    __shared__ int last;
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(done, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (last && threadIdx.x == 0) {
+        atomicExch(count, 0u);
+        atomicExch(done, 0u);
+        __threadfence();
+    }
+    if (acc == 12345.f) sink[0] = acc;
+}
+
 extern "C" __global__ void one_read(const uint4* buf, long long words, float* sink) {
     float acc = read_share(buf, words);
     if (acc == 12345.f) sink[0] = acc;
@@ -101,6 +143,7 @@ fn main() -> anyhow::Result<()> {
     let sink = DeviceBuf::alloc(&gpu, DType::F32, 1)?;
     let cfg = LaunchConfig { grid_dim: (sms, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let barriers = gpu.function("grid_barrier", SRC, "barriers")?;
+    let barriers_mono = gpu.function("grid_barrier", SRC, "barriers_mono")?;
     let one_read = gpu.function("grid_barrier", SRC, "one_read")?;
     let time = |f: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<f64> {
         f()?;
@@ -118,6 +161,23 @@ fn main() -> anyhow::Result<()> {
         let us = time(&mut || {
             let mut b = gpu.stream.launch_builder(&barriers);
             b.arg(&count).arg(&gen).arg(&hung).arg(&PHASES).arg(&buf.data).arg(&w).arg(&sink.data);
+            unsafe { b.launch(cfg) }?;
+            Ok(())
+        })?;
+        let flag = gpu.stream.clone_dtoh(&hung)?;
+        if flag.iter().any(|&x| x != 0) {
+            anyhow::bail!("{label}: the grid barrier hung (not every block resident?)");
+        }
+        println!("{label:<14} {us:7.2} µs a phase");
+    }
+    // The monotonic counter (the persistent decode kernel's barrier). 1000 phases × 132 blocks
+    // stays far below 2^32 arrivals.
+    let mono = DeviceBuf::from_bytes(&gpu, DType::U32, 2, &[0u8; 8])?;
+    let (mcount, mdone) = (mono.data.slice(0..4), mono.data.slice(4..8));
+    for (label, w) in [("mono", 0i64), ("mono+read", words)] {
+        let us = time(&mut || {
+            let mut b = gpu.stream.launch_builder(&barriers_mono);
+            b.arg(&mcount).arg(&mdone).arg(&hung).arg(&PHASES).arg(&buf.data).arg(&w).arg(&sink.data);
             unsafe { b.launch(cfg) }?;
             Ok(())
         })?;
