@@ -25,6 +25,8 @@ if part parity; then
   SMELT_CUDA_PERSIST=1 timeout 300 "$D/gpu_infer" captured_decode_steps --test-threads=1 --nocapture >"$OUT/persist_captured.txt" 2>&1
   echo "captured_decode_steps_equal_uncaptured_ones (persistent) rc $?"; grep -E "equal|differs|panicked|test result" "$OUT/persist_captured.txt" | tail -6
 fi
+# What a grid barrier costs (the old reset-each-time one and this kernel's growing counter).
+part time && [ -x "$D/grid_barrier" ] && timeout 60 "$D/grid_barrier" 2>&1 | tail -7
 # Timing: smelt's captured decode with the layers' own launches, then with the persistent kernel,
 # on the same bf16 GGUF files (llama.cpp's figures at these shapes: docs/PERF.md).
 part time && timeout 420 python3 bench/decode_cuda.py --smelt "$D/smelt" --tokenizer "$D/tokenizer.json" \
