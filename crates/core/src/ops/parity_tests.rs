@@ -967,9 +967,11 @@ fn parity_linear_dx_accumulated() {
             randn(&mut r, &[m, k], 0.1),
         );
         let (c, dy) = (randn(&mut r, &[n, m], 1.0), randn(&mut r, &[n, m], 1.0));
-        let run = |t: &dyn Fn(&Tensor) -> Tensor| {
+        // x in the precision's activation dtype (bf16 under mixed precision, as a model's are),
+        // so the products add into a sum of their own dtype.
+        let run = |t: &dyn Fn(&Tensor) -> Tensor, xdt: crate::DType| {
             let mut g = crate::Graph::training();
-            let xv = g.leaf(t(&x), true);
+            let xv = g.leaf(t(&x).to_dtype(xdt).unwrap(), true);
             let (w1v, w2v, b2v, w3v, cv) = (
                 g.leaf(t(&w1), false),
                 g.leaf(t(&w2), true),
@@ -987,10 +989,13 @@ fn parity_linear_dx_accumulated() {
             let get = |v| gr.get(v).unwrap().to_device(Device::Cpu).unwrap().to_dtype(crate::DType::F32).unwrap();
             [get(&xv), get(&w2v), get(&b2v), get(&cv)]
         };
-        let want = run(&|t: &Tensor| t.clone());
-        for (p, tol) in [(cuda::MatmulPrecision::F32, F32_NMSE), (cuda::MatmulPrecision::Bf16, BF16_NMSE)] {
+        let want = run(&|t: &Tensor| t.clone(), crate::DType::F32);
+        for (p, tol, xdt) in [
+            (cuda::MatmulPrecision::F32, F32_NMSE, crate::DType::F32),
+            (cuda::MatmulPrecision::Bf16, BF16_NMSE, crate::DType::BF16),
+        ] {
             cuda::set_matmul_precision(p);
-            let got = run(&|t: &Tensor| up(t, d));
+            let got = run(&|t: &Tensor| up(t, d), xdt);
             for (i, what) in ["dx (three products summed)", "dw", "db", "dc"].iter().enumerate() {
                 close(&format!("linear dx accumulated n {n} {what} {p:?}"), &got[i], &want[i], tol);
             }

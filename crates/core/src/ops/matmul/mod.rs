@@ -128,10 +128,11 @@ pub trait LinearKernels {
 }
 
 /// `slot` += t (set to t when empty): a gradient's sum over its tensor's consumers.
+/// (The autograd's own sum, and under its profile label.)
 pub(crate) fn add_into(slot: &mut Option<Tensor>, t: Tensor) -> Result<()> {
     match slot {
         None => *slot = Some(t),
-        Some(acc) => crate::ops::elementwise::add_assign(acc, &t)?,
+        Some(acc) => crate::profile::timed("grad_accumulate", || crate::ops::elementwise::add_assign(acc, &t))?,
     }
     Ok(())
 }
@@ -406,9 +407,11 @@ pub fn linear_dx_acc(dy: &Tensor, w: &Tensor, x_shape: &[usize], dx: &mut Option
             dx.as_ref().map(|d| d.shape())
         );
     }
-    let acc: Vec<&Tensor> = dx.iter().collect();
-    let kern = backend::on("linear_backward", [w, dy].into_iter().chain(acc))?;
-    kern.linear_dx_acc(dy, w, x_shape, dy.rows(), k, m, dx)
+    // A sum held elsewhere (a seed on the host) is added as add_assign adds across devices.
+    if dx.as_ref().is_some_and(|d| d.device() != dy.device()) {
+        return add_into(dx, linear_dx(dy, w, x_shape)?);
+    }
+    backend::on("linear_backward", [w, dy])?.linear_dx_acc(dy, w, x_shape, dy.rows(), k, m, dx)
 }
 
 /// `linear_backward` (dW, db) with dx, when `dx` is given, added into it as `linear_dx_acc`
@@ -429,9 +432,19 @@ pub fn linear_backward_acc_dx(
             bail!("linear_backward: the input's gradient so far {:?} is not its shape {:?}", d.shape(), x.shape());
         }
     }
-    let acc: Vec<&Tensor> = dx.as_deref().into_iter().flatten().collect();
-    let kern = backend::on("linear_backward", [x, w, dy].into_iter().chain(acc))?;
-    kern.linear_backward_acc_dx(x, w, dy, n, k, m, has_bias, dx)
+    let kern = backend::on("linear_backward", [x, w, dy])?;
+    // A sum held elsewhere (a seed on the host) is added as add_assign adds across devices.
+    if let Some(slot) = dx {
+        if slot.as_ref().is_some_and(|d| d.device() != x.device()) {
+            let (d, dw, db) = kern.linear_backward(x, w, dy, n, k, m, true, has_bias)?;
+            if let Some(d) = d {
+                add_into(slot, d)?;
+            }
+            return Ok((dw, db));
+        }
+        return kern.linear_backward_acc_dx(x, w, dy, n, k, m, has_bias, Some(slot));
+    }
+    kern.linear_backward_acc_dx(x, w, dy, n, k, m, has_bias, None)
 }
 
 /// The backward of `linear` without a bias, accumulating dW: `dw` += dyᵀ·x (set when None;
