@@ -167,13 +167,19 @@ __device__ void dl_matvec(const DlRows<R>& a, const bf16_t* x, const MvBatch<bf1
 #pragma unroll
         for (int i = 0; i < R * GEMV_MAXN; i++) acc[i] = 0.f;
         if (active) vec_sums<bf16_t, R>(rows, x, a.k, 1, lane, G, acc, first);
-        group_sum<R * GEMV_MAXN>(acc, G);  // G = 32: warp_sum's shuffles, gemv3's order
+        // One input row: only acc[r·GEMV_MAXN] hold sums. Each value is reduced on its own
+        // (G = 32: warp_sum's shuffles, gemv3's order), so reducing those alone gives the same bits
+        // with a quarter of the shuffles.
+        float sum[R];
+#pragma unroll
+        for (int i = 0; i < R; i++) sum[i] = acc[i * GEMV_MAXN];
+        group_sum<R>(sum, G);
         if (active && lane == 0) {
             if (R == 1) {
-                bf16_t p = f2bf(acc[0]);
+                bf16_t p = f2bf(sum[0]);
                 a.y[j][r] = a.b[j] ? f2bf(bf2f(p) + a.b[j][r]) : p;
             } else {
-                float gi = bf2f(f2bf(acc[0])), ui = bf2f(f2bf(acc[GEMV_MAXN]));
+                float gi = bf2f(f2bf(sum[0])), ui = bf2f(f2bf(sum[R - 1]));
                 a.y[0][r] = f2bf(gi * (1.f / (1.f + expf(-gi))) * ui);
             }
         }
