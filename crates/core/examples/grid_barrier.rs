@@ -157,35 +157,27 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(best / PHASES as f64 * 1e6)
     };
-    for (label, w) in [("barrier", 0i64), ("barrier+read", words)] {
-        let us = time(&mut || {
-            let mut b = gpu.stream.launch_builder(&barriers);
-            b.arg(&count).arg(&gen).arg(&hung).arg(&PHASES).arg(&buf.data).arg(&w).arg(&sink.data);
-            unsafe { b.launch(cfg) }?;
-            Ok(())
-        })?;
-        let flag = gpu.stream.clone_dtoh(&hung)?;
-        if flag.iter().any(|&x| x != 0) {
-            anyhow::bail!("{label}: the grid barrier hung (not every block resident?)");
-        }
-        println!("{label:<14} {us:7.2} µs a phase");
-    }
-    // The monotonic counter (the persistent decode kernel's barrier). 1000 phases × 132 blocks
-    // stays far below 2^32 arrivals.
+    // The reset-each-time barrier (count, gen), then the persistent decode kernel's growing
+    // counter (count, done: a state of its own, both zero). 1000 phases × 132 blocks stays far
+    // below 2^32 arrivals.
     let mono = DeviceBuf::from_bytes(&gpu, DType::U32, 2, &[0u8; 8])?;
     let (mcount, mdone) = (mono.data.slice(0..4), mono.data.slice(4..8));
-    for (label, w) in [("mono", 0i64), ("mono+read", words)] {
-        let us = time(&mut || {
-            let mut b = gpu.stream.launch_builder(&barriers_mono);
-            b.arg(&mcount).arg(&mdone).arg(&hung).arg(&PHASES).arg(&buf.data).arg(&w).arg(&sink.data);
-            unsafe { b.launch(cfg) }?;
-            Ok(())
-        })?;
-        let flag = gpu.stream.clone_dtoh(&hung)?;
-        if flag.iter().any(|&x| x != 0) {
-            anyhow::bail!("{label}: the grid barrier hung (not every block resident?)");
+    for (kernel, words_of, (c0, c1)) in
+        [(&barriers, "barrier", (&count, &gen)), (&barriers_mono, "mono", (&mcount, &mdone))]
+    {
+        for (label, w) in [(words_of.to_string(), 0i64), (format!("{words_of}+read"), words)] {
+            let us = time(&mut || {
+                let mut b = gpu.stream.launch_builder(kernel);
+                b.arg(c0).arg(c1).arg(&hung).arg(&PHASES).arg(&buf.data).arg(&w).arg(&sink.data);
+                unsafe { b.launch(cfg) }?;
+                Ok(())
+            })?;
+            let flag = gpu.stream.clone_dtoh(&hung)?;
+            if flag.iter().any(|&x| x != 0) {
+                anyhow::bail!("{label}: the grid barrier hung (not every block resident?)");
+            }
+            println!("{label:<14} {us:7.2} µs a phase");
         }
-        println!("{label:<14} {us:7.2} µs a phase");
     }
     let us = time(&mut || {
         for _ in 0..PHASES {

@@ -519,21 +519,26 @@ fn dx_product(
 ) -> Result<Tensor> {
     let dx = DeviceBuf::alloc(&dyo.cuda_buf()?.gpu, dtype, n * k)?;
     if n > 0 && k > 0 {
-        let g = Gemm {
-            ta: false,
-            tb: false,
-            m: k as u64,
-            n: n as u64,
-            k: m as u64,
-            lda: k as i64,
-            ldb: m as i64,
-            ldc: k as i64,
-            alpha: 1.0,
-            beta: 0.0,
-        };
-        gemm(wo, dyo, &dx, g, op)?;
+        gemm(wo, dyo, &dx, dx_gemm(n, k, m, 0.0), op)?;
     }
     Tensor::from_device_buf(dx, shape)
+}
+
+/// dx (n×k) = dy (n×m) · w (m×k), + beta·dx: column-major dxᵀ = wᵀ·dyᵀ with w and dy read as
+/// they are.
+fn dx_gemm(n: usize, k: usize, m: usize, beta: f32) -> Gemm {
+    Gemm {
+        ta: false,
+        tb: false,
+        m: k as u64,
+        n: n as u64,
+        k: m as u64,
+        lda: k as i64,
+        ldb: m as i64,
+        ldc: k as i64,
+        alpha: 1.0,
+        beta,
+    }
 }
 
 /// The input's gradient alone (a frozen weight): `linear_backward`'s dx, in dy's dtype (the
@@ -555,19 +560,7 @@ fn linear_dx_into(dy: &Tensor, w: &Tensor, acc: &mut Tensor, n: usize, k: usize,
     let dyo = operand(dy, op, false, "linear_dx output gradient")?;
     let ab = acc.cuda_buf_mut()?;
     if n > 0 && k > 0 && m > 0 {
-        let g = Gemm {
-            ta: false,
-            tb: false,
-            m: k as u64,
-            n: n as u64,
-            k: m as u64,
-            lda: k as i64,
-            ldb: m as i64,
-            ldc: k as i64,
-            alpha: 1.0,
-            beta: 1.0,
-        };
-        gemm(&wo, &dyo, ab, g, op)?;
+        gemm(&wo, &dyo, ab, dx_gemm(n, k, m, 1.0), op)?;
     }
     Ok(())
 }
