@@ -68,7 +68,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) attn_wg_probe(const bf1
 //
 // Rounding: as attn_wg_fwd_d64 except that O' is summed apart and added to the rescaled o (one
 // f32 addition per element and tile), so within ATTN_TC of the mma.sync kernels, not their bits.
-// Shared memory: Q [64·NW][D+8] (padded rows for ldmatrix), K 2 × [BN][D] and V 2 × [BN][D] in
+// Shared memory: Q [64·NW][D+8] (padded rows for ldmatrix), K NS × [BN][D] and V NS × [BN][D] in
 // core matrices: (64·NW·(D+8) + 2·NS·BN·D) bf16 and wg_pin's 8 bytes a thread, the launcher's
 // formula with NS buffers.
 
@@ -122,9 +122,10 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     };
     load_rows<ROWS, D, NT>(Qs, qh, qbase, H * D, i0, tq);
     // Copy groups, in commit order: {Q, K(0), V(0), K(1)}, then {K(j+1), V(j)} for j = 1 … NS−2,
-    // then one a loop iteration t: {K(t+NS), V(t+NS−1)}. So K(m) and V(m) are in group m (K(0)
-    // in group 0), and waiting for all but the newest NS−2 groups at the top of iteration t
-    // finds K(t+1) and V(t) in (the loads get NS−1 iterations to land).
+    // then one a loop iteration t: {K(t+NS), V(t+NS−1)}. So group m holds K(m+1) and V(m) (and
+    // group 0 K(0) too): K(m) is in group m−1, V(m) in group m, and waiting for all but the
+    // newest NS−2 groups at the top of iteration t finds K(t+1) and V(t) in (the loads get NS−1
+    // iterations to land).
     load_k(0);
     load_v(0);
     load_k(1);
