@@ -54,6 +54,11 @@ part profile && for v in default "$ALL"; do
     --batch-size 8 --seq-len 2048 --iters 1 --decode-tokens 4 --format json >/dev/null 2>"$OUT/profile-1b-${v:0:7}.txt"
   echo "== profile 1b ${v:0:40}"; grep -i -E "attn|total" "$OUT/profile-1b-${v:0:7}.txt" | head -12
 done
+# 3b. The 1B step's products shape by shape (SMELT_CUDA_PROFILE=gemm: each cuBLASLt shape's ms
+#     and TFLOP/s), against torch.compile's 135 ms of GEMMs (docs/gpu-runs/2026-12-04-torch-compile-profile-1b.txt).
+part profile && SMELT_CUDA_PROFILE=gemm timeout 200 "$D/smelt" bench --device cuda --model "$M" --vocab-size 32000 \
+  --batch-size 8 --seq-len 2048 --iters 1 --decode-tokens 4 --format json >/dev/null 2>"$OUT/profile-1b-gemm.txt" \
+  && grep -A42 "profile train" "$OUT/profile-1b-gemm.txt" | head -44
 # 4. LoRA at issue 16's shape (Qwen2.5-0.5B, 8 × 2048, head dim 64): smelt's step with the
 #    default and with the pipelined attention (the model folder in /tmp: it is ~1 GB).
 if part lora; then

@@ -255,11 +255,14 @@ impl Lt {
             }
         };
         self.launch(&g, &plan, &plan.algo, (a, b, c_in.unwrap_or(c)), c).map_err(e("matmul"))?;
-        super::profile::record(match (op, out) {
-            (Operand::F32, _) => "cublasLt f32",
-            (Operand::Bf16, Operand::F32) => "cublasLt bf16->f32",
-            (Operand::Bf16, Operand::Bf16) => "cublasLt bf16->bf16",
-        });
+        if super::profile::enabled() {
+            let base = match (op, out) {
+                (Operand::F32, _) => "cublasLt f32",
+                (Operand::Bf16, Operand::F32) => "cublasLt bf16->f32",
+                (Operand::Bf16, Operand::Bf16) => "cublasLt bf16->bf16",
+            };
+            super::profile::record(&super::profile::gemm_label(base, g.m, g.n, g.k, g.ta, g.tb, g.beta != 0.0));
+        }
         Ok(())
     }
 

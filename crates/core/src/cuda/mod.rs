@@ -192,6 +192,30 @@ pub mod profile {
         *ON.get_or_init(|| std::env::var("SMELT_CUDA_PROFILE").is_ok_and(|v| v != "0"))
     }
 
+    /// `SMELT_CUDA_PROFILE=gemm`: each cuBLASLt product is charged under its shape
+    /// (`gemm_label`), and the table shows each shape's TFLOP/s and 40 rows.
+    pub fn by_gemm_shape() -> bool {
+        static ON: OnceLock<bool> = OnceLock::new();
+        *ON.get_or_init(|| std::env::var("SMELT_CUDA_PROFILE").is_ok_and(|v| v == "gemm"))
+    }
+
+    /// A product's row: `base` alone, or with `SMELT_CUDA_PROFILE=gemm` its column-major shape
+    /// and transposes, and "+C" when it adds into its output: `cublasLt bf16->f32 [2048,8192,16384] NT +C`.
+    pub fn gemm_label(base: &str, m: u64, n: u64, k: u64, ta: bool, tb: bool, adds: bool) -> String {
+        if !by_gemm_shape() {
+            return base.to_string();
+        }
+        let t = |x: bool| if x { 'T' } else { 'N' };
+        format!("{base} [{m},{n},{k}] {}{}{}", t(ta), t(tb), if adds { " +C" } else { "" })
+    }
+
+    /// The FLOP/s of a row whose name holds a product's shape `[m,n,k]`.
+    fn tflops(name: &str, secs: f64, calls: u64) -> Option<f64> {
+        let shape = name.split('[').nth(1)?.split(']').next()?;
+        let d: Vec<f64> = shape.split(',').filter_map(|x| x.parse().ok()).collect();
+        (d.len() == 3 && secs > 0.0).then(|| 2.0 * d[0] * d[1] * d[2] * calls as f64 / secs / 1e12)
+    }
+
     static STATE: Mutex<Option<State>> = Mutex::new(None);
 
     pub fn record(what: &str) {
@@ -232,8 +256,13 @@ pub mod profile {
                 let mut v: Vec<_> = st.by_name.iter().collect();
                 v.sort_by(|a, b| b.1 .0.partial_cmp(&a.1 .0).unwrap_or(std::cmp::Ordering::Equal));
                 eprintln!("profile {title}: {:.2} ms in {} kernel kinds", total * 1e3, v.len());
-                for (name, (t, n)) in v.iter().take(20) {
-                    eprintln!("  {name:<28} {:>9.3} ms {:>5.1}% {n:>7} calls", t * 1e3, 100.0 * t / total.max(1e-12));
+                for (name, (t, n)) in v.iter().take(if by_gemm_shape() { 40 } else { 20 }) {
+                    let rate = tflops(name, *t, *n).map(|r| format!("  {r:6.0} TFLOP/s")).unwrap_or_default();
+                    eprintln!(
+                        "  {name:<28} {:>9.3} ms {:>5.1}% {n:>7} calls{rate}",
+                        t * 1e3,
+                        100.0 * t / total.max(1e-12)
+                    );
                 }
             }
         }
