@@ -110,6 +110,9 @@ def main():
                 for vname, env in variants:
                     s = last_json(run([a.smelt, *common], env=env))
                     r[f"smelt_{vname}"] = s and s["decode_tok_s"]
+                    # Whether the run decoded in the persistent kernel (SMELT_CUDA_PERSIST=1 asks;
+                    # a step it cannot take runs the launched kernels).
+                    r[f"smelt_{vname}_persistent"] = bool(s and s.get("decode_persistent"))
             if a.llama_bench:
                 out = run([a.llama_bench, "-m", f, "-ngl", "99", "-p", "0", "-n", str(a.tokens), "-r", "3", "-o", "jsonl"])
                 tg = [json.loads(l) for l in (out or "").splitlines() if l.startswith("{")]
@@ -125,7 +128,8 @@ def main():
              "|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|"]
     for r in rows:
         lines.append(f"| {r['shape']} | {r['type']} | {r['file_bytes'] / 1e6:.0f} | {fmt(r['bound_tok_s'])} | {fmt(r.get('smelt'))} | "
-                     + "".join(f"{fmt(r.get('smelt_' + n))} | " for n in names)
+                     + "".join(f"{fmt(r.get('smelt_' + n))}{' (persistent)' if r.get('smelt_' + n + '_persistent') else ''} | "
+                               for n in names)
                      + f"{fmt(r.get('llama_cpp'))} | {ratio(r.get('smelt'), r.get('llama_cpp'))} | "
                      f"{ratio(r.get('smelt'), r['bound_tok_s'])} |")
     print("\n".join(lines))

@@ -285,6 +285,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "peak_mem_bytes": peak,
         "grad_checkpoint": a.grad_checkpoint,
         "paged_decode": paged,
+        // Whether decode ran every layer in the persistent kernel (SMELT_CUDA_PERSIST=1), so an
+        // A/B cannot time the launched kernels twice without saying so.
+        "decode_persistent": smelt_core::ops::decode_layers::launches() > 0,
     });
     match a.format {
         Format::Json => println!("{r}"),
