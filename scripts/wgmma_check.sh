@@ -67,6 +67,9 @@ cp /tmp/lora/lora_cuda.md "$OUT/" 2>/dev/null
 echo "== LoRA with each dx a product then an add (SMELT_CUDA_DX_ACC=0)"
 SMELT_CUDA_DX_ACC=0 timeout 240 "$D/smelt" bench --model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda \
   --batch-size 8 --seq-len 2048 --iters 3 --decode-tokens 1 --no-forward --format json 2>"$OUT/lora-dx0.stderr" | tail -1
+echo "== LoRA with one A product per projection (SMELT_LORA_FUSE=0)"
+SMELT_LORA_FUSE=0 timeout 240 "$D/smelt" bench --model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda \
+  --batch-size 8 --seq-len 2048 --iters 3 --decode-tokens 1 --no-forward --format json 2>"$OUT/lora-fuse0.stderr" | tail -1
 echo "== LoRA with the pipelined attention"
 env ${ALL//,/ } timeout 240 "$D/smelt" bench --model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda \
   --batch-size 8 --seq-len 2048 --iters 3 --decode-tokens 1 --no-forward --format json 2>"$OUT/lora-wgp.stderr" | tail -1

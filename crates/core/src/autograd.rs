@@ -266,6 +266,36 @@ impl Graph {
         }))
     }
 
+    /// The row blocks `parts` (each (n_i, C), one dtype and device) stacked into one (Σ n_i, C)
+    /// variable (copies); the backward hands each part its rows of the gradient. LoRA stacks
+    /// the A matrices of projections that read one input, for one product.
+    pub fn concat_rows(&mut self, parts: &[&Var]) -> Result<Var> {
+        let Some(first) = parts.first() else { bail!("concat_rows: no parts") };
+        let c = first.t.cols();
+        if parts.iter().any(|p| p.t.cols() != c || p.t.dtype() != first.t.dtype()) {
+            let shapes: Vec<_> = parts.iter().map(|p| (p.t.shape().to_vec(), p.t.dtype())).collect();
+            bail!("concat_rows: parts of one width and dtype, got {shapes:?}");
+        }
+        let rows: Vec<usize> = parts.iter().map(|p| p.t.rows()).collect();
+        let total: usize = rows.iter().sum();
+        let mut y = Tensor::zeros_typed(&[total, c], first.t.device(), first.t.dtype())?;
+        let mut r0 = 0;
+        for p in parts {
+            y.write_at(r0 * c, &p.t)?;
+            r0 += p.t.rows();
+        }
+        let shapes: Vec<Vec<usize>> = parts.iter().map(|p| p.t.shape().to_vec()).collect();
+        Ok(self.push1(parts, y, move |g| {
+            let mut r0 = 0;
+            let mut out = Vec::with_capacity(rows.len());
+            for (m, shape) in rows.iter().zip(&shapes) {
+                out.push(Some(g.narrow_rows(r0, *m)?.reshape(shape)?));
+                r0 += m;
+            }
+            Ok(out)
+        }))
+    }
+
     /// Inverted dropout of x with probability `p`, its mask drawn from `seed` (`ops::dropout`);
     /// the identity for p = 0.
     pub fn dropout(&mut self, x: &Var, p: f32, seed: u64) -> Result<Var> {

@@ -211,6 +211,66 @@ fn proj(g: &mut Graph, l: usize, w: &LayerVars, role: Role, x: &Var, bias: Optio
     g.linear_add(x, &w[role], bias, &up)
 }
 
+/// The projections `roles` (weight, bias) of one input x — q, k and v; gate and up — each as
+/// `proj` makes it. Where two or more of them carry an adapter and no dropout is drawn (with
+/// dropout each would get its own mask, so its own input), their A matrices are stacked for one
+/// product over x: one read of x in the forward and one for the A gradients, and one dx product
+/// into x's gradient sum instead of one each. Each projection then takes its r columns of that
+/// product through a 0/1 selection product (one 1.0 a row: the same values). `SMELT_LORA_FUSE=0`
+/// keeps one A product each (to compare).
+fn proj_group(g: &mut Graph, l: usize, w: &LayerVars, roles: &[(Role, Option<Role>)], x: &Var) -> Result<Vec<Var>> {
+    let adapted: Vec<usize> = (0..roles.len()).filter(|&i| w.lora[roles[i].0 as usize].is_some()).collect();
+    let a_parts: Vec<&Var> = adapted.iter().filter_map(|&i| w.lora[roles[i].0 as usize].map(|(a, _)| a)).collect();
+    let rank = a_parts.first().map_or(0, |a| a.shape()[0]);
+    let fuse = adapted.len() >= 2
+        && a_parts.iter().all(|a| a.shape()[0] == rank)
+        && w.run.is_some_and(|run| run.dropout == 0.0)
+        && lora_fuse_on();
+    let (Some(run), true) = (w.run, fuse) else {
+        return roles.iter().map(|&(r, b)| proj(g, l, w, r, x, b.and_then(|b| w.get(b)))).collect();
+    };
+    let a_cat = g.concat_rows(&a_parts)?;
+    let down_cat = lora_down(g, x, &a_cat, run, 0)?; // (N, n·r); no dropout, so no seed
+    let mut out = Vec::with_capacity(roles.len());
+    for (i, &(role, bias)) in roles.iter().enumerate() {
+        let bias = bias.and_then(|b| w.get(b));
+        let (Some(slot), Some((_, b))) = (adapted.iter().position(|&j| j == i), w.lora[role as usize]) else {
+            out.push(g.linear(x, &w[role], bias)?);
+            continue;
+        };
+        let sel = g.constant(lora_selection(x.tensor().device(), rank, adapted.len(), slot)?);
+        let down = g.linear(&down_cat, &sel, None)?; // (N, r): this projection's columns
+        let up = g.linear(&down, b, None)?;
+        out.push(g.linear_add(x, &w[role], bias, &up)?);
+    }
+    Ok(out)
+}
+
+fn lora_fuse_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SMELT_LORA_FUSE").map_or(true, |v| v != "0"))
+}
+
+/// The (r, n·r) matrix whose row i has its one 1.0 at column slot·r + i: `linear(y, it)` takes
+/// columns slot·r .. slot·r + r of y. Made once per device and shape (a captured decode step
+/// must not upload it).
+fn lora_selection(device: Device, r: usize, n: usize, slot: usize) -> Result<Tensor> {
+    type Key = (Device, usize, usize, usize);
+    static MADE: std::sync::Mutex<Vec<(Key, Tensor)>> = std::sync::Mutex::new(Vec::new());
+    let key = (device, r, n, slot);
+    let mut made = MADE.lock().map_err(|_| anyhow::anyhow!("LoRA selection cache poisoned"))?;
+    if let Some((_, t)) = made.iter().find(|(k, _)| *k == key) {
+        return Ok(t.clone());
+    }
+    let mut v = vec![0f32; r * n * r];
+    for i in 0..r {
+        v[i * n * r + slot * r + i] = 1.0;
+    }
+    let t = Tensor::from_f32(v, &[r, n * r])?.to_device(device)?;
+    made.push((key, t.clone()));
+    Ok(t)
+}
+
 /// The seed of one projection's dropout mask in a forward: one mask per (forward, layer,
 /// projection), as PEFT's one nn.Dropout per module.
 fn dropout_seed(run: LoraRun, l: usize, role: Role) -> u64 {
@@ -493,11 +553,13 @@ fn block(
         }
     } else {
         let h = h.as_ref().context("block: no normalised input")?;
-        let q = proj(g, l, w, Role::Wq, h, w.get(Role::Bq))?;
+        let roles = [(Role::Wq, Some(Role::Bq)), (Role::Wk, Some(Role::Bk)), (Role::Wv, Some(Role::Bv))];
+        let mut qkv = proj_group(g, l, w, &roles, h)?.into_iter();
+        let (Some(q), Some(k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+            bail!("block: q, k and v projections missing");
+        };
         g.name(&q, || format!("Qcur-{l}"));
-        let k = proj(g, l, w, Role::Wk, h, w.get(Role::Bk))?;
         g.name(&k, || format!("Kcur-{l}"));
-        let v = proj(g, l, w, Role::Wv, h, w.get(Role::Bv))?;
         g.name(&v, || format!("Vcur-{l}"));
         (q, k, v)
     };
@@ -658,9 +720,11 @@ fn block(
                     smelt_core::ops::matmul::linear_swiglu(h.tensor(), w[Role::WGate].tensor(), w[Role::WUp].tensor())
                 })?),
             Activation::Silu => {
-                let gate = proj(g, l, w, Role::WGate, &h, None)?;
+                let mut gu = proj_group(g, l, w, &[(Role::WGate, None), (Role::WUp, None)], &h)?.into_iter();
+                let (Some(gate), Some(up)) = (gu.next(), gu.next()) else {
+                    bail!("block: gate and up projections missing");
+                };
                 g.name(&gate, || format!("ffn_gate-{l}"));
-                let up = proj(g, l, w, Role::WUp, &h, None)?;
                 g.name(&up, || format!("ffn_up-{l}"));
                 gate_up = Some((gate.clone(), up.clone()));
                 g.swiglu(&gate, &up)?
