@@ -844,6 +844,30 @@ mod tests {
         assert!(grads.get(&w1v).is_none() && grads.get(&w3v).is_none(), "frozen weights get no gradient");
     }
 
+    /// concat_rows stacks its parts and hands each its rows of the gradient.
+    #[test]
+    fn concat_rows_stacks_and_splits_the_gradient() {
+        let a = Tensor::from_f32(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+        let b = Tensor::from_f32(vec![5.0, 6.0], &[1, 2]).unwrap();
+        let mut g = Graph::training();
+        let (av, bv) = (g.leaf(a, true), g.leaf(b, false));
+        let y = g.concat_rows(&[&av, &bv]).unwrap();
+        assert_eq!(y.shape(), &[3, 2]);
+        assert_eq!(y.tensor().to_vec_f32().unwrap(), vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let dy = Tensor::from_f32(vec![0.5, 1.5, 2.5, 3.5, 4.5, 5.5], &[3, 2]).unwrap();
+        let grads = g.backward_from(std::slice::from_ref(&y), &[Some(dy)]).unwrap();
+        assert_eq!(grads.get(&av).unwrap().to_vec_f32().unwrap(), vec![0.5, 1.5, 2.5, 3.5]);
+        assert!(grads.get(&bv).is_none(), "a part that needs no gradient gets none");
+        assert!(g_err(&[]).is_err() && g_err(&[vec![2, 2], vec![1, 3]]).is_err(), "no parts, or parts of two widths");
+    }
+
+    fn g_err(shapes: &[Vec<usize>]) -> Result<Var> {
+        let mut g = Graph::training();
+        let vs: Vec<Var> = shapes.iter().map(|s| g.leaf(Tensor::zeros(s), true)).collect();
+        let refs: Vec<&Var> = vs.iter().collect();
+        g.concat_rows(&refs)
+    }
+
     #[test]
     fn watched_gradients_arrive_final_and_once() {
         let mut r = crate::rng::Rng::new(5);
