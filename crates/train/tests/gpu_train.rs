@@ -458,7 +458,7 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
     (d / n).sqrt()
 }
 
-/// Two LoRA SFT updates (token-weighted micro-batches, dropout 0.1 on A's input) with f32
+/// Two LoRA SFT updates (token-weighted micro-batches, dropout 0.1 on A's input, then none) with f32
 /// matmuls on the GPU end with the CPU's adapter: every lora_A/lora_B within 1e-4 relative
 /// (norm of the difference over the norm), the losses within 1e-5. Not tighter: B starts at
 /// zero, so its first AdamW steps are ≈ lr · sign(g) per element, and an element whose gradient
@@ -472,27 +472,33 @@ fn gpu_lora_sft_matches_the_cpu_in_f32() {
     let dir = std::env::temp_dir().join(format!("smelt-gpu-lora-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    smelt_train::run(lora_sft_run(&dir, Device::Cpu, 0.1, "cpu"), None).unwrap();
-    smelt_train::run(lora_sft_run(&dir, d, 0.1, "gpu"), None).unwrap();
-    let (lc, lg) = (losses(&dir.join("cpu/metrics.jsonl")), losses(&dir.join("gpu/metrics.jsonl")));
-    println!("losses cpu {lc:?}\n       gpu {lg:?}");
-    assert_eq!(lc.len(), 2);
-    for ((_, a), (_, b)) in lc.iter().zip(&lg) {
-        assert!((a - b).abs() <= 1e-5 * a.abs(), "loss cpu {a} gpu {b}");
-    }
-    let read =
-        |run: &str| smelt_model::io::read_safetensors(&dir.join(run).join("final/adapter_model.safetensors")).unwrap();
-    let (ac, ag) = (read("cpu"), read("gpu"));
-    assert_eq!(ac.len(), 2 * 7 * 2, "A and B of seven projections in two layers");
-    let mut worst = (0f64, String::new());
-    for (name, c) in &ac {
-        let e = rel(&ag[name], c);
-        if !(e <= worst.0) {
-            worst = (e, name.clone());
+    // Dropout 0.1, and none: then the projections of one input stack their A matrices into one
+    // product (`proj_group`), on both devices.
+    for (dropout, cpu, gpu_run) in [(0.1, "cpu", "gpu"), (0.0, "cpu-nodrop", "gpu-nodrop")] {
+        smelt_train::run(lora_sft_run(&dir, Device::Cpu, dropout, cpu), None).unwrap();
+        smelt_train::run(lora_sft_run(&dir, d, dropout, gpu_run), None).unwrap();
+        let metrics = |run: &str| losses(&dir.join(run).join("metrics.jsonl"));
+        let (lc, lg) = (metrics(cpu), metrics(gpu_run));
+        println!("dropout {dropout}: losses cpu {lc:?}\n       gpu {lg:?}");
+        assert_eq!(lc.len(), 2);
+        for ((_, a), (_, b)) in lc.iter().zip(&lg) {
+            assert!((a - b).abs() <= 1e-5 * a.abs(), "dropout {dropout}: loss cpu {a} gpu {b}");
         }
+        let read = |run: &str| {
+            smelt_model::io::read_safetensors(&dir.join(run).join("final/adapter_model.safetensors")).unwrap()
+        };
+        let (ac, ag) = (read(cpu), read(gpu_run));
+        assert_eq!(ac.len(), 2 * 7 * 2, "A and B of seven projections in two layers");
+        let mut worst = (0f64, String::new());
+        for (name, c) in &ac {
+            let e = rel(&ag[name], c);
+            if !(e <= worst.0) {
+                worst = (e, name.clone());
+            }
+        }
+        println!("dropout {dropout}: adapter after 2 updates: worst relative difference {:.3e} ({})", worst.0, worst.1);
+        assert!(worst.0 <= 1e-4, "dropout {dropout}: {}: {:e} relative to the CPU's", worst.1, worst.0);
     }
-    println!("adapter after 2 updates: worst relative difference {:.3e} ({})", worst.0, worst.1);
-    assert!(worst.0 <= 1e-4, "{}: {:e} relative to the CPU's", worst.1, worst.0);
 }
 
 /// Under mixed precision the frozen base's matrices are bf16 on the device (no f32 copy); the
