@@ -28,6 +28,19 @@ fn models() -> (Model, Model) {
     (cpu, gpu)
 }
 
+/// One sequence decoded through a `Decoder` (captured or not): the prefill's logits of the first
+/// `prefill` ids, then one step's for each id after them.
+fn decode_logits(m: &Model, ids: &[u32], prefill: usize, capture: bool) -> Vec<Vec<f32>> {
+    let cache = KvCache::new_on(&m.cfg, 1, ids.len(), m.device()).unwrap();
+    let mut dec = Decoder::with_capture(m, cache, capture);
+    let first = Tensor::from_u32(ids[..prefill].to_vec(), &[1, prefill]).unwrap();
+    let mut out = vec![dec.prefill(&first).unwrap().to_vec_f32().unwrap()];
+    for &id in &ids[prefill..] {
+        out.push(dec.step(&Tensor::from_u32(vec![id], &[1, 1]).unwrap()).unwrap().to_vec_f32().unwrap());
+    }
+    out
+}
+
 #[test]
 fn kv_cache_decode_on_gpu_matches_the_cpu_full_forward() {
     let Some(d) = gpu() else { return };
@@ -131,24 +144,7 @@ fn captured_decode_with_an_adapter_equals_uncaptured() {
     let ids: Vec<u32> = (0..prefill + steps).map(|_| r.below(300) as u32).collect();
     for (precision, tol) in [(MatmulPrecision::F32, 1e-10), (MatmulPrecision::Bf16, 1e-3)] {
         cuda::set_matmul_precision(precision);
-        let run = |m: &Model, capture: bool| -> Vec<Vec<f32>> {
-            let cache = KvCache::new_on(&m.cfg, 1, prefill + steps, m.device()).unwrap();
-            let mut dec = Decoder::with_capture(m, cache, capture);
-            let mut out = vec![dec
-                .prefill(&Tensor::from_u32(ids[..prefill].to_vec(), &[1, prefill]).unwrap())
-                .unwrap()
-                .to_vec_f32()
-                .unwrap()];
-            for s in 0..steps {
-                out.push(
-                    dec.step(&Tensor::from_u32(vec![ids[prefill + s]], &[1, 1]).unwrap())
-                        .unwrap()
-                        .to_vec_f32()
-                        .unwrap(),
-                );
-            }
-            out
-        };
+        let run = |m: &Model, capture: bool| decode_logits(m, &ids, prefill, capture);
         let (plain, captured, want) = (run(&gpu_m, false), run(&gpu_m, true), run(&cpu, false));
         for (s, (p, c)) in plain.iter().zip(&captured).enumerate() {
             assert!(p == c, "{precision:?}: step {s} with an adapter differs when captured");
@@ -201,19 +197,9 @@ fn persistent_decode_steps_equal_the_launched_ones() {
         let ids: Vec<u32> = (0..prefill + steps).map(|_| r.below(v) as u32).collect();
         // Captured decoders: the position lives on the device (which the persistent kernel
         // needs); each one's first step runs uncaptured, the rest are replayed.
-        let run = |persist: bool| -> Vec<Vec<f32>> {
+        let run = |persist: bool| {
             set_enabled(Some(persist));
-            let cache = KvCache::new_on(&m.cfg, 1, prefill + steps, d).unwrap();
-            let mut dec = Decoder::with_capture(&m, cache, true);
-            let mut out = vec![dec
-                .prefill(&Tensor::from_u32(ids[..prefill].to_vec(), &[1, prefill]).unwrap())
-                .unwrap()
-                .to_vec_f32()
-                .unwrap()];
-            for s in 0..steps {
-                let next = Tensor::from_u32(vec![ids[prefill + s]], &[1, 1]).unwrap();
-                out.push(dec.step(&next).unwrap().to_vec_f32().unwrap());
-            }
+            let out = decode_logits(&m, &ids, prefill, true);
             set_enabled(None);
             out
         };
