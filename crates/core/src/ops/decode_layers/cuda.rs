@@ -183,7 +183,9 @@ pub(crate) fn decode_layers(
     let tab = crate::ops::rope::cuda::device_table(&gpu, rope, cap)?;
     let pbuf = at.cuda_buf()?;
     pbuf.expect(DType::U32, "decode_layers position")?;
-    let f = gpu.function("decode_layers", SRC, "decode_layers_bf16")?;
+    // Two blocks an SM take the instantiation whose registers allow it.
+    let name = if per_sm() >= 2 { "decode_layers_b2_bf16" } else { "decode_layers_bf16" };
+    let f = gpu.function("decode_layers", SRC, name)?;
     let smem = 2 * c;
     let sms = gpu
         .ctx
@@ -235,7 +237,7 @@ pub(crate) fn decode_layers(
         // Cooperative: the driver starts every block at once or fails the launch, so the grid
         // barriers cannot wait for a block that is not running (SMELT_CUDA_PERSIST_COOP=0: a
         // plain launch, relying on the occupancy count alone).
-        let mut b = cuda::launch::Launch::new(&gpu, &f, "decode_layers_bf16");
+        let mut b = cuda::launch::Launch::new(&gpu, &f, name);
         if std::env::var("SMELT_CUDA_PERSIST_COOP").map_or(true, |v| v != "0") {
             b.cooperative();
         } else {
@@ -250,7 +252,7 @@ pub(crate) fn decode_layers(
         b.arg(&x_out.data).arg(&r_out.data).arg(&state_ptr);
         let cfg =
             LaunchConfig { grid_dim: (sms * per_sm, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: smem as u32 };
-        cuda::launched(unsafe { b.launch(cfg) }, "decode_layers_bf16")?;
+        cuda::launched(unsafe { b.launch(cfg) }, name)?;
     }
     super::LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     drop(keep);
@@ -262,7 +264,8 @@ pub(crate) fn decode_layers(
     Ok(Some((Tensor::from_device_buf(x_out, x0.shape())?, Tensor::from_device_buf(r_out, x0.shape())?)))
 }
 
-/// Blocks an SM (`SMELT_CUDA_PERSIST_BPS`, default 1; fewer if fewer fit).
+/// Blocks an SM (`SMELT_CUDA_PERSIST_BPS`, default 1; 2 takes `decode_layers_b2_bf16`; fewer
+/// if fewer fit).
 fn per_sm() -> u32 {
     static N: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *N.get_or_init(|| std::env::var("SMELT_CUDA_PERSIST_BPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1))

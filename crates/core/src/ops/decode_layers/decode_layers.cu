@@ -236,11 +236,11 @@ __device__ __noinline__ void dl_attention(const DlLayer& ly, const DlBufs& bf, i
 
 // grid: resident blocks only (the host sizes it from the occupancy), MV_THREADS threads,
 // dynamic shared memory 2·C bytes (the normed row).
-extern "C" __global__ void __launch_bounds__(MV_THREADS, 1)
-    decode_layers_bf16(const DlLayer* layers, int L, int C, int H, int KVH, int D, int F, int S, float eps, int wpr,
-                       float scale, int chunk, int splits, int interleaved, const int* pos, const float* cosv,
-                       const float* sinv, const float* x0, const bf16_t* h0, unsigned char* scratch, float* x_out,
-                       bf16_t* r_out, unsigned int* st) {
+#define DL_ARGS                                                                                                  \
+    const DlLayer *layers, int L, int C, int H, int KVH, int D, int F, int S, float eps, int wpr, float scale,  \
+        int chunk, int splits, int interleaved, const int *pos, const float *cosv, const float *sinv,            \
+        const float *x0, const bf16_t *h0, unsigned char *scratch, float *x_out, bf16_t *r_out, unsigned int *st
+__device__ __forceinline__ void decode_layers_body(DL_ARGS) {
     unsigned int bar = 0, nb = gridDim.x;
     const NormIn none{nullptr, nullptr, nullptr, nullptr, 0.f, 0};
     const float* xprev = x0;    // the stream before this layer's add
@@ -312,4 +312,14 @@ extern "C" __global__ void __launch_bounds__(MV_THREADS, 1)
             __threadfence();
         }
     }
+}
+
+#define DL_PASS layers, L, C, H, KVH, D, F, S, eps, wpr, scale, chunk, splits, interleaved, pos, cosv, sinv, x0, h0, \
+                scratch, x_out, r_out, st
+// One block an SM (ptxas: ~250 registers, no spills) ...
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 1) decode_layers_bf16(DL_ARGS) { decode_layers_body(DL_PASS); }
+// ... or two (128 registers, ~150 bytes spilled: twice the warps to keep loads in flight;
+// SMELT_CUDA_PERSIST_BPS=2).
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 2) decode_layers_b2_bf16(DL_ARGS) {
+    decode_layers_body(DL_PASS);
 }
