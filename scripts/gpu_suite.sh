@@ -4,6 +4,11 @@
 #   scripts/gpu_suite.sh build DIR   # here: build with --features cuda, copy what runs into DIR
 #   DIR/gpu_suite.sh run             # there (inside DIR): run everything, print a pass/fail table
 #
+# `build` strips the executables (SMELT_SUITE_STRIP=0 keeps their symbols) and also writes
+# DIR.tgz: the whole folder is ~90 MB, stripped ~68 MB, packed ~28 MB, under the device tool's
+# 64 MiB a call. Carry DIR.tgz and unpack it there first: `tar xzf DIR.tgz -C /tmp && cd /tmp/DIR`
+# (DIR's last component; the tar holds that folder).
+#
 # The GPU machine needs the NVIDIA driver and the CUDA 13 libraries (NVRTC, cuBLASLt) on
 # LD_LIBRARY_PATH (e.g. /usr/local/cuda/lib64), and python3 with PyTorch for the reference
 # benchmark. Logs land in $OUT (or ./out) on that machine. SMELT_SMOLLM2_GGUF, if set there, names
@@ -55,7 +60,14 @@ for line in sys.stdin:
     cp scripts/long_context_check.sh "$dir/long_context_check.sh"  # 1B at T 4096/8192 with --grad-checkpoint vs torch.compile
     cargo build --release --features cuda -p smelt-core --example grid_barrier && cp "${CARGO_TARGET_DIR:-target}/release/examples/grid_barrier" "$dir/"
     cp .cache/inputs/smollm2/hf/tokenizer.json "$dir/tokenizer.json" 2>/dev/null || echo "no SmolLM2 tokenizer.json (scripts/fetch_inputs.sh): persist_check.sh time needs one"
+    if [ "${SMELT_SUITE_STRIP:-1}" != 0 ] && command -v strip >/dev/null; then
+        for f in "$dir"/core_tests "$dir"/gpu_* "$dir"/cli_tests "$dir"/smelt "$dir"/grid_barrier; do
+            [ -f "$f" ] && [ -x "$f" ] && case "$f" in *.sh) ;; *) strip "$f" ;; esac
+        done
+    fi
+    tar -C "$(dirname "$dir")" -czf "$dir.tgz" "$(basename "$dir")"
     ls -la "$dir"
+    echo "packed: $dir.tgz ($(du -h "$dir.tgz" | cut -f1)); on the device: tar xzf $(basename "$dir").tgz -C /tmp && cd /tmp/$(basename "$dir")"
 }
 
 run() {
