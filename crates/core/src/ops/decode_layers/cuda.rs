@@ -63,8 +63,10 @@ fn capturing(gpu: &Gpu) -> bool {
 }
 
 /// The device addresses of the weight `w` as the matvecs read it (its bf16 form), or None if it
-/// is not a dense (out, in) matrix of `k` columns with 16-byte rows.
-fn dense(w: &Tensor, k: usize, keep: &mut Vec<Tensor>) -> Result<Option<(u64, usize)>> {
+/// is not a dense (out, in) matrix of `k` columns with 16-byte rows. An f32 weight's bf16 copy
+/// lives on the weight's buffer (`operand`) for as long as the weight is not written, as the
+/// launched kernels' copies do, so the address stays good for later launches and replays.
+fn dense(w: &Tensor, k: usize) -> Result<Option<(u64, usize)>> {
     if w.shape().len() != 2
         || w.shape()[1] != k
         || !matches!(w.dtype(), DType::F32 | DType::BF16)
@@ -76,7 +78,6 @@ fn dense(w: &Tensor, k: usize, keep: &mut Vec<Tensor>) -> Result<Option<(u64, us
     let b = operand(w, op, true, "decode_layers weight")?;
     let p = b.cuda_buf()?.ptr();
     let m = w.shape()[0];
-    keep.push(b);
     Ok((p % 16 == 0).then_some((p, m)))
 }
 
@@ -123,14 +124,13 @@ pub(crate) fn decode_layers(
         return Ok(None);
     }
     // The layer table: 14 addresses, then 8 ints (decode_layers.cu's DlLayer).
-    let mut keep = Vec::new();
     let mut table: Vec<u8> = Vec::with_capacity(layers.len() * 144);
     for ly in layers.iter_mut() {
         let mut ptrs = [0u64; 14];
         let mut ints = [0i32; 8];
         let mut ms = [0usize; 3];
         for (j, (w, b)) in ly.qkv.iter().enumerate() {
-            let Some((p, m)) = dense(w, c, &mut keep)? else { return Ok(None) };
+            let Some((p, m)) = dense(w, c)? else { return Ok(None) };
             ptrs[j] = p;
             ms[j] = m;
             ints[j] = m as i32;
@@ -144,10 +144,10 @@ pub(crate) fn decode_layers(
         if ms[0] != h * d || ms[1] != kvh * d || ms[2] != kvh * d {
             return Ok(None);
         }
-        let Some((wo, mo)) = dense(ly.o, h * d, &mut keep)? else { return Ok(None) };
-        let Some((wg, mg)) = dense(ly.gate, c, &mut keep)? else { return Ok(None) };
-        let Some((wu, mu)) = dense(ly.up, c, &mut keep)? else { return Ok(None) };
-        let Some((wd, md)) = dense(ly.down, f_dim, &mut keep)? else { return Ok(None) };
+        let Some((wo, mo)) = dense(ly.o, h * d)? else { return Ok(None) };
+        let Some((wg, mg)) = dense(ly.gate, c)? else { return Ok(None) };
+        let Some((wu, mu)) = dense(ly.up, c)? else { return Ok(None) };
+        let Some((wd, md)) = dense(ly.down, f_dim)? else { return Ok(None) };
         if mo != c || mg != f_dim || mu != f_dim || md != c {
             return Ok(None);
         }
@@ -255,7 +255,6 @@ pub(crate) fn decode_layers(
         cuda::launched(unsafe { b.launch(cfg) }, name)?;
     }
     super::LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    drop(keep);
     // Uncaptured, a barrier that timed out is reported at once; a captured step's is found by the
     // next `check` (the decoder's next prefill), since nothing can be read back inside a graph.
     if !capturing(&gpu) {

@@ -434,17 +434,10 @@ pub fn linear_backward_acc_dx(
     }
     let kern = backend::on("linear_backward", [x, w, dy])?;
     // A sum held elsewhere (a seed on the host) is added as add_assign adds across devices.
-    if let Some(slot) = dx {
-        if slot.as_ref().is_some_and(|d| d.device() != x.device()) {
-            let (d, dw, db) = kern.linear_backward(x, w, dy, n, k, m, true, has_bias)?;
-            if let Some(d) = d {
-                add_into(slot, d)?;
-            }
-            return Ok((dw, db));
-        }
-        return kern.linear_backward_acc_dx(x, w, dy, n, k, m, has_bias, Some(slot));
+    if dx.as_deref().is_some_and(|slot| slot.as_ref().is_some_and(|d| d.device() != x.device())) {
+        return backward_adding_dx(kern, x, w, dy, n, k, m, has_bias, dx);
     }
-    kern.linear_backward_acc_dx(x, w, dy, n, k, m, has_bias, None)
+    kern.linear_backward_acc_dx(x, w, dy, n, k, m, has_bias, dx)
 }
 
 /// The backward of `linear` without a bias, accumulating dW: `dw` += dyᵀ·x (set when None;
