@@ -67,6 +67,9 @@ pub struct Graph {
     /// The gradient the next `linear_cross_entropy` will receive in the backward, when the
     /// caller knows it before the forward (`expect_loss_gradient`).
     loss_seed: Option<f32>,
+    /// The scored-target count of the next `linear_cross_entropy`, for targets on a device
+    /// (`expect_scored`).
+    scored: Option<usize>,
 }
 
 /// Called with the weight and the input of every `linear` a graph runs (see `on_linear`).
@@ -103,11 +106,11 @@ impl Graph {
     /// arithmetic (`is_recording`: the model's flash-style attention, not llama.cpp's):
     /// validation loss and a checkpointed block's forward run that way.
     pub fn training() -> Self {
-        Graph { record: true, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None, loss_seed: None }
+        Graph { record: true, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None, loss_seed: None, scored: None }
     }
     /// A graph that records nothing.
     pub fn inference() -> Self {
-        Graph { record: false, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None, loss_seed: None }
+        Graph { record: false, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None, loss_seed: None, scored: None }
     }
     /// An inference graph that keeps every intermediate the model names (see `name`).
     pub fn tracing() -> Self {
@@ -122,6 +125,15 @@ impl Graph {
     /// still gets the right one: the op recomputes then.
     pub fn expect_loss_gradient(&mut self, seed: f32) {
         self.loss_seed = Some(seed);
+    }
+    /// Says how many targets of the next `linear_cross_entropy` are scored (not `IGNORE`). A
+    /// caller whose targets are already on the device (a captured training step, whose batch
+    /// lives in a device buffer) must say it, counted on the host from the batch it wrote:
+    /// the op would otherwise read the targets back (a wait a captured step cannot hold) for
+    /// the count, and it leaves the range check of device targets to that caller. With host
+    /// targets the op counts them itself and checks the two agree.
+    pub fn expect_scored(&mut self, count: usize) {
+        self.scored = Some(count);
     }
     /// Files `v` under a name (llama.cpp's: `attn_norm-3`) when tracing; otherwise nothing.
     pub fn name(&mut self, v: &Var, name: impl FnOnce() -> String) {
@@ -543,10 +555,27 @@ impl Graph {
             bail!("linear_cross_entropy: {} targets for {n} rows", targets.numel());
         }
         let targets = targets.reshape(&[n])?;
-        if let Some(&t) = targets.as_u32()?.iter().find(|&&t| t != ops::cross_entropy::IGNORE && t as usize >= v) {
-            bail!("linear_cross_entropy: target {t} out of range for vocabulary {v}");
-        }
-        let count = ops::cross_entropy::count_scored(&targets)?;
+        let announced = self.scored.take();
+        let count = match targets.device().is_cpu() {
+            true => {
+                if let Some(&t) =
+                    targets.as_u32()?.iter().find(|&&t| t != ops::cross_entropy::IGNORE && t as usize >= v)
+                {
+                    bail!("linear_cross_entropy: target {t} out of range for vocabulary {v}");
+                }
+                let count = ops::cross_entropy::count_scored(&targets)?;
+                if announced.is_some_and(|a| a != count) {
+                    bail!("linear_cross_entropy: {count} scored targets, {announced:?} announced");
+                }
+                count
+            }
+            false => announced.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "linear_cross_entropy: targets on {} need their scored count announced (Graph::expect_scored)",
+                    targets.device()
+                )
+            })?,
+        };
         let (rc, vc) = (rows.clamp(1, n.max(1)), vocab.clamp(1, v.max(1)));
         let device = h.t.device();
         let targets = targets.to_device(device)?; // uploaded once, read by every chunk

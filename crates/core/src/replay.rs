@@ -15,9 +15,12 @@ use anyhow::Result;
 
 /// A captured step (see the module docs). `None` from `capture` on the CPU.
 pub struct Replay {
-    // Dropped in this order: the graph, then the arena its kernels' pointers point into.
+    // Dropped in this order: the graph, then the page-locked constants its copies read and the
+    // arena its kernels' pointers point into.
     #[cfg(feature = "cuda")]
     graph: cudarc::driver::CudaGraph,
+    #[cfg(feature = "cuda")]
+    _pinned: Vec<crate::cuda::capture::Pinned>,
     #[cfg(feature = "cuda")]
     _arena: Option<crate::cuda::DeviceBuf>,
 }
@@ -51,6 +54,17 @@ impl Replay {
         }
     }
 
+    /// `measure`, and how many lasting allocations `f` made (a weight's first bf16 copy, a
+    /// table kept for later steps): a step to capture must make none, or its replays would
+    /// depend on memory the graph does not own. 0 on the CPU.
+    pub fn measure_steady<R>(device: Device, f: impl FnOnce() -> R) -> (R, usize, usize) {
+        match device {
+            Device::Cpu => (f(), 0, 0),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => crate::cuda::arena::count_steady(n, f),
+        }
+    }
+
     /// Runs the captured step once more (queued on the stream; nothing waits).
     pub fn launch(&self) -> Result<()> {
         #[cfg(feature = "cuda")]
@@ -76,19 +90,21 @@ fn capture_cuda(ordinal: usize, arena: usize, f: impl FnOnce() -> Result<()>) ->
     stream
         .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .map_err(|e| anyhow!("cuda:{ordinal}: cannot start a capture: {e:?}"))?;
-    let body = match &arena {
+    // Host copies to this GPU are refused inside (`cuda::capture`), except the constants
+    // staged in page-locked memory that the graph keeps.
+    let (body, pinned) = crate::cuda::capture::during(ordinal, || match &arena {
         // SAFETY: the arena is this GPU's, 256-byte aligned (a driver allocation), used by
         // nothing else, and kept with the graph (dropped after it).
         Some(a) => unsafe { crate::cuda::arena::bump(ordinal, a.ptr(), 4 * a.len, f) }.0,
         None => f(),
-    };
+    });
     // End the capture whatever happened, so the stream is usable again.
     let ended = stream.end_capture(sys::CUgraphInstantiate_flags(0));
     body.context("capturing a step")?;
     match ended {
         Ok(Some(graph)) => {
             graph.upload().map_err(|e| anyhow!("cuda:{ordinal}: uploading a captured step: {e:?}"))?;
-            Ok(Replay { graph, _arena: arena })
+            Ok(Replay { graph, _pinned: pinned, _arena: arena })
         }
         Ok(None) => bail!("cuda:{ordinal}: the captured step launched nothing"),
         Err(e) => {

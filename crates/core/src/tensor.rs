@@ -487,6 +487,7 @@ impl Tensor {
         #[cfg(feature = "cuda")]
         if let Storage::Cuda(_) = &*self.storage {
             if host_to_device {
+                crate::cuda::capture::refuse(self.cuda_buf()?.gpu.ordinal, "write_at from a host tensor")?;
                 let size = self.dtype().size_in_bytes();
                 let bytes = src.to_le_bytes()?;
                 let d = self.cuda_buf_mut()?;
@@ -546,6 +547,22 @@ impl Tensor {
     /// The device buffer for writing in place; copied first if shared with another tensor.
     /// Drops any cached bf16 copy, which the write would make stale.
     pub fn cuda_buf_mut(&mut self) -> Result<&mut crate::cuda::DeviceBuf> {
+        // A shared buffer is copied before the write (`Arc::make_mut`). Inside a captured step a
+        // copy of a tensor made before the capture would take the write at every replay while
+        // the tensor itself (a weight, a moment) never changed: refused.
+        if Arc::strong_count(&self.storage) > 1 {
+            if let Storage::Cuda(b) = &*self.storage {
+                if b.outlives_capture() {
+                    bail!(
+                        "cuda:{}: a {:?} tensor {:?} made before a captured step is shared when the step writes it \
+                         (its copy, not it, would be written at every replay); drop the other reference first",
+                        b.gpu.ordinal,
+                        b.dtype,
+                        self.shape
+                    );
+                }
+            }
+        }
         match Arc::make_mut(&mut self.storage) {
             Storage::Cuda(b) => {
                 b.bf16_shadow = std::sync::OnceLock::new();

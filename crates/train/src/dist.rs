@@ -168,7 +168,7 @@ impl DataParallel {
         }
         let a = opt.adamw;
         let cut = |ts: Vec<Tensor>| ts.iter().map(|t| self.piece(t)).collect::<Result<Vec<_>>>();
-        Ok(Optimizer::from_adamw(AdamWState { m: cut(a.m)?, v: cut(a.v)?, t: a.t }))
+        Ok(Optimizer::from_adamw(AdamWState { m: cut(a.m)?, v: cut(a.v)?, t: a.t, scalars: None }))
     }
 
     /// The whole AdamW state for `params`, gathered from every rank's pieces: every rank takes
@@ -199,7 +199,7 @@ impl DataParallel {
                 .collect()
         };
         let (m, v) = (whole(&a.m)?, whole(&a.v)?);
-        Ok(self.is_lead().then(|| Optimizer::from_adamw(AdamWState { m, v, t: a.t })))
+        Ok(self.is_lead().then(|| Optimizer::from_adamw(AdamWState { m, v, t: a.t, scalars: None })))
     }
 
     /// Adds the f64 values of `t` (`smelt_core::dist::f64_words`) over the ranks.
@@ -295,7 +295,7 @@ mod tests {
                     let dp = DataParallel::new(Arc::new(g), DType::F32, 1 << 20);
                     assert!(dp.zero(), "on by default with more than one rank");
                     let params: Vec<Tensor> = (0..sizes.len()).map(|i| whole(i).unwrap()).collect();
-                    let mut opt = Optimizer::from_adamw(AdamWState { m: params.clone(), v: params.clone(), t: 5 });
+                    let mut opt = Optimizer::from_adamw(AdamWState { m: params.clone(), v: params.clone(), t: 5, scalars: None });
                     opt = dp.shard_optimizer(opt).unwrap();
                     let held: usize = opt.adamw.m.iter().map(Tensor::numel).sum();
                     assert_eq!(held, sizes.iter().map(|&n| n.div_ceil(3)).sum::<usize>());

@@ -1,6 +1,7 @@
 //! smelt-train: the optimizers, schedules, the training loop (pretraining, SFT, distillation and
 //! DPO) and checkpoints.
 
+pub mod captured;
 pub mod checkpoint;
 pub mod dist;
 pub mod distill;

@@ -347,6 +347,11 @@ pub struct Layout {
     /// whole micro-batches'. 0: this rank's part is empty (it computes a stand-in row that
     /// counts for nothing). `None`: 1 each.
     pub scale: Option<Vec<f64>>,
+    /// One per micro-batch: its count of scored targets (not `IGNORE`), announced to the loss
+    /// (`Graph::expect_scored`). Needed when the targets are already on the device (a captured
+    /// step, `crate::captured`), which the loss cannot count without a wait; `None`: counted
+    /// from the host targets.
+    pub scored: Option<Vec<usize>>,
 }
 
 impl Layout {
@@ -386,7 +391,12 @@ pub fn step(
     clip: f64,
     grad_checkpoint: bool,
 ) -> Result<StepOutcome> {
-    let state = AdamWState { m: std::mem::take(&mut opt.m), v: std::mem::take(&mut opt.v), t: opt.t };
+    let state = AdamWState {
+        m: std::mem::take(&mut opt.m),
+        v: std::mem::take(&mut opt.v),
+        t: opt.t,
+        scalars: opt.scalars.take(),
+    };
     let mut o = Optimizer::from_adamw(state);
     let out =
         step_with(model, &mut o, &Hyper { adamw: *hp, muon: None }, micro, &Layout::default(), clip, grad_checkpoint);
@@ -457,7 +467,39 @@ fn update(
     clip: f64,
     dp: Option<&DataParallel>,
 ) -> Result<StepOutcome> {
-    // Summed where the losses are, only for the skip flag; the mean is taken on the host below.
+    let gnorm = queue_update(model, opt, hp, grads, losses, clip, dp)?;
+    // The one wait of the step: everything above is queued; read the losses and the norm.
+    let loss = update_loss(losses, layout)?;
+    let (norm, _, skipped) = gnorm.read()?;
+    let params_finite = skipped || adamw::params_finite(model.trainable(), &gnorm)?;
+    Ok(outcome(opt, loss, norm, skipped, params_finite))
+}
+
+/// What an update's read-back numbers say: the step count is taken back when the device
+/// skipped the update (loss or norm not finite), whose norm is then reported as NaN with a
+/// non-finite loss.
+pub(crate) fn outcome(opt: &mut Optimizer, loss: f64, norm: f64, skipped: bool, params_finite: bool) -> StepOutcome {
+    if skipped {
+        // The update was skipped on the device; keep the step count in step with it.
+        opt.undo_count();
+        let grad_norm = if loss.is_finite() { norm } else { f64::NAN };
+        return StepOutcome { loss, grad_norm, params_finite: true, dpo: None };
+    }
+    StepOutcome { loss, grad_norm: norm, params_finite, dpo: None }
+}
+
+/// `update` up to its wait: the norm, the clip and skip state and the optimizer step, queued
+/// where the gradients are; returns the norm's state (read it after the update).
+pub(crate) fn queue_update(
+    model: &mut Model,
+    opt: &mut Optimizer,
+    hp: &Hyper,
+    grads: Vec<Tensor>,
+    losses: &[Tensor],
+    clip: f64,
+    dp: Option<&DataParallel>,
+) -> Result<adamw::GradNorm> {
+    // Summed where the losses are, only for the skip flag; the mean is taken on the host.
     let mut loss_sum = losses[0].clone();
     for l in &losses[1..] {
         loss_sum = elementwise::add(&loss_sum, l)?;
@@ -473,21 +515,7 @@ fn update(
         Some(dp) => dp.zero_step(opt, hp, model.trainable_mut(), &grads, &decay, &mut gnorm),
         None => opt.step(hp, model.trainable_mut(), &grads, &decay, Some(&gnorm)),
     })?;
-    // The one wait of the step: everything above is queued; read the losses and the norm.
-    let loss = update_loss(losses, layout)?;
-    let (norm, _, skipped) = gnorm.read()?;
-    if skipped {
-        // The update was skipped on the device; keep the step count in step with it.
-        opt.undo_count();
-        return Ok(StepOutcome {
-            loss,
-            grad_norm: if loss.is_finite() { norm } else { f64::NAN },
-            params_finite: true,
-            dpo: None,
-        });
-    }
-    let params_finite = adamw::params_finite(model.trainable(), &gnorm)?;
-    Ok(StepOutcome { loss, grad_norm: norm, params_finite, dpo: None })
+    Ok(gnorm)
 }
 
 /// The loss and parameter gradients (in parameter order) one update of `step_with` would use,
@@ -509,12 +537,18 @@ pub fn gradients_and_stats(
 
 /// The update's loss from its micro-batches' (read from the device): their weighted sum.
 fn update_loss(losses: &[Tensor], layout: &Layout) -> Result<f64> {
+    let values = losses.iter().map(|l| Ok(l.to_vec_f32()?[0])).collect::<Result<Vec<f32>>>()?;
+    Ok(weighted_loss(&values, layout))
+}
+
+/// Σ w_m · loss_m over the micro-batches (w from `layout`, else 1/n each), in order.
+pub(crate) fn weighted_loss(losses: &[f32], layout: &Layout) -> f64 {
     let mut loss = 0f64;
-    for (m, l) in losses.iter().enumerate() {
+    for (m, &l) in losses.iter().enumerate() {
         let w = layout.weights.as_ref().map_or(1.0 / losses.len() as f64, |w| w[m]);
-        loss += w * l.to_vec_f32()?[0] as f64;
+        loss += w * l as f64;
     }
-    Ok(loss)
+    loss
 }
 
 /// Forward and backward over each micro-batch on whatever device the model is on. Returns the
@@ -554,7 +588,7 @@ fn loss_in_forward() -> bool {
     *ENV.get_or_init(|| std::env::var("SMELT_LOSS_IN_FORWARD").map_or(true, |v| v != "0"))
 }
 
-fn backward_mean(
+pub(crate) fn backward_mean(
     model: &Model,
     micro: &[(Tensor, Tensor)],
     layout: &Layout,
@@ -597,6 +631,9 @@ fn backward_mean(
                 // (see `loss_in_forward`; the same numbers either way).
                 if loss_in_forward() {
                     g.expect_loss_gradient(seed_value);
+                }
+                if let Some(c) = layout.scored.as_ref().and_then(|s| s.get(m)) {
+                    g.expect_scored(*c);
                 }
                 model.loss_packed(&mut g, &p, x, y, seg, grad_checkpoint)?
             }

@@ -43,6 +43,9 @@ struct Active {
     /// A serial number, so that a piece freed after its arena ended is not given back to
     /// another.
     id: u64,
+    /// Allocations made with the arena paused (`uncounted`: lasting ones, such as a weight's
+    /// first bf16 copy). A step that makes none has reached its steady state.
+    lasting: usize,
 }
 
 thread_local! {
@@ -75,18 +78,27 @@ impl Drop for Restore {
     }
 }
 
-fn run<R>(kind: Kind, ordinal: usize, size: usize, f: impl FnOnce() -> R) -> (R, usize) {
+/// (what `f` returns, the high-water mark, the lasting allocations).
+fn run<R>(kind: Kind, ordinal: usize, size: usize, f: impl FnOnce() -> R) -> (R, usize, usize) {
     let id = NEXT_ID.with(|n| n.replace(n.get() + 1));
-    let prev = ACTIVE.with(|a| a.borrow_mut().replace(Active { kind, ordinal, size, top: 0, free: Vec::new(), id }));
+    let prev = ACTIVE
+        .with(|a| a.borrow_mut().replace(Active { kind, ordinal, size, top: 0, free: Vec::new(), id, lasting: 0 }));
     let restore = Restore(prev);
     let r = f();
-    let top = ACTIVE.with(|a| a.borrow().as_ref().map_or(0, |a| a.top));
+    let (top, lasting) = ACTIVE.with(|a| a.borrow().as_ref().map_or((0, 0), |a| (a.top, a.lasting)));
     drop(restore);
-    (r, top)
+    (r, top, lasting)
 }
 
 /// Runs `f` counting what an arena for its allocations on GPU `ordinal` needs (bytes).
 pub(crate) fn count<R>(ordinal: usize, f: impl FnOnce() -> R) -> (R, usize) {
+    let (r, top, _) = run(Kind::Count, ordinal, usize::MAX, f);
+    (r, top)
+}
+
+/// `count`, and how many lasting allocations (`uncounted`) `f` made on that GPU: 0 once a
+/// step's first-run work (kernel loads, weights' bf16 copies) is behind it.
+pub(crate) fn count_steady<R>(ordinal: usize, f: impl FnOnce() -> R) -> (R, usize, usize) {
     run(Kind::Count, ordinal, usize::MAX, f)
 }
 
@@ -99,7 +111,8 @@ pub(crate) fn count<R>(ordinal: usize, f: impl FnOnce() -> R) -> (R, usize) {
 /// else uses meanwhile.
 pub(crate) unsafe fn bump<R>(ordinal: usize, base: u64, size: usize, f: impl FnOnce() -> R) -> (R, usize) {
     debug_assert_eq!(base % ALIGN as u64, 0, "arena base not {ALIGN}-byte aligned");
-    run(Kind::Bump { base }, ordinal, size, f)
+    let (r, top, _) = run(Kind::Bump { base }, ordinal, size, f);
+    (r, top)
 }
 
 /// Runs `f` with the arena out of the way: its allocations are neither counted nor taken.
@@ -118,6 +131,11 @@ pub(crate) fn uncounted<R>(f: impl FnOnce() -> R) -> R {
 /// is active (or it is paused or full); else a place in it, with a pointer in bump mode.
 pub(crate) fn take(ordinal: usize, bytes: usize) -> Option<Taken> {
     if PAUSED.with(|p| p.get()) {
+        ACTIVE.with(|a| {
+            if let Some(a) = a.borrow_mut().as_mut().filter(|a| a.ordinal == ordinal) {
+                a.lasting += 1;
+            }
+        });
         return None;
     }
     ACTIVE.with(|a| {
@@ -181,6 +199,12 @@ mod tests {
             take(0, 257)
         });
         assert_eq!(n, 256 + 512, "the high-water mark of GPU 0's, not the paused one's");
+        let (_, _, lasting) = count_steady(0, || {
+            uncounted(|| take(0, 64));
+            take(1, 64);
+            take(0, 64)
+        });
+        assert_eq!(lasting, 1, "GPU 0's one paused allocation");
     }
 
     #[test]

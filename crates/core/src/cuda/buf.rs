@@ -19,6 +19,9 @@ pub struct DeviceBuf {
     /// Its place in a capture arena (`super::arena`), if it has one: with a pointer, the memory
     /// is the arena's piece (leaked, never freed, here); without, only counted.
     arena: Option<super::arena::Taken>,
+    /// Allocated while a step was being captured on this thread (`super::capture`): the step's
+    /// own, which it may copy before writing.
+    captured: bool,
     /// A bf16 copy of this f32 buffer, made by the first bf16 matmul that reads it as a weight
     /// and reused until the buffer is written (`Tensor::cuda_buf_mut` drops it). Never set on
     /// a bf16 buffer (a copy of itself would keep it alive forever).
@@ -110,6 +113,7 @@ impl Clone for DeviceBuf {
             len: self.len,
             data: DevSlice(ManuallyDrop::new((*self.data).clone())),
             arena: None,
+            captured: super::capture::active(self.gpu.ordinal),
             bf16_shadow: OnceLock::new(),
         }
     }
@@ -134,6 +138,7 @@ impl DeviceBuf {
             len,
             data: DevSlice(ManuallyDrop::new(data)),
             arena,
+            captured: super::capture::active(gpu.ordinal),
             bf16_shadow: OnceLock::new(),
         };
         if super::poison() {
@@ -159,6 +164,7 @@ impl DeviceBuf {
         if bytes.len() != len * dtype.size_in_bytes() {
             bail!("{} bytes for {len} elements of {dtype:?}", bytes.len());
         }
+        super::capture::refuse(gpu.ordinal, &format!("a copy of {len} {dtype:?} from the host"))?;
         let data = gpu.stream.clone_htod(bytes).map_err(|e| anyhow!("copy to {gpu:?}: {e:?}"))?;
         track(data.len());
         Ok(DeviceBuf {
@@ -167,8 +173,24 @@ impl DeviceBuf {
             len,
             data: DevSlice(ManuallyDrop::new(data)),
             arena: None,
+            captured: false,
             bf16_shadow: OnceLock::new(),
         })
+    }
+
+    /// `from_bytes` for bytes that are the same at every replay of a captured step (device
+    /// addresses and sizes, never a batch's data): inside a capture they are staged in
+    /// page-locked memory the graph keeps (`capture::stage`); elsewhere a plain upload.
+    pub fn constant(gpu: &Arc<Gpu>, dtype: DType, len: usize, bytes: &[u8]) -> Result<Self> {
+        if bytes.len() != len * dtype.size_in_bytes() {
+            bail!("{} bytes for {len} elements of {dtype:?}", bytes.len());
+        }
+        if !super::capture::active(gpu.ordinal) {
+            return Self::from_bytes(gpu, dtype, len, bytes);
+        }
+        let b = Self::alloc(gpu, dtype, len)?;
+        super::capture::stage(gpu.ordinal, bytes, b.ptr(), &gpu.stream).unwrap_or(Ok(()))?;
+        Ok(b)
     }
 
     /// A device-to-device copy (the fallible form of `clone`).
@@ -180,6 +202,7 @@ impl DeviceBuf {
 
     /// Copies the buffer back (waits for the stream).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        super::capture::refuse(self.gpu.ordinal, &format!("a copy of {} {:?} to the host", self.len, self.dtype))?;
         let mut v = self.gpu.stream.clone_dtoh(&*self.data).map_err(|e| anyhow!("copy from {:?}: {e:?}", self.gpu))?;
         v.truncate(self.len * self.dtype.size_in_bytes());
         Ok(v)
@@ -194,6 +217,12 @@ impl DeviceBuf {
     pub fn view_mut(&mut self, start: usize, n: usize) -> CudaViewMut<'_, u8> {
         let s = self.dtype.size_in_bytes();
         self.data.slice_mut(start * s..(start + n) * s)
+    }
+
+    /// Whether this buffer was allocated before the capture running on this thread (a weight,
+    /// a moment, an input buffer): see `Tensor::cuda_buf_mut`.
+    pub(crate) fn outlives_capture(&self) -> bool {
+        !self.captured && super::capture::active(self.gpu.ordinal)
     }
 
     /// The raw device address (for cuBLASLt and pointer tables).

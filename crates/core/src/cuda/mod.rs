@@ -12,6 +12,7 @@
 pub mod arena;
 pub mod blas;
 mod buf;
+pub mod capture;
 pub mod compile;
 pub mod launch;
 pub mod nccl;
@@ -154,6 +155,7 @@ impl Gpu {
 
     /// Waits until every queued launch and copy has finished (tests, benchmarks).
     pub fn synchronize(&self) -> Result<()> {
+        capture::refuse(self.ordinal, "waiting for the GPU")?;
         self.stream.synchronize().map_err(|e| anyhow!("{self:?}: {e:?}"))
     }
 }

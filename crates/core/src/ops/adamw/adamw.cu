@@ -90,9 +90,17 @@ extern "C" __global__ void norm_from_sumsq(const double* sumsq, float* gstate, d
     write_norm_state(sumsq[0], gstate, max_norm, loss);
 }
 
-extern "C" __global__ void adamw_multi_f32(const long long* meta, int nt, float* gstate,
+// `scalars` (when not null: a captured step, whose arguments are frozen) holds this update's
+// [decay_factor, step_size, bc2_sqrt], written by the host before each replay; else the
+// arguments are used.
+extern "C" __global__ void adamw_multi_f32(const long long* meta, int nt, float* gstate, const float* scalars,
                                            float decay_factor, float b1, float b2, float step_size, float bc2_sqrt,
                                            float eps) {
+    if (scalars) {
+        decay_factor = scalars[0];
+        step_size = scalars[1];
+        bc2_sqrt = scalars[2];
+    }
     float gscale = 1.f;
     if (gstate) {
         if (gstate[2] != 0.f) return;

@@ -15,9 +15,11 @@ pub(crate) const SRC: &str = include_str!("adamw.cu");
 
 const CHUNK: usize = 4096;
 
+/// The table holds addresses and sizes only, the same at every replay of a captured step (the
+/// step's gradients come from its arena at the same places each time): a constant upload.
 fn upload(gpu: &Arc<Gpu>, v: &[i64]) -> Result<DeviceBuf> {
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-    DeviceBuf::from_bytes(gpu, DType::I32, v.len() * 2, &bytes)
+    DeviceBuf::constant(gpu, DType::I32, v.len() * 2, &bytes)
 }
 
 /// (meta, number of tensors, number of blocks) for tensors given as [p, g, m, v, bf16 copy of p]
@@ -129,6 +131,22 @@ pub fn adamw_multi(
     v: &mut [Tensor],
     gstate: Option<&Tensor>,
 ) -> Result<()> {
+    adamw_multi_at(o, super::Step::Count(step), decay, params, grads, m, v, gstate)
+}
+
+/// `adamw_multi` with the step's scalars computed here (`Step::Count`) or read by the kernel
+/// from a device tensor (`Step::Scalars`: a captured step).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_multi_at(
+    o: &AdamW,
+    step: super::Step<'_>,
+    decay: &[bool],
+    params: &mut [Tensor],
+    grads: &[Tensor],
+    m: &mut [Tensor],
+    v: &mut [Tensor],
+    gstate: Option<&Tensor>,
+) -> Result<()> {
     let n = params.len();
     if grads.len() != n || m.len() != n || v.len() != n || decay.len() != n {
         bail!(
@@ -182,10 +200,11 @@ pub fn adamw_multi(
     if nb == 0 {
         return Ok(());
     }
-    let bc1 = 1.0 - o.beta1.powi(step as i32);
-    let bc2_sqrt = ((1.0 - o.beta2.powi(step as i32)).sqrt()) as f32;
-    let step_size = (o.lr / bc1) as f32;
-    let decay_factor = (1.0 - o.lr * o.weight_decay) as f32;
+    // Host scalars are used when `scalars` is null (Step::Count); else the kernel reads them.
+    let [decay_factor, step_size, bc2_sqrt] = match step {
+        super::Step::Count(t) => super::step_scalars(o, t),
+        super::Step::Scalars(_) => [0.0; 3],
+    };
     let (b1, b2, eps, null) = (o.beta1 as f32, o.beta2 as f32, o.eps as f32, 0u64);
     let f = gpu.function("adamw", SRC, "adamw_multi_f32")?;
     let mut l = gpu.stream.launch_builder(&f);
@@ -193,6 +212,16 @@ pub fn adamw_multi(
     match gstate {
         Some(t) => l.arg(&cuda::f32_bufs([t], "adamw clip state")?[0].data),
         None => l.arg(&null),
+    };
+    match step {
+        super::Step::Scalars(t) => {
+            let [b] = cuda::f32_bufs([t], "adamw step scalars")?;
+            if b.len != 3 {
+                bail!("adamw: {} step scalars, expected 3", b.len);
+            }
+            l.arg(&b.data)
+        }
+        super::Step::Count(_) => l.arg(&null),
     };
     l.arg(&decay_factor).arg(&b1).arg(&b2).arg(&step_size).arg(&bc2_sqrt).arg(&eps);
     let cfg = LaunchConfig { grid_dim: (nb as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
@@ -219,7 +248,7 @@ impl super::OptimKernels for crate::backend::Cuda {
     fn adamw(
         &self,
         o: &AdamW,
-        step: u64,
+        step: super::Step<'_>,
         decay: &[bool],
         params: &mut [Tensor],
         grads: &[Tensor],
@@ -227,7 +256,7 @@ impl super::OptimKernels for crate::backend::Cuda {
         v: &mut [Tensor],
         norm: Option<&super::GradNorm>,
     ) -> Result<()> {
-        adamw_multi(o, step, decay, params, grads, m, v, norm.map(|n| &n.state))
+        adamw_multi_at(o, step, decay, params, grads, m, v, norm.map(|n| &n.state))
     }
     /// Slot 3 of the norm state: raised by `adamw_multi_f32` when an updated value is not finite
     /// (the step's one host copy of the state, shared with `GradNorm::read`).

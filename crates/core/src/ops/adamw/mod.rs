@@ -43,11 +43,38 @@ pub fn adamw_update_clipped<F: Float>(
     m: &mut [F],
     v: &mut [F],
 ) {
-    let (b1, b2) = (F::from_f64(o.beta1), F::from_f64(o.beta2));
+    let [decay, step_size, bc2_sqrt] = step_scalars_f64(o, step);
+    adamw_update_scaled(o, [decay, step_size, bc2_sqrt].map(F::from_f64), wd, p, g, coef, m, v)
+}
+
+/// The numbers of update number `step` (from 1) that change from step to step:
+/// [1 − lr·weight_decay, lr / (1 − β1^step), √(1 − β2^step)].
+fn step_scalars_f64(o: &AdamW, step: u64) -> [f64; 3] {
     let bc1 = 1.0 - o.beta1.powi(step as i32);
-    let bc2_sqrt = F::from_f64((1.0 - o.beta2.powi(step as i32)).sqrt());
-    let step_size = F::from_f64(o.lr / bc1);
-    let decay = F::from_f64(if wd { 1.0 - o.lr * o.weight_decay } else { 1.0 });
+    [1.0 - o.lr * o.weight_decay, o.lr / bc1, (1.0 - o.beta2.powi(step as i32)).sqrt()]
+}
+
+/// `step_scalars_f64` rounded to f32, as both backends' f32 updates use them: what a caller
+/// writes into `AdamWState::scalars` before each step (a captured step's learning rate and bias
+/// corrections, read on the device instead of frozen into the graph).
+pub fn step_scalars(o: &AdamW, step: u64) -> [f32; 3] {
+    step_scalars_f64(o, step).map(|x| x as f32)
+}
+
+/// `adamw_update_clipped` with the step's scalars given ([decay factor, step size, √bc2]).
+#[allow(clippy::too_many_arguments)]
+fn adamw_update_scaled<F: Float>(
+    o: &AdamW,
+    [decay_factor, step_size, bc2_sqrt]: [F; 3],
+    wd: bool,
+    p: &mut [F],
+    g: &[F],
+    coef: F,
+    m: &mut [F],
+    v: &mut [F],
+) {
+    let (b1, b2) = (F::from_f64(o.beta1), F::from_f64(o.beta2));
+    let decay = if wd { decay_factor } else { F::ONE };
     let eps = F::from_f64(o.eps);
     p.par_chunks_mut(CHUNK)
         .zip(m.par_chunks_mut(CHUNK))
@@ -128,7 +155,7 @@ pub trait OptimKernels {
     fn adamw(
         &self,
         o: &AdamW,
-        step: u64,
+        step: Step<'_>,
         decay: &[bool],
         params: &mut [Tensor],
         grads: &[Tensor],
@@ -176,7 +203,7 @@ impl OptimKernels for Cpu {
     fn adamw(
         &self,
         o: &AdamW,
-        step: u64,
+        step: Step<'_>,
         decay: &[bool],
         params: &mut [Tensor],
         grads: &[Tensor],
@@ -184,6 +211,13 @@ impl OptimKernels for Cpu {
         v: &mut [Tensor],
         norm: Option<&GradNorm>,
     ) -> Result<()> {
+        let scalars = match step {
+            Step::Count(t) => step_scalars(o, t),
+            Step::Scalars(t) => match t.as_f32()? {
+                &[a, b, c] => [a, b, c],
+                other => bail!("adamw: {} step scalars, expected 3", other.len()),
+            },
+        };
         let (coef, skip) = match norm {
             Some(n) => {
                 let st = n.state.as_f32()?;
@@ -197,9 +231,9 @@ impl OptimKernels for Cpu {
         // Clipping only ever scales down (coef ≤ 1); 1 multiplies exactly.
         let coef = coef.min(1.0);
         for i in 0..params.len() {
-            adamw_update_clipped(
+            adamw_update_scaled(
                 o,
-                step,
+                scalars,
                 decay[i],
                 params[i].f32_mut()?,
                 grads[i].as_f32()?,
@@ -276,12 +310,36 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     Ok(norm)
 }
 
+/// Which update an AdamW step is: its number (from 1), or its `step_scalars` in a 3-element
+/// f32 tensor on the parameters' device, written by the caller before the step (a captured
+/// step, whose kernel arguments are frozen).
+#[derive(Clone, Copy)]
+pub enum Step<'a> {
+    Count(u64),
+    Scalars(&'a Tensor),
+}
+
 /// One AdamW update of every parameter (`decay[i]`: weight decay applies to parameter i),
 /// clipped and skipped as `norm` says (see `OptimKernels::adamw`).
 #[allow(clippy::too_many_arguments)]
 pub fn adamw_multi(
     o: &AdamW,
     step: u64,
+    decay: &[bool],
+    params: &mut [Tensor],
+    grads: &[Tensor],
+    m: &mut [Tensor],
+    v: &mut [Tensor],
+    norm: Option<&GradNorm>,
+) -> Result<()> {
+    adamw_multi_at(o, Step::Count(step), decay, params, grads, m, v, norm)
+}
+
+/// `adamw_multi` at `step` given either way (see `Step`).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_multi_at(
+    o: &AdamW,
+    step: Step<'_>,
     decay: &[bool],
     params: &mut [Tensor],
     grads: &[Tensor],
@@ -309,7 +367,11 @@ pub fn adamw_multi(
             );
         }
     }
-    let all = params.iter().chain(grads).chain(m.iter()).chain(v.iter()).chain(norm.map(|n| &n.state));
+    let scalars = match step {
+        Step::Scalars(t) => Some(t),
+        Step::Count(_) => None,
+    };
+    let all = params.iter().chain(grads).chain(m.iter()).chain(v.iter()).chain(norm.map(|n| &n.state)).chain(scalars);
     backend::on("adamw", all)?.adamw(o, step, decay, params, grads, m, v, norm)
 }
 
@@ -319,6 +381,11 @@ pub struct AdamWState {
     pub v: Vec<Tensor>,
     /// Updates taken so far (the next update is number `t + 1`).
     pub t: u64,
+    /// When set, `step` reads the update's `step_scalars` from this 3-element f32 tensor on
+    /// the parameters' device (the caller writes it before each step) instead of computing
+    /// them from `t` on the host: a captured training step (`smelt_train::captured`). The same
+    /// numbers either way. Not saved in checkpoints.
+    pub scalars: Option<Tensor>,
 }
 
 impl AdamWState {
@@ -328,6 +395,7 @@ impl AdamWState {
             m: params.iter().map(|p| Tensor::zeros(p.shape())).collect(),
             v: params.iter().map(|p| Tensor::zeros(p.shape())).collect(),
             t: 0,
+            scalars: None,
         }
     }
 
@@ -355,7 +423,11 @@ impl AdamWState {
             bail!("optimizer: {} parameters, {} gradients, {} moment tensors", params.len(), grads.len(), self.m.len());
         }
         self.t += 1;
-        adamw_multi(hp, self.t, decay, params, grads, &mut self.m, &mut self.v, norm)
+        let step = match &self.scalars {
+            Some(s) => Step::Scalars(s),
+            None => Step::Count(self.t),
+        };
+        adamw_multi_at(hp, step, decay, params, grads, &mut self.m, &mut self.v, norm)
     }
 }
 
@@ -437,6 +509,32 @@ mod tests {
         for (a, b) in p1.iter().chain(&m1).chain(&v1).zip(p2.iter().chain(&m2).chain(&v2)) {
             assert_eq!(a.as_f32().unwrap(), b.as_f32().unwrap());
         }
+    }
+
+    /// The step's scalars given as a tensor (`Step::Scalars`: what a captured step's device
+    /// buffer holds) update exactly as the step number does.
+    #[test]
+    fn step_scalars_from_a_tensor_equal_the_step_number() {
+        let o = AdamW { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+        let grads = vec![t(&[0.3, -1.7, 2.2]), t(&[4.1, 0.05])];
+        let start = || (vec![t(&[1.0, -0.5, 0.25]), t(&[0.7, -0.1])], vec![t(&[0.1, 0.0, -0.2]), t(&[0.0, 0.3])]);
+        let decay = [true, false];
+        let (mut p1, mut m1) = start();
+        let mut v1 = m1.iter().map(|m| elementwise_sq(m)).collect::<Vec<_>>();
+        let (mut p2, mut m2) = start();
+        let mut v2 = v1.clone();
+        for step in 1..=5u64 {
+            adamw_multi(&o, step, &decay, &mut p1, &grads, &mut m1, &mut v1, None).unwrap();
+            let sc = Tensor::from_f32(step_scalars(&o, step).to_vec(), &[3]).unwrap();
+            adamw_multi_at(&o, Step::Scalars(&sc), &decay, &mut p2, &grads, &mut m2, &mut v2, None).unwrap();
+        }
+        for (a, b) in p1.iter().chain(&m1).chain(&v1).zip(p2.iter().chain(&m2).chain(&v2)) {
+            assert_eq!(a.as_f32().unwrap(), b.as_f32().unwrap());
+        }
+    }
+
+    fn elementwise_sq(x: &Tensor) -> Tensor {
+        t(&x.as_f32().unwrap().iter().map(|v| v * v).collect::<Vec<_>>())
     }
 
     /// A non-finite loss or gradient sets the skip flag, and the update then changes nothing.

@@ -39,21 +39,55 @@ pub fn embedding_backward(table: &Tensor, ids: &Tensor, dout: &Tensor, v: usize,
             table.shape()
         );
     }
-    let gpu = &db.gpu;
     if ids.device().is_cpu() {
         return sorted_backward(table, ids.as_u32()?, db, v, d);
     }
-    let idt = cuda::ids_on(ids, gpu)?;
-    let ib = idt.cuda_buf()?;
-    let n = ids.numel();
+    device_ids_backward(table, ids.cuda_buf()?, db, v, d)
+}
+
+/// The backward for ids already on the device (a captured step's batch): each row's place in
+/// the rows stably sorted by id, found on the device (`embedding_sort_pos`), then each id's rows
+/// summed in row order from the group's first place: `sorted_backward`'s sums bit for bit, with
+/// nothing read back or uploaded.
+fn device_ids_backward(table: &Tensor, ib: &DeviceBuf, db: &DeviceBuf, v: usize, d: usize) -> Result<Tensor> {
+    let gpu = &db.gpu;
+    ib.expect(DType::U32, "embedding_backward ids")?;
+    if ib.gpu.ordinal != gpu.ordinal {
+        bail!("embedding_backward: ids on cuda:{}, gradient on cuda:{}", ib.gpu.ordinal, gpu.ordinal);
+    }
+    let n = ib.len;
     let dt = DeviceBuf::zeros(gpu, DType::F32, v * d)?;
-    let name = cuda::kname("embedding_bwd", &[db.dtype], "embedding_backward")?;
+    if n == 0 {
+        return Tensor::from_device_buf(dt, table.shape());
+    }
+    if n > i32::MAX as usize {
+        bail!("embedding_backward: {n} device ids is more than one launch takes");
+    }
+    let order = DeviceBuf::alloc(gpu, DType::U32, n)?;
+    let n32 = n as i32;
+    {
+        let f = gpu.function("embedding", SRC, "embedding_sort_pos")?;
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&ib.data).arg(&order.data).arg(&n32);
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: (n.div_ceil(32) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        cuda::launched(unsafe { b.launch(cfg) }, "embedding_sort_pos")?;
+    }
+    let name = cuda::kname("embedding_bwd_grouped", &[db.dtype], "embedding_backward")?;
     let f = gpu.function("embedding", SRC, &name)?;
-    let (n64, d32, v32) = (n as i64, d as i32, v as u32);
+    let (d32, v32) = (d as i32, v as u32);
     {
         let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&db.data).arg(&ib.data).arg(&dt.data).arg(&n64).arg(&d32).arg(&v32);
-        cuda::launched(unsafe { b.launch(cuda::grid_for(n * d, 256)) }, &name)?;
+        b.arg(&db.data).arg(&ib.data).arg(&order.data).arg(&dt.data).arg(&n32).arg(&d32).arg(&v32);
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: (n as u32, d.div_ceil(256) as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        cuda::launched(unsafe { b.launch(cfg) }, &name)?;
     }
     Tensor::from_device_buf(dt, table.shape())
 }
