@@ -106,11 +106,27 @@ impl Graph {
     /// arithmetic (`is_recording`: the model's flash-style attention, not llama.cpp's):
     /// validation loss and a checkpointed block's forward run that way.
     pub fn training() -> Self {
-        Graph { record: true, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None, loss_seed: None, scored: None }
+        Graph {
+            record: true,
+            next_id: 0,
+            nodes: Vec::new(),
+            trace: None,
+            linear_hook: None,
+            loss_seed: None,
+            scored: None,
+        }
     }
     /// A graph that records nothing.
     pub fn inference() -> Self {
-        Graph { record: false, next_id: 0, nodes: Vec::new(), trace: None, linear_hook: None, loss_seed: None, scored: None }
+        Graph {
+            record: false,
+            next_id: 0,
+            nodes: Vec::new(),
+            trace: None,
+            linear_hook: None,
+            loss_seed: None,
+            scored: None,
+        }
     }
     /// An inference graph that keeps every intermediate the model names (see `name`).
     pub fn tracing() -> Self {

@@ -103,7 +103,13 @@ const MAX_WARM: usize = 4;
 
 impl CapturedStep {
     /// Buffers for updates shaped like `micro` on `device`.
-    pub fn new(device: Device, micro: &[(Tensor, Tensor)], hp: &Hyper, clip: f64, grad_checkpoint: bool) -> Result<Self> {
+    pub fn new(
+        device: Device,
+        micro: &[(Tensor, Tensor)],
+        hp: &Hyper,
+        clip: f64,
+        grad_checkpoint: bool,
+    ) -> Result<Self> {
         let key = key(micro, hp, clip, grad_checkpoint)?;
         let inputs = micro
             .iter()
@@ -257,7 +263,8 @@ mod tests {
             (0..4).map(|_| (0..2).map(|_| batch(&mut r, 97, 2, 12)).collect()).collect();
         let fresh = || {
             let model = Model::init(cfg.clone(), 3).unwrap();
-            let opt = Optimizer::new(crate::optim::OptimizerKind::AdamW, model.trainable(), &model.trainable_matrices());
+            let opt =
+                Optimizer::new(crate::optim::OptimizerKind::AdamW, model.trainable(), &model.trainable_matrices());
             (model, opt)
         };
         let (mut m1, mut o1) = fresh();

@@ -295,7 +295,8 @@ mod tests {
                     let dp = DataParallel::new(Arc::new(g), DType::F32, 1 << 20);
                     assert!(dp.zero(), "on by default with more than one rank");
                     let params: Vec<Tensor> = (0..sizes.len()).map(|i| whole(i).unwrap()).collect();
-                    let mut opt = Optimizer::from_adamw(AdamWState { m: params.clone(), v: params.clone(), t: 5, scalars: None });
+                    let mut opt =
+                        Optimizer::from_adamw(AdamWState { m: params.clone(), v: params.clone(), t: 5, scalars: None });
                     opt = dp.shard_optimizer(opt).unwrap();
                     let held: usize = opt.adamw.m.iter().map(Tensor::numel).sum();
                     assert_eq!(held, sizes.iter().map(|&n| n.div_ceil(3)).sum::<usize>());

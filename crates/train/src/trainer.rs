@@ -1252,6 +1252,10 @@ fn run_full(
     // The newest checkpoint whose weights are known good: the one resumed, then each one saved.
     let mut last_good: Option<PathBuf> = resume.map(Path::to_path_buf);
     let (mut window_tokens, mut window_start) = (0u64, Instant::now());
+    // SMELT_CUDA_GRAPH_STEP=1 on a GPU: each update replayed from a captured CUDA graph
+    // (`crate::captured`), where the run allows it; said once when it does not.
+    let mut graph: Option<crate::captured::CapturedStep> = None;
+    let mut graph_note = !crate::captured::wanted() || cfg.device.is_cpu();
     for step_index in start..cfg.steps {
         let hp = cfg.hyper(step_index);
         let lr = hp.adamw.lr;
@@ -1264,7 +1268,34 @@ fn run_full(
             a.begin_step(cfg.seed, step_index); // its dropout masks: a function of (seed, step)
         }
         let dp = cfg.parallel.as_ref();
-        let out = step_parallel(&mut model, &mut opt, &hp, &micro, &layout, cfg.grad_clip, cfg.grad_checkpoint, dp)?;
+        let (clip, ckpt) = (cfg.grad_clip, cfg.grad_checkpoint);
+        let why_not = match graph_note {
+            true => Some(""),
+            false => crate::captured::unsupported(&model, &opt, &layout, dp),
+        };
+        let out = match why_not {
+            None => {
+                if !graph.as_ref().is_some_and(|g| g.fits(&micro, &hp, clip, ckpt)) {
+                    if graph.is_some() && lead {
+                        eprintln!("note: this update's micro-batches differ from the captured ones: capturing again");
+                    }
+                    graph = Some(crate::captured::CapturedStep::new(cfg.device, &micro, &hp, clip, ckpt)?);
+                }
+                match graph.as_mut() {
+                    Some(g) => g.step(&mut model, &mut opt, &hp, &micro, clip, ckpt)?,
+                    None => bail!("internal error: no captured step"),
+                }
+            }
+            Some(why) => {
+                if !graph_note {
+                    graph_note = true;
+                    if lead {
+                        eprintln!("note: SMELT_CUDA_GRAPH_STEP=1, but this run's updates are not captured: {why}");
+                    }
+                }
+                step_parallel(&mut model, &mut opt, &hp, &micro, &layout, clip, ckpt, dp)?
+            }
+        };
         let (loss, norm) = (out.loss, out.grad_norm);
         let keep = || {
             last_good

@@ -10,7 +10,9 @@ use smelt_core::ops::adamw::AdamW;
 use smelt_core::rng::Rng;
 use smelt_core::{Device, Tensor};
 use smelt_model::{presets, Decoder, KvCache, Logits, Model};
-use smelt_train::optim::AdamWState;
+use smelt_train::captured::{self, CapturedStep};
+use smelt_train::optim::{AdamWState, Hyper, Optimizer};
+use smelt_train::Layout;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -241,6 +243,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // Quantised (GGUF) weights are not trained; an adapter on them is (QLoRA).
     let quantised = model.params.iter().any(|p| p.dtype() == smelt_core::DType::Quant) && model.adapter.is_none();
     let mut train_cpu = Vec::new();
+    let mut train_captured = false;
     let train = if quantised || a.no_train {
         f64::NAN
     } else {
@@ -248,9 +251,39 @@ pub fn run(a: BenchArgs) -> Result<()> {
         opt.to_device(device)?;
         let hp = AdamW { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
         let batch = [(x.clone(), y.clone())];
+        // SMELT_CUDA_GRAPH_STEP=1: the update captured as a CUDA graph, as `smelt train` runs
+        // it then; its uncaptured first updates run before the timing (they are warm-up).
+        let mut cap = None;
+        let mut o = Optimizer::from_adamw(opt);
+        let hyper = Hyper { adamw: hp, muon: None };
+        if captured::wanted() && !device.is_cpu() {
+            match captured::unsupported(&model, &o, &Layout::default(), None) {
+                Some(why) => eprintln!("note: SMELT_CUDA_GRAPH_STEP=1, but the timed update is not captured: {why}"),
+                None => {
+                    let mut c = CapturedStep::new(device, &batch, &hyper, 1.0, a.grad_checkpoint)?;
+                    while !c.is_captured() {
+                        c.step(&mut model, &mut o, &hyper, &batch, 1.0, a.grad_checkpoint)?;
+                    }
+                    cap = Some(c);
+                }
+            }
+        }
+        train_captured = cap.is_some();
         let t = median_secs(a.iters, device, || {
             let c0 = cpu_secs();
-            smelt_train::train_step(&mut model, &mut opt, &hp, &batch, 1.0, a.grad_checkpoint)?;
+            match cap.as_mut() {
+                Some(c) => c.step(&mut model, &mut o, &hyper, &batch, 1.0, a.grad_checkpoint).map(|_| ())?,
+                None => smelt_train::step_with(
+                    &mut model,
+                    &mut o,
+                    &hyper,
+                    &batch,
+                    &Layout::default(),
+                    1.0,
+                    a.grad_checkpoint,
+                )
+                .map(|_| ())?,
+            }
             train_cpu.push(cpu_secs() - c0);
             Ok(())
         })?;
@@ -288,6 +321,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
         // Whether decode ran every layer in the persistent kernel (SMELT_CUDA_PERSIST=1), so an
         // A/B cannot time the launched kernels twice without saying so.
         "decode_persistent": smelt_core::ops::decode_layers::launches() > 0,
+        // Whether the timed training update was replayed from a captured CUDA graph
+        // (SMELT_CUDA_GRAPH_STEP=1).
+        "train_captured": train_captured,
     });
     match a.format {
         Format::Json => println!("{r}"),

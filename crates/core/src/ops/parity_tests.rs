@@ -156,8 +156,11 @@ fn kernels_compile() {
         (
             "embedding",
             ops::embedding::cuda::SRC,
-            [x(&["embedding_fwd", "embedding_bwd_grouped", "embedding_bwd_sorted"], &one), plain(&["embedding_sort_pos"])]
-                .concat(),
+            [
+                x(&["embedding_fwd", "embedding_bwd_grouped", "embedding_bwd_sorted"], &one),
+                plain(&["embedding_sort_pos"]),
+            ]
+            .concat(),
         ),
         ("matmul", ops::matmul::cuda::SRC, x(&["add_bias", "col_sum_part"], &one)),
         (

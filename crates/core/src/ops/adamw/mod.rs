@@ -520,7 +520,7 @@ mod tests {
         let start = || (vec![t(&[1.0, -0.5, 0.25]), t(&[0.7, -0.1])], vec![t(&[0.1, 0.0, -0.2]), t(&[0.0, 0.3])]);
         let decay = [true, false];
         let (mut p1, mut m1) = start();
-        let mut v1 = m1.iter().map(|m| elementwise_sq(m)).collect::<Vec<_>>();
+        let mut v1 = m1.iter().map(elementwise_sq).collect::<Vec<_>>();
         let (mut p2, mut m2) = start();
         let mut v2 = v1.clone();
         for step in 1..=5u64 {
