@@ -144,6 +144,10 @@ def main():
             ratio = "–"
             if r and mine and impl != "smelt":
                 ratio = f"smelt {mine['train_tok_s'] / r['train_tok_s']:.2f}×"
+            # A smelt row whose update was replayed from a CUDA graph (SMELT_CUDA_GRAPH_STEP=1)
+            # says so, so that an A/B cannot time the plain step twice unnoticed.
+            if r and r.get("train_captured"):
+                impl += " (captured)"
             lines.append(f"| {name} | {b} × {t} | {impl}{'' if r else ' (failed)'} | {f(r, 'forward_tok_s')} | {f(r, 'decode_tok_s')} | {f(r, 'train_tok_s')} | {peak} | {ratio} |")
     table = "\n".join(lines)
     print(table)

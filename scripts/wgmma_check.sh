@@ -8,14 +8,14 @@
 #       executable it names to DIR/core_tests
 #   cargo build --release --features cuda -p smelt && cp target/release/smelt DIR/
 # On the device (repo root; OUT set by the device tool):
-#   bash scripts/wgmma_check.sh DIR [PARTS]   # PARTS: parity,train,profile,lora (default all)
+#   bash scripts/wgmma_check.sh DIR [PARTS]   # PARTS: graph,parity,train,profile,lora (default all)
 # or, from the GPU suite's folder (scripts/gpu_suite.sh build DIR copies this script and bench/):
 #   cd DIR && bash wgmma_check.sh . [PARTS]
 # All four take ~8-12 minutes, past one device call's 600 s: run "parity,train" in one call and
 # "profile,lora" in the next (or stop after parity if it fails).
 set -uo pipefail
 D=${1:-.devq}
-PARTS=${2:-parity,train,profile,lora}
+PARTS=${2:-graph,parity,train,profile,lora}
 part() { [[ ",$PARTS," == *",$1,"* ]]; }
 OUT=${OUT:-./out}
 mkdir -p "$OUT"
@@ -24,6 +24,19 @@ nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader | tee "$OUT/gpu.
 ALL="SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64"
 ONE="SMELT_CUDA_ATTN_FWD=attn_wgp1_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp1_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp1_dkdv_d64"
 SHALLOW="SMELT_CUDA_ATTN_FWD=attn_wgps_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgps_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgps_dkdv_d64"
+# 0. The captured training update (SMELT_CUDA_GRAPH_STEP=1, smelt_train::captured; written
+#    2026-12-05, never run on a GPU): its kernels' parity (embedding backward with device ids
+#    bit for bit the host-sorted one; AdamW reading its scalars from a device tensor), the
+#    captured updates bit for bit the plain ones, then the step timed both ways at 124M and 1B.
+if part graph; then
+timeout 200 "$D/core_tests" parity_elementwise_and_embedding parity_adamw parity_bf16_elementwise --test-threads=1 \
+  >"$OUT/parity_graph_ops.txt" 2>&1
+echo "graph ops parity rc $?"; grep -E "embedding bwd|device scalars|FAILED|panicked|test result" "$OUT/parity_graph_ops.txt" | tail -20
+timeout 300 "$D/gpu_train" gpu_captured_updates_equal_the_plain_ones --test-threads=1 --nocapture >"$OUT/captured_step.txt" 2>&1
+echo "gpu_captured_updates_equal_the_plain_ones rc $?"; grep -E "update|FAILED|panicked|Error|error|test result" "$OUT/captured_step.txt" | tail -20
+timeout 420 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 124m,1b --no-peers \
+  --variants "graph:SMELT_CUDA_GRAPH_STEP=1" --out "$OUT/bench-graph" 2>&1 | tail -8
+fi
 # 1. Parity: every pipelined kernel (WG_D64_FWD / _DQ / _DKDV) against the mma.sync ones
 #    (each comparison made and reported before the test fails), then the probe of both
 #    operand layouts and the synchronous wgmma kernels.
