@@ -83,6 +83,9 @@ SMELT_CUDA_DX_ACC=0 timeout 240 "$D/smelt" bench --model /tmp/lora/model --adapt
 echo "== LoRA with one A product per projection (SMELT_LORA_FUSE=0)"
 SMELT_LORA_FUSE=0 timeout 240 "$D/smelt" bench --model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda \
   --batch-size 8 --seq-len 2048 --iters 3 --decode-tokens 1 --no-forward --format json 2>"$OUT/lora-fuse0.stderr" | tail -1
+echo "== LoRA with the update captured as a CUDA graph (SMELT_CUDA_GRAPH_STEP=1)"
+SMELT_CUDA_GRAPH_STEP=1 timeout 240 "$D/smelt" bench --model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda \
+  --batch-size 8 --seq-len 2048 --iters 3 --decode-tokens 1 --no-forward --format json 2>"$OUT/lora-graph.stderr" | tail -1
 echo "== LoRA with the pipelined attention"
 env ${ALL//,/ } timeout 240 "$D/smelt" bench --model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda \
   --batch-size 8 --seq-len 2048 --iters 3 --decode-tokens 1 --no-forward --format json 2>"$OUT/lora-wgp.stderr" | tail -1
