@@ -65,6 +65,29 @@ impl Replay {
         }
     }
 
+    /// Hands the memory `device`'s allocator keeps from freed buffers back to the driver (waits
+    /// for the device first): call it before `capture` takes a large arena. A no-op on the CPU.
+    pub fn release_cached_memory(device: Device) -> Result<()> {
+        match device {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(n) => crate::cuda::release_cached_memory(n),
+        }
+    }
+
+    /// Whether a profiler that waits for every kernel is on (`SMELT_CUDA_PROFILE`): a capture
+    /// cannot hold its waits.
+    pub fn profiling() -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            crate::cuda::profile::enabled()
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            false
+        }
+    }
+
     /// Runs the captured step once more (queued on the stream; nothing waits).
     pub fn launch(&self) -> Result<()> {
         #[cfg(feature = "cuda")]

@@ -66,8 +66,8 @@ pub fn unsupported(model: &Model, opt: &Optimizer, layout: &Layout, dp: Option<&
     if model.adapter.as_ref().is_some_and(|a| a.cfg.dropout > 0.0) {
         return Some("adapter dropout (its masks' seeds change every update)");
     }
-    if smelt_core::profile::enabled() {
-        return Some("the profiler (it waits for every kernel)");
+    if Replay::profiling() {
+        return Some("SMELT_CUDA_PROFILE (it waits for every kernel)");
     }
     None
 }
@@ -90,11 +90,19 @@ pub struct CapturedStep {
     inputs: Vec<(Tensor, Tensor)>,
     /// [loss of each micro-batch …, the norm state (norm, clip coefficient, skip, non-finite)].
     out: Tensor,
+    /// AdamW's step scalars (`adamw::step_scalars`), written before each update; lent to the
+    /// optimizer (`AdamWState::scalars`) only while the update's body runs, so a plain step
+    /// taken later computes its own.
+    scalars: Tensor,
     replay: Option<Replay>,
+    /// The device addresses of `inputs`, `out` and `scalars` the graph was captured with.
+    captured_at: Vec<u64>,
     /// Uncaptured updates run so far.
     warm: usize,
     /// The arena the capture takes, once a measured update made no lasting allocation.
     arena: Option<usize>,
+    /// Why the update could not be captured (said once); every update then runs uncaptured.
+    failed: Option<String>,
 }
 
 /// Updates run uncaptured before the capture gives up (each must end with no lasting
@@ -119,7 +127,19 @@ impl CapturedStep {
             })
             .collect::<Result<Vec<_>>>()?;
         let out = Tensor::zeros_typed(&[micro.len() + 4], device, DType::F32)?;
-        Ok(CapturedStep { device, key, inputs, out, replay: None, warm: 0, arena: None })
+        let scalars = Tensor::zeros_typed(&[3], device, DType::F32)?;
+        Ok(CapturedStep {
+            device,
+            key,
+            inputs,
+            out,
+            scalars,
+            replay: None,
+            captured_at: Vec::new(),
+            warm: 0,
+            arena: None,
+            failed: None,
+        })
     }
 
     /// Whether `micro` (with these settings) can replay this step's graph.
@@ -130,6 +150,28 @@ impl CapturedStep {
     /// Whether the update is now replayed from a graph.
     pub fn is_captured(&self) -> bool {
         self.replay.is_some()
+    }
+
+    /// Why the update could not be captured, if it could not (it then runs uncaptured).
+    pub fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+
+    /// Whether the next update is uncaptured for good, or replayed: the warm-up is over.
+    pub fn is_settled(&self) -> bool {
+        self.replay.is_some() || self.failed.is_some()
+    }
+
+    fn addresses(&self) -> Result<Vec<u64>> {
+        let mut v = Vec::new();
+        let ts = self.inputs.iter().flat_map(|(x, y)| [x, y]).chain([&self.out, &self.scalars]);
+        for t in ts {
+            #[cfg(feature = "cuda")]
+            v.push(t.cuda_buf()?.ptr());
+            #[cfg(not(feature = "cuda"))]
+            let _ = t;
+        }
+        Ok(v)
     }
 
     /// One update of `model` on `micro` (each micro-batch's (ids, targets) on the host; their
@@ -158,14 +200,17 @@ impl CapturedStep {
             xd.write_at(0, x)?;
             yd.write_at(0, y)?;
         }
-        let next = opt.t() + 1;
-        let scalars = Tensor::from_f32(adamw::step_scalars(&hp.adamw, next).to_vec(), &[3])?;
-        match opt.adamw.scalars.as_mut() {
-            Some(s) => s.write_at(0, &scalars)?,
-            None => opt.adamw.scalars = Some(scalars.to_device(self.device)?),
-        }
+        self.scalars.write_at(0, &Tensor::from_f32(adamw::step_scalars(&hp.adamw, opt.t() + 1).to_vec(), &[3])?)?;
         let layout = Layout { scored: Some(self.key.scored.clone()), ..Layout::default() };
         let n = micro.len();
+        if let Some(r) = &self.replay {
+            if self.addresses()? != self.captured_at {
+                bail!("captured training step: its input or result buffers moved since the capture");
+            }
+            opt.adamw.t += 1; // what the captured AdamWState::step counted at the capture
+            r.launch()?;
+            return self.read(model, opt, n);
+        }
         let (inputs, out) = (&self.inputs, &mut self.out);
         let mut body = |model: &mut Model, opt: &mut Optimizer| -> Result<()> {
             let (grads, losses, _) = backward_mean(model, inputs, &layout, grad_checkpoint, None)?;
@@ -176,38 +221,59 @@ impl CapturedStep {
             out.write_range(n, &gnorm.state, 0, gnorm.state.numel().min(4))?;
             Ok(())
         };
-        let run = if let Some(r) = &self.replay {
-            opt.adamw.t += 1; // what the captured AdamWState::step counted at the capture
-            r.launch()
-        } else if let Some(bytes) = self.arena.filter(|_| self.device != Device::Cpu) {
+        // The scalars are the optimizer's only while the body runs.
+        opt.adamw.scalars = Some(self.scalars.clone());
+        let t0 = opt.adamw.t;
+        let ran = if let (Some(bytes), None) = (self.arena, &self.failed) {
             // Recording runs the host side once (AdamWState::step counts this update) and no
-            // kernel; the launch then runs this update.
-            let r = Replay::capture(self.device, bytes, || body(model, opt))
-                .context("capturing the training step (SMELT_CUDA_GRAPH_STEP=1)")?
-                .context("captured training step: the device made no graph")?;
-            let launched = r.launch();
-            self.replay = Some(r);
-            launched
-        } else if self.device == Device::Cpu || self.warm == 0 {
+            // kernel; the launch then runs this update. A capture that fails changed nothing on
+            // the device: the update then runs uncaptured, and so does every later one.
+            let captured = Replay::release_cached_memory(self.device)
+                .and_then(|_| Replay::capture(self.device, bytes, || body(model, opt)))
+                .and_then(|r| r.context("the device made no graph"));
+            match captured {
+                Ok(r) => {
+                    let launched = r.launch();
+                    self.replay = Some(r);
+                    launched
+                }
+                Err(e) => {
+                    opt.adamw.t = t0;
+                    self.failed = Some(format!("{e:#}"));
+                    eprintln!("note: SMELT_CUDA_GRAPH_STEP=1, but the training update could not be captured ({e:#}); it runs uncaptured");
+                    body(model, opt)
+                }
+            }
+        } else if self.device.is_cpu() || self.warm == 0 || self.failed.is_some() {
             self.warm += 1;
             body(model, opt)
-        } else if self.warm < MAX_WARM {
+        } else {
             // Measured: the arena the capture needs, and whether this update still made lasting
             // allocations (then it is not yet the steady step a graph can hold).
             let (r, bytes, lasting) = Replay::measure_steady(self.device, || body(model, opt));
             self.warm += 1;
             if lasting == 0 {
                 self.arena = Some(bytes);
+            } else if self.warm >= MAX_WARM {
+                let why =
+                    format!("{MAX_WARM} uncaptured updates still made lasting allocations ({lasting} in the last)");
+                eprintln!(
+                    "note: SMELT_CUDA_GRAPH_STEP=1, but the training update is not captured: {why}; it runs uncaptured"
+                );
+                self.failed = Some(why);
             }
             r
-        } else {
-            bail!(
-                "captured training step: {MAX_WARM} uncaptured updates still made lasting allocations; \
-                 unset SMELT_CUDA_GRAPH_STEP to train uncaptured"
-            )
         };
-        run?;
-        // The one wait of the update.
+        opt.adamw.scalars = None;
+        ran?;
+        if self.replay.is_some() {
+            self.captured_at = self.addresses()?;
+        }
+        self.read(model, opt, n)
+    }
+
+    /// The update's one wait: its losses and norm state from `out`.
+    fn read(&self, model: &Model, opt: &mut Optimizer, n: usize) -> Result<StepOutcome> {
         let v = self.out.to_vec_f32()?;
         let loss = weighted_loss(&v[..n], &Layout::default());
         let state = &v[n..];

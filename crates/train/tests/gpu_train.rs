@@ -783,7 +783,12 @@ fn gpu_captured_updates_equal_the_plain_ones() {
             assert_eq!((a.loss, a.grad_norm), (b.loss, b.grad_norm), "update {k}");
             assert!(a.params_finite && b.params_finite);
         }
-        assert!(cap.is_captured(), "the update was never captured");
+        assert!(cap.is_captured(), "the update was never captured: {:?}", cap.failed());
+        // An update that overflows: both raise the non-finite flag alike.
+        let huge = Hyper { adamw: AdamW { lr: 1e39, ..hyper(0).adamw }, muon: None };
+        let a = smelt_train::step_with(&mut m1, &mut o1, &huge, &data[0..2], &Layout::default(), 1.0, ckpt).unwrap();
+        let b = cap.step(&mut m2, &mut o2, &huge, &data[0..2], 1.0, ckpt).unwrap();
+        assert!(!a.params_finite && !b.params_finite, "an overflowing update was not flagged");
         assert_eq!(o1.t(), o2.t());
         let host = |m: &Model| m.params.iter().map(|p| p.to_vec_f32().unwrap()).collect::<Vec<_>>();
         for (i, (p, q)) in host(&m1).iter().zip(host(&m2)).enumerate() {

@@ -261,14 +261,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 Some(why) => eprintln!("note: SMELT_CUDA_GRAPH_STEP=1, but the timed update is not captured: {why}"),
                 None => {
                     let mut c = CapturedStep::new(device, &batch, &hyper, 1.0, a.grad_checkpoint)?;
-                    while !c.is_captured() {
+                    while !c.is_settled() {
                         c.step(&mut model, &mut o, &hyper, &batch, 1.0, a.grad_checkpoint)?;
                     }
                     cap = Some(c);
                 }
             }
         }
-        train_captured = cap.is_some();
+        train_captured = cap.as_ref().is_some_and(CapturedStep::is_captured);
         let t = median_secs(a.iters, device, || {
             let c0 = cpu_secs();
             match cap.as_mut() {

@@ -185,11 +185,20 @@ impl DeviceBuf {
         if bytes.len() != len * dtype.size_in_bytes() {
             bail!("{} bytes for {len} elements of {dtype:?}", bytes.len());
         }
-        if !super::capture::active(gpu.ordinal) {
-            return Self::from_bytes(gpu, dtype, len, bytes);
+        // Allocated as the step's other buffers are (so a measured step counts it in the arena
+        // the capture takes it from), then filled: from page-locked memory the graph keeps
+        // inside a capture, by a plain upload elsewhere.
+        let mut b = Self::alloc(gpu, dtype, len)?;
+        if bytes.is_empty() {
+            return Ok(b);
         }
-        let b = Self::alloc(gpu, dtype, len)?;
-        super::capture::stage(gpu.ordinal, bytes, b.ptr(), &gpu.stream).unwrap_or(Ok(()))?;
+        match super::capture::stage(gpu.ordinal, bytes, b.ptr(), &gpu.stream) {
+            Some(r) => r?,
+            None => gpu
+                .stream
+                .memcpy_htod(bytes, &mut *b.data)
+                .map_err(|e| anyhow!("copy of {len} {dtype:?} to {gpu:?}: {e:?}"))?,
+        }
         Ok(b)
     }
 
@@ -217,6 +226,12 @@ impl DeviceBuf {
     pub fn view_mut(&mut self, start: usize, n: usize) -> CudaViewMut<'_, u8> {
         let s = self.dtype.size_in_bytes();
         self.data.slice_mut(start * s..(start + n) * s)
+    }
+
+    /// Whether this buffer is a step's own while an arena counts or serves the step, or while a
+    /// capture runs: an intermediate, not a lasting buffer (a weight, a moment, a cache).
+    pub(crate) fn is_steps_own(&self) -> bool {
+        self.arena.is_some() || (self.captured && super::capture::active(self.gpu.ordinal))
     }
 
     /// Whether this buffer was allocated before the capture running on this thread (a weight,

@@ -85,9 +85,13 @@ pub(crate) fn stage(ordinal: usize, bytes: &[u8], dst: u64, stream: &cudarc::dri
     }
     let go = || -> Result<()> {
         let n = bytes.len().max(1);
-        // SAFETY: a fresh allocation of n bytes, written in full below before any read.
-        let ptr = unsafe { cudarc::driver::result::malloc_host(n, 0) }
-            .map_err(|e| anyhow!("cuda:{ordinal}: cannot allocate {n} page-locked bytes: {e:?}"))?;
+        // Allocating page-locked memory is one of the calls a thread-local capture refuses (it
+        // would invalidate the capture): this thread's mode is relaxed around it, then restored.
+        let ptr = relaxed(|| {
+            // SAFETY: a fresh allocation of n bytes, written in full below before any read.
+            unsafe { cudarc::driver::result::malloc_host(n, 0) }
+        })
+        .map_err(|e| anyhow!("cuda:{ordinal}: cannot allocate {n} page-locked bytes: {e:?}"))?;
         let pinned = Pinned { ptr };
         // SAFETY: ptr holds n ≥ bytes.len() bytes and does not overlap `bytes`.
         let host = unsafe {
@@ -106,4 +110,20 @@ pub(crate) fn stage(ordinal: usize, bytes: &[u8], dst: u64, stream: &cudarc::dri
         Ok(())
     };
     Some(go())
+}
+
+/// Runs `f` with this thread's stream-capture mode relaxed (calls a capture would otherwise
+/// refuse are allowed), restoring the previous mode after.
+fn relaxed<R>(f: impl FnOnce() -> R) -> R {
+    use cudarc::driver::sys::{cuThreadExchangeStreamCaptureMode, CUstreamCaptureMode};
+    let mut mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+    // SAFETY: exchanges this thread's mode with a valid enum value; swapped back below.
+    let swapped =
+        unsafe { cuThreadExchangeStreamCaptureMode(&mut mode) } == cudarc::driver::sys::CUresult::CUDA_SUCCESS;
+    let r = f();
+    if swapped {
+        // SAFETY: `mode` now holds the previous mode, put back.
+        let _ = unsafe { cuThreadExchangeStreamCaptureMode(&mut mode) };
+    }
+    r
 }

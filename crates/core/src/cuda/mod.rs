@@ -112,6 +112,22 @@ fn keep_freed_memory(ctx: &Arc<CudaContext>) {
     }
 }
 
+/// Waits for GPU `ordinal`'s stream, then hands the freed memory its stream-ordered pool keeps
+/// (`keep_freed_memory`) back to the driver: before a captured step takes its arena, so that
+/// the arena and the pool's leftovers from the uncaptured steps are not both held.
+pub fn release_cached_memory(ordinal: usize) -> Result<()> {
+    use cudarc::driver::sys;
+    let g = gpu(ordinal)?;
+    g.synchronize()?;
+    unsafe {
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, g.ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS {
+            let _ = sys::cuMemPoolTrimTo(pool, 0);
+        }
+    }
+    Ok(())
+}
+
 impl Gpu {
     /// Kernel `func` of the module `module` whose CUDA source is `src` (compiled with NVRTC on
     /// first use, then cached on disk and in memory). Names of dtype-generic kernels are built

@@ -229,7 +229,16 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<(Tensor, Tenso
 /// A fresh online-logsumexp state (n, 3) on `device`: max −∞, Σexp 0, target logit 0.
 pub fn lse_state(n: usize, device: crate::Device) -> Result<Tensor> {
     let st: Vec<f32> = (0..n).flat_map(|_| [f32::NEG_INFINITY, 0.0, 0.0]).collect();
-    Tensor::from_f32(st, &[n, 3])?.to_device(device)
+    match device {
+        crate::Device::Cpu => Tensor::from_f32(st, &[n, 3]),
+        // The same bytes for every step of n rows: a constant, which a captured step may hold.
+        #[cfg(feature = "cuda")]
+        crate::Device::Cuda(o) => {
+            let bytes: Vec<u8> = st.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let buf = crate::cuda::DeviceBuf::constant(&crate::cuda::gpu(o)?, crate::DType::F32, 3 * n, &bytes)?;
+            Tensor::from_device_buf(buf, &[n, 3])
+        }
+    }
 }
 
 /// Updates rows r0..r0+m of `state` (n, 3) with `z` (m, vc), the logits of vocabulary ids

@@ -364,8 +364,11 @@ fn cached_bf16(w: &Tensor) -> Result<Tensor> {
     if let Some(t) = b.bf16_shadow.get() {
         return t.reshape(w.shape()); // the buffer may be shared by views of other shapes
     }
-    // A copy that outlives the step making it: never a capture arena's piece, nor counted in one.
-    let t = crate::cuda::arena::uncounted(|| crate::ops::elementwise::cuda::cast(w, DType::BF16))?;
+    // A weight's copy outlives the step making it: never a capture arena's piece, nor counted
+    // in one. A copy of the step's own tensor (a slice of the head the chunked loss cut) dies
+    // with it: counted and served like the step's other buffers.
+    let cast = || crate::ops::elementwise::cuda::cast(w, DType::BF16);
+    let t = if b.is_steps_own() { cast()? } else { crate::cuda::arena::uncounted(cast)? };
     // The matvec that reads it issues its weight loads before its pdl_wait: launch it plainly.
     cuda::launch::plain_next();
     let _ = b.bf16_shadow.set(t.clone());
