@@ -118,15 +118,7 @@ impl Graph {
     }
     /// A graph that records nothing.
     pub fn inference() -> Self {
-        Graph {
-            record: false,
-            next_id: 0,
-            nodes: Vec::new(),
-            trace: None,
-            linear_hook: None,
-            loss_seed: None,
-            scored: None,
-        }
+        Graph { record: false, ..Self::training() }
     }
     /// An inference graph that keeps every intermediate the model names (see `name`).
     pub fn tracing() -> Self {
