@@ -162,16 +162,15 @@ impl CapturedStep {
         self.replay.is_some() || self.failed.is_some()
     }
 
+    /// The device addresses of the buffers a graph reads and writes (none on the CPU).
     fn addresses(&self) -> Result<Vec<u64>> {
-        let mut v = Vec::new();
         let ts = self.inputs.iter().flat_map(|(x, y)| [x, y]).chain([&self.out, &self.scalars]);
-        for t in ts {
-            #[cfg(feature = "cuda")]
-            v.push(t.cuda_buf()?.ptr());
-            #[cfg(not(feature = "cuda"))]
-            let _ = t;
+        #[cfg(feature = "cuda")]
+        if !self.device.is_cpu() {
+            return ts.map(|t| Ok(t.cuda_buf()?.ptr())).collect();
         }
-        Ok(v)
+        let _ = ts;
+        Ok(Vec::new())
     }
 
     /// One update of `model` on `micro` (each micro-batch's (ids, targets) on the host; their
