@@ -23,6 +23,9 @@ if part parity; then
   # The two-blocks-an-SM instantiation (decode_layers_b2_bf16).
   SMELT_CUDA_PERSIST_BPS=2 timeout 300 "$D/gpu_infer" persistent_decode_steps_equal --test-threads=1 --nocapture >"$OUT/persist_parity_b2.txt" 2>&1
   echo "the same, two blocks an SM, rc $?"; grep -E "equal|differs|panicked|timed out|test result" "$OUT/persist_parity_b2.txt" | tail -8
+  # With the L2 prefetch windows on (they change no value: the same test must pass).
+  SMELT_CUDA_PERSIST_L2=16 timeout 300 "$D/gpu_infer" persistent_decode_steps_equal --test-threads=1 --nocapture >"$OUT/persist_parity_l2.txt" 2>&1
+  echo "the same, L2 prefetch 16 MiB, rc $?"; grep -E "equal|differs|panicked|timed out|test result" "$OUT/persist_parity_l2.txt" | tail -8
   # The captured decode test with the persistent kernel in its bf16 captured steps: still equal
   # to the uncaptured steps (host position, the layers' own launches).
   SMELT_CUDA_PERSIST=1 timeout 300 "$D/gpu_infer" captured_decode_steps --test-threads=1 --nocapture >"$OUT/persist_captured.txt" 2>&1
@@ -33,5 +36,5 @@ part time && [ -x "$D/grid_barrier" ] && timeout 60 "$D/grid_barrier" 2>&1 | tai
 # Timing: smelt's captured decode with the layers' own launches, then with the persistent kernel,
 # on the same bf16 GGUF files (llama.cpp's figures at these shapes: docs/PERF.md).
 part time && timeout 420 python3 bench/decode_cuda.py --smelt "$D/smelt" --tokenizer "$D/tokenizer.json" \
-  --shapes 135m,1b --types bf16 --variants "persist:SMELT_CUDA_PERSIST=1,persist2:SMELT_CUDA_PERSIST=1;SMELT_CUDA_PERSIST_BPS=2" \
+  --shapes 135m,1b --types bf16 --variants "persist:SMELT_CUDA_PERSIST=1,persist2:SMELT_CUDA_PERSIST=1;SMELT_CUDA_PERSIST_BPS=2,persistL2:SMELT_CUDA_PERSIST=1;SMELT_CUDA_PERSIST_L2=16,persistL2x8:SMELT_CUDA_PERSIST=1;SMELT_CUDA_PERSIST_L2=8" \
   --out "$OUT/decode" 2>&1 | tail -12

@@ -249,7 +249,8 @@ pub(crate) fn decode_layers(
         }
         b.arg(&eps32).arg(&wpr).arg(&scale).arg(&chunk).arg(&splits32).arg(&inter).arg(&pbuf.data);
         b.arg(&tab.cos.data).arg(&tab.sin.data).arg(&xb.data).arg(&hb.data).arg(&scratch.data);
-        b.arg(&x_out.data).arg(&r_out.data).arg(&state_ptr);
+        let l2 = l2_window();
+        b.arg(&x_out.data).arg(&r_out.data).arg(&state_ptr).arg(&l2);
         let cfg =
             LaunchConfig { grid_dim: (sms * per_sm, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: smem as u32 };
         cuda::launched(unsafe { b.launch(cfg) }, name)?;
@@ -261,6 +262,17 @@ pub(crate) fn decode_layers(
         check(&gpu)?;
     }
     Ok(Some((Tensor::from_device_buf(x_out, x0.shape())?, Tensor::from_device_buf(r_out, x0.shape())?)))
+}
+
+/// Bytes of each L2 prefetch window (decode_layers.cu's `dl_l2`): `SMELT_CUDA_PERSIST_L2` MiB,
+/// 0 (off) by default until a GPU has timed it. Prefetches change no value, only when the
+/// DRAM reads happen.
+fn l2_window() -> i64 {
+    static N: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        let mib = std::env::var("SMELT_CUDA_PERSIST_L2").ok().and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        mib.clamp(0, 1 << 12) << 20
+    })
 }
 
 /// Blocks an SM (`SMELT_CUDA_PERSIST_BPS`, default 1; 2 takes `decode_layers_b2_bf16`; fewer

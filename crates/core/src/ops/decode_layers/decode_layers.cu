@@ -189,6 +189,20 @@ __device__ void dl_matvec(const DlRows<R>& a, const bf16_t* x, const MvBatch<bf1
     }
 }
 
+// L2 prefetch (no data changes hands, so the numbers cannot change): bytes [from, to) of `p`,
+// clamped to its `n` bytes, shared among every thread of the grid, one `prefetch.global.L2` a
+// 128-byte line. A phase issues the next weights' first bytes before it waits at its barrier, so
+// the DRAM is busy through the barriers and the attention phase (which reads no weights) instead
+// of idle; `l2` caps each such window (the host's SMELT_CUDA_PERSIST_L2 MiB; 0: off).
+__device__ __forceinline__ void dl_l2(const void* p, long long n, long long from, long long to) {
+    if (!p) return;
+    if (to > n) to = n;
+    const char* c = (const char*)p;
+    long long stride = 128ll * gridDim.x * blockDim.x;
+    for (long long off = from + 128ll * (blockIdx.x * (long long)blockDim.x + threadIdx.x); off < to; off += stride)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
+}
+
 // A matvec phase: prefetch, wait for barrier `target` (0: none), the norm (nm.x set) into
 // shared memory or the global input row, the rows.
 // Not inlined (nor is the attention phase): each phase gets the registers to itself, which the
@@ -239,9 +253,13 @@ __device__ __noinline__ void dl_attention(const DlLayer& ly, const DlBufs& bf, i
 #define DL_ARGS                                                                                                  \
     const DlLayer *layers, int L, int C, int H, int KVH, int D, int F, int S, float eps, int wpr, float scale,  \
         int chunk, int splits, int interleaved, const int *pos, const float *cosv, const float *sinv,            \
-        const float *x0, const bf16_t *h0, unsigned char *scratch, float *x_out, bf16_t *r_out, unsigned int *st
+        const float *x0, const bf16_t *h0, unsigned char *scratch, float *x_out, bf16_t *r_out, unsigned int *st, \
+        long long l2
 __device__ __forceinline__ void decode_layers_body(DL_ARGS) {
     unsigned int bar = 0, nb = gridDim.x;
+    // Bytes of each weight (bf16): q/k/v together are m[0..3]·C, o C·HD, gate and up F·C each,
+    // down C·F.
+    const long long bo = 2ll * C * H * D, bgu = 2ll * F * C, bdn = 2ll * C * F;
     const NormIn none{nullptr, nullptr, nullptr, nullptr, 0.f, 0};
     const float* xprev = x0;    // the stream before this layer's add
     const bf16_t* rprev = h0;   // the branch output the add takes (layer 0: none, h0 is normed)
@@ -254,6 +272,10 @@ __device__ __forceinline__ void decode_layers_body(DL_ARGS) {
         for (int j = 0; j < 3; j++) qkv.w[j] = ly.w[j], qkv.b[j] = ly.b[j], qkv.m[j] = ly.m[j];
         qkv.y[0] = bf.q, qkv.y[1] = bf.k, qkv.y[2] = bf.v, qkv.G = ly.g_qkv, qkv.k = C;
         const float* xa = xprev;
+        // The L2 windows (l2 > 0): during P1, o; during P2 (no weights), the first half-window
+        // of gate and up each; during P3 their second; during P4, down; during P5, the next
+        // layer's q/k/v. Issued before each phase's wait.
+        if (l2) dl_l2(ly.wo, bo, 0, l2);
         if (l == 0) {
             dl_phase<1>(qkv, h0, none, st, 0);
         } else {
@@ -262,6 +284,7 @@ __device__ __forceinline__ void decode_layers_body(DL_ARGS) {
         }
         dl_arrive(st);
         // P2: attention, the rotation and the cache write inside; the last split of a head merges.
+        if (l2) dl_l2(ly.wg, bgu, 0, l2 / 2), dl_l2(ly.wu, bgu, 0, l2 / 2);
         dl_wait(st, ++bar * nb);
         dl_attention(ly, bf, H, KVH, D, S, scale, chunk, splits, interleaved, pos, cosv, sinv, st);
         dl_arrive(st);
@@ -270,6 +293,7 @@ __device__ __forceinline__ void decode_layers_body(DL_ARGS) {
         o.w[0] = ly.wo, o.b[0] = nullptr, o.y[0] = bf.ro, o.m[0] = C;
         o.w[1] = o.w[2] = nullptr, o.b[1] = o.b[2] = nullptr, o.y[1] = o.y[2] = nullptr, o.m[1] = o.m[2] = 0;
         o.G = ly.g_o, o.k = H * D;
+        if (l2) dl_l2(ly.wg, bgu, l2 / 2, l2), dl_l2(ly.wu, bgu, l2 / 2, l2);
         dl_phase<1>(o, bf.att, none, st, ++bar * nb);
         dl_arrive(st);
         // P4: gate, up, SwiGLU after the add and the norm.
@@ -277,6 +301,7 @@ __device__ __forceinline__ void decode_layers_body(DL_ARGS) {
         DlRows<2> gu;
         gu.w[0] = ly.wg, gu.w[1] = ly.wu, gu.w[2] = nullptr, gu.b[0] = gu.b[1] = gu.b[2] = nullptr;
         gu.y[0] = bf.act, gu.y[1] = gu.y[2] = nullptr, gu.m[0] = F, gu.m[1] = gu.m[2] = 0, gu.G = ly.g_gu, gu.k = C;
+        if (l2) dl_l2(ly.wd, bdn, 0, l2);
         dl_phase<2>(gu, nullptr, NormIn{xa, bf.ro, ly.ffn_norm, xb, eps, wpr}, st, ++bar * nb);
         dl_arrive(st);
         // P5: down.
@@ -285,6 +310,11 @@ __device__ __forceinline__ void decode_layers_body(DL_ARGS) {
         dn.w[0] = ly.wd, dn.b[0] = nullptr, dn.y[0] = rd, dn.m[0] = C;
         dn.w[1] = dn.w[2] = nullptr, dn.b[1] = dn.b[2] = nullptr, dn.y[1] = dn.y[2] = nullptr, dn.m[1] = dn.m[2] = 0;
         dn.G = ly.g_d, dn.k = F;
+        if (l2 && !last) {
+            // The next layer's q, k and v lie in three allocations: the window split by rows.
+            const DlLayer& nx = layers[l + 1];
+            for (int j = 0; j < 3; j++) dl_l2(nx.w[j], 2ll * nx.m[j] * C, 0, l2 / 3);
+        }
         dl_phase<1>(dn, bf.act, none, st, ++bar * nb);
         if (!last) dl_arrive(st);
         xprev = xb;
@@ -315,7 +345,7 @@ __device__ __forceinline__ void decode_layers_body(DL_ARGS) {
 }
 
 #define DL_PASS layers, L, C, H, KVH, D, F, S, eps, wpr, scale, chunk, splits, interleaved, pos, cosv, sinv, x0, h0, \
-                scratch, x_out, r_out, st
+                scratch, x_out, r_out, st, l2
 // One block an SM (ptxas: ~250 registers, no spills) ...
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 1) decode_layers_bf16(DL_ARGS) { decode_layers_body(DL_PASS); }
 // ... or two (128 registers, ~150 bytes spilled: twice the warps to keep loads in flight;
