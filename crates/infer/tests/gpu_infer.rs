@@ -230,6 +230,65 @@ fn persistent_decode_steps_equal_the_launched_ones() {
     cuda::set_matmul_precision(MatmulPrecision::F32);
 }
 
+/// The persistent decode kernel with block-quantised weights (`decode_layers_quant`: the integer
+/// row sums of the launched one-row kernels) gives the launched step's logits bit for bit, over
+/// caches of > 256 positions (the merge runs), for GGUF exports in Q8_0, Q4_K (256-wide rows:
+/// Q4_K with the Q6_K matrices llama.cpp's mix keeps) and Q4_K of a 288-wide model whose down
+/// rows are 768 wide (smelt's fallback where rows are not whole 256-blocks, Q5_0 with Q8_0,
+/// beside Q4_K/Q6_K down matrices: all four formats in one model, as in the 135M shape).
+#[test]
+fn persistent_decode_with_quantised_weights_equals_the_launched_steps() {
+    use smelt_convert::export::{export, TokenizerSource};
+    use smelt_core::ops::decode_layers::{launches, set_enabled};
+    use smelt_gguf::GgmlType;
+    let Some(d) = gpu() else { return };
+    cuda::set_matmul_precision(MatmulPrecision::Bf16);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gpu-persist-quant");
+    std::fs::create_dir_all(&dir).unwrap();
+    smelt_tokenizer::Tokenizer::byte_level().save(&dir.join("tokenizer.json")).unwrap();
+    let mut r = Rng::new(17);
+    for (cfg, ty) in [
+        (ModelConfig::llama(320, 256, 2, 4, 2, 512), GgmlType::Q8_0),
+        (ModelConfig::llama(320, 256, 2, 4, 2, 512), GgmlType::Q4_K),
+        (ModelConfig::llama(320, 288, 2, 4, 2, 768), GgmlType::Q4_K),
+    ] {
+        let name = format!("{} d{}", ty.name(), cfg.dim);
+        let src = Model::init(cfg.clone(), 3).unwrap();
+        let out = dir.join(format!("tiny-{}-{}.gguf", ty.name(), cfg.dim));
+        export(&src, ty, TokenizerSource::HfDir { dir: &dir, pre: Some("gpt-2") }, "tiny", None, &out).unwrap();
+        let mut m = smelt_convert::load_model(&out).unwrap();
+        let mut types: Vec<&str> = m.params.iter().filter_map(|p| p.as_quant()).map(|q| q.type_name()).collect();
+        types.sort();
+        types.dedup();
+        m.to_device(d).unwrap();
+        let (prefill, steps) = (5, 280);
+        let ids: Vec<u32> = (0..prefill + steps).map(|_| r.below(320) as u32).collect();
+        let run = |persist: bool| {
+            set_enabled(Some(persist));
+            let out = decode_logits(&m, &ids, prefill, true);
+            set_enabled(None);
+            out
+        };
+        let n0 = launches();
+        let launched = run(false);
+        assert_eq!(launches(), n0, "{name}: the persistent kernel ran with SMELT_CUDA_PERSIST off");
+        let persistent = run(true);
+        assert!(launches() > n0, "{name} ({}): the persistent kernel never ran", types.join(", "));
+        for (s, (a, b)) in launched.iter().zip(&persistent).enumerate() {
+            if a != b {
+                let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                panic!(
+                    "{name}: step {s} differs in the persistent kernel (max |Δ| {worst:e}, NMSE {:.3e})",
+                    nmse(b, a)
+                );
+            }
+        }
+        println!("{name} ({}): {steps} persistent decode steps equal the launched ones", types.join(", "));
+        std::fs::remove_file(&out).ok();
+    }
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+}
+
 #[test]
 fn generation_and_perplexity_on_gpu_match_the_cpu() {
     let Some(_) = gpu() else { return };

@@ -108,7 +108,11 @@ fn kernels_compile() {
             .concat(),
         ),
         ("attention_paged", ops::attention::cuda::PAGED_SRC, pool_pairs("paged_rope_kv")),
-        ("decode_layers", ops::decode_layers::cuda::SRC, plain(&["decode_layers_bf16", "decode_layers_b2_bf16"])),
+        (
+            "decode_layers",
+            ops::decode_layers::cuda::SRC,
+            plain(&["decode_layers_bf16", "decode_layers_b2_bf16", "decode_layers_quant"]),
+        ),
         (
             "attention_tc",
             ops::attention::cuda::TC_SRC,

@@ -13,11 +13,14 @@ use anyhow::{anyhow, bail, Result};
 use cudarc::driver::{sys, LaunchConfig};
 use std::sync::{Arc, Mutex};
 
-/// gemv.cu and decode.cu first: the phases are their device functions.
+/// gemv.cu, decode.cu and qmatmul.cu (its device functions only) first: the phases are their
+/// device functions.
 pub const SRC: &str = concat!(
     include_str!("../matmul/gemv.cu"),
     "\n#line 1 \"decode.cu\"\n",
     include_str!("../attention/decode.cu"),
+    "\n#define QMATMUL_NO_KERNELS\n#line 1 \"qmatmul.cu\"\n",
+    include_str!("../qmatmul/qmatmul.cu"),
     "\n#line 1 \"decode_layers.cu\"\n",
     include_str!("decode_layers.cu")
 );
@@ -123,7 +126,32 @@ pub(crate) fn decode_layers(
     if f_dim == 0 || !f_dim.is_multiple_of(8) {
         return Ok(None);
     }
-    // The layer table: 14 addresses, then 8 ints (decode_layers.cu's DlLayer).
+    let quantised = layers[0].qkv[0].0.as_device_quant().is_some();
+    let (table, name, smem) = match quantised {
+        true => match quant_table(layers, c, h, kvh, d, f_dim, cap)? {
+            Some(t) => t,
+            None => return Ok(None),
+        },
+        false => match bf16_table(layers, c, h, kvh, d, f_dim, cap)? {
+            // Two blocks an SM take the instantiation whose registers allow it.
+            Some(t) => (t, if per_sm() >= 2 { "decode_layers_b2_bf16" } else { "decode_layers_bf16" }, 2 * c),
+            None => return Ok(None),
+        },
+    };
+    launch(&gpu, xb, hb, x0, table, name, smem, layers.len(), [c, h, kvh, d, f_dim, cap], rope, at, eps, scale)
+}
+
+/// The bf16 layers' table: 14 addresses, then 8 ints a layer (decode_layers.cu's DlLayer); None
+/// where a layer does not fit the kernel.
+fn bf16_table(
+    layers: &mut [Layer],
+    c: usize,
+    h: usize,
+    kvh: usize,
+    d: usize,
+    f_dim: usize,
+    cap: usize,
+) -> Result<Option<Vec<u8>>> {
     let mut table: Vec<u8> = Vec::with_capacity(layers.len() * 144);
     for ly in layers.iter_mut() {
         let mut ptrs = [0u64; 14];
@@ -151,23 +179,8 @@ pub(crate) fn decode_layers(
         if mo != c || mg != f_dim || mu != f_dim || md != c {
             return Ok(None);
         }
-        if ly.attn_norm.dtype() != DType::F32 || ly.ffn_norm.dtype() != DType::F32 {
-            return Ok(None);
-        }
-        let [an, fnw] = cuda::f32_bufs([ly.attn_norm, ly.ffn_norm], "decode_layers norm")?;
-        if an.len != c || fnw.len != c || an.ptr() % 16 != 0 || fnw.ptr() % 16 != 0 {
-            return Ok(None);
-        }
-        let kc = ly.k_cache.cuda_buf_mut()?;
-        kc.expect(DType::BF16, "decode_layers key cache")?;
-        let kcp = kc.ptr();
-        let vc = ly.v_cache.cuda_buf_mut()?;
-        vc.expect(DType::BF16, "decode_layers value cache")?;
-        let vcp = vc.ptr();
-        if ly.k_cache.shape() != [1, cap, kvh, d] || ly.v_cache.shape() != [1, cap, kvh, d] {
-            return Ok(None);
-        }
-        ptrs[6..14].copy_from_slice(&[wo, wg, wu, wd, an.ptr(), fnw.ptr(), kcp, vcp]);
+        let Some([an, fnw, kcp, vcp]) = norms_and_caches(ly, c, kvh, d, cap)? else { return Ok(None) };
+        ptrs[6..14].copy_from_slice(&[wo, wg, wu, wd, an, fnw, kcp, vcp]);
         // Lanes a row, as the launchers pick them (gemv3 / gemv_swiglu: a head's rule is for a
         // weight alone, so q/k/v pass no row count; 32 = a warp a row).
         let lanes = |k: usize, rows: usize, ws: &[u64]| gemv_lanes(DType::BF16, k, rows, ws).unwrap_or(32) as i32;
@@ -179,14 +192,135 @@ pub(crate) fn decode_layers(
         table.extend(ptrs.iter().flat_map(|p| p.to_le_bytes()));
         table.extend(ints.iter().flat_map(|i| i.to_le_bytes()));
     }
+    Ok(Some(table))
+}
+
+/// The addresses of a layer's two norm weights (f32, C values, 16-byte aligned) and its caches
+/// ((1, cap, KVH, D) bf16), or None where they do not fit.
+fn norms_and_caches(ly: &mut Layer, c: usize, kvh: usize, d: usize, cap: usize) -> Result<Option<[u64; 4]>> {
+    if ly.attn_norm.dtype() != DType::F32 || ly.ffn_norm.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let [an, fnw] = cuda::f32_bufs([ly.attn_norm, ly.ffn_norm], "decode_layers norm")?;
+    if an.len != c || fnw.len != c || an.ptr() % 16 != 0 || fnw.ptr() % 16 != 0 {
+        return Ok(None);
+    }
+    let (an, fnw) = (an.ptr(), fnw.ptr());
+    if ly.k_cache.shape() != [1, cap, kvh, d] || ly.v_cache.shape() != [1, cap, kvh, d] {
+        return Ok(None);
+    }
+    let kc = ly.k_cache.cuda_buf_mut()?;
+    kc.expect(DType::BF16, "decode_layers key cache")?;
+    let kcp = kc.ptr();
+    let vc = ly.v_cache.cuda_buf_mut()?;
+    vc.expect(DType::BF16, "decode_layers value cache")?;
+    Ok(Some([an, fnw, kcp, vc.ptr()]))
+}
+
+/// The quantised layers' table (decode_layers.cu's DlqLayer: 7 weights of (blocks, bytes a row,
+/// rows, lanes a row, format index, 0), 3 biases, 2 norms, 2 caches, the window: 288 bytes a
+/// layer), the kernel and its dynamic shared memory; None where the layers do not fit: the
+/// launched one-row integer matvecs must be what the step would run (mixed precision,
+/// `SMELT_CUDA_MMVQ` on, inputs quantised in the block), every matrix in one of
+/// `QUANT_FORMATS`, q and k in one format, gate and up in one.
+fn quant_table(
+    layers: &mut [Layer],
+    c: usize,
+    h: usize,
+    kvh: usize,
+    d: usize,
+    f_dim: usize,
+    cap: usize,
+) -> Result<Option<(Vec<u8>, &'static str, usize)>> {
+    use crate::ops::qmatmul::cuda::{mmvq_lanes, mmvq_on, FUSED_MAX_K};
+    let hd = h * d;
+    if !mmvq_on() || ![c, hd, f_dim].iter().all(|k| k.is_multiple_of(32) && *k <= FUSED_MAX_K) {
+        return Ok(None);
+    }
+    // The input row in shared memory: after a norm, y (2 bytes a value), its 8-bit form and a
+    // scale a 32 (3 + 1/8 bytes a value); o's and down's inputs, quantised (1 + 1/8).
+    let smem = (3 * c + c / 8).max(hd + hd / 8).max(f_dim + f_dim / 8);
+    if smem > 48 * 1024 {
+        return Ok(None);
+    }
+    let format_index = |w: &Tensor| w.as_device_quant().and_then(|q| QUANT_FORMATS.iter().position(|f| *f == q.format));
+    let mut table: Vec<u8> = Vec::with_capacity(layers.len() * 288);
+    for ly in layers.iter_mut() {
+        let q = |w: &Tensor| w.as_device_quant().map(|q| (q.format, q.rows, q.cols));
+        let (fq, fk) = (q(ly.qkv[0].0), q(ly.qkv[1].0));
+        let (fg, fu) = (q(ly.gate), q(ly.up));
+        if fq.map(|f| f.0) != fk.map(|f| f.0) || fg.map(|f| f.0) != fu.map(|f| f.0) {
+            return Ok(None);
+        }
+        let shapes = [(hd, c), (kvh * d, c), (kvh * d, c), (c, hd), (f_dim, c), (f_dim, c), (c, f_dim)];
+        let ws = [ly.qkv[0].0, ly.qkv[1].0, ly.qkv[2].0, ly.o, ly.gate, ly.up, ly.down];
+        for (w, (rows, cols)) in ws.iter().zip(shapes) {
+            let Some(dq) = w.as_device_quant() else { return Ok(None) };
+            if dq.rows != rows || dq.cols != cols || dq.blocks.gpu.ordinal != layers_gpu(ly)? {
+                return Ok(None);
+            }
+            table.extend(dq.blocks.ptr().to_le_bytes());
+            table.extend((dq.row_bytes as i64).to_le_bytes());
+            let Some(fmt) = format_index(w) else { return Ok(None) };
+            for v in [rows as i32, mmvq_lanes(cols, rows) as i32, fmt as i32, 0] {
+                table.extend(v.to_le_bytes());
+            }
+        }
+        for (j, (_, b)) in ly.qkv.iter().enumerate() {
+            let p = match b {
+                Some(b) if b.numel() == shapes[j].0 && b.dtype() == DType::F32 => {
+                    cuda::f32_bufs([*b], "decode_layers bias")?[0].ptr()
+                }
+                Some(_) => return Ok(None),
+                None => 0,
+            };
+            table.extend(p.to_le_bytes());
+        }
+        let Some(nc) = norms_and_caches(ly, c, kvh, d, cap)? else { return Ok(None) };
+        for p in nc {
+            table.extend(p.to_le_bytes());
+        }
+        table.extend((ly.window.unwrap_or(0) as i64).to_le_bytes());
+    }
+    Ok(Some((table, "decode_layers_quant", smem)))
+}
+
+/// The formats `decode_layers_quant` reads, by the index its table gives each weight: Q4_K_M's
+/// pair, its fallback pair for rows that are not whole 256-blocks, and so also plain Q8_0.
+const QUANT_FORMATS: [crate::quant::GgmlType; 4] = {
+    use crate::quant::GgmlType as T;
+    [T::Q4_K, T::Q6_K, T::Q5_0, T::Q8_0]
+};
+
+/// The GPU a layer's key cache is on (its weights must be there too).
+fn layers_gpu(ly: &Layer) -> Result<usize> {
+    Ok(ly.k_cache.cuda_buf()?.gpu.ordinal)
+}
+
+/// Launches kernel `name` over the layers whose `table` is packed: finds or uploads the table
+/// and the barrier state, sizes the grid from the occupancy, and returns (x, r).
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    gpu: &Arc<Gpu>,
+    xb: &DeviceBuf,
+    hb: &DeviceBuf,
+    x0: &Tensor,
+    table: Vec<u8>,
+    name: &'static str,
+    smem: usize,
+    n: usize,
+    [c, h, kvh, d, f_dim, cap]: [usize; 6],
+    rope: &RopeTable,
+    at: &Tensor,
+    eps: f64,
+    scale: f32,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let gpu = gpu.clone();
     let splits = cap.div_ceil(crate::ops::attention::cuda::DEC_CHUNK).max(1);
     let tab = crate::ops::rope::cuda::device_table(&gpu, rope, cap)?;
     let pbuf = at.cuda_buf()?;
     pbuf.expect(DType::U32, "decode_layers position")?;
-    // Two blocks an SM take the instantiation whose registers allow it.
-    let name = if per_sm() >= 2 { "decode_layers_b2_bf16" } else { "decode_layers_bf16" };
     let f = gpu.function("decode_layers", SRC, name)?;
-    let smem = 2 * c;
     let sms = gpu
         .ctx
         .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -224,7 +358,6 @@ pub(crate) fn decode_layers(
         let Some((_, t)) = pg.tables.iter().find(|(b, _)| *b == table) else { return Ok(None) };
         (t.ptr(), pg.state.ptr())
     };
-    let n = layers.len();
     // Bytes in u32 words (every piece is a multiple of 256 bytes).
     let scratch = DeviceBuf::alloc(&gpu, DType::U32, n * layer_bytes(c, h, kvh, d, f_dim, splits) / 4)?;
     let x_out = DeviceBuf::alloc(&gpu, DType::F32, c)?;

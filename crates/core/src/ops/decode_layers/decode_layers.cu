@@ -248,6 +248,32 @@ __device__ __noinline__ void dl_attention(const DlLayer& ly, const DlBufs& bf, i
     }
 }
 
+// The end of a launch: the last block out resets the counters for the next launch (every block
+// has passed its last wait, so nobody reads them any more). A hung launch leaves its mark in
+// DL_FAILED and zeroes the heads' counts, which a broken barrier may have left mid-count.
+__device__ __forceinline__ void dl_finish(unsigned int* st, int H) {
+    unsigned int nb = gridDim.x;
+    __shared__ int last_out;
+    __syncthreads();
+    if (threadIdx.x == 0) last_out = atomicAdd(st + DL_DONE, 1u) == nb - 1;
+    __syncthreads();
+    if (last_out) {
+        __threadfence();
+        volatile unsigned int* hung = st + DL_HUNG;
+        bool failed = *hung != 0;
+        if (failed)
+            for (int h = threadIdx.x; h < H; h += blockDim.x) st[DL_HEADS + h] = 0;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            if (failed) atomicExch(st + DL_FAILED, 1u);
+            atomicExch(st + DL_HUNG, 0u);
+            atomicExch(st + DL_COUNT, 0u);
+            atomicExch(st + DL_DONE, 0u);
+            __threadfence();
+        }
+    }
+}
+
 // grid: resident blocks only (the host sizes it from the occupancy), MV_THREADS threads,
 // dynamic shared memory 2·C bytes (the normed row).
 #define DL_ARGS                                                                                                  \
@@ -320,28 +346,7 @@ __device__ __forceinline__ void decode_layers_body(DL_ARGS) {
         xprev = xb;
         rprev = rd;
     }
-    // The last block out resets the counters for the next launch: every block has passed its
-    // last wait, so nobody reads them any more. A hung launch leaves its mark in DL_FAILED and
-    // zeroes the heads' counts, which a broken barrier may have left mid-count.
-    __shared__ int last_out;
-    __syncthreads();
-    if (threadIdx.x == 0) last_out = atomicAdd(st + DL_DONE, 1u) == nb - 1;
-    __syncthreads();
-    if (last_out) {
-        __threadfence();
-        volatile unsigned int* hung = st + DL_HUNG;
-        bool failed = *hung != 0;
-        if (failed)
-            for (int h = threadIdx.x; h < H; h += blockDim.x) st[DL_HEADS + h] = 0;
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            if (failed) atomicExch(st + DL_FAILED, 1u);
-            atomicExch(st + DL_HUNG, 0u);
-            atomicExch(st + DL_COUNT, 0u);
-            atomicExch(st + DL_DONE, 0u);
-            __threadfence();
-        }
-    }
+    dl_finish(st, H);
 }
 
 #define DL_PASS layers, L, C, H, KVH, D, F, S, eps, wpr, scale, chunk, splits, interleaved, pos, cosv, sinv, x0, h0, \
@@ -352,4 +357,184 @@ extern "C" __global__ void __launch_bounds__(MV_THREADS, 1) decode_layers_bf16(D
 // SMELT_CUDA_PERSIST_BPS=2).
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 2) decode_layers_b2_bf16(DL_ARGS) {
     decode_layers_body(DL_PASS);
+}
+
+// ---- Quantised layers ------------------------------------------------------------------------
+// The same five phases with block-quantised weights (qmatmul.cu's formats, compiled in before
+// this file with QMATMUL_NO_KERNELS). A matvec phase quantises its input row to 8 bits in every
+// block's shared memory (after the add + norm where one precedes), as the launched one-row
+// kernels do (`mmvq_rows_g` given xf, or nm), then sums its rows through `mmvq_rows_g` given that
+// quantised row, with the lanes a row the launchers pick (`mmvq_lanes`): the launched step's bits.
+// Each weight is of one of the kernel's four formats, which its table entry names: one kernel
+// takes llama.cpp's Q4_K_M mix (Q4_K, some v and down matrices at Q6_K), smelt's q4_k export of
+// rows that are not whole 256-blocks (Q5_0 with Q8_0) and any mix of the two (a 576-wide model's
+// down rows are 1536 wide), and plain Q8_0.
+
+// One quantised weight: blocks, bytes a row, rows, lanes a row, its format (0-3: F0-F3).
+struct DlqW {
+    const u8* w;
+    long long rb;
+    int m, G, fmt, pad;
+};
+// One layer, packed by the host (decode_layers/cuda.rs, `quant_table`): 288 bytes.
+struct DlqLayer {
+    DlqW w[7];  // q, k, v, o, gate, up, down
+    const float* b[3];
+    const float* attn_norm;
+    const float* ffn_norm;
+    bf16_t* kc;
+    bf16_t* vc;
+    long long window;
+};
+
+__device__ __forceinline__ int dlq_blocks(const DlqW& w) { return (w.m + MV_THREADS / w.G - 1) / (MV_THREADS / w.G); }
+
+// The input row of a phase, quantised into this block's shared memory: after the add + norm
+// (nm.x set: y in shared memory first, then its 8-bit form) or from `xin`. Returns (xq, xd).
+__device__ __forceinline__ void dlq_input(const bf16_t* xin, const NormIn& nm, int cols, const signed char** xq,
+                                          const float** xd) {
+    extern __shared__ __align__(16) unsigned char mv_shared[];
+    signed char* sq;
+    float* sd;
+    if (nm.x) {
+        bf16_t* sy = (bf16_t*)mv_shared;
+        sq = (signed char*)(mv_shared + 2 * cols);
+        sd = (float*)(mv_shared + 3 * cols);
+        add_rmsnorm_shared(nm, cols, sy);
+        __syncthreads();
+        quantize_q8_shared(sy, cols, sq, sd);
+    } else {
+        sq = (signed char*)mv_shared;
+        sd = (float*)(mv_shared + cols);
+        quantize_q8_shared(xin, cols, sq, sd);
+    }
+    __syncthreads();
+    *xq = sq;
+    *xd = sd;
+}
+
+// One virtual block's rows of a weight of format F (R = 1), or of a gate/up pair (R = 2, SwiGLU):
+// `mmvq_rows_g` given the quantised input row, as the launched one-row kernels call it; y = the
+// product rounded to bf16 (+ bias, rounded again, as add_bias does), or SwiGLU's product as
+// `mmvqg_swiglu` computes it. One function a format, so that each gets the registers to itself.
+template <class F, int R>
+__device__ __noinline__ void dlq_block(const DlqW& w, const DlqW& u, int blk, const signed char* xq, const float* xd,
+                                       int cols, const float* bias, bf16_t* y) {
+    int G = w.G, lane = threadIdx.x & (G - 1);
+    int r = blk * (MV_THREADS / G) + threadIdx.x / G;
+    bool active = r < w.m;
+    if (!active) r = 0;  // still sums with its block (the barriers)
+    float acc[R];
+    const u8* rows[R];
+    rows[0] = w.w + (long long)r * w.rb;
+    if (R == 2) rows[R - 1] = u.w + (long long)r * u.rb;
+    mmvq_rows_g<F, R, 1>(rows, nullptr, xq, xd, cols, 1, lane, G, active, acc);
+    if (active && lane == 0) {
+        if (R == 1) {
+            bf16_t p = f2bf(acc[0]);
+            y[r] = bias ? f2bf(bf2f(p) + bias[r]) : p;
+        } else {
+            float gi = bf2f(f2bf(acc[0])), ui = bf2f(f2bf(acc[R - 1]));
+            y[r] = f2bf(gi * (1.f / (1.f + expf(-gi))) * ui);
+        }
+    }
+    if (G > 32) __syncthreads();  // group_sum's shared memory, before the next block's sums
+}
+
+// A quantised matvec phase: wait for barrier `target` (0: none), the input row quantised in
+// shared memory, then every virtual block this block takes: up to three weights sharing the
+// input (R = 1: q, k, v; or o, or down alone), each on virtual blocks of its own as
+// `mmvqg3_mixed` lays them out, or a gate/up pair (R = 2, ws[0] and ws[1], into ys[0]).
+template <class F0, class F1, class F2, class F3, int R>
+__device__ __noinline__ void dlq_phase(const DlqW* ws, int ns, const float* const* bias, bf16_t* const* ys,
+                                       const bf16_t* xin, const NormIn& nm, int cols, unsigned int* st,
+                                       unsigned int target) {
+    if (target) dl_wait(st, target);
+    const signed char* xq;
+    const float* xd;
+    dlq_input(xin, nm, cols, &xq, &xd);
+    int slots = R == 1 ? ns : 1, total = 0;
+    for (int j = 0; j < slots; j++) total += dlq_blocks(ws[j]);
+    for (int vb = blockIdx.x; vb < total; vb += gridDim.x) {
+        int blk = vb, j = 0;
+        while (j < slots - 1 && blk >= dlq_blocks(ws[j])) blk -= dlq_blocks(ws[j++]);
+        const DlqW& w = ws[j];
+        const DlqW& u = ws[R == 2 ? 1 : j];
+        const float* b = R == 1 ? bias[j] : nullptr;
+        switch (w.fmt) {
+            case 0: dlq_block<F0, R>(w, u, blk, xq, xd, cols, b, ys[j]); break;
+            case 1: dlq_block<F1, R>(w, u, blk, xq, xd, cols, b, ys[j]); break;
+            case 2: dlq_block<F2, R>(w, u, blk, xq, xd, cols, b, ys[j]); break;
+            default: dlq_block<F3, R>(w, u, blk, xq, xd, cols, b, ys[j]); break;
+        }
+    }
+}
+
+// The quantised layers' body: decode_layers_body's phases and barriers, its attention phase.
+#define DLQ_ARGS                                                                                                 \
+    const DlqLayer *layers, int L, int C, int H, int KVH, int D, int F, int S, float eps, int wpr, float scale, \
+        int chunk, int splits, int interleaved, const int *pos, const float *cosv, const float *sinv,            \
+        const float *x0, const bf16_t *h0, unsigned char *scratch, float *x_out, bf16_t *r_out, unsigned int *st, \
+        long long l2
+template <class F0, class F1, class F2, class F3>
+__device__ __forceinline__ void decode_layers_q_body(DLQ_ARGS) {
+    unsigned int bar = 0, nb = gridDim.x;
+    const NormIn none{nullptr, nullptr, nullptr, nullptr, 0.f, 0};
+    const float* xprev = x0;
+    const bf16_t* rprev = h0;
+    const float* const nobias[3] = {nullptr, nullptr, nullptr};
+    for (int l = 0; l < L; l++) {
+        const DlqLayer& ly = layers[l];
+        DlBufs bf = dl_bufs(scratch, l, C, H, KVH, D, F, splits);
+        bool last = l == L - 1;
+        // The attention phase reads the bf16 table's fields: the caches and the window.
+        DlLayer at;
+        at.kc = ly.kc, at.vc = ly.vc, at.window = (int)ly.window;
+        if (l2) dl_l2(ly.w[3].w, ly.w[3].rb * ly.w[3].m, 0, l2);
+        // P1: q, k, v (layer 0's input arrives normed: h0, quantised here).
+        bf16_t* const qkv_y[3] = {bf.q, bf.k, bf.v};
+        const float* xa = xprev;
+        if (l == 0) {
+            dlq_phase<F0, F1, F2, F3, 1>(ly.w, 3, ly.b, qkv_y, h0, none, C, st, 0);
+        } else {
+            dlq_phase<F0, F1, F2, F3, 1>(ly.w, 3, ly.b, qkv_y, nullptr, NormIn{xprev, rprev, ly.attn_norm, bf.xa, eps, wpr}, C,
+                                 st, ++bar * nb);
+            xa = bf.xa;
+        }
+        dl_arrive(st);
+        // P2: attention.
+        if (l2) dl_l2(ly.w[4].w, ly.w[4].rb * ly.w[4].m, 0, l2 / 2), dl_l2(ly.w[5].w, ly.w[5].rb * ly.w[5].m, 0, l2 / 2);
+        dl_wait(st, ++bar * nb);
+        dl_attention(at, bf, H, KVH, D, S, scale, chunk, splits, interleaved, pos, cosv, sinv, st);
+        dl_arrive(st);
+        // P3: o.
+        if (l2) dl_l2(ly.w[4].w, ly.w[4].rb * ly.w[4].m, l2 / 2, l2), dl_l2(ly.w[5].w, ly.w[5].rb * ly.w[5].m, l2 / 2, l2);
+        bf16_t* const o_y[1] = {bf.ro};
+        dlq_phase<F0, F1, F2, F3, 1>(&ly.w[3], 1, nobias, o_y, bf.att, none, H * D, st, ++bar * nb);
+        dl_arrive(st);
+        // P4: gate, up, SwiGLU after the add and the norm.
+        float* xb = last ? x_out : bf.xb;
+        if (l2) dl_l2(ly.w[6].w, ly.w[6].rb * ly.w[6].m, 0, l2);
+        bf16_t* const act_y[1] = {bf.act};
+        dlq_phase<F0, F1, F2, F3, 2>(&ly.w[4], 2, nobias, act_y, nullptr, NormIn{xa, bf.ro, ly.ffn_norm, xb, eps, wpr}, C, st,
+                             ++bar * nb);
+        dl_arrive(st);
+        // P5: down.
+        bf16_t* rd = last ? r_out : bf.rd;
+        if (l2 && !last)
+            for (int j = 0; j < 3; j++) dl_l2(layers[l + 1].w[j].w, layers[l + 1].w[j].rb * layers[l + 1].w[j].m, 0, l2 / 3);
+        bf16_t* const d_y[1] = {rd};
+        dlq_phase<F0, F1, F2, F3, 1>(&ly.w[6], 1, nobias, d_y, bf.act, none, F, st, ++bar * nb);
+        if (!last) dl_arrive(st);
+        xprev = xb;
+        rprev = rd;
+    }
+    dl_finish(st, H);
+}
+
+#define DLQ_PASS layers, L, C, H, KVH, D, F, S, eps, wpr, scale, chunk, splits, interleaved, pos, cosv, sinv, x0, h0, \
+                 scratch, x_out, r_out, st, l2
+// Formats 0-3: Q4_K, Q6_K, Q5_0, Q8_0 (decode_layers/cuda.rs, `QUANT_FORMATS`).
+extern "C" __global__ void __launch_bounds__(MV_THREADS, 1) decode_layers_quant(DLQ_ARGS) {
+    decode_layers_q_body<Q4_K, Q6_K, Q5_0, Q8_0>(DLQ_PASS);
 }

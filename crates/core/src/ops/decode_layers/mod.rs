@@ -1,19 +1,22 @@
 //! Every layer of a decode step in one launch: a persistent CUDA kernel (`decode_layers.cu`)
-//! for one row (batch 1) under mixed precision, dense bf16 matrices, Llama-family layers (RMSNorm,
-//! SwiGLU, RoPE, optional q/k/v biases, GQA, sliding windows; no q/k norms), the position on the
-//! device. docs/CUDA.md, "One persistent kernel a decode token", has the design and the budget.
+//! for one row (batch 1) under mixed precision, dense bf16 matrices (`decode_layers_bf16`) or
+//! block-quantised ones (`decode_layers_quant`: Q4_K, Q6_K, Q5_0 and Q8_0, in any mix, as
+//! GGUF files of those types hold them), Llama-family layers (RMSNorm, SwiGLU, RoPE, optional
+//! q/k/v biases, GQA, sliding windows; no q/k norms), the position on the device. docs/CUDA.md,
+//! "One persistent kernel a decode token", has the design and the budget.
 //!
 //! It is a fusion of ops that live elsewhere, not an op of its own: its phases call the device
-//! functions of the launched decode step's kernels (gemv.cu's row sums, common.cuh's add +
-//! RMSNorm, decode.cu's attention and merge) with the arguments their launchers pick (lanes a
-//! row, warps a norm row, key splits), so it computes the launched step's numbers bit for bit.
+//! functions of the launched decode step's kernels (gemv.cu's row sums, qmatmul.cu's integer row
+//! sums and in-block 8-bit quantisation of the input row, common.cuh's add + RMSNorm, decode.cu's
+//! attention and merge) with the arguments their launchers pick (lanes a row, warps a norm row,
+//! key splits), so it computes the launched step's numbers bit for bit.
 //! The reference is therefore that step, not a CPU kernel: `gpu_infer::
 //! persistent_decode_steps_equal_the_launched_ones` compares the two over hundreds of steps.
 //!
 //! Experimental and opt-in: `SMELT_CUDA_PERSIST=1` (written 2026-12-04 without a GPU; see
 //! docs/CUDA.md for what has and has not run). Where anything does not fit (another precision,
-//! quantised weights, an adapter, a shape past the kernel's limits) `decode_layers` returns
-//! None before launching anything, and the model runs its layers one launch at a time.
+//! another quantised format, an adapter, a shape past the kernel's limits) `decode_layers`
+//! returns None before launching anything, and the model runs its layers one launch at a time.
 
 use crate::ops::rope::RopeTable;
 use crate::ops::Pos;

@@ -56,7 +56,7 @@ fn names(f: GgmlType) -> Result<[&'static str; 11]> {
 /// Whether mixed-precision decode multiplies quantised weights in integer arithmetic (x quantised
 /// to 8 bits once, dp4a; the `mmvq*` kernels): on unless `SMELT_CUDA_MMVQ=0`, which keeps the
 /// f32 dequantising matvec (as f32 precision always does).
-fn mmvq_on() -> bool {
+pub(crate) fn mmvq_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("SMELT_CUDA_MMVQ").map(|v| v != "0").unwrap_or(true))
 }
@@ -84,7 +84,7 @@ impl Q8 {
 }
 
 /// Largest k whose in-kernel quantisation fits the default 48 KiB of shared memory (k·9/8 bytes).
-const FUSED_MAX_K: usize = 40 * 1024;
+pub(crate) const FUSED_MAX_K: usize = 40 * 1024;
 
 /// x ready for the integer path (mixed precision, bf16 x, n ≤ MATVEC_MAX_N, k a multiple of
 /// 32), else None.
@@ -183,7 +183,7 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
 /// eight lanes; measured, docs/PERF.md; `SMELT_CUDA_MMVQ_FILL=0` to compare). A function of the
 /// weight's shape only (never of n, nor of the weights launched beside it), so a row's sums run
 /// in one order alone, in a q/k/v launch, beside its gate/up pair, and in any batch.
-fn mmvq_lanes(k: usize, rows: usize) -> usize {
+pub(crate) fn mmvq_lanes(k: usize, rows: usize) -> usize {
     let chunks = k / 32;
     let mut g = crate::ops::matmul::cuda::row_lanes(chunks, if chunks >= 64 { 8 } else { 4 });
     static FILL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

@@ -585,12 +585,16 @@ __device__ __forceinline__ void mmvqg_swiglu(const bf16_t* xf, const signed char
     }
 }
 
+// QMATMUL_NO_KERNELS: the device functions only, for a module that includes this file for its
+// row sums (the persistent decode kernel, decode_layers.cu).
+#ifndef QMATMUL_NO_KERNELS
 extern "C" __global__ void quantize_q8_f32(const float* x, signed char* xq, float* xd, long long blocks) {
     quantize_q8<float>(x, xq, xd, blocks);
 }
 extern "C" __global__ void quantize_q8_bf16(const bf16_t* x, signed char* xq, float* xd, long long blocks) {
     quantize_q8<bf16_t>(x, xq, xd, blocks);
 }
+#endif
 
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(bf16_t* p, float v) { *p = f2bf(v); }
@@ -679,12 +683,14 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
         qdequant<F, float>(w, ids, out, n, cols, row_bytes, vocab);                                              \
     }
 
+#ifndef QMATMUL_NO_KERNELS
 QKERNELS(Q4_0)
 QKERNELS(Q4_1)
 QKERNELS(Q5_0)
 QKERNELS(Q8_0)
 QKERNELS(Q4_K)
 QKERNELS(Q6_K)
+#endif
 
 #define MMVQG_MIXED(FA, FB, P, NM)                                                                                \
     extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
@@ -704,9 +710,11 @@ QKERNELS(Q6_K)
         mmvqg3_mixed<FA, FB, bf16_t, 1>(nullptr, nullptr, nullptr, 1, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2,  \
                                         y2, m2, rb2, G, nm);                                                     \
     }
+#ifndef QMATMUL_NO_KERNELS
 MMVQG_MIXED_NORM(Q4_K, Q6_K)
 MMVQG_MIXED_NORM(Q5_0, Q8_0)
 MMVQG_MIXED(Q4_K, Q6_K, , QMV_MAX_N)
 MMVQG_MIXED(Q4_K, Q6_K, n1_, 1)
 MMVQG_MIXED(Q5_0, Q8_0, , QMV_MAX_N)
 MMVQG_MIXED(Q5_0, Q8_0, n1_, 1)
+#endif
