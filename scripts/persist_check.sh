@@ -29,6 +29,8 @@ if part parity; then
   # With the L2 prefetch windows on (they change no value: the same test must pass).
   SMELT_CUDA_PERSIST_L2=16 timeout 300 "$D/gpu_infer" persistent_decode_steps_equal --test-threads=1 --nocapture >"$OUT/persist_parity_l2.txt" 2>&1
   echo "the same, L2 prefetch 16 MiB, rc $?"; grep -E "equal|differs|panicked|timed out|test result" "$OUT/persist_parity_l2.txt" | tail -8
+  SMELT_CUDA_PERSIST_L2=16 timeout 300 "$D/gpu_infer" persistent_decode_with_quantised --test-threads=1 --nocapture >"$OUT/persist_parity_quant_l2.txt" 2>&1
+  echo "quantised, L2 prefetch 16 MiB, rc $?"; grep -E "equal|differs|panicked|never ran|test result" "$OUT/persist_parity_quant_l2.txt" | tail -8
   # The captured decode test with the persistent kernel in its bf16 captured steps: still equal
   # to the uncaptured steps (host position, the layers' own launches).
   SMELT_CUDA_PERSIST=1 timeout 300 "$D/gpu_infer" captured_decode_steps --test-threads=1 --nocapture >"$OUT/persist_captured.txt" 2>&1

@@ -232,31 +232,47 @@ fn persistent_decode_steps_equal_the_launched_ones() {
 
 /// The persistent decode kernel with block-quantised weights (`decode_layers_quant`: the integer
 /// row sums of the launched one-row kernels) gives the launched step's logits bit for bit, over
-/// caches of > 256 positions (the merge runs), for GGUF exports in Q8_0, Q4_K (256-wide rows:
-/// Q4_K with the Q6_K matrices llama.cpp's mix keeps) and Q4_K of a 288-wide model whose down
-/// rows are 768 wide (smelt's fallback where rows are not whole 256-blocks, Q5_0 with Q8_0,
-/// beside Q4_K/Q6_K down matrices: all four formats in one model, as in the 135M shape).
+/// caches of > 256 positions (the merge runs). The bases are quantised in memory as a GGUF
+/// export would type each matrix (`qbase::quantize_base`): Q8_0; Q4_K at 256-wide rows (Q4_K
+/// with the Q6_K matrices llama.cpp's mix keeps); Q4_K of a 288-wide model whose down rows are
+/// 768 wide (smelt's Q5_0/Q8_0 fallback beside Q4_K/Q6_K down matrices: all four formats, as in
+/// the 135M shape); and Q8_0 with q/k/v biases and 8192-wide down rows, whose rows take 64 lanes
+/// (row groups past a warp, and the lane doubling for products that fill few blocks).
 #[test]
 fn persistent_decode_with_quantised_weights_equals_the_launched_steps() {
-    use smelt_convert::export::{export, TokenizerSource};
     use smelt_core::ops::decode_layers::{launches, set_enabled};
     use smelt_gguf::GgmlType;
     let Some(d) = gpu() else { return };
     cuda::set_matmul_precision(MatmulPrecision::Bf16);
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gpu-persist-quant");
-    std::fs::create_dir_all(&dir).unwrap();
-    smelt_tokenizer::Tokenizer::byte_level().save(&dir.join("tokenizer.json")).unwrap();
     let mut r = Rng::new(17);
+    let mut biased = ModelConfig::llama(320, 512, 2, 8, 2, 8192);
+    biased.qkv_bias = true;
     for (cfg, ty) in [
         (ModelConfig::llama(320, 256, 2, 4, 2, 512), GgmlType::Q8_0),
         (ModelConfig::llama(320, 256, 2, 4, 2, 512), GgmlType::Q4_K),
         (ModelConfig::llama(320, 288, 2, 4, 2, 768), GgmlType::Q4_K),
+        (biased, GgmlType::Q8_0),
     ] {
-        let name = format!("{} d{}", ty.name(), cfg.dim);
-        let src = Model::init(cfg.clone(), 3).unwrap();
-        let out = dir.join(format!("tiny-{}-{}.gguf", ty.name(), cfg.dim));
-        export(&src, ty, TokenizerSource::HfDir { dir: &dir, pre: Some("gpt-2") }, "tiny", None, &out).unwrap();
-        let mut m = smelt_convert::load_model(&out).unwrap();
+        let name = format!("{} d{} ffn{}", ty.name(), cfg.dim, cfg.ffn_hidden);
+        let mut src = Model::init(cfg.clone(), 3).unwrap();
+        if cfg.qkv_bias {
+            // Biases start at zero: give them values, so that adding them is checked.
+            let params: Vec<Tensor> = src
+                .params
+                .iter()
+                .zip(src.trainable_names())
+                .map(|(t, n)| match n.contains("bias") {
+                    true => Tensor::from_f32(
+                        (0..t.numel()).map(|i| ((i * 7919) % 13) as f32 * 0.01 - 0.06).collect(),
+                        t.shape(),
+                    )
+                    .unwrap(),
+                    false => t.clone(),
+                })
+                .collect();
+            src = src.with_params(params).unwrap();
+        }
+        let mut m = smelt_convert::qbase::quantize_base(&src, ty).unwrap();
         let mut types: Vec<&str> = m.params.iter().filter_map(|p| p.as_quant()).map(|q| q.type_name()).collect();
         types.sort();
         types.dedup();
@@ -284,7 +300,6 @@ fn persistent_decode_with_quantised_weights_equals_the_launched_steps() {
             }
         }
         println!("{name} ({}): {steps} persistent decode steps equal the launched ones", types.join(", "));
-        std::fs::remove_file(&out).ok();
     }
     cuda::set_matmul_precision(MatmulPrecision::F32);
 }

@@ -247,9 +247,9 @@ fn quant_table(
     let mut table: Vec<u8> = Vec::with_capacity(layers.len() * 288);
     for ly in layers.iter_mut() {
         let q = |w: &Tensor| w.as_device_quant().map(|q| (q.format, q.rows, q.cols));
-        let (fq, fk) = (q(ly.qkv[0].0), q(ly.qkv[1].0));
-        let (fg, fu) = (q(ly.gate), q(ly.up));
-        if fq.map(|f| f.0) != fk.map(|f| f.0) || fg.map(|f| f.0) != fu.map(|f| f.0) {
+        // Gate and up in one format: the launched step's fused SwiGLU product needs it (each
+        // other weight's rows are summed alone, whatever its neighbours' formats).
+        if q(ly.gate).map(|f| f.0) != q(ly.up).map(|f| f.0) {
             return Ok(None);
         }
         let shapes = [(hd, c), (kvh * d, c), (kvh * d, c), (c, hd), (f_dim, c), (f_dim, c), (c, f_dim)];
@@ -321,6 +321,15 @@ fn launch(
     let pbuf = at.cuda_buf()?;
     pbuf.expect(DType::U32, "decode_layers position")?;
     let f = gpu.function("decode_layers", SRC, name)?;
+    // Dynamic shared memory past 48 KiB would need an opt-in; with the kernel's static shared
+    // memory (decode attention's) this launch must stay under it, or the layers run one launch
+    // at a time.
+    let statik = f
+        .get_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+        .map_err(|e| anyhow!("decode_layers shared memory on {gpu:?}: {e:?}"))?;
+    if smem + statik.max(0) as usize > 48 * 1024 {
+        return Ok(None);
+    }
     let sms = gpu
         .ctx
         .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -330,7 +339,7 @@ fn launch(
         .map_err(|e| anyhow!("decode_layers occupancy on {gpu:?}: {e:?}"))?;
     let per_sm = per_sm().min(resident);
     if per_sm == 0 {
-        bail!("decode_layers: no block of {THREADS} threads with {smem} bytes of shared memory fits an SM of {gpu:?}");
+        return Ok(None); // no block of this size fits an SM: the launched kernels it is
     }
     // The table and the state, found or made; a step being captured cannot upload them (its
     // decoder's first, uncaptured step did), so one that would runs the launched kernels.

@@ -283,9 +283,6 @@ __device__ __forceinline__ void dl_finish(unsigned int* st, int H) {
         long long l2
 __device__ __forceinline__ void decode_layers_body(DL_ARGS) {
     unsigned int bar = 0, nb = gridDim.x;
-    // Bytes of each weight (bf16): q/k/v together are m[0..3]·C, o C·HD, gate and up F·C each,
-    // down C·F.
-    const long long bo = 2ll * C * H * D, bgu = 2ll * F * C, bdn = 2ll * C * F;
     const NormIn none{nullptr, nullptr, nullptr, nullptr, 0.f, 0};
     const float* xprev = x0;    // the stream before this layer's add
     const bf16_t* rprev = h0;   // the branch output the add takes (layer 0: none, h0 is normed)
@@ -301,7 +298,7 @@ __device__ __forceinline__ void decode_layers_body(DL_ARGS) {
         // The L2 windows (l2 > 0): during P1, o; during P2 (no weights), the first half-window
         // of gate and up each; during P3 their second; during P4, down; during P5, the next
         // layer's q/k/v. Issued before each phase's wait.
-        if (l2) dl_l2(ly.wo, bo, 0, l2);
+        if (l2) dl_l2(ly.wo, 2ll * C * H * D, 0, l2);
         if (l == 0) {
             dl_phase<1>(qkv, h0, none, st, 0);
         } else {
@@ -310,7 +307,7 @@ __device__ __forceinline__ void decode_layers_body(DL_ARGS) {
         }
         dl_arrive(st);
         // P2: attention, the rotation and the cache write inside; the last split of a head merges.
-        if (l2) dl_l2(ly.wg, bgu, 0, l2 / 2), dl_l2(ly.wu, bgu, 0, l2 / 2);
+        if (l2) dl_l2(ly.wg, 2ll * F * C, 0, l2 / 2), dl_l2(ly.wu, 2ll * F * C, 0, l2 / 2);
         dl_wait(st, ++bar * nb);
         dl_attention(ly, bf, H, KVH, D, S, scale, chunk, splits, interleaved, pos, cosv, sinv, st);
         dl_arrive(st);
@@ -319,7 +316,7 @@ __device__ __forceinline__ void decode_layers_body(DL_ARGS) {
         o.w[0] = ly.wo, o.b[0] = nullptr, o.y[0] = bf.ro, o.m[0] = C;
         o.w[1] = o.w[2] = nullptr, o.b[1] = o.b[2] = nullptr, o.y[1] = o.y[2] = nullptr, o.m[1] = o.m[2] = 0;
         o.G = ly.g_o, o.k = H * D;
-        if (l2) dl_l2(ly.wg, bgu, l2 / 2, l2), dl_l2(ly.wu, bgu, l2 / 2, l2);
+        if (l2) dl_l2(ly.wg, 2ll * F * C, l2 / 2, l2), dl_l2(ly.wu, 2ll * F * C, l2 / 2, l2);
         dl_phase<1>(o, bf.att, none, st, ++bar * nb);
         dl_arrive(st);
         // P4: gate, up, SwiGLU after the add and the norm.
@@ -327,7 +324,7 @@ __device__ __forceinline__ void decode_layers_body(DL_ARGS) {
         DlRows<2> gu;
         gu.w[0] = ly.wg, gu.w[1] = ly.wu, gu.w[2] = nullptr, gu.b[0] = gu.b[1] = gu.b[2] = nullptr;
         gu.y[0] = bf.act, gu.y[1] = gu.y[2] = nullptr, gu.m[0] = F, gu.m[1] = gu.m[2] = 0, gu.G = ly.g_gu, gu.k = C;
-        if (l2) dl_l2(ly.wd, bdn, 0, l2);
+        if (l2) dl_l2(ly.wd, 2ll * C * F, 0, l2);
         dl_phase<2>(gu, nullptr, NormIn{xa, bf.ro, ly.ffn_norm, xb, eps, wpr}, st, ++bar * nb);
         dl_arrive(st);
         // P5: down.
@@ -428,7 +425,7 @@ __device__ __noinline__ void dlq_block(const DlqW& w, const DlqW& u, int blk, co
     const u8* rows[R];
     rows[0] = w.w + (long long)r * w.rb;
     if (R == 2) rows[R - 1] = u.w + (long long)r * u.rb;
-    mmvq_rows_g<F, R, 1>(rows, nullptr, xq, xd, cols, 1, lane, G, active, acc);
+    mmvq_rows_g<F, R, 1, false>(rows, nullptr, xq, xd, cols, 1, lane, G, active, acc);
     if (active && lane == 0) {
         if (R == 1) {
             bf16_t p = f2bf(acc[0]);

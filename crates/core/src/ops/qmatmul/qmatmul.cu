@@ -447,13 +447,14 @@ __device__ __forceinline__ void quantize_q8_shared(const bf16_t* x, int cols, si
 // xf non-null (one input row, NM = 1): x is quantised here, by every block into its shared
 // memory while its first weight loads are in flight, instead of by a quantize_q8 launch before
 // (dynamic shared memory: cols · 9/8 bytes). Every thread of the block calls this (barriers).
-template <class F, int R, int NM>
+// PDL false: no programmatic-launch instructions (a caller inside a persistent kernel).
+template <class F, int R, int NM, bool PDL = true>
 __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16_t* xf, const signed char* xq,
                                             const float* xd, int cols, int n, int lane, int G, bool active,
                                             float (&acc)[R * NM], const NormIn& nm = NormIn{}) {
 #pragma unroll
     for (int i = 0; i < R * NM; i++) acc[i] = 0.f;
-    pdl_trigger();
+    if (PDL) pdl_trigger();
     int nb = cols / F::QK, chunks = cols / 32;
     constexpr int U = MMVQ_LOADS / R;
     typename F::Raw raw[R][U];
@@ -470,7 +471,7 @@ __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16
     }
     // The weights' first loads are in flight: now the inputs the kernel before made (x, its
     // quantisation, the residual) may be read (a programmatic launch waits here).
-    pdl_wait();
+    if (PDL) pdl_wait();
     if (nm.x) {
         // nm: x is add_rmsnorm's output, made here first (shared memory: y bf16, then xq, xd).
         extern __shared__ __align__(16) unsigned char mv_shared[];
