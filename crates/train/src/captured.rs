@@ -23,7 +23,7 @@
 //! replay. Anything the capture cannot hold (a host copy, a wait) fails with an error that
 //! names it (`smelt_core::cuda::capture`).
 //!
-//! What it does not cover, said by `unsupported`: several ranks (NCCL calls are not captured),
+//! What it does not cover, said by `unsupported`: data-parallel jobs (NCCL calls are not captured),
 //! Muon (it reads norms on the host), SFT's token-weighted micro-batches, packing, DPO,
 //! distillation, adapter dropout (its masks' seeds change every step), the profiler.
 //!
@@ -48,8 +48,8 @@ pub fn wanted() -> bool {
 
 /// Why updates of this run cannot be captured (None: they can).
 pub fn unsupported(model: &Model, opt: &Optimizer, layout: &Layout, dp: Option<&DataParallel>) -> Option<&'static str> {
-    if dp.is_some_and(|d| d.world_size() > 1) {
-        return Some("several ranks (the gradients' NCCL all-reduce is not captured)");
+    if dp.is_some() {
+        return Some("a data-parallel job, even of one rank (its NCCL calls and ZeRO-1's pieces are not captured)");
     }
     if !opt.is_adamw_only() {
         return Some("Muon (its update reads norms on the host)");
