@@ -446,12 +446,26 @@ template <class F0, class F1, class F2, class F3, int R>
 __device__ __noinline__ void dlq_phase(const DlqW* ws, int ns, const float* const* bias, bf16_t* const* ys,
                                        const bf16_t* xin, const NormIn& nm, int cols, unsigned int* st,
                                        unsigned int target) {
+    int slots = R == 1 ? ns : 1, total = 0;
+    for (int j = 0; j < slots; j++) total += dlq_blocks(ws[j]);
+    if (target && blockIdx.x < total) {
+        // The rows of this block's first virtual block into L2 before the barrier (the weights
+        // do not depend on the phase before; the launched kernels issue these loads before
+        // their programmatic wait): their DRAM latency overlaps the wait.
+        int blk = blockIdx.x, j = 0;
+        while (j < slots - 1 && blk >= dlq_blocks(ws[j])) blk -= dlq_blocks(ws[j++]);
+        const DlqW& w = ws[j];
+        long long per = MV_THREADS / w.G, r0 = blk * per, r1 = r0 + per < w.m ? r0 + per : w.m;
+        for (int k = 0; k < R; k++) {
+            const DlqW& x = ws[R == 2 ? k : j];
+            for (long long off = r0 * x.rb + 128ll * threadIdx.x; off < r1 * x.rb; off += 128ll * blockDim.x)
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(x.w + off));
+        }
+    }
     if (target) dl_wait(st, target);
     const signed char* xq;
     const float* xd;
     dlq_input(xin, nm, cols, &xq, &xd);
-    int slots = R == 1 ? ns : 1, total = 0;
-    for (int j = 0; j < slots; j++) total += dlq_blocks(ws[j]);
     for (int vb = blockIdx.x; vb < total; vb += gridDim.x) {
         int blk = vb, j = 0;
         while (j < slots - 1 && blk >= dlq_blocks(ws[j])) blk -= dlq_blocks(ws[j++]);
