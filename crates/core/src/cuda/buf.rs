@@ -86,7 +86,9 @@ pub fn reset_mem_peak() {
 
 impl Drop for DeviceBuf {
     fn drop(&mut self) {
-        LIVE.fetch_sub(self.data.len(), Ordering::Relaxed);
+        if !self.is_arena_piece() {
+            LIVE.fetch_sub(self.data.len(), Ordering::Relaxed);
+        }
         // SAFETY: `data` is not used after this.
         let data = unsafe { ManuallyDrop::take(&mut self.data.0) };
         match self.arena {
@@ -131,7 +133,10 @@ impl DeviceBuf {
             None => unsafe { gpu.stream.alloc::<u8>(bytes) }
                 .map_err(|e| anyhow!("{gpu:?}: cannot allocate {bytes} bytes: {e:?}"))?,
         };
-        track(data.len());
+        // An arena's piece is memory the arena's own buffer already counts.
+        if arena.and_then(|t| t.ptr).is_none() {
+            track(data.len());
+        }
         let mut b = DeviceBuf {
             gpu: gpu.clone(),
             dtype,
@@ -226,6 +231,11 @@ impl DeviceBuf {
     pub fn view_mut(&mut self, start: usize, n: usize) -> CudaViewMut<'_, u8> {
         let s = self.dtype.size_in_bytes();
         self.data.slice_mut(start * s..(start + n) * s)
+    }
+
+    /// Whether this buffer's memory is a piece of a capture arena (counted as the arena's).
+    fn is_arena_piece(&self) -> bool {
+        self.arena.is_some_and(|t| t.ptr.is_some())
     }
 
     /// Whether this buffer is a step's own while an arena counts or serves the step, or while a
