@@ -156,6 +156,53 @@ fn captured_decode_with_an_adapter_equals_uncaptured() {
     cuda::set_matmul_precision(MatmulPrecision::F32);
 }
 
+/// `m` with its q/k/v biases (zero from `Model::init`) given values, so that adding them is
+/// checked; unchanged without biases.
+fn with_biases(m: Model) -> Model {
+    if !m.cfg.qkv_bias {
+        return m;
+    }
+    let params: Vec<Tensor> = m
+        .params
+        .iter()
+        .zip(m.trainable_names())
+        .map(|(t, n)| match n.contains("bias") {
+            true => {
+                Tensor::from_f32((0..t.numel()).map(|i| ((i * 7919) % 13) as f32 * 0.01 - 0.06).collect(), t.shape())
+                    .unwrap()
+            }
+            false => t.clone(),
+        })
+        .collect();
+    m.with_params(params).unwrap()
+}
+
+/// Decodes `ids` (after `prefill`) on captured decoders (the position on the device, which the
+/// persistent kernel needs; each one's first step uncaptured, the rest replayed) with the
+/// persistent kernel off, then on; asserts each path really ran (the kernel's launch count:
+/// the first step of each decoder and its capture, replays not counted) and that every step's
+/// logits are equal bit for bit.
+fn persistent_equals_launched(m: &Model, ids: &[u32], prefill: usize, name: &str) {
+    use smelt_core::ops::decode_layers::{launches, set_enabled};
+    let run = |persist: bool| {
+        set_enabled(Some(persist));
+        let out = decode_logits(m, ids, prefill, true);
+        set_enabled(None);
+        out
+    };
+    let n0 = launches();
+    let launched = run(false);
+    assert_eq!(launches(), n0, "{name}: the persistent kernel ran with SMELT_CUDA_PERSIST off");
+    let persistent = run(true);
+    assert!(launches() > n0, "{name}: the persistent kernel never ran (a check sent the step to the launched kernels)");
+    for (s, (a, b)) in launched.iter().zip(&persistent).enumerate() {
+        if a != b {
+            let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            panic!("{name}: step {s} differs in the persistent kernel (max |Δ| {worst:e}, NMSE {:.3e})", nmse(b, a));
+        }
+    }
+}
+
 /// Every layer of a decode step in one persistent launch (`ops::decode_layers`,
 /// `SMELT_CUDA_PERSIST=1`) computes what the layers' own launches compute, bit for bit, over
 /// enough positions to cross the key splits (with a cache of more than 256
@@ -164,7 +211,6 @@ fn captured_decode_with_an_adapter_equals_uncaptured() {
 /// a sliding window.
 #[test]
 fn persistent_decode_steps_equal_the_launched_ones() {
-    use smelt_core::ops::decode_layers::set_enabled;
     let Some(d) = gpu() else { return };
     cuda::set_matmul_precision(MatmulPrecision::Bf16);
     let small = ModelConfig::llama(300, 64, 2, 4, 2, 160);
@@ -173,56 +219,12 @@ fn persistent_decode_steps_equal_the_launched_ones() {
     wide.sliding_window = Some(200);
     let mut r = Rng::new(11);
     for (name, cfg, steps) in [("small", small, 300usize), ("wide", wide, 280)] {
-        let mut m = Model::init(cfg.clone(), 4).unwrap();
-        if cfg.qkv_bias {
-            // Biases start at zero: give them values, so that adding them is checked.
-            let params: Vec<Tensor> = m
-                .params
-                .iter()
-                .zip(m.trainable_names())
-                .map(|(t, n)| {
-                    if n.contains("bias") {
-                        let v: Vec<f32> = (0..t.numel()).map(|i| ((i * 7919) % 13) as f32 * 0.01 - 0.06).collect();
-                        Tensor::from_f32(v, t.shape()).unwrap()
-                    } else {
-                        t.clone()
-                    }
-                })
-                .collect();
-            m = m.with_params(params).unwrap();
-        }
+        let mut m = with_biases(Model::init(cfg.clone(), 4).unwrap());
         m.to_device(d).unwrap();
         let v = cfg.vocab_size as u64;
         let prefill = 5;
         let ids: Vec<u32> = (0..prefill + steps).map(|_| r.below(v) as u32).collect();
-        // Captured decoders: the position lives on the device (which the persistent kernel
-        // needs); each one's first step runs uncaptured, the rest are replayed.
-        let run = |persist: bool| {
-            set_enabled(Some(persist));
-            let out = decode_logits(&m, &ids, prefill, true);
-            set_enabled(None);
-            out
-        };
-        // Proof that each path ran: the persistent kernel's launches (the first step of each
-        // decoder and its capture; replays are not counted).
-        use smelt_core::ops::decode_layers::launches;
-        let n0 = launches();
-        let launched = run(false);
-        assert_eq!(launches(), n0, "{name}: the persistent kernel ran with SMELT_CUDA_PERSIST off");
-        let persistent = run(true);
-        assert!(
-            launches() > n0,
-            "{name}: the persistent kernel never ran (a check sent the step to the launched kernels)"
-        );
-        for (s, (a, b)) in launched.iter().zip(&persistent).enumerate() {
-            if a != b {
-                let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                panic!(
-                    "{name}: step {s} differs in the persistent kernel (max |Δ| {worst:e}, NMSE {:.3e})",
-                    nmse(b, a)
-                );
-            }
-        }
+        persistent_equals_launched(&m, &ids, prefill, name);
         println!(
             "{name}: {steps} persistent decode steps (the first uncaptured, then replayed) equal the launched ones"
         );
@@ -240,7 +242,6 @@ fn persistent_decode_steps_equal_the_launched_ones() {
 /// (row groups past a warp, and the lane doubling for products that fill few blocks).
 #[test]
 fn persistent_decode_with_quantised_weights_equals_the_launched_steps() {
-    use smelt_core::ops::decode_layers::{launches, set_enabled};
     use smelt_gguf::GgmlType;
     let Some(d) = gpu() else { return };
     cuda::set_matmul_precision(MatmulPrecision::Bf16);
@@ -254,24 +255,7 @@ fn persistent_decode_with_quantised_weights_equals_the_launched_steps() {
         (biased, GgmlType::Q8_0),
     ] {
         let name = format!("{} d{} ffn{}", ty.name(), cfg.dim, cfg.ffn_hidden);
-        let mut src = Model::init(cfg.clone(), 3).unwrap();
-        if cfg.qkv_bias {
-            // Biases start at zero: give them values, so that adding them is checked.
-            let params: Vec<Tensor> = src
-                .params
-                .iter()
-                .zip(src.trainable_names())
-                .map(|(t, n)| match n.contains("bias") {
-                    true => Tensor::from_f32(
-                        (0..t.numel()).map(|i| ((i * 7919) % 13) as f32 * 0.01 - 0.06).collect(),
-                        t.shape(),
-                    )
-                    .unwrap(),
-                    false => t.clone(),
-                })
-                .collect();
-            src = src.with_params(params).unwrap();
-        }
+        let src = with_biases(Model::init(cfg.clone(), 3).unwrap());
         let mut m = smelt_convert::qbase::quantize_base(&src, ty).unwrap();
         let mut types: Vec<&str> = m.params.iter().filter_map(|p| p.as_quant()).map(|q| q.type_name()).collect();
         types.sort();
@@ -279,26 +263,7 @@ fn persistent_decode_with_quantised_weights_equals_the_launched_steps() {
         m.to_device(d).unwrap();
         let (prefill, steps) = (5, 280);
         let ids: Vec<u32> = (0..prefill + steps).map(|_| r.below(320) as u32).collect();
-        let run = |persist: bool| {
-            set_enabled(Some(persist));
-            let out = decode_logits(&m, &ids, prefill, true);
-            set_enabled(None);
-            out
-        };
-        let n0 = launches();
-        let launched = run(false);
-        assert_eq!(launches(), n0, "{name}: the persistent kernel ran with SMELT_CUDA_PERSIST off");
-        let persistent = run(true);
-        assert!(launches() > n0, "{name} ({}): the persistent kernel never ran", types.join(", "));
-        for (s, (a, b)) in launched.iter().zip(&persistent).enumerate() {
-            if a != b {
-                let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-                panic!(
-                    "{name}: step {s} differs in the persistent kernel (max |Δ| {worst:e}, NMSE {:.3e})",
-                    nmse(b, a)
-                );
-            }
-        }
+        persistent_equals_launched(&m, &ids, prefill, &format!("{name} ({})", types.join(", ")));
         println!("{name} ({}): {steps} persistent decode steps equal the launched ones", types.join(", "));
     }
     cuda::set_matmul_precision(MatmulPrecision::F32);
