@@ -631,6 +631,86 @@ fn parity_bf16_attention_two_tiles_a_warp() {
     }
 }
 
+/// The dS path (`TcForms::ds`, `SMELT_CUDA_ATTN_DS=1`, for training at head dim 64: dk/dv stores each
+/// tile's dS, dq is one product a tile from it) against the three-product dq kernel on the
+/// same inputs: out, lse, dk and dv bit for bit (the same kernels, delta from its own kernel in
+/// the same order), dq within 1e-12 NMSE, and bit for bit where the keys start at 0 (causal,
+/// no window, no packing: the same 16-key sums in the same order). Causal with T not a
+/// multiple of 64 (an odd number of 64-query tiles, so a 128-row dq block with one tile past
+/// the end), GQA, a window, packed rows (examples shorter than a tile, one crossing several),
+/// and a cache offset (Tq ≠ Tk: the dS path declines and the default pair runs). dq with one
+/// and with two 16-row tiles a warp. The buffers are poisoned (NaN), so a dS tile read that
+/// dk/dv did not write shows.
+#[test]
+fn parity_bf16_attention_ds_path() {
+    use ops::attention::cuda::{attention_backward_with, attention_with, packed_bounds, tc_kernels, TcForms};
+    use ops::attention::Segments;
+    let Some(d) = dev() else { return };
+    let gpu = cuda::gpu(0).unwrap();
+    let mut r = Rng::new(seed());
+    let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().as_f32().unwrap().to_vec();
+    let packed_starts = |b: usize, t: usize, lens: &[usize]| {
+        let mut starts = Vec::with_capacity(b * t);
+        for row in 0..b {
+            let (mut i, mut e) = (0usize, row);
+            while i < t {
+                let n = lens[e % lens.len()].min(t - i);
+                starts.extend(std::iter::repeat_n(i as u32, n));
+                i += n;
+                e += 1;
+            }
+        }
+        Segments::new(b, t, starts).unwrap()
+    };
+    for (b, tq, tk, h, kvh, window, lens) in [
+        (2, 130, 130, 4, 2, None, None),
+        (1, 256, 256, 8, 8, None, None),
+        (1, 300, 300, 8, 2, Some(70), None),
+        (2, 150, 150, 4, 2, None, Some(vec![5, 70, 1, 74])),
+        (1, 300, 300, 8, 2, Some(40), Some(vec![100, 3, 130, 67])),
+        (1, 70, 200, 4, 1, None, None),
+    ] {
+        let dm = ops::attention::AttnDims { b, tq, tk, s: tk, h, kvh, d: 64, window };
+        let q = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
+        let k = upb(&randn(&mut r, &[b, tk, kvh, 64], 1.0), d);
+        let v = upb(&randn(&mut r, &[b, tk, kvh, 64], 1.0), d);
+        let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
+        let seg = lens.as_ref().map(|l| packed_starts(b, tq, l));
+        let bounds = seg.as_ref().map(|s| packed_bounds(&gpu, DType::BF16, &dm, s).unwrap());
+        let run = |forms: TcForms| {
+            let [fwd, dq, dkdv] = tc_kernels(64, forms, false);
+            let (o, l) = attention_with(&q, &k, &v, dm, 0.125, &fwd, bounds.as_deref()).unwrap();
+            let (gq, gk, gv) =
+                attention_backward_with(&q, &k, &v, &o, &l, &dout, dm, 0.125, (&dq, &dkdv), bounds.as_deref()).unwrap();
+            [host(&o), host(&l), host(&gq), host(&gk), host(&gv)]
+        };
+        let base = run(TcForms::default());
+        let label = format!("b{b} q{tq} k{tk} h{h}/{kvh} w{window:?} packed {lens:?}");
+        let from_zero = window.is_none() && lens.is_none();
+        for (form, forms) in [
+            ("dS path", TcForms { ds: true, ..Default::default() }),
+            ("dS path, dq one tile a warp", TcForms { ds: true, ds_one_tile: true, ..Default::default() }),
+        ] {
+            let two = run(forms);
+            for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+                let n = base[i].iter().zip(&two[i]).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                let (mut e, mut s) = (0f64, 0f64);
+                for (a, b) in base[i].iter().zip(&two[i]) {
+                    e += (*a as f64 - *b as f64).powi(2);
+                    s += (*a as f64).powi(2);
+                }
+                let nmse = e / s.max(1e-300);
+                println!("{label} {form}: {what} differs in {n} of {} values, NMSE {nmse:.3e}", base[i].len());
+                if *what == "dq" && !from_zero {
+                    assert!(nmse <= 1e-12, "{label} {form}: dq NMSE {nmse:.3e} against the three-product kernel");
+                } else {
+                    assert_eq!(n, 0, "{label} {form}: {what} differs in {n} of {} values", base[i].len());
+                }
+            }
+        }
+    }
+}
+
 /// The device and its GPU when it is a Hopper (compute capability 9.0, which `wgmma` needs);
 /// otherwise the test skips, saying so.
 fn hopper() -> Option<(Device, std::sync::Arc<cuda::Gpu>)> {

@@ -59,6 +59,16 @@ __device__ __forceinline__ TcTile tc_tile(int pc) {
     return {w / n, pair % (int)gridDim.y, pair / (int)gridDim.y};
 }
 
+// The dS path (training, Tq = Tk): dk/dv stores each (query tile, key tile) pair's dSᵀ/scale as
+// a DS_T × DS_T bf16 tile (rows keys, columns queries), and dq is then one product per tile
+// (tc_dq_ds) instead of recomputing S and dP. Causal, so key tile kt ≤ query tile qt: the
+// tiles of one (batch, head) pair are packed as a triangle, pair (qt, kt) at qt(qt+1)/2 + kt.
+#define DS_T 64
+__device__ __forceinline__ long long ds_tile(int b, int h, int H, int tq, int qt, int kt) {
+    long long nt = (tq + DS_T - 1) / DS_T, tri = nt * (nt + 1) / 2;
+    return (((long long)b * H + h) * tri + (long long)qt * (qt + 1) / 2 + kt) * (DS_T * DS_T);
+}
+
 // 16 bytes global → shared, asynchronously; zero-filled when !ok (src is then not read).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(ok ? 16 : 0));
@@ -105,6 +115,12 @@ __device__ __forceinline__ void load_a(unsigned* a, const bf16_t* t, int r0, int
 template <int LD>
 __device__ __forceinline__ void load_b_nk(unsigned* b, const bf16_t* t, int n0, int k0, int lane) {
     ldsm_x4(b, t + (n0 + (lane & 7) + ((lane >> 4) << 3)) * LD + k0 + ((lane >> 3) & 1) * 8);
+}
+// An A fragment (16 × 16, rows m0.., cols k0..) of a tile stored transposed, [k][m] (the dSᵀ
+// tiles for dq_ds): matrix i of the x4 load is (rows m0 + 8·(i & 1), cols k0 + 8·(i >> 1)).
+template <int LD>
+__device__ __forceinline__ void load_a_t(unsigned* a, const bf16_t* t, int m0, int k0, int lane) {
+    ldsm_x4_t(a, t + (k0 + (lane & 7) + ((lane >> 4) << 3)) * LD + m0 + ((lane >> 3) & 1) * 8);
 }
 // The same from a tile stored [k][n] (V rows for P·V): transposed on load.
 template <int LD>
@@ -738,12 +754,17 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
 // KR (MT = 1 only): the warp's K and V rows are read into registers once as A fragments (32
 // registers) instead of from shared memory for every query tile, one eighth less shared-memory
 // traffic a tile; the same products in the same order.
-template <int D, int BQ, int MT, bool KR, bool WG>
+//
+// DS (the dS path, dq_ds below): every tile's dSᵀ/scale, rounded to bf16 as the dK product
+// takes it, is also stored to `dst` (ds_tile's layout), for a dq kernel that is then one
+// product instead of three. Needs Tq = Tk and 64 × 64 tiles (MT = 1, BQ = 64).
+template <int D, int BQ, int MT, bool KR, bool WG, bool DS = false>
 __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                         const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
-                        float scale, const unsigned int* starts, const unsigned int* ends, int pc) {
+                        float scale, const unsigned int* starts, const unsigned int* ends, int pc, bf16_t* dst = nullptr) {
     static_assert(!KR || MT == 1, "K and V fragments in registers: one 16-row tile a warp");
     static_assert(!WG || KR, "wgmma takes K and V from registers");
+    static_assert(!DS || (MT == 1 && BQ == DS_T && !WG), "dS tiles: 64 keys × 64 queries, mma.sync");
     constexpr int LD = D + 8, ROWS = TC_ROWS * MT, TS = WG ? BQ * D : BQ * LD;
     extern __shared__ __align__(1024) unsigned char tc_sm[];
     bf16_t* Ks = (bf16_t*)tc_sm;
@@ -856,6 +877,18 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
                         dp[mt][nt][e] = p * (dp[mt][nt][e] - Dt[c]);  // dSᵀ / scale
                     }
                 }
+            if constexpr (DS) {
+                // Rows: this warp's 16 keys; columns: the tile's 64 queries (i0 and j0 are
+                // multiples of 64 when Tq = Tk: qlo = j0).
+                int h = g * grp + t / nq;
+                unsigned* tile = (unsigned*)(dst + ds_tile(b, h, H, tq, i0 >> 6, j0 >> 6));
+                int r = warp * 16 + gq;
+#pragma unroll
+                for (int nt = 0; nt < BQ / 8; nt++) {
+                    tile[(r * DS_T + nt * 8 + 2 * tq4) >> 1] = pack_bf16(dp[0][nt][0], dp[0][nt][1]);
+                    tile[((r + 8) * DS_T + nt * 8 + 2 * tq4) >> 1] = pack_bf16(dp[0][nt][2], dp[0][nt][3]);
+                }
+            }
             if constexpr (WG) {
                 unsigned pa[BQ / 16][4], sa[BQ / 16][4];
                 wg_pack<BQ>(sc[0], pa);
@@ -888,6 +921,128 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
     }
 }
 
+// dq = scale · Σ_j dS_ij k_j from the dS tiles tc_dkdv<…, DS = true> stored: one product a key
+// tile, no S or dP recomputed. grid (ceil(Tq/(64·MT)), H, B), block 128, shared 2·64·(D+8) +
+// 2·MT·64·(64+8) bf16. Each warp owns MT tiles of 16 query rows; the block's 64·MT queries are
+// MT dS query tiles. Key tiles run from the first one any of them sees to the diagonal; a
+// (query tile, key tile) pair dk/dv did not visit (no query of the one sees a key of the other)
+// is read as zeros, never from the buffer (which holds nothing there). Keys are summed 16 at a
+// time in key order, as tc_dq does: from key 0 (no window, no packing) the same sums in the same
+// order, so the same bits when the dS values are.
+template <int D, int MT>
+__device__ void tc_dq_ds(const bf16_t* k, const bf16_t* ds, bf16_t* dq, int tq, int tk, int s, int H, int KVH,
+                         int window, float scale, const unsigned int* starts, int pc) {
+    constexpr int LD = D + 8, SL = DS_T + 8, ROWS = TC_ROWS * MT;
+    static_assert(TC_ROWS == DS_T, "a warp's query rows lie in one dS tile");
+    extern __shared__ __align__(1024) unsigned char tc_sm[];
+    bf16_t* Ks = (bf16_t*)tc_sm;         // 2 × [64][LD]
+    bf16_t* Ss = Ks + 2 * DS_T * LD;     // 2 × MT × [64][SL]: dSᵀ tiles, keys × queries
+    TcTile tt = tc_tile(pc);
+    int b = tt.z, h = tt.y, g = h / (H / KVH);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2;
+    int i0 = (gridDim.x - 1 - tt.rank) * ROWS;  // the longest (last) query tiles first
+    int nqt = (tq + DS_T - 1) / DS_T, qt0 = i0 / DS_T;
+    long long srow0 = (long long)b * tq;
+    int klo[MT], kfirst = 1 << 30, klast = 0;
+#pragma unroll
+    for (int u = 0; u < MT; u++) {
+        int qt = qt0 + u, r = qt * DS_T;
+        klo[u] = qt < nqt ? tc_row_lo(r, window, starts, srow0 + r) / DS_T : 1 << 30;
+        if (qt < nqt) {
+            kfirst = min(kfirst, klo[u]);
+            klast = qt;
+        }
+    }
+    int ntiles = klast - kfirst + 1;
+    const bf16_t* kh = k + (long long)g * D;
+    long long kbase = (long long)b * s;
+    auto issue = [&](int t) {
+        int kt = kfirst + t, nb = t & 1;
+        load_rows<DS_T, D>(Ks + nb * DS_T * LD, kh, kbase, KVH * D, kt * DS_T, tk);
+#pragma unroll
+        for (int u = 0; u < MT; u++) {
+            int qt = qt0 + u;
+            bool ok = qt < nqt && kt >= klo[u] && kt <= qt;
+            const bf16_t* src = ds + (ok ? ds_tile(b, h, H, tq, qt, kt) : 0);
+            bf16_t* dst = Ss + (nb * MT + u) * DS_T * SL;
+            for (int c = threadIdx.x; c < DS_T * DS_T / 8; c += TC_THREADS) {
+                int r = c >> 3, cc = (c & 7) * 8;
+                cp_async16(dst + r * SL + cc, src + (ok ? r * DS_T + cc : 0), ok);
+            }
+        }
+    };
+    issue(0);
+    cp_commit();
+    float acc[MT][D / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
+    for (int t = 0; t < ntiles; t++) {
+        tile_ready<false>();  // tile t is in; every warp is done with tile t−1
+        if (t + 1 < ntiles) issue(t + 1);
+        cp_commit();
+        int nb = t & 1;
+        const bf16_t* Kt = Ks + nb * DS_T * LD;
+#pragma unroll
+        for (int ks = 0; ks < DS_T / 16; ks++) {
+            unsigned a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                int r = warp * 16 * MT + mt * 16;  // the block's row: dS tile r / 64, its row r % 64
+                load_a_t<SL>(a[mt], Ss + (nb * MT + r / DS_T) * DS_T * SL, r % DS_T, ks * 16, lane);
+            }
+#pragma unroll
+            for (int dn = 0; dn < D / 16; dn++) {
+                unsigned bb[4];
+                load_b_kn<LD>(bb, Kt, ks * 16, dn * 16, lane);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma16816(acc[mt][2 * dn], a[mt], bb[0], bb[1]);
+                    mma16816(acc[mt][2 * dn + 1], a[mt], bb[2], bb[3]);
+                }
+            }
+        }
+    }
+    long long qbase = (long long)b * tq;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+        store_rows<D>(dq + (long long)h * D, acc[mt], qbase, H * D, i0 + warp * 16 * MT + mt * 16 + gq, tq, scale, scale, lane);
+}
+
+// delta = rowsum(dO ∘ out) for the dS path (whose dq kernel no longer computes it), RW rows a
+// warp with every load issued first: the same sums in the same order as attn_bwd_delta and
+// tc_delta_rows (lane l: columns l, l + 32, …; then warp_sum), so the same bits. Rows (b, i, h)
+// of the (B, Tq, H) layout; block 256.
+template <int D, int RW>
+__device__ void tc_delta(const bf16_t* out, const bf16_t* dout, float* delta, int tq, int H, long long rows) {
+    long long w0 = ((blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5) * RW;
+    int lane = threadIdx.x & 31;
+    if (w0 >= rows) return;
+    float x[RW][D / 32], y[RW][D / 32];
+#pragma unroll
+    for (int r = 0; r < RW; r++) {
+        long long w = min(w0 + r, rows - 1);
+#pragma unroll
+        for (int c = 0; c < D / 32; c++) {
+            x[r][c] = to_f(out[w * D + lane + 32 * c]);
+            y[r][c] = to_f(dout[w * D + lane + 32 * c]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < RW; r++) {
+        float acc = 0.f;
+#pragma unroll
+        for (int c = 0; c < D / 32; c++) acc += x[r][c] * y[r][c];
+        acc = warp_sum(acc);
+        long long w = w0 + r;
+        if (lane == 0 && w < rows) {
+            long long hh = w % H, bi = w / H, i = bi % tq, bb = bi / tq;
+            delta[(bb * H + hh) * tq + i] = acc;
+        }
+    }
+}
+
 // A kernel's launch bounds: 128 threads (ptxas picks the registers), or 128 threads with at
 // least N blocks resident an SM (registers capped at 65536 / (128 · N)).
 #define TC_LB __launch_bounds__(TC_THREADS)
@@ -912,6 +1067,24 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
         bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                            \
         const unsigned int* starts, const unsigned int* ends, int pc) {                                                    \
         tc_dkdv<D, BQ, MT, KR, WG>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, pc);     \
+    }
+// The dS path's three kernels (tc_dq_ds): delta, dk/dv storing dS, dq from it.
+#define TC_DKDV_DS(NAME, D, KR, LB)                                                                                           \
+    extern "C" __global__ void LB NAME(                                                                                    \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
+        bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                            \
+        const unsigned int* starts, const unsigned int* ends, int pc, bf16_t* ds) {                                        \
+        tc_dkdv<D, DS_T, 1, KR, false, true>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, \
+                                             pc, ds);                                                                      \
+    }
+#define TC_DQ_DS(NAME, D, MT, LB)                                                                                             \
+    extern "C" __global__ void LB NAME(const bf16_t* k, const bf16_t* ds, bf16_t* dq, int tq, int tk, int s, int H,       \
+                                       int KVH, int window, float scale, const unsigned int* starts, int pc) {            \
+        tc_dq_ds<D, MT>(k, ds, dq, tq, tk, s, H, KVH, window, scale, starts, pc);                                          \
+    }
+#define TC_DELTA(NAME, D, RW)                                                                                                 \
+    extern "C" __global__ void NAME(const bf16_t* out, const bf16_t* dout, float* delta, int tq, int H, long long rows) {  \
+        tc_delta<D, RW>(out, dout, delta, tq, H, rows);                                                                    \
     }
 // (key tile, 16-row tiles a warp) of the forward and dq, (query tile, 16-row tiles a warp) of
 // dk/dv; must match tc_kernels in cuda.rs (names, rows a block, shared memory). The forward
@@ -950,3 +1123,9 @@ TC_DKDV(attn_tc_dkdvq32b4_d64, 64, 32, 1, true, false, TC_LBN(4))
 TC_DKDV(attn_tc_dkdvq32_d64, 64, 32, 1, true, false, TC_LB)
 TC_DQ(attn_tc_dqk32_d64, 64, 32, 1, false, TC_LB)
 TC_DQ(attn_tc_dqk32b3_d64, 64, 32, 1, false, TC_LBN(3))
+// The dS path at head dim 64 (cuda.rs DS_D64): dk/dv as attn_tc_dkdv0b3_d64 plus the dS stores,
+// dq two 16-row tiles a warp (attn_tc_dqds1_d64: one, the same bits).
+TC_DELTA(attn_tc_delta_d64, 64, 4)
+TC_DKDV_DS(attn_tc_dkdvds_d64, 64, false, TC_LBN(3))
+TC_DQ_DS(attn_tc_dqds_d64, 64, 2, TC_LB)
+TC_DQ_DS(attn_tc_dqds1_d64, 64, 1, TC_LB)

@@ -1,6 +1,9 @@
 //! CUDA launchers for flash-style attention: forward with logsumexp, backward as three
 //! launches (delta = rowsum(dO∘O), dq, then dk/dv; two on tensor cores, where the dq kernel
-//! computes delta), no T×T buffer. q, k, v (a KV cache
+//! computes delta). In training on tensor cores at head dim 64 (Tq = Tk) the backward takes
+//! the dS path instead: delta, then dk/dv storing every tile's dS (bf16, the causal triangle
+//! of 64 × 64 tiles, about B·H·T²/2 values), then dq as one product a tile from it
+//! (`SMELT_CUDA_ATTN_DS=1`; not yet the default). q, k, v (a KV cache
 //! included), the output and every gradient share one dtype, f32 or bf16; lse is f32.
 //!
 //! Two kernel families: bf16 at head dim 64 or 128 runs on tensor cores (attention_tc.cu,
@@ -48,6 +51,8 @@ pub(crate) struct TcKernel {
     pub threads: u32,
     /// Buffers of each streamed tile: 2, or a pipelined wgmma kernel's (`WgVariant::bufs`).
     pub bufs: usize,
+    /// One of the dS path's pair (`DS_D64`): dk/dv that stores dS, dq that reads it.
+    pub ds: bool,
 }
 
 /// Which forms of the tensor-core kernels run (every choice gives the same bits; the
@@ -76,7 +81,22 @@ pub(crate) struct TcForms {
     pub wg_dkdv: Option<&'static WgVariant>,
     /// The same for dq: one of `WG_D64_DQ` (`SMELT_CUDA_ATTN_DQ` = its name).
     pub wg_dq: Option<&'static WgVariant>,
+    /// At head dim 64 with no other backward kernel named, the dS path's pair (`DS_D64`;
+    /// `SMELT_CUDA_ATTN_DS=1`, off by default until measured on a GPU;
+    /// `SMELT_CUDA_ATTN_DS=1tile`: its dq with one 16-row tile a warp, the same bits).
+    pub ds: bool,
+    pub ds_one_tile: bool,
 }
+
+/// The dS path's kernels at head dim 64 (attention_tc.cu, end): delta, dk/dv storing dS (the
+/// default dk/dv's code and launch bounds plus the stores), dq from dS with two 16-row tiles a
+/// warp, and with one.
+pub(crate) const DS_D64: [&str; 4] =
+    ["attn_tc_delta_d64", "attn_tc_dkdvds_d64", "attn_tc_dqds_d64", "attn_tc_dqds1_d64"];
+/// Rows a warp of attn_tc_delta_d64 takes (RW there).
+const DS_DELTA_ROWS: usize = 4;
+/// The dS tiles' side (DS_T there).
+const DS_T: usize = 64;
 
 /// A pipelined `wgmma` kernel of attention_wg.cu (module WG_MODULE): its name, rows a block
 /// (64 a warpgroup), threads a block and buffers of each streamed tile (the depth of its copy
@@ -138,8 +158,16 @@ pub(crate) const TC_D64_DKDV: &[TcVariant] = &[
 /// compute capability 9.0) at head dim 64 with `f.wgmma`, the `wgmma` forms of attention_wg.cu.
 pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
     let pc = f.pc.map_or(i32::MAX, |p| p.clamp(1, i32::MAX as usize) as i32);
-    let k =
-        |name: String, rows: usize, tile: usize| TcKernel { name, rows, tile, pc, wg: false, threads: 128, bufs: 2 };
+    let k = |name: String, rows: usize, tile: usize| TcKernel {
+        name,
+        rows,
+        tile,
+        pc,
+        wg: false,
+        threads: 128,
+        bufs: 2,
+        ds: false,
+    };
     if hopper && d == 64 && f.wgmma {
         let w = |name: &str| TcKernel { wg: true, ..k(name.into(), TC_ROWS, 64) };
         return [w("attn_wg_fwd_d64"), w("attn_wg_dq_d64"), w("attn_wg_dkdv_d64")];
@@ -162,6 +190,16 @@ pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         (64, _, Some(v)) => k(v.name.into(), v.rows, v.tile),
         _ => dflt,
     };
+    let named = f.dq.is_some() || f.dkdv.is_some() || f.wg_dq.is_some() || f.wg_dkdv.is_some() || f.dkdv_smem;
+    if d == 64 && f.ds && !named {
+        let dq =
+            if f.ds_one_tile { k(DS_D64[3].into(), TC_ROWS, DS_T) } else { k(DS_D64[2].into(), 2 * TC_ROWS, DS_T) };
+        return [
+            pick(f.wg_fwd, f.fwd, fwd),
+            TcKernel { ds: true, ..dq },
+            TcKernel { ds: true, ..k(DS_D64[1].into(), TC_ROWS, DS_T) },
+        ];
+    }
     [pick(f.wg_fwd, f.fwd, fwd), pick(f.wg_dq, f.dq, dq), pick(f.wg_dkdv, f.dkdv, dkdv)]
 }
 
@@ -194,6 +232,8 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
             wg_fwd,
             wg_dq,
             wg_dkdv,
+            ds: var("SMELT_CUDA_ATTN_DS").is_some_and(|v| v == "1" || v == "1tile"),
+            ds_one_tile: var("SMELT_CUDA_ATTN_DS").is_some_and(|v| v == "1tile"),
         }
     });
     let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
@@ -296,7 +336,7 @@ impl PackedBounds {
 /// The tensor-core kernels take packed rows; the scalar ones (f32 matmuls, other head dims) do not.
 /// Every layer's forward and backward of a step share one `Segments`: its bounds are uploaded
 /// once and kept until other segments (or another GPU) come (a stream-ordered free when replaced).
-fn packed_bounds(
+pub(crate) fn packed_bounds(
     gpu: &std::sync::Arc<cuda::Gpu>,
     dt: DType,
     dm: &AttnDims,
@@ -340,7 +380,7 @@ pub(crate) fn attention_with(
     let lse = DeviceBuf::alloc(gpu, DType::F32, dm.b * dm.h * dm.tq)?;
     let d = dm.d;
     if uses_tensor_cores(gpu, dt, d) {
-        let TcKernel { name, rows, tile: bn, pc, wg, threads, bufs } = fwd;
+        let TcKernel { name, rows, tile: bn, pc, wg, threads, bufs, .. } = fwd;
         let tw = if *wg { d } else { d + 8 }; // a streamed tile's row: core matrices, or padded
         let smem = (rows * (d + 8) + 2 * bufs * bn * tw) * 2 + wg_scratch(*wg, *threads);
         let f = tc_function(gpu, name, smem, *wg)?;
@@ -381,6 +421,27 @@ pub(crate) fn attention_with(
 }
 
 #[allow(clippy::too_many_arguments)]
+/// bf16 values of the dS path's buffer: B·H triangles of nt(nt+1)/2 tiles of 64 × 64, nt =
+/// ceil(Tq/64) (ds_tile in attention_tc.cu).
+fn ds_len(dm: &AttnDims) -> usize {
+    let nt = dm.tq.div_ceil(DS_T);
+    dm.b * dm.h * (nt * (nt + 1) / 2) * DS_T * DS_T
+}
+
+/// Whether the dS path takes this backward: queries and keys the same rows (training: no cache
+/// offset) and its buffer within the cap, a sixteenth of the GPU's memory (1B shape, 8 × 2048:
+/// 1.1 GB; 2 × 8192: 4.3 GB) or `SMELT_CUDA_ATTN_DS_MIB`. The cap depends on the GPU's total
+/// memory, never on what is free, so a captured step decides as its measuring step did.
+fn ds_fits(gpu: &cuda::Gpu, dm: &AttnDims) -> bool {
+    static CAP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cap =
+        *CAP.get_or_init(|| match std::env::var("SMELT_CUDA_ATTN_DS_MIB").ok().and_then(|v| v.parse::<usize>().ok()) {
+            Some(mib) => mib << 20,
+            None => gpu.ctx.mem_get_info().map_or(1 << 30, |(_, total)| total / 16),
+        });
+    dm.tq == dm.tk && dm.d == DS_T && ds_len(dm) * 2 <= cap
+}
+
 pub fn attention_backward(
     q: &Tensor,
     k: &Tensor,
@@ -416,18 +477,35 @@ pub(crate) fn attention_backward_with(
     let gpu = &qb.gpu;
     let kn = |base: &str| cuda::kname(base, &[dt], "attention_backward");
     let d = dm.d;
-    let delta = DeviceBuf::alloc(gpu, DType::F32, dm.b * dm.h * dm.tq)?;
     let tc = uses_tensor_cores(gpu, dt, d);
-    // The tensor-core dq kernel computes delta itself (the same bits) and stores it for dk/dv.
-    if !tc {
+    if tc && (kdq.ds || kdkdv.ds) && !(kdq.ds && kdkdv.ds && ds_fits(gpu, &dm)) {
+        // Not a call the dS path takes (a cache offset, or its buffer past the cap): the
+        // default pair, with the three-product dq kernel.
+        let forms = TcForms { pc: Some(kdq.pc.max(1) as usize), ..Default::default() };
+        let [_, dq, dkdv] = tc_kernels(d, forms, false);
+        return attention_backward_with(q, k, v, out, lse, dout, dm, scale, (&dq, &dkdv), packed);
+    }
+    let delta = DeviceBuf::alloc(gpu, DType::F32, dm.b * dm.h * dm.tq)?;
+    // The tensor-core dq kernel computes delta itself (the same bits) and stores it for dk/dv;
+    // the dS path's dq runs last, so there delta has a kernel of its own (the same bits again).
+    if !tc || kdq.ds {
         let rows = dm.b * dm.tq * dm.h;
-        let name = kn("attn_bwd_delta")?;
-        let f = gpu.function("attention", SRC, &name)?;
+        let (name, per_warp, f) = if tc {
+            (DS_D64[0].to_string(), DS_DELTA_ROWS, tc_function(gpu, DS_D64[0], 0, false)?)
+        } else {
+            let name = kn("attn_bwd_delta")?;
+            let f = gpu.function("attention", SRC, &name)?;
+            (name, 1, f)
+        };
         let (tq, h, d32, rows64) = (dm.tq as i32, dm.h as i32, d as i32, rows as i64);
         let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&ob.data).arg(&db.data).arg(&delta.data).arg(&tq).arg(&h).arg(&d32).arg(&rows64);
+        b.arg(&ob.data).arg(&db.data).arg(&delta.data).arg(&tq).arg(&h);
+        if !tc {
+            b.arg(&d32);
+        }
+        b.arg(&rows64);
         let c = LaunchConfig {
-            grid_dim: ((rows * 32).div_ceil(256).max(1) as u32, 1, 1),
+            grid_dim: ((rows.div_ceil(per_warp) * 32).div_ceil(256).max(1) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -437,8 +515,11 @@ pub(crate) fn attention_backward_with(
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
         let null = 0u64;
         let dq = DeviceBuf::alloc(gpu, dt, q.numel())?;
-        {
-            let TcKernel { name, rows, tile, pc, wg, threads, bufs } = kdq;
+        let dk = DeviceBuf::alloc(gpu, dt, k.numel())?;
+        let dv = DeviceBuf::alloc(gpu, dt, v.numel())?;
+        let ds = if kdq.ds { Some(DeviceBuf::alloc(gpu, DType::BF16, ds_len(&dm))?) } else { None };
+        let launch_dq = || -> Result<()> {
+            let TcKernel { name, rows, tile, pc, wg, threads, bufs, .. } = kdq;
             let tw = if *wg { d } else { d + 8 };
             let smem = (3 * rows * (d + 8) + 2 * bufs * tile * tw) * 2 + rows * 4 + wg_scratch(*wg, *threads);
             let f = tc_function(gpu, name, smem, *wg)?;
@@ -454,12 +535,10 @@ pub(crate) fn attention_backward_with(
                 None => b.arg(&null),
             };
             b.arg(pc);
-            cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem, *threads)) }, name)?;
-        }
-        let dk = DeviceBuf::alloc(gpu, dt, k.numel())?;
-        let dv = DeviceBuf::alloc(gpu, dt, v.numel())?;
-        {
-            let TcKernel { name, rows, tile, pc, wg, threads, bufs } = kdkdv;
+            cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem, *threads)) }, name)
+        };
+        let launch_dkdv = || -> Result<()> {
+            let TcKernel { name, rows, tile, pc, wg, threads, bufs, .. } = kdkdv;
             let tw = if *wg { d } else { d + 8 };
             let smem =
                 (2 * rows * (d + 8) + 2 * bufs * tile * tw) * 2 + 2 * bufs * tile * 4 + wg_scratch(*wg, *threads);
@@ -482,7 +561,35 @@ pub(crate) fn attention_backward_with(
                 None => b.arg(&null).arg(&null),
             };
             b.arg(pc);
-            cuda::launched(unsafe { b.launch(tc_cfg((dm.s.div_ceil(*rows), dm.kvh, dm.b), smem, *threads)) }, name)?;
+            if let Some(ds) = &ds {
+                b.arg(&ds.data);
+            }
+            cuda::launched(unsafe { b.launch(tc_cfg((dm.s.div_ceil(*rows), dm.kvh, dm.b), smem, *threads)) }, name)
+        };
+        match &ds {
+            None => {
+                launch_dq()?;
+                launch_dkdv()?;
+            }
+            Some(dsb) => {
+                // dk/dv first (it stores dS), then dq from dS.
+                launch_dkdv()?;
+                let TcKernel { name, rows, pc, .. } = kdq;
+                let smem = (2 * DS_T * (d + 8) + 2 * (rows / TC_ROWS) * DS_T * (DS_T + 8)) * 2;
+                let f = tc_function(gpu, name, smem, false)?;
+                let mut b = gpu.stream.launch_builder(&f);
+                b.arg(&kb.data).arg(&dsb.data).arg(&dq.data);
+                for x in &a {
+                    b.arg(x);
+                }
+                b.arg(&scale);
+                match packed {
+                    Some(p) => b.arg(&p.starts.data),
+                    None => b.arg(&null),
+                };
+                b.arg(pc);
+                cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem, 128)) }, name)?;
+            }
         }
         return Ok((
             Tensor::from_device_buf(dq, q.shape())?,
