@@ -2,7 +2,7 @@
 # The dS path of the attention backward (SMELT_CUDA_ATTN_DS=1; docs/CUDA.md "The dS path"), in
 # device calls of under 10 minutes each, from the GPU suite's folder (scripts/gpu_suite.sh build
 # DIR copies this script and bench/):
-#   cd DIR && bash ds_check.sh . parity,train     # ~5 min: parity, then 1B and large A/B
+#   cd DIR && bash ds_check.sh . parity,train     # ~5 min: parity, then 1B and large A/B (three forms)
 #   cd DIR && bash ds_check.sh . profile,lora     # ~5 min: per-kernel profile at 1B, LoRA shape A/B
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
@@ -28,7 +28,7 @@ if part parity; then
   echo "gpu_train gpu_mixed*, gpu_bf16_follows*, gpu_resume* with SMELT_CUDA_ATTN_DS=1 rc $?"; grep -E "^test |panicked|test result" "$OUT/gpu_train_ds.txt" | head
 fi
 part train && timeout 420 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 1b,large --no-peers \
-  --variants "ds:SMELT_CUDA_ATTN_DS=1" --out "$OUT/bench" 2>&1 | tail -10
+  --variants "ds:SMELT_CUDA_ATTN_DS=1;dsbulk:SMELT_CUDA_ATTN_DS=bulk" --out "$OUT/bench" 2>&1 | tail -10
 M=/tmp/smelt-bench-models/1b
 if part profile; then
   [ -f "$M/model.safetensors" ] || timeout 300 python3 bench/torch_gpu.py --dim 2048 --layers 16 --heads 32 \

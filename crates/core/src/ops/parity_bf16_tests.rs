@@ -635,7 +635,8 @@ fn parity_bf16_attention_two_tiles_a_warp() {
 /// tile's dS, dq is one product a tile from it) against the three-product dq kernel on the
 /// same inputs: out, lse, dk and dv bit for bit (the same kernels, delta from its own kernel in
 /// the same order), dq within 1e-12 NMSE, and bit for bit where the keys start at 0 (causal,
-/// no window, no packing: the same 16-key sums in the same order). Causal with T not a
+/// no window, no packing: the same 16-key sums in the same order); every form (dq one or two
+/// tiles a warp, dk/dv storing its words itself or staged and bulk-copied) alike. Causal with T not a
 /// multiple of 64 (an odd number of 64-query tiles, so a 128-row dq block with one tile past
 /// the end), GQA, a window, packed rows (examples shorter than a tile, one crossing several),
 /// and a cache offset (Tq ≠ Tk: the dS path declines and the default pair runs). dq with one
@@ -643,7 +644,7 @@ fn parity_bf16_attention_two_tiles_a_warp() {
 /// dk/dv did not write shows.
 #[test]
 fn parity_bf16_attention_ds_path() {
-    use ops::attention::cuda::{attention_backward_with, attention_with, packed_bounds, tc_kernels, TcForms};
+    use ops::attention::cuda::{attention_backward_with, attention_with, packed_bounds, tc_kernels, DsForm, TcForms};
     use ops::attention::Segments;
     let Some(d) = dev() else { return };
     let gpu = cuda::gpu(0).unwrap();
@@ -688,8 +689,9 @@ fn parity_bf16_attention_ds_path() {
         let label = format!("b{b} q{tq} k{tk} h{h}/{kvh} w{window:?} packed {lens:?}");
         let from_zero = window.is_none() && lens.is_none();
         for (form, forms) in [
-            ("dS path", TcForms { ds: true, ..Default::default() }),
-            ("dS path, dq one tile a warp", TcForms { ds: true, ds_one_tile: true, ..Default::default() }),
+            ("dS path", TcForms { ds: Some(DsForm::Plain), ..Default::default() }),
+            ("dS path, dq one tile a warp", TcForms { ds: Some(DsForm::OneTile), ..Default::default() }),
+            ("dS path, staged stores", TcForms { ds: Some(DsForm::Staged), ..Default::default() }),
         ] {
             let two = run(forms);
             for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {

@@ -68,6 +68,34 @@ __device__ __forceinline__ long long ds_tile(int b, int h, int H, int tq, int qt
     long long nt = (tq + DS_T - 1) / DS_T, tri = nt * (nt + 1) / 2;
     return (((long long)b * H + h) * tri + (long long)qt * (qt + 1) / 2 + kt) * (DS_T * DS_T);
 }
+// Within a tile, row r's 16-byte chunk c (queries 8c … 8c+7) is stored at chunk c, or with
+// SW at chunk c ^ (r & 7): the staged form (DS = 2) writes the warp's 16 rows to shared memory
+// with stmatrix, whose 8 row addresses then fall in 8 distinct bank groups, and copies them out
+// as they are (one bulk copy), so the tile in memory keeps the swizzle and dq undoes it.
+__device__ __forceinline__ int ds_chunk(int r, int c, bool sw) { return sw ? c ^ (r & 7) : c; }
+#if __CUDA_ARCH__ >= 900
+#define DS_BULK 1
+// stmatrix: 4 8×8 bf16 matrices from their mma fragments (lane l: row l/4, columns 2(l%4), +1;
+// register i: matrix i) to shared memory, lanes 8i … 8i+7 giving matrix i's row addresses.
+__device__ __forceinline__ void stsm_x4(bf16_t* p, const unsigned* r) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_u32(p)), "r"(r[0]),
+                 "r"(r[1]), "r"(r[2]), "r"(r[3])
+                 : "memory");
+}
+// Shared-memory writes of this thread (generic proxy) made visible to the bulk copy (async proxy).
+__device__ __forceinline__ void ds_fence() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+// `bytes` (a multiple of 16) shared → global by the bulk-copy engine, in this thread's bulk group.
+__device__ __forceinline__ void bulk_store(void* g, const void* sm, int bytes) {
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(g), "r"(smem_u32(sm)), "r"(bytes)
+                 : "memory");
+    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+// This thread's bulk copies have read their shared memory (it may be written again) / are done.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+#else
+#define DS_BULK 0
+#endif
 
 // 16 bytes global → shared, asynchronously; zero-filled when !ok (src is then not read).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
@@ -757,8 +785,12 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
 //
 // DS (the dS path, dq_ds below): every tile's dSᵀ/scale, rounded to bf16 as the dK product
 // takes it, is also stored to `dst` (ds_tile's layout), for a dq kernel that is then one
-// product instead of three. Needs Tq = Tk and 64 × 64 tiles (MT = 1, BQ = 64).
-template <int D, int BQ, int MT, bool KR, bool WG, bool DS = false>
+// product instead of three. Needs Tq = Tk and 64 × 64 tiles (MT = 1, BQ = 64). DS = 1: each
+// lane stores its words (4 bytes, 8 rows × 16 bytes an instruction); DS = 2: the warp's 16 × 64
+// block through shared memory (stmatrix, swizzled: ds_chunk) and out in one 2 KiB bulk copy
+// (compute capability 9.0; before it, the words go straight to the swizzled places). The
+// launcher gives DS = 2 8 KiB more shared memory: a 2 KiB stage a warp after delta's rows.
+template <int D, int BQ, int MT, bool KR, bool WG, int DS = 0>
 __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                         const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
                         float scale, const unsigned int* starts, const unsigned int* ends, int pc, bf16_t* dst = nullptr) {
@@ -877,17 +909,40 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
                         dp[mt][nt][e] = p * (dp[mt][nt][e] - Dt[c]);  // dSᵀ / scale
                     }
                 }
-            if constexpr (DS) {
+            if constexpr (DS > 0) {
                 // Rows: this warp's 16 keys; columns: the tile's 64 queries (i0 and j0 are
                 // multiples of 64 when Tq = Tk: qlo = j0).
                 int h = g * grp + t / nq;
-                unsigned* tile = (unsigned*)(dst + ds_tile(b, h, H, tq, i0 >> 6, j0 >> 6));
-                int r = warp * 16 + gq;
+                bf16_t* tile = dst + ds_tile(b, h, H, tq, i0 >> 6, j0 >> 6) + warp * 16 * DS_T;
+                if (DS == 1 || !DS_BULK) {
+                    unsigned* w = (unsigned*)tile;
+                    constexpr bool sw = DS == 2;
 #pragma unroll
-                for (int nt = 0; nt < BQ / 8; nt++) {
-                    tile[(r * DS_T + nt * 8 + 2 * tq4) >> 1] = pack_bf16(dp[0][nt][0], dp[0][nt][1]);
-                    tile[((r + 8) * DS_T + nt * 8 + 2 * tq4) >> 1] = pack_bf16(dp[0][nt][2], dp[0][nt][3]);
+                    for (int nt = 0; nt < BQ / 8; nt++) {
+                        w[(gq * DS_T + ds_chunk(gq, nt, sw) * 8 + 2 * tq4) >> 1] = pack_bf16(dp[0][nt][0], dp[0][nt][1]);
+                        w[((gq + 8) * DS_T + ds_chunk(gq + 8, nt, sw) * 8 + 2 * tq4) >> 1] =
+                            pack_bf16(dp[0][nt][2], dp[0][nt][3]);
+                    }
                 }
+#if DS_BULK
+                if constexpr (DS == 2) {
+                    bf16_t* stage = (bf16_t*)(Ds + 2 * BQ) + warp * 16 * DS_T;
+                    if (lane == 0) bulk_wait_read();  // the last tile's copy has read the stage
+                    __syncwarp();
+                    int m = lane >> 3, row = (lane & 7) + ((m & 1) << 3);
+#pragma unroll
+                    for (int np = 0; np < BQ / 16; np++) {
+                        unsigned r4[4] = {pack_bf16(dp[0][2 * np][0], dp[0][2 * np][1]),
+                                          pack_bf16(dp[0][2 * np][2], dp[0][2 * np][3]),
+                                          pack_bf16(dp[0][2 * np + 1][0], dp[0][2 * np + 1][1]),
+                                          pack_bf16(dp[0][2 * np + 1][2], dp[0][2 * np + 1][3])};
+                        stsm_x4(stage + row * DS_T + ds_chunk(row, 2 * np + (m >> 1), true) * 8, r4);
+                    }
+                    ds_fence();
+                    __syncwarp();
+                    if (lane == 0) bulk_store(tile, stage, 16 * DS_T * 2);
+                }
+#endif
             }
             if constexpr (WG) {
                 unsigned pa[BQ / 16][4], sa[BQ / 16][4];
@@ -910,6 +965,9 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
             }
         }
         cp_wait_all();
+#if DS_BULK
+        if (DS == 2 && lane == 0) bulk_wait_all();
+#endif
     }
     int kvs = KVH * D;
     // Rows past tk (cache rows, or the block entirely past tk) store zeros: the accumulators
@@ -921,7 +979,7 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
     }
 }
 
-// dq = scale · Σ_j dS_ij k_j from the dS tiles tc_dkdv<…, DS = true> stored: one product a key
+// dq = scale · Σ_j dS_ij k_j from the dS tiles tc_dkdv<…, DS> stored (SW: swizzled, DS = 2): one product a key
 // tile, no S or dP recomputed. grid (ceil(Tq/(64·MT)), H, B), block 128, shared 2·64·(D+8) +
 // 2·MT·64·(64+8) bf16. Each warp owns MT tiles of 16 query rows; the block's 64·MT queries are
 // MT dS query tiles. Key tiles run from the first one any of them sees to the diagonal; a
@@ -929,7 +987,7 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
 // is read as zeros, never from the buffer (which holds nothing there). Keys are summed 16 at a
 // time in key order, as tc_dq does: from key 0 (no window, no packing) the same sums in the same
 // order, so the same bits when the dS values are.
-template <int D, int MT>
+template <int D, int MT, bool SW>
 __device__ void tc_dq_ds(const bf16_t* k, const bf16_t* ds, bf16_t* dq, int tq, int tk, int s, int H, int KVH,
                          int window, float scale, const unsigned int* starts, int pc) {
     constexpr int LD = D + 8, SL = DS_T + 8, ROWS = TC_ROWS * MT;
@@ -966,8 +1024,8 @@ __device__ void tc_dq_ds(const bf16_t* k, const bf16_t* ds, bf16_t* dq, int tq, 
             const bf16_t* src = ds + (ok ? ds_tile(b, h, H, tq, qt, kt) : 0);
             bf16_t* dst = Ss + (nb * MT + u) * DS_T * SL;
             for (int c = threadIdx.x; c < DS_T * DS_T / 8; c += TC_THREADS) {
-                int r = c >> 3, cc = (c & 7) * 8;
-                cp_async16(dst + r * SL + cc, src + (ok ? r * DS_T + cc : 0), ok);
+                int r = c >> 3, p = c & 7;  // row r's stored chunk p holds its chunk ds_chunk(r, p)
+                cp_async16(dst + r * SL + ds_chunk(r, p, SW) * 8, src + (ok ? r * DS_T + p * 8 : 0), ok);
             }
         }
     };
@@ -1069,18 +1127,18 @@ __device__ void tc_delta(const bf16_t* out, const bf16_t* dout, float* delta, in
         tc_dkdv<D, BQ, MT, KR, WG>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, pc);     \
     }
 // The dS path's three kernels (tc_dq_ds): delta, dk/dv storing dS, dq from it.
-#define TC_DKDV_DS(NAME, D, KR, LB)                                                                                           \
+#define TC_DKDV_DS(NAME, D, KR, DS, LB)                                                                                       \
     extern "C" __global__ void LB NAME(                                                                                    \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
         bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                            \
         const unsigned int* starts, const unsigned int* ends, int pc, bf16_t* ds) {                                        \
-        tc_dkdv<D, DS_T, 1, KR, false, true>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, \
+        tc_dkdv<D, DS_T, 1, KR, false, DS>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, \
                                              pc, ds);                                                                      \
     }
-#define TC_DQ_DS(NAME, D, MT, LB)                                                                                             \
+#define TC_DQ_DS(NAME, D, MT, SW, LB)                                                                                         \
     extern "C" __global__ void LB NAME(const bf16_t* k, const bf16_t* ds, bf16_t* dq, int tq, int tk, int s, int H,       \
                                        int KVH, int window, float scale, const unsigned int* starts, int pc) {            \
-        tc_dq_ds<D, MT>(k, ds, dq, tq, tk, s, H, KVH, window, scale, starts, pc);                                          \
+        tc_dq_ds<D, MT, SW>(k, ds, dq, tq, tk, s, H, KVH, window, scale, starts, pc);                                      \
     }
 #define TC_DELTA(NAME, D, RW)                                                                                                 \
     extern "C" __global__ void NAME(const bf16_t* out, const bf16_t* dout, float* delta, int tq, int H, long long rows) {  \
@@ -1124,8 +1182,11 @@ TC_DKDV(attn_tc_dkdvq32_d64, 64, 32, 1, true, false, TC_LB)
 TC_DQ(attn_tc_dqk32_d64, 64, 32, 1, false, TC_LB)
 TC_DQ(attn_tc_dqk32b3_d64, 64, 32, 1, false, TC_LBN(3))
 // The dS path at head dim 64 (cuda.rs DS_D64): dk/dv as attn_tc_dkdv0b3_d64 plus the dS stores,
-// dq two 16-row tiles a warp (attn_tc_dqds1_d64: one, the same bits).
+// dq two 16-row tiles a warp (attn_tc_dqds1_d64: one, the same bits); the staged stores
+// (attn_tc_dkdvdsb_d64) with their dq (attn_tc_dqdsz_d64, the swizzled tiles).
 TC_DELTA(attn_tc_delta_d64, 64, 4)
-TC_DKDV_DS(attn_tc_dkdvds_d64, 64, false, TC_LBN(3))
-TC_DQ_DS(attn_tc_dqds_d64, 64, 2, TC_LB)
-TC_DQ_DS(attn_tc_dqds1_d64, 64, 1, TC_LB)
+TC_DKDV_DS(attn_tc_dkdvds_d64, 64, false, 1, TC_LBN(3))
+TC_DKDV_DS(attn_tc_dkdvdsb_d64, 64, false, 2, TC_LBN(3))
+TC_DQ_DS(attn_tc_dqds_d64, 64, 2, false, TC_LB)
+TC_DQ_DS(attn_tc_dqds1_d64, 64, 1, false, TC_LB)
+TC_DQ_DS(attn_tc_dqdsz_d64, 64, 2, true, TC_LB)

@@ -51,7 +51,7 @@ pub(crate) struct TcKernel {
     pub threads: u32,
     /// Buffers of each streamed tile: 2, or a pipelined wgmma kernel's (`WgVariant::bufs`).
     pub bufs: usize,
-    /// One of the dS path's pair (`DS_D64`): dk/dv that stores dS, dq that reads it.
+    /// One of the dS path's pair (`DS_DKDV`, `DS_DQ`): dk/dv that stores dS, dq that reads it.
     pub ds: bool,
 }
 
@@ -81,18 +81,32 @@ pub(crate) struct TcForms {
     pub wg_dkdv: Option<&'static WgVariant>,
     /// The same for dq: one of `WG_D64_DQ` (`SMELT_CUDA_ATTN_DQ` = its name).
     pub wg_dq: Option<&'static WgVariant>,
-    /// At head dim 64 with no other backward kernel named, the dS path's pair (`DS_D64`;
-    /// `SMELT_CUDA_ATTN_DS=1`, off by default until measured on a GPU;
-    /// `SMELT_CUDA_ATTN_DS=1tile`: its dq with one 16-row tile a warp, the same bits).
-    pub ds: bool,
-    pub ds_one_tile: bool,
+    /// At head dim 64 with no other backward kernel named, the dS path in one of its forms
+    /// (`SMELT_CUDA_ATTN_DS=1`, `1tile` or `bulk`; off by default until measured on a GPU).
+    pub ds: Option<DsForm>,
 }
 
-/// The dS path's kernels at head dim 64 (attention_tc.cu, end): delta, dk/dv storing dS (the
-/// default dk/dv's code and launch bounds plus the stores), dq from dS with two 16-row tiles a
-/// warp, and with one.
-pub(crate) const DS_D64: [&str; 4] =
-    ["attn_tc_delta_d64", "attn_tc_dkdvds_d64", "attn_tc_dqds_d64", "attn_tc_dqds1_d64"];
+/// The dS path's forms (attention_tc.cu, tc_dkdv's DS and tc_dq_ds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DsForm {
+    /// dk/dv's lanes store their dS words themselves; dq two 16-row tiles a warp.
+    Plain,
+    /// As Plain, dq one 16-row tile a warp (the same bits).
+    OneTile,
+    /// dk/dv stages each warp's dS rows in shared memory (stmatrix, swizzled) and copies them
+    /// out in one bulk copy (Hopper; elsewhere the lanes store the swizzled words); dq reads
+    /// the swizzled tiles (the same bits as Plain).
+    Staged,
+}
+
+/// The dS path's delta kernel (RW = DS_DELTA_ROWS rows a warp), its dk/dv kernels (Plain,
+/// Staged: the default dk/dv's code and launch bounds plus the stores) and dq kernels (two
+/// 16-row tiles a warp, one, two reading swizzled tiles), head dim 64 (attention_tc.cu, end).
+const DS_DELTA: &str = "attn_tc_delta_d64";
+const DS_DKDV: [&str; 2] = ["attn_tc_dkdvds_d64", "attn_tc_dkdvdsb_d64"];
+const DS_DQ: [&str; 3] = ["attn_tc_dqds_d64", "attn_tc_dqds1_d64", "attn_tc_dqdsz_d64"];
+/// Shared memory the staged dk/dv takes past its tiles: a 2 KiB stage for each of its 4 warps.
+const DS_STAGE: usize = 4 * 16 * 64 * 2;
 /// Rows a warp of attn_tc_delta_d64 takes (RW there).
 const DS_DELTA_ROWS: usize = 4;
 /// The dS tiles' side (DS_T there).
@@ -191,13 +205,16 @@ pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         _ => dflt,
     };
     let named = f.dq.is_some() || f.dkdv.is_some() || f.wg_dq.is_some() || f.wg_dkdv.is_some() || f.dkdv_smem;
-    if d == 64 && f.ds && !named {
-        let dq =
-            if f.ds_one_tile { k(DS_D64[3].into(), TC_ROWS, DS_T) } else { k(DS_D64[2].into(), 2 * TC_ROWS, DS_T) };
+    if let (64, Some(form), false) = (d, f.ds, named) {
+        let (dq, dkdv) = match form {
+            DsForm::Plain => (k(DS_DQ[0].into(), 2 * TC_ROWS, DS_T), DS_DKDV[0]),
+            DsForm::OneTile => (k(DS_DQ[1].into(), TC_ROWS, DS_T), DS_DKDV[0]),
+            DsForm::Staged => (k(DS_DQ[2].into(), 2 * TC_ROWS, DS_T), DS_DKDV[1]),
+        };
         return [
             pick(f.wg_fwd, f.fwd, fwd),
             TcKernel { ds: true, ..dq },
-            TcKernel { ds: true, ..k(DS_D64[1].into(), TC_ROWS, DS_T) },
+            TcKernel { ds: true, ..k(dkdv.into(), TC_ROWS, DS_T) },
         ];
     }
     [pick(f.wg_fwd, f.fwd, fwd), pick(f.wg_dq, f.dq, dq), pick(f.wg_dkdv, f.dkdv, dkdv)]
@@ -232,8 +249,16 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
             wg_fwd,
             wg_dq,
             wg_dkdv,
-            ds: var("SMELT_CUDA_ATTN_DS").is_some_and(|v| v == "1" || v == "1tile"),
-            ds_one_tile: var("SMELT_CUDA_ATTN_DS").is_some_and(|v| v == "1tile"),
+            ds: match var("SMELT_CUDA_ATTN_DS").as_deref() {
+                Some("1") => Some(DsForm::Plain),
+                Some("1tile") => Some(DsForm::OneTile),
+                Some("bulk") => Some(DsForm::Staged),
+                Some("0") | None => None,
+                Some(v) => {
+                    eprintln!("warning: SMELT_CUDA_ATTN_DS={v} is not 0, 1, 1tile or bulk (ignored)");
+                    None
+                }
+            },
         }
     });
     let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
@@ -491,7 +516,7 @@ pub(crate) fn attention_backward_with(
     if !tc || kdq.ds {
         let rows = dm.b * dm.tq * dm.h;
         let (name, per_warp, f) = if tc {
-            (DS_D64[0].to_string(), DS_DELTA_ROWS, tc_function(gpu, DS_D64[0], 0, false)?)
+            (DS_DELTA.to_string(), DS_DELTA_ROWS, tc_function(gpu, DS_DELTA, 0, false)?)
         } else {
             let name = kn("attn_bwd_delta")?;
             let f = gpu.function("attention", SRC, &name)?;
@@ -540,8 +565,11 @@ pub(crate) fn attention_backward_with(
         let launch_dkdv = || -> Result<()> {
             let TcKernel { name, rows, tile, pc, wg, threads, bufs, .. } = kdkdv;
             let tw = if *wg { d } else { d + 8 };
-            let smem =
-                (2 * rows * (d + 8) + 2 * bufs * tile * tw) * 2 + 2 * bufs * tile * 4 + wg_scratch(*wg, *threads);
+            let stage = if *name == DS_DKDV[1] { DS_STAGE } else { 0 };
+            let smem = (2 * rows * (d + 8) + 2 * bufs * tile * tw) * 2
+                + 2 * bufs * tile * 4
+                + wg_scratch(*wg, *threads)
+                + stage;
             let f = tc_function(gpu, name, smem, *wg)?;
             let mut b = gpu.stream.launch_builder(&f);
             b.arg(&qb.data)
