@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The dS path of the attention backward (SMELT_CUDA_ATTN_DS=1; docs/CUDA.md "The dS path"), in
+# The dS path of the attention backward (the default; SMELT_CUDA_ATTN_DS=0 turns it off, =1 its
+# unstaged form; docs/CUDA.md "The dS path"), in
 # device calls of under 10 minutes each, from the GPU suite's folder (scripts/gpu_suite.sh build
 # DIR copies this script and bench/):
-#   cd DIR && bash ds_check.sh . parity,train     # ~5 min: parity, then 1B and large A/B (three forms)
+#   cd DIR && bash ds_check.sh . parity,train     # ~5 min: parity, then 1B and large A/B (off, unstaged, default)
 #   cd DIR && bash ds_check.sh . profile,lora     # ~5 min: per-kernel profile at 1B, LoRA shape A/B
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
@@ -22,13 +23,13 @@ if part parity; then
   grep -E "^test |panicked|FAILED" "$OUT/parity_attn.txt" | head -20
   grep -E "dS path" "$OUT/parity_attn.txt" | grep -v "differs in 0 of" | head -20
   echo "comparisons bit for bit: $(grep -c 'differs in 0 of' "$OUT/parity_attn.txt")"
-  SMELT_CUDA_ATTN_DS=1 timeout 200 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_attn_ds.txt" 2>&1
-  echo "parity_bf16_attention* with SMELT_CUDA_ATTN_DS=1 rc $?"; grep -E "panicked|FAILED|test result" "$OUT/parity_attn_ds.txt" | head
-  SMELT_CUDA_ATTN_DS=1 timeout 200 "$D/gpu_train" gpu_mixed gpu_bf16_follows gpu_resume --test-threads=1 >"$OUT/gpu_train_ds.txt" 2>&1
-  echo "gpu_train gpu_mixed*, gpu_bf16_follows*, gpu_resume* with SMELT_CUDA_ATTN_DS=1 rc $?"; grep -E "^test |panicked|test result" "$OUT/gpu_train_ds.txt" | head
+  SMELT_CUDA_ATTN_DS=0 timeout 200 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_attn_ds.txt" 2>&1
+  echo "parity_bf16_attention* with SMELT_CUDA_ATTN_DS=0 rc $?"; grep -E "panicked|FAILED|test result" "$OUT/parity_attn_ds.txt" | head
+  timeout 200 "$D/gpu_train" gpu_mixed gpu_bf16_follows gpu_resume --test-threads=1 >"$OUT/gpu_train_ds.txt" 2>&1
+  echo "gpu_train gpu_mixed*, gpu_bf16_follows*, gpu_resume* (dS path) rc $?"; grep -E "^test |panicked|test result" "$OUT/gpu_train_ds.txt" | head
 fi
 part train && timeout 420 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 1b,large --no-peers \
-  --variants "ds:SMELT_CUDA_ATTN_DS=1;dsbulk:SMELT_CUDA_ATTN_DS=bulk" --out "$OUT/bench" 2>&1 | tail -10
+  --variants "ds0:SMELT_CUDA_ATTN_DS=0;ds1:SMELT_CUDA_ATTN_DS=1" --out "$OUT/bench" 2>&1 | tail -10
 M=/tmp/smelt-bench-models/1b
 if part profile; then
   [ -f "$M/model.safetensors" ] || timeout 300 python3 bench/torch_gpu.py --dim 2048 --layers 16 --heads 32 \
@@ -38,7 +39,7 @@ if part profile; then
       --batch-size 8 --seq-len 2048 --iters 1 --decode-tokens 4 --no-forward --format json >/dev/null 2>"$OUT/profile-1b-ds$v.txt"
     echo "== profile 1b SMELT_CUDA_ATTN_DS=$v"; grep -A12 "profile train" "$OUT/profile-1b-ds$v.txt" | head -13
   done
-  SMELT_CUDA_ATTN_DS=1 SMELT_CUDA_PROFILE=gemm timeout 200 "$D/smelt" bench --device cuda --model "$M" --vocab-size 32000 \
+  SMELT_CUDA_PROFILE=gemm timeout 200 "$D/smelt" bench --device cuda --model "$M" --vocab-size 32000 \
     --batch-size 8 --seq-len 2048 --iters 1 --decode-tokens 4 --no-forward --format json >/dev/null 2>"$OUT/profile-1b-gemm.txt"
   grep -A30 "profile train" "$OUT/profile-1b-gemm.txt" | head -32
 fi
@@ -46,8 +47,8 @@ if part lora; then
   timeout 300 python3 bench/lora_cuda.py --smelt "$D/smelt" --skip smelt-ckpt,e2e,eager,compile --iters 3 --out /tmp/lora 2>&1 | tail -4
   cp /tmp/lora/lora_cuda.md "$OUT/" 2>/dev/null
   L="--model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda --batch-size 8 --seq-len 2048 --decode-tokens 1 --no-forward --format json"
-  echo "== LoRA with the dS path"
-  SMELT_CUDA_ATTN_DS=1 timeout 200 "$D/smelt" bench $L --iters 3 2>"$OUT/lora-ds.stderr" | tail -1
+  echo "== LoRA without the dS path"
+  SMELT_CUDA_ATTN_DS=0 timeout 200 "$D/smelt" bench $L --iters 3 2>"$OUT/lora-ds0.stderr" | tail -1
   for v in 0 1; do
     SMELT_CUDA_ATTN_DS=$v SMELT_CUDA_PROFILE=1 timeout 200 "$D/smelt" bench $L --iters 1 >/dev/null 2>"$OUT/profile-lora-ds$v.txt"
     echo "== profile LoRA SMELT_CUDA_ATTN_DS=$v"; grep -A30 "profile train" "$OUT/profile-lora-ds$v.txt" | head -31

@@ -631,10 +631,10 @@ fn parity_bf16_attention_two_tiles_a_warp() {
     }
 }
 
-/// The dS path (`TcForms::ds`, `SMELT_CUDA_ATTN_DS=1`, for training at head dim 64: dk/dv stores each
+/// The dS path (`TcForms::ds`, the default for training at head dim 64: dk/dv stores each
 /// tile's dS, dq is one product a tile from it) against the three-product dq kernel on the
 /// same inputs: out, lse, dk and dv bit for bit (the same kernels, delta from its own kernel in
-/// the same order), dq within 1e-12 NMSE, and bit for bit where the keys start at 0 (causal,
+/// the same order), dq within a few flipped bf16 roundings, and bit for bit where the keys start at 0 (causal,
 /// no window, no packing: the same 16-key sums in the same order); every form (dq one or two
 /// tiles a warp, dk/dv storing its words itself or staged and bulk-copied) alike. Causal with T not a
 /// multiple of 64 (an odd number of 64-query tiles, so a 128-row dq block with one tile past
@@ -704,7 +704,12 @@ fn parity_bf16_attention_ds_path() {
                 let nmse = e / s.max(1e-300);
                 println!("{label} {form}: {what} differs in {n} of {} values, NMSE {nmse:.3e}", base[i].len());
                 if *what == "dq" && !from_zero {
-                    assert!(nmse <= 1e-12, "{label} {form}: dq NMSE {nmse:.3e} against the three-product kernel");
+                    // f32 sums in another grouping: a few bf16 roundings flip (one ulp, 2⁻⁸
+                    // relative: ~1e-10 NMSE each in these sizes).
+                    assert!(
+                        nmse <= 1e-8 && n * 1000 <= base[i].len(),
+                        "{label} {form}: dq NMSE {nmse:.3e}, {n} values differ, against the three-product kernel"
+                    );
                 } else {
                     assert_eq!(n, 0, "{label} {form}: {what} differs in {n} of {} values", base[i].len());
                 }

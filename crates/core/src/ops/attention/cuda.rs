@@ -3,7 +3,8 @@
 //! computes delta). In training on tensor cores at head dim 64 (Tq = Tk) the backward takes
 //! the dS path instead: delta, then dk/dv storing every tile's dS (bf16, the causal triangle
 //! of 64 × 64 tiles, about B·H·T²/2 values), then dq as one product a tile from it
-//! (`SMELT_CUDA_ATTN_DS=1`; not yet the default). q, k, v (a KV cache
+//! (`SMELT_CUDA_ATTN_DS=0` keeps the three-product dq kernel; measured on the H200: the 1B
+//! step 229 → 221 ms). q, k, v (a KV cache
 //! included), the output and every gradient share one dtype, f32 or bf16; lse is f32.
 //!
 //! Two kernel families: bf16 at head dim 64 or 128 runs on tensor cores (attention_tc.cu,
@@ -81,8 +82,9 @@ pub(crate) struct TcForms {
     pub wg_dkdv: Option<&'static WgVariant>,
     /// The same for dq: one of `WG_D64_DQ` (`SMELT_CUDA_ATTN_DQ` = its name).
     pub wg_dq: Option<&'static WgVariant>,
-    /// At head dim 64 with no other backward kernel named, the dS path in one of its forms
-    /// (`SMELT_CUDA_ATTN_DS=1`, `1tile` or `bulk`; off by default until measured on a GPU).
+    /// At head dim 64 with no other backward kernel named, the dS path in one of its forms:
+    /// `Staged` by default (measured fastest), `SMELT_CUDA_ATTN_DS=1` or `1tile` the others,
+    /// `SMELT_CUDA_ATTN_DS=0` none (the three-product dq kernel, to compare).
     pub ds: Option<DsForm>,
 }
 
@@ -252,8 +254,8 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
             ds: match var("SMELT_CUDA_ATTN_DS").as_deref() {
                 Some("1") => Some(DsForm::Plain),
                 Some("1tile") => Some(DsForm::OneTile),
-                Some("bulk") => Some(DsForm::Staged),
-                Some("0") | None => None,
+                Some("bulk") | None => Some(DsForm::Staged),
+                Some("0") => None,
                 Some(v) => {
                     eprintln!("warning: SMELT_CUDA_ATTN_DS={v} is not 0, 1, 1tile or bulk (ignored)");
                     None

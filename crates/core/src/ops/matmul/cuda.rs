@@ -665,8 +665,11 @@ impl super::LinearKernels for crate::backend::Cuda {
         m: usize,
     ) -> Result<Tensor> {
         if gemv_weights(x, &[w], n)?.is_some() {
-            // A decode step's few rows: the matvec kernel, then the sum.
-            return crate::ops::elementwise::add(&linear(x, w, bias, n, k, m)?, c);
+            // A decode step's few rows: the matvec kernel, then the sum (c in the product's
+            // dtype first, as the cuBLASLt path reads it).
+            let y = linear(x, w, bias, n, k, m)?;
+            let c = if c.dtype() == y.dtype() { c.clone() } else { crate::ops::elementwise::cuda::cast(c, y.dtype())? };
+            return crate::ops::elementwise::add(&y, &c);
         }
         linear_add(x, w, bias, c, n, k, m)
     }
