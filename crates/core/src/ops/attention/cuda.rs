@@ -264,6 +264,12 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
         }
     });
     let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
+    if forms.wgmma && hopper {
+        static WARNED_WG: std::sync::Once = std::sync::Once::new();
+        WARNED_WG.call_once(|| {
+            eprintln!("warning: SMELT_CUDA_ATTN_WG=1 runs the synchronous wgmma attention kernels, which are known to give wrong results (docs/CUDA.md; parity_wgmma_attention_layouts_and_kernels): use them only to debug them")
+        });
+    }
     if !hopper && (forms.wg_fwd.is_some() || forms.wg_dq.is_some() || forms.wg_dkdv.is_some()) {
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| {
