@@ -503,9 +503,11 @@ impl Graph {
     pub fn swiglu(&mut self, gate: &Var, up: &Var) -> Result<Var> {
         let y = timed("swiglu", || ops::swiglu::swiglu(&gate.t, &up.t))?;
         let (gt, ut) = (gate.t.clone(), up.t.clone());
-        Ok(self.push1(&[gate, up], y, move |g| {
-            let (dg, du) = timed("swiglu.bwd", || ops::swiglu::swiglu_backward(&gt, &ut, g))?;
-            Ok(vec![Some(dg), Some(du)])
+        // Adds into gate's and up's gradient sums itself (a LoRA down projection's adapter
+        // branch gives them a first gradient): no separate add pass on CUDA.
+        Ok(self.push_slots(&[gate, up], y, move |g, slots| {
+            let [sg, su] = slots else { anyhow::bail!("swiglu: two gradient slots expected, got {}", slots.len()) };
+            timed("swiglu.bwd", || ops::swiglu::swiglu_backward_acc(&gt, &ut, g, sg, su))
         }))
     }
 

@@ -264,6 +264,57 @@ fn parity_bf16_rope_and_swiglu() {
     check("swiglu du bf16", &dug, DType::BF16, &duc, BF16_STORE);
 }
 
+/// SwiGLU's backward adding into existing gradient sums (`swiglu_backward_acc`: one kernel that
+/// reads each sum and writes it back, as the autograd pass runs it when gate and up already
+/// have a gradient, e.g. from a LoRA down projection's adapter branch) gives the bits of the
+/// backward then an add each, in f32 and bf16: both sums given, one, none, a sum of another
+/// dtype (the product then the add), and a sum shared with another tensor (copied, the other
+/// left as it was). Lengths with a tail past whole 16-byte vectors.
+#[test]
+fn parity_swiglu_backward_accumulated() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().as_f32().unwrap().to_vec();
+    for dt in [DType::F32, DType::BF16] {
+        let on = |t: &Tensor| up(t, d).to_dtype(dt).unwrap();
+        let (g, u, dy) = (randn(&mut r, &[33, 70], 2.0), randn(&mut r, &[33, 70], 1.0), randn(&mut r, &[33, 70], 1.0));
+        let (s0g, s0u) = (randn(&mut r, &[33, 70], 1.0), randn(&mut r, &[33, 70], 1.0));
+        let (gg, ug, dyg) = (on(&g), on(&u), on(&dy));
+        let (dg, du) = ops::swiglu::swiglu_backward(&gg, &ug, &dyg).unwrap();
+        let want = |start: &Option<Tensor>, grad: &Tensor| match start {
+            Some(s) => {
+                let mut s = s.clone();
+                ops::elementwise::add_assign(&mut s, grad).unwrap();
+                host(&s)
+            }
+            None => host(grad),
+        };
+        let other = up(&s0u, d).to_dtype(if dt == DType::F32 { DType::BF16 } else { DType::F32 }).unwrap();
+        for (label, sg, su) in [
+            ("both sums", Some(on(&s0g)), Some(on(&s0u))),
+            ("gate's sum only", Some(on(&s0g)), None),
+            ("no sums", None, None),
+            ("up's sum of another dtype", Some(on(&s0g)), Some(other)),
+        ] {
+            let (want_g, want_u) = (want(&sg, &dg), want(&su, &du));
+            let (mut sg, mut su) = (sg, su);
+            ops::swiglu::swiglu_backward_acc(&gg, &ug, &dyg, &mut sg, &mut su).unwrap();
+            for (what, got, want) in [("dg", &sg, &want_g), ("du", &su, &want_u)] {
+                let got = host(got.as_ref().expect("a gradient sum"));
+                let n = got.iter().zip(want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(n, 0, "swiglu backward accumulated {dt:?}, {label}: {what} differs in {n} of {}", got.len());
+            }
+        }
+        // A sum shared with another tensor: written through a copy, the other unchanged.
+        let shared = on(&s0g);
+        let before = host(&shared);
+        let (mut sg, mut su) = (Some(shared.clone()), None);
+        ops::swiglu::swiglu_backward_acc(&gg, &ug, &dyg, &mut sg, &mut su).unwrap();
+        assert_eq!(host(&shared), before, "{dt:?}: the tensor sharing the sum was written");
+        assert_eq!(host(sg.as_ref().unwrap()), want(&Some(on(&s0g)), &dg), "{dt:?}: the shared sum's copy");
+    }
+}
+
 #[test]
 fn parity_bf16_cross_entropy() {
     let Some(d) = dev() else { return };

@@ -26,21 +26,70 @@ pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 }
 
 pub fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (mut sg, mut su) = (None, None);
+    swiglu_backward_acc(g, u, dy, &mut sg, &mut su)?;
+    match (sg, su) {
+        (Some(dg), Some(du)) => Ok((dg, du)),
+        _ => anyhow::bail!("swiglu_backward: no gradient made"),
+    }
+}
+
+/// `swiglu_backward` adding into the sums `sg`, `su` where they are given (each a sum of the
+/// gradients' dtype; one of another dtype takes the product then an add): swiglu_bwd_acc
+/// computes each gradient, rounds it to the storage dtype and adds it to the sum read there —
+/// add_assign's arithmetic on swiglu_bwd's output, in one pass.
+pub fn swiglu_backward_acc(
+    g: &Tensor,
+    u: &Tensor,
+    dy: &Tensor,
+    sg: &mut Option<Tensor>,
+    su: &mut Option<Tensor>,
+) -> Result<()> {
     let [gb, ub, db] = cuda::float_bufs([g, u, dy], "swiglu_backward")?;
     let dt = cuda::same_dtype(&[gb, ub, db], &["gate", "up", "output gradient"], "swiglu_backward")?;
     let gpu = &gb.gpu;
     let n = g.numel();
-    let dg = DeviceBuf::alloc(gpu, dt, n)?;
-    let du = DeviceBuf::alloc(gpu, dt, n)?;
-    let name = cuda::kname("swiglu_bwd", &[dt], "swiglu_backward")?;
-    let f = gpu.function("swiglu", SRC, &name)?;
-    let n64 = n as i64;
+    // A sum this kernel can add into: on this GPU, of the gradients' dtype, contiguous.
+    // `SMELT_CUDA_SWIGLU_ACC=0`: none (a fresh gradient, then an add: as before, to compare).
+    static ACC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let acc_on = *ACC.get_or_init(|| std::env::var("SMELT_CUDA_SWIGLU_ACC").map_or(true, |v| v != "0"));
+    let fits = |s: &Option<Tensor>| {
+        acc_on
+            && s.as_ref().is_some_and(|t| {
+                t.dtype() == dt && t.numel() == n && t.cuda_buf().is_ok_and(|b| b.gpu.ordinal == gpu.ordinal)
+            })
+    };
+    let (acc_g, acc_u) = (fits(sg), fits(su));
+    // Where a sum is not one to add into, a fresh gradient (added to that sum after).
+    let fresh = |acc: bool| if acc { Ok(None) } else { DeviceBuf::alloc(gpu, dt, n).map(Some) };
+    let (fg, fu) = (fresh(acc_g)?, fresh(acc_u)?);
     {
+        // A sum added into is written in place (`cuda_buf_mut`: a shared one is copied first).
+        let slot_ptr = |acc: bool, s: &mut Option<Tensor>, f: &Option<DeviceBuf>| -> Result<u64> {
+            match (acc, s, f) {
+                (true, Some(t), _) => Ok(t.cuda_buf_mut()?.ptr()),
+                (false, _, Some(b)) => Ok(b.ptr()),
+                _ => anyhow::bail!("swiglu_backward: no buffer for a gradient"),
+            }
+        };
+        let (pg, pu) = (slot_ptr(acc_g, sg, &fg)?, slot_ptr(acc_u, su, &fu)?);
+        let name = cuda::kname("swiglu_bwd_acc", &[dt], "swiglu_backward")?;
+        let f = gpu.function("swiglu", SRC, &name)?;
+        let (n64, ag, au) = (n as i64, acc_g as i32, acc_u as i32);
         let mut b = gpu.stream.launch_builder(&f);
-        b.arg(&gb.data).arg(&ub.data).arg(&db.data).arg(&dg.data).arg(&du.data).arg(&n64);
+        b.arg(&gb.data).arg(&ub.data).arg(&db.data).arg(&pg).arg(&pu).arg(&ag).arg(&au).arg(&n64);
         cuda::launched(unsafe { b.launch(cuda::grid_for(n.div_ceil(8), 256)) }, &name)?;
     }
-    Ok((Tensor::from_device_buf(dg, g.shape())?, Tensor::from_device_buf(du, u.shape())?))
+    for (slot, f) in [(sg, fg), (su, fu)] {
+        if let Some(buf) = f {
+            let d = Tensor::from_device_buf(buf, g.shape())?;
+            match slot {
+                Some(acc) => crate::ops::elementwise::add_assign(acc, &d)?,
+                None => *slot = Some(d),
+            }
+        }
+    }
+    Ok(())
 }
 
 impl super::SwiGluKernels for crate::backend::Cuda {
@@ -49,5 +98,15 @@ impl super::SwiGluKernels for crate::backend::Cuda {
     }
     fn swiglu_backward(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
         swiglu_backward(g, u, dy)
+    }
+    fn swiglu_backward_acc(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        dy: &Tensor,
+        sg: &mut Option<Tensor>,
+        su: &mut Option<Tensor>,
+    ) -> Result<()> {
+        swiglu_backward_acc(g, u, dy, sg, su)
     }
 }

@@ -48,6 +48,25 @@ pub trait SwiGluKernels {
     fn swiglu(&self, g: &Tensor, u: &Tensor) -> Result<Tensor>;
     /// (dg, du).
     fn swiglu_backward(&self, g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)>;
+    /// dg and du added into `sg` and `su` (the inputs' gradient sums so far; None: none yet, the
+    /// gradient becomes the sum), as `swiglu_backward` then an add each: the same numbers.
+    fn swiglu_backward_acc(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        dy: &Tensor,
+        sg: &mut Option<Tensor>,
+        su: &mut Option<Tensor>,
+    ) -> Result<()> {
+        let (dg, du) = self.swiglu_backward(g, u, dy)?;
+        for (slot, d) in [(sg, dg), (su, du)] {
+            match slot {
+                Some(acc) => crate::ops::elementwise::add_assign(acc, &d)?,
+                None => *slot = Some(d),
+            }
+        }
+        Ok(())
+    }
 }
 
 impl SwiGluKernels for Cpu {
@@ -69,6 +88,30 @@ pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 
 pub fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
     backend::on("swiglu_backward", [g, u, dy])?.swiglu_backward(g, u, dy)
+}
+
+/// `swiglu_backward` with dg and du added into the gradient sums `sg` and `su` (None: no sum
+/// yet; the gradient becomes it). On CUDA one kernel reads each sum and writes it back (no
+/// separate add pass), with the roundings of the product then the add.
+pub fn swiglu_backward_acc(
+    g: &Tensor,
+    u: &Tensor,
+    dy: &Tensor,
+    sg: &mut Option<Tensor>,
+    su: &mut Option<Tensor>,
+) -> Result<()> {
+    for (s, what) in [(&*sg, "gate"), (&*su, "up")] {
+        if let Some(s) = s {
+            if s.shape() != g.shape() {
+                bail!(
+                    "swiglu_backward: the {what} gradient sum {:?} is not the input's shape {:?}",
+                    s.shape(),
+                    g.shape()
+                );
+            }
+        }
+    }
+    backend::on("swiglu_backward", [g, u, dy])?.swiglu_backward_acc(g, u, dy, sg, su)
 }
 
 #[cfg(test)]
