@@ -704,6 +704,13 @@ impl Graph {
         let mut sub = Graph::training();
         let leaves: Vec<Var> = inputs.iter().map(|v| sub.constant(v.t.clone())).collect();
         let outs: Vec<Tensor> = f(&mut sub, &leaves)?.into_iter().map(|v| v.t).collect();
+        self.checkpoint_given(inputs, outs, f)
+    }
+
+    /// `checkpoint` whose forward outputs the caller already has (`outs`: what `f` computes
+    /// from `inputs`, bit for bit, e.g. from an intermediate of f it kept anyway): only the
+    /// backward re-runs f.
+    pub fn checkpoint_given(&mut self, inputs: &[Var], outs: Vec<Tensor>, f: BlockFn) -> Result<Vec<Var>> {
         let saved: Vec<(Tensor, bool)> = inputs.iter().map(|v| (v.t.clone(), v.requires_grad)).collect();
         let refs: Vec<&Var> = inputs.iter().collect();
         Ok(self.push(&refs, outs, move |g| {

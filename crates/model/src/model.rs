@@ -289,8 +289,9 @@ fn lora_down(g: &mut Graph, x: &Var, a: &Var, run: LoraRun, seed: u64) -> Result
 /// The FFN's down projection of act = swiglu(gate, up), with its adapter, on a training graph.
 /// The frozen product keeps no input, and the adapter's branch is a checkpoint over (gate, up,
 /// A) that recomputes act in the backward: the (N, ffn) act, the widest activation of a layer,
-/// is not kept for A's gradient (gate and up are, for SwiGLU's own backward). The same numbers
-/// as `proj`.
+/// is not kept for A's gradient (gate and up are, for SwiGLU's own backward). Its forward is
+/// taken from the act the base product reads (`checkpoint_given`), not recomputed. The same
+/// numbers as `proj`.
 fn down_proj_lora(g: &mut Graph, l: usize, w: &LayerVars, gate: &Var, up: &Var, act: &Var) -> Result<Var> {
     let (Some((a, b)), Some(run)) = (w.lora[Role::WDown as usize], w.run) else {
         return g.linear(act, &w[Role::WDown], None);
@@ -300,7 +301,14 @@ fn down_proj_lora(g: &mut Graph, l: usize, w: &LayerVars, gate: &Var, up: &Var, 
         let act = g.swiglu(&v[0], &v[1])?;
         Ok(vec![lora_down(g, &act, &v[2], run, seed)?])
     });
-    let down = g.checkpoint(&[gate.clone(), up.clone(), a.clone()], branch)?.remove(0);
+    // The branch's forward from the act at hand (the same kernels on the same values as the
+    // branch's own swiglu would give), untaped as `checkpoint` runs it.
+    let fwd = {
+        let mut sub = Graph::training();
+        let (act_c, a_c) = (sub.constant(act.tensor().clone()), sub.constant(a.tensor().clone()));
+        lora_down(&mut sub, &act_c, &a_c, run, seed)?.tensor().clone()
+    };
+    let down = g.checkpoint_given(&[gate.clone(), up.clone(), a.clone()], vec![fwd], branch)?.remove(0);
     let up = g.linear(&down, b, None)?;
     g.linear_add(act, &w[Role::WDown], None, &up)
 }
