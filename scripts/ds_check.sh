@@ -57,8 +57,8 @@ if part lora; then
 fi
 # fixes: the two tests the 2026-12-05 suite run failed (parity_linear_dx_accumulated, the
 # synchronous wgmma comparisons), the dS path's and the accumulating SwiGLU backward's parity,
-# then the LoRA shape with the SwiGLU backward adding into the gradient sums and without
-# (SMELT_CUDA_SWIGLU_ACC=0), and 124M beside torch.compile.
+# then the LoRA shape with the SwiGLU backward adding into the gradient sums
+# (SMELT_CUDA_SWIGLU_ACC=1, opt-in until this runs) and without, and 124M beside torch.compile.
 if part fixes; then
   timeout 150 "$D/core_tests" parity_linear_dx parity_bf16_attention parity_wgmma_attention parity_swiglu_backward \
     --test-threads=1 >"$OUT/parity_fixes.txt" 2>&1

@@ -264,7 +264,7 @@ fn parity_bf16_rope_and_swiglu() {
     check("swiglu du bf16", &dug, DType::BF16, &duc, BF16_STORE);
 }
 
-/// SwiGLU's backward adding into existing gradient sums (`swiglu_backward_acc`: one kernel that
+/// SwiGLU's backward adding into existing gradient sums (`swiglu_backward_acc_with`, in the kernel: one that
 /// reads each sum and writes it back, as the autograd pass runs it when gate and up already
 /// have a gradient, e.g. from a LoRA down projection's adapter branch) gives the bits of the
 /// backward then an add each, in f32 and bf16: both sums given, one, none, a sum of another
@@ -298,7 +298,7 @@ fn parity_swiglu_backward_accumulated() {
         ] {
             let (want_g, want_u) = (want(&sg, &dg), want(&su, &du));
             let (mut sg, mut su) = (sg, su);
-            ops::swiglu::swiglu_backward_acc(&gg, &ug, &dyg, &mut sg, &mut su).unwrap();
+            ops::swiglu::cuda::swiglu_backward_acc_with(&gg, &ug, &dyg, &mut sg, &mut su, true).unwrap();
             for (what, got, want) in [("dg", &sg, &want_g), ("du", &su, &want_u)] {
                 let got = host(got.as_ref().expect("a gradient sum"));
                 let n = got.iter().zip(want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
@@ -309,7 +309,7 @@ fn parity_swiglu_backward_accumulated() {
         let shared = on(&s0g);
         let before = host(&shared);
         let (mut sg, mut su) = (Some(shared.clone()), None);
-        ops::swiglu::swiglu_backward_acc(&gg, &ug, &dyg, &mut sg, &mut su).unwrap();
+        ops::swiglu::cuda::swiglu_backward_acc_with(&gg, &ug, &dyg, &mut sg, &mut su, true).unwrap();
         assert_eq!(host(&shared), before, "{dt:?}: the tensor sharing the sum was written");
         assert_eq!(host(sg.as_ref().unwrap()), want(&Some(on(&s0g)), &dg), "{dt:?}: the shared sum's copy");
     }

@@ -26,18 +26,32 @@ pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 }
 
 pub fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (mut sg, mut su) = (None, None);
-    swiglu_backward_acc(g, u, dy, &mut sg, &mut su)?;
-    match (sg, su) {
-        (Some(dg), Some(du)) => Ok((dg, du)),
-        _ => anyhow::bail!("swiglu_backward: no gradient made"),
+    let [gb, ub, db] = cuda::float_bufs([g, u, dy], "swiglu_backward")?;
+    let dt = cuda::same_dtype(&[gb, ub, db], &["gate", "up", "output gradient"], "swiglu_backward")?;
+    let gpu = &gb.gpu;
+    let n = g.numel();
+    let dg = DeviceBuf::alloc(gpu, dt, n)?;
+    let du = DeviceBuf::alloc(gpu, dt, n)?;
+    let name = cuda::kname("swiglu_bwd", &[dt], "swiglu_backward")?;
+    let f = gpu.function("swiglu", SRC, &name)?;
+    let n64 = n as i64;
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&gb.data).arg(&ub.data).arg(&db.data).arg(&dg.data).arg(&du.data).arg(&n64);
+        cuda::launched(unsafe { b.launch(cuda::grid_for(n.div_ceil(8), 256)) }, &name)?;
     }
+    Ok((Tensor::from_device_buf(dg, g.shape())?, Tensor::from_device_buf(du, u.shape())?))
 }
 
-/// `swiglu_backward` adding into the sums `sg`, `su` where they are given (each a sum of the
-/// gradients' dtype; one of another dtype takes the product then an add): swiglu_bwd_acc
-/// computes each gradient, rounds it to the storage dtype and adds it to the sum read there —
-/// add_assign's arithmetic on swiglu_bwd's output, in one pass.
+/// Whether the autograd pass's SwiGLU backward adds into the gradient sums in its kernel
+/// (`SMELT_CUDA_SWIGLU_ACC=1`). Off by default: written 2026-12-05 after the session's last
+/// GPU call, its parity test (`parity_swiglu_backward_accumulated`) not yet run on a GPU.
+fn acc_on() -> bool {
+    static ACC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ACC.get_or_init(|| std::env::var("SMELT_CUDA_SWIGLU_ACC").is_ok_and(|v| v == "1"))
+}
+
+/// `swiglu_backward_acc_with` as the environment says (`acc_on`).
 pub fn swiglu_backward_acc(
     g: &Tensor,
     u: &Tensor,
@@ -45,21 +59,44 @@ pub fn swiglu_backward_acc(
     sg: &mut Option<Tensor>,
     su: &mut Option<Tensor>,
 ) -> Result<()> {
+    swiglu_backward_acc_with(g, u, dy, sg, su, acc_on())
+}
+
+/// `swiglu_backward` adding into the sums `sg`, `su` where they are given. With `in_kernel` (and
+/// a sum of the gradients' dtype on this GPU) swiglu_bwd_acc computes each gradient, rounds it
+/// to the storage dtype and adds it to the sum read there — add_assign's arithmetic on
+/// swiglu_bwd's output, in one pass; otherwise a fresh gradient, then add_assign.
+pub fn swiglu_backward_acc_with(
+    g: &Tensor,
+    u: &Tensor,
+    dy: &Tensor,
+    sg: &mut Option<Tensor>,
+    su: &mut Option<Tensor>,
+    in_kernel: bool,
+) -> Result<()> {
     let [gb, ub, db] = cuda::float_bufs([g, u, dy], "swiglu_backward")?;
     let dt = cuda::same_dtype(&[gb, ub, db], &["gate", "up", "output gradient"], "swiglu_backward")?;
     let gpu = &gb.gpu;
     let n = g.numel();
     // A sum this kernel can add into: on this GPU, of the gradients' dtype, contiguous.
-    // `SMELT_CUDA_SWIGLU_ACC=0`: none (a fresh gradient, then an add: as before, to compare).
-    static ACC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let acc_on = *ACC.get_or_init(|| std::env::var("SMELT_CUDA_SWIGLU_ACC").map_or(true, |v| v != "0"));
     let fits = |s: &Option<Tensor>| {
-        acc_on
+        in_kernel
             && s.as_ref().is_some_and(|t| {
                 t.dtype() == dt && t.numel() == n && t.cuda_buf().is_ok_and(|b| b.gpu.ordinal == gpu.ordinal)
             })
     };
     let (acc_g, acc_u) = (fits(sg), fits(su));
+    if !acc_g && !acc_u {
+        // Nothing to add into in the kernel: swiglu_bwd, then the adds.
+        let (dg, du) = swiglu_backward(g, u, dy)?;
+        for (slot, d) in [(sg, dg), (su, du)] {
+            match slot {
+                Some(acc) => crate::ops::elementwise::add_assign(acc, &d)?,
+                None => *slot = Some(d),
+            }
+        }
+        return Ok(());
+    }
     // Where a sum is not one to add into, a fresh gradient (added to that sum after).
     let fresh = |acc: bool| if acc { Ok(None) } else { DeviceBuf::alloc(gpu, dt, n).map(Some) };
     let (fg, fu) = (fresh(acc_g)?, fresh(acc_u)?);
