@@ -412,13 +412,29 @@ fn attn_case(
     check(&format!("{label} dv"), &dvg, DType::BF16, &dvc, tol);
 }
 
+/// B rows of T positions packed with examples of `lens` (cycled, row r starting at lens[r]) until
+/// each row is full.
+fn packed_segments(b: usize, t: usize, lens: &[usize]) -> ops::attention::Segments {
+    let mut starts = Vec::with_capacity(b * t);
+    for row in 0..b {
+        let (mut i, mut e) = (0usize, row);
+        while i < t {
+            let n = lens[e % lens.len()].min(t - i);
+            starts.extend(std::iter::repeat_n(i as u32, n));
+            i += n;
+            e += 1;
+        }
+    }
+    ops::attention::Segments::new(b, t, starts).unwrap()
+}
+
 /// Packed rows (`--packing`) on the tensor-core kernels against the CPU on the same bf16 values:
 /// examples of uneven lengths (some shorter than a tile, one crossing several), a window, head
 /// dims 64 and 128; out, lse, dq, dk and dv. And RoPE at per-token positions (f32; both
 /// layouts) forward and backward.
 #[test]
 fn parity_bf16_attention_packed() {
-    use ops::attention::{attention_packed, attention_packed_backward, Segments};
+    use ops::attention::{attention_packed, attention_packed_backward};
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
     for (b, t, h, kvh, hd, window, lens) in [
@@ -426,18 +442,7 @@ fn parity_bf16_attention_packed() {
         (1, 300, 8, 2, 64, Some(40), vec![100, 3, 130, 67]),
         (2, 97, 4, 1, 128, None, vec![33, 64]),
     ] {
-        // Each row: examples of `lens` (cycled) until T is filled.
-        let mut starts = Vec::with_capacity(b * t);
-        for row in 0..b {
-            let (mut i, mut e) = (0usize, row);
-            while i < t {
-                let n = lens[e % lens.len()].min(t - i);
-                starts.extend(std::iter::repeat_n(i as u32, n));
-                i += n;
-                e += 1;
-            }
-        }
-        let seg = Segments::new(b, t, starts).unwrap();
+        let seg = packed_segments(b, t, &lens);
         let q = randn(&mut r, &[b, t, h, hd], 1.0);
         let k = randn(&mut r, &[b, t, kvh, hd], 1.0);
         let v = randn(&mut r, &[b, t, kvh, hd], 1.0);
@@ -696,24 +701,10 @@ fn parity_bf16_attention_two_tiles_a_warp() {
 #[test]
 fn parity_bf16_attention_ds_path() {
     use ops::attention::cuda::{attention_backward_with, attention_with, packed_bounds, tc_kernels, DsForm, TcForms};
-    use ops::attention::Segments;
     let Some(d) = dev() else { return };
     let gpu = cuda::gpu(0).unwrap();
     let mut r = Rng::new(seed());
     let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().as_f32().unwrap().to_vec();
-    let packed_starts = |b: usize, t: usize, lens: &[usize]| {
-        let mut starts = Vec::with_capacity(b * t);
-        for row in 0..b {
-            let (mut i, mut e) = (0usize, row);
-            while i < t {
-                let n = lens[e % lens.len()].min(t - i);
-                starts.extend(std::iter::repeat_n(i as u32, n));
-                i += n;
-                e += 1;
-            }
-        }
-        Segments::new(b, t, starts).unwrap()
-    };
     for (b, tq, tk, h, kvh, window, lens) in [
         (2, 130, 130, 4, 2, None, None),
         (1, 256, 256, 8, 8, None, None),
@@ -727,7 +718,7 @@ fn parity_bf16_attention_ds_path() {
         let k = upb(&randn(&mut r, &[b, tk, kvh, 64], 1.0), d);
         let v = upb(&randn(&mut r, &[b, tk, kvh, 64], 1.0), d);
         let dout = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
-        let seg = lens.as_ref().map(|l| packed_starts(b, tq, l));
+        let seg = lens.as_ref().map(|l| packed_segments(b, tq, l));
         let bounds = seg.as_ref().map(|s| packed_bounds(&gpu, DType::BF16, &dm, s).unwrap());
         let run = |forms: TcForms| {
             let [fwd, dq, dkdv] = tc_kernels(64, forms, false);

@@ -1,6 +1,7 @@
 //! CUDA launchers for SwiGLU (kernels in swiglu.cu). Gate, up and output (and, backward, the
 //! output gradient and both input gradients) share one dtype, f32 or bf16.
 
+use super::add_into;
 use crate::cuda::{self, DeviceBuf};
 use crate::Tensor;
 use anyhow::Result;
@@ -89,13 +90,8 @@ pub fn swiglu_backward_acc_with(
     if !acc_g && !acc_u {
         // Nothing to add into in the kernel: swiglu_bwd, then the adds.
         let (dg, du) = swiglu_backward(g, u, dy)?;
-        for (slot, d) in [(sg, dg), (su, du)] {
-            match slot {
-                Some(acc) => crate::ops::elementwise::add_assign(acc, &d)?,
-                None => *slot = Some(d),
-            }
-        }
-        return Ok(());
+        add_into(sg, dg)?;
+        return add_into(su, du);
     }
     // Where a sum is not one to add into, a fresh gradient (added to that sum after).
     let fresh = |acc: bool| if acc { Ok(None) } else { DeviceBuf::alloc(gpu, dt, n).map(Some) };
@@ -119,11 +115,7 @@ pub fn swiglu_backward_acc_with(
     }
     for (slot, f) in [(sg, fg), (su, fu)] {
         if let Some(buf) = f {
-            let d = Tensor::from_device_buf(buf, g.shape())?;
-            match slot {
-                Some(acc) => crate::ops::elementwise::add_assign(acc, &d)?,
-                None => *slot = Some(d),
-            }
+            add_into(slot, Tensor::from_device_buf(buf, g.shape())?)?;
         }
     }
     Ok(())

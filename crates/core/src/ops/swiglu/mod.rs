@@ -59,13 +59,19 @@ pub trait SwiGluKernels {
         su: &mut Option<Tensor>,
     ) -> Result<()> {
         let (dg, du) = self.swiglu_backward(g, u, dy)?;
-        for (slot, d) in [(sg, dg), (su, du)] {
-            match slot {
-                Some(acc) => crate::ops::elementwise::add_assign(acc, &d)?,
-                None => *slot = Some(d),
-            }
+        add_into(sg, dg)?;
+        add_into(su, du)
+    }
+}
+
+/// `d` added into the gradient sum `slot`, or the sum itself when there is none yet.
+pub(crate) fn add_into(slot: &mut Option<Tensor>, d: Tensor) -> Result<()> {
+    match slot {
+        Some(acc) => crate::ops::elementwise::add_assign(acc, &d),
+        None => {
+            *slot = Some(d);
+            Ok(())
         }
-        Ok(())
     }
 }
 
