@@ -57,6 +57,8 @@ struct Node {
 
 /// A sub-computation that `checkpoint` can re-run.
 pub type BlockFn = Arc<dyn Fn(&mut Graph, &[Var]) -> Result<Vec<Var>> + Send + Sync>;
+/// How `checkpoint_given` makes an input's value again in the backward instead of keeping it.
+pub type Remake = Box<dyn FnOnce() -> Result<Tensor> + Send>;
 
 pub struct Graph {
     record: bool,
@@ -704,18 +706,44 @@ impl Graph {
         let mut sub = Graph::training();
         let leaves: Vec<Var> = inputs.iter().map(|v| sub.constant(v.t.clone())).collect();
         let outs: Vec<Tensor> = f(&mut sub, &leaves)?.into_iter().map(|v| v.t).collect();
-        self.checkpoint_given(inputs, outs, f)
+        let remake = inputs.iter().map(|_| None).collect();
+        self.checkpoint_given(inputs, outs, remake, f)
     }
 
     /// `checkpoint` whose forward outputs the caller already has (`outs`: what `f` computes
-    /// from `inputs`, bit for bit, e.g. from an intermediate of f it kept anyway): only the
-    /// backward re-runs f.
-    pub fn checkpoint_given(&mut self, inputs: &[Var], outs: Vec<Tensor>, f: BlockFn) -> Result<Vec<Var>> {
-        let saved: Vec<(Tensor, bool)> = inputs.iter().map(|v| (v.t.clone(), v.requires_grad)).collect();
+    /// from `inputs`, bit for bit): only the backward re-runs f. An input with a `remake` is not
+    /// kept either: the backward makes its value again (bit for bit) from what the closure holds
+    /// (the LoRA down projection's adapter: its input act = swiglu(gate, up) is remade from gate
+    /// and up, which SwiGLU's own backward keeps anyway; its gradient joins act's sum, so SwiGLU's
+    /// backward runs once on the total).
+    pub fn checkpoint_given(
+        &mut self,
+        inputs: &[Var],
+        outs: Vec<Tensor>,
+        remake: Vec<Option<Remake>>,
+        f: BlockFn,
+    ) -> Result<Vec<Var>> {
+        if remake.len() != inputs.len() {
+            bail!("checkpoint_given: {} remakes for {} inputs", remake.len(), inputs.len());
+        }
+        // Each input's value for the re-run: kept, or remade then.
+        let saved: Vec<(Option<Tensor>, Option<Remake>, bool)> = inputs
+            .iter()
+            .zip(remake)
+            .map(|(v, r)| (if r.is_some() { None } else { Some(v.t.clone()) }, r, v.requires_grad))
+            .collect();
         let refs: Vec<&Var> = inputs.iter().collect();
         Ok(self.push(&refs, outs, move |g| {
             let mut sub = Graph::training();
-            let leaves: Vec<Var> = saved.iter().map(|(t, rg)| sub.leaf(t.clone(), *rg)).collect();
+            let mut leaves = Vec::with_capacity(saved.len());
+            for (kept, remake, rg) in saved {
+                let t = match (kept, remake) {
+                    (Some(t), _) => t,
+                    (None, Some(remake)) => remake()?,
+                    (None, None) => bail!("checkpoint_given: an input neither kept nor remade"),
+                };
+                leaves.push(sub.leaf(t, rg));
+            }
             let outs = f(&mut sub, &leaves)?;
             let mut grads = sub.backward_from(&outs, g)?;
             Ok(leaves.iter().map(|l| grads.take(l)).collect())
@@ -888,6 +916,45 @@ mod tests {
         assert_eq!(v(grads.get(&b2v).unwrap()), v(&db2.unwrap()));
         assert_eq!(v(grads.get(&cv).unwrap()), v(&dy), "c: the output's gradient");
         assert!(grads.get(&w1v).is_none() && grads.get(&w3v).is_none(), "frozen weights get no gradient");
+    }
+
+    /// `checkpoint_given` with a remade input (LoRA's down-projection adapter: act = swiglu(g, u)
+    /// read by a frozen product and by the checkpointed branch, act remade from g and u in the
+    /// backward) gives the gradients of the same graph without the checkpoint: act's two
+    /// gradients are summed before SwiGLU's backward in both.
+    #[test]
+    fn checkpoint_given_with_a_remade_input_equals_the_plain_graph() {
+        let mut r = crate::rng::Rng::new(9);
+        let mut rand = |shape: &[usize]| -> Tensor {
+            let n = shape.iter().product();
+            Tensor::from_f32((0..n).map(|_| r.normal() as f32).collect(), shape).unwrap()
+        };
+        let (g0, u0, w, a, dy) = (rand(&[5, 8]), rand(&[5, 8]), rand(&[3, 8]), rand(&[3, 8]), rand(&[5, 3]));
+        let run = |checkpointed: bool| {
+            let mut gr = Graph::training();
+            let (gv, uv) = (gr.leaf(g0.clone(), true), gr.leaf(u0.clone(), true));
+            let (wv, av) = (gr.leaf(w.clone(), false), gr.leaf(a.clone(), true));
+            let act = gr.swiglu(&gv, &uv).unwrap();
+            let side = if checkpointed {
+                let f: BlockFn = Arc::new(|g: &mut Graph, v: &[Var]| Ok(vec![g.linear(&v[0], &v[1], None)?]));
+                let fwd = ops::matmul::linear(act.tensor(), &a, None).unwrap();
+                let (gt, ut) = (g0.clone(), u0.clone());
+                let remake: Remake = Box::new(move || ops::swiglu::swiglu(&gt, &ut));
+                gr.checkpoint_given(&[act.clone(), av.clone()], vec![fwd], vec![Some(remake), None], f)
+                    .unwrap()
+                    .remove(0)
+            } else {
+                gr.linear(&act, &av, None).unwrap()
+            };
+            let y = gr.linear_add(&act, &wv, None, &side).unwrap();
+            let grads = gr.backward_from(std::slice::from_ref(&y), &[Some(dy.clone())]).unwrap();
+            [&gv, &uv, &av].map(|v| grads.get(v).unwrap().to_vec_f32().unwrap())
+        };
+        let (plain, ck) = (run(false), run(true));
+        for (i, what) in ["g", "u", "A"].iter().enumerate() {
+            let worst = plain[i].iter().zip(&ck[i]).map(|(p, c)| (p - c).abs() / (1.0 + p.abs())).fold(0f32, f32::max);
+            assert!(worst <= 1e-6, "{what}: off by {worst:e} relative");
+        }
     }
 
     /// concat_rows stacks its parts and hands each its rows of the gradient.

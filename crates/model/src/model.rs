@@ -287,28 +287,29 @@ fn lora_down(g: &mut Graph, x: &Var, a: &Var, run: LoraRun, seed: u64) -> Result
 }
 
 /// The FFN's down projection of act = swiglu(gate, up), with its adapter, on a training graph.
-/// The frozen product keeps no input, and the adapter's branch is a checkpoint over (gate, up,
-/// A) that recomputes act in the backward: the (N, ffn) act, the widest activation of a layer,
-/// is not kept for A's gradient (gate and up are, for SwiGLU's own backward). Its forward is
-/// taken from the act the base product reads (`checkpoint_given`), not recomputed. The same
-/// numbers as `proj`.
+/// The frozen product keeps no input, and the adapter's branch is a checkpoint over (act, A)
+/// that keeps neither: act, the (N, ffn) widest activation of a layer, is remade from gate and
+/// up in the backward for A's gradient (SwiGLU's own backward keeps those). Its forward is taken
+/// from the act at hand, and its gradient for act joins the base product's in act's sum, so
+/// SwiGLU's backward runs once on the total (`Graph::checkpoint_given`). The numbers of `proj`
+/// up to the order of two sums (dact summed before SwiGLU's backward instead of after).
 fn down_proj_lora(g: &mut Graph, l: usize, w: &LayerVars, gate: &Var, up: &Var, act: &Var) -> Result<Var> {
     let (Some((a, b)), Some(run)) = (w.lora[Role::WDown as usize], w.run) else {
         return g.linear(act, &w[Role::WDown], None);
     };
     let seed = dropout_seed(run, l, Role::WDown);
-    let branch: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| {
-        let act = g.swiglu(&v[0], &v[1])?;
-        Ok(vec![lora_down(g, &act, &v[2], run, seed)?])
-    });
-    // The branch's forward from the act at hand (the same kernels on the same values as the
-    // branch's own swiglu would give), untaped as `checkpoint` runs it.
+    let branch: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| Ok(vec![lora_down(g, &v[0], &v[1], run, seed)?]));
+    // The branch's forward from the act at hand, untaped as `checkpoint` runs it.
     let fwd = {
         let mut sub = Graph::training();
         let (act_c, a_c) = (sub.constant(act.tensor().clone()), sub.constant(a.tensor().clone()));
         lora_down(&mut sub, &act_c, &a_c, run, seed)?.tensor().clone()
     };
-    let down = g.checkpoint_given(&[gate.clone(), up.clone(), a.clone()], vec![fwd], branch)?.remove(0);
+    // act again in the backward, from gate and up: the kernel that made it, the same bits.
+    let (gt, ut) = (gate.tensor().clone(), up.tensor().clone());
+    let remake_act: smelt_core::autograd::Remake = Box::new(move || smelt_core::ops::swiglu::swiglu(&gt, &ut));
+    let down =
+        g.checkpoint_given(&[act.clone(), a.clone()], vec![fwd], vec![Some(remake_act), None], branch)?.remove(0);
     let up = g.linear(&down, b, None)?;
     g.linear_add(act, &w[Role::WDown], None, &up)
 }
