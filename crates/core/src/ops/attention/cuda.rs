@@ -453,7 +453,6 @@ pub(crate) fn attention_with(
     Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?))
 }
 
-#[allow(clippy::too_many_arguments)]
 /// bf16 values of the dS path's buffer: B·H triangles of nt(nt+1)/2 tiles of 64 × 64, nt =
 /// ceil(Tq/64) (ds_tile in attention_tc.cu).
 fn ds_len(dm: &AttnDims) -> usize {
@@ -475,6 +474,7 @@ fn ds_fits(gpu: &cuda::Gpu, dm: &AttnDims) -> bool {
     dm.tq == dm.tk && dm.d == DS_T && ds_len(dm) * 2 <= cap
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     q: &Tensor,
     k: &Tensor,

@@ -52,17 +52,6 @@ fn acc_on() -> bool {
     *ACC.get_or_init(|| std::env::var("SMELT_CUDA_SWIGLU_ACC").is_ok_and(|v| v == "1"))
 }
 
-/// `swiglu_backward_acc_with` as the environment says (`acc_on`).
-pub fn swiglu_backward_acc(
-    g: &Tensor,
-    u: &Tensor,
-    dy: &Tensor,
-    sg: &mut Option<Tensor>,
-    su: &mut Option<Tensor>,
-) -> Result<()> {
-    swiglu_backward_acc_with(g, u, dy, sg, su, acc_on())
-}
-
 /// `swiglu_backward` adding into the sums `sg`, `su` where they are given. With `in_kernel` (and
 /// a sum of the gradients' dtype on this GPU) swiglu_bwd_acc computes each gradient, rounds it
 /// to the storage dtype and adds it to the sum read there — add_assign's arithmetic on
@@ -136,6 +125,6 @@ impl super::SwiGluKernels for crate::backend::Cuda {
         sg: &mut Option<Tensor>,
         su: &mut Option<Tensor>,
     ) -> Result<()> {
-        swiglu_backward_acc(g, u, dy, sg, su)
+        swiglu_backward_acc_with(g, u, dy, sg, su, acc_on())
     }
 }
