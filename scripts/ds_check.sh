@@ -6,6 +6,7 @@
 #   cd DIR && bash ds_check.sh . parity,train     # ~5 min: parity, then 1B and large A/B (off, unstaged, default)
 #   cd DIR && bash ds_check.sh . profile,lora     # ~5 min: per-kernel profile at 1B, LoRA shape A/B
 #   cd DIR && bash ds_check.sh . fixes,swiglu,peers124   # ~5 min: re-runs, SwiGLU A/B at the LoRA shape, 124M vs torch
+#   cd DIR && bash ds_check.sh . norm,ncuattn      # ~6 min: RMSNorm rows in registers A/B, ncu of the attention kernels
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
@@ -73,6 +74,45 @@ if part swiglu; then
   for v in 1 0 1; do
     echo "== LoRA SMELT_CUDA_SWIGLU_ACC=$v"
     SMELT_CUDA_SWIGLU_ACC=$v timeout 120 "$D/smelt" bench $L --iters 3 2>/dev/null | tail -1 | python3 -c 'import json,sys; j=json.loads(sys.stdin.read()); print("train tok/s", round(j["train_tok_s"]), "peak GiB", round(j["peak_mem_bytes"]/2**30, 2))'
+  done
+fi
+# norm: RMSNorm rows read once into registers (the default since 2026-12-05 evening, written
+# without a GPU; SMELT_CUDA_NORM_RES=0 keeps the two-pass kernels): the op's parity tests against
+# the CPU (f32 and bf16 storage, fused add, backward), the GPU training tests, then 1B and the
+# LoRA shape both ways and a 1B profile with it (rmsnorm_fwd 5.7 ms, rmsnorm_bwd_dx_add 6.0 ms
+# of the 239 ms serialised step before; predicted 3.5-4.5 ms less together).
+if part norm; then
+  timeout 150 "$D/core_tests" rmsnorm --test-threads=1 >"$OUT/parity_norm.txt" 2>&1
+  echo "core_tests rmsnorm* rc $?"; grep -E "panicked|test result" "$OUT/parity_norm.txt" | head -5
+  timeout 200 "$D/gpu_train" gpu_mixed gpu_resume --test-threads=1 >"$OUT/gpu_train_norm.txt" 2>&1
+  echo "gpu_train gpu_mixed*, gpu_resume* rc $?"; grep -E "panicked|test result" "$OUT/gpu_train_norm.txt" | head -5
+  timeout 300 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 1b --no-peers \
+    --variants "res0:SMELT_CUDA_NORM_RES=0" --out "$OUT/bench-norm" 2>&1 | tail -4
+  M=/tmp/smelt-bench-models/1b
+  SMELT_CUDA_PROFILE=1 timeout 200 "$D/smelt" bench --device cuda --model "$M" --vocab-size 32000 \
+    --batch-size 8 --seq-len 2048 --iters 1 --decode-tokens 4 --no-forward --format json >/dev/null 2>"$OUT/profile-1b-norm.txt"
+  grep -A16 "profile train" "$OUT/profile-1b-norm.txt" | grep -E "profile train|rmsnorm|sum_partials"
+fi
+# ncuattn: why the attention kernels run at 150-230 TFLOP/s (and the pipelined wgmma ones
+# slower): ncu's throughput, occupancy, scheduler and warp-state sections plus stall reasons,
+# tensor-pipe activity and shared-memory bank conflicts for one launch of each training kernel at
+# the 1B shape, default kernels then the pipelined wgmma ones (scripts/ncu_details.py reads it).
+if part ncuattn; then
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+  M=/tmp/smelt-bench-models/1b
+  [ -f "$M/model.safetensors" ] || timeout 300 python3 bench/torch_gpu.py --dim 2048 --layers 16 --heads 32 \
+    --kv-heads 8 --ffn 8192 --vocab-size 32000 --seq-len 2048 --save-hf "$M" >/dev/null 2>&1
+  for v in default wgp; do
+    env=()
+    [ $v = wgp ] && env=(SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64 SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64 SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64 SMELT_CUDA_ATTN_DS=0)
+    env "${env[@]}" timeout 240 "$NCU" --csv --page details --clock-control none -k 'regex:attn_(tc|wgp)_(fwd|dq|dkdv)' \
+      --launch-count 40 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+      --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats \
+      --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum' \
+      "$D/smelt" bench --device cuda --model "$M" --vocab-size 32000 --batch-size 8 --seq-len 2048 --iters 1 \
+      --decode-tokens 1 --no-forward --format json >"$OUT/ncu-attn-$v.csv" 2>"$OUT/ncu-attn-$v.err"
+    echo "== ncu attention ($v) rc $?"
+    python3 ncu_details.py "$OUT/ncu-attn-$v.csv" --min-us 200 --per-name 1
   done
 fi
 part peers124 && timeout 330 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 124m --out "$OUT/peers124" 2>&1 | tail -5

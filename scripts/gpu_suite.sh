@@ -58,6 +58,7 @@ for line in sys.stdin:
     cp scripts/wgmma_check.sh "$dir/wgmma_check.sh"  # the pipelined wgmma attention: (cd DIR && bash wgmma_check.sh .)
     cp scripts/persist_check.sh "$dir/persist_check.sh"  # the persistent decode kernel: (cd DIR && bash persist_check.sh .)
     cp scripts/long_context_check.sh "$dir/long_context_check.sh"  # 1B at T 4096/8192 with --grad-checkpoint vs torch.compile
+    cp scripts/ncu_details.py "$dir/ncu_details.py"  # ds_check.sh's ncuattn part reads ncu's details page with it
     cp scripts/ds_check.sh "$dir/ds_check.sh"  # the attention backward's dS path: (cd DIR && bash ds_check.sh . PARTS)
     cargo build --release --features cuda -p smelt-core --example grid_barrier && cp "${CARGO_TARGET_DIR:-target}/release/examples/grid_barrier" "$dir/"
     cp .cache/inputs/smollm2/hf/tokenizer.json "$dir/tokenizer.json" 2>/dev/null || echo "no SmolLM2 tokenizer.json (scripts/fetch_inputs.sh): persist_check.sh time needs one"

@@ -226,6 +226,59 @@ fn parity_bf16_rmsnorm_and_fused_residual() {
     }
 }
 
+/// RMSNorm with each row read once into registers (the default for rows of up to 2048 values at
+/// one warp a row, and for decode's few rows) against the two-pass kernels: every output bit for
+/// bit, forward with and without the residual add, backward with and without the stream's
+/// gradient, f32 and bf16 storage, rows of 576 to 2048 values (one warp a row past 1024 rows;
+/// several warps a row below), and 4096 (the two-pass form in both runs).
+#[test]
+fn parity_rmsnorm_rows_in_registers_equal_two_passes() {
+    use ops::rmsnorm::cuda::set_resident;
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    let host = |t: &Tensor| t.to_device(Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().as_f32().unwrap().to_vec();
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            set_resident(None)
+        }
+    }
+    let _reset = Reset;
+    for (n, c) in [(1030, 2048), (1100, 896), (1024, 576), (1040, 768), (3, 2048), (1, 896), (1030, 4096)] {
+        let x = randn(&mut r, &[n, c], 1.0);
+        let (res, w, dy, gh) = (
+            randn(&mut r, &[n, c], 1.0),
+            randn(&mut r, &[c], 1.0),
+            randn(&mut r, &[n, c], 1.0),
+            randn(&mut r, &[n, c], 1.0),
+        );
+        let wg = up(&w, d);
+        for (stream, branch, dyd, ghd) in [
+            (up(&x, d), up(&res, d), up(&dy, d), up(&gh, d)),
+            (up(&x, d), upb(&res, d), upb(&dy, d), up(&gh, d)),
+            (upb(&x, d), upb(&res, d), upb(&dy, d), upb(&gh, d)),
+        ] {
+            let run = |resident: bool| {
+                set_resident(Some(resident));
+                let (y, rstd) = ops::rmsnorm::rmsnorm(&stream, &wg, 1e-5).unwrap();
+                let (dx, dw) = ops::rmsnorm::rmsnorm_backward(&stream, &wg, &rstd, &dyd).unwrap();
+                let (h, y2, rstd2) = ops::rmsnorm::add_rmsnorm(&stream, &branch, &wg, 1e-5).unwrap();
+                let (dh, dr, dw2) =
+                    ops::rmsnorm::add_rmsnorm_backward(&h, &wg, &rstd2, &dyd, &ghd, branch.dtype()).unwrap();
+                [y, rstd, dx, dw, h, y2, rstd2, dh, dr, dw2].map(|t| host(&t))
+            };
+            let (two, one) = (run(false), run(true));
+            let label = format!("{n}x{c} stream {:?} branch {:?} dy {:?}", stream.dtype(), branch.dtype(), dyd.dtype());
+            for (i, what) in
+                ["y", "rstd", "dx", "dw", "h", "add y", "add rstd", "dh", "dr", "add dw"].iter().enumerate()
+            {
+                let diff = two[i].iter().zip(&one[i]).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                assert_eq!(diff, 0, "{label}: {what} differs in {diff} of {} values", two[i].len());
+            }
+        }
+    }
+}
+
 #[test]
 fn parity_bf16_rope_and_swiglu() {
     let Some(d) = dev() else { return };

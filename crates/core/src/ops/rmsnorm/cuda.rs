@@ -27,6 +27,27 @@ fn per_row(rows: usize, c: usize) -> (LaunchConfig, i32) {
     (cfg, wpr as i32)
 }
 
+/// 1: rows of up to 2048 values (at one warp a row) are read once into registers
+/// (`fwd_resident`/`bwd_resident` in rmsnorm.cu: the same bits as the two-pass form);
+/// `SMELT_CUDA_NORM_RES=0` keeps the two passes, to compare.
+fn resident() -> i32 {
+    static RES: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    match RESIDENT_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
+        -1 => *RES.get_or_init(|| i32::from(std::env::var("SMELT_CUDA_NORM_RES").map_or(true, |v| v != "0"))),
+        v => v,
+    }
+}
+
+/// -1: `SMELT_CUDA_NORM_RES` decides; 0 or 1: a test's choice (`set_resident`).
+static RESIDENT_OVERRIDE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Rows in registers (`Some(true)`), the two-pass kernels (`Some(false)`), or the environment's
+/// choice (`None`), for this process: the parity test compares the two forms bit for bit.
+#[cfg(test)]
+pub(crate) fn set_resident(on: Option<bool>) {
+    RESIDENT_OVERRIDE.store(on.map_or(-1, i32::from), std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Returns (h if fused, y, rstd).
 fn forward(x: &Tensor, r: Option<&Tensor>, w: &Tensor, eps: f64) -> Result<(Option<Tensor>, Tensor, Tensor)> {
     let what = if r.is_some() { "add_rmsnorm" } else { "rmsnorm" };
@@ -61,7 +82,8 @@ fn forward(x: &Tensor, r: Option<&Tensor>, w: &Tensor, eps: f64) -> Result<(Opti
             Some(h) => b.arg(&h.data),
             None => b.arg(&null),
         };
-        b.arg(&y.data).arg(&rstd.data).arg(&n64).arg(&c32).arg(&eps32).arg(&wpr);
+        let res = resident();
+        b.arg(&y.data).arg(&rstd.data).arg(&n64).arg(&c32).arg(&eps32).arg(&wpr).arg(&res);
         cuda::launched(unsafe { b.launch(cfg) }, &name)?;
     }
     let h = match h {
@@ -146,6 +168,7 @@ fn backward(
     let dx = DeviceBuf::alloc(gpu, xb.dtype, n * c)?;
     let (c32, n64) = (c as i32, n as i64);
     let (cfg, wpr) = per_row(n, c);
+    let res = resident();
     let dts = [xb.dtype, db.dtype];
     let mut dr = None;
     match add {
@@ -153,7 +176,15 @@ fn backward(
             let name = cuda::kname("rmsnorm_bwd_dx", &dts, "rmsnorm_backward")?;
             let f = gpu.function("rmsnorm", SRC, &name)?;
             let mut b = gpu.stream.launch_builder(&f);
-            b.arg(&xb.data).arg(&wb.data).arg(&rb.data).arg(&db.data).arg(&dx.data).arg(&n64).arg(&c32).arg(&wpr);
+            b.arg(&xb.data)
+                .arg(&wb.data)
+                .arg(&rb.data)
+                .arg(&db.data)
+                .arg(&dx.data)
+                .arg(&n64)
+                .arg(&c32)
+                .arg(&wpr)
+                .arg(&res);
             cuda::launched(unsafe { b.launch(cfg) }, &name)?;
         }
         Some((gh, r_dtype)) => {
@@ -173,7 +204,7 @@ fn backward(
                     Some(d) => b.arg(&d.data),
                     None => b.arg(&null),
                 };
-                b.arg(&n64).arg(&c32).arg(&wpr);
+                b.arg(&n64).arg(&c32).arg(&wpr).arg(&res);
                 cuda::launched(unsafe { b.launch(cfg) }, &name)?;
             }
             dr = drb.map(|d| Tensor::from_device_buf(d, x.shape())).transpose()?;

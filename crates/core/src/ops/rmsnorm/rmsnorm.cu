@@ -84,11 +84,66 @@ __device__ __forceinline__ void fwd_scale(const TX* src, const float* w, TY* y, 
         st<VEC>(y + off + i, v);
     }
 }
+// A row held in registers (`res`, the default for 16-byte rows of up to RES_K chunks of 8 a
+// thread: c ≤ 2048 at one warp a row): every load of x (and r) is issued before any value is
+// used, and y is computed from the registers instead of a second read of x or h. The
+// arithmetic and its order are the two-pass form's (the same sums, the same roundings), so
+// both give the same bits; the two-pass form stays for longer rows and unaligned ones.
+#define RES_K 8
+template <typename TX, typename TR, typename TY>
+__device__ __forceinline__ void fwd_resident(const TX* x, const TR* r, const float* w, TX* h, TY* y, float* rstd,
+                                             RowGroup g, int c, float eps, int wpr) {
+    long long off = g.row * c;
+    int step = g.nt * 8;
+    float v[RES_K][8];
+    float ss = 0.f;
+    if (g.live) {
+#pragma unroll
+        for (int k = 0; k < RES_K; k++)
+            if (g.t * 8 + k * step < c) load8(x + off + g.t * 8 + k * step, v[k]);
+        if (r) {
+            float rv[RES_K][8];
+#pragma unroll
+            for (int k = 0; k < RES_K; k++)
+                if (g.t * 8 + k * step < c) load8(r + off + g.t * 8 + k * step, rv[k]);
+#pragma unroll
+            for (int k = 0; k < RES_K; k++) {
+                int i = g.t * 8 + k * step;
+                if (i >= c) continue;
+#pragma unroll
+                for (int e = 0; e < 8; e++) v[k][e] = to_f(from_f<TX>(v[k][e] + rv[k][e]));
+                store8(h + off + i, v[k]);
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < RES_K; k++) {
+            if (g.t * 8 + k * step >= c) continue;
+#pragma unroll
+            for (int e = 0; e < 8; e++) ss += v[k][e] * v[k][e];
+        }
+    }
+    ss = group_sum(ss, wpr);
+    if (!g.live) return;
+    float s = 1.f / sqrtf(ss / (float)c + eps);
+    if (g.t == 0) rstd[g.row] = s;
+#pragma unroll
+    for (int k = 0; k < RES_K; k++) {
+        int i = g.t * 8 + k * step;
+        if (i >= c) continue;
+        float wv[8], o[8];
+        load8(w + i, wv);
+#pragma unroll
+        for (int e = 0; e < 8; e++) o[e] = v[k][e] * s * wv[e];
+        store8(y + off + i, o);
+    }
+}
+
 template <typename TX, typename TR, typename TY>
 __device__ void rmsnorm_fwd(const TX* x, const TR* r, const float* w, TX* h, TY* y, float* rstd, long long n, int c,
-                            float eps, int wpr) {
+                            float eps, int wpr, int res) {
     RowGroup g = row_group(n, wpr);
     bool vec = (c & 7) == 0 && aligned16(x) && aligned16(w) && aligned16(y) && (!r || (aligned16(r) && aligned16(h)));
+    if (res && vec && c <= RES_K * 8 * g.nt) return fwd_resident<TX, TR, TY>(x, r, w, h, y, rstd, g, c, eps, wpr);
     float ss = 0.f;
     if (g.live) ss = vec ? fwd_sumsq<true>(x, r, h, g, c) : fwd_sumsq<false>(x, r, h, g, c);
     ss = group_sum(ss, wpr);
@@ -140,13 +195,72 @@ __device__ __forceinline__ void bwd_store(const TX* x, const float* w, const TY*
         if (dr) st<VEC>(dr + off + i, o);
     }
 }
+// The backward with the row in registers (as fwd_resident): x and dy read once, every load
+// issued before the dot, gh's before the stores; the two-pass form's arithmetic and order.
+template <typename TX, typename TY, typename TR>
+__device__ __forceinline__ void bwd_resident(const TX* x, const float* w, float s, const TY* dy, const TX* gh,
+                                             TX* dx, TR* dr, RowGroup g, int c, int wpr) {
+    long long off = g.row * c;
+    int step = g.nt * 8;
+    float xv[RES_K][8], dv[RES_K][8];
+    float acc = 0.f;
+    if (g.live) {
+#pragma unroll
+        for (int k = 0; k < RES_K; k++) {
+            int i = g.t * 8 + k * step;
+            if (i >= c) continue;
+            load8(x + off + i, xv[k]);
+            load8(dy + off + i, dv[k]);
+        }
+#pragma unroll
+        for (int k = 0; k < RES_K; k++) {
+            int i = g.t * 8 + k * step;
+            if (i >= c) continue;
+            float wv[8];
+            load8(w + i, wv);
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc += wv[e] * dv[k][e] * xv[k][e] * s;
+        }
+    }
+    float mean = group_sum(acc, wpr) / (float)c;
+    if (!g.live) return;
+    // dy's registers take gh's values (dy is not needed once o is formed from it, so o is
+    // formed first for every chunk).
+#pragma unroll
+    for (int k = 0; k < RES_K; k++) {
+        int i = g.t * 8 + k * step;
+        if (i >= c) continue;
+        float wv[8];
+        load8(w + i, wv);
+#pragma unroll
+        for (int e = 0; e < 8; e++) xv[k][e] = s * (wv[e] * dv[k][e] - xv[k][e] * s * mean);
+    }
+    if (gh) {
+#pragma unroll
+        for (int k = 0; k < RES_K; k++)
+            if (g.t * 8 + k * step < c) load8(gh + off + g.t * 8 + k * step, dv[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < RES_K; k++) {
+        int i = g.t * 8 + k * step;
+        if (i >= c) continue;
+        if (gh) {
+#pragma unroll
+            for (int e = 0; e < 8; e++) xv[k][e] = to_f(from_f<TX>(to_f(from_f<TX>(xv[k][e])) + dv[k][e]));
+        }
+        store8(dx + off + i, xv[k]);
+        if (dr) store8(dr + off + i, xv[k]);
+    }
+}
+
 template <typename TX, typename TY, typename TR>
 __device__ void rmsnorm_bwd(const TX* x, const float* w, const float* rstd, const TY* dy, const TX* gh, TX* dx,
-                            TR* dr, long long n, int c, int wpr) {
+                            TR* dr, long long n, int c, int wpr, int res) {
     RowGroup g = row_group(n, wpr);
     bool vec = (c & 7) == 0 && aligned16(x) && aligned16(w) && aligned16(dy) && aligned16(dx) &&
                (!gh || aligned16(gh)) && (!dr || aligned16(dr));
     float s = g.live ? rstd[g.row] : 0.f;
+    if (res && vec && c <= RES_K * 8 * g.nt) return bwd_resident<TX, TY, TR>(x, w, s, dy, gh, dx, dr, g, c, wpr);
     float acc = 0.f;
     if (g.live) acc = vec ? bwd_dot<true>(x, w, dy, g, c, s) : bwd_dot<false>(x, w, dy, g, c, s);
     float mean = group_sum(acc, wpr) / (float)c;
@@ -170,8 +284,9 @@ __device__ void rmsnorm_bwd_dw_part(const TX* x, const float* rstd, const TY* dy
 
 #define RMSNORM_FWD(TX, NX, TR, NR, TY, NY) \
     extern "C" __global__ void rmsnorm_fwd_##NX##_##NR##_##NY(const TX* x, const TR* r, const float* w, TX* h, TY* y, \
-                                                              float* rstd, long long n, int c, float eps, int wpr) { \
-        rmsnorm_fwd<TX, TR, TY>(x, r, w, h, y, rstd, n, c, eps, wpr); \
+                                                              float* rstd, long long n, int c, float eps, int wpr, \
+                                                              int res) { \
+        rmsnorm_fwd<TX, TR, TY>(x, r, w, h, y, rstd, n, c, eps, wpr, res); \
     }
 #define RMSNORM_FWD_X(TX, NX) \
     RMSNORM_FWD(TX, NX, float, f32, float, f32) \
@@ -183,8 +298,8 @@ RMSNORM_FWD_X(bf16_t, bf16)
 
 #define RMSNORM_BWD(TX, NX, TY, NY) \
     extern "C" __global__ void rmsnorm_bwd_dx_##NX##_##NY(const TX* x, const float* w, const float* rstd, const TY* dy, \
-                                                          TX* dx, long long n, int c, int wpr) { \
-        rmsnorm_bwd<TX, TY, TX>(x, w, rstd, dy, nullptr, dx, nullptr, n, c, wpr); \
+                                                          TX* dx, long long n, int c, int wpr, int res) { \
+        rmsnorm_bwd<TX, TY, TX>(x, w, rstd, dy, nullptr, dx, nullptr, n, c, wpr, res); \
     } \
     extern "C" __global__ void rmsnorm_bwd_dw_part_##NX##_##NY(const TX* x, const float* rstd, const TY* dy, float* part, \
                                                                long long n, int c, long long rows_per_chunk) { \
@@ -193,8 +308,8 @@ RMSNORM_FWD_X(bf16_t, bf16)
 #define RMSNORM_BWD_ADD(TX, NX, TY, NY, TR, NR) \
     extern "C" __global__ void rmsnorm_bwd_dx_add_##NX##_##NY##_##NR(const TX* x, const float* w, const float* rstd, \
                                                                     const TY* dy, const TX* gh, TX* dh, TR* dr, \
-                                                                    long long n, int c, int wpr) { \
-        rmsnorm_bwd<TX, TY, TR>(x, w, rstd, dy, gh, dh, dr, n, c, wpr); \
+                                                                    long long n, int c, int wpr, int res) { \
+        rmsnorm_bwd<TX, TY, TR>(x, w, rstd, dy, gh, dh, dr, n, c, wpr, res); \
     }
 #define RMSNORM_BWD_ADD_R(TX, NX, TY, NY) \
     RMSNORM_BWD_ADD(TX, NX, TY, NY, float, f32) \
