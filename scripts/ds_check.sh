@@ -6,7 +6,7 @@
 #   cd DIR && bash ds_check.sh . parity,train     # ~5 min: parity, then 1B and large A/B (off, unstaged, default)
 #   cd DIR && bash ds_check.sh . profile,lora     # ~5 min: per-kernel profile at 1B, LoRA shape A/B
 #   cd DIR && bash ds_check.sh . fixes,swiglu,peers124   # ~5 min: re-runs, SwiGLU A/B at the LoRA shape, 124M vs torch
-#   cd DIR && bash ds_check.sh . norm,ncuattn      # ~6 min: RMSNorm rows in registers A/B, ncu of the attention kernels
+#   cd DIR && bash ds_check.sh . attn,norm,ncuattn # ~7 min: attention alone vs SDPA, RMSNorm rows in registers A/B, ncu of the attention kernels
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
@@ -93,6 +93,11 @@ if part norm; then
     --batch-size 8 --seq-len 2048 --iters 1 --decode-tokens 4 --no-forward --format json >/dev/null 2>"$OUT/profile-1b-norm.txt"
   grep -A16 "profile train" "$OUT/profile-1b-norm.txt" | grep -E "profile train|rmsnorm|sum_partials"
 fi
+# attn: the training attention alone beside PyTorch's SDPA (cuDNN) at 124M, large, 1B and the
+# LoRA shape (bench/attn_vs_torch.py over attn_bench): the default forms, the dS path off, the
+# pipelined wgmma kernels. Kernel time against the peer's, without the rest of the step.
+part attn && timeout 300 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/attn" \
+  --variants "ds0:SMELT_CUDA_ATTN_DS=0;wgp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64,SMELT_CUDA_ATTN_DS=0" 2>&1 | tail -20
 # ncuattn: why the attention kernels run at 150-230 TFLOP/s (and the pipelined wgmma ones
 # slower): ncu's throughput, occupancy, scheduler and warp-state sections plus stall reasons,
 # tensor-pipe activity and shared-memory bank conflicts for one launch of each training kernel at

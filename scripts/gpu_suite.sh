@@ -49,7 +49,7 @@ for line in sys.stdin:
     cp "${CARGO_TARGET_DIR:-target}/release/smelt" "$dir/smelt"
     mkdir -p "$dir/data" "$dir/bench"
     cp data/linux-doc-slice.jsonl.gz data/linux-doc-slice.txt.gz "$dir/data/"
-    cp bench/torch_gpu.py bench/cuda_vs_torch.py bench/decode_cuda.py bench/lora_cuda.py bench/serve_bench.py "$dir/bench/"
+    cp bench/torch_gpu.py bench/cuda_vs_torch.py bench/decode_cuda.py bench/lora_cuda.py bench/serve_bench.py bench/attn_vs_torch.py "$dir/bench/"
     # The transformers fixtures gpu_infer compares against (found through SMELT_REPO).
     mkdir -p "$dir/crates/model/tests/fixtures"
     cp -r crates/model/tests/fixtures/hf "$dir/crates/model/tests/fixtures/"
@@ -60,10 +60,11 @@ for line in sys.stdin:
     cp scripts/long_context_check.sh "$dir/long_context_check.sh"  # 1B at T 4096/8192 with --grad-checkpoint vs torch.compile
     cp scripts/ncu_details.py "$dir/ncu_details.py"  # ds_check.sh's ncuattn part reads ncu's details page with it
     cp scripts/ds_check.sh "$dir/ds_check.sh"  # the attention backward's dS path: (cd DIR && bash ds_check.sh . PARTS)
-    cargo build --release --features cuda -p smelt-core --example grid_barrier && cp "${CARGO_TARGET_DIR:-target}/release/examples/grid_barrier" "$dir/"
+    cargo build --release --features cuda -p smelt-core --example grid_barrier --example attn_bench
+    cp "${CARGO_TARGET_DIR:-target}/release/examples/grid_barrier" "${CARGO_TARGET_DIR:-target}/release/examples/attn_bench" "$dir/"
     cp .cache/inputs/smollm2/hf/tokenizer.json "$dir/tokenizer.json" 2>/dev/null || echo "no SmolLM2 tokenizer.json (scripts/fetch_inputs.sh): persist_check.sh time needs one"
     if [ "${SMELT_SUITE_STRIP:-1}" != 0 ] && command -v strip >/dev/null; then
-        for f in "$dir"/core_tests "$dir"/gpu_* "$dir"/cli_tests "$dir"/smelt "$dir"/grid_barrier; do
+        for f in "$dir"/core_tests "$dir"/gpu_* "$dir"/cli_tests "$dir"/smelt "$dir"/grid_barrier "$dir"/attn_bench; do
             [ -f "$f" ] && [ -x "$f" ] && case "$f" in *.sh) ;; *) strip "$f" ;; esac
         done
     fi
