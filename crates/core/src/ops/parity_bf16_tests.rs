@@ -230,7 +230,9 @@ fn parity_bf16_rmsnorm_and_fused_residual() {
 /// one warp a row, and for decode's few rows) against the two-pass kernels: every output bit for
 /// bit, forward with and without the residual add, backward with and without the stream's
 /// gradient, f32 and bf16 storage, rows of 576 to 2048 values (one warp a row past 1024 rows;
-/// several warps a row below), and 4096 (the two-pass form in both runs).
+/// several warps a row below), and 4096 (the two-pass form in both runs). Past 1024 rows the
+/// backward's dw comes from the row kernel's 16-row partials (`rmsnorm_bwd_rows`): the same
+/// terms summed in other groups, so within f32 rounding (F32_NMSE) of the two-pass dw.
 #[test]
 fn parity_rmsnorm_rows_in_registers_equal_two_passes() {
     use ops::rmsnorm::cuda::set_resident;
@@ -272,6 +274,13 @@ fn parity_rmsnorm_rows_in_registers_equal_two_passes() {
             for (i, what) in
                 ["y", "rstd", "dx", "dw", "h", "add y", "add rstd", "dh", "dr", "add dw"].iter().enumerate()
             {
+                if what.ends_with("dw") && n >= 1024 && c <= 2048 {
+                    // The row kernel sums dw over chunks of 16 rows (the two-pass form over
+                    // n/256): the same terms, grouped otherwise.
+                    let dw = |v: &[f32]| Tensor::from_f32(v.to_vec(), &[c]).unwrap();
+                    close(&format!("{label}: {what}"), &dw(&one[i]), &dw(&two[i]), F32_NMSE);
+                    continue;
+                }
                 let diff = two[i].iter().zip(&one[i]).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
                 assert_eq!(diff, 0, "{label}: {what} differs in {diff} of {} values", two[i].len());
             }

@@ -210,8 +210,8 @@ fn kernels_compile() {
             [
                 x(&["rmsnorm_fwd"], &three),
                 x(&["rmsnorm_bwd_dx", "rmsnorm_bwd_dw_part"], &two),
-                x(&["rmsnorm_bwd_dx_add"], &three),
-                plain(&["sum_partials_f32"]),
+                x(&["rmsnorm_bwd_dx_add", "rmsnorm_bwd_rows"], &three),
+                plain(&["sum_partials_f32", "sum_partials_warps_f32"]),
             ]
             .concat(),
         ),

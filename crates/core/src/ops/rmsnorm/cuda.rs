@@ -165,10 +165,22 @@ fn backward(
     let [wb, rb] = cuda::f32_bufs([w, rstd], "rmsnorm_backward (weight, rstd)")?;
     let gpu = &xb.gpu;
     let (n, c) = (x.rows(), x.cols());
-    let dx = DeviceBuf::alloc(gpu, xb.dtype, n * c)?;
     let (c32, n64) = (c as i32, n as i64);
     let (cfg, wpr) = per_row(n, c);
     let res = resident();
+    let gb = add.map(|(gh, _)| cuda::float_bufs([gh], "add_rmsnorm_backward stream gradient")).transpose()?;
+    if let (Some((gh, _)), Some([gb])) = (add, gb) {
+        gb.expect(xb.dtype, "add_rmsnorm_backward stream gradient")?;
+        if gh.shape() != x.shape() {
+            bail!("add_rmsnorm_backward: stream gradient {:?} for h {:?}", gh.shape(), x.shape());
+        }
+    }
+    let r_dtype = add.map_or(xb.dtype, |(_, d)| d);
+    let aligned = [xb.ptr(), wb.ptr(), db.ptr()].into_iter().chain(gb.map(|[g]| g.ptr())).all(|p| p % 16 == 0);
+    if res == 1 && n >= 1024 && c % 8 == 0 && c <= 2048 && aligned {
+        return backward_rows(xb, wb, rb, db, gb.map(|[g]| g), r_dtype, n, c, x.shape(), w.shape());
+    }
+    let dx = DeviceBuf::alloc(gpu, xb.dtype, n * c)?;
     let dts = [xb.dtype, db.dtype];
     let mut dr = None;
     match add {
@@ -187,12 +199,8 @@ fn backward(
                 .arg(&res);
             cuda::launched(unsafe { b.launch(cfg) }, &name)?;
         }
-        Some((gh, r_dtype)) => {
-            let [gb] = cuda::float_bufs([gh], "add_rmsnorm_backward stream gradient")?;
-            gb.expect(xb.dtype, "add_rmsnorm_backward stream gradient")?;
-            if gh.shape() != x.shape() {
-                bail!("add_rmsnorm_backward: stream gradient {:?} for h {:?}", gh.shape(), x.shape());
-            }
+        Some((_, r_dtype)) => {
+            let Some([gb]) = gb else { bail!("internal: add_rmsnorm_backward without its stream gradient") };
             let drb = if r_dtype == xb.dtype { None } else { Some(DeviceBuf::alloc(gpu, r_dtype, n * c)?) };
             let name = cuda::kname("rmsnorm_bwd_dx_add", &[xb.dtype, db.dtype, r_dtype], "add_rmsnorm_backward")?;
             let f = gpu.function("rmsnorm", SRC, &name)?;
@@ -218,6 +226,66 @@ fn backward(
         cuda::launched(unsafe { b.launch(cfg) }, &name)
     })?;
     Ok((Tensor::from_device_buf(dx, x.shape())?, dr, Tensor::from_device_buf(dw, w.shape())?))
+}
+
+/// Rows of a training backward (n ≥ 1024, c ≤ 2048, 8-aligned): dx (and dh, dr) and dw's
+/// column partials in one pass over x and dy (`rmsnorm_bwd_rows`: a warp 16 rows, a chunk of
+/// partials each), then `sum_partials_warps_f32`. dx the same bits as `rmsnorm_bwd_dx*`; dw the
+/// same sums over other chunks (16 rows, not n/256), so its last bits may differ.
+#[allow(clippy::too_many_arguments)]
+fn backward_rows(
+    xb: &DeviceBuf,
+    wb: &DeviceBuf,
+    rb: &DeviceBuf,
+    db: &DeviceBuf,
+    gb: Option<&DeviceBuf>,
+    r_dtype: DType,
+    n: usize,
+    c: usize,
+    x_shape: &[usize],
+    w_shape: &[usize],
+) -> Result<(Tensor, Option<Tensor>, Tensor)> {
+    const RPW: usize = 16;
+    const WARPS: usize = 4;
+    let gpu = &xb.gpu;
+    let chunks = n.div_ceil(RPW);
+    let dx = DeviceBuf::alloc(gpu, xb.dtype, n * c)?;
+    let drb = if gb.is_some() && r_dtype != xb.dtype { Some(DeviceBuf::alloc(gpu, r_dtype, n * c)?) } else { None };
+    let part = DeviceBuf::alloc(gpu, DType::F32, chunks * c)?;
+    let name = cuda::kname("rmsnorm_bwd_rows", &[xb.dtype, db.dtype, r_dtype], "rmsnorm_backward")?;
+    let f = gpu.function("rmsnorm", SRC, &name)?;
+    let (null, n64, c32, rpw) = (0u64, n as i64, c as i32, RPW as i32);
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&xb.data).arg(&wb.data).arg(&rb.data).arg(&db.data);
+        match gb {
+            Some(g) => b.arg(&g.data),
+            None => b.arg(&null),
+        };
+        b.arg(&dx.data);
+        match &drb {
+            Some(d) => b.arg(&d.data),
+            None => b.arg(&null),
+        };
+        b.arg(&part.data).arg(&n64).arg(&c32).arg(&rpw);
+        let cfg = LaunchConfig {
+            grid_dim: (chunks.div_ceil(WARPS) as u32, 1, 1),
+            block_dim: (32 * WARPS as u32, 1, 1),
+            shared_mem_bytes: (WARPS * c * 4) as u32,
+        };
+        cuda::launched(unsafe { b.launch(cfg) }, &name)?;
+    }
+    let dw = DeviceBuf::alloc(gpu, DType::F32, c)?;
+    let f = gpu.function("rmsnorm", SRC, "sum_partials_warps_f32")?;
+    let ch32 = chunks as i32;
+    {
+        let mut b = gpu.stream.launch_builder(&f);
+        b.arg(&part.data).arg(&dw.data).arg(&ch32).arg(&c32);
+        let cfg = LaunchConfig { grid_dim: (c.div_ceil(32) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        cuda::launched(unsafe { b.launch(cfg) }, "sum_partials_warps_f32")?;
+    }
+    let dr = drb.map(|d| Tensor::from_device_buf(d, x_shape)).transpose()?;
+    Ok((Tensor::from_device_buf(dx, x_shape)?, dr, Tensor::from_device_buf(dw, w_shape)?))
 }
 
 impl super::RmsNormKernels for crate::backend::Cuda {

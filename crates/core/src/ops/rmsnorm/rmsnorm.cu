@@ -199,7 +199,7 @@ __device__ __forceinline__ void bwd_store(const TX* x, const float* w, const TY*
 // issued before the dot, gh's before the stores; the two-pass form's arithmetic and order.
 template <typename TX, typename TY, typename TR>
 __device__ __forceinline__ void bwd_resident(const TX* x, const float* w, float s, const TY* dy, const TX* gh,
-                                             TX* dx, TR* dr, RowGroup g, int c, int wpr) {
+                                             TX* dx, TR* dr, RowGroup g, int c, int wpr, float* dws = nullptr) {
     long long off = g.row * c;
     int step = g.nt * 8;
     float xv[RES_K][8], dv[RES_K][8];
@@ -220,6 +220,17 @@ __device__ __forceinline__ void bwd_resident(const TX* x, const float* w, float 
             load8(w + i, wv);
 #pragma unroll
             for (int e = 0; e < 8; e++) acc += wv[e] * dv[k][e] * xv[k][e] * s;
+            // dw's column partial (rmsnorm_bwd_dw_part's expression), in this lane's own words.
+            // 16-byte accesses: scalar ones, 8 words apart lane to lane, would be 8-way bank conflicts.
+            if (dws) {
+                float4* d4 = (float4*)(dws + i);
+                float4 a = d4[0], b = d4[1];
+                a.x += dv[k][0] * xv[k][0] * s, a.y += dv[k][1] * xv[k][1] * s;
+                a.z += dv[k][2] * xv[k][2] * s, a.w += dv[k][3] * xv[k][3] * s;
+                b.x += dv[k][4] * xv[k][4] * s, b.y += dv[k][5] * xv[k][5] * s;
+                b.z += dv[k][6] * xv[k][6] * s, b.w += dv[k][7] * xv[k][7] * s;
+                d4[0] = a, d4[1] = b;
+            }
         }
     }
     float mean = group_sum(acc, wpr) / (float)c;
@@ -269,6 +280,34 @@ __device__ void rmsnorm_bwd(const TX* x, const float* w, const float* rstd, cons
     else bwd_store<false>(x, w, dy, gh, dx, dr, g, c, s, mean);
 }
 
+// The backward over many rows (training) with dw's column partials in the same pass, so x and
+// dy are read once for dx and dw both (the separate dw_part kernel reads them again). A warp
+// takes `rpw` consecutive rows, one at a time in registers (bwd_resident: dx the same bits as
+// rmsnorm_bwd), adds each row's dy·x·rstd into its own shared-memory row of c sums (each lane
+// to the columns it loaded, so no two lanes share a word), and writes that row as chunk (the
+// warp's index) of `part`: part[chunk, j] = Σ_{rows of chunk, in order} dy·x·rstd, what
+// rmsnorm_bwd_dw_part computes for a chunk of rpw rows. Block 128 (4 warps), dynamic shared
+// memory 4·c floats; rows of 8-aligned c ≤ RES_K·8·32 (the launcher checks).
+template <typename TX, typename TY, typename TR>
+__device__ void rmsnorm_bwd_rows(const TX* x, const float* w, const float* rstd, const TY* dy, const TX* gh, TX* dx,
+                                 TR* dr, float* part, long long n, int c, int rpw) {
+    extern __shared__ float rms_dws[];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    float* dws = rms_dws + (long long)warp * c;
+    for (int i = lane; i < c; i += 32) dws[i] = 0.f;
+    __syncwarp();
+    long long chunk = (long long)blockIdx.x * (blockDim.x >> 5) + warp;
+    long long r0 = chunk * rpw, r1 = r0 + rpw < n ? r0 + rpw : n;
+    for (long long r = r0; r < r1; r++) {
+        RowGroup g;
+        g.row = r, g.t = lane, g.nt = 32, g.live = true;
+        bwd_resident<TX, TY, TR>(x, w, rstd[r], dy, gh, dx, dr, g, c, 1, dws);
+    }
+    __syncwarp();
+    if (r0 < n)
+        for (int i = lane; i < c; i += 32) part[chunk * c + i] = dws[i];
+}
+
 // part[chunk, j] = Σ_{rows in chunk} dy[row, j]·x[row, j]·rstd[row]; grid (ceil(c/256), chunks).
 template <typename TX, typename TY>
 __device__ void rmsnorm_bwd_dw_part(const TX* x, const float* rstd, const TY* dy, float* part, long long n, int c,
@@ -311,9 +350,17 @@ RMSNORM_FWD_X(bf16_t, bf16)
                                                                     long long n, int c, int wpr, int res) { \
         rmsnorm_bwd<TX, TY, TR>(x, w, rstd, dy, gh, dh, dr, n, c, wpr, res); \
     }
+#define RMSNORM_BWD_ROWS(TX, NX, TY, NY, TR, NR) \
+    extern "C" __global__ void rmsnorm_bwd_rows_##NX##_##NY##_##NR(const TX* x, const float* w, const float* rstd, \
+                                                                  const TY* dy, const TX* gh, TX* dh, TR* dr, \
+                                                                  float* part, long long n, int c, int rpw) { \
+        rmsnorm_bwd_rows<TX, TY, TR>(x, w, rstd, dy, gh, dh, dr, part, n, c, rpw); \
+    }
 #define RMSNORM_BWD_ADD_R(TX, NX, TY, NY) \
     RMSNORM_BWD_ADD(TX, NX, TY, NY, float, f32) \
-    RMSNORM_BWD_ADD(TX, NX, TY, NY, bf16_t, bf16)
+    RMSNORM_BWD_ADD(TX, NX, TY, NY, bf16_t, bf16) \
+    RMSNORM_BWD_ROWS(TX, NX, TY, NY, float, f32) \
+    RMSNORM_BWD_ROWS(TX, NX, TY, NY, bf16_t, bf16)
 RMSNORM_BWD_ADD_R(float, f32, float, f32)
 RMSNORM_BWD_ADD_R(float, f32, bf16_t, bf16)
 RMSNORM_BWD_ADD_R(bf16_t, bf16, float, f32)
@@ -323,6 +370,28 @@ RMSNORM_BWD(float, f32, float, f32)
 RMSNORM_BWD(float, f32, bf16_t, bf16)
 RMSNORM_BWD(bf16_t, bf16, float, f32)
 RMSNORM_BWD(bf16_t, bf16, bf16_t, bf16)
+
+// out[j] = Σ_k part[k, j] for many chunks (rmsnorm_bwd_rows' 16-row ones): a block takes 32
+// columns (a lane a column, 128-byte rows of part), each of its 8 warps sums an eighth of the
+// chunks in order, and warp 0 adds the eight sums in warp order. Block 256, grid ceil(c/32).
+extern "C" __global__ void sum_partials_warps_f32(const float* part, float* out, int chunks, int c) {
+    __shared__ float red[8][32];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, j = blockIdx.x * 32 + lane;
+    int per = (chunks + 7) / 8, k0 = warp * per, k1 = min(chunks, k0 + per);
+    float acc = 0.f;
+    if (j < c) {
+#pragma unroll 8
+        for (int k = k0; k < k1; k++) acc += part[(long long)k * c + j];
+    }
+    red[warp][lane] = acc;
+    __syncthreads();
+    if (warp == 0 && j < c) {
+        float t = 0.f;
+#pragma unroll
+        for (int q = 0; q < 8; q++) t += red[q][lane];
+        out[j] = t;
+    }
+}
 
 // out[j] = Σ_k part[k, j] in k order.
 extern "C" __global__ void sum_partials_f32(const float* part, float* out, int chunks, int c) {
