@@ -118,18 +118,58 @@ extern "C" __global__ void adamw_multi_f32(const long long* meta, int nt, float*
     bf16_t* pb = (bf16_t*)mt[7];
     long long end = start + CHUNK < n ? start + CHUNK : n;
     bool finite = true;
-    for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
-        float gi = gscale == 1.f ? g[i] : g[i] * gscale;
-        float pi = p[i] * decay;
-        float mi = m[i] + (1.f - b1) * (gi - m[i]);
-        float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+    // One element's update (the CPU's arithmetic, in its order).
+    auto step = [&](float gi, float pi, float mi0, float vi0, float* np_out, float* mi_out, float* vi_out) {
+        gi = gscale == 1.f ? gi : gi * gscale;
+        pi = pi * decay;
+        float mi = mi0 + (1.f - b1) * (gi - mi0);
+        float vi = b2 * vi0 + (1.f - b2) * gi * gi;
         float denom = sqrtf(vi) / bc2_sqrt + eps;
         float np = pi - step_size * mi / denom;
-        p[i] = np;
-        if (pb) pb[i] = f2bf(np);
-        m[i] = mi;
-        v[i] = vi;
+        *np_out = np, *mi_out = mi, *vi_out = vi;
         finite = finite && isfinite(np);
+    };
+    // A whole chunk of 16-byte-aligned float4s (every tensor but a ragged last chunk): each
+    // thread's VQ float4s of p, g, m and v are all loaded before any is used (256 bytes in
+    // flight a thread; the scalar loop below keeps 16, each iteration's loads waiting on the
+    // last one's stores), then updated and stored. The same arithmetic element by element.
+    constexpr int VQ = CHUNK / 4 / 256;
+    bool vec = end - start == CHUNK && blockDim.x == 256 && ((unsigned long long)(p + start) & 15) == 0 &&
+               ((unsigned long long)(g + start) & 15) == 0 && ((unsigned long long)(m + start) & 15) == 0 &&
+               ((unsigned long long)(v + start) & 15) == 0 && (!pb || ((unsigned long long)(pb + start) & 7) == 0);
+    if (vec) {
+        float4 P[VQ], G[VQ], M[VQ], V[VQ];
+#pragma unroll
+        for (int u = 0; u < VQ; u++) {
+            long long i = start + 4 * (threadIdx.x + 256 * u);
+            P[u] = *(const float4*)(p + i), G[u] = *(const float4*)(g + i);
+            M[u] = *(const float4*)(m + i), V[u] = *(const float4*)(v + i);
+        }
+#pragma unroll
+        for (int u = 0; u < VQ; u++) {
+            long long i = start + 4 * (threadIdx.x + 256 * u);
+            float4 np, nm, nv;
+            step(G[u].x, P[u].x, M[u].x, V[u].x, &np.x, &nm.x, &nv.x);
+            step(G[u].y, P[u].y, M[u].y, V[u].y, &np.y, &nm.y, &nv.y);
+            step(G[u].z, P[u].z, M[u].z, V[u].z, &np.z, &nm.z, &nv.z);
+            step(G[u].w, P[u].w, M[u].w, V[u].w, &np.w, &nm.w, &nv.w);
+            *(float4*)(p + i) = np, *(float4*)(m + i) = nm, *(float4*)(v + i) = nv;
+            if (pb) {
+                uint2 w2;
+                w2.x = (unsigned)f2bf(np.x) | ((unsigned)f2bf(np.y) << 16);
+                w2.y = (unsigned)f2bf(np.z) | ((unsigned)f2bf(np.w) << 16);
+                *(uint2*)(pb + i) = w2;
+            }
+        }
+    } else {
+        for (long long i = start + threadIdx.x; i < end; i += blockDim.x) {
+            float np, mi, vi;
+            step(g[i], p[i], m[i], v[i], &np, &mi, &vi);
+            p[i] = np;
+            if (pb) pb[i] = f2bf(np);
+            m[i] = mi;
+            v[i] = vi;
+        }
     }
     // The non-finite flag: one vote per warp, a plain store of the same value (a benign race).
     if (gstate && !__all_sync(0xffffffffu, finite) && (threadIdx.x & 31) == 0) gstate[3] = 1.f;
