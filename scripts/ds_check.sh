@@ -7,6 +7,7 @@
 #   cd DIR && bash ds_check.sh . profile,lora     # ~5 min: per-kernel profile at 1B, LoRA shape A/B
 #   cd DIR && bash ds_check.sh . fixes,swiglu,peers124   # ~5 min: re-runs, SwiGLU A/B at the LoRA shape, 124M vs torch
 #   cd DIR && bash ds_check.sh . attn,norm,ncuattn # ~7 min: attention alone vs SDPA, RMSNorm rows in registers A/B, ncu of the attention kernels
+#   cd DIR && bash ds_check.sh . prefetch          # ~4 min: batch-1 decode with and without the L2 prefetch hints
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
@@ -119,5 +120,15 @@ if part ncuattn; then
     echo "== ncu attention ($v) rc $?"
     python3 ncu_details.py "$OUT/ncu-attn-$v.csv" --min-us 200 --per-name 1
   done
+fi
+# prefetch: batch-1 decode with the L2 prefetch hints (the q/k/v launch prefetches o, the down
+# launch the next layer's q/k/v; cuda::prefetch, the default since 2026-12-05 evening, written
+# without a GPU) against SMELT_CUDA_PREFETCH=0, 135M and 1B bf16; first the captured-decode
+# tests (a prefetch changes no value, and a captured step replays the hints).
+if part prefetch; then
+  timeout 200 "$D/gpu_infer" captured_decode paged_decode --test-threads=1 >"$OUT/gpu_infer_pf.txt" 2>&1
+  echo "gpu_infer captured_decode*, paged_decode* rc $?"; grep -E "panicked|test result" "$OUT/gpu_infer_pf.txt" | head -5
+  timeout 400 python3 bench/decode_cuda.py --smelt "$D/smelt" --tokenizer "$D/tokenizer.json" --shapes 135m,1b \
+    --types bf16 --variants "nopf:SMELT_CUDA_PREFETCH=0" --out "$OUT/decode-pf" 2>&1 | tail -8
 fi
 part peers124 && timeout 330 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 124m --out "$OUT/peers124" 2>&1 | tail -5

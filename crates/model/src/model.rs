@@ -172,6 +172,9 @@ struct LayerVars<'a> {
     lora: [Option<(&'a Var, &'a Var)>; Role::COUNT],
     run: Option<LoraRun>,
     next_norm: &'a Var,
+    /// A decode row on a GPU: the next layer's q/k/v weights, which this layer's down product
+    /// prefetches into L2 (`ops::matmul::prefetch_next`); empty elsewhere.
+    next_qkv: Vec<Tensor>,
 }
 
 impl<'a> LayerVars<'a> {
@@ -186,7 +189,7 @@ impl<'a> LayerVars<'a> {
         for (r, ab) in plan.lora.iter().zip(vars[1 + plan.roles.len()..].chunks_exact(2)) {
             lora[*r as usize] = Some((&ab[0], &ab[1]));
         }
-        LayerVars { by_role, lora, run: plan.run, next_norm: &vars[0] }
+        LayerVars { by_role, lora, run: plan.run, next_norm: &vars[0], next_qkv: Vec::new() }
     }
     /// The layer's `role` tensor, if it has one.
     fn get(&self, role: Role) -> Option<&'a Var> {
@@ -497,6 +500,8 @@ fn block(
                     (w[Role::Wk].tensor(), bias(Role::Bk)),
                     (w[Role::Wv].tensor(), bias(Role::Bv)),
                 ];
+                // o's weights into L2 while q/k/v and the attention run (read right after).
+                let _pf = smelt_core::ops::matmul::prefetch_next(&[w[Role::Wo].tensor()]);
                 timed("add_rmsnorm_linear_many", || {
                     smelt_core::ops::matmul::add_rmsnorm_linear_many(
                         x.tensor(),
@@ -747,7 +752,11 @@ fn block(
         (None, Some((gate, up))) if g.is_recording() && w.adapted(&[Role::WDown]) => {
             down_proj_lora(g, l, w, gate, up, &act)?
         }
-        (None, _) => proj(g, l, w, Role::WDown, &act, None)?,
+        (None, _) => {
+            // The next layer's q/k/v into L2 while this down product streams its weights.
+            let _pf = smelt_core::ops::matmul::prefetch_next(&w.next_qkv.iter().collect::<Vec<_>>());
+            proj(g, l, w, Role::WDown, &act, None)?
+        }
     };
     g.name(&ffn_out, || format!("ffn_out-{l}"));
     // A decode step's one row on a GPU: the add and the next norm left to the next block's q/k/v
@@ -1209,6 +1218,8 @@ impl Model {
             }
         }
         let mut kv = slots.into_iter().chain(kv);
+        // One decode row on a GPU, launched through the fused matvecs: L2 prefetch hints.
+        let decode_row = b * t == 1 && !checkpoint && g.may_fuse() && !x.tensor().device().is_cpu();
         let (mut x, mut h) = (x, Next::Normed(h0));
         for l in 0..c.n_layers {
             let (plan, inputs) = self.layer_inputs(l, p, run);
@@ -1229,7 +1240,14 @@ impl Model {
                 h = Next::Normed(out.pop().unwrap());
                 x = out.pop().unwrap();
             } else {
-                let w = LayerVars::new(&plan, &inputs);
+                let mut w = LayerVars::new(&plan, &inputs);
+                if decode_row && l + 1 < c.n_layers {
+                    let next = &self.idx.layers[l + 1];
+                    w.next_qkv = [Role::Wq, Role::Wk, Role::Wv]
+                        .iter()
+                        .filter_map(|&r| next.get(r).map(|i| p[i].tensor().clone()))
+                        .collect();
+                }
                 (x, h) = block(g, c, &self.rope, (b, t), l, &x, &h, &w, slot, seg)?;
             }
         }

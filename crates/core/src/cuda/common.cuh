@@ -139,6 +139,27 @@ __device__ __forceinline__ uint4 ld_stream(const void* p) {
     return r;
 }
 
+// Weights to prefetch into L2 (`cuda::prefetch`): up to three ranges of bytes, each spread over
+// the grid in 128-byte lines, this block's share issued by its threads. A prefetch returns no
+// value, so the thread does not wait for it.
+struct Pf {
+    const char* p[3];
+    long long n[3];
+};
+__device__ __forceinline__ void prefetch_l2(const Pf& pf) {
+#pragma unroll
+    for (int j = 0; j < 3; j++) {
+        if (!pf.p[j] || pf.n[j] <= 0) continue;
+        long long lines = (pf.n[j] + 127) >> 7, per = (lines + gridDim.x - 1) / gridDim.x;
+        long long lo = per * blockIdx.x, hi = lo + per < lines ? lo + per : lines;
+        for (long long l = lo + threadIdx.x; l < hi; l += blockDim.x)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(pf.p[j] + (l << 7)));
+    }
+}
+// The kernel arguments that carry a Pf (last in a matvec's list), and the Pf they make.
+#define PF_ARGS const char *pf0, long long pn0, const char *pf1, long long pn1, const char *pf2, long long pn2
+#define PF_IN (Pf{{pf0, pf1, pf2}, {pn0, pn1, pn2}})
+
 // Matrix–vector row groups (gemv.cu, qmatmul.cu): G lanes (a power of two, 4 to 256) share one
 // output row; a block of MV_THREADS threads holds MV_THREADS / G rows. G is picked per shape
 // by the launcher (enough lanes that each issues a few 16-byte loads, so the whole row is in

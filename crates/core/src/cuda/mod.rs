@@ -16,6 +16,7 @@ pub mod capture;
 pub mod compile;
 pub mod launch;
 pub mod nccl;
+pub mod prefetch;
 
 pub use buf::{mem_stats, reset_mem_peak, DevSlice, DeviceBuf};
 

@@ -223,6 +223,10 @@ fn gemv3(
         if g.is_some() {
             b.arg(&g32);
         }
+        let pf = cuda::prefetch::take(dt == DType::BF16);
+        for (p, n) in &pf {
+            b.arg(p).arg(n);
+        }
         let rows: usize = ms.iter().sum();
         let mut cfg = gemv_config(rows, g);
         cfg.shared_mem_bytes = norm.map_or(0, |nm| nm.smem_dense());
@@ -263,6 +267,10 @@ fn gemv_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize, norm: O
         let g32 = g.unwrap_or(32) as i32;
         if g.is_some() {
             b.arg(&g32);
+        }
+        let pf = cuda::prefetch::take(dt == DType::BF16);
+        for (p, n) in &pf {
+            b.arg(p).arg(n);
         }
         let mut cfg = gemv_config(m, g);
         cfg.shared_mem_bytes = norm.map_or(0, |nm| nm.smem_dense());

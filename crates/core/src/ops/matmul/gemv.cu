@@ -82,12 +82,13 @@ __device__ __forceinline__ void vec_sums(const T* const (&w)[R], const T* x, int
 }
 
 // The start every matvec kernel shares: lets the next kernel launch, issues this lane's first
-// batch of weight loads (when the rows are 16-byte vectors: `vec`), waits for the kernel before
+// batch of weight loads (when the rows are 16-byte vectors: `vec`) and the block's share of the
+// L2 prefetches it was given (`cuda::prefetch`: none unless hinted), waits for the kernel before
 // (pdl_wait), and returns x — or, with nm.x set, the add+RMSNorm row the whole block makes into
 // shared memory (every thread of the block calls this).
 template <typename T, int R>
 __device__ __forceinline__ const T* mv_start(const T* const (&w)[R], const T* x, int k, int lane, int G, bool active,
-                                             const NormIn& nm, bool* vec, MvBatch<T, R>& first) {
+                                             const NormIn& nm, bool* vec, MvBatch<T, R>& first, const Pf& pf) {
     const int W = 16 / sizeof(T);
     pdl_trigger();
     // x's alignment is known before it is written: shared memory (the norm's row) or its address.
@@ -96,6 +97,7 @@ __device__ __forceinline__ const T* mv_start(const T* const (&w)[R], const T* x,
     for (int r = 0; r < R; r++) v = v && aligned16(w[r]);
     *vec = v;
     if (v && active) vec_load<T, R>(w, k / W, lane, G, first);
+    prefetch_l2(pf);  // a later kernel's weights, after this one's first loads
     pdl_wait();
     return normed_input(nm, k, x);
 }
@@ -132,7 +134,7 @@ __device__ __forceinline__ void rows_dot(const T* const (&w)[R], const T* x, int
 template <typename T>
 __device__ void gemv3(const T* x, int n, int k, const T* w0, const float* b0, T* y0, int m0, const T* w1,
                       const float* b1, T* y1, int m1, const T* w2, const float* b2, T* y2, int m2,
-                      const NormIn& nm = NormIn{}) {
+                      const NormIn& nm = NormIn{}, const Pf& pf = Pf{}) {
     int r = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     const T* w = w0;
     const float* b = b0;
@@ -150,7 +152,7 @@ __device__ void gemv3(const T* x, int n, int k, const T* w0, const float* b0, T*
     const T* const rows[1] = {w + (long long)r * k};
     bool vec;
     MvBatch<T, 1> first;
-    x = mv_start<T, 1>(rows, x, k, threadIdx.x & 31, 32, active, nm, &vec, first);
+    x = mv_start<T, 1>(rows, x, k, threadIdx.x & 31, 32, active, nm, &vec, first, pf);
     if (!active) return;  // after the block's norm (its barrier)
     float acc[GEMV_MAXN];
     rows_dot<T, 1>(rows, x, k, n, acc, vec, first);
@@ -168,14 +170,14 @@ __device__ void gemv3(const T* x, int n, int k, const T* w0, const float* b0, T*
 // y (n × m) = silu(x·W_gᵀ)·(x·W_uᵀ). grid ceil(m / GEMV_WARPS).
 template <typename T>
 __device__ void gemv_swiglu(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m,
-                            const NormIn& nm = NormIn{}) {
+                            const NormIn& nm = NormIn{}, const Pf& pf = Pf{}) {
     int r = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     bool active = r < m;
     if (!active) r = 0;
     const T* const rows[2] = {wg + (long long)r * k, wu + (long long)r * k};
     bool vec;
     MvBatch<T, 2> first;
-    x = mv_start<T, 2>(rows, x, k, threadIdx.x & 31, 32, active, nm, &vec, first);
+    x = mv_start<T, 2>(rows, x, k, threadIdx.x & 31, 32, active, nm, &vec, first, pf);
     if (!active) return;
     float acc[2 * GEMV_MAXN];
     rows_dot<T, 2>(rows, x, k, n, acc, vec, first);
@@ -210,7 +212,7 @@ __device__ __forceinline__ void rows_dot_g(const T* const (&w)[R], const T* x, i
 template <typename T>
 __device__ void gemvg3(const T* x, int n, int k, const T* w0, const float* b0, T* y0, int m0, const T* w1,
                        const float* b1, T* y1, int m1, const T* w2, const float* b2, T* y2, int m2, int G,
-                       const NormIn& nm = NormIn{}) {
+                       const NormIn& nm = NormIn{}, const Pf& pf = Pf{}) {
     int lane = threadIdx.x & (G - 1);
     int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
     const T* w = w0;
@@ -229,7 +231,7 @@ __device__ void gemvg3(const T* x, int n, int k, const T* w0, const float* b0, T
     const T* const rows[1] = {w + (long long)r * k};
     bool vec;
     MvBatch<T, 1> first;
-    x = mv_start<T, 1>(rows, x, k, lane, G, active, nm, &vec, first);
+    x = mv_start<T, 1>(rows, x, k, lane, G, active, nm, &vec, first, pf);
     float acc[GEMV_MAXN];
     rows_dot_g<T, 1>(rows, x, k, n, lane, G, active, acc, first);
     if (active && lane == 0) {
@@ -245,7 +247,7 @@ __device__ void gemvg3(const T* x, int n, int k, const T* w0, const float* b0, T
 
 template <typename T>
 __device__ void gemvg_swiglu(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m, int G,
-                             const NormIn& nm = NormIn{}) {
+                             const NormIn& nm = NormIn{}, const Pf& pf = Pf{}) {
     int lane = threadIdx.x & (G - 1);
     int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
     bool active = r < m;
@@ -253,7 +255,7 @@ __device__ void gemvg_swiglu(const T* x, int n, int k, const T* wg, const T* wu,
     const T* const rows[2] = {wg + (long long)r * k, wu + (long long)r * k};
     bool vec;
     MvBatch<T, 2> first;
-    x = mv_start<T, 2>(rows, x, k, lane, G, active, nm, &vec, first);
+    x = mv_start<T, 2>(rows, x, k, lane, G, active, nm, &vec, first, pf);
     float acc[2 * GEMV_MAXN];
     rows_dot_g<T, 2>(rows, x, k, n, lane, G, active, acc, first);
     if (active && lane == 0) {
@@ -270,20 +272,21 @@ __device__ void gemvg_swiglu(const T* x, int n, int k, const T* wg, const T* wu,
 #define GEMV_KERNELS(T, N) \
     extern "C" __global__ void gemv3_##N(const T* x, int n, int k, const T* w0, const float* b0, T* y0, int m0, \
                                          const T* w1, const float* b1, T* y1, int m1, const T* w2, const float* b2, \
-                                         T* y2, int m2) { \
-        gemv3<T>(x, n, k, w0, b0, y0, m0, w1, b1, y1, m1, w2, b2, y2, m2); \
+                                         T* y2, int m2, PF_ARGS) { \
+        gemv3<T>(x, n, k, w0, b0, y0, m0, w1, b1, y1, m1, w2, b2, y2, m2, NormIn{}, PF_IN); \
     } \
-    extern "C" __global__ void gemv_swiglu_##N(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m) { \
-        gemv_swiglu<T>(x, n, k, wg, wu, y, m); \
+    extern "C" __global__ void gemv_swiglu_##N(const T* x, int n, int k, const T* wg, const T* wu, T* y, int m, \
+                                               PF_ARGS) { \
+        gemv_swiglu<T>(x, n, k, wg, wu, y, m, NormIn{}, PF_IN); \
     } \
     extern "C" __global__ void __launch_bounds__(MV_THREADS, 2) gemvg3_##N(const T* x, int n, int k, const T* w0, const float* b0, \
                                          T* y0, int m0, const T* w1, const float* b1, T* y1, int m1, const T* w2, \
-                                         const float* b2, T* y2, int m2, int G) { \
-        gemvg3<T>(x, n, k, w0, b0, y0, m0, w1, b1, y1, m1, w2, b2, y2, m2, G); \
+                                         const float* b2, T* y2, int m2, int G, PF_ARGS) { \
+        gemvg3<T>(x, n, k, w0, b0, y0, m0, w1, b1, y1, m1, w2, b2, y2, m2, G, NormIn{}, PF_IN); \
     } \
     extern "C" __global__ void __launch_bounds__(MV_THREADS, 2) gemvg_swiglu_##N(const T* x, int n, int k, const T* wg, \
-                                         const T* wu, T* y, int m, int G) { \
-        gemvg_swiglu<T>(x, n, k, wg, wu, y, m, G); \
+                                         const T* wu, T* y, int m, int G, PF_ARGS) { \
+        gemvg_swiglu<T>(x, n, k, wg, wu, y, m, G, NormIn{}, PF_IN); \
     }
 GEMV_KERNELS(float, f32)
 GEMV_KERNELS(bf16_t, bf16)
@@ -293,18 +296,22 @@ GEMV_KERNELS(bf16_t, bf16)
 #define NORM_ARGS const float *nx, const bf16_t *nr, const float *nw, float *nh, float eps, int wpr
 extern "C" __global__ void gemv3_norm_bf16(NORM_ARGS, int k, const bf16_t* w0, const float* b0, bf16_t* y0, int m0,
                                            const bf16_t* w1, const float* b1, bf16_t* y1, int m1, const bf16_t* w2,
-                                           const float* b2, bf16_t* y2, int m2) {
-    gemv3<bf16_t>(nullptr, 1, k, w0, b0, y0, m0, w1, b1, y1, m1, w2, b2, y2, m2, NormIn{nx, nr, nw, nh, eps, wpr});
+                                           const float* b2, bf16_t* y2, int m2, PF_ARGS) {
+    gemv3<bf16_t>(nullptr, 1, k, w0, b0, y0, m0, w1, b1, y1, m1, w2, b2, y2, m2, NormIn{nx, nr, nw, nh, eps, wpr},
+                  PF_IN);
 }
-extern "C" __global__ void gemv_swiglu_norm_bf16(NORM_ARGS, int k, const bf16_t* wg, const bf16_t* wu, bf16_t* y, int m) {
-    gemv_swiglu<bf16_t>(nullptr, 1, k, wg, wu, y, m, NormIn{nx, nr, nw, nh, eps, wpr});
+extern "C" __global__ void gemv_swiglu_norm_bf16(NORM_ARGS, int k, const bf16_t* wg, const bf16_t* wu, bf16_t* y, int m,
+                                                 PF_ARGS) {
+    gemv_swiglu<bf16_t>(nullptr, 1, k, wg, wu, y, m, NormIn{nx, nr, nw, nh, eps, wpr}, PF_IN);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)
     gemvg3_norm_bf16(NORM_ARGS, int k, const bf16_t* w0, const float* b0, bf16_t* y0, int m0, const bf16_t* w1,
-                     const float* b1, bf16_t* y1, int m1, const bf16_t* w2, const float* b2, bf16_t* y2, int m2, int G) {
-    gemvg3<bf16_t>(nullptr, 1, k, w0, b0, y0, m0, w1, b1, y1, m1, w2, b2, y2, m2, G, NormIn{nx, nr, nw, nh, eps, wpr});
+                     const float* b1, bf16_t* y1, int m1, const bf16_t* w2, const float* b2, bf16_t* y2, int m2, int G,
+                     PF_ARGS) {
+    gemvg3<bf16_t>(nullptr, 1, k, w0, b0, y0, m0, w1, b1, y1, m1, w2, b2, y2, m2, G, NormIn{nx, nr, nw, nh, eps, wpr},
+                   PF_IN);
 }
 extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)
-    gemvg_swiglu_norm_bf16(NORM_ARGS, int k, const bf16_t* wg, const bf16_t* wu, bf16_t* y, int m, int G) {
-    gemvg_swiglu<bf16_t>(nullptr, 1, k, wg, wu, y, m, G, NormIn{nx, nr, nw, nh, eps, wpr});
+    gemvg_swiglu_norm_bf16(NORM_ARGS, int k, const bf16_t* wg, const bf16_t* wu, bf16_t* y, int m, int G, PF_ARGS) {
+    gemvg_swiglu<bf16_t>(nullptr, 1, k, wg, wu, y, m, G, NormIn{nx, nr, nw, nh, eps, wpr}, PF_IN);
 }

@@ -259,6 +259,24 @@ pub fn linear_many(x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)]) -> Result<Vec<
     backend::on("linear", all)?.linear_many(x, ws, n, k)
 }
 
+/// Until the guard drops, the next matvec launched on this thread (a decode row's product on a
+/// GPU) also prefetches `ws` into L2 (`cuda::prefetch`): a hint, no result changes; nothing on
+/// the CPU or without the cuda feature.
+pub fn prefetch_next(ws: &[&Tensor]) -> PrefetchHint {
+    #[cfg(not(feature = "cuda"))]
+    let _ = ws;
+    PrefetchHint {
+        #[cfg(feature = "cuda")]
+        _hint: crate::cuda::prefetch::hint(ws),
+    }
+}
+
+/// `prefetch_next`'s guard: the hint is cleared when it drops.
+pub struct PrefetchHint {
+    #[cfg(feature = "cuda")]
+    _hint: crate::cuda::prefetch::Hint,
+}
+
 /// A feed-forward block's gate: `swiglu(linear(x, wg), linear(x, wu))`, in one launch on a GPU
 /// for the few rows of a decode step.
 pub fn linear_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor) -> Result<Tensor> {
