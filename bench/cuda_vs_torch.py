@@ -78,6 +78,7 @@ def main():
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--torch-profile", default="")
     ap.add_argument("--variants", default="")
+    ap.add_argument("--smelt-base", default="", help="another smelt build, timed the same way as `smelt-base` (an A/B of two builds in one call)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     rows = []
@@ -107,6 +108,8 @@ def main():
             keep(name, "smelt-ckpt", run(sm + ["--grad-checkpoint"], timeout=400))
         if a.scalar:
             keep(name, "smelt-scalar-attn", run(sm, env={"SMELT_CUDA_ATTN": "scalar"}, timeout=400))
+        if a.smelt_base:
+            keep(name, "smelt-base", run([a.smelt_base, *sm[1:]], timeout=400))
         for v in filter(None, a.variants.split(";")):
             vname, _, envs = v.partition(":")
             env = dict(e.split("=", 1) for e in envs.split(",") if e)

@@ -79,11 +79,12 @@ def main():
     ap.add_argument("--variants", default="nog:SMELT_CUDA_GRAPH=0",
                     help="extra smelt runs, NAME:VAR=VALUE[;VAR=VALUE] comma-separated (each a column; '' for none)")
     ap.add_argument("--no-smelt", action="store_true", help="time llama.cpp only (the files made by an earlier run)")
+    ap.add_argument("--smelt-base", default="", help="another smelt build, timed as the column `base` (an A/B of two builds in one call)")
     a = ap.parse_args()
-    variants = []
+    variants = [("base", {}, a.smelt_base)] if a.smelt_base else []
     for v in filter(None, a.variants.split(",")):
         name, _, env = v.partition(":")
-        variants.append((name, dict(kv.split("=", 1) for kv in env.split(";") if kv)))
+        variants.append((name, dict(kv.split("=", 1) for kv in env.split(";") if kv), a.smelt))
     os.makedirs(a.out, exist_ok=True)
     log = open(os.path.join(a.out, "decode_cuda.jsonl"), "w")
     bw = copy_bandwidth()
@@ -107,8 +108,8 @@ def main():
             if not a.no_smelt:
                 s = last_json(run([a.smelt, *common]))
                 r["smelt"] = s and s["decode_tok_s"]
-                for vname, env in variants:
-                    s = last_json(run([a.smelt, *common], env=env))
+                for vname, env, exe in variants:
+                    s = last_json(run([exe, *common], env=env))
                     r[f"smelt_{vname}"] = s and s["decode_tok_s"]
                     # Whether the run decoded in the persistent kernel (SMELT_CUDA_PERSIST=1 asks;
                     # a step it cannot take runs the launched kernels).
@@ -122,7 +123,7 @@ def main():
             log.flush()
     fmt = lambda x: "–" if x is None else f"{x:,.0f}"
     ratio = lambda x, y: "–" if not x or not y else f"{x / y:.2f}×"
-    names = [n for n, _ in variants]
+    names = [n for n, _, _ in variants]
     lines = ["| shape | type | file MB | bound tok/s | smelt tok/s | " + "".join(f"{n} | " for n in names)
              + "llama.cpp tok/s | smelt ÷ llama.cpp | smelt ÷ bound |",
              "|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|"]
