@@ -172,8 +172,10 @@ struct LayerVars<'a> {
     lora: [Option<(&'a Var, &'a Var)>; Role::COUNT],
     run: Option<LoraRun>,
     next_norm: &'a Var,
-    /// A decode row on a GPU: the next layer's q/k/v weights, which this layer's down product
-    /// prefetches into L2 (`ops::matmul::prefetch_next`); empty elsewhere.
+    /// A decode row on a GPU: its matvecs prefetch the weights read after them into L2
+    /// (`ops::matmul::prefetch_next`): o during q/k/v, part of gate/up during o, and during the
+    /// down product `next_qkv`, the next layer's q/k/v weights (empty for the last layer).
+    prefetch: bool,
     next_qkv: Vec<Tensor>,
 }
 
@@ -189,7 +191,7 @@ impl<'a> LayerVars<'a> {
         for (r, ab) in plan.lora.iter().zip(vars[1 + plan.roles.len()..].chunks_exact(2)) {
             lora[*r as usize] = Some((&ab[0], &ab[1]));
         }
-        LayerVars { by_role, lora, run: plan.run, next_norm: &vars[0], next_qkv: Vec::new() }
+        LayerVars { by_role, lora, run: plan.run, next_norm: &vars[0], prefetch: false, next_qkv: Vec::new() }
     }
     /// The layer's `role` tensor, if it has one.
     fn get(&self, role: Role) -> Option<&'a Var> {
@@ -501,7 +503,8 @@ fn block(
                     (w[Role::Wv].tensor(), bias(Role::Bv)),
                 ];
                 // o's weights into L2 while q/k/v and the attention run (read right after).
-                let _pf = smelt_core::ops::matmul::prefetch_next(&[w[Role::Wo].tensor()]);
+                let _pf =
+                    w.prefetch.then(|| smelt_core::ops::matmul::prefetch_next(&[w[Role::Wo].tensor()], usize::MAX));
                 timed("add_rmsnorm_linear_many", || {
                     smelt_core::ops::matmul::add_rmsnorm_linear_many(
                         x.tensor(),
@@ -684,7 +687,14 @@ fn block(
     g.name(&attn, || format!("kqv_out-{l}"));
     let attn_out = match seqs {
         Some(seqs) => linear(g, &attn, &w[Role::Wo], None, Some(seqs))?,
-        None => proj(g, l, w, Role::Wo, &attn, None)?,
+        None => {
+            // A decode row: the first 12 MB of gate's and up's weights into L2 while o runs,
+            // the DRAM otherwise idle.
+            let gate_up: Vec<&Tensor> =
+                [Role::WGate, Role::WUp].iter().filter_map(|&r| w.get(r)).map(|v| v.tensor()).collect();
+            let _pf = w.prefetch.then(|| smelt_core::ops::matmul::prefetch_next(&gate_up, 12 << 20));
+            proj(g, l, w, Role::Wo, &attn, None)?
+        }
     };
     g.name(&attn_out, || format!("attn_out-{l}"));
     // A decode step's one row on a GPU: the residual add and the norm inside the gate/up launch
@@ -754,7 +764,7 @@ fn block(
         }
         (None, _) => {
             // The next layer's q/k/v into L2 while this down product streams its weights.
-            let _pf = smelt_core::ops::matmul::prefetch_next(&w.next_qkv.iter().collect::<Vec<_>>());
+            let _pf = smelt_core::ops::matmul::prefetch_next(&w.next_qkv.iter().collect::<Vec<_>>(), usize::MAX);
             proj(g, l, w, Role::WDown, &act, None)?
         }
     };
@@ -1241,6 +1251,7 @@ impl Model {
                 x = out.pop().unwrap();
             } else {
                 let mut w = LayerVars::new(&plan, &inputs);
+                w.prefetch = decode_row;
                 if decode_row && l + 1 < c.n_layers {
                     let next = &self.idx.layers[l + 1];
                     w.next_qkv = [Role::Wq, Role::Wk, Role::Wv]

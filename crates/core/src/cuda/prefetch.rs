@@ -5,8 +5,10 @@
 //! mostly its own latency ramp, and between them the attention leaves the DRAM idle. A matvec
 //! given a hint also issues `prefetch.global.L2` for its block's share of the hinted weights,
 //! after its own first loads (gemv.cu's `mv_start`), so a later small product finds its weights
-//! in the 50 MB L2: the q/k/v launch prefetches o (read after the attention), the down launch
-//! the next layer's q/k/v. A prefetch moves no value into a register, so no result changes.
+//! in the 50 MB L2: the q/k/v launch prefetches o (read after the attention), o's launch the
+//! first 12 MB of gate's and of up's (the DRAM has nothing else to do while o and the attention
+//! run), the down launch the next layer's q/k/v. A prefetch moves no value into a register, so
+//! no result changes.
 //!
 //! `hint` sets the weights for the next matvec launched on this thread (the guard it returns
 //! clears them when dropped, consumed or not); the launchers `take` them as kernel arguments,
@@ -19,7 +21,8 @@ use std::cell::RefCell;
 pub(crate) const RANGES: usize = 3;
 
 thread_local! {
-    static NEXT: RefCell<Vec<Tensor>> = const { RefCell::new(Vec::new()) };
+    /// The hinted weights and how many of each one's first bytes to prefetch.
+    static NEXT: RefCell<(Vec<Tensor>, usize)> = const { RefCell::new((Vec::new(), 0)) };
 }
 
 fn enabled() -> bool {
@@ -32,15 +35,15 @@ pub struct Hint(());
 
 impl Drop for Hint {
     fn drop(&mut self) {
-        NEXT.with(|n| n.borrow_mut().clear());
+        NEXT.with(|n| n.borrow_mut().0.clear());
     }
 }
 
-/// Until the returned guard drops, the next matvec launched on this thread also prefetches
-/// `ws` (at most `RANGES`; the rest are ignored) into L2.
-pub fn hint(ws: &[&Tensor]) -> Hint {
+/// Until the returned guard drops, the next matvec launched on this thread also prefetches the
+/// first `max_bytes` of each of `ws` (at most `RANGES`; the rest are ignored) into L2.
+pub fn hint(ws: &[&Tensor], max_bytes: usize) -> Hint {
     if enabled() {
-        NEXT.with(|n| *n.borrow_mut() = ws.iter().take(RANGES).map(|&t| (*t).clone()).collect());
+        NEXT.with(|n| *n.borrow_mut() = (ws.iter().take(RANGES).map(|&t| (*t).clone()).collect(), max_bytes));
     }
     Hint(())
 }
@@ -51,7 +54,7 @@ pub fn hint(ws: &[&Tensor]) -> Hint {
 /// are skipped.
 pub(crate) fn take(bf16_operands: bool) -> [(u64, i64); RANGES] {
     let mut out = [(0u64, 0i64); RANGES];
-    let ws = NEXT.with(|n| std::mem::take(&mut *n.borrow_mut()));
+    let (ws, max_bytes) = NEXT.with(|n| std::mem::take(&mut *n.borrow_mut()));
     for (slot, w) in out.iter_mut().zip(&ws) {
         let Ok(b) = w.cuda_buf() else { continue };
         let read = match (b.dtype, bf16_operands) {
@@ -61,7 +64,7 @@ pub(crate) fn take(bf16_operands: bool) -> [(u64, i64); RANGES] {
             },
             _ => b,
         };
-        *slot = (read.ptr(), (read.len * read.dtype.size_in_bytes()) as i64);
+        *slot = (read.ptr(), (read.len * read.dtype.size_in_bytes()).min(max_bytes) as i64);
     }
     out
 }

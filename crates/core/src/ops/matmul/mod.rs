@@ -260,14 +260,14 @@ pub fn linear_many(x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)]) -> Result<Vec<
 }
 
 /// Until the guard drops, the next matvec launched on this thread (a decode row's product on a
-/// GPU) also prefetches `ws` into L2 (`cuda::prefetch`): a hint, no result changes; nothing on
-/// the CPU or without the cuda feature.
-pub fn prefetch_next(ws: &[&Tensor]) -> PrefetchHint {
+/// GPU) also prefetches the first `max_bytes` of each of `ws` into L2 (`cuda::prefetch`): a
+/// hint, no result changes; nothing on the CPU or without the cuda feature.
+pub fn prefetch_next(ws: &[&Tensor], max_bytes: usize) -> PrefetchHint {
     #[cfg(not(feature = "cuda"))]
-    let _ = ws;
+    let _ = (ws, max_bytes);
     PrefetchHint {
         #[cfg(feature = "cuda")]
-        _hint: crate::cuda::prefetch::hint(ws),
+        _hint: crate::cuda::prefetch::hint(ws, max_bytes),
     }
 }
 
