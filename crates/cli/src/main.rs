@@ -45,8 +45,6 @@ enum Command {
     Sft(cmd::sft::SftArgs),
     /// Distil a teacher into a student: τ²·KL(teacher ‖ student) at temperature τ plus α·CE, on
     /// JSONL examples or token files; the teacher run on the fly or from precomputed top-k logits.
-    /// CPU only for now (--device defaults to cpu).
-    #[command(mut_arg("device", |a| a.default_value("cpu")))]
     Distill(cmd::distill::DistillArgs),
     /// Align a model on preference pairs ({"prompt", "chosen", "rejected"}) with the DPO loss
     /// against a frozen reference. Takes `train`'s flags, with these defaults (TRL's lr).
