@@ -146,7 +146,7 @@ fi
 # without a GPU) against SMELT_CUDA_PREFETCH=0, 135M and 1B bf16; first the captured-decode
 # tests (a prefetch changes no value, and a captured step replays the hints).
 if part prefetch; then
-  timeout 200 "$D/gpu_infer" captured_decode paged_decode --test-threads=1 >"$OUT/gpu_infer_pf.txt" 2>&1
+  timeout 200 "$D/gpu_infer" captured_decode paged_decode decode_steps_hand --test-threads=1 >"$OUT/gpu_infer_pf.txt" 2>&1
   echo "gpu_infer captured_decode*, paged_decode* rc $?"; grep -E "panicked|test result" "$OUT/gpu_infer_pf.txt" | head -5
   timeout 400 python3 bench/decode_cuda.py --smelt "$D/smelt" --tokenizer "$D/tokenizer.json" --shapes 135m,1b \
     --types bf16 --variants "nopf:SMELT_CUDA_PREFETCH=0" --out "$OUT/decode-pf" 2>&1 | tail -8

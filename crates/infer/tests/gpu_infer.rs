@@ -117,6 +117,45 @@ fn captured_decode_steps_equal_uncaptured_ones() {
     cuda::set_matmul_precision(MatmulPrecision::F32);
 }
 
+/// A decode step's L2 prefetch hints reach their launches (`cuda::prefetch`): in mixed precision,
+/// from the second step on (the first makes the bf16 weight copies the hints point at), each
+/// layer's q/k/v launch is handed o's weights, o's launch the first 12 MiB of gate's and up's,
+/// and the down launch the next layer's q/k/v — the bytes counted on this thread equal the sum.
+/// (A prefetch changes no value: the captured-decode tests above run with the hints on.)
+#[test]
+fn decode_steps_hand_their_matvecs_the_next_weights_to_prefetch() {
+    use smelt_core::cuda::prefetch::handed_bytes;
+    let Some(d) = gpu() else { return };
+    if std::env::var("SMELT_CUDA_PREFETCH").is_ok_and(|v| v == "0") {
+        println!("SKIPPED: SMELT_CUDA_PREFETCH=0 turns the hints off");
+        return;
+    }
+    let (_, gpu_m) = models();
+    cuda::set_matmul_precision(MatmulPrecision::Bf16);
+    let c = &gpu_m.cfg;
+    // Bytes of each bf16 weight copy.
+    let (q, kv, o, ffn) = (
+        2 * (c.n_heads * c.head_dim * c.dim) as u64,
+        2 * (c.n_kv_heads * c.head_dim * c.dim) as u64,
+        2 * (c.dim * c.n_heads * c.head_dim) as u64,
+        2 * (c.ffn_hidden * c.dim) as u64,
+    );
+    let layers = c.n_layers as u64;
+    let want = layers * (o + 2 * ffn.min(12 << 20)) + (layers - 1) * (q + 2 * kv);
+    let cache = KvCache::new_on(c, 1, 16, d).unwrap();
+    let mut dec = Decoder::with_capture(&gpu_m, cache, false);
+    dec.prefill(&Tensor::from_u32(vec![1, 2, 3], &[1, 3]).unwrap()).unwrap();
+    let mut got = Vec::new();
+    for s in 0..3u32 {
+        let before = handed_bytes();
+        dec.step(&Tensor::from_u32(vec![4 + s], &[1, 1]).unwrap()).unwrap();
+        got.push(handed_bytes() - before);
+    }
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+    println!("prefetch bytes handed per decode step: {got:?} (want {want} from the second on)");
+    assert_eq!(&got[1..], &[want, want], "hinted bytes per step");
+}
+
 /// A model with a LoRA adapter (all seven projections, B non-zero, no dropout: q/k/v and gate/up
 /// stack their A matrices, `proj_group`) decodes the same captured as uncaptured, bit for bit,
 /// in both precisions: the stacking and the selection products run inside a captured step, with

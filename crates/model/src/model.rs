@@ -12,6 +12,7 @@ use crate::params::{self, Index, Role};
 use anyhow::{bail, Context, Result};
 use smelt_core::autograd::BlockFn;
 use smelt_core::ops::attention::Segments;
+use smelt_core::ops::matmul::prefetch_next;
 use smelt_core::ops::rope::{RopeLayout, RopeTable};
 use smelt_core::ops::Pos;
 use smelt_core::profile::timed;
@@ -485,6 +486,9 @@ fn block(
         _ => None,
     };
     let seqs = per_seq.as_deref();
+    // A decode row on a GPU: o's weights into L2 while q/k/v and the attention run (the q/k/v
+    // launch, fused below or not, takes the hint; it is dropped once they are made).
+    let pf_o = w.prefetch.then(|| prefetch_next(&[w[Role::Wo].tensor()], usize::MAX));
     // The previous block's add and this block's norm: inside the q/k/v launch where it can be
     // (one row of a decode step on a GPU), else here.
     let mut fused_qkv = None;
@@ -502,9 +506,6 @@ fn block(
                     (w[Role::Wk].tensor(), bias(Role::Bk)),
                     (w[Role::Wv].tensor(), bias(Role::Bv)),
                 ];
-                // o's weights into L2 while q/k/v and the attention run (read right after).
-                let _pf =
-                    w.prefetch.then(|| smelt_core::ops::matmul::prefetch_next(&[w[Role::Wo].tensor()], usize::MAX));
                 timed("add_rmsnorm_linear_many", || {
                     smelt_core::ops::matmul::add_rmsnorm_linear_many(
                         x.tensor(),
@@ -580,6 +581,9 @@ fn block(
         g.name(&v, || format!("Vcur-{l}"));
         (q, k, v)
     };
+    if let Some(p) = pf_o {
+        p.end();
+    }
     let mut q = g.reshape(&q, &[b, t, nh, hd])?;
     let mut k = g.reshape(&k, &[b, t, nkv, hd])?;
     let v = g.reshape(&v, &[b, t, nkv, hd])?;
@@ -692,7 +696,7 @@ fn block(
             // the DRAM otherwise idle.
             let gate_up: Vec<&Tensor> =
                 [Role::WGate, Role::WUp].iter().filter_map(|&r| w.get(r)).map(|v| v.tensor()).collect();
-            let _pf = w.prefetch.then(|| smelt_core::ops::matmul::prefetch_next(&gate_up, 12 << 20));
+            let _pf = w.prefetch.then(|| prefetch_next(&gate_up, 12 << 20));
             proj(g, l, w, Role::Wo, &attn, None)?
         }
     };
@@ -764,7 +768,7 @@ fn block(
         }
         (None, _) => {
             // The next layer's q/k/v into L2 while this down product streams its weights.
-            let _pf = smelt_core::ops::matmul::prefetch_next(&w.next_qkv.iter().collect::<Vec<_>>(), usize::MAX);
+            let _pf = prefetch_next(&w.next_qkv.iter().collect::<Vec<_>>(), usize::MAX);
             proj(g, l, w, Role::WDown, &act, None)?
         }
     };

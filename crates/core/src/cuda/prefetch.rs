@@ -23,6 +23,14 @@ pub(crate) const RANGES: usize = 3;
 thread_local! {
     /// The hinted weights and how many of each one's first bytes to prefetch.
     static NEXT: RefCell<(Vec<Tensor>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    /// Bytes handed to kernels as prefetch ranges on this thread, ever (`handed_bytes`).
+    static HANDED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The bytes this thread's launches have been given to prefetch so far: a test's check that the
+/// hints reach the kernels they are meant for.
+pub fn handed_bytes() -> u64 {
+    HANDED.with(|h| h.get())
 }
 
 fn enabled() -> bool {
@@ -66,5 +74,6 @@ pub(crate) fn take(bf16_operands: bool) -> [(u64, i64); RANGES] {
         };
         *slot = (read.ptr(), (read.len * read.dtype.size_in_bytes()).min(max_bytes) as i64);
     }
+    HANDED.with(|h| h.set(h.get() + out.iter().map(|&(_, n)| n as u64).sum::<u64>()));
     out
 }

@@ -271,10 +271,15 @@ pub fn prefetch_next(ws: &[&Tensor], max_bytes: usize) -> PrefetchHint {
     }
 }
 
-/// `prefetch_next`'s guard: the hint is cleared when it drops.
+/// `prefetch_next`'s guard: the hint is cleared when it drops (or `end`s).
 pub struct PrefetchHint {
     #[cfg(feature = "cuda")]
     _hint: crate::cuda::prefetch::Hint,
+}
+
+impl PrefetchHint {
+    /// Clears the hint here rather than at the end of the scope.
+    pub fn end(self) {}
 }
 
 /// A feed-forward block's gate: `swiglu(linear(x, wg), linear(x, wu))`, in one launch on a GPU
