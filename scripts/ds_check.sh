@@ -9,6 +9,7 @@
 #   cd DIR && bash ds_check.sh . attn,norm,ncuattn # ~7 min: attention alone vs SDPA, RMSNorm rows in registers A/B, ncu of the attention kernels
 #   cd DIR && bash ds_check.sh . prefetch          # ~4 min: batch-1 decode with and without the L2 prefetch hints
 #   cd DIR && bash ds_check.sh . ab                # ~8 min: this build against DIR/smelt-base (1B, large, LoRA, decode)
+#   cd DIR && bash ds_check.sh . gemm              # ~5 min: cuBLASLt timing 32 (and 1) candidates against 8, 1B and large
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
@@ -141,6 +142,10 @@ if part ab && [ -x "$D/smelt-base" ]; then
   timeout 300 python3 bench/decode_cuda.py --smelt "$D/smelt" --smelt-base "$D/smelt-base" --tokenizer "$D/tokenizer.json" \
     --shapes 135m,1b --types bf16 --variants "" --out "$OUT/decode-ab" 2>&1 | tail -5
 fi
+# gemm: cuBLASLt timing more of its heuristic's candidates (8 by default; the 1B step's products
+# took 141 ms serialised against torch.compile's 135), 1B and large, one call.
+part gemm && timeout 400 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 1b,large --no-peers \
+  --variants "tune32:SMELT_CUBLASLT_TUNE=32;tune1:SMELT_CUBLASLT_TUNE=1" --out "$OUT/gemm" 2>&1 | tail -8
 # prefetch: batch-1 decode with the L2 prefetch hints (the q/k/v launch prefetches o, the down
 # launch the next layer's q/k/v; cuda::prefetch, the default since 2026-12-05 evening, written
 # without a GPU) against SMELT_CUDA_PREFETCH=0, 135M and 1B bf16; first the captured-decode
