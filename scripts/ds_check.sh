@@ -143,9 +143,10 @@ if part ab && [ -x "$D/smelt-base" ]; then
     --shapes 135m,1b --types bf16 --variants "" --out "$OUT/decode-ab" 2>&1 | tail -5
 fi
 # gemm: cuBLASLt timing more of its heuristic's candidates (8 by default; the 1B step's products
-# took 141 ms serialised against torch.compile's 135), 1B and large, one call.
+# took 141 ms serialised against torch.compile's 135), 1B and large, one call; each variant with
+# a kernel cache of its own, since the chosen algorithms are kept there (cublaslt-tune.tsv).
 part gemm && timeout 400 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 1b,large --no-peers \
-  --variants "tune32:SMELT_CUBLASLT_TUNE=32;tune1:SMELT_CUBLASLT_TUNE=1" --out "$OUT/gemm" 2>&1 | tail -8
+  --variants "tune32:SMELT_CUBLASLT_TUNE=32,SMELT_KERNEL_CACHE=/tmp/smelt-k-tune32;tune1:SMELT_CUBLASLT_TUNE=1,SMELT_KERNEL_CACHE=/tmp/smelt-k-tune1" --out "$OUT/gemm" 2>&1 | tail -8
 # prefetch: batch-1 decode with the L2 prefetch hints (the q/k/v launch prefetches o, the down
 # launch the next layer's q/k/v; cuda::prefetch, the default since 2026-12-05 evening, written
 # without a GPU) against SMELT_CUDA_PREFETCH=0, 135M and 1B bf16; first the captured-decode
