@@ -171,6 +171,10 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
     }
     l.arg(&gs);
+    let pf = cuda::prefetch::take(true);
+    for (p, n) in &pf {
+        l.arg(p).arg(n);
+    }
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(ys)
 }
@@ -282,6 +286,10 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     let (xf, xq, xd) = q.ptrs();
     l.arg(&xf).arg(&xq).arg(&xd).arg(&n32).arg(&k32);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb).arg(&g32);
+    let pf = cuda::prefetch::take(true);
+    for (p, n) in &pf {
+        l.arg(p).arg(n);
+    }
     let cfg = mv_config(m, g, q.smem);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(Some(shaped(x, y, m)?))
@@ -315,6 +323,10 @@ pub fn add_rmsnorm_swiglu(
     let mut l = cuda::launch::Launch::new(&gpu, &f, func); // programmatic: qmatmul.cu waits after its first loads
     nm.push(&mut l);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb64).arg(&g32);
+    let pf = cuda::prefetch::take(true);
+    for (p, n) in &pf {
+        l.arg(p).arg(n);
+    }
     cuda::launched(unsafe { l.launch(mv_config(m, g, nm.smem_quantised())) }, func)?;
     Ok(Some((nm.into_h(x.shape())?, shaped(x, y, m)?)))
 }
@@ -361,6 +373,10 @@ pub fn add_rmsnorm_linear_many(
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
     }
     l.arg(&gs);
+    let pf = cuda::prefetch::take(true);
+    for (p, n) in &pf {
+        l.arg(p).arg(n);
+    }
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     let mut out = Vec::with_capacity(ws.len());
     for (y, (q, bias)) in ys.into_iter().zip(ws) {

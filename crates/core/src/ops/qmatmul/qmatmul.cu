@@ -451,7 +451,8 @@ __device__ __forceinline__ void quantize_q8_shared(const bf16_t* x, int cols, si
 template <class F, int R, int NM, bool PDL = true>
 __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16_t* xf, const signed char* xq,
                                             const float* xd, int cols, int n, int lane, int G, bool active,
-                                            float (&acc)[R * NM], const NormIn& nm = NormIn{}) {
+                                            float (&acc)[R * NM], const NormIn& nm = NormIn{},
+                                            const Pf& pf = Pf{}) {
 #pragma unroll
     for (int i = 0; i < R * NM; i++) acc[i] = 0.f;
     if (PDL) pdl_trigger();
@@ -469,6 +470,7 @@ __device__ __forceinline__ void mmvq_rows_g(const u8* const (&wr)[R], const bf16
                 for (int r = 0; r < R; r++) F::load(wr[r], nb, c, raw[r][u]);
         }
     }
+    prefetch_l2(pf);  // a later kernel's weights (`cuda::prefetch`), after this one's first loads
     // The weights' first loads are in flight: now the inputs the kernel before made (x, its
     // quantisation, the residual) may be read (a programmatic launch waits here).
     if (PDL) pdl_wait();
@@ -529,7 +531,7 @@ template <class FA, class FB, typename T, int NM>
 __device__ __forceinline__ void mmvqg3_mixed(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
                                              const u8* w0, T* y0, int m0, long long rb0, const u8* w1, T* y1, int m1,
                                              long long rb1, const u8* w2, T* y2, int m2, long long rb2, int Gs,
-                                             const NormIn& nm = NormIn{}) {
+                                             const NormIn& nm = NormIn{}, const Pf& pf = Pf{}) {
     int g0 = Gs & 1023, g1 = (Gs >> 10) & 1023, g2 = (Gs >> 20) & 1023;
     int b0 = (m0 + MV_THREADS / g0 - 1) / (MV_THREADS / g0), b1 = (m1 + MV_THREADS / g1 - 1) / (MV_THREADS / g1);
     int blk = blockIdx.x, slot, G = g0;
@@ -552,9 +554,9 @@ __device__ __forceinline__ void mmvqg3_mixed(const bf16_t* xf, const signed char
     float acc[NM];
     const u8* const rows[1] = {w + (long long)r * rb};
     if (same_format<FA, FB>::value || slot < 2) {
-        mmvq_rows_g<FA, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
+        mmvq_rows_g<FA, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm, pf);
     } else {
-        mmvq_rows_g<FB, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
+        mmvq_rows_g<FB, 1, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm, pf);
     }
     if (active && lane == 0) {
 #pragma unroll
@@ -567,14 +569,14 @@ __device__ __forceinline__ void mmvqg3_mixed(const bf16_t* xf, const signed char
 template <class F, typename T, int NM>
 __device__ __forceinline__ void mmvqg_swiglu(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,
                                              const u8* wg, const u8* wu, T* y, int m, long long rb, int G,
-                                             const NormIn& nm = NormIn{}) {
+                                             const NormIn& nm = NormIn{}, const Pf& pf = Pf{}) {
     int lane = threadIdx.x & (G - 1);
     int r = blockIdx.x * (MV_THREADS / G) + threadIdx.x / G;
     bool active = r < m;
     if (!active) r = 0;
     float acc[2 * NM];
     const u8* const rows[2] = {wg + (long long)r * rb, wu + (long long)r * rb};
-    mmvq_rows_g<F, 2, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm);
+    mmvq_rows_g<F, 2, NM>(rows, xf, xq, xd, cols, n, lane, G, active, acc, nm, pf);
     if (active && lane == 0) {
 #pragma unroll
         for (int i = 0; i < NM; i++) {
@@ -631,14 +633,15 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
         mmvqg3_##P##bf16_##F(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,           \
                              const u8* w0, bf16_t* y0,                                                              \
                              int m0, long long rb0, const u8* w1, bf16_t* y1, int m1, long long rb1, const u8* w2,  \
-                             bf16_t* y2, int m2, long long rb2, int G) {                                            \
-        mmvqg3_mixed<F, F, bf16_t, NM>(xf, xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G); \
+                             bf16_t* y2, int m2, long long rb2, int G, PF_ARGS) {                                   \
+        mmvqg3_mixed<F, F, bf16_t, NM>(xf, xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G,  \
+                                       NormIn{}, PF_IN);                                                            \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
         mmvqg_swiglu_##P##bf16_##F(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,     \
                                    const u8* wg,                                                                   \
-                                   const u8* wu, bf16_t* y, int m, long long rb, int G) {                          \
-        mmvqg_swiglu<F, bf16_t, NM>(xf, xq, xd, n, cols, wg, wu, y, m, rb, G);                                    \
+                                   const u8* wu, bf16_t* y, int m, long long rb, int G, PF_ARGS) {                 \
+        mmvqg_swiglu<F, bf16_t, NM>(xf, xq, xd, n, cols, wg, wu, y, m, rb, G, NormIn{}, PF_IN);                   \
     }
 
 #define QKERNELS(F)                                                                                              \
@@ -665,19 +668,19 @@ __device__ __forceinline__ void qdequant(const u8* w, const unsigned int* ids, T
         mmvqg3_norm_n1_bf16_##F(const float* nx, const bf16_t* nr, const float* nw, float* nh, float eps, int wpr, \
                                 int cols, const u8* w0, bf16_t* y0, int m0, long long rb0, const u8* w1,          \
                                 bf16_t* y1, int m1, long long rb1, const u8* w2, bf16_t* y2, int m2,              \
-                                long long rb2, int G) {                                                           \
+                                long long rb2, int G, PF_ARGS) {                                                  \
         NormIn nm{nx, nr, nw, nh, eps, wpr};                                                                     \
         mmvqg3_mixed<F, F, bf16_t, 1>(nullptr, nullptr, nullptr, 1, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2,  \
-                                      y2, m2, rb2, G, nm);                                                       \
+                                      y2, m2, rb2, G, nm, PF_IN);                                                \
     }                                                                                                            \
     /* One row's add + RMSNorm, then gate/up + SwiGLU: h = x + r (stored), y = silu(n·W_gᵀ)·(n·W_uᵀ),   */    \
     /* n = rmsnorm(h)·w. */                                                                                      \
     extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
         mmvqg_swiglu_norm_n1_bf16_##F(const float* nx, const bf16_t* nr, const float* nw, float* nh, float eps,     \
                                       int wpr, int cols, const u8* wg, const u8* wu, bf16_t* y, int m,            \
-                                      long long rb, int G) {                                                      \
+                                      long long rb, int G, PF_ARGS) {                                             \
         NormIn nm{nx, nr, nw, nh, eps, wpr};                                                                     \
-        mmvqg_swiglu<F, bf16_t, 1>(nullptr, nullptr, nullptr, 1, cols, wg, wu, y, m, rb, G, nm);                 \
+        mmvqg_swiglu<F, bf16_t, 1>(nullptr, nullptr, nullptr, 1, cols, wg, wu, y, m, rb, G, nm, PF_IN);          \
     }                                                                                                            \
     extern "C" __global__ void qgather_f32_##F(const u8* w, const unsigned int* ids, float* out, long long n,    \
                                                int cols, long long row_bytes, unsigned int vocab) {              \
@@ -698,18 +701,19 @@ QKERNELS(Q6_K)
         mmvqg3_##P##bf16_##FA##_##FB(const bf16_t* xf, const signed char* xq, const float* xd, int n, int cols,    \
                                      const u8* w0, bf16_t* y0, int m0, long long rb0, const u8* w1, bf16_t* y1,   \
                                      int m1, long long rb1, const u8* w2, bf16_t* y2, int m2, long long rb2,      \
-                                     int G) {                                                                     \
-        mmvqg3_mixed<FA, FB, bf16_t, NM>(xf, xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G); \
+                                     int G, PF_ARGS) {                                                            \
+        mmvqg3_mixed<FA, FB, bf16_t, NM>(xf, xq, xd, n, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2, y2, m2, rb2, G, \
+                                         NormIn{}, PF_IN);                                                        \
     }
 #define MMVQG_MIXED_NORM(FA, FB)                                                                                  \
     extern "C" __global__ void __launch_bounds__(MV_THREADS, 2)                                                  \
         mmvqg3_norm_n1_bf16_##FA##_##FB(const float* nx, const bf16_t* nr, const float* nw, float* nh, float eps,  \
                                         int wpr, int cols, const u8* w0, bf16_t* y0, int m0, long long rb0,       \
                                         const u8* w1, bf16_t* y1, int m1, long long rb1, const u8* w2,            \
-                                        bf16_t* y2, int m2, long long rb2, int G) {                               \
+                                        bf16_t* y2, int m2, long long rb2, int G, PF_ARGS) {                      \
         NormIn nm{nx, nr, nw, nh, eps, wpr};                                                                     \
         mmvqg3_mixed<FA, FB, bf16_t, 1>(nullptr, nullptr, nullptr, 1, cols, w0, y0, m0, rb0, w1, y1, m1, rb1, w2,  \
-                                        y2, m2, rb2, G, nm);                                                     \
+                                        y2, m2, rb2, G, nm, PF_IN);                                              \
     }
 #ifndef QMATMUL_NO_KERNELS
 MMVQG_MIXED_NORM(Q4_K, Q6_K)
