@@ -155,6 +155,6 @@ if part prefetch; then
   timeout 200 "$D/gpu_infer" captured_decode paged_decode decode_steps_hand --test-threads=1 >"$OUT/gpu_infer_pf.txt" 2>&1
   echo "gpu_infer captured_decode*, paged_decode* rc $?"; grep -E "panicked|test result" "$OUT/gpu_infer_pf.txt" | head -5
   timeout 400 python3 bench/decode_cuda.py --smelt "$D/smelt" --tokenizer "$D/tokenizer.json" --shapes 135m,1b \
-    --types bf16 --variants "nopf:SMELT_CUDA_PREFETCH=0" --out "$OUT/decode-pf" 2>&1 | tail -8
+    --types bf16,q8_0,q4_k --variants "nopf:SMELT_CUDA_PREFETCH=0" --out "$OUT/decode-pf" 2>&1 | tail -10
 fi
 part peers124 && timeout 330 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 124m --out "$OUT/peers124" 2>&1 | tail -5
