@@ -1144,6 +1144,36 @@ mod tests {
         }
     }
 
+    /// A LoRA base: `linear` and the chunked loss skip the dW product for a weight that is not
+    /// trained; dx must be what the full backward gives, bit for bit, and the frozen weights get
+    /// no gradient. (Written with 64377f8, lost in a merge, restored: docs/FINETUNE.md cites it.)
+    #[test]
+    fn frozen_weights_give_the_same_input_gradient_and_no_weight_gradient() {
+        let mut r = crate::rng::Rng::new(8);
+        let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| r.normal() as f32).collect() };
+        let (n, c, f, v) = (37, 24, 40, 19);
+        let x = Tensor::from_f32(rand(n * c), &[n, c]).unwrap();
+        let w1 = Tensor::from_f32(rand(f * c), &[f, c]).unwrap();
+        let head = Tensor::from_f32(rand(v * f), &[v, f]).unwrap();
+        let t = Tensor::from_u32((0..n as u32).map(|i| i * 5 % v as u32).collect(), &[n]).unwrap();
+        let run = |train_w: bool, chunks: (usize, usize)| {
+            let mut g = Graph::training();
+            let (xv, wv, hv) = (g.leaf(x.clone(), true), g.leaf(w1.clone(), train_w), g.leaf(head.clone(), train_w));
+            let h = g.linear(&xv, &wv, None).unwrap();
+            let loss = g.linear_cross_entropy(&h, &hv, &t, chunks.0, chunks.1).unwrap();
+            let gr = g.backward(&loss).unwrap();
+            let w_grads = [gr.get(&wv).is_some(), gr.get(&hv).is_some()];
+            (loss.tensor().to_vec_f32().unwrap(), gr.get(&xv).unwrap().to_vec_f32().unwrap(), w_grads)
+        };
+        // One row chunk (the logits kept from the forward) and several (computed again).
+        for chunks in [(100, 100), (100, 7), (10, 7)] {
+            let (l, dx, trained) = run(true, chunks);
+            let (lf, dxf, frozen) = run(false, chunks);
+            assert_eq!((l, dx), (lf, dxf), "{chunks:?}");
+            assert_eq!((trained, frozen), ([true, true], [false, false]), "{chunks:?}");
+        }
+    }
+
     #[test]
     fn split_rows_passes_each_blocks_gradient_back_to_its_rows() {
         let x = Tensor::from_f32((0..12).map(|i| i as f32).collect(), &[6, 2]).unwrap();
