@@ -318,6 +318,94 @@ impl Graph {
         }))
     }
 
+    /// The 2-D `parts` (one row count and dtype) side by side (copies); the backward hands each
+    /// part its columns of the gradient. LoRA's input and its adapters' down products, for one
+    /// product over both (`linear_side`).
+    pub fn concat_cols(&mut self, parts: &[&Var]) -> Result<Var> {
+        let ts: Vec<&Tensor> = parts.iter().map(|p| &p.t).collect();
+        let y = timed("concat_cols", || ops::elementwise::concat_cols(&ts))?;
+        let widths: Vec<usize> = parts.iter().map(|p| p.t.cols()).collect();
+        Ok(self.push1(parts, y, move |g| {
+            let mut c0 = 0;
+            let mut out = Vec::with_capacity(widths.len());
+            for &w in &widths {
+                out.push(Some(timed("concat_cols.bwd", || ops::elementwise::narrow_cols(g, c0, w))?));
+                c0 += w;
+            }
+            Ok(out)
+        }))
+    }
+
+    /// y = x_ext·[w | b placed at columns off]ᵀ + bias with x_ext = [x | side] (`concat_cols`):
+    /// x·wᵀ + side[:, off .. off + r]·bᵀ + bias in one product over K = in + side's width — a
+    /// frozen projection and its LoRA adapter's up product (b = B, r × … its rank; `side` the
+    /// adapters' s·A·x) with no (N, out) adapter output written and read again, and in the
+    /// backward x_ext's gradient from one product, which gives x's and the side's at once.
+    /// `w` and `bias` must be frozen; b gets dyᵀ·side's columns off .. off + r. The combined
+    /// weight [w | 0 … b … 0] is made in the forward from w as the products read it
+    /// (`weight_operand`) and made again in the backward (not kept).
+    pub fn linear_side(
+        &mut self,
+        x_ext: &Var,
+        side: &Tensor,
+        w: &Var,
+        b: &Var,
+        off: usize,
+        bias: Option<&Var>,
+    ) -> Result<Var> {
+        if w.requires_grad || bias.is_some_and(|b| b.requires_grad) {
+            bail!("linear_side: the base weight {:?} (and its bias) must be frozen", w.t.shape());
+        }
+        let (k, side_w, r) = (w.t.cols(), side.cols(), b.t.cols());
+        if x_ext.t.cols() != k + side_w || off + r > side_w || b.t.rows() != w.t.rows() {
+            bail!(
+                "linear_side: input {:?} for weight {:?}, side {:?}, B {:?} at column {off}",
+                x_ext.t.shape(),
+                w.t.shape(),
+                side.shape(),
+                b.t.shape()
+            );
+        }
+        let combined = {
+            let (w, b, side) = (w.t.clone(), b.t.clone(), side.clone());
+            move || -> Result<(Tensor, Tensor)> {
+                let wo = ops::matmul::weight_operand(&w)?;
+                let bo = ops::elementwise::cast(&b, wo.dtype())?;
+                let m = wo.rows();
+                let mut pad = Vec::with_capacity(3);
+                for (c, piece) in [(off, None), (r, Some(&bo)), (side.cols() - off - r, None)] {
+                    match piece {
+                        Some(t) => pad.push(t.clone()),
+                        None if c > 0 => pad.push(Tensor::zeros_typed(&[m, c], wo.device(), wo.dtype())?),
+                        None => {}
+                    }
+                }
+                // (m, side's width): B at its columns, zeros elsewhere.
+                let b_pad = ops::elementwise::concat_cols(&pad.iter().collect::<Vec<_>>())?;
+                Ok((ops::elementwise::concat_cols(&[&wo, &b_pad])?, b_pad))
+            }
+        };
+        let (w_ext, _) = timed("linear_side.weights", &combined)?;
+        let y = timed("linear", || ops::matmul::linear(&x_ext.t, &w_ext, bias.map(|b| &b.t)))?;
+        drop(w_ext);
+        let x_shape = x_ext.t.shape().to_vec();
+        let (side, need_dx, need_db) = (side.clone(), x_ext.requires_grad, b.requires_grad);
+        let inputs: Vec<&Var> = [Some(x_ext), Some(w), Some(b), bias].into_iter().flatten().collect();
+        Ok(self.push_slots(&inputs, y, move |g, slots| {
+            let (w_ext, b_pad) = timed("linear_side.weights", &combined)?;
+            if need_dx {
+                timed("linear.bwd", || ops::matmul::linear_dx_acc(g, &w_ext, &x_shape, &mut slots[0]))?;
+            }
+            if need_db {
+                // dyᵀ·side (m, side's width), then B's r columns of it.
+                let (d_pad, _) =
+                    timed("linear.bwd", || ops::matmul::linear_backward_acc_dx(&side, &b_pad, g, false, None))?;
+                accumulate(&mut slots[2], &ops::elementwise::narrow_cols(&d_pad, off, r)?)?;
+            }
+            Ok(())
+        }))
+    }
+
     /// Inverted dropout of x with probability `p`, its mask drawn from `seed` (`ops::dropout`);
     /// the identity for p = 0.
     pub fn dropout(&mut self, x: &Var, p: f32, seed: u64) -> Result<Var> {
@@ -1171,6 +1259,65 @@ mod tests {
             let (lf, dxf, frozen) = run(false, chunks);
             assert_eq!((l, dx), (lf, dxf), "{chunks:?}");
             assert_eq!((trained, frozen), ([true, true], [false, false]), "{chunks:?}");
+        }
+    }
+
+    /// `linear_side` over `concat_cols([x, side])` gives x·wᵀ + side's columns·bᵀ + bias and the
+    /// gradients of x, side and b that the separate products give (f32, within rounding: one
+    /// product sums over in + side's width in its own order), for B at the side's first, middle
+    /// and last columns; the frozen weight and bias get none.
+    #[test]
+    fn linear_side_equals_the_base_product_plus_the_adapters() {
+        let mut r = crate::rng::Rng::new(12);
+        let mut rand = |shape: &[usize]| {
+            Tensor::from_f32((0..shape.iter().product::<usize>()).map(|_| r.normal() as f32).collect(), shape).unwrap()
+        };
+        let (n, k, m, rank) = (23, 20, 17, 3);
+        let (x, w, bias, side) = (rand(&[n, k]), rand(&[m, k]), rand(&[m]), rand(&[n, 3 * rank]));
+        let b = rand(&[m, rank]);
+        let dy = rand(&[n, m]);
+        for off in [0, rank, 2 * rank] {
+            // The separate products: x·wᵀ + bias + side[:, off..off+r]·bᵀ.
+            let mut g = Graph::training();
+            let (xv, sv, wv, biv, bv) = (
+                g.leaf(x.clone(), true),
+                g.leaf(side.clone(), true),
+                g.leaf(w.clone(), false),
+                g.leaf(bias.clone(), false),
+                g.leaf(b.clone(), true),
+            );
+            // side's columns off .. off + r through a 0/1 selection product (as LoRA selects).
+            let mut sel = vec![0f32; rank * 3 * rank];
+            for i in 0..rank {
+                sel[i * 3 * rank + off + i] = 1.0;
+            }
+            let selv = g.constant(Tensor::from_f32(sel, &[rank, 3 * rank]).unwrap());
+            let cols = g.linear(&sv, &selv, None).unwrap();
+            let up = g.linear(&cols, &bv, None).unwrap();
+            let y0 = g.linear_add(&xv, &wv, Some(&biv), &up).unwrap();
+            let g0 = g.backward_from(std::slice::from_ref(&y0), &[Some(dy.clone())]).unwrap();
+            // One product over [x | side].
+            let mut h = Graph::training();
+            let (xv2, sv2, wv2, biv2, bv2) = (
+                h.leaf(x.clone(), true),
+                h.leaf(side.clone(), true),
+                h.leaf(w.clone(), false),
+                h.leaf(bias.clone(), false),
+                h.leaf(b.clone(), true),
+            );
+            let xe = h.concat_cols(&[&xv2, &sv2]).unwrap();
+            let y1 = h.linear_side(&xe, &side, &wv2, &bv2, off, Some(&biv2)).unwrap();
+            let g1 = h.backward_from(std::slice::from_ref(&y1), &[Some(dy.clone())]).unwrap();
+            let close = |what: &str, a: &Tensor, b: &Tensor| {
+                let (a, b) = (a.as_f32().unwrap(), b.as_f32().unwrap());
+                let worst = a.iter().zip(b).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0f32, f32::max);
+                assert!(worst < 1e-5, "off {off}: {what} differs by {worst}");
+            };
+            close("y", y1.tensor(), y0.tensor());
+            close("dx", g1.get(&xv2).unwrap(), g0.get(&xv).unwrap());
+            close("dside", g1.get(&sv2).unwrap(), g0.get(&sv).unwrap());
+            close("dB", g1.get(&bv2).unwrap(), g0.get(&bv).unwrap());
+            assert!(g1.get(&wv2).is_none() && g1.get(&biv2).is_none(), "frozen w and bias get no gradient");
         }
     }
 

@@ -238,6 +238,27 @@ fn proj_group(g: &mut Graph, l: usize, w: &LayerVars, roles: &[(Role, Option<Rol
     let a_cat = g.concat_rows(&a_parts)?;
     let down_cat = lora_down(g, x, &a_cat, run, 0)?; // (N, n·r); no dropout, so no seed
     let mut out = Vec::with_capacity(roles.len());
+    // Training on a GPU: each projection one product over [x | down_cat] (`Graph::linear_side`):
+    // no (N, out) adapter output written and read back, no selection products, and in the
+    // backward one product gives x's and down_cat's gradients.
+    let frozen_dense = roles.iter().all(|&(r, b)| {
+        let base = &w[r];
+        !base.requires_grad()
+            && base.tensor().dtype() != smelt_core::DType::Quant
+            && b.and_then(|b| w.get(b)).is_none_or(|b| !b.requires_grad())
+    });
+    if g.is_recording() && frozen_dense && lora_side_on(x.tensor().device()) {
+        let xe = g.concat_cols(&[x, &down_cat])?;
+        let side = down_cat.tensor().clone();
+        for (i, &(role, bias)) in roles.iter().enumerate() {
+            let bias = bias.and_then(|b| w.get(b));
+            out.push(match (adapted.iter().position(|&j| j == i), w.lora[role as usize]) {
+                (Some(slot), Some((_, b))) => g.linear_side(&xe, &side, &w[role], b, slot * rank, bias)?,
+                _ => g.linear(x, &w[role], bias)?,
+            });
+        }
+        return Ok(out);
+    }
     for (i, &(role, bias)) in roles.iter().enumerate() {
         let bias = bias.and_then(|b| w.get(b));
         let (Some(slot), Some((_, b))) = (adapted.iter().position(|&j| j == i), w.lora[role as usize]) else {
@@ -250,6 +271,28 @@ fn proj_group(g: &mut Graph, l: usize, w: &LayerVars, roles: &[(Role, Option<Rol
         out.push(g.linear_add(x, &w[role], bias, &up)?);
     }
     Ok(out)
+}
+
+/// Whether a LoRA group's projections take the one-product form (`Graph::linear_side`): on a GPU,
+/// unless `SMELT_LORA_SIDE=0` (the separate products, to compare); on the CPU the separate
+/// products (its GEMMs gain nothing from the wider K), unless a test asks (`force_lora_side`).
+fn lora_side_on(device: Device) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if let Some(f) = FORCE_SIDE.with(|f| f.get()) {
+        return f;
+    }
+    !device.is_cpu() && *ON.get_or_init(|| std::env::var("SMELT_LORA_SIDE").map_or(true, |v| v != "0"))
+}
+
+thread_local! {
+    static FORCE_SIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Forces (`Some`) or releases (`None`) the one-product LoRA form on this thread: the tests
+/// compare it with the separate products on the CPU.
+#[doc(hidden)]
+pub fn force_lora_side(on: Option<bool>) {
+    FORCE_SIDE.with(|f| f.set(on));
 }
 
 fn lora_fuse_on() -> bool {

@@ -99,3 +99,58 @@ fn lora_needs_a_base() {
     let e = format!("{:#}", smelt_train::run(cfg, None).err().unwrap());
     assert!(e.contains("--init"), "{e}");
 }
+
+/// A LoRA group's projections as one product over [x | the adapters' down outputs]
+/// (`Graph::linear_side`, the GPU's form) give the separate products' loss and adapter
+/// gradients (the CPU's form) within f32 rounding: a Qwen2-shaped base (q/k/v biases, GQA), r 8
+/// on all seven projections, B non-zero, prompt positions outside the loss, on the CPU with the
+/// form forced each way.
+#[test]
+fn lora_side_products_equal_the_separate_ones() {
+    use smelt_core::rng::Rng;
+    use smelt_core::Tensor;
+    use smelt_model::{Adapter, Arch, LoraConfig, Model, ModelConfig};
+    let mut cfg = ModelConfig::llama(96, 64, 2, 4, 2, 160);
+    cfg.arch = Arch::Qwen2;
+    cfg.qkv_bias = true;
+    cfg.tie_embeddings = true;
+    let targets = LoraConfig::parse_targets("all-linear").unwrap();
+    let mut m = Model::init(cfg.clone(), 5).unwrap();
+    let mut a = Adapter::init(&cfg, LoraConfig::new(8, 16.0, 0.0, &targets, false).unwrap(), 9);
+    let mut r = Rng::new(4);
+    for b in a.params.iter_mut().skip(1).step_by(2) {
+        *b = Tensor::from_f32((0..b.numel()).map(|_| 0.05 * r.normal() as f32).collect(), b.shape()).unwrap();
+    }
+    m.attach(a).unwrap();
+    let (b, t) = (2, 24);
+    let ids = |r: &mut Rng| Tensor::from_u32((0..b * t).map(|_| r.below(96) as u32).collect(), &[b, t]).unwrap();
+    let x = ids(&mut r);
+    let mut y = ids(&mut r).as_u32().unwrap().to_vec();
+    for (i, v) in y.iter_mut().enumerate() {
+        if i % t < 6 {
+            *v = smelt_core::ops::cross_entropy::IGNORE;
+        }
+    }
+    let micro = vec![(x, Tensor::from_u32(y, &[b, t]).unwrap())];
+    let layout = smelt_train::Layout::token_weighted(&micro, vec![None]).unwrap();
+    let grads = |side: bool| {
+        smelt_model::model::force_lora_side(Some(side));
+        let out = smelt_train::gradients(&m, &micro, &layout).unwrap();
+        smelt_model::model::force_lora_side(None);
+        out
+    };
+    let ((l0, g0), (l1, g1)) = (grads(false), grads(true));
+    assert!((l0 - l1).abs() <= 1e-5 * l0.abs(), "loss {l0} (separate) vs {l1} (one product)");
+    assert_eq!(g0.len(), g1.len());
+    // The forms differ in their sums' order, so some gradient differs in its last bits: a check
+    // that the forced form was the one run.
+    let bits =
+        |g: &[Tensor]| -> Vec<u32> { g.iter().flat_map(|t| t.to_vec_f32().unwrap()).map(f32::to_bits).collect() };
+    let differing = bits(&g0).iter().zip(bits(&g1)).filter(|(a, b)| **a != *b).count();
+    println!("loss {l0} vs {l1}; {differing} gradient values differ in their bits");
+    assert!(differing > 0, "the two forms gave identical bits: was the one-product form run?");
+    for (i, (a, b)) in g0.iter().zip(&g1).enumerate() {
+        let e = smelt_testing::nmse(&b.to_vec_f32().unwrap(), &a.to_vec_f32().unwrap());
+        assert!(e < 1e-10, "adapter gradient {i}: NMSE {e:e} between the two forms");
+    }
+}

@@ -153,8 +153,12 @@ fn kernels_compile() {
         (
             "elementwise",
             ops::elementwise::cuda::SRC,
-            [x(&["add", "mul", "scale"], &one), x(&["add_assign"], &two), plain(&["f32_to_bf16", "bf16_to_f32"])]
-                .concat(),
+            [
+                x(&["add", "mul", "scale", "copy_cols"], &one),
+                x(&["add_assign"], &two),
+                plain(&["f32_to_bf16", "bf16_to_f32"]),
+            ]
+            .concat(),
         ),
         ("dropout", ops::dropout::cuda::SRC, x(&["dropout"], &one)),
         (

@@ -88,6 +88,55 @@ pub fn cast(a: &Tensor, to: DType) -> Result<Tensor> {
     Tensor::from_device_buf(y, a.shape())
 }
 
+/// rows × cols elements from `src` (row stride sld, starting `s0` elements in) to `dst` (row
+/// stride dld, `d0` elements in): copy_cols in elementwise.cu.
+#[allow(clippy::too_many_arguments)]
+fn copy_cols(
+    src: &DeviceBuf,
+    s0: usize,
+    sld: usize,
+    dst: &DeviceBuf,
+    d0: usize,
+    dld: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let name = cuda::kname("copy_cols", &[src.dtype], "copy_cols")?;
+    let gpu = &src.gpu;
+    let f = gpu.function("elementwise", SRC, &name)?;
+    let es = src.dtype.size_in_bytes() as u64;
+    let (sp, dp) = (src.ptr() + s0 as u64 * es, dst.ptr() + d0 as u64 * es);
+    let (sld, dld, rows64, cols32) = (sld as i64, dld as i64, rows as i64, cols as i32);
+    let mut l = gpu.stream.launch_builder(&f);
+    l.arg(&sp).arg(&sld).arg(&dp).arg(&dld).arg(&rows64).arg(&cols32);
+    cuda::launched(unsafe { l.launch(cuda::grid_for((rows * cols).div_ceil(8), 256)) }, &name)
+}
+
+pub fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
+    let bufs = parts.iter().map(|p| p.cuda_buf()).collect::<Result<Vec<_>>>()?;
+    let dt = bufs[0].dtype;
+    let rows = parts[0].rows();
+    let total: usize = parts.iter().map(|p| p.cols()).sum();
+    let y = DeviceBuf::alloc(&bufs[0].gpu, dt, rows * total)?;
+    let mut c0 = 0;
+    for (p, b) in parts.iter().zip(&bufs) {
+        copy_cols(b, 0, p.cols(), &y, c0, total, rows, p.cols())?;
+        c0 += p.cols();
+    }
+    Tensor::from_device_buf(y, &[rows, total])
+}
+
+pub fn narrow_cols(x: &Tensor, start: usize, n: usize) -> Result<Tensor> {
+    let xb = x.cuda_buf()?;
+    let rows = x.rows();
+    let y = DeviceBuf::alloc(&xb.gpu, xb.dtype, rows * n)?;
+    copy_cols(xb, start, x.cols(), &y, 0, n, rows, n)?;
+    Tensor::from_device_buf(y, &[rows, n])
+}
+
 impl super::ElementwiseKernels for crate::backend::Cuda {
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         add(a, b)
@@ -107,5 +156,11 @@ impl super::ElementwiseKernels for crate::backend::Cuda {
     }
     fn cast(&self, a: &Tensor, dtype: DType) -> Result<Tensor> {
         cast(a, dtype)
+    }
+    fn concat_cols(&self, parts: &[&Tensor]) -> Result<Tensor> {
+        concat_cols(parts)
+    }
+    fn narrow_cols(&self, x: &Tensor, start: usize, n: usize) -> Result<Tensor> {
+        narrow_cols(x, start, n)
     }
 }

@@ -57,3 +57,35 @@ template <typename TA, typename TY> __device__ __forceinline__ void convert(cons
 }
 extern "C" __global__ void f32_to_bf16(const float* a, bf16_t* y, long long n) { convert(a, y, n); }
 extern "C" __global__ void bf16_to_f32(const bf16_t* a, float* y, long long n) { convert(a, y, n); }
+
+// dst[r, c] = src[r, c] for r < rows, c < cols, row strides sld and dld (elements; the pointers
+// already at the first column): a column block copied into or out of a wider matrix
+// (`concat_cols`, `narrow_cols`). 16-byte vectors where cols, both strides and both pointers
+// allow, element by element otherwise.
+template <typename T>
+__device__ __forceinline__ void copy_cols(const T* src, long long sld, T* dst, long long dld, long long rows, int cols) {
+    const int W = 16 / sizeof(T);
+    bool vec = cols % W == 0 && sld % W == 0 && dld % W == 0 && aligned16(src) && aligned16(dst);
+    long long tid = blockIdx.x * (long long)blockDim.x + threadIdx.x, stride = (long long)gridDim.x * blockDim.x;
+    if (vec) {
+        int vpr = cols / W;
+        for (long long i = tid; i < rows * vpr; i += stride) {
+            long long r = i / vpr;
+            int v = (int)(i - r * vpr);
+            ((uint4*)(dst + r * dld))[v] = ((const uint4*)(src + r * sld))[v];
+        }
+        return;
+    }
+    for (long long i = tid; i < rows * cols; i += stride) {
+        long long r = i / cols;
+        int c = (int)(i - r * cols);
+        dst[r * dld + c] = src[r * sld + c];
+    }
+}
+extern "C" __global__ void copy_cols_f32(const float* src, long long sld, float* dst, long long dld, long long rows, int cols) {
+    copy_cols(src, sld, dst, dld, rows, cols);
+}
+extern "C" __global__ void copy_cols_bf16(const bf16_t* src, long long sld, bf16_t* dst, long long dld, long long rows,
+                                          int cols) {
+    copy_cols(src, sld, dst, dld, rows, cols);
+}

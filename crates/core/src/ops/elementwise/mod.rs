@@ -18,6 +18,10 @@ pub trait ElementwiseKernels {
     fn div_scalar(&self, a: &Tensor, d: f32) -> Result<Tensor>;
     /// `a` stored as `dtype`.
     fn cast(&self, a: &Tensor, dtype: crate::DType) -> Result<Tensor>;
+    /// The 2-D `parts` (one row count, dtype and device) side by side: (rows, Σ cols).
+    fn concat_cols(&self, parts: &[&Tensor]) -> Result<Tensor>;
+    /// Columns start .. start + n of the 2-D `x`.
+    fn narrow_cols(&self, x: &Tensor, start: usize, n: usize) -> Result<Tensor>;
 }
 
 /// Elements per parallel task of the CPU's elementwise kernels (each element on its own, so
@@ -77,6 +81,27 @@ impl ElementwiseKernels for Cpu {
         // Compute is f32 on the CPU: a cast is a storage conversion.
         a.to_dtype(dtype)
     }
+    fn concat_cols(&self, parts: &[&Tensor]) -> Result<Tensor> {
+        let rows = parts[0].rows();
+        let total: usize = parts.iter().map(|p| p.cols()).sum();
+        let mut out = vec![0f32; rows * total];
+        let mut c0 = 0;
+        for p in parts {
+            let (c, v) = (p.cols(), p.to_dtype(crate::DType::F32)?);
+            for (o, src) in out.chunks_exact_mut(total).zip(v.as_f32()?.chunks_exact(c.max(1))) {
+                o[c0..c0 + c].copy_from_slice(src);
+            }
+            c0 += c;
+        }
+        Tensor::from_f32(out, &[rows, total])?.to_dtype(parts[0].dtype())
+    }
+    fn narrow_cols(&self, x: &Tensor, start: usize, n: usize) -> Result<Tensor> {
+        let (rows, c) = (x.rows(), x.cols());
+        let v = x.to_dtype(crate::DType::F32)?;
+        let out: Vec<f32> =
+            v.as_f32()?.chunks_exact(c.max(1)).take(rows).flat_map(|r| r[start..start + n].iter().copied()).collect();
+        Tensor::from_f32(out, &[rows, n])?.to_dtype(x.dtype())
+    }
 }
 
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -131,6 +156,25 @@ pub fn max_abs(a: &Tensor) -> Result<f32> {
         return Ok(a.to_vec_f32()?.iter().fold(0f32, |m, &v| m.max(v.abs())));
     }
     Ok(a.as_f32()?.iter().fold(0f32, |m, &v| m.max(v.abs())))
+}
+
+/// The 2-D `parts` side by side, (rows, Σ cols): each row of the result is the parts' rows one
+/// after another. One row count, dtype and device for all.
+pub fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
+    let Some(first) = parts.first() else { bail!("concat_cols: no parts") };
+    if parts.iter().any(|p| p.shape().len() != 2 || p.rows() != first.rows() || p.dtype() != first.dtype()) {
+        let shapes: Vec<_> = parts.iter().map(|p| (p.shape().to_vec(), p.dtype())).collect();
+        bail!("concat_cols: 2-D parts of one row count and dtype, got {shapes:?}");
+    }
+    backend::on("concat_cols", parts.iter().copied())?.concat_cols(parts)
+}
+
+/// Columns start .. start + n of the 2-D `x` (a copy).
+pub fn narrow_cols(x: &Tensor, start: usize, n: usize) -> Result<Tensor> {
+    if x.shape().len() != 2 || start + n > x.cols() {
+        bail!("narrow_cols: columns {start}..{} of a {:?} tensor", start + n, x.shape());
+    }
+    backend(x.device()).narrow_cols(x, start, n)
 }
 
 /// `a` stored as `dtype` (on its device). On CUDA: f32 ↔ bf16 by a kernel (mixed precision

@@ -367,6 +367,12 @@ pub(crate) fn operand(t: &Tensor, op: Operand, weight: bool, what: &str) -> Resu
     }
 }
 
+/// `ops::matmul::weight_operand` on CUDA.
+pub(crate) fn weight_operand(w: &Tensor) -> Result<Tensor> {
+    let (op, _) = precision();
+    operand(w, op, true, "linear weight")
+}
+
 fn cached_bf16(w: &Tensor) -> Result<Tensor> {
     let b = w.cuda_buf()?;
     if let Some(t) = b.bf16_shadow.get() {

@@ -259,6 +259,16 @@ pub fn linear_many(x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)]) -> Result<Vec<
     backend::on("linear", all)?.linear_many(x, ws, n, k)
 }
 
+/// `w` as the products read it on its device: under mixed precision on a GPU an f32 weight's
+/// bf16 copy (made once and kept with it), else `w` itself.
+pub fn weight_operand(w: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if !w.device().is_cpu() {
+        return cuda::weight_operand(w);
+    }
+    Ok(w.clone())
+}
+
 /// Until the guard drops, the next matvec launched on this thread (a decode row's product on a
 /// GPU) also prefetches the first `max_bytes` of each of `ws` into L2 (`cuda::prefetch`): a
 /// hint, no result changes; nothing on the CPU or without the cuda feature.
