@@ -257,6 +257,33 @@ fn kernels_compile() {
     println!("{name}: wgmma kernels");
 }
 
+/// Column blocks (`concat_cols`, `narrow_cols`: LoRA's [x | down] and its gradient's split) copy
+/// exactly, f32 and bf16, with widths that take the 16-byte path (multiples of 8) and widths that
+/// do not (odd ones, so element by element).
+#[test]
+fn parity_concat_and_narrow_columns() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    for (rows, widths) in [(37usize, vec![16usize, 48]), (5, vec![3, 7, 1]), (1030, vec![896, 32])] {
+        for dt in [crate::DType::F32, crate::DType::BF16] {
+            let parts: Vec<Tensor> =
+                widths.iter().map(|&w| randn(&mut r, &[rows, w], 1.0).to_dtype(dt).unwrap()).collect();
+            let host: Vec<&Tensor> = parts.iter().collect();
+            let want = ops::elementwise::concat_cols(&host).unwrap();
+            let dev_parts: Vec<Tensor> = parts.iter().map(|p| p.to_device(d).unwrap()).collect();
+            let got = ops::elementwise::concat_cols(&dev_parts.iter().collect::<Vec<_>>()).unwrap();
+            assert_eq!(got.dtype(), dt);
+            assert_eq!(got.to_vec_f32().unwrap(), want.to_vec_f32().unwrap(), "concat {rows} × {widths:?} {dt:?}");
+            let mut c0 = 0;
+            for (p, &w) in parts.iter().zip(&widths) {
+                let back = ops::elementwise::narrow_cols(&got, c0, w).unwrap();
+                assert_eq!(back.to_vec_f32().unwrap(), p.to_vec_f32().unwrap(), "narrow {c0}..{} {dt:?}", c0 + w);
+                c0 += w;
+            }
+        }
+    }
+}
+
 /// Dropout draws the CPU's mask on the device: f32 bit for bit, bf16 as the CPU op on the same
 /// (bf16-rounded) values within one rounding.
 #[test]
