@@ -811,7 +811,7 @@ fn block(
         }
         (None, _) => {
             // The next layer's q/k/v into L2 while this down product streams its weights.
-            let _pf = prefetch_next(&w.next_qkv.iter().collect::<Vec<_>>(), usize::MAX);
+            let _pf = w.prefetch.then(|| prefetch_next(&w.next_qkv.iter().collect::<Vec<_>>(), usize::MAX));
             proj(g, l, w, Role::WDown, &act, None)?
         }
     };
@@ -1298,8 +1298,10 @@ impl Model {
                 x = out.pop().unwrap();
             } else {
                 let mut w = LayerVars::new(&plan, &inputs);
-                w.prefetch = decode_row;
-                if decode_row && l + 1 < c.n_layers {
+                // Not with an adapter: its A product launches before each base product and
+                // would take the hint meant for the base's (large) matvec.
+                w.prefetch = decode_row && run.is_none();
+                if w.prefetch && l + 1 < c.n_layers {
                     let next = &self.idx.layers[l + 1];
                     w.next_qkv = [Role::Wq, Role::Wk, Role::Wv]
                         .iter()

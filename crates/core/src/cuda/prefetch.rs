@@ -60,15 +60,21 @@ pub fn hint(ws: &[&Tensor], max_bytes: usize) -> Hint {
 /// bytes a matvec reads for each weight — a quantised weight's blocks; a dense one's bf16 copy
 /// under mixed precision where the weight is f32 and the copy exists (never made here), else its
 /// own buffer. Host weights are skipped.
-pub(crate) fn take(bf16_operands: bool) -> [(u64, i64); RANGES] {
+pub(crate) fn take(gpu: &super::Gpu, bf16_operands: bool) -> [(u64, i64); RANGES] {
     let mut out = [(0u64, 0i64); RANGES];
     let (ws, max_bytes) = NEXT.with(|n| std::mem::take(&mut *n.borrow_mut()));
     for (slot, w) in out.iter_mut().zip(&ws) {
+        // Only this GPU's memory (another device's address is not to be prefetched here).
         if let Some(q) = w.as_device_quant() {
-            *slot = (q.blocks.ptr(), (q.rows * q.row_bytes).min(max_bytes) as i64);
+            if q.blocks.gpu.ordinal == gpu.ordinal {
+                *slot = (q.blocks.ptr(), (q.rows * q.row_bytes).min(max_bytes) as i64);
+            }
             continue;
         }
         let Ok(b) = w.cuda_buf() else { continue };
+        if b.gpu.ordinal != gpu.ordinal {
+            continue;
+        }
         let read = match (b.dtype, bf16_operands) {
             (DType::F32, true) => match b.bf16_shadow.get().and_then(|t| t.cuda_buf().ok()) {
                 Some(s) => s,

@@ -223,7 +223,7 @@ fn gemv3(
         if g.is_some() {
             b.arg(&g32);
         }
-        let pf = cuda::prefetch::take(dt == DType::BF16);
+        let pf = cuda::prefetch::take(&gpu, dt == DType::BF16);
         for (p, n) in &pf {
             b.arg(p).arg(n);
         }
@@ -268,7 +268,7 @@ fn gemv_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize, norm: O
         if g.is_some() {
             b.arg(&g32);
         }
-        let pf = cuda::prefetch::take(dt == DType::BF16);
+        let pf = cuda::prefetch::take(&gpu, dt == DType::BF16);
         for (p, n) in &pf {
             b.arg(p).arg(n);
         }

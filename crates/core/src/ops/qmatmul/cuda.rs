@@ -171,7 +171,7 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
     }
     l.arg(&gs);
-    let pf = cuda::prefetch::take(true);
+    let pf = cuda::prefetch::take(&gpu, true);
     for (p, n) in &pf {
         l.arg(p).arg(n);
     }
@@ -286,7 +286,7 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     let (xf, xq, xd) = q.ptrs();
     l.arg(&xf).arg(&xq).arg(&xd).arg(&n32).arg(&k32);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb).arg(&g32);
-    let pf = cuda::prefetch::take(true);
+    let pf = cuda::prefetch::take(&gpu, true);
     for (p, n) in &pf {
         l.arg(p).arg(n);
     }
@@ -323,7 +323,7 @@ pub fn add_rmsnorm_swiglu(
     let mut l = cuda::launch::Launch::new(&gpu, &f, func); // programmatic: qmatmul.cu waits after its first loads
     nm.push(&mut l);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb64).arg(&g32);
-    let pf = cuda::prefetch::take(true);
+    let pf = cuda::prefetch::take(&gpu, true);
     for (p, n) in &pf {
         l.arg(p).arg(n);
     }
@@ -373,7 +373,7 @@ pub fn add_rmsnorm_linear_many(
         l.arg(&s.0).arg(&s.1).arg(&s.2).arg(&s.3);
     }
     l.arg(&gs);
-    let pf = cuda::prefetch::take(true);
+    let pf = cuda::prefetch::take(&gpu, true);
     for (p, n) in &pf {
         l.arg(p).arg(n);
     }

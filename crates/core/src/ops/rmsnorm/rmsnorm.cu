@@ -221,7 +221,8 @@ __device__ __forceinline__ void bwd_resident(const TX* x, const float* w, float 
 #pragma unroll
             for (int e = 0; e < 8; e++) acc += wv[e] * dv[k][e] * xv[k][e] * s;
             // dw's column partial (rmsnorm_bwd_dw_part's expression), in this lane's own words.
-            // 16-byte accesses: scalar ones, 8 words apart lane to lane, would be 8-way bank conflicts.
+            // 16-byte accesses (2-way bank conflicts: a quarter-warp's lanes are 8 words apart);
+            // scalar ones, 8 words apart lane to lane, would be 8-way.
             if (dws) {
                 float4* d4 = (float4*)(dws + i);
                 float4 a = d4[0], b = d4[1];
@@ -291,7 +292,7 @@ __device__ void rmsnorm_bwd(const TX* x, const float* w, const float* rstd, cons
 template <typename TX, typename TY, typename TR>
 __device__ void rmsnorm_bwd_rows(const TX* x, const float* w, const float* rstd, const TY* dy, const TX* gh, TX* dx,
                                  TR* dr, float* part, long long n, int c, int rpw) {
-    extern __shared__ float rms_dws[];
+    extern __shared__ __align__(16) float rms_dws[];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float* dws = rms_dws + (long long)warp * c;
     for (int i = lane; i < c; i += 32) dws[i] = 0.f;
