@@ -90,6 +90,16 @@ __device__ __forceinline__ void fwd_scale(const TX* src, const float* w, TY* y, 
 // arithmetic and its order are the two-pass form's (the same sums, the same roundings), so
 // both give the same bits; the two-pass form stays for longer rows and unaligned ones.
 #define RES_K 8
+// A thread's chunks of row g.row into registers (chunk k: elements g.t·8 + k·g.nt·8 …, 8 of
+// them), every load issued before any is used.
+template <typename T>
+__device__ __forceinline__ void load_row(const T* p, RowGroup g, int c, float (&v)[RES_K][8]) {
+#pragma unroll
+    for (int k = 0; k < RES_K; k++) {
+        int i = g.t * 8 + k * g.nt * 8;
+        if (i < c) load8(p + g.row * c + i, v[k]);
+    }
+}
 template <typename TX, typename TR, typename TY>
 __device__ __forceinline__ void fwd_resident(const TX* x, const TR* r, const float* w, TX* h, TY* y, float* rstd,
                                              RowGroup g, int c, float eps, int wpr) {
@@ -98,14 +108,10 @@ __device__ __forceinline__ void fwd_resident(const TX* x, const TR* r, const flo
     float v[RES_K][8];
     float ss = 0.f;
     if (g.live) {
-#pragma unroll
-        for (int k = 0; k < RES_K; k++)
-            if (g.t * 8 + k * step < c) load8(x + off + g.t * 8 + k * step, v[k]);
+        load_row(x, g, c, v);
         if (r) {
             float rv[RES_K][8];
-#pragma unroll
-            for (int k = 0; k < RES_K; k++)
-                if (g.t * 8 + k * step < c) load8(r + off + g.t * 8 + k * step, rv[k]);
+            load_row(r, g, c, rv);
 #pragma unroll
             for (int k = 0; k < RES_K; k++) {
                 int i = g.t * 8 + k * step;
@@ -205,13 +211,8 @@ __device__ __forceinline__ void bwd_resident(const TX* x, const float* w, float 
     float xv[RES_K][8], dv[RES_K][8];
     float acc = 0.f;
     if (g.live) {
-#pragma unroll
-        for (int k = 0; k < RES_K; k++) {
-            int i = g.t * 8 + k * step;
-            if (i >= c) continue;
-            load8(x + off + i, xv[k]);
-            load8(dy + off + i, dv[k]);
-        }
+        load_row(x, g, c, xv);
+        load_row(dy, g, c, dv);
 #pragma unroll
         for (int k = 0; k < RES_K; k++) {
             int i = g.t * 8 + k * step;
@@ -247,11 +248,7 @@ __device__ __forceinline__ void bwd_resident(const TX* x, const float* w, float 
 #pragma unroll
         for (int e = 0; e < 8; e++) xv[k][e] = s * (wv[e] * dv[k][e] - xv[k][e] * s * mean);
     }
-    if (gh) {
-#pragma unroll
-        for (int k = 0; k < RES_K; k++)
-            if (g.t * 8 + k * step < c) load8(gh + off + g.t * 8 + k * step, dv[k]);
-    }
+    if (gh) load_row(gh, g, c, dv);
 #pragma unroll
     for (int k = 0; k < RES_K; k++) {
         int i = g.t * 8 + k * step;
