@@ -8,7 +8,8 @@
 #   cd DIR && bash ds_check.sh . fixes,swiglu,peers124   # ~5 min: re-runs, SwiGLU A/B at the LoRA shape, 124M vs torch
 #   cd DIR && bash ds_check.sh . attn,norm,ncuattn # ~7 min: attention alone vs SDPA, RMSNorm rows in registers A/B, ncu of the attention kernels
 #   cd DIR && bash ds_check.sh . prefetch          # ~4 min: batch-1 decode with and without the L2 prefetch hints
-#   cd DIR && bash ds_check.sh . ab                # ~8 min: this build against DIR/smelt-base (1B, large, LoRA, decode)
+#   cd DIR && bash ds_check.sh . ab                # ~5 min: this build against DIR/smelt-base, training at 1B and large
+#   cd DIR && bash ds_check.sh . ab2               # ~6 min: the same at the LoRA shape and in 135M/1B bf16 decode
 #   cd DIR && bash ds_check.sh . gemm              # ~5 min: cuBLASLt timing 32 (and 1) candidates against 8, 1B and large
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
@@ -123,15 +124,15 @@ if part ncuattn; then
     python3 ncu_details.py "$OUT/ncu-attn-$v.csv" --min-us 200 --per-name 1
   done
 fi
-# ab: this build against smelt-base (an earlier main's build carried beside it, e.g. 650ab17's:
+# ab, ab2: this build against smelt-base (an earlier main's build carried beside it, e.g. 650ab17's:
 # `CARGO_TARGET_DIR=... cargo build --release --features cuda -p smelt` in a worktree of it,
 # stripped, copied to DIR/smelt-base): 1B and large training, the LoRA shape, 135M and 1B bf16
 # decode, every default of each build, in one call. What changed between them shows as a whole
 # (the kernels without their own switch: AdamW's 16-byte accesses, RoPE's 32-bit indexing).
-part ab && [ ! -x "$D/smelt-base" ] && echo "ab: no $D/smelt-base carried: skipped"
-if part ab && [ -x "$D/smelt-base" ]; then
-  timeout 420 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --smelt-base "$D/smelt-base" --shapes 1b,large \
-    --no-peers --out "$OUT/ab" 2>&1 | tail -8
+(part ab || part ab2) && [ ! -x "$D/smelt-base" ] && echo "ab: no $D/smelt-base carried: skipped"
+part ab && [ -x "$D/smelt-base" ] && timeout 500 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" \
+  --smelt-base "$D/smelt-base" --shapes 1b,large --no-peers --out "$OUT/ab" 2>&1 | tail -8
+if part ab2 && [ -x "$D/smelt-base" ]; then
   [ -f /tmp/lora/model/model.safetensors ] || timeout 200 python3 bench/lora_cuda.py --smelt "$D/smelt" \
     --skip smelt,smelt-ckpt,e2e,eager,compile --iters 1 --out /tmp/lora >/dev/null 2>&1
   L="--model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda --batch-size 8 --seq-len 2048 --decode-tokens 1 --no-forward --format json"
