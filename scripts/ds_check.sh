@@ -99,9 +99,11 @@ if part norm; then
 fi
 # attn: the training attention alone beside PyTorch's SDPA (cuDNN) at 124M, large, 1B and the
 # LoRA shape (bench/attn_vs_torch.py over attn_bench): the default forms, the dS path off, the
+# dS path's dk/dv split over 2, 4 or 7 parts of each GQA group (SMELT_CUDA_ATTN_HSPLIT: the LoRA
+# shape's 7 query heads a KV head over 32 key tiles × 2 KV heads × 8 make 512 long blocks), the
 # pipelined wgmma kernels. Kernel time against the peer's, without the rest of the step.
 part attn && timeout 300 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/attn" \
-  --variants "ds0:SMELT_CUDA_ATTN_DS=0;wgp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64,SMELT_CUDA_ATTN_DS=0" 2>&1 | tail -20
+  --variants "ds0:SMELT_CUDA_ATTN_DS=0;hs2:SMELT_CUDA_ATTN_HSPLIT=2;hs4:SMELT_CUDA_ATTN_HSPLIT=4;hs7:SMELT_CUDA_ATTN_HSPLIT=7;wgp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64,SMELT_CUDA_ATTN_DS=0" 2>&1 | tail -28
 # ncuattn: why the attention kernels run at 150-230 TFLOP/s (and the pipelined wgmma ones
 # slower): ncu's throughput, occupancy, scheduler and warp-state sections plus stall reasons,
 # tensor-pipe activity and shared-memory bank conflicts for one launch of each training kernel at

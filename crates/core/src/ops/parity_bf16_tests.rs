@@ -792,6 +792,7 @@ fn parity_bf16_attention_ds_path() {
         let base = run(TcForms::default());
         let label = format!("b{b} q{tq} k{tk} h{h}/{kvh} w{window:?} packed {lens:?}");
         let from_zero = window.is_none() && lens.is_none();
+        let staged = run(TcForms { ds: Some(DsForm::Staged), ..Default::default() });
         for (form, forms) in [
             ("dS path", TcForms { ds: Some(DsForm::Plain), ..Default::default() }),
             ("dS path, dq one tile a warp", TcForms { ds: Some(DsForm::OneTile), ..Default::default() }),
@@ -816,6 +817,41 @@ fn parity_bf16_attention_ds_path() {
                     );
                 } else {
                     assert_eq!(n, 0, "{label} {form}: {what} differs in {n} of {} values", base[i].len());
+                }
+            }
+        }
+        // dk/dv over parts of each GQA group's query heads (`hsplit`, f32 parts summed in part
+        // order): out, lse and dq bit for bit the staged form's (dS tiles are per head, so
+        // unchanged), dk and dv within a few flipped bf16 roundings (the f32 sums grouped by part).
+        for hsplit in [2usize, 3, 8] {
+            if h / kvh < 2 {
+                break;
+            }
+            let two = run(TcForms { ds: Some(DsForm::Staged), hsplit, ..Default::default() });
+            for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {
+                let n = staged[i].iter().zip(&two[i]).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                let (mut e, mut s) = (0f64, 0f64);
+                for (a, b) in staged[i].iter().zip(&two[i]) {
+                    e += (*a as f64 - *b as f64).powi(2);
+                    s += (*a as f64).powi(2);
+                }
+                let nmse = e / s.max(1e-300);
+                println!(
+                    "{label} head split {hsplit}: {what} differs in {n} of {} values, NMSE {nmse:.3e}",
+                    staged[i].len()
+                );
+                if i >= 3 {
+                    assert!(
+                        nmse <= 1e-5,
+                        "{label} head split {hsplit}: {what} NMSE {nmse:.3e} against one block a KV head"
+                    );
+                } else {
+                    assert_eq!(
+                        n,
+                        0,
+                        "{label} head split {hsplit}: {what} differs in {n} of {} values",
+                        staged[i].len()
+                    );
                 }
             }
         }

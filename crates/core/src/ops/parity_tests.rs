@@ -126,6 +126,7 @@ fn kernels_compile() {
                     "attn_tc_fwd_d128",
                     "attn_tc_dq_d128",
                     "attn_tc_dkdv_d128",
+                    "attn_tc_dkdv_sum",
                 ]
                 .into_iter()
                 .chain(

@@ -793,7 +793,8 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
 template <int D, int BQ, int MT, bool KR, bool WG, int DS = 0>
 __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                         const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
-                        float scale, const unsigned int* starts, const unsigned int* ends, int pc, bf16_t* dst = nullptr) {
+                        float scale, const unsigned int* starts, const unsigned int* ends, int pc, bf16_t* dst = nullptr,
+                        int hsplit = 1, float* part = nullptr) {
     static_assert(!KR || MT == 1, "K and V fragments in registers: one 16-row tile a warp");
     static_assert(!WG || KR, "wgmma takes K and V from registers");
     static_assert(!DS || (MT == 1 && BQ == DS_T && !WG), "dS tiles: 64 keys × 64 queries, mma.sync");
@@ -806,7 +807,12 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
     float* Ls = (float*)(Os + 2 * TS);  // 2 × BQ: lse
     float* Ds = Ls + 2 * BQ;                 // 2 × BQ: delta
     TcTile tt = tc_tile(pc);
-    int b = tt.z, g = tt.y, grp = H / KVH;
+    // With hsplit > 1 (part set) the grid's y is (KV head, part of its query heads): this block
+    // takes query heads h0 … h0 + gh − 1 of the group and stores its unscaled f32 sums as part
+    // hp, which attn_tc_dkdv_sum adds in part order (a GQA group of many heads over few key
+    // tiles is otherwise a few long blocks the rest of the grid waits for).
+    int b = tt.z, g = tt.y / hsplit, hp = tt.y % hsplit, grp = H / KVH;
+    int gp = (grp + hsplit - 1) / hsplit, h0 = hp * gp, gh = max(0, min(gp, grp - h0));
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
     int off = tk - tq;
     int j0 = tt.rank * ROWS;  // the first key tiles (seen by the most queries) first
@@ -825,12 +831,12 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
         int qhi = window > 0 ? min(tq, jlast + window - off) : tq;
         if (ends) qhi = min(qhi, (int)ends[qbase + jlast]);  // packed: no query after the key's example
         int nq = qhi > qlo ? (qhi - qlo + BQ - 1) / BQ : 0;
-        int ntiles = grp * nq;
+        int ntiles = gh * nq;
         load_rows<ROWS, D>(Ks, k + (long long)g * D, kbase, KVH * D, j0, tk);
         load_rows<ROWS, D>(Vs, v + (long long)g * D, kbase, KVH * D, j0, tk);
-        // Tile t: query head g·grp + t / nq, queries qlo + (t % nq)·BQ …
+        // Tile t: query head g·grp + h0 + t / nq, queries qlo + (t % nq)·BQ …
         auto issue = [&](int t) {
-            int nb = t & 1, h = g * grp + t / nq, i0 = qlo + (t % nq) * BQ;
+            int nb = t & 1, h = g * grp + h0 + t / nq, i0 = qlo + (t % nq) * BQ;
             load_tile<WG, BQ, D>(Qs + nb * TS, q + (long long)h * D, qbase, H * D, i0, qhi);
             load_tile<WG, BQ, D>(Os + nb * TS, dout + (long long)h * D, qbase, H * D, i0, qhi);
             if (threadIdx.x < BQ) {
@@ -912,7 +918,7 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
             if constexpr (DS > 0) {
                 // Rows: this warp's 16 keys; columns: the tile's 64 queries (i0 and j0 are
                 // multiples of 64 when Tq = Tk: qlo = j0).
-                int h = g * grp + t / nq;
+                int h = g * grp + h0 + t / nq;
                 bf16_t* tile = dst + ds_tile(b, h, H, tq, i0 >> 6, j0 >> 6) + warp * 16 * DS_T;
                 if (DS == 1 || !DS_BULK) {
                     unsigned* w = (unsigned*)tile;
@@ -972,10 +978,46 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
     int kvs = KVH * D;
     // Rows past tk (cache rows, or the block entirely past tk) store zeros: the accumulators
     // are zero there (every Pᵀ entry of such a key is masked), and rows ≥ s are skipped.
+    if (part) {
+        // Part hp of dk (then dv): (B·S, KVH, D) f32 each, the sums unscaled.
+        long long n = (long long)gridDim.z * s * kvs;
+        float* pk = part + (2LL * hp) * n + (long long)g * D;
+        float* pv = pk + n;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                int rr = jr + 16 * mt + 8 * half;
+                if (rr >= s) continue;
+                long long at = (kbase + rr) * (long long)kvs;
+#pragma unroll
+                for (int nt = 0; nt < D / 8; nt++) {
+                    int c = nt * 8 + 2 * tq4;
+                    *(float2*)(pk + at + c) = make_float2(ak[mt][nt][2 * half], ak[mt][nt][2 * half + 1]);
+                    *(float2*)(pv + at + c) = make_float2(av[mt][nt][2 * half], av[mt][nt][2 * half + 1]);
+                }
+            }
+        return;
+    }
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
         store_rows<D>(dk + (long long)g * D, ak[mt], kbase, kvs, jr + 16 * mt, s, scale, scale, lane);
         store_rows<D>(dv + (long long)g * D, av[mt], kbase, kvs, jr + 16 * mt, s, 1.f, 1.f, lane);
+    }
+}
+
+// dk = scale · Σ_p part_p's dk, dv = Σ_p part_p's dv, in part order, rounded once to bf16: the
+// head-split dk/dv's parts (tc_dkdv with hsplit > 1). n = B·S·KVH·D.
+extern "C" __global__ void attn_tc_dkdv_sum(const float* part, bf16_t* dk, bf16_t* dv, int hsplit, long long n,
+                                            float scale) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        float sk = 0.f, sv = 0.f;
+        for (int p = 0; p < hsplit; p++) {
+            sk += part[2LL * p * n + i];
+            sv += part[(2LL * p + 1) * n + i];
+        }
+        dk[i] = f2bf(sk * scale);
+        dv[i] = f2bf(sv);
     }
 }
 
@@ -1131,9 +1173,9 @@ __device__ void tc_delta(const bf16_t* out, const bf16_t* dout, float* delta, in
     extern "C" __global__ void LB NAME(                                                                                    \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,       \
         bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                            \
-        const unsigned int* starts, const unsigned int* ends, int pc, bf16_t* ds) {                                        \
+        const unsigned int* starts, const unsigned int* ends, int pc, bf16_t* ds, int hsplit, float* part) {               \
         tc_dkdv<D, DS_T, 1, KR, false, DS>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, \
-                                             pc, ds);                                                                      \
+                                             pc, ds, hsplit, part);                                                        \
     }
 #define TC_DQ_DS(NAME, D, MT, SW, LB)                                                                                         \
     extern "C" __global__ void LB NAME(const bf16_t* k, const bf16_t* ds, bf16_t* dq, int tq, int tk, int s, int H,       \

@@ -54,6 +54,9 @@ pub(crate) struct TcKernel {
     pub bufs: usize,
     /// One of the dS path's pair (`DS_DKDV`, `DS_DQ`): dk/dv that stores dS, dq that reads it.
     pub ds: bool,
+    /// The dS path's dk/dv: blocks a GQA group's query heads are split over (1: one block a KV
+    /// head; more: f32 parts summed by `attn_tc_dkdv_sum`). `SMELT_CUDA_ATTN_HSPLIT`.
+    pub hsplit: usize,
 }
 
 /// Which forms of the tensor-core kernels run (every choice gives the same bits; the
@@ -86,6 +89,9 @@ pub(crate) struct TcForms {
     /// `Staged` by default (measured fastest), `SMELT_CUDA_ATTN_DS=1` or `1tile` the others,
     /// `SMELT_CUDA_ATTN_DS=0` none (the three-product dq kernel, to compare).
     pub ds: Option<DsForm>,
+    /// The dS path's dk/dv over parts of each GQA group's query heads (`SMELT_CUDA_ATTN_HSPLIT=N`;
+    /// 0 or 1: one block a KV head, the default until measured). At most the group's size.
+    pub hsplit: usize,
 }
 
 /// The dS path's forms (attention_tc.cu, tc_dkdv's DS and tc_dq_ds).
@@ -183,6 +189,7 @@ pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         threads: 128,
         bufs: 2,
         ds: false,
+        hsplit: 1,
     };
     if hopper && d == 64 && f.wgmma {
         let w = |name: &str| TcKernel { wg: true, ..k(name.into(), TC_ROWS, 64) };
@@ -216,7 +223,7 @@ pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         return [
             pick(f.wg_fwd, f.fwd, fwd),
             TcKernel { ds: true, ..dq },
-            TcKernel { ds: true, ..k(dkdv.into(), TC_ROWS, DS_T) },
+            TcKernel { ds: true, hsplit: f.hsplit.max(1), ..k(dkdv.into(), TC_ROWS, DS_T) },
         ];
     }
     [pick(f.wg_fwd, f.fwd, fwd), pick(f.wg_dq, f.dq, dq), pick(f.wg_dkdv, f.dkdv, dkdv)]
@@ -261,6 +268,7 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
                     None
                 }
             },
+            hsplit: var("SMELT_CUDA_ATTN_HSPLIT").and_then(|v| v.parse().ok()).unwrap_or(1),
         }
     });
     let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
@@ -570,6 +578,9 @@ pub(crate) fn attention_backward_with(
             b.arg(pc);
             cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem, *threads)) }, name)
         };
+        // The dS path's dk/dv over parts of each GQA group (`TcKernel::hsplit`): their f32 sums.
+        let hs = if kdkdv.ds { kdkdv.hsplit.clamp(1, (dm.h / dm.kvh).max(1)) } else { 1 };
+        let part = if hs > 1 { Some(DeviceBuf::alloc(gpu, DType::F32, 2 * hs * k.numel())?) } else { None };
         let launch_dkdv = || -> Result<()> {
             let TcKernel { name, rows, tile, pc, wg, threads, bufs, .. } = kdkdv;
             let tw = if *wg { d } else { d + 8 };
@@ -597,10 +608,26 @@ pub(crate) fn attention_backward_with(
                 None => b.arg(&null).arg(&null),
             };
             b.arg(pc);
+            let hs32 = hs as i32;
             if let Some(ds) = &ds {
-                b.arg(&ds.data);
+                b.arg(&ds.data).arg(&hs32);
+                match &part {
+                    Some(p) => b.arg(&p.data),
+                    None => b.arg(&null),
+                };
             }
-            cuda::launched(unsafe { b.launch(tc_cfg((dm.s.div_ceil(*rows), dm.kvh, dm.b), smem, *threads)) }, name)
+            cuda::launched(
+                unsafe { b.launch(tc_cfg((dm.s.div_ceil(*rows), dm.kvh * hs, dm.b), smem, *threads)) },
+                name,
+            )?;
+            if let Some(p) = &part {
+                let f = tc_function(gpu, "attn_tc_dkdv_sum", 0, false)?;
+                let (n64, hs32) = (k.numel() as i64, hs as i32);
+                let mut b = gpu.stream.launch_builder(&f);
+                b.arg(&p.data).arg(&dk.data).arg(&dv.data).arg(&hs32).arg(&n64).arg(&scale);
+                cuda::launched(unsafe { b.launch(cuda::grid_for(k.numel(), 256)) }, "attn_tc_dkdv_sum")?;
+            }
+            Ok(())
         };
         match &ds {
             None => {
