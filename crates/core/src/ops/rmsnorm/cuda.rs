@@ -271,7 +271,7 @@ fn backward_rows(
         let cfg = LaunchConfig {
             grid_dim: (chunks.div_ceil(WARPS) as u32, 1, 1),
             block_dim: (32 * WARPS as u32, 1, 1),
-            shared_mem_bytes: (WARPS * c * 4) as u32,
+            shared_mem_bytes: (WARPS * c.next_multiple_of(256) * 4) as u32,
         };
         cuda::launched(unsafe { b.launch(cfg) }, &name)?;
     }

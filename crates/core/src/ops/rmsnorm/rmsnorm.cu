@@ -221,17 +221,19 @@ __device__ __forceinline__ void bwd_resident(const TX* x, const float* w, float 
             load8(w + i, wv);
 #pragma unroll
             for (int e = 0; e < 8; e++) acc += wv[e] * dv[k][e] * xv[k][e] * s;
-            // dw's column partial (rmsnorm_bwd_dw_part's expression), in this lane's own words.
-            // 16-byte accesses (2-way bank conflicts: a quarter-warp's lanes are 8 words apart);
-            // scalar ones, 8 words apart lane to lane, would be 8-way.
+            // dw's column partial (rmsnorm_bwd_dw_part's expression), in this lane's own words
+            // (rmsnorm_bwd_rows' layout, one warp a row: chunk k's first halves at k·256 + 4·lane,
+            // second halves 128 words on, so a quarter-warp's 16-byte accesses are 128
+            // contiguous bytes, one wavefront).
             if (dws) {
-                float4* d4 = (float4*)(dws + i);
-                float4 a = d4[0], b = d4[1];
+                float4* d4a = (float4*)(dws + (k << 8) + (g.t << 2));
+                float4* d4b = d4a + 32;
+                float4 a = *d4a, b = *d4b;
                 a.x += dv[k][0] * xv[k][0] * s, a.y += dv[k][1] * xv[k][1] * s;
                 a.z += dv[k][2] * xv[k][2] * s, a.w += dv[k][3] * xv[k][3] * s;
                 b.x += dv[k][4] * xv[k][4] * s, b.y += dv[k][5] * xv[k][5] * s;
                 b.z += dv[k][6] * xv[k][6] * s, b.w += dv[k][7] * xv[k][7] * s;
-                d4[0] = a, d4[1] = b;
+                *d4a = a, *d4b = b;
             }
         }
     }
@@ -284,15 +286,20 @@ __device__ void rmsnorm_bwd(const TX* x, const float* w, const float* rstd, cons
 // rmsnorm_bwd), adds each row's dy·x·rstd into its own shared-memory row of c sums (each lane
 // to the columns it loaded, so no two lanes share a word), and writes that row as chunk (the
 // warp's index) of `part`: part[chunk, j] = Σ_{rows of chunk, in order} dy·x·rstd, what
-// rmsnorm_bwd_dw_part computes for a chunk of rpw rows. Block 128 (4 warps), dynamic shared
-// memory 4·c floats; rows of 8-aligned c ≤ RES_K·8·32 (the launcher checks).
+// rmsnorm_bwd_dw_part computes for a chunk of rpw rows. The shared row is column j's sum at
+// dws_at(j) (bwd_resident's layout), ⌈c/256⌉·256 words a warp. Block 128 (4 warps), dynamic
+// shared memory 4·⌈c/256⌉·256 floats; rows of 8-aligned c ≤ RES_K·8·32 (the launcher checks).
+__device__ __forceinline__ int dws_at(int j) {
+    int k = j >> 8, l = (j & 255) >> 3, e = j & 7;
+    return (k << 8) + ((e >> 2) << 7) + (l << 2) + (e & 3);
+}
 template <typename TX, typename TY, typename TR>
 __device__ void rmsnorm_bwd_rows(const TX* x, const float* w, const float* rstd, const TY* dy, const TX* gh, TX* dx,
                                  TR* dr, float* part, long long n, int c, int rpw) {
     extern __shared__ __align__(16) float rms_dws[];
-    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    float* dws = rms_dws + (long long)warp * c;
-    for (int i = lane; i < c; i += 32) dws[i] = 0.f;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, cpad = (c + 255) & ~255;
+    float* dws = rms_dws + (long long)warp * cpad;
+    for (int i = lane; i < cpad; i += 32) dws[i] = 0.f;
     __syncwarp();
     long long chunk = (long long)blockIdx.x * (blockDim.x >> 5) + warp;
     long long r0 = chunk * rpw, r1 = r0 + rpw < n ? r0 + rpw : n;
@@ -303,7 +310,7 @@ __device__ void rmsnorm_bwd_rows(const TX* x, const float* w, const float* rstd,
     }
     __syncwarp();
     if (r0 < n)
-        for (int i = lane; i < c; i += 32) part[chunk * c + i] = dws[i];
+        for (int j = lane; j < c; j += 32) part[chunk * c + j] = dws[dws_at(j)];
 }
 
 // part[chunk, j] = Σ_{rows in chunk} dy[row, j]·x[row, j]·rstd[row]; grid (ceil(c/256), chunks).
