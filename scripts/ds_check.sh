@@ -11,6 +11,7 @@
 #   cd DIR && bash ds_check.sh . ab                # ~5 min: this build against DIR/smelt-base, training at 1B and large
 #   cd DIR && bash ds_check.sh . ab2               # ~6 min: the same at the LoRA shape and in 135M/1B bf16 decode
 #   cd DIR && bash ds_check.sh . gemm              # ~5 min: cuBLASLt timing 32 (and 1) candidates against 8, 1B and large
+#   cd DIR && bash ds_check.sh . probe             # ~20 s: one SM's read bandwidth, a cluster barrier (135M decode design)
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
@@ -148,6 +149,12 @@ if part ab2 && [ -x "$D/smelt-base" ]; then
   done
   timeout 300 python3 bench/decode_cuda.py --smelt "$D/smelt" --smelt-base "$D/smelt-base" --tokenizer "$D/tokenizer.json" \
     --shapes 135m,1b --types bf16 --variants "" --out "$OUT/decode-ab" 2>&1 | tail -5
+fi
+# probe: one SM's streaming bandwidth and a thread-block cluster's barrier (examples/cluster_probe;
+# docs/CUDA.md "What 135M's ≤ 0.25 ms would take"), beside the grid barrier measured before.
+if part probe; then
+  timeout 60 "$D/cluster_probe" 2>&1 | tail -20
+  timeout 60 "$D/grid_barrier" 2>&1 | tail -8
 fi
 # gemm: cuBLASLt timing more of its heuristic's candidates (8 by default; the 1B step's products
 # took 141 ms serialised against torch.compile's 135), 1B and large, one call; each variant with

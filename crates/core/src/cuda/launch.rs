@@ -38,6 +38,8 @@ pub struct Launch<'a> {
     forced: Option<bool>,
     /// `cooperative`: every block resident at once, or the launch fails.
     cooperative: bool,
+    /// `cluster`: blocks launched in thread-block clusters of this many (compute 9.0+).
+    cluster: u32,
     _values: PhantomData<&'a ()>,
 }
 
@@ -106,6 +108,7 @@ impl<'a> Launch<'a> {
             addrs: Vec::with_capacity(MAX_ARGS),
             forced: named_off(name).then_some(false),
             cooperative: false,
+            cluster: 0,
             _values: PhantomData,
         }
     }
@@ -115,6 +118,15 @@ impl<'a> Launch<'a> {
     /// persistent decode kernel, `ops::decode_layers`).
     pub fn cooperative(&mut self) -> &mut Self {
         self.cooperative = true;
+        self.forced = Some(false);
+        self
+    }
+
+    /// Blocks in clusters of `n` along x (never programmatic; the grid's x a multiple of n): their
+    /// shared memory is one address space and `barrier.cluster` syncs them
+    /// (`examples/cluster_probe`). Past 8 the kernel must allow a non-portable size.
+    pub fn cluster(&mut self, n: u32) -> &mut Self {
+        self.cluster = n;
         self.forced = Some(false);
         self
     }
@@ -155,6 +167,9 @@ impl<'a> Launch<'a> {
         if self.cooperative {
             attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
             attr.value.cooperative = 1;
+        } else if self.cluster > 0 {
+            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attr.value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: self.cluster, y: 1, z: 1 };
         } else {
             attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
             attr.value.programmaticStreamSerializationAllowed = 1;
@@ -169,7 +184,7 @@ impl<'a> Launch<'a> {
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.gpu.stream.cu_stream(),
             attrs: &mut attr,
-            numAttrs: (programmatic || self.cooperative) as u32,
+            numAttrs: (programmatic || self.cooperative || self.cluster > 0) as u32,
         };
         match sys::cuLaunchKernelEx(&c, self.f.cu_function(), ptrs.as_mut_ptr(), std::ptr::null_mut()) {
             sys::CUresult::CUDA_SUCCESS => Ok(()),
