@@ -139,11 +139,13 @@ if part ab2 && [ -x "$D/smelt-base" ]; then
   [ -f /tmp/lora/model/model.safetensors ] || timeout 200 python3 bench/lora_cuda.py --smelt "$D/smelt" \
     --skip smelt,smelt-ckpt,e2e,eager,compile --iters 1 --out /tmp/lora >/dev/null 2>&1
   L="--model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda --batch-size 8 --seq-len 2048 --decode-tokens 1 --no-forward --format json"
-  # The LoRA shape: both builds twice, alternating, and this build without the one-product
-  # LoRA form (SMELT_LORA_SIDE=0: the separate adapter products).
-  for run in smelt-base smelt smelt-base smelt side0; do
+  # The LoRA shape: both builds twice, alternating; this build without the one-product LoRA
+  # form (SMELT_LORA_SIDE=0: the separate adapter products), and with the dS path's dk/dv over
+  # its 7-head GQA groups in 7 parts (SMELT_CUDA_ATTN_HSPLIT=7).
+  for run in smelt-base smelt smelt-base smelt side0 hs7; do
     exe=$run; envs=()
     [ "$run" = side0 ] && exe=smelt && envs=(SMELT_LORA_SIDE=0)
+    [ "$run" = hs7 ] && exe=smelt && envs=(SMELT_CUDA_ATTN_HSPLIT=7)
     echo "== LoRA shape, $run"
     env "${envs[@]}" timeout 120 "$D/$exe" bench $L --iters 3 2>/dev/null | tail -1 | python3 -c 'import json,sys; j=json.loads(sys.stdin.read()); print("train tok/s", round(j["train_tok_s"]), "peak GiB", round(j["peak_mem_bytes"]/2**30, 2))'
   done
