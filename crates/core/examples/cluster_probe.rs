@@ -66,7 +66,8 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--compile-only") {
         let ptx = cuda::compile::compile("cluster_probe", SRC, (9, 0))?;
         if let Some(dir) = std::env::var_os("SMELT_DUMP_PTX") {
-            std::fs::write(std::path::Path::new(&dir).join("cluster_probe.ptx"), &ptx)?; // for ptxas -v
+            std::fs::write(std::path::Path::new(&dir).join("cluster_probe.ptx"), &ptx)?;
+            // for ptxas -v
         }
         println!("cluster_probe: the kernels compile for sm_90");
         return Ok(());

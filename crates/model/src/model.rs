@@ -247,7 +247,10 @@ fn proj_group(g: &mut Graph, l: usize, w: &LayerVars, roles: &[(Role, Option<Rol
             && base.tensor().dtype() != smelt_core::DType::Quant
             && b.and_then(|b| w.get(b)).is_none_or(|b| !b.requires_grad())
     });
-    if g.is_recording() && frozen_dense && lora_side_on(x.tensor().device()) {
+    // x wanting a gradient (not the first layer's, from a frozen embedding: there the separate
+    // products skip x's gradient, which [x | down_cat]'s would compute) and 16-byte rows.
+    let aligned = (x.tensor().cols() + down_cat.tensor().cols()).is_multiple_of(8);
+    if g.is_recording() && frozen_dense && x.requires_grad() && aligned && lora_side_on(x.tensor().device()) {
         let xe = g.concat_cols(&[x, &down_cat])?;
         let side = down_cat.tensor().clone();
         for (i, &(role, bias)) in roles.iter().enumerate() {

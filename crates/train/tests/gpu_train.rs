@@ -567,6 +567,44 @@ fn gpu_lora_bf16_tracks_the_cpu() {
     }
 }
 
+/// The one-product LoRA form (`Graph::linear_side`, the GPU's default) against the separate
+/// adapter products on the same GPU under mixed precision: the loss within 1e-3 relative and the
+/// adapter's gradients within NMSE 1e-4 (bf16 products grouped otherwise; the form against the
+/// CPU's is `gpu_lora_bf16_tracks_the_cpu`'s).
+#[test]
+fn gpu_lora_side_form_tracks_the_separate_products() {
+    let Some(d) = gpu() else { return };
+    cuda::set_matmul_precision(MatmulPrecision::Bf16);
+    let cfg = qwen2_like(320);
+    let targets = LoraConfig::parse_targets("all-linear").unwrap();
+    let mut m = Model::init(cfg.clone(), 5).unwrap();
+    let mut a = Adapter::init(&cfg, LoraConfig::new(16, 32.0, 0.0, &targets, false).unwrap(), 9);
+    let mut r = Rng::new(4);
+    for b in a.params.iter_mut().skip(1).step_by(2) {
+        *b = Tensor::from_f32((0..b.numel()).map(|_| 0.02 * r.normal() as f32).collect(), b.shape()).unwrap();
+    }
+    m.attach(a).unwrap();
+    m.to_device(d).unwrap();
+    let micro = markov_batches(320, 2, 96, 2, 8);
+    let layout = Layout::token_weighted(&micro, vec![None; micro.len()]).unwrap();
+    let grads = |side: bool| {
+        smelt_model::model::force_lora_side(Some(side));
+        let out = smelt_train::gradients(&m, &micro, &layout).unwrap();
+        smelt_model::model::force_lora_side(None);
+        out
+    };
+    let ((l0, g0), (l1, g1)) = (grads(false), grads(true));
+    cuda::set_matmul_precision(MatmulPrecision::F32);
+    println!("loss separate {l0:.6} one product {l1:.6}");
+    assert!((l0 - l1).abs() < 1e-3 * l0.abs(), "loss {l1} against {l0}");
+    let mut worst = 0f64;
+    for (a, b) in g0.iter().zip(&g1) {
+        worst = worst.max(nmse(&b.to_device(Device::Cpu).unwrap(), &a.to_device(Device::Cpu).unwrap()));
+    }
+    println!("worst adapter gradient NMSE between the forms {worst:.3e}");
+    assert!(worst < 1e-4, "adapter gradient NMSE {worst:e} between the forms");
+}
+
 /// QLoRA on the GPU: a base whose matrices (the tied embedding and every projection) stay Q8_0
 /// on the device trains an adapter (B non-zero). Its gradients are those of the dequantised
 /// base on the CPU: with f32 matmuls the GPU dequantises each matrix for its products (the

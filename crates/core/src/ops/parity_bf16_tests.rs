@@ -774,6 +774,9 @@ fn parity_bf16_attention_ds_path() {
         (2, 150, 150, 4, 2, None, Some(vec![5, 70, 1, 74])),
         (1, 300, 300, 8, 2, Some(40), Some(vec![100, 3, 130, 67])),
         (1, 70, 200, 4, 1, None, None),
+        // The LoRA shape's grouping: 7 query heads a KV head (head splits of 2, 3 and 7 parts:
+        // uneven, all parts non-empty).
+        (1, 130, 130, 14, 2, None, None),
     ] {
         let dm = ops::attention::AttnDims { b, tq, tk, s: tk, h, kvh, d: 64, window };
         let q = upb(&randn(&mut r, &[b, tq, h, 64], 1.0), d);
@@ -823,7 +826,7 @@ fn parity_bf16_attention_ds_path() {
         // dk/dv over parts of each GQA group's query heads (`hsplit`, f32 parts summed in part
         // order): out, lse and dq bit for bit the staged form's (dS tiles are per head, so
         // unchanged), dk and dv within a few flipped bf16 roundings (the f32 sums grouped by part).
-        for hsplit in [2usize, 3, 8] {
+        for hsplit in [2usize, 3, 7, 8] {
             if h / kvh < 2 {
                 break;
             }

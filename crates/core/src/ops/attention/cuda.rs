@@ -579,7 +579,9 @@ pub(crate) fn attention_backward_with(
             cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem, *threads)) }, name)
         };
         // The dS path's dk/dv over parts of each GQA group (`TcKernel::hsplit`): their f32 sums.
-        let hs = if kdkdv.ds { kdkdv.hsplit.clamp(1, (dm.h / dm.kvh).max(1)) } else { 1 };
+        // Parts of ⌈group/hs⌉ heads, as many as that takes (no empty part: 4 heads in 3 → 2 of 2).
+        let grp = (dm.h / dm.kvh).max(1);
+        let hs = if kdkdv.ds { grp.div_ceil(grp.div_ceil(kdkdv.hsplit.clamp(1, grp))) } else { 1 };
         let part = if hs > 1 { Some(DeviceBuf::alloc(gpu, DType::F32, 2 * hs * k.numel())?) } else { None };
         let launch_dkdv = || -> Result<()> {
             let TcKernel { name, rows, tile, pc, wg, threads, bufs, .. } = kdkdv;
