@@ -117,7 +117,7 @@ if part ncuattn; then
   for v in default wgp; do
     env=()
     [ $v = wgp ] && env=(SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64 SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64 SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64 SMELT_CUDA_ATTN_DS=0)
-    env "${env[@]}" timeout 240 "$NCU" --csv --page details --clock-control none -k 'regex:attn_(tc|wgp)_(fwd|dq|dkdv)' \
+    env "${env[@]}" timeout 240 "$NCU" --csv --page details --clock-control none -k 'regex:attn_(tc|wgp)_(fwd|dq|dkdv).*' \
       --launch-count 40 --section SpeedOfLight --section Occupancy --section WarpStateStats \
       --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats \
       --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum' \
