@@ -338,12 +338,12 @@ impl Graph {
 
     /// y = x_ext·[w | b placed at columns off]ᵀ + bias with x_ext = [x | side] (`concat_cols`):
     /// x·wᵀ + side[:, off .. off + r]·bᵀ + bias in one product over K = in + side's width — a
-    /// frozen projection and its LoRA adapter's up product (b = B, r × … its rank; `side` the
-    /// adapters' s·A·x) with no (N, out) adapter output written and read again, and in the
-    /// backward x_ext's gradient from one product, which gives x's and the side's at once.
-    /// `w` and `bias` must be frozen; b gets dyᵀ·side's columns off .. off + r. The combined
-    /// weight [w | 0 … b … 0] is made in the forward from w as the products read it
-    /// (`weight_operand`) and made again in the backward (not kept).
+    /// frozen projection and its LoRA adapter's up product (b = B, (out, r); `side` the
+    /// adapters' s·A·x, (N, side's width)) with no (N, out) adapter output written and read
+    /// again, and in the backward x_ext's gradient from one product, which gives x's and the
+    /// side's at once. `w` and `bias` must be frozen; b gets dyᵀ·side[:, off .. off + r]. The
+    /// combined weight [w | 0 … b … 0] is made in the forward from w as the products read it
+    /// (`weight_operand`) and again in the backward for x_ext's gradient (never kept).
     pub fn linear_side(
         &mut self,
         x_ext: &Var,
