@@ -268,7 +268,13 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
                     None
                 }
             },
-            hsplit: var("SMELT_CUDA_ATTN_HSPLIT").and_then(|v| v.parse().ok()).unwrap_or(1),
+            hsplit: match var("SMELT_CUDA_ATTN_HSPLIT") {
+                None => 1,
+                Some(v) => v.parse().unwrap_or_else(|_| {
+                    eprintln!("warning: SMELT_CUDA_ATTN_HSPLIT={v} is not a number of parts (ignored)");
+                    1
+                }),
+            },
         }
     });
     let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
