@@ -324,12 +324,16 @@ impl Graph {
     pub fn concat_cols(&mut self, parts: &[&Var]) -> Result<Var> {
         let ts: Vec<&Tensor> = parts.iter().map(|p| &p.t).collect();
         let y = timed("concat_cols", || ops::elementwise::concat_cols(&ts))?;
-        let widths: Vec<usize> = parts.iter().map(|p| p.t.cols()).collect();
+        // Each part's width, and whether it wants a gradient (a frozen part gets none: no copy).
+        let widths: Vec<(usize, bool)> = parts.iter().map(|p| (p.t.cols(), p.requires_grad)).collect();
         Ok(self.push1(parts, y, move |g| {
             let mut c0 = 0;
             let mut out = Vec::with_capacity(widths.len());
-            for &w in &widths {
-                out.push(Some(timed("concat_cols.bwd", || ops::elementwise::narrow_cols(g, c0, w))?));
+            for &(w, wanted) in &widths {
+                out.push(match wanted {
+                    true => Some(timed("concat_cols.bwd", || ops::elementwise::narrow_cols(g, c0, w))?),
+                    false => None,
+                });
                 c0 += w;
             }
             Ok(out)
@@ -353,13 +357,16 @@ impl Graph {
         off: usize,
         bias: Option<&Var>,
     ) -> Result<Var> {
-        if w.requires_grad || bias.is_some_and(|b| b.requires_grad) {
+        if w.requires_grad || bias.is_some_and(|bv| bv.requires_grad) {
             bail!("linear_side: the base weight {:?} (and its bias) must be frozen", w.t.shape());
         }
         let (k, side_w, r) = (w.t.cols(), side.cols(), b.t.cols());
-        if x_ext.t.cols() != k + side_w || off + r > side_w || b.t.rows() != w.t.rows() {
+        if x_ext.t.cols() != k + side_w || side.rows() != x_ext.t.rows() || off + r > side_w || b.t.rows() != w.t.rows()
+        {
             bail!(
-                "linear_side: input {:?} for weight {:?}, side {:?}, B {:?} at column {off}",
+                "linear_side: want input columns = weight columns + side columns, side rows = input rows, \
+                 off + rank ≤ side columns and B's rows = weight rows; got input {:?}, weight {:?}, side {:?}, \
+                 B {:?} at column {off}",
                 x_ext.t.shape(),
                 w.t.shape(),
                 side.shape(),
@@ -368,7 +375,7 @@ impl Graph {
         }
         let combined = {
             let (w, b, side) = (w.t.clone(), b.t.clone(), side.clone());
-            move || -> Result<(Tensor, Tensor)> {
+            move || -> Result<Tensor> {
                 let wo = ops::matmul::weight_operand(&w)?;
                 let bo = ops::elementwise::cast(&b, wo.dtype())?;
                 let m = wo.rows();
@@ -382,25 +389,25 @@ impl Graph {
                 }
                 // (m, side's width): B at its columns, zeros elsewhere.
                 let b_pad = ops::elementwise::concat_cols(&pad.iter().collect::<Vec<_>>())?;
-                Ok((ops::elementwise::concat_cols(&[&wo, &b_pad])?, b_pad))
+                ops::elementwise::concat_cols(&[&wo, &b_pad])
             }
         };
-        let (w_ext, _) = timed("linear_side.weights", &combined)?;
+        let w_ext = timed("linear_side.weights", &combined)?;
         let y = timed("linear", || ops::matmul::linear(&x_ext.t, &w_ext, bias.map(|b| &b.t)))?;
         drop(w_ext);
         let x_shape = x_ext.t.shape().to_vec();
-        let (side, need_dx, need_db) = (side.clone(), x_ext.requires_grad, b.requires_grad);
+        let (side, bt, need_dx, need_db) = (side.clone(), b.t.clone(), x_ext.requires_grad, b.requires_grad);
         let inputs: Vec<&Var> = [Some(x_ext), Some(w), Some(b), bias].into_iter().flatten().collect();
         Ok(self.push_slots(&inputs, y, move |g, slots| {
-            let (w_ext, b_pad) = timed("linear_side.weights", &combined)?;
             if need_dx {
+                let w_ext = timed("linear_side.weights", &combined)?;
                 timed("linear.bwd", || ops::matmul::linear_dx_acc(g, &w_ext, &x_shape, &mut slots[0]))?;
             }
             if need_db {
-                // dyᵀ·side (m, side's width), then B's r columns of it.
-                let (d_pad, _) =
-                    timed("linear.bwd", || ops::matmul::linear_backward_acc_dx(&side, &b_pad, g, false, None))?;
-                accumulate(&mut slots[2], &ops::elementwise::narrow_cols(&d_pad, off, r)?)?;
+                // dyᵀ·side[:, off .. off + r]: B's (m, r) gradient.
+                let cols = ops::elementwise::narrow_cols(&side, off, r)?;
+                let (db, _) = timed("linear.bwd", || ops::matmul::linear_backward_acc_dx(&cols, &bt, g, false, None))?;
+                accumulate(&mut slots[2], &db)?;
             }
             Ok(())
         }))
@@ -1234,7 +1241,7 @@ mod tests {
 
     /// A LoRA base: `linear` and the chunked loss skip the dW product for a weight that is not
     /// trained; dx must be what the full backward gives, bit for bit, and the frozen weights get
-    /// no gradient. (Written with 64377f8, lost in a merge, restored: docs/FINETUNE.md cites it.)
+    /// no gradient.
     #[test]
     fn frozen_weights_give_the_same_input_gradient_and_no_weight_gradient() {
         let mut r = crate::rng::Rng::new(8);
