@@ -132,4 +132,5 @@ fn main() -> anyhow::Result<()> {
 #[cfg(not(feature = "cuda"))]
 fn main() {
     eprintln!("cluster_probe times a GPU: build it with --features cuda (see the header)");
+    std::process::exit(2);
 }

@@ -141,7 +141,8 @@ fn decode_steps_hand_their_matvecs_the_next_weights_to_prefetch() {
         2 * (c.ffn_hidden * c.dim) as u64,
     );
     let layers = c.n_layers as u64;
-    let want = layers * (o + 2 * ffn.min(12 << 20)) + (layers - 1) * (q + 2 * kv);
+    let cap = smelt_core::ops::matmul::GATE_UP_PREFETCH_BYTES as u64;
+    let want = layers * (o + 2 * ffn.min(cap)) + (layers - 1) * (q + 2 * kv);
     let cache = KvCache::new_on(c, 1, 16, d).unwrap();
     let mut dec = Decoder::with_capture(&gpu_m, cache, false);
     dec.prefill(&Tensor::from_u32(vec![1, 2, 3], &[1, 3]).unwrap()).unwrap();

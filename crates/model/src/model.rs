@@ -738,11 +738,11 @@ fn block(
     let attn_out = match seqs {
         Some(seqs) => linear(g, &attn, &w[Role::Wo], None, Some(seqs))?,
         None => {
-            // A decode row: the first 12 MB of gate's and up's weights into L2 while o runs,
+            // A decode row: the first 12 MiB of gate's and up's weights into L2 while o runs,
             // the DRAM otherwise idle.
             let gate_up: Vec<&Tensor> =
                 [Role::WGate, Role::WUp].iter().filter_map(|&r| w.get(r)).map(|v| v.tensor()).collect();
-            let _pf = w.prefetch.then(|| prefetch_next(&gate_up, 12 << 20));
+            let _pf = w.prefetch.then(|| prefetch_next(&gate_up, smelt_core::ops::matmul::GATE_UP_PREFETCH_BYTES));
             proj(g, l, w, Role::Wo, &attn, None)?
         }
     };

@@ -38,7 +38,8 @@ pub struct Launch<'a> {
     forced: Option<bool>,
     /// `cooperative`: every block resident at once, or the launch fails.
     cooperative: bool,
-    /// `cluster`: blocks launched in thread-block clusters of this many (compute 9.0+).
+    /// `cluster`: blocks launched in thread-block clusters of this many (compute 9.0+); 0: no
+    /// clusters. A cooperative launch takes none (`cooperative` wins).
     cluster: u32,
     _values: PhantomData<&'a ()>,
 }

@@ -39,7 +39,7 @@ fn enabled() -> bool {
 }
 
 /// Clears this thread's hint when dropped.
-pub struct Hint(());
+pub(crate) struct Hint(());
 
 impl Drop for Hint {
     fn drop(&mut self) {
@@ -49,7 +49,7 @@ impl Drop for Hint {
 
 /// Until the returned guard drops, the next matvec launched on this thread also prefetches the
 /// first `max_bytes` of each of `ws` (at most `RANGES`; the rest are ignored) into L2.
-pub fn hint(ws: &[&Tensor], max_bytes: usize) -> Hint {
+pub(crate) fn hint(ws: &[&Tensor], max_bytes: usize) -> Hint {
     if enabled() {
         NEXT.with(|n| *n.borrow_mut() = (ws.iter().take(RANGES).map(|&t| (*t).clone()).collect(), max_bytes));
     }
@@ -57,9 +57,9 @@ pub fn hint(ws: &[&Tensor], max_bytes: usize) -> Hint {
 }
 
 /// The hinted ranges as (device address, bytes), unused ones (0, 0), and the hint cleared: the
-/// bytes a matvec reads for each weight — a quantised weight's blocks; a dense one's bf16 copy
-/// under mixed precision where the weight is f32 and the copy exists (never made here), else its
-/// own buffer. Host weights are skipped.
+/// bytes a matvec reads for each weight — a quantised weight's blocks; under mixed precision an
+/// f32 weight's bf16 copy (skipped while the copy is not made yet: the first step; never made
+/// here); otherwise the weight's own buffer. Host weights and another GPU's are skipped.
 pub(crate) fn take(gpu: &super::Gpu, bf16_operands: bool) -> [(u64, i64); RANGES] {
     let mut out = [(0u64, 0i64); RANGES];
     let (ws, max_bytes) = NEXT.with(|n| std::mem::take(&mut *n.borrow_mut()));

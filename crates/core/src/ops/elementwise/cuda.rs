@@ -115,7 +115,8 @@ fn copy_cols(
     cuda::launched(unsafe { l.launch(cuda::grid_for((rows * cols).div_ceil(8), 256)) }, &name)
 }
 
-pub fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
+/// `ops::elementwise::concat_cols` on CUDA (shapes checked there).
+pub(crate) fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
     let bufs = parts.iter().map(|p| p.cuda_buf()).collect::<Result<Vec<_>>>()?;
     let dt = bufs[0].dtype;
     let rows = parts[0].rows();
@@ -129,7 +130,8 @@ pub fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
     Tensor::from_device_buf(y, &[rows, total])
 }
 
-pub fn narrow_cols(x: &Tensor, start: usize, n: usize) -> Result<Tensor> {
+/// `ops::elementwise::narrow_cols` on CUDA (bounds checked there).
+pub(crate) fn narrow_cols(x: &Tensor, start: usize, n: usize) -> Result<Tensor> {
     let xb = x.cuda_buf()?;
     let rows = x.rows();
     let y = DeviceBuf::alloc(&xb.gpu, xb.dtype, rows * n)?;

@@ -261,13 +261,17 @@ pub fn linear_many(x: &Tensor, ws: &[(&Tensor, Option<&Tensor>)]) -> Result<Vec<
 
 /// `w` as the products read it on its device: under mixed precision on a GPU an f32 weight's
 /// bf16 copy (made once and kept with it), else `w` itself.
-pub fn weight_operand(w: &Tensor) -> Result<Tensor> {
+pub(crate) fn weight_operand(w: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if !w.device().is_cpu() {
         return cuda::weight_operand(w);
     }
     Ok(w.clone())
 }
+
+/// How much of gate's and of up's weights a decode row's o product prefetches into L2 (12 MiB
+/// each: with o's and the next q/k/v well inside the H200's 50 MB L2).
+pub const GATE_UP_PREFETCH_BYTES: usize = 12 << 20;
 
 /// Until the guard drops, the next matvec launched on this thread (a decode row's product on a
 /// GPU) also prefetches the first `max_bytes` of each of `ws` into L2 (`cuda::prefetch`): a
