@@ -31,8 +31,8 @@ def torch_times(b, t, h, kvh, iters):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
 
     def both():
-        o = fwd()
-        o.backward(dout)
+        # The gradients returned, not accumulated into .grad (no extra add per iteration).
+        torch.autograd.grad(fwd(), (q, k, v), dout)
 
     def timed(f):
         f()
@@ -45,8 +45,7 @@ def torch_times(b, t, h, kvh, iters):
         torch.cuda.synchronize()
         return e0.elapsed_time(e1) / iters
 
-    with torch.no_grad():
-        f_ms = timed(fwd)
+    f_ms = timed(fwd)  # with autograd on, as the training forward runs (it keeps what backward needs)
     fb_ms = timed(both)
     return f_ms, fb_ms - f_ms
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The dS path of the attention backward (the default; SMELT_CUDA_ATTN_DS=0 turns it off, =1 its
-# unstaged form; docs/CUDA.md "The dS path"), in
-# device calls of under 10 minutes each, from the GPU suite's folder (scripts/gpu_suite.sh build
-# DIR copies this script and bench/):
+# The device plan's measurements (docs/CUDA.md "Device plan"), in device calls of under 10
+# minutes each, from the GPU suite's folder (scripts/gpu_suite.sh build DIR copies this script,
+# bench/ and the examples). It began as the dS path's checks (the attention backward's default;
+# SMELT_CUDA_ATTN_DS=0 turns it off, =1 its unstaged form; docs/CUDA.md "The dS path"):
 #   cd DIR && bash ds_check.sh . parity,train     # ~5 min: parity, then 1B and large A/B (off, unstaged, default)
 #   cd DIR && bash ds_check.sh . profile,lora     # ~5 min: per-kernel profile at 1B, LoRA shape A/B
 #   cd DIR && bash ds_check.sh . fixes,swiglu,peers124   # ~5 min: re-runs, SwiGLU A/B at the LoRA shape, 124M vs torch
@@ -15,7 +15,9 @@
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
-# by shape), lora (issue 16's LoRA shape, Qwen2.5-0.5B 8 × 2048, both ways, and its profile).
+# by shape), lora (issue 16's LoRA shape, Qwen2.5-0.5B 8 × 2048, both ways, and its profile),
+# fixes, swiglu, peers124, norm, attn, ncuattn, ab, ab2, gemm, prefetch, probe (each described
+# where it runs, below). A part name that matches none runs nothing.
 set -uo pipefail
 D=${1:-.}
 PARTS=${2:-parity,train}
@@ -163,13 +165,14 @@ fi
 # a kernel cache of its own, since the chosen algorithms are kept there (cublaslt-tune.tsv).
 part gemm && timeout 400 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 1b,large --no-peers \
   --variants "tune32:SMELT_CUBLASLT_TUNE=32,SMELT_KERNEL_CACHE=/tmp/smelt-k-tune32;tune1:SMELT_CUBLASLT_TUNE=1,SMELT_KERNEL_CACHE=/tmp/smelt-k-tune1" --out "$OUT/gemm" 2>&1 | tail -8
-# prefetch: batch-1 decode with the L2 prefetch hints (the q/k/v launch prefetches o, the down
-# launch the next layer's q/k/v; cuda::prefetch, the default since 2026-12-05 evening, written
-# without a GPU) against SMELT_CUDA_PREFETCH=0, 135M and 1B bf16; first the captured-decode
-# tests (a prefetch changes no value, and a captured step replays the hints).
+# prefetch: batch-1 decode with the L2 prefetch hints (the q/k/v launch prefetches o, o's the
+# first 12 MiB of gate's and up's, the down launch the next layer's q/k/v; cuda::prefetch, the
+# default since 2026-12-05 evening, written without a GPU) against SMELT_CUDA_PREFETCH=0, 135M
+# and 1B in bf16, Q8_0 and Q4_K; first the captured-decode tests (a prefetch changes no value,
+# and a captured step replays the hints) and the count of bytes each step hands out.
 if part prefetch; then
   timeout 200 "$D/gpu_infer" captured_decode paged_decode decode_steps_hand --test-threads=1 >"$OUT/gpu_infer_pf.txt" 2>&1
-  echo "gpu_infer captured_decode*, paged_decode* rc $?"; grep -E "panicked|test result" "$OUT/gpu_infer_pf.txt" | head -5
+  echo "gpu_infer captured_decode*, paged_decode*, decode_steps_hand* rc $?"; grep -E "panicked|test result" "$OUT/gpu_infer_pf.txt" | head -5
   timeout 400 python3 bench/decode_cuda.py --smelt "$D/smelt" --tokenizer "$D/tokenizer.json" --shapes 135m,1b \
     --types bf16,q8_0,q4_k --variants "nopf:SMELT_CUDA_PREFETCH=0" --out "$OUT/decode-pf" 2>&1 | tail -10
 fi

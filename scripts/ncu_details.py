@@ -9,7 +9,7 @@ Usage: scripts/ncu_details.py FILE.csv [--min-us 200] [--per-name 1]
 """
 import argparse, collections, csv
 
-# (section, metric name as ncu's details page prints it): the lines worth reading.
+# Metric names as ncu's details page prints them: the lines worth reading.
 WANT = [
     "Duration", "Compute (SM) Throughput", "Memory Throughput", "DRAM Throughput",
     "Registers Per Thread", "Dynamic Shared Memory Per Block", "Theoretical Occupancy", "Achieved Occupancy",
@@ -27,7 +27,8 @@ def main():
     ap.add_argument("--min-us", type=float, default=200.0)
     ap.add_argument("--per-name", type=int, default=1)
     a = ap.parse_args()
-    rows = list(csv.reader(open(a.csv)))
+    with open(a.csv) as f:
+        rows = list(csv.reader(f))
     i0 = next((i for i, r in enumerate(rows) if r[:1] == ["ID"]), None)
     if i0 is None:
         print(f"{a.csv}: no ncu details table (did ncu run? see its .err file)")
@@ -49,9 +50,9 @@ def main():
         seen[name] += 1
         print(f"== {name} (launch {kid}): {us:.1f} us")
         for w in WANT:
-            for metric, (v, u) in m.items():
-                if metric == w:
-                    print(f"   {metric:40s} {v} {u}")
+            if w in m:
+                v, u = m[w]
+                print(f"   {w:40s} {v} {u}")
         for metric, (v, u) in m.items():
             if metric.startswith("sm__pipe_tensor") or metric.startswith("l1tex__data_bank_conflicts"):
                 print(f"   {metric:40s} {v} {u}")

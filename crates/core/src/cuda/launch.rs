@@ -138,6 +138,15 @@ impl<'a> Launch<'a> {
         self
     }
 
+    /// The L2 prefetch ranges a matvec takes as its last arguments (`cuda::prefetch::take`'s
+    /// (address, bytes) pairs).
+    pub fn prefetch_args(&mut self, ranges: &'a [(u64, i64); super::prefetch::RANGES]) -> &mut Self {
+        for (ptr, bytes) in ranges {
+            self.arg(ptr).arg(bytes);
+        }
+        self
+    }
+
     pub fn arg<A: KernelArg<'a>>(&mut self, a: A) -> &mut Self {
         a.push_to(self);
         self

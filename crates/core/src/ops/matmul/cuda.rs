@@ -224,9 +224,7 @@ fn gemv3(
             b.arg(&g32);
         }
         let pf = cuda::prefetch::take(&gpu, dt == DType::BF16);
-        for (p, n) in &pf {
-            b.arg(p).arg(n);
-        }
+        b.prefetch_args(&pf);
         let rows: usize = ms.iter().sum();
         let mut cfg = gemv_config(rows, g);
         cfg.shared_mem_bytes = norm.map_or(0, |nm| nm.smem_dense());
@@ -269,9 +267,7 @@ fn gemv_swiglu(x: &Tensor, wg: &Tensor, wu: &Tensor, n: usize, k: usize, norm: O
             b.arg(&g32);
         }
         let pf = cuda::prefetch::take(&gpu, dt == DType::BF16);
-        for (p, n) in &pf {
-            b.arg(p).arg(n);
-        }
+        b.prefetch_args(&pf);
         let mut cfg = gemv_config(m, g);
         cfg.shared_mem_bytes = norm.map_or(0, |nm| nm.smem_dense());
         cuda::launched(unsafe { b.launch(cfg) }, &name)?;

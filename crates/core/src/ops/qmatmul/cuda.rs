@@ -172,9 +172,7 @@ fn mmvq3(q: &Q8, ws: &[&DeviceQuant], n: usize, k: usize) -> Result<Vec<DeviceBu
     }
     l.arg(&gs);
     let pf = cuda::prefetch::take(&gpu, true);
-    for (p, n) in &pf {
-        l.arg(p).arg(n);
-    }
+    l.prefetch_args(&pf);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(ys)
 }
@@ -287,9 +285,7 @@ pub fn linear_swiglu(x: &Tensor, wg: &DeviceQuant, wu: &DeviceQuant, n: usize, k
     l.arg(&xf).arg(&xq).arg(&xd).arg(&n32).arg(&k32);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb).arg(&g32);
     let pf = cuda::prefetch::take(&gpu, true);
-    for (p, n) in &pf {
-        l.arg(p).arg(n);
-    }
+    l.prefetch_args(&pf);
     let cfg = mv_config(m, g, q.smem);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     Ok(Some(shaped(x, y, m)?))
@@ -324,9 +320,7 @@ pub fn add_rmsnorm_swiglu(
     nm.push(&mut l);
     l.arg(&wg.blocks.data).arg(&wu.blocks.data).arg(&y.data).arg(&m32).arg(&rb64).arg(&g32);
     let pf = cuda::prefetch::take(&gpu, true);
-    for (p, n) in &pf {
-        l.arg(p).arg(n);
-    }
+    l.prefetch_args(&pf);
     cuda::launched(unsafe { l.launch(mv_config(m, g, nm.smem_quantised())) }, func)?;
     Ok(Some((nm.into_h(x.shape())?, shaped(x, y, m)?)))
 }
@@ -374,9 +368,7 @@ pub fn add_rmsnorm_linear_many(
     }
     l.arg(&gs);
     let pf = cuda::prefetch::take(&gpu, true);
-    for (p, n) in &pf {
-        l.arg(p).arg(n);
-    }
+    l.prefetch_args(&pf);
     cuda::launched(unsafe { l.launch(cfg) }, func)?;
     let mut out = Vec::with_capacity(ws.len());
     for (y, (q, bias)) in ys.into_iter().zip(ws) {

@@ -27,25 +27,26 @@ fn per_row(rows: usize, c: usize) -> (LaunchConfig, i32) {
     (cfg, wpr as i32)
 }
 
-/// 1: rows of up to 2048 values (at one warp a row) are read once into registers
-/// (`fwd_resident`/`bwd_resident` in rmsnorm.cu: the same bits as the two-pass form);
-/// `SMELT_CUDA_NORM_RES=0` keeps the two passes, to compare.
-fn resident() -> i32 {
-    static RES: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
-    match RESIDENT_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
-        -1 => *RES.get_or_init(|| i32::from(std::env::var("SMELT_CUDA_NORM_RES").map_or(true, |v| v != "0"))),
-        v => v,
-    }
+/// Whether rows of up to 2048 values (at one warp a row) are read once into registers
+/// (`fwd_resident`/`bwd_resident` in rmsnorm.cu: the same bits as the two-pass form) and the
+/// backward takes dw's partials in the same pass: yes unless `SMELT_CUDA_NORM_RES=0` (the two
+/// passes, to compare) or this thread's test said otherwise (`set_resident`).
+fn resident() -> bool {
+    static RES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    RESIDENT_OVERRIDE
+        .with(|o| o.get())
+        .unwrap_or_else(|| *RES.get_or_init(|| std::env::var("SMELT_CUDA_NORM_RES").map_or(true, |v| v != "0")))
 }
 
-/// -1: `SMELT_CUDA_NORM_RES` decides; 0 or 1: a test's choice (`set_resident`).
-static RESIDENT_OVERRIDE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+thread_local! {
+    static RESIDENT_OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
 
 /// Rows in registers (`Some(true)`), the two-pass kernels (`Some(false)`), or the environment's
-/// choice (`None`), for this process: the parity test compares the two forms bit for bit.
+/// choice (`None`), on this thread: the parity test compares the two forms bit for bit.
 #[cfg(test)]
 pub(crate) fn set_resident(on: Option<bool>) {
-    RESIDENT_OVERRIDE.store(on.map_or(-1, i32::from), std::sync::atomic::Ordering::Relaxed);
+    RESIDENT_OVERRIDE.with(|o| o.set(on));
 }
 
 /// Returns (h if fused, y, rstd).
@@ -82,7 +83,7 @@ fn forward(x: &Tensor, r: Option<&Tensor>, w: &Tensor, eps: f64) -> Result<(Opti
             Some(h) => b.arg(&h.data),
             None => b.arg(&null),
         };
-        let res = resident();
+        let res = i32::from(resident());
         b.arg(&y.data).arg(&rstd.data).arg(&n64).arg(&c32).arg(&eps32).arg(&wpr).arg(&res);
         cuda::launched(unsafe { b.launch(cfg) }, &name)?;
     }
@@ -167,7 +168,7 @@ fn backward(
     let (n, c) = (x.rows(), x.cols());
     let (c32, n64) = (c as i32, n as i64);
     let (cfg, wpr) = per_row(n, c);
-    let res = resident();
+    let res = i32::from(resident());
     let gb = add.map(|(gh, _)| cuda::float_bufs([gh], "add_rmsnorm_backward stream gradient")).transpose()?;
     if let (Some((gh, _)), Some([gb])) = (add, gb) {
         gb.expect(xb.dtype, "add_rmsnorm_backward stream gradient")?;
