@@ -169,17 +169,22 @@ fn backward(
     let (c32, n64) = (c as i32, n as i64);
     let (cfg, wpr) = per_row(n, c);
     let res = i32::from(resident());
-    let gb = add.map(|(gh, _)| cuda::float_bufs([gh], "add_rmsnorm_backward stream gradient")).transpose()?;
-    if let (Some((gh, _)), Some([gb])) = (add, gb) {
-        gb.expect(xb.dtype, "add_rmsnorm_backward stream gradient")?;
-        if gh.shape() != x.shape() {
-            bail!("add_rmsnorm_backward: stream gradient {:?} for h {:?}", gh.shape(), x.shape());
+    // With `add`: the stream gradient's buffer (checked) and the branch's dtype.
+    let add = match add {
+        Some((gh, r_dtype)) => {
+            let [gb] = cuda::float_bufs([gh], "add_rmsnorm_backward stream gradient")?;
+            gb.expect(xb.dtype, "add_rmsnorm_backward stream gradient")?;
+            if gh.shape() != x.shape() {
+                bail!("add_rmsnorm_backward: stream gradient {:?} for h {:?}", gh.shape(), x.shape());
+            }
+            Some((gb, r_dtype))
         }
-    }
+        None => None,
+    };
     let r_dtype = add.map_or(xb.dtype, |(_, d)| d);
-    let aligned = [xb.ptr(), wb.ptr(), db.ptr()].into_iter().chain(gb.map(|[g]| g.ptr())).all(|p| p % 16 == 0);
+    let aligned = [xb.ptr(), wb.ptr(), db.ptr()].into_iter().chain(add.map(|(g, _)| g.ptr())).all(|p| p % 16 == 0);
     if res == 1 && n >= 1024 && c % 8 == 0 && c <= 2048 && aligned {
-        return backward_rows(xb, wb, rb, db, gb.map(|[g]| g), r_dtype, n, c, x.shape(), w.shape());
+        return backward_rows(xb, wb, rb, db, add.map(|(g, _)| g), r_dtype, n, c, x.shape(), w.shape());
     }
     let dx = DeviceBuf::alloc(gpu, xb.dtype, n * c)?;
     let dts = [xb.dtype, db.dtype];
@@ -200,8 +205,7 @@ fn backward(
                 .arg(&res);
             cuda::launched(unsafe { b.launch(cfg) }, &name)?;
         }
-        Some((_, r_dtype)) => {
-            let Some([gb]) = gb else { bail!("internal: add_rmsnorm_backward without its stream gradient") };
+        Some((gb, r_dtype)) => {
             let drb = if r_dtype == xb.dtype { None } else { Some(DeviceBuf::alloc(gpu, r_dtype, n * c)?) };
             let name = cuda::kname("rmsnorm_bwd_dx_add", &[xb.dtype, db.dtype, r_dtype], "add_rmsnorm_backward")?;
             let f = gpu.function("rmsnorm", SRC, &name)?;
