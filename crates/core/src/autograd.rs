@@ -994,11 +994,7 @@ fn join_row_chunks(h: &Tensor, mut parts: Vec<Option<Tensor>>, rc: usize) -> Res
 }
 
 fn accumulate(slot: &mut Option<Tensor>, g: &Tensor) -> Result<()> {
-    match slot {
-        None => *slot = Some(g.clone()),
-        Some(acc) => timed("grad_accumulate", || ops::elementwise::add_assign(acc, g))?,
-    }
-    Ok(())
+    ops::elementwise::add_into(slot, g.clone())
 }
 
 #[cfg(test)]

@@ -126,6 +126,16 @@ pub fn add_assign(a: &mut Tensor, b: &Tensor) -> Result<()> {
     backend::on("add_assign", [&*a, b])?.add_assign(a, b)
 }
 
+/// `slot` += t (set to t when empty): a gradient's sum over its tensor's consumers (the
+/// autograd's own sum, under its profile label), for the ops that add into sums themselves.
+pub(crate) fn add_into(slot: &mut Option<Tensor>, t: Tensor) -> Result<()> {
+    match slot {
+        None => *slot = Some(t),
+        Some(acc) => crate::profile::timed("grad_accumulate", || add_assign(acc, &t))?,
+    }
+    Ok(())
+}
+
 pub fn scale(a: &Tensor, s: f32) -> Result<Tensor> {
     backend(a.device()).scale(a, s)
 }

@@ -727,7 +727,7 @@ impl super::LinearKernels for crate::backend::Cuda {
     ) -> Result<()> {
         match dx {
             Some(acc) if dx_accumulates(acc, dy.dtype(), n, k) => linear_dx_into(dy, w, acc, n, k, m),
-            _ => super::add_into(dx, linear_dx(dy, w, x_shape, n, k, m)?),
+            _ => crate::ops::elementwise::add_into(dx, linear_dx(dy, w, x_shape, n, k, m)?),
         }
     }
     fn linear_backward_acc_dx(

@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::backend::{self, Cpu};
+use crate::ops::elementwise::add_into;
 
 /// For a training process: lets a GPU's products time cuBLASLt's candidate algorithms for each
 /// large shape and keep the fastest (`cuda::blas::enable_tuning`; the same shapes recur every
@@ -125,16 +126,6 @@ pub trait LinearKernels {
         let m = wg.shape()[0];
         crate::ops::swiglu::swiglu(&self.linear(x, wg, None, n, k, m)?, &self.linear(x, wu, None, n, k, m)?)
     }
-}
-
-/// `slot` += t (set to t when empty): a gradient's sum over its tensor's consumers.
-/// (The autograd's own sum, and under its profile label.)
-pub(crate) fn add_into(slot: &mut Option<Tensor>, t: Tensor) -> Result<()> {
-    match slot {
-        None => *slot = Some(t),
-        Some(acc) => crate::profile::timed("grad_accumulate", || crate::ops::elementwise::add_assign(acc, &t))?,
-    }
-    Ok(())
 }
 
 /// `linear_backward_acc_dx` as the backward then an add (`add_into`).

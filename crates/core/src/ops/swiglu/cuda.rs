@@ -1,8 +1,8 @@
 //! CUDA launchers for SwiGLU (kernels in swiglu.cu). Gate, up and output (and, backward, the
 //! output gradient and both input gradients) share one dtype, f32 or bf16.
 
-use super::add_into;
 use crate::cuda::{self, DeviceBuf};
+use crate::ops::elementwise::add_into;
 use crate::Tensor;
 use anyhow::Result;
 use cudarc::driver::PushKernelArg;

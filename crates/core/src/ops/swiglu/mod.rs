@@ -3,6 +3,7 @@
 
 use crate::backend::{self, Cpu};
 use crate::float::Float;
+use crate::ops::elementwise::add_into;
 use crate::Tensor;
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -61,17 +62,6 @@ pub trait SwiGluKernels {
         let (dg, du) = self.swiglu_backward(g, u, dy)?;
         add_into(sg, dg)?;
         add_into(su, du)
-    }
-}
-
-/// `d` added into the gradient sum `slot`, or the sum itself when there is none yet.
-pub(crate) fn add_into(slot: &mut Option<Tensor>, d: Tensor) -> Result<()> {
-    match slot {
-        Some(acc) => crate::ops::elementwise::add_assign(acc, &d),
-        None => {
-            *slot = Some(d);
-            Ok(())
-        }
     }
 }
 
