@@ -166,14 +166,14 @@ fi
 part gemm && timeout 400 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 1b,large --no-peers \
   --variants "tune32:SMELT_CUBLASLT_TUNE=32,SMELT_KERNEL_CACHE=/tmp/smelt-k-tune32;tune1:SMELT_CUBLASLT_TUNE=1,SMELT_KERNEL_CACHE=/tmp/smelt-k-tune1" --out "$OUT/gemm" 2>&1 | tail -8
 # prefetch: batch-1 decode with the L2 prefetch hints (the q/k/v launch prefetches o, o's the
-# first 12 MiB of gate's and up's, the down launch the next layer's q/k/v; cuda::prefetch, the
-# default since 2026-12-05 evening, written without a GPU) against SMELT_CUDA_PREFETCH=0, 135M
+# first 12 MiB of gate's and up's, the down launch the next layer's q/k/v; cuda::prefetch, off
+# since it measured 8% slower at 1B bf16 on 2026-12-05) with SMELT_CUDA_PREFETCH=1, 135M
 # and 1B in bf16, Q8_0 and Q4_K; first the captured-decode tests (a prefetch changes no value,
 # and a captured step replays the hints) and the count of bytes each step hands out.
 if part prefetch; then
   timeout 200 "$D/gpu_infer" captured_decode paged_decode decode_steps_hand --test-threads=1 >"$OUT/gpu_infer_pf.txt" 2>&1
   echo "gpu_infer captured_decode*, paged_decode*, decode_steps_hand* rc $?"; grep -E "panicked|test result" "$OUT/gpu_infer_pf.txt" | head -5
   timeout 400 python3 bench/decode_cuda.py --smelt "$D/smelt" --tokenizer "$D/tokenizer.json" --shapes 135m,1b \
-    --types bf16,q8_0,q4_k --variants "nopf:SMELT_CUDA_PREFETCH=0" --out "$OUT/decode-pf" 2>&1 | tail -10
+    --types bf16,q8_0,q4_k --variants "pf:SMELT_CUDA_PREFETCH=1" --out "$OUT/decode-pf" 2>&1 | tail -10
 fi
 part peers124 && timeout 330 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 124m --out "$OUT/peers124" 2>&1 | tail -5

@@ -12,7 +12,8 @@
 //!
 //! `hint` sets the weights for the next matvec launched on this thread (the guard it returns
 //! clears them when dropped, consumed or not); the launchers `take` them as kernel arguments,
-//! so a captured step replays its prefetches. `SMELT_CUDA_PREFETCH=0` turns hints off.
+//! so a captured step replays its prefetches. Off unless `SMELT_CUDA_PREFETCH=1`: measured, they
+//! slowed the 1B bf16 decode by 8% (`enabled`).
 
 use crate::{DType, Tensor};
 use std::cell::RefCell;
@@ -33,9 +34,25 @@ pub fn handed_bytes() -> u64 {
     HANDED.with(|h| h.get())
 }
 
+/// Off by default: measured on an H200 (2026-12-05, docs/PERF.md) the hints slowed the 1B bf16
+/// decode from 1,157 to 1,064 tok/s. `SMELT_CUDA_PREFETCH=1` turns them on, to compare.
 fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("SMELT_CUDA_PREFETCH").map_or(true, |v| v != "0"))
+    if let Some(f) = FORCE.with(|f| f.get()) {
+        return f;
+    }
+    *ON.get_or_init(|| std::env::var("SMELT_CUDA_PREFETCH").is_ok_and(|v| v == "1"))
+}
+
+thread_local! {
+    static FORCE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Forces (`Some`) or releases (`None`) the hints on this thread, whatever `SMELT_CUDA_PREFETCH`
+/// says: the test that checks they reach their launches.
+#[doc(hidden)]
+pub fn force(on: Option<bool>) {
+    FORCE.with(|f| f.set(on));
 }
 
 /// Clears this thread's hint when dropped.

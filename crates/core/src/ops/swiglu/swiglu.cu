@@ -53,9 +53,11 @@ template <typename T> __device__ void swiglu_bwd(const T* g, const T* u, const T
 // then added to the sum read at its place and rounded again (add_assign's arithmetic on
 // swiglu_bwd's output: the same bits as the two launches); elsewhere written as swiglu_bwd
 // writes it. dg and du may be the sums themselves (each element read, then written, by one
-// thread).
+// thread). The add is __fadd_rn: in f32, where nothing rounds the gradient between its last
+// multiply and this add, a plain `+` lets the compiler fuse the two into an FMA, which skips
+// the gradient's own rounding (281 of 2,310 sums differed from the two launches' on an H200).
 template <typename T> __device__ __forceinline__ T acc1(T old, T d, int acc) {
-    return acc ? from_f<T>(to_f(old) + to_f(d)) : d;
+    return acc ? from_f<T>(__fadd_rn(to_f(old), to_f(d))) : d;
 }
 template <typename T>
 __device__ void swiglu_bwd_acc(const T* g, const T* u, const T* dy, T* dg, T* du, int ag, int au, long long n) {
