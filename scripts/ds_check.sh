@@ -11,12 +11,13 @@
 #   cd DIR && bash ds_check.sh . ab                # ~5 min: this build against DIR/smelt-base, training at 1B and large
 #   cd DIR && bash ds_check.sh . ab2               # ~6 min: the same at the LoRA shape and in 135M/1B bf16 decode
 #   cd DIR && bash ds_check.sh . gemm              # ~5 min: cuBLASLt timing 32 (and 1) candidates against 8, 1B and large
+#   cd DIR && bash ds_check.sh . loraprof          # ~2 min: the LoRA shape's profile, kernels and cuBLASLt shapes
 #   cd DIR && bash ds_check.sh . probe             # ~20 s: one SM's read bandwidth, a cluster barrier (135M decode design)
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
 # by shape), lora (issue 16's LoRA shape, Qwen2.5-0.5B 8 × 2048, both ways, and its profile),
-# fixes, swiglu, peers124, norm, attn, ncuattn, ab, ab2, gemm, prefetch, probe (each described
+# fixes, swiglu, peers124, norm, attn, ncuattn, ab, ab2, gemm, prefetch, probe, loraprof (each described
 # where it runs, below). A part name that matches none runs nothing.
 set -uo pipefail
 D=${1:-.}
@@ -175,5 +176,17 @@ if part prefetch; then
   echo "gpu_infer captured_decode*, paged_decode*, decode_steps_hand* rc $?"; grep -E "panicked|test result" "$OUT/gpu_infer_pf.txt" | head -5
   timeout 400 python3 bench/decode_cuda.py --smelt "$D/smelt" --tokenizer "$D/tokenizer.json" --shapes 135m,1b \
     --types bf16,q8_0,q4_k --variants "pf:SMELT_CUDA_PREFETCH=1" --out "$OUT/decode-pf" 2>&1 | tail -10
+fi
+# loraprof: the LoRA shape's serialised step with this build's defaults (the one-product form,
+# the down branch's checkpoint_given), kernel by kernel and cuBLASLt shape by shape: which of the
+# adapters' products are far from their memory floor (issue 16's 165k needs a ~99 ms step).
+if part loraprof; then
+  [ -f /tmp/lora/model/model.safetensors ] || timeout 200 python3 bench/lora_cuda.py --smelt "$D/smelt" \
+    --skip smelt,smelt-ckpt,e2e,eager,compile --iters 1 --out /tmp/lora >/dev/null 2>&1
+  L="--model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda --batch-size 8 --seq-len 2048 --decode-tokens 1 --no-forward --format json"
+  for p in 1 gemm; do
+    SMELT_CUDA_PROFILE=$p timeout 200 "$D/smelt" bench $L --iters 1 >/dev/null 2>"$OUT/profile-lora-$p.txt"
+    echo "== profile LoRA SMELT_CUDA_PROFILE=$p"; grep -A40 "profile train" "$OUT/profile-lora-$p.txt" | head -41
+  done
 fi
 part peers124 && timeout 330 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes 124m --out "$OUT/peers124" 2>&1 | tail -5
