@@ -90,8 +90,23 @@ pub(crate) struct TcForms {
     /// `SMELT_CUDA_ATTN_DS=0` none (the three-product dq kernel, to compare).
     pub ds: Option<DsForm>,
     /// The dS path's dk/dv over parts of each GQA group's query heads (`SMELT_CUDA_ATTN_HSPLIT=N`;
-    /// 0 or 1: one block a KV head, the default until measured). At most the group's size.
+    /// 1: one block a KV head; at most the group's size). 0 (the default): `auto_hsplit` picks.
     pub hsplit: usize,
+}
+
+/// The dS path's dk/dv parts when none is named: one query head a part when the unsplit grid
+/// (`blocks`: key tiles × KV heads × batch) fills fewer than 4 waves of the blocks the GPU holds
+/// at once (`resident`), else one block a KV head. A wide group over few key tiles is otherwise
+/// a grid of a wave or so whose end waits on its longest blocks: at issue 16's LoRA shape
+/// (Qwen2.5-0.5B, 14 heads over 2 KV heads, 8 × 2048: 512 blocks against 396 resident on an
+/// H100) 7 parts measured +2% a step (114.0-114.3k → 116.6k tok/s, H100, 2026-12-05); at 1B
+/// (4 heads a group, 2,048 blocks) 2 parts measured the same as 1, so 1 stays there.
+pub(crate) fn auto_hsplit(blocks: usize, resident: usize, grp: usize) -> usize {
+    if grp > 1 && blocks < 4 * resident {
+        grp
+    } else {
+        1
+    }
 }
 
 /// The dS path's forms (attention_tc.cu, tc_dkdv's DS and tc_dq_ds).
@@ -223,7 +238,7 @@ pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         return [
             pick(f.wg_fwd, f.fwd, fwd),
             TcKernel { ds: true, ..dq },
-            TcKernel { ds: true, hsplit: f.hsplit.max(1), ..k(dkdv.into(), TC_ROWS, DS_T) },
+            TcKernel { ds: true, hsplit: f.hsplit, ..k(dkdv.into(), TC_ROWS, DS_T) },
         ];
     }
     [pick(f.wg_fwd, f.fwd, fwd), pick(f.wg_dq, f.dq, dq), pick(f.wg_dkdv, f.dkdv, dkdv)]
@@ -269,10 +284,10 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
                 }
             },
             hsplit: match var("SMELT_CUDA_ATTN_HSPLIT") {
-                None => 1,
+                None => 0,
                 Some(v) => v.parse().unwrap_or_else(|_| {
-                    eprintln!("warning: SMELT_CUDA_ATTN_HSPLIT={v} is not a number of parts (ignored)");
-                    1
+                    eprintln!("warning: SMELT_CUDA_ATTN_HSPLIT={v} is not a number of parts (auto_hsplit picks)");
+                    0
                 }),
             },
         }
@@ -322,6 +337,14 @@ fn wg_scratch(wg: bool, threads: u32) -> usize {
     } else {
         0
     }
+}
+
+/// Dynamic shared memory of a dk/dv kernel at head dim d: K and V rows, the streamed Q and dO
+/// tiles, their lse and delta, a wgmma kernel's scratch and the dS path's staging.
+fn dkdv_smem(k: &TcKernel, d: usize) -> usize {
+    let tw = if k.wg { d } else { d + 8 };
+    let stage = if k.name == DS_DKDV[1] { DS_STAGE } else { 0 };
+    (2 * k.rows * (d + 8) + 2 * k.bufs * k.tile * tw) * 2 + 2 * k.bufs * k.tile * 4 + wg_scratch(k.wg, k.threads) + stage
 }
 
 fn tc_cfg(grid: (usize, usize, usize), smem: usize, threads: u32) -> LaunchConfig {
@@ -586,17 +609,29 @@ pub(crate) fn attention_backward_with(
         };
         // The dS path's dk/dv over parts of each GQA group (`TcKernel::hsplit`): their f32 sums.
         // Parts of ⌈group/hs⌉ heads, as many as that takes (no empty part: 4 heads in 3 → 2 of 2).
+        // None named: `auto_hsplit` from the unsplit grid and the blocks an SM holds.
         let grp = (dm.h / dm.kvh).max(1);
-        let hs = if kdkdv.ds { grp.div_ceil(grp.div_ceil(kdkdv.hsplit.clamp(1, grp))) } else { 1 };
+        let want = match kdkdv.hsplit {
+            0 if kdkdv.ds && grp > 1 => {
+                let smem = dkdv_smem(kdkdv, d);
+                let f = tc_function(gpu, &kdkdv.name, smem, kdkdv.wg)?;
+                let per_sm = f
+                    .occupancy_max_active_blocks_per_multiprocessor(kdkdv.threads, smem, None)
+                    .map_err(|e| anyhow::anyhow!("{}: occupancy on {gpu:?}: {e:?}", kdkdv.name))?;
+                let sms = gpu
+                    .ctx
+                    .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+                    .map_err(|e| anyhow::anyhow!("{gpu:?}: no SM count: {e:?}"))?;
+                let blocks = dm.s.div_ceil(kdkdv.rows) * dm.kvh * dm.b;
+                auto_hsplit(blocks, per_sm.max(1) as usize * sms.max(1) as usize, grp)
+            }
+            n => n,
+        };
+        let hs = if kdkdv.ds { grp.div_ceil(grp.div_ceil(want.clamp(1, grp))) } else { 1 };
         let part = if hs > 1 { Some(DeviceBuf::alloc(gpu, DType::F32, 2 * hs * k.numel())?) } else { None };
         let launch_dkdv = || -> Result<()> {
-            let TcKernel { name, rows, tile, pc, wg, threads, bufs, .. } = kdkdv;
-            let tw = if *wg { d } else { d + 8 };
-            let stage = if *name == DS_DKDV[1] { DS_STAGE } else { 0 };
-            let smem = (2 * rows * (d + 8) + 2 * bufs * tile * tw) * 2
-                + 2 * bufs * tile * 4
-                + wg_scratch(*wg, *threads)
-                + stage;
+            let TcKernel { name, rows, pc, wg, threads, .. } = kdkdv;
+            let smem = dkdv_smem(kdkdv, d);
             let f = tc_function(gpu, name, smem, *wg)?;
             let mut b = gpu.stream.launch_builder(&f);
             b.arg(&qb.data)
@@ -1102,5 +1137,22 @@ impl super::AttentionKernels for crate::backend::Cuda {
         scale: f32,
     ) -> Result<(Tensor, Tensor, Tensor)> {
         attention_backward(q, k, v, out, lse, dout, dm, scale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auto_hsplit;
+
+    /// The measured shapes on a 132-SM GPU with 3 dk/dv blocks an SM (396 resident): issue 16's
+    /// LoRA shape splits its 7-head groups, 1B (4 heads a group, 2,048 blocks) and groups of one
+    /// head do not.
+    #[test]
+    fn auto_hsplit_splits_only_grids_of_few_waves() {
+        assert_eq!(auto_hsplit(32 * 2 * 8, 396, 7), 7);
+        assert_eq!(auto_hsplit(32 * 8 * 8, 396, 4), 1);
+        assert_eq!(auto_hsplit(16 * 16 * 16, 396, 1), 1);
+        assert_eq!(auto_hsplit(4, 396, 1), 1);
+        assert_eq!(auto_hsplit(32 * 8, 396, 4), 4);
     }
 }
