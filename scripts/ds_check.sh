@@ -110,8 +110,10 @@ part attn && timeout 300 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_be
   --variants "ds0:SMELT_CUDA_ATTN_DS=0;hs2:SMELT_CUDA_ATTN_HSPLIT=2;hs4:SMELT_CUDA_ATTN_HSPLIT=4;hs7:SMELT_CUDA_ATTN_HSPLIT=7;wgp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64,SMELT_CUDA_ATTN_DS=0" 2>&1 | tail -28
 # ncuattn: why the attention kernels run at 150-230 TFLOP/s (and the pipelined wgmma ones
 # slower): ncu's throughput, occupancy, scheduler and warp-state sections plus stall reasons,
-# tensor-pipe activity and shared-memory bank conflicts for one launch of each training kernel at
-# the 1B shape, default kernels then the pipelined wgmma ones (scripts/ncu_details.py reads it).
+# tensor-pipe activity and shared-memory bank conflicts for the first backward launches at the
+# 1B shape, default kernels then the pipelined wgmma ones (scripts/ncu_details.py reads it). Only
+# the backward's kernels: the bench's prefill runs the forward first (40 launches of it at batch
+# 1, which is all a forward filter caught on 2026-12-05; docs/PERF.md has that forward's figures).
 if part ncuattn; then
   NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
   M=/tmp/smelt-bench-models/1b
@@ -120,8 +122,8 @@ if part ncuattn; then
   for v in default wgp; do
     env=()
     [ $v = wgp ] && env=(SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64 SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64 SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64 SMELT_CUDA_ATTN_DS=0)
-    env "${env[@]}" timeout 240 "$NCU" --csv --page details --clock-control none -k 'regex:attn_(tc|wgp)_(fwd|dq|dkdv).*' \
-      --launch-count 40 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+    env "${env[@]}" timeout 240 "$NCU" --csv --page details --clock-control none -k 'regex:attn_(tc|wgp)_(dq|dkdv).*' \
+      --launch-count 6 --section SpeedOfLight --section Occupancy --section WarpStateStats \
       --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats \
       --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum' \
       "$D/smelt" bench --device cuda --model "$M" --vocab-size 32000 --batch-size 8 --seq-len 2048 --iters 1 \
