@@ -105,6 +105,15 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) 
 __device__ __forceinline__ void cp_async4(void* dst, const void* src, bool ok) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(ok ? 4 : 0));
 }
+// 2^x as the MUFU computes it, results below 2^-126 flushed to zero (ex2.approx.ftz). exp2f
+// without -ftz is the same MUFU.EX2 wrapped in a range test and two multiplies (for denormal
+// results), three instructions more an element in kernels whose softmax is ~40% of what they
+// issue (SASS, 2026-12-05); a weight below 2^-126 of its row's largest changes no sum.
+__device__ __forceinline__ float ex2f(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
@@ -159,14 +168,31 @@ __device__ __forceinline__ void load_b_kn(unsigned* b, const bf16_t* t, int k0, 
 // Rows [r0, r0+R) of a (…, rows, heads, D) tensor, already offset to its head, → shared
 // [R][D+8]; rows at or past rend are zeros. `base` = batch · rows, `stride` = heads · D.
 // NT: the threads of the block that share the copy (all of them).
+// NT must be the block's thread count (every caller's). Thread x copies 16-byte chunk x % CH of
+// rows x / CH + i·NT/CH: one 64-bit address a call and a fixed step between its rows (the
+// generic chunk loop spent ~55 instructions a 16-byte copy on 64-bit index arithmetic: a third
+// of what the forward issued a key tile, SASS 2026-12-05).
 template <int R, int D, int NT = TC_THREADS>
 __device__ __forceinline__ void load_rows(bf16_t* dst, const bf16_t* src, long long base, int stride, int r0, int rend) {
     constexpr int CH = D / 8, LD = D + 8;
-    for (int c = threadIdx.x; c < R * CH; c += NT) {
-        int rr = c / CH, cc = c - rr * CH, r = r0 + rr;
-        bool ok = r < rend;
-        const bf16_t* g = src + (ok ? (base + r) * (long long)stride : 0) + cc * 8;
-        cp_async16(dst + rr * LD + cc * 8, g, ok);
+    if constexpr (NT % CH == 0 && (R * CH) % NT == 0) {
+        constexpr int RS = NT / CH, N = R * CH / NT;
+        const int cc = threadIdx.x % CH, rr = threadIdx.x / CH, r = r0 + rr;
+        const long long step = (long long)RS * stride;
+        const bf16_t* g = src + (base + r) * (long long)stride + cc * 8;
+        bf16_t* d = dst + rr * LD + cc * 8;
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            bool ok = r + i * RS < rend;
+            cp_async16(d + i * RS * LD, ok ? g + i * step : src, ok);
+        }
+    } else {
+        for (int c = threadIdx.x; c < R * CH; c += NT) {
+            int rr = c / CH, cc = c - rr * CH, r = r0 + rr;
+            bool ok = r < rend;
+            const bf16_t* g = src + (ok ? (base + r) * (long long)stride : 0) + cc * 8;
+            cp_async16(dst + rr * LD + cc * 8, g, ok);
+        }
     }
 }
 
@@ -439,34 +465,36 @@ __device__ __forceinline__ void store_rows(bf16_t* dst, const float (*o)[4], lon
 template <int BN>
 __device__ __forceinline__ void tc_softmax(float (*sc)[4], float* m, float* l, const int* pos, const int* lo, int j0,
                                             bool full, float sl2, int tq4, float& c0, float& c1) {
+    // Masks and maxima on the raw scores; the maxima scaled once: sl2 > 0 and rounding is
+    // monotonic, so the largest score scaled is the largest scaled score (m is in the scaled
+    // domain). Each weight is then 2^(s·sl2 − m) from one fused multiply-add (one rounding, as
+    // the backward's P = 2^(s·sl2 − lse·log2e)), not a rounded product and a subtraction.
     float mx0 = -SM_INF, mx1 = -SM_INF;
 #pragma unroll
     for (int nt = 0; nt < BN / 8; nt++) {
+        if (!full) {
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-            float x = sc[nt][e] * sl2;
-            if (!full) {
+            for (int e = 0; e < 4; e++) {
                 int j = j0 + nt * 8 + 2 * tq4 + (e & 1), hf = e >> 1;
-                if (!(j >= lo[hf] && j <= pos[hf])) x = -SM_INF;
+                if (!(j >= lo[hf] && j <= pos[hf])) sc[nt][e] = -SM_INF;
             }
-            sc[nt][e] = x;
         }
         mx0 = fmaxf(mx0, fmaxf(sc[nt][0], sc[nt][1]));
         mx1 = fmaxf(mx1, fmaxf(sc[nt][2], sc[nt][3]));
     }
-    float mn0 = fmaxf(m[0], quad_max(mx0)), mn1 = fmaxf(m[1], quad_max(mx1));
+    float mn0 = fmaxf(m[0], quad_max(mx0) * sl2), mn1 = fmaxf(m[1], quad_max(mx1) * sl2);
     float base0 = mn0 == -SM_INF ? 0.f : mn0, base1 = mn1 == -SM_INF ? 0.f : mn1;
-    c0 = exp2f(m[0] - base0);
-    c1 = exp2f(m[1] - base1);
+    c0 = ex2f(m[0] - base0);
+    c1 = ex2f(m[1] - base1);
     m[0] = mn0;
     m[1] = mn1;
     float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
     for (int nt = 0; nt < BN / 8; nt++) {
-        sc[nt][0] = exp2f(sc[nt][0] - base0);
-        sc[nt][1] = exp2f(sc[nt][1] - base0);
-        sc[nt][2] = exp2f(sc[nt][2] - base1);
-        sc[nt][3] = exp2f(sc[nt][3] - base1);
+        sc[nt][0] = ex2f(fmaf(sc[nt][0], sl2, -base0));
+        sc[nt][1] = ex2f(fmaf(sc[nt][1], sl2, -base0));
+        sc[nt][2] = ex2f(fmaf(sc[nt][2], sl2, -base1));
+        sc[nt][3] = ex2f(fmaf(sc[nt][3], sl2, -base1));
         rs0 += sc[nt][0] + sc[nt][1];
         rs1 += sc[nt][2] + sc[nt][3];
     }
@@ -749,7 +777,7 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
                         int j = j0 + nt * 8 + 2 * tq4 + (e & 1);
                         vis = j >= lo[mt][hf] && j <= pos[mt][hf];
                     }
-                    float p = vis ? exp2f(sc[mt][nt][e] * sl2 - L[mt][hf]) : 0.f;
+                    float p = vis ? ex2f(sc[mt][nt][e] * sl2 - L[mt][hf]) : 0.f;
                     sc[mt][nt][e] = p * (dp[mt][nt][e] - Dl[mt][hf]);  // dS / scale
                 }
             }
@@ -910,7 +938,7 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
                             int i = i0 + c, pos = off + i, j = jr + 16 * mt + (e < 2 ? 0 : 8);
                             vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window) && (!starts || j >= (int)starts[qbase + i]);
                         }
-                        float p = vis ? exp2f(sc[mt][nt][e] * sl2 - __fmul_rn(Lt[c], LOG2E)) : 0.f;
+                        float p = vis ? ex2f(sc[mt][nt][e] * sl2 - __fmul_rn(Lt[c], LOG2E)) : 0.f;
                         sc[mt][nt][e] = p;                         // Pᵀ
                         dp[mt][nt][e] = p * (dp[mt][nt][e] - Dt[c]);  // dSᵀ / scale
                     }
@@ -1065,10 +1093,14 @@ __device__ void tc_dq_ds(const bf16_t* k, const bf16_t* ds, bf16_t* dq, int tq, 
             bool ok = qt < nqt && kt >= klo[u] && kt <= qt;
             const bf16_t* src = ds + (ok ? ds_tile(b, h, H, tq, qt, kt) : 0);
             bf16_t* dst = Ss + (nb * MT + u) * DS_T * SL;
-            for (int c = threadIdx.x; c < DS_T * DS_T / 8; c += TC_THREADS) {
-                int r = c >> 3, p = c & 7;  // row r's stored chunk p holds its chunk ds_chunk(r, p)
-                cp_async16(dst + r * SL + ds_chunk(r, p, SW) * 8, src + (ok ? r * DS_T + p * 8 : 0), ok);
-            }
+            // Thread x: stored chunk p = x & 7 of rows x / 8 + 16·i, as load_rows does (row r's
+            // stored chunk p holds its chunk ds_chunk(r, p), and r & 7 is the same for all four).
+            static_assert(DS_T * DS_T / 8 == 4 * TC_THREADS, "four 16-byte chunks a thread");
+            const int p = threadIdx.x & 7, r = threadIdx.x >> 3;
+            bf16_t* d = dst + r * SL + ds_chunk(r, p, SW) * 8;
+            const bf16_t* sp = src + (ok ? r * DS_T + p * 8 : 0);
+#pragma unroll
+            for (int i = 0; i < 4; i++) cp_async16(d + i * 16 * SL, ok ? sp + i * 16 * DS_T : src, ok);
         }
     };
     issue(0);

@@ -347,7 +347,7 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
                             int i = i0 + c, pos = off + i, j = jr + (e < 2 ? 0 : 8);
                             vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window) && (!starts || j >= (int)starts[qbase + i]);
                         }
-                        float p = vis ? exp2f(sc[nt][e] * sl2 - __fmul_rn(Lt[c], LOG2E)) : 0.f;
+                        float p = vis ? ex2f(sc[nt][e] * sl2 - __fmul_rn(Lt[c], LOG2E)) : 0.f;
                         sc[nt][e] = p;                         // Pᵀ
                         dp[nt][e] = p * (dp[nt][e] - Dt[c]);  // dSᵀ / scale
                     }
@@ -539,7 +539,7 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
                     int j = j0 + nt * 8 + 2 * tq4 + (e & 1);
                     vis = j >= lo[hf] && j <= pos[hf];
                 }
-                float p = vis ? exp2f(sc[nt][e] * sl2 - L[hf]) : 0.f;
+                float p = vis ? ex2f(sc[nt][e] * sl2 - L[hf]) : 0.f;
                 sc[nt][e] = p * (dp[nt][e] - Dl[hf]);  // dS / scale
             }
         }
