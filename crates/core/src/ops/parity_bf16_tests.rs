@@ -823,10 +823,14 @@ fn parity_bf16_attention_ds_path() {
             }
         }
         // dk/dv over parts of each GQA group's query heads (`hsplit`, f32 parts summed in part
-        // order; 0: `auto_hsplit`, one head a part at these small grids): out, lse and dq bit for bit the staged form's (dS tiles are per head, so
-        // unchanged), dk and dv within a few flipped bf16 roundings (the f32 sums grouped by part).
-        let staged =
-            if h / kvh >= 2 { run(TcForms { ds: Some(DsForm::Staged), hsplit: 1, ..Default::default() }) } else { continue };
+        // order; 0: `auto_hsplit`, one head a part at these small grids): out, lse and dq bit
+        // for bit the staged form's (dS tiles are per head, so unchanged), dk and dv within a few
+        // flipped bf16 roundings (the f32 sums grouped by part).
+        let staged = if h / kvh >= 2 {
+            run(TcForms { ds: Some(DsForm::Staged), hsplit: 1, ..Default::default() })
+        } else {
+            continue;
+        };
         for hsplit in [0usize, 2, 3, 7, 8] {
             let two = run(TcForms { ds: Some(DsForm::Staged), hsplit, ..Default::default() });
             for (i, what) in ["out", "lse", "dq", "dk", "dv"].iter().enumerate() {

@@ -344,7 +344,10 @@ fn wg_scratch(wg: bool, threads: u32) -> usize {
 fn dkdv_smem(k: &TcKernel, d: usize) -> usize {
     let tw = if k.wg { d } else { d + 8 };
     let stage = if k.name == DS_DKDV[1] { DS_STAGE } else { 0 };
-    (2 * k.rows * (d + 8) + 2 * k.bufs * k.tile * tw) * 2 + 2 * k.bufs * k.tile * 4 + wg_scratch(k.wg, k.threads) + stage
+    (2 * k.rows * (d + 8) + 2 * k.bufs * k.tile * tw) * 2
+        + 2 * k.bufs * k.tile * 4
+        + wg_scratch(k.wg, k.threads)
+        + stage
 }
 
 fn tc_cfg(grid: (usize, usize, usize), smem: usize, threads: u32) -> LaunchConfig {
