@@ -397,11 +397,25 @@ __device__ __forceinline__ void wg_pm(float (*o)[4], unsigned (*pa)[4], const bf
 template <int R, int D, int NT = TC_THREADS>
 __device__ __forceinline__ void load_rows_cm(bf16_t* dst, const bf16_t* src, long long base, int stride, int r0, int rend) {
     constexpr int CH = D / 8;
-    for (int c = threadIdx.x; c < R * CH; c += NT) {
-        int core = c >> 3, rin = c & 7, rg = core / CH, cg = core - rg * CH, r = r0 + rg * 8 + rin;
-        bool ok = r < rend;
-        const bf16_t* g = src + (ok ? (base + r) * (long long)stride : 0) + cg * 8;
-        cp_async16(dst + c * 8, g, ok);
+    if constexpr ((NT / 8) % CH == 0 && (R * CH) % NT == 0) {
+        // As load_rows (NT the block's threads): chunk c = x + i·NT keeps its column group and
+        // row within the core matrix, its row group advancing NT/8/CH a step (rows 8× that).
+        constexpr int RS = NT / CH, N = R * CH / NT;
+        const int core = threadIdx.x >> 3, rg = core / CH, cg = core - rg * CH, r = r0 + rg * 8 + (threadIdx.x & 7);
+        const long long step = (long long)RS * stride;
+        const bf16_t* g = src + (base + r) * (long long)stride + cg * 8;
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+            bool ok = r + i * RS < rend;
+            cp_async16(dst + (threadIdx.x + i * NT) * 8, ok ? g + i * step : src, ok);
+        }
+    } else {
+        for (int c = threadIdx.x; c < R * CH; c += NT) {
+            int core = c >> 3, rin = c & 7, rg = core / CH, cg = core - rg * CH, r = r0 + rg * 8 + rin;
+            bool ok = r < rend;
+            const bf16_t* g = src + (ok ? (base + r) * (long long)stride : 0) + cg * 8;
+            cp_async16(dst + c * 8, g, ok);
+        }
     }
 }
 // A streamed tile: core matrices for the wgmma kernels, padded rows for mma.sync.
