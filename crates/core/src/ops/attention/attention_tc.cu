@@ -167,11 +167,10 @@ __device__ __forceinline__ void load_b_kn(unsigned* b, const bf16_t* t, int k0, 
 
 // Rows [r0, r0+R) of a (…, rows, heads, D) tensor, already offset to its head, → shared
 // [R][D+8]; rows at or past rend are zeros. `base` = batch · rows, `stride` = heads · D.
-// NT: the threads of the block that share the copy (all of them).
-// NT must be the block's thread count (every caller's). Thread x copies 16-byte chunk x % CH of
-// rows x / CH + i·NT/CH: one 64-bit address a call and a fixed step between its rows (the
-// generic chunk loop spent ~55 instructions a 16-byte copy on 64-bit index arithmetic: a third
-// of what the forward issued a key tile, SASS 2026-12-05).
+// NT: the block's thread count (every caller's), all sharing the copy. Thread x copies 16-byte
+// chunk x % CH of rows x / CH + i·NT/CH: one 64-bit address a call and a fixed step between its
+// rows (the generic chunk loop spent ~55 instructions a 16-byte copy on 64-bit index
+// arithmetic: a third of what the forward issued a key tile, SASS 2026-12-05).
 template <int R, int D, int NT = TC_THREADS>
 __device__ __forceinline__ void load_rows(bf16_t* dst, const bf16_t* src, long long base, int stride, int r0, int rend) {
     constexpr int CH = D / 8, LD = D + 8;
