@@ -373,23 +373,14 @@ impl Graph {
                 b.t.shape()
             );
         }
+        // [w | 0 … B … 0] in one pass (`extend_cols`: B cast to w's operand dtype on the way);
+        // it had been a cast, up to two zero fills and five column copies a build, ~60 launches
+        // a layer at issue 16's LoRA shape.
         let combined = {
-            let (w, b, side) = (w.t.clone(), b.t.clone(), side.clone());
+            let (w, b, side_w) = (w.t.clone(), b.t.clone(), side_w);
             move || -> Result<Tensor> {
                 let wo = ops::matmul::weight_operand(&w)?;
-                let bo = ops::elementwise::cast(&b, wo.dtype())?;
-                let m = wo.rows();
-                let mut pad = Vec::with_capacity(3);
-                for (c, piece) in [(off, None), (r, Some(&bo)), (side.cols() - off - r, None)] {
-                    match piece {
-                        Some(t) => pad.push(t.clone()),
-                        None if c > 0 => pad.push(Tensor::zeros_typed(&[m, c], wo.device(), wo.dtype())?),
-                        None => {}
-                    }
-                }
-                // (m, side's width): B at its columns, zeros elsewhere.
-                let b_pad = ops::elementwise::concat_cols(&pad.iter().collect::<Vec<_>>())?;
-                ops::elementwise::concat_cols(&[&wo, &b_pad])
+                ops::elementwise::extend_cols(&wo, &b, off, side_w)
             }
         };
         let w_ext = timed("linear_side.weights", &combined)?;

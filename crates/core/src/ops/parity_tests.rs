@@ -156,7 +156,7 @@ fn kernels_compile() {
             ops::elementwise::cuda::SRC,
             [
                 x(&["add", "mul", "scale", "copy_cols"], &one),
-                x(&["add_assign"], &two),
+                x(&["add_assign", "extend_cols"], &two),
                 plain(&["f32_to_bf16", "bf16_to_f32"]),
             ]
             .concat(),
@@ -281,6 +281,51 @@ fn parity_concat_and_narrow_columns() {
                 assert_eq!(back.to_vec_f32().unwrap(), p.to_vec_f32().unwrap(), "narrow {c0}..{} {dt:?}", c0 + w);
                 c0 += w;
             }
+        }
+    }
+}
+
+/// [w | 0 … b … 0] (`extend_cols`, the LoRA one-product form's combined weight) equals the CPU's
+/// and the concatenation it replaces, bit for bit, for every pair of w and b dtypes, b at the
+/// start, middle and end of the extra columns, row lengths with and without the 16-byte path.
+#[test]
+fn parity_extend_columns() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    for (rows, k, nb, off, width) in
+        [(37usize, 896usize, 16usize, 16usize, 48usize), (5, 7, 3, 0, 5), (300, 64, 16, 16, 32)]
+    {
+        for (dw, db) in [
+            (crate::DType::F32, crate::DType::F32),
+            (crate::DType::BF16, crate::DType::F32),
+            (crate::DType::BF16, crate::DType::BF16),
+            (crate::DType::F32, crate::DType::BF16),
+        ] {
+            let w = randn(&mut r, &[rows, k], 1.0).to_dtype(dw).unwrap();
+            let b = randn(&mut r, &[rows, nb], 1.0).to_dtype(db).unwrap();
+            let want = ops::elementwise::extend_cols(&w, &b, off, width).unwrap();
+            let got =
+                ops::elementwise::extend_cols(&w.to_device(d).unwrap(), &b.to_device(d).unwrap(), off, width).unwrap();
+            assert_eq!(got.dtype(), dw);
+            assert_eq!(
+                got.to_vec_f32().unwrap(),
+                want.to_vec_f32().unwrap(),
+                "extend {rows} × {k} + {width}, b at {off} {dw:?}/{db:?}"
+            );
+            let z = |c: usize| Tensor::zeros(&[rows, c]).to_dtype(dw).unwrap();
+            let bw = b.to_dtype(dw).unwrap();
+            let (z0, z1) = (z(off), z(width - off - nb));
+            let parts: Vec<&Tensor> = [(&w, k), (&z0, off), (&bw, nb), (&z1, width - off - nb)]
+                .into_iter()
+                .filter(|p| p.1 > 0)
+                .map(|p| p.0)
+                .collect();
+            let cat = ops::elementwise::concat_cols(&parts).unwrap();
+            assert_eq!(
+                want.to_vec_f32().unwrap(),
+                cat.to_vec_f32().unwrap(),
+                "extend_cols against concat_cols {dw:?}/{db:?}"
+            );
         }
     }
 }

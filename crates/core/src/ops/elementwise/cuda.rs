@@ -130,6 +130,29 @@ pub(crate) fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
     Tensor::from_device_buf(y, &[rows, total])
 }
 
+/// `ops::elementwise::extend_cols` on CUDA (shapes checked there): one block a row
+/// (grid-strided), w's part in 16-byte chunks where the row lengths and pointers allow.
+pub(crate) fn extend_cols(w: &Tensor, b: &Tensor, off: usize, width: usize) -> Result<Tensor> {
+    let [wb, bb] = cuda::float_bufs([w, b], "extend_cols")?;
+    let gpu = &wb.gpu;
+    let (rows, k, nb) = (w.rows(), w.cols(), b.cols());
+    let y = DeviceBuf::alloc(gpu, wb.dtype, rows * (k + width))?;
+    if rows > 0 {
+        let name = cuda::kname("extend_cols", &[wb.dtype, bb.dtype], "extend_cols")?;
+        let f = gpu.function("elementwise", SRC, &name)?;
+        let (rows32, k32, nb32, off32, width32) = (rows as i32, k as i32, nb as i32, off as i32, width as i32);
+        let mut l = gpu.stream.launch_builder(&f);
+        l.arg(&wb.data).arg(&bb.data).arg(&y.data).arg(&rows32).arg(&k32).arg(&nb32).arg(&off32).arg(&width32);
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: (rows.min(65535) as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        cuda::launched(unsafe { l.launch(cfg) }, &name)?;
+    }
+    Tensor::from_device_buf(y, &[rows, k + width])
+}
+
 /// `ops::elementwise::narrow_cols` on CUDA (bounds checked there).
 pub(crate) fn narrow_cols(x: &Tensor, start: usize, n: usize) -> Result<Tensor> {
     let xb = x.cuda_buf()?;
@@ -164,5 +187,8 @@ impl super::ElementwiseKernels for crate::backend::Cuda {
     }
     fn narrow_cols(&self, x: &Tensor, start: usize, n: usize) -> Result<Tensor> {
         narrow_cols(x, start, n)
+    }
+    fn extend_cols(&self, w: &Tensor, b: &Tensor, off: usize, width: usize) -> Result<Tensor> {
+        extend_cols(w, b, off, width)
     }
 }

@@ -89,3 +89,36 @@ extern "C" __global__ void copy_cols_bf16(const bf16_t* src, long long sld, bf16
                                           int cols) {
     copy_cols(src, sld, dst, dld, rows, cols);
 }
+
+// y = [w | 0 … b … 0], rows × (k + width): row r is w's row (k values), then `width` values that
+// hold b's row (nb values) from column k + off and zeros elsewhere, in w's dtype (`extend_cols`:
+// a frozen projection's weight beside its LoRA adapter's B, one pass). One block a row,
+// grid-strided; w's part in 16-byte chunks when k, k + width and both pointers allow.
+template <typename TW, typename TB>
+__device__ __forceinline__ void extend_cols(const TW* w, const TB* b, TW* y, int rows, int k, int nb, int off, int width) {
+    const int W = 16 / sizeof(TW), cols = k + width;
+    bool vec = k % W == 0 && cols % W == 0 && aligned16(w) && aligned16(y);
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        const TW* wr = w + (long long)r * k;
+        TW* yr = y + (long long)r * cols;
+        int c0 = 0;
+        if (vec) {
+            for (int v = threadIdx.x; v < k / W; v += blockDim.x) ((uint4*)yr)[v] = ((const uint4*)wr)[v];
+            c0 = k;
+        }
+        for (int c = c0 + threadIdx.x; c < cols; c += blockDim.x) {
+            int j = c - k - off;
+            float v = c < k ? to_f(wr[c]) : (j >= 0 && j < nb ? to_f(b[(long long)r * nb + j]) : 0.f);
+            yr[c] = from_f<TW>(v);
+        }
+    }
+}
+#define EXTEND_COLS(NW, TW, NB, TB)                                                                                  \
+    extern "C" __global__ void extend_cols_##NW##_##NB(const TW* w, const TB* b, TW* y, int rows, int k, int nb, int off, \
+                                                       int width) {                                                  \
+        extend_cols(w, b, y, rows, k, nb, off, width);                                                               \
+    }
+EXTEND_COLS(f32, float, f32, float)
+EXTEND_COLS(f32, float, bf16, bf16_t)
+EXTEND_COLS(bf16, bf16_t, f32, float)
+EXTEND_COLS(bf16, bf16_t, bf16, bf16_t)

@@ -22,6 +22,9 @@ pub trait ElementwiseKernels {
     fn concat_cols(&self, parts: &[&Tensor]) -> Result<Tensor>;
     /// Columns start .. start + n of the 2-D `x`.
     fn narrow_cols(&self, x: &Tensor, start: usize, n: usize) -> Result<Tensor>;
+    /// [w | 0 … b … 0] (`extend_cols`, checked there): w's columns, then `width` more with b's at
+    /// `off` and zeros elsewhere, in w's dtype.
+    fn extend_cols(&self, w: &Tensor, b: &Tensor, off: usize, width: usize) -> Result<Tensor>;
 }
 
 /// Elements per parallel task of the CPU's elementwise kernels (each element on its own, so
@@ -94,6 +97,17 @@ impl ElementwiseKernels for Cpu {
             c0 += c;
         }
         Tensor::from_f32(out, &[rows, total])?.to_dtype(parts[0].dtype())
+    }
+    fn extend_cols(&self, w: &Tensor, b: &Tensor, off: usize, width: usize) -> Result<Tensor> {
+        let (rows, k, nb) = (w.rows(), w.cols(), b.cols());
+        let (wv, bv) = (w.to_dtype(crate::DType::F32)?, b.to_dtype(crate::DType::F32)?);
+        let cols = k + width;
+        let mut out = vec![0f32; rows * cols];
+        for (r, o) in out.chunks_exact_mut(cols).enumerate() {
+            o[..k].copy_from_slice(&wv.as_f32()?[r * k..(r + 1) * k]);
+            o[k + off..k + off + nb].copy_from_slice(&bv.as_f32()?[r * nb..(r + 1) * nb]);
+        }
+        Tensor::from_f32(out, &[rows, cols])?.to_dtype(w.dtype())
     }
     fn narrow_cols(&self, x: &Tensor, start: usize, n: usize) -> Result<Tensor> {
         let (rows, c) = (x.rows(), x.cols());
@@ -187,8 +201,48 @@ pub fn narrow_cols(x: &Tensor, start: usize, n: usize) -> Result<Tensor> {
     backend(x.device()).narrow_cols(x, start, n)
 }
 
+/// [w | 0 … b … 0], (rows, w's columns + `width`): each row w's, then `width` columns holding
+/// b's row at `off` and zeros elsewhere; in w's dtype (b rounded to it). One pass for what
+/// `concat_cols` of w, zeros, b and zeros would build (a frozen projection's weight beside its
+/// LoRA adapter's B: `Graph::linear_side`). w and b 2-D, one row count, one device.
+pub fn extend_cols(w: &Tensor, b: &Tensor, off: usize, width: usize) -> Result<Tensor> {
+    if w.shape().len() != 2 || b.shape().len() != 2 || b.rows() != w.rows() || off + b.cols() > width {
+        bail!(
+            "extend_cols: want 2-D w and b of one row count and b's columns at {off} within {width}; got w {:?}, b {:?}",
+            w.shape(),
+            b.shape()
+        );
+    }
+    backend::on("extend_cols", [w, b])?.extend_cols(w, b, off, width)
+}
+
 /// `a` stored as `dtype` (on its device). On CUDA: f32 ↔ bf16 by a kernel (mixed precision
 /// casts a gradient to its tensor's dtype); on the CPU, where compute is f32, `to_dtype`.
 pub fn cast(a: &Tensor, dtype: crate::DType) -> Result<Tensor> {
     backend(a.device()).cast(a, dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `extend_cols` is the concatenation of w, zeros, b and zeros it stands for (b at the
+    /// start, middle and end of the extra columns), and refuses a b that does not fit.
+    #[test]
+    fn extend_cols_is_w_then_b_among_zeros() {
+        let w = Tensor::from_f32((0..6).map(|v| v as f32).collect(), &[2, 3]).unwrap();
+        let b = Tensor::from_f32(vec![10.0, 11.0, 12.0, 13.0], &[2, 2]).unwrap();
+        for off in 0..=3 {
+            let y = extend_cols(&w, &b, off, 5).unwrap();
+            assert_eq!(y.shape(), &[2, 8]);
+            let mut want = [0f32; 16];
+            for r in 0..2 {
+                want[r * 8..r * 8 + 3].copy_from_slice(&w.as_f32().unwrap()[r * 3..r * 3 + 3]);
+                want[r * 8 + 3 + off..r * 8 + 5 + off].copy_from_slice(&b.as_f32().unwrap()[r * 2..r * 2 + 2]);
+            }
+            assert_eq!(y.as_f32().unwrap(), &want[..], "b at {off}");
+        }
+        let err = extend_cols(&w, &b, 4, 5).unwrap_err().to_string();
+        assert!(err.contains("extend_cols"), "{err}");
+    }
 }
