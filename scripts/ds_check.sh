@@ -105,9 +105,11 @@ fi
 # LoRA shape (bench/attn_vs_torch.py over attn_bench): the default forms, the dS path off, the
 # dS path's dk/dv split over 2, 4 or 7 parts of each GQA group (SMELT_CUDA_ATTN_HSPLIT: the LoRA
 # shape's 7 query heads a KV head over 32 key tiles × 2 KV heads × 8 make 512 long blocks), the
-# pipelined wgmma kernels. Kernel time against the peer's, without the rest of the step.
+# pipelined wgmma kernels, and their forwards alone beside the default backward (fwdp: 64-key
+# tiles; fwdn, fwdn1: 128-key tiles, one m64n128 wgmma a k16 step for S, two or one warpgroups).
+# Kernel time against the peer's, without the rest of the step.
 part attn && timeout 300 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/attn" \
-  --variants "ds0:SMELT_CUDA_ATTN_DS=0;hs2:SMELT_CUDA_ATTN_HSPLIT=2;hs4:SMELT_CUDA_ATTN_HSPLIT=4;hs7:SMELT_CUDA_ATTN_HSPLIT=7;wgp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64,SMELT_CUDA_ATTN_DS=0" 2>&1 | tail -28
+  --variants "ds0:SMELT_CUDA_ATTN_DS=0;hs2:SMELT_CUDA_ATTN_HSPLIT=2;hs4:SMELT_CUDA_ATTN_HSPLIT=4;hs7:SMELT_CUDA_ATTN_HSPLIT=7;wgp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64,SMELT_CUDA_ATTN_DS=0;fwdp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64;fwdn:SMELT_CUDA_ATTN_FWD=attn_wgpn_fwd_d64;fwdn1:SMELT_CUDA_ATTN_FWD=attn_wgpn1_fwd_d64" 2>&1 | tail -40
 # ncuattn: why the attention kernels run at 150-230 TFLOP/s (and the pipelined wgmma ones
 # slower): ncu's throughput, occupancy, scheduler and warp-state sections plus stall reasons,
 # tensor-pipe activity and shared-memory bank conflicts for the first backward launches at the

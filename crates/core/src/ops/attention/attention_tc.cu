@@ -359,13 +359,44 @@ __device__ __forceinline__ void wgmma64(float (*c)[4], const unsigned* a, unsign
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc), "n"(TB));
 #endif
 }
+// The same with N = 128: c (64 × 128 f32; this thread's 16 × 4). One instruction for twice the
+// product: a 64-key tile's wgmma is small enough that its fixed costs show (the pipelined forward
+// with 128-key tiles, `attn_wgpn*`, times it).
+template <int TB>
+__device__ __forceinline__ void wgmma128(float (*c)[4], const unsigned* a, unsigned long long desc, int acc) {
+#if WG_ON
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+        "{%64,%65,%66,%67}, %68, p, 1, 1, %70;\n}\n"
+        : "+f"(c[0][0]), "+f"(c[0][1]), "+f"(c[0][2]), "+f"(c[0][3]), "+f"(c[1][0]), "+f"(c[1][1]),
+          "+f"(c[1][2]), "+f"(c[1][3]), "+f"(c[2][0]), "+f"(c[2][1]), "+f"(c[2][2]), "+f"(c[2][3]),
+          "+f"(c[3][0]), "+f"(c[3][1]), "+f"(c[3][2]), "+f"(c[3][3]), "+f"(c[4][0]), "+f"(c[4][1]),
+          "+f"(c[4][2]), "+f"(c[4][3]), "+f"(c[5][0]), "+f"(c[5][1]), "+f"(c[5][2]), "+f"(c[5][3]),
+          "+f"(c[6][0]), "+f"(c[6][1]), "+f"(c[6][2]), "+f"(c[6][3]), "+f"(c[7][0]), "+f"(c[7][1]),
+          "+f"(c[7][2]), "+f"(c[7][3]), "+f"(c[8][0]), "+f"(c[8][1]), "+f"(c[8][2]), "+f"(c[8][3]),
+          "+f"(c[9][0]), "+f"(c[9][1]), "+f"(c[9][2]), "+f"(c[9][3]), "+f"(c[10][0]), "+f"(c[10][1]),
+          "+f"(c[10][2]), "+f"(c[10][3]), "+f"(c[11][0]), "+f"(c[11][1]), "+f"(c[11][2]), "+f"(c[11][3]),
+          "+f"(c[12][0]), "+f"(c[12][1]), "+f"(c[12][2]), "+f"(c[12][3]), "+f"(c[13][0]), "+f"(c[13][1]),
+          "+f"(c[13][2]), "+f"(c[13][3]), "+f"(c[14][0]), "+f"(c[14][1]), "+f"(c[14][2]), "+f"(c[14][3]),
+          "+f"(c[15][0]), "+f"(c[15][1]), "+f"(c[15][2]), "+f"(c[15][3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc), "n"(TB));
+#endif
+}
 // S (64 × BN) = A · Bᵀ: A this warp's D/16 fragments, B a [BN][D] tile in core matrices.
 // Issued only: the caller fences before and commits, waits and keeps after.
 template <int D, int BN>
 __device__ __forceinline__ void wg_abt(float (*s)[4], const unsigned (*a)[4], const bf16_t* bt) {
-    static_assert(BN == 64, "one m64n64 product per k16 step");
+    static_assert(BN == 64 || BN == 128, "one m64n64 or m64n128 product per k16 step");
+    // The same descriptor for both: N walks BN/8 row groups SBO apart.
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ks++) wgmma64<0>(s, a[ks], wg_desc(bt + ks * 2 * 64, 128, (D / 8) * 128), ks);
+    for (int ks = 0; ks < D / 16; ks++) {
+        if constexpr (BN == 64)
+            wgmma64<0>(s, a[ks], wg_desc(bt + ks * 2 * 64, 128, (D / 8) * 128), ks);
+        else
+            wgmma128<0>(s, a[ks], wg_desc(bt + ks * 2 * 64, 128, (D / 8) * 128), ks);
+    }
 }
 // P (this warp's f32 accumulators of a 64 × BN product) rounded to bf16 A fragments, as
 // mm_pm_m forms them.

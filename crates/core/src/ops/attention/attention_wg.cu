@@ -84,11 +84,12 @@ __device__ __forceinline__ void wgp_fold(float (*o)[4], const float (*pv)[4], fl
     }
 }
 
-template <int NW, int NS>
+template <int NW, int NS, int BN = 64>
 __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
                         int H, int KVH, int window, float scale, const unsigned int* starts, int pc) {
     static_assert(NS >= 2, "K(t+1) and V(t) are read while K(t+NS) and V(t+NS-1) load");
-    constexpr int D = 64, BN = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D;
+    static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128");
+    constexpr int D = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D;
     extern __shared__ __align__(1024) unsigned char tc_sm[];
     bf16_t* Qs = (bf16_t*)tc_sm;
     bf16_t* Ks = Qs + ROWS * LD;  // NS tiles of K (TS elements each), then NS of V
@@ -226,20 +227,23 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         if (r0 + 8 < tq) lh[r0 + 8] = (m[1] + log2f(l1)) * ln2;
     }
 }
-// MB: at least MB blocks resident an SM (registers capped at 65536 / (128·NW·MB)).
-#define WGP_FWD(NAME, NW, NS, MB)                                                                                          \
+// MB: at least MB blocks resident an SM (registers capped at 65536 / (128·NW·MB)). BN: keys a
+// streamed tile (128: one m64n128 wgmma a k16 step for S, the `wgpn` forms).
+#define WGP_FWD(NAME, NW, NS, MB, BN)                                                                                      \
     extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v, \
                                                                     bf16_t* out, float* lse, int tq, int tk, int s,    \
                                                                     int H, int KVH, int window, float scale,           \
                                                                     const unsigned int* starts, int pc) {              \
-        wgp_fwd<NW, NS>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                             \
+        wgp_fwd<NW, NS, BN>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                         \
     }
 // NS: K/V ring slots (3: loads issued two iterations ahead; the `s` forms keep 2, one ahead).
-WGP_FWD(attn_wgp_fwd_d64, 2, 3, 1)
-WGP_FWD(attn_wgps_fwd_d64, 2, 2, 1)
-WGP_FWD(attn_wgp3_fwd_d64, 3, 3, 1)
-WGP_FWD(attn_wgp1_fwd_d64, 1, 3, 1)
-WGP_FWD(attn_wgp1b3_fwd_d64, 1, 3, 3)
+WGP_FWD(attn_wgp_fwd_d64, 2, 3, 1, 64)
+WGP_FWD(attn_wgps_fwd_d64, 2, 2, 1, 64)
+WGP_FWD(attn_wgp3_fwd_d64, 3, 3, 1, 64)
+WGP_FWD(attn_wgp1_fwd_d64, 1, 3, 1, 64)
+WGP_FWD(attn_wgp1b3_fwd_d64, 1, 3, 3, 64)
+WGP_FWD(attn_wgpn_fwd_d64, 2, 3, 1, 128)
+WGP_FWD(attn_wgpn1_fwd_d64, 1, 3, 1, 128)
 
 // ---- dk/dv with its products overlapped, head dim 64, 64-query tiles.
 //

@@ -144,9 +144,11 @@ pub(crate) struct WgVariant {
     pub rows: usize,
     pub threads: u32,
     pub bufs: usize,
+    /// Rows of a streamed tile (keys in the forward): 64, or 128 for the `wgpn` forwards.
+    pub tile: usize,
 }
 const fn wv(name: &'static str, rows: usize, bufs: usize) -> WgVariant {
-    WgVariant { name, rows, threads: 2 * rows as u32, bufs }
+    WgVariant { name, rows, threads: 2 * rows as u32, bufs, tile: 64 }
 }
 pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     wv("attn_wgp_fwd_d64", 128, 3),
@@ -154,6 +156,8 @@ pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     wv("attn_wgp3_fwd_d64", 192, 3),
     wv("attn_wgp1_fwd_d64", 64, 3),
     wv("attn_wgp1b3_fwd_d64", 64, 3),
+    WgVariant { tile: 128, ..wv("attn_wgpn_fwd_d64", 128, 3) },
+    WgVariant { tile: 128, ..wv("attn_wgpn1_fwd_d64", 64, 3) },
 ];
 /// The pipelined `wgmma` dq kernels.
 pub(crate) const WG_D64_DQ: &[WgVariant] =
@@ -223,7 +227,7 @@ pub(crate) fn tc_kernels(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
     // A named pipelined wgmma kernel (Hopper only), else a named mma.sync one, else the default.
     let pick = |w: Option<&WgVariant>, v: Option<&TcVariant>, dflt: TcKernel| match (d, w, v) {
         (64, Some(w), _) if hopper => {
-            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, ..k(w.name.into(), w.rows, 64) }
+            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, ..k(w.name.into(), w.rows, w.tile) }
         }
         (64, _, Some(v)) => k(v.name.into(), v.rows, v.tile),
         _ => dflt,
