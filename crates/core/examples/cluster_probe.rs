@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let gpu = cuda::gpu(0)?;
-    let sms = gpu.ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
+    let sms = gpu.sm_count;
     println!("{}: {sms} SMs", gpu.name);
     let bytes = 64usize << 20;
     let buf = DeviceBuf::from_bytes(&gpu, DType::U32, bytes / 4, &vec![3u8; bytes])?;

@@ -119,7 +119,7 @@ extern "C" __global__ void one_read(const uint4* buf, long long words, float* si
 
 #[cfg(feature = "cuda")]
 fn main() -> anyhow::Result<()> {
-    use cudarc::driver::{sys::CUdevice_attribute, LaunchConfig, PushKernelArg};
+    use cudarc::driver::{LaunchConfig, PushKernelArg};
     use smelt_core::cuda::{self, DeviceBuf};
     use smelt_core::DType;
     use std::time::Instant;
@@ -133,7 +133,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let gpu = cuda::gpu(0)?;
-    let sms = gpu.ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
+    let sms = gpu.sm_count as u32;
     println!("{}: {sms} SMs, one block of 256 threads each", gpu.name);
     let bytes = 8usize << 20;
     let buf = DeviceBuf::from_bytes(&gpu, DType::U32, bytes / 4, &vec![1u8; bytes])?;

@@ -33,6 +33,9 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     /// Compute capability (major, minor); NVRTC compiles for exactly this.
     pub arch: (i32, i32),
+    /// Streaming multiprocessors, asked once (grid sizes that count waves: `auto_hsplit`,
+    /// the persistent decode kernel).
+    pub sm_count: usize,
     pub name: String,
     functions: Mutex<HashMap<(&'static str, String), CudaFunction>>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
@@ -81,11 +84,16 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
     keep_freed_memory(&ctx);
     let arch = ctx.compute_capability().map_err(|e| anyhow!("cuda:{ordinal}: {e:?}"))?;
     let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+    let sm_count = ctx
+        .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(|e| anyhow!("cuda:{ordinal}: no SM count: {e:?}"))?
+        .max(1) as usize;
     let g = Arc::new(Gpu {
         ordinal,
         ctx,
         stream,
         arch,
+        sm_count,
         name,
         functions: Mutex::new(HashMap::new()),
         modules: Mutex::new(HashMap::new()),

@@ -625,12 +625,8 @@ pub(crate) fn attention_backward_with(
                 let per_sm = f
                     .occupancy_max_active_blocks_per_multiprocessor(kdkdv.threads, smem, None)
                     .map_err(|e| anyhow::anyhow!("{}: occupancy on {gpu:?}: {e:?}", kdkdv.name))?;
-                let sms = gpu
-                    .ctx
-                    .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-                    .map_err(|e| anyhow::anyhow!("{gpu:?}: no SM count: {e:?}"))?;
                 let blocks = dm.s.div_ceil(kdkdv.rows) * dm.kvh * dm.b;
-                auto_hsplit(blocks, per_sm.max(1) as usize * sms.max(1) as usize, grp)
+                auto_hsplit(blocks, per_sm.max(1) as usize * gpu.sm_count, grp)
             }
             n => n,
         };

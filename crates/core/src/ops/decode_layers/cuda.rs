@@ -330,10 +330,7 @@ fn launch(
     if smem + statik.max(0) as usize > 48 * 1024 {
         return Ok(None);
     }
-    let sms = gpu
-        .ctx
-        .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-        .map_err(|e| anyhow!("{gpu:?}: no SM count: {e:?}"))? as u32;
+    let sms = gpu.sm_count as u32;
     let resident = f
         .occupancy_max_active_blocks_per_multiprocessor(THREADS, smem, None)
         .map_err(|e| anyhow!("decode_layers occupancy on {gpu:?}: {e:?}"))?;

@@ -100,12 +100,13 @@ impl ElementwiseKernels for Cpu {
     }
     fn extend_cols(&self, w: &Tensor, b: &Tensor, off: usize, width: usize) -> Result<Tensor> {
         let (rows, k, nb) = (w.rows(), w.cols(), b.cols());
-        let (wv, bv) = (w.to_dtype(crate::DType::F32)?, b.to_dtype(crate::DType::F32)?);
+        let (wt, bt) = (w.to_dtype(crate::DType::F32)?, b.to_dtype(crate::DType::F32)?);
+        let (wv, bv) = (wt.as_f32()?, bt.as_f32()?);
         let cols = k + width;
         let mut out = vec![0f32; rows * cols];
         for (r, o) in out.chunks_exact_mut(cols).enumerate() {
-            o[..k].copy_from_slice(&wv.as_f32()?[r * k..(r + 1) * k]);
-            o[k + off..k + off + nb].copy_from_slice(&bv.as_f32()?[r * nb..(r + 1) * nb]);
+            o[..k].copy_from_slice(&wv[r * k..(r + 1) * k]);
+            o[k + off..k + off + nb].copy_from_slice(&bv[r * nb..(r + 1) * nb]);
         }
         Tensor::from_f32(out, &[rows, cols])?.to_dtype(w.dtype())
     }
