@@ -17,7 +17,7 @@
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
 # by shape), lora (issue 16's LoRA shape, Qwen2.5-0.5B 8 × 2048, both ways, and its profile),
-# fixes, swiglu, peers124, norm, attn, ncuattn, ab, ab2, gemm, prefetch, probe, loraprof (each described
+# fixes, swiglu, peers124, norm, attn, ncuattn, ab, ab2, gemm, prefetch, probe, loraprof, wgprobe (each described
 # where it runs, below). A part name that matches none runs nothing.
 set -uo pipefail
 D=${1:-.}
@@ -164,6 +164,26 @@ fi
 if part probe; then
   timeout 60 "$D/cluster_probe" 2>&1 | tail -20
   timeout 60 "$D/grid_barrier" 2>&1 | tail -8
+fi
+# wgprobe: wgmma's rate from shared memory in the attention kernels' un-swizzled core-matrix
+# layout against the 128-byte swizzle (examples/wgmma_probe), then ncu of the training forward
+# alone at the 1B shape (attn_bench), the mma.sync kernel beside the pipelined wgmma ones: stall
+# reasons, tensor-pipe activity, shared-memory bank conflicts.
+if part wgprobe; then
+  timeout 90 "$D/wgmma_probe" 2>&1 | tail -20
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+  for v in default wgp wgpn; do
+    env=()
+    [ $v = wgp ] && env=(SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64)
+    [ $v = wgpn ] && env=(SMELT_CUDA_ATTN_FWD=attn_wgpn_fwd_d64)
+    env "${env[@]}" timeout 120 "$NCU" --csv --page details --clock-control none -k 'regex:attn_(tc|wgp|wgpn)_fwd.*' \
+      --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+      --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats \
+      --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum' \
+      "$D/attn_bench" --shapes 1b --iters 1 >"$OUT/ncu-fwd-$v.csv" 2>"$OUT/ncu-fwd-$v.err"
+    echo "== ncu forward ($v) rc $?"
+    python3 ncu_details.py "$OUT/ncu-fwd-$v.csv" --min-us 100 --per-name 1
+  done
 fi
 # gemm: cuBLASLt timing more of its heuristic's candidates (8 by default; the 1B step's products
 # took 141 ms serialised against torch.compile's 135), 1B and large, one call; each variant with

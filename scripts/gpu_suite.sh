@@ -62,11 +62,11 @@ for line in sys.stdin:
     # SMELT_BASE_BIN: an earlier build of smelt, carried as DIR/smelt-base for ds_check.sh's `ab` part.
     [ -n "${SMELT_BASE_BIN:-}" ] && cp "$SMELT_BASE_BIN" "$dir/smelt-base"
     cp scripts/ds_check.sh "$dir/ds_check.sh"  # the attention backward's dS path: (cd DIR && bash ds_check.sh . PARTS)
-    cargo build --release --features cuda -p smelt-core --example grid_barrier --example attn_bench --example cluster_probe
-    for e in grid_barrier attn_bench cluster_probe; do cp "${CARGO_TARGET_DIR:-target}/release/examples/$e" "$dir/"; done
+    cargo build --release --features cuda -p smelt-core --example grid_barrier --example attn_bench --example cluster_probe --example wgmma_probe
+    for e in grid_barrier attn_bench cluster_probe wgmma_probe; do cp "${CARGO_TARGET_DIR:-target}/release/examples/$e" "$dir/"; done
     cp .cache/inputs/smollm2/hf/tokenizer.json "$dir/tokenizer.json" 2>/dev/null || echo "no SmolLM2 tokenizer.json (scripts/fetch_inputs.sh): persist_check.sh time needs one"
     if [ "${SMELT_SUITE_STRIP:-1}" != 0 ] && command -v strip >/dev/null; then
-        for f in "$dir"/core_tests "$dir"/gpu_* "$dir"/cli_tests "$dir"/smelt "$dir"/smelt-base "$dir"/grid_barrier "$dir"/attn_bench "$dir"/cluster_probe; do
+        for f in "$dir"/core_tests "$dir"/gpu_* "$dir"/cli_tests "$dir"/smelt "$dir"/smelt-base "$dir"/grid_barrier "$dir"/attn_bench "$dir"/cluster_probe "$dir"/wgmma_probe; do
             [ -f "$f" ] && [ -x "$f" ] && case "$f" in *.sh) ;; *) strip "$f" ;; esac
         done
     fi
