@@ -112,7 +112,8 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--compile-only") {
         let ptx = cuda::compile::compile(MODULE, src, (9, 0))?;
         if let Some(dir) = std::env::var_os("SMELT_DUMP_PTX") {
-            std::fs::write(std::path::Path::new(&dir).join("wgmma_probe.ptx"), &ptx)?; // for ptxas -v
+            std::fs::write(std::path::Path::new(&dir).join("wgmma_probe.ptx"), &ptx)?;
+            // for ptxas -v
         }
         println!("wgmma_probe: the kernels compile for sm_90a");
         return Ok(());
@@ -132,13 +133,19 @@ fn main() -> anyhow::Result<()> {
                 for g in [1usize, 2] {
                     let name = format!("wr_s{sw}_t{tb}_n{n}_g{g}");
                     let f = gpu.function(MODULE, src, &name)?;
-                    f.set_attribute(sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 33 << 10)
-                        .map_err(|e| anyhow::anyhow!("{name}: shared memory: {e:?}"))?;
+                    f.set_attribute(
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        33 << 10,
+                    )
+                    .map_err(|e| anyhow::anyhow!("{name}: shared memory: {e:?}"))?;
                     let run = || -> anyhow::Result<()> {
                         let mut l = Launch::new(&gpu, &f, &name);
                         l.arg(&iters).arg(&sink.data);
-                        let cfg =
-                            LaunchConfig { grid_dim: (sms as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 33 << 10 };
+                        let cfg = LaunchConfig {
+                            grid_dim: (sms as u32, 1, 1),
+                            block_dim: (256, 1, 1),
+                            shared_mem_bytes: 33 << 10,
+                        };
                         unsafe { l.launch(cfg) }.map_err(|e| anyhow::anyhow!("{name}: {e:?}"))
                     };
                     run()?;
