@@ -17,7 +17,7 @@
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
 # by shape), lora (issue 16's LoRA shape, Qwen2.5-0.5B 8 × 2048, both ways, and its profile),
-# fixes, swiglu, peers124, norm, attn, ncuattn, ab, ab2, gemm, prefetch, probe, loraprof, wgprobe (each described
+# fixes, swiglu, peers124, norm, attn, ncuattn, ab, ab2, gemm, prefetch, probe, loraprof, wgprobe, wgz (each described
 # where it runs, below). A part name that matches none runs nothing.
 set -uo pipefail
 D=${1:-.}
@@ -172,11 +172,11 @@ fi
 if part wgprobe; then
   timeout 90 "$D/wgmma_probe" 2>&1 | tail -20
   NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
-  for v in default wgp wgpn; do
+  for v in default wgp wgpz; do
     env=()
     [ $v = wgp ] && env=(SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64)
-    [ $v = wgpn ] && env=(SMELT_CUDA_ATTN_FWD=attn_wgpn_fwd_d64)
-    env "${env[@]}" timeout 120 "$NCU" --csv --page details --clock-control none -k 'regex:attn_(tc|wgp|wgpn)_fwd.*' \
+    [ $v = wgpz ] && env=(SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64)
+    env "${env[@]}" timeout 120 "$NCU" --csv --page details --clock-control none -k 'regex:attn_(tc|wgp|wgpz)_fwd.*' \
       --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
       --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats \
       --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum' \
@@ -184,6 +184,15 @@ if part wgprobe; then
     echo "== ncu forward ($v) rc $?"
     python3 ncu_details.py "$OUT/ncu-fwd-$v.csv" --min-us 100 --per-name 1
   done
+fi
+# wgz: the pipelined wgmma forwards with their K and V tiles in the 128-byte swizzled layout
+# (`attn_wgpz_fwd_d64`, `attn_wgpzn_fwd_d64`): their parity against the mma.sync kernels, then
+# the attention alone at large and 1B beside the core-matrix forms (fwdp, fwdn).
+if part wgz; then
+  timeout 150 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 >"$OUT/parity_wgz.txt" 2>&1
+  echo "parity_wgmma_pipelined_kernels rc $?"; grep -E "wgpz|panicked|test result" "$OUT/parity_wgz.txt" | cut -c1-200 | head -12
+  timeout 150 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/attnz" --shapes large,1b --no-peers \
+    --variants "fwdp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64;fwdz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64;fwdn:SMELT_CUDA_ATTN_FWD=attn_wgpn_fwd_d64;fwdzn:SMELT_CUDA_ATTN_FWD=attn_wgpzn_fwd_d64" 2>&1 | tail -12
 fi
 # gemm: cuBLASLt timing more of its heuristic's candidates (8 by default; the 1B step's products
 # took 141 ms serialised against torch.compile's 135), 1B and large, one call; each variant with

@@ -421,6 +421,45 @@ __device__ __forceinline__ void wg_pm(float (*o)[4], unsigned (*pa)[4], const bf
     for (int kk = 0; kk < BN / 16; kk++)
         wgmma64<1>(o, pa[kk], wg_desc(m + kk * 2 * (D / 8) * 64, (D / 8) * 128, 128), fresh && kk == 0 ? 0 : 1);
 }
+// The same two products over tiles in the 128-byte swizzled layout (load_rows_sw), layout type
+// 1 in the descriptor's bits 62-63. S = A·Bᵀ, B K-major: a k16 step is 32 bytes into each
+// 128-byte row, the 8-row atoms 1024 bytes apart (stride byte offset; the leading one unused).
+// O += P·M, M N-major (d contiguous, D = 64 one swizzle width): a k16 step is 16 rows, 2048
+// bytes, the 8-row atoms along K 1024 apart.
+#define WG_SW128 (1ull << 62)
+template <int D, int BN>
+__device__ __forceinline__ void wg_abt_sw(float (*s)[4], const unsigned (*a)[4], const bf16_t* bt) {
+    static_assert(D == 64 && (BN == 64 || BN == 128), "128-byte rows; one m64n64 or m64n128 product a k16 step");
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ks++) {
+        if constexpr (BN == 64)
+            wgmma64<0>(s, a[ks], wg_desc(bt + ks * 16, 16, 1024) | WG_SW128, ks);
+        else
+            wgmma128<0>(s, a[ks], wg_desc(bt + ks * 16, 16, 1024) | WG_SW128, ks);
+    }
+}
+template <int D, int BN>
+__device__ __forceinline__ void wg_pm_sw(float (*o)[4], unsigned (*pa)[4], const bf16_t* m, bool fresh = false) {
+    static_assert(D == 64, "one m64n64 product per k16 step, d one swizzle width");
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++)
+        wgmma64<1>(o, pa[kk], wg_desc(m + kk * 16 * D, 16, 1024) | WG_SW128, fresh && kk == 0 ? 0 : 1);
+}
+// Either layout's products, by the kernel's choice (SW: swizzled).
+template <bool SW, int D, int BN>
+__device__ __forceinline__ void wg_abt_l(float (*s)[4], const unsigned (*a)[4], const bf16_t* bt) {
+    if constexpr (SW)
+        wg_abt_sw<D, BN>(s, a, bt);
+    else
+        wg_abt<D, BN>(s, a, bt);
+}
+template <bool SW, int D, int BN>
+__device__ __forceinline__ void wg_pm_l(float (*o)[4], unsigned (*pa)[4], const bf16_t* m, bool fresh) {
+    if constexpr (SW)
+        wg_pm_sw<D, BN>(o, pa, m, fresh);
+    else
+        wg_pm<D, BN>(o, pa, m, fresh);
+}
 // Rows [r0, r0+R) of a (…, rows, heads, D) tensor → shared memory as core matrices; rows at or
 // past rend are zeros. A warp writes 4 whole core matrices (512 contiguous bytes) a pass; its
 // reads are 8 rows × 64 bytes.
@@ -446,6 +485,28 @@ __device__ __forceinline__ void load_rows_cm(bf16_t* dst, const bf16_t* src, lon
             const bf16_t* g = src + (ok ? (base + r) * (long long)stride : 0) + cg * 8;
             cp_async16(dst + c * 8, g, ok);
         }
+    }
+}
+// Rows [r0, r0+R) of a (…, rows, heads, 64) tensor → shared memory in the 128-byte swizzled
+// layout (wgmma's layout type 1; FlashAttention-3's and CUTLASS's): row r's 16-byte chunk c at
+// byte r·128 + ((c ^ (r mod 8))·16), 8-row atoms of 1024 bytes; `dst` 1024-byte aligned (the
+// hardware swizzles the address bits). Rows at or past rend are zeros. Thread x copies chunk x
+// mod 8 of rows x/8 + i·NT/8: NT/8 a multiple of 8 keeps r mod 8, and so the swizzle, fixed, one
+// 64-bit address a call (load_rows' form). The `wgpz` forwards' K and V tiles (`wg_abt_sw`,
+// `wg_pm_sw` read them).
+template <int R, int D, int NT>
+__device__ __forceinline__ void load_rows_sw(bf16_t* dst, const bf16_t* src, long long base, int stride, int r0, int rend) {
+    static_assert(D == 64, "one 128-byte row a tile row");
+    static_assert((NT / 8) % 8 == 0 && (R * 8) % NT == 0, "whole passes of 8-row groups");
+    constexpr int RS = NT / 8, N = R * 8 / NT;
+    const int row = threadIdx.x >> 3, ch = threadIdx.x & 7, r = r0 + row;
+    bf16_t* d = dst + row * 64 + ((ch ^ (row & 7)) << 3);
+    const bf16_t* g = src + (base + r) * (long long)stride + ch * 8;
+    const long long step = (long long)RS * stride;
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        bool ok = r + i * RS < rend;
+        cp_async16(d + i * RS * 64, ok ? g + i * step : src, ok);
     }
 }
 // A streamed tile: core matrices for the wgmma kernels, padded rows for mma.sync.

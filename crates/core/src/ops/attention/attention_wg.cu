@@ -84,7 +84,7 @@ __device__ __forceinline__ void wgp_fold(float (*o)[4], const float (*pv)[4], fl
     }
 }
 
-template <int NW, int NS, int BN = 64>
+template <int NW, int NS, int BN = 64, bool SW = false>
 __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
                         int H, int KVH, int window, float scale, const unsigned int* starts, int pc) {
     static_assert(NS >= 2, "K(t+1) and V(t) are read while K(t+NS) and V(t+NS-1) load");
@@ -110,12 +110,23 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     const bf16_t* vh = v + (long long)g * D;
     long long qbase = (long long)b * tq, kbase = (long long)b * s;
     // K(t) and V(t) in slot t % NS of their rings.
+    // SW: the tiles in the 128-byte swizzled layout (load_rows_sw; Qs' (64·NW)·(D+8) bf16 and
+    // the TS-element slots keep every slot 1024-byte aligned), else in core matrices.
     auto load_k = [&](int t) {
-        if (t < ntiles) load_rows_cm<BN, D, NT>(Ks + (t % NS) * TS, kh, kbase, KVH * D, blo + t * BN, bhi);
+        if (t >= ntiles) return;
+        if constexpr (SW)
+            load_rows_sw<BN, D, NT>(Ks + (t % NS) * TS, kh, kbase, KVH * D, blo + t * BN, bhi);
+        else
+            load_rows_cm<BN, D, NT>(Ks + (t % NS) * TS, kh, kbase, KVH * D, blo + t * BN, bhi);
     };
     auto load_v = [&](int t) {
-        if (t < ntiles) load_rows_cm<BN, D, NT>(Vs + (t % NS) * TS, vh, kbase, KVH * D, blo + t * BN, bhi);
+        if (t >= ntiles) return;
+        if constexpr (SW)
+            load_rows_sw<BN, D, NT>(Vs + (t % NS) * TS, vh, kbase, KVH * D, blo + t * BN, bhi);
+        else
+            load_rows_cm<BN, D, NT>(Vs + (t % NS) * TS, vh, kbase, KVH * D, blo + t * BN, bhi);
     };
+
     // Every key of the tile at j0 visible to every row of this warpgroup: no masks.
     auto full = [&](int j0) {
         return j0 + BN - 1 <= off + iw && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + iw + 63, window)) &&
@@ -163,7 +174,7 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     // S(0) and its softmax.
     wg_keep(sc, BN / 8);
     wg_fence();
-    wg_abt<D, BN>(sc, qf, Ks);
+    wg_abt_l<SW, D, BN>(sc, qf, Ks);
     wg_commit();
     wg_wait0();
     wg_keep(sc, BN / 8);
@@ -184,9 +195,9 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         wg_keep(sc, BN / 8);
         wg_keep(pv, D / 8);
         wg_fence();
-        wg_abt<D, BN>(sc, qf, Ks + ((t + 1) % NS) * TS);
+        wg_abt_l<SW, D, BN>(sc, qf, Ks + ((t + 1) % NS) * TS);
         wg_commit();
-        wg_pm<D, BN>(pv, pa, Vs + (t % NS) * TS, true);
+        wg_pm_l<SW, D, BN>(pv, pa, Vs + (t % NS) * TS, true);
         wg_commit();
         wg_wait1();  // S(t+1) is done; P(t)·V(t) may still run
         wg_keep(sc, BN / 8);
@@ -209,7 +220,7 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         wg_keep_a(pa, BN / 16);
         wg_keep(pv, D / 8);
         wg_fence();
-        wg_pm<D, BN>(pv, pa, Vs + (t % NS) * TS, true);
+        wg_pm_l<SW, D, BN>(pv, pa, Vs + (t % NS) * TS, true);
         wg_commit();
         wg_wait0();
         wg_keep(pv, D / 8);
@@ -229,13 +240,14 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
 }
 // MB: at least MB blocks resident an SM (registers capped at 65536 / (128·NW·MB)). BN: keys a
 // streamed tile (128: one m64n128 wgmma a k16 step for S, the `wgpn` forms).
-#define WGP_FWD(NAME, NW, NS, MB, BN)                                                                                      \
+#define WGP_FWD_SW(NAME, NW, NS, MB, BN, SW)                                                                               \
     extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v, \
                                                                     bf16_t* out, float* lse, int tq, int tk, int s,    \
                                                                     int H, int KVH, int window, float scale,           \
                                                                     const unsigned int* starts, int pc) {              \
-        wgp_fwd<NW, NS, BN>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                         \
+        wgp_fwd<NW, NS, BN, SW>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                     \
     }
+#define WGP_FWD(NAME, NW, NS, MB, BN) WGP_FWD_SW(NAME, NW, NS, MB, BN, false)
 // NS: K/V ring slots (3: loads issued two iterations ahead; the `s` forms keep 2, one ahead).
 WGP_FWD(attn_wgp_fwd_d64, 2, 3, 1, 64)
 WGP_FWD(attn_wgps_fwd_d64, 2, 2, 1, 64)
@@ -244,6 +256,10 @@ WGP_FWD(attn_wgp1_fwd_d64, 1, 3, 1, 64)
 WGP_FWD(attn_wgp1b3_fwd_d64, 1, 3, 3, 64)
 WGP_FWD(attn_wgpn_fwd_d64, 2, 3, 1, 128)
 WGP_FWD(attn_wgpn1_fwd_d64, 1, 3, 1, 128)
+// The K and V tiles in the 128-byte swizzled layout instead of core matrices (`wgpz`): whether
+// the un-swizzled tiles hold wgmma back (examples/wgmma_probe times the layouts alone).
+WGP_FWD_SW(attn_wgpz_fwd_d64, 2, 3, 1, 64, true)
+WGP_FWD_SW(attn_wgpzn_fwd_d64, 2, 3, 1, 128, true)
 
 // ---- dk/dv with its products overlapped, head dim 64, 64-query tiles.
 //

@@ -158,6 +158,8 @@ pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     wv("attn_wgp1b3_fwd_d64", 64, 3),
     WgVariant { tile: 128, ..wv("attn_wgpn_fwd_d64", 128, 3) },
     WgVariant { tile: 128, ..wv("attn_wgpn1_fwd_d64", 64, 3) },
+    wv("attn_wgpz_fwd_d64", 128, 3),
+    WgVariant { tile: 128, ..wv("attn_wgpzn_fwd_d64", 128, 3) },
 ];
 /// The pipelined `wgmma` dq kernels.
 pub(crate) const WG_D64_DQ: &[WgVariant] =
