@@ -17,7 +17,7 @@
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
 # by shape), lora (issue 16's LoRA shape, Qwen2.5-0.5B 8 × 2048, both ways, and its profile),
-# fixes, swiglu, peers124, norm, attn, ncuattn, ab, ab2, gemm, prefetch, probe, loraprof, wgprobe, wgz (each described
+# fixes, swiglu, peers124, norm, attn, ncuattn, ab, ab2, gemm, prefetch, probe, loraprof, wgprobe, wgz, wgztrain (each described
 # where it runs, below). A part name that matches none runs nothing.
 set -uo pipefail
 D=${1:-.}
@@ -192,8 +192,13 @@ if part wgz; then
   timeout 150 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 >"$OUT/parity_wgz.txt" 2>&1
   echo "parity_wgmma_pipelined_kernels rc $?"; grep -E "wgpz|panicked|test result" "$OUT/parity_wgz.txt" | cut -c1-200 | head -12
   timeout 150 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/attnz" --shapes large,1b --no-peers \
-    --variants "fwdp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64;fwdz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64;fwdn:SMELT_CUDA_ATTN_FWD=attn_wgpn_fwd_d64;fwdzn:SMELT_CUDA_ATTN_FWD=attn_wgpzn_fwd_d64" 2>&1 | tail -12
+    --variants "fwdp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64;fwdz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64;fwdn:SMELT_CUDA_ATTN_FWD=attn_wgpn_fwd_d64;fwdzn:SMELT_CUDA_ATTN_FWD=attn_wgpzn_fwd_d64;wgp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64,SMELT_CUDA_ATTN_DS=0;wgz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgpz_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgpz_dkdv_d64,SMELT_CUDA_ATTN_DS=0" 2>&1 | tail -16
 fi
+# wgztrain: the large preset's training step with the swizzled wgmma forward, and with all three
+# swizzled kernels, beside the default (the attention alone is `wgz`).
+part wgztrain && timeout 150 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large --no-peers \
+  --variants "fwdz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64;wgz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgpz_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgpz_dkdv_d64,SMELT_CUDA_ATTN_DS=0" \
+  --out "$OUT/wgztrain" 2>&1 | tail -6
 # gemm: cuBLASLt timing more of its heuristic's candidates (8 by default; the 1B step's products
 # took 141 ms serialised against torch.compile's 135), 1B and large, one call; each variant with
 # a kernel cache of its own, since the chosen algorithms are kept there (cublaslt-tune.tsv).

@@ -509,6 +509,14 @@ __device__ __forceinline__ void load_rows_sw(bf16_t* dst, const bf16_t* src, lon
         cp_async16(d + i * RS * 64, ok ? g + i * step : src, ok);
     }
 }
+// Either layout's tile copy (SW: load_rows_sw, else core matrices).
+template <bool SW, int R, int D, int NT>
+__device__ __forceinline__ void load_rows_l(bf16_t* dst, const bf16_t* src, long long base, int stride, int r0, int rend) {
+    if constexpr (SW)
+        load_rows_sw<R, D, NT>(dst, src, base, stride, r0, rend);
+    else
+        load_rows_cm<R, D, NT>(dst, src, base, stride, r0, rend);
+}
 // A streamed tile: core matrices for the wgmma kernels, padded rows for mma.sync.
 template <bool WG, int R, int D>
 __device__ __forceinline__ void load_tile(bf16_t* dst, const bf16_t* src, long long base, int stride, int r0, int rend) {

@@ -113,18 +113,10 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     // SW: the tiles in the 128-byte swizzled layout (load_rows_sw; Qs' (64·NW)·(D+8) bf16 and
     // the TS-element slots keep every slot 1024-byte aligned), else in core matrices.
     auto load_k = [&](int t) {
-        if (t >= ntiles) return;
-        if constexpr (SW)
-            load_rows_sw<BN, D, NT>(Ks + (t % NS) * TS, kh, kbase, KVH * D, blo + t * BN, bhi);
-        else
-            load_rows_cm<BN, D, NT>(Ks + (t % NS) * TS, kh, kbase, KVH * D, blo + t * BN, bhi);
+        if (t < ntiles) load_rows_l<SW, BN, D, NT>(Ks + (t % NS) * TS, kh, kbase, KVH * D, blo + t * BN, bhi);
     };
     auto load_v = [&](int t) {
-        if (t >= ntiles) return;
-        if constexpr (SW)
-            load_rows_sw<BN, D, NT>(Vs + (t % NS) * TS, vh, kbase, KVH * D, blo + t * BN, bhi);
-        else
-            load_rows_cm<BN, D, NT>(Vs + (t % NS) * TS, vh, kbase, KVH * D, blo + t * BN, bhi);
+        if (t < ntiles) load_rows_l<SW, BN, D, NT>(Vs + (t % NS) * TS, vh, kbase, KVH * D, blo + t * BN, bhi);
     };
 
     // Every key of the tile at j0 visible to every row of this warpgroup: no masks.
@@ -276,7 +268,7 @@ WGP_FWD_SW(attn_wgpzn_fwd_d64, 2, 3, 1, 128, true)
 // within ATTN_TC of the mma.sync kernels. Shared memory: K and V [64·NW][D+8] (ldmatrix), then
 // Q and dO NB × [BQ][D] in core matrices, lse and delta NB × BQ f32:
 // (2·64·NW·(D+8) + 2·NB·BQ·D)·2 + 2·NB·BQ·4 bytes (+ wg_pin's scratch), the launcher's formula.
-template <int NW, int NB>
+template <int NW, int NB, bool SW = false>
 __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                          const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
                          float scale, const unsigned int* starts, const unsigned int* ends, int pc) {
@@ -314,8 +306,8 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
         auto issue = [&](int t) {
             if (t >= ntiles) return;
             int nb = t % NB, h = g * grp + t / nq, i0 = qlo + (t % nq) * BQ;
-            load_rows_cm<BQ, D, NT>(Qs + nb * TS, q + (long long)h * D, qbase, H * D, i0, qhi);
-            load_rows_cm<BQ, D, NT>(Os + nb * TS, dout + (long long)h * D, qbase, H * D, i0, qhi);
+            load_rows_l<SW, BQ, D, NT>(Qs + nb * TS, q + (long long)h * D, qbase, H * D, i0, qhi);
+            load_rows_l<SW, BQ, D, NT>(Os + nb * TS, dout + (long long)h * D, qbase, H * D, i0, qhi);
             if (threadIdx.x < BQ) {
                 int i = i0 + threadIdx.x;
                 long long at = ((long long)b * H + h) * tq + i;
@@ -378,8 +370,8 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
             wg_keep(av, D / 8);  // their zeros written before the first fence (PTX's rule)
             wg_keep(ak, D / 8);
             wg_fence();
-            wg_abt<D, BQ>(sc, kf, Qs);
-            wg_abt<D, BQ>(dp, vf, Os);
+            wg_abt_l<SW, D, BQ>(sc, kf, Qs);
+            wg_abt_l<SW, D, BQ>(dp, vf, Os);
             wg_commit();
             wg_wait0();
             wg_keep(sc, BQ / 8);
@@ -400,11 +392,11 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
                 wg_keep(dp, BQ / 8);
                 wg_fence();
                 int n0 = (t % NB) * TS, n1 = ((t + 1) % NB) * TS;
-                wg_abt<D, BQ>(sc, kf, Qs + n1);
-                wg_abt<D, BQ>(dp, vf, Os + n1);
+                wg_abt_l<SW, D, BQ>(sc, kf, Qs + n1);
+                wg_abt_l<SW, D, BQ>(dp, vf, Os + n1);
                 wg_commit();
-                wg_pm<D, BQ>(av, pa, Os + n0);
-                wg_pm<D, BQ>(ak, sa, Qs + n0);
+                wg_pm_l<SW, D, BQ>(av, pa, Os + n0, false);
+                wg_pm_l<SW, D, BQ>(ak, sa, Qs + n0, false);
                 wg_commit();
                 wg_wait1();  // Sᵀ(t+1) and dPᵀ(t+1) are done; dV and dK may still run
                 wg_keep(sc, BQ / 8);
@@ -424,8 +416,8 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
                 wg_keep_a(pa, BQ / 16);
                 wg_keep_a(sa, BQ / 16);
                 wg_fence();
-                wg_pm<D, BQ>(av, pa, Os + n0);
-                wg_pm<D, BQ>(ak, sa, Qs + n0);
+                wg_pm_l<SW, D, BQ>(av, pa, Os + n0, false);
+                wg_pm_l<SW, D, BQ>(ak, sa, Qs + n0, false);
                 wg_commit();
                 wg_wait0();
                 wg_keep(av, D / 8);
@@ -441,17 +433,20 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
     store_rows<D>(dk + (long long)g * D, ak, kbase, kvs, jr, s, scale, scale, lane);
     store_rows<D>(dv + (long long)g * D, av, kbase, kvs, jr, s, 1.f, 1.f, lane);
 }
-#define WGP_DKDV(NAME, NW, NB, MB)                                                                                          \
+#define WGP_DKDV_SW(NAME, NW, NB, MB, SW)                                                                                   \
     extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(                                                    \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,   \
         bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                        \
         const unsigned int* starts, const unsigned int* ends, int pc) {                                                \
-        wgp_dkdv<NW, NB>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, pc);      \
+        wgp_dkdv<NW, NB, SW>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, ends, pc);  \
     }
+#define WGP_DKDV(NAME, NW, NB, MB) WGP_DKDV_SW(NAME, NW, NB, MB, false)
 // NB: streamed-tile buffers (4: loads issued two iterations ahead; the `s` form keeps 3, one ahead).
 WGP_DKDV(attn_wgp_dkdv_d64, 2, 4, 1)
 WGP_DKDV(attn_wgps_dkdv_d64, 2, 3, 1)
 WGP_DKDV(attn_wgp1_dkdv_d64, 1, 4, 1)
+// Q and dO in the 128-byte swizzled layout (`wgpz`, as the forward's).
+WGP_DKDV_SW(attn_wgpz_dkdv_d64, 2, 4, 1, true)
 
 // ---- dq with its products overlapped (and delta, as tc_dq computes it), head dim 64, 64-key
 // tiles. NW warpgroups a block (warpgroup w owns query rows i0 + 64w …; Q and dO fragments in
@@ -461,7 +456,7 @@ WGP_DKDV(attn_wgp1_dkdv_d64, 1, 4, 1)
 // V(t+1) are read during iteration t: NB ≥ 3 buffers, tile t+NB−1 loads into tile t−1's.
 // Shared memory: Q, dO and out [64·NW][D+8], K and V NB × [BN][D] in core matrices, delta 64·NW
 // f32: (3·64·NW·(D+8) + 2·NB·BN·D)·2 + 64·NW·4 bytes (+ wg_pin's scratch), the launcher's formula.
-template <int NW, int NB>
+template <int NW, int NB, bool SW = false>
 __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const bf16_t* out,
                        const float* lse, float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window,
                        float scale, const unsigned int* starts, int pc) {
@@ -491,8 +486,8 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
     auto issue = [&](int t) {
         if (t >= ntiles) return;
         int nb = (t % NB) * TS, j = blo + t * BN;
-        load_rows_cm<BN, D, NT>(Ks + nb, kh, kbase, KVH * D, j, bhi);
-        load_rows_cm<BN, D, NT>(Vs + nb, vh, kbase, KVH * D, j, bhi);
+        load_rows_l<SW, BN, D, NT>(Ks + nb, kh, kbase, KVH * D, j, bhi);
+        load_rows_l<SW, BN, D, NT>(Vs + nb, vh, kbase, KVH * D, j, bhi);
     };
     auto full = [&](int j0) {
         return j0 + BN - 1 <= off + iw && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + iw + 63, window)) &&
@@ -568,8 +563,8 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
     wg_keep(dp, BN / 8);
     wg_keep(acc, D / 8);  // its zeros written before the first fence (PTX's rule)
     wg_fence();
-    wg_abt<D, BN>(sc, qf, Ks);
-    wg_abt<D, BN>(dp, of, Vs);
+    wg_abt_l<SW, D, BN>(sc, qf, Ks);
+    wg_abt_l<SW, D, BN>(dp, of, Vs);
     wg_commit();
     wg_wait0();
     wg_keep(sc, BN / 8);
@@ -586,10 +581,10 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
         wg_keep(dp, BN / 8);
         wg_fence();
         int n0 = (t % NB) * TS, n1 = ((t + 1) % NB) * TS;
-        wg_abt<D, BN>(sc, qf, Ks + n1);
-        wg_abt<D, BN>(dp, of, Vs + n1);
+        wg_abt_l<SW, D, BN>(sc, qf, Ks + n1);
+        wg_abt_l<SW, D, BN>(dp, of, Vs + n1);
         wg_commit();
-        wg_pm<D, BN>(acc, pa, Ks + n0);
+        wg_pm_l<SW, D, BN>(acc, pa, Ks + n0, false);
         wg_commit();
         wg_wait1();  // S(t+1) and dP(t+1) are done; dQ may still run
         wg_keep(sc, BN / 8);
@@ -611,7 +606,7 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
         wg_pack<BN>(sc, pa);
         wg_keep_a(pa, BN / 16);
         wg_fence();
-        wg_pm<D, BN>(acc, pa, Ks + ((ntiles - 1) % NB) * TS);
+        wg_pm_l<SW, D, BN>(acc, pa, Ks + ((ntiles - 1) % NB) * TS, false);
         wg_commit();
         wg_wait0();
         wg_keep(acc, D / 8);
@@ -619,14 +614,17 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
     }
     store_rows<D>(dq + (long long)h * D, acc, qbase, H * D, iw + warp * 16 + gq, tq, scale, scale, lane);
 }
-#define WGP_DQ(NAME, NW, NB, MB)                                                                                            \
+#define WGP_DQ_SW(NAME, NW, NB, MB, SW)                                                                                     \
     extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(                                                    \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const bf16_t* out, const float* lse,    \
         float* delta, bf16_t* dq, int tq, int tk, int s, int H, int KVH, int window, float scale,                      \
         const unsigned int* starts, int pc) {                                                                          \
-        wgp_dq<NW, NB>(q, k, v, dout, out, lse, delta, dq, tq, tk, s, H, KVH, window, scale, starts, pc);             \
+        wgp_dq<NW, NB, SW>(q, k, v, dout, out, lse, delta, dq, tq, tk, s, H, KVH, window, scale, starts, pc);         \
     }
+#define WGP_DQ(NAME, NW, NB, MB) WGP_DQ_SW(NAME, NW, NB, MB, false)
 // NB as wgp_dkdv's (the `s` form keeps 3 buffers).
 WGP_DQ(attn_wgp_dq_d64, 2, 4, 1)
 WGP_DQ(attn_wgps_dq_d64, 2, 3, 1)
 WGP_DQ(attn_wgp1_dq_d64, 1, 4, 1)
+// K and V in the 128-byte swizzled layout (`wgpz`, as the forward's).
+WGP_DQ_SW(attn_wgpz_dq_d64, 2, 4, 1, true)

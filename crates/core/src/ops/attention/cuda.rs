@@ -162,11 +162,19 @@ pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     WgVariant { tile: 128, ..wv("attn_wgpzn_fwd_d64", 128, 3) },
 ];
 /// The pipelined `wgmma` dq kernels.
-pub(crate) const WG_D64_DQ: &[WgVariant] =
-    &[wv("attn_wgp_dq_d64", 128, 4), wv("attn_wgps_dq_d64", 128, 3), wv("attn_wgp1_dq_d64", 64, 4)];
+pub(crate) const WG_D64_DQ: &[WgVariant] = &[
+    wv("attn_wgp_dq_d64", 128, 4),
+    wv("attn_wgps_dq_d64", 128, 3),
+    wv("attn_wgp1_dq_d64", 64, 4),
+    wv("attn_wgpz_dq_d64", 128, 4),
+];
 /// The pipelined `wgmma` dk/dv kernels.
-pub(crate) const WG_D64_DKDV: &[WgVariant] =
-    &[wv("attn_wgp_dkdv_d64", 128, 4), wv("attn_wgps_dkdv_d64", 128, 3), wv("attn_wgp1_dkdv_d64", 64, 4)];
+pub(crate) const WG_D64_DKDV: &[WgVariant] = &[
+    wv("attn_wgp_dkdv_d64", 128, 4),
+    wv("attn_wgps_dkdv_d64", 128, 3),
+    wv("attn_wgp1_dkdv_d64", 64, 4),
+    wv("attn_wgpz_dkdv_d64", 128, 4),
+];
 
 /// A kernel of attention_tc.cu's other instantiations at head dim 64: its name, rows a block
 /// and streamed tile width. Every one gives the bits of the default for its pass (the test
