@@ -253,6 +253,210 @@ WGP_FWD(attn_wgpn1_fwd_d64, 1, 3, 1, 128)
 WGP_FWD_SW(attn_wgpz_fwd_d64, 2, 3, 1, 64, true)
 WGP_FWD_SW(attn_wgpzn_fwd_d64, 2, 3, 1, 128, true)
 
+// ---- The forward with a copying warp (FlashAttention-3's warp specialisation, without TMA),
+// head dim 64. Warpgroups 0 and 1 compute exactly as wgp_fwd with swizzled tiles (rows i0 + 64w …,
+// S(t+1) and P(t)·V(t) in flight together); warp 8 only copies K(t) and V(t) into ring slot
+// t mod NS. Each slot has two mbarriers in shared memory: `full` (count 32: the copying warp's
+// lanes arrive through cp.async.mbarrier.arrive.noinc, each when its own copies of the tile have
+// landed) and `empty` (count 8: lane 0 of each computing warp, once its products on the slot are
+// waited for). So the computing warps issue no copies and meet no block barrier inside the loop
+// (ncu, 2026-12-05: the pipelined forward's copies and per-tile barrier cost it ~15% of its
+// stalls). The consumers fence the async proxy after each wait (the copies are generic-proxy
+// writes the tensor cores read through the async proxy). No deadlock for NS ≥ 2: the copier
+// waits for tile t − NS's slot, which the computing warps free in iteration t − NS, before they
+// ever wait for tile t − NS + 2. Same bits as attn_wgpz_fwd_d64 at the same BN (the same
+// products and softmax in the same order).
+// Shared memory: wgp_fwd's (Q, NS slots of K and of V, wg_pin's 8 bytes a thread for 288
+// threads) with the 2·NS mbarriers in the scratch's last 256 bytes (only the 256 computing
+// threads pin).
+__device__ __forceinline__ void mbar_init(unsigned long long* b, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(b)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned long long* b) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(b)) : "memory");
+}
+// Waits until the phase of parity `parity` of barrier b has completed.
+__device__ __forceinline__ void mbar_wait(unsigned long long* b, unsigned parity) {
+    unsigned done = 0;
+    while (!done)
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(smem_u32(b)), "r"(parity)
+                     : "memory");
+}
+// An arrival on b once every cp.async this thread issued before it has landed (the count at init
+// includes it: .noinc).
+__device__ __forceinline__ void cp_async_arrive(unsigned long long* b) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(b)) : "memory");
+}
+// load_rows_sw's layout for one warp: rows [r0, r0+R) → dst, lane l copying chunks l, l + 32, ….
+template <int R>
+__device__ __forceinline__ void load_rows_sw_warp(bf16_t* dst, const bf16_t* src, long long base, int stride, int r0,
+                                                  int rend, int lane) {
+    const int ch = lane & 7;
+    const bf16_t* g = src + (base + r0 + (lane >> 3)) * (long long)stride + ch * 8;
+    const long long step = 4LL * stride;  // 4 rows a pass
+#pragma unroll 8
+    for (int i = 0; i < R / 4; i++) {
+        int row = (lane >> 3) + 4 * i;
+        bool ok = r0 + row < rend;
+        cp_async16(dst + row * 64 + ((ch ^ (row & 7)) << 3), ok ? g + i * step : src, ok);
+    }
+}
+
+template <int NS, int BN>
+__device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
+                        int H, int KVH, int window, float scale, const unsigned int* starts, int pc) {
+    static_assert(NS >= 2, "the copier refills a slot the computing warps freed an iteration before");
+    static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128");
+    constexpr int NW = 2, D = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D;
+    extern __shared__ __align__(1024) unsigned char tc_sm[];
+    bf16_t* Qs = (bf16_t*)tc_sm;
+    bf16_t* Ks = Qs + ROWS * LD;  // NS slots of K (TS elements each), then NS of V
+    bf16_t* Vs = Ks + NS * TS;
+    float* Pin = (float*)(Vs + NS * TS);  // 2 floats a computing thread: wg_pin's slots
+    unsigned long long* full = (unsigned long long*)(Pin + 2 * NT);
+    unsigned long long* empty = full + NS;
+    TcTile tt = tc_tile(pc);
+    int b = tt.z, h = tt.y, g = h / (H / KVH);
+    int off = tk - tq;
+    int i0 = (gridDim.x - 1 - tt.rank) * ROWS;  // the longest (last) query tiles first
+    int ilast = min(tq - 1, i0 + ROWS - 1);
+    long long srow0 = (long long)b * tq;
+    int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
+    int ntiles = (bhi - blo + BN - 1) / BN;
+    const bf16_t* kh = k + (long long)g * D;
+    const bf16_t* vh = v + (long long)g * D;
+    long long qbase = (long long)b * tq, kbase = (long long)b * s;
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < NS; i++) {
+            mbar_init(full + i, 32);
+            mbar_init(empty + i, NT / 32);
+        }
+    }
+    __syncthreads();  // the only block-wide barrier: the mbarriers are initialised
+    if (threadIdx.x >= NT) {
+        // The copying warp.
+        int lane = threadIdx.x - NT;
+        for (int t = 0; t < ntiles; t++) {
+            int slot = t % NS;
+            if (t >= NS) mbar_wait(empty + slot, (t / NS - 1) & 1);  // tile t − NS's products are done
+            load_rows_sw_warp<BN>(Ks + slot * TS, kh, kbase, KVH * D, blo + t * BN, bhi, lane);
+            load_rows_sw_warp<BN>(Vs + slot * TS, vh, kbase, KVH * D, blo + t * BN, bhi, lane);
+            cp_async_arrive(full + slot);
+        }
+        cp_commit();  // wait_group counts committed groups only
+        cp_wait_all();  // nothing in flight when the warp ends
+        return;
+    }
+    int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
+    int iw = i0 + 64 * wg, wlast = min(tq - 1, iw + 63);  // this warpgroup's rows (maybe all past the end)
+    auto full_ok = [&](int j0) {
+        return j0 + BN - 1 <= off + iw && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + iw + 63, window)) &&
+               (!starts || j0 >= (int)starts[srow0 + wlast]);
+    };
+    // Tile t's K and V have landed (and are visible to the tensor cores).
+    auto landed = [&](int t) {
+        mbar_wait(full + t % NS, (t / NS) & 1);
+        fence_proxy_async();
+    };
+    load_rows<ROWS, D, NT>(Qs, q + (long long)h * D, qbase, H * D, i0, tq);
+    cp_commit();
+    cp_wait_all();
+    asm volatile("bar.sync 1, %0;\n" ::"n"(NT) : "memory");  // Q in: the computing warps only
+    unsigned qf[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ks++) load_a<LD>(qf[ks], Qs, 64 * wg + warp * 16, ks * 16, lane);
+    float o[D / 8][4], pv[D / 8][4], sc[BN / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[nt][e] = pv[nt][e] = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) sc[nt][e] = 0.f;
+    float m[2], l[2];
+    int pos[2], lo[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        m[hf] = -SM_INF;
+        l[hf] = 0.f;
+        pos[hf] = off + iw + warp * 16 + gq + 8 * hf;
+        lo[hf] = tc_row_lo(pos[hf], window, starts, srow0 + min(pos[hf] - off, tq - 1));
+    }
+    const float sl2 = scale * LOG2E;
+    landed(0);
+    wg_keep(sc, BN / 8);
+    wg_fence();
+    wg_abt_sw<D, BN>(sc, qf, Ks);
+    wg_commit();
+    wg_wait0();
+    wg_keep(sc, BN / 8);
+    float c0, c1;
+    tc_softmax<BN>(sc, m, l, pos, lo, blo, full_ok(blo), sl2, tq4, c0, c1);
+    for (int t = 0; t + 1 < ntiles; t++) {
+        landed(t + 1);
+        unsigned pa[BN / 16][4];
+        wg_pack<BN>(sc, pa);
+        wg_keep_a(pa, BN / 16);
+        wg_keep(sc, BN / 8);
+        wg_keep(pv, D / 8);
+        wg_fence();
+        wg_abt_sw<D, BN>(sc, qf, Ks + ((t + 1) % NS) * TS);
+        wg_commit();
+        wg_pm_sw<D, BN>(pv, pa, Vs + (t % NS) * TS, true);
+        wg_commit();
+        wg_wait1();  // S(t+1) is done; P(t)·V(t) may still run
+        wg_keep(sc, BN / 8);
+        float n0, n1;
+        int j1 = blo + (t + 1) * BN;
+        tc_softmax<BN>(sc, m, l, pos, lo, j1, full_ok(j1), sl2, tq4, n0, n1);
+        wg_pin(Pin, l[0], l[1]);  // the row sums need every exp2 of the softmax: all of it before the wait
+        wg_wait0();
+        wg_keep(pv, D / 8);
+        wg_keep_a(pa, BN / 16);
+        if (lane == 0) mbar_arrive(empty + t % NS);  // K(t) and V(t) are read: the slot is free
+        wgp_fold<D>(o, pv, c0, c1);
+        c0 = n0;
+        c1 = n1;
+    }
+    {  // the last tile: P·V alone
+        int t = ntiles - 1;
+        unsigned pa[BN / 16][4];
+        wg_pack<BN>(sc, pa);
+        wg_keep_a(pa, BN / 16);
+        wg_keep(pv, D / 8);
+        wg_fence();
+        wg_pm_sw<D, BN>(pv, pa, Vs + (t % NS) * TS, true);
+        wg_commit();
+        wg_wait0();
+        wg_keep(pv, D / 8);
+        wg_keep_a(pa, BN / 16);
+        wgp_fold<D>(o, pv, c0, c1);
+    }
+    float l0 = quad_sum(l[0]), l1 = quad_sum(l[1]);
+    float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    int r0 = iw + warp * 16 + gq;
+    store_rows<D>(out + (long long)h * D, o, qbase, H * D, r0, tq, inv0, inv1, lane);
+    if (tq4 == 0) {
+        const float ln2 = 0.6931471805599453f;
+        float* lh = lse + ((long long)b * H + h) * tq;
+        if (r0 < tq) lh[r0] = (m[0] + log2f(l0)) * ln2;
+        if (r0 + 8 < tq) lh[r0 + 8] = (m[1] + log2f(l1)) * ln2;
+    }
+}
+#define WGW_FWD(NAME, NS, BN)                                                                                              \
+    extern "C" __global__ void __launch_bounds__(288, 1) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v,          \
+                                                              bf16_t* out, float* lse, int tq, int tk, int s, int H,        \
+                                                              int KVH, int window, float scale,                             \
+                                                              const unsigned int* starts, int pc) {                         \
+        wgw_fwd<NS, BN>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                                  \
+    }
+// 64-key tiles only: at 128 (one m64n128 S product a k16 step, the fastest pipelined form) the
+// 288 threads' cap of 224 registers made ptxas spill 188 bytes inside the loop.
+WGW_FWD(attn_wgw_fwd_d64, 4, 64)
+
 // ---- dk/dv with its products overlapped, head dim 64, 64-query tiles.
 //
 // NW warpgroups a block (warpgroup w owns keys j0 + 64w …, 16 a warp, their K and V fragments in

@@ -160,6 +160,8 @@ pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     WgVariant { tile: 128, ..wv("attn_wgpn1_fwd_d64", 64, 3) },
     wv("attn_wgpz_fwd_d64", 128, 3),
     WgVariant { tile: 128, ..wv("attn_wgpzn_fwd_d64", 128, 3) },
+    // Two computing warpgroups and a copying warp (attention_wg.cu's wgw_fwd).
+    WgVariant { threads: 288, ..wv("attn_wgw_fwd_d64", 128, 4) },
 ];
 /// The pipelined `wgmma` dq kernels.
 pub(crate) const WG_D64_DQ: &[WgVariant] = &[
