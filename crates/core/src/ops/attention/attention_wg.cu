@@ -304,7 +304,7 @@ __device__ __forceinline__ void load_rows_sw_warp(bf16_t* dst, const bf16_t* src
     }
 }
 
-template <int NS, int BN>
+template <int NS, int BN, bool PP = false>
 __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
                         int H, int KVH, int window, float scale, const unsigned int* starts, int pc) {
     static_assert(NS >= 2, "the copier refills a slot the computing warps freed an iteration before");
@@ -395,6 +395,12 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     wg_keep(sc, BN / 8);
     float c0, c1;
     tc_softmax<BN>(sc, m, l, pos, lo, blo, full_ok(blo), sl2, tq4, c0, c1);
+    // PP: the two warpgroups take turns issuing their products (FlashAttention-3's ping-pong):
+    // warpgroup w waits at named barrier 2 + w for the other's arrival before issuing, then
+    // arrives at the other's, so one's softmax runs under the other's products. Warpgroup 1
+    // arrives once first (warpgroup 0 goes first) and warpgroup 0 takes that extra arrival back
+    // after the loop, so every barrier ends complete.
+    if (PP && wg == 1) asm volatile("bar.arrive 2, %0;\n" ::"n"(NT) : "memory");
     for (int t = 0; t + 1 < ntiles; t++) {
         landed(t + 1);
         unsigned pa[BN / 16][4];
@@ -402,11 +408,13 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         wg_keep_a(pa, BN / 16);
         wg_keep(sc, BN / 8);
         wg_keep(pv, D / 8);
+        if (PP) asm volatile("bar.sync %0, %1;\n" ::"r"(2 + wg), "n"(NT) : "memory");
         wg_fence();
         wg_abt_sw<D, BN>(sc, qf, Ks + ((t + 1) % NS) * TS);
         wg_commit();
         wg_pm_sw<D, BN>(pv, pa, Vs + (t % NS) * TS, true);
         wg_commit();
+        if (PP) asm volatile("bar.arrive %0, %1;\n" ::"r"(3 - wg), "n"(NT) : "memory");
         wg_wait1();  // S(t+1) is done; P(t)·V(t) may still run
         wg_keep(sc, BN / 8);
         float n0, n1;
@@ -421,6 +429,7 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         c0 = n0;
         c1 = n1;
     }
+    if (PP && wg == 0) asm volatile("bar.sync 2, %0;\n" ::"n"(NT) : "memory");  // warpgroup 1's first arrival
     {  // the last tile: P·V alone
         int t = ntiles - 1;
         unsigned pa[BN / 16][4];
@@ -446,16 +455,18 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         if (r0 + 8 < tq) lh[r0 + 8] = (m[1] + log2f(l1)) * ln2;
     }
 }
-#define WGW_FWD(NAME, NS, BN)                                                                                              \
+#define WGW_FWD(NAME, NS, BN, PP)                                                                                          \
     extern "C" __global__ void __launch_bounds__(288, 1) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v,          \
                                                               bf16_t* out, float* lse, int tq, int tk, int s, int H,        \
                                                               int KVH, int window, float scale,                             \
                                                               const unsigned int* starts, int pc) {                         \
-        wgw_fwd<NS, BN>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                                  \
+        wgw_fwd<NS, BN, PP>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                              \
     }
 // 64-key tiles only: at 128 (one m64n128 S product a k16 step, the fastest pipelined form) the
 // 288 threads' cap of 224 registers made ptxas spill 188 bytes inside the loop.
-WGW_FWD(attn_wgw_fwd_d64, 4, 64)
+WGW_FWD(attn_wgw_fwd_d64, 4, 64, false)
+// The two warpgroups taking turns (PP above).
+WGW_FWD(attn_wgwp_fwd_d64, 4, 64, true)
 
 // ---- dk/dv with its products overlapped, head dim 64, 64-query tiles.
 //
