@@ -275,14 +275,18 @@ __device__ __forceinline__ void mbar_init(unsigned long long* b, unsigned count)
 __device__ __forceinline__ void mbar_arrive(unsigned long long* b) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(b)) : "memory");
 }
-// Waits until the phase of parity `parity` of barrier b has completed.
+// Waits until the phase of parity `parity` of barrier b has completed. A wait that never ends (a
+// count or parity wrong) traps after 2^22 tries (0.1 to a few seconds), so a mistake fails the
+// launch instead of hanging the process.
 __device__ __forceinline__ void mbar_wait(unsigned long long* b, unsigned parity) {
     unsigned done = 0;
-    while (!done)
+    for (unsigned tries = 0; !done; tries++) {
+        if (tries == (1u << 22)) __trap();
         asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done)
                      : "r"(smem_u32(b)), "r"(parity)
                      : "memory");
+    }
 }
 // An arrival on b once every cp.async this thread issued before it has landed (the count at init
 // includes it: .noinc).
