@@ -84,6 +84,18 @@ __device__ __forceinline__ void wgp_fold(float (*o)[4], const float (*pv)[4], fl
     }
 }
 
+// o = o·c (rows gq: c0, gq+8: c1): the rescale before P·V accumulates onto o (wgw_fwd's IP).
+template <int D>
+__device__ __forceinline__ void wgp_scale(float (*o)[4], float c0, float c1) {
+#pragma unroll
+    for (int nt = 0; nt < D / 8; nt++) {
+        o[nt][0] *= c0;
+        o[nt][1] *= c0;
+        o[nt][2] *= c1;
+        o[nt][3] *= c1;
+    }
+}
+
 template <int NW, int NS, int BN = 64, bool SW = false>
 __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
                         int H, int KVH, int window, float scale, const unsigned int* starts, int pc) {
@@ -308,7 +320,7 @@ __device__ __forceinline__ void load_rows_sw_warp(bf16_t* dst, const bf16_t* src
     }
 }
 
-template <int NS, int BN, bool PP = false>
+template <int NS, int BN, bool PP = false, bool IP = false>
 __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
                         int H, int KVH, int window, float scale, const unsigned int* starts, int pc) {
     static_assert(NS >= 2, "the copier refills a slot the computing warps freed an iteration before");
@@ -371,11 +383,21 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     unsigned qf[KS][4];
 #pragma unroll
     for (int ks = 0; ks < KS; ks++) load_a<LD>(qf[ks], Qs, 64 * wg + warp * 16, ks * 16, lane);
-    float o[D / 8][4], pv[D / 8][4], sc[BN / 8][4];
+    // IP: P(t)·V(t) accumulates onto o itself, rescaled by c(t) just before the product is
+    // issued (FlashAttention-3's order), instead of into a fresh pv folded in afterwards: 32
+    // registers fewer, which 128-key tiles need at 168 registers. (The first, synchronous wgmma
+    // forward went wrong accumulating onto a rescaled o, cause unknown; the parity test decides.)
+    float o[D / 8][4], pv[IP ? 1 : D / 8][4], sc[BN / 8][4];
 #pragma unroll
     for (int nt = 0; nt < D / 8; nt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) o[nt][e] = pv[nt][e] = 0.f;
+        for (int e = 0; e < 4; e++) o[nt][e] = 0.f;
+    if constexpr (!IP) {
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) pv[nt][e] = 0.f;
+    }
 #pragma unroll
     for (int nt = 0; nt < BN / 8; nt++)
 #pragma unroll
@@ -411,12 +433,20 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         wg_pack<BN>(sc, pa);
         wg_keep_a(pa, BN / 16);
         wg_keep(sc, BN / 8);
-        wg_keep(pv, D / 8);
+        if constexpr (IP) {
+            wgp_scale<D>(o, c0, c1);
+            wg_keep(o, D / 8);
+        } else {
+            wg_keep(pv, D / 8);
+        }
         if (PP) asm volatile("bar.sync %0, %1;\n" ::"r"(2 + wg), "n"(NT) : "memory");
         wg_fence();
         wg_abt_sw<D, BN>(sc, qf, Ks + ((t + 1) % NS) * TS);
         wg_commit();
-        wg_pm_sw<D, BN>(pv, pa, Vs + (t % NS) * TS, true);
+        if constexpr (IP)
+            wg_pm_sw<D, BN>(o, pa, Vs + (t % NS) * TS, false);
+        else
+            wg_pm_sw<D, BN>(pv, pa, Vs + (t % NS) * TS, true);
         wg_commit();
         if (PP) asm volatile("bar.arrive %0, %1;\n" ::"r"(3 - wg), "n"(NT) : "memory");
         wg_wait1();  // S(t+1) is done; P(t)·V(t) may still run
@@ -426,10 +456,13 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         tc_softmax<BN>(sc, m, l, pos, lo, j1, full_ok(j1), sl2, tq4, n0, n1);
         wg_pin(Pin, l[0], l[1]);  // the row sums need every exp2 of the softmax: all of it before the wait
         wg_wait0();
-        wg_keep(pv, D / 8);
+        if constexpr (IP)
+            wg_keep(o, D / 8);
+        else
+            wg_keep(pv, D / 8);
         wg_keep_a(pa, BN / 16);
         if (lane == 0) mbar_arrive(empty + t % NS);  // K(t) and V(t) are read: the slot is free
-        wgp_fold<D>(o, pv, c0, c1);
+        if constexpr (!IP) wgp_fold<D>(o, pv, c0, c1);
         c0 = n0;
         c1 = n1;
     }
@@ -439,14 +472,25 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         unsigned pa[BN / 16][4];
         wg_pack<BN>(sc, pa);
         wg_keep_a(pa, BN / 16);
-        wg_keep(pv, D / 8);
-        wg_fence();
-        wg_pm_sw<D, BN>(pv, pa, Vs + (t % NS) * TS, true);
-        wg_commit();
-        wg_wait0();
-        wg_keep(pv, D / 8);
-        wg_keep_a(pa, BN / 16);
-        wgp_fold<D>(o, pv, c0, c1);
+        if constexpr (IP) {
+            wgp_scale<D>(o, c0, c1);
+            wg_keep(o, D / 8);
+            wg_fence();
+            wg_pm_sw<D, BN>(o, pa, Vs + (t % NS) * TS, false);
+            wg_commit();
+            wg_wait0();
+            wg_keep(o, D / 8);
+            wg_keep_a(pa, BN / 16);
+        } else {
+            wg_keep(pv, D / 8);
+            wg_fence();
+            wg_pm_sw<D, BN>(pv, pa, Vs + (t % NS) * TS, true);
+            wg_commit();
+            wg_wait0();
+            wg_keep(pv, D / 8);
+            wg_keep_a(pa, BN / 16);
+            wgp_fold<D>(o, pv, c0, c1);
+        }
     }
     float l0 = quad_sum(l[0]), l1 = quad_sum(l[1]);
     float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
@@ -459,18 +503,22 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         if (r0 + 8 < tq) lh[r0 + 8] = (m[1] + log2f(l1)) * ln2;
     }
 }
-#define WGW_FWD(NAME, NS, BN, PP)                                                                                          \
+#define WGW_FWD(NAME, NS, BN, PP, IP)                                                                                      \
     extern "C" __global__ void __launch_bounds__(288, 1) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v,          \
                                                               bf16_t* out, float* lse, int tq, int tk, int s, int H,        \
                                                               int KVH, int window, float scale,                             \
                                                               const unsigned int* starts, int pc) {                         \
-        wgw_fwd<NS, BN, PP>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                              \
+        wgw_fwd<NS, BN, PP, IP>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                          \
     }
-// 64-key tiles only: at 128 (one m64n128 S product a k16 step, the fastest pipelined form) the
-// 288 threads' cap of 224 registers made ptxas spill 188 bytes inside the loop.
-WGW_FWD(attn_wgw_fwd_d64, 4, 64, false)
+// 64-key tiles: at 128 (one m64n128 S product a k16 step, the fastest pipelined form) with a
+// separate pv ptxas spilled 188 bytes inside the loop: it gives the 288 threads 168 registers
+// each, as if the copying warp were a whole warpgroup (12 warps: 65,536 / 384).
+WGW_FWD(attn_wgw_fwd_d64, 4, 64, false, false)
 // The two warpgroups taking turns (PP above).
-WGW_FWD(attn_wgwp_fwd_d64, 4, 64, true)
+WGW_FWD(attn_wgwp_fwd_d64, 4, 64, true, false)
+// 128-key tiles, P·V accumulating onto o (IP above), with and without the turns.
+WGW_FWD(attn_wgwn_fwd_d64, 3, 128, false, true)
+WGW_FWD(attn_wgwnp_fwd_d64, 3, 128, true, true)
 
 // ---- dk/dv with its products overlapped, head dim 64, 64-query tiles.
 //

@@ -163,6 +163,8 @@ pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     // Two computing warpgroups and a copying warp (attention_wg.cu's wgw_fwd).
     WgVariant { threads: 288, ..wv("attn_wgw_fwd_d64", 128, 4) },
     WgVariant { threads: 288, ..wv("attn_wgwp_fwd_d64", 128, 4) },
+    WgVariant { threads: 288, tile: 128, ..wv("attn_wgwn_fwd_d64", 128, 3) },
+    WgVariant { threads: 288, tile: 128, ..wv("attn_wgwnp_fwd_d64", 128, 3) },
 ];
 /// The pipelined `wgmma` dq kernels.
 pub(crate) const WG_D64_DQ: &[WgVariant] = &[
