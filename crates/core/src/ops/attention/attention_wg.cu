@@ -276,8 +276,10 @@ WGP_FWD_SW(attn_wgpzn_fwd_d64, 2, 3, 1, 128, true)
 // stalls). The consumers fence the async proxy after each wait (the copies are generic-proxy
 // writes the tensor cores read through the async proxy). No deadlock for NS ≥ 2: the copier
 // waits for tile t − NS's slot, which the computing warps free in iteration t − NS, before they
-// ever wait for tile t − NS + 2. Same bits as attn_wgpz_fwd_d64 at the same BN (the same
-// products and softmax in the same order).
+// ever wait for tile t − NS + 2. Without IP, the same bits as attn_wgpz_fwd_d64 at the same
+// BN (the same products and softmax in the same order); with IP (below) o·c is rounded before
+// the tensor cores add P·V, where wgp_fold takes one fused o·c + pv: within ATTN_TC, not the
+// same bits.
 // Shared memory: wgp_fwd's (Q, NS slots of K and of V, wg_pin's 8 bytes a thread for 288
 // threads) with the 2·NS mbarriers in the scratch's last 256 bytes (only the 256 computing
 // threads pin).
@@ -288,16 +290,24 @@ __device__ __forceinline__ void mbar_arrive(unsigned long long* b) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(b)) : "memory");
 }
 // Waits until the phase of parity `parity` of barrier b has completed. A wait that never ends (a
-// count or parity wrong) traps after 2^22 tries (0.1 to a few seconds), so a mistake fails the
-// launch instead of hanging the process.
+// count or parity wrong) traps after 2 s by the global timer (each try_wait may suspend for a
+// time the hardware picks, so tries are no clock), so a mistake fails the launch instead of
+// hanging the process.
 __device__ __forceinline__ void mbar_wait(unsigned long long* b, unsigned parity) {
-    unsigned done = 0;
-    for (unsigned tries = 0; !done; tries++) {
-        if (tries == (1u << 22)) __trap();
+    unsigned long long t0 = 0;
+    for (;;) {
+        unsigned done;
         asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done)
                      : "r"(smem_u32(b)), "r"(parity)
                      : "memory");
+        if (done) return;
+        unsigned long long now;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        if (t0 == 0)
+            t0 = now;
+        else if (now - t0 > 2000000000ull)
+            __trap();
     }
 }
 // An arrival on b once every cp.async this thread issued before it has landed (the count at init
