@@ -195,10 +195,10 @@ if part wgz; then
   timeout 240 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/attnz" --shapes large,1b --no-peers \
     --variants "fwdp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64;fwdz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64;fwdn:SMELT_CUDA_ATTN_FWD=attn_wgpn_fwd_d64;fwdzn:SMELT_CUDA_ATTN_FWD=attn_wgpzn_fwd_d64;fwdw:SMELT_CUDA_ATTN_FWD=attn_wgw_fwd_d64;fwdwp:SMELT_CUDA_ATTN_FWD=attn_wgwp_fwd_d64;fwdwn:SMELT_CUDA_ATTN_FWD=attn_wgwn_fwd_d64;fwdwnp:SMELT_CUDA_ATTN_FWD=attn_wgwnp_fwd_d64;wgp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64,SMELT_CUDA_ATTN_DS=0;wgz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgpz_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgpz_dkdv_d64,SMELT_CUDA_ATTN_DS=0" 2>&1 | tail -16
 fi
-# wgztrain: the large preset's training step with the swizzled wgmma forward, and with all three
-# swizzled kernels, beside the default (the attention alone is `wgz`).
-part wgztrain && timeout 150 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large --no-peers \
-  --variants "fwdz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64;wgz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgpz_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgpz_dkdv_d64,SMELT_CUDA_ATTN_DS=0" \
+# wgztrain: the large preset's training step with the swizzled wgmma forward and the
+# copying-warp forwards beside the default (the attention alone is `wgz`; run that first).
+part wgztrain && timeout 200 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large --no-peers \
+  --variants "fwdz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64;fwdw:SMELT_CUDA_ATTN_FWD=attn_wgw_fwd_d64;fwdwp:SMELT_CUDA_ATTN_FWD=attn_wgwp_fwd_d64;fwdwn:SMELT_CUDA_ATTN_FWD=attn_wgwn_fwd_d64;fwdwnp:SMELT_CUDA_ATTN_FWD=attn_wgwnp_fwd_d64" \
   --out "$OUT/wgztrain" 2>&1 | tail -6
 # gemm: cuBLASLt timing more of its heuristic's candidates (8 by default; the 1B step's products
 # took 141 ms serialised against torch.compile's 135), 1B and large, one call; each variant with
