@@ -634,6 +634,45 @@ __device__ __forceinline__ void tc_delta_rows(const bf16_t* Zs, const bf16_t* Os
     __syncwarp();
 }
 
+// A query-tile block's place (the forwards' and the dq kernels'): batch b, query head h and its
+// KV head g, the queries' offset off in the keys, the block's first and last query rows i0 and
+// ilast (the longest, last query tiles first), its first and past-last visible keys blo and bhi,
+// and the BN-key tiles between them.
+struct QTile {
+    int b, h, g, off, i0, ilast, blo, bhi, ntiles;
+    long long srow0;
+};
+template <int BN>
+__device__ __forceinline__ QTile q_tile(int pc, int rows, int tq, int tk, int H, int KVH, int window,
+                                        const unsigned int* starts) {
+    TcTile tt = tc_tile(pc);
+    QTile t;
+    t.b = tt.z, t.h = tt.y, t.g = t.h / (H / KVH);
+    t.off = tk - tq;
+    t.i0 = (gridDim.x - 1 - tt.rank) * rows;
+    t.ilast = min(tq - 1, t.i0 + rows - 1);
+    t.srow0 = (long long)t.b * tq;
+    t.blo = tc_row_lo(t.off + t.i0, window, starts, t.srow0 + t.i0), t.bhi = t.off + t.ilast + 1;
+    t.ntiles = (t.bhi - t.blo + BN - 1) / BN;
+    return t;
+}
+
+// A forward's end for one warp's 16-row tile (rows r0 and r0 + 8 of this lane): out = o / l,
+// lse = (m + log2 l)·ln 2; l is this lane's share of the row sums (the quad adds them).
+template <int D>
+__device__ __forceinline__ void fwd_store(bf16_t* out, float* lse, const float (*o)[4], const float* m, const float* l,
+                                          int b, int h, int H, int tq, long long qbase, int r0, int lane) {
+    float l0 = quad_sum(l[0]), l1 = quad_sum(l[1]);
+    float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    store_rows<D>(out + (long long)h * D, o, qbase, H * D, r0, tq, inv0, inv1, lane);
+    if ((lane & 3) == 0) {
+        const float ln2 = 0.6931471805599453f;
+        float* lh = lse + ((long long)b * H + h) * tq;
+        if (r0 < tq) lh[r0] = (m[0] + log2f(l0)) * ln2;
+        if (r0 + 8 < tq) lh[r0 + 8] = (m[1] + log2f(l1)) * ln2;
+    }
+}
+
 // Forward. grid (ceil(Tq/(64·MT)), H, B), block 128, shared (64·MT + 4·BN)·(D+8) bf16. Each
 // warp owns MT tiles of 16 query rows (rows warp·16·MT + 16·mt + gq, +8); per row the order of
 // every operation is the same whatever MT, so MT = 1 and 2 give identical bits.
@@ -646,15 +685,11 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
     bf16_t* Qs = (bf16_t*)tc_sm;
     bf16_t* Ks = Qs + ROWS * LD;  // 2 tiles (TS elements each) of K, then of V
     bf16_t* Vs = Ks + 2 * TS;
-    TcTile tt = tc_tile(pc);
-    int b = tt.z, h = tt.y, g = h / (H / KVH);
+    const QTile qt = q_tile<BN>(pc, ROWS, tq, tk, H, KVH, window, starts);
+    const int b = qt.b, h = qt.h, g = qt.g, off = qt.off, i0 = qt.i0, ilast = qt.ilast, blo = qt.blo, bhi = qt.bhi;
+    const int ntiles = qt.ntiles;
+    const long long srow0 = qt.srow0;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
-    int off = tk - tq;
-    int i0 = (gridDim.x - 1 - tt.rank) * ROWS;  // the longest (last) query tiles first
-    int ilast = min(tq - 1, i0 + ROWS - 1);
-    long long srow0 = (long long)b * tq;
-    int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
-    int ntiles = (bhi - blo + BN - 1) / BN;
     const bf16_t* qh = q + (long long)h * D;
     const bf16_t* kh = k + (long long)g * D;
     const bf16_t* vh = v + (long long)g * D;
@@ -752,18 +787,8 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
         }
     }
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++) {
-        float l0 = quad_sum(l[mt][0]), l1 = quad_sum(l[mt][1]);
-        float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-        int r0 = i0 + warp * 16 * MT + mt * 16 + gq;
-        store_rows<D>(out + (long long)h * D, o[mt], qbase, H * D, r0, tq, inv0, inv1, lane);
-        if (tq4 == 0) {
-            const float ln2 = 0.6931471805599453f;
-            float* lh = lse + ((long long)b * H + h) * tq;
-            if (r0 < tq) lh[r0] = (m[mt][0] + log2f(l0)) * ln2;
-            if (r0 + 8 < tq) lh[r0 + 8] = (m[mt][1] + log2f(l1)) * ln2;
-        }
-    }
+    for (int mt = 0; mt < MT; mt++)
+        fwd_store<D>(out, lse, o[mt], m[mt], l[mt], b, h, H, tq, qbase, i0 + warp * 16 * MT + mt * 16 + gq, lane);
 }
 
 // dq = scale · Σ_j dS_ij k_j, dS = P ∘ (dO·Vᵀ − delta). grid (ceil(Tq/(64·MT)), H, B), block
@@ -785,15 +810,11 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
     bf16_t* Vs = Ks + 2 * TS;
     bf16_t* Zs = Vs + 2 * TS;          // the block's rows of out, for delta
     float* Dsm = (float*)(Zs + ROWS * LD);  // delta of the block's rows
-    TcTile tt = tc_tile(pc);
-    int b = tt.z, h = tt.y, g = h / (H / KVH);
+    const QTile qt = q_tile<BN>(pc, ROWS, tq, tk, H, KVH, window, starts);
+    const int b = qt.b, h = qt.h, g = qt.g, off = qt.off, i0 = qt.i0, ilast = qt.ilast, blo = qt.blo, bhi = qt.bhi;
+    const int ntiles = qt.ntiles;
+    const long long srow0 = qt.srow0;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
-    int off = tk - tq;
-    int i0 = (gridDim.x - 1 - tt.rank) * ROWS;
-    int ilast = min(tq - 1, i0 + ROWS - 1);
-    long long srow0 = (long long)b * tq;
-    int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
-    int ntiles = (bhi - blo + BN - 1) / BN;
     const bf16_t* kh = k + (long long)g * D;
     const bf16_t* vh = v + (long long)g * D;
     long long qbase = (long long)b * tq, kbase = (long long)b * s;

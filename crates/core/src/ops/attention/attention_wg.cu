@@ -107,15 +107,11 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     bf16_t* Ks = Qs + ROWS * LD;  // NS tiles of K (TS elements each), then NS of V
     bf16_t* Vs = Ks + NS * TS;
     float* Pin = (float*)(Vs + NS * TS);  // 2 floats a thread: wg_pin's slots
-    TcTile tt = tc_tile(pc);
-    int b = tt.z, h = tt.y, g = h / (H / KVH);
+    const QTile qt = q_tile<BN>(pc, ROWS, tq, tk, H, KVH, window, starts);
+    const int b = qt.b, h = qt.h, g = qt.g, off = qt.off, i0 = qt.i0, ilast = qt.ilast, blo = qt.blo, bhi = qt.bhi;
+    const int ntiles = qt.ntiles;
+    const long long srow0 = qt.srow0;
     int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
-    int off = tk - tq;
-    int i0 = (gridDim.x - 1 - tt.rank) * ROWS;  // the longest (last) query tiles first
-    int ilast = min(tq - 1, i0 + ROWS - 1);
-    long long srow0 = (long long)b * tq;
-    int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
-    int ntiles = (bhi - blo + BN - 1) / BN;
     int iw = i0 + 64 * wg, wlast = min(tq - 1, iw + 63);  // this warpgroup's rows (maybe all past the end)
     const bf16_t* qh = q + (long long)h * D;
     const bf16_t* kh = k + (long long)g * D;
@@ -231,16 +227,7 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         wg_keep_a(pa, BN / 16);
         wgp_fold<D>(o, pv, c0, c1);
     }
-    float l0 = quad_sum(l[0]), l1 = quad_sum(l[1]);
-    float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-    int r0 = iw + warp * 16 + gq;
-    store_rows<D>(out + (long long)h * D, o, qbase, H * D, r0, tq, inv0, inv1, lane);
-    if (tq4 == 0) {
-        const float ln2 = 0.6931471805599453f;
-        float* lh = lse + ((long long)b * H + h) * tq;
-        if (r0 < tq) lh[r0] = (m[0] + log2f(l0)) * ln2;
-        if (r0 + 8 < tq) lh[r0 + 8] = (m[1] + log2f(l1)) * ln2;
-    }
+    fwd_store<D>(out, lse, o, m, l, b, h, H, tq, qbase, iw + warp * 16 + gq, lane);
 }
 // MB: at least MB blocks resident an SM (registers capped at 65536 / (128·NW·MB)). BN: keys a
 // streamed tile (128: one m64n128 wgmma a k16 step for S, the `wgpn` forms).
@@ -343,14 +330,10 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     float* Pin = (float*)(Vs + NS * TS);  // 2 floats a computing thread: wg_pin's slots
     unsigned long long* full = (unsigned long long*)(Pin + 2 * NT);
     unsigned long long* empty = full + NS;
-    TcTile tt = tc_tile(pc);
-    int b = tt.z, h = tt.y, g = h / (H / KVH);
-    int off = tk - tq;
-    int i0 = (gridDim.x - 1 - tt.rank) * ROWS;  // the longest (last) query tiles first
-    int ilast = min(tq - 1, i0 + ROWS - 1);
-    long long srow0 = (long long)b * tq;
-    int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
-    int ntiles = (bhi - blo + BN - 1) / BN;
+    const QTile qt = q_tile<BN>(pc, ROWS, tq, tk, H, KVH, window, starts);
+    const int b = qt.b, h = qt.h, g = qt.g, off = qt.off, i0 = qt.i0, ilast = qt.ilast, blo = qt.blo, bhi = qt.bhi;
+    const int ntiles = qt.ntiles;
+    const long long srow0 = qt.srow0;
     const bf16_t* kh = k + (long long)g * D;
     const bf16_t* vh = v + (long long)g * D;
     long long qbase = (long long)b * tq, kbase = (long long)b * s;
@@ -502,16 +485,7 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
             wgp_fold<D>(o, pv, c0, c1);
         }
     }
-    float l0 = quad_sum(l[0]), l1 = quad_sum(l[1]);
-    float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-    int r0 = iw + warp * 16 + gq;
-    store_rows<D>(out + (long long)h * D, o, qbase, H * D, r0, tq, inv0, inv1, lane);
-    if (tq4 == 0) {
-        const float ln2 = 0.6931471805599453f;
-        float* lh = lse + ((long long)b * H + h) * tq;
-        if (r0 < tq) lh[r0] = (m[0] + log2f(l0)) * ln2;
-        if (r0 + 8 < tq) lh[r0 + 8] = (m[1] + log2f(l1)) * ln2;
-    }
+    fwd_store<D>(out, lse, o, m, l, b, h, H, tq, qbase, iw + warp * 16 + gq, lane);
 }
 #define WGW_FWD(NAME, NS, BN, PP, IP)                                                                                      \
     extern "C" __global__ void __launch_bounds__(288, 1) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v,          \
@@ -747,15 +721,11 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
     bf16_t* Vs = Ks + NB * TS;
     float* Dsm = (float*)(Vs + NB * TS);    // delta of the block's rows
     float* Pin = Dsm + ROWS;                // 2 floats a thread: wg_pin's slots
-    TcTile tt = tc_tile(pc);
-    int b = tt.z, h = tt.y, g = h / (H / KVH);
+    const QTile qt = q_tile<BN>(pc, ROWS, tq, tk, H, KVH, window, starts);
+    const int b = qt.b, h = qt.h, g = qt.g, off = qt.off, i0 = qt.i0, ilast = qt.ilast, blo = qt.blo, bhi = qt.bhi;
+    const int ntiles = qt.ntiles;
+    const long long srow0 = qt.srow0;
     int wg = threadIdx.x >> 7, gw = threadIdx.x >> 5, warp = gw & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
-    int off = tk - tq;
-    int i0 = (gridDim.x - 1 - tt.rank) * ROWS;
-    int ilast = min(tq - 1, i0 + ROWS - 1);
-    long long srow0 = (long long)b * tq;
-    int blo = tc_row_lo(off + i0, window, starts, srow0 + i0), bhi = off + ilast + 1;
-    int ntiles = (bhi - blo + BN - 1) / BN;
     int iw = i0 + 64 * wg, wlast = min(tq - 1, iw + 63);
     const bf16_t* kh = k + (long long)g * D;
     const bf16_t* vh = v + (long long)g * D;
