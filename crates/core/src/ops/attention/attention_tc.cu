@@ -657,6 +657,29 @@ __device__ __forceinline__ QTile q_tile(int pc, int rows, int tq, int tk, int H,
     return t;
 }
 
+// Every key of the BN-key tile at j0 visible to every query row first … first + R − 1 (last: the
+// last of them before the end, whose example start bounds a packed batch): no masks needed. The
+// forwards' and dq's test of a key tile.
+template <int BN, int R>
+__device__ __forceinline__ bool q_unmasked(int j0, int off, int first, int last, int bhi, int window,
+                                           const unsigned int* starts, long long srow0) {
+    return j0 + BN - 1 <= off + first && j0 + BN <= bhi &&
+           (window == 0 || j0 >= tc_key_lo(off + first + R - 1, window)) && (!starts || j0 >= (int)starts[srow0 + last]);
+}
+
+// A forward's running state for this lane's two rows i and i + 8: maxima m = −∞, sums l = 0,
+// positions pos = off + row in the keys, first visible keys lo.
+__device__ __forceinline__ void fwd_rows_init(float* m, float* l, int* pos, int* lo, int i, int off, int window,
+                                              const unsigned int* starts, long long srow0, int tq) {
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+        m[hf] = -SM_INF;
+        l[hf] = 0.f;
+        pos[hf] = off + i + 8 * hf;
+        lo[hf] = tc_row_lo(pos[hf], window, starts, srow0 + min(pos[hf] - off, tq - 1));
+    }
+}
+
 // A forward's end for one warp's 16-row tile (rows r0 and r0 + 8 of this lane): out = o / l,
 // lse = (m + log2 l)·ln 2; l is this lane's share of the row sums (the quad adds them).
 template <int D>
@@ -713,13 +736,8 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
     int pos[MT][2], lo[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int hf = 0; hf < 2; hf++) {
-            m[mt][hf] = -SM_INF;
-            l[mt][hf] = 0.f;
-            pos[mt][hf] = off + i0 + warp * 16 * MT + mt * 16 + gq + 8 * hf;
-            lo[mt][hf] = tc_row_lo(pos[mt][hf], window, starts, srow0 + min(pos[mt][hf] - off, tq - 1));
-        }
+        fwd_rows_init(m[mt], l[mt], pos[mt], lo[mt], i0 + warp * 16 * MT + mt * 16 + gq, off, window, starts, srow0,
+                      tq);
     const float sl2 = scale * LOG2E;
     for (int t = 0; t < ntiles; t++) {
         int j0 = blo + t * BN;
@@ -749,8 +767,7 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
             mm_abt_m<D, BN, MT>(sc, qf, Kt, lane);
         }
         // Masks only where the tile crosses the diagonal, the window's edge or the end.
-        bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + ROWS - 1, window)) &&
-                    (!starts || j0 >= (int)starts[srow0 + ilast]);
+        bool full = q_unmasked<BN, ROWS>(j0, off, i0, ilast, bhi, window, starts, srow0);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
             float c0, c1;
@@ -897,8 +914,7 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
             mm_abt_m<D, BN, MT>(sc, qf, Kt, lane);
             mm_abt_sm<D, BN, MT>(dp, Ow, Vt, lane);
         }
-        bool full = j0 + BN - 1 <= off + i0 && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + i0 + ROWS - 1, window)) &&
-                    (!starts || j0 >= (int)starts[srow0 + ilast]);
+        bool full = q_unmasked<BN, ROWS>(j0, off, i0, ilast, bhi, window, starts, srow0);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++)
 #pragma unroll

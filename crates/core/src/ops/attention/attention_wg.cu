@@ -128,10 +128,7 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     };
 
     // Every key of the tile at j0 visible to every row of this warpgroup: no masks.
-    auto full = [&](int j0) {
-        return j0 + BN - 1 <= off + iw && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + iw + 63, window)) &&
-               (!starts || j0 >= (int)starts[srow0 + wlast]);
-    };
+    auto full = [&](int j0) { return q_unmasked<BN, 64>(j0, off, iw, wlast, bhi, window, starts, srow0); };
     load_rows<ROWS, D, NT>(Qs, qh, qbase, H * D, i0, tq);
     // Copy groups, in commit order: {Q, K(0), V(0), K(1)}, then {K(j+1), V(j)} for j = 1 … NS−2,
     // then one a loop iteration t: {K(t+NS), V(t+NS−1)}. So group m holds K(m+1) and V(m) (and
@@ -163,13 +160,7 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         for (int e = 0; e < 4; e++) sc[nt][e] = 0.f;
     float m[2], l[2];
     int pos[2], lo[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        m[hf] = -SM_INF;
-        l[hf] = 0.f;
-        pos[hf] = off + iw + warp * 16 + gq + 8 * hf;
-        lo[hf] = tc_row_lo(pos[hf], window, starts, srow0 + min(pos[hf] - off, tq - 1));
-    }
+    fwd_rows_init(m, l, pos, lo, iw + warp * 16 + gq, off, window, starts, srow0, tq);
     const float sl2 = scale * LOG2E;
     // S(0) and its softmax.
     wg_keep(sc, BN / 8);
@@ -360,10 +351,7 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     }
     int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
     int iw = i0 + 64 * wg, wlast = min(tq - 1, iw + 63);  // this warpgroup's rows (maybe all past the end)
-    auto full_ok = [&](int j0) {
-        return j0 + BN - 1 <= off + iw && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + iw + 63, window)) &&
-               (!starts || j0 >= (int)starts[srow0 + wlast]);
-    };
+    auto full_ok = [&](int j0) { return q_unmasked<BN, 64>(j0, off, iw, wlast, bhi, window, starts, srow0); };
     // Tile t's K and V have landed (and are visible to the tensor cores).
     auto landed = [&](int t) {
         mbar_wait(full + t % NS, (t / NS) & 1);
@@ -397,13 +385,7 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         for (int e = 0; e < 4; e++) sc[nt][e] = 0.f;
     float m[2], l[2];
     int pos[2], lo[2];
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-        m[hf] = -SM_INF;
-        l[hf] = 0.f;
-        pos[hf] = off + iw + warp * 16 + gq + 8 * hf;
-        lo[hf] = tc_row_lo(pos[hf], window, starts, srow0 + min(pos[hf] - off, tq - 1));
-    }
+    fwd_rows_init(m, l, pos, lo, iw + warp * 16 + gq, off, window, starts, srow0, tq);
     const float sl2 = scale * LOG2E;
     landed(0);
     wg_keep(sc, BN / 8);
@@ -736,10 +718,7 @@ __device__ void wgp_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const 
         load_rows_l<SW, BN, D, NT>(Ks + nb, kh, kbase, KVH * D, j, bhi);
         load_rows_l<SW, BN, D, NT>(Vs + nb, vh, kbase, KVH * D, j, bhi);
     };
-    auto full = [&](int j0) {
-        return j0 + BN - 1 <= off + iw && j0 + BN <= bhi && (window == 0 || j0 >= tc_key_lo(off + iw + 63, window)) &&
-               (!starts || j0 >= (int)starts[srow0 + wlast]);
-    };
+    auto full = [&](int j0) { return q_unmasked<BN, 64>(j0, off, iw, wlast, bhi, window, starts, srow0); };
     load_rows<ROWS, D, NT>(Qs, q + (long long)h * D, qbase, H * D, i0, tq);
     load_rows<ROWS, D, NT>(Os, dout + (long long)h * D, qbase, H * D, i0, tq);
     load_rows<ROWS, D, NT>(Zs, out + (long long)h * D, qbase, H * D, i0, tq);
