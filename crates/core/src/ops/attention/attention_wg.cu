@@ -308,7 +308,7 @@ __device__ __forceinline__ void load_rows_sw_warp(bf16_t* dst, const bf16_t* src
     }
 }
 
-template <int NS, int BN, bool PP = false, bool IP = false>
+template <int NS, int BN, bool PP = false, bool IP = false, bool PF = false>
 __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
                         int H, int KVH, int window, float scale, const unsigned int* starts, int pc) {
     static_assert(NS >= 2, "the copier refills a slot the computing warps freed an iteration before");
@@ -338,15 +338,34 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     if (threadIdx.x >= NT) {
         // The copying warp.
         int lane = threadIdx.x - NT;
+        // PF: the copier itself waits for tile t − LAG's copies, fences them into the async
+        // proxy and then arrives (a plain arrival), so the computing warps wait and read with
+        // no fence of their own; else each lane's arrival rides on its copies (.noinc) and the
+        // computing warps fence after their wait. LAG ≤ NS − 1, or the copier would wait for a
+        // slot whose tile it has not yet announced.
+        constexpr int LAG = NS - 2 > 0 ? NS - 2 : 1;
         for (int t = 0; t < ntiles; t++) {
             int slot = t % NS;
             if (t >= NS) mbar_wait(empty + slot, (t / NS - 1) & 1);  // tile t − NS's products are done
             load_rows_sw_warp<BN>(Ks + slot * TS, kh, kbase, KVH * D, blo + t * BN, bhi, lane);
             load_rows_sw_warp<BN>(Vs + slot * TS, vh, kbase, KVH * D, blo + t * BN, bhi, lane);
-            cp_async_arrive(full + slot);
+            if constexpr (PF) {
+                cp_commit();
+                if (t >= LAG) {
+                    cp_wait_n<LAG>();  // tile t − LAG's group has landed
+                    fence_proxy_async();
+                    mbar_arrive(full + (t - LAG) % NS);
+                }
+            } else {
+                cp_async_arrive(full + slot);
+            }
         }
         cp_commit();  // wait_group counts committed groups only
         cp_wait_all();  // nothing in flight when the warp ends
+        if constexpr (PF) {
+            fence_proxy_async();
+            for (int t = max(0, ntiles - LAG); t < ntiles; t++) mbar_arrive(full + t % NS);
+        }
         return;
     }
     int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
@@ -355,7 +374,7 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     // Tile t's K and V have landed (and are visible to the tensor cores).
     auto landed = [&](int t) {
         mbar_wait(full + t % NS, (t / NS) & 1);
-        fence_proxy_async();
+        if constexpr (!PF) fence_proxy_async();
     };
     load_rows<ROWS, D, NT>(Qs, q + (long long)h * D, qbase, H * D, i0, tq);
     cp_commit();
@@ -469,22 +488,27 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     }
     fwd_store<D>(out, lse, o, m, l, b, h, H, tq, qbase, iw + warp * 16 + gq, lane);
 }
-#define WGW_FWD(NAME, NS, BN, PP, IP)                                                                                      \
+#define WGW_FWD(NAME, NS, BN, PP, IP, PF)                                                                                    \
     extern "C" __global__ void __launch_bounds__(288, 1) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v,          \
                                                               bf16_t* out, float* lse, int tq, int tk, int s, int H,        \
                                                               int KVH, int window, float scale,                             \
                                                               const unsigned int* starts, int pc) {                         \
-        wgw_fwd<NS, BN, PP, IP>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                          \
+        wgw_fwd<NS, BN, PP, IP, PF>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                      \
     }
 // 64-key tiles: at 128 (one m64n128 S product a k16 step, the fastest pipelined form) with a
 // separate pv ptxas spilled 188 bytes inside the loop: it gives the 288 threads 168 registers
 // each, as if the copying warp were a whole warpgroup (12 warps: 65,536 / 384).
-WGW_FWD(attn_wgw_fwd_d64, 4, 64, false, false)
+WGW_FWD(attn_wgw_fwd_d64, 4, 64, false, false, false)
 // The two warpgroups taking turns (PP above).
-WGW_FWD(attn_wgwp_fwd_d64, 4, 64, true, false)
+WGW_FWD(attn_wgwp_fwd_d64, 4, 64, true, false, false)
+// The copier fencing its own tiles (PF above), alone and with the turns: does the computing
+// warps' fence after every wait cost them (2026-12-05: the copying-warp forms were slower than
+// attn_wgpz_fwd_d64, whose warps copy for themselves)?
+WGW_FWD(attn_wgwf_fwd_d64, 4, 64, false, false, true)
+WGW_FWD(attn_wgwfp_fwd_d64, 4, 64, true, false, true)
 // 128-key tiles, P·V accumulating onto o (IP above), with and without the turns.
-WGW_FWD(attn_wgwn_fwd_d64, 3, 128, false, true)
-WGW_FWD(attn_wgwnp_fwd_d64, 3, 128, true, true)
+WGW_FWD(attn_wgwn_fwd_d64, 3, 128, false, true, false)
+WGW_FWD(attn_wgwnp_fwd_d64, 3, 128, true, true, false)
 
 // ---- dk/dv with its products overlapped, head dim 64, 64-query tiles.
 //
