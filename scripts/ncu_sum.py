@@ -1,3 +1,13 @@
+#!/usr/bin/env python3
+"""Kernel time by name from an ncu CSV of gpu__time_duration (nsys is not on the device machine).
+
+    ncu --csv --metrics gpu__time_duration.sum --clock-control none --cache-control none -c 3000 \
+        ./smelt bench --device cuda --size large ... > ncu.csv
+    python3 scripts/ncu_sum.py ncu.csv
+
+Every kernel is timed alone (serialised, caches not flushed), so the sum is a step's kernel time
+without overlap: docs/PERF.md compares it with torch.profiler's kernel table of torch.compile.
+"""
 import csv, sys, collections
 rows = list(csv.reader(open(sys.argv[1], errors="replace")))
 hdr = None; tot = collections.defaultdict(float); cnt = collections.Counter(); unit = "?"
