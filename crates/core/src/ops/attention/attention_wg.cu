@@ -308,9 +308,36 @@ __device__ __forceinline__ void load_rows_sw_warp(bf16_t* dst, const bf16_t* src
     }
 }
 
+// A TMA tensor map (CUtensorMap: 128 opaque bytes the host encodes, cuTensorMapEncodeTiled),
+// passed by value as a __grid_constant__ kernel parameter.
+struct __align__(64) TmaMap {
+    unsigned long long v[16];
+};
+// The phase of b also waits for `bytes` more bytes of asynchronous copies (this thread's arrival
+// counted now).
+__device__ __forceinline__ void mbar_expect_tx(unsigned long long* b, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
+}
+// One box of a rank-3 tensor map at (x, y, z) into shared memory at dst, counted on barrier b
+// when it lands (the tensor map's swizzle lays it out; dst 1024-byte aligned for the 128-byte one).
+__device__ __forceinline__ void tma_load_3d(void* dst, const TmaMap* m, int x, int y, int z, unsigned long long* b) {
+    asm volatile(
+        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+            smem_u32(dst)),
+        "l"((unsigned long long)m), "r"(x), "r"(y), "r"(z), "r"(smem_u32(b))
+        : "memory");
+}
+
+// TMA (km, vm set; the `wgwt` forms): one lane of the copying warp loads each K and V tile with
+// the tensor memory accelerator, (KVH·D, Tk, B) maps with 64 × BN boxes in the 128-byte swizzle,
+// so the copies are two instructions a tile, land in the layout load_rows_sw makes and need no
+// proxy fence (TMA writes through the async proxy); keys past Tk come back as zeros, those past
+// the block's last visible key as they are (masked: P = 0 there). The `full` barrier's phase is
+// the one arrival with its byte count.
 template <int NS, int BN, bool PP = false, bool IP = false, bool PF = false>
 __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
-                        int H, int KVH, int window, float scale, const unsigned int* starts, int pc) {
+                        int H, int KVH, int window, float scale, const unsigned int* starts, int pc,
+                        const TmaMap* km = nullptr, const TmaMap* vm = nullptr) {
     static_assert(NS >= 2, "the copier refills a slot the computing warps freed an iteration before");
     static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128");
     constexpr int NW = 2, D = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D;
@@ -330,11 +357,25 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     long long qbase = (long long)b * tq, kbase = (long long)b * s;
     if (threadIdx.x == 0) {
         for (int i = 0; i < NS; i++) {
-            mbar_init(full + i, 32);
+            mbar_init(full + i, km ? 1 : 32);
             mbar_init(empty + i, NT / 32);
         }
     }
     __syncthreads();  // the only block-wide barrier: the mbarriers are initialised
+    if (threadIdx.x >= NT && km) {
+        if (threadIdx.x == NT) {
+            for (int t = 0; t < ntiles; t++) {
+                int slot = t % NS;
+                if (t >= NS) mbar_wait(empty + slot, (t / NS - 1) & 1);
+                mbar_expect_tx(full + slot, 2 * TS * 2);
+                tma_load_3d(Ks + slot * TS, km, g * D, blo + t * BN, b, full + slot);
+                tma_load_3d(Vs + slot * TS, vm, g * D, blo + t * BN, b, full + slot);
+            }
+            // Nothing in flight when the thread ends: the last tile has landed.
+            if (ntiles > 0) mbar_wait(full + (ntiles - 1) % NS, ((ntiles - 1) / NS) & 1);
+        }
+        return;
+    }
     if (threadIdx.x >= NT) {
         // The copying warp.
         int lane = threadIdx.x - NT;
@@ -374,7 +415,7 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     // Tile t's K and V have landed (and are visible to the tensor cores).
     auto landed = [&](int t) {
         mbar_wait(full + t % NS, (t / NS) & 1);
-        if constexpr (!PF) fence_proxy_async();
+        if (!PF && !km) fence_proxy_async();
     };
     load_rows<ROWS, D, NT>(Qs, q + (long long)h * D, qbase, H * D, i0, tq);
     cp_commit();
@@ -506,6 +547,17 @@ WGW_FWD(attn_wgwp_fwd_d64, 4, 64, true, false, false)
 // attn_wgpz_fwd_d64, whose warps copy for themselves)?
 WGW_FWD(attn_wgwf_fwd_d64, 4, 64, false, false, true)
 WGW_FWD(attn_wgwfp_fwd_d64, 4, 64, true, false, true)
+// The copies by TMA (km, vm above), alone and with the turns. The maps follow the parameters
+// the other forms take, so the launcher passes the same arguments and then the two maps.
+#define WGWT_FWD(NAME, NS, BN, PP)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(288, 1)                                                                \
+        NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s, int H,   \
+             int KVH, int window, float scale, const unsigned int* starts, int pc, const __grid_constant__ TmaMap km,    \
+             const __grid_constant__ TmaMap vm) {                                                                        \
+        wgw_fwd<NS, BN, PP, false, false>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc, &km, &vm);     \
+    }
+WGWT_FWD(attn_wgwt_fwd_d64, 4, 64, false)
+WGWT_FWD(attn_wgwtp_fwd_d64, 4, 64, true)
 // 128-key tiles, P·V accumulating onto o (IP above), with and without the turns.
 WGW_FWD(attn_wgwn_fwd_d64, 3, 128, false, true, false)
 WGW_FWD(attn_wgwnp_fwd_d64, 3, 128, true, true, false)

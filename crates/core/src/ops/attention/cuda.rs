@@ -17,7 +17,7 @@ use crate::cuda::{self, DeviceBuf};
 use crate::ops::Pos;
 use crate::{DType, Tensor};
 use anyhow::{bail, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{sys, DevicePtr, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
 pub(crate) const SRC: &str = include_str!("attention.cu");
@@ -57,6 +57,9 @@ pub(crate) struct TcKernel {
     /// The dS path's dk/dv: blocks a GQA group's query heads are split over (1: one block a KV
     /// head; more: f32 parts summed by `attn_tc_dkdv_sum`). `SMELT_CUDA_ATTN_HSPLIT`.
     pub hsplit: usize,
+    /// A forward whose K and V tiles come by TMA (`WgVariant::tma`): the launch appends the
+    /// two tensor maps (`tma_maps`) to the arguments.
+    pub tma: bool,
 }
 
 /// Which forms of the tensor-core kernels run (every choice gives the same bits; the
@@ -148,9 +151,11 @@ pub(crate) struct WgVariant {
     pub bufs: usize,
     /// Rows of a streamed tile (keys in the forward): 64, or 128 for the `wgpn` forwards.
     pub tile: usize,
+    /// K and V tiles loaded by TMA (the `wgwt` forwards): the kernel takes two tensor maps last.
+    pub tma: bool,
 }
 const fn wv(name: &'static str, rows: usize, bufs: usize) -> WgVariant {
-    WgVariant { name, rows, threads: 2 * rows as u32, bufs, tile: 64 }
+    WgVariant { name, rows, threads: 2 * rows as u32, bufs, tile: 64, tma: false }
 }
 pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     wv("attn_wgp_fwd_d64", 128, 3),
@@ -167,6 +172,8 @@ pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     WgVariant { threads: 288, ..wv("attn_wgwp_fwd_d64", 128, 4) },
     WgVariant { threads: 288, ..wv("attn_wgwf_fwd_d64", 128, 4) },
     WgVariant { threads: 288, ..wv("attn_wgwfp_fwd_d64", 128, 4) },
+    WgVariant { threads: 288, tma: true, ..wv("attn_wgwt_fwd_d64", 128, 4) },
+    WgVariant { threads: 288, tma: true, ..wv("attn_wgwtp_fwd_d64", 128, 4) },
     WgVariant { threads: 288, tile: 128, ..wv("attn_wgwn_fwd_d64", 128, 3) },
     WgVariant { threads: 288, tile: 128, ..wv("attn_wgwnp_fwd_d64", 128, 3) },
 ];
@@ -246,6 +253,7 @@ fn tc_kernel_forms(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         bufs: 2,
         ds: false,
         hsplit: 1,
+        tma: false,
     };
     if hopper && d == 64 && f.wgmma {
         let w = |name: &str| TcKernel { wg: true, ..k(name.into(), TC_ROWS, 64) };
@@ -264,7 +272,7 @@ fn tc_kernel_forms(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
     // A named pipelined wgmma kernel (Hopper only), else a named mma.sync one, else the default.
     let pick = |w: Option<&WgVariant>, v: Option<&TcVariant>, dflt: TcKernel| match (d, w, v) {
         (64, Some(w), _) if hopper => {
-            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, ..k(w.name.into(), w.rows, w.tile) }
+            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, tma: w.tma, ..k(w.name.into(), w.rows, w.tile) }
         }
         (64, _, Some(v)) => k(v.name.into(), v.rows, v.tile),
         _ => dflt,
@@ -494,7 +502,7 @@ pub(crate) fn attention_with(
     let lse = DeviceBuf::alloc(gpu, DType::F32, dm.b * dm.h * dm.tq)?;
     let d = dm.d;
     if uses_tensor_cores(gpu, dt, d) {
-        let TcKernel { name, rows, tile: bn, pc, wg, threads, bufs, .. } = fwd;
+        let TcKernel { name, rows, tile: bn, pc, wg, threads, bufs, tma, .. } = fwd;
         let tw = if *wg { d } else { d + 8 }; // a streamed tile's row: core matrices, or padded
         let smem = (rows * (d + 8) + 2 * bufs * bn * tw) * 2 + wg_scratch(*wg, *threads);
         let f = tc_function(gpu, name, smem, *wg)?;
@@ -511,6 +519,10 @@ pub(crate) fn attention_with(
             None => b.arg(&null),
         };
         b.arg(pc);
+        let maps = if *tma { Some(tma_maps(kb, vb, &dm, *bn)?) } else { None };
+        if let Some([km, vm]) = &maps {
+            b.arg(km).arg(vm);
+        }
         cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem, *threads)) }, name)?;
         return Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?));
     }
@@ -532,6 +544,57 @@ pub(crate) fn attention_with(
         cuda::launched(unsafe { b.launch(c) }, &name)?;
     }
     Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?))
+}
+
+/// A TMA tensor map (cudarc's `CUtensorMap`, 128 bytes aligned to 64 as the kernel's
+/// `TmaMap` parameter), passed by value.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub(crate) struct TmaMap(sys::CUtensorMap);
+// SAFETY: plain bytes the driver encoded, copied into the kernel's parameter space as they are.
+unsafe impl cudarc::driver::DeviceRepr for TmaMap {}
+
+/// The `wgwt` forwards' tensor maps of K and V ((B, S, KVH, D) bf16): rank 3, (KVH·D, Tk, B)
+/// with rows S·KVH·D apart between batches, so a box never crosses into the next batch and
+/// rows at or past Tk (cache rows not yet written) come back as zeros; boxes of 64 columns
+/// (one head's 128 bytes) × `bn` keys in the 128-byte swizzle (attention_wg.cu's layout).
+fn tma_maps(kb: &DeviceBuf, vb: &DeviceBuf, dm: &AttnDims, bn: usize) -> Result<[TmaMap; 2]> {
+    let row = (dm.kvh * dm.d * 2) as u64;
+    let dims = [(dm.kvh * dm.d) as u64, dm.tk as u64, dm.b as u64];
+    let strides = [row, row * dm.s as u64];
+    let boxes = [64u32, bn as u32, 1];
+    let ones = [1u32; 3];
+    let map = |buf: &DeviceBuf, what: &str| -> Result<TmaMap> {
+        let (p, _g) = buf.data.device_ptr(&buf.gpu.stream);
+        if p % 16 != 0 || dm.d != 64 {
+            bail!("attention: TMA needs {what} 16-byte aligned with head dim 64");
+        }
+        let mut m = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+        // SAFETY: every pointer is to a live local array of the rank's length; the map is
+        // written by the driver.
+        let r = unsafe {
+            sys::cuTensorMapEncodeTiled(
+                m.as_mut_ptr(),
+                sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                3,
+                p as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                boxes.as_ptr(),
+                ones.as_ptr(),
+                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        };
+        if r != sys::CUresult::CUDA_SUCCESS {
+            bail!("attention: encoding the TMA map of {what} failed ({r:?})");
+        }
+        // SAFETY: the driver returned success, so it wrote the map.
+        Ok(TmaMap(unsafe { m.assume_init() }))
+    };
+    Ok([map(kb, "K")?, map(vb, "V")?])
 }
 
 /// bf16 values of the dS path's buffer: B·H triangles of nt(nt+1)/2 tiles of 64 × 64, nt =
