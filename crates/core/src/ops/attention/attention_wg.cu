@@ -334,13 +334,16 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const TmaMap* m, int x, i
 // proxy fence (TMA writes through the async proxy); keys past Tk come back as zeros, those past
 // the block's last visible key as they are (masked: P = 0 there). The `full` barrier's phase is
 // the one arrival with its byte count.
-template <int NS, int BN, bool PP = false, bool IP = false, bool PF = false>
+// NW: computing warpgroups (64 query rows each; 2, or 3 as FlashAttention-3 at head dim 64);
+// the turns (PP) take two.
+template <int NS, int BN, bool PP = false, bool IP = false, bool PF = false, int NW = 2>
 __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
                         int H, int KVH, int window, float scale, const unsigned int* starts, int pc,
                         const TmaMap* km = nullptr, const TmaMap* vm = nullptr) {
     static_assert(NS >= 2, "the copier refills a slot the computing warps freed an iteration before");
     static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128");
-    constexpr int NW = 2, D = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D;
+    static_assert(!PP || NW == 2, "the turns are between two warpgroups");
+    constexpr int D = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D;
     extern __shared__ __align__(1024) unsigned char tc_sm[];
     bf16_t* Qs = (bf16_t*)tc_sm;
     bf16_t* Ks = Qs + ROWS * LD;  // NS slots of K (TS elements each), then NS of V
@@ -549,15 +552,21 @@ WGW_FWD(attn_wgwf_fwd_d64, 4, 64, false, false, true)
 WGW_FWD(attn_wgwfp_fwd_d64, 4, 64, true, false, true)
 // The copies by TMA (km, vm above), alone and with the turns. The maps follow the parameters
 // the other forms take, so the launcher passes the same arguments and then the two maps.
-#define WGWT_FWD(NAME, NS, BN, PP)                                                                                         \
-    extern "C" __global__ void __launch_bounds__(288, 1)                                                                \
+#define WGWT_FWD(NAME, NS, BN, PP, IP, NW)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(128 * NW + 32, 1)                                                      \
         NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s, int H,   \
              int KVH, int window, float scale, const unsigned int* starts, int pc, const __grid_constant__ TmaMap km,    \
              const __grid_constant__ TmaMap vm) {                                                                        \
-        wgw_fwd<NS, BN, PP, false, false>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc, &km, &vm);     \
+        wgw_fwd<NS, BN, PP, IP, false, NW>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc, &km, &vm);    \
     }
-WGWT_FWD(attn_wgwt_fwd_d64, 4, 64, false)
-WGWT_FWD(attn_wgwtp_fwd_d64, 4, 64, true)
+WGWT_FWD(attn_wgwt_fwd_d64, 4, 64, false, false, 2)
+WGWT_FWD(attn_wgwtp_fwd_d64, 4, 64, true, false, 2)
+// 128-key tiles by TMA, P·V onto o (IP), with and without the turns.
+WGWT_FWD(attn_wgwtn_fwd_d64, 3, 128, false, true, 2)
+WGWT_FWD(attn_wgwtnp_fwd_d64, 3, 128, true, true, 2)
+// Three computing warpgroups (192 query rows a block, 416 threads: ~152 registers each), P·V
+// onto o (IP) for the registers, 64-key tiles.
+WGWT_FWD(attn_wgwt3_fwd_d64, 4, 64, false, true, 3)
 // 128-key tiles, P·V accumulating onto o (IP above), with and without the turns.
 WGW_FWD(attn_wgwn_fwd_d64, 3, 128, false, true, false)
 WGW_FWD(attn_wgwnp_fwd_d64, 3, 128, true, true, false)

@@ -174,6 +174,9 @@ pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     WgVariant { threads: 288, ..wv("attn_wgwfp_fwd_d64", 128, 4) },
     WgVariant { threads: 288, tma: true, ..wv("attn_wgwt_fwd_d64", 128, 4) },
     WgVariant { threads: 288, tma: true, ..wv("attn_wgwtp_fwd_d64", 128, 4) },
+    WgVariant { threads: 288, tile: 128, tma: true, ..wv("attn_wgwtn_fwd_d64", 128, 3) },
+    WgVariant { threads: 288, tile: 128, tma: true, ..wv("attn_wgwtnp_fwd_d64", 128, 3) },
+    WgVariant { threads: 416, tma: true, ..wv("attn_wgwt3_fwd_d64", 192, 4) },
     WgVariant { threads: 288, tile: 128, ..wv("attn_wgwn_fwd_d64", 128, 3) },
     WgVariant { threads: 288, tile: 128, ..wv("attn_wgwnp_fwd_d64", 128, 3) },
 ];
