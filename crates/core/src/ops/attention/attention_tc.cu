@@ -50,13 +50,17 @@ __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)_
 struct TcTile {
     int rank, y, z;  // rank 0 = the most work; y, z: the pair (head, batch)
 };
-__device__ __forceinline__ TcTile tc_tile(int pc) {
-    int nt = gridDim.x, np = gridDim.y * gridDim.z;
-    long long L = blockIdx.x + (long long)nt * (blockIdx.y + (long long)gridDim.y * blockIdx.z);
+// Block L (linear, x fastest) of an (nt, ny, nz) grid: the persistent kernels' work item L.
+__device__ __forceinline__ TcTile tc_tile_at(long long L, int nt, int ny, int nz, int pc) {
+    int np = ny * nz;
     pc = max(1, min(pc, np));
     int first = (int)(L / ((long long)pc * nt)) * pc, n = min(pc, np - first);
     int w = (int)(L - (long long)first * nt), pair = first + w % n;
-    return {w / n, pair % (int)gridDim.y, pair / (int)gridDim.y};
+    return {w / n, pair % ny, pair / ny};
+}
+__device__ __forceinline__ TcTile tc_tile(int pc) {
+    long long L = blockIdx.x + (long long)gridDim.x * (blockIdx.y + (long long)gridDim.y * blockIdx.z);
+    return tc_tile_at(L, gridDim.x, gridDim.y, gridDim.z, pc);
 }
 
 // The dS path (training, Tq = Tk): dk/dv stores each (query tile, key tile) pair's dSᵀ/scale as
@@ -642,19 +646,24 @@ struct QTile {
     int b, h, g, off, i0, ilast, blo, bhi, ntiles;
     long long srow0;
 };
+// tt: the block's tile of a grid nx query tiles wide.
 template <int BN>
-__device__ __forceinline__ QTile q_tile(int pc, int rows, int tq, int tk, int H, int KVH, int window,
-                                        const unsigned int* starts) {
-    TcTile tt = tc_tile(pc);
+__device__ __forceinline__ QTile q_tile_of(TcTile tt, int nx, int rows, int tq, int tk, int H, int KVH, int window,
+                                           const unsigned int* starts) {
     QTile t;
     t.b = tt.z, t.h = tt.y, t.g = t.h / (H / KVH);
     t.off = tk - tq;
-    t.i0 = (gridDim.x - 1 - tt.rank) * rows;
+    t.i0 = (nx - 1 - tt.rank) * rows;
     t.ilast = min(tq - 1, t.i0 + rows - 1);
     t.srow0 = (long long)t.b * tq;
     t.blo = tc_row_lo(t.off + t.i0, window, starts, t.srow0 + t.i0), t.bhi = t.off + t.ilast + 1;
     t.ntiles = (t.bhi - t.blo + BN - 1) / BN;
     return t;
+}
+template <int BN>
+__device__ __forceinline__ QTile q_tile(int pc, int rows, int tq, int tk, int H, int KVH, int window,
+                                        const unsigned int* starts) {
+    return q_tile_of<BN>(tc_tile(pc), gridDim.x, rows, tq, tk, H, KVH, window, starts);
 }
 
 // Every key of the BN-key tile at j0 visible to every query row first … first + R − 1 (last: the

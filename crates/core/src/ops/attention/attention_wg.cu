@@ -336,28 +336,40 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const TmaMap* m, int x, i
 // the one arrival with its byte count.
 // NW: computing warpgroups (64 query rows each; 2, or 3 as FlashAttention-3 at head dim 64);
 // the turns (PP) take two.
-template <int NS, int BN, bool PP = false, bool IP = false, bool PF = false, int NW = 2>
+// PS (persistent, TMA only; the `wgwq` forms): a grid of about one block an SM, each taking the
+// work items blockIdx.x, blockIdx.x + gridDim.x, … of the (nx, H, nz) grid the other forms
+// launch (tc_tile_at's order), so the copier streams the next item's K and V while the
+// computing warps finish an item, and the computing warps copy the next item's Q (two Q
+// buffers) before they start on this one's: short items (T = 1024: ~4.5 key tiles a 128-row
+// block) no longer pay a block's start and end at one block an SM. The ring's slots and phases
+// run on across items (u: the tiles consumed before).
+template <int NS, int BN, bool PP = false, bool IP = false, bool PF = false, int NW = 2, bool PS = false>
 __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
                         int H, int KVH, int window, float scale, const unsigned int* starts, int pc,
-                        const TmaMap* km = nullptr, const TmaMap* vm = nullptr) {
+                        const TmaMap* km = nullptr, const TmaMap* vm = nullptr, int nx = 0, int nz = 0) {
     static_assert(NS >= 2, "the copier refills a slot the computing warps freed an iteration before");
     static_assert(BN == 64 || BN == 128, "key tiles of 64 or 128");
     static_assert(!PP || NW == 2, "the turns are between two warpgroups");
-    constexpr int D = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D;
+    constexpr int D = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BN * D, QB = PS ? 2 : 1;
     extern __shared__ __align__(1024) unsigned char tc_sm[];
-    bf16_t* Qs = (bf16_t*)tc_sm;
-    bf16_t* Ks = Qs + ROWS * LD;  // NS slots of K (TS elements each), then NS of V
+    bf16_t* Qs = (bf16_t*)tc_sm;  // QB buffers of ROWS·LD
+    bf16_t* Ks = Qs + QB * ROWS * LD;  // NS slots of K (TS elements each), then NS of V
     bf16_t* Vs = Ks + NS * TS;
     float* Pin = (float*)(Vs + NS * TS);  // 2 floats a computing thread: wg_pin's slots
     unsigned long long* full = (unsigned long long*)(Pin + 2 * NT);
     unsigned long long* empty = full + NS;
-    const QTile qt = q_tile<BN>(pc, ROWS, tq, tk, H, KVH, window, starts);
-    const int b = qt.b, h = qt.h, g = qt.g, off = qt.off, i0 = qt.i0, ilast = qt.ilast, blo = qt.blo, bhi = qt.bhi;
+    // The work items: this block's one, or with PS every gridDim.x-th of nitems.
+    const long long nitems = PS ? (long long)nx * H * nz : 1, first = PS ? blockIdx.x : 0, step = PS ? gridDim.x : 1;
+    auto item = [&](long long w) {
+        return PS ? q_tile_of<BN>(tc_tile_at(w, nx, H, nz, pc), nx, ROWS, tq, tk, H, KVH, window, starts)
+                  : q_tile<BN>(pc, ROWS, tq, tk, H, KVH, window, starts);
+    };
+    const QTile qt = item(first);  // the non-persistent forms' one item
+    const int b = qt.b, g = qt.g, blo = qt.blo, bhi = qt.bhi;
     const int ntiles = qt.ntiles;
-    const long long srow0 = qt.srow0;
     const bf16_t* kh = k + (long long)g * D;
     const bf16_t* vh = v + (long long)g * D;
-    long long qbase = (long long)b * tq, kbase = (long long)b * s;
+    long long kbase = (long long)b * s;
     if (threadIdx.x == 0) {
         for (int i = 0; i < NS; i++) {
             mbar_init(full + i, km ? 1 : 32);
@@ -367,15 +379,19 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     __syncthreads();  // the only block-wide barrier: the mbarriers are initialised
     if (threadIdx.x >= NT && km) {
         if (threadIdx.x == NT) {
-            for (int t = 0; t < ntiles; t++) {
-                int slot = t % NS;
-                if (t >= NS) mbar_wait(empty + slot, (t / NS - 1) & 1);
-                mbar_expect_tx(full + slot, 2 * TS * 2);
-                tma_load_3d(Ks + slot * TS, km, g * D, blo + t * BN, b, full + slot);
-                tma_load_3d(Vs + slot * TS, vm, g * D, blo + t * BN, b, full + slot);
+            int u = 0;  // tiles loaded before
+            for (long long w = first; w < nitems; w += step) {
+                const QTile it = PS ? item(w) : qt;
+                for (int t = 0; t < it.ntiles; t++, u++) {
+                    int slot = u % NS;
+                    if (u >= NS) mbar_wait(empty + slot, (u / NS - 1) & 1);
+                    mbar_expect_tx(full + slot, 2 * TS * 2);
+                    tma_load_3d(Ks + slot * TS, km, it.g * D, it.blo + t * BN, it.b, full + slot);
+                    tma_load_3d(Vs + slot * TS, vm, it.g * D, it.blo + t * BN, it.b, full + slot);
+                }
             }
             // Nothing in flight when the thread ends: the last tile has landed.
-            if (ntiles > 0) mbar_wait(full + (ntiles - 1) % NS, ((ntiles - 1) / NS) & 1);
+            if (u > 0) mbar_wait(full + (u - 1) % NS, ((u - 1) / NS) & 1);
         }
         return;
     }
@@ -413,124 +429,142 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         return;
     }
     int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
-    int iw = i0 + 64 * wg, wlast = min(tq - 1, iw + 63);  // this warpgroup's rows (maybe all past the end)
-    auto full_ok = [&](int j0) { return q_unmasked<BN, 64>(j0, off, iw, wlast, bhi, window, starts, srow0); };
-    // Tile t's K and V have landed (and are visible to the tensor cores).
-    auto landed = [&](int t) {
-        mbar_wait(full + t % NS, (t / NS) & 1);
-        if (!PF && !km) fence_proxy_async();
+    auto load_q = [&](const QTile& it, int buf) {
+        load_rows<ROWS, D, NT>(Qs + buf * ROWS * LD, q + (long long)it.h * D, it.srow0, H * D, it.i0, tq);
+        cp_commit();
     };
-    load_rows<ROWS, D, NT>(Qs, q + (long long)h * D, qbase, H * D, i0, tq);
-    cp_commit();
-    cp_wait_all();
-    asm volatile("bar.sync 1, %0;\n" ::"n"(NT) : "memory");  // Q in: the computing warps only
-    unsigned qf[KS][4];
+    if (PS) load_q(qt, 0);
+    int u = 0;  // tiles consumed before this item (the ring's position)
+    for (long long w = first, n = 0; w < nitems; w += step, n++) {
+        const QTile it = PS ? item(w) : qt;
+        const int h = it.h, off = it.off, i0 = it.i0, blo = it.blo, bhi = it.bhi, ntiles = it.ntiles;
+        const long long srow0 = it.srow0, qbase = it.srow0;
+        const int b = it.b;
+        int iw = i0 + 64 * wg, wlast = min(tq - 1, iw + 63);  // this warpgroup's rows (maybe all past the end)
+        auto full_ok = [&](int j0) { return q_unmasked<BN, 64>(j0, off, iw, wlast, bhi, window, starts, srow0); };
+        // Tile t's K and V have landed (and are visible to the tensor cores).
+        auto landed = [&](int t) {
+            mbar_wait(full + (u + t) % NS, ((u + t) / NS) & 1);
+            if (!PF && !km) fence_proxy_async();
+        };
+        if (!PS) load_q(it, 0);
+        cp_wait_all();
+        // Q in (every computing thread's copies); with PS also: every warp has read the previous
+        // item's Q, whose buffer takes the next item's now.
+        asm volatile("bar.sync 1, %0;\n" ::"n"(NT) : "memory");
+        const bf16_t* Qt = Qs + (PS ? (int)(n & 1) * ROWS * LD : 0);
+        if (PS && w + step < nitems) load_q(item(w + step), (int)((n + 1) & 1));
+        unsigned qf[KS][4];
 #pragma unroll
-    for (int ks = 0; ks < KS; ks++) load_a<LD>(qf[ks], Qs, 64 * wg + warp * 16, ks * 16, lane);
-    // IP: P(t)·V(t) accumulates onto o itself, rescaled by c(t) just before the product is
-    // issued (FlashAttention-3's order), instead of into a fresh pv folded in afterwards: 32
-    // registers fewer, which 128-key tiles need at 168 registers. (The first, synchronous wgmma
-    // forward went wrong accumulating onto a rescaled o, cause unknown; the parity test decides.)
-    float o[D / 8][4], pv[IP ? 1 : D / 8][4], sc[BN / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < D / 8; nt++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) o[nt][e] = 0.f;
-    if constexpr (!IP) {
+        for (int ks = 0; ks < KS; ks++) load_a<LD>(qf[ks], Qt, 64 * wg + warp * 16, ks * 16, lane);
+        // IP: P(t)·V(t) accumulates onto o itself, rescaled by c(t) just before the product is
+        // issued (FlashAttention-3's order), instead of into a fresh pv folded in afterwards: 32
+        // registers fewer, which 128-key tiles need at 168 registers. (The first, synchronous wgmma
+        // forward went wrong accumulating onto a rescaled o, cause unknown; the parity test decides.)
+        float o[D / 8][4], pv[IP ? 1 : D / 8][4], sc[BN / 8][4];
 #pragma unroll
         for (int nt = 0; nt < D / 8; nt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) pv[nt][e] = 0.f;
-    }
+            for (int e = 0; e < 4; e++) o[nt][e] = 0.f;
+        if constexpr (!IP) {
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; nt++)
+            for (int nt = 0; nt < D / 8; nt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) sc[nt][e] = 0.f;
-    float m[2], l[2];
-    int pos[2], lo[2];
-    fwd_rows_init(m, l, pos, lo, iw + warp * 16 + gq, off, window, starts, srow0, tq);
-    const float sl2 = scale * LOG2E;
-    landed(0);
-    wg_keep(sc, BN / 8);
-    wg_fence();
-    wg_abt_sw<D, BN>(sc, qf, Ks);
-    wg_commit();
-    wg_wait0();
-    wg_keep(sc, BN / 8);
-    float c0, c1;
-    tc_softmax<BN>(sc, m, l, pos, lo, blo, full_ok(blo), sl2, tq4, c0, c1);
-    // PP: the two warpgroups take turns issuing their products (FlashAttention-3's ping-pong):
-    // warpgroup w waits at named barrier 2 + w for the other's arrival before issuing, then
-    // arrives at the other's, so one's softmax runs under the other's products. Warpgroup 1
-    // arrives once first (warpgroup 0 goes first) and warpgroup 0 takes that extra arrival back
-    // after the loop, so every barrier ends complete.
-    if (PP && wg == 1) asm volatile("bar.arrive 2, %0;\n" ::"n"(NT) : "memory");
-    for (int t = 0; t + 1 < ntiles; t++) {
-        landed(t + 1);
-        unsigned pa[BN / 16][4];
-        wg_pack<BN>(sc, pa);
-        wg_keep_a(pa, BN / 16);
-        wg_keep(sc, BN / 8);
-        if constexpr (IP) {
-            wgp_scale<D>(o, c0, c1);
-            wg_keep(o, D / 8);
-        } else {
-            wg_keep(pv, D / 8);
+                for (int e = 0; e < 4; e++) pv[nt][e] = 0.f;
         }
-        if (PP) asm volatile("bar.sync %0, %1;\n" ::"r"(2 + wg), "n"(NT) : "memory");
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) sc[nt][e] = 0.f;
+        float m[2], l[2];
+        int pos[2], lo[2];
+        fwd_rows_init(m, l, pos, lo, iw + warp * 16 + gq, off, window, starts, srow0, tq);
+        const float sl2 = scale * LOG2E;
+        landed(0);
+        wg_keep(sc, BN / 8);
         wg_fence();
-        wg_abt_sw<D, BN>(sc, qf, Ks + ((t + 1) % NS) * TS);
+        wg_abt_sw<D, BN>(sc, qf, Ks + (u % NS) * TS);
         wg_commit();
-        if constexpr (IP)
-            wg_pm_sw<D, BN>(o, pa, Vs + (t % NS) * TS, false);
-        else
-            wg_pm_sw<D, BN>(pv, pa, Vs + (t % NS) * TS, true);
-        wg_commit();
-        if (PP) asm volatile("bar.arrive %0, %1;\n" ::"r"(3 - wg), "n"(NT) : "memory");
-        wg_wait1();  // S(t+1) is done; P(t)·V(t) may still run
-        wg_keep(sc, BN / 8);
-        float n0, n1;
-        int j1 = blo + (t + 1) * BN;
-        tc_softmax<BN>(sc, m, l, pos, lo, j1, full_ok(j1), sl2, tq4, n0, n1);
-        wg_pin(Pin, l[0], l[1]);  // the row sums need every exp2 of the softmax: all of it before the wait
         wg_wait0();
-        if constexpr (IP)
-            wg_keep(o, D / 8);
-        else
-            wg_keep(pv, D / 8);
-        wg_keep_a(pa, BN / 16);
-        if (lane == 0) mbar_arrive(empty + t % NS);  // K(t) and V(t) are read: the slot is free
-        if constexpr (!IP) wgp_fold<D>(o, pv, c0, c1);
-        c0 = n0;
-        c1 = n1;
-    }
-    if (PP && wg == 0) asm volatile("bar.sync 2, %0;\n" ::"n"(NT) : "memory");  // warpgroup 1's first arrival
-    {  // the last tile: P·V alone
-        int t = ntiles - 1;
-        unsigned pa[BN / 16][4];
-        wg_pack<BN>(sc, pa);
-        wg_keep_a(pa, BN / 16);
-        if constexpr (IP) {
-            wgp_scale<D>(o, c0, c1);
-            wg_keep(o, D / 8);
-            wg_fence();
-            wg_pm_sw<D, BN>(o, pa, Vs + (t % NS) * TS, false);
-            wg_commit();
-            wg_wait0();
-            wg_keep(o, D / 8);
+        wg_keep(sc, BN / 8);
+        float c0, c1;
+        tc_softmax<BN>(sc, m, l, pos, lo, blo, full_ok(blo), sl2, tq4, c0, c1);
+        // PP: the two warpgroups take turns issuing their products (FlashAttention-3's ping-pong):
+        // warpgroup w waits at named barrier 2 + w for the other's arrival before issuing, then
+        // arrives at the other's, so one's softmax runs under the other's products. Warpgroup 1
+        // arrives once first (warpgroup 0 goes first) and warpgroup 0 takes that extra arrival back
+        // after the loop, so every barrier ends complete.
+        if (PP && wg == 1) asm volatile("bar.arrive 2, %0;\n" ::"n"(NT) : "memory");
+        for (int t = 0; t + 1 < ntiles; t++) {
+            landed(t + 1);
+            unsigned pa[BN / 16][4];
+            wg_pack<BN>(sc, pa);
             wg_keep_a(pa, BN / 16);
-        } else {
-            wg_keep(pv, D / 8);
+            wg_keep(sc, BN / 8);
+            if constexpr (IP) {
+                wgp_scale<D>(o, c0, c1);
+                wg_keep(o, D / 8);
+            } else {
+                wg_keep(pv, D / 8);
+            }
+            if (PP) asm volatile("bar.sync %0, %1;\n" ::"r"(2 + wg), "n"(NT) : "memory");
             wg_fence();
-            wg_pm_sw<D, BN>(pv, pa, Vs + (t % NS) * TS, true);
+            wg_abt_sw<D, BN>(sc, qf, Ks + ((u + t + 1) % NS) * TS);
             wg_commit();
+            if constexpr (IP)
+                wg_pm_sw<D, BN>(o, pa, Vs + ((u + t) % NS) * TS, false);
+            else
+                wg_pm_sw<D, BN>(pv, pa, Vs + ((u + t) % NS) * TS, true);
+            wg_commit();
+            if (PP) asm volatile("bar.arrive %0, %1;\n" ::"r"(3 - wg), "n"(NT) : "memory");
+            wg_wait1();  // S(t+1) is done; P(t)·V(t) may still run
+            wg_keep(sc, BN / 8);
+            float n0, n1;
+            int j1 = blo + (t + 1) * BN;
+            tc_softmax<BN>(sc, m, l, pos, lo, j1, full_ok(j1), sl2, tq4, n0, n1);
+            wg_pin(Pin, l[0], l[1]);  // the row sums need every exp2 of the softmax: all of it before the wait
             wg_wait0();
-            wg_keep(pv, D / 8);
+            if constexpr (IP)
+                wg_keep(o, D / 8);
+            else
+                wg_keep(pv, D / 8);
             wg_keep_a(pa, BN / 16);
-            wgp_fold<D>(o, pv, c0, c1);
+            if (lane == 0) mbar_arrive(empty + (u + t) % NS);  // K(t) and V(t) are read: the slot is free
+            if constexpr (!IP) wgp_fold<D>(o, pv, c0, c1);
+            c0 = n0;
+            c1 = n1;
         }
+        if (PP && wg == 0) asm volatile("bar.sync 2, %0;\n" ::"n"(NT) : "memory");  // warpgroup 1's first arrival
+        {  // the last tile: P·V alone
+            int t = ntiles - 1;
+            unsigned pa[BN / 16][4];
+            wg_pack<BN>(sc, pa);
+            wg_keep_a(pa, BN / 16);
+            if constexpr (IP) {
+                wgp_scale<D>(o, c0, c1);
+                wg_keep(o, D / 8);
+                wg_fence();
+                wg_pm_sw<D, BN>(o, pa, Vs + ((u + t) % NS) * TS, false);
+                wg_commit();
+                wg_wait0();
+                wg_keep(o, D / 8);
+                wg_keep_a(pa, BN / 16);
+            } else {
+                wg_keep(pv, D / 8);
+                wg_fence();
+                wg_pm_sw<D, BN>(pv, pa, Vs + ((u + t) % NS) * TS, true);
+                wg_commit();
+                wg_wait0();
+                wg_keep(pv, D / 8);
+                wg_keep_a(pa, BN / 16);
+                wgp_fold<D>(o, pv, c0, c1);
+            }
+            // The last slot freed too: with PS the copier refills it for a later item.
+            if (PS && lane == 0) mbar_arrive(empty + (u + t) % NS);
+        }
+        fwd_store<D>(out, lse, o, m, l, b, h, H, tq, qbase, iw + warp * 16 + gq, lane);
+        u += ntiles;
     }
-    fwd_store<D>(out, lse, o, m, l, b, h, H, tq, qbase, iw + warp * 16 + gq, lane);
 }
 #define WGW_FWD(NAME, NS, BN, PP, IP, PF)                                                                                    \
     extern "C" __global__ void __launch_bounds__(288, 1) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v,          \
@@ -567,6 +601,18 @@ WGWT_FWD(attn_wgwtnp_fwd_d64, 3, 128, true, true, 2)
 // Three computing warpgroups (192 query rows a block, 416 threads: ~152 registers each), P·V
 // onto o (IP) for the registers, 64-key tiles.
 WGWT_FWD(attn_wgwt3_fwd_d64, 4, 64, false, true, 3)
+// Persistent (PS above): the launcher gives about one block an SM and passes the grid's query
+// tiles nx and batches nz after pc, then the two maps.
+#define WGWQ_FWD(NAME, NS, IP, NW)                                                                                         \
+    extern "C" __global__ void __launch_bounds__(128 * NW + 32, 1)                                                      \
+        NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s, int H,   \
+             int KVH, int window, float scale, const unsigned int* starts, int pc, int nx, int nz,                       \
+             const __grid_constant__ TmaMap km, const __grid_constant__ TmaMap vm) {                                     \
+        wgw_fwd<NS, 64, false, IP, false, NW, true>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc, &km, \
+                                                    &vm, nx, nz);                                                        \
+    }
+WGWQ_FWD(attn_wgwq_fwd_d64, 4, false, 2)
+WGWQ_FWD(attn_wgwq3_fwd_d64, 4, true, 3)
 // 128-key tiles, P·V accumulating onto o (IP above), with and without the turns.
 WGW_FWD(attn_wgwn_fwd_d64, 3, 128, false, true, false)
 WGW_FWD(attn_wgwnp_fwd_d64, 3, 128, true, true, false)

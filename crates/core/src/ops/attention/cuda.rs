@@ -60,6 +60,8 @@ pub(crate) struct TcKernel {
     /// A forward whose K and V tiles come by TMA (`WgVariant::tma`): the launch appends the
     /// two tensor maps (`tma_maps`) to the arguments.
     pub tma: bool,
+    /// A persistent forward (`WgVariant::persistent`).
+    pub persistent: bool,
 }
 
 /// Which forms of the tensor-core kernels run (every choice gives the same bits; the
@@ -153,9 +155,12 @@ pub(crate) struct WgVariant {
     pub tile: usize,
     /// K and V tiles loaded by TMA (the `wgwt` forwards): the kernel takes two tensor maps last.
     pub tma: bool,
+    /// Persistent (the `wgwq` forwards, TMA too): about one block an SM loops over the query
+    /// tiles; the kernel takes the grid's query tiles and batches after `pc`, two Q buffers.
+    pub persistent: bool,
 }
 const fn wv(name: &'static str, rows: usize, bufs: usize) -> WgVariant {
-    WgVariant { name, rows, threads: 2 * rows as u32, bufs, tile: 64, tma: false }
+    WgVariant { name, rows, threads: 2 * rows as u32, bufs, tile: 64, tma: false, persistent: false }
 }
 pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     wv("attn_wgp_fwd_d64", 128, 3),
@@ -177,6 +182,8 @@ pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     WgVariant { threads: 288, tile: 128, tma: true, ..wv("attn_wgwtn_fwd_d64", 128, 3) },
     WgVariant { threads: 288, tile: 128, tma: true, ..wv("attn_wgwtnp_fwd_d64", 128, 3) },
     WgVariant { threads: 416, tma: true, ..wv("attn_wgwt3_fwd_d64", 192, 4) },
+    WgVariant { threads: 288, tma: true, persistent: true, ..wv("attn_wgwq_fwd_d64", 128, 4) },
+    WgVariant { threads: 416, tma: true, persistent: true, ..wv("attn_wgwq3_fwd_d64", 192, 4) },
     WgVariant { threads: 288, tile: 128, ..wv("attn_wgwn_fwd_d64", 128, 3) },
     WgVariant { threads: 288, tile: 128, ..wv("attn_wgwnp_fwd_d64", 128, 3) },
 ];
@@ -257,6 +264,7 @@ fn tc_kernel_forms(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         ds: false,
         hsplit: 1,
         tma: false,
+        persistent: false,
     };
     if hopper && d == 64 && f.wgmma {
         let w = |name: &str| TcKernel { wg: true, ..k(name.into(), TC_ROWS, 64) };
@@ -275,7 +283,8 @@ fn tc_kernel_forms(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
     // A named pipelined wgmma kernel (Hopper only), else a named mma.sync one, else the default.
     let pick = |w: Option<&WgVariant>, v: Option<&TcVariant>, dflt: TcKernel| match (d, w, v) {
         (64, Some(w), _) if hopper => {
-            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, tma: w.tma, ..k(w.name.into(), w.rows, w.tile) }
+            let k = k(w.name.into(), w.rows, w.tile);
+            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, tma: w.tma, persistent: w.persistent, ..k }
         }
         (64, _, Some(v)) => k(v.name.into(), v.rows, v.tile),
         _ => dflt,
@@ -505,9 +514,10 @@ pub(crate) fn attention_with(
     let lse = DeviceBuf::alloc(gpu, DType::F32, dm.b * dm.h * dm.tq)?;
     let d = dm.d;
     if uses_tensor_cores(gpu, dt, d) {
-        let TcKernel { name, rows, tile: bn, pc, wg, threads, bufs, tma, .. } = fwd;
+        let TcKernel { name, rows, tile: bn, pc, wg, threads, bufs, tma, persistent, .. } = fwd;
         let tw = if *wg { d } else { d + 8 }; // a streamed tile's row: core matrices, or padded
-        let smem = (rows * (d + 8) + 2 * bufs * bn * tw) * 2 + wg_scratch(*wg, *threads);
+        let qbufs = if *persistent { 2 } else { 1 };
+        let smem = (qbufs * rows * (d + 8) + 2 * bufs * bn * tw) * 2 + wg_scratch(*wg, *threads);
         let f = tc_function(gpu, name, smem, *wg)?;
         let a = [dm.tq as i32, dm.tk as i32, dm.s as i32, dm.h as i32, dm.kvh as i32, dm.window.unwrap_or(0) as i32];
         let null = 0u64;
@@ -522,11 +532,19 @@ pub(crate) fn attention_with(
             None => b.arg(&null),
         };
         b.arg(pc);
+        let (nx, nz) = (dm.tq.div_ceil(*rows) as i32, dm.b as i32);
+        if *persistent {
+            b.arg(&nx).arg(&nz);
+        }
         let maps = if *tma { Some(tma_maps(kb, vb, &dm, *bn)?) } else { None };
         if let Some([km, vm]) = &maps {
             b.arg(km).arg(vm);
         }
-        cuda::launched(unsafe { b.launch(tc_cfg((dm.tq.div_ceil(*rows), dm.h, dm.b), smem, *threads)) }, name)?;
+        // Persistent: one block an SM (their launch bounds allow no more), at most one an item.
+        let items = dm.tq.div_ceil(*rows) * dm.h * dm.b;
+        let grid =
+            if *persistent { (items.min(gpu.sm_count.max(1)), 1, 1) } else { (dm.tq.div_ceil(*rows), dm.h, dm.b) };
+        cuda::launched(unsafe { b.launch(tc_cfg(grid, smem, *threads)) }, name)?;
         return Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?));
     }
     if packed.is_some() {
