@@ -13,11 +13,13 @@
 #   cd DIR && bash ds_check.sh . gemm              # ~5 min: cuBLASLt timing 32 (and 1) candidates against 8, 1B and large
 #   cd DIR && bash ds_check.sh . loraprof          # ~2 min: the LoRA shape's profile, kernels and cuBLASLt shapes
 #   cd DIR && bash ds_check.sh . probe             # ~20 s: one SM's read bandwidth, a cluster barrier (135M decode design)
+#   cd DIR && bash ds_check.sh . tma               # ~3 min: the TMA forwards' parity, then the attention alone beside SDPA
+#   cd DIR && bash ds_check.sh . tmatrain          # ~5 min: large and 1B training with the TMA forwards beside the default
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
 # by shape), lora (issue 16's LoRA shape, Qwen2.5-0.5B 8 × 2048, both ways, and its profile),
-# fixes, swiglu, peers124, norm, attn, ncuattn, ab, ab2, gemm, prefetch, probe, loraprof, wgprobe, wgz, wgztrain (each described
+# fixes, swiglu, peers124, norm, attn, ncuattn, ab, ab2, gemm, prefetch, probe, loraprof, wgprobe, wgz, wgztrain, tma, tmatrain (each described
 # where it runs, below). A part name that matches none runs nothing.
 set -uo pipefail
 D=${1:-.}
@@ -201,6 +203,20 @@ fi
 part wgztrain && timeout 200 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large --no-peers \
   --variants "fwdz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64;fwdw:SMELT_CUDA_ATTN_FWD=attn_wgw_fwd_d64;fwdwp:SMELT_CUDA_ATTN_FWD=attn_wgwp_fwd_d64;fwdwn:SMELT_CUDA_ATTN_FWD=attn_wgwn_fwd_d64;fwdwnp:SMELT_CUDA_ATTN_FWD=attn_wgwnp_fwd_d64" \
   --out "$OUT/wgztrain" 2>&1 | tail -6
+# tma: the forwards whose K and V come by TMA (`attn_wgwt_fwd_d64`, three computing warpgroups
+# `wgwt3`, persistent `wgwq`/`wgwq3`): parity against the mma.sync forward (the test names each
+# kernel before launching it: a trap loses the context), then the attention alone at every shape
+# beside SDPA. tmatrain: large and 1B training with each beside the default, no peers.
+TMA_FWD="wt:SMELT_CUDA_ATTN_FWD=attn_wgwt_fwd_d64;wt3:SMELT_CUDA_ATTN_FWD=attn_wgwt3_fwd_d64;wq:SMELT_CUDA_ATTN_FWD=attn_wgwq_fwd_d64;wq3:SMELT_CUDA_ATTN_FWD=attn_wgwq3_fwd_d64"
+if part tma; then
+  timeout 150 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 --nocapture >"$OUT/parity_tma.txt" 2>&1
+  echo "parity_wgmma_pipelined_kernels rc $?"
+  grep -E "panicked|test result|FAIL" "$OUT/parity_tma.txt" | cut -c1-200 | head -12; tail -2 "$OUT/parity_tma.txt" | cut -c1-200
+  timeout 240 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/attntma" --shapes 124m,large,1b,lora \
+    --variants "$TMA_FWD" 2>&1 | tail -26
+fi
+part tmatrain && timeout 500 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large,1b --no-peers \
+  --variants "$TMA_FWD" --out "$OUT/tmatrain" 2>&1 | tail -12
 # gemm: cuBLASLt timing more of its heuristic's candidates (8 by default; the 1B step's products
 # took 141 ms serialised against torch.compile's 135), 1B and large, one call; each variant with
 # a kernel cache of its own, since the chosen algorithms are kept there (cublaslt-tune.tsv).
