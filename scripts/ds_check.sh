@@ -204,10 +204,12 @@ part wgztrain && timeout 200 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" -
   --variants "fwdz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64;fwdw:SMELT_CUDA_ATTN_FWD=attn_wgw_fwd_d64;fwdwp:SMELT_CUDA_ATTN_FWD=attn_wgwp_fwd_d64;fwdwn:SMELT_CUDA_ATTN_FWD=attn_wgwn_fwd_d64;fwdwnp:SMELT_CUDA_ATTN_FWD=attn_wgwnp_fwd_d64" \
   --out "$OUT/wgztrain" 2>&1 | tail -6
 # tma: the forwards whose K and V come by TMA (`attn_wgwt_fwd_d64`, three computing warpgroups
-# `wgwt3`, persistent `wgwq`/`wgwq3`): parity against the mma.sync forward (the test names each
-# kernel before launching it: a trap loses the context), then the attention alone at every shape
-# beside SDPA. tmatrain: large and 1B training with each beside the default, no peers.
-TMA_FWD="wt:SMELT_CUDA_ATTN_FWD=attn_wgwt_fwd_d64;wt3:SMELT_CUDA_ATTN_FWD=attn_wgwt3_fwd_d64;wq:SMELT_CUDA_ATTN_FWD=attn_wgwq_fwd_d64;wq3:SMELT_CUDA_ATTN_FWD=attn_wgwq3_fwd_d64"
+# `wgwt3`, persistent `wgwq`/`wgwq3`) and the dS-path dk/dv on wgmma with Q and dO by TMA
+# (`dsw`: `attn_wgtds_dkdv_d64`, its dq the default's): parity against the mma.sync kernels (the
+# test names each kernel before launching it: a trap loses the context), then the attention
+# alone at every shape beside SDPA. tmatrain: large and 1B training with each beside the
+# default, no peers.
+TMA_FWD="wt:SMELT_CUDA_ATTN_FWD=attn_wgwt_fwd_d64;wt3:SMELT_CUDA_ATTN_FWD=attn_wgwt3_fwd_d64;wq:SMELT_CUDA_ATTN_FWD=attn_wgwq_fwd_d64;wq3:SMELT_CUDA_ATTN_FWD=attn_wgwq3_fwd_d64;dsw:SMELT_CUDA_ATTN_DKDV=attn_wgtds_dkdv_d64"
 if part tma; then
   timeout 150 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 --nocapture >"$OUT/parity_tma.txt" 2>&1
   echo "parity_wgmma_pipelined_kernels rc $?"

@@ -1026,10 +1026,16 @@ fn parity_wgmma_pipelined_kernels() {
         for w in WG_D64_DKDV {
             let [_, dq, dkdv] = tc_kernels(64, TcForms { wg_dkdv: Some(w), ..Default::default() }, true);
             assert_eq!(dkdv.name, w.name);
-            let (_, gk, gv) =
+            println!("{label}: {}", w.name); // named before the launch, as the forwards
+            let (gq, gk, gv) =
                 attention_backward_with(&q, &k, &v, &om, &lm, &dout, dm, 0.125, (&dq, &dkdv), None).unwrap();
             check(format!("{label}: dk {} vs mma.sync", w.name), &gk, &gkm);
             check(format!("{label}: dv {} vs mma.sync", w.name), &gv, &gvm);
+            if w.ds {
+                // The dS path's dq reads the dS tiles this dk/dv stored (Tq = Tk; otherwise both
+                // fall back to the default pair).
+                check(format!("{label}: dq from {}'s dS vs mma.sync", w.name), &gq, &gqm);
+            }
         }
         for w in WG_D64_DQ {
             let [_, dq, dkdv] = tc_kernels(64, TcForms { wg_dq: Some(w), ..Default::default() }, true);

@@ -145,6 +145,28 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
+#if DS_BULK
+// The staged dS store: this warp's 16 × DS_T block of dSᵀ/scale (accumulator fragments dp: rows
+// gq and gq + 8 of DS_T / 8 n-tiles, the mma and wgmma layouts alike) rounded to bf16 into its
+// 2 KiB stage (stmatrix, swizzled: ds_chunk) and out to `tile` in one bulk copy, once the last
+// copy has read the stage. The caller waits for every copy (bulk_wait_all) before it ends.
+// attention_wg.cu's dS-path dk/dv; tc_dkdv has the same steps written out (see there).
+__device__ __forceinline__ void ds_store_staged(const float (&dp)[DS_T / 8][4], bf16_t* tile, bf16_t* stage, int lane) {
+    if (lane == 0) bulk_wait_read();  // the last tile's copy has read the stage
+    __syncwarp();
+    int m = lane >> 3, row = (lane & 7) + ((m & 1) << 3);
+#pragma unroll
+    for (int np = 0; np < DS_T / 16; np++) {
+        unsigned r4[4] = {pack_bf16(dp[2 * np][0], dp[2 * np][1]), pack_bf16(dp[2 * np][2], dp[2 * np][3]),
+                          pack_bf16(dp[2 * np + 1][0], dp[2 * np + 1][1]),
+                          pack_bf16(dp[2 * np + 1][2], dp[2 * np + 1][3])};
+        stsm_x4(stage + row * DS_T + ds_chunk(row, 2 * np + (m >> 1), true) * 8, r4);
+    }
+    ds_fence();
+    __syncwarp();
+    if (lane == 0) bulk_store(tile, stage, 16 * DS_T * 2);
+}
+#endif
 
 // A fragment (16×16, rows r0.., cols k0..) of a row-major shared tile.
 template <int LD>
@@ -1121,6 +1143,9 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
                     }
                 }
 #if DS_BULK
+                // ds_store_staged's steps, written out: calling it here moved ptxas's allocation
+                // of this (the default) kernel to more spills (28 → 40 bytes stored, 7 → 12 local
+                // loads in the loop; 2026-12-05, unmeasured), so it keeps its own copy.
                 if constexpr (DS == 2) {
                     bf16_t* stage = (bf16_t*)(Ds + 2 * BQ) + warp * 16 * DS_T;
                     if (lane == 0) bulk_wait_read();  // the last tile's copy has read the stage

@@ -632,11 +632,20 @@ WGW_FWD(attn_wgwnp_fwd_d64, 3, 128, true, true, false)
 // within ATTN_TC of the mma.sync kernels. Shared memory: K and V [64·NW][D+8] (ldmatrix), then
 // Q and dO NB × [BQ][D] in core matrices, lse and delta NB × BQ f32:
 // (2·64·NW·(D+8) + 2·NB·BQ·D)·2 + 2·NB·BQ·4 bytes (+ wg_pin's scratch), the launcher's formula.
-template <int NW, int NB, bool SW = false>
+//
+// TMA (qm, om set; the `wgt` forms): thread 0 loads each Q and dO tile by TMA ((H·D, Tq, B) maps,
+// 64 × 64 boxes in the 128-byte swizzle: SW's layout), counted on the tile's `full` barrier;
+// lse and delta stay cp.async copies; the block barrier a tile stays (it frees the slot the next
+// copy takes) but no proxy fence. DS (the dS path, with dst): every tile's dSᵀ/scale as tc_dkdv
+// stores it (ds_store_staged; a warpgroup's 64 keys against the 64 queries, skipped where the
+// key tile lies past the query tile: no such pair in the triangle), for attn_tc_dqdsz_d64.
+template <int NW, int NB, bool SW = false, bool TMA = false, bool DS = false>
 __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                          const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
-                         float scale, const unsigned int* starts, const unsigned int* ends, int pc) {
+                         float scale, const unsigned int* starts, const unsigned int* ends, int pc, bf16_t* dst = nullptr,
+                         const TmaMap* qm = nullptr, const TmaMap* om = nullptr) {
     static_assert(NB >= 3, "tiles t and t+1 are read while t+NB-1 loads");
+    static_assert(!TMA || SW, "TMA lays the tiles out in the 128-byte swizzle");
     constexpr int D = 64, BQ = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BQ * D;
     extern __shared__ __align__(1024) unsigned char tc_sm[];
     bf16_t* Ks = (bf16_t*)tc_sm;
@@ -645,6 +654,10 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
     bf16_t* Os = Qs + NB * TS;           // NB buffers
     float* Ls = (float*)(Os + NB * TS);  // NB × BQ: lse
     float* Ds = Ls + NB * BQ;            // NB × BQ: delta
+    bf16_t* stage = (bf16_t*)(Ds + NB * BQ);  // DS: 2 KiB a warp
+    unsigned long long* full = (unsigned long long*)(stage + (DS ? NW * 4 * 16 * DS_T : 0));  // TMA: NB barriers
+    if (TMA && threadIdx.x == 0)
+        for (int i = 0; i < NB; i++) mbar_init(full + i, 1);
     TcTile tt = tc_tile(pc);
     int b = tt.z, g = tt.y, grp = H / KVH;
     int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
@@ -670,8 +683,16 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
         auto issue = [&](int t) {
             if (t >= ntiles) return;
             int nb = t % NB, h = g * grp + t / nq, i0 = qlo + (t % nq) * BQ;
-            load_rows_l<SW, BQ, D, NT>(Qs + nb * TS, q + (long long)h * D, qbase, H * D, i0, qhi);
-            load_rows_l<SW, BQ, D, NT>(Os + nb * TS, dout + (long long)h * D, qbase, H * D, i0, qhi);
+            if constexpr (TMA) {
+                if (threadIdx.x == 0) {
+                    mbar_expect_tx(full + nb, 2 * TS * 2);
+                    tma_load_3d(Qs + nb * TS, qm, h * D, i0, b, full + nb);
+                    tma_load_3d(Os + nb * TS, om, h * D, i0, b, full + nb);
+                }
+            } else {
+                load_rows_l<SW, BQ, D, NT>(Qs + nb * TS, q + (long long)h * D, qbase, H * D, i0, qhi);
+                load_rows_l<SW, BQ, D, NT>(Os + nb * TS, dout + (long long)h * D, qbase, H * D, i0, qhi);
+            }
             if (threadIdx.x < BQ) {
                 int i = i0 + threadIdx.x;
                 long long at = ((long long)b * H + h) * tq + i;
@@ -683,6 +704,26 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
         // one a loop iteration t: {tile t+NB−1}. So tile m is in group m−1 (tile 0 in group 0),
         // and waiting for all but the newest NB−3 groups at the top of iteration t finds tile
         // t+1 in (the copies get NB−2 iterations to land).
+        // Tile m is in (its lse and delta: this block's copies; with TMA its Q and dO: the
+        // tile's barrier); every warpgroup is done with the tile before it.
+        auto ready = [&](int m) {
+            if constexpr (TMA) {
+                cp_wait_n<NB - 3>();
+                __syncthreads();
+                if (m < ntiles) mbar_wait(full + m % NB, (m / NB) & 1);
+            } else {
+                tiles_ready<NB - 3>();
+            }
+        };
+        // DS: tile m's dSᵀ/scale (dp, after grads(m)) to its place in the triangle.
+        auto store_ds = [&](int m, const float (&dsc)[BQ / 8][4]) {
+            if constexpr (DS) {
+                int h = g * grp + m / nq, i0 = qlo + (m % nq) * BQ;
+                if ((i0 >> 6) >= (jw >> 6))
+                    ds_store_staged(dsc, dst + ds_tile(b, h, H, tq, i0 >> 6, jw >> 6) + warp * 16 * DS_T,
+                                    stage + (wg * 4 + warp) * 16 * DS_T, lane);
+            }
+        };
         issue(0);
         issue(1);
         cp_commit();
@@ -691,7 +732,7 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
             issue(j + 1);
             cp_commit();
         }
-        tiles_ready<NB - 3>();
+        ready(0);
         if (ntiles > 0) {
             unsigned kf[KS][4], vf[KS][4];
 #pragma unroll
@@ -741,10 +782,11 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
             wg_keep(sc, BQ / 8);
             wg_keep(dp, BQ / 8);
             grads(0);
+            store_ds(0, dp);
             // Every tile but the last (peeled below, so that no wgmma is issued under a condition).
             for (int t = 0; t + 1 < ntiles; t++) {
                 // Tile t+1 is in; every warpgroup is done with tile t−1, whose buffer takes t+NB−1.
-                tiles_ready<NB - 3>();
+                ready(t + 1);
                 issue(t + NB - 1);
                 cp_commit();
                 unsigned pa[BQ / 16][4], sa[BQ / 16][4];
@@ -766,6 +808,7 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
                 wg_keep(sc, BQ / 8);
                 wg_keep(dp, BQ / 8);
                 grads(t + 1);
+                store_ds(t + 1, dp);
                 wg_wait0();
                 wg_keep(av, D / 8);
                 wg_keep(ak, D / 8);
@@ -791,6 +834,9 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
             }
         }
     }
+#if DS_BULK
+    if (DS && lane == 0) bulk_wait_all();  // the stage is read and every dS tile written
+#endif
     int kvs = KVH * D;
     // Rows past tk (cache rows, or the block entirely past tk) store zeros: the accumulators
     // are zero there (every Pᵀ entry of such a key is masked), and rows ≥ s are skipped.
@@ -811,6 +857,19 @@ WGP_DKDV(attn_wgps_dkdv_d64, 2, 3, 1)
 WGP_DKDV(attn_wgp1_dkdv_d64, 1, 4, 1)
 // Q and dO in the 128-byte swizzled layout (`wgpz`, as the forward's).
 WGP_DKDV_SW(attn_wgpz_dkdv_d64, 2, 4, 1, true)
+// Q and dO by TMA, storing dS for the dS path's dq (`attn_tc_dqdsz_d64`): the launcher passes
+// the dS path's arguments (ds, hsplit — always 1 here — and part, unused), then the maps of Q
+// and dO.
+#define WGT_DKDV_DS(NAME, NB)                                                                                              \
+    extern "C" __global__ void __launch_bounds__(256, 1) NAME(                                                           \
+        const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,   \
+        bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                        \
+        const unsigned int* starts, const unsigned int* ends, int pc, bf16_t* ds, int hsplit, float* part,            \
+        const __grid_constant__ TmaMap qm, const __grid_constant__ TmaMap om) {                                        \
+        wgp_dkdv<2, NB, true, true, true>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts,  \
+                                          ends, pc, ds, &qm, &om);                                                     \
+    }
+WGT_DKDV_DS(attn_wgtds_dkdv_d64, 4)
 
 // ---- dq with its products overlapped (and delta, as tc_dq computes it), head dim 64, 64-key
 // tiles. NW warpgroups a block (warpgroup w owns query rows i0 + 64w …; Q and dO fragments in

@@ -158,9 +158,12 @@ pub(crate) struct WgVariant {
     /// Persistent (the `wgwq` forwards, TMA too): about one block an SM loops over the query
     /// tiles; the kernel takes the grid's query tiles and batches after `pc`, two Q buffers.
     pub persistent: bool,
+    /// A dk/dv kernel of the dS path (`attn_wgtds_dkdv_d64`): naming it takes the dS pair with
+    /// `attn_tc_dqdsz_d64` as dq.
+    pub ds: bool,
 }
 const fn wv(name: &'static str, rows: usize, bufs: usize) -> WgVariant {
-    WgVariant { name, rows, threads: 2 * rows as u32, bufs, tile: 64, tma: false, persistent: false }
+    WgVariant { name, rows, threads: 2 * rows as u32, bufs, tile: 64, tma: false, persistent: false, ds: false }
 }
 pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     wv("attn_wgp_fwd_d64", 128, 3),
@@ -200,6 +203,7 @@ pub(crate) const WG_D64_DKDV: &[WgVariant] = &[
     wv("attn_wgps_dkdv_d64", 128, 3),
     wv("attn_wgp1_dkdv_d64", 64, 4),
     wv("attn_wgpz_dkdv_d64", 128, 4),
+    WgVariant { tma: true, ds: true, ..wv("attn_wgtds_dkdv_d64", 128, 4) },
 ];
 
 /// A kernel of attention_tc.cu's other instantiations at head dim 64: its name, rows a block
@@ -289,6 +293,13 @@ fn tc_kernel_forms(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         (64, _, Some(v)) => k(v.name.into(), v.rows, v.tile),
         _ => dflt,
     };
+    // A dS-path wgmma dk/dv (Hopper): the dS pair with the swizzled dq.
+    if let (64, Some(w), true) = (d, f.wg_dkdv, hopper) {
+        if w.ds {
+            let dkdv = TcKernel { wg: true, tma: w.tma, ds: true, ..k(w.name.into(), w.rows, w.tile) };
+            return [pick(f.wg_fwd, f.fwd, fwd), TcKernel { ds: true, ..k(DS_DQ[2].into(), 2 * TC_ROWS, DS_T) }, dkdv];
+        }
+    }
     let named = f.dq.is_some() || f.dkdv.is_some() || f.wg_dq.is_some() || f.wg_dkdv.is_some() || f.dkdv_smem;
     if let (64, Some(form), false) = (d, f.ds, named) {
         let (dq, dkdv) = match form {
@@ -404,7 +415,14 @@ fn wg_scratch(wg: bool, threads: u32) -> usize {
 /// tiles, their lse and delta, a wgmma kernel's scratch and the dS path's staging.
 fn dkdv_smem(k: &TcKernel, d: usize) -> usize {
     let tw = if k.wg { d } else { d + 8 };
-    let stage = if k.name == DS_DKDV[1] { DS_STAGE } else { 0 };
+    // The staged dS store's 2 KiB a warp: 4 warps, or a wgmma dk/dv's 4 a warpgroup.
+    let stage = if k.name == DS_DKDV[1] {
+        DS_STAGE
+    } else if k.wg && k.ds {
+        DS_STAGE * k.threads as usize / 128
+    } else {
+        0
+    };
     (2 * k.rows * (d + 8) + 2 * k.bufs * k.tile * tw) * 2
         + 2 * k.bufs * k.tile * 4
         + wg_scratch(k.wg, k.threads)
@@ -575,47 +593,69 @@ pub(crate) struct TmaMap(sys::CUtensorMap);
 // SAFETY: plain bytes the driver encoded, copied into the kernel's parameter space as they are.
 unsafe impl cudarc::driver::DeviceRepr for TmaMap {}
 
-/// The `wgwt` forwards' tensor maps of K and V ((B, S, KVH, D) bf16): rank 3, (KVH·D, Tk, B)
-/// with rows S·KVH·D apart between batches, so a box never crosses into the next batch and
-/// rows at or past Tk (cache rows not yet written) come back as zeros; boxes of 64 columns
-/// (one head's 128 bytes) × `bn` keys in the 128-byte swizzle (attention_wg.cu's layout).
-fn tma_maps(kb: &DeviceBuf, vb: &DeviceBuf, dm: &AttnDims, bn: usize) -> Result<[TmaMap; 2]> {
-    let row = (dm.kvh * dm.d * 2) as u64;
-    let dims = [(dm.kvh * dm.d) as u64, dm.tk as u64, dm.b as u64];
-    let strides = [row, row * dm.s as u64];
-    let boxes = [64u32, bn as u32, 1];
+/// A TMA tensor map of one (B, rows, heads, 64) bf16 tensor: rank 3, (heads·64, valid, B) with
+/// batches `alloc` rows apart, so a box never crosses into the next batch and rows at or past
+/// `valid` (cache rows not yet written, queries past Tq) come back as zeros; boxes of 64
+/// columns (one head's 128 bytes) × `box_rows` rows in the 128-byte swizzle (attention_wg.cu's
+/// layout).
+fn tma_map(
+    buf: &DeviceBuf,
+    heads: usize,
+    valid: usize,
+    alloc: usize,
+    b: usize,
+    box_rows: usize,
+    what: &str,
+) -> Result<TmaMap> {
+    let row = (heads * 64 * 2) as u64;
+    let dims = [(heads * 64) as u64, valid as u64, b as u64];
+    let strides = [row, row * alloc as u64];
+    let boxes = [64u32, box_rows as u32, 1];
     let ones = [1u32; 3];
-    let map = |buf: &DeviceBuf, what: &str| -> Result<TmaMap> {
-        let (p, _g) = buf.data.device_ptr(&buf.gpu.stream);
-        if p % 16 != 0 || dm.d != 64 {
-            bail!("attention: TMA needs {what} 16-byte aligned with head dim 64");
-        }
-        let mut m = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
-        // SAFETY: every pointer is to a live local array of the rank's length; the map is
-        // written by the driver.
-        let r = unsafe {
-            sys::cuTensorMapEncodeTiled(
-                m.as_mut_ptr(),
-                sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                3,
-                p as *mut std::ffi::c_void,
-                dims.as_ptr(),
-                strides.as_ptr(),
-                boxes.as_ptr(),
-                ones.as_ptr(),
-                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
-                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-            )
-        };
-        if r != sys::CUresult::CUDA_SUCCESS {
-            bail!("attention: encoding the TMA map of {what} failed ({r:?})");
-        }
-        // SAFETY: the driver returned success, so it wrote the map.
-        Ok(TmaMap(unsafe { m.assume_init() }))
+    let (p, _g) = buf.data.device_ptr(&buf.gpu.stream);
+    if p % 16 != 0 {
+        bail!("attention: TMA needs {what} 16-byte aligned");
+    }
+    let mut m = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+    // SAFETY: every pointer is to a live local array of the rank's length; the map is written
+    // by the driver.
+    let r = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            m.as_mut_ptr(),
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            3,
+            p as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            ones.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
     };
-    Ok([map(kb, "K")?, map(vb, "V")?])
+    if r != sys::CUresult::CUDA_SUCCESS {
+        bail!("attention: encoding the TMA map of {what} failed ({r:?})");
+    }
+    // SAFETY: the driver returned success, so it wrote the map.
+    Ok(TmaMap(unsafe { m.assume_init() }))
+}
+
+/// The `wgwt`/`wgwq` forwards' maps of K and V: `bn`-key boxes, keys past Tk zeros.
+fn tma_maps(kb: &DeviceBuf, vb: &DeviceBuf, dm: &AttnDims, bn: usize) -> Result<[TmaMap; 2]> {
+    if dm.d != 64 {
+        bail!("attention: the TMA kernels take head dim 64, not {}", dm.d);
+    }
+    Ok([tma_map(kb, dm.kvh, dm.tk, dm.s, dm.b, bn, "K")?, tma_map(vb, dm.kvh, dm.tk, dm.s, dm.b, bn, "V")?])
+}
+
+/// `attn_wgtds_dkdv_d64`'s maps of Q and dO: 64-query boxes, queries past Tq zeros.
+fn tma_maps_q(qb: &DeviceBuf, db: &DeviceBuf, dm: &AttnDims) -> Result<[TmaMap; 2]> {
+    if dm.d != 64 {
+        bail!("attention: the TMA kernels take head dim 64, not {}", dm.d);
+    }
+    Ok([tma_map(qb, dm.h, dm.tq, dm.tq, dm.b, 64, "Q")?, tma_map(db, dm.h, dm.tq, dm.tq, dm.b, 64, "dO")?])
 }
 
 /// bf16 values of the dS path's buffer: B·H triangles of nt(nt+1)/2 tiles of 64 × 64, nt =
@@ -781,6 +821,10 @@ pub(crate) fn attention_backward_with(
                     Some(p) => b.arg(&p.data),
                     None => b.arg(&null),
                 };
+            }
+            let maps = if kdkdv.tma { Some(tma_maps_q(qb, db, &dm)?) } else { None };
+            if let Some([qm, om]) = &maps {
+                b.arg(qm).arg(om);
             }
             cuda::launched(
                 unsafe { b.launch(tc_cfg((dm.s.div_ceil(*rows), dm.kvh * hs, dm.b), smem, *threads)) },
