@@ -655,9 +655,12 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
     float* Ls = (float*)(Os + NB * TS);  // NB × BQ: lse
     float* Ds = Ls + NB * BQ;            // NB × BQ: delta
     bf16_t* stage = (bf16_t*)(Ds + NB * BQ);  // DS: 2 KiB a warp
-    unsigned long long* full = (unsigned long long*)(stage + (DS ? NW * 4 * 16 * DS_T : 0));  // TMA: NB barriers
-    if (TMA && threadIdx.x == 0)
-        for (int i = 0; i < NB; i++) mbar_init(full + i, 1);
+    unsigned long long* landed = (unsigned long long*)(stage + (DS ? NW * 4 * 16 * DS_T : 0));  // TMA: NB barriers
+    if constexpr (TMA) {
+        if (threadIdx.x == 0)
+            for (int i = 0; i < NB; i++) mbar_init(landed + i, 1);
+        __syncthreads();  // initialised before any copy counts on them or any thread waits
+    }
     TcTile tt = tc_tile(pc);
     int b = tt.z, g = tt.y, grp = H / KVH;
     int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
@@ -685,9 +688,9 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
             int nb = t % NB, h = g * grp + t / nq, i0 = qlo + (t % nq) * BQ;
             if constexpr (TMA) {
                 if (threadIdx.x == 0) {
-                    mbar_expect_tx(full + nb, 2 * TS * 2);
-                    tma_load_3d(Qs + nb * TS, qm, h * D, i0, b, full + nb);
-                    tma_load_3d(Os + nb * TS, om, h * D, i0, b, full + nb);
+                    mbar_expect_tx(landed + nb, 2 * TS * 2);
+                    tma_load_3d(Qs + nb * TS, qm, h * D, i0, b, landed + nb);
+                    tma_load_3d(Os + nb * TS, om, h * D, i0, b, landed + nb);
                 }
             } else {
                 load_rows_l<SW, BQ, D, NT>(Qs + nb * TS, q + (long long)h * D, qbase, H * D, i0, qhi);
@@ -710,7 +713,7 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
             if constexpr (TMA) {
                 cp_wait_n<NB - 3>();
                 __syncthreads();
-                if (m < ntiles) mbar_wait(full + m % NB, (m / NB) & 1);
+                if (m < ntiles) mbar_wait(landed + m % NB, (m / NB) & 1);
             } else {
                 tiles_ready<NB - 3>();
             }
