@@ -981,6 +981,29 @@ __device__ void tc_dq(const bf16_t* q, const bf16_t* k, const bf16_t* v, const b
         store_rows<D>(dq + (long long)h * D, acc[mt], qbase, H * D, i0 + warp * 16 * MT + mt * 16 + gq, tq, scale, scale, lane);
 }
 
+// Part hp of a head-split dk/dv (hsplit > 1): this warp's unscaled f32 sums ak and av of rows r
+// and r + 8 (rows ≥ s skipped) into part hp's dk, then its dv, each (B·S, KVH, D), which
+// attn_tc_dkdv_sum adds in part order.
+template <int D>
+__device__ __forceinline__ void store_part(float* part, const float (&ak)[D / 8][4], const float (&av)[D / 8][4], int hp,
+                                           int g, long long kbase, int kvs, int r, int s, int tq4) {
+    long long n = (long long)gridDim.z * s * kvs;
+    float* pk = part + (2LL * hp) * n + (long long)g * D;
+    float* pv = pk + n;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        int rr = r + 8 * half;
+        if (rr >= s) continue;
+        long long at = (kbase + rr) * (long long)kvs;
+#pragma unroll
+        for (int nt = 0; nt < D / 8; nt++) {
+            int c = nt * 8 + 2 * tq4;
+            *(float2*)(pk + at + c) = make_float2(ak[nt][2 * half], ak[nt][2 * half + 1]);
+            *(float2*)(pv + at + c) = make_float2(av[nt][2 * half], av[nt][2 * half + 1]);
+        }
+    }
+}
+
 // dk = scale · Σ_i dS_ij q_i, dv = Σ_i P_ij dO_i over every query head of the group and every
 // query that sees key j; rows Tk ≤ j < S (unused cache rows) get zeros. One block per 64·MT
 // keys; each warp computes Sᵀ = K_w·Qᵀ and dPᵀ = V_w·dOᵀ for its MT tiles of 16 keys against a
@@ -1198,24 +1221,8 @@ __device__ void tc_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const
     // Rows past tk (cache rows, or the block entirely past tk) store zeros: the accumulators
     // are zero there (every Pᵀ entry of such a key is masked), and rows ≥ s are skipped.
     if (part) {
-        // Part hp of dk (then dv): (B·S, KVH, D) f32 each, the sums unscaled.
-        long long n = (long long)gridDim.z * s * kvs;
-        float* pk = part + (2LL * hp) * n + (long long)g * D;
-        float* pv = pk + n;
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-            for (int half = 0; half < 2; half++) {
-                int rr = jr + 16 * mt + 8 * half;
-                if (rr >= s) continue;
-                long long at = (kbase + rr) * (long long)kvs;
-#pragma unroll
-                for (int nt = 0; nt < D / 8; nt++) {
-                    int c = nt * 8 + 2 * tq4;
-                    *(float2*)(pk + at + c) = make_float2(ak[mt][nt][2 * half], ak[mt][nt][2 * half + 1]);
-                    *(float2*)(pv + at + c) = make_float2(av[mt][nt][2 * half], av[mt][nt][2 * half + 1]);
-                }
-            }
+        for (int mt = 0; mt < MT; mt++) store_part<D>(part, ak[mt], av[mt], hp, g, kbase, kvs, jr + 16 * mt, s, tq4);
         return;
     }
 #pragma unroll

@@ -643,7 +643,7 @@ template <int NW, int NB, bool SW = false, bool TMA = false, bool DS = false>
 __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse,
                          const float* delta, bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window,
                          float scale, const unsigned int* starts, const unsigned int* ends, int pc, bf16_t* dst = nullptr,
-                         const TmaMap* qm = nullptr, const TmaMap* om = nullptr) {
+                         const TmaMap* qm = nullptr, const TmaMap* om = nullptr, int hsplit = 1, float* part = nullptr) {
     static_assert(NB >= 3, "tiles t and t+1 are read while t+NB-1 loads");
     static_assert(!TMA || SW, "TMA lays the tiles out in the 128-byte swizzle");
     constexpr int D = 64, BQ = 64, NT = 128 * NW, LD = D + 8, KS = D / 16, ROWS = 64 * NW, TS = BQ * D;
@@ -662,7 +662,10 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
         __syncthreads();  // initialised before any copy counts on them or any thread waits
     }
     TcTile tt = tc_tile(pc);
-    int b = tt.z, g = tt.y, grp = H / KVH;
+    // With hsplit > 1 (part set), as tc_dkdv: the grid's y is (KV head, part of its query heads),
+    // this block takes heads h0 … h0 + gh − 1 of the group and stores its f32 sums as part hp.
+    int b = tt.z, g = tt.y / hsplit, hp = tt.y % hsplit, grp = H / KVH;
+    int gp = (grp + hsplit - 1) / hsplit, h0 = hp * gp, gh = max(0, min(gp, grp - h0));
     int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
     int off = tk - tq;
     int j0 = tt.rank * ROWS, jw = j0 + 64 * wg;  // the block's keys, this warpgroup's
@@ -679,13 +682,13 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
         int qhi = window > 0 ? min(tq, jlast + window - off) : tq;
         if (ends) qhi = min(qhi, (int)ends[qbase + jlast]);  // packed: no query after the key's example
         int nq = qhi > qlo ? (qhi - qlo + BQ - 1) / BQ : 0;
-        int ntiles = grp * nq;
+        int ntiles = gh * nq;
         load_rows<ROWS, D, NT>(Ks, k + (long long)g * D, kbase, KVH * D, j0, tk);
         load_rows<ROWS, D, NT>(Vs, v + (long long)g * D, kbase, KVH * D, j0, tk);
         // Tile t: query head g·grp + t / nq, queries qlo + (t % nq)·BQ …, buffer t % NB.
         auto issue = [&](int t) {
             if (t >= ntiles) return;
-            int nb = t % NB, h = g * grp + t / nq, i0 = qlo + (t % nq) * BQ;
+            int nb = t % NB, h = g * grp + h0 + t / nq, i0 = qlo + (t % nq) * BQ;
             if constexpr (TMA) {
                 if (threadIdx.x == 0) {
                     mbar_expect_tx(landed + nb, 2 * TS * 2);
@@ -721,7 +724,7 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
         // DS: tile m's dSᵀ/scale (dp, after grads(m)) to its place in the triangle.
         auto store_ds = [&](int m, const float (&dsc)[BQ / 8][4]) {
             if constexpr (DS) {
-                int h = g * grp + m / nq, i0 = qlo + (m % nq) * BQ;
+                int h = g * grp + h0 + m / nq, i0 = qlo + (m % nq) * BQ;
                 if ((i0 >> 6) >= (jw >> 6))
                     ds_store_staged(dsc, dst + ds_tile(b, h, H, tq, i0 >> 6, jw >> 6) + warp * 16 * DS_T,
                                     stage + (wg * 4 + warp) * 16 * DS_T, lane);
@@ -841,6 +844,10 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
     if (DS && lane == 0) bulk_wait_all();  // the stage is read and every dS tile written
 #endif
     int kvs = KVH * D;
+    if (part) {
+        store_part<D>(part, ak, av, hp, g, kbase, kvs, jr, s, tq4);
+        return;
+    }
     // Rows past tk (cache rows, or the block entirely past tk) store zeros: the accumulators
     // are zero there (every Pᵀ entry of such a key is masked), and rows ≥ s are skipped.
     store_rows<D>(dk + (long long)g * D, ak, kbase, kvs, jr, s, scale, scale, lane);
@@ -861,8 +868,7 @@ WGP_DKDV(attn_wgp1_dkdv_d64, 1, 4, 1)
 // Q and dO in the 128-byte swizzled layout (`wgpz`, as the forward's).
 WGP_DKDV_SW(attn_wgpz_dkdv_d64, 2, 4, 1, true)
 // Q and dO by TMA, storing dS for the dS path's dq (`attn_tc_dqdsz_d64`): the launcher passes
-// the dS path's arguments (ds, hsplit — always 1 here — and part, unused), then the maps of Q
-// and dO.
+// the dS path's arguments (ds, hsplit, part), then the maps of Q and dO.
 #define WGT_DKDV_DS(NAME, NB)                                                                                              \
     extern "C" __global__ void __launch_bounds__(256, 1) NAME(                                                           \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,   \
@@ -870,7 +876,7 @@ WGP_DKDV_SW(attn_wgpz_dkdv_d64, 2, 4, 1, true)
         const unsigned int* starts, const unsigned int* ends, int pc, bf16_t* ds, int hsplit, float* part,            \
         const __grid_constant__ TmaMap qm, const __grid_constant__ TmaMap om) {                                        \
         wgp_dkdv<2, NB, true, true, true>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts,  \
-                                          ends, pc, ds, &qm, &om);                                                     \
+                                          ends, pc, ds, &qm, &om, hsplit, part);                                       \
     }
 WGT_DKDV_DS(attn_wgtds_dkdv_d64, 4)
 

@@ -296,7 +296,9 @@ fn tc_kernel_forms(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
     // A dS-path wgmma dk/dv (Hopper): the dS pair with the swizzled dq.
     if let (64, Some(w), true) = (d, f.wg_dkdv, hopper) {
         if w.ds {
-            let dkdv = TcKernel { wg: true, tma: w.tma, ds: true, ..k(w.name.into(), w.rows, w.tile) };
+            // hsplit 0: the head split `auto_hsplit` picks, as the default dS dk/dv.
+            let dkdv =
+                TcKernel { wg: true, tma: w.tma, ds: true, hsplit: f.hsplit, ..k(w.name.into(), w.rows, w.tile) };
             return [pick(f.wg_fwd, f.fwd, fwd), TcKernel { ds: true, ..k(DS_DQ[2].into(), 2 * TC_ROWS, DS_T) }, dkdv];
         }
     }
