@@ -264,6 +264,9 @@ WGP_FWD_SW(attn_wgpzn_fwd_d64, 2, 3, 1, 128, true)
 __device__ __forceinline__ void mbar_init(unsigned long long* b, unsigned count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(b)), "r"(count) : "memory");
 }
+// After the initialising thread's last mbar_init: the inits visible to the async proxy (TMA's
+// complete_tx) and to other threads' waits, as CUTLASS's fence_barrier_init.
+__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
 __device__ __forceinline__ void mbar_arrive(unsigned long long* b) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(b)) : "memory");
 }
@@ -375,6 +378,7 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
             mbar_init(full + i, km ? 1 : 32);
             mbar_init(empty + i, NT / 32);
         }
+        mbar_init_fence();
     }
     __syncthreads();  // the only block-wide barrier: the mbarriers are initialised
     if (threadIdx.x >= NT && km) {
@@ -634,7 +638,7 @@ WGW_FWD(attn_wgwnp_fwd_d64, 3, 128, true, true, false)
 // (2·64·NW·(D+8) + 2·NB·BQ·D)·2 + 2·NB·BQ·4 bytes (+ wg_pin's scratch), the launcher's formula.
 //
 // TMA (qm, om set; the `wgt` forms): thread 0 loads each Q and dO tile by TMA ((H·D, Tq, B) maps,
-// 64 × 64 boxes in the 128-byte swizzle: SW's layout), counted on the tile's `full` barrier;
+// 64 × 64 boxes in the 128-byte swizzle: SW's layout), counted on the tile's `landed` barrier;
 // lse and delta stay cp.async copies; the block barrier a tile stays (it frees the slot the next
 // copy takes) but no proxy fence. DS (the dS path, with dst): every tile's dSᵀ/scale as tc_dkdv
 // stores it (ds_store_staged; a warpgroup's 64 keys against the 64 queries, skipped where the
@@ -657,8 +661,10 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
     bf16_t* stage = (bf16_t*)(Ds + NB * BQ);  // DS: 2 KiB a warp
     unsigned long long* landed = (unsigned long long*)(stage + (DS ? NW * 4 * 16 * DS_T : 0));  // TMA: NB barriers
     if constexpr (TMA) {
-        if (threadIdx.x == 0)
+        if (threadIdx.x == 0) {
             for (int i = 0; i < NB; i++) mbar_init(landed + i, 1);
+            mbar_init_fence();
+        }
         __syncthreads();  // initialised before any copy counts on them or any thread waits
     }
     TcTile tt = tc_tile(pc);

@@ -296,9 +296,11 @@ fn tc_kernel_forms(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
     // A dS-path wgmma dk/dv (Hopper): the dS pair with the swizzled dq.
     if let (64, Some(w), true) = (d, f.wg_dkdv, hopper) {
         if w.ds {
-            // hsplit 0: the head split `auto_hsplit` picks, as the default dS dk/dv.
+            // hsplit 0: the head split `auto_hsplit` picks, as the default dS dk/dv. (Naming it
+            // takes the dS path whatever SMELT_CUDA_ATTN_DS says.)
+            let base = k(w.name.into(), w.rows, w.tile);
             let dkdv =
-                TcKernel { wg: true, tma: w.tma, ds: true, hsplit: f.hsplit, ..k(w.name.into(), w.rows, w.tile) };
+                TcKernel { wg: true, threads: w.threads, bufs: w.bufs, tma: w.tma, ds: true, hsplit: f.hsplit, ..base };
             return [pick(f.wg_fwd, f.fwd, fwd), TcKernel { ds: true, ..k(DS_DQ[2].into(), 2 * TC_ROWS, DS_T) }, dkdv];
         }
     }
@@ -560,8 +562,12 @@ pub(crate) fn attention_with(
         if let Some([km, vm]) = &maps {
             b.arg(km).arg(vm);
         }
-        // Persistent: one block an SM (their launch bounds allow no more), at most one an item.
+        // Persistent: one block an SM (their launch bounds allow no more), at most one an item;
+        // none for no items (the kernel would decode item 0 of an empty grid).
         let items = dm.tq.div_ceil(*rows) * dm.h * dm.b;
+        if *persistent && items == 0 {
+            return Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?));
+        }
         let grid =
             if *persistent { (items.min(gpu.sm_count.max(1)), 1, 1) } else { (dm.tq.div_ceil(*rows), dm.h, dm.b) };
         cuda::launched(unsafe { b.launch(tc_cfg(grid, smem, *threads)) }, name)?;
@@ -1311,7 +1317,31 @@ impl super::AttentionKernels for crate::backend::Cuda {
 
 #[cfg(test)]
 mod tests {
-    use super::auto_hsplit;
+    use super::{auto_hsplit, dkdv_smem, tc_kernels, TcForms, WG_D64_DKDV, WG_D64_FWD};
+
+    /// Every named wgmma kernel launches with its own threads and buffers (a dS-path dk/dv once
+    /// took the mma.sync defaults, 128 threads and 2 buffers, and would have run half its
+    /// warpgroups in too little shared memory), and the TMA dS dk/dv's shared memory covers its
+    /// layout: K and V rows, 4 Q and dO slots, lse and delta, 8 warps' dS stages, 4 barriers.
+    #[test]
+    fn named_wgmma_kernels_launch_as_declared() {
+        for w in WG_D64_FWD {
+            let [f, _, _] = tc_kernels(64, TcForms { wg_fwd: Some(w), ..Default::default() }, true);
+            assert_eq!(
+                (f.name.as_str(), f.threads, f.bufs, f.tma, f.persistent),
+                (w.name, w.threads, w.bufs, w.tma, w.persistent)
+            );
+        }
+        for w in WG_D64_DKDV {
+            let [_, dq, k] = tc_kernels(64, TcForms { wg_dkdv: Some(w), ..Default::default() }, true);
+            assert_eq!((k.name.as_str(), k.threads, k.bufs, k.tma, k.ds), (w.name, w.threads, w.bufs, w.tma, w.ds));
+            assert_eq!(dq.ds, w.ds, "{}: a dS dk/dv pairs with the dS dq", w.name);
+            if w.ds {
+                let layout = (2 * 128 * 72 + 2 * 4 * 64 * 64) * 2 + 2 * 4 * 64 * 4 + 8 * 2048 + 4 * 8;
+                assert!(dkdv_smem(&k, 64) >= layout, "{}: {} < {layout}", w.name, dkdv_smem(&k, 64));
+            }
+        }
+    }
 
     /// The measured shapes on a 132-SM GPU with 3 dk/dv blocks an SM (396 resident): issue 16's
     /// LoRA shape splits its 7-head groups, 1B (4 heads a group, 2,048 blocks) and groups of one
