@@ -214,6 +214,14 @@ if part tma; then
   timeout 150 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 --nocapture >"$OUT/parity_tma.txt" 2>&1
   echo "parity_wgmma_pipelined_kernels rc $?"
   grep -E "panicked|test result|FAIL" "$OUT/parity_tma.txt" | cut -c1-200 | head -12; tail -2 "$OUT/parity_tma.txt" | cut -c1-200
+  # Each form as the default for the bf16 attention tests against the CPU (packed rows, windows,
+  # GQA, head dim 128 on the mma.sync kernels): what making it the default would run. (A
+  # comparison there that wants the mma.sync kernels' bits may fail by design: wgmma sums a k16
+  # step in its own order; the CPU comparisons are the ones that count.)
+  for v in ${TMA_FWD//;/ }; do
+    env "${v#*:}" timeout 120 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_attn_${v%%:*}.txt" 2>&1
+    echo "parity_bf16_attention* with ${v#*:} rc $?"; grep -E "panicked|test result" "$OUT/parity_attn_${v%%:*}.txt" | cut -c1-160 | head -4
+  done
   timeout 240 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/attntma" --shapes 124m,large,1b,lora \
     --variants "$TMA_FWD" 2>&1 | tail -26
 fi
