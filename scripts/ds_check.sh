@@ -189,14 +189,14 @@ if part wgprobe; then
 fi
 # wgz: the pipelined wgmma forwards with their K and V tiles in the 128-byte swizzled layout
 # (`attn_wgpz_fwd_d64`, `attn_wgpzn_fwd_d64`) and the copying-warp forms (`attn_wgw*_fwd_d64`;
-# `wgwf`: the copier fences its own tiles, the computing warps none; `wgwt`: K and V by TMA):
+# `wgwt`: K and V by TMA):
 # their parity against the mma.sync kernels, then the attention alone at large and 1B beside the
 # core-matrix forms (fwdp, fwdn).
 if part wgz; then
   timeout 150 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 >"$OUT/parity_wgz.txt" 2>&1
   echo "parity_wgmma_pipelined_kernels rc $?"; grep -E "wgpz|panicked|test result" "$OUT/parity_wgz.txt" | cut -c1-200 | head -12
   timeout 240 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/attnz" --shapes large,1b --no-peers \
-    --variants "fwdp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64;fwdz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64;fwdn:SMELT_CUDA_ATTN_FWD=attn_wgpn_fwd_d64;fwdzn:SMELT_CUDA_ATTN_FWD=attn_wgpzn_fwd_d64;fwdw:SMELT_CUDA_ATTN_FWD=attn_wgw_fwd_d64;fwdwp:SMELT_CUDA_ATTN_FWD=attn_wgwp_fwd_d64;fwdwn:SMELT_CUDA_ATTN_FWD=attn_wgwn_fwd_d64;fwdwnp:SMELT_CUDA_ATTN_FWD=attn_wgwnp_fwd_d64;fwdwf:SMELT_CUDA_ATTN_FWD=attn_wgwf_fwd_d64;fwdwfp:SMELT_CUDA_ATTN_FWD=attn_wgwfp_fwd_d64;fwdwt:SMELT_CUDA_ATTN_FWD=attn_wgwt_fwd_d64;fwdwtp:SMELT_CUDA_ATTN_FWD=attn_wgwtp_fwd_d64;fwdwtn:SMELT_CUDA_ATTN_FWD=attn_wgwtn_fwd_d64;fwdwt3:SMELT_CUDA_ATTN_FWD=attn_wgwt3_fwd_d64;fwdwq:SMELT_CUDA_ATTN_FWD=attn_wgwq_fwd_d64;fwdwq3:SMELT_CUDA_ATTN_FWD=attn_wgwq3_fwd_d64;wgp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64,SMELT_CUDA_ATTN_DS=0;wgz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgpz_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgpz_dkdv_d64,SMELT_CUDA_ATTN_DS=0" 2>&1 | tail -16
+    --variants "fwdp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64;fwdz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64;fwdn:SMELT_CUDA_ATTN_FWD=attn_wgpn_fwd_d64;fwdzn:SMELT_CUDA_ATTN_FWD=attn_wgpzn_fwd_d64;fwdw:SMELT_CUDA_ATTN_FWD=attn_wgw_fwd_d64;fwdwp:SMELT_CUDA_ATTN_FWD=attn_wgwp_fwd_d64;fwdwn:SMELT_CUDA_ATTN_FWD=attn_wgwn_fwd_d64;fwdwnp:SMELT_CUDA_ATTN_FWD=attn_wgwnp_fwd_d64;fwdwt:SMELT_CUDA_ATTN_FWD=attn_wgwt_fwd_d64;fwdwtp:SMELT_CUDA_ATTN_FWD=attn_wgwtp_fwd_d64;fwdwt3:SMELT_CUDA_ATTN_FWD=attn_wgwt3_fwd_d64;fwdwq:SMELT_CUDA_ATTN_FWD=attn_wgwq_fwd_d64;fwdwq3:SMELT_CUDA_ATTN_FWD=attn_wgwq3_fwd_d64;wgp:SMELT_CUDA_ATTN_FWD=attn_wgp_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgp_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgp_dkdv_d64,SMELT_CUDA_ATTN_DS=0;wgz:SMELT_CUDA_ATTN_FWD=attn_wgpz_fwd_d64,SMELT_CUDA_ATTN_DQ=attn_wgpz_dq_d64,SMELT_CUDA_ATTN_DKDV=attn_wgpz_dkdv_d64,SMELT_CUDA_ATTN_DS=0" 2>&1 | tail -16
 fi
 # wgztrain: the large preset's training step with the swizzled wgmma forward and the
 # copying-warp forwards beside the default (the attention alone is `wgz`; run that first).

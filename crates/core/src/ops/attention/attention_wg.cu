@@ -346,7 +346,7 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const TmaMap* m, int x, i
 // buffers) before they start on this one's: short items (T = 1024: ~4.5 key tiles a 128-row
 // block) no longer pay a block's start and end at one block an SM. The ring's slots and phases
 // run on across items (u: the tiles consumed before).
-template <int NS, int BN, bool PP = false, bool IP = false, bool PF = false, int NW = 2, bool PS = false>
+template <int NS, int BN, bool PP = false, bool IP = false, int NW = 2, bool PS = false>
 __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s,
                         int H, int KVH, int window, float scale, const unsigned int* starts, int pc,
                         const TmaMap* km = nullptr, const TmaMap* vm = nullptr, int nx = 0, int nz = 0) {
@@ -402,34 +402,18 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
     if (threadIdx.x >= NT) {
         // The copying warp.
         int lane = threadIdx.x - NT;
-        // PF: the copier itself waits for tile t − LAG's copies, fences them into the async
-        // proxy and then arrives (a plain arrival), so the computing warps wait and read with
-        // no fence of their own; else each lane's arrival rides on its copies (.noinc) and the
-        // computing warps fence after their wait. LAG ≤ NS − 1, or the copier would wait for a
-        // slot whose tile it has not yet announced.
-        constexpr int LAG = NS - 2 > 0 ? NS - 2 : 1;
+        // Each lane's arrival rides on its copies (.noinc); the computing warps fence after their
+        // wait. (The copier waiting for its own copies and fencing them itself, `wgwf`, measured
+        // slower still on 2026-12-05 and is gone: the consumers' fence was not the cost.)
         for (int t = 0; t < ntiles; t++) {
             int slot = t % NS;
             if (t >= NS) mbar_wait(empty + slot, (t / NS - 1) & 1);  // tile t − NS's products are done
             load_rows_sw_warp<BN>(Ks + slot * TS, kh, kbase, KVH * D, blo + t * BN, bhi, lane);
             load_rows_sw_warp<BN>(Vs + slot * TS, vh, kbase, KVH * D, blo + t * BN, bhi, lane);
-            if constexpr (PF) {
-                cp_commit();
-                if (t >= LAG) {
-                    cp_wait_n<LAG>();  // tile t − LAG's group has landed
-                    fence_proxy_async();
-                    mbar_arrive(full + (t - LAG) % NS);
-                }
-            } else {
-                cp_async_arrive(full + slot);
-            }
+            cp_async_arrive(full + slot);
         }
         cp_commit();  // wait_group counts committed groups only
         cp_wait_all();  // nothing in flight when the warp ends
-        if constexpr (PF) {
-            fence_proxy_async();
-            for (int t = max(0, ntiles - LAG); t < ntiles; t++) mbar_arrive(full + t % NS);
-        }
         return;
     }
     int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gq = lane >> 2, tq4 = lane & 3;
@@ -449,7 +433,7 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         // Tile t's K and V have landed (and are visible to the tensor cores).
         auto landed = [&](int t) {
             mbar_wait(full + (u + t) % NS, ((u + t) / NS) & 1);
-            if (!PF && !km) fence_proxy_async();
+            if (!km) fence_proxy_async();
         };
         if (!PS) load_q(it, 0);
         cp_wait_all();
@@ -570,24 +554,19 @@ __device__ void wgw_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         u += ntiles;
     }
 }
-#define WGW_FWD(NAME, NS, BN, PP, IP, PF)                                                                                    \
+#define WGW_FWD(NAME, NS, BN, PP, IP)                                                                                        \
     extern "C" __global__ void __launch_bounds__(288, 1) NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v,          \
                                                               bf16_t* out, float* lse, int tq, int tk, int s, int H,        \
                                                               int KVH, int window, float scale,                             \
                                                               const unsigned int* starts, int pc) {                         \
-        wgw_fwd<NS, BN, PP, IP, PF>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                      \
+        wgw_fwd<NS, BN, PP, IP>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc);                          \
     }
 // 64-key tiles: at 128 (one m64n128 S product a k16 step, the fastest pipelined form) with a
 // separate pv ptxas spilled 188 bytes inside the loop: it gives the 288 threads 168 registers
 // each, as if the copying warp were a whole warpgroup (12 warps: 65,536 / 384).
-WGW_FWD(attn_wgw_fwd_d64, 4, 64, false, false, false)
+WGW_FWD(attn_wgw_fwd_d64, 4, 64, false, false)
 // The two warpgroups taking turns (PP above).
-WGW_FWD(attn_wgwp_fwd_d64, 4, 64, true, false, false)
-// The copier fencing its own tiles (PF above), alone and with the turns: does the computing
-// warps' fence after every wait cost them (2026-12-05: the copying-warp forms were slower than
-// attn_wgpz_fwd_d64, whose warps copy for themselves)?
-WGW_FWD(attn_wgwf_fwd_d64, 4, 64, false, false, true)
-WGW_FWD(attn_wgwfp_fwd_d64, 4, 64, true, false, true)
+WGW_FWD(attn_wgwp_fwd_d64, 4, 64, true, false)
 // The copies by TMA (km, vm above), alone and with the turns. The maps follow the parameters
 // the other forms take, so the launcher passes the same arguments and then the two maps.
 #define WGWT_FWD(NAME, NS, BN, PP, IP, NW)                                                                                   \
@@ -595,13 +574,12 @@ WGW_FWD(attn_wgwfp_fwd_d64, 4, 64, true, false, true)
         NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s, int H,   \
              int KVH, int window, float scale, const unsigned int* starts, int pc, const __grid_constant__ TmaMap km,    \
              const __grid_constant__ TmaMap vm) {                                                                        \
-        wgw_fwd<NS, BN, PP, IP, false, NW>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc, &km, &vm);    \
+        wgw_fwd<NS, BN, PP, IP, NW>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc, &km, &vm);           \
     }
 WGWT_FWD(attn_wgwt_fwd_d64, 4, 64, false, false, 2)
 WGWT_FWD(attn_wgwtp_fwd_d64, 4, 64, true, false, 2)
-// 128-key tiles by TMA, P·V onto o (IP), with and without the turns.
-WGWT_FWD(attn_wgwtn_fwd_d64, 3, 128, false, true, 2)
-WGWT_FWD(attn_wgwtnp_fwd_d64, 3, 128, true, true, 2)
+// (128-key TMA tiles, `wgwtn`, measured slower on 2026-12-05 — ptxas serialised their wgmmas
+// for want of registers — and are gone.)
 // Three computing warpgroups (192 query rows a block, 416 threads: ~152 registers each), P·V
 // onto o (IP) for the registers, 64-key tiles.
 WGWT_FWD(attn_wgwt3_fwd_d64, 4, 64, false, true, 3)
@@ -612,14 +590,14 @@ WGWT_FWD(attn_wgwt3_fwd_d64, 4, 64, false, true, 3)
         NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s, int H,   \
              int KVH, int window, float scale, const unsigned int* starts, int pc, int nx, int nz,                       \
              const __grid_constant__ TmaMap km, const __grid_constant__ TmaMap vm) {                                     \
-        wgw_fwd<NS, 64, false, IP, false, NW, true>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc, &km, \
+        wgw_fwd<NS, 64, false, IP, NW, true>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc, &km, \
                                                     &vm, nx, nz);                                                        \
     }
 WGWQ_FWD(attn_wgwq_fwd_d64, 4, false, 2)
 WGWQ_FWD(attn_wgwq3_fwd_d64, 4, true, 3)
 // 128-key tiles, P·V accumulating onto o (IP above), with and without the turns.
-WGW_FWD(attn_wgwn_fwd_d64, 3, 128, false, true, false)
-WGW_FWD(attn_wgwnp_fwd_d64, 3, 128, true, true, false)
+WGW_FWD(attn_wgwn_fwd_d64, 3, 128, false, true)
+WGW_FWD(attn_wgwnp_fwd_d64, 3, 128, true, true)
 
 // ---- dk/dv with its products overlapped, head dim 64, 64-query tiles.
 //

@@ -178,12 +178,8 @@ pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     // Two computing warpgroups and a copying warp (attention_wg.cu's wgw_fwd).
     WgVariant { threads: 288, ..wv("attn_wgw_fwd_d64", 128, 4) },
     WgVariant { threads: 288, ..wv("attn_wgwp_fwd_d64", 128, 4) },
-    WgVariant { threads: 288, ..wv("attn_wgwf_fwd_d64", 128, 4) },
-    WgVariant { threads: 288, ..wv("attn_wgwfp_fwd_d64", 128, 4) },
     WgVariant { threads: 288, tma: true, ..wv("attn_wgwt_fwd_d64", 128, 4) },
     WgVariant { threads: 288, tma: true, ..wv("attn_wgwtp_fwd_d64", 128, 4) },
-    WgVariant { threads: 288, tile: 128, tma: true, ..wv("attn_wgwtn_fwd_d64", 128, 3) },
-    WgVariant { threads: 288, tile: 128, tma: true, ..wv("attn_wgwtnp_fwd_d64", 128, 3) },
     WgVariant { threads: 416, tma: true, ..wv("attn_wgwt3_fwd_d64", 192, 4) },
     WgVariant { threads: 288, tma: true, persistent: true, ..wv("attn_wgwq_fwd_d64", 128, 4) },
     WgVariant { threads: 416, tma: true, persistent: true, ..wv("attn_wgwq3_fwd_d64", 192, 4) },
