@@ -550,22 +550,26 @@ pub(crate) fn attention_with(
             None => b.arg(&null),
         };
         b.arg(pc);
-        let (nx, nz) = (dm.tq.div_ceil(*rows) as i32, dm.b as i32);
+        // Persistent: one block an SM (their launch bounds allow no more), at most one an item
+        // of the (nx, H, B) grid the other forms launch; none for no items (the kernel would
+        // decode item 0 of an empty grid).
+        let nx = dm.tq.div_ceil(*rows);
+        let items = nx * dm.h * dm.b;
+        let (nx32, nz32) = (nx as i32, dm.b as i32);
         if *persistent {
-            b.arg(&nx).arg(&nz);
+            if items == 0 {
+                return Ok((
+                    Tensor::from_device_buf(out, q.shape())?,
+                    Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?,
+                ));
+            }
+            b.arg(&nx32).arg(&nz32);
         }
         let maps = if *tma { Some(tma_maps(kb, vb, &dm, *bn)?) } else { None };
         if let Some([km, vm]) = &maps {
             b.arg(km).arg(vm);
         }
-        // Persistent: one block an SM (their launch bounds allow no more), at most one an item;
-        // none for no items (the kernel would decode item 0 of an empty grid).
-        let items = dm.tq.div_ceil(*rows) * dm.h * dm.b;
-        if *persistent && items == 0 {
-            return Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?));
-        }
-        let grid =
-            if *persistent { (items.min(gpu.sm_count.max(1)), 1, 1) } else { (dm.tq.div_ceil(*rows), dm.h, dm.b) };
+        let grid = if *persistent { (items.min(gpu.sm_count.max(1)), 1, 1) } else { (nx, dm.h, dm.b) };
         cuda::launched(unsafe { b.launch(tc_cfg(grid, smem, *threads)) }, name)?;
         return Ok((Tensor::from_device_buf(out, q.shape())?, Tensor::from_device_buf(lse, &[dm.b, dm.h, dm.tq])?));
     }
