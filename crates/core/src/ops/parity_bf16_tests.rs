@@ -439,6 +439,23 @@ fn parity_bf16_attention() {
     }
 }
 
+/// Query blocks long enough that on Hopper the default forward is the wgmma one with K and V by
+/// TMA (`attn_wgwt3_fwd_d64` from 2048 rows; the mma.sync kernel elsewhere) against the CPU:
+/// causal with GQA, a window at a length that is no multiple of its 192-row blocks, and a cache
+/// offset with spare rows (forward only there).
+#[test]
+fn parity_bf16_attention_long_blocks() {
+    let Some(d) = dev() else { return };
+    let mut r = Rng::new(seed());
+    for shape in [
+        (1, 2048, 2048, 2048, 2, 1, 64, None),
+        (1, 2100, 2100, 2100, 2, 2, 64, Some(300)),
+        (1, 2048, 2100, 2112, 2, 1, 64, None),
+    ] {
+        attn_case(&mut r, d, shape);
+    }
+}
+
 /// One bf16 attention case against the CPU on the same (bf16-rounded) values: out and lse, and,
 /// for a training shape (no cache offset), dq, dk and dv.
 fn attn_case(

@@ -318,8 +318,48 @@ fn tc_kernel_forms(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
 
 /// `tc_kernels` as the environment picks them, for the GPU `t` lives on.
 fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
+    let forms = env_forms();
+    let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
+    warn_forms(forms, hopper);
+    tc_kernels(d, forms, hopper)
+}
+
+/// The forward for `dm` as the environment picks it (`default_tc_kernels`), except that on
+/// Hopper at head dim 64 with no forward named, query blocks of at least `WG3_MIN_T` rows take
+/// `attn_wgwt3_fwd_d64` (three computing warpgroups of 64 rows, K and V by TMA) in place of the
+/// mma.sync forward.
+fn default_fwd(dm: &AttnDims, t: &Tensor) -> TcKernel {
+    let [fwd, _, _] = default_tc_kernels(dm.d, t);
+    let f = env_forms();
+    let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
+    let named = f.fwd.is_some() || f.wg_fwd.is_some() || f.one_tile_fwd || f.wgmma;
+    if !(hopper && dm.d == 64 && !named && dm.tq >= WG3_MIN_T && wg3_default_on()) {
+        return fwd;
+    }
+    let Some(w) = WG_D64_FWD.iter().find(|w| w.name == WG3_FWD) else { return fwd };
+    TcKernel { name: w.name.into(), rows: w.rows, tile: w.tile, wg: true, threads: w.threads, bufs: w.bufs, tma: w.tma, ..fwd }
+}
+
+/// The Hopper forward for long query blocks (`default_fwd`), and where it starts. Measured on
+/// an H100 (2026-12-05, docs/PERF.md "every TMA attention form against the CPU", forward ms
+/// against the mma.sync kernel in the same call): T 2048 1B 0.491 vs 0.527, the LoRA shape
+/// 0.223 vs 0.240; T 1024 large 0.183 vs 0.161, 124M 0.141 vs 0.126 (its 192-row blocks fit
+/// T = 1024 badly: the sixth is a third full). Exact against the CPU with it as the default
+/// (`parity_bf16_attention*`: causal, GQA, windows, packed rows, cache offsets). The bits differ
+/// from the mma.sync forward's (wgmma sums a k16 step in its own order), within `ATTN_TC`.
+/// `SMELT_CUDA_ATTN_WG3=0` keeps the mma.sync forward at every length.
+const WG3_FWD: &str = "attn_wgwt3_fwd_d64";
+const WG3_MIN_T: usize = 2048;
+
+fn wg3_default_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("SMELT_CUDA_ATTN_WG3").map_or(true, |v| v != "0"))
+}
+
+/// The kernel forms the environment names (`SMELT_CUDA_ATTN_*`), read once.
+fn env_forms() -> TcForms {
     static FORMS: std::sync::OnceLock<TcForms> = std::sync::OnceLock::new();
-    let forms = *FORMS.get_or_init(|| {
+    *FORMS.get_or_init(|| {
         let var = |n: &str| std::env::var(n).ok();
         // The kernel `n` names: one of `table`'s (mma.sync) or of `wg`'s (pipelined wgmma).
         let named = |n: &str, table: &'static [TcVariant], wg: &'static [WgVariant]| {
@@ -363,8 +403,11 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
                 }),
             },
         }
-    });
-    let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
+    })
+}
+
+/// The warnings for forms that will not run as asked (once each).
+fn warn_forms(forms: TcForms, hopper: bool) {
     if forms.wgmma && hopper {
         static WARNED_WG: std::sync::Once = std::sync::Once::new();
         WARNED_WG.call_once(|| {
@@ -377,7 +420,6 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
             eprintln!("warning: the wgmma attention kernels named by SMELT_CUDA_ATTN_FWD / _DQ / _DKDV need a Hopper GPU (compute capability 9.0): the default ones run")
         });
     }
-    tc_kernels(d, forms, hopper)
 }
 
 /// Which kernels run on `gpu`: the tensor-core ones for bf16 at head dim 64 or 128 on compute
@@ -453,7 +495,7 @@ fn cfg(grid: (usize, usize, usize), smem_floats: usize) -> LaunchConfig {
 }
 
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, dm: AttnDims, scale: f32) -> Result<(Tensor, Tensor)> {
-    attention_with(q, k, v, dm, scale, &default_tc_kernels(dm.d, q)[0], None)
+    attention_with(q, k, v, dm, scale, &default_fwd(&dm, q), None)
 }
 
 /// Packed rows' example bounds on the device for the tensor-core kernels: each position's
@@ -1212,7 +1254,7 @@ impl super::AttentionKernels for crate::backend::Cuda {
     ) -> Result<(Tensor, Tensor)> {
         let qb = q.cuda_buf()?;
         let bounds = packed_bounds(&qb.gpu, qb.dtype, &dm, seg)?;
-        attention_with(q, k, v, dm, scale, &default_tc_kernels(dm.d, q)[0], Some(&bounds))
+        attention_with(q, k, v, dm, scale, &default_fwd(&dm, q), Some(&bounds))
     }
     #[allow(clippy::too_many_arguments)]
     fn attention_packed_backward(
