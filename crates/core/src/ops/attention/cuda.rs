@@ -337,7 +337,16 @@ fn default_fwd(dm: &AttnDims, t: &Tensor) -> TcKernel {
         return fwd;
     }
     let Some(w) = WG_D64_FWD.iter().find(|w| w.name == WG3_FWD) else { return fwd };
-    TcKernel { name: w.name.into(), rows: w.rows, tile: w.tile, wg: true, threads: w.threads, bufs: w.bufs, tma: w.tma, ..fwd }
+    TcKernel {
+        name: w.name.into(),
+        rows: w.rows,
+        tile: w.tile,
+        wg: true,
+        threads: w.threads,
+        bufs: w.bufs,
+        tma: w.tma,
+        ..fwd
+    }
 }
 
 /// The Hopper forward for long query blocks (`default_fwd`), and where it starts. Measured on
