@@ -15,11 +15,12 @@
 #   cd DIR && bash ds_check.sh . probe             # ~20 s: one SM's read bandwidth, a cluster barrier (135M decode design)
 #   cd DIR && bash ds_check.sh . tma               # ~3 min: the TMA forwards' parity, then the attention alone beside SDPA
 #   cd DIR && bash ds_check.sh . tmatrain          # ~5 min: large and 1B training with the TMA forwards beside the default
+#   cd DIR && bash ds_check.sh . ncubwd            # ~3 min: ncu of large's forward and backward kernels, default and wgmma, with SASS stall samples
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
 # by shape), lora (issue 16's LoRA shape, Qwen2.5-0.5B 8 × 2048, both ways, and its profile),
-# fixes, swiglu, peers124, norm, attn, ncuattn, ab, ab2, gemm, prefetch, probe, loraprof, wgprobe, wgz, wgztrain, tma, tmatrain (each described
+# fixes, swiglu, peers124, norm, attn, ncuattn, ncubwd, ab, ab2, gemm, prefetch, probe, loraprof, wgprobe, wgz, wgztrain, tma, tmatrain (each described
 # where it runs, below). A part name that matches none runs nothing.
 set -uo pipefail
 D=${1:-.}
@@ -227,6 +228,35 @@ if part tma; then
 fi
 part tmatrain && timeout 500 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large,1b --no-peers \
   --variants "$TMA_FWD" --out "$OUT/tmatrain" 2>&1 | tail -12
+# ncubwd: why the backward's dk/dv runs at a third of its issue slots and the wgmma one (dsw) is
+# slower still, and why the TMA forward loses at T = 1024: ncu's sections and stall reasons for
+# the first forward, dk/dv and dq launches of attn_bench at the large shape, the default kernels,
+# then `attn_wgtds_dkdv_d64` and `attn_wgwt_fwd_d64`; then the SASS of both dk/dv kernels with
+# their stall samples per instruction (`--page source`), to read where the warps wait.
+if part ncubwd; then
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+  for v in default dsw wt; do
+    env=()
+    [ $v = dsw ] && env=(SMELT_CUDA_ATTN_DKDV=attn_wgtds_dkdv_d64)
+    [ $v = wt ] && env=(SMELT_CUDA_ATTN_FWD=attn_wgwt_fwd_d64)
+    env "${env[@]}" timeout 150 "$NCU" --csv --page details --clock-control none \
+      -k 'regex:attn_(tc_fwd_d64|tc_dkdvdsb|wgtds_dkdv|wgwt_fwd|tc_dqdsz)' --launch-count 3 \
+      --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \
+      --section MemoryWorkloadAnalysis --section SchedulerStats --section LaunchStats \
+      --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum' \
+      "$D/attn_bench" --shapes large --iters 1 >"$OUT/ncu-bwd-$v.csv" 2>"$OUT/ncu-bwd-$v.err"
+    echo "== ncu large attention ($v) rc $?"
+    python3 ncu_details.py "$OUT/ncu-bwd-$v.csv" --min-us 50 --per-name 1
+  done
+  for v in default dsw; do
+    env=(); k=tc_dkdvdsb
+    [ $v = dsw ] && env=(SMELT_CUDA_ATTN_DKDV=attn_wgtds_dkdv_d64) && k=wgtds_dkdv
+    env "${env[@]}" timeout 150 "$NCU" --csv --page source --print-source sass --clock-control none \
+      --section SourceCounters --section WarpStateStats -k "regex:attn_$k" --launch-count 1 \
+      "$D/attn_bench" --shapes large --iters 1 >"$OUT/ncu-src-$v.csv" 2>"$OUT/ncu-src-$v.err"
+    echo "== ncu source ($v) rc $? lines $(wc -l <"$OUT/ncu-src-$v.csv")"
+  done
+fi
 # gemm: cuBLASLt timing more of its heuristic's candidates (8 by default; the 1B step's products
 # took 141 ms serialised against torch.compile's 135), 1B and large, one call; each variant with
 # a kernel cache of its own, since the chosen algorithms are kept there (cublaslt-tune.tsv).
