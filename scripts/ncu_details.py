@@ -37,14 +37,16 @@ def main():
     col = {n: h.index(n) for n in ("ID", "Kernel Name", "Metric Name", "Metric Unit", "Metric Value")}
     per = collections.OrderedDict()
     for r in rows[i0 + 1:]:
-        if len(r) != len(h):
+        # Rows without the rule columns are shorter than the header (newer ncu): keep any that
+        # reach the value.
+        if len(r) <= col["Metric Value"]:
             continue
         k = (r[col["ID"]], r[col["Kernel Name"]].split("(")[0])
         per.setdefault(k, {})[r[col["Metric Name"]]] = (r[col["Metric Value"]], r[col["Metric Unit"]])
     seen = collections.Counter()
     for (kid, name), m in per.items():
         dur, unit = m.get("Duration", ("0", "us"))
-        us = float(dur.replace(",", "")) * {"ns": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}.get(unit, 1.0)
+        us = float(dur.replace(",", "")) * {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3}.get(unit, 1.0)
         if us < a.min_us or seen[name] >= a.per_name:
             continue
         seen[name] += 1

@@ -599,6 +599,24 @@ WGWQ_FWD(attn_wgwq3_fwd_d64, 4, true, 3)
 WGW_FWD(attn_wgwn_fwd_d64, 3, 128, false, true)
 WGW_FWD(attn_wgwnp_fwd_d64, 3, 128, true, true)
 
+// A tile walk's position: tile t of a block's (query head, query tile) list and its t / nq, t % nq,
+// carried from one tile to the next instead of divided out each tile.
+struct WgTile {
+    int t, th, tqi;
+    __device__ __forceinline__ void next(int nq) {
+        t++;
+        if (++tqi == nq) {
+            tqi = 0;
+            th++;
+        }
+    }
+};
+// A compile-time flag as a value, for a generic lambda's two instantiations.
+template <bool B>
+struct WgFlag {
+    static constexpr bool value = B;
+};
+
 // ---- dk/dv with its products overlapped, head dim 64, 64-query tiles.
 //
 // NW warpgroups a block (warpgroup w owns keys j0 + 64w …, 16 a warp, their K and V fragments in
@@ -669,10 +687,16 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
         int ntiles = gh * nq;
         load_rows<ROWS, D, NT>(Ks, k + (long long)g * D, kbase, KVH * D, j0, tk);
         load_rows<ROWS, D, NT>(Vs, v + (long long)g * D, kbase, KVH * D, j0, tk);
-        // Tile t: query head g·grp + t / nq, queries qlo + (t % nq)·BQ …, buffer t % NB.
-        auto issue = [&](int t) {
+        // Tile t: query head g·grp + t / nq, queries qlo + (t % nq)·BQ …, buffer t % NB. Both
+        // walks over the tiles (the copies' and the products') take them in order, so each
+        // carries its (t, t / nq, t % nq) from tile to tile (`WgTile`): two integer divisions a
+        // tile were ~25 issued instructions of a loop that is issue-bound.
+        WgTile ic{0, 0, 0}, cc{0, 0, 0};  // the next tile to issue; the next to compute
+        auto issue = [&]() {
+            int t = ic.t, h = g * grp + h0 + ic.th, i0 = qlo + ic.tqi * BQ;
+            ic.next(nq);
             if (t >= ntiles) return;
-            int nb = t % NB, h = g * grp + h0 + t / nq, i0 = qlo + (t % nq) * BQ;
+            int nb = t % NB;
             if constexpr (TMA) {
                 if (threadIdx.x == 0) {
                     mbar_expect_tx(landed + nb, 2 * TS * 2);
@@ -705,21 +729,21 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
                 tiles_ready<NB - 3>();
             }
         };
-        // DS: tile m's dSᵀ/scale (dp, after grads(m)) to its place in the triangle.
-        auto store_ds = [&](int m, const float (&dsc)[BQ / 8][4]) {
+        // DS: the computed tile's dSᵀ/scale (dp, after grads) to its place in the triangle.
+        auto store_ds = [&](const float (&dsc)[BQ / 8][4]) {
             if constexpr (DS) {
-                int h = g * grp + h0 + m / nq, i0 = qlo + (m % nq) * BQ;
+                int h = g * grp + h0 + cc.th, i0 = qlo + cc.tqi * BQ;
                 if ((i0 >> 6) >= (jw >> 6))
                     ds_store_staged(dsc, dst + ds_tile(b, h, H, tq, i0 >> 6, jw >> 6) + warp * 16 * DS_T,
                                     stage + (wg * 4 + warp) * 16 * DS_T, lane);
             }
         };
-        issue(0);
-        issue(1);
+        issue();  // tile 0
+        issue();  // tile 1
         cp_commit();
 #pragma unroll
         for (int j = 1; j <= NB - 3; j++) {
-            issue(j + 1);
+            issue();  // tile j + 1
             cp_commit();
         }
         ready(0);
@@ -736,29 +760,42 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
 #pragma unroll
                 for (int e = 0; e < 4; e++) sc[nt][e] = dp[nt][e] = 0.f;
             const float sl2 = scale * LOG2E;
-            // Sᵀ(t), dPᵀ(t) → Pᵀ(t), dSᵀ(t)/scale in place (tc_dkdv's masks and arithmetic).
-            auto grads = [&](int t) {
-                int nb = t % NB, i0 = qlo + (t % nq) * BQ;
+            // Sᵀ(t), dPᵀ(t) → Pᵀ(t), dSᵀ(t)/scale in place (tc_dkdv's masks and arithmetic) for
+            // the tile `cc` names. A tile no mask touches takes a path with no per-element test:
+            // written as one loop with `if (!full)` inside, ptxas predicated the masks' ~150
+            // compares and selects into every tile (ncu, large shape, 2026-12-05). lse and delta
+            // are read two columns at a time (columns c and c + 1 of a quad's lane).
+            auto grads = [&]() {
+                int nb = cc.t % NB, i0 = qlo + cc.tqi * BQ;
                 const float* Lt = Ls + nb * BQ;
                 const float* Dt = Ds + nb * BQ;
                 bool full = i0 + BQ <= qhi && jw + 63 <= off + i0 && jw + 64 <= tk &&
                             (window == 0 || jw >= tc_key_lo(off + i0 + BQ - 1, window)) &&
                             (!starts || jw >= (int)starts[qbase + i0 + BQ - 1]);
+                auto body = [&](auto masked) {
 #pragma unroll
-                for (int nt = 0; nt < BQ / 8; nt++) {
+                    for (int nt = 0; nt < BQ / 8; nt++) {
+                        const float2 l2 = *(const float2*)(Lt + nt * 8 + 2 * tq4);
+                        const float2 d2 = *(const float2*)(Dt + nt * 8 + 2 * tq4);
+                        const float lg[2] = {__fmul_rn(l2.x, LOG2E), __fmul_rn(l2.y, LOG2E)}, dl[2] = {d2.x, d2.y};
 #pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        int c = nt * 8 + 2 * tq4 + (e & 1);  // query column in the tile
-                        bool vis = true;
-                        if (!full) {
-                            int i = i0 + c, pos = off + i, j = jr + (e < 2 ? 0 : 8);
-                            vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window) && (!starts || j >= (int)starts[qbase + i]);
+                        for (int e = 0; e < 4; e++) {
+                            bool vis = true;
+                            if constexpr (decltype(masked)::value) {
+                                int i = i0 + nt * 8 + 2 * tq4 + (e & 1), pos = off + i, j = jr + (e < 2 ? 0 : 8);
+                                vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window) &&
+                                      (!starts || j >= (int)starts[qbase + i]);
+                            }
+                            float p = vis ? ex2f(sc[nt][e] * sl2 - lg[e & 1]) : 0.f;
+                            sc[nt][e] = p;                             // Pᵀ
+                            dp[nt][e] = p * (dp[nt][e] - dl[e & 1]);  // dSᵀ / scale
                         }
-                        float p = vis ? ex2f(sc[nt][e] * sl2 - __fmul_rn(Lt[c], LOG2E)) : 0.f;
-                        sc[nt][e] = p;                         // Pᵀ
-                        dp[nt][e] = p * (dp[nt][e] - Dt[c]);  // dSᵀ / scale
                     }
-                }
+                };
+                if (full)
+                    body(WgFlag<false>{});
+                else
+                    body(WgFlag<true>{});
             };
             wg_keep(sc, BQ / 8);
             wg_keep(dp, BQ / 8);
@@ -771,13 +808,14 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
             wg_wait0();
             wg_keep(sc, BQ / 8);
             wg_keep(dp, BQ / 8);
-            grads(0);
-            store_ds(0, dp);
+            grads();  // tile 0
+            store_ds(dp);
+            cc.next(nq);
             // Every tile but the last (peeled below, so that no wgmma is issued under a condition).
             for (int t = 0; t + 1 < ntiles; t++) {
                 // Tile t+1 is in; every warpgroup is done with tile t−1, whose buffer takes t+NB−1.
                 ready(t + 1);
-                issue(t + NB - 1);
+                issue();  // tile t + NB − 1
                 cp_commit();
                 unsigned pa[BQ / 16][4], sa[BQ / 16][4];
                 wg_pack<BQ>(sc, pa);
@@ -797,8 +835,9 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
                 wg_wait1();  // Sᵀ(t+1) and dPᵀ(t+1) are done; dV and dK may still run
                 wg_keep(sc, BQ / 8);
                 wg_keep(dp, BQ / 8);
-                grads(t + 1);
-                store_ds(t + 1, dp);
+                grads();  // tile t + 1
+                store_ds(dp);
+                cc.next(nq);
                 wg_wait0();
                 wg_keep(av, D / 8);
                 wg_keep(ak, D / 8);
