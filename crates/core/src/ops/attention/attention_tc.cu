@@ -452,24 +452,31 @@ __device__ __forceinline__ void wg_pm(float (*o)[4], unsigned (*pa)[4], const bf
 // 128-byte row, the 8-row atoms 1024 bytes apart (stride byte offset; the leading one unused).
 // O += P·M, M N-major (d contiguous, D = 64 one swizzle width): a k16 step is 16 rows, 2048
 // bytes, the 8-row atoms along K 1024 apart.
+// Each k16 step's descriptor is the tile's plus its byte offset / 16 (the address field holds
+// bits 4-17 of a shared address below 256 KiB, so the sum never carries out of it): one add a
+// product instead of the address masked, shifted and merged again (wg_desc's ~6 uniform
+// instructions, 16 wgmmas a tile in dk/dv).
 #define WG_SW128 (1ull << 62)
 template <int D, int BN>
 __device__ __forceinline__ void wg_abt_sw(float (*s)[4], const unsigned (*a)[4], const bf16_t* bt) {
     static_assert(D == 64 && (BN == 64 || BN == 128), "128-byte rows; one m64n64 or m64n128 product a k16 step");
+    const unsigned long long d0 = wg_desc(bt, 16, 1024) | WG_SW128;
 #pragma unroll
     for (int ks = 0; ks < D / 16; ks++) {
+        // k16 step ks: 32 bytes along each 128-byte row.
         if constexpr (BN == 64)
-            wgmma64<0>(s, a[ks], wg_desc(bt + ks * 16, 16, 1024) | WG_SW128, ks);
+            wgmma64<0>(s, a[ks], d0 + 2ull * ks, ks);
         else
-            wgmma128<0>(s, a[ks], wg_desc(bt + ks * 16, 16, 1024) | WG_SW128, ks);
+            wgmma128<0>(s, a[ks], d0 + 2ull * ks, ks);
     }
 }
 template <int D, int BN>
 __device__ __forceinline__ void wg_pm_sw(float (*o)[4], unsigned (*pa)[4], const bf16_t* m, bool fresh = false) {
     static_assert(D == 64, "one m64n64 product per k16 step, d one swizzle width");
+    const unsigned long long d0 = wg_desc(m, 16, 1024) | WG_SW128;
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++)
-        wgmma64<1>(o, pa[kk], wg_desc(m + kk * 16 * D, 16, 1024) | WG_SW128, fresh && kk == 0 ? 0 : 1);
+    for (int kk = 0; kk < BN / 16; kk++)  // k16 step kk: 16 rows of 128 bytes
+        wgmma64<1>(o, pa[kk], d0 + (unsigned long long)(kk * 16 * D * 2 / 16), fresh && kk == 0 ? 0 : 1);
 }
 // Either layout's products, by the kernel's choice (SW: swizzled).
 template <bool SW, int D, int BN>
