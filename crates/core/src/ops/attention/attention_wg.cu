@@ -611,11 +611,32 @@ struct WgTile {
         }
     }
 };
-// A compile-time flag as a value, for a generic lambda's two instantiations.
-template <bool B>
-struct WgFlag {
-    static constexpr bool value = B;
-};
+// wgp_dkdv's Sᵀ, dPᵀ → Pᵀ, dSᵀ/scale of one tile in place (tc_dkdv's masks and arithmetic),
+// MASKED or not: a function of its own so that a tile no mask touches runs a copy without the
+// per-element tests. (A generic lambda would do, but the device's NVRTC, CUDA 13, takes one in a
+// device function for a host function and refuses it in JIT mode, where the local one did not.)
+template <bool MASKED, int BQ>
+__device__ __forceinline__ void wgp_grads(float (*sc)[4], float (*dp)[4], const float* Lt, const float* Dt, int i0,
+                                          int qhi, int off, int jr, int window, const unsigned int* starts,
+                                          long long qbase, int tq4, float sl2) {
+#pragma unroll
+    for (int nt = 0; nt < BQ / 8; nt++) {
+        const float2 l2 = *(const float2*)(Lt + nt * 8 + 2 * tq4);
+        const float2 d2 = *(const float2*)(Dt + nt * 8 + 2 * tq4);
+        const float lg[2] = {__fmul_rn(l2.x, LOG2E), __fmul_rn(l2.y, LOG2E)}, dl[2] = {d2.x, d2.y};
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            bool vis = true;
+            if constexpr (MASKED) {
+                int i = i0 + nt * 8 + 2 * tq4 + (e & 1), pos = off + i, j = jr + (e < 2 ? 0 : 8);
+                vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window) && (!starts || j >= (int)starts[qbase + i]);
+            }
+            float p = vis ? ex2f(sc[nt][e] * sl2 - lg[e & 1]) : 0.f;
+            sc[nt][e] = p;                             // Pᵀ
+            dp[nt][e] = p * (dp[nt][e] - dl[e & 1]);  // dSᵀ / scale
+        }
+    }
+}
 
 // ---- dk/dv with its products overlapped, head dim 64, 64-query tiles.
 //
@@ -772,30 +793,10 @@ __device__ void wgp_dkdv(const bf16_t* q, const bf16_t* k, const bf16_t* v, cons
                 bool full = i0 + BQ <= qhi && jw + 63 <= off + i0 && jw + 64 <= tk &&
                             (window == 0 || jw >= tc_key_lo(off + i0 + BQ - 1, window)) &&
                             (!starts || jw >= (int)starts[qbase + i0 + BQ - 1]);
-                auto body = [&](auto masked) {
-#pragma unroll
-                    for (int nt = 0; nt < BQ / 8; nt++) {
-                        const float2 l2 = *(const float2*)(Lt + nt * 8 + 2 * tq4);
-                        const float2 d2 = *(const float2*)(Dt + nt * 8 + 2 * tq4);
-                        const float lg[2] = {__fmul_rn(l2.x, LOG2E), __fmul_rn(l2.y, LOG2E)}, dl[2] = {d2.x, d2.y};
-#pragma unroll
-                        for (int e = 0; e < 4; e++) {
-                            bool vis = true;
-                            if constexpr (decltype(masked)::value) {
-                                int i = i0 + nt * 8 + 2 * tq4 + (e & 1), pos = off + i, j = jr + (e < 2 ? 0 : 8);
-                                vis = i < qhi && j <= pos && j >= tc_key_lo(pos, window) &&
-                                      (!starts || j >= (int)starts[qbase + i]);
-                            }
-                            float p = vis ? ex2f(sc[nt][e] * sl2 - lg[e & 1]) : 0.f;
-                            sc[nt][e] = p;                             // Pᵀ
-                            dp[nt][e] = p * (dp[nt][e] - dl[e & 1]);  // dSᵀ / scale
-                        }
-                    }
-                };
                 if (full)
-                    body(WgFlag<false>{});
+                    wgp_grads<false, BQ>(sc, dp, Lt, Dt, i0, qhi, off, jr, window, starts, qbase, tq4, sl2);
                 else
-                    body(WgFlag<true>{});
+                    wgp_grads<true, BQ>(sc, dp, Lt, Dt, i0, qhi, off, jr, window, starts, qbase, tq4, sl2);
             };
             wg_keep(sc, BQ / 8);
             wg_keep(dp, BQ / 8);
