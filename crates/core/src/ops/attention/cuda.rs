@@ -94,6 +94,10 @@ pub(crate) struct TcForms {
     /// `Staged` by default (measured fastest), `SMELT_CUDA_ATTN_DS=1` or `1tile` the others,
     /// `SMELT_CUDA_ATTN_DS=0` none (the three-product dq kernel, to compare).
     pub ds: Option<DsForm>,
+    /// On Hopper at head dim 64, the dS path's dk/dv on wgmma (`WG_DS_DKDV`) when no backward
+    /// kernel is named and the dS path is in its default form; `SMELT_CUDA_ATTN_WGDS=0` keeps
+    /// the mma.sync one.
+    pub wg_ds: bool,
     /// The dS path's dk/dv over parts of each GQA group's query heads (`SMELT_CUDA_ATTN_HSPLIT=N`;
     /// 1: one block a KV head; at most the group's size). 0 (the default): `auto_hsplit` picks.
     pub hsplit: usize,
@@ -289,18 +293,27 @@ fn tc_kernel_forms(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         (64, _, Some(v)) => k(v.name.into(), v.rows, v.tile),
         _ => dflt,
     };
-    // A dS-path wgmma dk/dv (Hopper): the dS pair with the swizzled dq.
+    // A dS-path wgmma dk/dv (Hopper): the dS pair with the swizzled dq. hsplit 0: the head split
+    // `auto_hsplit` picks, as for the mma.sync dS dk/dv.
+    let wg_ds = |w: &WgVariant| {
+        let base = k(w.name.into(), w.rows, w.tile);
+        let dkdv =
+            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, tma: w.tma, ds: true, hsplit: f.hsplit, ..base };
+        [pick(f.wg_fwd, f.fwd, fwd.clone()), TcKernel { ds: true, ..k(DS_DQ[2].into(), 2 * TC_ROWS, DS_T) }, dkdv]
+    };
     if let (64, Some(w), true) = (d, f.wg_dkdv, hopper) {
         if w.ds {
-            // hsplit 0: the head split `auto_hsplit` picks, as the default dS dk/dv. (Naming it
-            // takes the dS path whatever SMELT_CUDA_ATTN_DS says.)
-            let base = k(w.name.into(), w.rows, w.tile);
-            let dkdv =
-                TcKernel { wg: true, threads: w.threads, bufs: w.bufs, tma: w.tma, ds: true, hsplit: f.hsplit, ..base };
-            return [pick(f.wg_fwd, f.fwd, fwd), TcKernel { ds: true, ..k(DS_DQ[2].into(), 2 * TC_ROWS, DS_T) }, dkdv];
+            // (Naming it takes the dS path whatever SMELT_CUDA_ATTN_DS says.)
+            return wg_ds(w);
         }
     }
     let named = f.dq.is_some() || f.dkdv.is_some() || f.wg_dq.is_some() || f.wg_dkdv.is_some() || f.dkdv_smem;
+    if let (64, Some(DsForm::Staged), false, true, true) = (d, f.ds, named, hopper, f.wg_ds) {
+        // The default dS path on Hopper: dk/dv on wgmma (`WG_DS_DKDV`).
+        if let Some(w) = WG_D64_DKDV.iter().find(|w| w.name == WG_DS_DKDV) {
+            return wg_ds(w);
+        }
+    }
     if let (64, Some(form), false) = (d, f.ds, named) {
         let (dq, dkdv) = match form {
             DsForm::Plain => (k(DS_DQ[0].into(), 2 * TC_ROWS, DS_T), DS_DKDV[0]),
@@ -348,6 +361,16 @@ fn default_fwd(dm: &AttnDims, t: &Tensor) -> TcKernel {
         ..fwd
     }
 }
+
+/// The dS path's dk/dv on Hopper at head dim 64 (`TcForms::wg_ds`): two warpgroups of 64 keys
+/// a block on wgmma, Q and dO by TMA, dS stored as the mma.sync kernel stores it, paired with the
+/// same dq (`attn_tc_dqdsz_d64`). Measured on an H100 (2026-12-05, docs/PERF.md "the wgmma dk/dv
+/// after its instruction cut", backward ms against the mma.sync dS dk/dv in the same call): 124M
+/// 0.392 vs 0.431, large 0.507 vs 0.554, 1B 1.382 vs 1.748, the LoRA shape 0.712 vs 0.860; large
+/// training 282.7k vs 279.9k tok/s, 1B 75.7k vs 73.8k. Exact within `ATTN_TC` of the mma.sync
+/// kernels (`parity_wgmma_pipelined_kernels`), against the CPU as the default
+/// (`parity_bf16_attention*`), and the whole GPU suite passed with it.
+const WG_DS_DKDV: &str = "attn_wgtds_dkdv_d64";
 
 /// The Hopper forward for long query blocks (`default_fwd`), and where it starts. Measured on
 /// an H100 (2026-12-05, docs/PERF.md "every TMA attention form against the CPU", forward ms
@@ -404,6 +427,7 @@ fn env_forms() -> TcForms {
                     None
                 }
             },
+            wg_ds: var("SMELT_CUDA_ATTN_WGDS").is_none_or(|v| v != "0"),
             hsplit: match var("SMELT_CUDA_ATTN_HSPLIT") {
                 None => 0,
                 Some(v) => v.parse().unwrap_or_else(|_| {
@@ -1368,7 +1392,10 @@ impl super::AttentionKernels for crate::backend::Cuda {
 
 #[cfg(test)]
 mod tests {
-    use super::{auto_hsplit, dkdv_smem, tc_kernels, TcForms, WG_D64_DKDV, WG_D64_FWD};
+    use super::{
+        auto_hsplit, dkdv_smem, tc_kernels, DsForm, TcForms, BWD_PC, DS_DQ, TC_D64_DKDV, WG_D64_DKDV, WG_D64_FWD,
+        WG_DS_DKDV,
+    };
 
     /// Every named wgmma kernel launches with its own threads and buffers (a dS-path dk/dv once
     /// took the mma.sync defaults, 128 threads and 2 buffers, and would have run half its
@@ -1392,6 +1419,32 @@ mod tests {
                 assert!(dkdv_smem(&k, 64) >= layout, "{}: {} < {layout}", w.name, dkdv_smem(&k, 64));
             }
         }
+    }
+
+    /// The default dS path on Hopper takes the wgmma dk/dv with the swizzled dq, as named; before
+    /// Hopper, with `wg_ds` off, with another dS form or a kernel named, the mma.sync dk/dv.
+    #[test]
+    fn hopper_ds_path_takes_the_wgmma_dkdv() {
+        let ds = TcForms { ds: Some(DsForm::Staged), wg_ds: true, ..Default::default() };
+        let [_, dq, k] = tc_kernels(64, ds, true);
+        let w = WG_D64_DKDV.iter().find(|w| w.name == WG_DS_DKDV).unwrap();
+        assert_eq!(
+            (k.name.as_str(), k.threads, k.bufs, k.tma, k.ds, k.wg),
+            (w.name, w.threads, w.bufs, true, true, true)
+        );
+        assert_eq!((dq.name.as_str(), dq.ds), (DS_DQ[2], true));
+        assert_eq!(k.pc, BWD_PC);
+        for (forms, hopper) in [
+            (ds, false),
+            (TcForms { wg_ds: false, ..ds }, true),
+            (TcForms { ds: Some(DsForm::Plain), ..ds }, true),
+            (TcForms { dkdv: Some(&TC_D64_DKDV[0]), ..ds }, true),
+        ] {
+            let [_, _, k] = tc_kernels(64, forms, hopper);
+            assert!(!k.wg, "{forms:?} hopper {hopper}: {}", k.name);
+        }
+        let [_, _, k] = tc_kernels(128, ds, true);
+        assert!(!k.wg, "head dim 128: {}", k.name);
     }
 
     /// The measured shapes on a 132-SM GPU with 3 dk/dv blocks an SM (396 resident): issue 16's
