@@ -331,10 +331,27 @@ fn tc_kernel_forms(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
 
 /// `tc_kernels` as the environment picks them, for the GPU `t` lives on.
 fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
-    let forms = env_forms();
+    let mut forms = env_forms();
     let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
     warn_forms(forms, hopper);
+    forms.wg_ds = forms.wg_ds && hopper && d == 64 && t.cuda_buf().is_ok_and(|b| wg_defaults_ok(&b.gpu));
     tc_kernels(d, forms, hopper)
+}
+
+/// Whether the wgmma kernels a default would pick (`WG_DS_DKDV`, `WG3_FWD`) build on this GPU's
+/// NVRTC: the sm90a module is compiled once, here, and if it fails (an NVRTC that refuses its
+/// source; 2026-12-05 one did, for a construct another version took) the mma.sync kernels run,
+/// with a warning that says why, rather than every training step failing. A kernel named by
+/// `SMELT_CUDA_ATTN_*` is not covered: its launch fails with the compiler's error.
+fn wg_defaults_ok(gpu: &cuda::Gpu) -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| match [WG_DS_DKDV, WG3_FWD].iter().try_for_each(|n| gpu.function(WG_MODULE, WG_SRC, n).map(|_| ())) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("warning: the Hopper attention kernels (wgmma, {WG_MODULE}) did not build, so the mma.sync ones run: {e:#}");
+            false
+        }
+    })
 }
 
 /// The forward for `dm` as the environment picks it (`default_tc_kernels`), except that on
@@ -347,6 +364,9 @@ fn default_fwd(dm: &AttnDims, t: &Tensor) -> TcKernel {
     let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
     let named = f.fwd.is_some() || f.wg_fwd.is_some() || f.one_tile_fwd || f.wgmma;
     if !(hopper && dm.d == 64 && !named && dm.tq >= WG3_MIN_T && wg3_default_on()) {
+        return fwd;
+    }
+    if !t.cuda_buf().is_ok_and(|b| wg_defaults_ok(&b.gpu)) {
         return fwd;
     }
     let Some(w) = WG_D64_FWD.iter().find(|w| w.name == WG3_FWD) else { return fwd };
