@@ -229,33 +229,35 @@ if part tma; then
 fi
 part tmatrain && timeout 500 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large,1b --no-peers \
   --variants "$TMA_FWD" --out "$OUT/tmatrain" 2>&1 | tail -12
-# ncubwd: why the backward's dk/dv runs at a third of its issue slots and the wgmma one (dsw) is
-# slower still, and why the TMA forward loses at T = 1024: ncu's sections and stall reasons for
-# the first forward, dk/dv and dq launches of attn_bench at the large shape, the default kernels,
-# then `attn_wgtds_dkdv_d64` and `attn_wgwt_fwd_d64`; then the SASS of both dk/dv kernels with
-# their stall samples per instruction (`--page source`), to read where the warps wait.
+# ncubwd: where the attention kernels at the large shape wait: ncu's sections and stall reasons
+# for attn_bench's first forward, dk/dv and dq launches — the defaults (on Hopper the wgmma dS
+# dk/dv since d0cc117), the mma.sync dk/dv (SMELT_CUDA_ATTN_WGDS=0), the TMA forward — then the
+# SASS of both dk/dv kernels with stall samples per instruction (`--page source`). First run
+# (2026-12-05, before the wgmma dk/dv's instruction cut): docs/PERF.md "the wgmma dk/dv after its
+# instruction cut".
 if part ncubwd; then
   NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
-  for v in default dsw wt; do
+  for v in default mma wt; do
     env=()
-    [ $v = dsw ] && env=(SMELT_CUDA_ATTN_DKDV=attn_wgtds_dkdv_d64)
+    [ $v = mma ] && env=(SMELT_CUDA_ATTN_WGDS=0)
     [ $v = wt ] && env=(SMELT_CUDA_ATTN_FWD=attn_wgwt_fwd_d64)
     env "${env[@]}" timeout 150 "$NCU" --csv --page details --clock-control none \
       -k 'regex:attn_(tc_fwd_d64|tc_dkdvdsb|wgtds_dkdv|wgwt_fwd|tc_dqdsz)' --launch-count 3 \
       --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis \
       --section MemoryWorkloadAnalysis --section SchedulerStats --section LaunchStats \
-      --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum' \
+      --metrics 'regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_gmma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_uniform.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum' \
       "$D/attn_bench" --shapes large --iters 1 >"$OUT/ncu-bwd-$v.csv" 2>"$OUT/ncu-bwd-$v.err"
     echo "== ncu large attention ($v) rc $?"
     python3 ncu_details.py "$OUT/ncu-bwd-$v.csv" --min-us 50 --per-name 1
   done
-  for v in default dsw; do
-    env=(); k=tc_dkdvdsb
-    [ $v = dsw ] && env=(SMELT_CUDA_ATTN_DKDV=attn_wgtds_dkdv_d64) && k=wgtds_dkdv
+  for v in default mma; do
+    env=(); k=wgtds_dkdv
+    [ $v = mma ] && env=(SMELT_CUDA_ATTN_WGDS=0) && k=tc_dkdvdsb
     env "${env[@]}" timeout 150 "$NCU" --csv --page source --print-source sass --clock-control none \
       --section SourceCounters --section WarpStateStats -k "regex:attn_$k" --launch-count 1 \
       "$D/attn_bench" --shapes large --iters 1 >"$OUT/ncu-src-$v.csv" 2>"$OUT/ncu-src-$v.err"
     echo "== ncu source ($v) rc $? lines $(wc -l <"$OUT/ncu-src-$v.csv")"
+    python3 sass_stalls.py "$OUT/ncu-src-$v.csv" | head -40
   done
 fi
 # dsw2: the dS-path wgmma dk/dv after its instruction cut (f369e42, and the descriptors): its

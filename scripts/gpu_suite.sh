@@ -58,7 +58,8 @@ for line in sys.stdin:
     cp scripts/wgmma_check.sh "$dir/wgmma_check.sh"  # the pipelined wgmma attention: (cd DIR && bash wgmma_check.sh .)
     cp scripts/persist_check.sh "$dir/persist_check.sh"  # the persistent decode kernel: (cd DIR && bash persist_check.sh .)
     cp scripts/long_context_check.sh "$dir/long_context_check.sh"  # 1B at T 4096/8192 with --grad-checkpoint vs torch.compile
-    cp scripts/ncu_details.py "$dir/ncu_details.py"  # ds_check.sh's ncuattn part reads ncu's details page with it
+    cp scripts/ncu_details.py "$dir/ncu_details.py"  # ds_check.sh's ncu parts read ncu's details page with it
+    cp scripts/sass_stalls.py "$dir/sass_stalls.py"  # and its source page (stall samples per SASS instruction)
     # SMELT_BASE_BIN: an earlier build of smelt, carried as DIR/smelt-base for ds_check.sh's `ab` part.
     [ -n "${SMELT_BASE_BIN:-}" ] && cp "$SMELT_BASE_BIN" "$dir/smelt-base"
     cp scripts/ds_check.sh "$dir/ds_check.sh"  # the attention backward's dS path: (cd DIR && bash ds_check.sh . PARTS)
