@@ -675,24 +675,33 @@ struct QTile {
     int b, h, g, off, i0, ilast, blo, bhi, ntiles;
     long long srow0;
 };
-// tt: the block's tile of a grid nx query tiles wide.
-template <int BN>
+// tt: the block's tile of a grid nx query tiles wide. EA (end-aligned): the tiles are laid from
+// the last query back, so when `rows` does not divide Tq the short tile is the first (rows 0 …,
+// the fewest keys to see) rather than the last (the most): a 192-row forward at T 1024 otherwise
+// runs its longest block with one warpgroup of three. Its rows end at ilast either way.
+template <int BN, bool EA = false>
 __device__ __forceinline__ QTile q_tile_of(TcTile tt, int nx, int rows, int tq, int tk, int H, int KVH, int window,
                                            const unsigned int* starts) {
     QTile t;
     t.b = tt.z, t.h = tt.y, t.g = t.h / (H / KVH);
     t.off = tk - tq;
-    t.i0 = (nx - 1 - tt.rank) * rows;
-    t.ilast = min(tq - 1, t.i0 + rows - 1);
+    if constexpr (EA) {
+        int end = tq - tt.rank * rows;
+        t.i0 = max(0, end - rows);
+        t.ilast = end - 1;
+    } else {
+        t.i0 = (nx - 1 - tt.rank) * rows;
+        t.ilast = min(tq - 1, t.i0 + rows - 1);
+    }
     t.srow0 = (long long)t.b * tq;
     t.blo = tc_row_lo(t.off + t.i0, window, starts, t.srow0 + t.i0), t.bhi = t.off + t.ilast + 1;
     t.ntiles = (t.bhi - t.blo + BN - 1) / BN;
     return t;
 }
-template <int BN>
+template <int BN, bool EA = false>
 __device__ __forceinline__ QTile q_tile(int pc, int rows, int tq, int tk, int H, int KVH, int window,
                                         const unsigned int* starts) {
-    return q_tile_of<BN>(tc_tile(pc), gridDim.x, rows, tq, tk, H, KVH, window, starts);
+    return q_tile_of<BN, EA>(tc_tile(pc), gridDim.x, rows, tq, tk, H, KVH, window, starts);
 }
 
 // Every key of the BN-key tile at j0 visible to every query row first … first + R − 1 (last: the
@@ -720,18 +729,24 @@ __device__ __forceinline__ void fwd_rows_init(float* m, float* l, int* pos, int*
 
 // A forward's end for one warp's 16-row tile (rows r0 and r0 + 8 of this lane): out = o / l,
 // lse = (m + log2 l)·ln 2; l is this lane's share of the row sums (the quad adds them).
+// Rows at or past rend (Tq, or the end of an end-aligned block's rows) are not stored.
 template <int D>
 __device__ __forceinline__ void fwd_store(bf16_t* out, float* lse, const float (*o)[4], const float* m, const float* l,
-                                          int b, int h, int H, int tq, long long qbase, int r0, int lane) {
+                                          int b, int h, int H, int tq, long long qbase, int r0, int lane, int rend) {
     float l0 = quad_sum(l[0]), l1 = quad_sum(l[1]);
     float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-    store_rows<D>(out + (long long)h * D, o, qbase, H * D, r0, tq, inv0, inv1, lane);
+    store_rows<D>(out + (long long)h * D, o, qbase, H * D, r0, rend, inv0, inv1, lane);
     if ((lane & 3) == 0) {
         const float ln2 = 0.6931471805599453f;
         float* lh = lse + ((long long)b * H + h) * tq;
-        if (r0 < tq) lh[r0] = (m[0] + log2f(l0)) * ln2;
-        if (r0 + 8 < tq) lh[r0 + 8] = (m[1] + log2f(l1)) * ln2;
+        if (r0 < rend) lh[r0] = (m[0] + log2f(l0)) * ln2;
+        if (r0 + 8 < rend) lh[r0 + 8] = (m[1] + log2f(l1)) * ln2;
     }
+}
+template <int D>
+__device__ __forceinline__ void fwd_store(bf16_t* out, float* lse, const float (*o)[4], const float* m, const float* l,
+                                          int b, int h, int H, int tq, long long qbase, int r0, int lane) {
+    fwd_store<D>(out, lse, o, m, l, b, h, H, tq, qbase, r0, lane, tq);
 }
 
 // Forward. grid (ceil(Tq/(64·MT)), H, B), block 128, shared (64·MT + 4·BN)·(D+8) bf16. Each
