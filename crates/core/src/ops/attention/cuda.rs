@@ -336,8 +336,14 @@ fn default_tc_kernels(d: usize, t: &Tensor) -> [TcKernel; 3] {
     let mut forms = env_forms();
     let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
     warn_forms(forms, hopper);
-    forms.wg_ds = forms.wg_ds && hopper && d == 64 && t.cuda_buf().is_ok_and(|b| wg_defaults_ok(&b.gpu));
+    forms.wg_ds = forms.wg_ds && hopper && d == 64 && t.cuda_buf().is_ok_and(|b| wg_defaults_wanted(b, d));
     tc_kernels(d, forms, hopper)
+}
+
+/// Whether the tensor-core kernels run for this buffer at head dim `d` (bf16, unless
+/// `SMELT_CUDA_ATTN=scalar`) and the wgmma defaults built: an f32 model never compiles them.
+fn wg_defaults_wanted(b: &DeviceBuf, d: usize) -> bool {
+    uses_tensor_cores(&b.gpu, b.dtype, d) && wg_defaults_ok(&b.gpu)
 }
 
 /// Whether the wgmma kernels a default would pick (`WG_DS_DKDV`, `WG3_FWD`) build on this GPU's
@@ -368,7 +374,7 @@ fn default_fwd(dm: &AttnDims, t: &Tensor) -> TcKernel {
     if !(hopper && dm.d == 64 && !named && dm.tq >= WG3_MIN_T && wg3_default_on()) {
         return fwd;
     }
-    if !t.cuda_buf().is_ok_and(|b| wg_defaults_ok(&b.gpu)) {
+    if !t.cuda_buf().is_ok_and(|b| wg_defaults_wanted(b, dm.d)) {
         return fwd;
     }
     let Some(w) = WG_D64_FWD.iter().find(|w| w.name == WG3_FWD) else { return fwd };
