@@ -16,7 +16,7 @@
 #   cd DIR && bash ds_check.sh . tma               # ~3 min: the TMA forwards' parity, then the attention alone beside SDPA
 #   cd DIR && bash ds_check.sh . tmatrain          # ~5 min: large and 1B training with the TMA forwards beside the default
 #   cd DIR && bash ds_check.sh . dsw2,dsw2train     # ~6 min: the wgmma dk/dv after its instruction cut: parity, attention alone, training
-#   cd DIR && bash ds_check.sh . ea,eatrain          # ~5 min: the end-aligned three-warpgroup forward: parity, alone, training
+#   cd DIR && bash ds_check.sh . ea,eatrain          # ~7 min: the end-aligned forward and the one-warpgroup wgmma dk/dv: parity, alone, training
 #   cd DIR && bash ds_check.sh . ncubwd            # ~3 min: ncu of large's forward and backward kernels, default and wgmma, with SASS stall samples
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
@@ -275,22 +275,26 @@ if part dsw2; then
 fi
 part dsw2train && timeout 400 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large,1b --no-peers \
   --variants "$DSW" --out "$OUT/dsw2train" 2>&1 | tail -8
-# ea: the three-warpgroup TMA forward with end-aligned blocks (`attn_wgwt3e_fwd_d64`: at T 1024
-# its short 64-row block is the first instead of the longest; written 2026-12-05 evening, not yet
-# run): parity against the mma.sync kernels and, as the forward, against the CPU; the attention
-# alone at every shape beside the default (wt3 from T 2048, mma.sync below) and SDPA. eatrain:
-# large and 1B training with it. If it wins at T 1024 too, `default_fwd`'s rule (cuda.rs
-# WG3_FWD, WG3_MIN_T) takes it from 1024.
-EA="wt3e:SMELT_CUDA_ATTN_FWD=attn_wgwt3e_fwd_d64"
+# ea: the two kernels written on 2026-12-05 evening, not yet run — the three-warpgroup TMA
+# forward with end-aligned blocks (`attn_wgwt3e_fwd_d64`: at T 1024 its short 64-row block is the
+# first instead of the longest) and the wgmma dS dk/dv with one warpgroup a block, two blocks an
+# SM (`attn_wgtds1_dkdv_d64`): parity against the mma.sync kernels and, each as the default,
+# against the CPU; the attention alone at every shape beside the defaults (wt3 from T 2048, the
+# two-warpgroup wgmma dk/dv), the mma.sync dk/dv (wgds0) and SDPA. eatrain: large and 1B training
+# with each. A winner becomes the default: `default_fwd`'s rule (cuda.rs WG3_FWD, WG3_MIN_T) or
+# WG_DS_DKDV.
+EA="wt3e:SMELT_CUDA_ATTN_FWD=attn_wgwt3e_fwd_d64;dsw1:SMELT_CUDA_ATTN_DKDV=attn_wgtds1_dkdv_d64"
 if part ea; then
   timeout 150 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 --nocapture >"$OUT/parity_ea.txt" 2>&1
   echo "parity_wgmma_pipelined_kernels rc $?"; grep -E "panicked|test result|FAIL" "$OUT/parity_ea.txt" | cut -c1-200 | head -8
-  SMELT_CUDA_ATTN_FWD=attn_wgwt3e_fwd_d64 timeout 150 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_attn_ea.txt" 2>&1
-  echo "parity_bf16_attention* with the end-aligned forward rc $?"; grep -E "panicked|test result" "$OUT/parity_attn_ea.txt" | cut -c1-160 | head -4
+  for v in ${EA//;/ }; do
+    env "${v#*:}" timeout 150 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_attn_${v%%:*}.txt" 2>&1
+    echo "parity_bf16_attention* with ${v#*:} rc $?"; grep -E "panicked|test result" "$OUT/parity_attn_${v%%:*}.txt" | cut -c1-160 | head -4
+  done
   timeout 240 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/attnea" --shapes 124m,large,1b,lora \
-    --variants "$EA;wt3:SMELT_CUDA_ATTN_FWD=attn_wgwt3_fwd_d64;wg3off:SMELT_CUDA_ATTN_WG3=0" 2>&1 | tail -18
+    --variants "$EA;wt3:SMELT_CUDA_ATTN_FWD=attn_wgwt3_fwd_d64;wg3off:SMELT_CUDA_ATTN_WG3=0;wgds0:SMELT_CUDA_ATTN_WGDS=0" 2>&1 | tail -26
 fi
-part eatrain && timeout 400 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large,1b --no-peers \
+part eatrain && timeout 500 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large,1b --no-peers \
   --variants "$EA" --out "$OUT/eatrain" 2>&1 | tail -8
 # gemm: cuBLASLt timing more of its heuristic's candidates (8 by default; the 1B step's products
 # took 141 ms serialised against torch.compile's 135), 1B and large, one call; each variant with

@@ -908,17 +908,24 @@ WGP_DKDV(attn_wgp1_dkdv_d64, 1, 4, 1)
 // Q and dO in the 128-byte swizzled layout (`wgpz`, as the forward's).
 WGP_DKDV_SW(attn_wgpz_dkdv_d64, 2, 4, 1, true)
 // Q and dO by TMA, storing dS for the dS path's dq (`attn_tc_dqdsz_d64`): the launcher passes
-// the dS path's arguments (ds, hsplit, part), then the maps of Q and dO.
-#define WGT_DKDV_DS(NAME, NB)                                                                                              \
-    extern "C" __global__ void __launch_bounds__(256, 1) NAME(                                                           \
+// the dS path's arguments (ds, hsplit, part), then the maps of Q and dO. NW warpgroups (64 keys
+// each) a block, MB blocks an SM.
+#define WGT_DKDV_DS(NAME, NW, NB, MB)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(128 * NW, MB) NAME(                                                     \
         const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* dout, const float* lse, const float* delta,   \
         bf16_t* dk, bf16_t* dv, int tq, int tk, int s, int H, int KVH, int window, float scale,                        \
         const unsigned int* starts, const unsigned int* ends, int pc, bf16_t* ds, int hsplit, float* part,            \
         const __grid_constant__ TmaMap qm, const __grid_constant__ TmaMap om) {                                        \
-        wgp_dkdv<2, NB, true, true, true>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts,  \
-                                          ends, pc, ds, &qm, &om, hsplit, part);                                       \
+        wgp_dkdv<NW, NB, true, true, true>(q, k, v, dout, lse, delta, dk, dv, tq, tk, s, H, KVH, window, scale, starts, \
+                                           ends, pc, ds, &qm, &om, hsplit, part);                                      \
     }
-WGT_DKDV_DS(attn_wgtds_dkdv_d64, 4)
+// The Hopper default (cuda.rs WG_DS_DKDV): two warpgroups, one block an SM (255 registers).
+WGT_DKDV_DS(attn_wgtds_dkdv_d64, 2, 4, 1)
+// One warpgroup a block, two blocks an SM (written 2026-12-05 evening, not yet run): the same
+// warps an SM, but two blocks whose tiles, barriers, starts and ends do not wait on each other
+// (the default's two warpgroups meet at a block barrier every tile, and an SM idles through its
+// block's start and end: ncu, 2026-12-05), for twice the Q and dO tile loads a key.
+WGT_DKDV_DS(attn_wgtds1_dkdv_d64, 1, 4, 2)
 
 // ---- dq with its products overlapped (and delta, as tc_dq computes it), head dim 64, 64-key
 // tiles. NW warpgroups a block (warpgroup w owns query rows i0 + 64w …; Q and dO fragments in
