@@ -17,12 +17,13 @@
 #   cd DIR && bash ds_check.sh . tmatrain          # ~5 min: large and 1B training with the TMA forwards beside the default
 #   cd DIR && bash ds_check.sh . dsw2,dsw2train     # ~6 min: the wgmma dk/dv after its instruction cut: parity, attention alone, training
 #   cd DIR && bash ds_check.sh . ea,eatrain          # ~7 min: the end-aligned forward and the one-warpgroup wgmma dk/dv: parity, alone, training
+#   cd DIR && bash ds_check.sh . ncusteps          # ~6 min: the LoRA shape's step kernel by kernel (ncu)
 #   cd DIR && bash ds_check.sh . ncubwd            # ~3 min: ncu of large's forward and backward kernels, default and wgmma, with SASS stall samples
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
 # by shape), lora (issue 16's LoRA shape, Qwen2.5-0.5B 8 × 2048, both ways, and its profile),
-# fixes, swiglu, peers124, norm, attn, ncuattn, ncubwd, dsw2, dsw2train, ea, eatrain, ab, ab2, gemm, prefetch, probe, loraprof, wgprobe, wgz, wgztrain, tma, tmatrain (each described
+# fixes, swiglu, peers124, norm, attn, ncuattn, ncubwd, ncusteps, dsw2, dsw2train, ea, eatrain, ab, ab2, gemm, prefetch, probe, loraprof, wgprobe, wgz, wgztrain, tma, tmatrain (each described
 # where it runs, below). A part name that matches none runs nothing.
 set -uo pipefail
 D=${1:-.}
@@ -296,6 +297,21 @@ if part ea; then
 fi
 part eatrain && timeout 500 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large,1b --no-peers \
   --variants "$EA" --out "$OUT/eatrain" 2>&1 | tail -8
+# ncusteps: issue 16's LoRA shape (Qwen2.5-0.5B, r 16 on all seven projections, 8 × 2048) kernel
+# by kernel over one training step, each kernel timed alone by ncu (not SMELT_CUDA_PROFILE's
+# serialised launches, whose fixed cost per launch swamps the small kernels), summed by name with
+# scripts/ncu_sum.py --step (as large's step was, docs/PERF.md "where large's step goes").
+if part ncusteps; then
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+  [ -f /tmp/lora/model/model.safetensors ] || timeout 200 python3 bench/lora_cuda.py --smelt "$D/smelt" \
+    --skip smelt,smelt-ckpt,e2e,eager,compile --iters 1 --out /tmp/lora >/dev/null 2>&1
+  L="--model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda --batch-size 8 --seq-len 2048 --decode-tokens 0 --no-forward --format json"
+  timeout 420 "$NCU" --csv --metrics gpu__time_duration.sum --clock-control none --cache-control none -c 6000 \
+    "$D/smelt" bench $L --iters 2 >"$OUT/ncu-lora-step.csv" 2>"$OUT/ncu-lora-step.err"
+  echo "== ncu LoRA step rc $?"
+  python3 ncu_sum.py "$OUT/ncu-lora-step.csv" --step | head -45
+  gzip -f "$OUT/ncu-lora-step.csv"
+fi
 # gemm: cuBLASLt timing more of its heuristic's candidates (8 by default; the 1B step's products
 # took 141 ms serialised against torch.compile's 135), 1B and large, one call; each variant with
 # a kernel cache of its own, since the chosen algorithms are kept there (cublaslt-tune.tsv).

@@ -60,6 +60,7 @@ for line in sys.stdin:
     cp scripts/long_context_check.sh "$dir/long_context_check.sh"  # 1B at T 4096/8192 with --grad-checkpoint vs torch.compile
     cp scripts/ncu_details.py "$dir/ncu_details.py"  # ds_check.sh's ncu parts read ncu's details page with it
     cp scripts/sass_stalls.py "$dir/sass_stalls.py"  # and its source page (stall samples per SASS instruction)
+    cp scripts/ncu_sum.py "$dir/ncu_sum.py"  # kernel time by name over a step (ds_check.sh ncusteps)
     # SMELT_BASE_BIN: an earlier build of smelt, carried as DIR/smelt-base for ds_check.sh's `ab` part.
     [ -n "${SMELT_BASE_BIN:-}" ] && cp "$SMELT_BASE_BIN" "$dir/smelt-base"
     cp scripts/ds_check.sh "$dir/ds_check.sh"  # the attention backward's dS path: (cd DIR && bash ds_check.sh . PARTS)
