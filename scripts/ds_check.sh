@@ -29,6 +29,35 @@ set -uo pipefail
 D=${1:-.}
 PARTS=${2:-parity,train}
 part() { [[ ",$PARTS," == *",$1,"* ]]; }
+# parity_wgmma TAG: every pipelined wgmma kernel against the mma.sync ones (the test names each
+# kernel before launching it: a trap loses the context), log in $OUT/parity_TAG.txt.
+parity_wgmma() {
+  timeout 150 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 --nocapture >"$OUT/parity_$1.txt" 2>&1
+  echo "parity_wgmma_pipelined_kernels rc $?"
+  grep -E "panicked|test result|FAIL" "$OUT/parity_$1.txt" | cut -c1-200 | head -12
+}
+# attn_alone DIR "NAME:ENV;…": the attention alone (attn_bench) at every shape with each variant
+# beside the defaults and PyTorch's SDPA. train_ab DIR "NAME:ENV;…": large and 1B training with
+# each beside the defaults, no peers.
+attn_alone() {
+  timeout 240 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/$1" --shapes 124m,large,1b,lora \
+    --variants "$2" 2>&1 | tail -26
+}
+train_ab() {
+  timeout 500 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large,1b --no-peers --variants "$2" \
+    --out "$OUT/$1" 2>&1 | tail -12
+}
+# parity_as_default "NAME:ENV;…": each form as the default for the bf16 attention tests against
+# the CPU (packed rows, windows, GQA, T 2048; head dim 128 on the mma.sync kernels): what making
+# it the default would run. (A comparison there that wants the mma.sync kernels' bits may fail by
+# design: wgmma sums a k16 step in its own order; the CPU comparisons are the ones that count.)
+parity_as_default() {
+  local v
+  for v in ${1//;/ }; do
+    env "${v#*:}" timeout 150 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_attn_${v%%:*}.txt" 2>&1
+    echo "parity_bf16_attention* with ${v#*:} rc $?"; grep -E "panicked|test result" "$OUT/parity_attn_${v%%:*}.txt" | cut -c1-160 | head -4
+  done
+}
 OUT=${OUT:-./out}
 mkdir -p "$OUT"
 export SMELT_REPO=${SMELT_REPO:-$PWD} SMELT_REQUIRE_GPU=1 SMELT_KERNEL_CACHE=${SMELT_KERNEL_CACHE:-/tmp/smelt-kernels}
@@ -215,22 +244,11 @@ part wgztrain && timeout 200 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" -
 # default, no peers.
 TMA_FWD="wt:SMELT_CUDA_ATTN_FWD=attn_wgwt_fwd_d64;wt3:SMELT_CUDA_ATTN_FWD=attn_wgwt3_fwd_d64;wq:SMELT_CUDA_ATTN_FWD=attn_wgwq_fwd_d64;wq3:SMELT_CUDA_ATTN_FWD=attn_wgwq3_fwd_d64;dsw:SMELT_CUDA_ATTN_DKDV=attn_wgtds_dkdv_d64"
 if part tma; then
-  timeout 150 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 --nocapture >"$OUT/parity_tma.txt" 2>&1
-  echo "parity_wgmma_pipelined_kernels rc $?"
-  grep -E "panicked|test result|FAIL" "$OUT/parity_tma.txt" | cut -c1-200 | head -12; tail -2 "$OUT/parity_tma.txt" | cut -c1-200
-  # Each form as the default for the bf16 attention tests against the CPU (packed rows, windows,
-  # GQA, head dim 128 on the mma.sync kernels): what making it the default would run. (A
-  # comparison there that wants the mma.sync kernels' bits may fail by design: wgmma sums a k16
-  # step in its own order; the CPU comparisons are the ones that count.)
-  for v in ${TMA_FWD//;/ }; do
-    env "${v#*:}" timeout 120 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_attn_${v%%:*}.txt" 2>&1
-    echo "parity_bf16_attention* with ${v#*:} rc $?"; grep -E "panicked|test result" "$OUT/parity_attn_${v%%:*}.txt" | cut -c1-160 | head -4
-  done
-  timeout 240 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/attntma" --shapes 124m,large,1b,lora \
-    --variants "$TMA_FWD" 2>&1 | tail -26
+  parity_wgmma tma
+  parity_as_default "$TMA_FWD"
+  attn_alone attntma "$TMA_FWD"
 fi
-part tmatrain && timeout 500 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large,1b --no-peers \
-  --variants "$TMA_FWD" --out "$OUT/tmatrain" 2>&1 | tail -12
+part tmatrain && train_ab tmatrain "$TMA_FWD"
 # ncubwd: where the attention kernels at the large shape wait: ncu's sections and stall reasons
 # for attn_bench's first forward, dk/dv and dq launches — the defaults (on Hopper the wgmma dS
 # dk/dv since d0cc117), the mma.sync dk/dv (SMELT_CUDA_ATTN_WGDS=0), the TMA forward — then the
@@ -267,15 +285,11 @@ fi
 # at every shape beside SDPA (with the TMA forwards); large and 1B training with it, no peers.
 DSW="dsw:SMELT_CUDA_ATTN_DKDV=attn_wgtds_dkdv_d64"
 if part dsw2; then
-  timeout 150 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 --nocapture >"$OUT/parity_dsw2.txt" 2>&1
-  echo "parity_wgmma_pipelined_kernels rc $?"; grep -E "panicked|test result|FAIL" "$OUT/parity_dsw2.txt" | cut -c1-200 | head -8
-  SMELT_CUDA_ATTN_DKDV=attn_wgtds_dkdv_d64 timeout 150 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_attn_dsw2.txt" 2>&1
-  echo "parity_bf16_attention* with the wgmma dk/dv rc $?"; grep -E "panicked|test result" "$OUT/parity_attn_dsw2.txt" | cut -c1-160 | head -4
-  timeout 240 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/attndsw2" --shapes 124m,large,1b,lora \
-    --variants "$DSW;wt:SMELT_CUDA_ATTN_FWD=attn_wgwt_fwd_d64;wt3:SMELT_CUDA_ATTN_FWD=attn_wgwt3_fwd_d64;wg3off:SMELT_CUDA_ATTN_WG3=0" 2>&1 | tail -22
+  parity_wgmma dsw2
+  parity_as_default "$DSW"
+  attn_alone attndsw2 "$DSW;wt:SMELT_CUDA_ATTN_FWD=attn_wgwt_fwd_d64;wt3:SMELT_CUDA_ATTN_FWD=attn_wgwt3_fwd_d64;wg3off:SMELT_CUDA_ATTN_WG3=0"
 fi
-part dsw2train && timeout 400 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large,1b --no-peers \
-  --variants "$DSW" --out "$OUT/dsw2train" 2>&1 | tail -8
+part dsw2train && train_ab dsw2train "$DSW"
 # ea: the two kernels written on 2026-12-05 evening, not yet run — the three-warpgroup TMA
 # forward with end-aligned blocks (`attn_wgwt3e_fwd_d64`: at T 1024 its short 64-row block is the
 # first instead of the longest) and the wgmma dS dk/dv with one warpgroup a block, two blocks an
@@ -286,17 +300,11 @@ part dsw2train && timeout 400 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" 
 # WG_DS_DKDV.
 EA="wt3e:SMELT_CUDA_ATTN_FWD=attn_wgwt3e_fwd_d64;dsw1:SMELT_CUDA_ATTN_DKDV=attn_wgtds1_dkdv_d64"
 if part ea; then
-  timeout 150 "$D/core_tests" parity_wgmma_pipelined_kernels --test-threads=1 --nocapture >"$OUT/parity_ea.txt" 2>&1
-  echo "parity_wgmma_pipelined_kernels rc $?"; grep -E "panicked|test result|FAIL" "$OUT/parity_ea.txt" | cut -c1-200 | head -8
-  for v in ${EA//;/ }; do
-    env "${v#*:}" timeout 150 "$D/core_tests" parity_bf16_attention --test-threads=1 >"$OUT/parity_attn_${v%%:*}.txt" 2>&1
-    echo "parity_bf16_attention* with ${v#*:} rc $?"; grep -E "panicked|test result" "$OUT/parity_attn_${v%%:*}.txt" | cut -c1-160 | head -4
-  done
-  timeout 240 python3 bench/attn_vs_torch.py --attn-bench "$D/attn_bench" --out "$OUT/attnea" --shapes 124m,large,1b,lora \
-    --variants "$EA;wt3:SMELT_CUDA_ATTN_FWD=attn_wgwt3_fwd_d64;wg3off:SMELT_CUDA_ATTN_WG3=0;wgds0:SMELT_CUDA_ATTN_WGDS=0" 2>&1 | tail -26
+  parity_wgmma ea
+  parity_as_default "$EA"
+  attn_alone attnea "$EA;wt3:SMELT_CUDA_ATTN_FWD=attn_wgwt3_fwd_d64;wg3off:SMELT_CUDA_ATTN_WG3=0;wgds0:SMELT_CUDA_ATTN_WGDS=0"
 fi
-part eatrain && timeout 500 python3 bench/cuda_vs_torch.py --smelt "$D/smelt" --shapes large,1b --no-peers \
-  --variants "$EA" --out "$OUT/eatrain" 2>&1 | tail -8
+part eatrain && train_ab eatrain "$EA"
 # ncusteps: issue 16's LoRA shape (Qwen2.5-0.5B, r 16 on all seven projections, 8 × 2048) kernel
 # by kernel over one training step, each kernel timed alone by ncu (not SMELT_CUDA_PROFILE's
 # serialised launches, whose fixed cost per launch swamps the small kernels), summed by name with
