@@ -17,13 +17,14 @@
 #   cd DIR && bash ds_check.sh . tmatrain          # ~5 min: large and 1B training with the TMA forwards beside the default
 #   cd DIR && bash ds_check.sh . dsw2,dsw2train     # ~6 min: the wgmma dk/dv after its instruction cut: parity, attention alone, training
 #   cd DIR && bash ds_check.sh . ea,eatrain          # ~7 min: the end-aligned forward and the one-warpgroup wgmma dk/dv: parity, alone, training
+#   cd DIR && bash ds_check.sh . lora2             # ~3 min: the LoRA shape with the new attention defaults, the mma.sync dk/dv, larger loss chunks
 #   cd DIR && bash ds_check.sh . ncusteps          # ~6 min: the LoRA shape's step kernel by kernel (ncu)
 #   cd DIR && bash ds_check.sh . ncubwd            # ~3 min: ncu of large's forward and backward kernels, default and wgmma, with SASS stall samples
 # PARTS: parity (the dS path against the three-product dq kernel, and the bf16 attention tests
 # against the CPU with it on), train (smelt alone at 1B and large, dS path off and on in one
 # call), profile (SMELT_CUDA_PROFILE=1 at 1B both ways; SMELT_CUDA_PROFILE=gemm: cuBLASLt shape
 # by shape), lora (issue 16's LoRA shape, Qwen2.5-0.5B 8 × 2048, both ways, and its profile),
-# fixes, swiglu, peers124, norm, attn, ncuattn, ncubwd, ncusteps, dsw2, dsw2train, ea, eatrain, ab, ab2, gemm, prefetch, probe, loraprof, wgprobe, wgz, wgztrain, tma, tmatrain (each described
+# fixes, swiglu, peers124, norm, attn, ncuattn, ncubwd, ncusteps, lora2, dsw2, dsw2train, ea, eatrain, ab, ab2, gemm, prefetch, probe, loraprof, wgprobe, wgz, wgztrain, tma, tmatrain (each described
 # where it runs, below). A part name that matches none runs nothing.
 set -uo pipefail
 D=${1:-.}
@@ -319,6 +320,24 @@ if part ncusteps; then
   echo "== ncu LoRA step rc $?"
   python3 ncu_sum.py "$OUT/ncu-lora-step.csv" --step | head -45
   gzip -f "$OUT/ncu-lora-step.csv"
+fi
+# lora2: issue 16's LoRA shape (smelt bench, 3 steps each, alternating where it matters) with
+# the defaults (the wgmma dS dk/dv and the three-warpgroup forward since 2026-12-05 evening), the
+# mma.sync dk/dv (SMELT_CUDA_ATTN_WGDS=0), the one-warpgroup wgmma dk/dv (not yet run), and the
+# loss's chunks four times larger (1 << 28 logits: 1,766 rows a chunk at V 151,936 instead of
+# 441; the head's products ran at 565 and 662 TFLOP/s in 441-row chunks, 2026-12-05 H200 profile).
+if part lora2; then
+  [ -f /tmp/lora/model/model.safetensors ] || timeout 200 python3 bench/lora_cuda.py --smelt "$D/smelt" \
+    --skip smelt,smelt-ckpt,e2e,eager,compile --iters 1 --out /tmp/lora >/dev/null 2>&1
+  L="--model /tmp/lora/model --adapter /tmp/lora/adapter --device cuda --batch-size 8 --seq-len 2048 --decode-tokens 1 --no-forward --format json"
+  for run in default wgds0 default dsw1 ce28; do
+    envs=()
+    [ "$run" = wgds0 ] && envs=(SMELT_CUDA_ATTN_WGDS=0)
+    [ "$run" = dsw1 ] && envs=(SMELT_CUDA_ATTN_DKDV=attn_wgtds1_dkdv_d64)
+    [ "$run" = ce28 ] && envs=(SMELT_LOSS_CHUNK_ELEMS=268435456)
+    echo "== LoRA shape, $run"
+    env "${envs[@]}" timeout 120 "$D/smelt" bench $L --iters 3 2>/dev/null | tail -1 | python3 -c 'import json,sys; j=json.loads(sys.stdin.read()); print("train tok/s", round(j["train_tok_s"]), "peak GiB", round(j["peak_mem_bytes"]/2**30, 2))'
+  done
 fi
 # gemm: cuBLASLt timing more of its heuristic's candidates (8 by default; the 1B step's products
 # took 141 ms serialised against torch.compile's 135), 1B and large, one call; each variant with
