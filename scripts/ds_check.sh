@@ -291,15 +291,16 @@ if part dsw2; then
   attn_alone attndsw2 "$DSW;wt:SMELT_CUDA_ATTN_FWD=attn_wgwt_fwd_d64;wt3:SMELT_CUDA_ATTN_FWD=attn_wgwt3_fwd_d64;wg3off:SMELT_CUDA_ATTN_WG3=0"
 fi
 part dsw2train && train_ab dsw2train "$DSW"
-# ea: the two kernels written on 2026-12-05 evening, not yet run — the three-warpgroup TMA
-# forward with end-aligned blocks (`attn_wgwt3e_fwd_d64`: at T 1024 its short 64-row block is the
-# first instead of the longest) and the wgmma dS dk/dv with one warpgroup a block, two blocks an
+# ea: the kernels written on 2026-12-05 evening, not yet run — the three-warpgroup TMA forward
+# with end-aligned blocks (`attn_wgwt3e_fwd_d64`: at T 1024 its short 64-row block is the first
+# instead of the longest), the one-warpgroup TMA forward at three blocks an SM
+# (`attn_wgwt1_fwd_d64`) and the wgmma dS dk/dv with one warpgroup a block, two blocks an
 # SM (`attn_wgtds1_dkdv_d64`): parity against the mma.sync kernels and, each as the default,
 # against the CPU; the attention alone at every shape beside the defaults (wt3 from T 2048, the
 # two-warpgroup wgmma dk/dv), the mma.sync dk/dv (wgds0) and SDPA. eatrain: large and 1B training
 # with each. A winner becomes the default: `default_fwd`'s rule (cuda.rs WG3_FWD, WG3_MIN_T) or
 # WG_DS_DKDV.
-EA="wt3e:SMELT_CUDA_ATTN_FWD=attn_wgwt3e_fwd_d64;dsw1:SMELT_CUDA_ATTN_DKDV=attn_wgtds1_dkdv_d64"
+EA="wt3e:SMELT_CUDA_ATTN_FWD=attn_wgwt3e_fwd_d64;wt1:SMELT_CUDA_ATTN_FWD=attn_wgwt1_fwd_d64;dsw1:SMELT_CUDA_ATTN_DKDV=attn_wgtds1_dkdv_d64"
 if part ea; then
   parity_wgmma ea
   parity_as_default "$EA"

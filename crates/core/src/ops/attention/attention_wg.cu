@@ -599,6 +599,20 @@ WGWT_FWD(attn_wgwt3_fwd_d64, 4, 64, false, true, 3)
                                                       &km, &vm);                                                         \
     }
 WGWT_FWD_EA(attn_wgwt3e_fwd_d64, 4, 3)
+// One computing warpgroup (64 rows) and the copying warp a block, three blocks an SM (registers
+// capped at 136, P·V onto o; 3 slots: ~60 KiB a block): the same warps an SM as wgwt3, but a
+// block's start (Q's copy, the first S alone) and end (the last P·V alone, the store) run beside
+// two other blocks' loops instead of idling the SM — the short blocks at T 1024 (nine 64-key
+// tiles on average) are where the one-block forms lose to mma.sync. Written 2026-12-05 evening,
+// not yet run.
+#define WGWT_FWD_MB(NAME, NS, NW, MB)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(128 * NW + 32, MB)                                                     \
+        NAME(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* out, float* lse, int tq, int tk, int s, int H,   \
+             int KVH, int window, float scale, const unsigned int* starts, int pc, const __grid_constant__ TmaMap km,    \
+             const __grid_constant__ TmaMap vm) {                                                                        \
+        wgw_fwd<NS, 64, false, true, NW>(q, k, v, out, lse, tq, tk, s, H, KVH, window, scale, starts, pc, &km, &vm);     \
+    }
+WGWT_FWD_MB(attn_wgwt1_fwd_d64, 3, 1, 3)
 // Persistent (PS above): the launcher gives about one block an SM and passes the grid's query
 // tiles nx and batches nz after pc, then the two maps.
 #define WGWQ_FWD(NAME, NS, IP, NW)                                                                                         \

@@ -187,6 +187,8 @@ pub(crate) const WG_D64_FWD: &[WgVariant] = &[
     WgVariant { threads: 416, tma: true, ..wv("attn_wgwt3_fwd_d64", 192, 4) },
     // The same, end-aligned blocks: the short one first (attention_wg.cu's EA). Not yet run.
     WgVariant { threads: 416, tma: true, ..wv("attn_wgwt3e_fwd_d64", 192, 4) },
+    // One computing warpgroup, three blocks an SM. Not yet run.
+    WgVariant { threads: 160, tma: true, ..wv("attn_wgwt1_fwd_d64", 64, 3) },
     WgVariant { threads: 288, tma: true, persistent: true, ..wv("attn_wgwq_fwd_d64", 128, 4) },
     WgVariant { threads: 416, tma: true, persistent: true, ..wv("attn_wgwq3_fwd_d64", 192, 4) },
     WgVariant { threads: 288, tile: 128, ..wv("attn_wgwn_fwd_d64", 128, 3) },
