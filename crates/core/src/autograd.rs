@@ -404,6 +404,71 @@ impl Graph {
         }))
     }
 
+    /// y = x·wᵀ + (s·x·aᵀ)·bᵀ: a frozen projection `w` (out, in) with its LoRA adapter (a: (r, in),
+    /// b: (out, r)), as `Graph::linear` of x by a, a scale, `linear` by b and `linear_add` by w
+    /// compute it (the same forward), keeping only the adapter's (N, r) down product: x itself is
+    /// not kept, `remake_x` makes it again in the backward for a's gradient. x's gradient is one
+    /// product [dy | s·dy·b]·[w; a] over K = out + r, added into x's sum, instead of the base's dx
+    /// product and then a K = r product that reads and writes the (N, in) sum a second time; the
+    /// down product is not run again (a checkpoint of the branch would). LoRA's down projection,
+    /// whose x (the SwiGLU activation, (N, ffn)) is the widest of a layer. `w` must be frozen.
+    pub fn linear_lora_remade(&mut self, x: &Var, w: &Var, a: &Var, b: &Var, s: f32, remake_x: Remake) -> Result<Var> {
+        if w.requires_grad {
+            bail!("linear_lora_remade: the base weight {:?} must be frozen", w.t.shape());
+        }
+        let (out, inp, r) = (w.t.rows(), w.t.cols(), a.t.rows());
+        if a.t.cols() != inp || b.t.rows() != out || b.t.cols() != r || x.t.cols() != inp {
+            bail!(
+                "linear_lora_remade: want x (N, in), w (out, in), a (r, in), b (out, r); got x {:?}, w {:?}, a {:?}, b {:?}",
+                x.t.shape(),
+                w.t.shape(),
+                a.t.shape(),
+                b.t.shape()
+            );
+        }
+        if x.t.shape().len() != 2 {
+            bail!("linear_lora_remade: x must be (N, in), got {:?}", x.t.shape());
+        }
+        let n = x.t.rows();
+        let down = timed("linear", || ops::matmul::linear(&x.t, &a.t, None))?;
+        let down = timed("scale", || ops::elementwise::scale(&down, s))?;
+        let up = timed("linear", || ops::matmul::linear(&down, &b.t, None))?;
+        let y = timed("linear", || ops::matmul::linear_add(&x.t, &w.t, None, &up))?;
+        drop(up);
+        let x_shape = x.t.shape().to_vec();
+        let (wt, at, bt, need) =
+            (w.t.clone(), a.t.clone(), b.t.clone(), [x.requires_grad, a.requires_grad, b.requires_grad]);
+        Ok(self.push_slots(&[x, w, a, b], y, move |g, slots| {
+            // d(down) = dy·b, (N, r), and b's gradient dyᵀ·down: the backward `linear` by b runs.
+            let mut dd = None;
+            let (db, _) =
+                timed("linear.bwd", || ops::matmul::linear_backward_acc_dx(&down, &bt, g, false, Some(&mut dd)))?;
+            if need[2] {
+                accumulate(&mut slots[3], &db)?;
+            }
+            drop(down);
+            let Some(dd) = dd else { bail!("linear_lora_remade: no gradient for the down product ({n} × {r})") };
+            let v = timed("scale", || ops::elementwise::scale(&dd, s))?; // d(x·aᵀ) = s·d(down)
+            drop(dd);
+            if need[0] {
+                // [dy | v]·[w; a] into x's sum: w as the products read it, a in its dtype.
+                let wo = ops::matmul::weight_operand(&wt)?;
+                let mut stacked = Tensor::zeros_typed(&[out + r, inp], wo.device(), wo.dtype())?;
+                stacked.write_at(0, &wo)?;
+                stacked.write_at(out * inp, &at.to_dtype(wo.dtype())?)?;
+                drop(wo);
+                let ge = timed("concat_cols", || ops::elementwise::concat_cols(&[g, &v.to_dtype(g.dtype())?]))?;
+                timed("linear.bwd", || ops::matmul::linear_dx_acc(&ge, &stacked, &x_shape, &mut slots[0]))?;
+            }
+            if need[1] {
+                let xr = timed("remake", remake_x)?;
+                let (da, _) = timed("linear.bwd", || ops::matmul::linear_backward_acc_dx(&xr, &at, &v, false, None))?;
+                accumulate(&mut slots[2], &da)?;
+            }
+            Ok(())
+        }))
+    }
+
     /// Inverted dropout of x with probability `p`, its mask drawn from `seed` (`ops::dropout`);
     /// the identity for p = 0.
     pub fn dropout(&mut self, x: &Var, p: f32, seed: u64) -> Result<Var> {
@@ -1313,6 +1378,62 @@ mod tests {
             close("dB", g1.get(&bv2).unwrap(), g0.get(&bv).unwrap());
             assert!(g1.get(&wv2).is_none() && g1.get(&biv2).is_none(), "frozen w and bias get no gradient");
         }
+    }
+
+    /// `linear_lora_remade` against the separate products it replaces (x·aᵀ, the scale, ·bᵀ,
+    /// linear_add by w): the output, x's gradient added into a sum already there, a's and b's.
+    #[test]
+    fn linear_lora_remade_equals_the_separate_products() {
+        let mut r = crate::rng::Rng::new(21);
+        let mut rand = |shape: &[usize]| {
+            Tensor::from_f32((0..shape.iter().product::<usize>()).map(|_| r.normal() as f32).collect(), shape).unwrap()
+        };
+        let (n, inp, out, rank, s) = (19, 24, 13, 3, 0.7f32);
+        let (x, w, a, b, dy, prior) = (
+            rand(&[n, inp]),
+            rand(&[out, inp]),
+            rand(&[rank, inp]),
+            rand(&[out, rank]),
+            rand(&[n, out]),
+            rand(&[n, inp]),
+        );
+        // x feeds a second consumer (a product by `other`), so its sum holds a gradient before ours.
+        let other = rand(&[inp, inp]);
+        let run = |fused: bool| {
+            let mut g = Graph::training();
+            let (xv, wv, av, bv, ov) = (
+                g.leaf(x.clone(), true),
+                g.leaf(w.clone(), false),
+                g.leaf(a.clone(), true),
+                g.leaf(b.clone(), true),
+                g.leaf(other.clone(), false),
+            );
+            let y = if fused {
+                let xt = x.clone();
+                g.linear_lora_remade(&xv, &wv, &av, &bv, s, Box::new(move || Ok(xt))).unwrap()
+            } else {
+                let down = g.linear(&xv, &av, None).unwrap();
+                let down = g.scale(&down, s).unwrap();
+                let up = g.linear(&down, &bv, None).unwrap();
+                g.linear_add(&xv, &wv, None, &up).unwrap()
+            };
+            let z = g.linear(&xv, &ov, None).unwrap();
+            let gr = g.backward_from(&[y.clone(), z], &[Some(dy.clone()), Some(prior.clone())]).unwrap();
+            let get = |v: &Var| gr.get(v).unwrap().clone();
+            (y.tensor().clone(), get(&xv), get(&av), get(&bv), gr.get(&wv).is_none())
+        };
+        let (y0, dx0, da0, db0, _) = run(false);
+        let (y1, dx1, da1, db1, frozen) = run(true);
+        let close = |what: &str, p: &Tensor, q: &Tensor| {
+            let (p, q) = (p.as_f32().unwrap(), q.as_f32().unwrap());
+            let worst = p.iter().zip(q).map(|(u, v)| (u - v).abs() / (1.0 + v.abs())).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{what} differs by {worst}");
+        };
+        assert_eq!(y1.as_f32().unwrap(), y0.as_f32().unwrap(), "the same forward products");
+        close("dx", &dx1, &dx0);
+        close("da", &da1, &da0);
+        close("db", &db1, &db0);
+        assert!(frozen, "the frozen base gets no gradient");
     }
 
     #[test]

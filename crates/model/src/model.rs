@@ -339,7 +339,9 @@ fn lora_down(g: &mut Graph, x: &Var, a: &Var, run: LoraRun, seed: u64) -> Result
 }
 
 /// The FFN's down projection of act = swiglu(gate, up), with its adapter, on a training graph.
-/// The frozen product keeps no input, and the adapter's branch is a checkpoint over (act, A)
+/// In the one-product LoRA form (below: `Graph::linear_lora_remade`) act's gradient is one product
+/// and the adapter keeps its (N, r) down product. Otherwise:
+/// the frozen product keeps no input, and the adapter's branch is a checkpoint over (act, A)
 /// that keeps neither: act, the (N, ffn) widest activation of a layer, is remade from gate and
 /// up in the backward for A's gradient (SwiGLU's own backward keeps those). Its forward is taken
 /// from the act at hand, and its gradient for act joins the base product's in act's sum, so
@@ -349,6 +351,25 @@ fn down_proj_lora(g: &mut Graph, l: usize, w: &LayerVars, gate: &Var, up: &Var, 
     let (Some((a, b)), Some(run)) = (w.lora[Role::WDown as usize], w.run) else {
         return g.linear(act, &w[Role::WDown], None);
     };
+    let wd = &w[Role::WDown];
+    // With the one-product LoRA form (a GPU; a test may force it), no dropout and a frozen dense
+    // base: `Graph::linear_lora_remade`, the same forward keeping only the (N, r) down product,
+    // act remade from gate and up for A's gradient, and act's gradient one product
+    // [dy | s·dy·B]·[W; A] (no K = r product reading and writing act's (N, ffn) sum again, no
+    // re-run of A·act).
+    let rows16 = (wd.tensor().rows() + a.shape()[0]).is_multiple_of(8);
+    if g.is_recording()
+        && run.dropout == 0.0
+        && !wd.requires_grad()
+        && wd.tensor().dtype() != smelt_core::DType::Quant
+        && act.tensor().shape().len() == 2
+        && rows16
+        && lora_side_on(act.tensor().device())
+    {
+        let (gt, ut) = (gate.tensor().clone(), up.tensor().clone());
+        let remake: smelt_core::autograd::Remake = Box::new(move || smelt_core::ops::swiglu::swiglu(&gt, &ut));
+        return g.linear_lora_remade(act, wd, a, b, run.scaling, remake);
+    }
     let seed = dropout_seed(run, l, Role::WDown);
     let branch: BlockFn = Arc::new(move |g: &mut Graph, v: &[Var]| Ok(vec![lora_down(g, &v[0], &v[1], run, seed)?]));
     // The branch's forward from the act at hand, untaped as `checkpoint` runs it.
@@ -363,7 +384,7 @@ fn down_proj_lora(g: &mut Graph, l: usize, w: &LayerVars, gate: &Var, up: &Var, 
     let down =
         g.checkpoint_given(&[act.clone(), a.clone()], vec![fwd], vec![Some(remake_act), None], branch)?.remove(0);
     let up = g.linear(&down, b, None)?;
-    g.linear_add(act, &w[Role::WDown], None, &up)
+    g.linear_add(act, wd, None, &up)
 }
 
 impl<'a> std::ops::Index<Role> for LayerVars<'a> {
