@@ -212,6 +212,12 @@ fn proj(g: &mut Graph, l: usize, w: &LayerVars, role: Role, x: &Var, bias: Optio
     let (Some((a, b)), Some(run)) = (w.lora[role as usize], w.run) else {
         return g.linear(x, &w[role], bias);
     };
+    // The one-product form (as `down_proj_lora`): x's gradient one product [dy | s·dy·B]·[W; A]
+    // instead of a second, K = r product through x's sum; x is at hand for A's gradient.
+    if bias.is_none() && lora_remade_applies(g, &w[role], a, x, run) {
+        let xt = x.tensor().clone();
+        return g.linear_lora_remade(x, &w[role], a, b, run.scaling, Box::new(move || Ok(xt)));
+    }
     let down = lora_down(g, x, a, run, dropout_seed(run, l, role))?;
     let up = g.linear(&down, b, None)?; // (N, out)
     g.linear_add(x, &w[role], bias, &up)
@@ -274,6 +280,19 @@ fn proj_group(g: &mut Graph, l: usize, w: &LayerVars, roles: &[(Role, Option<Rol
         out.push(g.linear_add(x, &w[role], bias, &up)?);
     }
     Ok(out)
+}
+
+/// Whether one adapted projection of x by the frozen w takes `Graph::linear_lora_remade`: with the
+/// one-product LoRA form on (`lora_side_on`), a training graph, no dropout (its mask would sit
+/// between x and A), a dense frozen w, x (N, in), and [dy | s·dy·B] rows of 16 bytes.
+fn lora_remade_applies(g: &Graph, w: &Var, a: &Var, x: &Var, run: LoraRun) -> bool {
+    g.is_recording()
+        && run.dropout == 0.0
+        && !w.requires_grad()
+        && w.tensor().dtype() != smelt_core::DType::Quant
+        && x.tensor().shape().len() == 2
+        && (w.tensor().rows() + a.shape()[0]).is_multiple_of(8)
+        && lora_side_on(x.tensor().device())
 }
 
 /// Whether a LoRA group's projections take the one-product form (`Graph::linear_side`): on a GPU,
@@ -352,20 +371,11 @@ fn down_proj_lora(g: &mut Graph, l: usize, w: &LayerVars, gate: &Var, up: &Var, 
         return g.linear(act, &w[Role::WDown], None);
     };
     let wd = &w[Role::WDown];
-    // With the one-product LoRA form (a GPU; a test may force it), no dropout and a frozen dense
-    // base: `Graph::linear_lora_remade`, the same forward keeping only the (N, r) down product,
-    // act remade from gate and up for A's gradient, and act's gradient one product
-    // [dy | s·dy·B]·[W; A] (no K = r product reading and writing act's (N, ffn) sum again, no
-    // re-run of A·act).
-    let rows16 = (wd.tensor().rows() + a.shape()[0]).is_multiple_of(8);
-    if g.is_recording()
-        && run.dropout == 0.0
-        && !wd.requires_grad()
-        && wd.tensor().dtype() != smelt_core::DType::Quant
-        && act.tensor().shape().len() == 2
-        && rows16
-        && lora_side_on(act.tensor().device())
-    {
+    // With the one-product LoRA form: `Graph::linear_lora_remade`, the same forward keeping only
+    // the (N, r) down product, act remade from gate and up for A's gradient, and act's gradient
+    // one product [dy | s·dy·B]·[W; A] (no K = r product reading and writing act's (N, ffn) sum
+    // again, no re-run of A·act).
+    if lora_remade_applies(g, wd, a, act, run) {
         let (gt, ut) = (gate.tensor().clone(), up.tensor().clone());
         let remake: smelt_core::autograd::Remake = Box::new(move || smelt_core::ops::swiglu::swiglu(&gt, &ut));
         return g.linear_lora_remade(act, wd, a, b, run.scaling, remake);
