@@ -439,18 +439,19 @@ fn parity_bf16_attention() {
     }
 }
 
-/// Query blocks long enough that on Hopper the default forward is the wgmma one with K and V by
-/// TMA (`attn_wgwt3_fwd_d64` from 2048 rows; the mma.sync kernel elsewhere) against the CPU:
-/// causal with GQA, a window at a length that is no multiple of its 192-row blocks, and a cache
-/// offset with spare rows (forward only there).
+/// Query blocks long enough, and grids large enough, that on Hopper the default forward is the
+/// wgmma one with K and V by TMA (`attn_wgwt3_fwd_d64` from 2048 rows and two blocks an SM: 264
+/// blocks here; the mma.sync kernel elsewhere) against the CPU: causal with GQA, a window at a
+/// length that is no multiple of its 192-row blocks, and a cache offset with spare rows (forward
+/// only there).
 #[test]
 fn parity_bf16_attention_long_blocks() {
     let Some(d) = dev() else { return };
     let mut r = Rng::new(seed());
     for shape in [
-        (1, 2048, 2048, 2048, 2, 1, 64, None),
-        (1, 2100, 2100, 2100, 2, 2, 64, Some(300)),
-        (1, 2048, 2100, 2112, 2, 1, 64, None),
+        (2, 2048, 2048, 2048, 12, 4, 64, None),
+        (1, 2100, 2100, 2100, 24, 24, 64, Some(300)),
+        (2, 2048, 2100, 2112, 12, 4, 64, None),
     ] {
         attn_case(&mut r, d, shape);
     }

@@ -378,10 +378,13 @@ fn default_fwd(dm: &AttnDims, t: &Tensor) -> TcKernel {
     if !(hopper && dm.d == 64 && !named && dm.tq >= WG3_MIN_T && wg3_default_on()) {
         return fwd;
     }
-    if !t.cuda_buf().is_ok_and(|b| wg_defaults_wanted(b, dm.d)) {
+    let Some(w) = WG_D64_FWD.iter().find(|w| w.name == WG3_FWD) else { return fwd };
+    // Its one block an SM wants a grid of a few waves: a short prompt's prefill (batch 1, few
+    // heads) keeps the mma.sync forward, which runs two blocks an SM.
+    let blocks = dm.b * dm.h * dm.tq.div_ceil(w.rows);
+    if !t.cuda_buf().is_ok_and(|b| blocks >= WG3_MIN_WAVES * b.gpu.sm_count.max(1) && wg_defaults_wanted(b, dm.d)) {
         return fwd;
     }
-    let Some(w) = WG_D64_FWD.iter().find(|w| w.name == WG3_FWD) else { return fwd };
     TcKernel {
         name: w.name.into(),
         rows: w.rows,
@@ -414,6 +417,10 @@ const WG_DS_DKDV: &str = "attn_wgtds_dkdv_d64";
 /// `SMELT_CUDA_ATTN_WG3=0` keeps the mma.sync forward at every length.
 const WG3_FWD: &str = "attn_wgwt3_fwd_d64";
 const WG3_MIN_T: usize = 2048;
+/// Blocks of `WG3_FWD` per SM below which the mma.sync forward runs instead: the training shapes
+/// measured have 9 (LoRA) to 21 (1B); a batch-1 prefill of 135M (9 heads) at T 2048 would have
+/// under one (99 blocks on 132 SMs), unmeasured, so it keeps the mma.sync kernel.
+const WG3_MIN_WAVES: usize = 2;
 
 fn wg3_default_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
