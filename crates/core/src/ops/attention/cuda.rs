@@ -290,21 +290,21 @@ fn tc_kernel_forms(d: usize, f: TcForms, hopper: bool) -> [TcKernel; 3] {
         (64, true) => (k("attn_tc_dqk32b4_d64".into(), TC_ROWS, 32), k("attn_tc_dkdv0_d64".into(), TC_ROWS, 64)),
         _ => (k(format!("attn_tc_dq_d{d}"), TC_ROWS, 32), k(format!("attn_tc_dkdv_d{d}"), TC_ROWS, 32)),
     };
+    // A wgmma kernel as its table declares it.
+    let wgk = |w: &WgVariant| {
+        let k = k(w.name.into(), w.rows, w.tile);
+        TcKernel { wg: true, threads: w.threads, bufs: w.bufs, tma: w.tma, persistent: w.persistent, ..k }
+    };
     // A named pipelined wgmma kernel (Hopper only), else a named mma.sync one, else the default.
     let pick = |w: Option<&WgVariant>, v: Option<&TcVariant>, dflt: TcKernel| match (d, w, v) {
-        (64, Some(w), _) if hopper => {
-            let k = k(w.name.into(), w.rows, w.tile);
-            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, tma: w.tma, persistent: w.persistent, ..k }
-        }
+        (64, Some(w), _) if hopper => wgk(w),
         (64, _, Some(v)) => k(v.name.into(), v.rows, v.tile),
         _ => dflt,
     };
     // A dS-path wgmma dk/dv (Hopper): the dS pair with the swizzled dq. hsplit 0: the head split
     // `auto_hsplit` picks, as for the mma.sync dS dk/dv.
     let wg_ds = |w: &WgVariant| {
-        let base = k(w.name.into(), w.rows, w.tile);
-        let dkdv =
-            TcKernel { wg: true, threads: w.threads, bufs: w.bufs, tma: w.tma, ds: true, hsplit: f.hsplit, ..base };
+        let dkdv = TcKernel { ds: true, hsplit: f.hsplit, ..wgk(w) };
         [pick(f.wg_fwd, f.fwd, fwd.clone()), TcKernel { ds: true, ..k(DS_DQ[2].into(), 2 * TC_ROWS, DS_T) }, dkdv]
     };
     if let (64, Some(w), true) = (d, f.wg_dkdv, hopper) {
@@ -371,30 +371,27 @@ fn wg_defaults_ok(gpu: &cuda::Gpu) -> bool {
 /// `attn_wgwt3_fwd_d64` (three computing warpgroups of 64 rows, K and V by TMA) in place of the
 /// mma.sync forward.
 fn default_fwd(dm: &AttnDims, t: &Tensor) -> TcKernel {
-    let [fwd, _, _] = default_tc_kernels(dm.d, t);
     let f = env_forms();
     let hopper = t.cuda_buf().is_ok_and(|b| b.gpu.arch == (9, 0));
     let named = f.fwd.is_some() || f.wg_fwd.is_some() || f.one_tile_fwd || f.wgmma;
-    if !(hopper && dm.d == 64 && !named && dm.tq >= WG3_MIN_T && wg3_default_on()) {
-        return fwd;
-    }
-    let Some(w) = WG_D64_FWD.iter().find(|w| w.name == WG3_FWD) else { return fwd };
-    // Its one block an SM wants a grid of a few waves: a short prompt's prefill (batch 1, few
-    // heads) keeps the mma.sync forward, which runs two blocks an SM.
-    let blocks = dm.b * dm.h * dm.tq.div_ceil(w.rows);
-    if !t.cuda_buf().is_ok_and(|b| blocks >= WG3_MIN_WAVES * b.gpu.sm_count.max(1) && wg_defaults_wanted(b, dm.d)) {
-        return fwd;
-    }
-    TcKernel {
-        name: w.name.into(),
-        rows: w.rows,
-        tile: w.tile,
-        wg: true,
-        threads: w.threads,
-        bufs: w.bufs,
-        tma: w.tma,
-        ..fwd
-    }
+    let long = WG_D64_FWD.iter().find(|w| w.name == WG3_FWD).filter(|w| {
+        // Its one block an SM wants a grid of a few waves: a short prompt's prefill (batch 1, few
+        // heads) keeps the mma.sync forward, which runs two blocks an SM.
+        let blocks = dm.b * dm.h * dm.tq.div_ceil(w.rows);
+        hopper
+            && dm.d == 64
+            && !named
+            && dm.tq >= WG3_MIN_T
+            && wg3_default_on()
+            && t.cuda_buf()
+                .is_ok_and(|b| blocks >= WG3_MIN_WAVES * b.gpu.sm_count.max(1) && wg_defaults_wanted(b, dm.d))
+    });
+    // As if named (the table's declaration of it), else the default.
+    let [fwd, _, _] = match long {
+        Some(w) => tc_kernels(dm.d, TcForms { wg_fwd: Some(w), ..f }, hopper),
+        None => default_tc_kernels(dm.d, t),
+    };
+    fwd
 }
 
 /// The dS path's dk/dv on Hopper at head dim 64 (`TcForms::wg_ds`): two warpgroups of 64 keys
