@@ -292,20 +292,9 @@ impl Graph {
     /// variable (copies); the backward hands each part its rows of the gradient. LoRA stacks
     /// the A matrices of projections that read one input, for one product.
     pub fn concat_rows(&mut self, parts: &[&Var]) -> Result<Var> {
-        let Some(first) = parts.first() else { bail!("concat_rows: no parts") };
-        let c = first.t.cols();
-        if parts.iter().any(|p| p.t.cols() != c || p.t.dtype() != first.t.dtype()) {
-            let shapes: Vec<_> = parts.iter().map(|p| (p.t.shape().to_vec(), p.t.dtype())).collect();
-            bail!("concat_rows: parts of one width and dtype, got {shapes:?}");
-        }
+        let ts: Vec<&Tensor> = parts.iter().map(|p| &p.t).collect();
+        let y = ops::elementwise::concat_rows(&ts)?;
         let rows: Vec<usize> = parts.iter().map(|p| p.t.rows()).collect();
-        let total: usize = rows.iter().sum();
-        let mut y = Tensor::zeros_typed(&[total, c], first.t.device(), first.t.dtype())?;
-        let mut r0 = 0;
-        for p in parts {
-            y.write_at(r0 * c, &p.t)?;
-            r0 += p.t.rows();
-        }
         let shapes: Vec<Vec<usize>> = parts.iter().map(|p| p.t.shape().to_vec()).collect();
         Ok(self.push1(parts, y, move |g| {
             let mut r0 = 0;
@@ -453,9 +442,7 @@ impl Graph {
             if need[0] {
                 // [dy | v]·[w; a] into x's sum: w as the products read it, a in its dtype.
                 let wo = ops::matmul::weight_operand(&wt)?;
-                let mut stacked = Tensor::zeros_typed(&[out + r, inp], wo.device(), wo.dtype())?;
-                stacked.write_at(0, &wo)?;
-                stacked.write_at(out * inp, &at.to_dtype(wo.dtype())?)?;
+                let stacked = ops::elementwise::concat_rows(&[&wo, &at.to_dtype(wo.dtype())?])?;
                 drop(wo);
                 let ge = timed("concat_cols", || ops::elementwise::concat_cols(&[g, &v.to_dtype(g.dtype())?]))?;
                 timed("linear.bwd", || ops::matmul::linear_dx_acc(&ge, &stacked, &x_shape, &mut slots[0]))?;

@@ -194,6 +194,25 @@ pub fn concat_cols(parts: &[&Tensor]) -> Result<Tensor> {
     backend::on("concat_cols", parts.iter().copied())?.concat_cols(parts)
 }
 
+/// The parts (each (n_i, C): one width, dtype and device) one under another, (Σ n_i, C): copies
+/// of their rows, device to device.
+pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor> {
+    let Some(first) = parts.first() else { bail!("concat_rows: no parts") };
+    let c = first.cols();
+    if parts.iter().any(|p| p.cols() != c || p.dtype() != first.dtype()) {
+        let shapes: Vec<_> = parts.iter().map(|p| (p.shape().to_vec(), p.dtype())).collect();
+        bail!("concat_rows: parts of one width and dtype, got {shapes:?}");
+    }
+    let total: usize = parts.iter().map(|p| p.rows()).sum();
+    let mut y = Tensor::zeros_typed(&[total, c], first.device(), first.dtype())?;
+    let mut r0 = 0;
+    for p in parts {
+        y.write_at(r0 * c, p)?;
+        r0 += p.rows();
+    }
+    Ok(y)
+}
+
 /// Columns start .. start + n of the 2-D `x` (a copy).
 pub fn narrow_cols(x: &Tensor, start: usize, n: usize) -> Result<Tensor> {
     if x.shape().len() != 2 || start + n > x.cols() {
