@@ -743,11 +743,6 @@ __device__ __forceinline__ void fwd_store(bf16_t* out, float* lse, const float (
         if (r0 + 8 < rend) lh[r0 + 8] = (m[1] + log2f(l1)) * ln2;
     }
 }
-template <int D>
-__device__ __forceinline__ void fwd_store(bf16_t* out, float* lse, const float (*o)[4], const float* m, const float* l,
-                                          int b, int h, int H, int tq, long long qbase, int r0, int lane) {
-    fwd_store<D>(out, lse, o, m, l, b, h, H, tq, qbase, r0, lane, tq);
-}
 
 // Forward. grid (ceil(Tq/(64·MT)), H, B), block 128, shared (64·MT + 4·BN)·(D+8) bf16. Each
 // warp owns MT tiles of 16 query rows (rows warp·16·MT + 16·mt + gq, +8); per row the order of
@@ -858,7 +853,7 @@ __device__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t
     }
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
-        fwd_store<D>(out, lse, o[mt], m[mt], l[mt], b, h, H, tq, qbase, i0 + warp * 16 * MT + mt * 16 + gq, lane);
+        fwd_store<D>(out, lse, o[mt], m[mt], l[mt], b, h, H, tq, qbase, i0 + warp * 16 * MT + mt * 16 + gq, lane, tq);
 }
 
 // dq = scale · Σ_j dS_ij k_j, dS = P ∘ (dO·Vᵀ − delta). grid (ceil(Tq/(64·MT)), H, B), block

@@ -218,7 +218,7 @@ __device__ void wgp_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_
         wg_keep_a(pa, BN / 16);
         wgp_fold<D>(o, pv, c0, c1);
     }
-    fwd_store<D>(out, lse, o, m, l, b, h, H, tq, qbase, iw + warp * 16 + gq, lane);
+    fwd_store<D>(out, lse, o, m, l, b, h, H, tq, qbase, iw + warp * 16 + gq, lane, tq);
 }
 // MB: at least MB blocks resident an SM (registers capped at 65536 / (128·NW·MB)). BN: keys a
 // streamed tile (128: one m64n128 wgmma a k16 step for S, the `wgpn` forms).
